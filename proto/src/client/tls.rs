@@ -1,0 +1,309 @@
+//! TLS policy for the walsender client: turns libpq's `sslmode` / `sslrootcert` into a rustls
+//! `ClientConfig` (ring provider) and the `ServerName` to verify. Owns the certificate verifiers;
+//! knows nothing about sockets (the client drives `rustls::ClientConnection` itself).
+//!
+//! | sslmode                              | chain checked           | host name checked |
+//! |--------------------------------------|-------------------------|-------------------|
+//! | allow / prefer / require, no rootcert| no (signatures are)     | no                |
+//! | allow / prefer / require + rootcert  | yes (libpq legacy rule) | no                |
+//! | verify-ca                            | yes                     | no                |
+//! | verify-full                          | yes                     | yes               |
+//!
+//! "Signatures are" means the handshake signature is still verified against the presented
+//! certificate's key, so the peer must own the certificate it shows — that is what libpq's
+//! `require` gives. Root certificates: the `sslrootcert` PEM file; when none is given, libpq's
+//! default `~/.postgresql/root.crt` if it exists, else the operating system's trust store
+//! (also what `sslrootcert=system` selects).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::Error;
+use crate::conninfo::SslMode;
+
+/// What the verifier checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verify {
+    /// Handshake signatures only.
+    None,
+    /// Chain to a trusted root, any host name.
+    Chain,
+    /// Chain and host name.
+    Full,
+}
+
+pub(crate) fn verify_level(mode: SslMode, rootcert: Option<&Path>) -> Verify {
+    match mode {
+        SslMode::VerifyFull => Verify::Full,
+        SslMode::VerifyCa => Verify::Chain,
+        // libpq: with a root certificate file present, require (and prefer/allow) verify the
+        // chain like verify-ca.
+        _ => match rootcert {
+            Some(p) if p != Path::new("system") => Verify::Chain,
+            _ => Verify::None,
+        },
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(what: impl std::fmt::Display) -> Error {
+    Error::Tls(what.to_string())
+}
+
+/// The trusted roots, plus the certificates of a root *file* kept verbatim: a self-signed
+/// server certificate listed there is accepted as the server's certificate even though webpki
+/// refuses a CA certificate as end entity (OpenSSL, hence libpq, accepts it; the PostgreSQL
+/// docs' "simple self-signed certificate" recipe produces exactly such a certificate).
+fn load_roots(
+    rootcert: Option<&Path>,
+    home: Option<PathBuf>,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), Error> {
+    let mut roots = RootCertStore::empty();
+    let mut pinned = Vec::new();
+    let file = match rootcert {
+        Some(p) if p == Path::new("system") => None,
+        Some(p) => Some(p.to_path_buf()),
+        None => home
+            .map(|h| h.join(".postgresql").join("root.crt"))
+            .filter(|p| p.is_file()),
+    };
+    match file {
+        Some(path) => {
+            let f = std::fs::File::open(&path).map_err(|e| {
+                tls_err(format!(
+                    "could not read root certificate file \"{}\": {e}",
+                    path.display()
+                ))
+            })?;
+            let mut rd = std::io::BufReader::new(f);
+            let mut n = 0;
+            for cert in rustls_pemfile::certs(&mut rd) {
+                let cert = cert.map_err(|e| {
+                    tls_err(format!(
+                        "could not read root certificate file \"{}\": {e}",
+                        path.display()
+                    ))
+                })?;
+                roots.add(cert.clone()).map_err(|e| {
+                    tls_err(format!(
+                        "invalid certificate in root certificate file \"{}\": {e}",
+                        path.display()
+                    ))
+                })?;
+                pinned.push(cert);
+                n += 1;
+            }
+            if n == 0 {
+                return Err(tls_err(format!(
+                    "no certificates found in root certificate file \"{}\"",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            let res = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(res.certs);
+            if added == 0 {
+                let why = res
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(tls_err(format!(
+                    "could not load the system's trusted root certificates{why}"
+                )));
+            }
+        }
+    }
+    Ok((roots, pinned))
+}
+
+/// Builds the rustls configuration for one connection attempt.
+pub(crate) fn client_config(
+    mode: SslMode,
+    rootcert: Option<&Path>,
+    home: Option<PathBuf>,
+) -> Result<Arc<ClientConfig>, Error> {
+    let provider = provider();
+    let algs = provider.signature_verification_algorithms;
+    let level = verify_level(mode, rootcert);
+    let verifier: Arc<dyn ServerCertVerifier> = match level {
+        Verify::None => Arc::new(SignatureOnly { algs }),
+        Verify::Chain | Verify::Full => {
+            let (roots, pinned) = load_roots(rootcert, home)?;
+            Arc::new(ChainVerifier {
+                roots: Arc::new(roots),
+                pinned,
+                algs,
+                check_name: level == Verify::Full,
+            })
+        }
+    };
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    // PostgreSQL 17+ checks ALPN when the client offers it; older servers ignore it.
+    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The name sent as SNI and verified under verify-full. IP literals are checked against the
+/// certificate's IP SANs and never sent as SNI (rustls does that for `ServerName::IpAddress`).
+pub(crate) fn server_name(host: &str, mode: Verify) -> Result<ServerName<'static>, Error> {
+    match ServerName::try_from(host.to_string()) {
+        Ok(n) => Ok(n),
+        Err(_) if mode != Verify::Full => {
+            // Not a valid DNS name (e.g. underscores) and not verified anyway: send no SNI.
+            Ok(ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into()))
+        }
+        Err(e) => Err(tls_err(format!(
+            "host name \"{host}\" cannot be verified with sslmode=verify-full: {e}"
+        ))),
+    }
+}
+
+/// libpq's `require`: any certificate, but the handshake must be signed by its key.
+#[derive(Debug)]
+struct SignatureOnly {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SignatureOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// libpq's `verify-ca` (chain to a trusted root) and `verify-full` (chain and host name; the
+/// same checks as rustls's `WebPkiServerVerifier`, without revocation lists, which libpq only
+/// checks when `sslcrl` is given — rejected by conninfo).
+#[derive(Debug)]
+struct ChainVerifier {
+    roots: Arc<RootCertStore>,
+    /// Certificates from the root file, accepted verbatim as end entity (self-signed servers).
+    pinned: Vec<CertificateDer<'static>>,
+    algs: WebPkiSupportedAlgorithms,
+    check_name: bool,
+}
+
+impl ServerCertVerifier for ChainVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        let pinned = self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref());
+        if !pinned {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &self.roots,
+                intermediates,
+                now,
+                self.algs.all,
+            )?;
+        }
+        if self.check_name {
+            rustls::client::verify_server_name(&cert, server_name)?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        assert_eq!(verify_level(SslMode::Require, None), Verify::None);
+        assert_eq!(verify_level(SslMode::Prefer, None), Verify::None);
+        assert_eq!(verify_level(SslMode::Require, Some(Path::new("/ca.pem"))), Verify::Chain);
+        assert_eq!(verify_level(SslMode::VerifyCa, None), Verify::Chain);
+        assert_eq!(verify_level(SslMode::VerifyFull, Some(Path::new("system"))), Verify::Full);
+    }
+
+    #[test]
+    fn names() {
+        assert!(matches!(server_name("db.example.com", Verify::Full), Ok(ServerName::DnsName(_))));
+        assert!(matches!(server_name("127.0.0.1", Verify::Full), Ok(ServerName::IpAddress(_))));
+        assert!(matches!(server_name("::1", Verify::Full), Ok(ServerName::IpAddress(_))));
+        assert!(server_name("bad name!", Verify::Full).is_err());
+        assert!(server_name("bad name!", Verify::Chain).is_ok());
+    }
+
+    #[test]
+    fn config_without_verification_builds() {
+        client_config(SslMode::Require, None, None).unwrap();
+        let e = client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem")), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("could not read root certificate file"), "{e}");
+    }
+}

@@ -1,0 +1,702 @@
+//! The SQL API: `pgsub.create_subscription`, `drop_subscription`, `enable_subscription`,
+//! `disable_subscription`, `alter_subscription_connection`, `alter_subscription_publications`,
+//! `refresh_subscription` and `skip_transaction` (its pg_lsn wrapper is in sql/views.sql).
+//!
+//! Each validates on the spot against the publisher where native ALTER/CREATE SUBSCRIPTION would,
+//! changes the catalog in the caller's transaction, and wakes the launcher when that transaction
+//! commits. Only superusers and members of `pgsub_admin` may call them.
+use crate::catalog::{self, Subscription};
+use crate::publisher::{self, Context};
+use crate::report::{error, log};
+use crate::shmem;
+use pgrx::prelude::*;
+use pgsub_proto::client::{quote_ident, quote_literal, Client, SnapshotAction};
+use pgsub_proto::conninfo;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+type Code = PgSqlErrorCode;
+
+/// The role calling the API. The management functions are SECURITY DEFINER (so that the catalog,
+/// which holds passwords, stays unreadable to non-superusers); the caller is the outer user.
+fn caller() -> pg_sys::Oid {
+    // SAFETY: no preconditions.
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Raises unless the current user is a superuser or a member of `pgsub_admin`.
+pub fn require_admin() {
+    // SAFETY: catalog lookups inside a transaction.
+    let ok = unsafe {
+        let caller = caller();
+        pg_sys::superuser_arg(caller) || {
+            let role = pg_sys::get_role_oid(c"pgsub_admin".as_ptr(), true);
+            role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(caller, role)
+        }
+    };
+    if !ok {
+        error(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to manage pgsub subscriptions",
+            None,
+            Some("Only superusers and members of the pgsub_admin role may manage subscriptions."),
+        );
+    }
+}
+
+fn required<T>(v: Option<T>, arg: &str) -> T {
+    match v {
+        Some(v) => v,
+        None => error(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{arg} must not be NULL"),
+            None,
+            None,
+        ),
+    }
+}
+
+fn sub_by_name(name: &str) -> Subscription {
+    match catalog::load_by_name(name) {
+        Ok(Some(s)) => s,
+        Ok(None) => error(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("subscription \"{name}\" does not exist"),
+            None,
+            Some("pgsub.subscription lists the existing subscriptions."),
+        ),
+        Err(e) => error(Code::ERRCODE_INTERNAL_ERROR, format!("reading pgsub.sub: {e}"), None, None),
+    }
+}
+
+fn check_name(name: &str) {
+    if name.is_empty() {
+        error(Code::ERRCODE_INVALID_PARAMETER_VALUE, "subscription name must not be empty", None, None);
+    }
+    if name.len() >= pg_sys::NAMEDATALEN as usize {
+        error(
+            Code::ERRCODE_NAME_TOO_LONG,
+            format!("subscription name \"{name}\" is too long"),
+            Some(format!("The limit is {} bytes.", pg_sys::NAMEDATALEN - 1)),
+            None,
+        );
+    }
+}
+
+/// Checks a replication slot name as the publisher will (lower-case letters, digits, underscore).
+fn check_slot_name(slot: &str) {
+    if slot.is_empty() || slot.len() >= pg_sys::NAMEDATALEN as usize {
+        error(
+            Code::ERRCODE_INVALID_NAME,
+            format!("replication slot name \"{slot}\" is empty or too long"),
+            None,
+            None,
+        );
+    }
+    if !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        error(
+            Code::ERRCODE_INVALID_NAME,
+            format!("replication slot name \"{slot}\" contains invalid character"),
+            None,
+            Some("Replication slot names may only contain lower case letters, numbers, and the underscore character."),
+        );
+    }
+}
+
+/// The slot name used when none is given: the subscription name when it is a valid slot name,
+/// else a sanitized form of it (a name with capitals, spaces or unicode is a fine subscription
+/// name but not a slot name).
+pub fn default_slot_name(name: &str) -> String {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    if !name.is_empty() && name.bytes().all(ok) {
+        return name.to_string();
+    }
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            let l = c.to_ascii_lowercase();
+            if l.is_ascii_lowercase() || l.is_ascii_digit() { l } else { '_' }
+        })
+        .collect();
+    // Keep distinct names distinct: add a short hash of the original.
+    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    s.truncate(40);
+    format!("pgsub_{s}_{:08x}", h as u32)
+}
+
+fn check_conninfo(conninfo: &str) {
+    if let Err(e) = conninfo::parse(conninfo) {
+        error(
+            Code::ERRCODE_SYNTAX_ERROR,
+            format!("invalid connection string: {e}"),
+            Some(format!("Connection string: {}", conninfo::mask_password(conninfo))),
+            None,
+        );
+    }
+}
+
+fn connect(sub_name: &str, conninfo: &str) -> Client {
+    match publisher::connect(conninfo, true, Context::Backend, Some("pgsub")) {
+        Ok(c) => c,
+        Err(e) => publisher::raise(
+            &e,
+            &format!("subscription \"{sub_name}\" could not connect to the publisher"),
+            Some("Check the connection string, that the publisher is running, and its pg_hba.conf (a replication connection to the database is needed)."),
+        ),
+    }
+}
+
+fn query(client: &mut Client, sql: &str, what: &str) -> Vec<Vec<Option<String>>> {
+    match client.simple_query(sql) {
+        Ok(rows) => rows.into_iter().map(|r| r.values).collect(),
+        Err(e) => publisher::raise(&e, what, None),
+    }
+}
+
+fn sql_text_array(items: &[String]) -> String {
+    let inner: Vec<String> = items.iter().map(|s| quote_literal(s)).collect();
+    format!("ARRAY[{}]::text[]", inner.join(","))
+}
+
+/// Checks that every publication exists on the publisher.
+fn check_publications(client: &mut Client, pubs: &[String]) {
+    let rows = query(
+        client,
+        &format!(
+            "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname = ANY({})",
+            sql_text_array(pubs)
+        ),
+        "could not read publications on the publisher",
+    );
+    let found: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+    let missing: Vec<&String> = pubs.iter().filter(|p| !found.contains(p)).collect();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|p| format!("\"{p}\"")).collect();
+        error(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!(
+                "publication{} {} do{} not exist on the publisher",
+                if missing.len() > 1 { "s" } else { "" },
+                list.join(", "),
+                if missing.len() > 1 { "" } else { "es" }
+            ),
+            None,
+            Some("Create the publication on the publisher first (CREATE PUBLICATION … FOR TABLE …)."),
+        );
+    }
+}
+
+/// The (schema, table) pairs the publications publish.
+fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(String, String)> {
+    let rows = query(
+        client,
+        &format!(
+            "SELECT DISTINCT schemaname, tablename FROM pg_catalog.pg_publication_tables \
+             WHERE pubname = ANY({}) ORDER BY 1, 2",
+            sql_text_array(pubs)
+        ),
+        "could not read the published tables on the publisher",
+    );
+    rows.into_iter()
+        .filter_map(|r| {
+            let mut it = r.into_iter();
+            Some((it.next().flatten()?, it.next().flatten()?))
+        })
+        .collect()
+}
+
+/// The local table a remote one maps to (same schema and name), if it exists.
+pub fn local_relid(schema: &str, name: &str) -> Option<pg_sys::Oid> {
+    let q = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()])
+        .ok()
+        .flatten()
+}
+
+/// Records the published tables of a subscription: new ones are added (to be copied when
+/// `copy_data`), ones no longer published are removed. Every table must exist locally.
+fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data: bool) {
+    let mut missing = Vec::new();
+    let mut resolved = Vec::new();
+    for (schema, name) in tables {
+        match local_relid(schema, name) {
+            Some(oid) => resolved.push((schema, name, oid)),
+            None => missing.push(format!("{}.{}", quote_ident(schema), quote_ident(name))),
+        }
+    }
+    if !missing.is_empty() {
+        error(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("published relation {} does not exist on the subscriber", missing.join(", ")),
+            Some("pgsub maps published tables to local tables of the same schema and name.".into()),
+            Some("Create the table(s) on the subscriber first (the schema is not replicated)."),
+        );
+    }
+    let state = if copy_data { "i" } else { "r" };
+    let schemas: Vec<String> = tables.iter().map(|t| t.0.clone()).collect();
+    let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
+    let r = Spi::connect_mut(|c| -> pgrx::spi::SpiResult<()> {
+        c.update(
+            "DELETE FROM pgsub.sub_rel r WHERE r.subid = $1 AND (r.remote_schema, r.remote_name) \
+             NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            None,
+            &[subid.into(), schemas.clone().into(), names.clone().into()],
+        )?;
+        for (schema, name, oid) in &resolved {
+            c.update(
+                "INSERT INTO pgsub.sub_rel (subid, remote_schema, remote_name, relid, sync_state) \
+                 VALUES ($1, $2, $3, $4, $5::\"char\") \
+                 ON CONFLICT (subid, remote_schema, remote_name) DO UPDATE SET relid = EXCLUDED.relid",
+                None,
+                &[subid.into(), schema.as_str().into(), name.as_str().into(), (*oid).into(), state.into()],
+            )?;
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+    }
+}
+
+// Wake the launcher when the transaction that changed the catalog commits.
+static WAKE_AT_COMMIT: AtomicBool = AtomicBool::new(false);
+static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
+            if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
+                release_pauses();
+                shmem::wake_launcher();
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
+                release_pauses();
+                shmem::wake_launcher();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Clears the "do not start" marks this backend set while dropping subscriptions.
+fn release_pauses() {
+    if !shmem::available() {
+        return;
+    }
+    // SAFETY: MyProcPid is set in every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut g = shmem::SHARED.exclusive();
+    for s in g.slots.iter_mut() {
+        if s.paused_by == me {
+            s.paused_by = 0;
+        }
+    }
+}
+
+fn wake_launcher_at_commit() {
+    if !shmem::available() {
+        return;
+    }
+    if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
+        // SAFETY: registering a static callback once per backend.
+        unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+    }
+    WAKE_AT_COMMIT.store(true, Ordering::Relaxed);
+}
+
+fn create_origin(name: &str) {
+    let c = CString::new(name).unwrap_or_default();
+    // SAFETY: catalog operations inside a transaction.
+    unsafe {
+        if pg_sys::replorigin_by_name(c.as_ptr(), true) == pg_sys::InvalidRepOriginId as u16 {
+            pg_sys::replorigin_create(c.as_ptr());
+        }
+    }
+}
+
+fn drop_origin(name: &str) {
+    let c = CString::new(name).unwrap_or_default();
+    // SAFETY: catalog operation inside a transaction; waits if the origin is still in use.
+    unsafe { pg_sys::replorigin_drop_by_name(c.as_ptr(), true, false) };
+}
+
+const SYNC_COMMIT_VALUES: [&str; 5] = ["off", "local", "remote_write", "remote_apply", "on"];
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_subscription(
+    name: Option<&str>,
+    conninfo: Option<&str>,
+    publications: Option<Vec<Option<String>>>,
+    enabled: default!(Option<bool>, true),
+    copy_data: default!(Option<bool>, true),
+    create_slot: default!(Option<bool>, true),
+    slot_name: default!(Option<&str>, "NULL"),
+    binary: default!(Option<bool>, false),
+    streaming: default!(Option<bool>, false),
+    origin: default!(Option<&str>, "'any'"),
+    disable_on_error: default!(Option<bool>, false),
+    synchronous_commit: default!(Option<&str>, "'off'"),
+    two_phase: default!(Option<bool>, false),
+) {
+    require_admin();
+    let name = required(name, "name");
+    let conninfo = required(conninfo, "conninfo");
+    let pubs_in = required(publications, "publications");
+    let enabled = required(enabled, "enabled");
+    let copy_data = required(copy_data, "copy_data");
+    let create_slot = required(create_slot, "create_slot");
+    let binary = required(binary, "binary");
+    let streaming = required(streaming, "streaming");
+    let origin = required(origin, "origin");
+    let disable_on_error = required(disable_on_error, "disable_on_error");
+    let synchronous_commit = required(synchronous_commit, "synchronous_commit");
+    let two_phase = required(two_phase, "two_phase");
+
+    check_name(name);
+    if pubs_in.is_empty() || pubs_in.iter().any(|p| p.as_deref().is_none_or(str::is_empty)) {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "publications must be a non-empty array of publication names without NULLs",
+            None,
+            None,
+        );
+    }
+    let mut pubs: Vec<String> = Vec::new();
+    for p in pubs_in.into_iter().flatten() {
+        if !pubs.contains(&p) {
+            pubs.push(p);
+        }
+    }
+    if origin != "any" && origin != "none" {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unrecognized origin value: \"{origin}\""),
+            None,
+            Some("Use 'any' (apply every change) or 'none' (skip changes that came to the publisher from elsewhere)."),
+        );
+    }
+    if !SYNC_COMMIT_VALUES.contains(&synchronous_commit) {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid value for synchronous_commit: \"{synchronous_commit}\""),
+            None,
+            Some("Use one of off, local, remote_write, remote_apply, on."),
+        );
+    }
+    if two_phase {
+        error(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "two_phase subscriptions are not supported yet",
+            None,
+            None,
+        );
+    }
+    let slot = match slot_name {
+        Some(s) => s.to_string(),
+        None => default_slot_name(name),
+    };
+    check_slot_name(&slot);
+    check_conninfo(conninfo);
+    if catalog::load_by_name(name).ok().flatten().is_some() {
+        error(
+            Code::ERRCODE_DUPLICATE_OBJECT,
+            format!("subscription \"{name}\" already exists"),
+            None,
+            None,
+        );
+    }
+
+    let mut client = connect(name, conninfo);
+    check_publications(&mut client, &pubs);
+    let tables = published_tables(&mut client, &pubs);
+
+    let owner = caller();
+    let subid = Spi::get_one_with_args::<i32>(
+        "INSERT INTO pgsub.sub (subname, subowner, enabled, conninfo, publications, slot_name, \
+         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING subid",
+        &[
+            name.into(),
+            owner.into(),
+            enabled.into(),
+            conninfo.into(),
+            pubs.clone().into(),
+            slot.as_str().into(),
+            copy_data.into(),
+            binary.into(),
+            streaming.into(),
+            two_phase.into(),
+            origin.into(),
+            disable_on_error.into(),
+            synchronous_commit.into(),
+        ],
+    );
+    let subid = match subid {
+        Ok(Some(id)) => id,
+        other => error(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not record subscription \"{name}\": {other:?}"),
+            None,
+            None,
+        ),
+    };
+    sync_table_list(subid, &tables, copy_data);
+    create_origin(&catalog::origin_name(subid));
+
+    // Last, so that any earlier error leaves nothing behind on the publisher.
+    if create_slot {
+        if let Err(e) = client.create_logical_slot(&slot, false, SnapshotAction::NoExport, false) {
+            let hint = if e.sqlstate() == Some("42710") {
+                Some("Use another slot_name, drop the slot on the publisher, or pass create_slot => false to use the existing slot.")
+            } else {
+                None
+            };
+            publisher::raise(&e, &format!("could not create replication slot \"{slot}\" on the publisher"), hint);
+        }
+        log(
+            PgLogLevel::NOTICE,
+            Code::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("created replication slot \"{slot}\" on publisher"),
+            None,
+            None,
+        );
+    }
+    client.close();
+    wake_launcher_at_commit();
+}
+
+/// Stops the subscription's worker (if any) and keeps the launcher from starting another until
+/// this transaction ends; waits up to 30 s for it to exit.
+fn stop_worker(subid: i32) {
+    if !shmem::available() {
+        return;
+    }
+    // SAFETY: MyProcPid is set in every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    let pid = {
+        let mut g = shmem::SHARED.exclusive();
+        match g.claim(subid) {
+            Some(s) => {
+                s.paused_by = me;
+                s.pid
+            }
+            None => 0,
+        }
+    };
+    wake_launcher_at_commit();
+    if pid <= 0 {
+        return;
+    }
+    shmem::terminate(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while crate::launcher::pid_alive(pid) && std::time::Instant::now() < deadline {
+        // SAFETY: latch wait in a backend.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                50,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn drop_subscription(name: Option<&str>, drop_slot: default!(Option<bool>, true), if_exists: default!(Option<bool>, false)) {
+    require_admin();
+    let name = required(name, "name");
+    let drop_slot = required(drop_slot, "drop_slot");
+    let if_exists = required(if_exists, "if_exists");
+    let sub = match catalog::load_by_name(name).ok().flatten() {
+        Some(s) => s,
+        None if if_exists => {
+            log(
+                PgLogLevel::NOTICE,
+                Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!("subscription \"{name}\" does not exist, skipping"),
+                None,
+                None,
+            );
+            return;
+        }
+        None => {
+            sub_by_name(name);
+            return;
+        }
+    };
+    if let Err(e) = Spi::run_with_args("DELETE FROM pgsub.sub WHERE subid = $1", &[sub.subid.into()]) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("deleting subscription: {e}"), None, None);
+    }
+    stop_worker(sub.subid);
+    drop_origin(&sub.origin_name());
+    if drop_slot {
+        let mut client = match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub")) {
+            Ok(c) => c,
+            Err(e) => publisher::raise(
+                &e,
+                &format!(
+                    "could not connect to publisher when attempting to drop replication slot \"{}\"",
+                    sub.slot_name
+                ),
+                Some("Use pgsub.drop_subscription(name, drop_slot => false) to drop the subscription without the slot; then drop the slot on the publisher yourself (pg_drop_replication_slot)."),
+            ),
+        };
+        match client.drop_slot(&sub.slot_name, true) {
+            Ok(()) => log(
+                PgLogLevel::NOTICE,
+                Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!("dropped replication slot \"{}\" on publisher", sub.slot_name),
+                None,
+                None,
+            ),
+            Err(e) if e.sqlstate() == Some("42704") => log(
+                PgLogLevel::WARNING,
+                Code::ERRCODE_UNDEFINED_OBJECT,
+                format!("replication slot \"{}\" does not exist on the publisher", sub.slot_name),
+                None,
+                None,
+            ),
+            Err(e) => publisher::raise(
+                &e,
+                &format!("could not drop replication slot \"{}\" on publisher", sub.slot_name),
+                Some("Use pgsub.drop_subscription(name, drop_slot => false) to drop the subscription without the slot."),
+            ),
+        }
+        client.close();
+    }
+    if shmem::available() {
+        shmem::SHARED.exclusive().release_if_stopped(sub.subid);
+    }
+}
+
+fn set_enabled(name: Option<&str>, enabled: bool) {
+    require_admin();
+    let name = required(name, "name");
+    let sub = sub_by_name(name);
+    if let Err(e) = catalog::set_enabled(sub.subid, enabled) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    wake_launcher_at_commit();
+}
+
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn enable_subscription(name: Option<&str>) {
+    set_enabled(name, true);
+}
+
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn disable_subscription(name: Option<&str>) {
+    set_enabled(name, false);
+}
+
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
+    require_admin();
+    let name = required(name, "name");
+    let conninfo = required(conninfo, "conninfo");
+    let sub = sub_by_name(name);
+    check_conninfo(conninfo);
+    // Like native ALTER SUBSCRIPTION … CONNECTION: the new connection must work.
+    connect(name, conninfo).close();
+    if let Err(e) = Spi::run_with_args(
+        "UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1",
+        &[sub.subid.into(), conninfo.into()],
+    ) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    wake_launcher_at_commit();
+}
+
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn alter_subscription_publications(
+    name: Option<&str>,
+    publications: Option<Vec<Option<String>>>,
+    copy_data: default!(Option<bool>, true),
+) {
+    require_admin();
+    let name = required(name, "name");
+    let pubs_in = required(publications, "publications");
+    let copy_data = required(copy_data, "copy_data");
+    if pubs_in.is_empty() || pubs_in.iter().any(|p| p.as_deref().is_none_or(str::is_empty)) {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "publications must be a non-empty array of publication names without NULLs",
+            None,
+            None,
+        );
+    }
+    let pubs: Vec<String> = pubs_in.into_iter().flatten().collect();
+    let sub = sub_by_name(name);
+    let mut client = connect(name, &sub.conninfo);
+    check_publications(&mut client, &pubs);
+    let tables = published_tables(&mut client, &pubs);
+    client.close();
+    if let Err(e) = Spi::run_with_args(
+        "UPDATE pgsub.sub SET publications = $2 WHERE subid = $1",
+        &[sub.subid.into(), pubs.into()],
+    ) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    sync_table_list(sub.subid, &tables, copy_data);
+    wake_launcher_at_commit();
+}
+
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn refresh_subscription(name: Option<&str>, copy_data: default!(Option<bool>, true)) {
+    require_admin();
+    let name = required(name, "name");
+    let copy_data = required(copy_data, "copy_data");
+    let sub = sub_by_name(name);
+    let mut client = connect(name, &sub.conninfo);
+    let tables = published_tables(&mut client, &sub.publications);
+    client.close();
+    sync_table_list(sub.subid, &tables, copy_data);
+    // The worker re-reads its table list on restart.
+    stop_worker(sub.subid);
+}
+
+/// Backs `pgsub.skip_transaction(name, lsn pg_lsn)`.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
+    require_admin();
+    let name = required(name, "name");
+    let lsn = required(lsn, "lsn");
+    let sub = sub_by_name(name);
+    let parsed: Option<pgsub_proto::Lsn> = lsn.parse().ok().filter(|l: &pgsub_proto::Lsn| l.is_valid());
+    if parsed.is_none() {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid WAL location (LSN): {lsn}"),
+            None,
+            Some("Use the finish LSN of the failed remote transaction, shown in pgsub.stat_subscription.last_error and the server log."),
+        );
+    }
+    if let Err(e) = Spi::run_with_args(
+        "UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1",
+        &[sub.subid.into(), lsn.into()],
+    ) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    wake_launcher_at_commit();
+}
+
+/// Masks the password of a connection string (used by the pgsub.subscription view).
+#[pg_extern(immutable, parallel_safe)]
+fn _mask_conninfo(conninfo: &str) -> String {
+    conninfo::mask_password(conninfo)
+}

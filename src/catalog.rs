@@ -1,0 +1,191 @@
+//! The subscription catalog (`pgsub.sub`, `pgsub.sub_rel`) as Rust values, read and written
+//! through SPI. Every function here must run inside a transaction.
+use pgrx::prelude::*;
+use pgrx::spi::SpiResult;
+use pgsub_proto::Lsn;
+
+/// One row of `pgsub.sub`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Subscription {
+    pub subid: i32,
+    pub name: String,
+    pub owner: u32,
+    pub enabled: bool,
+    pub conninfo: String,
+    pub publications: Vec<String>,
+    pub slot_name: String,
+    pub copy_data: bool,
+    pub binary: bool,
+    pub streaming: bool,
+    pub two_phase: bool,
+    pub origin: String,
+    pub disable_on_error: bool,
+    pub synchronous_commit: String,
+    pub skip_lsn: Option<Lsn>,
+}
+
+impl Subscription {
+    /// Replication origin that records how far this subscription has applied.
+    pub fn origin_name(&self) -> String {
+        origin_name(self.subid)
+    }
+
+    /// A fingerprint of what a running worker depends on: when it changes the worker restarts.
+    pub fn config_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &self.owner,
+            &self.conninfo,
+            &self.publications,
+            &self.slot_name,
+            self.binary,
+            self.streaming,
+            self.two_phase,
+            &self.origin,
+            &self.synchronous_commit,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
+pub fn origin_name(subid: i32) -> String {
+    format!("pgsub_{subid}")
+}
+
+const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, conninfo, publications, \
+     coalesce(slot_name::text, subname::text), copy_data, \"binary\", streaming, two_phase, origin, \
+     disable_on_error, synchronous_commit, skip_lsn::text";
+
+fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
+    Ok(Subscription {
+        subid: row.get::<i32>(1)?.unwrap_or_default(),
+        name: row.get::<String>(2)?.unwrap_or_default(),
+        owner: row.get::<i64>(3)?.unwrap_or_default() as u32,
+        enabled: row.get::<bool>(4)?.unwrap_or_default(),
+        conninfo: row.get::<String>(5)?.unwrap_or_default(),
+        publications: row
+            .get::<Vec<Option<String>>>(6)?
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect(),
+        slot_name: row.get::<String>(7)?.unwrap_or_default(),
+        copy_data: row.get::<bool>(8)?.unwrap_or_default(),
+        binary: row.get::<bool>(9)?.unwrap_or_default(),
+        streaming: row.get::<bool>(10)?.unwrap_or_default(),
+        two_phase: row.get::<bool>(11)?.unwrap_or_default(),
+        origin: row.get::<String>(12)?.unwrap_or_else(|| "any".into()),
+        disable_on_error: row.get::<bool>(13)?.unwrap_or_default(),
+        synchronous_commit: row.get::<String>(14)?.unwrap_or_else(|| "off".into()),
+        skip_lsn: row.get::<String>(15)?.and_then(|s| s.parse().ok()),
+    })
+}
+
+/// True when `CREATE EXTENSION pgsub` has been run in the current database.
+pub fn extension_exists() -> bool {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgsub')")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Every subscription, ordered by subid.
+pub fn load_all() -> SpiResult<Vec<Subscription>> {
+    Spi::connect(|client| {
+        let table = client.select(
+            &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub ORDER BY subid"),
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for row in table {
+            out.push(row_to_sub(&row)?);
+        }
+        Ok(out)
+    })
+}
+
+/// One subscription by id.
+pub fn load(subid: i32) -> SpiResult<Option<Subscription>> {
+    Spi::connect(|client| {
+        let table = client.select(
+            &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub WHERE subid = $1"),
+            None,
+            &[subid.into()],
+        )?;
+        match table.into_iter().next() {
+            Some(row) => Ok(Some(row_to_sub(&row)?)),
+            None => Ok(None),
+        }
+    })
+}
+
+/// One subscription by name.
+pub fn load_by_name(name: &str) -> SpiResult<Option<Subscription>> {
+    Spi::connect(|client| {
+        let table = client.select(
+            &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub WHERE subname = $1"),
+            None,
+            &[name.into()],
+        )?;
+        match table.into_iter().next() {
+            Some(row) => Ok(Some(row_to_sub(&row)?)),
+            None => Ok(None),
+        }
+    })
+}
+
+/// One row of `pgsub.sub_rel`.
+#[derive(Clone, Debug)]
+pub struct SubRel {
+    pub remote_schema: String,
+    pub remote_name: String,
+    pub sync_state: char,
+    pub state_lsn: Option<Lsn>,
+}
+
+pub fn load_rels(subid: i32) -> SpiResult<Vec<SubRel>> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT remote_schema, remote_name, sync_state::text, state_lsn::text \
+             FROM pgsub.sub_rel WHERE subid = $1 ORDER BY remote_schema, remote_name",
+            None,
+            &[subid.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in table {
+            out.push(SubRel {
+                remote_schema: row.get::<String>(1)?.unwrap_or_default(),
+                remote_name: row.get::<String>(2)?.unwrap_or_default(),
+                sync_state: row
+                    .get::<String>(3)?
+                    .and_then(|s| s.chars().next())
+                    .unwrap_or('i'),
+                state_lsn: row.get::<String>(4)?.and_then(|s| s.parse().ok()),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Sets `enabled` (used by disable_on_error from the worker).
+pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
+    Spi::connect_mut(|client| {
+        client.update(
+            "UPDATE pgsub.sub SET enabled = $2 WHERE subid = $1",
+            None,
+            &[subid.into(), enabled.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Clears `skip_lsn` once the transaction it named has been skipped.
+pub fn clear_skip_lsn(subid: i32) -> SpiResult<()> {
+    Spi::connect_mut(|client| {
+        client.update("UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1", None, &[subid.into()])?;
+        Ok(())
+    })
+}

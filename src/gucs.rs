@@ -1,0 +1,89 @@
+//! pgsub's configuration parameters (GUCs), defined once in `_PG_init`.
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// Database the launcher and apply workers connect to (postmaster).
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Maximum number of apply workers pgsub runs at once (postmaster).
+pub static MAX_APPLY_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// How often the launcher rescans the catalog, in ms.
+pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Delay before restarting a failed worker, in ms (grows with consecutive failures).
+pub static RETRY_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+/// Silence from the publisher after which the connection is considered dead, in ms (0 = never).
+pub static RECEIVER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+/// Maximum interval between status updates sent to the publisher, in ms.
+pub static STATUS_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+pub fn define() {
+    GucRegistry::define_string_guc(
+        c"pgsub.database",
+        c"Database in which the pgsub launcher and apply workers run.",
+        c"The pgsub extension must be created in this database.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.max_apply_workers",
+        c"Maximum number of pgsub apply workers.",
+        c"Each enabled subscription needs one; they also count against max_worker_processes.",
+        &MAX_APPLY_WORKERS,
+        0,
+        1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.naptime",
+        c"How often the pgsub launcher rescans the subscription catalog.",
+        c"Subscription changes made through pgsub's functions also wake the launcher at once.",
+        &NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.retry_interval",
+        c"Time to wait before restarting a failed pgsub apply worker.",
+        c"Doubles with each consecutive failure, up to 12 times this value.",
+        &RETRY_INTERVAL_MS,
+        1,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.receiver_timeout",
+        c"Terminate a replication connection silent for longer than this.",
+        c"A keepalive is requested at half of it. 0 disables the timeout.",
+        &RECEIVER_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.status_interval",
+        c"Maximum time between status updates sent to the publisher.",
+        c"Updates are also sent when the flush position moves and when the publisher asks.",
+        &STATUS_INTERVAL_MS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+}
+
+/// The `pgsub.database` value.
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_else(|| "postgres".to_string())
+}
+
+pub fn ms(setting: &GucSetting<i32>) -> std::time::Duration {
+    std::time::Duration::from_millis(setting.get().max(0) as u64)
+}

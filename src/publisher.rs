@@ -1,0 +1,138 @@
+//! Talking to the publisher from inside PostgreSQL: opens pgsub-proto connections whose every
+//! wait goes through `WaitLatchOrSocket`, and turns protocol errors into ereports.
+//!
+//! In a backend (the SQL functions) a wait wakes for query cancel and backend termination through
+//! CHECK_FOR_INTERRUPTS; in a background worker it returns `Interrupted` once SIGTERM arrived, and
+//! reloads the configuration on SIGHUP. Postmaster death ends the process in both.
+use crate::launcher::{reload_config_if_requested, shutdown_requested};
+use crate::report;
+use pgrx::prelude::*;
+use pgsub_proto::client::{Client, Error, Interest, Wait};
+use pgsub_proto::conninfo;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+/// Where the connection is used from, which decides how interrupts are honoured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    Backend,
+    Worker,
+}
+
+/// A latch-aware [`Wait`] for pgsub-proto.
+pub struct LatchWait {
+    pub ctx: Context,
+}
+
+impl Wait for LatchWait {
+    fn wait(&mut self, fd: RawFd, interest: Interest, deadline: Option<Instant>) -> Result<(), Error> {
+        loop {
+            if self.ctx == Context::Worker {
+                if shutdown_requested() {
+                    return Err(Error::Interrupted);
+                }
+                reload_config_if_requested();
+            }
+            let timeout_ms: i64 = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(Error::Timeout("timeout expired".into()));
+                    }
+                    // Wake at least once a second to look at the shutdown flag again.
+                    (d - now).as_millis().min(1000) as i64
+                }
+                None => 1000,
+            };
+            let sock_ev = match interest {
+                Interest::Read => pg_sys::WL_SOCKET_READABLE,
+                Interest::Write => pg_sys::WL_SOCKET_WRITEABLE,
+            };
+            // SAFETY: MyLatch is valid in every backend; fd is the connection's open socket.
+            let rc = unsafe {
+                let rc = pg_sys::WaitLatchOrSocket(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_LATCH_SET | sock_ev | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                    fd,
+                    timeout_ms as std::ffi::c_long,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                }
+                rc
+            };
+            if self.ctx == Context::Backend {
+                pg_sys::check_for_interrupts!();
+            }
+            if rc & sock_ev as i32 != 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Opens a connection (replication=database when `replication`) to the publisher.
+/// `application_name` (what the publisher's pg_stat_replication shows) applies unless the
+/// connection string sets one.
+pub fn connect(conninfo_str: &str, replication: bool, ctx: Context, application_name: Option<&str>) -> Result<Client, Error> {
+    let mut cfg = conninfo::parse(conninfo_str).map_err(Error::Config)?;
+    if cfg.application_name.is_none() {
+        cfg.application_name = application_name.map(str::to_string);
+    }
+    if ctx == Context::Worker && cfg.connect_timeout.is_none() {
+        // A publisher that accepts the connection and then says nothing must not hold the
+        // worker forever: bound the start-up by the receiver timeout.
+        let t = crate::gucs::ms(&crate::gucs::RECEIVER_TIMEOUT_MS);
+        if !t.is_zero() {
+            cfg.connect_timeout = Some(t);
+        }
+    }
+    Client::connect(&cfg, replication, Box::new(LatchWait { ctx }))
+}
+
+/// SQLSTATE of a protocol error: the server's own code, or a connection-class code.
+pub fn sqlstate(err: &Error) -> PgSqlErrorCode {
+    if let Some(code) = err.sqlstate() {
+        if let Some(c) = code_from_str(code) {
+            return c;
+        }
+    }
+    match err {
+        Error::Config(_) => PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+        Error::Interrupted => PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+        Error::Protocol(_) => PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+        Error::Auth(_) => PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        _ => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+    }
+}
+
+fn code_from_str(code: &str) -> Option<PgSqlErrorCode> {
+    let b = code.as_bytes();
+    if b.len() != 5 {
+        return None;
+    }
+    // MAKE_SQLSTATE: each character's 6 low bits of (c - '0'), packed little-end first.
+    let mut v: i32 = 0;
+    for (i, c) in b.iter().enumerate() {
+        v |= (((*c as i32) - ('0' as i32)) & 0x3F) << (6 * i);
+    }
+    Some(PgSqlErrorCode::from(v))
+}
+
+/// Raises an ERROR for a failed publisher operation: `what` says what we were doing; the server's
+/// SQLSTATE, detail and hint are kept.
+pub fn raise(err: &Error, what: &str, hint: Option<&str>) -> ! {
+    let (msg, detail, server_hint) = describe(err);
+    let hint = hint.map(str::to_string).or(server_hint);
+    report::error(sqlstate(err), format!("{what}: {msg}"), detail, hint.as_deref())
+}
+
+/// Message, detail and hint of a protocol error (passwords never appear in them).
+pub fn describe(err: &Error) -> (String, Option<String>, Option<String>) {
+    match err {
+        Error::Server(e) => (e.message.clone(), e.detail.clone(), e.hint.clone()),
+        Error::Config(e) => (format!("invalid connection string: {e}"), None, None),
+        other => (other.to_string(), None, None),
+    }
+}

@@ -1,0 +1,252 @@
+//! Shared memory: one slot per known subscription holding its worker state and statistics.
+//!
+//! The launcher claims a slot for every subscription it sees and decides when workers start; the
+//! apply worker owns the progress and counter fields of its slot while it runs; the SQL view
+//! (`stats.rs`) reads every slot under a shared lock. Counters survive worker restarts; everything
+//! here is reset when the postmaster restarts (shared memory is created anew).
+use pgrx::lwlock::PgLwLock;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, pg_sys};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Subscriptions whose state fits in shared memory at once.
+pub const MAX_SUBSCRIPTIONS: usize = 128;
+const ERR_LEN: usize = 1000;
+
+/// What a subscription is doing, as shown in `pgsub.stat_subscription.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Disabled = 0,
+    WaitingForWorker = 1,
+    Starting = 2,
+    Connecting = 3,
+    InitialCopy = 4,
+    Catchup = 5,
+    Streaming = 6,
+    Error = 7,
+}
+
+impl Status {
+    pub fn from_u8(v: u8) -> Status {
+        match v {
+            1 => Status::WaitingForWorker,
+            2 => Status::Starting,
+            3 => Status::Connecting,
+            4 => Status::InitialCopy,
+            5 => Status::Catchup,
+            6 => Status::Streaming,
+            7 => Status::Error,
+            _ => Status::Disabled,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Disabled => "disabled",
+            Status::WaitingForWorker => "waiting_for_worker",
+            Status::Starting => "starting",
+            Status::Connecting => "connecting",
+            Status::InitialCopy => "initial_copy",
+            Status::Catchup => "catchup",
+            Status::Streaming => "streaming",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// State of one subscription. Timestamps are PostgreSQL `TimestampTz` (µs since 2000-01-01), 0 =
+/// unset; LSNs are raw `XLogRecPtr`, 0 = unset.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SubSlot {
+    pub subid: i32,
+    pub status: u8,
+    /// The launcher logged the "no free worker slot" WARNING for the current wait.
+    pub warned_no_worker: bool,
+    /// The last worker exited with an error (so the next start is delayed).
+    pub failed: bool,
+    pub pid: i32,
+    /// A backend dropping or refreshing this subscription: no worker starts while it lives.
+    pub paused_by: i32,
+    /// Consecutive failed runs, for the restart backoff.
+    pub failures: i32,
+    /// The launcher will not start a worker before this time.
+    pub next_start_at: i64,
+    /// Fingerprint of the catalog row the running worker was started with.
+    pub config_hash: u64,
+    pub worker_started_at: i64,
+    pub received_lsn: u64,
+    pub applied_lsn: u64,
+    pub flushed_lsn: u64,
+    pub publisher_wal_end: u64,
+    /// Everything the publisher sent up to here has been applied (idle and caught up).
+    pub caught_up_lsn: u64,
+    pub last_msg_send_time: i64,
+    pub last_msg_receipt_time: i64,
+    pub last_commit_time: i64,
+    /// Commit time of the oldest received transaction not applied yet (0 = none).
+    pub pending_commit_time: i64,
+    pub txns_applied: i64,
+    pub inserts: i64,
+    pub updates: i64,
+    pub deletes: i64,
+    pub truncates: i64,
+    pub messages: i64,
+    pub conflicts: i64,
+    pub txns_skipped: i64,
+    pub error_count: i64,
+    pub last_error_at: i64,
+    pub last_error_len: u16,
+    pub last_error: [u8; ERR_LEN],
+}
+
+impl Default for SubSlot {
+    fn default() -> Self {
+        SubSlot {
+            subid: 0,
+            status: Status::Starting as u8,
+            warned_no_worker: false,
+            failed: false,
+            pid: 0,
+            paused_by: 0,
+            failures: 0,
+            next_start_at: 0,
+            config_hash: 0,
+            worker_started_at: 0,
+            received_lsn: 0,
+            applied_lsn: 0,
+            flushed_lsn: 0,
+            publisher_wal_end: 0,
+            caught_up_lsn: 0,
+            last_msg_send_time: 0,
+            last_msg_receipt_time: 0,
+            last_commit_time: 0,
+            pending_commit_time: 0,
+            txns_applied: 0,
+            inserts: 0,
+            updates: 0,
+            deletes: 0,
+            truncates: 0,
+            messages: 0,
+            conflicts: 0,
+            txns_skipped: 0,
+            error_count: 0,
+            last_error_at: 0,
+            last_error_len: 0,
+            last_error: [0; ERR_LEN],
+        }
+    }
+}
+
+impl SubSlot {
+    pub fn last_error(&self) -> Option<String> {
+        if self.last_error_len == 0 {
+            return None;
+        }
+        let n = (self.last_error_len as usize).min(ERR_LEN);
+        Some(String::from_utf8_lossy(&self.last_error[..n]).into_owned())
+    }
+
+    /// Stores an error message (cut at a character boundary if too long) and counts it.
+    pub fn set_error(&mut self, msg: &str, at: i64) {
+        let mut n = msg.len().min(ERR_LEN);
+        while n > 0 && !msg.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.last_error[..n].copy_from_slice(&msg.as_bytes()[..n]);
+        self.last_error_len = n as u16;
+        self.last_error_at = at;
+        self.error_count += 1;
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Shared {
+    pub launcher_pid: i32,
+    pub slots: [SubSlot; MAX_SUBSCRIPTIONS],
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared { launcher_pid: 0, slots: [SubSlot::default(); MAX_SUBSCRIPTIONS] }
+    }
+}
+
+// SAFETY: plain-old-data without pointers; lives in shared memory under an LWLock.
+unsafe impl PGRXSharedMemory for Shared {}
+
+// SAFETY: the name is unique to pgsub.
+pub static SHARED: PgLwLock<Shared> = unsafe { PgLwLock::new(c"pgsub_shared") };
+
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Called from `_PG_init` in the postmaster; every child inherits the flag.
+pub fn init() {
+    pg_shmem_init!(SHARED);
+    PRELOADED.store(true, Ordering::Relaxed);
+}
+
+/// True when pgsub was preloaded, so its shared memory (and launcher) exist.
+pub fn available() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+impl Shared {
+    pub fn find(&self, subid: i32) -> Option<&SubSlot> {
+        self.slots.iter().find(|s| s.subid == subid)
+    }
+    pub fn find_mut(&mut self, subid: i32) -> Option<&mut SubSlot> {
+        self.slots.iter_mut().find(|s| s.subid == subid)
+    }
+    /// The slot of `subid`, claiming a free one if needed (None when all are taken).
+    pub fn claim(&mut self, subid: i32) -> Option<&mut SubSlot> {
+        let idx = match self.slots.iter().position(|s| s.subid == subid) {
+            Some(i) => i,
+            None => {
+                let i = self.slots.iter().position(|s| s.subid == 0)?;
+                self.slots[i] = SubSlot { subid, ..SubSlot::default() };
+                i
+            }
+        };
+        Some(&mut self.slots[idx])
+    }
+    /// Forgets a dropped subscription's slot once its worker is gone.
+    pub fn release_if_stopped(&mut self, subid: i32) {
+        if let Some(s) = self.find_mut(subid) {
+            if s.pid == 0 || !pid_alive(s.pid) {
+                *s = SubSlot::default();
+            }
+        }
+    }
+}
+
+/// Runs `f` on the slot of `subid` under the exclusive lock, if there is one.
+pub fn with_slot<R>(subid: i32, f: impl FnOnce(&mut SubSlot) -> R) -> Option<R> {
+    let mut g = SHARED.exclusive();
+    g.find_mut(subid).map(f)
+}
+
+/// Wakes the launcher (procsignal's SIGUSR1 handler sets its latch).
+pub fn wake_launcher() {
+    let pid = SHARED.share().launcher_pid;
+    if pid > 0 {
+        // SAFETY: signalling the launcher's pid with SIGUSR1; its handler sets the latch.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+    }
+}
+
+/// SIGTERM to a pid (used by the launcher to stop apply workers).
+pub fn terminate(pid: i32) {
+    if pid > 0 {
+        // SAFETY: signalling a worker pid recorded in our shared memory.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+/// True while a process with this pid exists.
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}

@@ -1,0 +1,94 @@
+//! Set-returning functions that expose the shared-memory slots to SQL; the
+//! `pgsub.stat_subscription` view (sql/views.sql) joins them with the catalog. Times are
+//! returned as raw TimestampTz microseconds and LSNs as bigint; the view converts both.
+use crate::shmem::{self, Status};
+use pgrx::prelude::*;
+
+
+/// Progress of every subscription pgsub's launcher knows about.
+#[pg_extern(volatile, parallel_safe)]
+fn _stat_progress() -> TableIterator<'static, (
+    name!(subid, i32),
+    name!(status, String),
+    name!(pid, Option<i32>),
+    name!(worker_started_at, i64),
+    name!(received_lsn, i64),
+    name!(applied_lsn, i64),
+    name!(flushed_lsn, i64),
+    name!(publisher_wal_end, i64),
+    name!(caught_up_lsn, i64),
+    name!(last_msg_send_time, i64),
+    name!(last_msg_receipt_time, i64),
+    name!(last_commit_time, i64),
+    name!(pending_commit_time, i64),
+)> {
+    let mut rows = Vec::new();
+    if shmem::available() {
+        let g = shmem::SHARED.share();
+        for s in g.slots.iter().filter(|s| s.subid != 0) {
+            let alive = s.pid > 0 && shmem::pid_alive(s.pid);
+            rows.push((
+                s.subid,
+                Status::from_u8(s.status).as_str().to_string(),
+                if alive { Some(s.pid) } else { None },
+                s.worker_started_at,
+                s.received_lsn as i64,
+                s.applied_lsn as i64,
+                s.flushed_lsn as i64,
+                s.publisher_wal_end as i64,
+                s.caught_up_lsn as i64,
+                s.last_msg_send_time,
+                s.last_msg_receipt_time,
+                s.last_commit_time,
+                s.pending_commit_time,
+            ));
+        }
+    }
+    TableIterator::new(rows)
+}
+
+
+/// Counters and the last error of every subscription pgsub's launcher knows about.
+#[pg_extern(volatile, parallel_safe)]
+fn _stat_counters() -> TableIterator<'static, (
+    name!(subid, i32),
+    name!(txns_applied, i64),
+    name!(inserts, i64),
+    name!(updates, i64),
+    name!(deletes, i64),
+    name!(truncates, i64),
+    name!(messages, i64),
+    name!(conflicts, i64),
+    name!(txns_skipped, i64),
+    name!(error_count, i64),
+    name!(last_error, Option<String>),
+    name!(last_error_at, i64),
+)> {
+    let mut rows = Vec::new();
+    if shmem::available() {
+        let g = shmem::SHARED.share();
+        for s in g.slots.iter().filter(|s| s.subid != 0) {
+            rows.push((
+                s.subid,
+                s.txns_applied,
+                s.inserts,
+                s.updates,
+                s.deletes,
+                s.truncates,
+                s.messages,
+                s.conflicts,
+                s.txns_skipped,
+                s.error_count,
+                s.last_error(),
+                s.last_error_at,
+            ));
+        }
+    }
+    TableIterator::new(rows)
+}
+
+/// True when pgsub was loaded through shared_preload_libraries (so the launcher runs).
+#[pg_extern(volatile, parallel_safe)]
+fn _preloaded() -> bool {
+    shmem::available()
+}

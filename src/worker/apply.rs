@@ -1,0 +1,837 @@
+//! Applying decoded pgoutput changes to local tables through SPI.
+//!
+//! Each remote transaction becomes one local transaction (Begin → StartTransactionCommand +
+//! SPI_connect, Commit → origin LSN/timestamp set, SPI_finish, CommitTransactionCommand). Remote
+//! relations are mapped to local tables by schema-qualified name and remote columns to local
+//! columns by name; values go through the local type's input (text) or receive (binary) function,
+//! called through FmgrInfo cached per relation. Statements are prepared once per (relation,
+//! operation, column set) with SPI_prepare + SPI_keepplan and reused; a local DDL change
+//! (relcache invalidation) drops the mapping and its plans so they are rebuilt at next use.
+//!
+//! Row identity for UPDATE/DELETE is the remote replica identity: the key columns flagged in the
+//! Relation message (primary key / USING INDEX), or every column for REPLICA IDENTITY FULL, where
+//! one matching row is chosen by ctid (duplicates are legal there).
+use super::errctx;
+use super::progress::Progress;
+use crate::catalog::SubRel;
+use crate::report;
+use pgrx::memcxt::PgMemoryContexts;
+use pgrx::prelude::*;
+use pgsub_proto::client::quote_ident;
+use pgsub_proto::pgoutput::{
+    Begin, Commit, Delete, Insert, OldTuple, Relation, ReplicaIdentity, Truncate, TupleData, TupleValue, Update,
+};
+use pgsub_proto::Lsn;
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::sync::Mutex;
+
+type Code = PgSqlErrorCode;
+
+/// Local column a remote column maps to.
+struct ColMap {
+    name: String,
+    typid: pg_sys::Oid,
+    typmod: i32,
+    input: Box<pg_sys::FmgrInfo>,
+    receive: Option<Box<pg_sys::FmgrInfo>>,
+    ioparam: pg_sys::Oid,
+    /// `OPERATOR(schema.=)` for this type, when it has a default equality operator.
+    eq_op: Option<String>,
+}
+
+#[derive(Clone, Hash, PartialEq, Eq)]
+enum PlanKey {
+    Insert(Vec<bool>),
+    Update { set: Vec<bool>, key: Vec<bool> },
+    Delete { key: Vec<bool> },
+}
+
+/// A remote relation bound to its local table.
+struct LocalRel {
+    relid: pg_sys::Oid,
+    /// `"schema"."name"`, quoted.
+    qualified: String,
+    /// `ONLY ` for plain tables (partitioned tables route to their partitions).
+    only: &'static str,
+    cols: Vec<ColMap>,
+    plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>,
+}
+
+struct RelEntry {
+    remote: Relation,
+    local: Option<LocalRel>,
+}
+
+/// Relations whose local mapping must be rebuilt (set by the relcache callback).
+static INVALIDATED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+static INVALIDATE_ALL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid {
+        INVALIDATE_ALL.store(true, std::sync::atomic::Ordering::Relaxed);
+    } else if let Ok(mut g) = INVALIDATED.lock() {
+        g.get_or_insert_with(HashSet::new).insert(relid.to_u32());
+    }
+}
+
+/// Which tables the subscription applies changes to, by remote (schema, name).
+pub struct TableStates {
+    states: HashMap<(String, String), (char, Option<Lsn>)>,
+}
+
+impl TableStates {
+    pub fn new(rels: &[SubRel]) -> Self {
+        TableStates {
+            states: rels
+                .iter()
+                .map(|r| ((r.remote_schema.clone(), r.remote_name.clone()), (r.sync_state, r.state_lsn)))
+                .collect(),
+        }
+    }
+
+    /// Marks synchronized tables whose copy point the stream has passed as ready (in the current
+    /// transaction, so the state moves together with the applied position).
+    fn mark_ready(&mut self, subid: i32, end: Lsn) {
+        let due: Vec<(String, String)> = self
+            .states
+            .iter()
+            .filter(|(_, (st, lsn))| *st == 's' && lsn.is_some_and(|l| l <= end))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (schema, name) in due {
+            let r = Spi::run_with_args(
+                "UPDATE pgsub.sub_rel SET sync_state = 'r' WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
+                &[subid.into(), schema.as_str().into(), name.as_str().into()],
+            );
+            if let Err(e) = r {
+                report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+            }
+            self.states.insert((schema, name), ('r', None));
+        }
+    }
+
+    fn any_synchronized(&self) -> bool {
+        self.states.values().any(|(st, _)| *st == 's')
+    }
+
+    /// Native `should_apply_changes_for_rel`: ready tables always; tables synchronized by a copy
+    /// only for transactions that end after the copy's snapshot; other tables not at all.
+    fn applies(&self, schema: &str, name: &str, commit_end: Lsn) -> bool {
+        match self.states.get(&(schema.to_string(), name.to_string())) {
+            Some(('r', _)) => true,
+            Some(('s', Some(lsn))) => commit_end >= *lsn,
+            _ => false,
+        }
+    }
+}
+
+pub struct Applier {
+    rels: HashMap<u32, RelEntry>,
+    pub tables: TableStates,
+    pub in_txn: bool,
+    skipping: bool,
+    /// origin = none: skip transactions that carry an Origin message.
+    skip_foreign_origin: bool,
+    binary: bool,
+    skip_lsn: Option<Lsn>,
+    subid: i32,
+    begin: Option<Begin>,
+    msg_cxt: PgMemoryContexts,
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+impl Applier {
+    pub fn new(subid: i32, tables: TableStates, binary: bool, origin_none: bool, skip_lsn: Option<Lsn>) -> Self {
+        // SAFETY: registering a static callback once per worker process.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+        Applier {
+            rels: HashMap::new(),
+            tables,
+            in_txn: false,
+            skipping: false,
+            skip_foreign_origin: origin_none,
+            binary,
+            skip_lsn,
+            subid,
+            begin: None,
+            msg_cxt: PgMemoryContexts::new("pgsub apply message"),
+        }
+    }
+
+    pub fn on_relation(&mut self, rel: Relation) {
+        // A new definition replaces the old one and its plans.
+        if let Some(old) = self.rels.remove(&rel.oid) {
+            if let Some(l) = old.local {
+                free_plans(l.plans);
+            }
+        }
+        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None });
+    }
+
+    pub fn begin(&mut self, b: Begin, progress: &mut Progress) {
+        if self.in_txn {
+            report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                "BEGIN received while a remote transaction is open",
+                None,
+                None,
+            );
+        }
+        errctx::set_txn(b.xid, b.final_lsn);
+        self.skipping = self.skip_lsn == Some(b.final_lsn);
+        if self.skipping {
+            report::log(
+                PgLogLevel::LOG,
+                Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!(
+                    "pgsub: skipping remote transaction {} that finishes at {} (skip_lsn)",
+                    b.xid, b.final_lsn
+                ),
+                None,
+                None,
+            );
+        }
+        progress.pending_commit_time = b.commit_time;
+        // SAFETY: standard transaction start in a background worker; SPI inside it.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                report::error(Code::ERRCODE_INTERNAL_ERROR, "SPI_connect failed", None, None);
+            }
+        }
+        self.in_txn = true;
+        self.begin = Some(b);
+        self.refresh_invalidated();
+    }
+
+    pub fn origin(&mut self, name: &str) {
+        if self.skip_foreign_origin && self.in_txn && !self.skipping {
+            // origin = 'none': this transaction came to the publisher from another node.
+            let _ = name;
+            self.skipping = true;
+        }
+    }
+
+    pub fn commit(&mut self, c: Commit, progress: &mut Progress) {
+        if !self.in_txn {
+            report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "COMMIT received outside a transaction", None, None);
+        }
+        errctx::set_message("COMMIT", None);
+        let skipped = self.skipping;
+        // SAFETY: closing SPI and committing the transaction opened in `begin`; the origin
+        // position goes into the commit record.
+        let local_end = unsafe {
+            if skipped && self.skip_lsn.is_some() && Some(c.commit_lsn) == self.skip_lsn {
+                // Done skipping: forget skip_lsn in the same transaction.
+                let r = Spi::run_with_args(
+                    "UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1",
+                    &[self.subid.into()],
+                );
+                if let Err(e) = r {
+                    report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
+                }
+                self.skip_lsn = None;
+            }
+            if self.tables.any_synchronized() {
+                self.tables.mark_ready(self.subid, c.end_lsn);
+            }
+            pg_sys::SPI_finish();
+            pg_sys::replorigin_session_origin_lsn = c.end_lsn.0;
+            pg_sys::replorigin_session_origin_timestamp = c.commit_time;
+            pg_sys::CommitTransactionCommand();
+            pg_sys::replorigin_session_origin_lsn = 0;
+            pg_sys::replorigin_session_origin_timestamp = 0;
+            Lsn(pg_sys::XactLastCommitEnd)
+        };
+        self.in_txn = false;
+        self.skipping = false;
+        self.begin = None;
+        if skipped {
+            progress.counters.skipped += 1;
+        }
+        progress.on_commit(c.end_lsn, local_end, c.commit_time);
+        errctx::clear();
+    }
+
+    /// Aborts the local transaction (used when the worker stops mid-transaction).
+    pub fn abort(&mut self) {
+        if self.in_txn {
+            // SAFETY: abort of our own transaction; SPI is cleaned up by the abort.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            self.in_txn = false;
+        }
+    }
+
+    fn commit_end(&self) -> Lsn {
+        self.begin.as_ref().map(|b| b.final_lsn).unwrap_or_default()
+    }
+
+    fn require_txn(&self, what: &str) {
+        if !self.in_txn {
+            report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                format!("{what} received outside a transaction"),
+                None,
+                None,
+            );
+        }
+    }
+
+    /// The relation's entry, bound to its local table; None when changes to it are not applied.
+    fn target(&mut self, rel_oid: u32) -> Option<&mut RelEntry> {
+        let commit_end = self.commit_end();
+        let skipping = self.skipping;
+        let Some(entry) = self.rels.get_mut(&rel_oid) else {
+            report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                format!("change for relation with OID {rel_oid} that was not described by a RELATION message"),
+                None,
+                None,
+            );
+        };
+        errctx::set_message(
+            "",
+            Some(format!("{}.{}", quote_ident(&entry.remote.namespace), quote_ident(&entry.remote.name))),
+        );
+        if skipping || !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
+            return None;
+        }
+        if entry.local.is_none() {
+            entry.local = Some(bind_local(&entry.remote, self.binary));
+        }
+        Some(entry)
+    }
+
+    fn refresh_invalidated(&mut self) {
+        let all = INVALIDATE_ALL.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let set = INVALIDATED.lock().ok().and_then(|mut g| g.take()).unwrap_or_default();
+        if !all && set.is_empty() {
+            return;
+        }
+        for e in self.rels.values_mut() {
+            let stale = match &e.local {
+                Some(l) => all || set.contains(&l.relid.to_u32()),
+                None => false,
+            };
+            if stale {
+                if let Some(l) = e.local.take() {
+                    free_plans(l.plans);
+                }
+            }
+        }
+    }
+
+    pub fn insert(&mut self, m: Insert, progress: &mut Progress) {
+        self.require_txn("INSERT");
+        errctx::set_message("INSERT", None);
+        let binary = self.binary;
+        let cxt = self.msg_cxt.value();
+        let Some(entry) = self.target(m.rel_oid) else { return };
+        errctx::set_kind("INSERT");
+        let RelEntry { remote, local } = entry;
+        let Some(local) = local.as_mut() else { return };
+        check_width(remote, &m.new, "new tuple");
+        let present: Vec<bool> = m.new.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect();
+        let plan = local.plan(PlanKey::Insert(present.clone()), remote);
+        let mut values = Vec::new();
+        let mut nulls = Vec::new();
+        in_context(cxt, || {
+            for (i, v) in m.new.columns.iter().enumerate() {
+                if present[i] {
+                    let (d, n) = local.cols[i].datum(v, binary);
+                    values.push(d);
+                    nulls.push(n);
+                }
+            }
+            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32);
+        });
+        progress.counters.inserts += 1;
+    }
+
+    pub fn update(&mut self, m: Update, progress: &mut Progress) {
+        self.require_txn("UPDATE");
+        let binary = self.binary;
+        let cxt = self.msg_cxt.value();
+        let Some(entry) = self.target(m.rel_oid) else { return };
+        errctx::set_kind("UPDATE");
+        let RelEntry { remote, local } = entry;
+        let Some(local) = local.as_mut() else { return };
+        check_width(remote, &m.new, "new tuple");
+        let full = remote.replica_identity == ReplicaIdentity::Full;
+        // Key values: from the old tuple when sent (key changed, or identity FULL), else the new one.
+        let key_src: &TupleData = match &m.old {
+            Some(OldTuple::Key(t)) | Some(OldTuple::Full(t)) => {
+                check_width(remote, t, "old tuple");
+                t
+            }
+            None => &m.new,
+        };
+        let key = key_mask(remote, key_src, full, &local.cols);
+        let set: Vec<bool> = m.new.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect();
+        let plan = local.plan(PlanKey::Update { set: set.clone(), key: key.clone() }, remote);
+        let mut values = Vec::new();
+        let mut nulls = Vec::new();
+        let processed = in_context(cxt, || {
+            for (i, v) in m.new.columns.iter().enumerate() {
+                if set[i] {
+                    let (d, n) = local.cols[i].datum(v, binary);
+                    values.push(d);
+                    nulls.push(n);
+                }
+            }
+            for (i, v) in key_src.columns.iter().enumerate() {
+                if key[i] {
+                    let (d, n) = local.cols[i].datum(v, binary);
+                    values.push(d);
+                    nulls.push(n);
+                }
+            }
+            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32)
+        });
+        if processed == 0 {
+            progress.counters.conflicts += 1;
+            missing_row("UPDATE", &local.qualified);
+        } else {
+            progress.counters.updates += 1;
+        }
+    }
+
+    pub fn delete(&mut self, m: Delete, progress: &mut Progress) {
+        self.require_txn("DELETE");
+        let binary = self.binary;
+        let cxt = self.msg_cxt.value();
+        let Some(entry) = self.target(m.rel_oid) else { return };
+        errctx::set_kind("DELETE");
+        let RelEntry { remote, local } = entry;
+        let Some(local) = local.as_mut() else { return };
+        let full = remote.replica_identity == ReplicaIdentity::Full;
+        let old = match &m.old {
+            OldTuple::Key(t) | OldTuple::Full(t) => t,
+        };
+        check_width(remote, old, "old tuple");
+        let key = key_mask(remote, old, full, &local.cols);
+        let plan = local.plan(PlanKey::Delete { key: key.clone() }, remote);
+        let mut values = Vec::new();
+        let mut nulls = Vec::new();
+        let processed = in_context(cxt, || {
+            for (i, v) in old.columns.iter().enumerate() {
+                if key[i] {
+                    let (d, n) = local.cols[i].datum(v, binary);
+                    values.push(d);
+                    nulls.push(n);
+                }
+            }
+            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32)
+        });
+        if processed == 0 {
+            progress.counters.conflicts += 1;
+            missing_row("DELETE", &local.qualified);
+        } else {
+            progress.counters.deletes += 1;
+        }
+    }
+
+    pub fn truncate(&mut self, m: Truncate, progress: &mut Progress) {
+        self.require_txn("TRUNCATE");
+        errctx::set_message("TRUNCATE", None);
+        let mut targets = Vec::new();
+        for oid in &m.rel_oids {
+            if let Some(entry) = self.target(*oid) {
+                if let Some(l) = &entry.local {
+                    targets.push(format!("{}{}", l.only, l.qualified));
+                }
+            }
+        }
+        errctx::set_message("TRUNCATE", None);
+        if targets.is_empty() {
+            return;
+        }
+        // Like native: never cascade further on the subscriber.
+        let sql = format!(
+            "TRUNCATE {}{}",
+            targets.join(", "),
+            if m.restart_identity { " RESTART IDENTITY" } else { "" }
+        );
+        if let Err(e) = Spi::run(&sql) {
+            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("TRUNCATE failed: {e}"), None, None);
+        }
+        progress.counters.truncates += targets.len() as i64;
+    }
+}
+
+fn missing_row(op: &str, rel: &str) {
+    report::log(
+        PgLogLevel::LOG,
+        Code::ERRCODE_NO_DATA_FOUND,
+        format!("pgsub: logical replication did not find row to be {}d in replication target relation {rel}", op.to_lowercase()),
+        Some(errctx::describe()),
+        None,
+    );
+}
+
+fn check_width(remote: &Relation, t: &TupleData, what: &str) {
+    if t.columns.len() != remote.columns.len() {
+        report::error(
+            Code::ERRCODE_PROTOCOL_VIOLATION,
+            format!(
+                "{what} has {} columns but relation {}.{} has {}",
+                t.columns.len(),
+                quote_ident(&remote.namespace),
+                quote_ident(&remote.name),
+                remote.columns.len()
+            ),
+            None,
+            None,
+        );
+    }
+}
+
+/// Which columns identify the row: the remote key columns (all columns for FULL) whose value was
+/// sent and, for FULL, whose type has an equality operator.
+fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[ColMap]) -> Vec<bool> {
+    let mask: Vec<bool> = remote
+        .columns
+        .iter()
+        .zip(t.columns.iter())
+        .zip(cols.iter())
+        .map(|((rc, v), lc)| {
+            let sent = !matches!(v, TupleValue::UnchangedToast);
+            if full {
+                sent && lc.eq_op.is_some()
+            } else {
+                rc.is_key && sent
+            }
+        })
+        .collect();
+    if !mask.iter().any(|b| *b) {
+        report::error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "publisher did not send replica identity column values for relation {}.{}",
+                quote_ident(&remote.namespace),
+                quote_ident(&remote.name)
+            ),
+            None,
+            Some("The published table needs a primary key, REPLICA IDENTITY USING INDEX, or REPLICA IDENTITY FULL to replicate UPDATE and DELETE."),
+        );
+    }
+    mask
+}
+
+fn in_context<R>(cxt: pg_sys::MemoryContext, f: impl FnOnce() -> R) -> R {
+    // SAFETY: cxt is our per-message context, alive for the worker's life; reset after use.
+    unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let r = f();
+        pg_sys::PopActiveSnapshot();
+        pg_sys::MemoryContextSwitchTo(old);
+        pg_sys::MemoryContextReset(cxt);
+        r
+    }
+}
+
+fn execute(plan: pg_sys::SPIPlanPtr, values: &mut [pg_sys::Datum], nulls: &[std::ffi::c_char], expect: i32) -> u64 {
+    // SAFETY: a kept plan whose argument count matches values/nulls (built from the same masks).
+    unsafe {
+        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+        if rc != expect {
+            report::error(
+                Code::ERRCODE_INTERNAL_ERROR,
+                format!("SPI_execute_plan returned {rc} (expected {expect})"),
+                None,
+                None,
+            );
+        }
+        pg_sys::SPI_processed
+    }
+}
+
+fn free_plans(plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>) {
+    for (_, p) in plans {
+        // SAFETY: plans were kept with SPI_keepplan and are not used after this.
+        unsafe { pg_sys::SPI_freeplan(p) };
+    }
+}
+
+impl ColMap {
+    /// The Datum of a remote value for this column (None-valued for NULL).
+    fn datum(&self, v: &TupleValue, binary: bool) -> (pg_sys::Datum, std::ffi::c_char) {
+        errctx::set_column(Some(&self.name));
+        let r = match v {
+            TupleValue::Null => (pg_sys::Datum::from(0), b'n' as std::ffi::c_char),
+            TupleValue::Text(bytes) => {
+                let c = CString::new(bytes.as_ref()).unwrap_or_else(|_| {
+                    report::error(
+                        Code::ERRCODE_INVALID_TEXT_REPRESENTATION,
+                        format!("value for column \"{}\" contains a NUL byte", self.name),
+                        None,
+                        None,
+                    )
+                });
+                // SAFETY: input function of the local column type, with its ioparam/typmod.
+                let d = unsafe {
+                    pg_sys::InputFunctionCall(
+                        &*self.input as *const _ as *mut _,
+                        c.as_ptr() as *mut _,
+                        self.ioparam,
+                        self.typmod,
+                    )
+                };
+                (d, b' ' as std::ffi::c_char)
+            }
+            TupleValue::Binary(bytes) => {
+                let Some(recv) = &self.receive else {
+                    report::error(
+                        Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        format!("no binary input function available for column \"{}\"", self.name),
+                        None,
+                        Some("Create the subscription with binary => false."),
+                    );
+                };
+                let _ = binary;
+                // SAFETY: a StringInfo over our bytes (receive functions read, not write).
+                let d = unsafe {
+                    let mut si: pg_sys::StringInfoData = std::mem::zeroed();
+                    pg_sys::initStringInfo(&mut si);
+                    pg_sys::appendBinaryStringInfo(&mut si, bytes.as_ptr() as *const _, bytes.len() as i32);
+                    let d = pg_sys::ReceiveFunctionCall(&**recv as *const _ as *mut _, &mut si, self.ioparam, self.typmod);
+                    if si.cursor != si.len {
+                        report::error(
+                            Code::ERRCODE_INVALID_BINARY_REPRESENTATION,
+                            format!("incorrect binary data format in column \"{}\"", self.name),
+                            None,
+                            None,
+                        );
+                    }
+                    d
+                };
+                (d, b' ' as std::ffi::c_char)
+            }
+            TupleValue::UnchangedToast => {
+                report::error(
+                    Code::ERRCODE_INTERNAL_ERROR,
+                    format!("unchanged TOAST value of column \"{}\" used as data", self.name),
+                    None,
+                    None,
+                );
+            }
+        };
+        errctx::set_column(None);
+        r
+    }
+}
+
+/// Binds a remote relation to the local table of the same schema-qualified name.
+fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
+    let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+    let relinfo = Spi::get_two_with_args::<pg_sys::Oid, String>(
+        "SELECT c.oid, c.relkind::text FROM pg_catalog.pg_class c \
+         WHERE c.oid = pg_catalog.to_regclass($1)",
+        &[qualified.as_str().into()],
+    );
+    let (relid, relkind) = match relinfo {
+        Ok((Some(oid), kind)) => (oid, kind.unwrap_or_default()),
+        _ => report::error(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("logical replication target relation {qualified} does not exist"),
+            None,
+            Some("Create the table on the subscriber (or rename it back); the worker retries."),
+        ),
+    };
+    if relkind != "r" && relkind != "p" {
+        report::error(
+            Code::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("logical replication target relation {qualified} is not a table"),
+            None,
+            None,
+        );
+    }
+    // Local columns by name.
+    let local_cols = local_columns(relid);
+    let mut cols = Vec::with_capacity(remote.columns.len());
+    for rc in &remote.columns {
+        let Some((_, typid, typmod)) = local_cols.iter().find(|(n, _, _)| *n == rc.name) else {
+            report::error(
+                Code::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "logical replication target relation {qualified} is missing replicated column \"{}\"",
+                    rc.name
+                ),
+                None,
+                Some("Add the column on the subscriber; the worker retries."),
+            );
+        };
+        cols.push(col_map(&rc.name, *typid, *typmod, binary));
+    }
+    LocalRel {
+        relid,
+        qualified,
+        only: if relkind == "p" { "" } else { "ONLY " },
+        cols,
+        plans: HashMap::new(),
+    }
+}
+
+/// (name, type, typmod) of the local table's ordinary, non-generated columns.
+fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32)> {
+    let r = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            None,
+            &[relid.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in t {
+            out.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<i32>(3)?.unwrap_or(-1),
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    });
+    match r {
+        Ok(v) => v,
+        Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading columns: {e}"), None, None),
+    }
+}
+
+fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, binary: bool) -> ColMap {
+    // SAFETY: catalog lookups and fmgr_info into TopMemoryContext (the FmgrInfo lives in a Box
+    // for the worker's life).
+    unsafe {
+        let mut input_fn = pg_sys::InvalidOid;
+        let mut ioparam = pg_sys::InvalidOid;
+        pg_sys::getTypeInputInfo(typid, &mut input_fn, &mut ioparam);
+        let mut input: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+        pg_sys::fmgr_info_cxt(input_fn, &mut *input, pg_sys::TopMemoryContext);
+        let receive = if binary {
+            let mut recv_fn = pg_sys::InvalidOid;
+            let mut recv_param = pg_sys::InvalidOid;
+            pg_sys::getTypeBinaryInputInfo(typid, &mut recv_fn, &mut recv_param);
+            let mut f: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+            pg_sys::fmgr_info_cxt(recv_fn, &mut *f, pg_sys::TopMemoryContext);
+            Some(f)
+        } else {
+            None
+        };
+        let tc = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_EQ_OPR as i32);
+        let eq_oid = if tc.is_null() { pg_sys::InvalidOid } else { (*tc).eq_opr };
+        let eq_op = if eq_oid == pg_sys::InvalidOid {
+            None
+        } else {
+            Spi::get_one_with_args::<String>(
+                "SELECT pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname) \
+                 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+                 WHERE o.oid = $1",
+                &[eq_oid.into()],
+            )
+            .ok()
+            .flatten()
+        };
+        ColMap { name: name.to_string(), typid, typmod, input, receive, ioparam, eq_op }
+    }
+}
+
+impl LocalRel {
+    /// The prepared plan for `key`, prepared and kept on first use.
+    fn plan(&mut self, key: PlanKey, remote: &Relation) -> pg_sys::SPIPlanPtr {
+        if let Some(p) = self.plans.get(&key) {
+            return *p;
+        }
+        let full = remote.replica_identity == ReplicaIdentity::Full;
+        let mut argtypes: Vec<pg_sys::Oid> = Vec::new();
+        let q = &self.qualified;
+        let mut arg = |i: usize, argtypes: &mut Vec<pg_sys::Oid>| {
+            argtypes.push(self.cols[i].typid);
+            format!("${}", argtypes.len())
+        };
+        let cond = |mask: &[bool], argtypes: &mut Vec<pg_sys::Oid>, arg: &mut dyn FnMut(usize, &mut Vec<pg_sys::Oid>) -> String| {
+            let mut parts = Vec::new();
+            for (i, on) in mask.iter().enumerate() {
+                if !*on {
+                    continue;
+                }
+                let col = quote_ident(&self.cols[i].name);
+                let p = arg(i, argtypes);
+                let op = self.cols[i].eq_op.clone().unwrap_or_else(|| "=".to_string());
+                if full {
+                    parts.push(format!("({col} {op} {p} OR ({col} IS NULL AND {p} IS NULL))"));
+                } else {
+                    parts.push(format!("{col} {op} {p}"));
+                }
+            }
+            parts.join(" AND ")
+        };
+        let sql = match &key {
+            PlanKey::Insert(present) => {
+                let mut names = Vec::new();
+                let mut params = Vec::new();
+                for (i, on) in present.iter().enumerate() {
+                    if *on {
+                        names.push(quote_ident(&self.cols[i].name));
+                        params.push(arg(i, &mut argtypes));
+                    }
+                }
+                format!("INSERT INTO {q} ({}) VALUES ({})", names.join(", "), params.join(", "))
+            }
+            PlanKey::Update { set, key } => {
+                let mut sets = Vec::new();
+                for (i, on) in set.iter().enumerate() {
+                    if *on {
+                        let p = arg(i, &mut argtypes);
+                        sets.push(format!("{} = {p}", quote_ident(&self.cols[i].name)));
+                    }
+                }
+                let c = cond(key, &mut argtypes, &mut arg);
+                if full {
+                    format!(
+                        "UPDATE {}{q} SET {} WHERE ctid = (SELECT ctid FROM {}{q} WHERE {c} LIMIT 1)",
+                        self.only,
+                        sets.join(", "),
+                        self.only
+                    )
+                } else {
+                    format!("UPDATE {}{q} SET {} WHERE {c}", self.only, sets.join(", "))
+                }
+            }
+            PlanKey::Delete { key } => {
+                let c = cond(key, &mut argtypes, &mut arg);
+                if full {
+                    format!(
+                        "DELETE FROM {}{q} WHERE ctid = (SELECT ctid FROM {}{q} WHERE {c} LIMIT 1)",
+                        self.only, self.only
+                    )
+                } else {
+                    format!("DELETE FROM {}{q} WHERE {c}", self.only)
+                }
+            }
+        };
+        let csql = cstring(&sql);
+        // SAFETY: SPI is connected (inside a remote transaction); the plan is kept for reuse.
+        let plan = unsafe {
+            let p = pg_sys::SPI_prepare(csql.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr());
+            if p.is_null() {
+                report::error(
+                    Code::ERRCODE_INTERNAL_ERROR,
+                    format!("SPI_prepare failed for: {sql}"),
+                    None,
+                    None,
+                );
+            }
+            pg_sys::SPI_keepplan(p);
+            p
+        };
+        self.plans.insert(key, plan);
+        plan
+    }
+}

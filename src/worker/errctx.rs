@@ -1,0 +1,135 @@
+//! Error context of the apply worker, as PostgreSQL's own worker reports it: which subscription,
+//! message type, relation, column, remote xid and the finish LSN of the remote transaction (the
+//! value `pgsub.skip_transaction` takes). Installed as an ErrorContextCallback for the worker's
+//! life, so every ERROR in the log carries it; `describe()` gives the same text for last_error.
+use pgrx::pg_sys;
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CString};
+
+#[derive(Default)]
+struct State {
+    subscription: String,
+    origin: String,
+    kind: &'static str,
+    relation: Option<String>,
+    column: Option<String>,
+    xid: Option<u32>,
+    finish_lsn: Option<u64>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+extern "C" {
+    // elog.c: appends a CONTEXT line to the error being reported.
+    fn errcontext_msg(fmt: *const c_char, ...) -> c_int;
+}
+
+pub fn init(subscription: &str, origin: &str) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.subscription = subscription.to_string();
+        s.origin = origin.to_string();
+    });
+}
+
+pub fn set_txn(xid: u32, finish_lsn: pgsub_proto::Lsn) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.xid = Some(xid);
+        s.finish_lsn = Some(finish_lsn.0);
+        s.kind = "BEGIN";
+        s.relation = None;
+        s.column = None;
+    });
+}
+
+/// The message being applied; `relation` replaces the current one when given.
+pub fn set_message(kind: &'static str, relation: Option<String>) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if !kind.is_empty() {
+            s.kind = kind;
+        }
+        if relation.is_some() {
+            s.relation = relation;
+        }
+        s.column = None;
+    });
+}
+
+pub fn set_kind(kind: &'static str) {
+    STATE.with(|s| s.borrow_mut().kind = kind);
+}
+
+pub fn set_column(column: Option<&str>) {
+    STATE.with(|s| s.borrow_mut().column = column.map(str::to_string));
+}
+
+pub fn clear() {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.kind = "";
+        s.relation = None;
+        s.column = None;
+        s.xid = None;
+        s.finish_lsn = None;
+    });
+}
+
+/// The finish LSN of the remote transaction being applied, if any.
+pub fn finish_lsn() -> Option<pgsub_proto::Lsn> {
+    STATE.with(|s| s.borrow().finish_lsn.map(pgsub_proto::Lsn))
+}
+
+/// Native-style context text, or an empty string outside a message.
+pub fn describe() -> String {
+    STATE.with(|s| {
+        let s = s.borrow();
+        if s.kind.is_empty() {
+            return String::new();
+        }
+        let mut out = format!(
+            "processing remote data for subscription \"{}\" (replication origin \"{}\") during message type \"{}\"",
+            s.subscription, s.origin, s.kind
+        );
+        if let Some(r) = &s.relation {
+            out.push_str(&format!(" for replication target relation {r}"));
+            if let Some(c) = &s.column {
+                out.push_str(&format!(" column \"{c}\""));
+            }
+        }
+        if let Some(x) = s.xid {
+            out.push_str(&format!(" in transaction {x}"));
+        }
+        if let Some(l) = s.finish_lsn {
+            out.push_str(&format!(", finished at {}", pgsub_proto::Lsn(l)));
+        }
+        out
+    })
+}
+
+unsafe extern "C-unwind" fn callback(_arg: *mut std::ffi::c_void) {
+    let text = describe();
+    if text.is_empty() {
+        return;
+    }
+    if let Ok(c) = CString::new(text) {
+        // SAFETY: called by errfinish while an error is being built; "%s" with one C string.
+        unsafe { errcontext_msg(c"%s".as_ptr(), c.as_ptr()) };
+    }
+}
+
+/// Pushes the callback for the rest of the process's life.
+pub fn install() {
+    // SAFETY: the callback record is leaked so it outlives every error report of the process.
+    unsafe {
+        let rec: &'static mut pg_sys::ErrorContextCallback = Box::leak(Box::new(pg_sys::ErrorContextCallback {
+            previous: pg_sys::error_context_stack,
+            callback: Some(callback),
+            arg: std::ptr::null_mut(),
+        }));
+        pg_sys::error_context_stack = rec;
+    }
+}

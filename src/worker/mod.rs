@@ -1,0 +1,466 @@
+//! The apply worker: one dynamic background worker per enabled subscription.
+//!
+//! Started by the launcher with the subscription id as argument and "dboid owner" as extra, it
+//! connects to the database as the subscription owner, sets `session_replication_role = replica`
+//! and an empty search_path, attaches the subscription's replication origin, and then:
+//!   1. copies tables that need an initial copy (`sync.rs`),
+//!   2. connects to the publisher's walsender and runs START_REPLICATION from the origin's
+//!      progress (receive loop below),
+//!   3. decodes every XLogData with the pgoutput decoder and applies it (`apply.rs`), reporting
+//!      progress and answering keepalives (`progress.rs`).
+//!
+//! Waits are on the latch and the socket together, so SIGTERM, SIGHUP and postmaster death are
+//! handled within a second even while the publisher is silent. Any error is recorded in shared
+//! memory (last_error with its context, error_count), optionally disables the subscription
+//! (disable_on_error), and ends the worker with the ERROR in the log; the launcher restarts it
+//! after a growing delay. Nothing is ever skipped silently.
+pub mod apply;
+pub mod errctx;
+pub mod progress;
+pub mod sync;
+
+use crate::catalog::{self, Subscription};
+use crate::launcher::{now, reload_config_if_requested, shutdown_requested};
+use crate::publisher::{self, Context};
+use crate::shmem::{self, Status};
+use crate::{gucs, report};
+use apply::{Applier, TableStates};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use pgsub_proto::client::{Client, Error as ProtoError, PgOutputOptions, Streaming};
+use pgsub_proto::frame::ReplicationFrame;
+use pgsub_proto::pgoutput::{Decoder, LogicalMessage};
+use pgsub_proto::Lsn;
+use progress::Progress;
+use std::ffi::CString;
+use std::time::Instant;
+
+type Code = PgSqlErrorCode;
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let subid = arg.value() as i32;
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut parts = extra.split_whitespace().map(|p| p.parse::<u32>().unwrap_or(0));
+    let dboid = parts.next().unwrap_or(0);
+    let owner = parts.next().unwrap_or(0);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), Some(pg_sys::Oid::from(owner)));
+
+    // SAFETY: MyProcPid is set for every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    let claimed = {
+        let mut g = shmem::SHARED.exclusive();
+        match g.claim(subid) {
+            Some(s) if s.pid > 0 && s.pid != me && shmem::pid_alive(s.pid) => false,
+            Some(s) => {
+                s.pid = me;
+                s.worker_started_at = now();
+                s.status = Status::Starting as u8;
+                s.failed = false;
+                true
+            }
+            None => false,
+        }
+    };
+    if !claimed {
+        log!("pgsub apply worker for subscription {subid}: another worker is running, exiting");
+        return;
+    }
+    errctx::install();
+    let result = PgTryBuilder::new(|| run(subid))
+        .catch_others(|e| on_error(subid, e))
+        .execute();
+    let _ = result;
+    shmem::with_slot(subid, |s| {
+        if s.pid == me {
+            s.pid = 0;
+            if s.status != Status::Error as u8 {
+                s.status = Status::Starting as u8;
+            }
+        }
+    });
+}
+
+/// Records an error in shared memory, disables the subscription if asked to, and re-raises it so
+/// that it is logged (with the apply context) and ends the worker.
+fn on_error(subid: i32, e: CaughtError) -> () {
+    let (msg, detail, hint) = match &e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => (
+            r.message().to_string(),
+            r.detail().map(str::to_string),
+            r.hint().map(str::to_string),
+        ),
+    };
+    let ctx = errctx::describe();
+    let mut text = msg.clone();
+    if let Some(d) = &detail {
+        text.push_str(&format!("\nDETAIL: {d}"));
+    }
+    if let Some(h) = &hint {
+        text.push_str(&format!("\nHINT: {h}"));
+    }
+    if !ctx.is_empty() {
+        text.push_str(&format!("\nCONTEXT: {ctx}"));
+    }
+    shmem::with_slot(subid, |s| {
+        s.set_error(&text, now());
+        s.status = Status::Error as u8;
+        s.failed = true;
+    });
+    // SAFETY: leave whatever transaction the error interrupted before starting a new one.
+    unsafe { pg_sys::AbortOutOfAnyTransaction() };
+    let disable = xact(|| {
+        catalog::load(subid).ok().flatten().map(|s| s.disable_on_error && s.enabled).unwrap_or(false)
+    });
+    if disable {
+        xact(|| {
+            let _ = catalog::set_enabled(subid, false);
+        });
+        shmem::with_slot(subid, |s| s.failed = false);
+        report::log(
+            PgLogLevel::LOG,
+            Code::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("pgsub: subscription {subid} has been disabled because of an error (disable_on_error)"),
+            None,
+            Some("Fix the cause, then call pgsub.enable_subscription()."),
+        );
+    }
+    e.rethrow()
+}
+
+/// Runs `f` in a transaction with a snapshot. An ERROR inside propagates to the worker's top-level
+/// handler, which aborts the transaction.
+pub fn xact<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: standard transaction bracket of a background worker.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let r = f();
+    // SAFETY: closes the bracket opened above.
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+    }
+    r
+}
+
+/// Sets a GUC for this worker's session.
+fn set_guc(name: &str, value: &str) {
+    let (n, v) = (CString::new(name).unwrap_or_default(), CString::new(value).unwrap_or_default());
+    // SAFETY: SetConfigOption with a superuser context for session-level settings.
+    unsafe {
+        pg_sys::SetConfigOption(
+            n.as_ptr(),
+            v.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        )
+    };
+}
+
+fn set_status(subid: i32, st: Status) {
+    shmem::with_slot(subid, |s| s.status = st as u8);
+}
+
+/// The worker body. Returns when asked to stop; raises on errors.
+fn run(subid: i32) {
+    let loaded = xact(|| catalog::load(subid).map(|s| s.map(|s| (s.clone(), catalog::load_rels(subid)))));
+    let (sub, rels) = match loaded {
+        Ok(Some((s, Ok(r)))) => (s, r),
+        Ok(Some((_, Err(e)))) | Err(e) => {
+            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading the pgsub catalog: {e}"), None, None)
+        }
+        Ok(None) => {
+            log!("pgsub apply worker for subscription {subid}: subscription was dropped, exiting");
+            return;
+        }
+    };
+    if !sub.enabled {
+        return;
+    }
+    errctx::init(&sub.name, &sub.origin_name());
+    set_guc("session_replication_role", "replica");
+    set_guc("search_path", "");
+    set_guc("synchronous_commit", &sub.synchronous_commit);
+    set_guc("application_name", &format!("pgsub {}", sub.name));
+
+    let start = attach_origin(&sub);
+    log!(
+        "pgsub apply worker for subscription \"{}\" has started (origin {} at {})",
+        sub.name,
+        sub.origin_name(),
+        start
+    );
+
+    // Tables that still need their initial copy.
+    let rels = if rels.iter().any(|r| r.sync_state == 'i' || r.sync_state == 'd') {
+        set_status(subid, Status::InitialCopy);
+        match sync::copy_tables(&sub, &rels) {
+            Some(r) => r,
+            None => return, // interrupted
+        }
+    } else {
+        rels
+    };
+
+    set_status(subid, Status::Connecting);
+    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name)) {
+        Ok(c) => c,
+        Err(ProtoError::Interrupted) => return,
+        Err(e) => publisher::raise(
+            &e,
+            &format!("subscription \"{}\" could not connect to the publisher", sub.name),
+            None,
+        ),
+    };
+    let mut opts = PgOutputOptions::for_server(client.server_version_num(), sub.publications.clone());
+    opts.binary = sub.binary;
+    opts.messages = true;
+    opts.streaming = Streaming::Off;
+    opts.two_phase = false;
+    // Publishers before 16 do not filter by origin: pgsub filters itself (Origin messages).
+    if client.server_version_num() >= 160000 {
+        opts.origin = Some(sub.origin.clone());
+    }
+    if let Err(e) = client.start_replication(&sub.slot_name, start, &opts) {
+        if matches!(e, ProtoError::Interrupted) {
+            return;
+        }
+        publisher::raise(
+            &e,
+            &format!("could not start replication from slot \"{}\"", sub.slot_name),
+            None,
+        );
+    }
+    set_status(subid, Status::Catchup);
+    let applier = Applier::new(
+        subid,
+        TableStates::new(&rels),
+        sub.binary,
+        sub.origin == "none",
+        sub.skip_lsn,
+    );
+    let mut stream = Stream {
+        sub,
+        client,
+        decoder: Decoder::new(opts.proto_version),
+        applier,
+        progress: Progress::new(subid, start),
+        last_recv: Instant::now(),
+        ping_sent: false,
+        status: Status::Catchup,
+    };
+    stream.run();
+}
+
+/// Attaches this process to the subscription's replication origin; returns its progress.
+fn attach_origin(sub: &Subscription) -> Lsn {
+    let name = CString::new(sub.origin_name()).unwrap_or_default();
+    xact(|| {
+        // SAFETY: replication-origin calls inside a transaction; the session origin stays set
+        // for the worker's life so every commit records its remote LSN.
+        unsafe {
+            let id = pg_sys::replorigin_by_name(name.as_ptr(), true);
+            if id == pg_sys::InvalidRepOriginId as u16 {
+                pg_sys::replorigin_create(name.as_ptr());
+            }
+            let id = pg_sys::replorigin_by_name(name.as_ptr(), false);
+            #[cfg(feature = "pg15")]
+            pg_sys::replorigin_session_setup(id);
+            #[cfg(not(feature = "pg15"))]
+            pg_sys::replorigin_session_setup(id, 0);
+            pg_sys::replorigin_session_origin = id;
+            Lsn(pg_sys::replorigin_session_get_progress(false))
+        }
+    })
+}
+
+struct Stream {
+    sub: Subscription,
+    client: Client,
+    decoder: Decoder,
+    applier: Applier,
+    progress: Progress,
+    last_recv: Instant,
+    ping_sent: bool,
+    status: Status,
+}
+
+impl Stream {
+    fn run(&mut self) {
+        loop {
+            if shutdown_requested() {
+                self.stop();
+                return;
+            }
+            reload_config_if_requested();
+            // Take what the socket has, applying as we go; look at signals now and then.
+            let mut n = 0u32;
+            let mut got_any = false;
+            loop {
+                let frame = match self.client.recv_frame() {
+                    Ok(f) => f,
+                    Err(e) => self.fail(&e, "lost the replication connection to the publisher"),
+                };
+                let Some(frame) = frame else { break };
+                got_any = true;
+                self.handle_frame(frame);
+                n += 1;
+                if n % 1000 == 0 && shutdown_requested() {
+                    break;
+                }
+            }
+            if got_any {
+                self.last_recv = Instant::now();
+                self.ping_sent = false;
+            }
+            let receipt = if got_any { now() } else { 0 };
+            if !self.applier.in_txn {
+                self.progress.mark_caught_up();
+                if self.status != Status::Streaming {
+                    self.status = Status::Streaming;
+                    self.progress.publish(Some(Status::Streaming), receipt);
+                }
+            }
+            self.progress.publish(None, receipt);
+            self.send_feedback(false, false);
+            self.check_timeout();
+            self.wait();
+        }
+    }
+
+    fn handle_frame(&mut self, frame: ReplicationFrame) {
+        match frame {
+            ReplicationFrame::XLogData { wal_start, wal_end, send_time, data } => {
+                self.progress.on_frame(wal_start, wal_end, send_time);
+                let msg = match self.decoder.decode(data) {
+                    Ok(m) => m,
+                    Err(e) => report::error(
+                        Code::ERRCODE_PROTOCOL_VIOLATION,
+                        format!("invalid logical replication message from the publisher: {e}"),
+                        Some(format!("At WAL position {wal_start}.")),
+                        None,
+                    ),
+                };
+                self.apply(msg);
+            }
+            ReplicationFrame::Keepalive { wal_end, send_time, reply_requested } => {
+                self.progress.on_frame(Lsn::INVALID, wal_end, send_time);
+                if !self.applier.in_txn {
+                    self.progress.on_keepalive(wal_end);
+                }
+                if reply_requested {
+                    self.send_feedback(true, false);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, msg: LogicalMessage) {
+        let p = &mut self.progress;
+        match msg {
+            LogicalMessage::Begin(b) => {
+                self.applier.begin(b, p);
+                if self.status == Status::Streaming {
+                    // Show the pending transaction's commit time as apply lag while it applies.
+                    p.publish(None, 0);
+                }
+            }
+            LogicalMessage::Commit(c) => self.applier.commit(c, p),
+            LogicalMessage::Origin(o) => self.applier.origin(&o.name),
+            LogicalMessage::Relation(r) => self.applier.on_relation(r),
+            LogicalMessage::Type(_) => {}
+            LogicalMessage::Insert(m) => self.applier.insert(m, p),
+            LogicalMessage::Update(m) => self.applier.update(m, p),
+            LogicalMessage::Delete(m) => self.applier.delete(m, p),
+            LogicalMessage::Truncate(m) => self.applier.truncate(m, p),
+            LogicalMessage::Message(_) => p.counters.messages += 1,
+            other => report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                format!("unexpected logical replication message \"{}\"", other.kind()),
+                Some("pgsub did not request streaming or two-phase for this subscription.".into()),
+                None,
+            ),
+        }
+    }
+
+    fn send_feedback(&mut self, force: bool, reply_requested: bool) {
+        let pos = self.progress.positions(self.applier.in_txn);
+        if !self.progress.report_due(pos, gucs::ms(&gucs::STATUS_INTERVAL_MS), force || reply_requested) {
+            return;
+        }
+        if let Err(e) = self.client.send_status(pos.0, pos.1, pos.2, reply_requested) {
+            self.fail(&e, "could not send a status update to the publisher");
+        }
+        self.progress.reported(pos);
+    }
+
+    fn check_timeout(&mut self) {
+        let timeout = gucs::ms(&gucs::RECEIVER_TIMEOUT_MS);
+        if timeout.is_zero() {
+            return;
+        }
+        let silent = self.last_recv.elapsed();
+        if silent >= timeout {
+            report::error(
+                Code::ERRCODE_CONNECTION_FAILURE,
+                format!(
+                    "terminating pgsub apply worker for subscription \"{}\" due to timeout: nothing received from the publisher for {} ms",
+                    self.sub.name,
+                    silent.as_millis()
+                ),
+                None,
+                Some("Check the publisher and the network; the worker reconnects. pgsub.receiver_timeout sets the limit."),
+            );
+        }
+        if silent >= timeout / 2 && !self.ping_sent {
+            self.send_feedback(true, true);
+            self.ping_sent = true;
+        }
+    }
+
+    /// Sleeps on the latch and the socket, at most a second (or until the next status update).
+    fn wait(&mut self) {
+        let fd = self.client.raw_fd();
+        // SAFETY: latch + socket wait of a background worker.
+        unsafe {
+            let rc = pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                    as i32,
+                fd,
+                1000,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &ProtoError, what: &str) -> ! {
+        if matches!(e, ProtoError::Interrupted) {
+            self.stop();
+            // SAFETY: clean exit of a background worker that was asked to stop.
+            unsafe { pg_sys::proc_exit(0) };
+        }
+        publisher::raise(e, &format!("subscription \"{}\": {what}", self.sub.name), None)
+    }
+
+    /// Clean stop on SIGTERM: abort a half-applied transaction (it is re-sent after restart),
+    /// report what is durable, and say goodbye to the walsender.
+    fn stop(&mut self) {
+        // A half-applied transaction is not done: do not report what was received as flushed.
+        let in_txn = self.applier.in_txn;
+        self.applier.abort();
+        let pos = self.progress.positions(in_txn);
+        let _ = self.client.send_status(pos.0, pos.1, pos.2, false);
+        self.progress.publish(None, 0);
+        log!("pgsub apply worker for subscription \"{}\" is stopping", self.sub.name);
+    }
+}

@@ -1,0 +1,279 @@
+//! Initial data copy of a subscription's tables, consistent with the change stream.
+//!
+//! Design (one snapshot per batch, like native tablesync without a separate sync worker): on a
+//! replication connection the worker opens a REPEATABLE READ transaction, creates a TEMPORARY
+//! logical slot with `SNAPSHOT 'use'` (so the transaction sees exactly the data as of the slot's
+//! consistent point C), and copies every table still in state init with `COPY … TO STDOUT`.
+//! Each table is loaded locally with PostgreSQL's COPY FROM machinery (BeginCopyFrom/CopyFrom fed
+//! from the received rows) and marked `synchronized` at C with its row count, all in one local
+//! transaction: a crash or error mid-copy rolls the table back to `init` and the copy is redone.
+//! The subscription's own slot was created before C, so its stream contains every change after C;
+//! the apply side skips a synchronized table's changes from transactions ending at or before C
+//! (they are in the copy) and applies the rest; the table becomes `ready` once the stream passes C.
+//!
+//! The publication's column lists and row filters (PG15) are honoured: the copy selects exactly
+//! the published columns and rows.
+use crate::catalog::{SubRel, Subscription};
+use crate::publisher::{self, Context};
+use crate::report;
+use crate::shmem;
+use pgrx::prelude::*;
+use pgsub_proto::client::{quote_ident, quote_literal, Client, Error as ProtoError, SnapshotAction};
+use pgsub_proto::Lsn;
+use std::cell::RefCell;
+use std::ffi::CString;
+
+type Code = PgSqlErrorCode;
+
+/// Rows buffered before they are handed to COPY FROM in one go.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+thread_local! {
+    /// The batch COPY FROM is reading (its data-source callback cannot take a closure).
+    static BATCH: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn read_batch(outbuf: *mut std::ffi::c_void, _minread: i32, maxread: i32) -> i32 {
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        let (buf, pos) = &mut *b;
+        let n = (buf.len() - *pos).min(maxread.max(0) as usize);
+        if n > 0 {
+            // SAFETY: COPY gives us a buffer of at least maxread bytes.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr().add(*pos), outbuf as *mut u8, n) };
+            *pos += n;
+        }
+        n as i32
+    })
+}
+
+/// What the publication publishes of one table.
+struct Published {
+    columns: Vec<String>,
+    row_filter: Option<String>,
+}
+
+fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Published, ProtoError> {
+    let pubs: Vec<String> = sub.publications.iter().map(|p| quote_literal(p)).collect();
+    let v15 = client.server_version_num() >= 150000;
+    let sql = if v15 {
+        format!(
+            "SELECT pg_catalog.array_to_string(attnames, chr(1)), rowfilter FROM pg_catalog.pg_publication_tables \
+             WHERE pubname = ANY(ARRAY[{}]::text[]) AND schemaname = {} AND tablename = {}",
+            pubs.join(","),
+            quote_literal(&rel.remote_schema),
+            quote_literal(&rel.remote_name)
+        )
+    } else {
+        format!(
+            "SELECT pg_catalog.string_agg(a.attname::text, chr(1) ORDER BY a.attnum), NULL \
+             FROM pg_catalog.pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 \
+             AND NOT a.attisdropped AND a.attgenerated = ''",
+            quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name)))
+        )
+    };
+    let rows = client.simple_query(&sql)?;
+    let mut columns: Vec<String> = Vec::new();
+    let mut filters: Vec<String> = Vec::new();
+    let mut unfiltered = rows.is_empty();
+    for r in rows {
+        let mut it = r.values.into_iter();
+        let cols = it.next().flatten().unwrap_or_default();
+        for c in cols.split('\u{1}').filter(|c| !c.is_empty()) {
+            if !columns.iter().any(|x| x == c) {
+                columns.push(c.to_string());
+            }
+        }
+        match it.next().flatten() {
+            Some(f) => filters.push(format!("({f})")),
+            None => unfiltered = true,
+        }
+    }
+    Ok(Published {
+        columns,
+        row_filter: if unfiltered || filters.is_empty() { None } else { Some(filters.join(" OR ")) },
+    })
+}
+
+/// Copies every table in state init (or interrupted mid-copy); returns the updated table states,
+/// or None when the worker was asked to stop.
+pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
+    let todo: Vec<&SubRel> = rels.iter().filter(|r| r.sync_state == 'i' || r.sync_state == 'd').collect();
+    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&format!("{} sync", sub.name))) {
+        Ok(c) => c,
+        Err(ProtoError::Interrupted) => return None,
+        Err(e) => publisher::raise(&e, &format!("subscription \"{}\" could not connect to the publisher for the initial copy", sub.name), None),
+    };
+    let fail = |e: ProtoError, what: &str| -> ! {
+        publisher::raise(&e, &format!("initial copy for subscription \"{}\": {what}", sub.name), None)
+    };
+    if let Err(e) = client.execute("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ") {
+        if matches!(e, ProtoError::Interrupted) {
+            return None;
+        }
+        fail(e, "could not start the snapshot transaction");
+    }
+    // SAFETY: MyProcPid is set in every backend.
+    let slot = format!("pgsub_{}_sync_{}", sub.subid, unsafe { pg_sys::MyProcPid });
+    let info = match client.create_logical_slot(&slot, true, SnapshotAction::Use, false) {
+        Ok(i) => i,
+        Err(ProtoError::Interrupted) => return None,
+        Err(e) => fail(e, &format!("could not create temporary slot \"{slot}\"")),
+    };
+    let at = info.consistent_point;
+    let mut out: Vec<SubRel> = rels.to_vec();
+    for rel in todo {
+        let p = match published(&mut client, sub, rel) {
+            Ok(p) => p,
+            Err(ProtoError::Interrupted) => return None,
+            Err(e) => fail(e, "could not read the publication's columns"),
+        };
+        match copy_one(&mut client, sub, rel, &p, at) {
+            Ok(rows) => {
+                if let Some(o) = out
+                    .iter_mut()
+                    .find(|o| o.remote_schema == rel.remote_schema && o.remote_name == rel.remote_name)
+                {
+                    o.sync_state = 's';
+                    o.state_lsn = Some(at);
+                }
+                log!(
+                    "pgsub: initial copy of {}.{} for subscription \"{}\" finished: {rows} rows (consistent at {at})",
+                    quote_ident(&rel.remote_schema),
+                    quote_ident(&rel.remote_name),
+                    sub.name
+                );
+            }
+            Err(ProtoError::Interrupted) => return None,
+            Err(e) => fail(
+                e,
+                &format!("could not copy {}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name)),
+            ),
+        }
+    }
+    let _ = client.execute("COMMIT");
+    client.close(); // the temporary slot goes with the connection
+    Some(out)
+}
+
+/// Copies one table in one local transaction; returns the number of rows.
+fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published, at: Lsn) -> Result<u64, ProtoError> {
+    let remote = format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name));
+    let cols: Vec<String> = p.columns.iter().map(|c| quote_ident(c)).collect();
+    let copy_sql = match &p.row_filter {
+        None => format!("COPY {remote} ({}) TO STDOUT", cols.join(", ")),
+        Some(f) => format!("COPY (SELECT {} FROM ONLY {remote} WHERE {f}) TO STDOUT", cols.join(", ")),
+    };
+    let subid = sub.subid;
+    let mut result: Result<u64, ProtoError> = Ok(0);
+    super::xact(|| {
+        let relid = crate::api::local_relid(&rel.remote_schema, &rel.remote_name).unwrap_or_else(|| {
+            report::error(
+                Code::ERRCODE_UNDEFINED_TABLE,
+                format!("logical replication target relation {remote} does not exist"),
+                None,
+                Some("Create the table on the subscriber; the worker retries."),
+            )
+        });
+        // A crash mid-copy leaves nothing (the copy is one transaction), so rows here are the user's.
+        let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {remote})")).ok().flatten().unwrap_or(false);
+        if has_rows {
+            report::error(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("table {remote} is not empty; pgsub will not copy into a table that already has rows"),
+                Some(format!("Subscription \"{}\" copies the publisher's rows into this table (copy_data => true).", sub.name)),
+                Some("TRUNCATE the local table, or recreate the subscription with copy_data => false."),
+            );
+        }
+        let _ = Spi::run_with_args(
+            "UPDATE pgsub.sub_rel SET sync_state = 'd' WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
+            &[subid.into(), rel.remote_schema.as_str().into(), rel.remote_name.as_str().into()],
+        );
+        shmem::with_slot(subid, |s| s.status = shmem::Status::InitialCopy as u8);
+        // SAFETY: opens the local table for COPY FROM in this transaction.
+        let (rel_ptr, pstate, attlist) = unsafe {
+            let r = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+            let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+            pg_sys::addRangeTableEntryForRelation(pstate, r, pg_sys::AccessShareLock as i32, std::ptr::null_mut(), false, false);
+            let mut list: *mut pg_sys::List = std::ptr::null_mut();
+            for c in &p.columns {
+                let cs = CString::new(c.as_str()).unwrap_or_default();
+                list = pg_sys::lappend(list, pg_sys::makeString(pg_sys::pstrdup(cs.as_ptr())).cast());
+            }
+            (r, pstate, list)
+        };
+        let mut pending: Vec<u8> = Vec::with_capacity(BATCH_BYTES + 64 * 1024);
+        let flush = |pending: &mut Vec<u8>| {
+            if pending.is_empty() {
+                return;
+            }
+            BATCH.with(|b| {
+                let mut b = b.borrow_mut();
+                b.0.clear();
+                b.0.extend_from_slice(pending);
+                b.1 = 0;
+            });
+            pending.clear();
+            // SAFETY: COPY FROM over the buffered rows (text format, published columns).
+            unsafe {
+                let cstate = pg_sys::BeginCopyFrom(
+                    pstate,
+                    rel_ptr,
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    false,
+                    Some(read_batch),
+                    attlist,
+                    std::ptr::null_mut(),
+                );
+                pg_sys::CopyFrom(cstate);
+                pg_sys::EndCopyFrom(cstate);
+            }
+        };
+        let copied = client.copy_out(&copy_sql, &mut |chunk: &[u8]| {
+            pending.extend_from_slice(chunk);
+            if pending.len() >= BATCH_BYTES {
+                flush(&mut pending);
+            }
+            Ok(())
+        });
+        match copied {
+            Ok(n) => {
+                flush(&mut pending);
+                // SAFETY: closing the table opened above (lock held to commit).
+                unsafe { pg_sys::table_close(rel_ptr, pg_sys::NoLock as i32) };
+                let r = Spi::run_with_args(
+                    "UPDATE pgsub.sub_rel SET sync_state = 's', state_lsn = $4::pg_lsn, rows_copied = $5, relid = $6 \
+                     WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
+                    &[
+                        subid.into(),
+                        rel.remote_schema.as_str().into(),
+                        rel.remote_name.as_str().into(),
+                        at.to_string().as_str().into(),
+                        (n as i64).into(),
+                        relid.into(),
+                    ],
+                );
+                if let Err(e) = r {
+                    report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+                }
+                result = Ok(n);
+            }
+            Err(e) => {
+                // Raise inside the transaction so it rolls back; the caller sees the error.
+                let (msg, detail, hint) = publisher::describe(&e);
+                if matches!(e, ProtoError::Interrupted) {
+                    report::error(Code::ERRCODE_ADMIN_SHUTDOWN, "initial copy interrupted by shutdown request", None, None);
+                }
+                report::error(
+                    publisher::sqlstate(&e),
+                    format!("initial copy of {remote} failed: {msg}"),
+                    detail,
+                    hint.as_deref(),
+                );
+            }
+        }
+    });
+    result
+}

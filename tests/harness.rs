@@ -1,0 +1,582 @@
+//! Two-node test harness: real PostgreSQL clusters for pgsub's end-to-end tests.
+//!
+//! [`Cluster::start`] runs `initdb` and `pg_ctl start` on a free loopback port in a fresh temporary
+//! directory (as the `postgres` OS user when the tests run as root, since PostgreSQL refuses root).
+//! [`Cluster::publisher`] has `wal_level=logical`; [`Cluster::subscriber`] preloads pgsub, whose
+//! build is installed into the system PostgreSQL once per test process by [`ensure_installed`].
+//! Dropping a `Cluster` stops its postmaster by pid (`pg_ctl stop -m immediate`, then SIGKILL to
+//! the recorded pid if it lingers) and removes the directory, also when the test panics; the
+//! server log of a panicking test is printed first.
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use tokio_postgres;
+
+/// Result type of harness operations: errors are plain messages that say what failed.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// The PostgreSQL major version the tests run against.
+pub const PG_MAJOR: &str = "15";
+
+/// `pg_config` of the server under test (`PG_CONFIG` overrides).
+pub fn pg_config() -> PathBuf {
+    std::env::var_os("PG_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{PG_MAJOR}/bin/pg_config")))
+}
+
+fn pg_config_value(flag: &str) -> Result<String> {
+    let out = Command::new(pg_config())
+        .arg(flag)
+        .output()
+        .map_err(|e| format!("running {} {flag}: {e}", pg_config().display()))?;
+    if !out.status.success() {
+        return Err(format!("{} {flag} failed", pg_config().display()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Directory of the server binaries (initdb, pg_ctl, psql, pgbench).
+pub fn bindir() -> Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| pg_config_value("--bindir").map(PathBuf::from)).clone()
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command that runs as the `postgres` OS user when we are root, else as ourselves.
+fn pg_command(program: &Path) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
+}
+
+/// Root of the workspace (the extension crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Installs the current build of pgsub into the system PostgreSQL (`cargo pgrx install`), once per
+/// test process and serialised across processes with a lock file. `PGSUB_SKIP_INSTALL=1` skips it
+/// (scripts/test installs once before running every test binary).
+pub fn ensure_installed() -> Result<()> {
+    static DONE: OnceLock<Result<()>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if std::env::var("PGSUB_SKIP_INSTALL").as_deref() == Ok("1") {
+            let lib = PathBuf::from(pg_config_value("--pkglibdir")?).join("pgsub.so");
+            return if lib.exists() {
+                Ok(())
+            } else {
+                Err(format!("PGSUB_SKIP_INSTALL=1 but {} is missing", lib.display()))
+            };
+        }
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("pgsub-install.lock"))
+            .map_err(|e| format!("lock file: {e}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a valid fd we own; released when `lock` is closed.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(workspace_root())
+            .args(["pgrx", "install", "--pg-config"])
+            .arg(pg_config());
+        if std::env::var("PGSUB_RELEASE").as_deref() == Ok("1") {
+            cmd.arg("--release");
+        }
+        run(&mut cmd, "cargo pgrx install").map(|_| ())
+    })
+    .clone()
+}
+
+/// A directory under the system temp dir owned by the `postgres` user; removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<TempDir> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "pgsub-{tag}-{}-{n}-{nanos:x}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        if running_as_root() {
+            run(
+                Command::new("chown").arg("postgres:").arg(&path),
+                "chown postgres temp dir",
+            )?;
+        }
+        Ok(TempDir { path })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Picks a loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("local_addr: {e}"))
+}
+
+/// What kind of node to start.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub name: String,
+    /// Extra lines for postgresql.conf.
+    pub conf: Vec<String>,
+    /// Preload pgsub (subscriber).
+    pub preload_pgsub: bool,
+}
+
+impl ClusterOpts {
+    pub fn publisher() -> Self {
+        ClusterOpts {
+            name: "publisher".into(),
+            conf: vec![
+                "wal_level = logical".into(),
+                "max_wal_senders = 20".into(),
+                "max_replication_slots = 20".into(),
+            ],
+            preload_pgsub: false,
+        }
+    }
+    pub fn subscriber() -> Self {
+        ClusterOpts {
+            name: "subscriber".into(),
+            conf: vec![
+                "max_worker_processes = 16".into(),
+                "max_replication_slots = 20".into(),
+                "pgsub.naptime = '500ms'".into(),
+                "pgsub.retry_interval = '1s'".into(),
+            ],
+            preload_pgsub: true,
+        }
+    }
+    pub fn with_conf(mut self, line: &str) -> Self {
+        self.conf.push(line.to_string());
+        self
+    }
+}
+
+/// One running PostgreSQL cluster. Stopped and removed on drop.
+pub struct Cluster {
+    pub opts: ClusterOpts,
+    dir: TempDir,
+    port: u16,
+    pid: Option<i32>,
+}
+
+impl Cluster {
+    pub fn publisher() -> Result<Cluster> {
+        Cluster::start(ClusterOpts::publisher())
+    }
+
+    pub fn subscriber() -> Result<Cluster> {
+        Cluster::start(ClusterOpts::subscriber())
+    }
+
+    pub fn start(opts: ClusterOpts) -> Result<Cluster> {
+        if opts.preload_pgsub {
+            ensure_installed()?;
+        }
+        let dir = TempDir::new(&opts.name)?;
+        let data = dir.path().join("data");
+        run(
+            pg_command(&bindir()?.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
+            "initdb",
+        )?;
+        let mut c = Cluster { opts, dir, port: 0, pid: None };
+        // A free port can be taken between our probe and the server's bind: retry a few times.
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            c.port = free_port()?;
+            c.write_conf()?;
+            match c.pg_ctl_start() {
+                Ok(()) => return Ok(c),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(format!("could not start {}: {last_err}\n{}", c.opts.name, c.log()))
+    }
+
+    fn write_conf(&self) -> Result<()> {
+        let mut conf = vec![
+            format!("port = {}", self.port),
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("unix_socket_directories = '{}'", self.dir.path().display()),
+            "fsync = off".to_string(),
+            "log_min_messages = info".to_string(),
+            "log_line_prefix = '%m [%p] %b '".to_string(),
+            "max_connections = 50".to_string(),
+        ];
+        if self.opts.preload_pgsub {
+            conf.push("shared_preload_libraries = 'pgsub'".to_string());
+        }
+        conf.extend(self.opts.conf.iter().cloned());
+        // The harness's settings go in an include file that is rewritten on each start.
+        let auto = self.data_dir().join("pgsub_harness.conf");
+        write_as_owner(&auto, &(conf.join("\n") + "\n"))?;
+        let main = self.data_dir().join("postgresql.conf");
+        let existing = fs::read_to_string(&main).map_err(|e| format!("read conf: {e}"))?;
+        if !existing.contains("include 'pgsub_harness.conf'") {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(&main)
+                .map_err(|e| format!("open conf: {e}"))?;
+            writeln!(f, "\ninclude 'pgsub_harness.conf'").map_err(|e| format!("write conf: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn pg_ctl_start(&mut self) -> Result<()> {
+        run(
+            pg_command(&bindir()?.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(self.log_path())
+                .args(["-w", "-t", "60", "start"]),
+            "pg_ctl start",
+        )?;
+        self.pid = Some(self.read_pid()?);
+        Ok(())
+    }
+
+    fn read_pid(&self) -> Result<i32> {
+        let s = fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .map_err(|e| format!("postmaster.pid: {e}"))?;
+        s.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| "postmaster.pid has no pid".to_string())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+    /// The postmaster's pid while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.pid
+    }
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// libpq keyword/value connection string over TCP to `db` as `user`.
+    pub fn connstr(&self, user: &str, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} dbname={db}", self.port)
+    }
+
+    /// A tokio-postgres client as superuser `postgres` to `db`; its connection task is spawned on
+    /// the current tokio runtime.
+    pub async fn client(&self, db: &str) -> Result<tokio_postgres::Client> {
+        self.client_as("postgres", db).await
+    }
+
+    pub async fn client_as(&self, user: &str, db: &str) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.connstr(user, db), tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connect to {} as {user}: {e}", self.opts.name))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Runs SQL with psql as the superuser, returning unaligned tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = run(
+            pg_command(&bindir()?.join("psql"))
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+                .arg(self.dir.path())
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql]),
+            &format!("psql on {}", self.opts.name),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Appends lines to the harness config (takes effect on reload or restart).
+    pub fn add_conf(&mut self, line: &str) -> Result<()> {
+        self.opts.conf.push(line.to_string());
+        self.write_conf()
+    }
+
+    /// Replaces pg_hba.conf and reloads.
+    pub fn set_hba(&self, content: &str) -> Result<()> {
+        write_as_owner(&self.data_dir().join("pg_hba.conf"), content)?;
+        self.reload()
+    }
+
+    pub fn reload(&self) -> Result<()> {
+        run(
+            pg_command(&bindir()?.join("pg_ctl")).arg("-D").arg(self.data_dir()).arg("reload"),
+            "pg_ctl reload",
+        )
+        .map(|_| ())
+    }
+
+    /// Stops the server (`mode`: smart, fast, immediate) and waits for it.
+    pub fn stop(&mut self, mode: &str) -> Result<()> {
+        let r = run(
+            pg_command(&bindir()?.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-w", "-t", "60", "-m", mode, "stop"]),
+            "pg_ctl stop",
+        );
+        if r.is_ok() {
+            self.pid = None;
+        }
+        r.map(|_| ())
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.write_conf()?;
+        self.pg_ctl_start()
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop("fast")?;
+        self.start_again()
+    }
+
+    /// SIGKILL to the postmaster, then wait until every backend of this cluster has exited.
+    pub fn kill9(&mut self) -> Result<()> {
+        let pid = self.pid.ok_or("not running")?;
+        // Children are re-parented once the postmaster dies: note them first.
+        let children = self.process_pids();
+        // SAFETY: signalling a pid we started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_pid_gone(pid, Duration::from_secs(10));
+        self.pid = None;
+        // Children notice the dead postmaster and exit on their own.
+        for p in children {
+            wait_pid_gone(p, Duration::from_secs(30));
+        }
+        Ok(())
+    }
+
+    /// Pids of processes whose command line runs from this cluster (postmaster and children).
+    pub fn process_pids(&self) -> Vec<i32> {
+        let mut v = cluster_backends(self.data_dir().as_path());
+        if let Some(p) = self.pid {
+            if pid_alive(p) && !v.contains(&p) {
+                v.push(p);
+            }
+        }
+        v
+    }
+}
+
+/// Children of a postmaster whose data directory is `data` (found through /proc by parent pid of
+/// the recorded postmaster is impossible after SIGKILL, so match on the postmaster's cmdline and
+/// on children's parent).
+fn cluster_backends(data: &Path) -> Vec<i32> {
+    let needle = data.to_string_lossy().to_string();
+    let mut postmasters = Vec::new();
+    let mut all = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                .unwrap_or(0);
+            if cmd.contains(&needle) && cmd.contains("postgres") {
+                postmasters.push(pid);
+            }
+            all.push((pid, ppid));
+        }
+    }
+    let mut out = postmasters.clone();
+    for (pid, ppid) in all {
+        if postmasters.contains(&ppid) && !out.contains(&pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still has /proc/<pid>; treat state Z as gone.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !matches!(s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z")),
+        Err(_) => false,
+    }
+}
+
+fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !pid_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    !pid_alive(pid)
+}
+
+fn write_as_owner(path: &Path, content: &str) -> Result<()> {
+    fs::write(path, content).map_err(|e| format!("write {}: {e}", path.display()))?;
+    if running_as_root() {
+        run(Command::new("chown").arg("postgres:").arg(path), "chown")?;
+    }
+    Ok(())
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n===== server log of {} ({}) =====\n{}\n===== end of {} log =====",
+                self.opts.name,
+                self.log_path().display(),
+                self.log(),
+                self.opts.name
+            );
+        }
+        let children = self.process_pids();
+        if let Some(pid) = self.pid {
+            if pid_alive(pid) {
+                if let Ok(b) = bindir() {
+                    let _ = pg_command(&b.join("pg_ctl"))
+                        .arg("-D")
+                        .arg(self.data_dir())
+                        .args(["-w", "-t", "20", "-m", "immediate", "stop"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                if !wait_pid_gone(pid, Duration::from_secs(5)) {
+                    // SAFETY: signalling the postmaster we started, by pid.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    wait_pid_gone(pid, Duration::from_secs(5));
+                }
+            }
+        }
+        // Children of a killed postmaster exit on their own; give them a moment, by pid.
+        for p in children {
+            if !wait_pid_gone(p, Duration::from_secs(5)) {
+                // SAFETY: a process of this cluster (matched by data dir / parent pid).
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Polls `f` until it returns Ok(Some(v)) or the timeout passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("never checked");
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => last = "condition not met".into(),
+            Err(e) => last = e,
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A publisher and a subscriber (pgsub preloaded, `CREATE EXTENSION pgsub` done in `postgres`).
+pub struct TwoNodes {
+    pub publisher: Cluster,
+    pub subscriber: Cluster,
+}
+
+impl TwoNodes {
+    pub fn start() -> Result<TwoNodes> {
+        Self::start_with(ClusterOpts::publisher(), ClusterOpts::subscriber())
+    }
+
+    pub fn start_with(p: ClusterOpts, s: ClusterOpts) -> Result<TwoNodes> {
+        let publisher = Cluster::start(p)?;
+        let subscriber = Cluster::start(s)?;
+        subscriber.psql("postgres", "CREATE EXTENSION pgsub")?;
+        Ok(TwoNodes { publisher, subscriber })
+    }
+
+    /// Conninfo the subscriber uses to reach the publisher's `postgres` database.
+    pub fn pub_conninfo(&self) -> String {
+        self.publisher.connstr("postgres", "postgres")
+    }
+}

@@ -1,0 +1,302 @@
+//! End-to-end: the life of a subscription — enable/disable/drop, worker slots, conflicts and
+//! skip_transaction, privileges, crash recovery without loss or duplication, publisher restarts.
+use pgsub_tests::{wait_for, ClusterOpts, TwoNodes};
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> T {
+    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+async fn wait_value(c: &Client, sql: &str, want: &str) {
+    let mut seen = String::new();
+    let r = wait_for(&format!("{sql} = {want}"), WAIT, || {
+        let seen = &mut seen;
+        async move {
+            let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
+            let v: Option<String> = row.and_then(|r| r.get(0));
+            *seen = v.clone().unwrap_or_else(|| "NULL".into());
+            Ok((v.as_deref() == Some(want)).then_some(()))
+        }
+    })
+    .await;
+    if let Err(e) = r {
+        panic!("{e} (last value: {seen})");
+    }
+}
+
+async fn setup(nodes: &TwoNodes, tables: &[&str]) -> (Client, Client) {
+    let p = nodes.publisher.client("postgres").await.expect("publisher");
+    let s = nodes.subscriber.client("postgres").await.expect("subscriber");
+    for t in tables {
+        let ddl = format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)");
+        p.batch_execute(&ddl).await.expect("publisher table");
+        s.batch_execute(&ddl).await.expect("subscriber table");
+    }
+    (p, s)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn enable_disable_drop_and_worker_lifecycle() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('life', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    // The slot exists on the publisher right after create_subscription.
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'life'").await, 1);
+
+    let t0 = Instant::now();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'life'", "streaming").await;
+    eprintln!("streaming after {:?}", t0.elapsed());
+    p.batch_execute("INSERT INTO t VALUES (1, 'a')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "a").await;
+
+    // The worker shows in pg_stat_activity and as the walsender's client.
+    let pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'life'").await;
+    let bt: String = one(&s, &format!("SELECT backend_type FROM pg_stat_activity WHERE pid = {pid}")).await;
+    assert_eq!(bt, "pgsub apply worker");
+    // Like native, the walsender's application_name is the subscription name.
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'life'").await, 1);
+
+    // Disable: the worker stops quickly; changes wait on the publisher.
+    s.batch_execute("SELECT pgsub.disable_subscription('life')").await.unwrap();
+    let t0 = Instant::now();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'life'", "disabled").await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "disable took {:?}", t0.elapsed());
+    p.batch_execute("INSERT INTO t VALUES (2, 'while disabled')").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 1);
+
+    // Enable: it resumes and catches up.
+    s.batch_execute("SELECT pgsub.enable_subscription('life')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "while disabled").await;
+
+    // Drop: worker, origin and slot go away.
+    s.batch_execute("SELECT pgsub.drop_subscription('life')").await.expect("drop");
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'life'").await, 0);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 0);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub_%'").await, 0);
+    wait_value(
+        &s,
+        "SELECT count(*)::text FROM pg_stat_activity WHERE backend_type = 'pgsub apply worker'",
+        "0",
+    )
+    .await;
+    // Dropping again: error, or a notice with if_exists.
+    assert!(s.batch_execute("SELECT pgsub.drop_subscription('life')").await.is_err());
+    s.batch_execute("SELECT pgsub.drop_subscription('life', if_exists => true)").await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn create_subscription_validates_and_leaves_nothing_behind() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; CREATE TABLE only_remote (id int primary key); CREATE PUBLICATION pub2 FOR TABLE only_remote").await.unwrap();
+    let ci = nodes.pub_conninfo();
+    let cases: Vec<(String, Vec<String>, &str)> = vec![
+        (ci.clone(), vec!["nopub".into()], "42704"),
+        (ci.clone(), vec!["pub2".into()], "42P01"),
+        ("host=127.0.0.1 port=1 dbname=postgres user=postgres connect_timeout=5".into(), vec!["pub".into()], "08"),
+        (format!("{ci} dbname=nosuchdb"), vec!["pub".into()], "3D000"),
+        ("host=127.0.0.1 port=abc".into(), vec!["pub".into()], "42601"),
+    ];
+    for (conninfo, pubs, code) in cases {
+        let err = s
+            .execute("SELECT pgsub.create_subscription('bad', $1, $2)", &[&conninfo, &pubs])
+            .await
+            .expect_err("must fail");
+        let db = err.as_db_error().unwrap_or_else(|| panic!("not a db error: {err}"));
+        assert!(db.code().code().starts_with(code), "{conninfo} {pubs:?}: {} {}", db.code().code(), db.message());
+    }
+    // NULL arguments and bad values are errors, not silent NULL results.
+    assert!(s.execute("SELECT pgsub.create_subscription(NULL, $1, ARRAY['pub'])", &[&ci]).await.is_err());
+    assert!(s.execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'], origin => 'sometimes')", &[&ci]).await.is_err());
+    // An existing slot name is refused.
+    p.batch_execute("SELECT pg_create_logical_replication_slot('taken', 'pgoutput')").await.unwrap();
+    let err = s
+        .execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'], slot_name => 'taken')", &[&ci])
+        .await
+        .expect_err("existing slot");
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("42710"));
+    // Nothing was left behind by any failure.
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 0);
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots").await, 1);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pg_replication_origin").await, 0);
+    // A duplicate name is refused.
+    s.execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'])", &[&ci]).await.expect("create");
+    let err = s.execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'])", &[&ci]).await.expect_err("dup");
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("42710"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unique_conflict_is_an_error_until_skipped() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'c'", "streaming").await;
+    // A local row collides with the next remote insert.
+    s.batch_execute("INSERT INTO t VALUES (5, 'local')").await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO t VALUES (4, 'r4'); INSERT INTO t VALUES (5, 'r5'); COMMIT;").await.unwrap();
+    let finish_lsn: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
+    let _ = finish_lsn;
+    wait_for("the conflict in last_error", WAIT, || {
+        let s = &s;
+        async move {
+            let r = s
+                .query_one("SELECT last_error, error_count FROM pgsub.stat_subscription WHERE subname = 'c'", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            let e: Option<String> = r.get(0);
+            Ok(e.filter(|e| e.contains("duplicate key")).map(|_| ()))
+        }
+    })
+    .await
+    .expect("conflict reported");
+    let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'c'").await;
+    assert!(err.contains("finished at"), "context with finish LSN: {err}");
+    assert!(err.contains("\"t\""), "relation named: {err}");
+    // Nothing of that transaction was applied (row 4 is not there) and nothing skipped.
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 4").await, 0);
+    // Skip it by its finish LSN, as the error says.
+    let lsn = err.split("finished at ").nth(1).expect("lsn").split_whitespace().next().unwrap().trim_end_matches(|c: char| !c.is_ascii_hexdigit());
+    s.execute("SELECT pgsub.skip_transaction('c', $1::text::pg_lsn)", &[&lsn]).await.expect("skip");
+    p.batch_execute("INSERT INTO t VALUES (6, 'after')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 6", "after").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 4").await, 0, "skipped txn not applied");
+    assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 5").await, "local");
+    assert!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 'c'").await >= 1);
+    assert!(one::<Option<String>>(&s, "SELECT skip_lsn::text FROM pgsub.subscription WHERE subname = 'c'").await.is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn non_superusers_cannot_manage_or_see_passwords() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute("CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; GRANT pgsub_admin TO bob;").await.unwrap();
+    let ci = format!("{} password=s3cr3t-pw", nodes.pub_conninfo());
+    s.execute("SELECT pgsub.create_subscription('sec', $1, ARRAY['pub'])", &[&ci]).await.unwrap();
+    let alice = nodes.subscriber.client_as("alice", "postgres").await.unwrap();
+    let err = alice
+        .execute("SELECT pgsub.create_subscription('a', $1, ARRAY['pub'])", &[&ci])
+        .await
+        .expect_err("alice may not create");
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("42501"));
+    assert!(alice.batch_execute("SELECT pgsub.disable_subscription('sec')").await.is_err());
+    assert!(alice.query("SELECT * FROM pgsub.sub", &[]).await.is_err(), "catalog table is not readable");
+    let shown: String = one(&alice, "SELECT conninfo FROM pgsub.subscription WHERE subname = 'sec'").await;
+    assert!(!shown.contains("s3cr3t"), "password masked: {shown}");
+    let stats: String = one(&alice, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'sec'").await;
+    assert!(!stats.is_empty());
+    // A pgsub_admin member may manage, and still does not see the password.
+    let bob = nodes.subscriber.client_as("bob", "postgres").await.unwrap();
+    bob.batch_execute("SELECT pgsub.disable_subscription('sec')").await.expect("bob may manage");
+    let shown: String = one(&bob, "SELECT conninfo FROM pgsub.subscription WHERE subname = 'sec'").await;
+    assert!(!shown.contains("s3cr3t"));
+    let full: String = one(&s, "SELECT conninfo FROM pgsub.subscription WHERE subname = 'sec'").await;
+    assert!(full.contains("s3cr3t"), "superuser sees it");
+    assert!(!nodes.subscriber.log().contains("s3cr3t"), "password never logged");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn out_of_worker_slots_waits_then_starts() {
+    // Launcher + 2 apply workers fit; the third subscription must wait.
+    let sub_opts = ClusterOpts::subscriber()
+        .with_conf("max_worker_processes = 3")
+        .with_conf("max_parallel_workers = 0")
+        .with_conf("max_logical_replication_workers = 0");
+    let nodes = TwoNodes::start_with(ClusterOpts::publisher(), sub_opts).expect("start");
+    let (p, s) = setup(&nodes, &["t1", "t2", "t3"]).await;
+    for i in 1..=3 {
+        p.batch_execute(&format!("CREATE PUBLICATION p{i} FOR TABLE t{i}")).await.unwrap();
+        s.execute(&format!("SELECT pgsub.create_subscription('s{i}', $1, ARRAY['p{i}'])"), &[&nodes.pub_conninfo()])
+            .await
+            .unwrap();
+    }
+    wait_for("two streaming, one waiting", WAIT, || {
+        let s = &s;
+        async move {
+            let rows = s
+                .query("SELECT status FROM pgsub.stat_subscription ORDER BY subname", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            let st: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let streaming = st.iter().filter(|x| *x == "streaming").count();
+            let waiting = st.iter().filter(|x| *x == "waiting_for_worker").count();
+            Ok((streaming == 2 && waiting == 1).then_some(()))
+        }
+    })
+    .await
+    .expect("statuses");
+    assert!(nodes.subscriber.log().contains("is waiting for a worker"), "WARNING logged");
+    let waiting: String = one(&s, "SELECT subname::text FROM pgsub.stat_subscription WHERE status = 'waiting_for_worker'").await;
+    let other = if waiting == "s1" { "s2" } else { "s1" };
+    s.batch_execute(&format!("SELECT pgsub.drop_subscription('{other}')")).await.unwrap();
+    wait_value(&s, &format!("SELECT status FROM pgsub.stat_subscription WHERE subname = '{waiting}'"), "streaming").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kill9_of_subscriber_loses_and_duplicates_nothing() {
+    let nodes = TwoNodes::start().expect("start");
+    let mut nodes = nodes;
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('k', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'k'", "streaming").await;
+    drop(s);
+    // 100k single-row transactions, written by a background task while we kill the subscriber.
+    let pc = nodes.publisher.client("postgres").await.unwrap();
+    let writer = tokio::spawn(async move {
+        pc.batch_execute(
+            "CREATE PROCEDURE fill(n int) LANGUAGE plpgsql AS $$
+             BEGIN FOR i IN 1..n LOOP INSERT INTO t VALUES (i, 'v' || i); COMMIT; END LOOP; END $$;
+             CALL fill(100000);",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nodes.subscriber.kill9().expect("kill -9");
+    nodes.subscriber.start_again().expect("restart");
+    writer.await.unwrap().expect("writer");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "100000").await;
+    let r = s
+        .query_one("SELECT count(DISTINCT id), min(id), max(id), sum(id) FROM t", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i64>(0), 100000);
+    assert_eq!(r.get::<_, i32>(1), 1);
+    assert_eq!(r.get::<_, i32>(2), 100000);
+    let _ = p;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn publisher_restart_reconnects_and_converges() {
+    let mut nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('r', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "100").await;
+    drop(p);
+    nodes.publisher.restart().expect("publisher restart");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    p.batch_execute("INSERT INTO t SELECT g, 'b' FROM generate_series(101, 200) g; UPDATE t SET v = 'c' WHERE id <= 50")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*) FILTER (WHERE v = 'c')::text || '/' || count(*) FROM t", "50/200").await;
+    let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'r'").await;
+    assert!(errors >= 1, "the lost connection was recorded");
+}
