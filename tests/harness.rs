@@ -543,13 +543,12 @@ where
     Fut: std::future::Future<Output = Result<Option<T>>>,
 {
     let deadline = Instant::now() + timeout;
-    let mut last = String::from("never checked");
     loop {
-        match f().await {
+        let last = match f().await {
             Ok(Some(v)) => return Ok(v),
-            Ok(None) => last = "condition not met".into(),
-            Err(e) => last = e,
-        }
+            Ok(None) => "condition not met".to_string(),
+            Err(e) => e,
+        };
         if Instant::now() >= deadline {
             return Err(format!("timed out after {timeout:?} waiting for {what}: {last}"));
         }

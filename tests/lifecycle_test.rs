@@ -11,19 +11,29 @@ async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &st
 }
 
 async fn wait_value(c: &Client, sql: &str, want: &str) {
-    let mut seen = String::new();
+    let seen = std::cell::RefCell::new(String::new());
     let r = wait_for(&format!("{sql} = {want}"), WAIT, || {
-        let seen = &mut seen;
+        let seen = &seen;
         async move {
             let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
             let v: Option<String> = row.and_then(|r| r.get(0));
-            *seen = v.clone().unwrap_or_else(|| "NULL".into());
+            *seen.borrow_mut() = v.clone().unwrap_or_else(|| "NULL".into());
             Ok((v.as_deref() == Some(want)).then_some(()))
         }
     })
     .await;
     if let Err(e) = r {
-        panic!("{e} (last value: {seen})");
+        let stats = c
+            .query("SELECT subname::text, status, last_error FROM pgsub.stat_subscription", &[])
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| format!("{:?} {:?} {:?}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        panic!("{e} (last value: {})\n{stats}", seen.borrow());
     }
 }
 

@@ -18,20 +18,22 @@ async fn contents(c: &Client, table: &str) -> Result<String, String> {
 
 /// Waits until `table` holds the same rows on both nodes.
 async fn converge(p: &Client, s: &Client, table: &str) {
-    let mut last = (String::new(), String::new());
+    let last = std::cell::RefCell::new((String::new(), String::new()));
     let r = wait_for(&format!("{table} to converge"), WAIT, || {
-        let last = &mut last;
+        let last = &last;
         async move {
             let a = contents(p, table).await?;
             let b = contents(s, table).await?;
             let same = a == b;
-            *last = (a, b);
+            *last.borrow_mut() = (a, b);
             Ok(same.then_some(()))
         }
     })
     .await;
     if let Err(e) = r {
-        panic!("{e}\n--- publisher ---\n{}\n--- subscriber ---\n{}", last.0, last.1);
+        let last = last.borrow();
+        let (st, err) = status(s, "sub").await;
+        panic!("{e}\nstatus {st}, last_error {err:?}\n--- publisher ---\n{}\n--- subscriber ---\n{}", last.0, last.1);
     }
 }
 
@@ -172,11 +174,15 @@ async fn replicate_everything(binary: bool) {
         )
         .await
         .unwrap();
-    assert!(r.get::<_, i64>(0) >= 5, "txns_applied");
-    assert!(r.get::<_, i64>(1) >= 300, "inserts");
-    assert!(r.get::<_, i64>(2) >= 50, "updates");
-    assert!(r.get::<_, i64>(3) >= 20, "deletes");
-    assert!(r.get::<_, i64>(4) >= 1, "truncates");
+    let n = |i: usize| r.get::<_, i64>(i);
+    // The workload is one transaction (a multi-statement simple query), then TRUNCATE, then INSERT.
+    assert!(n(0) >= 3, "txns_applied {}", n(0));
+    assert!(n(1) >= 300, "inserts {}", n(1));
+    assert!(n(2) >= 50, "updates {}", n(2));
+    assert!(n(3) >= 20, "deletes {}", n(3));
+    assert!(n(4) >= 1, "truncates {}", n(4));
+    assert_eq!(r.get::<_, Option<i64>>(5), Some(0), "caught up: lag_bytes 0");
+    assert_eq!(r.get::<_, String>(7), "streaming");
     let table_states: i64 = s
         .query_one("SELECT count(*) FROM pgsub.subscription_table WHERE sync_state IN ('synchronized', 'ready')", &[])
         .await

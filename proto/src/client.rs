@@ -52,7 +52,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::backend::{Header, Message};
 use postgres_protocol::message::frontend;
 
-use crate::conninfo::{ConnInfoError, Config, Host, SslMode};
+use crate::conninfo::{Config, ConnInfoError, Host, SslMode};
 use crate::frame::{encode_standby_status, now_pg_micros, parse_frame, ReplicationFrame};
 use crate::lsn::Lsn;
 use transport::{Sock, Started, Transport};
@@ -75,7 +75,11 @@ pub struct ServerError {
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
         if let Some(d) = &self.detail {
             write!(f, "\nDETAIL: {d}")?;
         }
@@ -219,7 +223,10 @@ impl Wait for PollWait {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(Error::Io(io::Error::new(e.kind(), format!("poll() failed: {e}"))));
+                return Err(Error::Io(io::Error::new(
+                    e.kind(),
+                    format!("poll() failed: {e}"),
+                )));
             }
             if rc > 0 {
                 // Readable/writable, or POLLERR/POLLHUP: the retried operation will report it.
@@ -439,7 +446,10 @@ enum Plan {
 
 const NOTICE_CAP: usize = 1000;
 const READ_CHUNK: usize = 64 * 1024;
-const MAX_READ_CHUNK: usize = 8 * 1024 * 1024;
+const MAX_READ_CHUNK: usize = 1024 * 1024;
+/// PostgreSQL never sends a message longer than 1 GB (MaxAllocSize); anything longer is a
+/// corrupted stream, refused before any memory is committed to it.
+const MAX_MSG: usize = 0x4000_0000 + 1024;
 /// During startup, messages longer than this mean we are not talking to PostgreSQL.
 const MAX_STARTUP_MSG: usize = 1 << 20;
 
@@ -494,7 +504,11 @@ fn parse_error_fields(body: &[u8]) -> ServerError {
     while i < body.len() && body[i] != 0 {
         let t = body[i];
         i += 1;
-        let end = body[i..].iter().position(|&b| b == 0).map(|p| i + p).unwrap_or(body.len());
+        let end = body[i..]
+            .iter()
+            .position(|&b| b == 0)
+            .map(|p| i + p)
+            .unwrap_or(body.len());
         let v = String::from_utf8_lossy(&body[i..end]).into_owned();
         i = end + 1;
         match t {
@@ -538,10 +552,24 @@ impl Client {
     /// Connects and authenticates, trying each host of `cfg` in turn. With `replication` the
     /// startup packet carries `replication=database` (a logical walsender that also accepts
     /// SQL). TLS follows `cfg.sslmode` like libpq (Unix sockets never use TLS).
-    pub fn connect(cfg: &Config, replication: bool, waiter: Box<dyn Wait>) -> Result<Client, Error> {
+    pub fn connect(
+        cfg: &Config,
+        replication: bool,
+        waiter: Box<dyn Wait>,
+    ) -> Result<Client, Error> {
         let mut waiter = waiter;
         let mut last: Option<Error> = None;
         for host in &cfg.hosts {
+            // libpq: hostaddr, when given, decides where to connect (even if host is a socket
+            // directory); the host name is kept for verification and messages.
+            let effective;
+            let host = match (&cfg.hostaddr, host) {
+                (Some(a), Host::Unix(_)) => {
+                    effective = Host::Tcp(a.clone());
+                    &effective
+                }
+                _ => host,
+            };
             let mut plan = match (host, cfg.sslmode) {
                 (Host::Unix(_), _) => Plan::Plain,
                 (_, SslMode::Disable) | (_, SslMode::Allow) => Plan::Plain,
@@ -558,11 +586,14 @@ impl Client {
                             return Err(e);
                         }
                         let auth_class = |e: &Error| {
-                            e.sqlstate().is_some_and(|s| s.starts_with("28") && s != "28P01")
+                            e.sqlstate()
+                                .is_some_and(|s| s.starts_with("28") && s != "28P01")
                         };
                         let next = match (cfg.sslmode, plan, &e) {
                             // prefer: TLS failed or the server refused the TLS session → plain.
-                            (SslMode::Prefer, Plan::TlsPreferred, Error::Tls(_)) => Some(Plan::Plain),
+                            (SslMode::Prefer, Plan::TlsPreferred, Error::Tls(_)) => {
+                                Some(Plan::Plain)
+                            }
                             (SslMode::Prefer, Plan::TlsPreferred, e) if auth_class(e) => {
                                 Some(Plan::Plain)
                             }
@@ -633,7 +664,9 @@ impl Client {
                         io.kind(),
                         format!("connection to {} failed: {io}", client.peer),
                     )),
-                    Error::Tls(m) => Error::Tls(format!("connection to {} failed: {m}", client.peer)),
+                    Error::Tls(m) => {
+                        Error::Tls(format!("connection to {} failed: {m}", client.peer))
+                    }
                     other => other,
                 };
                 let Client { waiter, .. } = client;
@@ -662,7 +695,9 @@ impl Client {
             match answer {
                 b'S' => self.start_tls(cfg, host, deadline)?,
                 b'N' if plan == Plan::TlsRequired => {
-                    return Err(Error::Tls("server does not support SSL, but SSL was required".into()))
+                    return Err(Error::Tls(
+                        "server does not support SSL, but SSL was required".into(),
+                    ))
                 }
                 b'N' => {}
                 b'E' => {
@@ -717,7 +752,12 @@ impl Client {
         Ok(())
     }
 
-    fn start_tls(&mut self, cfg: &Config, host: &Host, deadline: Option<Instant>) -> Result<(), Error> {
+    fn start_tls(
+        &mut self,
+        cfg: &Config,
+        host: &Host,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
         let rootcert = cfg.sslrootcert.as_deref();
         let level = tls::verify_level(cfg.sslmode, rootcert);
         let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
@@ -900,13 +940,19 @@ impl Client {
                                 columns.len()
                             )));
                         }
-                        rows.push(Row { columns: columns.clone(), values });
+                        rows.push(Row {
+                            columns: columns.clone(),
+                            values,
+                        });
                     }
                     Msg::Proto(Message::CommandComplete(_))
                     | Msg::Proto(Message::EmptyQueryResponse) => {}
                     Msg::Proto(Message::CopyInResponse(_)) => {
-                        frontend::copy_fail("COPY FROM STDIN is not supported by this client", &mut c.wbuf)
-                            .map_err(proto_err)?;
+                        frontend::copy_fail(
+                            "COPY FROM STDIN is not supported by this client",
+                            &mut c.wbuf,
+                        )
+                        .map_err(proto_err)?;
                         c.flush(None)?;
                     }
                     Msg::Proto(Message::CopyOutResponse(_)) => {
@@ -955,7 +1001,12 @@ impl Client {
         let xlogpos = col(2)
             .and_then(|x| x.parse::<Lsn>().ok())
             .ok_or_else(|| proto_err("IDENTIFY_SYSTEM: invalid xlogpos"))?;
-        Ok(SystemInfo { systemid, timeline, xlogpos, dbname: col(3) })
+        Ok(SystemInfo {
+            systemid,
+            timeline,
+            xlogpos,
+            dbname: col(3),
+        })
     }
 
     /// CREATE_REPLICATION_SLOT for pgoutput. PostgreSQL 15+ gets the parenthesised syntax
@@ -1002,11 +1053,16 @@ impl Client {
             .first()
             .ok_or_else(|| proto_err("CREATE_REPLICATION_SLOT returned no row"))?;
         let col = |i: usize| row.values.get(i).cloned().flatten();
-        let slot_name = col(0).ok_or_else(|| proto_err("CREATE_REPLICATION_SLOT: slot_name missing"))?;
+        let slot_name =
+            col(0).ok_or_else(|| proto_err("CREATE_REPLICATION_SLOT: slot_name missing"))?;
         let consistent_point = col(1)
             .and_then(|x| x.parse::<Lsn>().ok())
             .ok_or_else(|| proto_err("CREATE_REPLICATION_SLOT: invalid consistent_point"))?;
-        Ok(SlotInfo { slot_name, consistent_point, snapshot_name: col(2) })
+        Ok(SlotInfo {
+            slot_name,
+            consistent_point,
+            snapshot_name: col(2),
+        })
     }
 
     /// DROP_REPLICATION_SLOT, optionally WAIT-ing for an active slot to be released.
@@ -1045,11 +1101,16 @@ impl Client {
                     Msg::Proto(Message::RowDescription(_))
                     | Msg::Proto(Message::DataRow(_))
                     | Msg::Proto(Message::EmptyQueryResponse) => {
-                        err.get_or_insert(proto_err("copy_out: the statement is not COPY ... TO STDOUT"));
+                        err.get_or_insert(proto_err(
+                            "copy_out: the statement is not COPY ... TO STDOUT",
+                        ));
                     }
                     Msg::Proto(Message::CopyInResponse(_)) => {
-                        frontend::copy_fail("COPY FROM STDIN is not supported by this client", &mut c.wbuf)
-                            .map_err(proto_err)?;
+                        frontend::copy_fail(
+                            "COPY FROM STDIN is not supported by this client",
+                            &mut c.wbuf,
+                        )
+                        .map_err(proto_err)?;
                         c.flush(None)?;
                     }
                     Msg::Error(e) => {
@@ -1110,14 +1171,21 @@ impl Client {
     }
 
     /// Non-blocking: returns the next replication message if a whole one is buffered or can be
-    /// read without waiting, `Ok(None)` otherwise. A server ErrorResponse is `Err(Server)` (the
-    /// connection returns to normal mode); a server CopyDone is `Err(Closed)` (call
-    /// [`end_copy`](Self::end_copy) to finish); end of connection is `Err(Closed)`.
+    /// read without waiting, `Ok(None)` otherwise.
+    ///
+    /// * ErrorResponse → `Err(Server)`. After an ERROR the connection returns to normal mode
+    ///   (the next command or [`end_copy`](Self::end_copy) reads the pending ReadyForQuery);
+    ///   after FATAL (e.g. 57P01, walsender terminated) it is unusable.
+    /// * CopyDone → `Err(Closed)`; [`end_copy`](Self::end_copy) finishes the exchange.
+    /// * CommandComplete (a walsender finishing at server shutdown) or end of connection →
+    ///   `Err(Closed)`, connection unusable.
     pub fn recv_frame(&mut self) -> Result<Option<ReplicationFrame>, Error> {
         match &self.state {
             State::CopyBoth => {}
             State::CopyBothServerDone => return Err(Error::Closed),
-            State::Broken(why) => return Err(proto_err(format!("connection is no longer usable: {why}"))),
+            State::Broken(why) => {
+                return Err(proto_err(format!("connection is no longer usable: {why}")))
+            }
             _ => return Err(proto_err("recv_frame: no replication stream is active")),
         }
         let r = self.poll_msg();
@@ -1134,13 +1202,21 @@ impl Client {
                 self.state = State::AwaitReady;
                 Err(Error::Server(e))
             }
+            Ok(Some(Msg::Proto(Message::CommandComplete(_)))) => {
+                // A walsender that finished streaming at shutdown sends CommandComplete and
+                // exits without waiting for our CopyDone.
+                self.state = State::Broken("the server ended the replication stream".into());
+                Err(Error::Closed)
+            }
             Ok(Some(other)) => {
                 let e = self.unexpected(&other, "in the replication stream");
                 self.state = State::Broken(e.to_string());
                 Err(e)
             }
             Err(e) => {
-                self.state = State::Broken(e.to_string());
+                if !matches!(self.state, State::Broken(_)) {
+                    self.state = State::Broken(e.to_string());
+                }
                 Err(e)
             }
         }
@@ -1176,8 +1252,14 @@ impl Client {
         match &self.state {
             State::Idle => return Ok(()),
             State::CopyBoth | State::CopyBothServerDone | State::AwaitReady => {}
-            State::Busy => return Err(proto_err("connection is no longer usable: a previous command did not complete")),
-            State::Broken(why) => return Err(proto_err(format!("connection is no longer usable: {why}"))),
+            State::Busy => {
+                return Err(proto_err(
+                    "connection is no longer usable: a previous command did not complete",
+                ))
+            }
+            State::Broken(why) => {
+                return Err(proto_err(format!("connection is no longer usable: {why}")))
+            }
         }
         let was = std::mem::replace(&mut self.state, State::Busy);
         let r = (|| {
@@ -1201,7 +1283,9 @@ impl Client {
                             None => Ok(()),
                         };
                     }
-                    other => return Err(self.unexpected(&other, "while ending the replication stream")),
+                    other => {
+                        return Err(self.unexpected(&other, "while ending the replication stream"))
+                    }
                 }
             }
         })();
@@ -1233,7 +1317,9 @@ impl Client {
             State::Idle => {}
             State::AwaitReady => self.end_copy()?,
             State::CopyBoth | State::CopyBothServerDone => {
-                return Err(proto_err("a replication stream is active: call end_copy() first"))
+                return Err(proto_err(
+                    "a replication stream is active: call end_copy() first",
+                ))
             }
             State::Busy => {
                 return Err(proto_err(
@@ -1255,7 +1341,8 @@ impl Client {
     }
 
     fn send_query(&mut self, sql: &str) -> Result<(), Error> {
-        frontend::query(sql, &mut self.wbuf).map_err(|e| proto_err(format!("invalid query: {e}")))?;
+        frontend::query(sql, &mut self.wbuf)
+            .map_err(|e| proto_err(format!("invalid query: {e}")))?;
         self.flush(None)
     }
 
@@ -1316,11 +1403,13 @@ impl Client {
         self.want.clamp(READ_CHUNK, MAX_READ_CHUNK)
     }
 
-    /// The next message, waiting as needed.
+    /// The next message, waiting as needed. A FATAL/PANIC ErrorResponse is returned as
+    /// `Err(Server)` at once (the server closes the connection right after it, so waiting for
+    /// ReadyForQuery would only turn it into `Closed`) and marks the connection broken.
     fn next_msg(&mut self, deadline: Option<Instant>) -> Result<Msg, Error> {
         loop {
             if let Some(m) = self.try_parse()? {
-                return Ok(m);
+                return self.check_fatal(m);
             }
             let max = self.read_size();
             let n = self.io.read_some(&mut self.rbuf, max)?;
@@ -1330,16 +1419,28 @@ impl Client {
         }
     }
 
-    /// The next message if one is buffered or readable now.
+    /// The next message if one is buffered or readable now (FATAL handled as in `next_msg`).
     fn poll_msg(&mut self) -> Result<Option<Msg>, Error> {
         loop {
             if let Some(m) = self.try_parse()? {
-                return Ok(Some(m));
+                return self.check_fatal(m).map(Some);
             }
             let max = self.read_size();
             if self.io.read_some(&mut self.rbuf, max)? == 0 {
                 return Ok(None);
             }
+        }
+    }
+
+    fn check_fatal(&mut self, m: Msg) -> Result<Msg, Error> {
+        match m {
+            Msg::Error(e) if matches!(e.severity.as_str(), "FATAL" | "PANIC") => {
+                if !self.in_startup {
+                    self.state = State::Broken(format!("the server terminated the session: {e}"));
+                }
+                Err(Error::Server(e))
+            }
+            m => Ok(m),
         }
     }
 
@@ -1363,9 +1464,16 @@ impl Client {
                     header.len()
                 )));
             }
+            if total > MAX_MSG {
+                return Err(proto_err(format!(
+                    "message {} from server is too long ({} bytes)",
+                    tag_name(header.tag()),
+                    header.len()
+                )));
+            }
             if self.rbuf.len() < total {
+                // No reserve(total): the buffer grows with what actually arrives.
                 self.want = total - self.rbuf.len();
-                self.rbuf.reserve(self.want);
                 return Ok(None);
             }
             self.want = 0;
@@ -1432,9 +1540,9 @@ fn open_socket(
         Host::Tcp(name) => {
             let addrs: Vec<SocketAddr> = match &cfg.hostaddr {
                 Some(a) => {
-                    let ip: IpAddr = a
-                        .parse()
-                        .map_err(|_| proto_err(format!("could not parse network address \"{a}\"")))?;
+                    let ip: IpAddr = a.parse().map_err(|_| {
+                        proto_err(format!("could not parse network address \"{a}\""))
+                    })?;
                     vec![SocketAddr::new(ip, cfg.port)]
                 }
                 None => match name.parse::<IpAddr>() {
@@ -1443,7 +1551,10 @@ fn open_socket(
                     Err(_) => (name.as_str(), cfg.port)
                         .to_socket_addrs()
                         .map_err(|e| {
-                            io_ctx(&format!("could not translate host name \"{name}\" to address"), e)
+                            io_ctx(
+                                &format!("could not translate host name \"{name}\" to address"),
+                                e,
+                            )
                         })?
                         .collect(),
                 },

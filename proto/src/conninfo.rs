@@ -220,7 +220,9 @@ pub struct ConnInfoError {
 
 impl ConnInfoError {
     fn new(message: impl Into<String>) -> Self {
-        ConnInfoError { message: message.into() }
+        ConnInfoError {
+            message: message.into(),
+        }
     }
 
     /// The message (same as `Display`).
@@ -325,7 +327,11 @@ type Raw = Vec<(String, String)>;
 /// libpq's `requiressl` compatibility rewrite, then the keyword check.
 fn store(raw: &mut Raw, keyword: &str, value: String) -> Result<(), ConnInfoError> {
     let (keyword, value) = if keyword == "requiressl" {
-        let v = if value.starts_with('1') { "require" } else { "prefer" };
+        let v = if value.starts_with('1') {
+            "require"
+        } else {
+            "prefer"
+        };
         ("sslmode", v.to_string())
     } else {
         (keyword, value)
@@ -479,9 +485,7 @@ fn uri_decode(s: &str) -> Result<String, ConnInfoError> {
         }
     }
     String::from_utf8(out).map_err(|_| {
-        ConnInfoError::new(format!(
-            "percent-encoded value is not valid UTF-8: \"{s}\""
-        ))
+        ConnInfoError::new(format!("percent-encoded value is not valid UTF-8: \"{s}\""))
     })
 }
 
@@ -634,7 +638,11 @@ fn parse_uri_params(params: &str, raw: &mut Raw) -> Result<(), ConnInfoError> {
         } else {
             (key, value)
         };
-        let k = if key == "requiressl" { "sslmode" } else { key.as_str() };
+        let k = if key == "requiressl" {
+            "sslmode"
+        } else {
+            key.as_str()
+        };
         if !known_keyword(k) {
             return Err(ConnInfoError::new(format!(
                 "invalid URI query parameter: \"{key}\""
@@ -664,7 +672,9 @@ fn parse_int_param(value: &str, keyword: &str) -> Result<i64, ConnInfoError> {
 fn parse_port(value: &str) -> Result<u16, ConnInfoError> {
     let n = parse_int_param(value, "port")?;
     if !(1..=65535).contains(&n) {
-        return Err(ConnInfoError::new(format!("invalid port number: \"{value}\"")));
+        return Err(ConnInfoError::new(format!(
+            "invalid port number: \"{value}\""
+        )));
     }
     Ok(n as u16)
 }
@@ -688,10 +698,7 @@ fn is_unixsock_path(h: &str) -> bool {
     h.starts_with('/') || h.starts_with('@')
 }
 
-fn build_config(
-    raw: Raw,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConnInfoError> {
+fn build_config(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConnInfoError> {
     // Explicit settings (last wins), then environment fallbacks for the rest.
     let mut explicit: HashMap<&str, String> = HashMap::new();
     for (k, v) in &raw {
@@ -724,7 +731,11 @@ fn build_config(
 
     // Features we do not implement: refuse when they ask for something.
     if let Some(v) = nonempty("service") {
-        return Err(unsupported("service", v, "connection service files are not implemented"));
+        return Err(unsupported(
+            "service",
+            v,
+            "connection service files are not implemented",
+        ));
     }
     for k in ["sslcert", "sslkey", "sslcrl", "sslcrldir", "requirepeer"] {
         if let Some(v) = explicit.get(k).filter(|v| !v.is_empty()) {
@@ -732,7 +743,11 @@ fn build_config(
         }
     }
     if let Some(v) = nonempty("require_auth") {
-        return Err(unsupported("require_auth", v, "not implemented by this client"));
+        return Err(unsupported(
+            "require_auth",
+            v,
+            "not implemented by this client",
+        ));
     }
     if let Some(v) = nonempty("channel_binding") {
         match v {
@@ -787,7 +802,11 @@ fn build_config(
         match v {
             "disable" => {}
             "random" => {
-                return Err(unsupported("load_balance_hosts", v, "only \"disable\" is implemented"))
+                return Err(unsupported(
+                    "load_balance_hosts",
+                    v,
+                    "only \"disable\" is implemented",
+                ))
             }
             _ => {
                 return Err(ConnInfoError::new(format!(
@@ -800,7 +819,11 @@ fn build_config(
         match v {
             "postgres" => {}
             "direct" => {
-                return Err(unsupported("sslnegotiation", v, "only \"postgres\" is implemented"))
+                return Err(unsupported(
+                    "sslnegotiation",
+                    v,
+                    "only \"postgres\" is implemented",
+                ))
             }
             _ => {
                 return Err(ConnInfoError::new(format!(
@@ -833,7 +856,11 @@ fn build_config(
         Some(v) => {
             let mut port: Option<u16> = None;
             for item in v.split(',') {
-                let p = if item.is_empty() { DEFAULT_PORT } else { parse_port(item)? };
+                let p = if item.is_empty() {
+                    DEFAULT_PORT
+                } else {
+                    parse_port(item)?
+                };
                 match port {
                     None => port = Some(p),
                     Some(q) if q != p => {
@@ -879,7 +906,11 @@ fn build_config(
                         None => hosts.push(Host::Unix(default_socket_dir())),
                     }
                 } else if h.starts_with('@') {
-                    return Err(unsupported("host", h, "abstract Unix sockets are not implemented"));
+                    return Err(unsupported(
+                        "host",
+                        h,
+                        "abstract Unix sockets are not implemented",
+                    ));
                 } else if is_unixsock_path(h) {
                     hosts.push(Host::Unix(PathBuf::from(h)));
                 } else {
@@ -925,9 +956,11 @@ fn build_config(
     // password: explicit / PGPASSWORD, else the password file.
     let mut password = nonempty("password").map(str::to_string);
     if password.is_none() {
-        let passfile = nonempty("passfile")
-            .map(PathBuf::from)
-            .or_else(|| env("HOME").filter(|h| !h.is_empty()).map(|h| Path::new(&h).join(".pgpass")));
+        let passfile = nonempty("passfile").map(PathBuf::from).or_else(|| {
+            env("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| Path::new(&h).join(".pgpass"))
+        });
         if let Some(pf) = passfile {
             let pw_host = match (&hosts[0], &hostaddr) {
                 (Host::Tcp(h), _) => h.clone(),
@@ -1212,8 +1245,10 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k: &str| map.get(k).cloned()
     }
 
@@ -1266,7 +1301,10 @@ mod tests {
         assert_eq!(c.user, "u");
         assert_eq!(c.dbname, "u");
         assert_eq!(c.port, 6000);
-        assert_eq!(c.hosts, vec![Host::Tcp("h1".into()), Host::Tcp("h2".into())]);
+        assert_eq!(
+            c.hosts,
+            vec![Host::Tcp("h1".into()), Host::Tcp("h2".into())]
+        );
         let c = parse_with_env("", &env_of(&[("PGUSER", "u")])).unwrap();
         assert_eq!(c.port, 5432);
         match &c.hosts[..] {
@@ -1319,7 +1357,10 @@ mod tests {
     fn connect_timeout_rules() {
         assert_eq!(p("connect_timeout=0").unwrap().connect_timeout, None);
         assert_eq!(p("connect_timeout=-5").unwrap().connect_timeout, None);
-        assert_eq!(p("connect_timeout=1").unwrap().connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(
+            p("connect_timeout=1").unwrap().connect_timeout,
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(
             p("connect_timeout=' 10 '").unwrap().connect_timeout,
             Some(Duration::from_secs(10))
@@ -1333,12 +1374,18 @@ mod tests {
     #[test]
     fn errors_are_libpq_like() {
         assert_eq!(err("foo=bar"), "invalid connection option \"foo\"");
-        assert_eq!(err("host"), "missing \"=\" after \"host\" in connection info string");
+        assert_eq!(
+            err("host"),
+            "missing \"=\" after \"host\" in connection info string"
+        );
         assert_eq!(
             err("password='abc"),
             "unterminated quoted string in connection info string"
         );
-        assert_eq!(err("port=abc"), "invalid integer value \"abc\" for connection option \"port\"");
+        assert_eq!(
+            err("port=abc"),
+            "invalid integer value \"abc\" for connection option \"port\""
+        );
         assert_eq!(err("port=70000"), "invalid port number: \"70000\"");
         assert_eq!(err("port=0"), "invalid port number: \"0\"");
         assert_eq!(err("sslmode=maybe"), "invalid sslmode value: \"maybe\"");
@@ -1384,7 +1431,10 @@ mod tests {
         let c = p("host='/tmp/sock dir' port=5").unwrap();
         assert_eq!(c.hosts, vec![Host::Unix(PathBuf::from("/tmp/sock dir"))]);
         let c = p("host=/a,db2").unwrap();
-        assert_eq!(c.hosts, vec![Host::Unix("/a".into()), Host::Tcp("db2".into())]);
+        assert_eq!(
+            c.hosts,
+            vec![Host::Unix("/a".into()), Host::Tcp("db2".into())]
+        );
     }
 
     #[test]
@@ -1427,7 +1477,10 @@ mod tests {
         assert_eq!(c.hosts, vec![Host::Unix("/tmp".into())]);
         assert_eq!(c.dbname, "db");
         let c = p("postgresql://[2001:db8::1],h2/db").unwrap();
-        assert_eq!(c.hosts, vec![Host::Tcp("2001:db8::1".into()), Host::Tcp("h2".into())]);
+        assert_eq!(
+            c.hosts,
+            vec![Host::Tcp("2001:db8::1".into()), Host::Tcp("h2".into())]
+        );
         let c = p("postgresql://user@/db").unwrap();
         assert_eq!(c.user, "user");
         assert_eq!(c.password, None);
@@ -1438,13 +1491,22 @@ mod tests {
         assert!(err("postgresql://[::1/db").contains("matching \"]\""));
         assert!(err("postgresql://[]/db").contains("may not be empty"));
         assert!(err("postgresql://[::1]x/db").contains("unexpected character \"x\""));
-        assert_eq!(err("postgresql://h/db?foo=1"), "invalid URI query parameter: \"foo\"");
+        assert_eq!(
+            err("postgresql://h/db?foo=1"),
+            "invalid URI query parameter: \"foo\""
+        );
         assert!(err("postgresql://h/db?sslmode").contains("missing key/value separator"));
         assert!(err("postgresql://h/db?a=b=c").contains("extra key/value separator"));
         assert!(err("postgresql://h/d%zz").contains("invalid percent-encoded token"));
         assert!(err("postgresql://h/d%00").contains("forbidden value %00"));
-        assert_eq!(err("postgresql://h:abc/db"), "invalid integer value \"abc\" for connection option \"port\"");
-        assert_eq!(err("postgresql://h/db?sslmode=nope"), "invalid sslmode value: \"nope\"");
+        assert_eq!(
+            err("postgresql://h:abc/db"),
+            "invalid integer value \"abc\" for connection option \"port\""
+        );
+        assert_eq!(
+            err("postgresql://h/db?sslmode=nope"),
+            "invalid sslmode value: \"nope\""
+        );
     }
 
     #[test]
@@ -1459,7 +1521,10 @@ mod tests {
         );
         assert_eq!(mask_password("password=a\\ b c=d"), "password=******** c=d");
         // Unterminated quote: everything after is masked.
-        assert_eq!(mask_password("user=u password='abc def"), "user=u password=********");
+        assert_eq!(
+            mask_password("user=u password='abc def"),
+            "user=u password=********"
+        );
         // Fails to parse (unknown keyword, missing '=') but still masked.
         assert_eq!(
             mask_password("bogus password=pw junk"),
@@ -1469,7 +1534,10 @@ mod tests {
         assert_eq!(mask_password("host=a"), "host=a");
         assert_eq!(mask_password("password="), "password=********");
         // Non-ASCII survives.
-        assert_eq!(mask_password("dbname=bäh password=ö"), "dbname=bäh password=********");
+        assert_eq!(
+            mask_password("dbname=bäh password=ö"),
+            "dbname=bäh password=********"
+        );
     }
 
     #[test]
@@ -1513,7 +1581,11 @@ mod tests {
         for v in ["", "plain", "a b", "it's", r"back\slash", "tab\there"] {
             let s = format!("application_name={}", quote_value(v));
             let c = p(&s).unwrap();
-            let expect = if v.is_empty() { None } else { Some(v.to_string()) };
+            let expect = if v.is_empty() {
+                None
+            } else {
+                Some(v.to_string())
+            };
             assert_eq!(c.application_name, expect, "{s}");
         }
     }
@@ -1544,8 +1616,11 @@ mod tests {
         let c = parse_with_env("host=db:x dbname=mydb password=given", &env).unwrap();
         assert_eq!(c.password.as_deref(), Some("given"));
         // passfile keyword, HOME fallback.
-        let c = parse_with_env(&format!("passfile={fs} dbname=x"), &env_of(&[("PGUSER", "bob")]))
-            .unwrap();
+        let c = parse_with_env(
+            &format!("passfile={fs} dbname=x"),
+            &env_of(&[("PGUSER", "bob")]),
+        )
+        .unwrap();
         assert_eq!(c.password.as_deref(), Some("sock"));
         // Insecure permissions → ignored.
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();

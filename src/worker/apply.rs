@@ -229,17 +229,17 @@ impl Applier {
         let local_end = unsafe {
             if skipped && self.skip_lsn.is_some() && Some(c.commit_lsn) == self.skip_lsn {
                 // Done skipping: forget skip_lsn in the same transaction.
-                let r = Spi::run_with_args(
-                    "UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1",
-                    &[self.subid.into()],
-                );
+                let r = with_snapshot(|| {
+                    Spi::run_with_args("UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1", &[self.subid.into()])
+                });
                 if let Err(e) = r {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
                 }
                 self.skip_lsn = None;
             }
             if self.tables.any_synchronized() {
-                self.tables.mark_ready(self.subid, c.end_lsn);
+                let subid = self.subid;
+                with_snapshot(|| self.tables.mark_ready(subid, c.end_lsn));
             }
             pg_sys::SPI_finish();
             pg_sys::replorigin_session_origin_lsn = c.end_lsn.0;
@@ -524,13 +524,22 @@ fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[ColMap]) -> Ve
     mask
 }
 
+/// Runs one replication step with a fresh snapshot (READ COMMITTED, like native's
+/// begin_replication_step): catalog lookups, plan preparation and the statement all see it.
+pub fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: inside the remote transaction's local transaction.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let r = f();
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    r
+}
+
 fn in_context<R>(cxt: pg_sys::MemoryContext, f: impl FnOnce() -> R) -> R {
     // SAFETY: cxt is our per-message context, alive for the worker's life; reset after use.
     unsafe {
         let old = pg_sys::MemoryContextSwitchTo(cxt);
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         let r = f();
-        pg_sys::PopActiveSnapshot();
         pg_sys::MemoryContextSwitchTo(old);
         pg_sys::MemoryContextReset(cxt);
         r

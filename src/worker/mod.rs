@@ -371,14 +371,18 @@ impl Stream {
                     p.publish(None, 0);
                 }
             }
-            LogicalMessage::Commit(c) => self.applier.commit(c, p),
+            LogicalMessage::Commit(c) => {
+                self.applier.commit(c, p);
+                // Counters and positions are visible as soon as the transaction is.
+                p.publish(None, now());
+            }
             LogicalMessage::Origin(o) => self.applier.origin(&o.name),
             LogicalMessage::Relation(r) => self.applier.on_relation(r),
             LogicalMessage::Type(_) => {}
-            LogicalMessage::Insert(m) => self.applier.insert(m, p),
-            LogicalMessage::Update(m) => self.applier.update(m, p),
-            LogicalMessage::Delete(m) => self.applier.delete(m, p),
-            LogicalMessage::Truncate(m) => self.applier.truncate(m, p),
+            LogicalMessage::Insert(m) => apply::with_snapshot(|| self.applier.insert(m, p)),
+            LogicalMessage::Update(m) => apply::with_snapshot(|| self.applier.update(m, p)),
+            LogicalMessage::Delete(m) => apply::with_snapshot(|| self.applier.delete(m, p)),
+            LogicalMessage::Truncate(m) => apply::with_snapshot(|| self.applier.truncate(m, p)),
             LogicalMessage::Message(_) => p.counters.messages += 1,
             other => report::error(
                 Code::ERRCODE_PROTOCOL_VIOLATION,

@@ -22,7 +22,10 @@ fn quoting() {
 
 #[test]
 fn server_versions() {
-    assert_eq!(parse_server_version("15.4 (Debian 15.4-1.pgdg120+1)"), 150004);
+    assert_eq!(
+        parse_server_version("15.4 (Debian 15.4-1.pgdg120+1)"),
+        150004
+    );
     assert_eq!(parse_server_version("16.0"), 160000);
     assert_eq!(parse_server_version("16beta1"), 160000);
     assert_eq!(parse_server_version("17devel"), 170000);
@@ -36,7 +39,10 @@ fn server_versions() {
 fn pgoutput_options() {
     let o = PgOutputOptions::for_server(150004, vec!["a".into(), "b\"c".into()]);
     assert_eq!(o.proto_version, 3);
-    assert_eq!(o.to_sql_options(), r#"(proto_version '3', publication_names '"a","b""c"')"#);
+    assert_eq!(
+        o.to_sql_options(),
+        r#"(proto_version '3', publication_names '"a","b""c"')"#
+    );
     assert_eq!(PgOutputOptions::for_server(160001, vec![]).proto_version, 4);
     assert_eq!(PgOutputOptions::for_server(140010, vec![]).proto_version, 2);
     assert_eq!(PgOutputOptions::for_server(130000, vec![]).proto_version, 1);
@@ -59,7 +65,10 @@ fn pgoutput_options() {
     );
     // PG13 (proto 1): only the mandatory options.
     o.proto_version = 1;
-    assert_eq!(o.to_sql_options(), r#"(proto_version '1', publication_names '"it''s"')"#);
+    assert_eq!(
+        o.to_sql_options(),
+        r#"(proto_version '1', publication_names '"it''s"')"#
+    );
 }
 
 #[test]
@@ -99,7 +108,11 @@ fn error_fields_are_lossy_and_safe() {
 fn poll_wait_times_out() {
     let (a, _b) = UnixStream::pair().unwrap();
     let t0 = Instant::now();
-    let r = PollWait.wait(a.as_raw_fd(), Interest::Read, Some(Instant::now() + Duration::from_millis(50)));
+    let r = PollWait.wait(
+        a.as_raw_fd(),
+        Interest::Read,
+        Some(Instant::now() + Duration::from_millis(50)),
+    );
     assert!(matches!(r, Err(Error::Timeout(_))));
     assert!(t0.elapsed() >= Duration::from_millis(50));
     // Writable immediately.
@@ -246,18 +259,29 @@ impl Fake {
         std::fs::create_dir_all(&dir).unwrap();
         let port = 5999;
         let listener = UnixListener::bind(dir.join(format!(".s.PGSQL.{port}"))).unwrap();
-        Fake { dir, port, listener }
+        Fake {
+            dir,
+            port,
+            listener,
+        }
     }
 
     fn config(&self, extra: &str) -> Config {
         conninfo::parse_with_env(
-            &format!("host='{}' port={} user=u dbname=d {extra}", self.dir.display(), self.port),
+            &format!(
+                "host='{}' port={} user=u dbname=d {extra}",
+                self.dir.display(),
+                self.port
+            ),
             &|_| None,
         )
         .unwrap()
     }
 
-    fn serve(self, f: impl FnOnce(UnixStream) + Send + 'static) -> (thread::JoinHandle<()>, PathBuf, Fake2) {
+    fn serve(
+        self,
+        f: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (thread::JoinHandle<()>, PathBuf, Fake2) {
         let dir = self.dir.clone();
         let Fake { listener, port, .. } = self;
         let h = thread::spawn(move || {
@@ -420,7 +444,9 @@ fn fake_server_full_flow() {
     assert_eq!(sys.xlogpos, Lsn(0x16B3748));
     assert_eq!(sys.dbname.as_deref(), Some("d"));
 
-    let slot = c.create_logical_slot("s1", true, SnapshotAction::NoExport, true).unwrap();
+    let slot = c
+        .create_logical_slot("s1", true, SnapshotAction::NoExport, true)
+        .unwrap();
     assert_eq!(slot.slot_name, "s1");
     assert_eq!(slot.consistent_point, Lsn(0x16B3780));
     assert_eq!(slot.snapshot_name, None);
@@ -437,7 +463,8 @@ fn fake_server_full_flow() {
     assert_eq!(got.concat(), b"1\ta\n2\tb\n3\tc\n");
 
     let opts = PgOutputOptions::for_server(c.server_version_num(), vec!["pub".into()]);
-    c.start_replication("s1", slot.consistent_point, &opts).unwrap();
+    c.start_replication("s1", slot.consistent_point, &opts)
+        .unwrap();
     assert!(c.simple_query("SELECT 1").is_err()); // refused while streaming, not fatal
 
     let mut frames = Vec::new();
@@ -447,13 +474,27 @@ fn fake_server_full_flow() {
             Some(f) => frames.push(f),
             None => {
                 nones += 1;
-                PollWait.wait(c.raw_fd(), Interest::Read, Some(Instant::now() + Duration::from_secs(5))).unwrap();
+                PollWait
+                    .wait(
+                        c.raw_fd(),
+                        Interest::Read,
+                        Some(Instant::now() + Duration::from_secs(5)),
+                    )
+                    .unwrap();
             }
         }
     }
-    assert!(nones > 0, "fragments should have produced would-block returns");
+    assert!(
+        nones > 0,
+        "fragments should have produced would-block returns"
+    );
     match &frames[0] {
-        ReplicationFrame::XLogData { wal_start, data, send_time, .. } => {
+        ReplicationFrame::XLogData {
+            wal_start,
+            data,
+            send_time,
+            ..
+        } => {
             assert_eq!(*wal_start, Lsn(0x16B3780));
             assert_eq!(&data[..], b"BEGIN-ish");
             assert_eq!(*send_time, 42);
@@ -461,7 +502,11 @@ fn fake_server_full_flow() {
         f => panic!("unexpected {f:?}"),
     }
     match &frames[1] {
-        ReplicationFrame::Keepalive { wal_end, reply_requested, .. } => {
+        ReplicationFrame::Keepalive {
+            wal_end,
+            reply_requested,
+            ..
+        } => {
             assert_eq!(*wal_end, Lsn(0x16B3800));
             assert!(*reply_requested);
         }
@@ -472,7 +517,8 @@ fn fake_server_full_flow() {
         f => panic!("unexpected {f:?}"),
     }
     assert_eq!(c.notices()[0].message, "in-stream notice");
-    c.send_status(Lsn(0x16B3800), Lsn(0x16B3780), Lsn(0x16B3780), false).unwrap();
+    c.send_status(Lsn(0x16B3800), Lsn(0x16B3780), Lsn(0x16B3780), false)
+        .unwrap();
     c.end_copy().unwrap();
     // Usable again after the stream.
     assert!(matches!(c.recv_frame(), Err(Error::Protocol(_))));
@@ -490,7 +536,12 @@ fn fake_server_wrong_password_is_server_error() {
         s.write_all(&auth(3, &[])).unwrap(); // cleartext
         let (t, body) = read_msg(&mut s);
         assert_eq!((t, body), (b'p', cstr("wrong")));
-        s.write_all(&error("FATAL", "28P01", "password authentication failed for user \"u\"")).unwrap();
+        s.write_all(&error(
+            "FATAL",
+            "28P01",
+            "password authentication failed for user \"u\"",
+        ))
+        .unwrap();
     });
     let e = Client::connect(&cfg, false, Box::new(PollWait)).unwrap_err();
     assert_eq!(e.sqlstate(), Some("28P01"), "{e}");
@@ -597,7 +648,11 @@ fn fake_server_stream_error_and_server_copydone() {
     let opts = PgOutputOptions::for_server(150000, vec!["p".into()]);
     let wait = |c: &Client| {
         PollWait
-            .wait(c.raw_fd(), Interest::Read, Some(Instant::now() + Duration::from_secs(5)))
+            .wait(
+                c.raw_fd(),
+                Interest::Read,
+                Some(Instant::now() + Duration::from_secs(5)),
+            )
             .unwrap()
     };
 
@@ -678,4 +733,94 @@ fn tcp_connection_refused_names_the_server() {
     assert!(matches!(e, Error::Io(_)), "{s}");
     assert!(s.contains("connection to server at \"127.0.0.1\""), "{s}");
     assert!(s.contains(&port.to_string()), "{s}");
+}
+
+#[test]
+fn fake_server_fatal_mid_command_and_shutdown_stream() {
+    let fake = Fake::new("fatal");
+    let cfg = fake.config("");
+    let (h, dir, _) = fake.serve(|mut s| {
+        read_startup(&mut s);
+        startup_ok(&mut s);
+        // A stream that the server finishes at shutdown: CommandComplete, then exit.
+        let _ = read_msg(&mut s);
+        s.write_all(&msg(b'W', &[0, 0, 0])).unwrap();
+        let mut out = keepalive(9, false);
+        out.extend(command_complete("COPY 0"));
+        s.write_all(&out).unwrap();
+    });
+    let mut c = Client::connect(&cfg, true, Box::new(PollWait)).unwrap();
+    c.start_replication(
+        "s",
+        Lsn(0),
+        &PgOutputOptions::for_server(150000, vec!["p".into()]),
+    )
+    .unwrap();
+    let e = loop {
+        match c.recv_frame() {
+            Ok(Some(_)) => {}
+            Ok(None) => PollWait.wait(c.raw_fd(), Interest::Read, None).unwrap(),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(e, Error::Closed), "{e}");
+    h.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+
+    // FATAL in the middle of a COPY, then EOF: the FATAL must be what the caller sees.
+    let fake = Fake::new("fatal2");
+    let cfg = fake.config("");
+    let (h, dir, _) = fake.serve(|mut s| {
+        read_startup(&mut s);
+        startup_ok(&mut s);
+        let _ = read_msg(&mut s);
+        let mut out = msg(b'H', &[0, 0, 0]);
+        out.extend(msg(b'd', b"1\n"));
+        out.extend(error(
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        ));
+        s.write_all(&out).unwrap();
+    });
+    let mut c = Client::connect(&cfg, false, Box::new(PollWait)).unwrap();
+    let mut chunks = 0;
+    let e = c
+        .copy_out("COPY t TO STDOUT", &mut |_d: &[u8]| {
+            chunks += 1;
+            Ok(())
+        })
+        .unwrap_err();
+    assert_eq!(e.sqlstate(), Some("57P01"), "{e}");
+    assert_eq!(chunks, 1);
+    let e = c.simple_query("SELECT 1").unwrap_err();
+    assert!(e.to_string().contains("no longer usable"), "{e}");
+    h.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn fake_server_absurd_length_is_refused() {
+    let fake = Fake::new("huge");
+    let cfg = fake.config("");
+    let (h, dir, _) = fake.serve(|mut s| {
+        read_startup(&mut s);
+        startup_ok(&mut s);
+        let _ = read_msg(&mut s);
+        let mut out = vec![b'D'];
+        out.extend_from_slice(&0x7FFF_FFF0i32.to_be_bytes());
+        out.extend_from_slice(&[0u8; 64]);
+        let _ = s.write_all(&out);
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b);
+    });
+    let mut c = Client::connect(&cfg, false, Box::new(PollWait)).unwrap();
+    let e = c.simple_query("SELECT 1").unwrap_err();
+    assert!(
+        matches!(e, Error::Protocol(_)) && e.to_string().contains("too long"),
+        "{e}"
+    );
+    drop(c);
+    h.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -167,7 +167,9 @@ pub(crate) fn server_name(host: &str, mode: Verify) -> Result<ServerName<'static
         Ok(n) => Ok(n),
         Err(_) if mode != Verify::Full => {
             // Not a valid DNS name (e.g. underscores) and not verified anyway: send no SNI.
-            Ok(ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into()))
+            Ok(ServerName::IpAddress(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED).into(),
+            ))
         }
         Err(e) => Err(tls_err(format!(
             "host name \"{host}\" cannot be verified with sslmode=verify-full: {e}"
@@ -238,7 +240,10 @@ impl ServerCertVerifier for ChainVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
-        let pinned = self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref());
+        let pinned = self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref());
         if !pinned {
             rustls::client::verify_server_cert_signed_by_trust_anchor(
                 &cert,
@@ -285,16 +290,31 @@ mod tests {
     fn levels() {
         assert_eq!(verify_level(SslMode::Require, None), Verify::None);
         assert_eq!(verify_level(SslMode::Prefer, None), Verify::None);
-        assert_eq!(verify_level(SslMode::Require, Some(Path::new("/ca.pem"))), Verify::Chain);
+        assert_eq!(
+            verify_level(SslMode::Require, Some(Path::new("/ca.pem"))),
+            Verify::Chain
+        );
         assert_eq!(verify_level(SslMode::VerifyCa, None), Verify::Chain);
-        assert_eq!(verify_level(SslMode::VerifyFull, Some(Path::new("system"))), Verify::Full);
+        assert_eq!(
+            verify_level(SslMode::VerifyFull, Some(Path::new("system"))),
+            Verify::Full
+        );
     }
 
     #[test]
     fn names() {
-        assert!(matches!(server_name("db.example.com", Verify::Full), Ok(ServerName::DnsName(_))));
-        assert!(matches!(server_name("127.0.0.1", Verify::Full), Ok(ServerName::IpAddress(_))));
-        assert!(matches!(server_name("::1", Verify::Full), Ok(ServerName::IpAddress(_))));
+        assert!(matches!(
+            server_name("db.example.com", Verify::Full),
+            Ok(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            server_name("127.0.0.1", Verify::Full),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("::1", Verify::Full),
+            Ok(ServerName::IpAddress(_))
+        ));
         assert!(server_name("bad name!", Verify::Full).is_err());
         assert!(server_name("bad name!", Verify::Chain).is_ok());
     }
@@ -302,8 +322,16 @@ mod tests {
     #[test]
     fn config_without_verification_builds() {
         client_config(SslMode::Require, None, None).unwrap();
-        let e = client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem")), None)
-            .unwrap_err();
-        assert!(e.to_string().contains("could not read root certificate file"), "{e}");
+        let e = client_config(
+            SslMode::VerifyCa,
+            Some(Path::new("/nonexistent/ca.pem")),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("could not read root certificate file"),
+            "{e}"
+        );
     }
 }

@@ -60,7 +60,11 @@ fn last_err() -> io::Error {
 fn new_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned immediately.
     let fd = unsafe {
-        libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
     };
     if fd < 0 {
         return Err(last_err());
@@ -127,7 +131,9 @@ pub(crate) fn start_tcp(addr: &SocketAddr) -> io::Result<Started> {
             let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
             sa.sin_family = libc::AF_INET as libc::sa_family_t;
             sa.sin_port = a.port().to_be();
-            sa.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            sa.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            };
             start_connect(
                 fd,
                 &sa as *const libc::sockaddr_in as *const libc::sockaddr,
@@ -141,7 +147,9 @@ pub(crate) fn start_tcp(addr: &SocketAddr) -> io::Result<Started> {
             sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sa.sin6_port = a.port().to_be();
             sa.sin6_flowinfo = a.flowinfo();
-            sa.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sa.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
             sa.sin6_scope_id = a.scope_id();
             start_connect(
                 fd,
@@ -241,7 +249,11 @@ fn read_into(
 
 impl Transport {
     pub(crate) fn plain(sock: Sock) -> Self {
-        Transport { sock, tls: None, eof: false }
+        Transport {
+            sock,
+            tls: None,
+            eof: false,
+        }
     }
 
     pub(crate) fn fd(&self) -> RawFd {
