@@ -227,6 +227,7 @@ impl Cluster {
     }
 
     pub fn start(opts: ClusterOpts) -> Result<Cluster> {
+        become_subreaper();
         if opts.preload_pgsub {
             ensure_installed()?;
         }
@@ -470,6 +471,7 @@ fn cluster_backends(data: &Path) -> Vec<i32> {
 }
 
 pub fn pid_alive(pid: i32) -> bool {
+    reap(pid);
     // A zombie still has /proc/<pid>; treat state Z as gone.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !matches!(s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z")),
@@ -477,9 +479,27 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// Makes this test process the reaper of orphaned descendants: a postmaster started by pg_ctl is
+/// re-parented here, so that after a SIGKILL we can reap it ourselves instead of depending on
+/// PID 1 to do so (a zombie postmaster blocks `pg_ctl start`).
+fn become_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: prctl with constant arguments.
+    ONCE.call_once(|| unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    });
+}
+
+/// Reaps `pid` if it is our (adopted) child and has exited.
+fn reap(pid: i32) {
+    // SAFETY: WNOHANG waitpid on a specific pid; ECHILD when it is not our child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+}
+
 fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
+        reap(pid);
         if !pid_alive(pid) {
             return true;
         }

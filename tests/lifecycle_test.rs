@@ -265,15 +265,25 @@ async fn kill9_of_subscriber_loses_and_duplicates_nothing() {
     drop(s);
     // 100k single-row transactions, written by a background task while we kill the subscriber.
     let pc = nodes.publisher.client("postgres").await.unwrap();
-    let writer = tokio::spawn(async move {
-        pc.batch_execute(
-            "CREATE PROCEDURE fill(n int) LANGUAGE plpgsql AS $$
-             BEGIN FOR i IN 1..n LOOP INSERT INTO t VALUES (i, 'v' || i); COMMIT; END LOOP; END $$;
-             CALL fill(100000);",
-        )
-        .await
-    });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    pc.batch_execute(
+        "CREATE PROCEDURE fill(n int) LANGUAGE plpgsql AS $$
+         BEGIN FOR i IN 1..n LOOP INSERT INTO t VALUES (i, 'v' || i); COMMIT; END LOOP; END $$",
+    )
+    .await
+    .unwrap();
+    let writer = tokio::spawn(async move { pc.batch_execute("CALL fill(100000)").await });
+    // Kill while the stream is flowing: some rows applied, not all.
+    let sc = nodes.subscriber.client("postgres").await.unwrap();
+    wait_for("some rows applied", WAIT, || {
+        let sc = &sc;
+        async move {
+            let n: i64 = sc.query_one("SELECT count(*) FROM t", &[]).await.map_err(|e| e.to_string())?.get(0);
+            Ok((n >= 1000).then_some(()))
+        }
+    })
+    .await
+    .expect("stream flowing");
+    drop(sc);
     nodes.subscriber.kill9().expect("kill -9");
     nodes.subscriber.start_again().expect("restart");
     writer.await.unwrap().expect("writer");

@@ -298,9 +298,13 @@ struct Fake2 {
 }
 
 fn startup_ok(s: &mut UnixStream) {
+    startup_ok_version(s, "15.4 (Debian 15.4-1.pgdg120+1)")
+}
+
+fn startup_ok_version(s: &mut UnixStream, version: &str) {
     s.write_all(&auth(0, &[])).unwrap();
     let mut out = Vec::new();
-    out.extend(param("server_version", "15.4 (Debian 15.4-1.pgdg120+1)"));
+    out.extend(param("server_version", version));
     out.extend(param("server_encoding", "UTF8"));
     let mut kd = 1234i32.to_be_bytes().to_vec();
     kd.extend_from_slice(&99i32.to_be_bytes());
@@ -821,6 +825,51 @@ fn fake_server_absurd_length_is_refused() {
         "{e}"
     );
     drop(c);
+    h.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn fake_server_pg14_slot_syntax() {
+    let fake = Fake::new("pg14");
+    let cfg = fake.config("");
+    let (h, dir, _) = fake.serve(|mut s| {
+        read_startup(&mut s);
+        startup_ok_version(&mut s, "14.9");
+        let (t, body) = read_msg(&mut s);
+        assert_eq!(t, b'Q');
+        assert_eq!(
+            body,
+            cstr("CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput USE_SNAPSHOT")
+        );
+        let mut out = row_description(&[
+            "slot_name",
+            "consistent_point",
+            "snapshot_name",
+            "output_plugin",
+        ]);
+        out.extend(data_row(&[Some("s"), Some("1/0"), None, Some("pgoutput")]));
+        out.extend(command_complete("CREATE_REPLICATION_SLOT"));
+        out.extend(rfq());
+        s.write_all(&out).unwrap();
+        let (t, body) = read_msg(&mut s);
+        assert_eq!(t, b'Q');
+        assert_eq!(body, cstr("DROP_REPLICATION_SLOT \"s\" WAIT"));
+        let mut out = command_complete("DROP_REPLICATION_SLOT");
+        out.extend(rfq());
+        s.write_all(&out).unwrap();
+    });
+    let mut c = Client::connect(&cfg, true, Box::new(PollWait)).unwrap();
+    assert_eq!(c.server_version_num(), 140009);
+    assert!(c
+        .create_logical_slot("s", false, SnapshotAction::Use, true)
+        .is_err()); // two_phase
+    let slot = c
+        .create_logical_slot("s", false, SnapshotAction::Use, false)
+        .unwrap();
+    assert_eq!(slot.consistent_point, Lsn(1 << 32));
+    c.drop_slot("s", true).unwrap();
+    c.close();
     h.join().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
