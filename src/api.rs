@@ -232,6 +232,35 @@ fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data: bool) {
             Some("Create the table(s) on the subscriber first (the schema is not replicated)."),
         );
     }
+    if copy_data {
+        // Tables new to the subscription get the publisher's rows: refuse to mix them with rows
+        // that are already there (the worker checks again before copying).
+        for (schema, name, _) in &resolved {
+            let known = Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pgsub.sub_rel WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3)",
+                &[subid.into(), schema.as_str().into(), name.as_str().into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+            if known {
+                continue;
+            }
+            let q = format!("SELECT EXISTS (SELECT 1 FROM {}.{})", quote_ident(schema), quote_ident(name));
+            if Spi::get_one::<bool>(&q).ok().flatten().unwrap_or(false) {
+                error(
+                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!(
+                        "table {}.{} is not empty; pgsub will not copy into a table that already has rows",
+                        quote_ident(schema),
+                        quote_ident(name)
+                    ),
+                    Some("copy_data => true copies every published row into the local table.".into()),
+                    Some("TRUNCATE the local table first, or pass copy_data => false to replicate only new changes."),
+                );
+            }
+        }
+    }
     let state = if copy_data { "i" } else { "r" };
     let schemas: Vec<String> = tables.iter().map(|t| t.0.clone()).collect();
     let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
