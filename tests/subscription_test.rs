@@ -200,3 +200,75 @@ async fn replicates_every_table_kind_in_text_mode() {
 async fn replicates_every_table_kind_in_binary_mode() {
     replicate_everything(true).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn stats_show_lag_while_behind_and_zero_when_caught_up() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.expect("publisher");
+    let mut s = nodes.subscriber.client("postgres").await.expect("subscriber");
+    let ddl = "CREATE TABLE lagt (id int PRIMARY KEY, v text)";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute("CREATE PUBLICATION lp FOR TABLE lagt").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('lag', $1, ARRAY['lp'])", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    wait_for("streaming", WAIT, || {
+        let s = &s;
+        async move { Ok((status(s, "lag").await.0 == "streaming").then_some(())) }
+    })
+    .await
+    .unwrap();
+    // Hold the apply back with a lock on the local table, and write on the publisher.
+    let tx = s.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE lagt IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    p.batch_execute("INSERT INTO lagt SELECT g, 'x' FROM generate_series(1, 1000) g").await.unwrap();
+    let s2 = nodes.subscriber.client("postgres").await.unwrap();
+    let (lag_bytes, lag) = wait_for("lag while behind", WAIT, || {
+        let s2 = &s2;
+        async move {
+            let r = s2
+                .query_one(
+                    "SELECT lag_bytes, extract(epoch FROM apply_lag)::float8 FROM pgsub.stat_subscription WHERE subname = 'lag'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let b: Option<i64> = r.get(0);
+            let l: Option<f64> = r.get(1);
+            Ok(match (b, l) {
+                (Some(b), Some(l)) if b > 0 && l > 0.0 => Some((b, l)),
+                _ => None,
+            })
+        }
+    })
+    .await
+    .expect("lag visible while the worker is held back");
+    assert!(lag_bytes > 0 && lag > 0.0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let later: f64 = s2
+        .query_one("SELECT extract(epoch FROM apply_lag)::float8 FROM pgsub.stat_subscription WHERE subname = 'lag'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(later > lag, "apply_lag grows while behind ({lag} -> {later})");
+    tx.rollback().await.unwrap();
+    wait_for("caught up", WAIT, || {
+        let s2 = &s2;
+        async move {
+            let r = s2
+                .query_one(
+                    "SELECT lag_bytes, apply_lag = interval '0', (SELECT count(*) FROM lagt) FROM pgsub.stat_subscription WHERE subname = 'lag'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let b: Option<i64> = r.get(0);
+            let zero: bool = r.get(1);
+            let n: i64 = r.get(2);
+            Ok((b == Some(0) && zero && n == 1000).then_some(()))
+        }
+    })
+    .await
+    .expect("lag back to 0 once caught up");
+}

@@ -197,6 +197,9 @@ impl Applier {
             );
         }
         progress.pending_commit_time = b.commit_time;
+        // The walsender's XLogData header carries only the record's own LSN; the commit LSN in
+        // BEGIN is the furthest publisher position we know of until the transaction is applied.
+        progress.on_frame(Lsn::INVALID, b.final_lsn, 0);
         // SAFETY: standard transaction start in a background worker; SPI inside it.
         unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
