@@ -417,12 +417,16 @@ fn create_subscription(
             Some("Use one of off, local, remote_write, remote_apply, on."),
         );
     }
-    if two_phase {
+    let max_prepared = Spi::get_one::<i32>("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if two_phase && max_prepared == 0 {
         error(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "two_phase subscriptions are not supported yet",
-            None,
-            None,
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "two_phase subscriptions need prepared transactions on the subscriber",
+            Some("max_prepared_transactions is 0 here, so a remote PREPARE could not be applied.".into()),
+            Some("Set max_prepared_transactions (a restart is needed) to at least the number of transactions the publisher may have prepared at once."),
         );
     }
     let slot = match slot_name {
@@ -479,7 +483,7 @@ fn create_subscription(
 
     // Last, so that any earlier error leaves nothing behind on the publisher.
     if create_slot {
-        if let Err(e) = client.create_logical_slot(&slot, false, SnapshotAction::NoExport, false) {
+        if let Err(e) = client.create_logical_slot(&slot, false, SnapshotAction::NoExport, two_phase) {
             let hint = if e.sqlstate() == Some("42710") {
                 Some("Use another slot_name, drop the slot on the publisher, or pass create_slot => false to use the existing slot.")
             } else {

@@ -14,8 +14,30 @@ pub static RETRY_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 pub static RECEIVER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 /// Maximum interval between status updates sent to the publisher, in ms.
 pub static STATUS_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Memory for buffering streamed transactions before they spill to files, in kB.
+pub static WORK_MEM_KB: GucSetting<i32> = GucSetting::<i32>::new(32 * 1024);
+/// Test hook: damage spilled records so that the CRC check can be shown to work.
+pub static TEST_CORRUPT_SPILL: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn define() {
+    GucRegistry::define_int_guc(
+        c"pgsub.work_mem",
+        c"Memory an apply worker uses to buffer streamed transactions before spilling them to files.",
+        c"Shared by all in-progress streamed transactions of one subscription.",
+        &WORK_MEM_KB,
+        64,
+        i32::MAX / 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_bool_guc(
+        c"pgsub.test_corrupt_spill",
+        c"Testing only: damage records written to spill files.",
+        c"Shows that spilled data is checksummed; never set it in production.",
+        &TEST_CORRUPT_SPILL,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
     GucRegistry::define_string_guc(
         c"pgsub.database",
         c"Database in which the pgsub launcher and apply workers run.",

@@ -5,6 +5,7 @@
 //! * [`conninfo`] — libpq-style connection strings (keyword/value and URI), env fallbacks, masking.
 //! * [`frame`]    — CopyBoth payloads of a replication stream: XLogData, keepalive, standby status.
 //! * [`pgoutput`] — decoder for every pgoutput message of protocol versions 1–4.
+//! * [`spill`]    — memory-then-file buffer of a streamed transaction's messages, CRC-checked.
 //! * [`client`]   — a walsender client: connect (TCP/Unix, TLS), authenticate, run replication
 //!   commands and plain SQL, COPY TO STDOUT, START_REPLICATION and the CopyBoth stream.
 //!
@@ -20,5 +21,6 @@ pub mod conninfo;
 pub mod frame;
 pub mod lsn;
 pub mod pgoutput;
+pub mod spill;
 
 pub use lsn::Lsn;

@@ -213,10 +213,10 @@ impl Applier {
         self.refresh_invalidated();
     }
 
-    pub fn origin(&mut self, name: &str) {
+    /// ORIGIN: the transaction came to the publisher from another node; with origin = 'none'
+    /// it is skipped (publishers before 16 cannot filter it themselves).
+    pub fn origin(&mut self, _name: &str) {
         if self.skip_foreign_origin && self.in_txn && !self.skipping {
-            // origin = 'none': this transaction came to the publisher from another node.
-            let _ = name;
             self.skipping = true;
         }
     }
@@ -269,6 +269,75 @@ impl Applier {
             unsafe { pg_sys::AbortCurrentTransaction() };
             self.in_txn = false;
         }
+    }
+
+    /// PREPARE (two-phase): the applied changes become a local prepared transaction named after
+    /// the subscription and the remote xid, with the origin position of the prepare.
+    pub fn prepare(&mut self, xid: u32, end_lsn: Lsn, prepare_time: i64, progress: &mut Progress) {
+        if !self.in_txn {
+            report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "PREPARE received outside a transaction", None, None);
+        }
+        errctx::set_message("PREPARE", None);
+        let gid = cstring(&local_gid(self.subid, xid));
+        // SAFETY: the same sequence as PostgreSQL's own apply worker: a transaction block is
+        // opened so that PrepareTransactionBlock has one to end, then prepared.
+        let local_end = unsafe {
+            pg_sys::SPI_finish();
+            pg_sys::BeginTransactionBlock();
+            pg_sys::CommitTransactionCommand();
+            pg_sys::replorigin_session_origin_lsn = end_lsn.0;
+            pg_sys::replorigin_session_origin_timestamp = prepare_time;
+            pg_sys::PrepareTransactionBlock(gid.as_ptr());
+            pg_sys::CommitTransactionCommand();
+            pg_sys::replorigin_session_origin_lsn = 0;
+            pg_sys::replorigin_session_origin_timestamp = 0;
+            Lsn(pg_sys::XactLastCommitEnd)
+        };
+        self.in_txn = false;
+        self.skipping = false;
+        self.begin = None;
+        progress.on_commit(end_lsn, local_end, prepare_time);
+        errctx::clear();
+    }
+
+    /// COMMIT PREPARED / ROLLBACK PREPARED of a transaction prepared earlier.
+    pub fn finish_prepared(&mut self, xid: u32, commit: bool, end_lsn: Lsn, time: i64, progress: &mut Progress) {
+        errctx::set_message(if commit { "COMMIT PREPARED" } else { "ROLLBACK PREPARED" }, None);
+        let gid_s = local_gid(self.subid, xid);
+        let gid = cstring(&gid_s);
+        // SAFETY: finishing our own prepared transaction inside a fresh local transaction whose
+        // commit carries the origin position.
+        let local_end = unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            let exists = with_snapshot(|| {
+                Spi::get_one_with_args::<bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts WHERE gid = $1)",
+                    &[gid_s.as_str().into()],
+                )
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+            });
+            if exists {
+                pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| FinishPreparedTransaction(gid.as_ptr(), commit));
+            } else if commit {
+                report::error(
+                    Code::ERRCODE_UNDEFINED_OBJECT,
+                    format!("prepared transaction \"{gid_s}\" does not exist"),
+                    None,
+                    None,
+                );
+            }
+            pg_sys::replorigin_session_origin_lsn = end_lsn.0;
+            pg_sys::replorigin_session_origin_timestamp = time;
+            pg_sys::CommitTransactionCommand();
+            pg_sys::replorigin_session_origin_lsn = 0;
+            pg_sys::replorigin_session_origin_timestamp = 0;
+            Lsn(pg_sys::XactLastCommitEnd)
+        };
+        progress.on_commit(end_lsn, local_end, time);
+        errctx::clear();
     }
 
     fn commit_end(&self) -> Lsn {
@@ -466,6 +535,16 @@ impl Applier {
         }
         progress.counters.truncates += targets.len() as i64;
     }
+}
+
+extern "C-unwind" {
+    // twophase.h (not in pgrx's bindings): finishes a prepared transaction by gid.
+    fn FinishPreparedTransaction(gid: *const std::ffi::c_char, is_commit: bool);
+}
+
+/// Name of the local prepared transaction for remote transaction `xid`.
+pub fn local_gid(subid: i32, xid: u32) -> String {
+    format!("pgsub_{subid}_{xid}")
 }
 
 fn missing_row(op: &str, rel: &str) {

@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod errctx;
 pub mod progress;
+pub mod stream;
 pub mod sync;
 
 use crate::catalog::{self, Subscription};
@@ -30,7 +31,7 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgsub_proto::client::{Client, Error as ProtoError, PgOutputOptions, Streaming};
 use pgsub_proto::frame::ReplicationFrame;
-use pgsub_proto::pgoutput::{Decoder, LogicalMessage};
+use pgsub_proto::pgoutput::{self, Begin, Commit, Decoder, LogicalMessage};
 use pgsub_proto::Lsn;
 use progress::Progress;
 use std::ffi::CString;
@@ -221,8 +222,9 @@ fn run(subid: i32) {
     let mut opts = PgOutputOptions::for_server(client.server_version_num(), sub.publications.clone());
     opts.binary = sub.binary;
     opts.messages = true;
-    opts.streaming = Streaming::Off;
-    opts.two_phase = false;
+    let server = client.server_version_num();
+    opts.streaming = if sub.streaming && server >= 140000 { Streaming::On } else { Streaming::Off };
+    opts.two_phase = sub.two_phase && server >= 150000;
     // Publishers before 16 do not filter by origin: pgsub filters itself (Origin messages).
     if client.server_version_num() >= 160000 {
         opts.origin = Some(sub.origin.clone());
@@ -245,10 +247,14 @@ fn run(subid: i32) {
         sub.origin == "none",
         sub.skip_lsn,
     );
+    let origin_none = sub.origin == "none";
     let mut stream = Stream {
         sub,
         client,
         decoder: Decoder::new(opts.proto_version),
+        proto_version: opts.proto_version,
+        streams: stream::Streams::new(subid),
+        origin_none,
         applier,
         progress: Progress::new(subid, start),
         last_recv: Instant::now(),
@@ -284,6 +290,9 @@ struct Stream {
     sub: Subscription,
     client: Client,
     decoder: Decoder,
+    proto_version: u32,
+    streams: stream::Streams,
+    origin_none: bool,
     applier: Applier,
     progress: Progress,
     last_recv: Instant,
@@ -311,8 +320,11 @@ impl Stream {
                 got_any = true;
                 self.handle_frame(frame);
                 n += 1;
-                if n % 1000 == 0 && shutdown_requested() {
-                    break;
+                if n % 1000 == 0 {
+                    self.keep_publisher_alive();
+                    if shutdown_requested() {
+                        break;
+                    }
                 }
             }
             if got_any {
@@ -338,6 +350,7 @@ impl Stream {
         match frame {
             ReplicationFrame::XLogData { wal_start, wal_end, send_time, data } => {
                 self.progress.on_frame(wal_start, wal_end, send_time);
+                let raw = data.clone();
                 let msg = match self.decoder.decode(data) {
                     Ok(m) => m,
                     Err(e) => report::error(
@@ -347,7 +360,11 @@ impl Stream {
                         None,
                     ),
                 };
-                self.apply(msg);
+                if self.decoder.in_stream() {
+                    self.buffer_streamed(msg, &raw);
+                } else {
+                    self.apply(msg);
+                }
             }
             ReplicationFrame::Keepalive { wal_end, send_time, reply_requested } => {
                 self.progress.on_frame(Lsn::INVALID, wal_end, send_time);
@@ -359,6 +376,43 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// A message inside a Stream Start … Stop block: changes are buffered for their top-level
+    /// transaction; relation descriptions take effect at once.
+    fn buffer_streamed(&mut self, msg: LogicalMessage, raw: &[u8]) {
+        let xid = match &msg {
+            LogicalMessage::StreamStart(s) => {
+                self.streams.start(s.xid);
+                return;
+            }
+            LogicalMessage::Relation(r) => {
+                self.applier.on_relation(r.clone());
+                return;
+            }
+            LogicalMessage::Type(_) => return,
+            LogicalMessage::Origin(_) => {
+                if self.origin_none {
+                    self.streams.mark_foreign();
+                }
+                return;
+            }
+            LogicalMessage::Insert(m) => m.xid,
+            LogicalMessage::Update(m) => m.xid,
+            LogicalMessage::Delete(m) => m.xid,
+            LogicalMessage::Truncate(m) => m.xid,
+            LogicalMessage::Message(m) => m.xid,
+            other => report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                format!("unexpected message \"{}\" inside a stream block", other.kind()),
+                None,
+                None,
+            ),
+        };
+        let Some(xid) = xid else {
+            report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "streamed change without a transaction id", None, None);
+        };
+        self.streams.push(xid, raw);
     }
 
     fn apply(&mut self, msg: LogicalMessage) {
@@ -379,6 +433,51 @@ impl Stream {
             LogicalMessage::Origin(o) => self.applier.origin(&o.name),
             LogicalMessage::Relation(r) => self.applier.on_relation(r),
             LogicalMessage::Type(_) => {}
+            LogicalMessage::Insert(_)
+            | LogicalMessage::Update(_)
+            | LogicalMessage::Delete(_)
+            | LogicalMessage::Truncate(_)
+            | LogicalMessage::Message(_) => self.apply_change(msg),
+            LogicalMessage::StreamStop => self.streams.stop(),
+            LogicalMessage::StreamAbort(a) => self.streams.abort(a.xid, a.subxid),
+            LogicalMessage::StreamCommit(c) => {
+                let begin = Begin { final_lsn: c.commit_lsn, commit_time: c.commit_time, xid: c.xid };
+                let commit = Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
+                self.apply_streamed(c.xid, begin, |applier, p| applier.commit(commit, p));
+            }
+            LogicalMessage::StreamPrepare(pr) => {
+                let begin = Begin { final_lsn: pr.prepare_lsn, commit_time: pr.prepare_time, xid: pr.xid };
+                self.apply_streamed(pr.xid, begin, |applier, p| applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p));
+            }
+            LogicalMessage::BeginPrepare(bp) => {
+                let begin = Begin { final_lsn: bp.prepare_lsn, commit_time: bp.prepare_time, xid: bp.xid };
+                self.applier.begin(begin, p);
+            }
+            LogicalMessage::Prepare(pr) => {
+                self.applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p);
+                p.publish(None, now());
+            }
+            LogicalMessage::CommitPrepared(c) => {
+                self.applier.finish_prepared(c.xid, true, c.end_lsn, c.commit_time, p);
+                p.publish(None, now());
+            }
+            LogicalMessage::RollbackPrepared(r) => {
+                self.applier.finish_prepared(r.xid, false, r.rollback_end_lsn, r.rollback_time, p);
+                p.publish(None, now());
+            }
+            LogicalMessage::StreamStart(_) => report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                "STREAM START handled outside the stream path",
+                None,
+                None,
+            ),
+        }
+    }
+
+    /// One change (outside a stream block, or replayed from a streamed transaction's buffer).
+    fn apply_change(&mut self, msg: LogicalMessage) {
+        let p = &mut self.progress;
+        match msg {
             LogicalMessage::Insert(m) => apply::with_snapshot(|| self.applier.insert(m, p)),
             LogicalMessage::Update(m) => apply::with_snapshot(|| self.applier.update(m, p)),
             LogicalMessage::Delete(m) => apply::with_snapshot(|| self.applier.delete(m, p)),
@@ -386,10 +485,54 @@ impl Stream {
             LogicalMessage::Message(_) => p.counters.messages += 1,
             other => report::error(
                 Code::ERRCODE_PROTOCOL_VIOLATION,
-                format!("unexpected logical replication message \"{}\"", other.kind()),
-                Some("pgsub did not request streaming or two-phase for this subscription.".into()),
+                format!("unexpected message \"{}\" in a streamed transaction", other.kind()),
+                None,
                 None,
             ),
+        }
+    }
+
+    /// Applies a streamed transaction's buffered changes in one local transaction, finished by
+    /// `finish` (commit or prepare).
+    fn apply_streamed(&mut self, xid: u32, begin: Begin, finish: impl FnOnce(&mut Applier, &mut Progress)) {
+        let foreign = self.streams.is_foreign(xid);
+        let reader = self.streams.take(xid);
+        self.applier.begin(begin, &mut self.progress);
+        if foreign {
+            self.applier.origin("");
+        }
+        if let Some(reader) = reader {
+            let mut n = 0u64;
+            for rec in reader {
+                let bytes = match rec {
+                    Ok(b) => b,
+                    Err(e) => stream::Streams::fail(e, xid),
+                };
+                let msg = match pgoutput::decode_one(bytes, self.proto_version, true) {
+                    Ok(m) => m,
+                    Err(e) => report::error(
+                        Code::ERRCODE_DATA_CORRUPTED,
+                        format!("buffered change of streamed transaction {xid} does not decode: {e}"),
+                        None,
+                        None,
+                    ),
+                };
+                self.apply_change(msg);
+                n += 1;
+                if n % 1000 == 0 {
+                    self.keep_publisher_alive();
+                }
+            }
+        }
+        finish(&mut self.applier, &mut self.progress);
+        self.progress.publish(None, now());
+    }
+
+    /// During a long apply the socket is not read: tell the walsender we are alive (it would
+    /// otherwise end the connection after wal_sender_timeout).
+    fn keep_publisher_alive(&mut self) {
+        if self.progress.since_report() >= std::time::Duration::from_secs(5) {
+            self.send_feedback(true, false);
         }
     }
 

@@ -122,6 +122,11 @@ impl Progress {
             || (positions.0, positions.1) != self.last_reported
     }
 
+    /// Time since the last status update was sent.
+    pub fn since_report(&self) -> Duration {
+        self.last_report_at.map(|t| t.elapsed()).unwrap_or(Duration::MAX)
+    }
+
     pub fn reported(&mut self, positions: (Lsn, Lsn, Lsn)) {
         self.last_reported = (positions.0, positions.1);
         self.last_report_at = Some(Instant::now());

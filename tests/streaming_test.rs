@@ -1,0 +1,241 @@
+//! End-to-end: large transactions streamed before they commit (protocol v2 streaming) are applied
+//! with bounded worker memory, interleaved and aborted (sub)transactions are handled, damaged
+//! spill files are detected, and two-phase transactions are followed.
+use pgsub_tests::{wait_for, ClusterOpts, TwoNodes};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(300);
+
+async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> T {
+    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+async fn wait_value(c: &Client, sql: &str, want: &str) {
+    let seen = std::cell::RefCell::new(String::new());
+    let r = wait_for(&format!("{sql} = {want}"), WAIT, || {
+        let seen = &seen;
+        async move {
+            let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
+            let v: Option<String> = row.and_then(|r| r.get(0));
+            *seen.borrow_mut() = v.clone().unwrap_or_else(|| "NULL".into());
+            Ok((v.as_deref() == Some(want)).then_some(()))
+        }
+    })
+    .await;
+    if let Err(e) = r {
+        let err: Option<String> = c
+            .query_opt("SELECT last_error FROM pgsub.stat_subscription", &[])
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get(0));
+        panic!("{e} (last value: {}, last_error: {err:?})", seen.borrow());
+    }
+}
+
+fn nodes() -> TwoNodes {
+    TwoNodes::start_with(
+        ClusterOpts::publisher()
+            .with_conf("logical_decoding_work_mem = '64kB'")
+            .with_conf("max_prepared_transactions = 10"),
+        ClusterOpts::subscriber().with_conf("max_prepared_transactions = 10"),
+    )
+    .expect("start")
+}
+
+async fn setup(nodes: &TwoNodes, extra: &str) -> (Client, Client) {
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE big (id int PRIMARY KEY, v text)";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE big").await.unwrap();
+    s.execute(
+        &format!("SELECT pgsub.create_subscription('st', $1, ARRAY['pub'], streaming => true{extra})"),
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .expect("create");
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'st'", "streaming").await;
+    (p, s)
+}
+
+fn rss_anon_kb(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("RssAnon:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_million_row_transaction_with_bounded_memory() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes, "").await;
+    let pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'st'").await;
+    let baseline = rss_anon_kb(pid).expect("worker RssAnon");
+    // Sample the worker's private memory while the transaction is streamed and applied.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kb) = rss_anon_kb(pid) {
+                    peak = peak.max(kb);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    p.batch_execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 2000000) g")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "2000000").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    eprintln!("pgsub apply worker RssAnon: baseline {baseline} kB, peak {peak} kB during a 2M-row streamed transaction");
+    assert!(peak < 64 * 1024, "worker private memory peaked at {peak} kB");
+    let same: bool = one(
+        &s,
+        "SELECT sum(id)::bigint = 2000001000000 AND bool_and(v = md5(id::text)) FROM big",
+    )
+    .await;
+    assert!(same);
+    assert_eq!(one::<i32>(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'st'").await, pid, "no restart");
+    // Spill files are gone once the transaction is applied.
+    let tmp = nodes.subscriber.data_dir().join("base/pgsql_tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "spill files left: {left:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn interleaved_and_aborted_streamed_transactions() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes, "").await;
+    let p2 = nodes.publisher.client("postgres").await.unwrap();
+    let p3 = nodes.publisher.client("postgres").await.unwrap();
+    // A (commits) and B (rolls back) interleave, each far above logical_decoding_work_mem.
+    p.batch_execute("BEGIN").await.unwrap();
+    p2.batch_execute("BEGIN").await.unwrap();
+    for round in 0..4 {
+        let a = round * 10000;
+        p.batch_execute(&format!("INSERT INTO big SELECT g, 'A' FROM generate_series({}, {}) g", a + 1, a + 10000))
+            .await
+            .unwrap();
+        p2.batch_execute(&format!(
+            "INSERT INTO big SELECT g, 'B' FROM generate_series({}, {}) g",
+            1_000_000 + a + 1,
+            1_000_000 + a + 10000
+        ))
+        .await
+        .unwrap();
+    }
+    // C: a streamed transaction whose middle subtransaction aborts.
+    p3.batch_execute(
+        "BEGIN;
+         INSERT INTO big SELECT g, 'C1' FROM generate_series(2000001, 2010000) g;
+         SAVEPOINT s1;
+         INSERT INTO big SELECT g, 'C-aborted' FROM generate_series(2010001, 2020000) g;
+         SAVEPOINT s2;
+         INSERT INTO big SELECT g, 'C-aborted-nested' FROM generate_series(2020001, 2030000) g;
+         ROLLBACK TO SAVEPOINT s1;
+         INSERT INTO big SELECT g, 'C2' FROM generate_series(2030001, 2040000) g;
+         SAVEPOINT s3;
+         INSERT INTO big SELECT g, 'C3' FROM generate_series(2040001, 2045000) g;
+         RELEASE SAVEPOINT s3;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    p.batch_execute("COMMIT").await.unwrap();
+    p2.batch_execute("ROLLBACK").await.unwrap();
+    p.batch_execute("INSERT INTO big VALUES (0, 'marker')").await.unwrap();
+    wait_value(&s, "SELECT v FROM big WHERE id = 0", "marker").await;
+    let counts: String = one(
+        &s,
+        "SELECT string_agg(v || '=' || n, ',' ORDER BY v) FROM (SELECT v, count(*) n FROM big GROUP BY v) x",
+    )
+    .await;
+    assert_eq!(counts, "A=40000,C1=10000,C2=10000,C3=5000,marker=1");
+    let pub_counts: String = one(
+        &p,
+        "SELECT string_agg(v || '=' || n, ',' ORDER BY v) FROM (SELECT v, count(*) n FROM big GROUP BY v) x",
+    )
+    .await;
+    assert_eq!(counts, pub_counts);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn corrupted_spill_file_is_an_error_and_applies_nothing() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes, "").await;
+    for sql in ["ALTER SYSTEM SET pgsub.work_mem = '64kB'", "ALTER SYSTEM SET pgsub.test_corrupt_spill = on", "SELECT pg_reload_conf()"] {
+        s.batch_execute(sql).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.batch_execute("INSERT INTO big SELECT g, 'x' FROM generate_series(1, 50000) g").await.unwrap();
+    wait_for("corruption reported", WAIT, || {
+        let s = &s;
+        async move {
+            let e: Option<String> = s
+                .query_one("SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'st'", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            Ok(e.filter(|e| e.contains("corrupted") && e.contains("checksum mismatch")).map(|_| ()))
+        }
+    })
+    .await
+    .expect("a clear error");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "no row of the damaged transaction");
+    // Without the hook the worker retries and the transaction arrives whole.
+    for sql in ["ALTER SYSTEM RESET pgsub.test_corrupt_spill", "SELECT pg_reload_conf()"] {
+        s.batch_execute(sql).await.unwrap();
+    }
+    wait_value(&s, "SELECT count(*)::text FROM big", "50000").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_phase_prepare_commit_and_rollback_are_followed() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes, ", two_phase => true").await;
+    p.batch_execute("BEGIN; INSERT INTO big VALUES (1, 'prepared'); PREPARE TRANSACTION 'tx1';").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "not visible before COMMIT PREPARED");
+    p.batch_execute("COMMIT PREPARED 'tx1'").await.unwrap();
+    wait_value(&s, "SELECT v FROM big WHERE id = 1", "prepared").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pg_prepared_xacts").await, 0);
+
+    p.batch_execute("BEGIN; INSERT INTO big VALUES (2, 'rolled back'); PREPARE TRANSACTION 'tx2';").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1").await;
+    p.batch_execute("ROLLBACK PREPARED 'tx2'").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts", "0").await;
+    p.batch_execute("INSERT INTO big VALUES (3, 'after')").await.unwrap();
+    wait_value(&s, "SELECT v FROM big WHERE id = 3", "after").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big WHERE id = 2").await, 0);
+
+    // A large prepared transaction arrives streamed (Stream Prepare).
+    p.batch_execute("BEGIN; INSERT INTO big SELECT g, 'streamed prepare' FROM generate_series(100, 30099) g; PREPARE TRANSACTION 'tx3';")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1").await;
+    p.batch_execute("COMMIT PREPARED 'tx3'").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big WHERE v = 'streamed prepare'", "30000").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_phase_needs_prepared_transactions() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute("CREATE TABLE t (id int primary key); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute("CREATE TABLE t (id int primary key)").await.unwrap();
+    let err = s
+        .execute("SELECT pgsub.create_subscription('tp', $1, ARRAY['pub'], two_phase => true)", &[&nodes.pub_conninfo()])
+        .await
+        .expect_err("max_prepared_transactions = 0");
+    let db = err.as_db_error().unwrap();
+    assert!(db.message().contains("prepared transactions"), "{}", db.message());
+    assert!(db.hint().unwrap_or_default().contains("max_prepared_transactions"));
+}
