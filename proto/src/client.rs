@@ -580,7 +580,7 @@ impl Client {
             loop {
                 match Self::attempt(cfg, host, replication, waiter, plan) {
                     Ok(c) => return Ok(c),
-                    Err((e, w)) => {
+                    Err((e, w, tls_used)) => {
                         waiter = w;
                         if matches!(e, Error::Interrupted | Error::Config(_)) {
                             return Err(e);
@@ -594,7 +594,9 @@ impl Client {
                             (SslMode::Prefer, Plan::TlsPreferred, Error::Tls(_)) => {
                                 Some(Plan::Plain)
                             }
-                            (SslMode::Prefer, Plan::TlsPreferred, e) if auth_class(e) => {
+                            // A refused login is retried in plaintext only when it really ran
+                            // over TLS (libpq's rule); otherwise it would just be repeated.
+                            (SslMode::Prefer, Plan::TlsPreferred, e) if auth_class(e) && tls_used => {
                                 Some(Plan::Plain)
                             }
                             // allow: the plaintext attempt was refused → TLS.
@@ -629,11 +631,11 @@ impl Client {
         replication: bool,
         mut waiter: Box<dyn Wait>,
         plan: Plan,
-    ) -> Result<Client, (Error, Box<dyn Wait>)> {
+    ) -> Result<Client, (Error, Box<dyn Wait>, bool)> {
         let deadline = cfg.connect_timeout.map(|t| Instant::now() + t);
         let (sock, peer) = match open_socket(cfg, host, &mut *waiter, deadline) {
             Ok(x) => x,
-            Err(e) => return Err((e, waiter)),
+            Err(e) => return Err((e, waiter, false)),
         };
         let mut client = Client {
             io: Transport::plain(sock),
@@ -669,8 +671,9 @@ impl Client {
                     }
                     other => other,
                 };
+                let tls = client.io.is_tls();
                 let Client { waiter, .. } = client;
-                Err((e, waiter))
+                Err((e, waiter, tls))
             }
         }
     }

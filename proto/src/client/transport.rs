@@ -230,7 +230,41 @@ fn io_err(context: &str, e: io::Error) -> Error {
 fn tls_fatal(tls: &mut rustls::ClientConnection, sock: &mut Sock, e: rustls::Error) -> Error {
     // Try to get the alert out; ignore failures (we are erroring anyway).
     let _ = tls.write_tls(sock);
-    Error::Tls(e.to_string())
+    Error::Tls(describe_tls_error(&e))
+}
+
+/// A readable message for a TLS failure (rustls' own text names internal enum variants).
+fn describe_tls_error(e: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error as E};
+    match e {
+        E::InvalidCertificate(c) => {
+            let why = match c {
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                    "the server certificate is not signed by a trusted root certificate (check sslrootcert)".to_string()
+                }
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                    "the server certificate does not match the host name (sslmode=verify-full)".to_string()
+                }
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "the server certificate has expired".to_string()
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "the server certificate is not valid yet".to_string()
+                }
+                CertificateError::Revoked => "the server certificate has been revoked".to_string(),
+                other => {
+                    let text = format!("{other:?}");
+                    if text.contains("CaUsedAsEndEntity") {
+                        "the server certificate is a CA certificate that is not in sslrootcert, so it cannot be verified".to_string()
+                    } else {
+                        format!("the server certificate could not be verified ({text})")
+                    }
+                }
+            };
+            format!("certificate verify failed: {why}")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Appends up to `max` bytes produced by `f` to `buf`.
