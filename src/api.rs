@@ -124,6 +124,30 @@ pub fn default_slot_name(name: &str) -> String {
     format!("pgsub_{s}_{:08x}", h as u32)
 }
 
+/// Subscriptions only run in the database named by pgsub.database: refuse to create one that
+/// would never start, and warn when pgsub is not preloaded (no launcher runs then).
+fn check_database() {
+    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default();
+    let configured = crate::gucs::database();
+    if here != configured {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("pgsub runs its workers in database \"{configured}\", not in \"{here}\""),
+            Some("The launcher reads subscriptions only from the database named by pgsub.database.".into()),
+            Some("Create subscriptions in that database, or set pgsub.database (needs a restart)."),
+        );
+    }
+    if !shmem::available() {
+        log(
+            PgLogLevel::WARNING,
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pgsub is not loaded through shared_preload_libraries: no worker will apply this subscription",
+            None,
+            Some("Add pgsub to shared_preload_libraries and restart the server."),
+        );
+    }
+}
+
 fn check_conninfo(conninfo: &str) {
     if let Err(e) = conninfo::parse(conninfo) {
         error(
@@ -387,6 +411,7 @@ fn create_subscription(
     let two_phase = required(two_phase, "two_phase");
 
     check_name(name);
+    check_database();
     if pubs_in.is_empty() || pubs_in.iter().any(|p| p.as_deref().is_none_or(str::is_empty)) {
         error(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -613,6 +638,9 @@ fn drop_subscription(name: Option<&str>, drop_slot: default!(Option<bool>, true)
 
 fn set_enabled(name: Option<&str>, enabled: bool) {
     require_admin();
+    if enabled {
+        check_database();
+    }
     let name = required(name, "name");
     let sub = sub_by_name(name);
     if let Err(e) = catalog::set_enabled(sub.subid, enabled) {

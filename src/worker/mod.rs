@@ -87,7 +87,15 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
 
 /// Records an error in shared memory, disables the subscription if asked to, and re-raises it so
 /// that it is logged (with the apply context) and ends the worker.
-fn on_error(subid: i32, e: CaughtError) -> () {
+fn on_error(subid: i32, e: CaughtError) {
+    if shutdown_requested() {
+        // Asked to stop (disable, drop, server shutdown) while working: not a failure.
+        // SAFETY: leave the interrupted transaction, then exit like a clean stop.
+        unsafe {
+            pg_sys::AbortOutOfAnyTransaction();
+            pg_sys::proc_exit(0);
+        }
+    }
     let (msg, detail, hint) = match &e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => (
             r.message().to_string(),
