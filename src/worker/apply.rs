@@ -11,7 +11,7 @@
 //! Row identity for UPDATE/DELETE is the remote replica identity: the key columns flagged in the
 //! Relation message (primary key / USING INDEX), or every column for REPLICA IDENTITY FULL, where
 //! one matching row is chosen by ctid (duplicates are legal there).
-use super::errctx;
+use super::{copyin, errctx};
 use super::progress::Progress;
 use crate::catalog::SubRel;
 use crate::report;
@@ -61,7 +61,21 @@ struct LocalRel {
 struct RelEntry {
     remote: Relation,
     local: Option<LocalRel>,
+    /// `"schema"."name"` of the remote relation, for error context.
+    display: std::rc::Rc<str>,
 }
+
+/// A run of INSERTs into one relation, waiting to be loaded together.
+struct InsertBatch {
+    rel_oid: u32,
+    rows: Vec<Insert>,
+    bytes: usize,
+}
+
+const BATCH_MAX_ROWS: usize = 10_000;
+const BATCH_MAX_BYTES: usize = 8 << 20;
+/// Fewer rows than this go through the prepared INSERT instead of COPY.
+const BATCH_MIN_COPY_ROWS: usize = 8;
 
 /// Relations whose local mapping must be rebuilt (set by the relcache callback).
 static INVALIDATED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
@@ -139,6 +153,7 @@ pub struct Applier {
     subid: i32,
     begin: Option<Begin>,
     msg_cxt: PgMemoryContexts,
+    batch: Option<InsertBatch>,
 }
 
 fn cstring(s: &str) -> CString {
@@ -160,17 +175,20 @@ impl Applier {
             subid,
             begin: None,
             msg_cxt: PgMemoryContexts::new("pgsub apply message"),
+            batch: None,
         }
     }
 
     pub fn on_relation(&mut self, rel: Relation) {
+        self.flush_inserts();
         // A new definition replaces the old one and its plans.
         if let Some(old) = self.rels.remove(&rel.oid) {
             if let Some(l) = old.local {
                 free_plans(l.plans);
             }
         }
-        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None });
+        let display: std::rc::Rc<str> = format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name)).into();
+        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None, display });
     }
 
     pub fn begin(&mut self, b: Begin, progress: &mut Progress) {
@@ -225,6 +243,7 @@ impl Applier {
         if !self.in_txn {
             report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "COMMIT received outside a transaction", None, None);
         }
+        self.flush_inserts();
         errctx::set_message("COMMIT", None);
         let skipped = self.skipping;
         // SAFETY: closing SPI and committing the transaction opened in `begin`; the origin
@@ -264,6 +283,7 @@ impl Applier {
 
     /// Aborts the local transaction (used when the worker stops mid-transaction).
     pub fn abort(&mut self) {
+        self.batch = None;
         if self.in_txn {
             // SAFETY: abort of our own transaction; SPI is cleaned up by the abort.
             unsafe { pg_sys::AbortCurrentTransaction() };
@@ -277,6 +297,7 @@ impl Applier {
         if !self.in_txn {
             report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "PREPARE received outside a transaction", None, None);
         }
+        self.flush_inserts();
         errctx::set_message("PREPARE", None);
         let gid = cstring(&local_gid(self.subid, xid));
         // SAFETY: the same sequence as PostgreSQL's own apply worker: a transaction block is
@@ -367,15 +388,13 @@ impl Applier {
                 None,
             );
         };
-        errctx::set_message(
-            "",
-            Some(format!("{}.{}", quote_ident(&entry.remote.namespace), quote_ident(&entry.remote.name))),
-        );
+        errctx::set_message("", Some(entry.display.clone()));
         if skipping || !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
             return None;
         }
         if entry.local.is_none() {
-            entry.local = Some(bind_local(&entry.remote, self.binary));
+            let binary = self.binary;
+            entry.local = Some(with_snapshot(|| bind_local(&entry.remote, binary)));
         }
         Some(entry)
     }
@@ -399,16 +418,94 @@ impl Applier {
         }
     }
 
+    /// INSERT: consecutive inserts into one table are collected and loaded together with COPY
+    /// (`flush_inserts`) when the run ends — at any other change, at commit, or when the batch
+    /// is full.
     pub fn insert(&mut self, m: Insert, progress: &mut Progress) {
         self.require_txn("INSERT");
+        if self.batch.as_ref().is_some_and(|b| b.rel_oid != m.rel_oid) {
+            self.flush_inserts();
+        }
+        errctx::set_message("INSERT", None);
+        let Some(entry) = self.target(m.rel_oid) else { return };
+        if entry.local.is_none() {
+            return;
+        }
+        check_width(&entry.remote, &m.new, "new tuple");
+        let batch = self.batch.get_or_insert_with(|| InsertBatch { rel_oid: m.rel_oid, rows: Vec::new(), bytes: 0 });
+        batch.bytes += m.new.columns.iter().map(|v| v.as_bytes().map_or(0, |b| b.len())).sum::<usize>();
+        batch.rows.push(m);
+        progress.counters.inserts += 1;
+        if batch.rows.len() >= BATCH_MAX_ROWS || batch.bytes >= BATCH_MAX_BYTES {
+            self.flush_inserts();
+        }
+    }
+
+    /// Applies the collected inserts: through COPY for a real run, one by one for a few rows.
+    pub fn flush_inserts(&mut self) {
+        let Some(batch) = self.batch.take() else { return };
+        if batch.rows.len() < BATCH_MIN_COPY_ROWS {
+            for m in batch.rows {
+                with_snapshot(|| self.insert_one(m));
+            }
+            return;
+        }
+        let Some(entry) = self.rels.get(&batch.rel_oid) else { return };
+        let Some(local) = entry.local.as_ref() else { return };
+        errctx::set_message("INSERT", Some(entry.display.clone()));
+        // One COPY format for the whole batch: binary when every value came binary, text when
+        // every value came as text; otherwise row by row.
+        let all = |f: fn(&TupleValue) -> bool| batch.rows.iter().all(|m| m.new.columns.iter().all(f));
+        let binary = if all(|v| matches!(v, TupleValue::Text(_) | TupleValue::Null)) {
+            false
+        } else if all(|v| matches!(v, TupleValue::Binary(_) | TupleValue::Null)) {
+            true
+        } else {
+            for m in batch.rows {
+                with_snapshot(|| self.insert_one(m));
+            }
+            return;
+        };
+        let mut buf = Vec::with_capacity(batch.bytes + batch.rows.len() * (8 + 4 * local.cols.len()) + 32);
+        if binary {
+            buf.extend_from_slice(copyin::BINARY_HEADER);
+        }
+        for m in &batch.rows {
+            if binary {
+                buf.extend_from_slice(&(m.new.columns.len() as i16).to_be_bytes());
+            }
+            for (i, v) in m.new.columns.iter().enumerate() {
+                let value = v.as_bytes().map(|b| b.as_ref());
+                if binary {
+                    copyin::push_binary_value(&mut buf, value);
+                } else {
+                    if i > 0 {
+                        buf.push(b'\t');
+                    }
+                    copyin::push_text_value(&mut buf, value);
+                }
+            }
+            if !binary {
+                buf.push(b'\n');
+            }
+        }
+        if binary {
+            buf.extend_from_slice(copyin::BINARY_TRAILER);
+        }
+        let columns: Vec<String> = local.cols.iter().map(|c| c.name.clone()).collect();
+        let relid = local.relid;
+        errctx::set_kind("INSERT (COPY batch)");
+        with_snapshot(|| copyin::copy_into(relid, &columns, buf, binary));
+    }
+
+    /// One INSERT through its prepared plan.
+    fn insert_one(&mut self, m: Insert) {
         errctx::set_message("INSERT", None);
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.target(m.rel_oid) else { return };
-        errctx::set_kind("INSERT");
-        let RelEntry { remote, local } = entry;
+        let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return };
-        check_width(remote, &m.new, "new tuple");
         let present: Vec<bool> = m.new.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect();
         let plan = local.plan(PlanKey::Insert(present.clone()), remote);
         let mut values = Vec::new();
@@ -423,16 +520,16 @@ impl Applier {
             }
             execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32);
         });
-        progress.counters.inserts += 1;
     }
 
     pub fn update(&mut self, m: Update, progress: &mut Progress) {
         self.require_txn("UPDATE");
+        self.flush_inserts();
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.target(m.rel_oid) else { return };
         errctx::set_kind("UPDATE");
-        let RelEntry { remote, local } = entry;
+        let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return };
         check_width(remote, &m.new, "new tuple");
         let full = remote.replica_identity == ReplicaIdentity::Full;
@@ -476,11 +573,12 @@ impl Applier {
 
     pub fn delete(&mut self, m: Delete, progress: &mut Progress) {
         self.require_txn("DELETE");
+        self.flush_inserts();
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.target(m.rel_oid) else { return };
         errctx::set_kind("DELETE");
-        let RelEntry { remote, local } = entry;
+        let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return };
         let full = remote.replica_identity == ReplicaIdentity::Full;
         let old = match &m.old {
@@ -511,6 +609,7 @@ impl Applier {
 
     pub fn truncate(&mut self, m: Truncate, progress: &mut Progress) {
         self.require_txn("TRUNCATE");
+        self.flush_inserts();
         errctx::set_message("TRUNCATE", None);
         let mut targets = Vec::new();
         for oid in &m.rel_oids {

@@ -11,7 +11,7 @@ struct State {
     subscription: String,
     origin: String,
     kind: &'static str,
-    relation: Option<String>,
+    relation: Option<std::rc::Rc<str>>,
     column: Option<String>,
     xid: Option<u32>,
     finish_lsn: Option<u64>,
@@ -46,7 +46,7 @@ pub fn set_txn(xid: u32, finish_lsn: pgsub_proto::Lsn) {
 }
 
 /// The message being applied; `relation` replaces the current one when given.
-pub fn set_message(kind: &'static str, relation: Option<String>) {
+pub fn set_message(kind: &'static str, relation: Option<std::rc::Rc<str>>) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         if !kind.is_empty() {

@@ -15,6 +15,7 @@
 //! (disable_on_error), and ends the worker with the ERROR in the log; the launcher restarts it
 //! after a growing delay. Nothing is ever skipped silently.
 pub mod apply;
+pub mod copyin;
 pub mod errctx;
 pub mod progress;
 pub mod stream;
@@ -486,7 +487,7 @@ impl Stream {
     fn apply_change(&mut self, msg: LogicalMessage) {
         let p = &mut self.progress;
         match msg {
-            LogicalMessage::Insert(m) => apply::with_snapshot(|| self.applier.insert(m, p)),
+            LogicalMessage::Insert(m) => self.applier.insert(m, p),
             LogicalMessage::Update(m) => apply::with_snapshot(|| self.applier.update(m, p)),
             LogicalMessage::Delete(m) => apply::with_snapshot(|| self.applier.delete(m, p)),
             LogicalMessage::Truncate(m) => apply::with_snapshot(|| self.applier.truncate(m, p)),

@@ -20,33 +20,11 @@ use crate::shmem;
 use pgrx::prelude::*;
 use pgsub_proto::client::{quote_ident, quote_literal, Client, Error as ProtoError, SnapshotAction};
 use pgsub_proto::Lsn;
-use std::cell::RefCell;
-use std::ffi::CString;
 
 type Code = PgSqlErrorCode;
 
 /// Rows buffered before they are handed to COPY FROM in one go.
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
-
-thread_local! {
-    /// The batch COPY FROM is reading (its data-source callback cannot take a closure).
-    static BATCH: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn read_batch(outbuf: *mut std::ffi::c_void, _minread: i32, maxread: i32) -> i32 {
-    BATCH.with(|b| {
-        let mut b = b.borrow_mut();
-        let (buf, pos) = &mut *b;
-        let n = (buf.len() - *pos).min(maxread.max(0) as usize);
-        if n > 0 {
-            // SAFETY: COPY gives us a buffer of at least maxread bytes.
-            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr().add(*pos), outbuf as *mut u8, n) };
-            *pos += n;
-        }
-        n as i32
-    })
-}
 
 /// What the publication publishes of one table.
 struct Published {
@@ -191,44 +169,12 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
             &[subid.into(), rel.remote_schema.as_str().into(), rel.remote_name.as_str().into()],
         );
         shmem::with_slot(subid, |s| s.status = shmem::Status::InitialCopy as u8);
-        // SAFETY: opens the local table for COPY FROM in this transaction.
-        let (rel_ptr, pstate, attlist) = unsafe {
-            let r = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
-            let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-            pg_sys::addRangeTableEntryForRelation(pstate, r, pg_sys::AccessShareLock as i32, std::ptr::null_mut(), false, false);
-            let mut list: *mut pg_sys::List = std::ptr::null_mut();
-            for c in &p.columns {
-                let cs = CString::new(c.as_str()).unwrap_or_default();
-                list = pg_sys::lappend(list, pg_sys::makeString(pg_sys::pstrdup(cs.as_ptr())).cast());
-            }
-            (r, pstate, list)
-        };
         let mut pending: Vec<u8> = Vec::with_capacity(BATCH_BYTES + 64 * 1024);
-        let flush = |pending: &mut Vec<u8>| {
-            if pending.is_empty() {
-                return;
-            }
-            BATCH.with(|b| {
-                let mut b = b.borrow_mut();
-                b.0.clear();
-                b.0.extend_from_slice(pending);
-                b.1 = 0;
-            });
-            pending.clear();
-            // SAFETY: COPY FROM over the buffered rows (text format, published columns).
-            unsafe {
-                let cstate = pg_sys::BeginCopyFrom(
-                    pstate,
-                    rel_ptr,
-                    std::ptr::null_mut(),
-                    std::ptr::null(),
-                    false,
-                    Some(read_batch),
-                    attlist,
-                    std::ptr::null_mut(),
-                );
-                pg_sys::CopyFrom(cstate);
-                pg_sys::EndCopyFrom(cstate);
+        let mut loaded = 0u64;
+        let mut flush = |pending: &mut Vec<u8>| {
+            if !pending.is_empty() {
+                let data = std::mem::replace(pending, Vec::with_capacity(BATCH_BYTES + 64 * 1024));
+                loaded += super::copyin::copy_into(relid, &p.columns, data, false);
             }
         };
         let copied = client.copy_out(&copy_sql, &mut |chunk: &[u8]| {
@@ -239,10 +185,9 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
             Ok(())
         });
         match copied {
-            Ok(n) => {
+            Ok(_) => {
                 flush(&mut pending);
-                // SAFETY: closing the table opened above (lock held to commit).
-                unsafe { pg_sys::table_close(rel_ptr, pg_sys::NoLock as i32) };
+                let n = loaded;
                 let r = Spi::run_with_args(
                     "UPDATE pgsub.sub_rel SET sync_state = 's', state_lsn = $4::pg_lsn, rows_copied = $5, relid = $6 \
                      WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",

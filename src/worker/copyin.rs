@@ -1,0 +1,120 @@
+//! Loading rows into a local table with PostgreSQL's COPY FROM machinery (BeginCopyFrom +
+//! CopyFrom over an in-memory buffer): multi-row inserts with triggers, constraints, defaults for
+//! columns not given, generated columns and partition routing handled by the server exactly as for
+//! `COPY … FROM`. Used by the initial copy (`sync.rs`) and for runs of consecutive remote INSERTs
+//! into one table (`apply.rs`).
+//!
+//! Buffers hold COPY text or binary format. Text from the publisher is UTF-8 (pgsub asks for
+//! client_encoding UTF8), so the COPY runs with `encoding 'UTF8'` and the server converts if the
+//! database encoding differs.
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::ffi::CString;
+
+thread_local! {
+    /// The buffer COPY FROM is reading (its data-source callback cannot take a closure).
+    static SOURCE: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn read_source(outbuf: *mut std::ffi::c_void, _minread: i32, maxread: i32) -> i32 {
+    SOURCE.with(|b| {
+        let mut b = b.borrow_mut();
+        let (buf, pos) = &mut *b;
+        let n = (buf.len() - *pos).min(maxread.max(0) as usize);
+        if n > 0 {
+            // SAFETY: COPY gives us a buffer of at least maxread bytes.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr().add(*pos), outbuf as *mut u8, n) };
+            *pos += n;
+        }
+        n as i32
+    })
+}
+
+/// Signature, flags and header extension length of the binary COPY format.
+pub const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+pub const BINARY_TRAILER: &[u8] = &[0xff, 0xff];
+
+/// Appends one value in COPY text format (escaped; `None` = NULL).
+pub fn push_text_value(buf: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        None => buf.extend_from_slice(b"\\N"),
+        Some(bytes) => {
+            for &b in bytes {
+                match b {
+                    b'\\' => buf.extend_from_slice(b"\\\\"),
+                    b'\n' => buf.extend_from_slice(b"\\n"),
+                    b'\r' => buf.extend_from_slice(b"\\r"),
+                    b'\t' => buf.extend_from_slice(b"\\t"),
+                    _ => buf.push(b),
+                }
+            }
+        }
+    }
+}
+
+/// Appends one value in COPY binary format.
+pub fn push_binary_value(buf: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        Some(bytes) => {
+            buf.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+            buf.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Runs COPY FROM on `relid` for `columns` over `data` (a whole COPY stream: for binary format
+/// with header and trailer). Returns the number of rows loaded.
+pub fn copy_into(relid: pg_sys::Oid, columns: &[String], data: Vec<u8>, binary: bool) -> u64 {
+    SOURCE.with(|b| *b.borrow_mut() = (data, 0));
+    // SAFETY: COPY FROM into a table opened in the current transaction; the option and column
+    // lists are built in the current memory context.
+    let rows = unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        pg_sys::addRangeTableEntryForRelation(
+            pstate,
+            rel,
+            pg_sys::RowExclusiveLock as i32,
+            std::ptr::null_mut(),
+            false,
+            false,
+        );
+        let mut attlist: *mut pg_sys::List = std::ptr::null_mut();
+        for c in columns {
+            let cs = CString::new(c.as_str()).unwrap_or_default();
+            attlist = pg_sys::lappend(attlist, pg_sys::makeString(pg_sys::pstrdup(cs.as_ptr())).cast());
+        }
+        let mut options: *mut pg_sys::List = std::ptr::null_mut();
+        let opt = |name: &std::ffi::CStr, value: &std::ffi::CStr| {
+            pg_sys::makeDefElem(
+                pg_sys::pstrdup(name.as_ptr()),
+                pg_sys::makeString(pg_sys::pstrdup(value.as_ptr())).cast(),
+                -1,
+            )
+        };
+        if binary {
+            options = pg_sys::lappend(options, opt(c"format", c"binary").cast());
+        } else {
+            options = pg_sys::lappend(options, opt(c"encoding", c"UTF8").cast());
+        }
+        let cstate = pg_sys::BeginCopyFrom(
+            pstate,
+            rel,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            false,
+            Some(read_source),
+            attlist,
+            options,
+        );
+        let n = pg_sys::CopyFrom(cstate);
+        pg_sys::EndCopyFrom(cstate);
+        pg_sys::free_parsestate(pstate);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        n
+    };
+    SOURCE.with(|b| *b.borrow_mut() = (Vec::new(), 0));
+    rows
+}
