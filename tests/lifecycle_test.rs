@@ -320,3 +320,68 @@ async fn publisher_restart_reconnects_and_converges() {
     let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'r'").await;
     assert!(errors >= 1, "the lost connection was recorded");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn alter_connection_and_publications() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["a", "b"]).await;
+    p.batch_execute("CREATE PUBLICATION pa FOR TABLE a; CREATE PUBLICATION pb FOR TABLE b; INSERT INTO b VALUES (1, 'b1')")
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('alt', $1, ARRAY['pa'])", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    p.batch_execute("INSERT INTO a VALUES (1, 'a1')").await.unwrap();
+    wait_value(&s, "SELECT v FROM a WHERE id = 1", "a1").await;
+    let pid1: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'alt'").await;
+
+    // A new connection string is checked on the spot, then the worker restarts with it.
+    let bad = s
+        .execute("SELECT pgsub.alter_subscription_connection('alt', 'host=127.0.0.1 port=1 connect_timeout=3 dbname=postgres')", &[])
+        .await;
+    assert!(bad.is_err(), "unreachable conninfo is refused");
+    let ci = format!("{} application_name=renamed", nodes.pub_conninfo());
+    s.execute("SELECT pgsub.alter_subscription_connection('alt', $1)", &[&ci]).await.expect("alter connection");
+    wait_value(&p, "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'renamed'", "1").await;
+    let pid2: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'alt'").await;
+    assert_ne!(pid1, pid2, "worker restarted with the new connection");
+
+    // New publication list: b is copied and followed, a is no longer applied.
+    s.batch_execute("SELECT pgsub.alter_subscription_publications('alt', ARRAY['pb'])").await.expect("alter publications");
+    wait_value(&s, "SELECT v FROM b WHERE id = 1", "b1").await;
+    p.batch_execute("INSERT INTO b VALUES (2, 'b2'); INSERT INTO a VALUES (2, 'a2')").await.unwrap();
+    wait_value(&s, "SELECT v FROM b WHERE id = 2", "b2").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM a WHERE id = 2").await, 0, "a is not subscribed any more");
+    let pubs: Vec<String> = one(&s, "SELECT publications FROM pgsub.subscription WHERE subname = 'alt'").await;
+    assert_eq!(pubs, vec!["pb".to_string()]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn disable_on_error_and_drop_with_publisher_down() {
+    let mut nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('doe', $1, ARRAY['pub'], disable_on_error => true)",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'doe'", "streaming").await;
+    s.batch_execute("INSERT INTO t VALUES (1, 'local')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (1, 'remote')").await.unwrap();
+    wait_value(&s, "SELECT enabled::text FROM pgsub.subscription WHERE subname = 'doe'", "false").await;
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'doe'", "disabled").await;
+    let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'doe'").await;
+    assert!(err.contains("duplicate key"), "{err}");
+
+    // With the publisher down, dropping with the slot fails and says how to proceed.
+    drop(p);
+    nodes.publisher.stop("fast").expect("stop publisher");
+    let e = s.batch_execute("SELECT pgsub.drop_subscription('doe')").await.expect_err("publisher down");
+    let db = e.as_db_error().expect("db error");
+    assert!(db.hint().unwrap_or_default().contains("drop_slot => false"), "{:?}", db.hint());
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 1, "nothing dropped");
+    s.batch_execute("SELECT pgsub.drop_subscription('doe', drop_slot => false)").await.expect("drop without slot");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 0);
+}
