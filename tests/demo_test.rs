@@ -1,0 +1,821 @@
+//! The two-node demo: `scripts/demo` end to end, and the docker compose demo as far as it can be
+//! checked without a Docker engine.
+//!
+//! - `scripts/demo` runs for real (non-interactively, short load, `PGSUB_DEMO_SKIP_BUILD=1` since
+//!   the extension is installed already) in a temporary demo directory on free ports; the output
+//!   must say that both nodes hold equal data and that the lag view moved, a rerun must replace
+//!   the running nodes, and `scripts/demo stop` must leave no process of the demo behind.
+//! - compose.yaml is parsed and checked (services, image, wal_level, healthchecks, depends_on
+//!   conditions, private network, every mounted or built file exists); docker/Dockerfile has its
+//!   stages and the pgrx version of Cargo.toml.
+//! - The compose demo's init scripts (docker/initdb/*.sh → scripts/demo-sql/init-node.sh) and its
+//!   load service (scripts/demo-sql/load.sh) run natively against harness clusters, with the
+//!   environment values taken from compose.yaml.
+//! - hadolint, shellcheck and docker-compose/docker compose run when installed (else the test says
+//!   it skipped them; `PGSUB_DEMO_REQUIRE_LINTERS=1` makes a missing one a failure).
+
+use pgsub_tests::{bindir, ensure_installed, free_port, pid_alive, workspace_root, Cluster, TempDir};
+use serde_yaml::Value;
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    workspace_root()
+}
+
+fn read(rel: &str) -> String {
+    let p = root().join(rel);
+    fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+// --- running commands ----------------------------------------------------------------------
+
+struct Ran {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn all(&self) -> String {
+        format!("--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` without stdin in its own process group; after `timeout` the group is killed (by
+/// its id, the child's pid) and the test fails.
+fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Ran {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) => {
+                let pgid = child.id() as i32;
+                // SAFETY: signalling the process group we created for this command.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                let _ = child.wait();
+                let (o, e) = (t_out.join().unwrap_or_default(), t_err.join().unwrap_or_default());
+                panic!("{what}: timed out after {timeout:?}\n--- stdout ---\n{o}\n--- stderr ---\n{e}");
+            }
+            Err(e) => panic!("{what}: wait: {e}"),
+        }
+    };
+    Ran { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file() && p.metadata().map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+    })
+}
+
+// --- compose.yaml --------------------------------------------------------------------------
+
+fn compose() -> Value {
+    serde_yaml::from_str(&read("compose.yaml")).expect("compose.yaml is valid YAML")
+}
+
+fn service<'a>(c: &'a Value, name: &str) -> &'a Value {
+    let s = &c["services"][name];
+    assert!(s.is_mapping(), "compose.yaml has no service `{name}`");
+    s
+}
+
+fn str_list(v: &Value, what: &str) -> Vec<String> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("{what} is not a list"))
+        .iter()
+        .map(|x| match x {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => panic!("{what}: unexpected item {other:?}"),
+        })
+        .collect()
+}
+
+/// Compose interpolation as `docker compose` does it with the variable unset: `${NAME:-default}`
+/// becomes `default`; a variable without a default is an error here (the demo must run without
+/// any environment).
+fn interpolate(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after.find('}').unwrap_or_else(|| panic!("unclosed ${{ in {s:?}"));
+        let expr = &after[..end];
+        let (_, default) = expr
+            .split_once(":-")
+            .unwrap_or_else(|| panic!("${{{expr}}} in compose.yaml has no default"));
+        out.push_str(default);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn env_of(svc: &Value, name: &str) -> Option<String> {
+    match &svc["environment"][name] {
+        Value::String(s) => Some(interpolate(s)),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => None,
+        other => panic!("environment {name}: unexpected {other:?}"),
+    }
+}
+
+/// (host path relative to the repo, container path) of a service's bind mounts.
+fn mounts(svc: &Value, name: &str) -> Vec<(String, String)> {
+    str_list(&svc["volumes"], &format!("{name}.volumes"))
+        .into_iter()
+        .map(|m| {
+            let parts: Vec<&str> = m.split(':').collect();
+            assert!(parts.len() >= 2, "{name}: volume {m:?} is not host:container[:mode]");
+            assert!(parts[0].starts_with("./"), "{name}: volume {m:?} is not a bind mount of a repo path");
+            if parts.len() == 3 {
+                assert_eq!(parts[2], "ro", "{name}: volume {m:?} should be read-only");
+            }
+            (parts[0].trim_start_matches("./").to_string(), parts[1].to_string())
+        })
+        .collect()
+}
+
+fn assert_healthcheck(svc: &Value, name: &str) {
+    let test = str_list(&svc["healthcheck"]["test"], &format!("{name}.healthcheck.test"));
+    assert_eq!(test.first().map(String::as_str), Some("CMD"), "{name}: healthcheck {test:?}");
+    assert_eq!(test.get(1).map(String::as_str), Some("pg_isready"), "{name}: healthcheck {test:?}");
+    // -h 127.0.0.1: the init phase's temporary server has no TCP listener, so the check only
+    // passes once the init scripts have run.
+    let h = test.iter().position(|a| a == "-h").unwrap_or_else(|| panic!("{name}: healthcheck without -h"));
+    assert_eq!(test.get(h + 1).map(String::as_str), Some("127.0.0.1"), "{name}: healthcheck {test:?}");
+    for k in ["interval", "timeout", "retries"] {
+        assert!(!svc["healthcheck"][k].is_null(), "{name}: healthcheck has no {k}");
+    }
+}
+
+fn assert_depends_healthy(svc: &Value, name: &str, on: &[&str]) {
+    let deps = svc["depends_on"].as_mapping().unwrap_or_else(|| panic!("{name}: depends_on is not a mapping"));
+    let got: BTreeSet<String> = deps.keys().filter_map(|k| k.as_str().map(String::from)).collect();
+    let want: BTreeSet<String> = on.iter().map(|s| s.to_string()).collect();
+    assert_eq!(got, want, "{name}: depends_on");
+    for d in on {
+        assert_eq!(
+            svc["depends_on"][*d]["condition"].as_str(),
+            Some("service_healthy"),
+            "{name}: depends_on {d} must wait for service_healthy"
+        );
+    }
+}
+
+/// Every `/demo-sql/<file>` a script refers to must be in scripts/demo-sql (mounted there).
+fn assert_demo_sql_refs(text: &str, from: &str) {
+    let mut found = 0;
+    for (i, _) in text.match_indices("/demo-sql/") {
+        let name: String = text[i + "/demo-sql/".len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+            .collect();
+        if name.is_empty() {
+            continue;
+        }
+        let p = root().join("scripts/demo-sql").join(&name);
+        assert!(p.is_file(), "{from} refers to /demo-sql/{name} but {} does not exist", p.display());
+        found += 1;
+    }
+    assert!(found > 0, "{from} refers to no /demo-sql/ file");
+}
+
+#[test]
+fn compose_file_services_healthchecks_and_files() {
+    let c = compose();
+    let services: BTreeSet<String> = c["services"]
+        .as_mapping()
+        .expect("services")
+        .keys()
+        .filter_map(|k| k.as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        services,
+        ["load", "publisher", "subscriber"].iter().map(|s| s.to_string()).collect(),
+        "services"
+    );
+
+    // Private network: declared, used by every service, nothing published on the host.
+    assert!(c["networks"]["pgsub-demo"].is_mapping(), "network pgsub-demo is not declared");
+    for name in &services {
+        let svc = service(&c, name);
+        let nets = str_list(&svc["networks"], &format!("{name}.networks"));
+        assert_eq!(nets, vec!["pgsub-demo".to_string()], "{name}: networks");
+        assert!(svc["ports"].is_null(), "{name} publishes ports; the demo network is private");
+    }
+
+    // publisher: official image, logical WAL, init script from the shared demo SQL.
+    let p = service(&c, "publisher");
+    assert_eq!(p["image"].as_str(), Some("postgres:15"));
+    let cmd = str_list(&p["command"], "publisher.command");
+    assert_eq!(cmd.first().map(String::as_str), Some("postgres"), "publisher.command {cmd:?}");
+    assert!(
+        cmd.windows(2).any(|w| w[0] == "-c" && w[1] == "wal_level=logical"),
+        "publisher.command must set wal_level=logical: {cmd:?}"
+    );
+    assert!(env_of(p, "POSTGRES_PASSWORD").is_some(), "publisher needs POSTGRES_PASSWORD");
+    assert!(env_of(p, "DEMO_REPL_PASSWORD").is_some(), "publisher needs DEMO_REPL_PASSWORD");
+    assert_healthcheck(p, "publisher");
+    assert!(p["depends_on"].is_null(), "publisher depends on nothing");
+
+    // subscriber: built from docker/Dockerfile with the repo as context.
+    let s = service(&c, "subscriber");
+    let ctx = s["build"]["context"].as_str().expect("subscriber.build.context");
+    let dockerfile = s["build"]["dockerfile"].as_str().expect("subscriber.build.dockerfile");
+    let ctx_dir = root().join(ctx);
+    assert!(ctx_dir.join("Cargo.toml").is_file(), "build context {ctx} is not the repository root");
+    assert!(ctx_dir.join(dockerfile).is_file(), "{dockerfile} missing in context {ctx}");
+    let conninfo = env_of(s, "DEMO_PUB_CONNINFO").expect("subscriber needs DEMO_PUB_CONNINFO");
+    assert!(!conninfo.contains('\n'), "DEMO_PUB_CONNINFO spans lines: {conninfo:?}");
+    for kv in ["host=publisher", "port=5432", "dbname=postgres", "user=demo_repl", "password="] {
+        assert!(conninfo.contains(kv), "DEMO_PUB_CONNINFO lacks {kv}: {conninfo}");
+    }
+    assert_eq!(
+        conninfo.split_whitespace().find_map(|kv| kv.strip_prefix("password=")),
+        env_of(p, "DEMO_REPL_PASSWORD").as_deref(),
+        "the subscriber must log in with the publisher's DEMO_REPL_PASSWORD"
+    );
+    assert_healthcheck(s, "subscriber");
+    assert_depends_healthy(s, "subscriber", &["publisher"]);
+
+    // Both nodes: the shared SQL at /demo-sql and one init script each, all existing files.
+    for (name, init) in [("publisher", "docker/initdb/publisher.sh"), ("subscriber", "docker/initdb/subscriber.sh")] {
+        let svc = service(&c, name);
+        let m = mounts(svc, name);
+        for (host, _) in &m {
+            assert!(root().join(host).exists(), "{name}: mounted {host} does not exist");
+        }
+        assert!(
+            m.iter().any(|(h, c)| h == "scripts/demo-sql" && c == "/demo-sql"),
+            "{name} must mount scripts/demo-sql at /demo-sql: {m:?}"
+        );
+        let (_, target) = m
+            .iter()
+            .find(|(h, _)| h == init)
+            .unwrap_or_else(|| panic!("{name} does not mount {init}: {m:?}"));
+        assert!(
+            target.starts_with("/docker-entrypoint-initdb.d/") && target.ends_with(".sh"),
+            "{name}: {init} must go to /docker-entrypoint-initdb.d/*.sh, not {target}"
+        );
+        let mode = fs::metadata(root().join(init)).expect("init script").permissions().mode();
+        assert!(mode & 0o111 != 0, "{init} must be executable (else the entrypoint sources it)");
+        assert_demo_sql_refs(&read(init), init);
+    }
+
+    // load: optional profile, waits for both nodes, runs the shared load script.
+    let l = service(&c, "load");
+    assert_eq!(str_list(&l["profiles"], "load.profiles"), vec!["load".to_string()]);
+    assert_eq!(l["image"].as_str(), Some("postgres:15"));
+    assert_depends_healthy(l, "load", &["publisher", "subscriber"]);
+    let entry = str_list(&l["entrypoint"], "load.entrypoint").join(" ");
+    assert_demo_sql_refs(&entry, "load.entrypoint");
+    for (k, host) in [("DEMO_PUB_DSN", "host=publisher"), ("DEMO_SUB_DSN", "host=subscriber")] {
+        let dsn = env_of(l, k).unwrap_or_else(|| panic!("load needs {k}"));
+        assert!(dsn.contains(host), "{k} = {dsn}");
+    }
+    let m = mounts(l, "load");
+    assert!(m.iter().any(|(h, c)| h == "scripts/demo-sql" && c == "/demo-sql"), "load mounts {m:?}");
+
+    // What the shared scripts need in scripts/demo-sql.
+    for f in ["init-node.sh", "load.sh", "load.sql", "publisher.sql", "subscriber.sql", "schema.sql"] {
+        assert!(root().join("scripts/demo-sql").join(f).is_file(), "scripts/demo-sql/{f} missing");
+    }
+}
+
+// --- Dockerfile ----------------------------------------------------------------------------
+
+/// Dockerfile instructions with continuation lines joined and comments dropped.
+fn dockerfile_instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
+            continue;
+        }
+        if let Some(body) = t.strip_suffix('\\') {
+            cur.push_str(body);
+            cur.push(' ');
+        } else {
+            cur.push_str(t);
+            if !cur.trim().is_empty() {
+                out.push(cur.trim().to_string());
+            }
+            cur.clear();
+        }
+    }
+    out
+}
+
+/// The pgrx version pinned in Cargo.toml (`pgrx = "=X.Y.Z"`).
+fn cargo_pgrx_version() -> String {
+    let toml = read("Cargo.toml");
+    let line = toml
+        .lines()
+        .find(|l| l.trim_start().starts_with("pgrx = "))
+        .expect("Cargo.toml has a pgrx dependency");
+    let v = line.split('"').nth(1).expect("pgrx = \"...\"");
+    v.trim_start_matches('=').to_string()
+}
+
+#[test]
+fn dockerfile_stages_and_pgrx_version() {
+    let text = read("docker/Dockerfile");
+    let ins = dockerfile_instructions(&text);
+    let word = |i: &String| i.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+
+    // ARGs before the first FROM are the images' defaults.
+    let mut global_args = std::collections::BTreeMap::new();
+    for i in ins.iter().take_while(|i| word(i) != "FROM") {
+        if word(i) == "ARG" {
+            let (k, v) = i[3..].trim().split_once('=').expect("ARG with a default");
+            global_args.insert(k.to_string(), v.to_string());
+        }
+    }
+    let resolve = |img: &str| -> String {
+        match img.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
+            Some(name) => global_args.get(name).cloned().unwrap_or_else(|| panic!("ARG {name} has no default")),
+            None => img.to_string(),
+        }
+    };
+    // Stages: (image, name), and the instructions of each.
+    let mut stages: Vec<(String, Option<String>, Vec<String>)> = Vec::new();
+    for i in &ins {
+        if word(i) == "FROM" {
+            let parts: Vec<&str> = i.split_whitespace().collect();
+            let name = (parts.len() == 4 && parts[2].eq_ignore_ascii_case("AS")).then(|| parts[3].to_string());
+            stages.push((resolve(parts[1]), name, Vec::new()));
+        } else if let Some(s) = stages.last_mut() {
+            s.2.push(i.clone());
+        }
+    }
+    assert!(stages.len() >= 2, "docker/Dockerfile must be multi-stage: {stages:?}");
+    let build = stages
+        .iter()
+        .find(|s| s.1.as_deref() == Some("build"))
+        .expect("a stage named build");
+    assert_eq!(build.0, "rust:1-bookworm", "the build stage's image");
+    let runtime = stages.last().expect("final stage");
+    assert_eq!(runtime.0, "postgres:15", "the runtime (final) stage's image");
+
+    let b = build.2.join("\n");
+    let pgrx = cargo_pgrx_version();
+    let arg = build
+        .2
+        .iter()
+        .find_map(|i| i.strip_prefix("ARG PGRX_VERSION="))
+        .expect("ARG PGRX_VERSION in the build stage");
+    assert_eq!(arg, pgrx, "Dockerfile's cargo-pgrx version vs Cargo.toml's pgrx");
+    let setup = read("scripts/setup");
+    assert!(setup.contains(&format!("PGRX_VERSION={pgrx}")), "scripts/setup installs another cargo-pgrx than {pgrx}");
+    for needle in [
+        "cargo install cargo-pgrx --version \"$PGRX_VERSION\" --locked",
+        "cargo pgrx init --pg15 /usr/lib/postgresql/15/bin/pg_config",
+        "cargo pgrx package --pg-config /usr/lib/postgresql/15/bin/pg_config --out-dir /out",
+        "postgresql-server-dev-15",
+        "libclang-dev",
+        " clang ",
+        "apt.postgresql.org.sh",
+        "COPY . .",
+    ] {
+        assert!(b.contains(needle), "build stage lacks `{needle}`");
+    }
+    // The headers must match the runtime's server: the build reads the runtime image's version.
+    assert!(
+        stages.iter().any(|s| s.0 == "postgres:15" && s.2.iter().any(|i| i.contains("$PG_VERSION"))),
+        "no stage records the runtime image's PG_VERSION"
+    );
+    assert!(b.contains("COPY --from=pgversion"), "the build stage does not read the runtime's version");
+
+    let r = runtime.2.join("\n");
+    assert!(r.contains("COPY --from=build /out/usr/ /usr/"), "runtime stage does not copy the package");
+    assert!(r.contains("shared_preload_libraries = 'pgsub'"), "runtime stage does not preload pgsub");
+    assert!(r.contains("postgresql.conf.sample"), "runtime stage must preload via the sample config");
+
+    // The context: everything the build needs is in it and not ignored; bulky things are out.
+    let ignore = read("docker/Dockerfile.dockerignore");
+    let ignored: BTreeSet<&str> =
+        ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    for needed in ["Cargo.toml", "Cargo.lock", "pgsub.control", "src", "sql", "proto", "tests"] {
+        assert!(root().join(needed).exists(), "{needed} missing from the build context");
+        assert!(!ignored.contains(needed), "{needed} is excluded by Dockerfile.dockerignore");
+    }
+    for bulky in [".git", "target", "demo"] {
+        assert!(ignored.contains(bulky), "Dockerfile.dockerignore should exclude {bulky}");
+    }
+}
+
+#[test]
+fn linters_pass_where_installed() {
+    let require = std::env::var("PGSUB_DEMO_REQUIRE_LINTERS").as_deref() == Ok("1");
+    let mut skipped = Vec::new();
+    let mut check = |tool: &str, args: &[&str]| match find_tool(tool) {
+        Some(path) => {
+            let mut cmd = Command::new(path);
+            cmd.current_dir(root()).args(args);
+            let r = run_with_timeout(cmd, Duration::from_secs(120), tool);
+            assert!(r.status.success(), "{tool} {args:?} failed:\n{}", r.all());
+            eprintln!("{tool} {}: ok", args.join(" "));
+        }
+        None => skipped.push(tool.to_string()),
+    };
+    check("hadolint", &["docker/Dockerfile"]);
+    check(
+        "shellcheck",
+        &[
+            "scripts/demo",
+            "scripts/demo-sql/init-node.sh",
+            "scripts/demo-sql/load.sh",
+            "docker/initdb/publisher.sh",
+            "docker/initdb/subscriber.sh",
+        ],
+    );
+    // Either Compose: v1 (docker-compose, Debian's package) or the v2 plugin.
+    let compose_v2 = find_tool("docker").is_some_and(|d| {
+        Command::new(d)
+            .args(["compose", "version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if compose_v2 {
+        check("docker", &["compose", "-f", "compose.yaml", "--profile", "load", "config", "-q"]);
+    } else {
+        check("docker-compose", &["-f", "compose.yaml", "--profile", "load", "config", "-q"]);
+    }
+    if !skipped.is_empty() {
+        eprintln!("skipped (not installed): {}", skipped.join(", "));
+        assert!(!require, "PGSUB_DEMO_REQUIRE_LINTERS=1 but not installed: {}", skipped.join(", "));
+    }
+}
+
+// --- the compose demo's scripts, natively ----------------------------------------------------
+
+fn pg_path() -> String {
+    let bin = bindir().expect("pg_config --bindir");
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// The compose publisher's and subscriber's init scripts and the load service's script, run
+/// against harness clusters with compose.yaml's environment (the service host names replaced by
+/// the clusters' loopback addresses).
+#[test]
+fn compose_init_and_load_scripts_replicate_natively() {
+    ensure_installed().expect("pgsub installed");
+    let c = compose();
+    let (p_svc, s_svc, l_svc) = (service(&c, "publisher"), service(&c, "subscriber"), service(&c, "load"));
+    let publisher = Cluster::publisher().expect("publisher");
+    let subscriber = Cluster::subscriber().expect("subscriber");
+    let local = |v: String| {
+        v.replace("host=publisher port=5432", &format!("host=127.0.0.1 port={}", publisher.port()))
+            .replace("host=publisher", &format!("host=127.0.0.1 port={}", publisher.port()))
+            .replace("host=subscriber", &format!("host=127.0.0.1 port={}", subscriber.port()))
+    };
+    let sql_dir = root().join("scripts/demo-sql");
+
+    let init = |script: &str, node: &Cluster, svc: &Value, extra: &[(&str, String)]| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(root().join(script))
+            .env("PATH", pg_path())
+            .env("DEMO_SQL_DIR", &sql_dir)
+            .env("PGHOST", node.dir())
+            .env("PGPORT", node.port().to_string())
+            .env("POSTGRES_USER", "postgres")
+            .env_remove("POSTGRES_DB")
+            .env_remove("PGDATABASE");
+        if let Some(pw) = env_of(svc, "POSTGRES_PASSWORD") {
+            cmd.env("POSTGRES_PASSWORD", pw);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let r = run_with_timeout(cmd, Duration::from_secs(120), script);
+        assert!(r.status.success(), "{script} failed:\n{}", r.all());
+        r
+    };
+    let pw = env_of(p_svc, "DEMO_REPL_PASSWORD").expect("DEMO_REPL_PASSWORD");
+    init("docker/initdb/publisher.sh", &publisher, p_svc, &[("DEMO_REPL_PASSWORD", pw)]);
+    assert_eq!(
+        publisher.psql("postgres", "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'demo_pub'").unwrap(),
+        "3"
+    );
+    let conninfo = local(env_of(s_svc, "DEMO_PUB_CONNINFO").expect("DEMO_PUB_CONNINFO"));
+    init("docker/initdb/subscriber.sh", &subscriber, s_svc, &[("DEMO_PUB_CONNINFO", conninfo)]);
+    assert_eq!(
+        subscriber.psql("postgres", "SELECT count(*) FROM pgsub.subscription WHERE subname = 'demo_sub'").unwrap(),
+        "1"
+    );
+
+    // The load service: its entrypoint, with its environment but a shorter load.
+    let entry = str_list(&l_svc["entrypoint"], "load.entrypoint");
+    assert_eq!(entry[0], "bash");
+    let script = entry[1].replace("/demo-sql/", &format!("{}/", sql_dir.display()));
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).env("PATH", pg_path());
+    for k in ["DEMO_PUB_DSN", "DEMO_SUB_DSN", "DEMO_LOAD_RATE"] {
+        cmd.env(k, local(env_of(l_svc, k).unwrap_or_else(|| panic!("load.{k}"))));
+    }
+    cmd.env("DEMO_LOAD_SECONDS", "3");
+    let r = run_with_timeout(cmd, Duration::from_secs(240), "load.sh");
+    assert!(r.status.success(), "load.sh failed:\n{}", r.all());
+    assert!(r.stdout.contains("RESULT: data is equal on both nodes (3 tables"), "{}", r.all());
+    assert_lag_view_moved(&r.stdout);
+}
+
+/// `lag view moved: txns_applied A -> B ...` with B > A; returns B - A.
+fn assert_lag_view_moved(out: &str) -> i64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("lag view moved: txns_applied "))
+        .unwrap_or_else(|| panic!("no `lag view moved` line in:\n{out}"));
+    let nums: Vec<i64> = line["lag view moved: txns_applied ".len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert!(nums.len() == 2 && nums[1] > nums[0], "txns_applied did not grow: {line}");
+    nums[1] - nums[0]
+}
+
+// --- scripts/demo --------------------------------------------------------------------------
+
+/// The demo's clusters in a temporary directory; dropping it stops them (`scripts/demo stop`,
+/// then SIGKILL by pid to anything of theirs still alive) and removes the directory.
+struct Demo {
+    dir: TempDir,
+    pub_port: u16,
+    sub_port: u16,
+}
+
+impl Demo {
+    fn new() -> Demo {
+        let dir = TempDir::new("demo").expect("temp dir");
+        let pub_port = free_port().expect("port");
+        let mut sub_port = free_port().expect("port");
+        while sub_port == pub_port {
+            sub_port = free_port().expect("port");
+        }
+        Demo { dir, pub_port, sub_port }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(root().join("scripts/demo"));
+        cmd.args(args)
+            .current_dir(root())
+            .env("PGSUB_DEMO_DIR", self.dir.path())
+            .env("PGSUB_DEMO_PUB_PORT", self.pub_port.to_string())
+            .env("PGSUB_DEMO_SUB_PORT", self.sub_port.to_string())
+            .env("PGSUB_DEMO_LOAD_SECONDS", "5")
+            .env("PGSUB_DEMO_SKIP_BUILD", "1")
+            .env("PG_CONFIG", pgsub_tests::pg_config());
+        cmd
+    }
+
+    fn run(&self, args: &[&str], timeout: Duration) -> Ran {
+        run_with_timeout(self.command(args), timeout, &format!("scripts/demo {}", args.join(" ")))
+    }
+
+    fn node(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The postmaster pid and port of a running node, from its postmaster.pid.
+    fn postmaster(&self, name: &str) -> Option<(i32, u16)> {
+        let s = fs::read_to_string(self.node(name).join("data/postmaster.pid")).ok()?;
+        let lines: Vec<&str> = s.lines().collect();
+        Some((lines.first()?.trim().parse().ok()?, lines.get(3)?.trim().parse().ok()?))
+    }
+
+    /// Every live process of this demo: postmasters from postmaster.pid, their children, and
+    /// anything whose command line names the demo directory.
+    fn processes(&self) -> BTreeSet<i32> {
+        let mut set = BTreeSet::new();
+        let masters: Vec<i32> = ["publisher", "subscriber"]
+            .iter()
+            .filter_map(|n| self.postmaster(n).map(|(p, _)| p))
+            .filter(|p| pid_alive(*p))
+            .collect();
+        set.extend(masters.iter().copied());
+        let needle = self.dir.path().to_string_lossy().to_string();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok())
+                .unwrap_or(0);
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if (masters.contains(&ppid) || cmd.contains(&needle)) && pid_alive(pid) {
+                set.insert(pid);
+            }
+        }
+        set
+    }
+
+    /// psql on a node as the superuser over its Unix socket; unaligned tuples-only output.
+    fn psql(&self, name: &str, port: u16, sql: &str) -> String {
+        let mut cmd = Command::new(bindir().expect("bindir").join("psql"));
+        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.node(name))
+            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql]);
+        let r = run_with_timeout(cmd, Duration::from_secs(60), "psql");
+        assert!(r.status.success(), "psql on {name} failed:\n{}", r.all());
+        r.stdout.trim().to_string()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let left = self.processes();
+        if !left.is_empty() {
+            let _ = run_with_timeout(self.command(&["stop"]), Duration::from_secs(120), "scripts/demo stop (cleanup)");
+        }
+        for pid in self.processes() {
+            // SAFETY: a process of this test's demo (postmaster.pid, its child, or running from
+            // the demo's temporary directory), by pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn wait_all_gone(pids: &BTreeSet<i32>, timeout: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let alive: Vec<i32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const DEMO_TIMEOUT: Duration = Duration::from_secs(400);
+
+#[test]
+fn demo_runs_reruns_and_stops_cleanly() {
+    ensure_installed().expect("pgsub installed");
+    let demo = Demo::new();
+
+    // 1. The demo itself, as CI runs it: no TTY, no prompt, short load.
+    let r = demo.run(&[], DEMO_TIMEOUT);
+    eprintln!("{}", r.all());
+    assert!(r.status.success(), "scripts/demo failed:\n{}", r.all());
+    let out = &r.stdout;
+    assert!(out.contains("RESULT: data is equal on both nodes (3 tables"), "no equal-data result:\n{out}");
+    for t in ["shop.accounts", "shop.events", "shop.orders"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(t) && l.trim_end().ends_with("equal"))
+            .unwrap_or_else(|| panic!("no equal row for {t}:\n{out}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], cols[2], "{t}: row counts differ: {line}");
+        assert_eq!(cols[3], cols[4], "{t}: checksums differ: {line}");
+    }
+    let grew = assert_lag_view_moved(out);
+    assert!(grew >= 10, "only {grew} transactions applied during a 5 s load:\n{out}");
+    let status_lines = out.lines().filter(|l| l.contains(" streaming ")).count();
+    assert!(status_lines >= 3, "expected a pgsub.stat_subscription line per second:\n{out}");
+    for hint in ["psql -h", "scripts/demo stop"] {
+        assert!(out.contains(hint), "the demo does not print `{hint}`:\n{out}");
+    }
+
+    // The nodes run where the test asked, and agree when asked directly.
+    let (pub_pid, pub_port) = demo.postmaster("publisher").expect("publisher postmaster.pid");
+    let (sub_pid, sub_port) = demo.postmaster("subscriber").expect("subscriber postmaster.pid");
+    assert_eq!((pub_port, sub_port), (demo.pub_port, demo.sub_port));
+    assert!(pid_alive(pub_pid) && pid_alive(sub_pid));
+    let sum = "SELECT count(*) || ' ' || md5(string_agg(o::text, ',' ORDER BY o.id)) FROM shop.orders o";
+    assert_eq!(demo.psql("publisher", pub_port, sum), demo.psql("subscriber", sub_port, sum));
+    let applied: i64 = demo
+        .psql("subscriber", sub_port, "SELECT txns_applied FROM pgsub.stat_subscription WHERE subname = 'demo_sub'")
+        .parse()
+        .expect("txns_applied");
+    assert!(applied > 0, "txns_applied = {applied}");
+    let st = demo.run(&["status"], Duration::from_secs(60));
+    assert!(st.status.success() && st.stdout.contains("subscriber: running"), "{}", st.all());
+
+    // 2. Rerunning replaces the running nodes.
+    let first = demo.processes();
+    assert!(first.len() >= 4, "expected postmasters and their children, got {first:?}");
+    let r2 = demo.run(&[], DEMO_TIMEOUT);
+    assert!(r2.status.success(), "rerun of scripts/demo failed:\n{}", r2.all());
+    assert!(r2.stdout.contains("RESULT: data is equal on both nodes"), "{}", r2.all());
+    assert!(r2.stdout.contains("an earlier demo's subscriber is running: stopping it first"), "{}", r2.all());
+    let stale = wait_all_gone(&first, Duration::from_secs(10));
+    assert!(stale.is_empty(), "processes of the first run survived the rerun: {stale:?}");
+
+    // 3. stop leaves nothing behind.
+    let running = demo.processes();
+    assert!(!running.is_empty());
+    let stop = demo.run(&["stop"], Duration::from_secs(120));
+    assert!(stop.status.success(), "scripts/demo stop failed:\n{}", stop.all());
+    let left = wait_all_gone(&running, Duration::from_secs(10));
+    assert!(left.is_empty(), "processes left after scripts/demo stop: {left:?}");
+    assert!(demo.processes().is_empty(), "demo processes left: {:?}", demo.processes());
+    for n in ["publisher", "subscriber"] {
+        assert!(!demo.node(n).join("data/postmaster.pid").exists(), "{n}: postmaster.pid still there");
+    }
+    // Stopping again is harmless.
+    let again = demo.run(&["stop"], Duration::from_secs(60));
+    assert!(again.status.success() && again.stdout.contains("not running"), "{}", again.all());
+}
+
+#[test]
+fn demo_refuses_a_port_in_use() {
+    let demo = Demo::new();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", demo.pub_port)).expect("bind");
+    let r = demo.run(&[], Duration::from_secs(120));
+    drop(listener);
+    assert!(!r.status.success(), "scripts/demo ran on a taken port:\n{}", r.all());
+    assert!(
+        r.stderr.contains(&format!("port {} (PGSUB_DEMO_PUB_PORT) is in use", demo.pub_port)),
+        "unclear error:\n{}",
+        r.all()
+    );
+    assert!(demo.processes().is_empty(), "processes started despite the error");
+}
+
+/// Without PGSUB_DEMO_SKIP_BUILD the demo builds with `cargo pgrx install`; here `cargo` is a
+/// stand-in that fails that command (and passes everything else to the real cargo), so nothing
+/// is installed: the demo must stop with a clear message and the end of the build log.
+#[test]
+fn demo_reports_a_failed_build() {
+    let demo = Demo::new();
+    let fake = TempDir::new("fake-cargo").expect("temp dir");
+    let real = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .or_else(|| find_tool("cargo"))
+        .expect("the real cargo");
+    let script = fake.path().join("cargo");
+    fs::write(
+        &script,
+        "#!/usr/bin/env bash\n\
+         if [ \"${1:-}\" = pgrx ] && [ \"${2:-}\" = install ]; then\n\
+           echo '   Compiling pgsub v0.1.0'\n\
+           echo 'error: simulated build failure for demo_test' >&2\n\
+           exit 101\n\
+         fi\n\
+         exec \"$REAL_CARGO\" \"$@\"\n",
+    )
+    .expect("write fake cargo");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut cmd = demo.command(&[]);
+    cmd.env_remove("PGSUB_DEMO_SKIP_BUILD")
+        .env("PGSUB_DEMO_SKIP_SETUP", "1")
+        .env("REAL_CARGO", real)
+        .env("PATH", format!("{}:{}", fake.path().display(), std::env::var("PATH").unwrap_or_default()));
+    let r = run_with_timeout(cmd, Duration::from_secs(120), "scripts/demo with a failing build");
+    assert!(!r.status.success(), "the demo went on after a failed build:\n{}", r.all());
+    assert!(
+        r.stderr.contains("building/installing pgsub failed (cargo pgrx install exit 101)"),
+        "unclear failure:\n{}",
+        r.all()
+    );
+    assert!(r.stderr.contains("simulated build failure for demo_test"), "no build log excerpt:\n{}", r.all());
+    assert!(demo.processes().is_empty(), "processes started despite the failed build");
+}
+
+/// Paths in this file are relative to the workspace root; make sure it is the one with the demo.
+#[test]
+fn demo_files_are_where_the_readme_says() {
+    for f in ["scripts/demo", "compose.yaml", "docker/Dockerfile"] {
+        let p: &Path = &root().join(f);
+        assert!(p.is_file(), "{} missing", p.display());
+    }
+    let mode = fs::metadata(root().join("scripts/demo")).unwrap().permissions().mode();
+    assert!(mode & 0o111 != 0, "scripts/demo is not executable");
+    let readme = read("README.md");
+    assert!(readme.contains("scripts/demo stop"), "README does not document scripts/demo stop");
+    assert!(!readme.contains("**does not exist yet**"), "README still says the demo does not exist");
+}
