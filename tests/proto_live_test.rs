@@ -214,6 +214,58 @@ async fn peek(c: &tokio_postgres::Client, slot: &str, o: &PgOutputOptions) -> Ve
         .collect()
 }
 
+/// Writes a real captured stream as seeds for the `pgoutput` fuzz target (proto/fuzz), in its
+/// input layout: a config byte (bits 0-1 protocol version - 1, bit 2 inside a streamed block),
+/// then one message; and `*-seq-*` files of consecutive small messages, each prefixed by its
+/// u8 length, which the target replays through a stateful decoder. Up to three samples of each
+/// message type per slot, so the corpus stays small. Run explicitly:
+/// `PGSUB_WRITE_FUZZ_CORPUS=$PWD/proto/fuzz/corpus/pgoutput cargo test -p pgsub-tests
+///  --test proto_live stream_workload`.
+fn write_fuzz_corpus(dir: &Path, slot: &str, proto: u32, peeked: &[(Lsn, Vec<u8>)]) {
+    std::fs::create_dir_all(dir).expect("corpus dir");
+    let mut per_kind: HashMap<u8, usize> = HashMap::new();
+    let mut in_stream = false;
+    let mut seq: Vec<u8> = Vec::new();
+    let (mut seq_start, mut seq_len, mut seqs) = (0usize, 0usize, 0usize);
+    for (i, (_, m)) in peeked.iter().enumerate() {
+        let Some(&kind) = m.first() else { continue };
+        if kind == b'S' {
+            in_stream = true;
+        }
+        let n = per_kind.entry(kind).or_default();
+        if *n < 3 && m.len() <= 4096 {
+            *n += 1;
+            let config = (proto.saturating_sub(1) as u8 & 3) | (u8::from(in_stream && kind != b'S') << 2);
+            let mut v = vec![config];
+            v.extend_from_slice(m);
+            let name = format!("real-{slot}-{i:05}-{}", kind as char);
+            std::fs::write(dir.join(name), v).expect("write seed");
+        }
+        if kind == b'E' {
+            in_stream = false;
+        }
+        // Sequences of up to 16 consecutive messages shorter than 256 bytes.
+        if m.len() < 256 {
+            if seq.is_empty() {
+                seq_start = i;
+                seq_len = 0;
+                seq.push(proto.saturating_sub(1) as u8 & 3);
+            }
+            seq.push(m.len() as u8);
+            seq.extend_from_slice(m);
+            seq_len += 1;
+        }
+        if !seq.is_empty() && (m.len() >= 256 || seq_len >= 16 || i + 1 == peeked.len()) {
+            if seqs < 8 {
+                std::fs::write(dir.join(format!("real-{slot}-seq-{seq_start:05}")), &seq)
+                    .expect("write seq seed");
+                seqs += 1;
+            }
+            seq.clear();
+        }
+    }
+}
+
 /// Decodes payloads with a fresh stateful decoder, panicking with the index on failure.
 fn decode_all<'a>(
     proto: u32,
@@ -1112,6 +1164,9 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
 
         // Peek first: the slot is inactive and peek does not move it.
         let peeked = peek(&pg, r.slot, o).await;
+        if let Some(dir) = std::env::var_os("PGSUB_WRITE_FUZZ_CORPUS") {
+            write_fuzz_corpus(Path::new(&dir), r.slot, o.proto_version, &peeked);
+        }
         assert!(
             peeked.len() > BIG_ROWS as usize,
             "{label}: peek returned {} rows",
