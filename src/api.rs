@@ -149,6 +149,15 @@ fn check_database() {
 }
 
 fn check_conninfo(conninfo: &str) {
+    // An empty string would silently mean "the local default server" (Unix socket, port 5432).
+    if conninfo.trim().is_empty() {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "connection string must not be empty",
+            None,
+            Some("Name the publisher, e.g. 'host=publisher.example dbname=app user=repl'."),
+        );
+    }
     if let Err(e) = conninfo::parse(conninfo) {
         error(
             Code::ERRCODE_SYNTAX_ERROR,
@@ -376,6 +385,22 @@ fn drop_origin(name: &str) {
     unsafe { pg_sys::replorigin_drop_by_name(c.as_ptr(), true, false) };
 }
 
+/// The replication slot is created (dropped) on the publisher at once and a rollback cannot undo
+/// that: like native CREATE/DROP SUBSCRIPTION with a slot, refuse inside a transaction block
+/// (BEGIN … or several statements in one query), where a later statement could roll back the
+/// catalog change and leave the slot behind (or the subscription without its slot).
+fn prevent_in_transaction_block(what: &str, hint: &str) {
+    // SAFETY: reads the current transaction's block state.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        error(
+            Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("{what} cannot run inside a transaction block"),
+            Some("The replication slot is changed on the publisher at once; rolling back could not undo it.".into()),
+            Some(hint),
+        );
+    }
+}
+
 const SYNC_COMMIT_VALUES: [&str; 5] = ["off", "local", "remote_write", "remote_apply", "on"];
 
 #[allow(clippy::too_many_arguments)]
@@ -409,6 +434,12 @@ fn create_subscription(
     let disable_on_error = required(disable_on_error, "disable_on_error");
     let synchronous_commit = required(synchronous_commit, "synchronous_commit");
     let two_phase = required(two_phase, "two_phase");
+    if create_slot {
+        prevent_in_transaction_block(
+            "pgsub.create_subscription(…, create_slot => true)",
+            "Run it as a statement of its own, or create the slot on the publisher and pass create_slot => false.",
+        );
+    }
 
     check_name(name);
     check_database();
@@ -591,6 +622,12 @@ fn drop_subscription(name: Option<&str>, drop_slot: default!(Option<bool>, true)
             return;
         }
     };
+    if drop_slot {
+        prevent_in_transaction_block(
+            "pgsub.drop_subscription(…, drop_slot => true)",
+            "Run it as a statement of its own, or pass drop_slot => false and drop the slot on the publisher yourself.",
+        );
+    }
     if let Err(e) = Spi::run_with_args("DELETE FROM pgsub.sub WHERE subid = $1", &[sub.subid.into()]) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("deleting subscription: {e}"), None, None);
     }

@@ -154,6 +154,8 @@ pub struct Applier {
     begin: Option<Begin>,
     msg_cxt: PgMemoryContexts,
     batch: Option<InsertBatch>,
+    /// Finish LSN of a remote transaction whose INSERTs go one by one instead of through COPY.
+    row_by_row_lsn: Option<Lsn>,
 }
 
 fn cstring(s: &str) -> CString {
@@ -176,7 +178,14 @@ impl Applier {
             begin: None,
             msg_cxt: PgMemoryContexts::new("pgsub apply message"),
             batch: None,
+            row_by_row_lsn: None,
         }
+    }
+
+    /// Applies the INSERTs of the remote transaction that finishes at `lsn` one by one (set after
+    /// that transaction's COPY batch failed, so that the retry's error names the column).
+    pub fn row_by_row_for(&mut self, lsn: Lsn) {
+        self.row_by_row_lsn = lsn.is_valid().then_some(lsn);
     }
 
     pub fn on_relation(&mut self, rel: Relation) {
@@ -444,7 +453,9 @@ impl Applier {
     /// Applies the collected inserts: through COPY for a real run, one by one for a few rows.
     pub fn flush_inserts(&mut self) {
         let Some(batch) = self.batch.take() else { return };
-        if batch.rows.len() < BATCH_MIN_COPY_ROWS {
+        // A COPY error names neither the remote row nor the column: the transaction whose batch
+        // failed last time is applied row by row, so that its error names them.
+        if batch.rows.len() < BATCH_MIN_COPY_ROWS || self.row_by_row_lsn == Some(self.commit_end()) {
             for m in batch.rows {
                 with_snapshot(|| self.insert_one(m));
             }
@@ -494,7 +505,7 @@ impl Applier {
         }
         let columns: Vec<String> = local.cols.iter().map(|c| c.name.clone()).collect();
         let relid = local.relid;
-        errctx::set_kind("INSERT (COPY batch)");
+        errctx::set_kind(errctx::COPY_BATCH);
         with_snapshot(|| copyin::copy_into(relid, &columns, buf, binary));
     }
 

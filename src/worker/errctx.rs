@@ -78,6 +78,14 @@ pub fn clear() {
     });
 }
 
+/// True while a batch of INSERTs is being loaded with COPY.
+pub fn in_copy_batch() -> bool {
+    STATE.with(|s| s.borrow().kind == COPY_BATCH)
+}
+
+/// The message kind shown while a run of INSERTs is loaded with COPY.
+pub const COPY_BATCH: &str = "INSERT (COPY batch)";
+
 /// The finish LSN of the remote transaction being applied, if any.
 pub fn finish_lsn() -> Option<pgsub_proto::Lsn> {
     STATE.with(|s| s.borrow().finish_lsn.map(pgsub_proto::Lsn))

@@ -1,0 +1,527 @@
+//! End-to-end: bad input. create_subscription refuses bad arguments and unreachable or wrong
+//! publishers with a clear SQLSTATE and message and leaves nothing behind (no catalog row, no
+//! slot on the publisher, no replication origin); names that need quoting work. Schema drift
+//! while streaming (missing column, local NOT NULL column, incompatible type, dropped or renamed
+//! table) is reported with the exact table/column in last_error, retried, and applied without
+//! loss once the user fixes the local schema.
+//! (lifecycle_test.rs owns the basic validation codes; this file adds messages, more inputs and
+//! the leftovers check.)
+use pgsub_tests::{wait_for, TwoNodes};
+use std::time::{Duration, Instant};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> T {
+    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// SQLSTATE, message, detail and hint of an error a statement must raise.
+struct Failure {
+    code: String,
+    message: String,
+    detail: String,
+    hint: String,
+}
+
+impl Failure {
+    fn text(&self) -> String {
+        format!("{} {} | detail: {} | hint: {}", self.code, self.message, self.detail, self.hint)
+    }
+}
+
+async fn must_fail(c: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Failure {
+    let t0 = Instant::now();
+    let err = match c.execute(sql, params).await {
+        Ok(_) => panic!("{sql} succeeded but must fail"),
+        Err(e) => e,
+    };
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
+    let f = Failure {
+        code: db.code().code().to_string(),
+        message: db.message().to_string(),
+        detail: db.detail().unwrap_or_default().to_string(),
+        hint: db.hint().unwrap_or_default().to_string(),
+    };
+    eprintln!("{sql} -> {} ({:?})", f.text(), t0.elapsed());
+    f
+}
+
+/// Asserts the error's SQLSTATE (a full code, or a two-character class) and that its message
+/// contains every one of `words`.
+fn check(f: &Failure, code: &str, words: &[&str]) {
+    assert!(f.code.starts_with(code), "expected SQLSTATE {code}, got {}", f.text());
+    for w in words {
+        assert!(f.message.contains(w), "message lacks {w:?}: {}", f.text());
+    }
+}
+
+/// No subscription, no table row, no origin on the subscriber; exactly `slots` on the publisher.
+async fn assert_nothing_left(p: &Client, s: &Client, slots: &[&str], after: &str) {
+    assert_eq!(one::<i64>(s, "SELECT count(*) FROM pgsub.subscription").await, 0, "catalog row left after {after}");
+    assert_eq!(one::<i64>(s, "SELECT count(*) FROM pgsub.subscription_table").await, 0, "table row left after {after}");
+    assert_eq!(one::<i64>(s, "SELECT count(*) FROM pg_replication_origin").await, 0, "origin left after {after}");
+    assert_eq!(one::<i64>(s, "SELECT count(*) FROM pgsub.stat_subscription").await, 0, "stats row left after {after}");
+    let have: Vec<String> = p
+        .query("SELECT slot_name::text FROM pg_replication_slots ORDER BY 1", &[])
+        .await
+        .expect("slots")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let want: Vec<String> = slots.iter().map(|s| s.to_string()).collect();
+    assert_eq!(have, want, "publisher slots after {after}");
+}
+
+const PUB_HBA: &str = "local all all trust
+host all postgres 127.0.0.1/32 trust
+host replication postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+";
+
+#[tokio::test(flavor = "current_thread")]
+async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute(
+        "CREATE PUBLICATION pub FOR TABLE t;
+         CREATE ROLE repl LOGIN REPLICATION PASSWORD 'right-pw';
+         GRANT SELECT ON t TO repl;",
+    )
+    .await
+    .unwrap();
+    p.batch_execute("SELECT pg_create_logical_replication_slot('taken', 'pgoutput')").await.unwrap();
+    nodes.publisher.set_hba(PUB_HBA).expect("hba");
+    let port = nodes.publisher.port();
+    let ci = nodes.pub_conninfo();
+    let pubs = vec!["pub".to_string()];
+    let create = "SELECT pgsub.create_subscription('bad', $1, $2)";
+
+    // Malformed connection strings: a syntax error that quotes the (masked) string.
+    for bad in [
+        "host=127.0.0.1 port=abc".to_string(),
+        "this is not a conninfo".to_string(),
+        format!("host=127.0.0.1 port={port} nosuchoption=1"),
+        "host=127.0.0.1 password='unterminated".to_string(),
+        "postgresql://[::1".to_string(),
+    ] {
+        let f = must_fail(&s, create, &[&bad, &pubs]).await;
+        check(&f, "42601", &["invalid connection string"]);
+        assert_nothing_left(&p, &s, &["taken"], &bad).await;
+    }
+
+    // Unreachable publishers: connection-class errors that say what could not be reached.
+    let f = must_fail(&s, create, &[&"host=no-such-host.invalid dbname=postgres connect_timeout=10", &pubs]).await;
+    check(&f, "08", &["could not connect to the publisher", "no-such-host.invalid"]);
+    let refused = free_port_nobody_listens_on();
+    let f = must_fail(&s, create, &[&format!("host=127.0.0.1 port={refused} dbname=postgres connect_timeout=10"), &pubs])
+        .await;
+    check(&f, "08", &["could not connect to the publisher"]);
+    assert!(f.message.to_lowercase().contains("refused"), "says refused: {}", f.text());
+    assert!(f.hint.contains("publisher is running"), "hint: {}", f.text());
+
+    // The publisher says no: wrong password, missing database, missing publication.
+    let f = must_fail(&s, create, &[&format!("host=127.0.0.1 port={port} dbname=postgres user=repl password=wrong-pw"), &pubs])
+        .await;
+    check(&f, "28P01", &["password authentication failed", "\"repl\""]);
+    let f = must_fail(&s, create, &[&format!("{ci} dbname=nosuchdb"), &pubs]).await;
+    check(&f, "3D000", &["database \"nosuchdb\" does not exist"]);
+    let f = must_fail(&s, create, &[&ci, &vec!["pub".to_string(), "nopub".to_string()]]).await;
+    check(&f, "42704", &["publication \"nopub\" does not exist"]);
+    assert!(!f.message.contains("\"pub\""), "only the missing one is named: {}", f.text());
+    assert_nothing_left(&p, &s, &["taken"], "connection failures").await;
+
+    // An existing slot: refused with a hint, and the origin created just before is gone too.
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, slot_name => 'taken')", &[&ci, &pubs]).await;
+    check(&f, "42710", &["taken", "already exists"]);
+    assert!(f.hint.contains("create_slot => false"), "hint: {}", f.text());
+    assert_nothing_left(&p, &s, &["taken"], "existing slot").await;
+    // An invalid explicit slot name is refused before anything happens.
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, slot_name => 'Bad Slot')", &[&ci, &pubs]).await;
+    check(&f, "42602", &["Bad Slot", "invalid character"]);
+
+    // NULL and empty arguments.
+    let null_text: Option<String> = None;
+    let null_pubs: Option<Vec<String>> = None;
+    let f = must_fail(&s, "SELECT pgsub.create_subscription($1, $2, $3)", &[&null_text, &ci, &pubs]).await;
+    check(&f, "22004", &["name must not be NULL"]);
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2)", &[&null_text, &pubs]).await;
+    check(&f, "22004", &["conninfo must not be NULL"]);
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2)", &[&ci, &null_pubs]).await;
+    check(&f, "22004", &["publications must not be NULL"]);
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('', $1, $2)", &[&ci, &pubs]).await;
+    check(&f, "22023", &["subscription name must not be empty"]);
+    for empty in ["", "   "] {
+        let f = must_fail(&s, create, &[&empty, &pubs]).await;
+        check(&f, "22023", &["connection string must not be empty"]);
+    }
+    let f = must_fail(&s, create, &[&ci, &Vec::<String>::new()]).await;
+    check(&f, "22023", &["publications must be a non-empty array"]);
+    let f = must_fail(&s, create, &[&ci, &vec![Some("pub".to_string()), None]]).await;
+    check(&f, "22023", &["without NULLs"]);
+    let f = must_fail(&s, create, &[&ci, &vec![String::new()]]).await;
+    check(&f, "22023", &["publications must be a non-empty array"]);
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, enabled => NULL)", &[&ci, &pubs]).await;
+    check(&f, "22004", &["enabled must not be NULL"]);
+    let long = "n".repeat(64);
+    let f = must_fail(&s, "SELECT pgsub.create_subscription($1, $2, $3)", &[&long, &ci, &pubs]).await;
+    check(&f, "42622", &["too long"]);
+
+    // Bad option values.
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, origin => 'sometimes')", &[&ci, &pubs]).await;
+    check(&f, "22023", &["unrecognized origin value", "sometimes"]);
+    assert!(f.hint.contains("'any'") && f.hint.contains("'none'"), "hint lists the values: {}", f.text());
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, origin => NULL)", &[&ci, &pubs]).await;
+    check(&f, "22004", &["origin must not be NULL"]);
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, synchronous_commit => 'maybe')", &[&ci, &pubs])
+        .await;
+    check(&f, "22023", &["synchronous_commit", "maybe"]);
+    assert_nothing_left(&p, &s, &["taken"], "argument errors").await;
+
+    // A name already in use: refused, and the existing subscription is untouched.
+    s.execute("SELECT pgsub.create_subscription('dup', $1, $2)", &[&ci, &pubs]).await.expect("create dup");
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('dup', $1, $2, slot_name => 'other')", &[&ci, &pubs]).await;
+    check(&f, "42710", &["subscription \"dup\" already exists"]);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'dup'").await, 1);
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('dup', 'other')").await, 1);
+    s.batch_execute("SELECT pgsub.drop_subscription('dup')").await.expect("drop dup");
+
+    // Inside a transaction block a later ROLLBACK could not take the slot back: refused, as
+    // native CREATE SUBSCRIPTION with create_slot is.
+    let e = s
+        .batch_execute(&format!("BEGIN; SELECT pgsub.create_subscription('rolled', '{ci}', ARRAY['pub']); ROLLBACK;"))
+        .await
+        .expect_err("create_slot inside a transaction block");
+    let _ = s.batch_execute("ROLLBACK").await;
+    let db = e.as_db_error().expect("server error");
+    assert_eq!(db.code().code(), "25001", "{db:?}");
+    assert!(db.message().contains("cannot run inside a transaction block"), "{db:?}");
+    assert!(db.hint().unwrap_or_default().contains("create_slot => false"), "{db:?}");
+    assert_nothing_left(&p, &s, &["taken"], "a create inside a transaction block").await;
+    // Without a slot it may run inside a transaction block.
+    s.batch_execute(&format!(
+        "BEGIN; SELECT pgsub.create_subscription('noslot', '{ci}', ARRAY['pub'], create_slot => false, enabled => false); ROLLBACK;"
+    ))
+    .await
+    .expect("create_slot => false in a transaction block");
+    assert_nothing_left(&p, &s, &["taken"], "everything").await;
+    // Likewise dropping with the slot: refused in a block, and nothing is dropped.
+    s.execute("SELECT pgsub.create_subscription('kept', $1, $2, enabled => false)", &[&ci, &pubs]).await.unwrap();
+    let e = s
+        .batch_execute("BEGIN; SELECT pgsub.drop_subscription('kept'); ROLLBACK;")
+        .await
+        .expect_err("drop_slot inside a transaction block");
+    let _ = s.batch_execute("ROLLBACK").await;
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("25001"), "{e:?}");
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'kept'").await, 1);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'kept'").await, 1);
+    s.batch_execute("SELECT pgsub.drop_subscription('kept')").await.expect("drop on its own");
+    assert_nothing_left(&p, &s, &["taken"], "the final drop").await;
+}
+
+/// A loopback port with no listener (bound and released: nothing listens there afterwards).
+fn free_port_nobody_listens_on() -> u16 {
+    pgsub_tests::free_port().expect("free port")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn names_that_need_quoting_work() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    // A publication whose name needs quoting: capitals, space, double quote, unicode.
+    p.batch_execute(r#"CREATE PUBLICATION "My ""Pub"" ü" FOR TABLE t"#).await.unwrap();
+    let pubs = vec![r#"My "Pub" ü"#.to_string()];
+    let ci = nodes.pub_conninfo();
+    let names = ["MySub", "my sub", r#"sub "quoted" 'x'"#, "süb_ünï", "mysub"];
+    // Only "my sub" runs (they all publish the same table).
+    for n in names {
+        let enabled = n == "my sub";
+        s.execute(
+            "SELECT pgsub.create_subscription($1, $2, $3, copy_data => false, enabled => $4)",
+            &[&n, &ci, &pubs, &enabled],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {n:?}: {e}"));
+    }
+    // Each got its own valid slot; "mysub" keeps its own name, the others are sanitized.
+    let slots: Vec<String> = s
+        .query("SELECT slot_name::text FROM pgsub.subscription ORDER BY subname", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut distinct = slots.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), names.len(), "distinct slots: {slots:?}");
+    assert_eq!(one::<String>(&s, "SELECT slot_name::text FROM pgsub.subscription WHERE subname = 'mysub'").await, "mysub");
+    for slot in &slots {
+        assert!(slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{slot}");
+        let n: i64 = p
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[slot])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "slot {slot} on the publisher");
+    }
+    wait_for("\"my sub\" streaming", WAIT, || {
+        let s = &s;
+        async move {
+            let st: Option<String> = s
+                .query_opt("SELECT status FROM pgsub.stat_subscription WHERE subname = 'my sub'", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|r| r.get(0));
+            Ok((st.as_deref() == Some("streaming")).then_some(()))
+        }
+    })
+    .await
+    .expect("streaming");
+    p.batch_execute("INSERT INTO t VALUES (1, 'quoted names work')").await.unwrap();
+    wait_for("row replicated", WAIT, || {
+        let s = &s;
+        async move {
+            let n: i64 = s.query_one("SELECT count(*) FROM t", &[]).await.map_err(|e| e.to_string())?.get(0);
+            Ok((n == 1).then_some(()))
+        }
+    })
+    .await
+    .expect("replicated");
+    // The walsender knows it by its name too.
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'my sub'").await, 1);
+    for n in names {
+        s.execute("SELECT pgsub.drop_subscription($1)", &[&n]).await.unwrap_or_else(|e| panic!("drop {n:?}: {e}"));
+    }
+    assert_nothing_left(&p, &s, &[], "dropping the quoted names").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema drift while streaming
+
+/// Every row of `query`'s result as text, in a stable order.
+async fn contents(c: &Client, query: &str) -> Result<String, String> {
+    let q = format!("SELECT coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '') FROM ({query}) r");
+    c.query_one(q.as_str(), &[]).await.map(|r| r.get::<_, String>(0)).map_err(|e| format!("{query}: {e}"))
+}
+
+async fn stat(s: &Client, sub: &str) -> (String, i64, Option<String>) {
+    let r = s
+        .query_one("SELECT status, error_count, last_error FROM pgsub.stat_subscription WHERE subname = $1", &[&sub])
+        .await
+        .expect("stat_subscription");
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// Waits until both nodes return the same rows for `query` (and the publisher has `min_rows`).
+async fn converge(p: &Client, s: &Client, query: &str, sub: &str) {
+    let last = std::cell::RefCell::new((String::new(), String::new()));
+    let r = wait_for(&format!("{query} to converge"), WAIT, || {
+        let last = &last;
+        async move {
+            let a = contents(p, query).await?;
+            let b = contents(s, query).await?;
+            let same = a == b;
+            *last.borrow_mut() = (a, b);
+            Ok(same.then_some(()))
+        }
+    })
+    .await;
+    if let Err(e) = r {
+        let last = last.borrow();
+        panic!("{e}\n{:?}\n--- publisher ---\n{}\n--- subscriber ---\n{}", stat(s, sub).await, last.0, last.1);
+    }
+}
+
+async fn wait_streaming(s: &Client, sub: &str) {
+    wait_for(&format!("{sub} streaming"), WAIT, || async move {
+        Ok((stat(s, sub).await.0 == "streaming").then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Waits until the worker has failed at least twice more (it retries) with an error that
+/// contains every one of `words`; returns that error.
+async fn wait_repeated_error(s: &Client, sub: &str, words: &[&str]) -> String {
+    let start = stat(s, sub).await.1;
+    let seen = std::cell::RefCell::new(None);
+    let r = wait_for(&format!("{sub} failing repeatedly with {words:?}"), WAIT, || {
+        let seen = &seen;
+        async move {
+            let (_, n, err) = stat(s, sub).await;
+            *seen.borrow_mut() = err.clone();
+            Ok(err.filter(|e| n >= start + 2 && words.iter().all(|w| e.contains(w))))
+        }
+    })
+    .await;
+    r.unwrap_or_else(|e| panic!("{e}\nlast_error: {:?}", seen.borrow()))
+}
+
+/// A publisher and a subscriber with `ddl` on both, the publication `pub` FOR ALL TABLES and a
+/// streaming subscription `drift`.
+async fn drift_setup(nodes: &TwoNodes, ddl: &str) -> (Client, Client) {
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute("CREATE PUBLICATION pub FOR ALL TABLES").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('drift', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_streaming(&s, "drift").await;
+    (p, s)
+}
+
+/// One transaction of `n` inserts into t starting at `from` (n >= 8 goes through the COPY batch
+/// path, fewer through single INSERTs).
+fn inserts(from: i32, n: i32) -> String {
+    format!("INSERT INTO t SELECT g, 'v' || g FROM generate_series({from}, {}) g", from + n - 1)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn drift_remote_column_missing_locally() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = drift_setup(&nodes, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    p.batch_execute(&inserts(1, 20)).await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    // The publisher gains a column the subscriber does not have.
+    p.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO t VALUES (100, 'a', 'x1'); UPDATE t SET extra = 'upd' WHERE id <= 5; COMMIT")
+        .await
+        .unwrap();
+    p.batch_execute(&format!("{}; UPDATE t SET extra = 'batch' WHERE id > 200", inserts(200, 30))).await.unwrap();
+    let err = wait_repeated_error(&s, "drift", &["\"public\".\"t\"", "missing replicated column \"extra\""]).await;
+    assert!(err.contains("HINT: Add the column"), "{err}");
+    assert!(err.contains("finished at"), "context: {err}");
+    // Nothing of the failing transaction (nor later ones) was applied.
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 20);
+    s.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 51);
+    wait_streaming(&s, "drift").await;
+    assert_eq!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription").await, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn drift_local_not_null_column_without_default() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = drift_setup(&nodes, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    p.batch_execute(&inserts(1, 3)).await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    // A local-only NOT NULL column without a default: remote rows cannot fill it.
+    s.batch_execute("ALTER TABLE t ADD COLUMN must int NOT NULL DEFAULT 0; ALTER TABLE t ALTER COLUMN must DROP DEFAULT")
+        .await
+        .unwrap();
+    p.batch_execute("INSERT INTO t VALUES (10, 'single')").await.unwrap();
+    let err = wait_repeated_error(&s, "drift", &["\"must\"", "not-null", "\"t\""]).await;
+    assert!(err.contains("\"public\".\"t\""), "context names the table: {err}");
+    p.batch_execute(&inserts(20, 40)).await.unwrap();
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 3);
+    // The fix: a default for the local column.
+    s.batch_execute("ALTER TABLE t ALTER COLUMN must SET DEFAULT 7").await.unwrap();
+    converge(&p, &s, "SELECT id, v FROM t", "drift").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE must = 7").await, 41);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 44);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn drift_incompatible_types() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    // Remote text, local integer: fine while the values parse.
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, n text)").await.unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, n int)").await.unwrap();
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1, '11'), (2, '22')").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('drift', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    converge(&p, &s, "SELECT id, n::text FROM t", "drift").await;
+    wait_streaming(&s, "drift").await;
+    // A single-row change that does not parse: the column is named.
+    p.batch_execute("UPDATE t SET n = 'abc' WHERE id = 2").await.unwrap();
+    let err = wait_repeated_error(&s, "drift", &["invalid input syntax for type integer", "\"abc\"", "\"public\".\"t\" column \"n\""])
+        .await;
+    assert!(err.contains("UPDATE"), "message type: {err}");
+    assert_eq!(one::<String>(&s, "SELECT n::text FROM t WHERE id = 2").await, "22");
+    // The user changes the local type; the update goes through.
+    s.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE text").await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    wait_streaming(&s, "drift").await;
+    // And back to a local integer once the values parse again; then a batch of rows (the COPY
+    // path) with one bad value.
+    p.batch_execute("UPDATE t SET n = '22' WHERE id = 2").await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    s.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE int USING n::int").await.unwrap();
+    p.batch_execute(
+        "INSERT INTO t SELECT g, CASE WHEN g = 57 THEN 'x57' ELSE g::text END FROM generate_series(50, 80) g",
+    )
+    .await
+    .unwrap();
+    let err = wait_repeated_error(&s, "drift", &["invalid input syntax for type integer", "\"x57\"", "\"public\".\"t\"", "\"n\""])
+        .await;
+    eprintln!("batch error: {err}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 2, "no row of the failing batch applied");
+    s.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE text").await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 33);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn drift_table_dropped_then_recreated() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = drift_setup(
+        &nodes,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE t2 (id int PRIMARY KEY, w text)",
+    )
+    .await;
+    p.batch_execute(&inserts(1, 5)).await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    // The local t2 is dropped after create_subscription (it never had rows).
+    s.batch_execute("DROP TABLE t2").await.unwrap();
+    // One remote transaction touching both tables: all or nothing.
+    p.batch_execute("BEGIN; INSERT INTO t VALUES (10, 'with t2'); INSERT INTO t2 VALUES (1, 'w1'); COMMIT").await.unwrap();
+    p.batch_execute(&format!("{}; INSERT INTO t2 SELECT g, 'w' || g FROM generate_series(2, 30) g", inserts(20, 10)))
+        .await
+        .unwrap();
+    let err = wait_repeated_error(&s, "drift", &["\"public\".\"t2\"", "does not exist"]).await;
+    assert!(err.contains("HINT: Create the table"), "{err}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 5, "the failing transaction is not half-applied");
+    s.batch_execute("CREATE TABLE t2 (id int PRIMARY KEY, w text)").await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s, "SELECT * FROM t2", "drift").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t2").await, 30);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 16);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn drift_table_renamed_locally() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = drift_setup(&nodes, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    p.batch_execute(&inserts(1, 10)).await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    // Renamed while the worker has it mapped (and its statements prepared).
+    s.batch_execute("ALTER TABLE t RENAME TO t_renamed").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (100, 'after rename'); UPDATE t SET v = 'u' WHERE id = 1; DELETE FROM t WHERE id = 2")
+        .await
+        .unwrap();
+    let err = wait_repeated_error(&s, "drift", &["\"public\".\"t\"", "does not exist"]).await;
+    eprintln!("rename error: {err}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t_renamed").await, 10, "nothing written to the renamed table");
+    assert_eq!(one::<String>(&s, "SELECT v FROM t_renamed WHERE id = 1").await, "v1");
+    s.batch_execute("ALTER TABLE t_renamed RENAME TO t").await.unwrap();
+    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10);
+    wait_streaming(&s, "drift").await;
+    assert_eq!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription").await, 0);
+}
