@@ -395,16 +395,24 @@ enum Victim {
     Postmaster,
 }
 
-async fn kill9_during_workload(victim: Victim, seed: u64) {
-    let mut nodes = TwoNodes::start().expect("start");
+/// `streamed`: large transactions reach the worker while in progress (protocol streaming, a small
+/// logical_decoding_work_mem) and are buffered in spill files (a small pgsub.work_mem).
+async fn kill9_during_workload(victim: Victim, streamed: bool, seed: u64) {
+    let (mut p_opts, mut s_opts) = (ClusterOpts::publisher(), ClusterOpts::subscriber());
+    if streamed {
+        p_opts = p_opts.with_conf("logical_decoding_work_mem = '64kB'");
+        s_opts = s_opts.with_conf("pgsub.work_mem = '64kB'");
+    }
+    let mut nodes = TwoNodes::start_with(p_opts, s_opts).expect("start");
     setup_tables(&nodes).await;
     let mut s = Conn::new(&nodes.subscriber);
-    create_sub(&mut s, "k", &nodes.pub_conninfo(), "").await;
+    create_sub(&mut s, "k", &nodes.pub_conninfo(), if streamed { ", streaming => true" } else { "" }).await;
     s.wait_until("streaming", &status_sql("k"), WAIT, |v| v == "streaming").await;
     let load = Workload::start(nodes.publisher.connstr("postgres", "postgres"), seed);
     load.wait_progress(50).await;
     let postmaster = nodes.subscriber.pid().expect("postmaster pid");
     let mut rng = Rng::new(seed);
+    let mut in_txn = 0;
     for round in 1..=10 {
         // The view's pid is the apply worker's in pg_stat_activity.
         let worker: i32 = s
@@ -422,6 +430,19 @@ async fn kill9_during_workload(victim: Victim, seed: u64) {
         let delay = Duration::from_millis(rng.between(100, 2000));
         let before = load.txns();
         tokio::time::sleep(delay).await;
+        // Two rounds in three aim at a moment inside a local transaction of the worker (the next
+        // one within 2 s); whether a kill landed there is reported, not asserted.
+        let aim = rng.below(3) != 0;
+        let busy_sql = format!("SELECT (xact_start IS NOT NULL)::text FROM pg_stat_activity WHERE pid = {worker}");
+        let aim_until = Instant::now() + Duration::from_secs(2);
+        let busy = loop {
+            let busy = s.value(&busy_sql).await.ok().flatten().unwrap_or_default() == "true";
+            if busy || !aim || Instant::now() >= aim_until {
+                break busy;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        in_txn += usize::from(busy);
         let t0 = Instant::now();
         match victim {
             Victim::ApplyWorker | Victim::Launcher => {
@@ -445,16 +466,36 @@ async fn kill9_during_workload(victim: Victim, seed: u64) {
         s.wait_until("a new worker streaming", &sql, WAIT, |v| v == "streaming").await;
         let new_launcher = backend_pid(&mut s, "pgsub launcher", WAIT).await;
         eprintln!(
-            "round {round}: {victim:?} killed after {delay:?} ({} publisher transactions in between); \
-             streaming again after {:?}; launcher {launcher} -> {new_launcher}",
+            "round {round}: {victim:?} killed after {delay:?} ({} publisher transactions in between, worker \
+             {} a transaction); streaming again after {:?}; launcher {launcher} -> {new_launcher}",
             load.txns() - before,
+            if busy { "inside" } else { "outside" },
             t0.elapsed()
         );
         load.wait_progress(20).await;
     }
+    eprintln!("{in_txn} of 10 kills while the worker was inside a transaction");
     let (_, failed) = load.finish();
     assert_eq!(failed, 0, "the publisher stayed up: every workload statement must succeed");
     assert_converged(&nodes.publisher, &nodes.subscriber, "k").await;
+    if streamed {
+        let mut p = Conn::new(&nodes.publisher);
+        let n = p
+            .wait_until(
+                "streamed transactions on the publisher's slot",
+                "SELECT stream_txns::text FROM pg_stat_replication_slots WHERE slot_name = 'k'",
+                WAIT,
+                |v| v != "0",
+            )
+            .await;
+        // Nothing is left buffered once every transaction is applied.
+        let tmp = nodes.subscriber.data_dir().join("base/pgsql_tmp");
+        let left: Vec<String> = std::fs::read_dir(&tmp)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        eprintln!("{n} transactions streamed by the publisher; spill files left: {left:?}");
+        assert!(left.iter().all(|f| !f.contains("pgsub")), "leftover spill files: {left:?}");
+    }
     if victim != Victim::Postmaster {
         assert_eq!(nodes.subscriber.pid(), Some(postmaster));
         let restarts = nodes.subscriber.log().matches("all server processes terminated; reinitializing").count();
@@ -464,17 +505,22 @@ async fn kill9_during_workload(victim: Victim, seed: u64) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn kill9_apply_worker_at_random_moments() {
-    kill9_during_workload(Victim::ApplyWorker, test_seed("kill9_apply_worker")).await;
+    kill9_during_workload(Victim::ApplyWorker, false, test_seed("kill9_apply_worker")).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kill9_apply_worker_with_streamed_transactions() {
+    kill9_during_workload(Victim::ApplyWorker, true, test_seed("kill9_apply_worker_streamed")).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn kill9_launcher_at_random_moments() {
-    kill9_during_workload(Victim::Launcher, test_seed("kill9_launcher")).await;
+    kill9_during_workload(Victim::Launcher, false, test_seed("kill9_launcher")).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn kill9_subscriber_postmaster_at_random_moments() {
-    kill9_during_workload(Victim::Postmaster, test_seed("kill9_postmaster")).await;
+    kill9_during_workload(Victim::Postmaster, false, test_seed("kill9_postmaster")).await;
 }
 
 // =============================================================================================
