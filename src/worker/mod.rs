@@ -585,9 +585,13 @@ impl Stream {
         }
     }
 
-    /// Sleeps on the latch and the socket, at most a second (or until the next status update).
+    /// Sleeps on the latch and the socket, at most a second. While applied commits wait for the
+    /// WAL writer to make them durable (synchronous_commit = off), it wakes every 100 ms to
+    /// confirm them as soon as they are flushed, as PostgreSQL's worker wakes after
+    /// wal_writer_delay: the publisher then learns without a second's delay that it may let go.
     fn wait(&mut self) {
         let fd = self.client.raw_fd();
+        let timeout_ms = if self.progress.awaiting_flush() { 100 } else { 1000 };
         // SAFETY: latch + socket wait of a background worker.
         unsafe {
             let rc = pg_sys::WaitLatchOrSocket(
@@ -595,7 +599,7 @@ impl Stream {
                 (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
                     as i32,
                 fd,
-                1000,
+                timeout_ms,
                 pg_sys::PG_WAIT_EXTENSION,
             );
             if rc & pg_sys::WL_LATCH_SET as i32 != 0 {

@@ -114,6 +114,11 @@ impl Progress {
         (self.received, self.flushed, apply)
     }
 
+    /// Whether local commits are waiting to become durable before they can be confirmed.
+    pub fn awaiting_flush(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Whether a status update is due: the publisher asked, the interval passed, or what we could
     /// confirm moved.
     pub fn report_due(&self, positions: (Lsn, Lsn, Lsn), interval: Duration, force: bool) -> bool {
