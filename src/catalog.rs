@@ -50,6 +50,34 @@ impl Subscription {
     }
 }
 
+/// Runs `f` as the bootstrap superuser. The apply worker runs as the subscription owner, who may
+/// be a pgsub_admin member without any privilege on pgsub's catalog tables (they hold every
+/// subscription's password, so they stay closed): the worker's own catalog statements run
+/// through this. The previous user id comes back afterwards, also when `f` raises (and a
+/// transaction abort restores it too).
+pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: puts back the user id and security context read below.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let mut user = pg_sys::InvalidOid;
+    let mut context = 0;
+    // SAFETY: reads and sets this backend's current user id; SECURITY_LOCAL_USERID_CHANGE keeps
+    // SET ROLE / SET SESSION AUTHORIZATION from being used meanwhile.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let _restore = Restore(user, context);
+    f()
+}
+
 pub fn origin_name(subid: i32) -> String {
     format!("pgsub_{subid}")
 }
@@ -93,47 +121,53 @@ pub fn extension_exists() -> bool {
 
 /// Every subscription, ordered by subid.
 pub fn load_all() -> SpiResult<Vec<Subscription>> {
-    Spi::connect(|client| {
-        let table = client.select(
-            &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub ORDER BY subid"),
-            None,
-            &[],
-        )?;
-        let mut out = Vec::new();
-        for row in table {
-            out.push(row_to_sub(&row)?);
-        }
-        Ok(out)
+    as_superuser(|| {
+        Spi::connect(|client| {
+            let table = client.select(
+                &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub ORDER BY subid"),
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for row in table {
+                out.push(row_to_sub(&row)?);
+            }
+            Ok(out)
+        })
     })
 }
 
 /// One subscription by id.
 pub fn load(subid: i32) -> SpiResult<Option<Subscription>> {
-    Spi::connect(|client| {
-        let table = client.select(
-            &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub WHERE subid = $1"),
-            None,
-            &[subid.into()],
-        )?;
-        match table.into_iter().next() {
-            Some(row) => Ok(Some(row_to_sub(&row)?)),
-            None => Ok(None),
-        }
+    as_superuser(|| {
+        Spi::connect(|client| {
+            let table = client.select(
+                &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub WHERE subid = $1"),
+                None,
+                &[subid.into()],
+            )?;
+            match table.into_iter().next() {
+                Some(row) => Ok(Some(row_to_sub(&row)?)),
+                None => Ok(None),
+            }
+        })
     })
 }
 
 /// One subscription by name.
 pub fn load_by_name(name: &str) -> SpiResult<Option<Subscription>> {
-    Spi::connect(|client| {
-        let table = client.select(
-            &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub WHERE subname = $1"),
-            None,
-            &[name.into()],
-        )?;
-        match table.into_iter().next() {
-            Some(row) => Ok(Some(row_to_sub(&row)?)),
-            None => Ok(None),
-        }
+    as_superuser(|| {
+        Spi::connect(|client| {
+            let table = client.select(
+                &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub WHERE subname = $1"),
+                None,
+                &[name.into()],
+            )?;
+            match table.into_iter().next() {
+                Some(row) => Ok(Some(row_to_sub(&row)?)),
+                None => Ok(None),
+            }
+        })
     })
 }
 
@@ -147,45 +181,52 @@ pub struct SubRel {
 }
 
 pub fn load_rels(subid: i32) -> SpiResult<Vec<SubRel>> {
-    Spi::connect(|client| {
-        let table = client.select(
-            "SELECT remote_schema, remote_name, sync_state::text, state_lsn::text \
+    as_superuser(|| {
+        Spi::connect(|client| {
+            let table = client.select(
+                "SELECT remote_schema, remote_name, sync_state::text, state_lsn::text \
              FROM pgsub.sub_rel WHERE subid = $1 ORDER BY remote_schema, remote_name",
-            None,
-            &[subid.into()],
-        )?;
-        let mut out = Vec::new();
-        for row in table {
-            out.push(SubRel {
-                remote_schema: row.get::<String>(1)?.unwrap_or_default(),
-                remote_name: row.get::<String>(2)?.unwrap_or_default(),
-                sync_state: row
-                    .get::<String>(3)?
-                    .and_then(|s| s.chars().next())
-                    .unwrap_or('i'),
-                state_lsn: row.get::<String>(4)?.and_then(|s| s.parse().ok()),
-            });
-        }
-        Ok(out)
+                None,
+                &[subid.into()],
+            )?;
+            let mut out = Vec::new();
+            for row in table {
+                out.push(SubRel {
+                    remote_schema: row.get::<String>(1)?.unwrap_or_default(),
+                    remote_name: row.get::<String>(2)?.unwrap_or_default(),
+                    sync_state: row.get::<String>(3)?.and_then(|s| s.chars().next()).unwrap_or('i'),
+                    state_lsn: row.get::<String>(4)?.and_then(|s| s.parse().ok()),
+                });
+            }
+            Ok(out)
+        })
     })
 }
 
 /// Sets `enabled` (used by disable_on_error from the worker).
 pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
-    Spi::connect_mut(|client| {
-        client.update(
-            "UPDATE pgsub.sub SET enabled = $2 WHERE subid = $1",
-            None,
-            &[subid.into(), enabled.into()],
-        )?;
-        Ok(())
+    as_superuser(|| {
+        Spi::connect_mut(|client| {
+            client.update(
+                "UPDATE pgsub.sub SET enabled = $2 WHERE subid = $1",
+                None,
+                &[subid.into(), enabled.into()],
+            )?;
+            Ok(())
+        })
     })
 }
 
 /// Clears `skip_lsn` once the transaction it named has been skipped.
 pub fn clear_skip_lsn(subid: i32) -> SpiResult<()> {
-    Spi::connect_mut(|client| {
-        client.update("UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1", None, &[subid.into()])?;
-        Ok(())
+    as_superuser(|| {
+        Spi::connect_mut(|client| {
+            client.update(
+                "UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1",
+                None,
+                &[subid.into()],
+            )?;
+            Ok(())
+        })
     })
 }

@@ -121,10 +121,12 @@ impl TableStates {
             .map(|(k, _)| k.clone())
             .collect();
         for (schema, name) in due {
-            let r = Spi::run_with_args(
-                "UPDATE pgsub.sub_rel SET sync_state = 'r' WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
-                &[subid.into(), schema.as_str().into(), name.as_str().into()],
-            );
+            let r = crate::catalog::as_superuser(|| {
+                Spi::run_with_args(
+                    "UPDATE pgsub.sub_rel SET sync_state = 'r' WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
+                    &[subid.into(), schema.as_str().into(), name.as_str().into()],
+                )
+            });
             if let Err(e) = r {
                 report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
             }
@@ -266,9 +268,7 @@ impl Applier {
         let local_end = unsafe {
             if skipped && self.skip_lsn.is_some() && Some(c.commit_lsn) == self.skip_lsn {
                 // Done skipping: forget skip_lsn in the same transaction.
-                let r = with_snapshot(|| {
-                    Spi::run_with_args("UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1", &[self.subid.into()])
-                });
+                let r = with_snapshot(|| crate::catalog::clear_skip_lsn(self.subid));
                 if let Err(e) = r {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
                 }
@@ -863,6 +863,7 @@ fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
             None,
         );
     }
+    copyin::refuse_row_level_security(relid);
     // Local columns by name.
     let local_cols = local_columns(relid);
     let mut cols = Vec::with_capacity(remote.columns.len());

@@ -67,6 +67,7 @@ pub fn push_binary_value(buf: &mut Vec<u8>, v: Option<&[u8]>) {
 /// Runs COPY FROM on `relid` for `columns` over `data` (a whole COPY stream: for binary format
 /// with header and trailer). Returns the number of rows loaded.
 pub fn copy_into(relid: pg_sys::Oid, columns: &[String], data: Vec<u8>, binary: bool) -> u64 {
+    check_insert_allowed(relid, columns);
     SOURCE.with(|b| *b.borrow_mut() = (data, 0));
     // SAFETY: COPY FROM into a table opened in the current transaction; the option and column
     // lists are built in the current memory context.
@@ -117,4 +118,56 @@ pub fn copy_into(relid: pg_sys::Oid, columns: &[String], data: Vec<u8>, binary: 
     };
     SOURCE.with(|b| *b.borrow_mut() = (Vec::new(), 0));
     rows
+}
+
+/// BeginCopyFrom/CopyFrom do not check privileges (`COPY` does that before calling them): the
+/// current user, the subscription owner, needs INSERT on the table or on every loaded column,
+/// and the table must not be subject to row-level security for it — as for an INSERT.
+fn check_insert_allowed(relid: pg_sys::Oid, columns: &[String]) {
+    // SAFETY: ACL and catalog lookups inside a transaction; aclcheck_error raises an ERROR.
+    unsafe {
+        let user = pg_sys::GetUserId();
+        let insert = pg_sys::ACL_INSERT as pg_sys::AclMode;
+        if pg_sys::pg_class_aclcheck(relid, user, insert) != pg_sys::AclResult::ACLCHECK_OK {
+            for c in columns {
+                let name = CString::new(c.as_str()).unwrap_or_default();
+                let attnum = pg_sys::get_attnum(relid, name.as_ptr());
+                if attnum == 0 || pg_sys::pg_attribute_aclcheck(relid, attnum, user, insert) != pg_sys::AclResult::ACLCHECK_OK {
+                    pg_sys::aclcheck_error(
+                        pg_sys::AclResult::ACLCHECK_NO_PRIV,
+                        pg_sys::ObjectType::OBJECT_TABLE,
+                        pg_sys::get_rel_name(relid),
+                    );
+                }
+            }
+        }
+    }
+    refuse_row_level_security(relid);
+}
+
+/// Like PostgreSQL's apply worker: a table whose row-level security applies to the current user
+/// (the subscription owner) is refused rather than written through the policies, which would
+/// reject inserts and silently hide the rows that updates and deletes look for.
+pub fn refuse_row_level_security(relid: pg_sys::Oid) {
+    // SAFETY: catalog lookups inside a transaction; the returned names are palloc'd C strings
+    // (or NULL) read at once.
+    let (user, rel) = unsafe {
+        if pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, false) != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+            return;
+        }
+        let text = |p: *mut std::ffi::c_char| {
+            if p.is_null() {
+                String::from("?")
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        (text(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true)), text(pg_sys::get_rel_name(relid)))
+    };
+    crate::report::error(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("user \"{user}\" cannot replicate into relation with row-level security enabled: \"{rel}\""),
+        None,
+        Some("Make the subscription owner the table's owner or give it BYPASSRLS, or disable row-level security on the table; the worker retries."),
+    );
 }

@@ -164,10 +164,15 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
                 Some("TRUNCATE the local table, or recreate the subscription with copy_data => false."),
             );
         }
-        let _ = Spi::run_with_args(
-            "UPDATE pgsub.sub_rel SET sync_state = 'd' WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
-            &[subid.into(), rel.remote_schema.as_str().into(), rel.remote_name.as_str().into()],
-        );
+        let r = crate::catalog::as_superuser(|| {
+            Spi::run_with_args(
+                "UPDATE pgsub.sub_rel SET sync_state = 'd' WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
+                &[subid.into(), rel.remote_schema.as_str().into(), rel.remote_name.as_str().into()],
+            )
+        });
+        if let Err(e) = r {
+            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+        }
         shmem::with_slot(subid, |s| s.status = shmem::Status::InitialCopy as u8);
         let mut pending: Vec<u8> = Vec::with_capacity(BATCH_BYTES + 64 * 1024);
         let mut loaded = 0u64;
@@ -188,7 +193,7 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
             Ok(_) => {
                 flush(&mut pending);
                 let n = loaded;
-                let r = Spi::run_with_args(
+                let r = crate::catalog::as_superuser(|| Spi::run_with_args(
                     "UPDATE pgsub.sub_rel SET sync_state = 's', state_lsn = $4::pg_lsn, rows_copied = $5, relid = $6 \
                      WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
                     &[
@@ -199,7 +204,7 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
                         (n as i64).into(),
                         relid.into(),
                     ],
-                );
+                ));
                 if let Err(e) = r {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
                 }

@@ -1,0 +1,566 @@
+//! End-to-end: security. Who may call pgsub's functions (every function of schema pgsub checked
+//! with has_function_privilege), passwords never shown to non-superusers (views, error messages)
+//! nor written to the subscriber's log, the apply worker running with the subscription owner's
+//! privileges, and hostile table/schema/column names replicating without being executed.
+//! (lifecycle_test.rs has the basic non-superuser checks; this file goes through every function,
+//! view and message.)
+use pgsub_tests::{wait_for, ClusterOpts, TwoNodes};
+use std::time::Duration;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> T {
+    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// Waits until `sql` (one text value) returns `want`.
+async fn wait_value(c: &Client, sql: &str, want: &str) {
+    let seen = std::cell::RefCell::new(String::new());
+    let r = wait_for(&format!("{sql} = {want}"), WAIT, || {
+        let seen = &seen;
+        async move {
+            let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
+            let v: Option<String> = row.and_then(|r| r.get(0));
+            *seen.borrow_mut() = v.clone().unwrap_or_else(|| "NULL".into());
+            Ok((v.as_deref() == Some(want)).then_some(()))
+        }
+    })
+    .await;
+    if let Err(e) = r {
+        let stats: Vec<String> = c
+            .query("SELECT format('%s %s %s', subname, status, last_error) FROM pgsub.stat_subscription", &[])
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        panic!("{e} (last value: {})\n{}", seen.borrow(), stats.join("\n"));
+    }
+}
+
+/// Every row of a query as text, in a stable order.
+async fn contents(c: &Client, query: &str) -> String {
+    let q = format!("SELECT coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '') FROM ({query}) r");
+    c.query_one(q.as_str(), &[]).await.unwrap_or_else(|e| panic!("{query}: {e}")).get(0)
+}
+
+/// The server error a statement must raise: (SQLSTATE, "message | detail | hint").
+async fn must_fail(c: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> (String, String) {
+    let err = match c.execute(sql, params).await {
+        Ok(_) => panic!("{sql} succeeded but must fail"),
+        Err(e) => e,
+    };
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
+    let text = format!(
+        "{} | {} | {} | {}",
+        db.message(),
+        db.detail().unwrap_or_default(),
+        db.hint().unwrap_or_default(),
+        db.where_().unwrap_or_default()
+    );
+    eprintln!("{sql} -> {} {text}", db.code().code());
+    (db.code().code().to_string(), text)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The management functions: revoked from PUBLIC, granted to pgsub_admin.
+const MANAGEMENT: [&str; 9] = [
+    "create_subscription",
+    "drop_subscription",
+    "enable_subscription",
+    "disable_subscription",
+    "alter_subscription_connection",
+    "alter_subscription_publications",
+    "refresh_subscription",
+    "skip_transaction",
+    "_skip_transaction",
+];
+
+/// Helpers the views call with the caller's privileges; read-only, for everyone.
+/// (`_preloaded` says whether pgsub is in shared_preload_libraries.)
+const VIEW_HELPERS: [&str; 6] = ["_ts", "_lsn", "_mask_conninfo", "_stat_progress", "_stat_counters", "_preloaded"];
+
+#[tokio::test(flavor = "current_thread")]
+async fn only_superusers_and_pgsub_admin_may_manage() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute(
+        "CREATE ROLE plain LOGIN; CREATE ROLE admin1 LOGIN; GRANT pgsub_admin TO admin1;
+         GRANT INSERT, UPDATE, DELETE, SELECT, TRUNCATE ON t TO admin1;",
+    )
+    .await
+    .unwrap();
+
+    // Every function in schema pgsub: management ones are closed to a plain role and open to
+    // pgsub_admin; anything else must be one of the known read-only view helpers.
+    let rows = s
+        .query(
+            "SELECT p.oid::regprocedure::text, p.proname::text, p.prosecdef,
+                    has_function_privilege('plain', p.oid, 'EXECUTE'),
+                    has_function_privilege('admin1', p.oid, 'EXECUTE'),
+                    has_function_privilege('public', p.oid, 'EXECUTE')
+             FROM pg_proc p WHERE p.pronamespace = 'pgsub'::regnamespace ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for r in &rows {
+        let (sig, name, secdef): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
+        let (plain, admin, public): (bool, bool, bool) = (r.get(3), r.get(4), r.get(5));
+        seen.push(name.clone());
+        if MANAGEMENT.contains(&name.as_str()) {
+            assert!(!plain && !public, "{sig}: EXECUTE must be revoked from PUBLIC");
+            assert!(admin, "{sig}: pgsub_admin may execute");
+        } else {
+            assert!(VIEW_HELPERS.contains(&name.as_str()), "{sig}: a function that is neither management nor a known view helper");
+            assert!(!secdef, "{sig}: a helper open to everyone must not be SECURITY DEFINER");
+        }
+    }
+    for f in MANAGEMENT.iter().chain(VIEW_HELPERS.iter()) {
+        assert!(seen.iter().any(|n| n == f), "pgsub.{f} exists");
+    }
+    // The catalog tables themselves are closed; the views are open.
+    for (table, who, want) in [
+        ("pgsub.sub", "plain", false),
+        ("pgsub.sub", "admin1", false),
+        ("pgsub.sub_rel", "plain", false),
+        ("pgsub.subscription", "plain", true),
+        ("pgsub.stat_subscription", "plain", true),
+        ("pgsub.subscription_table", "plain", true),
+    ] {
+        let got: bool = s
+            .query_one("SELECT has_table_privilege($1, $2, 'SELECT')", &[&who, &table])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, want, "SELECT on {table} for {who}");
+    }
+
+    // The calls themselves: a plain role is refused by the privilege system.
+    let ci = nodes.pub_conninfo();
+    let plain = nodes.subscriber.client_as("plain", "postgres").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('su_sub', $1, ARRAY['pub'], enabled => false)", &[&ci])
+        .await
+        .expect("superuser creates");
+    let calls: [(&str, &[&(dyn ToSql + Sync)]); 9] = [
+        ("SELECT pgsub.create_subscription('p', $1, ARRAY['pub'])", &[&ci]),
+        ("SELECT pgsub.drop_subscription('su_sub')", &[]),
+        ("SELECT pgsub.enable_subscription('su_sub')", &[]),
+        ("SELECT pgsub.disable_subscription('su_sub')", &[]),
+        ("SELECT pgsub.alter_subscription_connection('su_sub', $1)", &[&ci]),
+        ("SELECT pgsub.alter_subscription_publications('su_sub', ARRAY['pub'])", &[]),
+        ("SELECT pgsub.refresh_subscription('su_sub')", &[]),
+        ("SELECT pgsub.skip_transaction('su_sub', '0/1')", &[]),
+        ("SELECT pgsub._skip_transaction('su_sub', '0/1')", &[]),
+    ];
+    for (sql, params) in calls {
+        let (code, text) = must_fail(&plain, sql, params).await;
+        assert_eq!(code, "42501", "{sql}: {text}");
+        assert!(text.contains("permission denied for function"), "{sql}: {text}");
+    }
+    // Even with EXECUTE granted by mistake, the functions check the role themselves.
+    s.batch_execute("GRANT EXECUTE ON FUNCTION pgsub.disable_subscription(text) TO plain").await.unwrap();
+    let (code, text) = must_fail(&plain, "SELECT pgsub.disable_subscription('su_sub')", &[]).await;
+    assert_eq!(code, "42501");
+    assert!(text.contains("permission denied to manage pgsub subscriptions") && text.contains("pgsub_admin"), "{text}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 1, "nothing changed");
+
+    // A pgsub_admin member (not a superuser) creates, runs and drops a subscription of its own.
+    let admin = nodes.subscriber.client_as("admin1", "postgres").await.unwrap();
+    admin
+        .execute("SELECT pgsub.create_subscription('admin_sub', $1, ARRAY['pub'])", &[&ci])
+        .await
+        .expect("pgsub_admin member creates");
+    assert_eq!(one::<String>(&s, "SELECT owner::text FROM pgsub.subscription WHERE subname = 'admin_sub'").await, "admin1");
+    wait_value(&admin, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'admin_sub'", "streaming").await;
+    p.batch_execute("INSERT INTO t VALUES (1, 'via admin1'); UPDATE t SET v = 'updated' WHERE id = 1").await.unwrap();
+    wait_value(&admin, "SELECT v FROM t WHERE id = 1", "updated").await;
+    admin.batch_execute("SELECT pgsub.disable_subscription('admin_sub')").await.expect("disable");
+    admin.batch_execute("SELECT pgsub.enable_subscription('admin_sub')").await.expect("enable");
+    admin.batch_execute("SELECT pgsub.drop_subscription('admin_sub')").await.expect("pgsub_admin member drops");
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'admin_sub'").await, 0);
+    // Revoking the membership takes the right away again.
+    s.batch_execute("REVOKE pgsub_admin FROM admin1").await.unwrap();
+    let (code, _) = must_fail(&admin, "SELECT pgsub.drop_subscription('su_sub')", &[]).await;
+    assert_eq!(code, "42501");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'su_sub'").await, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const PASSWORD: &str = "Pw-s3cr3t-7731";
+const WRONG_PASSWORD: &str = "Wr0ng-pw-4419";
+
+const PUB_HBA: &str = "local all all trust
+host all postgres 127.0.0.1/32 trust
+host replication postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+";
+
+/// Every column of every row a role sees in pgsub's views, as one text.
+async fn everything_visible(c: &Client) -> String {
+    let mut out = String::new();
+    for v in ["pgsub.subscription", "pgsub.stat_subscription", "pgsub.subscription_table"] {
+        out.push_str(&contents(c, &format!("SELECT * FROM {v}")).await);
+        out.push('\n');
+    }
+    out
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn passwords_never_shown_nor_logged() {
+    let sub_opts = ClusterOpts::subscriber().with_conf("log_min_messages = debug1");
+    let mut nodes = TwoNodes::start_with(ClusterOpts::publisher(), sub_opts).expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    for c in [&p, &nodes.subscriber.client("postgres").await.unwrap()] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute(&format!(
+        "CREATE PUBLICATION pub FOR TABLE t; CREATE ROLE repl LOGIN REPLICATION PASSWORD '{PASSWORD}'; GRANT SELECT ON t TO repl;"
+    ))
+    .await
+    .unwrap();
+    nodes.publisher.set_hba(PUB_HBA).expect("hba");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    s.batch_execute(
+        "CREATE ROLE plain LOGIN; CREATE ROLE admin1 LOGIN; GRANT pgsub_admin TO admin1;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON t TO admin1;",
+    )
+    .await
+    .unwrap();
+    let port = nodes.publisher.port();
+    let good = format!("host=127.0.0.1 port={port} dbname=postgres user=repl password={PASSWORD}");
+    let wrong = format!("host=127.0.0.1 port={port} dbname=postgres user=repl password={WRONG_PASSWORD}");
+    let admin = nodes.subscriber.client_as("admin1", "postgres").await.unwrap();
+    let plain = nodes.subscriber.client_as("plain", "postgres").await.unwrap();
+
+    // Error messages never carry the password, whoever calls.
+    for c in [&s, &admin] {
+        let (code, text) = must_fail(c, "SELECT pgsub.create_subscription('w', $1, ARRAY['pub'])", &[&wrong]).await;
+        assert_eq!(code, "28P01", "{text}");
+        assert!(text.contains("password authentication failed"), "{text}");
+        for bad in [
+            format!("host=127.0.0.1 port=abc password={WRONG_PASSWORD}"),
+            format!("host=127.0.0.1 password='{WRONG_PASSWORD} unterminated"),
+            format!("bogus password={WRONG_PASSWORD}"),
+            format!("postgresql://repl:{WRONG_PASSWORD}@127.0.0.1:abc/postgres"),
+            format!("postgresql://repl@127.0.0.1:{port}/postgres?password={WRONG_PASSWORD}&bogus=1"),
+        ] {
+            let (code, text) = must_fail(c, "SELECT pgsub.create_subscription('w', $1, ARRAY['pub'])", &[&bad]).await;
+            assert_eq!(code, "42601", "{bad}: {text}");
+            assert!(!text.contains(WRONG_PASSWORD), "password in the error: {text}");
+            assert!(text.contains("********"), "the string is shown masked: {text}");
+        }
+    }
+
+    // A working subscription with a password, created by a pgsub_admin member.
+    admin
+        .execute("SELECT pgsub.create_subscription('sec', $1, ARRAY['pub'])", &[&good])
+        .await
+        .expect("create with password");
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'sec'", "streaming").await;
+    p.batch_execute("INSERT INTO t VALUES (1, 'one')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "one").await;
+    for c in [&plain, &admin] {
+        let seen = everything_visible(c).await;
+        assert!(seen.contains("password=********"), "masked conninfo shown: {seen}");
+        assert!(!seen.contains(PASSWORD), "password visible to a non-superuser: {seen}");
+    }
+    assert!(everything_visible(&s).await.contains(PASSWORD), "a superuser sees the whole conninfo");
+    // Altering to a wrong password is refused without echoing it.
+    let (code, text) = must_fail(&admin, "SELECT pgsub.alter_subscription_connection('sec', $1)", &[&wrong]).await;
+    assert_eq!(code, "28P01");
+    assert!(!text.contains(WRONG_PASSWORD), "{text}");
+
+    // Connection failures in the worker: the publisher changes the password; the worker fails to
+    // log in again and again, its errors carry no password.
+    p.batch_execute("ALTER ROLE repl PASSWORD 'rotated-elsewhere'; SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+        .await
+        .unwrap();
+    let base: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'sec'").await;
+    wait_for("login failures", WAIT, || {
+        let s = &s;
+        async move {
+            let r = s
+                .query_one("SELECT error_count, last_error FROM pgsub.stat_subscription WHERE subname = 'sec'", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            let (n, e): (i64, Option<String>) = (r.get(0), r.get(1));
+            Ok((n >= base + 2 && e.is_some_and(|e| e.contains("password authentication failed"))).then_some(()))
+        }
+    })
+    .await
+    .expect("the worker reports the failed login");
+    for c in [&plain, &admin, &s] {
+        let seen = everything_visible(c).await;
+        let last_error: String = one(c, "SELECT string_agg(last_error, E'\\n') FROM pgsub.stat_subscription").await;
+        assert!(last_error.contains("password authentication failed for user \"repl\""), "{last_error}");
+        assert!(!last_error.contains(PASSWORD), "password in last_error: {last_error}");
+        if !std::ptr::eq(c, &s) {
+            assert!(!seen.contains(PASSWORD), "{seen}");
+        }
+    }
+    // Restarts of the subscriber on top, then the password is set back and it resumes.
+    drop((plain, admin, s));
+    nodes.subscriber.restart().expect("restart subscriber");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    wait_for("a failed login after the restart", WAIT, || {
+        let s = &s;
+        async move {
+            let e: Option<String> = s
+                .query_one("SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'sec'", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            Ok(e.filter(|e| e.contains("password authentication failed")).map(|_| ()))
+        }
+    })
+    .await
+    .expect("failing after restart");
+    p.batch_execute(&format!("ALTER ROLE repl PASSWORD '{PASSWORD}'; INSERT INTO t VALUES (2, 'two')")).await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "two").await;
+    s.batch_execute("SELECT pgsub.drop_subscription('sec')").await.expect("drop");
+
+    // pgsub never wrote either password to the subscriber's log, at debug1, through all this.
+    let log = nodes.subscriber.log();
+    assert!(log.contains("password authentication failed"), "the failures are in the log");
+    assert!(log.contains("DEBUG"), "debug1 logging was on");
+    for pw in [PASSWORD, WRONG_PASSWORD] {
+        let hits: Vec<&str> = log.lines().filter(|l| l.contains(pw)).collect();
+        assert!(hits.is_empty(), "password {pw} in the subscriber log:\n{}", hits.join("\n"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Waits until the subscription has failed at least twice more with an error containing every
+/// one of `words` (it retries); returns that error.
+async fn wait_repeated_error(s: &Client, sub: &str, words: &[&str]) -> String {
+    let count = "SELECT error_count FROM pgsub.stat_subscription WHERE subname = $1";
+    let base: i64 = s.query_one(count, &[&sub]).await.unwrap().get(0);
+    let seen = std::cell::RefCell::new(None);
+    let r = wait_for(&format!("{sub} failing repeatedly with {words:?}"), WAIT, || {
+        let seen = &seen;
+        async move {
+            let r = s
+                .query_one("SELECT error_count, last_error FROM pgsub.stat_subscription WHERE subname = $1", &[&sub])
+                .await
+                .map_err(|e| e.to_string())?;
+            let (n, e): (i64, Option<String>) = (r.get(0), r.get(1));
+            *seen.borrow_mut() = e.clone();
+            Ok(e.filter(|e| n >= base + 2 && words.iter().all(|w| e.contains(w))))
+        }
+    })
+    .await;
+    r.unwrap_or_else(|e| panic!("{e}\nlast_error: {:?}", seen.borrow()))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn apply_runs_with_the_subscription_owners_privileges() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE allowed (id int PRIMARY KEY, v text); CREATE TABLE denied (id int PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+    }
+    p.batch_execute(
+        "CREATE PUBLICATION pub FOR TABLE allowed, denied;
+         INSERT INTO allowed VALUES (1, 'copied');
+         INSERT INTO denied SELECT g, 'initial' FROM generate_series(1, 5) g;",
+    )
+    .await
+    .unwrap();
+    // The owner: pgsub_admin member, not a superuser, may write `allowed` but only read `denied`.
+    s.batch_execute(
+        "CREATE ROLE owner1 LOGIN; GRANT pgsub_admin TO owner1;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON allowed TO owner1;
+         GRANT SELECT ON denied TO owner1;",
+    )
+    .await
+    .unwrap();
+    assert!(!one::<bool>(&s, "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = 'owner1'").await);
+    let owner = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
+    owner
+        .execute("SELECT pgsub.create_subscription('own', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create as owner1");
+
+    // The initial copy of `denied` is refused (COPY checks the owner's INSERT privilege too).
+    let err = wait_repeated_error(&s, "own", &["permission denied for table denied"]).await;
+    eprintln!("initial copy error: {err}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM denied").await, 0, "nothing copied into denied");
+    assert_eq!(one::<String>(&s, "SELECT v FROM allowed WHERE id = 1").await, "copied");
+    s.batch_execute("GRANT INSERT ON denied TO owner1").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM denied", "5").await;
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'own'", "streaming").await;
+    // The worker is logged in as owner1.
+    let user: String = one(
+        &s,
+        "SELECT a.usename::text FROM pg_stat_activity a JOIN pgsub.stat_subscription st ON st.pid = a.pid WHERE st.subname = 'own'",
+    )
+    .await;
+    assert_eq!(user, "owner1");
+
+    // Without INSERT again: a run of inserts (loaded with COPY), then a single insert, both in
+    // transactions that also write `allowed`: permission errors naming the table, nothing written.
+    s.batch_execute("REVOKE INSERT ON denied FROM owner1").await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO allowed VALUES (2, 'same txn'); INSERT INTO denied SELECT g, 'batch' FROM generate_series(10, 40) g; COMMIT")
+        .await
+        .unwrap();
+    p.batch_execute("BEGIN; INSERT INTO denied VALUES (50, 'single'); INSERT INTO allowed VALUES (3, 'later'); COMMIT")
+        .await
+        .unwrap();
+    let err = wait_repeated_error(&s, "own", &["permission denied for table denied", "\"public\".\"denied\""]).await;
+    eprintln!("apply error: {err}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM denied").await, 5, "no row written");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM allowed").await, 1, "the failing transaction is not half-applied");
+
+    // The privilege is granted: it resumes and converges.
+    s.batch_execute("GRANT INSERT, UPDATE, DELETE ON denied TO owner1").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM denied", "37").await;
+    wait_value(&s, "SELECT count(*)::text FROM allowed", "3").await;
+    for t in ["allowed", "denied"] {
+        assert_eq!(contents(&p, &format!("SELECT * FROM {t}")).await, contents(&s, &format!("SELECT * FROM {t}")).await);
+    }
+    // TRUNCATE needs its own privilege too.
+    p.batch_execute("TRUNCATE denied").await.unwrap();
+    wait_repeated_error(&s, "own", &["permission denied for table denied", "TRUNCATE"]).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM denied").await, 37);
+    s.batch_execute("GRANT TRUNCATE ON denied TO owner1").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM denied", "0").await;
+    owner.batch_execute("SELECT pgsub.drop_subscription('own')").await.expect("drop");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn row_level_security_is_refused_not_bypassed() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE secured (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE secured").await.unwrap();
+    // owner1 may write the table, but a policy (of a table it does not own) hides every row.
+    s.batch_execute(
+        "CREATE ROLE owner1 LOGIN; GRANT pgsub_admin TO owner1;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON secured TO owner1;
+         ALTER TABLE secured ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY ins ON secured FOR INSERT TO owner1 WITH CHECK (true);",
+    )
+    .await
+    .unwrap();
+    let owner = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
+    owner
+        .execute("SELECT pgsub.create_subscription('rls', $1, ARRAY['pub'], copy_data => false)", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create as owner1");
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'rls'", "streaming").await;
+    p.batch_execute("INSERT INTO secured VALUES (1, 'a'); UPDATE secured SET v = 'b' WHERE id = 1; DELETE FROM secured WHERE id = 1")
+        .await
+        .unwrap();
+    let err = wait_repeated_error(&s, "rls", &["row-level security", "secured"]).await;
+    eprintln!("rls error: {err}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM secured").await, 0);
+    assert_eq!(one::<i64>(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'rls'").await, 0, "nothing skipped as a conflict");
+    // With BYPASSRLS the owner's changes apply in full.
+    s.batch_execute("ALTER ROLE owner1 BYPASSRLS").await.unwrap();
+    p.batch_execute("INSERT INTO secured VALUES (2, 'kept')").await.unwrap();
+    wait_value(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM secured", "2:kept").await;
+    assert_eq!(one::<i64>(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'rls'").await, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "current_thread")]
+async fn hostile_names_replicate_and_are_never_executed() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    // y is the table the hostile name tries to drop; the schema name has quotes, a semicolon,
+    // a backslash, a dollar quote and unicode; a column name tries the same.
+    let ddl = r#"
+        CREATE TABLE y (id int PRIMARY KEY);
+        INSERT INTO y VALUES (1);
+        CREATE TABLE "x""; DROP TABLE y; --" (id int PRIMARY KEY, "v""; DROP TABLE y; --" text);
+        CREATE SCHEMA "sch 'q' ""dq""; $$ \ ü";
+        CREATE TABLE "sch 'q' ""dq""; $$ \ ü"."x""; DROP TABLE y; --" (id int PRIMARY KEY, v text);
+        ALTER TABLE "sch 'q' ""dq""; $$ \ ü"."x""; DROP TABLE y; --" REPLICA IDENTITY FULL;
+    "#;
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute(
+        r#"INSERT INTO "x""; DROP TABLE y; --" VALUES (1, 'copied ''; DROP TABLE y; --');
+           INSERT INTO "sch 'q' ""dq""; $$ \ ü"."x""; DROP TABLE y; --" VALUES (1, 'copied');
+           CREATE PUBLICATION "pub""; DROP TABLE y; --" FOR TABLE
+               "x""; DROP TABLE y; --", "sch 'q' ""dq""; $$ \ ü"."x""; DROP TABLE y; --";"#,
+    )
+    .await
+    .unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('hostile', $1, ARRAY[$2])",
+        &[&nodes.pub_conninfo(), &r#"pub"; DROP TABLE y; --"#],
+    )
+    .await
+    .expect("create");
+    let t1 = r#""x""; DROP TABLE y; --""#;
+    let t2 = r#""sch 'q' ""dq""; $$ \ ü"."x""; DROP TABLE y; --""#;
+    wait_value(&s, &format!("SELECT count(*)::text FROM {t1}"), "1").await;
+    wait_value(&s, &format!("SELECT count(*)::text FROM {t2}"), "1").await;
+    // Streaming: inserts (single and a COPY batch), updates, deletes, truncate.
+    p.batch_execute(&format!(
+        r#"INSERT INTO {t1} VALUES (2, 'two');
+           INSERT INTO {t1} SELECT g, 'g' || g FROM generate_series(10, 40) g;
+           UPDATE {t1} SET "v""; DROP TABLE y; --" = 'upd' WHERE id = 2;
+           DELETE FROM {t1} WHERE id = 10;
+           INSERT INTO {t2} SELECT g, 'h' || g FROM generate_series(2, 20) g;
+           UPDATE {t2} SET v = 'upd' WHERE id = 3;
+           DELETE FROM {t2} WHERE id = 4;"#
+    ))
+    .await
+    .unwrap();
+    for t in [t1, t2] {
+        let q = format!("SELECT * FROM {t}");
+        let want = contents(&p, &q).await;
+        let s = &s;
+        let (q, want) = (&q, &want);
+        wait_for(&format!("{t} converges"), WAIT, || async move { Ok((contents(s, q).await == *want).then_some(())) })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    p.batch_execute(&format!("TRUNCATE {t2}")).await.unwrap();
+    wait_value(&s, &format!("SELECT count(*)::text FROM {t2}"), "0").await;
+    // 1 copied + 2 + 10..=40 − the deleted 10.
+    assert_eq!(one::<i64>(&s, &format!("SELECT count(*) FROM {t1}")).await, 32);
+    // y survived on both nodes, and the tables are known by their exact names.
+    for c in [&p, &s] {
+        assert_eq!(one::<i64>(c, "SELECT count(*) FROM y").await, 1);
+    }
+    let schema = r#"sch 'q' "dq"; $$ \ ü"#;
+    let table = r#"x"; DROP TABLE y; --"#;
+    for (sch, tab) in [("public", table), (schema, table)] {
+        let n: i64 = s
+            .query_one(
+                "SELECT count(*) FROM pgsub.subscription_table WHERE remote_schema = $1 AND remote_name = $2 \
+                 AND relid = (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                              WHERE n.nspname = $1 AND c.relname = $2)",
+                &[&sch, &tab],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{sch}.{tab} recorded under its exact name and mapped to the local table");
+    }
+    let status: String = one(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'hostile'").await;
+    assert_eq!(status, "streaming");
+    assert_eq!(one::<i64>(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'hostile'").await, 0);
+    s.batch_execute("SELECT pgsub.drop_subscription('hostile')").await.expect("drop");
+}
