@@ -568,6 +568,9 @@ impl Stream {
         }
         let silent = self.last_recv.elapsed();
         if silent >= timeout {
+            // The network failed, not the transaction being received: no apply context (which
+            // would offer its finish LSN to skip_transaction).
+            errctx::clear();
             report::error(
                 Code::ERRCODE_CONNECTION_FAILURE,
                 format!(
@@ -614,6 +617,8 @@ impl Stream {
             // SAFETY: clean exit of a background worker that was asked to stop.
             unsafe { pg_sys::proc_exit(0) };
         }
+        // A connection failure is no fault of the transaction being received: no apply context.
+        errctx::clear();
         publisher::raise(e, &format!("subscription \"{}\": {what}", self.sub.name), None)
     }
 
