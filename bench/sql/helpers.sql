@@ -1,0 +1,106 @@
+-- bench/sql/helpers.sql — helper functions installed in schema "bench" on every node of the
+-- benchmark (never published: the publications list their tables explicitly).
+--
+-- The waits run inside the server so that the ~20 ms polling costs one connection, not one psql
+-- process per probe; each returns the wall-clock time (epoch seconds, clock_timestamp()) at which
+-- its condition first held, so the caller subtracts its own start time (same machine, same clock).
+
+CREATE SCHEMA IF NOT EXISTS bench;
+
+-- Publisher: waits until the slot's confirmed_flush_lsn reaches target. Returns
+-- 'active_at done_at' (epoch seconds): when a walsender was first seen using the slot (the
+-- subscriber's worker had connected) and when the target was confirmed.
+DROP FUNCTION IF EXISTS bench.wait_slot(name, pg_lsn, float8, float8);
+CREATE FUNCTION bench.wait_slot(slot name, target pg_lsn, timeout_s float8,
+                                poll_s float8 DEFAULT 0.02)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    c pg_lsn;
+    act boolean;
+    active_at float8;
+    now_e float8;
+BEGIN
+    LOOP
+        SELECT confirmed_flush_lsn, active INTO c, act
+          FROM pg_catalog.pg_replication_slots WHERE slot_name = slot;
+        now_e := extract(epoch FROM clock_timestamp());
+        IF act AND active_at IS NULL THEN
+            active_at := now_e;
+        END IF;
+        IF c IS NOT NULL AND c >= target THEN
+            RETURN coalesce(active_at, now_e) || ' ' || now_e;
+        END IF;
+        IF clock_timestamp() - t0 > timeout_s * interval '1 second' THEN
+            RAISE EXCEPTION 'timed out after % s waiting for slot % to confirm % (confirmed_flush_lsn %)',
+                timeout_s, slot, target, c;
+        END IF;
+        PERFORM pg_catalog.pg_sleep(poll_s);
+    END LOOP;
+END $$;
+
+-- Publisher: waits until no walsender uses the slot (after a subscription was disabled).
+CREATE OR REPLACE FUNCTION bench.wait_slot_inactive(slot name, timeout_s float8)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+BEGIN
+    WHILE EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = slot AND active) LOOP
+        IF clock_timestamp() - t0 > timeout_s * interval '1 second' THEN
+            RAISE EXCEPTION 'timed out after % s waiting for slot % to become inactive', timeout_s, slot;
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.02);
+    END LOOP;
+END $$;
+
+-- Subscriber: waits until every table of a subscription has its initial copy committed.
+-- kind 'native': pg_subscription_rel.srsubstate in (f = finished copy, s = sync done, r = ready),
+--                all three are set in or after the transaction that committed the copied rows;
+-- kind 'pgsub':  pgsub.subscription_table.sync_state in (synchronized, ready), likewise.
+CREATE OR REPLACE FUNCTION bench.wait_copied(kind text, sub text, timeout_s float8,
+                                             poll_s float8 DEFAULT 0.02)
+RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    done bigint;
+    total bigint;
+BEGIN
+    LOOP
+        IF kind = 'native' THEN
+            SELECT count(*) FILTER (WHERE r.srsubstate IN ('f', 's', 'r')), count(*) INTO done, total
+              FROM pg_catalog.pg_subscription_rel r
+              JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
+             WHERE s.subname = sub;
+        ELSE
+            EXECUTE $q$SELECT count(*) FILTER (WHERE sync_state IN ('synchronized', 'ready')), count(*)
+                         FROM pgsub.subscription_table WHERE subname = $1$q$
+               INTO done, total USING sub;
+        END IF;
+        IF total > 0 AND done = total THEN
+            RETURN extract(epoch FROM clock_timestamp());
+        END IF;
+        IF clock_timestamp() - t0 > timeout_s * interval '1 second' THEN
+            RAISE EXCEPTION 'timed out after % s waiting for the initial copy of subscription % (% of % tables)',
+                timeout_s, sub, done, total;
+        END IF;
+        PERFORM pg_catalog.pg_sleep(poll_s);
+    END LOOP;
+END $$;
+
+-- Any node: row count and md5 of a table's rows in key order, as 'count md5'. The md5 is taken
+-- per bucket of 65536 keys and then over the buckets' md5s in order (one scan, bounded memory);
+-- tables without a key use bucket 0 and the row's text as order.
+CREATE OR REPLACE FUNCTION bench.checksum(tbl regclass, bucket_expr text, order_expr text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    r text;
+BEGIN
+    EXECUTE format(
+        'SELECT coalesce(sum(c), 0) || '' '' || coalesce(md5(string_agg(h, '''' ORDER BY b)), ''-'')
+           FROM (SELECT %s AS b, count(*) AS c,
+                        md5(string_agg(t::text, E''\n'' ORDER BY %s)) AS h
+                   FROM %s t GROUP BY 1) s',
+        bucket_expr, order_expr, tbl)
+    INTO r;
+    RETURN r;
+END $$;
