@@ -74,12 +74,6 @@ struct InsertBatch {
 
 const BATCH_MAX_ROWS: usize = 10_000;
 const BATCH_MAX_BYTES: usize = 8 << 20;
-/// Rows per COPY FROM call. Each call gives every buffered row a slot that pins the table's
-/// tuple descriptor in the transaction's resource owner; past 63 pins that owner switches to a
-/// hash table in which identical entries (the same descriptor) probe linearly, so a 1000-row
-/// COPY spent a third of the apply worker's time there (bench/NOTES.md). Calls of 48 rows keep
-/// it a plain array, where remembering and forgetting a pin is O(1).
-const COPY_CHUNK_ROWS: usize = 48;
 /// Fewer rows than this go through the prepared INSERT instead of COPY.
 const BATCH_MIN_COPY_ROWS: usize = 8;
 
@@ -486,36 +480,35 @@ impl Applier {
         let columns: Vec<String> = local.cols.iter().map(|c| c.name.clone()).collect();
         let relid = local.relid;
         errctx::set_kind(errctx::COPY_BATCH);
-        let per_row = batch.bytes / batch.rows.len().max(1) + 8 + 4 * local.cols.len();
-        for chunk in batch.rows.chunks(COPY_CHUNK_ROWS) {
-            let mut buf = Vec::with_capacity(chunk.len() * per_row + 32);
-            if binary {
-                buf.extend_from_slice(copyin::BINARY_HEADER);
-            }
-            for m in chunk {
-                if binary {
-                    buf.extend_from_slice(&(m.new.columns.len() as i16).to_be_bytes());
-                }
-                for (i, v) in m.new.columns.iter().enumerate() {
-                    let value = v.as_bytes().map(|b| b.as_ref());
-                    if binary {
-                        copyin::push_binary_value(&mut buf, value);
-                    } else {
-                        if i > 0 {
-                            buf.push(b'\t');
-                        }
-                        copyin::push_text_value(&mut buf, value);
-                    }
-                }
-                if !binary {
-                    buf.push(b'\n');
-                }
-            }
-            if binary {
-                buf.extend_from_slice(copyin::BINARY_TRAILER);
-            }
-            with_snapshot(|| copyin::copy_into(relid, &columns, buf, binary));
+        let mut buf = Vec::with_capacity(batch.bytes + batch.rows.len() * (8 + 4 * local.cols.len()) + 32);
+        if binary {
+            buf.extend_from_slice(copyin::BINARY_HEADER);
         }
+        for m in &batch.rows {
+            if binary {
+                buf.extend_from_slice(&(m.new.columns.len() as i16).to_be_bytes());
+            }
+            for (i, v) in m.new.columns.iter().enumerate() {
+                let value = v.as_bytes().map(|b| b.as_ref());
+                if binary {
+                    copyin::push_binary_value(&mut buf, value);
+                } else {
+                    if i > 0 {
+                        buf.push(b'\t');
+                    }
+                    copyin::push_text_value(&mut buf, value);
+                }
+            }
+            if !binary {
+                buf.push(b'\n');
+            }
+        }
+        if binary {
+            buf.extend_from_slice(copyin::BINARY_TRAILER);
+        }
+        // One COPY FROM call per run (bench/NOTES.md, 1: smaller calls save CPU in the resource
+        // owner but not time, and cost memory).
+        with_snapshot(|| copyin::copy_into(relid, &columns, buf, binary));
     }
 
     /// One INSERT through its prepared plan.
