@@ -212,6 +212,9 @@ pub enum Step {
     Close,
     /// Keep the socket open, sending nothing more, until the client goes away or the server stops.
     Hold,
+    /// As the first step: START_REPLICATION is never answered (no CopyBothResponse); the socket
+    /// stays open, silent, like [`Step::Hold`]. Elsewhere it is the same as `Hold`.
+    Unanswered,
 }
 
 /// Steps for the n-th START_REPLICATION session (0-based).
@@ -367,8 +370,11 @@ fn serve(mut sock: TcpStream, stop: &AtomicBool, stats: &Stats, script: &Script)
                 }
                 if q.trim_start().to_ascii_uppercase().starts_with("START_REPLICATION") {
                     let n = stats.sessions.fetch_add(1, Ordering::SeqCst);
-                    sock.write_all(&copy_both_response())?;
-                    return run_session(sock, stop, stats, &script(n));
+                    let steps = script(n);
+                    if !matches!(steps.first(), Some(Step::Unanswered)) {
+                        sock.write_all(&copy_both_response())?;
+                    }
+                    return run_session(sock, stop, stats, &steps);
                 }
                 let mut out = error_response("0A000", "the fake publisher only streams");
                 out.extend(ready_for_query());
@@ -434,7 +440,7 @@ fn run_session(mut sock: TcpStream, stop: &AtomicBool, stats: &Stats, steps: &[S
                 let _ = sock.shutdown(Shutdown::Both);
                 return Ok(());
             }
-            Step::Hold => {
+            Step::Hold | Step::Unanswered => {
                 while !stop.load(Ordering::SeqCst) {
                     if !drain_client(&mut sock, stats)? {
                         return Ok(());
