@@ -670,41 +670,37 @@ async fn silent_publisher_times_out_retries_and_sigterm_is_prompt() {
         assert!(took <= Duration::from_millis(1500), "{how}: worker {pid} took {took:?} to stop");
     }
 
-    // A publisher that logs the worker in and then never answers START_REPLICATION (first
-    // session), then one that starts the stream and says nothing (later sessions).
-    let fake = FakePublisher::start(Arc::new(|n: usize| vec![if n == 0 { Step::Unanswered } else { Step::Hold }]));
+    // A publisher that logs the worker in and then never answers START_REPLICATION (first two
+    // sessions), then one that starts the stream and says nothing (later sessions).
+    let fake = FakePublisher::start(Arc::new(|n: usize| vec![if n < 2 { Step::Unanswered } else { Step::Hold }]));
     s.get()
         .await
         .unwrap()
         .execute("SELECT pgsub.alter_subscription_connection('sl', $1)", &[&fake.conninfo()])
         .await
         .expect("alter connection to the fake publisher");
+    let errors = stat_i64(&mut s, "sl", "error_count").await.unwrap_or(0);
+    let (n, err) =
+        wait_error(&mut s, "sl", errors, "unanswered START_REPLICATION", |e| e.contains("START_REPLICATION")).await;
+    eprintln!("unanswered START_REPLICATION: error_count {errors} -> {n}: {}", err.lines().next().unwrap_or(""));
+    assert!(err.contains("within 2000 ms"), "{err}");
+    // The retry waits for its answer too; SIGTERM ends that wait at once.
     let deadline = Instant::now() + WAIT;
-    while fake.sessions() < 1 {
-        assert!(Instant::now() < deadline, "START_REPLICATION never arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while fake.sessions() < 2 {
+        assert!(Instant::now() < deadline, "no retry after the unanswered START_REPLICATION");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pid = backend_pid(&mut s, "pgsub apply worker", WAIT).await;
-    let errors = stat_i64(&mut s, "sl", "error_count").await.unwrap_or(0);
-    // Commands after the login have no deadline (see proto/src/client.rs): the worker waits.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    eprintln!(
-        "unanswered START_REPLICATION: after 3 s (receiver_timeout 2 s) worker {pid} {}, error_count {errors} -> {}",
-        if pid_alive(pid) { "still waits" } else { "gave up" },
-        stat_i64(&mut s, "sl", "error_count").await.unwrap_or(0)
-    );
-    if pid_alive(pid) {
-        let t0 = Instant::now();
-        signal(pid, libc::SIGTERM);
-        let took = wait_gone(pid, t0, Duration::from_secs(10)).await;
-        eprintln!("kill -TERM: worker {pid} (waiting for CopyBothResponse) gone after {took:?}");
-        assert!(took <= Duration::from_millis(1500), "worker {pid} took {took:?} to stop");
-    }
+    let t0 = Instant::now();
+    signal(pid, libc::SIGTERM);
+    let took = wait_gone(pid, t0, Duration::from_secs(10)).await;
+    eprintln!("kill -TERM: worker {pid} (waiting for the answer to START_REPLICATION) gone after {took:?}");
+    assert!(took <= Duration::from_millis(1500), "worker {pid} took {took:?} to stop");
     // The next session streams nothing at all: the receive loop gives up after receiver_timeout.
     let errors = stat_i64(&mut s, "sl", "error_count").await.unwrap_or(0);
     let (n, err) = wait_error(&mut s, "sl", errors, "silent stream", |e| e.contains("due to timeout")).await;
     eprintln!("silent stream: error_count {errors} -> {n} after {} sessions: {}", fake.sessions(), err.lines().next().unwrap_or(""));
-    assert!(fake.sessions() >= 2);
+    assert!(fake.sessions() >= 3);
 
     // Pointed at the real publisher again (the API checks it), it converges.
     s.get()

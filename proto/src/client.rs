@@ -18,8 +18,9 @@
 //!   [`Error::Interrupted`] when the process is asked to stop, which then surfaces from whatever
 //!   protocol step was waiting (connect, TLS handshake, authentication, a query, COPY).
 //!
-//! The deadline is `connect_timeout` during connect/TLS/authentication and `None` afterwards
-//! (commands are bounded by the waiter's own interrupt handling, as in walreceiver).
+//! The deadline is `connect_timeout` during connect/TLS/authentication, the caller's timeout
+//! for the answer to START_REPLICATION ([`Client::start_replication_within`]) and `None`
+//! otherwise (commands are bounded by the waiter's own interrupt handling, as in walreceiver).
 //!
 //! In the streaming phase [`Client::recv_frame`] does not wait at all: it parses what is already
 //! buffered, reads what the socket (and, with TLS, rustls's decrypted buffer) has right now, and
@@ -44,7 +45,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
@@ -1142,17 +1143,40 @@ impl Client {
         start: Lsn,
         opts: &PgOutputOptions,
     ) -> Result<(), Error> {
+        self.start_replication_within(slot, start, opts, None)
+    }
+
+    /// [`start_replication`](Self::start_replication), giving up with [`Error::Timeout`] (and a
+    /// broken connection) when the server has not answered within `timeout`. A walsender answers
+    /// at once (the stream starts after the CopyBothResponse), so silence means a dead peer.
+    pub fn start_replication_within(
+        &mut self,
+        slot: &str,
+        start: Lsn,
+        opts: &PgOutputOptions,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} {}",
             quote_ident(slot),
             start,
             opts.to_sql_options()
         );
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let timed_out = |e: Error| match (e, timeout) {
+            (Error::Timeout(_), Some(t)) => Error::Timeout(format!(
+                "no answer to START_REPLICATION within {} ms",
+                t.as_millis()
+            )),
+            (e, _) => e,
+        };
         self.command(|c| {
-            c.send_query(&sql)?;
+            frontend::query(&sql, &mut c.wbuf)
+                .map_err(|e| proto_err(format!("invalid query: {e}")))?;
+            c.flush(deadline).map_err(timed_out)?;
             let mut err: Option<Error> = None;
             loop {
-                match c.next_msg(None)? {
+                match c.next_msg(deadline).map_err(timed_out)? {
                     Msg::CopyBothResponse => {
                         c.state = State::CopyBoth;
                         return Ok(());

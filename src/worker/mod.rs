@@ -240,7 +240,11 @@ fn run(subid: i32) {
     if client.server_version_num() >= 160000 {
         opts.origin = Some(sub.origin.clone());
     }
-    if let Err(e) = client.start_replication(&sub.slot_name, start, &opts) {
+    // A walsender answers START_REPLICATION at once: silence is a dead publisher, given up after
+    // receiver_timeout like silence in the stream.
+    let timeout = gucs::ms(&gucs::RECEIVER_TIMEOUT_MS);
+    let timeout = (!timeout.is_zero()).then_some(timeout);
+    if let Err(e) = client.start_replication_within(&sub.slot_name, start, &opts, timeout) {
         if matches!(e, ProtoError::Interrupted) {
             return;
         }
