@@ -337,8 +337,9 @@ async fn converge(p: &Client, s: &Client, query: &str, sub: &str) {
     })
     .await;
     if let Err(e) = r {
+        let st = stat(s, sub).await;
         let last = last.borrow();
-        panic!("{e}\n{:?}\n--- publisher ---\n{}\n--- subscriber ---\n{}", stat(s, sub).await, last.0, last.1);
+        panic!("{e}\n{st:?}\n--- publisher ---\n{}\n--- subscriber ---\n{}", last.0, last.1);
     }
 }
 
