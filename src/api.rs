@@ -56,6 +56,23 @@ fn required<T>(v: Option<T>, arg: &str) -> T {
     }
 }
 
+/// Changing where a subscription's changes come from (connection, publications) is for its owner:
+/// the worker applies them with the owner's privileges, so another pgsub_admin member could
+/// otherwise point a superuser's subscription at a publisher of their own and write any table.
+fn require_owner_privileges(sub: &Subscription) {
+    let caller = caller();
+    // SAFETY: catalog lookups inside a transaction.
+    let ok = unsafe { pg_sys::superuser_arg(caller) || pg_sys::has_privs_of_role(caller, pg_sys::Oid::from(sub.owner)) };
+    if !ok {
+        error(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must have the privileges of the owner of subscription \"{}\" to change its connection or publications", sub.name),
+            Some("The apply worker writes the publisher's changes with the privileges of the subscription's owner.".into()),
+            Some("Ask its owner or a superuser, or create a subscription of your own."),
+        );
+    }
+}
+
 fn sub_by_name(name: &str) -> Subscription {
     match catalog::load_by_name(name) {
         Ok(Some(s)) => s,
@@ -705,6 +722,7 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     let name = required(name, "name");
     let conninfo = required(conninfo, "conninfo");
     let sub = sub_by_name(name);
+    require_owner_privileges(&sub);
     check_conninfo(conninfo);
     // Like native ALTER SUBSCRIPTION … CONNECTION: the new connection must work.
     connect(name, conninfo).close();
@@ -738,6 +756,7 @@ fn alter_subscription_publications(
     }
     let pubs: Vec<String> = pubs_in.into_iter().flatten().collect();
     let sub = sub_by_name(name);
+    require_owner_privileges(&sub);
     let mut client = connect(name, &sub.conninfo);
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);

@@ -182,6 +182,27 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     wait_value(&admin, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'admin_sub'", "streaming").await;
     p.batch_execute("INSERT INTO t VALUES (1, 'via admin1'); UPDATE t SET v = 'updated' WHERE id = 1").await.unwrap();
     wait_value(&admin, "SELECT v FROM t WHERE id = 1", "updated").await;
+    // It may repoint its own subscription, but not one owned by somebody else (the worker would
+    // apply whatever that publisher sends with the other owner's privileges).
+    admin
+        .execute("SELECT pgsub.alter_subscription_connection('admin_sub', $1)", &[&ci])
+        .await
+        .expect("alter own connection");
+    admin
+        .batch_execute("SELECT pgsub.alter_subscription_publications('admin_sub', ARRAY['pub'])")
+        .await
+        .expect("alter own publications");
+    let other = format!("{ci} application_name=hijacked");
+    for (sql, params) in [
+        ("SELECT pgsub.alter_subscription_connection('su_sub', $1)", &[&other as &(dyn ToSql + Sync)] as &[&(dyn ToSql + Sync)]),
+        ("SELECT pgsub.alter_subscription_publications('su_sub', ARRAY['pub'])", &[]),
+    ] {
+        let (code, text) = must_fail(&admin, sql, params).await;
+        assert_eq!(code, "42501", "{sql}: {text}");
+        assert!(text.contains("owner of subscription \"su_sub\""), "{text}");
+    }
+    let su_conninfo: String = one(&s, "SELECT conninfo FROM pgsub.subscription WHERE subname = 'su_sub'").await;
+    assert!(!su_conninfo.contains("hijacked"), "{su_conninfo}");
     admin.batch_execute("SELECT pgsub.disable_subscription('admin_sub')").await.expect("disable");
     admin.batch_execute("SELECT pgsub.enable_subscription('admin_sub')").await.expect("enable");
     admin.batch_execute("SELECT pgsub.drop_subscription('admin_sub')").await.expect("pgsub_admin member drops");
