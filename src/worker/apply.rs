@@ -38,6 +38,17 @@ struct ColMap {
     ioparam: pg_sys::Oid,
     /// `OPERATOR(schema.=)` for this type, when it has a default equality operator.
     eq_op: Option<String>,
+    /// The array type of the column's type and the element layout, for batched DELETEs
+    /// (`None` when the type has no array type).
+    array: Option<ArrayInfo>,
+}
+
+#[derive(Clone, Copy)]
+struct ArrayInfo {
+    typid: pg_sys::Oid,
+    elem_len: i16,
+    elem_byval: bool,
+    elem_align: std::ffi::c_char,
 }
 
 #[derive(Clone, Hash, PartialEq, Eq)]
@@ -45,6 +56,8 @@ enum PlanKey {
     Insert(Vec<bool>),
     Update { set: Vec<bool>, key: Vec<bool> },
     Delete { key: Vec<bool> },
+    /// DELETE of many rows at once: one array parameter per key column.
+    DeleteBatch { key: Vec<bool> },
 }
 
 /// A remote relation bound to its local table.
@@ -74,6 +87,14 @@ struct InsertBatch {
 
 const BATCH_MAX_ROWS: usize = 10_000;
 const BATCH_MAX_BYTES: usize = 8 << 20;
+/// A run of DELETEs from one table by the same key columns, applied with one statement.
+struct DeleteBatch {
+    rel_oid: u32,
+    key: Vec<bool>,
+    rows: Vec<Delete>,
+}
+
+const DELETE_BATCH_MAX_ROWS: usize = 1000;
 /// Fewer rows than this go through the prepared INSERT instead of COPY.
 const BATCH_MIN_COPY_ROWS: usize = 8;
 
@@ -156,7 +177,12 @@ pub struct Applier {
     begin: Option<Begin>,
     msg_cxt: PgMemoryContexts,
     batch: Option<InsertBatch>,
-    /// Finish LSN of a remote transaction whose INSERTs go one by one instead of through COPY.
+    deletes: Option<DeleteBatch>,
+    /// Rows deleted / not found by batched DELETEs, not yet added to the counters.
+    batched_deleted: i64,
+    batched_missing: i64,
+    /// Finish LSN of a remote transaction whose INSERTs and DELETEs go one by one instead of in
+    /// batches.
     row_by_row_lsn: Option<Lsn>,
 }
 
@@ -180,6 +206,9 @@ impl Applier {
             begin: None,
             msg_cxt: PgMemoryContexts::new("pgsub apply message"),
             batch: None,
+            deletes: None,
+            batched_deleted: 0,
+            batched_missing: 0,
             row_by_row_lsn: None,
         }
     }
@@ -191,7 +220,7 @@ impl Applier {
     }
 
     pub fn on_relation(&mut self, rel: Relation) {
-        self.flush_inserts();
+        self.flush_batches();
         // A new definition replaces the old one and its plans.
         if let Some(old) = self.rels.remove(&rel.oid) {
             if let Some(l) = old.local {
@@ -254,7 +283,8 @@ impl Applier {
         if !self.in_txn {
             report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "COMMIT received outside a transaction", None, None);
         }
-        self.flush_inserts();
+        self.flush_batches();
+        self.drain_counts(progress);
         errctx::set_message("COMMIT", None);
         let skipped = self.skipping;
         // SAFETY: closing SPI and committing the transaction opened in `begin`; the origin
@@ -293,6 +323,7 @@ impl Applier {
     /// Aborts the local transaction (used when the worker stops mid-transaction).
     pub fn abort(&mut self) {
         self.batch = None;
+        self.deletes = None;
         if self.in_txn {
             // SAFETY: abort of our own transaction; SPI is cleaned up by the abort.
             unsafe { pg_sys::AbortCurrentTransaction() };
@@ -306,7 +337,8 @@ impl Applier {
         if !self.in_txn {
             report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "PREPARE received outside a transaction", None, None);
         }
-        self.flush_inserts();
+        self.flush_batches();
+        self.drain_counts(progress);
         errctx::set_message("PREPARE", None);
         let gid = cstring(&local_gid(self.subid, xid));
         // SAFETY: the same sequence as PostgreSQL's own apply worker: a transaction block is
@@ -432,6 +464,10 @@ impl Applier {
     /// is full.
     pub fn insert(&mut self, m: Insert, progress: &mut Progress) {
         self.require_txn("INSERT");
+        if self.deletes.is_some() {
+            self.flush_deletes();
+            self.drain_counts(progress);
+        }
         if self.batch.as_ref().is_some_and(|b| b.rel_oid != m.rel_oid) {
             self.flush_inserts();
         }
@@ -537,7 +573,8 @@ impl Applier {
 
     pub fn update(&mut self, m: Update, progress: &mut Progress) {
         self.require_txn("UPDATE");
-        self.flush_inserts();
+        self.flush_batches();
+        self.drain_counts(progress);
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.target(m.rel_oid) else { return };
@@ -584,9 +621,17 @@ impl Applier {
         }
     }
 
+    /// DELETE: consecutive deletes from one table by the same key columns are collected and
+    /// applied with one statement (`flush_deletes`) when the run ends; deletes that cannot be
+    /// batched (REPLICA IDENTITY FULL, a key type without an array type) go one by one.
     pub fn delete(&mut self, m: Delete, progress: &mut Progress) {
         self.require_txn("DELETE");
         self.flush_inserts();
+        if self.deletes.as_ref().is_some_and(|b| b.rel_oid != m.rel_oid) {
+            self.flush_deletes();
+        }
+        self.drain_counts(progress);
+        let batching = self.row_by_row_lsn != Some(self.commit_end());
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.target(m.rel_oid) else { return };
@@ -599,6 +644,27 @@ impl Applier {
         };
         check_width(remote, old, "old tuple");
         let key = key_mask(remote, old, full, &local.cols);
+        let batchable = batching
+            && !full
+            && key.iter().any(|k| *k)
+            && key.iter().zip(&local.cols).all(|(k, c)| !*k || c.array.is_some());
+        if batchable {
+            let same = self.deletes.as_ref().is_some_and(|b| b.key == key);
+            if !same {
+                self.flush_deletes();
+                self.drain_counts(progress);
+                self.deletes = Some(DeleteBatch { rel_oid: m.rel_oid, key, rows: Vec::new() });
+            }
+            let full_batch = self.deletes.as_mut().is_some_and(|b| {
+                b.rows.push(m);
+                b.rows.len() >= DELETE_BATCH_MAX_ROWS
+            });
+            if full_batch {
+                self.flush_deletes();
+                self.drain_counts(progress);
+            }
+            return;
+        }
         let plan = local.plan(PlanKey::Delete { key: key.clone() }, remote);
         let mut values = Vec::new();
         let mut nulls = Vec::new();
@@ -620,9 +686,106 @@ impl Applier {
         }
     }
 
+    /// Applies the collected deletes with one `DELETE … USING unnest(…) WITH ORDINALITY …
+    /// RETURNING` statement: each key column's values go in as one array, and the ordinals that
+    /// come back tell which remote rows were found. A row not found is a conflict, logged like a
+    /// single DELETE's; a key that occurs twice in the run finds its row once, as two single
+    /// DELETEs would.
+    pub fn flush_deletes(&mut self) {
+        let Some(batch) = self.deletes.take() else { return };
+        let binary = self.binary;
+        let cxt = self.msg_cxt.value();
+        let Some(entry) = self.rels.get_mut(&batch.rel_oid) else { return };
+        let RelEntry { remote, local, display } = entry;
+        let Some(local) = local.as_mut() else { return };
+        errctx::set_message("DELETE", Some(display.clone()));
+        errctx::set_kind(errctx::DELETE_BATCH);
+        let plan = local.plan(PlanKey::DeleteBatch { key: batch.key.clone() }, remote);
+        let n = batch.rows.len();
+        let key_cols: Vec<usize> = batch.key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
+        let found = with_snapshot(|| in_context(cxt, || {
+            let mut values = Vec::with_capacity(key_cols.len());
+            let nulls = vec![b' ' as std::ffi::c_char; key_cols.len()];
+            for &c in &key_cols {
+                let col = &local.cols[c];
+                let Some(arr) = col.array else {
+                    report::error(Code::ERRCODE_INTERNAL_ERROR, "batched DELETE on a column without array type", None, None);
+                };
+                let mut elems = Vec::with_capacity(n);
+                let mut elem_nulls = Vec::with_capacity(n);
+                for m in &batch.rows {
+                    let (OldTuple::Key(t) | OldTuple::Full(t)) = &m.old;
+                    let v = t.columns.get(c).unwrap_or(&TupleValue::Null);
+                    let (d, null) = col.datum(v, binary);
+                    elems.push(d);
+                    elem_nulls.push(null == b'n' as std::ffi::c_char);
+                }
+                let mut dims = [n as i32];
+                let mut lbs = [1i32];
+                // SAFETY: n datums of the column's type with their null flags, in the message
+                // context; the array is built there too and lives until the statement ran.
+                let a = unsafe {
+                    pg_sys::construct_md_array(
+                        elems.as_mut_ptr(),
+                        elem_nulls.as_mut_ptr(),
+                        1,
+                        dims.as_mut_ptr(),
+                        lbs.as_mut_ptr(),
+                        col.typid,
+                        i32::from(arr.elem_len),
+                        arr.elem_byval,
+                        arr.elem_align,
+                    )
+                };
+                values.push(pg_sys::Datum::from(a));
+            }
+            errctx::set_column(None);
+            let processed = execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE_RETURNING as i32);
+            let mut found = vec![false; n];
+            // SAFETY: SPI_tuptable holds `processed` rows of one bigint column (the ordinal).
+            unsafe {
+                let tt = pg_sys::SPI_tuptable;
+                if !tt.is_null() {
+                    for i in 0..processed as usize {
+                        let tup = *(*tt).vals.add(i);
+                        let mut isnull = false;
+                        let d = pg_sys::SPI_getbinval(tup, (*tt).tupdesc, 1, &mut isnull);
+                        let ord = d.value() as i64;
+                        if !isnull && ord >= 1 && ord as usize <= n {
+                            found[ord as usize - 1] = true;
+                        }
+                    }
+                    pg_sys::SPI_freetuptable(tt);
+                }
+            }
+            found
+        }));
+        for f in found {
+            if f {
+                self.batched_deleted += 1;
+            } else {
+                self.batched_missing += 1;
+                missing_row("DELETE", &local.qualified);
+            }
+        }
+        errctx::set_kind("");
+    }
+
+    fn flush_batches(&mut self) {
+        self.flush_inserts();
+        self.flush_deletes();
+    }
+
+    /// Adds what batched DELETEs did to the counters.
+    fn drain_counts(&mut self, progress: &mut Progress) {
+        progress.counters.deletes += std::mem::take(&mut self.batched_deleted);
+        progress.counters.conflicts += std::mem::take(&mut self.batched_missing);
+    }
+
     pub fn truncate(&mut self, m: Truncate, progress: &mut Progress) {
         self.require_txn("TRUNCATE");
-        self.flush_inserts();
+        self.flush_batches();
+        self.drain_counts(progress);
         errctx::set_message("TRUNCATE", None);
         let mut targets = Vec::new();
         for oid in &m.rel_oids {
@@ -942,7 +1105,15 @@ fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, binary: bool) -> ColMap 
             .ok()
             .flatten()
         };
-        ColMap { name: name.to_string(), typid, typmod, input, receive, ioparam, eq_op }
+        let array_typid = pg_sys::get_array_type(typid);
+        let array = (array_typid != pg_sys::InvalidOid).then(|| {
+            let mut elem_len = 0i16;
+            let mut elem_byval = false;
+            let mut elem_align: std::ffi::c_char = 0;
+            pg_sys::get_typlenbyvalalign(typid, &mut elem_len, &mut elem_byval, &mut elem_align);
+            ArrayInfo { typid: array_typid, elem_len, elem_byval, elem_align }
+        });
+        ColMap { name: name.to_string(), typid, typmod, input, receive, ioparam, eq_op, array }
     }
 }
 
@@ -1007,6 +1178,30 @@ impl LocalRel {
                 } else {
                     format!("UPDATE {}{q} SET {} WHERE {c}", self.only, sets.join(", "))
                 }
+            }
+            PlanKey::DeleteBatch { key } => {
+                let mut args = Vec::new();
+                let mut outs = Vec::new();
+                let mut conds = Vec::new();
+                for (i, on) in key.iter().enumerate() {
+                    if !*on {
+                        continue;
+                    }
+                    argtypes.push(self.cols[i].array.map_or(pg_sys::InvalidOid, |a| a.typid));
+                    args.push(format!("pg_catalog.unnest(${})", argtypes.len()));
+                    let k = format!("pgsub_k{}", argtypes.len());
+                    let op = self.cols[i].eq_op.clone().unwrap_or_else(|| "=".to_string());
+                    conds.push(format!("pgsub_t.{} {op} pgsub_u.{k}", quote_ident(&self.cols[i].name)));
+                    outs.push(k);
+                }
+                format!(
+                    "DELETE FROM {}{q} AS pgsub_t USING ROWS FROM ({}) WITH ORDINALITY AS pgsub_u({}, pgsub_ord) \
+                     WHERE {} RETURNING pgsub_u.pgsub_ord",
+                    self.only,
+                    args.join(", "),
+                    outs.join(", "),
+                    conds.join(" AND ")
+                )
             }
             PlanKey::Delete { key } => {
                 let c = cond(key, &mut argtypes, &mut arg);
