@@ -176,13 +176,31 @@ fn check_conninfo(conninfo: &str) {
         );
     }
     if let Err(e) = conninfo::parse(conninfo) {
+        let masked = conninfo::mask_password(conninfo);
         error(
             Code::ERRCODE_SYNTAX_ERROR,
-            format!("invalid connection string: {e}"),
-            Some(format!("Connection string: {}", conninfo::mask_password(conninfo))),
+            format!("invalid connection string: {}", redact_quoted(&e.to_string(), conninfo, &masked)),
+            Some(format!("Connection string: {masked}")),
             None,
         );
     }
+}
+
+/// A parse error quotes pieces of the connection string, which can be (part of) a password (a bad
+/// percent-escape in it, or a whole malformed URI): a quoted piece of the string that its masked
+/// form does not show is masked as well.
+fn redact_quoted(msg: &str, conninfo: &str, masked: &str) -> String {
+    msg.split('"')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && !part.is_empty() && conninfo.contains(part) && !masked.contains(part) {
+                conninfo::MASK
+            } else {
+                part
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\"")
 }
 
 fn connect(sub_name: &str, conninfo: &str) -> Client {

@@ -273,11 +273,16 @@ async fn passwords_never_shown_nor_logged() {
             format!("bogus password={WRONG_PASSWORD}"),
             format!("postgresql://repl:{WRONG_PASSWORD}@127.0.0.1:abc/postgres"),
             format!("postgresql://repl@127.0.0.1:{port}/postgres?password={WRONG_PASSWORD}&bogus=1"),
+            // Parse errors that quote the piece of the string holding the password.
+            format!("postgresql://repl:{WRONG_PASSWORD}%zz@127.0.0.1:{port}/postgres"),
+            format!("postgresql://repl@127.0.0.1:{port}/postgres?password={WRONG_PASSWORD}%00"),
+            format!("postgresql://repl:{WRONG_PASSWORD}@[::1/postgres"),
         ] {
             let (code, text) = must_fail(c, "SELECT pgsub.create_subscription('w', $1, ARRAY['pub'])", &[&bad]).await;
             assert_eq!(code, "42601", "{bad}: {text}");
             assert!(!text.contains(WRONG_PASSWORD), "password in the error: {text}");
             assert!(text.contains("********"), "the string is shown masked: {text}");
+            assert!(!text.contains("option \"********\""), "only the secret is masked: {text}");
         }
     }
 
