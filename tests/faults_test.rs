@@ -1,9 +1,11 @@
 //! End-to-end fault injection (issue 9, "Faults"): kill -9 of the apply worker, the launcher and
-//! the subscriber postmaster at seeded random moments of a mixed workload; publisher fast and
-//! immediate shutdowns and a network path that goes silent for longer than
-//! pgsub.receiver_timeout; a publisher that accepts TCP and never answers; a replayed real pgoutput
-//! stream with flipped bytes. Every scenario ends with the publisher's and the subscriber's tables
-//! compared row by row: nothing lost, nothing applied twice.
+//! the subscriber postmaster at seeded random moments of a mixed workload (also with streamed,
+//! spilled transactions); publisher fast and immediate shutdowns and a network path that goes
+//! silent for longer than pgsub.receiver_timeout; a publisher that accepts TCP and never answers,
+//! one that never answers START_REPLICATION and one whose stream stays silent (timeouts, retries,
+//! prompt SIGTERM); a replayed real pgoutput stream with flipped bytes (errors, never a crash).
+//! Every scenario ends with the publisher's and the subscriber's tables compared row by row:
+//! nothing lost, nothing applied twice.
 //!
 //! The seed is printed by every test; `PGSUB_TEST_SEED=<n>` replays it.
 #[path = "fake_publisher.rs"]
@@ -620,7 +622,7 @@ async fn publisher_shutdowns_and_silent_network_converge() {
 }
 
 // =============================================================================================
-// 3. A publisher that accepts and says nothing
+// 3. A publisher that accepts and says nothing (at connect, at START_REPLICATION, in the stream)
 
 #[tokio::test(flavor = "current_thread")]
 async fn silent_publisher_times_out_retries_and_sigterm_is_prompt() {
