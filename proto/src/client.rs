@@ -412,6 +412,107 @@ pub fn parse_server_version(s: &str) -> u32 {
 // Client
 
 /// Backend messages as the client consumes them.
+/// A `COPY … TO STDOUT` in progress (see [`Client::copy_out_reader`]).
+pub struct CopyOut<'c> {
+    c: &'c mut Client,
+    err: Option<Error>,
+    started: bool,
+    rows: u64,
+    done: bool,
+}
+
+impl CopyOut<'_> {
+    /// The next CopyData payload, or `Ok(None)` once the command has completed and the
+    /// connection is ready for the next command. A server error ends the COPY with `Err` (after
+    /// the server's ReadyForQuery, so the connection stays usable).
+    pub fn next_data(&mut self) -> Result<Option<Bytes>, Error> {
+        self.next(true)
+    }
+
+    /// Like [`next_data`](Self::next_data), but only from what has already been received:
+    /// `Ok(None)` when no whole message is buffered (or the COPY has ended). Lets a consumer
+    /// take everything at hand in one go before it blocks again.
+    pub fn next_buffered(&mut self) -> Result<Option<Bytes>, Error> {
+        self.next(false)
+    }
+
+    fn next(&mut self, wait: bool) -> Result<Option<Bytes>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let r = self.step(wait);
+        if let Err(e) = &r {
+            self.done = true;
+            if self.c.state == State::Busy {
+                self.c.state = State::Broken(e.to_string());
+            }
+        }
+        r
+    }
+
+    /// Rows the server reported in CommandComplete (known once `next_data` returned `None`).
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The caller gives up mid-COPY: the connection is unusable from now on.
+    pub fn abandon(&mut self, why: &Error) {
+        self.done = true;
+        if self.c.state == State::Busy {
+            self.c.state = State::Broken(format!("COPY abandoned: {why}"));
+        }
+    }
+
+    fn step(&mut self, wait: bool) -> Result<Option<Bytes>, Error> {
+        let c = &mut *self.c;
+        loop {
+            let msg = if wait {
+                c.next_msg(None)?
+            } else {
+                match c.try_parse()? {
+                    Some(m) => c.check_fatal(m)?,
+                    None => return Ok(None),
+                }
+            };
+            match msg {
+                Msg::Proto(Message::CopyOutResponse(_)) => self.started = true,
+                Msg::CopyData(data) => return Ok(Some(data)),
+                Msg::Proto(Message::CopyDone) => {}
+                Msg::Proto(Message::CommandComplete(body)) => {
+                    let tag = body.tag().map_err(proto_err)?;
+                    if let Some(n) = tag.strip_prefix("COPY ") {
+                        self.rows = n.trim().parse().unwrap_or(0);
+                    }
+                }
+                Msg::Proto(Message::RowDescription(_))
+                | Msg::Proto(Message::DataRow(_))
+                | Msg::Proto(Message::EmptyQueryResponse) => {
+                    self.err
+                        .get_or_insert(proto_err("copy_out: the statement is not COPY ... TO STDOUT"));
+                }
+                Msg::Proto(Message::CopyInResponse(_)) => {
+                    frontend::copy_fail("COPY FROM STDIN is not supported by this client", &mut c.wbuf)
+                        .map_err(proto_err)?;
+                    c.flush(None)?;
+                }
+                Msg::Error(e) => {
+                    self.err.get_or_insert(Error::Server(e));
+                }
+                Msg::Proto(Message::ReadyForQuery(_)) => {
+                    c.state = State::Idle;
+                    self.done = true;
+                    return match self.err.take() {
+                        Some(e) => Err(e),
+                        None if !self.started => Err(proto_err("copy_out: no COPY was started")),
+                        None => Ok(None),
+                    };
+                }
+                other => return Err(c.unexpected(&other, "in a COPY response")),
+            }
+        }
+    }
+}
+
 enum Msg {
     Proto(Message),
     CopyData(Bytes),
@@ -1086,52 +1187,25 @@ impl Client {
         sql: &str,
         on_data: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<u64, Error> {
-        self.command(|c| {
-            c.send_query(sql)?;
-            let mut err: Option<Error> = None;
-            let mut started = false;
-            let mut rows = 0u64;
-            loop {
-                match c.next_msg(None)? {
-                    Msg::Proto(Message::CopyOutResponse(_)) => started = true,
-                    Msg::CopyData(data) => on_data(&data)?,
-                    Msg::Proto(Message::CopyDone) => {}
-                    Msg::Proto(Message::CommandComplete(body)) => {
-                        let tag = body.tag().map_err(proto_err)?;
-                        if let Some(n) = tag.strip_prefix("COPY ") {
-                            rows = n.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    Msg::Proto(Message::RowDescription(_))
-                    | Msg::Proto(Message::DataRow(_))
-                    | Msg::Proto(Message::EmptyQueryResponse) => {
-                        err.get_or_insert(proto_err(
-                            "copy_out: the statement is not COPY ... TO STDOUT",
-                        ));
-                    }
-                    Msg::Proto(Message::CopyInResponse(_)) => {
-                        frontend::copy_fail(
-                            "COPY FROM STDIN is not supported by this client",
-                            &mut c.wbuf,
-                        )
-                        .map_err(proto_err)?;
-                        c.flush(None)?;
-                    }
-                    Msg::Error(e) => {
-                        err.get_or_insert(Error::Server(e));
-                    }
-                    Msg::Proto(Message::ReadyForQuery(_)) => {
-                        c.state = State::Idle;
-                        return match err {
-                            Some(e) => Err(e),
-                            None if !started => Err(proto_err("copy_out: no COPY was started")),
-                            None => Ok(rows),
-                        };
-                    }
-                    other => return Err(c.unexpected(&other, "in a COPY response")),
-                }
+        let mut reader = self.copy_out_reader(sql)?;
+        while let Some(data) = reader.next_data()? {
+            if let Err(e) = on_data(&data) {
+                reader.abandon(&e);
+                return Err(e);
             }
-        })
+        }
+        Ok(reader.rows())
+    }
+
+    /// Sends `COPY … TO STDOUT` and returns a reader that hands out its data one CopyData
+    /// payload at a time ([`CopyOut::next_data`]), so that the caller pulls the rows as it
+    /// consumes them (the server keeps producing meanwhile, up to the socket buffers). The
+    /// connection is busy until `next_data` returns `Ok(None)`; a reader dropped before that
+    /// leaves the connection unusable for further commands.
+    pub fn copy_out_reader(&mut self, sql: &str) -> Result<CopyOut<'_>, Error> {
+        self.command(|c| c.send_query(sql))?;
+        self.state = State::Busy;
+        Ok(CopyOut { c: self, err: None, started: false, rows: 0, done: false })
     }
 
     /// Sends `START_REPLICATION SLOT "slot" LOGICAL X/Y (options)` and waits for the

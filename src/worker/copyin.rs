@@ -8,27 +8,24 @@
 //! client_encoding UTF8), so the COPY runs with `encoding 'UTF8'` and the server converts if the
 //! database encoding differs.
 use pgrx::prelude::*;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::ffi::CString;
 
 thread_local! {
-    /// The buffer COPY FROM is reading (its data-source callback cannot take a closure).
-    static SOURCE: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    /// The data source of the COPY FROM in progress (COPY's callback cannot take a closure): the
+    /// caller's closure, set by `copy_from` for the duration of the COPY only.
+    static SOURCE: Cell<Option<*mut (dyn FnMut(&mut [u8]) -> usize + 'static)>> = const { Cell::new(None) };
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn read_source(outbuf: *mut std::ffi::c_void, _minread: i32, maxread: i32) -> i32 {
-    SOURCE.with(|b| {
-        let mut b = b.borrow_mut();
-        let (buf, pos) = &mut *b;
-        let n = (buf.len() - *pos).min(maxread.max(0) as usize);
-        if n > 0 {
-            // SAFETY: COPY gives us a buffer of at least maxread bytes.
-            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr().add(*pos), outbuf as *mut u8, n) };
-            *pos += n;
-        }
-        n as i32
-    })
+    let Some(source) = SOURCE.with(|s| s.get()) else { return 0 };
+    // SAFETY: COPY gives us a buffer of at least maxread bytes; `source` is alive while
+    // `copy_from` runs (it clears the pointer before returning or unwinding).
+    unsafe {
+        let out = std::slice::from_raw_parts_mut(outbuf as *mut u8, maxread.max(0) as usize);
+        (*source)(out) as i32
+    }
 }
 
 /// Signature, flags and header extension length of the binary COPY format.
@@ -67,8 +64,32 @@ pub fn push_binary_value(buf: &mut Vec<u8>, v: Option<&[u8]>) {
 /// Runs COPY FROM on `relid` for `columns` over `data` (a whole COPY stream: for binary format
 /// with header and trailer). Returns the number of rows loaded.
 pub fn copy_into(relid: pg_sys::Oid, columns: &[String], data: Vec<u8>, binary: bool) -> u64 {
+    let mut pos = 0usize;
+    copy_from(relid, columns, binary, &mut |out: &mut [u8]| {
+        let n = (data.len() - pos).min(out.len());
+        out[..n].copy_from_slice(&data[pos..pos + n]);
+        pos += n;
+        n
+    })
+}
+
+/// Runs COPY FROM on `relid` for `columns`, reading the COPY stream from `source`: called with
+/// COPY's buffer, it fills a part of it and returns how much (0 = end of data). It may raise an
+/// ERROR, which aborts the COPY. Returns the number of rows loaded.
+pub fn copy_from(relid: pg_sys::Oid, columns: &[String], binary: bool, source: &mut dyn FnMut(&mut [u8]) -> usize) -> u64 {
     check_insert_allowed(relid, columns);
-    SOURCE.with(|b| *b.borrow_mut() = (data, 0));
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            SOURCE.with(|s| s.set(None));
+        }
+    }
+    let source: *mut (dyn FnMut(&mut [u8]) -> usize + '_) = source;
+    // SAFETY: only the lifetime is erased; `Clear` removes the pointer when this function
+    // returns or unwinds, before `source` can go away.
+    let source: *mut (dyn FnMut(&mut [u8]) -> usize + 'static) = unsafe { std::mem::transmute(source) };
+    SOURCE.with(|s| s.set(Some(source)));
+    let _clear = Clear;
     // SAFETY: COPY FROM into a table opened in the current transaction; the option and column
     // lists are built in the current memory context.
     let rows = unsafe {
@@ -116,7 +137,6 @@ pub fn copy_into(relid: pg_sys::Oid, columns: &[String], data: Vec<u8>, binary: 
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
         n
     };
-    SOURCE.with(|b| *b.borrow_mut() = (Vec::new(), 0));
     rows
 }
 

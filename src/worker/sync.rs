@@ -23,9 +23,6 @@ use pgsub_proto::Lsn;
 
 type Code = PgSqlErrorCode;
 
-/// Rows buffered before they are handed to COPY FROM in one go.
-const BATCH_BYTES: usize = 8 * 1024 * 1024;
-
 /// What the publication publishes of one table.
 struct Published {
     columns: Vec<String>,
@@ -174,24 +171,40 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
         }
         shmem::with_slot(subid, |s| s.status = shmem::Status::InitialCopy as u8);
-        let mut pending: Vec<u8> = Vec::with_capacity(BATCH_BYTES + 64 * 1024);
-        let mut loaded = 0u64;
-        let mut flush = |pending: &mut Vec<u8>| {
-            if !pending.is_empty() {
-                let data = std::mem::replace(pending, Vec::with_capacity(BATCH_BYTES + 64 * 1024));
-                loaded += super::copyin::copy_into(relid, &p.columns, data, false);
-            }
-        };
-        let copied = client.copy_out(&copy_sql, &mut |chunk: &[u8]| {
-            pending.extend_from_slice(chunk);
-            if pending.len() >= BATCH_BYTES {
-                flush(&mut pending);
-            }
-            Ok(())
+        // The rows stream from the publisher's COPY straight into COPY FROM: each time COPY FROM
+        // wants data, the next CopyData message is read (the publisher keeps producing into the
+        // socket meanwhile), as native tablesync does.
+        let copied = client.copy_out_reader(&copy_sql).map(|mut reader| {
+            let mut chunk = bytes::Bytes::new();
+            let mut pos = 0usize;
+            super::copyin::copy_from(relid, &p.columns, false, &mut |out: &mut [u8]| {
+                // Wait for data only when nothing is at hand; then fill COPY's buffer with every
+                // message already received (one CopyData per row: one call per row would cost
+                // COPY FROM its per-call overhead millions of times).
+                let mut filled = 0usize;
+                while filled < out.len() {
+                    if pos == chunk.len() {
+                        let next = if filled == 0 { reader.next_data() } else { reader.next_buffered() };
+                        match next {
+                            Ok(Some(data)) => {
+                                chunk = data;
+                                pos = 0;
+                                continue;
+                            }
+                            Ok(None) => break,
+                            Err(e) => copy_failed(&e, &remote),
+                        }
+                    }
+                    let n = (chunk.len() - pos).min(out.len() - filled);
+                    out[filled..filled + n].copy_from_slice(&chunk[pos..pos + n]);
+                    pos += n;
+                    filled += n;
+                }
+                filled
+            })
         });
         match copied {
-            Ok(_) => {
-                flush(&mut pending);
+            Ok(loaded) => {
                 let n = loaded;
                 let r = crate::catalog::as_superuser(|| Spi::run_with_args(
                     "UPDATE pgsub.sub_rel SET sync_state = 's', state_lsn = $4::pg_lsn, rows_copied = $5, relid = $6 \
@@ -210,20 +223,17 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
                 }
                 result = Ok(n);
             }
-            Err(e) => {
-                // Raise inside the transaction so it rolls back; the caller sees the error.
-                let (msg, detail, hint) = publisher::describe(&e);
-                if matches!(e, ProtoError::Interrupted) {
-                    report::error(Code::ERRCODE_ADMIN_SHUTDOWN, "initial copy interrupted by shutdown request", None, None);
-                }
-                report::error(
-                    publisher::sqlstate(&e),
-                    format!("initial copy of {remote} failed: {msg}"),
-                    detail,
-                    hint.as_deref(),
-                );
-            }
+            Err(e) => copy_failed(&e, &remote),
         }
     });
     result
+}
+
+/// Raises the error of a failed copy inside its transaction, so that it rolls back.
+fn copy_failed(e: &ProtoError, remote: &str) -> ! {
+    if matches!(e, ProtoError::Interrupted) {
+        report::error(Code::ERRCODE_ADMIN_SHUTDOWN, "initial copy interrupted by shutdown request", None, None);
+    }
+    let (msg, detail, hint) = publisher::describe(e);
+    report::error(publisher::sqlstate(e), format!("initial copy of {remote} failed: {msg}"), detail, hint.as_deref())
 }
