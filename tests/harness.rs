@@ -576,6 +576,35 @@ where
     }
 }
 
+/// The first column of the one row `sql` returns (panics with the statement on error).
+pub async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &tokio_postgres::Client, sql: &str) -> T {
+    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// Waits until `sql` (one text value) returns `want`; on timeout panics with the last value seen
+/// and every subscription's status and last_error.
+pub async fn wait_value(c: &tokio_postgres::Client, sql: &str, want: &str, timeout: Duration) {
+    let seen = std::cell::RefCell::new(String::new());
+    let r = wait_for(&format!("{sql} = {want}"), timeout, || {
+        let seen = &seen;
+        async move {
+            let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
+            let v: Option<String> = row.and_then(|r| r.get(0));
+            *seen.borrow_mut() = v.clone().unwrap_or_else(|| "NULL".into());
+            Ok((v.as_deref() == Some(want)).then_some(()))
+        }
+    })
+    .await;
+    if let Err(e) = r {
+        let stats = c
+            .query("SELECT format('%s %s %s', subname, status, last_error) FROM pgsub.stat_subscription", &[])
+            .await
+            .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default();
+        panic!("{e} (last value: {})\n{stats}", seen.borrow());
+    }
+}
+
 /// A publisher and a subscriber (pgsub preloaded, `CREATE EXTENSION pgsub` done in `postgres`).
 pub struct TwoNodes {
     pub publisher: Cluster,

@@ -1,40 +1,13 @@
 //! End-to-end: the life of a subscription — enable/disable/drop, worker slots, conflicts and
 //! skip_transaction, privileges, crash recovery without loss or duplication, publisher restarts.
-use pgsub_tests::{wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{one, wait_for, ClusterOpts, TwoNodes};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> T {
-    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
-
 async fn wait_value(c: &Client, sql: &str, want: &str) {
-    let seen = std::cell::RefCell::new(String::new());
-    let r = wait_for(&format!("{sql} = {want}"), WAIT, || {
-        let seen = &seen;
-        async move {
-            let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
-            let v: Option<String> = row.and_then(|r| r.get(0));
-            *seen.borrow_mut() = v.clone().unwrap_or_else(|| "NULL".into());
-            Ok((v.as_deref() == Some(want)).then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = r {
-        let stats = c
-            .query("SELECT subname::text, status, last_error FROM pgsub.stat_subscription", &[])
-            .await
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| format!("{:?} {:?} {:?}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2)))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default();
-        panic!("{e} (last value: {})\n{stats}", seen.borrow());
-    }
+    pgsub_tests::wait_value(c, sql, want, WAIT).await
 }
 
 async fn setup(nodes: &TwoNodes, tables: &[&str]) -> (Client, Client) {

@@ -4,38 +4,15 @@
 //! privileges, and hostile table/schema/column names replicating without being executed.
 //! (lifecycle_test.rs has the basic non-superuser checks; this file goes through every function,
 //! view and message.)
-use pgsub_tests::{wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{one, wait_for, ClusterOpts, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> T {
-    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
-
-/// Waits until `sql` (one text value) returns `want`.
 async fn wait_value(c: &Client, sql: &str, want: &str) {
-    let seen = std::cell::RefCell::new(String::new());
-    let r = wait_for(&format!("{sql} = {want}"), WAIT, || {
-        let seen = &seen;
-        async move {
-            let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
-            let v: Option<String> = row.and_then(|r| r.get(0));
-            *seen.borrow_mut() = v.clone().unwrap_or_else(|| "NULL".into());
-            Ok((v.as_deref() == Some(want)).then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = r {
-        let stats: Vec<String> = c
-            .query("SELECT format('%s %s %s', subname, status, last_error) FROM pgsub.stat_subscription", &[])
-            .await
-            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-            .unwrap_or_default();
-        panic!("{e} (last value: {})\n{}", seen.borrow(), stats.join("\n"));
-    }
+    pgsub_tests::wait_value(c, sql, want, WAIT).await
 }
 
 /// Every row of a query as text, in a stable order.

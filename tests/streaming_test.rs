@@ -1,37 +1,14 @@
 //! End-to-end: large transactions streamed before they commit (protocol v2 streaming) are applied
 //! with bounded worker memory, interleaved and aborted (sub)transactions are handled, damaged
 //! spill files are detected, and two-phase transactions are followed.
-use pgsub_tests::{wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{one, wait_for, ClusterOpts, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(300);
 
-async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> T {
-    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
-
 async fn wait_value(c: &Client, sql: &str, want: &str) {
-    let seen = std::cell::RefCell::new(String::new());
-    let r = wait_for(&format!("{sql} = {want}"), WAIT, || {
-        let seen = &seen;
-        async move {
-            let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
-            let v: Option<String> = row.and_then(|r| r.get(0));
-            *seen.borrow_mut() = v.clone().unwrap_or_else(|| "NULL".into());
-            Ok((v.as_deref() == Some(want)).then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = r {
-        let err: Option<String> = c
-            .query_opt("SELECT last_error FROM pgsub.stat_subscription", &[])
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.get(0));
-        panic!("{e} (last value: {}, last_error: {err:?})", seen.borrow());
-    }
+    pgsub_tests::wait_value(c, sql, want, WAIT).await
 }
 
 fn nodes() -> TwoNodes {
