@@ -27,6 +27,9 @@ type Code = PgSqlErrorCode;
 struct Published {
     columns: Vec<String>,
     row_filter: Option<String>,
+    /// A partitioned table (published through its root): `COPY table TO` refuses it, its rows
+    /// are read with `COPY (SELECT …)`, partitions included.
+    partitioned: bool,
 }
 
 fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Published, ProtoError> {
@@ -65,9 +68,22 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
             None => unfiltered = true,
         }
     }
+    let kind_sql = format!(
+        "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = {} AND c.relname = {}",
+        quote_literal(&rel.remote_schema),
+        quote_literal(&rel.remote_name)
+    );
+    let partitioned = client
+        .simple_query(&kind_sql)?
+        .into_iter()
+        .next()
+        .and_then(|r| r.values.into_iter().next().flatten())
+        .is_some_and(|k| k == "p");
     Ok(Published {
         columns,
         row_filter: if unfiltered || filters.is_empty() { None } else { Some(filters.join(" OR ")) },
+        partitioned,
     })
 }
 
@@ -136,9 +152,13 @@ pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
 fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published, at: Lsn) -> Result<u64, ProtoError> {
     let remote = format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name));
     let cols: Vec<String> = p.columns.iter().map(|c| quote_ident(c)).collect();
-    let copy_sql = match &p.row_filter {
-        None => format!("COPY {remote} ({}) TO STDOUT", cols.join(", ")),
-        Some(f) => format!("COPY (SELECT {} FROM ONLY {remote} WHERE {f}) TO STDOUT", cols.join(", ")),
+    // A plain table's own rows (COPY leaves out inheritance children, and ONLY does the same for
+    // a filtered copy); a partitioned root's rows are those of its partitions.
+    let only = if p.partitioned { "" } else { "ONLY " };
+    let copy_sql = match (&p.row_filter, p.partitioned) {
+        (None, false) => format!("COPY {remote} ({}) TO STDOUT", cols.join(", ")),
+        (None, true) => format!("COPY (SELECT {} FROM {remote}) TO STDOUT", cols.join(", ")),
+        (Some(f), _) => format!("COPY (SELECT {} FROM {only}{remote} WHERE {f}) TO STDOUT", cols.join(", ")),
     };
     let subid = sub.subid;
     let mut result: Result<u64, ProtoError> = Ok(0);
