@@ -191,10 +191,12 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('dup', 'other')").await, 1);
     s.batch_execute("SELECT pgsub.drop_subscription('dup')").await.expect("drop dup");
 
+    // (as an SQL literal: the conninfo quotes its values)
+    let ci_lit = format!("'{}'", ci.replace('\'', "''"));
     // Inside a transaction block a later ROLLBACK could not take the slot back: refused, as
     // native CREATE SUBSCRIPTION with create_slot is.
     let e = s
-        .batch_execute(&format!("BEGIN; SELECT pgsub.create_subscription('rolled', '{ci}', ARRAY['pub']); ROLLBACK;"))
+        .batch_execute(&format!("BEGIN; SELECT pgsub.create_subscription('rolled', {ci_lit}, ARRAY['pub']); ROLLBACK;"))
         .await
         .expect_err("create_slot inside a transaction block");
     let _ = s.batch_execute("ROLLBACK").await;
@@ -205,7 +207,7 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     assert_nothing_left(&p, &s, &["taken"], "a create inside a transaction block").await;
     // Without a slot it may run inside a transaction block.
     s.batch_execute(&format!(
-        "BEGIN; SELECT pgsub.create_subscription('noslot', '{ci}', ARRAY['pub'], create_slot => false, enabled => false); ROLLBACK;"
+        "BEGIN; SELECT pgsub.create_subscription('noslot', {ci_lit}, ARRAY['pub'], create_slot => false, enabled => false); ROLLBACK;"
     ))
     .await
     .expect("create_slot => false in a transaction block");

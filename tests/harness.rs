@@ -329,7 +329,9 @@ impl Cluster {
 
     /// libpq keyword/value connection string over TCP to `db` as `user`.
     pub fn connstr(&self, user: &str, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} dbname={db}", self.port)
+        // Values in single quotes, with \ and ' escaped: names with spaces or quotes work.
+        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        format!("host=127.0.0.1 port={} user={} dbname={}", self.port, q(user), q(db))
     }
 
     /// A tokio-postgres client as superuser `postgres` to `db`; its connection task is spawned on

@@ -358,3 +358,41 @@ async fn disable_on_error_and_drop_with_publisher_down() {
     s.batch_execute("SELECT pgsub.drop_subscription('doe', drop_slot => false)").await.expect("drop without slot");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 0);
 }
+
+/// pgsub.database set to another database, created after the server started (as a DBA would):
+/// the launcher retries until the database exists, then the extension there replicates; the
+/// functions refuse to create subscriptions in a database the workers do not run in.
+#[tokio::test(flavor = "current_thread")]
+async fn launcher_in_a_database_created_after_start() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("pgsub.database = 'App DB'"),
+    )
+    .expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE t")
+        .await
+        .unwrap();
+    // In postgres (where TwoNodes created the extension) a subscription is refused.
+    let s0 = nodes.subscriber.client("postgres").await.unwrap();
+    let e = s0
+        .execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect_err("subscription outside pgsub.database");
+    let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    assert!(msg.contains("App DB"), "error names pgsub.database: {msg}");
+    s0.batch_execute(r#"CREATE DATABASE "App DB""#).await.unwrap();
+    let s = nodes.subscriber.client("App DB").await.unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE EXTENSION pgsub").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('app', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create in pgsub.database");
+    p.batch_execute("INSERT INTO t VALUES (1, 'in app')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "in app").await;
+    let db: String = one(
+        &s,
+        "SELECT datname::text FROM pg_stat_activity WHERE backend_type = 'pgsub launcher'",
+    )
+    .await;
+    assert_eq!(db, "App DB");
+}
