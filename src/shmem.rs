@@ -97,9 +97,10 @@ pub struct SubSlot {
     pub txns_skipped: i64,
     pub error_count: i64,
     pub last_error_at: i64,
-    /// Finish LSN of the remote transaction whose COPY batch of INSERTs failed last: the next
-    /// worker applies its INSERTs one by one, so that the error names the column (0 = none).
-    pub copy_failed_lsn: u64,
+    /// Finish LSN of the remote transaction whose batch (COPY of INSERTs, or DELETEs) failed
+    /// last: the next worker applies its rows one by one, so that the error names the column
+    /// (0 = none).
+    pub batch_failed_lsn: u64,
     pub last_error_len: u16,
     pub last_error: [u8; ERR_LEN],
 }
@@ -136,7 +137,7 @@ impl Default for SubSlot {
             txns_skipped: 0,
             error_count: 0,
             last_error_at: 0,
-            copy_failed_lsn: 0,
+            batch_failed_lsn: 0,
             last_error_len: 0,
             last_error: [0; ERR_LEN],
         }

@@ -213,8 +213,9 @@ impl Applier {
         }
     }
 
-    /// Applies the INSERTs of the remote transaction that finishes at `lsn` one by one (set after
-    /// that transaction's COPY batch failed, so that the retry's error names the column).
+    /// Applies the INSERTs and DELETEs of the remote transaction that finishes at `lsn` one by one
+    /// (set after a batch of that transaction failed, so that the retry's error names the row's
+    /// column).
     pub fn row_by_row_for(&mut self, lsn: Lsn) {
         self.row_by_row_lsn = lsn.is_valid().then_some(lsn);
     }

@@ -81,7 +81,7 @@ pub fn clear() {
 /// True while a batch of INSERTs is being loaded with COPY or a batch of DELETEs applied: an
 /// error there names neither the remote row nor always the column, so the retry of that
 /// transaction goes row by row.
-pub fn in_copy_batch() -> bool {
+pub fn in_batch() -> bool {
     STATE.with(|s| {
         let k = s.borrow().kind;
         k == COPY_BATCH || k == DELETE_BATCH

@@ -105,7 +105,7 @@ fn on_error(subid: i32, e: CaughtError) {
         ),
     };
     let ctx = errctx::describe();
-    let copy_failed_lsn = if errctx::in_copy_batch() { errctx::finish_lsn().map_or(0, |l| l.0) } else { 0 };
+    let batch_failed_lsn = if errctx::in_batch() { errctx::finish_lsn().map_or(0, |l| l.0) } else { 0 };
     let mut text = msg.clone();
     if let Some(d) = &detail {
         text.push_str(&format!("\nDETAIL: {d}"));
@@ -118,7 +118,7 @@ fn on_error(subid: i32, e: CaughtError) {
     }
     shmem::with_slot(subid, |s| {
         s.set_error(&text, now());
-        s.copy_failed_lsn = copy_failed_lsn;
+        s.batch_failed_lsn = batch_failed_lsn;
         s.status = Status::Error as u8;
         s.failed = true;
     });
@@ -262,7 +262,7 @@ fn run(subid: i32) {
         sub.origin == "none",
         sub.skip_lsn,
     );
-    if let Some(lsn) = shmem::with_slot(subid, |s| s.copy_failed_lsn) {
+    if let Some(lsn) = shmem::with_slot(subid, |s| s.batch_failed_lsn) {
         applier.row_by_row_for(Lsn(lsn));
     }
     let origin_none = sub.origin == "none";
