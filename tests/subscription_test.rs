@@ -1,7 +1,7 @@
 //! End-to-end: subscriptions created with pgsub's SQL API replicate inserts, updates, deletes and
 //! truncates for every kind of table and column type, in text and binary mode, and the stats view
 //! tells what happened.
-use pgsub_tests::{wait_for, TwoNodes};
+use pgsub_tests::{wait_for, wait_value, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -342,6 +342,114 @@ async fn batched_deletes_match_rows_and_count_exactly() {
     assert_eq!(after.get::<_, Option<String>>(2), None, "no error");
     assert_eq!(after.get::<_, i64>(1) - conf0, 40, "conflicts: the 40 rows missing locally");
     assert_eq!(after.get::<_, i64>(0) - del0, remote_deletes - 40, "deletes: rows found and deleted");
+}
+
+/// Runs of UPDATEs that keep their key are applied in batches: exact counters (rows updated and
+/// rows not found), runs longer than a batch, a key updated twice in one transaction (the second
+/// update must win, so the run is split), key changes and unchanged TOAST values in between,
+/// composite and quoted keys, and a local key type whose equality is coarser than the remote's
+/// (such runs go row by row). Tables end identical.
+#[tokio::test(flavor = "current_thread")]
+async fn batched_updates_match_rows_and_count_exactly() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.expect("publisher");
+    let s = nodes.subscriber.client("postgres").await.expect("subscriber");
+    let ddl = r#"
+        CREATE TABLE u1 (id int PRIMARY KEY, v text, n int);
+        CREATE TABLE "U 2" ("K a" text, "K b" int, v text, PRIMARY KEY ("K a", "K b"));
+        CREATE TABLE u3 (id bigint PRIMARY KEY, big text, n int);
+    "#;
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    // Remote text keys '1.0' and '1.00' are two rows; the local numeric column holds them as
+    // equal values (no index locally), so each remote update changes both local rows.
+    p.batch_execute("CREATE TABLE u4 (k text PRIMARY KEY, v text)").await.unwrap();
+    s.batch_execute("CREATE TABLE u4 (k numeric, v text)").await.unwrap();
+    p.batch_execute(
+        r#"INSERT INTO u1 SELECT g, 'v' || g, g FROM generate_series(1, 5000) g;
+           INSERT INTO "U 2" SELECT 'k"' || (g % 7) || E'\t', g, 'x' FROM generate_series(1, 700) g;
+           ALTER TABLE u3 ALTER COLUMN big SET STORAGE EXTERNAL;
+           INSERT INTO u3 SELECT g, repeat(md5(g::text), 200), g FROM generate_series(1, 50) g;
+           INSERT INTO u4 VALUES ('1.0', 'a'), ('1.00', 'b');
+           INSERT INTO u4 SELECT g::text, 'c' FROM generate_series(2, 9) g;
+           CREATE PUBLICATION up FOR TABLE u1, "U 2", u3, u4;"#,
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['up'])", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    for t in ["u1", r#""U 2""#, "u3"] {
+        converge(&p, &s, t).await;
+    }
+    // 40 rows of u1 vanish locally: their remote updates find nothing (conflicts).
+    s.batch_execute("DELETE FROM u1 WHERE id BETWEEN 1001 AND 1040").await.unwrap();
+    let before = s
+        .query_one("SELECT updates, conflicts FROM pgsub.stat_subscription WHERE subname = 'sub'", &[])
+        .await
+        .unwrap();
+    let (upd0, conf0): (i64, i64) = (before.get(0), before.get(1));
+    p.batch_execute(
+        r#"BEGIN;
+           UPDATE u1 SET v = 'a' || id, n = n + 1 WHERE id <= 2500;      -- longer than one batch
+           UPDATE "U 2" SET v = 'y' WHERE "K b" % 3 = 0;                  -- another table in between
+           UPDATE u1 SET n = n * 10 WHERE id BETWEEN 2001 AND 2100;       -- keys of the run above again
+           UPDATE u1 SET n = n + 5 WHERE id BETWEEN 2001 AND 2100;        -- and again
+           UPDATE u1 SET id = id + 100000 WHERE id BETWEEN 2101 AND 2110; -- key changes in between
+           UPDATE u1 SET v = 'after key change' WHERE id BETWEEN 2111 AND 2200;
+           UPDATE u3 SET n = -n;                                          -- big stays unchanged TOAST
+           UPDATE u3 SET n = 0, big = 'small' WHERE id <= 10;
+           DELETE FROM u1 WHERE id = 2300;
+           UPDATE u1 SET v = 'after delete' WHERE id BETWEEN 2301 AND 2400;
+           COMMIT;
+           UPDATE u1 SET v = 'one' WHERE id = 4000;                       -- a run of one
+           UPDATE u4 SET v = v || '!';"#,
+    )
+    .await
+    .unwrap();
+    // u1 without the 40 rows that are missing locally.
+    let u1 = "(SELECT * FROM u1 WHERE id NOT BETWEEN 1001 AND 1040)";
+    for t in [u1, r#""U 2""#, "u3"] {
+        converge(&p, &s, t).await;
+    }
+    // Row by row, the second remote update ('1.00') rewrites both local rows last.
+    let u4 = "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k, v) FROM u4";
+    wait_value(&s, u4, "1.00=b!,1.00=b!,2=c!,3=c!,4=c!,5=c!,6=c!,7=c!,8=c!,9=c!", WAIT).await;
+    let updated_u2: i64 = p.query_one(r#"SELECT count(*) FROM "U 2" WHERE v = 'y'"#, &[]).await.unwrap().get(0);
+    // Remote updates: u1 2500 + 100 + 100 + 10 + 90 + 100 + 1; U 2; u3 50 + 10; u4 10.
+    let remote_updates = 2500 + 100 + 100 + 10 + 90 + 100 + 1 + updated_u2 + 60 + 10;
+    let after = s
+        .query_one(
+            "SELECT updates, conflicts, last_error FROM pgsub.stat_subscription WHERE subname = 'sub'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.get::<_, Option<String>>(2), None, "no error");
+    assert_eq!(after.get::<_, i64>(1) - conf0, 40, "conflicts: the 40 rows missing locally");
+    assert_eq!(after.get::<_, i64>(0) - upd0, remote_updates - 40, "updates: rows found and updated");
+
+    // A batch that fails locally (a subscriber-only CHECK) is retried row by row, so the error
+    // names the row's table and the message is the single UPDATE's; nothing of it is applied.
+    s.batch_execute("ALTER TABLE u1 ADD CONSTRAINT no_777 CHECK (n <> -777777)").await.unwrap();
+    p.batch_execute("UPDATE u1 SET n = CASE WHEN id = 3777 THEN -777777 ELSE -id END WHERE id BETWEEN 3001 AND 4000")
+        .await
+        .unwrap();
+    let err = wait_for("the failing batch to be retried row by row", WAIT, || {
+        let s = &s;
+        async move {
+            let (_, err) = status(s, "sub").await;
+            let single = "message type \"UPDATE\" for replication target relation \"public\".\"u1\"";
+            Ok(err.filter(|e| e.contains("no_777") && e.contains(single)))
+        }
+    })
+    .await
+    .expect("error of the row-by-row retry");
+    assert!(err.contains("Failing row contains (3777"), "the error shows the row: {err}");
+    let applied: i64 = s.query_one("SELECT count(*) FROM u1 WHERE n < 0", &[]).await.unwrap().get(0);
+    assert_eq!(applied, 0, "nothing of the failing transaction applied");
+    s.batch_execute("ALTER TABLE u1 DROP CONSTRAINT no_777").await.unwrap();
+    converge(&p, &s, u1).await;
 }
 
 /// Partitioned tables published through their root (`publish_via_partition_root`): the initial

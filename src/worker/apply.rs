@@ -8,6 +8,11 @@
 //! operation, column set) with SPI_prepare + SPI_keepplan and reused; a local DDL change
 //! (relcache invalidation) drops the mapping and its plans so they are rebuilt at next use.
 //!
+//! Runs of changes to one table are batched: INSERTs into one COPY, DELETEs by key and UPDATEs
+//! that keep their key into one statement over `unnest` of array parameters whose RETURNING
+//! ordinals tell which remote rows were found. A transaction whose batch failed is applied row by
+//! row on retry (`row_by_row_for`), so that its error names the row.
+//!
 //! Row identity for UPDATE/DELETE is the remote replica identity: the key columns flagged in the
 //! Relation message (primary key / USING INDEX), or every column for REPLICA IDENTITY FULL, where
 //! one matching row is chosen by ctid (duplicates are legal there).
@@ -38,9 +43,13 @@ struct ColMap {
     ioparam: pg_sys::Oid,
     /// `OPERATOR(schema.=)` for this type, when it has a default equality operator.
     eq_op: Option<String>,
-    /// The array type of the column's type and the element layout, for batched DELETEs
-    /// (`None` when the type has no array type).
+    /// The array type of the column's type and the element layout, for batched DELETEs and
+    /// UPDATEs (`None` when the type has no array type).
     array: Option<ArrayInfo>,
+    /// Values of the type are equal exactly when their text (and binary) forms are equal, so
+    /// that a repeated key in a run of UPDATEs is seen by comparing the bytes received
+    /// (integers, uuid, text and varchar under a deterministic collation, dates and timestamps).
+    exact_key: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -58,6 +67,8 @@ enum PlanKey {
     Delete { key: Vec<bool> },
     /// DELETE of many rows at once: one array parameter per key column.
     DeleteBatch { key: Vec<bool> },
+    /// UPDATE of many rows at once: one array parameter per set column, then per key column.
+    UpdateBatch { set: Vec<bool>, key: Vec<bool> },
 }
 
 /// A remote relation bound to its local table.
@@ -95,6 +106,22 @@ struct DeleteBatch {
 }
 
 const DELETE_BATCH_MAX_ROWS: usize = 1000;
+
+/// A run of UPDATEs of one table that keep their key, with the same key and set columns and no
+/// key twice, applied with one statement.
+struct UpdateBatch {
+    rel_oid: u32,
+    set: Vec<bool>,
+    key: Vec<bool>,
+    rows: Vec<Update>,
+    /// The key values of `rows`, as received: a key seen twice ends the run, because one
+    /// `UPDATE … FROM` changes a row once however many source rows match it.
+    seen: HashSet<Vec<u8>>,
+}
+
+const UPDATE_BATCH_MAX_ROWS: usize = 1000;
+/// Fewer rows than this go through the prepared one-row UPDATE instead.
+const UPDATE_BATCH_MIN_ROWS: usize = 4;
 /// Fewer rows than this go through the prepared INSERT instead of COPY.
 const BATCH_MIN_COPY_ROWS: usize = 8;
 
@@ -178,11 +205,14 @@ pub struct Applier {
     msg_cxt: PgMemoryContexts,
     batch: Option<InsertBatch>,
     deletes: Option<DeleteBatch>,
-    /// Rows deleted / not found by batched DELETEs, not yet added to the counters.
+    updates: Option<UpdateBatch>,
+    /// Rows deleted / updated / not found by batched DELETEs and UPDATEs, not yet added to the
+    /// counters.
     batched_deleted: i64,
+    batched_updated: i64,
     batched_missing: i64,
-    /// Finish LSN of a remote transaction whose INSERTs and DELETEs go one by one instead of in
-    /// batches.
+    /// Finish LSN of a remote transaction whose INSERTs, UPDATEs and DELETEs go one by one
+    /// instead of in batches.
     row_by_row_lsn: Option<Lsn>,
 }
 
@@ -207,13 +237,15 @@ impl Applier {
             msg_cxt: PgMemoryContexts::new("pgsub apply message"),
             batch: None,
             deletes: None,
+            updates: None,
             batched_deleted: 0,
+            batched_updated: 0,
             batched_missing: 0,
             row_by_row_lsn: None,
         }
     }
 
-    /// Applies the INSERTs and DELETEs of the remote transaction that finishes at `lsn` one by one
+    /// Applies the INSERTs, UPDATEs and DELETEs of the remote transaction that finishes at `lsn` one by one
     /// (set after a batch of that transaction failed, so that the retry's error names the row's
     /// column).
     pub fn row_by_row_for(&mut self, lsn: Lsn) {
@@ -325,6 +357,7 @@ impl Applier {
     pub fn abort(&mut self) {
         self.batch = None;
         self.deletes = None;
+        self.updates = None;
         if self.in_txn {
             // SAFETY: abort of our own transaction; SPI is cleaned up by the abort.
             unsafe { pg_sys::AbortCurrentTransaction() };
@@ -465,8 +498,9 @@ impl Applier {
     /// is full.
     pub fn insert(&mut self, m: Insert, progress: &mut Progress) {
         self.require_txn("INSERT");
-        if self.deletes.is_some() {
+        if self.deletes.is_some() || self.updates.is_some() {
             self.flush_deletes();
+            self.flush_updates();
             self.drain_counts(progress);
         }
         if self.batch.as_ref().is_some_and(|b| b.rel_oid != m.rel_oid) {
@@ -572,28 +606,83 @@ impl Applier {
         });
     }
 
+    /// UPDATE: consecutive updates of one table that keep their key (no old tuple sent), set the
+    /// same columns and touch distinct keys are collected and applied with one statement
+    /// (`flush_updates`); the others go one by one, in order, after the collected run.
     pub fn update(&mut self, m: Update, progress: &mut Progress) {
         self.require_txn("UPDATE");
-        self.flush_batches();
+        self.flush_inserts();
+        self.flush_deletes();
+        if self.updates.as_ref().is_some_and(|b| b.rel_oid != m.rel_oid) {
+            self.flush_updates();
+        }
         self.drain_counts(progress);
-        let binary = self.binary;
-        let cxt = self.msg_cxt.value();
+        let batching = self.row_by_row_lsn != Some(self.commit_end());
         let Some(entry) = self.target(m.rel_oid) else { return };
         errctx::set_kind("UPDATE");
         let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return };
         check_width(remote, &m.new, "new tuple");
+        if let Some(OldTuple::Key(t) | OldTuple::Full(t)) = &m.old {
+            check_width(remote, t, "old tuple");
+        }
+        let full = remote.replica_identity == ReplicaIdentity::Full;
+        let batch_shape = if batching && !full && m.old.is_none() {
+            let key = key_mask(remote, &m.new, false, &local.cols);
+            let set = set_mask(&m.new);
+            let fits = local.cols.iter().enumerate().all(|(i, c)| {
+                (!key[i] || (c.exact_key && c.array.is_some())) && (!set[i] || c.array.is_some())
+            });
+            fits.then(|| {
+                let id = key_bytes(&m.new, &key);
+                (set, key, id)
+            })
+        } else {
+            None
+        };
+        let Some((set, key, id)) = batch_shape else {
+            self.flush_updates();
+            self.drain_counts(progress);
+            match self.update_one(&m) {
+                Some(true) => progress.counters.updates += 1,
+                Some(false) => progress.counters.conflicts += 1,
+                None => {}
+            }
+            return;
+        };
+        let fits = self.updates.as_ref().is_some_and(|b| b.set == set && b.key == key && !b.seen.contains(&id));
+        if !fits {
+            self.flush_updates();
+            self.drain_counts(progress);
+            self.updates = Some(UpdateBatch { rel_oid: m.rel_oid, set, key, rows: Vec::new(), seen: HashSet::new() });
+        }
+        let full_batch = self.updates.as_mut().is_some_and(|b| {
+            b.seen.insert(id);
+            b.rows.push(m);
+            b.rows.len() >= UPDATE_BATCH_MAX_ROWS
+        });
+        if full_batch {
+            self.flush_updates();
+            self.drain_counts(progress);
+        }
+    }
+
+    /// One UPDATE through its prepared plan: Some(found the row), None when not applied here.
+    fn update_one(&mut self, m: &Update) -> Option<bool> {
+        let binary = self.binary;
+        let cxt = self.msg_cxt.value();
+        let entry = self.target(m.rel_oid)?;
+        errctx::set_kind("UPDATE");
+        let RelEntry { remote, local, .. } = entry;
+        let local = local.as_mut()?;
         let full = remote.replica_identity == ReplicaIdentity::Full;
         // Key values: from the old tuple when sent (key changed, or identity FULL), else the new one.
         let key_src: &TupleData = match &m.old {
-            Some(OldTuple::Key(t)) | Some(OldTuple::Full(t)) => {
-                check_width(remote, t, "old tuple");
-                t
-            }
+            Some(OldTuple::Key(t)) | Some(OldTuple::Full(t)) => t,
             None => &m.new,
         };
         let key = key_mask(remote, key_src, full, &local.cols);
-        let set: Vec<bool> = m.new.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect();
+        let set = set_mask(&m.new);
         let plan = local.plan(PlanKey::Update { set: set.clone(), key: key.clone() }, remote);
         let mut values = Vec::new();
         let mut nulls = Vec::new();
@@ -615,11 +704,62 @@ impl Applier {
             execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32)
         });
         if processed == 0 {
-            progress.counters.conflicts += 1;
             missing_row("UPDATE", &local.qualified);
-        } else {
-            progress.counters.updates += 1;
         }
+        Some(processed > 0)
+    }
+
+    /// Applies the collected updates with one `UPDATE … FROM unnest(…) WITH ORDINALITY …
+    /// RETURNING` statement: each set and key column's values go in as one array, and the
+    /// ordinals that come back tell which remote rows were found (a row not found is a conflict,
+    /// logged like a single UPDATE's). A short run goes one by one.
+    pub fn flush_updates(&mut self) {
+        let Some(batch) = self.updates.take() else { return };
+        if batch.rows.len() < UPDATE_BATCH_MIN_ROWS {
+            for m in &batch.rows {
+                match with_snapshot(|| self.update_one(m)) {
+                    Some(true) => self.batched_updated += 1,
+                    Some(false) => self.batched_missing += 1,
+                    None => {}
+                }
+            }
+            return;
+        }
+        let binary = self.binary;
+        let cxt = self.msg_cxt.value();
+        let Some(entry) = self.rels.get_mut(&batch.rel_oid) else { return };
+        let RelEntry { remote, local, display } = entry;
+        let Some(local) = local.as_mut() else { return };
+        errctx::set_message("UPDATE", Some(display.clone()));
+        errctx::set_kind(errctx::UPDATE_BATCH);
+        let plan = local.plan(PlanKey::UpdateBatch { set: batch.set.clone(), key: batch.key.clone() }, remote);
+        let n = batch.rows.len();
+        let params: Vec<usize> = batch
+            .set
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s)
+            .chain(batch.key.iter().enumerate().filter(|(_, k)| **k))
+            .map(|(i, _)| i)
+            .collect();
+        let found = with_snapshot(|| in_context(cxt, || {
+            let mut values: Vec<pg_sys::Datum> = params
+                .iter()
+                .map(|&c| local.cols[c].array_of(batch.rows.iter().map(|m| m.new.columns.get(c)), n, binary))
+                .collect();
+            let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+            let processed = execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE_RETURNING as i32);
+            returned_ordinals(processed, n)
+        }));
+        for f in found {
+            if f {
+                self.batched_updated += 1;
+            } else {
+                self.batched_missing += 1;
+                missing_row("UPDATE", &local.qualified);
+            }
+        }
+        errctx::set_kind("");
     }
 
     /// DELETE: consecutive deletes from one table by the same key columns are collected and
@@ -628,6 +768,7 @@ impl Applier {
     pub fn delete(&mut self, m: Delete, progress: &mut Progress) {
         self.require_txn("DELETE");
         self.flush_inserts();
+        self.flush_updates();
         if self.deletes.as_ref().is_some_and(|b| b.rel_oid != m.rel_oid) {
             self.flush_deletes();
         }
@@ -705,61 +846,19 @@ impl Applier {
         let n = batch.rows.len();
         let key_cols: Vec<usize> = batch.key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
         let found = with_snapshot(|| in_context(cxt, || {
-            let mut values = Vec::with_capacity(key_cols.len());
-            let nulls = vec![b' ' as std::ffi::c_char; key_cols.len()];
-            for &c in &key_cols {
-                let col = &local.cols[c];
-                let Some(arr) = col.array else {
-                    report::error(Code::ERRCODE_INTERNAL_ERROR, "batched DELETE on a column without array type", None, None);
-                };
-                let mut elems = Vec::with_capacity(n);
-                let mut elem_nulls = Vec::with_capacity(n);
-                for m in &batch.rows {
-                    let (OldTuple::Key(t) | OldTuple::Full(t)) = &m.old;
-                    let v = t.columns.get(c).unwrap_or(&TupleValue::Null);
-                    let (d, null) = col.datum(v, binary);
-                    elems.push(d);
-                    elem_nulls.push(null == b'n' as std::ffi::c_char);
-                }
-                let mut dims = [n as i32];
-                let mut lbs = [1i32];
-                // SAFETY: n datums of the column's type with their null flags, in the message
-                // context; the array is built there too and lives until the statement ran.
-                let a = unsafe {
-                    pg_sys::construct_md_array(
-                        elems.as_mut_ptr(),
-                        elem_nulls.as_mut_ptr(),
-                        1,
-                        dims.as_mut_ptr(),
-                        lbs.as_mut_ptr(),
-                        col.typid,
-                        i32::from(arr.elem_len),
-                        arr.elem_byval,
-                        arr.elem_align,
-                    )
-                };
-                values.push(pg_sys::Datum::from(a));
-            }
-            errctx::set_column(None);
+            let mut values: Vec<pg_sys::Datum> = key_cols
+                .iter()
+                .map(|&c| {
+                    let olds = batch.rows.iter().map(|m| {
+                        let (OldTuple::Key(t) | OldTuple::Full(t)) = &m.old;
+                        t.columns.get(c)
+                    });
+                    local.cols[c].array_of(olds, n, binary)
+                })
+                .collect();
+            let nulls = vec![b' ' as std::ffi::c_char; values.len()];
             let processed = execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE_RETURNING as i32);
-            let mut found = vec![false; n];
-            // SAFETY: SPI_tuptable holds `processed` rows of one bigint column (the ordinal).
-            unsafe {
-                let tt = pg_sys::SPI_tuptable;
-                if !tt.is_null() {
-                    for i in 0..processed as usize {
-                        let tup = *(*tt).vals.add(i);
-                        let mut isnull = false;
-                        let d = pg_sys::SPI_getbinval(tup, (*tt).tupdesc, 1, &mut isnull);
-                        let ord = d.value() as i64;
-                        if !isnull && ord >= 1 && ord as usize <= n {
-                            found[ord as usize - 1] = true;
-                        }
-                    }
-                    pg_sys::SPI_freetuptable(tt);
-                }
-            }
-            found
+            returned_ordinals(processed, n)
         }));
         for f in found {
             if f {
@@ -774,12 +873,14 @@ impl Applier {
 
     fn flush_batches(&mut self) {
         self.flush_inserts();
+        self.flush_updates();
         self.flush_deletes();
     }
 
-    /// Adds what batched DELETEs did to the counters.
+    /// Adds what batched DELETEs and UPDATEs did to the counters.
     fn drain_counts(&mut self, progress: &mut Progress) {
         progress.counters.deletes += std::mem::take(&mut self.batched_deleted);
+        progress.counters.updates += std::mem::take(&mut self.batched_updated);
         progress.counters.conflicts += std::mem::take(&mut self.batched_missing);
     }
 
@@ -920,6 +1021,52 @@ fn execute(plan: pg_sys::SPIPlanPtr, values: &mut [pg_sys::Datum], nulls: &[std:
     }
 }
 
+/// Which of `n` batched rows the statement found: its RETURNING gives their ordinals (one
+/// bigint column, 1-based).
+fn returned_ordinals(processed: u64, n: usize) -> Vec<bool> {
+    let mut found = vec![false; n];
+    // SAFETY: SPI_tuptable holds `processed` rows of one bigint column (the ordinal).
+    unsafe {
+        let tt = pg_sys::SPI_tuptable;
+        if !tt.is_null() {
+            for i in 0..processed as usize {
+                let tup = *(*tt).vals.add(i);
+                let mut isnull = false;
+                let d = pg_sys::SPI_getbinval(tup, (*tt).tupdesc, 1, &mut isnull);
+                let ord = d.value() as i64;
+                if !isnull && ord >= 1 && ord as usize <= n {
+                    found[ord as usize - 1] = true;
+                }
+            }
+            pg_sys::SPI_freetuptable(tt);
+        }
+    }
+    found
+}
+
+/// The changed columns of a new tuple (an unchanged TOAST value is left as it is).
+fn set_mask(t: &TupleData) -> Vec<bool> {
+    t.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect()
+}
+
+/// The key values of a tuple as received, each with its kind and length, for telling repeated
+/// keys apart in a run of UPDATEs.
+fn key_bytes(t: &TupleData, key: &[bool]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (v, _) in t.columns.iter().zip(key).filter(|(_, k)| **k) {
+        match v {
+            TupleValue::Null => out.push(b'n'),
+            TupleValue::UnchangedToast => out.push(b'u'),
+            TupleValue::Text(b) | TupleValue::Binary(b) => {
+                out.push(if matches!(v, TupleValue::Text(_)) { b't' } else { b'b' });
+                out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    out
+}
+
 fn free_plans(plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>) {
     for (_, p) in plans {
         // SAFETY: plans were kept with SPI_keepplan and are not used after this.
@@ -928,6 +1075,44 @@ fn free_plans(plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>) {
 }
 
 impl ColMap {
+    /// One array of this column's type holding the `n` values (an absent value is NULL), for a
+    /// batched statement's parameter.
+    fn array_of<'a>(&self, values: impl Iterator<Item = Option<&'a TupleValue>>, n: usize, binary: bool) -> pg_sys::Datum {
+        let Some(arr) = self.array else {
+            report::error(
+                Code::ERRCODE_INTERNAL_ERROR,
+                format!("batched statement on column \"{}\" whose type has no array type", self.name),
+                None,
+                None,
+            );
+        };
+        let mut elems = Vec::with_capacity(n);
+        let mut elem_nulls = Vec::with_capacity(n);
+        for v in values {
+            let (d, null) = self.datum(v.unwrap_or(&TupleValue::Null), binary);
+            elems.push(d);
+            elem_nulls.push(null == b'n' as std::ffi::c_char);
+        }
+        let mut dims = [elems.len() as i32];
+        let mut lbs = [1i32];
+        // SAFETY: datums of the column's type with their null flags, in the current (message)
+        // context; the array is built there too and lives until the statement ran.
+        let a = unsafe {
+            pg_sys::construct_md_array(
+                elems.as_mut_ptr(),
+                elem_nulls.as_mut_ptr(),
+                1,
+                dims.as_mut_ptr(),
+                lbs.as_mut_ptr(),
+                self.typid,
+                i32::from(arr.elem_len),
+                arr.elem_byval,
+                arr.elem_align,
+            )
+        };
+        pg_sys::Datum::from(a)
+    }
+
     /// The Datum of a remote value for this column (None-valued for NULL).
     fn datum(&self, v: &TupleValue, binary: bool) -> (pg_sys::Datum, std::ffi::c_char) {
         errctx::set_column(Some(&self.name));
@@ -1025,7 +1210,7 @@ fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     let local_cols = local_columns(relid);
     let mut cols = Vec::with_capacity(remote.columns.len());
     for rc in &remote.columns {
-        let Some((_, typid, typmod)) = local_cols.iter().find(|(n, _, _)| *n == rc.name) else {
+        let Some((_, typid, typmod, collation)) = local_cols.iter().find(|(n, ..)| *n == rc.name) else {
             report::error(
                 Code::ERRCODE_UNDEFINED_COLUMN,
                 format!(
@@ -1036,7 +1221,7 @@ fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
                 Some("Add the column on the subscriber; the worker retries."),
             );
         };
-        cols.push(col_map(&rc.name, *typid, *typmod, binary));
+        cols.push(col_map(&rc.name, *typid, *typmod, *collation, binary));
     }
     LocalRel {
         relid,
@@ -1047,11 +1232,11 @@ fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     }
 }
 
-/// (name, type, typmod) of the local table's ordinary, non-generated columns.
-fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32)> {
+/// (name, type, typmod, collation) of the local table's ordinary, non-generated columns.
+fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32, pg_sys::Oid)> {
     let r = Spi::connect(|c| {
         let t = c.select(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_catalog.pg_attribute a \
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attcollation FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
              ORDER BY a.attnum",
             None,
@@ -1063,6 +1248,7 @@ fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32)> {
                 row.get::<String>(1)?.unwrap_or_default(),
                 row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
                 row.get::<i32>(3)?.unwrap_or(-1),
+                row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
             ));
         }
         Ok::<_, pgrx::spi::SpiError>(out)
@@ -1073,7 +1259,7 @@ fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32)> {
     }
 }
 
-fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, binary: bool) -> ColMap {
+fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg_sys::Oid, binary: bool) -> ColMap {
     // SAFETY: catalog lookups and fmgr_info into TopMemoryContext (the FmgrInfo lives in a Box
     // for the worker's life).
     unsafe {
@@ -1114,7 +1300,26 @@ fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, binary: bool) -> ColMap 
             pg_sys::get_typlenbyvalalign(typid, &mut elem_len, &mut elem_byval, &mut elem_align);
             ArrayInfo { typid: array_typid, elem_len, elem_byval, elem_align }
         });
-        ColMap { name: name.to_string(), typid, typmod, input, receive, ioparam, eq_op, array }
+        let exact_key = match typid {
+            pg_sys::INT2OID
+            | pg_sys::INT4OID
+            | pg_sys::INT8OID
+            | pg_sys::OIDOID
+            | pg_sys::UUIDOID
+            | pg_sys::BOOLOID
+            | pg_sys::DATEOID
+            | pg_sys::TIMESTAMPOID
+            | pg_sys::TIMESTAMPTZOID
+            | pg_sys::BYTEAOID => true,
+            // Not bpchar: its equality ignores trailing spaces that its text form keeps.
+            pg_sys::TEXTOID | pg_sys::VARCHAROID => {
+                collation == pg_sys::InvalidOid
+                    || collation == pg_sys::DEFAULT_COLLATION_OID
+                    || pg_sys::get_collation_isdeterministic(collation)
+            }
+            _ => false,
+        };
+        ColMap { name: name.to_string(), typid, typmod, input, receive, ioparam, eq_op, array, exact_key }
     }
 }
 
@@ -1204,6 +1409,39 @@ impl LocalRel {
                     conds.join(" AND ")
                 )
             }
+            PlanKey::UpdateBatch { set, key } => {
+                let mut args = Vec::new();
+                let mut outs = Vec::new();
+                let mut sets = Vec::new();
+                let mut conds = Vec::new();
+                for (mask, is_key) in [(set, false), (key, true)] {
+                    for (i, on) in mask.iter().enumerate() {
+                        if !*on {
+                            continue;
+                        }
+                        argtypes.push(self.cols[i].array.map_or(pg_sys::InvalidOid, |a| a.typid));
+                        args.push(format!("pg_catalog.unnest(${})", argtypes.len()));
+                        let a = format!("pgsub_a{}", argtypes.len());
+                        let col = quote_ident(&self.cols[i].name);
+                        if is_key {
+                            let op = self.cols[i].eq_op.clone().unwrap_or_else(|| "=".to_string());
+                            conds.push(format!("pgsub_t.{col} {op} pgsub_u.{a}"));
+                        } else {
+                            sets.push(format!("{col} = pgsub_u.{a}"));
+                        }
+                        outs.push(a);
+                    }
+                }
+                format!(
+                    "UPDATE {}{q} AS pgsub_t SET {} FROM ROWS FROM ({}) WITH ORDINALITY AS pgsub_u({}, pgsub_ord) \
+                     WHERE {} RETURNING pgsub_u.pgsub_ord",
+                    self.only,
+                    sets.join(", "),
+                    args.join(", "),
+                    outs.join(", "),
+                    conds.join(" AND ")
+                )
+            }
             PlanKey::Delete { key } => {
                 let c = cond(key, &mut argtypes, &mut arg);
                 if full {
@@ -1216,10 +1454,16 @@ impl LocalRel {
                 }
             }
         };
+        // A batched statement's array parameters give the planner no row count; the generic plan
+        // (a nested loop over the key index) serves every run, so custom plans are not tried.
+        let options = match key {
+            PlanKey::DeleteBatch { .. } | PlanKey::UpdateBatch { .. } => pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            _ => 0,
+        };
         let csql = cstring(&sql);
         // SAFETY: SPI is connected (inside a remote transaction); the plan is kept for reuse.
         let plan = unsafe {
-            let p = pg_sys::SPI_prepare(csql.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr());
+            let p = pg_sys::SPI_prepare_cursor(csql.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr(), options);
             if p.is_null() {
                 report::error(
                     Code::ERRCODE_INTERNAL_ERROR,

@@ -78,18 +78,20 @@ pub fn clear() {
     });
 }
 
-/// True while a batch of INSERTs is being loaded with COPY or a batch of DELETEs applied: an
+/// True while a batch of INSERTs is being loaded with COPY or a batch of UPDATEs or DELETEs applied: an
 /// error there names neither the remote row nor always the column, so the retry of that
 /// transaction goes row by row.
 pub fn in_batch() -> bool {
     STATE.with(|s| {
         let k = s.borrow().kind;
-        k == COPY_BATCH || k == DELETE_BATCH
+        k == COPY_BATCH || k == UPDATE_BATCH || k == DELETE_BATCH
     })
 }
 
 /// The message kind shown while a run of INSERTs is loaded with COPY.
 pub const COPY_BATCH: &str = "INSERT (COPY batch)";
+/// The message kind shown while a run of UPDATEs is applied with one statement.
+pub const UPDATE_BATCH: &str = "UPDATE (batch)";
 /// The message kind shown while a run of DELETEs is applied with one statement.
 pub const DELETE_BATCH: &str = "DELETE (batch)";
 
