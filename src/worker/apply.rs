@@ -629,10 +629,12 @@ impl Applier {
         let full = remote.replica_identity == ReplicaIdentity::Full;
         let batch_shape = if batching && !full && m.old.is_none() {
             let key = key_mask(remote, &m.new, false, &local.cols);
-            let set = set_mask(&m.new);
-            let fits = local.cols.iter().enumerate().all(|(i, c)| {
-                (!key[i] || (c.exact_key && c.array.is_some())) && (!set[i] || c.array.is_some())
-            });
+            // The key is unchanged and its values are exact: only the other columns are set.
+            let set: Vec<bool> = set_mask(&m.new).iter().zip(&key).map(|(s, k)| *s && !*k).collect();
+            let fits = set.iter().any(|s| *s)
+                && local.cols.iter().enumerate().all(|(i, c)| {
+                    (!key[i] || (c.exact_key && c.array.is_some())) && (!set[i] || c.array.is_some())
+                });
             fits.then(|| {
                 let id = key_bytes(&m.new, &key);
                 (set, key, id)
@@ -643,7 +645,7 @@ impl Applier {
         let Some((set, key, id)) = batch_shape else {
             self.flush_updates();
             self.drain_counts(progress);
-            match self.update_one(&m) {
+            match with_snapshot(|| self.update_one(&m)) {
                 Some(true) => progress.counters.updates += 1,
                 Some(false) => progress.counters.conflicts += 1,
                 None => {}
@@ -732,7 +734,7 @@ impl Applier {
         let Some(local) = local.as_mut() else { return };
         errctx::set_message("UPDATE", Some(display.clone()));
         errctx::set_kind(errctx::UPDATE_BATCH);
-        let plan = local.plan(PlanKey::UpdateBatch { set: batch.set.clone(), key: batch.key.clone() }, remote);
+        let plan = with_snapshot(|| local.plan(PlanKey::UpdateBatch { set: batch.set.clone(), key: batch.key.clone() }, remote));
         let n = batch.rows.len();
         let params: Vec<usize> = batch
             .set
@@ -807,7 +809,7 @@ impl Applier {
             }
             return;
         }
-        let plan = local.plan(PlanKey::Delete { key: key.clone() }, remote);
+        let plan = with_snapshot(|| local.plan(PlanKey::Delete { key: key.clone() }, remote));
         let mut values = Vec::new();
         let mut nulls = Vec::new();
         let processed = in_context(cxt, || {
@@ -818,7 +820,7 @@ impl Applier {
                     nulls.push(n);
                 }
             }
-            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32)
+            with_snapshot(|| execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32))
         });
         if processed == 0 {
             progress.counters.conflicts += 1;
@@ -842,7 +844,7 @@ impl Applier {
         let Some(local) = local.as_mut() else { return };
         errctx::set_message("DELETE", Some(display.clone()));
         errctx::set_kind(errctx::DELETE_BATCH);
-        let plan = local.plan(PlanKey::DeleteBatch { key: batch.key.clone() }, remote);
+        let plan = with_snapshot(|| local.plan(PlanKey::DeleteBatch { key: batch.key.clone() }, remote));
         let n = batch.rows.len();
         let key_cols: Vec<usize> = batch.key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
         let found = with_snapshot(|| in_context(cxt, || {

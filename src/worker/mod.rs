@@ -497,8 +497,8 @@ impl Stream {
         let p = &mut self.progress;
         match msg {
             LogicalMessage::Insert(m) => self.applier.insert(m, p),
-            LogicalMessage::Update(m) => apply::with_snapshot(|| self.applier.update(m, p)),
-            LogicalMessage::Delete(m) => apply::with_snapshot(|| self.applier.delete(m, p)),
+            LogicalMessage::Update(m) => self.applier.update(m, p),
+            LogicalMessage::Delete(m) => self.applier.delete(m, p),
             LogicalMessage::Truncate(m) => apply::with_snapshot(|| self.applier.truncate(m, p)),
             LogicalMessage::Message(_) => p.counters.messages += 1,
             other => report::error(
