@@ -363,8 +363,11 @@ async fn batched_updates_match_rows_and_count_exactly() {
     s.batch_execute(ddl).await.unwrap();
     // Remote text keys '1.0' and '1.00' are two rows; the local numeric column holds them as
     // equal values (no index locally), so each remote update changes both local rows.
-    p.batch_execute("CREATE TABLE u4 (k text PRIMARY KEY, v text)").await.unwrap();
-    s.batch_execute("CREATE TABLE u4 (k numeric, v text)").await.unwrap();
+    // Likewise remote text keys '1' and '01' are one local integer.
+    p.batch_execute("CREATE TABLE u4 (k text PRIMARY KEY, v text); CREATE TABLE u5 (k text PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    s.batch_execute("CREATE TABLE u4 (k numeric, v text); CREATE TABLE u5 (k int, v text)").await.unwrap();
     p.batch_execute(
         r#"INSERT INTO u1 SELECT g, 'v' || g, g FROM generate_series(1, 5000) g;
            INSERT INTO "U 2" SELECT 'k"' || (g % 7) || E'\t', g, 'x' FROM generate_series(1, 700) g;
@@ -372,7 +375,9 @@ async fn batched_updates_match_rows_and_count_exactly() {
            INSERT INTO u3 SELECT g, repeat(md5(g::text), 200), g FROM generate_series(1, 50) g;
            INSERT INTO u4 VALUES ('1.0', 'a'), ('1.00', 'b');
            INSERT INTO u4 SELECT g::text, 'c' FROM generate_series(2, 9) g;
-           CREATE PUBLICATION up FOR TABLE u1, "U 2", u3, u4;"#,
+           INSERT INTO u5 VALUES ('1', 'a'), ('01', 'b');
+           INSERT INTO u5 SELECT g::text, 'c' FROM generate_series(2, 9) g;
+           CREATE PUBLICATION up FOR TABLE u1, "U 2", u3, u4, u5;"#,
     )
     .await
     .unwrap();
@@ -403,7 +408,8 @@ async fn batched_updates_match_rows_and_count_exactly() {
            UPDATE u1 SET v = 'after delete' WHERE id BETWEEN 2301 AND 2400;
            COMMIT;
            UPDATE u1 SET v = 'one' WHERE id = 4000;                       -- a run of one
-           UPDATE u4 SET v = v || '!';"#,
+           UPDATE u4 SET v = v || '!';
+           UPDATE u5 SET v = v || '!';"#,
     )
     .await
     .unwrap();
@@ -415,9 +421,11 @@ async fn batched_updates_match_rows_and_count_exactly() {
     // Row by row, the second remote update ('1.00') rewrites both local rows last.
     let u4 = "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k, v) FROM u4";
     wait_value(&s, u4, "1.00=b!,1.00=b!,2=c!,3=c!,4=c!,5=c!,6=c!,7=c!,8=c!,9=c!", WAIT).await;
+    let u5 = "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k, v) FROM u5";
+    wait_value(&s, u5, "1=b!,1=b!,2=c!,3=c!,4=c!,5=c!,6=c!,7=c!,8=c!,9=c!", WAIT).await;
     let updated_u2: i64 = p.query_one(r#"SELECT count(*) FROM "U 2" WHERE v = 'y'"#, &[]).await.unwrap().get(0);
-    // Remote updates: u1 2500 + 100 + 100 + 10 + 90 + 100 + 1; U 2; u3 50 + 10; u4 10.
-    let remote_updates = 2500 + 100 + 100 + 10 + 90 + 100 + 1 + updated_u2 + 60 + 10;
+    // Remote updates: u1 2500 + 100 + 100 + 10 + 90 + 100 + 1; U 2; u3 50 + 10; u4 10; u5 10.
+    let remote_updates = 2500 + 100 + 100 + 10 + 90 + 100 + 1 + updated_u2 + 60 + 10 + 10;
     let after = s
         .query_one(
             "SELECT updates, conflicts, last_error FROM pgsub.stat_subscription WHERE subname = 'sub'",

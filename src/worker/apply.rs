@@ -630,10 +630,15 @@ impl Applier {
         let batch_shape = if batching && !full && m.old.is_none() {
             let key = key_mask(remote, &m.new, false, &local.cols);
             // The key is unchanged and its values are exact: only the other columns are set.
+            // Exact means: the local type compares values by their representation, and the
+            // remote column has that same type (remote text '01' and '1' are one local int).
             let set: Vec<bool> = set_mask(&m.new).iter().zip(&key).map(|(s, k)| *s && !*k).collect();
+            let exact = |i: usize, c: &ColMap| {
+                c.exact_key && remote.columns.get(i).is_some_and(|rc| rc.type_oid == c.typid.to_u32())
+            };
             let fits = set.iter().any(|s| *s)
                 && local.cols.iter().enumerate().all(|(i, c)| {
-                    (!key[i] || (c.exact_key && c.array.is_some())) && (!set[i] || c.array.is_some())
+                    (!key[i] || (exact(i, c) && c.array.is_some())) && (!set[i] || c.array.is_some())
                 });
             fits.then(|| {
                 let id = key_bytes(&m.new, &key);
