@@ -1,6 +1,7 @@
 //! End-to-end: the initial copy of published tables is consistent with the change stream (rows
 //! written during the copy are neither lost nor doubled), honours column lists and row filters,
-//! survives a crash mid-copy, picks up tables added by refresh, and refuses non-empty tables.
+//! survives a crash mid-copy, picks up tables added by refresh, refuses non-empty tables, and
+//! travels in binary format only where both sides' types match.
 use pgsub_tests::{wait_for, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -97,6 +98,58 @@ async fn copy_is_consistent_with_concurrent_writes() {
         .unwrap();
     assert!(["synchronized", "ready"].contains(&r.get::<_, String>(0).as_str()));
     assert!(r.get::<_, i64>(1) >= 200000 - 300, "rows_copied {}", r.get::<_, i64>(1));
+}
+
+/// The copy uses COPY's binary format where both sides have the same built-in types, and text
+/// for a user-defined type or a column whose local type differs; every value arrives intact
+/// either way (NULLs, special floats, unicode and control characters, arrays, ranges, json).
+#[tokio::test(flavor = "current_thread")]
+async fn copy_format_is_binary_only_where_types_match() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = r#"
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE TABLE bt (
+            id int PRIMARY KEY, i2 smallint, i8 bigint, num numeric(20,6), f8 float8, f4 real, b bool,
+            ts timestamptz, tsn timestamp(3), d date, u uuid, j jsonb, js json, arr int[], tarr text[],
+            by bytea, t text, vc varchar(20), ch char(5), iv interval, ip inet, r int4range, pt point
+        );
+        CREATE TABLE "E t" (id int PRIMARY KEY, m mood, v text);
+    "#;
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute("CREATE TABLE dt (id int PRIMARY KEY, n text)").await.unwrap();
+    s.batch_execute("CREATE TABLE dt (id int PRIMARY KEY, n bigint)").await.unwrap();
+    p.batch_execute(
+        r#"INSERT INTO bt SELECT g, (g % 30000)::smallint, g::bigint * 1000003, g / 7.0, g / 3.0, g / 9.0, g % 2 = 0,
+               '2024-02-29 12:00:00+00'::timestamptz + g * interval '1 hour', '1999-12-31 23:59:59.123'::timestamp + g * interval '1 day',
+               '2000-01-01'::date + g, md5(g::text)::uuid, jsonb_build_object('k', g, 'a', jsonb_build_array(g, 'x')),
+               json_build_object('g', g), ARRAY[g, -g, NULL], ARRAY['a' || g, NULL, 'é"'],
+               decode(md5(g::text), 'hex'), E'tab	here ' || g || E'
+newline \ back ü 日本', 'vc' || g, 'c' || (g % 10),
+               g * interval '1 minute', ('10.0.' || (g % 256) || '.1')::inet, int4range(g, g + 10), point(g, -g)
+             FROM generate_series(1, 2000) g;
+           INSERT INTO bt (id) VALUES (0);
+           INSERT INTO bt (id, f8, f4, num) VALUES (-1, 'NaN', '-Infinity', 'NaN'), (-2, '-0', 'Infinity', 0);
+           INSERT INTO "E t" SELECT g, (ARRAY['sad', 'ok', 'happy']::mood[])[g % 3 + 1], 'e' || g FROM generate_series(1, 300) g;
+           INSERT INTO dt SELECT g, (g * 7)::text FROM generate_series(1, 300) g;
+           CREATE PUBLICATION fp FOR TABLE bt, "E t", dt;"#,
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('fmt', $1, ARRAY['fp'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_status(&s, "fmt", "streaming").await;
+    converge(&p, &s, "bt").await;
+    converge(&p, &s, r#""E t""#).await;
+    converge(&p, &s, "(SELECT id, n::bigint FROM dt)").await;
+    let log = nodes.subscriber.log();
+    for (table, rows, format) in [(r#""bt""#, 2003, "binary"), (r#""E t""#, 300, "text"), (r#""dt""#, 300, "text")] {
+        let line = format!("{table} for subscription \"fmt\" finished: {rows} rows in {format} format");
+        assert!(log.contains(&line), "log should say: {line}\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]

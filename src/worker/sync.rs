@@ -13,6 +13,11 @@
 //!
 //! The publication's column lists and row filters (PG15) are honoured: the copy selects exactly
 //! the published columns and rows.
+//!
+//! The copy travels in COPY's binary format when that is sure to mean the same on both sides:
+//! publisher of the same major version, every column of the same built-in type on both sides (so
+//! the same send/receive functions), and a UTF8 local database (binary text arrives in the
+//! connection's UTF8). Otherwise, and for user-defined types, it is text, as native tablesync's.
 use crate::catalog::{SubRel, Subscription};
 use crate::publisher::{self, Context};
 use crate::report;
@@ -26,6 +31,8 @@ type Code = PgSqlErrorCode;
 /// What the publication publishes of one table.
 struct Published {
     columns: Vec<String>,
+    /// The publisher's type OID of each column (0 when unknown).
+    types: Vec<u32>,
     row_filter: Option<String>,
     /// A partitioned table (published through its root): `COPY table TO` refuses it, its rows
     /// are read with `COPY (SELECT …)`, partitions included.
@@ -80,8 +87,28 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
         .next()
         .and_then(|r| r.values.into_iter().next().flatten())
         .is_some_and(|k| k == "p");
+    let types_sql = format!(
+        "SELECT a.attname::text, a.atttypid::int8 FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+        quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name)))
+    );
+    let remote_types: Vec<(String, u32)> = client
+        .simple_query(&types_sql)?
+        .into_iter()
+        .filter_map(|r| {
+            let mut it = r.values.into_iter();
+            let name = it.next().flatten()?;
+            let oid = it.next().flatten().and_then(|t| t.parse::<u32>().ok())?;
+            Some((name, oid))
+        })
+        .collect();
+    let types = columns
+        .iter()
+        .map(|c| remote_types.iter().find(|(n, _)| n == c).map_or(0, |(_, t)| *t))
+        .collect();
     Ok(Published {
         columns,
+        types,
         row_filter: if unfiltered || filters.is_empty() { None } else { Some(filters.join(" OR ")) },
         partitioned,
     })
@@ -121,7 +148,7 @@ pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
             Err(e) => fail(e, "could not read the publication's columns"),
         };
         match copy_one(&mut client, sub, rel, &p, at) {
-            Ok(rows) => {
+            Ok((rows, binary)) => {
                 if let Some(o) = out
                     .iter_mut()
                     .find(|o| o.remote_schema == rel.remote_schema && o.remote_name == rel.remote_name)
@@ -130,10 +157,11 @@ pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
                     o.state_lsn = Some(at);
                 }
                 log!(
-                    "pgsub: initial copy of {}.{} for subscription \"{}\" finished: {rows} rows (consistent at {at})",
+                    "pgsub: initial copy of {}.{} for subscription \"{}\" finished: {rows} rows in {} format (consistent at {at})",
                     quote_ident(&rel.remote_schema),
                     quote_ident(&rel.remote_name),
-                    sub.name
+                    sub.name,
+                    if binary { "binary" } else { "text" }
                 );
             }
             Err(ProtoError::Interrupted) => return None,
@@ -148,20 +176,45 @@ pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
     Some(out)
 }
 
-/// Copies one table in one local transaction; returns the number of rows.
-fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published, at: Lsn) -> Result<u64, ProtoError> {
+/// Whether COPY's binary format carries this table's columns faithfully (module comment): same
+/// major version, same built-in types with binary input, UTF8 locally.
+fn binary_copy_ok(publisher_version: u32, relid: pg_sys::Oid, p: &Published) -> bool {
+    // SAFETY: reads the database encoding, set for the backend's life.
+    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    if !utf8 || publisher_version / 10000 != pg_sys::PG_VERSION_NUM / 10000 || p.columns.is_empty() {
+        return false;
+    }
+    // Built-in types without a usable binary input (no receive function, or one that refuses).
+    const NO_BINARY_INPUT: [u32; 4] = [194, 3361, 3402, 5017]; // pg_node_tree, pg_ndistinct, pg_dependencies, pg_mcv_list
+    p.columns.iter().zip(&p.types).all(|(name, &remote_type)| {
+        let local = Spi::get_one_with_args::<i64>(
+            "SELECT a.atttypid::int8 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped AND t.typreceive <> 0",
+            &[relid.into(), name.as_str().into()],
+        );
+        matches!(local, Ok(Some(t)) if t == i64::from(remote_type))
+            && remote_type != 0
+            && remote_type < pg_sys::FirstGenbkiObjectId
+            && !NO_BINARY_INPUT.contains(&remote_type)
+    })
+}
+
+/// Copies one table in one local transaction; returns the number of rows and whether the binary
+/// format was used.
+fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published, at: Lsn) -> Result<(u64, bool), ProtoError> {
     let remote = format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name));
     let cols: Vec<String> = p.columns.iter().map(|c| quote_ident(c)).collect();
     // A plain table's own rows (COPY leaves out inheritance children, and ONLY does the same for
     // a filtered copy); a partitioned root's rows are those of its partitions.
     let only = if p.partitioned { "" } else { "ONLY " };
-    let copy_sql = match (&p.row_filter, p.partitioned) {
-        (None, false) => format!("COPY {remote} ({}) TO STDOUT", cols.join(", ")),
-        (None, true) => format!("COPY (SELECT {} FROM {remote}) TO STDOUT", cols.join(", ")),
-        (Some(f), _) => format!("COPY (SELECT {} FROM {only}{remote} WHERE {f}) TO STDOUT", cols.join(", ")),
+    let source = match (&p.row_filter, p.partitioned) {
+        (None, false) => format!("{remote} ({})", cols.join(", ")),
+        (None, true) => format!("(SELECT {} FROM {remote})", cols.join(", ")),
+        (Some(f), _) => format!("(SELECT {} FROM {only}{remote} WHERE {f})", cols.join(", ")),
     };
     let subid = sub.subid;
-    let mut result: Result<u64, ProtoError> = Ok(0);
+    let publisher_version = client.server_version_num();
+    let mut result: Result<(u64, bool), ProtoError> = Ok((0, false));
     super::xact(|| {
         let relid = crate::api::local_relid(&rel.remote_schema, &rel.remote_name).unwrap_or_else(|| {
             report::error(
@@ -191,13 +244,19 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
         }
         shmem::with_slot(subid, |s| s.status = shmem::Status::InitialCopy as u8);
+        let binary = binary_copy_ok(publisher_version, relid, p);
+        let copy_sql = if binary {
+            format!("COPY {source} TO STDOUT WITH (FORMAT binary)")
+        } else {
+            format!("COPY {source} TO STDOUT")
+        };
         // The rows stream from the publisher's COPY straight into COPY FROM: each time COPY FROM
         // wants data, the next CopyData message is read (the publisher keeps producing into the
         // socket meanwhile), as native tablesync does.
         let copied = client.copy_out_reader(&copy_sql).map(|mut reader| {
             let mut chunk = bytes::Bytes::new();
             let mut pos = 0usize;
-            super::copyin::copy_from(relid, &p.columns, false, &mut |out: &mut [u8]| {
+            super::copyin::copy_from(relid, &p.columns, binary, &mut |out: &mut [u8]| {
                 // Wait for data only when nothing is at hand; then fill COPY's buffer with every
                 // message already received (one CopyData per row: one call per row would cost
                 // COPY FROM its per-call overhead millions of times).
@@ -241,7 +300,7 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
                 if let Err(e) = r {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
                 }
-                result = Ok(n);
+                result = Ok((n, binary));
             }
             Err(e) => copy_failed(&e, &remote),
         }
