@@ -754,18 +754,9 @@ impl Applier {
                 .iter()
                 .map(|&c| local.cols[c].array_of(batch.rows.iter().map(|m| m.new.columns.get(c)), n, binary))
                 .collect();
-            let nulls = vec![b' ' as std::ffi::c_char; values.len()];
-            let processed = execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE_RETURNING as i32);
-            returned_ordinals(processed, n)
+            run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
         }));
-        for f in found {
-            if f {
-                self.batched_updated += 1;
-            } else {
-                self.batched_missing += 1;
-                missing_row("UPDATE", &local.qualified);
-            }
-        }
+        tally(&found, "UPDATE", &local.qualified, &mut self.batched_updated, &mut self.batched_missing);
         errctx::set_kind("");
     }
 
@@ -863,18 +854,9 @@ impl Applier {
                     local.cols[c].array_of(olds, n, binary)
                 })
                 .collect();
-            let nulls = vec![b' ' as std::ffi::c_char; values.len()];
-            let processed = execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE_RETURNING as i32);
-            returned_ordinals(processed, n)
+            run_batch(plan, &mut values, pg_sys::SPI_OK_DELETE_RETURNING as i32, n)
         }));
-        for f in found {
-            if f {
-                self.batched_deleted += 1;
-            } else {
-                self.batched_missing += 1;
-                missing_row("DELETE", &local.qualified);
-            }
-        }
+        tally(&found, "DELETE", &local.qualified, &mut self.batched_deleted, &mut self.batched_missing);
         errctx::set_kind("");
     }
 
@@ -1028,9 +1010,11 @@ fn execute(plan: pg_sys::SPIPlanPtr, values: &mut [pg_sys::Datum], nulls: &[std:
     }
 }
 
-/// Which of `n` batched rows the statement found: its RETURNING gives their ordinals (one
-/// bigint column, 1-based).
-fn returned_ordinals(processed: u64, n: usize) -> Vec<bool> {
+/// Runs a batched statement over `n` remote rows (array parameters, none NULL) and returns which
+/// rows it found: its RETURNING gives their ordinals (one bigint column, 1-based).
+fn run_batch(plan: pg_sys::SPIPlanPtr, values: &mut [pg_sys::Datum], expect: i32, n: usize) -> Vec<bool> {
+    let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+    let processed = execute(plan, values, &nulls, expect);
     let mut found = vec![false; n];
     // SAFETY: SPI_tuptable holds `processed` rows of one bigint column (the ordinal).
     unsafe {
@@ -1072,6 +1056,18 @@ fn key_bytes(t: &TupleData, key: &[bool]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Adds a batch's rows to the found / not-found counts, logging each row not found.
+fn tally(found: &[bool], op: &str, rel: &str, hit: &mut i64, missing: &mut i64) {
+    for f in found {
+        if *f {
+            *hit += 1;
+        } else {
+            *missing += 1;
+            missing_row(op, rel);
+        }
+    }
 }
 
 fn free_plans(plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>) {
