@@ -203,8 +203,10 @@ fn redact_quoted(msg: &str, conninfo: &str, masked: &str) -> String {
         .join("\"")
 }
 
-fn connect(sub_name: &str, conninfo: &str) -> Client {
-    match publisher::connect(conninfo, true, Context::Backend, Some("pgsub")) {
+/// Connects for a management function; `require_password`: the subscription's owner (for a new
+/// one, the caller) is not a superuser.
+fn connect(sub_name: &str, conninfo: &str, require_password: bool) -> Client {
+    match publisher::connect(conninfo, true, Context::Backend, Some("pgsub"), require_password) {
         Ok(c) => c,
         Err(e) => publisher::raise(
             &e,
@@ -535,11 +537,14 @@ fn create_subscription(
         );
     }
 
-    let mut client = connect(name, conninfo);
+    let owner = caller();
+    // SAFETY: catalog lookup inside a transaction.
+    let require_password = !unsafe { pg_sys::superuser_arg(owner) };
+    publisher::require_password_in(conninfo, require_password);
+    let mut client = connect(name, conninfo, require_password);
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
 
-    let owner = caller();
     let subid = Spi::get_one_with_args::<i32>(
         "INSERT INTO pgsub.sub (subname, subowner, enabled, conninfo, publications, slot_name, \
          copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit) \
@@ -669,7 +674,7 @@ fn drop_subscription(name: Option<&str>, drop_slot: default!(Option<bool>, true)
     stop_worker(sub.subid);
     drop_origin(&sub.origin_name());
     if drop_slot {
-        let mut client = match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub")) {
+        let mut client = match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), !sub.owner_superuser) {
             Ok(c) => c,
             Err(e) => publisher::raise(
                 &e,
@@ -742,8 +747,9 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
     check_conninfo(conninfo);
+    publisher::require_password_in(conninfo, !sub.owner_superuser);
     // Like native ALTER SUBSCRIPTION … CONNECTION: the new connection must work.
-    connect(name, conninfo).close();
+    connect(name, conninfo, !sub.owner_superuser).close();
     if let Err(e) = Spi::run_with_args(
         "UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1",
         &[sub.subid.into(), conninfo.into()],
@@ -775,7 +781,7 @@ fn alter_subscription_publications(
     let pubs: Vec<String> = pubs_in.into_iter().flatten().collect();
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
-    let mut client = connect(name, &sub.conninfo);
+    let mut client = connect(name, &sub.conninfo, !sub.owner_superuser);
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
     client.close();
@@ -796,7 +802,7 @@ fn refresh_subscription(name: Option<&str>, copy_data: default!(Option<bool>, tr
     let name = required(name, "name");
     let copy_data = required(copy_data, "copy_data");
     let sub = sub_by_name(name);
-    let mut client = connect(name, &sub.conninfo);
+    let mut client = connect(name, &sub.conninfo, !sub.owner_superuser);
     let tables = published_tables(&mut client, &sub.publications);
     client.close();
     sync_table_list(sub.subid, &tables, copy_data);

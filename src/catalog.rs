@@ -22,6 +22,9 @@ pub struct Subscription {
     pub disable_on_error: bool,
     pub synchronous_commit: String,
     pub skip_lsn: Option<Lsn>,
+    /// The owner is a superuser (read with the row). Otherwise the publisher connection must
+    /// authenticate with a password given in `conninfo` (see `publisher::connect`).
+    pub owner_superuser: bool,
 }
 
 impl Subscription {
@@ -36,6 +39,7 @@ impl Subscription {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
             &self.owner,
+            self.owner_superuser,
             &self.conninfo,
             &self.publications,
             &self.slot_name,
@@ -84,7 +88,8 @@ pub fn origin_name(subid: i32) -> String {
 
 const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, conninfo, publications, \
      coalesce(slot_name::text, subname::text), copy_data, \"binary\", streaming, two_phase, origin, \
-     disable_on_error, synchronous_commit, skip_lsn::text";
+     disable_on_error, synchronous_commit, skip_lsn::text, \
+     coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false)";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -108,6 +113,7 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         disable_on_error: row.get::<bool>(13)?.unwrap_or_default(),
         synchronous_commit: row.get::<String>(14)?.unwrap_or_else(|| "off".into()),
         skip_lsn: row.get::<String>(15)?.and_then(|s| s.parse().ok()),
+        owner_superuser: row.get::<bool>(16)?.unwrap_or(false),
     })
 }
 

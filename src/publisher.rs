@@ -7,7 +7,7 @@
 use crate::launcher::{reload_config_if_requested, shutdown_requested};
 use crate::report;
 use pgrx::prelude::*;
-use pgsub_proto::client::{Client, Error, Interest, Wait};
+use pgsub_proto::client::{Client, Error, Interest, ServerError, Wait};
 use pgsub_proto::conninfo;
 use std::os::fd::RawFd;
 use std::time::Instant;
@@ -75,7 +75,17 @@ impl Wait for LatchWait {
 /// Opens a connection (replication=database when `replication`) to the publisher.
 /// `application_name` (what the publisher's pg_stat_replication shows) applies unless the
 /// connection string sets one.
-pub fn connect(conninfo_str: &str, replication: bool, ctx: Context, application_name: Option<&str>) -> Result<Client, Error> {
+/// Connects to the publisher. With `require_password` (a subscription owned by a non-superuser,
+/// as PostgreSQL 16's `password_required`), a connection the server let in without asking for a
+/// password — trust, peer, certificate — is refused: otherwise such an owner could act on the
+/// publisher with the subscriber server's own identity.
+pub fn connect(
+    conninfo_str: &str,
+    replication: bool,
+    ctx: Context,
+    application_name: Option<&str>,
+    require_password: bool,
+) -> Result<Client, Error> {
     let mut cfg = conninfo::parse(conninfo_str).map_err(Error::Config)?;
     if cfg.application_name.is_none() {
         cfg.application_name = application_name.map(str::to_string);
@@ -88,7 +98,32 @@ pub fn connect(conninfo_str: &str, replication: bool, ctx: Context, application_
             cfg.connect_timeout = Some(t);
         }
     }
-    Client::connect(&cfg, replication, Box::new(LatchWait { ctx }))
+    let client = Client::connect(&cfg, replication, Box::new(LatchWait { ctx }))?;
+    if require_password && !client.used_password() {
+        client.close();
+        // Reported like a server error so that it carries its SQLSTATE, detail and hint.
+        return Err(Error::Server(ServerError {
+            severity: "ERROR".into(),
+            code: "2F003".into(),
+            message: "password is required".into(),
+            detail: Some("A subscription owned by a non-superuser cannot connect if the publisher does not request a password.".into()),
+            hint: Some("Make the publisher's pg_hba.conf ask this user for a password (scram-sha-256 or md5), or have a superuser own the subscription.".into()),
+        }));
+    }
+    Ok(client)
+}
+
+/// Refuses a connection string without a password of its own when the subscription's owner is not
+/// a superuser (the password may not come from the server's environment or password file).
+pub fn require_password_in(conninfo_str: &str, require_password: bool) {
+    if require_password && !matches!(conninfo::has_explicit_password(conninfo_str), Ok(true)) {
+        report::error(
+            PgSqlErrorCode::ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED,
+            "password is required",
+            Some("Subscriptions owned by non-superusers must give a password in the connection string.".into()),
+            Some("Add password=… to the connection string (the publisher must ask for it), or have a superuser create the subscription."),
+        );
+    }
 }
 
 /// SQLSTATE of a protocol error: the server's own code, or a connection-class code.

@@ -1405,6 +1405,7 @@ async fn trust_md5_and_scram_users_connect_and_identify() {
 
     for (user, pw, method) in [
         ("trust_user", None, None),
+        ("trust_user", Some("given but not asked for"), None),
         ("md5_user", Some("md5 secret"), Some("md5")),
         ("scram_user", Some(SCRAM_PASSWORD), Some("scram-sha-256")),
     ] {
@@ -1418,6 +1419,9 @@ async fn trust_md5_and_scram_users_connect_and_identify() {
             .unwrap_or_else(|e| panic!("{user}: IDENTIFY_SYSTEM: {e}"));
         assert_eq!(sys.systemid, sysid, "{user}");
         assert_eq!(sys.dbname.as_deref(), Some("postgres"), "{user}");
+        // A password was used exactly when the server asked for one (not under trust, even
+        // when a password is given).
+        assert_eq!(c.used_password(), method.is_some(), "{user}: used_password");
         // The server sees a walsender of this user.
         let row = pg
             .query_one(

@@ -149,10 +149,25 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     assert!(text.contains("permission denied to manage pgsub subscriptions") && text.contains("pgsub_admin"), "{text}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 1, "nothing changed");
 
-    // A pgsub_admin member (not a superuser) creates, runs and drops a subscription of its own.
+    // A pgsub_admin member (not a superuser) must authenticate to the publisher with a password
+    // of its own (PostgreSQL 16's password_required): not without one in the string, and not
+    // where the publisher does not ask for it (here: postgres over TCP is trusted), else it would
+    // use the subscriber server's own identity or password file.
+    let pw_ci = password_conninfo(&nodes, &p).await;
     let admin = nodes.subscriber.client_as("admin1", "postgres").await.unwrap();
+    let port = nodes.publisher.port();
+    let trusted = format!("host=127.0.0.1 port={port} dbname=postgres user=postgres password=unused");
+    for (conninfo, says) in [(&ci, "must give a password in the connection string"), (&trusted, "does not request a password")] {
+        let (code, text) =
+            must_fail(&admin, "SELECT pgsub.create_subscription('nopw', $1, ARRAY['pub'])", &[conninfo]).await;
+        assert_eq!(code, "2F003", "{text}");
+        assert!(text.contains("password is required") && text.contains(says), "{text}");
+    }
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'nopw'").await, 0);
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'nopw'").await, 0);
+    // A superuser's subscription needs no password (su_sub above, created with `ci`).
     admin
-        .execute("SELECT pgsub.create_subscription('admin_sub', $1, ARRAY['pub'])", &[&ci])
+        .execute("SELECT pgsub.create_subscription('admin_sub', $1, ARRAY['pub'])", &[&pw_ci])
         .await
         .expect("pgsub_admin member creates");
     assert_eq!(one::<String>(&s, "SELECT owner::text FROM pgsub.subscription WHERE subname = 'admin_sub'").await, "admin1");
@@ -161,10 +176,33 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     wait_value(&admin, "SELECT v FROM t WHERE id = 1", "updated").await;
     // It may repoint its own subscription, but not one owned by somebody else (the worker would
     // apply whatever that publisher sends with the other owner's privileges).
+    let (code, text) = must_fail(&admin, "SELECT pgsub.alter_subscription_connection('admin_sub', $1)", &[&ci]).await;
+    assert_eq!(code, "2F003", "repointing to a connection without a password: {text}");
     admin
-        .execute("SELECT pgsub.alter_subscription_connection('admin_sub', $1)", &[&ci])
+        .execute("SELECT pgsub.alter_subscription_connection('admin_sub', $1)", &[&pw_ci])
         .await
         .expect("alter own connection");
+    // The worker checks too: once the publisher stops asking repl for a password, the
+    // subscription errors (and retries) instead of connecting.
+    nodes
+        .publisher
+        .set_hba(&format!("host all repl 127.0.0.1/32 trust\nhost replication repl 127.0.0.1/32 trust\n{PUB_HBA}"))
+        .expect("hba");
+    admin.batch_execute("SELECT pgsub.disable_subscription('admin_sub')").await.expect("disable");
+    admin.batch_execute("SELECT pgsub.enable_subscription('admin_sub')").await.expect("enable");
+    wait_for("the worker to refuse the password-less connection", Duration::from_secs(60), || {
+        let s = &s;
+        async move {
+            let e: Option<String> =
+                one(s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'admin_sub'").await;
+            Ok(e.filter(|e| e.contains("password is required")))
+        }
+    })
+    .await
+    .expect("worker refuses");
+    nodes.publisher.set_hba(PUB_HBA).expect("hba");
+    p.batch_execute("INSERT INTO t VALUES (2, 'after the password is asked again')").await.unwrap();
+    wait_value(&admin, "SELECT count(*)::text FROM t WHERE id = 2", "1").await;
     admin
         .batch_execute("SELECT pgsub.alter_subscription_publications('admin_sub', ARRAY['pub'])")
         .await
@@ -201,6 +239,19 @@ host all postgres 127.0.0.1/32 trust
 host replication postgres 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
 ";
+
+/// A publisher connection that authenticates with a password, as a subscription owned by a
+/// non-superuser must: role `repl` (REPLICATION, SELECT on the tables in public) over TCP with
+/// SCRAM (`PUB_HBA`). Call after the published tables exist.
+async fn password_conninfo(nodes: &TwoNodes, p: &Client) -> String {
+    p.batch_execute(&format!(
+        "CREATE ROLE repl LOGIN REPLICATION PASSWORD '{PASSWORD}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO repl;"
+    ))
+    .await
+    .unwrap();
+    nodes.publisher.set_hba(PUB_HBA).expect("hba");
+    format!("host=127.0.0.1 port={} dbname=postgres user=repl password={PASSWORD}", nodes.publisher.port())
+}
 
 /// Every column of every row a role sees in pgsub's views, as one text.
 async fn everything_visible(c: &Client) -> String {
@@ -392,8 +443,9 @@ async fn apply_runs_with_the_subscription_owners_privileges() {
     .unwrap();
     assert!(!one::<bool>(&s, "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = 'owner1'").await);
     let owner = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
+    let pw_ci = password_conninfo(&nodes, &p).await;
     owner
-        .execute("SELECT pgsub.create_subscription('own', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .execute("SELECT pgsub.create_subscription('own', $1, ARRAY['pub'])", &[&pw_ci])
         .await
         .expect("create as owner1");
 
@@ -462,8 +514,9 @@ async fn row_level_security_is_refused_not_bypassed() {
     .await
     .unwrap();
     let owner = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
+    let pw_ci = password_conninfo(&nodes, &p).await;
     owner
-        .execute("SELECT pgsub.create_subscription('rls', $1, ARRAY['pub'], copy_data => false)", &[&nodes.pub_conninfo()])
+        .execute("SELECT pgsub.create_subscription('rls', $1, ARRAY['pub'], copy_data => false)", &[&pw_ci])
         .await
         .expect("create as owner1");
     wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'rls'", "streaming").await;

@@ -570,6 +570,8 @@ pub struct Client {
     state: State,
     in_startup: bool,
     peer: String,
+    /// The server asked for a password and got one (cleartext, MD5 or SCRAM).
+    used_password: bool,
 }
 
 impl fmt::Debug for Client {
@@ -748,6 +750,7 @@ impl Client {
             params: HashMap::new(),
             notices: VecDeque::new(),
             server_version_num: 0,
+            used_password: false,
             backend_pid: 0,
             state: State::Busy,
             in_startup: true,
@@ -906,6 +909,7 @@ impl Client {
                 Msg::Proto(Message::AuthenticationCleartextPassword) => {
                     frontend::password_message(password()?.as_bytes(), &mut self.wbuf)
                         .map_err(|e| Error::Auth(format!("invalid password: {e}")))?;
+                    self.used_password = true;
                     self.flush(deadline)?;
                 }
                 Msg::Proto(Message::AuthenticationMd5Password(body)) => {
@@ -916,6 +920,7 @@ impl Client {
                     );
                     frontend::password_message(hash.as_bytes(), &mut self.wbuf)
                         .map_err(|e| Error::Auth(e.to_string()))?;
+                    self.used_password = true;
                     self.flush(deadline)?;
                 }
                 Msg::Proto(Message::AuthenticationSasl(body)) => {
@@ -940,6 +945,7 @@ impl Client {
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf)
                         .map_err(|e| Error::Auth(e.to_string()))?;
                     scram = Some(s);
+                    self.used_password = true;
                     self.flush(deadline)?;
                 }
                 Msg::Proto(Message::AuthenticationSaslContinue(body)) => {
@@ -982,6 +988,12 @@ impl Client {
     /// `server_version_num` computed from the `server_version` parameter (e.g. 150004).
     pub fn server_version_num(&self) -> u32 {
         self.server_version_num
+    }
+
+    /// Whether the server requested a password and this client sent one (libpq's
+    /// `PQconnectionUsedPassword`): false after trust, peer or certificate authentication.
+    pub fn used_password(&self) -> bool {
+        self.used_password
     }
 
     /// A parameter the server reported with ParameterStatus (`server_version`,

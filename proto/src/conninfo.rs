@@ -251,6 +251,19 @@ pub fn parse(s: &str) -> Result<Config, ConnInfoError> {
     parse_with_env(s, &env)
 }
 
+/// Whether the string itself sets a non-empty password — not the environment (`PGPASSWORD`) nor
+/// a password file. A subscription owned by a non-superuser must, so that it cannot borrow the
+/// server's own credentials (PostgreSQL 16's `password_required`).
+pub fn has_explicit_password(s: &str) -> Result<bool, ConnInfoError> {
+    let raw = if uri_prefix_len(s) > 0 {
+        parse_uri(s)?
+    } else {
+        parse_keyword_value(s)?
+    };
+    // Later settings override earlier ones.
+    Ok(raw.iter().rev().find(|(k, _)| k == "password").is_some_and(|(_, v)| !v.is_empty()))
+}
+
 /// Parses a connection string, taking defaults from `env` instead of the process environment
 /// (`env("PGHOST")`, `env("HOME")` for `~/.pgpass`, ...). The OS user name (default user) and the
 /// existence of the default socket directory still come from the system.
@@ -1574,6 +1587,26 @@ mod tests {
         let back = p(&s).unwrap();
         assert_eq!(back.dbname, "a b");
         assert_eq!(back.hosts, c.hosts);
+    }
+
+    #[test]
+    fn explicit_password_is_only_the_strings_own() {
+        for (s, want) in [
+            ("host=h password=x", true),
+            ("host=h password='a b'", true),
+            ("host=h", false),
+            ("host=h password=''", false),
+            ("password=x password=''", false),
+            ("password='' password=x", true),
+            ("host=h passfile=/var/lib/postgresql/.pgpass", false),
+            ("postgresql://u:pw@h/db", true),
+            ("postgresql://u@h/db?password=pw", true),
+            ("postgresql://u@h/db", false),
+            ("postgresql://u:@h/db", false),
+        ] {
+            assert_eq!(has_explicit_password(s).map_err(|e| e.to_string()), Ok(want), "{s}");
+        }
+        assert!(has_explicit_password("host='unterminated").is_err());
     }
 
     #[test]

@@ -221,7 +221,7 @@ fn run(subid: i32) {
     };
 
     set_status(subid, Status::Connecting);
-    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name)) {
+    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), !sub.owner_superuser) {
         Ok(c) => c,
         Err(ProtoError::Interrupted) => return,
         Err(e) => publisher::raise(

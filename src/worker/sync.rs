@@ -118,7 +118,7 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
 /// or None when the worker was asked to stop.
 pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
     let todo: Vec<&SubRel> = rels.iter().filter(|r| r.sync_state == 'i' || r.sync_state == 'd').collect();
-    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&format!("{} sync", sub.name))) {
+    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&format!("{} sync", sub.name)), !sub.owner_superuser) {
         Ok(c) => c,
         Err(ProtoError::Interrupted) => return None,
         Err(e) => publisher::raise(&e, &format!("subscription \"{}\" could not connect to the publisher for the initial copy", sub.name), None),
