@@ -462,8 +462,8 @@ async fn batched_updates_match_rows_and_count_exactly() {
 
 /// Partitioned tables published through their root (`publish_via_partition_root`): the initial
 /// copy (with and without a row filter) reads the partitions' rows; runs of inserts (COPY routes
-/// them to the partitions), updates that move rows between partitions, and runs of deletes (one
-/// batched statement on the root) end identical on both sides.
+/// them to the partitions), updates that move rows between partitions, runs of updates and of
+/// deletes (one batched statement on the root) end identical on both sides.
 #[tokio::test(flavor = "current_thread")]
 async fn partitioned_root_inserts_updates_and_batched_deletes() {
     let nodes = TwoNodes::start().expect("start");
@@ -496,6 +496,7 @@ async fn partitioned_root_inserts_updates_and_batched_deletes() {
         "BEGIN;
          INSERT INTO pt SELECT g, 'new' FROM generate_series(1501, 3000) g;
          UPDATE pt SET id = id + 5000 WHERE id BETWEEN 900 AND 950;   -- moves to pt_high
+         UPDATE pt SET v = 'u' || id WHERE id % 7 = 0;                -- batched, both partitions
          DELETE FROM pt WHERE id % 3 = 0;
          COMMIT;",
     )
