@@ -114,12 +114,17 @@ struct UpdateBatch {
     set: Vec<bool>,
     key: Vec<bool>,
     rows: Vec<Update>,
+    /// Bytes of the new values in `rows` (the run is applied before it holds too much).
+    bytes: usize,
     /// The key values of `rows`, as received: a key seen twice ends the run, because one
     /// `UPDATE … FROM` changes a row once however many source rows match it.
     seen: HashSet<Vec<u8>>,
 }
 
 const UPDATE_BATCH_MAX_ROWS: usize = 1000;
+/// The values are held three times while a run is applied (received, converted, in the array
+/// parameters): a run of wide rows ends early.
+const UPDATE_BATCH_MAX_BYTES: usize = 4 << 20;
 /// Fewer rows than this go through the prepared one-row UPDATE instead.
 const UPDATE_BATCH_MIN_ROWS: usize = 4;
 /// Fewer rows than this go through the prepared INSERT instead of COPY.
@@ -661,12 +666,14 @@ impl Applier {
         if !fits {
             self.flush_updates();
             self.drain_counts(progress);
-            self.updates = Some(UpdateBatch { rel_oid: m.rel_oid, set, key, rows: Vec::new(), seen: HashSet::new() });
+            self.updates =
+                Some(UpdateBatch { rel_oid: m.rel_oid, set, key, rows: Vec::new(), bytes: 0, seen: HashSet::new() });
         }
         let full_batch = self.updates.as_mut().is_some_and(|b| {
             b.seen.insert(id);
+            b.bytes += m.new.columns.iter().map(|v| v.as_bytes().map_or(0, |x| x.len())).sum::<usize>();
             b.rows.push(m);
-            b.rows.len() >= UPDATE_BATCH_MAX_ROWS
+            b.rows.len() >= UPDATE_BATCH_MAX_ROWS || b.bytes >= UPDATE_BATCH_MAX_BYTES
         });
         if full_batch {
             self.flush_updates();
