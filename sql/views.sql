@@ -93,6 +93,9 @@ REVOKE EXECUTE ON FUNCTION
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
+    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text),
+    pgsub.rename_subscription(text, text),
+    pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
     pgsub._skip_transaction(text, text),
     pgsub.skip_transaction(text, pg_lsn)
@@ -104,6 +107,9 @@ GRANT EXECUTE ON FUNCTION
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
+    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text),
+    pgsub.rename_subscription(text, text),
+    pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
     pgsub._skip_transaction(text, text),
     pgsub.skip_transaction(text, pg_lsn)

@@ -440,6 +440,28 @@ fn prevent_in_transaction_block(what: &str, hint: &str) {
 
 const SYNC_COMMIT_VALUES: [&str; 5] = ["off", "local", "remote_write", "remote_apply", "on"];
 
+fn check_origin(origin: &str) {
+    if origin != "any" && origin != "none" {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unrecognized origin value: \"{origin}\""),
+            None,
+            Some("Use 'any' (apply every change) or 'none' (skip changes that came to the publisher from elsewhere)."),
+        );
+    }
+}
+
+fn check_synchronous_commit(value: &str) {
+    if !SYNC_COMMIT_VALUES.contains(&value) {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid value for synchronous_commit: \"{value}\""),
+            None,
+            Some("Use one of off, local, remote_write, remote_apply, on."),
+        );
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -494,22 +516,8 @@ fn create_subscription(
             pubs.push(p);
         }
     }
-    if origin != "any" && origin != "none" {
-        error(
-            Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unrecognized origin value: \"{origin}\""),
-            None,
-            Some("Use 'any' (apply every change) or 'none' (skip changes that came to the publisher from elsewhere)."),
-        );
-    }
-    if !SYNC_COMMIT_VALUES.contains(&synchronous_commit) {
-        error(
-            Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid value for synchronous_commit: \"{synchronous_commit}\""),
-            None,
-            Some("Use one of off, local, remote_write, remote_apply, on."),
-        );
-    }
+    check_origin(origin);
+    check_synchronous_commit(synchronous_commit);
     let max_prepared = Spi::get_one::<i32>("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
         .ok()
         .flatten()
@@ -753,6 +761,139 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     if let Err(e) = Spi::run_with_args(
         "UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1",
         &[sub.subid.into(), conninfo.into()],
+    ) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    wake_launcher_at_commit();
+}
+
+/// Like native `ALTER SUBSCRIPTION … SET (…)`: each option given (not NULL) replaces the
+/// current one; a running worker restarts with them. The slot may only be renamed while the
+/// subscription is disabled (the slot itself is not touched: it must exist under the new name
+/// on the publisher when the subscription is enabled again).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn alter_subscription_options(
+    name: Option<&str>,
+    binary: default!(Option<bool>, "NULL"),
+    streaming: default!(Option<bool>, "NULL"),
+    disable_on_error: default!(Option<bool>, "NULL"),
+    synchronous_commit: default!(Option<&str>, "NULL"),
+    origin: default!(Option<&str>, "NULL"),
+    slot_name: default!(Option<&str>, "NULL"),
+) {
+    require_admin();
+    let name = required(name, "name");
+    let sub = sub_by_name(name);
+    require_owner_privileges(&sub);
+    if let Some(o) = origin {
+        check_origin(o);
+    }
+    if let Some(v) = synchronous_commit {
+        check_synchronous_commit(v);
+    }
+    if let Some(slot) = slot_name {
+        check_slot_name(slot);
+        if sub.enabled && slot != sub.slot_name {
+            error(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("cannot change the slot of enabled subscription \"{name}\""),
+                None,
+                Some("Disable the subscription first."),
+            );
+        }
+    }
+    let r = Spi::run_with_args(
+        "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
+         disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
+         origin = coalesce($6, origin), slot_name = coalesce($7, slot_name) WHERE subid = $1",
+        &[
+            sub.subid.into(),
+            binary.into(),
+            streaming.into(),
+            disable_on_error.into(),
+            synchronous_commit.into(),
+            origin.into(),
+            slot_name.into(),
+        ],
+    );
+    if let Err(e) = r {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    wake_launcher_at_commit();
+}
+
+/// Like native `ALTER SUBSCRIPTION … RENAME TO`: the slot and the replication origin keep their
+/// names; a running worker restarts under the new name (its application_name on the publisher).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn rename_subscription(name: Option<&str>, new_name: Option<&str>) {
+    require_admin();
+    let name = required(name, "name");
+    let new_name = required(new_name, "new_name");
+    let sub = sub_by_name(name);
+    require_owner_privileges(&sub);
+    check_name(new_name);
+    if new_name != name && catalog::load_by_name(new_name).ok().flatten().is_some() {
+        error(Code::ERRCODE_DUPLICATE_OBJECT, format!("subscription \"{new_name}\" already exists"), None, None);
+    }
+    if let Err(e) = Spi::run_with_args(
+        "UPDATE pgsub.sub SET subname = $2 WHERE subid = $1",
+        &[sub.subid.into(), new_name.into()],
+    ) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    wake_launcher_at_commit();
+}
+
+/// Like native `ALTER SUBSCRIPTION … OWNER TO`: the caller needs the privileges of the current
+/// owner and of the new one, who must be a superuser or a member of pgsub_admin. The worker
+/// restarts and applies with the new owner's privileges; a new owner who is not a superuser must
+/// authenticate with a password (see `create_subscription`).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn alter_subscription_owner(name: Option<&str>, new_owner: Option<&str>) {
+    require_admin();
+    let name = required(name, "name");
+    let new_owner = required(new_owner, "new_owner");
+    let sub = sub_by_name(name);
+    require_owner_privileges(&sub);
+    let role_name = CString::new(new_owner).unwrap_or_default();
+    // SAFETY: catalog lookups inside a transaction.
+    let (owner, caller_may, owner_super, owner_admin) = unsafe {
+        let owner = pg_sys::get_role_oid(role_name.as_ptr(), true);
+        if owner == pg_sys::InvalidOid {
+            error(Code::ERRCODE_UNDEFINED_OBJECT, format!("role \"{new_owner}\" does not exist"), None, None);
+        }
+        let caller = caller();
+        let admin = pg_sys::get_role_oid(c"pgsub_admin".as_ptr(), true);
+        (
+            owner,
+            pg_sys::superuser_arg(caller) || pg_sys::has_privs_of_role(caller, owner),
+            pg_sys::superuser_arg(owner),
+            admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(owner, admin),
+        )
+    };
+    if !caller_may {
+        error(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must have the privileges of role \"{new_owner}\" to make it the owner of subscription \"{name}\""),
+            Some("The apply worker writes with the privileges of the subscription's owner.".into()),
+            None,
+        );
+    }
+    if !owner_super && !owner_admin {
+        error(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("role \"{new_owner}\" may not own subscriptions"),
+            None,
+            Some("The owner must be a superuser or a member of pgsub_admin."),
+        );
+    }
+    publisher::require_password_in(&sub.conninfo, !owner_super);
+    if let Err(e) = Spi::run_with_args(
+        "UPDATE pgsub.sub SET subowner = $2 WHERE subid = $1",
+        &[sub.subid.into(), owner.into()],
     ) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }

@@ -38,6 +38,7 @@ impl Subscription {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
+            &self.name,
             &self.owner,
             self.owner_superuser,
             &self.conninfo,

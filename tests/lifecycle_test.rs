@@ -1,5 +1,6 @@
 //! End-to-end: the life of a subscription — enable/disable/drop, worker slots, conflicts and
-//! skip_transaction, privileges, crash recovery without loss or duplication, publisher restarts.
+//! skip_transaction, privileges, crash recovery without loss or duplication, publisher restarts,
+//! altering options and renaming.
 use pgsub_tests::{one, wait_for, ClusterOpts, TwoNodes};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
@@ -395,4 +396,83 @@ async fn launcher_in_a_database_created_after_start() {
     )
     .await;
     assert_eq!(db, "App DB");
+}
+
+/// `alter_subscription_options` (native `ALTER SUBSCRIPTION … SET (…)`) and `rename_subscription`:
+/// bad values are refused and change nothing; options given replace the current ones, those not
+/// given stay; the worker restarts with them; the slot changes only while disabled; a rename
+/// shows as the walsender's application_name.
+#[tokio::test(flavor = "current_thread")]
+async fn alter_options_and_rename() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('opt', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('other', $1, ARRAY['pub'], enabled => false, create_slot => false)",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'opt'", "streaming").await;
+    let options = "SELECT format('%s %s %s %s %s %s', \"binary\", streaming, synchronous_commit, disable_on_error, origin, slot_name)
+                   FROM pgsub.subscription WHERE subname = $1";
+    let before: String = s.query_one(options, &[&"opt"]).await.unwrap().get(0);
+    assert_eq!(before, "f f off f any opt");
+    for (sql, code) in [
+        ("SELECT pgsub.alter_subscription_options('opt', synchronous_commit => 'sometimes')", "22023"),
+        ("SELECT pgsub.alter_subscription_options('opt', origin => 'elsewhere')", "22023"),
+        ("SELECT pgsub.alter_subscription_options('opt', slot_name => 'opt_b')", "55000"),
+        ("SELECT pgsub.alter_subscription_options('nope', streaming => true)", "42704"),
+        ("SELECT pgsub.rename_subscription('opt', 'other')", "42710"),
+        ("SELECT pgsub.rename_subscription('opt', '')", "22023"),
+    ] {
+        let err = s.execute(sql, &[]).await.expect_err(sql);
+        assert_eq!(err.as_db_error().map(|d| d.code().code()), Some(code), "{sql}: {err}");
+    }
+    let unchanged: String = s.query_one(options, &[&"opt"]).await.unwrap().get(0);
+    assert_eq!(unchanged, before, "refused calls change nothing");
+
+    let pid1: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'opt'").await;
+    s.batch_execute(
+        "SELECT pgsub.alter_subscription_options('opt', binary => true, streaming => true, synchronous_commit => 'local', disable_on_error => true)",
+    )
+    .await
+    .expect("alter options");
+    let after: String = s.query_one(options, &[&"opt"]).await.unwrap().get(0);
+    assert_eq!(after, "t t local t any opt", "given options replaced, the others kept");
+    wait_for("the worker to restart with the new options", WAIT, || {
+        let s = &s;
+        async move {
+            let r = s
+                .query_opt("SELECT pid FROM pgsub.stat_subscription WHERE subname = 'opt' AND status = 'streaming'", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(r.map(|r| r.get::<_, i32>(0)).filter(|pid| *pid != pid1))
+        }
+    })
+    .await
+    .expect("restart");
+    p.batch_execute("INSERT INTO t VALUES (1, 'binary now')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "binary now").await;
+
+    // Another slot, while disabled.
+    s.batch_execute("SELECT pgsub.disable_subscription('opt')").await.unwrap();
+    p.batch_execute("SELECT pg_create_logical_replication_slot('opt_b', 'pgoutput')").await.unwrap();
+    s.batch_execute("SELECT pgsub.alter_subscription_options('opt', slot_name => 'opt_b')").await.expect("slot while disabled");
+    s.batch_execute("SELECT pgsub.enable_subscription('opt')").await.unwrap();
+    wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'opt_b'", "true").await;
+    p.batch_execute("INSERT INTO t VALUES (2, 'through opt_b')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "through opt_b").await;
+
+    // Rename: the slot and the rows stay, the walsender shows the new name.
+    s.batch_execute("SELECT pgsub.rename_subscription('opt', 'Opt \"Renamed\"')").await.expect("rename");
+    wait_value(&p, "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'Opt \"Renamed\"'", "1").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'opt'").await, 0);
+    p.batch_execute("INSERT INTO t VALUES (3, 'renamed')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 3", "renamed").await;
+    let slot: String = one(&s, "SELECT slot_name::text FROM pgsub.subscription WHERE subname = 'Opt \"Renamed\"'").await;
+    assert_eq!(slot, "opt_b");
 }

@@ -42,13 +42,16 @@ async fn must_fail(c: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> (St
 // ---------------------------------------------------------------------------------------------
 
 /// The management functions: revoked from PUBLIC, granted to pgsub_admin.
-const MANAGEMENT: [&str; 9] = [
+const MANAGEMENT: [&str; 12] = [
     "create_subscription",
     "drop_subscription",
     "enable_subscription",
     "disable_subscription",
     "alter_subscription_connection",
     "alter_subscription_publications",
+    "alter_subscription_options",
+    "rename_subscription",
+    "alter_subscription_owner",
     "refresh_subscription",
     "skip_transaction",
     "_skip_transaction",
@@ -126,7 +129,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     s.execute("SELECT pgsub.create_subscription('su_sub', $1, ARRAY['pub'], enabled => false)", &[&ci])
         .await
         .expect("superuser creates");
-    let calls: [(&str, &[&(dyn ToSql + Sync)]); 9] = [
+    let calls: [(&str, &[&(dyn ToSql + Sync)]); 12] = [
         ("SELECT pgsub.create_subscription('p', $1, ARRAY['pub'])", &[&ci]),
         ("SELECT pgsub.drop_subscription('su_sub')", &[]),
         ("SELECT pgsub.enable_subscription('su_sub')", &[]),
@@ -134,6 +137,9 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         ("SELECT pgsub.alter_subscription_connection('su_sub', $1)", &[&ci]),
         ("SELECT pgsub.alter_subscription_publications('su_sub', ARRAY['pub'])", &[]),
         ("SELECT pgsub.refresh_subscription('su_sub')", &[]),
+        ("SELECT pgsub.alter_subscription_options('su_sub', streaming => true)", &[]),
+        ("SELECT pgsub.rename_subscription('su_sub', 'x')", &[]),
+        ("SELECT pgsub.alter_subscription_owner('su_sub', 'plain')", &[]),
         ("SELECT pgsub.skip_transaction('su_sub', '0/1')", &[]),
         ("SELECT pgsub._skip_transaction('su_sub', '0/1')", &[]),
     ];
@@ -211,6 +217,9 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     for (sql, params) in [
         ("SELECT pgsub.alter_subscription_connection('su_sub', $1)", &[&other as &(dyn ToSql + Sync)] as &[&(dyn ToSql + Sync)]),
         ("SELECT pgsub.alter_subscription_publications('su_sub', ARRAY['pub'])", &[]),
+        ("SELECT pgsub.alter_subscription_options('su_sub', origin => 'none')", &[]),
+        ("SELECT pgsub.rename_subscription('su_sub', 'mine now')", &[]),
+        ("SELECT pgsub.alter_subscription_owner('su_sub', 'admin1')", &[]),
     ] {
         let (code, text) = must_fail(&admin, sql, params).await;
         assert_eq!(code, "42501", "{sql}: {text}");
@@ -619,4 +628,67 @@ async fn hostile_names_replicate_and_are_never_executed() {
     assert_eq!(status, "streaming");
     assert_eq!(one::<i64>(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'hostile'").await, 0);
     s.batch_execute("SELECT pgsub.drop_subscription('hostile')").await.expect("drop");
+}
+
+/// Ownership moves like `ALTER SUBSCRIPTION … OWNER TO`: only to a superuser or a pgsub_admin
+/// member whose privileges the caller has; a non-superuser new owner needs a password in the
+/// connection string; the worker restarts and applies as the new owner.
+#[tokio::test(flavor = "current_thread")]
+async fn owner_change_follows_the_same_rules_as_creation() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    let pw_ci = password_conninfo(&nodes, &p).await;
+    s.batch_execute(
+        "CREATE ROLE owner1 LOGIN; GRANT pgsub_admin TO owner1; GRANT SELECT, INSERT, UPDATE, DELETE ON t TO owner1;
+         CREATE ROLE owner2 LOGIN; GRANT pgsub_admin TO owner2;
+         CREATE ROLE outsider LOGIN;",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('os', $1, ARRAY['pub'])", &[&pw_ci]).await.expect("create with password");
+    s.execute("SELECT pgsub.create_subscription('nopw', $1, ARRAY['pub'], enabled => false, create_slot => false)", &[&nodes.pub_conninfo()])
+        .await
+        .expect("superuser creates without password");
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'os'", "streaming").await;
+    let (code, text) = must_fail(&s, "SELECT pgsub.alter_subscription_owner('os', 'outsider')", &[]).await;
+    assert_eq!(code, "42501", "{text}");
+    assert!(text.contains("may not own subscriptions"), "{text}");
+    let (code, text) = must_fail(&s, "SELECT pgsub.alter_subscription_owner('os', 'nobody')", &[]).await;
+    assert_eq!(code, "42704", "{text}");
+    let (code, text) = must_fail(&s, "SELECT pgsub.alter_subscription_owner('nopw', 'owner1')", &[]).await;
+    assert_eq!(code, "2F003", "a non-superuser owner needs a password in the string: {text}");
+    let old_pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'os'").await;
+    s.batch_execute("SELECT pgsub.alter_subscription_owner('os', 'owner1')").await.expect("give to owner1");
+    assert_eq!(one::<String>(&s, "SELECT owner::text FROM pgsub.subscription WHERE subname = 'os'").await, "owner1");
+    // The worker restarts and now runs as owner1.
+    wait_for("the worker to run as owner1", WAIT, || {
+        let s = &s;
+        async move {
+            let r = s
+                .query_opt(
+                    "SELECT a.usename::text FROM pgsub.stat_subscription st JOIN pg_stat_activity a ON a.pid = st.pid
+                     WHERE st.subname = 'os' AND st.pid <> $1 AND st.status = 'streaming'",
+                    &[&old_pid],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(r.map(|r| r.get::<_, String>(0)).filter(|u| u == "owner1"))
+        }
+    })
+    .await
+    .expect("worker as owner1");
+    p.batch_execute("INSERT INTO t VALUES (1, 'under owner1')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "under owner1").await;
+    // owner1 may not hand it to a role whose privileges it lacks, but a superuser may take it back.
+    let owner1 = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
+    let (code, text) = must_fail(&owner1, "SELECT pgsub.alter_subscription_owner('os', 'owner2')", &[]).await;
+    assert_eq!(code, "42501", "{text}");
+    assert!(text.contains("privileges of role \"owner2\""), "{text}");
+    s.batch_execute("SELECT pgsub.alter_subscription_owner('os', 'postgres')").await.expect("back to postgres");
+    assert_eq!(one::<String>(&s, "SELECT owner::text FROM pgsub.subscription WHERE subname = 'os'").await, "postgres");
 }
