@@ -395,6 +395,15 @@ fn release_pauses() {
     }
 }
 
+/// Runs one UPDATE of `pgsub.sub`, then has the launcher look at the subscriptions when the
+/// transaction commits (a running worker restarts if what it depends on changed).
+fn update_sub(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) {
+    if let Err(e) = Spi::run_with_args(sql, args) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    wake_launcher_at_commit();
+}
+
 fn wake_launcher_at_commit() {
     if !shmem::available() {
         return;
@@ -758,13 +767,7 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     publisher::require_password_in(conninfo, !sub.owner_superuser);
     // Like native ALTER SUBSCRIPTION … CONNECTION: the new connection must work.
     connect(name, conninfo, !sub.owner_superuser).close();
-    if let Err(e) = Spi::run_with_args(
-        "UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1",
-        &[sub.subid.into(), conninfo.into()],
-    ) {
-        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
-    }
-    wake_launcher_at_commit();
+    update_sub("UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1", &[sub.subid.into(), conninfo.into()]);
 }
 
 /// Like native `ALTER SUBSCRIPTION … SET (…)`: each option given (not NULL) replaces the
@@ -803,7 +806,7 @@ fn alter_subscription_options(
             );
         }
     }
-    let r = Spi::run_with_args(
+    update_sub(
         "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
          disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
          origin = coalesce($6, origin), slot_name = coalesce($7, slot_name) WHERE subid = $1",
@@ -817,10 +820,6 @@ fn alter_subscription_options(
             slot_name.into(),
         ],
     );
-    if let Err(e) = r {
-        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
-    }
-    wake_launcher_at_commit();
 }
 
 /// Like native `ALTER SUBSCRIPTION … RENAME TO`: the slot and the replication origin keep their
@@ -837,13 +836,7 @@ fn rename_subscription(name: Option<&str>, new_name: Option<&str>) {
     if new_name != name && catalog::load_by_name(new_name).ok().flatten().is_some() {
         error(Code::ERRCODE_DUPLICATE_OBJECT, format!("subscription \"{new_name}\" already exists"), None, None);
     }
-    if let Err(e) = Spi::run_with_args(
-        "UPDATE pgsub.sub SET subname = $2 WHERE subid = $1",
-        &[sub.subid.into(), new_name.into()],
-    ) {
-        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
-    }
-    wake_launcher_at_commit();
+    update_sub("UPDATE pgsub.sub SET subname = $2 WHERE subid = $1", &[sub.subid.into(), new_name.into()]);
 }
 
 /// Like native `ALTER SUBSCRIPTION … OWNER TO`: the caller needs the privileges of the current
@@ -891,13 +884,7 @@ fn alter_subscription_owner(name: Option<&str>, new_owner: Option<&str>) {
         );
     }
     publisher::require_password_in(&sub.conninfo, !owner_super);
-    if let Err(e) = Spi::run_with_args(
-        "UPDATE pgsub.sub SET subowner = $2 WHERE subid = $1",
-        &[sub.subid.into(), owner.into()],
-    ) {
-        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
-    }
-    wake_launcher_at_commit();
+    update_sub("UPDATE pgsub.sub SET subowner = $2 WHERE subid = $1", &[sub.subid.into(), owner.into()]);
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -968,13 +955,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
             Some("Use the finish LSN of the failed remote transaction, shown in pgsub.stat_subscription.last_error and the server log."),
         );
     }
-    if let Err(e) = Spi::run_with_args(
-        "UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1",
-        &[sub.subid.into(), lsn.into()],
-    ) {
-        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
-    }
-    wake_launcher_at_commit();
+    update_sub("UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1", &[sub.subid.into(), lsn.into()]);
 }
 
 /// Masks the password of a connection string (used by the pgsub.subscription view).

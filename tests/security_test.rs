@@ -61,8 +61,9 @@ const MANAGEMENT: [&str; 12] = [
 /// (`_preloaded` says whether pgsub is in shared_preload_libraries.)
 const VIEW_HELPERS: [&str; 6] = ["_ts", "_lsn", "_mask_conninfo", "_stat_progress", "_stat_counters", "_preloaded"];
 
-#[tokio::test(flavor = "current_thread")]
-async fn only_superusers_and_pgsub_admin_may_manage() {
+/// A publisher and a subscriber, table `t (id int PRIMARY KEY, v text)` on both, publication
+/// `pub` for it.
+async fn nodes_with_published_t() -> (TwoNodes, Client, Client) {
     let nodes = TwoNodes::start().expect("start");
     let p = nodes.publisher.client("postgres").await.unwrap();
     let s = nodes.subscriber.client("postgres").await.unwrap();
@@ -70,6 +71,12 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
     }
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    (nodes, p, s)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn only_superusers_and_pgsub_admin_may_manage() {
+    let (nodes, p, s) = nodes_with_published_t().await;
     s.batch_execute(
         "CREATE ROLE plain LOGIN; CREATE ROLE admin1 LOGIN; GRANT pgsub_admin TO admin1;
          GRANT INSERT, UPDATE, DELETE, SELECT, TRUNCATE ON t TO admin1;",
@@ -635,13 +642,7 @@ async fn hostile_names_replicate_and_are_never_executed() {
 /// connection string; the worker restarts and applies as the new owner.
 #[tokio::test(flavor = "current_thread")]
 async fn owner_change_follows_the_same_rules_as_creation() {
-    let nodes = TwoNodes::start().expect("start");
-    let p = nodes.publisher.client("postgres").await.unwrap();
-    let s = nodes.subscriber.client("postgres").await.unwrap();
-    for c in [&p, &s] {
-        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
-    }
-    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    let (nodes, p, s) = nodes_with_published_t().await;
     let pw_ci = password_conninfo(&nodes, &p).await;
     s.batch_execute(
         "CREATE ROLE owner1 LOGIN; GRANT pgsub_admin TO owner1; GRANT SELECT, INSERT, UPDATE, DELETE ON t TO owner1;

@@ -45,6 +45,36 @@ fn rss_anon_kb(pid: i32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The peak `RssAnon` of a process, sampled every 10 ms on a thread until `stop`.
+struct PeakRss {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    fn start(pid: i32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kb) = rss_anon_kb(pid) {
+                    peak = peak.max(kb);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        PeakRss { stop, thread }
+    }
+
+    /// Peak in kB.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("sampler thread")
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn two_million_row_transaction_with_bounded_memory() {
     let nodes = nodes();
@@ -52,26 +82,12 @@ async fn two_million_row_transaction_with_bounded_memory() {
     let pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'st'").await;
     let baseline = rss_anon_kb(pid).expect("worker RssAnon");
     // Sample the worker's private memory while the transaction is streamed and applied.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(kb) = rss_anon_kb(pid) {
-                    peak = peak.max(kb);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
+    let sampler = PeakRss::start(pid);
     p.batch_execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 2000000) g")
         .await
         .unwrap();
     wait_value(&s, "SELECT count(*)::text FROM big", "2000000").await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.join().unwrap();
+    let peak = sampler.stop();
     eprintln!("pgsub apply worker RssAnon: baseline {baseline} kB, peak {peak} kB during a 2M-row streamed transaction");
     assert!(peak < 64 * 1024, "worker private memory peaked at {peak} kB");
     let same: bool = one(
@@ -106,20 +122,7 @@ async fn wide_updates_are_applied_with_bounded_memory() {
         .expect("create");
     wait_value(&s, "SELECT count(*)::text FROM wide", "300").await;
     let pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'wd'").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(kb) = rss_anon_kb(pid) {
-                    peak = peak.max(kb);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            peak
-        })
-    };
+    let sampler = PeakRss::start(pid);
     p.batch_execute(
         "UPDATE wide SET v = (SELECT string_agg(md5(id::text || '.' || g), '') FROM generate_series(1, 4700) g)",
     )
@@ -127,8 +130,7 @@ async fn wide_updates_are_applied_with_bounded_memory() {
     .unwrap();
     let want: String = one(&p, "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM wide").await;
     wait_value(&s, "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM wide", &want).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.join().unwrap();
+    let peak = sampler.stop();
     eprintln!("pgsub apply worker RssAnon peak {peak} kB while applying 300 updates of 150 kB");
     assert!(peak < 64 * 1024, "worker private memory peaked at {peak} kB");
     assert_eq!(one::<i64>(&s, "SELECT updates FROM pgsub.stat_subscription WHERE subname = 'wd'").await, 300);
