@@ -46,9 +46,10 @@ struct ColMap {
     /// The array type of the column's type and the element layout, for batched DELETEs and
     /// UPDATEs (`None` when the type has no array type).
     array: Option<ArrayInfo>,
-    /// Values of the type are equal exactly when their text (and binary) forms are equal, so
-    /// that a repeated key in a run of UPDATEs is seen by comparing the bytes received
-    /// (integers, uuid, text and varchar under a deterministic collation, dates and timestamps).
+    /// Values are equal exactly when the text (and binary) forms received are equal, so that a
+    /// repeated key in a run of UPDATEs is seen by comparing bytes: the local type compares by
+    /// representation (integers, uuid, text and varchar under a deterministic collation, dates
+    /// and timestamps) and the remote column has the same type.
     exact_key: bool,
 }
 
@@ -634,16 +635,12 @@ impl Applier {
         let full = remote.replica_identity == ReplicaIdentity::Full;
         let batch_shape = if batching && !full && m.old.is_none() {
             let key = key_mask(remote, &m.new, false, &local.cols);
-            // The key is unchanged and its values are exact: only the other columns are set.
-            // Exact means: the local type compares values by their representation, and the
-            // remote column has that same type (remote text '01' and '1' are one local int).
+            // The key is unchanged and its values are exact (`ColMap::exact_key`): only the
+            // other columns are set.
             let set: Vec<bool> = set_mask(&m.new).iter().zip(&key).map(|(s, k)| *s && !*k).collect();
-            let exact = |i: usize, c: &ColMap| {
-                c.exact_key && remote.columns.get(i).is_some_and(|rc| rc.type_oid == c.typid.to_u32())
-            };
             let fits = set.iter().any(|s| *s)
                 && local.cols.iter().enumerate().all(|(i, c)| {
-                    (!key[i] || (exact(i, c) && c.array.is_some())) && (!set[i] || c.array.is_some())
+                    (!key[i] || (c.exact_key && c.array.is_some())) && (!set[i] || c.array.is_some())
                 });
             fits.then(|| {
                 let id = key_bytes(&m.new, &key);
@@ -746,7 +743,6 @@ impl Applier {
         let Some(local) = local.as_mut() else { return };
         errctx::set_message("UPDATE", Some(display.clone()));
         errctx::set_kind(errctx::UPDATE_BATCH);
-        let plan = with_snapshot(|| local.plan(PlanKey::UpdateBatch { set: batch.set.clone(), key: batch.key.clone() }, remote));
         let n = batch.rows.len();
         let params: Vec<usize> = batch
             .set
@@ -756,13 +752,16 @@ impl Applier {
             .chain(batch.key.iter().enumerate().filter(|(_, k)| **k))
             .map(|(i, _)| i)
             .collect();
-        let found = with_snapshot(|| in_context(cxt, || {
-            let mut values: Vec<pg_sys::Datum> = params
-                .iter()
-                .map(|&c| local.cols[c].array_of(batch.rows.iter().map(|m| m.new.columns.get(c)), n, binary))
-                .collect();
-            run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
-        }));
+        let found = with_snapshot(|| {
+            let plan = local.plan(PlanKey::UpdateBatch { set: batch.set.clone(), key: batch.key.clone() }, remote);
+            in_context(cxt, || {
+                let mut values: Vec<pg_sys::Datum> = params
+                    .iter()
+                    .map(|&c| local.cols[c].array_of(batch.rows.iter().map(|m| m.new.columns.get(c)), n, binary))
+                    .collect();
+                run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
+            })
+        });
         tally(&found, "UPDATE", &local.qualified, &mut self.batched_updated, &mut self.batched_missing);
         errctx::set_kind("");
     }
@@ -812,18 +811,20 @@ impl Applier {
             }
             return;
         }
-        let plan = with_snapshot(|| local.plan(PlanKey::Delete { key: key.clone() }, remote));
-        let mut values = Vec::new();
-        let mut nulls = Vec::new();
-        let processed = in_context(cxt, || {
-            for (i, v) in old.columns.iter().enumerate() {
-                if key[i] {
-                    let (d, n) = local.cols[i].datum(v, binary);
-                    values.push(d);
-                    nulls.push(n);
+        let processed = with_snapshot(|| {
+            let plan = local.plan(PlanKey::Delete { key: key.clone() }, remote);
+            let mut values = Vec::new();
+            let mut nulls = Vec::new();
+            in_context(cxt, || {
+                for (i, v) in old.columns.iter().enumerate() {
+                    if key[i] {
+                        let (d, n) = local.cols[i].datum(v, binary);
+                        values.push(d);
+                        nulls.push(n);
+                    }
                 }
-            }
-            with_snapshot(|| execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32))
+                execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32)
+            })
         });
         if processed == 0 {
             progress.counters.conflicts += 1;
@@ -847,22 +848,24 @@ impl Applier {
         let Some(local) = local.as_mut() else { return };
         errctx::set_message("DELETE", Some(display.clone()));
         errctx::set_kind(errctx::DELETE_BATCH);
-        let plan = with_snapshot(|| local.plan(PlanKey::DeleteBatch { key: batch.key.clone() }, remote));
         let n = batch.rows.len();
         let key_cols: Vec<usize> = batch.key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
-        let found = with_snapshot(|| in_context(cxt, || {
-            let mut values: Vec<pg_sys::Datum> = key_cols
-                .iter()
-                .map(|&c| {
-                    let olds = batch.rows.iter().map(|m| {
-                        let (OldTuple::Key(t) | OldTuple::Full(t)) = &m.old;
-                        t.columns.get(c)
-                    });
-                    local.cols[c].array_of(olds, n, binary)
-                })
-                .collect();
-            run_batch(plan, &mut values, pg_sys::SPI_OK_DELETE_RETURNING as i32, n)
-        }));
+        let found = with_snapshot(|| {
+            let plan = local.plan(PlanKey::DeleteBatch { key: batch.key.clone() }, remote);
+            in_context(cxt, || {
+                let mut values: Vec<pg_sys::Datum> = key_cols
+                    .iter()
+                    .map(|&c| {
+                        let olds = batch.rows.iter().map(|m| {
+                            let (OldTuple::Key(t) | OldTuple::Full(t)) = &m.old;
+                            t.columns.get(c)
+                        });
+                        local.cols[c].array_of(olds, n, binary)
+                    })
+                    .collect();
+                run_batch(plan, &mut values, pg_sys::SPI_OK_DELETE_RETURNING as i32, n)
+            })
+        });
         tally(&found, "DELETE", &local.qualified, &mut self.batched_deleted, &mut self.batched_missing);
         errctx::set_kind("");
     }
@@ -1231,7 +1234,10 @@ fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
                 Some("Add the column on the subscriber; the worker retries."),
             );
         };
-        cols.push(col_map(&rc.name, *typid, *typmod, *collation, binary));
+        let mut col = col_map(&rc.name, *typid, *typmod, *collation, binary);
+        // Remote text '01' and '1' are one local int: exact only when the types are the same.
+        col.exact_key &= rc.type_oid == typid.to_u32();
+        cols.push(col);
     }
     LocalRel {
         relid,
