@@ -208,11 +208,13 @@ fn redact_quoted(msg: &str, conninfo: &str, masked: &str) -> String {
 fn connect(sub_name: &str, conninfo: &str, require_password: bool) -> Client {
     match publisher::connect(conninfo, true, Context::Backend, Some("pgsub"), require_password) {
         Ok(c) => c,
-        Err(e) => publisher::raise(
-            &e,
-            &format!("subscription \"{sub_name}\" could not connect to the publisher"),
-            Some("Check the connection string, that the publisher is running, and its pg_hba.conf (a replication connection to the database is needed)."),
-        ),
+        Err(e) => {
+            // The password rule's own hint says what to change; other failures get the general one.
+            let hint = (e.sqlstate() != Some("2F003")).then_some(
+                "Check the connection string, that the publisher is running, and its pg_hba.conf (a replication connection to the database is needed).",
+            );
+            publisher::raise(&e, &format!("subscription \"{sub_name}\" could not connect to the publisher"), hint)
+        }
     }
 }
 

@@ -170,7 +170,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     let admin = nodes.subscriber.client_as("admin1", "postgres").await.unwrap();
     let port = nodes.publisher.port();
     let trusted = format!("host=127.0.0.1 port={port} dbname=postgres user=postgres password=unused");
-    for (conninfo, says) in [(&ci, "must give a password in the connection string"), (&trusted, "does not request a password")] {
+    for (conninfo, says) in [(&ci, "must give a password in the connection string"), (&trusted, "does not request a password. | Make the publisher's pg_hba.conf ask this user")] {
         let (code, text) =
             must_fail(&admin, "SELECT pgsub.create_subscription('nopw', $1, ARRAY['pub'])", &[conninfo]).await;
         assert_eq!(code, "2F003", "{text}");
@@ -201,7 +201,17 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         .publisher
         .set_hba(&format!("host all repl 127.0.0.1/32 trust\nhost replication repl 127.0.0.1/32 trust\n{PUB_HBA}"))
         .expect("hba");
+    // The reload is asynchronous: wait until repl really gets in over TCP without a password.
+    let trusted_repl = format!("host=127.0.0.1 port={port} dbname=postgres user=repl");
+    wait_for("the publisher to trust repl", Duration::from_secs(30), || {
+        let trusted_repl = &trusted_repl;
+        async move { Ok(tokio_postgres::connect(trusted_repl, tokio_postgres::NoTls).await.ok().map(|_| ())) }
+    })
+    .await
+    .expect("reloaded hba");
     admin.batch_execute("SELECT pgsub.disable_subscription('admin_sub')").await.expect("disable");
+    // The worker must really stop (and reconnect later), not just see the flag flip twice.
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'admin_sub'", "disabled").await;
     admin.batch_execute("SELECT pgsub.enable_subscription('admin_sub')").await.expect("enable");
     wait_for("the worker to refuse the password-less connection", Duration::from_secs(60), || {
         let s = &s;
@@ -213,7 +223,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     })
     .await
     .expect("worker refuses");
-    nodes.publisher.set_hba(PUB_HBA).expect("hba");
+    ask_passwords(&nodes).await;
     p.batch_execute("INSERT INTO t VALUES (2, 'after the password is asked again')").await.unwrap();
     wait_value(&admin, "SELECT count(*)::text FROM t WHERE id = 2", "1").await;
     admin
@@ -265,8 +275,21 @@ async fn password_conninfo(nodes: &TwoNodes, p: &Client) -> String {
     ))
     .await
     .unwrap();
-    nodes.publisher.set_hba(PUB_HBA).expect("hba");
+    ask_passwords(nodes).await;
     format!("host=127.0.0.1 port={} dbname=postgres user=repl password={PASSWORD}", nodes.publisher.port())
+}
+
+/// Installs `PUB_HBA` on the publisher and waits until it is in force (a reload is
+/// asynchronous): until role `repl` is refused over TCP without a password.
+async fn ask_passwords(nodes: &TwoNodes) {
+    nodes.publisher.set_hba(PUB_HBA).expect("hba");
+    let without = format!("host=127.0.0.1 port={} dbname=postgres user=repl", nodes.publisher.port());
+    wait_for("the publisher to ask repl for a password", Duration::from_secs(30), || {
+        let without = &without;
+        async move { Ok(tokio_postgres::connect(without, tokio_postgres::NoTls).await.is_err().then_some(())) }
+    })
+    .await
+    .expect("reloaded hba");
 }
 
 /// Every column of every row a role sees in pgsub's views, as one text.
@@ -292,7 +315,7 @@ async fn passwords_never_shown_nor_logged() {
     ))
     .await
     .unwrap();
-    nodes.publisher.set_hba(PUB_HBA).expect("hba");
+    ask_passwords(&nodes).await;
     let s = nodes.subscriber.client("postgres").await.unwrap();
     s.batch_execute(
         "CREATE ROLE plain LOGIN; CREATE ROLE admin1 LOGIN; GRANT pgsub_admin TO admin1;
