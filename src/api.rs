@@ -269,6 +269,30 @@ fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(String, String
         ),
         "could not read the published tables on the publisher",
     );
+    // Like native (PostgreSQL 16's CREATE SUBSCRIPTION, 15's table sync and pgoutput): one table
+    // must not have different column lists in the subscription's publications.
+    if client.server_version_num() >= 150000 {
+        let clash = query(
+            client,
+            &format!(
+                "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables \
+                 WHERE pubname = ANY({}) GROUP BY 1, 2 HAVING count(DISTINCT attnames) > 1 ORDER BY 1, 2 LIMIT 1",
+                sql_text_array(pubs)
+            ),
+            "could not read the published column lists on the publisher",
+        );
+        if let Some((schema, name)) = clash.into_iter().find_map(|r| {
+            let mut it = r.into_iter();
+            Some((it.next().flatten()?, it.next().flatten()?))
+        }) {
+            error(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("cannot use different column lists for table \"{schema}.{name}\" in different publications"),
+                None,
+                Some("Give the table the same column list (or none) in every publication of the subscription."),
+            );
+        }
+    }
     rows.into_iter()
         .filter_map(|r| {
             let mut it = r.into_iter();

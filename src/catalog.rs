@@ -225,13 +225,14 @@ pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
 }
 
 /// Clears `skip_lsn` once the transaction it named has been skipped.
-pub fn clear_skip_lsn(subid: i32) -> SpiResult<()> {
+pub fn clear_skip_lsn(subid: i32, lsn: Lsn) -> SpiResult<()> {
+    // Only the skip that was done: a skip_lsn the user changed meanwhile stays (as natively).
     as_superuser(|| {
         Spi::connect_mut(|client| {
             client.update(
-                "UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1",
+                "UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1 AND skip_lsn = $2::pg_lsn",
                 None,
-                &[subid.into()],
+                &[subid.into(), lsn.to_string().as_str().into()],
             )?;
             Ok(())
         })

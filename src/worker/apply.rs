@@ -331,7 +331,7 @@ impl Applier {
         let local_end = unsafe {
             if skipped && self.skip_lsn.is_some() && Some(c.commit_lsn) == self.skip_lsn {
                 // Done skipping: forget skip_lsn in the same transaction.
-                let r = with_snapshot(|| crate::catalog::clear_skip_lsn(self.subid));
+                let r = with_snapshot(|| crate::catalog::clear_skip_lsn(self.subid, c.commit_lsn));
                 if let Err(e) = r {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
                 }
@@ -349,6 +349,7 @@ impl Applier {
             pg_sys::replorigin_session_origin_timestamp = 0;
             Lsn(pg_sys::XactLastCommitEnd)
         };
+        super::report_stats(false);
         self.in_txn = false;
         self.skipping = false;
         self.begin = None;
@@ -381,6 +382,9 @@ impl Applier {
         self.drain_counts(progress);
         errctx::set_message("PREPARE", None);
         let gid = cstring(&local_gid(self.subid, xid));
+        // A skipped transaction is still prepared (empty), as natively: COMMIT/ROLLBACK PREPARED
+        // will come for it and must find it.
+        let skipped = self.skipping && self.skip_lsn.is_some() && self.skip_lsn == Some(self.commit_end());
         // SAFETY: the same sequence as PostgreSQL's own apply worker: a transaction block is
         // opened so that PrepareTransactionBlock has one to end, then prepared.
         let local_end = unsafe {
@@ -395,9 +399,22 @@ impl Applier {
             pg_sys::replorigin_session_origin_timestamp = 0;
             Lsn(pg_sys::XactLastCommitEnd)
         };
+        super::report_stats(false);
+        let skip_done = self.commit_end();
         self.in_txn = false;
         self.skipping = false;
         self.begin = None;
+        if skipped {
+            // Done skipping: forget skip_lsn, after the prepare (its own transaction, as native
+            // clear_subscription_skip_lsn does; the prepared transaction must not hold the
+            // catalog row).
+            let r = super::xact(|| crate::catalog::clear_skip_lsn(self.subid, skip_done));
+            if let Err(e) = r {
+                report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
+            }
+            self.skip_lsn = None;
+            progress.counters.skipped += 1;
+        }
         progress.on_commit(end_lsn, local_end, prepare_time);
         errctx::clear();
     }
@@ -438,6 +455,7 @@ impl Applier {
             pg_sys::replorigin_session_origin_timestamp = 0;
             Lsn(pg_sys::XactLastCommitEnd)
         };
+        super::report_stats(false);
         progress.on_commit(end_lsn, local_end, time);
         errctx::clear();
     }
@@ -715,7 +733,8 @@ impl Applier {
             execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32)
         });
         if processed == 0 {
-            missing_row("UPDATE", &local.qualified);
+            let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
+            missing_row("UPDATE", &target);
         }
         Some(processed > 0)
     }
@@ -762,7 +781,8 @@ impl Applier {
                 run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
             })
         });
-        tally(&found, "UPDATE", &local.qualified, &mut self.batched_updated, &mut self.batched_missing);
+        let target = |i: usize| with_snapshot(|| local.row_target(&batch.rows[i].new, &batch.key, binary, cxt));
+        tally(&found, "UPDATE", target, &mut self.batched_updated, &mut self.batched_missing);
         errctx::set_kind("");
     }
 
@@ -828,7 +848,8 @@ impl Applier {
         });
         if processed == 0 {
             progress.counters.conflicts += 1;
-            missing_row("DELETE", &local.qualified);
+            let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
+            missing_row("DELETE", &target);
         } else {
             progress.counters.deletes += 1;
         }
@@ -866,7 +887,11 @@ impl Applier {
                 run_batch(plan, &mut values, pg_sys::SPI_OK_DELETE_RETURNING as i32, n)
             })
         });
-        tally(&found, "DELETE", &local.qualified, &mut self.batched_deleted, &mut self.batched_missing);
+        let target = |i: usize| {
+            let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
+            with_snapshot(|| local.row_target(t, &batch.key, binary, cxt))
+        };
+        tally(&found, "DELETE", target, &mut self.batched_deleted, &mut self.batched_missing);
         errctx::set_kind("");
     }
 
@@ -923,6 +948,8 @@ pub fn local_gid(subid: i32, xid: u32) -> String {
     format!("pgsub_{subid}_{xid}")
 }
 
+/// The LOG line of an UPDATE or DELETE whose row is not there; `rel` is what
+/// `LocalRel::row_target` names (the leaf partition of a partitioned target, as natively).
 fn missing_row(op: &str, rel: &str) {
     report::log(
         PgLogLevel::LOG,
@@ -961,7 +988,11 @@ fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[ColMap]) -> Ve
         .map(|((rc, v), lc)| {
             let sent = !matches!(v, TupleValue::UnchangedToast);
             if full {
-                sent && lc.eq_op.is_some()
+                if sent && lc.eq_op.is_none() && !matches!(v, TupleValue::Null) {
+                    // Native tuples_equal cannot compare such a value either, and says so.
+                    no_equality(lc.typid);
+                }
+                sent
             } else {
                 rc.is_key && sent
             }
@@ -980,6 +1011,19 @@ fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[ColMap]) -> Ve
         );
     }
     mask
+}
+
+/// The error of PostgreSQL's `tuples_equal` for a REPLICA IDENTITY FULL column whose type has no
+/// equality operator (json, point, …): the row cannot be identified.
+fn no_equality(typid: pg_sys::Oid) -> ! {
+    // SAFETY: format_type_be returns a palloc'd C string for any type OID.
+    let name = unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(typid)) }.to_string_lossy().into_owned();
+    report::error(
+        Code::ERRCODE_UNDEFINED_FUNCTION,
+        format!("could not identify an equality operator for type {name}"),
+        None,
+        Some("With REPLICA IDENTITY FULL every column is compared; give the table a primary key or REPLICA IDENTITY USING INDEX, as for PostgreSQL's own subscriber."),
+    )
 }
 
 /// Runs one replication step with a fresh snapshot (READ COMMITTED, like native's
@@ -1069,13 +1113,13 @@ fn key_bytes(t: &TupleData, key: &[bool]) -> Vec<u8> {
 }
 
 /// Adds a batch's rows to the found / not-found counts, logging each row not found.
-fn tally(found: &[bool], op: &str, rel: &str, hit: &mut i64, missing: &mut i64) {
-    for f in found {
+fn tally(found: &[bool], op: &str, target: impl Fn(usize) -> String, hit: &mut i64, missing: &mut i64) {
+    for (i, f) in found.iter().enumerate() {
         if *f {
             *hit += 1;
         } else {
             *missing += 1;
-            missing_row(op, rel);
+            missing_row(op, &target(i));
         }
     }
 }
@@ -1308,7 +1352,9 @@ fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg_sys::Oid, 
             .ok()
             .flatten()
         };
-        let array_typid = pg_sys::get_array_type(typid);
+        // `unnest` of an array of a composite type (or a domain over one) in FROM expands each
+        // element into its fields instead of yielding one value: such columns are never batched.
+        let array_typid = if pg_sys::type_is_rowtype(typid) { pg_sys::InvalidOid } else { pg_sys::get_array_type(typid) };
         let array = (array_typid != pg_sys::InvalidOid).then(|| {
             let mut elem_len = 0i16;
             let mut elem_byval = false;
@@ -1340,6 +1386,95 @@ fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg_sys::Oid, 
 }
 
 impl LocalRel {
+    /// Where the row identified by `t`'s `key` columns belongs, for the message about a missing
+    /// row: the table itself, or for a partitioned table its leaf partition, named like native's
+    /// `… relation's partition "leaf"`. The leaf is the one whose partition constraint the key
+    /// values satisfy; when that cannot be told safely (a partition key that is an expression or
+    /// not among the key columns sent), the partitioned table is named.
+    fn row_target(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> String {
+        if !self.only.is_empty() {
+            return self.qualified.clone();
+        }
+        let leaf = self.leaf_partition(t, key, binary, cxt);
+        match leaf {
+            Some(l) => format!("{}'s partition {l}", self.qualified),
+            None => self.qualified.clone(),
+        }
+    }
+
+    fn leaf_partition(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> Option<String> {
+        let sent: Vec<usize> = (0..self.cols.len())
+            .filter(|&i| key.get(i).copied().unwrap_or(false) && !matches!(t.columns.get(i), Some(TupleValue::UnchangedToast) | None))
+            .collect();
+        // Every level's partition key must be plain columns among those sent.
+        let keys = Spi::connect(|c| {
+            let rows = c.select(
+                "SELECT a.attname::text, pt.partexprs IS NOT NULL \
+                 FROM pg_catalog.pg_partition_tree($1) t \
+                 JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = t.relid \
+                 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = ANY (pt.partattrs) AND a.attnum > 0",
+                None,
+                &[self.relid.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push((r.get::<String>(1)?, r.get::<bool>(2)?.unwrap_or(true)));
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
+        .ok()?;
+        if keys.iter().any(|(name, expr)| *expr || name.as_ref().is_some_and(|n| !sent.iter().any(|&i| self.cols[i].name == *n))) {
+            return None;
+        }
+        let leaves = Spi::connect(|c| {
+            let rows = c.select(
+                "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), pg_catalog.pg_get_partition_constraintdef(c.oid) \
+                 FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE t.isleaf",
+                None,
+                &[self.relid.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?));
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
+        .ok()?;
+        let names: Vec<String> = sent.iter().enumerate().map(|(n, &i)| format!("${} AS {}", n + 1, quote_ident(&self.cols[i].name))).collect();
+        let mut argtypes: Vec<pg_sys::Oid> = sent.iter().map(|&i| self.cols[i].typid).collect();
+        in_context(cxt, || {
+            let mut values = Vec::new();
+            let mut nulls = Vec::new();
+            for &i in &sent {
+                let (d, n) = self.cols[i].datum(&t.columns[i], binary);
+                values.push(d);
+                nulls.push(n);
+            }
+            for (name, def) in &leaves {
+                let Some(def) = def else { return Some(name.clone()) };
+                let sql = cstring(&format!("SELECT 1 FROM (SELECT {}) pgsub_v WHERE {def}", names.join(", ")));
+                // SAFETY: argument arrays built from the same column list as the statement.
+                let rc = unsafe {
+                    pg_sys::SPI_execute_with_args(
+                        sql.as_ptr(),
+                        argtypes.len() as i32,
+                        argtypes.as_mut_ptr(),
+                        values.as_mut_ptr(),
+                        nulls.as_ptr(),
+                        true,
+                        1,
+                    )
+                };
+                // SAFETY: reads the row count of the statement just run.
+                if rc == pg_sys::SPI_OK_SELECT as i32 && unsafe { pg_sys::SPI_processed } == 1 {
+                    return Some(name.clone());
+                }
+            }
+            None
+        })
+    }
+
     /// The prepared plan for `key`, prepared and kept on first use.
     fn plan(&mut self, key: PlanKey, remote: &Relation) -> pg_sys::SPIPlanPtr {
         if let Some(p) = self.plans.get(&key) {
@@ -1361,7 +1496,10 @@ impl LocalRel {
                 let col = quote_ident(&self.cols[i].name);
                 let p = arg(i, argtypes);
                 let op = self.cols[i].eq_op.clone().unwrap_or_else(|| "=".to_string());
-                if full {
+                if full && self.cols[i].eq_op.is_none() {
+                    // Only reached with a NULL value (`key_mask` refuses others, as native).
+                    parts.push(format!("({col} IS NULL AND {p} IS NULL)"));
+                } else if full {
                     parts.push(format!("({col} {op} {p} OR ({col} IS NULL AND {p} IS NULL))"));
                 } else {
                     parts.push(format!("{col} {op} {p}"));
@@ -1379,7 +1517,11 @@ impl LocalRel {
                         params.push(arg(i, &mut argtypes));
                     }
                 }
-                format!("INSERT INTO {q} ({}) VALUES ({})", names.join(", "), params.join(", "))
+                if names.is_empty() {
+                    format!("INSERT INTO {q} DEFAULT VALUES")
+                } else {
+                    format!("INSERT INTO {q} ({}) VALUES ({})", names.join(", "), params.join(", "))
+                }
             }
             PlanKey::Update { set, key } => {
                 let mut sets = Vec::new();

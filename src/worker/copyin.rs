@@ -78,6 +78,9 @@ pub fn copy_into(relid: pg_sys::Oid, columns: &[String], data: Vec<u8>, binary: 
 /// ERROR, which aborts the COPY. Returns the number of rows loaded.
 pub fn copy_from(relid: pg_sys::Oid, columns: &[String], binary: bool, source: &mut dyn FnMut(&mut [u8]) -> usize) -> u64 {
     check_insert_allowed(relid, columns);
+    if columns.is_empty() && !binary {
+        return insert_defaults(relid, source);
+    }
     struct Clear;
     impl Drop for Clear {
         fn drop(&mut self) {
@@ -190,4 +193,34 @@ pub fn refuse_row_level_security(relid: pg_sys::Oid) {
         None,
         Some("Make the subscription owner the table's owner or give it BYPASSRLS, or disable row-level security on the table; the worker retries."),
     );
+}
+
+/// Rows of a table that publishes no columns (`CREATE TABLE t ()`, or a column list the local
+/// table lacks entirely): each text line is a row with no values. COPY FROM cannot take them
+/// (an empty column list means every local column), so the rows are inserted with the local
+/// defaults, as native apply fills columns the publisher does not send.
+fn insert_defaults(relid: pg_sys::Oid, source: &mut dyn FnMut(&mut [u8]) -> usize) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut rows = 0i64;
+    loop {
+        let n = source(&mut buf);
+        if n == 0 {
+            break;
+        }
+        rows += buf[..n].iter().filter(|b| **b == b'\n').count() as i64;
+    }
+    if rows == 0 {
+        return 0;
+    }
+    // SAFETY: syscache lookups of a relation that is open (locked) by the caller's transaction.
+    let qualified = unsafe {
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        let rel = pg_sys::get_rel_name(relid);
+        std::ffi::CStr::from_ptr(pg_sys::quote_qualified_identifier(nsp, rel)).to_string_lossy().into_owned()
+    };
+    let sql = format!("INSERT INTO {qualified} SELECT FROM pg_catalog.generate_series(1, $1::int8)");
+    if let Err(e) = Spi::run_with_args(&sql, &[rows.into()]) {
+        crate::report::error(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("inserting rows without columns: {e}"), None, None);
+    }
+    rows as u64
 }

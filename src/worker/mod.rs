@@ -158,7 +158,22 @@ pub fn xact<R>(f: impl FnOnce() -> R) -> R {
         pg_sys::PopActiveSnapshot();
         pg_sys::CommitTransactionCommand();
     }
+    report_stats(false);
     r
+}
+
+/// Sends this process's table statistics (rows inserted, updated, deleted, dead tuples) to the
+/// shared statistics, as PostgreSQL's apply worker does after each commit and when idle: without
+/// it `pg_stat_user_tables` shows nothing until the worker exits and autovacuum never sees the
+/// replicated tables. `force = false` flushes at most once a second (pending counts are kept);
+/// `force = true` flushes now. Outside a transaction only.
+pub fn report_stats(force: bool) {
+    // SAFETY: called between transactions in a backend attached to shared memory.
+    unsafe {
+        if !pg_sys::IsTransactionOrTransactionBlock() {
+            pg_sys::pgstat_report_stat(force);
+        }
+    }
 }
 
 /// Sets a GUC for this worker's session.
@@ -358,6 +373,10 @@ impl Stream {
                 }
             }
             self.progress.publish(None, receipt);
+            if !self.applier.in_txn {
+                // Flush table statistics at most once a second while busy, at once when idle.
+                report_stats(!got_any);
+            }
             self.send_feedback(false, false);
             self.check_timeout();
             self.wait();

@@ -62,9 +62,13 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
     let mut columns: Vec<String> = Vec::new();
     let mut filters: Vec<String> = Vec::new();
     let mut unfiltered = rows.is_empty();
+    let mut lists: Vec<String> = Vec::new();
     for r in rows {
         let mut it = r.values.into_iter();
         let cols = it.next().flatten().unwrap_or_default();
+        if !lists.contains(&cols) {
+            lists.push(cols.clone());
+        }
         for c in cols.split('\u{1}').filter(|c| !c.is_empty()) {
             if !columns.iter().any(|x| x == c) {
                 columns.push(c.to_string());
@@ -87,10 +91,13 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
         .next()
         .and_then(|r| r.values.into_iter().next().flatten())
         .is_some_and(|k| k == "p");
+    // Generated columns are never sent (publishers before 18 do not publish them): the
+    // subscriber computes its own or leaves its plain column to its default, as natively.
     let types_sql = format!(
         "SELECT a.attname::text, a.atttypid::int8 FROM pg_catalog.pg_attribute a \
-         WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-        quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name)))
+         WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped{}",
+        quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name))),
+        if client.server_version_num() >= 120000 { " AND a.attgenerated = ''" } else { "" }
     );
     let remote_types: Vec<(String, u32)> = client
         .simple_query(&types_sql)?
@@ -102,6 +109,20 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
             Some((name, oid))
         })
         .collect();
+    columns.retain(|c| remote_types.iter().any(|(n, _)| n == c));
+    if v15 && lists.len() > 1 {
+        // The publications changed under a running subscription (create/alter/refresh refuse it).
+        return Err(ProtoError::Server(pgsub_proto::client::ServerError {
+            severity: "ERROR".into(),
+            code: "0A000".into(),
+            message: format!(
+                "cannot use different column lists for table \"{}.{}\" in different publications",
+                rel.remote_schema, rel.remote_name
+            ),
+            detail: None,
+            hint: Some("Give the table the same column list (or none) in every publication of the subscription.".into()),
+        }));
+    }
     let types = columns
         .iter()
         .map(|c| remote_types.iter().find(|(n, _)| n == c).map_or(0, |(_, t)| *t))
@@ -208,8 +229,8 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
     // a filtered copy); a partitioned root's rows are those of its partitions.
     let only = if p.partitioned { "" } else { "ONLY " };
     let source = match (&p.row_filter, p.partitioned) {
-        (None, false) => format!("{remote} ({})", cols.join(", ")),
-        (None, true) => format!("(SELECT {} FROM {remote})", cols.join(", ")),
+        (None, false) if !cols.is_empty() => format!("{remote} ({})", cols.join(", ")),
+        (None, _) => format!("(SELECT {} FROM {only}{remote})", cols.join(", ")),
         (Some(f), _) => format!("(SELECT {} FROM {only}{remote} WHERE {f})", cols.join(", ")),
     };
     let subid = sub.subid;
@@ -225,7 +246,13 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
             )
         });
         // A crash mid-copy leaves nothing (the copy is one transaction), so rows here are the user's.
-        let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {remote})")).ok().flatten().unwrap_or(false);
+        // Only the table's own rows: an inheritance parent's children are tables of their own.
+        // SAFETY: a syscache lookup of a relation that exists.
+        let local_only = if unsafe { pg_sys::get_rel_relkind(relid) } as u8 == b'p' { "" } else { "ONLY " };
+        let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {local_only}{remote})"))
+            .ok()
+            .flatten()
+            .unwrap_or(false);
         if has_rows {
             report::error(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
