@@ -301,21 +301,13 @@ fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(String, String
         .collect()
 }
 
-/// The local table a remote one maps to (same schema and name), if it exists.
-pub fn local_relid(schema: &str, name: &str) -> Option<pg_sys::Oid> {
-    let q = format!("{}.{}", quote_ident(schema), quote_ident(name));
-    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()])
-        .ok()
-        .flatten()
-}
-
 /// Records the published tables of a subscription: new ones are added (to be copied when
 /// `copy_data`), ones no longer published are removed. Every table must exist locally.
 fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data: bool) {
     let mut missing = Vec::new();
     let mut resolved = Vec::new();
     for (schema, name) in tables {
-        match local_relid(schema, name) {
+        match catalog::local_relid(schema, name) {
             Some(oid) => resolved.push((schema, name, oid)),
             None => missing.push(format!("{}.{}", quote_ident(schema), quote_ident(name))),
         }
@@ -331,18 +323,14 @@ fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data: bool) {
     if copy_data {
         // Tables new to the subscription get the publisher's rows: refuse to mix them with rows
         // that are already there (the worker checks again before copying).
-        for (schema, name, _) in &resolved {
-            let known = Spi::get_one_with_args::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pgsub.sub_rel WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3)",
-                &[subid.into(), schema.as_str().into(), name.as_str().into()],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-            if known {
+        for (schema, name, oid) in &resolved {
+            if catalog::has_table(subid, schema, name) {
                 continue;
             }
-            let q = format!("SELECT EXISTS (SELECT 1 FROM {}.{})", quote_ident(schema), quote_ident(name));
+            // Only the table's own rows: an inheritance parent's children are tables of their own.
+            // SAFETY: a syscache lookup of a relation that exists.
+            let only = if unsafe { pg_sys::get_rel_relkind(*oid) } as u8 == b'p' { "" } else { "ONLY " };
+            let q = format!("SELECT EXISTS (SELECT 1 FROM {only}{}.{})", quote_ident(schema), quote_ident(name));
             if Spi::get_one::<bool>(&q).ok().flatten().unwrap_or(false) {
                 error(
                     Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -357,28 +345,10 @@ fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data: bool) {
             }
         }
     }
-    let state = if copy_data { "i" } else { "r" };
-    let schemas: Vec<String> = tables.iter().map(|t| t.0.clone()).collect();
-    let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
-    let r = Spi::connect_mut(|c| -> pgrx::spi::SpiResult<()> {
-        c.update(
-            "DELETE FROM pgsub.sub_rel r WHERE r.subid = $1 AND (r.remote_schema, r.remote_name) \
-             NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))",
-            None,
-            &[subid.into(), schemas.clone().into(), names.clone().into()],
-        )?;
-        for (schema, name, oid) in &resolved {
-            c.update(
-                "INSERT INTO pgsub.sub_rel (subid, remote_schema, remote_name, relid, sync_state) \
-                 VALUES ($1, $2, $3, $4, $5::\"char\") \
-                 ON CONFLICT (subid, remote_schema, remote_name) DO UPDATE SET relid = EXCLUDED.relid",
-                None,
-                &[subid.into(), schema.as_str().into(), name.as_str().into(), (*oid).into(), state.into()],
-            )?;
-        }
-        Ok(())
-    });
-    if let Err(e) = r {
+    let state = if copy_data { catalog::SyncState::Init } else { catalog::SyncState::Ready };
+    let resolved: Vec<(String, String, pg_sys::Oid)> =
+        resolved.into_iter().map(|(s, n, o)| (s.clone(), n.clone(), o)).collect();
+    if let Err(e) = catalog::set_tables(subid, &resolved, state) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
     }
 }
@@ -423,8 +393,8 @@ fn release_pauses() {
 
 /// Runs one UPDATE of `pgsub.sub`, then has the launcher look at the subscriptions when the
 /// transaction commits (a running worker restarts if what it depends on changed).
-fn update_sub(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) {
-    if let Err(e) = Spi::run_with_args(sql, args) {
+fn update_sub(subid: i32, change: catalog::Change) {
+    if let Err(e) = catalog::update(subid, change) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }
     wake_launcher_at_commit();
@@ -528,6 +498,15 @@ fn create_subscription(
     let disable_on_error = required(disable_on_error, "disable_on_error");
     let synchronous_commit = required(synchronous_commit, "synchronous_commit");
     let two_phase = required(two_phase, "two_phase");
+    let options = catalog::Options {
+        copy_data,
+        binary,
+        streaming,
+        two_phase,
+        origin: origin.to_string(),
+        disable_on_error,
+        synchronous_commit: synchronous_commit.to_string(),
+    };
     if create_slot {
         prevent_in_transaction_block(
             "pgsub.create_subscription(…, create_slot => true)",
@@ -588,26 +567,15 @@ fn create_subscription(
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
 
-    let subid = Spi::get_one_with_args::<i32>(
-        "INSERT INTO pgsub.sub (subname, subowner, enabled, conninfo, publications, slot_name, \
-         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING subid",
-        &[
-            name.into(),
-            owner.into(),
-            enabled.into(),
-            conninfo.into(),
-            pubs.clone().into(),
-            slot.as_str().into(),
-            copy_data.into(),
-            binary.into(),
-            streaming.into(),
-            two_phase.into(),
-            origin.into(),
-            disable_on_error.into(),
-            synchronous_commit.into(),
-        ],
-    );
+    let subid = catalog::insert(&catalog::NewSubscription {
+        name,
+        owner,
+        enabled,
+        conninfo,
+        publications: pubs.clone(),
+        slot_name: &slot,
+        options: options.clone(),
+    });
     let subid = match subid {
         Ok(Some(id)) => id,
         other => error(
@@ -664,9 +632,11 @@ fn stop_worker(subid: i32) {
     if pid <= 0 {
         return;
     }
-    shmem::terminate(pid);
+    crate::process::terminate(pid);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while crate::launcher::pid_alive(pid) && std::time::Instant::now() < deadline {
+    // The worker clears its pid from the slot when it exits.
+    let running = || shmem::SHARED.share().find(subid).is_some_and(|s| s.pid == pid);
+    while running() && std::time::Instant::now() < deadline {
         // SAFETY: latch wait in a backend.
         unsafe {
             pg_sys::WaitLatch(
@@ -711,7 +681,7 @@ fn drop_subscription(name: Option<&str>, drop_slot: default!(Option<bool>, true)
             "Run it as a statement of its own, or pass drop_slot => false and drop the slot on the publisher yourself.",
         );
     }
-    if let Err(e) = Spi::run_with_args("DELETE FROM pgsub.sub WHERE subid = $1", &[sub.subid.into()]) {
+    if let Err(e) = catalog::delete(sub.subid) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("deleting subscription: {e}"), None, None);
     }
     stop_worker(sub.subid);
@@ -793,7 +763,7 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     publisher::require_password_in(conninfo, !sub.owner_superuser);
     // Like native ALTER SUBSCRIPTION … CONNECTION: the new connection must work.
     connect(name, conninfo, !sub.owner_superuser).close();
-    update_sub("UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1", &[sub.subid.into(), conninfo.into()]);
+    update_sub(sub.subid, catalog::Change::Conninfo(conninfo));
 }
 
 /// Like native `ALTER SUBSCRIPTION … SET (…)`: each option given (not NULL) replaces the
@@ -833,18 +803,8 @@ fn alter_subscription_options(
         }
     }
     update_sub(
-        "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
-         disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
-         origin = coalesce($6, origin), slot_name = coalesce($7, slot_name) WHERE subid = $1",
-        &[
-            sub.subid.into(),
-            binary.into(),
-            streaming.into(),
-            disable_on_error.into(),
-            synchronous_commit.into(),
-            origin.into(),
-            slot_name.into(),
-        ],
+        sub.subid,
+        catalog::Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name },
     );
 }
 
@@ -862,7 +822,7 @@ fn rename_subscription(name: Option<&str>, new_name: Option<&str>) {
     if new_name != name && catalog::load_by_name(new_name).ok().flatten().is_some() {
         error(Code::ERRCODE_DUPLICATE_OBJECT, format!("subscription \"{new_name}\" already exists"), None, None);
     }
-    update_sub("UPDATE pgsub.sub SET subname = $2 WHERE subid = $1", &[sub.subid.into(), new_name.into()]);
+    update_sub(sub.subid, catalog::Change::Name(new_name));
 }
 
 /// Like native `ALTER SUBSCRIPTION … OWNER TO`: the caller needs the privileges of the current
@@ -910,7 +870,7 @@ fn alter_subscription_owner(name: Option<&str>, new_owner: Option<&str>) {
         );
     }
     publisher::require_password_in(&sub.conninfo, !owner_super);
-    update_sub("UPDATE pgsub.sub SET subowner = $2 WHERE subid = $1", &[sub.subid.into(), owner.into()]);
+    update_sub(sub.subid, catalog::Change::Owner(owner));
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -939,10 +899,7 @@ fn alter_subscription_publications(
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
     client.close();
-    if let Err(e) = Spi::run_with_args(
-        "UPDATE pgsub.sub SET publications = $2 WHERE subid = $1",
-        &[sub.subid.into(), pubs.into()],
-    ) {
+    if let Err(e) = catalog::update(sub.subid, catalog::Change::Publications(pubs)) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }
     sync_table_list(sub.subid, &tables, copy_data);
@@ -981,7 +938,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
             Some("Use the finish LSN of the failed remote transaction, shown in pgsub.stat_subscription.last_error and the server log."),
         );
     }
-    update_sub("UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1", &[sub.subid.into(), lsn.into()]);
+    update_sub(sub.subid, catalog::Change::SkipLsn(lsn));
 }
 
 /// Masks the password of a connection string (used by the pgsub.subscription view).

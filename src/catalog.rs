@@ -1,7 +1,12 @@
 //! The subscription catalog (`pgsub.sub`, `pgsub.sub_rel`) as Rust values, read and written
-//! through SPI. Every function here must run inside a transaction.
+//! through SPI: the only module with SQL against pgsub's tables (as PostgreSQL keeps every
+//! access to `pg_subscription` in `catalog/pg_subscription.c`). Every function here must run
+//! inside a transaction. The SQL functions (`api.rs`) run as SECURITY DEFINER and call the
+//! plain functions; the workers, which run as the subscription owner, get the same statements
+//! run as superuser (`as_superuser`) where noted.
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
+pub use pgsub_core::state::SyncState;
 use pgsub_proto::Lsn;
 
 /// One row of `pgsub.sub`.
@@ -183,7 +188,7 @@ pub fn load_by_name(name: &str) -> SpiResult<Option<Subscription>> {
 pub struct SubRel {
     pub remote_schema: String,
     pub remote_name: String,
-    pub sync_state: char,
+    pub sync_state: SyncState,
     pub state_lsn: Option<Lsn>,
 }
 
@@ -201,7 +206,11 @@ pub fn load_rels(subid: i32) -> SpiResult<Vec<SubRel>> {
                 out.push(SubRel {
                     remote_schema: row.get::<String>(1)?.unwrap_or_default(),
                     remote_name: row.get::<String>(2)?.unwrap_or_default(),
-                    sync_state: row.get::<String>(3)?.and_then(|s| s.chars().next()).unwrap_or('i'),
+                    sync_state: row
+                        .get::<String>(3)?
+                        .and_then(|s| s.chars().next())
+                        .and_then(SyncState::from_char)
+                        .unwrap_or(SyncState::Init),
                     state_lsn: row.get::<String>(4)?.and_then(|s| s.parse().ok()),
                 });
             }
@@ -237,4 +246,190 @@ pub fn clear_skip_lsn(subid: i32, lsn: Lsn) -> SpiResult<()> {
             Ok(())
         })
     })
+}
+
+/// Moves a table to `state` (the worker: DATASYNC when its copy starts, READY once the stream
+/// passed its copy point). As superuser.
+pub fn set_table_state(subid: i32, schema: &str, name: &str, state: SyncState) -> SpiResult<()> {
+    let st = state.as_char().to_string();
+    as_superuser(|| {
+        Spi::run_with_args(
+            "UPDATE pgsub.sub_rel SET sync_state = $4::\"char\" WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
+            &[subid.into(), schema.into(), name.into(), st.as_str().into()],
+        )
+    })
+}
+
+/// A table's copy committed: SYNCDONE at `lsn` with its row count and local table. As superuser.
+pub fn set_table_synced(subid: i32, schema: &str, name: &str, lsn: Lsn, rows: i64, relid: pg_sys::Oid) -> SpiResult<()> {
+    let st = SyncState::SyncDone.as_char().to_string();
+    as_superuser(|| {
+        Spi::run_with_args(
+            "UPDATE pgsub.sub_rel SET sync_state = $7::\"char\", state_lsn = $4::pg_lsn, rows_copied = $5, relid = $6 \
+             WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
+            &[
+                subid.into(),
+                schema.into(),
+                name.into(),
+                lsn.to_string().as_str().into(),
+                rows.into(),
+                relid.into(),
+                st.as_str().into(),
+            ],
+        )
+    })
+}
+
+/// The table is already part of the subscription.
+pub fn has_table(subid: i32, schema: &str, name: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pgsub.sub_rel WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3)",
+        &[subid.into(), schema.into(), name.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// Makes the subscription's tables exactly `tables` (schema, name, local table): tables no longer
+/// published are removed; new ones start in `state`; known ones keep their state.
+pub fn set_tables(subid: i32, tables: &[(String, String, pg_sys::Oid)], state: SyncState) -> SpiResult<()> {
+    let schemas: Vec<String> = tables.iter().map(|t| t.0.clone()).collect();
+    let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
+    let st = state.as_char().to_string();
+    Spi::connect_mut(|c| -> SpiResult<()> {
+        c.update(
+            "DELETE FROM pgsub.sub_rel r WHERE r.subid = $1 AND (r.remote_schema, r.remote_name) \
+             NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            None,
+            &[subid.into(), schemas.into(), names.into()],
+        )?;
+        for (schema, name, oid) in tables {
+            c.update(
+                "INSERT INTO pgsub.sub_rel (subid, remote_schema, remote_name, relid, sync_state) \
+                 VALUES ($1, $2, $3, $4, $5::\"char\") \
+                 ON CONFLICT (subid, remote_schema, remote_name) DO UPDATE SET relid = EXCLUDED.relid",
+                None,
+                &[subid.into(), schema.as_str().into(), name.as_str().into(), (*oid).into(), st.as_str().into()],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// A new subscription's row (as create_subscription validated it); returns its id.
+pub struct NewSubscription<'a> {
+    pub name: &'a str,
+    pub owner: pg_sys::Oid,
+    pub enabled: bool,
+    pub conninfo: &'a str,
+    pub publications: Vec<String>,
+    pub slot_name: &'a str,
+    pub options: Options,
+}
+
+/// The options of a subscription that `create_subscription` takes and
+/// `alter_subscription_options` changes (None there: unchanged).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub copy_data: bool,
+    pub binary: bool,
+    pub streaming: bool,
+    pub two_phase: bool,
+    pub origin: String,
+    pub disable_on_error: bool,
+    pub synchronous_commit: String,
+}
+
+pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
+    let o = &sub.options;
+    Spi::get_one_with_args::<i32>(
+        "INSERT INTO pgsub.sub (subname, subowner, enabled, conninfo, publications, slot_name, \
+         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING subid",
+        &[
+            sub.name.into(),
+            sub.owner.into(),
+            sub.enabled.into(),
+            sub.conninfo.into(),
+            sub.publications.clone().into(),
+            sub.slot_name.into(),
+            o.copy_data.into(),
+            o.binary.into(),
+            o.streaming.into(),
+            o.two_phase.into(),
+            o.origin.as_str().into(),
+            o.disable_on_error.into(),
+            o.synchronous_commit.as_str().into(),
+        ],
+    )
+}
+
+pub fn delete(subid: i32) -> SpiResult<()> {
+    Spi::run_with_args("DELETE FROM pgsub.sub WHERE subid = $1", &[subid.into()])
+}
+
+/// One change to a subscription's row, as the ALTER functions make them.
+pub enum Change<'a> {
+    Conninfo(&'a str),
+    Publications(Vec<String>),
+    /// Each given option replaces the current one.
+    Options {
+        binary: Option<bool>,
+        streaming: Option<bool>,
+        disable_on_error: Option<bool>,
+        synchronous_commit: Option<&'a str>,
+        origin: Option<&'a str>,
+        slot_name: Option<&'a str>,
+    },
+    Name(&'a str),
+    Owner(pg_sys::Oid),
+    SkipLsn(&'a str),
+}
+
+pub fn update(subid: i32, change: Change) -> SpiResult<()> {
+    match change {
+        Change::Conninfo(c) => {
+            Spi::run_with_args("UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1", &[subid.into(), c.into()])
+        }
+        Change::Publications(p) => {
+            Spi::run_with_args("UPDATE pgsub.sub SET publications = $2 WHERE subid = $1", &[subid.into(), p.into()])
+        }
+        Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name } => Spi::run_with_args(
+            "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
+             disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
+             origin = coalesce($6, origin), slot_name = coalesce($7, slot_name) WHERE subid = $1",
+            &[
+                subid.into(),
+                binary.into(),
+                streaming.into(),
+                disable_on_error.into(),
+                synchronous_commit.into(),
+                origin.into(),
+                slot_name.into(),
+            ],
+        ),
+        Change::Name(n) => {
+            Spi::run_with_args("UPDATE pgsub.sub SET subname = $2 WHERE subid = $1", &[subid.into(), n.into()])
+        }
+        Change::Owner(o) => {
+            Spi::run_with_args("UPDATE pgsub.sub SET subowner = $2 WHERE subid = $1", &[subid.into(), o.into()])
+        }
+        Change::SkipLsn(l) => Spi::run_with_args(
+            "UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1",
+            &[subid.into(), l.into()],
+        ),
+    }
+}
+
+/// The local table a remote one maps to (same schema and name), if it exists.
+pub fn local_relid(schema: &str, name: &str) -> Option<pg_sys::Oid> {
+    let q = format!(
+        "{}.{}",
+        pgsub_proto::client::quote_ident(schema),
+        pgsub_proto::client::quote_ident(name)
+    );
+    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()])
+        .ok()
+        .flatten()
 }

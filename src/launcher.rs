@@ -1,24 +1,27 @@
 //! The launcher: one static background worker that keeps one apply worker running per enabled
 //! subscription.
 //!
-//! Every `pgsub.naptime` (and whenever a pgsub function or a worker start/exit sets its latch) it
-//! reads `pgsub.sub` and, for each subscription:
-//!   * disabled or dropped → SIGTERM its worker;
-//!   * catalog row changed since the worker started (conninfo, publications, …) → SIGTERM, and the
-//!     next pass starts a fresh worker;
-//!   * enabled without a worker → registers a dynamic apply worker, unless the worker failed
-//!     recently (restart after `pgsub.retry_interval`, doubling per consecutive failure, capped at
-//!     12×) or no worker slot is free (`pgsub.max_apply_workers`, or `max_worker_processes` shared
-//!     with parallel query and other extensions): then the subscription shows `waiting_for_worker`,
-//!     a WARNING is logged once per wait, and it starts as soon as a slot frees up.
+//! Its loop, every `pgsub.naptime` and whenever a pgsub function or a worker start/exit sets its
+//! latch, is three named steps:
+//!   1. `read_catalog` — the subscriptions in `pgsub.sub` (through `catalog.rs`);
+//!   2. `decide` — `pgsub_core::launch::decide`, a pure function of (catalog rows, worker slots in
+//!      shared memory, clock) that returns which workers to stop and start and updates each
+//!      subscription's status, backoff and warning flags (its rules are listed there);
+//!   3. `act` — SIGTERM to workers to stop, registration of dynamic apply workers, the
+//!      `waiting_for_worker` warning.
+//!
+//! A worker is identified by the bgworker handle the launcher registered it with (`reap` forgets
+//! handles whose worker stopped) and by the pid the worker itself writes into its shared-memory
+//! slot and clears when it exits; a worker that outlived a launcher restart is adopted through
+//! that pid.
+use crate::process::{now, reload_config_if_requested, shutdown_requested};
 use crate::{catalog, gucs, shmem};
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
-    SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::prelude::*;
-pub(crate) use shmem::pid_alive;
-use shmem::{Status, SHARED};
+use pgsub_core::launch::{self, Action, Limits, WaitReason};
+use shmem::SHARED;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -30,29 +33,6 @@ pub fn register() {
         .enable_spi_access()
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
-}
-
-/// PostgreSQL's current time as TimestampTz.
-pub fn now() -> i64 {
-    // SAFETY: no preconditions.
-    unsafe { pg_sys::GetCurrentTimestamp() }
-}
-
-pub(crate) fn shutdown_requested() -> bool {
-    // SAFETY: reading a sig_atomic_t flag set by our SIGTERM handler.
-    unsafe { std::ptr::addr_of!(pg_sys::ShutdownRequestPending).read_volatile() != 0 }
-}
-
-pub(crate) fn reload_config_if_requested() -> bool {
-    // SAFETY: flag set by the SIGHUP handler; ProcessConfigFile is the standard response.
-    unsafe {
-        if std::ptr::addr_of!(pg_sys::ConfigReloadPending).read_volatile() != 0 {
-            std::ptr::addr_of_mut!(pg_sys::ConfigReloadPending).write_volatile(0);
-            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
-            return true;
-        }
-    }
-    false
 }
 
 #[pg_guard]
@@ -88,128 +68,130 @@ pub extern "C-unwind" fn pgsub_launcher_main(_arg: pg_sys::Datum) {
 }
 
 struct Launcher {
+    /// Workers this launcher registered, by subscription, until they stop.
     workers: HashMap<i32, DynamicBackgroundWorker>,
     my_pid: i32,
 }
 
 impl Launcher {
     fn tick(&mut self) {
-        let subs = BackgroundWorker::transaction(|| {
-            if !catalog::extension_exists() {
-                return Ok(Vec::new());
-            }
-            catalog::load_all()
-        });
-        let subs = match subs {
-            Ok(s) => s,
-            Err(e) => {
-                warning!("pgsub launcher: cannot read the subscription catalog: {e}");
-                return;
-            }
-        };
+        let Some(subs) = read_catalog() else { return };
         self.reap();
-        let now = now();
-        let retry = gucs::RETRY_INTERVAL_MS.get().max(1) as i64 * 1000;
-        let max_workers = gucs::MAX_APPLY_WORKERS.get().max(0) as usize;
+        let limits = Limits {
+            now: now(),
+            retry: i64::from(gucs::RETRY_INTERVAL_MS.get().max(1)) * 1000,
+            max_workers: gucs::MAX_APPLY_WORKERS.get().max(0) as usize,
+        };
+        let (actions, names) = {
+            let mut shared = SHARED.exclusive();
+            let mut names = HashMap::new();
+            for sub in &subs {
+                if shared.claim(sub.subid).is_none() {
+                    warning!(
+                        "pgsub: subscription \"{}\" has no shared-memory slot (at most {} subscriptions)",
+                        sub.name,
+                        shmem::MAX_SUBSCRIPTIONS
+                    );
+                }
+                names.insert(sub.subid, sub.name.clone());
+            }
+            let mut slots: Vec<launch::Slot> = shared.slots.iter().filter(|s| s.subid != 0).map(|s| self.view(s)).collect();
+            let rows: Vec<launch::Sub> = subs
+                .iter()
+                .map(|s| launch::Sub { subid: s.subid, enabled: s.enabled, config_hash: s.config_hash() })
+                .collect();
+            let actions = launch::decide(&rows, &mut slots, limits);
+            for v in &slots {
+                if let Some(slot) = shared.find_mut(v.subid) {
+                    write_back(slot, v);
+                }
+            }
+            (actions, names)
+        };
+        for action in actions {
+            self.act(action, &subs, &names);
+        }
+    }
 
-        let mut shared = SHARED.exclusive();
-        // Dropped subscriptions: stop their workers and forget their slots.
-        for slot in shared.slots.iter_mut() {
-            if slot.subid != 0 && !subs.iter().any(|s| s.subid == slot.subid) {
-                if slot.pid > 0 && pid_alive(slot.pid) {
-                    shmem::terminate(slot.pid);
-                } else if !self.workers.contains_key(&slot.subid) {
+    /// What `decide` needs of a slot.
+    fn view(&self, s: &shmem::SubSlot) -> launch::Slot {
+        launch::Slot {
+            subid: s.subid,
+            status: s.status,
+            pid: s.pid,
+            registered: self.workers.contains_key(&s.subid),
+            failed: s.failed,
+            failures: s.failures,
+            next_start_at: s.next_start_at,
+            config_hash: s.config_hash,
+            held: crate::process::pid_alive(s.paused_by),
+            warned: s.warned_no_worker,
+        }
+    }
+
+    fn act(&mut self, action: Action, subs: &[catalog::Subscription], names: &HashMap<i32, String>) {
+        let name = |subid: i32| names.get(&subid).cloned().unwrap_or_else(|| subid.to_string());
+        match action {
+            Action::Stop { pid, .. } => crate::process::terminate(pid),
+            Action::Forget { subid } => {
+                if let Some(slot) = SHARED.exclusive().find_mut(subid) {
                     *slot = shmem::SubSlot::default();
                 }
             }
-        }
-        let mut running = shared.slots.iter().filter(|s| s.subid != 0 && s.pid > 0 && pid_alive(s.pid)).count()
-            .max(self.workers.len());
-        for sub in &subs {
-            let Some(slot) = shared.claim(sub.subid) else {
-                warning!(
-                    "pgsub: subscription \"{}\" has no shared-memory slot (at most {} subscriptions)",
-                    sub.name,
-                    shmem::MAX_SUBSCRIPTIONS
-                );
-                continue;
-            };
-            // A worker may outlive a launcher restart: a live pid in the slot counts as running.
-            let has_worker = self.workers.contains_key(&sub.subid) || (slot.pid > 0 && pid_alive(slot.pid));
-            if !sub.enabled {
-                if has_worker && slot.pid > 0 {
-                    shmem::terminate(slot.pid);
-                }
-                if !has_worker {
-                    slot.status = Status::Disabled as u8;
-                    slot.pid = 0;
-                    slot.failures = 0;
-                    slot.next_start_at = 0;
-                }
-                continue;
-            }
-            if has_worker {
-                if slot.config_hash != sub.config_hash() && slot.pid > 0 {
-                    shmem::terminate(slot.pid);
-                }
-                continue;
-            }
-            if slot.status == Status::Disabled as u8 {
-                slot.status = Status::Starting as u8;
-            }
-            if slot.failed {
-                slot.failed = false;
-                slot.failures = slot.failures.saturating_add(1);
-                let factor = 1i64 << (slot.failures - 1).clamp(0, 30);
-                slot.next_start_at = now + (retry * factor).min(retry * 12);
-                slot.status = Status::Error as u8;
-            }
-            if slot.next_start_at > now {
-                continue;
-            }
-            if slot.paused_by > 0 && pid_alive(slot.paused_by) {
-                continue;
-            }
-            if running >= max_workers {
-                wait_for_worker(slot, &sub.name, "pgsub.max_apply_workers is reached");
-                continue;
-            }
-            let extra = format!("{} {}", unsafe { pg_sys::MyDatabaseId }.to_u32(), sub.owner);
-            let started = BackgroundWorkerBuilder::new(&format!("pgsub apply worker for subscription {}", sub.subid))
-                .set_type("pgsub apply worker")
-                .set_library("pgsub")
-                .set_function("pgsub_apply_main")
-                .enable_spi_access()
-                .set_restart_time(None)
-                .set_argument(sub.subid.into_datum())
-                .set_extra(&extra)
-                .set_notify_pid(self.my_pid)
-                .load_dynamic();
-            match started {
-                Ok(handle) => {
-                    if slot.warned_no_worker {
-                        log!("pgsub: subscription \"{}\" got a worker slot", sub.name);
+            Action::WarnWaiting { subid, reason } => warn_waiting(&name(subid), reason),
+            Action::Start { subid } => {
+                let Some(sub) = subs.iter().find(|s| s.subid == subid) else { return };
+                match self.register(sub) {
+                    Some(handle) => {
+                        self.workers.insert(subid, handle);
                     }
-                    slot.warned_no_worker = false;
-                    slot.status = Status::Starting as u8;
-                    slot.config_hash = sub.config_hash();
-                    slot.next_start_at = 0;
-                    self.workers.insert(sub.subid, handle);
-                    running += 1;
+                    None => {
+                        let mut warn = Vec::new();
+                        if let Some(slot) = SHARED.exclusive().find_mut(subid) {
+                            let mut v = self.view(slot);
+                            launch::waiting(&mut v, WaitReason::NoBackgroundWorkerSlot, &mut warn);
+                            write_back(slot, &v);
+                        }
+                        for a in warn {
+                            if let Action::WarnWaiting { reason, .. } = a {
+                                warn_waiting(&sub.name, reason);
+                            }
+                        }
+                    }
                 }
-                Err(_) => wait_for_worker(slot, &sub.name, "no free background worker slot (max_worker_processes)"),
             }
         }
     }
 
-    /// Forgets workers that have exited.
+    /// Registers a dynamic apply worker for `sub` (None when no background worker slot is free).
+    fn register(&self, sub: &catalog::Subscription) -> Option<DynamicBackgroundWorker> {
+        // SAFETY: MyDatabaseId is set once the launcher is connected.
+        let extra = format!("{} {}", unsafe { pg_sys::MyDatabaseId }.to_u32(), sub.owner);
+        BackgroundWorkerBuilder::new(&format!("pgsub apply worker for subscription {}", sub.subid))
+            .set_type("pgsub apply worker")
+            .set_library("pgsub")
+            .set_function("pgsub_apply_main")
+            .enable_spi_access()
+            .set_restart_time(None)
+            .set_argument(sub.subid.into_datum())
+            .set_extra(&extra)
+            .set_notify_pid(self.my_pid)
+            .load_dynamic()
+            .ok()
+    }
+
+    /// Forgets workers that have stopped.
     fn reap(&mut self) {
         self.workers.retain(|subid, h| match h.pid() {
             Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted) => true,
             Err(_) => {
+                // The worker clears its own pid when it exits; one that died before it claimed
+                // its slot never wrote it.
                 let mut shared = SHARED.exclusive();
                 if let Some(slot) = shared.find_mut(*subid) {
-                    slot.pid = 0;
+                    if slot.pid > 0 && !crate::process::pid_alive(slot.pid) {
+                        slot.pid = 0;
+                    }
                 }
                 false
             }
@@ -217,16 +199,43 @@ impl Launcher {
     }
 }
 
-fn wait_for_worker(slot: &mut shmem::SubSlot, name: &str, why: &str) {
-    slot.status = Status::WaitingForWorker as u8;
-    if !slot.warned_no_worker {
-        slot.warned_no_worker = true;
-        crate::report::log(
-            PgLogLevel::WARNING,
-            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!("pgsub: subscription \"{name}\" is waiting for a worker: {why}"),
-            Some("It starts as soon as a worker slot is free.".into()),
-            Some("Raise max_worker_processes or pgsub.max_apply_workers (both need a restart), or disable another subscription."),
-        );
+/// Step 1: the subscriptions in the catalog (none while the extension is not created).
+fn read_catalog() -> Option<Vec<catalog::Subscription>> {
+    let subs = BackgroundWorker::transaction(|| {
+        if !catalog::extension_exists() {
+            return Ok(Vec::new());
+        }
+        catalog::load_all()
+    });
+    match subs {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warning!("pgsub launcher: cannot read the subscription catalog: {e}");
+            None
+        }
     }
+}
+
+/// Copies what `decide` changed into the shared-memory slot.
+fn write_back(slot: &mut shmem::SubSlot, v: &launch::Slot) {
+    slot.status = v.status;
+    slot.failed = v.failed;
+    slot.failures = v.failures;
+    slot.next_start_at = v.next_start_at;
+    slot.config_hash = v.config_hash;
+    slot.warned_no_worker = v.warned;
+}
+
+fn warn_waiting(name: &str, reason: WaitReason) {
+    let why = match reason {
+        WaitReason::Cap => "pgsub.max_apply_workers is reached",
+        WaitReason::NoBackgroundWorkerSlot => "no free background worker slot (max_worker_processes)",
+    };
+    crate::report::log(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        format!("pgsub: subscription \"{name}\" is waiting for a worker: {why}"),
+        Some("It starts as soon as a worker slot is free.".into()),
+        Some("Raise max_worker_processes or pgsub.max_apply_workers (both need a restart), or disable another subscription."),
+    );
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod catalog;
 pub mod gucs;
 pub mod launcher;
+pub mod process;
 pub mod publisher;
 pub mod report;
 pub mod shmem;

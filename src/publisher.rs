@@ -4,7 +4,7 @@
 //! In a backend (the SQL functions) a wait wakes for query cancel and backend termination through
 //! CHECK_FOR_INTERRUPTS; in a background worker it returns `Interrupted` once SIGTERM arrived, and
 //! reloads the configuration on SIGHUP. Postmaster death ends the process in both.
-use crate::launcher::{reload_config_if_requested, shutdown_requested};
+use crate::process::{reload_config_if_requested, shutdown_requested};
 use crate::report;
 use pgrx::prelude::*;
 use pgsub_proto::client::{Client, Error, Interest, ServerError, Wait};

@@ -8,52 +8,12 @@ use pgrx::lwlock::PgLwLock;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, pg_sys};
+pub use pgsub_core::state::Status;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Subscriptions whose state fits in shared memory at once.
 pub const MAX_SUBSCRIPTIONS: usize = 128;
 const ERR_LEN: usize = 1000;
-
-/// What a subscription is doing, as shown in `pgsub.stat_subscription.status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Status {
-    Disabled = 0,
-    WaitingForWorker = 1,
-    Starting = 2,
-    Connecting = 3,
-    InitialCopy = 4,
-    Catchup = 5,
-    Streaming = 6,
-    Error = 7,
-}
-
-impl Status {
-    pub fn from_u8(v: u8) -> Status {
-        match v {
-            1 => Status::WaitingForWorker,
-            2 => Status::Starting,
-            3 => Status::Connecting,
-            4 => Status::InitialCopy,
-            5 => Status::Catchup,
-            6 => Status::Streaming,
-            7 => Status::Error,
-            _ => Status::Disabled,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Disabled => "disabled",
-            Status::WaitingForWorker => "waiting_for_worker",
-            Status::Starting => "starting",
-            Status::Connecting => "connecting",
-            Status::InitialCopy => "initial_copy",
-            Status::Catchup => "catchup",
-            Status::Streaming => "streaming",
-            Status::Error => "error",
-        }
-    }
-}
 
 /// State of one subscription. Timestamps are PostgreSQL `TimestampTz` (µs since 2000-01-01), 0 =
 /// unset; LSNs are raw `XLogRecPtr`, 0 = unset.
@@ -61,11 +21,14 @@ impl Status {
 #[repr(C)]
 pub struct SubSlot {
     pub subid: i32,
-    pub status: u8,
+    pub status: Status,
     /// The launcher logged the "no free worker slot" WARNING for the current wait.
     pub warned_no_worker: bool,
     /// The last worker exited with an error (so the next start is delayed).
     pub failed: bool,
+    /// The running worker's pid: set by the worker when it claims the slot, cleared by the
+    /// worker itself when it exits (`before_shmem_exit`), so a pid here is a live worker (a
+    /// crash of any backend resets shared memory).
     pub pid: i32,
     /// A backend dropping or refreshing this subscription: no worker starts while it lives.
     pub paused_by: i32,
@@ -109,7 +72,7 @@ impl Default for SubSlot {
     fn default() -> Self {
         SubSlot {
             subid: 0,
-            status: Status::Starting as u8,
+            status: Status::Starting,
             warned_no_worker: false,
             failed: false,
             pid: 0,
@@ -220,7 +183,7 @@ impl Shared {
     /// Forgets a dropped subscription's slot once its worker is gone.
     pub fn release_if_stopped(&mut self, subid: i32) {
         if let Some(s) = self.find_mut(subid) {
-            if s.pid == 0 || !pid_alive(s.pid) {
+            if s.pid == 0 {
                 *s = SubSlot::default();
             }
         }
@@ -235,23 +198,5 @@ pub fn with_slot<R>(subid: i32, f: impl FnOnce(&mut SubSlot) -> R) -> Option<R> 
 
 /// Wakes the launcher (procsignal's SIGUSR1 handler sets its latch).
 pub fn wake_launcher() {
-    let pid = SHARED.share().launcher_pid;
-    if pid > 0 {
-        // SAFETY: signalling the launcher's pid with SIGUSR1; its handler sets the latch.
-        unsafe { libc::kill(pid, libc::SIGUSR1) };
-    }
-}
-
-/// SIGTERM to a pid (used by the launcher to stop apply workers).
-pub fn terminate(pid: i32) {
-    if pid > 0 {
-        // SAFETY: signalling a worker pid recorded in our shared memory.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-}
-
-/// True while a process with this pid exists.
-pub fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    crate::process::wake(SHARED.share().launcher_pid);
 }

@@ -1,7 +1,7 @@
 //! Set-returning functions that expose the shared-memory slots to SQL; the
 //! `pgsub.stat_subscription` view (sql/views.sql) joins them with the catalog. Times are
 //! returned as raw TimestampTz microseconds and LSNs as bigint; the view converts both.
-use crate::shmem::{self, Status};
+use crate::shmem;
 use pgrx::prelude::*;
 
 
@@ -26,10 +26,10 @@ fn _stat_progress() -> TableIterator<'static, (
     if shmem::available() {
         let g = shmem::SHARED.share();
         for s in g.slots.iter().filter(|s| s.subid != 0) {
-            let alive = s.pid > 0 && shmem::pid_alive(s.pid);
+            let alive = s.pid > 0;
             rows.push((
                 s.subid,
-                Status::from_u8(s.status).as_str().to_string(),
+                s.status.as_str().to_string(),
                 if alive { Some(s.pid) } else { None },
                 s.worker_started_at,
                 s.received_lsn as i64,

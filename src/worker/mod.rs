@@ -15,14 +15,17 @@
 //! (disable_on_error), and ends the worker with the ERROR in the log; the launcher restarts it
 //! after a growing delay. Nothing is ever skipped silently.
 pub mod apply;
+mod batch;
 pub mod copyin;
 pub mod errctx;
+mod execute;
 pub mod progress;
+mod relation;
 pub mod stream;
 pub mod sync;
 
 use crate::catalog::{self, Subscription};
-use crate::launcher::{now, reload_config_if_requested, shutdown_requested};
+use crate::process::{now, reload_config_if_requested, shutdown_requested};
 use crate::publisher::{self, Context};
 use crate::shmem::{self, Status};
 use crate::{gucs, report};
@@ -56,11 +59,11 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     let claimed = {
         let mut g = shmem::SHARED.exclusive();
         match g.claim(subid) {
-            Some(s) if s.pid > 0 && s.pid != me && shmem::pid_alive(s.pid) => false,
+            Some(s) if s.pid > 0 && s.pid != me => false,
             Some(s) => {
                 s.pid = me;
                 s.worker_started_at = now();
-                s.status = Status::Starting as u8;
+                s.status = Status::Starting;
                 s.failed = false;
                 true
             }
@@ -71,6 +74,8 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
         log!("pgsub apply worker for subscription {subid}: another worker is running, exiting");
         return;
     }
+    // SAFETY: registers a callback that runs once when this process exits, however it exits.
+    unsafe { pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(subid)) };
     errctx::install();
     let result = PgTryBuilder::new(|| run(subid))
         .catch_others(|e| on_error(subid, e))
@@ -79,9 +84,25 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     shmem::with_slot(subid, |s| {
         if s.pid == me {
             s.pid = 0;
-            if s.status != Status::Error as u8 {
-                s.status = Status::Starting as u8;
+            if s.status != Status::Error {
+                s.status = Status::Starting;
             }
+        }
+    });
+}
+
+/// Clears this worker's pid from its slot when the process exits (after an ERROR too), so that
+/// a pid in a slot always names a live worker.
+#[pg_guard]
+unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
+    // SAFETY: the process is exiting; no pgsub lock may be held across this point.
+    unsafe { pg_sys::LWLockReleaseAll() };
+    let subid = arg.value() as i32;
+    // SAFETY: MyProcPid is set for every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    shmem::with_slot(subid, |s| {
+        if s.pid == me {
+            s.pid = 0;
         }
     });
 }
@@ -119,7 +140,7 @@ fn on_error(subid: i32, e: CaughtError) {
     shmem::with_slot(subid, |s| {
         s.set_error(&text, now());
         s.batch_failed_lsn = batch_failed_lsn;
-        s.status = Status::Error as u8;
+        s.status = Status::Error;
         s.failed = true;
     });
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
@@ -191,7 +212,7 @@ fn set_guc(name: &str, value: &str) {
 }
 
 fn set_status(subid: i32, st: Status) {
-    shmem::with_slot(subid, |s| s.status = st as u8);
+    shmem::with_slot(subid, |s| s.status = st);
 }
 
 /// The worker body. Returns when asked to stop; raises on errors.
@@ -225,7 +246,7 @@ fn run(subid: i32) {
     );
 
     // Tables that still need their initial copy.
-    let rels = if rels.iter().any(|r| r.sync_state == 'i' || r.sync_state == 'd') {
+    let rels = if rels.iter().any(|r| r.sync_state.needs_copy()) {
         set_status(subid, Status::InitialCopy);
         match sync::copy_tables(&sub, &rels) {
             Some(r) => r,
@@ -518,7 +539,7 @@ impl Stream {
             LogicalMessage::Insert(m) => self.applier.insert(m, p),
             LogicalMessage::Update(m) => self.applier.update(m, p),
             LogicalMessage::Delete(m) => self.applier.delete(m, p),
-            LogicalMessage::Truncate(m) => apply::with_snapshot(|| self.applier.truncate(m, p)),
+            LogicalMessage::Truncate(m) => execute::with_snapshot(|| self.applier.truncate(m, p)),
             LogicalMessage::Message(_) => p.counters.messages += 1,
             other => report::error(
                 Code::ERRCODE_PROTOCOL_VIOLATION,

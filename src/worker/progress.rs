@@ -149,7 +149,7 @@ impl Progress {
         let c = std::mem::take(&mut self.counters);
         shmem::with_slot(self.subid, |s| {
             if let Some(st) = status {
-                s.status = st as u8;
+                s.status = st;
             }
             s.received_lsn = self.received.0;
             s.applied_lsn = self.applied.0;

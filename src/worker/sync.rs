@@ -18,7 +18,7 @@
 //! publisher of the same major version, every column of the same built-in type on both sides (so
 //! the same send/receive functions), and a UTF8 local database (binary text arrives in the
 //! connection's UTF8). Otherwise, and for user-defined types, it is text, as native tablesync's.
-use crate::catalog::{SubRel, Subscription};
+use crate::catalog::{self, SubRel, Subscription, SyncState};
 use crate::publisher::{self, Context};
 use crate::report;
 use crate::shmem;
@@ -138,7 +138,7 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
 /// Copies every table in state init (or interrupted mid-copy); returns the updated table states,
 /// or None when the worker was asked to stop.
 pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
-    let todo: Vec<&SubRel> = rels.iter().filter(|r| r.sync_state == 'i' || r.sync_state == 'd').collect();
+    let todo: Vec<&SubRel> = rels.iter().filter(|r| r.sync_state.needs_copy()).collect();
     let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&format!("{} sync", sub.name)), !sub.owner_superuser) {
         Ok(c) => c,
         Err(ProtoError::Interrupted) => return None,
@@ -174,7 +174,7 @@ pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
                     .iter_mut()
                     .find(|o| o.remote_schema == rel.remote_schema && o.remote_name == rel.remote_name)
                 {
-                    o.sync_state = 's';
+                    o.sync_state = SyncState::SyncDone;
                     o.state_lsn = Some(at);
                 }
                 log!(
@@ -237,7 +237,7 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
     let publisher_version = client.server_version_num();
     let mut result: Result<(u64, bool), ProtoError> = Ok((0, false));
     super::xact(|| {
-        let relid = crate::api::local_relid(&rel.remote_schema, &rel.remote_name).unwrap_or_else(|| {
+        let relid = catalog::local_relid(&rel.remote_schema, &rel.remote_name).unwrap_or_else(|| {
             report::error(
                 Code::ERRCODE_UNDEFINED_TABLE,
                 format!("logical replication target relation {remote} does not exist"),
@@ -261,16 +261,11 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
                 Some("TRUNCATE the local table, or recreate the subscription with copy_data => false."),
             );
         }
-        let r = crate::catalog::as_superuser(|| {
-            Spi::run_with_args(
-                "UPDATE pgsub.sub_rel SET sync_state = 'd' WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
-                &[subid.into(), rel.remote_schema.as_str().into(), rel.remote_name.as_str().into()],
-            )
-        });
+        let r = catalog::set_table_state(subid, &rel.remote_schema, &rel.remote_name, SyncState::DataSync);
         if let Err(e) = r {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
         }
-        shmem::with_slot(subid, |s| s.status = shmem::Status::InitialCopy as u8);
+        shmem::with_slot(subid, |s| s.status = shmem::Status::InitialCopy);
         let binary = binary_copy_ok(publisher_version, relid, p);
         let copy_sql = if binary {
             format!("COPY {source} TO STDOUT WITH (FORMAT binary)")
@@ -312,18 +307,7 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
         match copied {
             Ok(loaded) => {
                 let n = loaded;
-                let r = crate::catalog::as_superuser(|| Spi::run_with_args(
-                    "UPDATE pgsub.sub_rel SET sync_state = 's', state_lsn = $4::pg_lsn, rows_copied = $5, relid = $6 \
-                     WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3",
-                    &[
-                        subid.into(),
-                        rel.remote_schema.as_str().into(),
-                        rel.remote_name.as_str().into(),
-                        at.to_string().as_str().into(),
-                        (n as i64).into(),
-                        relid.into(),
-                    ],
-                ));
+                let r = catalog::set_table_synced(subid, &rel.remote_schema, &rel.remote_name, at, n as i64, relid);
                 if let Err(e) = r {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
                 }

@@ -1,0 +1,283 @@
+//! The launcher's decision: given the subscriptions in the catalog, what shared memory says of
+//! their workers, and the clock, which workers to stop and start and what each subscription's
+//! status becomes. A pure function: `src/launcher.rs` reads the inputs, calls [`decide`], writes
+//! the updated slots back and carries out the actions.
+//!
+//! For each subscription:
+//!   * dropped → stop its worker; forget its slot once no worker is left;
+//!   * disabled → stop its worker; once it is gone the status is `disabled`;
+//!   * catalog row changed since its worker started (conninfo, publications, options) → stop it,
+//!     a later pass starts a fresh one;
+//!   * enabled without a worker → start one, unless its last worker failed recently (restart
+//!     after `retry`, doubling per consecutive failure, at most 12×), a backend holds it (drop
+//!     or refresh in progress), or the worker cap is reached: then `waiting_for_worker`, with a
+//!     warning once per wait.
+use crate::state::Status;
+
+/// A subscription as the catalog has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sub {
+    pub subid: i32,
+    pub enabled: bool,
+    /// Fingerprint of the catalog row: a running worker started with another one is restarted.
+    pub config_hash: u64,
+}
+
+/// The launcher's part of a subscription's shared-memory slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub subid: i32,
+    pub status: Status,
+    /// Pid of the subscription's running worker (0 = none). The worker clears it when it exits.
+    pub pid: i32,
+    /// The launcher has a handle of a worker it registered that has not stopped yet (it may not
+    /// have started, so its pid is not in the slot yet).
+    pub registered: bool,
+    /// The last worker ended with an error: the next start waits (backoff).
+    pub failed: bool,
+    pub failures: i32,
+    pub next_start_at: i64,
+    pub config_hash: u64,
+    /// A backend that holds the subscription (drop or refresh in progress) is alive.
+    pub held: bool,
+    /// The "waiting for a worker" warning was logged for the current wait.
+    pub warned: bool,
+}
+
+impl Slot {
+    fn has_worker(&self) -> bool {
+        self.pid > 0 || self.registered
+    }
+}
+
+/// Limits and the clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Now, in PostgreSQL's microseconds.
+    pub now: i64,
+    /// `pgsub.retry_interval` in microseconds (≥ 1).
+    pub retry: i64,
+    /// `pgsub.max_apply_workers`.
+    pub max_workers: usize,
+}
+
+/// Why a subscription waits for a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// `pgsub.max_apply_workers` is reached.
+    Cap,
+    /// Registering the worker failed: `max_worker_processes` is exhausted.
+    NoBackgroundWorkerSlot,
+}
+
+/// What the launcher does, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// SIGTERM to the worker with this pid.
+    Stop { subid: i32, pid: i32 },
+    /// The subscription was dropped and has no worker left: free its slot.
+    Forget { subid: i32 },
+    /// Register a worker for the subscription.
+    Start { subid: i32 },
+    /// Log that the subscription waits for a worker (once per wait).
+    WarnWaiting { subid: i32, reason: WaitReason },
+}
+
+/// Decides one launcher pass. `slots` holds one slot per subscription the launcher has seen
+/// (dropped ones included) and is updated in place.
+pub fn decide(subs: &[Sub], slots: &mut [Slot], limits: Limits) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for slot in slots.iter_mut().filter(|s| s.subid != 0 && !subs.iter().any(|x| x.subid == s.subid)) {
+        if slot.pid > 0 {
+            actions.push(Action::Stop { subid: slot.subid, pid: slot.pid });
+        } else if !slot.registered {
+            actions.push(Action::Forget { subid: slot.subid });
+        }
+    }
+    let mut running = slots.iter().filter(|s| s.subid != 0 && s.has_worker()).count();
+    for sub in subs {
+        let Some(slot) = slots.iter_mut().find(|s| s.subid == sub.subid) else { continue };
+        if !sub.enabled {
+            disable(slot, &mut actions);
+            continue;
+        }
+        if slot.has_worker() {
+            if slot.pid > 0 && slot.config_hash != sub.config_hash {
+                actions.push(Action::Stop { subid: sub.subid, pid: slot.pid });
+            }
+            continue;
+        }
+        if slot.status == Status::Disabled {
+            slot.status = Status::Starting;
+        }
+        if slot.failed {
+            back_off(slot, limits);
+        }
+        if slot.next_start_at > limits.now || slot.held {
+            continue;
+        }
+        if running >= limits.max_workers {
+            waiting(slot, WaitReason::Cap, &mut actions);
+            continue;
+        }
+        actions.push(Action::Start { subid: sub.subid });
+        started(slot, sub.config_hash);
+        running += 1;
+    }
+    actions
+}
+
+fn disable(slot: &mut Slot, actions: &mut Vec<Action>) {
+    if slot.pid > 0 {
+        actions.push(Action::Stop { subid: slot.subid, pid: slot.pid });
+    }
+    if !slot.has_worker() {
+        slot.status = Status::Disabled;
+        slot.failures = 0;
+        slot.failed = false;
+        slot.next_start_at = 0;
+    }
+}
+
+/// The last run failed: the next start waits `retry` × 2^(failures-1), at most 12 × `retry`.
+fn back_off(slot: &mut Slot, limits: Limits) {
+    slot.failed = false;
+    slot.failures = slot.failures.saturating_add(1);
+    let factor = 1i64 << (slot.failures - 1).clamp(0, 30);
+    slot.next_start_at = limits.now + limits.retry.saturating_mul(factor).min(limits.retry.saturating_mul(12));
+    slot.status = Status::Error;
+}
+
+/// The subscription waits for a worker slot.
+pub fn waiting(slot: &mut Slot, reason: WaitReason, actions: &mut Vec<Action>) {
+    slot.status = Status::WaitingForWorker;
+    if !slot.warned {
+        slot.warned = true;
+        actions.push(Action::WarnWaiting { subid: slot.subid, reason });
+    }
+}
+
+fn started(slot: &mut Slot, config_hash: u64) {
+    slot.warned = false;
+    slot.status = Status::Starting;
+    slot.config_hash = config_hash;
+    slot.next_start_at = 0;
+    slot.registered = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: i64 = 1_000_000;
+
+    fn limits(now: i64, max_workers: usize) -> Limits {
+        Limits { now, retry: 5 * SEC, max_workers }
+    }
+
+    fn sub(subid: i32, enabled: bool) -> Sub {
+        Sub { subid, enabled, config_hash: 42 }
+    }
+
+    fn slot(subid: i32) -> Slot {
+        Slot { subid, config_hash: 42, ..Slot::default() }
+    }
+
+    #[test]
+    fn enabled_subscriptions_get_a_worker_within_the_cap() {
+        let subs = [sub(1, true), sub(2, true), sub(3, true)];
+        let mut slots = [slot(1), slot(2), slot(3)];
+        let a = decide(&subs, &mut slots, limits(0, 2));
+        assert_eq!(
+            a,
+            vec![
+                Action::Start { subid: 1 },
+                Action::Start { subid: 2 },
+                Action::WarnWaiting { subid: 3, reason: WaitReason::Cap }
+            ]
+        );
+        assert_eq!(slots[2].status, Status::WaitingForWorker);
+        assert!(slots[0].registered && slots[1].registered);
+        // Warned once per wait.
+        let a = decide(&subs, &mut slots, limits(1, 2));
+        assert!(a.is_empty(), "{a:?}");
+        // A worker exits: the waiting one starts, and a later wait warns again.
+        slots[0].registered = false;
+        let a = decide(&subs, &mut slots, limits(2, 2));
+        assert_eq!(a, vec![Action::Start { subid: 1 }]);
+        assert!(!slots[0].warned);
+    }
+
+    #[test]
+    fn a_failed_worker_restarts_after_a_growing_delay() {
+        let subs = [sub(1, true)];
+        let mut slots = [Slot { failed: true, failures: 0, ..slot(1) }];
+        assert!(decide(&subs, &mut slots, limits(0, 4)).is_empty());
+        assert_eq!(slots[0].status, Status::Error);
+        assert_eq!(slots[0].next_start_at, 5 * SEC);
+        assert_eq!(decide(&subs, &mut slots, limits(5 * SEC, 4)), vec![Action::Start { subid: 1 }]);
+        // Second and later failures: 10 s, 20 s, 40 s, then at most 60 s.
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            slots[0].registered = false;
+            slots[0].failed = true;
+            let now = 1000 * SEC;
+            decide(&subs, &mut slots, limits(now, 4));
+            delays.push((slots[0].next_start_at - now) / SEC);
+        }
+        assert_eq!(delays, vec![10, 20, 40, 60, 60]);
+    }
+
+    #[test]
+    fn disabling_stops_the_worker_then_shows_disabled() {
+        let subs = [sub(1, false)];
+        let mut slots = [Slot { pid: 100, status: Status::Streaming, failures: 3, ..slot(1) }];
+        assert_eq!(decide(&subs, &mut slots, limits(0, 4)), vec![Action::Stop { subid: 1, pid: 100 }]);
+        assert_eq!(slots[0].status, Status::Streaming, "until the worker is gone");
+        slots[0].pid = 0;
+        assert!(decide(&subs, &mut slots, limits(1, 4)).is_empty());
+        assert_eq!(slots[0].status, Status::Disabled);
+        assert_eq!(slots[0].failures, 0);
+        // Enabled again: starts at once.
+        assert_eq!(decide(&[sub(1, true)], &mut slots, limits(2, 4)), vec![Action::Start { subid: 1 }]);
+        assert_eq!(slots[0].status, Status::Starting);
+    }
+
+    #[test]
+    fn a_changed_catalog_row_restarts_the_worker() {
+        let mut slots = [Slot { pid: 100, config_hash: 1, ..slot(1) }];
+        let a = decide(&[Sub { subid: 1, enabled: true, config_hash: 2 }], &mut slots, limits(0, 4));
+        assert_eq!(a, vec![Action::Stop { subid: 1, pid: 100 }]);
+        // A registered worker that has not started yet is left alone.
+        let mut slots = [Slot { registered: true, config_hash: 1, ..slot(1) }];
+        assert!(decide(&[Sub { subid: 1, enabled: true, config_hash: 2 }], &mut slots, limits(0, 4)).is_empty());
+    }
+
+    #[test]
+    fn dropped_subscriptions_stop_then_free_their_slot() {
+        let mut slots = [Slot { pid: 7, ..slot(9) }, slot(1)];
+        let a = decide(&[sub(1, true)], &mut slots, limits(0, 4));
+        assert_eq!(a, vec![Action::Stop { subid: 9, pid: 7 }, Action::Start { subid: 1 }]);
+        slots[0].pid = 0;
+        let a = decide(&[sub(1, true)], &mut slots, limits(1, 4));
+        assert_eq!(a, vec![Action::Forget { subid: 9 }]);
+    }
+
+    #[test]
+    fn workers_of_dropped_subscriptions_count_against_the_cap() {
+        let mut slots = [Slot { pid: 7, ..slot(9) }, slot(1)];
+        let a = decide(&[sub(1, true)], &mut slots, limits(0, 1));
+        assert_eq!(
+            a,
+            vec![Action::Stop { subid: 9, pid: 7 }, Action::WarnWaiting { subid: 1, reason: WaitReason::Cap }]
+        );
+    }
+
+    #[test]
+    fn a_held_subscription_does_not_start() {
+        let mut slots = [Slot { held: true, ..slot(1) }];
+        assert!(decide(&[sub(1, true)], &mut slots, limits(0, 4)).is_empty());
+        slots[0].held = false;
+        assert_eq!(decide(&[sub(1, true)], &mut slots, limits(0, 4)), vec![Action::Start { subid: 1 }]);
+    }
+}

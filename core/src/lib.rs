@@ -1,0 +1,11 @@
+//! pgsub-core: what the extension decides, separated from how it talks to PostgreSQL.
+//!
+//! - [`state`]: the subscription status and the table synchronization state machine;
+//! - [`sql`]: the text of the statements the apply worker prepares for each relation;
+//! - [`launch`]: the launcher's decision, a pure function from (catalog, worker slots, clock) to
+//!   actions.
+//!
+//! Nothing here calls PostgreSQL, so all of it is unit-tested with plain `cargo test`.
+pub mod launch;
+pub mod sql;
+pub mod state;

@@ -1,0 +1,328 @@
+//! The statements the apply worker prepares for a relation: one text per (operation, column set),
+//! built here from the local columns and prepared once with SPI by `src/worker/relation.rs`.
+//!
+//! - INSERT of the columns sent (`DEFAULT VALUES` when none are);
+//! - UPDATE / DELETE by the replica identity: `col OPERATOR(=) $n` per key column, with the
+//!   type's own equality operator; under REPLICA IDENTITY FULL NULLs match NULLs and one row of
+//!   possible duplicates is chosen by ctid;
+//! - batched DELETE / UPDATE of a run of rows: each column's values come as one array parameter,
+//!   unnested `WITH ORDINALITY`, and `RETURNING` the ordinals of the rows found.
+//!
+//! Plain tables are addressed `ONLY` (inheritance children are tables of their own); partitioned
+//! ones without it (their partitions hold the rows).
+use postgres_protocol::escape::escape_identifier as quote_ident;
+
+/// A local column as the statement builder needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// The column's type OID.
+    pub typid: u32,
+    /// `OPERATOR(schema.=)` of the type's default equality, when it has one.
+    pub eq_op: Option<String>,
+    /// The column type's array type, for batched statements; None: never batched (no array
+    /// type, or a composite whose `unnest` would expand into its fields).
+    pub array_typid: Option<u32>,
+}
+
+/// The local table a statement is for.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// `"schema"."name"`, quoted.
+    pub qualified: &'a str,
+    pub partitioned: bool,
+    /// The remote replica identity is FULL (every column identifies the row).
+    pub full: bool,
+    pub cols: &'a [Column],
+}
+
+/// A statement shape: the operation and which columns take part (one flag per column).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Statement {
+    Insert(Vec<bool>),
+    Update { set: Vec<bool>, key: Vec<bool> },
+    Delete { key: Vec<bool> },
+    /// DELETE of many rows at once: one array parameter per key column.
+    DeleteBatch { key: Vec<bool> },
+    /// UPDATE of many rows at once: one array parameter per set column, then per key column.
+    UpdateBatch { set: Vec<bool>, key: Vec<bool> },
+}
+
+/// What to prepare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    pub sql: String,
+    /// Parameter types in order ($1, $2, …).
+    pub argtypes: Vec<u32>,
+    /// Prepare a generic plan at once (the batched statements: their array parameters give the
+    /// planner no row count, and one nested loop over the key index serves every run).
+    pub generic_plan: bool,
+}
+
+/// The statement text and parameter types of `stmt` on `target`.
+pub fn build(target: &Target, stmt: &Statement) -> Prepared {
+    let mut b = Builder { target, argtypes: Vec::new() };
+    let sql = match stmt {
+        Statement::Insert(present) => b.insert(present),
+        Statement::Update { set, key } => b.update(set, key),
+        Statement::Delete { key } => b.delete(key),
+        Statement::DeleteBatch { key } => b.delete_batch(key),
+        Statement::UpdateBatch { set, key } => b.update_batch(set, key),
+    };
+    let generic_plan = matches!(stmt, Statement::DeleteBatch { .. } | Statement::UpdateBatch { .. });
+    Prepared { sql, argtypes: b.argtypes, generic_plan }
+}
+
+struct Builder<'a, 'b> {
+    target: &'b Target<'a>,
+    argtypes: Vec<u32>,
+}
+
+fn on(mask: &[bool]) -> impl Iterator<Item = usize> + '_ {
+    mask.iter().enumerate().filter(|(_, on)| **on).map(|(i, _)| i)
+}
+
+impl Builder<'_, '_> {
+    fn only(&self) -> &'static str {
+        if self.target.partitioned {
+            ""
+        } else {
+            "ONLY "
+        }
+    }
+
+    fn col(&self, i: usize) -> String {
+        quote_ident(&self.target.cols[i].name)
+    }
+
+    fn eq(&self, i: usize) -> String {
+        self.target.cols[i].eq_op.clone().unwrap_or_else(|| "=".to_string())
+    }
+
+    /// A parameter of column `i`'s type.
+    fn param(&mut self, i: usize) -> String {
+        self.argtypes.push(self.target.cols[i].typid);
+        format!("${}", self.argtypes.len())
+    }
+
+    /// An array parameter of column `i`'s array type, and its number.
+    fn array_param(&mut self, i: usize) -> usize {
+        self.argtypes.push(self.target.cols[i].array_typid.unwrap_or(0));
+        self.argtypes.len()
+    }
+
+    /// The row identity condition over the key columns.
+    fn key_condition(&mut self, key: &[bool]) -> String {
+        let mut parts = Vec::new();
+        for i in on(key) {
+            let col = self.col(i);
+            let p = self.param(i);
+            let has_eq = self.target.cols[i].eq_op.is_some();
+            parts.push(if self.target.full && !has_eq {
+                // Only reached with a NULL value: a type without equality cannot identify a row
+                // otherwise (the worker refuses such values, as native does).
+                format!("({col} IS NULL AND {p} IS NULL)")
+            } else if self.target.full {
+                format!("({col} {} {p} OR ({col} IS NULL AND {p} IS NULL))", self.eq(i))
+            } else {
+                format!("{col} {} {p}", self.eq(i))
+            });
+        }
+        parts.join(" AND ")
+    }
+
+    /// `WHERE …` of a one-row UPDATE/DELETE: under FULL one of possibly several equal rows.
+    fn one_row_where(&mut self, key: &[bool]) -> String {
+        let c = self.key_condition(key);
+        if self.target.full {
+            format!("ctid = (SELECT ctid FROM {}{} WHERE {c} LIMIT 1)", self.only(), self.target.qualified)
+        } else {
+            c
+        }
+    }
+
+    fn insert(&mut self, present: &[bool]) -> String {
+        let q = self.target.qualified;
+        let names: Vec<String> = on(present).map(|i| self.col(i)).collect();
+        if names.is_empty() {
+            return format!("INSERT INTO {q} DEFAULT VALUES");
+        }
+        let params: Vec<String> = on(present).collect::<Vec<_>>().into_iter().map(|i| self.param(i)).collect();
+        format!("INSERT INTO {q} ({}) VALUES ({})", names.join(", "), params.join(", "))
+    }
+
+    fn update(&mut self, set: &[bool], key: &[bool]) -> String {
+        let mut sets = Vec::new();
+        for i in on(set) {
+            let p = self.param(i);
+            sets.push(format!("{} = {p}", self.col(i)));
+        }
+        let w = self.one_row_where(key);
+        format!("UPDATE {}{} SET {} WHERE {w}", self.only(), self.target.qualified, sets.join(", "))
+    }
+
+    fn delete(&mut self, key: &[bool]) -> String {
+        let w = self.one_row_where(key);
+        format!("DELETE FROM {}{} WHERE {w}", self.only(), self.target.qualified)
+    }
+
+    fn delete_batch(&mut self, key: &[bool]) -> String {
+        let (mut args, mut outs, mut conds) = (Vec::new(), Vec::new(), Vec::new());
+        for i in on(key) {
+            let n = self.array_param(i);
+            args.push(format!("pg_catalog.unnest(${n})"));
+            let k = format!("pgsub_k{n}");
+            conds.push(format!("pgsub_t.{} {} pgsub_u.{k}", self.col(i), self.eq(i)));
+            outs.push(k);
+        }
+        format!(
+            "DELETE FROM {}{} AS pgsub_t USING ROWS FROM ({}) WITH ORDINALITY AS pgsub_u({}, pgsub_ord) \
+             WHERE {} RETURNING pgsub_u.pgsub_ord",
+            self.only(),
+            self.target.qualified,
+            args.join(", "),
+            outs.join(", "),
+            conds.join(" AND ")
+        )
+    }
+
+    fn update_batch(&mut self, set: &[bool], key: &[bool]) -> String {
+        let (mut args, mut outs, mut sets, mut conds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (mask, is_key) in [(set, false), (key, true)] {
+            for i in on(mask) {
+                let n = self.array_param(i);
+                args.push(format!("pg_catalog.unnest(${n})"));
+                let a = format!("pgsub_a{n}");
+                if is_key {
+                    conds.push(format!("pgsub_t.{} {} pgsub_u.{a}", self.col(i), self.eq(i)));
+                } else {
+                    sets.push(format!("{} = pgsub_u.{a}", self.col(i)));
+                }
+                outs.push(a);
+            }
+        }
+        format!(
+            "UPDATE {}{} AS pgsub_t SET {} FROM ROWS FROM ({}) WITH ORDINALITY AS pgsub_u({}, pgsub_ord) \
+             WHERE {} RETURNING pgsub_u.pgsub_ord",
+            self.only(),
+            self.target.qualified,
+            sets.join(", "),
+            args.join(", "),
+            outs.join(", "),
+            conds.join(" AND ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INT4: u32 = 23;
+    const INT4ARRAY: u32 = 1007;
+    const TEXT: u32 = 25;
+    const TEXTARRAY: u32 = 1009;
+    const JSON: u32 = 114;
+
+    fn cols() -> Vec<Column> {
+        vec![
+            Column { name: "id".into(), typid: INT4, eq_op: Some("OPERATOR(pg_catalog.=)".into()), array_typid: Some(INT4ARRAY) },
+            Column { name: "we\"ird".into(), typid: TEXT, eq_op: Some("OPERATOR(pg_catalog.=)".into()), array_typid: Some(TEXTARRAY) },
+            Column { name: "j".into(), typid: JSON, eq_op: None, array_typid: Some(199) },
+        ]
+    }
+
+    fn target(cols: &[Column], full: bool, partitioned: bool) -> Target<'_> {
+        Target { qualified: "\"s\".\"t\"", partitioned, full, cols }
+    }
+
+    #[test]
+    fn insert_of_the_columns_sent() {
+        let c = cols();
+        let p = build(&target(&c, false, false), &Statement::Insert(vec![true, false, true]));
+        assert_eq!(p.sql, "INSERT INTO \"s\".\"t\" (\"id\", \"j\") VALUES ($1, $2)");
+        assert_eq!(p.argtypes, vec![INT4, JSON]);
+        assert!(!p.generic_plan);
+    }
+
+    #[test]
+    fn insert_without_columns_takes_defaults() {
+        let p = build(&target(&[], false, false), &Statement::Insert(vec![]));
+        assert_eq!(p.sql, "INSERT INTO \"s\".\"t\" DEFAULT VALUES");
+        assert!(p.argtypes.is_empty());
+    }
+
+    #[test]
+    fn update_by_key_with_the_type_equality_and_quoted_names() {
+        let c = cols();
+        let p = build(
+            &target(&c, false, false),
+            &Statement::Update { set: vec![false, true, true], key: vec![true, false, false] },
+        );
+        assert_eq!(
+            p.sql,
+            "UPDATE ONLY \"s\".\"t\" SET \"we\"\"ird\" = $1, \"j\" = $2 WHERE \"id\" OPERATOR(pg_catalog.=) $3"
+        );
+        assert_eq!(p.argtypes, vec![TEXT, JSON, INT4]);
+    }
+
+    #[test]
+    fn partitioned_targets_are_not_only() {
+        let c = cols();
+        let p = build(&target(&c, false, true), &Statement::Delete { key: vec![true, false, false] });
+        assert_eq!(p.sql, "DELETE FROM \"s\".\"t\" WHERE \"id\" OPERATOR(pg_catalog.=) $1");
+    }
+
+    #[test]
+    fn full_identity_matches_nulls_and_picks_one_row() {
+        let c = cols();
+        let p = build(&target(&c, true, false), &Statement::Delete { key: vec![true, true, true] });
+        assert_eq!(
+            p.sql,
+            "DELETE FROM ONLY \"s\".\"t\" WHERE ctid = (SELECT ctid FROM ONLY \"s\".\"t\" WHERE \
+             (\"id\" OPERATOR(pg_catalog.=) $1 OR (\"id\" IS NULL AND $1 IS NULL)) AND \
+             (\"we\"\"ird\" OPERATOR(pg_catalog.=) $2 OR (\"we\"\"ird\" IS NULL AND $2 IS NULL)) AND \
+             (\"j\" IS NULL AND $3 IS NULL) LIMIT 1)"
+        );
+        assert_eq!(p.argtypes, vec![INT4, TEXT, JSON]);
+    }
+
+    #[test]
+    fn batched_delete_unnests_arrays_with_ordinality() {
+        let c = cols();
+        let p = build(&target(&c, false, false), &Statement::DeleteBatch { key: vec![true, true, false] });
+        assert_eq!(
+            p.sql,
+            "DELETE FROM ONLY \"s\".\"t\" AS pgsub_t USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) \
+             WITH ORDINALITY AS pgsub_u(pgsub_k1, pgsub_k2, pgsub_ord) WHERE pgsub_t.\"id\" OPERATOR(pg_catalog.=) \
+             pgsub_u.pgsub_k1 AND pgsub_t.\"we\"\"ird\" OPERATOR(pg_catalog.=) pgsub_u.pgsub_k2 RETURNING pgsub_u.pgsub_ord"
+        );
+        assert_eq!(p.argtypes, vec![INT4ARRAY, TEXTARRAY]);
+        assert!(p.generic_plan);
+    }
+
+    #[test]
+    fn batched_update_sets_then_keys() {
+        let c = cols();
+        let p = build(
+            &target(&c, false, false),
+            &Statement::UpdateBatch { set: vec![false, true, false], key: vec![true, false, false] },
+        );
+        assert_eq!(
+            p.sql,
+            "UPDATE ONLY \"s\".\"t\" AS pgsub_t SET \"we\"\"ird\" = pgsub_u.pgsub_a1 FROM ROWS FROM \
+             (pg_catalog.unnest($1), pg_catalog.unnest($2)) WITH ORDINALITY AS pgsub_u(pgsub_a1, pgsub_a2, pgsub_ord) \
+             WHERE pgsub_t.\"id\" OPERATOR(pg_catalog.=) pgsub_u.pgsub_a2 RETURNING pgsub_u.pgsub_ord"
+        );
+        assert_eq!(p.argtypes, vec![TEXTARRAY, INT4ARRAY]);
+    }
+
+    #[test]
+    fn statements_are_keys_for_the_plan_cache() {
+        use std::collections::HashSet;
+        let a = Statement::Update { set: vec![true], key: vec![true] };
+        let b = Statement::UpdateBatch { set: vec![true], key: vec![true] };
+        let set: HashSet<Statement> = [a.clone(), b, a].into_iter().collect();
+        assert_eq!(set.len(), 2);
+    }
+}

@@ -1,0 +1,188 @@
+//! Running the statements of one remote change through SPI: the snapshot and memory context of
+//! a replication step, execution of a prepared plan (one row, or a batch whose `RETURNING`
+//! ordinals tell which rows were found), which columns identify the row, and the message about a
+//! row that is not there.
+use super::errctx;
+use super::relation::ColMap;
+use crate::report;
+use pgrx::prelude::*;
+use pgsub_proto::client::quote_ident;
+use pgsub_proto::pgoutput::{Relation, TupleData, TupleValue};
+
+type Code = PgSqlErrorCode;
+
+/// Runs one replication step with a fresh snapshot (READ COMMITTED, like native's
+/// begin_replication_step): catalog lookups, plan preparation and the statement all see it.
+pub fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: inside the remote transaction's local transaction.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let r = f();
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    r
+}
+
+pub(super) fn in_context<R>(cxt: pg_sys::MemoryContext, f: impl FnOnce() -> R) -> R {
+    // SAFETY: cxt is our per-message context, alive for the worker's life; reset after use.
+    unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(cxt);
+        let r = f();
+        pg_sys::MemoryContextSwitchTo(old);
+        pg_sys::MemoryContextReset(cxt);
+        r
+    }
+}
+
+pub(super) fn execute(plan: pg_sys::SPIPlanPtr, values: &mut [pg_sys::Datum], nulls: &[std::ffi::c_char], expect: i32) -> u64 {
+    // SAFETY: a kept plan whose argument count matches values/nulls (built from the same masks).
+    unsafe {
+        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+        if rc != expect {
+            report::error(
+                Code::ERRCODE_INTERNAL_ERROR,
+                format!("SPI_execute_plan returned {rc} (expected {expect})"),
+                None,
+                None,
+            );
+        }
+        pg_sys::SPI_processed
+    }
+}
+
+/// Runs a batched statement over `n` remote rows (array parameters, none NULL) and returns which
+/// rows it found: its RETURNING gives their ordinals (one bigint column, 1-based).
+pub(super) fn run_batch(plan: pg_sys::SPIPlanPtr, values: &mut [pg_sys::Datum], expect: i32, n: usize) -> Vec<bool> {
+    let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+    let processed = execute(plan, values, &nulls, expect);
+    let mut found = vec![false; n];
+    // SAFETY: SPI_tuptable holds `processed` rows of one bigint column (the ordinal).
+    unsafe {
+        let tt = pg_sys::SPI_tuptable;
+        if !tt.is_null() {
+            for i in 0..processed as usize {
+                let tup = *(*tt).vals.add(i);
+                let mut isnull = false;
+                let d = pg_sys::SPI_getbinval(tup, (*tt).tupdesc, 1, &mut isnull);
+                let ord = d.value() as i64;
+                if !isnull && ord >= 1 && ord as usize <= n {
+                    found[ord as usize - 1] = true;
+                }
+            }
+            pg_sys::SPI_freetuptable(tt);
+        }
+    }
+    found
+}
+
+/// Which columns identify the row: the remote key columns (all columns for FULL) whose value was
+/// sent and, for FULL, whose type has an equality operator.
+pub(super) fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[ColMap]) -> Vec<bool> {
+    let mask: Vec<bool> = remote
+        .columns
+        .iter()
+        .zip(t.columns.iter())
+        .zip(cols.iter())
+        .map(|((rc, v), lc)| {
+            let sent = !matches!(v, TupleValue::UnchangedToast);
+            if full {
+                if sent && lc.eq_op.is_none() && !matches!(v, TupleValue::Null) {
+                    // Native tuples_equal cannot compare such a value either, and says so.
+                    no_equality(lc.typid);
+                }
+                sent
+            } else {
+                rc.is_key && sent
+            }
+        })
+        .collect();
+    if !mask.iter().any(|b| *b) {
+        report::error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "publisher did not send replica identity column values for relation {}.{}",
+                quote_ident(&remote.namespace),
+                quote_ident(&remote.name)
+            ),
+            None,
+            Some("The published table needs a primary key, REPLICA IDENTITY USING INDEX, or REPLICA IDENTITY FULL to replicate UPDATE and DELETE."),
+        );
+    }
+    mask
+}
+
+/// The error of PostgreSQL's `tuples_equal` for a REPLICA IDENTITY FULL column whose type has no
+/// equality operator (json, point, …): the row cannot be identified.
+pub(super) fn no_equality(typid: pg_sys::Oid) -> ! {
+    // SAFETY: format_type_be returns a palloc'd C string for any type OID.
+    let name = unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(typid)) }.to_string_lossy().into_owned();
+    report::error(
+        Code::ERRCODE_UNDEFINED_FUNCTION,
+        format!("could not identify an equality operator for type {name}"),
+        None,
+        Some("With REPLICA IDENTITY FULL every column is compared; give the table a primary key or REPLICA IDENTITY USING INDEX, as for PostgreSQL's own subscriber."),
+    )
+}
+
+/// The changed columns of a new tuple (an unchanged TOAST value is left as it is).
+pub(super) fn set_mask(t: &TupleData) -> Vec<bool> {
+    t.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect()
+}
+
+/// The key values of a tuple as received, each with its kind and length, for telling repeated
+/// keys apart in a run of UPDATEs.
+pub(super) fn key_bytes(t: &TupleData, key: &[bool]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (v, _) in t.columns.iter().zip(key).filter(|(_, k)| **k) {
+        match v {
+            TupleValue::Null => out.push(b'n'),
+            TupleValue::UnchangedToast => out.push(b'u'),
+            TupleValue::Text(b) | TupleValue::Binary(b) => {
+                out.push(if matches!(v, TupleValue::Text(_)) { b't' } else { b'b' });
+                out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn check_width(remote: &Relation, t: &TupleData, what: &str) {
+    if t.columns.len() != remote.columns.len() {
+        report::error(
+            Code::ERRCODE_PROTOCOL_VIOLATION,
+            format!(
+                "{what} has {} columns but relation {}.{} has {}",
+                t.columns.len(),
+                quote_ident(&remote.namespace),
+                quote_ident(&remote.name),
+                remote.columns.len()
+            ),
+            None,
+            None,
+        );
+    }
+}
+
+/// The LOG line of an UPDATE or DELETE whose row is not there; `rel` is what
+/// `LocalRel::row_target` names (the leaf partition of a partitioned target, as natively).
+pub(super) fn missing_row(op: &str, rel: &str) {
+    report::log(
+        PgLogLevel::LOG,
+        Code::ERRCODE_NO_DATA_FOUND,
+        format!("pgsub: logical replication did not find row to be {}d in replication target relation {rel}", op.to_lowercase()),
+        Some(errctx::describe()),
+        None,
+    );
+}
+
+/// Adds a batch's rows to the found / not-found counts, logging each row not found.
+pub(super) fn tally(found: &[bool], op: &str, target: impl Fn(usize) -> String, hit: &mut i64, missing: &mut i64) {
+    for (i, f) in found.iter().enumerate() {
+        if *f {
+            *hit += 1;
+        } else {
+            *missing += 1;
+            missing_row(op, &target(i));
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The relation map (PostgreSQL's `logical/relation.c`): each remote relation the publisher
+//! described in a RELATION message, bound on first use to the local table of the same
+//! schema-qualified name, its remote columns mapped to local columns by name with their type's
+//! input/receive functions and equality operator, and the statements prepared for it (text from
+//! `pgsub_core::sql`, prepared with SPI and kept). A relcache invalidation of the local table
+//! (DDL) drops the binding and its plans, rebuilt at next use.
+use super::{copyin, errctx};
+use super::execute::in_context;
+use crate::report;
+use pgrx::prelude::*;
+use pgsub_core::sql;
+use pgsub_proto::client::quote_ident;
+use pgsub_proto::pgoutput::{Relation, ReplicaIdentity, TupleData, TupleValue};
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::sync::Mutex;
+
+type Code = PgSqlErrorCode;
+
+/// Local column a remote column maps to.
+pub(super) struct ColMap {
+    pub(super) name: String,
+    pub(super) typid: pg_sys::Oid,
+    pub(super) typmod: i32,
+    pub(super) input: Box<pg_sys::FmgrInfo>,
+    pub(super) receive: Option<Box<pg_sys::FmgrInfo>>,
+    pub(super) ioparam: pg_sys::Oid,
+    /// `OPERATOR(schema.=)` for this type, when it has a default equality operator.
+    pub(super) eq_op: Option<String>,
+    /// The array type of the column's type and the element layout, for batched DELETEs and
+    /// UPDATEs (`None` when the type has no array type).
+    pub(super) array: Option<ArrayInfo>,
+    /// Values are equal exactly when the text (and binary) forms received are equal, so that a
+    /// repeated key in a run of UPDATEs is seen by comparing bytes: the local type compares by
+    /// representation (integers, uuid, text and varchar under a deterministic collation, dates
+    /// and timestamps) and the remote column has the same type.
+    pub(super) exact_key: bool,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct ArrayInfo {
+    pub(super) typid: pg_sys::Oid,
+    pub(super) elem_len: i16,
+    pub(super) elem_byval: bool,
+    pub(super) elem_align: std::ffi::c_char,
+}
+
+/// A statement shape: the plan cache key of a relation.
+pub(super) type PlanKey = sql::Statement;
+
+/// A remote relation bound to its local table.
+pub(super) struct LocalRel {
+    pub(super) relid: pg_sys::Oid,
+    /// `"schema"."name"`, quoted.
+    pub(super) qualified: String,
+    /// `ONLY ` for plain tables (partitioned tables route to their partitions).
+    pub(super) only: &'static str,
+    pub(super) cols: Vec<ColMap>,
+    pub(super) plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>,
+}
+
+pub(super) struct RelEntry {
+    pub(super) remote: Relation,
+    pub(super) local: Option<LocalRel>,
+    /// `"schema"."name"` of the remote relation, for error context.
+    pub(super) display: std::rc::Rc<str>,
+}
+
+/// Relations whose local mapping must be rebuilt (set by the relcache callback).
+pub(super) static INVALIDATED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+pub(super) static INVALIDATE_ALL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid {
+        INVALIDATE_ALL.store(true, std::sync::atomic::Ordering::Relaxed);
+    } else if let Ok(mut g) = INVALIDATED.lock() {
+        g.get_or_insert_with(HashSet::new).insert(relid.to_u32());
+    }
+}
+
+/// Has relcache invalidations reach this process's relation map (once per worker).
+pub(super) fn register_invalidation_callback() {
+    // SAFETY: registering a static callback once per worker process.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+}
+
+/// Drops the local bindings (and plans) of relations whose local table changed since.
+pub(super) fn drop_stale(rels: &mut HashMap<u32, RelEntry>) {
+    let all = INVALIDATE_ALL.swap(false, std::sync::atomic::Ordering::Relaxed);
+    let set = INVALIDATED.lock().ok().and_then(|mut g| g.take()).unwrap_or_default();
+    if !all && set.is_empty() {
+        return;
+    }
+    for e in rels.values_mut() {
+        let stale = match &e.local {
+            Some(l) => all || set.contains(&l.relid.to_u32()),
+            None => false,
+        };
+        if stale {
+            if let Some(l) = e.local.take() {
+                free_plans(l.plans);
+            }
+        }
+    }
+}
+
+pub(super) fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+pub(super) fn free_plans(plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>) {
+    for (_, p) in plans {
+        // SAFETY: plans were kept with SPI_keepplan and are not used after this.
+        unsafe { pg_sys::SPI_freeplan(p) };
+    }
+}
+
+impl ColMap {
+    /// One array of this column's type holding the `n` values (an absent value is NULL), for a
+    /// batched statement's parameter.
+    pub(super) fn array_of<'a>(&self, values: impl Iterator<Item = Option<&'a TupleValue>>, n: usize, binary: bool) -> pg_sys::Datum {
+        let Some(arr) = self.array else {
+            report::error(
+                Code::ERRCODE_INTERNAL_ERROR,
+                format!("batched statement on column \"{}\" whose type has no array type", self.name),
+                None,
+                None,
+            );
+        };
+        let mut elems = Vec::with_capacity(n);
+        let mut elem_nulls = Vec::with_capacity(n);
+        for v in values {
+            let (d, null) = self.datum(v.unwrap_or(&TupleValue::Null), binary);
+            elems.push(d);
+            elem_nulls.push(null == b'n' as std::ffi::c_char);
+        }
+        let mut dims = [elems.len() as i32];
+        let mut lbs = [1i32];
+        // SAFETY: datums of the column's type with their null flags, in the current (message)
+        // context; the array is built there too and lives until the statement ran.
+        let a = unsafe {
+            pg_sys::construct_md_array(
+                elems.as_mut_ptr(),
+                elem_nulls.as_mut_ptr(),
+                1,
+                dims.as_mut_ptr(),
+                lbs.as_mut_ptr(),
+                self.typid,
+                i32::from(arr.elem_len),
+                arr.elem_byval,
+                arr.elem_align,
+            )
+        };
+        pg_sys::Datum::from(a)
+    }
+
+    /// The Datum of a remote value for this column (None-valued for NULL).
+    pub(super) fn datum(&self, v: &TupleValue, binary: bool) -> (pg_sys::Datum, std::ffi::c_char) {
+        errctx::set_column(Some(&self.name));
+        let r = match v {
+            TupleValue::Null => (pg_sys::Datum::from(0), b'n' as std::ffi::c_char),
+            TupleValue::Text(bytes) => {
+                let c = CString::new(bytes.as_ref()).unwrap_or_else(|_| {
+                    report::error(
+                        Code::ERRCODE_INVALID_TEXT_REPRESENTATION,
+                        format!("value for column \"{}\" contains a NUL byte", self.name),
+                        None,
+                        None,
+                    )
+                });
+                // SAFETY: input function of the local column type, with its ioparam/typmod.
+                let d = unsafe {
+                    pg_sys::InputFunctionCall(
+                        &*self.input as *const _ as *mut _,
+                        c.as_ptr() as *mut _,
+                        self.ioparam,
+                        self.typmod,
+                    )
+                };
+                (d, b' ' as std::ffi::c_char)
+            }
+            TupleValue::Binary(bytes) => {
+                let Some(recv) = &self.receive else {
+                    report::error(
+                        Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        format!("no binary input function available for column \"{}\"", self.name),
+                        None,
+                        Some("Create the subscription with binary => false."),
+                    );
+                };
+                let _ = binary;
+                // SAFETY: a StringInfo over our bytes (receive functions read, not write).
+                let d = unsafe {
+                    let mut si: pg_sys::StringInfoData = std::mem::zeroed();
+                    pg_sys::initStringInfo(&mut si);
+                    pg_sys::appendBinaryStringInfo(&mut si, bytes.as_ptr() as *const _, bytes.len() as i32);
+                    let d = pg_sys::ReceiveFunctionCall(&**recv as *const _ as *mut _, &mut si, self.ioparam, self.typmod);
+                    if si.cursor != si.len {
+                        report::error(
+                            Code::ERRCODE_INVALID_BINARY_REPRESENTATION,
+                            format!("incorrect binary data format in column \"{}\"", self.name),
+                            None,
+                            None,
+                        );
+                    }
+                    d
+                };
+                (d, b' ' as std::ffi::c_char)
+            }
+            TupleValue::UnchangedToast => {
+                report::error(
+                    Code::ERRCODE_INTERNAL_ERROR,
+                    format!("unchanged TOAST value of column \"{}\" used as data", self.name),
+                    None,
+                    None,
+                );
+            }
+        };
+        errctx::set_column(None);
+        r
+    }
+}
+
+impl LocalRel {
+    /// Where the row identified by `t`'s `key` columns belongs, for the message about a missing
+    /// row: the table itself, or for a partitioned table its leaf partition, named like native's
+    /// `… relation's partition "leaf"`. The leaf is the one whose partition constraint the key
+    /// values satisfy; when that cannot be told safely (a partition key that is an expression or
+    /// not among the key columns sent), the partitioned table is named.
+    pub(super) fn row_target(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> String {
+        if !self.only.is_empty() {
+            return self.qualified.clone();
+        }
+        let leaf = self.leaf_partition(t, key, binary, cxt);
+        match leaf {
+            Some(l) => format!("{}'s partition {l}", self.qualified),
+            None => self.qualified.clone(),
+        }
+    }
+
+    pub(super) fn leaf_partition(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> Option<String> {
+        let sent: Vec<usize> = (0..self.cols.len())
+            .filter(|&i| key.get(i).copied().unwrap_or(false) && !matches!(t.columns.get(i), Some(TupleValue::UnchangedToast) | None))
+            .collect();
+        // Every level's partition key must be plain columns among those sent.
+        let keys = Spi::connect(|c| {
+            let rows = c.select(
+                "SELECT a.attname::text, pt.partexprs IS NOT NULL \
+                 FROM pg_catalog.pg_partition_tree($1) t \
+                 JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = t.relid \
+                 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = ANY (pt.partattrs) AND a.attnum > 0",
+                None,
+                &[self.relid.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push((r.get::<String>(1)?, r.get::<bool>(2)?.unwrap_or(true)));
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
+        .ok()?;
+        if keys.iter().any(|(name, expr)| *expr || name.as_ref().is_some_and(|n| !sent.iter().any(|&i| self.cols[i].name == *n))) {
+            return None;
+        }
+        let leaves = Spi::connect(|c| {
+            let rows = c.select(
+                "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), pg_catalog.pg_get_partition_constraintdef(c.oid) \
+                 FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE t.isleaf",
+                None,
+                &[self.relid.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?));
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
+        .ok()?;
+        let names: Vec<String> = sent.iter().enumerate().map(|(n, &i)| format!("${} AS {}", n + 1, quote_ident(&self.cols[i].name))).collect();
+        let mut argtypes: Vec<pg_sys::Oid> = sent.iter().map(|&i| self.cols[i].typid).collect();
+        in_context(cxt, || {
+            let mut values = Vec::new();
+            let mut nulls = Vec::new();
+            for &i in &sent {
+                let (d, n) = self.cols[i].datum(&t.columns[i], binary);
+                values.push(d);
+                nulls.push(n);
+            }
+            for (name, def) in &leaves {
+                let Some(def) = def else { return Some(name.clone()) };
+                let sql = cstring(&format!("SELECT 1 FROM (SELECT {}) pgsub_v WHERE {def}", names.join(", ")));
+                // SAFETY: argument arrays built from the same column list as the statement.
+                let rc = unsafe {
+                    pg_sys::SPI_execute_with_args(
+                        sql.as_ptr(),
+                        argtypes.len() as i32,
+                        argtypes.as_mut_ptr(),
+                        values.as_mut_ptr(),
+                        nulls.as_ptr(),
+                        true,
+                        1,
+                    )
+                };
+                // SAFETY: reads the row count of the statement just run.
+                if rc == pg_sys::SPI_OK_SELECT as i32 && unsafe { pg_sys::SPI_processed } == 1 {
+                    return Some(name.clone());
+                }
+            }
+            None
+        })
+    }
+
+    /// The prepared plan for `key`, prepared and kept on first use (text from
+    /// `pgsub_core::sql::build`).
+    pub(super) fn plan(&mut self, key: PlanKey, remote: &Relation) -> pg_sys::SPIPlanPtr {
+        if let Some(p) = self.plans.get(&key) {
+            return *p;
+        }
+        let cols: Vec<sql::Column> = self
+            .cols
+            .iter()
+            .map(|c| sql::Column {
+                name: c.name.clone(),
+                typid: c.typid.to_u32(),
+                eq_op: c.eq_op.clone(),
+                array_typid: c.array.map(|a| a.typid.to_u32()),
+            })
+            .collect();
+        let target = sql::Target {
+            qualified: &self.qualified,
+            partitioned: self.only.is_empty(),
+            full: remote.replica_identity == ReplicaIdentity::Full,
+            cols: &cols,
+        };
+        let built = sql::build(&target, &key);
+        let sql = built.sql;
+        let mut argtypes: Vec<pg_sys::Oid> = built.argtypes.into_iter().map(pg_sys::Oid::from).collect();
+        let options = if built.generic_plan { pg_sys::CURSOR_OPT_GENERIC_PLAN as i32 } else { 0 };
+        let csql = cstring(&sql);
+        // SAFETY: SPI is connected (inside a remote transaction); the plan is kept for reuse.
+        let plan = unsafe {
+            let p = pg_sys::SPI_prepare_cursor(csql.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr(), options);
+            if p.is_null() {
+                report::error(
+                    Code::ERRCODE_INTERNAL_ERROR,
+                    format!("SPI_prepare failed for: {sql}"),
+                    None,
+                    None,
+                );
+            }
+            pg_sys::SPI_keepplan(p);
+            p
+        };
+        self.plans.insert(key, plan);
+        plan
+    }
+}
+
+/// Binds a remote relation to the local table of the same schema-qualified name.
+pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
+    let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+    let relinfo = Spi::get_two_with_args::<pg_sys::Oid, String>(
+        "SELECT c.oid, c.relkind::text FROM pg_catalog.pg_class c \
+         WHERE c.oid = pg_catalog.to_regclass($1)",
+        &[qualified.as_str().into()],
+    );
+    let (relid, relkind) = match relinfo {
+        Ok((Some(oid), kind)) => (oid, kind.unwrap_or_default()),
+        _ => report::error(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("logical replication target relation {qualified} does not exist"),
+            None,
+            Some("Create the table on the subscriber (or rename it back); the worker retries."),
+        ),
+    };
+    if relkind != "r" && relkind != "p" {
+        report::error(
+            Code::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("logical replication target relation {qualified} is not a table"),
+            None,
+            None,
+        );
+    }
+    copyin::refuse_row_level_security(relid);
+    // Local columns by name.
+    let local_cols = local_columns(relid);
+    let mut cols = Vec::with_capacity(remote.columns.len());
+    for rc in &remote.columns {
+        let Some((_, typid, typmod, collation)) = local_cols.iter().find(|(n, ..)| *n == rc.name) else {
+            report::error(
+                Code::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "logical replication target relation {qualified} is missing replicated column \"{}\"",
+                    rc.name
+                ),
+                None,
+                Some("Add the column on the subscriber; the worker retries."),
+            );
+        };
+        let mut col = col_map(&rc.name, *typid, *typmod, *collation, binary);
+        // Remote text '01' and '1' are one local int: exact only when the types are the same.
+        col.exact_key &= rc.type_oid == typid.to_u32();
+        cols.push(col);
+    }
+    LocalRel {
+        relid,
+        qualified,
+        only: if relkind == "p" { "" } else { "ONLY " },
+        cols,
+        plans: HashMap::new(),
+    }
+}
+
+/// (name, type, typmod, collation) of the local table's ordinary, non-generated columns.
+pub(super) fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32, pg_sys::Oid)> {
+    let r = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attcollation FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            None,
+            &[relid.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in t {
+            out.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<i32>(3)?.unwrap_or(-1),
+                row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    });
+    match r {
+        Ok(v) => v,
+        Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading columns: {e}"), None, None),
+    }
+}
+
+pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg_sys::Oid, binary: bool) -> ColMap {
+    // SAFETY: catalog lookups and fmgr_info into TopMemoryContext (the FmgrInfo lives in a Box
+    // for the worker's life).
+    unsafe {
+        let mut input_fn = pg_sys::InvalidOid;
+        let mut ioparam = pg_sys::InvalidOid;
+        pg_sys::getTypeInputInfo(typid, &mut input_fn, &mut ioparam);
+        let mut input: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+        pg_sys::fmgr_info_cxt(input_fn, &mut *input, pg_sys::TopMemoryContext);
+        let receive = if binary {
+            let mut recv_fn = pg_sys::InvalidOid;
+            let mut recv_param = pg_sys::InvalidOid;
+            pg_sys::getTypeBinaryInputInfo(typid, &mut recv_fn, &mut recv_param);
+            let mut f: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+            pg_sys::fmgr_info_cxt(recv_fn, &mut *f, pg_sys::TopMemoryContext);
+            Some(f)
+        } else {
+            None
+        };
+        let tc = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_EQ_OPR as i32);
+        let eq_oid = if tc.is_null() { pg_sys::InvalidOid } else { (*tc).eq_opr };
+        let eq_op = if eq_oid == pg_sys::InvalidOid {
+            None
+        } else {
+            Spi::get_one_with_args::<String>(
+                "SELECT pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname) \
+                 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+                 WHERE o.oid = $1",
+                &[eq_oid.into()],
+            )
+            .ok()
+            .flatten()
+        };
+        // `unnest` of an array of a composite type (or a domain over one) in FROM expands each
+        // element into its fields instead of yielding one value: such columns are never batched.
+        let array_typid = if pg_sys::type_is_rowtype(typid) { pg_sys::InvalidOid } else { pg_sys::get_array_type(typid) };
+        let array = (array_typid != pg_sys::InvalidOid).then(|| {
+            let mut elem_len = 0i16;
+            let mut elem_byval = false;
+            let mut elem_align: std::ffi::c_char = 0;
+            pg_sys::get_typlenbyvalalign(typid, &mut elem_len, &mut elem_byval, &mut elem_align);
+            ArrayInfo { typid: array_typid, elem_len, elem_byval, elem_align }
+        });
+        let exact_key = match typid {
+            pg_sys::INT2OID
+            | pg_sys::INT4OID
+            | pg_sys::INT8OID
+            | pg_sys::OIDOID
+            | pg_sys::UUIDOID
+            | pg_sys::BOOLOID
+            | pg_sys::DATEOID
+            | pg_sys::TIMESTAMPOID
+            | pg_sys::TIMESTAMPTZOID
+            | pg_sys::BYTEAOID => true,
+            // Not bpchar: its equality ignores trailing spaces that its text form keeps.
+            pg_sys::TEXTOID | pg_sys::VARCHAROID => {
+                collation == pg_sys::InvalidOid
+                    || collation == pg_sys::DEFAULT_COLLATION_OID
+                    || pg_sys::get_collation_isdeterministic(collation)
+            }
+            _ => false,
+        };
+        ColMap { name: name.to_string(), typid, typmod, input, receive, ioparam, eq_op, array, exact_key }
+    }
+}
