@@ -257,39 +257,7 @@ fn run(subid: i32) {
     };
 
     set_status(subid, Status::Connecting);
-    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), !sub.owner_superuser) {
-        Ok(c) => c,
-        Err(ProtoError::Interrupted) => return,
-        Err(e) => publisher::raise(
-            &e,
-            &format!("subscription \"{}\" could not connect to the publisher", sub.name),
-            None,
-        ),
-    };
-    let mut opts = PgOutputOptions::for_server(client.server_version_num(), sub.publications.clone());
-    opts.binary = sub.binary;
-    opts.messages = true;
-    let server = client.server_version_num();
-    opts.streaming = if sub.streaming && server >= 140000 { Streaming::On } else { Streaming::Off };
-    opts.two_phase = sub.two_phase && server >= 150000;
-    // Publishers before 16 do not filter by origin: pgsub filters itself (Origin messages).
-    if client.server_version_num() >= 160000 {
-        opts.origin = Some(sub.origin.clone());
-    }
-    // A walsender answers START_REPLICATION at once: silence is a dead publisher, given up after
-    // receiver_timeout like silence in the stream.
-    let timeout = gucs::ms(&gucs::RECEIVER_TIMEOUT_MS);
-    let timeout = (!timeout.is_zero()).then_some(timeout);
-    if let Err(e) = client.start_replication_within(&sub.slot_name, start, &opts, timeout) {
-        if matches!(e, ProtoError::Interrupted) {
-            return;
-        }
-        publisher::raise(
-            &e,
-            &format!("could not start replication from slot \"{}\"", sub.slot_name),
-            None,
-        );
-    }
+    let Some((client, opts)) = start_replication(&sub, start) else { return };
     set_status(subid, Status::Catchup);
     let mut applier = Applier::new(
         subid,
@@ -316,6 +284,41 @@ fn run(subid: i32) {
         status: Status::Catchup,
     };
     stream.run();
+}
+
+/// Connects to the publisher's walsender and starts streaming from `start` with the options
+/// the publisher's version allows; None when asked to stop meanwhile.
+fn start_replication(sub: &Subscription, start: Lsn) -> Option<(Client, PgOutputOptions)> {
+    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), !sub.owner_superuser) {
+        Ok(c) => c,
+        Err(ProtoError::Interrupted) => return None,
+        Err(e) => publisher::raise(
+            &e,
+            &format!("subscription \"{}\" could not connect to the publisher", sub.name),
+            None,
+        ),
+    };
+    let server = client.server_version_num();
+    let mut opts = PgOutputOptions::for_server(server, sub.publications.clone());
+    opts.binary = sub.binary;
+    opts.messages = true;
+    opts.streaming = if sub.streaming && server >= 140000 { Streaming::On } else { Streaming::Off };
+    opts.two_phase = sub.two_phase && server >= 150000;
+    // Publishers before 16 do not filter by origin: pgsub filters itself (Origin messages).
+    if server >= 160000 {
+        opts.origin = Some(sub.origin.clone());
+    }
+    // A walsender answers START_REPLICATION at once: silence is a dead publisher, given up after
+    // receiver_timeout like silence in the stream.
+    let timeout = gucs::ms(&gucs::RECEIVER_TIMEOUT_MS);
+    let timeout = (!timeout.is_zero()).then_some(timeout);
+    if let Err(e) = client.start_replication_within(&sub.slot_name, start, &opts, timeout) {
+        if matches!(e, ProtoError::Interrupted) {
+            return None;
+        }
+        publisher::raise(&e, &format!("could not start replication from slot \"{}\"", sub.slot_name), None);
+    }
+    Some((client, opts))
 }
 
 /// Attaches this process to the subscription's replication origin; returns its progress.

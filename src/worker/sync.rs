@@ -23,7 +23,7 @@ use crate::publisher::{self, Context};
 use crate::report;
 use crate::shmem;
 use pgrx::prelude::*;
-use pgsub_proto::client::{quote_ident, quote_literal, Client, Error as ProtoError, SnapshotAction};
+use pgsub_proto::client::{quote_ident, quote_literal, Client, CopyOut, Error as ProtoError, SnapshotAction};
 use pgsub_proto::Lsn;
 
 type Code = PgSqlErrorCode;
@@ -79,6 +79,27 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
             None => unfiltered = true,
         }
     }
+    let partitioned = is_partitioned(client, rel)?;
+    let remote_types = remote_types(client, rel)?;
+    columns.retain(|c| remote_types.iter().any(|(n, _)| n == c));
+    if v15 && lists.len() > 1 {
+        // The publications changed under a running subscription (create/alter/refresh refuse it).
+        return Err(column_list_clash(rel));
+    }
+    let types = columns
+        .iter()
+        .map(|c| remote_types.iter().find(|(n, _)| n == c).map_or(0, |(_, t)| *t))
+        .collect();
+    Ok(Published {
+        columns,
+        types,
+        row_filter: if unfiltered || filters.is_empty() { None } else { Some(filters.join(" OR ")) },
+        partitioned,
+    })
+}
+
+/// The table is partitioned on the publisher (published through its root).
+fn is_partitioned(client: &mut Client, rel: &SubRel) -> Result<bool, ProtoError> {
     let kind_sql = format!(
         "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = {} AND c.relname = {}",
@@ -91,6 +112,11 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
         .next()
         .and_then(|r| r.values.into_iter().next().flatten())
         .is_some_and(|k| k == "p");
+    Ok(partitioned)
+}
+
+/// (name, type OID) of the columns of the publisher's table that it can send.
+fn remote_types(client: &mut Client, rel: &SubRel) -> Result<Vec<(String, u32)>, ProtoError> {
     // Generated columns are never sent (publishers before 18 do not publish them): the
     // subscriber computes its own or leaves its plain column to its default, as natively.
     let types_sql = format!(
@@ -109,29 +135,20 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
             Some((name, oid))
         })
         .collect();
-    columns.retain(|c| remote_types.iter().any(|(n, _)| n == c));
-    if v15 && lists.len() > 1 {
-        // The publications changed under a running subscription (create/alter/refresh refuse it).
-        return Err(ProtoError::Server(pgsub_proto::client::ServerError {
-            severity: "ERROR".into(),
-            code: "0A000".into(),
-            message: format!(
-                "cannot use different column lists for table \"{}.{}\" in different publications",
-                rel.remote_schema, rel.remote_name
-            ),
-            detail: None,
-            hint: Some("Give the table the same column list (or none) in every publication of the subscription.".into()),
-        }));
-    }
-    let types = columns
-        .iter()
-        .map(|c| remote_types.iter().find(|(n, _)| n == c).map_or(0, |(_, t)| *t))
-        .collect();
-    Ok(Published {
-        columns,
-        types,
-        row_filter: if unfiltered || filters.is_empty() { None } else { Some(filters.join(" OR ")) },
-        partitioned,
+    Ok(remote_types)
+}
+
+/// The error of one table with different column lists in the subscription's publications.
+fn column_list_clash(rel: &SubRel) -> ProtoError {
+    ProtoError::Server(pgsub_proto::client::ServerError {
+        severity: "ERROR".into(),
+        code: "0A000".into(),
+        message: format!(
+            "cannot use different column lists for table \"{}.{}\" in different publications",
+            rel.remote_schema, rel.remote_name
+        ),
+        detail: None,
+        hint: Some("Give the table the same column list (or none) in every publication of the subscription.".into()),
     })
 }
 
@@ -245,22 +262,7 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
                 Some("Create the table on the subscriber; the worker retries."),
             )
         });
-        // A crash mid-copy leaves nothing (the copy is one transaction), so rows here are the user's.
-        // Only the table's own rows: an inheritance parent's children are tables of their own.
-        // SAFETY: a syscache lookup of a relation that exists.
-        let local_only = if unsafe { pg_sys::get_rel_relkind(relid) } as u8 == b'p' { "" } else { "ONLY " };
-        let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {local_only}{remote})"))
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-        if has_rows {
-            report::error(
-                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("table {remote} is not empty; pgsub will not copy into a table that already has rows"),
-                Some(format!("Subscription \"{}\" copies the publisher's rows into this table (copy_data => true).", sub.name)),
-                Some("TRUNCATE the local table, or recreate the subscription with copy_data => false."),
-            );
-        }
+        refuse_non_empty(relid, &remote, &sub.name);
         let r = catalog::set_table_state(subid, &rel.remote_schema, &rel.remote_name, SyncState::DataSync);
         if let Err(e) = r {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
@@ -272,38 +274,7 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
         } else {
             format!("COPY {source} TO STDOUT")
         };
-        // The rows stream from the publisher's COPY straight into COPY FROM: each time COPY FROM
-        // wants data, the next CopyData message is read (the publisher keeps producing into the
-        // socket meanwhile), as native tablesync does.
-        let copied = client.copy_out_reader(&copy_sql).map(|mut reader| {
-            let mut chunk = bytes::Bytes::new();
-            let mut pos = 0usize;
-            super::copyin::copy_from(relid, &p.columns, binary, &mut |out: &mut [u8]| {
-                // Wait for data only when nothing is at hand; then fill COPY's buffer with every
-                // message already received (one CopyData per row: one call per row would cost
-                // COPY FROM its per-call overhead millions of times).
-                let mut filled = 0usize;
-                while filled < out.len() {
-                    if pos == chunk.len() {
-                        let next = if filled == 0 { reader.next_data() } else { reader.next_buffered() };
-                        match next {
-                            Ok(Some(data)) => {
-                                chunk = data;
-                                pos = 0;
-                                continue;
-                            }
-                            Ok(None) => break,
-                            Err(e) => copy_failed(&e, &remote),
-                        }
-                    }
-                    let n = (chunk.len() - pos).min(out.len() - filled);
-                    out[filled..filled + n].copy_from_slice(&chunk[pos..pos + n]);
-                    pos += n;
-                    filled += n;
-                }
-                filled
-            })
-        });
+        let copied = client.copy_out_reader(&copy_sql).map(|reader| stream_into(reader, relid, p, binary, &remote));
         match copied {
             Ok(loaded) => {
                 let n = loaded;
@@ -317,6 +288,59 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
         }
     });
     result
+}
+
+/// A crash mid-copy leaves nothing (the copy is one transaction), so rows in the local table are
+/// the user's: refused (README: where pgsub differs). Only the table's own rows count: an
+/// inheritance parent's children are tables of their own.
+fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub_name: &str) {
+    // SAFETY: a syscache lookup of a relation that exists.
+    let local_only = if unsafe { pg_sys::get_rel_relkind(relid) } as u8 == b'p' { "" } else { "ONLY " };
+    let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {local_only}{remote})"))
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if has_rows {
+        report::error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("table {remote} is not empty; pgsub will not copy into a table that already has rows"),
+            Some(format!("Subscription \"{sub_name}\" copies the publisher's rows into this table (copy_data => true).")),
+            Some("TRUNCATE the local table, or recreate the subscription with copy_data => false."),
+        );
+    }
+}
+
+/// Loads the publisher's COPY output into the local table: each time COPY FROM wants data, the
+/// next CopyData message is read (the publisher keeps producing into the socket meanwhile), as
+/// native tablesync does. Returns the rows loaded.
+fn stream_into(mut reader: CopyOut<'_>, relid: pg_sys::Oid, p: &Published, binary: bool, remote: &str) -> u64 {
+    let mut chunk = bytes::Bytes::new();
+    let mut pos = 0usize;
+    super::copyin::copy_from(relid, &p.columns, binary, &mut |out: &mut [u8]| {
+        // Wait for data only when nothing is at hand; then fill COPY's buffer with every
+        // message already received (one CopyData per row: one call per row would cost
+        // COPY FROM its per-call overhead millions of times).
+        let mut filled = 0usize;
+        while filled < out.len() {
+            if pos == chunk.len() {
+                let next = if filled == 0 { reader.next_data() } else { reader.next_buffered() };
+                match next {
+                    Ok(Some(data)) => {
+                        chunk = data;
+                        pos = 0;
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(e) => copy_failed(&e, remote),
+                }
+            }
+            let n = (chunk.len() - pos).min(out.len() - filled);
+            out[filled..filled + n].copy_from_slice(&chunk[pos..pos + n]);
+            pos += n;
+            filled += n;
+        }
+        filled
+    })
 }
 
 /// Raises the error of a failed copy inside its transaction, so that it rolls back.

@@ -1,0 +1,278 @@
+//! Checks of the SQL functions' arguments and callers, done on the subscriber before anything
+//! is changed: who may call, names, options, the connection string, the database.
+use crate::catalog::{self, Subscription};
+use crate::report::{error, log};
+use crate::shmem;
+use pgrx::prelude::*;
+use pgsub_proto::conninfo;
+
+type Code = PgSqlErrorCode;
+
+/// The role calling the API. The management functions are SECURITY DEFINER (so that the catalog,
+/// which holds passwords, stays unreadable to non-superusers); the caller is the outer user.
+pub(super) fn caller() -> pg_sys::Oid {
+    // SAFETY: no preconditions.
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Raises unless the current user is a superuser or a member of `pgsub_admin`.
+pub fn require_admin() {
+    // SAFETY: catalog lookups inside a transaction.
+    let ok = unsafe {
+        let caller = caller();
+        pg_sys::superuser_arg(caller) || {
+            let role = pg_sys::get_role_oid(c"pgsub_admin".as_ptr(), true);
+            role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(caller, role)
+        }
+    };
+    if !ok {
+        error(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to manage pgsub subscriptions",
+            None,
+            Some("Only superusers and members of the pgsub_admin role may manage subscriptions."),
+        );
+    }
+}
+
+pub(super) fn required<T>(v: Option<T>, arg: &str) -> T {
+    match v {
+        Some(v) => v,
+        None => error(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{arg} must not be NULL"),
+            None,
+            None,
+        ),
+    }
+}
+
+/// Changing where a subscription's changes come from (connection, publications) is for its owner:
+/// the worker applies them with the owner's privileges, so another pgsub_admin member could
+/// otherwise point a superuser's subscription at a publisher of their own and write any table.
+pub(super) fn require_owner_privileges(sub: &Subscription) {
+    let caller = caller();
+    // SAFETY: catalog lookups inside a transaction.
+    let ok = unsafe { pg_sys::superuser_arg(caller) || pg_sys::has_privs_of_role(caller, pg_sys::Oid::from(sub.owner)) };
+    if !ok {
+        error(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must have the privileges of the owner of subscription \"{}\" to change its connection or publications", sub.name),
+            Some("The apply worker writes the publisher's changes with the privileges of the subscription's owner.".into()),
+            Some("Ask its owner or a superuser, or create a subscription of your own."),
+        );
+    }
+}
+
+pub(super) fn sub_by_name(name: &str) -> Subscription {
+    match catalog::load_by_name(name) {
+        Ok(Some(s)) => s,
+        Ok(None) => error(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("subscription \"{name}\" does not exist"),
+            None,
+            Some("pgsub.subscription lists the existing subscriptions."),
+        ),
+        Err(e) => error(Code::ERRCODE_INTERNAL_ERROR, format!("reading pgsub.sub: {e}"), None, None),
+    }
+}
+
+pub(super) fn check_name(name: &str) {
+    if name.is_empty() {
+        error(Code::ERRCODE_INVALID_PARAMETER_VALUE, "subscription name must not be empty", None, None);
+    }
+    if name.len() >= pg_sys::NAMEDATALEN as usize {
+        error(
+            Code::ERRCODE_NAME_TOO_LONG,
+            format!("subscription name \"{name}\" is too long"),
+            Some(format!("The limit is {} bytes.", pg_sys::NAMEDATALEN - 1)),
+            None,
+        );
+    }
+}
+
+/// Checks a replication slot name as the publisher will (lower-case letters, digits, underscore).
+pub(super) fn check_slot_name(slot: &str) {
+    if slot.is_empty() || slot.len() >= pg_sys::NAMEDATALEN as usize {
+        error(
+            Code::ERRCODE_INVALID_NAME,
+            format!("replication slot name \"{slot}\" is empty or too long"),
+            None,
+            None,
+        );
+    }
+    if !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        error(
+            Code::ERRCODE_INVALID_NAME,
+            format!("replication slot name \"{slot}\" contains invalid character"),
+            None,
+            Some("Replication slot names may only contain lower case letters, numbers, and the underscore character."),
+        );
+    }
+}
+
+/// The slot name used when none is given: the subscription name when it is a valid slot name,
+/// else a sanitized form of it (a name with capitals, spaces or unicode is a fine subscription
+/// name but not a slot name).
+pub fn default_slot_name(name: &str) -> String {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    if !name.is_empty() && name.bytes().all(ok) {
+        return name.to_string();
+    }
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            let l = c.to_ascii_lowercase();
+            if l.is_ascii_lowercase() || l.is_ascii_digit() { l } else { '_' }
+        })
+        .collect();
+    // Keep distinct names distinct: add a short hash of the original.
+    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    s.truncate(40);
+    format!("pgsub_{s}_{:08x}", h as u32)
+}
+
+/// Subscriptions only run in the database named by pgsub.database: refuse to create one that
+/// would never start, and warn when pgsub is not preloaded (no launcher runs then).
+pub(super) fn check_database() {
+    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default();
+    let configured = crate::gucs::database();
+    if here != configured {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("pgsub runs its workers in database \"{configured}\", not in \"{here}\""),
+            Some("The launcher reads subscriptions only from the database named by pgsub.database.".into()),
+            Some("Create subscriptions in that database, or set pgsub.database (needs a restart)."),
+        );
+    }
+    if !shmem::available() {
+        log(
+            PgLogLevel::WARNING,
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pgsub is not loaded through shared_preload_libraries: no worker will apply this subscription",
+            None,
+            Some("Add pgsub to shared_preload_libraries and restart the server."),
+        );
+    }
+}
+
+pub(super) fn check_conninfo(conninfo: &str) {
+    // An empty string would silently mean "the local default server" (Unix socket, port 5432).
+    if conninfo.trim().is_empty() {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "connection string must not be empty",
+            None,
+            Some("Name the publisher, e.g. 'host=publisher.example dbname=app user=repl'."),
+        );
+    }
+    if let Err(e) = conninfo::parse(conninfo) {
+        let masked = conninfo::mask_password(conninfo);
+        error(
+            Code::ERRCODE_SYNTAX_ERROR,
+            format!("invalid connection string: {}", redact_quoted(&e.to_string(), conninfo, &masked)),
+            Some(format!("Connection string: {masked}")),
+            None,
+        );
+    }
+}
+
+/// A parse error quotes pieces of the connection string, which can be (part of) a password (a bad
+/// percent-escape in it, or a whole malformed URI): a quoted piece of the string that its masked
+/// form does not show is masked as well.
+pub(super) fn redact_quoted(msg: &str, conninfo: &str, masked: &str) -> String {
+    msg.split('"')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && !part.is_empty() && conninfo.contains(part) && !masked.contains(part) {
+                conninfo::MASK
+            } else {
+                part
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\"")
+}
+
+/// The replication slot is created (dropped) on the publisher at once and a rollback cannot undo
+/// that: like native CREATE/DROP SUBSCRIPTION with a slot, refuse inside a transaction block
+/// (BEGIN … or several statements in one query), where a later statement could roll back the
+/// catalog change and leave the slot behind (or the subscription without its slot).
+pub(super) fn prevent_in_transaction_block(what: &str, hint: &str) {
+    // SAFETY: reads the current transaction's block state.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        error(
+            Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("{what} cannot run inside a transaction block"),
+            Some("The replication slot is changed on the publisher at once; rolling back could not undo it.".into()),
+            Some(hint),
+        );
+    }
+}
+
+pub(super) const SYNC_COMMIT_VALUES: [&str; 5] = ["off", "local", "remote_write", "remote_apply", "on"];
+
+pub(super) fn check_origin(origin: &str) {
+    if origin != "any" && origin != "none" {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unrecognized origin value: \"{origin}\""),
+            None,
+            Some("Use 'any' (apply every change) or 'none' (skip changes that came to the publisher from elsewhere)."),
+        );
+    }
+}
+
+pub(super) fn check_synchronous_commit(value: &str) {
+    if !SYNC_COMMIT_VALUES.contains(&value) {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid value for synchronous_commit: \"{value}\""),
+            None,
+            Some("Use one of off, local, remote_write, remote_apply, on."),
+        );
+    }
+}
+
+/// The publications argument: non-empty, no NULL or empty name; duplicates dropped.
+pub(super) fn publication_list(pubs_in: Vec<Option<String>>) -> Vec<String> {
+    if pubs_in.is_empty() || pubs_in.iter().any(|p| p.as_deref().is_none_or(str::is_empty)) {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "publications must be a non-empty array of publication names without NULLs",
+            None,
+            None,
+        );
+    }
+    let mut pubs: Vec<String> = Vec::new();
+    for p in pubs_in.into_iter().flatten() {
+        if !pubs.contains(&p) {
+            pubs.push(p);
+        }
+    }
+    pubs
+}
+
+/// What create_subscription checks on the subscriber before it connects anywhere.
+pub(super) fn check_new_subscription(name: &str, conninfo: &str, options: &catalog::Options) {
+    check_name(name);
+    check_database();
+    check_origin(&options.origin);
+    check_synchronous_commit(&options.synchronous_commit);
+    let max_prepared = Spi::get_one::<i32>("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if options.two_phase && max_prepared == 0 {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "two_phase subscriptions need prepared transactions on the subscriber",
+            Some("max_prepared_transactions is 0 here, so a remote PREPARE could not be applied.".into()),
+            Some("Set max_prepared_transactions (a restart is needed) to at least the number of transactions the publisher may have prepared at once."),
+        );
+    }
+    check_conninfo(conninfo);
+    if catalog::load_by_name(name).ok().flatten().is_some() {
+        error(Code::ERRCODE_DUPLICATE_OBJECT, format!("subscription \"{name}\" already exists"), None, None);
+    }
+}

@@ -1,0 +1,180 @@
+//! The local effects of the SQL functions besides the catalog rows: the table list of a
+//! subscription, replication origins, stopping a subscription's worker while it is dropped or
+//! refreshed, and waking the launcher when the changing transaction ends.
+use crate::catalog::{self};
+use crate::report::error;
+use crate::shmem;
+use pgrx::prelude::*;
+use pgsub_proto::client::quote_ident;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+type Code = PgSqlErrorCode;
+
+/// Records the published tables of a subscription: new ones are added (to be copied when
+/// `copy_data`), ones no longer published are removed. Every table must exist locally.
+pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data: bool) {
+    let mut missing = Vec::new();
+    let mut resolved = Vec::new();
+    for (schema, name) in tables {
+        match catalog::local_relid(schema, name) {
+            Some(oid) => resolved.push((schema, name, oid)),
+            None => missing.push(format!("{}.{}", quote_ident(schema), quote_ident(name))),
+        }
+    }
+    if !missing.is_empty() {
+        error(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("published relation {} does not exist on the subscriber", missing.join(", ")),
+            Some("pgsub maps published tables to local tables of the same schema and name.".into()),
+            Some("Create the table(s) on the subscriber first (the schema is not replicated)."),
+        );
+    }
+    if copy_data {
+        // Tables new to the subscription get the publisher's rows: refuse to mix them with rows
+        // that are already there (the worker checks again before copying).
+        for (schema, name, oid) in &resolved {
+            if catalog::has_table(subid, schema, name) {
+                continue;
+            }
+            // Only the table's own rows: an inheritance parent's children are tables of their own.
+            // SAFETY: a syscache lookup of a relation that exists.
+            let only = if unsafe { pg_sys::get_rel_relkind(*oid) } as u8 == b'p' { "" } else { "ONLY " };
+            let q = format!("SELECT EXISTS (SELECT 1 FROM {only}{}.{})", quote_ident(schema), quote_ident(name));
+            if Spi::get_one::<bool>(&q).ok().flatten().unwrap_or(false) {
+                error(
+                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!(
+                        "table {}.{} is not empty; pgsub will not copy into a table that already has rows",
+                        quote_ident(schema),
+                        quote_ident(name)
+                    ),
+                    Some("copy_data => true copies every published row into the local table.".into()),
+                    Some("TRUNCATE the local table first, or pass copy_data => false to replicate only new changes."),
+                );
+            }
+        }
+    }
+    let state = if copy_data { catalog::SyncState::Init } else { catalog::SyncState::Ready };
+    let resolved: Vec<(String, String, pg_sys::Oid)> =
+        resolved.into_iter().map(|(s, n, o)| (s.clone(), n.clone(), o)).collect();
+    if let Err(e) = catalog::set_tables(subid, &resolved, state) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+    }
+}
+
+// Wake the launcher when the transaction that changed the catalog commits.
+pub(super) static WAKE_AT_COMMIT: AtomicBool = AtomicBool::new(false);
+
+pub(super) static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
+            if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
+                release_pauses();
+                shmem::wake_launcher();
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
+                release_pauses();
+                shmem::wake_launcher();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Clears the "do not start" marks this backend set while dropping subscriptions.
+pub(super) fn release_pauses() {
+    if !shmem::available() {
+        return;
+    }
+    // SAFETY: MyProcPid is set in every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut g = shmem::SHARED.exclusive();
+    for s in g.slots.iter_mut() {
+        if s.paused_by == me {
+            s.paused_by = 0;
+        }
+    }
+}
+
+/// Runs one UPDATE of `pgsub.sub`, then has the launcher look at the subscriptions when the
+/// transaction commits (a running worker restarts if what it depends on changed).
+pub(super) fn update_sub(subid: i32, change: catalog::Change) {
+    if let Err(e) = catalog::update(subid, change) {
+        error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+    }
+    wake_launcher_at_commit();
+}
+
+pub(super) fn wake_launcher_at_commit() {
+    if !shmem::available() {
+        return;
+    }
+    if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
+        // SAFETY: registering a static callback once per backend.
+        unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+    }
+    WAKE_AT_COMMIT.store(true, Ordering::Relaxed);
+}
+
+pub(super) fn create_origin(name: &str) {
+    let c = CString::new(name).unwrap_or_default();
+    // SAFETY: catalog operations inside a transaction.
+    unsafe {
+        if pg_sys::replorigin_by_name(c.as_ptr(), true) == pg_sys::InvalidRepOriginId as u16 {
+            pg_sys::replorigin_create(c.as_ptr());
+        }
+    }
+}
+
+pub(super) fn drop_origin(name: &str) {
+    let c = CString::new(name).unwrap_or_default();
+    // SAFETY: catalog operation inside a transaction; waits if the origin is still in use.
+    unsafe { pg_sys::replorigin_drop_by_name(c.as_ptr(), true, false) };
+}
+
+/// Stops the subscription's worker (if any) and keeps the launcher from starting another until
+/// this transaction ends; waits up to 30 s for it to exit.
+pub(super) fn stop_worker(subid: i32) {
+    if !shmem::available() {
+        return;
+    }
+    // SAFETY: MyProcPid is set in every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    let pid = {
+        let mut g = shmem::SHARED.exclusive();
+        match g.claim(subid) {
+            Some(s) => {
+                s.paused_by = me;
+                s.pid
+            }
+            None => 0,
+        }
+    };
+    wake_launcher_at_commit();
+    if pid <= 0 {
+        return;
+    }
+    crate::process::terminate(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The worker clears its pid from the slot when it exits.
+    let running = || shmem::SHARED.share().find(subid).is_some_and(|s| s.pid == pid);
+    while running() && std::time::Instant::now() < deadline {
+        // SAFETY: latch wait in a backend.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                50,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}

@@ -1,0 +1,125 @@
+//! What the SQL functions ask of the publisher over a normal (non-replication) connection: that
+//! the publications exist, which tables they publish (and that no table has two column lists),
+//! and the creation of the subscription's slot.
+use crate::publisher::{self, Context};
+use crate::report::{error, log};
+use pgrx::prelude::*;
+use pgsub_proto::client::{quote_literal, Client, SnapshotAction};
+
+type Code = PgSqlErrorCode;
+
+/// Connects for a management function; `require_password`: the subscription's owner (for a new
+/// one, the caller) is not a superuser.
+pub(super) fn connect(sub_name: &str, conninfo: &str, require_password: bool) -> Client {
+    match publisher::connect(conninfo, true, Context::Backend, Some("pgsub"), require_password) {
+        Ok(c) => c,
+        Err(e) => {
+            // The password rule's own hint says what to change; other failures get the general one.
+            let hint = (e.sqlstate() != Some("2F003")).then_some(
+                "Check the connection string, that the publisher is running, and its pg_hba.conf (a replication connection to the database is needed).",
+            );
+            publisher::raise(&e, &format!("subscription \"{sub_name}\" could not connect to the publisher"), hint)
+        }
+    }
+}
+
+pub(super) fn query(client: &mut Client, sql: &str, what: &str) -> Vec<Vec<Option<String>>> {
+    match client.simple_query(sql) {
+        Ok(rows) => rows.into_iter().map(|r| r.values).collect(),
+        Err(e) => publisher::raise(&e, what, None),
+    }
+}
+
+pub(super) fn sql_text_array(items: &[String]) -> String {
+    let inner: Vec<String> = items.iter().map(|s| quote_literal(s)).collect();
+    format!("ARRAY[{}]::text[]", inner.join(","))
+}
+
+/// Checks that every publication exists on the publisher.
+pub(super) fn check_publications(client: &mut Client, pubs: &[String]) {
+    let rows = query(
+        client,
+        &format!(
+            "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname = ANY({})",
+            sql_text_array(pubs)
+        ),
+        "could not read publications on the publisher",
+    );
+    let found: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+    let missing: Vec<&String> = pubs.iter().filter(|p| !found.contains(p)).collect();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|p| format!("\"{p}\"")).collect();
+        error(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!(
+                "publication{} {} do{} not exist on the publisher",
+                if missing.len() > 1 { "s" } else { "" },
+                list.join(", "),
+                if missing.len() > 1 { "" } else { "es" }
+            ),
+            None,
+            Some("Create the publication on the publisher first (CREATE PUBLICATION … FOR TABLE …)."),
+        );
+    }
+}
+
+/// The (schema, table) pairs the publications publish.
+pub(super) fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(String, String)> {
+    let rows = query(
+        client,
+        &format!(
+            "SELECT DISTINCT schemaname, tablename FROM pg_catalog.pg_publication_tables \
+             WHERE pubname = ANY({}) ORDER BY 1, 2",
+            sql_text_array(pubs)
+        ),
+        "could not read the published tables on the publisher",
+    );
+    // Like native (PostgreSQL 16's CREATE SUBSCRIPTION, 15's table sync and pgoutput): one table
+    // must not have different column lists in the subscription's publications.
+    if client.server_version_num() >= 150000 {
+        let clash = query(
+            client,
+            &format!(
+                "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables \
+                 WHERE pubname = ANY({}) GROUP BY 1, 2 HAVING count(DISTINCT attnames) > 1 ORDER BY 1, 2 LIMIT 1",
+                sql_text_array(pubs)
+            ),
+            "could not read the published column lists on the publisher",
+        );
+        if let Some((schema, name)) = clash.into_iter().find_map(|r| {
+            let mut it = r.into_iter();
+            Some((it.next().flatten()?, it.next().flatten()?))
+        }) {
+            error(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("cannot use different column lists for table \"{schema}.{name}\" in different publications"),
+                None,
+                Some("Give the table the same column list (or none) in every publication of the subscription."),
+            );
+        }
+    }
+    rows.into_iter()
+        .filter_map(|r| {
+            let mut it = r.into_iter();
+            Some((it.next().flatten()?, it.next().flatten()?))
+        })
+        .collect()
+}
+
+pub(super) fn create_slot_on_publisher(client: &mut Client, slot: &str, two_phase: bool) {
+    if let Err(e) = client.create_logical_slot(slot, false, SnapshotAction::NoExport, two_phase) {
+        let hint = if e.sqlstate() == Some("42710") {
+            Some("Use another slot_name, drop the slot on the publisher, or pass create_slot => false to use the existing slot.")
+        } else {
+            None
+        };
+        publisher::raise(&e, &format!("could not create replication slot \"{slot}\" on the publisher"), hint);
+    }
+    log(
+        PgLogLevel::NOTICE,
+        Code::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!("created replication slot \"{slot}\" on publisher"),
+        None,
+        None,
+    );
+}
