@@ -128,6 +128,10 @@ impl Builder<'_, '_> {
                 format!("{col} {} {p}", self.eq(i))
             });
         }
+        if parts.is_empty() {
+            // REPLICA IDENTITY FULL of a table without columns: every row is the same.
+            return "true".to_string();
+        }
         parts.join(" AND ")
     }
 
@@ -285,6 +289,12 @@ mod tests {
              (\"j\" IS NULL AND $3 IS NULL) LIMIT 1)"
         );
         assert_eq!(p.argtypes, vec![INT4, TEXT, JSON]);
+    }
+
+    #[test]
+    fn full_identity_of_a_table_without_columns_matches_any_row() {
+        let p = build(&target(&[], true, false), &Statement::Delete { key: vec![] });
+        assert_eq!(p.sql, "DELETE FROM ONLY \"s\".\"t\" WHERE ctid = (SELECT ctid FROM ONLY \"s\".\"t\" WHERE true LIMIT 1)");
     }
 
     #[test]

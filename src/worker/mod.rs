@@ -23,6 +23,7 @@ pub mod progress;
 mod relation;
 pub mod stream;
 pub mod sync;
+mod triggers;
 
 use crate::catalog::{self, Subscription};
 use crate::process::{now, reload_config_if_requested, shutdown_requested};
@@ -77,6 +78,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     // SAFETY: registers a callback that runs once when this process exits, however it exits.
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(subid)) };
     errctx::install();
+    triggers::install();
     let result = PgTryBuilder::new(|| run(subid))
         .catch_others(|e| on_error(subid, e))
         .execute();

@@ -57,6 +57,9 @@ pub(super) struct LocalRel {
     pub(super) only: &'static str,
     pub(super) cols: Vec<ColMap>,
     pub(super) plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>,
+    /// The table has statement-level INSERT triggers that fire during apply (enabled REPLICA or
+    /// ALWAYS): its inserts are not loaded with COPY, which would fire them (`triggers.rs`).
+    pub(super) stmt_insert_triggers: bool,
 }
 
 pub(super) struct RelEntry {
@@ -390,27 +393,29 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     let mut cols = Vec::with_capacity(remote.columns.len());
     for rc in &remote.columns {
         let Some((_, typid, typmod, collation)) = local_cols.iter().find(|(n, ..)| *n == rc.name) else {
-            report::error(
-                Code::ERRCODE_UNDEFINED_COLUMN,
-                format!(
-                    "logical replication target relation {qualified} is missing replicated column \"{}\"",
-                    rc.name
-                ),
-                None,
-                Some("Add the column on the subscriber; the worker retries."),
-            );
+            missing_column(&qualified, &rc.name);
         };
         let mut col = col_map(&rc.name, *typid, *typmod, *collation, binary);
         // Remote text '01' and '1' are one local int: exact only when the types are the same.
         col.exact_key &= rc.type_oid == typid.to_u32();
         cols.push(col);
     }
+    // pg_trigger.tgtype: bit 0 = row-level, bit 2 = INSERT.
+    let stmt_insert_triggers = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal \
+         AND tgenabled IN ('R', 'A') AND (tgtype & 1) = 0 AND (tgtype & 4) <> 0)",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(true);
     LocalRel {
         relid,
         qualified,
         only: if relkind == "p" { "" } else { "ONLY " },
         cols,
         plans: HashMap::new(),
+        stmt_insert_triggers,
     }
 }
 
@@ -504,5 +509,24 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
             _ => false,
         };
         ColMap { name: name.to_string(), typid, typmod, input, receive, ioparam, eq_op, array, exact_key }
+    }
+}
+
+/// A replicated column the local table does not have (or has as a generated column, which
+/// cannot take values): an error, as natively.
+pub(super) fn missing_column(qualified: &str, column: &str) -> ! {
+    report::error(
+        Code::ERRCODE_UNDEFINED_COLUMN,
+        format!("logical replication target relation {qualified} is missing replicated column \"{column}\""),
+        None,
+        Some("Add the column on the subscriber (a generated column there cannot receive values); the worker retries."),
+    );
+}
+
+/// Checks that the local table can take every one of `columns` (before an initial copy).
+pub(super) fn require_columns(relid: pg_sys::Oid, qualified: &str, columns: &[String]) {
+    let local = local_columns(relid);
+    if let Some(c) = columns.iter().find(|c| !local.iter().any(|(n, ..)| n == *c)) {
+        missing_column(qualified, c);
     }
 }

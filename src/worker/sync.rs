@@ -263,6 +263,7 @@ fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published
             )
         });
         refuse_non_empty(relid, &remote, &sub.name);
+        super::relation::require_columns(relid, &remote, &p.columns);
         let r = catalog::set_table_state(subid, &rel.remote_schema, &rel.remote_name, SyncState::DataSync);
         if let Err(e) = r {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
