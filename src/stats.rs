@@ -6,6 +6,8 @@ use pgrx::prelude::*;
 
 
 /// Progress of every subscription pgsub's launcher knows about.
+// The column list is the SQL signature: pgrx needs it spelled out inline.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _stat_progress() -> TableIterator<'static, (
     name!(subid, i32),
@@ -49,6 +51,7 @@ fn _stat_progress() -> TableIterator<'static, (
 
 
 /// Counters and the last error of every subscription pgsub's launcher knows about.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _stat_counters() -> TableIterator<'static, (
     name!(subid, i32),

@@ -70,20 +70,18 @@ pub(super) static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    match event {
-        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
-            if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
-                release_pauses();
-                shmem::wake_launcher();
-            }
-        }
-        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
-            if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
-                release_pauses();
-                shmem::wake_launcher();
-            }
-        }
-        _ => {}
+    // At the end of the transaction either way: the launcher looks again, and the marks this
+    // backend set while dropping or refreshing go.
+    let ended = matches!(
+        event,
+        pg_sys::XactEvent::XACT_EVENT_COMMIT
+            | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
+            | pg_sys::XactEvent::XACT_EVENT_ABORT
+            | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+    );
+    if ended && WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
+        release_pauses();
+        shmem::wake_launcher();
     }
 }
 

@@ -11,10 +11,13 @@ use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::CString;
 
+/// What feeds COPY FROM: fills the buffer, returns how many bytes it wrote (0 = end of data).
+type Source = dyn FnMut(&mut [u8]) -> usize + 'static;
+
 thread_local! {
     /// The data source of the COPY FROM in progress (COPY's callback cannot take a closure): the
     /// caller's closure, set by `copy_from` for the duration of the COPY only.
-    static SOURCE: Cell<Option<*mut (dyn FnMut(&mut [u8]) -> usize + 'static)>> = const { Cell::new(None) };
+    static SOURCE: Cell<Option<*mut Source>> = const { Cell::new(None) };
 }
 
 #[pg_guard]

@@ -99,7 +99,7 @@ pub(super) fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[Col
         .collect();
     // Under FULL a table without columns identifies its rows by nothing: any one row matches
     // (native deletes one of them).
-    if !mask.iter().any(|b| *b) && !(full && remote.columns.is_empty()) {
+    if !mask.iter().any(|b| *b) && (!full || !remote.columns.is_empty()) {
         report::error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(

@@ -79,10 +79,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(subid)) };
     errctx::install();
     triggers::install();
-    let result = PgTryBuilder::new(|| run(subid))
-        .catch_others(|e| on_error(subid, e))
-        .execute();
-    let _ = result;
+    PgTryBuilder::new(|| run(subid)).catch_others(|e| on_error(subid, e)).execute();
     shmem::with_slot(subid, |s| {
         if s.pid == me {
             s.pid = 0;
@@ -379,7 +376,7 @@ impl Stream {
                 got_any = true;
                 self.handle_frame(frame);
                 n += 1;
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     self.keep_publisher_alive();
                     if shutdown_requested() {
                         break;
@@ -582,7 +579,7 @@ impl Stream {
                 };
                 self.apply_change(msg);
                 n += 1;
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     self.keep_publisher_alive();
                 }
             }
