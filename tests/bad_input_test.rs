@@ -6,7 +6,7 @@
 //! loss once the user fixes the local schema.
 //! (lifecycle_test.rs owns the basic validation codes; this file adds messages, more inputs and
 //! the leftovers check.)
-use pgsub_tests::{wait_for, TwoNodes};
+use pgsub_tests::{assert_replicated_equal_for, assert_replicated_equal_within, wait_for, TwoNodes};
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -189,6 +189,8 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     check(&f, "42710", &["subscription \"dup\" already exists"]);
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'dup'").await, 1);
     assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('dup', 'other')").await, 1);
+    // The one subscription of this test that runs: its tables are compared before it is dropped.
+    assert_replicated_equal_for(&p, &s, Some(&["dup"])).await;
     s.batch_execute("SELECT pgsub.drop_subscription('dup')").await.expect("drop dup");
 
     // (as an SQL literal: the conninfo quotes its values)
@@ -224,6 +226,8 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'kept'").await, 1);
     s.batch_execute("SELECT pgsub.drop_subscription('kept')").await.expect("drop on its own");
     assert_nothing_left(&p, &s, &["taken"], "the final drop").await;
+    // The full comparison came with `dup` above: every other subscription of this test is
+    // refused, or never enabled and dropped (assert_nothing_left); none is left to compare.
 }
 
 /// A loopback port with no listener (bound and released: nothing listens there afterwards).
@@ -307,6 +311,9 @@ async fn names_that_need_quoting_work() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "walsender's application_name");
+    // Compared before the drops (afterwards no subscription is left): the running one; the others
+    // were never enabled and would only compare the same t again.
+    assert_replicated_equal_for(&p, &s, Some(&[running])).await;
     for n in names {
         s.execute("SELECT pgsub.drop_subscription($1)", &[&n]).await.unwrap_or_else(|e| panic!("drop {n:?}: {e}"));
     }
@@ -316,12 +323,6 @@ async fn names_that_need_quoting_work() {
 // ---------------------------------------------------------------------------------------------
 // Schema drift while streaming
 
-/// Every row of `query`'s result as text, in a stable order.
-async fn contents(c: &Client, query: &str) -> Result<String, String> {
-    let q = format!("SELECT coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '') FROM ({query}) r");
-    c.query_one(q.as_str(), &[]).await.map(|r| r.get::<_, String>(0)).map_err(|e| format!("{query}: {e}"))
-}
-
 async fn stat(s: &Client, sub: &str) -> (String, i64, Option<String>) {
     let r = s
         .query_one("SELECT status, error_count, last_error FROM pgsub.stat_subscription WHERE subname = $1", &[&sub])
@@ -330,25 +331,9 @@ async fn stat(s: &Client, sub: &str) -> (String, i64, Option<String>) {
     (r.get(0), r.get(1), r.get(2))
 }
 
-/// Waits until both nodes return the same rows for `query` (and the publisher has `min_rows`).
-async fn converge(p: &Client, s: &Client, query: &str, sub: &str) {
-    let last = std::cell::RefCell::new((String::new(), String::new()));
-    let r = wait_for(&format!("{query} to converge"), WAIT, || {
-        let last = &last;
-        async move {
-            let a = contents(p, query).await?;
-            let b = contents(s, query).await?;
-            let same = a == b;
-            *last.borrow_mut() = (a, b);
-            Ok(same.then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = r {
-        let st = stat(s, sub).await;
-        let last = last.borrow();
-        panic!("{e}\n{st:?}\n--- publisher ---\n{}\n--- subscriber ---\n{}", last.0, last.1);
-    }
+/// Waits until every replicated table is equal on both nodes (the harness's full comparison).
+async fn converge(p: &Client, s: &Client) {
+    assert_replicated_equal_within(p, s, None, &[], WAIT).await
 }
 
 async fn wait_streaming(s: &Client, sub: &str) {
@@ -402,7 +387,7 @@ async fn drift_remote_column_missing_locally() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = drift_setup(&nodes, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     p.batch_execute(&inserts(1, 20)).await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     // The publisher gains a column the subscriber does not have.
     p.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();
     p.batch_execute("BEGIN; INSERT INTO t VALUES (100, 'a', 'x1'); UPDATE t SET extra = 'upd' WHERE id <= 5; COMMIT")
@@ -415,7 +400,7 @@ async fn drift_remote_column_missing_locally() {
     // Nothing of the failing transaction (nor later ones) was applied.
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 20);
     s.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 51);
     wait_streaming(&s, "drift").await;
     assert_eq!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription").await, 0);
@@ -426,7 +411,7 @@ async fn drift_local_not_null_column_without_default() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = drift_setup(&nodes, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     p.batch_execute(&inserts(1, 3)).await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     // A local-only NOT NULL column without a default: remote rows cannot fill it.
     s.batch_execute("ALTER TABLE t ADD COLUMN must int NOT NULL DEFAULT 0; ALTER TABLE t ALTER COLUMN must DROP DEFAULT")
         .await
@@ -438,7 +423,7 @@ async fn drift_local_not_null_column_without_default() {
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 3);
     // The fix: a default for the local column.
     s.batch_execute("ALTER TABLE t ALTER COLUMN must SET DEFAULT 7").await.unwrap();
-    converge(&p, &s, "SELECT id, v FROM t", "drift").await;
+    converge(&p, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE must = 7").await, 41);
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 44);
 }
@@ -455,7 +440,7 @@ async fn drift_incompatible_types() {
     s.execute("SELECT pgsub.create_subscription('drift', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create");
-    converge(&p, &s, "SELECT id, n::text FROM t", "drift").await;
+    converge(&p, &s).await;
     wait_streaming(&s, "drift").await;
     // A single-row change that does not parse: the column is named.
     p.batch_execute("UPDATE t SET n = 'abc' WHERE id = 2").await.unwrap();
@@ -465,12 +450,12 @@ async fn drift_incompatible_types() {
     assert_eq!(one::<String>(&s, "SELECT n::text FROM t WHERE id = 2").await, "22");
     // The user changes the local type; the update goes through.
     s.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE text").await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     wait_streaming(&s, "drift").await;
     // And back to a local integer once the values parse again; then a batch of rows (the COPY
     // path) with one bad value.
     p.batch_execute("UPDATE t SET n = '22' WHERE id = 2").await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     s.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE int USING n::int").await.unwrap();
     p.batch_execute(
         "INSERT INTO t SELECT g, CASE WHEN g = 57 THEN 'x57' ELSE g::text END FROM generate_series(50, 80) g",
@@ -482,7 +467,7 @@ async fn drift_incompatible_types() {
     eprintln!("batch error: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 2, "no row of the failing batch applied");
     s.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE text").await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 33);
 }
 
@@ -495,7 +480,7 @@ async fn drift_table_dropped_then_recreated() {
     )
     .await;
     p.batch_execute(&inserts(1, 5)).await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     // The local t2 is dropped after create_subscription (it never had rows).
     s.batch_execute("DROP TABLE t2").await.unwrap();
     // One remote transaction touching both tables: all or nothing.
@@ -507,8 +492,7 @@ async fn drift_table_dropped_then_recreated() {
     assert!(err.contains("HINT: Create the table"), "{err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 5, "the failing transaction is not half-applied");
     s.batch_execute("CREATE TABLE t2 (id int PRIMARY KEY, w text)").await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
-    converge(&p, &s, "SELECT * FROM t2", "drift").await;
+    converge(&p, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t2").await, 30);
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 16);
 }
@@ -518,7 +502,7 @@ async fn drift_table_renamed_locally() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = drift_setup(&nodes, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     p.batch_execute(&inserts(1, 10)).await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     // Renamed while the worker has it mapped (and its statements prepared).
     s.batch_execute("ALTER TABLE t RENAME TO t_renamed").await.unwrap();
     p.batch_execute("INSERT INTO t VALUES (100, 'after rename'); UPDATE t SET v = 'u' WHERE id = 1; DELETE FROM t WHERE id = 2")
@@ -529,7 +513,7 @@ async fn drift_table_renamed_locally() {
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t_renamed").await, 10, "nothing written to the renamed table");
     assert_eq!(one::<String>(&s, "SELECT v FROM t_renamed WHERE id = 1").await, "v1");
     s.batch_execute("ALTER TABLE t_renamed RENAME TO t").await.unwrap();
-    converge(&p, &s, "SELECT * FROM t", "drift").await;
+    converge(&p, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10);
     wait_streaming(&s, "drift").await;
     assert_eq!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription").await, 0);

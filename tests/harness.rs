@@ -8,6 +8,7 @@
 //! the recorded pid if it lingers) and removes the directory, also when the test panics; the
 //! server log of a panicking test is printed first.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::net::TcpListener;
@@ -629,4 +630,350 @@ impl TwoNodes {
     pub fn pub_conninfo(&self) -> String {
         self.publisher.connstr("postgres", "postgres")
     }
+}
+
+/// `"name"` with inner quotes doubled: an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with inner quotes doubled: an SQL literal (standard_conforming_strings is on).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// One replicated table compared between publisher and subscriber.
+#[derive(Debug, Clone)]
+pub struct TableComparison {
+    /// `"schema"."name"`
+    pub table: String,
+    pub publisher_rows: i64,
+    pub subscriber_rows: i64,
+    pub publisher_md5: String,
+    pub subscriber_md5: String,
+}
+
+impl TableComparison {
+    pub fn equal(&self) -> bool {
+        self.publisher_rows == self.subscriber_rows && self.publisher_md5 == self.subscriber_md5
+    }
+}
+
+impl std::fmt::Display for TableComparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: publisher {} rows {} / subscriber {} rows {}{}",
+            self.table,
+            self.publisher_rows,
+            self.publisher_md5,
+            self.subscriber_rows,
+            self.subscriber_md5,
+            if self.equal() { "" } else { "  DIFFERENT" }
+        )
+    }
+}
+
+/// How long [`assert_replicated_equal`] waits for the subscriber to catch up.
+pub const REPLICATED_EQUAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Row count and md5 of the rows of `query` (a SELECT), sorted by their text in the "C" collation
+/// so that both nodes sort alike whatever their databases' collations.
+async fn fingerprint(c: &tokio_postgres::Client, query: &str) -> Result<(i64, String)> {
+    let sql = format!(
+        "SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text COLLATE \"C\"), '')) \
+         FROM ({query}) r"
+    );
+    let row = c.query_one(sql.as_str(), &[]).await.map_err(|e| format!("{sql}: {e}"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// `SELECT count(*), md5 of all rows` of `cols` (already quoted) from `from` with `filter`.
+async fn count_and_md5(c: &tokio_postgres::Client, from: &str, cols: &str, filter: Option<&str>) -> Result<(i64, String)> {
+    let where_ = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
+    fingerprint(c, &format!("SELECT {cols} FROM {from}{where_}")).await
+}
+
+/// `ONLY "s"."t"` for a plain table (its own rows), `"s"."t"` for a partitioned one (its
+/// partitions' rows), as pgsub and native tablesync read them.
+async fn table_source(c: &tokio_postgres::Client, schema: &str, name: &str) -> Result<String> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let kind: Option<String> = c
+        .query_opt(
+            "SELECT c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| format!("relkind of {qualified}: {e}"))?
+        .map(|r| r.get(0));
+    match kind.as_deref() {
+        Some("p") => Ok(qualified),
+        Some(_) => Ok(format!("ONLY {qualified}")),
+        None => Err(format!("table {qualified} does not exist")),
+    }
+}
+
+/// The replicated columns (in the publisher's order) and the row filter under which the
+/// publications `pubs` publish `schema.name` on the publisher. Generated columns are left out:
+/// PostgreSQL 15 does not replicate them (the subscriber computes its own or has none), though
+/// `pg_publication_tables.attnames` lists them. A table that none of `pubs` publishes (any more:
+/// taken out of a publication and not refreshed yet) is compared on all its columns, unfiltered.
+async fn published_columns(
+    p: &tokio_postgres::Client,
+    pubs: &[String],
+    schema: &str,
+    name: &str,
+) -> Result<(Vec<String>, Option<String>)> {
+    let published = p
+        .query(
+            "SELECT ARRAY(SELECT u.n::text FROM unnest(pt.attnames) WITH ORDINALITY u(n, i) \
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = u.n \
+                           WHERE a.attgenerated = '' ORDER BY u.i), \
+                    pt.rowfilter \
+             FROM pg_catalog.pg_publication_tables pt \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND pt.tablename = $3",
+            &[&pubs, &schema, &name],
+        )
+        .await
+        .map_err(|e| format!("publication of {schema}.{name}: {e}"))?;
+    if published.is_empty() {
+        let all: Vec<String> = p
+            .query_one(
+                "SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                                JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                               WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+                                 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(|e| format!("columns of {schema}.{name}: {e}"))?
+            .get(0);
+        return Ok((all, None));
+    }
+    let mut columns: Vec<String> = Vec::new();
+    let mut filters: Vec<String> = Vec::new();
+    let mut unfiltered = false;
+    for row in &published {
+        let names: Vec<String> = row.get(0);
+        for n in names {
+            if !columns.contains(&n) {
+                columns.push(n);
+            }
+        }
+        match row.get::<_, Option<String>>(1) {
+            Some(f) => filters.push(format!("({f})")),
+            // One publication without a filter publishes every row.
+            None => unfiltered = true,
+        }
+    }
+    let filter = (!unfiltered && !filters.is_empty()).then(|| filters.join(" OR "));
+    Ok((columns, filter))
+}
+
+/// Compares every table of the subscriber's subscriptions (`subs`, or all of them) with the
+/// publisher: row count and md5 of all rows, over the columns the publications publish and with
+/// their row filters applied on the publisher's side. The subscriber's extra local columns are
+/// not compared.
+pub async fn compare_replicated(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+) -> Result<Vec<TableComparison>> {
+    let subs: Option<Vec<String>> = subs.map(|v| v.iter().map(|x| x.to_string()).collect());
+    let rows = s
+        .query(
+            "SELECT DISTINCT t.remote_schema::text, t.remote_name::text, s.publications::text[] \
+             FROM pgsub.subscription_table t JOIN pgsub.subscription s USING (subname) \
+             WHERE $1::text[] IS NULL OR s.subname::text = ANY($1) ORDER BY 1, 2",
+            &[&subs],
+        )
+        .await
+        .map_err(|e| format!("listing replicated tables: {e}"))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (schema, name, pubs): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
+        let (columns, filter) = published_columns(p, &pubs, &schema, &name).await?;
+        let cols = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let pub_from = table_source(p, &schema, &name).await?;
+        let sub_from = table_source(s, &schema, &name).await?;
+        let (pr, pm) = count_and_md5(p, &pub_from, &cols, filter.as_deref()).await?;
+        let (sr, sm) = count_and_md5(s, &sub_from, &cols, None).await?;
+        out.push(TableComparison {
+            table: format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
+            publisher_rows: pr,
+            subscriber_rows: sr,
+            publisher_md5: pm,
+            subscriber_md5: sm,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `pattern` names `table` (a [`TableComparison::table`], `"schema"."name"`): either
+/// exactly that quoted form, or unquoted `schema.name`, or a bare name in schema public.
+fn names_table(pattern: &str, table: &str) -> bool {
+    if pattern.contains('"') {
+        return pattern == table;
+    }
+    let (schema, name) = pattern.split_once('.').unwrap_or(("public", pattern));
+    format!("{}.{}", quote_ident(schema), quote_ident(name)) == table
+}
+
+/// The subscriptions' status and last_error, for failure messages.
+async fn subscription_states(s: &tokio_postgres::Client) -> String {
+    s.query("SELECT format('%s %s %s', subname, status, last_error) FROM pgsub.stat_subscription", &[])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_else(|e| format!("(pgsub.stat_subscription: {e})"))
+}
+
+/// Waits up to `timeout` until every table of the subscriber's subscriptions (`subs`, or all of
+/// them) holds exactly the publisher's published rows ([`compare_replicated`]), except the tables
+/// in `except` (`schema.name`, or a bare name in public), which a test leaves different on
+/// purpose and says why. Returns every comparison, excluded ones included; Err with the
+/// comparison and the subscriptions' status and last_error on timeout, at once when there is
+/// nothing to compare or an excluded table is not among the subscriptions' tables.
+pub async fn wait_replicated_equal(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+    except: &[&str],
+    timeout: Duration,
+) -> Result<Vec<TableComparison>> {
+    let excluded = |c: &TableComparison| except.iter().any(|x| names_table(x, &c.table));
+    let deadline = Instant::now() + timeout;
+    let mut last: Vec<TableComparison> = Vec::new();
+    let mut last_err = String::new();
+    loop {
+        match compare_replicated(p, s, subs).await {
+            Ok(cmp) => {
+                let tables = || cmp.iter().map(|c| c.table.as_str()).collect::<Vec<_>>().join(", ");
+                if cmp.is_empty() && !subs.is_some_and(|v| v.is_empty()) {
+                    let named = subs.map(|v| format!(" {v:?}")).unwrap_or_default();
+                    return Err(format!("no replicated tables to compare (no subscription{named}?)"));
+                }
+                if let Some(x) = except.iter().find(|x| !cmp.iter().any(|c| names_table(x, &c.table))) {
+                    let tables = tables();
+                    return Err(format!("excluded table {x} is not replicated by the subscriptions compared ({tables})"));
+                }
+                let equal = cmp.iter().filter(|c| !excluded(c)).all(|c| c.equal());
+                last = cmp;
+                if equal {
+                    return Ok(last);
+                }
+                last_err.clear();
+            }
+            Err(e) => last_err = e,
+        }
+        if Instant::now() >= deadline {
+            let tables = last
+                .iter()
+                .map(|c| if excluded(c) { format!("{c}  (excluded by the test)") } else { c.to_string() })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let err = if last_err.is_empty() { String::new() } else { format!(" (last error: {last_err})") };
+            let states = subscription_states(s).await;
+            return Err(format!(
+                "timed out after {timeout:?} waiting for the replicated tables to be equal on both nodes{err}\n\
+                 {tables}\n{states}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`wait_replicated_equal`] that panics with its message on failure, and prints the tables
+/// compared.
+pub async fn assert_replicated_equal_within(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+    except: &[&str],
+    timeout: Duration,
+) {
+    match wait_replicated_equal(p, s, subs, except, timeout).await {
+        Ok(cmp) => {
+            for c in &cmp {
+                let excluded = except.iter().any(|x| names_table(x, &c.table));
+                let note = if excluded { "  (excluded by the test)" } else { "" };
+                eprintln!("replicated: {c}{note}");
+            }
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Waits (up to 60 s, for the subscriber to catch up) until every table of the subscriber's
+/// subscriptions holds exactly the publisher's published rows; panics with the comparison, the
+/// subscriptions' status and last_error otherwise. Every end-to-end test ends with this.
+pub async fn assert_replicated_equal(p: &tokio_postgres::Client, s: &tokio_postgres::Client) {
+    assert_replicated_equal_within(p, s, None, &[], REPLICATED_EQUAL_TIMEOUT).await
+}
+
+/// [`assert_replicated_equal`] for the named subscriptions only (e.g. those that follow `p`
+/// when the subscriber has several publishers).
+pub async fn assert_replicated_equal_for(p: &tokio_postgres::Client, s: &tokio_postgres::Client, subs: Option<&[&str]>) {
+    assert_replicated_equal_within(p, s, subs, &[], REPLICATED_EQUAL_TIMEOUT).await
+}
+
+/// [`assert_replicated_equal_for`] without the tables in `except` (`schema.name`, or a bare name
+/// in public), which the test leaves different on purpose: say why in a comment, and compare
+/// what should still be equal of them with [`assert_rows_equal`].
+pub async fn assert_replicated_equal_except(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+    except: &[&str],
+) {
+    assert_replicated_equal_within(p, s, subs, except, REPLICATED_EQUAL_TIMEOUT).await
+}
+
+/// Waits up to `timeout` until `query` (a SELECT) returns the same rows on both nodes (as a
+/// multiset: count and md5 of the rows' text), for the part of a table that a test compares on
+/// its own; panics with the rows found on one side only and the subscriptions' status otherwise.
+pub async fn assert_rows_equal(p: &tokio_postgres::Client, s: &tokio_postgres::Client, query: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let last = loop {
+        let last = match (fingerprint(p, query).await, fingerprint(s, query).await) {
+            (Ok(a), Ok(b)) if a == b => return,
+            (Ok(a), Ok(b)) => format!("publisher {} rows {}, subscriber {} rows {}", a.0, a.1, b.0, b.1),
+            (Err(e), _) | (_, Err(e)) => e,
+        };
+        if Instant::now() >= deadline {
+            break last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // What differs: each row's count on each side.
+    let (a, b) = (row_counts(p, query).await, row_counts(s, query).await);
+    let only = |x: &BTreeMap<String, i64>, y: &BTreeMap<String, i64>| {
+        x.iter()
+            .filter(|(k, n)| y.get(*k).copied().unwrap_or(0) < **n)
+            .take(20)
+            .map(|(k, n)| format!("  {k} (x{n} vs x{})", y.get(k).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    panic!(
+        "timed out after {timeout:?} waiting for the rows of {query} to be equal on both nodes: {last}\n\
+         more often on the publisher (first 20):\n{}\nmore often on the subscriber (first 20):\n{}\n{}",
+        only(&a, &b),
+        only(&b, &a),
+        subscription_states(s).await
+    );
+}
+
+/// How often each row of `query` occurs (as text); empty when the query fails.
+async fn row_counts(c: &tokio_postgres::Client, query: &str) -> BTreeMap<String, i64> {
+    let mut m = BTreeMap::new();
+    if let Ok(rows) = c.query(format!("SELECT r::text FROM ({query}) r").as_str(), &[]).await {
+        for r in rows {
+            *m.entry(r.get::<_, Option<String>>(0).unwrap_or_default()).or_default() += 1;
+        }
+    }
+    m
 }

@@ -1,7 +1,10 @@
 //! End-to-end: the life of a subscription — enable/disable/drop, worker slots, conflicts and
 //! skip_transaction, privileges, crash recovery without loss or duplication, publisher restarts,
 //! altering options and renaming.
-use pgsub_tests::{one, wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{
+    assert_replicated_equal, assert_replicated_equal_except, assert_replicated_equal_for, assert_rows_equal, one,
+    wait_for, ClusterOpts, TwoNodes,
+};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -58,6 +61,8 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     // Enable: it resumes and catches up.
     s.batch_execute("SELECT pgsub.enable_subscription('life')").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 2", "while disabled").await;
+    // The full comparison comes before the drop: afterwards there is no subscription to compare.
+    assert_replicated_equal(&p, &s).await;
 
     // Drop: worker, origin and slot go away.
     s.batch_execute("SELECT pgsub.drop_subscription('life')").await.expect("drop");
@@ -114,6 +119,7 @@ async fn create_subscription_validates_and_leaves_nothing_behind() {
     s.execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'])", &[&ci]).await.expect("create");
     let err = s.execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'])", &[&ci]).await.expect_err("dup");
     assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("42710"));
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -157,6 +163,10 @@ async fn unique_conflict_is_an_error_until_skipped() {
     assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 5").await, "local");
     assert!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 'c'").await >= 1);
     assert!(one::<Option<String>>(&s, "SELECT skip_lsn::text FROM pgsub.subscription WHERE subname = 'c'").await.is_none());
+    // t differs on purpose in rows 4 (the skipped transaction's) and 5 (the local row it
+    // collided with): every other row of it must be equal, and t is its only table.
+    assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id NOT IN (4, 5)", WAIT).await;
+    assert_replicated_equal_except(&p, &s, None, &["t"]).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -187,6 +197,7 @@ async fn non_superusers_cannot_manage_or_see_passwords() {
     let full: String = one(&s, "SELECT conninfo FROM pgsub.subscription WHERE subname = 'sec'").await;
     assert!(full.contains("s3cr3t"), "superuser sees it");
     assert!(!nodes.subscriber.log().contains("s3cr3t"), "password never logged");
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -224,6 +235,8 @@ async fn out_of_worker_slots_waits_then_starts() {
     let other = if waiting == "s1" { "s2" } else { "s1" };
     s.batch_execute(&format!("SELECT pgsub.drop_subscription('{other}')")).await.unwrap();
     wait_value(&s, &format!("SELECT status FROM pgsub.stat_subscription WHERE subname = '{waiting}'"), "streaming").await;
+    // The two subscriptions left (the dropped one's table is not compared).
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -270,7 +283,7 @@ async fn kill9_of_subscriber_loses_and_duplicates_nothing() {
     assert_eq!(r.get::<_, i64>(0), 100000);
     assert_eq!(r.get::<_, i32>(1), 1);
     assert_eq!(r.get::<_, i32>(2), 100000);
-    let _ = p;
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -293,6 +306,7 @@ async fn publisher_restart_reconnects_and_converges() {
     wait_value(&s, "SELECT count(*) FILTER (WHERE v = 'c')::text || '/' || count(*) FROM t", "50/200").await;
     let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'r'").await;
     assert!(errors >= 1, "the lost connection was recorded");
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -328,6 +342,8 @@ async fn alter_connection_and_publications() {
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM a WHERE id = 2").await, 0, "a is not subscribed any more");
     let pubs: Vec<String> = one(&s, "SELECT publications FROM pgsub.subscription WHERE subname = 'alt'").await;
     assert_eq!(pubs, vec!["pb".to_string()]);
+    // Only b is compared: a left the subscription and misses its row 2 on purpose.
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -348,6 +364,10 @@ async fn disable_on_error_and_drop_with_publisher_down() {
     wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'doe'", "disabled").await;
     let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'doe'").await;
     assert!(err.contains("duplicate key"), "{err}");
+    // Compared before the publisher goes down and the subscription is dropped. t, its only
+    // table, holds just the conflicting row 1 ('local' here, 'remote' there) on purpose.
+    assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id <> 1", WAIT).await;
+    assert_replicated_equal_except(&p, &s, None, &["t"]).await;
 
     // With the publisher down, dropping with the slot fails and says how to proceed.
     drop(p);
@@ -396,6 +416,7 @@ async fn launcher_in_a_database_created_after_start() {
     )
     .await;
     assert_eq!(db, "App DB");
+    assert_replicated_equal(&p, &s).await;
 }
 
 /// `alter_subscription_options` (native `ALTER SUBSCRIPTION … SET (…)`) and `rename_subscription`:
@@ -475,4 +496,6 @@ async fn alter_options_and_rename() {
     wait_value(&s, "SELECT v FROM t WHERE id = 3", "renamed").await;
     let slot: String = one(&s, "SELECT slot_name::text FROM pgsub.subscription WHERE subname = 'Opt \"Renamed\"'").await;
     assert_eq!(slot, "opt_b");
+    // `other` was never enabled (and shares t): the renamed subscription is the one compared.
+    assert_replicated_equal_for(&p, &s, Some(&["Opt \"Renamed\""])).await;
 }

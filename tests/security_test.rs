@@ -4,7 +4,7 @@
 //! privileges, and hostile table/schema/column names replicating without being executed.
 //! (lifecycle_test.rs has the basic non-superuser checks; this file goes through every function,
 //! view and message.)
-use pgsub_tests::{one, wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{assert_replicated_equal, assert_replicated_equal_for, one, wait_for, ClusterOpts, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -246,6 +246,9 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     assert!(!su_conninfo.contains("hijacked"), "{su_conninfo}");
     admin.batch_execute("SELECT pgsub.disable_subscription('admin_sub')").await.expect("disable");
     admin.batch_execute("SELECT pgsub.enable_subscription('admin_sub')").await.expect("enable");
+    // Compared before admin_sub, the one subscription that replicates here, is dropped (su_sub
+    // is never enabled); nothing is written afterwards.
+    assert_replicated_equal_for(&p, &s, Some(&["admin_sub"])).await;
     admin.batch_execute("SELECT pgsub.drop_subscription('admin_sub')").await.expect("pgsub_admin member drops");
     assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'admin_sub'").await, 0);
     // Revoking the membership takes the right away again.
@@ -419,6 +422,8 @@ async fn passwords_never_shown_nor_logged() {
     .expect("failing after restart");
     p.batch_execute(&format!("ALTER ROLE repl PASSWORD '{PASSWORD}'; INSERT INTO t VALUES (2, 'two')")).await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 2", "two").await;
+    // Compared before the drop, after which no subscription is left.
+    assert_replicated_equal(&p, &s).await;
     s.batch_execute("SELECT pgsub.drop_subscription('sec')").await.expect("drop");
 
     // pgsub never wrote either password to the subscriber's log, at debug1, through all this.
@@ -522,15 +527,15 @@ async fn apply_runs_with_the_subscription_owners_privileges() {
     s.batch_execute("GRANT INSERT, UPDATE, DELETE ON denied TO owner1").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM denied", "37").await;
     wait_value(&s, "SELECT count(*)::text FROM allowed", "3").await;
-    for t in ["allowed", "denied"] {
-        assert_eq!(contents(&p, &format!("SELECT * FROM {t}")).await, contents(&s, &format!("SELECT * FROM {t}")).await);
-    }
+    assert_replicated_equal(&p, &s).await;
     // TRUNCATE needs its own privilege too.
     p.batch_execute("TRUNCATE denied").await.unwrap();
     wait_repeated_error(&s, "own", &["permission denied for table denied", "TRUNCATE"]).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM denied").await, 37);
     s.batch_execute("GRANT TRUNCATE ON denied TO owner1").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM denied", "0").await;
+    // Compared before the drop, after which no subscription is left.
+    assert_replicated_equal(&p, &s).await;
     owner.batch_execute("SELECT pgsub.drop_subscription('own')").await.expect("drop");
 }
 
@@ -571,6 +576,7 @@ async fn row_level_security_is_refused_not_bypassed() {
     p.batch_execute("INSERT INTO secured VALUES (2, 'kept')").await.unwrap();
     wait_value(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM secured", "2:kept").await;
     assert_eq!(one::<i64>(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'rls'").await, 0);
+    assert_replicated_equal(&p, &s).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,15 +628,8 @@ async fn hostile_names_replicate_and_are_never_executed() {
     ))
     .await
     .unwrap();
-    for t in [t1, t2] {
-        let q = format!("SELECT * FROM {t}");
-        let want = contents(&p, &q).await;
-        let s = &s;
-        let (q, want) = (&q, &want);
-        wait_for(&format!("{t} converges"), WAIT, || async move { Ok((contents(s, q).await == *want).then_some(())) })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    // Both tables, read by the harness under their hostile names.
+    assert_replicated_equal(&p, &s).await;
     p.batch_execute(&format!("TRUNCATE {t2}")).await.unwrap();
     wait_value(&s, &format!("SELECT count(*)::text FROM {t2}"), "0").await;
     // 1 copied + 2 + 10..=40 − the deleted 10.
@@ -657,6 +656,8 @@ async fn hostile_names_replicate_and_are_never_executed() {
     let status: String = one(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'hostile'").await;
     assert_eq!(status, "streaming");
     assert_eq!(one::<i64>(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'hostile'").await, 0);
+    // After the TRUNCATE, compared before the drop (afterwards no subscription is left).
+    assert_replicated_equal(&p, &s).await;
     s.batch_execute("SELECT pgsub.drop_subscription('hostile')").await.expect("drop");
 }
 
@@ -715,4 +716,6 @@ async fn owner_change_follows_the_same_rules_as_creation() {
     assert!(text.contains("privileges of role \"owner2\""), "{text}");
     s.batch_execute("SELECT pgsub.alter_subscription_owner('os', 'postgres')").await.expect("back to postgres");
     assert_eq!(one::<String>(&s, "SELECT owner::text FROM pgsub.subscription WHERE subname = 'os'").await, "postgres");
+    // `nopw` is never enabled (and shares t): the subscription that replicates is compared.
+    assert_replicated_equal_for(&p, &s, Some(&["os"])).await;
 }

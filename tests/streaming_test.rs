@@ -2,7 +2,7 @@
 //! with bounded worker memory (as are runs of wide updates), interleaved and aborted
 //! (sub)transactions are handled, damaged
 //! spill files are detected, and two-phase transactions are followed.
-use pgsub_tests::{one, wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{assert_replicated_equal, one, wait_for, ClusterOpts, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -101,6 +101,7 @@ async fn two_million_row_transaction_with_bounded_memory() {
     let tmp = nodes.subscriber.data_dir().join("base/pgsql_tmp");
     let left: Vec<_> = std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "spill files left: {left:?}");
+    assert_replicated_equal(&p, &s).await;
 }
 
 /// A run of updates with wide rows (300 rows of 150 kB in one transaction, not streamed) is
@@ -134,6 +135,7 @@ async fn wide_updates_are_applied_with_bounded_memory() {
     eprintln!("pgsub apply worker RssAnon peak {peak} kB while applying 300 updates of 150 kB");
     assert!(peak < 64 * 1024, "worker private memory peaked at {peak} kB");
     assert_eq!(one::<i64>(&s, "SELECT updates FROM pgsub.stat_subscription WHERE subname = 'wd'").await, 300);
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -191,6 +193,7 @@ async fn interleaved_and_aborted_streamed_transactions() {
     )
     .await;
     assert_eq!(counts, pub_counts);
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -221,6 +224,7 @@ async fn corrupted_spill_file_is_an_error_and_applies_nothing() {
         s.batch_execute(sql).await.unwrap();
     }
     wait_value(&s, "SELECT count(*)::text FROM big", "50000").await;
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -249,6 +253,7 @@ async fn two_phase_prepare_commit_and_rollback_are_followed() {
     wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1").await;
     p.batch_execute("COMMIT PREPARED 'tx3'").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM big WHERE v = 'streamed prepare'", "30000").await;
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -265,4 +270,6 @@ async fn two_phase_needs_prepared_transactions() {
     let db = err.as_db_error().unwrap();
     assert!(db.message().contains("prepared transactions"), "{}", db.message());
     assert!(db.hint().unwrap_or_default().contains("max_prepared_transactions"));
+    // No full comparison: the subscription was refused, nothing replicates.
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 0);
 }

@@ -1,41 +1,13 @@
 //! End-to-end: subscriptions created with pgsub's SQL API replicate inserts, updates, deletes and
 //! truncates for every kind of table and column type, in text and binary mode, and the stats view
 //! tells what happened.
-use pgsub_tests::{wait_for, wait_value, TwoNodes};
+use pgsub_tests::{
+    assert_replicated_equal, assert_replicated_equal_except, assert_rows_equal, wait_for, wait_value, TwoNodes,
+};
 use std::time::Duration;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Every row of `table` as text, in a stable order (the full contents, for comparison).
-async fn contents(c: &Client, table: &str) -> Result<String, String> {
-    let q = format!("SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t");
-    c.query_one(q.as_str(), &[])
-        .await
-        .map(|r| r.get::<_, String>(0))
-        .map_err(|e| format!("{table}: {e}"))
-}
-
-/// Waits until `table` holds the same rows on both nodes.
-async fn converge(p: &Client, s: &Client, table: &str) {
-    let last = std::cell::RefCell::new((String::new(), String::new()));
-    let r = wait_for(&format!("{table} to converge"), WAIT, || {
-        let last = &last;
-        async move {
-            let a = contents(p, table).await?;
-            let b = contents(s, table).await?;
-            let same = a == b;
-            *last.borrow_mut() = (a, b);
-            Ok(same.then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = r {
-        let last = last.borrow();
-        let (st, err) = status(s, "sub").await;
-        panic!("{e}\nstatus {st}, last_error {err:?}\n--- publisher ---\n{}\n--- subscriber ---\n{}", last.0, last.1);
-    }
-}
 
 async fn status(s: &Client, sub: &str) -> (String, Option<String>) {
     let r = s
@@ -56,7 +28,7 @@ CREATE TABLE pk_types (
 CREATE TABLE idx_ident (a int NOT NULL, b text NOT NULL, v text);
 CREATE UNIQUE INDEX idx_ident_ab ON idx_ident (a, b);
 ALTER TABLE idx_ident REPLICA IDENTITY USING INDEX idx_ident_ab;
-CREATE TABLE full_ident (a int, b text, j json);
+CREATE TABLE full_ident (a int, b text, j jsonb);
 ALTER TABLE full_ident REPLICA IDENTITY FULL;
 CREATE SCHEMA "Odd Schema";
 CREATE TABLE "Odd Schema"."Täble ""quoted""" ("Id" int PRIMARY KEY, "Value Col" text, "ünï" text);
@@ -105,8 +77,6 @@ UPDATE "Odd Schema"."Täble ""quoted""" SET "Value Col" = NULL WHERE "Id" < 10;
 DELETE FROM "Odd Schema"."Täble ""quoted""" WHERE "Id" > 25;
 "#;
 
-const PK_COLS: &str = "(SELECT id, t, i2, i8, num, f8, b, ts, d, u, j, arr, tarr, by, m, big FROM pk_types) ";
-
 async fn replicate_everything(binary: bool) {
     let nodes = TwoNodes::start().expect("start");
     let p = nodes.publisher.client("postgres").await.expect("publisher");
@@ -141,16 +111,14 @@ async fn replicate_everything(binary: bool) {
     })
     .await
     .expect("subscription streams");
-    converge(&p, &s, PK_COLS).await;
+    // Every table, pk_types over the publisher's columns (not the local-only local_note).
+    assert_replicated_equal(&p, &s).await;
 
     p.batch_execute(WORKLOAD).await.expect("workload");
     p.batch_execute("TRUNCATE idx_ident").await.expect("truncate");
     p.batch_execute("INSERT INTO idx_ident VALUES (1, 'after truncate', 'x')").await.expect("insert");
 
-    converge(&p, &s, PK_COLS).await;
-    converge(&p, &s, "idx_ident").await;
-    converge(&p, &s, "full_ident").await;
-    converge(&p, &s, r#""Odd Schema"."Täble ""quoted""""#).await;
+    assert_replicated_equal(&p, &s).await;
 
     // Local-only column got its default; TOASTed values survived the unchanged-TOAST update.
     let r = s
@@ -271,6 +239,7 @@ async fn stats_show_lag_while_behind_and_zero_when_caught_up() {
     })
     .await
     .expect("lag back to 0 once caught up");
+    assert_replicated_equal(&p, &s).await;
 }
 
 /// Runs of DELETEs are applied in batches: exact counters (deleted rows and rows not found),
@@ -301,9 +270,7 @@ async fn batched_deletes_match_rows_and_count_exactly() {
     s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['dp'])", &[&nodes.pub_conninfo()])
         .await
         .unwrap();
-    for t in ["d1", r#""D 2""#, "d3"] {
-        converge(&p, &s, t).await;
-    }
+    assert_replicated_equal(&p, &s).await;
     // 40 rows of d1 vanish locally: their remote deletes find nothing (conflicts).
     s.batch_execute("DELETE FROM d1 WHERE id BETWEEN 1001 AND 1040").await.unwrap();
     let before = s
@@ -326,9 +293,7 @@ async fn batched_deletes_match_rows_and_count_exactly() {
     )
     .await
     .unwrap();
-    for t in ["d1", r#""D 2""#, "d3"] {
-        converge(&p, &s, t).await;
-    }
+    assert_replicated_equal(&p, &s).await;
     let deleted_d2: i64 = p.query_one(r#"SELECT 700 - count(*) FROM "D 2""#, &[]).await.unwrap().get(0);
     // Remote deletes: d1 2500 + 100 + 99 + 1 (re-inserted id 1) + 1; D 2; d3 150.
     let remote_deletes = 2500 + 100 + 99 + 1 + 1 + deleted_d2 + 150;
@@ -384,9 +349,11 @@ async fn batched_updates_match_rows_and_count_exactly() {
     s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['up'])", &[&nodes.pub_conninfo()])
         .await
         .unwrap();
-    for t in ["u1", r#""U 2""#, "u3"] {
-        converge(&p, &s, t).await;
-    }
+    // u4 and u5 stay out of every full comparison, on purpose: one local key value holds two
+    // remote text keys there, so they differ from the publisher by design; their exact local
+    // contents are checked below.
+    let by_design = ["u4", "u5"];
+    assert_replicated_equal_except(&p, &s, None, &by_design).await;
     // 40 rows of u1 vanish locally: their remote updates find nothing (conflicts).
     s.batch_execute("DELETE FROM u1 WHERE id BETWEEN 1001 AND 1040").await.unwrap();
     let before = s
@@ -413,11 +380,11 @@ async fn batched_updates_match_rows_and_count_exactly() {
     )
     .await
     .unwrap();
-    // u1 without the 40 rows that are missing locally.
-    let u1 = "(SELECT * FROM u1 WHERE id NOT BETWEEN 1001 AND 1040)";
-    for t in [u1, r#""U 2""#, "u3"] {
-        converge(&p, &s, t).await;
-    }
+    // From here on u1 differs by the 40 rows missing locally (their updates were conflicts): it
+    // is compared without them.
+    let u1 = "SELECT * FROM u1 WHERE id NOT BETWEEN 1001 AND 1040";
+    assert_rows_equal(&p, &s, u1, WAIT).await;
+    assert_replicated_equal_except(&p, &s, None, &["u1", by_design[0], by_design[1]]).await;
     // Row by row, the second remote update ('1.00') rewrites both local rows last.
     let u4 = "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k, v) FROM u4";
     wait_value(&s, u4, "1.00=b!,1.00=b!,2=c!,3=c!,4=c!,5=c!,6=c!,7=c!,8=c!,9=c!", WAIT).await;
@@ -457,7 +424,8 @@ async fn batched_updates_match_rows_and_count_exactly() {
     let applied: i64 = s.query_one("SELECT count(*) FROM u1 WHERE n < 0", &[]).await.unwrap().get(0);
     assert_eq!(applied, 0, "nothing of the failing transaction applied");
     s.batch_execute("ALTER TABLE u1 DROP CONSTRAINT no_777").await.unwrap();
-    converge(&p, &s, u1).await;
+    assert_rows_equal(&p, &s, u1, WAIT).await;
+    assert_replicated_equal_except(&p, &s, None, &["u1", by_design[0], by_design[1]]).await;
 }
 
 /// Partitioned tables published through their root (`publish_via_partition_root`): the initial
@@ -487,9 +455,9 @@ async fn partitioned_root_inserts_updates_and_batched_deletes() {
     s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['ptp'])", &[&nodes.pub_conninfo()])
         .await
         .unwrap();
-    converge(&p, &s, "pt").await;
-    // The row filter applies to the copy of a partitioned root too (partitions included).
-    converge(&p, &s, "(SELECT * FROM pf WHERE id > 50)").await;
+    // pt whole, pf with the publication's row filter applied on the publisher: the row filter
+    // applies to the copy of a partitioned root too (partitions included).
+    assert_replicated_equal(&p, &s).await;
     let pf_rows: i64 = s.query_one("SELECT count(*) FROM pf", &[]).await.unwrap().get(0);
     assert_eq!(pf_rows, 50, "only the filtered rows of pf");
     p.batch_execute(
@@ -502,9 +470,10 @@ async fn partitioned_root_inserts_updates_and_batched_deletes() {
     )
     .await
     .unwrap();
-    converge(&p, &s, "pt").await;
-    converge(&p, &s, "pt_low").await;
-    converge(&p, &s, "pt_high").await;
+    assert_replicated_equal(&p, &s).await;
+    // Each row in the same partition on both sides.
+    assert_rows_equal(&p, &s, "SELECT * FROM ONLY pt_low", WAIT).await;
+    assert_rows_equal(&p, &s, "SELECT * FROM ONLY pt_high", WAIT).await;
     let (st, err) = status(&s, "sub").await;
     assert_eq!((st.as_str(), err), ("streaming", None));
 }
