@@ -2,7 +2,6 @@
 //! and primary keepalive ('k') messages, encoding the standby status update ('r'), and
 //! conversions between PostgreSQL timestamps (µs since 2000-01-01 UTC) and `SystemTime`.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -53,20 +52,20 @@ pub enum ReplicationFrame {
 }
 
 /// Why a CopyData payload is not a valid replication frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// Zero-length CopyData.
+    #[error("empty CopyData message in replication stream")]
     Empty,
     /// First byte is neither 'w' nor 'k'.
+    #[error("unexpected replication message type {} (expected 'w' XLogData or 'k' keepalive)", tag_display(*.0))]
     UnknownTag(u8),
     /// The message is shorter than its fixed layout.
+    #[error("truncated replication message {}: need at least {needed} bytes, got {got}", tag_display(*.tag))]
     Truncated { tag: u8, needed: usize, got: usize },
     /// A fixed-length message (keepalive) has extra bytes after its last field.
-    TrailingBytes {
-        tag: u8,
-        expected: usize,
-        got: usize,
-    },
+    #[error("replication message {} has {got} bytes, expected exactly {expected}", tag_display(*.tag))]
+    TrailingBytes { tag: u8, expected: usize, got: usize },
 }
 
 fn tag_display(tag: u8) -> String {
@@ -76,31 +75,6 @@ fn tag_display(tag: u8) -> String {
         format!("0x{tag:02x}")
     }
 }
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FrameError::Empty => write!(f, "empty CopyData message in replication stream"),
-            FrameError::UnknownTag(t) => write!(
-                f,
-                "unexpected replication message type {} (expected 'w' XLogData or 'k' keepalive)",
-                tag_display(*t)
-            ),
-            FrameError::Truncated { tag, needed, got } => write!(
-                f,
-                "truncated replication message {}: need at least {needed} bytes, got {got}",
-                tag_display(*tag)
-            ),
-            FrameError::TrailingBytes { tag, expected, got } => write!(
-                f,
-                "replication message {} has {got} bytes, expected exactly {expected}",
-                tag_display(*tag)
-            ),
-        }
-    }
-}
-
-impl std::error::Error for FrameError {}
 
 fn be_u64(buf: &[u8], at: usize) -> Option<u64> {
     let end = at.checked_add(8)?;
@@ -114,11 +88,7 @@ fn be_u64(buf: &[u8], at: usize) -> Option<u64> {
 /// XLogData's payload is returned as a slice of `buf` (no copy).
 pub fn parse_frame(buf: Bytes) -> Result<ReplicationFrame, FrameError> {
     let tag = *buf.first().ok_or(FrameError::Empty)?;
-    let truncated = |needed: usize| FrameError::Truncated {
-        tag,
-        needed,
-        got: buf.len(),
-    };
+    let truncated = |needed: usize| FrameError::Truncated { tag, needed, got: buf.len() };
     match tag {
         TAG_XLOG_DATA => {
             if buf.len() < XLOG_DATA_HEADER_LEN {
@@ -140,11 +110,7 @@ pub fn parse_frame(buf: Bytes) -> Result<ReplicationFrame, FrameError> {
                 return Err(truncated(KEEPALIVE_LEN));
             }
             if buf.len() > KEEPALIVE_LEN {
-                return Err(FrameError::TrailingBytes {
-                    tag,
-                    expected: KEEPALIVE_LEN,
-                    got: buf.len(),
-                });
+                return Err(FrameError::TrailingBytes { tag, expected: KEEPALIVE_LEN, got: buf.len() });
             }
             let wal_end = be_u64(&buf, 1).ok_or_else(|| truncated(KEEPALIVE_LEN))?;
             let send_time = be_u64(&buf, 9).ok_or_else(|| truncated(KEEPALIVE_LEN))?;
@@ -164,13 +130,7 @@ pub fn parse_frame(buf: Bytes) -> Result<ReplicationFrame, FrameError> {
 /// progress. Per the protocol the positions are "last byte + 1" of what was written, flushed and
 /// applied; `client_time` is µs since 2000-01-01 UTC; `reply_requested` asks the server to
 /// answer with a keepalive immediately.
-pub fn encode_standby_status(
-    write: Lsn,
-    flush: Lsn,
-    apply: Lsn,
-    client_time: i64,
-    reply_requested: bool,
-) -> Bytes {
+pub fn encode_standby_status(write: Lsn, flush: Lsn, apply: Lsn, client_time: i64, reply_requested: bool) -> Bytes {
     let mut b = BytesMut::with_capacity(STANDBY_STATUS_LEN);
     b.put_u8(TAG_STANDBY_STATUS);
     b.put_u64(write.0);
@@ -195,11 +155,7 @@ fn pg_epoch() -> SystemTime {
 pub fn pg_micros_to_system_time(micros: i64) -> SystemTime {
     let epoch = pg_epoch();
     let delta = Duration::from_micros(micros.unsigned_abs());
-    let t = if micros >= 0 {
-        epoch.checked_add(delta)
-    } else {
-        epoch.checked_sub(delta)
-    };
+    let t = if micros >= 0 { epoch.checked_add(delta) } else { epoch.checked_sub(delta) };
     t.unwrap_or(epoch)
 }
 
@@ -242,12 +198,7 @@ mod tests {
         let buf = Bytes::from(xlog_fixture());
         let f = parse_frame(buf.clone()).unwrap();
         match f {
-            ReplicationFrame::XLogData {
-                wal_start,
-                wal_end,
-                send_time,
-                data,
-            } => {
+            ReplicationFrame::XLogData { wal_start, wal_end, send_time, data } => {
                 assert_eq!(wal_start, Lsn(0x1_0000_0010));
                 assert_eq!(wal_end, Lsn(0x1_0000_0020));
                 assert_eq!(send_time, -5);
@@ -292,14 +243,7 @@ mod tests {
             if n == 0 {
                 assert_eq!(e, FrameError::Empty);
             } else {
-                assert_eq!(
-                    e,
-                    FrameError::Truncated {
-                        tag: b'w',
-                        needed: XLOG_DATA_HEADER_LEN,
-                        got: n
-                    }
-                );
+                assert_eq!(e, FrameError::Truncated { tag: b'w', needed: XLOG_DATA_HEADER_LEN, got: n });
             }
         }
         let k = keepalive_fixture(1);
@@ -314,14 +258,7 @@ mod tests {
         let mut k = keepalive_fixture(0);
         k.push(0);
         let e = parse_frame(Bytes::from(k)).unwrap_err();
-        assert_eq!(
-            e,
-            FrameError::TrailingBytes {
-                tag: b'k',
-                expected: 18,
-                got: 19
-            }
-        );
+        assert_eq!(e, FrameError::TrailingBytes { tag: b'k', expected: 18, got: 19 });
         assert!(e.to_string().contains("'k'"));
     }
 
@@ -364,27 +301,11 @@ mod tests {
     #[test]
     fn time_conversions() {
         assert_eq!(system_time_to_pg_micros(pg_epoch()), 0);
-        assert_eq!(
-            system_time_to_pg_micros(UNIX_EPOCH),
-            -PG_EPOCH_OFFSET_SECS * 1_000_000
-        );
-        assert_eq!(
-            pg_micros_to_system_time(0),
-            UNIX_EPOCH + Duration::from_secs(946_684_800)
-        );
+        assert_eq!(system_time_to_pg_micros(UNIX_EPOCH), -PG_EPOCH_OFFSET_SECS * 1_000_000);
+        assert_eq!(pg_micros_to_system_time(0), UNIX_EPOCH + Duration::from_secs(946_684_800));
         // 2000-01-01 00:00:01.5 UTC
-        assert_eq!(
-            pg_micros_to_system_time(1_500_000),
-            UNIX_EPOCH + Duration::from_micros(946_684_801_500_000)
-        );
-        for v in [
-            0i64,
-            1,
-            -1,
-            1_700_000_000_000_000,
-            -946_684_800_000_000,
-            12345,
-        ] {
+        assert_eq!(pg_micros_to_system_time(1_500_000), UNIX_EPOCH + Duration::from_micros(946_684_801_500_000));
+        for v in [0i64, 1, -1, 1_700_000_000_000_000, -946_684_800_000_000, 12345] {
             assert_eq!(system_time_to_pg_micros(pg_micros_to_system_time(v)), v);
         }
         // sub-microsecond truncation

@@ -79,7 +79,8 @@ impl fmt::Display for Lsn {
 }
 
 /// Why a string is not an LSN.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid LSN {input:?}: {reason}")]
 pub struct LsnParseError {
     input: String,
     reason: &'static str,
@@ -97,14 +98,6 @@ impl LsnParseError {
         self.reason
     }
 }
-
-impl fmt::Display for LsnParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid LSN {:?}: {}", self.input, self.reason)
-    }
-}
-
-impl std::error::Error for LsnParseError {}
 
 /// Maximum hex digits per half, as in PostgreSQL's `pg_lsn_in` (`MAXPG_LSNCOMPONENT`).
 const MAX_COMPONENT_DIGITS: usize = 8;
@@ -125,9 +118,7 @@ impl FromStr for Lsn {
     type Err = LsnParseError;
 
     fn from_str(s: &str) -> Result<Lsn, LsnParseError> {
-        let (hi, lo) = s
-            .split_once('/')
-            .ok_or_else(|| LsnParseError::new(s, "expected X/Y (hex/hex)"))?;
+        let (hi, lo) = s.split_once('/').ok_or_else(|| LsnParseError::new(s, "expected X/Y (hex/hex)"))?;
         let hi = parse_half(hi, s, "high half must be 1-8 hex digits")?;
         let lo = parse_half(lo, s, "low half must be 1-8 hex digits")?;
         Ok(Lsn((hi << 32) | lo))
@@ -153,10 +144,7 @@ mod tests {
         assert_eq!("16/b374d848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
         assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn::INVALID);
         assert_eq!("FFFFFFFF/FFFFFFFF".parse::<Lsn>().unwrap(), Lsn(u64::MAX));
-        assert_eq!(
-            "00000001/00000002".parse::<Lsn>().unwrap(),
-            Lsn(0x1_0000_0002)
-        );
+        assert_eq!("00000001/00000002".parse::<Lsn>().unwrap(), Lsn(0x1_0000_0002));
     }
 
     #[test]
@@ -194,14 +182,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for v in [
-            0u64,
-            1,
-            0xFFFF_FFFF,
-            0x1_0000_0000,
-            0xDEAD_BEEF_0000_0001,
-            u64::MAX,
-        ] {
+        for v in [0u64, 1, 0xFFFF_FFFF, 0x1_0000_0000, 0xDEAD_BEEF_0000_0001, u64::MAX] {
             let l = Lsn(v);
             assert_eq!(l.to_string().parse::<Lsn>().unwrap(), l);
         }

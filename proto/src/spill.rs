@@ -10,7 +10,6 @@
 //! parent cannot act while it is open), so aborting it truncates the buffer at that change —
 //! in memory, or in the file when the mark was spilled.
 use bytes::Bytes;
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -21,25 +20,15 @@ const CHUNK: usize = 1 << 20;
 /// Largest record accepted when reading back (pgoutput messages are bounded by 1 GB).
 const MAX_RECORD: u32 = 1 << 30;
 
-#[derive(Debug)]
+/// Why a spill file could not be written or read back.
+#[derive(Debug, thiserror::Error)]
 pub enum SpillError {
+    #[error("could not {op} spill file \"{}\": {err}", path.display())]
     Io { path: PathBuf, op: &'static str, err: io::Error },
     /// A record's checksum or length does not match: the file was damaged.
+    #[error("spill file \"{}\" is corrupted at offset {offset}: {detail}", path.display())]
     Corrupt { path: PathBuf, offset: u64, detail: String },
 }
-
-impl fmt::Display for SpillError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpillError::Io { path, op, err } => write!(f, "could not {op} spill file \"{}\": {err}", path.display()),
-            SpillError::Corrupt { path, offset, detail } => {
-                write!(f, "spill file \"{}\" is corrupted at offset {offset}: {detail}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for SpillError {}
 
 /// Where a subtransaction's first change sits.
 #[derive(Clone, Copy, Debug)]
@@ -233,7 +222,11 @@ impl TxnBuffer {
             w.flush().map_err(|e| SpillError::Io { path: self.path.clone(), op: "flush", err: e })?;
             let f = w.get_mut();
             f.set_len(offset).map_err(|e| SpillError::Io { path: self.path.clone(), op: "truncate", err: e })?;
-            f.seek(SeekFrom::Start(offset)).map_err(|e| SpillError::Io { path: self.path.clone(), op: "seek", err: e })?;
+            f.seek(SeekFrom::Start(offset)).map_err(|e| SpillError::Io {
+                path: self.path.clone(),
+                op: "seek",
+                err: e,
+            })?;
         }
         self.file_len = offset;
         self.file_records = mark.index;
@@ -333,17 +326,14 @@ impl Iterator for TxnReader {
     type Item = Result<Bytes, SpillError>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.file.is_some() {
-            match self.next_from_file() {
-                Some(r) => {
-                    if r.is_err() {
-                        // Stop after a corrupt record: nothing after it can be trusted.
-                        self.file = None;
-                        self.file_len = 0;
-                        self.mem = Vec::new();
-                    }
-                    return Some(r);
+            if let Some(r) = self.next_from_file() {
+                if r.is_err() {
+                    // Stop after a corrupt record: nothing after it can be trusted.
+                    self.file = None;
+                    self.file_len = 0;
+                    self.mem = Vec::new();
                 }
-                None => {}
+                return Some(r);
             }
         }
         loop {

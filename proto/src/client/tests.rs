@@ -1,13 +1,18 @@
 //! Unit tests of the walsender client without PostgreSQL: option rendering, quoting, version
 //! parsing, and the message flow against a scripted fake server on a Unix socket.
 
+use super::error::parse_error_fields;
+use super::quote::repl_literal;
 use super::*;
-use crate::conninfo;
+use crate::conninfo::{self, Config};
+use crate::frame::ReplicationFrame;
+use crate::lsn::Lsn;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
 // Pure functions
@@ -17,15 +22,16 @@ fn quoting() {
     assert_eq!(quote_ident("a"), "\"a\"");
     assert_eq!(quote_ident("b\"c"), "\"b\"\"c\"");
     assert_eq!(quote_literal("it's"), "'it''s'");
-    assert_eq!(quote_literal(r"a\b"), r"'a\b'");
+    // SQL: backslashes make an escape string, correct whatever standard_conforming_strings is.
+    assert_eq!(quote_literal(r"a\b"), r" E'a\\b'");
+    // The replication command grammar has no E'' form: backslashes stay literal there.
+    assert_eq!(repl_literal("it's"), "'it''s'");
+    assert_eq!(repl_literal(r"a\b"), r"'a\b'");
 }
 
 #[test]
 fn server_versions() {
-    assert_eq!(
-        parse_server_version("15.4 (Debian 15.4-1.pgdg120+1)"),
-        150004
-    );
+    assert_eq!(parse_server_version("15.4 (Debian 15.4-1.pgdg120+1)"), 150004);
     assert_eq!(parse_server_version("16.0"), 160000);
     assert_eq!(parse_server_version("16beta1"), 160000);
     assert_eq!(parse_server_version("17devel"), 170000);
@@ -39,10 +45,7 @@ fn server_versions() {
 fn pgoutput_options() {
     let o = PgOutputOptions::for_server(150004, vec!["a".into(), "b\"c".into()]);
     assert_eq!(o.proto_version, 3);
-    assert_eq!(
-        o.to_sql_options(),
-        r#"(proto_version '3', publication_names '"a","b""c"')"#
-    );
+    assert_eq!(o.to_sql_options(), r#"(proto_version '3', publication_names '"a","b""c"')"#);
     assert_eq!(PgOutputOptions::for_server(160001, vec![]).proto_version, 4);
     assert_eq!(PgOutputOptions::for_server(140010, vec![]).proto_version, 2);
     assert_eq!(PgOutputOptions::for_server(130000, vec![]).proto_version, 1);
@@ -65,10 +68,7 @@ fn pgoutput_options() {
     );
     // PG13 (proto 1): only the mandatory options.
     o.proto_version = 1;
-    assert_eq!(
-        o.to_sql_options(),
-        r#"(proto_version '1', publication_names '"it''s"')"#
-    );
+    assert_eq!(o.to_sql_options(), r#"(proto_version '1', publication_names '"it''s"')"#);
 }
 
 #[test]
@@ -81,10 +81,7 @@ fn error_display_and_sqlstate() {
         hint: None,
     });
     assert_eq!(e.sqlstate(), Some("28P01"));
-    assert_eq!(
-        e.to_string(),
-        "FATAL: password authentication failed for user \"u\" (SQLSTATE 28P01)\nDETAIL: d"
-    );
+    assert_eq!(e.to_string(), "FATAL: password authentication failed for user \"u\" (SQLSTATE 28P01)\nDETAIL: d");
     assert_eq!(Error::Closed.sqlstate(), None);
 }
 
@@ -108,11 +105,7 @@ fn error_fields_are_lossy_and_safe() {
 fn poll_wait_times_out() {
     let (a, _b) = UnixStream::pair().unwrap();
     let t0 = Instant::now();
-    let r = PollWait.wait(
-        a.as_raw_fd(),
-        Interest::Read,
-        Some(Instant::now() + Duration::from_millis(50)),
-    );
+    let r = PollWait.wait(a.as_raw_fd(), Interest::Read, Some(Instant::now() + Duration::from_millis(50)));
     assert!(matches!(r, Err(Error::Timeout(_))));
     assert!(t0.elapsed() >= Duration::from_millis(50));
     // Writable immediately.
@@ -228,10 +221,7 @@ fn read_startup(s: &mut UnixStream) -> HashMap<String, String> {
     let parts: Vec<&[u8]> = body[4..].split(|&b| b == 0).collect();
     let mut i = 0;
     while i + 1 < parts.len() && !parts[i].is_empty() {
-        out.insert(
-            String::from_utf8(parts[i].to_vec()).unwrap(),
-            String::from_utf8(parts[i + 1].to_vec()).unwrap(),
-        );
+        out.insert(String::from_utf8(parts[i].to_vec()).unwrap(), String::from_utf8(parts[i + 1].to_vec()).unwrap());
         i += 2;
     }
     out
@@ -259,29 +249,18 @@ impl Fake {
         std::fs::create_dir_all(&dir).unwrap();
         let port = 5999;
         let listener = UnixListener::bind(dir.join(format!(".s.PGSQL.{port}"))).unwrap();
-        Fake {
-            dir,
-            port,
-            listener,
-        }
+        Fake { dir, port, listener }
     }
 
     fn config(&self, extra: &str) -> Config {
         conninfo::parse_with_env(
-            &format!(
-                "host='{}' port={} user=u dbname=d {extra}",
-                self.dir.display(),
-                self.port
-            ),
+            &format!("host='{}' port={} user=u dbname=d {extra}", self.dir.display(), self.port),
             &|_| None,
         )
         .unwrap()
     }
 
-    fn serve(
-        self,
-        f: impl FnOnce(UnixStream) + Send + 'static,
-    ) -> (thread::JoinHandle<()>, PathBuf, Fake2) {
+    fn serve(self, f: impl FnOnce(UnixStream) + Send + 'static) -> (thread::JoinHandle<()>, PathBuf, Fake2) {
         let dir = self.dir.clone();
         let Fake { listener, port, .. } = self;
         let h = thread::spawn(move || {
@@ -391,7 +370,9 @@ fn fake_server_full_flow() {
         assert_eq!(t, b'Q');
         let sql = String::from_utf8(body).unwrap();
         assert!(
-            sql.starts_with("START_REPLICATION SLOT \"s1\" LOGICAL 0/16B3780 (proto_version '3', publication_names '\"pub\"')"),
+            sql.starts_with(
+                "START_REPLICATION SLOT \"s1\" LOGICAL 0/16B3780 (proto_version '3', publication_names '\"pub\"')"
+            ),
             "{sql}"
         );
         s.write_all(&msg(b'W', &[0, 0, 0])).unwrap();
@@ -448,9 +429,7 @@ fn fake_server_full_flow() {
     assert_eq!(sys.xlogpos, Lsn(0x16B3748));
     assert_eq!(sys.dbname.as_deref(), Some("d"));
 
-    let slot = c
-        .create_logical_slot("s1", true, SnapshotAction::NoExport, true)
-        .unwrap();
+    let slot = c.create_logical_slot("s1", true, SnapshotAction::NoExport, true).unwrap();
     assert_eq!(slot.slot_name, "s1");
     assert_eq!(slot.consistent_point, Lsn(0x16B3780));
     assert_eq!(slot.snapshot_name, None);
@@ -467,8 +446,7 @@ fn fake_server_full_flow() {
     assert_eq!(got.concat(), b"1\ta\n2\tb\n3\tc\n");
 
     let opts = PgOutputOptions::for_server(c.server_version_num(), vec!["pub".into()]);
-    c.start_replication("s1", slot.consistent_point, &opts)
-        .unwrap();
+    c.start_replication("s1", slot.consistent_point, &opts).unwrap();
     assert!(c.simple_query("SELECT 1").is_err()); // refused while streaming, not fatal
 
     let mut frames = Vec::new();
@@ -478,27 +456,13 @@ fn fake_server_full_flow() {
             Some(f) => frames.push(f),
             None => {
                 nones += 1;
-                PollWait
-                    .wait(
-                        c.raw_fd(),
-                        Interest::Read,
-                        Some(Instant::now() + Duration::from_secs(5)),
-                    )
-                    .unwrap();
+                PollWait.wait(c.raw_fd(), Interest::Read, Some(Instant::now() + Duration::from_secs(5))).unwrap();
             }
         }
     }
-    assert!(
-        nones > 0,
-        "fragments should have produced would-block returns"
-    );
+    assert!(nones > 0, "fragments should have produced would-block returns");
     match &frames[0] {
-        ReplicationFrame::XLogData {
-            wal_start,
-            data,
-            send_time,
-            ..
-        } => {
+        ReplicationFrame::XLogData { wal_start, data, send_time, .. } => {
             assert_eq!(*wal_start, Lsn(0x16B3780));
             assert_eq!(&data[..], b"BEGIN-ish");
             assert_eq!(*send_time, 42);
@@ -506,11 +470,7 @@ fn fake_server_full_flow() {
         f => panic!("unexpected {f:?}"),
     }
     match &frames[1] {
-        ReplicationFrame::Keepalive {
-            wal_end,
-            reply_requested,
-            ..
-        } => {
+        ReplicationFrame::Keepalive { wal_end, reply_requested, .. } => {
             assert_eq!(*wal_end, Lsn(0x16B3800));
             assert!(*reply_requested);
         }
@@ -521,8 +481,7 @@ fn fake_server_full_flow() {
         f => panic!("unexpected {f:?}"),
     }
     assert_eq!(c.notices()[0].message, "in-stream notice");
-    c.send_status(Lsn(0x16B3800), Lsn(0x16B3780), Lsn(0x16B3780), false)
-        .unwrap();
+    c.send_status(Lsn(0x16B3800), Lsn(0x16B3780), Lsn(0x16B3780), false).unwrap();
     c.end_copy().unwrap();
     // Usable again after the stream.
     assert!(matches!(c.recv_frame(), Err(Error::Protocol(_))));
@@ -540,12 +499,7 @@ fn fake_server_wrong_password_is_server_error() {
         s.write_all(&auth(3, &[])).unwrap(); // cleartext
         let (t, body) = read_msg(&mut s);
         assert_eq!((t, body), (b'p', cstr("wrong")));
-        s.write_all(&error(
-            "FATAL",
-            "28P01",
-            "password authentication failed for user \"u\"",
-        ))
-        .unwrap();
+        s.write_all(&error("FATAL", "28P01", "password authentication failed for user \"u\"")).unwrap();
     });
     let e = Client::connect(&cfg, false, Box::new(PollWait)).unwrap_err();
     assert_eq!(e.sqlstate(), Some("28P01"), "{e}");
@@ -650,15 +604,8 @@ fn fake_server_stream_error_and_server_copydone() {
     });
     let mut c = Client::connect(&cfg, true, Box::new(PollWait)).unwrap();
     let opts = PgOutputOptions::for_server(150000, vec!["p".into()]);
-    let wait = |c: &Client| {
-        PollWait
-            .wait(
-                c.raw_fd(),
-                Interest::Read,
-                Some(Instant::now() + Duration::from_secs(5)),
-            )
-            .unwrap()
-    };
+    let wait =
+        |c: &Client| PollWait.wait(c.raw_fd(), Interest::Read, Some(Instant::now() + Duration::from_secs(5))).unwrap();
 
     c.start_replication("s", Lsn(0), &opts).unwrap();
     let e = loop {
@@ -727,11 +674,8 @@ fn tcp_connection_refused_names_the_server() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let cfg = conninfo::parse_with_env(
-        &format!("host=127.0.0.1 port={port} user=u sslmode=disable"),
-        &|_| None,
-    )
-    .unwrap();
+    let cfg =
+        conninfo::parse_with_env(&format!("host=127.0.0.1 port={port} user=u sslmode=disable"), &|_| None).unwrap();
     let e = Client::connect(&cfg, false, Box::new(PollWait)).unwrap_err();
     let s = e.to_string();
     assert!(matches!(e, Error::Io(_)), "{s}");
@@ -754,12 +698,7 @@ fn fake_server_fatal_mid_command_and_shutdown_stream() {
         s.write_all(&out).unwrap();
     });
     let mut c = Client::connect(&cfg, true, Box::new(PollWait)).unwrap();
-    c.start_replication(
-        "s",
-        Lsn(0),
-        &PgOutputOptions::for_server(150000, vec!["p".into()]),
-    )
-    .unwrap();
+    c.start_replication("s", Lsn(0), &PgOutputOptions::for_server(150000, vec!["p".into()])).unwrap();
     let e = loop {
         match c.recv_frame() {
             Ok(Some(_)) => {}
@@ -780,11 +719,7 @@ fn fake_server_fatal_mid_command_and_shutdown_stream() {
         let _ = read_msg(&mut s);
         let mut out = msg(b'H', &[0, 0, 0]);
         out.extend(msg(b'd', b"1\n"));
-        out.extend(error(
-            "FATAL",
-            "57P01",
-            "terminating connection due to administrator command",
-        ));
+        out.extend(error("FATAL", "57P01", "terminating connection due to administrator command"));
         s.write_all(&out).unwrap();
     });
     let mut c = Client::connect(&cfg, false, Box::new(PollWait)).unwrap();
@@ -820,10 +755,7 @@ fn fake_server_absurd_length_is_refused() {
     });
     let mut c = Client::connect(&cfg, false, Box::new(PollWait)).unwrap();
     let e = c.simple_query("SELECT 1").unwrap_err();
-    assert!(
-        matches!(e, Error::Protocol(_)) && e.to_string().contains("too long"),
-        "{e}"
-    );
+    assert!(matches!(e, Error::Protocol(_)) && e.to_string().contains("too long"), "{e}");
     drop(c);
     h.join().unwrap();
     let _ = std::fs::remove_dir_all(dir);
@@ -838,16 +770,8 @@ fn fake_server_pg14_slot_syntax() {
         startup_ok_version(&mut s, "14.9");
         let (t, body) = read_msg(&mut s);
         assert_eq!(t, b'Q');
-        assert_eq!(
-            body,
-            cstr("CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput USE_SNAPSHOT")
-        );
-        let mut out = row_description(&[
-            "slot_name",
-            "consistent_point",
-            "snapshot_name",
-            "output_plugin",
-        ]);
+        assert_eq!(body, cstr("CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput USE_SNAPSHOT"));
+        let mut out = row_description(&["slot_name", "consistent_point", "snapshot_name", "output_plugin"]);
         out.extend(data_row(&[Some("s"), Some("1/0"), None, Some("pgoutput")]));
         out.extend(command_complete("CREATE_REPLICATION_SLOT"));
         out.extend(rfq());
@@ -861,15 +785,19 @@ fn fake_server_pg14_slot_syntax() {
     });
     let mut c = Client::connect(&cfg, true, Box::new(PollWait)).unwrap();
     assert_eq!(c.server_version_num(), 140009);
-    assert!(c
-        .create_logical_slot("s", false, SnapshotAction::Use, true)
-        .is_err()); // two_phase
-    let slot = c
-        .create_logical_slot("s", false, SnapshotAction::Use, false)
-        .unwrap();
+    assert!(c.create_logical_slot("s", false, SnapshotAction::Use, true).is_err()); // two_phase
+    let slot = c.create_logical_slot("s", false, SnapshotAction::Use, false).unwrap();
     assert_eq!(slot.consistent_point, Lsn(1 << 32));
     c.drop_slot("s", true).unwrap();
     c.close();
     h.join().unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn pgoutput_options_use_the_replication_grammar() {
+    // No E'' form in START_REPLICATION: backslashes are literal there.
+    let mut o = PgOutputOptions::for_server(160000, vec![r"a\b".into()]);
+    o.origin = Some(r"x\y".into());
+    assert_eq!(o.to_sql_options(), r#"(proto_version '4', publication_names '"a\b"', origin 'x\y')"#);
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -68,64 +69,48 @@ fn load_roots(
     rootcert: Option<&Path>,
     home: Option<PathBuf>,
 ) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), Error> {
-    let mut roots = RootCertStore::empty();
-    let mut pinned = Vec::new();
     let file = match rootcert {
         Some(p) if p == Path::new("system") => None,
         Some(p) => Some(p.to_path_buf()),
-        None => home
-            .map(|h| h.join(".postgresql").join("root.crt"))
-            .filter(|p| p.is_file()),
+        None => home.map(|h| h.join(".postgresql").join("root.crt")).filter(|p| p.is_file()),
     };
     match file {
-        Some(path) => {
-            let f = std::fs::File::open(&path).map_err(|e| {
-                tls_err(format!(
-                    "could not read root certificate file \"{}\": {e}",
-                    path.display()
-                ))
-            })?;
-            let mut rd = std::io::BufReader::new(f);
-            let mut n = 0;
-            for cert in rustls_pemfile::certs(&mut rd) {
-                let cert = cert.map_err(|e| {
-                    tls_err(format!(
-                        "could not read root certificate file \"{}\": {e}",
-                        path.display()
-                    ))
-                })?;
-                roots.add(cert.clone()).map_err(|e| {
-                    tls_err(format!(
-                        "invalid certificate in root certificate file \"{}\": {e}",
-                        path.display()
-                    ))
-                })?;
-                pinned.push(cert);
-                n += 1;
-            }
-            if n == 0 {
-                return Err(tls_err(format!(
-                    "no certificates found in root certificate file \"{}\"",
-                    path.display()
-                )));
-            }
-        }
-        None => {
-            let res = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(res.certs);
-            if added == 0 {
-                let why = res
-                    .errors
-                    .first()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                return Err(tls_err(format!(
-                    "could not load the system's trusted root certificates{why}"
-                )));
-            }
-        }
+        Some(path) => load_root_file(&path),
+        None => Ok((load_system_roots()?, Vec::new())),
+    }
+}
+
+/// Every certificate of a PEM file, as trusted roots and as pinned end-entity certificates.
+fn load_root_file(path: &Path) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), Error> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        tls_err(format!("could not read root certificate file \"{}\": {e}", path.display()))
+    };
+    let f = std::fs::File::open(path).map_err(|e| unreadable(&e))?;
+    let mut roots = RootCertStore::empty();
+    let mut pinned = Vec::new();
+    for cert in CertificateDer::pem_reader_iter(f) {
+        let cert = cert.map_err(|e| unreadable(&e))?;
+        roots.add(cert.clone()).map_err(|e| {
+            tls_err(format!("invalid certificate in root certificate file \"{}\": {e}", path.display()))
+        })?;
+        pinned.push(cert);
+    }
+    if pinned.is_empty() {
+        return Err(tls_err(format!("no certificates found in root certificate file \"{}\"", path.display())));
     }
     Ok((roots, pinned))
+}
+
+/// The operating system's trust store.
+fn load_system_roots() -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    let res = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(res.certs);
+    if added == 0 {
+        let why = res.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
+        return Err(tls_err(format!("could not load the system's trusted root certificates{why}")));
+    }
+    Ok(roots)
 }
 
 /// Builds the rustls configuration for one connection attempt.
@@ -141,12 +126,7 @@ pub(crate) fn client_config(
         Verify::None => Arc::new(SignatureOnly { algs }),
         Verify::Chain | Verify::Full => {
             let (roots, pinned) = load_roots(rootcert, home)?;
-            Arc::new(ChainVerifier {
-                roots: Arc::new(roots),
-                pinned,
-                algs,
-                check_name: level == Verify::Full,
-            })
+            Arc::new(ChainVerifier { roots: Arc::new(roots), pinned, algs, check_name: level == Verify::Full })
         }
     };
     let mut cfg = ClientConfig::builder_with_provider(provider)
@@ -167,13 +147,9 @@ pub(crate) fn server_name(host: &str, mode: Verify) -> Result<ServerName<'static
         Ok(n) => Ok(n),
         Err(_) if mode != Verify::Full => {
             // Not a valid DNS name (e.g. underscores) and not verified anyway: send no SNI.
-            Ok(ServerName::IpAddress(
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED).into(),
-            ))
+            Ok(ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into()))
         }
-        Err(e) => Err(tls_err(format!(
-            "host name \"{host}\" cannot be verified with sslmode=verify-full: {e}"
-        ))),
+        Err(e) => Err(tls_err(format!("host name \"{host}\" cannot be verified with sslmode=verify-full: {e}"))),
     }
 }
 
@@ -240,10 +216,7 @@ impl ServerCertVerifier for ChainVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
-        let pinned = self
-            .pinned
-            .iter()
-            .any(|p| p.as_ref() == end_entity.as_ref());
+        let pinned = self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref());
         if !pinned {
             rustls::client::verify_server_cert_signed_by_trust_anchor(
                 &cert,
@@ -290,31 +263,16 @@ mod tests {
     fn levels() {
         assert_eq!(verify_level(SslMode::Require, None), Verify::None);
         assert_eq!(verify_level(SslMode::Prefer, None), Verify::None);
-        assert_eq!(
-            verify_level(SslMode::Require, Some(Path::new("/ca.pem"))),
-            Verify::Chain
-        );
+        assert_eq!(verify_level(SslMode::Require, Some(Path::new("/ca.pem"))), Verify::Chain);
         assert_eq!(verify_level(SslMode::VerifyCa, None), Verify::Chain);
-        assert_eq!(
-            verify_level(SslMode::VerifyFull, Some(Path::new("system"))),
-            Verify::Full
-        );
+        assert_eq!(verify_level(SslMode::VerifyFull, Some(Path::new("system"))), Verify::Full);
     }
 
     #[test]
     fn names() {
-        assert!(matches!(
-            server_name("db.example.com", Verify::Full),
-            Ok(ServerName::DnsName(_))
-        ));
-        assert!(matches!(
-            server_name("127.0.0.1", Verify::Full),
-            Ok(ServerName::IpAddress(_))
-        ));
-        assert!(matches!(
-            server_name("::1", Verify::Full),
-            Ok(ServerName::IpAddress(_))
-        ));
+        assert!(matches!(server_name("db.example.com", Verify::Full), Ok(ServerName::DnsName(_))));
+        assert!(matches!(server_name("127.0.0.1", Verify::Full), Ok(ServerName::IpAddress(_))));
+        assert!(matches!(server_name("::1", Verify::Full), Ok(ServerName::IpAddress(_))));
         assert!(server_name("bad name!", Verify::Full).is_err());
         assert!(server_name("bad name!", Verify::Chain).is_ok());
     }
@@ -322,16 +280,7 @@ mod tests {
     #[test]
     fn config_without_verification_builds() {
         client_config(SslMode::Require, None, None).unwrap();
-        let e = client_config(
-            SslMode::VerifyCa,
-            Some(Path::new("/nonexistent/ca.pem")),
-            None,
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("could not read root certificate file"),
-            "{e}"
-        );
+        let e = client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem")), None).unwrap_err();
+        assert!(e.to_string().contains("could not read root certificate file"), "{e}");
     }
 }

@@ -1,18 +1,20 @@
-//! The byte pipe under the walsender client: non-blocking TCP / Unix-socket connect, and a
+//! The byte pipe under the walsender client: non-blocking TCP / Unix-socket connect (`socket2`), and a
 //! [`Transport`] that moves bytes without ever blocking — plain, or through a manually driven
 //! `rustls::ClientConnection`. Every call here returns "would block" as `Ok(0)`/`false`; the
-//! caller (client.rs) decides whether to wait, and waits through its `Wait` implementation.
+//! caller (`io.rs`, `connect.rs`) decides whether to wait, and waits through its `Wait` implementation.
 //! Owns no protocol knowledge beyond the TLS records.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use bytes::BytesMut;
+use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::Error;
+use super::error::io_ctx;
+use super::{Error, Interest};
 
 /// A connected, non-blocking stream socket.
 pub(crate) enum Sock {
@@ -53,163 +55,63 @@ impl Write for Sock {
 // ---------------------------------------------------------------------------------------------
 // Non-blocking connect
 
-fn last_err() -> io::Error {
-    io::Error::last_os_error()
-}
-
-fn new_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned immediately.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(last_err());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Outcome of starting a non-blocking connect.
 pub(crate) enum Started {
-    Done(OwnedFd),
+    Done(Socket),
     /// In progress: wait until writable, then call [`finish_connect`].
-    Pending(OwnedFd),
+    Pending(Socket),
 }
 
-fn start_connect(
-    fd: OwnedFd,
-    addr: *const libc::sockaddr,
-    len: libc::socklen_t,
-) -> io::Result<Started> {
+/// A non-blocking, close-on-exec stream socket of `domain`, connecting to `addr`.
+fn start_connect(domain: Domain, addr: &SockAddr) -> io::Result<Started> {
+    let sock = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
     loop {
-        // SAFETY: addr/len describe a valid sockaddr owned by the caller for this call.
-        let rc = unsafe { libc::connect(fd.as_raw_fd(), addr, len) };
-        if rc == 0 {
-            return Ok(Started::Done(fd));
-        }
-        let e = last_err();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EINPROGRESS) | Some(libc::EAGAIN) => return Ok(Started::Pending(fd)),
-            _ => return Err(e),
+        match sock.connect(addr) {
+            Ok(()) => return Ok(Started::Done(sock)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINPROGRESS) | Some(libc::EAGAIN)) => {
+                return Ok(Started::Pending(sock))
+            }
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// After the socket became writable: the connect's result (SO_ERROR).
-pub(crate) fn finish_connect(fd: &OwnedFd) -> io::Result<()> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a c_int of the advertised size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            &mut err as *mut libc::c_int as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(last_err());
+pub(crate) fn finish_connect(sock: &Socket) -> io::Result<()> {
+    match sock.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err));
-    }
-    Ok(())
 }
 
 pub(crate) fn start_tcp(addr: &SocketAddr) -> io::Result<Started> {
-    match addr {
-        SocketAddr::V4(a) => {
-            let fd = new_socket(libc::AF_INET)?;
-            // SAFETY: all-zero is a valid sockaddr_in.
-            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            sa.sin_family = libc::AF_INET as libc::sa_family_t;
-            sa.sin_port = a.port().to_be();
-            sa.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            };
-            start_connect(
-                fd,
-                &sa as *const libc::sockaddr_in as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        }
-        SocketAddr::V6(a) => {
-            let fd = new_socket(libc::AF_INET6)?;
-            // SAFETY: all-zero is a valid sockaddr_in6.
-            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sa.sin6_port = a.port().to_be();
-            sa.sin6_flowinfo = a.flowinfo();
-            sa.sin6_addr = libc::in6_addr {
-                s6_addr: a.ip().octets(),
-            };
-            sa.sin6_scope_id = a.scope_id();
-            start_connect(
-                fd,
-                &sa as *const libc::sockaddr_in6 as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
-        }
-    }
+    start_connect(Domain::for_address(*addr), &SockAddr::from(*addr))
 }
 
 pub(crate) fn start_unix(path: &Path) -> io::Result<Started> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
-    // SAFETY: all-zero is a valid sockaddr_un.
-    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= sa.sun_path.len() || bytes.contains(&0) {
+    // sun_path holds the path and its terminating NUL.
+    let sun_path_len = std::mem::size_of::<libc::sockaddr_un>() - std::mem::size_of::<libc::sa_family_t>();
+    if bytes.len() >= sun_path_len || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "Unix-domain socket path \"{}\" is too long (maximum {} bytes)",
-                path.display(),
-                sa.sun_path.len() - 1
-            ),
+            format!("Unix-domain socket path \"{}\" is too long (maximum {} bytes)", path.display(), sun_path_len - 1),
         ));
     }
-    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in sa.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    let fd = new_socket(libc::AF_UNIX)?;
-    start_connect(
-        fd,
-        &sa as *const libc::sockaddr_un as *const libc::sockaddr,
-        len as libc::socklen_t,
-    )
+    start_connect(Domain::UNIX, &SockAddr::unix(path)?)
 }
 
-fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c_int) {
-    // SAFETY: setsockopt with a c_int value; failure is harmless (best effort tuning).
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &val as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+/// Wraps a connected TCP socket: TCP_NODELAY and SO_KEEPALIVE on, as libpq does (best effort).
+pub(crate) fn tcp_sock(sock: Socket) -> Sock {
+    let _ = sock.set_tcp_nodelay(true);
+    let _ = sock.set_keepalive(true);
+    Sock::Tcp(TcpStream::from(sock))
 }
 
-/// Wraps a connected TCP socket: TCP_NODELAY and SO_KEEPALIVE on, as libpq does.
-pub(crate) fn tcp_sock(fd: OwnedFd) -> Sock {
-    set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
-    set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    Sock::Tcp(TcpStream::from(fd))
-}
-
-pub(crate) fn unix_sock(fd: OwnedFd) -> Sock {
-    Sock::Unix(UnixStream::from(fd))
+pub(crate) fn unix_sock(sock: Socket) -> Sock {
+    Sock::Unix(UnixStream::from(sock))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,10 +123,6 @@ pub(crate) struct Transport {
     pub(crate) tls: Option<Box<rustls::ClientConnection>>,
     /// The peer closed its side (EOF seen on the socket).
     eof: bool,
-}
-
-fn io_err(context: &str, e: io::Error) -> Error {
-    Error::Io(io::Error::new(e.kind(), format!("{context}: {e}")))
 }
 
 fn tls_fatal(tls: &mut rustls::ClientConnection, sock: &mut Sock, e: rustls::Error) -> Error {
@@ -268,11 +166,7 @@ fn describe_tls_error(e: &rustls::Error) -> String {
 }
 
 /// Appends up to `max` bytes produced by `f` to `buf`.
-fn read_into(
-    buf: &mut BytesMut,
-    max: usize,
-    f: impl FnOnce(&mut [u8]) -> io::Result<usize>,
-) -> io::Result<usize> {
+fn read_into(buf: &mut BytesMut, max: usize, f: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<usize> {
     let start = buf.len();
     buf.resize(start + max, 0);
     let r = f(&mut buf[start..]);
@@ -283,11 +177,7 @@ fn read_into(
 
 impl Transport {
     pub(crate) fn plain(sock: Sock) -> Self {
-        Transport {
-            sock,
-            tls: None,
-            eof: false,
-        }
+        Transport { sock, tls: None, eof: false }
     }
 
     pub(crate) fn fd(&self) -> RawFd {
@@ -308,7 +198,7 @@ impl Transport {
                 Ok(_) => return Ok(Some(b[0])),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(io_err("could not receive data from server", e)),
+                Err(e) => return Err(io_ctx("could not receive data from server", e)),
             }
         }
     }
@@ -332,7 +222,7 @@ impl Transport {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-                    Err(e) => return Err(io_err("could not receive data from server", e)),
+                    Err(e) => return Err(io_ctx("could not receive data from server", e)),
                 }
             },
             Some(conn) => loop {
@@ -341,10 +231,8 @@ impl Transport {
                     Ok(0) => return Err(Error::Closed), // close_notify received
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        return Err(Error::Closed)
-                    }
-                    Err(e) => return Err(io_err("could not receive data from server", e)),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(Error::Closed),
+                    Err(e) => return Err(io_ctx("could not receive data from server", e)),
                 }
                 if *eof {
                     // Nothing buffered and the socket is at EOF without close_notify.
@@ -356,7 +244,7 @@ impl Transport {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-                    Err(e) => return Err(io_err("could not receive data from server", e)),
+                    Err(e) => return Err(io_ctx("could not receive data from server", e)),
                 }
                 if let Err(e) = conn.process_new_packets() {
                     return Err(tls_fatal(conn, sock, e));
@@ -381,7 +269,7 @@ impl Transport {
             None => loop {
                 match sock.write(data) {
                     Ok(0) if !data.is_empty() => {
-                        return Err(io_err(
+                        return Err(io_ctx(
                             "could not send data to server",
                             io::Error::new(io::ErrorKind::WriteZero, "wrote zero bytes"),
                         ))
@@ -389,16 +277,14 @@ impl Transport {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-                    Err(e) => return Err(io_err("could not send data to server", e)),
+                    Err(e) => return Err(io_ctx("could not send data to server", e)),
                 }
             },
             Some(conn) => {
                 let taken = if data.is_empty() {
                     0
                 } else {
-                    conn.writer()
-                        .write(data)
-                        .map_err(|e| io_err("could not send data to server", e))?
+                    conn.writer().write(data).map_err(|e| io_ctx("could not send data to server", e))?
                 };
                 Self::push_tls(conn, sock)?;
                 Ok(taken)
@@ -412,7 +298,7 @@ impl Transport {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(io_err("could not send data to server", e)),
+                Err(e) => return Err(io_ctx("could not send data to server", e)),
             }
         }
         Ok(true)
@@ -456,10 +342,8 @@ impl Transport {
                 match conn.write_tls(sock) {
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(Some(super::Interest::Write))
-                    }
-                    Err(e) => return Err(io_err("could not send data to server", e)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Interest::Write)),
+                    Err(e) => return Err(io_ctx("could not send data to server", e)),
                 }
             }
             if !conn.is_handshaking() {
@@ -468,9 +352,7 @@ impl Transport {
             match conn.read_tls(sock) {
                 Ok(0) => {
                     *eof = true;
-                    return Err(Error::Tls(
-                        "server closed the connection during the TLS handshake".into(),
-                    ));
+                    return Err(Error::Tls("server closed the connection during the TLS handshake".into()));
                 }
                 Ok(_) => {
                     if let Err(e) = conn.process_new_packets() {
@@ -478,10 +360,8 @@ impl Transport {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Some(super::Interest::Read))
-                }
-                Err(e) => return Err(io_err("could not receive data from server", e)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Interest::Read)),
+                Err(e) => return Err(io_ctx("could not receive data from server", e)),
             }
         }
     }
