@@ -14,16 +14,16 @@ mod checks;
 mod control;
 mod remote;
 
-pub use checks::{default_slot_name, require_admin};
-use checks::*;
-use control::*;
-use remote::*;
 use crate::catalog::{self};
 use crate::publisher::{self, Context};
 use crate::report::{error, log};
 use crate::shmem;
+use checks::*;
+pub use checks::{default_slot_name, require_admin};
+use control::*;
 use pgrx::prelude::*;
 use pgsub_proto::conninfo;
+use remote::*;
 use std::ffi::CString;
 
 type Code = PgSqlErrorCode;
@@ -90,7 +90,8 @@ fn create_subscription(
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
 
-    let new = catalog::NewSubscription { name, owner, enabled, conninfo, publications: pubs, slot_name: &slot, options };
+    let new =
+        catalog::NewSubscription { name, owner, enabled, conninfo, publications: pubs, slot_name: &slot, options };
     let subid = match catalog::insert(&new) {
         Ok(Some(id)) => id,
         other => error(
@@ -113,7 +114,11 @@ fn create_subscription(
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn drop_subscription(name: Option<&str>, drop_slot: default!(Option<bool>, true), if_exists: default!(Option<bool>, false)) {
+fn drop_subscription(
+    name: Option<&str>,
+    drop_slot: default!(Option<bool>, true),
+    if_exists: default!(Option<bool>, false),
+) {
     require_admin();
     let name = required(name, "name");
     let drop_slot = required(drop_slot, "drop_slot");
@@ -176,7 +181,9 @@ fn drop_subscription(name: Option<&str>, drop_slot: default!(Option<bool>, true)
             Err(e) => publisher::raise(
                 &e,
                 &format!("could not drop replication slot \"{}\" on publisher", sub.slot_name),
-                Some("Use pgsub.drop_subscription(name, drop_slot => false) to drop the subscription without the slot."),
+                Some(
+                    "Use pgsub.drop_subscription(name, drop_slot => false) to drop the subscription without the slot.",
+                ),
             ),
         }
         client.close();

@@ -104,12 +104,7 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         owner: row.get::<i64>(3)?.unwrap_or_default() as u32,
         enabled: row.get::<bool>(4)?.unwrap_or_default(),
         conninfo: row.get::<String>(5)?.unwrap_or_default(),
-        publications: row
-            .get::<Vec<Option<String>>>(6)?
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .collect(),
+        publications: row.get::<Vec<Option<String>>>(6)?.unwrap_or_default().into_iter().flatten().collect(),
         slot_name: row.get::<String>(7)?.unwrap_or_default(),
         copy_data: row.get::<bool>(8)?.unwrap_or_default(),
         binary: row.get::<bool>(9)?.unwrap_or_default(),
@@ -135,11 +130,7 @@ pub fn extension_exists() -> bool {
 pub fn load_all() -> SpiResult<Vec<Subscription>> {
     as_superuser(|| {
         Spi::connect(|client| {
-            let table = client.select(
-                &format!("SELECT {SUB_COLUMNS} FROM pgsub.sub ORDER BY subid"),
-                None,
-                &[],
-            )?;
+            let table = client.select(&format!("SELECT {SUB_COLUMNS} FROM pgsub.sub ORDER BY subid"), None, &[])?;
             let mut out = Vec::new();
             for row in table {
                 out.push(row_to_sub(&row)?);
@@ -261,7 +252,14 @@ pub fn set_table_state(subid: i32, schema: &str, name: &str, state: SyncState) -
 }
 
 /// A table's copy committed: SYNCDONE at `lsn` with its row count and local table. As superuser.
-pub fn set_table_synced(subid: i32, schema: &str, name: &str, lsn: Lsn, rows: i64, relid: pg_sys::Oid) -> SpiResult<()> {
+pub fn set_table_synced(
+    subid: i32,
+    schema: &str,
+    name: &str,
+    lsn: Lsn,
+    rows: i64,
+    relid: pg_sys::Oid,
+) -> SpiResult<()> {
     let st = SyncState::SyncDone.as_char().to_string();
     as_superuser(|| {
         Spi::run_with_args(
@@ -395,41 +393,36 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
         Change::Publications(p) => {
             Spi::run_with_args("UPDATE pgsub.sub SET publications = $2 WHERE subid = $1", &[subid.into(), p.into()])
         }
-        Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name } => Spi::run_with_args(
-            "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
+        Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name } => {
+            Spi::run_with_args(
+                "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
              disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
              origin = coalesce($6, origin), slot_name = coalesce($7, slot_name) WHERE subid = $1",
-            &[
-                subid.into(),
-                binary.into(),
-                streaming.into(),
-                disable_on_error.into(),
-                synchronous_commit.into(),
-                origin.into(),
-                slot_name.into(),
-            ],
-        ),
+                &[
+                    subid.into(),
+                    binary.into(),
+                    streaming.into(),
+                    disable_on_error.into(),
+                    synchronous_commit.into(),
+                    origin.into(),
+                    slot_name.into(),
+                ],
+            )
+        }
         Change::Name(n) => {
             Spi::run_with_args("UPDATE pgsub.sub SET subname = $2 WHERE subid = $1", &[subid.into(), n.into()])
         }
         Change::Owner(o) => {
             Spi::run_with_args("UPDATE pgsub.sub SET subowner = $2 WHERE subid = $1", &[subid.into(), o.into()])
         }
-        Change::SkipLsn(l) => Spi::run_with_args(
-            "UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1",
-            &[subid.into(), l.into()],
-        ),
+        Change::SkipLsn(l) => {
+            Spi::run_with_args("UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1", &[subid.into(), l.into()])
+        }
     }
 }
 
 /// The local table a remote one maps to (same schema and name), if it exists.
 pub fn local_relid(schema: &str, name: &str) -> Option<pg_sys::Oid> {
-    let q = format!(
-        "{}.{}",
-        pgsub_proto::client::quote_ident(schema),
-        pgsub_proto::client::quote_ident(name)
-    );
-    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()])
-        .ok()
-        .flatten()
+    let q = format!("{}.{}", pgsub_proto::client::quote_ident(schema), pgsub_proto::client::quote_ident(name));
+    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()]).ok().flatten()
 }

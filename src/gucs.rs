@@ -100,10 +100,7 @@ pub fn define() {
 
 /// The `pgsub.database` value.
 pub fn database() -> String {
-    DATABASE
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .unwrap_or_else(|| "postgres".to_string())
+    DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "postgres".to_string())
 }
 
 pub fn ms(setting: &GucSetting<i32>) -> std::time::Duration {

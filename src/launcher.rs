@@ -95,7 +95,8 @@ impl Launcher {
                 }
                 names.insert(sub.subid, sub.name.clone());
             }
-            let mut slots: Vec<launch::Slot> = shared.slots.iter().filter(|s| s.subid != 0).map(|s| self.view(s)).collect();
+            let mut slots: Vec<launch::Slot> =
+                shared.slots.iter().filter(|s| s.subid != 0).map(|s| self.view(s)).collect();
             let rows: Vec<launch::Sub> = subs
                 .iter()
                 .map(|s| launch::Sub { subid: s.subid, enabled: s.enabled, config_hash: s.config_hash() })

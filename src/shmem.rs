@@ -5,8 +5,8 @@
 //! (`stats.rs`) reads every slot under a shared lock. Counters survive worker restarts; everything
 //! here is reset when the postmaster restarts (shared memory is created anew).
 use pgrx::lwlock::PgLwLock;
-use pgrx::shmem::PGRXSharedMemory;
 use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys};
 pub use pgsub_core::state::Status;
 use std::sync::atomic::{AtomicBool, Ordering};

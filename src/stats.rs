@@ -4,26 +4,28 @@
 use crate::shmem;
 use pgrx::prelude::*;
 
-
 /// Progress of every subscription pgsub's launcher knows about.
 // The column list is the SQL signature: pgrx needs it spelled out inline.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
-fn _stat_progress() -> TableIterator<'static, (
-    name!(subid, i32),
-    name!(status, String),
-    name!(pid, Option<i32>),
-    name!(worker_started_at, i64),
-    name!(received_lsn, i64),
-    name!(applied_lsn, i64),
-    name!(flushed_lsn, i64),
-    name!(publisher_wal_end, i64),
-    name!(caught_up_lsn, i64),
-    name!(last_msg_send_time, i64),
-    name!(last_msg_receipt_time, i64),
-    name!(last_commit_time, i64),
-    name!(pending_commit_time, i64),
-)> {
+fn _stat_progress() -> TableIterator<
+    'static,
+    (
+        name!(subid, i32),
+        name!(status, String),
+        name!(pid, Option<i32>),
+        name!(worker_started_at, i64),
+        name!(received_lsn, i64),
+        name!(applied_lsn, i64),
+        name!(flushed_lsn, i64),
+        name!(publisher_wal_end, i64),
+        name!(caught_up_lsn, i64),
+        name!(last_msg_send_time, i64),
+        name!(last_msg_receipt_time, i64),
+        name!(last_commit_time, i64),
+        name!(pending_commit_time, i64),
+    ),
+> {
     let mut rows = Vec::new();
     if shmem::available() {
         let g = shmem::SHARED.share();
@@ -49,24 +51,26 @@ fn _stat_progress() -> TableIterator<'static, (
     TableIterator::new(rows)
 }
 
-
 /// Counters and the last error of every subscription pgsub's launcher knows about.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
-fn _stat_counters() -> TableIterator<'static, (
-    name!(subid, i32),
-    name!(txns_applied, i64),
-    name!(inserts, i64),
-    name!(updates, i64),
-    name!(deletes, i64),
-    name!(truncates, i64),
-    name!(messages, i64),
-    name!(conflicts, i64),
-    name!(txns_skipped, i64),
-    name!(error_count, i64),
-    name!(last_error, Option<String>),
-    name!(last_error_at, i64),
-)> {
+fn _stat_counters() -> TableIterator<
+    'static,
+    (
+        name!(subid, i32),
+        name!(txns_applied, i64),
+        name!(inserts, i64),
+        name!(updates, i64),
+        name!(deletes, i64),
+        name!(truncates, i64),
+        name!(messages, i64),
+        name!(conflicts, i64),
+        name!(txns_skipped, i64),
+        name!(error_count, i64),
+        name!(last_error, Option<String>),
+        name!(last_error_at, i64),
+    ),
+> {
     let mut rows = Vec::new();
     if shmem::available() {
         let g = shmem::SHARED.share();

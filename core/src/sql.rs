@@ -40,12 +40,22 @@ pub struct Target<'a> {
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Statement {
     Insert(Vec<bool>),
-    Update { set: Vec<bool>, key: Vec<bool> },
-    Delete { key: Vec<bool> },
+    Update {
+        set: Vec<bool>,
+        key: Vec<bool>,
+    },
+    Delete {
+        key: Vec<bool>,
+    },
     /// DELETE of many rows at once: one array parameter per key column.
-    DeleteBatch { key: Vec<bool> },
+    DeleteBatch {
+        key: Vec<bool>,
+    },
     /// UPDATE of many rows at once: one array parameter per set column, then per key column.
-    UpdateBatch { set: Vec<bool>, key: Vec<bool> },
+    UpdateBatch {
+        set: Vec<bool>,
+        key: Vec<bool>,
+    },
 }
 
 /// What to prepare.
@@ -230,8 +240,18 @@ mod tests {
 
     fn cols() -> Vec<Column> {
         vec![
-            Column { name: "id".into(), typid: INT4, eq_op: Some("OPERATOR(pg_catalog.=)".into()), array_typid: Some(INT4ARRAY) },
-            Column { name: "we\"ird".into(), typid: TEXT, eq_op: Some("OPERATOR(pg_catalog.=)".into()), array_typid: Some(TEXTARRAY) },
+            Column {
+                name: "id".into(),
+                typid: INT4,
+                eq_op: Some("OPERATOR(pg_catalog.=)".into()),
+                array_typid: Some(INT4ARRAY),
+            },
+            Column {
+                name: "we\"ird".into(),
+                typid: TEXT,
+                eq_op: Some("OPERATOR(pg_catalog.=)".into()),
+                array_typid: Some(TEXTARRAY),
+            },
             Column { name: "j".into(), typid: JSON, eq_op: None, array_typid: Some(199) },
         ]
     }
@@ -294,7 +314,10 @@ mod tests {
     #[test]
     fn full_identity_of_a_table_without_columns_matches_any_row() {
         let p = build(&target(&[], true, false), &Statement::Delete { key: vec![] });
-        assert_eq!(p.sql, "DELETE FROM ONLY \"s\".\"t\" WHERE ctid = (SELECT ctid FROM ONLY \"s\".\"t\" WHERE true LIMIT 1)");
+        assert_eq!(
+            p.sql,
+            "DELETE FROM ONLY \"s\".\"t\" WHERE ctid = (SELECT ctid FROM ONLY \"s\".\"t\" WHERE true LIMIT 1)"
+        );
     }
 
     #[test]

@@ -44,14 +44,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     if norepl {
-        let rows = c.simple_query(
-            "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        )?;
-        println!(
-            "plain connection: tls={} {:?}",
-            c.uses_tls(),
-            rows[0].values
-        );
+        let rows = c.simple_query("SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")?;
+        println!("plain connection: tls={} {:?}", c.uses_tls(), rows[0].values);
         c.close();
         return Ok(());
     }
@@ -86,27 +80,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut frames = 0u64;
     while Instant::now() < end {
         match c.recv_frame()? {
-            Some(ReplicationFrame::XLogData {
-                wal_start,
-                wal_end,
-                data,
-                ..
-            }) => {
+            Some(ReplicationFrame::XLogData { wal_start, wal_end, data, .. }) => {
                 frames += 1;
                 let tag = data.first().map(|b| *b as char).unwrap_or('?');
-                println!(
-                    "XLogData {wal_start}..{wal_end} msg '{tag}' {} bytes",
-                    data.len()
-                );
+                println!("XLogData {wal_start}..{wal_end} msg '{tag}' {} bytes", data.len());
                 if wal_start > last_lsn {
                     last_lsn = wal_start;
                 }
             }
-            Some(ReplicationFrame::Keepalive {
-                wal_end,
-                reply_requested,
-                ..
-            }) => {
+            Some(ReplicationFrame::Keepalive { wal_end, reply_requested, .. }) => {
                 frames += 1;
                 println!("Keepalive wal_end={wal_end} reply_requested={reply_requested}");
                 if reply_requested {

@@ -6,9 +6,7 @@
 
 use bytes::Bytes;
 use pgsub_proto::frame::{encode_standby_status, parse_frame, ReplicationFrame};
-use pgsub_proto::pgoutput::{
-    decode_one, decode_one_with_abort_info, Decoder, LogicalMessage, TupleData, TupleValue,
-};
+use pgsub_proto::pgoutput::{decode_one, decode_one_with_abort_info, Decoder, LogicalMessage, TupleData, TupleValue};
 use pgsub_proto::Lsn;
 use proptest::prelude::*;
 
@@ -59,15 +57,7 @@ impl W {
         }
     }
     fn tuple(self) -> Self {
-        self.u16(4)
-            .u8(b't')
-            .i32(3)
-            .raw(b"abc")
-            .u8(b'n')
-            .u8(b'u')
-            .u8(b'b')
-            .i32(2)
-            .raw(&[0, 1])
+        self.u16(4).u8(b't').i32(3).raw(b"abc").u8(b'n').u8(b'u').u8(b'b').i32(2).raw(&[0, 1])
     }
 }
 
@@ -80,12 +70,7 @@ struct Fixture {
 }
 
 fn fixture(w: W, version: u32, in_stream: bool) -> Fixture {
-    Fixture {
-        bytes: w.0,
-        version,
-        in_stream,
-        abort_info: false,
-    }
+    Fixture { bytes: w.0, version, in_stream, abort_info: false }
 }
 
 fn fixtures() -> Vec<Fixture> {
@@ -97,38 +82,12 @@ fn fixtures() -> Vec<Fixture> {
         fixture(W::tag(b'E'), 2, true),
         fixture(W::tag(b'c').u32(9).u8(0).u64(1).u64(2).u64(3), 2, false),
         fixture(W::tag(b'A').u32(9).u32(10), 2, false),
-        Fixture {
-            abort_info: true,
-            ..fixture(W::tag(b'A').u32(9).u32(10).u64(11).u64(12), 4, false)
-        },
+        Fixture { abort_info: true, ..fixture(W::tag(b'A').u32(9).u32(10).u64(11).u64(12), 4, false) },
         fixture(W::tag(b'b').u64(1).u64(2).u64(3).u32(4).s("gid"), 3, false),
-        fixture(
-            W::tag(b'P').u8(0).u64(1).u64(2).u64(3).u32(4).s("gid"),
-            3,
-            false,
-        ),
-        fixture(
-            W::tag(b'K').u8(0).u64(1).u64(2).u64(3).u32(4).s("gid"),
-            3,
-            false,
-        ),
-        fixture(
-            W::tag(b'r')
-                .u8(0)
-                .u64(1)
-                .u64(2)
-                .u64(3)
-                .u64(4)
-                .u32(5)
-                .s("gid"),
-            3,
-            false,
-        ),
-        fixture(
-            W::tag(b'p').u8(0).u64(1).u64(2).u64(3).u32(4).s("gid"),
-            3,
-            false,
-        ),
+        fixture(W::tag(b'P').u8(0).u64(1).u64(2).u64(3).u32(4).s("gid"), 3, false),
+        fixture(W::tag(b'K').u8(0).u64(1).u64(2).u64(3).u32(4).s("gid"), 3, false),
+        fixture(W::tag(b'r').u8(0).u64(1).u64(2).u64(3).u64(4).u32(5).s("gid"), 3, false),
+        fixture(W::tag(b'p').u8(0).u64(1).u64(2).u64(3).u32(4).s("gid"), 3, false),
     ];
     for xid in [None, Some(77u32)] {
         let version = if xid.is_some() { 2 } else { 1 };
@@ -152,69 +111,15 @@ fn fixtures() -> Vec<Fixture> {
             version,
             st,
         ));
-        v.push(fixture(
-            W::tag(b'Y').xid(xid).u32(1).s("").s("ty"),
-            version,
-            st,
-        ));
-        v.push(fixture(
-            W::tag(b'I').xid(xid).u32(1).u8(b'N').tuple(),
-            version,
-            st,
-        ));
-        v.push(fixture(
-            W::tag(b'U').xid(xid).u32(1).u8(b'N').tuple(),
-            version,
-            st,
-        ));
-        v.push(fixture(
-            W::tag(b'U')
-                .xid(xid)
-                .u32(1)
-                .u8(b'K')
-                .tuple()
-                .u8(b'N')
-                .tuple(),
-            version,
-            st,
-        ));
-        v.push(fixture(
-            W::tag(b'U')
-                .xid(xid)
-                .u32(1)
-                .u8(b'O')
-                .tuple()
-                .u8(b'N')
-                .tuple(),
-            version,
-            st,
-        ));
-        v.push(fixture(
-            W::tag(b'D').xid(xid).u32(1).u8(b'K').tuple(),
-            version,
-            st,
-        ));
-        v.push(fixture(
-            W::tag(b'D').xid(xid).u32(1).u8(b'O').tuple(),
-            version,
-            st,
-        ));
-        v.push(fixture(
-            W::tag(b'T').xid(xid).i32(2).u8(3).u32(1).u32(2),
-            version,
-            st,
-        ));
-        v.push(fixture(
-            W::tag(b'M')
-                .xid(xid)
-                .u8(1)
-                .u64(9)
-                .s("pfx")
-                .i32(3)
-                .raw(b"xyz"),
-            version,
-            st,
-        ));
+        v.push(fixture(W::tag(b'Y').xid(xid).u32(1).s("").s("ty"), version, st));
+        v.push(fixture(W::tag(b'I').xid(xid).u32(1).u8(b'N').tuple(), version, st));
+        v.push(fixture(W::tag(b'U').xid(xid).u32(1).u8(b'N').tuple(), version, st));
+        v.push(fixture(W::tag(b'U').xid(xid).u32(1).u8(b'K').tuple().u8(b'N').tuple(), version, st));
+        v.push(fixture(W::tag(b'U').xid(xid).u32(1).u8(b'O').tuple().u8(b'N').tuple(), version, st));
+        v.push(fixture(W::tag(b'D').xid(xid).u32(1).u8(b'K').tuple(), version, st));
+        v.push(fixture(W::tag(b'D').xid(xid).u32(1).u8(b'O').tuple(), version, st));
+        v.push(fixture(W::tag(b'T').xid(xid).i32(2).u8(3).u32(1).u32(2), version, st));
+        v.push(fixture(W::tag(b'M').xid(xid).u8(1).u64(9).s("pfx").i32(3).raw(b"xyz"), version, st));
     }
     v
 }
@@ -256,9 +161,7 @@ impl XorShift {
 }
 
 const TAGS: &[u8] = b"BCORYIUDTMSEcAbPKrp";
-const INTERESTING: &[u8] = &[
-    0, 1, 0x7f, 0x80, 0xff, b'N', b'K', b'O', b'n', b'u', b't', b'b',
-];
+const INTERESTING: &[u8] = &[0, 1, 0x7f, 0x80, 0xff, b'N', b'K', b'O', b'n', b'u', b't', b'b'];
 
 fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
     let mut v = base.to_vec();
@@ -273,11 +176,7 @@ fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
             // overwrite a byte with a random or interesting value
             1 if !v.is_empty() => {
                 let i = rng.below(v.len());
-                v[i] = if rng.below(2) == 0 {
-                    rng.byte()
-                } else {
-                    INTERESTING[rng.below(INTERESTING.len())]
-                };
+                v[i] = if rng.below(2) == 0 { rng.byte() } else { INTERESTING[rng.below(INTERESTING.len())] };
             }
             // truncate
             2 => {
@@ -293,13 +192,8 @@ fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
             // overwrite 2 or 4 bytes with an extreme length/count
             4 if v.len() >= 4 => {
                 let i = rng.below(v.len() - 3);
-                let vals: [[u8; 4]; 5] = [
-                    [0xff; 4],
-                    [0x7f, 0xff, 0xff, 0xff],
-                    [0x80, 0, 0, 0],
-                    [0, 0, 0xff, 0xff],
-                    [0, 0, 0, 0],
-                ];
+                let vals: [[u8; 4]; 5] =
+                    [[0xff; 4], [0x7f, 0xff, 0xff, 0xff], [0x80, 0, 0, 0], [0, 0, 0xff, 0xff], [0, 0, 0, 0]];
                 let pick = vals[rng.below(vals.len())];
                 let w = if rng.below(2) == 0 { 2 } else { 4 };
                 v[i..i + w].copy_from_slice(&pick[..w]);
@@ -394,12 +288,7 @@ fn all_decoders() -> Vec<Decoder> {
 #[test]
 fn fixtures_are_valid() {
     for f in fixtures() {
-        let r = decode_one_with_abort_info(
-            Bytes::from(f.bytes.clone()),
-            f.version,
-            f.in_stream,
-            f.abort_info,
-        );
+        let r = decode_one_with_abort_info(Bytes::from(f.bytes.clone()), f.version, f.in_stream, f.abort_info);
         assert!(r.is_ok(), "fixture {:?}: {r:?}", f.bytes);
     }
 }
@@ -434,19 +323,14 @@ fn mutated_and_random_frames_never_panic() {
 fn every_prefix_and_extension_of_fixtures_is_handled() {
     for f in fixtures() {
         for n in 0..f.bytes.len() {
-            let r = decode_one_with_abort_info(
-                Bytes::copy_from_slice(&f.bytes[..n]),
-                f.version,
-                f.in_stream,
-                f.abort_info,
-            );
+            let r =
+                decode_one_with_abort_info(Bytes::copy_from_slice(&f.bytes[..n]), f.version, f.in_stream, f.abort_info);
             assert!(r.is_err(), "prefix {n} of {:?} decoded", f.bytes);
         }
         for extra in 1..4 {
             let mut v = f.bytes.clone();
             v.extend(std::iter::repeat_n(0xAB, extra));
-            let r =
-                decode_one_with_abort_info(Bytes::from(v), f.version, f.in_stream, f.abort_info);
+            let r = decode_one_with_abort_info(Bytes::from(v), f.version, f.in_stream, f.abort_info);
             assert!(r.is_err());
         }
     }

@@ -38,12 +38,7 @@ pub fn require_admin() {
 pub(super) fn required<T>(v: Option<T>, arg: &str) -> T {
     match v {
         Some(v) => v,
-        None => error(
-            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            format!("{arg} must not be NULL"),
-            None,
-            None,
-        ),
+        None => error(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{arg} must not be NULL"), None, None),
     }
 }
 
@@ -53,12 +48,19 @@ pub(super) fn required<T>(v: Option<T>, arg: &str) -> T {
 pub(super) fn require_owner_privileges(sub: &Subscription) {
     let caller = caller();
     // SAFETY: catalog lookups inside a transaction.
-    let ok = unsafe { pg_sys::superuser_arg(caller) || pg_sys::has_privs_of_role(caller, pg_sys::Oid::from(sub.owner)) };
+    let ok =
+        unsafe { pg_sys::superuser_arg(caller) || pg_sys::has_privs_of_role(caller, pg_sys::Oid::from(sub.owner)) };
     if !ok {
         error(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("must have the privileges of the owner of subscription \"{}\" to change its connection or publications", sub.name),
-            Some("The apply worker writes the publisher's changes with the privileges of the subscription's owner.".into()),
+            format!(
+                "must have the privileges of the owner of subscription \"{}\" to change its connection or publications",
+                sub.name
+            ),
+            Some(
+                "The apply worker writes the publisher's changes with the privileges of the subscription's owner."
+                    .into(),
+            ),
             Some("Ask its owner or a superuser, or create a subscription of your own."),
         );
     }
@@ -94,12 +96,7 @@ pub(super) fn check_name(name: &str) {
 /// Checks a replication slot name as the publisher will (lower-case letters, digits, underscore).
 pub(super) fn check_slot_name(slot: &str) {
     if slot.is_empty() || slot.len() >= pg_sys::NAMEDATALEN as usize {
-        error(
-            Code::ERRCODE_INVALID_NAME,
-            format!("replication slot name \"{slot}\" is empty or too long"),
-            None,
-            None,
-        );
+        error(Code::ERRCODE_INVALID_NAME, format!("replication slot name \"{slot}\" is empty or too long"), None, None);
     }
     if !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
         error(
@@ -123,7 +120,11 @@ pub fn default_slot_name(name: &str) -> String {
         .chars()
         .map(|c| {
             let l = c.to_ascii_lowercase();
-            if l.is_ascii_lowercase() || l.is_ascii_digit() { l } else { '_' }
+            if l.is_ascii_lowercase() || l.is_ascii_digit() {
+                l
+            } else {
+                '_'
+            }
         })
         .collect();
     // Keep distinct names distinct: add a short hash of the original.

@@ -39,10 +39,7 @@ pub(super) fn sql_text_array(items: &[String]) -> String {
 pub(super) fn check_publications(client: &mut Client, pubs: &[String]) {
     let rows = query(
         client,
-        &format!(
-            "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname = ANY({})",
-            sql_text_array(pubs)
-        ),
+        &format!("SELECT pubname FROM pg_catalog.pg_publication WHERE pubname = ANY({})", sql_text_array(pubs)),
         "could not read publications on the publisher",
     );
     let found: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();

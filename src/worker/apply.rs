@@ -16,7 +16,10 @@
 //! Row identity for UPDATE/DELETE is the remote replica identity: the key columns flagged in the
 //! Relation message (primary key / USING INDEX), or every column for REPLICA IDENTITY FULL, where
 //! one matching row is chosen by ctid (duplicates are legal there).
-use super::batch::{DeleteBatch, InsertBatch, UpdateBatch, BATCH_MAX_BYTES, BATCH_MAX_ROWS, DELETE_BATCH_MAX_ROWS, UPDATE_BATCH_MAX_BYTES, UPDATE_BATCH_MAX_ROWS};
+use super::batch::{
+    DeleteBatch, InsertBatch, UpdateBatch, BATCH_MAX_BYTES, BATCH_MAX_ROWS, DELETE_BATCH_MAX_ROWS,
+    UPDATE_BATCH_MAX_BYTES, UPDATE_BATCH_MAX_ROWS,
+};
 use super::errctx;
 use super::execute::{check_width, execute, in_context, key_bytes, key_mask, missing_row, set_mask, with_snapshot};
 use super::progress::Progress;
@@ -161,10 +164,7 @@ impl Applier {
             report::log(
                 PgLogLevel::LOG,
                 Code::ERRCODE_SUCCESSFUL_COMPLETION,
-                format!(
-                    "pgsub: skipping remote transaction {} that finishes at {} (skip_lsn)",
-                    b.xid, b.final_lsn
-                ),
+                format!("pgsub: skipping remote transaction {} that finishes at {} (skip_lsn)", b.xid, b.final_lsn),
                 None,
                 None,
             );
@@ -452,10 +452,11 @@ impl Applier {
             // The key is unchanged and its values are exact (`ColMap::exact_key`): only the
             // other columns are set.
             let set: Vec<bool> = set_mask(&m.new).iter().zip(&key).map(|(s, k)| *s && !*k).collect();
-            let fits = set.iter().any(|s| *s)
-                && local.cols.iter().enumerate().all(|(i, c)| {
-                    (!key[i] || (c.exact_key && c.array.is_some())) && (!set[i] || c.array.is_some())
-                });
+            let fits =
+                set.iter().any(|s| *s)
+                    && local.cols.iter().enumerate().all(|(i, c)| {
+                        (!key[i] || (c.exact_key && c.array.is_some())) && (!set[i] || c.array.is_some())
+                    });
             fits.then(|| {
                 let id = key_bytes(&m.new, &key);
                 (set, key, id)
@@ -622,11 +623,8 @@ impl Applier {
             return;
         }
         // Like native: never cascade further on the subscriber.
-        let sql = format!(
-            "TRUNCATE {}{}",
-            targets.join(", "),
-            if m.restart_identity { " RESTART IDENTITY" } else { "" }
-        );
+        let sql =
+            format!("TRUNCATE {}{}", targets.join(", "), if m.restart_identity { " RESTART IDENTITY" } else { "" });
         if let Err(e) = Spi::run(&sql) {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("TRUNCATE failed: {e}"), None, None);
         }

@@ -65,11 +65,8 @@ impl Applier {
         let Some(batch) = self.batch.take() else { return };
         // A COPY error names neither the remote row nor the column: the transaction whose batch
         // failed last time is applied row by row, so that its error names them.
-        let stmt_triggers = self
-            .rels
-            .get(&batch.rel_oid)
-            .and_then(|e| e.local.as_ref())
-            .is_some_and(|l| l.stmt_insert_triggers);
+        let stmt_triggers =
+            self.rels.get(&batch.rel_oid).and_then(|e| e.local.as_ref()).is_some_and(|l| l.stmt_insert_triggers);
         if batch.rows.len() < BATCH_MIN_COPY_ROWS || self.row_by_row_lsn == Some(self.commit_end()) || stmt_triggers {
             for m in batch.rows {
                 with_snapshot(|| self.insert_one(m));

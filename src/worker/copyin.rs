@@ -79,7 +79,12 @@ pub fn copy_into(relid: pg_sys::Oid, columns: &[String], data: Vec<u8>, binary: 
 /// Runs COPY FROM on `relid` for `columns`, reading the COPY stream from `source`: called with
 /// COPY's buffer, it fills a part of it and returns how much (0 = end of data). It may raise an
 /// ERROR, which aborts the COPY. Returns the number of rows loaded.
-pub fn copy_from(relid: pg_sys::Oid, columns: &[String], binary: bool, source: &mut dyn FnMut(&mut [u8]) -> usize) -> u64 {
+pub fn copy_from(
+    relid: pg_sys::Oid,
+    columns: &[String],
+    binary: bool,
+    source: &mut dyn FnMut(&mut [u8]) -> usize,
+) -> u64 {
     check_insert_allowed(relid, columns);
     if columns.is_empty() && !binary {
         return insert_defaults(relid, source);
@@ -158,7 +163,9 @@ fn check_insert_allowed(relid: pg_sys::Oid, columns: &[String]) {
             for c in columns {
                 let name = CString::new(c.as_str()).unwrap_or_default();
                 let attnum = pg_sys::get_attnum(relid, name.as_ptr());
-                if attnum == 0 || pg_sys::pg_attribute_aclcheck(relid, attnum, user, insert) != pg_sys::AclResult::ACLCHECK_OK {
+                if attnum == 0
+                    || pg_sys::pg_attribute_aclcheck(relid, attnum, user, insert) != pg_sys::AclResult::ACLCHECK_OK
+                {
                     pg_sys::aclcheck_error(
                         pg_sys::AclResult::ACLCHECK_NO_PRIV,
                         pg_sys::ObjectType::OBJECT_TABLE,
@@ -178,7 +185,9 @@ pub fn refuse_row_level_security(relid: pg_sys::Oid) {
     // SAFETY: catalog lookups inside a transaction; the returned names are palloc'd C strings
     // (or NULL) read at once.
     let (user, rel) = unsafe {
-        if pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, false) != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+        if pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, false)
+            != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        {
             return;
         }
         let text = |p: *mut std::ffi::c_char| {
@@ -223,7 +232,12 @@ fn insert_defaults(relid: pg_sys::Oid, source: &mut dyn FnMut(&mut [u8]) -> usiz
     };
     let sql = format!("INSERT INTO {qualified} SELECT FROM pg_catalog.generate_series(1, $1::int8)");
     if let Err(e) = Spi::run_with_args(&sql, &[rows.into()]) {
-        crate::report::error(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("inserting rows without columns: {e}"), None, None);
+        crate::report::error(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("inserting rows without columns: {e}"),
+            None,
+            None,
+        );
     }
     rows as u64
 }

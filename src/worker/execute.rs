@@ -33,7 +33,12 @@ pub(super) fn in_context<R>(cxt: pg_sys::MemoryContext, f: impl FnOnce() -> R) -
     }
 }
 
-pub(super) fn execute(plan: pg_sys::SPIPlanPtr, values: &mut [pg_sys::Datum], nulls: &[std::ffi::c_char], expect: i32) -> u64 {
+pub(super) fn execute(
+    plan: pg_sys::SPIPlanPtr,
+    values: &mut [pg_sys::Datum],
+    nulls: &[std::ffi::c_char],
+    expect: i32,
+) -> u64 {
     // SAFETY: a kept plan whose argument count matches values/nulls (built from the same masks).
     unsafe {
         let rc = super::triggers::apply_statement(|| {
@@ -173,7 +178,10 @@ pub(super) fn missing_row(op: &str, rel: &str) {
     report::log(
         PgLogLevel::LOG,
         Code::ERRCODE_NO_DATA_FOUND,
-        format!("pgsub: logical replication did not find row to be {}d in replication target relation {rel}", op.to_lowercase()),
+        format!(
+            "pgsub: logical replication did not find row to be {}d in replication target relation {rel}",
+            op.to_lowercase()
+        ),
         Some(errctx::describe()),
         None,
     );

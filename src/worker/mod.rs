@@ -118,11 +118,9 @@ fn on_error(subid: i32, e: CaughtError) {
         }
     }
     let (msg, detail, hint) = match &e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => (
-            r.message().to_string(),
-            r.detail().map(str::to_string),
-            r.hint().map(str::to_string),
-        ),
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
+            (r.message().to_string(), r.detail().map(str::to_string), r.hint().map(str::to_string))
+        }
     };
     let ctx = errctx::describe();
     let batch_failed_lsn = if errctx::in_batch() { errctx::finish_lsn().map_or(0, |l| l.0) } else { 0 };
@@ -144,9 +142,8 @@ fn on_error(subid: i32, e: CaughtError) {
     });
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
-    let disable = xact(|| {
-        catalog::load(subid).ok().flatten().map(|s| s.disable_on_error && s.enabled).unwrap_or(false)
-    });
+    let disable =
+        xact(|| catalog::load(subid).ok().flatten().map(|s| s.disable_on_error && s.enabled).unwrap_or(false));
     if disable {
         xact(|| {
             let _ = catalog::set_enabled(subid, false);
@@ -258,13 +255,7 @@ fn run(subid: i32) {
     set_status(subid, Status::Connecting);
     let Some((client, opts)) = start_replication(&sub, start) else { return };
     set_status(subid, Status::Catchup);
-    let mut applier = Applier::new(
-        subid,
-        TableStates::new(&rels),
-        sub.binary,
-        sub.origin == "none",
-        sub.skip_lsn,
-    );
+    let mut applier = Applier::new(subid, TableStates::new(&rels), sub.binary, sub.origin == "none", sub.skip_lsn);
     if let Some(lsn) = shmem::with_slot(subid, |s| s.batch_failed_lsn) {
         applier.row_by_row_for(Lsn(lsn));
     }
@@ -288,15 +279,14 @@ fn run(subid: i32) {
 /// Connects to the publisher's walsender and starts streaming from `start` with the options
 /// the publisher's version allows; None when asked to stop meanwhile.
 fn start_replication(sub: &Subscription, start: Lsn) -> Option<(Client, PgOutputOptions)> {
-    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), !sub.owner_superuser) {
-        Ok(c) => c,
-        Err(ProtoError::Interrupted) => return None,
-        Err(e) => publisher::raise(
-            &e,
-            &format!("subscription \"{}\" could not connect to the publisher", sub.name),
-            None,
-        ),
-    };
+    let mut client =
+        match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), !sub.owner_superuser) {
+            Ok(c) => c,
+            Err(ProtoError::Interrupted) => return None,
+            Err(e) => {
+                publisher::raise(&e, &format!("subscription \"{}\" could not connect to the publisher", sub.name), None)
+            }
+        };
     let server = client.server_version_num();
     let mut opts = PgOutputOptions::for_server(server, sub.publications.clone());
     opts.binary = sub.binary;
@@ -502,12 +492,15 @@ impl Stream {
             LogicalMessage::StreamAbort(a) => self.streams.abort(a.xid, a.subxid),
             LogicalMessage::StreamCommit(c) => {
                 let begin = Begin { final_lsn: c.commit_lsn, commit_time: c.commit_time, xid: c.xid };
-                let commit = Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
+                let commit =
+                    Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
                 self.apply_streamed(c.xid, begin, |applier, p| applier.commit(commit, p));
             }
             LogicalMessage::StreamPrepare(pr) => {
                 let begin = Begin { final_lsn: pr.prepare_lsn, commit_time: pr.prepare_time, xid: pr.xid };
-                self.apply_streamed(pr.xid, begin, |applier, p| applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p));
+                self.apply_streamed(pr.xid, begin, |applier, p| {
+                    applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p)
+                });
             }
             LogicalMessage::BeginPrepare(bp) => {
                 let begin = Begin { final_lsn: bp.prepare_lsn, commit_time: bp.prepare_time, xid: bp.xid };

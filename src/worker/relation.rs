@@ -4,8 +4,8 @@
 //! input/receive functions and equality operator, and the statements prepared for it (text from
 //! `pgsub_core::sql`, prepared with SPI and kept). A relcache invalidation of the local table
 //! (DDL) drops the binding and its plans, rebuilt at next use.
-use super::{copyin, errctx};
 use super::execute::in_context;
+use super::{copyin, errctx};
 use crate::report;
 use pgrx::prelude::*;
 use pgsub_core::sql;
@@ -123,7 +123,12 @@ pub(super) fn free_plans(plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>) {
 impl ColMap {
     /// One array of this column's type holding the `n` values (an absent value is NULL), for a
     /// batched statement's parameter.
-    pub(super) fn array_of<'a>(&self, values: impl Iterator<Item = Option<&'a TupleValue>>, n: usize, binary: bool) -> pg_sys::Datum {
+    pub(super) fn array_of<'a>(
+        &self,
+        values: impl Iterator<Item = Option<&'a TupleValue>>,
+        n: usize,
+        binary: bool,
+    ) -> pg_sys::Datum {
         let Some(arr) = self.array else {
             report::error(
                 Code::ERRCODE_INTERNAL_ERROR,
@@ -199,7 +204,8 @@ impl ColMap {
                     let mut si: pg_sys::StringInfoData = std::mem::zeroed();
                     pg_sys::initStringInfo(&mut si);
                     pg_sys::appendBinaryStringInfo(&mut si, bytes.as_ptr() as *const _, bytes.len() as i32);
-                    let d = pg_sys::ReceiveFunctionCall(&**recv as *const _ as *mut _, &mut si, self.ioparam, self.typmod);
+                    let d =
+                        pg_sys::ReceiveFunctionCall(&**recv as *const _ as *mut _, &mut si, self.ioparam, self.typmod);
                     if si.cursor != si.len {
                         report::error(
                             Code::ERRCODE_INVALID_BINARY_REPRESENTATION,
@@ -243,9 +249,18 @@ impl LocalRel {
         }
     }
 
-    pub(super) fn leaf_partition(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> Option<String> {
+    pub(super) fn leaf_partition(
+        &self,
+        t: &TupleData,
+        key: &[bool],
+        binary: bool,
+        cxt: pg_sys::MemoryContext,
+    ) -> Option<String> {
         let sent: Vec<usize> = (0..self.cols.len())
-            .filter(|&i| key.get(i).copied().unwrap_or(false) && !matches!(t.columns.get(i), Some(TupleValue::UnchangedToast) | None))
+            .filter(|&i| {
+                key.get(i).copied().unwrap_or(false)
+                    && !matches!(t.columns.get(i), Some(TupleValue::UnchangedToast) | None)
+            })
             .collect();
         // Every level's partition key must be plain columns among those sent.
         let keys = Spi::connect(|c| {
@@ -264,7 +279,10 @@ impl LocalRel {
             Ok::<_, pgrx::spi::SpiError>(out)
         })
         .ok()?;
-        if keys.iter().any(|(name, expr)| *expr || name.as_ref().is_some_and(|n| !sent.iter().any(|&i| self.cols[i].name == *n))) {
+        if keys
+            .iter()
+            .any(|(name, expr)| *expr || name.as_ref().is_some_and(|n| !sent.iter().any(|&i| self.cols[i].name == *n)))
+        {
             return None;
         }
         let leaves = Spi::connect(|c| {
@@ -282,7 +300,11 @@ impl LocalRel {
             Ok::<_, pgrx::spi::SpiError>(out)
         })
         .ok()?;
-        let names: Vec<String> = sent.iter().enumerate().map(|(n, &i)| format!("${} AS {}", n + 1, quote_ident(&self.cols[i].name))).collect();
+        let names: Vec<String> = sent
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("${} AS {}", n + 1, quote_ident(&self.cols[i].name)))
+            .collect();
         let mut argtypes: Vec<pg_sys::Oid> = sent.iter().map(|&i| self.cols[i].typid).collect();
         in_context(cxt, || {
             let mut values = Vec::new();
@@ -347,12 +369,7 @@ impl LocalRel {
         let plan = unsafe {
             let p = pg_sys::SPI_prepare_cursor(csql.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr(), options);
             if p.is_null() {
-                report::error(
-                    Code::ERRCODE_INTERNAL_ERROR,
-                    format!("SPI_prepare failed for: {sql}"),
-                    None,
-                    None,
-                );
+                report::error(Code::ERRCODE_INTERNAL_ERROR, format!("SPI_prepare failed for: {sql}"), None, None);
             }
             pg_sys::SPI_keepplan(p);
             p
@@ -481,7 +498,8 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
         };
         // `unnest` of an array of a composite type (or a domain over one) in FROM expands each
         // element into its fields instead of yielding one value: such columns are never batched.
-        let array_typid = if pg_sys::type_is_rowtype(typid) { pg_sys::InvalidOid } else { pg_sys::get_array_type(typid) };
+        let array_typid =
+            if pg_sys::type_is_rowtype(typid) { pg_sys::InvalidOid } else { pg_sys::get_array_type(typid) };
         let array = (array_typid != pg_sys::InvalidOid).then(|| {
             let mut elem_len = 0i16;
             let mut elem_byval = false;

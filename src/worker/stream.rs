@@ -63,7 +63,12 @@ impl Streams {
     pub fn start(&mut self, xid: u32) {
         if !self.open.contains_key(&xid) {
             if let Err(e) = std::fs::create_dir_all(SPILL_DIR) {
-                report::error(Code::ERRCODE_IO_ERROR, format!("could not create directory \"{SPILL_DIR}\": {e}"), None, None);
+                report::error(
+                    Code::ERRCODE_IO_ERROR,
+                    format!("could not create directory \"{SPILL_DIR}\": {e}"),
+                    None,
+                    None,
+                );
             }
             let buf = TxnBuffer::new(xid, self.path(xid));
             self.open.insert(xid, buf);

@@ -86,10 +86,7 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
         // The publications changed under a running subscription (create/alter/refresh refuse it).
         return Err(column_list_clash(rel));
     }
-    let types = columns
-        .iter()
-        .map(|c| remote_types.iter().find(|(n, _)| n == c).map_or(0, |(_, t)| *t))
-        .collect();
+    let types = columns.iter().map(|c| remote_types.iter().find(|(n, _)| n == c).map_or(0, |(_, t)| *t)).collect();
     Ok(Published {
         columns,
         types,
@@ -156,10 +153,20 @@ fn column_list_clash(rel: &SubRel) -> ProtoError {
 /// or None when the worker was asked to stop.
 pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
     let todo: Vec<&SubRel> = rels.iter().filter(|r| r.sync_state.needs_copy()).collect();
-    let mut client = match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&format!("{} sync", sub.name)), !sub.owner_superuser) {
+    let mut client = match publisher::connect(
+        &sub.conninfo,
+        true,
+        Context::Worker,
+        Some(&format!("{} sync", sub.name)),
+        !sub.owner_superuser,
+    ) {
         Ok(c) => c,
         Err(ProtoError::Interrupted) => return None,
-        Err(e) => publisher::raise(&e, &format!("subscription \"{}\" could not connect to the publisher for the initial copy", sub.name), None),
+        Err(e) => publisher::raise(
+            &e,
+            &format!("subscription \"{}\" could not connect to the publisher for the initial copy", sub.name),
+            None,
+        ),
     };
     let fail = |e: ProtoError, what: &str| -> ! {
         publisher::raise(&e, &format!("initial copy for subscription \"{}\": {what}", sub.name), None)
@@ -187,9 +194,8 @@ pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
         };
         match copy_one(&mut client, sub, rel, &p, at) {
             Ok((rows, binary)) => {
-                if let Some(o) = out
-                    .iter_mut()
-                    .find(|o| o.remote_schema == rel.remote_schema && o.remote_name == rel.remote_name)
+                if let Some(o) =
+                    out.iter_mut().find(|o| o.remote_schema == rel.remote_schema && o.remote_name == rel.remote_name)
                 {
                     o.sync_state = SyncState::SyncDone;
                     o.state_lsn = Some(at);
@@ -239,7 +245,13 @@ fn binary_copy_ok(publisher_version: u32, relid: pg_sys::Oid, p: &Published) -> 
 
 /// Copies one table in one local transaction; returns the number of rows and whether the binary
 /// format was used.
-fn copy_one(client: &mut Client, sub: &Subscription, rel: &SubRel, p: &Published, at: Lsn) -> Result<(u64, bool), ProtoError> {
+fn copy_one(
+    client: &mut Client,
+    sub: &Subscription,
+    rel: &SubRel,
+    p: &Published,
+    at: Lsn,
+) -> Result<(u64, bool), ProtoError> {
     let remote = format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name));
     let cols: Vec<String> = p.columns.iter().map(|c| quote_ident(c)).collect();
     // A plain table's own rows (COPY leaves out inheritance children, and ONLY does the same for
@@ -305,7 +317,9 @@ fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub_name: &str) {
         report::error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("table {remote} is not empty; pgsub will not copy into a table that already has rows"),
-            Some(format!("Subscription \"{sub_name}\" copies the publisher's rows into this table (copy_data => true).")),
+            Some(format!(
+                "Subscription \"{sub_name}\" copies the publisher's rows into this table (copy_data => true)."
+            )),
             Some("TRUNCATE the local table, or recreate the subscription with copy_data => false."),
         );
     }
