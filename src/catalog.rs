@@ -426,3 +426,9 @@ pub fn local_relid(schema: &str, name: &str) -> Option<pg_sys::Oid> {
     let q = format!("{}.{}", pgsub_proto::client::quote_ident(schema), pgsub_proto::client::quote_ident(name));
     Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()]).ok().flatten()
 }
+
+/// The local table is partitioned (its rows live in its partitions: no `ONLY`).
+pub fn is_partitioned(relid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup; an unknown relation gives relkind 0.
+    unsafe { pg_sys::get_rel_relkind(relid) }.cast_unsigned() == b'p'
+}

@@ -38,8 +38,7 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
                 continue;
             }
             // Only the table's own rows: an inheritance parent's children are tables of their own.
-            // SAFETY: a syscache lookup of a relation that exists.
-            let only = if unsafe { pg_sys::get_rel_relkind(*oid) } as u8 == b'p' { "" } else { "ONLY " };
+            let only = if catalog::is_partitioned(*oid) { "" } else { "ONLY " };
             let q = format!("SELECT EXISTS (SELECT 1 FROM {only}{}.{})", quote_ident(schema), quote_ident(name));
             if Spi::get_one::<bool>(&q).ok().flatten().unwrap_or(false) {
                 error(

@@ -307,8 +307,7 @@ fn copy_one(
 /// the user's: refused (README: where pgsub differs). Only the table's own rows count: an
 /// inheritance parent's children are tables of their own.
 fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub_name: &str) {
-    // SAFETY: a syscache lookup of a relation that exists.
-    let local_only = if unsafe { pg_sys::get_rel_relkind(relid) } as u8 == b'p' { "" } else { "ONLY " };
+    let local_only = if catalog::is_partitioned(relid) { "" } else { "ONLY " };
     let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {local_only}{remote})"))
         .ok()
         .flatten()
