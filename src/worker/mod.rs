@@ -57,22 +57,28 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
 
     // SAFETY: MyProcPid is set for every backend.
     let me = unsafe { pg_sys::MyProcPid };
+    // Under the slot lock, so that a backend dropping or changing the subscription either finds
+    // this worker's pid (and stops it) or has marked the slot first (and this worker leaves): a
+    // worker registered just before a drop must not take the slot the drop is about to remove.
     let claimed = {
         let mut g = shmem::SHARED.exclusive();
         match g.claim(subid) {
-            Some(s) if s.pid > 0 && s.pid != me => false,
+            Some(s) if s.pid > 0 && s.pid != me => Err("another worker is running"),
+            Some(s) if s.paused_by > 0 && crate::process::pid_alive(s.paused_by) => {
+                Err("the subscription is being dropped or changed")
+            }
             Some(s) => {
                 s.pid = me;
                 s.worker_started_at = now();
                 s.status = Status::Starting;
                 s.failed = false;
-                true
+                Ok(())
             }
-            None => false,
+            None => Err("no shared-memory slot"),
         }
     };
-    if !claimed {
-        log!("pgsub apply worker for subscription {subid}: another worker is running, exiting");
+    if let Err(why) = claimed {
+        log!("pgsub apply worker for subscription {subid}: {why}, exiting");
         return;
     }
     // SAFETY: registers a callback that runs once when this process exits, however it exits.
