@@ -1491,6 +1491,38 @@ async fn row_filters_and_column_lists() {
     )
     .await;
     c.expect_sub("cl_same.b (not published)", "SELECT count(*)::text FROM cl_same WHERE b IS NOT NULL", "0").await;
+    if !native() {
+        // pgsub also refuses a clash when publications are changed or refreshed (PostgreSQL 16
+        // does at ALTER SUBSCRIPTION … REFRESH; 15 only when the table is copied or changed).
+        let want = "cannot use different column lists for table \"public.cl_diff\" in different publications";
+        let r = c.s.execute("SELECT pgsub.alter_subscription_publications('filters', ARRAY['f1', 'f2', 'd1', 'd2'])", &[]).await;
+        match r {
+            Ok(_) => c.findings.push("alter_subscription_publications accepted d1 and d2".into()),
+            Err(e) => {
+                let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+                c.expect("alter_subscription_publications refusal", &msg, want);
+            }
+        }
+        c.expect_sub(
+            "publications after the refused alter",
+            "SELECT array_to_string(publications, ',') FROM pgsub.subscription WHERE subname = 'filters'",
+            "f1,f2",
+        )
+        .await;
+        // cl gets a second, different column list in f2: refresh refuses it (no change to cl
+        // follows, so the running worker never meets the clash).
+        c.on_pub("ALTER PUBLICATION f2 ADD TABLE cl (id, a)").await;
+        let r = c.s.execute("SELECT pgsub.refresh_subscription('filters')", &[]).await;
+        let want = "cannot use different column lists for table \"public.cl\" in different publications";
+        match r {
+            Ok(_) => c.findings.push("refresh_subscription accepted two column lists for cl".into()),
+            Err(e) => {
+                let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+                c.expect("refresh_subscription refusal", &msg, want);
+            }
+        }
+        c.on_pub("ALTER PUBLICATION f2 DROP TABLE cl").await;
+    }
     c.finish().await;
 }
 
