@@ -6,51 +6,18 @@
 //! loss once the user fixes the local schema.
 //! (lifecycle_test.rs owns the basic validation codes; this file adds messages, more inputs and
 //! the leftovers check.)
-use pgsub_tests::{assert_replicated_equal_for, assert_replicated_equal_within, wait_for, TwoNodes};
-use std::time::{Duration, Instant};
-use tokio_postgres::types::ToSql;
+use pgsub_tests::{
+    assert_replicated_equal_for, assert_replicated_equal_within, must_fail, one, wait_for_repeated_error,
+    wait_for_subscription_sync, wait_value, SqlError, TwoNodes,
+};
+use std::time::Duration;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> T {
-    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
-
-/// SQLSTATE, message, detail and hint of an error a statement must raise.
-struct Failure {
-    code: String,
-    message: String,
-    detail: String,
-    hint: String,
-}
-
-impl Failure {
-    fn text(&self) -> String {
-        format!("{} {} | detail: {} | hint: {}", self.code, self.message, self.detail, self.hint)
-    }
-}
-
-async fn must_fail(c: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Failure {
-    let t0 = Instant::now();
-    let err = match c.execute(sql, params).await {
-        Ok(_) => panic!("{sql} succeeded but must fail"),
-        Err(e) => e,
-    };
-    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
-    let f = Failure {
-        code: db.code().code().to_string(),
-        message: db.message().to_string(),
-        detail: db.detail().unwrap_or_default().to_string(),
-        hint: db.hint().unwrap_or_default().to_string(),
-    };
-    eprintln!("{sql} -> {} ({:?})", f.text(), t0.elapsed());
-    f
-}
-
 /// Asserts the error's SQLSTATE (a full code, or a two-character class) and that its message
 /// contains every one of `words`.
-fn check(f: &Failure, code: &str, words: &[&str]) {
+fn check(f: &SqlError, code: &str, words: &[&str]) {
     assert!(f.code.starts_with(code), "expected SQLSTATE {code}, got {}", f.text());
     for w in words {
         assert!(f.message.contains(w), "message lacks {w:?}: {}", f.text());
@@ -119,15 +86,20 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     let f = must_fail(&s, create, &[&"host=no-such-host.invalid dbname=postgres connect_timeout=10", &pubs]).await;
     check(&f, "08", &["could not connect to the publisher", "no-such-host.invalid"]);
     let refused = free_port_nobody_listens_on();
-    let f = must_fail(&s, create, &[&format!("host=127.0.0.1 port={refused} dbname=postgres connect_timeout=10"), &pubs])
-        .await;
+    let f =
+        must_fail(&s, create, &[&format!("host=127.0.0.1 port={refused} dbname=postgres connect_timeout=10"), &pubs])
+            .await;
     check(&f, "08", &["could not connect to the publisher"]);
     assert!(f.message.to_lowercase().contains("refused"), "says refused: {}", f.text());
     assert!(f.hint.contains("publisher is running"), "hint: {}", f.text());
 
     // The publisher says no: wrong password, missing database, missing publication.
-    let f = must_fail(&s, create, &[&format!("host=127.0.0.1 port={port} dbname=postgres user=repl password=wrong-pw"), &pubs])
-        .await;
+    let f = must_fail(
+        &s,
+        create,
+        &[&format!("host=127.0.0.1 port={port} dbname=postgres user=repl password=wrong-pw"), &pubs],
+    )
+    .await;
     check(&f, "28P01", &["password authentication failed", "\"repl\""]);
     let f = must_fail(&s, create, &[&format!("{ci} dbname=nosuchdb"), &pubs]).await;
     check(&f, "3D000", &["database \"nosuchdb\" does not exist"]);
@@ -142,7 +114,8 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     assert!(f.hint.contains("create_slot => false"), "hint: {}", f.text());
     assert_nothing_left(&p, &s, &["taken"], "existing slot").await;
     // An invalid explicit slot name is refused before anything happens.
-    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, slot_name => 'Bad Slot')", &[&ci, &pubs]).await;
+    let f =
+        must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, slot_name => 'Bad Slot')", &[&ci, &pubs]).await;
     check(&f, "42602", &["Bad Slot", "invalid character"]);
 
     // NULL and empty arguments.
@@ -173,13 +146,15 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     check(&f, "42622", &["too long"]);
 
     // Bad option values.
-    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, origin => 'sometimes')", &[&ci, &pubs]).await;
+    let f =
+        must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, origin => 'sometimes')", &[&ci, &pubs]).await;
     check(&f, "22023", &["unrecognized origin value", "sometimes"]);
     assert!(f.hint.contains("'any'") && f.hint.contains("'none'"), "hint lists the values: {}", f.text());
     let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, origin => NULL)", &[&ci, &pubs]).await;
     check(&f, "22004", &["origin must not be NULL"]);
-    let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, synchronous_commit => 'maybe')", &[&ci, &pubs])
-        .await;
+    let f =
+        must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, synchronous_commit => 'maybe')", &[&ci, &pubs])
+            .await;
     check(&f, "22023", &["synchronous_commit", "maybe"]);
     assert_nothing_left(&p, &s, &["taken"], "argument errors").await;
 
@@ -188,7 +163,10 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     let f = must_fail(&s, "SELECT pgsub.create_subscription('dup', $1, $2, slot_name => 'other')", &[&ci, &pubs]).await;
     check(&f, "42710", &["subscription \"dup\" already exists"]);
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'dup'").await, 1);
-    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('dup', 'other')").await, 1);
+    assert_eq!(
+        one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('dup', 'other')").await,
+        1
+    );
     // The one subscription of this test that runs: its tables are compared before it is dropped.
     assert_replicated_equal_for(&p, &s, Some(&["dup"])).await;
     s.batch_execute("SELECT pgsub.drop_subscription('dup')").await.expect("drop dup");
@@ -271,7 +249,10 @@ async fn names_that_need_quoting_work() {
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), names.len(), "distinct slots: {slots:?}");
-    assert_eq!(one::<String>(&s, "SELECT slot_name::text FROM pgsub.subscription WHERE subname = 'mysub'").await, "mysub");
+    assert_eq!(
+        one::<String>(&s, "SELECT slot_name::text FROM pgsub.subscription WHERE subname = 'mysub'").await,
+        "mysub"
+    );
     for slot in &slots {
         assert!(slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{slot}");
         let n: i64 = p
@@ -281,29 +262,10 @@ async fn names_that_need_quoting_work() {
             .get(0);
         assert_eq!(n, 1, "slot {slot} on the publisher");
     }
-    wait_for("the quoted one streaming", WAIT, || {
-        let s = &s;
-        async move {
-            let st: Option<String> = s
-                .query_opt("SELECT status FROM pgsub.stat_subscription WHERE subname = $1", &[&running])
-                .await
-                .map_err(|e| e.to_string())?
-                .and_then(|r| r.get(0));
-            Ok((st.as_deref() == Some("streaming")).then_some(()))
-        }
-    })
-    .await
-    .expect("streaming");
+    // The quoted one streams.
+    wait_for_subscription_sync(&s, running, WAIT).await;
     p.batch_execute("INSERT INTO t VALUES (1, 'quoted names work')").await.unwrap();
-    wait_for("row replicated", WAIT, || {
-        let s = &s;
-        async move {
-            let n: i64 = s.query_one("SELECT count(*) FROM t", &[]).await.map_err(|e| e.to_string())?.get(0);
-            Ok((n == 1).then_some(()))
-        }
-    })
-    .await
-    .expect("replicated");
+    wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
     // The walsender knows it by its name too.
     let n: i64 = p
         .query_one("SELECT count(*) FROM pg_stat_replication WHERE application_name = $1", &[&running])
@@ -323,56 +285,22 @@ async fn names_that_need_quoting_work() {
 // ---------------------------------------------------------------------------------------------
 // Schema drift while streaming
 
-async fn stat(s: &Client, sub: &str) -> (String, i64, Option<String>) {
-    let r = s
-        .query_one("SELECT status, error_count, last_error FROM pgsub.stat_subscription WHERE subname = $1", &[&sub])
-        .await
-        .expect("stat_subscription");
-    (r.get(0), r.get(1), r.get(2))
-}
-
 /// Waits until every replicated table is equal on both nodes (the harness's full comparison).
 async fn converge(p: &Client, s: &Client) {
     assert_replicated_equal_within(p, s, None, &[], WAIT).await
 }
 
-async fn wait_streaming(s: &Client, sub: &str) {
-    wait_for(&format!("{sub} streaming"), WAIT, || async move {
-        Ok((stat(s, sub).await.0 == "streaming").then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Waits until the worker has failed at least twice more (it retries) with an error that
-/// contains every one of `words`; returns that error.
-async fn wait_repeated_error(s: &Client, sub: &str, words: &[&str]) -> String {
-    let start = stat(s, sub).await.1;
-    let seen = std::cell::RefCell::new(None);
-    let r = wait_for(&format!("{sub} failing repeatedly with {words:?}"), WAIT, || {
-        let seen = &seen;
-        async move {
-            let (_, n, err) = stat(s, sub).await;
-            *seen.borrow_mut() = err.clone();
-            Ok(err.filter(|e| n >= start + 2 && words.iter().all(|w| e.contains(w))))
-        }
-    })
-    .await;
-    r.unwrap_or_else(|e| panic!("{e}\nlast_error: {:?}", seen.borrow()))
-}
-
 /// A publisher and a subscriber with `ddl` on both, the publication `pub` FOR ALL TABLES and a
 /// streaming subscription `drift`.
 async fn drift_setup(nodes: &TwoNodes, ddl: &str) -> (Client, Client) {
-    let p = nodes.publisher.client("postgres").await.unwrap();
-    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let (p, s) = nodes.clients().await.expect("clients");
     p.batch_execute(ddl).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
     p.batch_execute("CREATE PUBLICATION pub FOR ALL TABLES").await.unwrap();
     s.execute("SELECT pgsub.create_subscription('drift', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create");
-    wait_streaming(&s, "drift").await;
+    wait_for_subscription_sync(&s, "drift", WAIT).await;
     (p, s)
 }
 
@@ -394,7 +322,8 @@ async fn drift_remote_column_missing_locally() {
         .await
         .unwrap();
     p.batch_execute(&format!("{}; UPDATE t SET extra = 'batch' WHERE id > 200", inserts(200, 30))).await.unwrap();
-    let err = wait_repeated_error(&s, "drift", &["\"public\".\"t\"", "missing replicated column \"extra\""]).await;
+    let err =
+        wait_for_repeated_error(&s, "drift", &["\"public\".\"t\"", "missing replicated column \"extra\""], WAIT).await;
     assert!(err.contains("HINT: Add the column"), "{err}");
     assert!(err.contains("finished at"), "context: {err}");
     // Nothing of the failing transaction (nor later ones) was applied.
@@ -402,7 +331,7 @@ async fn drift_remote_column_missing_locally() {
     s.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();
     converge(&p, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 51);
-    wait_streaming(&s, "drift").await;
+    wait_for_subscription_sync(&s, "drift", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription").await, 0);
 }
 
@@ -413,11 +342,13 @@ async fn drift_local_not_null_column_without_default() {
     p.batch_execute(&inserts(1, 3)).await.unwrap();
     converge(&p, &s).await;
     // A local-only NOT NULL column without a default: remote rows cannot fill it.
-    s.batch_execute("ALTER TABLE t ADD COLUMN must int NOT NULL DEFAULT 0; ALTER TABLE t ALTER COLUMN must DROP DEFAULT")
-        .await
-        .unwrap();
+    s.batch_execute(
+        "ALTER TABLE t ADD COLUMN must int NOT NULL DEFAULT 0; ALTER TABLE t ALTER COLUMN must DROP DEFAULT",
+    )
+    .await
+    .unwrap();
     p.batch_execute("INSERT INTO t VALUES (10, 'single')").await.unwrap();
-    let err = wait_repeated_error(&s, "drift", &["\"must\"", "not-null", "\"t\""]).await;
+    let err = wait_for_repeated_error(&s, "drift", &["\"must\"", "not-null", "\"t\""], WAIT).await;
     assert!(err.contains("\"public\".\"t\""), "context names the table: {err}");
     p.batch_execute(&inserts(20, 40)).await.unwrap();
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 3);
@@ -441,17 +372,22 @@ async fn drift_incompatible_types() {
         .await
         .expect("create");
     converge(&p, &s).await;
-    wait_streaming(&s, "drift").await;
+    wait_for_subscription_sync(&s, "drift", WAIT).await;
     // A single-row change that does not parse: the column is named.
     p.batch_execute("UPDATE t SET n = 'abc' WHERE id = 2").await.unwrap();
-    let err = wait_repeated_error(&s, "drift", &["invalid input syntax for type integer", "\"abc\"", "\"public\".\"t\" column \"n\""])
-        .await;
+    let err = wait_for_repeated_error(
+        &s,
+        "drift",
+        &["invalid input syntax for type integer", "\"abc\"", "\"public\".\"t\" column \"n\""],
+        WAIT,
+    )
+    .await;
     assert!(err.contains("UPDATE"), "message type: {err}");
     assert_eq!(one::<String>(&s, "SELECT n::text FROM t WHERE id = 2").await, "22");
     // The user changes the local type; the update goes through.
     s.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE text").await.unwrap();
     converge(&p, &s).await;
-    wait_streaming(&s, "drift").await;
+    wait_for_subscription_sync(&s, "drift", WAIT).await;
     // And back to a local integer once the values parse again; then a batch of rows (the COPY
     // path) with one bad value.
     p.batch_execute("UPDATE t SET n = '22' WHERE id = 2").await.unwrap();
@@ -462,8 +398,13 @@ async fn drift_incompatible_types() {
     )
     .await
     .unwrap();
-    let err = wait_repeated_error(&s, "drift", &["invalid input syntax for type integer", "\"x57\"", "\"public\".\"t\"", "\"n\""])
-        .await;
+    let err = wait_for_repeated_error(
+        &s,
+        "drift",
+        &["invalid input syntax for type integer", "\"x57\"", "\"public\".\"t\"", "\"n\""],
+        WAIT,
+    )
+    .await;
     eprintln!("batch error: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 2, "no row of the failing batch applied");
     s.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE text").await.unwrap();
@@ -484,11 +425,13 @@ async fn drift_table_dropped_then_recreated() {
     // The local t2 is dropped after create_subscription (it never had rows).
     s.batch_execute("DROP TABLE t2").await.unwrap();
     // One remote transaction touching both tables: all or nothing.
-    p.batch_execute("BEGIN; INSERT INTO t VALUES (10, 'with t2'); INSERT INTO t2 VALUES (1, 'w1'); COMMIT").await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO t VALUES (10, 'with t2'); INSERT INTO t2 VALUES (1, 'w1'); COMMIT")
+        .await
+        .unwrap();
     p.batch_execute(&format!("{}; INSERT INTO t2 SELECT g, 'w' || g FROM generate_series(2, 30) g", inserts(20, 10)))
         .await
         .unwrap();
-    let err = wait_repeated_error(&s, "drift", &["\"public\".\"t2\"", "does not exist"]).await;
+    let err = wait_for_repeated_error(&s, "drift", &["\"public\".\"t2\"", "does not exist"], WAIT).await;
     assert!(err.contains("HINT: Create the table"), "{err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 5, "the failing transaction is not half-applied");
     s.batch_execute("CREATE TABLE t2 (id int PRIMARY KEY, w text)").await.unwrap();
@@ -505,16 +448,18 @@ async fn drift_table_renamed_locally() {
     converge(&p, &s).await;
     // Renamed while the worker has it mapped (and its statements prepared).
     s.batch_execute("ALTER TABLE t RENAME TO t_renamed").await.unwrap();
-    p.batch_execute("INSERT INTO t VALUES (100, 'after rename'); UPDATE t SET v = 'u' WHERE id = 1; DELETE FROM t WHERE id = 2")
-        .await
-        .unwrap();
-    let err = wait_repeated_error(&s, "drift", &["\"public\".\"t\"", "does not exist"]).await;
+    p.batch_execute(
+        "INSERT INTO t VALUES (100, 'after rename'); UPDATE t SET v = 'u' WHERE id = 1; DELETE FROM t WHERE id = 2",
+    )
+    .await
+    .unwrap();
+    let err = wait_for_repeated_error(&s, "drift", &["\"public\".\"t\"", "does not exist"], WAIT).await;
     eprintln!("rename error: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t_renamed").await, 10, "nothing written to the renamed table");
     assert_eq!(one::<String>(&s, "SELECT v FROM t_renamed WHERE id = 1").await, "v1");
     s.batch_execute("ALTER TABLE t_renamed RENAME TO t").await.unwrap();
     converge(&p, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10);
-    wait_streaming(&s, "drift").await;
+    wait_for_subscription_sync(&s, "drift", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription").await, 0);
 }

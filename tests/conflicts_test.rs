@@ -3,22 +3,17 @@
 //! DELETE whose row is missing is skipped, counted and logged naming the leaf partition where
 //! the row was looked for; a transaction that fails at PREPARE (two-phase) is skipped with
 //! `skip_transaction` and the pending skip is then cleared, as native clears `subskiplsn`.
-use pgsub_tests::{assert_replicated_equal, one, wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{
+    assert_replicated_equal, one, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts,
+    TwoNodes,
+};
 use std::time::Duration;
-use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-async fn wait_value(c: &Client, sql: &str, want: &str) {
-    pgsub_tests::wait_value(c, sql, want, WAIT).await
-}
-
+/// Waits for a line of the subscriber's log (the failing test prints the whole log).
 async fn wait_log(nodes: &TwoNodes, what: &str) {
-    wait_for(&format!("subscriber log line containing {what:?}"), WAIT, || async {
-        Ok(nodes.subscriber.log().contains(what).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- subscriber log ---\n{}", nodes.subscriber.log()));
+    nodes.subscriber.wait_for_log(what, WAIT).await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -45,10 +40,8 @@ async fn missing_rows_in_a_partitioned_target_name_the_leaf() {
     )
     .await
     .unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
-        .await
-        .unwrap();
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'c'", "streaming").await;
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
     assert_replicated_equal(&p, &s).await;
     // Rows that disappear on the subscriber only.
     let leaf_of = "SELECT tableoid::regclass::text FROM m WHERE id = ";
@@ -62,11 +55,15 @@ async fn missing_rows_in_a_partitioned_target_name_the_leaf() {
     p.batch_execute("UPDATE m SET v = 'changed' WHERE id = 2500").await.unwrap();
     p.batch_execute("DELETE FROM m WHERE id = 7").await.unwrap();
     wait_log(&nodes, &format!("did not find row to be updated in replication target relation \"public\".\"m\"'s partition public.{leaf_2500}")).await;
-    wait_log(&nodes, "did not find row to be deleted in replication target relation \"public\".\"m\"'s partition public.\"m a\"").await;
+    wait_log(
+        &nodes,
+        "did not find row to be deleted in replication target relation \"public\".\"m\"'s partition public.\"m a\"",
+    )
+    .await;
     // A run of deletes (applied as one batched statement) with 20 rows missing in both leaves
     // of the hash partitioned m_b.
     p.batch_execute("DELETE FROM m WHERE id BETWEEN 2001 AND 2100").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM m WHERE id BETWEEN 2001 AND 2100", "0").await;
+    wait_value(&s, "SELECT count(*) FROM m WHERE id BETWEEN 2001 AND 2100", "0", WAIT).await;
     let log = nodes.subscriber.log();
     for leaf in ["m_b0", "m_b1"] {
         assert!(
@@ -97,41 +94,35 @@ async fn skipping_a_transaction_that_failed_at_prepare_clears_skip_lsn() {
     s.execute("SELECT pgsub.create_subscription('tp', $1, ARRAY['pub'], two_phase => true)", &[&nodes.pub_conninfo()])
         .await
         .unwrap();
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'tp'", "streaming").await;
-    wait_value(&s, "SELECT v FROM t WHERE id = 1", "one").await;
+    wait_for_subscription_sync(&s, "tp", WAIT).await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "one", WAIT).await;
     // A local row collides with the prepared transaction's insert.
     s.batch_execute("INSERT INTO t VALUES (5, 'local')").await.unwrap();
     p.batch_execute("BEGIN; INSERT INTO t VALUES (4, 'r4'), (5, 'r5'); PREPARE TRANSACTION 'gx';").await.unwrap();
-    let err = wait_for("the conflict in last_error", WAIT, || {
-        let s = &s;
-        async move {
-            let e: Option<String> = s
-                .query_one("SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'tp'", &[])
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            Ok(e.filter(|e| e.contains("duplicate key") && e.contains("finished at")))
-        }
-    })
-    .await
-    .expect("conflict reported");
+    let err = wait_for_subscription_error(&s, "tp", &["duplicate key", "finished at"], WAIT).await;
     let lsn = err.split("finished at ").nth(1).expect("lsn").split_whitespace().next().unwrap();
     let lsn = lsn.trim_end_matches(|c: char| !c.is_ascii_hexdigit());
     s.execute("SELECT pgsub.skip_transaction('tp', $1::text::pg_lsn)", &[&lsn]).await.expect("skip");
     // The transaction is skipped: prepared locally with nothing in it, and the skip is done.
-    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1").await;
-    wait_value(&s, "SELECT coalesce(skip_lsn::text, 'cleared') FROM pgsub.subscription WHERE subname = 'tp'", "cleared").await;
+    wait_value(&s, "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
+    wait_value(
+        &s,
+        "SELECT coalesce(skip_lsn::text, 'cleared') FROM pgsub.subscription WHERE subname = 'tp'",
+        "cleared",
+        WAIT,
+    )
+    .await;
     assert!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 'tp'").await >= 1);
     // COMMIT PREPARED finds the (empty) local prepared transaction.
     p.batch_execute("COMMIT PREPARED 'gx'").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts", "0").await;
+    wait_value(&s, "SELECT count(*) FROM pg_prepared_xacts", "0", WAIT).await;
     p.batch_execute("INSERT INTO t VALUES (6, 'after')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 6", "after").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 6", "after", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 4").await, 0, "skipped transaction not applied");
     assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 5").await, "local");
     assert_eq!(one::<String>(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'tp'").await, "streaming");
     // The publisher brings the skipped rows to what the subscriber holds: both nodes converge.
     p.batch_execute("DELETE FROM t WHERE id = 4; UPDATE t SET v = 'local' WHERE id = 5").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM t", "3").await;
+    wait_value(&s, "SELECT count(*) FROM t", "3", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }

@@ -11,8 +11,8 @@
 //! subscriber instead of pgsub, to show that what is asserted here is native PostgreSQL 15's
 //! behaviour.
 use pgsub_tests::{
-    assert_replicated_equal, quote_ident, quote_literal, wait_replicated_equal, ClusterOpts, TableComparison,
-    TwoNodes,
+    assert_replicated_equal, quote_ident, quote_literal, try_wait_for_subscription_sync, wait_for,
+    wait_native_replicated_equal, wait_replicated_equal, ClusterOpts, TwoNodes,
 };
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
@@ -27,12 +27,9 @@ fn native() -> bool {
 /// A database error as `SQLSTATE: message (detail)`.
 fn pg_err(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(d) => format!(
-            "{}: {}{}",
-            d.code().code(),
-            d.message(),
-            d.detail().map(|x| format!(" ({x})")).unwrap_or_default()
-        ),
+        Some(d) => {
+            format!("{}: {}{}", d.code().code(), d.message(), d.detail().map(|x| format!(" ({x})")).unwrap_or_default())
+        }
         None => e.to_string(),
     }
 }
@@ -131,43 +128,18 @@ impl Case {
         r.map(|r| (r.get(0), r.get(1))).unwrap_or((0, None))
     }
 
-    /// Waits until every table of subscription `name` is copied and the worker streams; panics
+    /// Waits until every table of subscription `name` is copied and the worker streams (the kit's
+    /// `wait_for_subscription_sync`, for pgsub's subscriptions and native ones alike); panics
     /// (with the last error) on timeout or when the same subscription keeps failing.
     async fn wait_synced(&self, name: &str) {
         let deadline = Instant::now() + WAIT;
         let (errors_before, _) = self.errors(name).await;
         loop {
-            let (done, last) = if native() {
-                let r = self
-                    .s
-                    .query_one(
-                        "SELECT count(*) FILTER (WHERE r.srsubstate <> 'r'), count(*) FROM pg_subscription_rel r \
-                         JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1",
-                        &[&name],
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("pg_subscription_rel: {}", pg_err(&e)));
-                let (pending, all): (i64, i64) = (r.get(0), r.get(1));
-                (all > 0 && pending == 0, format!("{pending} of {all} tables not ready"))
-            } else {
-                let r = self
-                    .s
-                    .query_one(
-                        "SELECT st.status, (SELECT count(*) FROM pgsub.subscription_table t WHERE t.subname = st.subname \
-                                              AND t.sync_state NOT IN ('ready', 'synchronized')), \
-                                (SELECT count(*) FROM pgsub.subscription_table t WHERE t.subname = st.subname) \
-                         FROM pgsub.stat_subscription st WHERE st.subname = $1",
-                        &[&name],
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("stat_subscription: {}", pg_err(&e)));
-                let (status, pending, all): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
-                let last = format!("status {status}, {pending} of {all} tables not copied");
-                (status == "streaming" && all > 0 && pending == 0, last)
+            // In slices, to give up early on a subscription that keeps failing.
+            let last = match try_wait_for_subscription_sync(&self.s, name, Duration::from_secs(3)).await {
+                Ok(()) => return,
+                Err(e) => e,
             };
-            if done {
-                return;
-            }
             let (errors, last_error) = self.errors(name).await;
             if errors >= errors_before + 3 || Instant::now() >= deadline {
                 panic!(
@@ -175,7 +147,6 @@ impl Case {
                     last_error.unwrap_or_else(|| "none".into())
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -195,12 +166,12 @@ impl Case {
         loop {
             let slice = Duration::from_secs(3);
             let r = if native() {
-                native_wait_equal(&self.p, &self.s, subs, except, slice).await
+                wait_native_replicated_equal(&self.p, &self.s, subs, except, slice).await
             } else {
-                wait_replicated_equal(&self.p, &self.s, subs, except, slice).await.map(|_| ())
+                wait_replicated_equal(&self.p, &self.s, subs, except, slice).await
             };
             let e = match r {
-                Ok(()) => return true,
+                Ok(_) => return true,
                 Err(e) => e,
             };
             let mut errors = 0;
@@ -248,25 +219,30 @@ impl Case {
     /// Waits until subscription `sub` reports an error containing every one of `needles` (native:
     /// the subscriber's log has such an ERROR line); records a finding otherwise.
     async fn wait_error(&mut self, sub: &str, needles: &[&str]) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let seen: Vec<String> = if native() {
-                self.nodes.subscriber.log().lines().filter(|l| l.contains("ERROR:")).map(str::to_string).collect()
-            } else {
-                self.errors(sub).await.1.into_iter().collect()
-            };
-            if seen.iter().any(|e| needles.iter().all(|n| e.contains(n))) {
-                return true;
+        let seen: std::cell::RefCell<Vec<String>> = Default::default();
+        let r = wait_for(&format!("an error of {sub} containing {needles:?}"), Duration::from_secs(30), || {
+            let (this, seen) = (&*self, &seen);
+            async move {
+                let errors: Vec<String> = if native() {
+                    this.nodes.subscriber.log().lines().filter(|l| l.contains("ERROR:")).map(str::to_string).collect()
+                } else {
+                    this.errors(sub).await.1.into_iter().collect()
+                };
+                let found = errors.iter().any(|e| needles.iter().all(|n| e.contains(n)));
+                *seen.borrow_mut() = errors;
+                Ok(found.then_some(()))
             }
-            if Instant::now() >= deadline {
-                self.findings.push(format!(
-                    "subscription {sub}: expected an error containing {needles:?}; seen: {}",
-                    if seen.is_empty() { "none".to_string() } else { seen.join(" | ") }
-                ));
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+        if r.is_ok() {
+            return true;
         }
+        let seen = seen.into_inner();
+        self.findings.push(format!(
+            "subscription {sub}: expected an error containing {needles:?}; seen: {}",
+            if seen.is_empty() { "none".to_string() } else { seen.join(" | ") }
+        ));
+        false
     }
 
     /// Fails with every finding; otherwise the final full comparison of all replicated tables.
@@ -277,14 +253,10 @@ impl Case {
                 let (count, last) = self.errors(&n).await;
                 states.push_str(&format!("\n  {n}: error_count {count}, last_error {last:?}"));
             }
-            panic!(
-                "{} finding(s):\n- {}\nsubscriptions:{states}",
-                self.findings.len(),
-                self.findings.join("\n- ")
-            );
+            panic!("{} finding(s):\n- {}\nsubscriptions:{states}", self.findings.len(), self.findings.join("\n- "));
         }
         if native() {
-            if let Err(e) = native_wait_equal(&self.p, &self.s, None, &[], WAIT).await {
+            if let Err(e) = wait_native_replicated_equal(&self.p, &self.s, None, &[], WAIT).await {
                 panic!("{e}");
             }
         } else {
@@ -306,117 +278,6 @@ fn error_lines(log: &str) -> String {
         }
     }
     out.into_iter().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-}
-
-// ---- native mode only: the harness's comparison, over the tables of pg_subscription_rel ----
-
-async fn native_fingerprint(c: &Client, query: &str) -> Result<(i64, String), String> {
-    let sql = format!(
-        "SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text COLLATE \"C\"), '')) FROM ({query}) r"
-    );
-    let row = c.query_one(sql.as_str(), &[]).await.map_err(|e| format!("{sql}: {}", pg_err(&e)))?;
-    Ok((row.get(0), row.get(1)))
-}
-
-async fn native_source(c: &Client, schema: &str, name: &str) -> Result<String, String> {
-    let q = format!("{}.{}", quote_ident(schema), quote_ident(name));
-    let kind = c
-        .query_opt(
-            "SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2",
-            &[&schema, &name],
-        )
-        .await
-        .map_err(|e| pg_err(&e))?
-        .map(|r| r.get::<_, String>(0));
-    match kind.as_deref() {
-        Some("p") => Ok(q),
-        Some(_) => Ok(format!("ONLY {q}")),
-        None => Err(format!("table {q} does not exist")),
-    }
-}
-
-async fn native_compare(p: &Client, s: &Client, subs: Option<&[&str]>) -> Result<Vec<TableComparison>, String> {
-    let subs: Option<Vec<String>> = subs.map(|v| v.iter().map(|x| x.to_string()).collect());
-    let rows = s
-        .query(
-            "SELECT DISTINCT n.nspname::text, c.relname::text, sub.subpublications::text[] \
-             FROM pg_subscription_rel r JOIN pg_subscription sub ON sub.oid = r.srsubid \
-             JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE $1::text[] IS NULL OR sub.subname::text = ANY($1) ORDER BY 1, 2",
-            &[&subs],
-        )
-        .await
-        .map_err(|e| pg_err(&e))?;
-    let mut out = Vec::new();
-    for r in rows {
-        let (schema, name, pubs): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
-        let published = p
-            .query(
-                "SELECT ARRAY(SELECT u.n::text FROM unnest(pt.attnames) WITH ORDINALITY u(n, i) \
-                                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = u.n \
-                               WHERE a.attgenerated = '' ORDER BY u.i), pt.rowfilter \
-                 FROM pg_publication_tables pt JOIN pg_namespace n ON n.nspname = pt.schemaname \
-                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-                 WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND pt.tablename = $3",
-                &[&pubs, &schema, &name],
-            )
-            .await
-            .map_err(|e| pg_err(&e))?;
-        let mut columns: Vec<String> = Vec::new();
-        let mut filters = Vec::new();
-        let mut unfiltered = published.is_empty();
-        for row in &published {
-            for n in row.get::<_, Vec<String>>(0) {
-                if !columns.contains(&n) {
-                    columns.push(n);
-                }
-            }
-            match row.get::<_, Option<String>>(1) {
-                Some(f) => filters.push(format!("({f})")),
-                None => unfiltered = true,
-            }
-        }
-        let cols = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-        let filter = if unfiltered || filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" OR ")) };
-        let (pf, sf) = (native_source(p, &schema, &name).await?, native_source(s, &schema, &name).await?);
-        let (pr, pm) = native_fingerprint(p, &format!("SELECT {cols} FROM {pf}{filter}")).await?;
-        let (sr, sm) = native_fingerprint(s, &format!("SELECT {cols} FROM {sf}")).await?;
-        out.push(TableComparison {
-            table: format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
-            publisher_rows: pr,
-            subscriber_rows: sr,
-            publisher_md5: pm,
-            subscriber_md5: sm,
-        });
-    }
-    Ok(out)
-}
-
-async fn native_wait_equal(
-    p: &Client,
-    s: &Client,
-    subs: Option<&[&str]>,
-    except: &[&str],
-    timeout: Duration,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match native_compare(p, s, subs).await {
-            Ok(cmp) => {
-                let excluded = |c: &TableComparison| except.iter().any(|x| c.table == format!("\"public\".{}", quote_ident(x)));
-                if !cmp.is_empty() && cmp.iter().filter(|c| !excluded(c)).all(|c| c.equal()) {
-                    return Ok(());
-                }
-                cmp.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("\n")
-            }
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for equal tables:\n{last}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,7 +308,13 @@ struct Ty {
     newkey: &'static str,
 }
 
-const fn ty(name: &'static str, sql: &'static str, key: Key, vals: &'static [&'static str], newkey: &'static str) -> Ty {
+const fn ty(
+    name: &'static str,
+    sql: &'static str,
+    key: Key,
+    vals: &'static [&'static str],
+    newkey: &'static str,
+) -> Ty {
     Ty { name, sql, key, vals, newkey }
 }
 
@@ -479,7 +346,13 @@ const TYPES: &[Ty] = &[
         &["'NaN'", "'-0'", "'Infinity'", "'-Infinity'", "'2.2250738585072014e-308'", "'0.1'", "'1e308'"],
         "'0'",
     ),
-    ty("money", "money", Pk, &["'0.00'", "'-92233720368547758.08'", "'92233720368547758.07'", "'12.34'", "'0.01'"], "'7'"),
+    ty(
+        "money",
+        "money",
+        Pk,
+        &["'0.00'", "'-92233720368547758.08'", "'92233720368547758.07'", "'12.34'", "'0.01'"],
+        "'7'",
+    ),
     ty("text", "text", Pk, &["''", "'a'", "'ünï©ødé ✓'", r"E'tab\there\nnewline'", r#"'quote''s "dq" \ back'"#], "'A'"),
     ty("varchar", "varchar(20)", Pk, &["''", "' x '", "'abc'", "'ÄÖÜ'", "'1234567890'"], "'xyz'"),
     ty("bpchar", "char(5)", Pk, &["'a'", "'  b'", "'ccccc'", "''", "'ü'"], "'z'"),
@@ -492,7 +365,13 @@ const TYPES: &[Ty] = &[
         r"'\x01'",
     ),
     ty("bool", "boolean", Full, &["true", "false"], "true"),
-    ty("date", "date", Pk, &["'2000-01-01'", "'infinity'", "'-infinity'", "'4713-01-01 BC'", "'5874897-12-31'"], "'1999-12-31'"),
+    ty(
+        "date",
+        "date",
+        Pk,
+        &["'2000-01-01'", "'infinity'", "'-infinity'", "'4713-01-01 BC'", "'5874897-12-31'"],
+        "'1999-12-31'",
+    ),
     ty("time", "time", Pk, &["'00:00'", "'24:00:00'", "'23:59:59.999999'", "'12:34:56.5'", "'01:02:03'"], "'13:00'"),
     ty(
         "timetz",
@@ -569,15 +448,39 @@ const TYPES: &[Ty] = &[
         &["'<a>1</a>'", r#"'<?xml version="1.0"?><b/>'"#, "'text content'", r#"'<c attr="x &amp; y"/>'"#, "''"],
         "'<new/>'",
     ),
-    ty("bit", "bit(8)", Pk, &["B'00000000'", "B'11111111'", "B'10101010'", "B'00000001'", "B'10000000'"], "B'01010101'"),
+    ty(
+        "bit",
+        "bit(8)",
+        Pk,
+        &["B'00000000'", "B'11111111'", "B'10101010'", "B'00000001'", "B'10000000'"],
+        "B'01010101'",
+    ),
     ty("varbit", "varbit", Pk, &["B''", "B'1'", "B'0101010101'", "B'0'", "B'11'"], "B'111'"),
-    ty("inet", "inet", Pk, &["'10.0.0.1/8'", "'10.0.0.1'", "'::1'", "'2001:db8::1/64'", "'192.168.0.0/16'"], "'0.0.0.0/0'"),
-    ty("cidr", "cidr", Pk, &["'10.0.0.0/8'", "'10.0.0.0/16'", "'::/0'", "'2001:db8::/32'", "'192.168.1.0/24'"], "'172.16.0.0/12'"),
+    ty(
+        "inet",
+        "inet",
+        Pk,
+        &["'10.0.0.1/8'", "'10.0.0.1'", "'::1'", "'2001:db8::1/64'", "'192.168.0.0/16'"],
+        "'0.0.0.0/0'",
+    ),
+    ty(
+        "cidr",
+        "cidr",
+        Pk,
+        &["'10.0.0.0/8'", "'10.0.0.0/16'", "'::/0'", "'2001:db8::/32'", "'192.168.1.0/24'"],
+        "'172.16.0.0/12'",
+    ),
     ty(
         "macaddr",
         "macaddr",
         Pk,
-        &["'08:00:2b:01:02:03'", "'00:00:00:00:00:00'", "'ff:ff:ff:ff:ff:ff'", "'0800.2b01.0204'", "'01-02-03-04-05-06'"],
+        &[
+            "'08:00:2b:01:02:03'",
+            "'00:00:00:00:00:00'",
+            "'ff:ff:ff:ff:ff:ff'",
+            "'0800.2b01.0204'",
+            "'01-02-03-04-05-06'",
+        ],
         "'aa:bb:cc:dd:ee:ff'",
     ),
     ty(
@@ -597,7 +500,13 @@ const TYPES: &[Ty] = &[
     ty("tsvector", "tsvector", Pk, &["'a fat cat'", r"'''quoted'' word:1A,2B'", "''", "'ünï:3'", "'x:1 y:2'"], "'new'"),
     ty("tsquery", "tsquery", Pk, &["'a & b'", "'!x | (y <-> z)'", "'ü:*'", "'a'", "'b & c'"], "'q'"),
     ty("point", "point", Payload, &["'(1,2)'", "'(-1.5,1e300)'", "'(0,0)'", "'(NaN,1)'", "'(3,4)'"], "'(9,9)'"),
-    ty("line", "line", Payload, &["'{1,-1,0}'", "'{0,1,-5}'", "'[(0,0),(1,2)]'", "'{1,0,3}'", "'{2,3,4}'"], "'{5,6,7}'"),
+    ty(
+        "line",
+        "line",
+        Payload,
+        &["'{1,-1,0}'", "'{0,1,-5}'", "'[(0,0),(1,2)]'", "'{1,0,3}'", "'{2,3,4}'"],
+        "'{5,6,7}'",
+    ),
     ty(
         "lseg",
         "lseg",
@@ -616,7 +525,13 @@ const TYPES: &[Ty] = &[
         "path",
         "path",
         Payload,
-        &["'[(0,0),(1,1),(2,0)]'", "'((0,0),(1,1))'", "'[(1,1)]'", "'((0,0),(1,0),(1,1),(0,1))'", "'[(-1,-1),(1e10,1e-10)]'"],
+        &[
+            "'[(0,0),(1,1),(2,0)]'",
+            "'((0,0),(1,1))'",
+            "'[(1,1)]'",
+            "'((0,0),(1,0),(1,1),(0,1))'",
+            "'[(-1,-1),(1e10,1e-10)]'",
+        ],
         "'((5,5),(6,6))'",
     ),
     ty(
@@ -639,7 +554,13 @@ const TYPES: &[Ty] = &[
         &["'<(0,0),1>'", "'<(1.5,-2),0.5>'", "'<(0,0),0>'", "'<(1e10,1e-10),3>'", "'<(5,5),5>'"],
         "'<(9,9),9>'",
     ),
-    ty("int4_arr", "int4[]", Pk, &["'{}'", "'{1,NULL,3}'", "'{{1,2},{3,NULL}}'", "'[0:1]={5,6}'", "'{-1}'"], "'{7,8,9}'"),
+    ty(
+        "int4_arr",
+        "int4[]",
+        Pk,
+        &["'{}'", "'{1,NULL,3}'", "'{{1,2},{3,NULL}}'", "'[0:1]={5,6}'", "'{-1}'"],
+        "'{7,8,9}'",
+    ),
     ty(
         "text_arr",
         "text[]",
@@ -647,7 +568,13 @@ const TYPES: &[Ty] = &[
         &[r#"'{"a b",NULL,"c\"d"}'"#, r#"'{{"x"},{NULL}}'"#, "'{}'", r#"'{"",NULL}'"#, r#"'{ü,"NULL"}'"#],
         "'{z}'",
     ),
-    ty("numeric_arr", "numeric[]", Pk, &["'{NaN,-1}'", "'{1.0,2}'", "'{{1,2},{3,4}}'", "'{NULL}'", "'{}'"], "'{1.00,2}'"),
+    ty(
+        "numeric_arr",
+        "numeric[]",
+        Pk,
+        &["'{NaN,-1}'", "'{1.0,2}'", "'{{1,2},{3,4}}'", "'{NULL}'", "'{}'"],
+        "'{1.00,2}'",
+    ),
     // A composite holding a composite and an array of composites with a NULL element.
     ty(
         "composite",
@@ -753,7 +680,7 @@ fn types_ddl() -> String {
 }
 
 fn payload_insert(i: usize) -> String {
-    let big = if i % 2 == 0 { format!("repeat(md5('{i}'), 200)") } else { "NULL".into() };
+    let big = if i.is_multiple_of(2) { format!("repeat(md5('{i}'), 200)") } else { "NULL".into() };
     format!("INSERT INTO payload VALUES ({i}, {}, {big});\n", row_values(TYPES.iter(), i - 1))
 }
 
@@ -1406,7 +1333,9 @@ async fn row_filters_and_column_lists() {
 
     // Different column lists for cl_diff in d1 and d2: refused, and nothing is left behind.
     match c.try_subscribe("bad", &["d1", "d2"], false).await {
-        Ok(()) => c.findings.push("a subscription to d1 and d2 (different column lists for cl_diff) was created".into()),
+        Ok(()) => {
+            c.findings.push("a subscription to d1 and d2 (different column lists for cl_diff) was created".into())
+        }
         Err(e) => {
             let want = "cannot use different column lists for table \"public.cl_diff\" in different publications";
             if !e.contains(want) {
@@ -1420,7 +1349,8 @@ async fn row_filters_and_column_lists() {
         "SELECT count(*)::text FROM pgsub.subscription WHERE subname = 'bad'"
     };
     c.expect_sub("subscription 'bad' in the catalog after the refusal", catalog, "0").await;
-    c.expect_sub("replication origins after the refusal", "SELECT count(*)::text FROM pg_replication_origin", "0").await;
+    c.expect_sub("replication origins after the refusal", "SELECT count(*)::text FROM pg_replication_origin", "0")
+        .await;
     let slots = val(&c.p, "SELECT coalesce(string_agg(slot_name, ','), '') FROM pg_replication_slots").await;
     c.expect("slots on the publisher after the refusal", &slots, "");
 
@@ -1495,7 +1425,9 @@ async fn row_filters_and_column_lists() {
         // pgsub also refuses a clash when publications are changed or refreshed (PostgreSQL 16
         // does at ALTER SUBSCRIPTION … REFRESH; 15 only when the table is copied or changed).
         let want = "cannot use different column lists for table \"public.cl_diff\" in different publications";
-        let r = c.s.execute("SELECT pgsub.alter_subscription_publications('filters', ARRAY['f1', 'f2', 'd1', 'd2'])", &[]).await;
+        let r =
+            c.s.execute("SELECT pgsub.alter_subscription_publications('filters', ARRAY['f1', 'f2', 'd1', 'd2'])", &[])
+                .await;
         match r {
             Ok(_) => c.findings.push("alter_subscription_publications accepted d1 and d2".into()),
             Err(e) => {

@@ -12,6 +12,10 @@
 //!
 //! Every server runs on 127.0.0.1 on a port of its own; dropping it stops its threads (they poll
 //! a stop flag at least every 100 ms) and joins them, so nothing outlives the test.
+//!
+//! The `sleep`s in this file are the poll intervals of the peers' own non-blocking loops (accept,
+//! drain, frozen proxy) and the pauses a [`Script`] asks for (`Step::Sleep`): how the fake peers
+//! behave, not a test waiting for a condition (the tests wait through the kit in harness.rs).
 #![allow(dead_code)]
 
 use pgsub_proto::client::{Client, Interest, PgOutputOptions, PollWait, Wait};
@@ -115,10 +119,8 @@ pub fn keepalive(wal_end: u64, reply: bool) -> Vec<u8> {
 
 /// Now in PostgreSQL's clock: µs since 2000-01-01 UTC.
 pub fn pg_now() -> i64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
     unix - 946_684_800_000_000
 }
 
@@ -663,7 +665,14 @@ pub struct Capture {
 /// logical message with prefix `sentinel` arrives (the caller emits it with
 /// `pg_logical_emit_message(false, sentinel, '')` after its workload; `opts.messages` must be
 /// on). Panics after `limit`.
-pub fn capture(connstr: &str, slot: &str, start: Lsn, opts: &PgOutputOptions, sentinel: &str, limit: Duration) -> Capture {
+pub fn capture(
+    connstr: &str,
+    slot: &str,
+    start: Lsn,
+    opts: &PgOutputOptions,
+    sentinel: &str,
+    limit: Duration,
+) -> Capture {
     let cfg = pgsub_proto::conninfo::parse_with_env(connstr, &|_| None).expect("capture conninfo");
     let mut c = Client::connect(&cfg, true, Box::new(PollWait)).expect("capture: connect");
     c.start_replication(slot, start, opts).expect("capture: START_REPLICATION");
@@ -740,13 +749,7 @@ impl Rng {
 
 /// A seed from the clock unless `PGSUB_TEST_SEED` is set.
 pub fn seed() -> u64 {
-    std::env::var("PGSUB_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
+    std::env::var("PGSUB_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    })
 }

@@ -14,7 +14,11 @@ mod fake_publisher;
 use fake_publisher::{capture, xlog_data, FakePublisher, Proxy, Rng, Script, SilentServer, Step};
 use pgsub_proto::client::PgOutputOptions;
 use pgsub_proto::Lsn;
-use pgsub_tests::{assert_replicated_equal_for, pid_alive, wait_replicated_equal, Cluster, ClusterOpts, TwoNodes};
+use pgsub_tests::{
+    assert_replicated_equal_for, connect, pid_alive, wait_for, wait_replicated_equal, Cluster, ClusterOpts, TwoNodes,
+};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -37,29 +41,35 @@ fn test_seed(name: &str) -> u64 {
 // Connections that survive restarts of the node they talk to
 
 /// A client that reconnects on the next use after its server went away (crash restart, kill -9).
+/// The client is shared (`Rc`), so that no borrow is held while a query runs and the waits of
+/// the kit can poll through `&Conn`.
 struct Conn {
     connstr: String,
-    client: Option<Client>,
+    client: RefCell<Option<Rc<Client>>>,
 }
 
 impl Conn {
     fn new(c: &Cluster) -> Conn {
-        Conn { connstr: c.connstr("postgres", "postgres"), client: None }
+        Conn { connstr: c.connstr("postgres", "postgres"), client: RefCell::new(None) }
     }
 
-    async fn get(&mut self) -> Result<&Client, String> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, conn) = tokio_postgres::connect(&self.connstr, NoTls).await.map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.client = Some(client);
+    async fn get(&self) -> Result<Rc<Client>, String> {
+        let current = self.client.borrow().clone();
+        if let Some(c) = current.filter(|c| !c.is_closed()) {
+            return Ok(c);
         }
-        self.client.as_ref().ok_or_else(|| "no client".to_string())
+        let c = Rc::new(connect(&self.connstr).await?);
+        *self.client.borrow_mut() = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the client after an error: the next use connects again.
+    fn reset(&self) {
+        *self.client.borrow_mut() = None;
     }
 
     /// First column of the first row as text (None for no row or NULL); errors drop the client.
-    async fn value(&mut self, sql: &str) -> Result<Option<String>, String> {
+    async fn value(&self, sql: &str) -> Result<Option<String>, String> {
         let r = match self.get().await {
             Ok(c) => c.query_opt(sql, &[]).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
@@ -67,14 +77,14 @@ impl Conn {
         match r {
             Ok(row) => Ok(row.and_then(|r| r.get::<_, Option<String>>(0))),
             Err(e) => {
-                self.client = None;
+                self.reset();
                 Err(e)
             }
         }
     }
 
     /// Every row's first column, as text.
-    async fn column(&mut self, sql: &str) -> Result<Vec<String>, String> {
+    async fn column(&self, sql: &str) -> Result<Vec<String>, String> {
         let r = match self.get().await {
             Ok(c) => c.query(sql, &[]).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
@@ -82,46 +92,58 @@ impl Conn {
         match r {
             Ok(rows) => Ok(rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()),
             Err(e) => {
-                self.client = None;
+                self.reset();
                 Err(e)
             }
         }
     }
 
-    async fn exec(&mut self, sql: &str) -> Result<(), String> {
+    async fn exec(&self, sql: &str) -> Result<(), String> {
         let r = match self.get().await {
             Ok(c) => c.batch_execute(sql).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         if r.is_err() {
-            self.client = None;
+            self.reset();
         }
         r
     }
 
-    /// Polls `sql` until its value satisfies `ok`; panics with the last value after `timeout`.
-    async fn wait_until(&mut self, what: &str, sql: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut last;
-        loop {
-            match self.value(sql).await {
-                Ok(Some(v)) if ok(&v) => return v,
-                Ok(v) => last = v.unwrap_or_else(|| "no row / NULL".into()),
-                Err(e) => last = format!("error: {e}"),
+    /// Polls `sql` (the kit's `wait_for`, reconnecting after errors) until its value satisfies
+    /// `ok`; returns it. Panics with the last value and the subscriptions after `timeout`.
+    async fn wait_until(&self, what: &str, sql: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let last = RefCell::new(String::new());
+        let r = wait_for(&format!("{what} ({sql})"), timeout, || {
+            let (last, ok) = (&last, &ok);
+            async move {
+                let v = self.value(sql).await?;
+                match v {
+                    Some(v) if ok(&v) => Ok(Some(v)),
+                    v => {
+                        *last.borrow_mut() = v.unwrap_or_else(|| "no row / NULL".into());
+                        Ok(None)
+                    }
+                }
             }
-            if Instant::now() >= deadline {
+        })
+        .await;
+        match r {
+            Ok(v) => v,
+            Err(e) => {
                 let stats = self
-                    .column("SELECT format('%s %s pid=%s errors=%s last_error=%s', subname, status, pid, error_count, last_error) FROM pgsub.stat_subscription")
+                    .column(
+                        "SELECT format('%s %s pid=%s errors=%s last_error=%s', subname, status, pid, error_count, \
+                         last_error) FROM pgsub.stat_subscription",
+                    )
                     .await
                     .unwrap_or_default();
-                panic!("timed out after {timeout:?} waiting for {what} ({sql}); last: {last}\n{}", stats.join("\n"));
+                panic!("{e}; last value: {}\n{}", last.borrow(), stats.join("\n"))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
 
-async fn stat_i64(s: &mut Conn, sub: &str, col: &str) -> Option<i64> {
+async fn stat_i64(s: &Conn, sub: &str, col: &str) -> Option<i64> {
     s.value(&format!("SELECT {col}::text FROM pgsub.stat_subscription WHERE subname = '{sub}'"))
         .await
         .ok()
@@ -129,7 +151,7 @@ async fn stat_i64(s: &mut Conn, sub: &str, col: &str) -> Option<i64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn last_error(s: &mut Conn, sub: &str) -> String {
+async fn last_error(s: &Conn, sub: &str) -> String {
     s.value(&format!("SELECT last_error FROM pgsub.stat_subscription WHERE subname = '{sub}'"))
         .await
         .ok()
@@ -138,12 +160,9 @@ async fn last_error(s: &mut Conn, sub: &str) -> String {
 }
 
 /// Pid of the one process of `backend_type` on the subscriber.
-async fn backend_pid(s: &mut Conn, backend_type: &str, timeout: Duration) -> i32 {
+async fn backend_pid(s: &Conn, backend_type: &str, timeout: Duration) -> i32 {
     let sql = format!("SELECT pid::text FROM pg_stat_activity WHERE backend_type = '{backend_type}'");
-    s.wait_until(&format!("a running {backend_type}"), &sql, timeout, |_| true)
-        .await
-        .parse()
-        .expect("pid")
+    s.wait_until(&format!("a running {backend_type}"), &sql, timeout, |_| true).await.parse().expect("pid")
 }
 
 /// Sends `sig` to `pid`; false when the process no longer exists.
@@ -156,7 +175,8 @@ fn signal(pid: i32, sig: i32) {
     assert!(try_signal(pid, sig), "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
 }
 
-/// Waits until `pid` has exited; returns how long that took from `since`.
+/// Waits until `pid` has exited; returns how long that took from `since`. Polls every 5 ms, not
+/// through the kit's 100 ms `wait_for`: the time it took is what the tests assert.
 async fn wait_gone(pid: i32, since: Instant, timeout: Duration) -> Duration {
     while pid_alive(pid) {
         assert!(since.elapsed() < timeout, "process {pid} still alive after {timeout:?}");
@@ -203,11 +223,11 @@ impl Workload {
     /// Waits until at least `n` more transactions committed.
     async fn wait_progress(&self, n: u64) {
         let start = self.txns();
-        let deadline = Instant::now() + WAIT;
-        while self.txns() < start + n {
-            assert!(Instant::now() < deadline, "the workload made no progress");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for(&format!("{n} more workload transactions"), WAIT, || async {
+            Ok((self.txns() >= start + n).then_some(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the workload made no progress: {e}"));
     }
 
     /// Stops the load; returns (committed, failed) statements.
@@ -245,6 +265,8 @@ async fn workload(connstr: String, seed: u64, stop: Arc<AtomicBool>, txns: Arc<A
                     client = Some(c);
                 }
                 Err(_) => {
+                    // The publisher is down: retry the connection at a steady pace (not a wait
+                    // for a condition; the load just goes on once it is back).
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -301,10 +323,12 @@ async fn workload(connstr: String, seed: u64, stop: Arc<AtomicBool>, txns: Arc<A
                 if c.is_closed() {
                     client = None;
                 }
+                // A pause after a failed statement (the publisher going away), as above.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         // A steady, moderate rate: the point is faults during a flowing stream, not throughput.
+        // (Pacing the load, not waiting for a condition.)
         tokio::time::sleep(Duration::from_millis(if bulk { 20 } else { 2 })).await;
     }
 }
@@ -320,12 +344,12 @@ const DUMPS: [(&str, &str); 2] = [
 /// harness's comparison of every table of `sub` (count and md5); then compares both tables row
 /// by row, which says what differs if they did not converge.
 async fn assert_converged(publisher: &Cluster, subscriber: &Cluster, sub: &str) {
-    let mut p = Conn::new(publisher);
-    let mut s = Conn::new(subscriber);
+    let p = Conn::new(publisher);
+    let s = Conn::new(subscriber);
     let t0 = Instant::now();
     let converged = {
         let (pc, sc) = (p.get().await.expect("publisher"), s.get().await.expect("subscriber"));
-        wait_replicated_equal(pc, sc, Some(&[sub]), &[], WAIT + WAIT / 2).await
+        wait_replicated_equal(&pc, &sc, Some(&[sub]), &[], WAIT + WAIT / 2).await
     };
     match &converged {
         Ok(tables) => {
@@ -359,18 +383,18 @@ async fn assert_converged(publisher: &Cluster, subscriber: &Cluster, sub: &str) 
     if converged.is_err() {
         // Equal row by row now, after the wait above gave up: it must hold for the harness too.
         let (pc, sc) = (p.get().await.expect("publisher"), s.get().await.expect("subscriber"));
-        assert_replicated_equal_for(pc, sc, Some(&[sub])).await;
+        assert_replicated_equal_for(&pc, &sc, Some(&[sub])).await;
     }
 }
 
 async fn setup_tables(nodes: &TwoNodes) {
-    let mut p = Conn::new(&nodes.publisher);
-    let mut s = Conn::new(&nodes.subscriber);
+    let p = Conn::new(&nodes.publisher);
+    let s = Conn::new(&nodes.subscriber);
     p.exec(&format!("{DDL} CREATE PUBLICATION pub FOR TABLE t, hist")).await.expect("publisher tables");
     s.exec(DDL).await.expect("subscriber tables");
 }
 
-async fn create_sub(s: &mut Conn, sub: &str, conninfo: &str, extra: &str) {
+async fn create_sub(s: &Conn, sub: &str, conninfo: &str, extra: &str) {
     let client = s.get().await.expect("subscriber");
     client
         .execute(&format!("SELECT pgsub.create_subscription('{sub}', $1, ARRAY['pub']{extra})"), &[&conninfo])
@@ -412,8 +436,8 @@ async fn kill9_during_workload(victim: Victim, streamed: bool, seed: u64) {
     }
     let mut nodes = TwoNodes::start_with(p_opts, s_opts).expect("start");
     setup_tables(&nodes).await;
-    let mut s = Conn::new(&nodes.subscriber);
-    create_sub(&mut s, "k", &nodes.pub_conninfo(), if streamed { ", streaming => true" } else { "" }).await;
+    let s = Conn::new(&nodes.subscriber);
+    create_sub(&s, "k", &nodes.pub_conninfo(), if streamed { ", streaming => true" } else { "" }).await;
     s.wait_until("streaming", &status_sql("k"), WAIT, |v| v == "streaming").await;
     let load = Workload::start(nodes.publisher.connstr("postgres", "postgres"), seed);
     load.wait_progress(50).await;
@@ -434,9 +458,10 @@ async fn kill9_during_workload(victim: Victim, streamed: bool, seed: u64) {
             .await
             .parse()
             .expect("pid");
-        let launcher = backend_pid(&mut s, "pgsub launcher", WAIT).await;
+        let launcher = backend_pid(&s, "pgsub launcher", WAIT).await;
         let delay = Duration::from_millis(rng.between(100, 2000));
         let before = load.txns();
+        // The seeded random kill moment: a deliberate interval, not a condition.
         tokio::time::sleep(delay).await;
         // Two rounds in three aim at a moment inside a local transaction of the worker (the next
         // one within 2 s); whether a kill landed there is reported, not asserted.
@@ -448,6 +473,8 @@ async fn kill9_during_workload(victim: Victim, streamed: bool, seed: u64) {
             if busy || !aim || Instant::now() >= aim_until {
                 break busy;
             }
+            // Aiming, not waiting: a 2 ms poll to catch a short transaction (the kit polls every
+            // 100 ms), and a miss after 2 s is fine.
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         in_txn += usize::from(busy);
@@ -458,7 +485,7 @@ async fn kill9_during_workload(victim: Victim, streamed: bool, seed: u64) {
                 if !try_signal(pid, libc::SIGKILL) {
                     // It exited by itself between the lookup and the kill: a worker that keeps
                     // failing is a finding, not a kill moment.
-                    let err = last_error(&mut s, "k").await;
+                    let err = last_error(&s, "k").await;
                     misses += 1;
                     assert!(misses < 5, "{victim:?} {pid} keeps exiting by itself; last_error: {err}");
                     eprintln!("round {round}: {victim:?} {pid} already gone (last_error: {err}); again");
@@ -481,7 +508,7 @@ async fn kill9_during_workload(victim: Victim, streamed: bool, seed: u64) {
             "SELECT status FROM pgsub.stat_subscription WHERE subname = 'k' AND pid IS DISTINCT FROM {worker} AND pid > 0"
         );
         s.wait_until("a new worker streaming", &sql, WAIT, |v| v == "streaming").await;
-        let new_launcher = backend_pid(&mut s, "pgsub launcher", WAIT).await;
+        let new_launcher = backend_pid(&s, "pgsub launcher", WAIT).await;
         eprintln!(
             "round {round}: {victim:?} killed after {delay:?} ({} publisher transactions in between, worker \
              {} a transaction); streaming again after {:?}; launcher {launcher} -> {new_launcher}",
@@ -496,7 +523,7 @@ async fn kill9_during_workload(victim: Victim, streamed: bool, seed: u64) {
     assert_eq!(failed, 0, "the publisher stayed up: every workload statement must succeed");
     assert_converged(&nodes.publisher, &nodes.subscriber, "k").await;
     if streamed {
-        let mut p = Conn::new(&nodes.publisher);
+        let p = Conn::new(&nodes.publisher);
         let n = p
             .wait_until(
                 "streamed transactions on the publisher's slot",
@@ -543,20 +570,27 @@ async fn kill9_subscriber_postmaster_at_random_moments() {
 // =============================================================================================
 // 2. Publisher shutdowns and a silent network path
 
-/// Waits until error_count is above `before`; returns (new count, last_error).
-async fn wait_error(s: &mut Conn, sub: &str, before: i64, what: &str, matches: impl Fn(&str) -> bool) -> (i64, String) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let n = stat_i64(s, sub, "error_count").await.unwrap_or(0);
-        let e = last_error(s, sub).await;
-        if n > before && matches(&e) {
-            // Network failures are not blamed on the transaction being received.
-            assert!(!e.contains("finished at"), "{what}: a connection error blames a transaction:\n{e}");
-            return (n, e);
+/// Waits until error_count is above `before` and last_error `matches`; returns (new count,
+/// last_error).
+async fn wait_error(s: &Conn, sub: &str, before: i64, what: &str, matches: impl Fn(&str) -> bool) -> (i64, String) {
+    let last = RefCell::new((0, String::new()));
+    let r = wait_for(&format!("{what}: an error of {sub}"), WAIT, || {
+        let (last, matches) = (&last, &matches);
+        async move {
+            let n = stat_i64(s, sub, "error_count").await.unwrap_or(0);
+            let e = last_error(s, sub).await;
+            *last.borrow_mut() = (n, e.clone());
+            Ok((n > before && matches(&e)).then_some((n, e)))
         }
-        assert!(Instant::now() < deadline, "{what}: no matching error reported (error_count {n}, last_error {e:?})");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    let (n, e) = r.unwrap_or_else(|err| {
+        let (n, e) = last.borrow().clone();
+        panic!("{what}: no matching error reported (error_count {n}, last_error {e:?}): {err}")
+    });
+    // Network failures are not blamed on the transaction being received.
+    assert!(!e.contains("finished at"), "{what}: a connection error blames a transaction:\n{e}");
+    (n, e)
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -570,23 +604,25 @@ async fn publisher_shutdowns_and_silent_network_converge() {
     setup_tables(&nodes).await;
     let proxy = Proxy::start(nodes.publisher.port());
     let via_proxy = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.port());
-    let mut s = Conn::new(&nodes.subscriber);
-    create_sub(&mut s, "pf", &via_proxy, "").await;
+    let s = Conn::new(&nodes.subscriber);
+    create_sub(&s, "pf", &via_proxy, "").await;
     s.wait_until("streaming", &status_sql("pf"), WAIT, |v| v == "streaming").await;
     let load = Workload::start(nodes.publisher.connstr("postgres", "postgres"), seed);
     let mut rng = Rng::new(seed);
 
     for mode in ["fast", "immediate"] {
         load.wait_progress(100).await;
+        // A seeded random moment to stop the publisher: a deliberate interval.
         tokio::time::sleep(Duration::from_millis(rng.between(0, 1000))).await;
-        let before = stat_i64(&mut s, "pf", "error_count").await.expect("error_count");
+        let before = stat_i64(&s, "pf", "error_count").await.expect("error_count");
         nodes.publisher.stop(mode).expect("stop the publisher");
-        // Down for longer than the receiver timeout.
+        // Down for longer than the receiver timeout (3 s): a deliberate interval, not a
+        // condition; the worker's reconnection attempts meet a closed port meanwhile.
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let (n, err) = wait_error(&mut s, "pf", before, mode, |e| !e.is_empty()).await;
+        let (n, err) = wait_error(&s, "pf", before, mode, |e| !e.is_empty()).await;
         eprintln!("{mode} shutdown: error_count {before} -> {n}, last_error: {err}");
         nodes.publisher.start_again().expect("start the publisher again");
-        let applied = stat_i64(&mut s, "pf", "txns_applied").await.unwrap_or(0);
+        let applied = stat_i64(&s, "pf", "txns_applied").await.unwrap_or(0);
         load.wait_progress(50).await;
         s.wait_until(
             "transactions applied after the publisher came back",
@@ -599,17 +635,24 @@ async fn publisher_shutdowns_and_silent_network_converge() {
 
     // The network path goes silent: the TCP connection stays open, nothing arrives.
     load.wait_progress(100).await;
-    let before = stat_i64(&mut s, "pf", "error_count").await.expect("error_count");
+    let before = stat_i64(&s, "pf", "error_count").await.expect("error_count");
     let frozen_at = Instant::now();
     proxy.freeze();
-    let (n, err) = wait_error(&mut s, "pf", before, "silent network", |e| e.contains("timeout")).await;
-    eprintln!("silent network: reported after {:?}: error_count {before} -> {n}, last_error: {err}", frozen_at.elapsed());
-    assert!(frozen_at.elapsed() >= Duration::from_secs(2), "timed out before receiver_timeout: {:?}", frozen_at.elapsed());
+    let (n, err) = wait_error(&s, "pf", before, "silent network", |e| e.contains("timeout")).await;
+    eprintln!(
+        "silent network: reported after {:?}: error_count {before} -> {n}, last_error: {err}",
+        frozen_at.elapsed()
+    );
+    assert!(
+        frozen_at.elapsed() >= Duration::from_secs(2),
+        "timed out before receiver_timeout: {:?}",
+        frozen_at.elapsed()
+    );
     // Reconnection attempts through the frozen path time out too.
-    let (n2, err2) = wait_error(&mut s, "pf", n, "silent network, retry", |e| e.contains("timeout")).await;
+    let (n2, err2) = wait_error(&s, "pf", n, "silent network, retry", |e| e.contains("timeout")).await;
     eprintln!("retry while silent: error_count {n} -> {n2}, last_error: {err2}");
     proxy.thaw();
-    let applied = stat_i64(&mut s, "pf", "txns_applied").await.unwrap_or(0);
+    let applied = stat_i64(&s, "pf", "txns_applied").await.unwrap_or(0);
     s.wait_until(
         "transactions applied after the network came back",
         "SELECT txns_applied::text FROM pgsub.stat_subscription WHERE subname = 'pf'",
@@ -634,8 +677,8 @@ async fn silent_publisher_times_out_retries_and_sigterm_is_prompt() {
     .expect("start");
     setup_tables(&nodes).await;
     let silent = SilentServer::start();
-    let mut s = Conn::new(&nodes.subscriber);
-    create_sub(&mut s, "sl", &nodes.pub_conninfo(), ", enabled => false, copy_data => false").await;
+    let s = Conn::new(&nodes.subscriber);
+    create_sub(&s, "sl", &nodes.pub_conninfo(), ", enabled => false, copy_data => false").await;
     // The API checks a new connection string by connecting, which a silent server never allows;
     // write the catalog the way alter_subscription_connection does after its check.
     let silent_ci = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", silent.port());
@@ -647,34 +690,37 @@ async fn silent_publisher_times_out_retries_and_sigterm_is_prompt() {
         .expect("point the subscription at the silent server");
     s.exec("SELECT pgsub.enable_subscription('sl')").await.expect("enable");
 
-    let (n, err) = wait_error(&mut s, "sl", 0, "silent publisher", |e| e.contains("timeout")).await;
+    let (n, err) = wait_error(&s, "sl", 0, "silent publisher", |e| e.contains("timeout")).await;
     eprintln!("silent publisher: error_count {n}, last_error: {err}");
     assert!(err.contains("\"sl\""), "the error names the subscription: {err}");
     // It retries: more connections arrive, each one given up with an error.
-    let deadline = Instant::now() + WAIT;
-    while silent.accepted() < 3 {
-        assert!(Instant::now() < deadline, "no retries: {} connections", silent.accepted());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (n2, _) = wait_error(&mut s, "sl", n, "silent publisher, retry", |e| e.contains("timeout")).await;
+    wait_for("three connections to the silent server", WAIT, || async { Ok((silent.accepted() >= 3).then_some(())) })
+        .await
+        .unwrap_or_else(|e| panic!("no retries: {e} ({} connections)", silent.accepted()));
+    let (n2, _) = wait_error(&s, "sl", n, "silent publisher, retry", |e| e.contains("timeout")).await;
     eprintln!("retries: {} connections accepted, error_count {n2}", silent.accepted());
 
     // SIGTERM while the worker waits on the silent server ends it within about a second, once by
     // pg_terminate_backend and once by kill -TERM.
     for how in ["pg_terminate_backend", "kill -TERM"] {
-        let (pid, accepted_before) = loop {
-            let pid = backend_pid(&mut s, "pgsub apply worker", WAIT).await;
-            let accepted = silent.accepted();
-            // Give it time to connect and be inside its wait.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if pid_alive(pid) && silent.accepted() == accepted && accepted > 0 {
-                let recent = silent.last_accept.lock().unwrap().is_some_and(|t| t.elapsed() < Duration::from_millis(1200));
-                if recent {
-                    break (pid, accepted);
+        // The worker is connected to the silent server and waits for its answer, with most of
+        // receiver_timeout (2 s) still ahead: the last connection was accepted less than a second
+        // ago (the previous worker's is at least 2 s old by the time the next one runs), and the
+        // worker sits in its latch and socket wait (wait_event_type Extension).
+        let waiting = "SELECT pid::text FROM pg_stat_activity \
+                       WHERE backend_type = 'pgsub apply worker' AND wait_event_type = 'Extension'";
+        let (pid, accepted_before) =
+            wait_for("the worker waiting on a fresh connection to the silent server", WAIT, || {
+                let (s, silent) = (&s, &silent);
+                async move {
+                    let pid = s.value(waiting).await?.and_then(|v| v.parse::<i32>().ok());
+                    let recent =
+                        silent.last_accept.lock().unwrap().is_some_and(|t| t.elapsed() < Duration::from_millis(1000));
+                    Ok(pid.filter(|p| recent && pid_alive(*p)).map(|p| (p, silent.accepted())))
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let t0 = Instant::now();
         if how == "kill -TERM" {
             signal(pid, libc::SIGTERM);
@@ -696,27 +742,31 @@ async fn silent_publisher_times_out_retries_and_sigterm_is_prompt() {
         .execute("SELECT pgsub.alter_subscription_connection('sl', $1)", &[&fake.conninfo()])
         .await
         .expect("alter connection to the fake publisher");
-    let errors = stat_i64(&mut s, "sl", "error_count").await.unwrap_or(0);
+    let errors = stat_i64(&s, "sl", "error_count").await.unwrap_or(0);
     let (n, err) =
-        wait_error(&mut s, "sl", errors, "unanswered START_REPLICATION", |e| e.contains("START_REPLICATION")).await;
+        wait_error(&s, "sl", errors, "unanswered START_REPLICATION", |e| e.contains("START_REPLICATION")).await;
     eprintln!("unanswered START_REPLICATION: error_count {errors} -> {n}: {}", err.lines().next().unwrap_or(""));
     assert!(err.contains("within 2000 ms"), "{err}");
     // The retry waits for its answer too; SIGTERM ends that wait at once.
-    let deadline = Instant::now() + WAIT;
-    while fake.sessions() < 2 {
-        assert!(Instant::now() < deadline, "no retry after the unanswered START_REPLICATION");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = backend_pid(&mut s, "pgsub apply worker", WAIT).await;
+    wait_for("a retry after the unanswered START_REPLICATION", WAIT, || async {
+        Ok((fake.sessions() >= 2).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pid = backend_pid(&s, "pgsub apply worker", WAIT).await;
     let t0 = Instant::now();
     signal(pid, libc::SIGTERM);
     let took = wait_gone(pid, t0, Duration::from_secs(10)).await;
     eprintln!("kill -TERM: worker {pid} (waiting for the answer to START_REPLICATION) gone after {took:?}");
     assert!(took <= Duration::from_millis(1500), "worker {pid} took {took:?} to stop");
     // The next session streams nothing at all: the receive loop gives up after receiver_timeout.
-    let errors = stat_i64(&mut s, "sl", "error_count").await.unwrap_or(0);
-    let (n, err) = wait_error(&mut s, "sl", errors, "silent stream", |e| e.contains("due to timeout")).await;
-    eprintln!("silent stream: error_count {errors} -> {n} after {} sessions: {}", fake.sessions(), err.lines().next().unwrap_or(""));
+    let errors = stat_i64(&s, "sl", "error_count").await.unwrap_or(0);
+    let (n, err) = wait_error(&s, "sl", errors, "silent stream", |e| e.contains("due to timeout")).await;
+    eprintln!(
+        "silent stream: error_count {errors} -> {n} after {} sessions: {}",
+        fake.sessions(),
+        err.lines().next().unwrap_or("")
+    );
     assert!(fake.sessions() >= 3);
 
     // Pointed at the real publisher again (the API checks it), it converges.
@@ -726,7 +776,7 @@ async fn silent_publisher_times_out_retries_and_sigterm_is_prompt() {
         .execute("SELECT pgsub.alter_subscription_connection('sl', $1)", &[&nodes.pub_conninfo()])
         .await
         .expect("alter connection back to the publisher");
-    let mut p = Conn::new(&nodes.publisher);
+    let p = Conn::new(&nodes.publisher);
     p.exec("INSERT INTO t SELECT g, g, 'x' || g FROM generate_series(1, 500) g; INSERT INTO hist SELECT g, g, 'h' FROM generate_series(1, 100) g; UPDATE t SET n = n + 1 WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0")
         .await
         .expect("publisher writes");
@@ -789,9 +839,9 @@ async fn corrupted_stream_never_crashes_the_worker() {
     )
     .expect("start");
     setup_tables(&nodes).await;
-    let mut p = Conn::new(&nodes.publisher);
-    let mut s = Conn::new(&nodes.subscriber);
-    create_sub(&mut s, "fz", &nodes.pub_conninfo(), ", enabled => false, copy_data => false").await;
+    let p = Conn::new(&nodes.publisher);
+    let s = Conn::new(&nodes.subscriber);
+    create_sub(&s, "fz", &nodes.pub_conninfo(), ", enabled => false, copy_data => false").await;
 
     // Record a real stream of a mixed workload.
     let start: Lsn = p
@@ -815,7 +865,10 @@ async fn corrupted_stream_never_crashes_the_worker() {
             1 => format!("UPDATE t SET v = 'upd {i}', n = n + 1 WHERE id = {}", 1000 + i - 1),
             2 => format!("DELETE FROM t WHERE id = {}", 10 + i * 3),
             3 => format!("INSERT INTO hist VALUES ({}, {i}, 'single')", 1000 + i),
-            _ => format!("BEGIN; INSERT INTO t VALUES ({}, 1, 'pair'); UPDATE hist SET tid = {i} WHERE seq = {i}; COMMIT", 2000 + i),
+            _ => format!(
+                "BEGIN; INSERT INTO t VALUES ({}, 1, 'pair'); UPDATE hist SET tid = {i} WHERE seq = {i}; COMMIT",
+                2000 + i
+            ),
         });
     }
     for sql in &steps {
@@ -846,7 +899,8 @@ async fn corrupted_stream_never_crashes_the_worker() {
     let relations: Arc<Vec<usize>> =
         Arc::new((0..frames.len()).filter(|&i| frames[i].data.first() == Some(&b'R')).collect());
     let script: Script = {
-        let (frames, txns, stats_cell, mutations) = (frames.clone(), txns.clone(), stats_cell.clone(), mutations.clone());
+        let (frames, txns, stats_cell, mutations) =
+            (frames.clone(), txns.clone(), stats_cell.clone(), mutations.clone());
         let relations = relations.clone();
         Arc::new(move |n: usize| {
             let start = stats_cell.get().map(|s| requested_start(s)).unwrap_or(0);
@@ -908,7 +962,7 @@ async fn corrupted_stream_never_crashes_the_worker() {
     let _ = stats_cell.set(fake.stats.clone());
 
     let postmaster = nodes.subscriber.pid().expect("postmaster");
-    let launcher = backend_pid(&mut s, "pgsub launcher", WAIT).await;
+    let launcher = backend_pid(&s, "pgsub launcher", WAIT).await;
     s.get()
         .await
         .unwrap()
@@ -918,16 +972,20 @@ async fn corrupted_stream_never_crashes_the_worker() {
     s.exec("SELECT pgsub.enable_subscription('fz')").await.expect("enable");
 
     // Collect the distinct errors while the damaged sessions run.
-    let mut seen: Vec<String> = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while fake.sessions() <= MUTATED_SESSIONS {
-        assert!(Instant::now() < deadline, "only {} sessions so far", fake.sessions());
-        let e = last_error(&mut s, "fz").await;
-        if !e.is_empty() && !seen.contains(&e) {
-            seen.push(e);
+    let seen: RefCell<Vec<String>> = RefCell::new(Vec::new());
+    wait_for("the damaged sessions to pass", WAIT, || {
+        let (s, seen, fake) = (&s, &seen, &fake);
+        async move {
+            let e = last_error(s, "fz").await;
+            if !e.is_empty() && !seen.borrow().contains(&e) {
+                seen.borrow_mut().push(e);
+            }
+            Ok((fake.sessions() > MUTATED_SESSIONS).then_some(()))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: only {} sessions so far", fake.sessions()));
+    let seen = seen.into_inner();
     for m in mutations.lock().unwrap().iter() {
         eprintln!("mutation {m}");
     }
@@ -957,11 +1015,11 @@ async fn corrupted_stream_never_crashes_the_worker() {
     // Nothing crashed: same postmaster, same launcher, no crash recovery in the log.
     assert_eq!(nodes.subscriber.pid(), Some(postmaster));
     assert!(pid_alive(postmaster));
-    assert_eq!(backend_pid(&mut s, "pgsub launcher", WAIT).await, launcher, "the launcher was not restarted");
+    assert_eq!(backend_pid(&s, "pgsub launcher", WAIT).await, launcher, "the launcher was not restarted");
     assert_no_crash_in_log(&nodes.subscriber);
 
     // SIGTERM while the worker waits on a connected, silent stream: gone within about a second.
-    let pid = backend_pid(&mut s, "pgsub apply worker", WAIT).await;
+    let pid = backend_pid(&s, "pgsub apply worker", WAIT).await;
     let t0 = Instant::now();
     signal(pid, libc::SIGTERM);
     let took = wait_gone(pid, t0, Duration::from_secs(10)).await;

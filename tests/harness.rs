@@ -1,4 +1,6 @@
-//! Two-node test harness: real PostgreSQL clusters for pgsub's end-to-end tests.
+//! The shared test kit of pgsub's end-to-end tests: real PostgreSQL clusters and the waits and
+//! comparisons every test uses, named after PostgreSQL's own Perl test kit
+//! (`PostgreSQL::Test::Cluster`) where there is a counterpart.
 //!
 //! [`Cluster::start`] runs `initdb` and `pg_ctl start` on a free loopback port in a fresh temporary
 //! directory (as the `postgres` OS user when the tests run as root, since PostgreSQL refuses root).
@@ -6,7 +8,24 @@
 //! build is installed into the system PostgreSQL once per test process by [`ensure_installed`].
 //! Dropping a `Cluster` stops its postmaster by pid (`pg_ctl stop -m immediate`, then SIGKILL to
 //! the recorded pid if it lingers) and removes the directory, also when the test panics; the
-//! server log of a panicking test is printed first.
+//! server log of a panicking test is printed first. [`TwoNodes`] is a publisher and a subscriber
+//! with `CREATE EXTENSION pgsub` done.
+//!
+//! | PostgreSQL::Test::Cluster | here |
+//! | --- | --- |
+//! | `new` + `init` + `start` | [`Cluster::start`] ([`ClusterOpts`]), [`Cluster::publisher`], [`Cluster::subscriber`] |
+//! | `start`, `stop`, `restart`, `reload`, `kill9` | [`Cluster::start_again`], [`Cluster::stop`], [`Cluster::restart`], [`Cluster::reload`], [`Cluster::kill9`] |
+//! | `append_conf` | [`Cluster::append_conf`] (alias of [`Cluster::add_conf`]) |
+//! | `safe_psql`, `psql` | [`Cluster::safe_psql`] (panics on error), [`Cluster::psql`] (returns the error) |
+//! | `connstr`, `port`, `data_dir`, `basedir`, `name` | [`Cluster::connstr`], [`Cluster::port`], [`Cluster::data_dir`], [`Cluster::dir`], [`Cluster::name`] |
+//! | `logfile`, `log_contains`, `wait_for_log` | [`Cluster::logfile`], [`Cluster::log_contains`], [`Cluster::wait_for_log`] |
+//! | `poll_query_until` | [`poll_query_until`] (on a client), [`Cluster::poll_query_until`] (a new connection per try: survives restarts); [`wait_value`] panics instead of returning the timeout |
+//! | `wait_for_subscription_sync` | [`wait_for_subscription_sync`] (panics), [`try_wait_for_subscription_sync`] |
+//!
+//! Beyond those: [`connect`], [`query_text`] (psql's unaligned output of a query), [`one`],
+//! [`wait_for`] (poll any condition), [`must_fail`] ([`SqlError`]), [`wait_for_subscription_error`]
+//! and [`wait_for_repeated_error`], and the full comparison every test ends with:
+//! [`assert_replicated_equal`] and its variants, [`assert_rows_equal`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -67,10 +86,7 @@ fn pg_command(program: &Path) -> Command {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{what}: cannot run: {e}"))?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: cannot run: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{what} failed ({}):\n{}{}",
@@ -84,10 +100,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<Output> {
 
 /// Root of the workspace (the extension crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".."))
 }
 
 /// Installs the current build of pgsub into the system PostgreSQL (`cargo pgrx install`), once per
@@ -114,9 +127,7 @@ pub fn ensure_installed() -> Result<()> {
         // SAFETY: flock on a valid fd we own; released when `lock` is closed.
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
         let mut cmd = Command::new("cargo");
-        cmd.current_dir(workspace_root())
-            .args(["pgrx", "install", "--pg-config"])
-            .arg(pg_config());
+        cmd.current_dir(workspace_root()).args(["pgrx", "install", "--pg-config"]).arg(pg_config());
         if std::env::var("PGSUB_RELEASE").as_deref() == Ok("1") {
             cmd.arg("--release");
         }
@@ -134,20 +145,12 @@ impl TempDir {
     pub fn new(tag: &str) -> Result<TempDir> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "pgsub-{tag}-{}-{n}-{nanos:x}",
-            std::process::id()
-        ));
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("pgsub-{tag}-{}-{n}-{nanos:x}", std::process::id()));
         fs::create_dir_all(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
         if running_as_root() {
-            run(
-                Command::new("chown").arg("postgres:").arg(&path),
-                "chown postgres temp dir",
-            )?;
+            run(Command::new("chown").arg("postgres:").arg(&path), "chown postgres temp dir")?;
         }
         Ok(TempDir { path })
     }
@@ -165,9 +168,7 @@ impl Drop for TempDir {
 /// Picks a loopback port nobody listens on right now.
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("local_addr: {e}"))
+    l.local_addr().map(|a| a.port()).map_err(|e| format!("local_addr: {e}"))
 }
 
 /// What kind of node to start.
@@ -235,10 +236,16 @@ impl Cluster {
         let dir = TempDir::new(&opts.name)?;
         let data = dir.path().join("data");
         run(
-            pg_command(&bindir()?.join("initdb"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
+            pg_command(&bindir()?.join("initdb")).arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]),
             "initdb",
         )?;
         let mut c = Cluster { opts, dir, port: 0, pid: None };
@@ -275,10 +282,7 @@ impl Cluster {
         let main = self.data_dir().join("postgresql.conf");
         let existing = fs::read_to_string(&main).map_err(|e| format!("read conf: {e}"))?;
         if !existing.contains("include 'pgsub_harness.conf'") {
-            let mut f = fs::OpenOptions::new()
-                .append(true)
-                .open(&main)
-                .map_err(|e| format!("open conf: {e}"))?;
+            let mut f = fs::OpenOptions::new().append(true).open(&main).map_err(|e| format!("open conf: {e}"))?;
             writeln!(f, "\ninclude 'pgsub_harness.conf'").map_err(|e| format!("write conf: {e}"))?;
         }
         Ok(())
@@ -299,12 +303,9 @@ impl Cluster {
     }
 
     fn read_pid(&self) -> Result<i32> {
-        let s = fs::read_to_string(self.data_dir().join("postmaster.pid"))
-            .map_err(|e| format!("postmaster.pid: {e}"))?;
-        s.lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .ok_or_else(|| "postmaster.pid has no pid".to_string())
+        let s =
+            fs::read_to_string(self.data_dir().join("postmaster.pid")).map_err(|e| format!("postmaster.pid: {e}"))?;
+        s.lines().next().and_then(|l| l.trim().parse().ok()).ok_or_else(|| "postmaster.pid has no pid".to_string())
     }
 
     pub fn port(&self) -> u16 {
@@ -328,6 +329,46 @@ impl Cluster {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The node's name ([`ClusterOpts::name`]).
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
+    /// Path of the server log (`PostgreSQL::Test::Cluster::logfile`); [`Cluster::log`] reads it.
+    pub fn logfile(&self) -> PathBuf {
+        self.log_path()
+    }
+
+    /// Whether the server log so far contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log().contains(needle)
+    }
+
+    /// Waits until the server log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let what = format!("a line containing {needle:?} in the log of {}", self.opts.name);
+        wait_for(&what, timeout, || async { Ok(self.log_contains(needle).then_some(())) }).await
+    }
+
+    /// [`poll_query_until`] over a new connection to `db` for every try (as psql in
+    /// `PostgreSQL::Test::Cluster::poll_query_until`): it keeps polling across a restart or a
+    /// crash of the server.
+    pub async fn poll_query_until(&self, db: &str, sql: &str, expected: &str, timeout: Duration) -> Result<()> {
+        let last = std::cell::RefCell::new(String::new());
+        let r = wait_for(&format!("{sql} on {} to return {expected:?}", self.opts.name), timeout, || {
+            let last = &last;
+            async move {
+                let c = self.client(db).await?;
+                let v = query_text(&c, sql).await?;
+                let done = v == expected;
+                *last.borrow_mut() = v;
+                Ok(done.then_some(()))
+            }
+        })
+        .await;
+        r.map_err(|e| format!("{e} (last value: {:?})", last.borrow()))
+    }
+
     /// libpq keyword/value connection string over TCP to `db` as `user`.
     pub fn connstr(&self, user: &str, db: &str) -> String {
         // Values in single quotes, with \ and ' escaped: names with spaces or quotes work.
@@ -342,13 +383,7 @@ impl Cluster {
     }
 
     pub async fn client_as(&self, user: &str, db: &str) -> Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::connect(&self.connstr(user, db), tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("connect to {} as {user}: {e}", self.opts.name))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        connect(&self.connstr(user, db)).await.map_err(|e| format!("{} as {user}: {e}", self.opts.name))
     }
 
     /// Runs SQL with psql as the superuser, returning unaligned tuples-only output.
@@ -363,10 +398,20 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// [`Cluster::psql`] that panics with psql's output when the statement fails.
+    pub fn safe_psql(&self, db: &str, sql: &str) -> String {
+        self.psql(db, sql).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Appends lines to the harness config (takes effect on reload or restart).
     pub fn add_conf(&mut self, line: &str) -> Result<()> {
         self.opts.conf.push(line.to_string());
         self.write_conf()
+    }
+
+    /// `PostgreSQL::Test::Cluster::append_conf`: [`Cluster::add_conf`].
+    pub fn append_conf(&mut self, line: &str) -> Result<()> {
+        self.add_conf(line)
     }
 
     /// Replaces pg_hba.conf and reloads.
@@ -376,11 +421,8 @@ impl Cluster {
     }
 
     pub fn reload(&self) -> Result<()> {
-        run(
-            pg_command(&bindir()?.join("pg_ctl")).arg("-D").arg(self.data_dir()).arg("reload"),
-            "pg_ctl reload",
-        )
-        .map(|_| ())
+        run(pg_command(&bindir()?.join("pg_ctl")).arg("-D").arg(self.data_dir()).arg("reload"), "pg_ctl reload")
+            .map(|_| ())
     }
 
     /// Stops the server (`mode`: smart, fast, immediate) and waits for it.
@@ -506,6 +548,7 @@ fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
         if !pid_alive(pid) {
             return true;
         }
+        // The poll interval of this wait.
         std::thread::sleep(Duration::from_millis(50));
     }
     !pid_alive(pid)
@@ -575,6 +618,7 @@ where
         if Instant::now() >= deadline {
             return Err(format!("timed out after {timeout:?} waiting for {what}: {last}"));
         }
+        // The poll interval of this wait.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -584,28 +628,269 @@ pub async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &tokio_postgr
     c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
 
-/// Waits until `sql` (one text value) returns `want`; on timeout panics with the last value seen
-/// and every subscription's status and last_error.
-pub async fn wait_value(c: &tokio_postgres::Client, sql: &str, want: &str, timeout: Duration) {
-    let seen = std::cell::RefCell::new(String::new());
-    let r = wait_for(&format!("{sql} = {want}"), timeout, || {
-        let seen = &seen;
+/// A tokio-postgres client for a libpq connection string; its connection task is spawned on the
+/// current tokio runtime.
+pub async fn connect(connstr: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) =
+        tokio_postgres::connect(connstr, tokio_postgres::NoTls).await.map_err(|e| format!("connect: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// What psql prints for `sql` with `-A -t` (unaligned, tuples only): the rows separated by
+/// newlines, the columns by `|`, NULL as an empty string, whatever the columns' types (the query
+/// runs over the simple protocol, which returns text).
+pub async fn query_text(c: &tokio_postgres::Client, sql: &str) -> Result<String> {
+    let msgs = c.simple_query(sql).await.map_err(|e| format!("{sql}: {}", db_error_text(&e)))?;
+    let rows: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("")).collect::<Vec<_>>().join("|"))
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(rows.join("\n"))
+}
+
+/// An error as the server reported it (`SQLSTATE: message`), or as tokio-postgres did.
+fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Every pgsub subscription's name, status and last_error, for failure messages; None where the
+/// node has no pgsub (a publisher, a native subscriber).
+async fn pgsub_report(c: &tokio_postgres::Client) -> Option<String> {
+    c.query("SELECT format('%s %s %s', subname, status, last_error) FROM pgsub.stat_subscription", &[])
+        .await
+        .ok()
+        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+}
+
+/// `PostgreSQL::Test::Cluster::poll_query_until`: runs `sql` every 100 ms until its output (as
+/// [`query_text`] prints it: `t`/`f` for a boolean) is `expected`. Errors of the query are
+/// retried too. On timeout, Err with the last output or error and, on a pgsub node, every
+/// subscription's status and last_error.
+pub async fn poll_query_until(c: &tokio_postgres::Client, sql: &str, expected: &str, timeout: Duration) -> Result<()> {
+    let last = std::cell::RefCell::new(String::new());
+    let r = wait_for(&format!("{sql} to return {expected:?}"), timeout, || {
+        let last = &last;
         async move {
-            let row = c.query_opt(sql, &[]).await.map_err(|e| e.to_string())?;
-            let v: Option<String> = row.and_then(|r| r.get(0));
-            *seen.borrow_mut() = v.clone().unwrap_or_else(|| "NULL".into());
-            Ok((v.as_deref() == Some(want)).then_some(()))
+            let v = query_text(c, sql).await?;
+            let done = v == expected;
+            *last.borrow_mut() = v;
+            Ok(done.then_some(()))
         }
     })
     .await;
-    if let Err(e) = r {
-        let stats = c
-            .query("SELECT format('%s %s %s', subname, status, last_error) FROM pgsub.stat_subscription", &[])
-            .await
-            .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
-            .unwrap_or_default();
-        panic!("{e} (last value: {})\n{stats}", seen.borrow());
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let report = pgsub_report(c).await.map(|r| format!("\n{r}")).unwrap_or_default();
+            Err(format!("{e} (last value: {:?}){report}", last.borrow()))
+        }
     }
+}
+
+/// [`poll_query_until`] that panics on timeout (with the last value seen and every pgsub
+/// subscription's status and last_error).
+pub async fn wait_value(c: &tokio_postgres::Client, sql: &str, want: &str, timeout: Duration) {
+    if let Err(e) = poll_query_until(c, sql, want, timeout).await {
+        panic!("{e}");
+    }
+}
+
+/// How far subscription `subname` is with its initial copy, and whether it is done: `(done,
+/// description)`. A pgsub subscription (in `pgsub.subscription`) is done when its worker is
+/// `streaming` and every table is `ready` or `synchronized` (copied; pgsub marks a synchronized
+/// table ready at the first remote commit after its copy, so an idle publisher leaves it
+/// synchronized); a native one (`pg_subscription`) when every table is ready (`r`).
+async fn subscription_sync_state(c: &tokio_postgres::Client, subname: &str) -> Result<(bool, String)> {
+    let err = |e: tokio_postgres::Error| format!("sync state of {subname}: {}", db_error_text(&e));
+    let has_pgsub: bool =
+        c.query_one("SELECT to_regclass('pgsub.subscription') IS NOT NULL", &[]).await.map_err(err)?.get(0);
+    let pgsub = has_pgsub
+        && c.query_one("SELECT EXISTS (SELECT 1 FROM pgsub.subscription WHERE subname = $1)", &[&subname])
+            .await
+            .map_err(err)?
+            .get::<_, bool>(0);
+    if pgsub {
+        let r = c
+            .query_one(
+                "SELECT st.status::text, st.last_error, \
+                        (SELECT count(*) FROM pgsub.subscription_table t WHERE t.subname = st.subname \
+                            AND t.sync_state NOT IN ('ready', 'synchronized')), \
+                        (SELECT count(*) FROM pgsub.subscription_table t WHERE t.subname = st.subname) \
+                 FROM pgsub.stat_subscription st WHERE st.subname = $1",
+                &[&subname],
+            )
+            .await
+            .map_err(err)?;
+        let (status, last_error, pending, all): (String, Option<String>, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let desc = format!(
+            "status {status}, {pending} of {all} tables not copied yet, last_error: {}",
+            last_error.as_deref().unwrap_or("none")
+        );
+        return Ok((status == "streaming" && pending == 0, desc));
+    }
+    let r = c
+        .query_one(
+            "SELECT count(r.srsubid) FILTER (WHERE r.srsubstate <> 'r'), count(r.srsubid), count(DISTINCT s.oid) \
+             FROM pg_catalog.pg_subscription s LEFT JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid \
+             WHERE s.subname = $1",
+            &[&subname],
+        )
+        .await
+        .map_err(err)?;
+    let (pending, all, subs): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    if subs == 0 {
+        return Err(format!("no subscription {subname} (neither pgsub's nor native)"));
+    }
+    Ok((pending == 0, format!("native subscription: {pending} of {all} tables not ready")))
+}
+
+/// `PostgreSQL::Test::Cluster::wait_for_subscription_sync` on the subscriber (`c`): waits until
+/// subscription `subname` has copied every table and applies the stream — for pgsub, status
+/// `streaming` and every table `ready` or `synchronized`; for a native subscription, every table
+/// ready. Err on timeout with how far it got (and pgsub's last_error).
+pub async fn try_wait_for_subscription_sync(
+    c: &tokio_postgres::Client,
+    subname: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let last = std::cell::RefCell::new(String::new());
+    let r = wait_for(&format!("subscription {subname} to finish its initial copy and stream"), timeout, || {
+        let last = &last;
+        async move {
+            let (done, desc) = subscription_sync_state(c, subname).await?;
+            *last.borrow_mut() = desc;
+            Ok(done.then_some(()))
+        }
+    })
+    .await;
+    r.map_err(|e| format!("{e} ({})", last.borrow()))
+}
+
+/// [`try_wait_for_subscription_sync`] that panics on timeout, as the Perl kit dies.
+pub async fn wait_for_subscription_sync(c: &tokio_postgres::Client, subname: &str, timeout: Duration) {
+    if let Err(e) = try_wait_for_subscription_sync(c, subname, timeout).await {
+        panic!("{e}");
+    }
+}
+
+/// Waits until pgsub subscription `sub` has failed `retries` more times than when the wait began
+/// (`error_count`) and its `last_error` contains every one of `needles`; returns that error.
+/// Panics on timeout with the last error seen.
+async fn wait_error_count(
+    c: &tokio_postgres::Client,
+    sub: &str,
+    needles: &[&str],
+    retries: i64,
+    timeout: Duration,
+) -> String {
+    let sql = "SELECT error_count, last_error FROM pgsub.stat_subscription WHERE subname = $1";
+    let stat = || async {
+        let r = c
+            .query_one(sql, &[&sub])
+            .await
+            .map_err(|e| format!("stat_subscription of {sub}: {}", db_error_text(&e)))?;
+        Ok::<(i64, Option<String>), String>((r.get(0), r.get(1)))
+    };
+    let base = if retries > 0 { stat().await.unwrap_or_else(|e| panic!("{e}")).0 } else { 0 };
+    let seen = std::cell::RefCell::new(None);
+    let what = if retries > 0 {
+        format!("{sub} failing {retries} more times with {needles:?}")
+    } else {
+        format!("an error of {sub} with {needles:?} in last_error")
+    };
+    let r = wait_for(&what, timeout, || {
+        let seen = &seen;
+        async move {
+            let (n, e) = stat().await?;
+            *seen.borrow_mut() = e.clone();
+            Ok(e.filter(|e| n >= base + retries && needles.iter().all(|w| e.contains(w))))
+        }
+    })
+    .await;
+    r.unwrap_or_else(|e| panic!("{e}\nlast_error: {:?}", seen.borrow()))
+}
+
+/// Waits until pgsub subscription `sub`'s `last_error` contains every one of `needles`; returns
+/// it. Panics on timeout with the last error seen.
+pub async fn wait_for_subscription_error(
+    c: &tokio_postgres::Client,
+    sub: &str,
+    needles: &[&str],
+    timeout: Duration,
+) -> String {
+    wait_error_count(c, sub, needles, 0, timeout).await
+}
+
+/// Waits until pgsub subscription `sub` has failed at least twice more (its worker retries) with
+/// an error containing every one of `needles`; returns that error. Panics on timeout.
+pub async fn wait_for_repeated_error(
+    c: &tokio_postgres::Client,
+    sub: &str,
+    needles: &[&str],
+    timeout: Duration,
+) -> String {
+    wait_error_count(c, sub, needles, 2, timeout).await
+}
+
+/// The error a statement raised on the server.
+#[derive(Debug, Clone)]
+pub struct SqlError {
+    /// SQLSTATE
+    pub code: String,
+    pub message: String,
+    pub detail: String,
+    pub hint: String,
+    /// The CONTEXT (`where`) field.
+    pub context: String,
+}
+
+impl SqlError {
+    /// `SQLSTATE message | detail: … | hint: …`
+    pub fn text(&self) -> String {
+        format!("{} {} | detail: {} | hint: {}", self.code, self.message, self.detail, self.hint)
+    }
+
+    /// The SQLSTATE and `message | detail | hint | context`: every text the client sees.
+    pub fn code_and_text(&self) -> (String, String) {
+        (self.code.clone(), format!("{} | {} | {} | {}", self.message, self.detail, self.hint, self.context))
+    }
+}
+
+/// Runs `sql` with `params`, which must fail with a server error; returns it (and prints it with
+/// how long the statement took). Panics when the statement succeeds or the error is not the
+/// server's.
+pub async fn must_fail(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> SqlError {
+    let t0 = Instant::now();
+    let err = match c.execute(sql, params).await {
+        Ok(_) => panic!("{sql} succeeded but must fail"),
+        Err(e) => e,
+    };
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
+    let e = SqlError {
+        code: db.code().code().to_string(),
+        message: db.message().to_string(),
+        detail: db.detail().unwrap_or_default().to_string(),
+        hint: db.hint().unwrap_or_default().to_string(),
+        context: db.where_().unwrap_or_default().to_string(),
+    };
+    eprintln!("{sql} -> {} | context: {} ({:?})", e.text(), e.context, t0.elapsed());
+    e
 }
 
 /// A publisher and a subscriber (pgsub preloaded, `CREATE EXTENSION pgsub` done in `postgres`).
@@ -629,6 +914,11 @@ impl TwoNodes {
     /// Conninfo the subscriber uses to reach the publisher's `postgres` database.
     pub fn pub_conninfo(&self) -> String {
         self.publisher.connstr("postgres", "postgres")
+    }
+
+    /// Clients of the publisher and the subscriber, as superuser to `postgres`.
+    pub async fn clients(&self) -> Result<(tokio_postgres::Client, tokio_postgres::Client)> {
+        Ok((self.publisher.client("postgres").await?, self.subscriber.client("postgres").await?))
     }
 }
 
@@ -689,7 +979,12 @@ async fn fingerprint(c: &tokio_postgres::Client, query: &str) -> Result<(i64, St
 }
 
 /// `SELECT count(*), md5 of all rows` of `cols` (already quoted) from `from` with `filter`.
-async fn count_and_md5(c: &tokio_postgres::Client, from: &str, cols: &str, filter: Option<&str>) -> Result<(i64, String)> {
+async fn count_and_md5(
+    c: &tokio_postgres::Client,
+    from: &str,
+    cols: &str,
+    filter: Option<&str>,
+) -> Result<(i64, String)> {
     let where_ = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
     fingerprint(c, &format!("SELECT {cols} FROM {from}{where_}")).await
 }
@@ -783,16 +1078,47 @@ pub async fn compare_replicated(
     s: &tokio_postgres::Client,
     subs: Option<&[&str]>,
 ) -> Result<Vec<TableComparison>> {
+    compare_subscribed(p, s, subs, Subscriber::Pgsub).await
+}
+
+/// [`compare_replicated`] for the native subscriptions (`CREATE SUBSCRIPTION`) of the subscriber:
+/// their tables from `pg_subscription_rel`.
+pub async fn compare_replicated_native(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+) -> Result<Vec<TableComparison>> {
+    compare_subscribed(p, s, subs, Subscriber::Native).await
+}
+
+/// Whose subscriptions a comparison follows: pgsub's, or native logical replication's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Subscriber {
+    Pgsub,
+    Native,
+}
+
+async fn compare_subscribed(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+    kind: Subscriber,
+) -> Result<Vec<TableComparison>> {
     let subs: Option<Vec<String>> = subs.map(|v| v.iter().map(|x| x.to_string()).collect());
-    let rows = s
-        .query(
+    let list = match kind {
+        Subscriber::Pgsub => {
             "SELECT DISTINCT t.remote_schema::text, t.remote_name::text, s.publications::text[] \
              FROM pgsub.subscription_table t JOIN pgsub.subscription s USING (subname) \
-             WHERE $1::text[] IS NULL OR s.subname::text = ANY($1) ORDER BY 1, 2",
-            &[&subs],
-        )
-        .await
-        .map_err(|e| format!("listing replicated tables: {e}"))?;
+             WHERE $1::text[] IS NULL OR s.subname::text = ANY($1) ORDER BY 1, 2"
+        }
+        Subscriber::Native => {
+            "SELECT DISTINCT n.nspname::text, c.relname::text, sub.subpublications::text[] \
+             FROM pg_catalog.pg_subscription_rel r JOIN pg_catalog.pg_subscription sub ON sub.oid = r.srsubid \
+             JOIN pg_catalog.pg_class c ON c.oid = r.srrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE $1::text[] IS NULL OR sub.subname::text = ANY($1) ORDER BY 1, 2"
+        }
+    };
+    let rows = s.query(list, &[&subs]).await.map_err(|e| format!("listing replicated tables: {e}"))?;
     let mut out = Vec::new();
     for r in rows {
         let (schema, name, pubs): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
@@ -831,6 +1157,19 @@ async fn subscription_states(s: &tokio_postgres::Client) -> String {
         .unwrap_or_else(|e| format!("(pgsub.stat_subscription: {e})"))
 }
 
+/// The native subscriptions' workers, for failure messages (native keeps no last error: the
+/// subscriber's log has it).
+async fn native_subscription_states(s: &tokio_postgres::Client) -> String {
+    s.query(
+        "SELECT format('%s worker pid %s relid %s received %s', subname, pid, relid, received_lsn) \
+         FROM pg_catalog.pg_stat_subscription",
+        &[],
+    )
+    .await
+    .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+    .unwrap_or_else(|e| format!("(pg_stat_subscription: {e})"))
+}
+
 /// Waits up to `timeout` until every table of the subscriber's subscriptions (`subs`, or all of
 /// them) holds exactly the publisher's published rows ([`compare_replicated`]), except the tables
 /// in `except` (`schema.name`, or a bare name in public), which a test leaves different on
@@ -844,12 +1183,34 @@ pub async fn wait_replicated_equal(
     except: &[&str],
     timeout: Duration,
 ) -> Result<Vec<TableComparison>> {
+    wait_subscribed_equal(p, s, subs, except, timeout, Subscriber::Pgsub).await
+}
+
+/// [`wait_replicated_equal`] for native subscriptions ([`compare_replicated_native`]).
+pub async fn wait_native_replicated_equal(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+    except: &[&str],
+    timeout: Duration,
+) -> Result<Vec<TableComparison>> {
+    wait_subscribed_equal(p, s, subs, except, timeout, Subscriber::Native).await
+}
+
+async fn wait_subscribed_equal(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+    except: &[&str],
+    timeout: Duration,
+    kind: Subscriber,
+) -> Result<Vec<TableComparison>> {
     let excluded = |c: &TableComparison| except.iter().any(|x| names_table(x, &c.table));
     let deadline = Instant::now() + timeout;
     let mut last: Vec<TableComparison> = Vec::new();
     let mut last_err = String::new();
     loop {
-        match compare_replicated(p, s, subs).await {
+        match compare_subscribed(p, s, subs, kind).await {
             Ok(cmp) => {
                 let tables = || cmp.iter().map(|c| c.table.as_str()).collect::<Vec<_>>().join(", ");
                 if cmp.is_empty() && !subs.is_some_and(|v| v.is_empty()) {
@@ -858,7 +1219,9 @@ pub async fn wait_replicated_equal(
                 }
                 if let Some(x) = except.iter().find(|x| !cmp.iter().any(|c| names_table(x, &c.table))) {
                     let tables = tables();
-                    return Err(format!("excluded table {x} is not replicated by the subscriptions compared ({tables})"));
+                    return Err(format!(
+                        "excluded table {x} is not replicated by the subscriptions compared ({tables})"
+                    ));
                 }
                 let equal = cmp.iter().filter(|c| !excluded(c)).all(|c| c.equal());
                 last = cmp;
@@ -876,12 +1239,16 @@ pub async fn wait_replicated_equal(
                 .collect::<Vec<_>>()
                 .join("\n");
             let err = if last_err.is_empty() { String::new() } else { format!(" (last error: {last_err})") };
-            let states = subscription_states(s).await;
+            let states = match kind {
+                Subscriber::Pgsub => subscription_states(s).await,
+                Subscriber::Native => native_subscription_states(s).await,
+            };
             return Err(format!(
                 "timed out after {timeout:?} waiting for the replicated tables to be equal on both nodes{err}\n\
                  {tables}\n{states}"
             ));
         }
+        // The poll interval of this wait.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -916,7 +1283,11 @@ pub async fn assert_replicated_equal(p: &tokio_postgres::Client, s: &tokio_postg
 
 /// [`assert_replicated_equal`] for the named subscriptions only (e.g. those that follow `p`
 /// when the subscriber has several publishers).
-pub async fn assert_replicated_equal_for(p: &tokio_postgres::Client, s: &tokio_postgres::Client, subs: Option<&[&str]>) {
+pub async fn assert_replicated_equal_for(
+    p: &tokio_postgres::Client,
+    s: &tokio_postgres::Client,
+    subs: Option<&[&str]>,
+) {
     assert_replicated_equal_within(p, s, subs, &[], REPLICATED_EQUAL_TIMEOUT).await
 }
 
@@ -946,6 +1317,7 @@ pub async fn assert_rows_equal(p: &tokio_postgres::Client, s: &tokio_postgres::C
         if Instant::now() >= deadline {
             break last;
         }
+        // The poll interval of this wait.
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // What differs: each row's count on each side.

@@ -23,10 +23,7 @@ async fn two_nodes_start_load_pgsub_and_clean_up() {
         let sub = &sub;
         async move {
             let rows = sub
-                .query(
-                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgsub launcher'",
-                    &[],
-                )
+                .query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgsub launcher'", &[])
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(rows.first().map(|r| r.get::<_, i32>(0)))
@@ -37,10 +34,8 @@ async fn two_nodes_start_load_pgsub_and_clean_up() {
     assert!(pid_alive(launcher_pid));
 
     // The publisher accepts a logical replication connection (replication=database).
-    let conn = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres replication=database",
-        nodes.publisher.port()
-    );
+    let conn =
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres replication=database", nodes.publisher.port());
     let out = Command::new(bindir().expect("bindir").join("psql"))
         .args(["-X", "-A", "-t", "-d", &conn, "-c", "IDENTIFY_SYSTEM"])
         .output()

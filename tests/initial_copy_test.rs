@@ -2,7 +2,7 @@
 //! written during the copy are neither lost nor doubled), honours column lists and row filters,
 //! survives a crash mid-copy, picks up tables added by refresh, refuses non-empty tables, and
 //! travels in binary format only where both sides' types match.
-use pgsub_tests::{assert_replicated_equal_within, wait_for, TwoNodes};
+use pgsub_tests::{assert_replicated_equal_within, wait_for_subscription_sync, wait_value, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -12,19 +12,6 @@ const WAIT: Duration = Duration::from_secs(120);
 /// the harness's default).
 async fn assert_equal(p: &Client, s: &Client) {
     assert_replicated_equal_within(p, s, None, &[], WAIT).await
-}
-
-async fn wait_status(s: &Client, sub: &str, want: &str) {
-    wait_for(&format!("{sub} {want}"), WAIT, || async move {
-        let r = s
-            .query_one("SELECT status, last_error FROM pgsub.stat_subscription WHERE subname = $1", &[&sub])
-            .await
-            .map_err(|e| e.to_string())?;
-        let st: String = r.get(0);
-        Ok((st == want).then_some(()))
-    })
-    .await
-    .expect("status");
 }
 
 const TABLE: &str = "CREATE TABLE big (id int PRIMARY KEY, v text, n int)";
@@ -59,11 +46,13 @@ async fn copy_is_consistent_with_concurrent_writes() {
                 1 + i * 13
             ))
             .await?;
+            // Paces the load (a transaction every 10 ms), not a wait for a condition.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok::<_, tokio_postgres::Error>(())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The subscription is created once the writes are flowing.
+    wait_value(&p, "SELECT max(id) > 200000 FROM big", "t", WAIT).await;
     s.execute("SELECT pgsub.create_subscription('copy', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create");
@@ -118,7 +107,7 @@ newline \ back ü 日本', 'vc' || g, 'c' || (g % 10),
     s.execute("SELECT pgsub.create_subscription('fmt', $1, ARRAY['fp'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create");
-    wait_status(&s, "fmt", "streaming").await;
+    wait_for_subscription_sync(&s, "fmt", WAIT).await;
     // dt's n is text there and bigint here: equal as the rows' text.
     assert_equal(&p, &s).await;
     let log = nodes.subscriber.log();
@@ -139,9 +128,11 @@ async fn column_lists_and_row_filters_are_honoured() {
                ALTER TABLE rf REPLICA IDENTITY FULL;";
     p.batch_execute(ddl).await.unwrap();
     // The subscriber has no `secret` column at all.
-    s.batch_execute("CREATE TABLE cl (id int PRIMARY KEY, a text); CREATE TABLE rf (id int PRIMARY KEY, region text, v int);")
-        .await
-        .unwrap();
+    s.batch_execute(
+        "CREATE TABLE cl (id int PRIMARY KEY, a text); CREATE TABLE rf (id int PRIMARY KEY, region text, v int);",
+    )
+    .await
+    .unwrap();
     p.batch_execute(
         "INSERT INTO cl SELECT g, 'a' || g, 'hidden' FROM generate_series(1, 100) g;
          INSERT INTO rf SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 100) g;
@@ -153,7 +144,7 @@ async fn column_lists_and_row_filters_are_honoured() {
     s.execute("SELECT pgsub.create_subscription('f', $1, ARRAY['p_cl', 'p_rf'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create");
-    wait_status(&s, "f", "streaming").await;
+    wait_for_subscription_sync(&s, "f", WAIT).await;
     p.batch_execute(
         "INSERT INTO cl VALUES (101, 'a101', 'hidden');
          UPDATE cl SET secret = 'changed', a = 'x' WHERE id = 1;
@@ -187,8 +178,9 @@ async fn crash_during_copy_redoes_it_cleanly() {
     s.execute("SELECT pgsub.create_subscription('crash', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create");
-    wait_status(&s, "crash", "initial_copy").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'crash'", "initial_copy", WAIT).await;
+    // Mid-copy: the worker's COPY FROM has loaded rows (not committed yet).
+    wait_value(&s, "SELECT coalesce(max(tuples_processed), 0) > 0 FROM pg_stat_progress_copy", "t", WAIT).await;
     drop(s);
     nodes.subscriber.kill9().expect("kill -9 mid-copy");
     p.batch_execute("UPDATE big SET v = 'after crash' WHERE id <= 1000").await.unwrap();
@@ -229,16 +221,21 @@ async fn refresh_copies_added_tables_and_non_empty_tables_are_refused() {
         .await
         .expect("create");
     assert_equal(&p, &s).await;
-    p.batch_execute("ALTER PUBLICATION pub ADD TABLE t2; INSERT INTO t2 VALUES (71, 'added'); INSERT INTO t1 VALUES (51, 'still')")
+    p.batch_execute(
+        "ALTER PUBLICATION pub ADD TABLE t2; INSERT INTO t2 VALUES (71, 'added'); INSERT INTO t1 VALUES (51, 'still')",
+    )
+    .await
+    .unwrap();
+    s.batch_execute("SELECT pgsub.refresh_subscription('r')").await.expect("refresh");
+    p.batch_execute("INSERT INTO t2 VALUES (72, 'after refresh'); UPDATE t1 SET v = 'moved' WHERE id = 1")
         .await
         .unwrap();
-    s.batch_execute("SELECT pgsub.refresh_subscription('r')").await.expect("refresh");
-    p.batch_execute("INSERT INTO t2 VALUES (72, 'after refresh'); UPDATE t1 SET v = 'moved' WHERE id = 1").await.unwrap();
     assert_equal(&p, &s).await;
     // Removing a table from the publication stops applying it after refresh.
     p.batch_execute("ALTER PUBLICATION pub DROP TABLE t1").await.unwrap();
     s.batch_execute("SELECT pgsub.refresh_subscription('r')").await.expect("refresh 2");
-    let n: i64 = s.query_one("SELECT count(*) FROM pgsub.subscription_table WHERE subname = 'r'", &[]).await.unwrap().get(0);
+    let n: i64 =
+        s.query_one("SELECT count(*) FROM pgsub.subscription_table WHERE subname = 'r'", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
     // t2 is compared; t1 left the subscription (it is no longer applied).
     assert_equal(&p, &s).await;

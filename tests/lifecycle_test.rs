@@ -3,20 +3,16 @@
 //! altering options and renaming.
 use pgsub_tests::{
     assert_replicated_equal, assert_replicated_equal_except, assert_replicated_equal_for, assert_rows_equal, one,
-    wait_for, ClusterOpts, TwoNodes,
+    wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes,
 };
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn wait_value(c: &Client, sql: &str, want: &str) {
-    pgsub_tests::wait_value(c, sql, want, WAIT).await
-}
-
+/// Clients of both nodes, with `tables` created on each as `(id int PRIMARY KEY, v text)`.
 async fn setup(nodes: &TwoNodes, tables: &[&str]) -> (Client, Client) {
-    let p = nodes.publisher.client("postgres").await.expect("publisher");
-    let s = nodes.subscriber.client("postgres").await.expect("subscriber");
+    let (p, s) = nodes.clients().await.expect("clients");
     for t in tables {
         let ddl = format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)");
         p.batch_execute(&ddl).await.expect("publisher table");
@@ -37,10 +33,10 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'life'").await, 1);
 
     let t0 = Instant::now();
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'life'", "streaming").await;
+    wait_for_subscription_sync(&s, "life", WAIT).await;
     eprintln!("streaming after {:?}", t0.elapsed());
     p.batch_execute("INSERT INTO t VALUES (1, 'a')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 1", "a").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "a", WAIT).await;
 
     // The worker shows in pg_stat_activity and as the walsender's client.
     let pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'life'").await;
@@ -52,15 +48,20 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     // Disable: the worker stops quickly; changes wait on the publisher.
     s.batch_execute("SELECT pgsub.disable_subscription('life')").await.unwrap();
     let t0 = Instant::now();
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'life'", "disabled").await;
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'life'", "disabled", WAIT).await;
     assert!(t0.elapsed() < Duration::from_secs(5), "disable took {:?}", t0.elapsed());
+    // Nothing streams the slot any more: the worker's walsender is gone.
+    wait_value(&p, "SELECT active FROM pg_replication_slots WHERE slot_name = 'life'", "f", WAIT).await;
     p.batch_execute("INSERT INTO t VALUES (2, 'while disabled')").await.unwrap();
+    // A deliberate interval, not a condition: that the row does not arrive is an absence, which
+    // only time shows. 1.5 s is three passes of the launcher (pgsub.naptime 500 ms in the
+    // harness), in which a worker it wrongly started would have applied the row.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 1);
 
     // Enable: it resumes and catches up.
     s.batch_execute("SELECT pgsub.enable_subscription('life')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 2", "while disabled").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "while disabled", WAIT).await;
     // The full comparison comes before the drop: afterwards there is no subscription to compare.
     assert_replicated_equal(&p, &s).await;
 
@@ -69,12 +70,8 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'life'").await, 0);
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 0);
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub_%'").await, 0);
-    wait_value(
-        &s,
-        "SELECT count(*)::text FROM pg_stat_activity WHERE backend_type = 'pgsub apply worker'",
-        "0",
-    )
-    .await;
+    wait_value(&s, "SELECT count(*)::text FROM pg_stat_activity WHERE backend_type = 'pgsub apply worker'", "0", WAIT)
+        .await;
     // Dropping again: error, or a notice with if_exists.
     assert!(s.batch_execute("SELECT pgsub.drop_subscription('life')").await.is_err());
     s.batch_execute("SELECT pgsub.drop_subscription('life', if_exists => true)").await.unwrap();
@@ -103,7 +100,10 @@ async fn create_subscription_validates_and_leaves_nothing_behind() {
     }
     // NULL arguments and bad values are errors, not silent NULL results.
     assert!(s.execute("SELECT pgsub.create_subscription(NULL, $1, ARRAY['pub'])", &[&ci]).await.is_err());
-    assert!(s.execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'], origin => 'sometimes')", &[&ci]).await.is_err());
+    assert!(s
+        .execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'], origin => 'sometimes')", &[&ci])
+        .await
+        .is_err());
     // An existing slot name is refused.
     p.batch_execute("SELECT pg_create_logical_replication_slot('taken', 'pgoutput')").await.unwrap();
     let err = s
@@ -127,42 +127,37 @@ async fn unique_conflict_is_an_error_until_skipped() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = setup(&nodes, &["t"]).await;
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
-        .await
-        .unwrap();
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'c'", "streaming").await;
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
     // A local row collides with the next remote insert.
     s.batch_execute("INSERT INTO t VALUES (5, 'local')").await.unwrap();
     p.batch_execute("BEGIN; INSERT INTO t VALUES (4, 'r4'); INSERT INTO t VALUES (5, 'r5'); COMMIT;").await.unwrap();
     let finish_lsn: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
     let _ = finish_lsn;
-    wait_for("the conflict in last_error", WAIT, || {
-        let s = &s;
-        async move {
-            let r = s
-                .query_one("SELECT last_error, error_count FROM pgsub.stat_subscription WHERE subname = 'c'", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            let e: Option<String> = r.get(0);
-            Ok(e.filter(|e| e.contains("duplicate key")).map(|_| ()))
-        }
-    })
-    .await
-    .expect("conflict reported");
+    wait_for_subscription_error(&s, "c", &["duplicate key"], WAIT).await;
     let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'c'").await;
     assert!(err.contains("finished at"), "context with finish LSN: {err}");
     assert!(err.contains("\"t\""), "relation named: {err}");
     // Nothing of that transaction was applied (row 4 is not there) and nothing skipped.
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 4").await, 0);
     // Skip it by its finish LSN, as the error says.
-    let lsn = err.split("finished at ").nth(1).expect("lsn").split_whitespace().next().unwrap().trim_end_matches(|c: char| !c.is_ascii_hexdigit());
+    let lsn = err
+        .split("finished at ")
+        .nth(1)
+        .expect("lsn")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches(|c: char| !c.is_ascii_hexdigit());
     s.execute("SELECT pgsub.skip_transaction('c', $1::text::pg_lsn)", &[&lsn]).await.expect("skip");
     p.batch_execute("INSERT INTO t VALUES (6, 'after')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 6", "after").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 6", "after", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 4").await, 0, "skipped txn not applied");
     assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 5").await, "local");
     assert!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 'c'").await >= 1);
-    assert!(one::<Option<String>>(&s, "SELECT skip_lsn::text FROM pgsub.subscription WHERE subname = 'c'").await.is_none());
+    assert!(one::<Option<String>>(&s, "SELECT skip_lsn::text FROM pgsub.subscription WHERE subname = 'c'")
+        .await
+        .is_none());
     // t differs on purpose in rows 4 (the skipped transaction's) and 5 (the local row it
     // collided with): every other row of it must be equal, and t is its only table.
     assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id NOT IN (4, 5)", WAIT).await;
@@ -215,26 +210,21 @@ async fn out_of_worker_slots_waits_then_starts() {
             .await
             .unwrap();
     }
-    wait_for("two streaming, one waiting", WAIT, || {
-        let s = &s;
-        async move {
-            let rows = s
-                .query("SELECT status FROM pgsub.stat_subscription ORDER BY subname", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            let st: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            let streaming = st.iter().filter(|x| *x == "streaming").count();
-            let waiting = st.iter().filter(|x| *x == "waiting_for_worker").count();
-            Ok((streaming == 2 && waiting == 1).then_some(()))
-        }
-    })
-    .await
-    .expect("statuses");
+    let statuses = "SELECT format('%s streaming, %s waiting', count(*) FILTER (WHERE status = 'streaming'), \
+                           count(*) FILTER (WHERE status = 'waiting_for_worker')) FROM pgsub.stat_subscription";
+    wait_value(&s, statuses, "2 streaming, 1 waiting", WAIT).await;
     assert!(nodes.subscriber.log().contains("is waiting for a worker"), "WARNING logged");
-    let waiting: String = one(&s, "SELECT subname::text FROM pgsub.stat_subscription WHERE status = 'waiting_for_worker'").await;
+    let waiting: String =
+        one(&s, "SELECT subname::text FROM pgsub.stat_subscription WHERE status = 'waiting_for_worker'").await;
     let other = if waiting == "s1" { "s2" } else { "s1" };
     s.batch_execute(&format!("SELECT pgsub.drop_subscription('{other}')")).await.unwrap();
-    wait_value(&s, &format!("SELECT status FROM pgsub.stat_subscription WHERE subname = '{waiting}'"), "streaming").await;
+    wait_value(
+        &s,
+        &format!("SELECT status FROM pgsub.stat_subscription WHERE subname = '{waiting}'"),
+        "streaming",
+        WAIT,
+    )
+    .await;
     // The two subscriptions left (the dropped one's table is not compared).
     assert_replicated_equal(&p, &s).await;
 }
@@ -245,10 +235,8 @@ async fn kill9_of_subscriber_loses_and_duplicates_nothing() {
     let mut nodes = nodes;
     let (p, s) = setup(&nodes, &["t"]).await;
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('k', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
-        .await
-        .unwrap();
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'k'", "streaming").await;
+    s.execute("SELECT pgsub.create_subscription('k', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "k", WAIT).await;
     drop(s);
     // 100k single-row transactions, written by a background task while we kill the subscriber.
     let pc = nodes.publisher.client("postgres").await.unwrap();
@@ -261,25 +249,14 @@ async fn kill9_of_subscriber_loses_and_duplicates_nothing() {
     let writer = tokio::spawn(async move { pc.batch_execute("CALL fill(100000)").await });
     // Kill while the stream is flowing: some rows applied, not all.
     let sc = nodes.subscriber.client("postgres").await.unwrap();
-    wait_for("some rows applied", WAIT, || {
-        let sc = &sc;
-        async move {
-            let n: i64 = sc.query_one("SELECT count(*) FROM t", &[]).await.map_err(|e| e.to_string())?.get(0);
-            Ok((n >= 1000).then_some(()))
-        }
-    })
-    .await
-    .expect("stream flowing");
+    wait_value(&sc, "SELECT count(*) >= 1000 FROM t", "t", WAIT).await;
     drop(sc);
     nodes.subscriber.kill9().expect("kill -9");
     nodes.subscriber.start_again().expect("restart");
     writer.await.unwrap().expect("writer");
     let s = nodes.subscriber.client("postgres").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM t", "100000").await;
-    let r = s
-        .query_one("SELECT count(DISTINCT id), min(id), max(id), sum(id) FROM t", &[])
-        .await
-        .unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "100000", WAIT).await;
+    let r = s.query_one("SELECT count(DISTINCT id), min(id), max(id), sum(id) FROM t", &[]).await.unwrap();
     assert_eq!(r.get::<_, i64>(0), 100000);
     assert_eq!(r.get::<_, i32>(1), 1);
     assert_eq!(r.get::<_, i32>(2), 100000);
@@ -293,17 +270,17 @@ async fn publisher_restart_reconnects_and_converges() {
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g")
         .await
         .unwrap();
-    s.execute("SELECT pgsub.create_subscription('r', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
-        .await
-        .unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM t", "100").await;
+    s.execute("SELECT pgsub.create_subscription('r', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "100", WAIT).await;
     drop(p);
     nodes.publisher.restart().expect("publisher restart");
     let p = nodes.publisher.client("postgres").await.unwrap();
-    p.batch_execute("INSERT INTO t SELECT g, 'b' FROM generate_series(101, 200) g; UPDATE t SET v = 'c' WHERE id <= 50")
-        .await
-        .unwrap();
-    wait_value(&s, "SELECT count(*) FILTER (WHERE v = 'c')::text || '/' || count(*) FROM t", "50/200").await;
+    p.batch_execute(
+        "INSERT INTO t SELECT g, 'b' FROM generate_series(101, 200) g; UPDATE t SET v = 'c' WHERE id <= 50",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT count(*) FILTER (WHERE v = 'c')::text || '/' || count(*) FROM t", "50/200", WAIT).await;
     let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'r'").await;
     assert!(errors >= 1, "the lost connection was recorded");
     assert_replicated_equal(&p, &s).await;
@@ -313,14 +290,14 @@ async fn publisher_restart_reconnects_and_converges() {
 async fn alter_connection_and_publications() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = setup(&nodes, &["a", "b"]).await;
-    p.batch_execute("CREATE PUBLICATION pa FOR TABLE a; CREATE PUBLICATION pb FOR TABLE b; INSERT INTO b VALUES (1, 'b1')")
-        .await
-        .unwrap();
-    s.execute("SELECT pgsub.create_subscription('alt', $1, ARRAY['pa'])", &[&nodes.pub_conninfo()])
-        .await
-        .unwrap();
+    p.batch_execute(
+        "CREATE PUBLICATION pa FOR TABLE a; CREATE PUBLICATION pb FOR TABLE b; INSERT INTO b VALUES (1, 'b1')",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('alt', $1, ARRAY['pa'])", &[&nodes.pub_conninfo()]).await.unwrap();
     p.batch_execute("INSERT INTO a VALUES (1, 'a1')").await.unwrap();
-    wait_value(&s, "SELECT v FROM a WHERE id = 1", "a1").await;
+    wait_value(&s, "SELECT v FROM a WHERE id = 1", "a1", WAIT).await;
     let pid1: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'alt'").await;
 
     // A new connection string is checked on the spot, then the worker restarts with it.
@@ -330,15 +307,18 @@ async fn alter_connection_and_publications() {
     assert!(bad.is_err(), "unreachable conninfo is refused");
     let ci = format!("{} application_name=renamed", nodes.pub_conninfo());
     s.execute("SELECT pgsub.alter_subscription_connection('alt', $1)", &[&ci]).await.expect("alter connection");
-    wait_value(&p, "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'renamed'", "1").await;
+    wait_value(&p, "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'renamed'", "1", WAIT)
+        .await;
     let pid2: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'alt'").await;
     assert_ne!(pid1, pid2, "worker restarted with the new connection");
 
     // New publication list: b is copied and followed, a is no longer applied.
-    s.batch_execute("SELECT pgsub.alter_subscription_publications('alt', ARRAY['pb'])").await.expect("alter publications");
-    wait_value(&s, "SELECT v FROM b WHERE id = 1", "b1").await;
+    s.batch_execute("SELECT pgsub.alter_subscription_publications('alt', ARRAY['pb'])")
+        .await
+        .expect("alter publications");
+    wait_value(&s, "SELECT v FROM b WHERE id = 1", "b1", WAIT).await;
     p.batch_execute("INSERT INTO b VALUES (2, 'b2'); INSERT INTO a VALUES (2, 'a2')").await.unwrap();
-    wait_value(&s, "SELECT v FROM b WHERE id = 2", "b2").await;
+    wait_value(&s, "SELECT v FROM b WHERE id = 2", "b2", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM a WHERE id = 2").await, 0, "a is not subscribed any more");
     let pubs: Vec<String> = one(&s, "SELECT publications FROM pgsub.subscription WHERE subname = 'alt'").await;
     assert_eq!(pubs, vec!["pb".to_string()]);
@@ -357,11 +337,11 @@ async fn disable_on_error_and_drop_with_publisher_down() {
     )
     .await
     .unwrap();
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'doe'", "streaming").await;
+    wait_for_subscription_sync(&s, "doe", WAIT).await;
     s.batch_execute("INSERT INTO t VALUES (1, 'local')").await.unwrap();
     p.batch_execute("INSERT INTO t VALUES (1, 'remote')").await.unwrap();
-    wait_value(&s, "SELECT enabled::text FROM pgsub.subscription WHERE subname = 'doe'", "false").await;
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'doe'", "disabled").await;
+    wait_value(&s, "SELECT enabled::text FROM pgsub.subscription WHERE subname = 'doe'", "false", WAIT).await;
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'doe'", "disabled", WAIT).await;
     let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'doe'").await;
     assert!(err.contains("duplicate key"), "{err}");
     // Compared before the publisher goes down and the subscription is dropped. t, its only
@@ -391,9 +371,7 @@ async fn launcher_in_a_database_created_after_start() {
     )
     .expect("start");
     let p = nodes.publisher.client("postgres").await.unwrap();
-    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE t")
-        .await
-        .unwrap();
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
     // In postgres (where TwoNodes created the extension) a subscription is refused.
     let s0 = nodes.subscriber.client("postgres").await.unwrap();
     let e = s0
@@ -409,12 +387,8 @@ async fn launcher_in_a_database_created_after_start() {
         .await
         .expect("create in pgsub.database");
     p.batch_execute("INSERT INTO t VALUES (1, 'in app')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 1", "in app").await;
-    let db: String = one(
-        &s,
-        "SELECT datname::text FROM pg_stat_activity WHERE backend_type = 'pgsub launcher'",
-    )
-    .await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "in app", WAIT).await;
+    let db: String = one(&s, "SELECT datname::text FROM pg_stat_activity WHERE backend_type = 'pgsub launcher'").await;
     assert_eq!(db, "App DB");
     assert_replicated_equal(&p, &s).await;
 }
@@ -428,16 +402,14 @@ async fn alter_options_and_rename() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = setup(&nodes, &["t"]).await;
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('opt', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
-        .await
-        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('opt', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
     s.execute(
         "SELECT pgsub.create_subscription('other', $1, ARRAY['pub'], enabled => false, create_slot => false)",
         &[&nodes.pub_conninfo()],
     )
     .await
     .unwrap();
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'opt'", "streaming").await;
+    wait_for_subscription_sync(&s, "opt", WAIT).await;
     let options = "SELECT format('%s %s %s %s %s %s', \"binary\", streaming, synchronous_commit, disable_on_error, origin, slot_name)
                    FROM pgsub.subscription WHERE subname = $1";
     let before: String = s.query_one(options, &[&"opt"]).await.unwrap().get(0);
@@ -464,37 +436,39 @@ async fn alter_options_and_rename() {
     .expect("alter options");
     let after: String = s.query_one(options, &[&"opt"]).await.unwrap().get(0);
     assert_eq!(after, "t t local t any opt", "given options replaced, the others kept");
-    wait_for("the worker to restart with the new options", WAIT, || {
-        let s = &s;
-        async move {
-            let r = s
-                .query_opt("SELECT pid FROM pgsub.stat_subscription WHERE subname = 'opt' AND status = 'streaming'", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(r.map(|r| r.get::<_, i32>(0)).filter(|pid| *pid != pid1))
-        }
-    })
-    .await
-    .expect("restart");
+    // The worker restarts with the new options: another pid, streaming.
+    let restarted = format!(
+        "SELECT count(*) FROM pgsub.stat_subscription WHERE subname = 'opt' AND status = 'streaming' AND pid <> {pid1}"
+    );
+    wait_value(&s, &restarted, "1", WAIT).await;
     p.batch_execute("INSERT INTO t VALUES (1, 'binary now')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 1", "binary now").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "binary now", WAIT).await;
 
     // Another slot, while disabled.
     s.batch_execute("SELECT pgsub.disable_subscription('opt')").await.unwrap();
     p.batch_execute("SELECT pg_create_logical_replication_slot('opt_b', 'pgoutput')").await.unwrap();
-    s.batch_execute("SELECT pgsub.alter_subscription_options('opt', slot_name => 'opt_b')").await.expect("slot while disabled");
+    s.batch_execute("SELECT pgsub.alter_subscription_options('opt', slot_name => 'opt_b')")
+        .await
+        .expect("slot while disabled");
     s.batch_execute("SELECT pgsub.enable_subscription('opt')").await.unwrap();
-    wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'opt_b'", "true").await;
+    wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'opt_b'", "true", WAIT).await;
     p.batch_execute("INSERT INTO t VALUES (2, 'through opt_b')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 2", "through opt_b").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "through opt_b", WAIT).await;
 
     // Rename: the slot and the rows stay, the walsender shows the new name.
     s.batch_execute("SELECT pgsub.rename_subscription('opt', 'Opt \"Renamed\"')").await.expect("rename");
-    wait_value(&p, "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'Opt \"Renamed\"'", "1").await;
+    wait_value(
+        &p,
+        "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'Opt \"Renamed\"'",
+        "1",
+        WAIT,
+    )
+    .await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'opt'").await, 0);
     p.batch_execute("INSERT INTO t VALUES (3, 'renamed')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 3", "renamed").await;
-    let slot: String = one(&s, "SELECT slot_name::text FROM pgsub.subscription WHERE subname = 'Opt \"Renamed\"'").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 3", "renamed", WAIT).await;
+    let slot: String =
+        one(&s, "SELECT slot_name::text FROM pgsub.subscription WHERE subname = 'Opt \"Renamed\"'").await;
     assert_eq!(slot, "opt_b");
     // `other` was never enabled (and shares t): the renamed subscription is the one compared.
     assert_replicated_equal_for(&p, &s, Some(&["Opt \"Renamed\""])).await;

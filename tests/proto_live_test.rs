@@ -17,9 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgsub_proto::client::{
-    Client, Error, Interest, PgOutputOptions, PollWait, SnapshotAction, Streaming, Wait,
-};
+use pgsub_proto::client::{Client, Error, Interest, PgOutputOptions, PollWait, SnapshotAction, Streaming, Wait};
 use pgsub_proto::conninfo;
 use pgsub_proto::frame::ReplicationFrame;
 use pgsub_proto::pgoutput::{Decoder, LogicalMessage, OldTuple, ReplicaIdentity, TupleValue};
@@ -35,8 +33,7 @@ const FRAME_WAIT: Duration = Duration::from_secs(30);
 
 fn parse_cfg(connstr: &str) -> conninfo::Config {
     // No environment fallbacks (PGPASSWORD, ~/.pgpass, ...): the test says everything.
-    conninfo::parse_with_env(connstr, &|_| None)
-        .unwrap_or_else(|e| panic!("parse {connstr:?}: {e}"))
+    conninfo::parse_with_env(connstr, &|_| None).unwrap_or_else(|e| panic!("parse {connstr:?}: {e}"))
 }
 
 fn connect(connstr: &str) -> Result<Client, Error> {
@@ -53,9 +50,7 @@ fn running_as_root() -> bool {
 }
 
 fn sh(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}{}",
@@ -66,18 +61,11 @@ fn sh(cmd: &mut Command, what: &str) {
 
 fn unhex(s: &str) -> Vec<u8> {
     assert!(s.len().is_multiple_of(2), "odd hex string {s:?}");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit")).collect()
 }
 
 async fn one_text(c: &tokio_postgres::Client, sql: &str) -> String {
-    for m in c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    {
+    for m in c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
         if let SimpleQueryMessage::Row(r) = m {
             return r.get(0).unwrap_or("NULL").to_string();
         }
@@ -87,8 +75,7 @@ async fn one_text(c: &tokio_postgres::Client, sql: &str) -> String {
 
 async fn one_lsn(c: &tokio_postgres::Client, sql: &str) -> Lsn {
     let s = one_text(c, sql).await;
-    s.parse()
-        .unwrap_or_else(|_| panic!("{sql}: not an LSN: {s}"))
+    s.parse().unwrap_or_else(|_| panic!("{sql}: not an LSN: {s}"))
 }
 
 // =============================================================================================
@@ -116,27 +103,18 @@ fn recv_xlog(c: &mut Client, n: usize, confirmed: Lsn, keepalives: &mut usize) -
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         match c.recv_frame() {
-            Ok(Some(ReplicationFrame::XLogData {
-                wal_start, data, ..
-            })) => out.push(Frame {
-                wal_start,
-                data: data.to_vec(),
-            }),
-            Ok(Some(ReplicationFrame::Keepalive {
-                reply_requested, ..
-            })) => {
+            Ok(Some(ReplicationFrame::XLogData { wal_start, data, .. })) => {
+                out.push(Frame { wal_start, data: data.to_vec() })
+            }
+            Ok(Some(ReplicationFrame::Keepalive { reply_requested, .. })) => {
                 *keepalives += 1;
                 if reply_requested {
-                    c.send_status(confirmed, confirmed, confirmed, false)
-                        .expect("answer keepalive");
+                    c.send_status(confirmed, confirmed, confirmed, false).expect("answer keepalive");
                 }
             }
             Ok(None) => {
                 if Instant::now() >= deadline {
-                    panic!(
-                        "timed out after {FRAME_WAIT:?} waiting for replication frames: got {} of {n}",
-                        out.len()
-                    );
+                    panic!("timed out after {FRAME_WAIT:?} waiting for replication frames: got {} of {n}", out.len());
                 }
                 wait_readable(c, deadline);
             }
@@ -151,19 +129,13 @@ fn recv_xlog(c: &mut Client, n: usize, confirmed: Lsn, keepalives: &mut usize) -
 fn drain_expect_no_data(c: &mut Client, status: (Lsn, Lsn, Lsn), keepalives: &mut usize) {
     loop {
         match c.recv_frame() {
-            Ok(Some(ReplicationFrame::XLogData {
-                wal_start, data, ..
-            })) => panic!(
-                "unexpected extra XLogData at {wal_start}: {:?}",
-                Decoder::new(4).decode(data.clone())
-            ),
-            Ok(Some(ReplicationFrame::Keepalive {
-                reply_requested, ..
-            })) => {
+            Ok(Some(ReplicationFrame::XLogData { wal_start, data, .. })) => {
+                panic!("unexpected extra XLogData at {wal_start}: {:?}", Decoder::new(4).decode(data.clone()))
+            }
+            Ok(Some(ReplicationFrame::Keepalive { reply_requested, .. })) => {
                 *keepalives += 1;
                 if reply_requested {
-                    c.send_status(status.0, status.1, status.2, false)
-                        .expect("answer keepalive");
+                    c.send_status(status.0, status.1, status.2, false).expect("answer keepalive");
                 }
             }
             Ok(None) => return,
@@ -179,11 +151,7 @@ fn peek_options(o: &PgOutputOptions) -> Vec<String> {
         "proto_version".to_string(),
         o.proto_version.to_string(),
         "publication_names".to_string(),
-        o.publication_names
-            .iter()
-            .map(|p| pgsub_proto::client::quote_ident(p))
-            .collect::<Vec<_>>()
-            .join(","),
+        o.publication_names.iter().map(|p| pgsub_proto::client::quote_ident(p)).collect::<Vec<_>>().join(","),
     ];
     if o.binary {
         v.extend(["binary".into(), "true".into()]);
@@ -257,8 +225,7 @@ fn write_fuzz_corpus(dir: &Path, slot: &str, proto: u32, peeked: &[(Lsn, Vec<u8>
         }
         if !seq.is_empty() && (m.len() >= 256 || seq_len >= 16 || i + 1 == peeked.len()) {
             if seqs < 8 {
-                std::fs::write(dir.join(format!("real-{slot}-seq-{seq_start:05}")), &seq)
-                    .expect("write seq seed");
+                std::fs::write(dir.join(format!("real-{slot}-seq-{seq_start:05}")), &seq).expect("write seq seed");
                 seqs += 1;
             }
             seq.clear();
@@ -267,11 +234,7 @@ fn write_fuzz_corpus(dir: &Path, slot: &str, proto: u32, peeked: &[(Lsn, Vec<u8>
 }
 
 /// Decodes payloads with a fresh stateful decoder, panicking with the index on failure.
-fn decode_all<'a>(
-    proto: u32,
-    payloads: impl Iterator<Item = &'a [u8]>,
-    what: &str,
-) -> Vec<LogicalMessage> {
+fn decode_all<'a>(proto: u32, payloads: impl Iterator<Item = &'a [u8]>, what: &str) -> Vec<LogicalMessage> {
     let mut d = Decoder::new(proto);
     payloads
         .enumerate()
@@ -284,27 +247,10 @@ fn decode_all<'a>(
 
 /// The streamed frames must be exactly the peeked rows: same count, same bytes, same decoded
 /// messages; XLogData's wal_start is the row's LSN (0/0 for Relation and Type).
-fn compare_with_peek(
-    label: &str,
-    proto: u32,
-    frames: &[Frame],
-    peeked: &[(Lsn, Vec<u8>)],
-) -> Vec<LogicalMessage> {
-    assert_eq!(
-        frames.len(),
-        peeked.len(),
-        "{label}: frame count vs peek row count"
-    );
-    let got = decode_all(
-        proto,
-        frames.iter().map(|f| f.data.as_slice()),
-        &format!("{label} stream"),
-    );
-    let want = decode_all(
-        proto,
-        peeked.iter().map(|p| p.1.as_slice()),
-        &format!("{label} peek"),
-    );
+fn compare_with_peek(label: &str, proto: u32, frames: &[Frame], peeked: &[(Lsn, Vec<u8>)]) -> Vec<LogicalMessage> {
+    assert_eq!(frames.len(), peeked.len(), "{label}: frame count vs peek row count");
+    let got = decode_all(proto, frames.iter().map(|f| f.data.as_slice()), &format!("{label} stream"));
+    let want = decode_all(proto, peeked.iter().map(|p| p.1.as_slice()), &format!("{label} peek"));
     for (i, (f, p)) in frames.iter().zip(peeked).enumerate() {
         assert!(
             f.data == p.1 && got[i] == want[i],
@@ -318,13 +264,7 @@ fn compare_with_peek(
             LogicalMessage::Relation(_) | LogicalMessage::Type(_) => Lsn::INVALID,
             _ => p.0,
         };
-        assert_eq!(
-            f.wal_start,
-            want_start,
-            "{label}: message {i} ({}) wal_start vs peek lsn {}",
-            got[i].kind(),
-            p.0
-        );
+        assert_eq!(f.wal_start, want_start, "{label}: message {i} ({}) wal_start vs peek lsn {}", got[i].kind(), p.0);
     }
     got
 }
@@ -350,29 +290,11 @@ enum Old {
 /// A change as a subscriber would apply it.
 #[derive(Clone, Debug, PartialEq)]
 enum Ev {
-    Insert {
-        rel: String,
-        new: Vec<V>,
-    },
-    Update {
-        rel: String,
-        old: Option<Old>,
-        new: Vec<V>,
-    },
-    Delete {
-        rel: String,
-        old: Old,
-    },
-    Truncate {
-        rels: BTreeSet<String>,
-        cascade: bool,
-        restart_identity: bool,
-    },
-    Message {
-        transactional: bool,
-        prefix: String,
-        content: Vec<u8>,
-    },
+    Insert { rel: String, new: Vec<V> },
+    Update { rel: String, old: Option<Old>, new: Vec<V> },
+    Delete { rel: String, old: Old },
+    Truncate { rels: BTreeSet<String>, cascade: bool, restart_identity: bool },
+    Message { transactional: bool, prefix: String, content: Vec<u8> },
 }
 
 /// One column as SQL reports it: text output and hex of the type's send function.
@@ -391,10 +313,7 @@ fn render(row: &[Cell], binary: bool, unchanged: &[usize]) -> Vec<V> {
             if unchanged.contains(&i) {
                 V::Unchanged
             } else if binary {
-                c.hex
-                    .as_deref()
-                    .map(|h| V::Bin(unhex(h)))
-                    .unwrap_or(V::Null)
+                c.hex.as_deref().map(|h| V::Bin(unhex(h))).unwrap_or(V::Null)
             } else {
                 c.text.clone().map(V::Text).unwrap_or(V::Null)
             }
@@ -403,19 +322,7 @@ fn render(row: &[Cell], binary: bool, unchanged: &[usize]) -> Vec<V> {
 }
 
 fn key_only(row: &[Cell], key: usize) -> Vec<Cell> {
-    row.iter()
-        .enumerate()
-        .map(|(i, c)| {
-            if i == key {
-                c.clone()
-            } else {
-                Cell {
-                    text: None,
-                    hex: None,
-                }
-            }
-        })
-        .collect()
+    row.iter().enumerate().map(|(i, c)| if i == key { c.clone() } else { Cell { text: None, hex: None } }).collect()
 }
 
 /// Column metadata of a table and the select list giving each column's text and send output.
@@ -445,11 +352,7 @@ impl Table {
             list.push(format!("{col}, encode({send}({col}), 'hex')"));
             cols.push((col, r.get::<_, u32>(1), r.get::<_, i32>(2)));
         }
-        Table {
-            name: name.to_string(),
-            cols,
-            select_list: list.join(", "),
-        }
+        Table { name: name.to_string(), cols, select_list: list.join(", ") }
     }
 
     fn index(&self, col: &str) -> usize {
@@ -465,11 +368,7 @@ impl Table {
             format!("{sql} RETURNING {}", self.select_list)
         };
         let mut out = Vec::new();
-        for m in c
-            .simple_query(&q)
-            .await
-            .unwrap_or_else(|e| panic!("{q}: {e}"))
-        {
+        for m in c.simple_query(&q).await.unwrap_or_else(|e| panic!("{q}: {e}")) {
             if let SimpleQueryMessage::Row(r) = m {
                 assert_eq!(r.len(), 2 * self.cols.len());
                 out.push(
@@ -500,10 +399,7 @@ impl Expected {
     }
     fn for_mode(&self, binary: bool, messages: bool) -> Vec<Ev> {
         let v = if binary { &self.bin } else { &self.text };
-        v.iter()
-            .filter(|e| messages || !matches!(e, Ev::Message { .. }))
-            .cloned()
-            .collect()
+        v.iter().filter(|e| messages || !matches!(e, Ev::Message { .. })).cloned().collect()
     }
 }
 
@@ -577,12 +473,7 @@ fn interpret(label: &str, msgs: &[LogicalMessage], streaming: bool) -> Summary {
             _ => None,
         };
         if let Some(xid) = carried {
-            assert_eq!(
-                xid.is_some(),
-                stream.is_some(),
-                "{}: xid {xid:?} vs in stream {stream:?}",
-                ctx()
-            );
+            assert_eq!(xid.is_some(), stream.is_some(), "{}: xid {xid:?} vs in stream {stream:?}", ctx());
             if let (Some(top), Some(x)) = (stream, xid) {
                 *s.streamed_changes.entry(x).or_default() += 1;
                 if x != top {
@@ -591,24 +482,16 @@ fn interpret(label: &str, msgs: &[LogicalMessage], streaming: bool) -> Summary {
             }
         }
         let rel = |oid: u32| -> String {
-            rels.get(&oid).cloned().unwrap_or_else(|| {
-                panic!("{}: relation {oid} used before its Relation message", ctx())
-            })
+            rels.get(&oid)
+                .cloned()
+                .unwrap_or_else(|| panic!("{}: relation {oid} used before its Relation message", ctx()))
         };
         let ev = match m {
-            LogicalMessage::Insert(x) => Some(Ev::Insert {
-                rel: rel(x.rel_oid),
-                new: values(&x.new),
-            }),
-            LogicalMessage::Update(x) => Some(Ev::Update {
-                rel: rel(x.rel_oid),
-                old: x.old.as_ref().map(old),
-                new: values(&x.new),
-            }),
-            LogicalMessage::Delete(x) => Some(Ev::Delete {
-                rel: rel(x.rel_oid),
-                old: old(&x.old),
-            }),
+            LogicalMessage::Insert(x) => Some(Ev::Insert { rel: rel(x.rel_oid), new: values(&x.new) }),
+            LogicalMessage::Update(x) => {
+                Some(Ev::Update { rel: rel(x.rel_oid), old: x.old.as_ref().map(old), new: values(&x.new) })
+            }
+            LogicalMessage::Delete(x) => Some(Ev::Delete { rel: rel(x.rel_oid), old: old(&x.old) }),
             LogicalMessage::Truncate(x) => Some(Ev::Truncate {
                 rels: x.rel_oids.iter().map(|o| rel(*o)).collect(),
                 cascade: x.cascade,
@@ -624,10 +507,7 @@ fn interpret(label: &str, msgs: &[LogicalMessage], streaming: bool) -> Summary {
         if let Some(ev) = ev {
             let xid = carried.flatten();
             if let Some(top) = stream {
-                pending
-                    .entry(top)
-                    .or_default()
-                    .push((xid.unwrap_or(top), ev));
+                pending.entry(top).or_default().push((xid.unwrap_or(top), ev));
             } else if let Some(t) = txn.as_mut() {
                 t.3.push(ev);
             } else {
@@ -651,55 +531,29 @@ fn interpret(label: &str, msgs: &[LogicalMessage], streaming: bool) -> Summary {
                 txn = Some((b.xid, b.final_lsn, b.commit_time, Vec::new()));
             }
             LogicalMessage::Commit(c) => {
-                let (xid, final_lsn, time, evs) = txn
-                    .take()
-                    .unwrap_or_else(|| panic!("{}: Commit without Begin", ctx()));
-                assert_eq!(
-                    c.commit_lsn,
-                    final_lsn,
-                    "{}: commit_lsn is Begin's final_lsn",
-                    ctx()
-                );
+                let (xid, final_lsn, time, evs) =
+                    txn.take().unwrap_or_else(|| panic!("{}: Commit without Begin", ctx()));
+                assert_eq!(c.commit_lsn, final_lsn, "{}: commit_lsn is Begin's final_lsn", ctx());
                 assert_eq!(c.commit_time, time, "{}: commit_time is Begin's", ctx());
-                assert!(
-                    c.end_lsn > c.commit_lsn,
-                    "{}: end_lsn after commit_lsn",
-                    ctx()
-                );
+                assert!(c.end_lsn > c.commit_lsn, "{}: end_lsn after commit_lsn", ctx());
                 s.txns.push((xid, c.end_lsn));
                 s.last_end = c.end_lsn;
                 s.events.extend(evs);
             }
             LogicalMessage::StreamStart(st) => {
                 assert!(streaming, "{}: StreamStart without streaming", ctx());
-                assert!(
-                    txn.is_none() && stream.is_none(),
-                    "{}: StreamStart inside a block",
-                    ctx()
-                );
+                assert!(txn.is_none() && stream.is_none(), "{}: StreamStart inside a block", ctx());
                 let first = seen_streams.insert(st.xid);
                 assert_eq!(st.first_segment, first, "{}: first_segment flag", ctx());
                 s.stream_starts.push((st.xid, st.first_segment));
                 stream = Some(st.xid);
             }
             LogicalMessage::StreamStop => {
-                assert!(
-                    stream.take().is_some(),
-                    "{}: StreamStop outside a block",
-                    ctx()
-                );
+                assert!(stream.take().is_some(), "{}: StreamStop outside a block", ctx());
             }
             LogicalMessage::StreamAbort(a) => {
-                assert!(
-                    stream.is_none() && txn.is_none(),
-                    "{}: StreamAbort inside a block",
-                    ctx()
-                );
-                assert!(
-                    seen_streams.contains(&a.xid),
-                    "{}: StreamAbort of an unknown xid",
-                    ctx()
-                );
+                assert!(stream.is_none() && txn.is_none(), "{}: StreamAbort inside a block", ctx());
+                assert!(seen_streams.contains(&a.xid), "{}: StreamAbort of an unknown xid", ctx());
                 s.stream_aborts.push((a.xid, a.subxid));
                 if a.subxid == a.xid {
                     pending.remove(&a.xid);
@@ -708,52 +562,24 @@ fn interpret(label: &str, msgs: &[LogicalMessage], streaming: bool) -> Summary {
                 }
             }
             LogicalMessage::StreamCommit(c) => {
-                assert!(
-                    stream.is_none() && txn.is_none(),
-                    "{}: StreamCommit inside a block",
-                    ctx()
-                );
-                assert!(
-                    seen_streams.contains(&c.xid),
-                    "{}: StreamCommit of an unknown xid",
-                    ctx()
-                );
-                assert!(
-                    c.end_lsn > c.commit_lsn,
-                    "{}: end_lsn after commit_lsn",
-                    ctx()
-                );
+                assert!(stream.is_none() && txn.is_none(), "{}: StreamCommit inside a block", ctx());
+                assert!(seen_streams.contains(&c.xid), "{}: StreamCommit of an unknown xid", ctx());
+                assert!(c.end_lsn > c.commit_lsn, "{}: end_lsn after commit_lsn", ctx());
                 s.stream_commits.push((c.xid, c.end_lsn));
                 s.last_end = c.end_lsn;
-                s.events.extend(
-                    pending
-                        .remove(&c.xid)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(_, e)| e),
-                );
+                s.events.extend(pending.remove(&c.xid).unwrap_or_default().into_iter().map(|(_, e)| e));
             }
             other => panic!("{}: unexpected message {other:?}", ctx()),
         }
     }
-    assert!(
-        txn.is_none() && stream.is_none(),
-        "{label}: stream ends inside a transaction"
-    );
-    assert!(
-        pending.is_empty(),
-        "{label}: streamed transactions never committed: {:?}",
-        pending.keys()
-    );
+    assert!(txn.is_none() && stream.is_none(), "{label}: stream ends inside a transaction");
+    assert!(pending.is_empty(), "{label}: streamed transactions never committed: {:?}", pending.keys());
     s
 }
 
 fn assert_events_eq(label: &str, got: &[Ev], want: &[Ev]) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            g, w,
-            "{label}: change {i} differs from what the workload wrote"
-        );
+        assert_eq!(g, w, "{label}: change {i} differs from what the workload wrote");
     }
     assert_eq!(
         got.len(),
@@ -777,8 +603,7 @@ async fn send_and_confirm(
     (write, flush, apply): (Lsn, Lsn, Lsn),
     keepalives: &mut usize,
 ) {
-    repl.send_status(write, flush, apply, false)
-        .expect("send_status");
+    repl.send_status(write, flush, apply, false).expect("send_status");
     let pid = repl.backend_pid();
     let deadline = Instant::now() + FRAME_WAIT;
     loop {
@@ -792,17 +617,19 @@ async fn send_and_confirm(
             )
             .await
             .expect("pg_stat_replication");
-        let seen: Option<[Option<String>; 4]> = rows
-            .first()
-            .map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)]);
+        let seen: Option<[Option<String>; 4]> = rows.first().map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)]);
         let want = [write, flush, apply, flush].map(|l| Some(l.to_string()));
         if seen.as_ref() == Some(&want) {
             return;
         }
         if Instant::now() >= deadline {
-            panic!("status update ({write}, {flush}, {apply}) of slot {slot} not visible after {FRAME_WAIT:?}: \
-                    pg_stat_replication/slot show (write, flush, replay, confirmed_flush) = {seen:?}");
+            panic!(
+                "status update ({write}, {flush}, {apply}) of slot {slot} not visible after {FRAME_WAIT:?}: \
+                    pg_stat_replication/slot show (write, flush, replay, confirmed_flush) = {seen:?}"
+            );
         }
+        // The poll interval of this wait (it drains the replication stream between polls, so it
+        // is written out here rather than through the kit's `wait_for`).
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -855,31 +682,17 @@ async fn workload(pg: &tokio_postgres::Client, t: &Table, tf: &Table) -> (Expect
     assert_eq!(rows.len(), 3);
     assert!(rows[0][big].text.as_ref().unwrap().len() == 10000);
     for r in &rows {
-        exp.push(|bin| Ev::Insert {
-            rel: "t".into(),
-            new: render(r, bin, &[]),
-        });
+        exp.push(|bin| Ev::Insert { rel: "t".into(), new: render(r, bin, &[]) });
     }
     pg.batch_execute("COMMIT").await.unwrap();
 
     // Tx2: update that leaves the TOASTed column alone: it is sent as "unchanged".
-    let rows = t
-        .rows(
-            pg,
-            "UPDATE t SET i2 = i2 - 1, j = j || '{\"x\": 1}' WHERE id = 1",
-        )
-        .await;
-    exp.push(|bin| Ev::Update {
-        rel: "t".into(),
-        old: None,
-        new: render(&rows[0], bin, &[big]),
-    });
+    let rows = t.rows(pg, "UPDATE t SET i2 = i2 - 1, j = j || '{\"x\": 1}' WHERE id = 1").await;
+    exp.push(|bin| Ev::Update { rel: "t".into(), old: None, new: render(&rows[0], bin, &[big]) });
 
     // Tx3: update of the primary key: the old key is sent.
     let before = t.rows(pg, "WHERE id = 3").await;
-    let rows = t
-        .rows(pg, "UPDATE t SET id = 10, txt = 'moved' WHERE id = 3")
-        .await;
+    let rows = t.rows(pg, "UPDATE t SET id = 10, txt = 'moved' WHERE id = 3").await;
     exp.push(|bin| Ev::Update {
         rel: "t".into(),
         old: Some(Old::Key(render(&key_only(&before[0], id), bin, &[]))),
@@ -888,73 +701,40 @@ async fn workload(pg: &tokio_postgres::Client, t: &Table, tf: &Table) -> (Expect
 
     // Tx4: delete: the old key only.
     let rows = t.rows(pg, "DELETE FROM t WHERE id = 2").await;
-    exp.push(|bin| Ev::Delete {
-        rel: "t".into(),
-        old: Old::Key(render(&key_only(&rows[0], id), bin, &[])),
-    });
+    exp.push(|bin| Ev::Delete { rel: "t".into(), old: Old::Key(render(&key_only(&rows[0], id), bin, &[])) });
 
     // Tx5: a table outside the publication: nothing.
-    pg.batch_execute("INSERT INTO t_unpub VALUES (1, 'not published')")
-        .await
-        .unwrap();
+    pg.batch_execute("INSERT INTO t_unpub VALUES (1, 'not published')").await.unwrap();
 
     // Non-transactional message, outside any transaction.
-    pg.batch_execute(r"SELECT pg_logical_emit_message(false, 'nontx', '\x00ff01'::bytea)")
-        .await
-        .unwrap();
-    exp.push(|_| Ev::Message {
-        transactional: false,
-        prefix: "nontx".into(),
-        content: vec![0, 0xff, 1],
-    });
+    pg.batch_execute(r"SELECT pg_logical_emit_message(false, 'nontx', '\x00ff01'::bytea)").await.unwrap();
+    exp.push(|_| Ev::Message { transactional: false, prefix: "nontx".into(), content: vec![0, 0xff, 1] });
 
     // Tx7: REPLICA IDENTITY FULL table: whole old rows; a transactional message.
     pg.batch_execute("BEGIN").await.unwrap();
-    let ins = tf
-        .rows(
-            pg,
-            "INSERT INTO tfull VALUES (1, 'a', 1.5, now()), (2, NULL, NULL, NULL)",
-        )
-        .await;
+    let ins = tf.rows(pg, "INSERT INTO tfull VALUES (1, 'a', 1.5, now()), (2, NULL, NULL, NULL)").await;
     for r in &ins {
-        exp.push(|bin| Ev::Insert {
-            rel: "tfull".into(),
-            new: render(r, bin, &[]),
-        });
+        exp.push(|bin| Ev::Insert { rel: "tfull".into(), new: render(r, bin, &[]) });
     }
     let before = tf.rows(pg, "WHERE id = 1").await;
-    let upd = tf
-        .rows(pg, "UPDATE tfull SET v = 'b', n = n * 2 WHERE id = 1")
-        .await;
+    let upd = tf.rows(pg, "UPDATE tfull SET v = 'b', n = n * 2 WHERE id = 1").await;
     exp.push(|bin| Ev::Update {
         rel: "tfull".into(),
         old: Some(Old::Full(render(&before[0], bin, &[]))),
         new: render(&upd[0], bin, &[]),
     });
     let del = tf.rows(pg, "DELETE FROM tfull WHERE id = 2").await;
-    exp.push(|bin| Ev::Delete {
-        rel: "tfull".into(),
-        old: Old::Full(render(&del[0], bin, &[])),
-    });
-    pg.batch_execute("SELECT pg_logical_emit_message(true, 'tx', 'hello')")
-        .await
-        .unwrap();
-    exp.push(|_| Ev::Message {
-        transactional: true,
-        prefix: "tx".into(),
-        content: b"hello".to_vec(),
-    });
+    exp.push(|bin| Ev::Delete { rel: "tfull".into(), old: Old::Full(render(&del[0], bin, &[])) });
+    pg.batch_execute("SELECT pg_logical_emit_message(true, 'tx', 'hello')").await.unwrap();
+    exp.push(|_| Ev::Message { transactional: true, prefix: "tx".into(), content: b"hello".to_vec() });
     pg.batch_execute("COMMIT").await.unwrap();
 
     // Tx8: bigger than logical_decoding_work_mem (64kB): streamed with streaming=on. Contains a
     // transactional message, a rolled-back subtransaction that is itself bigger than the limit,
     // updates of rows with TOASTed values, and deletes.
     pg.batch_execute("BEGIN").await.unwrap();
-    let big_xid: u32 = (one_text(pg, "SELECT pg_current_xact_id()::text")
-        .await
-        .parse::<u64>()
-        .unwrap()
-        % (1u64 << 32)) as u32;
+    let big_xid: u32 =
+        (one_text(pg, "SELECT pg_current_xact_id()::text").await.parse::<u64>().unwrap() % (1u64 << 32)) as u32;
     let rows = t
         .rows(
             pg,
@@ -972,19 +752,10 @@ async fn workload(pg: &tokio_postgres::Client, t: &Table, tf: &Table) -> (Expect
         .await;
     assert_eq!(rows.len(), BIG_ROWS as usize);
     for r in &rows {
-        exp.push(|bin| Ev::Insert {
-            rel: "t".into(),
-            new: render(r, bin, &[]),
-        });
+        exp.push(|bin| Ev::Insert { rel: "t".into(), new: render(r, bin, &[]) });
     }
-    pg.batch_execute("SELECT pg_logical_emit_message(true, 'big', 'inside')")
-        .await
-        .unwrap();
-    exp.push(|_| Ev::Message {
-        transactional: true,
-        prefix: "big".into(),
-        content: b"inside".to_vec(),
-    });
+    pg.batch_execute("SELECT pg_logical_emit_message(true, 'big', 'inside')").await.unwrap();
+    exp.push(|_| Ev::Message { transactional: true, prefix: "big".into(), content: b"inside".to_vec() });
     pg.batch_execute(
         "SAVEPOINT s; \
          INSERT INTO t (id, txt) SELECT g, repeat('y', 300) FROM generate_series(5000, 5599) g; \
@@ -992,37 +763,21 @@ async fn workload(pg: &tokio_postgres::Client, t: &Table, tf: &Table) -> (Expect
     )
     .await
     .unwrap();
-    let rows = t
-        .rows(
-            pg,
-            "UPDATE t SET txt = 'updated ' || id WHERE id BETWEEN 100 AND 109",
-        )
-        .await;
+    let rows = t.rows(pg, "UPDATE t SET txt = 'updated ' || id WHERE id BETWEEN 100 AND 109").await;
     assert_eq!(rows.len(), 10);
     for r in &rows {
         // Row 100 has a TOASTed `big` that the update does not touch.
         let unchanged: &[usize] = if r[big].text.is_some() { &[big] } else { &[] };
-        exp.push(|bin| Ev::Update {
-            rel: "t".into(),
-            old: None,
-            new: render(r, bin, unchanged),
-        });
+        exp.push(|bin| Ev::Update { rel: "t".into(), old: None, new: render(r, bin, unchanged) });
     }
-    let rows = t
-        .rows(pg, "DELETE FROM t WHERE id BETWEEN 110 AND 119")
-        .await;
+    let rows = t.rows(pg, "DELETE FROM t WHERE id BETWEEN 110 AND 119").await;
     for r in &rows {
-        exp.push(|bin| Ev::Delete {
-            rel: "t".into(),
-            old: Old::Key(render(&key_only(r, id), bin, &[])),
-        });
+        exp.push(|bin| Ev::Delete { rel: "t".into(), old: Old::Key(render(&key_only(r, id), bin, &[])) });
     }
     pg.batch_execute("COMMIT").await.unwrap();
 
     // Tx9: truncate of both published tables with both options.
-    pg.batch_execute("TRUNCATE tfull, t RESTART IDENTITY CASCADE")
-        .await
-        .unwrap();
+    pg.batch_execute("TRUNCATE tfull, t RESTART IDENTITY CASCADE").await.unwrap();
     exp.push(|_| Ev::Truncate {
         rels: ["t".to_string(), "tfull".to_string()].into_iter().collect(),
         cascade: true,
@@ -1039,9 +794,8 @@ struct SlotRun {
 #[tokio::test(flavor = "current_thread")]
 async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
     let t0 = Instant::now();
-    let cluster =
-        Cluster::start(ClusterOpts::publisher().with_conf("logical_decoding_work_mem = '64kB'"))
-            .expect("start publisher");
+    let cluster = Cluster::start(ClusterOpts::publisher().with_conf("logical_decoding_work_mem = '64kB'"))
+        .expect("start publisher");
     let pg = cluster.client("postgres").await.expect("client");
     pg.batch_execute(SCHEMA).await.expect("schema");
     let t = Table::load(&pg, "t").await;
@@ -1055,18 +809,8 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
 
     // IDENTIFY_SYSTEM agrees with the server's own view.
     let sys = repl.identify_system().expect("IDENTIFY_SYSTEM");
-    assert_eq!(
-        sys.systemid,
-        one_text(
-            &pg,
-            "SELECT system_identifier::text FROM pg_control_system()"
-        )
-        .await
-    );
-    assert_eq!(
-        sys.timeline.to_string(),
-        one_text(&pg, "SELECT timeline_id::text FROM pg_control_checkpoint()").await
-    );
+    assert_eq!(sys.systemid, one_text(&pg, "SELECT system_identifier::text FROM pg_control_system()").await);
+    assert_eq!(sys.timeline.to_string(), one_text(&pg, "SELECT timeline_id::text FROM pg_control_checkpoint()").await);
     assert_eq!(sys.dbname.as_deref(), Some("postgres"));
     assert!(sys.xlogpos.is_valid());
     assert!(sys.xlogpos <= one_lsn(&pg, "SELECT pg_current_wal_flush_lsn()").await);
@@ -1075,10 +819,7 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
     let runs = [
         SlotRun {
             slot: "s_v1_text",
-            opts: PgOutputOptions {
-                proto_version: 1,
-                ..PgOutputOptions::for_server(v, vec!["pub".into()])
-            },
+            opts: PgOutputOptions { proto_version: 1, ..PgOutputOptions::for_server(v, vec!["pub".into()]) },
         },
         SlotRun {
             slot: "s_v2_text_stream",
@@ -1099,10 +840,7 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
             },
         },
     ];
-    assert_eq!(
-        runs[2].opts.proto_version, 3,
-        "for_server picks protocol 3 for PostgreSQL 15"
-    );
+    assert_eq!(runs[2].opts.proto_version, 3, "for_server picks protocol 3 for PostgreSQL 15");
     // The peek option list mirrors what START_REPLICATION sends.
     assert_eq!(
         runs[2].opts.to_sql_options(),
@@ -1110,15 +848,10 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
     );
     let mut created = HashMap::new();
     for r in &runs {
-        let info = repl
-            .create_logical_slot(r.slot, false, SnapshotAction::NoExport, false)
-            .expect("create slot");
+        let info = repl.create_logical_slot(r.slot, false, SnapshotAction::NoExport, false).expect("create slot");
         assert_eq!(info.slot_name, r.slot);
         assert!(info.consistent_point.is_valid());
-        assert_eq!(
-            info.snapshot_name, None,
-            "SNAPSHOT 'nothing' exports no snapshot"
-        );
+        assert_eq!(info.snapshot_name, None, "SNAPSHOT 'nothing' exports no snapshot");
         let row = pg
             .query_one(
                 "SELECT plugin::text, slot_type, confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1",
@@ -1129,37 +862,19 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
         assert_eq!(row.get::<_, String>(0), "pgoutput");
         assert_eq!(row.get::<_, String>(1), "logical");
         assert_eq!(row.get::<_, String>(2), info.consistent_point.to_string());
-        assert!(
-            !row.get::<_, bool>(3),
-            "a permanent slot is released after creation"
-        );
+        assert!(!row.get::<_, bool>(3), "a permanent slot is released after creation");
         created.insert(r.slot, info.consistent_point);
     }
 
     let (expected, big_xid) = workload(&pg, &t, &tf).await;
-    let mood_oid: u32 = pg
-        .query_one("SELECT 'mood'::regtype::oid", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let t_oid: u32 = pg
-        .query_one("SELECT 't'::regclass::oid", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let tf_oid: u32 = pg
-        .query_one("SELECT 'tfull'::regclass::oid", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let mood_oid: u32 = pg.query_one("SELECT 'mood'::regtype::oid", &[]).await.unwrap().get(0);
+    let t_oid: u32 = pg.query_one("SELECT 't'::regclass::oid", &[]).await.unwrap().get(0);
+    let tf_oid: u32 = pg.query_one("SELECT 'tfull'::regclass::oid", &[]).await.unwrap().get(0);
 
     let mut keepalives = 0usize;
     for r in &runs {
         let o = &r.opts;
-        let label = format!(
-            "{} (proto {}, binary {}, streaming {:?})",
-            r.slot, o.proto_version, o.binary, o.streaming
-        );
+        let label = format!("{} (proto {}, binary {}, streaming {:?})", r.slot, o.proto_version, o.binary, o.streaming);
         let streaming = o.streaming == Streaming::On;
 
         // Peek first: the slot is inactive and peek does not move it.
@@ -1167,56 +882,29 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
         if let Some(dir) = std::env::var_os("PGSUB_WRITE_FUZZ_CORPUS") {
             write_fuzz_corpus(Path::new(&dir), r.slot, o.proto_version, &peeked);
         }
-        assert!(
-            peeked.len() > BIG_ROWS as usize,
-            "{label}: peek returned {} rows",
-            peeked.len()
-        );
-        assert_eq!(
-            peek(&pg, r.slot, o).await.len(),
-            peeked.len(),
-            "{label}: peek does not consume"
-        );
+        assert!(peeked.len() > BIG_ROWS as usize, "{label}: peek returned {} rows", peeked.len());
+        assert_eq!(peek(&pg, r.slot, o).await.len(), peeked.len(), "{label}: peek does not consume");
 
         // One connection per stream: a PostgreSQL 15 walsender ends a second logical
         // START_REPLICATION on the same connection at once (its "streaming done" flags are only
         // reset for physical replication).
         let mut repl = must_connect(&cluster.connstr("postgres", "postgres"));
-        repl.start_replication(r.slot, created[r.slot], o)
-            .expect("START_REPLICATION");
+        repl.start_replication(r.slot, created[r.slot], o).expect("START_REPLICATION");
         let frames = recv_xlog(&mut repl, peeked.len(), created[r.slot], &mut keepalives);
         let msgs = compare_with_peek(&label, o.proto_version, &frames, &peeked);
 
         // Stream structure.
         let s = interpret(&label, &msgs, streaming);
         if streaming {
-            let big_starts = s
-                .stream_starts
-                .iter()
-                .filter(|(x, _)| *x == big_xid)
-                .count();
-            assert!(
-                big_starts >= 2,
-                "{label}: the big transaction is streamed in several blocks ({big_starts})"
-            );
-            assert!(
-                s.stream_starts.iter().all(|(x, _)| *x == big_xid),
-                "{label}: only the big transaction streams"
-            );
+            let big_starts = s.stream_starts.iter().filter(|(x, _)| *x == big_xid).count();
+            assert!(big_starts >= 2, "{label}: the big transaction is streamed in several blocks ({big_starts})");
+            assert!(s.stream_starts.iter().all(|(x, _)| *x == big_xid), "{label}: only the big transaction streams");
             assert_eq!(s.stream_commits.len(), 1, "{label}: one stream commit");
             assert_eq!(s.stream_commits[0].0, big_xid);
-            assert_eq!(
-                s.stream_aborts.len(),
-                1,
-                "{label}: the rolled-back subtransaction: {:?}",
-                s.stream_aborts
-            );
+            assert_eq!(s.stream_aborts.len(), 1, "{label}: the rolled-back subtransaction: {:?}", s.stream_aborts);
             let (ax, sub) = s.stream_aborts[0];
             assert_eq!(ax, big_xid);
-            assert_ne!(
-                sub, big_xid,
-                "{label}: subtransaction abort names the subxact"
-            );
+            assert_ne!(sub, big_xid, "{label}: subtransaction abort names the subxact");
             // ROLLBACK TO SAVEPOINT starts a new subtransaction: the later updates/deletes carry
             // its xid and are kept; only the aborted one's changes are dropped.
             assert!(
@@ -1224,73 +912,32 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
                 "{label}: streamed changes carry the subxid {sub}: {:?}",
                 s.streamed_subxids
             );
-            assert!(
-                s.streamed_changes[&sub] >= 100,
-                "{label}: the subxact's rows were streamed before the abort"
-            );
+            assert!(s.streamed_changes[&sub] >= 100, "{label}: the subxact's rows were streamed before the abort");
             assert!(s.streamed_changes[&big_xid] >= BIG_ROWS as usize);
-            assert_eq!(
-                s.txns.len(),
-                6,
-                "{label}: small transactions as Begin/Commit: {:?}",
-                s.txns
-            );
+            assert_eq!(s.txns.len(), 6, "{label}: small transactions as Begin/Commit: {:?}", s.txns);
         } else {
-            assert!(
-                s.stream_starts.is_empty()
-                    && s.stream_aborts.is_empty()
-                    && s.stream_commits.is_empty()
-            );
+            assert!(s.stream_starts.is_empty() && s.stream_aborts.is_empty() && s.stream_commits.is_empty());
             assert_eq!(s.txns.len(), 7, "{label}: transactions: {:?}", s.txns);
-            assert_eq!(
-                s.txns[5].0, big_xid,
-                "{label}: the big transaction's Begin xid"
-            );
+            assert_eq!(s.txns[5].0, big_xid, "{label}: the big transaction's Begin xid");
         }
         // Relation and Type metadata agree with the catalog.
-        let ty = s
-            .types
-            .iter()
-            .find(|x| x.oid == mood_oid)
-            .unwrap_or_else(|| panic!("{label}: no Type message for mood"));
-        assert_eq!(
-            (ty.namespace.as_str(), ty.name.as_str()),
-            ("public", "mood")
-        );
-        for (tab, oid, ident) in [
-            (&t, t_oid, ReplicaIdentity::Default),
-            (&tf, tf_oid, ReplicaIdentity::Full),
-        ] {
+        let ty =
+            s.types.iter().find(|x| x.oid == mood_oid).unwrap_or_else(|| panic!("{label}: no Type message for mood"));
+        assert_eq!((ty.namespace.as_str(), ty.name.as_str()), ("public", "mood"));
+        for (tab, oid, ident) in [(&t, t_oid, ReplicaIdentity::Default), (&tf, tf_oid, ReplicaIdentity::Full)] {
             let rel = s
                 .relations
                 .iter()
                 .find(|x| x.oid == oid)
                 .unwrap_or_else(|| panic!("{label}: no Relation for {}", tab.name));
-            assert_eq!(
-                (rel.namespace.as_str(), rel.name.as_str()),
-                ("public", tab.name.as_str())
-            );
-            assert_eq!(
-                rel.replica_identity, ident,
-                "{label}: replica identity of {}",
-                tab.name
-            );
-            let cols: Vec<(String, u32, i32, bool)> = rel
-                .columns
-                .iter()
-                .map(|c| (c.name.clone(), c.type_oid, c.type_modifier, c.is_key))
-                .collect();
+            assert_eq!((rel.namespace.as_str(), rel.name.as_str()), ("public", tab.name.as_str()));
+            assert_eq!(rel.replica_identity, ident, "{label}: replica identity of {}", tab.name);
+            let cols: Vec<(String, u32, i32, bool)> =
+                rel.columns.iter().map(|c| (c.name.clone(), c.type_oid, c.type_modifier, c.is_key)).collect();
             let want: Vec<(String, u32, i32, bool)> = tab
                 .cols
                 .iter()
-                .map(|(n, ty, m)| {
-                    (
-                        n.clone(),
-                        *ty,
-                        *m,
-                        ident == ReplicaIdentity::Full || n == "id",
-                    )
-                })
+                .map(|(n, ty, m)| (n.clone(), *ty, *m, ident == ReplicaIdentity::Full || n == "id"))
                 .collect();
             assert_eq!(cols, want, "{label}: columns of {}", tab.name);
         }
@@ -1302,47 +949,20 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
         let start = created[r.slot];
         let before = one_lsn(
             &pg,
-            &format!(
-                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
-                r.slot
-            ),
+            &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'", r.slot),
         )
         .await;
         assert_eq!(before, start, "{label}: nothing confirmed yet");
         let first_end = s.txns[0].1;
-        send_and_confirm(
-            &pg,
-            &mut repl,
-            r.slot,
-            (s.last_end, first_end, start),
-            &mut keepalives,
-        )
-        .await;
-        send_and_confirm(
-            &pg,
-            &mut repl,
-            r.slot,
-            (s.last_end, s.last_end, s.last_end),
-            &mut keepalives,
-        )
-        .await;
+        send_and_confirm(&pg, &mut repl, r.slot, (s.last_end, first_end, start), &mut keepalives).await;
+        send_and_confirm(&pg, &mut repl, r.slot, (s.last_end, s.last_end, s.last_end), &mut keepalives).await;
         repl.end_copy().expect("end_copy");
         // The connection is usable again, and the slot really moved: nothing left to peek.
-        let rows = repl
-            .simple_query("SELECT 1 AS one")
-            .expect("query after end_copy");
+        let rows = repl.simple_query("SELECT 1 AS one").expect("query after end_copy");
         assert_eq!(rows[0].get("one"), Some("1"));
-        assert_eq!(
-            peek(&pg, r.slot, o).await.len(),
-            0,
-            "{label}: slot advanced past the workload"
-        );
+        assert_eq!(peek(&pg, r.slot, o).await.len(), 0, "{label}: slot advanced past the workload");
         repl.close();
-        eprintln!(
-            "{label}: {} messages, {} changes verified",
-            msgs.len(),
-            s.events.len()
-        );
+        eprintln!("{label}: {} messages, {} changes verified", msgs.len(), s.events.len());
     }
     eprintln!("workload test: {keepalives} keepalives, {:?}", t0.elapsed());
     slots_conn.close();
@@ -1387,21 +1007,10 @@ fn with_password(connstr: &str, pw: &str) -> String {
 async fn trust_md5_and_scram_users_connect_and_identify() {
     let cluster = auth_cluster(true);
     let pg = cluster.client("postgres").await.expect("client");
-    let md5_stored = cluster
-        .psql(
-            "postgres",
-            "SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = 'md5_user'",
-        )
-        .unwrap();
-    assert_eq!(
-        md5_stored, "t",
-        "md5_user has an MD5 verifier, so the server asks for MD5"
-    );
-    let sysid = one_text(
-        &pg,
-        "SELECT system_identifier::text FROM pg_control_system()",
-    )
-    .await;
+    let md5_stored =
+        cluster.psql("postgres", "SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = 'md5_user'").unwrap();
+    assert_eq!(md5_stored, "t", "md5_user has an MD5 verifier, so the server asks for MD5");
+    let sysid = one_text(&pg, "SELECT system_identifier::text FROM pg_control_system()").await;
 
     for (user, pw, method) in [
         ("trust_user", None, None),
@@ -1414,9 +1023,7 @@ async fn trust_md5_and_scram_users_connect_and_identify() {
             cs = with_password(&cs, pw);
         }
         let mut c = connect(&cs).unwrap_or_else(|e| panic!("{user}: {e}"));
-        let sys = c
-            .identify_system()
-            .unwrap_or_else(|e| panic!("{user}: IDENTIFY_SYSTEM: {e}"));
+        let sys = c.identify_system().unwrap_or_else(|e| panic!("{user}: IDENTIFY_SYSTEM: {e}"));
         assert_eq!(sys.systemid, sysid, "{user}");
         assert_eq!(sys.dbname.as_deref(), Some("postgres"), "{user}");
         // A password was used exactly when the server asked for one (not under trust, even
@@ -1424,27 +1031,19 @@ async fn trust_md5_and_scram_users_connect_and_identify() {
         assert_eq!(c.used_password(), method.is_some(), "{user}: used_password");
         // The server sees a walsender of this user.
         let row = pg
-            .query_one(
-                "SELECT usename::text, backend_type FROM pg_stat_activity WHERE pid = $1",
-                &[&c.backend_pid()],
-            )
+            .query_one("SELECT usename::text, backend_type FROM pg_stat_activity WHERE pid = $1", &[&c.backend_pid()])
             .await
             .unwrap_or_else(|e| panic!("{user}: pg_stat_activity: {e}"));
         assert_eq!(row.get::<_, String>(0), user);
         assert_eq!(row.get::<_, String>(1), "walsender");
         // SQL on the replication connection runs as that user.
-        let rows = c
-            .simple_query("SELECT current_user AS u")
-            .expect("SELECT current_user");
+        let rows = c.simple_query("SELECT current_user AS u").expect("SELECT current_user");
         assert_eq!(rows[0].get("u"), Some(user));
         c.close();
         // The server log names the authentication method that was used.
         if let Some(m) = method {
             let line = format!("connection authenticated: identity=\"{user}\" method={m}");
-            assert!(
-                cluster.log().contains(&line),
-                "{user}: server log lacks {line:?}"
-            );
+            assert!(cluster.log().contains(&line), "{user}: server log lacks {line:?}");
         }
     }
 }
@@ -1462,18 +1061,10 @@ fn closed_port() -> (std::os::fd::OwnedFd, u16) {
         addr.sin_family = libc::AF_INET as libc::sa_family_t;
         addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::bind(
-            fd,
-            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
-            len,
-        );
+        let rc = libc::bind(fd, &addr as *const libc::sockaddr_in as *const libc::sockaddr, len);
         assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
         let mut got = len;
-        let rc = libc::getsockname(
-            fd,
-            &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr,
-            &mut got,
-        );
+        let rc = libc::getsockname(fd, &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut got);
         assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
         (owned, u16::from_be(addr.sin_port))
     }
@@ -1485,15 +1076,9 @@ fn failing(connstr: &str, limit: Duration) -> (Error, Duration) {
     let r = connect(connstr);
     let took = t.elapsed();
     match r {
-        Ok(c) => panic!(
-            "{connstr:?} connected (pid {}) but should fail",
-            c.backend_pid()
-        ),
+        Ok(c) => panic!("{connstr:?} connected (pid {}) but should fail", c.backend_pid()),
         Err(e) => {
-            assert!(
-                took < limit,
-                "{connstr:?} failed only after {took:?} (limit {limit:?}): {e}"
-            );
+            assert!(took < limit, "{connstr:?} failed only after {took:?} (limit {limit:?}): {e}");
             (e, took)
         }
     }
@@ -1507,10 +1092,7 @@ fn assert_server_error(e: &Error, code: &str, message: &str) {
             assert_eq!(se.message, message, "{e}");
             assert_eq!(e.sqlstate(), Some(code));
             let shown = e.to_string();
-            assert!(
-                shown.contains(message) && shown.contains(code),
-                "display: {shown}"
-            );
+            assert!(shown.contains(message) && shown.contains(code), "display: {shown}");
         }
         other => panic!("expected server error {code} {message:?}, got {other:?}"),
     }
@@ -1521,36 +1103,18 @@ fn connection_errors_are_clear_and_within_connect_timeout() {
     const TIMEOUT: u64 = 3;
     let limit = Duration::from_secs(TIMEOUT) + Duration::from_millis(1500);
     let cluster = auth_cluster(false);
-    let base =
-        |user: &str, db: &str| format!("{} connect_timeout={TIMEOUT}", cluster.connstr(user, db));
+    let base = |user: &str, db: &str| format!("{} connect_timeout={TIMEOUT}", cluster.connstr(user, db));
 
     // Wrong passwords (SCRAM and MD5): 28P01.
-    let (e, _) = failing(
-        &with_password(&base("scram_user", "postgres"), "wrong"),
-        limit,
-    );
-    assert_server_error(
-        &e,
-        "28P01",
-        "password authentication failed for user \"scram_user\"",
-    );
-    let (e, _) = failing(
-        &with_password(&base("md5_user", "postgres"), "wrong"),
-        limit,
-    );
-    assert_server_error(
-        &e,
-        "28P01",
-        "password authentication failed for user \"md5_user\"",
-    );
+    let (e, _) = failing(&with_password(&base("scram_user", "postgres"), "wrong"), limit);
+    assert_server_error(&e, "28P01", "password authentication failed for user \"scram_user\"");
+    let (e, _) = failing(&with_password(&base("md5_user", "postgres"), "wrong"), limit);
+    assert_server_error(&e, "28P01", "password authentication failed for user \"md5_user\"");
 
     // No password at all for a password user: refused on the client side, naming the user.
     let (e, _) = failing(&base("scram_user", "postgres"), limit);
     match &e {
-        Error::Auth(m) => assert!(
-            m.contains("scram_user") && m.contains("no password was supplied"),
-            "{m}"
-        ),
+        Error::Auth(m) => assert!(m.contains("scram_user") && m.contains("no password was supplied"), "{m}"),
         other => panic!("expected Error::Auth, got {other:?}"),
     }
 
@@ -1561,10 +1125,7 @@ fn connection_errors_are_clear_and_within_connect_timeout() {
     assert_server_error(&e, "3D000", "database \"no_such_db\" does not exist");
 
     // TLS required but the server has none.
-    let (e, _) = failing(
-        &format!("{} sslmode=require", base("postgres", "postgres")),
-        limit,
-    );
+    let (e, _) = failing(&format!("{} sslmode=require", base("postgres", "postgres")), limit);
     match &e {
         Error::Tls(m) => assert!(m.contains("server does not support SSL"), "{m}"),
         other => panic!("expected Error::Tls, got {other:?}"),
@@ -1573,35 +1134,28 @@ fn connection_errors_are_clear_and_within_connect_timeout() {
     // A closed loopback port: connection refused, naming the address and port.
     let (_reserved, closed) = closed_port();
     let (e, _) = failing(
-        &format!(
-            "host=127.0.0.1 port={closed} user=postgres dbname=postgres connect_timeout={TIMEOUT}"
-        ),
+        &format!("host=127.0.0.1 port={closed} user=postgres dbname=postgres connect_timeout={TIMEOUT}"),
         limit,
     );
     match &e {
         Error::Io(io) => {
             assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
             let m = e.to_string();
-            assert!(
-                m.contains(&format!(
-                    "connection to server at \"127.0.0.1\", port {closed} failed"
-                )),
-                "{m}"
-            );
+            assert!(m.contains(&format!("connection to server at \"127.0.0.1\", port {closed} failed")), "{m}");
             assert!(m.to_lowercase().contains("refused"), "{m}");
         }
         other => panic!("expected Error::Io, got {other:?}"),
     }
 
     // A host name that does not resolve.
-    let (e, _) = failing(&format!("host=nonexistent.invalid port={closed} user=postgres dbname=postgres connect_timeout={TIMEOUT}"), limit);
+    let (e, _) = failing(
+        &format!("host=nonexistent.invalid port={closed} user=postgres dbname=postgres connect_timeout={TIMEOUT}"),
+        limit,
+    );
     match &e {
         Error::Io(_) => {
             let m = e.to_string();
-            assert!(
-                m.contains("could not translate host name \"nonexistent.invalid\" to address"),
-                "{m}"
-            );
+            assert!(m.contains("could not translate host name \"nonexistent.invalid\" to address"), "{m}");
         }
         other => panic!("expected Error::Io, got {other:?}"),
     }
@@ -1613,18 +1167,10 @@ fn connection_errors_are_clear_and_within_connect_timeout() {
         &format!("host=127.0.0.1 port={sport} user=postgres dbname=postgres connect_timeout=2"),
         Duration::from_millis(3500),
     );
-    assert!(
-        took >= Duration::from_millis(1900),
-        "timed out too early: {took:?}"
-    );
+    assert!(took >= Duration::from_millis(1900), "timed out too early: {took:?}");
     match &e {
         Error::Timeout(m) => {
-            assert!(
-                m.contains(&format!(
-                    "connection to server at \"127.0.0.1\", port {sport} failed"
-                )),
-                "{m}"
-            );
+            assert!(m.contains(&format!("connection to server at \"127.0.0.1\", port {sport} failed")), "{m}");
             assert!(m.contains("timeout"), "{m}");
         }
         other => panic!("expected Error::Timeout, got {other:?}"),
@@ -1640,17 +1186,7 @@ fn openssl_self_signed(dir: &Path, stem: &str, name: &str) {
     let crt = dir.join(format!("{stem}.crt"));
     sh(
         Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "2",
-            ])
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
             .arg("-subj")
             .arg(format!("/CN={name}"))
             .arg("-addext")
@@ -1663,10 +1199,7 @@ fn openssl_self_signed(dir: &Path, stem: &str, name: &str) {
     );
     sh(Command::new("chmod").arg("600").arg(&key), "chmod key");
     if running_as_root() {
-        sh(
-            Command::new("chown").arg("postgres:").arg(&key).arg(&crt),
-            "chown key",
-        );
+        sh(Command::new("chown").arg("postgres:").arg(&key).arg(&crt), "chown key");
     }
 }
 
@@ -1678,25 +1211,10 @@ async fn tls_connections_and_a_large_stream_over_tls() {
     openssl_self_signed(&dir, "server", "pgsub.test");
     openssl_self_signed(&dir, "other", "other.test");
     cluster.add_conf("ssl = on").unwrap();
-    cluster
-        .add_conf(&format!(
-            "ssl_cert_file = '{}'",
-            dir.join("server.crt").display()
-        ))
-        .unwrap();
-    cluster
-        .add_conf(&format!(
-            "ssl_key_file = '{}'",
-            dir.join("server.key").display()
-        ))
-        .unwrap();
+    cluster.add_conf(&format!("ssl_cert_file = '{}'", dir.join("server.crt").display())).unwrap();
+    cluster.add_conf(&format!("ssl_key_file = '{}'", dir.join("server.key").display())).unwrap();
     cluster.restart().expect("restart with ssl");
-    cluster
-        .psql(
-            "postgres",
-            "CREATE ROLE tls_user LOGIN REPLICATION PASSWORD 'tls secret'",
-        )
-        .unwrap();
+    cluster.psql("postgres", "CREATE ROLE tls_user LOGIN REPLICATION PASSWORD 'tls secret'").unwrap();
     cluster
         .set_hba(
             "local all all trust\n\
@@ -1706,13 +1224,7 @@ async fn tls_connections_and_a_large_stream_over_tls() {
         )
         .unwrap();
     let pg = cluster.client("postgres").await.expect("client");
-    let base = with_password(
-        &format!(
-            "{} connect_timeout=5",
-            cluster.connstr("tls_user", "postgres")
-        ),
-        "tls secret",
-    );
+    let base = with_password(&format!("{} connect_timeout=5", cluster.connstr("tls_user", "postgres")), "tls secret");
     let rootcert = dir.join("server.crt");
     let ssl_of = |pid: i32| {
         let pg = &pg;
@@ -1743,10 +1255,7 @@ async fn tls_connections_and_a_large_stream_over_tls() {
     let limit = Duration::from_secs(5 + 1);
     // verify-full against a name the certificate does not carry.
     let (e, _) = failing(
-        &format!(
-            "{base} sslmode=verify-full sslrootcert={}",
-            conninfo::quote_value(&rootcert.display().to_string())
-        ),
+        &format!("{base} sslmode=verify-full sslrootcert={}", conninfo::quote_value(&rootcert.display().to_string())),
         limit,
     );
     assert!(matches!(e, Error::Tls(_)), "wrong name: {e:?}");
@@ -1760,19 +1269,13 @@ async fn tls_connections_and_a_large_stream_over_tls() {
         limit,
     );
     assert!(matches!(e, Error::Tls(_)), "wrong root: {e:?}");
-    assert!(
-        e.to_string().contains("127.0.0.1") && e.to_string().contains("certificate"),
-        "wrong root: {e}"
-    );
+    assert!(e.to_string().contains("127.0.0.1") && e.to_string().contains("certificate"), "wrong root: {e}");
     // Without TLS the hostssl-only user is rejected by pg_hba.
     let (e, _) = failing(&format!("{base} sslmode=disable"), limit);
     match &e {
         Error::Server(se) => {
             assert_eq!(se.code, "28000", "{e}");
-            assert!(
-                se.message.contains("no encryption") && se.message.contains("tls_user"),
-                "{e}"
-            );
+            assert!(se.message.contains("no encryption") && se.message.contains("tls_user"), "{e}");
         }
         other => panic!("expected a pg_hba rejection, got {other:?}"),
     }
@@ -1780,14 +1283,10 @@ async fn tls_connections_and_a_large_stream_over_tls() {
     // A ~2 MB transaction streamed over TLS arrives whole and identical to peek.
     let mut repl = must_connect(&format!("{base} sslmode=require"));
     assert!(repl.uses_tls());
-    pg.batch_execute(
-        "CREATE TABLE big (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE big",
-    )
-    .await
-    .unwrap();
-    let slot = repl
-        .create_logical_slot("tls_slot", false, SnapshotAction::NoExport, false)
-        .expect("slot");
+    pg.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE big")
+        .await
+        .unwrap();
+    let slot = repl.create_logical_slot("tls_slot", false, SnapshotAction::NoExport, false).expect("slot");
     pg.batch_execute(
         "INSERT INTO big SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, 4000) g; \
          INSERT INTO big VALUES (0, 'last')",
@@ -1796,38 +1295,18 @@ async fn tls_connections_and_a_large_stream_over_tls() {
     .unwrap();
     let opts = PgOutputOptions::for_server(repl.server_version_num(), vec!["pub".into()]);
     let peeked = peek(&pg, "tls_slot", &opts).await;
-    assert_eq!(
-        peeked.len(),
-        4001 + 3,
-        "one transaction: Begin, Relation, 4001 inserts, Commit"
-    );
-    repl.start_replication("tls_slot", slot.consistent_point, &opts)
-        .expect("START_REPLICATION over TLS");
+    assert_eq!(peeked.len(), 4001 + 3, "one transaction: Begin, Relation, 4001 inserts, Commit");
+    repl.start_replication("tls_slot", slot.consistent_point, &opts).expect("START_REPLICATION over TLS");
     let mut keepalives = 0;
-    let frames = recv_xlog(
-        &mut repl,
-        peeked.len(),
-        slot.consistent_point,
-        &mut keepalives,
-    );
+    let frames = recv_xlog(&mut repl, peeked.len(), slot.consistent_point, &mut keepalives);
     let msgs = compare_with_peek("tls", opts.proto_version, &frames, &peeked);
     let s = interpret("tls", &msgs, false);
     assert_eq!(s.events.len(), 4001);
     assert_eq!(
         s.events.last(),
-        Some(&Ev::Insert {
-            rel: "big".into(),
-            new: vec![V::Text("0".into()), V::Text("last".into())]
-        })
+        Some(&Ev::Insert { rel: "big".into(), new: vec![V::Text("0".into()), V::Text("last".into())] })
     );
-    send_and_confirm(
-        &pg,
-        &mut repl,
-        "tls_slot",
-        (s.last_end, s.last_end, s.last_end),
-        &mut keepalives,
-    )
-    .await;
+    send_and_confirm(&pg, &mut repl, "tls_slot", (s.last_end, s.last_end, s.last_end), &mut keepalives).await;
     repl.end_copy().expect("end_copy over TLS");
     repl.close();
     eprintln!("tls test: {:?}", t0.elapsed());

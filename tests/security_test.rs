@@ -4,39 +4,20 @@
 //! privileges, and hostile table/schema/column names replicating without being executed.
 //! (lifecycle_test.rs has the basic non-superuser checks; this file goes through every function,
 //! view and message.)
-use pgsub_tests::{assert_replicated_equal, assert_replicated_equal_for, one, wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{
+    assert_replicated_equal, assert_replicated_equal_for, must_fail, one, wait_for, wait_for_repeated_error,
+    wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes,
+};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn wait_value(c: &Client, sql: &str, want: &str) {
-    pgsub_tests::wait_value(c, sql, want, WAIT).await
-}
-
 /// Every row of a query as text, in a stable order.
 async fn contents(c: &Client, query: &str) -> String {
     let q = format!("SELECT coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '') FROM ({query}) r");
     c.query_one(q.as_str(), &[]).await.unwrap_or_else(|e| panic!("{query}: {e}")).get(0)
-}
-
-/// The server error a statement must raise: (SQLSTATE, "message | detail | hint").
-async fn must_fail(c: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> (String, String) {
-    let err = match c.execute(sql, params).await {
-        Ok(_) => panic!("{sql} succeeded but must fail"),
-        Err(e) => e,
-    };
-    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
-    let text = format!(
-        "{} | {} | {} | {}",
-        db.message(),
-        db.detail().unwrap_or_default(),
-        db.hint().unwrap_or_default(),
-        db.where_().unwrap_or_default()
-    );
-    eprintln!("{sql} -> {} {text}", db.code().code());
-    (db.code().code().to_string(), text)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -106,7 +87,10 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
             assert!(!plain && !public, "{sig}: EXECUTE must be revoked from PUBLIC");
             assert!(admin, "{sig}: pgsub_admin may execute");
         } else {
-            assert!(VIEW_HELPERS.contains(&name.as_str()), "{sig}: a function that is neither management nor a known view helper");
+            assert!(
+                VIEW_HELPERS.contains(&name.as_str()),
+                "{sig}: a function that is neither management nor a known view helper"
+            );
             assert!(!secdef, "{sig}: a helper open to everyone must not be SECURITY DEFINER");
         }
     }
@@ -122,11 +106,8 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         ("pgsub.stat_subscription", "plain", true),
         ("pgsub.subscription_table", "plain", true),
     ] {
-        let got: bool = s
-            .query_one("SELECT has_table_privilege($1, $2, 'SELECT')", &[&who, &table])
-            .await
-            .unwrap()
-            .get(0);
+        let got: bool =
+            s.query_one("SELECT has_table_privilege($1, $2, 'SELECT')", &[&who, &table]).await.unwrap().get(0);
         assert_eq!(got, want, "SELECT on {table} for {who}");
     }
 
@@ -151,13 +132,13 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         ("SELECT pgsub._skip_transaction('su_sub', '0/1')", &[]),
     ];
     for (sql, params) in calls {
-        let (code, text) = must_fail(&plain, sql, params).await;
+        let (code, text) = must_fail(&plain, sql, params).await.code_and_text();
         assert_eq!(code, "42501", "{sql}: {text}");
         assert!(text.contains("permission denied for function"), "{sql}: {text}");
     }
     // Even with EXECUTE granted by mistake, the functions check the role themselves.
     s.batch_execute("GRANT EXECUTE ON FUNCTION pgsub.disable_subscription(text) TO plain").await.unwrap();
-    let (code, text) = must_fail(&plain, "SELECT pgsub.disable_subscription('su_sub')", &[]).await;
+    let (code, text) = must_fail(&plain, "SELECT pgsub.disable_subscription('su_sub')", &[]).await.code_and_text();
     assert_eq!(code, "42501");
     assert!(text.contains("permission denied to manage pgsub subscriptions") && text.contains("pgsub_admin"), "{text}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription").await, 1, "nothing changed");
@@ -170,9 +151,13 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     let admin = nodes.subscriber.client_as("admin1", "postgres").await.unwrap();
     let port = nodes.publisher.port();
     let trusted = format!("host=127.0.0.1 port={port} dbname=postgres user=postgres password=unused");
-    for (conninfo, says) in [(&ci, "must give a password in the connection string"), (&trusted, "does not request a password. | Make the publisher's pg_hba.conf ask this user")] {
-        let (code, text) =
-            must_fail(&admin, "SELECT pgsub.create_subscription('nopw', $1, ARRAY['pub'])", &[conninfo]).await;
+    for (conninfo, says) in [
+        (&ci, "must give a password in the connection string"),
+        (&trusted, "does not request a password. | Make the publisher's pg_hba.conf ask this user"),
+    ] {
+        let (code, text) = must_fail(&admin, "SELECT pgsub.create_subscription('nopw', $1, ARRAY['pub'])", &[conninfo])
+            .await
+            .code_and_text();
         assert_eq!(code, "2F003", "{text}");
         assert!(text.contains("password is required") && text.contains(says), "{text}");
     }
@@ -183,13 +168,17 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         .execute("SELECT pgsub.create_subscription('admin_sub', $1, ARRAY['pub'])", &[&pw_ci])
         .await
         .expect("pgsub_admin member creates");
-    assert_eq!(one::<String>(&s, "SELECT owner::text FROM pgsub.subscription WHERE subname = 'admin_sub'").await, "admin1");
-    wait_value(&admin, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'admin_sub'", "streaming").await;
+    assert_eq!(
+        one::<String>(&s, "SELECT owner::text FROM pgsub.subscription WHERE subname = 'admin_sub'").await,
+        "admin1"
+    );
+    wait_for_subscription_sync(&admin, "admin_sub", WAIT).await;
     p.batch_execute("INSERT INTO t VALUES (1, 'via admin1'); UPDATE t SET v = 'updated' WHERE id = 1").await.unwrap();
-    wait_value(&admin, "SELECT v FROM t WHERE id = 1", "updated").await;
+    wait_value(&admin, "SELECT v FROM t WHERE id = 1", "updated", WAIT).await;
     // It may repoint its own subscription, but not one owned by somebody else (the worker would
     // apply whatever that publisher sends with the other owner's privileges).
-    let (code, text) = must_fail(&admin, "SELECT pgsub.alter_subscription_connection('admin_sub', $1)", &[&ci]).await;
+    let (code, text) =
+        must_fail(&admin, "SELECT pgsub.alter_subscription_connection('admin_sub', $1)", &[&ci]).await.code_and_text();
     assert_eq!(code, "2F003", "repointing to a connection without a password: {text}");
     admin
         .execute("SELECT pgsub.alter_subscription_connection('admin_sub', $1)", &[&pw_ci])
@@ -211,34 +200,29 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     .expect("reloaded hba");
     admin.batch_execute("SELECT pgsub.disable_subscription('admin_sub')").await.expect("disable");
     // The worker must really stop (and reconnect later), not just see the flag flip twice.
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'admin_sub'", "disabled").await;
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'admin_sub'", "disabled", WAIT).await;
     admin.batch_execute("SELECT pgsub.enable_subscription('admin_sub')").await.expect("enable");
-    wait_for("the worker to refuse the password-less connection", Duration::from_secs(60), || {
-        let s = &s;
-        async move {
-            let e: Option<String> =
-                one(s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'admin_sub'").await;
-            Ok(e.filter(|e| e.contains("password is required")))
-        }
-    })
-    .await
-    .expect("worker refuses");
+    // The worker refuses the password-less connection.
+    wait_for_subscription_error(&s, "admin_sub", &["password is required"], Duration::from_secs(60)).await;
     ask_passwords(&nodes).await;
     p.batch_execute("INSERT INTO t VALUES (2, 'after the password is asked again')").await.unwrap();
-    wait_value(&admin, "SELECT count(*)::text FROM t WHERE id = 2", "1").await;
+    wait_value(&admin, "SELECT count(*)::text FROM t WHERE id = 2", "1", WAIT).await;
     admin
         .batch_execute("SELECT pgsub.alter_subscription_publications('admin_sub', ARRAY['pub'])")
         .await
         .expect("alter own publications");
     let other = format!("{ci} application_name=hijacked");
     for (sql, params) in [
-        ("SELECT pgsub.alter_subscription_connection('su_sub', $1)", &[&other as &(dyn ToSql + Sync)] as &[&(dyn ToSql + Sync)]),
+        (
+            "SELECT pgsub.alter_subscription_connection('su_sub', $1)",
+            &[&other as &(dyn ToSql + Sync)] as &[&(dyn ToSql + Sync)],
+        ),
         ("SELECT pgsub.alter_subscription_publications('su_sub', ARRAY['pub'])", &[]),
         ("SELECT pgsub.alter_subscription_options('su_sub', origin => 'none')", &[]),
         ("SELECT pgsub.rename_subscription('su_sub', 'mine now')", &[]),
         ("SELECT pgsub.alter_subscription_owner('su_sub', 'admin1')", &[]),
     ] {
-        let (code, text) = must_fail(&admin, sql, params).await;
+        let (code, text) = must_fail(&admin, sql, params).await.code_and_text();
         assert_eq!(code, "42501", "{sql}: {text}");
         assert!(text.contains("owner of subscription \"su_sub\""), "{text}");
     }
@@ -253,7 +237,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'admin_sub'").await, 0);
     // Revoking the membership takes the right away again.
     s.batch_execute("REVOKE pgsub_admin FROM admin1").await.unwrap();
-    let (code, _) = must_fail(&admin, "SELECT pgsub.drop_subscription('su_sub')", &[]).await;
+    let (code, _) = must_fail(&admin, "SELECT pgsub.drop_subscription('su_sub')", &[]).await.code_and_text();
     assert_eq!(code, "42501");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'su_sub'").await, 1);
 }
@@ -334,7 +318,8 @@ async fn passwords_never_shown_nor_logged() {
 
     // Error messages never carry the password, whoever calls.
     for c in [&s, &admin] {
-        let (code, text) = must_fail(c, "SELECT pgsub.create_subscription('w', $1, ARRAY['pub'])", &[&wrong]).await;
+        let (code, text) =
+            must_fail(c, "SELECT pgsub.create_subscription('w', $1, ARRAY['pub'])", &[&wrong]).await.code_and_text();
         assert_eq!(code, "28P01", "{text}");
         assert!(text.contains("password authentication failed"), "{text}");
         for bad in [
@@ -348,7 +333,8 @@ async fn passwords_never_shown_nor_logged() {
             format!("postgresql://repl@127.0.0.1:{port}/postgres?password={WRONG_PASSWORD}%00"),
             format!("postgresql://repl:{WRONG_PASSWORD}@[::1/postgres"),
         ] {
-            let (code, text) = must_fail(c, "SELECT pgsub.create_subscription('w', $1, ARRAY['pub'])", &[&bad]).await;
+            let (code, text) =
+                must_fail(c, "SELECT pgsub.create_subscription('w', $1, ARRAY['pub'])", &[&bad]).await.code_and_text();
             assert_eq!(code, "42601", "{bad}: {text}");
             assert!(!text.contains(WRONG_PASSWORD), "password in the error: {text}");
             assert!(text.contains("********"), "the string is shown masked: {text}");
@@ -361,9 +347,9 @@ async fn passwords_never_shown_nor_logged() {
         .execute("SELECT pgsub.create_subscription('sec', $1, ARRAY['pub'])", &[&good])
         .await
         .expect("create with password");
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'sec'", "streaming").await;
+    wait_for_subscription_sync(&s, "sec", WAIT).await;
     p.batch_execute("INSERT INTO t VALUES (1, 'one')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 1", "one").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "one", WAIT).await;
     for c in [&plain, &admin] {
         let seen = everything_visible(c).await;
         assert!(seen.contains("password=********"), "masked conninfo shown: {seen}");
@@ -371,29 +357,20 @@ async fn passwords_never_shown_nor_logged() {
     }
     assert!(everything_visible(&s).await.contains(PASSWORD), "a superuser sees the whole conninfo");
     // Altering to a wrong password is refused without echoing it.
-    let (code, text) = must_fail(&admin, "SELECT pgsub.alter_subscription_connection('sec', $1)", &[&wrong]).await;
+    let (code, text) =
+        must_fail(&admin, "SELECT pgsub.alter_subscription_connection('sec', $1)", &[&wrong]).await.code_and_text();
     assert_eq!(code, "28P01");
     assert!(!text.contains(WRONG_PASSWORD), "{text}");
 
     // Connection failures in the worker: the publisher changes the password; the worker fails to
     // log in again and again, its errors carry no password.
-    p.batch_execute("ALTER ROLE repl PASSWORD 'rotated-elsewhere'; SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
-        .await
-        .unwrap();
-    let base: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'sec'").await;
-    wait_for("login failures", WAIT, || {
-        let s = &s;
-        async move {
-            let r = s
-                .query_one("SELECT error_count, last_error FROM pgsub.stat_subscription WHERE subname = 'sec'", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            let (n, e): (i64, Option<String>) = (r.get(0), r.get(1));
-            Ok((n >= base + 2 && e.is_some_and(|e| e.contains("password authentication failed"))).then_some(()))
-        }
-    })
+    p.batch_execute(
+        "ALTER ROLE repl PASSWORD 'rotated-elsewhere'; SELECT pg_terminate_backend(pid) FROM pg_stat_replication",
+    )
     .await
-    .expect("the worker reports the failed login");
+    .unwrap();
+    // The worker reports the failed logins.
+    wait_for_repeated_error(&s, "sec", &["password authentication failed"], WAIT).await;
     for c in [&plain, &admin, &s] {
         let seen = everything_visible(c).await;
         let last_error: String = one(c, "SELECT string_agg(last_error, E'\\n') FROM pgsub.stat_subscription").await;
@@ -407,21 +384,10 @@ async fn passwords_never_shown_nor_logged() {
     drop((plain, admin, s));
     nodes.subscriber.restart().expect("restart subscriber");
     let s = nodes.subscriber.client("postgres").await.unwrap();
-    wait_for("a failed login after the restart", WAIT, || {
-        let s = &s;
-        async move {
-            let e: Option<String> = s
-                .query_one("SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'sec'", &[])
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            Ok(e.filter(|e| e.contains("password authentication failed")).map(|_| ()))
-        }
-    })
-    .await
-    .expect("failing after restart");
+    // A failed login after the restart.
+    wait_for_subscription_error(&s, "sec", &["password authentication failed"], WAIT).await;
     p.batch_execute(&format!("ALTER ROLE repl PASSWORD '{PASSWORD}'; INSERT INTO t VALUES (2, 'two')")).await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 2", "two").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "two", WAIT).await;
     // Compared before the drop, after which no subscription is left.
     assert_replicated_equal(&p, &s).await;
     s.batch_execute("SELECT pgsub.drop_subscription('sec')").await.expect("drop");
@@ -438,37 +404,17 @@ async fn passwords_never_shown_nor_logged() {
 
 // ---------------------------------------------------------------------------------------------
 
-/// Waits until the subscription has failed at least twice more with an error containing every
-/// one of `words` (it retries); returns that error.
-async fn wait_repeated_error(s: &Client, sub: &str, words: &[&str]) -> String {
-    let count = "SELECT error_count FROM pgsub.stat_subscription WHERE subname = $1";
-    let base: i64 = s.query_one(count, &[&sub]).await.unwrap().get(0);
-    let seen = std::cell::RefCell::new(None);
-    let r = wait_for(&format!("{sub} failing repeatedly with {words:?}"), WAIT, || {
-        let seen = &seen;
-        async move {
-            let r = s
-                .query_one("SELECT error_count, last_error FROM pgsub.stat_subscription WHERE subname = $1", &[&sub])
-                .await
-                .map_err(|e| e.to_string())?;
-            let (n, e): (i64, Option<String>) = (r.get(0), r.get(1));
-            *seen.borrow_mut() = e.clone();
-            Ok(e.filter(|e| n >= base + 2 && words.iter().all(|w| e.contains(w))))
-        }
-    })
-    .await;
-    r.unwrap_or_else(|e| panic!("{e}\nlast_error: {:?}", seen.borrow()))
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn apply_runs_with_the_subscription_owners_privileges() {
     let nodes = TwoNodes::start().expect("start");
     let p = nodes.publisher.client("postgres").await.unwrap();
     let s = nodes.subscriber.client("postgres").await.unwrap();
     for c in [&p, &s] {
-        c.batch_execute("CREATE TABLE allowed (id int PRIMARY KEY, v text); CREATE TABLE denied (id int PRIMARY KEY, v text)")
-            .await
-            .unwrap();
+        c.batch_execute(
+            "CREATE TABLE allowed (id int PRIMARY KEY, v text); CREATE TABLE denied (id int PRIMARY KEY, v text)",
+        )
+        .await
+        .unwrap();
     }
     p.batch_execute(
         "CREATE PUBLICATION pub FOR TABLE allowed, denied;
@@ -494,13 +440,13 @@ async fn apply_runs_with_the_subscription_owners_privileges() {
         .expect("create as owner1");
 
     // The initial copy of `denied` is refused (COPY checks the owner's INSERT privilege too).
-    let err = wait_repeated_error(&s, "own", &["permission denied for table denied"]).await;
+    let err = wait_for_repeated_error(&s, "own", &["permission denied for table denied"], WAIT).await;
     eprintln!("initial copy error: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM denied").await, 0, "nothing copied into denied");
     assert_eq!(one::<String>(&s, "SELECT v FROM allowed WHERE id = 1").await, "copied");
     s.batch_execute("GRANT INSERT ON denied TO owner1").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM denied", "5").await;
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'own'", "streaming").await;
+    wait_value(&s, "SELECT count(*)::text FROM denied", "5", WAIT).await;
+    wait_for_subscription_sync(&s, "own", WAIT).await;
     // The worker is logged in as owner1.
     let user: String = one(
         &s,
@@ -518,22 +464,24 @@ async fn apply_runs_with_the_subscription_owners_privileges() {
     p.batch_execute("BEGIN; INSERT INTO denied VALUES (50, 'single'); INSERT INTO allowed VALUES (3, 'later'); COMMIT")
         .await
         .unwrap();
-    let err = wait_repeated_error(&s, "own", &["permission denied for table denied", "\"public\".\"denied\""]).await;
+    let err =
+        wait_for_repeated_error(&s, "own", &["permission denied for table denied", "\"public\".\"denied\""], WAIT)
+            .await;
     eprintln!("apply error: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM denied").await, 5, "no row written");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM allowed").await, 1, "the failing transaction is not half-applied");
 
     // The privilege is granted: it resumes and converges.
     s.batch_execute("GRANT INSERT, UPDATE, DELETE ON denied TO owner1").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM denied", "37").await;
-    wait_value(&s, "SELECT count(*)::text FROM allowed", "3").await;
+    wait_value(&s, "SELECT count(*)::text FROM denied", "37", WAIT).await;
+    wait_value(&s, "SELECT count(*)::text FROM allowed", "3", WAIT).await;
     assert_replicated_equal(&p, &s).await;
     // TRUNCATE needs its own privilege too.
     p.batch_execute("TRUNCATE denied").await.unwrap();
-    wait_repeated_error(&s, "own", &["permission denied for table denied", "TRUNCATE"]).await;
+    wait_for_repeated_error(&s, "own", &["permission denied for table denied", "TRUNCATE"], WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM denied").await, 37);
     s.batch_execute("GRANT TRUNCATE ON denied TO owner1").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM denied", "0").await;
+    wait_value(&s, "SELECT count(*)::text FROM denied", "0", WAIT).await;
     // Compared before the drop, after which no subscription is left.
     assert_replicated_equal(&p, &s).await;
     owner.batch_execute("SELECT pgsub.drop_subscription('own')").await.expect("drop");
@@ -563,18 +511,22 @@ async fn row_level_security_is_refused_not_bypassed() {
         .execute("SELECT pgsub.create_subscription('rls', $1, ARRAY['pub'], copy_data => false)", &[&pw_ci])
         .await
         .expect("create as owner1");
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'rls'", "streaming").await;
+    wait_for_subscription_sync(&s, "rls", WAIT).await;
     p.batch_execute("INSERT INTO secured VALUES (1, 'a'); UPDATE secured SET v = 'b' WHERE id = 1; DELETE FROM secured WHERE id = 1")
         .await
         .unwrap();
-    let err = wait_repeated_error(&s, "rls", &["row-level security", "secured"]).await;
+    let err = wait_for_repeated_error(&s, "rls", &["row-level security", "secured"], WAIT).await;
     eprintln!("rls error: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM secured").await, 0);
-    assert_eq!(one::<i64>(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'rls'").await, 0, "nothing skipped as a conflict");
+    assert_eq!(
+        one::<i64>(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'rls'").await,
+        0,
+        "nothing skipped as a conflict"
+    );
     // With BYPASSRLS the owner's changes apply in full.
     s.batch_execute("ALTER ROLE owner1 BYPASSRLS").await.unwrap();
     p.batch_execute("INSERT INTO secured VALUES (2, 'kept')").await.unwrap();
-    wait_value(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM secured", "2:kept").await;
+    wait_value(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM secured", "2:kept", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'rls'").await, 0);
     assert_replicated_equal(&p, &s).await;
 }
@@ -614,8 +566,8 @@ async fn hostile_names_replicate_and_are_never_executed() {
     .expect("create");
     let t1 = r#""x""; DROP TABLE y; --""#;
     let t2 = r#""sch 'q' ""dq""; $$ \ ü"."x""; DROP TABLE y; --""#;
-    wait_value(&s, &format!("SELECT count(*)::text FROM {t1}"), "1").await;
-    wait_value(&s, &format!("SELECT count(*)::text FROM {t2}"), "1").await;
+    wait_value(&s, &format!("SELECT count(*)::text FROM {t1}"), "1", WAIT).await;
+    wait_value(&s, &format!("SELECT count(*)::text FROM {t2}"), "1", WAIT).await;
     // Streaming: inserts (single and a COPY batch), updates, deletes, truncate.
     p.batch_execute(&format!(
         r#"INSERT INTO {t1} VALUES (2, 'two');
@@ -631,7 +583,7 @@ async fn hostile_names_replicate_and_are_never_executed() {
     // Both tables, read by the harness under their hostile names.
     assert_replicated_equal(&p, &s).await;
     p.batch_execute(&format!("TRUNCATE {t2}")).await.unwrap();
-    wait_value(&s, &format!("SELECT count(*)::text FROM {t2}"), "0").await;
+    wait_value(&s, &format!("SELECT count(*)::text FROM {t2}"), "0", WAIT).await;
     // 1 copied + 2 + 10..=40 − the deleted 10.
     assert_eq!(one::<i64>(&s, &format!("SELECT count(*) FROM {t1}")).await, 32);
     // y survived on both nodes, and the tables are known by their exact names.
@@ -675,17 +627,25 @@ async fn owner_change_follows_the_same_rules_as_creation() {
     )
     .await
     .unwrap();
-    s.execute("SELECT pgsub.create_subscription('os', $1, ARRAY['pub'])", &[&pw_ci]).await.expect("create with password");
-    s.execute("SELECT pgsub.create_subscription('nopw', $1, ARRAY['pub'], enabled => false, create_slot => false)", &[&nodes.pub_conninfo()])
+    s.execute("SELECT pgsub.create_subscription('os', $1, ARRAY['pub'])", &[&pw_ci])
         .await
-        .expect("superuser creates without password");
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'os'", "streaming").await;
-    let (code, text) = must_fail(&s, "SELECT pgsub.alter_subscription_owner('os', 'outsider')", &[]).await;
+        .expect("create with password");
+    s.execute(
+        "SELECT pgsub.create_subscription('nopw', $1, ARRAY['pub'], enabled => false, create_slot => false)",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .expect("superuser creates without password");
+    wait_for_subscription_sync(&s, "os", WAIT).await;
+    let (code, text) =
+        must_fail(&s, "SELECT pgsub.alter_subscription_owner('os', 'outsider')", &[]).await.code_and_text();
     assert_eq!(code, "42501", "{text}");
     assert!(text.contains("may not own subscriptions"), "{text}");
-    let (code, text) = must_fail(&s, "SELECT pgsub.alter_subscription_owner('os', 'nobody')", &[]).await;
+    let (code, text) =
+        must_fail(&s, "SELECT pgsub.alter_subscription_owner('os', 'nobody')", &[]).await.code_and_text();
     assert_eq!(code, "42704", "{text}");
-    let (code, text) = must_fail(&s, "SELECT pgsub.alter_subscription_owner('nopw', 'owner1')", &[]).await;
+    let (code, text) =
+        must_fail(&s, "SELECT pgsub.alter_subscription_owner('nopw', 'owner1')", &[]).await.code_and_text();
     assert_eq!(code, "2F003", "a non-superuser owner needs a password in the string: {text}");
     let old_pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'os'").await;
     s.batch_execute("SELECT pgsub.alter_subscription_owner('os', 'owner1')").await.expect("give to owner1");
@@ -708,10 +668,11 @@ async fn owner_change_follows_the_same_rules_as_creation() {
     .await
     .expect("worker as owner1");
     p.batch_execute("INSERT INTO t VALUES (1, 'under owner1')").await.unwrap();
-    wait_value(&s, "SELECT v FROM t WHERE id = 1", "under owner1").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "under owner1", WAIT).await;
     // owner1 may not hand it to a role whose privileges it lacks, but a superuser may take it back.
     let owner1 = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
-    let (code, text) = must_fail(&owner1, "SELECT pgsub.alter_subscription_owner('os', 'owner2')", &[]).await;
+    let (code, text) =
+        must_fail(&owner1, "SELECT pgsub.alter_subscription_owner('os', 'owner2')", &[]).await.code_and_text();
     assert_eq!(code, "42501", "{text}");
     assert!(text.contains("privileges of role \"owner2\""), "{text}");
     s.batch_execute("SELECT pgsub.alter_subscription_owner('os', 'postgres')").await.expect("back to postgres");

@@ -4,8 +4,8 @@
 //! as the publisher counts them, and autovacuum therefore keeps replicated tables as small as a
 //! native PostgreSQL subscriber keeps them under a sustained load.
 use pgsub_tests::{
-    assert_replicated_equal, assert_rows_equal, bindir, one, quote_literal, wait_for, wait_value, Cluster, ClusterOpts,
-    TempDir, TwoNodes,
+    assert_replicated_equal, assert_rows_equal, bindir, one, quote_literal, wait_for, wait_for_subscription_sync,
+    Cluster, ClusterOpts, TempDir, TwoNodes,
 };
 use std::cell::RefCell;
 use std::process::{Child, Command, Stdio};
@@ -172,8 +172,7 @@ async fn table_statistics_count_every_write_path() {
     .await
     .expect("create streamed");
     for sub in ["plain", "streamed"] {
-        let sql = format!("SELECT status FROM pgsub.stat_subscription WHERE subname = '{sub}'");
-        wait_value(&s, &sql, "streaming", WAIT).await;
+        wait_for_subscription_sync(&s, sub, WAIT).await;
     }
     let before = workers(&s).await;
     assert!(before.iter().all(|w| w.1 > 0), "workers running: {before:?}");
@@ -439,14 +438,8 @@ async fn autovacuum_keeps_replicated_tables_small() {
     ))
     .await
     .expect("native subscription");
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'soak'", "streaming", WAIT).await;
-    wait_value(
-        &n,
-        "SELECT (count(*) FILTER (WHERE srsubstate = 'r'))::text FROM pg_subscription_rel",
-        &SOAK_TABLES.len().to_string(),
-        WAIT,
-    )
-    .await;
+    wait_for_subscription_sync(&s, "soak", WAIT).await;
+    wait_for_subscription_sync(&n, "native_soak", WAIT).await;
     let worker = workers(&s).await;
     eprintln!("load: pgbench, 2 clients, {SOAK_RATE} transactions/s for {seconds} s on the publisher");
     sample("copied", &s, &n).await;

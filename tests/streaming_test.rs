@@ -2,15 +2,14 @@
 //! with bounded worker memory (as are runs of wide updates), interleaved and aborted
 //! (sub)transactions are handled, damaged
 //! spill files are detected, and two-phase transactions are followed.
-use pgsub_tests::{assert_replicated_equal, one, wait_for, ClusterOpts, TwoNodes};
+use pgsub_tests::{
+    assert_replicated_equal, one, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts,
+    TwoNodes,
+};
 use std::time::Duration;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(300);
-
-async fn wait_value(c: &Client, sql: &str, want: &str) {
-    pgsub_tests::wait_value(c, sql, want, WAIT).await
-}
 
 fn nodes() -> TwoNodes {
     TwoNodes::start_with(
@@ -22,9 +21,10 @@ fn nodes() -> TwoNodes {
     .expect("start")
 }
 
+/// Clients of both nodes; table `big` on each, published as `pub` and followed by the streaming
+/// subscription `st` (`extra`: more create_subscription arguments), which has finished its copy.
 async fn setup(nodes: &TwoNodes, extra: &str) -> (Client, Client) {
-    let p = nodes.publisher.client("postgres").await.unwrap();
-    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let (p, s) = nodes.clients().await.expect("clients");
     let ddl = "CREATE TABLE big (id int PRIMARY KEY, v text)";
     p.batch_execute(ddl).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
@@ -35,7 +35,7 @@ async fn setup(nodes: &TwoNodes, extra: &str) -> (Client, Client) {
     )
     .await
     .expect("create");
-    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'st'", "streaming").await;
+    wait_for_subscription_sync(&s, "st", WAIT).await;
     (p, s)
 }
 
@@ -61,6 +61,7 @@ impl PeakRss {
                 if let Some(kb) = rss_anon_kb(pid) {
                     peak = peak.max(kb);
                 }
+                // The sampling interval, not a wait for a condition.
                 std::thread::sleep(Duration::from_millis(10));
             }
             peak
@@ -83,23 +84,20 @@ async fn two_million_row_transaction_with_bounded_memory() {
     let baseline = rss_anon_kb(pid).expect("worker RssAnon");
     // Sample the worker's private memory while the transaction is streamed and applied.
     let sampler = PeakRss::start(pid);
-    p.batch_execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 2000000) g")
-        .await
-        .unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM big", "2000000").await;
+    p.batch_execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 2000000) g").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "2000000", WAIT).await;
     let peak = sampler.stop();
-    eprintln!("pgsub apply worker RssAnon: baseline {baseline} kB, peak {peak} kB during a 2M-row streamed transaction");
+    eprintln!(
+        "pgsub apply worker RssAnon: baseline {baseline} kB, peak {peak} kB during a 2M-row streamed transaction"
+    );
     assert!(peak < 64 * 1024, "worker private memory peaked at {peak} kB");
-    let same: bool = one(
-        &s,
-        "SELECT sum(id)::bigint = 2000001000000 AND bool_and(v = md5(id::text)) FROM big",
-    )
-    .await;
+    let same: bool = one(&s, "SELECT sum(id)::bigint = 2000001000000 AND bool_and(v = md5(id::text)) FROM big").await;
     assert!(same);
     assert_eq!(one::<i32>(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'st'").await, pid, "no restart");
     // Spill files are gone once the transaction is applied.
     let tmp = nodes.subscriber.data_dir().join("base/pgsql_tmp");
-    let left: Vec<_> = std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> =
+        std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "spill files left: {left:?}");
     assert_replicated_equal(&p, &s).await;
 }
@@ -115,13 +113,15 @@ async fn wide_updates_are_applied_with_bounded_memory() {
     let ddl = "CREATE TABLE wide (id int PRIMARY KEY, v text)";
     p.batch_execute(ddl).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
-    p.batch_execute("CREATE PUBLICATION wp FOR TABLE wide; INSERT INTO wide SELECT g, 'small' FROM generate_series(1, 300) g")
-        .await
-        .unwrap();
+    p.batch_execute(
+        "CREATE PUBLICATION wp FOR TABLE wide; INSERT INTO wide SELECT g, 'small' FROM generate_series(1, 300) g",
+    )
+    .await
+    .unwrap();
     s.execute("SELECT pgsub.create_subscription('wd', $1, ARRAY['wp'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create");
-    wait_value(&s, "SELECT count(*)::text FROM wide", "300").await;
+    wait_value(&s, "SELECT count(*)::text FROM wide", "300", WAIT).await;
     let pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'wd'").await;
     let sampler = PeakRss::start(pid);
     p.batch_execute(
@@ -130,7 +130,7 @@ async fn wide_updates_are_applied_with_bounded_memory() {
     .await
     .unwrap();
     let want: String = one(&p, "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM wide").await;
-    wait_value(&s, "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM wide", &want).await;
+    wait_value(&s, "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM wide", &want, WAIT).await;
     let peak = sampler.stop();
     eprintln!("pgsub apply worker RssAnon peak {peak} kB while applying 300 updates of 150 kB");
     assert!(peak < 64 * 1024, "worker private memory peaked at {peak} kB");
@@ -180,18 +180,14 @@ async fn interleaved_and_aborted_streamed_transactions() {
     p.batch_execute("COMMIT").await.unwrap();
     p2.batch_execute("ROLLBACK").await.unwrap();
     p.batch_execute("INSERT INTO big VALUES (0, 'marker')").await.unwrap();
-    wait_value(&s, "SELECT v FROM big WHERE id = 0", "marker").await;
-    let counts: String = one(
-        &s,
-        "SELECT string_agg(v || '=' || n, ',' ORDER BY v) FROM (SELECT v, count(*) n FROM big GROUP BY v) x",
-    )
-    .await;
+    wait_value(&s, "SELECT v FROM big WHERE id = 0", "marker", WAIT).await;
+    let counts: String =
+        one(&s, "SELECT string_agg(v || '=' || n, ',' ORDER BY v) FROM (SELECT v, count(*) n FROM big GROUP BY v) x")
+            .await;
     assert_eq!(counts, "A=40000,C1=10000,C2=10000,C3=5000,marker=1");
-    let pub_counts: String = one(
-        &p,
-        "SELECT string_agg(v || '=' || n, ',' ORDER BY v) FROM (SELECT v, count(*) n FROM big GROUP BY v) x",
-    )
-    .await;
+    let pub_counts: String =
+        one(&p, "SELECT string_agg(v || '=' || n, ',' ORDER BY v) FROM (SELECT v, count(*) n FROM big GROUP BY v) x")
+            .await;
     assert_eq!(counts, pub_counts);
     assert_replicated_equal(&p, &s).await;
 }
@@ -200,30 +196,30 @@ async fn interleaved_and_aborted_streamed_transactions() {
 async fn corrupted_spill_file_is_an_error_and_applies_nothing() {
     let nodes = nodes();
     let (p, s) = setup(&nodes, "").await;
-    for sql in ["ALTER SYSTEM SET pgsub.work_mem = '64kB'", "ALTER SYSTEM SET pgsub.test_corrupt_spill = on", "SELECT pg_reload_conf()"] {
+    for sql in [
+        "ALTER SYSTEM SET pgsub.work_mem = '64kB'",
+        "ALTER SYSTEM SET pgsub.test_corrupt_spill = on",
+        "SELECT pg_reload_conf()",
+    ] {
         s.batch_execute(sql).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The running worker would take the settings at its next look at SIGHUP, which nothing
+    // reports: a worker started now reads them at its start. Restart it and wait for the new one.
+    let old_pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'st'").await;
+    s.batch_execute("SELECT pgsub.disable_subscription('st')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'st'", "disabled", WAIT).await;
+    s.batch_execute("SELECT pgsub.enable_subscription('st')").await.unwrap();
+    wait_for_subscription_sync(&s, "st", WAIT).await;
+    let new_pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'st'").await;
+    assert_ne!(new_pid, old_pid, "the worker restarted");
     p.batch_execute("INSERT INTO big SELECT g, 'x' FROM generate_series(1, 50000) g").await.unwrap();
-    wait_for("corruption reported", WAIT, || {
-        let s = &s;
-        async move {
-            let e: Option<String> = s
-                .query_one("SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'st'", &[])
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            Ok(e.filter(|e| e.contains("corrupted") && e.contains("checksum mismatch")).map(|_| ()))
-        }
-    })
-    .await
-    .expect("a clear error");
+    wait_for_subscription_error(&s, "st", &["corrupted", "checksum mismatch"], WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "no row of the damaged transaction");
     // Without the hook the worker retries and the transaction arrives whole.
     for sql in ["ALTER SYSTEM RESET pgsub.test_corrupt_spill", "SELECT pg_reload_conf()"] {
         s.batch_execute(sql).await.unwrap();
     }
-    wait_value(&s, "SELECT count(*)::text FROM big", "50000").await;
+    wait_value(&s, "SELECT count(*)::text FROM big", "50000", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
 
@@ -232,27 +228,27 @@ async fn two_phase_prepare_commit_and_rollback_are_followed() {
     let nodes = nodes();
     let (p, s) = setup(&nodes, ", two_phase => true").await;
     p.batch_execute("BEGIN; INSERT INTO big VALUES (1, 'prepared'); PREPARE TRANSACTION 'tx1';").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1").await;
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "not visible before COMMIT PREPARED");
     p.batch_execute("COMMIT PREPARED 'tx1'").await.unwrap();
-    wait_value(&s, "SELECT v FROM big WHERE id = 1", "prepared").await;
+    wait_value(&s, "SELECT v FROM big WHERE id = 1", "prepared", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pg_prepared_xacts").await, 0);
 
     p.batch_execute("BEGIN; INSERT INTO big VALUES (2, 'rolled back'); PREPARE TRANSACTION 'tx2';").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1").await;
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
     p.batch_execute("ROLLBACK PREPARED 'tx2'").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts", "0").await;
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts", "0", WAIT).await;
     p.batch_execute("INSERT INTO big VALUES (3, 'after')").await.unwrap();
-    wait_value(&s, "SELECT v FROM big WHERE id = 3", "after").await;
+    wait_value(&s, "SELECT v FROM big WHERE id = 3", "after", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big WHERE id = 2").await, 0);
 
     // A large prepared transaction arrives streamed (Stream Prepare).
     p.batch_execute("BEGIN; INSERT INTO big SELECT g, 'streamed prepare' FROM generate_series(100, 30099) g; PREPARE TRANSACTION 'tx3';")
         .await
         .unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1").await;
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
     p.batch_execute("COMMIT PREPARED 'tx3'").await.unwrap();
-    wait_value(&s, "SELECT count(*)::text FROM big WHERE v = 'streamed prepare'", "30000").await;
+    wait_value(&s, "SELECT count(*)::text FROM big WHERE v = 'streamed prepare'", "30000", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
 
@@ -264,7 +260,10 @@ async fn two_phase_needs_prepared_transactions() {
     p.batch_execute("CREATE TABLE t (id int primary key); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
     s.batch_execute("CREATE TABLE t (id int primary key)").await.unwrap();
     let err = s
-        .execute("SELECT pgsub.create_subscription('tp', $1, ARRAY['pub'], two_phase => true)", &[&nodes.pub_conninfo()])
+        .execute(
+            "SELECT pgsub.create_subscription('tp', $1, ARRAY['pub'], two_phase => true)",
+            &[&nodes.pub_conninfo()],
+        )
         .await
         .expect_err("max_prepared_transactions = 0");
     let db = err.as_db_error().unwrap();
