@@ -240,3 +240,34 @@ async fn refresh_copies_added_tables_and_non_empty_tables_are_refused() {
     // t2 is compared; t1 left the subscription (it is no longer applied).
     assert_equal(&p, &s).await;
 }
+
+/// After the initial copy, with no write on the publisher at all, every table becomes `ready`:
+/// the walsender's keepalives tell the worker the stream has passed the copy point (before,
+/// tables waited in `synchronized` for the next commit of any transaction).
+#[tokio::test(flavor = "current_thread")]
+async fn tables_become_ready_while_the_publisher_is_idle() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text)";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute(
+        "INSERT INTO a SELECT g, 'a' FROM generate_series(1, 1000) g;
+         INSERT INTO b SELECT g, 'b' FROM generate_series(1, 10) g;
+         CREATE PUBLICATION pub FOR TABLE a, b;",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('idle', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    // No write on the publisher from here on. 20 s: far less than the minute tables used to
+    // wait, far more than the keepalive that follows the copy.
+    wait_value(
+        &s,
+        "SELECT string_agg(remote_name || ':' || sync_state, ',' ORDER BY remote_name) FROM pgsub.subscription_table",
+        "a:ready,b:ready",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_equal(&p, &s).await;
+}

@@ -73,6 +73,10 @@ impl TableStates {
         self.states.values().any(|(st, _)| *st == SyncState::SyncDone)
     }
 
+    fn any_ready_after(&self, end: Lsn) -> bool {
+        self.states.values().any(|(st, lsn)| st.ready_after(lsn.map(|l| l.0), end.0))
+    }
+
     /// Whether changes of a transaction ending at `commit_end` apply to the table (`SyncState::applies`).
     fn applies(&self, schema: &str, name: &str, commit_end: Lsn) -> bool {
         self.states
@@ -234,6 +238,18 @@ impl Applier {
         }
         progress.on_commit(c.end_lsn, local_end, c.commit_time);
         errctx::clear();
+    }
+
+    /// A keepalive between transactions: the publisher has sent everything up to `end`, and all
+    /// of it is applied. Synchronized tables whose copy point that passes become ready now, in a
+    /// transaction of their own, instead of at the next commit, which may be long in coming on
+    /// an idle publisher (native moves tables on at keepalives too).
+    pub fn caught_up_to(&mut self, end: Lsn) {
+        if self.in_txn || !self.tables.any_ready_after(end) {
+            return;
+        }
+        let subid = self.subid;
+        super::xact(|| self.tables.mark_ready(subid, end));
     }
 
     /// Aborts the local transaction (used when the worker stops mid-transaction).

@@ -393,8 +393,11 @@ impl Stream {
             }
             self.progress.publish(None, receipt);
             if !self.applier.in_txn {
-                // Flush table statistics at most once a second while busy, at once when idle.
-                report_stats(!got_any);
+                // Table statistics go to shared memory at most once a second (pending counts are
+                // kept meanwhile); the wait below wakes at least once a second, so they appear
+                // within about two seconds also when the publisher falls silent. Never forced: a
+                // forced flush waits for the locks of the shared entries other backends update.
+                report_stats(false);
             }
             self.send_feedback(false, false);
             self.check_timeout();
@@ -426,6 +429,7 @@ impl Stream {
                 self.progress.on_frame(Lsn::INVALID, wal_end, send_time);
                 if !self.applier.in_txn {
                     self.progress.on_keepalive(wal_end);
+                    self.applier.caught_up_to(wal_end);
                 }
                 if reply_requested {
                     self.send_feedback(true, false);
