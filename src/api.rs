@@ -351,15 +351,7 @@ fn alter_subscription_publications(
     let name = required(name, "name");
     let pubs_in = required(publications, "publications");
     let copy_data = required(copy_data, "copy_data");
-    if pubs_in.is_empty() || pubs_in.iter().any(|p| p.as_deref().is_none_or(str::is_empty)) {
-        error(
-            Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            "publications must be a non-empty array of publication names without NULLs",
-            None,
-            None,
-        );
-    }
-    let pubs: Vec<String> = pubs_in.into_iter().flatten().collect();
+    let pubs = publication_list(pubs_in);
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
     let mut client = connect(name, &sub.conninfo, !sub.owner_superuser);

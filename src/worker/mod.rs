@@ -40,7 +40,7 @@ use pgsub_proto::pgoutput::{self, Begin, Commit, Decoder, LogicalMessage};
 use pgsub_proto::Lsn;
 use progress::Progress;
 use std::ffi::CString;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 type Code = PgSqlErrorCode;
 
@@ -278,6 +278,7 @@ fn run(subid: i32) {
         last_recv: Instant::now(),
         ping_sent: false,
         status: Status::Catchup,
+        stats_forced_at: Instant::now(),
     };
     stream.run();
 }
@@ -350,6 +351,8 @@ struct Stream {
     last_recv: Instant,
     ping_sent: bool,
     status: Status,
+    /// When table statistics were last flushed by force (idle).
+    stats_forced_at: Instant,
 }
 
 impl Stream {
@@ -393,11 +396,16 @@ impl Stream {
             }
             self.progress.publish(None, receipt);
             if !self.applier.in_txn {
-                // Table statistics go to shared memory at most once a second (pending counts are
-                // kept meanwhile); the wait below wakes at least once a second, so they appear
-                // within about two seconds also when the publisher falls silent. Never forced: a
-                // forced flush waits for the locks of the shared entries other backends update.
-                report_stats(false);
+                // Table statistics go to shared memory at most once a second while transactions
+                // come (pending counts are kept meanwhile). An unforced flush measures that second
+                // with the last commit's timestamp, which stands still while the publisher is
+                // silent: then a forced one, at most once a second (it waits for the shared
+                // entries' locks, which a forced flush on every idle wake would hit often).
+                let idle_flush = !got_any && self.stats_forced_at.elapsed() >= Duration::from_secs(1);
+                if idle_flush {
+                    self.stats_forced_at = Instant::now();
+                }
+                report_stats(idle_flush);
             }
             self.send_feedback(false, false);
             self.check_timeout();
