@@ -14,52 +14,9 @@ use proptest::prelude::*;
 // A tiny message builder (the documented layouts) and a set of valid fixtures.
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Default, Clone)]
-struct W(Vec<u8>);
-
-impl W {
-    fn tag(t: u8) -> Self {
-        W(vec![t])
-    }
-    fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-    fn u16(mut self, v: u16) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i32(mut self, v: i32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u64(mut self, v: u64) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn s(mut self, v: &str) -> Self {
-        self.0.extend_from_slice(v.as_bytes());
-        self.0.push(0);
-        self
-    }
-    fn raw(mut self, v: &[u8]) -> Self {
-        self.0.extend_from_slice(v);
-        self
-    }
-    fn xid(self, xid: Option<u32>) -> Self {
-        match xid {
-            Some(x) => self.u32(x),
-            None => self,
-        }
-    }
-    fn tuple(self) -> Self {
-        self.u16(4).u8(b't').i32(3).raw(b"abc").u8(b'n').u8(b'u').u8(b'b').i32(2).raw(&[0, 1])
-    }
-}
+#[path = "support/pgoutput_writer.rs"]
+mod writer;
+use writer::W;
 
 /// (bytes, min version, needs in_stream, needs abort info)
 struct Fixture {
@@ -94,7 +51,7 @@ fn fixtures() -> Vec<Fixture> {
         let st = xid.is_some();
         v.push(fixture(
             W::tag(b'R')
-                .xid(xid)
+                .opt_xid(xid)
                 .u32(16384)
                 .s("public")
                 .s("t")
@@ -111,15 +68,15 @@ fn fixtures() -> Vec<Fixture> {
             version,
             st,
         ));
-        v.push(fixture(W::tag(b'Y').xid(xid).u32(1).s("").s("ty"), version, st));
-        v.push(fixture(W::tag(b'I').xid(xid).u32(1).u8(b'N').tuple(), version, st));
-        v.push(fixture(W::tag(b'U').xid(xid).u32(1).u8(b'N').tuple(), version, st));
-        v.push(fixture(W::tag(b'U').xid(xid).u32(1).u8(b'K').tuple().u8(b'N').tuple(), version, st));
-        v.push(fixture(W::tag(b'U').xid(xid).u32(1).u8(b'O').tuple().u8(b'N').tuple(), version, st));
-        v.push(fixture(W::tag(b'D').xid(xid).u32(1).u8(b'K').tuple(), version, st));
-        v.push(fixture(W::tag(b'D').xid(xid).u32(1).u8(b'O').tuple(), version, st));
-        v.push(fixture(W::tag(b'T').xid(xid).i32(2).u8(3).u32(1).u32(2), version, st));
-        v.push(fixture(W::tag(b'M').xid(xid).u8(1).u64(9).s("pfx").i32(3).raw(b"xyz"), version, st));
+        v.push(fixture(W::tag(b'Y').opt_xid(xid).u32(1).s("").s("ty"), version, st));
+        v.push(fixture(W::tag(b'I').opt_xid(xid).u32(1).u8(b'N').tuple(), version, st));
+        v.push(fixture(W::tag(b'U').opt_xid(xid).u32(1).u8(b'N').tuple(), version, st));
+        v.push(fixture(W::tag(b'U').opt_xid(xid).u32(1).u8(b'K').tuple().u8(b'N').tuple(), version, st));
+        v.push(fixture(W::tag(b'U').opt_xid(xid).u32(1).u8(b'O').tuple().u8(b'N').tuple(), version, st));
+        v.push(fixture(W::tag(b'D').opt_xid(xid).u32(1).u8(b'K').tuple(), version, st));
+        v.push(fixture(W::tag(b'D').opt_xid(xid).u32(1).u8(b'O').tuple(), version, st));
+        v.push(fixture(W::tag(b'T').opt_xid(xid).i32(2).u8(3).u32(1).u32(2), version, st));
+        v.push(fixture(W::tag(b'M').opt_xid(xid).u8(1).u64(9).s("pfx").i32(3).raw(b"xyz"), version, st));
     }
     v
 }
@@ -384,7 +341,7 @@ proptest! {
     ) {
         let streamed = xid.is_some() && version >= 2;
         let xid = if streamed { xid } else { None };
-        let mut w = W::tag(b'I').xid(xid).u32(rel).u8(b'N').u16(vals.len() as u16);
+        let mut w = W::tag(b'I').opt_xid(xid).u32(rel).u8(b'N').u16(vals.len() as u16);
         let mut want = Vec::new();
         for v in &vals {
             w = match v {

@@ -7,63 +7,9 @@ use bytes::Bytes;
 use super::*;
 use crate::lsn::Lsn;
 
-/// Test-only message builder following the documented layouts.
-#[derive(Default)]
-struct W(Vec<u8>);
-
-impl W {
-    fn tag(t: u8) -> Self {
-        W(vec![t])
-    }
-    fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-    fn u16(mut self, v: u16) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i32(mut self, v: i32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u64(mut self, v: u64) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i64(mut self, v: i64) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn s(mut self, v: &str) -> Self {
-        self.0.extend_from_slice(v.as_bytes());
-        self.0.push(0);
-        self
-    }
-    fn raw(mut self, v: &[u8]) -> Self {
-        self.0.extend_from_slice(v);
-        self
-    }
-    fn opt_xid(self, xid: Option<u32>) -> Self {
-        match xid {
-            Some(x) => self.u32(x),
-            None => self,
-        }
-    }
-    fn text(self, v: &[u8]) -> Self {
-        self.u8(b't').i32(v.len() as i32).raw(v)
-    }
-    fn bin(self, v: &[u8]) -> Self {
-        self.u8(b'b').i32(v.len() as i32).raw(v)
-    }
-    fn bytes(self) -> Bytes {
-        Bytes::from(self.0)
-    }
-}
+#[path = "../../tests/support/pgoutput_writer.rs"]
+mod writer;
+use writer::W;
 
 fn b(v: &[u8]) -> Bytes {
     Bytes::copy_from_slice(v)
