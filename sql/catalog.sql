@@ -38,7 +38,7 @@ CREATE TABLE pgsub.sub_rel (
     remote_schema text    NOT NULL,
     remote_name   text    NOT NULL,
     relid         oid,
-    sync_state    "char"  NOT NULL DEFAULT 'i' CHECK (sync_state IN ('i', 'd', 's', 'r')),
+    sync_state    "char"  NOT NULL DEFAULT 'i' CHECK (sync_state IN ('i', 'd', 'f', 's', 'r')),
     state_lsn     pg_lsn,
     rows_copied   bigint  NOT NULL DEFAULT 0,
     PRIMARY KEY (subid, remote_schema, remote_name)

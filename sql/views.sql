@@ -42,11 +42,21 @@ SELECT s.subname,
        r.relid::regclass AS relid,
        r.remote_schema,
        r.remote_name,
-       CASE r.sync_state WHEN 'i' THEN 'init' WHEN 'd' THEN 'copying'
-                         WHEN 's' THEN 'synchronized' WHEN 'r' THEN 'ready' END AS sync_state,
+       CASE WHEN w.pid IS NOT NULL AND w.phase IN ('catchup', 'synchronized') THEN w.phase
+            ELSE CASE r.sync_state WHEN 'i' THEN 'init' WHEN 'd' THEN 'copying' WHEN 'f' THEN 'copied'
+                                   WHEN 's' THEN 'synchronized' WHEN 'r' THEN 'ready' END
+       END AS sync_state,
        r.state_lsn,
-       r.rows_copied
-FROM pgsub.sub_rel r JOIN pgsub.sub s USING (subid);
+       CASE WHEN r.sync_state IN ('i', 'd') AND w.copy_started_at > 0 THEN w.rows_copied
+            ELSE r.rows_copied END AS rows_copied,
+       coalesce(w.bytes_copied, 0) AS bytes_copied,
+       w.pid AS sync_worker_pid,
+       pgsub._ts(w.copy_started_at) AS copy_started_at,
+       coalesce(w.waiting AND w.pid IS NULL, false) AS waiting_for_worker,
+       w.last_error,
+       pgsub._ts(w.last_error_at) AS last_error_at
+FROM pgsub.sub_rel r JOIN pgsub.sub s USING (subid)
+LEFT JOIN pgsub._sync_progress() w ON w.subid = r.subid AND w.relid = r.relid;
 
 CREATE VIEW pgsub.stat_subscription AS
 SELECT s.subname,
@@ -80,7 +90,13 @@ SELECT s.subname,
        coalesce(c.error_count, 0) AS error_count,
        c.last_error,
        pgsub._ts(c.last_error_at) AS last_error_at,
-       s.subid
+       s.subid,
+       (SELECT count(*)::int FROM pgsub.sub_rel r WHERE r.subid = s.subid) AS tables_total,
+       (SELECT count(*)::int FROM pgsub.sub_rel r WHERE r.subid = s.subid AND r.sync_state = 'r') AS tables_ready,
+       (SELECT sum(w.rows_copied / greatest(extract(epoch FROM now() - pgsub._ts(w.copy_started_at)), 0.001))::float8
+        FROM pgsub._sync_progress() w JOIN pgsub.sub_rel r ON r.subid = w.subid AND r.relid = w.relid
+        WHERE w.subid = s.subid AND w.pid IS NOT NULL AND w.copy_started_at > 0
+          AND r.sync_state IN ('i', 'd')) AS copy_rows_per_sec
 FROM pgsub.sub s
 LEFT JOIN pgsub._stat_progress() p ON p.subid = s.subid
 LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid;

@@ -151,6 +151,7 @@ fn drop_subscription(
     }
     stop_worker(sub.subid);
     drop_origin(&sub.origin_name());
+    drop_sync_origins(sub.subid);
     if drop_slot {
         let mut client = match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), !sub.owner_superuser) {
             Ok(c) => c,
@@ -163,6 +164,7 @@ fn drop_subscription(
                 Some("Use pgsub.drop_subscription(name, drop_slot => false) to drop the subscription without the slot; then drop the slot on the publisher yourself (pg_drop_replication_slot)."),
             ),
         };
+        drop_sync_slots(&mut client, sub.subid);
         match client.drop_slot(&sub.slot_name, true) {
             Ok(()) => log(
                 PgLogLevel::NOTICE,
@@ -190,6 +192,7 @@ fn drop_subscription(
     }
     if shmem::available() {
         shmem::SHARED.exclusive().release_if_stopped(sub.subid);
+        shmem::forget_sync_slots(sub.subid);
     }
 }
 

@@ -177,6 +177,8 @@ pub fn load_by_name(name: &str) -> SpiResult<Option<Subscription>> {
 /// One row of `pgsub.sub_rel`.
 #[derive(Clone, Debug)]
 pub struct SubRel {
+    /// The local table (0 when the catalog row has none).
+    pub relid: u32,
     pub remote_schema: String,
     pub remote_name: String,
     pub sync_state: SyncState,
@@ -187,7 +189,7 @@ pub fn load_rels(subid: i32) -> SpiResult<Vec<SubRel>> {
     as_superuser(|| {
         Spi::connect(|client| {
             let table = client.select(
-                "SELECT remote_schema, remote_name, sync_state::text, state_lsn::text \
+                "SELECT remote_schema, remote_name, sync_state::text, state_lsn::text, coalesce(relid, 0)::int8 \
              FROM pgsub.sub_rel WHERE subid = $1 ORDER BY remote_schema, remote_name",
                 None,
                 &[subid.into()],
@@ -203,6 +205,7 @@ pub fn load_rels(subid: i32) -> SpiResult<Vec<SubRel>> {
                         .and_then(SyncState::from_char)
                         .unwrap_or(SyncState::Init),
                     state_lsn: row.get::<String>(4)?.and_then(|s| s.parse().ok()),
+                    relid: row.get::<i64>(5)?.and_then(|r| u32::try_from(r).ok()).unwrap_or(0),
                 });
             }
             Ok(out)
@@ -251,8 +254,9 @@ pub fn set_table_state(subid: i32, schema: &str, name: &str, state: SyncState) -
     })
 }
 
-/// A table's copy committed: SYNCDONE at `lsn` with its row count and local table. As superuser.
-pub fn set_table_synced(
+/// A table's copy committed: FINISHEDCOPY at the copy point `lsn`, with its row count and local
+/// table. As superuser.
+pub fn set_table_copied(
     subid: i32,
     schema: &str,
     name: &str,
@@ -260,7 +264,7 @@ pub fn set_table_synced(
     rows: i64,
     relid: pg_sys::Oid,
 ) -> SpiResult<()> {
-    let st = SyncState::SyncDone.as_char().to_string();
+    let st = SyncState::FinishedCopy.as_char().to_string();
     as_superuser(|| {
         Spi::run_with_args(
             "UPDATE pgsub.sub_rel SET sync_state = $7::\"char\", state_lsn = $4::pg_lsn, rows_copied = $5, relid = $6 \
@@ -274,6 +278,25 @@ pub fn set_table_synced(
                 relid.into(),
                 st.as_str().into(),
             ],
+        )
+    })
+}
+
+/// One table of a subscription by its local table (the sync worker's own row).
+pub fn load_rel(subid: i32, relid: u32) -> SpiResult<Option<SubRel>> {
+    Ok(load_rels(subid)?.into_iter().find(|r| r.relid == relid))
+}
+
+/// A sync worker moves its table to `state`; `lsn` and `rows` replace `state_lsn` and
+/// `rows_copied` when given. As superuser.
+pub fn set_sync_state(subid: i32, relid: u32, state: SyncState, lsn: Option<Lsn>, rows: Option<i64>) -> SpiResult<()> {
+    let st = state.as_char().to_string();
+    let lsn = lsn.map(|l| l.to_string());
+    as_superuser(|| {
+        Spi::run_with_args(
+            "UPDATE pgsub.sub_rel SET sync_state = $3::\"char\", state_lsn = coalesce($4::pg_lsn, state_lsn), \
+             rows_copied = coalesce($5, rows_copied) WHERE subid = $1 AND relid = $2",
+            &[subid.into(), pg_sys::Oid::from(relid).into(), st.as_str().into(), lsn.into(), rows.into()],
         )
     })
 }

@@ -19,7 +19,42 @@ pub static WORK_MEM_KB: GucSetting<i32> = GucSetting::<i32>::new(32 * 1024);
 /// Test hook: damage spilled records so that the CRC check can be shown to work.
 pub static TEST_CORRUPT_SPILL: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Sync workers per subscription at once.
+pub static MAX_SYNC_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// Sync workers at once, server-wide.
+pub static MAX_SYNC_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// Testing aid: the sync phase in which sync workers wait ('' = none).
+pub static SYNC_HOLD_STATE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 pub fn define() {
+    GucRegistry::define_int_guc(
+        c"pgsub.max_sync_workers_per_subscription",
+        c"Maximum number of table synchronization workers per subscription.",
+        c"Tables beyond it wait for their initial copy; they also count against max_worker_processes.",
+        &MAX_SYNC_WORKERS_PER_SUBSCRIPTION,
+        0,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.max_sync_workers",
+        c"Maximum number of pgsub table synchronization workers in all.",
+        c"At most 64; each also counts against max_worker_processes.",
+        &MAX_SYNC_WORKERS,
+        0,
+        crate::shmem::MAX_SYNC_SLOTS as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pgsub.sync_hold_state",
+        c"Testing only: table synchronization workers wait when they reach this state.",
+        c"One of copying, copied, catchup, synchronized; empty for none. Never set it in production.",
+        &SYNC_HOLD_STATE,
+        GucContext::Sighup,
+        GucFlags::NO_SHOW_ALL,
+    );
     GucRegistry::define_int_guc(
         c"pgsub.work_mem",
         c"Memory an apply worker uses to buffer streamed transactions before spilling them to files.",
@@ -101,6 +136,11 @@ pub fn define() {
 /// The `pgsub.database` value.
 pub fn database() -> String {
     DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "postgres".to_string())
+}
+
+/// The `pgsub.sync_hold_state` value ('' when unset).
+pub fn sync_hold_state() -> String {
+    SYNC_HOLD_STATE.get().and_then(|c| c.into_string().ok()).unwrap_or_default()
 }
 
 pub fn ms(setting: &GucSetting<i32>) -> std::time::Duration {

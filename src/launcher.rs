@@ -133,11 +133,18 @@ impl Launcher {
     fn act(&mut self, action: Action, subs: &[catalog::Subscription], names: &HashMap<i32, String>) {
         let name = |subid: i32| names.get(&subid).cloned().unwrap_or_else(|| subid.to_string());
         match action {
-            Action::Stop { pid, .. } => crate::process::terminate(pid),
+            Action::Stop { subid, pid } => {
+                // The subscription's table synchronization workers go with its apply worker.
+                crate::process::terminate(pid);
+                for p in shmem::sync_worker_pids(subid) {
+                    crate::process::terminate(p);
+                }
+            }
             Action::Forget { subid } => {
                 if let Some(slot) = SHARED.exclusive().find_mut(subid) {
                     *slot = shmem::SubSlot::default();
                 }
+                shmem::forget_sync_slots(subid);
             }
             Action::WarnWaiting { subid, reason } => warn_waiting(&name(subid), reason),
             Action::Start { subid } => {

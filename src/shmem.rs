@@ -1,19 +1,27 @@
-//! Shared memory: one slot per known subscription holding its worker state and statistics.
+//! Shared memory: one slot per known subscription holding its worker state and statistics, and
+//! one slot per table being synchronized (its sync worker, progress, last error and backoff).
 //!
 //! The launcher claims a slot for every subscription it sees and decides when workers start; the
-//! apply worker owns the progress and counter fields of its slot while it runs; the SQL view
-//! (`stats.rs`) reads every slot under a shared lock. Counters survive worker restarts; everything
+//! apply worker owns the progress and counter fields of its slot while it runs; an apply worker
+//! claims a [`SyncSlot`] for each table it starts a sync worker for, the two exchange the
+//! catch-up handshake through it (`src/worker/syncing.rs`, `src/worker/syncworker.rs`), and it
+//! is freed once the table is synchronized. The SQL views (`stats.rs`) read every slot under a
+//! shared lock. Counters survive worker restarts; everything
 //! here is reset when the postmaster restarts (shared memory is created anew).
 use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys};
-pub use pgsub_core::state::Status;
+pub use pgsub_core::state::{Status, SyncPhase};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Subscriptions whose state fits in shared memory at once.
 pub const MAX_SUBSCRIPTIONS: usize = 128;
+/// Tables being synchronized (or waiting to retry) at once, server-wide; `pgsub.max_sync_workers`
+/// caps the running workers below it.
+pub const MAX_SYNC_SLOTS: usize = 64;
 const ERR_LEN: usize = 1000;
+const SYNC_ERR_LEN: usize = 500;
 
 /// State of one subscription. Timestamps are PostgreSQL `TimestampTz` (µs since 2000-01-01), 0 =
 /// unset; LSNs are raw `XLogRecPtr`, 0 = unset.
@@ -129,16 +137,107 @@ impl SubSlot {
     }
 }
 
+/// One table being synchronized: its sync worker, the handshake with the apply worker, live copy
+/// progress, and its last error and backoff (kept while the table waits to retry).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SyncSlot {
+    /// 0 = free.
+    pub subid: i32,
+    /// The local table (`pgsub.sub_rel.relid`).
+    pub relid: u32,
+    /// The running sync worker (cleared by it when it exits).
+    pub pid: i32,
+    /// The apply worker that registered it; the sync worker leaves when that one is gone.
+    pub apply_pid: i32,
+    pub phase: SyncPhase,
+    /// Registered, not claimed by the worker yet.
+    pub registered: bool,
+    /// No background worker slot could be had: the table waits.
+    pub waiting: bool,
+    /// The sync worker dropped its slot on the publisher.
+    pub slot_dropped: bool,
+    /// Set by the apply worker in CATCHUP: where the catch-up ends (its own position).
+    pub catchup_lsn: u64,
+    /// Set by the sync worker with SYNCDONE: the table's `state_lsn`.
+    pub done_lsn: u64,
+    pub rows_copied: i64,
+    pub bytes_copied: i64,
+    pub copy_started_at: i64,
+    pub registered_at: i64,
+    /// Consecutive failed attempts, and when the next may start.
+    pub failures: i32,
+    pub next_start_at: i64,
+    pub last_error_at: i64,
+    pub last_error_len: u16,
+    pub last_error: [u8; SYNC_ERR_LEN],
+}
+
+impl Default for SyncSlot {
+    fn default() -> Self {
+        SyncSlot {
+            subid: 0,
+            relid: 0,
+            pid: 0,
+            apply_pid: 0,
+            phase: SyncPhase::Idle,
+            registered: false,
+            waiting: false,
+            slot_dropped: false,
+            catchup_lsn: 0,
+            done_lsn: 0,
+            rows_copied: 0,
+            bytes_copied: 0,
+            copy_started_at: 0,
+            registered_at: 0,
+            failures: 0,
+            next_start_at: 0,
+            last_error_at: 0,
+            last_error_len: 0,
+            last_error: [0; SYNC_ERR_LEN],
+        }
+    }
+}
+
+impl SyncSlot {
+    /// A worker is registered or running for the table.
+    pub fn active(&self) -> bool {
+        self.pid > 0 || self.registered
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        (self.last_error_len > 0).then(|| {
+            let n = (self.last_error_len as usize).min(SYNC_ERR_LEN);
+            String::from_utf8_lossy(&self.last_error[..n]).into_owned()
+        })
+    }
+
+    pub fn set_error(&mut self, msg: &str, at: i64) {
+        let mut n = msg.len().min(SYNC_ERR_LEN);
+        while n > 0 && !msg.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.last_error[..n].copy_from_slice(&msg.as_bytes()[..n]);
+        self.last_error_len = n as u16;
+        self.last_error_at = at;
+    }
+}
+
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Shared {
     pub launcher_pid: i32,
     pub slots: [SubSlot; MAX_SUBSCRIPTIONS],
+    pub sync: [SyncSlot; MAX_SYNC_SLOTS],
 }
 
 impl Default for Shared {
     fn default() -> Self {
-        Shared { launcher_pid: 0, slots: [SubSlot::default(); MAX_SUBSCRIPTIONS] }
+        Shared {
+            launcher_pid: 0,
+            slots: [SubSlot::default(); MAX_SUBSCRIPTIONS],
+            sync: [SyncSlot::default(); MAX_SYNC_SLOTS],
+        }
     }
 }
 
@@ -188,6 +287,51 @@ impl Shared {
             }
         }
     }
+}
+
+impl Shared {
+    pub fn sync_slot(&self, subid: i32, relid: u32) -> Option<&SyncSlot> {
+        self.sync.iter().find(|s| s.subid == subid && s.relid == relid)
+    }
+    pub fn sync_slot_mut(&mut self, subid: i32, relid: u32) -> Option<&mut SyncSlot> {
+        self.sync.iter_mut().find(|s| s.subid == subid && s.relid == relid)
+    }
+    /// The sync slot of a table, claiming a free one if needed (None when all are taken).
+    pub fn claim_sync(&mut self, subid: i32, relid: u32) -> Option<&mut SyncSlot> {
+        let idx = match self.sync.iter().position(|s| s.subid == subid && s.relid == relid) {
+            Some(i) => i,
+            None => {
+                let i = self.sync.iter().position(|s| s.subid == 0)?;
+                self.sync[i] = SyncSlot { subid, relid, ..SyncSlot::default() };
+                i
+            }
+        };
+        Some(&mut self.sync[idx])
+    }
+    /// Sync workers registered or running, server-wide (one past SYNCDONE is only cleaning up
+    /// and does not count).
+    pub fn active_sync_workers(&self) -> usize {
+        self.sync.iter().filter(|s| s.subid != 0 && s.active() && s.phase != SyncPhase::Done).count()
+    }
+}
+
+/// Pids of the running sync workers of a subscription.
+pub fn sync_worker_pids(subid: i32) -> Vec<i32> {
+    SHARED.share().sync.iter().filter(|s| s.subid == subid && s.pid > 0).map(|s| s.pid).collect()
+}
+
+/// Forgets the sync slots of a dropped subscription whose workers are gone.
+pub fn forget_sync_slots(subid: i32) {
+    let mut g = SHARED.exclusive();
+    for s in g.sync.iter_mut().filter(|s| s.subid == subid && s.pid == 0) {
+        *s = SyncSlot::default();
+    }
+}
+
+/// Runs `f` on the sync slot of a table under the exclusive lock, if there is one.
+pub fn with_sync_slot<R>(subid: i32, relid: u32, f: impl FnOnce(&mut SyncSlot) -> R) -> Option<R> {
+    let mut g = SHARED.exclusive();
+    g.sync_slot_mut(subid, relid).map(f)
 }
 
 /// Runs `f` on the slot of `subid` under the exclusive lock, if there is one.

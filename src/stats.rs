@@ -99,3 +99,43 @@ fn _stat_counters() -> TableIterator<
 fn _preloaded() -> bool {
     shmem::available()
 }
+
+/// Every table being synchronized (or waiting to retry): its sync worker, phase, live copy
+/// progress and last error (`pgsub.subscription_table` joins it with the catalog).
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn _sync_progress() -> TableIterator<
+    'static,
+    (
+        name!(subid, i32),
+        name!(relid, pg_sys::Oid),
+        name!(pid, Option<i32>),
+        name!(phase, String),
+        name!(rows_copied, i64),
+        name!(bytes_copied, i64),
+        name!(copy_started_at, i64),
+        name!(waiting, bool),
+        name!(last_error, Option<String>),
+        name!(last_error_at, i64),
+    ),
+> {
+    let mut rows = Vec::new();
+    if shmem::available() {
+        let g = shmem::SHARED.share();
+        for s in g.sync.iter().filter(|s| s.subid != 0) {
+            rows.push((
+                s.subid,
+                pg_sys::Oid::from(s.relid),
+                (s.pid > 0).then_some(s.pid),
+                s.phase.as_str().to_string(),
+                s.rows_copied,
+                s.bytes_copied,
+                s.copy_started_at,
+                s.waiting,
+                s.last_error(),
+                s.last_error_at,
+            ));
+        }
+    }
+    TableIterator::new(rows)
+}

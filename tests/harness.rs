@@ -14,7 +14,7 @@
 //! | PostgreSQL::Test::Cluster | here |
 //! | --- | --- |
 //! | `new` + `init` + `start` | [`Cluster::start`] ([`ClusterOpts`]), [`Cluster::publisher`], [`Cluster::subscriber`] |
-//! | `start`, `stop`, `restart`, `reload`, `kill9` | [`Cluster::start_again`], [`Cluster::stop`], [`Cluster::restart`], [`Cluster::reload`], [`Cluster::kill9`] |
+//! | `start`, `stop`, `restart`, `reload`, `kill9` | [`Cluster::start_again`], [`Cluster::stop`], [`Cluster::restart`], [`Cluster::reload`], [`Cluster::kill9`]; [`Cluster::kill9_child`] kills one backend and waits for the crash restart |
 //! | `append_conf` | [`Cluster::append_conf`] (alias of [`Cluster::add_conf`]) |
 //! | `safe_psql`, `psql` | [`Cluster::safe_psql`] (panics on error), [`Cluster::psql`] (returns the error) |
 //! | `connstr`, `port`, `data_dir`, `basedir`, `name` | [`Cluster::connstr`], [`Cluster::port`], [`Cluster::data_dir`], [`Cluster::dir`], [`Cluster::name`] |
@@ -1348,4 +1348,37 @@ async fn row_counts(c: &tokio_postgres::Client, query: &str) -> BTreeMap<String,
         }
     }
     m
+}
+
+impl Cluster {
+    /// kill -9 of one child process of this cluster's postmaster (a backend or a background
+    /// worker, such as a pgsub apply or sync worker), by pid; [`Cluster::kill9`] kills the
+    /// postmaster itself. PostgreSQL takes a child killed by a signal for a crash: it ends every
+    /// other backend and reinitializes, the postmaster staying. Waits (each step up to
+    /// `timeout`) until `pid` is gone, the server log says `all server processes terminated;
+    /// reinitializing` once more than before, and the server accepts connections again. Err,
+    /// without signalling anything, when `pid` is the postmaster or not one of its children.
+    pub async fn kill9_child(&self, pid: i32, timeout: Duration) -> Result<()> {
+        const REINIT: &str = "all server processes terminated; reinitializing";
+        let postmaster = self.pid.ok_or_else(|| format!("{} is not running", self.opts.name))?;
+        if pid == postmaster || !self.process_pids().contains(&pid) {
+            return Err(format!("{pid} is not a child of the postmaster {postmaster} of {}", self.opts.name));
+        }
+        let before = self.log().matches(REINIT).count();
+        // SAFETY: signalling a child of the postmaster we started, checked just above.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+            return Err(format!("kill -9 {pid}: {}", std::io::Error::last_os_error()));
+        }
+        wait_for(&format!("process {pid} to exit"), timeout, || async { Ok((!pid_alive(pid)).then_some(())) }).await?;
+        wait_for(&format!("the crash restart of {}", self.opts.name), timeout, || async {
+            Ok((self.log().matches(REINIT).count() > before).then_some(()))
+        })
+        .await?;
+        wait_for(&format!("{} to accept connections again", self.opts.name), timeout, || async {
+            let c = self.client("postgres").await?;
+            c.simple_query("SELECT 1").await.map_err(|e| format!("SELECT 1: {e}"))?;
+            Ok(Some(()))
+        })
+        .await
+    }
 }

@@ -206,9 +206,14 @@ async fn out_of_worker_slots_waits_then_starts() {
     let (p, s) = setup(&nodes, &["t1", "t2", "t3"]).await;
     for i in 1..=3 {
         p.batch_execute(&format!("CREATE PUBLICATION p{i} FOR TABLE t{i}")).await.unwrap();
-        s.execute(&format!("SELECT pgsub.create_subscription('s{i}', $1, ARRAY['p{i}'])"), &[&nodes.pub_conninfo()])
-            .await
-            .unwrap();
+        // No initial copy (the tables are empty): table synchronization workers would need
+        // background worker slots too (tablesync_test covers tables waiting for one).
+        s.execute(
+            &format!("SELECT pgsub.create_subscription('s{i}', $1, ARRAY['p{i}'], copy_data => false)"),
+            &[&nodes.pub_conninfo()],
+        )
+        .await
+        .unwrap();
     }
     let statuses = "SELECT format('%s streaming, %s waiting', count(*) FILTER (WHERE status = 'streaming'), \
                            count(*) FILTER (WHERE status = 'waiting_for_worker')) FROM pgsub.stat_subscription";

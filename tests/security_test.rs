@@ -40,7 +40,8 @@ const MANAGEMENT: [&str; 12] = [
 
 /// Helpers the views call with the caller's privileges; read-only, for everyone.
 /// (`_preloaded` says whether pgsub is in shared_preload_libraries.)
-const VIEW_HELPERS: [&str; 6] = ["_ts", "_lsn", "_mask_conninfo", "_stat_progress", "_stat_counters", "_preloaded"];
+const VIEW_HELPERS: [&str; 7] =
+    ["_ts", "_lsn", "_mask_conninfo", "_stat_progress", "_stat_counters", "_sync_progress", "_preloaded"];
 
 /// A publisher and a subscriber, table `t (id int PRIMARY KEY, v text)` on both, publication
 /// `pub` for it.

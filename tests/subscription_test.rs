@@ -296,6 +296,9 @@ async fn batched_updates_match_rows_and_count_exactly() {
     .await
     .unwrap();
     s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['up'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    // Every table copied before the updates below (each table has its own sync worker and
+    // snapshot: a copy taken after them would already hold their results).
+    wait_for_subscription_sync(&s, "sub", WAIT).await;
     // u4 and u5 stay out of every full comparison, on purpose: one local key value holds two
     // remote text keys there, so they differ from the publisher by design; their exact local
     // contents are checked below.

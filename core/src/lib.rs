@@ -3,9 +3,11 @@
 //! - [`state`]: the subscription status and the table synchronization state machine;
 //! - [`sql`]: the text of the statements the apply worker prepares for each relation;
 //! - [`launch`]: the launcher's decision, a pure function from (catalog, worker slots, clock) to
-//!   actions.
+//!   actions;
+//! - [`tablesync`]: which tables get a table synchronization worker now.
 //!
 //! Nothing here calls PostgreSQL, so all of it is unit-tested with plain `cargo test`.
 pub mod launch;
 pub mod sql;
 pub mod state;
+pub mod tablesync;

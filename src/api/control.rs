@@ -135,7 +135,55 @@ pub(super) fn drop_origin(name: &str) {
     unsafe { pg_sys::replorigin_drop_by_name(c.as_ptr(), true, false) };
 }
 
-/// Stops the subscription's worker (if any) and keeps the launcher from starting another until
+/// Drops the table synchronization slots the subscription's sync workers left on the publisher
+/// (tables still being synchronized when it is dropped). Failures are warnings: the slot is named.
+pub(super) fn drop_sync_slots(client: &mut pgsub_proto::client::Client, subid: i32) {
+    let pattern = format!("pgsub\\_{subid}\\_sync\\_%");
+    let sql = format!(
+        "SELECT slot_name::text FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE {}",
+        pgsub_proto::client::quote_literal(&pattern)
+    );
+    let names: Vec<String> = match client.simple_query(&sql) {
+        Ok(rows) => rows.into_iter().filter_map(|r| r.values.into_iter().next().flatten()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for name in names {
+        if let Err(e) = client.drop_slot(&name, true) {
+            crate::report::log(
+                PgLogLevel::WARNING,
+                crate::publisher::sqlstate(&e),
+                format!("could not drop table synchronization slot \"{name}\" on the publisher: {e}"),
+                None,
+                Some("Drop it on the publisher with pg_drop_replication_slot()."),
+            );
+        }
+    }
+}
+
+/// Drops the subscription's table synchronization origins.
+pub(super) fn drop_sync_origins(subid: i32) {
+    let prefix = format!("pgsub_{subid}_sync_");
+    let names: Vec<String> = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE starts_with(roname, $1)",
+            None,
+            &[prefix.as_str().into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(n) = r.get::<String>(1)? {
+                out.push(n);
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .unwrap_or_default();
+    for n in names {
+        drop_origin(&n);
+    }
+}
+
+/// Stops the subscription's workers (apply and table synchronization) and keeps the launcher from starting another until
 /// this transaction ends; waits up to 30 s for it to exit.
 pub(super) fn stop_worker(subid: i32) {
     if !shmem::available() {
@@ -154,13 +202,34 @@ pub(super) fn stop_worker(subid: i32) {
         }
     };
     wake_launcher_at_commit();
-    if pid <= 0 {
-        return;
+    if pid > 0 {
+        crate::process::terminate(pid);
+        // The worker clears its pid from the slot when it exits.
+        wait_until_gone(|| shmem::SHARED.share().find(subid).is_some_and(|s| s.pid == pid));
     }
-    crate::process::terminate(pid);
+    // Then its table synchronization workers (no new one is registered now): a registered one
+    // that has not claimed its slot finds none and leaves; running ones are stopped.
+    let syncs: Vec<i32> = {
+        let mut g = shmem::SHARED.exclusive();
+        let mut pids = Vec::new();
+        for s in g.sync.iter_mut().filter(|s| s.subid == subid) {
+            if s.pid > 0 {
+                pids.push(s.pid);
+            } else {
+                *s = shmem::SyncSlot::default();
+            }
+        }
+        pids
+    };
+    for p in &syncs {
+        crate::process::terminate(*p);
+    }
+    wait_until_gone(|| shmem::SHARED.share().sync.iter().any(|s| s.subid == subid && syncs.contains(&s.pid)));
+}
+
+/// Waits up to 30 s while `running()` holds.
+fn wait_until_gone(running: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    // The worker clears its pid from the slot when it exits.
-    let running = || shmem::SHARED.share().find(subid).is_some_and(|s| s.pid == pid);
     while running() && std::time::Instant::now() < deadline {
         // SAFETY: latch wait in a backend.
         unsafe {

@@ -37,9 +37,11 @@ use std::collections::{HashMap, HashSet};
 
 type Code = PgSqlErrorCode;
 
-/// Which tables the subscription applies changes to, by remote (schema, name).
+/// Which tables the subscription applies changes to, by remote (schema, name), with their local
+/// table (`relid`) and synchronization state.
 pub struct TableStates {
     states: HashMap<(String, String), (SyncState, Option<Lsn>)>,
+    relids: HashMap<u32, (String, String)>,
 }
 
 impl TableStates {
@@ -49,6 +51,7 @@ impl TableStates {
                 .iter()
                 .map(|r| ((r.remote_schema.clone(), r.remote_name.clone()), (r.sync_state, r.state_lsn)))
                 .collect(),
+            relids: rels.iter().map(|r| (r.relid, (r.remote_schema.clone(), r.remote_name.clone()))).collect(),
         }
     }
 
@@ -75,6 +78,26 @@ impl TableStates {
 
     fn any_ready_after(&self, end: Lsn) -> bool {
         self.states.values().any(|(st, lsn)| st.ready_after(lsn.map(|l| l.0), end.0))
+    }
+
+    /// Some table is not ready yet (being synchronized, or synchronized and not taken over).
+    pub fn any_syncing(&self) -> bool {
+        self.states.values().any(|(st, _)| *st != SyncState::Ready)
+    }
+
+    /// (local table, state) of every table.
+    pub fn by_relid(&self) -> Vec<(u32, SyncState)> {
+        let mut v: Vec<(u32, SyncState)> =
+            self.relids.iter().filter_map(|(relid, key)| self.states.get(key).map(|(st, _)| (*relid, *st))).collect();
+        v.sort_unstable_by_key(|(relid, _)| *relid);
+        v
+    }
+
+    /// A table's state changed (the sync worker's SYNCDONE at `lsn`, or back to INIT).
+    pub fn set(&mut self, relid: u32, state: SyncState, lsn: Option<Lsn>) {
+        if let Some(key) = self.relids.get(&relid) {
+            self.states.insert(key.clone(), (state, lsn));
+        }
     }
 
     /// Whether changes of a transaction ending at `commit_end` apply to the table (`SyncState::applies`).

@@ -28,6 +28,9 @@ pub struct Counters {
 
 pub struct Progress {
     subid: i32,
+    /// A sync worker's progress: positions and status are the apply worker's to show; only the
+    /// counters of what the catch-up applied are added to the subscription's.
+    counters_only: bool,
     /// (remote commit end, local commit end) not yet known durable locally.
     pending: VecDeque<(Lsn, Lsn)>,
     /// Newest position the publisher has told us about (XLogData start, keepalive WAL end).
@@ -48,6 +51,7 @@ impl Progress {
     pub fn new(subid: i32, start: Lsn) -> Progress {
         Progress {
             subid,
+            counters_only: false,
             pending: VecDeque::new(),
             received: start,
             wal_end: start,
@@ -61,6 +65,11 @@ impl Progress {
             last_reported: (Lsn::INVALID, Lsn::INVALID),
             last_report_at: None,
         }
+    }
+
+    /// The progress of a sync worker's catch-up (`counters_only`).
+    pub fn for_sync_worker(subid: i32, start: Lsn) -> Progress {
+        Progress { counters_only: true, ..Progress::new(subid, start) }
     }
 
     /// A frame arrived: `start` is its WAL position (0 for keepalives), `end` the server's WAL end.
@@ -147,6 +156,17 @@ impl Progress {
     /// survive worker restarts).
     pub fn publish(&mut self, status: Option<shmem::Status>, receipt_time: i64) {
         let c = std::mem::take(&mut self.counters);
+        if self.counters_only {
+            shmem::with_slot(self.subid, |s| {
+                s.txns_applied += c.txns;
+                s.inserts += c.inserts;
+                s.updates += c.updates;
+                s.deletes += c.deletes;
+                s.truncates += c.truncates;
+                s.conflicts += c.conflicts;
+            });
+            return;
+        }
         shmem::with_slot(self.subid, |s| {
             if let Some(st) = status {
                 s.status = st;

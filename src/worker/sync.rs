@@ -1,15 +1,12 @@
-//! Initial data copy of a subscription's tables, consistent with the change stream.
-//!
-//! Design (one snapshot per batch, like native tablesync without a separate sync worker): on a
-//! replication connection the worker opens a REPEATABLE READ transaction, creates a TEMPORARY
-//! logical slot with `SNAPSHOT 'use'` (so the transaction sees exactly the data as of the slot's
-//! consistent point C), and copies every table still in state init with `COPY … TO STDOUT`.
-//! Each table is loaded locally with PostgreSQL's COPY FROM machinery (BeginCopyFrom/CopyFrom fed
-//! from the received rows) and marked `synchronized` at C with its row count, all in one local
-//! transaction: a crash or error mid-copy rolls the table back to `init` and the copy is redone.
-//! The subscription's own slot was created before C, so its stream contains every change after C;
-//! the apply side skips a synchronized table's changes from transactions ending at or before C
-//! (they are in the copy) and applies the rest; the table becomes `ready` once the stream passes C.
+//! The initial data copy of one table, run by its table synchronization worker
+//! (`syncworker.rs`) inside the REPEATABLE READ transaction of the replication connection that
+//! created the table's sync slot with `SNAPSHOT 'use'`: the rows are exactly those as of the
+//! slot's consistent point C. They are read with `COPY … TO STDOUT` and loaded locally with
+//! PostgreSQL's COPY FROM machinery (BeginCopyFrom/CopyFrom fed from the received rows, live
+//! progress in the table's shared-memory sync slot), and the table moves to FINISHEDCOPY at C
+//! with its row count in the same local transaction, whose commit also records C as the sync
+//! origin's progress: a crash mid-copy leaves nothing (the table stays DATASYNC and the copy is
+//! redone); a committed copy is never repeated.
 //!
 //! The publication's column lists and row filters (PG15) are honoured: the copy selects exactly
 //! the published columns and rows.
@@ -18,12 +15,12 @@
 //! publisher of the same major version, every column of the same built-in type on both sides (so
 //! the same send/receive functions), and a UTF8 local database (binary text arrives in the
 //! connection's UTF8). Otherwise, and for user-defined types, it is text, as native tablesync's.
-use crate::catalog::{self, SubRel, Subscription, SyncState};
-use crate::publisher::{self, Context};
+use crate::catalog::{self, SubRel, Subscription};
+use crate::publisher;
 use crate::report;
 use crate::shmem;
 use pgrx::prelude::*;
-use pgsub_proto::client::{quote_ident, quote_literal, Client, CopyOut, Error as ProtoError, SnapshotAction};
+use pgsub_proto::client::{quote_ident, quote_literal, Client, CopyOut, Error as ProtoError};
 use pgsub_proto::Lsn;
 
 type Code = PgSqlErrorCode;
@@ -149,75 +146,21 @@ fn column_list_clash(rel: &SubRel) -> ProtoError {
     })
 }
 
-/// Copies every table in state init (or interrupted mid-copy); returns the updated table states,
-/// or None when the worker was asked to stop.
-pub fn copy_tables(sub: &Subscription, rels: &[SubRel]) -> Option<Vec<SubRel>> {
-    let todo: Vec<&SubRel> = rels.iter().filter(|r| r.sync_state.needs_copy()).collect();
-    let mut client = match publisher::connect(
-        &sub.conninfo,
-        true,
-        Context::Worker,
-        Some(&format!("{} sync", sub.name)),
-        !sub.owner_superuser,
-    ) {
-        Ok(c) => c,
-        Err(ProtoError::Interrupted) => return None,
-        Err(e) => publisher::raise(
-            &e,
-            &format!("subscription \"{}\" could not connect to the publisher for the initial copy", sub.name),
-            None,
-        ),
-    };
-    let fail = |e: ProtoError, what: &str| -> ! {
-        publisher::raise(&e, &format!("initial copy for subscription \"{}\": {what}", sub.name), None)
-    };
-    if let Err(e) = client.execute("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ") {
-        if matches!(e, ProtoError::Interrupted) {
-            return None;
-        }
-        fail(e, "could not start the snapshot transaction");
-    }
-    // SAFETY: MyProcPid is set in every backend.
-    let slot = format!("pgsub_{}_sync_{}", sub.subid, unsafe { pg_sys::MyProcPid });
-    let info = match client.create_logical_slot(&slot, true, SnapshotAction::Use, false) {
-        Ok(i) => i,
-        Err(ProtoError::Interrupted) => return None,
-        Err(e) => fail(e, &format!("could not create temporary slot \"{slot}\"")),
-    };
-    let at = info.consistent_point;
-    let mut out: Vec<SubRel> = rels.to_vec();
-    for rel in todo {
-        let p = match published(&mut client, sub, rel) {
-            Ok(p) => p,
-            Err(ProtoError::Interrupted) => return None,
-            Err(e) => fail(e, "could not read the publication's columns"),
-        };
-        match copy_one(&mut client, sub, rel, &p, at) {
-            Ok((rows, binary)) => {
-                if let Some(o) =
-                    out.iter_mut().find(|o| o.remote_schema == rel.remote_schema && o.remote_name == rel.remote_name)
-                {
-                    o.sync_state = SyncState::SyncDone;
-                    o.state_lsn = Some(at);
-                }
-                log!(
-                    "pgsub: initial copy of {}.{} for subscription \"{}\" finished: {rows} rows in {} format (consistent at {at})",
-                    quote_ident(&rel.remote_schema),
-                    quote_ident(&rel.remote_name),
-                    sub.name,
-                    if binary { "binary" } else { "text" }
-                );
-            }
-            Err(ProtoError::Interrupted) => return None,
-            Err(e) => fail(
-                e,
-                &format!("could not copy {}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name)),
-            ),
-        }
-    }
-    let _ = client.execute("COMMIT");
-    client.close(); // the temporary slot goes with the connection
-    Some(out)
+/// Copies one table under the snapshot of `client`'s open REPEATABLE READ transaction (the sync
+/// slot's, consistent at `at`) in one local transaction that also moves the table to
+/// FINISHEDCOPY at `at` and, through the session's replication origin (the sync origin), records
+/// `at` as where the catch-up starts. Returns the rows copied and whether binary was used.
+pub fn copy_table(client: &mut Client, sub: &Subscription, rel: &SubRel, at: Lsn) -> Result<(u64, bool), ProtoError> {
+    let p = published(client, sub, rel)?;
+    let (rows, binary) = copy_one(client, sub, rel, &p, at)?;
+    log!(
+        "pgsub: initial copy of {}.{} for subscription \"{}\" finished: {rows} rows in {} format (consistent at {at})",
+        quote_ident(&rel.remote_schema),
+        quote_ident(&rel.remote_name),
+        sub.name,
+        if binary { "binary" } else { "text" }
+    );
+    Ok((rows, binary))
 }
 
 /// Whether COPY's binary format carries this table's columns faithfully (module comment): same
@@ -276,30 +219,36 @@ fn copy_one(
         });
         refuse_non_empty(relid, &remote, &sub.name);
         super::relation::require_columns(relid, &remote, &p.columns);
-        let r = catalog::set_table_state(subid, &rel.remote_schema, &rel.remote_name, SyncState::DataSync);
-        if let Err(e) = r {
-            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
-        }
-        shmem::with_slot(subid, |s| s.status = shmem::Status::InitialCopy);
         let binary = binary_copy_ok(publisher_version, relid, p);
         let copy_sql = if binary {
             format!("COPY {source} TO STDOUT WITH (FORMAT binary)")
         } else {
             format!("COPY {source} TO STDOUT")
         };
-        let copied = client.copy_out_reader(&copy_sql).map(|reader| stream_into(reader, relid, p, binary, &remote));
+        let target = (subid, rel.relid);
+        let copied =
+            client.copy_out_reader(&copy_sql).map(|reader| stream_into(reader, relid, p, binary, &remote, target));
         match copied {
             Ok(loaded) => {
                 let n = loaded;
-                let r = catalog::set_table_synced(subid, &rel.remote_schema, &rel.remote_name, at, n as i64, relid);
+                let r = catalog::set_table_copied(subid, &rel.remote_schema, &rel.remote_name, at, n as i64, relid);
                 if let Err(e) = r {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
                 }
+                // SAFETY: the session's replication origin (the sync origin) records the copy point
+                // in this transaction's commit record: the catch-up starts there, even after a crash.
+                unsafe {
+                    pg_sys::replorigin_session_origin_lsn = at.0;
+                    pg_sys::replorigin_session_origin_timestamp = 0;
+                }
+                shmem::with_sync_slot(subid, rel.relid, |s| s.rows_copied = n as i64);
                 result = Ok((n, binary));
             }
             Err(e) => copy_failed(&e, &remote),
         }
     });
+    // SAFETY: the origin position belonged to the copy's commit only.
+    unsafe { pg_sys::replorigin_session_origin_lsn = 0 };
     result
 }
 
@@ -327,9 +276,19 @@ fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub_name: &str) {
 /// Loads the publisher's COPY output into the local table: each time COPY FROM wants data, the
 /// next CopyData message is read (the publisher keeps producing into the socket meanwhile), as
 /// native tablesync does. Returns the rows loaded.
-fn stream_into(mut reader: CopyOut<'_>, relid: pg_sys::Oid, p: &Published, binary: bool, remote: &str) -> u64 {
+fn stream_into(
+    mut reader: CopyOut<'_>,
+    relid: pg_sys::Oid,
+    p: &Published,
+    binary: bool,
+    remote: &str,
+    (subid, sync_relid): (i32, u32),
+) -> u64 {
     let mut chunk = bytes::Bytes::new();
     let mut pos = 0usize;
+    // Live progress in the table's sync slot, at most every 250 ms: one CopyData per row.
+    let (mut rows, mut bytes) = (0i64, 0i64);
+    let mut shown_at = std::time::Instant::now();
     super::copyin::copy_from(relid, &p.columns, binary, &mut |out: &mut [u8]| {
         // Wait for data only when nothing is at hand; then fill COPY's buffer with every
         // message already received (one CopyData per row: one call per row would cost
@@ -340,6 +299,15 @@ fn stream_into(mut reader: CopyOut<'_>, relid: pg_sys::Oid, p: &Published, binar
                 let next = if filled == 0 { reader.next_data() } else { reader.next_buffered() };
                 match next {
                     Ok(Some(data)) => {
+                        rows += 1;
+                        bytes += data.len() as i64;
+                        if shown_at.elapsed() >= std::time::Duration::from_millis(250) {
+                            shown_at = std::time::Instant::now();
+                            shmem::with_sync_slot(subid, sync_relid, |s| {
+                                s.rows_copied = rows;
+                                s.bytes_copied = bytes;
+                            });
+                        }
                         chunk = data;
                         pos = 0;
                         continue;
@@ -352,6 +320,9 @@ fn stream_into(mut reader: CopyOut<'_>, relid: pg_sys::Oid, p: &Published, binar
             out[filled..filled + n].copy_from_slice(&chunk[pos..pos + n]);
             pos += n;
             filled += n;
+        }
+        if filled == 0 {
+            shmem::with_sync_slot(subid, sync_relid, |s| s.bytes_copied = bytes);
         }
         filled
     })

@@ -1,0 +1,440 @@
+//! The receive loop shared by the apply worker and a table synchronization worker's catch-up:
+//! take what the socket has, decode each XLogData with the pgoutput decoder and hand it to the
+//! applier (one arm per message kind), buffer streamed transactions, answer keepalives, report
+//! progress to the publisher and to shared memory, and sleep on the latch and the socket
+//! together so that SIGTERM, SIGHUP and postmaster death are handled within a second.
+//!
+//! In the apply worker the loop also runs the table-synchronization step between transactions
+//! (`syncing.rs`); in a sync worker it stops where its catch-up ends (`catchup_end`).
+use super::apply::Applier;
+use super::progress::Progress;
+use super::{errctx, execute, report_stats, stream, syncing};
+use crate::catalog::Subscription;
+use crate::process::{now, reload_config_if_requested, shutdown_requested};
+use crate::shmem::Status;
+use crate::{gucs, publisher, report};
+use pgrx::prelude::*;
+use pgsub_proto::client::{Client, Error as ProtoError, PgOutputOptions};
+use pgsub_proto::frame::ReplicationFrame;
+use pgsub_proto::pgoutput::{self, Begin, Commit, Decoder, LogicalMessage};
+use pgsub_proto::Lsn;
+use std::time::{Duration, Instant};
+
+type Code = PgSqlErrorCode;
+
+pub(super) struct Stream {
+    pub(super) sub: Subscription,
+    pub(super) client: Client,
+    pub(super) decoder: Decoder,
+    pub(super) proto_version: u32,
+    pub(super) streams: stream::Streams,
+    pub(super) origin_none: bool,
+    pub(super) applier: Applier,
+    pub(super) progress: Progress,
+    pub(super) last_recv: Instant,
+    pub(super) ping_sent: bool,
+    pub(super) status: Status,
+    /// When table statistics were last flushed by force (idle).
+    pub(super) stats_forced_at: Instant,
+    /// In a sync worker: where its catch-up ends (transactions finishing at or after it belong
+    /// to the apply worker); None in the apply worker.
+    pub(super) catchup_end: Option<Lsn>,
+    /// The sync worker's catch-up reached `catchup_end`.
+    pub(super) caught_up: bool,
+    /// The apply worker's side of table synchronization.
+    pub(super) syncing: syncing::Syncing,
+}
+
+impl Stream {
+    pub(super) fn new(
+        sub: Subscription,
+        client: Client,
+        opts: &PgOutputOptions,
+        applier: Applier,
+        progress: Progress,
+        catchup_end: Option<Lsn>,
+    ) -> Stream {
+        let subid = sub.subid;
+        Stream {
+            origin_none: sub.origin == "none",
+            sub,
+            client,
+            decoder: Decoder::new(opts.proto_version),
+            proto_version: opts.proto_version,
+            streams: stream::Streams::new(subid),
+            applier,
+            progress,
+            last_recv: Instant::now(),
+            ping_sent: false,
+            status: Status::Catchup,
+            stats_forced_at: Instant::now(),
+            catchup_end,
+            caught_up: false,
+            syncing: syncing::Syncing::default(),
+        }
+    }
+
+    /// In a sync worker, whether the catch-up is over at `position` (the next transaction's
+    /// finish LSN, a commit's end, or an idle keepalive's WAL end).
+    fn reached_catchup_end(&mut self, position: Lsn) -> bool {
+        if let Some(end) = self.catchup_end {
+            if pgsub_core::state::catchup_done(position.0, end.0) {
+                self.caught_up = true;
+            }
+        }
+        self.caught_up
+    }
+
+    pub(super) fn run(&mut self) {
+        loop {
+            if shutdown_requested() {
+                self.stop();
+                return;
+            }
+            if self.caught_up {
+                return;
+            }
+            reload_config_if_requested();
+            // Take what the socket has, applying as we go; look at signals now and then.
+            let mut n = 0u32;
+            let mut got_any = false;
+            loop {
+                let frame = match self.client.recv_frame() {
+                    Ok(f) => f,
+                    Err(e) => self.fail(&e, "lost the replication connection to the publisher"),
+                };
+                let Some(frame) = frame else { break };
+                got_any = true;
+                self.handle_frame(frame);
+                if self.caught_up {
+                    return;
+                }
+                n += 1;
+                if n.is_multiple_of(1000) {
+                    self.keep_publisher_alive();
+                    if shutdown_requested() {
+                        break;
+                    }
+                }
+            }
+            if got_any {
+                self.last_recv = Instant::now();
+                self.ping_sent = false;
+            }
+            let receipt = if got_any { now() } else { 0 };
+            if !self.applier.in_txn && self.catchup_end.is_none() {
+                self.progress.mark_caught_up();
+                // While tables are being synchronized the subscription shows initial_copy.
+                let st = if self.applier.tables.any_syncing() { Status::InitialCopy } else { Status::Streaming };
+                if self.status != st {
+                    self.status = st;
+                    self.progress.publish(Some(st), receipt);
+                }
+                self.process_syncing_tables();
+            }
+            self.progress.publish(None, receipt);
+            if !self.applier.in_txn {
+                // Table statistics go to shared memory at most once a second while transactions
+                // come (pending counts are kept meanwhile). An unforced flush measures that second
+                // with the last commit's timestamp, which stands still while the publisher is
+                // silent: then a forced one, at most once a second (it waits for the shared
+                // entries' locks, which a forced flush on every idle wake would hit often).
+                let idle_flush = !got_any && self.stats_forced_at.elapsed() >= Duration::from_secs(1);
+                if idle_flush {
+                    self.stats_forced_at = Instant::now();
+                }
+                report_stats(idle_flush);
+            }
+            self.send_feedback(false, false);
+            self.check_timeout();
+            self.wait();
+        }
+    }
+
+    fn handle_frame(&mut self, frame: ReplicationFrame) {
+        match frame {
+            ReplicationFrame::XLogData { wal_start, wal_end, send_time, data } => {
+                self.progress.on_frame(wal_start, wal_end, send_time);
+                let raw = data.clone();
+                let msg = match self.decoder.decode(data) {
+                    Ok(m) => m,
+                    Err(e) => report::error(
+                        Code::ERRCODE_PROTOCOL_VIOLATION,
+                        format!("invalid logical replication message from the publisher: {e}"),
+                        Some(format!("At WAL position {wal_start}.")),
+                        None,
+                    ),
+                };
+                if self.decoder.in_stream() {
+                    self.buffer_streamed(msg, &raw);
+                } else {
+                    self.apply(msg);
+                }
+            }
+            ReplicationFrame::Keepalive { wal_end, send_time, reply_requested } => {
+                self.progress.on_frame(Lsn::INVALID, wal_end, send_time);
+                if !self.applier.in_txn {
+                    self.progress.on_keepalive(wal_end);
+                    if self.reached_catchup_end(wal_end) {
+                        return;
+                    }
+                    self.applier.caught_up_to(wal_end);
+                }
+                if reply_requested {
+                    self.send_feedback(true, false);
+                }
+            }
+        }
+    }
+
+    /// A message inside a Stream Start … Stop block: changes are buffered for their top-level
+    /// transaction; relation descriptions take effect at once.
+    fn buffer_streamed(&mut self, msg: LogicalMessage, raw: &[u8]) {
+        let xid = match &msg {
+            LogicalMessage::StreamStart(s) => {
+                self.streams.start(s.xid);
+                return;
+            }
+            LogicalMessage::Relation(r) => {
+                self.applier.on_relation(r.clone());
+                return;
+            }
+            LogicalMessage::Type(_) => return,
+            LogicalMessage::Origin(_) => {
+                if self.origin_none {
+                    self.streams.mark_foreign();
+                }
+                return;
+            }
+            LogicalMessage::Insert(m) => m.xid,
+            LogicalMessage::Update(m) => m.xid,
+            LogicalMessage::Delete(m) => m.xid,
+            LogicalMessage::Truncate(m) => m.xid,
+            LogicalMessage::Message(m) => m.xid,
+            other => report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                format!("unexpected message \"{}\" inside a stream block", other.kind()),
+                None,
+                None,
+            ),
+        };
+        let Some(xid) = xid else {
+            report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "streamed change without a transaction id", None, None);
+        };
+        self.streams.push(xid, raw);
+    }
+
+    fn apply(&mut self, msg: LogicalMessage) {
+        let p = &mut self.progress;
+        match msg {
+            LogicalMessage::Begin(b) => {
+                if self.reached_catchup_end(b.final_lsn) {
+                    return; // the apply worker's from here
+                }
+                let p = &mut self.progress;
+                self.applier.begin(b, p);
+                if self.status == Status::Streaming {
+                    // Show the pending transaction's commit time as apply lag while it applies.
+                    p.publish(None, 0);
+                }
+            }
+            LogicalMessage::Commit(c) => {
+                let end = c.end_lsn;
+                self.applier.commit(c, p);
+                // Counters and positions are visible as soon as the transaction is.
+                p.publish(None, now());
+                self.reached_catchup_end(end);
+            }
+            LogicalMessage::Origin(o) => self.applier.origin(&o.name),
+            LogicalMessage::Relation(r) => self.applier.on_relation(r),
+            LogicalMessage::Type(_) => {}
+            LogicalMessage::Insert(_)
+            | LogicalMessage::Update(_)
+            | LogicalMessage::Delete(_)
+            | LogicalMessage::Truncate(_)
+            | LogicalMessage::Message(_) => self.apply_change(msg),
+            LogicalMessage::StreamStop => self.streams.stop(),
+            LogicalMessage::StreamAbort(a) => self.streams.abort(a.xid, a.subxid),
+            LogicalMessage::StreamCommit(c) => {
+                let begin = Begin { final_lsn: c.commit_lsn, commit_time: c.commit_time, xid: c.xid };
+                let commit =
+                    Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
+                self.apply_streamed(c.xid, begin, |applier, p| applier.commit(commit, p));
+            }
+            LogicalMessage::StreamPrepare(pr) => {
+                let begin = Begin { final_lsn: pr.prepare_lsn, commit_time: pr.prepare_time, xid: pr.xid };
+                self.apply_streamed(pr.xid, begin, |applier, p| {
+                    applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p)
+                });
+            }
+            LogicalMessage::BeginPrepare(bp) => {
+                let begin = Begin { final_lsn: bp.prepare_lsn, commit_time: bp.prepare_time, xid: bp.xid };
+                self.applier.begin(begin, p);
+            }
+            LogicalMessage::Prepare(pr) => {
+                self.applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p);
+                p.publish(None, now());
+            }
+            LogicalMessage::CommitPrepared(c) => {
+                self.applier.finish_prepared(c.xid, true, c.end_lsn, c.commit_time, p);
+                p.publish(None, now());
+            }
+            LogicalMessage::RollbackPrepared(r) => {
+                self.applier.finish_prepared(r.xid, false, r.rollback_end_lsn, r.rollback_time, p);
+                p.publish(None, now());
+            }
+            LogicalMessage::StreamStart(_) => report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                "STREAM START handled outside the stream path",
+                None,
+                None,
+            ),
+        }
+    }
+
+    /// One change (outside a stream block, or replayed from a streamed transaction's buffer).
+    fn apply_change(&mut self, msg: LogicalMessage) {
+        let p = &mut self.progress;
+        match msg {
+            LogicalMessage::Insert(m) => self.applier.insert(m, p),
+            LogicalMessage::Update(m) => self.applier.update(m, p),
+            LogicalMessage::Delete(m) => self.applier.delete(m, p),
+            LogicalMessage::Truncate(m) => execute::with_snapshot(|| self.applier.truncate(m, p)),
+            LogicalMessage::Message(_) => p.counters.messages += 1,
+            other => report::error(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                format!("unexpected message \"{}\" in a streamed transaction", other.kind()),
+                None,
+                None,
+            ),
+        }
+    }
+
+    /// Applies a streamed transaction's buffered changes in one local transaction, finished by
+    /// `finish` (commit or prepare).
+    fn apply_streamed(&mut self, xid: u32, begin: Begin, finish: impl FnOnce(&mut Applier, &mut Progress)) {
+        let foreign = self.streams.is_foreign(xid);
+        let reader = self.streams.take(xid);
+        self.applier.begin(begin, &mut self.progress);
+        if foreign {
+            self.applier.origin("");
+        }
+        if let Some(reader) = reader {
+            let mut n = 0u64;
+            for rec in reader {
+                let bytes = match rec {
+                    Ok(b) => b,
+                    Err(e) => stream::Streams::fail(e, xid),
+                };
+                let msg = match pgoutput::decode_one(bytes, self.proto_version, true) {
+                    Ok(m) => m,
+                    Err(e) => report::error(
+                        Code::ERRCODE_DATA_CORRUPTED,
+                        format!("buffered change of streamed transaction {xid} does not decode: {e}"),
+                        None,
+                        None,
+                    ),
+                };
+                self.apply_change(msg);
+                n += 1;
+                if n.is_multiple_of(1000) {
+                    self.keep_publisher_alive();
+                }
+            }
+        }
+        finish(&mut self.applier, &mut self.progress);
+        self.progress.publish(None, now());
+    }
+
+    /// During a long apply the socket is not read: tell the walsender we are alive (it would
+    /// otherwise end the connection after wal_sender_timeout).
+    fn keep_publisher_alive(&mut self) {
+        if self.progress.since_report() >= std::time::Duration::from_secs(5) {
+            self.send_feedback(true, false);
+        }
+    }
+
+    pub(super) fn send_feedback(&mut self, force: bool, reply_requested: bool) {
+        let pos = self.progress.positions(self.applier.in_txn);
+        if !self.progress.report_due(pos, gucs::ms(&gucs::STATUS_INTERVAL_MS), force || reply_requested) {
+            return;
+        }
+        if let Err(e) = self.client.send_status(pos.0, pos.1, pos.2, reply_requested) {
+            self.fail(&e, "could not send a status update to the publisher");
+        }
+        self.progress.reported(pos);
+    }
+
+    fn check_timeout(&mut self) {
+        let timeout = gucs::ms(&gucs::RECEIVER_TIMEOUT_MS);
+        if timeout.is_zero() {
+            return;
+        }
+        let silent = self.last_recv.elapsed();
+        if silent >= timeout {
+            // The network failed, not the transaction being received: no apply context (which
+            // would offer its finish LSN to skip_transaction).
+            errctx::clear();
+            report::error(
+                Code::ERRCODE_CONNECTION_FAILURE,
+                format!(
+                    "terminating pgsub apply worker for subscription \"{}\" due to timeout: nothing received from the publisher for {} ms",
+                    self.sub.name,
+                    silent.as_millis()
+                ),
+                None,
+                Some("Check the publisher and the network; the worker reconnects. pgsub.receiver_timeout sets the limit."),
+            );
+        }
+        if silent >= timeout / 2 && !self.ping_sent {
+            self.send_feedback(true, true);
+            self.ping_sent = true;
+        }
+    }
+
+    /// Sleeps on the latch and the socket, at most a second. While applied commits wait for the
+    /// WAL writer to make them durable (synchronous_commit = off), it wakes every 100 ms to
+    /// confirm them as soon as they are flushed, as PostgreSQL's worker wakes after
+    /// wal_writer_delay: the publisher then learns without a second's delay that it may let go.
+    fn wait(&mut self) {
+        let fd = self.client.raw_fd();
+        let timeout_ms = if self.progress.awaiting_flush() { 100 } else { 1000 };
+        // SAFETY: latch + socket wait of a background worker.
+        unsafe {
+            let rc = pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                    as i32,
+                fd,
+                timeout_ms,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &ProtoError, what: &str) -> ! {
+        if matches!(e, ProtoError::Interrupted) {
+            self.stop();
+            // SAFETY: clean exit of a background worker that was asked to stop.
+            unsafe { pg_sys::proc_exit(0) };
+        }
+        // A connection failure is no fault of the transaction being received: no apply context.
+        errctx::clear();
+        publisher::raise(e, &format!("subscription \"{}\": {what}", self.sub.name), None)
+    }
+
+    /// Clean stop on SIGTERM: abort a half-applied transaction (it is re-sent after restart),
+    /// report what is durable, and say goodbye to the walsender.
+    fn stop(&mut self) {
+        // A half-applied transaction is not done: do not report what was received as flushed.
+        let in_txn = self.applier.in_txn;
+        self.applier.abort();
+        let pos = self.progress.positions(in_txn);
+        let _ = self.client.send_status(pos.0, pos.1, pos.2, false);
+        self.progress.publish(None, 0);
+        log!("pgsub apply worker for subscription \"{}\" is stopping", self.sub.name);
+    }
+}

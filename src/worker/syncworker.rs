@@ -1,0 +1,400 @@
+//! The table synchronization worker: one dynamic background worker per table being synchronized,
+//! started by the apply worker (`syncing.rs`) with the subscription id as argument and
+//! "dboid owner relid" as extra. It walks the table through the states drawn in
+//! `core/src/state.rs`, as PostgreSQL's `tablesync.c` does:
+//!
+//!   INIT/DATASYNC  drops a slot an earlier attempt left, marks the table DATASYNC, creates the
+//!                  permanent slot `pgsub_<subid>_sync_<relid>` with its snapshot (consistent
+//!                  point C) and copies the table under it (`sync.rs`); the copy, FINISHEDCOPY
+//!                  and the sync origin's position C commit together.
+//!   FINISHEDCOPY   asks the apply worker how far to catch up (SYNCWAIT in shared memory); the
+//!                  apply worker answers with its position X (CATCHUP) and waits.
+//!   CATCHUP        streams its own slot from the origin's position (C, or later after a
+//!                  restart) and applies the changes of this table only, through the same receive
+//!                  loop and applier as the apply worker, until the stream reaches
+//!                  `catchup_end(start, X)`; each applied transaction advances the sync origin.
+//!   SYNCDONE       commits SYNCDONE at that position (the apply worker applies the table's
+//!                  transactions from there on), then drops its slot and origin and exits.
+//!
+//! A crash at any point resumes from the catalog state: nothing is copied twice and nothing is
+//! applied twice (the origin says where the catch-up is). An error ends the worker with the
+//! error in the table's shared-memory slot and the log; the apply worker starts it again after a
+//! growing delay while the other tables proceed. `pgsub.sync_hold_state` holds a worker in one
+//! state (a testing aid, like PostgreSQL's injection points).
+use super::apply::{Applier, TableStates};
+use super::progress::Progress;
+use super::receive::Stream;
+use super::syncing::{sync_slot_name, wait_ms};
+use super::{errctx, sync, triggers, xact};
+use crate::catalog::{self, SubRel, Subscription, SyncState};
+use crate::process::{now, reload_config_if_requested, shutdown_requested};
+use crate::publisher::{self, Context};
+use crate::shmem::{self, SyncPhase};
+use crate::{gucs, report};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use pgsub_core::state::catchup_end;
+use pgsub_core::tablesync::backoff;
+use pgsub_proto::client::{Client, Error as ProtoError, SnapshotAction};
+use pgsub_proto::Lsn;
+use std::ffi::CString;
+
+type Code = PgSqlErrorCode;
+
+/// The table this worker synchronizes, as the publisher names it (for error messages).
+static TABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pgsub_sync_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let subid = arg.value() as i32;
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut parts = extra.split_whitespace().map(|p| p.parse::<u32>().unwrap_or(0));
+    let (dboid, owner, relid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), Some(pg_sys::Oid::from(owner)));
+    // SAFETY: MyProcPid is set for every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    let claimed = shmem::SHARED.exclusive().sync_slot_mut(subid, relid).is_some_and(|s| {
+        if s.pid > 0 && s.pid != me && crate::process::pid_alive(s.pid) {
+            return false;
+        }
+        s.pid = me;
+        s.registered = false;
+        s.waiting = false;
+        true
+    });
+    if !claimed {
+        log!("pgsub sync worker for subscription {subid} table {relid}: another worker runs or the table is done, exiting");
+        return;
+    }
+    let key = ((subid as u32 as u64) << 32) | u64::from(relid);
+    // SAFETY: registers a callback that runs once when this process exits, however it exits.
+    unsafe { pg_sys::before_shmem_exit(Some(release_sync_slot), pg_sys::Datum::from(key as usize)) };
+    errctx::install();
+    triggers::install();
+    PgTryBuilder::new(|| run(subid, relid)).catch_others(|e| on_error(subid, relid, e)).execute();
+}
+
+/// Clears this worker's pid from its sync slot when the process exits.
+#[pg_guard]
+unsafe extern "C-unwind" fn release_sync_slot(_code: i32, arg: pg_sys::Datum) {
+    // SAFETY: the process is exiting; no pgsub lock may be held across this point.
+    unsafe { pg_sys::LWLockReleaseAll() };
+    let key = arg.value() as u64;
+    let (subid, relid) = ((key >> 32) as u32 as i32, key as u32);
+    // SAFETY: MyProcPid is set for every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    shmem::with_sync_slot(subid, relid, |s| {
+        if s.pid == me {
+            s.pid = 0;
+            if s.phase != SyncPhase::Done {
+                s.phase = SyncPhase::Idle;
+            }
+        }
+    });
+}
+
+/// Records the table's error (and its backoff), disables the subscription if asked to, and
+/// re-raises the error so that it is logged and ends the worker.
+fn on_error(subid: i32, relid: u32, e: CaughtError) {
+    if shutdown_requested() {
+        // SAFETY: leave the interrupted transaction, then exit like a clean stop.
+        unsafe {
+            pg_sys::AbortOutOfAnyTransaction();
+            pg_sys::proc_exit(0);
+        }
+    }
+    let text = match &e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
+            let mut t = r.message().to_string();
+            if let Some(d) = r.detail() {
+                t.push_str(&format!("\nDETAIL: {d}"));
+            }
+            if let Some(h) = r.hint() {
+                t.push_str(&format!("\nHINT: {h}"));
+            }
+            t
+        }
+    };
+    let retry_us = i64::from(gucs::RETRY_INTERVAL_MS.get().max(1)) * 1000;
+    shmem::with_sync_slot(subid, relid, |s| {
+        s.set_error(&text, now());
+        s.failures += 1;
+        s.next_start_at = now() + backoff(retry_us, s.failures);
+        s.phase = SyncPhase::Idle;
+    });
+    // The subscription's view shows it too (counted in error_count, as native counts sync errors
+    // in pg_stat_subscription_stats); its status stays the apply worker's.
+    let table = TABLE.get().cloned().unwrap_or_else(|| format!("with OID {relid}"));
+    shmem::with_slot(subid, |s| s.set_error(&format!("table synchronization of {table}: {text}"), now()));
+    // SAFETY: leave whatever transaction the error interrupted before starting a new one.
+    unsafe { pg_sys::AbortOutOfAnyTransaction() };
+    let disable =
+        xact(|| catalog::load(subid).ok().flatten().map(|s| s.disable_on_error && s.enabled).unwrap_or(false));
+    if disable {
+        xact(|| {
+            let _ = catalog::set_enabled(subid, false);
+        });
+        shmem::wake_launcher();
+        report::log(
+            PgLogLevel::LOG,
+            Code::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("pgsub: subscription {subid} has been disabled because of an error (disable_on_error)"),
+            None,
+            Some("Fix the cause, then call pgsub.enable_subscription()."),
+        );
+    }
+    e.rethrow()
+}
+
+fn set_phase(subid: i32, relid: u32, phase: SyncPhase) {
+    shmem::with_sync_slot(subid, relid, |s| s.phase = phase);
+}
+
+/// Waits while `pgsub.sync_hold_state` names `phase` (module comment).
+fn hold(phase: SyncPhase) {
+    let Some(name) = phase.hold_name() else { return };
+    let mut logged = false;
+    while gucs::sync_hold_state() == name {
+        if !logged {
+            log!("pgsub sync worker: holding in state {name} (pgsub.sync_hold_state)");
+            logged = true;
+        }
+        exit_if_asked();
+        reload_config_if_requested();
+        wait_ms(100);
+    }
+}
+
+fn exit_if_asked() {
+    if shutdown_requested() {
+        // SAFETY: clean exit of a background worker asked to stop.
+        unsafe { pg_sys::proc_exit(0) };
+    }
+}
+
+/// The worker body (module comment). Returns when done or asked to stop; raises on errors.
+fn run(subid: i32, relid: u32) {
+    let loaded = xact(|| catalog::load(subid).map(|s| s.map(|s| (s, catalog::load_rel(subid, relid)))));
+    let (sub, rel) = match loaded {
+        Ok(Some((s, Ok(Some(r))))) => (s, r),
+        Ok(Some((_, Err(e)))) | Err(e) => {
+            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading the pgsub catalog: {e}"), None, None)
+        }
+        Ok(None) | Ok(Some((_, Ok(None)))) => return, // dropped meanwhile
+    };
+    if !sub.enabled {
+        return;
+    }
+    super::setup_session(&sub);
+    super::set_guc("application_name", &format!("pgsub {} sync {relid}", sub.name));
+    let slot = sync_slot_name(subid, relid);
+    let _ = TABLE.set(format!(
+        "{}.{}",
+        pgsub_proto::client::quote_ident(&rel.remote_schema),
+        pgsub_proto::client::quote_ident(&rel.remote_name)
+    ));
+    if matches!(rel.sync_state, SyncState::SyncDone | SyncState::Ready) {
+        // A worker before this one committed SYNCDONE and did not finish cleaning up.
+        let done = rel.state_lsn.unwrap_or_default();
+        shmem::with_sync_slot(subid, relid, |s| {
+            s.done_lsn = done.0;
+            s.phase = SyncPhase::Done;
+        });
+        wake_apply_worker(subid);
+        clean_up(&sub, &slot);
+        return;
+    }
+    // After a copy its replication connection streams the catch-up too.
+    let (start, mut client) = if rel.sync_state.needs_copy() {
+        match copy(&sub, &rel, &slot) {
+            Some((at, c)) => (at, Some(c)),
+            None => return,
+        }
+    } else {
+        (super::attach_origin(&slot, false), None)
+    };
+    set_phase(subid, relid, SyncPhase::Copied);
+    hold(SyncPhase::Copied);
+    let Some(apply_at) = ask_apply_worker(subid, relid) else { return };
+    let end = Lsn(catchup_end(start.0, apply_at.0));
+    hold(SyncPhase::Catchup);
+    if end > start && !catch_up(&sub, &rel, &slot, client.take(), start, end) {
+        return;
+    }
+    if let Some(c) = client {
+        c.close();
+    }
+    xact(|| {
+        if let Err(e) = catalog::set_sync_state(subid, relid, SyncState::SyncDone, Some(end), None) {
+            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+        }
+    });
+    shmem::with_sync_slot(subid, relid, |s| {
+        s.done_lsn = end.0;
+        s.phase = SyncPhase::Done;
+        s.failures = 0;
+        s.last_error_len = 0;
+    });
+    wake_apply_worker(subid);
+    log!(
+        "pgsub: table synchronization worker for subscription \"{}\", table {}.{} has finished (synchronized at {end})",
+        sub.name,
+        pgsub_proto::client::quote_ident(&rel.remote_schema),
+        pgsub_proto::client::quote_ident(&rel.remote_name)
+    );
+    hold(SyncPhase::Done);
+    clean_up(&sub, &slot);
+}
+
+/// INIT/DATASYNC: a fresh slot and snapshot, and the copy. Returns the copy point and the
+/// replication connection, or None when asked to stop.
+fn copy(sub: &Subscription, rel: &SubRel, slot: &str) -> Option<(Lsn, Client)> {
+    let (subid, relid) = (sub.subid, rel.relid);
+    set_phase(subid, relid, SyncPhase::Copying);
+    let mut client = connect(sub)?;
+    // A slot of an interrupted attempt: its snapshot is gone with its connection.
+    if slot_exists(sub, &mut client, slot) {
+        match client.drop_slot(slot, true) {
+            Ok(()) => log!("pgsub: dropped table synchronization slot \"{slot}\" of an interrupted copy"),
+            Err(e) if e.sqlstate() == Some("42704") => {}
+            Err(e) => fail(sub, &e, &format!("could not drop replication slot \"{slot}\"")),
+        }
+    }
+    xact(|| {
+        if let Err(e) = catalog::set_sync_state(subid, relid, SyncState::DataSync, None, None) {
+            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+        }
+    });
+    super::attach_origin(slot, false);
+    if let Err(e) = client.execute("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ") {
+        fail(sub, &e, "could not start the snapshot transaction");
+    }
+    let at = match client.create_logical_slot(slot, false, SnapshotAction::Use, false) {
+        Ok(i) => i.consistent_point,
+        Err(e) => fail(sub, &e, &format!("could not create replication slot \"{slot}\"")),
+    };
+    shmem::with_sync_slot(subid, relid, |s| {
+        s.copy_started_at = now();
+        s.rows_copied = 0;
+        s.bytes_copied = 0;
+        s.slot_dropped = false;
+    });
+    hold(SyncPhase::Copying);
+    match sync::copy_table(&mut client, sub, rel, at) {
+        Ok(_) => {}
+        Err(e) => fail(sub, &e, "could not copy the table"),
+    }
+    if let Err(e) = client.execute("COMMIT") {
+        fail(sub, &e, "could not end the snapshot transaction");
+    }
+    Some((at, client))
+}
+
+/// SYNCWAIT: waits for the apply worker's position (CATCHUP). None when asked to stop or when no
+/// apply worker runs for the subscription for a while (the next one starts this table again).
+fn ask_apply_worker(subid: i32, relid: u32) -> Option<Lsn> {
+    set_phase(subid, relid, SyncPhase::SyncWait);
+    wake_apply_worker(subid);
+    let mut without_apply = 0u32;
+    loop {
+        exit_if_asked();
+        reload_config_if_requested();
+        let answer = shmem::SHARED
+            .share()
+            .sync_slot(subid, relid)
+            .and_then(|s| (s.phase == SyncPhase::Catchup).then_some(Lsn(s.catchup_lsn)));
+        if answer.is_some() {
+            return answer;
+        }
+        let apply_running = shmem::SHARED.share().find(subid).is_some_and(|s| s.pid > 0);
+        without_apply = if apply_running { 0 } else { without_apply + 1 };
+        if without_apply > 50 {
+            return None;
+        }
+        wait_ms(100);
+    }
+}
+
+/// CATCHUP: streams the sync slot from `start` and applies this table's changes up to `end`.
+/// False when asked to stop first.
+fn catch_up(sub: &Subscription, rel: &SubRel, slot: &str, client: Option<Client>, start: Lsn, end: Lsn) -> bool {
+    let client = match client.or_else(|| connect(sub)) {
+        Some(c) => c,
+        None => return false,
+    };
+    let Some((client, opts)) = super::start_replication(client, sub, slot, start, true) else { return false };
+    let only = SubRel { sync_state: SyncState::Ready, state_lsn: None, ..rel.clone() };
+    let applier = Applier::new(sub.subid, TableStates::new(&[only]), sub.binary, sub.origin == "none", None);
+    let progress = Progress::for_sync_worker(sub.subid, start);
+    let mut stream = Stream::new(sub.clone(), client, &opts, applier, progress, Some(end));
+    stream.run();
+    let done = stream.caught_up;
+    stream.client.close();
+    done
+}
+
+/// After SYNCDONE: drops the slot on the publisher and the local origin.
+fn clean_up(sub: &Subscription, slot: &str) {
+    let relid = slot.rsplit('_').next().and_then(|r| r.parse::<u32>().ok()).unwrap_or(0);
+    if let Some(mut client) = connect(sub) {
+        if slot_exists(sub, &mut client, slot) {
+            match client.drop_slot(slot, true) {
+                Ok(()) => {}
+                Err(e) if e.sqlstate() == Some("42704") => {}
+                Err(e) => fail(sub, &e, &format!("could not drop replication slot \"{slot}\"")),
+            }
+        }
+        client.close();
+        shmem::with_sync_slot(sub.subid, relid, |s| s.slot_dropped = true);
+    }
+    let name = CString::new(slot).unwrap_or_default();
+    xact(|| {
+        // SAFETY: this session's origin is let go before it is dropped; both in a transaction.
+        unsafe {
+            if pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as u16 {
+                pg_sys::replorigin_session_reset();
+                pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as u16;
+            }
+            pg_sys::replorigin_drop_by_name(name.as_ptr(), true, false);
+        }
+    });
+}
+
+/// Whether the publisher has the slot (asked first, so that dropping a slot that is not there
+/// leaves no ERROR in the publisher's log).
+fn slot_exists(sub: &Subscription, client: &mut Client, slot: &str) -> bool {
+    let sql = format!(
+        "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+        pgsub_proto::client::quote_literal(slot)
+    );
+    match client.simple_query(&sql) {
+        Ok(rows) => !rows.is_empty(),
+        Err(e) => fail(sub, &e, "could not look up the table synchronization slot"),
+    }
+}
+
+fn connect(sub: &Subscription) -> Option<Client> {
+    let app = format!("{} sync", sub.name);
+    match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&app), !sub.owner_superuser) {
+        Ok(c) => Some(c),
+        Err(ProtoError::Interrupted) => None,
+        Err(e) => fail(sub, &e, "could not connect to the publisher"),
+    }
+}
+
+fn fail(sub: &Subscription, e: &ProtoError, what: &str) -> ! {
+    if matches!(e, ProtoError::Interrupted) {
+        // SAFETY: clean exit of a background worker asked to stop.
+        unsafe { pg_sys::proc_exit(0) };
+    }
+    publisher::raise(e, &format!("table synchronization for subscription \"{}\": {what}", sub.name), None)
+}
+
+fn wake_apply_worker(subid: i32) {
+    if let Some(pid) = shmem::SHARED.share().find(subid).map(|s| s.pid) {
+        crate::process::wake(pid);
+    }
+}
