@@ -87,6 +87,50 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Subscriber: waits until ntables tables of a subscription are ready. Returns 'copied_at ready_at'
+-- (epoch seconds): when every table's initial copy had been committed (native srsubstate f, s or
+-- r; pgsub sync_state copied, catchup, synchronized or ready) and when every table was ready
+-- (native r, pgsub ready: the apply worker has taken the table over from its sync worker).
+CREATE OR REPLACE FUNCTION bench.wait_synced(kind text, sub text, ntables int, timeout_s float8,
+                                             poll_s float8 DEFAULT 0.05)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    copied bigint;
+    ready bigint;
+    total bigint;
+    copied_at float8;
+    now_e float8;
+BEGIN
+    LOOP
+        IF kind = 'native' THEN
+            SELECT count(*) FILTER (WHERE r.srsubstate IN ('f', 's', 'r')),
+                   count(*) FILTER (WHERE r.srsubstate = 'r'), count(*)
+              INTO copied, ready, total
+              FROM pg_catalog.pg_subscription_rel r
+              JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
+             WHERE s.subname = sub;
+        ELSE
+            EXECUTE $q$SELECT count(*) FILTER (WHERE sync_state IN ('copied', 'catchup', 'synchronized', 'ready')),
+                              count(*) FILTER (WHERE sync_state = 'ready'), count(*)
+                         FROM pgsub.subscription_table WHERE subname = $1$q$
+               INTO copied, ready, total USING sub;
+        END IF;
+        now_e := extract(epoch FROM clock_timestamp());
+        IF copied_at IS NULL AND total >= ntables AND copied = total THEN
+            copied_at := now_e;
+        END IF;
+        IF total >= ntables AND ready = total THEN
+            RETURN coalesce(copied_at, now_e) || ' ' || now_e;
+        END IF;
+        IF clock_timestamp() - t0 > timeout_s * interval '1 second' THEN
+            RAISE EXCEPTION 'timed out after % s waiting for the tables of subscription % (% of % expected: % copied, % ready)',
+                timeout_s, sub, total, ntables, copied, ready;
+        END IF;
+        PERFORM pg_catalog.pg_sleep(poll_s);
+    END LOOP;
+END $$;
+
 -- Any node: row count and md5 of a table's rows in key order, as 'count md5'. The md5 is taken
 -- per bucket of 65536 keys and then over the buckets' md5s in order (one scan, bounded memory);
 -- tables without a key use bucket 0 and the row's text as order.
