@@ -807,12 +807,13 @@ fn linter(name: &str) -> Option<PathBuf> {
 }
 
 /// Every shell script of the repository: what shellcheck checks.
-const SHELL_SCRIPTS: [&str; 10] = [
+const SHELL_SCRIPTS: [&str; 11] = [
     "scripts/demo",
     "scripts/setup",
     "scripts/test",
     "scripts/fuzz",
     "scripts/lib/cluster.sh",
+    "scripts/lib/pg_versions.sh",
     "scripts/demo-sql/init-node.sh",
     "scripts/demo-sql/load.sh",
     "docker/initdb/publisher.sh",
