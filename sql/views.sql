@@ -91,6 +91,8 @@ SELECT s.subname,
        c.last_error,
        pgsub._ts(c.last_error_at) AS last_error_at,
        s.subid,
+       p.publisher_version,
+       p.proto_version,
        (SELECT count(*)::int FROM pgsub.sub_rel r WHERE r.subid = s.subid) AS tables_total,
        (SELECT count(*)::int FROM pgsub.sub_rel r WHERE r.subid = s.subid AND r.sync_state = 'r') AS tables_ready,
        (SELECT sum(w.rows_copied / greatest(extract(epoch FROM now() - pgsub._ts(w.copy_started_at)), 0.001))::float8

@@ -87,6 +87,7 @@ fn create_subscription(
     let require_password = !unsafe { pg_sys::superuser_arg(owner) };
     publisher::require_password_in(conninfo, require_password);
     let mut client = connect(name, conninfo, require_password);
+    check_publisher_supports(&client, &options);
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
 

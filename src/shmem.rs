@@ -47,6 +47,10 @@ pub struct SubSlot {
     /// Fingerprint of the catalog row the running worker was started with.
     pub config_hash: u64,
     pub worker_started_at: i64,
+    /// The publisher's `server_version_num` and the negotiated pgoutput protocol version, as
+    /// of the running worker's connection (0 = not connected yet).
+    pub publisher_version: u32,
+    pub proto_version: u32,
     pub received_lsn: u64,
     pub applied_lsn: u64,
     pub flushed_lsn: u64,
@@ -89,6 +93,8 @@ impl Default for SubSlot {
             next_start_at: 0,
             config_hash: 0,
             worker_started_at: 0,
+            publisher_version: 0,
+            proto_version: 0,
             received_lsn: 0,
             applied_lsn: 0,
             flushed_lsn: 0,

@@ -24,6 +24,8 @@ fn _stat_progress() -> TableIterator<
         name!(last_msg_receipt_time, i64),
         name!(last_commit_time, i64),
         name!(pending_commit_time, i64),
+        name!(publisher_version, Option<i32>),
+        name!(proto_version, Option<i32>),
     ),
 > {
     let mut rows = Vec::new();
@@ -45,6 +47,8 @@ fn _stat_progress() -> TableIterator<
                 s.last_msg_receipt_time,
                 s.last_commit_time,
                 s.pending_commit_time,
+                (s.publisher_version > 0).then_some(s.publisher_version as i32),
+                (s.proto_version > 0).then_some(s.proto_version as i32),
             ));
         }
     }

@@ -323,7 +323,7 @@ async fn drift_remote_column_missing_locally() {
         .unwrap();
     p.batch_execute(&format!("{}; UPDATE t SET extra = 'batch' WHERE id > 200", inserts(200, 30))).await.unwrap();
     let err =
-        wait_for_repeated_error(&s, "drift", &["\"public\".\"t\"", "missing replicated column \"extra\""], WAIT).await;
+        wait_for_repeated_error(&s, "drift", &["\"public\".\"t\"", "missing replicated column: \"extra\""], WAIT).await;
     assert!(err.contains("HINT: Add the column"), "{err}");
     assert!(err.contains("finished at"), "context: {err}");
     // Nothing of the failing transaction (nor later ones) was applied.

@@ -179,6 +179,10 @@ pub struct ClusterOpts {
     pub conf: Vec<String>,
     /// Preload pgsub (subscriber).
     pub preload_pgsub: bool,
+    /// Where `initdb`, `pg_ctl` and `postgres` come from: another PostgreSQL version's server
+    /// binaries (a publisher of the version matrix); None = the server under test ([`bindir`]).
+    /// `psql` always comes from [`bindir`] (it talks to every version).
+    pub server_bindir: Option<PathBuf>,
 }
 
 impl ClusterOpts {
@@ -191,6 +195,7 @@ impl ClusterOpts {
                 "max_replication_slots = 20".into(),
             ],
             preload_pgsub: false,
+            server_bindir: None,
         }
     }
     pub fn subscriber() -> Self {
@@ -203,11 +208,24 @@ impl ClusterOpts {
                 "pgsub.retry_interval = '1s'".into(),
             ],
             preload_pgsub: true,
+            server_bindir: None,
         }
     }
     pub fn with_conf(mut self, line: &str) -> Self {
         self.conf.push(line.to_string());
         self
+    }
+    /// Runs the cluster with the server binaries in `dir` (another PostgreSQL version).
+    pub fn with_server_bindir(mut self, dir: PathBuf) -> Self {
+        self.server_bindir = Some(dir);
+        self
+    }
+    /// The directory of this cluster's `initdb`, `pg_ctl` and `postgres`.
+    pub fn server_bin(&self) -> Result<PathBuf> {
+        match &self.server_bindir {
+            Some(d) => Ok(d.clone()),
+            None => bindir(),
+        }
     }
 }
 
@@ -236,7 +254,7 @@ impl Cluster {
         let dir = TempDir::new(&opts.name)?;
         let data = dir.path().join("data");
         run(
-            pg_command(&bindir()?.join("initdb")).arg("-D").arg(&data).args([
+            pg_command(&opts.server_bin()?.join("initdb")).arg("-D").arg(&data).args([
                 "-U",
                 "postgres",
                 "-A",
@@ -290,7 +308,7 @@ impl Cluster {
 
     fn pg_ctl_start(&mut self) -> Result<()> {
         run(
-            pg_command(&bindir()?.join("pg_ctl"))
+            pg_command(&self.opts.server_bin()?.join("pg_ctl"))
                 .arg("-D")
                 .arg(self.data_dir())
                 .arg("-l")
@@ -421,14 +439,17 @@ impl Cluster {
     }
 
     pub fn reload(&self) -> Result<()> {
-        run(pg_command(&bindir()?.join("pg_ctl")).arg("-D").arg(self.data_dir()).arg("reload"), "pg_ctl reload")
-            .map(|_| ())
+        run(
+            pg_command(&self.opts.server_bin()?.join("pg_ctl")).arg("-D").arg(self.data_dir()).arg("reload"),
+            "pg_ctl reload",
+        )
+        .map(|_| ())
     }
 
     /// Stops the server (`mode`: smart, fast, immediate) and waits for it.
     pub fn stop(&mut self, mode: &str) -> Result<()> {
         let r = run(
-            pg_command(&bindir()?.join("pg_ctl"))
+            pg_command(&self.opts.server_bin()?.join("pg_ctl"))
                 .arg("-D")
                 .arg(self.data_dir())
                 .args(["-w", "-t", "60", "-m", mode, "stop"]),
@@ -576,7 +597,7 @@ impl Drop for Cluster {
         let children = self.process_pids();
         if let Some(pid) = self.pid {
             if pid_alive(pid) {
-                if let Ok(b) = bindir() {
+                if let Ok(b) = self.opts.server_bin() {
                     let _ = pg_command(&b.join("pg_ctl"))
                         .arg("-D")
                         .arg(self.data_dir())
@@ -1010,40 +1031,56 @@ async fn table_source(c: &tokio_postgres::Client, schema: &str, name: &str) -> R
 }
 
 /// The replicated columns (in the publisher's order) and the row filter under which the
-/// publications `pubs` publish `schema.name` on the publisher. Generated columns are left out:
-/// PostgreSQL 15 does not replicate them (the subscriber computes its own or has none), though
-/// `pg_publication_tables.attnames` lists them. A table that none of `pubs` publishes (any more:
-/// taken out of a publication and not refreshed yet) is compared on all its columns, unfiltered.
+/// publications `pubs` publish `schema.name` on the publisher. Generated columns are left out
+/// before PostgreSQL 18 (not replicated: the subscriber computes its own or has none), though
+/// `pg_publication_tables.attnames` of 15–17 lists them; from 18 `attnames` lists exactly what
+/// is published (generated columns with `publish_generated_columns = stored`). Publishers before
+/// 15 have neither column lists nor row filters. A table that none of `pubs` publishes (any
+/// more: taken out of a publication and not refreshed yet) is compared on all its columns,
+/// unfiltered.
 async fn published_columns(
     p: &tokio_postgres::Client,
     pubs: &[String],
     schema: &str,
     name: &str,
 ) -> Result<(Vec<String>, Option<String>)> {
-    let published = p
-        .query(
-            "SELECT ARRAY(SELECT u.n::text FROM unnest(pt.attnames) WITH ORDINALITY u(n, i) \
+    let version: i32 = p
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| format!("publisher version: {e}"))?
+        .get(0);
+    let not_generated = if version >= 120000 { "a.attgenerated = ''" } else { "true" };
+    let all_columns = format!(
+        "SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                        JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                       WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+                         AND NOT a.attisdropped AND {not_generated} ORDER BY a.attnum)"
+    );
+    let published_sql = match version {
+        v if v >= 180000 => "SELECT pt.attnames::text[], pt.rowfilter FROM pg_catalog.pg_publication_tables pt \
+             WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND pt.tablename = $3"
+            .to_string(),
+        v if v >= 150000 => "SELECT ARRAY(SELECT u.n::text FROM unnest(pt.attnames) WITH ORDINALITY u(n, i) \
                             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = u.n \
                            WHERE a.attgenerated = '' ORDER BY u.i), \
                     pt.rowfilter \
              FROM pg_catalog.pg_publication_tables pt \
              JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
              JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-             WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND pt.tablename = $3",
-            &[&pubs, &schema, &name],
-        )
+             WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND pt.tablename = $3"
+            .to_string(),
+        _ => "SELECT NULL::text[], NULL::text FROM pg_catalog.pg_publication_tables pt \
+             WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND pt.tablename = $3"
+            .to_string(),
+    };
+    let published = p
+        .query(published_sql.as_str(), &[&pubs, &schema, &name])
         .await
         .map_err(|e| format!("publication of {schema}.{name}: {e}"))?;
-    if published.is_empty() {
+    if published.is_empty() || version < 150000 {
         let all: Vec<String> = p
-            .query_one(
-                "SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
-                                JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                               WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
-                                 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)",
-                &[&schema, &name],
-            )
+            .query_one(all_columns.as_str(), &[&schema, &name])
             .await
             .map_err(|e| format!("columns of {schema}.{name}: {e}"))?
             .get(0);

@@ -399,6 +399,7 @@ async fn autovacuum_keeps_replicated_tables_small() {
             "max_logical_replication_workers = 4".into(),
         ],
         preload_pgsub: false,
+        server_bindir: None,
     };
     for line in AUTOVACUUM {
         pgsub_opts = pgsub_opts.with_conf(line);

@@ -397,7 +397,33 @@ async fn refresh_adding_a_big_table_does_not_stop_other_tables() {
         ["copying", "copied"].contains(&state.as_str()),
         "a's row arrived only once b was {state}: the apply worker waited for b's copy"
     );
+    // Progress is live while b copies: rows and bytes so far, when it started, the rate, and the
+    // subscription's table counts.
+    wait_value(
+        &s,
+        "SELECT t.sync_state = 'copying' AND t.rows_copied > 0 AND t.rows_copied < 800000 AND t.bytes_copied > 0
+                AND t.copy_started_at IS NOT NULL AND t.sync_worker_pid IS NOT NULL
+                AND st.tables_total = 2 AND st.tables_ready = 1 AND st.copy_rows_per_sec > 0
+         FROM pgsub.subscription_table t JOIN pgsub.stat_subscription st USING (subname)
+         WHERE t.relid = 'b'::regclass",
+        "t",
+        WAIT,
+    )
+    .await;
     wait_for_subscription_sync(&s, "rb", WAIT).await;
+    let (total, ready): (i32, i32) = {
+        wait_value(&s, &state_sql("b"), "ready", WAIT).await;
+        let r = s
+            .query_one("SELECT tables_total, tables_ready FROM pgsub.stat_subscription WHERE subname = 'rb'", &[])
+            .await
+            .expect("table counts");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((total, ready), (2, 2));
+    assert_eq!(
+        one::<i64>(&s, "SELECT rows_copied FROM pgsub.subscription_table WHERE relid = 'b'::regclass").await,
+        800000
+    );
     p.batch_execute("INSERT INTO a VALUES (1000002, 'after', 2); UPDATE b SET n = -n WHERE id % 1000 = 0")
         .await
         .expect("writes after the copy");

@@ -64,7 +64,7 @@ use std::os::fd::RawFd;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
 
-pub use connect::parse_server_version;
+pub use connect::{parse_server_version, version_string};
 pub use error::{Error, ServerError};
 pub use query::{CopyOut, Row, SlotInfo, SnapshotAction, SystemInfo};
 pub use quote::{quote_ident, quote_literal};

@@ -103,6 +103,37 @@ pub(super) fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(Str
         .collect()
 }
 
+/// Options the publisher's version cannot serve: two-phase decoding needs PostgreSQL 15 (its slot
+/// option and the pgoutput messages), refused with a clear error as the slot creation would fail
+/// on the older server anyway. Binary and streaming, like native, are simply not asked of
+/// publishers before 14 (the data comes as text, large transactions whole), said in a NOTICE.
+pub(super) fn check_publisher_supports(client: &Client, options: &crate::catalog::Options) {
+    let server = client.server_version_num();
+    let version = pgsub_proto::client::version_string(server);
+    if options.two_phase && server < 150000 {
+        error(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("two_phase needs a publisher of PostgreSQL 15 or later; the publisher is {version}"),
+            None,
+            Some("Create the subscription with two_phase => false."),
+        );
+    }
+    let unsupported: Vec<&str> = [("binary", options.binary), ("streaming", options.streaming)]
+        .into_iter()
+        .filter(|(_, on)| *on && server < 140000)
+        .map(|(name, _)| name)
+        .collect();
+    if !unsupported.is_empty() {
+        log(
+            PgLogLevel::NOTICE,
+            Code::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("the publisher ({version}) does not support {}: it is not requested", unsupported.join(" and ")),
+            Some("Publishers before PostgreSQL 14 send text and whole transactions only.".into()),
+            None,
+        );
+    }
+}
+
 pub(super) fn create_slot_on_publisher(client: &mut Client, slot: &str, two_phase: bool) {
     if let Err(e) = client.create_logical_slot(slot, false, SnapshotAction::NoExport, two_phase) {
         let hint = if e.sqlstate() == Some("42710") {

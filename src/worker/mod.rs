@@ -256,6 +256,10 @@ fn run(subid: i32) {
     }) else {
         return;
     };
+    shmem::with_slot(subid, |s| {
+        s.publisher_version = client.server_version_num();
+        s.proto_version = opts.proto_version;
+    });
     set_status(subid, Status::Catchup);
     let mut applier = Applier::new(subid, TableStates::new(&rels), sub.binary, sub.origin == "none", sub.skip_lsn);
     if let Some(lsn) = shmem::with_slot(subid, |s| s.batch_failed_lsn) {
@@ -306,6 +310,20 @@ pub(crate) fn start_replication(
     sync: bool,
 ) -> Option<(Client, PgOutputOptions)> {
     let server = client.server_version_num();
+    if sub.two_phase && server < 150000 && !sync {
+        // The slot was made for two-phase decoding; an older server cannot do it (the
+        // connection string now names another server).
+        report::error(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "subscription \"{}\" has two_phase enabled, which needs a publisher of PostgreSQL 15 or later (the publisher is {})",
+                sub.name,
+                pgsub_proto::client::version_string(server)
+            ),
+            None,
+            Some("Connect to a newer publisher, or recreate the subscription with two_phase => false."),
+        );
+    }
     let mut opts = PgOutputOptions::for_server(server, sub.publications.clone());
     opts.binary = sub.binary;
     opts.messages = true;

@@ -410,7 +410,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     let mut cols = Vec::with_capacity(remote.columns.len());
     for rc in &remote.columns {
         let Some((_, typid, typmod, collation)) = local_cols.iter().find(|(n, ..)| *n == rc.name) else {
-            missing_column(&qualified, &rc.name);
+            missing_column(relid, &qualified, &rc.name);
         };
         let mut col = col_map(&rc.name, *typid, *typmod, *collation, binary);
         // Remote text '01' and '1' are one local int: exact only when the types are the same.
@@ -531,11 +531,29 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
 }
 
 /// A replicated column the local table does not have (or has as a generated column, which
-/// cannot take values): an error, as natively.
-pub(super) fn missing_column(qualified: &str, column: &str) -> ! {
+/// cannot take values): an error, as natively. A PostgreSQL 18 subscriber names a local
+/// generated column as such, as native 18 does (a publisher of 18 can publish generated
+/// columns); before 18 it counts as missing, as native does there.
+pub(super) fn missing_column(relid: pg_sys::Oid, qualified: &str, column: &str) -> ! {
+    let generated_here = Spi::get_one_with_args::<bool>(
+        "SELECT a.attgenerated <> '' FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+        &[relid.into(), column.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if generated_here && pg_sys::PG_VERSION_NUM >= 180000 {
+        report::error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("logical replication target relation {qualified} has incompatible generated column: \"{column}\""),
+            None,
+            Some("A generated column cannot receive published values: make it a plain column on the subscriber, or leave it out of the publication; the worker retries."),
+        );
+    }
     report::error(
-        Code::ERRCODE_UNDEFINED_COLUMN,
-        format!("logical replication target relation {qualified} is missing replicated column \"{column}\""),
+        Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("logical replication target relation {qualified} is missing replicated column: \"{column}\""),
         None,
         Some("Add the column on the subscriber (a generated column there cannot receive values); the worker retries."),
     );
@@ -545,6 +563,6 @@ pub(super) fn missing_column(qualified: &str, column: &str) -> ! {
 pub(super) fn require_columns(relid: pg_sys::Oid, qualified: &str, columns: &[String]) {
     let local = local_columns(relid);
     if let Some(c) = columns.iter().find(|c| !local.iter().any(|(n, ..)| n == *c)) {
-        missing_column(qualified, c);
+        missing_column(relid, qualified, c);
     }
 }

@@ -34,6 +34,9 @@ struct Published {
     /// A partitioned table (published through its root): `COPY table TO` refuses it, its rows
     /// are read with `COPY (SELECT …)`, partitions included.
     partitioned: bool,
+    /// The publisher's table has a generated column (published by a PostgreSQL 18 publication):
+    /// its rows are read with `COPY (SELECT …)` too.
+    generated: bool,
 }
 
 fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Published, ProtoError> {
@@ -48,11 +51,13 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
             quote_literal(&rel.remote_name)
         )
     } else {
+        // Generated columns (12+) are not published before 18.
         format!(
             "SELECT pg_catalog.string_agg(a.attname::text, chr(1) ORDER BY a.attnum), NULL \
              FROM pg_catalog.pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 \
-             AND NOT a.attisdropped AND a.attgenerated = ''",
-            quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name)))
+             AND NOT a.attisdropped{}",
+            quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name))),
+            if client.server_version_num() >= 120000 { " AND a.attgenerated = ''" } else { "" }
         )
     };
     let rows = client.simple_query(&sql)?;
@@ -77,7 +82,7 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
         }
     }
     let partitioned = is_partitioned(client, rel)?;
-    let remote_types = remote_types(client, rel)?;
+    let (remote_types, any_generated) = remote_types(client, rel)?;
     columns.retain(|c| remote_types.iter().any(|(n, _)| n == c));
     if v15 && lists.len() > 1 {
         // The publications changed under a running subscription (create/alter/refresh refuse it).
@@ -89,6 +94,8 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
         types,
         row_filter: if unfiltered || filters.is_empty() { None } else { Some(filters.join(" OR ")) },
         partitioned,
+        // COPY's column list does not take generated columns: read them with a SELECT.
+        generated: any_generated,
     })
 }
 
@@ -109,16 +116,26 @@ fn is_partitioned(client: &mut Client, rel: &SubRel) -> Result<bool, ProtoError>
     Ok(partitioned)
 }
 
-/// (name, type OID) of the columns of the publisher's table that it can send.
-fn remote_types(client: &mut Client, rel: &SubRel) -> Result<Vec<(String, u32)>, ProtoError> {
-    // Generated columns are never sent (publishers before 18 do not publish them): the
-    // subscriber computes its own or leaves its plain column to its default, as natively.
+/// (name, type OID) of the columns of the publisher's table that it can send, and whether one of
+/// them is a generated column.
+fn remote_types(client: &mut Client, rel: &SubRel) -> Result<(Vec<(String, u32)>, bool), ProtoError> {
+    // Generated columns: publishers before 18 never send them (the subscriber computes its own
+    // or leaves its plain column to its default, as natively); from 18 a publication sends them
+    // with publish_generated_columns = stored (or by naming them in its column list), and the
+    // publication's column list (attnames) says which.
+    let server = client.server_version_num();
+    let gen_filter = match server {
+        v if v >= 180000 => "",
+        v if v >= 120000 => " AND a.attgenerated = ''",
+        _ => "",
+    };
+    let gen_col = if server >= 120000 { "a.attgenerated <> ''" } else { "false" };
     let types_sql = format!(
-        "SELECT a.attname::text, a.atttypid::int8 FROM pg_catalog.pg_attribute a \
-         WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped{}",
-        quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name))),
-        if client.server_version_num() >= 120000 { " AND a.attgenerated = ''" } else { "" }
+        "SELECT a.attname::text, a.atttypid::int8, {gen_col} FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped{gen_filter}",
+        quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name)))
     );
+    let mut generated: Vec<String> = Vec::new();
     let remote_types: Vec<(String, u32)> = client
         .simple_query(&types_sql)?
         .into_iter()
@@ -126,10 +143,14 @@ fn remote_types(client: &mut Client, rel: &SubRel) -> Result<Vec<(String, u32)>,
             let mut it = r.values.into_iter();
             let name = it.next().flatten()?;
             let oid = it.next().flatten().and_then(|t| t.parse::<u32>().ok())?;
+            if it.next().flatten().as_deref() == Some("t") {
+                generated.push(name.clone());
+            }
             Some((name, oid))
         })
         .collect();
-    Ok(remote_types)
+    let any_generated = !generated.is_empty();
+    Ok((remote_types, any_generated))
 }
 
 /// The error of one table with different column lists in the subscription's publications.
@@ -201,7 +222,7 @@ fn copy_one(
     // a filtered copy); a partitioned root's rows are those of its partitions.
     let only = if p.partitioned { "" } else { "ONLY " };
     let source = match (&p.row_filter, p.partitioned) {
-        (None, false) if !cols.is_empty() => format!("{remote} ({})", cols.join(", ")),
+        (None, false) if !cols.is_empty() && !p.generated => format!("{remote} ({})", cols.join(", ")),
         (None, _) => format!("(SELECT {} FROM {only}{remote})", cols.join(", ")),
         (Some(f), _) => format!("(SELECT {} FROM {only}{remote} WHERE {f})", cols.join(", ")),
     };

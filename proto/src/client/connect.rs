@@ -79,6 +79,15 @@ pub fn parse_server_version(s: &str) -> u32 {
     }
 }
 
+/// `server_version_num` → the version as PostgreSQL writes it: 150004 → "15.4", 90624 → "9.6.24".
+pub fn version_string(num: u32) -> String {
+    if num >= 100000 {
+        format!("{}.{}", num / 10000, num % 10000)
+    } else {
+        format!("{}.{}.{}", num / 10000, num / 100 % 100, num % 100)
+    }
+}
+
 impl Client {
     /// Connects and authenticates, trying each host of `cfg` in turn. With `replication` the
     /// startup packet carries `replication=database` (a logical walsender that also accepts

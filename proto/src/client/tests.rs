@@ -39,6 +39,13 @@ fn server_versions() {
     assert_eq!(parse_server_version("10.5"), 100005);
     assert_eq!(parse_server_version(""), 0);
     assert_eq!(parse_server_version("garbage"), 0);
+    assert_eq!(version_string(150004), "15.4");
+    assert_eq!(version_string(180001), "18.1");
+    assert_eq!(version_string(100023), "10.23");
+    assert_eq!(version_string(90624), "9.6.24");
+    for v in ["10.23", "14.0", "18.4"] {
+        assert_eq!(version_string(parse_server_version(v)), v);
+    }
 }
 
 #[test]
