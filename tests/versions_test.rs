@@ -225,12 +225,8 @@ async fn subscribe(sub: &Client, name: &str, to: &Cluster) {
         .await;
 }
 
-fn rows(c: &Client) -> impl std::future::Future<Output = String> + '_ {
-    async move {
-        one::<Option<String>>(c, "SELECT string_agg(id || ':' || src, ',' ORDER BY id) FROM t")
-            .await
-            .unwrap_or_default()
-    }
+async fn rows(c: &Client) -> String {
+    one::<Option<String>>(c, "SELECT string_agg(id || ':' || src, ',' ORDER BY id) FROM t").await.unwrap_or_default()
 }
 
 #[tokio::test(flavor = "current_thread")]
