@@ -314,10 +314,9 @@ impl Shared {
         };
         Some(&mut self.sync[idx])
     }
-    /// Sync workers registered or running, server-wide (one past SYNCDONE is only cleaning up
-    /// and does not count).
+    /// Sync workers registered or running, server-wide.
     pub fn active_sync_workers(&self) -> usize {
-        self.sync.iter().filter(|s| s.subid != 0 && s.active() && s.phase != SyncPhase::Done).count()
+        self.sync.iter().filter(|s| s.subid != 0 && s.active()).count()
     }
 }
 

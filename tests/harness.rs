@@ -63,6 +63,23 @@ fn pg_config_value(flag: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Major version of the server under test (`pg_config --version`: "PostgreSQL 18.6" → 18).
+pub fn server_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        pg_config_value("--version")
+            .ok()
+            .and_then(|v| v.split_whitespace().nth(1).and_then(|n| n.split('.').next()?.parse().ok()))
+            .unwrap_or(0)
+    })
+}
+
+/// Whether the server under test was configured with `flag` (e.g. `--with-libxml`,
+/// `--with-openssl`): the PostgreSQL 18 used here is built without them.
+pub fn server_built_with(flag: &str) -> bool {
+    pg_config_value("--configure").map(|c| c.contains(flag)).unwrap_or(false)
+}
+
 /// Directory of the server binaries (initdb, pg_ctl, psql, pgbench).
 pub fn bindir() -> Result<PathBuf> {
     static DIR: OnceLock<Result<PathBuf>> = OnceLock::new();
@@ -1058,9 +1075,11 @@ async fn published_columns(
                          AND NOT a.attisdropped AND {not_generated} ORDER BY a.attnum)"
     );
     let published_sql = match version {
-        v if v >= 180000 => "SELECT pt.attnames::text[], pt.rowfilter FROM pg_catalog.pg_publication_tables pt \
+        v if v >= 180000 => {
+            "SELECT coalesce(pt.attnames::text[], '{}'), pt.rowfilter FROM pg_catalog.pg_publication_tables pt \
              WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND pt.tablename = $3"
-            .to_string(),
+                .to_string()
+        }
         v if v >= 150000 => "SELECT ARRAY(SELECT u.n::text FROM unnest(pt.attnames) WITH ORDINALITY u(n, i) \
                             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = u.n \
                            WHERE a.attgenerated = '' ORDER BY u.i), \

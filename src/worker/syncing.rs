@@ -166,12 +166,9 @@ impl Stream {
                 .sync
                 .iter()
                 .filter(|s| s.subid == subid)
-                // A worker past SYNCDONE only cleans up: its table's successor may start.
-                .map(|s| Worker {
-                    relid: s.relid,
-                    active: s.active() && s.phase != SyncPhase::Done,
-                    next_start_at: s.next_start_at,
-                })
+                // A worker past SYNCDONE still counts until it has exited (it drops its slot and
+                // origin first): the cap is on processes, as native's.
+                .map(|s| Worker { relid: s.relid, active: s.active(), next_start_at: s.next_start_at })
                 .collect();
             let cap = gucs::MAX_SYNC_WORKERS.get().max(0) as usize;
             let caps = Caps {

@@ -204,7 +204,7 @@ fn run(subid: i32, relid: u32) {
             s.phase = SyncPhase::Done;
         });
         wake_apply_worker(subid);
-        clean_up(&sub, &slot);
+        clean_up(&sub, &slot, None);
         return;
     }
     // After a copy its replication connection streams the catch-up too.
@@ -221,11 +221,11 @@ fn run(subid: i32, relid: u32) {
     let Some(apply_at) = ask_apply_worker(subid, relid) else { return };
     let end = Lsn(catchup_end(start.0, apply_at.0));
     hold(SyncPhase::Catchup);
-    if end > start && !catch_up(&sub, &rel, &slot, client.take(), start, end) {
-        return;
-    }
-    if let Some(c) = client {
-        c.close();
+    if end > start {
+        match catch_up(&sub, &rel, &slot, client.take(), start, end) {
+            Some(c) => client = Some(c),
+            None => return,
+        }
     }
     xact(|| {
         if let Err(e) = catalog::set_sync_state(subid, relid, SyncState::SyncDone, Some(end), None) {
@@ -246,7 +246,7 @@ fn run(subid: i32, relid: u32) {
         pgsub_proto::client::quote_ident(&rel.remote_name)
     );
     hold(SyncPhase::Done);
-    clean_up(&sub, &slot);
+    clean_up(&sub, &slot, client);
 }
 
 /// INIT/DATASYNC: a fresh slot and snapshot, and the copy. Returns the copy point and the
@@ -319,27 +319,44 @@ fn ask_apply_worker(subid: i32, relid: u32) -> Option<Lsn> {
 }
 
 /// CATCHUP: streams the sync slot from `start` and applies this table's changes up to `end`.
-/// False when asked to stop first.
-fn catch_up(sub: &Subscription, rel: &SubRel, slot: &str, client: Option<Client>, start: Lsn, end: Lsn) -> bool {
-    let client = match client.or_else(|| connect(sub)) {
-        Some(c) => c,
-        None => return false,
-    };
-    let Some((client, opts)) = super::start_replication(client, sub, slot, start, true) else { return false };
+/// Returns the connection, out of streaming mode (for dropping the slot), or None when asked
+/// to stop first.
+fn catch_up(
+    sub: &Subscription,
+    rel: &SubRel,
+    slot: &str,
+    client: Option<Client>,
+    start: Lsn,
+    end: Lsn,
+) -> Option<Client> {
+    let client = client.or_else(|| connect(sub))?;
+    let (client, opts) = super::start_replication(client, sub, slot, start, true)?;
     let only = SubRel { sync_state: SyncState::Ready, state_lsn: None, ..rel.clone() };
     let applier = Applier::new(sub.subid, TableStates::new(&[only]), sub.binary, sub.origin == "none", None);
     let progress = Progress::for_sync_worker(sub.subid, start);
     let mut stream = Stream::new(sub.clone(), client, &opts, applier, progress, Some(end));
     stream.run();
-    let done = stream.caught_up;
-    stream.client.close();
-    done
+    if !stream.caught_up {
+        stream.client.close();
+        return None;
+    }
+    let mut client = stream.client;
+    match client.end_copy() {
+        Ok(()) => Some(client),
+        // The catch-up is applied and committed: a connection that cannot leave streaming mode
+        // is closed, and the slot dropped over a new one.
+        Err(_) => {
+            client.close();
+            connect(sub)
+        }
+    }
 }
 
-/// After SYNCDONE: drops the slot on the publisher and the local origin.
-fn clean_up(sub: &Subscription, slot: &str) {
+/// After SYNCDONE: drops the slot on the publisher (over `client`, the copy's or catch-up's
+/// connection, when there is one) and the local origin.
+fn clean_up(sub: &Subscription, slot: &str, client: Option<Client>) {
     let relid = slot.rsplit('_').next().and_then(|r| r.parse::<u32>().ok()).unwrap_or(0);
-    if let Some(mut client) = connect(sub) {
+    if let Some(mut client) = client.or_else(|| connect(sub)) {
         if slot_exists(sub, &mut client, slot) {
             match client.drop_slot(slot, true) {
                 Ok(()) => {}
