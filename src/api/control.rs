@@ -160,11 +160,13 @@ pub(super) fn drop_sync_slots(client: &mut pgsub_proto::client::Client, subid: i
     }
 }
 
-/// Drops the subscription's table synchronization origins.
+/// Drops the subscription's table synchronization origins (after its sync workers are stopped).
 pub(super) fn drop_sync_origins(subid: i32) {
     let prefix = format!("pgsub_{subid}_sync_");
-    let names: Vec<String> = Spi::connect(|c| {
-        let rows = c.select(
+    // Read-write SPI: a new snapshot, which sees the origins sync workers created after this
+    // statement began (a read-only query would use the statement's snapshot).
+    let names: Vec<String> = Spi::connect_mut(|c| {
+        let rows = c.update(
             "SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE starts_with(roname, $1)",
             None,
             &[prefix.as_str().into()],
