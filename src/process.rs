@@ -8,10 +8,33 @@ pub fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// SIGTERM arrived (a background worker's signal handler set the flag).
+/// SIGTERM arrived (the launcher's handler sets ShutdownRequestPending; the workers', PostgreSQL's
+/// `die`, sets ProcDiePending).
 pub fn shutdown_requested() -> bool {
-    // SAFETY: reading a sig_atomic_t flag set by our SIGTERM handler.
-    unsafe { std::ptr::addr_of!(pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+    // SAFETY: reading sig_atomic_t flags set by signal handlers.
+    unsafe {
+        std::ptr::addr_of!(pg_sys::ShutdownRequestPending).read_volatile() != 0
+            || std::ptr::addr_of!(pg_sys::ProcDiePending).read_volatile() != 0
+    }
+}
+
+/// A worker's SIGTERM is PostgreSQL's `die`, as native apply and tablesync workers have it: the
+/// worker's own loops see it (`shutdown_requested`) and stop cleanly, and a wait inside a
+/// statement — for a row lock held by a backend dropping the subscription, say — is interrupted
+/// too (FATAL), where a flag alone would leave the worker waiting for the very backend that
+/// waits for it to exit.
+pub fn terminate_on_sigterm() {
+    // The server's own `die` (pg_sys::die is a guarded Rust wrapper, not a signal handler).
+    unsafe extern "C-unwind" {
+        fn die(postgres_signal_arg: std::ffi::c_int);
+    }
+    // SAFETY: installing PostgreSQL's own handler for a backend's SIGTERM.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(libc::SIGTERM, Some(die));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(libc::SIGTERM, Some(die));
+    }
 }
 
 /// Rereads the configuration after SIGHUP; true when it did.

@@ -52,6 +52,7 @@ type Code = PgSqlErrorCode;
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    crate::process::terminate_on_sigterm();
     let subid = arg.value() as i32;
     let extra = BackgroundWorker::get_extra().to_string();
     let mut parts = extra.split_whitespace().map(|p| p.parse::<u32>().unwrap_or(0));
