@@ -398,7 +398,11 @@ impl Stream {
     /// wal_writer_delay: the publisher then learns without a second's delay that it may let go.
     fn wait(&mut self) {
         let fd = self.client.raw_fd();
-        let timeout_ms = if self.progress.awaiting_flush() { 100 } else { 1000 };
+        // While tables synchronize the apply worker looks at its sync workers every 100 ms too:
+        // the next table's worker starts as soon as one has finished (its exit sets the latch,
+        // but the step may have run moments before and waits out its 100 ms).
+        let syncing = self.catchup_end.is_none() && self.applier.tables.any_syncing();
+        let timeout_ms = if self.progress.awaiting_flush() || syncing { 100 } else { 1000 };
         // SAFETY: latch + socket wait of a background worker.
         unsafe {
             let rc = pg_sys::WaitLatchOrSocket(
