@@ -301,6 +301,28 @@ pub fn set_sync_state(subid: i32, relid: u32, state: SyncState, lsn: Option<Lsn>
     })
 }
 
+/// The names of a subscription's table synchronization origins (`pgsub_<subid>_sync_<relid>`).
+/// Read-write SPI, so a new snapshot: origins sync workers created after the calling statement
+/// began are seen too.
+pub fn sync_origin_names(subid: i32) -> Vec<String> {
+    let prefix = format!("pgsub_{subid}_sync_");
+    Spi::connect_mut(|c| {
+        let rows = c.update(
+            "SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE starts_with(roname, $1)",
+            None,
+            &[prefix.as_str().into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(n) = r.get::<String>(1)? {
+                out.push(n);
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .unwrap_or_default()
+}
+
 /// The table is already part of the subscription.
 pub fn has_table(subid: i32, schema: &str, name: &str) -> bool {
     Spi::get_one_with_args::<bool>(

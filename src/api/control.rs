@@ -162,25 +162,7 @@ pub(super) fn drop_sync_slots(client: &mut pgsub_proto::client::Client, subid: i
 
 /// Drops the subscription's table synchronization origins (after its sync workers are stopped).
 pub(super) fn drop_sync_origins(subid: i32) {
-    let prefix = format!("pgsub_{subid}_sync_");
-    // Read-write SPI: a new snapshot, which sees the origins sync workers created after this
-    // statement began (a read-only query would use the statement's snapshot).
-    let names: Vec<String> = Spi::connect_mut(|c| {
-        let rows = c.update(
-            "SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE starts_with(roname, $1)",
-            None,
-            &[prefix.as_str().into()],
-        )?;
-        let mut out = Vec::new();
-        for r in rows {
-            if let Some(n) = r.get::<String>(1)? {
-                out.push(n);
-            }
-        }
-        Ok::<_, pgrx::spi::SpiError>(out)
-    })
-    .unwrap_or_default();
-    for n in names {
+    for n in catalog::sync_origin_names(subid) {
         drop_origin(&n);
     }
 }

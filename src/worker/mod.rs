@@ -153,13 +153,22 @@ fn on_error(subid: i32, e: CaughtError) {
     });
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
+    if disable_on_error(subid) {
+        shmem::with_slot(subid, |s| s.failed = false);
+    }
+    e.rethrow()
+}
+
+/// After an error (its transaction aborted): disables the subscription if it has
+/// disable_on_error, as natively, and says so; true when it did.
+pub(crate) fn disable_on_error(subid: i32) -> bool {
     let disable =
         xact(|| catalog::load(subid).ok().flatten().map(|s| s.disable_on_error && s.enabled).unwrap_or(false));
     if disable {
         xact(|| {
             let _ = catalog::set_enabled(subid, false);
         });
-        shmem::with_slot(subid, |s| s.failed = false);
+        shmem::wake_launcher();
         report::log(
             PgLogLevel::LOG,
             Code::ERRCODE_SUCCESSFUL_COMPLETION,
@@ -168,7 +177,7 @@ fn on_error(subid: i32, e: CaughtError) {
             Some("Fix the cause, then call pgsub.enable_subscription()."),
         );
     }
-    e.rethrow()
+    disable
 }
 
 /// Runs `f` in a transaction with a snapshot. An ERROR inside propagates to the worker's top-level

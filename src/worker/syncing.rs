@@ -349,23 +349,7 @@ pub fn drop_stale_sync_slots(client: &mut Client, sub: &Subscription, rels: &[Su
 /// At start: drops this subscription's sync origins whose tables need no sync worker any more.
 pub fn drop_stale_sync_origins(subid: i32, rels: &[SubRel]) {
     let prefix = format!("pgsub_{subid}_sync_");
-    let names: Vec<String> = super::xact(|| {
-        Spi::connect(|c| {
-            let rows = c.select(
-                "SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE starts_with(roname, $1)",
-                None,
-                &[prefix.as_str().into()],
-            )?;
-            let mut out = Vec::new();
-            for r in rows {
-                if let Some(n) = r.get::<String>(1)? {
-                    out.push(n);
-                }
-            }
-            Ok::<_, pgrx::spi::SpiError>(out)
-        })
-        .unwrap_or_default()
-    });
+    let names = super::xact(|| crate::catalog::sync_origin_names(subid));
     for name in names {
         let relid = name.strip_prefix(&prefix).and_then(|r| r.parse::<u32>().ok());
         let still_syncing = rels.iter().any(|r| Some(r.relid) == relid && r.sync_state.needs_sync_worker());

@@ -132,21 +132,7 @@ fn on_error(subid: i32, relid: u32, e: CaughtError) {
     shmem::with_slot(subid, |s| s.set_error(&format!("table synchronization of {table}: {text}"), now()));
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
-    let disable =
-        xact(|| catalog::load(subid).ok().flatten().map(|s| s.disable_on_error && s.enabled).unwrap_or(false));
-    if disable {
-        xact(|| {
-            let _ = catalog::set_enabled(subid, false);
-        });
-        shmem::wake_launcher();
-        report::log(
-            PgLogLevel::LOG,
-            Code::ERRCODE_SUCCESSFUL_COMPLETION,
-            format!("pgsub: subscription {subid} has been disabled because of an error (disable_on_error)"),
-            None,
-            Some("Fix the cause, then call pgsub.enable_subscription()."),
-        );
-    }
+    super::disable_on_error(subid);
     e.rethrow()
 }
 
