@@ -113,6 +113,11 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     shmem::with_slot(subid, |s| {
         if s.pid == me {
             s.pid = 0;
+            // However it exited (a SIGTERM inside a statement ends it with FATAL, past the
+            // normal path): the view must not go on showing the gone worker's status.
+            if s.status != Status::Error {
+                s.status = Status::Starting;
+            }
         }
     });
 }
