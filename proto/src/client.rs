@@ -151,6 +151,12 @@ impl Client {
         self.io.fd()
     }
 
+    /// Whether the server ended the replication stream in order (CopyDone), as opposed to the
+    /// connection ending under it; for messages.
+    pub fn server_ended_stream(&self) -> bool {
+        matches!(self.state, State::CopyBothServerDone)
+    }
+
     /// The server process id (BackendKeyData).
     pub fn backend_pid(&self) -> i32 {
         self.backend_pid

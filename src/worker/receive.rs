@@ -427,7 +427,20 @@ impl Stream {
         }
         // A connection failure is no fault of the transaction being received: no apply context.
         errctx::clear();
-        publisher::raise(e, &format!("subscription \"{}\": {what}", self.sub.name), None)
+        // Which walsender, and how the stream ended, for the DBA (and for us reading a log).
+        let (msg, detail, hint) = publisher::describe(e);
+        let how = format!(
+            "Walsender process {} on the publisher{}.",
+            self.client.backend_pid(),
+            if self.client.server_ended_stream() { "; it ended the stream with CopyDone" } else { "" }
+        );
+        let detail = Some(detail.map_or(how.clone(), |d| format!("{d} {how}")));
+        report::error(
+            publisher::sqlstate(e),
+            format!("subscription \"{}\": {what}: {msg}", self.sub.name),
+            detail,
+            hint.as_deref(),
+        )
     }
 
     /// Clean stop on SIGTERM: abort a half-applied transaction (it is re-sent after restart),

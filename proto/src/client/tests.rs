@@ -634,6 +634,7 @@ fn fake_server_stream_error_and_server_copydone() {
         }
     };
     assert!(matches!(e, Error::Closed));
+    assert!(c.server_ended_stream(), "CopyDone from the server is an orderly end");
     c.end_copy().unwrap();
 
     c.start_replication("s", Lsn(0), &opts).unwrap();
@@ -645,6 +646,7 @@ fn fake_server_stream_error_and_server_copydone() {
         }
     };
     assert!(matches!(e, Error::Closed), "{e}");
+    assert!(!c.server_ended_stream(), "end of file is not an orderly end");
     // Unusable afterwards.
     assert!(c.simple_query("SELECT 1").is_err());
     h.join().unwrap();
