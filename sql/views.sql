@@ -61,7 +61,8 @@ LEFT JOIN pgsub._sync_progress() w ON w.subid = r.subid AND w.relid = r.relid;
 CREATE VIEW pgsub.stat_subscription AS
 SELECT s.subname,
        s.enabled,
-       CASE WHEN p.subid IS NULL THEN CASE WHEN s.enabled THEN 'starting' ELSE 'disabled' END
+       CASE WHEN NOT pgsub._preloaded() THEN 'not_preloaded'
+            WHEN p.subid IS NULL THEN CASE WHEN s.enabled THEN 'starting' ELSE 'disabled' END
             WHEN NOT s.enabled AND p.pid IS NULL THEN 'disabled'
             ELSE p.status END AS status,
        p.pid,
@@ -103,7 +104,43 @@ FROM pgsub.sub s
 LEFT JOIN pgsub._stat_progress() p ON p.subid = s.subid
 LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid;
 
--- Management is for superusers and pgsub_admin; the views and their helpers are for everyone.
+-- Every subscription of every database of the server, from shared memory (what the launchers
+-- of all databases know; a subscription appears once its database's launcher has seen it).
+CREATE VIEW pgsub.stat_subscription_all AS
+SELECT d.datname,
+       p.subid,
+       p.subname,
+       p.status,
+       p.pid,
+       pgsub._ts(p.worker_started_at) AS worker_started_at,
+       pgsub._lsn(p.received_lsn) AS received_lsn,
+       pgsub._lsn(p.applied_lsn) AS applied_lsn,
+       pgsub._lsn(p.flushed_lsn) AS flushed_lsn,
+       CASE WHEN greatest(p.publisher_wal_end, p.received_lsn) = 0 THEN NULL
+            ELSE greatest(0, greatest(p.publisher_wal_end, p.received_lsn)
+                             - greatest(p.applied_lsn, p.caught_up_lsn)) END AS lag_bytes,
+       pgsub._ts(p.last_commit_time) AS last_commit_time,
+       c.txns_applied,
+       c.error_count,
+       c.last_error,
+       pgsub._ts(c.last_error_at) AS last_error_at,
+       p.publisher_version
+FROM pgsub._stat_progress() p
+LEFT JOIN pgsub._stat_counters() c ON c.subid = p.subid
+LEFT JOIN pg_catalog.pg_database d ON d.oid = p.dboid;
+
+-- Every database the supervisor knows: whether a launcher runs there, and why not.
+CREATE VIEW pgsub.stat_database AS
+SELECT d.datname,
+       x.state,
+       x.launcher_pid,
+       x.probes,
+       pgsub._ts(x.last_probe_at) AS last_probe_at
+FROM pgsub._stat_databases() x
+JOIN pg_catalog.pg_database d ON d.oid = x.dboid;
+
+-- Management is for superusers and pgsub_admin; the views and their helpers are for everyone
+-- (the server-wide ones for pgsub_admin and pg_monitor: they show other databases).
 REVOKE EXECUTE ON FUNCTION
     pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean),
     pgsub.drop_subscription(text, boolean, boolean),
@@ -134,3 +171,10 @@ GRANT EXECUTE ON FUNCTION
 TO pgsub_admin;
 GRANT USAGE ON SCHEMA pgsub TO PUBLIC;
 GRANT SELECT ON pgsub.subscription, pgsub.subscription_table, pgsub.stat_subscription TO PUBLIC;
+REVOKE ALL ON pgsub.stat_subscription_all, pgsub.stat_database FROM PUBLIC;
+GRANT SELECT ON pgsub.stat_subscription_all, pgsub.stat_database TO pgsub_admin, pg_monitor;
+
+-- Created without pgsub preloaded: say so. Either way, have the supervisor look at this
+-- database once the creating transaction commits.
+SELECT pgsub._extension_created();
+REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;

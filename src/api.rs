@@ -409,3 +409,21 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
 fn _mask_conninfo(conninfo: &str) -> String {
     conninfo::mask_password(conninfo)
 }
+
+/// Run by the extension's script at `CREATE EXTENSION`: warns when pgsub is not preloaded (the
+/// extension works as a catalog then, but nothing would apply a subscription), and has the
+/// supervisor look at this database once the creating transaction commits.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _extension_created() {
+    if !shmem::available() {
+        log(
+            PgLogLevel::WARNING,
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pgsub is not loaded through shared_preload_libraries",
+            Some("Subscriptions cannot be created or enabled until the server loads pgsub at start.".into()),
+            Some("Add pgsub to shared_preload_libraries (for example ALTER SYSTEM SET shared_preload_libraries = 'pgsub', keeping any libraries already listed) and restart the server."),
+        );
+        return;
+    }
+    wake_launcher_at_commit();
+}

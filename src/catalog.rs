@@ -384,12 +384,40 @@ pub struct Options {
     pub synchronous_commit: String,
 }
 
+/// A subscription id no subscription of any database of the server uses. Ids name replication
+/// origins (`pgsub_<id>`, a server-wide catalog), table synchronization slots and shared-memory
+/// slots, so each database's own sequence is not enough: ids whose origin exists (or whose
+/// shared-memory slot is taken) are skipped. The lock on pg_replication_origin — the one creating
+/// the origin takes anyway — is held until the transaction ends, so two databases creating
+/// subscriptions at once choose one after the other.
+fn free_subid() -> SpiResult<i32> {
+    // SAFETY: a relation lock inside a transaction; it also processes pending invalidations, so
+    // the origin lookups below see every origin committed before it was granted.
+    unsafe { pg_sys::LockRelationOid(pg_sys::ReplicationOriginRelationId, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+    loop {
+        // An integer identity's sequence ends at the integer's maximum (nextval raises there).
+        let id = Spi::get_one::<i32>(
+            "SELECT pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('pgsub.sub', 'subid'))::int4",
+        )?
+        .unwrap_or(0);
+        let origin = std::ffi::CString::new(origin_name(id)).unwrap_or_default();
+        // SAFETY: syscache lookup inside a transaction; missing_ok.
+        let origin_free =
+            unsafe { pg_sys::replorigin_by_name(origin.as_ptr(), true) } == pg_sys::InvalidRepOriginId as u16;
+        let slot_free = !crate::shmem::available() || crate::shmem::SHARED.share().find(id).is_none();
+        if origin_free && slot_free {
+            return Ok(id);
+        }
+    }
+}
+
 pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
     let o = &sub.options;
+    let subid = free_subid()?;
     Spi::get_one_with_args::<i32>(
-        "INSERT INTO pgsub.sub (subname, subowner, enabled, conninfo, publications, slot_name, \
+        "INSERT INTO pgsub.sub (subid, subname, subowner, enabled, conninfo, publications, slot_name, \
          copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING subid",
+         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING subid",
         &[
             sub.name.into(),
             sub.owner.into(),
@@ -404,6 +432,7 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
             o.origin.as_str().into(),
             o.disable_on_error.into(),
             o.synchronous_commit.as_str().into(),
+            subid.into(),
         ],
     )
 }

@@ -2,8 +2,8 @@
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
-/// Database the launcher and apply workers connect to (postmaster).
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Databases whose subscriptions pgsub runs, comma-separated; empty = all (postmaster).
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 /// Maximum number of apply workers pgsub runs at once (postmaster).
 pub static MAX_APPLY_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// How often the launcher rescans the catalog, in ms.
@@ -26,7 +26,10 @@ pub static MAX_SYNC_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 /// Testing aid: the sync phase in which sync workers wait ('' = none).
 pub static SYNC_HOLD_STATE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-pub fn define() {
+/// Defines the parameters. `preloading`: in the postmaster, from shared_preload_libraries; the
+/// postmaster-only ones can only be defined then (defining them later is a FATAL error for the
+/// session that loads pgsub), and they mean nothing without the supervisor anyway.
+pub fn define(preloading: bool) {
     GucRegistry::define_int_guc(
         c"pgsub.max_sync_workers_per_subscription",
         c"Maximum number of table synchronization workers per subscription.",
@@ -73,24 +76,26 @@ pub fn define() {
         GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );
-    GucRegistry::define_string_guc(
-        c"pgsub.database",
-        c"Database in which the pgsub launcher and apply workers run.",
-        c"The pgsub extension must be created in this database.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"pgsub.max_apply_workers",
-        c"Maximum number of pgsub apply workers.",
-        c"Each enabled subscription needs one; they also count against max_worker_processes.",
-        &MAX_APPLY_WORKERS,
-        0,
-        1024,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    if preloading {
+        GucRegistry::define_string_guc(
+            c"pgsub.database",
+            c"Databases whose subscriptions pgsub runs (comma-separated); empty for every database.",
+            c"Subscriptions can only be created in these databases; the others get no launcher.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"pgsub.max_apply_workers",
+            c"Maximum number of pgsub apply workers.",
+            c"Each enabled subscription needs one; they also count against max_worker_processes.",
+            &MAX_APPLY_WORKERS,
+            0,
+            1024,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"pgsub.naptime",
         c"How often the pgsub launcher rescans the subscription catalog.",
@@ -133,9 +138,14 @@ pub fn define() {
     );
 }
 
-/// The `pgsub.database` value.
-pub fn database() -> String {
-    DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "postgres".to_string())
+/// The `pgsub.database` value as written.
+pub fn database_setting() -> String {
+    DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_default()
+}
+
+/// The databases `pgsub.database` names (empty = every database).
+pub fn databases() -> Vec<String> {
+    database_setting().split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect()
 }
 
 /// The `pgsub.sync_hold_state` value ('' when unset).

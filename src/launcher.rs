@@ -1,14 +1,20 @@
-//! The launcher: one static background worker that keeps one apply worker running per enabled
-//! subscription.
+//! A database's launcher: a dynamic background worker the supervisor (`supervisor.rs`) starts
+//! for each database that holds subscriptions; it keeps one apply worker running per enabled
+//! subscription of its database.
 //!
 //! Its loop, every `pgsub.naptime` and whenever a pgsub function or a worker start/exit sets its
 //! latch, is three named steps:
 //!   1. `read_catalog` — the subscriptions in `pgsub.sub` (through `catalog.rs`);
-//!   2. `decide` — `pgsub_core::launch::decide`, a pure function of (catalog rows, worker slots in
-//!      shared memory, clock) that returns which workers to stop and start and updates each
-//!      subscription's status, backoff and warning flags (its rules are listed there);
+//!   2. `decide` — `pgsub_core::launch::decide`, a pure function of (catalog rows, this
+//!      database's worker slots in shared memory, what the other databases' launchers hold, clock)
+//!      that returns which workers to stop and start and updates each subscription's status,
+//!      backoff and warning flags (its rules are listed there; the worker cap is server-wide);
 //!   3. `act` — SIGTERM to workers to stop, registration of dynamic apply workers, the
 //!      `waiting_for_worker` warning.
+//!
+//! Then it rests or goes on: with no extension in the database, or no enabled subscription and
+//! no worker left, it records that state for the supervisor and exits, so that an idle database
+//! holds no connection (DROP DATABASE is not kept waiting) and costs nothing.
 //!
 //! A worker is identified by the bgworker handle the launcher registered it with (`reap` forgets
 //! handles whose worker stopped) and by the pid the worker itself writes into its shared-memory
@@ -20,36 +26,58 @@ use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use pgsub_core::launch::{self, Action, Limits, WaitReason};
-use shmem::SHARED;
-use std::collections::HashMap;
-use std::time::Duration;
+use pgsub_core::launch::{self, Action, Limits, Others, WaitReason};
+use shmem::{DbState, SHARED};
+use std::collections::{HashMap, HashSet};
 
-pub fn register() {
-    BackgroundWorkerBuilder::new("pgsub launcher")
+/// Registers the launcher of database `dboid` (None when no background worker slot is free).
+pub fn register(dboid: u32, supervisor_pid: i32) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(&format!("pgsub launcher for database {dboid}"))
         .set_type("pgsub launcher")
         .set_library("pgsub")
         .set_function("pgsub_launcher_main")
         .enable_spi_access()
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
+        .set_restart_time(None)
+        .set_argument(Some(pg_sys::Datum::from(dboid)))
+        .set_notify_pid(supervisor_pid)
+        .load_dynamic()
+        .ok()
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn pgsub_launcher_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn pgsub_launcher_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let db = gucs::database();
-    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    let dboid = arg.value() as u32;
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
     // SAFETY: MyProcPid is set for every backend.
     let my_pid = unsafe { pg_sys::MyProcPid };
-    SHARED.exclusive().launcher_pid = my_pid;
-    log!("pgsub launcher started in database \"{db}\"");
+    let claimed = {
+        let mut g = SHARED.exclusive();
+        match g.claim_db(dboid) {
+            Some(d) if d.pid > 0 && d.pid != my_pid && crate::process::pid_alive(d.pid) => false,
+            Some(d) => {
+                d.pid = my_pid;
+                true
+            }
+            None => false,
+        }
+    };
+    if !claimed {
+        return;
+    }
+    // SAFETY: registers a callback that runs once when this process exits, however it exits.
+    unsafe { pg_sys::before_shmem_exit(Some(release_db), pg_sys::Datum::from(dboid)) };
 
-    let mut launcher = Launcher { workers: HashMap::new(), my_pid };
-    while !shutdown_requested() {
+    let mut launcher = Launcher { workers: HashMap::new(), my_pid, dboid, announced: false, warned: HashSet::new() };
+    let rest = loop {
+        if shutdown_requested() {
+            break None;
+        }
         reload_config_if_requested();
-        launcher.tick();
+        if let Some(state) = launcher.tick() {
+            break Some(state);
+        }
         // SAFETY: standard latch wait of a background worker.
         unsafe {
             pg_sys::WaitLatch(
@@ -60,58 +88,134 @@ pub extern "C-unwind" fn pgsub_launcher_main(_arg: pg_sys::Datum) {
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
+    };
+    // Workers of ours keep running when we are stopped: they are independent and stop on their
+    // own when their subscription goes away; the next launcher adopts them through shared memory.
+    if let Some(state) = rest {
+        if let Some(d) = SHARED.exclusive().db_mut(dboid) {
+            d.state = state;
+        }
+        if launcher.announced {
+            log!("pgsub launcher: no enabled subscription left in this database, exiting");
+        }
     }
-    // Workers of ours keep running: they are independent and stop on their own when their
-    // subscription goes away; the next launcher adopts them through shared memory.
-    SHARED.exclusive().launcher_pid = 0;
-    log!("pgsub launcher shutting down");
+}
+
+/// Exit callback: the database's slot no longer names this process.
+#[pg_guard]
+unsafe extern "C-unwind" fn release_db(_code: std::ffi::c_int, arg: pg_sys::Datum) {
+    let dboid = arg.value() as u32;
+    // SAFETY: MyProcPid is set for every backend.
+    let me = unsafe { pg_sys::MyProcPid };
+    let supervisor = {
+        let mut g = SHARED.exclusive();
+        if let Some(d) = g.db_mut(dboid) {
+            if d.pid == me {
+                d.pid = 0;
+            }
+        }
+        g.supervisor_pid
+    };
+    crate::process::wake(supervisor);
 }
 
 struct Launcher {
     /// Workers this launcher registered, by subscription, until they stop.
     workers: HashMap<i32, DynamicBackgroundWorker>,
     my_pid: i32,
+    dboid: u32,
+    /// It logged that it runs the database's subscriptions.
+    announced: bool,
+    /// Subscriptions it warned about having no slot (once each).
+    warned: HashSet<i32>,
 }
 
 impl Launcher {
-    fn tick(&mut self) {
-        let Some(subs) = read_catalog() else { return };
+    /// One pass; `Some(state)` when the launcher should record that resting state and exit.
+    fn tick(&mut self) -> Option<DbState> {
+        // Requests made before this catalog read are answered by it.
+        if let Some(d) = SHARED.exclusive().db_mut(self.dboid) {
+            d.wake = false;
+        }
+        let (has_extension, subs) = read_catalog()?;
         self.reap();
         let limits = Limits {
             now: now(),
             retry: i64::from(gucs::RETRY_INTERVAL_MS.get().max(1)) * 1000,
             max_workers: gucs::MAX_APPLY_WORKERS.get().max(0) as usize,
         };
-        let (actions, names) = {
+        let dboid = self.dboid;
+        let (actions, names, busy) = {
             let mut shared = SHARED.exclusive();
             let mut names = HashMap::new();
             for sub in &subs {
-                if shared.claim(sub.subid).is_none() {
-                    warning!(
+                let taken = shared.find(sub.subid).is_some_and(|s| s.dboid != dboid);
+                match shared.claim(sub.subid, dboid) {
+                    Some(slot) => slot.set_name(&sub.name),
+                    None if !self.warned.insert(sub.subid) => {}
+                    None if taken => warning!(
+                        "pgsub: subscription \"{}\" is not run: another database has a subscription with the same id {} (this database was copied from it?)",
+                        sub.name,
+                        sub.subid
+                    ),
+                    None => warning!(
                         "pgsub: subscription \"{}\" has no shared-memory slot (at most {} subscriptions)",
                         sub.name,
                         shmem::MAX_SUBSCRIPTIONS
-                    );
+                    ),
                 }
                 names.insert(sub.subid, sub.name.clone());
             }
+            let others = Others {
+                running: shared
+                    .slots
+                    .iter()
+                    .filter(|s| s.subid != 0 && s.dboid != dboid && (s.pid > 0 || s.launch_pending))
+                    .count(),
+                waiting_since: shared
+                    .slots
+                    .iter()
+                    .filter(|s| s.subid != 0 && s.dboid != dboid && s.status == shmem::Status::WaitingForWorker)
+                    .map(|s| s.waiting_since)
+                    .filter(|&t| t > 0)
+                    .collect(),
+            };
             let mut slots: Vec<launch::Slot> =
-                shared.slots.iter().filter(|s| s.subid != 0).map(|s| self.view(s)).collect();
+                shared.slots.iter().filter(|s| s.subid != 0 && s.dboid == dboid).map(|s| self.view(s)).collect();
             let rows: Vec<launch::Sub> = subs
                 .iter()
                 .map(|s| launch::Sub { subid: s.subid, enabled: s.enabled, config_hash: s.config_hash() })
                 .collect();
-            let actions = launch::decide(&rows, &mut slots, limits);
+            let actions = launch::decide(&rows, &mut slots, limits, &others);
             for v in &slots {
                 if let Some(slot) = shared.find_mut(v.subid) {
                     write_back(slot, v);
                 }
             }
-            (actions, names)
+            // Workers still to stop or forget keep the launcher here.
+            let busy = slots.iter().any(|v| v.pid > 0 || v.registered);
+            (actions, names, busy)
         };
         for action in actions {
             self.act(action, &subs, &names);
         }
+        let enabled = subs.iter().any(|s| s.enabled);
+        if !busy && self.workers.is_empty() {
+            if !has_extension {
+                return Some(DbState::NoExtension);
+            }
+            if !enabled {
+                return Some(DbState::Idle);
+            }
+        }
+        if let Some(d) = SHARED.exclusive().db_mut(dboid) {
+            d.state = DbState::Running;
+        }
+        if !self.announced && enabled {
+            self.announced = true;
+            log!("pgsub launcher started for the subscriptions of this database");
+        }
+        None
     }
 
     /// What `decide` needs of a slot.
@@ -127,6 +231,7 @@ impl Launcher {
             config_hash: s.config_hash,
             held: crate::process::pid_alive(s.paused_by),
             warned: s.warned_no_worker,
+            waiting_since: s.waiting_since,
         }
     }
 
@@ -157,7 +262,7 @@ impl Launcher {
                         let mut warn = Vec::new();
                         if let Some(slot) = SHARED.exclusive().find_mut(subid) {
                             let mut v = self.view(slot);
-                            launch::waiting(&mut v, WaitReason::NoBackgroundWorkerSlot, &mut warn);
+                            launch::waiting(&mut v, WaitReason::NoBackgroundWorkerSlot, &mut warn, now());
                             write_back(slot, &v);
                         }
                         for a in warn {
@@ -173,8 +278,7 @@ impl Launcher {
 
     /// Registers a dynamic apply worker for `sub` (None when no background worker slot is free).
     fn register(&self, sub: &catalog::Subscription) -> Option<DynamicBackgroundWorker> {
-        // SAFETY: MyDatabaseId is set once the launcher is connected.
-        let extra = format!("{} {}", unsafe { pg_sys::MyDatabaseId }.to_u32(), sub.owner);
+        let extra = format!("{} {}", self.dboid, sub.owner);
         BackgroundWorkerBuilder::new(&format!("pgsub apply worker for subscription {}", sub.subid))
             .set_type("pgsub apply worker")
             .set_library("pgsub")
@@ -200,6 +304,7 @@ impl Launcher {
                     if slot.pid > 0 && !crate::process::pid_alive(slot.pid) {
                         slot.pid = 0;
                     }
+                    slot.launch_pending = false;
                 }
                 false
             }
@@ -207,13 +312,13 @@ impl Launcher {
     }
 }
 
-/// Step 1: the subscriptions in the catalog (none while the extension is not created).
-fn read_catalog() -> Option<Vec<catalog::Subscription>> {
+/// Step 1: whether the extension exists, and the subscriptions in the catalog.
+fn read_catalog() -> Option<(bool, Vec<catalog::Subscription>)> {
     let subs = BackgroundWorker::transaction(|| {
         if !catalog::extension_exists() {
-            return Ok(Vec::new());
+            return Ok((false, Vec::new()));
         }
-        catalog::load_all()
+        catalog::load_all().map(|s| (true, s))
     });
     match subs {
         Ok(s) => Some(s),
@@ -232,6 +337,8 @@ fn write_back(slot: &mut shmem::SubSlot, v: &launch::Slot) {
     slot.next_start_at = v.next_start_at;
     slot.config_hash = v.config_hash;
     slot.warned_no_worker = v.warned;
+    slot.waiting_since = v.waiting_since;
+    slot.launch_pending = v.registered && v.pid == 0;
 }
 
 fn warn_waiting(name: &str, reason: WaitReason) {

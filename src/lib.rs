@@ -1,10 +1,12 @@
 //! pgsub — a logical-replication subscriber for PostgreSQL built from background workers.
 //!
 //! Loaded through `shared_preload_libraries`, `_PG_init` defines the GUCs ([`gucs`]), reserves
-//! shared memory for per-subscription state and statistics ([`shmem`]) and registers the static
-//! launcher worker ([`launcher`]). The launcher starts one dynamic apply worker ([`worker`]) per
-//! enabled subscription found in the catalog ([`catalog`]); users manage subscriptions with the
-//! SQL functions of [`api`] and watch them through the views in `sql/`.
+//! shared memory for per-database and per-subscription state and statistics ([`shmem`]) and
+//! registers the static supervisor worker ([`supervisor`]). The supervisor keeps a launcher
+//! ([`launcher`]) in every database with enabled subscriptions; each launcher starts one dynamic
+//! apply worker ([`worker`]) per enabled subscription found in its database's catalog
+//! ([`catalog`]); users manage subscriptions with the SQL functions of [`api`] and watch them
+//! through the views in `sql/`.
 use pgrx::prelude::*;
 
 pub mod api;
@@ -16,6 +18,7 @@ pub mod publisher;
 pub mod report;
 pub mod shmem;
 pub mod stats;
+pub mod supervisor;
 pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -28,12 +31,13 @@ extension_sql_file!("../sql/views.sql", name = "views", finalize);
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: reading a PostgreSQL global during module load.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
-    gucs::define();
+    gucs::define(preloading);
     if !preloading {
-        // Loaded into a backend only (CREATE EXTENSION without preloading): SQL functions work,
-        // but there is no launcher; the views say so.
+        // Loaded into a backend only (CREATE EXTENSION without preloading): the extension can
+        // be created and read (with a WARNING), subscriptions cannot be created or enabled, and
+        // the views say why nothing runs.
         return;
     }
     shmem::init();
-    launcher::register();
+    supervisor::register();
 }

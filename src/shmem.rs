@@ -1,7 +1,11 @@
-//! Shared memory: one slot per known subscription holding its worker state and statistics, and
-//! one slot per table being synchronized (its sync worker, progress, last error and backoff).
+//! Shared memory: one slot per database the supervisor knows (its launcher and state), one slot
+//! per known subscription of any database holding its worker state and statistics, and one slot
+//! per table being synchronized (its sync worker, progress, last error and backoff).
 //!
-//! The launcher claims a slot for every subscription it sees and decides when workers start; the
+//! Subscription ids are unique server-wide (`catalog::insert` picks one no other database uses),
+//! so a subscription's slot is found by its id alone; each slot also names its database.
+//! The supervisor owns the database slots (a launcher writes its own pid and state); a
+//! database's launcher claims a slot for every subscription it sees and decides when workers start; the
 //! apply worker owns the progress and counter fields of its slot while it runs; an apply worker
 //! claims a [`SyncSlot`] for each table it starts a sync worker for, the two exchange the
 //! catch-up handshake through it (`src/worker/syncing.rs`, `src/worker/syncworker.rs`), and it
@@ -13,6 +17,7 @@ use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys};
 pub use pgsub_core::state::{Status, SyncPhase};
+pub use pgsub_core::supervise::DbState;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Subscriptions whose state fits in shared memory at once.
@@ -20,6 +25,9 @@ pub const MAX_SUBSCRIPTIONS: usize = 128;
 /// Tables being synchronized (or waiting to retry) at once, server-wide; `pgsub.max_sync_workers`
 /// caps the running workers below it.
 pub const MAX_SYNC_SLOTS: usize = 64;
+/// Databases the supervisor keeps a state for (beyond it, extra databases are not served).
+pub const MAX_DATABASES: usize = 256;
+const NAME_LEN: usize = 64;
 const ERR_LEN: usize = 1000;
 const SYNC_ERR_LEN: usize = 500;
 
@@ -29,7 +37,16 @@ const SYNC_ERR_LEN: usize = 500;
 #[repr(C)]
 pub struct SubSlot {
     pub subid: i32,
+    /// The subscription's database and name (for the server-wide view).
+    pub dboid: u32,
+    pub name_len: u8,
+    pub name: [u8; NAME_LEN],
     pub status: Status,
+    /// When the current wait for a worker began (0 = not waiting): first come, first served.
+    pub waiting_since: i64,
+    /// Its launcher registered a worker that has not claimed the slot yet (counts against the
+    /// server-wide cap for the other databases' launchers).
+    pub launch_pending: bool,
     /// The launcher logged the "no free worker slot" WARNING for the current wait.
     pub warned_no_worker: bool,
     /// The last worker exited with an error (so the next start is delayed).
@@ -84,7 +101,12 @@ impl Default for SubSlot {
     fn default() -> Self {
         SubSlot {
             subid: 0,
+            dboid: 0,
+            name_len: 0,
+            name: [0; NAME_LEN],
             status: Status::Starting,
+            waiting_since: 0,
+            launch_pending: false,
             warned_no_worker: false,
             failed: false,
             pid: 0,
@@ -122,6 +144,16 @@ impl Default for SubSlot {
 }
 
 impl SubSlot {
+    pub fn name(&self) -> String {
+        String::from_utf8_lossy(&self.name[..(self.name_len as usize).min(NAME_LEN)]).into_owned()
+    }
+
+    pub fn set_name(&mut self, name: &str) {
+        let n = cut(name, NAME_LEN);
+        self.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        self.name_len = n as u8;
+    }
+
     pub fn last_error(&self) -> Option<String> {
         if self.last_error_len == 0 {
             return None;
@@ -132,10 +164,7 @@ impl SubSlot {
 
     /// Stores an error message (cut at a character boundary if too long) and counts it.
     pub fn set_error(&mut self, msg: &str, at: i64) {
-        let mut n = msg.len().min(ERR_LEN);
-        while n > 0 && !msg.is_char_boundary(n) {
-            n -= 1;
-        }
+        let n = cut(msg, ERR_LEN);
         self.last_error[..n].copy_from_slice(&msg.as_bytes()[..n]);
         self.last_error_len = n as u16;
         self.last_error_at = at;
@@ -219,20 +248,43 @@ impl SyncSlot {
     }
 
     pub fn set_error(&mut self, msg: &str, at: i64) {
-        let mut n = msg.len().min(SYNC_ERR_LEN);
-        while n > 0 && !msg.is_char_boundary(n) {
-            n -= 1;
-        }
+        let n = cut(msg, SYNC_ERR_LEN);
         self.last_error[..n].copy_from_slice(&msg.as_bytes()[..n]);
         self.last_error_len = n as u16;
         self.last_error_at = at;
     }
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+fn cut(s: &str, max: usize) -> usize {
+    let mut n = s.len().min(max);
+    while n > 0 && !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    n
+}
+
+/// One database: its launcher and what the supervisor knows of it (`pgsub_core::supervise`).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub struct DbSlot {
+    pub oid: u32,
+    pub state: DbState,
+    /// The launcher's pid, written by the launcher itself and cleared when it exits.
+    pub pid: i32,
+    /// A pgsub function in this database asked for a look (its launcher clears it when it reads
+    /// the catalog; the supervisor when it starts one).
+    pub wake: bool,
+    pub probes: i64,
+    pub last_probe_at: i64,
+    pub next_start_at: i64,
+}
+
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Shared {
-    pub launcher_pid: i32,
+    pub supervisor_pid: i32,
+    pub dbs: [DbSlot; MAX_DATABASES],
     pub slots: [SubSlot; MAX_SUBSCRIPTIONS],
     pub sync: [SyncSlot; MAX_SYNC_SLOTS],
 }
@@ -240,7 +292,8 @@ pub struct Shared {
 impl Default for Shared {
     fn default() -> Self {
         Shared {
-            launcher_pid: 0,
+            supervisor_pid: 0,
+            dbs: [DbSlot::default(); MAX_DATABASES],
             slots: [SubSlot::default(); MAX_SUBSCRIPTIONS],
             sync: [SyncSlot::default(); MAX_SYNC_SLOTS],
         }
@@ -273,17 +326,53 @@ impl Shared {
     pub fn find_mut(&mut self, subid: i32) -> Option<&mut SubSlot> {
         self.slots.iter_mut().find(|s| s.subid == subid)
     }
-    /// The slot of `subid`, claiming a free one if needed (None when all are taken).
-    pub fn claim(&mut self, subid: i32) -> Option<&mut SubSlot> {
+    /// The slot of `subid` of database `dboid`, claiming a free one if needed (None when all
+    /// are taken).
+    /// A slot of the same id held by another database (a database copied from another with
+    /// CREATE DATABASE … TEMPLATE carries its subscriptions' ids) is not this one's: None.
+    pub fn claim(&mut self, subid: i32, dboid: u32) -> Option<&mut SubSlot> {
         let idx = match self.slots.iter().position(|s| s.subid == subid) {
+            Some(i) if self.slots[i].dboid != dboid => return None,
             Some(i) => i,
             None => {
                 let i = self.slots.iter().position(|s| s.subid == 0)?;
-                self.slots[i] = SubSlot { subid, ..SubSlot::default() };
+                self.slots[i] = SubSlot { subid, dboid, ..SubSlot::default() };
                 i
             }
         };
         Some(&mut self.slots[idx])
+    }
+    pub fn db(&self, oid: u32) -> Option<&DbSlot> {
+        self.dbs.iter().find(|d| d.oid == oid)
+    }
+    pub fn db_mut(&mut self, oid: u32) -> Option<&mut DbSlot> {
+        self.dbs.iter_mut().find(|d| d.oid == oid)
+    }
+    /// The slot of database `oid`, claiming a free one if needed (None when all are taken).
+    pub fn claim_db(&mut self, oid: u32) -> Option<&mut DbSlot> {
+        let idx = match self.dbs.iter().position(|d| d.oid == oid) {
+            Some(i) => i,
+            None => {
+                let i = self.dbs.iter().position(|d| d.oid == 0)?;
+                self.dbs[i] = DbSlot { oid, ..DbSlot::default() };
+                i
+            }
+        };
+        Some(&mut self.dbs[idx])
+    }
+    /// Forgets a dropped database: its slot, its subscriptions' slots and their sync slots
+    /// (their workers are gone with the database).
+    pub fn forget_db(&mut self, oid: u32) {
+        let subids: Vec<i32> = self.slots.iter().filter(|s| s.dboid == oid && s.pid == 0).map(|s| s.subid).collect();
+        for s in self.slots.iter_mut().filter(|s| subids.contains(&s.subid)) {
+            *s = SubSlot::default();
+        }
+        for s in self.sync.iter_mut().filter(|s| subids.contains(&s.subid) && s.pid == 0) {
+            *s = SyncSlot::default();
+        }
+        if let Some(d) = self.db_mut(oid) {
+            *d = DbSlot::default();
+        }
     }
     /// Forgets a dropped subscription's slot once its worker is gone.
     pub fn release_if_stopped(&mut self, subid: i32) {
@@ -345,7 +434,26 @@ pub fn with_slot<R>(subid: i32, f: impl FnOnce(&mut SubSlot) -> R) -> Option<R> 
     g.find_mut(subid).map(f)
 }
 
-/// Wakes the launcher (procsignal's SIGUSR1 handler sets its latch).
-pub fn wake_launcher() {
-    crate::process::wake(SHARED.share().launcher_pid);
+/// Asks for a look at database `dboid`: wakes its launcher if one runs, and the supervisor,
+/// which starts one if none does (procsignal's SIGUSR1 handler sets their latches).
+pub fn wake_launcher(dboid: u32) {
+    let (launcher, supervisor) = {
+        let mut g = SHARED.exclusive();
+        let launcher = match g.claim_db(dboid) {
+            Some(d) => {
+                d.wake = true;
+                d.pid
+            }
+            None => 0,
+        };
+        (launcher, g.supervisor_pid)
+    };
+    crate::process::wake(launcher);
+    crate::process::wake(supervisor);
+}
+
+/// The database this backend is connected to.
+pub fn my_database() -> u32 {
+    // SAFETY: MyDatabaseId is set in every connected backend.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
 }

@@ -12,6 +12,8 @@ fn _stat_progress() -> TableIterator<
     'static,
     (
         name!(subid, i32),
+        name!(dboid, pg_sys::Oid),
+        name!(subname, String),
         name!(status, String),
         name!(pid, Option<i32>),
         name!(worker_started_at, i64),
@@ -35,6 +37,8 @@ fn _stat_progress() -> TableIterator<
             let alive = s.pid > 0;
             rows.push((
                 s.subid,
+                pg_sys::Oid::from(s.dboid),
+                s.name(),
                 s.status.as_str().to_string(),
                 if alive { Some(s.pid) } else { None },
                 s.worker_started_at,
@@ -92,6 +96,35 @@ fn _stat_counters() -> TableIterator<
                 s.error_count,
                 s.last_error(),
                 s.last_error_at,
+            ));
+        }
+    }
+    TableIterator::new(rows)
+}
+
+/// Every database the supervisor knows: its state, launcher and probes (`pgsub.stat_database`).
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn _stat_databases() -> TableIterator<
+    'static,
+    (
+        name!(dboid, pg_sys::Oid),
+        name!(state, String),
+        name!(launcher_pid, Option<i32>),
+        name!(probes, i64),
+        name!(last_probe_at, i64),
+    ),
+> {
+    let mut rows = Vec::new();
+    if shmem::available() {
+        let g = shmem::SHARED.share();
+        for d in g.dbs.iter().filter(|d| d.oid != 0) {
+            rows.push((
+                pg_sys::Oid::from(d.oid),
+                d.state.as_str().to_string(),
+                (d.pid > 0).then_some(d.pid),
+                d.probes,
+                d.last_probe_at,
             ));
         }
     }

@@ -197,9 +197,9 @@ async fn non_superusers_cannot_manage_or_see_passwords() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn out_of_worker_slots_waits_then_starts() {
-    // Launcher + 2 apply workers fit; the third subscription must wait.
+    // Supervisor + the database's launcher + 2 apply workers fit; the third subscription waits.
     let sub_opts = ClusterOpts::subscriber()
-        .with_conf("max_worker_processes = 3")
+        .with_conf("max_worker_processes = 4")
         .with_conf("max_parallel_workers = 0")
         .with_conf("max_logical_replication_workers = 0");
     let nodes = TwoNodes::start_with(ClusterOpts::publisher(), sub_opts).expect("start");

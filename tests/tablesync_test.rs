@@ -752,10 +752,10 @@ struct FewSample {
 
 #[tokio::test(flavor = "current_thread")]
 async fn tables_wait_visibly_when_worker_processes_are_exhausted() {
-    // The launcher, the apply worker and one sync worker fit; nothing else takes a slot (no
-    // parallel workers, no native logical replication launcher).
+    // The supervisor, the database's launcher, the apply worker and one sync worker fit; nothing
+    // else takes a slot (no parallel workers, no native logical replication launcher).
     let sub_opts = ClusterOpts::subscriber()
-        .with_conf("max_worker_processes = 3")
+        .with_conf("max_worker_processes = 4")
         .with_conf("max_parallel_workers = 0")
         .with_conf("max_logical_replication_workers = 0");
     let nodes = TwoNodes::start_with(ClusterOpts::publisher(), sub_opts).expect("start");

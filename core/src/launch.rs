@@ -12,6 +12,11 @@
 //!     after `retry`, doubling per consecutive failure, at most 12×), a backend holds it (drop
 //!     or refresh in progress), or the worker cap is reached: then `waiting_for_worker`, with a
 //!     warning once per wait.
+//!
+//! Each database has its own launcher; the cap (`pgsub.max_apply_workers`) is server-wide. A
+//! launcher decides for its own database's slots and is told how many workers the others run
+//! and since when their subscriptions wait: a free worker goes to the subscription that has
+//! waited longest, whichever database it is in (first come, first served).
 use crate::state::Status;
 
 /// A subscription as the catalog has it.
@@ -42,6 +47,8 @@ pub struct Slot {
     pub held: bool,
     /// The "waiting for a worker" warning was logged for the current wait.
     pub warned: bool,
+    /// When the current wait for a worker began (0 = not waiting).
+    pub waiting_since: i64,
 }
 
 impl Slot {
@@ -57,8 +64,17 @@ pub struct Limits {
     pub now: i64,
     /// `pgsub.retry_interval` in microseconds (≥ 1).
     pub retry: i64,
-    /// `pgsub.max_apply_workers`.
+    /// `pgsub.max_apply_workers`, server-wide.
     pub max_workers: usize,
+}
+
+/// What the launchers of the other databases hold.
+#[derive(Clone, Debug, Default)]
+pub struct Others {
+    /// Apply workers they run (or registered).
+    pub running: usize,
+    /// When each of their waiting subscriptions began to wait.
+    pub waiting_since: Vec<i64>,
 }
 
 /// Why a subscription waits for a worker.
@@ -85,7 +101,7 @@ pub enum Action {
 
 /// Decides one launcher pass. `slots` holds one slot per subscription the launcher has seen
 /// (dropped ones included) and is updated in place.
-pub fn decide(subs: &[Sub], slots: &mut [Slot], limits: Limits) -> Vec<Action> {
+pub fn decide(subs: &[Sub], slots: &mut [Slot], limits: Limits, others: &Others) -> Vec<Action> {
     let mut actions = Vec::new();
     for slot in slots.iter_mut().filter(|s| s.subid != 0 && !subs.iter().any(|x| x.subid == s.subid)) {
         if slot.pid > 0 {
@@ -94,8 +110,14 @@ pub fn decide(subs: &[Sub], slots: &mut [Slot], limits: Limits) -> Vec<Action> {
             actions.push(Action::Forget { subid: slot.subid });
         }
     }
-    let mut running = slots.iter().filter(|s| s.subid != 0 && s.has_worker()).count();
-    for sub in subs {
+    let mut running = others.running + slots.iter().filter(|s| s.subid != 0 && s.has_worker()).count();
+    // Those waiting longest are considered first, then the rest in catalog order.
+    let since = |subid: i32| {
+        slots.iter().find(|s| s.subid == subid).map(|s| s.waiting_since).filter(|&t| t > 0).unwrap_or(i64::MAX)
+    };
+    let mut order: Vec<&Sub> = subs.iter().collect();
+    order.sort_by_key(|s| since(s.subid));
+    for sub in order {
         let Some(slot) = slots.iter_mut().find(|s| s.subid == sub.subid) else { continue };
         if !sub.enabled {
             disable(slot, &mut actions);
@@ -116,8 +138,11 @@ pub fn decide(subs: &[Sub], slots: &mut [Slot], limits: Limits) -> Vec<Action> {
         if slot.next_start_at > limits.now || slot.held {
             continue;
         }
-        if running >= limits.max_workers {
-            waiting(slot, WaitReason::Cap, &mut actions);
+        // Subscriptions of other databases that waited longer come first.
+        let since = if slot.waiting_since > 0 { slot.waiting_since } else { limits.now };
+        let ahead = others.waiting_since.iter().filter(|&&t| t < since).count();
+        if running + ahead >= limits.max_workers {
+            waiting(slot, WaitReason::Cap, &mut actions, limits.now);
             continue;
         }
         actions.push(Action::Start { subid: sub.subid });
@@ -133,6 +158,7 @@ fn disable(slot: &mut Slot, actions: &mut Vec<Action>) {
     }
     if !slot.has_worker() {
         slot.status = Status::Disabled;
+        slot.waiting_since = 0;
         slot.failures = 0;
         slot.failed = false;
         slot.next_start_at = 0;
@@ -149,8 +175,11 @@ fn back_off(slot: &mut Slot, limits: Limits) {
 }
 
 /// The subscription waits for a worker slot.
-pub fn waiting(slot: &mut Slot, reason: WaitReason, actions: &mut Vec<Action>) {
+pub fn waiting(slot: &mut Slot, reason: WaitReason, actions: &mut Vec<Action>, now: i64) {
     slot.status = Status::WaitingForWorker;
+    if slot.waiting_since == 0 {
+        slot.waiting_since = now;
+    }
     if !slot.warned {
         slot.warned = true;
         actions.push(Action::WarnWaiting { subid: slot.subid, reason });
@@ -159,6 +188,7 @@ pub fn waiting(slot: &mut Slot, reason: WaitReason, actions: &mut Vec<Action>) {
 
 fn started(slot: &mut Slot, config_hash: u64) {
     slot.warned = false;
+    slot.waiting_since = 0;
     slot.status = Status::Starting;
     slot.config_hash = config_hash;
     slot.next_start_at = 0;
@@ -187,7 +217,7 @@ mod tests {
     fn enabled_subscriptions_get_a_worker_within_the_cap() {
         let subs = [sub(1, true), sub(2, true), sub(3, true)];
         let mut slots = [slot(1), slot(2), slot(3)];
-        let a = decide(&subs, &mut slots, limits(0, 2));
+        let a = decide(&subs, &mut slots, limits(0, 2), &Others::default());
         assert_eq!(
             a,
             vec![
@@ -199,30 +229,31 @@ mod tests {
         assert_eq!(slots[2].status, Status::WaitingForWorker);
         assert!(slots[0].registered && slots[1].registered);
         // Warned once per wait.
-        let a = decide(&subs, &mut slots, limits(1, 2));
+        let a = decide(&subs, &mut slots, limits(1, 2), &Others::default());
         assert!(a.is_empty(), "{a:?}");
-        // A worker exits: the waiting one starts, and a later wait warns again.
+        // A worker exits: the one that waited starts first, the other now waits (and warns).
         slots[0].registered = false;
-        let a = decide(&subs, &mut slots, limits(2, 2));
-        assert_eq!(a, vec![Action::Start { subid: 1 }]);
-        assert!(!slots[0].warned);
+        let a = decide(&subs, &mut slots, limits(2, 2), &Others::default());
+        assert_eq!(a, vec![Action::Start { subid: 3 }, Action::WarnWaiting { subid: 1, reason: WaitReason::Cap }]);
+        assert!(!slots[2].warned && slots[2].waiting_since == 0);
+        assert_eq!(slots[0].waiting_since, 2);
     }
 
     #[test]
     fn a_failed_worker_restarts_after_a_growing_delay() {
         let subs = [sub(1, true)];
         let mut slots = [Slot { failed: true, failures: 0, ..slot(1) }];
-        assert!(decide(&subs, &mut slots, limits(0, 4)).is_empty());
+        assert!(decide(&subs, &mut slots, limits(0, 4), &Others::default()).is_empty());
         assert_eq!(slots[0].status, Status::Error);
         assert_eq!(slots[0].next_start_at, 5 * SEC);
-        assert_eq!(decide(&subs, &mut slots, limits(5 * SEC, 4)), vec![Action::Start { subid: 1 }]);
+        assert_eq!(decide(&subs, &mut slots, limits(5 * SEC, 4), &Others::default()), vec![Action::Start { subid: 1 }]);
         // Second and later failures: 10 s, 20 s, 40 s, then at most 60 s.
         let mut delays = Vec::new();
         for _ in 0..5 {
             slots[0].registered = false;
             slots[0].failed = true;
             let now = 1000 * SEC;
-            decide(&subs, &mut slots, limits(now, 4));
+            decide(&subs, &mut slots, limits(now, 4), &Others::default());
             delays.push((slots[0].next_start_at - now) / SEC);
         }
         assert_eq!(delays, vec![10, 20, 40, 60, 60]);
@@ -232,41 +263,54 @@ mod tests {
     fn disabling_stops_the_worker_then_shows_disabled() {
         let subs = [sub(1, false)];
         let mut slots = [Slot { pid: 100, status: Status::Streaming, failures: 3, ..slot(1) }];
-        assert_eq!(decide(&subs, &mut slots, limits(0, 4)), vec![Action::Stop { subid: 1, pid: 100 }]);
+        assert_eq!(
+            decide(&subs, &mut slots, limits(0, 4), &Others::default()),
+            vec![Action::Stop { subid: 1, pid: 100 }]
+        );
         assert_eq!(slots[0].status, Status::Streaming, "until the worker is gone");
         slots[0].pid = 0;
-        assert!(decide(&subs, &mut slots, limits(1, 4)).is_empty());
+        assert!(decide(&subs, &mut slots, limits(1, 4), &Others::default()).is_empty());
         assert_eq!(slots[0].status, Status::Disabled);
         assert_eq!(slots[0].failures, 0);
         // Enabled again: starts at once.
-        assert_eq!(decide(&[sub(1, true)], &mut slots, limits(2, 4)), vec![Action::Start { subid: 1 }]);
+        assert_eq!(
+            decide(&[sub(1, true)], &mut slots, limits(2, 4), &Others::default()),
+            vec![Action::Start { subid: 1 }]
+        );
         assert_eq!(slots[0].status, Status::Starting);
     }
 
     #[test]
     fn a_changed_catalog_row_restarts_the_worker() {
         let mut slots = [Slot { pid: 100, config_hash: 1, ..slot(1) }];
-        let a = decide(&[Sub { subid: 1, enabled: true, config_hash: 2 }], &mut slots, limits(0, 4));
+        let a =
+            decide(&[Sub { subid: 1, enabled: true, config_hash: 2 }], &mut slots, limits(0, 4), &Others::default());
         assert_eq!(a, vec![Action::Stop { subid: 1, pid: 100 }]);
         // A registered worker that has not started yet is left alone.
         let mut slots = [Slot { registered: true, config_hash: 1, ..slot(1) }];
-        assert!(decide(&[Sub { subid: 1, enabled: true, config_hash: 2 }], &mut slots, limits(0, 4)).is_empty());
+        assert!(decide(
+            &[Sub { subid: 1, enabled: true, config_hash: 2 }],
+            &mut slots,
+            limits(0, 4),
+            &Others::default()
+        )
+        .is_empty());
     }
 
     #[test]
     fn dropped_subscriptions_stop_then_free_their_slot() {
         let mut slots = [Slot { pid: 7, ..slot(9) }, slot(1)];
-        let a = decide(&[sub(1, true)], &mut slots, limits(0, 4));
+        let a = decide(&[sub(1, true)], &mut slots, limits(0, 4), &Others::default());
         assert_eq!(a, vec![Action::Stop { subid: 9, pid: 7 }, Action::Start { subid: 1 }]);
         slots[0].pid = 0;
-        let a = decide(&[sub(1, true)], &mut slots, limits(1, 4));
+        let a = decide(&[sub(1, true)], &mut slots, limits(1, 4), &Others::default());
         assert_eq!(a, vec![Action::Forget { subid: 9 }]);
     }
 
     #[test]
     fn workers_of_dropped_subscriptions_count_against_the_cap() {
         let mut slots = [Slot { pid: 7, ..slot(9) }, slot(1)];
-        let a = decide(&[sub(1, true)], &mut slots, limits(0, 1));
+        let a = decide(&[sub(1, true)], &mut slots, limits(0, 1), &Others::default());
         assert_eq!(
             a,
             vec![Action::Stop { subid: 9, pid: 7 }, Action::WarnWaiting { subid: 1, reason: WaitReason::Cap }]
@@ -276,8 +320,33 @@ mod tests {
     #[test]
     fn a_held_subscription_does_not_start() {
         let mut slots = [Slot { held: true, ..slot(1) }];
-        assert!(decide(&[sub(1, true)], &mut slots, limits(0, 4)).is_empty());
+        assert!(decide(&[sub(1, true)], &mut slots, limits(0, 4), &Others::default()).is_empty());
         slots[0].held = false;
-        assert_eq!(decide(&[sub(1, true)], &mut slots, limits(0, 4)), vec![Action::Start { subid: 1 }]);
+        assert_eq!(
+            decide(&[sub(1, true)], &mut slots, limits(0, 4), &Others::default()),
+            vec![Action::Start { subid: 1 }]
+        );
+    }
+
+    #[test]
+    fn the_cap_is_server_wide_and_the_longest_wait_goes_first() {
+        // Another database runs one worker of two: one start is left.
+        let others = Others { running: 1, waiting_since: vec![] };
+        let subs = [sub(1, true), sub(2, true)];
+        let mut slots = [slot(1), slot(2)];
+        let a = decide(&subs, &mut slots, limits(10, 2), &others);
+        assert_eq!(a, vec![Action::Start { subid: 1 }, Action::WarnWaiting { subid: 2, reason: WaitReason::Cap }]);
+        assert_eq!(slots[1].waiting_since, 10);
+        // A worker frees, but a subscription of another database has waited since 5: it goes first.
+        slots[0].registered = false;
+        let others = Others { running: 1, waiting_since: vec![5] };
+        let a = decide(&subs, &mut slots, limits(20, 2), &others);
+        assert_eq!(a, vec![Action::WarnWaiting { subid: 1, reason: WaitReason::Cap }]);
+        assert_eq!(slots[0].status, Status::WaitingForWorker);
+        // One that began waiting later does not: ours (since 10) starts.
+        let others = Others { running: 1, waiting_since: vec![15] };
+        let a = decide(&subs, &mut slots, limits(30, 3), &others);
+        assert_eq!(a, vec![Action::Start { subid: 2 }]);
+        assert_eq!(slots[1].waiting_since, 0, "no longer waiting");
     }
 }

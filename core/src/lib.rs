@@ -4,10 +4,12 @@
 //! - [`sql`]: the text of the statements the apply worker prepares for each relation;
 //! - [`launch`]: the launcher's decision, a pure function from (catalog, worker slots, clock) to
 //!   actions;
-//! - [`tablesync`]: which tables get a table synchronization worker now.
+//! - [`tablesync`]: which tables get a table synchronization worker now;
+//! - [`supervise`]: the supervisor's decision, which databases get a launcher now.
 //!
 //! Nothing here calls PostgreSQL, so all of it is unit-tested with plain `cargo test`.
 pub mod launch;
 pub mod sql;
 pub mod state;
+pub mod supervise;
 pub mod tablesync;

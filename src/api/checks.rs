@@ -1,7 +1,7 @@
 //! Checks of the SQL functions' arguments and callers, done on the subscriber before anything
 //! is changed: who may call, names, options, the connection string, the database.
 use crate::catalog::{self, Subscription};
-use crate::report::{error, log};
+use crate::report::error;
 use crate::shmem;
 use pgrx::prelude::*;
 use pgsub_proto::conninfo;
@@ -133,26 +133,46 @@ pub fn default_slot_name(name: &str) -> String {
     format!("pgsub_{s}_{:08x}", h as u32)
 }
 
-/// Subscriptions only run in the database named by pgsub.database: refuse to create one that
-/// would never start, and warn when pgsub is not preloaded (no launcher runs then).
+/// Subscriptions run only where pgsub's workers can run them: refuse to create or enable one
+/// when pgsub is not preloaded (no supervisor, no worker would ever start), or in a database a
+/// non-empty `pgsub.database` leaves out.
 pub(super) fn check_database() {
-    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default();
-    let configured = crate::gucs::database();
-    if here != configured {
+    if !shmem::available() {
         error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("pgsub runs its workers in database \"{configured}\", not in \"{here}\""),
-            Some("The launcher reads subscriptions only from the database named by pgsub.database.".into()),
-            Some("Create subscriptions in that database, or set pgsub.database (needs a restart)."),
+            "pgsub is not loaded through shared_preload_libraries: no worker could apply subscriptions",
+            Some("The pgsub extension is created, but its supervisor, launchers and workers only run when the server loads pgsub at start.".into()),
+            Some("Add pgsub to shared_preload_libraries (for example ALTER SYSTEM SET shared_preload_libraries = 'pgsub', keeping any libraries already listed) and restart the server."),
         );
     }
-    if !shmem::available() {
-        log(
-            PgLogLevel::WARNING,
+    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default();
+    let template = Spi::get_one::<bool>(
+        "SELECT datistemplate FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if template {
+        error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "pgsub is not loaded through shared_preload_libraries: no worker will apply this subscription",
-            None,
-            Some("Add pgsub to shared_preload_libraries and restart the server."),
+            format!("pgsub does not run subscriptions in template database \"{here}\""),
+            Some("A subscription in a template would be copied into every database created from it.".into()),
+            Some("Create the subscription in a database that is not a template."),
+        );
+    }
+    let allowed = crate::gucs::databases();
+    if allowed.is_empty() {
+        return;
+    }
+    if !allowed.contains(&here) {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "pgsub runs subscriptions only in the databases named by pgsub.database ('{}'), not in \"{here}\"",
+                crate::gucs::database_setting()
+            ),
+            Some("Databases not named there get no launcher.".into()),
+            Some("Create subscriptions in one of those databases, or add this one to pgsub.database (or empty it for every database; a restart is needed)."),
         );
     }
 }

@@ -80,7 +80,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
     );
     if ended && WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
         release_pauses();
-        shmem::wake_launcher();
+        shmem::wake_launcher(shmem::my_database());
     }
 }
 
@@ -177,7 +177,7 @@ pub(super) fn stop_worker(subid: i32) {
     let me = unsafe { pg_sys::MyProcPid };
     let pid = {
         let mut g = shmem::SHARED.exclusive();
-        match g.claim(subid) {
+        match g.claim(subid, shmem::my_database()) {
             Some(s) => {
                 s.paused_by = me;
                 s.pid

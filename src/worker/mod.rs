@@ -67,13 +67,14 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     // worker registered just before a drop must not take the slot the drop is about to remove.
     let claimed = {
         let mut g = shmem::SHARED.exclusive();
-        match g.claim(subid) {
+        match g.claim(subid, dboid) {
             Some(s) if s.pid > 0 && s.pid != me => Err("another worker is running"),
             Some(s) if s.paused_by > 0 && crate::process::pid_alive(s.paused_by) => {
                 Err("the subscription is being dropped or changed")
             }
             Some(s) => {
                 s.pid = me;
+                s.launch_pending = false;
                 s.worker_started_at = now();
                 s.status = Status::Starting;
                 s.failed = false;
@@ -173,7 +174,7 @@ pub(crate) fn disable_on_error(subid: i32) -> bool {
         xact(|| {
             let _ = catalog::set_enabled(subid, false);
         });
-        shmem::wake_launcher();
+        shmem::wake_launcher(shmem::my_database());
         report::log(
             PgLogLevel::LOG,
             Code::ERRCODE_SUCCESSFUL_COMPLETION,
