@@ -109,7 +109,7 @@ LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid;
 CREATE VIEW pgsub.stat_subscription_all AS
 SELECT d.datname,
        p.subid,
-       p.subname,
+       n.subname,
        p.status,
        p.pid,
        pgsub._ts(p.worker_started_at) AS worker_started_at,
@@ -126,8 +126,9 @@ SELECT d.datname,
        pgsub._ts(c.last_error_at) AS last_error_at,
        p.publisher_version
 FROM pgsub._stat_progress() p
+JOIN pgsub._stat_names() n ON n.subid = p.subid
 LEFT JOIN pgsub._stat_counters() c ON c.subid = p.subid
-LEFT JOIN pg_catalog.pg_database d ON d.oid = p.dboid;
+LEFT JOIN pg_catalog.pg_database d ON d.oid = n.dboid;
 
 -- Every database the supervisor knows: whether a launcher runs there, and why not.
 CREATE VIEW pgsub.stat_database AS

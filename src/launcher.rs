@@ -88,6 +88,7 @@ pub extern "C-unwind" fn pgsub_launcher_main(arg: pg_sys::Datum) {
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
+        crate::process::absorb_barriers();
     };
     // Workers of ours keep running when we are stopped: they are independent and stop on their
     // own when their subscription goes away; the next launcher adopts them through shared memory.

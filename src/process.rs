@@ -72,3 +72,17 @@ pub fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
+
+/// Absorbs a pending ProcSignalBarrier, as CHECK_FOR_INTERRUPTS would. DROP DATABASE, DROP
+/// TABLESPACE and ALTER DATABASE … SET TABLESPACE wait until every process of the server has
+/// absorbed theirs: a pgsub process that only waits on its latch and socket must do it itself
+/// after each wake, or those commands wait for it forever.
+pub fn absorb_barriers() {
+    // SAFETY: reading a sig_atomic_t flag set by the procsignal handler; ProcessProcSignalBarrier
+    // is what ProcessInterrupts calls for it, and these call sites are between statements.
+    unsafe {
+        if std::ptr::addr_of!(pg_sys::ProcSignalBarrierPending).read_volatile() != 0 {
+            pg_sys::ProcessProcSignalBarrier();
+        }
+    }
+}

@@ -64,6 +64,8 @@ impl Wait for LatchWait {
             };
             if self.ctx == Context::Backend {
                 pg_sys::check_for_interrupts!();
+            } else {
+                crate::process::absorb_barriers();
             }
             if rc & sock_ev as i32 != 0 {
                 return Ok(());

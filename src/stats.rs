@@ -12,8 +12,6 @@ fn _stat_progress() -> TableIterator<
     'static,
     (
         name!(subid, i32),
-        name!(dboid, pg_sys::Oid),
-        name!(subname, String),
         name!(status, String),
         name!(pid, Option<i32>),
         name!(worker_started_at, i64),
@@ -37,8 +35,6 @@ fn _stat_progress() -> TableIterator<
             let alive = s.pid > 0;
             rows.push((
                 s.subid,
-                pg_sys::Oid::from(s.dboid),
-                s.name(),
                 s.status.as_str().to_string(),
                 if alive { Some(s.pid) } else { None },
                 s.worker_started_at,
@@ -97,6 +93,19 @@ fn _stat_counters() -> TableIterator<
                 s.last_error(),
                 s.last_error_at,
             ));
+        }
+    }
+    TableIterator::new(rows)
+}
+
+/// The database and name of every subscription in shared memory (`pgsub.stat_subscription_all`).
+#[pg_extern(volatile, parallel_safe)]
+fn _stat_names() -> TableIterator<'static, (name!(subid, i32), name!(dboid, pg_sys::Oid), name!(subname, String))> {
+    let mut rows = Vec::new();
+    if shmem::available() {
+        let g = shmem::SHARED.share();
+        for s in g.slots.iter().filter(|s| s.subid != 0) {
+            rows.push((s.subid, pg_sys::Oid::from(s.dboid), s.name()));
         }
     }
     TableIterator::new(rows)

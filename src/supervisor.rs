@@ -64,6 +64,7 @@ pub extern "C-unwind" fn pgsub_supervisor_main(_arg: pg_sys::Datum) {
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
+        crate::process::absorb_barriers();
     }
     // Launchers keep running; the next supervisor finds them through their slots.
     SHARED.exclusive().supervisor_pid = 0;

@@ -1438,3 +1438,39 @@ impl Cluster {
         .await
     }
 }
+
+// =============================================================================================
+// Added for multidb_test.rs (issue 17: subscriptions in every database): clients that keep the
+// server's notices. Additions only; nothing above depends on them.
+
+/// The notices (NOTICE, WARNING, …) the server sent on one connection, in the order received.
+pub type Notices = std::sync::Arc<std::sync::Mutex<Vec<tokio_postgres::error::DbError>>>;
+
+/// [`connect`] that keeps every notice the server sends on the connection (tokio-postgres's own
+/// connection future only logs them). A notice raised by a statement is stored before the
+/// statement's result reaches the client: the connection task reads the server's messages in
+/// order.
+pub async fn connect_with_notices(connstr: &str) -> Result<(tokio_postgres::Client, Notices)> {
+    let (client, mut conn) =
+        tokio_postgres::connect(connstr, tokio_postgres::NoTls).await.map_err(|e| format!("connect: {e}"))?;
+    let notices = Notices::default();
+    let sink = notices.clone();
+    tokio::spawn(async move {
+        // poll_message drives the connection (queries make progress) and hands out the
+        // asynchronous messages; None or an error ends the connection.
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+            }
+        }
+    });
+    Ok((client, notices))
+}
+
+impl Cluster {
+    /// [`Cluster::client`] that keeps the server's notices ([`connect_with_notices`]).
+    pub async fn client_with_notices(&self, db: &str) -> Result<(tokio_postgres::Client, Notices)> {
+        connect_with_notices(&self.connstr("postgres", db)).await.map_err(|e| format!("{}: {e}", self.opts.name))
+    }
+}
+// End of the additions for multidb_test.rs.

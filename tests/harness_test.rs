@@ -1,4 +1,4 @@
-//! The harness itself: two clusters start, pgsub loads on the subscriber (its launcher shows in
+//! The harness itself: two clusters start, pgsub loads on the subscriber (its supervisor shows in
 //! pg_stat_activity), the publisher accepts a logical replication connection, and dropping the
 //! clusters leaves no process and no directory behind.
 use pgsub_tests::{bindir, pid_alive, wait_for, TwoNodes};
@@ -18,20 +18,21 @@ async fn two_nodes_start_load_pgsub_and_clean_up() {
         .get(0);
     assert!(!ext.is_empty());
 
-    // The launcher runs as a background worker whose backend_type names pgsub.
-    let launcher_pid: i32 = wait_for("the pgsub launcher in pg_stat_activity", Duration::from_secs(30), || {
+    // The supervisor runs as a background worker whose backend_type names pgsub (launchers only
+    // run in databases with enabled subscriptions).
+    let supervisor_pid: i32 = wait_for("the pgsub supervisor in pg_stat_activity", Duration::from_secs(30), || {
         let sub = &sub;
         async move {
             let rows = sub
-                .query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgsub launcher'", &[])
+                .query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgsub supervisor'", &[])
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(rows.first().map(|r| r.get::<_, i32>(0)))
         }
     })
     .await
-    .expect("launcher visible");
-    assert!(pid_alive(launcher_pid));
+    .expect("supervisor visible");
+    assert!(pid_alive(supervisor_pid));
 
     // The publisher accepts a logical replication connection (replication=database).
     let conn =
@@ -51,7 +52,7 @@ async fn two_nodes_start_load_pgsub_and_clean_up() {
     // Cleanup: every process of both clusters and both directories are gone after drop.
     let mut pids = nodes.publisher.process_pids();
     pids.extend(nodes.subscriber.process_pids());
-    assert!(pids.contains(&launcher_pid), "launcher is a child of the subscriber");
+    assert!(pids.contains(&supervisor_pid), "supervisor is a child of the subscriber");
     let dirs = [nodes.publisher.dir().to_path_buf(), nodes.subscriber.dir().to_path_buf()];
     drop(sub);
     drop(nodes);

@@ -135,10 +135,10 @@ pub fn decide(dbs: &[Database], slots: &mut [DbSlot], limits: Limits) -> Vec<Act
     let mut probing = slots.iter().filter(|s| s.oid != 0 && s.state == DbState::Starting && s.has_launcher()).count();
     for db in dbs {
         let Some(slot) = slots.iter_mut().find(|s| s.oid == db.oid) else { continue };
-        let barred = if !db.included {
-            Some(DbState::Excluded)
-        } else if !db.connectable {
+        let barred = if !db.connectable {
             Some(DbState::NotConnectable)
+        } else if !db.included {
+            Some(DbState::Excluded)
         } else {
             None
         };

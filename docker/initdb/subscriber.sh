@@ -3,9 +3,9 @@
 # compose.yaml; the entrypoint runs it once, on an empty data directory, against its temporary
 # init server (which already preloads pgsub). The work is done by the same script scripts/demo
 # runs: scripts/demo-sql/init-node.sh (mounted at /demo-sql), which creates the extension in
-# pgsub.database (postgres) and the subscription to the `publisher` service (DEMO_PUB_CONNINFO).
+# the postgres database and the subscription to the `publisher` service (DEMO_PUB_CONNINFO).
 # This file may be sourced by the entrypoint, so it only runs that script in a child bash.
 # DEMO_SQL_DIR (default /demo-sql) lets tests/demo_test.rs run this file outside Docker.
-# pgsub's launcher and workers run in pgsub.database (default postgres): the extension goes there.
+# pgsub serves every database; the demo's subscription lives in postgres.
 PGUSER="${POSTGRES_USER:-postgres}" PGDATABASE=postgres \
   bash "${DEMO_SQL_DIR:-/demo-sql}/init-node.sh" subscriber

@@ -1,7 +1,7 @@
 -- scripts/demo-sql/subscriber.sql — the subscriber's side of the demo: the pgsub extension, the
 -- same tables as the publisher (schema.sql) and the subscription `demo_sub` to `demo_pub`.
 -- psql variable: pub_conninfo (libpq connection string of the publisher). The server must have
--- shared_preload_libraries = 'pgsub' and this must run in pgsub.database (default: postgres).
+-- shared_preload_libraries = 'pgsub' (any database will do; the demo uses postgres).
 -- Run by init-node.sh, i.e. by scripts/demo and by the compose subscriber's
 -- /docker-entrypoint-initdb.d. Safe to rerun: an existing subscription is kept.
 \set ON_ERROR_STOP on

@@ -417,6 +417,7 @@ impl Stream {
                 pg_sys::ResetLatch(pg_sys::MyLatch);
             }
         }
+        crate::process::absorb_barriers();
     }
 
     fn fail(&mut self, e: &ProtoError, what: &str) -> ! {

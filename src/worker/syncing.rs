@@ -374,6 +374,7 @@ fn wait_latch(ms: i64) {
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
+    crate::process::absorb_barriers();
 }
 
 pub(super) fn wait_ms(ms: i64) {
