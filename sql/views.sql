@@ -174,6 +174,8 @@ GRANT USAGE ON SCHEMA pgsub TO PUBLIC;
 GRANT SELECT ON pgsub.subscription, pgsub.subscription_table, pgsub.stat_subscription TO PUBLIC;
 REVOKE ALL ON pgsub.stat_subscription_all, pgsub.stat_database FROM PUBLIC;
 GRANT SELECT ON pgsub.stat_subscription_all, pgsub.stat_database TO pgsub_admin, pg_monitor;
+REVOKE EXECUTE ON FUNCTION pgsub._stat_databases() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgsub._stat_databases() TO pgsub_admin, pg_monitor;
 
 -- Created without pgsub preloaded: say so. Either way, have the supervisor look at this
 -- database once the creating transaction commits.

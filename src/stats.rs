@@ -1,8 +1,34 @@
 //! Set-returning functions that expose the shared-memory slots to SQL; the
 //! `pgsub.stat_subscription` view (sql/views.sql) joins them with the catalog. Times are
 //! returned as raw TimestampTz microseconds and LSNs as bigint; the view converts both.
+//!
+//! Shared memory holds the subscriptions of every database. A caller sees those of its own
+//! database, and all of them only if it is a superuser or has the privileges of `pg_monitor` or
+//! `pgsub_admin` (errors can quote row values; other databases' are not everyone's business).
 use crate::shmem;
 use pgrx::prelude::*;
+
+/// Whether the calling role may see the subscriptions of every database.
+fn sees_all_databases() -> bool {
+    // SAFETY: catalog lookups of the current user's role memberships inside a transaction.
+    unsafe {
+        let me = pg_sys::GetUserId();
+        if pg_sys::superuser_arg(me) {
+            return true;
+        }
+        [c"pg_monitor", c"pgsub_admin"].iter().any(|role| {
+            let r = pg_sys::get_role_oid(role.as_ptr(), true);
+            r != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, r)
+        })
+    }
+}
+
+/// The subscription slots the caller may see.
+fn visible_slots(g: &shmem::Shared) -> impl Iterator<Item = &shmem::SubSlot> {
+    let all = sees_all_databases();
+    let here = shmem::my_database();
+    g.slots.iter().filter(move |s| s.subid != 0 && (all || s.dboid == here))
+}
 
 /// Progress of every subscription pgsub's launcher knows about.
 // The column list is the SQL signature: pgrx needs it spelled out inline.
@@ -31,7 +57,7 @@ fn _stat_progress() -> TableIterator<
     let mut rows = Vec::new();
     if shmem::available() {
         let g = shmem::SHARED.share();
-        for s in g.slots.iter().filter(|s| s.subid != 0) {
+        for s in visible_slots(&g) {
             let alive = s.pid > 0;
             rows.push((
                 s.subid,
@@ -78,7 +104,7 @@ fn _stat_counters() -> TableIterator<
     let mut rows = Vec::new();
     if shmem::available() {
         let g = shmem::SHARED.share();
-        for s in g.slots.iter().filter(|s| s.subid != 0) {
+        for s in visible_slots(&g) {
             rows.push((
                 s.subid,
                 s.txns_applied,
@@ -104,7 +130,7 @@ fn _stat_names() -> TableIterator<'static, (name!(subid, i32), name!(dboid, pg_s
     let mut rows = Vec::new();
     if shmem::available() {
         let g = shmem::SHARED.share();
-        for s in g.slots.iter().filter(|s| s.subid != 0) {
+        for s in visible_slots(&g) {
             rows.push((s.subid, pg_sys::Oid::from(s.dboid), s.name()));
         }
     }
@@ -168,7 +194,8 @@ fn _sync_progress() -> TableIterator<
     let mut rows = Vec::new();
     if shmem::available() {
         let g = shmem::SHARED.share();
-        for s in g.sync.iter().filter(|s| s.subid != 0) {
+        let subs: Vec<i32> = visible_slots(&g).map(|s| s.subid).collect();
+        for s in g.sync.iter().filter(|s| s.subid != 0 && subs.contains(&s.subid)) {
             rows.push((
                 s.subid,
                 pg_sys::Oid::from(s.relid),

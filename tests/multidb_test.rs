@@ -231,6 +231,22 @@ async fn three_databases_two_publishers_replicate_at_once() {
     let probes: i64 = one(&sa, "SELECT min(probes) FROM pgsub.stat_database WHERE state = 'running'").await;
     assert!(probes >= 1, "a running database was probed {probes} times");
 
+    // A role without pg_monitor or pgsub_admin sees its own database's subscriptions only: the
+    // server-wide views are closed to it, the shared-memory helpers filter by database.
+    sa.batch_execute("CREATE ROLE plain LOGIN").await.unwrap();
+    let plain = sub.client_as("plain", "db_a").await.unwrap();
+    let own: i64 = one(&plain, "SELECT count(*) FROM pgsub._stat_progress()").await;
+    assert_eq!(own, 1, "plain in db_a sees db_a's one subscription in shared memory");
+    let own: i64 = one(&plain, "SELECT count(*) FROM pgsub._stat_counters()").await;
+    assert_eq!(own, 1, "and its counters only");
+    for view in ["pgsub.stat_subscription_all", "pgsub.stat_database"] {
+        let e = plain.query(&format!("SELECT * FROM {view}"), &[]).await.expect_err("closed to plain");
+        assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{view}: {e}");
+    }
+    sa.batch_execute("GRANT pg_monitor TO plain").await.unwrap();
+    let seen: i64 = one(&plain, "SELECT count(*) FROM pgsub.stat_subscription_all").await;
+    assert_eq!(seen, 4, "with pg_monitor, every database's");
+
     // Each publisher database against each subscriber database it feeds.
     assert_replicated_equal_for(&p1, &sa, Some(&["main"])).await;
     assert_replicated_equal_for(&p1b, &sb, Some(&["main"])).await;

@@ -40,8 +40,19 @@ const MANAGEMENT: [&str; 12] = [
 
 /// Helpers the views call with the caller's privileges; read-only, for everyone.
 /// (`_preloaded` says whether pgsub is in shared_preload_libraries.)
-const VIEW_HELPERS: [&str; 7] =
-    ["_ts", "_lsn", "_mask_conninfo", "_stat_progress", "_stat_counters", "_sync_progress", "_preloaded"];
+const VIEW_HELPERS: [&str; 9] = [
+    "_ts",
+    "_lsn",
+    "_mask_conninfo",
+    "_stat_progress",
+    "_stat_counters",
+    "_sync_progress",
+    "_preloaded",
+    "_stat_names",
+    "_stat_databases",
+];
+/// Run by the extension's own script only: closed to everyone else.
+const INTERNAL: [&str; 1] = ["_extension_created"];
 
 /// A publisher and a subscriber, table `t (id int PRIMARY KEY, v text)` on both, publication
 /// `pub` for it.
@@ -87,6 +98,8 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         if MANAGEMENT.contains(&name.as_str()) {
             assert!(!plain && !public, "{sig}: EXECUTE must be revoked from PUBLIC");
             assert!(admin, "{sig}: pgsub_admin may execute");
+        } else if INTERNAL.contains(&name.as_str()) {
+            assert!(!plain && !public && !admin && !secdef, "{sig}: internal, closed to every role");
         } else {
             assert!(
                 VIEW_HELPERS.contains(&name.as_str()),
@@ -95,7 +108,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
             assert!(!secdef, "{sig}: a helper open to everyone must not be SECURITY DEFINER");
         }
     }
-    for f in MANAGEMENT.iter().chain(VIEW_HELPERS.iter()) {
+    for f in MANAGEMENT.iter().chain(VIEW_HELPERS.iter()).chain(INTERNAL.iter()) {
         assert!(seen.iter().any(|n| n == f), "pgsub.{f} exists");
     }
     // The catalog tables themselves are closed; the views are open.
