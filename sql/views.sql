@@ -99,10 +99,18 @@ SELECT s.subname,
        (SELECT sum(w.rows_copied / greatest(extract(epoch FROM now() - pgsub._ts(w.copy_started_at)), 0.001))::float8
         FROM pgsub._sync_progress() w JOIN pgsub.sub_rel r ON r.subid = w.subid AND r.relid = w.relid
         WHERE w.subid = s.subid AND w.pid IS NOT NULL AND w.copy_started_at > 0
-          AND r.sync_state IN ('i', 'd')) AS copy_rows_per_sec
+          AND r.sync_state IN ('i', 'd')) AS copy_rows_per_sec,
+       coalesce(k.apply_error_count, 0) AS apply_error_count,
+       coalesce(k.sync_error_count, 0) AS sync_error_count,
+       coalesce(k.confl_insert_exists, 0) AS confl_insert_exists,
+       coalesce(k.confl_update_exists, 0) AS confl_update_exists,
+       coalesce(k.confl_update_missing, 0) AS confl_update_missing,
+       coalesce(k.confl_delete_missing, 0) AS confl_delete_missing,
+       pgsub._ts(k.stats_reset) AS stats_reset
 FROM pgsub.sub s
 LEFT JOIN pgsub._stat_progress() p ON p.subid = s.subid
-LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid;
+LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid
+LEFT JOIN pgsub._stat_conflicts() k ON k.subid = s.subid;
 
 -- Every subscription of every database of the server, from shared memory (what the launchers
 -- of all databases know; a subscription appears once its database's launcher has seen it).
@@ -154,7 +162,8 @@ REVOKE EXECUTE ON FUNCTION
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
     pgsub._skip_transaction(text, text),
-    pgsub.skip_transaction(text, pg_lsn)
+    pgsub.skip_transaction(text, pg_lsn),
+    pgsub.reset_stats(text)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean),
@@ -168,8 +177,10 @@ GRANT EXECUTE ON FUNCTION
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
     pgsub._skip_transaction(text, text),
-    pgsub.skip_transaction(text, pg_lsn)
+    pgsub.skip_transaction(text, pg_lsn),
+    pgsub.reset_stats(text)
 TO pgsub_admin;
+
 GRANT USAGE ON SCHEMA pgsub TO PUBLIC;
 GRANT SELECT ON pgsub.subscription, pgsub.subscription_table, pgsub.stat_subscription TO PUBLIC;
 REVOKE ALL ON pgsub.stat_subscription_all, pgsub.stat_database FROM PUBLIC;

@@ -404,6 +404,34 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
     update_sub(sub.subid, catalog::Change::SkipLsn(lsn));
 }
 
+/// Like native `pg_stat_reset_subscription_stats`: zeroes the subscription's counters (errors,
+/// conflicts by type, rows and transactions applied) and sets `stats_reset`; NULL resets every
+/// subscription of this database. Positions, status and the last error stay.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn reset_stats(name: default!(Option<&str>, "NULL")) {
+    require_admin();
+    let subs = match name {
+        Some(n) => vec![sub_by_name(n)],
+        None => catalog::load_all()
+            .unwrap_or_else(|e| error(Code::ERRCODE_INTERNAL_ERROR, format!("reading subscriptions: {e}"), None, None)),
+    };
+    for sub in &subs {
+        require_owner_privileges(sub);
+    }
+    if !shmem::available() {
+        return;
+    }
+    let at = crate::process::now();
+    let mut g = shmem::SHARED.exclusive();
+    let here = shmem::my_database();
+    for sub in &subs {
+        if let Some(s) = g.find_mut(sub.subid).filter(|s| s.dboid == here) {
+            s.reset_counters(at);
+        }
+    }
+}
+
 /// Masks the password of a connection string (used by the pgsub.subscription view).
 #[pg_extern(immutable, parallel_safe)]
 fn _mask_conninfo(conninfo: &str) -> String {

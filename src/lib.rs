@@ -18,6 +18,7 @@ pub mod publisher;
 pub mod report;
 pub mod shmem;
 pub mod stats;
+pub mod statsfile;
 pub mod supervisor;
 pub mod worker;
 

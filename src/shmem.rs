@@ -87,7 +87,20 @@ pub struct SubSlot {
     pub messages: i64,
     pub conflicts: i64,
     pub txns_skipped: i64,
+    /// Errors of the apply worker and of the subscription's sync workers (their sum is
+    /// `error_count`), as native `pg_stat_subscription_stats` counts them.
     pub error_count: i64,
+    pub apply_error_count: i64,
+    pub sync_error_count: i64,
+    /// Conflicts by PostgreSQL 18's type names (`conflicts` is their sum): a remote row whose key
+    /// already exists locally (a unique violation applying an INSERT or an UPDATE), and a row to
+    /// update or delete that is missing.
+    pub confl_insert_exists: i64,
+    pub confl_update_exists: i64,
+    pub confl_update_missing: i64,
+    pub confl_delete_missing: i64,
+    /// When `pgsub.reset_stats` last zeroed the counters (0 = never).
+    pub stats_reset: i64,
     pub last_error_at: i64,
     /// Finish LSN of the remote transaction whose batch (COPY of INSERTs, or DELETEs) failed
     /// last: the next worker applies its rows one by one, so that the error names the column
@@ -135,6 +148,13 @@ impl Default for SubSlot {
             conflicts: 0,
             txns_skipped: 0,
             error_count: 0,
+            apply_error_count: 0,
+            sync_error_count: 0,
+            confl_insert_exists: 0,
+            confl_update_exists: 0,
+            confl_update_missing: 0,
+            confl_delete_missing: 0,
+            stats_reset: 0,
             last_error_at: 0,
             batch_failed_lsn: 0,
             last_error_len: 0,
@@ -162,13 +182,39 @@ impl SubSlot {
         Some(String::from_utf8_lossy(&self.last_error[..n]).into_owned())
     }
 
-    /// Stores an error message (cut at a character boundary if too long) and counts it.
-    pub fn set_error(&mut self, msg: &str, at: i64) {
+    /// Stores an error message (cut at a character boundary if too long) and counts it, as an
+    /// apply worker's or a sync worker's (`sync`).
+    pub fn set_error(&mut self, msg: &str, at: i64, sync: bool) {
         let n = cut(msg, ERR_LEN);
         self.last_error[..n].copy_from_slice(&msg.as_bytes()[..n]);
         self.last_error_len = n as u16;
         self.last_error_at = at;
         self.error_count += 1;
+        if sync {
+            self.sync_error_count += 1;
+        } else {
+            self.apply_error_count += 1;
+        }
+    }
+
+    /// Zeroes the counters (`pgsub.reset_stats`); positions, status and the last error stay.
+    pub fn reset_counters(&mut self, at: i64) {
+        self.txns_applied = 0;
+        self.inserts = 0;
+        self.updates = 0;
+        self.deletes = 0;
+        self.truncates = 0;
+        self.messages = 0;
+        self.conflicts = 0;
+        self.txns_skipped = 0;
+        self.error_count = 0;
+        self.apply_error_count = 0;
+        self.sync_error_count = 0;
+        self.confl_insert_exists = 0;
+        self.confl_update_exists = 0;
+        self.confl_update_missing = 0;
+        self.confl_delete_missing = 0;
+        self.stats_reset = at;
     }
 }
 
@@ -284,6 +330,8 @@ pub struct DbSlot {
 #[repr(C)]
 pub struct Shared {
     pub supervisor_pid: i32,
+    /// The counters saved at the last clean shutdown were read back (`statsfile.rs`).
+    pub stats_restored: bool,
     pub dbs: [DbSlot; MAX_DATABASES],
     pub slots: [SubSlot; MAX_SUBSCRIPTIONS],
     pub sync: [SyncSlot; MAX_SYNC_SLOTS],
@@ -293,6 +341,7 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             supervisor_pid: 0,
+            stats_restored: false,
             dbs: [DbSlot::default(); MAX_DATABASES],
             slots: [SubSlot::default(); MAX_SUBSCRIPTIONS],
             sync: [SyncSlot::default(); MAX_SYNC_SLOTS],

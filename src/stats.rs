@@ -166,6 +166,41 @@ fn _stat_databases() -> TableIterator<
     TableIterator::new(rows)
 }
 
+/// Errors and conflicts by kind, and when the counters were last reset (`pgsub.stat_subscription`).
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn _stat_conflicts() -> TableIterator<
+    'static,
+    (
+        name!(subid, i32),
+        name!(apply_error_count, i64),
+        name!(sync_error_count, i64),
+        name!(confl_insert_exists, i64),
+        name!(confl_update_exists, i64),
+        name!(confl_update_missing, i64),
+        name!(confl_delete_missing, i64),
+        name!(stats_reset, i64),
+    ),
+> {
+    let mut rows = Vec::new();
+    if shmem::available() {
+        let g = shmem::SHARED.share();
+        for s in visible_slots(&g) {
+            rows.push((
+                s.subid,
+                s.apply_error_count,
+                s.sync_error_count,
+                s.confl_insert_exists,
+                s.confl_update_exists,
+                s.confl_update_missing,
+                s.confl_delete_missing,
+                s.stats_reset,
+            ));
+        }
+    }
+    TableIterator::new(rows)
+}
+
 /// True when pgsub was loaded through shared_preload_libraries (so the launcher runs).
 #[pg_extern(volatile, parallel_safe)]
 fn _preloaded() -> bool {

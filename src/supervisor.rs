@@ -50,6 +50,9 @@ pub extern "C-unwind" fn pgsub_supervisor_main(_arg: pg_sys::Datum) {
     let my_pid = unsafe { pg_sys::MyProcPid };
     SHARED.exclusive().supervisor_pid = my_pid;
     log!("pgsub supervisor started");
+    // The counters saved at the last clean shutdown, for the databases that still exist.
+    let oids: Vec<u32> = list_databases().iter().map(|d| d.oid).collect();
+    crate::statsfile::restore(&oids);
     let mut sup = Supervisor { launchers: HashMap::new(), my_pid, warned_full: false };
     while !shutdown_requested() {
         reload_config_if_requested();
@@ -66,8 +69,12 @@ pub extern "C-unwind" fn pgsub_supervisor_main(_arg: pg_sys::Datum) {
         }
         crate::process::absorb_barriers();
     }
-    // Launchers keep running; the next supervisor finds them through their slots.
+    // Launchers keep running; the next supervisor finds them through their slots. At server
+    // shutdown every pgsub process is stopping too: their last counts are in shared memory once
+    // they are gone, so wait for them (a few seconds at most) before saving the counters.
     SHARED.exclusive().supervisor_pid = 0;
+    wait_for_pgsub_processes(Duration::from_secs(5));
+    crate::statsfile::save();
     log!("pgsub supervisor shutting down");
 }
 
@@ -151,6 +158,24 @@ impl Supervisor {
     /// Forgets launchers that have exited.
     fn reap(&mut self) {
         self.launchers.retain(|_, h| matches!(h.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
+    }
+}
+
+/// Waits while launchers, apply or sync workers run, at most `limit`.
+fn wait_for_pgsub_processes(limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let running = {
+            let g = SHARED.share();
+            g.dbs.iter().any(|d| crate::process::pid_alive(d.pid))
+                || g.slots.iter().any(|s| s.subid != 0 && crate::process::pid_alive(s.pid))
+                || g.sync.iter().any(|s| s.subid != 0 && crate::process::pid_alive(s.pid))
+        };
+        if !running || std::time::Instant::now() >= deadline {
+            return;
+        }
+        // SAFETY: a plain sleep of this process (it is exiting; no latch to wait on).
+        unsafe { pg_sys::pg_usleep(50_000) };
     }
 }
 

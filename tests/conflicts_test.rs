@@ -126,3 +126,123 @@ async fn skipping_a_transaction_that_failed_at_prepare_clears_skip_lsn() {
     wait_value(&s, "SELECT count(*) FROM t", "3", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// The counters of one subscription, as `stat_subscription` shows them, in one line.
+async fn conflict_counters(s: &tokio_postgres::Client) -> String {
+    one(
+        s,
+        "SELECT format('conflicts=%s insert_exists=%s update_exists=%s update_missing=%s delete_missing=%s \
+                        errors=%s apply_errors=%s sync_errors=%s',
+                       conflicts, confl_insert_exists, confl_update_exists, confl_update_missing,
+                       confl_delete_missing, error_count, apply_error_count, sync_error_count)
+         FROM pgsub.stat_subscription WHERE subname = 'k'",
+    )
+    .await
+}
+
+/// Conflicts counted by PostgreSQL 18's type names — single and batched UPDATEs and DELETEs of
+/// missing rows exactly, a unique violation applying an INSERT (`insert_exists`) or an UPDATE
+/// (`update_exists`) once per attempt — and errors as apply errors; all of it survives a clean
+/// restart of the subscriber (as native statistics do), `reset_stats` zeroes it and stamps
+/// `stats_reset`, and after a crash the counters start from zero (as native ones do).
+#[tokio::test(flavor = "current_thread")]
+async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
+    let mut nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!(
+        "{ddl}; CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g"
+    ))
+    .await
+    .unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('k', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "k", WAIT).await;
+    assert_eq!(
+        conflict_counters(&s).await,
+        "conflicts=0 insert_exists=0 update_exists=0 update_missing=0 delete_missing=0 errors=0 apply_errors=0 sync_errors=0"
+    );
+
+    // Missing rows: one single UPDATE, a run of 19 UPDATEs (batched), a run of 10 DELETEs.
+    s.batch_execute("DELETE FROM t WHERE id <= 30").await.unwrap();
+    p.batch_execute("UPDATE t SET v = 'one' WHERE id = 1").await.unwrap();
+    p.batch_execute("UPDATE t SET v = 'run' WHERE id BETWEEN 2 AND 20").await.unwrap();
+    p.batch_execute("DELETE FROM t WHERE id BETWEEN 21 AND 30").await.unwrap();
+    p.batch_execute("UPDATE t SET v = 'marker' WHERE id = 100").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 100", "marker", WAIT).await;
+    assert_eq!(
+        conflict_counters(&s).await,
+        "conflicts=30 insert_exists=0 update_exists=0 update_missing=20 delete_missing=10 errors=0 apply_errors=0 sync_errors=0"
+    );
+
+    // insert_exists: a local row holds the key the publisher inserts; apply stops (native's
+    // behaviour) until it is removed.
+    s.batch_execute("INSERT INTO t VALUES (1000, 'local')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (1000, 'remote')").await.unwrap();
+    wait_for_subscription_error(&s, "k", &["duplicate key value"], WAIT).await;
+    s.batch_execute("DELETE FROM t WHERE id = 1000").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1000", "remote", WAIT).await;
+    // update_exists: the publisher moves a row onto a key only the subscriber has.
+    s.batch_execute("INSERT INTO t VALUES (2000, 'local')").await.unwrap();
+    p.batch_execute("UPDATE t SET id = 2000 WHERE id = 99").await.unwrap();
+    wait_for_subscription_error(&s, "k", &["duplicate key value"], WAIT).await;
+    s.batch_execute("DELETE FROM t WHERE id = 2000").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t WHERE id = 2000", "1", WAIT).await;
+    let counts: (i64, i64, i64, i64, i64) = {
+        let r = s
+            .query_one(
+                "SELECT confl_insert_exists, confl_update_exists, conflicts, error_count, apply_error_count \
+                 FROM pgsub.stat_subscription WHERE subname = 'k'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+    };
+    let (ins, upd, all, errors, apply_errors) = counts;
+    assert!(ins >= 1 && upd >= 1, "each unique violation counted (once per attempt): {counts:?}");
+    assert_eq!(all, 30 + ins + upd, "conflicts is the sum of the types");
+    assert_eq!(errors, apply_errors, "every error here is the apply worker's");
+    assert!(errors >= ins + upd, "each conflict that stopped apply is an error too");
+
+    // A clean restart keeps every counter.
+    let before = conflict_counters(&s).await;
+    drop(s);
+    nodes.subscriber.restart().expect("restart");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'k'", "streaming", WAIT).await;
+    assert_eq!(conflict_counters(&s).await, before, "the counters survived a clean restart");
+
+    // reset_stats zeroes them and says when.
+    s.batch_execute("SELECT pgsub.reset_stats('k')").await.unwrap();
+    assert_eq!(
+        conflict_counters(&s).await,
+        "conflicts=0 insert_exists=0 update_exists=0 update_missing=0 delete_missing=0 errors=0 apply_errors=0 sync_errors=0"
+    );
+    let reset: bool =
+        one(&s, "SELECT stats_reset > now() - interval '1 minute' FROM pgsub.stat_subscription WHERE subname = 'k'").await;
+    assert!(reset, "stats_reset is set");
+
+    // After a crash the counters start from zero, as native statistics do.
+    s.batch_execute("DELETE FROM t WHERE id = 50").await.unwrap();
+    p.batch_execute("DELETE FROM t WHERE id = 50").await.unwrap();
+    wait_value(&s, "SELECT confl_delete_missing::text FROM pgsub.stat_subscription WHERE subname = 'k'", "1", WAIT)
+        .await;
+    // Durable first (pgsub commits with synchronous_commit = off): the crash must not make the
+    // worker apply that transaction again, which would count its conflict again.
+    s.batch_execute("CHECKPOINT").await.unwrap();
+    drop(s);
+    nodes.subscriber.kill9().expect("kill -9");
+    nodes.subscriber.start_again().expect("start after the crash");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'k'", "streaming", WAIT).await;
+    assert_eq!(
+        conflict_counters(&s).await,
+        "conflicts=0 insert_exists=0 update_exists=0 update_missing=0 delete_missing=0 errors=0 apply_errors=0 sync_errors=0"
+    );
+
+    // The rows the subscriber lost on purpose go on the publisher too: both converge.
+    p.batch_execute("DELETE FROM t WHERE id <= 30").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}

@@ -23,7 +23,7 @@ async fn contents(c: &Client, query: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// The management functions: revoked from PUBLIC, granted to pgsub_admin.
-const MANAGEMENT: [&str; 12] = [
+const MANAGEMENT: &[&str] = &[
     "create_subscription",
     "drop_subscription",
     "enable_subscription",
@@ -36,11 +36,12 @@ const MANAGEMENT: [&str; 12] = [
     "refresh_subscription",
     "skip_transaction",
     "_skip_transaction",
+    "reset_stats",
 ];
 
 /// Helpers the views call with the caller's privileges; read-only, for everyone.
 /// (`_preloaded` says whether pgsub is in shared_preload_libraries.)
-const VIEW_HELPERS: [&str; 9] = [
+const VIEW_HELPERS: &[&str] = &[
     "_ts",
     "_lsn",
     "_mask_conninfo",
@@ -50,9 +51,10 @@ const VIEW_HELPERS: [&str; 9] = [
     "_preloaded",
     "_stat_names",
     "_stat_databases",
+    "_stat_conflicts",
 ];
 /// Run by the extension's own script only: closed to everyone else.
-const INTERNAL: [&str; 1] = ["_extension_created"];
+const INTERNAL: &[&str] = &["_extension_created"];
 
 /// A publisher and a subscriber, table `t (id int PRIMARY KEY, v text)` on both, publication
 /// `pub` for it.

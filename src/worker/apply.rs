@@ -127,7 +127,8 @@ pub struct Applier {
     /// counters.
     pub(super) batched_deleted: i64,
     pub(super) batched_updated: i64,
-    pub(super) batched_missing: i64,
+    pub(super) batched_update_missing: i64,
+    pub(super) batched_delete_missing: i64,
     /// Finish LSN of a remote transaction whose INSERTs, UPDATEs and DELETEs go one by one
     /// instead of in batches.
     pub(super) row_by_row_lsn: Option<Lsn>,
@@ -152,7 +153,8 @@ impl Applier {
             updates: None,
             batched_deleted: 0,
             batched_updated: 0,
-            batched_missing: 0,
+            batched_update_missing: 0,
+            batched_delete_missing: 0,
             row_by_row_lsn: None,
         }
     }
@@ -508,7 +510,7 @@ impl Applier {
             self.drain_counts(progress);
             match with_snapshot(|| self.update_one(&m)) {
                 Some(true) => progress.counters.updates += 1,
-                Some(false) => progress.counters.conflicts += 1,
+                Some(false) => progress.counters.update_missing += 1,
                 None => {}
             }
             return;
@@ -636,7 +638,7 @@ impl Applier {
             })
         });
         if processed == 0 {
-            progress.counters.conflicts += 1;
+            progress.counters.delete_missing += 1;
             let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
             missing_row("DELETE", &target);
         } else {

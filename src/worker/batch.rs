@@ -133,7 +133,7 @@ impl Applier {
             for m in &batch.rows {
                 match with_snapshot(|| self.update_one(m)) {
                     Some(true) => self.batched_updated += 1,
-                    Some(false) => self.batched_missing += 1,
+                    Some(false) => self.batched_update_missing += 1,
                     None => {}
                 }
             }
@@ -166,7 +166,7 @@ impl Applier {
             })
         });
         let target = |i: usize| with_snapshot(|| local.row_target(&batch.rows[i].new, &batch.key, binary, cxt));
-        tally(&found, "UPDATE", target, &mut self.batched_updated, &mut self.batched_missing);
+        tally(&found, "UPDATE", target, &mut self.batched_updated, &mut self.batched_update_missing);
         errctx::set_kind("");
     }
 
@@ -206,7 +206,7 @@ impl Applier {
             let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
             with_snapshot(|| local.row_target(t, &batch.key, binary, cxt))
         };
-        tally(&found, "DELETE", target, &mut self.batched_deleted, &mut self.batched_missing);
+        tally(&found, "DELETE", target, &mut self.batched_deleted, &mut self.batched_delete_missing);
         errctx::set_kind("");
     }
 
@@ -220,6 +220,7 @@ impl Applier {
     pub(super) fn drain_counts(&mut self, progress: &mut Progress) {
         progress.counters.deletes += std::mem::take(&mut self.batched_deleted);
         progress.counters.updates += std::mem::take(&mut self.batched_updated);
-        progress.counters.conflicts += std::mem::take(&mut self.batched_missing);
+        progress.counters.update_missing += std::mem::take(&mut self.batched_update_missing);
+        progress.counters.delete_missing += std::mem::take(&mut self.batched_delete_missing);
     }
 }

@@ -88,6 +88,11 @@ pub fn in_batch() -> bool {
     })
 }
 
+/// The kind of remote change being applied ("INSERT", "UPDATE (batch)", …; "" outside one).
+pub fn kind() -> &'static str {
+    STATE.with(|s| s.borrow().kind)
+}
+
 /// The message kind shown while a run of INSERTs is loaded with COPY.
 pub const COPY_BATCH: &str = "INSERT (COPY batch)";
 /// The message kind shown while a run of UPDATEs is applied with one statement.

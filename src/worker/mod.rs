@@ -123,6 +123,44 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     });
 }
 
+/// The conflict an apply error is, by PostgreSQL 18's names: a unique violation while applying a
+/// remote INSERT (`insert_exists`) or UPDATE (`update_exists`), batched or not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorConflict {
+    None,
+    InsertExists,
+    UpdateExists,
+}
+
+pub(crate) fn conflict_of(e: &CaughtError) -> ErrorConflict {
+    let code = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
+            r.sql_error_code()
+        }
+    };
+    if code != PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION {
+        return ErrorConflict::None;
+    }
+    let kind = errctx::kind();
+    if kind.starts_with("INSERT") {
+        ErrorConflict::InsertExists
+    } else if kind.starts_with("UPDATE") {
+        ErrorConflict::UpdateExists
+    } else {
+        ErrorConflict::None
+    }
+}
+
+/// Counts a conflict found by an error in the subscription's counters.
+pub(crate) fn count_conflict(s: &mut shmem::SubSlot, c: ErrorConflict) {
+    match c {
+        ErrorConflict::None => return,
+        ErrorConflict::InsertExists => s.confl_insert_exists += 1,
+        ErrorConflict::UpdateExists => s.confl_update_exists += 1,
+    }
+    s.conflicts += 1;
+}
+
 /// Records an error in shared memory, disables the subscription if asked to, and re-raises it so
 /// that it is logged (with the apply context) and ends the worker.
 fn on_error(subid: i32, e: CaughtError) {
@@ -151,8 +189,10 @@ fn on_error(subid: i32, e: CaughtError) {
     if !ctx.is_empty() {
         text.push_str(&format!("\nCONTEXT: {ctx}"));
     }
+    let conflict = conflict_of(&e);
     shmem::with_slot(subid, |s| {
-        s.set_error(&text, now());
+        s.set_error(&text, now(), false);
+        count_conflict(s, conflict);
         s.batch_failed_lsn = batch_failed_lsn;
         s.status = Status::Error;
         s.failed = true;

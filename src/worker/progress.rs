@@ -22,7 +22,9 @@ pub struct Counters {
     pub deletes: i64,
     pub truncates: i64,
     pub messages: i64,
-    pub conflicts: i64,
+    /// Conflicts: a remote UPDATE's / DELETE's row not found (skipped, as natively).
+    pub update_missing: i64,
+    pub delete_missing: i64,
     pub skipped: i64,
 }
 
@@ -163,7 +165,7 @@ impl Progress {
                 s.updates += c.updates;
                 s.deletes += c.deletes;
                 s.truncates += c.truncates;
-                s.conflicts += c.conflicts;
+                add_missing(s, &c);
             });
             return;
         }
@@ -192,7 +194,7 @@ impl Progress {
             s.deletes += c.deletes;
             s.truncates += c.truncates;
             s.messages += c.messages;
-            s.conflicts += c.conflicts;
+            add_missing(s, &c);
             s.txns_skipped += c.skipped;
             if c.txns > 0 {
                 // A transaction went through: the failure streak is over.
@@ -200,4 +202,11 @@ impl Progress {
             }
         });
     }
+}
+
+/// Adds the missing-row conflicts to the slot's counters (by type and in all).
+fn add_missing(s: &mut shmem::SubSlot, c: &Counters) {
+    s.confl_update_missing += c.update_missing;
+    s.confl_delete_missing += c.delete_missing;
+    s.conflicts += c.update_missing + c.delete_missing;
 }

@@ -120,6 +120,7 @@ fn on_error(subid: i32, relid: u32, e: CaughtError) {
         }
     };
     let retry_us = i64::from(gucs::RETRY_INTERVAL_MS.get().max(1)) * 1000;
+    let conflict = super::conflict_of(&e);
     shmem::with_sync_slot(subid, relid, |s| {
         s.set_error(&text, now());
         s.failures += 1;
@@ -129,7 +130,10 @@ fn on_error(subid: i32, relid: u32, e: CaughtError) {
     // The subscription's view shows it too (counted in error_count, as native counts sync errors
     // in pg_stat_subscription_stats); its status stays the apply worker's.
     let table = TABLE.get().cloned().unwrap_or_else(|| format!("with OID {relid}"));
-    shmem::with_slot(subid, |s| s.set_error(&format!("table synchronization of {table}: {text}"), now()));
+    shmem::with_slot(subid, |s| {
+        s.set_error(&format!("table synchronization of {table}: {text}"), now(), true);
+        super::count_conflict(s, conflict);
+    });
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
     super::disable_on_error(subid);

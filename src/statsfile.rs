@@ -1,0 +1,145 @@
+//! Subscription counters across clean restarts, as PostgreSQL keeps its own statistics: the
+//! supervisor writes every subscription's counters to `pg_stat/pgsub.stat` in the data directory
+//! when it exits cleanly (after the workers it waits for, so their last counts are in), and the
+//! next supervisor reads them back into shared memory once, then removes the file. After a crash
+//! there is no file (it was removed when read), so the counters start from zero — as native
+//! statistics do after crash recovery.
+//!
+//! The file is text: a header line, then one line per subscription with its id, database, name
+//! (hex) and counters. A line that does not parse is skipped with a WARNING.
+use crate::shmem::{self, SubSlot};
+use pgrx::prelude::*;
+use std::io::Write;
+
+const PATH: &str = "pg_stat/pgsub.stat";
+const HEADER: &str = "pgsub-stats 1";
+
+/// The counters saved, in file order.
+fn counters(s: &SubSlot) -> [i64; 16] {
+    [
+        s.txns_applied,
+        s.inserts,
+        s.updates,
+        s.deletes,
+        s.truncates,
+        s.messages,
+        s.conflicts,
+        s.txns_skipped,
+        s.error_count,
+        s.apply_error_count,
+        s.sync_error_count,
+        s.confl_insert_exists,
+        s.confl_update_exists,
+        s.confl_update_missing,
+        s.confl_delete_missing,
+        s.stats_reset,
+    ]
+}
+
+fn set_counters(s: &mut SubSlot, c: &[i64; 16]) {
+    [
+        s.txns_applied,
+        s.inserts,
+        s.updates,
+        s.deletes,
+        s.truncates,
+        s.messages,
+        s.conflicts,
+        s.txns_skipped,
+        s.error_count,
+        s.apply_error_count,
+        s.sync_error_count,
+        s.confl_insert_exists,
+        s.confl_update_exists,
+        s.confl_update_missing,
+        s.confl_delete_missing,
+        s.stats_reset,
+    ] = *c;
+}
+
+/// Writes every subscription's counters (a clean exit of the supervisor).
+pub fn save() {
+    let mut text = format!("{HEADER}\n");
+    {
+        let g = shmem::SHARED.share();
+        for s in g.slots.iter().filter(|s| s.subid != 0 && s.dboid != 0) {
+            let name: String = s.name().bytes().map(|b| format!("{b:02x}")).collect();
+            let nums: Vec<String> = counters(s).iter().map(i64::to_string).collect();
+            text.push_str(&format!("{} {} {} {}\n", s.subid, s.dboid, if name.is_empty() { "-" } else { &name }, nums.join(" ")));
+        }
+    }
+    let tmp = format!("{PATH}.tmp");
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|_| std::fs::rename(&tmp, PATH));
+    if let Err(e) = written {
+        warning!("pgsub: could not write subscription statistics to \"{PATH}\": {e}");
+    }
+}
+
+/// Reads the counters saved at the last clean exit into shared memory (once per server start)
+/// for the subscriptions of databases that still exist, then removes the file.
+pub fn restore(databases: &[u32]) {
+    let loaded = {
+        let mut g = shmem::SHARED.exclusive();
+        std::mem::replace(&mut g.stats_restored, true)
+    };
+    if !loaded {
+        if let Ok(text) = std::fs::read_to_string(PATH) {
+            restore_text(&text, databases);
+        }
+    }
+    // Whatever is there is either read now or stale (written by a supervisor that exited while
+    // the server ran on): after a crash it must not come back.
+    match std::fs::remove_file(PATH) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warning!("pgsub: could not remove \"{PATH}\": {e}"),
+    }
+}
+
+fn restore_text(text: &str, databases: &[u32]) {
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        warning!("pgsub: \"{PATH}\" is not a pgsub statistics file; subscription counters start from zero");
+        return;
+    }
+    let mut g = shmem::SHARED.exclusive();
+    for line in lines {
+        let Some((subid, dboid, name, nums)) = parse(line) else {
+            warning!("pgsub: skipping a damaged line of \"{PATH}\"");
+            continue;
+        };
+        if !databases.contains(&dboid) {
+            continue;
+        }
+        if let Some(s) = g.claim(subid, dboid) {
+            s.set_name(&name);
+            set_counters(s, &nums);
+        }
+    }
+}
+
+fn parse(line: &str) -> Option<(i32, u32, String, [i64; 16])> {
+    let mut parts = line.split(' ');
+    let subid = parts.next()?.parse::<i32>().ok().filter(|&id| id > 0)?;
+    let dboid = parts.next()?.parse::<u32>().ok().filter(|&o| o > 0)?;
+    let hex = parts.next()?;
+    let name = if hex == "-" {
+        String::new()
+    } else {
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        String::from_utf8(bytes?).ok()?
+    };
+    let mut nums = [0i64; 16];
+    for n in nums.iter_mut() {
+        *n = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some((subid, dboid, name, nums))
+}
