@@ -65,7 +65,13 @@ pub fn save() {
         for s in g.slots.iter().filter(|s| s.subid != 0 && s.dboid != 0) {
             let name: String = s.name().bytes().map(|b| format!("{b:02x}")).collect();
             let nums: Vec<String> = counters(s).iter().map(i64::to_string).collect();
-            text.push_str(&format!("{} {} {} {}\n", s.subid, s.dboid, if name.is_empty() { "-" } else { &name }, nums.join(" ")));
+            text.push_str(&format!(
+                "{} {} {} {}\n",
+                s.subid,
+                s.dboid,
+                if name.is_empty() { "-" } else { &name },
+                nums.join(" ")
+            ));
         }
     }
     let tmp = format!("{PATH}.tmp");
@@ -131,10 +137,8 @@ fn parse(line: &str) -> Option<(i32, u32, String, [i64; 16])> {
     let name = if hex == "-" {
         String::new()
     } else {
-        let bytes: Option<Vec<u8>> = (0..hex.len())
-            .step_by(2)
-            .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect();
+        let bytes: Option<Vec<u8>> =
+            (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
         String::from_utf8(bytes?).ok()?
     };
     let mut nums = [0i64; 16];

@@ -4,8 +4,8 @@
 //! the row was looked for; a transaction that fails at PREPARE (two-phase) is skipped with
 //! `skip_transaction` and the pending skip is then cleared, as native clears `subskiplsn`.
 use pgsub_tests::{
-    assert_replicated_equal, one, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts,
-    TwoNodes,
+    ClusterOpts, TwoNodes, assert_replicated_equal, one, wait_for_subscription_error, wait_for_subscription_sync,
+    wait_value,
 };
 use std::time::Duration;
 
@@ -171,6 +171,13 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
     p.batch_execute("DELETE FROM t WHERE id BETWEEN 21 AND 30").await.unwrap();
     p.batch_execute("UPDATE t SET v = 'marker' WHERE id = 100").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 100", "marker", WAIT).await;
+    // Each missing row is logged with the key looked for, single or batched.
+    let log = nodes.subscriber.log();
+    for (op, id) in [("updated", 1), ("updated", 2), ("updated", 20), ("deleted", 21), ("deleted", 30)] {
+        let line = format!("did not find row to be {op} in replication target relation \"public\".\"t\"");
+        assert!(log.contains(&line), "logged: {line}");
+        assert!(log.contains(&format!("Key (id)=({id}).")), "the key of row {id} is logged:\n{log}");
+    }
     assert_eq!(
         conflict_counters(&s).await,
         "conflicts=30 insert_exists=0 update_exists=0 update_missing=20 delete_missing=10 errors=0 apply_errors=0 sync_errors=0"
@@ -221,7 +228,8 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
         "conflicts=0 insert_exists=0 update_exists=0 update_missing=0 delete_missing=0 errors=0 apply_errors=0 sync_errors=0"
     );
     let reset: bool =
-        one(&s, "SELECT stats_reset > now() - interval '1 minute' FROM pgsub.stat_subscription WHERE subname = 'k'").await;
+        one(&s, "SELECT stats_reset > now() - interval '1 minute' FROM pgsub.stat_subscription WHERE subname = 'k'")
+            .await;
     assert!(reset, "stats_reset is set");
 
     // After a crash the counters start from zero, as native statistics do.

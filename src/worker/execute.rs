@@ -172,9 +172,16 @@ pub(super) fn check_width(remote: &Relation, t: &TupleData, what: &str) {
     }
 }
 
-/// The LOG line of an UPDATE or DELETE whose row is not there; `rel` is what
-/// `LocalRel::row_target` names (the leaf partition of a partitioned target, as natively).
-pub(super) fn missing_row(op: &str, rel: &str) {
+/// The LOG line of an UPDATE or DELETE whose row is not there; `target` is what
+/// `LocalRel::row_target` gives: the relation (the leaf partition of a partitioned target, as
+/// natively) and the key looked for.
+pub(super) fn missing_row(op: &str, target: &(String, Option<String>)) {
+    let (rel, key) = target;
+    let ctx = errctx::describe();
+    let detail = match key {
+        Some(k) => format!("Key {k}. {ctx}"),
+        None => ctx,
+    };
     report::log(
         PgLogLevel::LOG,
         Code::ERRCODE_NO_DATA_FOUND,
@@ -182,13 +189,19 @@ pub(super) fn missing_row(op: &str, rel: &str) {
             "pgsub: logical replication did not find row to be {}d in replication target relation {rel}",
             op.to_lowercase()
         ),
-        Some(errctx::describe()),
+        Some(detail),
         None,
     );
 }
 
 /// Adds a batch's rows to the found / not-found counts, logging each row not found.
-pub(super) fn tally(found: &[bool], op: &str, target: impl Fn(usize) -> String, hit: &mut i64, missing: &mut i64) {
+pub(super) fn tally(
+    found: &[bool],
+    op: &str,
+    target: impl Fn(usize) -> (String, Option<String>),
+    hit: &mut i64,
+    missing: &mut i64,
+) {
     for (i, f) in found.iter().enumerate() {
         if *f {
             *hit += 1;

@@ -238,15 +238,76 @@ impl LocalRel {
     /// `… relation's partition "leaf"`. The leaf is the one whose partition constraint the key
     /// values satisfy; when that cannot be told safely (a partition key that is an expression or
     /// not among the key columns sent), the partitioned table is named.
-    pub(super) fn row_target(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> String {
+    /// With it, the key of the row looked for, as `(a, b)=(1, x)` (PostgreSQL 18 logs the
+    /// replica identity of a missing row the same way), leaving out columns the subscription's
+    /// owner — the worker's user — may not read; None when none is left.
+    pub(super) fn row_target(
+        &self,
+        t: &TupleData,
+        key: &[bool],
+        binary: bool,
+        cxt: pg_sys::MemoryContext,
+    ) -> (String, Option<String>) {
+        let key_text = self.key_text(t, key, binary, cxt);
         if !self.only.is_empty() {
-            return self.qualified.clone();
+            return (self.qualified.clone(), key_text);
         }
         let leaf = self.leaf_partition(t, key, binary, cxt);
-        match leaf {
+        let rel = match leaf {
             Some(l) => format!("{}'s partition {l}", self.qualified),
             None => self.qualified.clone(),
+        };
+        (rel, key_text)
+    }
+
+    /// `(a, b)=(1, x)` for the `key` columns of `t` the current user may read.
+    fn key_text(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> Option<String> {
+        let mut names = Vec::new();
+        let mut values = Vec::new();
+        for (i, col) in self.cols.iter().enumerate() {
+            if !key.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some(v) = t.columns.get(i) else { continue };
+            let name = CString::new(col.name.as_str()).unwrap_or_default();
+            // SAFETY: catalog lookups inside the apply transaction. SELECT on the table covers
+            // every column (and superusers); otherwise the column's own privilege decides.
+            let readable = unsafe {
+                let me = pg_sys::GetUserId();
+                let attnum = pg_sys::get_attnum(self.relid, name.as_ptr());
+                attnum > 0
+                    && (pg_sys::pg_class_aclcheck(self.relid, me, pg_sys::ACL_SELECT as _)
+                        == pg_sys::AclResult::ACLCHECK_OK
+                        || pg_sys::pg_attribute_aclcheck(self.relid, attnum, me, pg_sys::ACL_SELECT as _)
+                            == pg_sys::AclResult::ACLCHECK_OK)
+            };
+            if !readable {
+                continue;
+            }
+            let text = match v {
+                TupleValue::Null => "null".to_string(),
+                TupleValue::UnchangedToast => "(unchanged)".to_string(),
+                TupleValue::Text(b) => String::from_utf8_lossy(b).into_owned(),
+                TupleValue::Binary(_) => super::execute::in_context(cxt, || {
+                    let (d, _) = col.datum(v, binary);
+                    // SAFETY: the type's output function on a Datum of that type, in the
+                    // per-message memory context.
+                    unsafe {
+                        let mut out = pg_sys::InvalidOid;
+                        let mut varlena = false;
+                        pg_sys::getTypeOutputInfo(col.typid, &mut out, &mut varlena);
+                        let c = pg_sys::OidOutputFunctionCall(out, d);
+                        std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
+                    }
+                }),
+            };
+            // Quoted only when needed, as PostgreSQL's own key details show names.
+            let plain = col.name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && col.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            names.push(if plain { col.name.clone() } else { pgsub_proto::client::quote_ident(&col.name) });
+            values.push(text);
         }
+        (!names.is_empty()).then(|| format!("({})=({})", names.join(", "), values.join(", ")))
     }
 
     pub(super) fn leaf_partition(
