@@ -4,8 +4,8 @@
 //! the row was looked for; a transaction that fails at PREPARE (two-phase) is skipped with
 //! `skip_transaction` and the pending skip is then cleared, as native clears `subskiplsn`.
 use pgsub_tests::{
-    ClusterOpts, TwoNodes, assert_replicated_equal, one, wait_for_subscription_error, wait_for_subscription_sync,
-    wait_value,
+    assert_replicated_equal, one, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts,
+    TwoNodes,
 };
 use std::time::Duration;
 
