@@ -181,6 +181,37 @@ GRANT EXECUTE ON FUNCTION
     pgsub.reset_stats(text)
 TO pgsub_admin;
 
+-- Cutover (issue 20, src/api/cutover.rs): waiting for the subscription to catch up with the
+-- publisher, and setting the local sequences to the publisher's. Management functions, closed
+-- like the ones above.
+CREATE FUNCTION pgsub.wait_for_catchup(name text, lsn pg_lsn DEFAULT NULL,
+                                       timeout interval DEFAULT '5 min')
+RETURNS pg_lsn
+LANGUAGE sql VOLATILE
+AS $$ SELECT pgsub._wait_for_catchup(name, lsn::text,
+                                     (extract(epoch FROM timeout) * 1000)::float8)::pg_lsn $$;
+COMMENT ON FUNCTION pgsub.wait_for_catchup(text, pg_lsn, interval) IS
+    'Wait until the subscription has durably applied everything the publisher wrote up to lsn (default: its current WAL position); returns that position';
+CREATE FUNCTION pgsub.sync_sequences(name text, sequences regclass[] DEFAULT NULL)
+RETURNS TABLE (sequence regclass, publisher_value bigint, previous_value bigint, next_value bigint)
+LANGUAGE sql VOLATILE
+AS $$ SELECT s.seq::regclass, s.publisher_value, s.previous_value, s.next_value
+      FROM pgsub._sync_sequences(name, sequences::oid[]) s $$;
+COMMENT ON FUNCTION pgsub.sync_sequences(text, regclass[]) IS
+    'Set the local sequences (default: those of the subscription''s tables) to the publisher''s sequences of the same name';
+REVOKE EXECUTE ON FUNCTION
+    pgsub.wait_for_catchup(text, pg_lsn, interval),
+    pgsub._wait_for_catchup(text, text, double precision),
+    pgsub.sync_sequences(text, regclass[]),
+    pgsub._sync_sequences(text, oid[])
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    pgsub.wait_for_catchup(text, pg_lsn, interval),
+    pgsub._wait_for_catchup(text, text, double precision),
+    pgsub.sync_sequences(text, regclass[]),
+    pgsub._sync_sequences(text, oid[])
+TO pgsub_admin;
+
 GRANT USAGE ON SCHEMA pgsub TO PUBLIC;
 GRANT SELECT ON pgsub.subscription, pgsub.subscription_table, pgsub.stat_subscription TO PUBLIC;
 REVOKE ALL ON pgsub.stat_subscription_all, pgsub.stat_database FROM PUBLIC;
@@ -192,3 +223,114 @@ GRANT EXECUTE ON FUNCTION pgsub._stat_databases() TO pgsub_admin, pg_monitor;
 -- database once the creating transaction commits.
 SELECT pgsub._extension_created();
 REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;
+
+-- Health (issue 21): one row per current problem, for a DBA's scheduled check or an exporter.
+-- Thresholds are parameters of pgsub.check_health; the view pgsub.health calls it with the
+-- defaults. Problems (README, Monitoring):
+--   error               critical  failing (pgsub._health_state().failing) for error_minutes or more;
+--                                 since = estimated start of the streak of consecutive failures
+--   lag                 warning   lag_bytes above lag_bytes or apply_lag above apply_lag;
+--                                 since = commit time of the oldest transaction not applied yet
+--   waiting_for_worker  warning   the subscription waits for an apply worker slot (since: from
+--                                 when), or one of its tables for a table synchronization worker
+--   conflicts           warning   the conflicts counter above the count given for the subscription
+--                                 in conflicts_seen ({"subname": count}, default none: above 0)
+--   slot_retains_wal    warning   a slot of the subscription on its publisher retains more than
+--                                 retained_wal_bytes of WAL (critical when wal_status is
+--                                 unreserved or lost)
+--   slot_missing        critical  the subscription's slot does not exist on the publisher
+--   publisher_unreachable warning the publisher could not be read within publisher_timeout
+--   not_preloaded       critical  pgsub is not in shared_preload_libraries
+-- The publisher is read only for enabled subscriptions, and not at all when retained_wal_bytes
+-- is NULL.
+CREATE FUNCTION pgsub.check_health(
+    error_minutes integer DEFAULT 5,
+    lag_bytes bigint DEFAULT 1073741824,
+    apply_lag interval DEFAULT '5 minutes',
+    retained_wal_bytes bigint DEFAULT 10737418240,
+    conflicts_seen jsonb DEFAULT '{}',
+    publisher_timeout interval DEFAULT '5 seconds')
+RETURNS TABLE (subname text, problem text, severity text, detail text, since timestamptz)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH s AS (
+    SELECT s.*, h.failures, h.failing, pgsub._ts(h.failing_since) AS failing_since,
+           pgsub._ts(h.waiting_since) AS waiting_since
+    FROM pgsub.stat_subscription s
+    LEFT JOIN pgsub._health_state() h ON h.subid = s.subid
+),
+slots AS (
+    SELECT * FROM pgsub.publisher_slots(greatest(1, least(2147483647,
+               extract(epoch FROM check_health.publisher_timeout) * 1000))::integer)
+    WHERE check_health.retained_wal_bytes IS NOT NULL
+),
+problems AS (
+    SELECT s.subname::text, 'not_preloaded' AS problem, 'critical' AS severity,
+           'pgsub is not loaded through shared_preload_libraries: nothing applies this subscription' AS detail,
+           NULL::timestamptz AS since
+    FROM s WHERE s.status = 'not_preloaded'
+    UNION ALL
+    SELECT s.subname::text, 'error', 'critical',
+           format('%s consecutive failed runs, the last at %s: %s', s.failures, s.last_error_at,
+                  split_part(coalesce(s.last_error, ''), E'\n', 1)),
+           s.failing_since
+    FROM s
+    WHERE s.enabled AND s.failing
+      AND now() - s.failing_since >= make_interval(mins => check_health.error_minutes)
+    UNION ALL
+    SELECT s.subname::text, 'lag', 'warning',
+           format('lag_bytes %s (threshold %s), apply_lag %s (threshold %s)',
+                  s.lag_bytes, check_health.lag_bytes, s.apply_lag, check_health.apply_lag),
+           CASE WHEN s.apply_lag > interval '0' THEN now() - s.apply_lag END
+    FROM s
+    WHERE s.enabled AND (s.lag_bytes > check_health.lag_bytes OR s.apply_lag > check_health.apply_lag)
+    UNION ALL
+    SELECT s.subname::text, 'waiting_for_worker', 'warning',
+           'no background worker slot for its apply worker (pgsub.max_apply_workers or max_worker_processes reached)',
+           s.waiting_since
+    FROM s WHERE s.status = 'waiting_for_worker'
+    UNION ALL
+    SELECT t.subname::text, 'waiting_for_worker', 'warning',
+           format('table %s waits for a table synchronization worker (pgsub.max_sync_workers or max_worker_processes reached)',
+                  t.relid),
+           NULL
+    FROM pgsub.subscription_table t WHERE t.waiting_for_worker
+    UNION ALL
+    SELECT s.subname::text, 'conflicts', 'warning',
+           format('%s conflicts counted, %s at the previous check (conflicts_seen)',
+                  s.conflicts, coalesce((check_health.conflicts_seen ->> s.subname)::bigint, 0)),
+           NULL
+    FROM s WHERE s.conflicts > coalesce((check_health.conflicts_seen ->> s.subname)::bigint, 0)
+    UNION ALL
+    SELECT l.subname, 'slot_retains_wal',
+           CASE WHEN l.wal_status IN ('unreserved', 'lost') THEN 'critical' ELSE 'warning' END,
+           format('slot %s on the publisher retains %s bytes of WAL (%s; threshold %s), active %s, wal_status %s',
+                  l.slot_name, l.retained_wal_bytes, pg_size_pretty(l.retained_wal_bytes),
+                  check_health.retained_wal_bytes, l.active, coalesce(l.wal_status, 'unknown')),
+           NULL
+    FROM slots l WHERE l.retained_wal_bytes > check_health.retained_wal_bytes
+    UNION ALL
+    SELECT l.subname, CASE WHEN l.publisher_reachable THEN 'slot_missing' ELSE 'publisher_unreachable' END,
+           CASE WHEN l.publisher_reachable THEN 'critical' ELSE 'warning' END, l.error, NULL
+    FROM slots l WHERE l.error IS NOT NULL
+)
+SELECT p.subname, p.problem, p.severity, p.detail, p.since FROM problems p
+ORDER BY p.severity = 'critical' DESC, p.subname, p.problem, p.detail
+$$;
+COMMENT ON FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval) IS
+    'One row per current problem of this database''s subscriptions (README, Monitoring)';
+
+CREATE VIEW pgsub.health AS SELECT * FROM pgsub.check_health();
+
+-- Health reads the publishers with the stored credentials: pgsub_admin and pg_monitor only.
+REVOKE EXECUTE ON FUNCTION
+    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval),
+    pgsub.publisher_slots(integer)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval),
+    pgsub.publisher_slots(integer)
+TO pgsub_admin, pg_monitor;
+REVOKE ALL ON pgsub.health FROM PUBLIC;
+GRANT SELECT ON pgsub.health TO pgsub_admin, pg_monitor;

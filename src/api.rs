@@ -12,6 +12,8 @@
 //! rules are in the README (Security).
 mod checks;
 mod control;
+mod cutover;
+mod health;
 mod remote;
 
 use crate::catalog::{self};

@@ -506,3 +506,46 @@ pub fn is_partitioned(relid: pg_sys::Oid) -> bool {
     // SAFETY: a syscache lookup; an unknown relation gives relkind 0.
     unsafe { pg_sys::get_rel_relkind(relid) }.cast_unsigned() == b'p'
 }
+
+/// What `pgsub.wait_for_catchup` looks at in the catalog on every poll: whether the subscription
+/// still exists and is enabled, and how many of its tables have not finished their initial copy
+/// (neither synchronized nor ready).
+#[derive(Clone, Copy, Debug)]
+pub struct CatchupState {
+    pub enabled: bool,
+    pub tables: i64,
+    pub tables_copying: i64,
+}
+
+/// The subscription's [`CatchupState`] under the latest snapshot (not the calling statement's),
+/// so that a wait sees a disable, a drop or a table's copy that committed after it began. None
+/// when the subscription is gone.
+pub fn catchup_state(subid: i32) -> SpiResult<Option<CatchupState>> {
+    // SAFETY: pushes a fresh snapshot for the read-only SPI query below, inside a transaction;
+    // popped after it (an ERROR in between aborts the transaction, which clears the stack).
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let state = as_superuser(|| {
+        Spi::connect(|client| {
+            let table = client.select(
+                "SELECT s.enabled, \
+                        (SELECT count(*) FROM pgsub.sub_rel r WHERE r.subid = s.subid), \
+                        (SELECT count(*) FROM pgsub.sub_rel r WHERE r.subid = s.subid \
+                                                               AND r.sync_state NOT IN ('s', 'r')) \
+                 FROM pgsub.sub s WHERE s.subid = $1",
+                None,
+                &[subid.into()],
+            )?;
+            match table.into_iter().next() {
+                Some(row) => Ok(Some(CatchupState {
+                    enabled: row.get::<bool>(1)?.unwrap_or(false),
+                    tables: row.get::<i64>(2)?.unwrap_or(0),
+                    tables_copying: row.get::<i64>(3)?.unwrap_or(0),
+                })),
+                None => Ok(None),
+            }
+        })
+    });
+    // SAFETY: the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    state
+}

@@ -22,7 +22,8 @@ async fn contents(c: &Client, query: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 
-/// The management functions: revoked from PUBLIC, granted to pgsub_admin.
+/// The management functions: revoked from PUBLIC, granted to pgsub_admin (`check_health` and
+/// `publisher_slots`, which read the publishers with the stored credentials, also to pg_monitor).
 const MANAGEMENT: &[&str] = &[
     "create_subscription",
     "drop_subscription",
@@ -37,6 +38,12 @@ const MANAGEMENT: &[&str] = &[
     "skip_transaction",
     "_skip_transaction",
     "reset_stats",
+    "wait_for_catchup",
+    "_wait_for_catchup",
+    "sync_sequences",
+    "_sync_sequences",
+    "check_health",
+    "publisher_slots",
 ];
 
 /// Helpers the views call with the caller's privileges; read-only, for everyone.
@@ -52,6 +59,7 @@ const VIEW_HELPERS: &[&str] = &[
     "_stat_names",
     "_stat_databases",
     "_stat_conflicts",
+    "_health_state",
 ];
 /// Run by the extension's own script only: closed to everyone else.
 const INTERNAL: &[&str] = &["_extension_created"];
@@ -133,7 +141,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     s.execute("SELECT pgsub.create_subscription('su_sub', $1, ARRAY['pub'], enabled => false)", &[&ci])
         .await
         .expect("superuser creates");
-    let calls: [(&str, &[&(dyn ToSql + Sync)]); 12] = [
+    let calls: [(&str, &[&(dyn ToSql + Sync)]); 16] = [
         ("SELECT pgsub.create_subscription('p', $1, ARRAY['pub'])", &[&ci]),
         ("SELECT pgsub.drop_subscription('su_sub')", &[]),
         ("SELECT pgsub.enable_subscription('su_sub')", &[]),
@@ -146,6 +154,10 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         ("SELECT pgsub.alter_subscription_owner('su_sub', 'plain')", &[]),
         ("SELECT pgsub.skip_transaction('su_sub', '0/1')", &[]),
         ("SELECT pgsub._skip_transaction('su_sub', '0/1')", &[]),
+        ("SELECT pgsub.wait_for_catchup('su_sub')", &[]),
+        ("SELECT pgsub._wait_for_catchup('su_sub', NULL, NULL)", &[]),
+        ("SELECT * FROM pgsub.sync_sequences('su_sub')", &[]),
+        ("SELECT * FROM pgsub._sync_sequences('su_sub', NULL)", &[]),
     ];
     for (sql, params) in calls {
         let (code, text) = must_fail(&plain, sql, params).await.code_and_text();

@@ -1,0 +1,334 @@
+//! End-to-end: cutting over to the subscriber (issue 20) — `pgsub.wait_for_catchup` returns once
+//! everything the publisher wrote up to a position is applied (under load, with an explicit or
+//! the current position, past WAL that holds nothing published) and fails clearly when the
+//! subscription is disabled, its worker fails, or it is held back past the timeout;
+//! `pgsub.sync_sequences` sets the subscriber's sequences beyond every value the publisher
+//! handed out (serial, identity, cached, descending, never used, named explicitly) and refuses
+//! sequences missing on the publisher without changing anything.
+use pgsub_tests::{
+    assert_replicated_equal, compare_replicated, must_fail, one, wait_for_subscription_error,
+    wait_for_subscription_sync, wait_value, TwoNodes,
+};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A row of `pgsub.sync_sequences`: sequence, publisher_value, previous_value, next_value.
+type SyncRow = (String, Option<i64>, Option<i64>, Option<i64>);
+
+/// Every replicated table equal right now, without waiting for the subscriber: what
+/// `wait_for_catchup` promises when it returns after the writes stopped.
+async fn assert_equal_now(p: &Client, s: &Client, what: &str) {
+    let cmp = compare_replicated(p, s, None).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(!cmp.is_empty(), "{what}: no table compared");
+    for c in &cmp {
+        assert!(c.equal(), "{what}: not equal at once: {c}");
+    }
+}
+
+/// Creates subscription `cut` for publication `pub` and waits for its initial copy.
+async fn subscribe(nodes: &TwoNodes, s: &Client) {
+    s.execute("SELECT pgsub.create_subscription('cut', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create_subscription");
+    wait_for_subscription_sync(s, "cut", WAIT).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sync_sequences_puts_serial_identity_and_descending_sequences_beyond_the_publisher() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    // The publisher's identity is ALWAYS, the subscriber's BY DEFAULT (the apply writes ids).
+    // `down` takes its ids from a descending sequence owned by its column.
+    let ddl = |identity: &str| {
+        format!(
+            "CREATE TABLE ser (id serial PRIMARY KEY, v text);
+             CREATE TABLE ident (id bigint GENERATED {identity} AS IDENTITY (CACHE 20) PRIMARY KEY, v text);
+             CREATE SEQUENCE down_seq INCREMENT BY -3 START WITH -1 MAXVALUE -1;
+             CREATE TABLE down (id bigint PRIMARY KEY DEFAULT nextval('down_seq'), v text);
+             ALTER SEQUENCE down_seq OWNED BY down.id;
+             CREATE SEQUENCE other_seq;
+             CREATE SEQUENCE fresh_seq;"
+        )
+    };
+    p.batch_execute(&ddl("ALWAYS")).await.unwrap();
+    s.batch_execute(&ddl("BY DEFAULT")).await.unwrap();
+    // Cached values: each publisher session reserves 50 at a time.
+    p.batch_execute("ALTER SEQUENCE ser_id_seq CACHE 50; CREATE PUBLICATION pub FOR TABLE ser, ident, down")
+        .await
+        .unwrap();
+    s.batch_execute("CREATE SEQUENCE only_here").await.unwrap();
+    subscribe(&nodes, &s).await;
+
+    // 10 020 rows in each table from two sessions taking turns; 501 rows per statement (the
+    // cache is 50) leave unused values in each session's cache of ser_id_seq.
+    let p2 = nodes.publisher.client("postgres").await.unwrap();
+    for round in 0..10 {
+        for c in [&p, &p2] {
+            c.batch_execute(&format!(
+                "INSERT INTO ser (v) SELECT 'r{round}' FROM generate_series(1, 501);
+                 INSERT INTO ident (v) SELECT 'r{round}' FROM generate_series(1, 501);
+                 INSERT INTO down (v) SELECT 'r{round}' FROM generate_series(1, 501);"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    p.batch_execute("SELECT nextval('other_seq') FROM generate_series(1, 42)").await.unwrap();
+    // Used on the subscriber only: sync_sequences resets it to the publisher's never-used state.
+    s.batch_execute("SELECT nextval('fresh_seq') FROM generate_series(1, 5)").await.unwrap();
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM ser").await, 10_020);
+
+    let lsn: String = one(&s, "SELECT pgsub.wait_for_catchup('cut')::text").await;
+    eprintln!("caught up to {lsn}");
+    assert_equal_now(&p, &s, "after wait_for_catchup").await;
+    // Without the sync, the subscriber's sequences would hand out ids the publisher used.
+    assert_eq!(one::<i64>(&s, "SELECT last_value FROM ser_id_seq").await, 1);
+
+    // The default set: the sequences owned by the subscription's tables' columns, by name.
+    let rows = s
+        .query(
+            "SELECT sequence::text, publisher_value, previous_value, next_value FROM pgsub.sync_sequences('cut')",
+            &[],
+        )
+        .await
+        .expect("sync_sequences");
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, ["down_seq", "ident_id_seq", "ser_id_seq"], "{rows:?}");
+    for r in &rows {
+        let (seq, pub_value, previous, next): SyncRow = (r.get(0), r.get(1), r.get(2), r.get(3));
+        eprintln!("{seq}: publisher {pub_value:?}, before {previous:?}, next {next:?}");
+        // The publisher's own row of the sequence (its cache included).
+        let on_pub: i64 = one(&p, &format!("SELECT last_value FROM {seq}")).await;
+        assert_eq!(pub_value, Some(on_pub), "{seq}: the publisher's last_value");
+        assert_eq!(previous, None, "{seq}: never used on the subscriber before");
+        let table = seq.trim_end_matches("_seq").trim_end_matches("_id");
+        let next = next.unwrap_or_else(|| panic!("{seq}: no next value"));
+        // What nextval() gives on the subscriber now is beyond every id the publisher used.
+        let got: i64 = one(&s, &format!("SELECT nextval('{seq}')")).await;
+        assert_eq!(got, next, "{seq}: next_value is what nextval returns");
+        if seq == "down_seq" {
+            let min: i64 = one(&p, &format!("SELECT min(id)::int8 FROM {table}")).await;
+            assert!(got < min, "{seq}: {got} must be below every id used on the publisher (min {min})");
+            assert_eq!(got, on_pub - 3);
+        } else {
+            let max: i64 = one(&p, &format!("SELECT max(id)::int8 FROM {table}")).await;
+            assert!(got > max, "{seq}: {got} must be above every id used on the publisher (max {max})");
+            assert_eq!(got, on_pub + 1);
+        }
+    }
+    // Values a publisher session still holds in its cache are below the subscriber's too.
+    for c in [&p, &p2] {
+        let cached: i64 = one(c, "SELECT nextval('ser_id_seq')").await;
+        let here: i64 = one(&s, "SELECT last_value FROM ser_id_seq").await;
+        assert!(cached < here, "a cached publisher value {cached} must be below the subscriber's {here}");
+    }
+
+    // Named sequences: one used (42 values), one never used on the publisher.
+    let rows = s
+        .query(
+            "SELECT sequence::text, publisher_value, previous_value, next_value
+             FROM pgsub.sync_sequences('cut', ARRAY['other_seq', 'fresh_seq']::regclass[])",
+            &[],
+        )
+        .await
+        .expect("sync_sequences with a list");
+    let got: Vec<SyncRow> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    assert_eq!(
+        got,
+        [("other_seq".to_string(), Some(42), None, Some(43)), ("fresh_seq".to_string(), None, Some(5), Some(1))]
+    );
+    assert_eq!(one::<i64>(&s, "SELECT nextval('other_seq')").await, 43);
+    assert_eq!(one::<i64>(&s, "SELECT nextval('fresh_seq')").await, 1);
+
+    // A sequence missing on the publisher: an error naming it, and nothing set (other_seq keeps
+    // the value it has here although the publisher's moved on).
+    p.batch_execute("SELECT nextval('other_seq') FROM generate_series(1, 100)").await.unwrap();
+    let e =
+        must_fail(&s, "SELECT * FROM pgsub.sync_sequences('cut', ARRAY['other_seq', 'only_here']::regclass[])", &[])
+            .await;
+    assert_eq!(e.code, "42P01", "{}", e.text());
+    assert!(e.message.contains("only_here") && e.message.contains("does not exist on the publisher"), "{}", e.text());
+    assert_eq!(one::<i64>(&s, "SELECT last_value FROM other_seq").await, 43);
+    // Not a sequence.
+    let e = must_fail(&s, "SELECT * FROM pgsub.sync_sequences('cut', ARRAY['ser']::regclass[])", &[]).await;
+    assert_eq!(e.code, "42809", "{}", e.text());
+    // An unknown subscription.
+    let e = must_fail(&s, "SELECT * FROM pgsub.sync_sequences('nope')", &[]).await;
+    assert_eq!(e.code, "42704", "{}", e.text());
+
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wait_for_catchup_returns_with_everything_applied_under_load() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    // Written on the publisher only and published nowhere: WAL that holds nothing for pgsub.
+    p.batch_execute("CREATE TABLE noise (id serial, pad text); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    subscribe(&nodes, &s).await;
+
+    // A writer commits batches of 100 rows until told to stop.
+    let writer = nodes.publisher.client("postgres").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_w = stop.clone();
+    let load = tokio::spawn(async move {
+        let mut next = 1;
+        while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
+            writer
+                .execute(
+                    "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series($1::int, $1::int + 99) g",
+                    &[&next],
+                )
+                .await
+                .expect("load");
+            next += 100;
+        }
+        next - 1
+    });
+
+    // While the load goes on: a marker row, the publisher's position after its commit, and the
+    // wait for that position; when it returns the marker is there.
+    let marker = nodes.publisher.client("postgres").await.unwrap();
+    for i in 1..=5 {
+        marker.execute("INSERT INTO t VALUES ($1, 'marker')", &[&-i]).await.unwrap();
+        let target: String = one(&marker, "SELECT pg_current_wal_lsn()::text").await;
+        let got: String = s
+            .query_one("SELECT pgsub.wait_for_catchup('cut', $1::text::pg_lsn)::text", &[&target])
+            .await
+            .expect("wait_for_catchup")
+            .get(0);
+        assert_eq!(got, target, "returns the position waited for");
+        let here: i64 = s.query_one("SELECT count(*) FROM t WHERE id = $1", &[&-i]).await.unwrap().get(0);
+        assert_eq!(here, 1, "marker {i} (committed before {target}) must be applied when the wait returns");
+    }
+    assert!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id > 0").await > 0, "the load was applied meanwhile");
+
+    // Writes stop; the default position is the publisher's current one: everything is there.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = load.await.unwrap();
+    let stopped_at: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
+    let lsn: String = one(&s, "SELECT pgsub.wait_for_catchup('cut')::text").await;
+    eprintln!("{last} rows written, caught up to {lsn}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id > 0").await, i64::from(last));
+    assert_equal_now(&p, &s, "after the load").await;
+    assert!(
+        one::<bool>(&p, &format!("SELECT '{lsn}'::pg_lsn >= '{stopped_at}'::pg_lsn")).await,
+        "waited for {lsn}, the load ended at {stopped_at}"
+    );
+
+    // 20 MB of WAL nothing of which is published: the worker only hears keepalives. The wait
+    // ends there too, at or past the publisher's position after that WAL.
+    p.batch_execute("INSERT INTO noise (pad) SELECT repeat('n', 1000) FROM generate_series(1, 20000)").await.unwrap();
+    let after_noise: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
+    let lsn: String = one(&s, "SELECT pgsub.wait_for_catchup('cut', timeout => '60 s')::text").await;
+    assert!(
+        one::<bool>(&p, &format!("SELECT '{lsn}'::pg_lsn >= '{after_noise}'::pg_lsn")).await,
+        "waited for {lsn}, the noise ended at {after_noise}"
+    );
+    // A position already applied returns at once.
+    let again: String = s
+        .query_one("SELECT pgsub.wait_for_catchup('cut', $1::text::pg_lsn)::text", &[&after_noise])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, after_noise);
+
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wait_for_catchup_fails_clearly_when_disabled_held_back_or_failing() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('cut', $1, ARRAY['pub'], enabled => false)", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+
+    // Disabled: at once, whatever the timeout.
+    let e = must_fail(&s, "SELECT pgsub.wait_for_catchup('cut', timeout => '1 h')", &[]).await;
+    assert_eq!(e.code, "55000", "{}", e.text());
+    assert!(e.message.contains("subscription \"cut\" is disabled"), "{}", e.text());
+    assert!(e.hint.contains("enable_subscription"), "{}", e.text());
+    // Arguments.
+    let e = must_fail(&s, "SELECT pgsub.wait_for_catchup('nope')", &[]).await;
+    assert_eq!(e.code, "42704", "{}", e.text());
+    s.batch_execute("SELECT pgsub.enable_subscription('cut')").await.unwrap();
+    wait_for_subscription_sync(&s, "cut", WAIT).await;
+    let e = must_fail(&s, "SELECT pgsub.wait_for_catchup('cut', timeout => '-1 s')", &[]).await;
+    assert_eq!(e.code, "22023", "{}", e.text());
+
+    // Held back by a lock on the subscriber's table: the timeout passes, with the positions.
+    p.batch_execute("INSERT INTO t VALUES (1, 'one')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "one", WAIT).await;
+    let locker = nodes.subscriber.client("postgres").await.unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'two')").await.unwrap();
+    let target: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
+    let e = must_fail(&s, "SELECT pgsub.wait_for_catchup('cut', timeout => '1 s')", &[]).await;
+    assert_eq!(e.code, "57014", "{}", e.text());
+    assert!(e.message.contains("timed out after") && e.message.contains("\"cut\""), "{}", e.text());
+    assert!(e.detail.contains("Target ") && e.detail.contains("durably applied up to"), "{}", e.text());
+    // The default target is the publisher's insert position: at or past what pg_current_wal_lsn
+    // (the write position) said after the insert.
+    let shown = e.detail.trim_start_matches("Target ").split(';').next().unwrap_or_default().to_string();
+    assert!(one::<bool>(&p, &format!("SELECT '{shown}'::pg_lsn >= '{target}'::pg_lsn")).await, "{}", e.text());
+    // A cancel ends the wait (no timeout: it would wait forever).
+    let waiter = nodes.subscriber.client("postgres").await.unwrap();
+    let cancel = waiter.cancel_token();
+    let wait =
+        tokio::spawn(async move { waiter.execute("SELECT pgsub.wait_for_catchup('cut', timeout => NULL)", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("the cancel is served within seconds");
+    let err = r.unwrap().expect_err("cancelled");
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("57014"), "{err}");
+    // Released: the same wait returns and the row is there.
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let _: String =
+        s.query_one("SELECT pgsub.wait_for_catchup('cut', $1::text::pg_lsn)::text", &[&target]).await.unwrap().get(0);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 2);
+
+    // Disabled while waiting: the wait ends with that error.
+    locker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (3, 'three')").await.unwrap();
+    let waiter = nodes.subscriber.client("postgres").await.unwrap();
+    let wait =
+        tokio::spawn(
+            async move { waiter.execute("SELECT pgsub.wait_for_catchup('cut', timeout => '60 s')", &[]).await },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.batch_execute("SELECT pgsub.disable_subscription('cut')").await.unwrap();
+    let err = wait.await.unwrap().expect_err("disabled while waiting");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "55000", "{db:?}");
+    assert!(db.message().contains("was disabled while waiting"), "{db:?}");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    s.batch_execute("SELECT pgsub.enable_subscription('cut')").await.unwrap();
+    let _: String = one(&s, "SELECT pgsub.wait_for_catchup('cut')::text").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 3);
+
+    // The worker fails (a row the subscriber has already): a wait that begins while it waits to
+    // retry ends when the retry fails, with the worker's error; once the cause is gone the same
+    // wait returns.
+    s.batch_execute("INSERT INTO t VALUES (4, 'local')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (4, 'remote')").await.unwrap();
+    wait_for_subscription_error(&s, "cut", &["duplicate key"], WAIT).await;
+    let e = must_fail(&s, "SELECT pgsub.wait_for_catchup('cut', timeout => '60 s')", &[]).await;
+    assert_eq!(e.code, "55000", "{}", e.text());
+    assert!(e.message.contains("failed while waiting"), "{}", e.text());
+    assert!(e.detail.contains("duplicate key"), "{}", e.text());
+    s.batch_execute("DELETE FROM t WHERE id = 4").await.unwrap();
+    let _: String = one(&s, "SELECT pgsub.wait_for_catchup('cut')::text").await;
+    assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 4").await, "remote");
+
+    assert_replicated_equal(&p, &s).await;
+}

@@ -1,0 +1,621 @@
+//! End-to-end: monitoring (issue 21). Debian's `prometheus-postgres-exporter` (installed by
+//! scripts/setup) runs with the shipped `monitoring/postgres_exporter_queries.yaml` against a
+//! subscriber, as a `pg_monitor` role: its /metrics page carries pgsub's metrics with the values
+//! the views show, typed as the file says, and `monitoring/grafana-dashboard.json` is valid JSON
+//! that refers only to metrics the page has. `pgsub.health` / `pgsub.check_health` raise each
+//! problem they document, each provoked here.
+use pgsub_tests::{
+    assert_replicated_equal, free_port, one, wait_for, wait_for_subscription_error, wait_for_subscription_sync,
+    wait_value, workspace_root, ClusterOpts, TwoNodes,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Where Debian's package puts the exporter (PGSUB_POSTGRES_EXPORTER overrides).
+fn exporter_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("PGSUB_POSTGRES_EXPORTER") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/bin/prometheus-postgres-exporter", "/usr/sbin/prometheus-postgres-exporter"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn queries_file() -> PathBuf {
+    workspace_root().join("monitoring/postgres_exporter_queries.yaml")
+}
+
+fn dashboard_file() -> PathBuf {
+    workspace_root().join("monitoring/grafana-dashboard.json")
+}
+
+/// The exporter process; killed by its pid (and reaped) on drop.
+struct Exporter {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Exporter {
+    fn start(bin: &PathBuf, dsn: &str, log: PathBuf) -> Exporter {
+        let port = free_port().expect("free port");
+        let out = std::fs::File::create(&log).expect("exporter log");
+        let err = out.try_clone().expect("exporter log");
+        // postgres_exporter does not refuse root; it only needs to read the queries file.
+        let child = Command::new(bin)
+            .env("DATA_SOURCE_NAME", dsn)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--extend.query-path={}", queries_file().display()))
+            // Only pgsub's queries (and the exporter's own pg_up / pg_exporter_* series).
+            .args(["--disable-default-metrics", "--disable-settings-metrics"])
+            .args(["--no-collector.database", "--no-collector.bgwriter"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        Exporter { child, port, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET /metrics over plain HTTP/1.0 (the server closes the connection after the body).
+    fn scrape(&self) -> Result<String, String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/plain\r\n\r\n")
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            return Err(format!("HTTP status: {}", head.lines().next().unwrap_or("")));
+        }
+        Ok(body.to_string())
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("===== exporter log =====\n{}\n===== end of exporter log =====", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One scrape: series (`name{labels}` with labels sorted) → value, and name → TYPE.
+struct Metrics {
+    values: BTreeMap<(String, BTreeMap<String, String>), f64>,
+    types: BTreeMap<String, String>,
+}
+
+impl Metrics {
+    fn parse(body: &str) -> Metrics {
+        let mut values = BTreeMap::new();
+        let mut types = BTreeMap::new();
+        for line in body.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split_whitespace();
+                if let (Some(n), Some(t)) = (it.next(), it.next()) {
+                    types.insert(n.to_string(), t.to_string());
+                }
+                continue;
+            }
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("metric line");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n.to_string(), parse_labels(l.trim_end_matches('}'))),
+                None => (series.to_string(), BTreeMap::new()),
+            };
+            let v = match value {
+                "NaN" => f64::NAN,
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap_or_else(|e| panic!("value of {line}: {e}")),
+            };
+            values.insert((name, labels), v);
+        }
+        Metrics { values, types }
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.values.keys().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The value of the one series `name` whose labels include `want`.
+    fn get(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        let found: Vec<f64> = self
+            .values
+            .iter()
+            .filter(|((n, l), _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(found.len(), 1, "{name}{want:?}: expected one series, found {found:?}");
+        found[0]
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((k, r)) = rest.split_once("=\"") {
+        let mut val = String::new();
+        let mut chars = r.char_indices();
+        let mut end = r.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        val.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').trim().to_string(), val);
+        rest = &r[end..];
+    }
+    out
+}
+
+/// The exporter from scripts/setup, or a skip with the reason when it is not installed.
+fn exporter_or_skip() -> Option<PathBuf> {
+    let bin = exporter_binary();
+    if bin.is_none() {
+        eprintln!(
+            "SKIPPED: prometheus-postgres-exporter is not installed (scripts/setup installs Debian's package; \
+             PGSUB_POSTGRES_EXPORTER names another binary)"
+        );
+    }
+    bin
+}
+
+/// Numbers of one subscription in pgsub.stat_subscription, as the exporter's query turns them
+/// into floats (NaN for NULL).
+async fn view_values(s: &Client, sub: &str) -> BTreeMap<&'static str, f64> {
+    let r = s
+        .query_one(
+            "SELECT status, txns_applied, inserts, updates, deletes, truncates, conflicts, error_count, \
+                    lag_bytes::float8, extract(epoch FROM apply_lag)::float8, tables_total, tables_ready, \
+                    enabled::int, publisher_version::float8, apply_error_count, sync_error_count, \
+                    confl_insert_exists, confl_update_exists, confl_update_missing, confl_delete_missing \
+             FROM pgsub.stat_subscription WHERE subname = $1",
+            &[&sub],
+        )
+        .await
+        .unwrap();
+    let status: String = r.get(0);
+    let mut m = BTreeMap::new();
+    for (i, k) in [
+        (1, "txns_applied_total"),
+        (2, "inserts_total"),
+        (3, "updates_total"),
+        (4, "deletes_total"),
+        (5, "truncates_total"),
+        (6, "conflicts_total"),
+        (7, "errors_total"),
+        (14, "apply_errors_total"),
+        (15, "sync_errors_total"),
+        (16, "conflicts_insert_exists_total"),
+        (17, "conflicts_update_exists_total"),
+        (18, "conflicts_update_missing_total"),
+        (19, "conflicts_delete_missing_total"),
+    ] {
+        m.insert(k, r.get::<_, i64>(i) as f64);
+    }
+    m.insert("lag_bytes", r.get::<_, Option<f64>>(8).unwrap_or(f64::NAN));
+    m.insert("apply_lag_seconds", r.get::<_, Option<f64>>(9).unwrap_or(f64::NAN));
+    m.insert("tables", r.get::<_, i32>(10) as f64);
+    m.insert("tables_ready", r.get::<_, i32>(11) as f64);
+    m.insert("enabled", r.get::<_, i32>(12) as f64);
+    m.insert("publisher_version", r.get::<_, Option<f64>>(13).unwrap_or(f64::NAN));
+    m.insert(if status == "streaming" { "status_streaming" } else { "status_other" }, 1.0);
+    m
+}
+
+fn same(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b
+}
+
+/// Every `pgsub_…` metric name in the dashboard's expressions and variable queries.
+fn dashboard_metric_names(v: &serde_norway::Value, out: &mut BTreeSet<String>) {
+    match v {
+        serde_norway::Value::String(s) => {
+            let b = s.as_bytes();
+            let mut i = 0;
+            while let Some(pos) = s[i..].find("pgsub_") {
+                let start = i + pos;
+                let before_ok = start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+                let mut end = start;
+                while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                    end += 1;
+                }
+                if before_ok {
+                    out.insert(s[start..end].to_string());
+                }
+                i = end;
+            }
+        }
+        serde_norway::Value::Sequence(seq) => seq.iter().for_each(|x| dashboard_metric_names(x, out)),
+        serde_norway::Value::Mapping(m) => {
+            for (k, x) in m {
+                // Titles and descriptions are prose; expressions, queries and definitions are not.
+                let key = k.as_str().unwrap_or("");
+                if key != "title" && key != "description" && key != "uid" && key != "legendFormat" {
+                    dashboard_metric_names(x, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn exporter_shows_the_views_values_and_the_dashboard_uses_only_its_metrics() {
+    let Some(bin) = exporter_or_skip() else { return };
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY)")
+            .await
+            .unwrap();
+    }
+    p.batch_execute(
+        "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g; CREATE PUBLICATION pub FOR TABLE t, u",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('msub', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "msub", WAIT).await;
+    // Changes of every kind, and one conflict: a row deleted on the subscriber, then updated on
+    // the publisher (skipped and counted).
+    s.batch_execute("DELETE FROM t WHERE id = 50").await.unwrap();
+    for i in 0..5 {
+        p.batch_execute(&format!(
+            "INSERT INTO t SELECT g, 'n' FROM generate_series({}, {}) g",
+            100 + i * 10,
+            109 + i * 10
+        ))
+        .await
+        .unwrap();
+    }
+    p.batch_execute("UPDATE t SET v = 'u' WHERE id <= 20; DELETE FROM t WHERE id BETWEEN 21 AND 25; UPDATE t SET v = 'x' WHERE id = 50; INSERT INTO u VALUES (1)")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT txns_applied::text FROM pgsub.stat_subscription WHERE subname = 'msub'", "6", WAIT).await;
+    wait_value(&s, "SELECT conflicts::text FROM pgsub.stat_subscription WHERE subname = 'msub'", "1", WAIT).await;
+
+    // The exporter logs in as a monitoring role: pg_monitor is all the queries file needs.
+    s.batch_execute("CREATE ROLE pgsub_exporter LOGIN IN ROLE pg_monitor").await.unwrap();
+    let dsn =
+        format!("host=127.0.0.1 port={} user=pgsub_exporter dbname=postgres sslmode=disable", nodes.subscriber.port());
+    let exporter = Exporter::start(&bin, &dsn, nodes.subscriber.dir().join("exporter.log"));
+
+    // Scrape until the view reads the same just before and just after the scrape (lag can move
+    // with the publisher's keepalives), then every metric must equal the view's value.
+    let (metrics, view) = wait_for("a scrape between two equal readings of pgsub.stat_subscription", WAIT, || async {
+        let before = view_values(&s, "msub").await;
+        let body = match exporter.scrape() {
+            Ok(b) => b,
+            Err(e) => return Err(e),
+        };
+        let after = view_values(&s, "msub").await;
+        let m = Metrics::parse(&body);
+        let stable =
+            before.len() == after.len() && before.iter().all(|(k, v)| after.get(k).is_some_and(|w| same(*v, *w)));
+        Ok((stable && m.names().contains("pgsub_subscription_txns_applied_total")).then_some((m, after)))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nexporter log:\n{}", exporter.log()));
+
+    assert_eq!(metrics.get("pg_up", &[]), 1.0, "the exporter reached the subscriber");
+    assert_eq!(metrics.get("pg_exporter_last_scrape_error", &[]), 0.0, "every query of the file ran");
+    let sub = [("datname", "postgres"), ("subname", "msub")];
+    for (k, want) in &view {
+        if k.starts_with("status_") {
+            continue;
+        }
+        let got = metrics.get(&format!("pgsub_subscription_{k}"), &sub);
+        assert!(same(got, *want), "pgsub_subscription_{k}: metric {got}, view {want}");
+    }
+    // The values themselves, as this test made them.
+    // Five INSERT transactions and one of several statements (one simple query, one transaction).
+    assert_eq!(view["txns_applied_total"], 6.0);
+    assert_eq!(view["inserts_total"], 51.0);
+    assert_eq!(view["updates_total"], 20.0);
+    assert_eq!(view["deletes_total"], 5.0);
+    assert_eq!(view["conflicts_total"], 1.0);
+    assert_eq!(
+        view["conflicts_update_missing_total"] + view["conflicts_delete_missing_total"],
+        1.0,
+        "the one conflict is a missing row"
+    );
+    assert_eq!(view["tables"], 2.0);
+    // Status: one series per status, 1 for the current one.
+    assert!(view.contains_key("status_streaming"), "msub streams");
+    for status in ["streaming", "error", "disabled", "waiting_for_worker", "starting"] {
+        let want = if status == "streaming" { 1.0 } else { 0.0 };
+        let got = metrics.get("pgsub_subscription_status", &[("subname", "msub"), ("status", status)]);
+        assert_eq!(got, want, "pgsub_subscription_status{{status={status}}}");
+    }
+    // No error yet: the age of the last error is NaN (NULL in the view).
+    assert!(metrics.get("pgsub_subscription_last_error_age_seconds", &sub).is_nan());
+    // Tables by sync state, rows copied.
+    assert_eq!(metrics.get("pgsub_sync_tables", &[("subname", "msub"), ("sync_state", "ready")]), 2.0);
+    assert_eq!(metrics.get("pgsub_sync_tables", &[("subname", "msub"), ("sync_state", "copying")]), 0.0);
+    let copied: i64 =
+        one(&s, "SELECT sum(rows_copied)::int8 FROM pgsub.subscription_table WHERE subname = 'msub'").await;
+    assert_eq!(copied, 50);
+    assert_eq!(metrics.get("pgsub_sync_rows_copied", &[("subname", "msub"), ("sync_state", "ready")]), copied as f64);
+    // The server-wide views (pg_monitor may read them).
+    assert_eq!(metrics.get("pgsub_server_subscription_txns_applied_total", &sub), 6.0);
+    assert_eq!(metrics.get("pgsub_server_subscription_status", &[("subname", "msub"), ("status", "streaming")]), 1.0);
+    assert_eq!(metrics.get("pgsub_server_database_info", &[("datname", "postgres"), ("state", "running")]), 1.0);
+    assert_eq!(metrics.get("pgsub_server_launcher_running", &[("datname", "postgres")]), 1.0);
+    // pgsub.health through the exporter: the conflict counted since the start is a problem.
+    assert_eq!(
+        metrics.get("pgsub_health_problems", &[("subname", "msub"), ("problem", "conflicts"), ("severity", "warning")]),
+        1.0
+    );
+
+    // Types: what the queries file declares, and counters end in _total.
+    let queries: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(queries_file()).unwrap()).expect("queries file is YAML");
+    let mut declared = BTreeSet::new();
+    for (ns, q) in queries.as_mapping().expect("a map of queries") {
+        let ns = ns.as_str().expect("query name");
+        assert!(ns.starts_with("pgsub"), "{ns}: pgsub's metrics are named pgsub_…");
+        for m in q["metrics"].as_sequence().expect("metrics") {
+            let (col, spec) = m.as_mapping().and_then(|m| m.iter().next()).expect("one column per entry");
+            let usage = spec["usage"].as_str().expect("usage");
+            let name = format!("{ns}_{}", col.as_str().unwrap());
+            match usage {
+                "LABEL" => continue,
+                "COUNTER" => assert!(name.ends_with("_total"), "{name}: a counter's name ends in _total"),
+                "GAUGE" => assert!(!name.ends_with("_total"), "{name}: a gauge's name does not end in _total"),
+                other => panic!("{name}: usage {other}"),
+            }
+            let want = if usage == "COUNTER" { "counter" } else { "gauge" };
+            assert_eq!(metrics.types.get(&name).map(String::as_str), Some(want), "# TYPE of {name}");
+            declared.insert(name);
+        }
+    }
+    let exposed: BTreeSet<String> = metrics.names().into_iter().filter(|n| n.starts_with("pgsub")).collect();
+    assert_eq!(exposed, declared, "the page has every metric of the queries file, and only those");
+
+    // The dashboard: valid JSON (python3's strict parser; scripts/setup installs python3), and
+    // every metric it queries is on the page.
+    let path = dashboard_file();
+    let check = Command::new("python3").args(["-m", "json.tool"]).arg(&path).stdout(Stdio::null()).output();
+    match check {
+        Ok(o) => {
+            assert!(o.status.success(), "{} is not valid JSON: {}", path.display(), String::from_utf8_lossy(&o.stderr))
+        }
+        Err(e) => panic!("python3 -m json.tool: {e}"),
+    }
+    let dash: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(dash["panels"].as_sequence().is_some_and(|p| p.len() >= 10), "the dashboard has its panels");
+    let mut used = BTreeSet::new();
+    dashboard_metric_names(&dash, &mut used);
+    assert!(used.len() >= 15, "the dashboard queries pgsub's metrics: {used:?}");
+    let missing: Vec<&String> = used.iter().filter(|n| !metrics.names().contains(*n)).collect();
+    assert!(missing.is_empty(), "the dashboard refers to metrics the exporter does not have: {missing:?}");
+
+    // The conflict left row 50 missing on the subscriber: put it back as the publisher has it.
+    s.batch_execute("INSERT INTO t VALUES (50, 'x')").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// The server's message of a failed statement.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
+/// The rows of `sql` (subname, problem, severity, detail, since IS NOT NULL) as text.
+async fn health(s: &Client, sql: &str) -> Vec<(String, String, String, String, bool)> {
+    s.query(&format!("SELECT subname, problem, severity, detail, since IS NOT NULL FROM {sql}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<_, Option<String>>(3).unwrap_or_default(), r.get(4)))
+        .collect()
+}
+
+async fn has_problem(s: &Client, sql: &str, sub: &str, problem: &str) -> bool {
+    health(s, sql).await.iter().any(|r| r.0 == sub && r.1 == problem)
+}
+
+/// Waits until `sql` lists `problem` for `sub` and returns that row.
+async fn wait_problem(s: &Client, sql: &str, sub: &str, problem: &str) -> (String, String, String, String, bool) {
+    wait_for(&format!("{problem} of {sub} in {sql}"), WAIT, || async {
+        Ok(health(s, sql).await.into_iter().find(|r| r.0 == sub && r.1 == problem))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn health_raises_each_problem_it_documents() {
+    // One apply worker for the whole server: the second subscription waits for it.
+    let sub_opts = ClusterOpts::subscriber().with_conf("pgsub.max_apply_workers = 1");
+    let mut nodes = TwoNodes::start_with(ClusterOpts::publisher(), sub_opts).expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE w (id int PRIMARY KEY)")
+            .await
+            .unwrap();
+    }
+    p.batch_execute("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g; CREATE PUBLICATION pub FOR TABLE t; CREATE PUBLICATION pubw FOR TABLE w")
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('hsub', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "hsub", WAIT).await;
+    // A healthy subscription: no problem, at the defaults or when any failure would count at once.
+    assert_eq!(health(&s, "pgsub.health").await, vec![]);
+    assert_eq!(health(&s, "pgsub.check_health(error_minutes => 0)").await, vec![]);
+    // A monitoring role may read it; a plain role may not.
+    s.batch_execute("CREATE ROLE mon LOGIN IN ROLE pg_monitor; CREATE ROLE plain LOGIN").await.unwrap();
+    let mon = nodes.subscriber.client_as("mon", "postgres").await.unwrap();
+    assert_eq!(health(&mon, "pgsub.health").await, vec![]);
+    let plain = nodes.subscriber.client_as("plain", "postgres").await.unwrap();
+    let err = plain.query("SELECT * FROM pgsub.health", &[]).await.expect_err("plain role refused");
+    assert!(db_message(&err).contains("permission denied"), "{err:?}");
+    let err = plain.query("SELECT * FROM pgsub.publisher_slots()", &[]).await.expect_err("plain role refused");
+    assert!(db_message(&err).contains("permission denied"), "{err:?}");
+
+    // lag and slot_retains_wal: the worker is held back by a lock on its table while the
+    // publisher writes one large transaction, which the slot must keep.
+    let blocker = nodes.subscriber.client("postgres").await.unwrap();
+    blocker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let wal_before: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
+    p.batch_execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1001, 21000) g").await.unwrap();
+    let written: i64 = one(&p, &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal_before}')::int8")).await;
+    wait_value(
+        &s,
+        "SELECT (lag_bytes > 1000000)::text FROM pgsub.stat_subscription WHERE subname = 'hsub'",
+        "true",
+        WAIT,
+    )
+    .await;
+    let lag = wait_problem(&s, "pgsub.check_health(lag_bytes => 1000000)", "hsub", "lag").await;
+    assert_eq!(lag.2, "warning");
+    assert!(lag.3.contains("lag_bytes") && lag.3.contains("threshold 1000000"), "{}", lag.3);
+    assert!(!has_problem(&s, "pgsub.health", "hsub", "lag").await, "1 GB is not reached");
+    let retained: i64 =
+        one(&s, "SELECT retained_wal_bytes FROM pgsub.publisher_slots() WHERE slot_name = 'hsub'").await;
+    assert!(retained >= written, "the slot retains the unapplied transaction: {retained} < {written} bytes");
+    let slot = wait_problem(
+        &s,
+        &format!("pgsub.check_health(retained_wal_bytes => {})", written / 2),
+        "hsub",
+        "slot_retains_wal",
+    )
+    .await;
+    assert_eq!(slot.2, "warning");
+    assert!(slot.3.contains("slot hsub") && slot.3.contains("wal_status"), "{}", slot.3);
+    assert!(!has_problem(&s, "pgsub.health", "hsub", "slot_retains_wal").await, "10 GB is not reached");
+    // The monitoring role sees the same (it reads the publisher through the function).
+    assert!(
+        has_problem(
+            &mon,
+            &format!("pgsub.check_health(retained_wal_bytes => {})", written / 2),
+            "hsub",
+            "slot_retains_wal"
+        )
+        .await
+    );
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    wait_value(&s, "SELECT lag_bytes::text FROM pgsub.stat_subscription WHERE subname = 'hsub'", "0", WAIT).await;
+    assert!(!has_problem(&s, "pgsub.check_health(lag_bytes => 1000000)", "hsub", "lag").await, "caught up");
+
+    // error: a unique violation stops apply; with error_minutes => 0 it is a problem at once,
+    // at the default 5 minutes not yet. It goes away once a transaction applies again.
+    s.batch_execute("INSERT INTO t VALUES (-1, 'local')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (-1, 'remote')").await.unwrap();
+    wait_for_subscription_error(&s, "hsub", &["duplicate key"], WAIT).await;
+    let e = wait_problem(&s, "pgsub.check_health(error_minutes => 0)", "hsub", "error").await;
+    assert_eq!(e.2, "critical");
+    assert!(e.3.contains("duplicate key"), "{}", e.3);
+    assert!(e.4, "since: the estimated start of the failures");
+    let since_ok: bool = one(
+        &s,
+        "SELECT bool_and(h.since <= s.last_error_at) FROM pgsub.check_health(error_minutes => 0) h \
+         JOIN pgsub.stat_subscription s USING (subname) WHERE h.problem = 'error'",
+    )
+    .await;
+    assert!(since_ok, "the streak began no later than the last error");
+    assert!(!has_problem(&s, "pgsub.health", "hsub", "error").await, "not failing for 5 minutes yet");
+    s.batch_execute("DELETE FROM t WHERE id = -1").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = -1", "remote", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (-2, 'after')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = -2", "after", WAIT).await;
+    assert!(!has_problem(&s, "pgsub.check_health(error_minutes => 0)", "hsub", "error").await, "recovered");
+
+    // conflicts: a row missing locally for an UPDATE. Reported while the count is above the one
+    // given in conflicts_seen.
+    let before: i64 = one(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'hsub'").await;
+    s.batch_execute("DELETE FROM t WHERE id = 7").await.unwrap();
+    p.batch_execute("UPDATE t SET v = 'changed' WHERE id = 7").await.unwrap();
+    let conflicts: i64 = wait_for("a conflict counted for hsub", WAIT, || async {
+        let n: i64 = one(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'hsub'").await;
+        Ok((n > before).then_some(n))
+    })
+    .await
+    .unwrap();
+    let c = wait_problem(&s, "pgsub.health", "hsub", "conflicts").await;
+    assert_eq!(c.2, "warning");
+    assert!(c.3.starts_with(&format!("{conflicts} conflicts")), "{}", c.3);
+    let seen = |n: i64| format!("pgsub.check_health(conflicts_seen => '{{\"hsub\": {n}}}')");
+    assert!(!has_problem(&s, &seen(conflicts), "hsub", "conflicts").await, "no conflict since the count given");
+    assert!(has_problem(&s, &seen(conflicts - 1), "hsub", "conflicts").await, "one more than the count given");
+    assert!(has_problem(&s, "pgsub.check_health(conflicts_seen => '{\"other\": 99}')", "hsub", "conflicts").await);
+    // Put the row back on the subscriber as the publisher has it (the conflict left it missing).
+    s.batch_execute("INSERT INTO t VALUES (7, 'changed')").await.unwrap();
+
+    // publisher_unreachable: the publisher is down; the check answers (connect_timeout), with a
+    // row instead of an error. slot_missing: the slot is gone from the publisher.
+    nodes.publisher.stop("fast").expect("stop publisher");
+    let u = wait_problem(&s, "pgsub.check_health(publisher_timeout => '2s')", "hsub", "publisher_unreachable").await;
+    assert_eq!(u.2, "warning");
+    assert!(u.3.contains("could not connect"), "{}", u.3);
+    nodes.publisher.start_again().expect("start publisher");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    wait_for_subscription_sync(&s, "hsub", WAIT).await;
+    s.batch_execute("SELECT pgsub.disable_subscription('hsub')").await.unwrap();
+    wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'hsub'", "false", WAIT).await;
+    p.batch_execute("SELECT pg_drop_replication_slot('hsub')").await.unwrap();
+    // Disabled subscriptions are not read on the publisher.
+    assert!(!has_problem(&s, "pgsub.health", "hsub", "slot_missing").await);
+    s.batch_execute("SELECT pgsub.enable_subscription('hsub')").await.unwrap();
+    let m = wait_problem(&s, "pgsub.health", "hsub", "slot_missing").await;
+    assert_eq!(m.2, "critical");
+    assert!(m.3.contains("\"hsub\" does not exist"), "{}", m.3);
+    // The slot back, nothing written meanwhile: the subscription goes on from where it was.
+    p.batch_execute("SELECT pg_create_logical_replication_slot('hsub', 'pgoutput')").await.unwrap();
+    wait_for_subscription_sync(&s, "hsub", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (-3, 'slot back')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = -3", "slot back", WAIT).await;
+    assert!(!has_problem(&s, "pgsub.health", "hsub", "slot_missing").await);
+
+    // waiting_for_worker: the second subscription finds no apply worker slot.
+    s.execute(
+        "SELECT pgsub.create_subscription('hwait', $1, ARRAY['pubw'], copy_data => false)",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .expect("create hwait");
+    let wt = wait_problem(&s, "pgsub.health", "hwait", "waiting_for_worker").await;
+    assert_eq!(wt.2, "warning");
+    assert!(wt.4, "since: when it began to wait");
+    p.batch_execute("INSERT INTO w VALUES (1)").await.unwrap();
+    // Freed: hsub is disabled (it is caught up), hwait gets the worker and the problem goes.
+    s.batch_execute("SELECT pgsub.disable_subscription('hsub')").await.unwrap();
+    wait_for_subscription_sync(&s, "hwait", WAIT).await;
+    wait_value(&s, "SELECT count(*)::text FROM w", "1", WAIT).await;
+    assert!(!has_problem(&s, "pgsub.health", "hwait", "waiting_for_worker").await);
+
+    assert_replicated_equal(&p, &s).await;
+}
