@@ -78,17 +78,7 @@ pub extern "C-unwind" fn pgsub_launcher_main(arg: pg_sys::Datum) {
         if let Some(state) = launcher.tick() {
             break Some(state);
         }
-        // SAFETY: standard latch wait of a background worker.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                gucs::NAPTIME_MS.get() as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        crate::process::absorb_barriers();
+        crate::process::nap(i64::from(gucs::NAPTIME_MS.get()));
     };
     // Workers of ours keep running when we are stopped: they are independent and stop on their
     // own when their subscription goes away; the next launcher adopts them through shared memory.

@@ -86,3 +86,32 @@ pub fn absorb_barriers() {
         }
     }
 }
+
+/// A background worker's nap: waits on its latch for up to `ms` (a signal, a wake from another
+/// pgsub process or postmaster death ends it early), then absorbs a pending ProcSignalBarrier.
+/// Backends serving SQL wait with `check_for_interrupts!` instead.
+pub fn nap(ms: i64) {
+    // SAFETY: latch wait of a process attached to shared memory.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms.max(0) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    absorb_barriers();
+}
+
+/// Whether `role` is a superuser or has the privileges of one of the roles named.
+pub fn has_privs_of_any(role: pg_sys::Oid, names: &[&std::ffi::CStr]) -> bool {
+    // SAFETY: catalog lookups of role memberships inside a transaction.
+    unsafe {
+        pg_sys::superuser_arg(role)
+            || names.iter().any(|n| {
+                let r = pg_sys::get_role_oid(n.as_ptr(), true);
+                r != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, r)
+            })
+    }
+}

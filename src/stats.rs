@@ -10,17 +10,9 @@ use pgrx::prelude::*;
 
 /// Whether the calling role may see the subscriptions of every database.
 fn sees_all_databases() -> bool {
-    // SAFETY: catalog lookups of the current user's role memberships inside a transaction.
-    unsafe {
-        let me = pg_sys::GetUserId();
-        if pg_sys::superuser_arg(me) {
-            return true;
-        }
-        [c"pg_monitor", c"pgsub_admin"].iter().any(|role| {
-            let r = pg_sys::get_role_oid(role.as_ptr(), true);
-            r != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, r)
-        })
-    }
+    // SAFETY: the current user, set in every backend.
+    let me = unsafe { pg_sys::GetUserId() };
+    crate::process::has_privs_of_any(me, &[c"pg_monitor", c"pgsub_admin"])
 }
 
 /// The subscription slots the caller may see.

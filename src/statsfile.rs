@@ -15,46 +15,36 @@ const PATH: &str = "pg_stat/pgsub.stat";
 const HEADER: &str = "pgsub-stats 1";
 
 /// The counters saved, in file order.
-fn counters(s: &SubSlot) -> [i64; 16] {
+fn fields(s: &mut SubSlot) -> [&mut i64; 16] {
     [
-        s.txns_applied,
-        s.inserts,
-        s.updates,
-        s.deletes,
-        s.truncates,
-        s.messages,
-        s.conflicts,
-        s.txns_skipped,
-        s.error_count,
-        s.apply_error_count,
-        s.sync_error_count,
-        s.confl_insert_exists,
-        s.confl_update_exists,
-        s.confl_update_missing,
-        s.confl_delete_missing,
-        s.stats_reset,
+        &mut s.txns_applied,
+        &mut s.inserts,
+        &mut s.updates,
+        &mut s.deletes,
+        &mut s.truncates,
+        &mut s.messages,
+        &mut s.conflicts,
+        &mut s.txns_skipped,
+        &mut s.error_count,
+        &mut s.apply_error_count,
+        &mut s.sync_error_count,
+        &mut s.confl_insert_exists,
+        &mut s.confl_update_exists,
+        &mut s.confl_update_missing,
+        &mut s.confl_delete_missing,
+        &mut s.stats_reset,
     ]
 }
 
+fn counters(s: &SubSlot) -> [i64; 16] {
+    let mut copy = *s;
+    fields(&mut copy).map(|f| *f)
+}
+
 fn set_counters(s: &mut SubSlot, c: &[i64; 16]) {
-    [
-        s.txns_applied,
-        s.inserts,
-        s.updates,
-        s.deletes,
-        s.truncates,
-        s.messages,
-        s.conflicts,
-        s.txns_skipped,
-        s.error_count,
-        s.apply_error_count,
-        s.sync_error_count,
-        s.confl_insert_exists,
-        s.confl_update_exists,
-        s.confl_update_missing,
-        s.confl_delete_missing,
-        s.stats_reset,
-    ] = *c;
+    for (f, v) in fields(s).into_iter().zip(c) {
+        *f = *v;
+    }
 }
 
 /// Writes every subscription's counters (a clean exit of the supervisor).

@@ -57,17 +57,7 @@ pub extern "C-unwind" fn pgsub_supervisor_main(_arg: pg_sys::Datum) {
     while !shutdown_requested() {
         reload_config_if_requested();
         sup.tick();
-        // SAFETY: standard latch wait of a background worker.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                gucs::NAPTIME_MS.get() as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        crate::process::absorb_barriers();
+        crate::process::nap(i64::from(gucs::NAPTIME_MS.get()));
     }
     // Launchers keep running; the next supervisor finds them through their slots. At server
     // shutdown every pgsub process is stopping too: their last counts are in shared memory once

@@ -17,14 +17,7 @@ pub(super) fn caller() -> pg_sys::Oid {
 
 /// Raises unless the current user is a superuser or a member of `pgsub_admin`.
 pub fn require_admin() {
-    // SAFETY: catalog lookups inside a transaction.
-    let ok = unsafe {
-        let caller = caller();
-        pg_sys::superuser_arg(caller) || {
-            let role = pg_sys::get_role_oid(c"pgsub_admin".as_ptr(), true);
-            role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(caller, role)
-        }
-    };
+    let ok = crate::process::has_privs_of_any(caller(), &[c"pgsub_admin"]);
     if !ok {
         error(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,

@@ -160,16 +160,7 @@ fn flush_applied(origin: &str) {
 
 /// Sleeps on the latch for up to `ms`; a cancel or terminate request is served on waking.
 fn nap(ms: u64) {
-    // SAFETY: latch wait in a backend.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            ms as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
+    crate::process::nap(i64::try_from(ms).unwrap_or(i64::MAX));
     pg_sys::check_for_interrupts!();
 }
 

@@ -73,15 +73,9 @@ fn retry_delays(retry_us: i64, n: i32) -> i64 {
 /// Superusers, `pgsub_admin` and `pg_monitor` members: the function reads with every enabled
 /// subscription's stored credentials (read-only, a fixed query), so a stray GRANT must not open it.
 fn require_monitor() {
-    // SAFETY: catalog lookups inside a transaction.
-    let ok = unsafe {
-        let caller = pg_sys::GetOuterUserId();
-        pg_sys::superuser_arg(caller)
-            || [c"pgsub_admin", c"pg_monitor"].iter().any(|role| {
-                let r = pg_sys::get_role_oid(role.as_ptr(), true);
-                r != pg_sys::InvalidOid && pg_sys::has_privs_of_role(caller, r)
-            })
-    };
+    // SAFETY: the session's outer user, set in every backend.
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    let ok = crate::process::has_privs_of_any(caller, &[c"pgsub_admin", c"pg_monitor"]);
     if !ok {
         error(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,

@@ -130,7 +130,7 @@ impl Stream {
             if self.progress.since_report() >= Duration::from_secs(5) {
                 self.send_feedback(true, false);
             }
-            wait_latch(100);
+            crate::process::nap(100);
         }
     }
 
@@ -363,20 +363,6 @@ pub fn drop_stale_sync_origins(subid: i32, rels: &[SubRel]) {
     }
 }
 
-fn wait_latch(ms: i64) {
-    // SAFETY: latch wait of a background worker.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            ms as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    crate::process::absorb_barriers();
-}
-
 pub(super) fn wait_ms(ms: i64) {
-    wait_latch(ms);
+    crate::process::nap(ms);
 }
