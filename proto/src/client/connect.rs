@@ -225,8 +225,8 @@ impl Client {
 
     fn start_tls(&mut self, cfg: &Config, host: &Host, deadline: Option<Instant>) -> Result<(), Error> {
         let rootcert = cfg.sslrootcert.as_deref();
-        let level = tls::verify_level(cfg.sslmode, rootcert);
         let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let level = tls::verify_level(cfg.sslmode, rootcert, tls::default_root_file(home.as_deref()).is_some());
         let config = tls::client_config(cfg.sslmode, rootcert, home)?;
         let name = match host {
             Host::Tcp(h) => h.clone(),

@@ -2,18 +2,21 @@
 //! `ClientConfig` (ring provider) and the `ServerName` to verify. Owns the certificate verifiers;
 //! knows nothing about sockets (the client drives `rustls::ClientConnection` itself).
 //!
-//! | sslmode                              | chain checked           | host name checked |
-//! |--------------------------------------|-------------------------|-------------------|
-//! | allow / prefer / require, no rootcert| no (signatures are)     | no                |
-//! | allow / prefer / require + rootcert  | yes (libpq legacy rule) | no                |
-//! | verify-ca                            | yes                     | no                |
-//! | verify-full                          | yes                     | yes               |
+//! | sslmode                                   | chain checked            | host name checked |
+//! |-------------------------------------------|--------------------------|-------------------|
+//! | allow / prefer / require, no root file    | no (signatures are)      | no                |
+//! | allow / prefer / require + a root file    | yes (libpq's rule)       | no                |
+//! | verify-ca                                 | yes                      | no                |
+//! | verify-full                               | yes                      | yes               |
 //!
 //! "Signatures are" means the handshake signature is still verified against the presented
 //! certificate's key, so the peer must own the certificate it shows — that is what libpq's
-//! `require` gives. Root certificates: the `sslrootcert` PEM file; when none is given, libpq's
-//! default `~/.postgresql/root.crt` if it exists, else the operating system's trust store
-//! (also what `sslrootcert=system` selects).
+//! `require` gives. The root file is `sslrootcert`, or when that is not set libpq's default
+//! `~/.postgresql/root.crt` of the process's home directory (for pgsub's workers and SQL
+//! functions: the PostgreSQL server's OS user) if it exists. As libpq: `verify-ca` and
+//! `verify-full` without any root file are refused (never a silent fall back to the operating
+//! system's trust store, which would let `verify-ca` accept any publicly issued certificate);
+//! `sslrootcert=system` selects that store explicitly and needs `verify-full`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -40,15 +43,23 @@ pub(crate) enum Verify {
     Full,
 }
 
-pub(crate) fn verify_level(mode: SslMode, rootcert: Option<&Path>) -> Verify {
+/// libpq's default root certificate file, `~/.postgresql/root.crt`, if it exists.
+pub(crate) fn default_root_file(home: Option<&Path>) -> Option<PathBuf> {
+    home.map(|h| h.join(".postgresql").join("root.crt")).filter(|p| p.is_file())
+}
+
+/// What is verified for `mode`, given `sslrootcert` and whether the default root file exists.
+pub(crate) fn verify_level(mode: SslMode, rootcert: Option<&Path>, default_root_exists: bool) -> Verify {
     match mode {
         SslMode::VerifyFull => Verify::Full,
         SslMode::VerifyCa => Verify::Chain,
-        // libpq: with a root certificate file present, require (and prefer/allow) verify the
-        // chain like verify-ca.
+        // libpq: with a root certificate file present (given, or the default one), require (and
+        // prefer/allow) verify the chain like verify-ca.
         _ => match rootcert {
             Some(p) if p != Path::new("system") => Verify::Chain,
-            _ => Verify::None,
+            Some(_) => Verify::None,
+            None if default_root_exists => Verify::Chain,
+            None => Verify::None,
         },
     }
 }
@@ -69,14 +80,18 @@ fn load_roots(
     rootcert: Option<&Path>,
     home: Option<PathBuf>,
 ) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), Error> {
-    let file = match rootcert {
-        Some(p) if p == Path::new("system") => None,
-        Some(p) => Some(p.to_path_buf()),
-        None => home.map(|h| h.join(".postgresql").join("root.crt")).filter(|p| p.is_file()),
-    };
-    match file {
-        Some(path) => load_root_file(&path),
-        None => Ok((load_system_roots()?, Vec::new())),
+    match rootcert {
+        Some(p) if p == Path::new("system") => Ok((load_system_roots()?, Vec::new())),
+        Some(p) => load_root_file(p),
+        None => match default_root_file(home.as_deref()) {
+            Some(path) => load_root_file(&path),
+            // libpq's words.
+            None => Err(tls_err(format!(
+                "root certificate file \"{}\" does not exist\nEither provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification.",
+                home.map(|h| h.join(".postgresql").join("root.crt").display().to_string())
+                    .unwrap_or_else(|| "~/.postgresql/root.crt".into())
+            ))),
+        },
     }
 }
 
@@ -119,9 +134,17 @@ pub(crate) fn client_config(
     rootcert: Option<&Path>,
     home: Option<PathBuf>,
 ) -> Result<Arc<ClientConfig>, Error> {
+    if rootcert == Some(Path::new("system")) && mode != SslMode::VerifyFull {
+        // libpq (16+): the system's roots vouch for any host they issued to, so only a
+        // host-name check makes them mean anything.
+        return Err(tls_err(format!(
+            "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
+            mode.as_str()
+        )));
+    }
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
-    let level = verify_level(mode, rootcert);
+    let level = verify_level(mode, rootcert, default_root_file(home.as_deref()).is_some());
     let verifier: Arc<dyn ServerCertVerifier> = match level {
         Verify::None => Arc::new(SignatureOnly { algs }),
         Verify::Chain | Verify::Full => {
@@ -261,11 +284,60 @@ mod tests {
 
     #[test]
     fn levels() {
-        assert_eq!(verify_level(SslMode::Require, None), Verify::None);
-        assert_eq!(verify_level(SslMode::Prefer, None), Verify::None);
-        assert_eq!(verify_level(SslMode::Require, Some(Path::new("/ca.pem"))), Verify::Chain);
-        assert_eq!(verify_level(SslMode::VerifyCa, None), Verify::Chain);
-        assert_eq!(verify_level(SslMode::VerifyFull, Some(Path::new("system"))), Verify::Full);
+        assert_eq!(verify_level(SslMode::Require, None, false), Verify::None);
+        assert_eq!(verify_level(SslMode::Prefer, None, false), Verify::None);
+        assert_eq!(verify_level(SslMode::Require, Some(Path::new("/ca.pem")), false), Verify::Chain);
+        // libpq: an existing ~/.postgresql/root.crt makes require verify the chain.
+        assert_eq!(verify_level(SslMode::Require, None, true), Verify::Chain);
+        assert_eq!(verify_level(SslMode::Prefer, None, true), Verify::Chain);
+        assert_eq!(verify_level(SslMode::VerifyCa, None, false), Verify::Chain);
+        assert_eq!(verify_level(SslMode::VerifyFull, Some(Path::new("system")), false), Verify::Full);
+    }
+
+    /// A home directory with (or without) `.postgresql/root.crt` holding `pem`.
+    fn home_with_root(tag: &str, pem: Option<&str>) -> PathBuf {
+        let home = std::env::temp_dir().join(format!("pgsub-tls-home-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(home.join(".postgresql")).unwrap();
+        if let Some(pem) = pem {
+            std::fs::write(home.join(".postgresql").join("root.crt"), pem).unwrap();
+        }
+        home
+    }
+
+    #[test]
+    fn verification_without_a_root_file_is_refused_as_libpq_refuses_it() {
+        let home = home_with_root("none", None);
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let e = client_config(mode, None, Some(home.clone())).unwrap_err().to_string();
+            assert!(e.contains("root certificate file") && e.contains("does not exist"), "{e}");
+            assert!(e.contains("sslrootcert=system"), "{e}");
+        }
+        // Without HOME at all, too.
+        assert!(client_config(SslMode::VerifyCa, None, None).is_err());
+        // require without a root file verifies nothing and needs none.
+        client_config(SslMode::Require, None, Some(home.clone())).unwrap();
+        let _ = std::fs::remove_dir_all(home);
+    }
+
+    #[test]
+    fn the_system_store_needs_verify_full() {
+        for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::Prefer] {
+            let e = client_config(mode, Some(Path::new("system")), None).unwrap_err().to_string();
+            assert!(e.contains(&format!("weak sslmode \"{}\"", mode.as_str())) && e.contains("verify-full"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_default_root_file_is_read_when_present() {
+        // A file that is there but holds no certificate: reading it is what fails, so it was read
+        // (for require too, which then verifies the chain as libpq does).
+        let home = home_with_root("empty", Some("not a certificate\n"));
+        for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
+            let e = client_config(mode, None, Some(home.clone())).unwrap_err().to_string();
+            assert!(e.contains("no certificates found in root certificate file") && e.contains(".postgresql"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(home);
     }
 
     #[test]
