@@ -1324,3 +1324,122 @@ async fn tls_connections_and_a_large_stream_over_tls() {
     repl.close();
     eprintln!("tls test: {:?}", t0.elapsed());
 }
+
+/// What libpq (psql of the Debian PostgreSQL 15, built with OpenSSL) makes of a connection
+/// string: Ok, or its error text.
+fn libpq_connects(connstr: &str) -> Result<(), String> {
+    let out = Command::new("/usr/lib/postgresql/15/bin/psql")
+        .args(["-X", "-A", "-t", "-d", connstr, "-c", "SELECT 1"])
+        .env_remove("PGPASSWORD")
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Certificate authentication (`cert` in pg_hba) with a client certificate signed by a test CA:
+/// pgsub's client connects with `sslcert`/`sslkey` without a password, exactly when libpq (psql)
+/// does — with the pair; not without a certificate; not with a key file others may read (refused
+/// by both, in libpq's words); and `verify-ca` without any root certificate file is refused by
+/// both instead of trusting the system's roots.
+#[tokio::test(flavor = "current_thread")]
+async fn client_certificate_authentication_as_libpq() {
+    let opts = if server_built_with("--with-openssl") {
+        ClusterOpts::publisher()
+    } else {
+        ClusterOpts::publisher().with_server_bindir(PathBuf::from("/usr/lib/postgresql/15/bin"))
+    };
+    let mut cluster = Cluster::start(opts).expect("start publisher");
+    let dir = cluster.dir().to_path_buf();
+    openssl_self_signed(&dir, "server", "pgsub.test");
+    // A CA, and a client certificate for cert_user signed by it.
+    openssl_self_signed(&dir, "ca", "pgsub test CA");
+    let client_key = dir.join("client.key");
+    let client_crt = dir.join("client.crt");
+    let csr = dir.join("client.csr");
+    sh(
+        Command::new("openssl")
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-subj", "/CN=cert_user", "-keyout"])
+            .arg(&client_key)
+            .arg("-out")
+            .arg(&csr),
+        "openssl req (client)",
+    );
+    sh(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(dir.join("ca.crt"))
+            .arg("-CAkey")
+            .arg(dir.join("ca.key"))
+            .args(["-CAcreateserial", "-out"])
+            .arg(&client_crt),
+        "openssl x509 (sign client)",
+    );
+    // The client's key belongs to this process's user, readable by it alone.
+    sh(Command::new("chmod").arg("600").arg(&client_key), "chmod client key");
+    cluster.add_conf("ssl = on").unwrap();
+    cluster.add_conf(&format!("ssl_cert_file = '{}'", dir.join("server.crt").display())).unwrap();
+    cluster.add_conf(&format!("ssl_key_file = '{}'", dir.join("server.key").display())).unwrap();
+    cluster.add_conf(&format!("ssl_ca_file = '{}'", dir.join("ca.crt").display())).unwrap();
+    cluster.restart().expect("restart with ssl");
+    cluster.psql("postgres", "CREATE ROLE cert_user LOGIN REPLICATION").unwrap();
+    cluster
+        .set_hba(
+            "local all all trust\n\
+             hostssl all cert_user 127.0.0.1/32 cert\n\
+             host all postgres 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+    let q = |p: &Path| conninfo::quote_value(&p.display().to_string());
+    let base = format!("{} connect_timeout=5 sslmode=require", cluster.connstr("cert_user", "postgres"));
+    let with_pair = format!("{base} sslcert={} sslkey={}", q(&client_crt), q(&client_key));
+
+    // With the pair: both connect, without a password.
+    libpq_connects(&with_pair).unwrap_or_else(|e| panic!("psql with the client certificate: {e}"));
+    let mut c = must_connect(&with_pair);
+    assert!(c.uses_tls() && !c.used_password(), "certificate authentication, no password");
+    c.identify_system().expect("IDENTIFY_SYSTEM as cert_user");
+    c.close();
+
+    let limit = Duration::from_secs(5 + 1);
+    // Without a certificate: both are turned away by the server.
+    let missing = dir.join("no-such.crt");
+    let without = format!("{base} sslcert={} sslkey={}", q(&missing), q(&client_key));
+    let libpq = libpq_connects(&without).expect_err("psql without a client certificate");
+    let (e, _) = failing(&without, limit);
+    assert!(libpq.contains("certificate") && e.to_string().contains("certificate"), "libpq: {libpq}; pgsub: {e}");
+
+    // A key others may read: both refuse it before sending anything.
+    sh(Command::new("chmod").arg("644").arg(&client_key), "chmod 644 client key");
+    let libpq = libpq_connects(&with_pair).expect_err("psql with a world-readable key");
+    let (e, _) = failing(&with_pair, limit);
+    for text in [libpq.as_str(), &e.to_string()] {
+        assert!(text.contains("has group or world access"), "libpq: {libpq}; pgsub: {e}");
+    }
+    sh(Command::new("chmod").arg("600").arg(&client_key), "chmod 600 client key");
+
+    // verify-ca without any root certificate file (none given, none in this user's
+    // ~/.postgresql): both refuse, neither falls back to the system's roots.
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    if !home.join(".postgresql").join("root.crt").exists() {
+        let verify = with_pair.replace("sslmode=require", "sslmode=verify-ca");
+        let libpq = libpq_connects(&verify).expect_err("psql verify-ca without a root file");
+        let (e, _) = failing(&verify, limit);
+        for text in [libpq.as_str(), &e.to_string()] {
+            assert!(
+                text.contains("root certificate file") && text.contains("does not exist"),
+                "libpq: {libpq}; pgsub: {e}"
+            );
+        }
+        // With the server's (self-signed) certificate as root, verify-ca passes for both.
+        let verify = format!("{verify} sslrootcert={}", q(&dir.join("server.crt")));
+        libpq_connects(&verify).unwrap_or_else(|e| panic!("psql verify-ca with the root: {e}"));
+        must_connect(&verify).close();
+    }
+}

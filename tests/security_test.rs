@@ -708,3 +708,132 @@ async fn owner_change_follows_the_same_rules_as_creation() {
     // `nopw` is never enabled (and shares t): the subscription that replicates is compared.
     assert_replicated_equal_for(&p, &s, Some(&["os"])).await;
 }
+
+/// Runs a command, panicking with its output when it fails.
+fn run_ok(cmd: &mut std::process::Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An EC key and certificate `<stem>.key/.crt` in `dir` for common name `cn`: self-signed, or
+/// signed by `<ca>.crt/.key`; both handed to the `postgres` OS user (who runs the servers, and
+/// whose processes — the apply worker among them — read them), the key with mode 0600.
+fn openssl_cert(dir: &std::path::Path, stem: &str, cn: &str, ca: Option<&str>) {
+    let key = dir.join(format!("{stem}.key"));
+    let crt = dir.join(format!("{stem}.crt"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    match ca {
+        None => run_ok(
+            std::process::Command::new("openssl")
+                .args(["req", "-x509", "-days", "2"])
+                .args(ec)
+                .args(["-subj", &format!("/CN={cn}"), "-addext", &format!("subjectAltName=DNS:{cn}"), "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&crt),
+            "openssl req -x509",
+        ),
+        Some(ca) => {
+            let csr = dir.join(format!("{stem}.csr"));
+            run_ok(
+                std::process::Command::new("openssl")
+                    .args(["req", "-new"])
+                    .args(ec)
+                    .args(["-subj", &format!("/CN={cn}"), "-keyout"])
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&csr),
+                "openssl req",
+            );
+            run_ok(
+                std::process::Command::new("openssl")
+                    .args(["x509", "-req", "-days", "2", "-in"])
+                    .arg(&csr)
+                    .arg("-CA")
+                    .arg(dir.join(format!("{ca}.crt")))
+                    .arg("-CAkey")
+                    .arg(dir.join(format!("{ca}.key")))
+                    .args(["-CAcreateserial", "-out"])
+                    .arg(&crt),
+                "openssl x509 -req",
+            );
+        }
+    }
+    run_ok(std::process::Command::new("chmod").arg("600").arg(&key), "chmod");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        run_ok(std::process::Command::new("chown").arg("postgres:").arg(&key).arg(&crt), "chown");
+    }
+}
+
+/// The apply worker (and the initial copy) over TLS with `sslmode=verify-full`, the publisher's
+/// certificate checked against a root file and its name, and certificate authentication with a
+/// client certificate signed by the publisher's CA (pg_hba `cert`, no password): streams, and
+/// the publisher's pg_stat_ssl shows the worker's connection encrypted with that client
+/// certificate.
+#[tokio::test(flavor = "current_thread")]
+async fn apply_worker_streams_over_tls_with_verify_full_and_a_client_certificate() {
+    // The publisher's TLS comes from OpenSSL: the system's PostgreSQL 15 when the server under
+    // test is built without it (the subscriber's client is pgsub's own, rustls).
+    let popts = if pgsub_tests::server_built_with("--with-openssl") {
+        ClusterOpts::publisher()
+    } else {
+        ClusterOpts::publisher().with_server_bindir(std::path::PathBuf::from("/usr/lib/postgresql/15/bin"))
+    };
+    let mut nodes = TwoNodes::start_with(popts, ClusterOpts::subscriber()).expect("start");
+    let dir = nodes.publisher.dir().to_path_buf();
+    openssl_cert(&dir, "server", "pgsub.test", None);
+    openssl_cert(&dir, "ca", "pgsub test CA", None);
+    openssl_cert(&dir, "client", "repl_cert", Some("ca"));
+    for line in [
+        "ssl = on".to_string(),
+        format!("ssl_cert_file = '{}'", dir.join("server.crt").display()),
+        format!("ssl_key_file = '{}'", dir.join("server.key").display()),
+        format!("ssl_ca_file = '{}'", dir.join("ca.crt").display()),
+    ] {
+        nodes.publisher.add_conf(&line).unwrap();
+    }
+    nodes.publisher.restart().expect("restart the publisher with ssl");
+    nodes
+        .publisher
+        .set_hba(
+            "local all all trust\n\
+             hostssl all repl_cert 127.0.0.1/32 cert\n\
+             host all postgres 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+    nodes.publisher.reload().unwrap();
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    p.batch_execute(
+        "CREATE ROLE repl_cert LOGIN REPLICATION;
+         CREATE TABLE t (id int PRIMARY KEY, v text); GRANT SELECT ON t TO repl_cert;
+         CREATE PUBLICATION pub FOR TABLE t;
+         INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    let q = |f: &str| pgsub_proto::conninfo::quote_value(&dir.join(f).display().to_string());
+    let conninfo = format!(
+        "host=pgsub.test hostaddr=127.0.0.1 port={} user=repl_cert dbname=postgres sslmode=verify-full \
+         sslrootcert={} sslcert={} sslkey={}",
+        nodes.publisher.port(),
+        q("server.crt"),
+        q("client.crt"),
+        q("client.key")
+    );
+    s.execute("SELECT pgsub.create_subscription('tls', $1, ARRAY['pub'])", &[&conninfo]).await.expect("create");
+    wait_for_subscription_sync(&s, "tls", WAIT).await;
+    p.batch_execute("INSERT INTO t SELECT g, 'after' FROM generate_series(101, 200) g").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "200", WAIT).await;
+    // The walsender serving the worker: encrypted, with the client certificate.
+    let dn: String = one(
+        &p,
+        "SELECT coalesce(s.client_dn, '') FROM pg_stat_ssl s JOIN pg_stat_replication r ON r.pid = s.pid \
+         WHERE r.application_name = 'tls' AND s.ssl",
+    )
+    .await;
+    assert!(dn.contains("repl_cert"), "the worker authenticated with its certificate: {dn:?}");
+    assert_replicated_equal(&p, &s).await;
+}

@@ -145,6 +145,11 @@ pub struct Config {
     /// Root certificates (PEM) for `verify-ca`/`verify-full`; the literal path `system` (or none)
     /// means the operating system's trust store.
     pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM, the chain after it) and its private key, for certificate
+    /// authentication; when not set, libpq's `~/.postgresql/postgresql.crt` and `.key` are used
+    /// if the certificate file exists.
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
     /// `application_name`, else `fallback_application_name`.
     pub application_name: Option<String>,
     /// Per-host connection timeout (covers connect, TLS and authentication); `None` = wait forever.
@@ -164,6 +169,8 @@ impl fmt::Debug for Config {
             .field("password", &self.password.as_ref().map(|_| MASK))
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
             .field("options", &self.options)
@@ -190,6 +197,12 @@ impl Config {
         parts.push(format!("sslmode={}", self.sslmode));
         if let Some(r) = &self.sslrootcert {
             parts.push(format!("sslrootcert={}", quote_value(&r.to_string_lossy())));
+        }
+        if let Some(c) = &self.sslcert {
+            parts.push(format!("sslcert={}", quote_value(&c.to_string_lossy())));
+        }
+        if let Some(k) = &self.sslkey {
+            parts.push(format!("sslkey={}", quote_value(&k.to_string_lossy())));
         }
         if let Some(a) = &self.application_name {
             parts.push(format!("application_name={}", quote_value(a)));

@@ -227,7 +227,8 @@ impl Client {
         let rootcert = cfg.sslrootcert.as_deref();
         let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
         let level = tls::verify_level(cfg.sslmode, rootcert, tls::default_root_file(home.as_deref()).is_some());
-        let config = tls::client_config(cfg.sslmode, rootcert, home)?;
+        let identity = tls::client_identity(cfg.sslcert.as_deref(), cfg.sslkey.as_deref(), home.as_deref())?;
+        let config = tls::client_config(cfg.sslmode, rootcert, home, identity)?;
         let name = match host {
             Host::Tcp(h) => h.clone(),
             Host::Unix(_) => "localhost".to_string(),

@@ -17,6 +17,12 @@
 //! `verify-full` without any root file are refused (never a silent fall back to the operating
 //! system's trust store, which would let `verify-ca` accept any publicly issued certificate);
 //! `sslrootcert=system` selects that store explicitly and needs `verify-full`.
+//!
+//! Client certificates (certificate authentication), as libpq: `sslcert`, else
+//! `~/.postgresql/postgresql.crt`; a certificate file that does not exist means none is sent; with
+//! one, its key (`sslkey`, else `~/.postgresql/postgresql.key`) must exist, be a regular file and
+//! not be readable by others (libpq's permission rule). Encrypted keys (`sslpassword`) are not
+//! supported.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -25,7 +31,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -128,11 +134,80 @@ fn load_system_roots() -> Result<RootCertStore, Error> {
     Ok(roots)
 }
 
+/// A client certificate chain and its private key.
+pub(crate) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// The client certificate and key to present, as libpq finds them (None: no certificate file).
+pub(crate) fn client_identity(
+    sslcert: Option<&Path>,
+    sslkey: Option<&Path>,
+    home: Option<&Path>,
+) -> Result<Option<Identity>, Error> {
+    let dot = |f: &str| home.map(|h| h.join(".postgresql").join(f));
+    let Some(cert_path) = sslcert.map(Path::to_path_buf).or_else(|| dot("postgresql.crt")) else { return Ok(None) };
+    match std::fs::metadata(&cert_path) {
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(tls_err(format!("could not open certificate file \"{}\": {e}", cert_path.display()))),
+    }
+    let unreadable = |e: &dyn std::fmt::Display| {
+        tls_err(format!("could not read certificate file \"{}\": {e}", cert_path.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| unreadable(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| unreadable(&e))?;
+    if certs.is_empty() {
+        return Err(unreadable(&"no certificate in the file"));
+    }
+    let Some(key_path) = sslkey.map(Path::to_path_buf).or_else(|| dot("postgresql.key")) else {
+        return Err(tls_err("certificate present, but not private key file"));
+    };
+    check_key_file(&key_path)?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+        let encrypted = std::fs::read_to_string(&key_path).is_ok_and(|t| t.contains("ENCRYPTED"));
+        tls_err(if encrypted {
+            format!(
+                "could not load private key file \"{}\": the key is encrypted, and encrypted keys (sslpassword) are not supported; decrypt it (openssl pkey -in … -out …)",
+                key_path.display()
+            )
+        } else {
+            format!("could not load private key file \"{}\": {e}", key_path.display())
+        })
+    })?;
+    Ok(Some((certs, key)))
+}
+
+/// libpq's checks of a private key file: it exists, is a regular file, and is not open to others
+/// (u=rw or less when owned by the current user; u=rw,g=r or less when owned by root).
+fn check_key_file(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|_| tls_err(format!("certificate present, but not private key file \"{}\"", path.display())))?;
+    if !meta.is_file() {
+        return Err(tls_err(format!("private key file \"{}\" is not a regular file", path.display())));
+    }
+    let mode = meta.mode();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let open_to_others = (meta.uid() == me && mode & 0o077 != 0) || (meta.uid() == 0 && mode & 0o037 != 0);
+    if open_to_others {
+        return Err(tls_err(format!(
+            "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Builds the rustls configuration for one connection attempt.
 pub(crate) fn client_config(
     mode: SslMode,
     rootcert: Option<&Path>,
     home: Option<PathBuf>,
+    identity: Option<Identity>,
 ) -> Result<Arc<ClientConfig>, Error> {
     if rootcert == Some(Path::new("system")) && mode != SslMode::VerifyFull {
         // libpq (16+): the system's roots vouch for any host they issued to, so only a
@@ -144,6 +219,7 @@ pub(crate) fn client_config(
     }
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
+    let key_provider = provider.key_provider;
     let level = verify_level(mode, rootcert, default_root_file(home.as_deref()).is_some());
     let verifier: Arc<dyn ServerCertVerifier> = match level {
         Verify::None => Arc::new(SignatureOnly { algs }),
@@ -152,12 +228,26 @@ pub(crate) fn client_config(
             Arc::new(ChainVerifier { roots: Arc::new(roots), pinned, algs, check_name: level == Verify::Full })
         }
     };
-    let mut cfg = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match identity {
+        // Not rustls' with_client_auth_cert: that parses the certificate with webpki, which
+        // refuses X.509 v1 certificates — what `openssl x509 -req` (the PostgreSQL docs' recipe)
+        // makes without extensions, and what libpq and the server accept. The key is loaded
+        // (and its type checked) by the provider; whether the certificate fits it is the
+        // server's to say, as with libpq.
+        Some((certs, key)) => {
+            let signer = key_provider
+                .load_private_key(key)
+                .map_err(|e| tls_err(format!("the client's private key cannot be used: {e}")))?;
+            let certified = Arc::new(rustls::sign::CertifiedKey::new(certs, signer));
+            builder.with_client_cert_resolver(Arc::new(ClientCert(certified)))
+        }
+        None => builder.with_no_client_auth(),
+    };
     // PostgreSQL 17+ checks ALPN when the client offers it; older servers ignore it.
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(Arc::new(cfg))
@@ -278,6 +368,20 @@ impl ServerCertVerifier for ChainVerifier {
     }
 }
 
+/// Always presents the one client certificate there is (the server decides whether it fits).
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,21 +413,21 @@ mod tests {
     fn verification_without_a_root_file_is_refused_as_libpq_refuses_it() {
         let home = home_with_root("none", None);
         for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
-            let e = client_config(mode, None, Some(home.clone())).unwrap_err().to_string();
+            let e = client_config(mode, None, Some(home.clone()), None).unwrap_err().to_string();
             assert!(e.contains("root certificate file") && e.contains("does not exist"), "{e}");
             assert!(e.contains("sslrootcert=system"), "{e}");
         }
         // Without HOME at all, too.
-        assert!(client_config(SslMode::VerifyCa, None, None).is_err());
+        assert!(client_config(SslMode::VerifyCa, None, None, None).is_err());
         // require without a root file verifies nothing and needs none.
-        client_config(SslMode::Require, None, Some(home.clone())).unwrap();
+        client_config(SslMode::Require, None, Some(home.clone()), None).unwrap();
         let _ = std::fs::remove_dir_all(home);
     }
 
     #[test]
     fn the_system_store_needs_verify_full() {
         for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::Prefer] {
-            let e = client_config(mode, Some(Path::new("system")), None).unwrap_err().to_string();
+            let e = client_config(mode, Some(Path::new("system")), None, None).unwrap_err().to_string();
             assert!(e.contains(&format!("weak sslmode \"{}\"", mode.as_str())) && e.contains("verify-full"), "{e}");
         }
     }
@@ -334,7 +438,7 @@ mod tests {
         // (for require too, which then verifies the chain as libpq does).
         let home = home_with_root("empty", Some("not a certificate\n"));
         for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
-            let e = client_config(mode, None, Some(home.clone())).unwrap_err().to_string();
+            let e = client_config(mode, None, Some(home.clone()), None).unwrap_err().to_string();
             assert!(e.contains("no certificates found in root certificate file") && e.contains(".postgresql"), "{e}");
         }
         let _ = std::fs::remove_dir_all(home);
@@ -351,8 +455,56 @@ mod tests {
 
     #[test]
     fn config_without_verification_builds() {
-        client_config(SslMode::Require, None, None).unwrap();
-        let e = client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem")), None).unwrap_err();
+        client_config(SslMode::Require, None, None, None).unwrap();
+        let e = client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem")), None, None).unwrap_err();
         assert!(e.to_string().contains("could not read root certificate file"), "{e}");
+    }
+
+    /// A self-signed client certificate and its key (P-256, valid until 2126), for the checks
+    /// below; made with `openssl req -x509 -newkey ec -nodes`, the key also encrypted with
+    /// `openssl pkcs8 -topk8`.
+    const CLIENT_CRT: &str = "-----BEGIN CERTIFICATE-----\nMIIBjzCCATWgAwIBAgIUNAHD7Ibf6uh0h+8Xtwn9cbFu+E8wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRcGdzdWJfdGVzdF9jbGllbnQwIBcNMjYxMTMwMDU1MTI2WhgP\nMjEyNjExMDYwNTUxMjZaMBwxGjAYBgNVBAMMEXBnc3ViX3Rlc3RfY2xpZW50MFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEp+nc66ne3ehvwFq1x4heGbfSw3iWAs8z\nAdKPv6Bj67Cw7mpGbD79uCYsuXn0WwTfB+YyfQMcoX+u8VX3Ll+UkqNTMFEwHQYD\nVR0OBBYEFALYo1UurozTTdok4cO/DyOrYPVjMB8GA1UdIwQYMBaAFALYo1UurozT\nTdok4cO/DyOrYPVjMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg\nYR9oKRgb936puvQV0gx46MjKXGnMxr4Jpa8H0lGtZLUCIQDJ5mMjeZER5lu7UiKC\nnFYE98U7F/b5ILO0v43gKT9jtg==\n-----END CERTIFICATE-----\n";
+    const CLIENT_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgBGtnfKXro2jz3vs/\nDcuMHq6GM2N1U5YlPk4mEl0Nw7OhRANCAASn6dzrqd7d6G/AWrXHiF4Zt9LDeJYC\nzzMB0o+/oGPrsLDuakZsPv24Jiy5efRbBN8H5jJ9Axyhf67xVfcuX5SS\n-----END PRIVATE KEY-----\n";
+    const CLIENT_KEY_ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAiNPrz/HXVOLgICCAAw\nDAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEE7uEwtvNbkJqvflFVgN1LUEgZB6\nY7LEWBJJfKa0WudwBfH4JHuaMgx100y+ww1GOE3z+IwLxjmoDC3bOAAqlP1V6dzC\nFZbwH2OznBtEcFkKu+maNe9/EM3pMorD0swS2VW3hrkfgpHFl+1hGlPQPZ8pfR6a\nZo7o18F/p9ZT4TxbvQRA5jGFzLCFT4AyQ6ArbmySWMv6gz6OMkcWAeT1zOhCWCQ=\n-----END ENCRYPTED PRIVATE KEY-----\n";
+
+    fn write_mode(path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn client_certificates_are_found_and_checked_as_libpq_does() {
+        let home = home_with_root("client", None);
+        let dot = home.join(".postgresql");
+        // No certificate file: nothing is sent, whether named or the default.
+        assert!(client_identity(None, None, Some(&home)).unwrap().is_none());
+        assert!(client_identity(Some(&dot.join("absent.crt")), None, Some(&home)).unwrap().is_none());
+        // The default pair.
+        write_mode(&dot.join("postgresql.crt"), CLIENT_CRT, 0o644);
+        let e = client_identity(None, None, Some(&home)).unwrap_err().to_string();
+        assert!(e.contains("certificate present, but not private key file"), "{e}");
+        write_mode(&dot.join("postgresql.key"), CLIENT_KEY, 0o600);
+        let (certs, _) = client_identity(None, None, Some(&home)).unwrap().expect("identity");
+        assert_eq!(certs.len(), 1);
+        client_config(SslMode::Require, None, Some(home.clone()), client_identity(None, None, Some(&home)).unwrap())
+            .unwrap();
+        // A key others may read is refused, in libpq's words.
+        write_mode(&dot.join("postgresql.key"), CLIENT_KEY, 0o644);
+        let e = client_identity(None, None, Some(&home)).unwrap_err().to_string();
+        assert!(e.contains("has group or world access") && e.contains("0600"), "{e}");
+        // Named files win over the defaults; a directory is not a key; garbage is not a key.
+        write_mode(&dot.join("mine.key"), CLIENT_KEY, 0o600);
+        assert!(client_identity(None, Some(&dot.join("mine.key")), Some(&home)).unwrap().is_some());
+        let e = client_identity(None, Some(&dot), Some(&home)).unwrap_err().to_string();
+        assert!(e.contains("is not a regular file"), "{e}");
+        write_mode(&dot.join("bad.key"), "not a key\n", 0o600);
+        let e = client_identity(None, Some(&dot.join("bad.key")), Some(&home)).unwrap_err().to_string();
+        assert!(e.contains("could not load private key file"), "{e}");
+        // An encrypted key: said so, not a generic parse error.
+        write_mode(&dot.join("enc.key"), CLIENT_KEY_ENCRYPTED, 0o600);
+        let e = client_identity(None, Some(&dot.join("enc.key")), Some(&home)).unwrap_err().to_string();
+        assert!(e.contains("encrypted") && e.contains("sslpassword"), "{e}");
+        let _ = std::fs::remove_dir_all(home);
     }
 }

@@ -86,6 +86,8 @@ pub(super) fn build_config(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Re
         password,
         sslmode,
         sslrootcert,
+        sslcert: s.get("sslcert").filter(|v| !v.is_empty()).map(PathBuf::from),
+        sslkey: s.get("sslkey").filter(|v| !v.is_empty()).map(PathBuf::from),
         application_name,
         connect_timeout,
         options,

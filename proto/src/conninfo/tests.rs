@@ -123,7 +123,7 @@ fn errors_are_libpq_like() {
     assert_eq!(err("port=0"), "invalid port number: \"0\"");
     assert_eq!(err("sslmode=maybe"), "invalid sslmode value: \"maybe\"");
     assert!(err("service=foo").contains("not supported"));
-    assert!(err("sslcert=/x.crt").contains("sslcert"));
+    assert!(err("sslcrl=/x.crl").contains("sslcrl"));
     assert!(err("channel_binding=require").contains("channel_binding"));
     assert!(err("target_session_attrs=read-write").contains("target_session_attrs"));
     assert!(err("hostaddr=not-an-ip").contains("could not parse network address"));
@@ -148,6 +148,10 @@ fn sslmodes_and_rootcert() {
         assert_eq!(c.sslmode, m);
         assert_eq!(m.as_str(), s);
     }
+    let c = p("sslcert=/etc/me.crt sslkey='/etc/my key.pem'").unwrap();
+    assert_eq!(c.sslcert.as_deref(), Some(Path::new("/etc/me.crt")));
+    assert_eq!(c.sslkey.as_deref(), Some(Path::new("/etc/my key.pem")));
+    assert!(c.display_masked().contains("sslkey='/etc/my key.pem'"), "{}", c.display_masked());
     let c = p("sslrootcert=/etc/ca.pem sslmode=verify-ca").unwrap();
     assert_eq!(c.sslrootcert.as_deref(), Some(Path::new("/etc/ca.pem")));
     let c = p("sslrootcert=system").unwrap();
