@@ -1266,6 +1266,23 @@ async fn tls_connections_and_a_large_stream_over_tls() {
     c.close();
 
     let limit = Duration::from_secs(5 + 1);
+    // SCRAM bound to the TLS connection (SCRAM-SHA-256-PLUS, tls-server-end-point), where psql
+    // (libpq) binds it too.
+    let bound = format!("{base} sslmode=require channel_binding=require");
+    libpq_connects(&bound).unwrap_or_else(|e| panic!("psql with channel_binding=require: {e}"));
+    let c = must_connect(&bound);
+    assert!(c.uses_tls() && c.used_password());
+    c.close();
+    // A method that cannot bind (trust): both refuse to go on, in the same words.
+    let trust = format!(
+        "{} connect_timeout=5 sslmode=require channel_binding=require",
+        cluster.connstr("postgres", "postgres")
+    );
+    let libpq = libpq_connects(&trust).expect_err("psql: trust with channel_binding=require");
+    let (e, _) = failing(&trust, limit);
+    for text in [libpq.as_str(), &e.to_string()] {
+        assert!(text.contains("channel binding required"), "libpq: {libpq}; pgsub: {e}");
+    }
     // verify-full against a name the certificate does not carry.
     let (e, _) = failing(
         &format!("{base} sslmode=verify-full sslrootcert={}", conninfo::quote_value(&rootcert.display().to_string())),

@@ -121,6 +121,30 @@ impl SslMode {
     }
 }
 
+/// libpq's `channel_binding`: whether SCRAM binds itself to the TLS connection
+/// (SCRAM-SHA-256-PLUS with tls-server-end-point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ChannelBinding {
+    /// Never.
+    Disable,
+    /// When the connection is encrypted and the server offers it.
+    #[default]
+    Prefer,
+    /// Always: authentication without it (no TLS, no SCRAM-SHA-256-PLUS, or another method)
+    /// fails.
+    Require,
+}
+
+impl ChannelBinding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+}
+
 impl fmt::Display for SslMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -150,6 +174,7 @@ pub struct Config {
     /// if the certificate file exists.
     pub sslcert: Option<PathBuf>,
     pub sslkey: Option<PathBuf>,
+    pub channel_binding: ChannelBinding,
     /// `application_name`, else `fallback_application_name`.
     pub application_name: Option<String>,
     /// Per-host connection timeout (covers connect, TLS and authentication); `None` = wait forever.
@@ -171,6 +196,7 @@ impl fmt::Debug for Config {
             .field("sslrootcert", &self.sslrootcert)
             .field("sslcert", &self.sslcert)
             .field("sslkey", &self.sslkey)
+            .field("channel_binding", &self.channel_binding)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
             .field("options", &self.options)
@@ -203,6 +229,9 @@ impl Config {
         }
         if let Some(k) = &self.sslkey {
             parts.push(format!("sslkey={}", quote_value(&k.to_string_lossy())));
+        }
+        if self.channel_binding != ChannelBinding::Prefer {
+            parts.push(format!("channel_binding={}", self.channel_binding.as_str()));
         }
         if let Some(a) = &self.application_name {
             parts.push(format!("application_name={}", quote_value(a)));

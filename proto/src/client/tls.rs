@@ -368,6 +368,57 @@ impl ServerCertVerifier for ChainVerifier {
     }
 }
 
+/// The `tls-server-end-point` channel binding data of a server certificate (RFC 5929): its hash
+/// with the hash function of its signature algorithm, SHA-256 for MD5 and SHA-1 — what the
+/// PostgreSQL server computes for SCRAM-SHA-256-PLUS. Err for an algorithm the server cannot
+/// bind to either (Ed25519, RSA-PSS) or a certificate that does not parse.
+pub(crate) fn server_end_point_hash(cert: &[u8]) -> Result<Vec<u8>, String> {
+    use ring::digest;
+    let oid = signature_algorithm_oid(cert).ok_or("could not parse the server certificate")?;
+    // ecdsa-with-SHA*, sha*WithRSAEncryption, and the MD5/SHA-1 ones that map to SHA-256.
+    let alg =
+        match oid {
+            // 1.2.840.10045.4.3.2 / 1.2.840.113549.1.1.11 / 1.2.840.10045.4.1 / 1.2.840.113549.1.1.5 / .4
+            [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]
+            | [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b]
+            | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01]
+            | [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05]
+            | [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04] => &digest::SHA256,
+            // 1.2.840.10045.4.3.3 / 1.2.840.113549.1.1.12
+            [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03]
+            | [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c] => &digest::SHA384,
+            // 1.2.840.10045.4.3.4 / 1.2.840.113549.1.1.13
+            [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04]
+            | [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d] => &digest::SHA512,
+            _ => return Err("the server certificate's signature algorithm has no channel binding hash".into()),
+        };
+    Ok(digest::digest(alg, cert).as_ref().to_vec())
+}
+
+/// The OID (content bytes) of `Certificate.signatureAlgorithm.algorithm`.
+fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
+    /// One DER element at the start of `b`: (tag, content, rest).
+    fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, b) = b.split_first()?;
+        let (len, b) = if first < 0x80 {
+            (usize::from(first), b)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            (b[..n].iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)), &b[n..])
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (0x30, certificate, _) = element(cert)? else { return None };
+    let (0x30, _tbs, rest) = element(certificate)? else { return None };
+    let (0x30, algorithm, _) = element(rest)? else { return None };
+    let (0x06, oid, _) = element(algorithm)? else { return None };
+    Some(oid)
+}
+
 /// Always presents the one client certificate there is (the server decides whether it fits).
 #[derive(Debug)]
 struct ClientCert(Arc<rustls::sign::CertifiedKey>);
@@ -506,5 +557,15 @@ mod tests {
         let e = client_identity(None, Some(&dot.join("enc.key")), Some(&home)).unwrap_err().to_string();
         assert!(e.contains("encrypted") && e.contains("sslpassword"), "{e}");
         let _ = std::fs::remove_dir_all(home);
+    }
+
+    #[test]
+    fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
+        let der = CertificateDer::from_pem_slice(CLIENT_CRT.as_bytes()).unwrap();
+        // ecdsa-with-SHA256: SHA-256 of the whole certificate.
+        let want = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+        assert_eq!(server_end_point_hash(der.as_ref()).unwrap(), want.as_ref());
+        assert!(server_end_point_hash(b"not a certificate").is_err());
+        assert!(server_end_point_hash(&der.as_ref()[..20]).is_err());
     }
 }

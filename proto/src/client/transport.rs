@@ -188,6 +188,11 @@ impl Transport {
         self.tls.is_some()
     }
 
+    /// The server's certificate (DER), once the TLS handshake is done.
+    pub(crate) fn server_cert(&self) -> Option<Vec<u8>> {
+        self.tls.as_ref()?.peer_certificates()?.first().map(|c| c.as_ref().to_vec())
+    }
+
     /// Reads one byte straight from the socket (the SSLRequest answer; nothing beyond it may be
     /// consumed). `Ok(None)` = would block.
     pub(crate) fn read_byte_raw(&mut self) -> Result<Option<u8>, Error> {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use super::keywords::{self, unsupported, KEYWORDS};
 use super::kv::is_space;
 use super::pgpass::{os_user_name, password_from_file};
-use super::{Config, ConnInfoError, Host, Raw, SslMode, DEFAULT_PORT, DEFAULT_SOCKET_DIR, FALLBACK_SOCKET_DIR};
+use super::{
+    ChannelBinding, Config, ConnInfoError, Host, Raw, SslMode, DEFAULT_PORT, DEFAULT_SOCKET_DIR, FALLBACK_SOCKET_DIR,
+};
 
 /// The settings in effect.
 struct Settings<'e> {
@@ -88,6 +90,7 @@ pub(super) fn build_config(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Re
         sslrootcert,
         sslcert: s.get("sslcert").filter(|v| !v.is_empty()).map(PathBuf::from),
         sslkey: s.get("sslkey").filter(|v| !v.is_empty()).map(PathBuf::from),
+        channel_binding: channel_binding(&s)?,
         application_name,
         connect_timeout,
         options,
@@ -112,6 +115,16 @@ fn ssl(s: &Settings<'_>) -> Result<(SslMode, Option<PathBuf>), ConnInfoError> {
         )));
     }
     Ok((sslmode, sslrootcert))
+}
+
+/// `channel_binding`, with libpq's error for another value.
+fn channel_binding(s: &Settings<'_>) -> Result<ChannelBinding, ConnInfoError> {
+    Ok(match s.get_or_default("channel_binding").unwrap_or("prefer") {
+        "disable" => ChannelBinding::Disable,
+        "prefer" => ChannelBinding::Prefer,
+        "require" => ChannelBinding::Require,
+        other => return Err(ConnInfoError::new(format!("invalid channel_binding value: \"{other}\""))),
+    })
 }
 
 /// libpq's `pqParseIntParam`: an integer with optional surrounding whitespace.

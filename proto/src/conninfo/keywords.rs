@@ -94,18 +94,7 @@ pub(super) const KEYWORDS: &[Keyword] = &[
     kw("sslsni", Some("PGSSLSNI"), Kind::Ignored),
     kw("requirepeer", Some("PGREQUIREPEER"), Kind::RefusedInString(NOT_IMPLEMENTED)),
     kw("require_auth", Some("PGREQUIREAUTH"), Kind::Refused(NOT_IMPLEMENTED)),
-    with_default(
-        kw(
-            "channel_binding",
-            Some("PGCHANNELBINDING"),
-            Kind::Choice {
-                accepted: &["disable", "prefer"],
-                refused: &["require"],
-                why: Refusal::NotSupported("SCRAM channel binding is not implemented"),
-            },
-        ),
-        "prefer",
-    ),
+    with_default(kw("channel_binding", Some("PGCHANNELBINDING"), Kind::Used), "prefer"),
     kw("ssl_min_protocol_version", Some("PGSSLMINPROTOCOLVERSION"), Kind::Ignored),
     kw("ssl_max_protocol_version", Some("PGSSLMAXPROTOCOLVERSION"), Kind::Ignored),
     kw("min_protocol_version", Some("PGMINPROTOCOLVERSION"), Kind::Ignored),

@@ -124,7 +124,9 @@ fn errors_are_libpq_like() {
     assert_eq!(err("sslmode=maybe"), "invalid sslmode value: \"maybe\"");
     assert!(err("service=foo").contains("not supported"));
     assert!(err("sslcrl=/x.crl").contains("sslcrl"));
-    assert!(err("channel_binding=require").contains("channel_binding"));
+    assert_eq!(err("channel_binding=maybe"), "invalid channel_binding value: \"maybe\"");
+    assert_eq!(p("channel_binding=require").unwrap().channel_binding, super::ChannelBinding::Require);
+    assert_eq!(p("").unwrap().channel_binding, super::ChannelBinding::Prefer);
     assert!(err("target_session_attrs=read-write").contains("target_session_attrs"));
     assert!(err("hostaddr=not-an-ip").contains("could not parse network address"));
     assert!(err("host=a,b port=1,2").contains("different port numbers"));
