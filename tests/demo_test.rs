@@ -1188,8 +1188,14 @@ fn demo_runs_reruns_and_stops_cleanly() {
 
 #[test]
 fn demo_refuses_a_port_in_use() {
-    let demo = Demo::new();
-    let listener = std::net::TcpListener::bind(("127.0.0.1", demo.pub_port)).expect("bind");
+    let mut demo = Demo::new();
+    // The port is held from the moment it is chosen (a port found free and bound later can be
+    // taken meanwhile — by another test's client connection, say).
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    demo.pub_port = listener.local_addr().expect("local_addr").port();
+    while demo.sub_port == demo.pub_port {
+        demo.sub_port = free_port().expect("port");
+    }
     let r = demo.run(&[], Duration::from_secs(120));
     drop(listener);
     assert!(!r.status.success(), "scripts/demo ran on a taken port:\n{}", r.all());
