@@ -1,6 +1,7 @@
 -- sql/views.sql — what users see: pgsub.subscription (the catalog, passwords masked for
 -- non-superusers), pgsub.subscription_table and pgsub.stat_subscription (shared-memory state and
--- counters joined with the catalog), pgsub.skip_transaction, and the privileges of it all.
+-- counters joined with the catalog), pgsub.stat_subscription_table and pgsub.lag_history (issue
+-- 21), pgsub.skip_transaction, and the privileges of it all.
 
 CREATE FUNCTION pgsub._ts(us bigint) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -106,11 +107,62 @@ SELECT s.subname,
        coalesce(k.confl_update_exists, 0) AS confl_update_exists,
        coalesce(k.confl_update_missing, 0) AS confl_update_missing,
        coalesce(k.confl_delete_missing, 0) AS confl_delete_missing,
-       pgsub._ts(k.stats_reset) AS stats_reset
+       pgsub._ts(k.stats_reset) AS stats_reset,
+       coalesce(x.txn_rate_10s, 0) AS txn_rate_10s,
+       coalesce(x.row_rate_10s, 0) AS row_rate_10s,
+       coalesce(x.recv_bytes_rate_10s, 0) AS recv_bytes_rate_10s,
+       coalesce(x.txn_rate_1m, 0) AS txn_rate_1m,
+       coalesce(x.row_rate_1m, 0) AS row_rate_1m,
+       coalesce(x.recv_bytes_rate_1m, 0) AS recv_bytes_rate_1m
 FROM pgsub.sub s
 LEFT JOIN pgsub._stat_progress() p ON p.subid = s.subid
 LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid
-LEFT JOIN pgsub._stat_conflicts() k ON k.subid = s.subid;
+LEFT JOIN pgsub._stat_conflicts() k ON k.subid = s.subid
+LEFT JOIN pgsub._stat_rates() x ON x.subid = s.subid;
+
+-- One row per subscribed table: what was applied to it (src/monitor.rs; the counters survive
+-- clean restarts and are zeroed by pgsub.reset_stats), conflicts by PostgreSQL 18's type names
+-- as in stat_subscription, and its sync state as pgsub.subscription_table shows it.
+CREATE VIEW pgsub.stat_subscription_table AS
+SELECT st.subname,
+       st.relid,
+       n.nspname AS schemaname,
+       c.relname,
+       st.sync_state,
+       coalesce(t.inserts, 0) AS inserts,
+       coalesce(t.updates, 0) AS updates,
+       coalesce(t.deletes, 0) AS deletes,
+       coalesce(t.truncates, 0) AS truncates,
+       coalesce((SELECT sum(x) FROM unnest(t.conflicts) x), 0)::bigint AS conflicts,
+       coalesce(t.conflicts[1], 0) AS confl_insert_exists,
+       coalesce(t.conflicts[2], 0) AS confl_update_origin_differs,
+       coalesce(t.conflicts[3], 0) AS confl_update_exists,
+       coalesce(t.conflicts[4], 0) AS confl_update_missing,
+       coalesce(t.conflicts[5], 0) AS confl_delete_origin_differs,
+       coalesce(t.conflicts[6], 0) AS confl_delete_missing,
+       coalesce(t.conflicts[7], 0) AS confl_multiple_unique_conflicts,
+       coalesce(t.rows_copied, 0) AS rows_copied,
+       pgsub._ts(t.last_change_at) AS last_change_at,
+       s.subid
+FROM pgsub.subscription_table st
+JOIN pgsub.sub s ON s.subname = st.subname
+JOIN pg_catalog.pg_class c ON c.oid = st.relid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pgsub._stat_tables() t ON t.subid = s.subid AND t.relid = st.relid;
+
+-- The last hour of a subscription's lag, one sample per second while its apply worker runs
+-- (src/history.rs), oldest first.
+CREATE FUNCTION pgsub.lag_history(name text)
+RETURNS TABLE (sample_time timestamptz, lag_bytes bigint, apply_lag interval, rows_per_s bigint)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pgsub._ts(h.at), h.lag_bytes, h.apply_lag_ms * interval '1 millisecond', h.rows
+      FROM pgsub._lag_history(coalesce((SELECT s.subid FROM pgsub.subscription s
+                                        WHERE s.subname = lag_history.name),
+                                       pgsub._no_such_subscription(lag_history.name))) h
+      ORDER BY h.at $$;
+COMMENT ON FUNCTION pgsub.lag_history(text) IS
+    'The last hour of the subscription''s lag: one sample per second while its apply worker runs, oldest first';
 
 -- Every subscription of every database of the server, from shared memory (what the launchers
 -- of all databases know; a subscription appears once its database's launcher has seen it).
@@ -213,7 +265,8 @@ GRANT EXECUTE ON FUNCTION
 TO pgsub_admin;
 
 GRANT USAGE ON SCHEMA pgsub TO PUBLIC;
-GRANT SELECT ON pgsub.subscription, pgsub.subscription_table, pgsub.stat_subscription TO PUBLIC;
+GRANT SELECT ON pgsub.subscription, pgsub.subscription_table, pgsub.stat_subscription,
+    pgsub.stat_subscription_table TO PUBLIC;
 REVOKE ALL ON pgsub.stat_subscription_all, pgsub.stat_database FROM PUBLIC;
 GRANT SELECT ON pgsub.stat_subscription_all, pgsub.stat_database TO pgsub_admin, pg_monitor;
 REVOKE EXECUTE ON FUNCTION pgsub._stat_databases() FROM PUBLIC;

@@ -407,7 +407,8 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
 }
 
 /// Like native `pg_stat_reset_subscription_stats`: zeroes the subscription's counters (errors,
-/// conflicts by type, rows and transactions applied) and sets `stats_reset`; NULL resets every
+/// conflicts by type, rows and transactions applied, and those of each of its tables) and sets
+/// `stats_reset`; NULL resets every
 /// subscription of this database. Positions, status and the last error stay.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -430,6 +431,7 @@ fn reset_stats(name: default!(Option<&str>, "NULL")) {
     for sub in &subs {
         if let Some(s) = g.find_mut(sub.subid).filter(|s| s.dboid == here) {
             s.reset_counters(at);
+            crate::monitor::reset_tables(&mut g, sub.subid);
         }
     }
 }

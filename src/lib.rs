@@ -12,7 +12,9 @@ use pgrx::prelude::*;
 pub mod api;
 pub mod catalog;
 pub mod gucs;
+pub mod history;
 pub mod launcher;
+pub mod monitor;
 pub mod process;
 pub mod publisher;
 pub mod report;
@@ -40,5 +42,6 @@ pub extern "C-unwind" fn _PG_init() {
         return;
     }
     shmem::init();
+    monitor::init();
     supervisor::register();
 }

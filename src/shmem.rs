@@ -101,6 +101,8 @@ pub struct SubSlot {
     pub confl_delete_missing: i64,
     /// When `pgsub.reset_stats` last zeroed the counters (0 = never).
     pub stats_reset: i64,
+    /// Transactions, rows and bytes received per second over the last minute (`history.rs`).
+    pub rates: pgsub_core::rates::RateRing,
     pub last_error_at: i64,
     /// Finish LSN of the remote transaction whose batch (COPY of INSERTs, or DELETEs) failed
     /// last: the next worker applies its rows one by one, so that the error names the column
@@ -155,6 +157,7 @@ impl Default for SubSlot {
             confl_update_missing: 0,
             confl_delete_missing: 0,
             stats_reset: 0,
+            rates: pgsub_core::rates::RateRing::default(),
             last_error_at: 0,
             batch_failed_lsn: 0,
             last_error_len: 0,
@@ -386,6 +389,9 @@ impl Shared {
             None => {
                 let i = self.slots.iter().position(|s| s.subid == 0)?;
                 self.slots[i] = SubSlot { subid, dboid, ..SubSlot::default() };
+                // A new subscription (or a dropped one's id reused): no table counters or lag
+                // history of an earlier holder.
+                crate::monitor::forget_subscription(self, subid, i);
                 i
             }
         };

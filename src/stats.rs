@@ -16,7 +16,7 @@ fn sees_all_databases() -> bool {
 }
 
 /// The subscription slots the caller may see.
-fn visible_slots(g: &shmem::Shared) -> impl Iterator<Item = &shmem::SubSlot> {
+pub(crate) fn visible_slots(g: &shmem::Shared) -> impl Iterator<Item = &shmem::SubSlot> {
     let all = sees_all_databases();
     let here = shmem::my_database();
     g.slots.iter().filter(move |s| s.subid != 0 && (all || s.dboid == here))

@@ -6,7 +6,9 @@
 //! statistics do after crash recovery.
 //!
 //! The file is text: a header line, then one line per subscription with its id, database, name
-//! (hex) and counters. A line that does not parse is skipped with a WARNING.
+//! (hex) and counters, each followed by one line per table with counters (`monitor.rs`):
+//! `t`, subscription id, table oid, counters. A line that does not parse is skipped with a
+//! WARNING.
 use crate::shmem::{self, SubSlot};
 use pgrx::prelude::*;
 use std::io::Write;
@@ -62,6 +64,9 @@ pub fn save() {
                 if name.is_empty() { "-" } else { &name },
                 nums.join(" ")
             ));
+            for e in crate::monitor::entries_of(&g, s.subid) {
+                text.push_str(&table_line(&e));
+            }
         }
     }
     let tmp = format!("{PATH}.tmp");
@@ -105,6 +110,10 @@ fn restore_text(text: &str, databases: &[u32]) {
     }
     let mut g = shmem::SHARED.exclusive();
     for line in lines {
+        if let Some(rest) = line.strip_prefix("t ") {
+            restore_table(&mut g, rest);
+            continue;
+        }
         let Some((subid, dboid, name, nums)) = parse(line) else {
             warning!("pgsub: skipping a damaged line of \"{PATH}\"");
             continue;
@@ -136,4 +145,39 @@ fn parse(line: &str) -> Option<(i32, u32, String, [i64; 16])> {
         *n = parts.next()?.parse().ok()?;
     }
     parts.next().is_none().then_some((subid, dboid, name, nums))
+}
+
+/// A table's line: `t`, subscription, table, then the counters.
+fn table_line(e: &crate::monitor::TableEntry) -> String {
+    let c = &e.counts;
+    let mut nums = vec![e.subid as i64, i64::from(e.relid), c.inserts, c.updates, c.deletes, c.truncates];
+    nums.extend(c.conflicts);
+    nums.extend([e.rows_copied, e.last_change_at]);
+    let nums: Vec<String> = nums.iter().map(i64::to_string).collect();
+    format!("t {}\n", nums.join(" "))
+}
+
+fn parse_table(rest: &str) -> Option<crate::monitor::TableEntry> {
+    use crate::monitor::{TableCounts, TableEntry, N_CONFLICTS};
+    let nums: Vec<i64> = rest.split(' ').map(|n| n.parse().ok()).collect::<Option<_>>()?;
+    if nums.len() != 8 + N_CONFLICTS {
+        return None;
+    }
+    let subid = i32::try_from(nums[0]).ok().filter(|&id| id > 0)?;
+    let relid = u32::try_from(nums[1]).ok().filter(|&o| o > 0)?;
+    let mut conflicts = [0i64; N_CONFLICTS];
+    conflicts.copy_from_slice(&nums[6..6 + N_CONFLICTS]);
+    let counts = TableCounts { inserts: nums[2], updates: nums[3], deletes: nums[4], truncates: nums[5], conflicts };
+    Some(TableEntry { subid, relid, counts, rows_copied: nums[6 + N_CONFLICTS], last_change_at: nums[7 + N_CONFLICTS] })
+}
+
+/// Puts a table's counters back, if its subscription's line was restored.
+fn restore_table(g: &mut shmem::Shared, rest: &str) {
+    let Some(e) = parse_table(rest) else {
+        warning!("pgsub: skipping a damaged line of \"{PATH}\"");
+        return;
+    };
+    if g.find(e.subid).is_some() && !crate::monitor::restore_entry(g, &e) {
+        warning!("pgsub: all per-table statistics entries are taken; table {} is not restored", e.relid);
+    }
 }

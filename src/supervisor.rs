@@ -14,6 +14,9 @@
 //!
 //! Whether a database has the extension, and enabled subscriptions, only its launcher can see:
 //! it records that in the database's slot and exits when there is nothing to run.
+//!
+//! It also takes the lag history's sample of every running subscription at each second
+//! (`history.rs`), so it wakes at least once a second.
 use crate::process::{now, reload_config_if_requested, shutdown_requested};
 use crate::{gucs, launcher, shmem};
 use pgrx::bgworkers::SignalWakeFlags;
@@ -54,10 +57,18 @@ pub extern "C-unwind" fn pgsub_supervisor_main(_arg: pg_sys::Datum) {
     let oids: Vec<u32> = list_databases().iter().map(|d| d.oid).collect();
     crate::statsfile::restore(&oids);
     let mut sup = Supervisor { launchers: HashMap::new(), my_pid, warned_full: false };
+    let mut sampled_sec = 0;
     while !shutdown_requested() {
         reload_config_if_requested();
         sup.tick();
-        crate::process::nap(i64::from(gucs::NAPTIME_MS.get()));
+        // The lag history (`history.rs`): one sample per second, taken at the second's start.
+        let t = now();
+        if crate::history::second(t) != sampled_sec {
+            sampled_sec = crate::history::second(t);
+            crate::history::sample_all();
+        }
+        let to_next_second = 1000 - (t.rem_euclid(1_000_000) / 1000) + 5;
+        crate::process::nap(i64::from(gucs::NAPTIME_MS.get()).min(to_next_second));
     }
     // Launchers keep running; the next supervisor finds them through their slots. At server
     // shutdown every pgsub process is stopping too: their last counts are in shared memory once

@@ -5,10 +5,12 @@
 //! - [`launch`]: the launcher's decision, a pure function from (catalog, worker slots, clock) to
 //!   actions;
 //! - [`tablesync`]: which tables get a table synchronization worker now;
-//! - [`supervise`]: the supervisor's decision, which databases get a launcher now.
+//! - [`supervise`]: the supervisor's decision, which databases get a launcher now;
+//! - [`rates`]: the per-second windows behind the rates, and the lag history ring.
 //!
 //! Nothing here calls PostgreSQL, so all of it is unit-tested with plain `cargo test`.
 pub mod launch;
+pub mod rates;
 pub mod sql;
 pub mod state;
 pub mod supervise;

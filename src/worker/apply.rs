@@ -125,10 +125,7 @@ pub struct Applier {
     pub(super) updates: Option<UpdateBatch>,
     /// Rows deleted / updated / not found by batched DELETEs and UPDATEs, not yet added to the
     /// counters.
-    pub(super) batched_deleted: i64,
-    pub(super) batched_updated: i64,
-    pub(super) batched_update_missing: i64,
-    pub(super) batched_delete_missing: i64,
+    pub(super) batched: super::progress::Counters,
     /// Finish LSN of a remote transaction whose INSERTs, UPDATEs and DELETEs go one by one
     /// instead of in batches.
     pub(super) row_by_row_lsn: Option<Lsn>,
@@ -151,10 +148,7 @@ impl Applier {
             batch: None,
             deletes: None,
             updates: None,
-            batched_deleted: 0,
-            batched_updated: 0,
-            batched_update_missing: 0,
-            batched_delete_missing: 0,
+            batched: Default::default(),
             row_by_row_lsn: None,
         }
     }
@@ -436,8 +430,9 @@ impl Applier {
         check_width(&entry.remote, &m.new, "new tuple");
         let batch = self.batch.get_or_insert_with(|| InsertBatch { rel_oid: m.rel_oid, rows: Vec::new(), bytes: 0 });
         batch.bytes += m.new.columns.iter().map(|v| v.as_bytes().map_or(0, |b| b.len())).sum::<usize>();
+        let relid = super::relation::local_relid(&self.rels, batch.rel_oid);
         batch.rows.push(m);
-        progress.counters.inserts += 1;
+        progress.counters.inserted(relid, 1);
         if batch.rows.len() >= BATCH_MAX_ROWS || batch.bytes >= BATCH_MAX_BYTES {
             self.flush_inserts();
         }
@@ -508,8 +503,9 @@ impl Applier {
         let Some((set, key, id)) = batch_shape else {
             self.flush_updates();
             self.drain_counts(progress);
+            let relid = super::relation::local_relid(&self.rels, m.rel_oid);
             match with_snapshot(|| self.update_one(&m)) {
-                Some(true) => progress.counters.updates += 1,
+                Some(true) => progress.counters.updated(relid, 1),
                 Some(false) => progress.counters.update_missing += 1,
                 None => {}
             }
@@ -642,7 +638,7 @@ impl Applier {
             let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
             missing_row("DELETE", &target);
         } else {
-            progress.counters.deletes += 1;
+            progress.counters.deleted(local.relid.to_u32(), 1);
         }
     }
 
@@ -652,10 +648,12 @@ impl Applier {
         self.drain_counts(progress);
         errctx::set_message("TRUNCATE", None);
         let mut targets = Vec::new();
+        let mut relids = Vec::new();
         for oid in &m.rel_oids {
             if let Some(entry) = self.target(*oid) {
                 if let Some(l) = &entry.local {
                     targets.push(format!("{}{}", l.only, l.qualified));
+                    relids.push(l.relid.to_u32());
                 }
             }
         }
@@ -669,7 +667,9 @@ impl Applier {
         if let Err(e) = Spi::run(&sql) {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("TRUNCATE failed: {e}"), None, None);
         }
-        progress.counters.truncates += targets.len() as i64;
+        for relid in relids {
+            progress.counters.truncated(relid);
+        }
     }
 }
 

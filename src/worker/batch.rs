@@ -8,7 +8,7 @@ use super::copyin;
 use super::errctx;
 use super::execute::{in_context, run_batch, tally, with_snapshot};
 use super::progress::Progress;
-use super::relation::{PlanKey, RelEntry};
+use super::relation::{local_relid, PlanKey, RelEntry};
 use pgrx::prelude::*;
 use pgsub_proto::pgoutput::{Delete, Insert, OldTuple, TupleValue, Update};
 use std::collections::HashSet;
@@ -130,10 +130,11 @@ impl Applier {
     pub fn flush_updates(&mut self) {
         let Some(batch) = self.updates.take() else { return };
         if batch.rows.len() < UPDATE_BATCH_MIN_ROWS {
+            let relid = local_relid(&self.rels, batch.rel_oid);
             for m in &batch.rows {
                 match with_snapshot(|| self.update_one(m)) {
-                    Some(true) => self.batched_updated += 1,
-                    Some(false) => self.batched_update_missing += 1,
+                    Some(true) => self.batched.updated(relid, 1),
+                    Some(false) => self.batched.update_missing += 1,
                     None => {}
                 }
             }
@@ -165,8 +166,12 @@ impl Applier {
                 run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
             })
         });
+        let relid = local.relid.to_u32();
         let target = |i: usize| with_snapshot(|| local.row_target(&batch.rows[i].new, &batch.key, binary, cxt));
-        tally(&found, "UPDATE", target, &mut self.batched_updated, &mut self.batched_update_missing);
+        let (mut hit, mut missing) = (0, 0);
+        tally(&found, "UPDATE", target, &mut hit, &mut missing);
+        self.batched.updated(relid, hit);
+        self.batched.update_missing += missing;
         errctx::set_kind("");
     }
 
@@ -185,6 +190,7 @@ impl Applier {
         errctx::set_message("DELETE", Some(display.clone()));
         errctx::set_kind(errctx::DELETE_BATCH);
         let n = batch.rows.len();
+        let relid = local.relid.to_u32();
         let key_cols: Vec<usize> = batch.key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
         let found = with_snapshot(|| {
             let plan = local.plan(PlanKey::DeleteBatch { key: batch.key.clone() }, remote);
@@ -206,7 +212,10 @@ impl Applier {
             let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
             with_snapshot(|| local.row_target(t, &batch.key, binary, cxt))
         };
-        tally(&found, "DELETE", target, &mut self.batched_deleted, &mut self.batched_delete_missing);
+        let (mut hit, mut missing) = (0, 0);
+        tally(&found, "DELETE", target, &mut hit, &mut missing);
+        self.batched.deleted(relid, hit);
+        self.batched.delete_missing += missing;
         errctx::set_kind("");
     }
 
@@ -218,9 +227,6 @@ impl Applier {
 
     /// Adds what batched DELETEs and UPDATEs did to the counters.
     pub(super) fn drain_counts(&mut self, progress: &mut Progress) {
-        progress.counters.deletes += std::mem::take(&mut self.batched_deleted);
-        progress.counters.updates += std::mem::take(&mut self.batched_updated);
-        progress.counters.update_missing += std::mem::take(&mut self.batched_update_missing);
-        progress.counters.delete_missing += std::mem::take(&mut self.batched_delete_missing);
+        progress.counters.absorb(std::mem::take(&mut self.batched));
     }
 }

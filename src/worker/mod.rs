@@ -293,6 +293,8 @@ fn run(subid: i32) {
     if !sub.enabled {
         return;
     }
+    // Tables a refresh removed leave pgsub.stat_subscription_table.
+    crate::monitor::retain_tables(subid, &rels.iter().map(|r| r.relid).collect::<Vec<u32>>());
     setup_session(&sub);
     set_guc("application_name", &format!("pgsub {}", sub.name));
 

@@ -8,11 +8,20 @@
 //! becomes durable later, so we remember (remote end, local commit end) pairs and report as
 //! flushed only remote ends whose local commit is at or below the local WAL flush pointer.
 //! When nothing is pending, everything received so far is done and is reported as flushed.
+//!
+//! Counters are kept here per transaction and per table, and added into shared memory by
+//! `publish` (one lock per publish, none per row): the subscription's totals and rate buckets
+//! in its slot, each table's in `monitor.rs`.
+use crate::monitor::TableCounts;
 use crate::shmem;
 use pgrx::pg_sys;
 use pgsub_proto::Lsn;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// How often counters reach shared memory at least while the worker receives (the rates and
+/// the lag history have one-second resolution).
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 pub struct Counters {
@@ -26,6 +35,48 @@ pub struct Counters {
     pub update_missing: i64,
     pub delete_missing: i64,
     pub skipped: i64,
+    /// Bytes of replication frames received (CopyData payloads).
+    pub bytes_received: i64,
+    /// The same changes by local table (`pgsub.sub_rel.relid`).
+    pub tables: HashMap<u32, TableCounts>,
+}
+
+impl Counters {
+    fn table(&mut self, relid: u32) -> &mut TableCounts {
+        self.tables.entry(relid).or_default()
+    }
+    pub fn inserted(&mut self, relid: u32, n: i64) {
+        self.inserts += n;
+        self.table(relid).inserts += n;
+    }
+    pub fn updated(&mut self, relid: u32, n: i64) {
+        self.updates += n;
+        self.table(relid).updates += n;
+    }
+    pub fn deleted(&mut self, relid: u32, n: i64) {
+        self.deletes += n;
+        self.table(relid).deletes += n;
+    }
+    pub fn truncated(&mut self, relid: u32) {
+        self.truncates += 1;
+        self.table(relid).truncates += 1;
+    }
+    /// Adds counts collected elsewhere (a batch's) to these.
+    pub fn absorb(&mut self, o: Counters) {
+        self.txns += o.txns;
+        self.inserts += o.inserts;
+        self.updates += o.updates;
+        self.deletes += o.deletes;
+        self.truncates += o.truncates;
+        self.messages += o.messages;
+        self.update_missing += o.update_missing;
+        self.delete_missing += o.delete_missing;
+        self.skipped += o.skipped;
+        self.bytes_received += o.bytes_received;
+        for (relid, c) in o.tables {
+            self.table(relid).add(&c);
+        }
+    }
 }
 
 pub struct Progress {
@@ -47,6 +98,11 @@ pub struct Progress {
     pub counters: Counters,
     last_reported: (Lsn, Lsn),
     last_report_at: Option<Instant>,
+    last_publish_at: Instant,
+    /// Each table's entry in `monitor.rs`, found once.
+    table_hints: HashMap<u32, usize>,
+    /// Logged that the table entries are all taken.
+    warned_full: bool,
 }
 
 impl Progress {
@@ -66,6 +122,9 @@ impl Progress {
             counters: Counters::default(),
             last_reported: (Lsn::INVALID, Lsn::INVALID),
             last_report_at: None,
+            last_publish_at: Instant::now(),
+            table_hints: HashMap::new(),
+            warned_full: false,
         }
     }
 
@@ -154,53 +213,78 @@ impl Progress {
         self.pending_commit_time = 0;
     }
 
+    /// Whether counters have not reached shared memory for a while (the receive loop publishes
+    /// then even in the middle of a stream of frames).
+    pub fn publish_due(&self) -> bool {
+        self.last_publish_at.elapsed() >= PUBLISH_INTERVAL
+    }
+
     /// Copies progress and counters into the shared-memory slot (counters are added, so they
-    /// survive worker restarts).
+    /// survive worker restarts), each table's into its entry, and the second's rate bucket.
     pub fn publish(&mut self, status: Option<shmem::Status>, receipt_time: i64) {
+        self.last_publish_at = Instant::now();
         let c = std::mem::take(&mut self.counters);
-        if self.counters_only {
-            shmem::with_slot(self.subid, |s| {
-                s.txns_applied += c.txns;
-                s.inserts += c.inserts;
-                s.updates += c.updates;
-                s.deletes += c.deletes;
-                s.truncates += c.truncates;
-                add_missing(s, &c);
-            });
-            return;
+        let at = crate::process::now();
+        let all_fit = {
+            let mut g = shmem::SHARED.exclusive();
+            if let Some(s) = g.find_mut(self.subid) {
+                self.add_counters(s, &c, at);
+                if !self.counters_only {
+                    self.show_progress(s, status, receipt_time);
+                }
+            }
+            c.tables.is_empty()
+                || crate::monitor::add_counts(&mut g, self.subid, c.tables.iter(), at, &mut self.table_hints)
+        };
+        if !all_fit && !self.warned_full {
+            self.warned_full = true;
+            pgrx::warning!(
+                "pgsub: all {} per-table statistics entries are taken; some tables of this subscription are not counted in pgsub.stat_subscription_table",
+                crate::monitor::MAX_TABLES
+            );
         }
-        shmem::with_slot(self.subid, |s| {
-            if let Some(st) = status {
-                s.status = st;
-            }
-            s.received_lsn = self.received.0;
-            s.applied_lsn = self.applied.0;
-            s.flushed_lsn = self.flushed.0;
-            s.publisher_wal_end = self.wal_end.0;
-            s.caught_up_lsn = self.caught_up.0;
-            if self.last_send_time != 0 {
-                s.last_msg_send_time = self.last_send_time;
-            }
-            if receipt_time != 0 {
-                s.last_msg_receipt_time = receipt_time;
-            }
-            if self.last_commit_time != 0 {
-                s.last_commit_time = self.last_commit_time;
-            }
-            s.pending_commit_time = self.pending_commit_time;
-            s.txns_applied += c.txns;
-            s.inserts += c.inserts;
-            s.updates += c.updates;
-            s.deletes += c.deletes;
-            s.truncates += c.truncates;
+    }
+
+    fn add_counters(&self, s: &mut shmem::SubSlot, c: &Counters, at: i64) {
+        s.txns_applied += c.txns;
+        s.inserts += c.inserts;
+        s.updates += c.updates;
+        s.deletes += c.deletes;
+        s.truncates += c.truncates;
+        add_missing(s, c);
+        if !self.counters_only {
+            // A sync worker's catch-up passes messages and skipped transactions the apply worker
+            // counts too.
             s.messages += c.messages;
-            add_missing(s, &c);
             s.txns_skipped += c.skipped;
-            if c.txns > 0 {
-                // A transaction went through: the failure streak is over.
-                s.failures = 0;
-            }
-        });
+        }
+        let rows = c.inserts + c.updates + c.deletes;
+        s.rates.add(crate::history::second(at), c.txns, rows, c.bytes_received);
+        if c.txns > 0 && !self.counters_only {
+            // A transaction went through: the failure streak is over.
+            s.failures = 0;
+        }
+    }
+
+    fn show_progress(&self, s: &mut shmem::SubSlot, status: Option<shmem::Status>, receipt_time: i64) {
+        if let Some(st) = status {
+            s.status = st;
+        }
+        s.received_lsn = self.received.0;
+        s.applied_lsn = self.applied.0;
+        s.flushed_lsn = self.flushed.0;
+        s.publisher_wal_end = self.wal_end.0;
+        s.caught_up_lsn = self.caught_up.0;
+        if self.last_send_time != 0 {
+            s.last_msg_send_time = self.last_send_time;
+        }
+        if receipt_time != 0 {
+            s.last_msg_receipt_time = receipt_time;
+        }
+        if self.last_commit_time != 0 {
+            s.last_commit_time = self.last_commit_time;
+        }
+        s.pending_commit_time = self.pending_commit_time;
     }
 }
 

@@ -109,6 +109,11 @@ impl Stream {
                 if self.caught_up {
                     return;
                 }
+                if self.progress.publish_due() {
+                    // A steady stream never empties the socket: counters (and so the rates) still
+                    // reach shared memory twice a second.
+                    self.progress.publish(None, now());
+                }
                 n += 1;
                 if n.is_multiple_of(1000) {
                     self.keep_publisher_alive();
@@ -154,6 +159,8 @@ impl Stream {
     fn handle_frame(&mut self, frame: ReplicationFrame) {
         match frame {
             ReplicationFrame::XLogData { wal_start, wal_end, send_time, data } => {
+                // The CopyData payload: its kind byte, three 8-byte fields, the message.
+                self.progress.counters.bytes_received += 25 + data.len() as i64;
                 self.progress.on_frame(wal_start, wal_end, send_time);
                 let raw = data.clone();
                 let msg = match self.decoder.decode(data) {
@@ -172,6 +179,7 @@ impl Stream {
                 }
             }
             ReplicationFrame::Keepalive { wal_end, send_time, reply_requested } => {
+                self.progress.counters.bytes_received += 18;
                 self.progress.on_frame(Lsn::INVALID, wal_end, send_time);
                 if !self.applier.in_txn {
                     self.progress.on_keepalive(wal_end);
@@ -339,6 +347,9 @@ impl Stream {
                 n += 1;
                 if n.is_multiple_of(1000) {
                     self.keep_publisher_alive();
+                }
+                if self.progress.publish_due() {
+                    self.progress.publish(None, 0);
                 }
             }
         }

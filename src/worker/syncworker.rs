@@ -275,7 +275,15 @@ fn copy(sub: &Subscription, rel: &SubRel, slot: &str) -> Option<(Lsn, Client)> {
     });
     hold(SyncPhase::Copying);
     match sync::copy_table(&mut client, sub, rel, at) {
-        Ok(_) => {}
+        // Committed with FINISHEDCOPY: counted once (a failed copy rolled back counts nothing).
+        Ok((rows, _)) => {
+            if !crate::monitor::add_copied(subid, relid, rows as i64) {
+                warning!(
+                    "pgsub: all {} per-table statistics entries are taken; the copy of table {relid} is not counted",
+                    crate::monitor::MAX_TABLES
+                );
+            }
+        }
         Err(e) => fail(sub, &e, "could not copy the table"),
     }
     if let Err(e) = client.execute("COMMIT") {
