@@ -103,9 +103,12 @@ SELECT s.subname,
        coalesce(k.apply_error_count, 0) AS apply_error_count,
        coalesce(k.sync_error_count, 0) AS sync_error_count,
        coalesce(k.confl_insert_exists, 0) AS confl_insert_exists,
+       coalesce(k.confl_update_origin_differs, 0) AS confl_update_origin_differs,
        coalesce(k.confl_update_exists, 0) AS confl_update_exists,
        coalesce(k.confl_update_missing, 0) AS confl_update_missing,
+       coalesce(k.confl_delete_origin_differs, 0) AS confl_delete_origin_differs,
        coalesce(k.confl_delete_missing, 0) AS confl_delete_missing,
+       coalesce(k.confl_multiple_unique_conflicts, 0) AS confl_multiple_unique_conflicts,
        pgsub._ts(k.stats_reset) AS stats_reset
 FROM pgsub.sub s
 LEFT JOIN pgsub._stat_progress() p ON p.subid = s.subid

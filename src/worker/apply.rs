@@ -26,6 +26,7 @@ use super::progress::Progress;
 use super::relation::{self, bind_local, cstring, free_plans, PlanKey, RelEntry};
 use crate::catalog::{SubRel, SyncState};
 use crate::report;
+use crate::shmem::ConflictType;
 use pgrx::memcxt::PgMemoryContexts;
 use pgrx::prelude::*;
 use pgsub_proto::client::quote_ident;
@@ -127,8 +128,8 @@ pub struct Applier {
     /// counters.
     pub(super) batched_deleted: i64,
     pub(super) batched_updated: i64,
-    pub(super) batched_update_missing: i64,
-    pub(super) batched_delete_missing: i64,
+    /// Conflicts found by batched statements (local table, type, count), not yet counted.
+    pub(super) batched_conflicts: Vec<(pg_sys::Oid, ConflictType, i64)>,
     /// Finish LSN of a remote transaction whose INSERTs, UPDATEs and DELETEs go one by one
     /// instead of in batches.
     pub(super) row_by_row_lsn: Option<Lsn>,
@@ -153,8 +154,7 @@ impl Applier {
             updates: None,
             batched_deleted: 0,
             batched_updated: 0,
-            batched_update_missing: 0,
-            batched_delete_missing: 0,
+            batched_conflicts: Vec::new(),
             row_by_row_lsn: None,
         }
     }
@@ -509,8 +509,8 @@ impl Applier {
             self.flush_updates();
             self.drain_counts(progress);
             match with_snapshot(|| self.update_one(&m)) {
-                Some(true) => progress.counters.updates += 1,
-                Some(false) => progress.counters.update_missing += 1,
+                Some((_, true)) => progress.counters.updates += 1,
+                Some((relid, false)) => progress.counters.conflict(relid, ConflictType::UpdateMissing, 1),
                 None => {}
             }
             return;
@@ -534,8 +534,9 @@ impl Applier {
         }
     }
 
-    /// One UPDATE through its prepared plan: Some(found the row), None when not applied here.
-    pub(super) fn update_one(&mut self, m: &Update) -> Option<bool> {
+    /// One UPDATE through its prepared plan: Some((local table, found the row)), None when not
+    /// applied here.
+    pub(super) fn update_one(&mut self, m: &Update) -> Option<(pg_sys::Oid, bool)> {
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let entry = self.target(m.rel_oid)?;
@@ -574,7 +575,7 @@ impl Applier {
             let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
             missing_row("UPDATE", &target);
         }
-        Some(processed > 0)
+        Some((local.relid, processed > 0))
     }
 
     /// DELETE: consecutive deletes from one table by the same key columns are collected and
@@ -638,7 +639,7 @@ impl Applier {
             })
         });
         if processed == 0 {
-            progress.counters.delete_missing += 1;
+            progress.counters.conflict(local.relid, ConflictType::DeleteMissing, 1);
             let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
             missing_row("DELETE", &target);
         } else {

@@ -9,6 +9,7 @@ use super::errctx;
 use super::execute::{in_context, run_batch, tally, with_snapshot};
 use super::progress::Progress;
 use super::relation::{PlanKey, RelEntry};
+use crate::shmem::ConflictType;
 use pgrx::prelude::*;
 use pgsub_proto::pgoutput::{Delete, Insert, OldTuple, TupleValue, Update};
 use std::collections::HashSet;
@@ -132,8 +133,8 @@ impl Applier {
         if batch.rows.len() < UPDATE_BATCH_MIN_ROWS {
             for m in &batch.rows {
                 match with_snapshot(|| self.update_one(m)) {
-                    Some(true) => self.batched_updated += 1,
-                    Some(false) => self.batched_update_missing += 1,
+                    Some((_, true)) => self.batched_updated += 1,
+                    Some((relid, false)) => self.batched_conflicts.push((relid, ConflictType::UpdateMissing, 1)),
                     None => {}
                 }
             }
@@ -166,7 +167,8 @@ impl Applier {
             })
         });
         let target = |i: usize| with_snapshot(|| local.row_target(&batch.rows[i].new, &batch.key, binary, cxt));
-        tally(&found, "UPDATE", target, &mut self.batched_updated, &mut self.batched_update_missing);
+        let missing = tally(&found, "UPDATE", target, &mut self.batched_updated);
+        self.batched_conflicts.push((local.relid, ConflictType::UpdateMissing, missing));
         errctx::set_kind("");
     }
 
@@ -206,7 +208,8 @@ impl Applier {
             let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
             with_snapshot(|| local.row_target(t, &batch.key, binary, cxt))
         };
-        tally(&found, "DELETE", target, &mut self.batched_deleted, &mut self.batched_delete_missing);
+        let missing = tally(&found, "DELETE", target, &mut self.batched_deleted);
+        self.batched_conflicts.push((local.relid, ConflictType::DeleteMissing, missing));
         errctx::set_kind("");
     }
 
@@ -220,7 +223,10 @@ impl Applier {
     pub(super) fn drain_counts(&mut self, progress: &mut Progress) {
         progress.counters.deletes += std::mem::take(&mut self.batched_deleted);
         progress.counters.updates += std::mem::take(&mut self.batched_updated);
-        progress.counters.update_missing += std::mem::take(&mut self.batched_update_missing);
-        progress.counters.delete_missing += std::mem::take(&mut self.batched_delete_missing);
+        for (relid, t, n) in self.batched_conflicts.drain(..) {
+            if n > 0 {
+                progress.counters.conflict(relid, t, n);
+            }
+        }
     }
 }

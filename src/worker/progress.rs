@@ -8,7 +8,7 @@
 //! becomes durable later, so we remember (remote end, local commit end) pairs and report as
 //! flushed only remote ends whose local commit is at or below the local WAL flush pointer.
 //! When nothing is pending, everything received so far is done and is reported as flushed.
-use crate::shmem;
+use crate::shmem::{self, ConflictType};
 use pgrx::pg_sys;
 use pgsub_proto::Lsn;
 use std::collections::VecDeque;
@@ -22,10 +22,16 @@ pub struct Counters {
     pub deletes: i64,
     pub truncates: i64,
     pub messages: i64,
-    /// Conflicts: a remote UPDATE's / DELETE's row not found (skipped, as natively).
-    pub update_missing: i64,
-    pub delete_missing: i64,
+    /// Conflicts by type (`ConflictType::index`), counted through [`Counters::conflict`].
+    pub conflicts: [i64; ConflictType::COUNT],
     pub skipped: i64,
+}
+
+impl Counters {
+    /// `n` conflicts of type `t` on the local table `relid` (every conflict is counted here).
+    pub fn conflict(&mut self, _relid: pg_sys::Oid, t: ConflictType, n: i64) {
+        self.conflicts[t.index()] += n;
+    }
 }
 
 pub struct Progress {
@@ -165,7 +171,7 @@ impl Progress {
                 s.updates += c.updates;
                 s.deletes += c.deletes;
                 s.truncates += c.truncates;
-                add_missing(s, &c);
+                add_conflicts(s, &c);
             });
             return;
         }
@@ -194,7 +200,7 @@ impl Progress {
             s.deletes += c.deletes;
             s.truncates += c.truncates;
             s.messages += c.messages;
-            add_missing(s, &c);
+            add_conflicts(s, &c);
             s.txns_skipped += c.skipped;
             if c.txns > 0 {
                 // A transaction went through: the failure streak is over.
@@ -204,9 +210,9 @@ impl Progress {
     }
 }
 
-/// Adds the missing-row conflicts to the slot's counters (by type and in all).
-fn add_missing(s: &mut shmem::SubSlot, c: &Counters) {
-    s.confl_update_missing += c.update_missing;
-    s.confl_delete_missing += c.delete_missing;
-    s.conflicts += c.update_missing + c.delete_missing;
+/// Adds the conflicts to the slot's counters (by type and in all).
+fn add_conflicts(s: &mut shmem::SubSlot, c: &Counters) {
+    for t in ConflictType::ALL {
+        s.count_conflicts(t, c.conflicts[t.index()]);
+    }
 }
