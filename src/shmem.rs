@@ -16,7 +16,7 @@ use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys};
-pub use pgsub_core::state::{Status, SyncPhase};
+pub use pgsub_core::state::{ConflictType, Status, SyncPhase};
 pub use pgsub_core::supervise::DbState;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -92,13 +92,9 @@ pub struct SubSlot {
     pub error_count: i64,
     pub apply_error_count: i64,
     pub sync_error_count: i64,
-    /// Conflicts by PostgreSQL 18's type names (`conflicts` is their sum): a remote row whose key
-    /// already exists locally (a unique violation applying an INSERT or an UPDATE), and a row to
-    /// update or delete that is missing.
-    pub confl_insert_exists: i64,
-    pub confl_update_exists: i64,
-    pub confl_update_missing: i64,
-    pub confl_delete_missing: i64,
+    /// Conflicts by PostgreSQL 18's type names, indexed by `ConflictType` (`conflicts` is their
+    /// sum).
+    pub confl: [i64; ConflictType::COUNT],
     /// When `pgsub.reset_stats` last zeroed the counters (0 = never).
     pub stats_reset: i64,
     /// Transactions, rows and bytes received per second over the last minute (`history.rs`).
@@ -110,6 +106,14 @@ pub struct SubSlot {
     pub batch_failed_lsn: u64,
     pub last_error_len: u16,
     pub last_error: [u8; ERR_LEN],
+}
+
+impl SubSlot {
+    /// Counts `n` conflicts of one type (and in the total).
+    pub fn count_conflicts(&mut self, t: ConflictType, n: i64) {
+        self.confl[t.index()] += n;
+        self.conflicts += n;
+    }
 }
 
 impl Default for SubSlot {
@@ -152,10 +156,7 @@ impl Default for SubSlot {
             error_count: 0,
             apply_error_count: 0,
             sync_error_count: 0,
-            confl_insert_exists: 0,
-            confl_update_exists: 0,
-            confl_update_missing: 0,
-            confl_delete_missing: 0,
+            confl: [0; ConflictType::COUNT],
             stats_reset: 0,
             rates: pgsub_core::rates::RateRing::default(),
             last_error_at: 0,
@@ -213,10 +214,7 @@ impl SubSlot {
         self.error_count = 0;
         self.apply_error_count = 0;
         self.sync_error_count = 0;
-        self.confl_insert_exists = 0;
-        self.confl_update_exists = 0;
-        self.confl_update_missing = 0;
-        self.confl_delete_missing = 0;
+        self.confl = [0; ConflictType::COUNT];
         self.stats_reset = at;
     }
 }

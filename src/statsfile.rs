@@ -14,10 +14,13 @@ use pgrx::prelude::*;
 use std::io::Write;
 
 const PATH: &str = "pg_stat/pgsub.stat";
-const HEADER: &str = "pgsub-stats 1";
+const HEADER: &str = "pgsub-stats 2";
+/// Counters per line.
+const N: usize = 19;
 
 /// The counters saved, in file order.
-fn fields(s: &mut SubSlot) -> [&mut i64; 16] {
+fn fields(s: &mut SubSlot) -> [&mut i64; N] {
+    let [c0, c1, c2, c3, c4, c5, c6] = &mut s.confl;
     [
         &mut s.txns_applied,
         &mut s.inserts,
@@ -30,20 +33,23 @@ fn fields(s: &mut SubSlot) -> [&mut i64; 16] {
         &mut s.error_count,
         &mut s.apply_error_count,
         &mut s.sync_error_count,
-        &mut s.confl_insert_exists,
-        &mut s.confl_update_exists,
-        &mut s.confl_update_missing,
-        &mut s.confl_delete_missing,
         &mut s.stats_reset,
+        c0,
+        c1,
+        c2,
+        c3,
+        c4,
+        c5,
+        c6,
     ]
 }
 
-fn counters(s: &SubSlot) -> [i64; 16] {
+fn counters(s: &SubSlot) -> [i64; N] {
     let mut copy = *s;
     fields(&mut copy).map(|f| *f)
 }
 
-fn set_counters(s: &mut SubSlot, c: &[i64; 16]) {
+fn set_counters(s: &mut SubSlot, c: &[i64; N]) {
     for (f, v) in fields(s).into_iter().zip(c) {
         *f = *v;
     }
@@ -128,7 +134,7 @@ fn restore_text(text: &str, databases: &[u32]) {
     }
 }
 
-fn parse(line: &str) -> Option<(i32, u32, String, [i64; 16])> {
+fn parse(line: &str) -> Option<(i32, u32, String, [i64; N])> {
     let mut parts = line.split(' ');
     let subid = parts.next()?.parse::<i32>().ok().filter(|&id| id > 0)?;
     let dboid = parts.next()?.parse::<u32>().ok().filter(|&o| o > 0)?;
@@ -140,7 +146,7 @@ fn parse(line: &str) -> Option<(i32, u32, String, [i64; 16])> {
             (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
         String::from_utf8(bytes?).ok()?
     };
-    let mut nums = [0i64; 16];
+    let mut nums = [0i64; N];
     for n in nums.iter_mut() {
         *n = parts.next()?.parse().ok()?;
     }

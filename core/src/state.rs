@@ -253,3 +253,157 @@ mod tests {
         assert_eq!(Status::default(), Status::Starting);
     }
 }
+
+/// A conflict between a remote change and the local data, by PostgreSQL 18's names
+/// (`pg_stat_subscription_stats.confl_*`, the `conflict=` of its log lines). The discriminant is
+/// the index of the type's counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConflictType {
+    /// A remote INSERT whose row violates a unique index: the key exists here.
+    InsertExists = 0,
+    /// A remote UPDATE of a row last changed by another origin (or locally).
+    UpdateOriginDiffers = 1,
+    /// A remote UPDATE whose new row violates a unique index.
+    UpdateExists = 2,
+    /// A remote UPDATE whose row is not here.
+    UpdateMissing = 3,
+    /// A remote DELETE of a row last changed by another origin (or locally).
+    DeleteOriginDiffers = 4,
+    /// A remote DELETE whose row is not here.
+    DeleteMissing = 5,
+    /// A remote INSERT or UPDATE that violates more than one unique index.
+    MultipleUniqueConflicts = 6,
+}
+
+impl ConflictType {
+    pub const COUNT: usize = 7;
+    pub const ALL: [ConflictType; Self::COUNT] = [
+        ConflictType::InsertExists,
+        ConflictType::UpdateOriginDiffers,
+        ConflictType::UpdateExists,
+        ConflictType::UpdateMissing,
+        ConflictType::DeleteOriginDiffers,
+        ConflictType::DeleteMissing,
+        ConflictType::MultipleUniqueConflicts,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictType::InsertExists => "insert_exists",
+            ConflictType::UpdateOriginDiffers => "update_origin_differs",
+            ConflictType::UpdateExists => "update_exists",
+            ConflictType::UpdateMissing => "update_missing",
+            ConflictType::DeleteOriginDiffers => "delete_origin_differs",
+            ConflictType::DeleteMissing => "delete_missing",
+            ConflictType::MultipleUniqueConflicts => "multiple_unique_conflicts",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a subscription does with a conflict (`conflict_resolution`), pglogical's names:
+/// `Error` is native PostgreSQL's behaviour (a unique violation stops apply, a missing row is
+/// skipped and logged, a row of another origin is overwritten).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Resolution {
+    #[default]
+    Error,
+    ApplyRemote,
+    KeepLocal,
+    LastUpdateWins,
+    FirstUpdateWins,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Error => "error",
+            Resolution::ApplyRemote => "apply_remote",
+            Resolution::KeepLocal => "keep_local",
+            Resolution::LastUpdateWins => "last_update_wins",
+            Resolution::FirstUpdateWins => "first_update_wins",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Resolution> {
+        [
+            Resolution::Error,
+            Resolution::ApplyRemote,
+            Resolution::KeepLocal,
+            Resolution::LastUpdateWins,
+            Resolution::FirstUpdateWins,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// Whether the policy compares commit timestamps (needs `track_commit_timestamp = on`).
+    pub fn needs_commit_timestamps(self) -> bool {
+        matches!(self, Resolution::LastUpdateWins | Resolution::FirstUpdateWins)
+    }
+
+    /// Whether the remote change wins over a local row: `local` and `remote` are (commit time in
+    /// µs, origin identity) — the local time `None` when unknown (no commit timestamp recorded).
+    /// Ties on time break by the identity (the larger wins under both `*_update_wins`), so two
+    /// nodes that see the same pair decide the same way.
+    pub fn remote_wins(self, local: (Option<i64>, u64), remote: (i64, u64)) -> bool {
+        match self {
+            Resolution::Error | Resolution::ApplyRemote => true,
+            Resolution::KeepLocal => false,
+            Resolution::LastUpdateWins => match local.0 {
+                None => true,
+                Some(t) => (remote.0, remote.1) > (t, local.1),
+            },
+            Resolution::FirstUpdateWins => match local.0 {
+                None => false,
+                Some(t) => remote.0 < t || (remote.0 == t && remote.1 > local.1),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+
+    #[test]
+    fn conflict_type_indexes_are_their_position() {
+        for (i, t) in ConflictType::ALL.iter().enumerate() {
+            assert_eq!(t.index(), i);
+        }
+        assert_eq!(ConflictType::MultipleUniqueConflicts.as_str(), "multiple_unique_conflicts");
+    }
+
+    #[test]
+    fn resolution_names_round_trip() {
+        for r in ["error", "apply_remote", "keep_local", "last_update_wins", "first_update_wins"] {
+            assert_eq!(Resolution::parse(r).map(Resolution::as_str), Some(r));
+        }
+        assert_eq!(Resolution::parse("latest"), None);
+    }
+
+    #[test]
+    fn update_wins_policies_compare_times_then_origins() {
+        let l = Resolution::LastUpdateWins;
+        let f = Resolution::FirstUpdateWins;
+        assert!(l.remote_wins((Some(10), 1), (11, 1)));
+        assert!(!l.remote_wins((Some(12), 1), (11, 1)));
+        assert!(!f.remote_wins((Some(10), 1), (11, 1)));
+        assert!(f.remote_wins((Some(12), 1), (11, 1)));
+        // A tie goes to the larger origin identity under both, seen from either node.
+        for p in [l, f] {
+            let on_a = p.remote_wins((Some(5), 7), (5, 9));
+            let on_b = p.remote_wins((Some(5), 9), (5, 7));
+            assert!(on_a && !on_b, "{p:?}");
+        }
+        // Unknown local time: the remote row is newer for last_update_wins, and loses first_update_wins.
+        assert!(l.remote_wins((None, 1), (0, 0)));
+        assert!(!f.remote_wins((None, 1), (0, 0)));
+        assert!(Resolution::ApplyRemote.remote_wins((Some(99), 9), (1, 1)));
+        assert!(!Resolution::KeepLocal.remote_wins((Some(1), 1), (99, 9)));
+    }
+}

@@ -26,6 +26,7 @@ use super::progress::Progress;
 use super::relation::{self, bind_local, cstring, free_plans, PlanKey, RelEntry};
 use crate::catalog::{SubRel, SyncState};
 use crate::report;
+use crate::shmem::ConflictType;
 use pgrx::memcxt::PgMemoryContexts;
 use pgrx::prelude::*;
 use pgsub_proto::client::quote_ident;
@@ -503,10 +504,9 @@ impl Applier {
         let Some((set, key, id)) = batch_shape else {
             self.flush_updates();
             self.drain_counts(progress);
-            let relid = super::relation::local_relid(&self.rels, m.rel_oid);
             match with_snapshot(|| self.update_one(&m)) {
-                Some(true) => progress.counters.updated(relid, 1),
-                Some(false) => progress.counters.update_missing += 1,
+                Some((relid, true)) => progress.counters.updated(relid, 1),
+                Some((relid, false)) => progress.counters.conflict(relid, ConflictType::UpdateMissing, 1),
                 None => {}
             }
             return;
@@ -530,8 +530,9 @@ impl Applier {
         }
     }
 
-    /// One UPDATE through its prepared plan: Some(found the row), None when not applied here.
-    pub(super) fn update_one(&mut self, m: &Update) -> Option<bool> {
+    /// One UPDATE through its prepared plan: Some((local table, found the row)), None when not
+    /// applied here.
+    pub(super) fn update_one(&mut self, m: &Update) -> Option<(pg_sys::Oid, bool)> {
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let entry = self.target(m.rel_oid)?;
@@ -570,7 +571,7 @@ impl Applier {
             let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
             missing_row("UPDATE", &target);
         }
-        Some(processed > 0)
+        Some((local.relid, processed > 0))
     }
 
     /// DELETE: consecutive deletes from one table by the same key columns are collected and
@@ -634,11 +635,11 @@ impl Applier {
             })
         });
         if processed == 0 {
-            progress.counters.delete_missing += 1;
+            progress.counters.conflict(local.relid, ConflictType::DeleteMissing, 1);
             let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
             missing_row("DELETE", &target);
         } else {
-            progress.counters.deleted(local.relid.to_u32(), 1);
+            progress.counters.deleted(local.relid, 1);
         }
     }
 
@@ -653,7 +654,7 @@ impl Applier {
             if let Some(entry) = self.target(*oid) {
                 if let Some(l) = &entry.local {
                     targets.push(format!("{}{}", l.only, l.qualified));
-                    relids.push(l.relid.to_u32());
+                    relids.push(l.relid);
                 }
             }
         }

@@ -8,7 +8,8 @@ use super::copyin;
 use super::errctx;
 use super::execute::{in_context, run_batch, tally, with_snapshot};
 use super::progress::Progress;
-use super::relation::{local_relid, PlanKey, RelEntry};
+use super::relation::{PlanKey, RelEntry};
+use crate::shmem::ConflictType;
 use pgrx::prelude::*;
 use pgsub_proto::pgoutput::{Delete, Insert, OldTuple, TupleValue, Update};
 use std::collections::HashSet;
@@ -130,11 +131,10 @@ impl Applier {
     pub fn flush_updates(&mut self) {
         let Some(batch) = self.updates.take() else { return };
         if batch.rows.len() < UPDATE_BATCH_MIN_ROWS {
-            let relid = local_relid(&self.rels, batch.rel_oid);
             for m in &batch.rows {
                 match with_snapshot(|| self.update_one(m)) {
-                    Some(true) => self.batched.updated(relid, 1),
-                    Some(false) => self.batched.update_missing += 1,
+                    Some((relid, true)) => self.batched.updated(relid, 1),
+                    Some((relid, false)) => self.batched.conflict(relid, ConflictType::UpdateMissing, 1),
                     None => {}
                 }
             }
@@ -166,12 +166,12 @@ impl Applier {
                 run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
             })
         });
-        let relid = local.relid.to_u32();
+        let relid = local.relid;
         let target = |i: usize| with_snapshot(|| local.row_target(&batch.rows[i].new, &batch.key, binary, cxt));
-        let (mut hit, mut missing) = (0, 0);
-        tally(&found, "UPDATE", target, &mut hit, &mut missing);
+        let mut hit = 0;
+        let missing = tally(&found, "UPDATE", target, &mut hit);
         self.batched.updated(relid, hit);
-        self.batched.update_missing += missing;
+        self.batched.conflict(relid, ConflictType::UpdateMissing, missing);
         errctx::set_kind("");
     }
 
@@ -190,7 +190,7 @@ impl Applier {
         errctx::set_message("DELETE", Some(display.clone()));
         errctx::set_kind(errctx::DELETE_BATCH);
         let n = batch.rows.len();
-        let relid = local.relid.to_u32();
+        let relid = local.relid;
         let key_cols: Vec<usize> = batch.key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
         let found = with_snapshot(|| {
             let plan = local.plan(PlanKey::DeleteBatch { key: batch.key.clone() }, remote);
@@ -212,10 +212,10 @@ impl Applier {
             let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
             with_snapshot(|| local.row_target(t, &batch.key, binary, cxt))
         };
-        let (mut hit, mut missing) = (0, 0);
-        tally(&found, "DELETE", target, &mut hit, &mut missing);
+        let mut hit = 0;
+        let missing = tally(&found, "DELETE", target, &mut hit);
         self.batched.deleted(relid, hit);
-        self.batched.delete_missing += missing;
+        self.batched.conflict(relid, ConflictType::DeleteMissing, missing);
         errctx::set_kind("");
     }
 

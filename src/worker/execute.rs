@@ -194,20 +194,21 @@ pub(super) fn missing_row(op: &str, target: &(String, Option<String>)) {
     );
 }
 
-/// Adds a batch's rows to the found / not-found counts, logging each row not found.
+/// Adds a batch's found rows to `hit`, logs each row not found, and returns how many were not.
 pub(super) fn tally(
     found: &[bool],
     op: &str,
     target: impl Fn(usize) -> (String, Option<String>),
     hit: &mut i64,
-    missing: &mut i64,
-) {
+) -> i64 {
+    let mut missing = 0;
     for (i, f) in found.iter().enumerate() {
         if *f {
             *hit += 1;
         } else {
-            *missing += 1;
+            missing += 1;
             missing_row(op, &target(i));
         }
     }
+    missing
 }

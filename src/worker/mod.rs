@@ -34,7 +34,7 @@ mod triggers;
 use crate::catalog::{self, Subscription};
 use crate::process::{now, shutdown_requested};
 use crate::publisher::{self, Context};
-use crate::shmem::{self, Status};
+use crate::shmem::{self, ConflictType, Status};
 use crate::{gucs, report};
 use apply::{Applier, TableStates};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -125,40 +125,30 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
 
 /// The conflict an apply error is, by PostgreSQL 18's names: a unique violation while applying a
 /// remote INSERT (`insert_exists`) or UPDATE (`update_exists`), batched or not.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ErrorConflict {
-    None,
-    InsertExists,
-    UpdateExists,
-}
-
-pub(crate) fn conflict_of(e: &CaughtError) -> ErrorConflict {
+pub(crate) fn conflict_of(e: &CaughtError) -> Option<ConflictType> {
     let code = match e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
             r.sql_error_code()
         }
     };
     if code != PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION {
-        return ErrorConflict::None;
+        return None;
     }
     let kind = errctx::kind();
     if kind.starts_with("INSERT") {
-        ErrorConflict::InsertExists
+        Some(ConflictType::InsertExists)
     } else if kind.starts_with("UPDATE") {
-        ErrorConflict::UpdateExists
+        Some(ConflictType::UpdateExists)
     } else {
-        ErrorConflict::None
+        None
     }
 }
 
 /// Counts a conflict found by an error in the subscription's counters.
-pub(crate) fn count_conflict(s: &mut shmem::SubSlot, c: ErrorConflict) {
-    match c {
-        ErrorConflict::None => return,
-        ErrorConflict::InsertExists => s.confl_insert_exists += 1,
-        ErrorConflict::UpdateExists => s.confl_update_exists += 1,
+pub(crate) fn count_conflict(s: &mut shmem::SubSlot, c: Option<ConflictType>) {
+    if let Some(t) = c {
+        s.count_conflicts(t, 1);
     }
-    s.conflicts += 1;
 }
 
 /// Records an error in shared memory, disables the subscription if asked to, and re-raises it so

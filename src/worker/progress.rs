@@ -13,7 +13,7 @@
 //! `publish` (one lock per publish, none per row): the subscription's totals and rate buckets
 //! in its slot, each table's in `monitor.rs`.
 use crate::monitor::TableCounts;
-use crate::shmem;
+use crate::shmem::{self, ConflictType};
 use pgrx::pg_sys;
 use pgsub_proto::Lsn;
 use std::collections::{HashMap, VecDeque};
@@ -31,9 +31,8 @@ pub struct Counters {
     pub deletes: i64,
     pub truncates: i64,
     pub messages: i64,
-    /// Conflicts: a remote UPDATE's / DELETE's row not found (skipped, as natively).
-    pub update_missing: i64,
-    pub delete_missing: i64,
+    /// Conflicts by type (`ConflictType::index`), counted through [`Counters::conflict`].
+    pub conflicts: [i64; ConflictType::COUNT],
     pub skipped: i64,
     /// Bytes of replication frames received (CopyData payloads).
     pub bytes_received: i64,
@@ -42,24 +41,33 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn table(&mut self, relid: u32) -> &mut TableCounts {
-        self.tables.entry(relid).or_default()
+    fn table(&mut self, relid: pg_sys::Oid) -> &mut TableCounts {
+        self.tables.entry(relid.to_u32()).or_default()
     }
-    pub fn inserted(&mut self, relid: u32, n: i64) {
+    /// `n` rows inserted into the local table `relid` (and so on for the others).
+    pub fn inserted(&mut self, relid: pg_sys::Oid, n: i64) {
         self.inserts += n;
         self.table(relid).inserts += n;
     }
-    pub fn updated(&mut self, relid: u32, n: i64) {
+    pub fn updated(&mut self, relid: pg_sys::Oid, n: i64) {
         self.updates += n;
         self.table(relid).updates += n;
     }
-    pub fn deleted(&mut self, relid: u32, n: i64) {
+    pub fn deleted(&mut self, relid: pg_sys::Oid, n: i64) {
         self.deletes += n;
         self.table(relid).deletes += n;
     }
-    pub fn truncated(&mut self, relid: u32) {
+    pub fn truncated(&mut self, relid: pg_sys::Oid) {
         self.truncates += 1;
         self.table(relid).truncates += 1;
+    }
+    /// `n` conflicts of type `t` on the local table `relid` (every conflict is counted here).
+    pub fn conflict(&mut self, relid: pg_sys::Oid, t: ConflictType, n: i64) {
+        if n == 0 {
+            return;
+        }
+        self.conflicts[t.index()] += n;
+        self.table(relid).conflicts[t.index()] += n;
     }
     /// Adds counts collected elsewhere (a batch's) to these.
     pub fn absorb(&mut self, o: Counters) {
@@ -69,12 +77,13 @@ impl Counters {
         self.deletes += o.deletes;
         self.truncates += o.truncates;
         self.messages += o.messages;
-        self.update_missing += o.update_missing;
-        self.delete_missing += o.delete_missing;
+        for (a, b) in self.conflicts.iter_mut().zip(o.conflicts) {
+            *a += b;
+        }
         self.skipped += o.skipped;
         self.bytes_received += o.bytes_received;
         for (relid, c) in o.tables {
-            self.table(relid).add(&c);
+            self.tables.entry(relid).or_default().add(&c);
         }
     }
 }
@@ -251,7 +260,7 @@ impl Progress {
         s.updates += c.updates;
         s.deletes += c.deletes;
         s.truncates += c.truncates;
-        add_missing(s, c);
+        add_conflicts(s, c);
         if !self.counters_only {
             // A sync worker's catch-up passes messages and skipped transactions the apply worker
             // counts too.
@@ -288,9 +297,9 @@ impl Progress {
     }
 }
 
-/// Adds the missing-row conflicts to the slot's counters (by type and in all).
-fn add_missing(s: &mut shmem::SubSlot, c: &Counters) {
-    s.confl_update_missing += c.update_missing;
-    s.confl_delete_missing += c.delete_missing;
-    s.conflicts += c.update_missing + c.delete_missing;
+/// Adds the conflicts to the slot's counters (by type and in all).
+fn add_conflicts(s: &mut shmem::SubSlot, c: &Counters) {
+    for t in ConflictType::ALL {
+        s.count_conflicts(t, c.conflicts[t.index()]);
+    }
 }

@@ -111,8 +111,8 @@ pub(super) fn drop_stale(rels: &mut HashMap<u32, RelEntry>) {
 
 /// The local table a remote relation is applied to (0 = not bound yet): what the per-table
 /// counters are kept by.
-pub(super) fn local_relid(rels: &HashMap<u32, RelEntry>, rel_oid: u32) -> u32 {
-    rels.get(&rel_oid).and_then(|e| e.local.as_ref()).map_or(0, |l| l.relid.to_u32())
+pub(super) fn local_relid(rels: &HashMap<u32, RelEntry>, rel_oid: u32) -> pg_sys::Oid {
+    rels.get(&rel_oid).and_then(|e| e.local.as_ref()).map_or(pg_sys::InvalidOid, |l| l.relid)
 }
 
 pub(super) fn cstring(s: &str) -> CString {
