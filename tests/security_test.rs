@@ -46,7 +46,7 @@ const MANAGEMENT: &[&str] = &[
     "publisher_slots",
 ];
 
-/// Helpers the views call with the caller's privileges; read-only, for everyone.
+/// Helpers the views call with the caller's privileges, and `lag_history`; read-only, for everyone.
 /// (`_preloaded` says whether pgsub is in shared_preload_libraries.)
 const VIEW_HELPERS: &[&str] = &[
     "_ts",
@@ -60,6 +60,11 @@ const VIEW_HELPERS: &[&str] = &[
     "_stat_databases",
     "_stat_conflicts",
     "_health_state",
+    "_stat_tables",
+    "_stat_rates",
+    "_lag_history",
+    "_no_such_subscription",
+    "lag_history",
 ];
 /// Run by the extension's own script only: closed to everyone else.
 const INTERNAL: &[&str] = &["_extension_created"];
