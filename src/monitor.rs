@@ -199,6 +199,16 @@ pub fn add_copied(subid: i32, relid: u32, rows: i64) -> bool {
     }
 }
 
+/// Counts a conflict an apply error was (a unique violation) on its table.
+pub fn add_conflict(subid: i32, relid: u32, conflict: Option<pgsub_core::state::ConflictType>) {
+    let Some(t) = conflict else { return };
+    let mut g = shmem::SHARED.exclusive();
+    let live = live_subids(&g);
+    if let Some((_, e)) = region_mut(&mut g).and_then(|r| r.claim(subid, relid, &live, None)) {
+        e.counts.conflicts[t.index()] += 1;
+    }
+}
+
 /// Frees the entries of a subscription (its slot is new: a dropped one's id reused) and resets
 /// its lag ring `slot_idx`.
 pub fn forget_subscription(g: &mut Shared, subid: i32, slot_idx: usize) {

@@ -8,7 +8,7 @@
 //! - `pgsub.lag_history` shows the apply lag rise while a lock holds the worker back, and fall
 //!   once it is released.
 use pgsub_tests::{
-    assert_replicated_equal, must_fail, one, wait_for, wait_for_subscription_sync, wait_value, TwoNodes,
+    assert_replicated_equal, must_fail, one, wait_for, wait_for_subscription_sync, wait_value, Cluster, TwoNodes,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ struct TableRow {
     updates: i64,
     deletes: i64,
     truncates: i64,
+    insert_exists: i64,
     update_missing: i64,
     delete_missing: i64,
     conflicts: i64,
@@ -31,8 +32,8 @@ struct TableRow {
 
 async fn table_rows(s: &Client) -> BTreeMap<String, TableRow> {
     s.query(
-        "SELECT relname::text, inserts, updates, deletes, truncates, confl_update_missing, confl_delete_missing, \
-                conflicts, rows_copied \
+        "SELECT relname::text, inserts, updates, deletes, truncates, confl_insert_exists, confl_update_missing, \
+                confl_delete_missing, conflicts, rows_copied \
          FROM pgsub.stat_subscription_table WHERE subname = 'sub'",
         &[],
     )
@@ -47,10 +48,11 @@ async fn table_rows(s: &Client) -> BTreeMap<String, TableRow> {
                 updates: r.get(2),
                 deletes: r.get(3),
                 truncates: r.get(4),
-                update_missing: r.get(5),
-                delete_missing: r.get(6),
-                conflicts: r.get(7),
-                rows_copied: r.get(8),
+                insert_exists: r.get(5),
+                update_missing: r.get(6),
+                delete_missing: r.get(7),
+                conflicts: r.get(8),
+                rows_copied: r.get(9),
             },
         )
     })
@@ -196,6 +198,21 @@ async fn per_table_counters_are_exact_survive_a_restart_and_reset() {
         w.inserts = 25;
     }
     wait_tables(&s, "updates, deletes, conflicts and the truncate counted per table", &want).await;
+    // A unique violation stops apply (counted as insert_exists at each failed attempt, as
+    // natively) until the local row goes.
+    s.batch_execute("INSERT INTO a VALUES (9000, 0, 'local')").await.unwrap();
+    p.batch_execute("INSERT INTO a VALUES (9000, 9000, 'remote')").await.unwrap();
+    wait_value(&s, "SELECT confl_insert_exists >= 2 FROM pgsub.stat_subscription", "t", WAIT).await;
+    s.batch_execute("DELETE FROM a WHERE id = 9000").await.unwrap();
+    wait_value(&s, "SELECT pad FROM a WHERE id = 9000", "remote", WAIT).await;
+    let insert_exists: i64 = one(&s, "SELECT confl_insert_exists FROM pgsub.stat_subscription").await;
+    {
+        let w = want.get_mut("a").unwrap();
+        w.inserts += 1;
+        w.insert_exists = insert_exists;
+        w.conflicts = insert_exists;
+    }
+    wait_tables(&s, "the unique violations counted on their table", &want).await;
     let rows = table_rows(&s).await;
     assert_eq!(sum(&rows), totals(&s).await, "the tables add up to the subscription's counters");
     let last_change: i64 = one(
@@ -231,6 +248,56 @@ async fn per_table_counters_are_exact_survive_a_restart_and_reset() {
         let (id, n): (i32, i32) = (r.get(0), r.get(1));
         s.execute("INSERT INTO b VALUES ($1, $2)", &[&id, &n]).await.unwrap();
     }
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// Sets `pgsub.sync_hold_state` on the subscriber (`''`: resets it) and waits until a new
+/// session sees it (as `tablesync_test.rs` does).
+async fn set_hold(node: &Cluster, s: &Client, state: &str) {
+    let sql = if state.is_empty() {
+        "ALTER SYSTEM RESET pgsub.sync_hold_state".to_string()
+    } else {
+        format!("ALTER SYSTEM SET pgsub.sync_hold_state = '{state}'")
+    };
+    s.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    s.batch_execute("SELECT pg_reload_conf()").await.expect("pg_reload_conf");
+    node.poll_query_until("postgres", "SHOW pgsub.sync_hold_state", state, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("pgsub.sync_hold_state = '{state}' not in force: {e}"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sync_workers_copy_and_catch_up_count_exactly_once() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE c (id int PRIMARY KEY, n int)").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO c SELECT g, g FROM generate_series(1, 300) g; CREATE PUBLICATION pub FOR TABLE c")
+        .await
+        .unwrap();
+    // The sync worker stays after its copy while the publisher changes the table: those changes
+    // are the catch-up's (or, past its end, the apply worker's), each counted once.
+    set_hold(&nodes.subscriber, &s, "copied").await;
+    s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create_subscription");
+    wait_value(&s, "SELECT sync_state FROM pgsub.stat_subscription_table", "copied", WAIT).await;
+    p.batch_execute("INSERT INTO c SELECT g, g FROM generate_series(301, 350) g").await.unwrap();
+    p.batch_execute("UPDATE c SET n = 0 WHERE id <= 20").await.unwrap();
+    for id in 31..=40 {
+        p.batch_execute(&format!("DELETE FROM c WHERE id = {id}")).await.unwrap();
+    }
+    set_hold(&nodes.subscriber, &s, "").await;
+    wait_for_subscription_sync(&s, "sub", WAIT).await;
+    let mut want = BTreeMap::new();
+    want.insert(
+        "c".to_string(),
+        TableRow { inserts: 50, updates: 20, deletes: 10, rows_copied: 300, ..TableRow::default() },
+    );
+    wait_tables(&s, "the copy and the catch-up counted once", &want).await;
+    assert_eq!(sum(&table_rows(&s).await), totals(&s).await);
     assert_replicated_equal(&p, &s).await;
 }
 

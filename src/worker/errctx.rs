@@ -88,6 +88,11 @@ pub fn in_batch() -> bool {
     })
 }
 
+/// The relation being applied to, as the context names it.
+pub fn relation() -> Option<std::rc::Rc<str>> {
+    STATE.with(|s| s.borrow().relation.clone())
+}
+
 /// The kind of remote change being applied ("INSERT", "UPDATE (batch)", …; "" outside one).
 pub fn kind() -> &'static str {
     STATE.with(|s| s.borrow().kind)

@@ -187,6 +187,9 @@ fn on_error(subid: i32, e: CaughtError) {
         s.status = Status::Error;
         s.failed = true;
     });
+    if let Some(relid) = errctx::relation().and_then(|r| relation::bound_relid(&r)) {
+        crate::monitor::add_conflict(subid, relid.to_u32(), conflict);
+    }
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
     if disable_on_error(subid) {

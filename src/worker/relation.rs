@@ -109,6 +109,17 @@ pub(super) fn drop_stale(rels: &mut HashMap<u32, RelEntry>) {
     }
 }
 
+thread_local! {
+    /// Local tables bound so far, by the qualified name the error context shows: an apply error
+    /// that is a conflict is counted on its table (`bound_relid`).
+    static BOUND: std::cell::RefCell<HashMap<String, pg_sys::Oid>> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// The local table of the relation the error context names (see `BOUND`).
+pub(crate) fn bound_relid(qualified: &str) -> Option<pg_sys::Oid> {
+    BOUND.with(|b| b.borrow().get(qualified).copied())
+}
+
 /// The local table a remote relation is applied to (0 = not bound yet): what the per-table
 /// counters are kept by.
 pub(super) fn local_relid(rels: &HashMap<u32, RelEntry>, rel_oid: u32) -> pg_sys::Oid {
@@ -472,6 +483,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         );
     }
     copyin::refuse_row_level_security(relid);
+    BOUND.with(|b| b.borrow_mut().insert(qualified.clone(), relid));
     // Local columns by name.
     let local_cols = local_columns(relid);
     let mut cols = Vec::with_capacity(remote.columns.len());

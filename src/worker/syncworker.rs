@@ -134,6 +134,7 @@ fn on_error(subid: i32, relid: u32, e: CaughtError) {
         s.set_error(&format!("table synchronization of {table}: {text}"), now(), true);
         super::count_conflict(s, conflict);
     });
+    crate::monitor::add_conflict(subid, relid, conflict);
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
     super::disable_on_error(subid);
