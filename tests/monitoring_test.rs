@@ -197,7 +197,9 @@ async fn view_values(s: &Client, sub: &str) -> BTreeMap<&'static str, f64> {
             "SELECT status, txns_applied, inserts, updates, deletes, truncates, conflicts, error_count, \
                     lag_bytes::float8, extract(epoch FROM apply_lag)::float8, tables_total, tables_ready, \
                     enabled::int, publisher_version::float8, apply_error_count, sync_error_count, \
-                    confl_insert_exists, confl_update_exists, confl_update_missing, confl_delete_missing \
+                    confl_insert_exists, confl_update_exists, confl_update_missing, confl_delete_missing, \
+                    confl_update_origin_differs, confl_delete_origin_differs, confl_multiple_unique_conflicts, \
+                    txn_rate_10s, row_rate_10s, recv_bytes_rate_10s, txn_rate_1m, row_rate_1m, recv_bytes_rate_1m \
              FROM pgsub.stat_subscription WHERE subname = $1",
             &[&sub],
         )
@@ -219,8 +221,21 @@ async fn view_values(s: &Client, sub: &str) -> BTreeMap<&'static str, f64> {
         (17, "conflicts_update_exists_total"),
         (18, "conflicts_update_missing_total"),
         (19, "conflicts_delete_missing_total"),
+        (20, "conflicts_update_origin_differs_total"),
+        (21, "conflicts_delete_origin_differs_total"),
+        (22, "conflicts_multiple_unique_conflicts_total"),
     ] {
         m.insert(k, r.get::<_, i64>(i) as f64);
+    }
+    for (i, k) in [
+        (23, "txns_per_second_10s"),
+        (24, "rows_per_second_10s"),
+        (25, "received_bytes_per_second_10s"),
+        (26, "txns_per_second_1m"),
+        (27, "rows_per_second_1m"),
+        (28, "received_bytes_per_second_1m"),
+    ] {
+        m.insert(k, r.get::<_, f64>(i));
     }
     m.insert("lag_bytes", r.get::<_, Option<f64>>(8).unwrap_or(f64::NAN));
     m.insert("apply_lag_seconds", r.get::<_, Option<f64>>(9).unwrap_or(f64::NAN));
@@ -229,6 +244,45 @@ async fn view_values(s: &Client, sub: &str) -> BTreeMap<&'static str, f64> {
     m.insert("enabled", r.get::<_, i32>(12) as f64);
     m.insert("publisher_version", r.get::<_, Option<f64>>(13).unwrap_or(f64::NAN));
     m.insert(if status == "streaming" { "status_streaming" } else { "status_other" }, 1.0);
+    m
+}
+
+/// Every table's numbers in pgsub.stat_subscription_table, by (relname, metric suffix).
+async fn table_values(s: &Client) -> BTreeMap<(String, &'static str), f64> {
+    let rows = s
+        .query(
+            "SELECT relname::text, (sync_state = 'ready')::int::float8, inserts, updates, deletes, truncates, \
+                    conflicts, confl_insert_exists, confl_update_origin_differs, confl_update_exists, \
+                    confl_update_missing, confl_delete_origin_differs, confl_delete_missing, \
+                    confl_multiple_unique_conflicts, rows_copied, extract(epoch FROM last_change_at)::float8 \
+             FROM pgsub.stat_subscription_table WHERE subname = 'msub'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut m = BTreeMap::new();
+    for r in rows {
+        let rel: String = r.get(0);
+        m.insert((rel.clone(), "ready"), r.get::<_, f64>(1));
+        for (i, k) in [
+            (2, "inserts_total"),
+            (3, "updates_total"),
+            (4, "deletes_total"),
+            (5, "truncates_total"),
+            (6, "conflicts_total"),
+            (7, "conflicts_insert_exists_total"),
+            (8, "conflicts_update_origin_differs_total"),
+            (9, "conflicts_update_exists_total"),
+            (10, "conflicts_update_missing_total"),
+            (11, "conflicts_delete_origin_differs_total"),
+            (12, "conflicts_delete_missing_total"),
+            (13, "conflicts_multiple_unique_conflicts_total"),
+            (14, "rows_copied_total"),
+        ] {
+            m.insert((rel.clone(), k), r.get::<_, i64>(i) as f64);
+        }
+        m.insert((rel, "last_change_timestamp_seconds"), r.get::<_, Option<f64>>(15).unwrap_or(f64::NAN));
+    }
     m
 }
 
@@ -368,6 +422,23 @@ async fn exporter_shows_the_views_values_and_the_dashboard_uses_only_its_metrics
         one(&s, "SELECT sum(rows_copied)::int8 FROM pgsub.subscription_table WHERE subname = 'msub'").await;
     assert_eq!(copied, 50);
     assert_eq!(metrics.get("pgsub_sync_rows_copied", &[("subname", "msub"), ("sync_state", "ready")]), copied as f64);
+    // Per table: every metric equals the view's value (nothing changes the tables any more).
+    let tables = table_values(&s).await;
+    assert_eq!(tables.len(), 2 * 15, "two tables: {tables:?}");
+    for ((rel, k), want) in &tables {
+        let labels =
+            [("datname", "postgres"), ("subname", "msub"), ("schemaname", "public"), ("relname", rel.as_str())];
+        let got = metrics.get(&format!("pgsub_table_{k}"), &labels);
+        assert!(same(got, *want), "pgsub_table_{k}{{relname={rel}}}: metric {got}, view {want}");
+    }
+    // The values themselves: t took the copy, the changes and the conflict; u one insert.
+    let t = |k: &'static str| tables[&("t".to_string(), k)];
+    assert_eq!(
+        [t("rows_copied_total"), t("inserts_total"), t("updates_total"), t("deletes_total"), t("conflicts_total")],
+        [50.0, 50.0, 20.0, 5.0, 1.0]
+    );
+    assert_eq!(tables[&("u".to_string(), "inserts_total")], 1.0);
+    assert!(t("last_change_timestamp_seconds") > 0.0);
     // The server-wide views (pg_monitor may read them).
     assert_eq!(metrics.get("pgsub_server_subscription_txns_applied_total", &sub), 6.0);
     assert_eq!(metrics.get("pgsub_server_subscription_status", &[("subname", "msub"), ("status", "streaming")]), 1.0);
