@@ -958,10 +958,27 @@ fn compose_init_and_load_scripts_replicate_natively() {
     assert!(r.status.success(), "load.sh failed:\n{}", r.all());
     assert!(r.stdout.contains("RESULT: data is equal on both nodes (3 tables"), "{}", r.all());
     assert_lag_view_moved(&r.stdout);
+    assert_lag_chart(&r.stdout);
     assert_replicated_equal_between(
         &publisher.connstr("postgres", "postgres"),
         &subscriber.connstr("postgres", "postgres"),
     );
+}
+
+/// The chart of the run's lag (load.sh, from pgsub.lag_history): after its title, one line per
+/// second `HH:MM:SS lag_bytes apply_lag_ms rows/s |bar|bar|`, oldest first, and the rows applied
+/// during the load drawn as a bar of '=' at least once.
+fn assert_lag_chart(out: &str) {
+    let mut lines = out.lines().skip_while(|l| !l.starts_with("== the run's lag (pgsub.lag_history"));
+    assert!(lines.next().is_some(), "no lag chart in:\n{out}");
+    let samples: Vec<&str> = lines
+        .skip(1)
+        .take_while(|l| l.len() > 8 && l.as_bytes()[2] == b':' && l.as_bytes()[5] == b':' && l.ends_with('|'))
+        .collect();
+    assert!(samples.len() >= 3, "a lag chart with one line per second of the run:\n{out}");
+    let times: Vec<&str> = samples.iter().map(|l| &l[..8]).collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first: {times:?}");
+    assert!(samples.iter().any(|l| l.contains("|=") || l.contains("=|")), "rows/s drawn during the load:\n{out}");
 }
 
 /// `lag view moved: txns_applied A -> B ...` with B > A; returns B - A.
@@ -1131,6 +1148,7 @@ fn demo_runs_reruns_and_stops_cleanly() {
         assert_eq!(cols[3], cols[4], "{t}: checksums differ: {line}");
     }
     let grew = assert_lag_view_moved(out);
+    assert_lag_chart(out);
     assert!(grew >= 10, "only {grew} transactions applied during a 5 s load:\n{out}");
     let status_lines = out.lines().filter(|l| l.contains(" streaming ")).count();
     assert!(status_lines >= 3, "expected a pgsub.stat_subscription line per second:\n{out}");

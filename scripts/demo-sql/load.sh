@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # scripts/demo-sql/load.sh — the demo's show: waits for the subscription's initial copy, runs a
 # write load (pgbench with load.sql) on the publisher while printing the subscriber's
-# pgsub.stat_subscription once a second, waits for the subscriber to catch up, and compares every
-# published table on both nodes (row count and md5 of all rows). Exits non-zero unless the data
-# is equal and the lag view moved (txns_applied grew). Run by scripts/demo and by the compose
+# pgsub.stat_subscription once a second, waits for the subscriber to catch up, draws the run's
+# lag from pgsub.lag_history as a chart in the terminal (and as a PNG when gnuplot is installed
+# and DEMO_LAG_PNG names a file), and compares every published table on both nodes (row count and
+# md5 of all rows). Exits non-zero unless the data is equal, the lag view moved (txns_applied
+# grew) and the lag history has samples of the run. Run by scripts/demo and by the compose
 # service `load`. Needs psql and pgbench in PATH.
 # Environment:
 #   DEMO_PUB_DSN, DEMO_SUB_DSN   libpq conninfo of the publisher / subscriber (superuser)
@@ -11,6 +13,7 @@
 #   DEMO_LOAD_RATE (100)         transactions per second (pgbench -R)
 #   DEMO_LOAD_CLIENTS (2)        pgbench clients
 #   DEMO_WAIT_SECONDS (120)      limit for the initial copy and for the catch-up
+#   DEMO_LAG_PNG                 where to write the lag chart as a PNG (only with gnuplot)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -107,6 +110,8 @@ done
 
 # --- 2. write load ---------------------------------------------------------------------------
 IFS='|' read -r txns0 ins0 upd0 del0 <<<"$(counters)"
+# The chart starts a few seconds before the load.
+chart_from=$(q "$SUB_DSN" "SELECT extract(epoch FROM clock_timestamp())::bigint - 3")
 say ""
 say "== write load: pgbench, $LOAD_CLIENTS clients, $LOAD_RATE tx/s for ${LOAD_SECONDS}s on the publisher; pgsub.stat_subscription every second =="
 pgbench -n -T "$LOAD_SECONDS" -c "$LOAD_CLIENTS" -j 1 -R "$LOAD_RATE" -f "$here/load.sql" "$PUB_DSN" \
@@ -125,6 +130,43 @@ if [ "$load_rc" -ne 0 ]; then
 fi
 grep -E '^(number of transactions actually processed|number of failed transactions|tps = )' \
   "$tmp/pgbench.log" | sed 's/^/pgbench: /' || true
+
+# --- the run's lag as a chart ----------------------------------------------------------------
+# pgsub.lag_history has one sample per second (the supervisor takes them while the apply worker
+# runs): apply lag as a bar of '#', rows applied in the second before as a bar of '='. Rendered
+# by SQL (rpad/repeat), so it needs nothing but psql.
+LAG_CHART_SQL="WITH h AS (
+    SELECT sample_time, lag_bytes, (extract(epoch FROM apply_lag) * 1000)::bigint AS lag_ms, rows_per_s
+      FROM pgsub.lag_history('$SUB_NAME') WHERE sample_time >= to_timestamp(%s)),
+  m AS (SELECT greatest(max(lag_ms), 1000) AS ml, greatest(max(rows_per_s), 1) AS mr FROM h)
+SELECT format('%%s %%10s %%12s %%8s  |%%s|%%s|', to_char(sample_time, 'HH24:MI:SS'), lag_bytes, lag_ms, rows_per_s,
+              rpad(repeat('#', (30 * lag_ms / ml)::int), 30), rpad(repeat('=', (20 * rows_per_s / mr)::int), 20))
+  FROM h, m ORDER BY sample_time"
+
+lag_chart() {
+  local sql rows
+  say ""
+  say "== the run's lag (pgsub.lag_history, one sample per second) =="
+  # shellcheck disable=SC2059 # the format is ours: %s is the chart's start (an integer)
+  printf -v sql "$LAG_CHART_SQL" "$chart_from"
+  rows=$(q "$SUB_DSN" "$sql") || die "cannot read pgsub.lag_history('$SUB_NAME')"
+  [ -n "$rows" ] || die "pgsub.lag_history('$SUB_NAME') has no sample of the run"
+  printf '%-8s %10s %12s %8s  |%-30s|%-20s|\n' time lag_bytes apply_lag_ms rows/s 'apply lag (#)' 'rows/s (=)'
+  printf '%s\n' "$rows"
+  if [ -n "${DEMO_LAG_PNG:-}" ] && command -v gnuplot >/dev/null; then
+    q "$SUB_DSN" "SELECT extract(epoch FROM sample_time)::bigint, (extract(epoch FROM apply_lag) * 1000)::bigint,
+                         rows_per_s FROM pgsub.lag_history('$SUB_NAME')
+                   WHERE sample_time >= to_timestamp($chart_from) ORDER BY 1" | tr '|' ' ' >"$tmp/lag.dat"
+    if gnuplot -e "set terminal png size 900,400; set output '$DEMO_LAG_PNG'; set xdata time; set timefmt '%s';
+                   set format x '%H:%M:%S'; set ylabel 'apply lag (ms)'; set y2label 'rows/s'; set y2tics;
+                   plot '$tmp/lag.dat' using 1:2 with lines title 'apply lag (ms)',
+                        '' using 1:3 axes x1y2 with lines title 'rows/s'" 2>"$tmp/gnuplot.err"; then
+      say "lag chart written to $DEMO_LAG_PNG"
+    else
+      say "gnuplot could not draw $DEMO_LAG_PNG: $(head -c 300 "$tmp/gnuplot.err")"
+    fi
+  fi
+}
 
 # --- 3. catch-up and comparison --------------------------------------------------------------
 # One query that checksums every published table; the same text runs on both nodes, with the
@@ -148,6 +190,8 @@ while :; do
   if [ "$SECONDS" -ge "$deadline" ]; then equal=0; break; fi
   sleep 1
 done
+
+lag_chart
 
 say ""
 say "== both nodes, table by table =="
