@@ -116,7 +116,8 @@ SELECT s.subname,
        coalesce(x.recv_bytes_rate_10s, 0) AS recv_bytes_rate_10s,
        coalesce(x.txn_rate_1m, 0) AS txn_rate_1m,
        coalesce(x.row_rate_1m, 0) AS row_rate_1m,
-       coalesce(x.recv_bytes_rate_1m, 0) AS recv_bytes_rate_1m
+       coalesce(x.recv_bytes_rate_1m, 0) AS recv_bytes_rate_1m,
+       coalesce(x.recv_bytes, 0) AS recv_bytes
 FROM pgsub.sub s
 LEFT JOIN pgsub._stat_progress() p ON p.subid = s.subid
 LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid

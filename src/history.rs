@@ -93,7 +93,7 @@ fn _lag_history(
 }
 
 /// Transactions, rows (changes applied) and bytes received per second over the last 10 and 60
-/// complete seconds, for every subscription the caller may see.
+/// complete seconds, and the bytes received in all, for every subscription the caller may see.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _stat_rates() -> TableIterator<
@@ -106,6 +106,7 @@ fn _stat_rates() -> TableIterator<
         name!(txn_rate_1m, f64),
         name!(row_rate_1m, f64),
         name!(recv_bytes_rate_1m, f64),
+        name!(recv_bytes, i64),
     ),
 > {
     let mut rows = Vec::new();
@@ -114,7 +115,7 @@ fn _stat_rates() -> TableIterator<
         let g = shmem::SHARED.share();
         for s in crate::stats::visible_slots(&g) {
             let (a, b) = (s.rates.rates(sec, 10), s.rates.rates(sec, 60));
-            rows.push((s.subid, a.txns, a.rows, a.bytes, b.txns, b.rows, b.bytes));
+            rows.push((s.subid, a.txns, a.rows, a.bytes, b.txns, b.rows, b.bytes, s.recv_bytes));
         }
     }
     TableIterator::new(rows)

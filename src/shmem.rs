@@ -97,6 +97,8 @@ pub struct SubSlot {
     pub confl: [i64; ConflictType::COUNT],
     /// When `pgsub.reset_stats` last zeroed the counters (0 = never).
     pub stats_reset: i64,
+    /// Bytes of replication frames received (a counter, as the others).
+    pub recv_bytes: i64,
     /// Transactions, rows and bytes received per second over the last minute (`history.rs`).
     pub rates: pgsub_core::rates::RateRing,
     pub last_error_at: i64,
@@ -158,6 +160,7 @@ impl Default for SubSlot {
             sync_error_count: 0,
             confl: [0; ConflictType::COUNT],
             stats_reset: 0,
+            recv_bytes: 0,
             rates: pgsub_core::rates::RateRing::default(),
             last_error_at: 0,
             batch_failed_lsn: 0,
@@ -215,6 +218,7 @@ impl SubSlot {
         self.apply_error_count = 0;
         self.sync_error_count = 0;
         self.confl = [0; ConflictType::COUNT];
+        self.recv_bytes = 0;
         self.stats_reset = at;
     }
 }

@@ -14,9 +14,9 @@ use pgrx::prelude::*;
 use std::io::Write;
 
 const PATH: &str = "pg_stat/pgsub.stat";
-const HEADER: &str = "pgsub-stats 2";
+const HEADER: &str = "pgsub-stats 3";
 /// Counters per line.
-const N: usize = 19;
+const N: usize = 20;
 
 /// The counters saved, in file order.
 fn fields(s: &mut SubSlot) -> [&mut i64; N] {
@@ -41,6 +41,7 @@ fn fields(s: &mut SubSlot) -> [&mut i64; N] {
         c4,
         c5,
         c6,
+        &mut s.recv_bytes,
     ]
 }
 

@@ -199,7 +199,8 @@ async fn view_values(s: &Client, sub: &str) -> BTreeMap<&'static str, f64> {
                     enabled::int, publisher_version::float8, apply_error_count, sync_error_count, \
                     confl_insert_exists, confl_update_exists, confl_update_missing, confl_delete_missing, \
                     confl_update_origin_differs, confl_delete_origin_differs, confl_multiple_unique_conflicts, \
-                    txn_rate_10s, row_rate_10s, recv_bytes_rate_10s, txn_rate_1m, row_rate_1m, recv_bytes_rate_1m \
+                    txn_rate_10s, row_rate_10s, recv_bytes_rate_10s, txn_rate_1m, row_rate_1m, recv_bytes_rate_1m, \
+                    recv_bytes \
              FROM pgsub.stat_subscription WHERE subname = $1",
             &[&sub],
         )
@@ -224,6 +225,7 @@ async fn view_values(s: &Client, sub: &str) -> BTreeMap<&'static str, f64> {
         (20, "conflicts_update_origin_differs_total"),
         (21, "conflicts_delete_origin_differs_total"),
         (22, "conflicts_multiple_unique_conflicts_total"),
+        (29, "received_bytes_total"),
     ] {
         m.insert(k, r.get::<_, i64>(i) as f64);
     }

@@ -3,8 +3,9 @@
 //!   (COPY-loaded runs of inserts, batched UPDATEs and DELETEs, single rows, REPLICA IDENTITY
 //!   FULL tables, a truncate, missing-row conflicts in a batch and alone, the initial copy); the
 //!   counts survive a clean restart and `pgsub.reset_stats` zeroes them.
-//! - The rates of `pgsub.stat_subscription` agree within 10% with the rate the test measures from
-//!   the counters over the same window, and fall to 0 when the load stops.
+//! - The rates of `pgsub.stat_subscription` (transactions, rows, bytes received) agree within 10%
+//!   with the rate the test measures from the counters over the same window, and fall to 0 when
+//!   the load stops.
 //! - `pgsub.lag_history` shows the apply lag rise while a lock holds the worker back, and fall
 //!   once it is released.
 use pgsub_tests::{
@@ -307,6 +308,7 @@ struct Reading {
     at: f64,
     txns: i64,
     rows: i64,
+    bytes: i64,
     rates_10s: [f64; 3],
     rates_1m: [f64; 2],
 }
@@ -315,7 +317,7 @@ async fn read(s: &Client) -> Reading {
     let r = s
         .query_one(
             "SELECT extract(epoch FROM clock_timestamp())::float8, txns_applied, inserts + updates + deletes, \
-                    txn_rate_10s, row_rate_10s, recv_bytes_rate_10s, txn_rate_1m, row_rate_1m \
+                    txn_rate_10s, row_rate_10s, recv_bytes_rate_10s, txn_rate_1m, row_rate_1m, recv_bytes \
              FROM pgsub.stat_subscription WHERE subname = 'sub'",
             &[],
         )
@@ -325,6 +327,7 @@ async fn read(s: &Client) -> Reading {
         at: r.get(0),
         txns: r.get(1),
         rows: r.get(2),
+        bytes: r.get(8),
         rates_10s: [r.get(3), r.get(4), r.get(5)],
         rates_1m: [r.get(6), r.get(7)],
     }
@@ -406,8 +409,12 @@ async fn rates_agree_with_the_counters_over_the_same_window() {
     within_10_percent("row_rate_10s", last.rates_10s[1], (rows(end) - rows(end - 10.0)) / 10.0);
     within_10_percent("txn_rate_1m", last.rates_1m[0], (txns(end) - txns(end - 60.0)) / 60.0);
     within_10_percent("row_rate_1m", last.rates_1m[1], (rows(end) - rows(end - 60.0)) / 60.0);
-    // Bytes received: each applied change arrived in a frame of at least its 25-byte header,
-    // plus the transaction's BEGIN and COMMIT frames.
+    // Bytes received: against their counter over the 10 s window (the minute's began before the
+    // first reading, while the subscription was being set up); each applied change arrived in a
+    // frame of at least its 25-byte header, plus the transaction's BEGIN and COMMIT frames.
+    let bytes = |t: f64| counter_at(&readings, t, |r| r.bytes);
+    assert!(end - 10.0 >= readings[0].at, "the 10 s window lies within the readings");
+    within_10_percent("recv_bytes_rate_10s", last.rates_10s[2], (bytes(end) - bytes(end - 10.0)) / 10.0);
     let changes_per_s = last.rates_10s[1] + 2.0 * last.rates_10s[0];
     assert!(
         last.rates_10s[2] >= 25.0 * changes_per_s && last.rates_10s[2] <= 1000.0 * changes_per_s,

@@ -268,6 +268,7 @@ impl Progress {
             s.txns_skipped += c.skipped;
         }
         let rows = c.inserts + c.updates + c.deletes;
+        s.recv_bytes += c.bytes_received;
         s.rates.add(crate::history::second(at), c.txns, rows, c.bytes_received);
         if c.txns > 0 && !self.counters_only {
             // A transaction went through: the failure streak is over.
