@@ -302,6 +302,47 @@ async fn sync_workers_copy_and_catch_up_count_exactly_once() {
     assert_replicated_equal(&p, &s).await;
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_transaction_applied_again_after_an_error_counts_once() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE e (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE e").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create_subscription");
+    wait_for_subscription_sync(&s, "sub", WAIT).await;
+    // 200 000 rows (20 COPY runs: longer than the worker's half-second publishing interval),
+    // then a row whose key exists here: the transaction fails at its end, again at each retry.
+    s.batch_execute("INSERT INTO e VALUES (0, 'local')").await.unwrap();
+    p.batch_execute(
+        "BEGIN; INSERT INTO e SELECT g, 'r' FROM generate_series(1, 200000) g; INSERT INTO e VALUES (0, 'remote'); COMMIT",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT confl_insert_exists >= 3 FROM pgsub.stat_subscription", "t", Duration::from_secs(120)).await;
+    let during: (i64, i64) = {
+        let r = s.query_one("SELECT inserts, txns_applied FROM pgsub.stat_subscription", &[]).await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(during, (0, 0), "nothing of the failing transaction is counted");
+    s.batch_execute("DELETE FROM e WHERE id = 0").await.unwrap();
+    wait_value(&s, "SELECT v FROM e WHERE id = 0", "remote", WAIT).await;
+    let insert_exists: i64 = one(&s, "SELECT confl_insert_exists FROM pgsub.stat_subscription").await;
+    let mut want = BTreeMap::new();
+    want.insert(
+        "e".to_string(),
+        TableRow { inserts: 200_001, insert_exists, conflicts: insert_exists, ..TableRow::default() },
+    );
+    wait_tables(&s, "the transaction's rows counted once, its conflicts at each attempt", &want).await;
+    assert_eq!(one::<i64>(&s, "SELECT txns_applied FROM pgsub.stat_subscription").await, 1);
+    assert_eq!(sum(&table_rows(&s).await), totals(&s).await);
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// One reading of the counters and the rates, with the subscriber's clock.
 #[derive(Clone, Copy, Debug)]
 struct Reading {

@@ -11,7 +11,9 @@
 //!
 //! Counters are kept here per transaction and per table, and added into shared memory by
 //! `publish` (one lock per publish, none per row): the subscription's totals and rate buckets
-//! in its slot, each table's in `monitor.rs`.
+//! in its slot, each table's in `monitor.rs`. Changes count once their transaction commits (a
+//! transaction that fails and is applied again is counted once); conflicts, messages and bytes
+//! received count when they happen, as native counts conflicts.
 use crate::monitor::TableCounts;
 use crate::shmem::{self, ConflictType};
 use pgrx::pg_sys;
@@ -69,6 +71,24 @@ impl Counters {
         self.conflicts[t.index()] += n;
         self.table(relid).conflicts[t.index()] += n;
     }
+    /// Takes what counts whatever becomes of the transaction: bytes received, logical decoding
+    /// messages (transactional ones are re-sent with a retried transaction, as its conflicts
+    /// are) and conflicts (by table too), leaving the changes.
+    fn take_immediate(&mut self) -> Counters {
+        let mut out = Counters {
+            bytes_received: std::mem::take(&mut self.bytes_received),
+            messages: std::mem::take(&mut self.messages),
+            conflicts: std::mem::take(&mut self.conflicts),
+            ..Counters::default()
+        };
+        for (relid, t) in self.tables.iter_mut() {
+            if t.conflicts.iter().any(|&n| n != 0) {
+                out.tables.entry(*relid).or_default().conflicts = std::mem::take(&mut t.conflicts);
+            }
+        }
+        out
+    }
+
     /// Adds counts collected elsewhere (a batch's) to these.
     pub fn absorb(&mut self, o: Counters) {
         self.txns += o.txns;
@@ -104,7 +124,10 @@ pub struct Progress {
     pub last_commit_time: i64,
     pub pending_commit_time: i64,
     pub caught_up: Lsn,
+    /// What the transaction being applied counted so far (and frames received).
     pub counters: Counters,
+    /// What committed transactions counted, not published yet.
+    committed: Counters,
     last_reported: (Lsn, Lsn),
     last_report_at: Option<Instant>,
     last_publish_at: Instant,
@@ -129,6 +152,7 @@ impl Progress {
             pending_commit_time: 0,
             caught_up: Lsn::INVALID,
             counters: Counters::default(),
+            committed: Counters::default(),
             last_reported: (Lsn::INVALID, Lsn::INVALID),
             last_report_at: None,
             last_publish_at: Instant::now(),
@@ -170,6 +194,8 @@ impl Progress {
             self.pending.push_back((remote_end, local_end));
         }
         self.counters.txns += 1;
+        let done = std::mem::take(&mut self.counters);
+        self.committed.absorb(done);
     }
 
     /// Positions to report: (write, flush, apply).
@@ -232,7 +258,8 @@ impl Progress {
     /// survive worker restarts), each table's into its entry, and the second's rate bucket.
     pub fn publish(&mut self, status: Option<shmem::Status>, receipt_time: i64) {
         self.last_publish_at = Instant::now();
-        let c = std::mem::take(&mut self.counters);
+        let mut c = std::mem::take(&mut self.committed);
+        c.absorb(self.counters.take_immediate());
         let at = crate::process::now();
         let all_fit = {
             let mut g = shmem::SHARED.exclusive();
