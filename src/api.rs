@@ -47,6 +47,7 @@ fn create_subscription(
     disable_on_error: default!(Option<bool>, false),
     synchronous_commit: default!(Option<&str>, "'off'"),
     two_phase: default!(Option<bool>, false),
+    conflict_resolution: default!(Option<&str>, "'error'"),
 ) {
     require_admin();
     let name = required(name, "name");
@@ -61,6 +62,7 @@ fn create_subscription(
     let disable_on_error = required(disable_on_error, "disable_on_error");
     let synchronous_commit = required(synchronous_commit, "synchronous_commit");
     let two_phase = required(two_phase, "two_phase");
+    let conflict_resolution = check_conflict_resolution(required(conflict_resolution, "conflict_resolution"));
     let options = catalog::Options {
         copy_data,
         binary,
@@ -69,6 +71,7 @@ fn create_subscription(
         origin: origin.to_string(),
         disable_on_error,
         synchronous_commit: synchronous_commit.to_string(),
+        conflict_resolution,
     };
     if create_slot {
         prevent_in_transaction_block(
@@ -243,6 +246,7 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
 /// current one; a running worker restarts with them. The slot may only be renamed while the
 /// subscription is disabled (the slot itself is not touched: it must exist under the new name
 /// on the publisher when the subscription is enabled again).
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn alter_subscription_options(
@@ -253,11 +257,13 @@ fn alter_subscription_options(
     synchronous_commit: default!(Option<&str>, "NULL"),
     origin: default!(Option<&str>, "NULL"),
     slot_name: default!(Option<&str>, "NULL"),
+    conflict_resolution: default!(Option<&str>, "NULL"),
 ) {
     require_admin();
     let name = required(name, "name");
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
+    let conflict_resolution = conflict_resolution.map(check_conflict_resolution);
     if let Some(o) = origin {
         check_origin(o);
     }
@@ -277,7 +283,15 @@ fn alter_subscription_options(
     }
     update_sub(
         sub.subid,
-        catalog::Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name },
+        catalog::Change::Options {
+            binary,
+            streaming,
+            disable_on_error,
+            synchronous_commit,
+            origin,
+            slot_name,
+            conflict_resolution,
+        },
     );
 }
 

@@ -290,3 +290,26 @@ pub(super) fn check_new_subscription(name: &str, conninfo: &str, options: &catal
         error(Code::ERRCODE_DUPLICATE_OBJECT, format!("subscription \"{name}\" already exists"), None, None);
     }
 }
+
+/// A `conflict_resolution` value: one of the policies, and the two that compare commit times only
+/// with `track_commit_timestamp = on` (without it a local row's commit time is unknown).
+pub(super) fn check_conflict_resolution(value: &str) -> crate::catalog::Resolution {
+    let Some(r) = crate::catalog::Resolution::parse(value) else {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unrecognized conflict_resolution value: \"{value}\""),
+            None,
+            Some("Use error, apply_remote, keep_local, last_update_wins or first_update_wins."),
+        );
+    };
+    // SAFETY: a GUC variable of the server, read in a backend.
+    if r.needs_commit_timestamps() && !unsafe { pg_sys::track_commit_timestamp } {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("conflict_resolution \"{value}\" needs track_commit_timestamp"),
+            Some("It compares the commit time of the local row with the remote commit time.".into()),
+            Some("Set track_commit_timestamp = on in postgresql.conf and restart the server."),
+        );
+    }
+    r
+}

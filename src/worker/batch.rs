@@ -68,7 +68,12 @@ impl Applier {
         // failed last time is applied row by row, so that its error names them.
         let stmt_triggers =
             self.rels.get(&batch.rel_oid).and_then(|e| e.local.as_ref()).is_some_and(|l| l.stmt_insert_triggers);
-        if batch.rows.len() < BATCH_MIN_COPY_ROWS || self.row_by_row_lsn == Some(self.commit_end()) || stmt_triggers {
+        // COPY cannot leave a conflicting row alone: under a conflict policy inserts go one by one.
+        if batch.rows.len() < BATCH_MIN_COPY_ROWS
+            || self.row_by_row_lsn == Some(self.commit_end())
+            || stmt_triggers
+            || super::conflict::policy() != crate::catalog::Resolution::Error
+        {
             for m in batch.rows {
                 with_snapshot(|| self.insert_one(m));
             }
@@ -223,6 +228,7 @@ impl Applier {
     pub(super) fn drain_counts(&mut self, progress: &mut Progress) {
         progress.counters.deletes += std::mem::take(&mut self.batched_deleted);
         progress.counters.updates += std::mem::take(&mut self.batched_updated);
+        self.batched_conflicts.extend(super::conflict::take_counts());
         for (relid, t, n) in self.batched_conflicts.drain(..) {
             if n > 0 {
                 progress.counters.conflict(relid, t, n);

@@ -136,6 +136,7 @@ fn on_error(subid: i32, relid: u32, e: CaughtError) {
     });
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
+    super::conflict::write_pending_after_abort();
     super::disable_on_error(subid);
     e.rethrow()
 }
