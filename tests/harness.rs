@@ -39,6 +39,10 @@ use std::time::{Duration, Instant};
 
 pub use tokio_postgres;
 
+#[path = "harness_tls.rs"]
+pub mod tls;
+pub use tls::{openssl_cert, openssl_crl, openssl_server_cert, tls_publisher_opts};
+
 /// Result type of harness operations: errors are plain messages that say what failed.
 pub type Result<T> = std::result::Result<T, String>;
 

@@ -22,7 +22,7 @@ use pgsub_proto::conninfo;
 use pgsub_proto::frame::ReplicationFrame;
 use pgsub_proto::pgoutput::{Decoder, LogicalMessage, OldTuple, ReplicaIdentity, TupleValue};
 use pgsub_proto::Lsn;
-use pgsub_tests::{server_built_with, server_major, Cluster, ClusterOpts};
+use pgsub_tests::{openssl_cert, server_major, tls_publisher_opts, Cluster, ClusterOpts};
 use tokio_postgres::SimpleQueryMessage;
 
 /// Upper bound for waiting on replication frames or on a server-side effect.
@@ -42,11 +42,6 @@ fn connect(connstr: &str) -> Result<Client, Error> {
 
 fn must_connect(connstr: &str) -> Client {
     connect(connstr).unwrap_or_else(|e| panic!("connect {connstr:?}: {e}"))
-}
-
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn sh(cmd: &mut Command, what: &str) {
@@ -1187,46 +1182,16 @@ fn connection_errors_are_clear_and_within_connect_timeout() {
 // =============================================================================================
 // TLS
 
-fn openssl_self_signed(dir: &Path, stem: &str, name: &str) {
-    let key = dir.join(format!("{stem}.key"));
-    let crt = dir.join(format!("{stem}.crt"));
-    sh(
-        Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .arg("-subj")
-            .arg(format!("/CN={name}"))
-            .arg("-addext")
-            .arg(format!("subjectAltName=DNS:{name}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt),
-        "openssl req",
-    );
-    sh(Command::new("chmod").arg("600").arg(&key), "chmod key");
-    if running_as_root() {
-        sh(Command::new("chown").arg("postgres:").arg(&key).arg(&crt), "chown key");
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn tls_connections_and_a_large_stream_over_tls() {
     let t0 = Instant::now();
     // The client's TLS is under test, against a server built with OpenSSL: the system's
     // PostgreSQL 15 whatever the version under test (the 18 used here has no OpenSSL).
-    let opts = if server_built_with("--with-openssl") {
-        ClusterOpts::publisher()
-    } else {
-        ClusterOpts::publisher().with_server_bindir(PathBuf::from("/usr/lib/postgresql/15/bin"))
-    };
-    let mut cluster = Cluster::start(opts).expect("start publisher");
+    let mut cluster = Cluster::start(tls_publisher_opts()).expect("start publisher");
     let dir = cluster.dir().to_path_buf();
-    openssl_self_signed(&dir, "server", "pgsub.test");
-    openssl_self_signed(&dir, "other", "other.test");
-    cluster.add_conf("ssl = on").unwrap();
-    cluster.add_conf(&format!("ssl_cert_file = '{}'", dir.join("server.crt").display())).unwrap();
-    cluster.add_conf(&format!("ssl_key_file = '{}'", dir.join("server.key").display())).unwrap();
-    cluster.restart().expect("restart with ssl");
+    openssl_cert(&dir, "server", "pgsub.test", None).unwrap();
+    openssl_cert(&dir, "other", "other.test", None).unwrap();
+    cluster.enable_tls(None, &[]).expect("restart with ssl");
     cluster.psql("postgres", "CREATE ROLE tls_user LOGIN REPLICATION PASSWORD 'tls secret'").unwrap();
     cluster
         .set_hba(
@@ -1364,47 +1329,15 @@ fn libpq_connects(connstr: &str) -> Result<(), String> {
 /// both instead of trusting the system's roots.
 #[tokio::test(flavor = "current_thread")]
 async fn client_certificate_authentication_as_libpq() {
-    let opts = if server_built_with("--with-openssl") {
-        ClusterOpts::publisher()
-    } else {
-        ClusterOpts::publisher().with_server_bindir(PathBuf::from("/usr/lib/postgresql/15/bin"))
-    };
-    let mut cluster = Cluster::start(opts).expect("start publisher");
+    let mut cluster = Cluster::start(tls_publisher_opts()).expect("start publisher");
     let dir = cluster.dir().to_path_buf();
-    openssl_self_signed(&dir, "server", "pgsub.test");
-    // A CA, and a client certificate for cert_user signed by it.
-    openssl_self_signed(&dir, "ca", "pgsub test CA");
+    openssl_cert(&dir, "server", "pgsub.test", None).unwrap();
+    // A CA, and a client certificate for cert_user signed by it (key mode 0600).
+    openssl_cert(&dir, "ca", "pgsub test CA", None).unwrap();
+    openssl_cert(&dir, "client", "cert_user", Some("ca")).unwrap();
     let client_key = dir.join("client.key");
     let client_crt = dir.join("client.crt");
-    let csr = dir.join("client.csr");
-    sh(
-        Command::new("openssl")
-            .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-            .args(["-subj", "/CN=cert_user", "-keyout"])
-            .arg(&client_key)
-            .arg("-out")
-            .arg(&csr),
-        "openssl req (client)",
-    );
-    sh(
-        Command::new("openssl")
-            .args(["x509", "-req", "-days", "2", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(dir.join("ca.crt"))
-            .arg("-CAkey")
-            .arg(dir.join("ca.key"))
-            .args(["-CAcreateserial", "-out"])
-            .arg(&client_crt),
-        "openssl x509 (sign client)",
-    );
-    // The client's key belongs to this process's user, readable by it alone.
-    sh(Command::new("chmod").arg("600").arg(&client_key), "chmod client key");
-    cluster.add_conf("ssl = on").unwrap();
-    cluster.add_conf(&format!("ssl_cert_file = '{}'", dir.join("server.crt").display())).unwrap();
-    cluster.add_conf(&format!("ssl_key_file = '{}'", dir.join("server.key").display())).unwrap();
-    cluster.add_conf(&format!("ssl_ca_file = '{}'", dir.join("ca.crt").display())).unwrap();
-    cluster.restart().expect("restart with ssl");
+    cluster.enable_tls(Some("ca"), &[]).expect("restart with ssl");
     cluster.psql("postgres", "CREATE ROLE cert_user LOGIN REPLICATION").unwrap();
     cluster
         .set_hba(

@@ -5,8 +5,9 @@
 //! (lifecycle_test.rs has the basic non-superuser checks; this file goes through every function,
 //! view and message.)
 use pgsub_tests::{
-    assert_replicated_equal, assert_replicated_equal_for, must_fail, one, wait_for, wait_for_repeated_error,
-    wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes,
+    assert_replicated_equal, assert_replicated_equal_for, must_fail, one, openssl_cert, tls_publisher_opts, wait_for,
+    wait_for_repeated_error, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts,
+    TwoNodes,
 };
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -709,63 +710,6 @@ async fn owner_change_follows_the_same_rules_as_creation() {
     assert_replicated_equal_for(&p, &s, Some(&["os"])).await;
 }
 
-/// Runs a command, panicking with its output when it fails.
-fn run_ok(cmd: &mut std::process::Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// An EC key and certificate `<stem>.key/.crt` in `dir` for common name `cn`: self-signed, or
-/// signed by `<ca>.crt/.key`; both handed to the `postgres` OS user (who runs the servers, and
-/// whose processes — the apply worker among them — read them), the key with mode 0600.
-fn openssl_cert(dir: &std::path::Path, stem: &str, cn: &str, ca: Option<&str>) {
-    let key = dir.join(format!("{stem}.key"));
-    let crt = dir.join(format!("{stem}.crt"));
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    match ca {
-        None => run_ok(
-            std::process::Command::new("openssl")
-                .args(["req", "-x509", "-days", "2"])
-                .args(ec)
-                .args(["-subj", &format!("/CN={cn}"), "-addext", &format!("subjectAltName=DNS:{cn}"), "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&crt),
-            "openssl req -x509",
-        ),
-        Some(ca) => {
-            let csr = dir.join(format!("{stem}.csr"));
-            run_ok(
-                std::process::Command::new("openssl")
-                    .args(["req", "-new"])
-                    .args(ec)
-                    .args(["-subj", &format!("/CN={cn}"), "-keyout"])
-                    .arg(&key)
-                    .arg("-out")
-                    .arg(&csr),
-                "openssl req",
-            );
-            run_ok(
-                std::process::Command::new("openssl")
-                    .args(["x509", "-req", "-days", "2", "-in"])
-                    .arg(&csr)
-                    .arg("-CA")
-                    .arg(dir.join(format!("{ca}.crt")))
-                    .arg("-CAkey")
-                    .arg(dir.join(format!("{ca}.key")))
-                    .args(["-CAcreateserial", "-out"])
-                    .arg(&crt),
-                "openssl x509 -req",
-            );
-        }
-    }
-    run_ok(std::process::Command::new("chmod").arg("600").arg(&key), "chmod");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        run_ok(std::process::Command::new("chown").arg("postgres:").arg(&key).arg(&crt), "chown");
-    }
-}
-
 /// The apply worker (and the initial copy) over TLS with `sslmode=verify-full`, the publisher's
 /// certificate checked against a root file and its name, and certificate authentication with a
 /// client certificate signed by the publisher's CA (pg_hba `cert`, no password): streams, and
@@ -773,27 +717,12 @@ fn openssl_cert(dir: &std::path::Path, stem: &str, cn: &str, ca: Option<&str>) {
 /// certificate.
 #[tokio::test(flavor = "current_thread")]
 async fn apply_worker_streams_over_tls_with_verify_full_and_a_client_certificate() {
-    // The publisher's TLS comes from OpenSSL: the system's PostgreSQL 15 when the server under
-    // test is built without it (the subscriber's client is pgsub's own, rustls).
-    let popts = if pgsub_tests::server_built_with("--with-openssl") {
-        ClusterOpts::publisher()
-    } else {
-        ClusterOpts::publisher().with_server_bindir(std::path::PathBuf::from("/usr/lib/postgresql/15/bin"))
-    };
-    let mut nodes = TwoNodes::start_with(popts, ClusterOpts::subscriber()).expect("start");
+    let mut nodes = TwoNodes::start_with(tls_publisher_opts(), ClusterOpts::subscriber()).expect("start");
     let dir = nodes.publisher.dir().to_path_buf();
-    openssl_cert(&dir, "server", "pgsub.test", None);
-    openssl_cert(&dir, "ca", "pgsub test CA", None);
-    openssl_cert(&dir, "client", "repl_cert", Some("ca"));
-    for line in [
-        "ssl = on".to_string(),
-        format!("ssl_cert_file = '{}'", dir.join("server.crt").display()),
-        format!("ssl_key_file = '{}'", dir.join("server.key").display()),
-        format!("ssl_ca_file = '{}'", dir.join("ca.crt").display()),
-    ] {
-        nodes.publisher.add_conf(&line).unwrap();
-    }
-    nodes.publisher.restart().expect("restart the publisher with ssl");
+    openssl_cert(&dir, "server", "pgsub.test", None).unwrap();
+    openssl_cert(&dir, "ca", "pgsub test CA", None).unwrap();
+    openssl_cert(&dir, "client", "repl_cert", Some("ca")).unwrap();
+    nodes.publisher.enable_tls(Some("ca"), &[]).expect("restart the publisher with ssl");
     nodes
         .publisher
         .set_hba(

@@ -181,7 +181,7 @@ pub(crate) fn client_identity(
 }
 
 /// libpq's checks of a private key file: it exists, is a regular file, and is not open to others
-/// (u=rw or less when owned by the current user; u=rw,g=r or less when owned by root).
+/// (u=rw or less; u=rw,g=r or less when owned by root).
 fn check_key_file(path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)
@@ -190,9 +190,10 @@ fn check_key_file(path: &Path) -> Result<(), Error> {
         return Err(tls_err(format!("private key file \"{}\" is not a regular file", path.display())));
     }
     let mode = meta.mode();
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    let open_to_others = (meta.uid() == me && mode & 0o077 != 0) || (meta.uid() == 0 && mode & 0o037 != 0);
+    // libpq's rule looks at the owner only to tell root from anyone else: a file this process
+    // can read despite such modes is its own (or root's), and a key of another user that others
+    // may read is refused too.
+    let open_to_others = if meta.uid() == 0 { mode & 0o037 != 0 } else { mode & 0o077 != 0 };
     if open_to_others {
         return Err(tls_err(format!(
             "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
