@@ -22,7 +22,9 @@ use pgsub_proto::conninfo;
 use pgsub_proto::frame::ReplicationFrame;
 use pgsub_proto::pgoutput::{Decoder, LogicalMessage, OldTuple, ReplicaIdentity, TupleValue};
 use pgsub_proto::Lsn;
-use pgsub_tests::{openssl_cert, server_major, tls_publisher_opts, Cluster, ClusterOpts};
+use pgsub_tests::{
+    openssl_cert, openssl_crl, openssl_server_cert, server_major, tls_publisher_opts, Cluster, ClusterOpts,
+};
 use tokio_postgres::SimpleQueryMessage;
 
 /// Upper bound for waiting on replication frames or on a server-side effect.
@@ -1391,5 +1393,127 @@ async fn client_certificate_authentication_as_libpq() {
         let verify = format!("{verify} sslrootcert={}", q(&dir.join("server.crt")));
         libpq_connects(&verify).unwrap_or_else(|e| panic!("psql verify-ca with the root: {e}"));
         must_connect(&verify).close();
+    }
+}
+
+/// psql's outcome for a connection string, without a terminal (OpenSSL cannot prompt for a key
+/// passphrase, as in a server process): Ok, or its error text.
+fn libpq_connects_detached(connstr: &str) -> Result<(), String> {
+    let out = Command::new("setsid")
+        .args(["-w", "/usr/lib/postgresql/15/bin/psql", "-X", "-A", "-t", "-d", connstr, "-c", "SELECT 1"])
+        .env_remove("PGPASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The TLS settings libpq has beyond sslmode, each compared with psql (libpq) case by case
+/// against a publisher whose certificate a test CA signed: an encrypted client key
+/// (`sslpassword`: right, wrong, missing), revocation lists (`sslcrl`, `sslcrldir`: revoked is
+/// refused, a list that does not name the certificate passes, a list file that does not exist is
+/// ignored), and the protocol version bounds against a server that speaks TLSv1.3 only.
+#[tokio::test(flavor = "current_thread")]
+async fn encrypted_keys_revocation_lists_and_tls_versions_as_libpq() {
+    let mut cluster = Cluster::start(tls_publisher_opts()).expect("start publisher");
+    let dir = cluster.dir().to_path_buf();
+    openssl_cert(&dir, "ca", "pgsub test CA", None).unwrap();
+    openssl_server_cert(&dir, "server", "pgsub.test", "ca").unwrap();
+    openssl_server_cert(&dir, "other", "other.test", "ca").unwrap();
+    openssl_cert(&dir, "client", "cert_user", Some("ca")).unwrap();
+    // The client's key encrypted as `openssl pkcs8 -topk8 -v2 aes256` writes it.
+    let enc_key = dir.join("client.enc.key");
+    sh(
+        Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-v2", "aes256", "-passout", "pass:key pass 42", "-in"])
+            .arg(dir.join("client.key"))
+            .arg("-out")
+            .arg(&enc_key),
+        "openssl pkcs8 -topk8",
+    );
+    sh(Command::new("chmod").arg("600").arg(&enc_key), "chmod");
+    // Lists: one revoking the server's certificate, one revoking another; a directory holding
+    // the first under OpenSSL's hashed name (`openssl rehash`), as sslcrldir wants.
+    let revoked = openssl_crl(&dir, "ca", &["server"], "revoked.crl").unwrap();
+    let clean = openssl_crl(&dir, "ca", &["other"], "clean.crl").unwrap();
+    let crldir = dir.join("crls");
+    std::fs::create_dir_all(&crldir).unwrap();
+    std::fs::copy(&revoked, crldir.join("revoked.pem")).unwrap();
+    sh(Command::new("openssl").arg("rehash").arg(&crldir), "openssl rehash");
+    cluster.enable_tls(Some("ca"), &["ssl_min_protocol_version = 'TLSv1.3'"]).expect("restart with ssl");
+    cluster.psql("postgres", "CREATE ROLE cert_user LOGIN REPLICATION").unwrap();
+    cluster
+        .set_hba(
+            "local all all trust\n\
+             hostssl all cert_user 127.0.0.1/32 cert\n\
+             host all postgres 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+    let q = |p: &Path| conninfo::quote_value(&p.display().to_string());
+    let base = format!(
+        "{} connect_timeout=5 sslmode=verify-ca sslrootcert={} sslcert={}",
+        cluster.connstr("cert_user", "postgres"),
+        q(&dir.join("ca.crt")),
+        q(&dir.join("client.crt"))
+    );
+    let limit = Duration::from_secs(5 + 1);
+    let both_connect = |label: &str, connstr: &str| {
+        libpq_connects_detached(connstr).unwrap_or_else(|e| panic!("{label}: psql: {e}"));
+        let mut c = connect(connstr).unwrap_or_else(|e| panic!("{label}: pgsub: {e}"));
+        assert!(c.uses_tls() && !c.used_password(), "{label}");
+        c.identify_system().unwrap_or_else(|e| panic!("{label}: IDENTIFY_SYSTEM: {e}"));
+        c.close();
+    };
+    let both_fail = |label: &str, connstr: &str, libpq_says: &str, pgsub_says: &str| {
+        let libpq = libpq_connects_detached(connstr).expect_err(&format!("{label}: psql connected"));
+        let (e, _) = failing(connstr, limit);
+        assert!(libpq.contains(libpq_says), "{label}: psql said: {libpq}");
+        assert!(e.to_string().to_lowercase().contains(&pgsub_says.to_lowercase()), "{label}: pgsub said: {e}");
+    };
+
+    // sslpassword.
+    let keyed = format!("{base} sslkey={}", q(&enc_key));
+    both_connect("right sslpassword", &format!("{keyed} sslpassword='key pass 42'"));
+    both_fail(
+        "wrong sslpassword",
+        &format!("{keyed} sslpassword=wrong"),
+        "could not load private key file",
+        "bad decrypt",
+    );
+    both_fail("no sslpassword", &keyed, "could not load private key file", "could not load private key file");
+    let plain = format!("{base} sslkey={}", q(&dir.join("client.key")));
+
+    // Revocation lists: only checked along a root file, as the chain is.
+    both_connect("no list", &plain);
+    both_fail("revoked (sslcrl)", &format!("{plain} sslcrl={}", q(&revoked)), "certificate", "revoked");
+    both_fail("revoked (sslcrldir)", &format!("{plain} sslcrldir={}", q(&crldir)), "certificate", "revoked");
+    both_connect("a list revoking another certificate", &format!("{plain} sslcrl={}", q(&clean)));
+    both_connect("a list file that does not exist", &format!("{plain} sslcrl={}", q(&dir.join("none.crl"))));
+    // require with a root file verifies the chain, so the list applies too.
+    both_fail(
+        "revoked under require",
+        &format!("{} sslcrl={}", plain.replace("sslmode=verify-ca", "sslmode=require"), q(&revoked)),
+        "certificate",
+        "revoked",
+    );
+
+    // Protocol versions: the server speaks TLSv1.3 only.
+    both_connect("min TLSv1.3", &format!("{plain} ssl_min_protocol_version=TLSv1.3"));
+    both_fail(
+        "max TLSv1.2 against a TLSv1.3 server",
+        &format!("{plain} ssl_max_protocol_version=TLSv1.2"),
+        "SSL error",
+        "protocol",
+    );
+    // An empty range: both refuse the string itself.
+    let empty = format!("{plain} ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2");
+    let libpq = libpq_connects_detached(&empty).expect_err("psql with an empty range");
+    let e = conninfo::parse(&empty).expect_err("pgsub with an empty range").to_string();
+    for text in [libpq.as_str(), e.as_str()] {
+        assert!(text.contains("invalid SSL protocol version range"), "psql: {libpq}; pgsub: {e}");
     }
 }
