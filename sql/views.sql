@@ -32,6 +32,8 @@ SELECT s.subname,
        s.origin,
        s.disable_on_error,
        s.synchronous_commit,
+       s.run_as_owner,
+       s.password_required,
        s.skip_lsn,
        s.created_at,
        s.subid
@@ -151,13 +153,13 @@ JOIN pg_catalog.pg_database d ON d.oid = x.dboid;
 -- Management is for superusers and pgsub_admin; the views and their helpers are for everyone
 -- (the server-wide ones for pgsub_admin and pg_monitor: they show other databases).
 REVOKE EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, boolean, boolean),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text),
+    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, boolean, boolean),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
@@ -166,13 +168,13 @@ REVOKE EXECUTE ON FUNCTION
     pgsub.reset_stats(text)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, boolean, boolean),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text),
+    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, boolean, boolean),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),

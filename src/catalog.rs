@@ -26,6 +26,11 @@ pub struct Subscription {
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
+    /// PostgreSQL 16's `run_as_owner`: apply as the subscription owner (true) or as each
+    /// table's owner (false, the default).
+    pub run_as_owner: bool,
+    /// PostgreSQL 16's `password_required` (only a superuser may turn it off).
+    pub password_required: bool,
     pub skip_lsn: Option<Lsn>,
     /// The owner is a superuser (read with the row). Otherwise the publisher connection must
     /// authenticate with a password given in `conninfo` (see `publisher::connect`).
@@ -33,6 +38,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Whether the publisher connection must authenticate with a password given in `conninfo`
+    /// (native 16: the owner is not a superuser and `password_required` is on).
+    pub fn must_use_password(&self) -> bool {
+        !self.owner_superuser && self.password_required
+    }
+
     /// Replication origin that records how far this subscription has applied.
     pub fn origin_name(&self) -> String {
         origin_name(self.subid)
@@ -56,6 +67,7 @@ impl Subscription {
             &self.synchronous_commit,
         )
             .hash(&mut h);
+        (self.run_as_owner, self.password_required).hash(&mut h);
         h.finish()
     }
 }
@@ -95,7 +107,8 @@ pub fn origin_name(subid: i32) -> String {
 const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, conninfo, publications, \
      coalesce(slot_name::text, subname::text), copy_data, \"binary\", streaming, two_phase, origin, \
      disable_on_error, synchronous_commit, skip_lsn::text, \
-     coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false)";
+     coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false), \
+     run_as_owner, password_required";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -115,6 +128,8 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         synchronous_commit: row.get::<String>(14)?.unwrap_or_else(|| "off".into()),
         skip_lsn: row.get::<String>(15)?.and_then(|s| s.parse().ok()),
         owner_superuser: row.get::<bool>(16)?.unwrap_or(false),
+        run_as_owner: row.get::<bool>(17)?.unwrap_or(false),
+        password_required: row.get::<bool>(18)?.unwrap_or(true),
     })
 }
 
@@ -382,6 +397,8 @@ pub struct Options {
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
+    pub run_as_owner: bool,
+    pub password_required: bool,
 }
 
 /// A subscription id no subscription of any database of the server uses. Ids name replication
@@ -416,8 +433,9 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
     let subid = free_subid()?;
     Spi::get_one_with_args::<i32>(
         "INSERT INTO pgsub.sub (subid, subname, subowner, enabled, conninfo, publications, slot_name, \
-         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit) \
-         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING subid",
+         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit, \
+         run_as_owner, password_required) \
+         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16) RETURNING subid",
         &[
             sub.name.into(),
             sub.owner.into(),
@@ -433,6 +451,8 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
             o.disable_on_error.into(),
             o.synchronous_commit.as_str().into(),
             subid.into(),
+            o.run_as_owner.into(),
+            o.password_required.into(),
         ],
     )
 }
@@ -453,6 +473,8 @@ pub enum Change<'a> {
         synchronous_commit: Option<&'a str>,
         origin: Option<&'a str>,
         slot_name: Option<&'a str>,
+        run_as_owner: Option<bool>,
+        password_required: Option<bool>,
     },
     Name(&'a str),
     Owner(pg_sys::Oid),
@@ -467,22 +489,33 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
         Change::Publications(p) => {
             Spi::run_with_args("UPDATE pgsub.sub SET publications = $2 WHERE subid = $1", &[subid.into(), p.into()])
         }
-        Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name } => {
-            Spi::run_with_args(
-                "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
+        Change::Options {
+            binary,
+            streaming,
+            disable_on_error,
+            synchronous_commit,
+            origin,
+            slot_name,
+            run_as_owner,
+            password_required,
+        } => Spi::run_with_args(
+            "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
              disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
-             origin = coalesce($6, origin), slot_name = coalesce($7, slot_name) WHERE subid = $1",
-                &[
-                    subid.into(),
-                    binary.into(),
-                    streaming.into(),
-                    disable_on_error.into(),
-                    synchronous_commit.into(),
-                    origin.into(),
-                    slot_name.into(),
-                ],
-            )
-        }
+             origin = coalesce($6, origin), slot_name = coalesce($7, slot_name), \
+             run_as_owner = coalesce($8, run_as_owner), password_required = coalesce($9, password_required) \
+             WHERE subid = $1",
+            &[
+                subid.into(),
+                binary.into(),
+                streaming.into(),
+                disable_on_error.into(),
+                synchronous_commit.into(),
+                origin.into(),
+                slot_name.into(),
+                run_as_owner.into(),
+                password_required.into(),
+            ],
+        ),
         Change::Name(n) => {
             Spi::run_with_args("UPDATE pgsub.sub SET subname = $2 WHERE subid = $1", &[subid.into(), n.into()])
         }

@@ -22,6 +22,7 @@ use super::batch::{
 };
 use super::errctx;
 use super::execute::{check_width, execute, in_context, key_bytes, key_mask, missing_row, set_mask, with_snapshot};
+use super::owner;
 use super::progress::Progress;
 use super::relation::{self, bind_local, cstring, free_plans, PlanKey, RelEntry};
 use crate::catalog::{SubRel, SyncState};
@@ -463,7 +464,7 @@ impl Applier {
                     nulls.push(n);
                 }
             }
-            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32);
+            owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32));
         });
     }
 
@@ -568,7 +569,7 @@ impl Applier {
                     nulls.push(n);
                 }
             }
-            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32)
+            owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32))
         });
         if processed == 0 {
             let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
@@ -634,7 +635,7 @@ impl Applier {
                         nulls.push(n);
                     }
                 }
-                execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32)
+                owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32))
             })
         });
         if processed == 0 {
@@ -651,11 +652,12 @@ impl Applier {
         self.flush_batches();
         self.drain_counts(progress);
         errctx::set_message("TRUNCATE", None);
-        let mut targets = Vec::new();
+        let (mut targets, mut relids) = (Vec::new(), Vec::new());
         for oid in &m.rel_oids {
             if let Some(entry) = self.target(*oid) {
                 if let Some(l) = &entry.local {
                     targets.push(format!("{}{}", l.only, l.qualified));
+                    relids.push(l.relid);
                 }
             }
         }
@@ -666,7 +668,7 @@ impl Applier {
         // Like native: never cascade further on the subscriber.
         let sql =
             format!("TRUNCATE {}{}", targets.join(", "), if m.restart_identity { " RESTART IDENTITY" } else { "" });
-        if let Err(e) = Spi::run(&sql) {
+        if let Err(e) = owner::truncate_as_owners(&relids, || Spi::run(&sql)) {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("TRUNCATE failed: {e}"), None, None);
         }
         progress.counters.truncates += targets.len() as i64;

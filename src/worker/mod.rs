@@ -22,6 +22,7 @@ mod batch;
 pub mod copyin;
 pub mod errctx;
 mod execute;
+mod owner;
 pub mod progress;
 mod receive;
 mod relation;
@@ -329,6 +330,7 @@ fn run(subid: i32) {
 /// Session settings shared by the apply worker and the sync workers.
 pub(crate) fn setup_session(sub: &Subscription) {
     errctx::init(&sub.name, &sub.origin_name());
+    owner::set_run_as_owner(sub.run_as_owner);
     set_guc("session_replication_role", "replica");
     set_guc("search_path", "");
     set_guc("synchronous_commit", &sub.synchronous_commit);
@@ -343,7 +345,7 @@ fn connect_and_start(
     before: impl FnOnce(&mut Client),
 ) -> Option<(Client, PgOutputOptions)> {
     let mut client =
-        match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), !sub.owner_superuser) {
+        match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), sub.must_use_password()) {
             Ok(c) => c,
             Err(ProtoError::Interrupted) => return None,
             Err(e) => {
