@@ -241,7 +241,11 @@ pub struct Config {
     pub port: u16,
     pub dbname: String,
     pub user: String,
+    /// The first host's password (see `host_passwords`).
     pub password: Option<String>,
+    /// The password for each host (as many as `hosts`): `password` from the string or
+    /// `PGPASSWORD`, else that host's entry of the password file, as libpq looks it up per host.
+    pub host_passwords: Vec<Option<String>>,
     pub sslmode: SslMode,
     /// Root certificates (PEM) for `verify-ca`/`verify-full`; the literal path `system` (or none)
     /// means the operating system's trust store.
@@ -284,6 +288,7 @@ impl fmt::Debug for Config {
             .field("dbname", &self.dbname)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| MASK))
+            .field("host_passwords", &self.host_passwords.iter().map(|p| p.as_ref().map(|_| MASK)).collect::<Vec<_>>())
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
             .field("sslcert", &self.sslcert)

@@ -110,7 +110,16 @@ impl Client {
                     (Some(a), Host::Unix(_)) => Host::Tcp(a.clone()),
                     _ => host.clone(),
                 };
-                let mut client = match Self::connect_host(cfg, &host, port, replication, waiter) {
+                // Each host with its own password-file entry (libpq).
+                let own;
+                let cfg_host = match cfg.host_passwords.get(i) {
+                    Some(pw) if *pw != cfg.password => {
+                        own = Config { password: pw.clone(), ..cfg.clone() };
+                        &own
+                    }
+                    _ => cfg,
+                };
+                let mut client = match Self::connect_host(cfg_host, &host, port, replication, waiter) {
                     Ok(c) => c,
                     Err((e, _, _)) if matches!(e, Error::Interrupted | Error::Config(_)) => return Err(e),
                     Err((e, w, _)) => {

@@ -22,7 +22,9 @@
 //! checked whenever the chain is, as libpq with OpenSSL's CRL_CHECK_ALL: every certificate of
 //! the chain below the root must be covered by a current list of its issuer, a revoked one is
 //! refused. A named list file or directory that does not exist is ignored (libpq's "we do not
-//! require CRL"); one that does not parse is an error.
+//! require CRL"); one that does not parse is an error. A self-signed server certificate accepted
+//! because the root file lists it verbatim is not checked against the lists (OpenSSL would want
+//! a list issued by that certificate itself).
 //!
 //! The TLS versions offered are those of TLSv1.2 and TLSv1.3 (all rustls speaks) within
 //! `ssl_min_protocol_version`..`ssl_max_protocol_version`; the host name goes out as SNI unless

@@ -78,10 +78,16 @@ pub(super) fn build_config(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Re
     let connect_timeout = connect_timeout(&s)?;
     let application_name = s.get("application_name").or_else(|| s.get("fallback_application_name")).map(str::to_string);
     let options = s.get("options").map(str::to_string);
-    let password = match s.get("password") {
-        Some(p) => Some(p.to_string()),
-        None => password_from_passfile(&s, &hosts[0], port, &dbname, &user),
-    };
+    // libpq: the string's password, else each host's own entry of the password file.
+    let host_passwords: Vec<Option<String>> = hosts
+        .iter()
+        .zip(&ports)
+        .map(|(h, p)| match s.get("password") {
+            Some(pw) => Some(pw.to_string()),
+            None => password_from_passfile(&s, h, *p, &dbname, &user),
+        })
+        .collect();
+    let password = host_passwords[0].clone();
     let path = |k: &str| s.get(k).map(PathBuf::from);
     Ok(Config {
         hosts,
@@ -91,6 +97,7 @@ pub(super) fn build_config(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Re
         dbname,
         user,
         password,
+        host_passwords,
         sslmode,
         sslrootcert,
         sslcert: s.get("sslcert").filter(|v| !v.is_empty()).map(PathBuf::from),
@@ -262,7 +269,7 @@ fn connect_timeout(s: &Settings<'_>) -> Result<Option<Duration>, ConnInfoError> 
     Ok((n > 0).then(|| Duration::from_secs(n.max(2) as u64)))
 }
 
-/// The password file's entry for the first host: `passfile`, else `~/.pgpass`.
+/// The password file's entry for one host: `passfile`, else `~/.pgpass`.
 fn password_from_passfile(s: &Settings<'_>, host: &Host, port: u16, dbname: &str, user: &str) -> Option<String> {
     let passfile = s
         .get("passfile")

@@ -370,6 +370,13 @@ fn pgpass_lookup() {
     // Explicit password wins.
     let c = parse_with_env("host=db:x dbname=mydb password=given", &env).unwrap();
     assert_eq!(c.password.as_deref(), Some("given"));
+    // Several hosts: each host and port has its own entry (libpq); an explicit one is for all.
+    let c = parse_with_env("host=other,db:x,elsewhere port=5432,6000,5432 dbname=mydb", &env).unwrap();
+    assert_eq!(c.host_passwords, vec![Some("nope".to_string()), Some(r"pa:ss\w".to_string()), None]);
+    assert_eq!(c.password.as_deref(), Some("nope"));
+    assert!(!format!("{c:?}").contains("nope"), "masked in Debug");
+    let c = parse_with_env("host=other,db:x port=5432,6000 dbname=mydb password=given", &env).unwrap();
+    assert_eq!(c.host_passwords, vec![Some("given".to_string()); 2]);
     // passfile keyword, HOME fallback.
     let c = parse_with_env(&format!("passfile={fs} dbname=x"), &env_of(&[("PGUSER", "bob")])).unwrap();
     assert_eq!(c.password.as_deref(), Some("sock"));
