@@ -39,6 +39,11 @@ pub(crate) fn as_table_owner<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R 
         return f();
     }
     let Some(owner) = rel_owner(relid) else { return f() };
+    // SAFETY: reads this backend's current user id.
+    if owner == unsafe { pg_sys::GetUserId() } {
+        // Switching to oneself changes nothing (native does it anyway): skip the lookups.
+        return f();
+    }
     let ctx = switch_to_untrusted_user(owner);
     let r = f();
     ctx.restore();
