@@ -25,6 +25,11 @@ CREATE TABLE pgsub.sub (
     origin             text    NOT NULL DEFAULT 'any' CHECK (origin IN ('any', 'none')),
     disable_on_error   boolean NOT NULL DEFAULT false,
     synchronous_commit text    NOT NULL DEFAULT 'off',
+    -- PostgreSQL 16's privilege options: apply as each table's owner unless run_as_owner; a
+    -- non-superuser owner must authenticate with a password unless a superuser turned
+    -- password_required off.
+    run_as_owner       boolean NOT NULL DEFAULT false,
+    password_required  boolean NOT NULL DEFAULT true,
     skip_lsn           pg_lsn,
     conflict_resolution text   NOT NULL DEFAULT 'error'
         CHECK (conflict_resolution IN ('error', 'apply_remote', 'keep_local', 'last_update_wins', 'first_update_wins')),

@@ -26,6 +26,11 @@ pub struct Subscription {
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
+    /// PostgreSQL 16's `run_as_owner`: apply as the subscription owner (true) or as each
+    /// table's owner (false, the default).
+    pub run_as_owner: bool,
+    /// PostgreSQL 16's `password_required` (only a superuser may turn it off).
+    pub password_required: bool,
     pub skip_lsn: Option<Lsn>,
     /// What the apply worker does with a conflict.
     pub conflict_resolution: Resolution,
@@ -35,6 +40,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Whether the publisher connection must authenticate with a password given in `conninfo`
+    /// (native 16: the owner is not a superuser and `password_required` is on).
+    pub fn must_use_password(&self) -> bool {
+        !self.owner_superuser && self.password_required
+    }
+
     /// Replication origin that records how far this subscription has applied.
     pub fn origin_name(&self) -> String {
         origin_name(self.subid)
@@ -59,6 +70,7 @@ impl Subscription {
             self.conflict_resolution.as_str(),
         )
             .hash(&mut h);
+        (self.run_as_owner, self.password_required).hash(&mut h);
         h.finish()
     }
 }
@@ -99,7 +111,7 @@ const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, connin
      coalesce(slot_name::text, subname::text), copy_data, \"binary\", streaming, two_phase, origin, \
      disable_on_error, synchronous_commit, skip_lsn::text, \
      coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false), \
-     conflict_resolution";
+     run_as_owner, password_required, conflict_resolution";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -119,7 +131,9 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         synchronous_commit: row.get::<String>(14)?.unwrap_or_else(|| "off".into()),
         skip_lsn: row.get::<String>(15)?.and_then(|s| s.parse().ok()),
         owner_superuser: row.get::<bool>(16)?.unwrap_or(false),
-        conflict_resolution: row.get::<String>(17)?.and_then(|r| Resolution::parse(&r)).unwrap_or_default(),
+        run_as_owner: row.get::<bool>(17)?.unwrap_or(false),
+        password_required: row.get::<bool>(18)?.unwrap_or(true),
+        conflict_resolution: row.get::<String>(19)?.and_then(|r| Resolution::parse(&r)).unwrap_or_default(),
     })
 }
 
@@ -387,6 +401,8 @@ pub struct Options {
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
+    pub run_as_owner: bool,
+    pub password_required: bool,
     pub conflict_resolution: Resolution,
 }
 
@@ -423,8 +439,8 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
     Spi::get_one_with_args::<i32>(
         "INSERT INTO pgsub.sub (subid, subname, subowner, enabled, conninfo, publications, slot_name, \
          copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit, \
-         conflict_resolution) \
-         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15) RETURNING subid",
+         run_as_owner, password_required, conflict_resolution) \
+         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16, $17) RETURNING subid",
         &[
             sub.name.into(),
             sub.owner.into(),
@@ -440,6 +456,8 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
             o.disable_on_error.into(),
             o.synchronous_commit.as_str().into(),
             subid.into(),
+            o.run_as_owner.into(),
+            o.password_required.into(),
             o.conflict_resolution.as_str().into(),
         ],
     )
@@ -461,6 +479,8 @@ pub enum Change<'a> {
         synchronous_commit: Option<&'a str>,
         origin: Option<&'a str>,
         slot_name: Option<&'a str>,
+        run_as_owner: Option<bool>,
+        password_required: Option<bool>,
         conflict_resolution: Option<Resolution>,
     },
     Name(&'a str),
@@ -483,12 +503,15 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
             synchronous_commit,
             origin,
             slot_name,
+            run_as_owner,
+            password_required,
             conflict_resolution,
         } => Spi::run_with_args(
             "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
              disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
              origin = coalesce($6, origin), slot_name = coalesce($7, slot_name), \
-             conflict_resolution = coalesce($8, conflict_resolution) WHERE subid = $1",
+             run_as_owner = coalesce($8, run_as_owner), password_required = coalesce($9, password_required), \
+             conflict_resolution = coalesce($10, conflict_resolution) WHERE subid = $1",
             &[
                 subid.into(),
                 binary.into(),
@@ -497,6 +520,8 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
                 synchronous_commit.into(),
                 origin.into(),
                 slot_name.into(),
+                run_as_owner.into(),
+                password_required.into(),
                 conflict_resolution.map(Resolution::as_str).into(),
             ],
         ),

@@ -39,6 +39,7 @@ pub(super) fn required<T>(v: Option<T>, arg: &str) -> T {
 /// the worker applies them with the owner's privileges, so another pgsub_admin member could
 /// otherwise point a superuser's subscription at a publisher of their own and write any table.
 pub(super) fn require_owner_privileges(sub: &Subscription) {
+    require_superuser_if_passwordless(sub);
     let caller = caller();
     // SAFETY: catalog lookups inside a transaction.
     let ok =
@@ -56,6 +57,27 @@ pub(super) fn require_owner_privileges(sub: &Subscription) {
             ),
             Some("Ask its owner or a superuser, or create a subscription of your own."),
         );
+    }
+}
+
+/// Native 16: `password_required => false` is for superusers to set.
+pub(super) fn require_superuser_for_password_required_false() {
+    // SAFETY: catalog lookup inside a transaction.
+    if !unsafe { pg_sys::superuser_arg(caller()) } {
+        error(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "password_required=false is superuser-only",
+            None,
+            Some("Subscriptions with the password_required option set to false may only be created or modified by the superuser."),
+        );
+    }
+}
+
+/// Native 16: a subscription with `password_required => false` may only be changed by a
+/// superuser (dropping it stays open to its owner).
+pub(super) fn require_superuser_if_passwordless(sub: &Subscription) {
+    if !sub.password_required {
+        require_superuser_for_password_required_false();
     }
 }
 

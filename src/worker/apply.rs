@@ -23,6 +23,7 @@ use super::batch::{
 use super::conflict;
 use super::errctx;
 use super::execute::{check_width, execute, in_context, key_bytes, key_mask, missing_row, set_mask, with_snapshot};
+use super::owner;
 use super::progress::Progress;
 use super::relation::{self, bind_local, cstring, free_plans, PlanKey, RelEntry};
 use crate::catalog::{Resolution, SubRel, SyncState};
@@ -469,7 +470,7 @@ impl Applier {
                     nulls.push(n);
                 }
             }
-            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32)
+            owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32))
         });
         if detect && processed == 0 {
             let remote_values = conflict::RemoteValues::of(local, &m.new, binary, cxt);
@@ -596,7 +597,7 @@ impl Applier {
                     nulls.push(n);
                 }
             }
-            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32)
+            owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32))
         });
         if processed == 0 {
             let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
@@ -675,7 +676,7 @@ impl Applier {
                         nulls.push(n);
                     }
                 }
-                execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32)
+                owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32))
             })
         });
         if processed == 0 {
@@ -692,11 +693,12 @@ impl Applier {
         self.flush_batches();
         self.drain_counts(progress);
         errctx::set_message("TRUNCATE", None);
-        let mut targets = Vec::new();
+        let (mut targets, mut relids) = (Vec::new(), Vec::new());
         for oid in &m.rel_oids {
             if let Some(entry) = self.target(*oid) {
                 if let Some(l) = &entry.local {
                     targets.push(format!("{}{}", l.only, l.qualified));
+                    relids.push(l.relid);
                 }
             }
         }
@@ -707,7 +709,7 @@ impl Applier {
         // Like native: never cascade further on the subscriber.
         let sql =
             format!("TRUNCATE {}{}", targets.join(", "), if m.restart_identity { " RESTART IDENTITY" } else { "" });
-        if let Err(e) = Spi::run(&sql) {
+        if let Err(e) = owner::truncate_as_owners(&relids, || Spi::run(&sql)) {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("TRUNCATE failed: {e}"), None, None);
         }
         progress.counters.truncates += targets.len() as i64;

@@ -126,7 +126,7 @@ impl Applier {
         }
         // One COPY FROM call per run (bench/NOTES.md, 1: smaller calls save CPU in the resource
         // owner but not time, and cost memory).
-        with_snapshot(|| copyin::copy_into(relid, &columns, buf, binary));
+        with_snapshot(|| super::owner::as_table_owner(relid, || copyin::copy_into(relid, &columns, buf, binary)));
     }
 
     /// Applies the collected updates with one `UPDATE … FROM unnest(…) WITH ORDINALITY …
@@ -168,7 +168,10 @@ impl Applier {
                     .iter()
                     .map(|&c| local.cols[c].array_of(batch.rows.iter().map(|m| m.new.columns.get(c)), n, binary))
                     .collect();
-                run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
+                let relid = local.relid;
+                super::owner::as_table_owner(relid, || {
+                    run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
+                })
             })
         });
         let target = |i: usize| with_snapshot(|| local.row_target(&batch.rows[i].new, &batch.key, binary, cxt));
@@ -206,7 +209,10 @@ impl Applier {
                         local.cols[c].array_of(olds, n, binary)
                     })
                     .collect();
-                run_batch(plan, &mut values, pg_sys::SPI_OK_DELETE_RETURNING as i32, n)
+                let relid = local.relid;
+                super::owner::as_table_owner(relid, || {
+                    run_batch(plan, &mut values, pg_sys::SPI_OK_DELETE_RETURNING as i32, n)
+                })
             })
         });
         let target = |i: usize| {

@@ -766,7 +766,7 @@ fn overwrite(local: &LocalRel, rows: &[LocalRow], values: &RemoteValues, present
         local.qualified,
         sets.join(", ")
     );
-    run(&sql, &p);
+    run(local, &sql, &p);
 }
 
 /// Deletes the given local rows.
@@ -779,13 +779,15 @@ fn remove(local: &LocalRel, rows: &[LocalRow]) {
             "DELETE FROM {}{} t WHERE t.tableoid = {o}::pg_catalog.oid AND t.ctid = {t}::pg_catalog.tid",
             local.only, local.qualified
         );
-        run(&sql, &p);
+        run(local, &sql, &p);
     }
 }
 
-fn run(sql: &str, p: &Params) {
+fn run(local: &LocalRel, sql: &str, p: &Params) {
     let args = p.args();
-    let r = super::triggers::apply_statement(|| Spi::run_with_args(sql, &args));
+    let r = super::owner::as_table_owner(local.relid, || {
+        super::triggers::apply_statement(|| Spi::run_with_args(sql, &args))
+    });
     if let Err(e) = r {
         report::error(Code::ERRCODE_INTERNAL_ERROR, format!("resolving a conflict: {e}"), None, None);
     }

@@ -23,6 +23,7 @@ mod conflict;
 pub mod copyin;
 pub mod errctx;
 mod execute;
+mod owner;
 pub mod progress;
 mod receive;
 mod relation;
@@ -328,6 +329,7 @@ fn run(subid: i32) {
 pub(crate) fn setup_session(sub: &Subscription) {
     errctx::init(&sub.name, &sub.origin_name());
     conflict::init(sub.subid, sub.conflict_resolution);
+    owner::set_run_as_owner(sub.run_as_owner);
     set_guc("session_replication_role", "replica");
     set_guc("search_path", "");
     set_guc("synchronous_commit", &sub.synchronous_commit);
@@ -342,7 +344,7 @@ fn connect_and_start(
     before: impl FnOnce(&mut Client),
 ) -> Option<(Client, PgOutputOptions)> {
     let mut client =
-        match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), !sub.owner_superuser) {
+        match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), sub.must_use_password()) {
             Ok(c) => c,
             Err(ProtoError::Interrupted) => return None,
             Err(e) => {

@@ -387,7 +387,7 @@ fn slot_exists(sub: &Subscription, client: &mut Client, slot: &str) -> bool {
 
 fn connect(sub: &Subscription) -> Option<Client> {
     let app = format!("{} sync", sub.name);
-    match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&app), !sub.owner_superuser) {
+    match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&app), sub.must_use_password()) {
         Ok(c) => Some(c),
         Err(ProtoError::Interrupted) => None,
         Err(e) => fail(sub, &e, "could not connect to the publisher"),
