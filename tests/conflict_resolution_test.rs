@@ -293,3 +293,102 @@ async fn bidirectional_pair_converges_under_last_update_wins() {
     assert_replicated_equal(&ca, &cb).await;
     assert_replicated_equal(&cb, &ca).await;
 }
+
+/// What each policy promises for each type, provoked with the remote change newer than the local
+/// one: (policy, remote change applied?). Under `error` an origin difference is applied (as
+/// natively) and a unique conflict stops apply until the local row is removed.
+#[tokio::test(flavor = "current_thread")]
+async fn every_policy_on_every_type() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, u int UNIQUE, v text)";
+    p.batch_execute(&format!(
+        "{ddl}; CREATE PUBLICATION pub FOR TABLE t;
+         INSERT INTO t SELECT g, g, 'v' || g FROM generate_series(1, 1000) g"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    let mut marker = 0;
+    // Applies a publisher change and waits until the subscriber has applied everything before it.
+    async fn publish(p: &tokio_postgres::Client, s: &tokio_postgres::Client, sql: &str, marker: &mut i32) {
+        *marker += 1;
+        p.batch_execute(&format!("{sql}; UPDATE t SET v = 'marker {marker}' WHERE id = 1000")).await.unwrap();
+        wait_value(s, "SELECT v FROM t WHERE id = 1000", &format!("marker {marker}"), WAIT).await;
+    }
+    let policies = ["error", "apply_remote", "keep_local", "last_update_wins", "first_update_wins"];
+    for (n, policy) in policies.iter().enumerate() {
+        set_policy(&s, policy).await;
+        let base = 100 + 100 * n as i32;
+        let remote_wins = matches!(*policy, "error" | "apply_remote" | "last_update_wins");
+
+        // update_origin_differs: changed here, then (later) on the publisher.
+        let k = base + 1;
+        s.execute("UPDATE t SET v = 'local' WHERE id = $1", &[&k]).await.unwrap();
+        publish(&p, &s, &format!("UPDATE t SET v = 'remote' WHERE id = {k}"), &mut marker).await;
+        let v: String = one(&s, &format!("SELECT v FROM t WHERE id = {k}")).await;
+        assert_eq!(v, if remote_wins { "remote" } else { "local" }, "{policy}: update_origin_differs");
+
+        // delete_origin_differs.
+        let k = base + 2;
+        s.execute("UPDATE t SET v = 'local' WHERE id = $1", &[&k]).await.unwrap();
+        publish(&p, &s, &format!("DELETE FROM t WHERE id = {k}"), &mut marker).await;
+        let left: i64 = one(&s, &format!("SELECT count(*) FROM t WHERE id = {k}")).await;
+        assert_eq!(left, if remote_wins { 0 } else { 1 }, "{policy}: delete_origin_differs");
+
+        // update_exists: the new u is held here by a local-only row.
+        let (k, clash) = (base + 3, 50_000 + base);
+        s.execute("INSERT INTO t VALUES ($1, $2, 'local only')", &[&(clash), &(clash)]).await.unwrap();
+        if *policy == "error" {
+            p.execute("UPDATE t SET u = $2 WHERE id = $1", &[&k, &clash]).await.unwrap();
+            wait_for_subscription_error(&s, "c", &["conflict=update_exists"], WAIT).await;
+            s.execute("DELETE FROM t WHERE id = $1", &[&clash]).await.unwrap();
+            publish(&p, &s, "SELECT 1", &mut marker).await;
+        } else {
+            publish(&p, &s, &format!("UPDATE t SET u = {clash} WHERE id = {k}"), &mut marker).await;
+        }
+        let u: i32 = one(&s, &format!("SELECT u FROM t WHERE id = {k}")).await;
+        let local_only: i64 = one(&s, &format!("SELECT count(*) FROM t WHERE id = {clash}")).await;
+        if remote_wins {
+            assert_eq!((u, local_only), (clash, 0), "{policy}: update_exists");
+        } else {
+            assert_eq!((u, local_only), (k, 1), "{policy}: update_exists");
+        }
+
+        // multiple_unique_conflicts: a remote INSERT whose id and u are held by two local rows.
+        let (a, b) = (60_000 + base, 70_000 + base);
+        s.execute("INSERT INTO t VALUES ($1, $1, 'local a'), ($2, $2, 'local b')", &[&a, &b]).await.unwrap();
+        if *policy == "error" {
+            p.execute("INSERT INTO t VALUES ($1, $2, 'remote')", &[&a, &b]).await.unwrap();
+            wait_for_subscription_error(&s, "c", &["conflict=multiple_unique_conflicts"], WAIT).await;
+            s.execute("DELETE FROM t WHERE id IN ($1, $2)", &[&a, &b]).await.unwrap();
+            publish(&p, &s, "SELECT 1", &mut marker).await;
+        } else {
+            publish(&p, &s, &format!("INSERT INTO t VALUES ({a}, {b}, 'remote')"), &mut marker).await;
+        }
+        let rows = query_text(
+            &s,
+            &format!("SELECT string_agg(id || ':' || u || ':' || v, ',' ORDER BY id) FROM t WHERE id IN ({a}, {b})"),
+        )
+        .await
+        .unwrap();
+        if remote_wins {
+            assert_eq!(rows, format!("{a}:{b}:remote"), "{policy}: multiple_unique_conflicts");
+        } else {
+            assert_eq!(rows, format!("{a}:{a}:local a,{b}:{b}:local b"), "{policy}: multiple_unique_conflicts");
+        }
+    }
+    // Each provocation counted once per type (error's stop counted on each failed attempt: at
+    // least once).
+    for t in ["update_origin_differs", "delete_origin_differs"] {
+        assert_eq!(counter(&s, &format!("confl_{t}")).await, 5, "{t}");
+    }
+    for t in ["update_exists", "multiple_unique_conflicts"] {
+        assert!(counter(&s, &format!("confl_{t}")).await >= 5, "{t}");
+    }
+    // The rows left different on purpose are those the local-winning policies kept.
+    assert_replicated_equal_except(&p, &s, None, &["t"]).await;
+    pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id < 100 OR id = 1000 ORDER BY id", WAIT).await;
+}

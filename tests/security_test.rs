@@ -127,6 +127,8 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         ("pgsub.sub", "plain", false),
         ("pgsub.sub", "admin1", false),
         ("pgsub.sub_rel", "plain", false),
+        ("pgsub.conflict_log", "plain", false),
+        ("pgsub.conflict_log", "admin1", true),
         ("pgsub.subscription", "plain", true),
         ("pgsub.stat_subscription", "plain", true),
         ("pgsub.subscription_table", "plain", true),
@@ -902,5 +904,63 @@ async fn apply_worker_streams_over_tls_with_verify_full_and_a_client_certificate
     )
     .await;
     assert!(dn.contains("repl_cert"), "the worker authenticated with its certificate: {dn:?}");
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// Conflicts are shown only in the columns the subscription owner may read: a column it may not
+/// read never appears in the LOG line nor in `pgsub.conflict_log` (key, local row, remote row),
+/// for a conflict the policy resolves and for one that stops apply; pgsub_admin members read the
+/// log table, other roles do not.
+#[tokio::test(flavor = "current_thread")]
+async fn conflicts_never_show_columns_the_owner_may_not_read() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text, secret text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute(
+        "CREATE ROLE owner1 LOGIN; CREATE ROLE plain LOGIN; GRANT pgsub_admin TO owner1;
+         GRANT INSERT, UPDATE, DELETE ON t TO owner1; GRANT SELECT (id, v) ON t TO owner1;",
+    )
+    .await
+    .unwrap();
+    let owner = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
+    let pw_ci = password_conninfo(&nodes, &p).await;
+    owner
+        .execute(
+            "SELECT pgsub.create_subscription('own', $1, ARRAY['pub'], run_as_owner => true, conflict_resolution => 'keep_local')",
+            &[&pw_ci],
+        )
+        .await
+        .expect("create as owner1");
+    wait_for_subscription_sync(&s, "own", WAIT).await;
+    s.batch_execute("INSERT INTO t VALUES (1, 'local', 'LOCALSECRET'), (2, 'local', 'LOCALSECRET2')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (1, 'remote', 'REMOTESECRET'); INSERT INTO t VALUES (3, 'after', 'x')")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*) FROM t WHERE id = 3", "1", WAIT).await;
+    // Under error the retry logs the rows and stops.
+    owner.execute("SELECT pgsub.alter_subscription_options('own', conflict_resolution => 'error')", &[]).await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'remote', 'REMOTESECRET2')").await.unwrap();
+    let err = wait_for_subscription_error(&s, "own", &["conflict=insert_exists", "existing local row"], WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM pgsub.conflict_log WHERE resolution = 'error'", "1", WAIT).await;
+    let logged: String = one(
+        &owner,
+        "SELECT string_agg(concat_ws(' ', key, local_row, remote_row), ' | ' ORDER BY id) FROM pgsub.conflict_log",
+    )
+    .await;
+    assert!(logged.contains("\"local\"") && logged.contains("\"remote\""), "readable columns are shown: {logged}");
+    for (what, text) in [("last_error", &err), ("conflict_log", &logged), ("server log", &nodes.subscriber.log())] {
+        assert!(!text.contains("SECRET"), "{what} shows an unreadable column: {text}");
+    }
+    let plain = nodes.subscriber.client_as("plain", "postgres").await.unwrap();
+    let (code, _) = must_fail(&plain, "SELECT * FROM pgsub.conflict_log", &[]).await.code_and_text();
+    assert_eq!(code, "42501");
+    // The local row stays, as the policies said: resolved by deleting it, apply resumes.
+    s.batch_execute("DELETE FROM t WHERE id = 2").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "remote", WAIT).await;
+    s.batch_execute("UPDATE t SET v = 'remote', secret = 'REMOTESECRET' WHERE id = 1").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
