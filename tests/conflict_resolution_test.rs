@@ -392,3 +392,58 @@ async fn every_policy_on_every_type() {
     assert_replicated_equal_except(&p, &s, None, &["t"]).await;
     pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id < 100 OR id = 1000 ORDER BY id", WAIT).await;
 }
+
+/// On a partitioned target the conflicts name the leaf partition that holds the local row, and
+/// the policy applies there as on a plain table.
+#[tokio::test(flavor = "current_thread")]
+async fn conflicts_on_a_partitioned_target_name_the_leaf() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE m (id int PRIMARY KEY, v text);
+         CREATE PUBLICATION pub FOR TABLE m;
+         INSERT INTO m SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    s.batch_execute(
+        "CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (0) TO (50);
+         CREATE TABLE m_high PARTITION OF m FOR VALUES FROM (50) TO (100000);",
+    )
+    .await
+    .unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'keep_local')",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    s.batch_execute("INSERT INTO m VALUES (200, 'local'); UPDATE m SET v = 'local' WHERE id IN (10, 60)")
+        .await
+        .unwrap();
+    p.batch_execute(
+        "INSERT INTO m VALUES (200, 'remote'); UPDATE m SET v = 'remote' WHERE id = 10; DELETE FROM m WHERE id = 60;
+         UPDATE m SET v = 'marker' WHERE id = 99",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT v FROM m WHERE id = 99", "marker", WAIT).await;
+    let logged = query_text(
+        &s,
+        "SELECT string_agg(conflict_type || '@' || relation || '=' || resolution, ',' ORDER BY id) FROM pgsub.conflict_log",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        logged,
+        "insert_exists@public.m_high=keep_local,update_origin_differs@public.m_low=keep_local,delete_origin_differs@public.m_high=keep_local"
+    );
+    let kept = query_text(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM m WHERE id IN (10, 60, 200)")
+        .await
+        .unwrap();
+    assert_eq!(kept, "10:local,60:local,200:local");
+    assert_replicated_equal_except(&p, &s, None, &["m"]).await;
+    pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM m WHERE id NOT IN (10, 60, 200) ORDER BY id", WAIT).await;
+}
