@@ -25,7 +25,14 @@ CREATE TABLE pgsub.sub (
     origin             text    NOT NULL DEFAULT 'any' CHECK (origin IN ('any', 'none')),
     disable_on_error   boolean NOT NULL DEFAULT false,
     synchronous_commit text    NOT NULL DEFAULT 'off',
+    -- PostgreSQL 16's privilege options: apply as each table's owner unless run_as_owner; a
+    -- non-superuser owner must authenticate with a password unless a superuser turned
+    -- password_required off.
+    run_as_owner       boolean NOT NULL DEFAULT false,
+    password_required  boolean NOT NULL DEFAULT true,
     skip_lsn           pg_lsn,
+    conflict_resolution text   NOT NULL DEFAULT 'error'
+        CHECK (conflict_resolution IN ('error', 'apply_remote', 'keep_local', 'last_update_wins', 'first_update_wins')),
     created_at         timestamptz NOT NULL DEFAULT now()
 );
 
@@ -44,5 +51,30 @@ CREATE TABLE pgsub.sub_rel (
     PRIMARY KEY (subid, remote_schema, remote_name)
 );
 
-REVOKE ALL ON pgsub.sub, pgsub.sub_rel FROM PUBLIC;
+-- Every conflict the apply workers met (src/worker/conflict.rs), written in the same local
+-- transaction as the change it resolves; rows older than pgsub.conflict_log_retention are deleted
+-- by the database's launcher. Rows hold only columns the subscription owner may read.
+CREATE TABLE pgsub.conflict_log (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subid              integer NOT NULL REFERENCES pgsub.sub ON DELETE CASCADE,
+    logged_at          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    conflict_type      text    NOT NULL,
+    relation           text    NOT NULL,
+    key                jsonb,
+    local_row          jsonb,
+    remote_row         jsonb,
+    resolution         text    NOT NULL,
+    local_xid          bigint,
+    local_commit_time  timestamptz,
+    local_origin       text,
+    remote_origin      text,
+    remote_xid         bigint,
+    remote_commit_time timestamptz,
+    remote_finish_lsn  pg_lsn
+);
+CREATE INDEX ON pgsub.conflict_log (logged_at);
+CREATE INDEX ON pgsub.conflict_log (subid);
+
+REVOKE ALL ON pgsub.sub, pgsub.sub_rel, pgsub.conflict_log FROM PUBLIC;
 GRANT SELECT ON pgsub.sub_rel TO pgsub_admin;
+GRANT SELECT ON pgsub.conflict_log TO pgsub_admin;

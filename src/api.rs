@@ -47,6 +47,9 @@ fn create_subscription(
     disable_on_error: default!(Option<bool>, false),
     synchronous_commit: default!(Option<&str>, "'off'"),
     two_phase: default!(Option<bool>, false),
+    run_as_owner: default!(Option<bool>, false),
+    password_required: default!(Option<bool>, true),
+    conflict_resolution: default!(Option<&str>, "'error'"),
 ) {
     require_admin();
     let name = required(name, "name");
@@ -61,6 +64,12 @@ fn create_subscription(
     let disable_on_error = required(disable_on_error, "disable_on_error");
     let synchronous_commit = required(synchronous_commit, "synchronous_commit");
     let two_phase = required(two_phase, "two_phase");
+    let run_as_owner = required(run_as_owner, "run_as_owner");
+    let password_required = required(password_required, "password_required");
+    if !password_required {
+        require_superuser_for_password_required_false();
+    }
+    let conflict_resolution = check_conflict_resolution(required(conflict_resolution, "conflict_resolution"));
     let options = catalog::Options {
         copy_data,
         binary,
@@ -69,6 +78,9 @@ fn create_subscription(
         origin: origin.to_string(),
         disable_on_error,
         synchronous_commit: synchronous_commit.to_string(),
+        run_as_owner,
+        password_required,
+        conflict_resolution,
     };
     if create_slot {
         prevent_in_transaction_block(
@@ -86,7 +98,7 @@ fn create_subscription(
 
     let owner = caller();
     // SAFETY: catalog lookup inside a transaction.
-    let require_password = !unsafe { pg_sys::superuser_arg(owner) };
+    let require_password = !unsafe { pg_sys::superuser_arg(owner) } && password_required;
     publisher::require_password_in(conninfo, require_password);
     let mut client = connect(name, conninfo, require_password);
     check_publisher_supports(&client, &options);
@@ -156,7 +168,7 @@ fn drop_subscription(
     drop_origin(&sub.origin_name());
     drop_sync_origins(sub.subid);
     if drop_slot {
-        let mut client = match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), !sub.owner_superuser) {
+        let mut client = match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), sub.must_use_password()) {
             Ok(c) => c,
             Err(e) => publisher::raise(
                 &e,
@@ -206,6 +218,7 @@ fn set_enabled(name: Option<&str>, enabled: bool) {
     }
     let name = required(name, "name");
     let sub = sub_by_name(name);
+    require_superuser_if_passwordless(&sub);
     if let Err(e) = catalog::set_enabled(sub.subid, enabled) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }
@@ -233,9 +246,9 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
     check_conninfo(conninfo);
-    publisher::require_password_in(conninfo, !sub.owner_superuser);
+    publisher::require_password_in(conninfo, sub.must_use_password());
     // Like native ALTER SUBSCRIPTION … CONNECTION: the new connection must work.
-    connect(name, conninfo, !sub.owner_superuser).close();
+    connect(name, conninfo, sub.must_use_password()).close();
     update_sub(sub.subid, catalog::Change::Conninfo(conninfo));
 }
 
@@ -243,6 +256,7 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
 /// current one; a running worker restarts with them. The slot may only be renamed while the
 /// subscription is disabled (the slot itself is not touched: it must exist under the new name
 /// on the publisher when the subscription is enabled again).
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn alter_subscription_options(
@@ -253,11 +267,18 @@ fn alter_subscription_options(
     synchronous_commit: default!(Option<&str>, "NULL"),
     origin: default!(Option<&str>, "NULL"),
     slot_name: default!(Option<&str>, "NULL"),
+    run_as_owner: default!(Option<bool>, "NULL"),
+    password_required: default!(Option<bool>, "NULL"),
+    conflict_resolution: default!(Option<&str>, "NULL"),
 ) {
     require_admin();
     let name = required(name, "name");
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
+    if password_required == Some(false) {
+        require_superuser_for_password_required_false();
+    }
+    let conflict_resolution = conflict_resolution.map(check_conflict_resolution);
     if let Some(o) = origin {
         check_origin(o);
     }
@@ -277,7 +298,17 @@ fn alter_subscription_options(
     }
     update_sub(
         sub.subid,
-        catalog::Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name },
+        catalog::Change::Options {
+            binary,
+            streaming,
+            disable_on_error,
+            synchronous_commit,
+            origin,
+            slot_name,
+            run_as_owner,
+            password_required,
+            conflict_resolution,
+        },
     );
 }
 
@@ -342,7 +373,7 @@ fn alter_subscription_owner(name: Option<&str>, new_owner: Option<&str>) {
             Some("The owner must be a superuser or a member of pgsub_admin."),
         );
     }
-    publisher::require_password_in(&sub.conninfo, !owner_super);
+    publisher::require_password_in(&sub.conninfo, !owner_super && sub.password_required);
     update_sub(sub.subid, catalog::Change::Owner(owner));
 }
 
@@ -360,7 +391,7 @@ fn alter_subscription_publications(
     let pubs = publication_list(pubs_in);
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
-    let mut client = connect(name, &sub.conninfo, !sub.owner_superuser);
+    let mut client = connect(name, &sub.conninfo, sub.must_use_password());
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
     client.close();
@@ -378,7 +409,8 @@ fn refresh_subscription(name: Option<&str>, copy_data: default!(Option<bool>, tr
     let name = required(name, "name");
     let copy_data = required(copy_data, "copy_data");
     let sub = sub_by_name(name);
-    let mut client = connect(name, &sub.conninfo, !sub.owner_superuser);
+    require_superuser_if_passwordless(&sub);
+    let mut client = connect(name, &sub.conninfo, sub.must_use_password());
     let tables = published_tables(&mut client, &sub.publications);
     client.close();
     sync_table_list(sub.subid, &tables, copy_data);
@@ -394,6 +426,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
     let name = required(name, "name");
     let lsn = required(lsn, "lsn");
     let sub = sub_by_name(name);
+    require_superuser_if_passwordless(&sub);
     let parsed: Option<pgsub_proto::Lsn> = lsn.parse().ok().filter(|l: &pgsub_proto::Lsn| l.is_valid());
     if parsed.is_none() {
         error(

@@ -6,7 +6,7 @@
 //! run as superuser (`as_superuser`) where noted.
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
-pub use pgsub_core::state::SyncState;
+pub use pgsub_core::state::{Resolution, SyncState};
 use pgsub_proto::Lsn;
 
 /// One row of `pgsub.sub`.
@@ -26,13 +26,26 @@ pub struct Subscription {
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
+    /// PostgreSQL 16's `run_as_owner`: apply as the subscription owner (true) or as each
+    /// table's owner (false, the default).
+    pub run_as_owner: bool,
+    /// PostgreSQL 16's `password_required` (only a superuser may turn it off).
+    pub password_required: bool,
     pub skip_lsn: Option<Lsn>,
+    /// What the apply worker does with a conflict.
+    pub conflict_resolution: Resolution,
     /// The owner is a superuser (read with the row). Otherwise the publisher connection must
     /// authenticate with a password given in `conninfo` (see `publisher::connect`).
     pub owner_superuser: bool,
 }
 
 impl Subscription {
+    /// Whether the publisher connection must authenticate with a password given in `conninfo`
+    /// (native 16: the owner is not a superuser and `password_required` is on).
+    pub fn must_use_password(&self) -> bool {
+        !self.owner_superuser && self.password_required
+    }
+
     /// Replication origin that records how far this subscription has applied.
     pub fn origin_name(&self) -> String {
         origin_name(self.subid)
@@ -54,8 +67,10 @@ impl Subscription {
             self.two_phase,
             &self.origin,
             &self.synchronous_commit,
+            self.conflict_resolution.as_str(),
         )
             .hash(&mut h);
+        (self.run_as_owner, self.password_required).hash(&mut h);
         h.finish()
     }
 }
@@ -95,7 +110,8 @@ pub fn origin_name(subid: i32) -> String {
 const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, conninfo, publications, \
      coalesce(slot_name::text, subname::text), copy_data, \"binary\", streaming, two_phase, origin, \
      disable_on_error, synchronous_commit, skip_lsn::text, \
-     coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false)";
+     coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false), \
+     run_as_owner, password_required, conflict_resolution";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -115,6 +131,9 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         synchronous_commit: row.get::<String>(14)?.unwrap_or_else(|| "off".into()),
         skip_lsn: row.get::<String>(15)?.and_then(|s| s.parse().ok()),
         owner_superuser: row.get::<bool>(16)?.unwrap_or(false),
+        run_as_owner: row.get::<bool>(17)?.unwrap_or(false),
+        password_required: row.get::<bool>(18)?.unwrap_or(true),
+        conflict_resolution: row.get::<String>(19)?.and_then(|r| Resolution::parse(&r)).unwrap_or_default(),
     })
 }
 
@@ -382,6 +401,9 @@ pub struct Options {
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
+    pub run_as_owner: bool,
+    pub password_required: bool,
+    pub conflict_resolution: Resolution,
 }
 
 /// A subscription id no subscription of any database of the server uses. Ids name replication
@@ -416,8 +438,9 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
     let subid = free_subid()?;
     Spi::get_one_with_args::<i32>(
         "INSERT INTO pgsub.sub (subid, subname, subowner, enabled, conninfo, publications, slot_name, \
-         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit) \
-         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING subid",
+         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit, \
+         run_as_owner, password_required, conflict_resolution) \
+         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16, $17) RETURNING subid",
         &[
             sub.name.into(),
             sub.owner.into(),
@@ -433,6 +456,9 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
             o.disable_on_error.into(),
             o.synchronous_commit.as_str().into(),
             subid.into(),
+            o.run_as_owner.into(),
+            o.password_required.into(),
+            o.conflict_resolution.as_str().into(),
         ],
     )
 }
@@ -453,6 +479,9 @@ pub enum Change<'a> {
         synchronous_commit: Option<&'a str>,
         origin: Option<&'a str>,
         slot_name: Option<&'a str>,
+        run_as_owner: Option<bool>,
+        password_required: Option<bool>,
+        conflict_resolution: Option<Resolution>,
     },
     Name(&'a str),
     Owner(pg_sys::Oid),
@@ -467,22 +496,35 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
         Change::Publications(p) => {
             Spi::run_with_args("UPDATE pgsub.sub SET publications = $2 WHERE subid = $1", &[subid.into(), p.into()])
         }
-        Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name } => {
-            Spi::run_with_args(
-                "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
+        Change::Options {
+            binary,
+            streaming,
+            disable_on_error,
+            synchronous_commit,
+            origin,
+            slot_name,
+            run_as_owner,
+            password_required,
+            conflict_resolution,
+        } => Spi::run_with_args(
+            "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
              disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
-             origin = coalesce($6, origin), slot_name = coalesce($7, slot_name) WHERE subid = $1",
-                &[
-                    subid.into(),
-                    binary.into(),
-                    streaming.into(),
-                    disable_on_error.into(),
-                    synchronous_commit.into(),
-                    origin.into(),
-                    slot_name.into(),
-                ],
-            )
-        }
+             origin = coalesce($6, origin), slot_name = coalesce($7, slot_name), \
+             run_as_owner = coalesce($8, run_as_owner), password_required = coalesce($9, password_required), \
+             conflict_resolution = coalesce($10, conflict_resolution) WHERE subid = $1",
+            &[
+                subid.into(),
+                binary.into(),
+                streaming.into(),
+                disable_on_error.into(),
+                synchronous_commit.into(),
+                origin.into(),
+                slot_name.into(),
+                run_as_owner.into(),
+                password_required.into(),
+                conflict_resolution.map(Resolution::as_str).into(),
+            ],
+        ),
         Change::Name(n) => {
             Spi::run_with_args("UPDATE pgsub.sub SET subname = $2 WHERE subid = $1", &[subid.into(), n.into()])
         }
@@ -548,4 +590,61 @@ pub fn catchup_state(subid: i32) -> SpiResult<Option<CatchupState>> {
     // SAFETY: the snapshot pushed above.
     unsafe { pg_sys::PopActiveSnapshot() };
     state
+}
+
+/// One row of `pgsub.conflict_log` (times in µs since the Unix epoch; rows as jsonb text).
+pub struct ConflictLogRow<'a> {
+    pub subid: i32,
+    pub conflict_type: &'a str,
+    pub relation: &'a str,
+    pub key: Option<&'a str>,
+    pub local_row: Option<&'a str>,
+    pub remote_row: Option<&'a str>,
+    pub resolution: &'a str,
+    pub local_xid: Option<i64>,
+    pub local_commit_time: Option<i64>,
+    pub local_origin: Option<i32>,
+    pub remote_origin: Option<&'a str>,
+    pub remote_xid: i64,
+    pub remote_commit_time: i64,
+    pub remote_finish_lsn: String,
+}
+
+/// Records a conflict (in the caller's transaction: rolled back with the change it resolves).
+pub fn insert_conflict_log(r: &ConflictLogRow) -> SpiResult<()> {
+    Spi::run_with_args(
+        "INSERT INTO pgsub.conflict_log (subid, conflict_type, relation, key, local_row, remote_row, resolution, \
+         local_xid, local_commit_time, local_origin, remote_origin, remote_xid, remote_commit_time, remote_finish_lsn) \
+         VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb, $7, $8, pg_catalog.to_timestamp($9::float8 / 1000000), \
+         (SELECT o.roname FROM pg_catalog.pg_replication_origin o WHERE o.roident = $10), $11, $12, \
+         pg_catalog.to_timestamp($13::float8 / 1000000), $14::pg_lsn)",
+        &[
+            r.subid.into(),
+            r.conflict_type.into(),
+            r.relation.into(),
+            r.key.into(),
+            r.local_row.into(),
+            r.remote_row.into(),
+            r.resolution.into(),
+            r.local_xid.into(),
+            r.local_commit_time.into(),
+            r.local_origin.map(|o| o as i64).into(),
+            r.remote_origin.into(),
+            r.remote_xid.into(),
+            r.remote_commit_time.into(),
+            r.remote_finish_lsn.as_str().into(),
+        ],
+    )
+}
+
+/// Deletes conflict records older than `retention_secs` (`pgsub.conflict_log_retention`);
+/// returns how many.
+pub fn expire_conflict_log(retention_secs: i64) -> SpiResult<i64> {
+    Spi::get_one_with_args::<i64>(
+        "WITH gone AS (DELETE FROM pgsub.conflict_log \
+         WHERE logged_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1::float8) RETURNING 1) \
+         SELECT pg_catalog.count(*) FROM gone",
+        &[retention_secs.into()],
+    )
+    .map(|n| n.unwrap_or(0))
 }

@@ -19,6 +19,9 @@ pub static WORK_MEM_KB: GucSetting<i32> = GucSetting::<i32>::new(32 * 1024);
 /// Test hook: damage spilled records so that the CRC check can be shown to work.
 pub static TEST_CORRUPT_SPILL: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// How long `pgsub.conflict_log` keeps a conflict, in seconds (-1 = for ever).
+pub static CONFLICT_LOG_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+
 /// Sync workers per subscription at once.
 pub static MAX_SYNC_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Sync workers at once, server-wide.
@@ -115,6 +118,16 @@ pub fn define(preloading: bool) {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.conflict_log_retention",
+        c"How long pgsub.conflict_log keeps the record of a conflict.",
+        c"Older records are deleted by the database's launcher about once a minute; -1 keeps them for ever.",
+        &CONFLICT_LOG_RETENTION_S,
+        -1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"pgsub.receiver_timeout",

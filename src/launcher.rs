@@ -12,6 +12,9 @@
 //!   3. `act` — SIGTERM to workers to stop, registration of dynamic apply workers, the
 //!      `waiting_for_worker` warning.
 //!
+//! About once a minute it also deletes the `pgsub.conflict_log` records older than
+//! `pgsub.conflict_log_retention` (`expire_conflicts`).
+//!
 //! Then it rests or goes on: with no extension in the database, or no enabled subscription and
 //! no worker left, it records that state for the supervisor and exits, so that an idle database
 //! holds no connection (DROP DATABASE is not kept waiting) and costs nothing.
@@ -69,7 +72,8 @@ pub extern "C-unwind" fn pgsub_launcher_main(arg: pg_sys::Datum) {
     // SAFETY: registers a callback that runs once when this process exits, however it exits.
     unsafe { pg_sys::before_shmem_exit(Some(release_db), pg_sys::Datum::from(dboid)) };
 
-    let mut launcher = Launcher { workers: HashMap::new(), my_pid, dboid, announced: false, warned: HashSet::new() };
+    let mut launcher =
+        Launcher { workers: HashMap::new(), my_pid, dboid, announced: false, warned: HashSet::new(), expired_at: 0 };
     let rest = loop {
         if shutdown_requested() {
             break None;
@@ -119,6 +123,8 @@ struct Launcher {
     announced: bool,
     /// Subscriptions it warned about having no slot (once each).
     warned: HashSet<i32>,
+    /// When it last expired old conflict records.
+    expired_at: i64,
 }
 
 impl Launcher {
@@ -129,6 +135,10 @@ impl Launcher {
             d.wake = false;
         }
         let (has_extension, subs) = read_catalog()?;
+        if has_extension && now() - self.expired_at >= 60_000_000 {
+            self.expired_at = now();
+            expire_conflicts();
+        }
         self.reap();
         let limits = Limits {
             now: now(),
@@ -317,6 +327,19 @@ fn read_catalog() -> Option<(bool, Vec<catalog::Subscription>)> {
             warning!("pgsub launcher: cannot read the subscription catalog: {e}");
             None
         }
+    }
+}
+
+/// Deletes conflict records older than `pgsub.conflict_log_retention`.
+fn expire_conflicts() {
+    let retention = gucs::CONFLICT_LOG_RETENTION_S.get();
+    if retention < 0 {
+        return;
+    }
+    match BackgroundWorker::transaction(|| catalog::expire_conflict_log(i64::from(retention))) {
+        Ok(0) => {}
+        Ok(n) => log!("pgsub launcher: deleted {n} conflict records older than pgsub.conflict_log_retention"),
+        Err(e) => warning!("pgsub launcher: cannot expire pgsub.conflict_log: {e}"),
     }
 }
 

@@ -73,6 +73,16 @@ async fn missing_rows_in_a_partitioned_target_name_the_leaf() {
     }
     let conflicts: i64 = one(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'c'").await;
     assert_eq!(conflicts - conflicts0, 22, "one conflict per missing row");
+    // Each is recorded in pgsub.conflict_log too, skipped, naming the leaf and the key.
+    let logged: i64 = one(&s, "SELECT count(*) FROM pgsub.conflict_log WHERE resolution = 'skip'").await;
+    assert_eq!(logged, 22);
+    let in_leaf: i64 = one(
+        &s,
+        "SELECT count(*) FROM pgsub.conflict_log WHERE conflict_type = 'delete_missing' \
+         AND relation LIKE '%partition public.m_b_' AND key ->> 'key' LIKE '(id)=(20__)'",
+    )
+    .await;
+    assert_eq!(in_leaf, 20, "the batched run's rows, in their leaves");
     // The publisher now deletes the row whose update found nothing: both nodes converge.
     p.batch_execute("DELETE FROM m WHERE id = 2500").await.unwrap();
     assert_replicated_equal(&p, &s).await;

@@ -14,6 +14,7 @@
 //! | PostgreSQL::Test::Cluster | here |
 //! | --- | --- |
 //! | `new` + `init` + `start` | [`Cluster::start`] ([`ClusterOpts`]), [`Cluster::publisher`], [`Cluster::subscriber`] |
+//! | `backup` + `init_from_backup(has_streaming)` + `start` | [`Cluster::standby_of`] (a physical standby of a node) |
 //! | `start`, `stop`, `restart`, `reload`, `kill9` | [`Cluster::start_again`], [`Cluster::stop`], [`Cluster::restart`], [`Cluster::reload`], [`Cluster::kill9`]; [`Cluster::kill9_child`] kills one backend and waits for the crash restart |
 //! | `append_conf` | [`Cluster::append_conf`] (alias of [`Cluster::add_conf`]) |
 //! | `safe_psql`, `psql` | [`Cluster::safe_psql`] (panics on error), [`Cluster::psql`] (returns the error) |
@@ -38,6 +39,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use tokio_postgres;
+
+#[path = "harness_tls.rs"]
+pub mod tls;
+pub use tls::{openssl_cert, openssl_crl, openssl_server_cert, tls_publisher_opts};
 
 /// Result type of harness operations: errors are plain messages that say what failed.
 pub type Result<T> = std::result::Result<T, String>;
@@ -283,18 +288,43 @@ impl Cluster {
             ]),
             "initdb",
         )?;
-        let mut c = Cluster { opts, dir, port: 0, pid: None };
-        // A free port can be taken between our probe and the server's bind: retry a few times.
+        Cluster { opts, dir, port: 0, pid: None }.start_on_a_free_port()
+    }
+
+    /// A physical standby of `primary` (PostgreSQL's kit: `init_from_backup` with
+    /// `has_streaming`, then `start`): `pg_basebackup -R -X stream` from the primary's socket as
+    /// the `postgres` OS user, started with the primary's settings and server binaries on a free
+    /// port, streaming from the primary (`standby.signal` and `primary_conninfo` written by `-R`)
+    /// and accepting read-only connections once `pg_ctl -w` returns. The primary needs
+    /// `wal_level` replica or logical and free WAL senders (a [`ClusterOpts::publisher`] has both).
+    pub fn standby_of(primary: &Cluster, name: &str) -> Result<Cluster> {
+        let opts = ClusterOpts { name: name.to_string(), ..primary.opts.clone() };
+        let dir = TempDir::new(name)?;
+        run(
+            pg_command(&opts.server_bin()?.join("pg_basebackup"))
+                .arg("-D")
+                .arg(dir.path().join("data"))
+                .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
+                .arg(primary.dir())
+                .args(["-p", &primary.port.to_string()]),
+            "pg_basebackup",
+        )?;
+        Cluster { opts, dir, port: 0, pid: None }.start_on_a_free_port()
+    }
+
+    /// Writes the harness's settings and starts the server on a free port. A free port can be
+    /// taken between our probe and the server's bind: retried a few times.
+    fn start_on_a_free_port(mut self) -> Result<Cluster> {
         let mut last_err = String::new();
         for _ in 0..5 {
-            c.port = free_port()?;
-            c.write_conf()?;
-            match c.pg_ctl_start() {
-                Ok(()) => return Ok(c),
+            self.port = free_port()?;
+            self.write_conf()?;
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(self),
                 Err(e) => last_err = e,
             }
         }
-        Err(format!("could not start {}: {last_err}\n{}", c.opts.name, c.log()))
+        Err(format!("could not start {}: {last_err}\n{}", self.opts.name, self.log()))
     }
 
     fn write_conf(&self) -> Result<()> {

@@ -22,7 +22,9 @@ use pgsub_proto::conninfo;
 use pgsub_proto::frame::ReplicationFrame;
 use pgsub_proto::pgoutput::{Decoder, LogicalMessage, OldTuple, ReplicaIdentity, TupleValue};
 use pgsub_proto::Lsn;
-use pgsub_tests::{server_built_with, server_major, Cluster, ClusterOpts};
+use pgsub_tests::{
+    openssl_cert, openssl_crl, openssl_server_cert, server_major, tls_publisher_opts, Cluster, ClusterOpts,
+};
 use tokio_postgres::SimpleQueryMessage;
 
 /// Upper bound for waiting on replication frames or on a server-side effect.
@@ -42,11 +44,6 @@ fn connect(connstr: &str) -> Result<Client, Error> {
 
 fn must_connect(connstr: &str) -> Client {
     connect(connstr).unwrap_or_else(|e| panic!("connect {connstr:?}: {e}"))
-}
-
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn sh(cmd: &mut Command, what: &str) {
@@ -1187,46 +1184,16 @@ fn connection_errors_are_clear_and_within_connect_timeout() {
 // =============================================================================================
 // TLS
 
-fn openssl_self_signed(dir: &Path, stem: &str, name: &str) {
-    let key = dir.join(format!("{stem}.key"));
-    let crt = dir.join(format!("{stem}.crt"));
-    sh(
-        Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .arg("-subj")
-            .arg(format!("/CN={name}"))
-            .arg("-addext")
-            .arg(format!("subjectAltName=DNS:{name}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt),
-        "openssl req",
-    );
-    sh(Command::new("chmod").arg("600").arg(&key), "chmod key");
-    if running_as_root() {
-        sh(Command::new("chown").arg("postgres:").arg(&key).arg(&crt), "chown key");
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn tls_connections_and_a_large_stream_over_tls() {
     let t0 = Instant::now();
     // The client's TLS is under test, against a server built with OpenSSL: the system's
     // PostgreSQL 15 whatever the version under test (the 18 used here has no OpenSSL).
-    let opts = if server_built_with("--with-openssl") {
-        ClusterOpts::publisher()
-    } else {
-        ClusterOpts::publisher().with_server_bindir(PathBuf::from("/usr/lib/postgresql/15/bin"))
-    };
-    let mut cluster = Cluster::start(opts).expect("start publisher");
+    let mut cluster = Cluster::start(tls_publisher_opts()).expect("start publisher");
     let dir = cluster.dir().to_path_buf();
-    openssl_self_signed(&dir, "server", "pgsub.test");
-    openssl_self_signed(&dir, "other", "other.test");
-    cluster.add_conf("ssl = on").unwrap();
-    cluster.add_conf(&format!("ssl_cert_file = '{}'", dir.join("server.crt").display())).unwrap();
-    cluster.add_conf(&format!("ssl_key_file = '{}'", dir.join("server.key").display())).unwrap();
-    cluster.restart().expect("restart with ssl");
+    openssl_cert(&dir, "server", "pgsub.test", None).unwrap();
+    openssl_cert(&dir, "other", "other.test", None).unwrap();
+    cluster.enable_tls(None, &[]).expect("restart with ssl");
     cluster.psql("postgres", "CREATE ROLE tls_user LOGIN REPLICATION PASSWORD 'tls secret'").unwrap();
     cluster
         .set_hba(
@@ -1364,47 +1331,15 @@ fn libpq_connects(connstr: &str) -> Result<(), String> {
 /// both instead of trusting the system's roots.
 #[tokio::test(flavor = "current_thread")]
 async fn client_certificate_authentication_as_libpq() {
-    let opts = if server_built_with("--with-openssl") {
-        ClusterOpts::publisher()
-    } else {
-        ClusterOpts::publisher().with_server_bindir(PathBuf::from("/usr/lib/postgresql/15/bin"))
-    };
-    let mut cluster = Cluster::start(opts).expect("start publisher");
+    let mut cluster = Cluster::start(tls_publisher_opts()).expect("start publisher");
     let dir = cluster.dir().to_path_buf();
-    openssl_self_signed(&dir, "server", "pgsub.test");
-    // A CA, and a client certificate for cert_user signed by it.
-    openssl_self_signed(&dir, "ca", "pgsub test CA");
+    openssl_cert(&dir, "server", "pgsub.test", None).unwrap();
+    // A CA, and a client certificate for cert_user signed by it (key mode 0600).
+    openssl_cert(&dir, "ca", "pgsub test CA", None).unwrap();
+    openssl_cert(&dir, "client", "cert_user", Some("ca")).unwrap();
     let client_key = dir.join("client.key");
     let client_crt = dir.join("client.crt");
-    let csr = dir.join("client.csr");
-    sh(
-        Command::new("openssl")
-            .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-            .args(["-subj", "/CN=cert_user", "-keyout"])
-            .arg(&client_key)
-            .arg("-out")
-            .arg(&csr),
-        "openssl req (client)",
-    );
-    sh(
-        Command::new("openssl")
-            .args(["x509", "-req", "-days", "2", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(dir.join("ca.crt"))
-            .arg("-CAkey")
-            .arg(dir.join("ca.key"))
-            .args(["-CAcreateserial", "-out"])
-            .arg(&client_crt),
-        "openssl x509 (sign client)",
-    );
-    // The client's key belongs to this process's user, readable by it alone.
-    sh(Command::new("chmod").arg("600").arg(&client_key), "chmod client key");
-    cluster.add_conf("ssl = on").unwrap();
-    cluster.add_conf(&format!("ssl_cert_file = '{}'", dir.join("server.crt").display())).unwrap();
-    cluster.add_conf(&format!("ssl_key_file = '{}'", dir.join("server.key").display())).unwrap();
-    cluster.add_conf(&format!("ssl_ca_file = '{}'", dir.join("ca.crt").display())).unwrap();
-    cluster.restart().expect("restart with ssl");
+    cluster.enable_tls(Some("ca"), &[]).expect("restart with ssl");
     cluster.psql("postgres", "CREATE ROLE cert_user LOGIN REPLICATION").unwrap();
     cluster
         .set_hba(
@@ -1458,5 +1393,127 @@ async fn client_certificate_authentication_as_libpq() {
         let verify = format!("{verify} sslrootcert={}", q(&dir.join("server.crt")));
         libpq_connects(&verify).unwrap_or_else(|e| panic!("psql verify-ca with the root: {e}"));
         must_connect(&verify).close();
+    }
+}
+
+/// psql's outcome for a connection string, without a terminal (OpenSSL cannot prompt for a key
+/// passphrase, as in a server process): Ok, or its error text.
+fn libpq_connects_detached(connstr: &str) -> Result<(), String> {
+    let out = Command::new("setsid")
+        .args(["-w", "/usr/lib/postgresql/15/bin/psql", "-X", "-A", "-t", "-d", connstr, "-c", "SELECT 1"])
+        .env_remove("PGPASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The TLS settings libpq has beyond sslmode, each compared with psql (libpq) case by case
+/// against a publisher whose certificate a test CA signed: an encrypted client key
+/// (`sslpassword`: right, wrong, missing), revocation lists (`sslcrl`, `sslcrldir`: revoked is
+/// refused, a list that does not name the certificate passes, a list file that does not exist is
+/// ignored), and the protocol version bounds against a server that speaks TLSv1.3 only.
+#[tokio::test(flavor = "current_thread")]
+async fn encrypted_keys_revocation_lists_and_tls_versions_as_libpq() {
+    let mut cluster = Cluster::start(tls_publisher_opts()).expect("start publisher");
+    let dir = cluster.dir().to_path_buf();
+    openssl_cert(&dir, "ca", "pgsub test CA", None).unwrap();
+    openssl_server_cert(&dir, "server", "pgsub.test", "ca").unwrap();
+    openssl_server_cert(&dir, "other", "other.test", "ca").unwrap();
+    openssl_cert(&dir, "client", "cert_user", Some("ca")).unwrap();
+    // The client's key encrypted as `openssl pkcs8 -topk8 -v2 aes256` writes it.
+    let enc_key = dir.join("client.enc.key");
+    sh(
+        Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-v2", "aes256", "-passout", "pass:key pass 42", "-in"])
+            .arg(dir.join("client.key"))
+            .arg("-out")
+            .arg(&enc_key),
+        "openssl pkcs8 -topk8",
+    );
+    sh(Command::new("chmod").arg("600").arg(&enc_key), "chmod");
+    // Lists: one revoking the server's certificate, one revoking another; a directory holding
+    // the first under OpenSSL's hashed name (`openssl rehash`), as sslcrldir wants.
+    let revoked = openssl_crl(&dir, "ca", &["server"], "revoked.crl").unwrap();
+    let clean = openssl_crl(&dir, "ca", &["other"], "clean.crl").unwrap();
+    let crldir = dir.join("crls");
+    std::fs::create_dir_all(&crldir).unwrap();
+    std::fs::copy(&revoked, crldir.join("revoked.pem")).unwrap();
+    sh(Command::new("openssl").arg("rehash").arg(&crldir), "openssl rehash");
+    cluster.enable_tls(Some("ca"), &["ssl_min_protocol_version = 'TLSv1.3'"]).expect("restart with ssl");
+    cluster.psql("postgres", "CREATE ROLE cert_user LOGIN REPLICATION").unwrap();
+    cluster
+        .set_hba(
+            "local all all trust\n\
+             hostssl all cert_user 127.0.0.1/32 cert\n\
+             host all postgres 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+    let q = |p: &Path| conninfo::quote_value(&p.display().to_string());
+    let base = format!(
+        "{} connect_timeout=5 sslmode=verify-ca sslrootcert={} sslcert={}",
+        cluster.connstr("cert_user", "postgres"),
+        q(&dir.join("ca.crt")),
+        q(&dir.join("client.crt"))
+    );
+    let limit = Duration::from_secs(5 + 1);
+    let both_connect = |label: &str, connstr: &str| {
+        libpq_connects_detached(connstr).unwrap_or_else(|e| panic!("{label}: psql: {e}"));
+        let mut c = connect(connstr).unwrap_or_else(|e| panic!("{label}: pgsub: {e}"));
+        assert!(c.uses_tls() && !c.used_password(), "{label}");
+        c.identify_system().unwrap_or_else(|e| panic!("{label}: IDENTIFY_SYSTEM: {e}"));
+        c.close();
+    };
+    let both_fail = |label: &str, connstr: &str, libpq_says: &str, pgsub_says: &str| {
+        let libpq = libpq_connects_detached(connstr).expect_err(&format!("{label}: psql connected"));
+        let (e, _) = failing(connstr, limit);
+        assert!(libpq.contains(libpq_says), "{label}: psql said: {libpq}");
+        assert!(e.to_string().to_lowercase().contains(&pgsub_says.to_lowercase()), "{label}: pgsub said: {e}");
+    };
+
+    // sslpassword.
+    let keyed = format!("{base} sslkey={}", q(&enc_key));
+    both_connect("right sslpassword", &format!("{keyed} sslpassword='key pass 42'"));
+    both_fail(
+        "wrong sslpassword",
+        &format!("{keyed} sslpassword=wrong"),
+        "could not load private key file",
+        "bad decrypt",
+    );
+    both_fail("no sslpassword", &keyed, "could not load private key file", "could not load private key file");
+    let plain = format!("{base} sslkey={}", q(&dir.join("client.key")));
+
+    // Revocation lists: only checked along a root file, as the chain is.
+    both_connect("no list", &plain);
+    both_fail("revoked (sslcrl)", &format!("{plain} sslcrl={}", q(&revoked)), "certificate", "revoked");
+    both_fail("revoked (sslcrldir)", &format!("{plain} sslcrldir={}", q(&crldir)), "certificate", "revoked");
+    both_connect("a list revoking another certificate", &format!("{plain} sslcrl={}", q(&clean)));
+    both_connect("a list file that does not exist", &format!("{plain} sslcrl={}", q(&dir.join("none.crl"))));
+    // require with a root file verifies the chain, so the list applies too.
+    both_fail(
+        "revoked under require",
+        &format!("{} sslcrl={}", plain.replace("sslmode=verify-ca", "sslmode=require"), q(&revoked)),
+        "certificate",
+        "revoked",
+    );
+
+    // Protocol versions: the server speaks TLSv1.3 only.
+    both_connect("min TLSv1.3", &format!("{plain} ssl_min_protocol_version=TLSv1.3"));
+    both_fail(
+        "max TLSv1.2 against a TLSv1.3 server",
+        &format!("{plain} ssl_max_protocol_version=TLSv1.2"),
+        "SSL error",
+        "protocol",
+    );
+    // An empty range: both refuse the string itself.
+    let empty = format!("{plain} ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2");
+    let libpq = libpq_connects_detached(&empty).expect_err("psql with an empty range");
+    let e = conninfo::parse(&empty).expect_err("pgsub with an empty range").to_string();
+    for text in [libpq.as_str(), e.as_str()] {
+        assert!(text.contains("invalid SSL protocol version range"), "psql: {libpq}; pgsub: {e}");
     }
 }

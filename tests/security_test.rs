@@ -5,8 +5,9 @@
 //! (lifecycle_test.rs has the basic non-superuser checks; this file goes through every function,
 //! view and message.)
 use pgsub_tests::{
-    assert_replicated_equal, assert_replicated_equal_for, must_fail, one, wait_for, wait_for_repeated_error,
-    wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes,
+    assert_replicated_equal, assert_replicated_equal_for, must_fail, one, openssl_cert, tls_publisher_opts, wait_for,
+    wait_for_repeated_error, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts,
+    TwoNodes,
 };
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -131,6 +132,8 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         ("pgsub.sub", "plain", false),
         ("pgsub.sub", "admin1", false),
         ("pgsub.sub_rel", "plain", false),
+        ("pgsub.conflict_log", "plain", false),
+        ("pgsub.conflict_log", "admin1", true),
         ("pgsub.subscription", "plain", true),
         ("pgsub.stat_subscription", "plain", true),
         ("pgsub.subscription_table", "plain", true),
@@ -198,7 +201,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'nopw'").await, 0);
     // A superuser's subscription needs no password (su_sub above, created with `ci`).
     admin
-        .execute("SELECT pgsub.create_subscription('admin_sub', $1, ARRAY['pub'])", &[&pw_ci])
+        .execute("SELECT pgsub.create_subscription('admin_sub', $1, ARRAY['pub'], run_as_owner => true)", &[&pw_ci])
         .await
         .expect("pgsub_admin member creates");
     assert_eq!(
@@ -377,7 +380,7 @@ async fn passwords_never_shown_nor_logged() {
 
     // A working subscription with a password, created by a pgsub_admin member.
     admin
-        .execute("SELECT pgsub.create_subscription('sec', $1, ARRAY['pub'])", &[&good])
+        .execute("SELECT pgsub.create_subscription('sec', $1, ARRAY['pub'], run_as_owner => true)", &[&good])
         .await
         .expect("create with password");
     wait_for_subscription_sync(&s, "sec", WAIT).await;
@@ -437,6 +440,8 @@ async fn passwords_never_shown_nor_logged() {
 
 // ---------------------------------------------------------------------------------------------
 
+/// With `run_as_owner => true` (PostgreSQL 15's behaviour, and 16's opt-out) the apply worker
+/// and the initial copy write with the subscription owner's privileges.
 #[tokio::test(flavor = "current_thread")]
 async fn apply_runs_with_the_subscription_owners_privileges() {
     let nodes = TwoNodes::start().expect("start");
@@ -468,7 +473,7 @@ async fn apply_runs_with_the_subscription_owners_privileges() {
     let owner = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
     let pw_ci = password_conninfo(&nodes, &p).await;
     owner
-        .execute("SELECT pgsub.create_subscription('own', $1, ARRAY['pub'])", &[&pw_ci])
+        .execute("SELECT pgsub.create_subscription('own', $1, ARRAY['pub'], run_as_owner => true)", &[&pw_ci])
         .await
         .expect("create as owner1");
 
@@ -520,6 +525,139 @@ async fn apply_runs_with_the_subscription_owners_privileges() {
     owner.batch_execute("SELECT pgsub.drop_subscription('own')").await.expect("drop");
 }
 
+/// PostgreSQL 16's privilege options. `run_as_owner => false` (the default): the initial copy and
+/// every change (COPY batch, batched and single UPDATE/DELETE, single INSERT) run as the target
+/// table's owner — a trigger of the table sees `current_user` = the table owner — and a
+/// subscription owner who cannot SET ROLE to the table owner gets native's error in
+/// `last_error` until it is granted the role; `run_as_owner => true` runs as the subscription
+/// owner. `password_required => false` is refused for non-superusers (create and alter), a
+/// subscription carrying it may then be changed by superusers only, and the password rule
+/// honours it (a non-superuser's subscription connects without a password).
+#[tokio::test(flavor = "current_thread")]
+async fn run_as_owner_and_password_required_as_postgresql_16() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+    }
+    p.batch_execute(
+        "CREATE PUBLICATION pub FOR TABLE t; CREATE PUBLICATION pub_u FOR TABLE u;
+         INSERT INTO t SELECT g, 'copied' FROM generate_series(1, 3) g;",
+    )
+    .await
+    .unwrap();
+    // t and u belong to tab_owner; a trigger that fires for replicated rows (ENABLE ALWAYS)
+    // records who runs each change.
+    s.batch_execute(
+        "CREATE ROLE tab_owner NOLOGIN;
+         ALTER TABLE t OWNER TO tab_owner; ALTER TABLE u OWNER TO tab_owner;
+         CREATE TABLE seen (op text, id int, who text);
+         GRANT INSERT ON seen TO PUBLIC;
+         CREATE FUNCTION record_user() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.seen VALUES (TG_OP, CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END, current_user::text);
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER rec AFTER INSERT OR UPDATE OR DELETE ON t FOR EACH ROW EXECUTE FUNCTION record_user();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER rec;",
+    )
+    .await
+    .unwrap();
+    // Owned by a superuser, run_as_owner left at its default (false).
+    s.execute("SELECT pgsub.create_subscription('ro', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    assert!(!one::<bool>(&s, "SELECT run_as_owner FROM pgsub.subscription WHERE subname = 'ro'").await);
+    assert!(one::<bool>(&s, "SELECT password_required FROM pgsub.subscription WHERE subname = 'ro'").await);
+    wait_for_subscription_sync(&s, "ro", WAIT).await;
+    // A run of inserts (COPY), a run of updates (one batched UPDATE), a single update, a run of
+    // deletes and a single insert.
+    p.batch_execute(
+        "INSERT INTO t SELECT g, 'run' FROM generate_series(10, 39) g;
+         UPDATE t SET v = 'batched' WHERE id BETWEEN 10 AND 19;
+         UPDATE t SET v = 'single' WHERE id = 1;
+         DELETE FROM t WHERE id BETWEEN 30 AND 39;
+         INSERT INTO t VALUES (100, 'single insert');",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM seen WHERE id = 100", "1", WAIT).await;
+    let who = contents(&s, "SELECT op, who, count(*) FROM seen GROUP BY op, who").await;
+    // 3 copied + 30 + 1 inserts, 10 + 1 updates, 10 deletes, all as tab_owner.
+    assert_eq!(who, "(DELETE,tab_owner,10)\n(INSERT,tab_owner,34)\n(UPDATE,tab_owner,11)", "{who}");
+
+    // run_as_owner => true: the worker restarts and applies as the subscription owner.
+    let old_pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'ro'").await;
+    s.batch_execute("SELECT pgsub.alter_subscription_options('ro', run_as_owner => true)").await.unwrap();
+    wait_for("the worker to restart with run_as_owner", WAIT, || {
+        let s = &s;
+        async move {
+            let r = s
+                .query_opt(
+                    "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'ro' AND pid <> $1 AND status = 'streaming'",
+                    &[&old_pid],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(r.map(|_| ()))
+        }
+    })
+    .await
+    .expect("worker restarted");
+    p.batch_execute("INSERT INTO t VALUES (200, 'as the subscription owner')").await.unwrap();
+    wait_value(&s, "SELECT who FROM seen WHERE id = 200", "postgres", WAIT).await;
+
+    // A non-superuser owner (password in the string) that is not a member of tab_owner.
+    s.batch_execute("CREATE ROLE sub_owner LOGIN; GRANT pgsub_admin TO sub_owner").await.unwrap();
+    let pw_ci = password_conninfo(&nodes, &p).await;
+    let owner = nodes.subscriber.client_as("sub_owner", "postgres").await.unwrap();
+    owner
+        .execute("SELECT pgsub.create_subscription('nr', $1, ARRAY['pub_u'], copy_data => false)", &[&pw_ci])
+        .await
+        .expect("create as sub_owner");
+    wait_for_subscription_sync(&s, "nr", WAIT).await;
+    p.batch_execute("INSERT INTO u VALUES (1, 'needs tab_owner')").await.unwrap();
+    let err = wait_for_repeated_error(&s, "nr", &["role \"sub_owner\" cannot SET ROLE to \"tab_owner\""], WAIT).await;
+    eprintln!("run_as_owner error: {err}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM u").await, 0);
+    s.batch_execute("GRANT tab_owner TO sub_owner").await.unwrap();
+    wait_value(&s, "SELECT v FROM u WHERE id = 1", "needs tab_owner", WAIT).await;
+
+    // password_required => false: superuser-only, as in 16.
+    for (sql, what) in [
+        (
+            "SELECT pgsub.create_subscription('np', $1, ARRAY['pub_u'], enabled => false, create_slot => false, password_required => false)",
+            "create",
+        ),
+        ("SELECT pgsub.alter_subscription_options('nr', password_required => false)", "alter"),
+    ] {
+        let params: Vec<&(dyn ToSql + Sync)> = if what == "create" { vec![&pw_ci] } else { vec![] };
+        let (code, text) = must_fail(&owner, sql, &params).await.code_and_text();
+        assert_eq!(code, "42501", "{what}: {text}");
+        assert!(text.contains("password_required=false is superuser-only"), "{what}: {text}");
+    }
+    s.batch_execute("SELECT pgsub.alter_subscription_options('nr', password_required => false)").await.unwrap();
+    // Now only a superuser may change it.
+    for sql in
+        ["SELECT pgsub.alter_subscription_options('nr', binary => true)", "SELECT pgsub.disable_subscription('nr')"]
+    {
+        let (code, text) = must_fail(&owner, sql, &[]).await.code_and_text();
+        assert_eq!(code, "42501", "{sql}: {text}");
+        assert!(text.contains("password_required=false is superuser-only"), "{sql}: {text}");
+    }
+    // And its owner's connection needs no password any more: a trusted login (no password in
+    // the string, none asked) is accepted and the worker streams with it.
+    s.execute("SELECT pgsub.alter_subscription_connection('nr', $1)", &[&nodes.pub_conninfo()])
+        .await
+        .expect("a connection without a password");
+    p.batch_execute("INSERT INTO u VALUES (2, 'without a password')").await.unwrap();
+    wait_value(&s, "SELECT v FROM u WHERE id = 2", "without a password", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn row_level_security_is_refused_not_bypassed() {
     let nodes = TwoNodes::start().expect("start");
@@ -541,7 +679,10 @@ async fn row_level_security_is_refused_not_bypassed() {
     let owner = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
     let pw_ci = password_conninfo(&nodes, &p).await;
     owner
-        .execute("SELECT pgsub.create_subscription('rls', $1, ARRAY['pub'], copy_data => false)", &[&pw_ci])
+        .execute(
+            "SELECT pgsub.create_subscription('rls', $1, ARRAY['pub'], copy_data => false, run_as_owner => true)",
+            &[&pw_ci],
+        )
         .await
         .expect("create as owner1");
     wait_for_subscription_sync(&s, "rls", WAIT).await;
@@ -660,7 +801,7 @@ async fn owner_change_follows_the_same_rules_as_creation() {
     )
     .await
     .unwrap();
-    s.execute("SELECT pgsub.create_subscription('os', $1, ARRAY['pub'])", &[&pw_ci])
+    s.execute("SELECT pgsub.create_subscription('os', $1, ARRAY['pub'], run_as_owner => true)", &[&pw_ci])
         .await
         .expect("create with password");
     s.execute(
@@ -714,63 +855,6 @@ async fn owner_change_follows_the_same_rules_as_creation() {
     assert_replicated_equal_for(&p, &s, Some(&["os"])).await;
 }
 
-/// Runs a command, panicking with its output when it fails.
-fn run_ok(cmd: &mut std::process::Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// An EC key and certificate `<stem>.key/.crt` in `dir` for common name `cn`: self-signed, or
-/// signed by `<ca>.crt/.key`; both handed to the `postgres` OS user (who runs the servers, and
-/// whose processes — the apply worker among them — read them), the key with mode 0600.
-fn openssl_cert(dir: &std::path::Path, stem: &str, cn: &str, ca: Option<&str>) {
-    let key = dir.join(format!("{stem}.key"));
-    let crt = dir.join(format!("{stem}.crt"));
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    match ca {
-        None => run_ok(
-            std::process::Command::new("openssl")
-                .args(["req", "-x509", "-days", "2"])
-                .args(ec)
-                .args(["-subj", &format!("/CN={cn}"), "-addext", &format!("subjectAltName=DNS:{cn}"), "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&crt),
-            "openssl req -x509",
-        ),
-        Some(ca) => {
-            let csr = dir.join(format!("{stem}.csr"));
-            run_ok(
-                std::process::Command::new("openssl")
-                    .args(["req", "-new"])
-                    .args(ec)
-                    .args(["-subj", &format!("/CN={cn}"), "-keyout"])
-                    .arg(&key)
-                    .arg("-out")
-                    .arg(&csr),
-                "openssl req",
-            );
-            run_ok(
-                std::process::Command::new("openssl")
-                    .args(["x509", "-req", "-days", "2", "-in"])
-                    .arg(&csr)
-                    .arg("-CA")
-                    .arg(dir.join(format!("{ca}.crt")))
-                    .arg("-CAkey")
-                    .arg(dir.join(format!("{ca}.key")))
-                    .args(["-CAcreateserial", "-out"])
-                    .arg(&crt),
-                "openssl x509 -req",
-            );
-        }
-    }
-    run_ok(std::process::Command::new("chmod").arg("600").arg(&key), "chmod");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        run_ok(std::process::Command::new("chown").arg("postgres:").arg(&key).arg(&crt), "chown");
-    }
-}
-
 /// The apply worker (and the initial copy) over TLS with `sslmode=verify-full`, the publisher's
 /// certificate checked against a root file and its name, and certificate authentication with a
 /// client certificate signed by the publisher's CA (pg_hba `cert`, no password): streams, and
@@ -778,27 +862,12 @@ fn openssl_cert(dir: &std::path::Path, stem: &str, cn: &str, ca: Option<&str>) {
 /// certificate.
 #[tokio::test(flavor = "current_thread")]
 async fn apply_worker_streams_over_tls_with_verify_full_and_a_client_certificate() {
-    // The publisher's TLS comes from OpenSSL: the system's PostgreSQL 15 when the server under
-    // test is built without it (the subscriber's client is pgsub's own, rustls).
-    let popts = if pgsub_tests::server_built_with("--with-openssl") {
-        ClusterOpts::publisher()
-    } else {
-        ClusterOpts::publisher().with_server_bindir(std::path::PathBuf::from("/usr/lib/postgresql/15/bin"))
-    };
-    let mut nodes = TwoNodes::start_with(popts, ClusterOpts::subscriber()).expect("start");
+    let mut nodes = TwoNodes::start_with(tls_publisher_opts(), ClusterOpts::subscriber()).expect("start");
     let dir = nodes.publisher.dir().to_path_buf();
-    openssl_cert(&dir, "server", "pgsub.test", None);
-    openssl_cert(&dir, "ca", "pgsub test CA", None);
-    openssl_cert(&dir, "client", "repl_cert", Some("ca"));
-    for line in [
-        "ssl = on".to_string(),
-        format!("ssl_cert_file = '{}'", dir.join("server.crt").display()),
-        format!("ssl_key_file = '{}'", dir.join("server.key").display()),
-        format!("ssl_ca_file = '{}'", dir.join("ca.crt").display()),
-    ] {
-        nodes.publisher.add_conf(&line).unwrap();
-    }
-    nodes.publisher.restart().expect("restart the publisher with ssl");
+    openssl_cert(&dir, "server", "pgsub.test", None).unwrap();
+    openssl_cert(&dir, "ca", "pgsub test CA", None).unwrap();
+    openssl_cert(&dir, "client", "repl_cert", Some("ca")).unwrap();
+    nodes.publisher.enable_tls(Some("ca"), &[]).expect("restart the publisher with ssl");
     nodes
         .publisher
         .set_hba(
@@ -840,5 +909,63 @@ async fn apply_worker_streams_over_tls_with_verify_full_and_a_client_certificate
     )
     .await;
     assert!(dn.contains("repl_cert"), "the worker authenticated with its certificate: {dn:?}");
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// Conflicts are shown only in the columns the subscription owner may read: a column it may not
+/// read never appears in the LOG line nor in `pgsub.conflict_log` (key, local row, remote row),
+/// for a conflict the policy resolves and for one that stops apply; pgsub_admin members read the
+/// log table, other roles do not.
+#[tokio::test(flavor = "current_thread")]
+async fn conflicts_never_show_columns_the_owner_may_not_read() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text, secret text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute(
+        "CREATE ROLE owner1 LOGIN; CREATE ROLE plain LOGIN; GRANT pgsub_admin TO owner1;
+         GRANT INSERT, UPDATE, DELETE ON t TO owner1; GRANT SELECT (id, v) ON t TO owner1;",
+    )
+    .await
+    .unwrap();
+    let owner = nodes.subscriber.client_as("owner1", "postgres").await.unwrap();
+    let pw_ci = password_conninfo(&nodes, &p).await;
+    owner
+        .execute(
+            "SELECT pgsub.create_subscription('own', $1, ARRAY['pub'], run_as_owner => true, conflict_resolution => 'keep_local')",
+            &[&pw_ci],
+        )
+        .await
+        .expect("create as owner1");
+    wait_for_subscription_sync(&s, "own", WAIT).await;
+    s.batch_execute("INSERT INTO t VALUES (1, 'local', 'LOCALSECRET'), (2, 'local', 'LOCALSECRET2')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (1, 'remote', 'REMOTESECRET'); INSERT INTO t VALUES (3, 'after', 'x')")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*) FROM t WHERE id = 3", "1", WAIT).await;
+    // Under error the retry logs the rows and stops.
+    owner.execute("SELECT pgsub.alter_subscription_options('own', conflict_resolution => 'error')", &[]).await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'remote', 'REMOTESECRET2')").await.unwrap();
+    let err = wait_for_subscription_error(&s, "own", &["conflict=insert_exists", "existing local row"], WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM pgsub.conflict_log WHERE resolution = 'error'", "1", WAIT).await;
+    let logged: String = one(
+        &owner,
+        "SELECT string_agg(concat_ws(' ', key, local_row, remote_row), ' | ' ORDER BY id) FROM pgsub.conflict_log",
+    )
+    .await;
+    assert!(logged.contains("\"local\"") && logged.contains("\"remote\""), "readable columns are shown: {logged}");
+    for (what, text) in [("last_error", &err), ("conflict_log", &logged), ("server log", &nodes.subscriber.log())] {
+        assert!(!text.contains("SECRET"), "{what} shows an unreadable column: {text}");
+    }
+    let plain = nodes.subscriber.client_as("plain", "postgres").await.unwrap();
+    let (code, _) = must_fail(&plain, "SELECT * FROM pgsub.conflict_log", &[]).await.code_and_text();
+    assert_eq!(code, "42501");
+    // The local row stays, as the policies said: resolved by deleting it, apply resumes.
+    s.batch_execute("DELETE FROM t WHERE id = 2").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "remote", WAIT).await;
+    s.batch_execute("UPDATE t SET v = 'remote', secret = 'REMOTESECRET' WHERE id = 1").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }

@@ -40,6 +40,9 @@ pub struct Target<'a> {
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Statement {
     Insert(Vec<bool>),
+    /// An INSERT that leaves a row whose key exists alone (`ON CONFLICT DO NOTHING`): the
+    /// conflict is then looked for and resolved by the worker.
+    InsertIfAbsent(Vec<bool>),
     Update {
         set: Vec<bool>,
         key: Vec<bool>,
@@ -74,6 +77,7 @@ pub fn build(target: &Target, stmt: &Statement) -> Prepared {
     let mut b = Builder { target, argtypes: Vec::new() };
     let sql = match stmt {
         Statement::Insert(present) => b.insert(present),
+        Statement::InsertIfAbsent(present) => format!("{} ON CONFLICT DO NOTHING", b.insert(present)),
         Statement::Update { set, key } => b.update(set, key),
         Statement::Delete { key } => b.delete(key),
         Statement::DeleteBatch { key } => b.delete_batch(key),
@@ -267,6 +271,14 @@ mod tests {
         assert_eq!(p.sql, "INSERT INTO \"s\".\"t\" (\"id\", \"j\") VALUES ($1, $2)");
         assert_eq!(p.argtypes, vec![INT4, JSON]);
         assert!(!p.generic_plan);
+    }
+
+    #[test]
+    fn insert_if_absent_does_nothing_on_conflict() {
+        let c = cols();
+        let p = build(&target(&c, false, false), &Statement::InsertIfAbsent(vec![true, false, true]));
+        assert_eq!(p.sql, "INSERT INTO \"s\".\"t\" (\"id\", \"j\") VALUES ($1, $2) ON CONFLICT DO NOTHING");
+        assert_eq!(p.argtypes, vec![INT4, JSON]);
     }
 
     #[test]

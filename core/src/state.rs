@@ -308,7 +308,7 @@ impl ConflictType {
 /// What a subscription does with a conflict (`conflict_resolution`), pglogical's names:
 /// `Error` is native PostgreSQL's behaviour (a unique violation stops apply, a missing row is
 /// skipped and logged, a row of another origin is overwritten).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Resolution {
     #[default]
     Error,

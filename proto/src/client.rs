@@ -44,15 +44,17 @@
 //! reading, parsing, flushing, command bookkeeping), `connect.rs` (sockets, TLS negotiation,
 //! startup), `auth.rs` (authentication), `query.rs` (simple queries, replication commands,
 //! COPY), `replication.rs` (START_REPLICATION and the CopyBoth stream), `quote.rs` (quoting),
-//! `tls.rs` (TLS policy) and `transport.rs` (the non-blocking byte pipe).
+//! `tls.rs` (TLS policy), `keyfile.rs` (client certificate and key) and `transport.rs` (the non-blocking byte pipe).
 
 mod auth;
 mod connect;
 mod error;
 mod io;
+mod keyfile;
 mod query;
 mod quote;
 mod replication;
+mod target;
 mod tls;
 mod transport;
 mod wait;

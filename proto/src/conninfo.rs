@@ -13,10 +13,10 @@
 //!   `[/dbname][?keyword=value&...]`, every part percent-decoded, `[::1]` for IPv6, a host that
 //!   decodes to an absolute path is a Unix-socket directory, `ssl=true` means `sslmode=require`;
 //! * every keyword libpq knows is accepted; unknown ones are an error (`invalid connection option
-//!   "foo"`). Keywords naming features this client does not implement (client certificates, CRLs,
-//!   service files, GSSAPI encryption, `target_session_attrs` other than `any`, ...) are rejected
-//!   with a message saying so when they ask for something, and ignored when they are harmless
-//!   (keepalive tuning, `sslsni`, `client_encoding`, ...).
+//!   "foo"`). Keywords naming features this client does not implement (service files, GSSAPI
+//!   encryption, `load_balance_hosts=random`, ...) are rejected with a message saying so when they
+//!   ask for something, and ignored when they are harmless (keepalive tuning, `client_encoding`,
+//!   ...).
 //!
 //! Defaults as libpq: host `PGHOST` else the Unix socket directory `/var/run/postgresql` (Debian's
 //! default; `/tmp` when that directory does not exist), port `PGPORT` else 5432, user `PGUSER`
@@ -25,8 +25,8 @@
 //! (`verify-full` when `sslrootcert=system`), connect_timeout `PGCONNECT_TIMEOUT` (0 or negative
 //! = none, 1 means 2 s as in libpq).
 //!
-//! Limitations (documented, checked): every host of a multi-host string shares one port and at
-//! most one `hostaddr` is supported; see [`Config::hosts`].
+//! Several hosts (`host=a,b`) take one port each or one for all (`port=5432,5433`), as libpq;
+//! limitation (documented, checked): at most one `hostaddr`; see [`Config::hosts`].
 //!
 //! Layout: this file owns the types and the entry points; `keywords.rs` is the one table of
 //! keywords (environment variable, default, secret, how they are treated); `kv.rs` and `uri.rs`
@@ -145,6 +145,79 @@ impl ChannelBinding {
     }
 }
 
+/// A TLS protocol version as libpq spells it (`ssl_min_protocol_version`,
+/// `ssl_max_protocol_version`), in increasing order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsVersion {
+    Tls1_0,
+    Tls1_1,
+    Tls1_2,
+    Tls1_3,
+}
+
+impl TlsVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls1_0 => "TLSv1",
+            TlsVersion::Tls1_1 => "TLSv1.1",
+            TlsVersion::Tls1_2 => "TLSv1.2",
+            TlsVersion::Tls1_3 => "TLSv1.3",
+        }
+    }
+
+    /// libpq's spelling, compared without regard to case as libpq does.
+    pub fn from_keyword(s: &str) -> Option<TlsVersion> {
+        [TlsVersion::Tls1_0, TlsVersion::Tls1_1, TlsVersion::Tls1_2, TlsVersion::Tls1_3]
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// libpq's `target_session_attrs` (14+): which server of the host list is acceptable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum TargetSessionAttrs {
+    /// The first server that accepts the connection.
+    #[default]
+    Any,
+    /// A server whose sessions accept writes by default (not a standby, not
+    /// `default_transaction_read_only`).
+    ReadWrite,
+    /// The opposite of `ReadWrite`.
+    ReadOnly,
+    /// A server not in hot standby.
+    Primary,
+    /// A server in hot standby.
+    Standby,
+    /// A standby if any host is one, else any server (a second pass over the list).
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    pub fn from_keyword(s: &str) -> Option<TargetSessionAttrs> {
+        [
+            TargetSessionAttrs::Any,
+            TargetSessionAttrs::ReadWrite,
+            TargetSessionAttrs::ReadOnly,
+            TargetSessionAttrs::Primary,
+            TargetSessionAttrs::Standby,
+            TargetSessionAttrs::PreferStandby,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
 impl fmt::Display for SslMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -156,15 +229,23 @@ impl fmt::Display for SslMode {
 /// `Debug` masks the password; use [`Config::display_masked`] to log it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Hosts to try in order (libpq's comma-separated `host`). Never empty. All share `port`.
+    /// Hosts to try in order (libpq's comma-separated `host`). Never empty.
     pub hosts: Vec<Host>,
+    /// The port of each host (as many as `hosts`): libpq's comma-separated `port`, one for all
+    /// hosts or one each.
+    pub ports: Vec<u16>,
     /// Numeric address to connect to instead of resolving the (first) host name; the host name
     /// is still used for certificate verification and the password file.
     pub hostaddr: Option<String>,
+    /// The first host's port.
     pub port: u16,
     pub dbname: String,
     pub user: String,
+    /// The first host's password (see `host_passwords`).
     pub password: Option<String>,
+    /// The password for each host (as many as `hosts`): `password` from the string or
+    /// `PGPASSWORD`, else that host's entry of the password file, as libpq looks it up per host.
+    pub host_passwords: Vec<Option<String>>,
     pub sslmode: SslMode,
     /// Root certificates (PEM) for `verify-ca`/`verify-full`; the literal path `system` (or none)
     /// means the operating system's trust store.
@@ -174,7 +255,22 @@ pub struct Config {
     /// if the certificate file exists.
     pub sslcert: Option<PathBuf>,
     pub sslkey: Option<PathBuf>,
+    /// The passphrase of an encrypted client key (PKCS#8).
+    pub sslpassword: Option<String>,
+    /// Certificate revocation lists (PEM): a file, and a directory whose every file is read;
+    /// when neither is set, `~/.postgresql/root.crl` if it exists. Checked only when the
+    /// certificate chain is (libpq's rule).
+    pub sslcrl: Option<PathBuf>,
+    pub sslcrldir: Option<PathBuf>,
+    /// Send the host name as TLS Server Name Indication (never for IP addresses), libpq's
+    /// `sslsni=1`, the default.
+    pub sslsni: bool,
+    /// TLS versions allowed (libpq's defaults: at least TLSv1.2, no maximum).
+    pub ssl_min_protocol_version: TlsVersion,
+    pub ssl_max_protocol_version: Option<TlsVersion>,
     pub channel_binding: ChannelBinding,
+    /// Which server of the host list is acceptable.
+    pub target_session_attrs: TargetSessionAttrs,
     /// `application_name`, else `fallback_application_name`.
     pub application_name: Option<String>,
     /// Per-host connection timeout (covers connect, TLS and authentication); `None` = wait forever.
@@ -192,10 +288,19 @@ impl fmt::Debug for Config {
             .field("dbname", &self.dbname)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| MASK))
+            .field("host_passwords", &self.host_passwords.iter().map(|p| p.as_ref().map(|_| MASK)).collect::<Vec<_>>())
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
             .field("sslcert", &self.sslcert)
             .field("sslkey", &self.sslkey)
+            .field("sslpassword", &self.sslpassword.as_ref().map(|_| MASK))
+            .field("sslcrl", &self.sslcrl)
+            .field("sslcrldir", &self.sslcrldir)
+            .field("sslsni", &self.sslsni)
+            .field("ssl_min_protocol_version", &self.ssl_min_protocol_version)
+            .field("ssl_max_protocol_version", &self.ssl_max_protocol_version)
+            .field("target_session_attrs", &self.target_session_attrs)
+            .field("ports", &self.ports)
             .field("channel_binding", &self.channel_binding)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
@@ -214,7 +319,7 @@ impl Config {
         if let Some(a) = &self.hostaddr {
             parts.push(format!("hostaddr={}", quote_value(a)));
         }
-        parts.push(format!("port={}", self.port));
+        parts.push(format!("port={}", self.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")));
         parts.push(format!("dbname={}", quote_value(&self.dbname)));
         parts.push(format!("user={}", quote_value(&self.user)));
         if self.password.is_some() {
@@ -229,6 +334,26 @@ impl Config {
         }
         if let Some(k) = &self.sslkey {
             parts.push(format!("sslkey={}", quote_value(&k.to_string_lossy())));
+        }
+        if self.sslpassword.is_some() {
+            parts.push(format!("sslpassword={MASK}"));
+        }
+        for (k, v) in [("sslcrl", &self.sslcrl), ("sslcrldir", &self.sslcrldir)] {
+            if let Some(v) = v {
+                parts.push(format!("{k}={}", quote_value(&v.to_string_lossy())));
+            }
+        }
+        if !self.sslsni {
+            parts.push("sslsni=0".to_string());
+        }
+        if self.ssl_min_protocol_version != TlsVersion::Tls1_2 {
+            parts.push(format!("ssl_min_protocol_version={}", self.ssl_min_protocol_version.as_str()));
+        }
+        if let Some(v) = self.ssl_max_protocol_version {
+            parts.push(format!("ssl_max_protocol_version={}", v.as_str()));
+        }
+        if self.target_session_attrs != TargetSessionAttrs::Any {
+            parts.push(format!("target_session_attrs={}", self.target_session_attrs.as_str()));
         }
         if self.channel_binding != ChannelBinding::Prefer {
             parts.push(format!("channel_binding={}", self.channel_binding.as_str()));

@@ -39,6 +39,7 @@ pub(super) fn required<T>(v: Option<T>, arg: &str) -> T {
 /// the worker applies them with the owner's privileges, so another pgsub_admin member could
 /// otherwise point a superuser's subscription at a publisher of their own and write any table.
 pub(super) fn require_owner_privileges(sub: &Subscription) {
+    require_superuser_if_passwordless(sub);
     let caller = caller();
     // SAFETY: catalog lookups inside a transaction.
     let ok =
@@ -56,6 +57,27 @@ pub(super) fn require_owner_privileges(sub: &Subscription) {
             ),
             Some("Ask its owner or a superuser, or create a subscription of your own."),
         );
+    }
+}
+
+/// Native 16: `password_required => false` is for superusers to set.
+pub(super) fn require_superuser_for_password_required_false() {
+    // SAFETY: catalog lookup inside a transaction.
+    if !unsafe { pg_sys::superuser_arg(caller()) } {
+        error(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "password_required=false is superuser-only",
+            None,
+            Some("Subscriptions with the password_required option set to false may only be created or modified by the superuser."),
+        );
+    }
+}
+
+/// Native 16: a subscription with `password_required => false` may only be changed by a
+/// superuser (dropping it stays open to its owner).
+pub(super) fn require_superuser_if_passwordless(sub: &Subscription) {
+    if !sub.password_required {
+        require_superuser_for_password_required_false();
     }
 }
 
@@ -289,4 +311,27 @@ pub(super) fn check_new_subscription(name: &str, conninfo: &str, options: &catal
     if catalog::load_by_name(name).ok().flatten().is_some() {
         error(Code::ERRCODE_DUPLICATE_OBJECT, format!("subscription \"{name}\" already exists"), None, None);
     }
+}
+
+/// A `conflict_resolution` value: one of the policies, and the two that compare commit times only
+/// with `track_commit_timestamp = on` (without it a local row's commit time is unknown).
+pub(super) fn check_conflict_resolution(value: &str) -> crate::catalog::Resolution {
+    let Some(r) = crate::catalog::Resolution::parse(value) else {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unrecognized conflict_resolution value: \"{value}\""),
+            None,
+            Some("Use error, apply_remote, keep_local, last_update_wins or first_update_wins."),
+        );
+    };
+    // SAFETY: a GUC variable of the server, read in a backend.
+    if r.needs_commit_timestamps() && !unsafe { pg_sys::track_commit_timestamp } {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("conflict_resolution \"{value}\" needs track_commit_timestamp"),
+            Some("It compares the commit time of the local row with the remote commit time.".into()),
+            Some("Set track_commit_timestamp = on in postgresql.conf and restart the server."),
+        );
+    }
+    r
 }

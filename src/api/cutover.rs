@@ -36,7 +36,7 @@ const POLL_MS: u64 = 100;
 /// Connects to the publisher for a query of these functions: a plain session (no walsender
 /// slot is taken), with the subscription's connection string and password rule.
 fn connect_plain(sub: &Subscription) -> Client {
-    match publisher::connect(&sub.conninfo, false, Context::Backend, Some("pgsub"), !sub.owner_superuser) {
+    match publisher::connect(&sub.conninfo, false, Context::Backend, Some("pgsub"), sub.must_use_password()) {
         Ok(c) => c,
         Err(e) => {
             let hint = (e.sqlstate() != Some("2F003"))

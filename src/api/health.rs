@@ -177,7 +177,7 @@ fn read_slots(sub: &Subscription, timeout: Duration) -> Result<Vec<SlotRow>, Str
     let mut client =
         Client::connect(&cfg, false, Box::new(waiter)).map_err(|e| fail("could not connect to the publisher", &e))?;
     // The password rule of the subscription's worker (publisher::connect) holds here too.
-    if !sub.owner_superuser && !client.used_password() {
+    if sub.must_use_password() && !client.used_password() {
         client.close();
         let e = Error::Server(ServerError {
             severity: "ERROR".into(),

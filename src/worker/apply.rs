@@ -20,11 +20,13 @@ use super::batch::{
     DeleteBatch, InsertBatch, UpdateBatch, BATCH_MAX_BYTES, BATCH_MAX_ROWS, DELETE_BATCH_MAX_ROWS,
     UPDATE_BATCH_MAX_BYTES, UPDATE_BATCH_MAX_ROWS,
 };
+use super::conflict;
 use super::errctx;
 use super::execute::{check_width, execute, in_context, key_bytes, key_mask, missing_row, set_mask, with_snapshot};
+use super::owner;
 use super::progress::Progress;
 use super::relation::{self, bind_local, cstring, free_plans, PlanKey, RelEntry};
-use crate::catalog::{SubRel, SyncState};
+use crate::catalog::{Resolution, SubRel, SyncState};
 use crate::report;
 use crate::shmem::ConflictType;
 use pgrx::memcxt::PgMemoryContexts;
@@ -183,6 +185,7 @@ impl Applier {
             );
         }
         errctx::set_txn(b.xid, b.final_lsn);
+        conflict::begin_txn(b.xid, b.commit_time, b.final_lsn);
         self.skipping = self.skip_lsn == Some(b.final_lsn);
         if self.skipping {
             report::log(
@@ -212,7 +215,8 @@ impl Applier {
 
     /// ORIGIN: the transaction came to the publisher from another node; with origin = 'none'
     /// it is skipped (publishers before 16 cannot filter it themselves).
-    pub fn origin(&mut self, _name: &str) {
+    pub fn origin(&mut self, name: &str) {
+        conflict::set_origin(name);
         if self.skip_foreign_origin && self.in_txn && !self.skipping {
             self.skipping = true;
         }
@@ -439,19 +443,22 @@ impl Applier {
         }
     }
 
-    /// One INSERT through its prepared plan.
+    /// One INSERT through its prepared plan; one whose key exists is a conflict to resolve when
+    /// the policy is not `error` or the transaction failed before (`conflict.rs`).
     pub(super) fn insert_one(&mut self, m: Insert) {
         errctx::set_message("INSERT", None);
+        let detect = conflict::policy() != Resolution::Error || self.row_by_row_lsn == Some(self.commit_end());
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.target(m.rel_oid) else { return };
         let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return };
         let present: Vec<bool> = m.new.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect();
-        let plan = local.plan(PlanKey::Insert(present.clone()), remote);
+        let key = if detect { PlanKey::InsertIfAbsent(present.clone()) } else { PlanKey::Insert(present.clone()) };
+        let plan = local.plan(key, remote);
         let mut values = Vec::new();
         let mut nulls = Vec::new();
-        in_context(cxt, || {
+        let processed = in_context(cxt, || {
             for (i, v) in m.new.columns.iter().enumerate() {
                 if present[i] {
                     let (d, n) = local.cols[i].datum(v, binary);
@@ -459,8 +466,13 @@ impl Applier {
                     nulls.push(n);
                 }
             }
-            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32);
+            owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32))
         });
+        if detect && processed == 0 {
+            let remote_values = conflict::RemoteValues::of(local, &m.new, binary, cxt);
+            let t = conflict::insert_exists(local, &remote_values, &present);
+            conflict::count(local.relid, t);
+        }
     }
 
     /// UPDATE: consecutive updates of one table that keep their key (no old tuple sent), set the
@@ -474,7 +486,7 @@ impl Applier {
             self.flush_updates();
         }
         self.drain_counts(progress);
-        let batching = self.row_by_row_lsn != Some(self.commit_end());
+        let batching = self.row_by_row_lsn != Some(self.commit_end()) && !conflict::checks_rows();
         let Some(entry) = self.target(m.rel_oid) else { return };
         errctx::set_kind("UPDATE");
         let RelEntry { remote, local, .. } = entry;
@@ -532,7 +544,11 @@ impl Applier {
 
     /// One UPDATE through its prepared plan: Some((local table, found the row)), None when not
     /// applied here.
+    /// With `conflict::checks_rows` (or on the retry of a failed transaction) the local row is
+    /// read first and conflicts with it resolved (`conflict::before_update`).
     pub(super) fn update_one(&mut self, m: &Update) -> Option<(pg_sys::Oid, bool)> {
+        let retry = self.row_by_row_lsn == Some(self.commit_end());
+        let checks = conflict::checks_rows() || retry;
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let entry = self.target(m.rel_oid)?;
@@ -547,6 +563,18 @@ impl Applier {
         };
         let key = key_mask(remote, key_src, full, &local.cols);
         let set = set_mask(&m.new);
+        if checks {
+            let key_cols: Vec<usize> = (0..key.len()).filter(|&i| key[i]).collect();
+            let key_values = conflict::RemoteValues::of(local, key_src, binary, cxt);
+            let new_values = conflict::RemoteValues::of(local, &m.new, binary, cxt);
+            let (apply, found) = conflict::before_update(local, &key_cols, &key_values, &new_values, retry);
+            for t in found {
+                conflict::count(local.relid, t);
+            }
+            if !apply {
+                return Some((local.relid, true));
+            }
+        }
         let plan = local.plan(PlanKey::Update { set: set.clone(), key: key.clone() }, remote);
         let mut values = Vec::new();
         let mut nulls = Vec::new();
@@ -565,7 +593,7 @@ impl Applier {
                     nulls.push(n);
                 }
             }
-            execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32)
+            owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32))
         });
         if processed == 0 {
             let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
@@ -585,7 +613,7 @@ impl Applier {
             self.flush_deletes();
         }
         self.drain_counts(progress);
-        let batching = self.row_by_row_lsn != Some(self.commit_end());
+        let batching = self.row_by_row_lsn != Some(self.commit_end()) && !conflict::checks_rows();
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.target(m.rel_oid) else { return };
@@ -619,6 +647,19 @@ impl Applier {
             }
             return;
         }
+        if conflict::checks_rows() {
+            let key_cols: Vec<usize> = (0..key.len()).filter(|&i| key[i]).collect();
+            let (apply, found) = with_snapshot(|| {
+                let key_values = conflict::RemoteValues::of(local, old, binary, cxt);
+                conflict::before_delete(local, &key_cols, &key_values)
+            });
+            if let Some(t) = found {
+                progress.counters.conflict(local.relid, t, 1);
+            }
+            if !apply {
+                return;
+            }
+        }
         let processed = with_snapshot(|| {
             let plan = local.plan(PlanKey::Delete { key: key.clone() }, remote);
             let mut values = Vec::new();
@@ -631,7 +672,7 @@ impl Applier {
                         nulls.push(n);
                     }
                 }
-                execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32)
+                owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32))
             })
         });
         if processed == 0 {
@@ -648,8 +689,7 @@ impl Applier {
         self.flush_batches();
         self.drain_counts(progress);
         errctx::set_message("TRUNCATE", None);
-        let mut targets = Vec::new();
-        let mut relids = Vec::new();
+        let (mut targets, mut relids) = (Vec::new(), Vec::new());
         for oid in &m.rel_oids {
             if let Some(entry) = self.target(*oid) {
                 if let Some(l) = &entry.local {
@@ -665,7 +705,7 @@ impl Applier {
         // Like native: never cascade further on the subscriber.
         let sql =
             format!("TRUNCATE {}{}", targets.join(", "), if m.restart_identity { " RESTART IDENTITY" } else { "" });
-        if let Err(e) = Spi::run(&sql) {
+        if let Err(e) = owner::truncate_as_owners(&relids, || Spi::run(&sql)) {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("TRUNCATE failed: {e}"), None, None);
         }
         for relid in relids {

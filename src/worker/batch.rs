@@ -68,7 +68,12 @@ impl Applier {
         // failed last time is applied row by row, so that its error names them.
         let stmt_triggers =
             self.rels.get(&batch.rel_oid).and_then(|e| e.local.as_ref()).is_some_and(|l| l.stmt_insert_triggers);
-        if batch.rows.len() < BATCH_MIN_COPY_ROWS || self.row_by_row_lsn == Some(self.commit_end()) || stmt_triggers {
+        // COPY cannot leave a conflicting row alone: under a conflict policy inserts go one by one.
+        if batch.rows.len() < BATCH_MIN_COPY_ROWS
+            || self.row_by_row_lsn == Some(self.commit_end())
+            || stmt_triggers
+            || super::conflict::policy() != crate::catalog::Resolution::Error
+        {
             for m in batch.rows {
                 with_snapshot(|| self.insert_one(m));
             }
@@ -121,7 +126,7 @@ impl Applier {
         }
         // One COPY FROM call per run (bench/NOTES.md, 1: smaller calls save CPU in the resource
         // owner but not time, and cost memory).
-        with_snapshot(|| copyin::copy_into(relid, &columns, buf, binary));
+        with_snapshot(|| super::owner::as_table_owner(relid, || copyin::copy_into(relid, &columns, buf, binary)));
     }
 
     /// Applies the collected updates with one `UPDATE … FROM unnest(…) WITH ORDINALITY …
@@ -163,7 +168,10 @@ impl Applier {
                     .iter()
                     .map(|&c| local.cols[c].array_of(batch.rows.iter().map(|m| m.new.columns.get(c)), n, binary))
                     .collect();
-                run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
+                let relid = local.relid;
+                super::owner::as_table_owner(relid, || {
+                    run_batch(plan, &mut values, pg_sys::SPI_OK_UPDATE_RETURNING as i32, n)
+                })
             })
         });
         let relid = local.relid;
@@ -205,7 +213,10 @@ impl Applier {
                         local.cols[c].array_of(olds, n, binary)
                     })
                     .collect();
-                run_batch(plan, &mut values, pg_sys::SPI_OK_DELETE_RETURNING as i32, n)
+                let relid = local.relid;
+                super::owner::as_table_owner(relid, || {
+                    run_batch(plan, &mut values, pg_sys::SPI_OK_DELETE_RETURNING as i32, n)
+                })
             })
         });
         let target = |i: usize| {
@@ -228,5 +239,9 @@ impl Applier {
     /// Adds what batched DELETEs and UPDATEs did to the counters.
     pub(super) fn drain_counts(&mut self, progress: &mut Progress) {
         progress.counters.absorb(std::mem::take(&mut self.batched));
+        // Conflicts the conflict module found and resolved (insert_exists, origin differs, …).
+        for (relid, t, n) in super::conflict::take_counts() {
+            progress.counters.conflict(relid, t, n);
+        }
     }
 }

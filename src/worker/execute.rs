@@ -178,6 +178,7 @@ pub(super) fn check_width(remote: &Relation, t: &TupleData, what: &str) {
 pub(super) fn missing_row(op: &str, target: &(String, Option<String>)) {
     let (rel, key) = target;
     let ctx = errctx::describe();
+    super::conflict::missing(op, rel, key.as_deref());
     let detail = match key {
         Some(k) => format!("Key {k}. {ctx}"),
         None => ctx,

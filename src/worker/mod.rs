@@ -19,9 +19,11 @@
 //! after a growing delay. Nothing is ever skipped silently.
 pub mod apply;
 mod batch;
+mod conflict;
 pub mod copyin;
 pub mod errctx;
 mod execute;
+mod owner;
 pub mod progress;
 mod receive;
 mod relation;
@@ -126,6 +128,9 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
 /// The conflict an apply error is, by PostgreSQL 18's names: a unique violation while applying a
 /// remote INSERT (`insert_exists`) or UPDATE (`update_exists`), batched or not.
 pub(crate) fn conflict_of(e: &CaughtError) -> Option<ConflictType> {
+    if let Some(t) = conflict::raised_type() {
+        return Some(t);
+    }
     let code = match e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
             r.sql_error_code()
@@ -168,7 +173,11 @@ fn on_error(subid: i32, e: CaughtError) {
         }
     };
     let ctx = errctx::describe();
-    let batch_failed_lsn = if errctx::in_batch() { errctx::finish_lsn().map_or(0, |l| l.0) } else { 0 };
+    let conflict = conflict_of(&e);
+    // A failed batch, or a key that exists: the retry goes row by row, so that the error names
+    // the row and the conflict's local row is found and recorded (conflict.rs).
+    let batch_failed_lsn =
+        if errctx::in_batch() || conflict.is_some() { errctx::finish_lsn().map_or(0, |l| l.0) } else { 0 };
     let mut text = msg.clone();
     if let Some(d) = &detail {
         text.push_str(&format!("\nDETAIL: {d}"));
@@ -179,7 +188,6 @@ fn on_error(subid: i32, e: CaughtError) {
     if !ctx.is_empty() {
         text.push_str(&format!("\nCONTEXT: {ctx}"));
     }
-    let conflict = conflict_of(&e);
     shmem::with_slot(subid, |s| {
         s.set_error(&text, now(), false);
         count_conflict(s, conflict);
@@ -192,6 +200,7 @@ fn on_error(subid: i32, e: CaughtError) {
     }
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
+    conflict::write_pending_after_abort();
     if disable_on_error(subid) {
         shmem::with_slot(subid, |s| s.failed = false);
     }
@@ -324,6 +333,8 @@ fn run(subid: i32) {
 /// Session settings shared by the apply worker and the sync workers.
 pub(crate) fn setup_session(sub: &Subscription) {
     errctx::init(&sub.name, &sub.origin_name());
+    conflict::init(sub.subid, sub.conflict_resolution);
+    owner::set_run_as_owner(sub.run_as_owner);
     set_guc("session_replication_role", "replica");
     set_guc("search_path", "");
     set_guc("synchronous_commit", &sub.synchronous_commit);
@@ -338,13 +349,19 @@ fn connect_and_start(
     before: impl FnOnce(&mut Client),
 ) -> Option<(Client, PgOutputOptions)> {
     let mut client =
-        match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), !sub.owner_superuser) {
+        match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&sub.name), sub.must_use_password()) {
             Ok(c) => c,
             Err(ProtoError::Interrupted) => return None,
             Err(e) => {
                 publisher::raise(&e, &format!("subscription \"{}\" could not connect to the publisher", sub.name), None)
             }
         };
+    // The publisher's identity breaks ties between equal commit times (conflict.rs).
+    match client.identify_system() {
+        Ok(info) => conflict::set_publisher_sysid(info.systemid.parse().unwrap_or(0)),
+        Err(ProtoError::Interrupted) => return None,
+        Err(e) => publisher::raise(&e, "could not identify the publisher (IDENTIFY_SYSTEM)", None),
+    }
     before(&mut client);
     let sync = slot != sub.slot_name;
     start_replication(client, sub, slot, start, sync)

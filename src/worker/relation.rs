@@ -277,6 +277,24 @@ impl LocalRel {
         (rel, key_text)
     }
 
+    /// Whether the current user (the worker's: the subscription owner) may read local column `i`
+    /// — what decides if its values may appear in a message or in `pgsub.conflict_log`.
+    pub(super) fn readable(&self, i: usize) -> bool {
+        let Some(col) = self.cols.get(i) else { return false };
+        let name = CString::new(col.name.as_str()).unwrap_or_default();
+        // SAFETY: catalog lookups inside the apply transaction. SELECT on the table covers
+        // every column (and superusers); otherwise the column's own privilege decides.
+        unsafe {
+            let me = pg_sys::GetUserId();
+            let attnum = pg_sys::get_attnum(self.relid, name.as_ptr());
+            attnum > 0
+                && (pg_sys::pg_class_aclcheck(self.relid, me, pg_sys::ACL_SELECT as _)
+                    == pg_sys::AclResult::ACLCHECK_OK
+                    || pg_sys::pg_attribute_aclcheck(self.relid, attnum, me, pg_sys::ACL_SELECT as _)
+                        == pg_sys::AclResult::ACLCHECK_OK)
+        }
+    }
+
     /// `(a, b)=(1, x)` for the `key` columns of `t` the current user may read.
     fn key_text(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> Option<String> {
         let mut names = Vec::new();
@@ -286,19 +304,7 @@ impl LocalRel {
                 continue;
             }
             let Some(v) = t.columns.get(i) else { continue };
-            let name = CString::new(col.name.as_str()).unwrap_or_default();
-            // SAFETY: catalog lookups inside the apply transaction. SELECT on the table covers
-            // every column (and superusers); otherwise the column's own privilege decides.
-            let readable = unsafe {
-                let me = pg_sys::GetUserId();
-                let attnum = pg_sys::get_attnum(self.relid, name.as_ptr());
-                attnum > 0
-                    && (pg_sys::pg_class_aclcheck(self.relid, me, pg_sys::ACL_SELECT as _)
-                        == pg_sys::AclResult::ACLCHECK_OK
-                        || pg_sys::pg_attribute_aclcheck(self.relid, attnum, me, pg_sys::ACL_SELECT as _)
-                            == pg_sys::AclResult::ACLCHECK_OK)
-            };
-            if !readable {
+            if !self.readable(i) {
                 continue;
             }
             let text = match v {

@@ -247,8 +247,10 @@ fn copy_one(
             format!("COPY {source} TO STDOUT")
         };
         let target = (subid, rel.relid);
-        let copied =
-            client.copy_out_reader(&copy_sql).map(|reader| stream_into(reader, relid, p, binary, &remote, target));
+        // As the table's owner unless run_as_owner (native tablesync switches around its copy).
+        let copied = super::owner::as_table_owner(relid, || {
+            client.copy_out_reader(&copy_sql).map(|reader| stream_into(reader, relid, p, binary, &remote, target))
+        });
         match copied {
             Ok(loaded) => {
                 let n = loaded;

@@ -267,13 +267,14 @@ impl Stream {
             names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(",")
         );
         let sub = &self.sub;
-        let result = publisher::connect(&sub.conninfo, false, Context::Worker, Some(&sub.name), !sub.owner_superuser)
-            .and_then(|mut c| {
-                c.simple_query(&sql)?;
-                let left = c.simple_query(&check)?;
-                c.close();
-                Ok(left.into_iter().filter_map(|r| r.values.into_iter().next().flatten()).collect::<Vec<String>>())
-            });
+        let result =
+            publisher::connect(&sub.conninfo, false, Context::Worker, Some(&sub.name), sub.must_use_password())
+                .and_then(|mut c| {
+                    c.simple_query(&sql)?;
+                    let left = c.simple_query(&check)?;
+                    c.close();
+                    Ok(left.into_iter().filter_map(|r| r.values.into_iter().next().flatten()).collect::<Vec<String>>())
+                });
         match result {
             Ok(left) => {
                 let subid = self.sub.subid;

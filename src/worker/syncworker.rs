@@ -137,6 +137,7 @@ fn on_error(subid: i32, relid: u32, e: CaughtError) {
     crate::monitor::add_conflict(subid, relid, conflict);
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
+    super::conflict::write_pending_after_abort();
     super::disable_on_error(subid);
     e.rethrow()
 }
@@ -395,7 +396,7 @@ fn slot_exists(sub: &Subscription, client: &mut Client, slot: &str) -> bool {
 
 fn connect(sub: &Subscription) -> Option<Client> {
     let app = format!("{} sync", sub.name);
-    match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&app), !sub.owner_superuser) {
+    match publisher::connect(&sub.conninfo, true, Context::Worker, Some(&app), sub.must_use_password()) {
         Ok(c) => Some(c),
         Err(ProtoError::Interrupted) => None,
         Err(e) => fail(sub, &e, "could not connect to the publisher"),

@@ -18,7 +18,7 @@ use super::error::{io_ctx, proto_err};
 use super::io::{tag_name, READ_CHUNK};
 use super::transport::{self, Sock, Started, Transport};
 use super::{tls, Client, Error, Interest, Msg, State, Wait};
-use crate::conninfo::{Config, Host, SslMode};
+use crate::conninfo::{Config, Host, SslMode, TargetSessionAttrs};
 
 /// How one connection attempt negotiates TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,26 +89,54 @@ pub fn version_string(num: u32) -> String {
 }
 
 impl Client {
-    /// Connects and authenticates, trying each host of `cfg` in turn. With `replication` the
-    /// startup packet carries `replication=database` (a logical walsender that also accepts
-    /// SQL). TLS follows `cfg.sslmode` like libpq (Unix sockets never use TLS).
+    /// Connects and authenticates, trying each host of `cfg` in turn (each on its port) until one
+    /// accepts and is of the kind `target_session_attrs` asks for; `prefer-standby` makes a
+    /// second pass accepting any server when no host is a standby (libpq 14+). With
+    /// `replication` the startup packet carries `replication=database` (a logical walsender that
+    /// also accepts SQL). TLS follows `cfg.sslmode` like libpq (Unix sockets never use TLS).
     pub fn connect(cfg: &Config, replication: bool, waiter: Box<dyn Wait>) -> Result<Client, Error> {
         let mut waiter = waiter;
         let mut last: Option<Error> = None;
-        for host in &cfg.hosts {
-            // libpq: hostaddr, when given, decides where to connect (even if host is a socket
-            // directory); the host name is kept for verification and messages.
-            let host = match (&cfg.hostaddr, host) {
-                (Some(a), Host::Unix(_)) => Host::Tcp(a.clone()),
-                _ => host.clone(),
-            };
-            match Self::connect_host(cfg, &host, replication, waiter) {
-                Ok(c) => return Ok(c),
-                Err((e, _, _)) if matches!(e, Error::Interrupted | Error::Config(_)) => return Err(e),
-                Err((e, w, _)) => {
-                    waiter = w;
-                    last = Some(e);
+        let passes = match cfg.target_session_attrs {
+            TargetSessionAttrs::PreferStandby => vec![TargetSessionAttrs::PreferStandby, TargetSessionAttrs::Any],
+            t => vec![t],
+        };
+        for want in passes {
+            for (i, host) in cfg.hosts.iter().enumerate() {
+                let port = cfg.ports.get(i).copied().unwrap_or(cfg.port);
+                // libpq: hostaddr, when given, decides where to connect (even if host is a socket
+                // directory); the host name is kept for verification and messages.
+                let host = match (&cfg.hostaddr, host) {
+                    (Some(a), Host::Unix(_)) => Host::Tcp(a.clone()),
+                    _ => host.clone(),
+                };
+                // Each host with its own password-file entry (libpq).
+                let own;
+                let cfg_host = match cfg.host_passwords.get(i) {
+                    Some(pw) if *pw != cfg.password => {
+                        own = Config { password: pw.clone(), ..cfg.clone() };
+                        &own
+                    }
+                    _ => cfg,
+                };
+                let mut client = match Self::connect_host(cfg_host, &host, port, replication, waiter) {
+                    Ok(c) => c,
+                    Err((e, _, _)) if matches!(e, Error::Interrupted | Error::Config(_)) => return Err(e),
+                    Err((e, w, _)) => {
+                        waiter = w;
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                match client.check_target(want) {
+                    Ok(None) => return Ok(client),
+                    Err(e @ Error::Interrupted) => return Err(e),
+                    Ok(Some(why)) => {
+                        last = Some(Error::NotTarget(format!("connection to {} failed: {why}", client.peer)))
+                    }
+                    Err(e) => last = Some(e),
                 }
+                waiter = client.close_for_next_host();
             }
         }
         Err(last.unwrap_or_else(|| proto_err("no host to connect to")))
@@ -116,12 +144,18 @@ impl Client {
 
     /// One host: the attempt its sslmode calls for, and at most one fallback attempt.
     #[allow(clippy::result_large_err)]
-    fn connect_host(cfg: &Config, host: &Host, replication: bool, waiter: Box<dyn Wait>) -> Result<Client, Failed> {
+    fn connect_host(
+        cfg: &Config,
+        host: &Host,
+        port: u16,
+        replication: bool,
+        waiter: Box<dyn Wait>,
+    ) -> Result<Client, Failed> {
         let mut plan = Plan::initial(host, cfg.sslmode);
         let mut waiter = waiter;
         let mut retried = false;
         loop {
-            let (e, w, tls_used) = match Self::attempt(cfg, host, replication, waiter, plan) {
+            let (e, w, tls_used) = match Self::attempt(cfg, host, port, replication, waiter, plan) {
                 Ok(c) => return Ok(c),
                 Err(failed) => failed,
             };
@@ -143,12 +177,13 @@ impl Client {
     fn attempt(
         cfg: &Config,
         host: &Host,
+        port: u16,
         replication: bool,
         mut waiter: Box<dyn Wait>,
         plan: Plan,
     ) -> Result<Client, Failed> {
         let deadline = cfg.connect_timeout.map(|t| Instant::now() + t);
-        let (sock, peer) = match open_socket(cfg, host, &mut *waiter, deadline) {
+        let (sock, peer) = match open_socket(cfg, host, port, &mut *waiter, deadline) {
             Ok(x) => x,
             Err(e) => return Err((e, waiter, false)),
         };
@@ -227,8 +262,21 @@ impl Client {
         let rootcert = cfg.sslrootcert.as_deref();
         let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
         let level = tls::verify_level(cfg.sslmode, rootcert, tls::default_root_file(home.as_deref()).is_some());
-        let identity = tls::client_identity(cfg.sslcert.as_deref(), cfg.sslkey.as_deref(), home.as_deref())?;
-        let config = tls::client_config(cfg.sslmode, rootcert, home, identity)?;
+        let identity = tls::client_identity(
+            cfg.sslcert.as_deref(),
+            cfg.sslkey.as_deref(),
+            cfg.sslpassword.as_deref(),
+            home.as_deref(),
+        )?;
+        let policy = tls::Policy {
+            crl: cfg.sslcrl.as_deref(),
+            crldir: cfg.sslcrldir.as_deref(),
+            min_version: cfg.ssl_min_protocol_version,
+            max_version: cfg.ssl_max_protocol_version,
+            sni: cfg.sslsni,
+            ..tls::Policy::new(cfg.sslmode, rootcert, home)
+        };
+        let config = tls::client_config(&policy, identity)?;
         let name = match host {
             Host::Tcp(h) => h.clone(),
             Host::Unix(_) => "localhost".to_string(),
@@ -284,12 +332,13 @@ impl Client {
 fn open_socket(
     cfg: &Config,
     host: &Host,
+    port: u16,
     waiter: &mut dyn Wait,
     deadline: Option<Instant>,
 ) -> Result<(Sock, String), Error> {
     match host {
-        Host::Unix(dir) => open_unix(&dir.join(format!(".s.PGSQL.{}", cfg.port)), waiter, deadline),
-        Host::Tcp(name) => open_tcp(cfg, name, waiter, deadline),
+        Host::Unix(dir) => open_unix(&dir.join(format!(".s.PGSQL.{port}")), waiter, deadline),
+        Host::Tcp(name) => open_tcp(cfg, name, port, waiter, deadline),
     }
 }
 
@@ -311,15 +360,16 @@ fn open_unix(path: &Path, waiter: &mut dyn Wait, deadline: Option<Instant>) -> R
 fn open_tcp(
     cfg: &Config,
     name: &str,
+    port: u16,
     waiter: &mut dyn Wait,
     deadline: Option<Instant>,
 ) -> Result<(Sock, String), Error> {
     let mut last: Option<Error> = None;
-    for addr in resolve(cfg, name)? {
+    for addr in resolve(cfg, name, port)? {
         let peer = if addr.ip().to_string() == *name {
-            format!("server at \"{name}\", port {}", cfg.port)
+            format!("server at \"{name}\", port {port}")
         } else {
-            format!("server at \"{name}\" ({}), port {}", addr.ip(), cfg.port)
+            format!("server at \"{name}\" ({}), port {port}", addr.ip())
         };
         match connect_tcp(&addr, &peer, waiter, deadline) {
             Ok(s) => return Ok((transport::tcp_sock(s), peer)),
@@ -336,15 +386,15 @@ fn open_tcp(
 }
 
 /// The addresses to try: `hostaddr`, a numeric host, or the host name resolved.
-fn resolve(cfg: &Config, name: &str) -> Result<Vec<SocketAddr>, Error> {
+fn resolve(cfg: &Config, name: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
     if let Some(a) = &cfg.hostaddr {
         let ip: IpAddr = a.parse().map_err(|_| proto_err(format!("could not parse network address \"{a}\"")))?;
-        return Ok(vec![SocketAddr::new(ip, cfg.port)]);
+        return Ok(vec![SocketAddr::new(ip, port)]);
     }
     match name.parse::<IpAddr>() {
-        Ok(ip) => Ok(vec![SocketAddr::new(ip, cfg.port)]),
+        Ok(ip) => Ok(vec![SocketAddr::new(ip, port)]),
         // getaddrinfo blocks; there is no non-blocking resolver in std.
-        Err(_) => Ok((name, cfg.port)
+        Err(_) => Ok((name, port)
             .to_socket_addrs()
             .map_err(|e| io_ctx(&format!("could not translate host name \"{name}\" to address"), e))?
             .collect()),

@@ -54,6 +54,10 @@ pub enum Error {
     /// The waiter was interrupted (e.g. SIGTERM of the worker).
     #[error("interrupted while waiting for the server")]
     Interrupted,
+    /// The server is not of the kind `target_session_attrs` asks for ("session is read-only",
+    /// "server is not in hot standby mode", naming the server), and no later host was.
+    #[error("{0}")]
+    NotTarget(String),
     /// The server closed the connection — or, in the replication stream, ended it with CopyDone
     /// (then [`Client::end_copy`](super::Client::end_copy) can still finish the exchange cleanly).
     #[error("server closed the connection")]

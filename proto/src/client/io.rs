@@ -250,6 +250,16 @@ impl Client {
     }
 
     /// Sends Terminate (best effort, without waiting) and closes the socket.
+    /// Ends a session that was established but is not the one wanted (another host is tried):
+    /// Terminate as [`close`](Self::close) does, handing back the waiter.
+    pub(super) fn close_for_next_host(mut self) -> Box<dyn super::Wait> {
+        self.wbuf.clear();
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.io.write_some(&self.wbuf);
+        self.io.close_notify();
+        std::mem::replace(&mut self.waiter, Box::new(super::PollWait))
+    }
+
     pub fn close(mut self) {
         self.wbuf.clear();
         frontend::terminate(&mut self.wbuf);

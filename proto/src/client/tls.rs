@@ -18,11 +18,17 @@
 //! system's trust store, which would let `verify-ca` accept any publicly issued certificate);
 //! `sslrootcert=system` selects that store explicitly and needs `verify-full`.
 //!
-//! Client certificates (certificate authentication), as libpq: `sslcert`, else
-//! `~/.postgresql/postgresql.crt`; a certificate file that does not exist means none is sent; with
-//! one, its key (`sslkey`, else `~/.postgresql/postgresql.key`) must exist, be a regular file and
-//! not be readable by others (libpq's permission rule). Encrypted keys (`sslpassword`) are not
-//! supported.
+//! Revocation lists (`sslcrl`, `sslcrldir`, else `~/.postgresql/root.crl` if it exists) are
+//! checked whenever the chain is, as libpq with OpenSSL's CRL_CHECK_ALL: every certificate of
+//! the chain below the root must be covered by a current list of its issuer, a revoked one is
+//! refused. A named list file or directory that does not exist is ignored (libpq's "we do not
+//! require CRL"); one that does not parse is an error. A self-signed server certificate accepted
+//! because the root file lists it verbatim is not checked against the lists (OpenSSL would want
+//! a list issued by that certificate itself).
+//!
+//! The TLS versions offered are those of TLSv1.2 and TLSv1.3 (all rustls speaks) within
+//! `ssl_min_protocol_version`..`ssl_max_protocol_version`; the host name goes out as SNI unless
+//! `sslsni=0` (never an IP address). Client certificates are `keyfile.rs`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -31,12 +37,13 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+pub(crate) use super::keyfile::{client_identity, Identity};
 use super::Error;
-use crate::conninfo::SslMode;
+use crate::conninfo::{SslMode, TlsVersion};
 
 /// What the verifier checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,81 +141,100 @@ fn load_system_roots() -> Result<RootCertStore, Error> {
     Ok(roots)
 }
 
-/// A client certificate chain and its private key.
-pub(crate) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-/// The client certificate and key to present, as libpq finds them (None: no certificate file).
-pub(crate) fn client_identity(
-    sslcert: Option<&Path>,
-    sslkey: Option<&Path>,
+/// The revocation lists in effect: `sslcrl` and every file of `sslcrldir`, else libpq's default
+/// `~/.postgresql/root.crl`; files or directories that do not exist are skipped as libpq skips
+/// them.
+pub(crate) fn load_crls(
+    crl: Option<&Path>,
+    crldir: Option<&Path>,
     home: Option<&Path>,
-) -> Result<Option<Identity>, Error> {
-    let dot = |f: &str| home.map(|h| h.join(".postgresql").join(f));
-    let Some(cert_path) = sslcert.map(Path::to_path_buf).or_else(|| dot("postgresql.crt")) else { return Ok(None) };
-    match std::fs::metadata(&cert_path) {
-        Ok(_) => {}
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
-            return Ok(None);
+) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    match (crl, crldir) {
+        (None, None) => files.extend(home.map(|h| h.join(".postgresql").join("root.crl"))),
+        _ => files.extend(crl.map(Path::to_path_buf)),
+    }
+    if let Some(dir) = crldir {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            names.sort();
+            files.extend(names.into_iter().filter(|p| p.is_file()));
         }
-        Err(e) => return Err(tls_err(format!("could not open certificate file \"{}\": {e}", cert_path.display()))),
     }
-    let unreadable = |e: &dyn std::fmt::Display| {
-        tls_err(format!("could not read certificate file \"{}\": {e}", cert_path.display()))
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| unreadable(&e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| unreadable(&e))?;
-    if certs.is_empty() {
-        return Err(unreadable(&"no certificate in the file"));
+    let mut crls = Vec::new();
+    for path in files.iter().filter(|p| p.is_file()) {
+        let bad = |e: &dyn std::fmt::Display| {
+            tls_err(format!("could not read certificate revocation list \"{}\": {e}", path.display()))
+        };
+        let found: Vec<CertificateRevocationListDer<'static>> = CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| bad(&e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&e))?;
+        // A named file must hold a list; files of the directory that hold none are not lists.
+        if found.is_empty() && Some(path.as_path()) == crl {
+            return Err(bad(&"no certificate revocation list in the file"));
+        }
+        for der in &found {
+            webpki::OwnedCertRevocationList::from_der(der.as_ref()).map_err(|e| bad(&format!("{e:?}")))?;
+        }
+        crls.extend(found);
     }
-    let Some(key_path) = sslkey.map(Path::to_path_buf).or_else(|| dot("postgresql.key")) else {
-        return Err(tls_err("certificate present, but not private key file"));
-    };
-    check_key_file(&key_path)?;
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-        let encrypted = std::fs::read_to_string(&key_path).is_ok_and(|t| t.contains("ENCRYPTED"));
-        tls_err(if encrypted {
-            format!(
-                "could not load private key file \"{}\": the key is encrypted, and encrypted keys (sslpassword) are not supported; decrypt it (openssl pkey -in … -out …)",
-                key_path.display()
-            )
-        } else {
-            format!("could not load private key file \"{}\": {e}", key_path.display())
-        })
-    })?;
-    Ok(Some((certs, key)))
+    Ok(crls)
 }
 
-/// libpq's checks of a private key file: it exists, is a regular file, and is not open to others
-/// (u=rw or less when owned by the current user; u=rw,g=r or less when owned by root).
-fn check_key_file(path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|_| tls_err(format!("certificate present, but not private key file \"{}\"", path.display())))?;
-    if !meta.is_file() {
-        return Err(tls_err(format!("private key file \"{}\" is not a regular file", path.display())));
+/// What one connection's TLS must honour, from the connection string.
+#[derive(Clone, Debug)]
+pub(crate) struct Policy<'a> {
+    pub mode: SslMode,
+    pub rootcert: Option<&'a Path>,
+    /// The home directory of `~/.postgresql`.
+    pub home: Option<PathBuf>,
+    pub crl: Option<&'a Path>,
+    pub crldir: Option<&'a Path>,
+    pub min_version: TlsVersion,
+    pub max_version: Option<TlsVersion>,
+    pub sni: bool,
+}
+
+impl<'a> Policy<'a> {
+    /// libpq's defaults for everything but `mode`, `rootcert` and `home`.
+    pub(crate) fn new(mode: SslMode, rootcert: Option<&'a Path>, home: Option<PathBuf>) -> Self {
+        Policy {
+            mode,
+            rootcert,
+            home,
+            crl: None,
+            crldir: None,
+            min_version: TlsVersion::Tls1_2,
+            max_version: None,
+            sni: true,
+        }
     }
-    let mode = meta.mode();
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    let open_to_others = (meta.uid() == me && mode & 0o077 != 0) || (meta.uid() == 0 && mode & 0o037 != 0);
-    if open_to_others {
+}
+
+/// The rustls protocol versions within `min..=max`.
+fn protocol_versions(
+    min: TlsVersion,
+    max: Option<TlsVersion>,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, Error> {
+    let v: Vec<_> = [(TlsVersion::Tls1_2, &rustls::version::TLS12), (TlsVersion::Tls1_3, &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(v, _)| *v >= min && max.is_none_or(|m| *v <= m))
+        .map(|(_, r)| r)
+        .collect();
+    if v.is_empty() {
         return Err(tls_err(format!(
-            "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
-            path.display()
+            "no TLS version this client speaks (TLSv1.2, TLSv1.3) is within ssl_min_protocol_version={} and ssl_max_protocol_version={}",
+            min.as_str(),
+            max.map_or("", TlsVersion::as_str)
         )));
     }
-    Ok(())
+    Ok(v)
 }
 
 /// Builds the rustls configuration for one connection attempt.
-pub(crate) fn client_config(
-    mode: SslMode,
-    rootcert: Option<&Path>,
-    home: Option<PathBuf>,
-    identity: Option<Identity>,
-) -> Result<Arc<ClientConfig>, Error> {
+pub(crate) fn client_config(p: &Policy<'_>, identity: Option<Identity>) -> Result<Arc<ClientConfig>, Error> {
+    let (mode, rootcert) = (p.mode, p.rootcert);
     if rootcert == Some(Path::new("system")) && mode != SslMode::VerifyFull {
         // libpq (16+): the system's roots vouch for any host they issued to, so only a
         // host-name check makes them mean anything.
@@ -220,16 +246,26 @@ pub(crate) fn client_config(
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
     let key_provider = provider.key_provider;
-    let level = verify_level(mode, rootcert, default_root_file(home.as_deref()).is_some());
+    let level = verify_level(mode, rootcert, default_root_file(p.home.as_deref()).is_some());
     let verifier: Arc<dyn ServerCertVerifier> = match level {
         Verify::None => Arc::new(SignatureOnly { algs }),
         Verify::Chain | Verify::Full => {
-            let (roots, pinned) = load_roots(rootcert, home)?;
-            Arc::new(ChainVerifier { roots: Arc::new(roots), pinned, algs, check_name: level == Verify::Full })
+            // libpq loads revocation lists only along a root *file* (not the system store).
+            let crls = match rootcert {
+                Some(r) if r == Path::new("system") => Vec::new(),
+                _ => load_crls(p.crl, p.crldir, p.home.as_deref())?,
+            };
+            let (roots, pinned) = load_roots(rootcert, p.home.clone())?;
+            let crls = crls
+                .iter()
+                .map(|c| webpki::OwnedCertRevocationList::from_der(c.as_ref()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(format!("could not read certificate revocation list: {e:?}")))?;
+            Arc::new(ChainVerifier { roots: Arc::new(roots), pinned, algs, check_name: level == Verify::Full, crls })
         }
     };
     let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&protocol_versions(p.min_version, p.max_version)?)
         .map_err(tls_err)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -250,6 +286,7 @@ pub(crate) fn client_config(
     };
     // PostgreSQL 17+ checks ALPN when the client offers it; older servers ignore it.
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    cfg.enable_sni = p.sni;
     Ok(Arc::new(cfg))
 }
 
@@ -308,8 +345,8 @@ impl ServerCertVerifier for SignatureOnly {
 }
 
 /// libpq's `verify-ca` (chain to a trusted root) and `verify-full` (chain and host name; the
-/// same checks as rustls's `WebPkiServerVerifier`, without revocation lists, which libpq only
-/// checks when `sslcrl` is given — rejected by conninfo).
+/// same checks as rustls's `WebPkiServerVerifier`), plus the revocation lists when there are
+/// any.
 #[derive(Debug)]
 struct ChainVerifier {
     roots: Arc<RootCertStore>,
@@ -317,6 +354,51 @@ struct ChainVerifier {
     pinned: Vec<CertificateDer<'static>>,
     algs: WebPkiSupportedAlgorithms,
     check_name: bool,
+    crls: Vec<webpki::OwnedCertRevocationList>,
+}
+
+impl ChainVerifier {
+    /// The chain checked against the revocation lists (after it verified without them): every
+    /// certificate below the root must be covered by a current list, and none revoked.
+    fn check_revocation(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        if self.crls.is_empty() {
+            return Ok(());
+        }
+        let lists: Vec<webpki::CertRevocationList<'_>> =
+            self.crls.iter().map(|c| webpki::CertRevocationList::from(c.clone())).collect();
+        let refs: Vec<&webpki::CertRevocationList<'_>> = lists.iter().collect();
+        let options = webpki::RevocationOptionsBuilder::new(&refs)
+            .map_err(|_| rustls::Error::General("no revocation list".into()))?
+            .with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+            .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
+            .build();
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        cert.verify_for_usage(
+            self.algs.all,
+            &self.roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            Some(options),
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            rustls::Error::InvalidCertificate(match e {
+                webpki::Error::CertRevoked => CertificateError::Revoked,
+                webpki::Error::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+                webpki::Error::CrlExpired { .. } => CertificateError::ExpiredRevocationList,
+                other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+            })
+        })
+    }
 }
 
 impl ServerCertVerifier for ChainVerifier {
@@ -338,6 +420,7 @@ impl ServerCertVerifier for ChainVerifier {
                 now,
                 self.algs.all,
             )?;
+            self.check_revocation(end_entity, intermediates, now)?;
         }
         if self.check_name {
             rustls::client::verify_server_name(&cert, server_name)?;
@@ -436,6 +519,16 @@ impl rustls::client::ResolvesClientCert for ClientCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::PrivateKeyDer;
+
+    fn config(
+        mode: SslMode,
+        rootcert: Option<&Path>,
+        home: Option<PathBuf>,
+        identity: Option<Identity>,
+    ) -> Result<Arc<ClientConfig>, Error> {
+        client_config(&Policy::new(mode, rootcert, home), identity)
+    }
 
     #[test]
     fn levels() {
@@ -464,21 +557,21 @@ mod tests {
     fn verification_without_a_root_file_is_refused_as_libpq_refuses_it() {
         let home = home_with_root("none", None);
         for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
-            let e = client_config(mode, None, Some(home.clone()), None).unwrap_err().to_string();
+            let e = config(mode, None, Some(home.clone()), None).unwrap_err().to_string();
             assert!(e.contains("root certificate file") && e.contains("does not exist"), "{e}");
             assert!(e.contains("sslrootcert=system"), "{e}");
         }
         // Without HOME at all, too.
-        assert!(client_config(SslMode::VerifyCa, None, None, None).is_err());
+        assert!(config(SslMode::VerifyCa, None, None, None).is_err());
         // require without a root file verifies nothing and needs none.
-        client_config(SslMode::Require, None, Some(home.clone()), None).unwrap();
+        config(SslMode::Require, None, Some(home.clone()), None).unwrap();
         let _ = std::fs::remove_dir_all(home);
     }
 
     #[test]
     fn the_system_store_needs_verify_full() {
         for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::Prefer] {
-            let e = client_config(mode, Some(Path::new("system")), None, None).unwrap_err().to_string();
+            let e = config(mode, Some(Path::new("system")), None, None).unwrap_err().to_string();
             assert!(e.contains(&format!("weak sslmode \"{}\"", mode.as_str())) && e.contains("verify-full"), "{e}");
         }
     }
@@ -489,7 +582,7 @@ mod tests {
         // (for require too, which then verifies the chain as libpq does).
         let home = home_with_root("empty", Some("not a certificate\n"));
         for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
-            let e = client_config(mode, None, Some(home.clone()), None).unwrap_err().to_string();
+            let e = config(mode, None, Some(home.clone()), None).unwrap_err().to_string();
             assert!(e.contains("no certificates found in root certificate file") && e.contains(".postgresql"), "{e}");
         }
         let _ = std::fs::remove_dir_all(home);
@@ -506,17 +599,19 @@ mod tests {
 
     #[test]
     fn config_without_verification_builds() {
-        client_config(SslMode::Require, None, None, None).unwrap();
-        let e = client_config(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem")), None, None).unwrap_err();
+        config(SslMode::Require, None, None, None).unwrap();
+        let e = config(SslMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem")), None, None).unwrap_err();
         assert!(e.to_string().contains("could not read root certificate file"), "{e}");
     }
 
     /// A self-signed client certificate and its key (P-256, valid until 2126), for the checks
-    /// below; made with `openssl req -x509 -newkey ec -nodes`, the key also encrypted with
-    /// `openssl pkcs8 -topk8`.
+    /// below; made with `openssl req -x509 -newkey ec -nodes`.
     const CLIENT_CRT: &str = "-----BEGIN CERTIFICATE-----\nMIIBjzCCATWgAwIBAgIUNAHD7Ibf6uh0h+8Xtwn9cbFu+E8wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRcGdzdWJfdGVzdF9jbGllbnQwIBcNMjYxMTMwMDU1MTI2WhgP\nMjEyNjExMDYwNTUxMjZaMBwxGjAYBgNVBAMMEXBnc3ViX3Rlc3RfY2xpZW50MFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEp+nc66ne3ehvwFq1x4heGbfSw3iWAs8z\nAdKPv6Bj67Cw7mpGbD79uCYsuXn0WwTfB+YyfQMcoX+u8VX3Ll+UkqNTMFEwHQYD\nVR0OBBYEFALYo1UurozTTdok4cO/DyOrYPVjMB8GA1UdIwQYMBaAFALYo1UurozT\nTdok4cO/DyOrYPVjMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg\nYR9oKRgb936puvQV0gx46MjKXGnMxr4Jpa8H0lGtZLUCIQDJ5mMjeZER5lu7UiKC\nnFYE98U7F/b5ILO0v43gKT9jtg==\n-----END CERTIFICATE-----\n";
     const CLIENT_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgBGtnfKXro2jz3vs/\nDcuMHq6GM2N1U5YlPk4mEl0Nw7OhRANCAASn6dzrqd7d6G/AWrXHiF4Zt9LDeJYC\nzzMB0o+/oGPrsLDuakZsPv24Jiy5efRbBN8H5jJ9Axyhf67xVfcuX5SS\n-----END PRIVATE KEY-----\n";
-    const CLIENT_KEY_ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAiNPrz/HXVOLgICCAAw\nDAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEE7uEwtvNbkJqvflFVgN1LUEgZB6\nY7LEWBJJfKa0WudwBfH4JHuaMgx100y+ww1GOE3z+IwLxjmoDC3bOAAqlP1V6dzC\nFZbwH2OznBtEcFkKu+maNe9/EM3pMorD0swS2VW3hrkfgpHFl+1hGlPQPZ8pfR6a\nZo7o18F/p9ZT4TxbvQRA5jGFzLCFT4AyQ6ArbmySWMv6gz6OMkcWAeT1zOhCWCQ=\n-----END ENCRYPTED PRIVATE KEY-----\n";
+    /// CLIENT_KEY encrypted with `openssl pkcs8 -topk8 -v2 aes256 -passout 'pass:pgsub test pw'`.
+    const CLIENT_KEY_ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAjQm2sR1aipwwICCAAw\nDAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEHgCIUJoG+nGOcsT5tjkh9YEgZDI\nPvbe3CkQhQ6in1zaABQ5bQNT1MrTkjpdwGJTfF22YsdNLHsMqeodBuKTrBU825Ql\n6ylY0e5PyANbKCkR974aLmbhe0fw1RRIW2M+QBKIeW8lRocZFJ34DxgxidOCkswX\nZL7N92ha3YKe3PRLGdIcjl2k3dzeRPDBL/NSlIL3ASzAjUJwr6pIULy/ieXdo6A=\n-----END ENCRYPTED PRIVATE KEY-----\n";
+    /// CLIENT_KEY encrypted the traditional way (`openssl ec -aes256`).
+    const CLIENT_KEY_TRADITIONAL: &str = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,993D4554C6C0467D459FA2395B80B768\n\nC1n7uxMp1c9298z8MLvLFJ1YDveVGgj/Q7dFjPn1/7CoOZmvMvV58rJ7+vvz96eI\ndz5aMSIsD2rhu6NdjzjyHfNavHVr6MOmTH8cX8GdC5wnU81CYkEaUAKQWoeskPKD\nixWvtkhwgOMHUm7naUoau0p7IeEqmQkp5pSGWp/8xA8=\n-----END EC PRIVATE KEY-----\n";
 
     fn write_mode(path: &Path, text: &str, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
@@ -529,33 +624,171 @@ mod tests {
         let home = home_with_root("client", None);
         let dot = home.join(".postgresql");
         // No certificate file: nothing is sent, whether named or the default.
-        assert!(client_identity(None, None, Some(&home)).unwrap().is_none());
-        assert!(client_identity(Some(&dot.join("absent.crt")), None, Some(&home)).unwrap().is_none());
+        assert!(client_identity(None, None, None, Some(&home)).unwrap().is_none());
+        assert!(client_identity(Some(&dot.join("absent.crt")), None, None, Some(&home)).unwrap().is_none());
         // The default pair.
         write_mode(&dot.join("postgresql.crt"), CLIENT_CRT, 0o644);
-        let e = client_identity(None, None, Some(&home)).unwrap_err().to_string();
+        let e = client_identity(None, None, None, Some(&home)).unwrap_err().to_string();
         assert!(e.contains("certificate present, but not private key file"), "{e}");
         write_mode(&dot.join("postgresql.key"), CLIENT_KEY, 0o600);
-        let (certs, _) = client_identity(None, None, Some(&home)).unwrap().expect("identity");
+        let (certs, _) = client_identity(None, None, None, Some(&home)).unwrap().expect("identity");
         assert_eq!(certs.len(), 1);
-        client_config(SslMode::Require, None, Some(home.clone()), client_identity(None, None, Some(&home)).unwrap())
+        config(SslMode::Require, None, Some(home.clone()), client_identity(None, None, None, Some(&home)).unwrap())
             .unwrap();
         // A key others may read is refused, in libpq's words.
         write_mode(&dot.join("postgresql.key"), CLIENT_KEY, 0o644);
-        let e = client_identity(None, None, Some(&home)).unwrap_err().to_string();
+        let e = client_identity(None, None, None, Some(&home)).unwrap_err().to_string();
         assert!(e.contains("has group or world access") && e.contains("0600"), "{e}");
         // Named files win over the defaults; a directory is not a key; garbage is not a key.
         write_mode(&dot.join("mine.key"), CLIENT_KEY, 0o600);
-        assert!(client_identity(None, Some(&dot.join("mine.key")), Some(&home)).unwrap().is_some());
-        let e = client_identity(None, Some(&dot), Some(&home)).unwrap_err().to_string();
+        assert!(client_identity(None, Some(&dot.join("mine.key")), None, Some(&home)).unwrap().is_some());
+        let e = client_identity(None, Some(&dot), None, Some(&home)).unwrap_err().to_string();
         assert!(e.contains("is not a regular file"), "{e}");
         write_mode(&dot.join("bad.key"), "not a key\n", 0o600);
-        let e = client_identity(None, Some(&dot.join("bad.key")), Some(&home)).unwrap_err().to_string();
+        let e = client_identity(None, Some(&dot.join("bad.key")), None, Some(&home)).unwrap_err().to_string();
         assert!(e.contains("could not load private key file"), "{e}");
-        // An encrypted key: said so, not a generic parse error.
+        // An encrypted key: decrypted with sslpassword into the very key it encrypts.
         write_mode(&dot.join("enc.key"), CLIENT_KEY_ENCRYPTED, 0o600);
-        let e = client_identity(None, Some(&dot.join("enc.key")), Some(&home)).unwrap_err().to_string();
-        assert!(e.contains("encrypted") && e.contains("sslpassword"), "{e}");
+        let enc = dot.join("enc.key");
+        let plain = PrivateKeyDer::from_pem_slice(CLIENT_KEY.as_bytes()).unwrap();
+        let (_, key) = client_identity(None, Some(&enc), Some("pgsub test pw"), Some(&home)).unwrap().unwrap();
+        assert_eq!(key.secret_der(), plain.secret_der());
+        // Without a password, and with a wrong one: libpq's "could not load private key file".
+        for pw in [None, Some(""), Some("wrong")] {
+            let e = client_identity(None, Some(&enc), pw, Some(&home)).unwrap_err().to_string();
+            assert!(e.contains("could not load private key file") && e.contains("enc.key"), "{e}");
+            let why = if pw == Some("wrong") { "bad decrypt" } else { "no sslpassword is given" };
+            assert!(e.contains(why), "{pw:?}: {e}");
+        }
+        // The traditional encryption: refused, saying how to convert.
+        write_mode(&dot.join("trad.key"), CLIENT_KEY_TRADITIONAL, 0o600);
+        let e = client_identity(None, Some(&dot.join("trad.key")), Some("x"), Some(&home)).unwrap_err().to_string();
+        assert!(e.contains("traditional format") && e.contains("openssl pkcs8 -topk8"), "{e}");
+        // A plain key ignores sslpassword, as libpq does.
+        assert!(client_identity(None, Some(&dot.join("mine.key")), Some("unused"), Some(&home)).unwrap().is_some());
+        let _ = std::fs::remove_dir_all(home);
+    }
+
+    /// An in-memory handshake of a client built from `p` (connecting to `host`) with a rustls
+    /// server limited to `server_versions`: what the server saw as SNI, and the outcome.
+    fn handshake(
+        p: &Policy<'_>,
+        host: &str,
+        server_versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Option<String>, Result<rustls::ProtocolVersion, String>) {
+        #[derive(Debug)]
+        struct RecordSni(Arc<rustls::sign::CertifiedKey>, std::sync::Mutex<Option<String>>);
+        impl rustls::server::ResolvesServerCert for RecordSni {
+            fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+                *self.1.lock().unwrap() = hello.server_name().map(str::to_string);
+                Some(self.0.clone())
+            }
+        }
+        let provider = provider();
+        let cert = CertificateDer::from_pem_slice(CLIENT_CRT.as_bytes()).unwrap();
+        let key = provider
+            .key_provider
+            .load_private_key(rustls::pki_types::PrivateKeyDer::from_pem_slice(CLIENT_KEY.as_bytes()).unwrap())
+            .unwrap();
+        let record =
+            Arc::new(RecordSni(Arc::new(rustls::sign::CertifiedKey::new(vec![cert], key)), Default::default()));
+        let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(server_versions)
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(record.clone());
+        let level = verify_level(p.mode, p.rootcert, false);
+        let mut client =
+            rustls::ClientConnection::new(client_config(p, None).unwrap(), server_name(host, level).unwrap()).unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server_cfg)).unwrap();
+        let mut outcome = Ok(());
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                server.read_tls(&mut &buf[..]).unwrap();
+                if let Err(e) = server.process_new_packets() {
+                    outcome = Err(e.to_string());
+                }
+            }
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                client.read_tls(&mut &buf[..]).unwrap();
+                if let Err(e) = client.process_new_packets() {
+                    outcome = Err(e.to_string());
+                }
+            }
+            if outcome.is_err() || (!client.is_handshaking() && !server.is_handshaking()) {
+                break;
+            }
+        }
+        let sni = record.1.lock().unwrap().clone();
+        (sni, outcome.map(|()| client.protocol_version().expect("negotiated")))
+    }
+
+    #[test]
+    fn sni_is_sent_for_host_names_only_and_not_with_sslsni_0() {
+        let both = [&rustls::version::TLS13, &rustls::version::TLS12];
+        let p = Policy::new(SslMode::Require, None, None);
+        assert_eq!(handshake(&p, "db.example.com", &both).0.as_deref(), Some("db.example.com"));
+        assert_eq!(handshake(&p, "127.0.0.1", &both).0, None);
+        assert_eq!(handshake(&p, "::1", &both).0, None);
+        let off = Policy { sni: false, ..Policy::new(SslMode::Require, None, None) };
+        let (sni, ok) = handshake(&off, "db.example.com", &both);
+        assert_eq!(sni, None);
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn protocol_version_bounds_are_honoured() {
+        use rustls::version::{TLS12, TLS13};
+        let with =
+            |min, max| Policy { min_version: min, max_version: max, ..Policy::new(SslMode::Require, None, None) };
+        let h = "db.example.com";
+        // Defaults: TLSv1.3 when the server has it, TLSv1.2 otherwise.
+        assert_eq!(
+            handshake(&with(TlsVersion::Tls1_2, None), h, &[&TLS13, &TLS12]).1,
+            Ok(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(handshake(&with(TlsVersion::Tls1_2, None), h, &[&TLS12]).1, Ok(rustls::ProtocolVersion::TLSv1_2));
+        // A maximum of TLSv1.2 against a TLSv1.3-only server, and the reverse: no connection.
+        let e = handshake(&with(TlsVersion::Tls1_2, Some(TlsVersion::Tls1_2)), h, &[&TLS13]).1.unwrap_err();
+        assert!(e.to_lowercase().contains("protocol") || e.contains("version"), "{e}");
+        assert!(handshake(&with(TlsVersion::Tls1_3, None), h, &[&TLS12]).1.is_err());
+        // TLSv1 / TLSv1.1 as minimum mean TLSv1.2 here (all rustls speaks).
+        assert_eq!(handshake(&with(TlsVersion::Tls1_0, None), h, &[&TLS12]).1, Ok(rustls::ProtocolVersion::TLSv1_2));
+        // Bounds excluding both versions: refused before connecting.
+        let e = config_err(&with(TlsVersion::Tls1_0, Some(TlsVersion::Tls1_1)));
+        assert!(e.contains("TLSv1.2, TLSv1.3"), "{e}");
+    }
+
+    fn config_err(p: &Policy<'_>) -> String {
+        client_config(p, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn revocation_lists_are_read_as_libpq_finds_them() {
+        let home = home_with_root("crl", None);
+        let dot = home.join(".postgresql");
+        // None anywhere: none.
+        assert!(load_crls(None, None, Some(&home)).unwrap().is_empty());
+        // Named files and directories that do not exist are skipped, as libpq skips them.
+        assert!(load_crls(Some(&dot.join("absent.crl")), Some(&dot.join("absent.d")), Some(&home)).unwrap().is_empty());
+        // A named file that holds no list, or a broken one: an error (stricter than libpq).
+        std::fs::write(dot.join("bad.crl"), "not a list\n").unwrap();
+        let e = load_crls(Some(&dot.join("bad.crl")), None, Some(&home)).unwrap_err().to_string();
+        assert!(e.contains("could not read certificate revocation list") && e.contains("bad.crl"), "{e}");
+        // The default root.crl is read when nothing is named (and is what fails here).
+        std::fs::write(dot.join("root.crl"), "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").unwrap();
+        let e = load_crls(None, None, Some(&home)).unwrap_err().to_string();
+        assert!(e.contains("root.crl"), "{e}");
+        // ... but not when a file or directory is named.
+        assert!(load_crls(None, Some(&dot.join("absent.d")), Some(&home)).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(home);
     }
 

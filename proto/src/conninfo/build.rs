@@ -11,7 +11,8 @@ use super::keywords::{self, unsupported, KEYWORDS};
 use super::kv::is_space;
 use super::pgpass::{os_user_name, password_from_file};
 use super::{
-    ChannelBinding, Config, ConnInfoError, Host, Raw, SslMode, DEFAULT_PORT, DEFAULT_SOCKET_DIR, FALLBACK_SOCKET_DIR,
+    ChannelBinding, Config, ConnInfoError, Host, Raw, SslMode, TargetSessionAttrs, TlsVersion, DEFAULT_PORT,
+    DEFAULT_SOCKET_DIR, FALLBACK_SOCKET_DIR,
 };
 
 /// The settings in effect.
@@ -63,9 +64,11 @@ pub(super) fn build_config(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Re
         kw.check(s.get(kw.name), s.explicit(kw.name))?;
     }
     let (sslmode, sslrootcert) = ssl(&s)?;
-    let port = port(&s)?;
     let hostaddr = hostaddr(&s)?;
     let hosts = hosts(&s, hostaddr.as_deref())?;
+    let ports = ports(&s, hosts.len())?;
+    let port = ports[0];
+    let (ssl_min_protocol_version, ssl_max_protocol_version) = tls_versions(&s)?;
     let user = match s.get("user") {
         Some(u) => u.to_string(),
         None => os_user_name()
@@ -75,22 +78,39 @@ pub(super) fn build_config(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Re
     let connect_timeout = connect_timeout(&s)?;
     let application_name = s.get("application_name").or_else(|| s.get("fallback_application_name")).map(str::to_string);
     let options = s.get("options").map(str::to_string);
-    let password = match s.get("password") {
-        Some(p) => Some(p.to_string()),
-        None => password_from_passfile(&s, &hosts[0], port, &dbname, &user),
-    };
+    // libpq: the string's password, else each host's own entry of the password file.
+    let host_passwords: Vec<Option<String>> = hosts
+        .iter()
+        .zip(&ports)
+        .map(|(h, p)| match s.get("password") {
+            Some(pw) => Some(pw.to_string()),
+            None => password_from_passfile(&s, h, *p, &dbname, &user),
+        })
+        .collect();
+    let password = host_passwords[0].clone();
+    let path = |k: &str| s.get(k).map(PathBuf::from);
     Ok(Config {
         hosts,
+        ports,
         hostaddr,
         port,
         dbname,
         user,
         password,
+        host_passwords,
         sslmode,
         sslrootcert,
         sslcert: s.get("sslcert").filter(|v| !v.is_empty()).map(PathBuf::from),
         sslkey: s.get("sslkey").filter(|v| !v.is_empty()).map(PathBuf::from),
+        sslpassword: s.get("sslpassword").map(str::to_string),
+        sslcrl: path("sslcrl"),
+        sslcrldir: path("sslcrldir"),
+        // libpq looks at the first character only.
+        sslsni: s.get_or_default("sslsni").is_some_and(|v| v.starts_with('1')),
+        ssl_min_protocol_version,
+        ssl_max_protocol_version,
         channel_binding: channel_binding(&s)?,
+        target_session_attrs: target_session_attrs(&s)?,
         application_name,
         connect_timeout,
         options,
@@ -134,21 +154,52 @@ fn parse_int_param(value: &str, keyword: &str) -> Result<i64, ConnInfoError> {
     })
 }
 
-/// The port; a list must name one port for every host (empty items are the default).
-fn port(s: &Settings<'_>) -> Result<u16, ConnInfoError> {
+/// The port of each of `n` hosts: one port for all, or one per host (empty items are the
+/// default), as libpq.
+fn ports(s: &Settings<'_>, n: usize) -> Result<Vec<u16>, ConnInfoError> {
     let v = s.get_or_default("port").unwrap_or_default();
-    let mut port: Option<u16> = None;
-    for item in v.split(',') {
-        let p = if item.is_empty() { DEFAULT_PORT } else { parse_port(item)? };
-        match port {
-            None => port = Some(p),
-            Some(q) if q != p => {
-                return Err(ConnInfoError::new(format!("different port numbers per host are not supported: \"{v}\"")))
-            }
-            Some(_) => {}
-        }
+    let ports = v
+        .split(',')
+        .map(|item| if item.is_empty() { Ok(DEFAULT_PORT) } else { parse_port(item) })
+        .collect::<Result<Vec<u16>, _>>()?;
+    match ports.len() {
+        1 => Ok(vec![ports[0]; n]),
+        m if m == n => Ok(ports),
+        m => Err(ConnInfoError::new(format!("could not match {m} port numbers to {n} hosts"))),
     }
-    Ok(port.unwrap_or(DEFAULT_PORT))
+}
+
+/// `ssl_min_protocol_version` (default TLSv1.2) and `ssl_max_protocol_version`, with libpq's
+/// checks; a maximum below TLSv1.2 cannot be honoured (rustls speaks TLSv1.2 and TLSv1.3 only).
+fn tls_versions(s: &Settings<'_>) -> Result<(TlsVersion, Option<TlsVersion>), ConnInfoError> {
+    let version = |k: &str| -> Result<Option<TlsVersion>, ConnInfoError> {
+        match s.get_or_default(k) {
+            None => Ok(None),
+            Some(v) => TlsVersion::from_keyword(v)
+                .map(Some)
+                .ok_or_else(|| ConnInfoError::new(format!("invalid {k} value: \"{v}\""))),
+        }
+    };
+    let min = version("ssl_min_protocol_version")?.unwrap_or(TlsVersion::Tls1_2);
+    let max = version("ssl_max_protocol_version")?;
+    if max.is_some_and(|m| m < min) {
+        return Err(ConnInfoError::new("invalid SSL protocol version range"));
+    }
+    if let Some(m) = max.filter(|m| *m < TlsVersion::Tls1_2) {
+        return Err(unsupported(
+            "ssl_max_protocol_version",
+            m.as_str(),
+            "this client speaks TLSv1.2 and TLSv1.3 only (TLSv1 and TLSv1.1 are obsolete, RFC 8996)",
+        ));
+    }
+    Ok((min, max))
+}
+
+/// `target_session_attrs`, with libpq's error for another value.
+fn target_session_attrs(s: &Settings<'_>) -> Result<TargetSessionAttrs, ConnInfoError> {
+    let v = s.get_or_default("target_session_attrs").unwrap_or("any");
+    TargetSessionAttrs::from_keyword(v)
+        .ok_or_else(|| ConnInfoError::new(format!("invalid target_session_attrs value: \"{v}\"")))
 }
 
 fn parse_port(value: &str) -> Result<u16, ConnInfoError> {
@@ -218,7 +269,7 @@ fn connect_timeout(s: &Settings<'_>) -> Result<Option<Duration>, ConnInfoError> 
     Ok((n > 0).then(|| Duration::from_secs(n.max(2) as u64)))
 }
 
-/// The password file's entry for the first host: `passfile`, else `~/.pgpass`.
+/// The password file's entry for one host: `passfile`, else `~/.pgpass`.
 fn password_from_passfile(s: &Settings<'_>, host: &Host, port: u16, dbname: &str, user: &str) -> Option<String> {
     let passfile = s
         .get("passfile")

@@ -87,16 +87,16 @@ pub(super) const KEYWORDS: &[Keyword] = &[
     kw("sslcert", Some("PGSSLCERT"), Kind::Used),
     kw("sslkey", Some("PGSSLKEY"), Kind::Used),
     kw("sslcertmode", Some("PGSSLCERTMODE"), Kind::Ignored),
-    secret(kw("sslpassword", None, Kind::Ignored)),
+    secret(kw("sslpassword", None, Kind::Used)),
     kw("sslrootcert", Some("PGSSLROOTCERT"), Kind::Used),
-    kw("sslcrl", Some("PGSSLCRL"), Kind::RefusedInString(NOT_IMPLEMENTED)),
-    kw("sslcrldir", Some("PGSSLCRLDIR"), Kind::RefusedInString(NOT_IMPLEMENTED)),
-    kw("sslsni", Some("PGSSLSNI"), Kind::Ignored),
+    kw("sslcrl", Some("PGSSLCRL"), Kind::Used),
+    kw("sslcrldir", Some("PGSSLCRLDIR"), Kind::Used),
+    with_default(kw("sslsni", Some("PGSSLSNI"), Kind::Used), "1"),
     kw("requirepeer", Some("PGREQUIREPEER"), Kind::RefusedInString(NOT_IMPLEMENTED)),
     kw("require_auth", Some("PGREQUIREAUTH"), Kind::Refused(NOT_IMPLEMENTED)),
     with_default(kw("channel_binding", Some("PGCHANNELBINDING"), Kind::Used), "prefer"),
-    kw("ssl_min_protocol_version", Some("PGSSLMINPROTOCOLVERSION"), Kind::Ignored),
-    kw("ssl_max_protocol_version", Some("PGSSLMAXPROTOCOLVERSION"), Kind::Ignored),
+    with_default(kw("ssl_min_protocol_version", Some("PGSSLMINPROTOCOLVERSION"), Kind::Used), "TLSv1.2"),
+    kw("ssl_max_protocol_version", Some("PGSSLMAXPROTOCOLVERSION"), Kind::Used),
     kw("min_protocol_version", Some("PGMINPROTOCOLVERSION"), Kind::Ignored),
     kw("max_protocol_version", Some("PGMAXPROTOCOLVERSION"), Kind::Ignored),
     with_default(
@@ -115,18 +115,7 @@ pub(super) const KEYWORDS: &[Keyword] = &[
     kw("gsslib", Some("PGGSSLIB"), Kind::Ignored),
     kw("gssdelegation", Some("PGGSSDELEGATION"), Kind::Ignored),
     kw("replication", None, Kind::Ignored),
-    with_default(
-        kw(
-            "target_session_attrs",
-            Some("PGTARGETSESSIONATTRS"),
-            Kind::Choice {
-                accepted: &["any"],
-                refused: &["read-write", "read-only", "primary", "standby", "prefer-standby"],
-                why: Refusal::NotSupported("only \"any\" is implemented"),
-            },
-        ),
-        "any",
-    ),
+    with_default(kw("target_session_attrs", Some("PGTARGETSESSIONATTRS"), Kind::Used), "any"),
     with_default(
         kw(
             "load_balance_hosts",

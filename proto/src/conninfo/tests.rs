@@ -123,17 +123,58 @@ fn errors_are_libpq_like() {
     assert_eq!(err("port=0"), "invalid port number: \"0\"");
     assert_eq!(err("sslmode=maybe"), "invalid sslmode value: \"maybe\"");
     assert!(err("service=foo").contains("not supported"));
-    assert!(err("sslcrl=/x.crl").contains("sslcrl"));
+    assert_eq!(err("ssl_min_protocol_version=TLSv9"), "invalid ssl_min_protocol_version value: \"TLSv9\"");
+    assert_eq!(err("ssl_max_protocol_version=x"), "invalid ssl_max_protocol_version value: \"x\"");
+    // libpq's range check, the default minimum (TLSv1.2) included.
+    assert_eq!(err("ssl_max_protocol_version=TLSv1.1"), "invalid SSL protocol version range");
+    assert_eq!(
+        err("ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=tlsv1.2"),
+        "invalid SSL protocol version range"
+    );
+    // A range libpq takes but rustls cannot speak.
+    let e = err("ssl_min_protocol_version=TLSv1 ssl_max_protocol_version=TLSv1.1");
+    assert!(e.contains("ssl_max_protocol_version") && e.contains("TLSv1.2 and TLSv1.3 only"), "{e}");
     assert_eq!(err("channel_binding=maybe"), "invalid channel_binding value: \"maybe\"");
     assert_eq!(p("channel_binding=require").unwrap().channel_binding, super::ChannelBinding::Require);
     assert_eq!(p("").unwrap().channel_binding, super::ChannelBinding::Prefer);
-    assert!(err("target_session_attrs=read-write").contains("target_session_attrs"));
+    assert_eq!(err("target_session_attrs=writable"), "invalid target_session_attrs value: \"writable\"");
     assert!(err("hostaddr=not-an-ip").contains("could not parse network address"));
-    assert!(err("host=a,b port=1,2").contains("different port numbers"));
+    assert_eq!(err("host=a,b,c port=1,2"), "could not match 2 port numbers to 3 hosts");
     // Accepted and ignored.
-    p("keepalives=1 keepalives_idle=30 sslsni=1 client_encoding=UTF8 replication=database").unwrap();
+    p("keepalives=1 keepalives_idle=30 client_encoding=UTF8 replication=database").unwrap();
     // requiressl compatibility.
     assert_eq!(p("requiressl=1").unwrap().sslmode, SslMode::Require);
+}
+
+#[test]
+fn tls_settings_and_session_attrs() {
+    use super::{TargetSessionAttrs, TlsVersion};
+    let c = p("host=a").unwrap();
+    assert!(c.sslsni);
+    assert_eq!((c.ssl_min_protocol_version, c.ssl_max_protocol_version), (TlsVersion::Tls1_2, None));
+    assert_eq!(c.target_session_attrs, TargetSessionAttrs::Any);
+    assert_eq!((c.sslcrl.clone(), c.sslcrldir.clone(), c.sslpassword.clone()), (None, None, None));
+    let c =
+        p("host=a sslsni=0 ssl_min_protocol_version=tlsv1.3 sslcrl=/c.pem sslcrldir=/crls sslpassword='p w'").unwrap();
+    assert!(!c.sslsni);
+    assert_eq!(c.ssl_min_protocol_version, TlsVersion::Tls1_3);
+    assert_eq!(c.sslcrl.as_deref(), Some(std::path::Path::new("/c.pem")));
+    assert_eq!(c.sslcrldir.as_deref(), Some(std::path::Path::new("/crls")));
+    assert_eq!(c.sslpassword.as_deref(), Some("p w"));
+    assert!(!format!("{c:?}").contains("p w") && !c.display_masked().contains("p w"));
+    for mode in ["any", "read-write", "read-only", "primary", "standby", "prefer-standby"] {
+        let c = p(&format!("target_session_attrs={mode}")).unwrap();
+        assert_eq!(c.target_session_attrs.as_str(), mode);
+    }
+    // One port for all hosts, or one each.
+    let c = p("host=a,b,c port=7").unwrap();
+    assert_eq!((c.ports.clone(), c.port), (vec![7, 7, 7], 7));
+    let c = p("host=a,b port=7,").unwrap();
+    assert_eq!(c.ports, vec![7, DEFAULT_PORT]);
+    assert!(c.display_masked().contains("port=7,5432"), "{}", c.display_masked());
+    let c = p("postgresql://a:1,b:2/db?target_session_attrs=read-write").unwrap();
+    assert_eq!(c.ports, vec![1, 2]);
+    assert_eq!(c.target_session_attrs, TargetSessionAttrs::ReadWrite);
 }
 
 #[test]
@@ -329,6 +370,13 @@ fn pgpass_lookup() {
     // Explicit password wins.
     let c = parse_with_env("host=db:x dbname=mydb password=given", &env).unwrap();
     assert_eq!(c.password.as_deref(), Some("given"));
+    // Several hosts: each host and port has its own entry (libpq); an explicit one is for all.
+    let c = parse_with_env("host=other,db:x,elsewhere port=5432,6000,5432 dbname=mydb", &env).unwrap();
+    assert_eq!(c.host_passwords, vec![Some("nope".to_string()), Some(r"pa:ss\w".to_string()), None]);
+    assert_eq!(c.password.as_deref(), Some("nope"));
+    assert!(!format!("{c:?}").contains("nope"), "masked in Debug");
+    let c = parse_with_env("host=other,db:x port=5432,6000 dbname=mydb password=given", &env).unwrap();
+    assert_eq!(c.host_passwords, vec![Some("given".to_string()); 2]);
     // passfile keyword, HOME fallback.
     let c = parse_with_env(&format!("passfile={fs} dbname=x"), &env_of(&[("PGUSER", "bob")])).unwrap();
     assert_eq!(c.password.as_deref(), Some("sock"));

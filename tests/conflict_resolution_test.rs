@@ -1,0 +1,449 @@
+//! End-to-end: conflicts by PostgreSQL 18's types, resolved by the subscription's
+//! `conflict_resolution` (src/worker/conflict.rs). Each type is provoked on purpose, under the
+//! policies that decide it differently; each test checks the local row the policy promises, the
+//! `confl_*` counter, the LOG line and the `pgsub.conflict_log` row (key, local and remote rows,
+//! resolution, remote finish LSN). The bidirectional test runs two nodes that publish and
+//! subscribe to each other (`origin => 'none'`) under `last_update_wins` with concurrent updates
+//! of the same keys, and checks that they converge and that every local version overwritten by
+//! the other node's is in the log.
+use pgsub_tests::{
+    assert_replicated_equal, assert_replicated_equal_except, one, query_text, wait_for, wait_for_subscription_error,
+    wait_for_subscription_sync, wait_value, Cluster, ClusterOpts, TwoNodes,
+};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn nodes() -> TwoNodes {
+    TwoNodes::start_with(ClusterOpts::publisher(), ClusterOpts::subscriber().with_conf("track_commit_timestamp = on"))
+        .expect("start")
+}
+
+async fn set_policy(s: &tokio_postgres::Client, policy: &str) {
+    s.execute("SELECT pgsub.alter_subscription_options('c', conflict_resolution => $1)", &[&policy]).await.unwrap();
+    wait_value(s, "SELECT conflict_resolution FROM pgsub.subscription WHERE subname = 'c'", policy, WAIT).await;
+}
+
+async fn counter(s: &tokio_postgres::Client, col: &str) -> i64 {
+    one(s, &format!("SELECT {col} FROM pgsub.stat_subscription WHERE subname = 'c'")).await
+}
+
+/// The newest conflict_log row of a type: (resolution, key, local row, remote row, finish LSN set).
+async fn last_logged(s: &tokio_postgres::Client, ctype: &str) -> (String, String, String, String, bool) {
+    let row = s
+        .query_one(
+            "SELECT resolution, coalesce(key::text, ''), coalesce(local_row::text, ''), coalesce(remote_row::text, ''), \
+                    remote_finish_lsn IS NOT NULL AND remote_commit_time IS NOT NULL \
+             FROM pgsub.conflict_log WHERE conflict_type = $1 ORDER BY id DESC LIMIT 1",
+            &[&ctype],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("no {ctype} row in pgsub.conflict_log: {e}"));
+    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+}
+
+async fn wait_logged(s: &tokio_postgres::Client, ctype: &str, n: i64) {
+    wait_value(
+        s,
+        &format!("SELECT count(*) >= {n} FROM pgsub.conflict_log WHERE conflict_type = '{ctype}'"),
+        "t",
+        WAIT,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn insert_exists_stops_apply_under_error_and_each_policy_decides_it() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE t")).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+
+    // error (the default): apply stops with the conflict, nothing of the transaction applied.
+    s.batch_execute("INSERT INTO t VALUES (1, 'local')").await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO t VALUES (100, 'before'); INSERT INTO t VALUES (1, 'remote'); COMMIT")
+        .await
+        .unwrap();
+    let err = wait_for_subscription_error(&s, "c", &["conflict=insert_exists", "existing local row"], WAIT).await;
+    assert!(err.contains("\"v\": \"local\"") && err.contains("\"v\": \"remote\""), "{err}");
+    assert!(err.contains("finishing at"), "the finish LSN is given: {err}");
+    wait_logged(&s, "insert_exists", 1).await;
+    let (res, key, local, remote, txn) = last_logged(&s, "insert_exists").await;
+    assert_eq!(res, "error");
+    assert_eq!(key, "{\"id\": 1}");
+    assert!(local.contains("\"local\"") && remote.contains("\"remote\"") && txn, "{local} {remote}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 100").await, 0, "nothing of it applied");
+    assert!(counter(&s, "confl_insert_exists").await >= 1);
+    assert!(nodes.subscriber.log_contains("conflict detected on relation"));
+
+    // keep_local: the transaction goes through, the local row stays.
+    set_policy(&s, "keep_local").await;
+    wait_value(&s, "SELECT count(*) FROM t WHERE id = 100", "1", WAIT).await;
+    assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 1").await, "local");
+    assert_eq!(last_logged(&s, "insert_exists").await.0, "keep_local");
+
+    // apply_remote: the remote row replaces the local one.
+    s.batch_execute("INSERT INTO t VALUES (2, 'local')").await.unwrap();
+    set_policy(&s, "apply_remote").await;
+    p.batch_execute("INSERT INTO t VALUES (2, 'remote')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "remote", WAIT).await;
+    let (res, _, local, remote, _) = last_logged(&s, "insert_exists").await;
+    assert_eq!(res, "apply_remote");
+    assert!(local.contains("\"local\"") && remote.contains("\"remote\""));
+
+    // last_update_wins / first_update_wins compare commit times: a remote row committed before
+    // the local one (the subscription disabled meanwhile) and one committed after it.
+    for (policy, older_wins) in [("last_update_wins", false), ("first_update_wins", true)] {
+        set_policy(&s, policy).await;
+        let (a, b) = if older_wins { (5, 6) } else { (3, 4) };
+        s.execute("SELECT pgsub.disable_subscription('c')", &[]).await.unwrap();
+        wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'c'", "disabled", WAIT).await;
+        p.execute("INSERT INTO t VALUES ($1, 'remote')", &[&a]).await.unwrap();
+        s.execute("INSERT INTO t VALUES ($1, 'local'), ($2, 'local')", &[&a, &b]).await.unwrap();
+        s.execute("SELECT pgsub.enable_subscription('c')", &[]).await.unwrap();
+        wait_for_subscription_sync(&s, "c", WAIT).await;
+        p.execute("INSERT INTO t VALUES ($1, 'remote')", &[&b]).await.unwrap();
+        p.batch_execute("INSERT INTO t VALUES (1000, 'marker') ON CONFLICT (id) DO UPDATE SET v = t.v || '+'")
+            .await
+            .unwrap();
+        let marker: String = one(&p, "SELECT v FROM t WHERE id = 1000").await;
+        wait_value(&s, "SELECT v FROM t WHERE id = 1000", &marker, WAIT).await;
+        let v_a: String = one(&s, &format!("SELECT v FROM t WHERE id = {a}")).await;
+        let v_b: String = one(&s, &format!("SELECT v FROM t WHERE id = {b}")).await;
+        if older_wins {
+            assert_eq!((v_a.as_str(), v_b.as_str()), ("remote", "local"), "{policy}");
+        } else {
+            assert_eq!((v_a.as_str(), v_b.as_str()), ("local", "remote"), "{policy}");
+        }
+    }
+    // Rows left different on purpose: the local versions kept by keep_local and the policies.
+    assert_replicated_equal_except(&p, &s, None, &["t"]).await;
+    pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id >= 100 ORDER BY id", WAIT).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn update_and_delete_conflicts_by_type_and_policy() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, u int UNIQUE, w int UNIQUE, v text)";
+    p.batch_execute(&format!(
+        "{ddl}; CREATE PUBLICATION pub FOR TABLE t;
+         INSERT INTO t SELECT g, g, g, 'v' || g FROM generate_series(1, 100) g"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'apply_remote')",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+
+    // update_origin_differs: the row was last changed here. apply_remote (and error, natively)
+    // apply the update; keep_local leaves the local row.
+    s.batch_execute("UPDATE t SET v = 'local' WHERE id IN (1, 2)").await.unwrap();
+    p.batch_execute("UPDATE t SET v = 'remote' WHERE id = 1").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "remote", WAIT).await;
+    let (res, _, local, remote, _) = last_logged(&s, "update_origin_differs").await;
+    assert_eq!(res, "apply_remote");
+    assert!(local.contains("\"local\"") && remote.contains("\"remote\""), "{local} {remote}");
+    assert_eq!(counter(&s, "confl_update_origin_differs").await, 1);
+    set_policy(&s, "keep_local").await;
+    p.batch_execute("UPDATE t SET v = 'remote' WHERE id = 2; UPDATE t SET v = 'marker' WHERE id = 99").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 99", "marker", WAIT).await;
+    assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 2").await, "local");
+    assert_eq!(last_logged(&s, "update_origin_differs").await.0, "keep_local");
+
+    // delete_origin_differs under keep_local: the locally changed row stays; under apply_remote it goes.
+    s.batch_execute("UPDATE t SET v = 'local' WHERE id IN (3, 4)").await.unwrap();
+    p.batch_execute("DELETE FROM t WHERE id = 3; UPDATE t SET v = 'marker2' WHERE id = 99").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 99", "marker2", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 3").await, 1);
+    assert_eq!(last_logged(&s, "delete_origin_differs").await.0, "keep_local");
+    set_policy(&s, "apply_remote").await;
+    p.batch_execute("DELETE FROM t WHERE id = 4").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t WHERE id = 4", "0", WAIT).await;
+    assert_eq!(counter(&s, "confl_delete_origin_differs").await, 2);
+
+    // update_exists: the new value of u is held here by a row the publisher does not have.
+    s.batch_execute("INSERT INTO t VALUES (500, 555, 500, 'local only')").await.unwrap();
+    p.batch_execute("UPDATE t SET u = 555 WHERE id = 10").await.unwrap();
+    wait_value(&s, "SELECT u FROM t WHERE id = 10", "555", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 500").await, 0, "apply_remote removed it");
+    let (res, key, local, _, _) = last_logged(&s, "update_exists").await;
+    assert_eq!(res, "apply_remote");
+    assert_eq!(key, "{\"u\": 555}");
+    assert!(local.contains("local only"), "{local}");
+    assert_eq!(counter(&s, "confl_update_exists").await, 1);
+
+    // multiple_unique_conflicts: the remote INSERT collides with two local rows in two indexes.
+    set_policy(&s, "keep_local").await;
+    s.batch_execute("INSERT INTO t VALUES (600, 600, 600, 'a'), (601, 601, 666, 'b')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (600, 601, 601, 'remote'); UPDATE t SET v = 'marker3' WHERE id = 99")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 99", "marker3", WAIT).await;
+    assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 600").await, "a");
+    let (res, _, local, _, _) = last_logged(&s, "multiple_unique_conflicts").await;
+    assert_eq!(res, "keep_local");
+    assert!(local.starts_with('[') && local.contains("\"b\""), "both local rows: {local}");
+    assert_eq!(counter(&s, "confl_multiple_unique_conflicts").await, 1);
+
+    // Missing rows (a batched run of deletes, 3 of them missing here) are recorded and skipped.
+    s.batch_execute("DELETE FROM t WHERE id IN (50, 51, 52)").await.unwrap();
+    p.batch_execute("DELETE FROM t WHERE id BETWEEN 40 AND 60; UPDATE t SET v = 'gone' WHERE id = 70").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 70", "gone", WAIT).await;
+    wait_logged(&s, "delete_missing", 3).await;
+    assert_eq!(last_logged(&s, "delete_missing").await.0, "skip");
+    assert_eq!(counter(&s, "confl_delete_missing").await, 3);
+    let total: i64 = one(&s, "SELECT count(*) FROM pgsub.conflict_log").await;
+    assert_eq!(total, counter(&s, "conflicts").await, "one record per counted conflict");
+    assert_replicated_equal_except(&p, &s, None, &["t"]).await;
+    pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id BETWEEN 5 AND 99 ORDER BY id", WAIT).await;
+}
+
+/// A node that publishes and subscribes (both ends of a bidirectional pair).
+fn both_ways_node() -> Cluster {
+    let n = Cluster::start(
+        ClusterOpts::subscriber().with_conf("wal_level = logical").with_conf("track_commit_timestamp = on"),
+    )
+    .expect("start");
+    n.psql("postgres", "CREATE EXTENSION pgsub").expect("extension");
+    n
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bidirectional_pair_converges_under_last_update_wins() {
+    let a = both_ways_node();
+    let b = both_ways_node();
+    let ca = a.client("postgres").await.unwrap();
+    let cb = b.client("postgres").await.unwrap();
+    for c in [&ca, &cb] {
+        c.batch_execute(
+            "CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL);
+             INSERT INTO kv SELECT g, 'init' FROM generate_series(1, 20) g;
+             CREATE PUBLICATION pub FOR TABLE kv",
+        )
+        .await
+        .unwrap();
+    }
+    for (c, other) in [(&ca, &b), (&cb, &a)] {
+        c.execute(
+            "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], copy_data => false, origin => 'none', \
+             conflict_resolution => 'last_update_wins')",
+            &[&other.connstr("postgres", "postgres")],
+        )
+        .await
+        .unwrap();
+    }
+    wait_for_subscription_sync(&ca, "c", WAIT).await;
+    wait_for_subscription_sync(&cb, "c", WAIT).await;
+
+    // 30 s of updates of the same 20 keys on both nodes, each version unique.
+    let writer = |c: tokio_postgres::Client, node: &'static str| async move {
+        let start = std::time::Instant::now();
+        let mut n = 0u64;
+        let mut last = std::collections::HashMap::new();
+        while start.elapsed() < Duration::from_secs(30) {
+            n += 1;
+            let k = ((n * 7 + if node == "a" { 0 } else { 3 }) % 20 + 1) as i32;
+            let v = format!("{node}-{n}");
+            c.execute("UPDATE kv SET v = $2 WHERE k = $1", &[&k, &v]).await.unwrap();
+            last.insert(k, v);
+            tokio::time::sleep(Duration::from_millis(5)).await; // pacing the load, not a wait
+        }
+        last
+    };
+    let (wa, wb) = (a.client("postgres").await.unwrap(), b.client("postgres").await.unwrap());
+    let (last_a, last_b) = tokio::join!(writer(wa, "a"), writer(wb, "b"));
+
+    // Quiet: both nodes converge.
+    let table = "SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM kv";
+    wait_for("both nodes hold the same rows", WAIT, || async {
+        let (x, y) = (query_text(&ca, table).await?, query_text(&cb, table).await?);
+        Ok((x == y).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Every node's last local version of a key is either the final value or was overwritten by
+    // the other node's newer one, recorded in that node's conflict log.
+    for (c, last, name) in [(&ca, &last_a, "a"), (&cb, &last_b, "b")] {
+        for (k, v) in last {
+            let kept: bool = c
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM kv WHERE k = $1 AND v = $2) \
+                     OR EXISTS (SELECT 1 FROM pgsub.conflict_log WHERE local_row ->> 'v' = $2 AND resolution = 'apply_remote')",
+                    &[k, v],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(kept, "node {name}: version {v} of key {k} is neither final nor in the conflict log");
+        }
+        let n: i64 =
+            one(c, "SELECT count(*) FROM pgsub.conflict_log WHERE conflict_type = 'update_origin_differs'").await;
+        assert!(n > 0, "node {name} saw conflicts");
+    }
+    assert_replicated_equal(&ca, &cb).await;
+    assert_replicated_equal(&cb, &ca).await;
+}
+
+/// What each policy promises for each type, provoked with the remote change newer than the local
+/// one: (policy, remote change applied?). Under `error` an origin difference is applied (as
+/// natively) and a unique conflict stops apply until the local row is removed.
+#[tokio::test(flavor = "current_thread")]
+async fn every_policy_on_every_type() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, u int UNIQUE, v text)";
+    p.batch_execute(&format!(
+        "{ddl}; CREATE PUBLICATION pub FOR TABLE t;
+         INSERT INTO t SELECT g, g, 'v' || g FROM generate_series(1, 1000) g"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    let mut marker = 0;
+    // Applies a publisher change and waits until the subscriber has applied everything before it.
+    async fn publish(p: &tokio_postgres::Client, s: &tokio_postgres::Client, sql: &str, marker: &mut i32) {
+        *marker += 1;
+        p.batch_execute(&format!("{sql}; UPDATE t SET v = 'marker {marker}' WHERE id = 1000")).await.unwrap();
+        wait_value(s, "SELECT v FROM t WHERE id = 1000", &format!("marker {marker}"), WAIT).await;
+    }
+    let policies = ["error", "apply_remote", "keep_local", "last_update_wins", "first_update_wins"];
+    for (n, policy) in policies.iter().enumerate() {
+        set_policy(&s, policy).await;
+        let base = 100 + 100 * n as i32;
+        let remote_wins = matches!(*policy, "error" | "apply_remote" | "last_update_wins");
+
+        // update_origin_differs: changed here, then (later) on the publisher.
+        let k = base + 1;
+        s.execute("UPDATE t SET v = 'local' WHERE id = $1", &[&k]).await.unwrap();
+        publish(&p, &s, &format!("UPDATE t SET v = 'remote' WHERE id = {k}"), &mut marker).await;
+        let v: String = one(&s, &format!("SELECT v FROM t WHERE id = {k}")).await;
+        assert_eq!(v, if remote_wins { "remote" } else { "local" }, "{policy}: update_origin_differs");
+
+        // delete_origin_differs.
+        let k = base + 2;
+        s.execute("UPDATE t SET v = 'local' WHERE id = $1", &[&k]).await.unwrap();
+        publish(&p, &s, &format!("DELETE FROM t WHERE id = {k}"), &mut marker).await;
+        let left: i64 = one(&s, &format!("SELECT count(*) FROM t WHERE id = {k}")).await;
+        assert_eq!(left, if remote_wins { 0 } else { 1 }, "{policy}: delete_origin_differs");
+
+        // update_exists: the new u is held here by a local-only row.
+        let (k, clash) = (base + 3, 50_000 + base);
+        s.execute("INSERT INTO t VALUES ($1, $2, 'local only')", &[&(clash), &(clash)]).await.unwrap();
+        if *policy == "error" {
+            p.execute("UPDATE t SET u = $2 WHERE id = $1", &[&k, &clash]).await.unwrap();
+            wait_for_subscription_error(&s, "c", &["conflict=update_exists"], WAIT).await;
+            s.execute("DELETE FROM t WHERE id = $1", &[&clash]).await.unwrap();
+            publish(&p, &s, "SELECT 1", &mut marker).await;
+        } else {
+            publish(&p, &s, &format!("UPDATE t SET u = {clash} WHERE id = {k}"), &mut marker).await;
+        }
+        let u: i32 = one(&s, &format!("SELECT u FROM t WHERE id = {k}")).await;
+        let local_only: i64 = one(&s, &format!("SELECT count(*) FROM t WHERE id = {clash}")).await;
+        if remote_wins {
+            assert_eq!((u, local_only), (clash, 0), "{policy}: update_exists");
+        } else {
+            assert_eq!((u, local_only), (k, 1), "{policy}: update_exists");
+        }
+
+        // multiple_unique_conflicts: a remote INSERT whose id and u are held by two local rows.
+        let (a, b) = (60_000 + base, 70_000 + base);
+        s.execute("INSERT INTO t VALUES ($1, $1, 'local a'), ($2, $2, 'local b')", &[&a, &b]).await.unwrap();
+        if *policy == "error" {
+            p.execute("INSERT INTO t VALUES ($1, $2, 'remote')", &[&a, &b]).await.unwrap();
+            wait_for_subscription_error(&s, "c", &["conflict=multiple_unique_conflicts"], WAIT).await;
+            s.execute("DELETE FROM t WHERE id IN ($1, $2)", &[&a, &b]).await.unwrap();
+            publish(&p, &s, "SELECT 1", &mut marker).await;
+        } else {
+            publish(&p, &s, &format!("INSERT INTO t VALUES ({a}, {b}, 'remote')"), &mut marker).await;
+        }
+        let rows = query_text(
+            &s,
+            &format!("SELECT string_agg(id || ':' || u || ':' || v, ',' ORDER BY id) FROM t WHERE id IN ({a}, {b})"),
+        )
+        .await
+        .unwrap();
+        if remote_wins {
+            assert_eq!(rows, format!("{a}:{b}:remote"), "{policy}: multiple_unique_conflicts");
+        } else {
+            assert_eq!(rows, format!("{a}:{a}:local a,{b}:{b}:local b"), "{policy}: multiple_unique_conflicts");
+        }
+    }
+    // Each provocation counted once per type (error's stop counted on each failed attempt: at
+    // least once).
+    for t in ["update_origin_differs", "delete_origin_differs"] {
+        assert_eq!(counter(&s, &format!("confl_{t}")).await, 5, "{t}");
+    }
+    for t in ["update_exists", "multiple_unique_conflicts"] {
+        assert!(counter(&s, &format!("confl_{t}")).await >= 5, "{t}");
+    }
+    // The rows left different on purpose are those the local-winning policies kept.
+    assert_replicated_equal_except(&p, &s, None, &["t"]).await;
+    pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id < 100 OR id = 1000 ORDER BY id", WAIT).await;
+}
+
+/// On a partitioned target the conflicts name the leaf partition that holds the local row, and
+/// the policy applies there as on a plain table.
+#[tokio::test(flavor = "current_thread")]
+async fn conflicts_on_a_partitioned_target_name_the_leaf() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE m (id int PRIMARY KEY, v text);
+         CREATE PUBLICATION pub FOR TABLE m;
+         INSERT INTO m SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    s.batch_execute(
+        "CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (0) TO (50);
+         CREATE TABLE m_high PARTITION OF m FOR VALUES FROM (50) TO (100000);",
+    )
+    .await
+    .unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'keep_local')",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    s.batch_execute("INSERT INTO m VALUES (200, 'local'); UPDATE m SET v = 'local' WHERE id IN (10, 60)")
+        .await
+        .unwrap();
+    p.batch_execute(
+        "INSERT INTO m VALUES (200, 'remote'); UPDATE m SET v = 'remote' WHERE id = 10; DELETE FROM m WHERE id = 60;
+         UPDATE m SET v = 'marker' WHERE id = 99",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT v FROM m WHERE id = 99", "marker", WAIT).await;
+    let logged = query_text(
+        &s,
+        "SELECT string_agg(conflict_type || '@' || relation || '=' || resolution, ',' ORDER BY id) FROM pgsub.conflict_log",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        logged,
+        "insert_exists@public.m_high=keep_local,update_origin_differs@public.m_low=keep_local,delete_origin_differs@public.m_high=keep_local"
+    );
+    let kept = query_text(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM m WHERE id IN (10, 60, 200)")
+        .await
+        .unwrap();
+    assert_eq!(kept, "10:local,60:local,200:local");
+    assert_replicated_equal_except(&p, &s, None, &["m"]).await;
+    pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM m WHERE id NOT IN (10, 60, 200) ORDER BY id", WAIT).await;
+}
