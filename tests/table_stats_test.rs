@@ -9,7 +9,8 @@
 //! - `pgsub.lag_history` shows the apply lag rise while a lock holds the worker back, and fall
 //!   once it is released.
 use pgsub_tests::{
-    assert_replicated_equal, must_fail, one, wait_for, wait_for_subscription_sync, wait_value, Cluster, TwoNodes,
+    assert_replicated_equal, must_fail, one, wait_for, wait_for_subscription_sync, wait_value, Cluster, ClusterOpts,
+    TwoNodes,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -299,6 +300,59 @@ async fn sync_workers_copy_and_catch_up_count_exactly_once() {
     );
     wait_tables(&s, "the copy and the catch-up counted once", &want).await;
     assert_eq!(sum(&table_rows(&s).await), totals(&s).await);
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn streamed_transactions_count_per_table() {
+    // logical_decoding_work_mem = 64kB: the large transactions reach the worker in blocks before
+    // they commit (streaming => true), and are applied from its buffer at the stream's commit.
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher().with_conf("logical_decoding_work_mem = '64kB'"),
+        ClusterOpts::subscriber(),
+    )
+    .expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE x (id int PRIMARY KEY, v text); CREATE TABLE y (id int PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE x, y").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['pub'], streaming => true)", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create_subscription");
+    wait_for_subscription_sync(&s, "sub", WAIT).await;
+    p.batch_execute(
+        "BEGIN; \
+         INSERT INTO x SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g; \
+         INSERT INTO y SELECT g, 'y' FROM generate_series(1, 3000) g; \
+         UPDATE x SET v = 'u' WHERE id <= 2000; \
+         DELETE FROM y WHERE id <= 700; \
+         COMMIT; \
+         BEGIN; INSERT INTO y SELECT g, repeat('z', 200) FROM generate_series(5001, 9000) g; TRUNCATE y; ROLLBACK; \
+         INSERT INTO x VALUES (0, 'after')",
+    )
+    .await
+    .unwrap();
+    // The row written after the rollback is there: the rolled-back stream went by before it.
+    wait_value(&s, "SELECT v FROM x WHERE id = 0", "after", WAIT).await;
+    // The large transaction was streamed (the publisher's slot statistics say so). The rolled
+    // back one, streamed or not, must count nothing.
+    wait_value(
+        &p,
+        "SELECT stream_txns >= 1 FROM pg_catalog.pg_stat_replication_slots WHERE slot_name = 'sub'",
+        "t",
+        WAIT,
+    )
+    .await;
+    let mut want = BTreeMap::new();
+    want.insert("x".to_string(), TableRow { inserts: 5001, updates: 2000, ..TableRow::default() });
+    want.insert("y".to_string(), TableRow { inserts: 3000, deletes: 700, ..TableRow::default() });
+    wait_tables(&s, "a streamed transaction counted per table, a rollback not at all", &want).await;
+    assert_eq!(sum(&table_rows(&s).await), totals(&s).await);
+    assert_eq!(one::<i64>(&s, "SELECT txns_applied FROM pgsub.stat_subscription").await, 2);
     assert_replicated_equal(&p, &s).await;
 }
 
