@@ -68,7 +68,12 @@ async fn insert_exists_stops_apply_under_error_and_each_policy_decides_it() {
         .await
         .unwrap();
     let err = wait_for_subscription_error(&s, "c", &["conflict=insert_exists", "existing local row"], WAIT).await;
-    assert!(err.contains("\"v\": \"local\"") && err.contains("\"v\": \"remote\""), "{err}");
+    assert!(
+        err.contains("Key (id)=(1); existing local row (1,local); remote row (1,remote).")
+            && err.contains("conflict detected on relation \"public.t\": conflict=insert_exists")
+            && err.contains("Key already exists in unique index \"t_pkey\", modified locally in transaction"),
+        "PostgreSQL 18's words: {err}"
+    );
     assert!(err.contains("finishing at"), "the finish LSN is given: {err}");
     wait_logged(&s, "insert_exists", 1).await;
     let (res, key, local, remote, txn) = last_logged(&s, "insert_exists").await;
@@ -126,7 +131,7 @@ async fn insert_exists_stops_apply_under_error_and_each_policy_decides_it() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn update_and_delete_conflicts_by_type_and_policy() {
-    let nodes = nodes();
+    let mut nodes = nodes();
     let (p, s) = nodes.clients().await.unwrap();
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, u int UNIQUE, w int UNIQUE, v text)";
     p.batch_execute(&format!(
@@ -206,6 +211,19 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     assert_eq!(total, counter(&s, "conflicts").await, "one record per counted conflict");
     assert_replicated_equal_except(&p, &s, None, &["t"]).await;
     pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id BETWEEN 5 AND 99 ORDER BY id", WAIT).await;
+
+    // Every type's counter survives a clean restart and is zeroed by reset_stats.
+    let all = "SELECT concat_ws(' ', conflicts, confl_insert_exists, confl_update_origin_differs, confl_update_exists, \
+               confl_update_missing, confl_delete_origin_differs, confl_delete_missing, confl_multiple_unique_conflicts) \
+               FROM pgsub.stat_subscription WHERE subname = 'c'";
+    let before: String = one(&s, all).await;
+    assert_eq!(before, "9 0 2 1 0 2 3 1", "conflicts, then each type in the view's order");
+    drop(s);
+    nodes.subscriber.restart().expect("clean restart");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    assert_eq!(one::<String>(&s, all).await, before, "counters after a clean restart");
+    s.execute("SELECT pgsub.reset_stats('c')", &[]).await.unwrap();
+    assert_eq!(one::<String>(&s, all).await, "0 0 0 0 0 0 0 0");
 }
 
 /// A node that publishes and subscribes (both ends of a bidirectional pair).

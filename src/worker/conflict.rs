@@ -134,6 +134,10 @@ struct Record {
     local: Option<LocalRow>,
     /// What the conflict is about, for the log line ("Key already exists in unique index …").
     what: String,
+    /// The key and rows as PostgreSQL's messages show them, for the log line.
+    key_text: Option<String>,
+    local_text: Option<String>,
+    remote_text: Option<String>,
 }
 
 /// A local row found by a lookup.
@@ -148,6 +152,8 @@ pub(super) struct LocalRow {
     commit_time: Option<i64>,
     origin: Option<i32>,
     json: Option<String>,
+    /// The same columns as a record's text, `(1,local)`, for the log line.
+    text: Option<String>,
     /// The unique index the row was found through.
     index: String,
 }
@@ -232,6 +238,33 @@ fn json_of(pairs: Vec<(String, String)>) -> Option<String> {
     Some(parts.join(" OPERATOR(pg_catalog.||) "))
 }
 
+/// `ROW(…)::text` of the given expressions (NULL when there are none): a row as PostgreSQL's
+/// messages show one.
+fn row_of(exprs: Vec<String>) -> String {
+    if exprs.is_empty() {
+        return "NULL::text".into();
+    }
+    format!("ROW({})::text", exprs.join(", "))
+}
+
+/// `(a, b)=(1, x)` of the readable columns among `cols`, from the remote values.
+fn key_text(local: &LocalRel, values: &RemoteValues, cols: &[usize]) -> Option<String> {
+    let mut names = Vec::new();
+    let mut vals = Vec::new();
+    for &i in cols {
+        let Some(v) = values.get(i) else { continue };
+        if !local.readable(i) {
+            continue;
+        }
+        let name = &local.cols[i].name;
+        let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        names.push(if plain { name.clone() } else { quote_ident(name) });
+        vals.push(v.clone().unwrap_or_else(|| "null".into()));
+    }
+    (!names.is_empty()).then(|| format!("({})=({})", names.join(", "), vals.join(", ")))
+}
+
 /// A unique index of the local table: its name, columns (positions in `LocalRel::cols`),
 /// whether NULLs are equal in it, and its predicate.
 struct UniqueIndex {
@@ -289,10 +322,11 @@ fn row_select(local: &LocalRel) -> String {
         .filter(|&i| local.readable(i))
         .map(|i| (local.cols[i].name.clone(), format!("t.{}", quote_ident(&local.cols[i].name))))
         .collect();
+    let record = row_of(pairs.iter().map(|(_, e)| e.clone()).collect());
     let json = json_of(pairs).map_or("NULL::pg_catalog.jsonb".to_string(), |j| j);
     format!(
         "t.tableoid::pg_catalog.regclass::text, t.tableoid::int8, t.ctid::text, \
-         t.xmin::text::int8, {origin}, ({json})::text"
+         t.xmin::text::int8, {origin}, ({json})::text, {record}"
     )
 }
 
@@ -354,6 +388,7 @@ fn lookup(
                     commit_time: row.get::<i64>(5)?,
                     origin: row.get::<i32>(6)?,
                     json: row.get::<String>(7)?,
+                    text: row.get::<String>(8)?,
                     index: String::new(),
                 });
             }
@@ -379,8 +414,9 @@ fn unique_conflicts(local: &LocalRel, values: &RemoteValues, except: Option<(u32
     found
 }
 
-/// JSON of the remote values of the readable columns (text converted by the local types).
-fn remote_json(local: &LocalRel, values: &RemoteValues, only: Option<&[usize]>) -> Option<String> {
+/// JSON and record text of the remote values of the readable columns (text converted by the
+/// local types).
+fn remote_rows(local: &LocalRel, values: &RemoteValues, only: Option<&[usize]>) -> (Option<String>, Option<String>) {
     let mut p = Params::new();
     let mut pairs = Vec::new();
     for i in 0..local.cols.len() {
@@ -390,9 +426,14 @@ fn remote_json(local: &LocalRel, values: &RemoteValues, only: Option<&[usize]>) 
         let Some(v) = values.get(i) else { continue };
         pairs.push((local.cols[i].name.clone(), p.typed(local, i, v.clone())));
     }
-    let expr = json_of(pairs)?;
+    let record = row_of(pairs.iter().map(|(_, e)| e.clone()).collect());
+    let Some(json) = json_of(pairs) else { return (None, None) };
     let args = p.args();
-    match Spi::get_one_with_args::<String>(&format!("SELECT ({expr})::text"), &args) {
+    let r = Spi::connect(|c| {
+        let row = c.select(&format!("SELECT ({json})::text, {record}"), Some(1), &args)?.first();
+        Ok::<_, pgrx::spi::SpiError>((row.get::<String>(1)?, row.get::<String>(2)?))
+    });
+    match r {
         Ok(v) => v,
         Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("rendering the remote row: {e}"), None, None),
     }
@@ -574,6 +615,9 @@ pub(super) fn missing(op: &str, relation: &str, key: Option<&str>) {
             resolution: "skip",
             local: None,
             what: String::new(),
+            key_text: None,
+            local_text: None,
+            remote_text: None,
         })
     });
 }
@@ -621,22 +665,30 @@ fn record(
     } else {
         format!("{what} in unique index{} {}", if indexes.len() > 1 { "es" } else { "" }, indexes.join(", "))
     };
+    let local_text = match rows.len() {
+        0 => None,
+        _ => Some(rows.iter().map(|r| r.text.clone().unwrap_or("()".into())).collect::<Vec<_>>().join(", ")),
+    };
+    let (remote_row, remote_text) = remote_rows(local, values, None);
     Record {
         ctype,
         relation: first.as_ref().map(|r| r.relation.clone()).unwrap_or_else(|| local.qualified.clone()),
-        key: if key_cols.is_empty() { None } else { remote_json(local, values, Some(&key_cols)) },
+        key: if key_cols.is_empty() { None } else { remote_rows(local, values, Some(&key_cols)).0 },
         local_row,
-        remote_row: remote_json(local, values, None),
+        remote_row,
         resolution,
         local: first,
         what,
+        key_text: key_text(local, values, &key_cols),
+        local_text,
+        remote_text,
     }
 }
 
 /// The message and detail of a conflict, in PostgreSQL 18's words.
 fn describe(rec: &Record) -> (String, String) {
     let txn = STATE.with_borrow(|s| s.txn.clone());
-    let msg = format!("pgsub: conflict detected on relation {}: conflict={}", rec.relation, rec.ctype.as_str());
+    let msg = format!("pgsub: conflict detected on relation \"{}\": conflict={}", rec.relation, rec.ctype.as_str());
     let mut detail = rec.what.clone();
     if let Some(l) = &rec.local {
         let by = match l.origin {
@@ -657,13 +709,14 @@ fn describe(rec: &Record) -> (String, String) {
     }
     detail.push('.');
     let mut parts = Vec::new();
-    if let Some(k) = &rec.key {
+    if let Some(k) = &rec.key_text {
         parts.push(format!("Key {k}"));
     }
-    if let Some(l) = &rec.local_row {
-        parts.push(format!("existing local row {l}"));
+    if let Some(l) = &rec.local_text {
+        let several = rec.local_text.as_deref().is_some_and(|t| t.contains("), ("));
+        parts.push(format!("existing local row{} {l}", if several { "s" } else { "" }));
     }
-    if let Some(r) = &rec.remote_row {
+    if let Some(r) = &rec.remote_text {
         parts.push(format!("remote row {r}"));
     }
     if !parts.is_empty() {

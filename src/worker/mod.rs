@@ -356,11 +356,14 @@ fn connect_and_start(
                 publisher::raise(&e, &format!("subscription \"{}\" could not connect to the publisher", sub.name), None)
             }
         };
-    // The publisher's identity breaks ties between equal commit times (conflict.rs).
-    match client.identify_system() {
-        Ok(info) => conflict::set_publisher_sysid(info.systemid.parse().unwrap_or(0)),
-        Err(ProtoError::Interrupted) => return None,
-        Err(e) => publisher::raise(&e, "could not identify the publisher (IDENTIFY_SYSTEM)", None),
+    // The publisher's identity breaks ties between equal commit times (conflict.rs), for the
+    // policies that compare them.
+    if sub.conflict_resolution.needs_commit_timestamps() {
+        match client.identify_system() {
+            Ok(info) => conflict::set_publisher_sysid(info.systemid.parse().unwrap_or(0)),
+            Err(ProtoError::Interrupted) => return None,
+            Err(e) => publisher::raise(&e, "could not identify the publisher (IDENTIFY_SYSTEM)", None),
+        }
     }
     before(&mut client);
     let sync = slot != sub.slot_name;
