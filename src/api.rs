@@ -11,10 +11,12 @@
 //! transaction commits. Only superusers and members of `pgsub_admin` may call them; the privilege
 //! rules are in the README (Security).
 mod checks;
+mod compare;
 mod control;
 mod cutover;
 mod health;
 mod remote;
+mod verify;
 
 use crate::catalog::{self};
 use crate::publisher::{self, Context};

@@ -106,6 +106,8 @@ pub struct SubSlot {
     /// last: the next worker applies its rows one by one, so that the error names the column
     /// (0 = none).
     pub batch_failed_lsn: u64,
+    /// A `pgsub.verify_subscription` hold of the apply worker (`src/worker/hold.rs`).
+    pub hold: crate::worker::hold::Hold,
     pub last_error_len: u16,
     pub last_error: [u8; ERR_LEN],
 }
@@ -157,6 +159,7 @@ impl Default for SubSlot {
             stats_reset: 0,
             last_error_at: 0,
             batch_failed_lsn: 0,
+            hold: crate::worker::hold::Hold::default(),
             last_error_len: 0,
             last_error: [0; ERR_LEN],
         }

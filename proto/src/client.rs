@@ -90,6 +90,8 @@ pub struct Client {
     peer: String,
     /// The server asked for a password and got one (cleartext, MD5 or SCRAM).
     used_password: bool,
+    /// Bytes read from the connection so far (after TLS decryption: the protocol's own bytes).
+    bytes_received: u64,
 }
 
 /// Backend messages as the client consumes them.
@@ -155,6 +157,12 @@ impl Client {
     /// connection ending under it; for messages.
     pub fn server_ended_stream(&self) -> bool {
         matches!(self.state, State::CopyBothServerDone)
+    }
+
+    /// Bytes of protocol messages received from the server so far (start-up included), for
+    /// callers that account for what crossed the wire.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
     }
 
     /// The server process id (BackendKeyData).

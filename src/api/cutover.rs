@@ -35,7 +35,7 @@ const POLL_MS: u64 = 100;
 
 /// Connects to the publisher for a query of these functions: a plain session (no walsender
 /// slot is taken), with the subscription's connection string and password rule.
-fn connect_plain(sub: &Subscription) -> Client {
+pub(super) fn connect_plain(sub: &Subscription) -> Client {
     match publisher::connect(&sub.conninfo, false, Context::Backend, Some("pgsub"), !sub.owner_superuser) {
         Ok(c) => c,
         Err(e) => {
@@ -66,7 +66,7 @@ fn record_end(insert: Lsn, block: u64, segment: u64) -> Lsn {
 /// Everything the publisher has written so far, committed transactions included whose commit
 /// record is not flushed yet there (`synchronous_commit = off`): its WAL insert position (replay
 /// position on a standby).
-fn publisher_position(client: &mut Client) -> Lsn {
+pub(super) fn publisher_position(client: &mut Client) -> Lsn {
     let rows = query(
         client,
         "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \

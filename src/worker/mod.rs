@@ -22,6 +22,7 @@ mod batch;
 pub mod copyin;
 pub mod errctx;
 mod execute;
+pub mod hold;
 pub mod progress;
 mod receive;
 mod relation;

@@ -152,6 +152,7 @@ impl Client {
             }
             let max = self.read_size();
             let n = self.io.read_some(&mut self.rbuf, max)?;
+            self.bytes_received += n as u64;
             if n == 0 {
                 self.wait(Interest::Read, deadline)?;
             }
@@ -165,7 +166,9 @@ impl Client {
                 return self.check_fatal(m).map(Some);
             }
             let max = self.read_size();
-            if self.io.read_some(&mut self.rbuf, max)? == 0 {
+            let n = self.io.read_some(&mut self.rbuf, max)?;
+            self.bytes_received += n as u64;
+            if n == 0 {
                 return Ok(None);
             }
         }
