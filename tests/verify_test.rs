@@ -262,6 +262,55 @@ async fn a_cancelled_verification_leaves_the_worker_free() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn the_worker_shows_held_while_the_point_is_taken_and_is_freed_by_a_cancel() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('v', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create_subscription");
+    wait_for_subscription_sync(&s, "v", WAIT).await;
+
+    // A transaction left open on the publisher keeps the verification's slot from reaching its
+    // consistent point; meanwhile the worker must not apply anything committed after the
+    // publisher position the verification started at: it holds, and shows it.
+    let open = nodes.publisher.client("postgres").await.unwrap();
+    open.batch_execute("BEGIN; INSERT INTO t VALUES (1, 'open')").await.unwrap();
+    s.batch_execute("SET statement_timeout = '8s'").await.unwrap();
+    let watcher = nodes.subscriber.client("postgres").await.unwrap();
+    let writer = nodes.publisher.client("postgres").await.unwrap();
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        writer.batch_execute("INSERT INTO t VALUES (2, 'after the start')").await.unwrap();
+        let t = Instant::now();
+        loop {
+            let st: String = one(&watcher, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'v'").await;
+            if st == "held" {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(6), "the worker never showed held (status {st})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Held: the row committed after the verification started is not applied.
+        assert_eq!(one::<i64>(&watcher, "SELECT count(*) FROM t").await, 0);
+    };
+    let (e, ()) = tokio::join!(must_fail(&s, "SELECT * FROM pgsub.verify_subscription('v')", &[]), watch);
+    assert_eq!(e.code, "57014", "{}", e.text());
+    s.batch_execute("RESET statement_timeout").await.unwrap();
+    // The cancel released it: the row applies although the publisher's transaction is open.
+    one::<String>(&s, "SELECT pgsub.wait_for_catchup('v', timeout => '60 s')::text").await;
+    assert_eq!(one::<String>(&s, "SELECT v FROM t").await, "after the start");
+    assert_ne!(one::<String>(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'v'").await, "held");
+    open.batch_execute("COMMIT").await.unwrap();
+    let got = verify(&s, &select(VERIFY)).await;
+    assert!(got["t"].equal && got["t"].publisher_rows == 2, "{got:?}");
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_5m_row_table_is_verified_with_little_data_over_the_wire() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = nodes.clients().await.unwrap();
@@ -289,7 +338,31 @@ async fn a_5m_row_table_is_verified_with_little_data_over_the_wire() {
     // One changed row among 5M: found by narrowing, still with little data over the wire.
     s.batch_execute("UPDATE big SET v = -1 WHERE id = 3141592").await.unwrap();
     let t = Instant::now();
-    let got = verify(&s, &select(VERIFY)).await;
+    // Its progress is visible in pg_stat_activity while it narrows the ranges down.
+    let watcher = nodes.subscriber.client("postgres").await.unwrap();
+    let watch = async {
+        let t = Instant::now();
+        loop {
+            let seen: Option<String> = watcher
+                .query_opt(
+                    "SELECT query FROM pg_stat_activity
+                     WHERE pid <> pg_backend_pid() AND query LIKE 'pgsub.verify_subscription(%ranges compared%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            if let Some(q) = seen {
+                eprintln!("progress: {q}");
+                assert!(q.contains("table 1 of 1 (public.big)"), "{q}");
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(600), "no progress seen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let sql = select(VERIFY);
+    let (got, ()) = tokio::join!(verify(&s, &sql), watch);
     eprintln!("verify of 5M rows with one difference: {:?}", t.elapsed());
     assert_eq!(got["big"].different, j(r#"[{"id": 3141592}]"#));
     assert!(got["big"].bytes < 1024 * 1024, "{} bytes received for a table of {size} bytes", got["big"].bytes);
