@@ -26,6 +26,9 @@ CREATE TABLE pgsub.sub (
     disable_on_error   boolean NOT NULL DEFAULT false,
     synchronous_commit text    NOT NULL DEFAULT 'off',
     skip_lsn           pg_lsn,
+    -- Periodic sequence sync by the apply worker (NULL: off) and the increments it stays ahead.
+    sequence_sync_interval interval CHECK (sequence_sync_interval > '0'),
+    sequence_sync_margin   bigint  NOT NULL DEFAULT 1000 CHECK (sequence_sync_margin >= 0),
     created_at         timestamptz NOT NULL DEFAULT now()
 );
 

@@ -33,6 +33,8 @@ SELECT s.subname,
        s.disable_on_error,
        s.synchronous_commit,
        s.skip_lsn,
+       s.sequence_sync_interval,
+       s.sequence_sync_margin,
        s.created_at,
        s.subid
 FROM pgsub.sub s;
@@ -151,13 +153,13 @@ JOIN pg_catalog.pg_database d ON d.oid = x.dboid;
 -- Management is for superusers and pgsub_admin; the views and their helpers are for everyone
 -- (the server-wide ones for pgsub_admin and pg_monitor: they show other databases).
 REVOKE EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, interval, bigint),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text),
+    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, interval, bigint),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
@@ -166,13 +168,13 @@ REVOKE EXECUTE ON FUNCTION
     pgsub.reset_stats(text)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, interval, bigint),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text),
+    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, interval, bigint),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),

@@ -14,6 +14,7 @@ mod checks;
 mod compare;
 mod control;
 mod cutover;
+pub(crate) use cutover::advance_owned_sequences;
 mod health;
 mod remote;
 mod verify;
@@ -32,6 +33,33 @@ use std::ffi::CString;
 
 type Code = PgSqlErrorCode;
 
+/// The periodic sequence sync interval in ms (Some(0): off); a negative one is refused.
+fn interval_ms(i: Option<Interval>) -> Option<i64> {
+    let i = i?;
+    let ms = i64::try_from(i.as_micros() / 1000).unwrap_or(i64::MAX);
+    if ms < 0 {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "sequence_sync_interval must not be negative",
+            None,
+            Some("Pass an interval such as '1 min'; '0' (in alter_subscription_options) turns the periodic sync off."),
+        );
+    }
+    Some(ms)
+}
+
+fn margin(m: i64) -> i64 {
+    if m < 0 {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "sequence_sync_margin must not be negative",
+            Some("It is how many increments the local sequences are set beyond the publisher's.".into()),
+            None,
+        );
+    }
+    m
+}
+
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -49,6 +77,8 @@ fn create_subscription(
     disable_on_error: default!(Option<bool>, false),
     synchronous_commit: default!(Option<&str>, "'off'"),
     two_phase: default!(Option<bool>, false),
+    sequence_sync_interval: default!(Option<Interval>, "NULL"),
+    sequence_sync_margin: default!(Option<i64>, 1000),
 ) {
     require_admin();
     let name = required(name, "name");
@@ -71,6 +101,8 @@ fn create_subscription(
         origin: origin.to_string(),
         disable_on_error,
         synchronous_commit: synchronous_commit.to_string(),
+        sequence_sync_ms: interval_ms(sequence_sync_interval).filter(|ms| *ms > 0),
+        sequence_sync_margin: margin(required(sequence_sync_margin, "sequence_sync_margin")),
     };
     if create_slot {
         prevent_in_transaction_block(
@@ -245,6 +277,7 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
 /// current one; a running worker restarts with them. The slot may only be renamed while the
 /// subscription is disabled (the slot itself is not touched: it must exist under the new name
 /// on the publisher when the subscription is enabled again).
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn alter_subscription_options(
@@ -255,9 +288,13 @@ fn alter_subscription_options(
     synchronous_commit: default!(Option<&str>, "NULL"),
     origin: default!(Option<&str>, "NULL"),
     slot_name: default!(Option<&str>, "NULL"),
+    sequence_sync_interval: default!(Option<Interval>, "NULL"),
+    sequence_sync_margin: default!(Option<i64>, "NULL"),
 ) {
     require_admin();
     let name = required(name, "name");
+    let sequence_sync_ms = interval_ms(sequence_sync_interval);
+    let sequence_sync_margin = sequence_sync_margin.map(margin);
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
     if let Some(o) = origin {
@@ -279,7 +316,16 @@ fn alter_subscription_options(
     }
     update_sub(
         sub.subid,
-        catalog::Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name },
+        catalog::Change::Options {
+            binary,
+            streaming,
+            disable_on_error,
+            synchronous_commit,
+            origin,
+            slot_name,
+            sequence_sync_ms,
+            sequence_sync_margin,
+        },
     );
 }
 

@@ -27,6 +27,9 @@ pub struct Subscription {
     pub disable_on_error: bool,
     pub synchronous_commit: String,
     pub skip_lsn: Option<Lsn>,
+    /// Periodic sequence sync: its interval in ms (None: off) and the margin in increments.
+    pub sequence_sync_ms: Option<i64>,
+    pub sequence_sync_margin: i64,
     /// The owner is a superuser (read with the row). Otherwise the publisher connection must
     /// authenticate with a password given in `conninfo` (see `publisher::connect`).
     pub owner_superuser: bool,
@@ -56,6 +59,7 @@ impl Subscription {
             &self.synchronous_commit,
         )
             .hash(&mut h);
+        (self.sequence_sync_ms, self.sequence_sync_margin).hash(&mut h);
         h.finish()
     }
 }
@@ -95,7 +99,8 @@ pub fn origin_name(subid: i32) -> String {
 const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, conninfo, publications, \
      coalesce(slot_name::text, subname::text), copy_data, \"binary\", streaming, two_phase, origin, \
      disable_on_error, synchronous_commit, skip_lsn::text, \
-     coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false)";
+     coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false), \
+     (pg_catalog.date_part('epoch', sequence_sync_interval) * 1000)::int8, sequence_sync_margin";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -115,6 +120,8 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         synchronous_commit: row.get::<String>(14)?.unwrap_or_else(|| "off".into()),
         skip_lsn: row.get::<String>(15)?.and_then(|s| s.parse().ok()),
         owner_superuser: row.get::<bool>(16)?.unwrap_or(false),
+        sequence_sync_ms: row.get::<i64>(17)?,
+        sequence_sync_margin: row.get::<i64>(18)?.unwrap_or(0),
     })
 }
 
@@ -382,6 +389,9 @@ pub struct Options {
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
+    /// Periodic sequence sync interval in ms (None: off) and margin.
+    pub sequence_sync_ms: Option<i64>,
+    pub sequence_sync_margin: i64,
 }
 
 /// A subscription id no subscription of any database of the server uses. Ids name replication
@@ -416,8 +426,10 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
     let subid = free_subid()?;
     Spi::get_one_with_args::<i32>(
         "INSERT INTO pgsub.sub (subid, subname, subowner, enabled, conninfo, publications, slot_name, \
-         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit) \
-         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING subid",
+         copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit, \
+         sequence_sync_interval, sequence_sync_margin) \
+         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 pg_catalog.make_interval(secs => $15::float8 / 1000), $16) RETURNING subid",
         &[
             sub.name.into(),
             sub.owner.into(),
@@ -433,6 +445,8 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
             o.disable_on_error.into(),
             o.synchronous_commit.as_str().into(),
             subid.into(),
+            o.sequence_sync_ms.into(),
+            o.sequence_sync_margin.into(),
         ],
     )
 }
@@ -453,6 +467,9 @@ pub enum Change<'a> {
         synchronous_commit: Option<&'a str>,
         origin: Option<&'a str>,
         slot_name: Option<&'a str>,
+        /// Some(0): periodic sequence sync off.
+        sequence_sync_ms: Option<i64>,
+        sequence_sync_margin: Option<i64>,
     },
     Name(&'a str),
     Owner(pg_sys::Oid),
@@ -467,22 +484,34 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
         Change::Publications(p) => {
             Spi::run_with_args("UPDATE pgsub.sub SET publications = $2 WHERE subid = $1", &[subid.into(), p.into()])
         }
-        Change::Options { binary, streaming, disable_on_error, synchronous_commit, origin, slot_name } => {
-            Spi::run_with_args(
-                "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
+        Change::Options {
+            binary,
+            streaming,
+            disable_on_error,
+            synchronous_commit,
+            origin,
+            slot_name,
+            sequence_sync_ms,
+            sequence_sync_margin,
+        } => Spi::run_with_args(
+            "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
              disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
-             origin = coalesce($6, origin), slot_name = coalesce($7, slot_name) WHERE subid = $1",
-                &[
-                    subid.into(),
-                    binary.into(),
-                    streaming.into(),
-                    disable_on_error.into(),
-                    synchronous_commit.into(),
-                    origin.into(),
-                    slot_name.into(),
-                ],
-            )
-        }
+             origin = coalesce($6, origin), slot_name = coalesce($7, slot_name), \
+             sequence_sync_interval = CASE WHEN $8::int8 IS NULL THEN sequence_sync_interval \
+                  WHEN $8::int8 = 0 THEN NULL ELSE pg_catalog.make_interval(secs => $8::float8 / 1000) END, \
+             sequence_sync_margin = coalesce($9, sequence_sync_margin) WHERE subid = $1",
+            &[
+                subid.into(),
+                binary.into(),
+                streaming.into(),
+                disable_on_error.into(),
+                synchronous_commit.into(),
+                origin.into(),
+                slot_name.into(),
+                sequence_sync_ms.into(),
+                sequence_sync_margin.into(),
+            ],
+        ),
         Change::Name(n) => {
             Spi::run_with_args("UPDATE pgsub.sub SET subname = $2 WHERE subid = $1", &[subid.into(), n.into()])
         }

@@ -26,6 +26,7 @@ pub mod hold;
 pub mod progress;
 mod receive;
 mod relation;
+mod seqsync;
 pub mod stream;
 pub mod sync;
 mod syncing;

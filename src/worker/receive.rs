@@ -8,7 +8,7 @@
 //! (`syncing.rs`); in a sync worker it stops where its catch-up ends (`catchup_end`).
 use super::apply::Applier;
 use super::progress::Progress;
-use super::{errctx, execute, hold, report_stats, stream, syncing};
+use super::{errctx, execute, hold, report_stats, seqsync, stream, syncing};
 use crate::catalog::Subscription;
 use crate::process::{now, reload_config_if_requested, shutdown_requested};
 use crate::shmem::Status;
@@ -45,6 +45,8 @@ pub(super) struct Stream {
     pub(super) syncing: syncing::Syncing,
     /// The apply worker's side of a hold for `pgsub.verify_subscription` (`hold.rs`).
     pub(super) hold: hold::Holder,
+    /// Periodic sequence sync (`seqsync.rs`).
+    pub(super) seqsync: seqsync::SeqSync,
 }
 
 impl Stream {
@@ -74,6 +76,7 @@ impl Stream {
             caught_up: false,
             syncing: syncing::Syncing::default(),
             hold: hold::Holder::default(),
+            seqsync: seqsync::SeqSync::default(),
         }
     }
 
@@ -135,6 +138,7 @@ impl Stream {
                 }
                 self.process_syncing_tables();
                 self.hold_when_idle();
+                self.sync_sequences_if_due();
             }
             self.progress.publish(None, receipt);
             if !self.applier.in_txn {
