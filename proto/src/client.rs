@@ -109,6 +109,9 @@ enum State {
     /// A command is in flight; if an error escapes while in this state the protocol position is
     /// unknown and the state becomes `Broken`.
     Busy,
+    /// A simple query was sent with [`Client::start_query`]; [`Client::finish_query`] reads its
+    /// answer.
+    QuerySent,
     /// START_REPLICATION succeeded; CopyBoth.
     CopyBoth,
     /// The server ended CopyBoth with CopyDone; we have not sent ours yet.

@@ -4,11 +4,14 @@
 //!
 //! Each side renders a row as the text of a row value of its compared columns' text (the
 //! publisher's value cast to the local column's built-in type first where the types differ, so
-//! both sides render it as the local type does), hashes it with md5, and sums two 64-bit halves
-//! of the hashes per key range (an order-independent checksum) with the row count. Ranges whose
+//! both sides render it as the local type does), hashes it with md5, and sums the first 64 bits
+//! of the hashes per key range (an order-independent checksum: a second half would double the
+//! cost of the sums for a 2^-64 chance of a miss) with the row count. Ranges whose
 //! count or checksum differ are split at key quantiles of the side with more rows there (up to
-//! [`FANOUT`] parts, counted in one grouped query per side) until they hold at most [`LEAF`]
-//! rows; only then are the rows' keys and hashes fetched. Keys are the local primary key (or
+//! [`FANOUT`] parts, counted in one grouped query per side; above [`SAMPLE_ABOVE`] rows the
+//! quantiles of a block sample) until they hold at most [`LEAF`] rows; only then are the rows'
+//! keys and hashes fetched. The two sides' queries of a step run at the same time (the
+//! publisher's is sent, this side's runs, then the publisher's answer is read). Keys are the local primary key (or
 //! replica identity index); text keys are ordered with `COLLATE "C"` on both sides. A table
 //! without one is compared as a multiset of rows: its "key" is the row's hash.
 use pgsub_proto::client::{quote_ident, quote_literal};
@@ -18,10 +21,23 @@ use std::collections::BTreeMap;
 const FANOUT: i64 = 32;
 /// Rows (on the larger side) below which a range's rows are fetched.
 const LEAF: i64 = 512;
+/// Ranges of more rows are split at quantiles of a sample of about SAMPLE_ROWS rows.
+const SAMPLE_ABOVE: i64 = 100_000;
+const SAMPLE_ROWS: i64 = 4_000;
+
+/// Rows of a query, as text.
+pub(super) type Rows = Vec<Vec<Option<String>>>;
 
 /// Runs a query on one side and returns its rows as text.
 pub(super) trait Side {
-    fn rows(&mut self, sql: &str) -> Vec<Vec<Option<String>>>;
+    fn rows(&mut self, sql: &str) -> Rows;
+}
+
+/// The publisher's side can run a query while this side runs its own.
+pub(super) trait RemoteSide: Side {
+    /// Sends `sql`; `finish` returns its rows.
+    fn start(&mut self, sql: &str);
+    fn finish(&mut self) -> Rows;
 }
 
 /// A compared column.
@@ -55,7 +71,7 @@ pub(super) struct Table {
 
 /// Both sides of a table: each side's runner and queries.
 pub(super) struct Pair<'a> {
-    pub remote: &'a mut dyn Side,
+    pub remote: &'a mut dyn RemoteSide,
     pub rq: Query,
     pub local: &'a mut dyn Side,
     pub lq: Query,
@@ -73,7 +89,6 @@ struct Range {
 pub(super) struct Sum {
     pub rows: i64,
     h1: String,
-    h2: String,
 }
 
 /// Keys that differ, as JSON objects (text), each list at most `max_keys` long in all.
@@ -178,7 +193,7 @@ impl Table {
 
     /// Count and checksum of each of the parts of `r` split at `bounds` (part i: before
     /// bounds[i]; the last: from the last bound on).
-    fn sums(&self, side: &mut dyn Side, q: &Query, r: &Range, bounds: &[Vec<String>]) -> Vec<Sum> {
+    fn sums_sql(&self, q: &Query, r: &Range, bounds: &[Vec<String>]) -> String {
         let keys = format!("ROW({})", self.order(q).join(", "));
         let bucket = if bounds.is_empty() {
             "0".to_string()
@@ -198,29 +213,59 @@ impl Table {
                 "COALESCE(pg_catalog.sum((('x' || pg_catalog.substr(h, {from}, 16))::bit(64))::int8::numeric), 0)::text"
             )
         };
-        let sql = format!(
-            "SELECT b, pg_catalog.count(*), {}, {} FROM (SELECT {bucket} AS b, {} AS h FROM {} WHERE {}) s GROUP BY b",
+        format!(
+            "SELECT b, pg_catalog.count(*), {} FROM (SELECT {bucket} AS b, {} AS h FROM {} WHERE {}) s GROUP BY b",
             half(1),
-            half(17),
             self.hash(q),
             q.from,
             self.condition(q, r)
-        );
-        let mut out = vec![Sum::default(); bounds.len() + 1];
-        for row in side.rows(&sql) {
-            let f = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-            let Some(slot) = f(0).parse::<usize>().ok().and_then(|b| out.get_mut(b)) else { continue };
-            *slot = Sum { rows: f(1).parse().unwrap_or(0), h1: f(2), h2: f(3) };
-        }
-        out
+        )
     }
 
-    /// Up to FANOUT - 1 key values splitting `r` into parts of about equal size on this side.
+    /// Count and checksum of each part of `r` split at `bounds` on both sides, the two
+    /// queries running at once.
+    fn sums(&self, pair: &mut Pair, r: &Range, bounds: &[Vec<String>]) -> (Vec<Sum>, Vec<Sum>) {
+        let (theirs, ours) = both(pair, &self.sums_sql(&pair.rq, r, bounds), &self.sums_sql(&pair.lq, r, bounds));
+        (parse_sums(theirs, bounds.len()), parse_sums(ours, bounds.len()))
+    }
+
+    /// The rows of a range on both sides, the two queries running at once.
+    #[allow(clippy::type_complexity)]
+    fn leaves(
+        &self,
+        pair: &mut Pair,
+        r: &Range,
+    ) -> (BTreeMap<String, (String, String, i64)>, BTreeMap<String, (String, String, i64)>) {
+        let (theirs, ours) = both(pair, &self.leaf_sql(&pair.rq, r), &self.leaf_sql(&pair.lq, r));
+        (parse_leaf(theirs), parse_leaf(ours))
+    }
+
+    /// Up to FANOUT - 1 key values splitting `r` into parts of about equal size on this side:
+    /// exact quantiles for a range of up to [`SAMPLE_ABOVE`] rows, else quantiles of a block
+    /// sample of about [`SAMPLE_ROWS`] rows (any key values split correctly; a sample only
+    /// makes the parts less even), so that no large range is sorted.
     fn quantiles(&self, side: &mut dyn Side, q: &Query, r: &Range, rows: i64) -> Vec<Vec<String>> {
-        let step = (rows + FANOUT - 1) / FANOUT;
         let vals = self.bound_values(q);
         let names: Vec<String> = (0..vals.len()).map(|i| format!("k{i}")).collect();
         let select: Vec<String> = vals.iter().zip(&names).map(|(v, n)| format!("{v} AS {n}")).collect();
+        if rows > SAMPLE_ABOVE {
+            let percent = (100.0 * SAMPLE_ROWS as f64 / rows as f64).min(100.0);
+            let sql = format!(
+                "SELECT {} FROM {} TABLESAMPLE SYSTEM ({percent:.6}) WHERE {} ORDER BY {}",
+                select.join(", "),
+                q.from,
+                self.condition(q, r),
+                self.order(q).join(", ")
+            );
+            let sample = side.rows(&sql);
+            let step = sample.len().div_ceil(FANOUT as usize).max(1);
+            let picked = sample.into_iter().enumerate().filter(|(i, _)| *i > 0 && i % step == 0).map(|(_, r)| r);
+            let out = distinct(picked);
+            if out.len() >= 2 {
+                return out;
+            }
+        }
+        let step = (rows + FANOUT - 1) / FANOUT;
         let sql = format!(
             "SELECT {} FROM (SELECT {}, pg_catalog.row_number() OVER (ORDER BY {}) AS rn FROM {} WHERE {}) s \
              WHERE rn > 1 AND (rn - 1) % {step} = 0 ORDER BY rn",
@@ -230,19 +275,12 @@ impl Table {
             q.from,
             self.condition(q, r)
         );
-        let mut out: Vec<Vec<String>> = Vec::new();
-        for row in side.rows(&sql) {
-            let b: Vec<String> = row.into_iter().map(|v| v.unwrap_or_default()).collect();
-            if out.last() != Some(&b) {
-                out.push(b);
-            }
-        }
-        out
+        distinct(side.rows(&sql).into_iter())
     }
 
     /// The rows of a range: identity → (JSON, hash, copies).
-    fn leaf(&self, side: &mut dyn Side, q: &Query, r: &Range) -> BTreeMap<String, (String, String, i64)> {
-        let sql = format!(
+    fn leaf_sql(&self, q: &Query, r: &Range) -> String {
+        format!(
             "SELECT i, pg_catalog.min(j), pg_catalog.min(h), pg_catalog.count(*) FROM \
              (SELECT {} AS i, {} AS j, {} AS h FROM {} WHERE {}) s GROUP BY i",
             self.ident(q),
@@ -250,13 +288,7 @@ impl Table {
             self.hash(q),
             q.from,
             self.condition(q, r)
-        );
-        let mut out = BTreeMap::new();
-        for row in side.rows(&sql) {
-            let f = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-            out.insert(f(0), (f(1), f(2), f(3).parse().unwrap_or(0)));
-        }
-        out
+        )
     }
 
     /// The whole table's count and checksum on each side (None: not compared by checksum).
@@ -269,10 +301,8 @@ impl Table {
             };
             return (count(pair.remote, &pair.rq), count(pair.local, &pair.lq));
         }
-        let all = Range::default();
-        let r = self.sums(pair.remote, &pair.rq, &all, &[]).remove(0);
-        let l = self.sums(pair.local, &pair.lq, &all, &[]).remove(0);
-        (r, l)
+        let (mut r, mut l) = self.sums(pair, &Range::default(), &[]);
+        (r.remove(0), l.remove(0))
     }
 
     /// Narrows the differences of a table whose totals differ down to its keys, at most
@@ -306,8 +336,7 @@ impl Table {
                 self.compare_leaf(pair, &range, max_keys, &mut diff);
                 continue;
             }
-            let rs = self.sums(pair.remote, &pair.rq, &range, &bounds);
-            let ls = self.sums(pair.local, &pair.lq, &range, &bounds);
+            let (rs, ls) = self.sums(pair, &range, &bounds);
             let mut parts = Vec::new();
             for i in 0..=bounds.len() {
                 if rs[i] != ls[i] {
@@ -323,8 +352,7 @@ impl Table {
     }
 
     fn compare_leaf(&self, pair: &mut Pair, range: &Range, max_keys: usize, diff: &mut Diff) {
-        let theirs = self.leaf(pair.remote, &pair.rq, range);
-        let ours = self.leaf(pair.local, &pair.lq, range);
+        let (theirs, ours) = self.leaves(pair, range);
         let push = |list: u8, json: &str, copies: i64, diff: &mut Diff| {
             for _ in 0..copies.max(0) {
                 if diff.found() >= max_keys {
@@ -358,4 +386,43 @@ impl Table {
             }
         }
     }
+}
+
+/// Runs `rsql` on the publisher and `lsql` here at the same time.
+fn both(pair: &mut Pair, rsql: &str, lsql: &str) -> (Rows, Rows) {
+    pair.remote.start(rsql);
+    let ours = pair.local.rows(lsql);
+    (pair.remote.finish(), ours)
+}
+
+fn parse_sums(rows: Rows, bounds: usize) -> Vec<Sum> {
+    let mut out = vec![Sum::default(); bounds + 1];
+    for row in rows {
+        let f = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        let Some(slot) = f(0).parse::<usize>().ok().and_then(|b| out.get_mut(b)) else { continue };
+        *slot = Sum { rows: f(1).parse().unwrap_or(0), h1: f(2) };
+    }
+    out
+}
+
+/// Identity → (JSON, hash, copies).
+fn parse_leaf(rows: Rows) -> BTreeMap<String, (String, String, i64)> {
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let f = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        out.insert(f(0), (f(1), f(2), f(3).parse().unwrap_or(0)));
+    }
+    out
+}
+
+/// Bound values in order, without repeats.
+fn distinct(rows: impl Iterator<Item = Vec<Option<String>>>) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for row in rows {
+        let b: Vec<String> = row.into_iter().map(|v| v.unwrap_or_default()).collect();
+        if out.last() != Some(&b) {
+            out.push(b);
+        }
+    }
+    out
 }

@@ -17,7 +17,7 @@
 //! ranges; `pg_stat_activity.query` of the verifying backend says which table and how many
 //! ranges while it runs. The bytes received from the publisher per table are returned.
 use super::checks::{caller, check_database, require_admin, require_owner_privileges, required, sub_by_name};
-use super::compare::{Column, Diff, Pair, Query, Side, Table};
+use super::compare::{Column, Diff, Pair, Query, RemoteSide, Rows, Side, Table};
 use super::cutover::{connect_plain, publisher_position};
 use super::remote::{connect, query, sql_text_array};
 use crate::catalog::{self, Subscription};
@@ -51,8 +51,23 @@ const SETTINGS: &[(&str, &str)] = &[
 struct Remote<'a>(&'a mut Client);
 
 impl Side for Remote<'_> {
-    fn rows(&mut self, sql: &str) -> Vec<Vec<Option<String>>> {
+    fn rows(&mut self, sql: &str) -> Rows {
         query(self.0, sql, "could not compare on the publisher")
+    }
+}
+
+impl RemoteSide for Remote<'_> {
+    fn start(&mut self, sql: &str) {
+        if let Err(e) = self.0.start_query(sql) {
+            crate::publisher::raise(&e, "could not compare on the publisher", None);
+        }
+    }
+
+    fn finish(&mut self) -> Rows {
+        match self.0.finish_query() {
+            Ok(rows) => rows.into_iter().map(|r| r.values).collect(),
+            Err(e) => crate::publisher::raise(&e, "could not compare on the publisher", None),
+        }
     }
 }
 
@@ -60,7 +75,7 @@ impl Side for Remote<'_> {
 struct Local;
 
 impl Side for Local {
-    fn rows(&mut self, sql: &str) -> Vec<Vec<Option<String>>> {
+    fn rows(&mut self, sql: &str) -> Rows {
         pg_sys::check_for_interrupts!();
         let Ok(c) = CString::new(sql) else {
             error(Code::ERRCODE_INTERNAL_ERROR, "query text contains a zero byte", None, None)

@@ -61,6 +61,7 @@ impl Client {
             State::Busy => {
                 return Err(proto_err("connection is no longer usable: a previous command did not complete"))
             }
+            State::QuerySent => return Err(proto_err("a query's answer is pending: call finish_query() first")),
             State::Broken(why) => return Err(proto_err(format!("connection is no longer usable: {why}"))),
         }
         self.state = State::Busy;
