@@ -9,7 +9,8 @@
 //! apply worker owns the progress and counter fields of its slot while it runs; an apply worker
 //! claims a [`SyncSlot`] for each table it starts a sync worker for, the two exchange the
 //! catch-up handshake through it (`src/worker/syncing.rs`, `src/worker/syncworker.rs`), and it
-//! is freed once the table is synchronized. The SQL views (`stats.rs`) read every slot under a
+//! is freed once the table is synchronized. A backend running `pgsub.verify_subscription` writes a
+//! slot's `hold` request and the apply worker answers in it (`src/worker/hold.rs`). The SQL views (`stats.rs`) read every slot under a
 //! shared lock. Counters survive worker restarts; everything
 //! here is reset when the postmaster restarts (shared memory is created anew).
 use pgrx::lwlock::PgLwLock;
