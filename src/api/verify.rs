@@ -117,11 +117,13 @@ impl Side for Local {
 }
 
 /// A table to verify: its local relation and what the publisher calls it.
+#[derive(Clone)]
 struct Target {
     relid: pg_sys::Oid,
     display: String,
     remote_schema: String,
     remote_name: String,
+    ready: bool,
 }
 
 /// The subscription's tables (all, or those named), refusing tables not in it and tables that
@@ -129,7 +131,7 @@ struct Target {
 fn targets(sub: &Subscription, only: Option<Vec<Option<pg_sys::Oid>>>) -> Vec<Target> {
     let rels = catalog::load_rels(sub.subid)
         .unwrap_or_else(|e| error(Code::ERRCODE_INTERNAL_ERROR, format!("reading pgsub.sub_rel: {e}"), None, None));
-    let mut out = Vec::new();
+    let mut all = Vec::new();
     for r in &rels {
         let relid = if r.relid != 0 {
             pg_sys::Oid::from(r.relid)
@@ -139,55 +141,45 @@ fn targets(sub: &Subscription, only: Option<Vec<Option<pg_sys::Oid>>>) -> Vec<Ta
                 None => continue,
             }
         };
-        if r.sync_state != SyncState::Ready {
-            error(
-                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!(
-                    "table \"{}.{}\" of subscription \"{}\" has not finished its initial copy",
-                    r.remote_schema, r.remote_name, sub.name
-                ),
-                None,
-                Some("Wait until pgsub.subscription_rel shows it ready (pgsub.wait_for_catchup waits for that)."),
-            );
-        }
-        out.push(Target {
+        all.push(Target {
             relid,
             display: regclass_text(relid),
             remote_schema: r.remote_schema.clone(),
             remote_name: r.remote_name.clone(),
+            ready: r.sync_state == SyncState::Ready,
         });
     }
-    let Some(only) = only else { return out };
-    let mut picked = Vec::new();
-    for o in only {
-        let Some(o) = o else {
-            error(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, "tables must not contain NULL", None, None)
-        };
-        match out.iter().position(|t| t.relid == o) {
-            Some(i) => {
-                if !picked.iter().any(|t: &Target| t.relid == o) {
-                    let t = &out[i];
-                    picked.push(Target { display: t.display.clone(), ..clone_target(t) });
+    let picked = match only {
+        None => all,
+        Some(only) => {
+            let mut picked: Vec<Target> = Vec::new();
+            for o in only {
+                let Some(o) = o else {
+                    error(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, "tables must not contain NULL", None, None)
+                };
+                match all.iter().find(|t| t.relid == o) {
+                    Some(t) if !picked.iter().any(|p| p.relid == o) => picked.push(t.clone()),
+                    Some(_) => {}
+                    None => error(
+                        Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                        format!("relation {} is not a table of subscription \"{}\"", regclass_text(o), sub.name),
+                        None,
+                        Some("pgsub.subscription_table lists the subscription's tables."),
+                    ),
                 }
             }
-            None => error(
-                Code::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("relation {} is not a table of subscription \"{}\"", regclass_text(o), sub.name),
-                None,
-                Some("pgsub.subscription_rel lists the subscription's tables."),
-            ),
+            picked
         }
+    };
+    if let Some(t) = picked.iter().find(|t| !t.ready) {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("table {} of subscription \"{}\" has not finished its initial copy", t.display, sub.name),
+            None,
+            Some("Wait until pgsub.subscription_table shows it ready (pgsub.wait_for_catchup waits for that)."),
+        );
     }
     picked
-}
-
-fn clone_target(t: &Target) -> Target {
-    Target {
-        relid: t.relid,
-        display: t.display.clone(),
-        remote_schema: t.remote_schema.clone(),
-        remote_name: t.remote_name.clone(),
-    }
 }
 
 fn regclass_text(oid: pg_sys::Oid) -> String {
