@@ -45,6 +45,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("TimeZone", "UTC"),
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
 ];
 
 /// The publisher's side: the plain connection inside the exported snapshot's transaction.
