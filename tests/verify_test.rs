@@ -5,7 +5,8 @@
 //! and local extra and generated columns are left out; a cancelled verification leaves the apply
 //! worker free; a 5M-row table is compared with little data over the wire.
 use pgsub_tests::{
-    assert_replicated_equal, assert_replicated_equal_except, must_fail, one, wait_for_subscription_sync, TwoNodes,
+    assert_replicated_equal, assert_replicated_equal_except, must_fail, one, wait_for_subscription_sync, ClusterOpts,
+    TwoNodes,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -223,6 +224,54 @@ async fn verify_is_equal_under_writes_and_reports_exactly_the_corrupted_keys() {
 
     // Tables left different on purpose above (the corruption this test makes).
     assert_replicated_equal_except(&p, &s, None, &["t1", "t2", "t3", "t5", "t7", "nokey", "filtered", "cols"]).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn verify_is_equal_while_large_streamed_transactions_commit() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher().with_conf("logical_decoding_work_mem = '64kB'"),
+        ClusterOpts::subscriber(),
+    )
+    .expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('v', $1, ARRAY['pub'], streaming => true)", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create_subscription");
+    wait_for_subscription_sync(&s, "v", WAIT).await;
+    // Transactions far above logical_decoding_work_mem arrive streamed, in chunks, before
+    // their commit: the worker holds in front of a streamed commit past the point too.
+    let writer = nodes.publisher.client("postgres").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_w = stop.clone();
+    let load = tokio::spawn(async move {
+        let mut round = 0;
+        while !stop_w.load(Ordering::Relaxed) {
+            writer
+                .batch_execute(&format!(
+                    "INSERT INTO t SELECT g, repeat('s', 100) FROM generate_series({0} * 5000 + 1, {0} * 5000 + 5000) g;
+                     UPDATE t SET v = 'u{0}' WHERE id % 7 = {0} % 7;",
+                    round
+                ))
+                .await
+                .expect("writer");
+            round += 1;
+        }
+        round
+    });
+    for _ in 0..3 {
+        let got = verify(&s, &select(VERIFY)).await;
+        assert!(got["t"].equal, "{got:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.await.unwrap();
+    assert!(rounds > 0);
+    let streamed: i64 = one(&p, "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'v'").await;
+    assert!(streamed > 0, "the transactions were streamed");
+    assert_replicated_equal(&p, &s).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
