@@ -221,6 +221,11 @@ async fn verify_is_equal_under_writes_and_reports_exactly_the_corrupted_keys() {
     assert_eq!(e.code, "22023", "{}", e.text());
     let e = must_fail(&s, "SELECT * FROM pgsub.verify_subscription('v', mode => 'exact')", &[]).await;
     assert_eq!(e.code, "22023", "{}", e.text());
+    s.execute("SELECT pgsub.disable_subscription('v')", &[]).await.unwrap();
+    let e = must_fail(&s, "SELECT * FROM pgsub.verify_subscription('v')", &[]).await;
+    assert_eq!(e.code, "55000", "{}", e.text());
+    assert!(e.message.contains("is disabled"), "{}", e.text());
+    s.execute("SELECT pgsub.enable_subscription('v')", &[]).await.unwrap();
 
     // Tables left different on purpose above (the corruption this test makes).
     assert_replicated_equal_except(&p, &s, None, &["t1", "t2", "t3", "t5", "t7", "nokey", "filtered", "cols"]).await;
