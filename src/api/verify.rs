@@ -546,6 +546,90 @@ fn json_array(items: &[String]) -> String {
 
 type Row = (pg_sys::Oid, i64, i64, bool, Option<String>, Option<String>, Option<String>, i64);
 
+/// How to compare: `checksum` (else counts only) and the key limit per table.
+struct Mode {
+    checksum: bool,
+    max_keys: usize,
+}
+
+fn mode_of(mode: Option<&str>, max_keys: Option<i32>) -> Mode {
+    let checksum = match mode.unwrap_or("checksum") {
+        "checksum" => true,
+        "count" => false,
+        other => error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown verification mode \"{other}\""),
+            None,
+            Some("Use mode => 'checksum' (rows compared by hashes of key ranges) or 'count' (row counts only)."),
+        ),
+    };
+    let max_keys = match max_keys {
+        Some(n) if n >= 0 => n as usize,
+        _ => error(Code::ERRCODE_INVALID_PARAMETER_VALUE, "max_keys must be zero or more", None, None),
+    };
+    Mode { checksum, max_keys }
+}
+
+/// Refuses a disabled subscription and a worker that is not streaming.
+fn check_streaming(sub: &Subscription) {
+    if !sub.enabled {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("subscription \"{}\" is disabled", sub.name),
+            Some("Verification holds the apply worker at the publisher's consistent point; a disabled subscription has none.".into()),
+            Some("Enable it with pgsub.enable_subscription() first."),
+        );
+    }
+    let (pid, status, _, _) = worker_state(sub.subid);
+    if pid == 0 || !matches!(status, Status::Streaming) {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the apply worker of subscription \"{}\" is not streaming", sub.name),
+            Some(format!("Status {}.", status.as_str())),
+            Some("Wait until pgsub.stat_subscription shows it streaming (pgsub.wait_for_catchup)."),
+        );
+    }
+}
+
+/// Compares table `n` (of `total`) at the point; reports progress on the way.
+fn verify_table(point: &mut Point, sub: &Subscription, t: &Target, n: usize, total: usize, mode: &Mode) -> Row {
+    let c = point.lsn;
+    let start = point.plain.bytes_received() + point.replication.bytes_received();
+    let (table, rq, lq) = plan(&mut point.plain, t, &sub.publications);
+    let mut remote = Remote(&mut point.plain);
+    let mut pair = Pair { remote: &mut remote, rq, local: &mut Local, lq };
+    let (theirs, ours) = table.totals(&mut pair, mode.checksum);
+    let equal = theirs == ours;
+    let diff = if equal || !mode.checksum {
+        Diff::default()
+    } else {
+        let mut progress = |d: &Diff| {
+            report_activity(&format!(
+                "pgsub.verify_subscription('{}') at {c}: table {} of {total} ({}), {} ranges compared, {} keys differ",
+                sub.name,
+                n + 1,
+                t.display,
+                d.ranges,
+                d.missing.len() + d.extra.len() + d.different.len()
+            ));
+            pg_sys::check_for_interrupts!();
+        };
+        table.narrow(&mut pair, (theirs.clone(), ours.clone()), mode.max_keys, &mut progress)
+    };
+    let bytes = point.plain.bytes_received() + point.replication.bytes_received() - start;
+    let keys = |v: &[String]| mode.checksum.then(|| json_array(v));
+    (
+        t.relid,
+        theirs.rows,
+        ours.rows,
+        equal,
+        keys(&diff.missing),
+        keys(&diff.extra),
+        keys(&diff.different),
+        i64::try_from(bytes).unwrap_or(i64::MAX),
+    )
+}
+
 /// Backs `pgsub.verify_subscription(name, tables regclass[] DEFAULT NULL, mode text DEFAULT
 /// 'checksum', max_keys int DEFAULT 100)`; see the file's header. Per table: rows on each side,
 /// equal, the keys (JSON objects; without a key the rows) missing here, extra here and
@@ -575,40 +659,11 @@ fn _verify_subscription(
     require_admin();
     let name = required(name, "name");
     check_database();
-    let checksum = match mode.unwrap_or("checksum") {
-        "checksum" => true,
-        "count" => false,
-        other => error(
-            Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown verification mode \"{other}\""),
-            None,
-            Some("Use mode => 'checksum' (rows compared by hashes of key ranges) or 'count' (row counts only)."),
-        ),
-    };
-    let max_keys = match max_keys {
-        Some(n) if n >= 0 => n as usize,
-        _ => error(Code::ERRCODE_INVALID_PARAMETER_VALUE, "max_keys must be zero or more", None, None),
-    };
+    let mode = mode_of(mode, max_keys);
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
-    if !sub.enabled {
-        error(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("subscription \"{name}\" is disabled"),
-            Some("Verification holds the apply worker at the publisher's consistent point; a disabled subscription has none.".into()),
-            Some("Enable it with pgsub.enable_subscription() first."),
-        );
-    }
+    check_streaming(&sub);
     let targets = targets(&sub, tables);
-    let (pid, status, _, _) = worker_state(sub.subid);
-    if pid == 0 || !matches!(status, Status::Streaming) {
-        error(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("the apply worker of subscription \"{name}\" is not streaming"),
-            Some(format!("Status {}.", status.as_str())),
-            Some("Wait until pgsub.stat_subscription shows it streaming (pgsub.wait_for_catchup)."),
-        );
-    }
     // SAFETY: a GUC nest level for this function's SET LOCALs, undone before returning.
     let guc_level = unsafe { pg_sys::NewGUCNestLevel() };
     for (k, v) in SETTINGS {
@@ -618,45 +673,10 @@ fn _verify_subscription(
     }
     report_activity(&format!("pgsub.verify_subscription('{name}'): taking a consistent point"));
     let (mut point, snap) = consistent_point(&sub);
-    let c = point.lsn;
-    let mut rows: Vec<Row> = Vec::with_capacity(targets.len());
-    let total = targets.len();
-    for (n, t) in targets.iter().enumerate() {
-        let start = point.plain.bytes_received() + point.replication.bytes_received();
-        let (table, rq, lq) = plan(&mut point.plain, t, &sub.publications);
-        let mut remote = Remote(&mut point.plain);
-        let mut pair = Pair { remote: &mut remote, rq, local: &mut Local, lq };
-        let (theirs, ours) = table.totals(&mut pair, checksum);
-        let equal = theirs == ours;
-        let diff = if equal || !checksum {
-            Diff::default()
-        } else {
-            let mut progress = |d: &Diff| {
-                report_activity(&format!(
-                    "pgsub.verify_subscription('{name}') at {c}: table {} of {total} ({}), {} ranges compared, {} keys differ",
-                    n + 1,
-                    t.display,
-                    d.ranges,
-                    d.missing.len() + d.extra.len() + d.different.len()
-                ));
-                pg_sys::check_for_interrupts!();
-            };
-            table.narrow(&mut pair, (theirs.clone(), ours.clone()), max_keys, &mut progress)
-        };
-        let bytes = point.plain.bytes_received() + point.replication.bytes_received() - start;
-        let keys = |v: &[String]| checksum.then(|| json_array(v));
-        rows.push((
-            t.relid,
-            theirs.rows,
-            ours.rows,
-            equal,
-            keys(&diff.missing),
-            keys(&diff.extra),
-            keys(&diff.different),
-            bytes as i64,
-        ));
-    }
+    let rows: Vec<Row> =
+        targets.iter().enumerate().map(|(n, t)| verify_table(&mut point, &sub, t, n, targets.len(), &mode)).collect();
     let _ = query(&mut point.plain, "COMMIT", "could not end the transaction on the publisher");
+    let c = point.lsn;
     point.plain.close();
     point.replication.close();
     snap.end();
