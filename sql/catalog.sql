@@ -33,6 +33,9 @@ CREATE TABLE pgsub.sub (
     skip_lsn           pg_lsn,
     conflict_resolution text   NOT NULL DEFAULT 'error'
         CHECK (conflict_resolution IN ('error', 'apply_remote', 'keep_local', 'last_update_wins', 'first_update_wins')),
+    -- Periodic sequence sync by the apply worker (NULL: off) and the increments it stays ahead.
+    sequence_sync_interval interval CHECK (sequence_sync_interval > '0'),
+    sequence_sync_margin   bigint  NOT NULL DEFAULT 1000 CHECK (sequence_sync_margin >= 0),
     created_at         timestamptz NOT NULL DEFAULT now()
 );
 

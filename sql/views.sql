@@ -37,6 +37,8 @@ SELECT s.subname,
        s.run_as_owner,
        s.password_required,
        s.skip_lsn,
+       s.sequence_sync_interval,
+       s.sequence_sync_margin,
        s.created_at,
        s.subid
 FROM pgsub.sub s;
@@ -210,13 +212,13 @@ JOIN pg_catalog.pg_database d ON d.oid = x.dboid;
 -- Management is for superusers and pgsub_admin; the views and their helpers are for everyone
 -- (the server-wide ones for pgsub_admin and pg_monitor: they show other databases).
 REVOKE EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, boolean, boolean, text),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, boolean, boolean, text, interval, bigint),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, boolean, boolean, text),
+    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, boolean, boolean, text, interval, bigint),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
@@ -225,13 +227,13 @@ REVOKE EXECUTE ON FUNCTION
     pgsub.reset_stats(text)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, boolean, boolean, text),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, boolean, boolean, text, interval, bigint),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, boolean, boolean, text),
+    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, boolean, boolean, text, interval, bigint),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
@@ -258,13 +260,27 @@ AS $$ SELECT s.seq::regclass, s.publisher_value, s.previous_value, s.next_value
       FROM pgsub._sync_sequences(name, sequences::oid[]) s $$;
 COMMENT ON FUNCTION pgsub.sync_sequences(text, regclass[]) IS
     'Set the local sequences (default: those of the subscription''s tables) to the publisher''s sequences of the same name';
+CREATE FUNCTION pgsub.verify_subscription(name text, tables regclass[] DEFAULT NULL,
+                                          mode text DEFAULT 'checksum', max_keys int DEFAULT 100)
+RETURNS TABLE (relation regclass, publisher_rows bigint, subscriber_rows bigint, equal boolean,
+               missing_keys jsonb, extra_keys jsonb, different_keys jsonb, bytes_received bigint)
+LANGUAGE sql VOLATILE
+AS $$ SELECT v.relation::regclass, v.publisher_rows, v.subscriber_rows, v.equal,
+             v.missing_keys::jsonb, v.extra_keys::jsonb, v.different_keys::jsonb, v.bytes_received
+      FROM pgsub._verify_subscription(name, tables::oid[], mode, max_keys) v $$;
+COMMENT ON FUNCTION pgsub.verify_subscription(text, regclass[], text, int) IS
+    'Compare the subscription''s tables with the publisher''s at one consistent point; per table the rows on each side and the keys missing, extra or different here';
 REVOKE EXECUTE ON FUNCTION
+    pgsub.verify_subscription(text, regclass[], text, int),
+    pgsub._verify_subscription(text, oid[], text, integer),
     pgsub.wait_for_catchup(text, pg_lsn, interval),
     pgsub._wait_for_catchup(text, text, double precision),
     pgsub.sync_sequences(text, regclass[]),
     pgsub._sync_sequences(text, oid[])
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
+    pgsub.verify_subscription(text, regclass[], text, int),
+    pgsub._verify_subscription(text, oid[], text, integer),
     pgsub.wait_for_catchup(text, pg_lsn, interval),
     pgsub._wait_for_catchup(text, text, double precision),
     pgsub.sync_sequences(text, regclass[]),

@@ -11,10 +11,13 @@
 //! transaction commits. Only superusers and members of `pgsub_admin` may call them; the privilege
 //! rules are in the README (Security).
 mod checks;
+mod compare;
 mod control;
 mod cutover;
+pub(crate) use cutover::advance_owned_sequences;
 mod health;
 mod remote;
+mod verify;
 
 use crate::catalog::{self};
 use crate::publisher::{self, Context};
@@ -29,6 +32,33 @@ use remote::*;
 use std::ffi::CString;
 
 type Code = PgSqlErrorCode;
+
+/// The periodic sequence sync interval in ms (Some(0): off); a negative one is refused.
+fn interval_ms(i: Option<Interval>) -> Option<i64> {
+    let i = i?;
+    let ms = i64::try_from(i.as_micros() / 1000).unwrap_or(i64::MAX);
+    if ms < 0 {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "sequence_sync_interval must not be negative",
+            None,
+            Some("Pass an interval such as '1 min'; '0' (in alter_subscription_options) turns the periodic sync off."),
+        );
+    }
+    Some(ms)
+}
+
+fn margin(m: i64) -> i64 {
+    if m < 0 {
+        error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "sequence_sync_margin must not be negative",
+            Some("It is how many increments the local sequences are set beyond the publisher's.".into()),
+            None,
+        );
+    }
+    m
+}
 
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -50,6 +80,8 @@ fn create_subscription(
     run_as_owner: default!(Option<bool>, false),
     password_required: default!(Option<bool>, true),
     conflict_resolution: default!(Option<&str>, "'error'"),
+    sequence_sync_interval: default!(Option<Interval>, "NULL"),
+    sequence_sync_margin: default!(Option<i64>, 1000),
 ) {
     require_admin();
     let name = required(name, "name");
@@ -81,6 +113,8 @@ fn create_subscription(
         run_as_owner,
         password_required,
         conflict_resolution,
+        sequence_sync_ms: interval_ms(sequence_sync_interval).filter(|ms| *ms > 0),
+        sequence_sync_margin: margin(required(sequence_sync_margin, "sequence_sync_margin")),
     };
     if create_slot {
         prevent_in_transaction_block(
@@ -270,9 +304,13 @@ fn alter_subscription_options(
     run_as_owner: default!(Option<bool>, "NULL"),
     password_required: default!(Option<bool>, "NULL"),
     conflict_resolution: default!(Option<&str>, "NULL"),
+    sequence_sync_interval: default!(Option<Interval>, "NULL"),
+    sequence_sync_margin: default!(Option<i64>, "NULL"),
 ) {
     require_admin();
     let name = required(name, "name");
+    let sequence_sync_ms = interval_ms(sequence_sync_interval);
+    let sequence_sync_margin = sequence_sync_margin.map(margin);
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
     if password_required == Some(false) {
@@ -308,6 +346,8 @@ fn alter_subscription_options(
             run_as_owner,
             password_required,
             conflict_resolution,
+            sequence_sync_ms,
+            sequence_sync_margin,
         },
     );
 }

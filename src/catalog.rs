@@ -34,6 +34,9 @@ pub struct Subscription {
     pub skip_lsn: Option<Lsn>,
     /// What the apply worker does with a conflict.
     pub conflict_resolution: Resolution,
+    /// Periodic sequence sync: its interval in ms (None: off) and the margin in increments.
+    pub sequence_sync_ms: Option<i64>,
+    pub sequence_sync_margin: i64,
     /// The owner is a superuser (read with the row). Otherwise the publisher connection must
     /// authenticate with a password given in `conninfo` (see `publisher::connect`).
     pub owner_superuser: bool,
@@ -71,6 +74,7 @@ impl Subscription {
         )
             .hash(&mut h);
         (self.run_as_owner, self.password_required).hash(&mut h);
+        (self.sequence_sync_ms, self.sequence_sync_margin).hash(&mut h);
         h.finish()
     }
 }
@@ -111,7 +115,8 @@ const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, connin
      coalesce(slot_name::text, subname::text), copy_data, \"binary\", streaming, two_phase, origin, \
      disable_on_error, synchronous_commit, skip_lsn::text, \
      coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false), \
-     run_as_owner, password_required, conflict_resolution";
+     run_as_owner, password_required, conflict_resolution, \
+     (pg_catalog.date_part('epoch', sequence_sync_interval) * 1000)::int8, sequence_sync_margin";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -134,6 +139,8 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         run_as_owner: row.get::<bool>(17)?.unwrap_or(false),
         password_required: row.get::<bool>(18)?.unwrap_or(true),
         conflict_resolution: row.get::<String>(19)?.and_then(|r| Resolution::parse(&r)).unwrap_or_default(),
+        sequence_sync_ms: row.get::<i64>(20)?,
+        sequence_sync_margin: row.get::<i64>(21)?.unwrap_or(0),
     })
 }
 
@@ -404,6 +411,9 @@ pub struct Options {
     pub run_as_owner: bool,
     pub password_required: bool,
     pub conflict_resolution: Resolution,
+    /// Periodic sequence sync interval in ms (None: off) and margin.
+    pub sequence_sync_ms: Option<i64>,
+    pub sequence_sync_margin: i64,
 }
 
 /// A subscription id no subscription of any database of the server uses. Ids name replication
@@ -439,8 +449,9 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
     Spi::get_one_with_args::<i32>(
         "INSERT INTO pgsub.sub (subid, subname, subowner, enabled, conninfo, publications, slot_name, \
          copy_data, \"binary\", streaming, two_phase, origin, disable_on_error, synchronous_commit, \
-         run_as_owner, password_required, conflict_resolution) \
-         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16, $17) RETURNING subid",
+         run_as_owner, password_required, conflict_resolution, sequence_sync_interval, sequence_sync_margin) \
+         VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16, $17, \
+                 pg_catalog.make_interval(secs => $18::float8 / 1000), $19) RETURNING subid",
         &[
             sub.name.into(),
             sub.owner.into(),
@@ -459,6 +470,8 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
             o.run_as_owner.into(),
             o.password_required.into(),
             o.conflict_resolution.as_str().into(),
+            o.sequence_sync_ms.into(),
+            o.sequence_sync_margin.into(),
         ],
     )
 }
@@ -482,6 +495,9 @@ pub enum Change<'a> {
         run_as_owner: Option<bool>,
         password_required: Option<bool>,
         conflict_resolution: Option<Resolution>,
+        /// Some(0): periodic sequence sync off.
+        sequence_sync_ms: Option<i64>,
+        sequence_sync_margin: Option<i64>,
     },
     Name(&'a str),
     Owner(pg_sys::Oid),
@@ -506,12 +522,17 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
             run_as_owner,
             password_required,
             conflict_resolution,
+            sequence_sync_ms,
+            sequence_sync_margin,
         } => Spi::run_with_args(
             "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
              disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
              origin = coalesce($6, origin), slot_name = coalesce($7, slot_name), \
              run_as_owner = coalesce($8, run_as_owner), password_required = coalesce($9, password_required), \
-             conflict_resolution = coalesce($10, conflict_resolution) WHERE subid = $1",
+             conflict_resolution = coalesce($10, conflict_resolution), \
+             sequence_sync_interval = CASE WHEN $11::int8 IS NULL THEN sequence_sync_interval \
+                  WHEN $11::int8 = 0 THEN NULL ELSE pg_catalog.make_interval(secs => $11::float8 / 1000) END, \
+             sequence_sync_margin = coalesce($12, sequence_sync_margin) WHERE subid = $1",
             &[
                 subid.into(),
                 binary.into(),
@@ -523,6 +544,8 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
                 run_as_owner.into(),
                 password_required.into(),
                 conflict_resolution.map(Resolution::as_str).into(),
+                sequence_sync_ms.into(),
+                sequence_sync_margin.into(),
             ],
         ),
         Change::Name(n) => {

@@ -9,7 +9,8 @@
 //! apply worker owns the progress and counter fields of its slot while it runs; an apply worker
 //! claims a [`SyncSlot`] for each table it starts a sync worker for, the two exchange the
 //! catch-up handshake through it (`src/worker/syncing.rs`, `src/worker/syncworker.rs`), and it
-//! is freed once the table is synchronized. The SQL views (`stats.rs`) read every slot under a
+//! is freed once the table is synchronized. A backend running `pgsub.verify_subscription` writes a
+//! slot's `hold` request and the apply worker answers in it (`src/worker/hold.rs`). The SQL views (`stats.rs`) read every slot under a
 //! shared lock. Counters survive worker restarts; everything
 //! here is reset when the postmaster restarts (shared memory is created anew).
 use pgrx::lwlock::PgLwLock;
@@ -106,6 +107,8 @@ pub struct SubSlot {
     /// last: the next worker applies its rows one by one, so that the error names the column
     /// (0 = none).
     pub batch_failed_lsn: u64,
+    /// A `pgsub.verify_subscription` hold of the apply worker (`src/worker/hold.rs`).
+    pub hold: crate::worker::hold::Hold,
     pub last_error_len: u16,
     pub last_error: [u8; ERR_LEN],
 }
@@ -164,6 +167,7 @@ impl Default for SubSlot {
             rates: pgsub_core::rates::RateRing::default(),
             last_error_at: 0,
             batch_failed_lsn: 0,
+            hold: crate::worker::hold::Hold::default(),
             last_error_len: 0,
             last_error: [0; ERR_LEN],
         }

@@ -53,7 +53,8 @@ fn _stat_progress() -> TableIterator<
             let alive = s.pid > 0;
             rows.push((
                 s.subid,
-                s.status.as_str().to_string(),
+                // While pgsub.verify_subscription holds the worker at its consistent point.
+                s.hold.status_text().filter(|_| alive).unwrap_or(s.status.as_str()).to_string(),
                 if alive { Some(s.pid) } else { None },
                 s.worker_started_at,
                 s.received_lsn as i64,

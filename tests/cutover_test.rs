@@ -334,3 +334,78 @@ async fn wait_for_catchup_fails_clearly_when_disabled_held_back_or_failing() {
 
     assert_replicated_equal(&p, &s).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn periodic_sequence_sync_keeps_the_subscribers_sequences_ahead() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = |identity: &str| {
+        format!(
+            "CREATE TABLE ser (id serial PRIMARY KEY, v text);
+             CREATE TABLE ident (id bigint GENERATED {identity} AS IDENTITY PRIMARY KEY, v text);"
+        )
+    };
+    p.batch_execute(&ddl("ALWAYS")).await.unwrap();
+    s.batch_execute(&ddl("BY DEFAULT")).await.unwrap();
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE ser, ident").await.unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('cut', $1, ARRAY['pub'], sequence_sync_interval => '200 ms')",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .expect("create_subscription");
+    wait_for_subscription_sync(&s, "cut", WAIT).await;
+    assert_eq!(
+        one::<String>(&s, "SELECT sequence_sync_interval::text || ' ' || sequence_sync_margin FROM pgsub.subscription")
+            .await,
+        "00:00:00.2 1000"
+    );
+
+    // 10 000 rows in each table; sync_sequences is never called.
+    for round in 0..10 {
+        p.batch_execute(&format!(
+            "INSERT INTO ser (v) SELECT 'r{round}' FROM generate_series(1, 1000);
+             INSERT INTO ident (v) SELECT 'r{round}' FROM generate_series(1, 1000);"
+        ))
+        .await
+        .unwrap();
+    }
+    for (seq, table) in [("ser_id_seq", "ser"), ("ident_id_seq", "ident")] {
+        let used: i64 = one(&p, &format!("SELECT max(id)::int8 FROM {table}")).await;
+        assert_eq!(used, 10_000);
+        // The default margin: 1000 increments beyond the publisher's last value.
+        wait_value(&s, &format!("SELECT last_value FROM {seq}"), &(used + 1000).to_string(), WAIT).await;
+        let next: i64 = one(&s, &format!("SELECT nextval('{seq}')")).await;
+        assert!(next > used, "{seq}: the subscriber's next value {next} must be beyond {used}");
+    }
+
+    // Margin 0: the next sync sets the publisher's own state once the publisher has gone past
+    // the margin left before; a sequence is never moved back.
+    s.execute("SELECT pgsub.alter_subscription_options('cut', sequence_sync_margin => 0)", &[]).await.unwrap();
+    p.batch_execute("INSERT INTO ser (v) SELECT 'more' FROM generate_series(1, 2000)").await.unwrap();
+    wait_value(&s, "SELECT last_value FROM ser_id_seq", "12000", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT last_value FROM ident_id_seq").await, 11_001, "not moved back");
+
+    // A sync that fails (a sequence owned by a subscribed table here that the publisher does
+    // not have) is recorded in the stats, and apply goes on.
+    s.batch_execute("CREATE SEQUENCE only_here OWNED BY ser.v").await.unwrap();
+    wait_value(
+        &s,
+        "SELECT last_error LIKE 'periodic sequence sync of subscription \"cut\" failed: sequence %only_here% does not exist on the publisher%'
+         FROM pgsub.stat_subscription",
+        "t",
+        WAIT,
+    )
+    .await;
+    p.batch_execute("INSERT INTO ser (v) VALUES ('still applied')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM ser WHERE v = 'still applied'", "1", WAIT).await;
+    assert_eq!(one::<String>(&s, "SELECT status FROM pgsub.stat_subscription").await, "streaming");
+    s.execute("SELECT pgsub.alter_subscription_options('cut', sequence_sync_interval => '0')", &[]).await.unwrap();
+    assert_eq!(
+        one::<Option<String>>(&s, "SELECT sequence_sync_interval::text FROM pgsub.subscription").await,
+        None,
+        "'0' turns the periodic sync off"
+    );
+    p.batch_execute("INSERT INTO ident (v) VALUES ('last')").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}

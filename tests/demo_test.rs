@@ -807,7 +807,7 @@ fn linter(name: &str) -> Option<PathBuf> {
 }
 
 /// Every shell script of the repository: what shellcheck checks.
-const SHELL_SCRIPTS: [&str; 11] = [
+const SHELL_SCRIPTS: [&str; 12] = [
     "scripts/demo",
     "scripts/setup",
     "scripts/test",
@@ -819,6 +819,7 @@ const SHELL_SCRIPTS: [&str; 11] = [
     "docker/initdb/publisher.sh",
     "docker/initdb/subscriber.sh",
     "bench/run",
+    "bench/verify",
 ];
 
 /// Files under `dir` (recursively) that are shell scripts: a `.sh` name or a shell `#!` line.

@@ -43,6 +43,8 @@ const MANAGEMENT: &[&str] = &[
     "_wait_for_catchup",
     "sync_sequences",
     "_sync_sequences",
+    "verify_subscription",
+    "_verify_subscription",
     "check_health",
     "publisher_slots",
 ];
@@ -149,7 +151,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     s.execute("SELECT pgsub.create_subscription('su_sub', $1, ARRAY['pub'], enabled => false)", &[&ci])
         .await
         .expect("superuser creates");
-    let calls: [(&str, &[&(dyn ToSql + Sync)]); 16] = [
+    let calls: [(&str, &[&(dyn ToSql + Sync)]); 18] = [
         ("SELECT pgsub.create_subscription('p', $1, ARRAY['pub'])", &[&ci]),
         ("SELECT pgsub.drop_subscription('su_sub')", &[]),
         ("SELECT pgsub.enable_subscription('su_sub')", &[]),
@@ -166,6 +168,8 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         ("SELECT pgsub._wait_for_catchup('su_sub', NULL, NULL)", &[]),
         ("SELECT * FROM pgsub.sync_sequences('su_sub')", &[]),
         ("SELECT * FROM pgsub._sync_sequences('su_sub', NULL)", &[]),
+        ("SELECT * FROM pgsub.verify_subscription('su_sub')", &[]),
+        ("SELECT * FROM pgsub._verify_subscription('su_sub', NULL, 'checksum', 100)", &[]),
     ];
     for (sql, params) in calls {
         let (code, text) = must_fail(&plain, sql, params).await.code_and_text();

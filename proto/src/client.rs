@@ -92,6 +92,8 @@ pub struct Client {
     peer: String,
     /// The server asked for a password and got one (cleartext, MD5 or SCRAM).
     used_password: bool,
+    /// Bytes read from the connection so far (after TLS decryption: the protocol's own bytes).
+    bytes_received: u64,
 }
 
 /// Backend messages as the client consumes them.
@@ -109,6 +111,9 @@ enum State {
     /// A command is in flight; if an error escapes while in this state the protocol position is
     /// unknown and the state becomes `Broken`.
     Busy,
+    /// A simple query was sent with [`Client::start_query`]; [`Client::finish_query`] reads its
+    /// answer.
+    QuerySent,
     /// START_REPLICATION succeeded; CopyBoth.
     CopyBoth,
     /// The server ended CopyBoth with CopyDone; we have not sent ours yet.
@@ -157,6 +162,12 @@ impl Client {
     /// connection ending under it; for messages.
     pub fn server_ended_stream(&self) -> bool {
         matches!(self.state, State::CopyBothServerDone)
+    }
+
+    /// Bytes of protocol messages received from the server so far (start-up included), for
+    /// callers that account for what crossed the wire.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
     }
 
     /// The server process id (BackendKeyData).

@@ -35,7 +35,7 @@ const POLL_MS: u64 = 100;
 
 /// Connects to the publisher for a query of these functions: a plain session (no walsender
 /// slot is taken), with the subscription's connection string and password rule.
-fn connect_plain(sub: &Subscription) -> Client {
+pub(super) fn connect_plain(sub: &Subscription) -> Client {
     match publisher::connect(&sub.conninfo, false, Context::Backend, Some("pgsub"), sub.must_use_password()) {
         Ok(c) => c,
         Err(e) => {
@@ -66,7 +66,7 @@ fn record_end(insert: Lsn, block: u64, segment: u64) -> Lsn {
 /// Everything the publisher has written so far, committed transactions included whose commit
 /// record is not flushed yet there (`synchronous_commit = off`): its WAL insert position (replay
 /// position on a standby).
-fn publisher_position(client: &mut Client) -> Lsn {
+pub(super) fn publisher_position(client: &mut Client) -> Lsn {
     let rows = query(
         client,
         "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
@@ -627,4 +627,47 @@ fn _sync_sequences(
         None,
     );
     TableIterator::new(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Periodic mode (`sequence_sync_interval`, run by the apply worker: worker/seqsync.rs)
+
+/// Where the periodic mode sets a local sequence: the publisher's state plus `margin`
+/// increments (within the local bounds), or None when that would not move it forward (already
+/// at or beyond it, or the publisher's sequence was never used).
+fn ahead(l: &LocalSeq, r: &RemoteSeq, margin: i64) -> Option<(i64, bool)> {
+    if !r.is_called {
+        return None;
+    }
+    let step = l.increment.saturating_mul(margin);
+    let value = r.last_value.saturating_add(step).clamp(l.min, l.max);
+    match l.previous {
+        Some(prev) if (l.increment > 0 && prev >= value) || (l.increment < 0 && prev <= value) => None,
+        _ => Some((value, true)),
+    }
+}
+
+/// Moves the sequences owned by the subscription's tables' columns to the publisher's state
+/// plus `margin` increments, never backwards; returns how many moved. Runs in the apply worker
+/// (as the subscription's owner, inside a transaction) over `client`, a plain connection to the
+/// publisher; raises like `sync_sequences`.
+pub(crate) fn advance_owned_sequences(sub: &Subscription, client: &mut Client, margin: i64) -> usize {
+    let oids = owned_sequences(sub.subid);
+    if oids.is_empty() {
+        return 0;
+    }
+    let locals: Vec<LocalSeq> = oids.iter().map(|o| local_sequence(*o, sub)).collect();
+    let remotes = remote_sequences(client, &locals);
+    let mut moved = 0;
+    for (l, r) in locals.iter().zip(remotes.iter()) {
+        let Some((value, called)) = ahead(l, r, margin) else { continue };
+        if let Err(e) = Spi::get_one_with_args::<i64>(
+            "SELECT pg_catalog.setval($1::pg_catalog.oid::pg_catalog.regclass, $2, $3)",
+            &[l.oid.into(), value.into(), called.into()],
+        ) {
+            error(Code::ERRCODE_INTERNAL_ERROR, format!("setting sequence {}: {e}", l.qualified()), None, None);
+        }
+        moved += 1;
+    }
+    moved
 }

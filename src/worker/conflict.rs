@@ -692,7 +692,7 @@ fn describe(rec: &Record) -> (String, String) {
     let mut detail = rec.what.clone();
     if let Some(l) = &rec.local {
         let by = match l.origin {
-            None => String::new(),
+            None => ", modified".into(),
             Some(0) => ", modified locally".into(),
             Some(o) => match origin_name(o) {
                 Some(n) => format!(", modified by origin \"{n}\""),

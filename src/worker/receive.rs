@@ -8,7 +8,7 @@
 //! (`syncing.rs`); in a sync worker it stops where its catch-up ends (`catchup_end`).
 use super::apply::Applier;
 use super::progress::Progress;
-use super::{errctx, execute, report_stats, stream, syncing};
+use super::{errctx, execute, hold, report_stats, seqsync, stream, syncing};
 use crate::catalog::Subscription;
 use crate::process::{now, reload_config_if_requested, shutdown_requested};
 use crate::shmem::Status;
@@ -43,6 +43,10 @@ pub(super) struct Stream {
     pub(super) caught_up: bool,
     /// The apply worker's side of table synchronization.
     pub(super) syncing: syncing::Syncing,
+    /// The apply worker's side of a hold for `pgsub.verify_subscription` (`hold.rs`).
+    pub(super) hold: hold::Holder,
+    /// Periodic sequence sync (`seqsync.rs`).
+    pub(super) seqsync: seqsync::SeqSync,
 }
 
 impl Stream {
@@ -71,6 +75,8 @@ impl Stream {
             catchup_end,
             caught_up: false,
             syncing: syncing::Syncing::default(),
+            hold: hold::Holder::default(),
+            seqsync: seqsync::SeqSync::default(),
         }
     }
 
@@ -136,6 +142,8 @@ impl Stream {
                     self.progress.publish(Some(st), receipt);
                 }
                 self.process_syncing_tables();
+                self.hold_when_idle();
+                self.sync_sequences_if_due();
             }
             self.progress.publish(None, receipt);
             if !self.applier.in_txn {
@@ -186,6 +194,7 @@ impl Stream {
                     if self.reached_catchup_end(wal_end) {
                         return;
                     }
+                    self.hold.saw(wal_end);
                     self.applier.caught_up_to(wal_end);
                 }
                 if reply_requested {
@@ -239,6 +248,7 @@ impl Stream {
                 if self.reached_catchup_end(b.final_lsn) {
                     return; // the apply worker's from here
                 }
+                self.hold_before(b.final_lsn);
                 let p = &mut self.progress;
                 self.applier.begin(b, p);
                 if self.status == Status::Streaming {
@@ -251,6 +261,7 @@ impl Stream {
                 self.applier.commit(c, p);
                 // Counters and positions are visible as soon as the transaction is.
                 p.publish(None, now());
+                self.hold.saw(end);
                 self.reached_catchup_end(end);
             }
             LogicalMessage::Origin(o) => self.applier.origin(&o.name),
@@ -267,6 +278,8 @@ impl Stream {
                 let begin = Begin { final_lsn: c.commit_lsn, commit_time: c.commit_time, xid: c.xid };
                 let commit =
                     Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
+                self.hold_before(c.commit_lsn);
+                self.hold.saw(c.end_lsn);
                 self.apply_streamed(c.xid, begin, |applier, p| applier.commit(commit, p));
             }
             LogicalMessage::StreamPrepare(pr) => {
@@ -284,6 +297,9 @@ impl Stream {
                 p.publish(None, now());
             }
             LogicalMessage::CommitPrepared(c) => {
+                self.hold_before(c.commit_lsn);
+                self.hold.saw(c.end_lsn);
+                let p = &mut self.progress;
                 self.applier.finish_prepared(c.xid, true, c.end_lsn, c.commit_time, p);
                 p.publish(None, now());
             }
@@ -413,7 +429,8 @@ impl Stream {
         // the next table's worker starts as soon as one has finished (its exit sets the latch,
         // but the step may have run moments before and waits out its 100 ms).
         let syncing = self.catchup_end.is_none() && self.applier.tables.any_syncing();
-        let timeout_ms = if self.progress.awaiting_flush() || syncing { 100 } else { 1000 };
+        let holding = self.catchup_end.is_none() && self.hold.pending(self.sub.subid);
+        let timeout_ms = if self.progress.awaiting_flush() || syncing || holding { 100 } else { 1000 };
         // SAFETY: latch + socket wait of a background worker.
         unsafe {
             let rc = pg_sys::WaitLatchOrSocket(
@@ -457,7 +474,7 @@ impl Stream {
 
     /// Clean stop on SIGTERM: abort a half-applied transaction (it is re-sent after restart),
     /// report what is durable, and say goodbye to the walsender.
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         // A half-applied transaction is not done: do not report what was received as flushed.
         let in_txn = self.applier.in_txn;
         self.applier.abort();

@@ -214,6 +214,7 @@ impl Client {
             notices: VecDeque::new(),
             server_version_num: 0,
             used_password: false,
+            bytes_received: 0,
             backend_pid: 0,
             state: State::Busy,
             in_startup: true,

@@ -61,6 +61,7 @@ impl Client {
             State::Busy => {
                 return Err(proto_err("connection is no longer usable: a previous command did not complete"))
             }
+            State::QuerySent => return Err(proto_err("a query's answer is pending: call finish_query() first")),
             State::Broken(why) => return Err(proto_err(format!("connection is no longer usable: {why}"))),
         }
         self.state = State::Busy;
@@ -152,6 +153,7 @@ impl Client {
             }
             let max = self.read_size();
             let n = self.io.read_some(&mut self.rbuf, max)?;
+            self.bytes_received += n as u64;
             if n == 0 {
                 self.wait(Interest::Read, deadline)?;
             }
@@ -165,7 +167,9 @@ impl Client {
                 return self.check_fatal(m).map(Some);
             }
             let max = self.read_size();
-            if self.io.read_some(&mut self.rbuf, max)? == 0 {
+            let n = self.io.read_some(&mut self.rbuf, max)?;
+            self.bytes_received += n as u64;
+            if n == 0 {
                 return Ok(None);
             }
         }

@@ -97,6 +97,34 @@ impl Client {
     pub fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>, Error> {
         self.command(|c| {
             c.send_query(sql)?;
+            c.query_result()
+        })
+    }
+
+    /// Sends `sql` with the simple-query protocol without waiting for its answer, so that the
+    /// caller can work meanwhile; [`Client::finish_query`] must come next and returns what
+    /// [`Client::simple_query`] would have.
+    pub fn start_query(&mut self, sql: &str) -> Result<(), Error> {
+        self.command(|c| c.send_query(sql))?;
+        self.state = State::QuerySent;
+        Ok(())
+    }
+
+    /// The answer to the query sent with [`Client::start_query`].
+    pub fn finish_query(&mut self) -> Result<Vec<Row>, Error> {
+        if self.state != State::QuerySent {
+            return Err(proto_err("finish_query() without start_query()"));
+        }
+        self.state = State::Busy;
+        let r = self.query_result();
+        self.break_if_busy(&r);
+        r
+    }
+
+    /// Reads a simple query's answer up to ReadyForQuery.
+    fn query_result(&mut self) -> Result<Vec<Row>, Error> {
+        {
+            let c = self;
             let mut rows = Vec::new();
             let mut columns: Vec<String> = Vec::new();
             let mut err: Option<Error> = None;
@@ -128,7 +156,7 @@ impl Client {
                     other => return Err(c.unexpected(&other, "in a query response")),
                 }
             }
-        })
+        }
     }
 
     /// Answers a CopyInResponse with CopyFail: this client never sends COPY data.

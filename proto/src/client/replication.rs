@@ -227,7 +227,7 @@ impl Client {
         match &self.state {
             State::Idle => return Ok(()),
             State::CopyBoth | State::CopyBothServerDone | State::AwaitReady => {}
-            State::Busy => {
+            State::Busy | State::QuerySent => {
                 return Err(proto_err("connection is no longer usable: a previous command did not complete"))
             }
             State::Broken(why) => return Err(proto_err(format!("connection is no longer usable: {why}"))),

@@ -427,8 +427,14 @@ fn fake_server_full_flow() {
     assert_eq!(rows[0].values, vec![Some("1".to_string()), None]);
     assert_eq!(rows[1].get("c"), Some("x"));
 
-    let e = c.simple_query("SELECT * FROM nope").unwrap_err();
+    // Sent without waiting: another command is refused (nothing is sent) until the answer is
+    // read, which is what simple_query would have returned; the connection stays usable.
+    c.start_query("SELECT * FROM nope").unwrap();
+    let refused = c.simple_query("SELECT 3").unwrap_err();
+    assert!(refused.to_string().contains("finish_query"), "{refused}");
+    let e = c.finish_query().unwrap_err();
     assert_eq!(e.sqlstate(), Some("42P01"));
+    assert!(c.finish_query().is_err(), "nothing pending any more");
 
     let sys = c.identify_system().unwrap();
     assert_eq!(sys.systemid, "7300000000000000001");
