@@ -19,9 +19,21 @@ fn nodes() -> TwoNodes {
         .expect("start")
 }
 
+/// Changes the policy and waits until a worker started with it runs (the change restarts the
+/// worker; until then the old one may still apply under the old policy).
 async fn set_policy(s: &tokio_postgres::Client, policy: &str) {
+    let current: String = one(s, "SELECT conflict_resolution FROM pgsub.subscription WHERE subname = 'c'").await;
+    if current == policy {
+        return;
+    }
+    let old: Option<i32> = one(s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'c'").await;
     s.execute("SELECT pgsub.alter_subscription_options('c', conflict_resolution => $1)", &[&policy]).await.unwrap();
-    wait_value(s, "SELECT conflict_resolution FROM pgsub.subscription WHERE subname = 'c'", policy, WAIT).await;
+    let sql = format!(
+        "SELECT pid IS NOT NULL AND pid IS DISTINCT FROM {} AND status = 'streaming' \
+         FROM pgsub.stat_subscription WHERE subname = 'c'",
+        old.map_or("NULL".to_string(), |p| p.to_string())
+    );
+    wait_value(s, &sql, "t", WAIT).await;
 }
 
 async fn counter(s: &tokio_postgres::Client, col: &str) -> i64 {

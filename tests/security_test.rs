@@ -951,7 +951,16 @@ async fn conflicts_never_show_columns_the_owner_may_not_read() {
         .unwrap();
     wait_value(&s, "SELECT count(*) FROM t WHERE id = 3", "1", WAIT).await;
     // Under error the retry logs the rows and stops.
+    let old_pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'own'").await;
     owner.execute("SELECT pgsub.alter_subscription_options('own', conflict_resolution => 'error')", &[]).await.unwrap();
+    // The change restarts the worker: until the new one runs, the old one applies under keep_local.
+    wait_value(
+        &s,
+        &format!("SELECT pid IS NOT NULL AND pid <> {old_pid} AND status = 'streaming' FROM pgsub.stat_subscription WHERE subname = 'own'"),
+        "t",
+        WAIT,
+    )
+    .await;
     p.batch_execute("INSERT INTO t VALUES (2, 'remote', 'REMOTESECRET2')").await.unwrap();
     let err = wait_for_subscription_error(&s, "own", &["conflict=insert_exists", "existing local row"], WAIT).await;
     wait_value(&s, "SELECT count(*) FROM pgsub.conflict_log WHERE resolution = 'error'", "1", WAIT).await;
