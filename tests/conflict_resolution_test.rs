@@ -1,5 +1,5 @@
 //! End-to-end: conflicts by PostgreSQL 18's types, resolved by the subscription's
-//! `conflict_resolution` (src/worker/conflict.rs). Each type is provoked on purpose, under the
+//! `conflict_resolution` (src/worker/conflict/). Each type is provoked on purpose, under the
 //! policies that decide it differently; each test checks the local row the policy promises, the
 //! `confl_*` counter, the LOG line and the `pgsub.conflict_log` row (key, local and remote rows,
 //! resolution, remote finish LSN). The bidirectional test runs two nodes that publish and

@@ -611,7 +611,7 @@ async fn health_raises_each_problem_it_documents() {
     wait_for_subscription_error(&s, "hsub", &["duplicate key"], WAIT).await;
     let e = wait_problem(&s, "pgsub.check_health(error_minutes => 0)", "hsub", "error").await;
     assert_eq!(e.2, "critical");
-    // The first attempt's unique violation, or a retry's conflict report (conflict.rs).
+    // The first attempt's unique violation, or a retry's conflict report (worker/conflict/).
     assert!(e.3.contains("duplicate key") || e.3.contains("conflict=insert_exists"), "{}", e.3);
     assert!(e.4, "since: the estimated start of the failures");
     let since_ok: bool = one(

@@ -16,6 +16,10 @@
 //! Row identity for UPDATE/DELETE is the remote replica identity: the key columns flagged in the
 //! Relation message (primary key / USING INDEX), or every column for REPLICA IDENTITY FULL, where
 //! one matching row is chosen by ctid (duplicates are legal there).
+//!
+//! Conflicts — a key that exists here, a row last changed by another origin — are looked for and
+//! resolved by the subscription's policy in `conflict/`; which tables a transaction's changes
+//! apply to is `tables.rs`.
 use super::batch::{
     DeleteBatch, InsertBatch, UpdateBatch, BATCH_MAX_BYTES, BATCH_MAX_ROWS, DELETE_BATCH_MAX_ROWS,
     UPDATE_BATCH_MAX_BYTES, UPDATE_BATCH_MAX_ROWS,
@@ -26,7 +30,8 @@ use super::execute::{check_width, execute, in_context, key_bytes, key_mask, miss
 use super::owner;
 use super::progress::Progress;
 use super::relation::{self, bind_local, cstring, free_plans, PlanKey, RelEntry};
-use crate::catalog::{Resolution, SubRel, SyncState};
+pub use super::tables::TableStates;
+use crate::catalog::Resolution;
 use crate::report;
 use crate::shmem::ConflictType;
 use pgrx::memcxt::PgMemoryContexts;
@@ -39,77 +44,6 @@ use pgsub_proto::Lsn;
 use std::collections::{HashMap, HashSet};
 
 type Code = PgSqlErrorCode;
-
-/// Which tables the subscription applies changes to, by remote (schema, name), with their local
-/// table (`relid`) and synchronization state.
-pub struct TableStates {
-    states: HashMap<(String, String), (SyncState, Option<Lsn>)>,
-    relids: HashMap<u32, (String, String)>,
-}
-
-impl TableStates {
-    pub fn new(rels: &[SubRel]) -> Self {
-        TableStates {
-            states: rels
-                .iter()
-                .map(|r| ((r.remote_schema.clone(), r.remote_name.clone()), (r.sync_state, r.state_lsn)))
-                .collect(),
-            relids: rels.iter().map(|r| (r.relid, (r.remote_schema.clone(), r.remote_name.clone()))).collect(),
-        }
-    }
-
-    /// Marks synchronized tables whose copy point the stream has passed as ready (in the current
-    /// transaction, so the state moves together with the applied position).
-    fn mark_ready(&mut self, subid: i32, end: Lsn) {
-        let due: Vec<(String, String)> = self
-            .states
-            .iter()
-            .filter(|(_, (st, lsn))| st.ready_after(lsn.map(|l| l.0), end.0))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (schema, name) in due {
-            if let Err(e) = crate::catalog::set_table_state(subid, &schema, &name, SyncState::Ready) {
-                report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
-            }
-            self.states.insert((schema, name), (SyncState::Ready, None));
-        }
-    }
-
-    fn any_synchronized(&self) -> bool {
-        self.states.values().any(|(st, _)| *st == SyncState::SyncDone)
-    }
-
-    fn any_ready_after(&self, end: Lsn) -> bool {
-        self.states.values().any(|(st, lsn)| st.ready_after(lsn.map(|l| l.0), end.0))
-    }
-
-    /// Some table is not ready yet (being synchronized, or synchronized and not taken over).
-    pub fn any_syncing(&self) -> bool {
-        self.states.values().any(|(st, _)| *st != SyncState::Ready)
-    }
-
-    /// (local table, state) of every table.
-    pub fn by_relid(&self) -> Vec<(u32, SyncState)> {
-        let mut v: Vec<(u32, SyncState)> =
-            self.relids.iter().filter_map(|(relid, key)| self.states.get(key).map(|(st, _)| (*relid, *st))).collect();
-        v.sort_unstable_by_key(|(relid, _)| *relid);
-        v
-    }
-
-    /// A table's state changed (the sync worker's SYNCDONE at `lsn`, or back to INIT).
-    pub fn set(&mut self, relid: u32, state: SyncState, lsn: Option<Lsn>) {
-        if let Some(key) = self.relids.get(&relid) {
-            self.states.insert(key.clone(), (state, lsn));
-        }
-    }
-
-    /// Whether changes of a transaction ending at `commit_end` apply to the table (`SyncState::applies`).
-    fn applies(&self, schema: &str, name: &str, commit_end: Lsn) -> bool {
-        self.states
-            .get(&(schema.to_string(), name.to_string()))
-            .is_some_and(|(st, lsn)| st.applies(lsn.map(|l| l.0), commit_end.0))
-    }
-}
 
 pub struct Applier {
     pub(super) rels: HashMap<u32, RelEntry>,
@@ -444,7 +378,7 @@ impl Applier {
     }
 
     /// One INSERT through its prepared plan; one whose key exists is a conflict to resolve when
-    /// the policy is not `error` or the transaction failed before (`conflict.rs`).
+    /// the policy is not `error` or the transaction failed before (`conflict/`).
     pub(super) fn insert_one(&mut self, m: Insert) {
         errctx::set_message("INSERT", None);
         let detect = conflict::policy() != Resolution::Error || self.row_by_row_lsn == Some(self.commit_end());

@@ -33,6 +33,7 @@ pub mod stream;
 pub mod sync;
 mod syncing;
 pub mod syncworker;
+mod tables;
 mod triggers;
 
 use crate::catalog::{self, Subscription};
@@ -177,7 +178,7 @@ fn on_error(subid: i32, e: CaughtError) {
     let ctx = errctx::describe();
     let conflict = conflict_of(&e);
     // A failed batch, or a key that exists: the retry goes row by row, so that the error names
-    // the row and the conflict's local row is found and recorded (conflict.rs).
+    // the row and the conflict's local row is found and recorded (worker/conflict/).
     let batch_failed_lsn =
         if errctx::in_batch() || conflict.is_some() { errctx::finish_lsn().map_or(0, |l| l.0) } else { 0 };
     let mut text = msg.clone();
@@ -358,7 +359,7 @@ fn connect_and_start(
                 publisher::raise(&e, &format!("subscription \"{}\" could not connect to the publisher", sub.name), None)
             }
         };
-    // The publisher's identity breaks ties between equal commit times (conflict.rs), for the
+    // The publisher's identity breaks ties between equal commit times (worker/conflict/), for the
     // policies that compare them.
     if sub.conflict_resolution.needs_commit_timestamps() {
         match client.identify_system() {

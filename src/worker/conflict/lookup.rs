@@ -1,0 +1,318 @@
+//! Looking up the local rows a remote change collides with: the remote values as text, the
+//! unique indexes of the local table, `SELECT … FOR UPDATE` of the rows that hold given values
+//! (with who changed them last, as `pg_xact_commit_timestamp_origin` says), and the jsonb and
+//! record text of rows — only of the columns the subscription owner may read.
+use super::super::execute::in_context;
+use super::super::relation::LocalRel;
+use super::origins_tracked;
+use crate::catalog;
+use crate::report;
+use pgrx::prelude::*;
+use pgsub_proto::client::{quote_ident, quote_literal};
+use pgsub_proto::pgoutput::{TupleData, TupleValue};
+use std::ffi::CStr;
+
+type Code = PgSqlErrorCode;
+
+/// A local row found by a lookup.
+#[derive(Clone)]
+pub(super) struct LocalRow {
+    pub(super) relation: String,
+    pub(super) tableoid: u32,
+    pub(super) ctid: String,
+    pub(super) xid: Option<i64>,
+    /// Commit time (TimestampTz µs) and origin of the transaction that last changed it, when
+    /// `track_commit_timestamp` recorded them.
+    pub(super) commit_time: Option<i64>,
+    pub(super) origin: Option<i32>,
+    pub(super) json: Option<String>,
+    /// The same columns as a record's text, `(1,local)`, for the log line.
+    pub(super) text: Option<String>,
+    /// The unique index the row was found through.
+    pub(super) index: String,
+}
+
+/// The remote values of a tuple as text, per local column (None: NULL; skipped: unchanged TOAST).
+pub(crate) struct RemoteValues(Vec<Option<Option<String>>>);
+
+impl RemoteValues {
+    pub(crate) fn of(local: &LocalRel, t: &TupleData, binary: bool, cxt: pg_sys::MemoryContext) -> RemoteValues {
+        let vals = local
+            .cols
+            .iter()
+            .enumerate()
+            .map(|(i, col)| match t.columns.get(i) {
+                None | Some(TupleValue::UnchangedToast) => None,
+                Some(TupleValue::Null) => Some(None),
+                Some(TupleValue::Text(b)) => Some(Some(String::from_utf8_lossy(b).into_owned())),
+                Some(v @ TupleValue::Binary(_)) => Some(Some(in_context(cxt, || {
+                    let (d, _) = col.datum(v, binary);
+                    // SAFETY: the type's output function on a Datum of that type.
+                    unsafe {
+                        let mut out = pg_sys::InvalidOid;
+                        let mut varlena = false;
+                        pg_sys::getTypeOutputInfo(col.typid, &mut out, &mut varlena);
+                        CStr::from_ptr(pg_sys::OidOutputFunctionCall(out, d)).to_string_lossy().into_owned()
+                    }
+                }))),
+            })
+            .collect();
+        RemoteValues(vals)
+    }
+
+    pub(super) fn get(&self, i: usize) -> Option<&Option<String>> {
+        self.0.get(i).and_then(|v| v.as_ref())
+    }
+}
+
+/// `$n::text::type` parameters for a statement built here: every value goes in as text and is
+/// converted by the local column type's input function.
+pub(super) struct Params {
+    pub(super) values: Vec<Option<String>>,
+}
+
+impl Params {
+    pub(super) fn new() -> Self {
+        Params { values: Vec::new() }
+    }
+
+    pub(super) fn text(&mut self, v: Option<String>) -> String {
+        self.values.push(v);
+        format!("${}::pg_catalog.text", self.values.len())
+    }
+
+    pub(super) fn typed(&mut self, local: &LocalRel, i: usize, v: Option<String>) -> String {
+        let t = self.text(v);
+        format!("{t}::{}", type_name(local.cols[i].typid))
+    }
+
+    pub(super) fn args(&self) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+        self.values.iter().map(|v| v.clone().into()).collect()
+    }
+}
+
+pub(super) fn type_name(typid: pg_sys::Oid) -> String {
+    // SAFETY: returns a palloc'd name for any type OID.
+    unsafe { CStr::from_ptr(pg_sys::format_type_be_qualified(typid)) }.to_string_lossy().into_owned()
+}
+
+/// `jsonb_build_object(…)` of the given columns' expressions (in chunks: the function takes at
+/// most 100 arguments); None when no column is left.
+pub(super) fn json_of(pairs: Vec<(String, String)>) -> Option<String> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = pairs
+        .chunks(40)
+        .map(|c| {
+            let args: Vec<String> = c.iter().map(|(n, e)| format!("{}, {e}", quote_literal(n))).collect();
+            format!("pg_catalog.jsonb_build_object({})", args.join(", "))
+        })
+        .collect();
+    Some(parts.join(" OPERATOR(pg_catalog.||) "))
+}
+
+/// `ROW(…)::text` of the given expressions (NULL when there are none): a row as PostgreSQL's
+/// messages show one.
+pub(super) fn row_of(exprs: Vec<String>) -> String {
+    if exprs.is_empty() {
+        return "NULL::text".into();
+    }
+    format!("ROW({})::text", exprs.join(", "))
+}
+
+/// `(a, b)=(1, x)` of the readable columns among `cols`, from the remote values.
+pub(super) fn key_text(local: &LocalRel, values: &RemoteValues, cols: &[usize]) -> Option<String> {
+    let mut names = Vec::new();
+    let mut vals = Vec::new();
+    for &i in cols {
+        let Some(v) = values.get(i) else { continue };
+        if !local.readable(i) {
+            continue;
+        }
+        let name = &local.cols[i].name;
+        let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        names.push(if plain { name.clone() } else { quote_ident(name) });
+        vals.push(v.clone().unwrap_or_else(|| "null".into()));
+    }
+    (!names.is_empty()).then(|| format!("({})=({})", names.join(", "), vals.join(", ")))
+}
+
+/// A unique index of the local table: its name, columns (positions in `LocalRel::cols`),
+/// whether NULLs are equal in it, and its predicate.
+pub(super) struct UniqueIndex {
+    pub(super) name: String,
+    pub(super) cols: Vec<usize>,
+    pub(super) nulls_not_distinct: bool,
+    pub(super) predicate: Option<String>,
+}
+
+pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
+    let sql = "SELECT c.relname::text, \
+                ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
+                      JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                      WHERE k.n <= i.indnkeyatts ORDER BY k.n), \
+                i.indnullsnotdistinct, pg_catalog.pg_get_expr(i.indpred, i.indrelid) \
+         FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+         WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indexprs IS NULL \
+           AND NOT (0 = ANY (i.indkey::int2[])) \
+         ORDER BY i.indisprimary DESC, c.relname";
+    let rows = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(sql, None, &[local.relid.into()])? {
+            let name = row.get::<String>(1)?.unwrap_or_default();
+            let names: Vec<String> =
+                row.get::<Vec<Option<String>>>(2)?.unwrap_or_default().into_iter().flatten().collect();
+            let nnd = row.get::<bool>(3)?.unwrap_or(false);
+            let pred = row.get::<String>(4)?;
+            out.push((name, names, nnd, pred));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    });
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading unique indexes: {e}"), None, None),
+    };
+    rows.into_iter()
+        .filter_map(|(name, names, nulls_not_distinct, predicate)| {
+            // Only indexes over columns the publisher sends can be checked.
+            let cols: Option<Vec<usize>> = names.iter().map(|n| local.cols.iter().position(|c| &c.name == n)).collect();
+            cols.map(|cols| UniqueIndex { name, cols, nulls_not_distinct, predicate })
+        })
+        .collect()
+}
+
+/// The SELECT list of a lookup: where the row is, who changed it last, and its readable columns.
+pub(super) fn row_select(local: &LocalRel) -> String {
+    let origin = if origins_tracked() {
+        "(SELECT ((pg_catalog.date_part('epoch', x.\"timestamp\")::numeric - 946684800) * 1000000)::int8 \
+         FROM pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) x), \
+         (SELECT x.roident::int4 FROM pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) x)"
+    } else {
+        "NULL::int8, NULL::int4"
+    };
+    let pairs: Vec<(String, String)> = (0..local.cols.len())
+        .filter(|&i| local.readable(i))
+        .map(|i| (local.cols[i].name.clone(), format!("t.{}", quote_ident(&local.cols[i].name))))
+        .collect();
+    let record = row_of(pairs.iter().map(|(_, e)| e.clone()).collect());
+    let json = json_of(pairs).map_or("NULL::pg_catalog.jsonb".to_string(), |j| j);
+    format!(
+        "t.tableoid::pg_catalog.regclass::text, t.tableoid::int8, t.ctid::text, \
+         t.xmin::text::int8, {origin}, ({json})::text, {record}"
+    )
+}
+
+/// Local rows where the given columns hold the given values (NULL never matches unless
+/// `nulls_equal`), locked FOR UPDATE; rows at `except` (tableoid, ctid) left out.
+pub(super) fn lookup(
+    local: &LocalRel,
+    cols: &[usize],
+    values: &RemoteValues,
+    nulls_equal: bool,
+    predicate: Option<&str>,
+    except: Option<(u32, &str)>,
+) -> Vec<LocalRow> {
+    let mut p = Params::new();
+    let mut conds = Vec::new();
+    for &i in cols {
+        let Some(v) = values.get(i) else { return Vec::new() };
+        if v.is_none() && !nulls_equal {
+            return Vec::new();
+        }
+        let col = format!("t.{}", quote_ident(&local.cols[i].name));
+        let param = p.typed(local, i, v.clone());
+        conds.push(if nulls_equal {
+            format!("{col} IS NOT DISTINCT FROM {param}")
+        } else {
+            let op = local.cols[i].eq_op.clone().unwrap_or_else(|| "=".into());
+            format!("{col} {op} {param}")
+        });
+    }
+    if let Some(pred) = predicate {
+        conds.push(format!("({pred})"));
+    }
+    if let Some((oid, tid)) = except {
+        let o = p.text(Some(oid.to_string()));
+        let t = p.text(Some(tid.to_string()));
+        conds.push(format!("NOT (t.tableoid = {o}::pg_catalog.oid AND t.ctid = {t}::pg_catalog.tid)"));
+    }
+    if conds.is_empty() {
+        conds.push("true".into());
+    }
+    let sql = format!(
+        "SELECT {} FROM {}{} t WHERE {} FOR UPDATE OF t",
+        row_select(local),
+        local.only,
+        local.qualified,
+        conds.join(" AND ")
+    );
+    let args = p.args();
+    let rows = catalog::as_superuser(|| {
+        // Read-write: the rows are locked (FOR UPDATE).
+        Spi::connect_mut(|c| {
+            let mut out = Vec::new();
+            for row in c.update(&sql, None, &args)? {
+                out.push(LocalRow {
+                    relation: row.get::<String>(1)?.unwrap_or_default(),
+                    tableoid: row.get::<i64>(2)?.unwrap_or_default() as u32,
+                    ctid: row.get::<String>(3)?.unwrap_or_default(),
+                    xid: row.get::<i64>(4)?,
+                    commit_time: row.get::<i64>(5)?,
+                    origin: row.get::<i32>(6)?,
+                    json: row.get::<String>(7)?,
+                    text: row.get::<String>(8)?,
+                    index: String::new(),
+                });
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
+    });
+    match rows {
+        Ok(r) => r,
+        Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("looking up the local row: {e}"), None, None),
+    }
+}
+
+/// The local rows that hold the remote values in some unique index, one per index that has one
+/// (`except`: the row being updated).
+pub(super) fn unique_conflicts(local: &LocalRel, values: &RemoteValues, except: Option<(u32, &str)>) -> Vec<LocalRow> {
+    let mut found = Vec::new();
+    for idx in unique_indexes(local) {
+        for mut row in lookup(local, &idx.cols, values, idx.nulls_not_distinct, idx.predicate.as_deref(), except) {
+            row.index = idx.name.clone();
+            found.push(row);
+        }
+    }
+    found
+}
+
+/// JSON and record text of the remote values of the readable columns (text converted by the
+/// local types).
+pub(super) fn remote_rows(
+    local: &LocalRel,
+    values: &RemoteValues,
+    only: Option<&[usize]>,
+) -> (Option<String>, Option<String>) {
+    let mut p = Params::new();
+    let mut pairs = Vec::new();
+    for i in 0..local.cols.len() {
+        if only.is_some_and(|o| !o.contains(&i)) || !local.readable(i) {
+            continue;
+        }
+        let Some(v) = values.get(i) else { continue };
+        pairs.push((local.cols[i].name.clone(), p.typed(local, i, v.clone())));
+    }
+    let record = row_of(pairs.iter().map(|(_, e)| e.clone()).collect());
+    let Some(json) = json_of(pairs) else { return (None, None) };
+    let args = p.args();
+    let r = Spi::connect(|c| {
+        let row = c.select(&format!("SELECT ({json})::text, {record}"), Some(1), &args)?.first();
+        Ok::<_, pgrx::spi::SpiError>((row.get::<String>(1)?, row.get::<String>(2)?))
+    });
+    match r {
+        Ok(v) => v,
+        Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("rendering the remote row: {e}"), None, None),
+    }
+}

@@ -1,0 +1,231 @@
+//! The record of a conflict: the LOG line in PostgreSQL 18's words, the ERROR that stops apply
+//! under `error`, and the `pgsub.conflict_log` row (in the change's own transaction, or after
+//! the abort for a conflict that stopped apply).
+use super::super::relation::LocalRel;
+use super::lookup::{key_text, remote_rows, unique_indexes, LocalRow, RemoteValues};
+use super::{origin_name, STATE};
+use crate::catalog;
+use crate::report;
+use crate::shmem::ConflictType;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+type Code = PgSqlErrorCode;
+
+/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+
+/// One conflict, as logged and recorded.
+#[derive(Clone)]
+pub(super) struct Record {
+    pub(super) ctype: ConflictType,
+    pub(super) relation: String,
+    pub(super) key: Option<String>,
+    pub(super) local_row: Option<String>,
+    pub(super) remote_row: Option<String>,
+    pub(super) resolution: &'static str,
+    pub(super) local: Option<LocalRow>,
+    /// What the conflict is about, for the log line ("Key already exists in unique index …").
+    pub(super) what: String,
+    /// The key and rows as PostgreSQL's messages show them, for the log line.
+    pub(super) key_text: Option<String>,
+    pub(super) local_text: Option<String>,
+    pub(super) remote_text: Option<String>,
+}
+
+/// A missing row (logged by `execute::missing_row`): recorded, skipped under every policy.
+pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>) {
+    let ctype = if op == "UPDATE" { ConflictType::UpdateMissing } else { ConflictType::DeleteMissing };
+    let key_json = key.map(|k| format!("{{\"key\": {}}}", json_string(k)));
+    // The LOG line is missing_row's; only the log table's row is written here.
+    super::super::execute::with_snapshot(|| {
+        insert_log_row(&Record {
+            ctype,
+            relation: relation.to_string(),
+            key: key_json,
+            local_row: None,
+            remote_row: None,
+            resolution: "skip",
+            local: None,
+            what: String::new(),
+            key_text: None,
+            local_text: None,
+            remote_text: None,
+        })
+    });
+}
+
+pub(super) fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Builds the record of a conflict with `rows` (the first one is shown as the local row; the
+/// others' are listed in the log line).
+pub(super) fn record(
+    local: &LocalRel,
+    ctype: ConflictType,
+    rows: &[LocalRow],
+    values: &RemoteValues,
+    resolution: &'static str,
+    what: &str,
+) -> Record {
+    let first = rows.first().cloned();
+    let key_cols: Vec<usize> = match rows.first() {
+        Some(r) => unique_indexes(local).into_iter().find(|i| i.name == r.index).map(|i| i.cols).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let local_row = match rows.len() {
+        0 => None,
+        1 => rows[0].json.clone(),
+        _ => Some(format!(
+            "[{}]",
+            rows.iter().map(|r| r.json.clone().unwrap_or("null".into())).collect::<Vec<_>>().join(", ")
+        )),
+    };
+    let indexes: Vec<String> = rows.iter().map(|r| format!("\"{}\"", r.index)).filter(|i| i != "\"\"").collect();
+    let what = if indexes.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what} in unique index{} {}", if indexes.len() > 1 { "es" } else { "" }, indexes.join(", "))
+    };
+    let local_text = match rows.len() {
+        0 => None,
+        _ => Some(rows.iter().map(|r| r.text.clone().unwrap_or("()".into())).collect::<Vec<_>>().join(", ")),
+    };
+    let (remote_row, remote_text) = remote_rows(local, values, None);
+    Record {
+        ctype,
+        relation: first.as_ref().map(|r| r.relation.clone()).unwrap_or_else(|| local.qualified.clone()),
+        key: if key_cols.is_empty() { None } else { remote_rows(local, values, Some(&key_cols)).0 },
+        local_row,
+        remote_row,
+        resolution,
+        local: first,
+        what,
+        key_text: key_text(local, values, &key_cols),
+        local_text,
+        remote_text,
+    }
+}
+
+/// The message and detail of a conflict, in PostgreSQL 18's words.
+pub(super) fn describe(rec: &Record) -> (String, String) {
+    let txn = STATE.with_borrow(|s| s.txn.clone());
+    let msg = format!("pgsub: conflict detected on relation \"{}\": conflict={}", rec.relation, rec.ctype.as_str());
+    let mut detail = rec.what.clone();
+    if let Some(l) = &rec.local {
+        let by = match l.origin {
+            None => ", modified".into(),
+            Some(0) => ", modified locally".into(),
+            Some(o) => match origin_name(o) {
+                Some(n) => format!(", modified by origin \"{n}\""),
+                None => format!(", modified by origin {o}"),
+            },
+        };
+        detail.push_str(&by);
+        if let Some(x) = l.xid {
+            detail.push_str(&format!(" in transaction {x}"));
+        }
+        if let Some(t) = l.commit_time {
+            detail.push_str(&format!(" at {}", timestamp_text(t)));
+        }
+    }
+    detail.push('.');
+    let mut parts = Vec::new();
+    if let Some(k) = &rec.key_text {
+        parts.push(format!("Key {k}"));
+    }
+    if let Some(l) = &rec.local_text {
+        let several = rec.local_text.as_deref().is_some_and(|t| t.contains("), ("));
+        parts.push(format!("existing local row{} {l}", if several { "s" } else { "" }));
+    }
+    if let Some(r) = &rec.remote_text {
+        parts.push(format!("remote row {r}"));
+    }
+    if !parts.is_empty() {
+        detail.push_str(&format!("\n{}.", parts.join("; ")));
+    }
+    detail.push_str(&format!(
+        "\nResolution: {}. Remote transaction {}{}, committed at {}, finishing at {}.",
+        rec.resolution,
+        txn.xid,
+        txn.origin.as_deref().map(|o| format!(" from origin \"{o}\"")).unwrap_or_default(),
+        timestamp_text(txn.commit_time),
+        txn.finish_lsn
+    ));
+    (msg, detail)
+}
+
+pub(super) fn timestamp_text(t: i64) -> String {
+    // SAFETY: timestamptz_to_str formats any TimestampTz into a static buffer; copied at once.
+    unsafe { CStr::from_ptr(pg_sys::timestamptz_to_str(t)) }.to_string_lossy().into_owned()
+}
+
+/// Logs a resolved conflict and inserts its row into `pgsub.conflict_log` (this transaction).
+pub(super) fn write(rec: &Record) {
+    let (msg, detail) = describe(rec);
+    report::log(PgLogLevel::LOG, Code::ERRCODE_SUCCESSFUL_COMPLETION, msg, Some(detail), None);
+    insert_log_row(rec);
+}
+
+/// Stops apply with the conflict as an ERROR (policy `error`); its log-table row is written after
+/// the abort.
+pub(super) fn raise(rec: Record) -> ! {
+    let (msg, detail) = describe(&rec);
+    STATE.with_borrow_mut(|s| s.pending = Some(rec));
+    report::error(
+        Code::ERRCODE_UNIQUE_VIOLATION,
+        msg,
+        Some(detail),
+        Some("Change or delete the local row, skip the remote transaction with pgsub.skip_transaction(), or choose another conflict_resolution."),
+    )
+}
+
+/// After the abort of a transaction stopped by a conflict: its record in its own transaction.
+pub fn write_pending_after_abort() {
+    let Some(rec) = STATE.with_borrow_mut(|s| s.pending.take()) else { return };
+    super::super::xact(|| insert_log_row(&rec));
+}
+
+pub(super) fn insert_log_row(rec: &Record) {
+    let (subid, txn) = STATE.with_borrow(|s| (s.subid, s.txn.clone()));
+    let row = catalog::ConflictLogRow {
+        subid,
+        conflict_type: rec.ctype.as_str(),
+        relation: &rec.relation,
+        key: rec.key.as_deref(),
+        local_row: rec.local_row.as_deref(),
+        remote_row: rec.remote_row.as_deref(),
+        resolution: rec.resolution,
+        local_xid: rec.local.as_ref().and_then(|l| l.xid),
+        local_commit_time: rec.local.as_ref().and_then(|l| l.commit_time).map(unix_micros),
+        local_origin: rec.local.as_ref().and_then(|l| l.origin),
+        remote_origin: txn.origin.as_deref(),
+        remote_xid: txn.xid as i64,
+        remote_commit_time: unix_micros(txn.commit_time),
+        remote_finish_lsn: txn.finish_lsn.to_string(),
+    };
+    if let Err(e) = catalog::as_superuser(|| catalog::insert_conflict_log(&row)) {
+        report::error(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("recording the conflict in pgsub.conflict_log: {e}"),
+            None,
+            None,
+        );
+    }
+}
+
+/// TimestampTz µs → µs since the Unix epoch.
+pub(super) fn unix_micros(t: i64) -> i64 {
+    t + PG_EPOCH_UNIX_SECS * 1_000_000
+}

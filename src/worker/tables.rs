@@ -1,0 +1,81 @@
+//! Which tables a subscription applies changes to, and whether a transaction's changes apply to
+//! a table yet: each table's synchronization state (`pgsub.sub_rel`, the diagram in
+//! `pgsub_core::state`) as the apply worker and a sync worker's catch-up see it.
+use crate::catalog::{SubRel, SyncState};
+use crate::report;
+use pgrx::prelude::*;
+use pgsub_proto::Lsn;
+use std::collections::HashMap;
+
+type Code = PgSqlErrorCode;
+
+/// Which tables the subscription applies changes to, by remote (schema, name), with their local
+/// table (`relid`) and synchronization state.
+pub struct TableStates {
+    states: HashMap<(String, String), (SyncState, Option<Lsn>)>,
+    relids: HashMap<u32, (String, String)>,
+}
+
+impl TableStates {
+    pub fn new(rels: &[SubRel]) -> Self {
+        TableStates {
+            states: rels
+                .iter()
+                .map(|r| ((r.remote_schema.clone(), r.remote_name.clone()), (r.sync_state, r.state_lsn)))
+                .collect(),
+            relids: rels.iter().map(|r| (r.relid, (r.remote_schema.clone(), r.remote_name.clone()))).collect(),
+        }
+    }
+
+    /// Marks synchronized tables whose copy point the stream has passed as ready (in the current
+    /// transaction, so the state moves together with the applied position).
+    pub(super) fn mark_ready(&mut self, subid: i32, end: Lsn) {
+        let due: Vec<(String, String)> = self
+            .states
+            .iter()
+            .filter(|(_, (st, lsn))| st.ready_after(lsn.map(|l| l.0), end.0))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (schema, name) in due {
+            if let Err(e) = crate::catalog::set_table_state(subid, &schema, &name, SyncState::Ready) {
+                report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+            }
+            self.states.insert((schema, name), (SyncState::Ready, None));
+        }
+    }
+
+    pub(super) fn any_synchronized(&self) -> bool {
+        self.states.values().any(|(st, _)| *st == SyncState::SyncDone)
+    }
+
+    pub(super) fn any_ready_after(&self, end: Lsn) -> bool {
+        self.states.values().any(|(st, lsn)| st.ready_after(lsn.map(|l| l.0), end.0))
+    }
+
+    /// Some table is not ready yet (being synchronized, or synchronized and not taken over).
+    pub fn any_syncing(&self) -> bool {
+        self.states.values().any(|(st, _)| *st != SyncState::Ready)
+    }
+
+    /// (local table, state) of every table.
+    pub fn by_relid(&self) -> Vec<(u32, SyncState)> {
+        let mut v: Vec<(u32, SyncState)> =
+            self.relids.iter().filter_map(|(relid, key)| self.states.get(key).map(|(st, _)| (*relid, *st))).collect();
+        v.sort_unstable_by_key(|(relid, _)| *relid);
+        v
+    }
+
+    /// A table's state changed (the sync worker's SYNCDONE at `lsn`, or back to INIT).
+    pub fn set(&mut self, relid: u32, state: SyncState, lsn: Option<Lsn>) {
+        if let Some(key) = self.relids.get(&relid) {
+            self.states.insert(key.clone(), (state, lsn));
+        }
+    }
+
+    /// Whether changes of a transaction ending at `commit_end` apply to the table (`SyncState::applies`).
+    pub(super) fn applies(&self, schema: &str, name: &str, commit_end: Lsn) -> bool {
+        self.states
+            .get(&(schema.to_string(), name.to_string()))
+            .is_some_and(|(st, lsn)| st.applies(lsn.map(|l| l.0), commit_end.0))
+    }
+}
