@@ -369,9 +369,7 @@ impl Applier {
         check_width(&entry.remote, &m.new, "new tuple");
         let batch = self.batch.get_or_insert_with(|| InsertBatch { rel_oid: m.rel_oid, rows: Vec::new(), bytes: 0 });
         batch.bytes += m.new.columns.iter().map(|v| v.as_bytes().map_or(0, |b| b.len())).sum::<usize>();
-        let relid = super::relation::local_relid(&self.rels, batch.rel_oid);
         batch.rows.push(m);
-        progress.counters.inserted(relid, 1);
         if batch.rows.len() >= BATCH_MAX_ROWS || batch.bytes >= BATCH_MAX_BYTES {
             self.flush_inserts();
         }

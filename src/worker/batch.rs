@@ -64,6 +64,9 @@ impl Applier {
     /// Applies the collected inserts: through COPY for a real run, one by one for a few rows.
     pub fn flush_inserts(&mut self) {
         let Some(batch) = self.batch.take() else { return };
+        // Counted once per run (with the transaction's other counts at its commit), not per row.
+        let relid = super::relation::local_relid(&self.rels, batch.rel_oid);
+        self.batched.inserted(relid, batch.rows.len() as i64);
         // A COPY error names neither the remote row nor the column: the transaction whose batch
         // failed last time is applied row by row, so that its error names them.
         let stmt_triggers =
