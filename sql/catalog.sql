@@ -20,7 +20,9 @@ CREATE TABLE pgsub.sub (
     slot_name          name,
     copy_data          boolean NOT NULL DEFAULT true,
     "binary"           boolean NOT NULL DEFAULT false,
-    streaming          boolean NOT NULL DEFAULT false,
+    -- off | on (buffered, applied at commit) | parallel (applied as it arrives by a parallel
+    -- apply worker); create_subscription also takes a boolean.
+    streaming          text    NOT NULL DEFAULT 'off' CHECK (streaming IN ('off', 'on', 'parallel')),
     two_phase          boolean NOT NULL DEFAULT false,
     origin             text    NOT NULL DEFAULT 'any' CHECK (origin IN ('any', 'none')),
     disable_on_error   boolean NOT NULL DEFAULT false,

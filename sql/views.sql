@@ -122,7 +122,9 @@ SELECT s.subname,
        coalesce(x.txn_rate_1m, 0) AS txn_rate_1m,
        coalesce(x.row_rate_1m, 0) AS row_rate_1m,
        coalesce(x.recv_bytes_rate_1m, 0) AS recv_bytes_rate_1m,
-       coalesce(x.recv_bytes, 0) AS recv_bytes
+       coalesce(x.recv_bytes, 0) AS recv_bytes,
+       coalesce(p.parallel_apply_workers, 0) AS parallel_apply_workers,
+       coalesce(p.parallel_txns, 0) AS parallel_txns
 FROM pgsub.sub s
 LEFT JOIN pgsub._stat_progress() p ON p.subid = s.subid
 LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid
@@ -212,13 +214,13 @@ JOIN pg_catalog.pg_database d ON d.oid = x.dboid;
 -- Management is for superusers and pgsub_admin; the views and their helpers are for everyone
 -- (the server-wide ones for pgsub_admin and pg_monitor: they show other databases).
 REVOKE EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, boolean, boolean, text, interval, bigint),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, boolean, boolean, text, interval, bigint),
+    pgsub.alter_subscription_options(text, boolean, anycompatible, boolean, text, text, text, boolean, boolean, text, interval, bigint),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
@@ -227,13 +229,13 @@ REVOKE EXECUTE ON FUNCTION
     pgsub.reset_stats(text)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, boolean, text, boolean, text, boolean, boolean, boolean, text, interval, bigint),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, boolean, boolean, text, text, text, boolean, boolean, text, interval, bigint),
+    pgsub.alter_subscription_options(text, boolean, anycompatible, boolean, text, text, text, boolean, boolean, text, interval, bigint),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),

@@ -72,7 +72,7 @@ fn create_subscription(
     create_slot: default!(Option<bool>, true),
     slot_name: default!(Option<&str>, "NULL"),
     binary: default!(Option<bool>, false),
-    streaming: default!(Option<bool>, false),
+    streaming: default!(Option<AnyCompatible>, false),
     origin: default!(Option<&str>, "'any'"),
     disable_on_error: default!(Option<bool>, false),
     synchronous_commit: default!(Option<&str>, "'off'"),
@@ -91,7 +91,7 @@ fn create_subscription(
     let copy_data = required(copy_data, "copy_data");
     let create_slot = required(create_slot, "create_slot");
     let binary = required(binary, "binary");
-    let streaming = required(streaming, "streaming");
+    let streaming = required(streaming_mode(streaming), "streaming");
     let origin = required(origin, "origin");
     let disable_on_error = required(disable_on_error, "disable_on_error");
     let synchronous_commit = required(synchronous_commit, "synchronous_commit");
@@ -296,7 +296,7 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
 fn alter_subscription_options(
     name: Option<&str>,
     binary: default!(Option<bool>, "NULL"),
-    streaming: default!(Option<bool>, "NULL"),
+    streaming: default!(Option<AnyCompatible>, "NULL::boolean"),
     disable_on_error: default!(Option<bool>, "NULL"),
     synchronous_commit: default!(Option<&str>, "NULL"),
     origin: default!(Option<&str>, "NULL"),
@@ -311,6 +311,7 @@ fn alter_subscription_options(
     let name = required(name, "name");
     let sequence_sync_ms = interval_ms(sequence_sync_interval);
     let sequence_sync_margin = sequence_sync_margin.map(margin);
+    let streaming = streaming_mode(streaming);
     let sub = sub_by_name(name);
     require_owner_privileges(&sub);
     if password_required == Some(false) {

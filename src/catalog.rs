@@ -6,7 +6,7 @@
 //! run as superuser (`as_superuser`) where noted.
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
-pub use pgsub_core::state::{Resolution, SyncState};
+pub use pgsub_core::state::{Resolution, StreamingMode, SyncState};
 use pgsub_proto::Lsn;
 
 /// One row of `pgsub.sub`.
@@ -21,7 +21,7 @@ pub struct Subscription {
     pub slot_name: String,
     pub copy_data: bool,
     pub binary: bool,
-    pub streaming: bool,
+    pub streaming: StreamingMode,
     pub two_phase: bool,
     pub origin: String,
     pub disable_on_error: bool,
@@ -66,7 +66,7 @@ impl Subscription {
             &self.publications,
             &self.slot_name,
             self.binary,
-            self.streaming,
+            self.streaming.as_str(),
             self.two_phase,
             &self.origin,
             &self.synchronous_commit,
@@ -129,7 +129,7 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         slot_name: row.get::<String>(7)?.unwrap_or_default(),
         copy_data: row.get::<bool>(8)?.unwrap_or_default(),
         binary: row.get::<bool>(9)?.unwrap_or_default(),
-        streaming: row.get::<bool>(10)?.unwrap_or_default(),
+        streaming: row.get::<String>(10)?.and_then(|m| StreamingMode::parse(&m)).unwrap_or_default(),
         two_phase: row.get::<bool>(11)?.unwrap_or_default(),
         origin: row.get::<String>(12)?.unwrap_or_else(|| "any".into()),
         disable_on_error: row.get::<bool>(13)?.unwrap_or_default(),
@@ -403,7 +403,7 @@ pub struct NewSubscription<'a> {
 pub struct Options {
     pub copy_data: bool,
     pub binary: bool,
-    pub streaming: bool,
+    pub streaming: StreamingMode,
     pub two_phase: bool,
     pub origin: String,
     pub disable_on_error: bool,
@@ -461,7 +461,7 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
             sub.slot_name.into(),
             o.copy_data.into(),
             o.binary.into(),
-            o.streaming.into(),
+            o.streaming.as_str().into(),
             o.two_phase.into(),
             o.origin.as_str().into(),
             o.disable_on_error.into(),
@@ -487,7 +487,7 @@ pub enum Change<'a> {
     /// Each given option replaces the current one.
     Options {
         binary: Option<bool>,
-        streaming: Option<bool>,
+        streaming: Option<StreamingMode>,
         disable_on_error: Option<bool>,
         synchronous_commit: Option<&'a str>,
         origin: Option<&'a str>,
@@ -536,7 +536,7 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
             &[
                 subid.into(),
                 binary.into(),
-                streaming.into(),
+                streaming.map(StreamingMode::as_str).into(),
                 disable_on_error.into(),
                 synchronous_commit.into(),
                 origin.into(),

@@ -26,6 +26,8 @@ pub static CONFLICT_LOG_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 
 pub static MAX_SYNC_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Sync workers at once, server-wide.
 pub static MAX_SYNC_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// Parallel apply workers per subscription (`streaming => 'parallel'`).
+pub static MAX_PARALLEL_APPLY_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Testing aid: the sync phase in which sync workers wait ('' = none).
 pub static SYNC_HOLD_STATE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -50,6 +52,16 @@ pub fn define(preloading: bool) {
         &MAX_SYNC_WORKERS,
         0,
         crate::shmem::MAX_SYNC_SLOTS as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.max_parallel_apply_workers_per_subscription",
+        c"Maximum number of parallel apply workers per subscription.",
+        c"With streaming => 'parallel', each applies one large streamed transaction as it arrives; when none is free a transaction is spilled and applied at commit. Each counts against max_worker_processes.",
+        &MAX_PARALLEL_APPLY_WORKERS_PER_SUBSCRIPTION,
+        0,
+        1024,
         GucContext::Sighup,
         GucFlags::default(),
     );

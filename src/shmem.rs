@@ -69,6 +69,12 @@ pub struct SubSlot {
     /// of the running worker's connection (0 = not connected yet).
     pub publisher_version: u32,
     pub proto_version: u32,
+    /// Parallel apply workers the running worker has (`worker/parallel/`), the streamed
+    /// transactions they committed, and the remote xid of the last transaction one failed on
+    /// (0 = none; that transaction is applied again by spilling, not in parallel).
+    pub parallel_workers: i32,
+    pub parallel_txns: i64,
+    pub parallel_failed_xid: u32,
     pub received_lsn: u64,
     pub applied_lsn: u64,
     pub flushed_lsn: u64,
@@ -141,6 +147,9 @@ impl Default for SubSlot {
             worker_started_at: 0,
             publisher_version: 0,
             proto_version: 0,
+            parallel_workers: 0,
+            parallel_txns: 0,
+            parallel_failed_xid: 0,
             received_lsn: 0,
             applied_lsn: 0,
             flushed_lsn: 0,

@@ -44,6 +44,8 @@ fn _stat_progress() -> TableIterator<
         name!(pending_commit_time, i64),
         name!(publisher_version, Option<i32>),
         name!(proto_version, Option<i32>),
+        name!(parallel_apply_workers, i32),
+        name!(parallel_txns, i64),
     ),
 > {
     let mut rows = Vec::new();
@@ -68,6 +70,8 @@ fn _stat_progress() -> TableIterator<
                 s.pending_commit_time,
                 (s.publisher_version > 0).then_some(s.publisher_version as i32),
                 (s.proto_version > 0).then_some(s.proto_version as i32),
+                if alive { s.parallel_workers } else { 0 },
+                s.parallel_txns,
             ));
         }
     }

@@ -202,6 +202,44 @@ pub fn catchup_done(position: u64, end: u64) -> bool {
     position >= end
 }
 
+/// The `streaming` option: how a large in-progress transaction the publisher streams is applied.
+/// `Off`: the publisher decodes the whole transaction before sending it (PostgreSQL 15's default);
+/// `On`: buffered (in memory, then spilled) and applied at Stream Commit; `Parallel`: applied as it
+/// arrives by a parallel apply worker, committed at Stream Commit (PostgreSQL 16's `parallel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum StreamingMode {
+    #[default]
+    Off,
+    On,
+    Parallel,
+}
+
+impl StreamingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamingMode::Off => "off",
+            StreamingMode::On => "on",
+            StreamingMode::Parallel => "parallel",
+        }
+    }
+
+    /// The values PostgreSQL's `streaming` option takes: a boolean spelling or `parallel`,
+    /// case-insensitive.
+    pub fn parse(s: &str) -> Option<StreamingMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "parallel" => Some(StreamingMode::Parallel),
+            "on" | "true" | "yes" | "1" | "t" | "y" => Some(StreamingMode::On),
+            "off" | "false" | "no" | "0" | "f" | "n" => Some(StreamingMode::Off),
+            _ => None,
+        }
+    }
+
+    /// Whether the publisher is asked to stream in-progress transactions at all.
+    pub fn streams(self) -> bool {
+        self != StreamingMode::Off
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +443,25 @@ mod conflict_tests {
         assert!(!f.remote_wins((None, 1), (0, 0)));
         assert!(Resolution::ApplyRemote.remote_wins((Some(99), 9), (1, 1)));
         assert!(!Resolution::KeepLocal.remote_wins((Some(1), 1), (99, 9)));
+    }
+
+    #[test]
+    fn streaming_mode_parses_what_postgresql_accepts() {
+        for (s, m) in [
+            ("parallel", StreamingMode::Parallel),
+            ("PARALLEL", StreamingMode::Parallel),
+            ("on", StreamingMode::On),
+            ("true", StreamingMode::On),
+            ("1", StreamingMode::On),
+            ("off", StreamingMode::Off),
+            ("false", StreamingMode::Off),
+            (" no ", StreamingMode::Off),
+        ] {
+            assert_eq!(StreamingMode::parse(s), Some(m), "{s}");
+            assert_eq!(StreamingMode::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(StreamingMode::parse("paralel"), None);
+        assert_eq!(StreamingMode::parse(""), None);
+        assert!(!StreamingMode::Off.streams() && StreamingMode::On.streams() && StreamingMode::Parallel.streams());
     }
 }

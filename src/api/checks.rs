@@ -335,3 +335,81 @@ pub(super) fn check_conflict_resolution(value: &str) -> crate::catalog::Resoluti
     }
     r
 }
+
+/// An `anycompatible` argument: its datum and type (pgrx has `anyelement` only, which refuses an
+/// untyped literal; `anycompatible` takes it as text).
+#[derive(Debug, Clone, Copy)]
+pub struct AnyCompatible {
+    datum: pg_sys::Datum,
+    typoid: pg_sys::Oid,
+}
+
+impl FromDatum for AnyCompatible {
+    const GET_TYPOID: bool = true;
+
+    unsafe fn from_datum(_datum: pg_sys::Datum, _is_null: bool) -> Option<Self> {
+        // Never called: GET_TYPOID makes pgrx call from_polymorphic_datum.
+        None
+    }
+
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, typoid: pg_sys::Oid) -> Option<Self> {
+        (!is_null).then_some(AnyCompatible { datum, typoid })
+    }
+}
+
+// SAFETY: the SQL type is the polymorphic pseudo-type, whose datum and type pgrx hands over.
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for AnyCompatible {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(AnyCompatible);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("anycompatible"));
+    const RETURN_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Err(pgrx::pgrx_sql_entity_graph::metadata::ReturnsError::Datum);
+}
+
+// SAFETY: unboxed through FromDatum with the argument's type, as pgrx's own polymorphic types.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for AnyCompatible {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        // SAFETY: called by pgrx for a non-NULL argument of this function.
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or(AnyCompatible {
+            datum: pg_sys::Datum::from(0usize),
+            typoid: pg_sys::BOOLOID,
+        })
+    }
+}
+
+/// The `streaming` argument: a boolean (`streaming => true`, as before) or a string
+/// (`streaming => 'parallel'`, `'on'`, `'off'` — the values PostgreSQL's option takes). The SQL
+/// parameter is `anycompatible` so that both spellings call the same function.
+pub(super) fn streaming_mode(v: Option<AnyCompatible>) -> Option<catalog::StreamingMode> {
+    let v = v?;
+    let oid = v.typoid;
+    // SAFETY: the datum is the argument's, of the type `oid` says (not NULL).
+    let text = unsafe {
+        if oid == pg_sys::BOOLOID {
+            return Some(if bool::from_datum(v.datum, false).unwrap_or(false) {
+                catalog::StreamingMode::On
+            } else {
+                catalog::StreamingMode::Off
+            });
+        } else if oid == pg_sys::TEXTOID || oid == pg_sys::VARCHAROID || oid == pg_sys::BPCHAROID {
+            String::from_polymorphic_datum(v.datum, false, oid)
+        } else {
+            None
+        }
+    };
+    match text.as_deref().and_then(catalog::StreamingMode::parse) {
+        Some(m) => Some(m),
+        None => error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "streaming requires a Boolean value or \"parallel\"",
+            text.map(|t| format!("The value given is \"{t}\".")),
+            Some("Use streaming => true (buffered, applied at commit), 'parallel' (applied as it arrives), or false."),
+        ),
+    }
+}

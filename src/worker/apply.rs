@@ -222,6 +222,22 @@ impl Applier {
         }
     }
 
+    /// Rolls back the local transaction with every subtransaction in it (a parallel apply
+    /// worker's streamed transaction the publisher aborted, or its leader gone).
+    pub fn abort_all(&mut self) {
+        self.batch = None;
+        self.deletes = None;
+        self.updates = None;
+        self.batched = Default::default();
+        if self.in_txn {
+            // SAFETY: abort of our own transaction and its subtransactions; SPI is cleaned up.
+            unsafe { pg_sys::AbortOutOfAnyTransaction() };
+            self.in_txn = false;
+        }
+        self.skipping = false;
+        self.begin = None;
+    }
+
     /// PREPARE (two-phase): the applied changes become a local prepared transaction named after
     /// the subscription and the remote xid, with the origin position of the prepare.
     pub fn prepare(&mut self, xid: u32, end_lsn: Lsn, prepare_time: i64, progress: &mut Progress) {

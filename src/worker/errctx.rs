@@ -15,6 +15,9 @@ struct State {
     column: Option<String>,
     xid: Option<u32>,
     finish_lsn: Option<u64>,
+    /// The context of an error a parallel apply worker reported, which the leader raises as its
+    /// own (`parallel/`): shown instead of the leader's.
+    borrowed: Option<String>,
 }
 
 thread_local! {
@@ -38,7 +41,9 @@ pub fn set_txn(xid: u32, finish_lsn: pgsub_proto::Lsn) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.xid = Some(xid);
-        s.finish_lsn = Some(finish_lsn.0);
+        // A parallel apply worker learns the finish LSN only at Stream Commit.
+        s.finish_lsn = finish_lsn.is_valid().then_some(finish_lsn.0);
+        s.borrowed = None;
         s.kind = "BEGIN";
         s.relation = None;
         s.column = None;
@@ -75,6 +80,18 @@ pub fn clear() {
         s.column = None;
         s.xid = None;
         s.finish_lsn = None;
+        s.borrowed = None;
+    });
+}
+
+/// The leader raises a parallel apply worker's error: its context is the worker's.
+pub fn borrow(context: String) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.kind = "STREAM COMMIT";
+        s.relation = None;
+        s.column = None;
+        s.borrowed = (!context.is_empty()).then_some(context);
     });
 }
 
@@ -114,6 +131,9 @@ pub fn finish_lsn() -> Option<pgsub_proto::Lsn> {
 pub fn describe() -> String {
     STATE.with(|s| {
         let s = s.borrow();
+        if let Some(b) = &s.borrowed {
+            return b.clone();
+        }
         if s.kind.is_empty() {
             return String::new();
         }

@@ -25,6 +25,7 @@ pub mod errctx;
 mod execute;
 pub mod hold;
 mod owner;
+pub mod parallel;
 pub mod progress;
 mod receive;
 mod relation;
@@ -177,6 +178,12 @@ fn on_error(subid: i32, e: CaughtError) {
     };
     let ctx = errctx::describe();
     let conflict = conflict_of(&e);
+    let code = match &e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
+            r.sql_error_code()
+        }
+    };
+    parallel::leader_failed(subid, code);
     // A failed batch, or a key that exists: the retry goes row by row, so that the error names
     // the row and the conflict's local row is found and recorded (worker/conflict/).
     let batch_failed_lsn =
@@ -329,7 +336,11 @@ fn run(subid: i32) {
         applier.row_by_row_for(Lsn(lsn));
     }
     syncing::drop_stale_sync_origins(subid, &rels);
+    // SAFETY: the session's origin, attached above.
+    let origin_id = unsafe { pg_sys::replorigin_session_origin };
+    let parallel = parallel::Pool::new(&sub, opts.proto_version, origin_id);
     let mut stream = Stream::new(sub, client, &opts, applier, Progress::new(subid, start), None);
+    stream.parallel = parallel;
     stream.run();
 }
 
@@ -401,7 +412,7 @@ pub(crate) fn start_replication(
     let mut opts = PgOutputOptions::for_server(server, sub.publications.clone());
     opts.binary = sub.binary;
     opts.messages = true;
-    opts.streaming = if sub.streaming && server >= 140000 && !sync { Streaming::On } else { Streaming::Off };
+    opts.streaming = if sub.streaming.streams() && server >= 140000 && !sync { Streaming::On } else { Streaming::Off };
     opts.two_phase = sub.two_phase && server >= 150000 && !sync;
     // Publishers before 16 do not filter by origin: pgsub filters itself (Origin messages).
     if server >= 160000 {

@@ -113,6 +113,9 @@ pub struct Progress {
     /// A sync worker's progress: positions and status are the apply worker's to show; only the
     /// counters of what the catch-up applied are added to the subscription's.
     counters_only: bool,
+    /// A parallel apply worker's: counters only, messages included, no positions kept (the
+    /// leader keeps them).
+    parallel: bool,
     /// (remote commit end, local commit end) not yet known durable locally.
     pending: VecDeque<(Lsn, Lsn)>,
     /// Newest position the publisher has told us about (XLogData start, keepalive WAL end).
@@ -142,6 +145,7 @@ impl Progress {
         Progress {
             subid,
             counters_only: false,
+            parallel: false,
             pending: VecDeque::new(),
             received: start,
             wal_end: start,
@@ -164,6 +168,11 @@ impl Progress {
     /// The progress of a sync worker's catch-up (`counters_only`).
     pub fn for_sync_worker(subid: i32, start: Lsn) -> Progress {
         Progress { counters_only: true, ..Progress::new(subid, start) }
+    }
+
+    /// The progress of a parallel apply worker (`parallel/`).
+    pub fn for_parallel_worker(subid: i32) -> Progress {
+        Progress { counters_only: true, parallel: true, ..Progress::new(subid, Lsn::INVALID) }
     }
 
     /// A frame arrived: `start` is its WAL position (0 for keepalives), `end` the server's WAL end.
@@ -190,12 +199,28 @@ impl Progress {
     pub fn on_commit(&mut self, remote_end: Lsn, local_end: Lsn, commit_time: i64) {
         self.applied = remote_end;
         self.last_commit_time = commit_time;
-        if local_end.is_valid() {
+        if local_end.is_valid() && !self.parallel {
             self.pending.push_back((remote_end, local_end));
         }
         self.counters.txns += 1;
         let done = std::mem::take(&mut self.counters);
         self.committed.absorb(done);
+    }
+
+    /// A remote transaction was committed locally by a parallel apply worker (which counts its
+    /// changes): only the positions move here.
+    pub fn on_commit_elsewhere(&mut self, remote_end: Lsn, local_end: Lsn, commit_time: i64) {
+        self.applied = remote_end;
+        self.last_commit_time = commit_time;
+        if local_end.is_valid() {
+            self.pending.push_back((remote_end, local_end));
+        }
+    }
+
+    /// The transaction being applied was rolled back (a streamed transaction aborted on the
+    /// publisher): its changes do not count; conflicts, messages and bytes received still do.
+    pub fn discard_changes(&mut self) {
+        self.counters = self.counters.take_immediate();
     }
 
     /// Positions to report: (write, flush, apply).
@@ -288,16 +313,19 @@ impl Progress {
         s.deletes += c.deletes;
         s.truncates += c.truncates;
         add_conflicts(s, c);
-        if !self.counters_only {
+        if !self.counters_only || self.parallel {
             // A sync worker's catch-up passes messages and skipped transactions the apply worker
             // counts too.
             s.messages += c.messages;
             s.txns_skipped += c.skipped;
         }
+        if self.parallel {
+            s.parallel_txns += c.txns;
+        }
         let rows = c.inserts + c.updates + c.deletes;
         s.recv_bytes += c.bytes_received;
         s.rates.add(crate::history::second(at), c.txns, rows, c.bytes_received);
-        if c.txns > 0 && !self.counters_only {
+        if c.txns > 0 && (!self.counters_only || self.parallel) {
             // A transaction went through: the failure streak is over.
             s.failures = 0;
         }

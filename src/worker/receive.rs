@@ -8,7 +8,7 @@
 //! (`syncing.rs`); in a sync worker it stops where its catch-up ends (`catchup_end`).
 use super::apply::Applier;
 use super::progress::Progress;
-use super::{errctx, execute, hold, report_stats, seqsync, stream, syncing};
+use super::{errctx, execute, hold, parallel, report_stats, seqsync, stream, syncing};
 use crate::catalog::Subscription;
 use crate::process::{now, reload_config_if_requested, shutdown_requested};
 use crate::shmem::Status;
@@ -47,6 +47,8 @@ pub(super) struct Stream {
     pub(super) hold: hold::Holder,
     /// Periodic sequence sync (`seqsync.rs`).
     pub(super) seqsync: seqsync::SeqSync,
+    /// Parallel apply workers (`streaming => 'parallel'`, `parallel/`).
+    pub(super) parallel: Option<parallel::Pool>,
 }
 
 impl Stream {
@@ -77,6 +79,7 @@ impl Stream {
             syncing: syncing::Syncing::default(),
             hold: hold::Holder::default(),
             seqsync: seqsync::SeqSync::default(),
+            parallel: None,
         }
     }
 
@@ -180,6 +183,9 @@ impl Stream {
                         None,
                     ),
                 };
+                if self.parallel.is_some() && self.route_parallel(&msg, &raw) {
+                    return;
+                }
                 if self.decoder.in_stream() {
                     self.buffer_streamed(msg, &raw);
                 } else {
@@ -202,6 +208,58 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// With parallel apply: a streamed message of a transaction a parallel worker applies goes
+    /// to it (true); anything else (false) takes the ordinary path. Relation descriptions are
+    /// kept for the workers and still taken by the leader's applier too.
+    fn route_parallel(&mut self, msg: &LogicalMessage, raw: &bytes::Bytes) -> bool {
+        let eligible = self.parallel_eligible();
+        let in_stream = self.decoder.in_stream();
+        let Some(pool) = self.parallel.as_mut() else { return false };
+        match msg {
+            LogicalMessage::StreamStart(s) => pool.start_block(s.xid, s.first_segment, eligible, raw),
+            LogicalMessage::Relation(r) => {
+                pool.relation(r.oid, in_stream, raw);
+                if pool.forwarding().is_some() {
+                    pool.forward(in_stream, raw);
+                }
+                false
+            }
+            LogicalMessage::StreamStop if pool.forwarding().is_some() => {
+                pool.end_block(raw);
+                true
+            }
+            LogicalMessage::StreamAbort(a) => pool.abort(a, raw),
+            LogicalMessage::StreamCommit(c) if pool.has(c.xid) => {
+                self.hold_before(c.commit_lsn);
+                self.hold.saw(c.end_lsn);
+                self.progress.pending_commit_time = c.commit_time;
+                let mut pool = self.parallel.take();
+                let local_end = pool.as_mut().and_then(|p| p.commit(c, raw));
+                self.parallel = pool;
+                if let Some(local_end) = local_end {
+                    self.progress.on_commit_elsewhere(c.end_lsn, local_end, c.commit_time);
+                    self.progress.publish(None, now());
+                }
+                true
+            }
+            _ if in_stream && pool.forwarding().is_some() => {
+                pool.forward(in_stream, raw);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a streamed transaction starting now may go to a parallel worker (`parallel/`
+    /// says why not otherwise).
+    fn parallel_eligible(&self) -> bool {
+        self.catchup_end.is_none()
+            && !self.sub.two_phase
+            && self.applier.skip_lsn.is_none()
+            && !self.applier.tables.any_syncing()
+            && !(self.origin_none && self.client.server_version_num() < 160000)
     }
 
     /// A message inside a Stream Start … Stop block: changes are buffered for their top-level
@@ -318,20 +376,7 @@ impl Stream {
 
     /// One change (outside a stream block, or replayed from a streamed transaction's buffer).
     fn apply_change(&mut self, msg: LogicalMessage) {
-        let p = &mut self.progress;
-        match msg {
-            LogicalMessage::Insert(m) => self.applier.insert(m, p),
-            LogicalMessage::Update(m) => self.applier.update(m, p),
-            LogicalMessage::Delete(m) => self.applier.delete(m, p),
-            LogicalMessage::Truncate(m) => execute::with_snapshot(|| self.applier.truncate(m, p)),
-            LogicalMessage::Message(_) => p.counters.messages += 1,
-            other => report::error(
-                Code::ERRCODE_PROTOCOL_VIOLATION,
-                format!("unexpected message \"{}\" in a streamed transaction", other.kind()),
-                None,
-                None,
-            ),
-        }
+        apply_change(&mut self.applier, &mut self.progress, msg);
     }
 
     /// Applies a streamed transaction's buffered changes in one local transaction, finished by
@@ -478,9 +523,30 @@ impl Stream {
         // A half-applied transaction is not done: do not report what was received as flushed.
         let in_txn = self.applier.in_txn;
         self.applier.abort();
+        if let Some(p) = self.parallel.as_mut() {
+            p.shutdown();
+        }
         let pos = self.progress.positions(in_txn);
         let _ = self.client.send_status(pos.0, pos.1, pos.2, false);
         self.progress.publish(None, 0);
         log!("pgsub apply worker for subscription \"{}\" is stopping", self.sub.name);
+    }
+}
+
+/// Applies one change message: INSERT, UPDATE, DELETE, TRUNCATE or a logical decoding message
+/// (counted); anything else here is a protocol violation.
+pub(super) fn apply_change(applier: &mut Applier, p: &mut Progress, msg: LogicalMessage) {
+    match msg {
+        LogicalMessage::Insert(m) => applier.insert(m, p),
+        LogicalMessage::Update(m) => applier.update(m, p),
+        LogicalMessage::Delete(m) => applier.delete(m, p),
+        LogicalMessage::Truncate(m) => execute::with_snapshot(|| applier.truncate(m, p)),
+        LogicalMessage::Message(_) => p.counters.messages += 1,
+        other => report::error(
+            Code::ERRCODE_PROTOCOL_VIOLATION,
+            format!("unexpected message \"{}\" in a streamed transaction", other.kind()),
+            None,
+            None,
+        ),
     }
 }

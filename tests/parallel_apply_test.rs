@@ -1,0 +1,226 @@
+//! End-to-end: `streaming => 'parallel'` (issue 22, part 1). A large transaction the publisher
+//! streams while it is still open is applied as it arrives by a parallel apply worker — its
+//! rows are written (and locked) on the subscriber before the publisher commits — and becomes
+//! visible when it commits, in commit order with the ordinary transactions the leader applies
+//! meanwhile; aborted transactions and rolled-back subtransactions leave nothing; an error in
+//! the parallel worker is the subscription's last_error with its context and the retry spills;
+//! a deadlock between the leader and a parallel worker is detected; kill -9 of the parallel
+//! worker or of the leader mid-stream loses and duplicates nothing.
+use pgsub_tests::{
+    assert_replicated_equal, one, wait_for, wait_for_subscription_error, wait_for_subscription_sync, wait_value,
+    ClusterOpts, TwoNodes,
+};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(300);
+
+fn nodes() -> TwoNodes {
+    TwoNodes::start_with(
+        ClusterOpts::publisher().with_conf("logical_decoding_work_mem = '64kB'"),
+        ClusterOpts::subscriber().with_conf("deadlock_timeout = '200ms'"),
+    )
+    .expect("start")
+}
+
+/// Tables `big` (key) and `small` (key) and `trail` (no key: a duplicate would show) on both
+/// nodes, published as `pub`, followed by subscription `pa` with streaming => 'parallel'.
+async fn setup(nodes: &TwoNodes) -> (Client, Client) {
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE big (id int PRIMARY KEY, u int, v text);
+               CREATE TABLE small (id int PRIMARY KEY, v text);
+               CREATE TABLE trail (n int, v text);
+               ALTER TABLE trail REPLICA IDENTITY FULL;";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE big, small, trail").await.unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('pa', $1, ARRAY['pub'], streaming => 'parallel')",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .expect("create");
+    wait_for_subscription_sync(&s, "pa", WAIT).await;
+    (p, s)
+}
+
+/// Pids of the subscriber's parallel apply workers.
+async fn parallel_pids(s: &Client) -> Vec<i32> {
+    s.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgsub parallel apply worker' ORDER BY pid", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits until a parallel apply worker holds a lock on table `t` (it is writing rows of an open
+/// transaction there); returns its pid.
+async fn wait_parallel_writing(s: &Client, t: &str) -> i32 {
+    let sql = format!(
+        "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE a.backend_type = 'pgsub parallel apply worker' AND l.locktype = 'relation'
+           AND l.relation = '{t}'::regclass AND l.mode = 'RowExclusiveLock' LIMIT 1"
+    );
+    wait_for(&format!("a parallel apply worker writing {t}"), WAIT, || async {
+        Ok(s.query_opt(&sql, &[]).await.map_err(|e| e.to_string())?.map(|r| r.get::<_, i32>(0)))
+    })
+    .await
+    .expect("parallel apply worker")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn streamed_transactions_are_applied_in_parallel_and_commit_in_order() {
+    let mut nodes = nodes();
+    let (p, s) = setup(&nodes).await;
+    let leader: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
+    let p2 = nodes.publisher.client("postgres").await.unwrap();
+
+    // Transaction A: 100k rows, a rolled-back subtransaction, a released one, still open.
+    p.batch_execute(
+        "BEGIN;
+         INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(1, 50000) g;
+         SAVEPOINT s1;
+         INSERT INTO big SELECT g, g, 'rolled back' FROM generate_series(50001, 60000) g;
+         ROLLBACK TO SAVEPOINT s1;
+         SAVEPOINT s2;
+         INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(60001, 100000) g;
+         RELEASE SAVEPOINT s2;
+         INSERT INTO trail VALUES (1, 'in A');",
+    )
+    .await
+    .unwrap();
+    // A's changes are applied before it commits: a parallel worker writes big.
+    let pa = wait_parallel_writing(&s, "big").await;
+    assert_ne!(pa, leader);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "not visible before the commit");
+    let tmp = nodes.subscriber.data_dir().join("base/pgsql_tmp");
+    let spilled: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(spilled.iter().all(|f| !f.contains("pgsub")), "nothing spilled: {spilled:?}");
+    assert_eq!(one::<i32>(&s, "SELECT parallel_apply_workers FROM pgsub.stat_subscription WHERE subname = 'pa'").await, 1);
+
+    // Ordinary transactions committed meanwhile are applied by the leader and visible at once.
+    p2.batch_execute("INSERT INTO small VALUES (1, 'between'); INSERT INTO trail VALUES (2, 'small')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM small", "1", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0);
+
+    // Transaction B (another session, interleaved with A): streamed too, then rolled back.
+    p2.batch_execute(
+        "BEGIN; INSERT INTO big SELECT g, g, 'aborted' FROM generate_series(200001, 260000) g;
+         INSERT INTO trail VALUES (3, 'aborted')",
+    )
+    .await
+    .unwrap();
+    p.batch_execute("INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(100001, 120000) g").await.unwrap();
+    p2.batch_execute("ROLLBACK").await.unwrap();
+    p.batch_execute("COMMIT").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "110000", WAIT).await;
+    let ok: bool =
+        one(&s, "SELECT bool_and(v = md5(id::text)) AND bool_and(id <= 50000 OR id > 60000) FROM big").await;
+    assert!(ok, "A's rows, without its rolled-back subtransaction or B's rows");
+    let txns: i64 = one(&s, "SELECT parallel_txns FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
+    assert!(txns >= 1, "parallel_txns {txns}");
+    assert_eq!(one::<i32>(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'pa'").await, leader);
+
+    // Exactly once across a restart: the subscriber restarts, nothing is applied twice.
+    p.batch_execute("INSERT INTO trail VALUES (4, 'after')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM trail", "3", WAIT).await;
+    drop(s);
+    nodes.subscriber.restart().expect("restart");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute("INSERT INTO trail VALUES (5, 'after restart')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM trail", "4", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_error_in_the_parallel_worker_is_the_subscriptions_and_the_retry_spills() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes).await;
+    // A local row the streamed transaction will collide with.
+    s.batch_execute("INSERT INTO big VALUES (40000, 0, 'local')").await.unwrap();
+    p.batch_execute(
+        "BEGIN; INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(1, 80000) g;
+         INSERT INTO trail VALUES (1, 'x'); COMMIT",
+    )
+    .await
+    .unwrap();
+    let err = wait_for_subscription_error(
+        &s,
+        "pa",
+        &["duplicate key value violates unique constraint", "processing remote data for subscription \"pa\""],
+        WAIT,
+    )
+    .await;
+    eprintln!("last_error: {err}");
+    assert!(err.contains("parallel apply worker"), "{err}");
+    assert!(err.contains("big"), "the context names the relation: {err}");
+    // The retry applies the transaction by spilling; with the local row gone it goes through.
+    s.batch_execute("DELETE FROM big WHERE id = 40000").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "80000", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// The leader waits for a row the parallel worker's open transaction inserted (a unique index
+/// only the subscriber has), while the worker waits for the leader's next block: the deadlock
+/// detector sees the cycle through the stream lock and ends it with an error; once the
+/// publisher rolls its transaction back everything applies.
+#[tokio::test(flavor = "current_thread")]
+async fn a_deadlock_between_leader_and_parallel_worker_is_detected() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes).await;
+    s.batch_execute("CREATE UNIQUE INDEX big_u ON big (u)").await.unwrap();
+    let p2 = nodes.publisher.client("postgres").await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(1, 50000) g").await.unwrap();
+    wait_parallel_writing(&s, "big").await;
+    // Wait until the worker has applied u = 1 (its transaction is the one holding it).
+    p2.batch_execute("INSERT INTO big VALUES (100001, 1, 'same u')").await.unwrap();
+    let err = wait_for_subscription_error(&s, "pa", &["deadlock detected"], WAIT).await;
+    eprintln!("last_error: {err}");
+    p.batch_execute("ROLLBACK").await.unwrap();
+    p2.batch_execute("INSERT INTO small VALUES (1, 'after')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM small", "1", WAIT).await;
+    wait_value(&s, "SELECT string_agg(id::text, ',') FROM big", "100001", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// kill -9 of the parallel worker, then of the leader, while a streamed transaction is half
+/// applied: the server restarts, the transaction is sent again and applied once.
+#[tokio::test(flavor = "current_thread")]
+async fn kill_9_of_the_parallel_worker_or_the_leader_mid_stream_is_exactly_once() {
+    let nodes = nodes();
+    let (p, mut s) = setup(&nodes).await;
+    for (round, victim) in ["parallel worker", "leader"].into_iter().enumerate() {
+        let base = round as i32 * 100000;
+        p.batch_execute(&format!(
+            "BEGIN; INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series({}, {}) g;
+             INSERT INTO trail SELECT g, 'killed' FROM generate_series(1, 1000) g",
+            base + 1,
+            base + 60000
+        ))
+        .await
+        .unwrap();
+        let pa = wait_parallel_writing(&s, "big").await;
+        let leader: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
+        let pid = if victim == "leader" { leader } else { pa };
+        eprintln!("kill -9 of the {victim} ({pid})");
+        nodes.subscriber.kill9_child(pid, WAIT).await.expect("kill -9");
+        // More of the transaction after the crash, then the commit.
+        p.batch_execute(&format!(
+            "INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series({}, {}) g; COMMIT",
+            base + 60001,
+            base + 80000
+        ))
+        .await
+        .unwrap();
+        s = nodes.subscriber.client("postgres").await.unwrap();
+        let want = ((round + 1) * 80000).to_string();
+        wait_value(&s, "SELECT count(*)::text FROM big", &want, WAIT).await;
+        let trail = ((round + 1) * 1000).to_string();
+        assert_eq!(one::<i64>(&s, "SELECT count(*) FROM trail").await.to_string(), trail, "no duplicate");
+        assert!(parallel_pids(&s).await.len() <= 2);
+    }
+    assert_replicated_equal(&p, &s).await;
+}
