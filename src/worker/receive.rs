@@ -131,6 +131,9 @@ impl Stream {
                     }
                 }
             }
+            if let Some(p) = self.parallel.as_mut() {
+                p.check();
+            }
             if got_any {
                 self.last_recv = Instant::now();
                 self.ping_sent = false;

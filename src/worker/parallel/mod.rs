@@ -231,6 +231,19 @@ impl Pool {
         Some(local_end)
     }
 
+    /// Raises the error of a worker that failed (or exited) with a transaction open: called at
+    /// every wake of the leader, so that the failure is the subscription's at once, not when the
+    /// transaction's next message comes (a worker ended by the deadlock detector, say).
+    pub fn check(&mut self) {
+        let failed = self.workers.iter().enumerate().find_map(|(i, w)| {
+            let xid = w.xid?;
+            (w.hdr().state() == TxnState::Failed || w.gone()).then_some((i, xid))
+        });
+        if let Some((i, xid)) = failed {
+            self.fail(i, xid, Lsn::INVALID);
+        }
+    }
+
     /// Stops the workers (the leader is stopping).
     pub fn shutdown(&mut self) {
         for w in self.workers.drain(..) {
