@@ -99,7 +99,10 @@ async fn streamed_transactions_are_applied_in_parallel_and_commit_in_order() {
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     assert!(spilled.iter().all(|f| !f.contains("pgsub")), "nothing spilled: {spilled:?}");
-    assert_eq!(one::<i32>(&s, "SELECT parallel_apply_workers FROM pgsub.stat_subscription WHERE subname = 'pa'").await, 1);
+    assert_eq!(
+        one::<i32>(&s, "SELECT parallel_apply_workers FROM pgsub.stat_subscription WHERE subname = 'pa'").await,
+        1
+    );
 
     // Ordinary transactions committed meanwhile are applied by the leader and visible at once.
     p2.batch_execute("INSERT INTO small VALUES (1, 'between'); INSERT INTO trail VALUES (2, 'small')").await.unwrap();
@@ -117,8 +120,7 @@ async fn streamed_transactions_are_applied_in_parallel_and_commit_in_order() {
     p2.batch_execute("ROLLBACK").await.unwrap();
     p.batch_execute("COMMIT").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM big", "110000", WAIT).await;
-    let ok: bool =
-        one(&s, "SELECT bool_and(v = md5(id::text)) AND bool_and(id <= 50000 OR id > 60000) FROM big").await;
+    let ok: bool = one(&s, "SELECT bool_and(v = md5(id::text)) AND bool_and(id <= 50000 OR id > 60000) FROM big").await;
     assert!(ok, "A's rows, without its rolled-back subtransaction or B's rows");
     let txns: i64 = one(&s, "SELECT parallel_txns FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
     assert!(txns >= 1, "parallel_txns {txns}");

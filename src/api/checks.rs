@@ -376,10 +376,8 @@ unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for AnyCompat
 unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for AnyCompatible {
     unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
         // SAFETY: called by pgrx for a non-NULL argument of this function.
-        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or(AnyCompatible {
-            datum: pg_sys::Datum::from(0usize),
-            typoid: pg_sys::BOOLOID,
-        })
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or(AnyCompatible { datum: pg_sys::Datum::from(0usize), typoid: pg_sys::BOOLOID })
     }
 }
 

@@ -215,8 +215,8 @@ impl Pool {
         shared::lock(self.subid, c.xid, Lock::Transaction, false);
         shared::unlock(self.subid, c.xid, Lock::Transaction, false);
         let w = &self.workers[i];
-        let committed = w.hdr().state() == TxnState::Committed
-            && w.hdr().xid.load(std::sync::atomic::Ordering::Acquire) == c.xid;
+        let committed =
+            w.hdr().state() == TxnState::Committed && w.hdr().xid.load(std::sync::atomic::Ordering::Acquire) == c.xid;
         if !committed {
             self.fail(i, c.xid, c.commit_lsn);
         }
@@ -317,16 +317,17 @@ impl Pool {
         // SAFETY: reading this backend's database and pid.
         let (db, me, handle) =
             unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::MyProcPid, pg_sys::dsm_segment_handle(seg)) };
-        let registered = BackgroundWorkerBuilder::new(&format!("pgsub parallel apply worker for subscription {}", self.subid))
-            .set_type("pgsub parallel apply worker")
-            .set_library("pgsub")
-            .set_function("pgsub_parallel_main")
-            .enable_spi_access()
-            .set_restart_time(None)
-            .set_argument(Some(pg_sys::Datum::from(handle as usize)))
-            .set_extra(&format!("{db} {} {}", self.owner, self.subid))
-            .set_notify_pid(me)
-            .load_dynamic();
+        let registered =
+            BackgroundWorkerBuilder::new(&format!("pgsub parallel apply worker for subscription {}", self.subid))
+                .set_type("pgsub parallel apply worker")
+                .set_library("pgsub")
+                .set_function("pgsub_parallel_main")
+                .enable_spi_access()
+                .set_restart_time(None)
+                .set_argument(Some(pg_sys::Datum::from(handle as usize)))
+                .set_extra(&format!("{db} {} {}", self.owner, self.subid))
+                .set_notify_pid(me)
+                .load_dynamic();
         let handle = match registered {
             Ok(h) => h,
             Err(_) => {
@@ -444,7 +445,10 @@ impl Pool {
             }
             _ => report::error(
                 Code::ERRCODE_CONNECTION_EXCEPTION,
-                format!("the parallel apply worker of subscription \"{}\" exited while applying remote transaction {xid}", self.name),
+                format!(
+                    "the parallel apply worker of subscription \"{}\" exited while applying remote transaction {xid}",
+                    self.name
+                ),
                 Some("It was stopped or crashed; its server log says why.".into()),
                 Some("The worker restarts and applies the transaction again, by spilling it this time."),
             ),

@@ -59,6 +59,8 @@ pub extern "C-unwind" fn pgsub_parallel_main(arg: pg_sys::Datum) {
     let mq = unsafe { shared::attach_queue(seg, true) };
     errctx::install();
     triggers::install();
+    // SAFETY: registered after InitPostgres's own exit callbacks, so it runs before their abort.
+    unsafe { pg_sys::before_shmem_exit(Some(untag_at_exit), pg_sys::Datum::from(0usize)) };
     let hdr_ptr: *mut Header = hdr;
     // SAFETY (both closures): the header stays mapped until the process exits.
     PgTryBuilder::new(|| run(subid as i32, unsafe { &mut *hdr_ptr }, mq))
@@ -80,7 +82,8 @@ struct ParallelApplier {
 }
 
 fn run(subid: i32, hdr: &'static mut Header, mq: *mut pg_sys::shm_mq_handle) {
-    let loaded = crate::worker::xact(|| catalog::load(subid).map(|s| s.map(|s| (s.clone(), catalog::load_rels(subid)))));
+    let loaded =
+        crate::worker::xact(|| catalog::load(subid).map(|s| s.map(|s| (s.clone(), catalog::load_rels(subid)))));
     let (sub, rels) = match loaded {
         Ok(Some((s, Ok(r)))) => (s, r),
         Ok(Some((_, Err(e)))) | Err(e) => {
@@ -104,6 +107,7 @@ fn run(subid: i32, hdr: &'static mut Header, mq: *mut pg_sys::shm_mq_handle) {
         w.handle(frame);
     }
     // The leader is gone or asked us to stop: an open transaction is not done.
+    untag();
     w.applier.abort_all();
 }
 
@@ -238,7 +242,11 @@ impl ParallelApplier {
                 if commit {
                     pg_sys::ReleaseCurrentSubTransaction();
                 } else {
+                    // Its abort record must not name the origin (see `untag`).
+                    let origin = pg_sys::replorigin_session_origin;
+                    untag();
                     pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                    pg_sys::replorigin_session_origin = origin;
                 }
                 pg_sys::MemoryContextSwitchTo(cxt);
                 pg_sys::CurrentResourceOwner = owner;
@@ -260,6 +268,7 @@ impl ParallelApplier {
             return;
         }
         self.subxacts.clear();
+        untag();
         self.applier.abort_all();
         self.progress.discard_changes();
         self.end(TxnState::Idle, xid);
@@ -278,7 +287,8 @@ impl ParallelApplier {
         self.applier.flush_batches();
         let n = self.subxacts.len();
         self.leave_subxacts(n, true);
-        let commit = Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
+        let commit =
+            Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
         // SAFETY: the leader released the origin before sending Stream Commit; it is ours until
         // the commit record carries its progress, then given back.
         unsafe { take_origin(self.hdr.origin_id as pg_sys::RepOriginId) };
@@ -296,14 +306,33 @@ impl ParallelApplier {
 
     /// The transaction is over: state for the leader, then the transaction lock it waits on.
     fn end(&mut self, state: TxnState, xid: u32) {
-        // SAFETY: this process's WAL is no longer the subscription's until the next transaction.
-        unsafe { pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId };
+        // This process's WAL is no longer the subscription's until the next transaction.
+        untag();
         self.xid = None;
         self.hdr.set_state(state);
         shared::unlock(self.subid, xid, Lock::Transaction, true);
         errctx::clear();
         crate::worker::report_stats(false);
     }
+}
+
+/// Stops tagging this process's WAL with the subscription's origin. Before any abort: from
+/// PostgreSQL 16 on, an abort record of a transaction tagged with an origin advances the origin's
+/// session progress, which this process holds only while it commits (a crash otherwise).
+fn untag() {
+    // SAFETY: plain globals of this backend.
+    unsafe {
+        pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
+        pg_sys::replorigin_session_origin_lsn = 0;
+        pg_sys::replorigin_session_origin_timestamp = 0;
+    }
+}
+
+/// At exit (a FATAL from SIGTERM in the middle of a transaction, say), before the transaction is
+/// aborted by PostgreSQL's own exit callback.
+#[pg_guard]
+unsafe extern "C-unwind" fn untag_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    untag();
 }
 
 /// The (sub)transaction a streamed change belongs to.
@@ -335,6 +364,7 @@ pub(super) unsafe fn take_origin(id: pg_sys::RepOriginId) {
 /// Leaves the error for the leader (which raises it as its own, with this context) and counts a
 /// conflict it was, then re-raises it: it is logged here and ends the worker.
 fn on_error(subid: i32, hdr: &mut Header, e: CaughtError) {
+    untag();
     if shutdown_requested() {
         // SAFETY: leave the interrupted transaction, then exit like a clean stop.
         unsafe {
