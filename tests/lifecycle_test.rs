@@ -425,12 +425,14 @@ async fn alter_options_and_rename() {
     let options = "SELECT format('%s %s %s %s %s %s', \"binary\", streaming, synchronous_commit, disable_on_error, origin, slot_name)
                    FROM pgsub.subscription WHERE subname = $1";
     let before: String = s.query_one(options, &[&"opt"]).await.unwrap().get(0);
-    assert_eq!(before, "f f off f any opt");
+    assert_eq!(before, "f off off f any opt");
     for (sql, code) in [
         ("SELECT pgsub.alter_subscription_options('opt', synchronous_commit => 'sometimes')", "22023"),
         ("SELECT pgsub.alter_subscription_options('opt', origin => 'elsewhere')", "22023"),
         ("SELECT pgsub.alter_subscription_options('opt', slot_name => 'opt_b')", "55000"),
         ("SELECT pgsub.alter_subscription_options('nope', streaming => true)", "42704"),
+        ("SELECT pgsub.alter_subscription_options('opt', streaming => 'sometimes')", "22023"),
+        ("SELECT pgsub.alter_subscription_options('opt', streaming => 3)", "22023"),
         ("SELECT pgsub.rename_subscription('opt', 'other')", "42710"),
         ("SELECT pgsub.rename_subscription('opt', '')", "22023"),
     ] {
@@ -447,7 +449,13 @@ async fn alter_options_and_rename() {
     .await
     .expect("alter options");
     let after: String = s.query_one(options, &[&"opt"]).await.unwrap().get(0);
-    assert_eq!(after, "t t local t any opt", "given options replaced, the others kept");
+    assert_eq!(after, "t on local t any opt", "given options replaced, the others kept");
+    // streaming takes PostgreSQL's spellings: a boolean, 'on'/'off', 'parallel'.
+    for (value, shown) in [("'parallel'", "parallel"), ("'off'", "off"), ("false", "off"), ("'on'", "on")] {
+        s.batch_execute(&format!("SELECT pgsub.alter_subscription_options('opt', streaming => {value})")).await.unwrap();
+        let got: String = one(&s, "SELECT streaming FROM pgsub.subscription WHERE subname = 'opt'").await;
+        assert_eq!(got, shown, "streaming => {value}");
+    }
     // The worker restarts with the new options: another pid, streaming.
     let restarted = format!(
         "SELECT count(*) FROM pgsub.stat_subscription WHERE subname = 'opt' AND status = 'streaming' AND pid <> {pid1}"
