@@ -358,22 +358,17 @@ impl Pool {
     /// Sends one message (flag byte: decoded as inside a stream block) to worker `i`, waiting
     /// on the latch while its queue is full; raises when the worker is gone.
     fn send(&mut self, i: usize, xid: u32, in_stream: bool, raw: &Bytes, flush: bool) {
-        let mut frame = Vec::with_capacity(raw.len() + 1);
-        frame.push(u8::from(in_stream));
-        frame.extend_from_slice(raw);
+        let flag = [u8::from(in_stream)];
+        // The flag byte and the message as they are: no copy on this side.
+        let mut iov = [
+            pg_sys::shm_mq_iovec { data: flag.as_ptr() as *const std::ffi::c_char, len: 1 },
+            pg_sys::shm_mq_iovec { data: raw.as_ptr() as *const std::ffi::c_char, len: raw.len() },
+        ];
         let since = Instant::now();
         loop {
             // SAFETY: our attached queue handle; the same message is offered again after
             // WOULD_BLOCK, as shm_mq requires.
-            let r = unsafe {
-                pg_sys::shm_mq_send(
-                    self.workers[i].mq,
-                    frame.len(),
-                    frame.as_ptr() as *const std::ffi::c_void,
-                    true,
-                    flush,
-                )
-            };
+            let r = unsafe { pg_sys::shm_mq_sendv(self.workers[i].mq, iov.as_mut_ptr(), 2, true, flush) };
             match r {
                 pg_sys::shm_mq_result::SHM_MQ_SUCCESS => return,
                 pg_sys::shm_mq_result::SHM_MQ_WOULD_BLOCK => {
