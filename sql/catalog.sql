@@ -19,7 +19,8 @@ CREATE TABLE pgsub.sub (
     publications       text[]  NOT NULL,
     slot_name          name,
     copy_data          boolean NOT NULL DEFAULT true,
-    "binary"           boolean NOT NULL DEFAULT false,
+    -- NULL: the apply worker chooses binary or text at each start (src/worker/format.rs).
+    "binary"           boolean,
     streaming          boolean NOT NULL DEFAULT false,
     two_phase          boolean NOT NULL DEFAULT false,
     origin             text    NOT NULL DEFAULT 'any' CHECK (origin IN ('any', 'none')),

@@ -69,6 +69,8 @@ pub struct SubSlot {
     /// of the running worker's connection (0 = not connected yet).
     pub publisher_version: u32,
     pub proto_version: u32,
+    /// Whether the running worker's stream carries binary tuples (None = not connected yet).
+    pub binary_in_use: Option<bool>,
     pub received_lsn: u64,
     pub applied_lsn: u64,
     pub flushed_lsn: u64,
@@ -141,6 +143,7 @@ impl Default for SubSlot {
             worker_started_at: 0,
             publisher_version: 0,
             proto_version: 0,
+            binary_in_use: None,
             received_lsn: 0,
             applied_lsn: 0,
             flushed_lsn: 0,

@@ -44,6 +44,7 @@ fn _stat_progress() -> TableIterator<
         name!(pending_commit_time, i64),
         name!(publisher_version, Option<i32>),
         name!(proto_version, Option<i32>),
+        name!(binary_in_use, Option<bool>),
     ),
 > {
     let mut rows = Vec::new();
@@ -68,6 +69,7 @@ fn _stat_progress() -> TableIterator<
                 s.pending_commit_time,
                 (s.publisher_version > 0).then_some(s.publisher_version as i32),
                 (s.proto_version > 0).then_some(s.proto_version as i32),
+                s.binary_in_use,
             ));
         }
     }

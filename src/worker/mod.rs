@@ -23,6 +23,7 @@ mod conflict;
 pub mod copyin;
 pub mod errctx;
 mod execute;
+mod format;
 pub mod hold;
 mod owner;
 pub mod progress;
@@ -83,6 +84,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
                 s.worker_started_at = now();
                 s.status = Status::Starting;
                 s.failed = false;
+                s.binary_in_use = None;
                 Ok(())
             }
             None => Err("no shared-memory slot"),
@@ -119,6 +121,7 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     shmem::with_slot(subid, |s| {
         if s.pid == me {
             s.pid = 0;
+            s.binary_in_use = None;
             // However it exited (a SIGTERM inside a statement ends it with FATAL, past the
             // normal path): the view must not go on showing the gone worker's status.
             if s.status != Status::Error {
@@ -313,7 +316,7 @@ fn run(subid: i32) {
 
     set_status(subid, Status::Connecting);
     let slot = sub.slot_name.clone();
-    let Some((client, opts)) = connect_and_start(&sub, &slot, start, |client| {
+    let Some((client, opts)) = connect_and_start(&sub, &slot, &rels, start, |client| {
         // What sync workers that are gone left behind (their slots).
         syncing::drop_stale_sync_slots(client, &sub, &rels);
     }) else {
@@ -322,9 +325,10 @@ fn run(subid: i32) {
     shmem::with_slot(subid, |s| {
         s.publisher_version = client.server_version_num();
         s.proto_version = opts.proto_version;
+        s.binary_in_use = Some(opts.binary_in_use());
     });
     set_status(subid, Status::Catchup);
-    let mut applier = Applier::new(subid, TableStates::new(&rels), sub.binary, sub.origin == "none", sub.skip_lsn);
+    let mut applier = Applier::new(subid, TableStates::new(&rels), opts.binary, sub.origin == "none", sub.skip_lsn);
     if let Some(lsn) = shmem::with_slot(subid, |s| s.batch_failed_lsn) {
         applier.row_by_row_for(Lsn(lsn));
     }
@@ -348,6 +352,7 @@ pub(crate) fn setup_session(sub: &Subscription) {
 fn connect_and_start(
     sub: &Subscription,
     slot: &str,
+    rels: &[catalog::SubRel],
     start: Lsn,
     before: impl FnOnce(&mut Client),
 ) -> Option<(Client, PgOutputOptions)> {
@@ -370,16 +375,18 @@ fn connect_and_start(
     }
     before(&mut client);
     let sync = slot != sub.slot_name;
-    start_replication(client, sub, slot, start, sync)
+    start_replication(client, sub, slot, rels, start, sync)
 }
 
 /// Starts streaming `slot` from `start` with the options the publisher's version allows (a sync
 /// worker's catch-up takes whole transactions, never streamed or two-phase ones, as native
-/// tablesync's); None when asked to stop meanwhile.
+/// tablesync's) and in the format `format.rs` decides for the tables `rels`; None when asked to
+/// stop meanwhile.
 pub(crate) fn start_replication(
     mut client: Client,
     sub: &Subscription,
     slot: &str,
+    rels: &[catalog::SubRel],
     start: Lsn,
     sync: bool,
 ) -> Option<(Client, PgOutputOptions)> {
@@ -399,7 +406,21 @@ pub(crate) fn start_replication(
         );
     }
     let mut opts = PgOutputOptions::for_server(server, sub.publications.clone());
-    opts.binary = sub.binary;
+    let format = match format::stream_format(&mut client, sub, rels) {
+        Ok(f) => f,
+        Err(ProtoError::Interrupted) => return None,
+        Err(e) => publisher::raise(&e, "could not read the published columns' types from the publisher", None),
+    };
+    // Publishers before 14 send text whatever is asked (PgOutputOptions leaves the option out).
+    opts.binary = format.binary;
+    if !sync {
+        log!(
+            "pgsub apply worker for subscription \"{}\" receives changes in {} format ({})",
+            sub.name,
+            if opts.binary_in_use() { "binary" } else { "text" },
+            format.why
+        );
+    }
     opts.messages = true;
     opts.streaming = if sub.streaming && server >= 140000 && !sync { Streaming::On } else { Streaming::Off };
     opts.two_phase = sub.two_phase && server >= 150000 && !sync;
