@@ -286,11 +286,6 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     update_sub(sub.subid, catalog::Change::Conninfo(conninfo));
 }
 
-/// Like native `ALTER SUBSCRIPTION … SET (…)`: each option given (not NULL) replaces the
-/// current one; a running worker restarts with them (`binary_auto => true`: the worker chooses
-/// the format again, as when `binary` was never set). The slot may only be renamed while the
-/// subscription is disabled (the slot itself is not touched: it must exist under the new name
-/// on the publisher when the subscription is enabled again).
 /// The `binary` change of `alter_subscription_options`: None unchanged, Some(None) automatic.
 fn binary_option(binary: Option<bool>, binary_auto: Option<bool>) -> Option<Option<bool>> {
     match (binary, binary_auto) {
@@ -311,6 +306,11 @@ fn binary_option(binary: Option<bool>, binary_auto: Option<bool>) -> Option<Opti
     }
 }
 
+/// Like native `ALTER SUBSCRIPTION … SET (…)`: each option given (not NULL) replaces the
+/// current one; a running worker restarts with them (`binary_auto => true`: the worker chooses
+/// the format again, as when `binary` was never set). The slot may only be renamed while the
+/// subscription is disabled (the slot itself is not touched: it must exist under the new name
+/// on the publisher when the subscription is enabled again).
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
