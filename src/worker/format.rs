@@ -126,12 +126,11 @@ pub(super) fn stream_format(
     })
 }
 
-/// (schema, table) → (column, type OID) of every column the subscription's publications publish,
-/// in one query.
-fn published_columns(
-    client: &mut Client,
-    sub: &Subscription,
-) -> Result<HashMap<(String, String), Vec<(String, u32)>>, ProtoError> {
+/// (schema, table) → (column, the publisher's type OID) of each published column.
+type PublishedColumns = HashMap<(String, String), Vec<(String, u32)>>;
+
+/// Every column the subscription's publications publish, with its type, in one query.
+fn published_columns(client: &mut Client, sub: &Subscription) -> Result<PublishedColumns, ProtoError> {
     let pubs: Vec<String> = sub.publications.iter().map(|p| quote_literal(p)).collect();
     // Before 18 generated columns are never published (pg_publication_tables may list them).
     let gen = if client.server_version_num() >= 180000 { "" } else { " AND a.attgenerated = ''" };
@@ -144,7 +143,7 @@ fn published_columns(
          WHERE t.pubname = ANY(ARRAY[{}]::text[]) AND a.attname = ANY(t.attnames){gen}",
         pubs.join(",")
     );
-    let mut out: HashMap<(String, String), Vec<(String, u32)>> = HashMap::new();
+    let mut out = PublishedColumns::new();
     for row in client.simple_query(&sql)? {
         let mut it = row.values.into_iter().map(Option::unwrap_or_default);
         let (schema, table, column, typ) = (
