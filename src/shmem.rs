@@ -71,6 +71,9 @@ pub struct SubSlot {
     pub proto_version: u32,
     /// Whether the running worker's stream carries binary tuples (None = not connected yet).
     pub binary_in_use: Option<bool>,
+    /// Finish LSN of the transaction an automatically binary stream failed at: the next workers
+    /// stream text until it is applied (`worker/format.rs`; 0 = none).
+    pub text_until: u64,
     pub received_lsn: u64,
     pub applied_lsn: u64,
     pub flushed_lsn: u64,
@@ -144,6 +147,7 @@ impl Default for SubSlot {
             publisher_version: 0,
             proto_version: 0,
             binary_in_use: None,
+            text_until: 0,
             received_lsn: 0,
             applied_lsn: 0,
             flushed_lsn: 0,

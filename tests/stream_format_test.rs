@@ -250,6 +250,67 @@ async fn explicit_binary_true_and_false_are_obeyed_and_binary_auto_gives_the_cho
     assert_replicated_equal(&p, &s).await;
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_column_the_publishers_catalog_no_longer_shows_is_applied_in_text_once() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    p.batch_execute("CREATE TYPE pair AS (a int, b text); CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    // The subscriber's table already has the column the publisher adds (and drops) later.
+    s.batch_execute("CREATE TYPE pair AS (a int, b text); CREATE TABLE t (id int PRIMARY KEY, v text, p pair)")
+        .await
+        .unwrap();
+    p.batch_execute(
+        "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g; CREATE PUBLICATION tp FOR TABLE t",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('late', $1, ARRAY['tp'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "late", WAIT).await;
+    assert_format(&p, &s, "late", true).await;
+    // While the worker is away, a composite column comes and goes on the publisher: when it
+    // starts again the catalog shows built-in types only, the stream still carries it.
+    s.execute("SELECT pgsub.disable_subscription('late')", &[]).await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'late'", "disabled", WAIT).await;
+    p.batch_execute(
+        "ALTER TABLE t ADD COLUMN p pair;
+         INSERT INTO t VALUES (100, 'with a pair', ROW(1, 'x'));
+         UPDATE t SET p = ROW(id, NULL) WHERE id <= 3;
+         ALTER TABLE t DROP COLUMN p;
+         INSERT INTO t VALUES (101, 'after the drop');",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.enable_subscription('late')", &[]).await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t WHERE id = 101", "1", WAIT).await;
+    // (`p IS NOT NULL` is false for a composite with a NULL field: test its text.)
+    let pairs: String =
+        one(&s, "SELECT string_agg(id || '=' || p::text, ',' ORDER BY id) FROM t WHERE p::text IS NOT NULL").await;
+    assert_eq!(pairs, "1=(1,),2=(2,),3=(3,),100=(1,x)", "the composite values arrived");
+    let last_error: String =
+        one(&s, "SELECT coalesce(last_error, '') FROM pgsub.stat_subscription WHERE subname = 'late'").await;
+    assert!(
+        last_error.contains("binary transfer cannot carry relation \"public.t\"")
+            && last_error.contains("column \"p\""),
+        "the binary attempt stopped at the relation: {last_error}"
+    );
+    let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'late'").await;
+    assert_eq!(errors, 1, "one failed attempt in binary, then text");
+    assert!(nodes.subscriber.log_contains(
+        "receives changes in text format (automatic: applying in binary failed at the transaction ending at"
+    ));
+    assert_format(&p, &s, "late", false).await;
+    // Once that transaction is applied, the next start chooses from the catalog again: binary.
+    s.execute("SELECT pgsub.disable_subscription('late')", &[]).await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'late'", "disabled", WAIT).await;
+    s.execute("SELECT pgsub.enable_subscription('late')", &[]).await.unwrap();
+    assert_format(&p, &s, "late", true).await;
+    p.batch_execute("INSERT INTO t VALUES (102, 'binary again'); UPDATE t SET v = 'changed' WHERE id = 100")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 100", "changed", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// Server binaries of a publisher of PostgreSQL `major` (as `versions_test.rs`).
 fn publisher_bindir(major: u32) -> PathBuf {
     let base = std::env::var_os("PGSUB_PG_DIR")

@@ -11,9 +11,20 @@
 //! table of the subscription, and a sync worker's catch-up over its one table. A refresh or a
 //! change of publications restarts the worker, so a table with a user-defined type added later
 //! turns the stream to text from then on.
+//!
+//! The publisher's catalog is read at start, but the stream may carry older definitions (a
+//! column added and dropped again while the worker was behind) or newer ones (ALTER TABLE while
+//! it runs): in an automatically chosen binary stream each relation is checked again when it is
+//! bound (`check_bound`: the RELATION message's column types against the local ones), and an
+//! apply error in such a stream makes the next start use text until the failed transaction is
+//! applied (`SubSlot::text_until`, set by the worker's error handler) — so a transaction that
+//! binary cannot carry is applied in text, never retried in binary forever.
 use crate::catalog::{self, SubRel, Subscription};
+use crate::report;
 use pgrx::prelude::*;
 use pgsub_proto::client::{quote_literal, Client, Error as ProtoError};
+use pgsub_proto::pgoutput::Relation;
+use pgsub_proto::Lsn;
 use std::collections::HashMap;
 
 /// Built-in types without a usable binary input (no receive function, or one that refuses):
@@ -86,23 +97,51 @@ fn local_types(relid: pg_sys::Oid) -> HashMap<String, u32> {
     r.unwrap_or_default()
 }
 
+/// In an automatically binary stream, the RELATION message `remote` bound to the local table
+/// `relid`: an ERROR when binary cannot carry one of its columns (module comment). In a
+/// transaction.
+pub(super) fn check_bound(remote: &Relation, relid: pg_sys::Oid) {
+    let columns: Vec<(String, u32)> = remote.columns.iter().map(|c| (c.name.clone(), c.type_oid)).collect();
+    if let Some(why) = refused_column(relid, &columns) {
+        report::error(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "binary transfer cannot carry relation \"{}.{}\" as the publisher now sends it: {why}",
+                remote.namespace, remote.name
+            ),
+            Some("The stream's binary format was chosen automatically when the worker started (binary unset).".into()),
+            Some("The worker restarts and applies this transaction in text format."),
+        );
+    }
+}
+
 /// Whether one table's initial copy may use COPY's binary format (the module's rule). In a
 /// transaction.
 pub(super) fn binary_copy_ok(publisher_version: u32, relid: pg_sys::Oid, columns: &[(String, u32)]) -> bool {
     other_server_kind(publisher_version).is_none() && !columns.is_empty() && refused_column(relid, columns).is_none()
 }
 
-/// The stream's format: the `binary` option when set, else the module's rule over the published
-/// columns of `rels` (read from the publisher over `client`, a walsender connection of a
-/// publisher of the same major version, hence 15 or later). Outside a transaction.
+/// The stream's format: the `binary` option when set, else text while `start` is before
+/// `text_until` (an automatically binary stream failed at the transaction ending there), else the
+/// module's rule over the published columns of `rels` (read from the publisher over `client`, a
+/// walsender connection of a publisher of the same major version, hence 15 or later). Outside a
+/// transaction.
 pub(super) fn stream_format(
     client: &mut Client,
     sub: &Subscription,
     rels: &[SubRel],
+    start: Lsn,
+    text_until: Lsn,
 ) -> Result<StreamFormat, ProtoError> {
     if let Some(b) = sub.binary {
         let why = format!("the subscription's binary option is {b}");
         return Ok(StreamFormat { binary: b, why });
+    }
+    if start < text_until {
+        let why = format!(
+            "automatic: applying in binary failed at the transaction ending at {text_until}, text until it is applied"
+        );
+        return Ok(StreamFormat { binary: false, why });
     }
     if let Some(why) = other_server_kind(client.server_version_num()) {
         return Ok(StreamFormat { binary: false, why: format!("automatic: {why}") });

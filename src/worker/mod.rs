@@ -54,6 +54,12 @@ use std::ffi::CString;
 
 type Code = PgSqlErrorCode;
 
+thread_local! {
+    /// This apply worker streams binary by its own choice (`binary` unset): an apply error makes
+    /// the retry of the failed transaction stream text (`on_error`, `format.rs`).
+    static AUTO_BINARY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
@@ -194,10 +200,15 @@ fn on_error(subid: i32, e: CaughtError) {
     if !ctx.is_empty() {
         text.push_str(&format!("\nCONTEXT: {ctx}"));
     }
+    let failed_in_auto_binary = AUTO_BINARY.with(|a| a.get());
     shmem::with_slot(subid, |s| {
         s.set_error(&text, now(), false);
         count_conflict(s, conflict);
         s.batch_failed_lsn = batch_failed_lsn;
+        if let Some(lsn) = errctx::finish_lsn().filter(|_| failed_in_auto_binary) {
+            // The retry of this transaction streams text (worker/format.rs).
+            s.text_until = s.text_until.max(lsn.0);
+        }
         s.status = Status::Error;
         s.failed = true;
     });
@@ -329,6 +340,10 @@ fn run(subid: i32) {
     });
     set_status(subid, Status::Catchup);
     let mut applier = Applier::new(subid, TableStates::new(&rels), opts.binary, sub.origin == "none", sub.skip_lsn);
+    if sub.binary.is_none() && opts.binary_in_use() {
+        AUTO_BINARY.with(|a| a.set(true));
+        applier.check_binary_choice();
+    }
     if let Some(lsn) = shmem::with_slot(subid, |s| s.batch_failed_lsn) {
         applier.row_by_row_for(Lsn(lsn));
     }
@@ -406,7 +421,10 @@ pub(crate) fn start_replication(
         );
     }
     let mut opts = PgOutputOptions::for_server(server, sub.publications.clone());
-    let format = match format::stream_format(&mut client, sub, rels) {
+    // An apply worker's retry after an automatically binary stream failed streams text up to
+    // the failed transaction; a sync worker's catch-up decides afresh.
+    let text_until = if sync { Lsn(0) } else { shmem::with_slot(sub.subid, |s| Lsn(s.text_until)).unwrap_or(Lsn(0)) };
+    let format = match format::stream_format(&mut client, sub, rels, start, text_until) {
         Ok(f) => f,
         Err(ProtoError::Interrupted) => return None,
         Err(e) => publisher::raise(&e, "could not read the published columns' types from the publisher", None),
