@@ -19,7 +19,8 @@ CREATE TABLE pgsub.sub (
     publications       text[]  NOT NULL,
     slot_name          name,
     copy_data          boolean NOT NULL DEFAULT true,
-    "binary"           boolean NOT NULL DEFAULT false,
+    -- NULL: the apply worker chooses binary or text at each start (src/worker/format.rs).
+    "binary"           boolean,
     -- off | on (buffered, applied at commit) | parallel (applied as it arrives by a parallel
     -- apply worker); create_subscription also takes a boolean.
     streaming          text    NOT NULL DEFAULT 'off' CHECK (streaming IN ('off', 'on', 'parallel')),

@@ -71,7 +71,7 @@ fn create_subscription(
     copy_data: default!(Option<bool>, true),
     create_slot: default!(Option<bool>, true),
     slot_name: default!(Option<&str>, "NULL"),
-    binary: default!(Option<bool>, false),
+    binary: default!(Option<bool>, "NULL"),
     streaming: default!(Option<AnyCompatible>, false),
     origin: default!(Option<&str>, "'any'"),
     disable_on_error: default!(Option<bool>, false),
@@ -90,7 +90,7 @@ fn create_subscription(
     let enabled = required(enabled, "enabled");
     let copy_data = required(copy_data, "copy_data");
     let create_slot = required(create_slot, "create_slot");
-    let binary = required(binary, "binary");
+    // NULL: the worker chooses (worker/format.rs).
     let streaming = required(streaming_mode(streaming), "streaming");
     let origin = required(origin, "origin");
     let disable_on_error = required(disable_on_error, "disable_on_error");
@@ -286,8 +286,29 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     update_sub(sub.subid, catalog::Change::Conninfo(conninfo));
 }
 
+/// The `binary` change of `alter_subscription_options`: None unchanged, Some(None) automatic.
+fn binary_option(binary: Option<bool>, binary_auto: Option<bool>) -> Option<Option<bool>> {
+    match (binary, binary_auto) {
+        (Some(_), Some(true)) => error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "binary and binary_auto => true cannot be given together",
+            None,
+            Some("binary => true or false fixes the format; binary_auto => true lets the worker choose it."),
+        ),
+        (_, Some(false)) => error(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "binary_auto only takes true",
+            None,
+            Some("To fix the format, pass binary => true or binary => false."),
+        ),
+        (_, Some(true)) => Some(None),
+        (b, None) => b.map(Some),
+    }
+}
+
 /// Like native `ALTER SUBSCRIPTION … SET (…)`: each option given (not NULL) replaces the
-/// current one; a running worker restarts with them. The slot may only be renamed while the
+/// current one; a running worker restarts with them (`binary_auto => true`: the worker chooses
+/// the format again, as when `binary` was never set). The slot may only be renamed while the
 /// subscription is disabled (the slot itself is not touched: it must exist under the new name
 /// on the publisher when the subscription is enabled again).
 #[allow(clippy::too_many_arguments)]
@@ -306,9 +327,11 @@ fn alter_subscription_options(
     conflict_resolution: default!(Option<&str>, "NULL"),
     sequence_sync_interval: default!(Option<Interval>, "NULL"),
     sequence_sync_margin: default!(Option<i64>, "NULL"),
+    binary_auto: default!(Option<bool>, "NULL"),
 ) {
     require_admin();
     let name = required(name, "name");
+    let binary = binary_option(binary, binary_auto);
     let sequence_sync_ms = interval_ms(sequence_sync_interval);
     let sequence_sync_margin = sequence_sync_margin.map(margin);
     let streaming = streaming_mode(streaming);

@@ -20,7 +20,9 @@ pub struct Subscription {
     pub publications: Vec<String>,
     pub slot_name: String,
     pub copy_data: bool,
-    pub binary: bool,
+    /// The stream in binary (Some(true)), in text (Some(false)), or chosen by the worker at each
+    /// start (None: `worker/format.rs`).
+    pub binary: Option<bool>,
     pub streaming: StreamingMode,
     pub two_phase: bool,
     pub origin: String,
@@ -128,7 +130,7 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         publications: row.get::<Vec<Option<String>>>(6)?.unwrap_or_default().into_iter().flatten().collect(),
         slot_name: row.get::<String>(7)?.unwrap_or_default(),
         copy_data: row.get::<bool>(8)?.unwrap_or_default(),
-        binary: row.get::<bool>(9)?.unwrap_or_default(),
+        binary: row.get::<bool>(9)?,
         streaming: row.get::<String>(10)?.and_then(|m| StreamingMode::parse(&m)).unwrap_or_default(),
         two_phase: row.get::<bool>(11)?.unwrap_or_default(),
         origin: row.get::<String>(12)?.unwrap_or_else(|| "any".into()),
@@ -402,7 +404,8 @@ pub struct NewSubscription<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub copy_data: bool,
-    pub binary: bool,
+    /// None: chosen by the worker (`worker/format.rs`).
+    pub binary: Option<bool>,
     pub streaming: StreamingMode,
     pub two_phase: bool,
     pub origin: String,
@@ -486,7 +489,8 @@ pub enum Change<'a> {
     Publications(Vec<String>),
     /// Each given option replaces the current one.
     Options {
-        binary: Option<bool>,
+        /// Some(None): back to the automatic choice.
+        binary: Option<Option<bool>>,
         streaming: Option<StreamingMode>,
         disable_on_error: Option<bool>,
         synchronous_commit: Option<&'a str>,
@@ -524,8 +528,10 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
             conflict_resolution,
             sequence_sync_ms,
             sequence_sync_margin,
-        } => Spi::run_with_args(
-            "UPDATE pgsub.sub SET \"binary\" = coalesce($2, \"binary\"), streaming = coalesce($3, streaming), \
+        } => {
+            let (binary_given, binary) = (binary.is_some(), binary.flatten());
+            Spi::run_with_args(
+            "UPDATE pgsub.sub SET \"binary\" = CASE WHEN $13 THEN $2 ELSE \"binary\" END, streaming = coalesce($3, streaming), \
              disable_on_error = coalesce($4, disable_on_error), synchronous_commit = coalesce($5, synchronous_commit), \
              origin = coalesce($6, origin), slot_name = coalesce($7, slot_name), \
              run_as_owner = coalesce($8, run_as_owner), password_required = coalesce($9, password_required), \
@@ -546,8 +552,10 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
                 conflict_resolution.map(Resolution::as_str).into(),
                 sequence_sync_ms.into(),
                 sequence_sync_margin.into(),
+                binary_given.into(),
             ],
-        ),
+        )
+        }
         Change::Name(n) => {
             Spi::run_with_args("UPDATE pgsub.sub SET subname = $2 WHERE subid = $1", &[subid.into(), n.into()])
         }

@@ -75,6 +75,11 @@ pub struct SubSlot {
     pub parallel_workers: i32,
     pub parallel_txns: i64,
     pub parallel_failed_xid: u32,
+    /// Whether the running worker's stream carries binary tuples (None = not connected yet).
+    pub binary_in_use: Option<bool>,
+    /// Finish LSN of the transaction an automatically binary stream failed at: the next workers
+    /// stream text until it is applied (`worker/format.rs`; 0 = none).
+    pub text_until: u64,
     pub received_lsn: u64,
     pub applied_lsn: u64,
     pub flushed_lsn: u64,
@@ -150,6 +155,8 @@ impl Default for SubSlot {
             parallel_workers: 0,
             parallel_txns: 0,
             parallel_failed_xid: 0,
+            binary_in_use: None,
+            text_until: 0,
             received_lsn: 0,
             applied_lsn: 0,
             flushed_lsn: 0,

@@ -46,6 +46,7 @@ fn _stat_progress() -> TableIterator<
         name!(proto_version, Option<i32>),
         name!(parallel_apply_workers, i32),
         name!(parallel_txns, i64),
+        name!(binary_in_use, Option<bool>),
     ),
 > {
     let mut rows = Vec::new();
@@ -72,6 +73,7 @@ fn _stat_progress() -> TableIterator<
                 (s.proto_version > 0).then_some(s.proto_version as i32),
                 if alive { s.parallel_workers } else { 0 },
                 s.parallel_txns,
+                s.binary_in_use,
             ));
         }
     }

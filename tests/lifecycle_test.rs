@@ -422,10 +422,10 @@ async fn alter_options_and_rename() {
     .await
     .unwrap();
     wait_for_subscription_sync(&s, "opt", WAIT).await;
-    let options = "SELECT format('%s %s %s %s %s %s', \"binary\", streaming, synchronous_commit, disable_on_error, origin, slot_name)
+    let options = "SELECT format('%s %s %s %s %s %s', coalesce(left(\"binary\"::text, 1), 'auto'), streaming, synchronous_commit, disable_on_error, origin, slot_name)
                    FROM pgsub.subscription WHERE subname = $1";
     let before: String = s.query_one(options, &[&"opt"]).await.unwrap().get(0);
-    assert_eq!(before, "f off off f any opt");
+    assert_eq!(before, "auto off off f any opt");
     for (sql, code) in [
         ("SELECT pgsub.alter_subscription_options('opt', synchronous_commit => 'sometimes')", "22023"),
         ("SELECT pgsub.alter_subscription_options('opt', origin => 'elsewhere')", "22023"),
@@ -452,7 +452,9 @@ async fn alter_options_and_rename() {
     assert_eq!(after, "t on local t any opt", "given options replaced, the others kept");
     // streaming takes PostgreSQL's spellings: a boolean, 'on'/'off', 'parallel'.
     for (value, shown) in [("'parallel'", "parallel"), ("'off'", "off"), ("false", "off"), ("'on'", "on")] {
-        s.batch_execute(&format!("SELECT pgsub.alter_subscription_options('opt', streaming => {value})")).await.unwrap();
+        s.batch_execute(&format!("SELECT pgsub.alter_subscription_options('opt', streaming => {value})"))
+            .await
+            .unwrap();
         let got: String = one(&s, "SELECT streaming FROM pgsub.subscription WHERE subname = 'opt'").await;
         assert_eq!(got, shown, "streaming => {value}");
     }

@@ -83,7 +83,7 @@ async fn matrix_case(major: u32) {
     let streaming = major >= 14;
     let two_phase = major >= 15;
     s.execute(
-        "SELECT pgsub.create_subscription('text_sub', $1, ARRAY['pub_t'], streaming => $2, two_phase => $3)",
+        "SELECT pgsub.create_subscription('text_sub', $1, ARRAY['pub_t'], binary => false, streaming => $2, two_phase => $3)",
         &[&nodes.pub_conninfo(), &streaming, &two_phase],
     )
     .await
@@ -146,18 +146,20 @@ async fn matrix_case(major: u32) {
         assert!(streamed > 0, "the large transaction was streamed to a PostgreSQL {major} subscriber slot");
     }
     for sub in ["text_sub", "bin_sub"] {
-        let (pv, proto): (Option<i32>, Option<i32>) = {
+        let (pv, proto, binary): (Option<i32>, Option<i32>, Option<bool>) = {
             let r = s
                 .query_one(
-                    "SELECT publisher_version, proto_version FROM pgsub.stat_subscription WHERE subname = $1",
+                    "SELECT publisher_version, proto_version, binary_in_use FROM pgsub.stat_subscription WHERE subname = $1",
                     &[&sub],
                 )
                 .await
                 .expect("stat_subscription");
-            (r.get(0), r.get(1))
+            (r.get(0), r.get(1), r.get(2))
         };
         assert_eq!(pv.map(|v| v / 10000), Some(major as i32), "{sub}: publisher_version");
         assert_eq!(proto, Some(expected_proto(major)), "{sub}: negotiated protocol version");
+        // Binary tuples only where asked for and the publisher can send them (14+).
+        assert_eq!(binary, Some(sub == "bin_sub" && major >= 14), "{sub}: binary_in_use");
     }
     if major < 14 {
         // No binary or streaming below 14: asked for, they are left out (NOTICE), never an error.

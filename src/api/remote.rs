@@ -118,7 +118,7 @@ pub(super) fn check_publisher_supports(client: &Client, options: &crate::catalog
             Some("Create the subscription with two_phase => false."),
         );
     }
-    let unsupported: Vec<&str> = [("binary", options.binary), ("streaming", options.streaming.streams())]
+    let unsupported: Vec<&str> = [("binary", options.binary == Some(true)), ("streaming", options.streaming.streams())]
         .into_iter()
         .filter(|(_, on)| *on && server < 140000)
         .map(|(name, _)| name)

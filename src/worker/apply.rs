@@ -66,6 +66,9 @@ pub struct Applier {
     /// Finish LSN of a remote transaction whose INSERTs, UPDATEs and DELETEs go one by one
     /// instead of in batches.
     pub(super) row_by_row_lsn: Option<Lsn>,
+    /// The stream is binary by the worker's own choice (`binary` unset): each relation is
+    /// checked against that choice when it is bound (`format::check_bound`).
+    pub(super) auto_binary: bool,
 }
 
 impl Applier {
@@ -87,7 +90,14 @@ impl Applier {
             updates: None,
             batched: Default::default(),
             row_by_row_lsn: None,
+            auto_binary: false,
         }
+    }
+
+    /// The stream is binary by the worker's own choice: a relation whose columns binary cannot
+    /// carry is an error (the worker then retries in text, `format.rs`).
+    pub fn check_binary_choice(&mut self) {
+        self.auto_binary = self.binary;
     }
 
     /// Applies the INSERTs, UPDATEs and DELETEs of the remote transaction that finishes at `lsn` one by one
@@ -358,8 +368,14 @@ impl Applier {
             return None;
         }
         if entry.local.is_none() {
-            let binary = self.binary;
-            entry.local = Some(with_snapshot(|| bind_local(&entry.remote, binary)));
+            let (binary, check) = (self.binary, self.auto_binary);
+            entry.local = Some(with_snapshot(|| {
+                let local = bind_local(&entry.remote, binary);
+                if check {
+                    super::format::check_bound(&entry.remote, local.relid);
+                }
+                local
+            }));
         }
         Some(entry)
     }

@@ -23,6 +23,7 @@ mod conflict;
 pub mod copyin;
 pub mod errctx;
 mod execute;
+mod format;
 pub mod hold;
 mod owner;
 pub mod parallel;
@@ -54,6 +55,12 @@ use std::ffi::CString;
 
 type Code = PgSqlErrorCode;
 
+thread_local! {
+    /// This apply worker streams binary by its own choice (`binary` unset): an apply error makes
+    /// the retry of the failed transaction stream text (`on_error`, `format.rs`).
+    static AUTO_BINARY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
@@ -84,6 +91,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
                 s.worker_started_at = now();
                 s.status = Status::Starting;
                 s.failed = false;
+                s.binary_in_use = None;
                 Ok(())
             }
             None => Err("no shared-memory slot"),
@@ -120,6 +128,7 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     shmem::with_slot(subid, |s| {
         if s.pid == me {
             s.pid = 0;
+            s.binary_in_use = None;
             // However it exited (a SIGTERM inside a statement ends it with FATAL, past the
             // normal path): the view must not go on showing the gone worker's status.
             if s.status != Status::Error {
@@ -198,10 +207,15 @@ fn on_error(subid: i32, e: CaughtError) {
     if !ctx.is_empty() {
         text.push_str(&format!("\nCONTEXT: {ctx}"));
     }
+    let failed_in_auto_binary = AUTO_BINARY.with(|a| a.get());
     shmem::with_slot(subid, |s| {
         s.set_error(&text, now(), false);
         count_conflict(s, conflict);
         s.batch_failed_lsn = batch_failed_lsn;
+        if let Some(lsn) = errctx::finish_lsn().filter(|_| failed_in_auto_binary) {
+            // The retry of this transaction streams text (worker/format.rs).
+            s.text_until = s.text_until.max(lsn.0);
+        }
         s.status = Status::Error;
         s.failed = true;
     });
@@ -320,7 +334,7 @@ fn run(subid: i32) {
 
     set_status(subid, Status::Connecting);
     let slot = sub.slot_name.clone();
-    let Some((client, opts)) = connect_and_start(&sub, &slot, start, |client| {
+    let Some((client, opts)) = connect_and_start(&sub, &slot, &rels, start, |client| {
         // What sync workers that are gone left behind (their slots).
         syncing::drop_stale_sync_slots(client, &sub, &rels);
     }) else {
@@ -329,16 +343,21 @@ fn run(subid: i32) {
     shmem::with_slot(subid, |s| {
         s.publisher_version = client.server_version_num();
         s.proto_version = opts.proto_version;
+        s.binary_in_use = Some(opts.binary_in_use());
     });
     set_status(subid, Status::Catchup);
-    let mut applier = Applier::new(subid, TableStates::new(&rels), sub.binary, sub.origin == "none", sub.skip_lsn);
+    let mut applier = Applier::new(subid, TableStates::new(&rels), opts.binary, sub.origin == "none", sub.skip_lsn);
+    if sub.binary.is_none() && opts.binary_in_use() {
+        AUTO_BINARY.with(|a| a.set(true));
+        applier.check_binary_choice();
+    }
     if let Some(lsn) = shmem::with_slot(subid, |s| s.batch_failed_lsn) {
         applier.row_by_row_for(Lsn(lsn));
     }
     syncing::drop_stale_sync_origins(subid, &rels);
     // SAFETY: the session's origin, attached above.
     let origin_id = unsafe { pg_sys::replorigin_session_origin };
-    let parallel = parallel::Pool::new(&sub, opts.proto_version, origin_id);
+    let parallel = parallel::Pool::new(&sub, &opts, origin_id);
     let mut stream = Stream::new(sub, client, &opts, applier, Progress::new(subid, start), None);
     stream.parallel = parallel;
     stream.run();
@@ -359,6 +378,7 @@ pub(crate) fn setup_session(sub: &Subscription) {
 fn connect_and_start(
     sub: &Subscription,
     slot: &str,
+    rels: &[catalog::SubRel],
     start: Lsn,
     before: impl FnOnce(&mut Client),
 ) -> Option<(Client, PgOutputOptions)> {
@@ -381,16 +401,18 @@ fn connect_and_start(
     }
     before(&mut client);
     let sync = slot != sub.slot_name;
-    start_replication(client, sub, slot, start, sync)
+    start_replication(client, sub, slot, rels, start, sync)
 }
 
 /// Starts streaming `slot` from `start` with the options the publisher's version allows (a sync
 /// worker's catch-up takes whole transactions, never streamed or two-phase ones, as native
-/// tablesync's); None when asked to stop meanwhile.
+/// tablesync's) and in the format `format.rs` decides for the tables `rels`; None when asked to
+/// stop meanwhile.
 pub(crate) fn start_replication(
     mut client: Client,
     sub: &Subscription,
     slot: &str,
+    rels: &[catalog::SubRel],
     start: Lsn,
     sync: bool,
 ) -> Option<(Client, PgOutputOptions)> {
@@ -410,7 +432,24 @@ pub(crate) fn start_replication(
         );
     }
     let mut opts = PgOutputOptions::for_server(server, sub.publications.clone());
-    opts.binary = sub.binary;
+    // An apply worker's retry after an automatically binary stream failed streams text up to
+    // the failed transaction; a sync worker's catch-up decides afresh.
+    let text_until = if sync { Lsn(0) } else { shmem::with_slot(sub.subid, |s| Lsn(s.text_until)).unwrap_or(Lsn(0)) };
+    let format = match format::stream_format(&mut client, sub, rels, start, text_until) {
+        Ok(f) => f,
+        Err(ProtoError::Interrupted) => return None,
+        Err(e) => publisher::raise(&e, "could not read the published columns' types from the publisher", None),
+    };
+    // Publishers before 14 send text whatever is asked (PgOutputOptions leaves the option out).
+    opts.binary = format.binary;
+    if !sync {
+        log!(
+            "pgsub apply worker for subscription \"{}\" receives changes in {} format ({})",
+            sub.name,
+            if opts.binary_in_use() { "binary" } else { "text" },
+            format.why
+        );
+    }
     opts.messages = true;
     opts.streaming = if sub.streaming.streams() && server >= 140000 && !sync { Streaming::On } else { Streaming::Off };
     opts.two_phase = sub.two_phase && server >= 150000 && !sync;

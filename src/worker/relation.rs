@@ -216,11 +216,15 @@ impl ColMap {
                     );
                 };
                 let _ = binary;
-                // SAFETY: a StringInfo over our bytes (receive functions read, not write).
+                // SAFETY: a StringInfo over an exact-size, NUL-terminated copy of our bytes in the
+                // current memory context, as PostgreSQL's logicalrep_read_tuple builds it (not
+                // initStringInfo's 1 kB per value: a batched UPDATE holds thousands at once).
                 let d = unsafe {
-                    let mut si: pg_sys::StringInfoData = std::mem::zeroed();
-                    pg_sys::initStringInfo(&mut si);
-                    pg_sys::appendBinaryStringInfo(&mut si, bytes.as_ptr() as *const _, bytes.len() as i32);
+                    let len = bytes.len();
+                    let data = pg_sys::palloc(len + 1) as *mut std::ffi::c_char;
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const std::ffi::c_char, data, len);
+                    *data.add(len) = 0;
+                    let mut si = pg_sys::StringInfoData { data, len: len as i32, maxlen: len as i32 + 1, cursor: 0 };
                     let d =
                         pg_sys::ReceiveFunctionCall(&**recv as *const _ as *mut _, &mut si, self.ioparam, self.typmod);
                     if si.cursor != si.len {

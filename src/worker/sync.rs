@@ -11,10 +11,9 @@
 //! The publication's column lists and row filters (PG15) are honoured: the copy selects exactly
 //! the published columns and rows.
 //!
-//! The copy travels in COPY's binary format when that is sure to mean the same on both sides:
-//! publisher of the same major version, every column of the same built-in type on both sides (so
-//! the same send/receive functions), and a UTF8 local database (binary text arrives in the
-//! connection's UTF8). Otherwise, and for user-defined types, it is text, as native tablesync's.
+//! The copy travels in COPY's binary format when that is sure to mean the same on both sides
+//! (the rule is `format.rs`'s, the stream's too); otherwise, and for user-defined types, it is
+//! text, as native tablesync's.
 use crate::catalog::{self, SubRel, Subscription};
 use crate::publisher;
 use crate::report;
@@ -184,29 +183,6 @@ pub fn copy_table(client: &mut Client, sub: &Subscription, rel: &SubRel, at: Lsn
     Ok((rows, binary))
 }
 
-/// Whether COPY's binary format carries this table's columns faithfully (module comment): same
-/// major version, same built-in types with binary input, UTF8 locally.
-fn binary_copy_ok(publisher_version: u32, relid: pg_sys::Oid, p: &Published) -> bool {
-    // SAFETY: reads the database encoding, set for the backend's life.
-    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
-    if !utf8 || publisher_version / 10000 != pg_sys::PG_VERSION_NUM / 10000 || p.columns.is_empty() {
-        return false;
-    }
-    // Built-in types without a usable binary input (no receive function, or one that refuses).
-    const NO_BINARY_INPUT: [u32; 4] = [194, 3361, 3402, 5017]; // pg_node_tree, pg_ndistinct, pg_dependencies, pg_mcv_list
-    p.columns.iter().zip(&p.types).all(|(name, &remote_type)| {
-        let local = Spi::get_one_with_args::<i64>(
-            "SELECT a.atttypid::int8 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
-             WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped AND t.typreceive <> 0",
-            &[relid.into(), name.as_str().into()],
-        );
-        matches!(local, Ok(Some(t)) if t == i64::from(remote_type))
-            && remote_type != 0
-            && remote_type < pg_sys::FirstGenbkiObjectId
-            && !NO_BINARY_INPUT.contains(&remote_type)
-    })
-}
-
 /// Copies one table in one local transaction; returns the number of rows and whether the binary
 /// format was used.
 fn copy_one(
@@ -240,7 +216,8 @@ fn copy_one(
         });
         refuse_non_empty(relid, &remote, &sub.name);
         super::relation::require_columns(relid, &remote, &p.columns);
-        let binary = binary_copy_ok(publisher_version, relid, p);
+        let columns: Vec<(String, u32)> = p.columns.iter().cloned().zip(p.types.iter().copied()).collect();
+        let binary = super::format::binary_copy_ok(publisher_version, relid, &columns);
         let copy_sql = if binary {
             format!("COPY {source} TO STDOUT WITH (FORMAT binary)")
         } else {

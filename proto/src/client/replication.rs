@@ -55,6 +55,12 @@ impl PgOutputOptions {
         }
     }
 
+    /// Whether the publisher sends binary tuples: `binary` asked and a protocol that carries it
+    /// (publishers before 14 send text whatever is asked).
+    pub fn binary_in_use(&self) -> bool {
+        self.binary && self.proto_version >= 2
+    }
+
     /// The parenthesised option list of START_REPLICATION, e.g.
     /// `(proto_version '3', publication_names '"a","b""c"')`.
     ///

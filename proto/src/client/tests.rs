@@ -79,6 +79,17 @@ fn pgoutput_options() {
 }
 
 #[test]
+fn binary_in_use_only_when_asked_and_carried() {
+    for (server, carried) in [(130000, false), (140000, true), (180000, true)] {
+        let mut o = PgOutputOptions::for_server(server, vec!["p".into()]);
+        assert!(!o.binary_in_use(), "{server}: not asked");
+        o.binary = true;
+        assert_eq!(o.binary_in_use(), carried, "{server}: asked");
+        assert_eq!(o.to_sql_options().contains("binary 'true'"), carried, "{server}: sent");
+    }
+}
+
+#[test]
 fn error_display_and_sqlstate() {
     let e = Error::Server(ServerError {
         severity: "FATAL".into(),

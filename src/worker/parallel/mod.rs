@@ -96,6 +96,7 @@ pub struct Pool {
     name: String,
     owner: u32,
     proto_version: u32,
+    binary: bool,
     origin_id: u16,
     workers: Vec<Worker>,
     /// Remote xid → the worker applying it.
@@ -112,7 +113,8 @@ pub struct Pool {
 
 impl Pool {
     /// None unless the subscription asks for parallel apply.
-    pub fn new(sub: &Subscription, proto_version: u32, origin_id: u16) -> Option<Pool> {
+    pub fn new(sub: &Subscription, opts: &pgsub_proto::client::PgOutputOptions, origin_id: u16) -> Option<Pool> {
+        let proto_version = opts.proto_version;
         if sub.streaming != StreamingMode::Parallel || proto_version < 2 {
             return None;
         }
@@ -124,6 +126,7 @@ impl Pool {
             name: sub.name.clone(),
             owner: sub.owner,
             proto_version,
+            binary: opts.binary,
             origin_id,
             workers: Vec::new(),
             assigned: HashMap::new(),
@@ -311,7 +314,7 @@ impl Pool {
 
     fn start_worker(&mut self) -> Option<Worker> {
         // SAFETY: a new segment and queue of this backend's, kept mapped for its life.
-        let (seg, hdr) = unsafe { shared::create(self.subid, self.proto_version, self.origin_id) };
+        let (seg, hdr) = unsafe { shared::create(self.subid, self.proto_version, self.binary, self.origin_id) };
         // SAFETY: the segment was just made; the leader sends.
         let mq = unsafe { shared::attach_queue(seg, false) };
         // SAFETY: reading this backend's database and pid.

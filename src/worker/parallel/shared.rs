@@ -45,6 +45,8 @@ pub struct Header {
     pub subid: i32,
     pub proto_version: u32,
     pub origin_id: u32,
+    /// The stream carries binary tuples (the leader's choice at connect).
+    pub binary: bool,
     /// The leader's latch, set when the worker's state changes.
     pub leader_latch: *mut pg_sys::Latch,
     pub leader_pid: i32,
@@ -112,7 +114,12 @@ pub fn segment_size() -> usize {
 ///
 /// # Safety
 /// A backend attached to shared memory, outside any critical section.
-pub unsafe fn create(subid: i32, proto_version: u32, origin_id: u16) -> (*mut pg_sys::dsm_segment, *mut Header) {
+pub unsafe fn create(
+    subid: i32,
+    proto_version: u32,
+    binary: bool,
+    origin_id: u16,
+) -> (*mut pg_sys::dsm_segment, *mut Header) {
     unsafe {
         let seg = pg_sys::dsm_create(segment_size(), 0);
         pg_sys::dsm_pin_mapping(seg);
@@ -122,6 +129,7 @@ pub unsafe fn create(subid: i32, proto_version: u32, origin_id: u16) -> (*mut pg
         (*hdr).magic = MAGIC;
         (*hdr).subid = subid;
         (*hdr).proto_version = proto_version;
+        (*hdr).binary = binary;
         (*hdr).origin_id = origin_id as u32;
         (*hdr).leader_latch = std::ptr::addr_of_mut!((*pg_sys::MyProc).procLatch);
         (*hdr).leader_pid = pg_sys::MyProcPid;

@@ -93,7 +93,7 @@ fn run(subid: i32, hdr: &'static mut Header, mq: *mut pg_sys::shm_mq_handle) {
     };
     crate::worker::setup_session(&sub);
     crate::worker::set_guc("application_name", &format!("pgsub parallel apply {}", sub.name));
-    let applier = Applier::new(subid, TableStates::new(&rels), sub.binary, false, None);
+    let applier = Applier::new(subid, TableStates::new(&rels), hdr.binary, false, None);
     let mut w = ParallelApplier {
         subid,
         hdr,

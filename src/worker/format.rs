@@ -1,0 +1,197 @@
+//! Which format replicated values travel in, by one rule for the initial copy (COPY's binary
+//! format, `sync.rs`) and for the stream (pgoutput's binary tuples): binary only where it cannot
+//! change a value — the publisher has this server's major version (the same send/receive
+//! functions), every replicated column has the same built-in type on both sides (an OID below
+//! `FirstGenbkiObjectId`, with a binary input function; arrays of built-in types are built-in
+//! types), and the local database is UTF8 (binary text arrives in the connection's UTF8). Enums,
+//! domains, composites and extension types travel as text.
+//!
+//! The stream follows the subscription's `binary` option when it is set; when it is not (NULL,
+//! the default) the apply worker decides here at each start, over the published columns of every
+//! table of the subscription, and a sync worker's catch-up over its one table. A refresh or a
+//! change of publications restarts the worker, so a table with a user-defined type added later
+//! turns the stream to text from then on.
+//!
+//! The publisher's catalog is read at start, but the stream may carry older definitions (a
+//! column added and dropped again while the worker was behind) or newer ones (ALTER TABLE while
+//! it runs): in an automatically chosen binary stream each relation is checked again when it is
+//! bound (`check_bound`: the RELATION message's column types against the local ones), and an
+//! apply error in such a stream makes the next start use text until the failed transaction is
+//! applied (`SubSlot::text_until`, set by the worker's error handler) — so a transaction that
+//! binary cannot carry is applied in text, never retried in binary forever.
+use crate::catalog::{self, SubRel, Subscription};
+use crate::report;
+use pgrx::prelude::*;
+use pgsub_proto::client::{quote_literal, Client, Error as ProtoError};
+use pgsub_proto::pgoutput::Relation;
+use pgsub_proto::Lsn;
+use std::collections::HashMap;
+
+/// Built-in types without a usable binary input (no receive function, or one that refuses):
+/// pg_node_tree, pg_ndistinct, pg_dependencies, pg_mcv_list.
+const NO_BINARY_INPUT: [u32; 4] = [194, 3361, 3402, 5017];
+
+/// Why the stream travels as it does (the worker logs it).
+pub(super) struct StreamFormat {
+    pub binary: bool,
+    pub why: String,
+}
+
+/// Why values from this publisher may not travel in binary at all (None: they may): another
+/// major version, or a local database that is not UTF8.
+fn other_server_kind(publisher_version: u32) -> Option<String> {
+    // SAFETY: reads the database encoding, set for the backend's life.
+    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    if publisher_version / 10000 != pg_sys::PG_VERSION_NUM / 10000 {
+        Some(format!(
+            "the publisher is PostgreSQL {}, this server PostgreSQL {}",
+            pgsub_proto::client::version_string(publisher_version),
+            pgsub_proto::client::version_string(pg_sys::PG_VERSION_NUM)
+        ))
+    } else if !utf8 {
+        Some("this database's encoding is not UTF8".into())
+    } else {
+        None
+    }
+}
+
+/// The first of `columns` (name, the publisher's type OID) that may not travel in binary into
+/// the local table `relid`, with the reason; None when all may. In a transaction.
+fn refused_column(relid: pg_sys::Oid, columns: &[(String, u32)]) -> Option<String> {
+    let local = local_types(relid);
+    columns.iter().find_map(|(name, remote_type)| {
+        let remote_type = *remote_type;
+        let why = match local.get(name) {
+            None => "has no binary input here (or is missing)".to_string(),
+            Some(&t) if t != remote_type => format!("has type {remote_type} there and {t} here"),
+            Some(_) if remote_type == 0 || remote_type >= pg_sys::FirstGenbkiObjectId => {
+                format!("has type {remote_type}, not a built-in type")
+            }
+            Some(_) if NO_BINARY_INPUT.contains(&remote_type) => {
+                format!("has type {remote_type}, without binary input")
+            }
+            Some(_) => return None,
+        };
+        Some(format!("column \"{name}\" {why}"))
+    })
+}
+
+/// Type OID of each column of the local table that has a binary input function.
+fn local_types(relid: pg_sys::Oid) -> HashMap<String, u32> {
+    let r = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT a.attname::text, a.atttypid::int8 FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND t.typreceive <> 0",
+            None,
+            &[relid.into()],
+        )?;
+        let mut out = HashMap::new();
+        for row in rows {
+            if let (Some(n), Some(t)) = (row.get::<String>(1)?, row.get::<i64>(2)?) {
+                out.insert(n, u32::try_from(t).unwrap_or(0));
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    });
+    r.unwrap_or_default()
+}
+
+/// In an automatically binary stream, the RELATION message `remote` bound to the local table
+/// `relid`: an ERROR when binary cannot carry one of its columns (module comment). In a
+/// transaction.
+pub(super) fn check_bound(remote: &Relation, relid: pg_sys::Oid) {
+    let columns: Vec<(String, u32)> = remote.columns.iter().map(|c| (c.name.clone(), c.type_oid)).collect();
+    if let Some(why) = refused_column(relid, &columns) {
+        report::error(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "binary transfer cannot carry relation \"{}.{}\" as the publisher now sends it: {why}",
+                remote.namespace, remote.name
+            ),
+            Some("The stream's binary format was chosen automatically when the worker started (binary unset).".into()),
+            Some("The worker restarts and applies this transaction in text format."),
+        );
+    }
+}
+
+/// Whether one table's initial copy may use COPY's binary format (the module's rule). In a
+/// transaction.
+pub(super) fn binary_copy_ok(publisher_version: u32, relid: pg_sys::Oid, columns: &[(String, u32)]) -> bool {
+    other_server_kind(publisher_version).is_none() && !columns.is_empty() && refused_column(relid, columns).is_none()
+}
+
+/// The stream's format: the `binary` option when set, else text while `start` is before
+/// `text_until` (an automatically binary stream failed at the transaction ending there), else the
+/// module's rule over the published columns of `rels` (read from the publisher over `client`, a
+/// walsender connection of a publisher of the same major version, hence 15 or later). Outside a
+/// transaction.
+pub(super) fn stream_format(
+    client: &mut Client,
+    sub: &Subscription,
+    rels: &[SubRel],
+    start: Lsn,
+    text_until: Lsn,
+) -> Result<StreamFormat, ProtoError> {
+    if let Some(b) = sub.binary {
+        let why = format!("the subscription's binary option is {b}");
+        return Ok(StreamFormat { binary: b, why });
+    }
+    if start < text_until {
+        let why = format!(
+            "automatic: applying in binary failed at the transaction ending at {text_until}, text until it is applied"
+        );
+        return Ok(StreamFormat { binary: false, why });
+    }
+    if let Some(why) = other_server_kind(client.server_version_num()) {
+        return Ok(StreamFormat { binary: false, why: format!("automatic: {why}") });
+    }
+    let published = published_columns(client, sub)?;
+    let refused = super::xact(|| {
+        rels.iter().find_map(|rel| {
+            let key = (rel.remote_schema.clone(), rel.remote_name.clone());
+            let columns = published.get(&key)?;
+            let Some(relid) = catalog::local_relid(&rel.remote_schema, &rel.remote_name) else {
+                return Some(format!("{}.{} does not exist here", rel.remote_schema, rel.remote_name));
+            };
+            refused_column(relid, columns).map(|c| format!("{}.{}: {c}", rel.remote_schema, rel.remote_name))
+        })
+    });
+    Ok(match refused {
+        Some(why) => StreamFormat { binary: false, why: format!("automatic: {why}") },
+        None => {
+            StreamFormat { binary: true, why: "automatic: same major version and built-in types on both sides".into() }
+        }
+    })
+}
+
+/// (schema, table) → (column, the publisher's type OID) of each published column.
+type PublishedColumns = HashMap<(String, String), Vec<(String, u32)>>;
+
+/// Every column the subscription's publications publish, with its type, in one query.
+fn published_columns(client: &mut Client, sub: &Subscription) -> Result<PublishedColumns, ProtoError> {
+    let pubs: Vec<String> = sub.publications.iter().map(|p| quote_literal(p)).collect();
+    // Before 18 generated columns are never published (pg_publication_tables may list them).
+    let gen = if client.server_version_num() >= 180000 { "" } else { " AND a.attgenerated = ''" };
+    let sql = format!(
+        "SELECT DISTINCT t.schemaname::text, t.tablename::text, a.attname::text, a.atttypid::int8 \
+         FROM pg_catalog.pg_publication_tables t \
+         JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname \
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         WHERE t.pubname = ANY(ARRAY[{}]::text[]) AND a.attname = ANY(t.attnames){gen}",
+        pubs.join(",")
+    );
+    let mut out = PublishedColumns::new();
+    for row in client.simple_query(&sql)? {
+        let mut it = row.values.into_iter().map(Option::unwrap_or_default);
+        let (schema, table, column, typ) = (
+            it.next().unwrap_or_default(),
+            it.next().unwrap_or_default(),
+            it.next().unwrap_or_default(),
+            it.next().unwrap_or_default(),
+        );
+        out.entry((schema, table)).or_default().push((column, typ.parse().unwrap_or(0)));
+    }
+    Ok(out)
+}

@@ -1,0 +1,350 @@
+//! End-to-end: the format the change stream travels in (issue 22). With `binary` left unset the
+//! apply worker asks the publisher for binary tuples when the publisher has this server's major
+//! version and every published column has the same built-in type on both sides, and for text
+//! otherwise (an enum, a domain, a composite; a publisher of another major version); a refresh
+//! that adds a table with a user-defined type turns the stream to text. `binary => true/false`
+//! are obeyed, and `binary_auto => true` gives the choice back to the worker. What is asserted is
+//! what the publisher was asked (its walsender's START_REPLICATION command in
+//! `pg_stat_activity`), what `pgsub.stat_subscription.binary_in_use` shows, and that every value
+//! arrives identical.
+use pgsub_tests::*;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Built-in types of every kind the stream carries, arrays included.
+const BUILTIN: &str = "CREATE TABLE bt (
+    id int PRIMARY KEY, i2 smallint, i8 bigint, num numeric(20,6), numx numeric, f8 float8, f4 real, b bool,
+    ts timestamptz, tsn timestamp(3), d date, tm time, u uuid, j jsonb, js json, arr int[], tarr text[],
+    narr numeric[], by bytea, t text, vc varchar(20), ch char(5), iv interval, ip inet, cidr_ cidr,
+    mac macaddr, r int4range, pt point, bits bit varying(16), oid_ oid);";
+
+/// Rows with every column set (special values included) and rows of NULLs.
+fn builtin_rows(from: i32, to: i32) -> String {
+    format!(
+        r#"INSERT INTO bt SELECT g, (g % 30000)::smallint, g::bigint * 1000003, g / 7.0, (g::numeric ^ 3) / 13, g / 3.0, g / 9.0,
+               g % 2 = 0, '2024-02-29 12:00:00.123456+00'::timestamptz + g * interval '1 hour 1 second',
+               '1999-12-31 23:59:59.123'::timestamp + g * interval '1 day', '2000-01-01'::date + g,
+               '23:59:59.999999'::time - g * interval '1 second', md5(g::text)::uuid,
+               jsonb_build_object('k', g, 'a', jsonb_build_array(g, 'x', NULL, 1.5e300)), json_build_object('g', g),
+               ARRAY[g, -g, NULL], ARRAY['a' || g, NULL, 'é"{{}}', ''], ARRAY[g / 3.0, NULL, 'NaN'],
+               decode(md5(g::text), 'hex') || '\x00ff'::bytea, E'tab\there ' || g || E'\nnewline \\ back ü 日本',
+               'vc' || g, 'c' || (g % 10), g * interval '1 month 1 day 1 minute 0.5 second',
+               ('10.0.' || (g % 256) || '.1/24')::inet, '192.168.0.0/16'::cidr, '08:00:2b:01:02:03'::macaddr,
+               int4range(g, g + 10), point(g, -g / 3.0), (g % 65536)::bit(16)::varbit, g::oid
+             FROM generate_series({from}, {to}) g;
+           INSERT INTO bt (id) VALUES ({n1});
+           INSERT INTO bt (id, f8, f4, num, numx, ts, d, iv) VALUES
+               ({n2}, 'NaN', '-Infinity', 'NaN', '-0.000000000000000000001', 'infinity', '-infinity', '-178000000 years'),
+               ({n3}, '-0', 'Infinity', 0, 'Infinity', '-infinity', 'infinity', '1 microsecond');"#,
+        n1 = -from,
+        n2 = -from - 1,
+        n3 = -from - 2
+    )
+}
+
+/// What the publisher's walsender for slot `slot` was asked: "binary" or "text" (its
+/// START_REPLICATION command, `pg_stat_activity.query`), once exactly one such walsender runs.
+async fn wait_walsender_format(p: &Client, slot: &str, want: &str) {
+    let sql = format!(
+        "SELECT coalesce(string_agg(CASE WHEN query LIKE '%binary ''true''%' THEN 'binary' ELSE 'text' END, ','), 'none') \
+         FROM pg_stat_activity WHERE backend_type = 'walsender' AND query LIKE {}",
+        quote_literal(&format!("START_REPLICATION SLOT {} LOGICAL %", quote_ident(slot)))
+    );
+    wait_value(p, &sql, want, WAIT).await;
+}
+
+/// `binary_in_use` of the subscription's running worker ("true"/"false"), waited for.
+async fn wait_binary_in_use(s: &Client, sub: &str, want: bool) {
+    let sql = format!(
+        "SELECT status || ' ' || coalesce(binary_in_use::text, 'null') FROM pgsub.stat_subscription WHERE subname = {}",
+        quote_literal(sub)
+    );
+    wait_value(s, &sql, &format!("streaming {want}"), WAIT).await;
+}
+
+/// Both observables agree on the format of `sub` (slot of the same name).
+async fn assert_format(p: &Client, s: &Client, sub: &str, binary: bool) {
+    wait_binary_in_use(s, sub, binary).await;
+    wait_walsender_format(p, sub, if binary { "binary" } else { "text" }).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn auto_streams_binary_for_built_in_types_and_every_value_arrives_identical() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    p.batch_execute(BUILTIN).await.unwrap();
+    s.batch_execute(BUILTIN).await.unwrap();
+    p.batch_execute(&format!("{} CREATE PUBLICATION bp FOR TABLE bt;", builtin_rows(1, 300))).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('auto_b', $1, ARRAY['bp'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    let option: String = one(&s, "SELECT coalesce(\"binary\"::text, 'auto') FROM pgsub.subscription").await;
+    assert_eq!(option, "auto", "binary left unset is stored as NULL (automatic)");
+    wait_for_subscription_sync(&s, "auto_b", WAIT).await;
+    assert_format(&p, &s, "auto_b", true).await;
+    assert!(
+        nodes.subscriber.log_contains(
+            "subscription \"auto_b\" receives changes in binary format (automatic: same major version and built-in types on both sides)"
+        ),
+        "the worker logs its choice"
+    );
+    // Streamed changes of every kind, NULLs and special values included.
+    p.batch_execute(&builtin_rows(1001, 1400)).await.unwrap();
+    p.batch_execute(
+        "UPDATE bt SET num = num * 3, arr = arr || 7, j = j || '{\"u\": true}', iv = iv / 2, t = NULL WHERE id % 3 = 0;
+         UPDATE bt SET id = id + 100000 WHERE id BETWEEN 1001 AND 1010;
+         UPDATE bt SET i2 = NULL, by = '\\x'::bytea, tarr = '{}' WHERE id % 5 = 1;
+         DELETE FROM bt WHERE id % 7 = 0;",
+    )
+    .await
+    .unwrap();
+    let moved: i64 = one(&p, "SELECT count(*) FROM bt WHERE id > 100000").await;
+    wait_value(&s, "SELECT count(*) FROM bt WHERE id > 100000", &moved.to_string(), WAIT).await;
+    let applied: i64 = one(&s, "SELECT inserts FROM pgsub.stat_subscription WHERE subname = 'auto_b'").await;
+    assert_eq!(applied, 403, "the streamed inserts were applied");
+    assert!(nodes.subscriber.log_contains("in binary format"), "the stream stayed binary");
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn auto_streams_text_for_enum_domain_composite_and_after_a_refresh_adds_one() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+               CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+               CREATE TYPE pair AS (a int, b text);
+               CREATE TABLE plain (id int PRIMARY KEY, v text, n numeric);
+               CREATE TABLE e (id int PRIMARY KEY, m mood, ms mood[]);
+               CREATE TABLE dm (id int PRIMARY KEY, n posint);
+               CREATE TABLE cp (id int PRIMARY KEY, p pair, ps pair[]);
+               CREATE TABLE g_plain (id int PRIMARY KEY, v text, n numeric);
+               CREATE TABLE g_e (id int PRIMARY KEY, m mood);";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute(
+        "INSERT INTO plain SELECT g, 'v' || g, g / 7.0 FROM generate_series(1, 50) g;
+         INSERT INTO e SELECT g, (ARRAY['sad','ok','happy']::mood[])[g % 3 + 1], ARRAY['ok', NULL]::mood[] FROM generate_series(1, 50) g;
+         INSERT INTO dm SELECT g, g FROM generate_series(1, 50) g;
+         INSERT INTO cp SELECT g, ROW(g, 'b' || g)::pair, ARRAY[ROW(g, NULL)::pair] FROM generate_series(1, 50) g;
+         CREATE PUBLICATION pe FOR TABLE plain, e;
+         CREATE PUBLICATION pd FOR TABLE dm;
+         CREATE PUBLICATION pc FOR TABLE cp;
+         INSERT INTO g_plain SELECT g, 'g' || g, g / 9.0 FROM generate_series(1, 50) g;
+         INSERT INTO g_e SELECT g, 'ok' FROM generate_series(1, 50) g;
+         CREATE PUBLICATION pr FOR TABLE g_plain;",
+    )
+    .await
+    .unwrap();
+    let ci = nodes.pub_conninfo();
+    for (sub, publication) in [("with_enum", "pe"), ("with_domain", "pd"), ("with_composite", "pc"), ("grows", "pr")] {
+        s.execute("SELECT pgsub.create_subscription($1, $2, ARRAY[$3])", &[&sub, &ci, &publication])
+            .await
+            .unwrap_or_else(|e| panic!("create {sub}: {e:?}"));
+    }
+    for (sub, binary) in [("with_enum", false), ("with_domain", false), ("with_composite", false), ("grows", true)] {
+        wait_for_subscription_sync(&s, sub, WAIT).await;
+        assert_format(&p, &s, sub, binary).await;
+    }
+    assert!(nodes.subscriber.log_contains(
+        "subscription \"with_enum\" receives changes in text format (automatic: public.e: column \"m\" has type"
+    ));
+    p.batch_execute(
+        "INSERT INTO plain SELECT g, 'w' || g, g / 3.0 FROM generate_series(51, 80) g;
+         UPDATE e SET m = 'happy', ms = ARRAY['sad']::mood[] WHERE id % 2 = 0;
+         UPDATE dm SET n = n + 1000 WHERE id % 2 = 0;
+         UPDATE cp SET p = ROW(-id, NULL)::pair WHERE id % 2 = 0;
+         DELETE FROM cp WHERE id % 5 = 0;",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT count(*) FROM cp", "40", WAIT).await;
+    // A table with an enum is added to the binary subscription's publication: the refresh
+    // restarts its worker, which now streams text.
+    let before: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'grows'").await;
+    p.batch_execute("ALTER PUBLICATION pr ADD TABLE g_e").await.unwrap();
+    s.execute("SELECT pgsub.refresh_subscription('grows')", &[]).await.expect("refresh");
+    assert_format(&p, &s, "grows", false).await;
+    let after: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'grows'").await;
+    assert_ne!(before, after, "a new worker streams after the refresh");
+    assert!(nodes.subscriber.log_contains(
+        "subscription \"grows\" receives changes in text format (automatic: public.g_e: column \"m\" has type"
+    ));
+    p.batch_execute("INSERT INTO g_plain VALUES (1000, 'after', 1.5); UPDATE g_e SET m = 'sad' WHERE id % 2 = 0")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT v FROM g_plain WHERE id = 1000", "after", WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM g_e WHERE m = 'sad'", "25", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn explicit_binary_true_and_false_are_obeyed_and_binary_auto_gives_the_choice_back() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+               CREATE TABLE plain (id int PRIMARY KEY, v text, ts timestamptz);
+               CREATE TABLE e (id int PRIMARY KEY, m mood);";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute(
+        "CREATE PUBLICATION pp FOR TABLE plain; CREATE PUBLICATION pe FOR TABLE e;
+         INSERT INTO plain SELECT g, 'v' || g, now() FROM generate_series(1, 20) g;
+         INSERT INTO e SELECT g, 'ok' FROM generate_series(1, 20) g;",
+    )
+    .await
+    .unwrap();
+    let ci = nodes.pub_conninfo();
+    // Built-in types, but text asked for; an enum, but binary asked for (enum_send/enum_recv).
+    s.execute("SELECT pgsub.create_subscription('forced_text', $1, ARRAY['pp'], binary => false)", &[&ci])
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('forced_bin', $1, ARRAY['pe'], binary => true)", &[&ci]).await.unwrap();
+    for (sub, binary) in [("forced_text", false), ("forced_bin", true)] {
+        wait_for_subscription_sync(&s, sub, WAIT).await;
+        assert_format(&p, &s, sub, binary).await;
+    }
+    assert!(nodes.subscriber.log_contains(
+        "subscription \"forced_text\" receives changes in text format (the subscription's binary option is false)"
+    ));
+    p.batch_execute("INSERT INTO plain VALUES (100, 'x', now()); INSERT INTO e VALUES (100, 'happy');").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM plain WHERE id = 100", "1", WAIT).await;
+    wait_value(&s, "SELECT m::text FROM e WHERE id = 100", "happy", WAIT).await;
+
+    // Back to automatic: binary for the built-in table, text for the enum.
+    for sub in ["forced_text", "forced_bin"] {
+        s.execute("SELECT pgsub.alter_subscription_options($1, binary_auto => true)", &[&sub]).await.unwrap();
+    }
+    let options: String = one(
+        &s,
+        "SELECT string_agg(subname || '=' || coalesce(\"binary\"::text, 'auto'), ',' ORDER BY subname) FROM pgsub.subscription",
+    )
+    .await;
+    assert_eq!(options, "forced_bin=auto,forced_text=auto");
+    assert_format(&p, &s, "forced_text", true).await;
+    assert_format(&p, &s, "forced_bin", false).await;
+    // And fixed again; binary => NULL leaves the option as it is.
+    s.execute("SELECT pgsub.alter_subscription_options('forced_bin', binary => true)", &[]).await.unwrap();
+    assert_format(&p, &s, "forced_bin", true).await;
+    s.execute("SELECT pgsub.alter_subscription_options('forced_bin', binary => NULL, disable_on_error => true)", &[])
+        .await
+        .unwrap();
+    let kept: String = one(&s, "SELECT \"binary\"::text FROM pgsub.subscription WHERE subname = 'forced_bin'").await;
+    assert_eq!(kept, "true");
+    let e = must_fail(
+        &s,
+        "SELECT pgsub.alter_subscription_options('forced_bin', binary => true, binary_auto => true)",
+        &[],
+    )
+    .await;
+    assert_eq!(e.code, "22023", "{}", e.text());
+    let e = must_fail(&s, "SELECT pgsub.alter_subscription_options('forced_bin', binary_auto => false)", &[]).await;
+    assert_eq!(e.code, "22023", "{}", e.text());
+    p.batch_execute("UPDATE plain SET v = 'y', ts = ts + interval '1 day'; UPDATE e SET m = 'sad' WHERE id % 2 = 0;")
+        .await
+        .unwrap();
+    let sad: i64 = one(&p, "SELECT count(*) FROM e WHERE m = 'sad'").await;
+    wait_value(&s, "SELECT count(*) FROM e WHERE m = 'sad'", &sad.to_string(), WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_column_the_publishers_catalog_no_longer_shows_is_applied_in_text_once() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    p.batch_execute("CREATE TYPE pair AS (a int, b text); CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    // The subscriber's table already has the column the publisher adds (and drops) later.
+    s.batch_execute("CREATE TYPE pair AS (a int, b text); CREATE TABLE t (id int PRIMARY KEY, v text, p pair)")
+        .await
+        .unwrap();
+    p.batch_execute(
+        "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g; CREATE PUBLICATION tp FOR TABLE t",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('late', $1, ARRAY['tp'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "late", WAIT).await;
+    assert_format(&p, &s, "late", true).await;
+    // While the worker is away, a composite column comes and goes on the publisher: when it
+    // starts again the catalog shows built-in types only, the stream still carries it.
+    s.execute("SELECT pgsub.disable_subscription('late')", &[]).await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'late'", "disabled", WAIT).await;
+    p.batch_execute(
+        "ALTER TABLE t ADD COLUMN p pair;
+         INSERT INTO t VALUES (100, 'with a pair', ROW(1, 'x'));
+         UPDATE t SET p = ROW(id, NULL) WHERE id <= 3;
+         ALTER TABLE t DROP COLUMN p;
+         INSERT INTO t VALUES (101, 'after the drop');",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.enable_subscription('late')", &[]).await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t WHERE id = 101", "1", WAIT).await;
+    // (`p IS NOT NULL` is false for a composite with a NULL field: test its text.)
+    let pairs: String =
+        one(&s, "SELECT string_agg(id || '=' || p::text, ',' ORDER BY id) FROM t WHERE p::text IS NOT NULL").await;
+    assert_eq!(pairs, "1=(1,),2=(2,),3=(3,),100=(1,x)", "the composite values arrived");
+    let last_error: String =
+        one(&s, "SELECT coalesce(last_error, '') FROM pgsub.stat_subscription WHERE subname = 'late'").await;
+    assert!(
+        last_error.contains("binary transfer cannot carry relation \"public.t\"")
+            && last_error.contains("column \"p\""),
+        "the binary attempt stopped at the relation: {last_error}"
+    );
+    let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'late'").await;
+    assert_eq!(errors, 1, "one failed attempt in binary, then text");
+    assert!(nodes.subscriber.log_contains(
+        "receives changes in text format (automatic: applying in binary failed at the transaction ending at"
+    ));
+    assert_format(&p, &s, "late", false).await;
+    // Once that transaction is applied, the next start chooses from the catalog again: binary.
+    s.execute("SELECT pgsub.disable_subscription('late')", &[]).await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'late'", "disabled", WAIT).await;
+    s.execute("SELECT pgsub.enable_subscription('late')", &[]).await.unwrap();
+    assert_format(&p, &s, "late", true).await;
+    p.batch_execute("INSERT INTO t VALUES (102, 'binary again'); UPDATE t SET v = 'changed' WHERE id = 100")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 100", "changed", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// Server binaries of a publisher of PostgreSQL `major` (as `versions_test.rs`).
+fn publisher_bindir(major: u32) -> PathBuf {
+    let base = std::env::var_os("PGSUB_PG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("pg"));
+    let dir = base.join("publishers").join(major.to_string()).join("bin");
+    assert!(dir.join("postgres").exists(), "PostgreSQL {major} server binaries not installed at {}", dir.display());
+    dir
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn auto_streams_text_from_a_publisher_of_another_major_version() {
+    // 17 for an 18 subscriber, 16 for a 15 one: both speak protocol 4, binary and streaming.
+    let major = if server_major() == 18 { 17 } else { 16 };
+    let mut p_opts = ClusterOpts::publisher().with_server_bindir(publisher_bindir(major));
+    p_opts.name = format!("publisher{major}");
+    let nodes = TwoNodes::start_with(p_opts, ClusterOpts::subscriber()).expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    p.batch_execute(BUILTIN).await.unwrap();
+    s.batch_execute(BUILTIN).await.unwrap();
+    p.batch_execute(&format!("{} CREATE PUBLICATION bp FOR TABLE bt;", builtin_rows(1, 100))).await.unwrap();
+    let ci = nodes.pub_conninfo();
+    s.execute("SELECT pgsub.create_subscription('other_major', $1, ARRAY['bp'])", &[&ci]).await.unwrap();
+    wait_for_subscription_sync(&s, "other_major", WAIT).await;
+    assert_format(&p, &s, "other_major", false).await;
+    assert!(nodes.subscriber.log_contains(&format!(
+        "subscription \"other_major\" receives changes in text format (automatic: the publisher is PostgreSQL {major}."
+    )));
+    // Asked for explicitly, binary across major versions is obeyed, as natively.
+    s.execute("SELECT pgsub.alter_subscription_options('other_major', binary => true)", &[]).await.unwrap();
+    assert_format(&p, &s, "other_major", true).await;
+    p.batch_execute(&builtin_rows(1001, 1100)).await.unwrap();
+    p.batch_execute("UPDATE bt SET t = 'changed', arr = NULL WHERE id % 2 = 0").await.unwrap();
+    let changed: i64 = one(&p, "SELECT count(*) FROM bt WHERE t = 'changed'").await;
+    wait_value(&s, "SELECT count(*) FROM bt WHERE t = 'changed'", &changed.to_string(), WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
