@@ -26,6 +26,9 @@ pub static CONFLICT_LOG_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 
 pub static MAX_SYNC_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Sync workers at once, server-wide.
 pub static MAX_SYNC_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// Relations whose prepared statements an apply worker keeps; beyond it the least recently
+/// used relation's are freed (`worker/relation.rs`).
+pub static MAX_CACHED_RELATIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Testing aid: the sync phase in which sync workers wait ('' = none).
 pub static SYNC_HOLD_STATE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -50,6 +53,16 @@ pub fn define(preloading: bool) {
         &MAX_SYNC_WORKERS,
         0,
         crate::shmem::MAX_SYNC_SLOTS as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.max_cached_relations",
+        c"Relations whose prepared apply statements an apply worker keeps.",
+        c"Beyond it the statements of the least recently used relation are freed and prepared again at its next change; its description and column mapping are kept.",
+        &MAX_CACHED_RELATIONS,
+        1,
+        1_000_000,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -66,6 +66,8 @@ pub struct Applier {
     /// Finish LSN of a remote transaction whose INSERTs, UPDATEs and DELETEs go one by one
     /// instead of in batches.
     pub(super) row_by_row_lsn: Option<Lsn>,
+    /// Counts the changes given a target relation: the plan cache's LRU clock.
+    pub(super) use_tick: u64,
 }
 
 impl Applier {
@@ -87,6 +89,7 @@ impl Applier {
             updates: None,
             batched: Default::default(),
             row_by_row_lsn: None,
+            use_tick: 0,
         }
     }
 
@@ -106,7 +109,7 @@ impl Applier {
             }
         }
         let display: std::rc::Rc<str> = format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name)).into();
-        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None, display });
+        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None, display, last_used: 0 });
     }
 
     pub fn begin(&mut self, b: Begin, progress: &mut Progress) {
@@ -341,11 +344,20 @@ impl Applier {
         if skipping || !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
             return None;
         }
+        self.use_tick += 1;
+        entry.last_used = self.use_tick;
         if entry.local.is_none() {
             let binary = self.binary;
             entry.local = Some(with_snapshot(|| bind_local(&entry.remote, binary)));
         }
-        Some(entry)
+        // At most pgsub.max_cached_relations relations keep plans, this one included once it
+        // prepares its own: the others' beyond are freed, least recently used first.
+        let max = crate::gucs::MAX_CACHED_RELATIONS.get().max(1) as usize;
+        let others = if entry.local.as_ref().is_some_and(|l| l.plans.is_empty()) { max - 1 } else { max };
+        if relation::planned_relations() > others {
+            relation::evict_plans(&mut self.rels, others, rel_oid);
+        }
+        self.rels.get_mut(&rel_oid)
     }
 
     /// INSERT: consecutive inserts into one table are collected and loaded together with COPY

@@ -28,6 +28,7 @@ mod owner;
 pub mod progress;
 mod receive;
 mod relation;
+mod relcat;
 mod seqsync;
 pub mod stream;
 pub mod sync;
