@@ -73,6 +73,7 @@ pub struct Applier {
 impl Applier {
     pub fn new(subid: i32, tables: TableStates, binary: bool, origin_none: bool, skip_lsn: Option<Lsn>) -> Self {
         relation::register_invalidation_callback();
+        relation::reset_planned();
         Applier {
             rels: HashMap::new(),
             tables,

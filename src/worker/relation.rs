@@ -140,6 +140,11 @@ thread_local! {
     static PLANNED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// A new relation map holds no plans (one per process; a map is only dropped at exit).
+pub(super) fn reset_planned() {
+    PLANNED.with(|c| c.set(0));
+}
+
 /// How many relations hold kept plans.
 pub(super) fn planned_relations() -> usize {
     PLANNED.with(|c| c.get())
