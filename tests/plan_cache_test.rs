@@ -3,8 +3,8 @@
 //! one, batched and single updates and deletes, a table with REPLICA IDENTITY FULL, a column
 //! added mid-way so that a new RELATION message replaces a relation's plans), the least recently
 //! used relations' statements are freed and prepared again, never more than the bound are kept,
-//! and every row still arrives.
-use pgsub_tests::{assert_replicated_equal, wait_for_subscription_sync, ClusterOpts, TwoNodes};
+//! every row still arrives, and every change is still counted on its table.
+use pgsub_tests::{assert_replicated_equal, wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -83,6 +83,18 @@ async fn eviction_of_prepared_statements_keeps_applying_every_change() {
         p.batch_execute(&round(r)).await.expect("round");
     }
     assert_replicated_equal(&p, &s).await;
+
+    // A relation whose statements were freed keeps its binding: its changes are still counted
+    // on its table (per round 31 inserts, 10 + 1 updates, 5 + 1 deletes; t3 had one more update).
+    let expect = (1..=TABLES).filter(|i| *i != 3).map(|i| format!("t{i} 155 55 30")).collect::<Vec<_>>().join(",");
+    wait_value(
+        &s,
+        "SELECT string_agg(format('%s %s %s %s', relname, inserts, updates, deletes), ',' ORDER BY relname) \
+         FROM pgsub.stat_subscription_table WHERE subname = 'sub' AND relname ~ '^t[0-9]$' AND relname <> 't3'",
+        &expect,
+        WAIT,
+    )
+    .await;
 
     // Statements were freed, and never more than the bound kept: each line says how many
     // relations kept theirs after the eviction and the most the others may keep.
