@@ -97,7 +97,7 @@ async fn eviction_of_prepared_statements_keeps_applying_every_change() {
     .await;
 
     // Statements were freed, and never more than the bound kept: each line says how many
-    // relations kept theirs after the eviction and the most the others may keep.
+    // relations kept theirs after the eviction and the bound.
     let needle = "pgsub: freed the prepared statements of relation";
     nodes.subscriber.wait_for_log(needle, WAIT).await.expect("an eviction was logged");
     let log = nodes.subscriber.log();

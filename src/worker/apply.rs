@@ -333,6 +333,12 @@ impl Applier {
     pub(super) fn target(&mut self, rel_oid: u32) -> Option<&mut RelEntry> {
         let commit_end = self.commit_end();
         let skipping = self.skipping;
+        // Between changes at most pgsub.max_cached_relations relations keep plans (one more
+        // while a change prepares its own): the least recently used others' are freed first.
+        let max = crate::gucs::MAX_CACHED_RELATIONS.get().max(1) as usize;
+        if relation::planned_relations() > max {
+            relation::evict_plans(&mut self.rels, max, rel_oid);
+        }
         let Some(entry) = self.rels.get_mut(&rel_oid) else {
             report::error(
                 Code::ERRCODE_PROTOCOL_VIOLATION,
@@ -351,14 +357,7 @@ impl Applier {
             let binary = self.binary;
             entry.local = Some(with_snapshot(|| bind_local(&entry.remote, binary)));
         }
-        // At most pgsub.max_cached_relations relations keep plans, this one included once it
-        // prepares its own: the others' beyond are freed, least recently used first.
-        let max = crate::gucs::MAX_CACHED_RELATIONS.get().max(1) as usize;
-        let others = if entry.local.as_ref().is_some_and(|l| l.plans.is_empty()) { max - 1 } else { max };
-        if relation::planned_relations() > others {
-            relation::evict_plans(&mut self.rels, others, rel_oid);
-        }
-        self.rels.get_mut(&rel_oid)
+        Some(entry)
     }
 
     /// INSERT: consecutive inserts into one table are collected and loaded together with COPY

@@ -171,7 +171,7 @@ pub(super) fn evict_plans(rels: &mut HashMap<u32, RelEntry>, max: usize, keep: u
                 PgLogLevel::DEBUG1,
                 Code::ERRCODE_SUCCESSFUL_COMPLETION,
                 format!(
-                    "pgsub: freed the prepared statements of relation {} ({} relations keep theirs, at most {max} others)",
+                    "pgsub: freed the prepared statements of relation {} ({} relations keep theirs, at most {max})",
                     e.display,
                     planned_relations()
                 ),
