@@ -162,7 +162,14 @@ pub(super) fn evict_plans(rels: &mut HashMap<u32, RelEntry>, max: usize, keep: u
             .filter(|(oid, e)| **oid != keep && e.local.as_ref().is_some_and(|l| !l.plans.is_empty()))
             .min_by_key(|(_, e)| e.last_used)
             .map(|(oid, _)| *oid);
-        let Some(oid) = lru else { break };
+        let Some(oid) = lru else {
+            // Nothing left to free: the count is the map's own again (it cannot be above it
+            // unless plans were dropped without `free_plans`), so that the next change does
+            // not scan the map in vain.
+            let held = rels.values().filter(|e| e.local.as_ref().is_some_and(|l| !l.plans.is_empty())).count();
+            PLANNED.with(|c| c.set(held));
+            break;
+        };
         let Some(e) = rels.get_mut(&oid) else { break };
         if let Some(l) = e.local.as_mut() {
             free_plans(std::mem::take(&mut l.plans));
