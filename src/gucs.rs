@@ -28,6 +28,9 @@ pub static MAX_SYNC_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32
 pub static MAX_SYNC_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 /// Parallel apply workers per subscription (`streaming => 'parallel'`).
 pub static MAX_PARALLEL_APPLY_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// Relations whose prepared statements an apply worker keeps; beyond it the least recently
+/// used relation's are freed (`worker/relation.rs`).
+pub static MAX_CACHED_RELATIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Testing aid: the sync phase in which sync workers wait ('' = none).
 pub static SYNC_HOLD_STATE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -62,6 +65,16 @@ pub fn define(preloading: bool) {
         &MAX_PARALLEL_APPLY_WORKERS_PER_SUBSCRIPTION,
         0,
         1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.max_cached_relations",
+        c"Relations whose prepared apply statements an apply worker keeps.",
+        c"Beyond it the statements of the least recently used relation are freed and prepared again at its next change; its description and column mapping are kept.",
+        &MAX_CACHED_RELATIONS,
+        1,
+        1_000_000,
         GucContext::Sighup,
         GucFlags::default(),
     );

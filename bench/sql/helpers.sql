@@ -148,3 +148,26 @@ BEGIN
     INTO r;
     RETURN r;
 END $$;
+
+-- Any node: one 'tables rows md5' line over every table of schema public whose name matches
+-- pattern (LIKE), in name order: bench.checksum of each table (key id), combined — workload 8's
+-- hundreds of tables compared in one call.
+CREATE OR REPLACE FUNCTION bench.checksum_tables(pattern text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    t regclass;
+    c text;
+    ntab bigint := 0;
+    nrows bigint := 0;
+    sums text := '';
+BEGIN
+    FOR t IN SELECT c.oid::regclass FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname LIKE pattern
+              ORDER BY c.relname LOOP
+        c := bench.checksum(t, 'id / 65536', 'id');
+        ntab := ntab + 1;
+        nrows := nrows + split_part(c, ' ', 1)::bigint;
+        sums := sums || c || E'\n';
+    END LOOP;
+    RETURN ntab || ' ' || nrows || ' ' || md5(sums);
+END $$;

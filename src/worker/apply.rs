@@ -69,11 +69,14 @@ pub struct Applier {
     /// The stream is binary by the worker's own choice (`binary` unset): each relation is
     /// checked against that choice when it is bound (`format::check_bound`).
     pub(super) auto_binary: bool,
+    /// Counts the changes given a target relation: the plan cache's LRU clock.
+    pub(super) use_tick: u64,
 }
 
 impl Applier {
     pub fn new(subid: i32, tables: TableStates, binary: bool, origin_none: bool, skip_lsn: Option<Lsn>) -> Self {
         relation::register_invalidation_callback();
+        relation::reset_planned();
         Applier {
             rels: HashMap::new(),
             tables,
@@ -91,6 +94,7 @@ impl Applier {
             batched: Default::default(),
             row_by_row_lsn: None,
             auto_binary: false,
+            use_tick: 0,
         }
     }
 
@@ -116,7 +120,7 @@ impl Applier {
             }
         }
         let display: std::rc::Rc<str> = format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name)).into();
-        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None, display });
+        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None, display, last_used: 0 });
     }
 
     pub fn begin(&mut self, b: Begin, progress: &mut Progress) {
@@ -355,6 +359,12 @@ impl Applier {
     pub(super) fn target(&mut self, rel_oid: u32) -> Option<&mut RelEntry> {
         let commit_end = self.commit_end();
         let skipping = self.skipping;
+        // Between changes at most pgsub.max_cached_relations relations keep plans (one more
+        // while a change prepares its own): the least recently used others' are freed first.
+        let max = crate::gucs::MAX_CACHED_RELATIONS.get().max(1) as usize;
+        if relation::planned_relations() > max {
+            relation::evict_plans(&mut self.rels, max, rel_oid);
+        }
         let Some(entry) = self.rels.get_mut(&rel_oid) else {
             report::error(
                 Code::ERRCODE_PROTOCOL_VIOLATION,
@@ -367,6 +377,8 @@ impl Applier {
         if skipping || !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
             return None;
         }
+        self.use_tick += 1;
+        entry.last_used = self.use_tick;
         if entry.local.is_none() {
             let (binary, check) = (self.binary, self.auto_binary);
             entry.local = Some(with_snapshot(|| {

@@ -151,7 +151,7 @@ impl Applier {
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.rels.get_mut(&batch.rel_oid) else { return };
-        let RelEntry { remote, local, display } = entry;
+        let RelEntry { remote, local, display, .. } = entry;
         let Some(local) = local.as_mut() else { return };
         errctx::set_message("UPDATE", Some(display.clone()));
         errctx::set_kind(errctx::UPDATE_BATCH);
@@ -196,7 +196,7 @@ impl Applier {
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.rels.get_mut(&batch.rel_oid) else { return };
-        let RelEntry { remote, local, display } = entry;
+        let RelEntry { remote, local, display, .. } = entry;
         let Some(local) = local.as_mut() else { return };
         errctx::set_message("DELETE", Some(display.clone()));
         errctx::set_kind(errctx::DELETE_BATCH);

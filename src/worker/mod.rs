@@ -30,6 +30,7 @@ pub mod parallel;
 pub mod progress;
 mod receive;
 mod relation;
+mod relcat;
 mod seqsync;
 pub mod stream;
 pub mod sync;

@@ -3,7 +3,9 @@
 //! schema-qualified name, its remote columns mapped to local columns by name with their type's
 //! input/receive functions and equality operator, and the statements prepared for it (text from
 //! `pgsub_core::sql`, prepared with SPI and kept). A relcache invalidation of the local table
-//! (DDL) drops the binding and its plans, rebuilt at next use.
+//! (DDL) drops the binding and its plans, rebuilt at next use. The plans are kept for at most
+//! `pgsub.max_cached_relations` relations: beyond it the least recently used relation's plans
+//! are freed (`evict_plans`), its description and binding stay.
 use super::execute::in_context;
 use super::{copyin, errctx};
 use crate::report;
@@ -67,6 +69,8 @@ pub(super) struct RelEntry {
     pub(super) local: Option<LocalRel>,
     /// `"schema"."name"` of the remote relation, for error context.
     pub(super) display: std::rc::Rc<str>,
+    /// When a change last targeted it (the applier's counter): the plan cache's LRU order.
+    pub(super) last_used: u64,
 }
 
 /// Relations whose local mapping must be rebuilt (set by the relcache callback).
@@ -130,7 +134,66 @@ pub(super) fn cstring(s: &str) -> CString {
     CString::new(s.replace('\0', "")).unwrap_or_default()
 }
 
+thread_local! {
+    /// Relations of this process's relation map that hold kept plans (`plan` counts a relation's
+    /// first, `free_plans` its last).
+    static PLANNED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A new relation map holds no plans (one per process; a map is only dropped at exit).
+pub(super) fn reset_planned() {
+    PLANNED.with(|c| c.set(0));
+}
+
+/// How many relations hold kept plans.
+pub(super) fn planned_relations() -> usize {
+    PLANNED.with(|c| c.get())
+}
+
+/// Frees the plans of the least recently used relations (never `keep`'s) until at most `max`
+/// relations hold plans. Only plans go: the remote description and the local binding stay, so a
+/// pending batch of an evicted relation is still applied (its plan is prepared again). Returns
+/// how many relations lost their plans.
+pub(super) fn evict_plans(rels: &mut HashMap<u32, RelEntry>, max: usize, keep: u32) -> usize {
+    let mut evicted = 0;
+    while planned_relations() > max {
+        let lru = rels
+            .iter()
+            .filter(|(oid, e)| **oid != keep && e.local.as_ref().is_some_and(|l| !l.plans.is_empty()))
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(oid, _)| *oid);
+        let Some(oid) = lru else {
+            // Nothing left to free: the count is the map's own again (it cannot be above it
+            // unless plans were dropped without `free_plans`), so that the next change does
+            // not scan the map in vain.
+            let held = rels.values().filter(|e| e.local.as_ref().is_some_and(|l| !l.plans.is_empty())).count();
+            PLANNED.with(|c| c.set(held));
+            break;
+        };
+        let Some(e) = rels.get_mut(&oid) else { break };
+        if let Some(l) = e.local.as_mut() {
+            free_plans(std::mem::take(&mut l.plans));
+            evicted += 1;
+            report::log(
+                PgLogLevel::DEBUG1,
+                Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!(
+                    "pgsub: freed the prepared statements of relation {} ({} relations keep theirs, at most {max})",
+                    e.display,
+                    planned_relations()
+                ),
+                None,
+                None,
+            );
+        }
+    }
+    evicted
+}
+
 pub(super) fn free_plans(plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>) {
+    if !plans.is_empty() {
+        PLANNED.with(|c| c.set(c.get().saturating_sub(1)));
+    }
     for (_, p) in plans {
         // SAFETY: plans were kept with SPI_keepplan and are not used after this.
         unsafe { pg_sys::SPI_freeplan(p) };
@@ -462,6 +525,9 @@ impl LocalRel {
             pg_sys::SPI_keepplan(p);
             p
         };
+        if self.plans.is_empty() {
+            PLANNED.with(|c| c.set(c.get() + 1));
+        }
         self.plans.insert(key, plan);
         plan
     }
@@ -470,14 +536,10 @@ impl LocalRel {
 /// Binds a remote relation to the local table of the same schema-qualified name.
 pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
-    let relinfo = Spi::get_two_with_args::<pg_sys::Oid, String>(
-        "SELECT c.oid, c.relkind::text FROM pg_catalog.pg_class c \
-         WHERE c.oid = pg_catalog.to_regclass($1)",
-        &[qualified.as_str().into()],
-    );
+    let relinfo = super::relcat::relation(&qualified);
     let (relid, relkind) = match relinfo {
-        Ok((Some(oid), kind)) => (oid, kind.unwrap_or_default()),
-        _ => report::error(
+        Some((oid, kind)) => (oid, kind),
+        None => report::error(
             Code::ERRCODE_UNDEFINED_TABLE,
             format!("logical replication target relation {qualified} does not exist"),
             None,
@@ -495,7 +557,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     copyin::refuse_row_level_security(relid);
     BOUND.with(|b| b.borrow_mut().insert(qualified.clone(), relid));
     // Local columns by name.
-    let local_cols = local_columns(relid);
+    let local_cols = super::relcat::local_columns(relid);
     let mut cols = Vec::with_capacity(remote.columns.len());
     for rc in &remote.columns {
         let Some((_, typid, typmod, collation)) = local_cols.iter().find(|(n, ..)| *n == rc.name) else {
@@ -506,15 +568,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         col.exact_key &= rc.type_oid == typid.to_u32();
         cols.push(col);
     }
-    // pg_trigger.tgtype: bit 0 = row-level, bit 2 = INSERT.
-    let stmt_insert_triggers = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal \
-         AND tgenabled IN ('R', 'A') AND (tgtype & 1) = 0 AND (tgtype & 4) <> 0)",
-        &[relid.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(true);
+    let stmt_insert_triggers = super::relcat::has_stmt_insert_triggers(relid);
     LocalRel {
         relid,
         qualified,
@@ -522,33 +576,6 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         cols,
         plans: HashMap::new(),
         stmt_insert_triggers,
-    }
-}
-
-/// (name, type, typmod, collation) of the local table's ordinary, non-generated columns.
-pub(super) fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32, pg_sys::Oid)> {
-    let r = Spi::connect(|c| {
-        let t = c.select(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attcollation FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-             ORDER BY a.attnum",
-            None,
-            &[relid.into()],
-        )?;
-        let mut out = Vec::new();
-        for row in t {
-            out.push((
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                row.get::<i32>(3)?.unwrap_or(-1),
-                row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
-            ));
-        }
-        Ok::<_, pgrx::spi::SpiError>(out)
-    });
-    match r {
-        Ok(v) => v,
-        Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading columns: {e}"), None, None),
     }
 }
 
@@ -573,18 +600,7 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
         };
         let tc = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_EQ_OPR as i32);
         let eq_oid = if tc.is_null() { pg_sys::InvalidOid } else { (*tc).eq_opr };
-        let eq_op = if eq_oid == pg_sys::InvalidOid {
-            None
-        } else {
-            Spi::get_one_with_args::<String>(
-                "SELECT pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname) \
-                 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
-                 WHERE o.oid = $1",
-                &[eq_oid.into()],
-            )
-            .ok()
-            .flatten()
-        };
+        let eq_op = if eq_oid == pg_sys::InvalidOid { None } else { super::relcat::operator_name(eq_oid) };
         // `unnest` of an array of a composite type (or a domain over one) in FROM expands each
         // element into its fields instead of yielding one value: such columns are never batched.
         let array_typid =
@@ -650,7 +666,7 @@ pub(super) fn missing_column(relid: pg_sys::Oid, qualified: &str, column: &str) 
 
 /// Checks that the local table can take every one of `columns` (before an initial copy).
 pub(super) fn require_columns(relid: pg_sys::Oid, qualified: &str, columns: &[String]) {
-    let local = local_columns(relid);
+    let local = super::relcat::local_columns(relid);
     if let Some(c) = columns.iter().find(|c| !local.iter().any(|(n, ..)| n == *c)) {
         missing_column(relid, qualified, c);
     }
