@@ -5,7 +5,8 @@
 //! meanwhile; aborted transactions and rolled-back subtransactions leave nothing; an error in
 //! the parallel worker is the subscription's last_error with its context and the retry spills;
 //! a deadlock between the leader and a parallel worker is detected; kill -9 of the parallel
-//! worker or of the leader mid-stream loses and duplicates nothing.
+//! worker or of the leader mid-stream loses and duplicates nothing; with no free worker a streamed
+//! transaction is spilled.
 use pgsub_tests::{
     assert_replicated_equal, one, wait_for, wait_for_subscription_error, wait_for_subscription_sync, wait_value,
     ClusterOpts, TwoNodes,
@@ -122,6 +123,9 @@ async fn streamed_transactions_are_applied_in_parallel_and_commit_in_order() {
     wait_value(&s, "SELECT count(*)::text FROM big", "110000", WAIT).await;
     let ok: bool = one(&s, "SELECT bool_and(v = md5(id::text)) AND bool_and(id <= 50000 OR id > 60000) FROM big").await;
     assert!(ok, "A's rows, without its rolled-back subtransaction or B's rows");
+    // Counted once each: A's 110000 + 1 rows and the leader's 2, not the 10000 rows of A's
+    // rolled-back subtransaction nor B's.
+    wait_value(&s, "SELECT inserts::text FROM pgsub.stat_subscription WHERE subname = 'pa'", "110003", WAIT).await;
     let txns: i64 = one(&s, "SELECT parallel_txns FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
     assert!(txns >= 1, "parallel_txns {txns}");
     assert_eq!(one::<i32>(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'pa'").await, leader);
@@ -224,5 +228,42 @@ async fn kill_9_of_the_parallel_worker_or_the_leader_mid_stream_is_exactly_once(
         assert_eq!(one::<i64>(&s, "SELECT count(*) FROM trail").await.to_string(), trail, "no duplicate");
         assert!(parallel_pids(&s).await.len() <= 2);
     }
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// With `pgsub.max_parallel_apply_workers_per_subscription = 1`, a second streamed transaction
+/// open at the same time as the first finds no free worker: it is spilled (a spill file shows)
+/// and applied at its commit, while the first is applied in parallel; both are exact.
+#[tokio::test(flavor = "current_thread")]
+async fn with_no_free_worker_a_streamed_transaction_is_spilled() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes).await;
+    s.batch_execute("ALTER SYSTEM SET pgsub.max_parallel_apply_workers_per_subscription = 1; SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let p2 = nodes.publisher.client("postgres").await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(1, 40000) g").await.unwrap();
+    wait_parallel_writing(&s, "big").await;
+    p2.batch_execute("BEGIN; INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(100001, 140000) g")
+        .await
+        .unwrap();
+    // The second transaction's changes go to a spill file of this subscription.
+    let tmp = nodes.subscriber.data_dir().join("base/pgsql_tmp");
+    wait_for("a spill file of the second transaction", WAIT, || async {
+        let spilled = std::fs::read_dir(&tmp)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("pgsql_tmp_pgsub_")))
+            .unwrap_or(false);
+        Ok(spilled.then_some(()))
+    })
+    .await
+    .expect("spill file");
+    assert_eq!(
+        one::<i32>(&s, "SELECT parallel_apply_workers FROM pgsub.stat_subscription WHERE subname = 'pa'").await,
+        1
+    );
+    p2.batch_execute("COMMIT").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "40000", WAIT).await;
+    p.batch_execute("COMMIT").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "80000", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }

@@ -89,6 +89,24 @@ impl Counters {
         out
     }
 
+    /// The row changes counted so far (not conflicts, messages or bytes), to be put back with
+    /// [`Counters::restore_changes`] when what was counted since is rolled back.
+    pub fn changes(&self) -> Changes {
+        Changes {
+            totals: [self.inserts, self.updates, self.deletes, self.truncates],
+            tables: self.tables.iter().map(|(k, t)| (*k, [t.inserts, t.updates, t.deletes, t.truncates])).collect(),
+        }
+    }
+
+    /// Puts the row changes back to `c` (a subtransaction the publisher rolled back); conflicts
+    /// found meanwhile stay counted.
+    pub fn restore_changes(&mut self, c: &Changes) {
+        [self.inserts, self.updates, self.deletes, self.truncates] = c.totals;
+        for (relid, t) in self.tables.iter_mut() {
+            [t.inserts, t.updates, t.deletes, t.truncates] = c.tables.get(relid).copied().unwrap_or_default();
+        }
+    }
+
     /// Adds counts collected elsewhere (a batch's) to these.
     pub fn absorb(&mut self, o: Counters) {
         self.txns += o.txns;
@@ -106,6 +124,14 @@ impl Counters {
             self.tables.entry(relid).or_default().add(&c);
         }
     }
+}
+
+/// A snapshot of [`Counters`]' row changes: inserts, updates, deletes, truncates, in all and by
+/// table.
+#[derive(Clone, Default)]
+pub struct Changes {
+    totals: [i64; 4],
+    tables: HashMap<u32, [i64; 4]>,
 }
 
 pub struct Progress {

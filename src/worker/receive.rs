@@ -260,6 +260,8 @@ impl Stream {
     fn parallel_eligible(&self) -> bool {
         self.catchup_end.is_none()
             && !self.sub.two_phase
+            // last/first_update_wins compare the remote commit time, unknown before Stream Commit.
+            && !self.sub.conflict_resolution.needs_commit_timestamps()
             && self.applier.skip_lsn.is_none()
             && !self.applier.tables.any_syncing()
             && !(self.origin_none && self.client.server_version_num() < 160000)

@@ -20,7 +20,8 @@
 //! Not in parallel (spilled as with `streaming => true`): while any table is not ready (its
 //! changes depend on the commit LSN, unknown until Stream Commit, as natively), with
 //! `skip_lsn` set, with two-phase, with `origin => 'none'` before PostgreSQL 16 publishers (the
-//! filter needs the whole transaction), and the transaction a parallel worker failed on: the
+//! filter needs the whole transaction), under the `*_update_wins` conflict policies (they need
+//! the remote commit time), and the transaction a parallel worker failed on: the
 //! leader raises that error as its own (message, detail, hint and the worker's context), so it
 //! is in `last_error` and the log, and the retry applies that transaction by spilling, so that a
 //! deadlock between the leader and a worker, or an error, does not loop (native retries in

@@ -21,7 +21,7 @@ use super::shared::{self, Header, Lock, TxnState};
 use crate::catalog;
 use crate::process::shutdown_requested;
 use crate::worker::apply::{Applier, TableStates};
-use crate::worker::progress::Progress;
+use crate::worker::progress::{Changes, Progress};
 use crate::worker::{errctx, receive, triggers};
 use crate::{report, shmem};
 use bytes::Bytes;
@@ -79,6 +79,9 @@ struct ParallelApplier {
     /// Open local subtransactions, outermost first: the remote subtransaction each began for,
     /// and the memory context and resource owner to return to when it ends.
     subxacts: Vec<(u32, pg_sys::MemoryContext, pg_sys::ResourceOwner)>,
+    /// The row counts (the transaction's and its batches') when each subtransaction began: a
+    /// subtransaction rolled back does not count.
+    counts_at: Vec<(Changes, Changes)>,
 }
 
 fn run(subid: i32, hdr: &'static mut Header, mq: *mut pg_sys::shm_mq_handle) {
@@ -102,6 +105,7 @@ fn run(subid: i32, hdr: &'static mut Header, mq: *mut pg_sys::shm_mq_handle) {
         progress: Progress::for_parallel_worker(subid),
         xid: None,
         subxacts: Vec::new(),
+        counts_at: Vec::new(),
     };
     while let Some(frame) = w.receive() {
         w.handle(frame);
@@ -230,6 +234,7 @@ impl ParallelApplier {
             pg_sys::MemoryContextSwitchTo(cxt);
             self.subxacts.push((sub, cxt, owner));
         }
+        self.counts_at.push((self.progress.counters.changes(), self.applier.batched.changes()));
     }
 
     /// Leaves the innermost `n` local subtransactions, committing or rolling them back.
@@ -264,10 +269,16 @@ impl ParallelApplier {
                 self.applier.flush_batches();
                 let n = self.subxacts.len() - i;
                 self.leave_subxacts(n, false);
+                if let Some((counted, batched)) = self.counts_at.get(i) {
+                    self.progress.counters.restore_changes(counted);
+                    self.applier.batched.restore_changes(batched);
+                }
+                self.counts_at.truncate(i);
             }
             return;
         }
         self.subxacts.clear();
+        self.counts_at.clear();
         untag();
         self.applier.abort_all();
         self.progress.discard_changes();
@@ -287,6 +298,7 @@ impl ParallelApplier {
         self.applier.flush_batches();
         let n = self.subxacts.len();
         self.leave_subxacts(n, true);
+        self.counts_at.clear();
         let commit =
             Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
         // SAFETY: the leader released the origin before sending Stream Commit; it is ours until
