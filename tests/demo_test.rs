@@ -820,6 +820,7 @@ const SHELL_SCRIPTS: [&str; 13] = [
     "docker/initdb/subscriber.sh",
     "bench/run",
     "bench/scale.sh",
+    "bench/latency",
     "bench/verify",
 ];
 
