@@ -807,7 +807,7 @@ fn linter(name: &str) -> Option<PathBuf> {
 }
 
 /// Every shell script of the repository: what shellcheck checks.
-const SHELL_SCRIPTS: [&str; 13] = [
+const SHELL_SCRIPTS: [&str; 14] = [
     "scripts/demo",
     "scripts/setup",
     "scripts/test",
