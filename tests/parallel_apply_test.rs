@@ -238,9 +238,10 @@ async fn kill_9_of_the_parallel_worker_or_the_leader_mid_stream_is_exactly_once(
 async fn with_no_free_worker_a_streamed_transaction_is_spilled() {
     let nodes = nodes();
     let (p, s) = setup(&nodes).await;
-    s.batch_execute("ALTER SYSTEM SET pgsub.max_parallel_apply_workers_per_subscription = 1; SELECT pg_reload_conf()")
-        .await
-        .unwrap();
+    s.batch_execute("ALTER SYSTEM SET pgsub.max_parallel_apply_workers_per_subscription = 1").await.unwrap();
+    // A spilled transaction goes to a file past pgsub.work_mem.
+    s.batch_execute("ALTER SYSTEM SET pgsub.work_mem = '64kB'").await.unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     let p2 = nodes.publisher.client("postgres").await.unwrap();
     p.batch_execute("BEGIN; INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(1, 40000) g").await.unwrap();
     wait_parallel_writing(&s, "big").await;
