@@ -258,13 +258,16 @@ impl Stream {
     /// Whether a streamed transaction starting now may go to a parallel worker (`parallel/`
     /// says why not otherwise).
     fn parallel_eligible(&self) -> bool {
-        self.catchup_end.is_none()
-            && !self.sub.two_phase
+        let not_now = [
+            self.catchup_end.is_some(),
+            self.sub.two_phase,
             // last/first_update_wins compare the remote commit time, unknown before Stream Commit.
-            && !self.sub.conflict_resolution.needs_commit_timestamps()
-            && self.applier.skip_lsn.is_none()
-            && !self.applier.tables.any_syncing()
-            && !(self.origin_none && self.client.server_version_num() < 160000)
+            self.sub.conflict_resolution.needs_commit_timestamps(),
+            self.applier.skip_lsn.is_some(),
+            self.applier.tables.any_syncing(),
+            self.origin_none && self.client.server_version_num() < 160000,
+        ];
+        !not_now.contains(&true)
     }
 
     /// A message inside a Stream Start … Stop block: changes are buffered for their top-level
