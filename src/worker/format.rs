@@ -146,7 +146,18 @@ pub(super) fn stream_format(
     if let Some(why) = other_server_kind(client.server_version_num()) {
         return Ok(StreamFormat { binary: false, why: format!("automatic: {why}") });
     }
-    let published = published_columns(client, sub)?;
+    let published = match published_columns(client, sub) {
+        Ok(p) => p,
+        Err(ProtoError::Interrupted) => return Err(ProtoError::Interrupted),
+        // Text always works: a publisher that cannot answer the catalog query (a broken
+        // connection fails again at START_REPLICATION and is reported there) gets text.
+        Err(e) => {
+            return Ok(StreamFormat {
+                binary: false,
+                why: format!("automatic: the publisher's column types could not be read ({e})"),
+            })
+        }
+    };
     let refused = super::xact(|| {
         rels.iter().find_map(|rel| {
             let key = (rel.remote_schema.clone(), rel.remote_name.clone());
