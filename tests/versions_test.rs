@@ -83,7 +83,7 @@ async fn matrix_case(major: u32) {
     let streaming = major >= 14;
     let two_phase = major >= 15;
     s.execute(
-        "SELECT pgsub.create_subscription('text_sub', $1, ARRAY['pub_t'], binary => false, streaming => $2, two_phase => $3)",
+        "SELECT pgsub.create_subscription('text_sub', $1, ARRAY['pub_t'], binary => false, streaming => $2::boolean, two_phase => $3)",
         &[&nodes.pub_conninfo(), &streaming, &two_phase],
     )
     .await
