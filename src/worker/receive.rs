@@ -217,7 +217,9 @@ impl Stream {
     /// to it (true); anything else (false) takes the ordinary path. Relation descriptions are
     /// kept for the workers and still taken by the leader's applier too.
     fn route_parallel(&mut self, msg: &LogicalMessage, raw: &bytes::Bytes) -> bool {
-        let eligible = self.parallel_eligible();
+        // Decided at a transaction's first Stream Start only: not per message (it looks at every
+        // table's state).
+        let eligible = matches!(msg, LogicalMessage::StreamStart(_)) && self.parallel_eligible();
         let in_stream = self.decoder.in_stream();
         let Some(pool) = self.parallel.as_mut() else { return false };
         match msg {
