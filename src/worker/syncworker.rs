@@ -20,7 +20,8 @@
 //! applied twice (the origin says where the catch-up is). An error ends the worker with the
 //! error in the table's shared-memory slot and the log; the apply worker starts it again after a
 //! growing delay while the other tables proceed. `pgsub.sync_hold_state` holds a worker in one
-//! state (a testing aid, like PostgreSQL's injection points).
+//! state (a testing aid, like PostgreSQL's injection points; a held worker re-reads the
+//! configuration file every second, so lifting the hold never depends on a SIGHUP arriving).
 use super::apply::{Applier, TableStates};
 use super::progress::Progress;
 use super::receive::Stream;
@@ -150,13 +151,22 @@ fn set_phase(subid: i32, relid: u32, phase: SyncPhase) {
 fn hold(phase: SyncPhase) {
     let Some(name) = phase.hold_name() else { return };
     let mut logged = false;
+    let mut polls = 0u32;
     while gucs::sync_hold_state() == name {
         if !logged {
             log!("pgsub sync worker: holding in state {name} (pgsub.sync_hold_state)");
             logged = true;
         }
         exit_if_asked();
-        reload_config_if_requested();
+        // Re-read the configuration file about once a second even without a SIGHUP: a worker
+        // the postmaster forked just before a reload misses that reload's signal (it is
+        // discarded while the new process still ignores SIGHUP), and a held worker would then
+        // never see the hold lifted.
+        polls += 1;
+        if !reload_config_if_requested() && polls % 10 == 0 {
+            // SAFETY: the main thread of a background worker, outside a transaction.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
         wait_ms(100);
     }
 }
