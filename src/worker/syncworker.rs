@@ -163,7 +163,7 @@ fn hold(phase: SyncPhase) {
         // discarded while the new process still ignores SIGHUP), and a held worker would then
         // never see the hold lifted.
         polls += 1;
-        if !reload_config_if_requested() && polls % 10 == 0 {
+        if !reload_config_if_requested() && polls.is_multiple_of(10) {
             // SAFETY: the main thread of a background worker, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
