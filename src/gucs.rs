@@ -28,6 +28,10 @@ pub static MAX_SYNC_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32
 pub static MAX_SYNC_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 /// Parallel apply workers per subscription (`streaming => 'parallel'`).
 pub static MAX_PARALLEL_APPLY_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// The `logical_decoding_work_mem` (kB) an apply worker with `streaming => 'parallel'` sets on
+/// its walsender connection; -1 leaves the publisher's own setting.
+pub static PARALLEL_STREAM_DECODING_WORK_MEM_KB: GucSetting<i32> = GucSetting::<i32>::new(PARALLEL_STREAM_DEFAULT_KB);
+const PARALLEL_STREAM_DEFAULT_KB: i32 = 4096;
 /// Relations whose prepared statements an apply worker keeps; beyond it the least recently
 /// used relation's are freed (`worker/relation.rs`).
 pub static MAX_CACHED_RELATIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -67,6 +71,16 @@ pub fn define(preloading: bool) {
         1024,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.parallel_streaming_decoding_work_mem",
+        c"logical_decoding_work_mem asked of the publisher by subscriptions with streaming => 'parallel'.",
+        c"The publisher streams a transaction once its decoded changes pass this much memory, so at most this much is left to send and apply when it commits. A publisher set lower keeps its setting; -1 keeps the publisher's own setting (64MB by default) whatever it is. Takes effect when the apply worker next connects.",
+        &PARALLEL_STREAM_DECODING_WORK_MEM_KB,
+        -1,
+        i32::MAX / 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"pgsub.max_cached_relations",

@@ -6,7 +6,8 @@
 //! the parallel worker is the subscription's last_error with its context and the retry spills;
 //! a deadlock between the leader and a parallel worker is detected; kill -9 of the parallel
 //! worker or of the leader mid-stream loses and duplicates nothing; with no free worker a streamed
-//! transaction is spilled.
+//! transaction is spilled; the apply worker asks a publisher left at the default
+//! logical_decoding_work_mem to stream early (`pgsub.parallel_streaming_decoding_work_mem`).
 use pgsub_tests::{
     assert_replicated_equal, one, wait_for, wait_for_subscription_error, wait_for_subscription_sync, wait_value,
     ClusterOpts, TwoNodes,
@@ -266,5 +267,49 @@ async fn with_no_free_worker_a_streamed_transaction_is_spilled() {
     wait_value(&s, "SELECT count(*)::text FROM big", "40000", WAIT).await;
     p.batch_execute("COMMIT").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM big", "80000", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// The publisher's streamed-transaction count (its `pg_stat_replication_slots` of slot `pa`).
+async fn stream_txns(p: &Client) -> i64 {
+    one(p, "SELECT coalesce(sum(stream_txns), 0)::int8 FROM pg_stat_replication_slots WHERE slot_name = 'pa'").await
+}
+
+/// A publisher left at its default `logical_decoding_work_mem` (64MB) would send a transaction of
+/// a few megabytes whole at its commit: with `streaming => 'parallel'` the apply worker asks its
+/// walsender for `pgsub.parallel_streaming_decoding_work_mem` (here 256kB), so the open
+/// transaction is streamed and written by a parallel apply worker before it commits; with the
+/// setting at -1 the publisher's own setting holds and the same transaction is not streamed.
+#[tokio::test(flavor = "current_thread")]
+async fn the_publisher_is_asked_to_stream_early_for_parallel_apply() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("pgsub.parallel_streaming_decoding_work_mem = '256kB'"),
+    )
+    .expect("start");
+    let (p, s) = setup(&nodes).await;
+    assert_eq!(one::<String>(&p, "SHOW logical_decoding_work_mem").await, "64MB", "the publisher's default");
+    let txn = |from: i32| {
+        format!("BEGIN; INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series({from}, {}) g", from + 19999)
+    };
+    let before = stream_txns(&p).await;
+    p.batch_execute(&txn(1)).await.unwrap();
+    wait_parallel_writing(&s, "big").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "not visible before its commit");
+    p.batch_execute("COMMIT").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "20000", WAIT).await;
+    assert!(stream_txns(&p).await > before, "the transaction was streamed");
+
+    // -1: the publisher's 64MB holds again once the worker reconnects.
+    s.batch_execute("ALTER SYSTEM SET pgsub.parallel_streaming_decoding_work_mem = -1").await.unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    s.batch_execute("SELECT pgsub.disable_subscription('pa')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'pa'", "disabled", WAIT).await;
+    s.batch_execute("SELECT pgsub.enable_subscription('pa')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'pa'", "streaming", WAIT).await;
+    let before = stream_txns(&p).await;
+    p.batch_execute(&format!("{}; COMMIT", txn(100001))).await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "40000", WAIT).await;
+    assert_eq!(stream_txns(&p).await, before, "sent whole at its commit, not streamed");
     assert_replicated_equal(&p, &s).await;
 }

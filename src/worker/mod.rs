@@ -39,7 +39,7 @@ pub mod syncworker;
 mod tables;
 mod triggers;
 
-use crate::catalog::{self, Subscription};
+use crate::catalog::{self, StreamingMode, Subscription};
 use crate::process::{now, shutdown_requested};
 use crate::publisher::{self, Context};
 use crate::shmem::{self, ConflictType, Status};
@@ -405,6 +405,40 @@ fn connect_and_start(
     start_replication(client, sub, slot, rels, start, sync)
 }
 
+/// With `streaming => 'parallel'`: sets the walsender's `logical_decoding_work_mem` to
+/// `pgsub.parallel_streaming_decoding_work_mem` (unless it is lower already), so that a large transaction is streamed (and
+/// applied by a parallel apply worker) as it is written, and only the changes of the last such
+/// amount are left for its COMMIT — with the publisher's default of 64MB, up to 64MB of changes are
+/// decoded, sent and applied only after it commits. The setting is the walsender session's
+/// own (the publisher's other sessions are untouched); the walsender of a logical replication
+/// connection runs SQL, and PostgreSQL 14+ (the streaming publishers) has the setting. None
+/// when asked to stop meanwhile.
+fn ask_to_stream_early(client: &mut Client, sub: &Subscription) -> Option<()> {
+    let kb = gucs::PARALLEL_STREAM_DECODING_WORK_MEM_KB.get();
+    if kb < 0 {
+        return Some(());
+    }
+    // PostgreSQL's minimum is 64kB; a publisher set (or its role or database set) lower keeps
+    // its setting: pgsub never makes it stream later.
+    let kb = kb.max(64);
+    let sql = format!(
+        "SELECT set_config('logical_decoding_work_mem', \
+         least(pg_size_bytes(current_setting('logical_decoding_work_mem')) / 1024, {kb})::text || 'kB', false)"
+    );
+    match client.simple_query(&sql) {
+        Ok(_) => Some(()),
+        Err(ProtoError::Interrupted) => None,
+        Err(e) => publisher::raise(
+            &e,
+            &format!(
+                "subscription \"{}\" could not set logical_decoding_work_mem on the publisher's walsender",
+                sub.name
+            ),
+            Some("Set pgsub.parallel_streaming_decoding_work_mem = -1 to keep the publisher's own setting."),
+        ),
+    }
+}
+
 /// Starts streaming `slot` from `start` with the options the publisher's version allows (a sync
 /// worker's catch-up takes whole transactions, never streamed or two-phase ones, as native
 /// tablesync's) and in the format `format.rs` decides for the tables `rels`; None when asked to
@@ -453,6 +487,9 @@ pub(crate) fn start_replication(
     }
     opts.messages = true;
     opts.streaming = if sub.streaming.streams() && server >= 140000 && !sync { Streaming::On } else { Streaming::Off };
+    if opts.streaming == Streaming::On && sub.streaming == StreamingMode::Parallel {
+        ask_to_stream_early(&mut client, sub)?;
+    }
     opts.two_phase = sub.two_phase && server >= 150000 && !sync;
     // Publishers before 16 do not filter by origin: pgsub filters itself (Origin messages).
     if server >= 160000 {
