@@ -32,6 +32,9 @@ pub static MAX_PARALLEL_APPLY_WORKERS_PER_SUBSCRIPTION: GucSetting<i32> = GucSet
 /// its walsender connection; -1 leaves the publisher's own setting.
 pub static PARALLEL_STREAM_DECODING_WORK_MEM_KB: GucSetting<i32> = GucSetting::<i32>::new(PARALLEL_STREAM_DEFAULT_KB);
 const PARALLEL_STREAM_DEFAULT_KB: i32 = 4096;
+/// Grouped commits: how long (ms) an apply worker may apply waiting remote transactions in one
+/// local transaction before committing it; 0 = one local commit per remote transaction.
+pub static GROUP_COMMIT_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Relations whose prepared statements an apply worker keeps; beyond it the least recently
 /// used relation's are freed (`worker/relation.rs`).
 pub static MAX_CACHED_RELATIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -81,6 +84,16 @@ pub fn define(preloading: bool) {
         i32::MAX / 1024,
         GucContext::Sighup,
         GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.group_commit_time",
+        c"How long an apply worker may apply remote transactions that are already waiting in one local transaction.",
+        c"Consecutive remote transactions already received share one local commit (committed with the last one's replication origin position) until the socket is empty or this time has passed. 0 commits each remote transaction on its own.",
+        &GROUP_COMMIT_TIME_MS,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"pgsub.max_cached_relations",

@@ -80,6 +80,9 @@ pub struct SubSlot {
     /// Finish LSN of the transaction an automatically binary stream failed at: the next workers
     /// stream text until it is applied (`worker/format.rs`; 0 = none).
     pub text_until: u64,
+    /// Finish LSN of the last transaction an apply worker failed on: the next workers commit
+    /// every transaction up to it on its own (no grouped commits, `worker/receive.rs`).
+    pub ungrouped_until: u64,
     pub received_lsn: u64,
     pub applied_lsn: u64,
     pub flushed_lsn: u64,
@@ -157,6 +160,7 @@ impl Default for SubSlot {
             parallel_failed_xid: 0,
             binary_in_use: None,
             text_until: 0,
+            ungrouped_until: 0,
             received_lsn: 0,
             applied_lsn: 0,
             flushed_lsn: 0,

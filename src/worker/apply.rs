@@ -1,7 +1,11 @@
 //! Applying decoded pgoutput changes to local tables through SPI.
 //!
 //! Each remote transaction becomes one local transaction (Begin → StartTransactionCommand +
-//! SPI_connect, Commit → origin LSN/timestamp set, SPI_finish, CommitTransactionCommand). Remote
+//! SPI_connect, Commit → origin LSN/timestamp set, SPI_finish, CommitTransactionCommand) — or,
+//! when the receive loop asks for it (`receive.rs`, grouped commits), consecutive remote
+//! transactions that are already waiting share one local transaction: a deferred Commit leaves
+//! the local transaction open ([`Group`]) and the next Begin goes on in it; the local commit
+//! carries the last one's origin position, so a crash replays the whole group, never a part. Remote
 //! relations are mapped to local tables by schema-qualified name and remote columns to local
 //! columns by name; values go through the local type's input (text) or receive (binary) function,
 //! called through FmgrInfo cached per relation. Statements are prepared once per (relation,
@@ -71,6 +75,19 @@ pub struct Applier {
     pub(super) auto_binary: bool,
     /// Counts the changes given a target relation: the plan cache's LRU clock.
     pub(super) use_tick: u64,
+    /// Remote transactions applied in the open local transaction and not committed yet.
+    pub(super) group: Option<Group>,
+}
+
+/// Remote transactions whose Commit was deferred: they are applied in the open local
+/// transaction, which commits with the last one's origin position.
+pub struct Group {
+    /// The last deferred Commit and its remote xid.
+    last: Commit,
+    xid: u32,
+    /// How many remote transactions, since when.
+    pub(super) count: u32,
+    pub(super) started: std::time::Instant,
 }
 
 impl Applier {
@@ -95,6 +112,7 @@ impl Applier {
             row_by_row_lsn: None,
             auto_binary: false,
             use_tick: 0,
+            group: None,
         }
     }
 
@@ -148,12 +166,17 @@ impl Applier {
         // The walsender's XLogData header carries only the record's own LSN; the commit LSN in
         // BEGIN is the furthest publisher position we know of until the transaction is applied.
         progress.on_frame(Lsn::INVALID, b.final_lsn, 0);
-        // SAFETY: standard transaction start in a background worker; SPI inside it.
+        // SAFETY: standard transaction start in a background worker; SPI inside it. In a group
+        // the local transaction is open already: the next command sees the earlier ones' rows.
         unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
-            pg_sys::StartTransactionCommand();
-            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-                report::error(Code::ERRCODE_INTERNAL_ERROR, "SPI_connect failed", None, None);
+            if self.group.is_some() {
+                pg_sys::CommandCounterIncrement();
+            } else {
+                pg_sys::StartTransactionCommand();
+                if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                    report::error(Code::ERRCODE_INTERNAL_ERROR, "SPI_connect failed", None, None);
+                }
             }
         }
         self.in_txn = true;
@@ -170,7 +193,10 @@ impl Applier {
         }
     }
 
-    pub fn commit(&mut self, c: Commit, progress: &mut Progress) {
+    /// COMMIT. With `defer` (the receive loop's grouped commits) the local transaction stays
+    /// open for the next remote transaction, unless this one was skipped or a synchronized
+    /// table becomes ready at it.
+    pub fn commit(&mut self, c: Commit, progress: &mut Progress, defer: bool) {
         if !self.in_txn {
             report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "COMMIT received outside a transaction", None, None);
         }
@@ -178,6 +204,16 @@ impl Applier {
         self.drain_counts(progress);
         errctx::set_message("COMMIT", None);
         let skipped = self.skipping;
+        if defer && !skipped && self.skip_lsn.is_none() && !self.tables.any_synchronized() {
+            let xid = self.begin.take().map_or(0, |b| b.xid);
+            let (count, started) = self.group.take().map_or((0, std::time::Instant::now()), |g| (g.count, g.started));
+            self.group = Some(Group { last: c, xid, count: count + 1, started });
+            self.in_txn = false;
+            progress.on_commit_deferred();
+            errctx::clear();
+            return;
+        }
+        self.group = None;
         // SAFETY: closing SPI and committing the transaction opened in `begin`; the origin
         // position goes into the commit record.
         let local_end = unsafe {
@@ -212,12 +248,44 @@ impl Applier {
         errctx::clear();
     }
 
+    /// Whether a local transaction is open: a remote one being applied, or a group of applied
+    /// ones not committed yet (nothing of either may be confirmed to the publisher).
+    pub fn open(&self) -> bool {
+        self.in_txn || self.group.is_some()
+    }
+
+    /// Commits the deferred group of remote transactions (if any, and none is being applied)
+    /// with the last one's origin position; a failure here names that last transaction.
+    pub fn finish_group(&mut self, progress: &mut Progress) {
+        // A remote transaction open in the group commits with it (its COMMIT ends the group or
+        // extends it).
+        if self.in_txn {
+            return;
+        }
+        let Some(g) = self.group.take() else { return };
+        errctx::set_txn(g.xid, g.last.commit_lsn);
+        errctx::set_message("COMMIT", None);
+        // SAFETY: closing SPI and committing the transaction the group's first Begin opened.
+        let local_end = unsafe {
+            pg_sys::SPI_finish();
+            pg_sys::replorigin_session_origin_lsn = g.last.end_lsn.0;
+            pg_sys::replorigin_session_origin_timestamp = g.last.commit_time;
+            pg_sys::CommitTransactionCommand();
+            pg_sys::replorigin_session_origin_lsn = 0;
+            pg_sys::replorigin_session_origin_timestamp = 0;
+            Lsn(pg_sys::XactLastCommitEnd)
+        };
+        super::report_stats(false);
+        progress.on_group_commit(g.last.end_lsn, local_end, g.last.commit_time);
+        errctx::clear();
+    }
+
     /// A keepalive between transactions: the publisher has sent everything up to `end`, and all
     /// of it is applied. Synchronized tables whose copy point that passes become ready now, in a
     /// transaction of their own, instead of at the next commit, which may be long in coming on
     /// an idle publisher (native moves tables on at keepalives too).
     pub fn caught_up_to(&mut self, end: Lsn) {
-        if self.in_txn || !self.tables.any_ready_after(end) {
+        if self.open() || !self.tables.any_ready_after(end) {
             return;
         }
         let subid = self.subid;
@@ -229,10 +297,12 @@ impl Applier {
         self.batch = None;
         self.deletes = None;
         self.updates = None;
-        if self.in_txn {
-            // SAFETY: abort of our own transaction; SPI is cleaned up by the abort.
+        if self.open() {
+            // SAFETY: abort of our own transaction; SPI is cleaned up by the abort. A group's
+            // remote transactions are sent again (the origin did not move).
             unsafe { pg_sys::AbortCurrentTransaction() };
             self.in_txn = false;
+            self.group = None;
         }
     }
 

@@ -136,7 +136,9 @@ impl Stream {
             if !h.active(now()) || lsn.0 < h.lsn {
                 break;
             }
-            // Everything committed before this transaction is applied: held at the request.
+            // Everything committed before this transaction is applied: held at the request
+            // (a group of deferred commits commits first).
+            self.finish_group();
             if !blocked || h.held_at != h.lsn {
                 mark(subid, h.lsn, true);
                 blocked = true;

@@ -213,6 +213,10 @@ fn on_error(subid: i32, e: CaughtError) {
         s.set_error(&text, now(), false);
         count_conflict(s, conflict);
         s.batch_failed_lsn = batch_failed_lsn;
+        if let Some(lsn) = errctx::finish_lsn() {
+            // The retry commits each transaction up to this one on its own.
+            s.ungrouped_until = s.ungrouped_until.max(lsn.0);
+        }
         if let Some(lsn) = errctx::finish_lsn().filter(|_| failed_in_auto_binary) {
             // The retry of this transaction streams text (worker/format.rs).
             s.text_until = s.text_until.max(lsn.0);

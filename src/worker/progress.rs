@@ -223,12 +223,24 @@ impl Progress {
 
     /// A remote transaction ending at `remote_end` committed locally, ending at `local_end`.
     pub fn on_commit(&mut self, remote_end: Lsn, local_end: Lsn, commit_time: i64) {
+        self.counters.txns += 1;
+        self.on_group_commit(remote_end, local_end, commit_time);
+    }
+
+    /// A remote transaction was applied and its commit deferred (grouped commits,
+    /// `apply.rs`): counted, but its counters and position wait for the local commit.
+    pub fn on_commit_deferred(&mut self) {
+        self.counters.txns += 1;
+    }
+
+    /// The local commit of a group of remote transactions (counted as each was applied), the
+    /// last of which ends at `remote_end`.
+    pub fn on_group_commit(&mut self, remote_end: Lsn, local_end: Lsn, commit_time: i64) {
         self.applied = remote_end;
         self.last_commit_time = commit_time;
         if local_end.is_valid() && !self.parallel {
             self.pending.push_back((remote_end, local_end));
         }
-        self.counters.txns += 1;
         let done = std::mem::take(&mut self.counters);
         self.committed.absorb(done);
     }

@@ -49,6 +49,8 @@ pub(super) struct Stream {
     pub(super) seqsync: seqsync::SeqSync,
     /// Parallel apply workers (`streaming => 'parallel'`, `parallel/`).
     pub(super) parallel: Option<parallel::Pool>,
+    /// Commits up to this position are not grouped (`may_defer_commit`).
+    pub(super) ungrouped_until: u64,
 }
 
 impl Stream {
@@ -80,6 +82,7 @@ impl Stream {
             hold: hold::Holder::default(),
             seqsync: seqsync::SeqSync::default(),
             parallel: None,
+            ungrouped_until: crate::shmem::with_slot(subid, |s| s.ungrouped_until).unwrap_or(0),
         }
     }
 
@@ -131,6 +134,8 @@ impl Stream {
                     }
                 }
             }
+            // The socket is empty: what was grouped commits now.
+            self.finish_group();
             if let Some(p) = self.parallel.as_mut() {
                 p.check();
             }
@@ -139,7 +144,7 @@ impl Stream {
                 self.ping_sent = false;
             }
             let receipt = if got_any { now() } else { 0 };
-            if !self.applier.in_txn && self.catchup_end.is_none() {
+            if !self.applier.open() && self.catchup_end.is_none() {
                 self.progress.mark_caught_up();
                 // While tables are being synchronized the subscription shows initial_copy.
                 let st = if self.applier.tables.any_syncing() { Status::InitialCopy } else { Status::Streaming };
@@ -152,7 +157,7 @@ impl Stream {
                 self.sync_sequences_if_due();
             }
             self.progress.publish(None, receipt);
-            if !self.applier.in_txn {
+            if !self.applier.open() {
                 // Table statistics go to shared memory at most once a second while transactions
                 // come (pending counts are kept meanwhile). An unforced flush measures that second
                 // with the last commit's timestamp, which stands still while the publisher is
@@ -186,6 +191,10 @@ impl Stream {
                         None,
                     ),
                 };
+                // A group of deferred commits goes on only into the next BEGIN.
+                if self.applier.group.is_some() && !matches!(msg, LogicalMessage::Begin(_)) {
+                    self.finish_group();
+                }
                 if self.parallel.is_some() && self.route_parallel(&msg, &raw) {
                     return;
                 }
@@ -196,6 +205,7 @@ impl Stream {
                 }
             }
             ReplicationFrame::Keepalive { wal_end, send_time, reply_requested } => {
+                self.finish_group();
                 self.progress.counters.bytes_received += 18;
                 self.progress.on_frame(Lsn::INVALID, wal_end, send_time);
                 if !self.applier.in_txn {
@@ -254,6 +264,40 @@ impl Stream {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Grouped commits: whether the COMMIT of the remote transaction at `commit_lsn` may be
+    /// deferred, so that the transactions already waiting in the socket after it are applied in
+    /// the same local transaction (one commit record and one transaction start instead of one
+    /// each; the group commits when the socket is empty, at any message but a BEGIN, or after
+    /// `pgsub.group_commit_time`). Not while tables synchronize (a table's state changes at a
+    /// commit position), with skip_lsn, under the policies that compare commit times or with
+    /// track_commit_timestamp (every row would carry the group's last commit time), in a sync
+    /// worker, nor up to the transaction an earlier run failed on (`ungrouped_until`: the retry
+    /// commits each transaction before it, as without grouping).
+    fn may_defer_commit(&self, commit_lsn: Lsn) -> bool {
+        let limit = gucs::ms(&gucs::GROUP_COMMIT_TIME_MS);
+        if limit.is_zero() {
+            return false;
+        }
+        let in_time = self.applier.group.as_ref().is_none_or(|g| g.started.elapsed() < limit);
+        // SAFETY: reads a GUC variable.
+        let commit_ts = unsafe { pg_sys::track_commit_timestamp };
+        in_time
+            && !commit_ts
+            && self.catchup_end.is_none()
+            && commit_lsn.0 > self.ungrouped_until
+            && self.applier.skip_lsn.is_none()
+            && !self.sub.conflict_resolution.needs_commit_timestamps()
+            && !self.applier.tables.any_syncing()
+    }
+
+    /// Commits a group of deferred remote transactions (`may_defer_commit`) and shows it.
+    pub(super) fn finish_group(&mut self) {
+        if self.applier.group.is_some() {
+            self.applier.finish_group(&mut self.progress);
+            self.progress.publish(None, now());
         }
     }
 
@@ -326,7 +370,9 @@ impl Stream {
             }
             LogicalMessage::Commit(c) => {
                 let end = c.end_lsn;
-                self.applier.commit(c, p);
+                let defer = self.may_defer_commit(c.commit_lsn);
+                let p = &mut self.progress;
+                self.applier.commit(c, p, defer);
                 // Counters and positions are visible as soon as the transaction is.
                 p.publish(None, now());
                 self.hold.saw(end);
@@ -348,7 +394,7 @@ impl Stream {
                     Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
                 self.hold_before(c.commit_lsn);
                 self.hold.saw(c.end_lsn);
-                self.apply_streamed(c.xid, begin, |applier, p| applier.commit(commit, p));
+                self.apply_streamed(c.xid, begin, |applier, p| applier.commit(commit, p, false));
             }
             LogicalMessage::StreamPrepare(pr) => {
                 let begin = Begin { final_lsn: pr.prepare_lsn, commit_time: pr.prepare_time, xid: pr.xid };
@@ -437,7 +483,7 @@ impl Stream {
     }
 
     pub(super) fn send_feedback(&mut self, force: bool, reply_requested: bool) {
-        let pos = self.progress.positions(self.applier.in_txn);
+        let pos = self.progress.positions(self.applier.open());
         if !self.progress.report_due(pos, gucs::ms(&gucs::STATUS_INTERVAL_MS), force || reply_requested) {
             return;
         }
@@ -531,7 +577,7 @@ impl Stream {
     /// report what is durable, and say goodbye to the walsender.
     pub(super) fn stop(&mut self) {
         // A half-applied transaction is not done: do not report what was received as flushed.
-        let in_txn = self.applier.in_txn;
+        let in_txn = self.applier.open();
         self.applier.abort();
         if let Some(p) = self.parallel.as_mut() {
             p.shutdown();
