@@ -313,3 +313,29 @@ async fn the_publisher_is_asked_to_stream_early_for_parallel_apply() {
     assert_eq!(stream_txns(&p).await, before, "sent whole at its commit, not streamed");
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A parallel apply worker stopped between transactions (a DBA's pg_terminate_backend) leaves
+/// `parallel_apply_workers` at once, and the next streamed transaction gets a new worker.
+#[tokio::test(flavor = "current_thread")]
+async fn a_parallel_worker_stopped_between_transactions_is_not_counted_and_is_replaced() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes).await;
+    let count = "SELECT parallel_apply_workers::text FROM pgsub.stat_subscription WHERE subname = 'pa'";
+    let txn = |from: i32| {
+        format!("INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series({from}, {}) g", from + 29999)
+    };
+    p.batch_execute(&format!("BEGIN; {}", txn(1))).await.unwrap();
+    let first = wait_parallel_writing(&s, "big").await;
+    p.batch_execute("COMMIT").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "30000", WAIT).await;
+    wait_value(&s, count, "1", WAIT).await;
+    s.execute("SELECT pg_terminate_backend($1)", &[&first]).await.unwrap();
+    wait_value(&s, count, "0", WAIT).await;
+    p.batch_execute(&format!("BEGIN; {}", txn(30001))).await.unwrap();
+    let second = wait_parallel_writing(&s, "big").await;
+    assert_ne!(second, first, "a new worker");
+    p.batch_execute("COMMIT").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "60000", WAIT).await;
+    wait_value(&s, count, "1", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}

@@ -110,6 +110,8 @@ pub struct Pool {
     /// The transaction a worker failed on (applied by spilling this time).
     failed_xid: u32,
     warned_no_worker: bool,
+    /// The worker count last shown in shared memory.
+    shown: i32,
 }
 
 impl Pool {
@@ -130,6 +132,7 @@ impl Pool {
             binary: opts.binary,
             origin_id,
             workers: Vec::new(),
+            shown: 0,
             assigned: HashMap::new(),
             current: None,
             relations: HashMap::new(),
@@ -239,12 +242,24 @@ impl Pool {
     /// every wake of the leader, so that the failure is the subscription's at once, not when the
     /// transaction's next message comes (a worker ended by the deadlock detector, say).
     pub fn check(&mut self) {
+        self.show_running();
         let failed = self.workers.iter().enumerate().find_map(|(i, w)| {
             let xid = w.xid?;
             (w.hdr().state() == TxnState::Failed || w.gone()).then_some((i, xid))
         });
         if let Some((i, xid)) = failed {
             self.fail(i, xid, Lsn::INVALID);
+        }
+    }
+
+    /// `stat_subscription.parallel_apply_workers`: the workers running now (one that exited
+    /// between transactions, stopped by a DBA say, no longer counts; it is replaced at the next
+    /// assignment).
+    fn show_running(&mut self) {
+        let n = self.workers.iter().filter(|w| !w.gone()).count() as i32;
+        if n != self.shown {
+            self.shown = n;
+            shmem::with_slot(self.subid, |s| s.parallel_workers = n);
         }
     }
 
@@ -296,8 +311,7 @@ impl Pool {
                 }
             }
         };
-        let n = self.workers.len() as i32;
-        shmem::with_slot(self.subid, |s| s.parallel_workers = n);
+        self.show_running();
         let w = &mut self.workers[i];
         w.xid = Some(xid);
         // SAFETY: the worker is idle: only the leader writes its header now.
