@@ -101,6 +101,8 @@ async fn insert_exists_stops_apply_under_error_and_each_policy_decides_it() {
     wait_value(&s, "SELECT count(*) FROM t WHERE id = 100", "1", WAIT).await;
     assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 1").await, "local");
     assert_eq!(last_logged(&s, "insert_exists").await.0, "keep_local");
+    // Only the row that went in counts as inserted (the failed attempts counted nothing).
+    wait_value(&s, "SELECT inserts::text FROM pgsub.stat_subscription WHERE subname = 'c'", "1", WAIT).await;
 
     // apply_remote: the remote row replaces the local one.
     s.batch_execute("INSERT INTO t VALUES (2, 'local')").await.unwrap();

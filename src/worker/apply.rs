@@ -490,15 +490,16 @@ impl Applier {
     }
 
     /// One INSERT through its prepared plan; one whose key exists is a conflict to resolve when
-    /// the policy is not `error` or the transaction failed before (`conflict/`).
-    pub(super) fn insert_one(&mut self, m: Insert) {
+    /// the policy is not `error` or the transaction failed before (`conflict/`). False when the
+    /// row was left out (the local row kept): it is not counted as inserted.
+    pub(super) fn insert_one(&mut self, m: Insert) -> bool {
         errctx::set_message("INSERT", None);
         let detect = conflict::policy() != Resolution::Error || self.row_by_row_lsn == Some(self.commit_end());
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
-        let Some(entry) = self.target(m.rel_oid) else { return };
+        let Some(entry) = self.target(m.rel_oid) else { return false };
         let RelEntry { remote, local, .. } = entry;
-        let Some(local) = local.as_mut() else { return };
+        let Some(local) = local.as_mut() else { return false };
         let present: Vec<bool> = m.new.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect();
         let key = if detect { PlanKey::InsertIfAbsent(present.clone()) } else { PlanKey::Insert(present.clone()) };
         let plan = local.plan(key, remote);
@@ -516,9 +517,11 @@ impl Applier {
         });
         if detect && processed == 0 {
             let remote_values = conflict::RemoteValues::of(local, &m.new, binary, cxt);
-            let t = conflict::insert_exists(local, &remote_values, &present);
+            let (t, applied) = conflict::insert_exists(local, &remote_values, &present);
             conflict::count(local.relid, t);
+            return applied;
         }
+        true
     }
 
     /// UPDATE: consecutive updates of one table that keep their key (no old tuple sent), set the

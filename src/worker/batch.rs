@@ -61,6 +61,20 @@ pub(super) const UPDATE_BATCH_MIN_ROWS: usize = 4;
 pub(super) const BATCH_MIN_COPY_ROWS: usize = 8;
 
 impl Applier {
+    /// The collected inserts one by one; the rows a conflict policy left out (the local row
+    /// kept) come off the run's count.
+    fn insert_each(&mut self, relid: pg_sys::Oid, rows: Vec<Insert>) {
+        let mut left_out = 0i64;
+        for m in rows {
+            if !with_snapshot(|| self.insert_one(m)) {
+                left_out += 1;
+            }
+        }
+        if left_out > 0 {
+            self.batched.inserted(relid, -left_out);
+        }
+    }
+
     /// Applies the collected inserts: through COPY for a real run, one by one for a few rows.
     pub fn flush_inserts(&mut self) {
         let Some(batch) = self.batch.take() else { return };
@@ -77,9 +91,7 @@ impl Applier {
             || stmt_triggers
             || super::conflict::policy() != crate::catalog::Resolution::Error
         {
-            for m in batch.rows {
-                with_snapshot(|| self.insert_one(m));
-            }
+            self.insert_each(relid, batch.rows);
             return;
         }
         let Some(entry) = self.rels.get(&batch.rel_oid) else { return };
@@ -93,9 +105,7 @@ impl Applier {
         } else if all(|v| matches!(v, TupleValue::Binary(_) | TupleValue::Null)) {
             true
         } else {
-            for m in batch.rows {
-                with_snapshot(|| self.insert_one(m));
-            }
+            self.insert_each(relid, batch.rows);
             return;
         };
         let columns: Vec<String> = local.cols.iter().map(|c| c.name.clone()).collect();

@@ -186,8 +186,9 @@ fn origin_name(ident: i32) -> Option<String> {
 }
 
 /// A remote INSERT was not inserted (`ON CONFLICT DO NOTHING`): finds the rows it collides with,
-/// decides, and returns the type. Raises under `error`.
-pub(super) fn insert_exists(local: &LocalRel, values: &RemoteValues, present: &[bool]) -> ConflictType {
+/// decides, and returns the type and whether the remote row was applied (it overwrote the local
+/// ones). Raises under `error`.
+pub(super) fn insert_exists(local: &LocalRel, values: &RemoteValues, present: &[bool]) -> (ConflictType, bool) {
     let rows = unique_conflicts(local, values, None);
     let ctype = if rows.len() > 1 { ConflictType::MultipleUniqueConflicts } else { ConflictType::InsertExists };
     let policy = policy();
@@ -200,7 +201,7 @@ pub(super) fn insert_exists(local: &LocalRel, values: &RemoteValues, present: &[
         overwrite(local, &rows, values, present);
     }
     write(&rec);
-    ctype
+    (ctype, remote_wins)
 }
 
 /// Before a remote UPDATE (one row, `checks_rows`): the local row found by the key (None: missing,
