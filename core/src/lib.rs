@@ -6,7 +6,8 @@
 //!   actions;
 //! - [`tablesync`]: which tables get a table synchronization worker now;
 //! - [`supervise`]: the supervisor's decision, which databases get a launcher now;
-//! - [`rates`]: the per-second windows behind the rates, and the lag history ring.
+//! - [`rates`]: the per-second windows behind the rates, and the lag history ring;
+//! - [`units`]: setting values as `SHOW` prints them, read back into numbers.
 //!
 //! Nothing here calls PostgreSQL, so all of it is unit-tested with plain `cargo test`.
 pub mod launch;
@@ -15,3 +16,4 @@ pub mod sql;
 pub mod state;
 pub mod supervise;
 pub mod tablesync;
+pub mod units;

@@ -422,14 +422,26 @@ fn ask_to_stream_early(client: &mut Client, sub: &Subscription) -> Option<()> {
     if kb < 0 {
         return Some(());
     }
-    // PostgreSQL's minimum is 64kB; a publisher set (or its role or database set) lower keeps
-    // its setting: pgsub never makes it stream later.
-    let kb = kb.max(64);
-    let sql = format!(
-        "SELECT set_config('logical_decoding_work_mem', \
-         least(pg_size_bytes(current_setting('logical_decoding_work_mem')) / 1024, {kb})::text || 'kB', false)"
-    );
-    match client.simple_query(&sql) {
+    // PostgreSQL's minimum is 64kB. A publisher set lower (or its role or database) keeps its
+    // setting: pgsub never makes it stream later; one that does not read as a memory amount is
+    // left alone. SHOW and SET are utility commands: no function or operator is looked up.
+    let kb = i64::from(kb.max(64));
+    let current = match client.simple_query("SHOW logical_decoding_work_mem") {
+        Ok(rows) => rows.first().and_then(|r| r.values.first().cloned().flatten()),
+        Err(ProtoError::Interrupted) => return None,
+        Err(e) => publisher::raise(
+            &e,
+            &format!(
+                "subscription \"{}\" could not read logical_decoding_work_mem on the publisher's walsender",
+                sub.name
+            ),
+            Some("Set pgsub.parallel_streaming_decoding_work_mem = -1 to keep the publisher's own setting."),
+        ),
+    };
+    if current.as_deref().and_then(pgsub_core::units::memory_kb).is_none_or(|c| c <= kb) {
+        return Some(());
+    }
+    match client.simple_query(&format!("SET logical_decoding_work_mem = '{kb}kB'")) {
         Ok(_) => Some(()),
         Err(ProtoError::Interrupted) => None,
         Err(e) => publisher::raise(
