@@ -85,8 +85,7 @@ pub struct Group {
     /// The last deferred Commit and its remote xid.
     last: Commit,
     xid: u32,
-    /// How many remote transactions, since when.
-    pub(super) count: u32,
+    /// When the group's first remote transaction was deferred.
     pub(super) started: std::time::Instant,
 }
 
@@ -206,8 +205,8 @@ impl Applier {
         let skipped = self.skipping;
         if defer && !skipped && self.skip_lsn.is_none() && !self.tables.any_synchronized() {
             let xid = self.begin.take().map_or(0, |b| b.xid);
-            let (count, started) = self.group.take().map_or((0, std::time::Instant::now()), |g| (g.count, g.started));
-            self.group = Some(Group { last: c, xid, count: count + 1, started });
+            let started = self.group.take().map_or_else(std::time::Instant::now, |g| g.started);
+            self.group = Some(Group { last: c, xid, started });
             self.in_txn = false;
             progress.on_commit_deferred();
             errctx::clear();
@@ -229,15 +228,8 @@ impl Applier {
                 let subid = self.subid;
                 with_snapshot(|| self.tables.mark_ready(subid, c.end_lsn));
             }
-            pg_sys::SPI_finish();
-            pg_sys::replorigin_session_origin_lsn = c.end_lsn.0;
-            pg_sys::replorigin_session_origin_timestamp = c.commit_time;
-            pg_sys::CommitTransactionCommand();
-            pg_sys::replorigin_session_origin_lsn = 0;
-            pg_sys::replorigin_session_origin_timestamp = 0;
-            Lsn(pg_sys::XactLastCommitEnd)
+            commit_local(&c)
         };
-        super::report_stats(false);
         self.in_txn = false;
         self.skipping = false;
         self.begin = None;
@@ -265,17 +257,8 @@ impl Applier {
         let Some(g) = self.group.take() else { return };
         errctx::set_txn(g.xid, g.last.commit_lsn);
         errctx::set_message("COMMIT", None);
-        // SAFETY: closing SPI and committing the transaction the group's first Begin opened.
-        let local_end = unsafe {
-            pg_sys::SPI_finish();
-            pg_sys::replorigin_session_origin_lsn = g.last.end_lsn.0;
-            pg_sys::replorigin_session_origin_timestamp = g.last.commit_time;
-            pg_sys::CommitTransactionCommand();
-            pg_sys::replorigin_session_origin_lsn = 0;
-            pg_sys::replorigin_session_origin_timestamp = 0;
-            Lsn(pg_sys::XactLastCommitEnd)
-        };
-        super::report_stats(false);
+        // SAFETY: the transaction the group's first Begin opened, SPI connected.
+        let local_end = unsafe { commit_local(&g.last) };
         progress.on_group_commit(g.last.end_lsn, local_end, g.last.commit_time);
         errctx::clear();
     }
@@ -766,6 +749,27 @@ impl Applier {
 extern "C-unwind" {
     // twophase.h (not in pgrx's bindings): finishes a prepared transaction by gid.
     fn FinishPreparedTransaction(gid: *const std::ffi::c_char, is_commit: bool);
+}
+
+/// Closes SPI and commits the local transaction with `c`'s end LSN and commit time as the
+/// replication origin's progress (in the commit record itself); reports table statistics.
+/// Returns the local commit's end.
+///
+/// # Safety
+/// A local transaction with SPI connected is open (`Applier::begin`).
+unsafe fn commit_local(c: &Commit) -> Lsn {
+    // SAFETY: per the caller; the origin position goes into the commit record.
+    let local_end = unsafe {
+        pg_sys::SPI_finish();
+        pg_sys::replorigin_session_origin_lsn = c.end_lsn.0;
+        pg_sys::replorigin_session_origin_timestamp = c.commit_time;
+        pg_sys::CommitTransactionCommand();
+        pg_sys::replorigin_session_origin_lsn = 0;
+        pg_sys::replorigin_session_origin_timestamp = 0;
+        Lsn(pg_sys::XactLastCommitEnd)
+    };
+    super::report_stats(false);
+    local_end
 }
 
 /// Name of the local prepared transaction for remote transaction `xid`.
