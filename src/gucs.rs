@@ -35,6 +35,9 @@ const PARALLEL_STREAM_DEFAULT_KB: i32 = 4096;
 /// Grouped commits: how long (ms) an apply worker may apply waiting remote transactions in one
 /// local transaction before committing it; 0 = one local commit per remote transaction.
 pub static GROUP_COMMIT_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// Whether an apply worker flushes its applied commits' WAL itself when its socket is empty,
+/// instead of waiting for the WAL writer before it can confirm them (`worker/progress.rs`).
+pub static FLUSH_WHEN_IDLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Relations whose prepared statements an apply worker keeps; beyond it the least recently
 /// used relation's are freed (`worker/relation.rs`).
 pub static MAX_CACHED_RELATIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -94,6 +97,14 @@ pub fn define(preloading: bool) {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"pgsub.flush_when_idle",
+        c"Whether an apply worker flushes the WAL of its applied commits when it has nothing else to do.",
+        c"With synchronous_commit off, applied commits are confirmed to the publisher once durable. On, the worker flushes them itself as soon as its socket is empty (one WAL flush per idle moment); off, it waits for the WAL writer (up to wal_writer_delay), as PostgreSQL's own subscriber does.",
+        &FLUSH_WHEN_IDLE,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"pgsub.max_cached_relations",

@@ -8,6 +8,8 @@
 //! becomes durable later, so we remember (remote end, local commit end) pairs and report as
 //! flushed only remote ends whose local commit is at or below the local WAL flush pointer.
 //! When nothing is pending, everything received so far is done and is reported as flushed.
+//! `flush_applied` (the receive loop calls it when its socket is empty, `pgsub.flush_when_idle`)
+//! flushes the WAL up to the last pending commit instead of waiting for the WAL writer.
 //!
 //! Counters are kept here per transaction and per table, and added into shared memory by
 //! `publish` (one lock per publish, none per row): the subscription's totals and rate buckets
@@ -280,6 +282,20 @@ impl Progress {
         }
         let apply = if in_txn { self.applied } else { self.applied.max(self.flushed) };
         (self.received, self.flushed, apply)
+    }
+
+    /// Makes the applied local commits durable now (one WAL flush up to the last of them), so
+    /// that they can be confirmed without waiting for the WAL writer. Called when the socket is
+    /// empty: under a steady stream the flushes are one per idle moment, not one per commit.
+    pub fn flush_applied(&mut self) {
+        let Some(&(_, last)) = self.pending.back() else { return };
+        // SAFETY: reads the shared WAL flush pointer; XLogFlush writes and fsyncs WAL up to a
+        // position already inserted (a commit record's end), outside any transaction.
+        unsafe {
+            if last.0 > pg_sys::GetFlushRecPtr(std::ptr::null_mut()) {
+                pg_sys::XLogFlush(last.0);
+            }
+        }
     }
 
     /// Whether local commits are waiting to become durable before they can be confirmed.

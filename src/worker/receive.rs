@@ -134,8 +134,12 @@ impl Stream {
                     }
                 }
             }
-            // The socket is empty: what was grouped commits now.
+            // The socket is empty: what was grouped commits now, and what was committed is
+            // made durable so that the status update below can confirm it.
             self.finish_group();
+            if gucs::FLUSH_WHEN_IDLE.get() {
+                self.progress.flush_applied();
+            }
             if let Some(p) = self.parallel.as_mut() {
                 p.check();
             }
@@ -521,7 +525,8 @@ impl Stream {
     }
 
     /// Sleeps on the latch and the socket, at most a second. While applied commits wait for the
-    /// WAL writer to make them durable (synchronous_commit = off), it wakes every 100 ms to
+    /// WAL writer to make them durable (synchronous_commit = off and `pgsub.flush_when_idle`
+    /// off), it wakes every 100 ms to
     /// confirm them as soon as they are flushed, as PostgreSQL's worker wakes after
     /// wal_writer_delay: the publisher then learns without a second's delay that it may let go.
     fn wait(&mut self) {

@@ -1,0 +1,62 @@
+//! End-to-end: when applied commits are confirmed to the publisher (issue 22). With the
+//! subscription's default `synchronous_commit = off` an applied commit may be confirmed as
+//! flushed only once it is durable on the subscriber. `pgsub.flush_when_idle` (on by default)
+//! makes the apply worker flush them itself as soon as its socket is empty instead of waiting for
+//! the WAL writer; the publisher then learns at once that it may let the WAL go — and a
+//! publisher that names the subscription in `synchronous_standby_names` does not wait for the
+//! subscriber's WAL writer at every commit.
+use pgsub_tests::{assert_replicated_equal, one, wait_for, wait_for_subscription_sync, ClusterOpts, TwoNodes};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(300);
+
+/// The subscriber's WAL writer flushes every 10 s (its longest delay) and nothing else there
+/// commits synchronously: a commit confirmed within 5 s was flushed by the apply worker.
+#[tokio::test(flavor = "current_thread")]
+async fn a_synchronous_publisher_does_not_wait_for_the_subscribers_wal_writer() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("wal_writer_delay = 10s").with_conf("autovacuum = off"),
+    )
+    .expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('g', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "g", WAIT).await;
+
+    // The subscription becomes the publisher's synchronous standby: each commit there returns
+    // only once the subscriber has confirmed it as flushed.
+    p.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'g'").await.unwrap();
+    p.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    wait_for("the subscription as the publisher's synchronous standby", WAIT, || async {
+        let n: i64 =
+            one(&p, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'g' AND sync_state = 'sync'")
+                .await;
+        Ok((n == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    for i in 1..=5i32 {
+        let key = i;
+        let t0 = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(5), p.execute("INSERT INTO t VALUES ($1, 'x')", &[&key])).await {
+            Ok(r) => {
+                r.expect("insert");
+            }
+            Err(_) => panic!(
+                "commit {i} on the synchronous publisher still waited for the subscriber after {:?}: \
+                 the apply worker did not flush its commit when idle",
+                t0.elapsed()
+            ),
+        }
+    }
+    p.batch_execute("ALTER SYSTEM RESET synchronous_standby_names").await.unwrap();
+    p.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}
