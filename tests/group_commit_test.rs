@@ -5,7 +5,8 @@
 //! duplicates nothing (a group commits whole or not at all, with the last transaction's origin
 //! position); a transaction that fails in a group is retried with every transaction before it
 //! committed on its own, so the subscriber stands where one commit per transaction would leave
-//! it.
+//! it; a run of inserts loaded with one COPY across grouped commits fails naming the range of
+//! transactions, and the retry names the failing one with its finish LSN.
 use pgsub_tests::{
     assert_replicated_equal, one, wait_for, wait_for_repeated_error, wait_for_subscription_sync, wait_value, TwoNodes,
 };
@@ -150,5 +151,35 @@ async fn a_failing_transaction_in_a_group_is_retried_with_the_ones_before_it_com
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 501, "500 applied and the local row");
     s.batch_execute("DELETE FROM t WHERE id = 501").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM log", "1000", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_run_of_inserts_carried_over_grouped_commits_fails_as_a_range_then_by_its_own_transaction() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes).await;
+    // Long groups: the whole backlog is in the socket, so the 501st transaction's commit is
+    // deferred and its insert loaded in one COPY with those of the transactions around it.
+    s.batch_execute("ALTER SYSTEM SET pgsub.group_commit_time = '10s'").await.unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    s.batch_execute("INSERT INTO t VALUES (501, 'local')").await.unwrap();
+    // Single-row transactions into one table: one run of inserts across their commits.
+    p.batch_execute("DO $$ BEGIN FOR i IN 1..1000 LOOP INSERT INTO t VALUES (i, 'v' || i); COMMIT; END LOOP; END $$")
+        .await
+        .unwrap();
+    let xid_501: String = one(&p, "SELECT xmin::text FROM t WHERE id = 501").await;
+    s.batch_execute("SELECT pgsub.enable_subscription('g')").await.unwrap();
+    // The COPY's error cannot tell which transaction's row failed: it names the range, and no
+    // finish LSN that skip_transaction would take for one of them.
+    nodes
+        .subscriber
+        .wait_for_log("applied together (the retry applies them one by one)", WAIT)
+        .await
+        .expect("the carried run's error");
+    // The retry applies them one by one: the error then names the 501st transaction itself.
+    wait_for_repeated_error(&s, "g", &["t_pkey", &format!("in transaction {xid_501}, finished at")], WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 501, "the 500 before it and the local row");
+    s.batch_execute("DELETE FROM t WHERE id = 501").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "1000", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }

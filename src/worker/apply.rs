@@ -85,6 +85,8 @@ pub struct Group {
     /// The last deferred Commit and its remote xid.
     last: Commit,
     xid: u32,
+    /// The remote xid of the group's first transaction.
+    first_xid: u32,
     /// When the group's first remote transaction was deferred.
     pub(super) started: std::time::Instant,
 }
@@ -149,6 +151,11 @@ impl Applier {
                 None,
             );
         }
+        if self.batch.is_some() && relation::stale_pending() {
+            // A run carried over from the group's previous transaction was prepared for the
+            // relation bindings about to be dropped: loaded first, with them.
+            self.flush_inserts();
+        }
         errctx::set_txn(b.xid, b.final_lsn);
         conflict::begin_txn(b.xid, b.commit_time, b.final_lsn);
         self.skipping = self.skip_lsn == Some(b.final_lsn);
@@ -199,14 +206,32 @@ impl Applier {
         if !self.in_txn {
             report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "COMMIT received outside a transaction", None, None);
         }
-        self.flush_batches();
+        let skipped = self.skipping;
+        let defer = defer && !skipped && self.skip_lsn.is_none() && !self.tables.any_synchronized();
+        if defer {
+            // A run of inserts goes on into the next transaction of the group (one COPY for
+            // the runs of several small transactions); updates and deletes end here.
+            self.flush_updates();
+            self.flush_deletes();
+            // Not under a conflict policy: its rows go one by one, and a conflict is recorded
+            // with the remote transaction being applied, which must be the row's own.
+            if conflict::policy() == Resolution::Error {
+                if let Some(b) = self.batch.as_mut() {
+                    b.carried = true;
+                }
+            } else {
+                self.flush_inserts();
+            }
+        } else {
+            self.flush_batches();
+        }
         self.drain_counts(progress);
         errctx::set_message("COMMIT", None);
-        let skipped = self.skipping;
-        if defer && !skipped && self.skip_lsn.is_none() && !self.tables.any_synchronized() {
+        if defer {
             let xid = self.begin.take().map_or(0, |b| b.xid);
-            let started = self.group.take().map_or_else(std::time::Instant::now, |g| g.started);
-            self.group = Some(Group { last: c, xid, started });
+            let (started, first_xid) =
+                self.group.take().map_or_else(|| (std::time::Instant::now(), xid), |g| (g.started, g.first_xid));
+            self.group = Some(Group { last: c, xid, first_xid, started });
             self.in_txn = false;
             progress.on_commit_deferred();
             errctx::clear();
@@ -256,7 +281,14 @@ impl Applier {
         }
         let Some(g) = self.group.take() else { return };
         errctx::set_txn(g.xid, g.last.commit_lsn);
+        // A run of inserts carried over the group's last commit is loaded now.
+        self.flush_batches();
+        self.drain_counts(progress);
         errctx::set_message("COMMIT", None);
+        if g.first_xid != g.xid {
+            // Deferred constraints of every transaction of the group are checked here.
+            errctx::set_span(Some(g.first_xid));
+        }
         // SAFETY: the transaction the group's first Begin opened, SPI connected.
         let local_end = unsafe { commit_local(&g.last) };
         progress.on_group_commit(g.last.end_lsn, local_end, g.last.commit_time);
@@ -464,7 +496,14 @@ impl Applier {
             return;
         }
         check_width(&entry.remote, &m.new, "new tuple");
-        let batch = self.batch.get_or_insert_with(|| InsertBatch { rel_oid: m.rel_oid, rows: Vec::new(), bytes: 0 });
+        let first_xid = self.begin.as_ref().map_or(0, |b| b.xid);
+        let batch = self.batch.get_or_insert_with(|| InsertBatch {
+            rel_oid: m.rel_oid,
+            rows: Vec::new(),
+            bytes: 0,
+            first_xid,
+            carried: false,
+        });
         batch.bytes += m.new.columns.iter().map(|v| v.as_bytes().map_or(0, |b| b.len())).sum::<usize>();
         batch.rows.push(m);
         if batch.rows.len() >= BATCH_MAX_ROWS || batch.bytes >= BATCH_MAX_BYTES {

@@ -19,6 +19,11 @@ pub(super) struct InsertBatch {
     pub(super) rel_oid: u32,
     pub(super) rows: Vec<Insert>,
     pub(super) bytes: usize,
+    /// The remote xid of the transaction whose insert began the run.
+    pub(super) first_xid: u32,
+    /// The run went on past a deferred commit (grouped commits): it holds rows of several
+    /// remote transactions, and an error in its COPY cannot name one of them.
+    pub(super) carried: bool,
 }
 
 pub(super) const BATCH_MAX_ROWS: usize = 10_000;
@@ -78,6 +83,19 @@ impl Applier {
     /// Applies the collected inserts: through COPY for a real run, one by one for a few rows.
     pub fn flush_inserts(&mut self) {
         let Some(batch) = self.batch.take() else { return };
+        // A run carried over commits of a group: an error names the transactions' range (and is
+        // left so for the error handler, which reads the context).
+        let carried = batch.carried;
+        if carried {
+            errctx::set_span(Some(batch.first_xid));
+        }
+        self.load_inserts(batch);
+        if carried {
+            errctx::set_span(None);
+        }
+    }
+
+    fn load_inserts(&mut self, batch: InsertBatch) {
         // Counted once per run (with the transaction's other counts at its commit), not per row.
         let relid = super::relation::local_relid(&self.rels, batch.rel_oid);
         self.batched.inserted(relid, batch.rows.len() as i64);

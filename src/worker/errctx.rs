@@ -15,6 +15,10 @@ struct State {
     column: Option<String>,
     xid: Option<u32>,
     finish_lsn: Option<u64>,
+    /// Set while rows or checks of several remote transactions of a group are applied together
+    /// (`xid` is the last of them): the remote xid of the first. The context then names the
+    /// range and no finish LSN, which would name only one of them to `skip_transaction`.
+    span_from: Option<u32>,
     /// The context of an error a parallel apply worker reported, which the leader raises as its
     /// own (`parallel/`): shown instead of the leader's.
     borrowed: Option<String>,
@@ -43,11 +47,18 @@ pub fn set_txn(xid: u32, finish_lsn: pgsub_proto::Lsn) {
         s.xid = Some(xid);
         // A parallel apply worker learns the finish LSN only at Stream Commit.
         s.finish_lsn = finish_lsn.is_valid().then_some(finish_lsn.0);
+        s.span_from = None;
         s.borrowed = None;
         s.kind = "BEGIN";
         s.relation = None;
         s.column = None;
     });
+}
+
+/// Several remote transactions of a group, from `from` to the current one, are being applied
+/// together (a run of inserts carried over their commits, or the group's commit); `None` ends it.
+pub fn set_span(from: Option<u32>) {
+    STATE.with(|s| s.borrow_mut().span_from = from);
 }
 
 /// The message being applied; `relation` replaces the current one when given.
@@ -80,6 +91,7 @@ pub fn clear() {
         s.column = None;
         s.xid = None;
         s.finish_lsn = None;
+        s.span_from = None;
         s.borrowed = None;
     });
 }
@@ -146,6 +158,13 @@ pub fn describe() -> String {
             if let Some(c) = &s.column {
                 out.push_str(&format!(" column \"{c}\""));
             }
+        }
+        if let (Some(first), Some(x)) = (s.span_from, s.xid) {
+            // Which transaction failed is found by the retry, which applies them one by one.
+            out.push_str(&format!(
+                " in remote transactions {first} to {x}, applied together (the retry applies them one by one)"
+            ));
+            return out;
         }
         if let Some(x) = s.xid {
             out.push_str(&format!(" in transaction {x}"));

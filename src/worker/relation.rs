@@ -93,6 +93,12 @@ pub(super) fn register_invalidation_callback() {
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
 }
 
+/// Whether invalidations are waiting for `drop_stale`.
+pub(super) fn stale_pending() -> bool {
+    INVALIDATE_ALL.load(std::sync::atomic::Ordering::Relaxed)
+        || INVALIDATED.lock().is_ok_and(|g| g.as_ref().is_some_and(|s| !s.is_empty()))
+}
+
 /// Drops the local bindings (and plans) of relations whose local table changed since.
 pub(super) fn drop_stale(rels: &mut HashMap<u32, RelEntry>) {
     let all = INVALIDATE_ALL.swap(false, std::sync::atomic::Ordering::Relaxed);
