@@ -165,12 +165,21 @@ fn describe_tls_error(e: &rustls::Error) -> String {
     }
 }
 
-/// Appends what the socket `fd` has (at least `max` bytes of room are made) to `buf`, received
+/// Below this much free room in the read buffer, `recv_into` makes more.
+const RECV_MIN_ROOM: usize = 8 * 1024;
+
+/// Appends what the socket `fd` has (room for `max` bytes is made when little is left) to `buf`, received
 /// straight into its spare capacity: the room is not zeroed first, as `Read::read` would need
 /// (zeroing 64 kB before every `recv` that brought a few kB was a tenth of the apply worker's
 /// CPU under a steady stream).
+///
+/// Room is made only when less than `RECV_MIN_ROOM` is left: the messages already split off
+/// share the buffer (decoded rows keep slices of it), so reserving `max` every time would leave a
+/// new 64 kB allocation per `recv`, each held by the few rows it brought until they are applied.
 fn recv_into(fd: RawFd, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
-    buf.reserve(max);
+    if buf.capacity() - buf.len() < RECV_MIN_ROOM.min(max) {
+        buf.reserve(max);
+    }
     let spare = buf.spare_capacity_mut();
     // SAFETY: `spare` is valid for writes of `spare.len()` bytes; recv writes at most that many
     // and returns how many it wrote, and exactly those become part of `buf`.
