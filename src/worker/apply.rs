@@ -153,7 +153,11 @@ impl Applier {
         }
         if self.batch.is_some() && relation::stale_pending() {
             // A run carried over from the group's previous transaction was prepared for the
-            // relation bindings about to be dropped: loaded first, with them.
+            // relation bindings about to be dropped: loaded first, with them, in the context of
+            // the group's last transaction (whose finish LSN the retry goes one by one to).
+            if let Some(g) = &self.group {
+                errctx::set_txn(g.xid, g.last.commit_lsn);
+            }
             self.flush_inserts();
         }
         errctx::set_txn(b.xid, b.final_lsn);
@@ -215,11 +219,7 @@ impl Applier {
             self.flush_deletes();
             // Not under a conflict policy: its rows go one by one, and a conflict is recorded
             // with the remote transaction being applied, which must be the row's own.
-            if conflict::policy() == Resolution::Error {
-                if let Some(b) = self.batch.as_mut() {
-                    b.carried = true;
-                }
-            } else {
+            if conflict::policy() != Resolution::Error {
                 self.flush_inserts();
             }
         } else {
@@ -287,7 +287,7 @@ impl Applier {
         errctx::set_message("COMMIT", None);
         if g.first_xid != g.xid {
             // Deferred constraints of every transaction of the group are checked here.
-            errctx::set_span(Some(g.first_xid));
+            errctx::set_span(Some((g.first_xid, g.xid)));
         }
         // SAFETY: the transaction the group's first Begin opened, SPI connected.
         let local_end = unsafe { commit_local(&g.last) };
@@ -496,14 +496,15 @@ impl Applier {
             return;
         }
         check_width(&entry.remote, &m.new, "new tuple");
-        let first_xid = self.begin.as_ref().map_or(0, |b| b.xid);
+        let xid = self.begin.as_ref().map_or(0, |b| b.xid);
         let batch = self.batch.get_or_insert_with(|| InsertBatch {
             rel_oid: m.rel_oid,
             rows: Vec::new(),
             bytes: 0,
-            first_xid,
-            carried: false,
+            first_xid: xid,
+            last_xid: xid,
         });
+        batch.last_xid = xid;
         batch.bytes += m.new.columns.iter().map(|v| v.as_bytes().map_or(0, |b| b.len())).sum::<usize>();
         batch.rows.push(m);
         if batch.rows.len() >= BATCH_MAX_ROWS || batch.bytes >= BATCH_MAX_BYTES {

@@ -19,11 +19,11 @@ pub(super) struct InsertBatch {
     pub(super) rel_oid: u32,
     pub(super) rows: Vec<Insert>,
     pub(super) bytes: usize,
-    /// The remote xid of the transaction whose insert began the run.
+    /// The remote xids of the transactions whose inserts began and last joined the run: they
+    /// differ when it went on past a deferred commit (grouped commits), and an error in its COPY
+    /// cannot name one of them.
     pub(super) first_xid: u32,
-    /// The run went on past a deferred commit (grouped commits): it holds rows of several
-    /// remote transactions, and an error in its COPY cannot name one of them.
-    pub(super) carried: bool,
+    pub(super) last_xid: u32,
 }
 
 pub(super) const BATCH_MAX_ROWS: usize = 10_000;
@@ -83,11 +83,13 @@ impl Applier {
     /// Applies the collected inserts: through COPY for a real run, one by one for a few rows.
     pub fn flush_inserts(&mut self) {
         let Some(batch) = self.batch.take() else { return };
-        // A run carried over commits of a group: an error names the transactions' range (and is
-        // left so for the error handler, which reads the context).
-        let carried = batch.carried;
+        // A run carried over commits of a group (rows of several transactions, or of an earlier
+        // one than the transaction being applied): an error names the transactions' range (and
+        // is left so for the error handler, which reads the context).
+        let current = errctx::xid().unwrap_or(batch.last_xid);
+        let carried = batch.first_xid != batch.last_xid || batch.last_xid != current;
         if carried {
-            errctx::set_span(Some(batch.first_xid));
+            errctx::set_span(Some((batch.first_xid, current)));
         }
         self.load_inserts(batch);
         if carried {

@@ -15,10 +15,10 @@ struct State {
     column: Option<String>,
     xid: Option<u32>,
     finish_lsn: Option<u64>,
-    /// Set while rows or checks of several remote transactions of a group are applied together
-    /// (`xid` is the last of them): the remote xid of the first. The context then names the
-    /// range and no finish LSN, which would name only one of them to `skip_transaction`.
-    span_from: Option<u32>,
+    /// Set while rows or checks of several remote transactions of a group are applied together:
+    /// the remote xids of the first and the last. The context then names the range and no
+    /// finish LSN, which would name only one of them to `skip_transaction`.
+    span: Option<(u32, u32)>,
     /// The context of an error a parallel apply worker reported, which the leader raises as its
     /// own (`parallel/`): shown instead of the leader's.
     borrowed: Option<String>,
@@ -47,7 +47,7 @@ pub fn set_txn(xid: u32, finish_lsn: pgsub_proto::Lsn) {
         s.xid = Some(xid);
         // A parallel apply worker learns the finish LSN only at Stream Commit.
         s.finish_lsn = finish_lsn.is_valid().then_some(finish_lsn.0);
-        s.span_from = None;
+        s.span = None;
         s.borrowed = None;
         s.kind = "BEGIN";
         s.relation = None;
@@ -55,10 +55,10 @@ pub fn set_txn(xid: u32, finish_lsn: pgsub_proto::Lsn) {
     });
 }
 
-/// Several remote transactions of a group, from `from` to the current one, are being applied
+/// Several remote transactions of a group, the first and last xid given, are being applied
 /// together (a run of inserts carried over their commits, or the group's commit); `None` ends it.
-pub fn set_span(from: Option<u32>) {
-    STATE.with(|s| s.borrow_mut().span_from = from);
+pub fn set_span(span: Option<(u32, u32)>) {
+    STATE.with(|s| s.borrow_mut().span = span);
 }
 
 /// The message being applied; `relation` replaces the current one when given.
@@ -91,7 +91,7 @@ pub fn clear() {
         s.column = None;
         s.xid = None;
         s.finish_lsn = None;
-        s.span_from = None;
+        s.span = None;
         s.borrowed = None;
     });
 }
@@ -134,6 +134,11 @@ pub const UPDATE_BATCH: &str = "UPDATE (batch)";
 /// The message kind shown while a run of DELETEs is applied with one statement.
 pub const DELETE_BATCH: &str = "DELETE (batch)";
 
+/// The remote xid of the transaction being applied, if any.
+pub fn xid() -> Option<u32> {
+    STATE.with(|s| s.borrow().xid)
+}
+
 /// The finish LSN of the remote transaction being applied, if any.
 pub fn finish_lsn() -> Option<pgsub_proto::Lsn> {
     STATE.with(|s| s.borrow().finish_lsn.map(pgsub_proto::Lsn))
@@ -159,7 +164,7 @@ pub fn describe() -> String {
                 out.push_str(&format!(" column \"{c}\""));
             }
         }
-        if let (Some(first), Some(x)) = (s.span_from, s.xid) {
+        if let Some((first, x)) = s.span {
             // Which transaction failed is found by the retry, which applies them one by one.
             out.push_str(&format!(
                 " in remote transactions {first} to {x}, applied together (the retry applies them one by one)"
