@@ -104,6 +104,63 @@ pub fn nap(ms: i64) {
     absorb_barriers();
 }
 
+/// A wait on the latch and one socket (and postmaster death), kept for a connection's life.
+/// `WaitLatchOrSocket` builds and frees such a set at every call (epoll_create, three epoll_ctl,
+/// close): under a stream that leaves the socket empty for a moment hundreds of times a second
+/// that was a sixth of the apply worker's CPU (bench/NOTES.md, 18).
+pub struct SocketWait {
+    set: *mut pg_sys::WaitEventSet,
+    fd: i32,
+}
+
+impl SocketWait {
+    pub fn new(fd: i32) -> SocketWait {
+        use std::ptr::null_mut as null;
+        // SAFETY: a wait event set of this process (allocated in TopMemoryContext, owned by no
+        // resource owner: freed by Drop); the latch is the process's own.
+        unsafe {
+            #[cfg(any(feature = "pg15", feature = "pg16"))]
+            let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
+            #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+            let set = pg_sys::CreateWaitEventSet(null(), 3);
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_LATCH_SET, pg_sys::PGINVALID_SOCKET, pg_sys::MyLatch, null());
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_EXIT_ON_PM_DEATH, pg_sys::PGINVALID_SOCKET, null(), null());
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_SOCKET_READABLE, fd, null(), null());
+            SocketWait { set, fd }
+        }
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// Sleeps until the latch is set, the socket is readable or `ms` have passed (postmaster
+    /// death ends the process); a set latch is reset.
+    pub fn wait(&mut self, ms: i64) {
+        // SAFETY: the set built in `new`; one event out.
+        unsafe {
+            let mut event: pg_sys::WaitEvent = std::mem::zeroed();
+            let n = pg_sys::WaitEventSetWait(
+                self.set,
+                ms.max(0) as std::ffi::c_long,
+                &mut event,
+                1,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            if n > 0 && event.events & pg_sys::WL_LATCH_SET != 0 {
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+        }
+    }
+}
+
+impl Drop for SocketWait {
+    fn drop(&mut self) {
+        // SAFETY: the set built in `new`, freed once.
+        unsafe { pg_sys::FreeWaitEventSet(self.set) };
+    }
+}
+
 /// Whether `role` is a superuser or has the privileges of one of the roles named.
 pub fn has_privs_of_any(role: pg_sys::Oid, names: &[&std::ffi::CStr]) -> bool {
     // SAFETY: catalog lookups of role memberships inside a transaction.

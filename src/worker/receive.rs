@@ -10,7 +10,7 @@ use super::apply::Applier;
 use super::progress::Progress;
 use super::{errctx, execute, hold, parallel, report_stats, seqsync, stream, syncing};
 use crate::catalog::Subscription;
-use crate::process::{now, reload_config_if_requested, shutdown_requested};
+use crate::process::{now, reload_config_if_requested, shutdown_requested, SocketWait};
 use crate::shmem::Status;
 use crate::{gucs, publisher, report};
 use pgrx::prelude::*;
@@ -51,6 +51,8 @@ pub(super) struct Stream {
     pub(super) parallel: Option<parallel::Pool>,
     /// Commits up to this position are not grouped (`may_defer_commit`).
     pub(super) ungrouped_until: u64,
+    /// The latch + socket wait of `wait`, built at the first one.
+    waiter: Option<SocketWait>,
 }
 
 impl Stream {
@@ -83,6 +85,7 @@ impl Stream {
             seqsync: seqsync::SeqSync::default(),
             parallel: None,
             ungrouped_until: crate::shmem::with_slot(subid, |s| s.ungrouped_until).unwrap_or(0),
+            waiter: None,
         }
     }
 
@@ -537,19 +540,11 @@ impl Stream {
         let syncing = self.catchup_end.is_none() && self.applier.tables.any_syncing();
         let holding = self.catchup_end.is_none() && self.hold.pending(self.sub.subid);
         let timeout_ms = if self.progress.awaiting_flush() || syncing || holding { 100 } else { 1000 };
-        // SAFETY: latch + socket wait of a background worker.
-        unsafe {
-            let rc = pg_sys::WaitLatchOrSocket(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
-                    as i32,
-                fd,
-                timeout_ms,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
-                pg_sys::ResetLatch(pg_sys::MyLatch);
-            }
+        if self.waiter.as_ref().is_none_or(|w| w.fd() != fd) {
+            self.waiter = Some(SocketWait::new(fd));
+        }
+        if let Some(w) = self.waiter.as_mut() {
+            w.wait(timeout_ms);
         }
         crate::process::absorb_barriers();
     }
