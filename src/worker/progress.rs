@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 /// the lag history have one-second resolution).
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The shortest time between two status updates that only report moved positions.
+pub const REPORT_MIN_GAP: Duration = Duration::from_millis(10);
+
 #[derive(Default)]
 pub struct Counters {
     pub txns: i64,
@@ -161,6 +164,8 @@ pub struct Progress {
     committed: Counters,
     last_reported: (Lsn, Lsn),
     last_report_at: Option<Instant>,
+    /// A move of the positions not reported yet (`report_due`).
+    unreported: bool,
     last_publish_at: Instant,
     /// Each table's entry in `monitor.rs`, found once.
     table_hints: HashMap<u32, usize>,
@@ -187,6 +192,7 @@ impl Progress {
             committed: Counters::default(),
             last_reported: (Lsn::INVALID, Lsn::INVALID),
             last_report_at: None,
+            unreported: false,
             last_publish_at: Instant::now(),
             table_hints: HashMap::new(),
             warned_full: false,
@@ -304,11 +310,20 @@ impl Progress {
     }
 
     /// Whether a status update is due: the publisher asked, the interval passed, or what we could
-    /// confirm moved.
-    pub fn report_due(&self, positions: (Lsn, Lsn, Lsn), interval: Duration, force: bool) -> bool {
-        force
-            || self.last_report_at.is_none_or(|t| t.elapsed() >= interval)
-            || (positions.0, positions.1) != self.last_reported
+    /// confirm moved — then at most every `REPORT_MIN_GAP`: a stream that leaves the socket
+    /// empty for a moment hundreds of times a second would otherwise be answered with as many
+    /// status updates, each one more message for the walsender to take in (bench/NOTES.md, 18).
+    /// A move held back sets `unreported`, and the wait is cut short to send it.
+    pub fn report_due(&mut self, positions: (Lsn, Lsn, Lsn), interval: Duration, force: bool) -> bool {
+        let since = self.since_report();
+        let moved = (positions.0, positions.1) != self.last_reported;
+        self.unreported = moved && since < REPORT_MIN_GAP;
+        force || since >= interval || (moved && since >= REPORT_MIN_GAP)
+    }
+
+    /// A position move is waiting for `REPORT_MIN_GAP` to pass (`report_due`).
+    pub fn unreported(&self) -> bool {
+        self.unreported
     }
 
     /// Time since the last status update was sent.
@@ -319,6 +334,7 @@ impl Progress {
     pub fn reported(&mut self, positions: (Lsn, Lsn, Lsn)) {
         self.last_reported = (positions.0, positions.1);
         self.last_report_at = Some(Instant::now());
+        self.unreported = false;
     }
 
     /// Everything received has been applied and nothing is in progress.

@@ -539,7 +539,13 @@ impl Stream {
         // but the step may have run moments before and waits out its 100 ms).
         let syncing = self.catchup_end.is_none() && self.applier.tables.any_syncing();
         let holding = self.catchup_end.is_none() && self.hold.pending(self.sub.subid);
-        let timeout_ms = if self.progress.awaiting_flush() || syncing || holding { 100 } else { 1000 };
+        let timeout_ms = if self.progress.unreported() {
+            super::progress::REPORT_MIN_GAP.as_millis() as i64
+        } else if self.progress.awaiting_flush() || syncing || holding {
+            100
+        } else {
+            1000
+        };
         if self.waiter.as_ref().is_none_or(|w| w.fd() != fd) {
             self.waiter = Some(SocketWait::new(fd));
         }
