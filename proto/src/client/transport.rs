@@ -193,14 +193,14 @@ fn recv_into(fd: RawFd, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Appends up to `max` bytes produced by `f` to `buf`.
-fn read_into(buf: &mut BytesMut, max: usize, f: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<usize> {
-    let start = buf.len();
-    buf.resize(start + max, 0);
-    let r = f(&mut buf[start..]);
-    let n = *r.as_ref().unwrap_or(&0);
-    buf.truncate(start + n.min(max));
-    r
+/// Appends up to `max` bytes of the plaintext rustls has decrypted to `buf`, copied from its
+/// buffer (no zeroed room first, and room made only as needed, as in `recv_into`).
+fn read_plaintext(buf: &mut BytesMut, max: usize, mut reader: impl io::BufRead) -> io::Result<usize> {
+    let chunk = reader.fill_buf()?;
+    let n = chunk.len().min(max);
+    buf.extend_from_slice(&chunk[..n]);
+    reader.consume(n);
+    Ok(n)
 }
 
 impl Transport {
@@ -260,7 +260,7 @@ impl Transport {
             },
             Some(conn) => loop {
                 // 1. Plaintext rustls already decrypted.
-                match read_into(buf, max, |b| conn.reader().read(b)) {
+                match read_plaintext(buf, max, conn.reader()) {
                     Ok(0) => return Err(Error::Closed), // close_notify received
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
