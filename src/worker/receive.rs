@@ -529,9 +529,9 @@ impl Stream {
 
     /// Sleeps on the latch and the socket, at most a second. While applied commits wait for the
     /// WAL writer to make them durable (synchronous_commit = off and `pgsub.flush_when_idle`
-    /// off), it wakes every 100 ms to
-    /// confirm them as soon as they are flushed, as PostgreSQL's worker wakes after
-    /// wal_writer_delay: the publisher then learns without a second's delay that it may let go.
+    /// off), it wakes every 100 ms to confirm them as soon as they are flushed, as PostgreSQL's
+    /// worker wakes after wal_writer_delay: the publisher then learns without a second's delay
+    /// that it may let go. A status update held back (`Progress::report_due`) wakes it sooner.
     fn wait(&mut self) {
         let fd = self.client.raw_fd();
         // While tables synchronize the apply worker looks at its sync workers every 100 ms too:
