@@ -267,6 +267,35 @@ async fn origin_none_cascade_does_not_pass_on_changes_from_another_origin() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn origin_none_skips_foreign_transactions_of_a_grouped_backlog_and_nothing_else() {
+    let (a, ca) = node("a").await;
+    let (b, cb) = node("b").await;
+    let (_c, cc) = node("c").await;
+    subscribe(&cb, "b_from_a", &a).await;
+    subscribe(&cc, "c_from_b", &b).await;
+    cc.batch_execute("SELECT pgsub.disable_subscription('c_from_b')").await.unwrap();
+    wait_value(&cc, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'c_from_b'", "disabled", WAIT).await;
+    // b's WAL alternates b's own single-row transactions and a's, applied on b: a backlog for c
+    // whose grouped commits carry a run of b's inserts into a transaction of a's, which c skips.
+    let mut own = Vec::new();
+    for i in 0..40 {
+        cb.batch_execute(&format!("INSERT INTO t VALUES ({}, 'b')", 2 * i)).await.expect("write on b");
+        own.push(format!("{}:b", 2 * i));
+        ca.batch_execute(&format!("INSERT INTO t VALUES ({}, 'a')", 2 * i + 1)).await.expect("write on a");
+        wait_value(&cb, &format!("SELECT count(*) FROM t WHERE id = {}", 2 * i + 1), "1", WAIT).await;
+    }
+    cc.batch_execute("SELECT pgsub.enable_subscription('c_from_b')").await.unwrap();
+    let mut sorted: Vec<(i32, String)> =
+        own.iter().map(|r| (r.split(':').next().unwrap().parse().unwrap(), r.clone())).collect();
+    sorted.sort();
+    let want = sorted.into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(",");
+    wait_value(&cc, "SELECT string_agg(id || ':' || src, ',' ORDER BY id) FROM t", &want, WAIT).await;
+    assert_eq!(rows(&cc).await, want, "c holds b's own rows, every one of them");
+    let errors: i64 = one(&cc, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'c_from_b'").await;
+    assert_eq!(errors, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn origin_none_bidirectional_pair_does_not_loop() {
     let (a, ca) = node("a").await;
     let (b, cb) = node("b").await;

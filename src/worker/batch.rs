@@ -91,7 +91,12 @@ impl Applier {
         if carried {
             errctx::set_span(Some((batch.first_xid, current)));
         }
+        // Every row of the run was taken in while its transaction was applied: a carried run
+        // loaded in a later transaction that is being skipped (ORIGIN of another node with
+        // origin = none) is not skipped with it.
+        let skipping = std::mem::replace(&mut self.skipping, false);
         self.load_inserts(batch);
+        self.skipping = skipping;
         if carried {
             errctx::set_span(None);
         }
