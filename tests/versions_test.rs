@@ -291,8 +291,17 @@ async fn origin_none_skips_foreign_transactions_of_a_grouped_backlog_and_nothing
     let want = sorted.into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(",");
     wait_value(&cc, "SELECT string_agg(id || ':' || src, ',' ORDER BY id) FROM t", &want, WAIT).await;
     assert_eq!(rows(&cc).await, want, "c holds b's own rows, every one of them");
-    let errors: i64 = one(&cc, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'c_from_b'").await;
-    assert_eq!(errors, 0);
+    // What the other nodes hold, compared in full: a its own rows, b a's and its own.
+    let a_rows = (0..40).map(|i| format!("{}:a", 2 * i + 1)).collect::<Vec<_>>().join(",");
+    let b_rows =
+        (0..80).map(|id| format!("{id}:{}", if id % 2 == 0 { 'b' } else { 'a' })).collect::<Vec<_>>().join(",");
+    assert_eq!(rows(&ca).await, a_rows);
+    assert_eq!(rows(&cb).await, b_rows);
+    for (c, sub) in [(&cb, "b_from_a"), (&cc, "c_from_b")] {
+        let errors: i64 =
+            one(c, &format!("SELECT error_count FROM pgsub.stat_subscription WHERE subname = '{sub}'")).await;
+        assert_eq!(errors, 0, "{sub}");
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
