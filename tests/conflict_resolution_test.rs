@@ -241,6 +241,75 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
 }
 
 /// A node that publishes and subscribes (both ends of a bidirectional pair).
+/// Runs `sql` in one transaction committed with the commit time `ts`, under replication origin
+/// `origin` (created if needed) — how a test sets a transaction's commit timestamp to the
+/// microsecond (`pg_replication_origin_xact_setup`; logical decoding sends it as the commit time).
+async fn commit_at(c: &tokio_postgres::Client, origin: &str, ts: &str, sql: &str) {
+    c.execute("SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL", &[&origin])
+        .await
+        .unwrap();
+    c.execute("SELECT pg_replication_origin_session_setup($1)", &[&origin]).await.unwrap();
+    c.batch_execute(&format!(
+        "BEGIN; SELECT pg_replication_origin_xact_setup('0/1', '{ts}'); {sql}; COMMIT; \
+         SELECT pg_replication_origin_session_reset()"
+    ))
+    .await
+    .unwrap();
+}
+
+/// last_update_wins compares commit times to the microsecond: a local version 1 µs older than the
+/// remote one loses and one 1 µs newer wins, including where rounding to 10 µs (what a float
+/// epoch gives) would turn the order around or make it a tie. The times are set exactly with
+/// replication-origin commit timestamps on both sides.
+#[tokio::test(flavor = "current_thread")]
+async fn last_update_wins_tells_commit_times_one_microsecond_apart() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!(
+        "{ddl}; CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1, 'init'), (2, 'init')"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'last_update_wins')",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+
+    // Row 1: local .123458, remote .123459 (a float epoch rounds the local one up to .12346).
+    // Row 2: local .223461, remote .223460 (a float epoch rounds the local one down to a tie).
+    for (id, local, remote) in [
+        (1, "2026-01-01 00:00:00.123458+00", "2026-01-01 00:00:00.123459+00"),
+        (2, "2026-01-01 00:00:00.223461+00", "2026-01-01 00:00:00.223460+00"),
+    ] {
+        commit_at(&s, "test_local", local, &format!("UPDATE t SET v = 'local' WHERE id = {id}")).await;
+        commit_at(&p, "test_remote", remote, &format!("UPDATE t SET v = 'remote' WHERE id = {id}")).await;
+    }
+    wait_logged(&s, "update_origin_differs", 2).await;
+    let got = query_text(&s, "SELECT string_agg(format('%s=%s', id, v), ',' ORDER BY id) FROM t").await.unwrap();
+    assert_eq!(got, "1=remote,2=local", "the newer version of each row wins");
+    // The log shows both commit times as they are.
+    let logged = query_text(
+        &s,
+        "SELECT string_agg(format('%s %s %s', resolution, \
+                 to_char(local_commit_time AT TIME ZONE 'UTC', 'SS.US'), to_char(remote_commit_time AT TIME ZONE 'UTC', 'SS.US')), \
+                 ',' ORDER BY id) FROM pgsub.conflict_log WHERE conflict_type = 'update_origin_differs'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(logged, "apply_remote 00.123458 00.123459,keep_local 00.223461 00.223460");
+
+    // A later publisher change (not a conflict: the row was last applied from there… except row
+    // 2, kept local, which the newer remote version now overwrites) makes the tables equal.
+    p.batch_execute("UPDATE t SET v = 'final'").await.unwrap();
+    wait_value(&s, "SELECT string_agg(v, ',' ORDER BY id) FROM t", "final,final", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 fn both_ways_node() -> Cluster {
     let n = Cluster::start(
         ClusterOpts::subscriber().with_conf("wal_level = logical").with_conf("track_commit_timestamp = on"),
@@ -297,12 +366,26 @@ async fn bidirectional_pair_converges_under_last_update_wins() {
 
     // Quiet: both nodes converge.
     let table = "SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM kv";
-    wait_for("both nodes hold the same rows", WAIT, || async {
+    if let Err(e) = wait_for("both nodes hold the same rows", WAIT, || async {
         let (x, y) = (query_text(&ca, table).await?, query_text(&cb, table).await?);
         Ok((x == y).then_some(()))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    {
+        // What each node holds, with the commit time and origin of each row's version, and
+        // where each node's subscription stands.
+        let rows = "SELECT string_agg(format('%s=%s @%s o%s', k, v, c.timestamp, c.roident), E'\\n' ORDER BY k) \
+                    FROM kv, pg_xact_commit_timestamp_origin(kv.xmin) c";
+        let stat = "SELECT row_to_json(s)::text FROM pgsub.stat_subscription s";
+        for (c, name) in [(&ca, "a"), (&cb, "b")] {
+            eprintln!(
+                "node {name}:\n{}\n{}",
+                query_text(c, rows).await.unwrap_or_default(),
+                query_text(c, stat).await.unwrap_or_default()
+            );
+        }
+        panic!("{e}");
+    }
     // Every node's last local version of a key is either the final value or was overwritten by
     // the other node's newer one, recorded in that node's conflict log.
     for (c, last, name) in [(&ca, &last_a, "a"), (&cb, &last_b, "b")] {

@@ -184,9 +184,12 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
 }
 
 /// The SELECT list of a lookup: where the row is, who changed it last, and its readable columns.
+/// The commit time is taken to the microsecond with `EXTRACT` (numeric); `date_part` is a float8,
+/// whose cast to numeric keeps 15 digits — 10 µs — and last_update_wins would misorder versions
+/// committed within them on the two nodes.
 pub(super) fn row_select(local: &LocalRel) -> String {
     let origin = if origins_tracked() {
-        "(SELECT ((pg_catalog.date_part('epoch', x.\"timestamp\")::numeric - 946684800) * 1000000)::int8 \
+        "(SELECT ((EXTRACT(epoch FROM x.\"timestamp\") - 946684800) * 1000000)::int8 \
          FROM pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) x), \
          (SELECT x.roident::int4 FROM pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) x)"
     } else {
