@@ -153,7 +153,7 @@ run_wide() { # N rep
     done
     NATIVE_SUB=bench_native PGSUB_SUB=bench_pgsub SAMPLER_DB=postgres
     t0=$(now)
-    as_pg "$PGBIN/pg_recvlogical" -h "$SOCK" -p "${PORT[pub]}" -U postgres -d "$WIDE_DB" --slot wide_drain \
+    as_pg "$PGBIN/pg_recvlogical" -h "$DRAIN_HOST" -p "${PORT[pub]}" -U postgres -d "$WIDE_DB" --slot wide_drain \
         --start --no-loop --endpos "$target" -o proto_version=1 -o publication_names=wide_pub -f /dev/null \
         || die "pg_recvlogical could not drain slot wide_drain to $target"
     t1=$(now)
@@ -165,7 +165,7 @@ run_wide() { # N rep
 # ------------------------------------------------------------------ workload 9
 MULTI_SUBS=(1 2 3 4 5 6 7 8)
 multi_pub() { if [ "$1" -le 4 ]; then echo pub; else echo pub2; fi; }
-multi_conninfo() { echo "host=127.0.0.1 port=${PORT[$(multi_pub "$1")]} user=postgres dbname=postgres"; }
+multi_conninfo() { echo "host=$PUB_HOST port=${PORT[$(multi_pub "$1")]} user=postgres dbname=postgres"; }
 
 multi_setup() {
     local base=${PORT[pgsub]} port k p
@@ -301,7 +301,7 @@ run_multi() { # rep
                 p=$(multi_pub "$k")
                 (
                     a=$(now)
-                    as_pg "$PGBIN/pg_recvlogical" -h "$SOCK" -p "${PORT[$p]}" -U postgres -d postgres --slot "mdrain_$k" \
+                    as_pg "$PGBIN/pg_recvlogical" -h "$DRAIN_HOST" -p "${PORT[$p]}" -U postgres -d postgres --slot "mdrain_$k" \
                         --start --no-loop --endpos "${mtarget[$p]}" -o proto_version=1 -o "publication_names=mp_$k" -f /dev/null
                     echo "$a $(now)" >"$WORK/$tag.drain.$k"
                 ) &
