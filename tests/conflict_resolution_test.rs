@@ -240,7 +240,6 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     assert_eq!(one::<String>(&s, all).await, "0 0 0 0 0 0 0 0");
 }
 
-/// A node that publishes and subscribes (both ends of a bidirectional pair).
 /// Runs `sql` in one transaction committed with the commit time `ts`, under replication origin
 /// `origin` (created if needed) — how a test sets a transaction's commit timestamp to the
 /// microsecond (`pg_replication_origin_xact_setup`; logical decoding sends it as the commit time).
@@ -303,13 +302,14 @@ async fn last_update_wins_tells_commit_times_one_microsecond_apart() {
     .unwrap();
     assert_eq!(logged, "apply_remote 00.123458 00.123459,keep_local 00.223461 00.223460");
 
-    // A later publisher change (not a conflict: the row was last applied from there… except row
-    // 2, kept local, which the newer remote version now overwrites) makes the tables equal.
+    // A later publisher change makes the tables equal: row 1 was last applied from the
+    // publisher (no conflict), row 2's local version is older than it (applied as the newer).
     p.batch_execute("UPDATE t SET v = 'final'").await.unwrap();
     wait_value(&s, "SELECT string_agg(v, ',' ORDER BY id) FROM t", "final,final", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
 
+/// A node that publishes and subscribes (both ends of a bidirectional pair).
 fn both_ways_node() -> Cluster {
     let n = Cluster::start(
         ClusterOpts::subscriber().with_conf("wal_level = logical").with_conf("track_commit_timestamp = on"),
