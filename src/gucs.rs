@@ -38,6 +38,9 @@ pub static GROUP_COMMIT_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Whether an apply worker flushes its applied commits' WAL itself when its socket is empty,
 /// instead of waiting for the WAL writer before it can confirm them (`worker/progress.rs`).
 pub static FLUSH_WHEN_IDLE: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// While a stream is in full flow, how many bytes (KB) must wait on the replication socket
+/// before an apply worker wakes for them; 0 = wake at the first byte (`worker/receive.rs`).
+pub static RECEIVE_BATCH_KB: GucSetting<i32> = GucSetting::<i32>::new(32);
 /// Relations whose prepared statements an apply worker keeps; beyond it the least recently
 /// used relation's are freed (`worker/relation.rs`).
 pub static MAX_CACHED_RELATIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -105,6 +108,16 @@ pub fn define(preloading: bool) {
         &FLUSH_WHEN_IDLE,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.receive_batch",
+        c"While changes stream in, how much must wait on the replication socket before an apply worker wakes to read it.",
+        c"Only while the last read took at least this much, and at most 1 ms of waiting: the worker then reads and applies in larger pieces and the walsender's sends need not wake it each time. 0 wakes the worker at the first byte. TCP connections only.",
+        &RECEIVE_BATCH_KB,
+        0,
+        1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"pgsub.max_cached_relations",

@@ -158,6 +158,16 @@ impl Client {
         self.io.fd()
     }
 
+    /// How much must be queued on a TCP connection before the socket shows as readable to a
+    /// waiter (SO_RCVLOWAT; 1, the default, is the first byte). [`recv_frame`](Self::recv_frame)
+    /// still returns what has arrived, so a waiter that raises it must bound its wait. No effect
+    /// on a Unix-domain socket.
+    pub fn set_receive_low_water(&mut self, bytes: u32) -> Result<(), Error> {
+        self.io
+            .set_recv_low_water(bytes)
+            .map_err(|e| error::io_ctx("could not set the receive low-water mark", e))
+    }
+
     /// Whether the server ended the replication stream in order (CopyDone), as opposed to the
     /// connection ending under it; for messages.
     pub fn server_ended_stream(&self) -> bool {

@@ -53,6 +53,8 @@ pub(super) struct Stream {
     pub(super) ungrouped_until: u64,
     /// The latch + socket wait of `wait`, built at the first one.
     waiter: Option<SocketWait>,
+    /// The socket wakes this worker only once `pgsub.receive_batch` is queued (`set_batching`).
+    batching: bool,
 }
 
 impl Stream {
@@ -86,6 +88,7 @@ impl Stream {
             parallel: None,
             ungrouped_until: crate::shmem::with_slot(subid, |s| s.ungrouped_until).unwrap_or(0),
             waiter: None,
+            batching: false,
         }
     }
 
@@ -113,6 +116,7 @@ impl Stream {
             // Take what the socket has, applying as we go; look at signals now and then.
             let mut n = 0u32;
             let mut got_any = false;
+            let mut round_bytes = 0usize;
             loop {
                 let frame = match self.client.recv_frame() {
                     Ok(f) => f,
@@ -120,6 +124,9 @@ impl Stream {
                 };
                 let Some(frame) = frame else { break };
                 got_any = true;
+                if let ReplicationFrame::XLogData { data, .. } = &frame {
+                    round_bytes += data.len();
+                }
                 self.handle_frame(frame);
                 if self.caught_up {
                     return;
@@ -138,9 +145,12 @@ impl Stream {
                 }
             }
             // The socket is empty: what was grouped commits now, and what was committed is
-            // made durable so that the status update below can confirm it.
+            // made durable so that the status update below can confirm it — unless the stream
+            // is in full flow (a flush per pause would cost more than it shows; the WAL writer's
+            // flushes are confirmed meanwhile, and the round after the stream slows flushes).
+            self.set_batching(round_bytes);
             self.finish_group();
-            if gucs::FLUSH_WHEN_IDLE.get() {
+            if gucs::FLUSH_WHEN_IDLE.get() && !self.batching {
                 self.progress.flush_applied();
             }
             if let Some(p) = self.parallel.as_mut() {
@@ -539,7 +549,9 @@ impl Stream {
         // but the step may have run moments before and waits out its 100 ms).
         let syncing = self.catchup_end.is_none() && self.applier.tables.any_syncing();
         let holding = self.catchup_end.is_none() && self.hold.pending(self.sub.subid);
-        let timeout_ms = if self.progress.unreported() {
+        let timeout_ms = if self.batching {
+            1
+        } else if self.progress.unreported() {
             super::progress::REPORT_MIN_GAP.as_millis() as i64
         } else if self.progress.awaiting_flush() || syncing || holding {
             100
@@ -553,6 +565,26 @@ impl Stream {
             w.wait(timeout_ms);
         }
         crate::process::absorb_barriers();
+    }
+
+    /// Receive batching (`pgsub.receive_batch`). A round of reading that took at least the batch
+    /// means the stream is in full flow: the socket is then set to wake this worker only once a
+    /// batch is queued, and `wait` sleeps at most 1 ms, so that the worker reads and applies in
+    /// larger pieces (fewer wake-ups, local commits, flushes and status updates) and the
+    /// walsender's sends need not wake it each time (bench/NOTES.md, 24). A round that took less
+    /// (the stream slowed or ended) sets the socket back to waking at the first byte. At most
+    /// 1 ms is added to when the last piece of a stream is seen.
+    fn set_batching(&mut self, round_bytes: usize) {
+        let batch = gucs::RECEIVE_BATCH_KB.get().max(0) as usize * 1024;
+        let on = batch > 0 && round_bytes >= batch;
+        if on == self.batching {
+            return;
+        }
+        let mark = if on { batch as u32 } else { 1 };
+        if let Err(e) = self.client.set_receive_low_water(mark) {
+            self.fail(&e, "could not set the replication socket's receive low-water mark");
+        }
+        self.batching = on;
     }
 
     fn fail(&mut self, e: &ProtoError, what: &str) -> ! {

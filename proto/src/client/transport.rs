@@ -29,6 +29,29 @@ impl Sock {
             Sock::Unix(s) => s.as_raw_fd(),
         }
     }
+
+    /// SO_RCVLOWAT: on TCP, Linux reports the socket readable, and wakes a waiter, only once
+    /// `bytes` are queued (or the peer closed); a non-blocking read still takes whatever has
+    /// arrived. A Unix-domain socket ignores it for readiness, so it is left alone there.
+    pub(crate) fn set_recv_low_water(&self, bytes: u32) -> io::Result<()> {
+        let Sock::Tcp(s) = self else { return Ok(()) };
+        let v = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt on a socket this Sock owns, with a c_int value of its size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 impl Read for Sock {
@@ -210,6 +233,10 @@ impl Transport {
 
     pub(crate) fn fd(&self) -> RawFd {
         self.sock.fd()
+    }
+
+    pub(crate) fn set_recv_low_water(&self, bytes: u32) -> io::Result<()> {
+        self.sock.set_recv_low_water(bytes)
     }
 
     pub(crate) fn is_tls(&self) -> bool {
@@ -397,5 +424,46 @@ impl Transport {
                 Err(e) => return Err(io_ctx("could not receive data from server", e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Whether `fd` polls readable within `ms`.
+    fn readable(fd: RawFd, ms: i32) -> bool {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd on the stack.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        n == 1 && p.revents & libc::POLLIN != 0
+    }
+
+    #[test]
+    fn a_raised_low_water_mark_holds_readiness_back_but_not_a_nonblocking_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        reader.set_nonblocking(true).unwrap();
+        let sock = Sock::Tcp(reader);
+        let mut t = Transport::plain(sock);
+
+        t.set_recv_low_water(1000).unwrap();
+        peer.write_all(&[7u8; 10]).unwrap();
+        assert!(!readable(t.fd(), 200), "10 bytes queued must not reach a 1000-byte mark");
+        let mut buf = BytesMut::new();
+        assert_eq!(t.read_some(&mut buf, 4096).unwrap(), 10, "a non-blocking read takes what arrived");
+
+        peer.write_all(&[7u8; 1500]).unwrap();
+        assert!(readable(t.fd(), 2000), "1500 bytes pass the mark");
+        let mut got = 0;
+        while got < 1500 {
+            got += t.read_some(&mut buf, 4096).unwrap();
+        }
+
+        t.set_recv_low_water(1).unwrap();
+        peer.write_all(&[7u8; 1]).unwrap();
+        assert!(readable(t.fd(), 2000), "back at the default, one byte is readable");
     }
 }
