@@ -2,9 +2,14 @@
 //! built here from the local columns and prepared once with SPI by `src/worker/relation.rs`.
 //!
 //! - INSERT of the columns sent (`DEFAULT VALUES` when none are);
+//! - INSERT with `OVERRIDING SYSTEM VALUE` when a local column is GENERATED ALWAYS AS IDENTITY
+//!   (the publisher's value is kept, as native apply does);
 //! - UPDATE / DELETE by the replica identity: `col OPERATOR(=) $n` per key column, with the
 //!   type's own equality operator; under REPLICA IDENTITY FULL NULLs match NULLs and one row of
-//!   possible duplicates is chosen by ctid;
+//!   possible duplicates is chosen by ctid (by tableoid and ctid in a partitioned table, whose
+//!   partitions each have their own ctids). An UPDATE never sets a GENERATED ALWAYS identity
+//!   column (SQL refuses it): the row must hold the new value already, so a changed one finds
+//!   no row and is reported as a missing row instead of being lost;
 //! - batched DELETE / UPDATE of a run of rows: each column's values come as one array parameter,
 //!   unnested `WITH ORDINALITY`, and `RETURNING` the ordinals of the rows found.
 //!
@@ -23,6 +28,8 @@ pub struct Column {
     /// The column type's array type, for batched statements; None: never batched (no array
     /// type, or a composite whose `unnest` would expand into its fields).
     pub array_typid: Option<u32>,
+    /// GENERATED ALWAYS AS IDENTITY here.
+    pub identity_always: bool,
 }
 
 /// The local table a statement is for.
@@ -33,6 +40,9 @@ pub struct Target<'a> {
     pub partitioned: bool,
     /// The remote replica identity is FULL (every column identifies the row).
     pub full: bool,
+    /// Several local rows may match the key (FULL, or no local unique index on the key
+    /// columns): an UPDATE or DELETE changes one of them, chosen by ctid.
+    pub pick_one: bool,
     pub cols: &'a [Column],
 }
 
@@ -149,13 +159,22 @@ impl Builder<'_, '_> {
         parts.join(" AND ")
     }
 
-    /// `WHERE …` of a one-row UPDATE/DELETE: under FULL one of possibly several equal rows.
-    fn one_row_where(&mut self, key: &[bool]) -> String {
-        let c = self.key_condition(key);
-        if self.target.full {
-            format!("ctid = (SELECT ctid FROM {}{} WHERE {c} LIMIT 1)", self.only(), self.target.qualified)
-        } else {
-            c
+    /// `WHERE …` of a one-row UPDATE/DELETE (the key condition and `extra` ones): under FULL one
+    /// of possibly several equal rows, by ctid — and by tableoid in a partitioned table, where
+    /// one ctid is a row in each partition.
+    fn one_row_where(&mut self, key: &[bool], extra: &[String]) -> String {
+        let mut c = self.key_condition(key);
+        for e in extra {
+            c = format!("{c} AND {e}");
+        }
+        match (self.target.pick_one, self.target.partitioned) {
+            (false, _) => c,
+            (true, false) => {
+                format!("ctid = (SELECT ctid FROM {}{} WHERE {c} LIMIT 1)", self.only(), self.target.qualified)
+            }
+            (true, true) => {
+                format!("(tableoid, ctid) = (SELECT tableoid, ctid FROM {} WHERE {c} LIMIT 1)", self.target.qualified)
+            }
         }
     }
 
@@ -166,21 +185,36 @@ impl Builder<'_, '_> {
             return format!("INSERT INTO {q} DEFAULT VALUES");
         }
         let params: Vec<String> = on(present).collect::<Vec<_>>().into_iter().map(|i| self.param(i)).collect();
-        format!("INSERT INTO {q} ({}) VALUES ({})", names.join(", "), params.join(", "))
+        let overriding =
+            if on(present).any(|i| self.target.cols[i].identity_always) { " OVERRIDING SYSTEM VALUE" } else { "" };
+        format!("INSERT INTO {q} ({}){overriding} VALUES ({})", names.join(", "), params.join(", "))
     }
 
     fn update(&mut self, set: &[bool], key: &[bool]) -> String {
         let mut sets = Vec::new();
+        let mut unchanged = Vec::new();
         for i in on(set) {
             let p = self.param(i);
-            sets.push(format!("{} = {p}", self.col(i)));
+            if self.target.cols[i].identity_always {
+                unchanged.push(format!("{} IS NOT DISTINCT FROM {p}", self.col(i)));
+            } else {
+                sets.push(format!("{} = {p}", self.col(i)));
+            }
         }
-        let w = self.one_row_where(key);
+        if sets.is_empty() {
+            // Only identity columns were sent: the row is touched (triggers, the row's origin)
+            // through a column set to itself.
+            let n = self.target.cols.len();
+            if let Some(c) = (0..n).find(|&i| !self.target.cols[i].identity_always).or((n > 0).then_some(0)) {
+                sets.push(format!("{0} = {0}", self.col(c)));
+            }
+        }
+        let w = self.one_row_where(key, &unchanged);
         format!("UPDATE {}{} SET {} WHERE {w}", self.only(), self.target.qualified, sets.join(", "))
     }
 
     fn delete(&mut self, key: &[bool]) -> String {
-        let w = self.one_row_where(key);
+        let w = self.one_row_where(key, &[]);
         format!("DELETE FROM {}{} WHERE {w}", self.only(), self.target.qualified)
     }
 
@@ -249,19 +283,21 @@ mod tests {
                 typid: INT4,
                 eq_op: Some("OPERATOR(pg_catalog.=)".into()),
                 array_typid: Some(INT4ARRAY),
+                identity_always: false,
             },
             Column {
                 name: "we\"ird".into(),
                 typid: TEXT,
                 eq_op: Some("OPERATOR(pg_catalog.=)".into()),
                 array_typid: Some(TEXTARRAY),
+                identity_always: false,
             },
-            Column { name: "j".into(), typid: JSON, eq_op: None, array_typid: Some(199) },
+            Column { name: "j".into(), typid: JSON, eq_op: None, array_typid: Some(199), identity_always: false },
         ]
     }
 
     fn target(cols: &[Column], full: bool, partitioned: bool) -> Target<'_> {
-        Target { qualified: "\"s\".\"t\"", partitioned, full, cols }
+        Target { qualified: "\"s\".\"t\"", partitioned, full, pick_one: full, cols }
     }
 
     #[test]
@@ -321,6 +357,66 @@ mod tests {
              (\"j\" IS NULL AND $3 IS NULL) LIMIT 1)"
         );
         assert_eq!(p.argtypes, vec![INT4, TEXT, JSON]);
+    }
+
+    #[test]
+    fn full_identity_of_a_partitioned_table_picks_the_row_by_tableoid_and_ctid() {
+        let c = cols();
+        let p = build(&target(&c, true, true), &Statement::Delete { key: vec![true, false, false] });
+        assert_eq!(
+            p.sql,
+            "DELETE FROM \"s\".\"t\" WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"s\".\"t\" WHERE \
+             (\"id\" OPERATOR(pg_catalog.=) $1 OR (\"id\" IS NULL AND $1 IS NULL)) LIMIT 1)"
+        );
+        let p = build(
+            &target(&c, true, true),
+            &Statement::Update { set: vec![false, true, false], key: vec![true, false, false] },
+        );
+        assert!(
+            p.sql.starts_with(
+                "UPDATE \"s\".\"t\" SET \"we\"\"ird\" = $1 WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM"
+            ),
+            "{}",
+            p.sql
+        );
+    }
+
+    fn with_identity() -> Vec<Column> {
+        let mut c = cols();
+        c[0].identity_always = true;
+        c
+    }
+
+    #[test]
+    fn insert_into_a_generated_always_identity_column_overrides_it() {
+        let c = with_identity();
+        let p = build(&target(&c, false, false), &Statement::Insert(vec![true, true, false]));
+        assert_eq!(p.sql, "INSERT INTO \"s\".\"t\" (\"id\", \"we\"\"ird\") OVERRIDING SYSTEM VALUE VALUES ($1, $2)");
+        let p = build(&target(&c, false, false), &Statement::Insert(vec![false, true, false]));
+        assert_eq!(p.sql, "INSERT INTO \"s\".\"t\" (\"we\"\"ird\") VALUES ($1)");
+    }
+
+    #[test]
+    fn update_never_sets_a_generated_always_identity_column_but_requires_its_value() {
+        let c = with_identity();
+        let p = build(
+            &target(&c, false, false),
+            &Statement::Update { set: vec![true, true, false], key: vec![false, true, false] },
+        );
+        assert_eq!(
+            p.sql,
+            "UPDATE ONLY \"s\".\"t\" SET \"we\"\"ird\" = $2 WHERE \"we\"\"ird\" OPERATOR(pg_catalog.=) $3 AND \"id\" IS NOT DISTINCT FROM $1"
+        );
+        assert_eq!(p.argtypes, vec![INT4, TEXT, TEXT]);
+        // Only the identity column sent: the row is touched through another column.
+        let p = build(
+            &target(&c, false, false),
+            &Statement::Update { set: vec![true, false, false], key: vec![false, true, false] },
+        );
+        assert_eq!(
+            p.sql,
+            "UPDATE ONLY \"s\".\"t\" SET \"we\"\"ird\" = \"we\"\"ird\" WHERE \"we\"\"ird\" OPERATOR(pg_catalog.=) $2 AND \"id\" IS NOT DISTINCT FROM $1"
+        );
     }
 
     #[test]

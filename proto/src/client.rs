@@ -163,9 +163,7 @@ impl Client {
     /// still returns what has arrived, so a waiter that raises it must bound its wait. No effect
     /// on a Unix-domain socket.
     pub fn set_receive_low_water(&mut self, bytes: u32) -> Result<(), Error> {
-        self.io
-            .set_recv_low_water(bytes)
-            .map_err(|e| error::io_ctx("could not set the receive low-water mark", e))
+        self.io.set_recv_low_water(bytes).map_err(|e| error::io_ctx("could not set the receive low-water mark", e))
     }
 
     /// Whether the server ended the replication stream in order (CopyDone), as opposed to the

@@ -525,24 +525,34 @@ impl Applier {
         let Some(local) = local.as_mut() else { return false };
         let present: Vec<bool> = m.new.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect();
         let key = if detect { PlanKey::InsertIfAbsent(present.clone()) } else { PlanKey::Insert(present.clone()) };
-        let plan = local.plan(key, remote);
-        let mut values = Vec::new();
-        let mut nulls = Vec::new();
-        let processed = in_context(cxt, || {
-            for (i, v) in m.new.columns.iter().enumerate() {
-                if present[i] {
-                    let (d, n) = local.cols[i].datum(v, binary);
-                    values.push(d);
-                    nulls.push(n);
+        let run = |local: &mut super::relation::LocalRel, key: PlanKey| {
+            let plan = local.plan(key, remote);
+            let mut values = Vec::new();
+            let mut nulls = Vec::new();
+            in_context(cxt, || {
+                for (i, v) in m.new.columns.iter().enumerate() {
+                    if present[i] {
+                        let (d, n) = local.cols[i].datum(v, binary);
+                        values.push(d);
+                        nulls.push(n);
+                    }
                 }
-            }
-            owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32))
-        });
+                owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32))
+            })
+        };
+        let processed = run(local, key);
         if detect && processed == 0 {
             let remote_values = conflict::RemoteValues::of(local, &m.new, binary, cxt);
-            let (t, applied) = conflict::insert_exists(local, &remote_values, &present);
-            conflict::count(local.relid, t);
-            return applied;
+            match conflict::insert_exists(local, &remote_values, &present) {
+                Some((t, applied)) => {
+                    conflict::count(local.relid, t);
+                    return applied;
+                }
+                // Not a unique key: an exclusion constraint, whose error the plain INSERT raises.
+                None => {
+                    run(local, PlanKey::Insert(present.clone()));
+                }
+            }
         }
         true
     }
@@ -568,16 +578,16 @@ impl Applier {
             check_width(remote, t, "old tuple");
         }
         let full = remote.replica_identity == ReplicaIdentity::Full;
-        let batch_shape = if batching && !full && m.old.is_none() {
+        let batch_shape = if batching && !full && m.old.is_none() && local.remote_key_unique {
             let key = key_mask(remote, &m.new, false, &local.cols);
             // The key is unchanged and its values are exact (`ColMap::exact_key`): only the
             // other columns are set.
             let set: Vec<bool> = set_mask(&m.new).iter().zip(&key).map(|(s, k)| *s && !*k).collect();
-            let fits =
-                set.iter().any(|s| *s)
-                    && local.cols.iter().enumerate().all(|(i, c)| {
-                        (!key[i] || (c.exact_key && c.array.is_some())) && (!set[i] || c.array.is_some())
-                    });
+            let fits = set.iter().any(|s| *s)
+                && local.cols.iter().enumerate().all(|(i, c)| {
+                    (!key[i] || (c.exact_key && c.array.is_some()))
+                        && (!set[i] || (c.array.is_some() && !c.identity_always))
+                });
             fits.then(|| {
                 let id = key_bytes(&m.new, &key);
                 (set, key, id)
@@ -627,13 +637,12 @@ impl Applier {
         errctx::set_kind("UPDATE");
         let RelEntry { remote, local, .. } = entry;
         let local = local.as_mut()?;
-        let full = remote.replica_identity == ReplicaIdentity::Full;
         // Key values: from the old tuple when sent (key changed, or identity FULL), else the new one.
         let key_src: &TupleData = match &m.old {
             Some(OldTuple::Key(t)) | Some(OldTuple::Full(t)) => t,
             None => &m.new,
         };
-        let key = key_mask(remote, key_src, full, &local.cols);
+        let (_, key) = local.row_identity(remote, key_src);
         let set = set_mask(&m.new);
         if checks {
             let key_cols: Vec<usize> = (0..key.len()).filter(|&i| key[i]).collect();
@@ -692,14 +701,14 @@ impl Applier {
         errctx::set_kind("DELETE");
         let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return };
-        let full = remote.replica_identity == ReplicaIdentity::Full;
         let old = match &m.old {
             OldTuple::Key(t) | OldTuple::Full(t) => t,
         };
         check_width(remote, old, "old tuple");
-        let key = key_mask(remote, old, full, &local.cols);
+        let (full, key) = local.row_identity(remote, old);
         let batchable = batching
             && !full
+            && !local.picks_one_row(remote)
             && key.iter().any(|k| *k)
             && key.iter().zip(&local.cols).all(|(k, c)| !*k || c.array.is_some());
         if batchable {

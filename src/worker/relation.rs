@@ -37,6 +37,9 @@ pub(super) struct ColMap {
     /// representation (integers, uuid, text and varchar under a deterministic collation, dates
     /// and timestamps) and the remote column has the same type.
     pub(super) exact_key: bool,
+    /// The local column is GENERATED ALWAYS AS IDENTITY: inserted with OVERRIDING SYSTEM VALUE,
+    /// and never set by an UPDATE (SQL refuses it; the value must stay what it is, `sql.rs`).
+    pub(super) identity_always: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -62,6 +65,36 @@ pub(super) struct LocalRel {
     /// The table has statement-level INSERT triggers that fire during apply (enabled REPLICA or
     /// ALWAYS): its inserts are not loaded with COPY, which would fire them (`triggers.rs`).
     pub(super) stmt_insert_triggers: bool,
+    /// The columns (a mask over `cols`) of the local replica identity index or primary key, when
+    /// every one of them is replicated: under a remote REPLICA IDENTITY FULL rows are found by
+    /// them, as native apply finds them through that index.
+    pub(super) identity_key: Option<Vec<bool>>,
+    /// A local unique index covers only remote key columns, so a remote key finds one row at
+    /// most. Otherwise (no such index: duplicates are legal here) an UPDATE or DELETE by the
+    /// remote key changes one of the matching rows, as under FULL, not all of them.
+    pub(super) remote_key_unique: bool,
+}
+
+impl LocalRel {
+    /// How the row a change of `remote` names is found: whether by every column sent (FULL
+    /// semantics: NULLs match) and the key columns. Under a remote FULL identity the local
+    /// replica identity index or primary key is used when there is one.
+    pub(super) fn row_identity(&self, remote: &Relation, t: &TupleData) -> (bool, Vec<bool>) {
+        let full = remote.replica_identity == ReplicaIdentity::Full;
+        match (&self.identity_key, full) {
+            (Some(mask), true) => (false, mask.clone()),
+            _ => (full, super::execute::key_mask(remote, t, full, &self.cols)),
+        }
+    }
+
+    /// Whether one of possibly several matching rows is chosen (by ctid) for an UPDATE or DELETE.
+    pub(super) fn picks_one_row(&self, remote: &Relation) -> bool {
+        if remote.replica_identity == ReplicaIdentity::Full {
+            self.identity_key.is_none()
+        } else {
+            !self.remote_key_unique
+        }
+    }
 }
 
 pub(super) struct RelEntry {
@@ -509,12 +542,14 @@ impl LocalRel {
                 typid: c.typid.to_u32(),
                 eq_op: c.eq_op.clone(),
                 array_typid: c.array.map(|a| a.typid.to_u32()),
+                identity_always: c.identity_always,
             })
             .collect();
         let target = sql::Target {
             qualified: &self.qualified,
             partitioned: self.only.is_empty(),
-            full: remote.replica_identity == ReplicaIdentity::Full,
+            full: remote.replica_identity == ReplicaIdentity::Full && self.identity_key.is_none(),
+            pick_one: self.picks_one_row(remote),
             cols: &cols,
         };
         let built = sql::build(&target, &key);
@@ -566,15 +601,25 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     let local_cols = super::relcat::local_columns(relid);
     let mut cols = Vec::with_capacity(remote.columns.len());
     for rc in &remote.columns {
-        let Some((_, typid, typmod, collation)) = local_cols.iter().find(|(n, ..)| *n == rc.name) else {
+        let Some((_, typid, typmod, collation, identity_always)) = local_cols.iter().find(|(n, ..)| *n == rc.name)
+        else {
             missing_column(relid, &qualified, &rc.name);
         };
         let mut col = col_map(&rc.name, *typid, *typmod, *collation, binary);
+        col.identity_always = *identity_always;
         // Remote text '01' and '1' are one local int: exact only when the types are the same.
         col.exact_key &= rc.type_oid == typid.to_u32();
         cols.push(col);
     }
     let stmt_insert_triggers = super::relcat::has_stmt_insert_triggers(relid);
+    let keys = super::relcat::local_keys(relid);
+    let identity_key = keys.iter().find(|k| k.identity).and_then(|k| {
+        let all_mapped = k.columns.iter().all(|c| remote.columns.iter().any(|rc| rc.name == *c));
+        all_mapped.then(|| remote.columns.iter().map(|rc| k.columns.contains(&rc.name)).collect())
+    });
+    let remote_key_unique = keys.iter().any(|k| {
+        !k.columns.is_empty() && k.columns.iter().all(|c| remote.columns.iter().any(|rc| rc.is_key && rc.name == *c))
+    });
     LocalRel {
         relid,
         qualified,
@@ -582,6 +627,8 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         cols,
         plans: HashMap::new(),
         stmt_insert_triggers,
+        identity_key,
+        remote_key_unique,
     }
 }
 
@@ -637,7 +684,18 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
             }
             _ => false,
         };
-        ColMap { name: name.to_string(), typid, typmod, input, receive, ioparam, eq_op, array, exact_key }
+        ColMap {
+            name: name.to_string(),
+            typid,
+            typmod,
+            input,
+            receive,
+            ioparam,
+            eq_op,
+            array,
+            exact_key,
+            identity_always: false,
+        }
     }
 }
 

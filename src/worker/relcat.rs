@@ -65,10 +65,12 @@ pub(super) fn relation(qualified: &str) -> Option<(pg_sys::Oid, String)> {
     r.unwrap_or_else(|e| failed("looking up the target table", e))
 }
 
-/// (name, type, typmod, collation) of the local table's ordinary, non-generated columns.
-pub(super) fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32, pg_sys::Oid)> {
+/// (name, type, typmod, collation, GENERATED ALWAYS AS IDENTITY) of the local table's ordinary,
+/// non-generated columns.
+pub(super) fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32, pg_sys::Oid, bool)> {
     let r = select(
-        "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attcollation FROM pg_catalog.pg_attribute a \
+        "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attcollation, a.attidentity = 'a' \
+         FROM pg_catalog.pg_attribute a \
          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
          ORDER BY a.attnum",
         &[pg_sys::OIDOID],
@@ -81,12 +83,47 @@ pub(super) fn local_columns(relid: pg_sys::Oid) -> Vec<(String, pg_sys::Oid, i32
                     row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
                     row.get::<i32>(3)?.unwrap_or(-1),
                     row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+                    row.get::<bool>(5)?.unwrap_or(false),
                 ));
             }
             Ok(out)
         },
     );
     r.unwrap_or_else(|e| failed("reading columns", e))
+}
+
+/// A local index that can identify rows: the replica identity index or the primary key
+/// (`identity`), or another unique index without predicate or expressions; its key columns.
+pub(super) struct LocalKey {
+    pub(super) identity: bool,
+    pub(super) columns: Vec<String>,
+}
+
+/// The table's indexes that identify rows, the replica identity index first, then the primary
+/// key (the order native apply looks for them in).
+pub(super) fn local_keys(relid: pg_sys::Oid) -> Vec<LocalKey> {
+    let r = select(
+        "SELECT i.indisreplident OR i.indisprimary, \
+                ARRAY(SELECT a.attname::text \
+                                   FROM pg_catalog.unnest((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) k \
+                                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k) \
+           FROM pg_catalog.pg_index i \
+          WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
+          ORDER BY i.indisreplident DESC, i.indisprimary DESC, i.indexrelid",
+        &[pg_sys::OIDOID],
+        &[relid.into()],
+        |t| {
+            let mut out = Vec::new();
+            for row in t {
+                out.push(LocalKey {
+                    identity: row.get::<bool>(1)?.unwrap_or(false),
+                    columns: row.get::<Vec<String>>(2)?.unwrap_or_default(),
+                });
+            }
+            Ok(out)
+        },
+    );
+    r.unwrap_or_else(|e| failed("reading indexes", e))
 }
 
 /// Whether the table has statement-level INSERT triggers that fire during apply (enabled

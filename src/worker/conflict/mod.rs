@@ -187,9 +187,14 @@ fn origin_name(ident: i32) -> Option<String> {
 
 /// A remote INSERT was not inserted (`ON CONFLICT DO NOTHING`): finds the rows it collides with,
 /// decides, and returns the type and whether the remote row was applied (it overwrote the local
-/// ones). Raises under `error`.
-pub(super) fn insert_exists(local: &LocalRel, values: &RemoteValues, present: &[bool]) -> (ConflictType, bool) {
+/// ones). Raises under `error`. None when no row holds one of its unique keys: what stopped it
+/// was an exclusion constraint, which no policy resolves (nor does native apply): the caller
+/// inserts it again without `ON CONFLICT` to raise that error.
+pub(super) fn insert_exists(local: &LocalRel, values: &RemoteValues, present: &[bool]) -> Option<(ConflictType, bool)> {
     let rows = unique_conflicts(local, values, None);
+    if rows.is_empty() {
+        return None;
+    }
     let ctype = if rows.len() > 1 { ConflictType::MultipleUniqueConflicts } else { ConflictType::InsertExists };
     let policy = policy();
     let remote_wins = policy != Resolution::Error && rows.iter().all(decide);
@@ -201,7 +206,7 @@ pub(super) fn insert_exists(local: &LocalRel, values: &RemoteValues, present: &[
         overwrite(local, &rows, values, present);
     }
     write(&rec);
-    (ctype, remote_wins)
+    Some((ctype, remote_wins))
 }
 
 /// Before a remote UPDATE (one row, `checks_rows`): the local row found by the key (None: missing,
@@ -294,8 +299,9 @@ fn overwrite(local: &LocalRel, rows: &[LocalRow], values: &RemoteValues, present
     let Some((first, rest)) = rows.split_first() else { return };
     remove(local, rest);
     let mut p = Params::new();
+    // A GENERATED ALWAYS identity column cannot be set by UPDATE: it keeps the local value.
     let sets: Vec<String> = (0..local.cols.len())
-        .filter(|&i| present.get(i).copied().unwrap_or(false))
+        .filter(|&i| present.get(i).copied().unwrap_or(false) && !local.cols[i].identity_always)
         .filter_map(|i| values.get(i).cloned().map(|v| (i, v)))
         .map(|(i, v)| format!("{} = {}", quote_ident(&local.cols[i].name), p.typed(local, i, v)))
         .collect();
