@@ -562,3 +562,39 @@ async fn conflicts_on_a_partitioned_target_name_the_leaf() {
     assert_replicated_equal_except(&p, &s, None, &["m"]).await;
     pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM m WHERE id NOT IN (10, 60, 200) ORDER BY id", WAIT).await;
 }
+
+/// An exclusion constraint is not a key: no policy resolves a row it refuses (native apply has
+/// none either). Under `apply_remote` and `keep_local` the remote INSERT stops apply with the
+/// constraint's error, as under `error`, instead of being taken for `insert_exists` and dropped;
+/// once the local row is gone the retry applies it.
+#[tokio::test(flavor = "current_thread")]
+async fn an_exclusion_violation_stops_apply_under_every_policy() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE TABLE ex (id int PRIMARY KEY, during int4range); CREATE PUBLICATION pub FOR TABLE ex")
+        .await
+        .unwrap();
+    s.batch_execute("CREATE TABLE ex (id int PRIMARY KEY, during int4range, EXCLUDE USING gist (during WITH &&))")
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    for (i, policy) in ["apply_remote", "keep_local"].into_iter().enumerate() {
+        set_policy(&s, policy).await;
+        let local = 1000 + i as i32;
+        let remote = i as i32 + 1;
+        s.execute("INSERT INTO ex VALUES ($1, '[1,10)')", &[&local]).await.unwrap();
+        p.execute("INSERT INTO ex VALUES ($1, '[5,15)')", &[&remote]).await.unwrap();
+        let e = wait_for_subscription_error(&s, "c", &["exclusion constraint"], WAIT).await;
+        assert!(e.contains("ex_during_excl"), "{policy}: {e}");
+        let logged: i64 = one(&s, "SELECT count(*) FROM pgsub.conflict_log").await;
+        assert_eq!(logged, 0, "{policy}: an exclusion violation is no insert_exists conflict");
+        s.execute("DELETE FROM ex WHERE id = $1", &[&local]).await.unwrap();
+        let applied = format!("SELECT count(*) = 1 FROM ex WHERE id = {remote}");
+        wait_value(&s, &applied, "t", WAIT).await;
+        // The next policy starts from an empty table on both sides.
+        p.execute("DELETE FROM ex", &[]).await.unwrap();
+        wait_value(&s, "SELECT count(*) = 0 FROM ex", "t", WAIT).await;
+    }
+    assert_replicated_equal(&p, &s).await;
+}
