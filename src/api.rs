@@ -500,7 +500,30 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
             Some("Use the finish LSN of the failed remote transaction, shown in pgsub.stat_subscription.last_error and the server log."),
         );
     }
+    // As natively: a transaction at or before the origin's position was applied already.
+    let origin_lsn = Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.pg_replication_origin_progress(roname, false)::text \
+         FROM pg_catalog.pg_replication_origin WHERE roname = $1",
+        &[sub.origin_name().into()],
+    )
+    .ok()
+    .flatten()
+    .and_then(|s| s.parse::<pgsub_proto::Lsn>().ok());
+    if let (Some(skip), Some(origin)) = (parsed, origin_lsn) {
+        if origin.is_valid() && skip <= origin {
+            error(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("skip WAL location (LSN {skip}) must be greater than origin LSN {origin}"),
+                None,
+                Some("Use the finish LSN of the failed remote transaction, shown in pgsub.stat_subscription.last_error and the server log."),
+            );
+        }
+    }
     update_sub(sub.subid, catalog::Change::SkipLsn(lsn));
+    // A running worker reads skip_lsn when it starts: it restarts once this commits (a failing
+    // one would at its next retry anyway), so the next remote transaction is skipped or, if it
+    // does not finish there, clears skip_lsn, as natively.
+    stop_worker(sub.subid);
 }
 
 /// Like native `pg_stat_reset_subscription_stats`: zeroes the subscription's counters (errors,

@@ -265,3 +265,37 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
     p.batch_execute("DELETE FROM t WHERE id <= 30").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
+
+/// `skip_transaction` as natively: a position at or before the subscription's origin (already
+/// applied) is refused; a position that the next applied transaction does not finish at is
+/// cleared at it with a WARNING, and that transaction is applied, not skipped.
+#[tokio::test(flavor = "current_thread")]
+async fn a_skip_lsn_that_matches_nothing_is_refused_or_cleared() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE t")).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('s', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "s", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (1, 'a')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
+
+    let e = s.execute("SELECT pgsub.skip_transaction('s', '0/100')", &[]).await.unwrap_err();
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+    assert!(db.message().contains("must be greater than origin LSN"), "{}", db.message());
+    let skip: Option<String> = one(&s, "SELECT skip_lsn::text FROM pgsub.subscription WHERE subname = 's'").await;
+    assert_eq!(skip, None, "a refused skip_lsn is not recorded");
+
+    // Far ahead: no transaction finishes there.
+    s.execute("SELECT pgsub.skip_transaction('s', 'FF/0')", &[]).await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "2", WAIT).await;
+    wait_value(&s, "SELECT skip_lsn IS NULL FROM pgsub.subscription WHERE subname = 's'", "t", WAIT).await;
+    wait_log(&nodes, "skip_lsn of the subscription cleared").await;
+    let skipped: i64 = one(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 's'").await;
+    assert_eq!(skipped, 0, "the transaction was applied, not skipped");
+    assert_replicated_equal(&p, &s).await;
+}

@@ -276,7 +276,8 @@ async fn batched_updates_match_rows_and_count_exactly() {
     p.batch_execute(ddl).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
     // Remote text keys '1.0' and '1.00' are two rows; the local numeric column holds them as
-    // equal values (no index locally), so each remote update changes both local rows.
+    // equal values (no index locally: duplicates are legal), so each remote update changes one
+    // of the two local rows, as under REPLICA IDENTITY FULL (the first in the heap).
     // Likewise remote text keys '1' and '01' are one local integer.
     p.batch_execute("CREATE TABLE u4 (k text PRIMARY KEY, v text); CREATE TABLE u5 (k text PRIMARY KEY, v text)")
         .await
@@ -333,11 +334,12 @@ async fn batched_updates_match_rows_and_count_exactly() {
     let u1 = "SELECT * FROM u1 WHERE id NOT BETWEEN 1001 AND 1040";
     assert_rows_equal(&p, &s, u1, WAIT).await;
     assert_replicated_equal_except(&p, &s, None, &["u1", by_design[0], by_design[1]]).await;
-    // Row by row, the second remote update ('1.00') rewrites both local rows last.
+    // Row by row, each remote update of key 1 changes one local row: the first in the heap,
+    // and the row it rewrote went to the heap's end, so the second takes the other one.
     let u4 = "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k, v) FROM u4";
-    wait_value(&s, u4, "1.00=b!,1.00=b!,2=c!,3=c!,4=c!,5=c!,6=c!,7=c!,8=c!,9=c!", WAIT).await;
+    wait_value(&s, u4, "1.0=a!,1.00=b!,2=c!,3=c!,4=c!,5=c!,6=c!,7=c!,8=c!,9=c!", WAIT).await;
     let u5 = "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k, v) FROM u5";
-    wait_value(&s, u5, "1=b!,1=b!,2=c!,3=c!,4=c!,5=c!,6=c!,7=c!,8=c!,9=c!", WAIT).await;
+    wait_value(&s, u5, "1=a!,1=b!,2=c!,3=c!,4=c!,5=c!,6=c!,7=c!,8=c!,9=c!", WAIT).await;
     let updated_u2: i64 = p.query_one(r#"SELECT count(*) FROM "U 2" WHERE v = 'y'"#, &[]).await.unwrap().get(0);
     // Remote updates: u1 2500 + 100 + 100 + 10 + 90 + 100 + 1; U 2; u3 50 + 10; u4 10; u5 10.
     let remote_updates = 2500 + 100 + 100 + 10 + 90 + 100 + 1 + updated_u2 + 60 + 10 + 10;

@@ -248,6 +248,25 @@ impl Applier {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
                 }
                 self.skip_lsn = None;
+            } else if let Some(skip) = self.skip_lsn.filter(|_| !skipped) {
+                // A transaction was applied that skip_lsn did not name: it is forgotten, with
+                // a warning, as natively (a mistyped position would otherwise stay for ever,
+                // and with it the slower path that skip_lsn keeps apply on).
+                let r = with_snapshot(|| crate::catalog::clear_skip_lsn(self.subid, skip));
+                if let Err(e) = r {
+                    report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
+                }
+                report::log(
+                    PgLogLevel::WARNING,
+                    Code::ERRCODE_WARNING,
+                    "pgsub: skip_lsn of the subscription cleared".to_string(),
+                    Some(format!(
+                        "Remote transaction's finish WAL location (LSN) {} did not match skip_lsn {skip}.",
+                        c.commit_lsn
+                    )),
+                    None,
+                );
+                self.skip_lsn = None;
             }
             if self.tables.any_synchronized() {
                 let subid = self.subid;
