@@ -693,3 +693,50 @@ async fn health_raises_each_problem_it_documents() {
 
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A worker that connects behind a backlog of WAL it receives nothing from (changes to tables it
+/// does not subscribe) shows that backlog as lag at once: the publisher's WAL end is taken from
+/// IDENTIFY_SYSTEM when it connects, not only from the changes and keepalives that come later
+/// (the walsender sends nothing while it decodes such a backlog).
+#[tokio::test(flavor = "current_thread")]
+async fn lag_counts_a_backlog_of_unreceived_wal_from_the_start() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE small (id int PRIMARY KEY); CREATE TABLE other (id int, pad text);
+         CREATE PUBLICATION pub FOR TABLE small",
+    )
+    .await
+    .unwrap();
+    s.batch_execute("CREATE TABLE small (id int PRIMARY KEY)").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('s', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "s", WAIT).await;
+    s.execute("SELECT pgsub.disable_subscription('s')", &[]).await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 's'", "disabled", WAIT).await;
+    p.batch_execute("INSERT INTO other SELECT g, repeat('x', 400) FROM generate_series(1, 400000) g").await.unwrap();
+    p.batch_execute("INSERT INTO small VALUES (1)").await.unwrap();
+    let end: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
+    s.execute("SELECT pgsub.enable_subscription('s')", &[]).await.unwrap();
+    // The first moment the worker shows a position of the publisher's, that position is the
+    // publisher's WAL end when it connected: the whole backlog.
+    let seen: (String, i64, i64) = wait_for("the worker's first publisher position", WAIT, || async {
+        let r = s
+            .query_opt(
+                "SELECT publisher_wal_end::text, coalesce(lag_bytes, -1), (SELECT count(*) FROM small) \
+                 FROM pgsub.stat_subscription WHERE subname = 's' AND publisher_wal_end IS NOT NULL \
+                   AND pid IS NOT NULL AND status <> 'connecting' AND publisher_wal_end > applied_lsn",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.map(|r| (r.get(0), r.get(1), r.get(2))))
+    })
+    .await
+    .unwrap();
+    let ge: bool = one(&p, &format!("SELECT '{}'::pg_lsn >= '{end}'::pg_lsn", seen.0)).await;
+    assert!(ge, "publisher_wal_end {} is the WAL end at connect ({end}) or later", seen.0);
+    assert!(seen.1 > 50_000_000 || seen.2 == 1, "lag_bytes {} counts the backlog while it is decoded", seen.1);
+    wait_value(&s, "SELECT count(*) FROM small", "1", WAIT).await;
+    wait_value(&s, "SELECT lag_bytes FROM pgsub.stat_subscription WHERE subname = 's'", "0", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}

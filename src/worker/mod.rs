@@ -339,9 +339,16 @@ fn run(subid: i32) {
 
     set_status(subid, Status::Connecting);
     let slot = sub.slot_name.clone();
+    let mut server_end = Lsn::INVALID;
     let Some((client, opts)) = connect_and_start(&sub, &slot, &rels, start, |client| {
         // What sync workers that are gone left behind (their slots).
         syncing::drop_stale_sync_slots(client, &sub, &rels);
+        // The publisher's WAL end now: until the walsender has decoded that far (a backlog of
+        // changes this subscription does not receive sends nothing for a while), the lag is
+        // measured to it, not to the last change received.
+        if let Ok(info) = client.identify_system() {
+            server_end = info.xlogpos;
+        }
     }) else {
         return;
     };
@@ -363,7 +370,9 @@ fn run(subid: i32) {
     // SAFETY: the session's origin, attached above.
     let origin_id = unsafe { pg_sys::replorigin_session_origin };
     let parallel = parallel::Pool::new(&sub, &opts, origin_id);
-    let mut stream = Stream::new(sub, client, &opts, applier, Progress::new(subid, start), None);
+    let mut progress = Progress::new(subid, start);
+    progress.on_frame(Lsn::INVALID, server_end, 0);
+    let mut stream = Stream::new(sub, client, &opts, applier, progress, None);
     stream.parallel = parallel;
     stream.run();
 }
