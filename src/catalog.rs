@@ -352,10 +352,13 @@ pub fn sync_origin_names(subid: i32) -> Vec<String> {
 }
 
 /// The table is already part of the subscription.
-pub fn has_table(subid: i32, schema: &str, name: &str) -> bool {
+/// Whether the subscription has the table, bound to local table `relid` (one dropped and created
+/// again under the name is another table: new to the subscription, as natively).
+pub fn has_table(subid: i32, schema: &str, name: &str, relid: pg_sys::Oid) -> bool {
     Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pgsub.sub_rel WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3)",
-        &[subid.into(), schema.into(), name.into()],
+        "SELECT EXISTS (SELECT 1 FROM pgsub.sub_rel WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3 \
+                        AND (relid = $4 OR relid IS NULL))",
+        &[subid.into(), schema.into(), name.into(), relid.into()],
     )
     .ok()
     .flatten()
@@ -363,7 +366,9 @@ pub fn has_table(subid: i32, schema: &str, name: &str) -> bool {
 }
 
 /// Makes the subscription's tables exactly `tables` (schema, name, local table): tables no longer
-/// published are removed; new ones start in `state`; known ones keep their state.
+/// published are removed; new ones start in `state`; known ones keep their state — unless their
+/// local table is another one now (dropped and created again: native drops its
+/// pg_subscription_rel row with the table), which starts in `state` too.
 pub fn set_tables(subid: i32, tables: &[(String, String, pg_sys::Oid)], state: SyncState) -> SpiResult<()> {
     let schemas: Vec<String> = tables.iter().map(|t| t.0.clone()).collect();
     let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
@@ -377,9 +382,12 @@ pub fn set_tables(subid: i32, tables: &[(String, String, pg_sys::Oid)], state: S
         )?;
         for (schema, name, oid) in tables {
             c.update(
-                "INSERT INTO pgsub.sub_rel (subid, remote_schema, remote_name, relid, sync_state) \
+                "INSERT INTO pgsub.sub_rel AS r (subid, remote_schema, remote_name, relid, sync_state) \
                  VALUES ($1, $2, $3, $4, $5::\"char\") \
-                 ON CONFLICT (subid, remote_schema, remote_name) DO UPDATE SET relid = EXCLUDED.relid",
+                 ON CONFLICT (subid, remote_schema, remote_name) DO UPDATE SET relid = EXCLUDED.relid, \
+                   sync_state = CASE WHEN r.relid IS NULL OR r.relid = EXCLUDED.relid THEN r.sync_state ELSE EXCLUDED.sync_state END, \
+                   state_lsn = CASE WHEN r.relid IS NULL OR r.relid = EXCLUDED.relid THEN r.state_lsn END, \
+                   rows_copied = CASE WHEN r.relid IS NULL OR r.relid = EXCLUDED.relid THEN r.rows_copied ELSE 0 END",
                 None,
                 &[subid.into(), schema.as_str().into(), name.as_str().into(), (*oid).into(), st.as_str().into()],
             )?;

@@ -9,8 +9,8 @@
 //! a background worker slot when max_worker_processes is exhausted; tables become ready on an
 //! idle publisher. Every test ends with the harness's full comparison of all replicated tables.
 use pgsub_tests::{
-    assert_replicated_equal_within, connect, one, poll_query_until, wait_for, wait_for_subscription_sync, wait_value,
-    Cluster, ClusterOpts, TwoNodes,
+    assert_replicated_equal, assert_replicated_equal_within, connect, one, poll_query_until, wait_for,
+    wait_for_subscription_sync, wait_value, Cluster, ClusterOpts, TwoNodes,
 };
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -879,4 +879,38 @@ async fn tables_become_ready_while_the_publisher_is_idle() {
         .await;
     assert_equal(&p, &s).await;
     assert_no_sync_slot_left(&p).await;
+}
+
+/// A subscribed table dropped and created again on the subscriber is another table: as natively
+/// (where DROP TABLE takes its pg_subscription_rel row), `refresh_subscription` copies it again
+/// instead of keeping the old table's `ready`. One that took rows meanwhile is refused, as any
+/// table new to the subscription, until it is emptied.
+#[tokio::test(flavor = "current_thread")]
+async fn a_table_created_again_is_copied_again_at_refresh() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!("{ddl}; INSERT INTO t VALUES (1, 'a'), (2, 'b'); CREATE PUBLICATION pub FOR TABLE t"))
+        .await
+        .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('s', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "s", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+
+    s.batch_execute(&format!("DROP TABLE t; {ddl}")).await.unwrap();
+    s.batch_execute("SELECT pgsub.refresh_subscription('s')").await.expect("refresh_subscription");
+    wait_for_subscription_sync(&s, "s", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+
+    // Created again, and a row put in before the refresh: refused like any non-empty new table.
+    s.batch_execute(&format!("DROP TABLE t; {ddl}; INSERT INTO t VALUES (2, 'b')")).await.unwrap();
+    let e = s.batch_execute("SELECT pgsub.refresh_subscription('s')").await.unwrap_err();
+    assert!(e.as_db_error().is_some_and(|d| d.message().contains("is not empty")), "{e:?}");
+    s.batch_execute("TRUNCATE t").await.unwrap();
+    s.batch_execute("SELECT pgsub.refresh_subscription('s')").await.expect("refresh_subscription");
+    wait_for_subscription_sync(&s, "s", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (3, 'c')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "3", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
 }

@@ -34,7 +34,7 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
         // Tables new to the subscription get the publisher's rows: refuse to mix them with rows
         // that are already there (the worker checks again before copying).
         for (schema, name, oid) in &resolved {
-            if catalog::has_table(subid, schema, name) {
+            if catalog::has_table(subid, schema, name, *oid) {
                 continue;
             }
             // Only the table's own rows: an inheritance parent's children are tables of their own.
