@@ -76,11 +76,12 @@ impl Wait for LatchWait {
 
 /// Opens a connection (replication=database when `replication`) to the publisher.
 /// `application_name` (what the publisher's pg_stat_replication shows) applies unless the
-/// connection string sets one.
-/// Connects to the publisher. With `require_password` (a subscription owned by a non-superuser,
-/// as PostgreSQL 16's `password_required`), a connection the server let in without asking for a
-/// password — trust, peer, certificate — is refused: otherwise such an owner could act on the
-/// publisher with the subscriber server's own identity.
+/// connection string sets one. The publisher's output settings are pinned
+/// (`Config::pin_output_settings`): values arrive in text exactly, whatever its database sets.
+/// With `require_password` (a subscription owned by a non-superuser, as PostgreSQL 16's
+/// `password_required`), a connection the server let in without asking for a password — trust,
+/// peer, certificate — is refused: otherwise such an owner could act on the publisher with the
+/// subscriber server's own identity.
 pub fn connect(
     conninfo_str: &str,
     replication: bool,
@@ -89,6 +90,7 @@ pub fn connect(
     require_password: bool,
 ) -> Result<Client, Error> {
     let mut cfg = conninfo::parse(conninfo_str).map_err(Error::Config)?;
+    cfg.pin_output_settings();
     if cfg.application_name.is_none() {
         cfg.application_name = application_name.map(str::to_string);
     }

@@ -1847,3 +1847,53 @@ async fn a_published_key_without_a_local_index_changes_one_row() {
     c.on_sub("DELETE FROM nk WHERE id = 2 AND v <> 'P'; DELETE FROM nk WHERE id = 3").await;
     c.finish().await;
 }
+
+const OUTPUT_TABLE: &str = "CREATE TABLE fmt (id int PRIMARY KEY, d date, ts timestamp, tz timestamptz, tt timetz,
+                         iv interval, f8 float8, f4 float4, a8 float8[], rg tstzrange);";
+
+/// The values of `fmt`, each in a form no session setting changes (the day number, the epoch,
+/// the float's bits, the interval's fields), so that both nodes can be compared on them.
+const OUTPUT_VALUES: &str = "SELECT string_agg(concat_ws('|', id, d - date '2000-01-01',
+             extract(epoch FROM ts), extract(epoch FROM tz), extract(epoch FROM tt), extract(timezone FROM tt),
+             extract(epoch FROM iv), float8send(f8), float4send(f4), (SELECT string_agg(float8send(x)::text, ';') FROM unnest(a8) x),
+             extract(epoch FROM lower(rg)), extract(epoch FROM upper(rg))), ',' ORDER BY id) FROM fmt";
+
+/// Values whose text form depends on the publisher's session settings: a publisher database (or
+/// role) with `DateStyle` `SQL, DMY`, `IntervalStyle` `sql_standard`, `extra_float_digits` 0 and
+/// a time zone whose abbreviation means something else elsewhere (IST) must still deliver exact
+/// values, in the initial copy and in the stream, as native does: its walreceiver pins ISO dates,
+/// `postgres` intervals and every float digit on the connection.
+#[tokio::test(flavor = "current_thread")]
+async fn a_publisher_database_with_other_output_settings_delivers_exact_values() {
+    let rows = |from: i32, to: i32| {
+        format!(
+            "INSERT INTO fmt SELECT g, date '2024-02-03' + g, timestamp '2024-02-03 10:20:30.123456' + g * interval '1 day',
+                    timestamptz '2024-02-03 10:00:00+00' + g * interval '37 min', timetz '10:11:12+03',
+                    interval '-1 days -02:03:04' * g, 1.0 / (3 * g), 1.0 / (7 * g), ARRAY[1.0 / (3 * g), pi() * g],
+                    tstzrange(timestamptz '2024-05-06 07:08:09+00' + g * interval '1 h', NULL)
+               FROM generate_series({from}, {to}) g;"
+        )
+    };
+    let mut c = Case::start(
+        &format!(
+            "ALTER DATABASE postgres SET datestyle = 'SQL, DMY';
+             ALTER DATABASE postgres SET intervalstyle = 'sql_standard';
+             ALTER DATABASE postgres SET extra_float_digits = 0;
+             ALTER DATABASE postgres SET timezone = 'Asia/Kolkata';
+             {OUTPUT_TABLE} {}
+             CREATE PUBLICATION fmt FOR TABLE fmt;",
+            rows(1, 5)
+        ),
+        OUTPUT_TABLE,
+    )
+    .await;
+    c.subscribe("fmt", &["fmt"], false).await;
+    c.wait_synced("fmt").await;
+    c.expect_same("values after the initial copy", OUTPUT_VALUES).await;
+    c.on_pub(&format!("{} UPDATE fmt SET f8 = f8 / 11, d = d + 9 WHERE id = 1;", rows(6, 10))).await;
+    let done = "SELECT count(*)::text FROM fmt";
+    let _ = wait_for("the streamed rows", WAIT, || async { Ok((val(&c.s, done).await == "10").then_some(())) }).await;
+    c.wait_equal("after streamed inserts and an update", None, &[]).await;
+    c.expect_same("values after the stream", OUTPUT_VALUES).await;
+    c.finish().await;
+}

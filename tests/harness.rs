@@ -1035,14 +1035,40 @@ impl std::fmt::Display for TableComparison {
 /// How long [`assert_replicated_equal`] waits for the subscriber to catch up.
 pub const REPLICATED_EQUAL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The settings under which rows are rendered for comparison: the same text on both nodes for
+/// the same value whatever their databases or roles set, and every digit of a float (a
+/// publisher before 12 rounds floats by default, which would hide a rounded copy).
+const RENDERING: &[(&str, &str)] = &[
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
 /// Row count and md5 of the rows of `query` (a SELECT), sorted by their text in the "C" collation
-/// so that both nodes sort alike whatever their databases' collations.
+/// so that both nodes sort alike whatever their databases' collations, rendered under
+/// [`RENDERING`]; the session's own settings are restored afterwards.
 async fn fingerprint(c: &tokio_postgres::Client, query: &str) -> Result<(i64, String)> {
+    let mut saved = Vec::with_capacity(RENDERING.len());
+    for (name, value) in RENDERING {
+        let row = c
+            .query_one("SELECT current_setting($1), set_config($1, $2, false)", &[name, value])
+            .await
+            .map_err(|e| format!("set {name}: {e}"))?;
+        saved.push((*name, row.get::<_, String>(0)));
+    }
     let sql = format!(
         "SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text COLLATE \"C\"), '')) \
          FROM ({query}) r"
     );
-    let row = c.query_one(sql.as_str(), &[]).await.map_err(|e| format!("{sql}: {e}"))?;
+    let result = c.query_one(sql.as_str(), &[]).await.map_err(|e| format!("{sql}: {e}"));
+    for (name, value) in saved {
+        c.execute("SELECT set_config($1, $2, false)", &[&name, &value])
+            .await
+            .map_err(|e| format!("restore {name}: {e}"))?;
+    }
+    let row = result?;
     Ok((row.get(0), row.get(1)))
 }
 

@@ -310,6 +310,24 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// The settings a logical-replication client pins so that the publisher writes values in a
+    /// form the subscriber reads back exactly, whatever the publisher's database or role sets:
+    /// ISO dates (a `DateStyle` of `SQL, DMY` would swap day and month and print time zones as
+    /// ambiguous abbreviations), `postgres` intervals, and floats with every digit (before 12,
+    /// `extra_float_digits` 0 rounds them). PostgreSQL's walreceiver sends the same, as pg_dump
+    /// does.
+    pub const OUTPUT_SETTINGS: &'static str = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3";
+
+    /// Adds [`Config::OUTPUT_SETTINGS`] after the user's own `options`: the server applies
+    /// command-line options in order, so these win over any of the same name while the user's
+    /// other options stay.
+    pub fn pin_output_settings(&mut self) {
+        self.options = Some(match self.options.take() {
+            Some(o) if !o.trim().is_empty() => format!("{o} {}", Self::OUTPUT_SETTINGS),
+            _ => Self::OUTPUT_SETTINGS.to_string(),
+        });
+    }
+
     /// The configuration as a keyword/value connection string with the password replaced by
     /// `********` — safe to log.
     pub fn display_masked(&self) -> String {

@@ -169,6 +169,7 @@ fn read_slots(sub: &Subscription, timeout: Duration) -> Result<Vec<SlotRow>, Str
         }
     };
     let mut cfg = conninfo::parse(&sub.conninfo).map_err(|e| fail("invalid connection string", &Error::Config(e)))?;
+    cfg.pin_output_settings();
     if cfg.application_name.is_none() {
         cfg.application_name = Some("pgsub_health".into());
     }

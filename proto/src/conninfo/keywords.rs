@@ -148,8 +148,12 @@ pub(super) fn lookup(name: &str) -> Option<&'static Keyword> {
 }
 
 /// Whether `name` is a keyword whose value is a secret.
+/// Whether `name`, in any letter case, names a secret keyword. Keywords are case-sensitive
+/// (`Password=` is an unknown option), but masking errs on the side of masking too much: the
+/// error for an unknown option quotes the connection string, which must not show a password
+/// because it was spelled in capitals.
 pub(super) fn is_secret(name: &str) -> bool {
-    lookup(name).is_some_and(|k| k.secret)
+    lookup(&name.to_ascii_lowercase()).is_some_and(|k| k.secret)
 }
 
 /// `connection option "k" (value "v") is not supported: why`

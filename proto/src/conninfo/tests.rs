@@ -284,6 +284,10 @@ fn masking_keyword_value() {
     assert_eq!(mask_password("sslpassword=k"), "sslpassword=********");
     assert_eq!(mask_password("host=a"), "host=a");
     assert_eq!(mask_password("password="), "password=********");
+    // An unknown keyword to libpq (keywords are case-sensitive), but still a password to hide.
+    assert_eq!(mask_password("host=a Password=pw PASSWORD=x"), "host=a Password=******** PASSWORD=********");
+    assert_eq!(mask_password("postgres://h/db?PassWord=zz"), "postgres://h/db?PassWord=********");
+    assert!(p("Password=pw").is_err(), "keywords stay case-sensitive");
     // Non-ASCII survives.
     assert_eq!(mask_password("dbname=bäh password=ö"), "dbname=bäh password=********");
 }
@@ -405,4 +409,21 @@ fn keyword_table_is_consistent() {
     assert_eq!(secrets, ["password", "sslpassword"]);
     assert_eq!(keywords::lookup("port").and_then(|k| k.default), Some(DEFAULT_PORT.to_string().as_str()));
     assert_eq!(keywords::lookup("sslmode").and_then(|k| k.default), Some(SslMode::default().as_str()));
+}
+
+#[test]
+fn output_settings_are_pinned_after_the_users_options() {
+    let mut c = p("dbname=x").unwrap();
+    c.pin_output_settings();
+    assert_eq!(c.options.as_deref(), Some("-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"));
+    // The user's options stay; ours come last, so the server's last-wins rule keeps the pins.
+    let mut c = p("options='-c work_mem=1MB -c datestyle=SQL,DMY'").unwrap();
+    c.pin_output_settings();
+    assert_eq!(
+        c.options.as_deref(),
+        Some("-c work_mem=1MB -c datestyle=SQL,DMY -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3")
+    );
+    let mut c = p("options=' '").unwrap();
+    c.pin_output_settings();
+    assert_eq!(c.options.as_deref(), Some(Config::OUTPUT_SETTINGS));
 }
