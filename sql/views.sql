@@ -68,6 +68,7 @@ CREATE VIEW pgsub.stat_subscription AS
 SELECT s.subname,
        s.enabled,
        CASE WHEN NOT pgsub._preloaded() THEN 'not_preloaded'
+            WHEN s.subdbid <> pgsub._current_database_oid() THEN 'copied'
             WHEN p.subid IS NULL THEN CASE WHEN s.enabled THEN 'starting' ELSE 'disabled' END
             WHEN NOT s.enabled AND p.pid IS NULL THEN 'disabled'
             ELSE p.status END AS status,

@@ -189,6 +189,23 @@ fn drop_subscription(
             return;
         }
     };
+    if sub.is_copy() {
+        // The original's worker, origin and slot are not this row's to stop or drop.
+        if let Err(e) = catalog::delete(sub.subid) {
+            error(Code::ERRCODE_INTERNAL_ERROR, format!("deleting subscription: {e}"), None, None);
+        }
+        log(
+            PgLogLevel::NOTICE,
+            Code::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("subscription \"{name}\" was copied from another database: only its row here was removed"),
+            Some(
+                "The replication origin and slot it names belong to the original subscription and were left alone."
+                    .into(),
+            ),
+            None,
+        );
+        return;
+    }
     if drop_slot {
         prevent_in_transaction_block(
             "pgsub.drop_subscription(…, drop_slot => true)",

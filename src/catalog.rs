@@ -42,6 +42,9 @@ pub struct Subscription {
     /// The owner is a superuser (read with the row). Otherwise the publisher connection must
     /// authenticate with a password given in `conninfo` (see `publisher::connect`).
     pub owner_superuser: bool,
+    /// The database the subscription was created in (`subdbid`; 0 in a catalog created by a
+    /// build before that column: taken as this database).
+    pub dbid: u32,
 }
 
 impl Subscription {
@@ -49,6 +52,13 @@ impl Subscription {
     /// (native 16: the owner is not a superuser and `password_required` is on).
     pub fn must_use_password(&self) -> bool {
         !self.owner_superuser && self.password_required
+    }
+
+    /// Whether this row was copied from another database with `CREATE DATABASE … TEMPLATE`: its
+    /// id, origin and slot are the original subscription's, so it is never run here and
+    /// dropping it removes only the row.
+    pub fn is_copy(&self) -> bool {
+        self.dbid != 0 && self.dbid != crate::shmem::my_database()
     }
 
     /// Replication origin that records how far this subscription has applied.
@@ -118,7 +128,8 @@ const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, connin
      disable_on_error, synchronous_commit, skip_lsn::text, \
      coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false), \
      run_as_owner, password_required, conflict_resolution, \
-     (pg_catalog.date_part('epoch', sequence_sync_interval) * 1000)::int8, sequence_sync_margin";
+     (pg_catalog.date_part('epoch', sequence_sync_interval) * 1000)::int8, sequence_sync_margin, \
+     (pg_catalog.to_jsonb(sub.*) ->> 'subdbid')::int8";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -143,6 +154,7 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         conflict_resolution: row.get::<String>(19)?.and_then(|r| Resolution::parse(&r)).unwrap_or_default(),
         sequence_sync_ms: row.get::<i64>(20)?,
         sequence_sync_margin: row.get::<i64>(21)?.unwrap_or(0),
+        dbid: row.get::<i64>(22)?.unwrap_or(0) as u32,
     })
 }
 

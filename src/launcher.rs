@@ -134,7 +134,18 @@ impl Launcher {
         if let Some(d) = SHARED.exclusive().db_mut(self.dboid) {
             d.wake = false;
         }
-        let (has_extension, subs) = read_catalog()?;
+        let (has_extension, rows) = read_catalog()?;
+        // Rows copied from another database (CREATE DATABASE … TEMPLATE) are that database's
+        // subscriptions: never run here.
+        let (copies, subs): (Vec<_>, Vec<_>) = rows.into_iter().partition(|s| s.is_copy());
+        for c in &copies {
+            if self.warned.insert(c.subid) {
+                warning!(
+                    "pgsub: subscription \"{}\" is not run: it was copied from another database (CREATE DATABASE … TEMPLATE); drop it here and create it anew",
+                    c.name
+                );
+            }
+        }
         if has_extension && now() - self.expired_at >= 60_000_000 {
             self.expired_at = now();
             expire_conflicts();

@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 
 pub mod api;
 pub mod catalog;
+pub mod dropdb;
 pub mod gucs;
 pub mod history;
 pub mod launcher;
@@ -43,5 +44,6 @@ pub extern "C-unwind" fn _PG_init() {
     }
     shmem::init();
     monitor::init();
+    dropdb::init();
     supervisor::register();
 }

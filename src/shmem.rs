@@ -423,6 +423,11 @@ impl Shared {
         };
         Some(&mut self.slots[idx])
     }
+    /// How many subscriptions of database `oid` hold a slot (its launcher claims one for each,
+    /// enabled or not; a dropped one's is forgotten).
+    pub fn subscriptions_of(&self, oid: u32) -> usize {
+        self.slots.iter().filter(|s| s.subid != 0 && s.dboid == oid).count()
+    }
     pub fn db(&self, oid: u32) -> Option<&DbSlot> {
         self.dbs.iter().find(|d| d.oid == oid)
     }

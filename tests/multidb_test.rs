@@ -316,8 +316,9 @@ async fn extension_in_a_database_created_after_start_replicates_within_5_s() {
 const SUBSCRIPTIONS_ALL: &str = "SELECT string_agg(coalesce(datname::text, '?') || '/' || subname, ', ' \
                                  ORDER BY datname, subname) FROM pgsub.stat_subscription_all";
 
-/// DROP DATABASE of a database whose only subscription was disabled completes (its launcher
-/// leaves); DROP EXTENSION pgsub in another database, its subscription enabled and streaming,
+/// DROP DATABASE of a database with a subscription is refused (55006, as natively), with FORCE
+/// and with the subscription disabled too; once the subscription is dropped it completes (its
+/// launcher leaves), with no origin or slot left behind; DROP EXTENSION pgsub in another database, its subscription enabled and streaming,
 /// succeeds and its apply worker and launcher go away; the subscription of a third database keeps
 /// the same worker and keeps replicating throughout.
 #[tokio::test(flavor = "current_thread")]
@@ -357,10 +358,34 @@ async fn drop_database_and_drop_extension_leave_other_databases_replicating() {
     wait_value(&s0, "SELECT count(*) FROM t_keep", "21", WAIT).await;
     let keep_pid: i32 = one(&s0, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 's_keep'").await;
 
-    // Disable, then DROP DATABASE right away: it waits for the launcher to leave, not forever.
+    // As natively, a database with subscriptions cannot be dropped, not even WITH (FORCE) and
+    // not with its subscriptions disabled: their origins (server-wide) and publisher slots would
+    // be left behind.
+    let drop_subid: i32 = one(&sd, "SELECT subid FROM pgsub.subscription WHERE subname = 's_drop'").await;
+    let origin = format!("SELECT count(*) FROM pg_replication_origin WHERE roname = 'pgsub_{drop_subid}'");
+    let slot = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_drop'";
+    assert_eq!(one::<i64>(&s0, &origin).await, 1);
+    for sql in ["DROP DATABASE d_drop WITH (FORCE)", "DROP DATABASE d_drop"] {
+        let f = must_fail(&s0, sql, &[]).await;
+        assert_eq!(f.code, "55006", "{sql}: {}", f.text());
+        assert!(
+            f.message.contains("database \"d_drop\" is being used by logical replication subscription"),
+            "{}",
+            f.text()
+        );
+        assert_eq!(f.detail, "There is 1 pgsub subscription.", "{}", f.text());
+    }
     sd.batch_execute("SELECT pgsub.disable_subscription('s_drop')").await.unwrap();
     wait_value(&sd, &status_sql("s_drop"), "disabled", WAIT).await;
+    let f = must_fail(&s0, "DROP DATABASE d_drop WITH (FORCE)", &[]).await;
+    assert_eq!(f.code, "55006", "disabled: {}", f.text());
+    assert_eq!(one::<String>(&sd, &status_sql("s_drop")).await, "disabled", "the refused drop stopped nothing");
+    // Drop the subscription, then DROP DATABASE right away: it waits for the launcher to leave,
+    // not forever, and nothing of the subscription is left on either side.
+    sd.batch_execute("SELECT pgsub.drop_subscription('s_drop')").await.unwrap();
     drop(sd);
+    assert_eq!(one::<i64>(&s0, &origin).await, 0, "the origin is dropped with the subscription");
+    assert_eq!(one::<i64>(&p, slot).await, 0, "the slot is dropped with the subscription");
     s0.batch_execute("SET statement_timeout = '60s'").await.unwrap();
     let t0 = Instant::now();
     s0.batch_execute("DROP DATABASE d_drop")
@@ -404,6 +429,77 @@ async fn drop_database_and_drop_extension_leave_other_databases_replicating() {
     assert_eq!(one::<String>(&s0, &status_sql("s_keep")).await, "streaming");
     assert_eq!(query_text(&s0, SUBSCRIPTIONS_ALL).await.unwrap(), "postgres/s_keep");
     assert_replicated_equal_for(&p, &s0, None).await;
+}
+
+/// `CREATE DATABASE … TEMPLATE` of a database with a subscription copies its catalog row, with
+/// the original's id (and so its origin and slot): in the copy the subscription shows `copied`,
+/// is never run, cannot be enabled or altered (55000), and dropping it there removes only the
+/// row; the original keeps its origin and slot and keeps replicating; a subscription created
+/// anew in the copy runs on its own.
+#[tokio::test(flavor = "current_thread")]
+async fn a_database_copied_from_a_template_does_not_share_its_subscriptions() {
+    let nodes = TwoNodes::start().expect("start");
+    let ci = nodes.pub_conninfo();
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    p.batch_execute(&format!(
+        "CREATE TABLE t_orig {TABLE}; CREATE PUBLICATION pub_orig FOR TABLE t_orig;
+         INSERT INTO t_orig SELECT g, 'o' FROM generate_series(1, 20) g;"
+    ))
+    .await
+    .unwrap();
+    let s0 = nodes.subscriber.client("postgres").await.unwrap();
+    let so = create_database(&nodes.subscriber, "d_orig", &format!("CREATE TABLE t_orig {TABLE}"), true).await;
+    create_sub(&so, "s_t", &ci, "pub_orig", "").await;
+    wait_for_subscription_sync(&so, "s_t", WAIT).await;
+    let subid: i32 = one(&so, "SELECT subid FROM pgsub.subscription WHERE subname = 's_t'").await;
+    let origin = format!("SELECT count(*) FROM pg_replication_origin WHERE roname = 'pgsub_{subid}'");
+    let slot = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_t'";
+
+    // A template may have no other sessions: disable, and wait for the launcher to leave.
+    so.batch_execute("SELECT pgsub.disable_subscription('s_t')").await.unwrap();
+    drop(so);
+    wait_value(&s0, &backends_in("pgsub launcher", "d_orig"), "0", WAIT).await;
+    s0.batch_execute("CREATE DATABASE d_copy TEMPLATE d_orig").await.expect("CREATE DATABASE … TEMPLATE");
+    let so = nodes.subscriber.client("d_orig").await.unwrap();
+    so.batch_execute("SELECT pgsub.enable_subscription('s_t')").await.unwrap();
+    wait_value(&so, &status_sql("s_t"), "streaming", WAIT).await;
+
+    let sc = nodes.subscriber.client("d_copy").await.unwrap();
+    wait_value(&sc, &status_sql("s_t"), "copied", WAIT).await;
+    for sql in [
+        "SELECT pgsub.enable_subscription('s_t')",
+        "SELECT pgsub.disable_subscription('s_t')",
+        "SELECT pgsub.refresh_subscription('s_t')",
+    ] {
+        let f = must_fail(&sc, sql, &[]).await;
+        assert_eq!(f.code, "55000", "{sql}: {}", f.text());
+        assert!(f.message.contains("was copied from another database"), "{sql}: {}", f.text());
+    }
+    let (sc, notices) = nodes.subscriber.client_with_notices("d_copy").await.unwrap();
+    sc.batch_execute("SELECT pgsub.drop_subscription('s_t')").await.expect("drop the copy");
+    assert!(
+        notices.lock().unwrap().iter().any(|n| n.message().contains("only its row here was removed")),
+        "{:?}",
+        notices.lock().unwrap()
+    );
+    assert_eq!(one::<i64>(&sc, "SELECT count(*) FROM pgsub.subscription").await, 0);
+    assert_eq!(one::<i64>(&s0, &origin).await, 1, "the original's origin is kept");
+    assert_eq!(one::<i64>(&p, slot).await, 1, "the original's slot is kept");
+    assert_eq!(one::<String>(&so, &status_sql("s_t")).await, "streaming", "the original runs on");
+
+    // Created anew in the copy, the subscription gets its own id and slot and runs.
+    create_sub(&sc, "s_new", &ci, "pub_orig", ", copy_data => false").await;
+    wait_value(&sc, &status_sql("s_new"), "streaming", WAIT).await;
+    let new_id: i32 = one(&sc, "SELECT subid FROM pgsub.subscription WHERE subname = 's_new'").await;
+    assert_ne!(new_id, subid);
+    p.batch_execute(
+        "INSERT INTO t_orig SELECT g, 'after' FROM generate_series(21, 30) g; UPDATE t_orig SET v = 'u' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    assert_replicated_equal_for(&p, &so, None).await;
+    assert_replicated_equal_for(&p, &sc, None).await;
+    assert_eq!(one::<i64>(&s0, &backends_in("pgsub apply worker", "d_copy")).await, 1, "only s_new runs in the copy");
 }
 
 /// `pgsub.max_apply_workers = 2` across four databases with one subscription each: two stream,

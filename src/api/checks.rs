@@ -83,6 +83,7 @@ pub(super) fn require_superuser_if_passwordless(sub: &Subscription) {
 
 pub(super) fn sub_by_name(name: &str) -> Subscription {
     match catalog::load_by_name(name) {
+        Ok(Some(s)) if s.is_copy() => refuse_copy(&s),
         Ok(Some(s)) => s,
         Ok(None) => error(
             Code::ERRCODE_UNDEFINED_OBJECT,
@@ -92,6 +93,20 @@ pub(super) fn sub_by_name(name: &str) -> Subscription {
         ),
         Err(e) => error(Code::ERRCODE_INTERNAL_ERROR, format!("reading pgsub.sub: {e}"), None, None),
     }
+}
+
+/// A subscription copied from another database with `CREATE DATABASE … TEMPLATE` cannot be
+/// used: its id, origin and slot are the original's (55000).
+pub(super) fn refuse_copy(sub: &Subscription) -> ! {
+    error(
+        Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("subscription \"{}\" was copied from another database", sub.name),
+        Some(format!(
+            "CREATE DATABASE … TEMPLATE copied the row of the subscription of database {} (subid {}); its replication origin and slot are that subscription's.",
+            sub.dbid, sub.subid
+        )),
+        Some("Drop it here with pgsub.drop_subscription() (only the row in this database is removed) and create it anew."),
+    )
 }
 
 pub(super) fn check_name(name: &str) {

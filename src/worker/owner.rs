@@ -34,17 +34,27 @@ pub(crate) fn switches() -> bool {
 /// Runs `f` — one statement, batch or copy into the table `relid` — as that table's owner unless
 /// the subscription runs as its owner. An ERROR inside `f` aborts the transaction, which restores
 /// the user id and the GUC nest level itself; the guard restores the user id on the way out too.
+///
+/// Row-level security is checked each time, for the user that writes (as native apply does at
+/// every change): a role that loses BYPASSRLS, or the membership that made it the table's
+/// owner, must stop apply rather than write through policies that hide the rows it looks for.
 pub(crate) fn as_table_owner<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     if !switches() {
+        super::copyin::refuse_row_level_security(relid);
         return f();
     }
-    let Some(owner) = rel_owner(relid) else { return f() };
+    let Some(owner) = rel_owner(relid) else {
+        super::copyin::refuse_row_level_security(relid);
+        return f();
+    };
     // SAFETY: reads this backend's current user id.
     if owner == unsafe { pg_sys::GetUserId() } {
         // Switching to oneself changes nothing (native does it anyway): skip the lookups.
+        super::copyin::refuse_row_level_security(relid);
         return f();
     }
     let ctx = switch_to_untrusted_user(owner);
+    super::copyin::refuse_row_level_security(relid);
     let r = f();
     ctx.restore();
     r

@@ -1,0 +1,123 @@
+//! Guards `DROP DATABASE` as native `dropdb()` does: a database that holds subscriptions cannot
+//! be dropped (not even `WITH (FORCE)`), because its subscriptions' replication origins are
+//! server-wide and their slots live on the publisher — dropping the database would leave both
+//! behind. `pgsub.drop_subscription` in that database removes them first.
+//!
+//! A `ProcessUtility_hook` (pgsub is preloaded, so every backend has it) looks up the database
+//! in shared memory: each launcher claims a slot for every subscription of its database, enabled
+//! or not, and the supervisor probes every database once after the server starts. A database
+//! copied with `CREATE DATABASE … TEMPLATE` holds no slot of the subscriptions it carries (their
+//! ids are the original's) and can be dropped.
+use crate::{report, shmem};
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+static mut PREV_HOOK: pg_sys::ProcessUtility_hook_type = None;
+
+/// Installs the hook (from `_PG_init`, in the postmaster).
+pub fn init() {
+    // SAFETY: called once while loading the preloaded library, before any backend exists.
+    unsafe {
+        PREV_HOOK = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: PostgreSQL passes a valid statement; the node is read, not kept.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
+            check_drop(stmt.cast::<pg_sys::DropdbStmt>());
+        }
+        match PREV_HOOK {
+            Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+}
+
+/// Refuses to drop a database that has subscriptions (native's error, SQLSTATE 55006).
+///
+/// # Safety
+/// `stmt` points to a `DropdbStmt`.
+unsafe fn check_drop(stmt: *const pg_sys::DropdbStmt) {
+    // SAFETY: the caller's promise; dbname is a NUL-terminated name.
+    let name = unsafe {
+        if (*stmt).dbname.is_null() {
+            return;
+        }
+        CStr::from_ptr((*stmt).dbname).to_string_lossy().into_owned()
+    };
+    // SAFETY: a catalog lookup by name; missing_ok so DROP DATABASE reports a missing one itself.
+    let oid = unsafe { pg_sys::get_database_oid((*stmt).dbname, true) };
+    if oid == pg_sys::InvalidOid {
+        return;
+    }
+    let count = settled_count(oid.to_u32());
+    if count == 0 {
+        return;
+    }
+    report::error(
+        PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+        format!("database \"{name}\" is being used by logical replication subscription"),
+        Some(if count == 1 {
+            "There is 1 pgsub subscription.".to_string()
+        } else {
+            format!("There are {count} pgsub subscriptions.")
+        }),
+        Some(
+            "Drop them first with pgsub.drop_subscription() in that database (it drops their replication slots on the publisher and their origins here).",
+        ),
+    );
+}
+
+/// The subscriptions shared memory knows of in database `oid`. While that database's launcher
+/// runs it may be about to forget a subscription dropped a moment ago: then wait for it, at
+/// most 5 s (as long as DROP DATABASE itself waits for other sessions to leave).
+fn settled_count(oid: u32) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (count, launcher) = {
+            if !shmem::available() {
+                return 0;
+            }
+            let g = shmem::SHARED.share();
+            (g.subscriptions_of(oid), g.db(oid).map_or(0, |d| d.pid))
+        };
+        if count == 0 || launcher == 0 || std::time::Instant::now() >= deadline {
+            return count;
+        }
+        // SAFETY: latch wait in a backend.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                100,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
