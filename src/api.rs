@@ -295,7 +295,7 @@ fn alter_subscription_connection(name: Option<&str>, conninfo: Option<&str>) {
     let name = required(name, "name");
     let conninfo = required(conninfo, "conninfo");
     let sub = sub_by_name(name);
-    require_owner_privileges(&sub);
+    require_owner_privileges(&sub, "change its connection");
     check_conninfo(conninfo);
     publisher::require_password_in(conninfo, sub.must_use_password());
     // Like native ALTER SUBSCRIPTION … CONNECTION: the new connection must work.
@@ -353,7 +353,7 @@ fn alter_subscription_options(
     let sequence_sync_margin = sequence_sync_margin.map(margin);
     let streaming = streaming_mode(streaming);
     let sub = sub_by_name(name);
-    require_owner_privileges(&sub);
+    require_owner_privileges(&sub, "change its options");
     if password_required == Some(false) {
         require_superuser_for_password_required_false();
     }
@@ -402,7 +402,7 @@ fn rename_subscription(name: Option<&str>, new_name: Option<&str>) {
     let name = required(name, "name");
     let new_name = required(new_name, "new_name");
     let sub = sub_by_name(name);
-    require_owner_privileges(&sub);
+    require_owner_privileges(&sub, "rename it");
     check_name(new_name);
     if new_name != name && catalog::load_by_name(new_name).ok().flatten().is_some() {
         error(Code::ERRCODE_DUPLICATE_OBJECT, format!("subscription \"{new_name}\" already exists"), None, None);
@@ -421,7 +421,7 @@ fn alter_subscription_owner(name: Option<&str>, new_owner: Option<&str>) {
     let name = required(name, "name");
     let new_owner = required(new_owner, "new_owner");
     let sub = sub_by_name(name);
-    require_owner_privileges(&sub);
+    require_owner_privileges(&sub, "change its owner");
     let role_name = CString::new(new_owner).unwrap_or_default();
     // SAFETY: catalog lookups inside a transaction.
     let (owner, caller_may, owner_super, owner_admin) = unsafe {
@@ -471,7 +471,7 @@ fn alter_subscription_publications(
     let copy_data = required(copy_data, "copy_data");
     let pubs = publication_list(pubs_in);
     let sub = sub_by_name(name);
-    require_owner_privileges(&sub);
+    require_owner_privileges(&sub, "change its publications");
     let mut client = connect(name, &sub.conninfo, sub.must_use_password());
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
@@ -557,7 +557,7 @@ fn reset_stats(name: default!(Option<&str>, "NULL")) {
             .unwrap_or_else(|e| error(Code::ERRCODE_INTERNAL_ERROR, format!("reading subscriptions: {e}"), None, None)),
     };
     for sub in &subs {
-        require_owner_privileges(sub);
+        require_owner_privileges(sub, "reset its statistics");
     }
     if !shmem::available() {
         return;

@@ -38,7 +38,8 @@ pub(super) fn required<T>(v: Option<T>, arg: &str) -> T {
 /// Changing where a subscription's changes come from (connection, publications) is for its owner:
 /// the worker applies them with the owner's privileges, so another pgsub_admin member could
 /// otherwise point a superuser's subscription at a publisher of their own and write any table.
-pub(super) fn require_owner_privileges(sub: &Subscription) {
+/// `action` completes "must have the privileges of the owner of subscription "s" to …".
+pub(super) fn require_owner_privileges(sub: &Subscription, action: &str) {
     require_superuser_if_passwordless(sub);
     let caller = caller();
     // SAFETY: catalog lookups inside a transaction.
@@ -47,10 +48,7 @@ pub(super) fn require_owner_privileges(sub: &Subscription) {
     if !ok {
         error(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!(
-                "must have the privileges of the owner of subscription \"{}\" to change its connection or publications",
-                sub.name
-            ),
+            format!("must have the privileges of the owner of subscription \"{}\" to {action}", sub.name),
             Some(
                 "The apply worker writes the publisher's changes with the privileges of the subscription's owner."
                     .into(),

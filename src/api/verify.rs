@@ -661,7 +661,7 @@ fn _verify_subscription(
     check_database();
     let mode = mode_of(mode, max_keys);
     let sub = sub_by_name(name);
-    require_owner_privileges(&sub);
+    require_owner_privileges(&sub, "verify it");
     check_streaming(&sub);
     let targets = targets(&sub, tables);
     // SAFETY: a GUC nest level for this function's SET LOCALs, undone before returning.
