@@ -1036,27 +1036,32 @@ impl std::fmt::Display for TableComparison {
 pub const REPLICATED_EQUAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The settings under which rows are rendered for comparison: the same text on both nodes for
-/// the same value whatever their databases or roles set, and every digit of a float (a
-/// publisher before 12 rounds floats by default, which would hide a rounded copy).
-const RENDERING: &[(&str, &str)] = &[
-    ("DateStyle", "ISO, YMD"),
-    ("IntervalStyle", "postgres"),
-    ("TimeZone", "UTC"),
-    ("extra_float_digits", "3"),
-    ("bytea_output", "hex"),
-];
+/// the same value whatever their databases or roles set (floats: [`float_digits`]).
+const RENDERING: &[(&str, &str)] =
+    &[("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"), ("TimeZone", "UTC"), ("bytea_output", "hex")];
+
+/// `extra_float_digits` for comparing the rows of `p` and `s`: 3 (every digit: a rounded copy
+/// differs) when both run PostgreSQL 12 or later, which then print the shortest exact text;
+/// before 12 that setting prints 17 digits where 12+ prints the shortest, so with an older node
+/// both sides print 15 digits (0) and a test checks float bits itself (`float8send`).
+async fn float_digits(p: &tokio_postgres::Client, s: &tokio_postgres::Client) -> Result<&'static str> {
+    let sql = "SELECT current_setting('server_version_num')::int";
+    let pv: i32 = p.query_one(sql, &[]).await.map_err(|e| format!("publisher version: {e}"))?.get(0);
+    let sv: i32 = s.query_one(sql, &[]).await.map_err(|e| format!("subscriber version: {e}"))?.get(0);
+    Ok(if pv.min(sv) >= 120000 { "3" } else { "0" })
+}
 
 /// Row count and md5 of the rows of `query` (a SELECT), sorted by their text in the "C" collation
 /// so that both nodes sort alike whatever their databases' collations, rendered under
-/// [`RENDERING`]; the session's own settings are restored afterwards.
-async fn fingerprint(c: &tokio_postgres::Client, query: &str) -> Result<(i64, String)> {
-    let mut saved = Vec::with_capacity(RENDERING.len());
-    for (name, value) in RENDERING {
+/// [`RENDERING`] and `extra_float_digits`; the session's own settings are restored afterwards.
+async fn fingerprint(c: &tokio_postgres::Client, query: &str, float_digits: &str) -> Result<(i64, String)> {
+    let mut saved = Vec::with_capacity(RENDERING.len() + 1);
+    for (name, value) in RENDERING.iter().copied().chain([("extra_float_digits", float_digits)]) {
         let row = c
-            .query_one("SELECT current_setting($1), set_config($1, $2, false)", &[name, value])
+            .query_one("SELECT current_setting($1), set_config($1, $2, false)", &[&name, &value])
             .await
             .map_err(|e| format!("set {name}: {e}"))?;
-        saved.push((*name, row.get::<_, String>(0)));
+        saved.push((name, row.get::<_, String>(0)));
     }
     let sql = format!(
         "SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text COLLATE \"C\"), '')) \
@@ -1078,9 +1083,10 @@ async fn count_and_md5(
     from: &str,
     cols: &str,
     filter: Option<&str>,
+    float_digits: &str,
 ) -> Result<(i64, String)> {
     let where_ = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
-    fingerprint(c, &format!("SELECT {cols} FROM {from}{where_}")).await
+    fingerprint(c, &format!("SELECT {cols} FROM {from}{where_}"), float_digits).await
 }
 
 /// `ONLY "s"."t"` for a plain table (its own rows), `"s"."t"` for a partitioned one (its
@@ -1231,6 +1237,7 @@ async fn compare_subscribed(
         }
     };
     let rows = s.query(list, &[&subs]).await.map_err(|e| format!("listing replicated tables: {e}"))?;
+    let digits = float_digits(p, s).await?;
     let mut out = Vec::new();
     for r in rows {
         let (schema, name, pubs): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
@@ -1238,8 +1245,8 @@ async fn compare_subscribed(
         let cols = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
         let pub_from = table_source(p, &schema, &name).await?;
         let sub_from = table_source(s, &schema, &name).await?;
-        let (pr, pm) = count_and_md5(p, &pub_from, &cols, filter.as_deref()).await?;
-        let (sr, sm) = count_and_md5(s, &sub_from, &cols, None).await?;
+        let (pr, pm) = count_and_md5(p, &pub_from, &cols, filter.as_deref(), digits).await?;
+        let (sr, sm) = count_and_md5(s, &sub_from, &cols, None, digits).await?;
         out.push(TableComparison {
             table: format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
             publisher_rows: pr,
@@ -1420,8 +1427,9 @@ pub async fn assert_replicated_equal_except(
 /// its own; panics with the rows found on one side only and the subscriptions' status otherwise.
 pub async fn assert_rows_equal(p: &tokio_postgres::Client, s: &tokio_postgres::Client, query: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
+    let digits = float_digits(p, s).await.unwrap_or_else(|e| panic!("{e}"));
     let last = loop {
-        let last = match (fingerprint(p, query).await, fingerprint(s, query).await) {
+        let last = match (fingerprint(p, query, digits).await, fingerprint(s, query, digits).await) {
             (Ok(a), Ok(b)) if a == b => return,
             (Ok(a), Ok(b)) => format!("publisher {} rows {}, subscriber {} rows {}", a.0, a.1, b.0, b.1),
             (Err(e), _) | (_, Err(e)) => e,
