@@ -505,9 +505,15 @@ fn refresh_subscription(name: Option<&str>, copy_data: default!(Option<bool>, tr
 fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
     require_admin();
     let name = required(name, "name");
-    let lsn = required(lsn, "lsn");
     let sub = sub_by_name(name);
     require_superuser_if_passwordless(&sub);
+    let Some(lsn) = lsn else {
+        // NULL: nothing to skip any more (native `SKIP (lsn = NONE)`); a running worker
+        // restarts to forget it.
+        update_sub(sub.subid, catalog::Change::SkipLsn(None));
+        stop_worker(sub.subid);
+        return;
+    };
     let parsed: Option<pgsub_proto::Lsn> = lsn.parse().ok().filter(|l: &pgsub_proto::Lsn| l.is_valid());
     if parsed.is_none() {
         error(
@@ -536,7 +542,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
             );
         }
     }
-    update_sub(sub.subid, catalog::Change::SkipLsn(lsn));
+    update_sub(sub.subid, catalog::Change::SkipLsn(Some(lsn)));
     // A running worker reads skip_lsn when it starts: it restarts once this commits (a failing
     // one would at its next retry anyway), so the next remote transaction is skipped or, if it
     // does not finish there, clears skip_lsn, as natively.

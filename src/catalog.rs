@@ -525,7 +525,8 @@ pub enum Change<'a> {
     },
     Name(&'a str),
     Owner(pg_sys::Oid),
-    SkipLsn(&'a str),
+    /// None: no transaction to skip (native `SKIP (lsn = NONE)`).
+    SkipLsn(Option<&'a str>),
 }
 
 pub fn update(subid: i32, change: Change) -> SpiResult<()> {
@@ -582,8 +583,11 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
         Change::Owner(o) => {
             Spi::run_with_args("UPDATE pgsub.sub SET subowner = $2 WHERE subid = $1", &[subid.into(), o.into()])
         }
-        Change::SkipLsn(l) => {
+        Change::SkipLsn(Some(l)) => {
             Spi::run_with_args("UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1", &[subid.into(), l.into()])
+        }
+        Change::SkipLsn(None) => {
+            Spi::run_with_args("UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1", &[subid.into()])
         }
     }
 }

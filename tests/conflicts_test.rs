@@ -8,8 +8,26 @@ use pgsub_tests::{
     TwoNodes,
 };
 use std::time::Duration;
+use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);
+
+/// Sets `pgsub.sync_hold_state` on the subscriber (`''`: resets it) and waits until a new
+/// session sees it (as `tablesync_test.rs` does).
+async fn set_hold(nodes: &TwoNodes, s: &Client, state: &str) {
+    let sql = if state.is_empty() {
+        "ALTER SYSTEM RESET pgsub.sync_hold_state".to_string()
+    } else {
+        format!("ALTER SYSTEM SET pgsub.sync_hold_state = '{state}'")
+    };
+    s.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    s.batch_execute("SELECT pg_reload_conf()").await.expect("pg_reload_conf");
+    nodes
+        .subscriber
+        .poll_query_until("postgres", "SHOW pgsub.sync_hold_state", state, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("pgsub.sync_hold_state = '{state}' not in force: {e}"));
+}
 
 /// Waits for a line of the subscriber's log (the failing test prints the whole log).
 async fn wait_log(nodes: &TwoNodes, what: &str) {
@@ -268,19 +286,43 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
 
 /// `skip_transaction` as natively: a position at or before the subscription's origin (already
 /// applied) is refused; a position that the next applied transaction does not finish at is
-/// cleared at it with a WARNING, and that transaction is applied, not skipped.
+/// cleared at it with a WARNING, and that transaction is applied, not skipped; a transaction
+/// that changes nothing here (only a table still being synchronized) leaves it.
 #[tokio::test(flavor = "current_thread")]
 async fn a_skip_lsn_that_matches_nothing_is_refused_or_cleared() {
     let nodes = TwoNodes::start().expect("start");
     let p = nodes.publisher.client("postgres").await.unwrap();
     let s = nodes.subscriber.client("postgres").await.unwrap();
-    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE t2 (id int PRIMARY KEY)";
     p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE t")).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
     s.execute("SELECT pgsub.create_subscription('s', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
     wait_for_subscription_sync(&s, "s", WAIT).await;
     p.batch_execute("INSERT INTO t VALUES (1, 'a')").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
+
+    // t2 joins and its sync worker stays after the copy: a transaction that changes only t2
+    // changes nothing for the apply worker, and a skip_lsn it does not match stays.
+    set_hold(&nodes, &s, "copied").await;
+    p.batch_execute("ALTER PUBLICATION pub ADD TABLE t2").await.unwrap();
+    s.batch_execute("SELECT pgsub.refresh_subscription('s')").await.unwrap();
+    wait_value(&s, "SELECT sync_state FROM pgsub.stat_subscription_table WHERE relid = 't2'::regclass", "copied", WAIT)
+        .await;
+    s.execute("SELECT pgsub.skip_transaction('s', 'FE/0')", &[]).await.unwrap();
+    let applied: i64 = one(&s, "SELECT txns_applied FROM pgsub.stat_subscription WHERE subname = 's'").await;
+    p.batch_execute("INSERT INTO t2 VALUES (1)").await.unwrap();
+    wait_value(
+        &s,
+        &format!("SELECT txns_applied > {applied} FROM pgsub.stat_subscription WHERE subname = 's'"),
+        "t",
+        WAIT,
+    )
+    .await;
+    let skip: Option<String> = one(&s, "SELECT skip_lsn::text FROM pgsub.subscription WHERE subname = 's'").await;
+    assert_eq!(skip.as_deref(), Some("FE/0"), "a transaction that changed nothing here keeps skip_lsn");
+    set_hold(&nodes, &s, "").await;
+    wait_for_subscription_sync(&s, "s", WAIT).await;
+    s.execute("SELECT pgsub.skip_transaction('s', NULL)", &[]).await.unwrap();
 
     let e = s.execute("SELECT pgsub.skip_transaction('s', '0/100')", &[]).await.unwrap_err();
     let db = e.as_db_error().expect("a server error");

@@ -77,6 +77,10 @@ pub struct Applier {
     pub(super) use_tick: u64,
     /// Remote transactions applied in the open local transaction and not committed yet.
     pub(super) group: Option<Group>,
+    /// The current remote transaction changed a table here (not only tables still being
+    /// synchronized, whose changes a sync worker applies): a skip_lsn it does not match is
+    /// cleared at its commit, as native clears it only for a non-empty transaction.
+    pub(super) changed_in_txn: bool,
 }
 
 /// Remote transactions whose Commit was deferred: they are applied in the open local
@@ -114,6 +118,7 @@ impl Applier {
             auto_binary: false,
             use_tick: 0,
             group: None,
+            changed_in_txn: false,
         }
     }
 
@@ -163,6 +168,7 @@ impl Applier {
         errctx::set_txn(b.xid, b.final_lsn);
         conflict::begin_txn(b.xid, b.commit_time, b.final_lsn);
         self.skipping = self.skip_lsn == Some(b.final_lsn);
+        self.changed_in_txn = false;
         if self.skipping {
             report::log(
                 PgLogLevel::LOG,
@@ -248,10 +254,11 @@ impl Applier {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
                 }
                 self.skip_lsn = None;
-            } else if let Some(skip) = self.skip_lsn.filter(|_| !skipped) {
+            } else if let Some(skip) = self.skip_lsn.filter(|_| !skipped && self.changed_in_txn) {
                 // A transaction was applied that skip_lsn did not name: it is forgotten, with
                 // a warning, as natively (a mistyped position would otherwise stay for ever,
-                // and with it the slower path that skip_lsn keeps apply on).
+                // and with it the slower path that skip_lsn keeps apply on). A transaction
+                // that changed nothing here leaves it, as natively.
                 let r = with_snapshot(|| crate::catalog::clear_skip_lsn(self.subid, skip));
                 if let Err(e) = r {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
@@ -481,6 +488,7 @@ impl Applier {
         if skipping || !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
             return None;
         }
+        self.changed_in_txn = true;
         self.use_tick += 1;
         entry.last_used = self.use_tick;
         if entry.local.is_none() {
