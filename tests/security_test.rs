@@ -53,6 +53,7 @@ const MANAGEMENT: &[&str] = &[
 /// (`_preloaded` says whether pgsub is in shared_preload_libraries.)
 const VIEW_HELPERS: &[&str] = &[
     "_ts",
+    "_current_database_oid",
     "_lsn",
     "_mask_conninfo",
     "_stat_progress",
