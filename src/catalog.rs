@@ -665,6 +665,18 @@ pub struct ConflictLogRow<'a> {
     pub remote_finish_lsn: String,
 }
 
+/// Gives the conflict records of remote transaction `xid` that were written before its commit
+/// time and finish LSN were known (a parallel apply worker applies a streamed transaction before
+/// Stream Commit brings them) those values; in the committing transaction. `commit_time` is in
+/// microseconds since the Unix epoch.
+pub fn complete_conflict_log(subid: i32, xid: i64, commit_time: i64, finish_lsn: &str) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE pgsub.conflict_log SET remote_commit_time = pg_catalog.to_timestamp($3::float8 / 1000000), \
+         remote_finish_lsn = $4::pg_lsn WHERE subid = $1 AND remote_xid = $2 AND remote_finish_lsn IS NULL",
+        &[subid.into(), xid.into(), commit_time.into(), finish_lsn.into()],
+    )
+}
+
 /// Records a conflict (in the caller's transaction: rolled back with the change it resolves).
 pub fn insert_conflict_log(r: &ConflictLogRow) -> SpiResult<()> {
     Spi::run_with_args(
@@ -672,7 +684,8 @@ pub fn insert_conflict_log(r: &ConflictLogRow) -> SpiResult<()> {
          local_xid, local_commit_time, local_origin, remote_origin, remote_xid, remote_commit_time, remote_finish_lsn) \
          VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb, $7, $8, pg_catalog.to_timestamp($9::float8 / 1000000), \
          (SELECT o.roname FROM pg_catalog.pg_replication_origin o WHERE o.roident = $10), $11, $12, \
-         pg_catalog.to_timestamp($13::float8 / 1000000), $14::pg_lsn)",
+         CASE WHEN $14::pg_lsn <> '0/0' THEN pg_catalog.to_timestamp($13::float8 / 1000000) END, \
+         NULLIF($14::pg_lsn, '0/0'))",
         &[
             r.subid.into(),
             r.conflict_type.into(),

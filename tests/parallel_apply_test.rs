@@ -339,3 +339,49 @@ async fn a_parallel_worker_stopped_between_transactions_is_not_counted_and_is_re
     wait_value(&s, count, "1", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A conflict met by a parallel apply worker, which applies a streamed transaction before its
+/// commit time and finish LSN are known: its `pgsub.conflict_log` row gets both at Stream Commit
+/// (the publisher's commit LSN of that transaction), never 2000-01-01 or 0/0.
+#[tokio::test(flavor = "current_thread")]
+async fn a_conflict_in_a_parallel_worker_gets_the_commit_time_and_finish_lsn() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes).await;
+    p.batch_execute("INSERT INTO small VALUES (1, 'only on the publisher')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM small", "1", WAIT).await;
+    s.batch_execute("DELETE FROM small WHERE id = 1").await.unwrap();
+    // A large transaction (streamed to a parallel worker) that also updates the missing row;
+    // its xid and the WAL positions around its commit record.
+    p.batch_execute("BEGIN; INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(1, 50000) g").await.unwrap();
+    wait_parallel_writing(&s, "big").await;
+    p.batch_execute(
+        "UPDATE small SET v = 'updated' WHERE id = 1;
+         INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(50001, 60000) g;",
+    )
+    .await
+    .unwrap();
+    let xid: i64 = one(&p, "SELECT txid_current()").await;
+    let before: String = one(&p, "SELECT pg_current_wal_insert_lsn()::text").await;
+    p.batch_execute("COMMIT").await.unwrap();
+    let after: String = one(&p, "SELECT pg_current_wal_insert_lsn()::text").await;
+    wait_value(&s, "SELECT count(*)::text FROM big", "60000", WAIT).await;
+    wait_value(&s, "SELECT parallel_txns >= 1 FROM pgsub.stat_subscription WHERE subname = 'pa'", "t", WAIT).await;
+    let row = s
+        .query_one(
+            "SELECT remote_xid, remote_commit_time > now() - interval '5 min' AND remote_commit_time <= now(),
+                    remote_finish_lsn >= $1::text::pg_lsn AND remote_finish_lsn <= $2::text::pg_lsn,
+                    remote_finish_lsn::text
+             FROM pgsub.conflict_log WHERE conflict_type = 'update_missing' AND relation LIKE '%small%'",
+            &[&before, &after],
+        )
+        .await
+        .expect("one update_missing record");
+    let (rxid, recent, within, lsn): (Option<i64>, Option<bool>, Option<bool>, Option<String>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(rxid, Some(xid), "the remote transaction's xid");
+    assert_eq!(recent, Some(true), "remote_commit_time is the transaction's commit time");
+    assert_eq!(within, Some(true), "remote_finish_lsn {lsn:?} is the commit record's, between {before} and {after}");
+    // The row goes on the publisher too (a delete_missing here): the tables converge.
+    p.batch_execute("DELETE FROM small WHERE id = 1").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}

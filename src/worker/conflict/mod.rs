@@ -63,6 +63,9 @@ struct State {
     pending: Option<Record>,
     /// Conflicts resolved in the current transaction, not yet in the counters.
     counted: Vec<(pg_sys::Oid, ConflictType, i64)>,
+    /// Records were written without the remote commit time and finish LSN (a transaction
+    /// applied while it streams): [`complete_streamed`] fills them in at its commit.
+    unfinished_records: bool,
 }
 
 thread_local! {
@@ -87,7 +90,34 @@ pub fn begin_txn(xid: u32, commit_time: i64, finish_lsn: Lsn) {
         s.txn = RemoteTxn { xid, commit_time, finish_lsn, origin: None };
         s.counted.clear();
         s.pending = None;
+        s.unfinished_records = false;
     });
+}
+
+/// Stream Commit of a transaction a parallel apply worker applied as it streamed: its conflict
+/// records written meanwhile get the commit time and finish LSN (in the committing transaction).
+pub fn complete_streamed(commit_time: i64, finish_lsn: Lsn) {
+    let (subid, xid, unfinished) = STATE.with_borrow_mut(|s| {
+        s.txn.commit_time = commit_time;
+        s.txn.finish_lsn = finish_lsn;
+        (s.subid, s.txn.xid, std::mem::take(&mut s.unfinished_records))
+    });
+    if !unfinished {
+        return;
+    }
+    let r = super::execute::with_snapshot(|| {
+        catalog::as_superuser(|| {
+            catalog::complete_conflict_log(
+                subid,
+                i64::from(xid),
+                record::unix_micros(commit_time),
+                &finish_lsn.to_string(),
+            )
+        })
+    });
+    if let Err(e) = r {
+        report::error(Code::ERRCODE_INTERNAL_ERROR, format!("completing pgsub.conflict_log: {e}"), None, None);
+    }
 }
 
 /// Counts a conflict on local table `relid` (added to the counters with the transaction's).

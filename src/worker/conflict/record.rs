@@ -155,13 +155,18 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
     if !parts.is_empty() {
         detail.push_str(&format!("\n{}.", parts.join("; ")));
     }
+    // A transaction applied by a parallel apply worker as it streams has neither yet: its
+    // pgsub.conflict_log rows get them at its Stream Commit (catalog::complete_conflict_log).
+    let when = if txn.finish_lsn.is_valid() {
+        format!(", committed at {}, finishing at {}", timestamp_text(txn.commit_time), txn.finish_lsn)
+    } else {
+        ", still in progress on the publisher (streamed)".to_string()
+    };
     detail.push_str(&format!(
-        "\nResolution: {}. Remote transaction {}{}, committed at {}, finishing at {}.",
+        "\nResolution: {}. Remote transaction {}{}{when}.",
         rec.resolution,
         txn.xid,
         txn.origin.as_deref().map(|o| format!(" from origin \"{o}\"")).unwrap_or_default(),
-        timestamp_text(txn.commit_time),
-        txn.finish_lsn
     ));
     (msg, detail)
 }
@@ -198,7 +203,10 @@ pub fn write_pending_after_abort() {
 }
 
 pub(super) fn insert_log_row(rec: &Record) {
-    let (subid, txn) = STATE.with_borrow(|s| (s.subid, s.txn.clone()));
+    let (subid, txn) = STATE.with_borrow_mut(|s| {
+        s.unfinished_records |= !s.txn.finish_lsn.is_valid();
+        (s.subid, s.txn.clone())
+    });
     let row = catalog::ConflictLogRow {
         subid,
         conflict_type: rec.ctype.as_str(),

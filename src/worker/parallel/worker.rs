@@ -296,6 +296,7 @@ impl ParallelApplier {
         }
         errctx::set_txn(c.xid, c.commit_lsn);
         self.applier.flush_batches();
+        crate::worker::conflict::complete_streamed(c.commit_time, c.commit_lsn);
         let n = self.subxacts.len();
         self.leave_subxacts(n, true);
         self.counts_at.clear();
