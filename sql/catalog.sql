@@ -48,7 +48,9 @@ CREATE TABLE pgsub.sub (
     -- The database the subscription was created in (native pg_subscription.subdbid). A database
     -- copied with CREATE DATABASE … TEMPLATE carries the row with the original's oid: there the
     -- subscription is a copy, never run, and dropping it touches nothing of the original's.
-    subdbid            oid     NOT NULL DEFAULT pgsub._current_database_oid()
+    subdbid            oid     NOT NULL DEFAULT pgsub._current_database_oid(),
+    -- PostgreSQL 17's failover: the slot on the publisher is synchronized to its standbys.
+    failover           boolean NOT NULL DEFAULT false
 );
 
 -- One row per published table a subscription applies. `relid` is the local table the remote one

@@ -30,6 +30,7 @@ SELECT s.subname,
        s."binary",
        s.streaming,
        s.two_phase,
+       s.failover,
        s.origin,
        s.disable_on_error,
        s.conflict_resolution,
@@ -216,13 +217,13 @@ JOIN pg_catalog.pg_database d ON d.oid = x.dboid;
 -- Management is for superusers and pgsub_admin; the views and their helpers are for everyone
 -- (the server-wide ones for pgsub_admin and pg_monitor: they show other databases).
 REVOKE EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint, boolean),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, anycompatible, boolean, text, text, text, boolean, boolean, text, interval, bigint, boolean),
+    pgsub.alter_subscription_options(text, boolean, anycompatible, boolean, text, text, text, boolean, boolean, text, interval, bigint, boolean, boolean),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),
@@ -231,13 +232,13 @@ REVOKE EXECUTE ON FUNCTION
     pgsub.reset_stats(text)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint, boolean),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
     pgsub.alter_subscription_connection(text, text),
     pgsub.alter_subscription_publications(text, text[], boolean),
-    pgsub.alter_subscription_options(text, boolean, anycompatible, boolean, text, text, text, boolean, boolean, text, interval, bigint, boolean),
+    pgsub.alter_subscription_options(text, boolean, anycompatible, boolean, text, text, text, boolean, boolean, text, interval, bigint, boolean, boolean),
     pgsub.rename_subscription(text, text),
     pgsub.alter_subscription_owner(text, text),
     pgsub.refresh_subscription(text, boolean),

@@ -82,6 +82,7 @@ fn create_subscription(
     conflict_resolution: default!(Option<&str>, "'error'"),
     sequence_sync_interval: default!(Option<Interval>, "NULL"),
     sequence_sync_margin: default!(Option<i64>, 1000),
+    failover: default!(Option<bool>, false),
 ) {
     require_admin();
     let name = required(name, "name");
@@ -96,6 +97,7 @@ fn create_subscription(
     let disable_on_error = required(disable_on_error, "disable_on_error");
     let synchronous_commit = required(synchronous_commit, "synchronous_commit");
     let two_phase = required(two_phase, "two_phase");
+    let failover = required(failover, "failover");
     let run_as_owner = required(run_as_owner, "run_as_owner");
     let password_required = required(password_required, "password_required");
     if !password_required {
@@ -107,6 +109,7 @@ fn create_subscription(
         binary,
         streaming,
         two_phase,
+        failover,
         origin: origin.to_string(),
         disable_on_error,
         synchronous_commit: synchronous_commit.to_string(),
@@ -155,7 +158,12 @@ fn create_subscription(
 
     // Last, so that any earlier error leaves nothing behind on the publisher.
     if create_slot {
-        create_slot_on_publisher(&mut client, &slot, two_phase);
+        create_slot_on_publisher(&mut client, &slot, pgsub_proto::client::SlotOptions { two_phase, failover });
+    } else if failover {
+        // An existing slot is used: it is made a failover slot, as natively.
+        if let Err(e) = client.alter_slot_failover(&slot, true) {
+            publisher::raise(&e, &format!("could not alter replication slot \"{slot}\" on the publisher"), None);
+        }
     }
     client.close();
     wake_launcher_at_commit();
@@ -345,6 +353,7 @@ fn alter_subscription_options(
     sequence_sync_interval: default!(Option<Interval>, "NULL"),
     sequence_sync_margin: default!(Option<i64>, "NULL"),
     binary_auto: default!(Option<bool>, "NULL"),
+    failover: default!(Option<bool>, "NULL"),
 ) {
     require_admin();
     let name = required(name, "name");
@@ -391,6 +400,49 @@ fn alter_subscription_options(
             sequence_sync_margin,
         },
     );
+    if let Some(f) = failover.filter(|f| *f != sub.failover) {
+        set_failover(&sub, f);
+    }
+}
+
+/// PostgreSQL 17's `ALTER SUBSCRIPTION … SET (failover = …)`: only while the subscription is
+/// disabled (as natively), and the slot on the publisher is altered at once.
+fn set_failover(sub: &catalog::Subscription, failover: bool) {
+    if sub.enabled {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot set option \"failover\" for enabled subscription \"{}\"", sub.name),
+            None,
+            Some("Disable the subscription first."),
+        );
+    }
+    prevent_in_transaction_block(
+        "pgsub.alter_subscription_options(…, failover => …)",
+        "Run it as a statement of its own: it alters the slot on the publisher at once.",
+    );
+    let mut client =
+        match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), sub.must_use_password()) {
+            Ok(c) => c,
+            Err(e) => publisher::raise(&e, "could not connect to the publisher", None),
+        };
+    let server = client.server_version_num();
+    if server < 170000 {
+        client.close();
+        error(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "failover needs a publisher of PostgreSQL 17 or later; the publisher is {}",
+                pgsub_proto::client::version_string(server)
+            ),
+            None,
+            None,
+        );
+    }
+    if let Err(e) = client.alter_slot_failover(&sub.slot_name, failover) {
+        publisher::raise(&e, &format!("could not alter replication slot \"{}\" on the publisher", sub.slot_name), None);
+    }
+    client.close();
+    update_sub(sub.subid, catalog::Change::Failover(failover));
 }
 
 /// Like native `ALTER SUBSCRIPTION … RENAME TO`: the slot and the replication origin keep their

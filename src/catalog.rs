@@ -45,6 +45,9 @@ pub struct Subscription {
     /// The database the subscription was created in (`subdbid`; 0 in a catalog created by a
     /// build before that column: taken as this database).
     pub dbid: u32,
+    /// PostgreSQL 17's `failover`: the slot is created (or altered) to be synchronized to the
+    /// publisher's standbys.
+    pub failover: bool,
 }
 
 impl Subscription {
@@ -129,7 +132,8 @@ const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, connin
      coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = subowner), false), \
      run_as_owner, password_required, conflict_resolution, \
      (pg_catalog.date_part('epoch', sequence_sync_interval) * 1000)::int8, sequence_sync_margin, \
-     (pg_catalog.to_jsonb(sub.*) ->> 'subdbid')::int8";
+     (pg_catalog.to_jsonb(sub.*) ->> 'subdbid')::int8, \
+     coalesce((pg_catalog.to_jsonb(sub.*) ->> 'failover')::boolean, false)";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -155,6 +159,7 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         sequence_sync_ms: row.get::<i64>(20)?,
         sequence_sync_margin: row.get::<i64>(21)?.unwrap_or(0),
         dbid: row.get::<i64>(22)?.unwrap_or(0) as u32,
+        failover: row.get::<bool>(23)?.unwrap_or(false),
     })
 }
 
@@ -428,6 +433,7 @@ pub struct Options {
     pub binary: Option<bool>,
     pub streaming: StreamingMode,
     pub two_phase: bool,
+    pub failover: bool,
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
@@ -497,6 +503,14 @@ pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
             o.sequence_sync_margin.into(),
         ],
     )
+    .and_then(|id| {
+        // Set apart, so that a catalog created by a build without the column still takes
+        // subscriptions that do not ask for it.
+        if o.failover {
+            Spi::run_with_args("UPDATE pgsub.sub SET failover = true WHERE subid = $1", &[subid.into()])?;
+        }
+        Ok(id)
+    })
 }
 
 pub fn delete(subid: i32) -> SpiResult<()> {
@@ -527,6 +541,7 @@ pub enum Change<'a> {
     Owner(pg_sys::Oid),
     /// None: no transaction to skip (native `SKIP (lsn = NONE)`).
     SkipLsn(Option<&'a str>),
+    Failover(bool),
 }
 
 pub fn update(subid: i32, change: Change) -> SpiResult<()> {
@@ -585,6 +600,9 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
         }
         Change::SkipLsn(Some(l)) => {
             Spi::run_with_args("UPDATE pgsub.sub SET skip_lsn = $2::pg_lsn WHERE subid = $1", &[subid.into(), l.into()])
+        }
+        Change::Failover(f) => {
+            Spi::run_with_args("UPDATE pgsub.sub SET failover = $2 WHERE subid = $1", &[subid.into(), f.into()])
         }
         Change::SkipLsn(None) => {
             Spi::run_with_args("UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1", &[subid.into()])

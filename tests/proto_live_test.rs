@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgsub_proto::client::{Client, Error, Interest, PgOutputOptions, PollWait, SnapshotAction, Streaming, Wait};
+use pgsub_proto::client::{
+    Client, Error, Interest, PgOutputOptions, PollWait, SlotOptions, SnapshotAction, Streaming, Wait,
+};
 use pgsub_proto::conninfo;
 use pgsub_proto::frame::ReplicationFrame;
 use pgsub_proto::pgoutput::{Decoder, LogicalMessage, OldTuple, ReplicaIdentity, TupleValue};
@@ -851,7 +853,9 @@ async fn stream_workload_text_binary_streaming_matches_peek_and_rows() {
     );
     let mut created = HashMap::new();
     for r in &runs {
-        let info = repl.create_logical_slot(r.slot, false, SnapshotAction::NoExport, false).expect("create slot");
+        let info = repl
+            .create_logical_slot(r.slot, false, SnapshotAction::NoExport, SlotOptions::default())
+            .expect("create slot");
         assert_eq!(info.slot_name, r.slot);
         assert!(info.consistent_point.is_valid());
         assert_eq!(info.snapshot_name, None, "SNAPSHOT 'nothing' exports no snapshot");
@@ -1283,7 +1287,8 @@ async fn tls_connections_and_a_large_stream_over_tls() {
     pg.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE big")
         .await
         .unwrap();
-    let slot = repl.create_logical_slot("tls_slot", false, SnapshotAction::NoExport, false).expect("slot");
+    let slot =
+        repl.create_logical_slot("tls_slot", false, SnapshotAction::NoExport, SlotOptions::default()).expect("slot");
     pg.batch_execute(
         "INSERT INTO big SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, 4000) g; \
          INSERT INTO big VALUES (0, 'last')",

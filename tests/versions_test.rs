@@ -400,3 +400,77 @@ async fn publisher_18_generated_columns_published() {
     s.batch_execute("SELECT pgsub.drop_subscription('gsub2')").await.expect("drop gsub2");
     assert_replicated_equal(&p, &s).await;
 }
+
+/// PostgreSQL 17's `failover` against a PostgreSQL 17 publisher: `create_subscription(…,
+/// failover => true)` creates a failover slot (`pg_replication_slots.failover`), and with
+/// `create_slot => false` makes the existing slot one; `alter_subscription_options(…, failover
+/// => …)` is refused while enabled (55000) and alters the slot once disabled; a PostgreSQL 16
+/// publisher refuses it (0A000). Replication goes on throughout.
+#[tokio::test(flavor = "current_thread")]
+async fn publisher_17_failover_slots() {
+    let mut p_opts = ClusterOpts::publisher().with_server_bindir(publisher_bindir(17));
+    p_opts.name = "publisher17".into();
+    let nodes = TwoNodes::start_with(p_opts, ClusterOpts::subscriber()).expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE f (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pf FOR TABLE f; INSERT INTO f VALUES (1, 'a')"))
+        .await
+        .expect("publisher");
+    s.batch_execute(ddl).await.expect("subscriber");
+    let slot_failover = |slot: &'static str| {
+        format!("SELECT coalesce((SELECT failover::text FROM pg_replication_slots WHERE slot_name = '{slot}'), 'none')")
+    };
+    s.execute("SELECT pgsub.create_subscription('fo', $1, ARRAY['pf'], failover => true)", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create fo");
+    assert_eq!(query_text(&p, &slot_failover("fo")).await.unwrap(), "true");
+    assert_eq!(query_text(&s, "SELECT failover FROM pgsub.subscription WHERE subname = 'fo'").await.unwrap(), "t");
+    wait_for_subscription_sync(&s, "fo", WAIT).await;
+
+    let f = must_fail(&s, "SELECT pgsub.alter_subscription_options('fo', failover => false)", &[]).await;
+    assert_eq!(f.code, "55000", "{}", f.text());
+    assert!(f.message.contains("cannot set option \"failover\" for enabled subscription"), "{}", f.text());
+    s.batch_execute("SELECT pgsub.disable_subscription('fo')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'fo'", "disabled", WAIT).await;
+    s.batch_execute("SELECT pgsub.alter_subscription_options('fo', failover => false)").await.expect("alter");
+    assert_eq!(query_text(&p, &slot_failover("fo")).await.unwrap(), "false");
+    assert_eq!(query_text(&s, "SELECT failover FROM pgsub.subscription WHERE subname = 'fo'").await.unwrap(), "f");
+    s.batch_execute("SELECT pgsub.enable_subscription('fo')").await.unwrap();
+    p.batch_execute("INSERT INTO f VALUES (2, 'after the alter')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM f", "2", WAIT).await;
+
+    // An existing slot, taken with create_slot => false, becomes a failover slot.
+    p.batch_execute("SELECT pg_create_logical_replication_slot('pre', 'pgoutput')").await.unwrap();
+    assert_eq!(query_text(&p, &slot_failover("pre")).await.unwrap(), "false");
+    s.execute(
+        "SELECT pgsub.create_subscription('fo2', $1, ARRAY['pf'], create_slot => false, slot_name => 'pre',
+                copy_data => false, enabled => false, failover => true)",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .expect("create fo2");
+    assert_eq!(query_text(&p, &slot_failover("pre")).await.unwrap(), "true");
+    s.batch_execute("SELECT pgsub.drop_subscription('fo2')").await.expect("drop fo2");
+    assert_eq!(query_text(&p, &slot_failover("pre")).await.unwrap(), "none", "dropped with the subscription");
+
+    // A PostgreSQL 16 publisher has no failover slots.
+    let mut p16 = ClusterOpts::publisher().with_server_bindir(publisher_bindir(16));
+    p16.name = "publisher16".into();
+    let old = Cluster::start(p16).expect("start publisher 16");
+    old.client("postgres")
+        .await
+        .unwrap()
+        .batch_execute(&format!("{ddl}; CREATE PUBLICATION pf FOR TABLE f"))
+        .await
+        .unwrap();
+    let f = must_fail(
+        &s,
+        "SELECT pgsub.create_subscription('fo16', $1, ARRAY['pf'], failover => true, copy_data => false)",
+        &[&old.connstr("postgres", "postgres")],
+    )
+    .await;
+    assert_eq!(f.code, "0A000", "{}", f.text());
+    assert!(f.message.contains("failover needs a publisher of PostgreSQL 17 or later"), "{}", f.text());
+    assert_eq!(query_text(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'fo16'").await.unwrap(), "0");
+    assert_replicated_equal(&p, &s).await;
+}

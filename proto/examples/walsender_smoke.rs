@@ -67,7 +67,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("COPY: {n} rows, {chunks} chunks, {bytes} bytes");
 
     let slot_name = format!("smoke_{}", std::process::id());
-    let slot = c.create_logical_slot(&slot_name, true, SnapshotAction::NoExport, false)?;
+    let slot = c.create_logical_slot(&slot_name, true, SnapshotAction::NoExport, Default::default())?;
     println!("slot: {slot:?}");
 
     let opts = PgOutputOptions::for_server(c.server_version_num(), vec![publication]);

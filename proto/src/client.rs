@@ -68,7 +68,7 @@ use postgres_protocol::message::backend::Message;
 
 pub use connect::{parse_server_version, version_string};
 pub use error::{Error, ServerError};
-pub use query::{CopyOut, Row, SlotInfo, SnapshotAction, SystemInfo};
+pub use query::{CopyOut, Row, SlotInfo, SlotOptions, SnapshotAction, SystemInfo};
 pub use quote::{quote_ident, quote_literal};
 pub use replication::{PgOutputOptions, Streaming};
 pub use wait::{Interest, PollWait, Wait};

@@ -4,7 +4,7 @@
 use crate::publisher::{self, Context};
 use crate::report::{error, log};
 use pgrx::prelude::*;
-use pgsub_proto::client::{quote_literal, Client, SnapshotAction};
+use pgsub_proto::client::{quote_literal, Client, SlotOptions, SnapshotAction};
 
 type Code = PgSqlErrorCode;
 
@@ -118,6 +118,14 @@ pub(super) fn check_publisher_supports(client: &Client, options: &crate::catalog
             Some("Create the subscription with two_phase => false."),
         );
     }
+    if options.failover && server < 170000 {
+        error(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("failover needs a publisher of PostgreSQL 17 or later; the publisher is {version}"),
+            None,
+            Some("Create the subscription with failover => false."),
+        );
+    }
     let unsupported: Vec<&str> = [("binary", options.binary == Some(true)), ("streaming", options.streaming.streams())]
         .into_iter()
         .filter(|(_, on)| *on && server < 140000)
@@ -134,8 +142,8 @@ pub(super) fn check_publisher_supports(client: &Client, options: &crate::catalog
     }
 }
 
-pub(super) fn create_slot_on_publisher(client: &mut Client, slot: &str, two_phase: bool) {
-    if let Err(e) = client.create_logical_slot(slot, false, SnapshotAction::NoExport, two_phase) {
+pub(super) fn create_slot_on_publisher(client: &mut Client, slot: &str, opts: SlotOptions) {
+    if let Err(e) = client.create_logical_slot(slot, false, SnapshotAction::NoExport, opts) {
         let hint = if e.sqlstate() == Some("42710") {
             Some("Use another slot_name, drop the slot on the publisher, or pass create_slot => false to use the existing slot.")
         } else {

@@ -27,7 +27,7 @@ use crate::shmem::{self, Status};
 use crate::worker::hold::Hold;
 use pgrx::prelude::*;
 use pgsub_core::state::SyncState;
-use pgsub_proto::client::{quote_ident, quote_literal, Client, SnapshotAction};
+use pgsub_proto::client::{quote_ident, quote_literal, Client, SlotOptions, SnapshotAction};
 use pgsub_proto::Lsn;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
@@ -501,7 +501,7 @@ fn consistent_point(sub: &Subscription) -> (Point, ActiveSnapshot) {
     let mut replication = connect(&sub.name, &sub.conninfo, !sub.owner_superuser);
     // SAFETY: MyProcPid is set in every backend.
     let slot = format!("pgsub_verify_{}_{}", sub.subid, unsafe { pg_sys::MyProcPid });
-    let info = match replication.create_logical_slot(&slot, true, SnapshotAction::Export, false) {
+    let info = match replication.create_logical_slot(&slot, true, SnapshotAction::Export, SlotOptions::default()) {
         Ok(i) => i,
         Err(e) => crate::publisher::raise(&e, "could not create a temporary replication slot on the publisher", None),
     };

@@ -37,7 +37,7 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgsub_core::state::catchup_end;
 use pgsub_core::tablesync::backoff;
-use pgsub_proto::client::{Client, Error as ProtoError, SnapshotAction};
+use pgsub_proto::client::{Client, Error as ProtoError, SlotOptions, SnapshotAction};
 use pgsub_proto::Lsn;
 use std::ffi::CString;
 
@@ -275,7 +275,7 @@ fn copy(sub: &Subscription, rel: &SubRel, slot: &str) -> Option<(Lsn, Client)> {
     if let Err(e) = client.execute("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ") {
         fail(sub, &e, "could not start the snapshot transaction");
     }
-    let at = match client.create_logical_slot(slot, false, SnapshotAction::Use, false) {
+    let at = match client.create_logical_slot(slot, false, SnapshotAction::Use, SlotOptions::default()) {
         Ok(i) => i.consistent_point,
         Err(e) => fail(sub, &e, &format!("could not create replication slot \"{slot}\"")),
     };

@@ -57,6 +57,16 @@ pub enum SnapshotAction {
     NoExport,
 }
 
+/// Properties of a new logical slot beyond its snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotOptions {
+    /// Decode prepared transactions at PREPARE (PostgreSQL 15+).
+    pub two_phase: bool,
+    /// Synchronized to the publisher's physical standbys (`sync_replication_slots`), so that a
+    /// promoted standby can go on serving the slot (PostgreSQL 17+).
+    pub failover: bool,
+}
+
 /// The column names of a RowDescription.
 fn column_names(body: &RowDescriptionBody) -> Result<Vec<String>, Error> {
     let mut columns = Vec::new();
@@ -186,16 +196,16 @@ impl Client {
     }
 
     /// CREATE_REPLICATION_SLOT for pgoutput. PostgreSQL 15+ gets the parenthesised syntax
-    /// (`(SNAPSHOT 'use', TWO_PHASE)`), older servers the keyword syntax (`USE_SNAPSHOT`, ...);
-    /// `two_phase` needs 15+.
+    /// (`(SNAPSHOT 'use', TWO_PHASE, FAILOVER)`), older servers the keyword syntax
+    /// (`USE_SNAPSHOT`, ...); `two_phase` needs 15+, `failover` 17+.
     pub fn create_logical_slot(
         &mut self,
         name: &str,
         temporary: bool,
         snapshot: SnapshotAction,
-        two_phase: bool,
+        opts: SlotOptions,
     ) -> Result<SlotInfo, Error> {
-        let sql = self.create_slot_command(name, temporary, snapshot, two_phase)?;
+        let sql = self.create_slot_command(name, temporary, snapshot, opts)?;
         let rows = self.simple_query(&sql)?;
         if rows.is_empty() {
             return Err(proto_err("CREATE_REPLICATION_SLOT returned no row"));
@@ -214,8 +224,15 @@ impl Client {
         name: &str,
         temporary: bool,
         snapshot: SnapshotAction,
-        two_phase: bool,
+        opts: SlotOptions,
     ) -> Result<String, Error> {
+        if opts.failover && self.server_version_num < 170000 {
+            return Err(proto_err(format!(
+                "failover replication slots need PostgreSQL 17 or later (server is {})",
+                self.server_version_num
+            )));
+        }
+        let two_phase = opts.two_phase;
         let mut sql = format!("CREATE_REPLICATION_SLOT {}", quote_ident(name));
         if temporary {
             sql.push_str(" TEMPORARY");
@@ -230,6 +247,9 @@ impl Client {
             sql.push_str(&format!(" (SNAPSHOT '{snap}'"));
             if two_phase {
                 sql.push_str(", TWO_PHASE");
+            }
+            if opts.failover {
+                sql.push_str(", FAILOVER");
             }
             sql.push(')');
         } else {
@@ -246,6 +266,17 @@ impl Client {
             });
         }
         Ok(sql)
+    }
+
+    /// ALTER_REPLICATION_SLOT … (FAILOVER true|false) (PostgreSQL 17+).
+    pub fn alter_slot_failover(&mut self, name: &str, failover: bool) -> Result<(), Error> {
+        if self.server_version_num < 170000 {
+            return Err(proto_err(format!(
+                "failover replication slots need PostgreSQL 17 or later (server is {})",
+                self.server_version_num
+            )));
+        }
+        self.execute(&format!("ALTER_REPLICATION_SLOT {} (FAILOVER {failover})", quote_ident(name)))
     }
 
     /// DROP_REPLICATION_SLOT, optionally WAIT-ing for an active slot to be released.

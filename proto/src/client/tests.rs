@@ -453,7 +453,12 @@ fn fake_server_full_flow() {
     assert_eq!(sys.xlogpos, Lsn(0x16B3748));
     assert_eq!(sys.dbname.as_deref(), Some("d"));
 
-    let slot = c.create_logical_slot("s1", true, SnapshotAction::NoExport, true).unwrap();
+    // FAILOVER needs 17 (this server is 15): refused before anything is sent.
+    let failover = SlotOptions { two_phase: false, failover: true };
+    assert!(c.create_logical_slot("s1", true, SnapshotAction::NoExport, failover).is_err());
+    assert!(c.alter_slot_failover("s1", true).is_err());
+    let two_phase = SlotOptions { two_phase: true, failover: false };
+    let slot = c.create_logical_slot("s1", true, SnapshotAction::NoExport, two_phase).unwrap();
     assert_eq!(slot.slot_name, "s1");
     assert_eq!(slot.consistent_point, Lsn(0x16B3780));
     assert_eq!(slot.snapshot_name, None);
@@ -811,10 +816,46 @@ fn fake_server_pg14_slot_syntax() {
     });
     let mut c = Client::connect(&cfg, true, Box::new(PollWait)).unwrap();
     assert_eq!(c.server_version_num(), 140009);
-    assert!(c.create_logical_slot("s", false, SnapshotAction::Use, true).is_err()); // two_phase
-    let slot = c.create_logical_slot("s", false, SnapshotAction::Use, false).unwrap();
+    let two_phase = SlotOptions { two_phase: true, failover: false };
+    assert!(c.create_logical_slot("s", false, SnapshotAction::Use, two_phase).is_err());
+    let slot = c.create_logical_slot("s", false, SnapshotAction::Use, SlotOptions::default()).unwrap();
     assert_eq!(slot.consistent_point, Lsn(1 << 32));
     c.drop_slot("s", true).unwrap();
+    c.close();
+    h.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn fake_server_pg17_failover_slot_syntax() {
+    let fake = Fake::new("pg17");
+    let cfg = fake.config("");
+    let (h, dir, _) = fake.serve(|mut s| {
+        read_startup(&mut s);
+        startup_ok_version(&mut s, "17.6");
+        let (t, body) = read_msg(&mut s);
+        assert_eq!(t, b'Q');
+        assert_eq!(
+            body,
+            cstr("CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'nothing', TWO_PHASE, FAILOVER)")
+        );
+        let mut out = row_description(&["slot_name", "consistent_point", "snapshot_name", "output_plugin"]);
+        out.extend(data_row(&[Some("s"), Some("1/0"), None, Some("pgoutput")]));
+        out.extend(command_complete("CREATE_REPLICATION_SLOT"));
+        out.extend(rfq());
+        s.write_all(&out).unwrap();
+        let (t, body) = read_msg(&mut s);
+        assert_eq!(t, b'Q');
+        assert_eq!(body, cstr("ALTER_REPLICATION_SLOT \"s\" (FAILOVER false)"));
+        let mut out = command_complete("ALTER_REPLICATION_SLOT");
+        out.extend(rfq());
+        s.write_all(&out).unwrap();
+    });
+    let mut c = Client::connect(&cfg, true, Box::new(PollWait)).unwrap();
+    let opts = SlotOptions { two_phase: true, failover: true };
+    let slot = c.create_logical_slot("s", false, SnapshotAction::NoExport, opts).unwrap();
+    assert_eq!(slot.consistent_point, Lsn(1 << 32));
+    c.alter_slot_failover("s", false).unwrap();
     c.close();
     h.join().unwrap();
     let _ = std::fs::remove_dir_all(dir);
