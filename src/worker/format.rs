@@ -37,11 +37,16 @@ pub(super) struct StreamFormat {
     pub why: String,
 }
 
+/// Whether this database's encoding is UTF8, the encoding values arrive in.
+pub(super) fn database_is_utf8() -> bool {
+    // SAFETY: reads the database encoding, set for the backend's life.
+    (unsafe { pg_sys::GetDatabaseEncoding() }) == pg_sys::pg_enc::PG_UTF8 as i32
+}
+
 /// Why values from this publisher may not travel in binary at all (None: they may): another
 /// major version, or a local database that is not UTF8.
 fn other_server_kind(publisher_version: u32) -> Option<String> {
-    // SAFETY: reads the database encoding, set for the backend's life.
-    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    let utf8 = database_is_utf8();
     if publisher_version / 10000 != pg_sys::PG_VERSION_NUM / 10000 {
         Some(format!(
             "the publisher is PostgreSQL {}, this server PostgreSQL {}",
@@ -134,6 +139,12 @@ pub(super) fn stream_format(
     text_until: Lsn,
 ) -> Result<StreamFormat, ProtoError> {
     if let Some(b) = sub.binary {
+        if b && !database_is_utf8() {
+            // Binary text values would arrive in the connection's UTF8 and be stored as they
+            // are; text values are converted to this database's encoding (`relation.rs`).
+            let why = "the subscription's binary option is true, but this database's encoding is not UTF8: text".into();
+            return Ok(StreamFormat { binary: false, why });
+        }
         let why = format!("the subscription's binary option is {b}");
         return Ok(StreamFormat { binary: b, why });
     }

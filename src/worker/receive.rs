@@ -252,7 +252,10 @@ impl Stream {
         match msg {
             LogicalMessage::StreamStart(s) => pool.start_block(s.xid, s.first_segment, eligible, raw),
             LogicalMessage::Relation(r) => {
-                pool.relation(r.oid, in_stream, raw);
+                // One of a buffered streamed transaction holds only inside it (`stream.rs`).
+                if !in_stream || pool.forwarding().is_some() {
+                    pool.relation(r.oid, in_stream, raw);
+                }
                 if pool.forwarding().is_some() {
                     pool.forward(in_stream, raw);
                 }
@@ -334,7 +337,10 @@ impl Stream {
     }
 
     /// A message inside a Stream Start … Stop block: changes are buffered for their top-level
-    /// transaction; relation descriptions take effect at once.
+    /// transaction, and so are relation descriptions, which take effect when it is applied
+    /// (`stream.rs`); a block forwarded to a parallel apply worker leaves only its relation
+    /// descriptions here, taken at once as native's leader does (the publisher may not send
+    /// them again after the transaction).
     fn buffer_streamed(&mut self, msg: LogicalMessage, raw: &[u8]) {
         let xid = match &msg {
             LogicalMessage::StreamStart(s) => {
@@ -342,7 +348,11 @@ impl Stream {
                 return;
             }
             LogicalMessage::Relation(r) => {
-                self.applier.on_relation(r.clone());
+                if self.streams.in_block() {
+                    self.streams.push_relation(raw);
+                } else {
+                    self.applier.on_relation(r.clone());
+                }
                 return;
             }
             LogicalMessage::Type(_) => return,
@@ -456,39 +466,65 @@ impl Stream {
     /// `finish` (commit or prepare).
     fn apply_streamed(&mut self, xid: u32, begin: Begin, finish: impl FnOnce(&mut Applier, &mut Progress)) {
         let foreign = self.streams.is_foreign(xid);
-        let reader = self.streams.take(xid);
+        let buffered = self.streams.take(xid);
         self.applier.begin(begin, &mut self.progress);
         if foreign {
             self.applier.origin("");
         }
-        if let Some(reader) = reader {
-            let mut n = 0u64;
-            for rec in reader {
-                let bytes = match rec {
-                    Ok(b) => b,
-                    Err(e) => stream::Streams::fail(e, xid),
-                };
-                let msg = match pgoutput::decode_one(bytes, self.proto_version, true) {
-                    Ok(m) => m,
-                    Err(e) => report::error(
-                        Code::ERRCODE_DATA_CORRUPTED,
-                        format!("buffered change of streamed transaction {xid} does not decode: {e}"),
-                        None,
-                        None,
-                    ),
-                };
-                self.apply_change(msg);
-                n += 1;
-                if n.is_multiple_of(1000) {
-                    self.keep_publisher_alive();
-                }
-                if self.progress.publish_due() {
-                    self.progress.publish(None, 0);
-                }
+        let mut relations = buffered.relations.into_iter().peekable();
+        let mut n = 0u64;
+        for rec in buffered.changes.into_iter().flatten() {
+            // The descriptions that arrived before this change.
+            while let Some((_, raw)) = relations.next_if(|(at, _)| *at <= n) {
+                self.apply_buffered_relation(xid, raw);
             }
+            let bytes = match rec {
+                Ok(b) => b,
+                Err(e) => stream::Streams::fail(e, xid),
+            };
+            let msg = match pgoutput::decode_one(bytes, self.proto_version, true) {
+                Ok(m) => m,
+                Err(e) => report::error(
+                    Code::ERRCODE_DATA_CORRUPTED,
+                    format!("buffered change of streamed transaction {xid} does not decode: {e}"),
+                    None,
+                    None,
+                ),
+            };
+            self.apply_change(msg);
+            n += 1;
+            if n.is_multiple_of(1000) {
+                self.keep_publisher_alive();
+            }
+            if self.progress.publish_due() {
+                self.progress.publish(None, 0);
+            }
+        }
+        // Descriptions after the last change still hold for the transactions that follow.
+        for (_, raw) in relations {
+            self.apply_buffered_relation(xid, raw);
         }
         finish(&mut self.applier, &mut self.progress);
         self.progress.publish(None, now());
+    }
+
+    /// A RELATION message kept with a streamed transaction, taken where it arrived.
+    fn apply_buffered_relation(&mut self, xid: u32, raw: Vec<u8>) {
+        match pgoutput::decode_one(bytes::Bytes::from(raw), self.proto_version, true) {
+            Ok(LogicalMessage::Relation(r)) => self.applier.on_relation(r),
+            Ok(other) => report::error(
+                Code::ERRCODE_INTERNAL_ERROR,
+                format!("relation description of streamed transaction {xid} decodes as \"{}\"", other.kind()),
+                None,
+                None,
+            ),
+            Err(e) => report::error(
+                Code::ERRCODE_DATA_CORRUPTED,
+                format!("relation description of streamed transaction {xid} does not decode: {e}"),
+                None,
+                None,
+            ),
+        }
     }
 
     /// During a long apply the socket is not read: tell the walsender we are alive (it would

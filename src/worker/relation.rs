@@ -297,14 +297,18 @@ impl ColMap {
                         None,
                     )
                 });
+                // Values arrive in the connection's UTF8: in a database of another encoding they are
+                // converted first (an error for a character it cannot hold, as natively).
+                // SAFETY: a NUL-terminated string of `bytes.len()` bytes; the conversion returns it
+                // or a palloc'd NUL-terminated copy.
+                let text = if convert_text() {
+                    unsafe { pg_sys::pg_any_to_server(c.as_ptr(), bytes.len() as i32, pg_sys::pg_enc::PG_UTF8 as i32) }
+                } else {
+                    c.as_ptr() as *mut std::ffi::c_char
+                };
                 // SAFETY: input function of the local column type, with its ioparam/typmod.
                 let d = unsafe {
-                    pg_sys::InputFunctionCall(
-                        &*self.input as *const _ as *mut _,
-                        c.as_ptr() as *mut _,
-                        self.ioparam,
-                        self.typmod,
-                    )
+                    pg_sys::InputFunctionCall(&*self.input as *const _ as *mut _, text, self.ioparam, self.typmod)
                 };
                 (d, b' ' as std::ffi::c_char)
             }
@@ -574,6 +578,19 @@ impl LocalRel {
     }
 }
 
+/// Whether text values need converting from UTF8 to this database's encoding (not UTF8, nor
+/// SQL_ASCII, which takes bytes as they are).
+fn convert_text() -> bool {
+    thread_local! {
+        static CONVERT: bool = {
+            // SAFETY: reads the database encoding, set for the backend's life.
+            let enc = unsafe { pg_sys::GetDatabaseEncoding() };
+            enc != pg_sys::pg_enc::PG_UTF8 as i32 && enc != pg_sys::pg_enc::PG_SQL_ASCII as i32
+        };
+    }
+    CONVERT.with(|c| *c)
+}
+
 /// Binds a remote relation to the local table of the same schema-qualified name.
 pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
@@ -641,13 +658,27 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
         pg_sys::getTypeInputInfo(typid, &mut input_fn, &mut ioparam);
         let mut input: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
         pg_sys::fmgr_info_cxt(input_fn, &mut *input, pg_sys::TopMemoryContext);
+        // A type without a receive function is sent in text even in a binary stream (pgoutput
+        // does so for a type without a send function): only a value that does come in binary
+        // needs one, and is an error without it (`datum`).
         let receive = if binary {
-            let mut recv_fn = pg_sys::InvalidOid;
-            let mut recv_param = pg_sys::InvalidOid;
-            pg_sys::getTypeBinaryInputInfo(typid, &mut recv_fn, &mut recv_param);
-            let mut f: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
-            pg_sys::fmgr_info_cxt(recv_fn, &mut *f, pg_sys::TopMemoryContext);
-            Some(f)
+            let (mut typlen, mut typbyval, mut typalign, mut typdelim) = (0i16, false, 0, 0);
+            let (mut recv_param, mut recv_fn) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+            pg_sys::get_type_io_data(
+                typid,
+                pg_sys::IOFuncSelector::IOFunc_receive,
+                &mut typlen,
+                &mut typbyval,
+                &mut typalign,
+                &mut typdelim,
+                &mut recv_param,
+                &mut recv_fn,
+            );
+            (recv_fn != pg_sys::InvalidOid).then(|| {
+                let mut f: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+                pg_sys::fmgr_info_cxt(recv_fn, &mut *f, pg_sys::TopMemoryContext);
+                f
+            })
         } else {
             None
         };

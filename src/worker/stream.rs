@@ -6,6 +6,13 @@
 //! applied in order, in one local transaction, at Stream Commit (or prepared at Stream Prepare).
 //! Stream Abort drops a transaction or truncates an aborted subtransaction's changes.
 //!
+//! RELATION messages inside a stream block describe the table as the streamed transaction sees it
+//! (after its own DDL, if any): like native apply, they take effect only when the transaction is
+//! applied, between the changes they came between — never at once, where they would change how
+//! the other transactions arriving meanwhile are read. They are kept beside the buffer with the
+//! position they arrived at; a subtransaction's abort does not drop them (the publisher counts
+//! them as sent for the whole transaction), they move to where the buffer was cut.
+//!
 //! Spill files are named `pgsql_tmp_pgsub_<subid>_<xid>.spill`: they are removed at commit,
 //! abort and worker exit, leftovers of a crashed worker at worker start, and PostgreSQL itself
 //! removes `pgsql_tmp*` files when it restarts.
@@ -20,9 +27,18 @@ type Code = PgSqlErrorCode;
 
 const SPILL_DIR: &str = "base/pgsql_tmp";
 
+/// A streamed transaction's buffered changes and the relation descriptions that go between them.
+pub struct Buffered {
+    pub changes: Option<TxnReader>,
+    /// (index of the first change the description applies to, the RELATION message).
+    pub relations: Vec<(u64, Vec<u8>)>,
+}
+
 pub struct Streams {
     subid: i32,
     open: HashMap<u32, TxnBuffer>,
+    /// RELATION messages of each open streamed transaction, with their positions.
+    relations: HashMap<u32, Vec<(u64, Vec<u8>)>>,
     /// Top-level xid of the stream block being received.
     current: Option<u32>,
     /// Streamed transactions that came to the publisher from another origin (origin = none).
@@ -49,7 +65,7 @@ impl Streams {
         if n > 0 {
             log!("pgsub: removed {n} leftover spill file(s) of subscription {subid}");
         }
-        Streams { subid, open: HashMap::new(), current: None, foreign: Default::default() }
+        Streams { subid, open: HashMap::new(), relations: HashMap::new(), current: None, foreign: Default::default() }
     }
 
     fn prefix(subid: i32) -> String {
@@ -91,6 +107,20 @@ impl Streams {
         self.current = None;
     }
 
+    /// Whether a stream block of a transaction buffered here is being received.
+    pub fn in_block(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// A RELATION message of the current stream block: it applies from the next change on.
+    pub fn push_relation(&mut self, raw: &[u8]) {
+        let Some(top) = self.current else {
+            report::error(Code::ERRCODE_PROTOCOL_VIOLATION, "streamed relation outside a stream block", None, None);
+        };
+        let at = self.open.get(&top).map_or(0, |b| b.records());
+        self.relations.entry(top).or_default().push((at, raw.to_vec()));
+    }
+
     /// Buffers a change of (sub)transaction `xid` of the current stream block.
     pub fn push(&mut self, xid: u32, raw: &[u8]) {
         let Some(top) = self.current else {
@@ -120,6 +150,7 @@ impl Streams {
     pub fn abort(&mut self, xid: u32, subxid: u32) {
         if xid == subxid {
             self.foreign.remove(&xid);
+            self.relations.remove(&xid);
             if let Some(b) = self.open.remove(&xid) {
                 b.discard();
             }
@@ -127,16 +158,24 @@ impl Streams {
             if let Err(e) = b.abort_subxact(subxid) {
                 spill_error(e, xid);
             }
+            let cut = b.records();
+            if let Some(rels) = self.relations.get_mut(&xid) {
+                for r in rels.iter_mut() {
+                    r.0 = r.0.min(cut);
+                }
+            }
         }
     }
 
-    /// Stream Commit / Stream Prepare: the transaction's changes, oldest first.
-    pub fn take(&mut self, xid: u32) -> Option<TxnReader> {
-        let b = self.open.remove(&xid)?;
-        match b.into_reader() {
-            Ok(r) => Some(r),
+    /// Stream Commit / Stream Prepare: the transaction's changes, oldest first, and its
+    /// relation descriptions.
+    pub fn take(&mut self, xid: u32) -> Buffered {
+        let relations = self.relations.remove(&xid).unwrap_or_default();
+        let changes = self.open.remove(&xid).map(|b| match b.into_reader() {
+            Ok(r) => r,
             Err(e) => spill_error(e, xid),
-        }
+        });
+        Buffered { changes, relations }
     }
 
     /// Raises for a record that could not be read back.
