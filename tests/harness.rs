@@ -1051,8 +1051,9 @@ async fn float_digits(p: &tokio_postgres::Client, s: &tokio_postgres::Client) ->
     Ok(if pv.min(sv) >= 120000 { "3" } else { "0" })
 }
 
-/// Row count and md5 of the rows of `query` (a SELECT), sorted by their text in the "C" collation
-/// so that both nodes sort alike whatever their databases' collations, rendered under
+/// Row count and md5 of the rows of `query` (a SELECT), sorted by their text as UTF-8 bytes and
+/// hashed in UTF-8, so that both nodes agree whatever their databases' collations and encodings;
+/// rendered under
 /// [`RENDERING`] and `extra_float_digits`; the session's own settings are restored afterwards.
 async fn fingerprint(c: &tokio_postgres::Client, query: &str, float_digits: &str) -> Result<(i64, String)> {
     let mut saved = Vec::with_capacity(RENDERING.len() + 1);
@@ -1064,7 +1065,7 @@ async fn fingerprint(c: &tokio_postgres::Client, query: &str, float_digits: &str
         saved.push((name, row.get::<_, String>(0)));
     }
     let sql = format!(
-        "SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text COLLATE \"C\"), '')) \
+        "SELECT count(*), md5(convert_to(coalesce(string_agg(r::text, E'\\n' ORDER BY convert_to(r::text, 'UTF8')), ''), 'UTF8')) \
          FROM ({query}) r"
     );
     let result = c.query_one(sql.as_str(), &[]).await.map_err(|e| format!("{sql}: {e}"));
