@@ -23,7 +23,26 @@ pub fn init() {
     }
 }
 
-#[pg_guard]
+/// PostgreSQL's own `standard_ProcessUtility`, called directly: not through pgrx's guarded
+/// binding, which would turn every ERROR of every utility statement into a Rust panic and back
+/// (with a Rust backtrace in its DETAIL when `RUST_BACKTRACE` is set). This frame holds nothing
+/// to drop, so an ERROR may pass through it as through a C hook's.
+mod raw {
+    use pgrx::pg_sys;
+    unsafe extern "C-unwind" {
+        pub fn standard_ProcessUtility(
+            pstmt: *mut pg_sys::PlannedStmt,
+            query_string: *const std::ffi::c_char,
+            read_only_tree: bool,
+            context: pg_sys::ProcessUtilityContext::Type,
+            params: pg_sys::ParamListInfo,
+            query_env: *mut pg_sys::QueryEnvironment,
+            dest: *mut pg_sys::DestReceiver,
+            qc: *mut pg_sys::QueryCompletion,
+        );
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -35,26 +54,27 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    // SAFETY: PostgreSQL passes a valid statement; the node is read, not kept.
+    // SAFETY: PostgreSQL passes a valid statement; the node is read, not kept. The check runs
+    // behind its own guard; the statement itself is run by the previous hook or PostgreSQL.
     unsafe {
         let stmt = (*pstmt).utilityStmt;
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
-            check_drop(stmt.cast::<pg_sys::DropdbStmt>());
+            guarded_check(stmt.cast::<pg_sys::DropdbStmt>());
         }
         match PREV_HOOK {
             Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
+            None => {
+                raw::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+            }
         }
     }
+}
+
+/// [`check_drop`] behind pgrx's guard: its ERROR is raised as PostgreSQL's.
+#[pg_guard]
+unsafe extern "C-unwind" fn guarded_check(stmt: *mut pg_sys::DropdbStmt) {
+    // SAFETY: the caller passes a DropdbStmt.
+    unsafe { check_drop(stmt) }
 }
 
 /// Refuses to drop a database that has subscriptions (native's error, SQLSTATE 55006).

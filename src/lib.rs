@@ -35,6 +35,14 @@ extension_sql_file!("../sql/views.sql", name = "views", finalize);
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: reading a PostgreSQL global during module load.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    // pgrx appends a Rust backtrace to the DETAIL of every error that crosses one of its guards
+    // when backtraces are on: with RUST_BACKTRACE in the server's environment, users would read
+    // them in error messages and in stat_subscription.last_error. RUST_LIB_BACKTRACE=0 turns off
+    // only those captures (a panic's own report still follows RUST_BACKTRACE); set while the
+    // process is single-threaded (the postmaster, or a backend loading the library).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     gucs::define(preloading);
     if !preloading {
         // Loaded into a backend only (CREATE EXTENSION without preloading): the extension can

@@ -1005,3 +1005,33 @@ async fn conflicts_never_show_columns_the_owner_may_not_read() {
     s.batch_execute("UPDATE t SET v = 'remote', secret = 'REMOTESECRET' WHERE id = 1").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
+
+/// With `RUST_BACKTRACE=1` in the server's environment, errors carry no Rust backtrace: not a
+/// utility statement's (which passes pgsub's DROP DATABASE guard), not pgsub's own, not an apply
+/// worker's in `stat_subscription.last_error`, not in the server log.
+#[tokio::test(flavor = "current_thread")]
+async fn errors_carry_no_rust_backtrace() {
+    // Inherited by the servers this test starts (other tests of this binary only print more
+    // when they panic).
+    std::env::set_var("RUST_BACKTRACE", "1");
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let f = must_fail(&s, "DROP TABLE nosuch", &[]).await;
+    assert_eq!((f.code.as_str(), f.detail.as_str()), ("42P01", ""), "{}", f.text());
+    let f = must_fail(&s, "SELECT pgsub.drop_subscription('nosuch')", &[]).await;
+    assert_eq!((f.code.as_str(), f.detail.as_str()), ("42704", ""), "{}", f.text());
+    p.batch_execute("CREATE TABLE c (id int PRIMARY KEY, n int); CREATE PUBLICATION pc FOR TABLE c").await.unwrap();
+    s.batch_execute("CREATE TABLE c (id int PRIMARY KEY, n int CHECK (n > 0))").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('cs', $1, ARRAY['pc'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "cs", WAIT).await;
+    p.batch_execute("INSERT INTO c VALUES (1, -1)").await.unwrap();
+    let err = wait_for_subscription_error(&s, "cs", &["violates check constraint"], WAIT).await;
+    assert!(err.contains("Failing row contains"), "the error's own detail: {err}");
+    for needle in ["pgrx", ".rs:", "backtrace"] {
+        assert!(!err.contains(needle), "last_error shows a Rust backtrace ({needle}): {err}");
+        assert!(!nodes.subscriber.log_contains(needle), "the server log shows a Rust backtrace ({needle})");
+    }
+    s.batch_execute("ALTER TABLE c DROP CONSTRAINT c_n_check").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM c", "1", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
