@@ -116,28 +116,16 @@ unsafe fn check_drop(stmt: *const pg_sys::DropdbStmt) {
 /// runs it may be about to forget a subscription dropped a moment ago: then wait for it, at
 /// most 5 s (as long as DROP DATABASE itself waits for other sessions to leave).
 fn settled_count(oid: u32) -> usize {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let (count, launcher) = {
-            if !shmem::available() {
-                return 0;
-            }
-            let g = shmem::SHARED.share();
-            (g.subscriptions_of(oid), g.db(oid).map_or(0, |d| d.pid))
-        };
-        if count == 0 || launcher == 0 || std::time::Instant::now() >= deadline {
-            return count;
-        }
-        // SAFETY: latch wait in a backend.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                100,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pg_sys::check_for_interrupts!();
+    if !shmem::available() {
+        return 0;
     }
+    let state = || {
+        let g = shmem::SHARED.share();
+        (g.subscriptions_of(oid), g.db(oid).map_or(0, |d| d.pid))
+    };
+    crate::process::backend_wait_while(std::time::Duration::from_secs(5), 100, || {
+        let (count, launcher) = state();
+        count > 0 && launcher != 0
+    });
+    state().0
 }

@@ -104,6 +104,25 @@ pub fn nap(ms: i64) {
     absorb_barriers();
 }
 
+/// In a backend serving SQL: waits on the latch, `step_ms` at a time and at most `timeout`, while
+/// `running()` holds; a cancel or termination request ends it with its ERROR.
+pub fn backend_wait_while(timeout: std::time::Duration, step_ms: i64, running: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while running() && std::time::Instant::now() < deadline {
+        // SAFETY: latch wait in a backend.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                step_ms.max(1) as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
+
 /// A wait on the latch and one socket (and postmaster death), kept for a connection's life.
 /// `WaitLatchOrSocket` builds and frees such a set at every call (epoll_create, three epoll_ctl,
 /// close): under a stream that leaves the socket empty for a moment hundreds of times a second

@@ -4,30 +4,12 @@
 //! the row was looked for; a transaction that fails at PREPARE (two-phase) is skipped with
 //! `skip_transaction` and the pending skip is then cleared, as native clears `subskiplsn`.
 use pgsub_tests::{
-    assert_replicated_equal, one, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts,
-    TwoNodes,
+    assert_replicated_equal, one, set_sync_hold, wait_for_subscription_error, wait_for_subscription_sync, wait_value,
+    ClusterOpts, TwoNodes,
 };
 use std::time::Duration;
-use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Sets `pgsub.sync_hold_state` on the subscriber (`''`: resets it) and waits until a new
-/// session sees it (as `tablesync_test.rs` does).
-async fn set_hold(nodes: &TwoNodes, s: &Client, state: &str) {
-    let sql = if state.is_empty() {
-        "ALTER SYSTEM RESET pgsub.sync_hold_state".to_string()
-    } else {
-        format!("ALTER SYSTEM SET pgsub.sync_hold_state = '{state}'")
-    };
-    s.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    s.batch_execute("SELECT pg_reload_conf()").await.expect("pg_reload_conf");
-    nodes
-        .subscriber
-        .poll_query_until("postgres", "SHOW pgsub.sync_hold_state", state, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("pgsub.sync_hold_state = '{state}' not in force: {e}"));
-}
 
 /// Waits for a line of the subscriber's log (the failing test prints the whole log).
 async fn wait_log(nodes: &TwoNodes, what: &str) {
@@ -303,7 +285,7 @@ async fn a_skip_lsn_that_matches_nothing_is_refused_or_cleared() {
 
     // t2 joins and its sync worker stays after the copy: a transaction that changes only t2
     // changes nothing for the apply worker, and a skip_lsn it does not match stays.
-    set_hold(&nodes, &s, "copied").await;
+    set_sync_hold(&nodes.subscriber, &s, "copied").await;
     p.batch_execute("ALTER PUBLICATION pub ADD TABLE t2").await.unwrap();
     s.batch_execute("SELECT pgsub.refresh_subscription('s')").await.unwrap();
     wait_value(&s, "SELECT sync_state FROM pgsub.stat_subscription_table WHERE relid = 't2'::regclass", "copied", WAIT)
@@ -320,7 +302,7 @@ async fn a_skip_lsn_that_matches_nothing_is_refused_or_cleared() {
     .await;
     let skip: Option<String> = one(&s, "SELECT skip_lsn::text FROM pgsub.subscription WHERE subname = 's'").await;
     assert_eq!(skip.as_deref(), Some("FE/0"), "a transaction that changed nothing here keeps skip_lsn");
-    set_hold(&nodes, &s, "").await;
+    set_sync_hold(&nodes.subscriber, &s, "").await;
     wait_for_subscription_sync(&s, "s", WAIT).await;
     s.execute("SELECT pgsub.skip_transaction('s', NULL)", &[]).await.unwrap();
 

@@ -853,6 +853,24 @@ pub async fn wait_for_subscription_sync(c: &tokio_postgres::Client, subname: &st
     }
 }
 
+/// Sets `pgsub.sync_hold_state` on `node` (`''`: resets it) with ALTER SYSTEM and a reload, and
+/// waits until a new session sees it: the postmaster has re-read the configuration, so sync
+/// workers it starts from now on hold there, and running ones see it at their next tick.
+pub async fn set_sync_hold(node: &Cluster, c: &tokio_postgres::Client, state: &str) {
+    let sql = if state.is_empty() {
+        "ALTER SYSTEM RESET pgsub.sync_hold_state".to_string()
+    } else {
+        format!("ALTER SYSTEM SET pgsub.sync_hold_state = {}", quote_literal(state))
+    };
+    // Two statements: ALTER SYSTEM cannot run inside the implicit transaction of a multi-statement
+    // query.
+    c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.batch_execute("SELECT pg_reload_conf()").await.expect("pg_reload_conf");
+    node.poll_query_until("postgres", "SHOW pgsub.sync_hold_state", state, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("pgsub.sync_hold_state = '{state}' not in force: {e}"));
+}
+
 /// Waits until pgsub subscription `sub` has failed `retries` more times than when the wait began
 /// (`error_count`) and its `last_error` contains every one of `needles`; returns that error.
 /// Panics on timeout with the last error seen.

@@ -9,8 +9,8 @@
 //! - `pgsub.lag_history` shows the apply lag rise while a lock holds the worker back, and fall
 //!   once it is released.
 use pgsub_tests::{
-    assert_replicated_equal, must_fail, one, wait_for, wait_for_subscription_sync, wait_value, Cluster, ClusterOpts,
-    TwoNodes,
+    assert_replicated_equal, must_fail, one, set_sync_hold, wait_for, wait_for_subscription_sync, wait_value,
+    ClusterOpts, TwoNodes,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -253,21 +253,6 @@ async fn per_table_counters_are_exact_survive_a_restart_and_reset() {
     assert_replicated_equal(&p, &s).await;
 }
 
-/// Sets `pgsub.sync_hold_state` on the subscriber (`''`: resets it) and waits until a new
-/// session sees it (as `tablesync_test.rs` does).
-async fn set_hold(node: &Cluster, s: &Client, state: &str) {
-    let sql = if state.is_empty() {
-        "ALTER SYSTEM RESET pgsub.sync_hold_state".to_string()
-    } else {
-        format!("ALTER SYSTEM SET pgsub.sync_hold_state = '{state}'")
-    };
-    s.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    s.batch_execute("SELECT pg_reload_conf()").await.expect("pg_reload_conf");
-    node.poll_query_until("postgres", "SHOW pgsub.sync_hold_state", state, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("pgsub.sync_hold_state = '{state}' not in force: {e}"));
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn sync_workers_copy_and_catch_up_count_exactly_once() {
     let nodes = TwoNodes::start().expect("start");
@@ -281,7 +266,7 @@ async fn sync_workers_copy_and_catch_up_count_exactly_once() {
         .unwrap();
     // The sync worker stays after its copy while the publisher changes the table: those changes
     // are the catch-up's (or, past its end, the apply worker's), each counted once.
-    set_hold(&nodes.subscriber, &s, "copied").await;
+    set_sync_hold(&nodes.subscriber, &s, "copied").await;
     s.execute("SELECT pgsub.create_subscription('sub', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create_subscription");
@@ -291,7 +276,7 @@ async fn sync_workers_copy_and_catch_up_count_exactly_once() {
     for id in 31..=40 {
         p.batch_execute(&format!("DELETE FROM c WHERE id = {id}")).await.unwrap();
     }
-    set_hold(&nodes.subscriber, &s, "").await;
+    set_sync_hold(&nodes.subscriber, &s, "").await;
     wait_for_subscription_sync(&s, "sub", WAIT).await;
     let mut want = BTreeMap::new();
     want.insert(

@@ -9,7 +9,7 @@
 //! a background worker slot when max_worker_processes is exhausted; tables become ready on an
 //! idle publisher. Every test ends with the harness's full comparison of all replicated tables.
 use pgsub_tests::{
-    assert_replicated_equal, assert_replicated_equal_within, connect, one, poll_query_until, wait_for,
+    assert_replicated_equal, assert_replicated_equal_within, connect, one, poll_query_until, set_sync_hold, wait_for,
     wait_for_subscription_sync, wait_value, Cluster, ClusterOpts, TwoNodes,
 };
 use std::cell::RefCell;
@@ -53,24 +53,6 @@ fn table_with_rows(name: &str, rows: i64) -> String {
 /// `sync_state` of table `table` in pgsub.subscription_table.
 fn state_sql(table: &str) -> String {
     format!("SELECT sync_state FROM pgsub.subscription_table WHERE relid = '{table}'::regclass")
-}
-
-/// Sets `pgsub.sync_hold_state` on the subscriber (`''`: resets it) with ALTER SYSTEM and a
-/// reload, and waits until a new session sees it: the postmaster has re-read the configuration,
-/// so workers it starts from now on hold, and running ones see it at their next tick.
-async fn set_hold(node: &Cluster, s: &Client, state: &str) {
-    let sql = if state.is_empty() {
-        "ALTER SYSTEM RESET pgsub.sync_hold_state".to_string()
-    } else {
-        format!("ALTER SYSTEM SET pgsub.sync_hold_state = '{state}'")
-    };
-    // Two statements: ALTER SYSTEM cannot run inside the implicit transaction of a multi-statement
-    // query.
-    s.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    s.batch_execute("SELECT pg_reload_conf()").await.expect("pg_reload_conf");
-    node.poll_query_until("postgres", "SHOW pgsub.sync_hold_state", state, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("pgsub.sync_hold_state = '{state}' not in force: {e}"));
 }
 
 /// Waits until no sync slot is left on the publisher.
@@ -653,7 +635,7 @@ async fn kill9_in_every_sync_state(victim: Victim) {
         ))
         .await
         .unwrap_or_else(|e| panic!("subscriber {table}: {e}"));
-        set_hold(&nodes.subscriber, &s, state).await;
+        set_sync_hold(&nodes.subscriber, &s, state).await;
         let writer = Writer::start(
             nodes.publisher.client("postgres").await.expect("writer"),
             vec![(table.clone(), CASE_ROWS), ("base".into(), 1000)],
@@ -693,7 +675,7 @@ async fn kill9_in_every_sync_state(victim: Victim) {
             }
         }
         s = nodes.subscriber.client("postgres").await.expect("subscriber after the kill");
-        set_hold(&nodes.subscriber, &s, "").await;
+        set_sync_hold(&nodes.subscriber, &s, "").await;
         writer.wait_progress(20).await;
         p.batch_execute(&format!(
             "INSERT INTO {table} SELECT g, 'after the kill', g FROM generate_series({0} + 1, {0} + 1000) g",
@@ -768,7 +750,7 @@ async fn tables_wait_visibly_when_worker_processes_are_exhausted() {
     }
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE w1, w2, w3").await.expect("publication");
     // The one sync worker that fits stays after its copy, so that the next table must wait.
-    set_hold(&nodes.subscriber, &s, "copied").await;
+    set_sync_hold(&nodes.subscriber, &s, "copied").await;
     s.execute("SELECT pgsub.create_subscription('few', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create_subscription");
@@ -810,7 +792,7 @@ async fn tables_wait_visibly_when_worker_processes_are_exhausted() {
     eprintln!("{x:?}");
     assert_eq!(x.pending, 3, "no table is synchronized while the only sync worker is held after its copy");
     // Released: the tables go through the one worker slot one after the other.
-    set_hold(&nodes.subscriber, &s, "").await;
+    set_sync_hold(&nodes.subscriber, &s, "").await;
     wait_for("every table of few synchronized, with one sync worker at a time", WAIT, || {
         check(|x| x.pending == 0 && x.status == "streaming")
     })

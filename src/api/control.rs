@@ -213,18 +213,5 @@ pub(super) fn stop_worker(subid: i32) {
 
 /// Waits up to 30 s while `running()` holds.
 fn wait_until_gone(running: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while running() && std::time::Instant::now() < deadline {
-        // SAFETY: latch wait in a backend.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                50,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pg_sys::check_for_interrupts!();
-    }
+    crate::process::backend_wait_while(std::time::Duration::from_secs(30), 50, running);
 }

@@ -6,8 +6,8 @@
 //! (DDL) drops the binding and its plans, rebuilt at next use. The plans are kept for at most
 //! `pgsub.max_cached_relations` relations: beyond it the least recently used relation's plans
 //! are freed (`evict_plans`), its description and binding stay.
-use super::execute::in_context;
 use super::errctx;
+use super::execute::in_context;
 use crate::report;
 use pgrx::prelude::*;
 use pgsub_core::sql;
