@@ -91,17 +91,22 @@ pub fn absorb_barriers() {
 /// pgsub process or postmaster death ends it early), then absorbs a pending ProcSignalBarrier.
 /// Backends serving SQL wait with `check_for_interrupts!` instead.
 pub fn nap(ms: i64) {
+    wait_latch(ms.max(0));
+    absorb_barriers();
+}
+
+/// Waits on this process's latch for up to `ms` (or postmaster death), then resets it.
+fn wait_latch(ms: i64) {
     // SAFETY: latch wait of a process attached to shared memory.
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            ms.max(0) as std::ffi::c_long,
+            ms as std::ffi::c_long,
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
-    absorb_barriers();
 }
 
 /// In a backend serving SQL: waits on the latch, `step_ms` at a time and at most `timeout`, while
@@ -109,16 +114,7 @@ pub fn nap(ms: i64) {
 pub fn backend_wait_while(timeout: std::time::Duration, step_ms: i64, running: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while running() && std::time::Instant::now() < deadline {
-        // SAFETY: latch wait in a backend.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                step_ms.max(1) as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
+        wait_latch(step_ms.max(1));
         pg_sys::check_for_interrupts!();
     }
 }
