@@ -39,24 +39,15 @@ pub(crate) fn switches() -> bool {
 /// every change): a role that loses BYPASSRLS, or the membership that made it the table's
 /// owner, must stop apply rather than write through policies that hide the rows it looks for.
 pub(crate) fn as_table_owner<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    if !switches() {
-        super::copyin::refuse_row_level_security(relid);
-        return f();
-    }
-    let Some(owner) = rel_owner(relid) else {
-        super::copyin::refuse_row_level_security(relid);
-        return f();
-    };
     // SAFETY: reads this backend's current user id.
-    if owner == unsafe { pg_sys::GetUserId() } {
-        // Switching to oneself changes nothing (native does it anyway): skip the lookups.
-        super::copyin::refuse_row_level_security(relid);
-        return f();
-    }
-    let ctx = switch_to_untrusted_user(owner);
+    let me = unsafe { pg_sys::GetUserId() };
+    // Switching to oneself changes nothing (native does it anyway): skipped.
+    let ctx = switches().then(|| rel_owner(relid)).flatten().filter(|o| *o != me).map(switch_to_untrusted_user);
     super::copyin::refuse_row_level_security(relid);
     let r = f();
-    ctx.restore();
+    if let Some(ctx) = ctx {
+        ctx.restore();
+    }
     r
 }
 
