@@ -1,7 +1,7 @@
 //! End-to-end: what happens when the subscriber's rows are not what the publisher's changes
 //! expect (the "Conflicts" section of PostgreSQL's logical replication chapter): an UPDATE or
 //! DELETE whose row is missing is skipped, counted and logged naming the leaf partition where
-//! the row was looked for; a transaction that fails at PREPARE (two-phase) is skipped with
+//! the row was looked for (a row a replica trigger kept from changing is not missing); a transaction that fails at PREPARE (two-phase) is skipped with
 //! `skip_transaction` and the pending skip is then cleared, as native clears `subskiplsn`.
 use pgsub_tests::{
     assert_replicated_equal, one, set_sync_hold, wait_for_subscription_error, wait_for_subscription_sync, wait_value,
@@ -321,5 +321,76 @@ async fn a_skip_lsn_that_matches_nothing_is_refused_or_cleared() {
     wait_log(&nodes, "skip_lsn of the subscription cleared").await;
     let skipped: i64 = one(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 's'").await;
     assert_eq!(skipped, 0, "the transaction was applied, not skipped");
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// A replica trigger that skips a change — a BEFORE ROW trigger returning NULL — is not a
+/// conflict: the row is there, so nothing is counted or logged, as natively; single and batched
+/// UPDATEs and DELETEs alike. A row that really is missing among them still is one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_trigger_that_skips_a_change_is_not_a_missing_row() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE k (id int PRIMARY KEY, v text);
+         INSERT INTO k SELECT g, 'v' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION pub FOR TABLE k;",
+    )
+    .await
+    .unwrap();
+    s.batch_execute(
+        "CREATE TABLE k (id int PRIMARY KEY, v text);
+         CREATE FUNCTION keep_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF OLD.v = 'frozen' THEN RETURN NULL; END IF;
+             IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER keep BEFORE UPDATE OR DELETE ON k FOR EACH ROW EXECUTE FUNCTION keep_frozen();
+         ALTER TABLE k ENABLE REPLICA TRIGGER keep;",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('k', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "k", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+    // Every tenth row is frozen here; row 55 is gone.
+    s.batch_execute("UPDATE k SET v = 'frozen' WHERE id % 10 = 0; DELETE FROM k WHERE id = 55").await.unwrap();
+
+    // One UPDATE and one DELETE of a frozen row, each a transaction of its own (applied one by one).
+    p.batch_execute("UPDATE k SET v = 'single' WHERE id = 10").await.unwrap();
+    p.batch_execute("DELETE FROM k WHERE id = 20").await.unwrap();
+    // Runs of them (applied as batched statements): frozen rows 30, 40, 50 and 60–100; 55 missing.
+    p.batch_execute("UPDATE k SET v = 'batch' WHERE id BETWEEN 21 AND 50").await.unwrap();
+    p.batch_execute("DELETE FROM k WHERE id BETWEEN 51 AND 100").await.unwrap();
+    p.batch_execute("INSERT INTO k VALUES (1000, 'marker')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM k WHERE id = 1000", "1", WAIT).await;
+
+    let rows = "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM k WHERE id % 10 = 0 OR id IN (21, 51, 55)";
+    assert_eq!(
+        one::<String>(&s, rows).await,
+        "10:frozen,20:frozen,21:batch,30:frozen,40:frozen,50:frozen,60:frozen,70:frozen,80:frozen,90:frozen,\
+         100:frozen,1000:marker",
+        "the trigger kept the frozen rows; the others changed"
+    );
+    let counters: String = one(
+        &s,
+        "SELECT format('conflicts=%s update_missing=%s delete_missing=%s', conflicts, confl_update_missing, \
+         confl_delete_missing) FROM pgsub.stat_subscription WHERE subname = 'k'",
+    )
+    .await;
+    assert_eq!(counters, "conflicts=1 update_missing=0 delete_missing=1", "only row 55 is missing");
+    let logged: String =
+        one(&s, "SELECT string_agg(conflict_type || ' ' || (key ->> 'key'), ', ') FROM pgsub.conflict_log").await;
+    assert_eq!(logged, "delete_missing (id)=(55)");
+    let log = nodes.subscriber.log();
+    assert!(!log.contains("did not find row to be updated"), "no UPDATE was missing a row:\n{log}");
+    assert_eq!(log.matches("did not find row to be deleted").count(), 1, "one DELETE was:\n{log}");
+
+    // Without the trigger the tables converge again.
+    s.batch_execute("ALTER TABLE k DISABLE TRIGGER keep").await.unwrap();
+    p.batch_execute("TRUNCATE k; INSERT INTO k SELECT g, 'end' FROM generate_series(1, 20) g").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM k", "20", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }

@@ -84,7 +84,6 @@ async fn create_subscription_validates_and_leaves_nothing_behind() {
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; CREATE TABLE only_remote (id int primary key); CREATE PUBLICATION pub2 FOR TABLE only_remote").await.unwrap();
     let ci = nodes.pub_conninfo();
     let cases: Vec<(String, Vec<String>, &str)> = vec![
-        (ci.clone(), vec!["nopub".into()], "42704"),
         (ci.clone(), vec!["pub2".into()], "42P01"),
         ("host=127.0.0.1 port=1 dbname=postgres user=postgres connect_timeout=5".into(), vec!["pub".into()], "08"),
         (format!("{ci} dbname=nosuchdb"), vec!["pub".into()], "3D000"),

@@ -11,7 +11,9 @@
 //!   column (SQL refuses it): the row must hold the new value already, so a changed one finds
 //!   no row and is reported as a missing row instead of being lost;
 //! - batched DELETE / UPDATE of a run of rows: each column's values come as one array parameter,
-//!   unnested `WITH ORDINALITY`, and `RETURNING` the ordinals of the rows found.
+//!   unnested `WITH ORDINALITY`, and `RETURNING` the ordinals of the rows found;
+//! - a lookup by the same key condition, asked when an UPDATE or DELETE changed no row: whether
+//!   the row is there all the same (a BEFORE ROW trigger skipped the change) or missing.
 //!
 //! Plain tables are addressed `ONLY` (inheritance children are tables of their own); partitioned
 //! ones without it (their partitions hold the rows).
@@ -69,6 +71,14 @@ pub enum Statement {
         set: Vec<bool>,
         key: Vec<bool>,
     },
+    /// Whether a row an UPDATE or DELETE did not change is there all the same (a BEFORE ROW
+    /// trigger returned NULL): the key condition of the one-row statements, and for `same` the
+    /// column must hold the given value (an UPDATE's GENERATED ALWAYS identity columns).
+    /// Parameters: the key columns, then the `same` ones.
+    Find {
+        key: Vec<bool>,
+        same: Vec<bool>,
+    },
 }
 
 /// What to prepare.
@@ -92,6 +102,7 @@ pub fn build(target: &Target, stmt: &Statement) -> Prepared {
         Statement::Delete { key } => b.delete(key),
         Statement::DeleteBatch { key } => b.delete_batch(key),
         Statement::UpdateBatch { set, key } => b.update_batch(set, key),
+        Statement::Find { key, same } => b.find(key, same),
     };
     let generic_plan = matches!(stmt, Statement::DeleteBatch { .. } | Statement::UpdateBatch { .. });
     Prepared { sql, argtypes: b.argtypes, generic_plan }
@@ -211,6 +222,15 @@ impl Builder<'_, '_> {
         }
         let w = self.one_row_where(key, &unchanged);
         format!("UPDATE {}{} SET {} WHERE {w}", self.only(), self.target.qualified, sets.join(", "))
+    }
+
+    fn find(&mut self, key: &[bool], same: &[bool]) -> String {
+        let mut c = self.key_condition(key);
+        for i in on(same) {
+            let p = self.param(i);
+            c = format!("{c} AND {} IS NOT DISTINCT FROM {p}", self.col(i));
+        }
+        format!("SELECT 1 FROM {}{} WHERE {c} LIMIT 1", self.only(), self.target.qualified)
     }
 
     fn delete(&mut self, key: &[bool]) -> String {
@@ -336,6 +356,26 @@ mod tests {
             "UPDATE ONLY \"s\".\"t\" SET \"we\"\"ird\" = $1, \"j\" = $2 WHERE \"id\" OPERATOR(pg_catalog.=) $3"
         );
         assert_eq!(p.argtypes, vec![TEXT, JSON, INT4]);
+    }
+
+    #[test]
+    fn find_uses_the_key_condition_then_the_same_columns() {
+        let c = cols();
+        let p = build(
+            &target(&c, false, false),
+            &Statement::Find { key: vec![false, true, false], same: vec![true, false, false] },
+        );
+        assert_eq!(
+            p.sql,
+            "SELECT 1 FROM ONLY \"s\".\"t\" WHERE \"we\"\"ird\" OPERATOR(pg_catalog.=) $1 AND \"id\" IS NOT DISTINCT FROM $2 LIMIT 1"
+        );
+        assert_eq!(p.argtypes, vec![TEXT, INT4]);
+        let p = build(&target(&c, true, true), &Statement::Find { key: vec![true, false, true], same: vec![false; 3] });
+        assert_eq!(
+            p.sql,
+            "SELECT 1 FROM \"s\".\"t\" WHERE (\"id\" OPERATOR(pg_catalog.=) $1 OR (\"id\" IS NULL AND $1 IS NULL)) AND \
+             (\"j\" IS NULL AND $2 IS NULL) LIMIT 1"
+        );
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub(super) fn sql_text_array(items: &[String]) -> String {
     format!("ARRAY[{}]::text[]", inner.join(","))
 }
 
-/// Checks that every publication exists on the publisher.
+/// Warns, as native `CREATE SUBSCRIPTION` does (and with its words), about publications the
+/// publisher does not have: the subscription is created all the same, with the tables of the
+/// others, and its worker reports the publisher's error until the publication exists.
 pub(super) fn check_publications(client: &mut Client, pubs: &[String]) {
     let rows = query(
         client,
@@ -46,7 +48,8 @@ pub(super) fn check_publications(client: &mut Client, pubs: &[String]) {
     let missing: Vec<&String> = pubs.iter().filter(|p| !found.contains(p)).collect();
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|p| format!("\"{p}\"")).collect();
-        error(
+        log(
+            PgLogLevel::WARNING,
             Code::ERRCODE_UNDEFINED_OBJECT,
             format!(
                 "publication{} {} do{} not exist on the publisher",
@@ -55,7 +58,9 @@ pub(super) fn check_publications(client: &mut Client, pubs: &[String]) {
                 if missing.len() > 1 { "" } else { "es" }
             ),
             None,
-            Some("Create the publication on the publisher first (CREATE PUBLICATION … FOR TABLE …)."),
+            Some(
+                "Create the publication on the publisher, then refresh the subscription (pgsub.refresh_subscription).",
+            ),
         );
     }
 }

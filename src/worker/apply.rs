@@ -30,7 +30,9 @@ use super::batch::{
 };
 use super::conflict;
 use super::errctx;
-use super::execute::{check_width, execute, in_context, key_bytes, key_mask, missing_row, set_mask, with_snapshot};
+use super::execute::{
+    check_width, execute, in_context, key_bytes, key_mask, missing_row, set_mask, with_snapshot, RowOutcome,
+};
 use super::owner;
 use super::progress::Progress;
 use super::relation::{self, bind_local, cstring, free_plans, PlanKey, RelEntry};
@@ -626,9 +628,9 @@ impl Applier {
             self.flush_updates();
             self.drain_counts(progress);
             match with_snapshot(|| self.update_one(&m)) {
-                Some((relid, true)) => progress.counters.updated(relid, 1),
-                Some((relid, false)) => progress.counters.conflict(relid, ConflictType::UpdateMissing, 1),
-                None => {}
+                Some((relid, RowOutcome::Applied)) => progress.counters.updated(relid, 1),
+                Some((relid, RowOutcome::Missing)) => progress.counters.conflict(relid, ConflictType::UpdateMissing, 1),
+                Some((_, RowOutcome::Skipped)) | None => {}
             }
             return;
         };
@@ -655,7 +657,7 @@ impl Applier {
     /// applied here.
     /// With `conflict::checks_rows` (or on the retry of a failed transaction) the local row is
     /// read first and conflicts with it resolved (`conflict::before_update`).
-    pub(super) fn update_one(&mut self, m: &Update) -> Option<(pg_sys::Oid, bool)> {
+    pub(super) fn update_one(&mut self, m: &Update) -> Option<(pg_sys::Oid, RowOutcome)> {
         let retry = self.row_by_row_lsn == Some(self.commit_end());
         let checks = conflict::checks_rows() || retry;
         let binary = self.binary;
@@ -680,7 +682,7 @@ impl Applier {
                 conflict::count(local.relid, t);
             }
             if !apply {
-                return Some((local.relid, true));
+                return Some((local.relid, RowOutcome::Applied));
             }
         }
         let plan = local.plan(PlanKey::Update { set: set.clone(), key: key.clone() }, remote);
@@ -703,11 +705,16 @@ impl Applier {
             }
             owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32))
         });
-        if processed == 0 {
-            let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
-            missing_row("UPDATE", &target);
+        if processed > 0 {
+            return Some((local.relid, RowOutcome::Applied));
         }
-        Some((local.relid, processed > 0))
+        let same: Vec<bool> = set.iter().zip(&local.cols).map(|(s, c)| *s && c.identity_always).collect();
+        if with_snapshot(|| local.holds_row(remote, key_src, &key, Some((&m.new, &same)), binary, cxt)) {
+            return Some((local.relid, RowOutcome::Skipped));
+        }
+        let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
+        missing_row("UPDATE", &target);
+        Some((local.relid, RowOutcome::Missing))
     }
 
     /// DELETE: consecutive deletes from one table by the same key columns are collected and
@@ -783,12 +790,12 @@ impl Applier {
                 owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_DELETE as i32))
             })
         });
-        if processed == 0 {
+        if processed > 0 {
+            progress.counters.deleted(local.relid, 1);
+        } else if !with_snapshot(|| local.holds_row(remote, old, &key, None, binary, cxt)) {
             progress.counters.conflict(local.relid, ConflictType::DeleteMissing, 1);
             let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
             missing_row("DELETE", &target);
-        } else {
-            progress.counters.deleted(local.relid, 1);
         }
     }
 

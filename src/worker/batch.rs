@@ -6,7 +6,7 @@
 use super::apply::Applier;
 use super::copyin;
 use super::errctx;
-use super::execute::{in_context, run_batch, tally, with_snapshot};
+use super::execute::{in_context, run_batch, tally, with_snapshot, RowOutcome};
 use super::progress::Progress;
 use super::relation::{PlanKey, RelEntry};
 use crate::shmem::ConflictType;
@@ -176,9 +176,9 @@ impl Applier {
         if batch.rows.len() < UPDATE_BATCH_MIN_ROWS {
             for m in &batch.rows {
                 match with_snapshot(|| self.update_one(m)) {
-                    Some((relid, true)) => self.batched.updated(relid, 1),
-                    Some((relid, false)) => self.batched.conflict(relid, ConflictType::UpdateMissing, 1),
-                    None => {}
+                    Some((relid, RowOutcome::Applied)) => self.batched.updated(relid, 1),
+                    Some((relid, RowOutcome::Missing)) => self.batched.conflict(relid, ConflictType::UpdateMissing, 1),
+                    Some((_, RowOutcome::Skipped)) | None => {}
                 }
             }
             return;
@@ -213,9 +213,15 @@ impl Applier {
             })
         });
         let relid = local.relid;
+        let present: Vec<bool> = (0..n)
+            .map(|i| {
+                !found[i]
+                    && with_snapshot(|| local.holds_row(remote, &batch.rows[i].new, &batch.key, None, binary, cxt))
+            })
+            .collect();
         let target = |i: usize| with_snapshot(|| local.row_target(&batch.rows[i].new, &batch.key, binary, cxt));
         let mut hit = 0;
-        let missing = tally(&found, "UPDATE", target, &mut hit);
+        let missing = tally(&found, "UPDATE", &present, target, &mut hit);
         self.batched.updated(relid, hit);
         self.batched.conflict(relid, ConflictType::UpdateMissing, missing);
         errctx::set_kind("");
@@ -257,12 +263,18 @@ impl Applier {
                 })
             })
         });
+        let present: Vec<bool> = (0..n)
+            .map(|i| {
+                let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
+                !found[i] && with_snapshot(|| local.holds_row(remote, t, &batch.key, None, binary, cxt))
+            })
+            .collect();
         let target = |i: usize| {
             let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
             with_snapshot(|| local.row_target(t, &batch.key, binary, cxt))
         };
         let mut hit = 0;
-        let missing = tally(&found, "DELETE", target, &mut hit);
+        let missing = tally(&found, "DELETE", &present, target, &mut hit);
         self.batched.deleted(relid, hit);
         self.batched.conflict(relid, ConflictType::DeleteMissing, missing);
         errctx::set_kind("");

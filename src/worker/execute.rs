@@ -172,6 +172,16 @@ pub(super) fn check_width(remote: &Relation, t: &TupleData, what: &str) {
     }
 }
 
+/// What one remote UPDATE or DELETE did here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RowOutcome {
+    Applied,
+    /// The row is not there: an `update_missing` / `delete_missing` conflict, logged.
+    Missing,
+    /// The row is there but a BEFORE ROW trigger returned NULL: nothing to count, as natively.
+    Skipped,
+}
+
 /// The LOG line of an UPDATE or DELETE whose row is not there; `target` is what
 /// `LocalRel::row_target` gives: the relation (the leaf partition of a partitioned target, as
 /// natively) and the key looked for.
@@ -195,10 +205,12 @@ pub(super) fn missing_row(op: &str, target: &(String, Option<String>)) {
     );
 }
 
-/// Adds a batch's found rows to `hit`, logs each row not found, and returns how many were not.
+/// Adds a batch's found rows to `hit`; of the others, those `present` marks as there all the same
+/// were skipped by a trigger, and each of the rest is logged as missing. Returns how many were.
 pub(super) fn tally(
     found: &[bool],
     op: &str,
+    present: &[bool],
     target: impl Fn(usize) -> (String, Option<String>),
     hit: &mut i64,
 ) -> i64 {
@@ -206,7 +218,7 @@ pub(super) fn tally(
     for (i, f) in found.iter().enumerate() {
         if *f {
             *hit += 1;
-        } else {
+        } else if !present.get(i).copied().unwrap_or(false) {
             missing += 1;
             missing_row(op, &target(i));
         }

@@ -360,6 +360,43 @@ impl ColMap {
 }
 
 impl LocalRel {
+    /// Whether the row an UPDATE or DELETE changed nothing of is here all the same: identified
+    /// by `t`'s `key` columns as the statement looked for it, and for an UPDATE (`same`) holding
+    /// `new`'s values in its GENERATED ALWAYS identity columns. A BEFORE ROW trigger that returns
+    /// NULL skips the change of a row that is there, which native apply does not count or log
+    /// as a conflict either; only a row that is not there is one. Run in a replication step.
+    pub(super) fn holds_row(
+        &mut self,
+        remote: &Relation,
+        t: &TupleData,
+        key: &[bool],
+        same: Option<(&TupleData, &[bool])>,
+        binary: bool,
+        cxt: pg_sys::MemoryContext,
+    ) -> bool {
+        let same_mask = same.map_or_else(|| vec![false; key.len()], |(_, m)| m.to_vec());
+        let plan = self.plan(PlanKey::Find { key: key.to_vec(), same: same_mask.clone() }, remote);
+        let relid = self.relid;
+        let cols = &self.cols;
+        in_context(cxt, || {
+            let mut values = Vec::new();
+            let mut nulls = Vec::new();
+            let sources = [(t, key), (same.map_or(t, |(n, _)| n), same_mask.as_slice())];
+            for (tuple, mask) in sources {
+                for (i, v) in tuple.columns.iter().enumerate() {
+                    if mask.get(i).copied().unwrap_or(false) {
+                        let (d, n) = cols[i].datum(v, binary);
+                        values.push(d);
+                        nulls.push(n);
+                    }
+                }
+            }
+            super::owner::as_table_owner(relid, || {
+                super::execute::execute(plan, &mut values, &nulls, pg_sys::SPI_OK_SELECT as i32)
+            }) > 0
+        })
+    }
+
     /// Where the row identified by `t`'s `key` columns belongs, for the message about a missing
     /// row: the table itself, or for a partitioned table its leaf partition, named like native's
     /// `… relation's partition "leaf"`. The leaf is the one whose partition constraint the key
