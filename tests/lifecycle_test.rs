@@ -82,9 +82,14 @@ async fn create_subscription_validates_and_leaves_nothing_behind() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = setup(&nodes, &["t"]).await;
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; CREATE TABLE only_remote (id int primary key); CREATE PUBLICATION pub2 FOR TABLE only_remote").await.unwrap();
+    // A table the subscriber has as a materialized view, and one it has as a view.
+    p.batch_execute("CREATE TABLE mv (id int primary key); CREATE PUBLICATION pub3 FOR TABLE mv; CREATE TABLE v (id int primary key); CREATE PUBLICATION pub4 FOR TABLE v").await.unwrap();
+    s.batch_execute("CREATE MATERIALIZED VIEW mv AS SELECT 1 AS id; CREATE VIEW v AS SELECT 1 AS id").await.unwrap();
     let ci = nodes.pub_conninfo();
     let cases: Vec<(String, Vec<String>, &str)> = vec![
         (ci.clone(), vec!["pub2".into()], "42P01"),
+        (ci.clone(), vec!["pub3".into()], "42809"),
+        (ci.clone(), vec!["pub4".into()], "42809"),
         ("host=127.0.0.1 port=1 dbname=postgres user=postgres connect_timeout=5".into(), vec!["pub".into()], "08"),
         (format!("{ci} dbname=nosuchdb"), vec!["pub".into()], "3D000"),
         ("host=127.0.0.1 port=abc".into(), vec!["pub".into()], "42601"),
@@ -96,6 +101,12 @@ async fn create_subscription_validates_and_leaves_nothing_behind() {
             .expect_err("must fail");
         let db = err.as_db_error().unwrap_or_else(|| panic!("not a db error: {err}"));
         assert!(db.code().code().starts_with(code), "{conninfo} {pubs:?}: {} {}", db.code().code(), db.message());
+        if code == "42809" {
+            // Native's words (CheckSubscriptionRelkind).
+            let kind = if pubs[0] == "pub3" { "materialized views" } else { "views" };
+            assert!(db.message().contains("as logical replication target"), "{}", db.message());
+            assert_eq!(db.detail(), Some(format!("This operation is not supported for {kind}.").as_str()));
+        }
     }
     // NULL arguments and bad values are errors, not silent NULL results.
     assert!(s.execute("SELECT pgsub.create_subscription(NULL, $1, ARRAY['pub'])", &[&ci]).await.is_err());

@@ -315,8 +315,13 @@ impl Config {
     /// ISO dates (a `DateStyle` of `SQL, DMY` would swap day and month and print time zones as
     /// ambiguous abbreviations), `postgres` intervals, and floats with every digit (before 12,
     /// `extra_float_digits` 0 rounds them). PostgreSQL's walreceiver sends the same, as pg_dump
-    /// does.
-    pub const OUTPUT_SETTINGS: &'static str = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3";
+    /// does. And an empty `search_path`, which the walreceiver sets on a logical replication
+    /// connection: OID alias values (regclass, regtype, …) print schema-qualified, so that the
+    /// subscriber (which applies with an empty search_path too) reads them back as the same
+    /// objects, and no user object placed on the path can stand in for a built-in function or
+    /// operator in what the publisher runs for the subscriber.
+    pub const OUTPUT_SETTINGS: &'static str =
+        "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c search_path=";
 
     /// Adds [`Config::OUTPUT_SETTINGS`] after the user's own `options`: the server applies
     /// command-line options in order, so these win over any of the same name while the user's

@@ -30,6 +30,27 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
             Some("Create the table(s) on the subscriber first (the schema is not replicated)."),
         );
     }
+    for (schema, name, oid) in &resolved {
+        // SAFETY: a catalog lookup of a relation that exists, inside the transaction.
+        let relkind = unsafe { pg_sys::get_rel_relkind(*oid) } as u8;
+        if relkind != pg_sys::RELKIND_RELATION && relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
+            let what = match relkind {
+                pg_sys::RELKIND_VIEW => "views",
+                pg_sys::RELKIND_MATVIEW => "materialized views",
+                pg_sys::RELKIND_FOREIGN_TABLE => "foreign tables",
+                pg_sys::RELKIND_SEQUENCE => "sequences",
+                pg_sys::RELKIND_COMPOSITE_TYPE => "composite types",
+                _ => "this kind of relation",
+            };
+            // Native CREATE SUBSCRIPTION's words (CheckSubscriptionRelkind).
+            error(
+                Code::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("cannot use relation \"{schema}.{name}\" as logical replication target"),
+                Some(format!("This operation is not supported for {what}.")),
+                Some("Replicate into a table of that schema and name."),
+            );
+        }
+    }
     if copy_data {
         // Tables new to the subscription get the publisher's rows: refuse to mix them with rows
         // that are already there (the worker checks again before copying).

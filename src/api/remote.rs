@@ -65,17 +65,41 @@ pub(super) fn check_publications(client: &mut Client, pubs: &[String]) {
     }
 }
 
-/// The (schema, table) pairs the publications publish.
+/// The (schema, table) pairs the publications publish, as native's table list has them: when
+/// one of the publications publishes a partitioned table through its root
+/// (`publish_via_partition_root`), a partition of it listed by another publication is left out —
+/// the walsender sends that partition's changes as the root's, and the root's initial copy
+/// takes its rows (PostgreSQL 16's `pg_get_publication_tables` over all the publications;
+/// the same rule for older publishers, where native 15 copied such rows twice).
 pub(super) fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(String, String)> {
-    let rows = query(
-        client,
-        &format!(
+    let names = sql_text_array(pubs);
+    let version = client.server_version_num();
+    let sql = if version >= 160000 {
+        format!(
+            "SELECT DISTINCT n.nspname::text, c.relname::text \
+             FROM pg_catalog.pg_get_publication_tables(VARIADIC pg_catalog.array(\
+                 SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname = ANY({names}))) g \
+             JOIN pg_catalog.pg_class c ON c.oid = g.relid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2"
+        )
+    } else if version >= 130000 {
+        format!(
+            "WITH r AS (SELECT DISTINCT schemaname::text AS s, tablename::text AS t, \
+                            pg_catalog.format('%I.%I', schemaname, tablename)::pg_catalog.regclass AS rel \
+                        FROM pg_catalog.pg_publication_tables WHERE pubname = ANY({names})) \
+             SELECT s, t FROM r WHERE NOT (\
+                 EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = ANY({names}) AND pubviaroot) \
+                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_partition_ancestors(r.rel) a \
+                             JOIN r o ON o.rel = a.relid WHERE a.relid <> r.rel)) \
+             ORDER BY 1, 2"
+        )
+    } else {
+        format!(
             "SELECT DISTINCT schemaname, tablename FROM pg_catalog.pg_publication_tables \
-             WHERE pubname = ANY({}) ORDER BY 1, 2",
-            sql_text_array(pubs)
-        ),
-        "could not read the published tables on the publisher",
-    );
+             WHERE pubname = ANY({names}) ORDER BY 1, 2"
+        )
+    };
+    let rows = query(client, &sql, "could not read the published tables on the publisher");
     // Like native (PostgreSQL 16's CREATE SUBSCRIPTION, 15's table sync and pgoutput): one table
     // must not have different column lists in the subscription's publications.
     if client.server_version_num() >= 150000 {

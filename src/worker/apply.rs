@@ -146,7 +146,7 @@ impl Applier {
             }
         }
         let display: std::rc::Rc<str> = format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name)).into();
-        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None, display, last_used: 0 });
+        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None, display, last_used: 0, unlisted_seen: false });
     }
 
     pub fn begin(&mut self, b: Begin, progress: &mut Progress) {
@@ -487,7 +487,14 @@ impl Applier {
             );
         };
         errctx::set_message("", Some(entry.display.clone()));
-        if skipping || !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
+        if skipping {
+            return None;
+        }
+        if !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
+            if !entry.unlisted_seen && self.tables.unlisted(&entry.remote.namespace, &entry.remote.name) {
+                entry.unlisted_seen = true;
+                relation::unlisted(&entry.remote);
+            }
             return None;
         }
         self.changed_in_txn = true;

@@ -4,7 +4,8 @@
 //! functions), every replicated column has the same built-in type on both sides (an OID below
 //! `FirstGenbkiObjectId`, with a binary input function; arrays of built-in types are built-in
 //! types), and the local database is UTF8 (binary text arrives in the connection's UTF8). Enums,
-//! domains, composites and extension types travel as text.
+//! domains, composites and extension types travel as text, and so do the OID alias types
+//! (regclass, regtype, …), whose binary form is the publisher's OID rather than the name.
 //!
 //! The stream follows the subscription's `binary` option when it is set; when it is not (NULL,
 //! the default) the apply worker decides here at each start, over the published columns of every
@@ -30,6 +31,14 @@ use std::collections::HashMap;
 /// Built-in types without a usable binary input (no receive function, or one that refuses):
 /// pg_node_tree, pg_ndistinct, pg_dependencies, pg_mcv_list.
 const NO_BINARY_INPUT: [u32; 4] = [194, 3361, 3402, 5017];
+
+/// The OID alias types (regclass, regtype, regproc, … and their arrays): their binary form is
+/// the object's OID, which names another object or none on the subscriber; as text they travel
+/// by name (schema-qualified: publisher sessions run with an empty search_path).
+const OID_ALIASES: [u32; 22] = [
+    24, 1008, 2202, 2207, 2203, 2208, 2204, 2209, 2205, 2210, 2206, 2211, 3734, 3735, 3769, 3770, 4089, 4090, 4096,
+    4097, 4191, 4192,
+];
 
 /// Why the stream travels as it does (the worker logs it).
 pub(super) struct StreamFormat {
@@ -74,6 +83,9 @@ fn refused_column(relid: pg_sys::Oid, columns: &[(String, u32)]) -> Option<Strin
             }
             Some(_) if NO_BINARY_INPUT.contains(&remote_type) => {
                 format!("has type {remote_type}, without binary input")
+            }
+            Some(_) if OID_ALIASES.contains(&remote_type) => {
+                format!("has type {remote_type}, an OID alias whose binary form is an OID of the publisher")
             }
             Some(_) => return None,
         };

@@ -239,8 +239,13 @@ fn on_error(subid: i32, e: CaughtError) {
 /// After an error (its transaction aborted): disables the subscription if it has
 /// disable_on_error, as natively, and says so; true when it did.
 pub(crate) fn disable_on_error(subid: i32) -> bool {
-    let disable =
-        xact(|| catalog::load(subid).ok().flatten().map(|s| s.disable_on_error && s.enabled).unwrap_or(false));
+    let (disable, name) = xact(|| {
+        catalog::load(subid)
+            .ok()
+            .flatten()
+            .map(|s| (s.disable_on_error && s.enabled, s.name))
+            .unwrap_or((false, subid.to_string()))
+    });
     if disable {
         xact(|| {
             let _ = catalog::set_enabled(subid, false);
@@ -249,7 +254,8 @@ pub(crate) fn disable_on_error(subid: i32) -> bool {
         report::log(
             PgLogLevel::LOG,
             Code::ERRCODE_SUCCESSFUL_COMPLETION,
-            format!("pgsub: subscription {subid} has been disabled because of an error (disable_on_error)"),
+            // Native's words ("subscription \"…\" has been disabled because of an error").
+            format!("pgsub: subscription \"{name}\" has been disabled because of an error (disable_on_error)"),
             None,
             Some("Fix the cause, then call pgsub.enable_subscription()."),
         );

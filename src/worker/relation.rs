@@ -104,6 +104,32 @@ pub(super) struct RelEntry {
     pub(super) display: std::rc::Rc<str>,
     /// When a change last targeted it (the applier's counter): the plan cache's LRU order.
     pub(super) last_used: u64,
+    /// Not among the subscription's tables, and [`unlisted`] has looked at it.
+    pub(super) unlisted_seen: bool,
+}
+
+/// A change of a relation that is not among the subscription's tables, as native apply treats
+/// it: an ERROR when no local table has its name (the publisher renamed or moved it, or created
+/// it in a `FOR ALL TABLES` publication: native's `logical replication target relation … does
+/// not exist`, retried until it is created or renamed here); otherwise its changes are not
+/// applied, as natively, but said once per worker start and definition, where native is silent.
+pub(super) fn unlisted(remote: &Relation) {
+    let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+    if super::execute::with_snapshot(|| super::relcat::relation(&qualified)).is_none() {
+        report::error(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("logical replication target relation {qualified} does not exist"),
+            Some("The publisher sends changes of this table, which is not among the subscription's tables: renamed or moved there, or added to a publication.".into()),
+            Some("Create (or rename) the table here and refresh the subscription (pgsub.refresh_subscription); the worker retries."),
+        );
+    }
+    report::log(
+        PgLogLevel::WARNING,
+        Code::ERRCODE_WARNING,
+        format!("pgsub: changes of relation {qualified} are not applied: it is not among the subscription's tables"),
+        Some("The publisher sends them (the table was renamed or moved there, or added to a publication).".into()),
+        Some("Refresh the subscription (pgsub.refresh_subscription) to add it."),
+    );
 }
 
 /// Relations whose local mapping must be rebuilt (set by the relcache callback).

@@ -343,7 +343,7 @@ fn catch_up(
     let client = client.or_else(|| connect(sub))?;
     let (client, opts) = super::start_replication(client, sub, slot, std::slice::from_ref(rel), start, true)?;
     let only = SubRel { sync_state: SyncState::Ready, state_lsn: None, ..rel.clone() };
-    let applier = Applier::new(sub.subid, TableStates::new(&[only]), opts.binary, sub.origin == "none", None);
+    let applier = Applier::new(sub.subid, TableStates::only(only), opts.binary, sub.origin == "none", None);
     let progress = Progress::for_sync_worker(sub.subid, start);
     let mut stream = Stream::new(sub.clone(), client, &opts, applier, progress, Some(end));
     stream.run();

@@ -14,9 +14,12 @@ type Code = PgSqlErrorCode;
 pub struct TableStates {
     states: HashMap<(String, String), (SyncState, Option<Lsn>)>,
     relids: HashMap<u32, (String, String)>,
+    /// Every table of the subscription is here (not a sync worker's one table).
+    whole: bool,
 }
 
 impl TableStates {
+    /// Every table of the subscription.
     pub fn new(rels: &[SubRel]) -> Self {
         TableStates {
             states: rels
@@ -24,7 +27,19 @@ impl TableStates {
                 .map(|r| ((r.remote_schema.clone(), r.remote_name.clone()), (r.sync_state, r.state_lsn)))
                 .collect(),
             relids: rels.iter().map(|r| (r.relid, (r.remote_schema.clone(), r.remote_name.clone()))).collect(),
+            whole: true,
         }
+    }
+
+    /// A sync worker's one table.
+    pub fn only(rel: SubRel) -> Self {
+        TableStates { whole: false, ..Self::new(&[rel]) }
+    }
+
+    /// The publisher sends changes of a table that is not the subscription's: renamed or moved
+    /// there, or added to a publication since the table list was last refreshed.
+    pub(super) fn unlisted(&self, schema: &str, name: &str) -> bool {
+        self.whole && !self.states.contains_key(&(schema.to_string(), name.to_string()))
     }
 
     /// Marks synchronized tables whose copy point the stream has passed as ready (in the current

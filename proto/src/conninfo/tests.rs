@@ -415,13 +415,16 @@ fn keyword_table_is_consistent() {
 fn output_settings_are_pinned_after_the_users_options() {
     let mut c = p("dbname=x").unwrap();
     c.pin_output_settings();
-    assert_eq!(c.options.as_deref(), Some("-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"));
+    assert_eq!(
+        c.options.as_deref(),
+        Some("-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c search_path=")
+    );
     // The user's options stay; ours come last, so the server's last-wins rule keeps the pins.
     let mut c = p("options='-c work_mem=1MB -c datestyle=SQL,DMY'").unwrap();
     c.pin_output_settings();
     assert_eq!(
         c.options.as_deref(),
-        Some("-c work_mem=1MB -c datestyle=SQL,DMY -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3")
+        Some("-c work_mem=1MB -c datestyle=SQL,DMY -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c search_path=")
     );
     let mut c = p("options=' '").unwrap();
     c.pin_output_settings();
