@@ -109,7 +109,8 @@ async fn skipping_a_transaction_that_failed_at_prepare_clears_skip_lsn() {
     // A local row collides with the prepared transaction's insert.
     s.batch_execute("INSERT INTO t VALUES (5, 'local')").await.unwrap();
     p.batch_execute("BEGIN; INSERT INTO t VALUES (4, 'r4'), (5, 'r5'); PREPARE TRANSACTION 'gx';").await.unwrap();
-    let err = wait_for_subscription_error(&s, "tp", &["duplicate key", "finished at"], WAIT).await;
+    // The first attempt's unique violation, or (at once after it) the row-by-row retry's conflict.
+    let err = wait_for_subscription_error(&s, "tp", &["(id)=(5)", "finished at"], WAIT).await;
     let lsn = err.split("finished at ").nth(1).expect("lsn").split_whitespace().next().unwrap();
     let lsn = lsn.trim_end_matches(|c: char| !c.is_ascii_hexdigit());
     s.execute("SELECT pgsub.skip_transaction('tp', $1::text::pg_lsn)", &[&lsn]).await.expect("skip");
@@ -152,7 +153,8 @@ async fn conflict_counters(s: &tokio_postgres::Client) -> String {
 
 /// Conflicts counted by PostgreSQL 18's type names — single and batched UPDATEs and DELETEs of
 /// missing rows exactly, a unique violation applying an INSERT (`insert_exists`) or an UPDATE
-/// (`update_exists`) once per attempt — and errors as apply errors; all of it survives a clean
+/// (`update_exists`) once per attempt that reports it (the row-by-row retry that follows the
+/// first, fast attempt at once) — and errors as apply errors; all of it survives a clean
 /// restart of the subscriber (as native statistics do), `reset_stats` zeroes it and stamps
 /// `stats_reset`, and after a crash the counters start from zero (as native ones do).
 #[tokio::test(flavor = "current_thread")]
@@ -197,14 +199,14 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
     // behaviour) until it is removed.
     s.batch_execute("INSERT INTO t VALUES (1000, 'local')").await.unwrap();
     p.batch_execute("INSERT INTO t VALUES (1000, 'remote')").await.unwrap();
-    wait_for_subscription_error(&s, "k", &["duplicate key value"], WAIT).await;
+    // The first attempt meets the unique violation; its row-by-row retry reports the conflict.
+    wait_for_subscription_error(&s, "k", &["conflict=insert_exists"], WAIT).await;
     s.batch_execute("DELETE FROM t WHERE id = 1000").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 1000", "remote", WAIT).await;
     // update_exists: the publisher moves a row onto a key only the subscriber has.
     s.batch_execute("INSERT INTO t VALUES (2000, 'local')").await.unwrap();
     p.batch_execute("UPDATE t SET id = 2000 WHERE id = 99").await.unwrap();
-    // The key tells this error from the insert_exists one still in last_error.
-    wait_for_subscription_error(&s, "k", &["duplicate key value", "(id)=(2000)"], WAIT).await;
+    wait_for_subscription_error(&s, "k", &["conflict=update_exists"], WAIT).await;
     s.batch_execute("DELETE FROM t WHERE id = 2000").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM t WHERE id = 2000", "1", WAIT).await;
     let counts: (i64, i64, i64, i64, i64) = {
@@ -392,5 +394,53 @@ async fn a_trigger_that_skips_a_change_is_not_a_missing_row() {
     s.batch_execute("ALTER TABLE k DISABLE TRIGGER keep").await.unwrap();
     p.batch_execute("TRUNCATE k; INSERT INTO k SELECT g, 'end' FROM generate_series(1, 20) g").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM k", "20", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// A unique violation is reported by its type at the first attempt, as natively: an INSERT that
+/// collides in three unique indexes (applied as a batch, which finds the violation the fast way)
+/// counts one `multiple_unique_conflicts` and no `insert_exists`, is logged and recorded with the
+/// local rows, and `disable_on_error` disables the subscription on that report — the row-by-row
+/// retry that finds it follows at once, without the backoff.
+#[tokio::test(flavor = "current_thread")]
+async fn a_unique_violation_is_reported_by_its_type_at_the_first_attempt() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE u (a int PRIMARY KEY, b int UNIQUE, c int UNIQUE)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE u")).await.unwrap();
+    s.batch_execute(&format!("{ddl}; INSERT INTO u VALUES (2, 2, 2), (3, 3, 3), (4, 4, 4)")).await.unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('u', $1, ARRAY['pub'], copy_data => false, disable_on_error => true)",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(&s, "u", WAIT).await;
+    // Rows around it make the transaction's inserts one COPY batch.
+    p.batch_execute("INSERT INTO u SELECT g, g, g FROM generate_series(10, 30) g UNION ALL SELECT 2, 3, 4")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT enabled::text FROM pgsub.subscription WHERE subname = 'u'", "false", WAIT).await;
+    let counters: String = one(
+        &s,
+        "SELECT format('conflicts=%s insert_exists=%s multiple=%s', conflicts, confl_insert_exists, \
+         confl_multiple_unique_conflicts) FROM pgsub.stat_subscription WHERE subname = 'u'",
+    )
+    .await;
+    assert_eq!(counters, "conflicts=1 insert_exists=0 multiple=1", "one conflict, by its type");
+    assert_eq!(
+        one::<String>(&s, "SELECT string_agg(conflict_type, ',') FROM pgsub.conflict_log").await,
+        "multiple_unique_conflicts"
+    );
+    let last: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'u'").await;
+    assert!(last.contains("conflict=multiple_unique_conflicts"), "last_error is the conflict: {last}");
+    wait_log(&nodes, "subscription \"u\" has been disabled because of an error").await;
+    // The ERROR line itself comes after that line.
+    wait_log(&nodes, "conflict=multiple_unique_conflicts").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM u WHERE a >= 10").await, 0, "nothing of it applied");
+
+    s.batch_execute("DELETE FROM u; SELECT pgsub.enable_subscription('u')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM u", "22", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }

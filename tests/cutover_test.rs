@@ -321,7 +321,7 @@ async fn wait_for_catchup_fails_clearly_when_disabled_held_back_or_failing() {
     // wait returns.
     s.batch_execute("INSERT INTO t VALUES (4, 'local')").await.unwrap();
     p.batch_execute("INSERT INTO t VALUES (4, 'remote')").await.unwrap();
-    wait_for_subscription_error(&s, "cut", &["duplicate key"], WAIT).await;
+    wait_for_subscription_error(&s, "cut", &["(id)=(4)"], WAIT).await;
     let e = must_fail(&s, "SELECT pgsub.wait_for_catchup('cut', timeout => '60 s')", &[]).await;
     assert_eq!(e.code, "55000", "{}", e.text());
     assert!(e.message.contains("failed while waiting"), "{}", e.text());

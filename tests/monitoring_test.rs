@@ -608,7 +608,7 @@ async fn health_raises_each_problem_it_documents() {
     // at the default 5 minutes not yet. It goes away once a transaction applies again.
     s.batch_execute("INSERT INTO t VALUES (-1, 'local')").await.unwrap();
     p.batch_execute("INSERT INTO t VALUES (-1, 'remote')").await.unwrap();
-    wait_for_subscription_error(&s, "hsub", &["duplicate key"], WAIT).await;
+    wait_for_subscription_error(&s, "hsub", &["(id)=(-1)"], WAIT).await;
     let e = wait_problem(&s, "pgsub.check_health(error_minutes => 0)", "hsub", "error").await;
     assert_eq!(e.2, "critical");
     // The first attempt's unique violation, or a retry's conflict report (worker/conflict/).

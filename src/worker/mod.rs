@@ -209,9 +209,20 @@ fn on_error(subid: i32, e: CaughtError) {
         text.push_str(&format!("\nCONTEXT: {ctx}"));
     }
     let failed_in_auto_binary = AUTO_BINARY.with(|a| a.get());
+    // A unique violation met the fast way (a batch, or a statement applied without looking the
+    // row up first) is not reported as a conflict yet: the retry, at once, applies the
+    // transaction row by row, looking each row up, and reports the conflict by its type with
+    // the local row (counted, logged, in pgsub.conflict_log, and what disable_on_error acts on),
+    // as native does at the first attempt. A retry that meets it again counts it as it is.
+    let finish = errctx::finish_lsn().map_or(0, |l| l.0);
+    let recheck = conflict.is_some()
+        && conflict::raised_type().is_none()
+        && finish != 0
+        && shmem::with_slot(subid, |s| s.batch_failed_lsn != finish).unwrap_or(false);
+    let counted = if recheck { None } else { conflict };
     shmem::with_slot(subid, |s| {
         s.set_error(&text, now(), false);
-        count_conflict(s, conflict);
+        count_conflict(s, counted);
         s.batch_failed_lsn = batch_failed_lsn;
         if let Some(lsn) = errctx::finish_lsn() {
             // The retry commits each transaction up to this one on its own.
@@ -222,22 +233,25 @@ fn on_error(subid: i32, e: CaughtError) {
             s.text_until = s.text_until.max(lsn.0);
         }
         s.status = Status::Error;
-        s.failed = true;
+        // No backoff before the row-by-row retry.
+        s.failed = !recheck;
     });
     if let Some(relid) = errctx::relation().and_then(|r| relation::bound_relid(&r)) {
-        crate::monitor::add_conflict(subid, relid.to_u32(), conflict);
+        crate::monitor::add_conflict(subid, relid.to_u32(), counted);
     }
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
     conflict::write_pending_after_abort();
-    if disable_on_error(subid) {
+    if !recheck && disable_on_error(subid) {
         shmem::with_slot(subid, |s| s.failed = false);
     }
     e.rethrow()
 }
 
 /// After an error (its transaction aborted): disables the subscription if it has
-/// disable_on_error, as natively, and says so; true when it did.
+/// disable_on_error, as natively, and says so; true when it did. The caller re-raises the error
+/// next: interrupts stay held from the disabling on, so that the launcher's SIGTERM, which the
+/// disabling brings, cannot end the worker before the error is logged.
 pub(crate) fn disable_on_error(subid: i32) -> bool {
     let (disable, name) = xact(|| {
         catalog::load(subid)
@@ -247,6 +261,8 @@ pub(crate) fn disable_on_error(subid: i32) -> bool {
             .unwrap_or((false, subid.to_string()))
     });
     if disable {
+        // SAFETY: HOLD_INTERRUPTS(); never resumed, the process ends with the error re-raised.
+        unsafe { pg_sys::InterruptHoldoffCount += 1 };
         xact(|| {
             let _ = catalog::set_enabled(subid, false);
         });
