@@ -1879,6 +1879,62 @@ async fn subscriber_keys_partitions_and_identity_columns() {
     c.finish().await;
 }
 
+const NO_EQ: &str = "
+CREATE TABLE fa (a int, p point);
+CREATE TABLE fj (a int, j json);
+";
+
+/// REPLICA IDENTITY FULL with a column whose type has no equality operator (point, json), as
+/// natively: a NULL there matches NULL; a value there can never be compared, so an UPDATE or
+/// DELETE of such a row stops with "could not identify an equality operator" only when a local
+/// row matches the other columns and holds a value there too — a row changed here (no such
+/// local row) is a missing row, skipped, and apply goes on. A local primary key identifies the
+/// row instead.
+#[tokio::test(flavor = "current_thread")]
+async fn full_identity_with_a_type_without_equality() {
+    let mut c = Case::start(
+        &format!(
+            "{NO_EQ} ALTER TABLE fa REPLICA IDENTITY FULL; ALTER TABLE fj REPLICA IDENTITY FULL;
+             INSERT INTO fa VALUES (1, '(1,2)'), (2, NULL); INSERT INTO fj VALUES (1, '{{}}'), (2, NULL);
+             CREATE PUBLICATION ne FOR TABLE fa, fj;"
+        ),
+        NO_EQ,
+    )
+    .await;
+    c.subscribe("ne", &["ne"], false).await;
+    c.wait_synced("ne").await;
+    c.wait_equal("after the initial copy", None, &[]).await;
+    // NULL in the uncomparable column: found.
+    c.on_pub("UPDATE fa SET a = 20 WHERE a = 2; DELETE FROM fj WHERE a = 2").await;
+    c.wait_equal("after changes of rows with NULL there", None, &[]).await;
+    // Rows changed here: no local row matches the other columns, so the changes are missing
+    // rows and what follows applies.
+    c.on_sub("UPDATE fa SET a = 99 WHERE a = 1; UPDATE fj SET a = 98 WHERE a = 1").await;
+    c.on_pub(
+        "UPDATE fa SET p = '(5,5)' WHERE a = 1; DELETE FROM fj WHERE a = 1;
+         INSERT INTO fa VALUES (3, '(0,0)'); INSERT INTO fj VALUES (3, '[3]');",
+    )
+    .await;
+    let rows = "SELECT string_agg(a || ':' || coalesce(p::text, '-'), ',' ORDER BY a) FROM fa";
+    let _ = wait_for("the inserts after the skipped changes", WAIT, || async {
+        Ok((val(&c.s, rows).await == "3:(0,0),20:-,99:(1,2)").then_some(()))
+    })
+    .await;
+    c.expect_sub("fa: the drifted row left alone, the later insert applied", rows, "3:(0,0),20:-,99:(1,2)").await;
+    c.expect_sub("fj", "SELECT string_agg(a || ':' || j::text, ',' ORDER BY a) FROM fj", "3:[3],98:{}").await;
+    // A local row that matches: the value cannot be compared, apply stops as natively.
+    c.on_pub("DELETE FROM fa WHERE a = 3").await;
+    c.wait_error("ne", &["could not identify an equality operator for type point"]).await;
+    // A primary key here identifies the row instead; the drift is repaired by hand.
+    c.on_sub(
+        "ALTER TABLE fa ADD PRIMARY KEY (a); ALTER TABLE fj ADD PRIMARY KEY (a);
+         UPDATE fa SET a = 1, p = '(5,5)' WHERE a = 99; DELETE FROM fj WHERE a = 98;",
+    )
+    .await;
+    c.wait_equal("after the local keys", None, &[]).await;
+    c.finish().await;
+}
+
 /// pgsub's choice where native stops: a published key the subscriber's table has no unique index
 /// for. Native apply refuses the table ("has neither REPLICA IDENTITY index nor PRIMARY KEY");
 /// pgsub applies an UPDATE or DELETE to one of the rows with that key, as under REPLICA IDENTITY

@@ -79,6 +79,12 @@ pub enum Statement {
         key: Vec<bool>,
         same: Vec<bool>,
     },
+    /// Whether a row that matches the key columns holds a value in one of `odd` (REPLICA
+    /// IDENTITY FULL columns whose type cannot be compared): parameters are the key columns'.
+    Uncomparable {
+        key: Vec<bool>,
+        odd: Vec<bool>,
+    },
 }
 
 /// What to prepare.
@@ -103,6 +109,7 @@ pub fn build(target: &Target, stmt: &Statement) -> Prepared {
         Statement::DeleteBatch { key } => b.delete_batch(key),
         Statement::UpdateBatch { set, key } => b.update_batch(set, key),
         Statement::Find { key, same } => b.find(key, same),
+        Statement::Uncomparable { key, odd } => b.uncomparable(key, odd),
     };
     let generic_plan = matches!(stmt, Statement::DeleteBatch { .. } | Statement::UpdateBatch { .. });
     Prepared { sql, argtypes: b.argtypes, generic_plan }
@@ -231,6 +238,13 @@ impl Builder<'_, '_> {
             c = format!("{c} AND {} IS NOT DISTINCT FROM {p}", self.col(i));
         }
         format!("SELECT 1 FROM {}{} WHERE {c} LIMIT 1", self.only(), self.target.qualified)
+    }
+
+    fn uncomparable(&mut self, key: &[bool], odd: &[bool]) -> String {
+        let c = self.key_condition(key);
+        let held: Vec<String> = on(odd).map(|i| format!("{} IS NOT NULL", self.col(i))).collect();
+        let held = if held.is_empty() { "false".to_string() } else { held.join(" OR ") };
+        format!("SELECT 1 FROM {}{} WHERE {c} AND ({held}) LIMIT 1", self.only(), self.target.qualified)
     }
 
     fn delete(&mut self, key: &[bool]) -> String {
@@ -376,6 +390,21 @@ mod tests {
             "SELECT 1 FROM \"s\".\"t\" WHERE (\"id\" OPERATOR(pg_catalog.=) $1 OR (\"id\" IS NULL AND $1 IS NULL)) AND \
              (\"j\" IS NULL AND $2 IS NULL) LIMIT 1"
         );
+    }
+
+    #[test]
+    fn uncomparable_looks_for_a_matching_row_holding_a_value() {
+        let c = cols();
+        let p = build(
+            &target(&c, true, false),
+            &Statement::Uncomparable { key: vec![true, false, false], odd: vec![false, false, true] },
+        );
+        assert_eq!(
+            p.sql,
+            "SELECT 1 FROM ONLY \"s\".\"t\" WHERE (\"id\" OPERATOR(pg_catalog.=) $1 OR (\"id\" IS NULL AND $1 IS NULL)) \
+             AND (\"j\" IS NOT NULL) LIMIT 1"
+        );
+        assert_eq!(p.argtypes, vec![INT4]);
     }
 
     #[test]

@@ -31,7 +31,8 @@ use super::batch::{
 use super::conflict;
 use super::errctx;
 use super::execute::{
-    check_width, execute, in_context, key_bytes, key_mask, missing_row, set_mask, with_snapshot, RowOutcome,
+    check_width, execute, in_context, key_bytes, key_mask, missing_row, no_equality, set_mask, uncomparable,
+    with_snapshot, RowOutcome,
 };
 use super::owner;
 use super::progress::Progress;
@@ -678,8 +679,19 @@ impl Applier {
             Some(OldTuple::Key(t)) | Some(OldTuple::Full(t)) => t,
             None => &m.new,
         };
-        let (_, key) = local.row_identity(remote, key_src);
+        let (full, key) = local.row_identity(remote, key_src);
         let set = set_mask(&m.new);
+        if full {
+            let odd = uncomparable(key_src, &local.cols);
+            if let Some(first) = odd.iter().position(|o| *o) {
+                if with_snapshot(|| local.uncomparable_candidate(remote, key_src, &key, &odd, binary, cxt)) {
+                    no_equality(local.cols[first].typid);
+                }
+                let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
+                missing_row("UPDATE", &target);
+                return Some((local.relid, RowOutcome::Missing));
+            }
+        }
         if checks {
             let key_cols: Vec<usize> = (0..key.len()).filter(|&i| key[i]).collect();
             let key_values = conflict::RemoteValues::of(local, key_src, binary, cxt);
@@ -747,6 +759,18 @@ impl Applier {
         };
         check_width(remote, old, "old tuple");
         let (full, key) = local.row_identity(remote, old);
+        if full {
+            let odd = uncomparable(old, &local.cols);
+            if let Some(first) = odd.iter().position(|o| *o) {
+                if with_snapshot(|| local.uncomparable_candidate(remote, old, &key, &odd, binary, cxt)) {
+                    no_equality(local.cols[first].typid);
+                }
+                progress.counters.conflict(local.relid, ConflictType::DeleteMissing, 1);
+                let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
+                missing_row("DELETE", &target);
+                return;
+            }
+        }
         let batchable = batching
             && !full
             && !local.picks_one_row(remote)

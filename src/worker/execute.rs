@@ -82,21 +82,19 @@ pub(super) fn run_batch(plan: pg_sys::SPIPlanPtr, values: &mut [pg_sys::Datum], 
 }
 
 /// Which columns identify the row: the remote key columns (all columns for FULL) whose value was
-/// sent and, for FULL, whose type has an equality operator.
+/// sent and, for FULL, that can be compared — a type with an equality operator, or a NULL
+/// (matched by NULL); see [`uncomparable`] for the others.
 pub(super) fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[ColMap]) -> Vec<bool> {
+    let odd = if full { uncomparable(t, cols) } else { Vec::new() };
     let mask: Vec<bool> = remote
         .columns
         .iter()
         .zip(t.columns.iter())
-        .zip(cols.iter())
-        .map(|((rc, v), lc)| {
+        .enumerate()
+        .map(|(i, (rc, v))| {
             let sent = !matches!(v, TupleValue::UnchangedToast);
             if full {
-                if sent && lc.eq_op.is_none() && !matches!(v, TupleValue::Null) {
-                    // Native tuples_equal cannot compare such a value either, and says so.
-                    no_equality(lc.typid);
-                }
-                sent
+                sent && !odd.get(i).copied().unwrap_or(false)
             } else {
                 rc.is_key && sent
             }
@@ -104,7 +102,7 @@ pub(super) fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[Col
         .collect();
     // Under FULL a table without columns identifies its rows by nothing: any one row matches
     // (native deletes one of them).
-    if !mask.iter().any(|b| *b) && (!full || !remote.columns.is_empty()) {
+    if !mask.iter().any(|b| *b) && !odd.iter().any(|b| *b) && (!full || !remote.columns.is_empty()) {
         report::error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
@@ -117,6 +115,20 @@ pub(super) fn key_mask(remote: &Relation, t: &TupleData, full: bool, cols: &[Col
         );
     }
     mask
+}
+
+/// Under REPLICA IDENTITY FULL, the sent columns whose value cannot be compared: a type without an
+/// equality operator (json, point, xml, …) holding a value. Native's `tuples_equal` meets such a
+/// value only in a local row that matches the other columns up to it and holds a value there too
+/// — then it stops with [`no_equality`]; any other row is not the one. So such a change never
+/// applies: with a candidate row it is that error, without one a missing row
+/// (`LocalRel::uncomparable_candidate`).
+pub(super) fn uncomparable(t: &TupleData, cols: &[ColMap]) -> Vec<bool> {
+    t.columns
+        .iter()
+        .zip(cols.iter())
+        .map(|(v, lc)| lc.eq_op.is_none() && !matches!(v, TupleValue::Null | TupleValue::UnchangedToast))
+        .collect()
 }
 
 /// The error of PostgreSQL's `tuples_equal` for a REPLICA IDENTITY FULL column whose type has no

@@ -423,6 +423,38 @@ impl LocalRel {
         })
     }
 
+    /// Under REPLICA IDENTITY FULL with [`uncomparable`](super::execute::uncomparable) values in
+    /// `odd`: whether a local row matches `t`'s `key` columns and holds a value in one of those
+    /// — the row native's comparison stops at with "could not identify an equality operator".
+    /// Run in a replication step.
+    pub(super) fn uncomparable_candidate(
+        &mut self,
+        remote: &Relation,
+        t: &TupleData,
+        key: &[bool],
+        odd: &[bool],
+        binary: bool,
+        cxt: pg_sys::MemoryContext,
+    ) -> bool {
+        let plan = self.plan(PlanKey::Uncomparable { key: key.to_vec(), odd: odd.to_vec() }, remote);
+        let relid = self.relid;
+        let cols = &self.cols;
+        in_context(cxt, || {
+            let mut values = Vec::new();
+            let mut nulls = Vec::new();
+            for (i, v) in t.columns.iter().enumerate() {
+                if key.get(i).copied().unwrap_or(false) {
+                    let (d, n) = cols[i].datum(v, binary);
+                    values.push(d);
+                    nulls.push(n);
+                }
+            }
+            super::owner::as_table_owner(relid, || {
+                super::execute::execute(plan, &mut values, &nulls, pg_sys::SPI_OK_SELECT as i32)
+            }) > 0
+        })
+    }
+
     /// Where the row identified by `t`'s `key` columns belongs, for the message about a missing
     /// row: the table itself, or for a partitioned table its leaf partition, named like native's
     /// `… relation's partition "leaf"`. The leaf is the one whose partition constraint the key
