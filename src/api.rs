@@ -141,6 +141,9 @@ fn create_subscription(
     check_publisher_supports(&client, &options);
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
+    if copy_data && options.origin == "none" {
+        warn_copy_of_other_origins(&mut client, name, &pubs, &tables);
+    }
 
     let new =
         catalog::NewSubscription { name, owner, enabled, conninfo, publications: pubs, slot_name: &slot, options };
@@ -527,6 +530,9 @@ fn alter_subscription_publications(
     let mut client = connect(name, &sub.conninfo, sub.must_use_password());
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
+    if copy_data && sub.origin == "none" {
+        warn_copy_of_other_origins(&mut client, name, &pubs, &new_tables(sub.subid, &tables));
+    }
     client.close();
     if let Err(e) = catalog::update(sub.subid, catalog::Change::Publications(pubs)) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
@@ -545,6 +551,9 @@ fn refresh_subscription(name: Option<&str>, copy_data: default!(Option<bool>, tr
     require_superuser_if_passwordless(&sub);
     let mut client = connect(name, &sub.conninfo, sub.must_use_password());
     let tables = published_tables(&mut client, &sub.publications);
+    if copy_data && sub.origin == "none" {
+        warn_copy_of_other_origins(&mut client, name, &sub.publications, &new_tables(sub.subid, &tables));
+    }
     client.close();
     sync_table_list(sub.subid, &tables, copy_data);
     // The worker re-reads its table list on restart.

@@ -474,3 +474,52 @@ async fn publisher_17_failover_slots() {
     assert_eq!(query_text(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'fo16'").await.unwrap(), "0");
     assert_replicated_equal(&p, &s).await;
 }
+
+/// `copy_data` with `origin => 'none'` from a publisher whose table is itself subscribed (here
+/// by pgsub): the initial copy cannot tell rows of other origins apart, so, as native (16+)
+/// does, create_subscription warns with native's words; without copy_data it does not.
+#[tokio::test(flavor = "current_thread")]
+async fn origin_none_with_copy_data_warns_when_the_publisher_subscribes_too() {
+    let (a, ca) = node("a").await;
+    let (b, cb) = node("b").await;
+    let (c, _) = node("c").await;
+    subscribe(&cb, "b_from_a", &a).await;
+    ca.batch_execute("INSERT INTO t VALUES (1, 'a')").await.expect("write on a");
+    cb.batch_execute("INSERT INTO t VALUES (2, 'b')").await.expect("write on b");
+    wait_value(&cb, "SELECT count(*) FROM t", "2", WAIT).await;
+    let (cc, notices) = c.client_with_notices("postgres").await.expect("client");
+    let warnings = || -> Vec<String> {
+        notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| n.severity() == "WARNING")
+            .map(|n| format!("{} | {} | {}", n.message(), n.detail().unwrap_or_default(), n.hint().unwrap_or_default()))
+            .collect()
+    };
+    let ci = b.connstr("postgres", "postgres");
+    cc.execute(
+        "SELECT pgsub.create_subscription('quiet', $1, ARRAY['pub'], origin => 'none', copy_data => false, enabled => false)",
+        &[&ci],
+    )
+    .await
+    .expect("create without copy");
+    assert!(warnings().is_empty(), "no warning without copy_data: {:?}", warnings());
+    cc.batch_execute("SELECT pgsub.drop_subscription('quiet')").await.expect("drop");
+    cc.execute("SELECT pgsub.create_subscription('c_from_b', $1, ARRAY['pub'], origin => 'none')", &[&ci])
+        .await
+        .expect("create with copy");
+    assert_eq!(
+        warnings(),
+        vec![
+            "subscription \"c_from_b\" requested copy_data with origin = NONE but might copy data that had a different origin \
+             | The subscription subscribes to a publication (\"pub\") that contains tables that are written to by other subscriptions. \
+             | Verify that initial data copied from the publisher tables did not come from other origins."
+                .to_string()
+        ]
+    );
+    wait_for_subscription_sync(&cc, "c_from_b", WAIT).await;
+    // What the warning is about: the copy took a's row too.
+    assert_eq!(rows(&cc).await, "1:a,2:b");
+    assert_replicated_equal(&cb, &cc).await;
+}

@@ -12,6 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 type Code = PgSqlErrorCode;
 
 /// Records the published tables of a subscription: new ones are added (to be copied when
+/// Of the published `tables`, those the subscription does not have yet (what a refresh copies).
+pub(super) fn new_tables(subid: i32, tables: &[(String, String)]) -> Vec<(String, String)> {
+    tables
+        .iter()
+        .filter(|(schema, name)| {
+            catalog::local_relid(schema, name).is_none_or(|oid| !catalog::has_table(subid, schema, name, oid))
+        })
+        .cloned()
+        .collect()
+}
+
 /// `copy_data`), ones no longer published are removed. Every table must exist locally.
 pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data: bool) {
     let mut missing = Vec::new();

@@ -65,6 +65,62 @@ pub(super) fn check_publications(client: &mut Client, pubs: &[String]) {
     }
 }
 
+/// Warns, as native does (PostgreSQL 16+, with its words), when `copy_data` with `origin =>
+/// 'none'` copies tables that the publisher itself receives from subscriptions (native ones, or
+/// pgsub's when it is installed there): their rows may have come from another origin, which the
+/// initial copy cannot leave out. `tables`: those about to be copied. Best effort: a publisher
+/// that cannot answer (no privilege on pgsub's catalog, say) gets no warning.
+pub(super) fn warn_copy_of_other_origins(
+    client: &mut Client,
+    sub_name: &str,
+    pubs: &[String],
+    tables: &[(String, String)],
+) {
+    if tables.is_empty() {
+        return;
+    }
+    let names = sql_text_array(pubs);
+    let pgsub_here = client
+        .simple_query("SELECT pg_catalog.to_regclass('pgsub.sub_rel') IS NOT NULL")
+        .ok()
+        .and_then(|rows| rows.into_iter().next())
+        .and_then(|r| r.values.into_iter().next().flatten())
+        .is_some_and(|v| v == "t");
+    let pgsub_rel = if pgsub_here { " OR EXISTS (SELECT 1 FROM pgsub.sub_rel s WHERE s.relid = r.rel)" } else { "" };
+    let sql = format!(
+        "WITH r AS (SELECT t.pubname::text AS p, t.schemaname::text AS s, t.tablename::text AS n, \
+                           pg_catalog.format('%I.%I', t.schemaname, t.tablename)::pg_catalog.regclass::pg_catalog.oid AS rel \
+                    FROM pg_catalog.pg_publication_tables t WHERE t.pubname = ANY({names})) \
+         SELECT p, s, n FROM r WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel x WHERE x.srrelid = r.rel){pgsub_rel} \
+         ORDER BY 1"
+    );
+    let Ok(rows) = client.simple_query(&sql) else { return };
+    let mut found: Vec<String> = Vec::new();
+    for r in rows {
+        let mut v = r.values.into_iter();
+        let (Some(Some(p)), Some(Some(schema)), Some(Some(name))) = (v.next(), v.next(), v.next()) else { continue };
+        if tables.iter().any(|(s, n)| *s == schema && *n == name) && !found.contains(&p) {
+            found.push(p);
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    let list: Vec<String> = found.iter().map(|p| format!("\"{p}\"")).collect();
+    log(
+        PgLogLevel::WARNING,
+        Code::ERRCODE_WARNING,
+        format!("subscription \"{sub_name}\" requested copy_data with origin = NONE but might copy data that had a different origin"),
+        Some(format!(
+            "The subscription subscribes to {} ({}) that contain{} tables that are written to by other subscriptions.",
+            if found.len() > 1 { "publications" } else { "a publication" },
+            list.join(", "),
+            if found.len() > 1 { "" } else { "s" }
+        )),
+        Some("Verify that initial data copied from the publisher tables did not come from other origins."),
+    );
+}
+
 /// The (schema, table) pairs the publications publish, as native's table list has them: when
 /// one of the publications publishes a partitioned table through its root
 /// (`publish_via_partition_root`), a partition of it listed by another publication is left out —
