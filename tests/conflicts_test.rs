@@ -444,3 +444,43 @@ async fn a_unique_violation_is_reported_by_its_type_at_the_first_attempt() {
     wait_value(&s, "SELECT count(*)::text FROM u", "22", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A unique index on an expression (`lower(b)`) is a unique key like a column one, as natively:
+/// an INSERT whose expression value a local row holds is an `insert_exists` conflict naming the
+/// index and the local row, and `apply_remote` resolves it (the local row takes the remote
+/// values) where the plain unique violation would stop apply under every policy.
+#[tokio::test(flavor = "current_thread")]
+async fn a_unique_expression_index_is_a_unique_key() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute("CREATE TABLE ex (a int PRIMARY KEY, b text); CREATE PUBLICATION pub FOR TABLE ex").await.unwrap();
+    s.batch_execute(
+        "CREATE TABLE ex (a int PRIMARY KEY, b text); CREATE UNIQUE INDEX ex_lower_b ON ex (lower(b));
+         INSERT INTO ex VALUES (100, 'ABC')",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('x', $1, ARRAY['pub'], copy_data => false)", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    wait_for_subscription_sync(&s, "x", WAIT).await;
+    p.batch_execute("INSERT INTO ex VALUES (1, 'abc'); INSERT INTO ex VALUES (2, 'other')").await.unwrap();
+    let err = wait_for_subscription_error(&s, "x", &["conflict=insert_exists"], WAIT).await;
+    assert!(err.contains("\"ex_lower_b\""), "the index is named: {err}");
+    assert!(err.contains("(100,ABC)"), "the local row is shown: {err}");
+    let logged: String =
+        one(&s, "SELECT string_agg(DISTINCT conflict_type || ' ' || (local_row ->> 'a'), ',') FROM pgsub.conflict_log")
+            .await;
+    assert_eq!(logged, "insert_exists 100");
+    s.batch_execute("SELECT pgsub.alter_subscription_options('x', conflict_resolution => 'apply_remote')")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT string_agg(a || b, ',' ORDER BY a) FROM ex", "1abc,2other", WAIT).await;
+    assert_eq!(
+        one::<i64>(&s, "SELECT count(*) FROM pgsub.conflict_log WHERE resolution = 'apply_remote'").await,
+        1,
+        "resolved once, by the policy"
+    );
+    assert_replicated_equal(&p, &s).await;
+}

@@ -5,9 +5,9 @@
 //! (lifecycle_test.rs has the basic non-superuser checks; this file goes through every function,
 //! view and message.)
 use pgsub_tests::{
-    assert_replicated_equal, assert_replicated_equal_for, must_fail, one, openssl_cert, query_text, tls_publisher_opts,
-    wait_for, wait_for_repeated_error, wait_for_subscription_error, wait_for_subscription_sync, wait_value,
-    ClusterOpts, TwoNodes,
+    assert_replicated_equal, assert_replicated_equal_except, assert_replicated_equal_for, assert_rows_equal, must_fail,
+    one, openssl_cert, query_text, tls_publisher_opts, wait_for, wait_for_repeated_error, wait_for_subscription_error,
+    wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes,
 };
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -1034,4 +1034,60 @@ async fn errors_carry_no_rust_backtrace() {
     s.batch_execute("ALTER TABLE c DROP CONSTRAINT c_n_check").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM c", "1", WAIT).await;
     assert_replicated_equal(&p, &s).await;
+}
+
+/// The conflict lookups run the table owner's code — its unique index's expression here — as the
+/// table owner in a restricted operation, never as a superuser: a probe function in the index
+/// logs which role evaluates it while the worker resolves an `insert_exists` conflict found
+/// through that index.
+#[tokio::test(flavor = "current_thread")]
+async fn conflict_lookups_run_the_table_owners_code_as_the_table_owner() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute("CREATE TABLE pr (a int PRIMARY KEY, b text); CREATE PUBLICATION pub FOR TABLE pr").await.unwrap();
+    s.batch_execute(
+        "CREATE ROLE towner; GRANT CREATE ON SCHEMA public TO towner;
+         CREATE FUNCTION public.probe(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+         BEGIN
+             RAISE LOG 'pgsub-probe user=% super=%', current_user,
+                 (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);
+             RETURN lower(t);
+         END $$;
+         ALTER FUNCTION public.probe(text) OWNER TO towner;
+         CREATE TABLE pr (a int PRIMARY KEY, b text);
+         ALTER TABLE pr OWNER TO towner;
+         SET ROLE towner;
+         INSERT INTO pr VALUES (100, 'ABC');
+         CREATE UNIQUE INDEX pr_probe ON pr (public.probe(b));
+         RESET ROLE;",
+    )
+    .await
+    .unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('pr', $1, ARRAY['pub'], copy_data => false, conflict_resolution => 'keep_local')",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(&s, "pr", WAIT).await;
+    p.batch_execute("INSERT INTO pr VALUES (1, 'abc'); INSERT INTO pr VALUES (2, 'marker')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM pr WHERE a = 2", "1", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pr WHERE a = 1").await, 0, "keep_local kept the local row");
+    assert_eq!(
+        one::<String>(&s, "SELECT string_agg(conflict_type || ' ' || resolution, ',') FROM pgsub.conflict_log").await,
+        "insert_exists keep_local"
+    );
+    let log = nodes.subscriber.log();
+    let probes: Vec<&str> = log.lines().filter(|l| l.contains("LOG:  pgsub-probe user=")).collect();
+    assert!(!probes.is_empty(), "the index expression ran:\n{log}");
+    for l in &probes {
+        assert!(l.contains("pgsub-probe user=towner super=f"), "only as the table owner: {l}");
+    }
+    // The lookup itself evaluated it (the worker's lines, not only the local INSERT's).
+    assert!(probes.iter().any(|l| l.contains("pgsub apply worker")), "{probes:?}");
+    // The remote row (1, abc) and the local (100, ABC) differ on purpose (keep_local): the
+    // other rows are equal.
+    assert_replicated_equal_except(&p, &s, None, &["pr"]).await;
+    assert_rows_equal(&p, &s, "SELECT * FROM pr WHERE a NOT IN (1, 100)", WAIT).await;
 }

@@ -51,6 +51,35 @@ pub(crate) fn as_table_owner<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R 
     r
 }
 
+/// Runs `f`, a lookup of rows of the table `relid` in pgsub's own SQL (conflict detection,
+/// `conflict/lookup.rs`), as the table's owner inside a security-restricted operation, whatever
+/// `run_as_owner` says. The only user code such a lookup runs — the table's index expressions
+/// and predicates, its types' equality operators and input functions — is the table owner's, and
+/// it runs with the owner's privileges, as when the owner writes (native's lookups run as the
+/// applying role without SQL privilege checks; a plain SELECT … FOR UPDATE needs the owner's).
+pub(crate) fn as_table_owner_for_lookup<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let ctx = rel_owner(relid).map(|owner| {
+        let mut user = pg_sys::InvalidOid;
+        let mut sec_context = 0;
+        // SAFETY: reads, then switches, this backend's user id inside the current transaction
+        // (an abort restores it; the guard does on the way out of an error too).
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
+            let restricted = sec_context
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32;
+            pg_sys::SetUserIdAndSecContext(owner, restricted);
+            UserContext { user, sec_context, nest_level: pg_sys::NewGUCNestLevel(), restored: false }
+        }
+    });
+    super::copyin::refuse_row_level_security(relid);
+    let r = f();
+    if let Some(ctx) = ctx {
+        ctx.restore();
+    }
+    r
+}
+
 /// TRUNCATE of `relids` in one statement (native truncates each table as its owner): as their
 /// owner when they share one; when they have several, the subscription owner must still be able
 /// to `SET ROLE` to each of them (native's error), and the one statement runs as the subscription

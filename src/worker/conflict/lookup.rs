@@ -5,7 +5,6 @@
 use super::super::execute::in_context;
 use super::super::relation::LocalRel;
 use super::origins_tracked;
-use crate::catalog;
 use crate::report;
 use pgrx::prelude::*;
 use pgsub_proto::client::{quote_ident, quote_literal};
@@ -139,34 +138,52 @@ pub(super) fn key_text(local: &LocalRel, values: &RemoteValues, cols: &[usize]) 
     (!names.is_empty()).then(|| format!("({})=({})", names.join(", "), vals.join(", ")))
 }
 
-/// A unique index of the local table: its name, columns (positions in `LocalRel::cols`),
+/// A unique index of the local table: its name, the columns its keys read (positions in
+/// `LocalRel::cols`; every one must have been sent to look the index up), its key expressions
+/// (`exprs`: one per key, None for a plain column — then `cols` lists the key columns in order),
 /// whether NULLs are equal in it, and its predicate.
 pub(super) struct UniqueIndex {
     pub(super) name: String,
     pub(super) cols: Vec<usize>,
+    pub(super) exprs: Option<Vec<String>>,
     pub(super) nulls_not_distinct: bool,
     pub(super) predicate: Option<String>,
 }
 
 pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
+    // Key columns in order; for an index with expressions, each key's text as
+    // pg_get_indexdef prints it (a column name or an expression over the table's columns), and
+    // the columns they read (the index's dependencies on them).
     let sql = "SELECT c.relname::text, \
                 ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                       WHERE k.n <= i.indnkeyatts ORDER BY k.n), \
-                i.indnullsnotdistinct, pg_catalog.pg_get_expr(i.indpred, i.indrelid) \
+                i.indnullsnotdistinct, pg_catalog.pg_get_expr(i.indpred, i.indrelid), \
+                i.indexprs IS NOT NULL, \
+                ARRAY(SELECT pg_catalog.pg_get_indexdef(i.indexrelid, k.n::int, true) \
+                      FROM pg_catalog.generate_series(1, i.indnkeyatts) k(n) ORDER BY k.n), \
+                ARRAY(SELECT DISTINCT a.attname::text FROM pg_catalog.pg_depend d \
+                      JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+                      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid \
+                        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = i.indrelid \
+                        AND d.refobjsubid > 0 ORDER BY 1) \
          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
-         WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indexprs IS NULL \
-           AND NOT (0 = ANY (i.indkey::int2[])) \
+         WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate \
          ORDER BY i.indisprimary DESC, c.relname";
+    type Row = (String, Vec<String>, bool, Option<String>, bool, Vec<String>, Vec<String>);
     let rows = Spi::connect(|c| {
-        let mut out = Vec::new();
+        let mut out: Vec<Row> = Vec::new();
+        let strings = |v: Option<Vec<Option<String>>>| v.unwrap_or_default().into_iter().flatten().collect::<Vec<_>>();
         for row in c.select(sql, None, &[local.relid.into()])? {
-            let name = row.get::<String>(1)?.unwrap_or_default();
-            let names: Vec<String> =
-                row.get::<Vec<Option<String>>>(2)?.unwrap_or_default().into_iter().flatten().collect();
-            let nnd = row.get::<bool>(3)?.unwrap_or(false);
-            let pred = row.get::<String>(4)?;
-            out.push((name, names, nnd, pred));
+            out.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                strings(row.get::<Vec<Option<String>>>(2)?),
+                row.get::<bool>(3)?.unwrap_or(false),
+                row.get::<String>(4)?,
+                row.get::<bool>(5)?.unwrap_or(false),
+                strings(row.get::<Vec<Option<String>>>(6)?),
+                strings(row.get::<Vec<Option<String>>>(7)?),
+            ));
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     });
@@ -174,11 +191,18 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
         Ok(r) => r,
         Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading unique indexes: {e}"), None, None),
     };
+    let position = |n: &String| local.cols.iter().position(|c| &c.name == n);
     rows.into_iter()
-        .filter_map(|(name, names, nulls_not_distinct, predicate)| {
+        .filter_map(|(name, keys, nulls_not_distinct, predicate, has_exprs, defs, reads)| {
             // Only indexes over columns the publisher sends can be checked.
-            let cols: Option<Vec<usize>> = names.iter().map(|n| local.cols.iter().position(|c| &c.name == n)).collect();
-            cols.map(|cols| UniqueIndex { name, cols, nulls_not_distinct, predicate })
+            if has_exprs {
+                let cols: Option<Vec<usize>> = reads.iter().map(position).collect();
+                let cols = cols.filter(|c| !c.is_empty())?;
+                Some(UniqueIndex { name, cols, exprs: Some(defs), nulls_not_distinct, predicate })
+            } else {
+                let cols: Option<Vec<usize>> = keys.iter().map(position).collect();
+                cols.map(|cols| UniqueIndex { name, cols, exprs: None, nulls_not_distinct, predicate })
+            }
         })
         .collect()
 }
@@ -233,6 +257,45 @@ pub(super) fn lookup(
             format!("{col} {op} {param}")
         });
     }
+    select_locked(local, p, conds, predicate, except)
+}
+
+/// Local rows whose keys in unique index `idx` equal those the remote values give, for an index
+/// with key expressions: each expression is evaluated over the local row and over the remote
+/// values (a sub-select whose columns, named as the table's, are those values), and compared with
+/// `=` (`IS NOT DISTINCT FROM` under NULLS NOT DISTINCT); locked FOR UPDATE.
+fn lookup_expressions(
+    local: &LocalRel,
+    idx: &UniqueIndex,
+    exprs: &[String],
+    values: &RemoteValues,
+    except: Option<(u32, &str)>,
+) -> Vec<LocalRow> {
+    let mut p = Params::new();
+    let mut remote_cols = Vec::new();
+    for &i in &idx.cols {
+        let Some(v) = values.get(i) else { return Vec::new() };
+        remote_cols.push(format!("{} AS {}", p.typed(local, i, v.clone()), quote_ident(&local.cols[i].name)));
+    }
+    let remote = format!("(SELECT {}) AS pgsub_remote", remote_cols.join(", "));
+    let op = if idx.nulls_not_distinct { "IS NOT DISTINCT FROM" } else { "=" };
+    // Unqualified column names in an expression read the local row outside the sub-select and
+    // the remote values inside it (the innermost relation that has the name).
+    let conds = exprs.iter().map(|e| format!("({e}) {op} (SELECT ({e}) FROM {remote})")).collect();
+    select_locked(local, p, conds, idx.predicate.as_deref(), except)
+}
+
+/// `SELECT … FROM the table t WHERE conds [AND predicate] [AND not except] FOR UPDATE OF t`, run
+/// as the table's owner in a security-restricted operation (`owner::as_table_owner_for_lookup`),
+/// not as a superuser: index expressions, predicates and the types' operators are the table
+/// owner's code.
+fn select_locked(
+    local: &LocalRel,
+    mut p: Params,
+    mut conds: Vec<String>,
+    predicate: Option<&str>,
+    except: Option<(u32, &str)>,
+) -> Vec<LocalRow> {
     if let Some(pred) = predicate {
         conds.push(format!("({pred})"));
     }
@@ -252,7 +315,7 @@ pub(super) fn lookup(
         conds.join(" AND ")
     );
     let args = p.args();
-    let rows = catalog::as_superuser(|| {
+    let rows = super::super::owner::as_table_owner_for_lookup(local.relid, || {
         // Read-write: the rows are locked (FOR UPDATE).
         Spi::connect_mut(|c| {
             let mut out = Vec::new();
@@ -283,7 +346,11 @@ pub(super) fn lookup(
 pub(super) fn unique_conflicts(local: &LocalRel, values: &RemoteValues, except: Option<(u32, &str)>) -> Vec<LocalRow> {
     let mut found = Vec::new();
     for idx in unique_indexes(local) {
-        for mut row in lookup(local, &idx.cols, values, idx.nulls_not_distinct, idx.predicate.as_deref(), except) {
+        let rows = match &idx.exprs {
+            Some(exprs) => lookup_expressions(local, &idx, exprs, values, except),
+            None => lookup(local, &idx.cols, values, idx.nulls_not_distinct, idx.predicate.as_deref(), except),
+        };
+        for mut row in rows {
             row.index = idx.name.clone();
             found.push(row);
         }
