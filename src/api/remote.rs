@@ -133,7 +133,7 @@ pub(super) fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(Str
     let sql = if version >= 160000 {
         format!(
             "SELECT DISTINCT n.nspname::text, c.relname::text \
-             FROM pg_catalog.pg_get_publication_tables(VARIADIC pg_catalog.array(\
+             FROM pg_catalog.pg_get_publication_tables(VARIADIC ARRAY(\
                  SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname = ANY({names}))) g \
              JOIN pg_catalog.pg_class c ON c.oid = g.relid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2"
