@@ -14,6 +14,7 @@ mod checks;
 mod compare;
 mod control;
 mod cutover;
+pub(crate) use control::wake_launcher_at_commit;
 pub(crate) use cutover::advance_owned_sequences;
 mod health;
 mod remote;
@@ -459,7 +460,8 @@ fn rename_subscription(name: Option<&str>, new_name: Option<&str>) {
     let sub = sub_by_name(name);
     require_owner_privileges(&sub, "rename it");
     check_name(new_name);
-    if new_name != name && catalog::load_by_name(new_name).ok().flatten().is_some() {
+    // Also the same name, as native ALTER SUBSCRIPTION … RENAME TO says.
+    if catalog::load_by_name(new_name).ok().flatten().is_some() {
         error(Code::ERRCODE_DUPLICATE_OBJECT, format!("subscription \"{new_name}\" already exists"), None, None);
     }
     update_sub(sub.subid, catalog::Change::Name(new_name));

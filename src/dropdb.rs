@@ -8,6 +8,10 @@
 //! or not, and the supervisor probes every database once after the server starts. A database
 //! copied with `CREATE DATABASE … TEMPLATE` holds no slot of the subscriptions it carries (their
 //! ids are the original's) and can be dropped.
+//!
+//! `DROP EXTENSION pgsub` is guarded the same way, in the database it runs in: it would drop the
+//! catalog and leave the subscriptions' origins and slots behind, and a subscription created
+//! again on the old slot would replay from the slot's older confirmed position.
 use crate::{report, shmem};
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -60,6 +64,8 @@ unsafe extern "C-unwind" fn process_utility(
         let stmt = (*pstmt).utilityStmt;
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
             guarded_check(stmt.cast::<pg_sys::DropdbStmt>());
+        } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt) && drops_pgsub(stmt.cast::<pg_sys::DropStmt>()) {
+            guarded_check_extension();
         }
         match PREV_HOOK {
             Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
@@ -68,6 +74,52 @@ unsafe extern "C-unwind" fn process_utility(
             }
         }
     }
+}
+
+/// Whether a DROP statement drops the extension pgsub.
+///
+/// # Safety
+/// `stmt` points to a `DropStmt`.
+unsafe fn drops_pgsub(stmt: *const pg_sys::DropStmt) -> bool {
+    // SAFETY: the caller's promise; an extension DROP lists String nodes with their names.
+    unsafe {
+        if (*stmt).removeType != pg_sys::ObjectType::OBJECT_EXTENSION {
+            return false;
+        }
+        let objects = pgrx::PgList::<pg_sys::Node>::from_pg((*stmt).objects);
+        let found = objects.iter_ptr().any(|n| {
+            pgrx::is_a(n, pg_sys::NodeTag::T_String)
+                && !(*n.cast::<pg_sys::String>()).sval.is_null()
+                && CStr::from_ptr((*n.cast::<pg_sys::String>()).sval).to_bytes() == b"pgsub"
+        });
+        found
+    }
+}
+
+/// Refuses `DROP EXTENSION pgsub` in a database that has subscriptions (SQLSTATE 55006), behind
+/// pgrx's guard.
+#[pg_guard]
+unsafe extern "C-unwind" fn guarded_check_extension() {
+    // SAFETY: MyDatabaseId is set in every backend that runs SQL.
+    let oid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let count = settled_count(oid);
+    if count == 0 {
+        // Once it is gone, the supervisor looks at the database again (pgsub.stat_database).
+        crate::api::wake_launcher_at_commit();
+        return;
+    }
+    report::error(
+        PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+        "cannot drop extension pgsub because this database has subscriptions",
+        Some(if count == 1 {
+            "There is 1 pgsub subscription.".to_string()
+        } else {
+            format!("There are {count} pgsub subscriptions.")
+        }),
+        Some(
+            "Drop them first with pgsub.drop_subscription() (it drops their replication slots on the publisher and their origins here; drop_slot => false when the publisher is gone).",
+        ),
+    );
 }
 
 /// [`check_drop`] behind pgrx's guard: its ERROR is raised as PostgreSQL's.

@@ -384,7 +384,7 @@ async fn drift_remote_column_missing_locally() {
     converge(&p, &s).await;
     // The publisher gains a column the subscriber does not have.
     p.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();
-    p.batch_execute("BEGIN; INSERT INTO t VALUES (100, 'a', 'x1'); UPDATE t SET extra = 'upd' WHERE id <= 5; COMMIT")
+    p.batch_execute("BEGIN; UPDATE t SET extra = 'upd' WHERE id <= 5; INSERT INTO t VALUES (100, 'a', 'x1'); COMMIT")
         .await
         .unwrap();
     p.batch_execute(&format!("{}; UPDATE t SET extra = 'batch' WHERE id > 200", inserts(200, 30))).await.unwrap();
@@ -392,6 +392,7 @@ async fn drift_remote_column_missing_locally() {
         wait_for_repeated_error(&s, "drift", &["\"public\".\"t\"", "missing replicated column: \"extra\""], WAIT).await;
     assert!(err.contains("HINT: Add the column"), "{err}");
     assert!(err.contains("finished at"), "context: {err}");
+    assert!(err.contains("during message type \"UPDATE\""), "the context names the change being applied: {err}");
     // Nothing of the failing transaction (nor later ones) was applied.
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 20);
     s.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();

@@ -484,3 +484,44 @@ async fn a_unique_expression_index_is_a_unique_key() {
     );
     assert_replicated_equal(&p, &s).await;
 }
+
+/// An operator's fix is not held back by the error backoff: with `pgsub.retry_interval` at ten
+/// minutes, a worker stopped by a conflict and waiting out its backoff takes `skip_transaction`
+/// at once (native takes `ALTER SUBSCRIPTION … SKIP` at its next attempt, 5 s later by default).
+#[tokio::test(flavor = "current_thread")]
+async fn skip_transaction_does_not_wait_for_the_error_backoff() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("pgsub.retry_interval = '10min'"),
+    )
+    .expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE t")).await.unwrap();
+    s.batch_execute(&format!("{ddl}; INSERT INTO t VALUES (1, 'local')")).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('b', $1, ARRAY['pub'], copy_data => false)", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    wait_for_subscription_sync(&s, "b", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (1, 'remote')").await.unwrap();
+    let err = wait_for_subscription_error(&s, "b", &["conflict=insert_exists", "finished at"], WAIT).await;
+    // The row-by-row attempt failed: the next start waits ten minutes.
+    wait_value(
+        &s,
+        "SELECT status || ' ' || (pid IS NULL) FROM pgsub.stat_subscription WHERE subname = 'b'",
+        "error true",
+        WAIT,
+    )
+    .await;
+    let lsn = err.split("finished at ").nth(1).expect("lsn").split_whitespace().next().unwrap();
+    let lsn = lsn.trim_end_matches(|c: char| !c.is_ascii_hexdigit());
+    s.execute("SELECT pgsub.skip_transaction('b', $1::text::pg_lsn)", &[&lsn]).await.expect("skip");
+    p.batch_execute("INSERT INTO t VALUES (2, 'after')").await.unwrap();
+    // Well within the ten minutes.
+    wait_value(&s, "SELECT count(*) FROM t WHERE id = 2", "1", Duration::from_secs(60)).await;
+    assert_eq!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 'b'").await, 1);
+    // The skipped row stays local on purpose; the rest is equal.
+    s.batch_execute("UPDATE t SET v = 'remote' WHERE id = 1").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}

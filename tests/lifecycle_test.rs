@@ -446,6 +446,7 @@ async fn alter_options_and_rename() {
         ("SELECT pgsub.alter_subscription_options('opt', streaming => 'sometimes')", "22023"),
         ("SELECT pgsub.alter_subscription_options('opt', streaming => 3)", "22023"),
         ("SELECT pgsub.rename_subscription('opt', 'other')", "42710"),
+        ("SELECT pgsub.rename_subscription('opt', 'opt')", "42710"),
         ("SELECT pgsub.rename_subscription('opt', '')", "22023"),
     ] {
         let err = s.execute(sql, &[]).await.expect_err(sql);

@@ -318,7 +318,7 @@ const SUBSCRIPTIONS_ALL: &str = "SELECT string_agg(coalesce(datname::text, '?') 
 
 /// DROP DATABASE of a database with a subscription is refused (55006, as natively), with FORCE
 /// and with the subscription disabled too; once the subscription is dropped it completes (its
-/// launcher leaves), with no origin or slot left behind; DROP EXTENSION pgsub in another database, its subscription enabled and streaming,
+/// launcher leaves), with no origin or slot left behind; DROP EXTENSION pgsub in another database refused while its subscription is there (enabled and streaming), then after drop_subscription,
 /// succeeds and its apply worker and launcher go away; the subscription of a third database keeps
 /// the same worker and keeps replicating throughout.
 #[tokio::test(flavor = "current_thread")]
@@ -399,9 +399,24 @@ async fn drop_database_and_drop_extension_leave_other_databases_replicating() {
     p.batch_execute("INSERT INTO t_keep VALUES (22, 'after drop database')").await.unwrap();
     wait_value(&s0, "SELECT v FROM t_keep WHERE id = 22", "after drop database", WAIT).await;
 
-    // DROP EXTENSION with the subscription enabled and its worker streaming.
+    // DROP EXTENSION is refused while the database has a subscription (its origin and slot would
+    // stay behind), then goes through once the subscription is dropped.
     let ext_pid: i32 = one(&se, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 's_ext'").await;
-    se.batch_execute("DROP EXTENSION pgsub").await.expect("DROP EXTENSION pgsub with an enabled subscription");
+    let e = must_fail(&se, "DROP EXTENSION pgsub", &[]).await;
+    assert_eq!(e.code, "55006", "{}", e.text());
+    assert_eq!(e.message, "cannot drop extension pgsub because this database has subscriptions");
+    assert_eq!(e.detail, "There is 1 pgsub subscription.");
+    assert!(e.hint.contains("pgsub.drop_subscription()"), "{}", e.text());
+    let e = must_fail(&se, "DROP EXTENSION IF EXISTS plpgsql, pgsub CASCADE", &[]).await;
+    assert_eq!(e.code, "55006", "also with CASCADE and in a list: {}", e.text());
+    assert_eq!(one::<i32>(&se, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 's_ext'").await, ext_pid);
+    se.batch_execute("SELECT pgsub.drop_subscription('s_ext')").await.expect("drop_subscription");
+    se.batch_execute("DROP EXTENSION pgsub").await.expect("DROP EXTENSION pgsub after drop_subscription");
+    assert_eq!(
+        one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_ext'").await,
+        0,
+        "no slot left behind"
+    );
     wait_for("the apply worker of d_ext to exit", WAIT, || async { Ok((!pid_alive(ext_pid)).then_some(())) })
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -137,10 +137,26 @@ pub(super) fn update_sub(subid: i32, change: catalog::Change) {
     if let Err(e) = catalog::update(subid, change) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }
+    retry_now(subid);
     wake_launcher_at_commit();
 }
 
-pub(super) fn wake_launcher_at_commit() {
+/// An operator changed what a failing worker may be waiting for (an option, the connection,
+/// skip_lsn, the tables): its next start is not held back by the error backoff, which may have
+/// grown to a minute — it starts at the launcher's next pass, as a native worker would at its
+/// next attempt.
+pub(super) fn retry_now(subid: i32) {
+    if !shmem::available() {
+        return;
+    }
+    shmem::with_slot(subid, |s| {
+        s.failed = false;
+        s.failures = 0;
+        s.next_start_at = 0;
+    });
+}
+
+pub(crate) fn wake_launcher_at_commit() {
     if !shmem::available() {
         return;
     }
@@ -212,6 +228,10 @@ pub(super) fn stop_worker(subid: i32) {
         match g.claim(subid, shmem::my_database()) {
             Some(s) => {
                 s.paused_by = me;
+                // Restarted for a reason (a refresh, skip_lsn): no error backoff before it.
+                s.failed = false;
+                s.failures = 0;
+                s.next_start_at = 0;
                 s.pid
             }
             None => 0,

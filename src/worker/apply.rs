@@ -606,8 +606,9 @@ impl Applier {
         }
         self.drain_counts(progress);
         let batching = self.row_by_row_lsn != Some(self.commit_end()) && !conflict::checks_rows();
-        let Some(entry) = self.target(m.rel_oid) else { return };
+        // Before the relation is bound: an error binding it names this message.
         errctx::set_kind("UPDATE");
+        let Some(entry) = self.target(m.rel_oid) else { return };
         let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return };
         check_width(remote, &m.new, "new tuple");
@@ -670,8 +671,9 @@ impl Applier {
         let checks = conflict::checks_rows() || retry;
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
-        let entry = self.target(m.rel_oid)?;
+        // Before the relation is bound: an error binding it names this message.
         errctx::set_kind("UPDATE");
+        let entry = self.target(m.rel_oid)?;
         let RelEntry { remote, local, .. } = entry;
         let local = local.as_mut()?;
         // Key values: from the old tuple when sent (key changed, or identity FULL), else the new one.
@@ -750,8 +752,9 @@ impl Applier {
         let batching = self.row_by_row_lsn != Some(self.commit_end()) && !conflict::checks_rows();
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
-        let Some(entry) = self.target(m.rel_oid) else { return };
+        // Before the relation is bound: an error binding it names this message.
         errctx::set_kind("DELETE");
+        let Some(entry) = self.target(m.rel_oid) else { return };
         let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return };
         let old = match &m.old {
