@@ -131,6 +131,11 @@ impl Stream {
                 if self.caught_up {
                     return;
                 }
+                // Between transactions of a stream that never pauses: table synchronization goes
+                // on (workers started, handshakes answered), as native's does at every commit.
+                if self.catchup_end.is_none() && !self.applier.open() && self.sync_step_due() {
+                    self.process_syncing_tables();
+                }
                 if self.progress.publish_due() {
                     // A steady stream never empties the socket: counters (and so the rates) still
                     // reach shared memory twice a second.

@@ -43,6 +43,13 @@ pub struct Syncing {
 
 impl Stream {
     /// Step of the receive loop between transactions (module comment).
+    /// Tables are being synchronized and the last synchronization step is 100 ms old: the
+    /// receive loop takes one between transactions even while the stream never pauses.
+    pub(super) fn sync_step_due(&self) -> bool {
+        (self.applier.tables.any_syncing() || !self.syncing.handles.is_empty())
+            && self.syncing.planned_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+    }
+
     pub(super) fn process_syncing_tables(&mut self) {
         if !self.applier.tables.any_syncing() && self.syncing.handles.is_empty() && self.syncing.stale_slots.is_empty()
         {
