@@ -75,12 +75,15 @@ impl Case {
         self.s.batch_execute(sql).await.unwrap_or_else(|e| panic!("on the subscriber: {}\n{sql}", pg_err(&e)));
     }
 
-    /// Creates subscription `name` to `pubs` (pgsub's create_subscription, or CREATE SUBSCRIPTION).
-    async fn try_subscribe(&self, name: &str, pubs: &[&str], binary: bool) -> Result<(), String> {
+    /// Creates subscription `name` to `pubs` (pgsub's create_subscription, or CREATE SUBSCRIPTION)
+    /// with `binary` set, or with each system's default format when None (native: text; pgsub:
+    /// `binary` unset, chosen automatically).
+    async fn try_subscribe_with(&self, name: &str, pubs: &[&str], binary: Option<bool>) -> Result<(), String> {
         let conninfo = self.nodes.pub_conninfo();
         if native() {
+            let with = binary.map(|b| format!(" WITH (binary = {b})")).unwrap_or_default();
             let sql = format!(
-                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (binary = {binary})",
+                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}{with}",
                 quote_ident(name),
                 quote_literal(&conninfo),
                 pubs.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(", ")
@@ -99,27 +102,13 @@ impl Case {
         }
     }
 
-    /// Creates subscription `name` to `pubs` with each system's default format (native: text;
-    /// pgsub: `binary` unset, chosen automatically).
+    async fn try_subscribe(&self, name: &str, pubs: &[&str], binary: bool) -> Result<(), String> {
+        self.try_subscribe_with(name, pubs, Some(binary)).await
+    }
+
+    /// [`Case::try_subscribe_with`] with each system's default format; panics on an error.
     async fn subscribe_default(&self, name: &str, pubs: &[&str]) {
-        let conninfo = self.nodes.pub_conninfo();
-        let r = if native() {
-            let sql = format!(
-                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}",
-                quote_ident(name),
-                quote_literal(&conninfo),
-                pubs.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(", ")
-            );
-            self.s.batch_execute(&sql).await.map_err(|e| pg_err(&e))
-        } else {
-            let pubs: Vec<String> = pubs.iter().map(|p| p.to_string()).collect();
-            self.s
-                .execute("SELECT pgsub.create_subscription($1, $2, $3)", &[&name, &conninfo, &pubs])
-                .await
-                .map(|_| ())
-                .map_err(|e| pg_err(&e))
-        };
-        if let Err(e) = r {
+        if let Err(e) = self.try_subscribe_with(name, pubs, None).await {
             panic!("creating subscription {name}: {e}");
         }
     }

@@ -402,25 +402,8 @@ impl LocalRel {
     ) -> bool {
         let same_mask = same.map_or_else(|| vec![false; key.len()], |(_, m)| m.to_vec());
         let plan = self.plan(PlanKey::Find { key: key.to_vec(), same: same_mask.clone() }, remote);
-        let relid = self.relid;
-        let cols = &self.cols;
-        in_context(cxt, || {
-            let mut values = Vec::new();
-            let mut nulls = Vec::new();
-            let sources = [(t, key), (same.map_or(t, |(n, _)| n), same_mask.as_slice())];
-            for (tuple, mask) in sources {
-                for (i, v) in tuple.columns.iter().enumerate() {
-                    if mask.get(i).copied().unwrap_or(false) {
-                        let (d, n) = cols[i].datum(v, binary);
-                        values.push(d);
-                        nulls.push(n);
-                    }
-                }
-            }
-            super::owner::as_table_owner(relid, || {
-                super::execute::execute(plan, &mut values, &nulls, pg_sys::SPI_OK_SELECT as i32)
-            }) > 0
-        })
+        let sources = [(t, key), (same.map_or(t, |(n, _)| n), same_mask.as_slice())];
+        self.any_row(plan, &sources, binary, cxt)
     }
 
     /// Under REPLICA IDENTITY FULL with [`uncomparable`](super::execute::uncomparable) values in
@@ -437,16 +420,30 @@ impl LocalRel {
         cxt: pg_sys::MemoryContext,
     ) -> bool {
         let plan = self.plan(PlanKey::Uncomparable { key: key.to_vec(), odd: odd.to_vec() }, remote);
+        self.any_row(plan, &[(t, key)], binary, cxt)
+    }
+
+    /// Runs a prepared `SELECT 1 … LIMIT 1` as the table owner, its parameters the values of each
+    /// source tuple's masked columns in order; whether it found a row.
+    fn any_row(
+        &self,
+        plan: pg_sys::SPIPlanPtr,
+        sources: &[(&TupleData, &[bool])],
+        binary: bool,
+        cxt: pg_sys::MemoryContext,
+    ) -> bool {
         let relid = self.relid;
         let cols = &self.cols;
         in_context(cxt, || {
             let mut values = Vec::new();
             let mut nulls = Vec::new();
-            for (i, v) in t.columns.iter().enumerate() {
-                if key.get(i).copied().unwrap_or(false) {
-                    let (d, n) = cols[i].datum(v, binary);
-                    values.push(d);
-                    nulls.push(n);
+            for (tuple, mask) in sources {
+                for (i, v) in tuple.columns.iter().enumerate() {
+                    if mask.get(i).copied().unwrap_or(false) {
+                        let (d, n) = cols[i].datum(v, binary);
+                        values.push(d);
+                        nulls.push(n);
+                    }
                 }
             }
             super::owner::as_table_owner(relid, || {
