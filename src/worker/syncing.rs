@@ -1,5 +1,6 @@
 //! The apply worker's side of table synchronization (native `process_syncing_tables_for_apply`):
-//! between transactions it
+//! between transactions — when the socket is empty, and at most every 100 ms while the stream
+//! never pauses — it
 //!   1. answers a sync worker that finished its copy (SYNCWAIT) with the apply worker's position
 //!      X (CATCHUP) and waits until that worker has caught the table up to X and committed
 //!      SYNCDONE — the table is then the apply worker's from X on (`core::state` diagram);
@@ -42,7 +43,6 @@ pub struct Syncing {
 }
 
 impl Stream {
-    /// Step of the receive loop between transactions (module comment).
     /// Tables are being synchronized and the last synchronization step is 100 ms old: the
     /// receive loop takes one between transactions even while the stream never pauses.
     pub(super) fn sync_step_due(&self) -> bool {
@@ -50,6 +50,7 @@ impl Stream {
             && self.syncing.planned_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
     }
 
+    /// Step of the receive loop between transactions (module comment).
     pub(super) fn process_syncing_tables(&mut self) {
         if !self.applier.tables.any_syncing() && self.syncing.handles.is_empty() && self.syncing.stale_slots.is_empty()
         {
