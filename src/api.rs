@@ -6,9 +6,9 @@
 //! sql/views.sql) and `_mask_conninfo` (for the `pgsub.subscription` view).
 //!
 //! Each validates on the spot against the publisher where native ALTER/CREATE SUBSCRIPTION would
-//! (publications exist, published tables exist locally, one column list per table), changes the
-//! catalog through `catalog.rs` in the caller's transaction, and wakes the launcher when that
-//! transaction commits. Only superusers and members of `pgsub_admin` may call them; the privilege
+//! (published tables exist locally as tables, one column list per table; a missing publication
+//! is a WARNING), changes the catalog through `catalog.rs` in the caller's transaction, and
+//! wakes the launcher when that transaction commits. Only superusers and members of `pgsub_admin` may call them; the privilege
 //! rules are in the README (Security).
 mod checks;
 mod compare;

@@ -1,6 +1,7 @@
-//! What the SQL functions ask of the publisher over a normal (non-replication) connection: that
-//! the publications exist, which tables they publish (and that no table has two column lists),
-//! and the creation of the subscription's slot.
+//! What the SQL functions ask of the publisher over a normal (non-replication) connection:
+//! whether the publications exist (a WARNING for those that do not), which tables they publish
+//! (and that no table has two column lists), whether the tables to copy are themselves
+//! subscribed there (`origin => 'none'`), and the creation of the subscription's slot.
 use crate::publisher::{self, Context};
 use crate::report::{error, log};
 use pgrx::prelude::*;
