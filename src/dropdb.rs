@@ -9,9 +9,10 @@
 //! copied with `CREATE DATABASE … TEMPLATE` holds no slot of the subscriptions it carries (their
 //! ids are the original's) and can be dropped.
 //!
-//! `DROP EXTENSION pgsub` is guarded the same way, in the database it runs in: it would drop the
-//! catalog and leave the subscriptions' origins and slots behind, and a subscription created
-//! again on the old slot would replay from the slot's older confirmed position.
+//! `DROP EXTENSION pgsub` (and `DROP SCHEMA pgsub CASCADE`, which drops it too) is guarded the
+//! same way, in the database it runs in: it would drop the catalog and leave the subscriptions'
+//! origins and slots behind, and a subscription created again on the old slot would replay from
+//! the slot's older confirmed position.
 use crate::{report, shmem};
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -76,14 +77,19 @@ unsafe extern "C-unwind" fn process_utility(
     }
 }
 
-/// Whether a DROP statement drops the extension pgsub.
+/// Whether a DROP statement drops the extension pgsub: `DROP EXTENSION pgsub`, or `DROP SCHEMA
+/// pgsub CASCADE`, which takes the extension with it.
 ///
 /// # Safety
 /// `stmt` points to a `DropStmt`.
 unsafe fn drops_pgsub(stmt: *const pg_sys::DropStmt) -> bool {
-    // SAFETY: the caller's promise; an extension DROP lists String nodes with their names.
+    // SAFETY: the caller's promise; an extension or schema DROP lists String nodes with their
+    // names.
     unsafe {
-        if (*stmt).removeType != pg_sys::ObjectType::OBJECT_EXTENSION {
+        let extension = (*stmt).removeType == pg_sys::ObjectType::OBJECT_EXTENSION;
+        let schema_cascade = (*stmt).removeType == pg_sys::ObjectType::OBJECT_SCHEMA
+            && (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE;
+        if !extension && !schema_cascade {
             return false;
         }
         let objects = pgrx::PgList::<pg_sys::Node>::from_pg((*stmt).objects);

@@ -409,6 +409,8 @@ async fn drop_database_and_drop_extension_leave_other_databases_replicating() {
     assert!(e.hint.contains("pgsub.drop_subscription()"), "{}", e.text());
     let e = must_fail(&se, "DROP EXTENSION IF EXISTS plpgsql, pgsub CASCADE", &[]).await;
     assert_eq!(e.code, "55006", "also with CASCADE and in a list: {}", e.text());
+    let e = must_fail(&se, "DROP SCHEMA pgsub CASCADE", &[]).await;
+    assert_eq!(e.code, "55006", "the schema's CASCADE would drop the extension: {}", e.text());
     assert_eq!(one::<i32>(&se, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 's_ext'").await, ext_pid);
     se.batch_execute("SELECT pgsub.drop_subscription('s_ext')").await.expect("drop_subscription");
     se.batch_execute("DROP EXTENSION pgsub").await.expect("DROP EXTENSION pgsub after drop_subscription");
