@@ -2204,3 +2204,78 @@ async fn skip_failed(s: &Client, sub: &str, err: &str) {
         .await
         .unwrap_or_else(|e| panic!("skip_transaction {sub} {lsn}: {}", pg_err(&e)));
 }
+
+/// A subscriber database whose defaults make its users' transactions read-only and serializable
+/// (`ALTER DATABASE … SET default_transaction_read_only = on`, a common guard on a replica):
+/// native apply writes below those checks and replicates as usual — the initial copy, the
+/// stream and TRUNCATE. So does pgsub, whose own transactions are read-write and read committed
+/// (a serializable snapshot would hide rows committed locally meanwhile from its lookups).
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_only_serializable_subscriber_database_still_receives_changes() {
+    let table = "CREATE TABLE ro (id int PRIMARY KEY, v text);";
+    let mut c = Case::start(
+        &format!(
+            "{table} INSERT INTO ro SELECT g, 'v' || g FROM generate_series(1, 100) g;
+             CREATE PUBLICATION ro FOR TABLE ro;"
+        ),
+        &format!(
+            "{table} CREATE TABLE seen (iso text, ro text);
+             ALTER DATABASE postgres SET default_transaction_read_only = on;
+             ALTER DATABASE postgres SET default_transaction_isolation = 'serializable';"
+        ),
+    )
+    .await;
+    if !native() {
+        // What pgsub's apply and copy transactions are. (Not with native: its transactions take
+        // the database's defaults — only its own writes go below the check — so the trigger's
+        // INSERT would be refused there.)
+        c.on_sub(
+            "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO public.seen VALUES (current_setting('transaction_isolation'),
+                                               current_setting('transaction_read_only'));
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER note BEFORE INSERT OR UPDATE ON ro FOR EACH ROW EXECUTE FUNCTION note();
+             ALTER TABLE ro ENABLE ALWAYS TRIGGER note;",
+        )
+        .await;
+    }
+    // A new session of the database is read-only and serializable (the case's own session was
+    // opened before).
+    let fresh = c.nodes.subscriber.client("postgres").await.expect("subscriber");
+    let defaults = val(
+        &fresh,
+        "SELECT current_setting('transaction_read_only') || '/' || current_setting('transaction_isolation')",
+    )
+    .await;
+    c.expect("a new session's defaults", &defaults, "on/serializable");
+    let refused = fresh.batch_execute("INSERT INTO ro VALUES (0, 'local')").await.map_err(|e| pg_err(&e));
+    c.expect(
+        "a user's write",
+        &format!("{:?}", refused.err().map(|e| e.contains("read-only transaction"))),
+        "Some(true)",
+    );
+
+    c.subscribe_default("ro", &["ro"]).await;
+    c.wait_synced("ro").await;
+    c.wait_equal("after the initial copy", None, &[]).await;
+    c.on_pub(
+        "INSERT INTO ro SELECT g, 'w' || g FROM generate_series(101, 200) g;
+         UPDATE ro SET v = v || '!' WHERE id % 3 = 0;
+         DELETE FROM ro WHERE id % 7 = 0;",
+    )
+    .await;
+    c.wait_equal("after inserts, updates and deletes", None, &[]).await;
+    c.on_pub("TRUNCATE ro; INSERT INTO ro VALUES (1, 'after truncate');").await;
+    c.wait_equal("after TRUNCATE", None, &[]).await;
+    if !native() {
+        c.expect_sub(
+            "isolation and read-only state of the apply and copy transactions",
+            "SELECT string_agg(DISTINCT iso || '/' || ro, ',') FROM seen",
+            "read committed/off",
+        )
+        .await;
+    }
+    c.finish().await;
+}

@@ -407,6 +407,20 @@ pub(crate) fn setup_session(sub: &Subscription) {
     set_guc("session_replication_role", "replica");
     set_guc("search_path", "");
     set_guc("synchronous_commit", &sub.synchronous_commit);
+    pin_transaction_defaults();
+}
+
+/// The database's or role's transaction defaults do not reach pgsub's own transactions.
+/// Native apply writes through the executor's replication entry points, below the read-only
+/// check, so a database a DBA made `default_transaction_read_only` for its users still receives
+/// changes; pgsub writes through SQL and turns the default off for itself. And every statement
+/// must see the latest committed rows, as native's lookups do: under a database default of
+/// `repeatable read` or `serializable` an UPDATE would miss a row committed locally after the
+/// transaction's snapshot and call it missing. Takes effect from the next transaction.
+pub(crate) fn pin_transaction_defaults() {
+    set_guc("default_transaction_read_only", "off");
+    set_guc("default_transaction_isolation", "read committed");
+    set_guc("default_transaction_deferrable", "off");
 }
 
 /// Connects to the publisher's walsender, runs `before` on the connection, and starts streaming

@@ -14,6 +14,10 @@ type Code = PgSqlErrorCode;
 pub struct TableStates {
     states: HashMap<(String, String), (SyncState, Option<Lsn>)>,
     relids: HashMap<u32, (String, String)>,
+    /// How many of `states` are not ready: kept with every change, so that the receive loop's
+    /// question between transactions (`any_syncing`) costs nothing on a subscription of many
+    /// tables.
+    not_ready: usize,
     /// Every table of the subscription is here (not a sync worker's one table).
     whole: bool,
 }
@@ -21,13 +25,27 @@ pub struct TableStates {
 impl TableStates {
     /// Every table of the subscription.
     pub fn new(rels: &[SubRel]) -> Self {
+        let states: HashMap<(String, String), (SyncState, Option<Lsn>)> = rels
+            .iter()
+            .map(|r| ((r.remote_schema.clone(), r.remote_name.clone()), (r.sync_state, r.state_lsn)))
+            .collect();
         TableStates {
-            states: rels
-                .iter()
-                .map(|r| ((r.remote_schema.clone(), r.remote_name.clone()), (r.sync_state, r.state_lsn)))
-                .collect(),
+            not_ready: states.values().filter(|(st, _)| *st != SyncState::Ready).count(),
+            states,
             relids: rels.iter().map(|r| (r.relid, (r.remote_schema.clone(), r.remote_name.clone()))).collect(),
             whole: true,
+        }
+    }
+
+    /// Sets one table's state, keeping `not_ready` right.
+    fn put(&mut self, key: (String, String), value: (SyncState, Option<Lsn>)) {
+        let was_ready = self.states.get(&key).is_none_or(|(st, _)| *st == SyncState::Ready);
+        let is_ready = value.0 == SyncState::Ready;
+        self.states.insert(key, value);
+        match (was_ready, is_ready) {
+            (true, false) => self.not_ready += 1,
+            (false, true) => self.not_ready -= 1,
+            _ => {}
         }
     }
 
@@ -55,7 +73,7 @@ impl TableStates {
             if let Err(e) = crate::catalog::set_table_state(subid, &schema, &name, SyncState::Ready) {
                 report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
             }
-            self.states.insert((schema, name), (SyncState::Ready, None));
+            self.put((schema, name), (SyncState::Ready, None));
         }
     }
 
@@ -69,7 +87,7 @@ impl TableStates {
 
     /// Some table is not ready yet (being synchronized, or synchronized and not taken over).
     pub fn any_syncing(&self) -> bool {
-        self.states.values().any(|(st, _)| *st != SyncState::Ready)
+        self.not_ready > 0
     }
 
     /// (local table, state) of every table.
@@ -82,8 +100,8 @@ impl TableStates {
 
     /// A table's state changed (the sync worker's SYNCDONE at `lsn`, or back to INIT).
     pub fn set(&mut self, relid: u32, state: SyncState, lsn: Option<Lsn>) {
-        if let Some(key) = self.relids.get(&relid) {
-            self.states.insert(key.clone(), (state, lsn));
+        if let Some(key) = self.relids.get(&relid).cloned() {
+            self.put(key, (state, lsn));
         }
     }
 
