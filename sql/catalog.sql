@@ -68,6 +68,29 @@ CREATE TABLE pgsub.sub_rel (
     PRIMARY KEY (subid, remote_schema, remote_name)
 );
 
+-- A local table that is dropped leaves its subscriptions, as native's pg_subscription_rel row
+-- goes with its table: its changes then stop the worker with "logical replication target
+-- relation … does not exist" until it is created again, and a table created again under the
+-- name is new to the subscription — not applied to until a refresh copies it (worker/relation.rs
+-- `replaced`). Fires for every role and under session_replication_role = replica too.
+CREATE FUNCTION pgsub._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- DROP EXTENSION pgsub drops this table first.
+    IF pg_catalog.to_regclass('pgsub.sub_rel') IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM pgsub.sub_rel r
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 AND r.relid = d.objid;
+END
+$$;
+REVOKE ALL ON FUNCTION pgsub._forget_dropped_tables() FROM PUBLIC;
+CREATE EVENT TRIGGER pgsub_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION pgsub._forget_dropped_tables();
+ALTER EVENT TRIGGER pgsub_forget_dropped_tables ENABLE ALWAYS;
+
 -- Every conflict the apply workers met (src/worker/conflict.rs), written in the same local
 -- transaction as the change it resolves; rows older than pgsub.conflict_log_retention are deleted
 -- by the database's launcher. Rows hold only columns the subscription owner may read.

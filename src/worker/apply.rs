@@ -147,7 +147,10 @@ impl Applier {
             }
         }
         let display: std::rc::Rc<str> = format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name)).into();
-        self.rels.insert(rel.oid, RelEntry { remote: rel, local: None, display, last_used: 0, unlisted_seen: false });
+        self.rels.insert(
+            rel.oid,
+            RelEntry { remote: rel, local: None, display, last_used: 0, unlisted_seen: false, replaced_by: None },
+        );
     }
 
     pub fn begin(&mut self, b: Begin, progress: &mut Progress) {
@@ -502,6 +505,15 @@ impl Applier {
         self.use_tick += 1;
         entry.last_used = self.use_tick;
         if entry.local.is_none() {
+            if entry.replaced_by.is_some() {
+                return None;
+            }
+            if let Some(recorded) = self.tables.relid_of(&entry.remote.namespace, &entry.remote.name) {
+                entry.replaced_by = relation::replaced(&entry.remote, recorded);
+                if entry.replaced_by.is_some() {
+                    return None;
+                }
+            }
             let (binary, check) = (self.binary, self.auto_binary);
             entry.local = Some(with_snapshot(|| {
                 let local = bind_local(&entry.remote, binary);

@@ -106,6 +106,11 @@ pub(super) struct RelEntry {
     pub(super) last_used: u64,
     /// Not among the subscription's tables, and [`unlisted`] has looked at it.
     pub(super) unlisted_seen: bool,
+    /// The local table of its name is not the one the subscription recorded (that one was
+    /// dropped, or renamed away and another took its name): [`replaced`] said so, and its changes
+    /// are not applied until the subscription is refreshed. The other table's oid, so that its
+    /// invalidation (dropped or renamed in turn) has the name looked up again.
+    pub(super) replaced_by: Option<u32>,
 }
 
 /// A change of a relation that is not among the subscription's tables, as native apply treats
@@ -130,6 +135,31 @@ pub(super) fn unlisted(remote: &Relation) {
         Some("The publisher sends them (the table was renamed or moved there, or added to a publication).".into()),
         Some("Refresh the subscription (pgsub.refresh_subscription) to add it."),
     );
+}
+
+/// The local table of the remote relation's name, when it is not `recorded`, the table the
+/// subscription holds for it: the oid of the other table. As natively (the subscription's table
+/// state is kept by local table there), a table dropped and created again here, or one renamed
+/// into the place of the subscription's (a swap), is not the subscription's until it is
+/// refreshed, which copies the new one: its changes are not applied meanwhile — pgsub says so
+/// once with a WARNING, where native is silent. A table of that name missing altogether is left
+/// to the binding, whose error names it.
+pub(super) fn replaced(remote: &Relation, recorded: u32) -> Option<u32> {
+    let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+    let (found, _) = super::execute::with_snapshot(|| super::relcat::relation(&qualified))?;
+    if found.to_u32() == recorded {
+        return None;
+    }
+    report::log(
+        PgLogLevel::WARNING,
+        Code::ERRCODE_WARNING,
+        format!("pgsub: changes of relation {qualified} are not applied: the local table of that name is not the one the subscription copied"),
+        Some(format!(
+            "The subscription's table (oid {recorded}) was dropped or renamed here; table {qualified} (oid {found}) has its name now."
+        )),
+        Some("Refresh the subscription (pgsub.refresh_subscription) to copy the new table, or rename the old one back; the changes meanwhile are not applied."),
+    );
+    Some(found.to_u32())
 }
 
 /// Relations whose local mapping must be rebuilt (set by the relcache callback).
@@ -166,6 +196,9 @@ pub(super) fn drop_stale(rels: &mut HashMap<u32, RelEntry>) {
         return;
     }
     for e in rels.values_mut() {
+        if e.replaced_by.is_some_and(|oid| all || set.contains(&oid)) {
+            e.replaced_by = None;
+        }
         let stale = match &e.local {
             Some(l) => all || set.contains(&l.relid.to_u32()),
             None => false,

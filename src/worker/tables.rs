@@ -105,6 +105,14 @@ impl TableStates {
         }
     }
 
+    /// The local table the subscription recorded for a remote table (None: none recorded).
+    pub(super) fn relid_of(&self, schema: &str, name: &str) -> Option<u32> {
+        self.relids
+            .iter()
+            .find(|(relid, key)| **relid != 0 && key.0 == schema && key.1 == name)
+            .map(|(relid, _)| *relid)
+    }
+
     /// Whether changes of a transaction ending at `commit_end` apply to the table (`SyncState::applies`).
     pub(super) fn applies(&self, schema: &str, name: &str, commit_end: Lsn) -> bool {
         self.states
