@@ -68,6 +68,15 @@ CREATE TABLE pgsub.sub_rel (
     PRIMARY KEY (subid, remote_schema, remote_name)
 );
 
+-- Replication origins pgsub dropped (a finished table synchronization's, a dropped
+-- subscription's) and when: a row a dropped origin stamped, before it was dropped, is never
+-- blamed on a later origin that is given the same id (worker/conflict/). One row per id.
+CREATE TABLE pgsub.released_origin (
+    roident     integer     PRIMARY KEY,
+    released_at timestamptz NOT NULL
+);
+REVOKE ALL ON pgsub.released_origin FROM PUBLIC;
+
 -- A local table that is dropped leaves its subscriptions, as native's pg_subscription_rel row
 -- goes with its table: its changes then stop the worker with "logical replication target
 -- relation … does not exist" until it is created again, and a table created again under the

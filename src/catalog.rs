@@ -346,6 +346,48 @@ pub fn set_sync_state(subid: i32, relid: u32, state: SyncState, lsn: Option<Lsn>
     })
 }
 
+/// Drops a replication origin pgsub made, noting when (`pgsub.released_origin`), in the calling
+/// transaction: the rows it stamped are never taken for a later origin's that gets the same id.
+/// `nowait`: fail at once instead of waiting while the origin is in use. A missing origin is fine.
+pub fn drop_origin(name: &str, nowait: bool) {
+    let noted = as_superuser(|| {
+        Spi::run_with_args(
+            "INSERT INTO pgsub.released_origin (roident, released_at) \
+             SELECT roident::integer, pg_catalog.clock_timestamp() FROM pg_catalog.pg_replication_origin \
+              WHERE roname = $1 \
+             ON CONFLICT (roident) DO UPDATE SET released_at = EXCLUDED.released_at",
+            &[name.into()],
+        )
+    });
+    if let Err(e) = noted {
+        crate::report::error(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("noting replication origin \"{name}\" in pgsub.released_origin: {e}"),
+            None,
+            None,
+        );
+    }
+    let c = std::ffi::CString::new(name).unwrap_or_default();
+    // SAFETY: catalog operation inside the caller's transaction.
+    unsafe { pg_sys::replorigin_drop_by_name(c.as_ptr(), true, nowait) };
+}
+
+/// Whether origin `roident` stamped a row committed at `commit_time` before pgsub dropped it
+/// (the id may belong to another origin since).
+pub fn released_after(roident: i32, commit_time: i64) -> bool {
+    as_superuser(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pgsub.released_origin \
+                             WHERE roident = $1 AND released_at >= $2::bigint * interval '1 microsecond' \
+                                                                  + timestamptz '2000-01-01 00:00:00+00')",
+            &[roident.into(), commit_time.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// The names of a subscription's table synchronization origins (`pgsub_<subid>_sync_<relid>`).
 /// Read-write SPI, so a new snapshot: origins sync workers created after the calling statement
 /// began are seen too.

@@ -598,3 +598,50 @@ async fn an_exclusion_violation_stops_apply_under_every_policy() {
     }
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A copied row is never an origin conflict, also after the id of the table synchronization
+/// origin that copied it (dropped when the copy is done) is given to another subscription's
+/// origin: under `keep_local` the first remote update of a copied row is applied, not kept out
+/// as `update_origin_differs` blamed on that other subscription.
+#[tokio::test(flavor = "current_thread")]
+async fn a_copied_row_is_not_blamed_on_an_origin_that_reuses_the_copy_origins_id() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY)";
+    p.batch_execute(&format!(
+        "{ddl}; INSERT INTO t VALUES (1, 'a'), (2, 'b');
+         CREATE PUBLICATION pub FOR TABLE t; CREATE PUBLICATION pub_other FOR TABLE other"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'keep_local')",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    // The copy's origin is gone once the table is ready; its id is the lowest free one.
+    wait_value(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub\\_%\\_sync\\_%'", "0", WAIT)
+        .await;
+    let copy_origin: i64 =
+        one(&s, "SELECT (pg_xact_commit_timestamp_origin(xmin)).roident::bigint FROM t WHERE id = 2").await;
+    s.execute(
+        "SELECT pgsub.create_subscription('other', $1, ARRAY['pub_other'], copy_data => false)",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .unwrap();
+    let reused: i64 = one(
+        &s,
+        "SELECT roident::bigint FROM pg_replication_origin WHERE roname LIKE 'pgsub\\_%' ORDER BY roident DESC LIMIT 1",
+    )
+    .await;
+    assert_eq!(reused, copy_origin, "the new subscription's origin took the copy origin's id");
+    p.batch_execute("UPDATE t SET v = 'remote' WHERE id = 2").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "remote", WAIT).await;
+    assert_eq!(counter(&s, "confl_update_origin_differs").await, 0);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.conflict_log").await, 0);
+    assert_replicated_equal(&p, &s).await;
+}

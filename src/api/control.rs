@@ -178,9 +178,8 @@ pub(super) fn create_origin(name: &str) {
 }
 
 pub(super) fn drop_origin(name: &str) {
-    let c = CString::new(name).unwrap_or_default();
-    // SAFETY: catalog operation inside a transaction; waits if the origin is still in use.
-    unsafe { pg_sys::replorigin_drop_by_name(c.as_ptr(), true, false) };
+    // Waits if the origin is still in use.
+    catalog::drop_origin(name, false);
 }
 
 /// Drops the table synchronization slots the subscription's sync workers left on the publisher

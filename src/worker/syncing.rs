@@ -23,7 +23,6 @@ use pgsub_core::tablesync::{self, Caps, Table, Worker};
 use pgsub_proto::client::{quote_literal, Client};
 use pgsub_proto::Lsn;
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::time::{Duration, Instant};
 
 /// The name of a table's sync slot on the publisher (and of its local replication origin).
@@ -319,12 +318,9 @@ fn register_sync_worker(sub: &Subscription, relid: u32) -> Option<DynamicBackgro
 
 /// Drops a table's sync origin if it is left (its sync worker is gone).
 fn drop_sync_origin(subid: i32, relid: u32) {
-    let name = CString::new(sync_slot_name(subid, relid)).unwrap_or_default();
-    super::xact(|| {
-        // SAFETY: catalog operation inside a transaction; missing is fine, in use cannot be (no
-        // sync worker is left for the table).
-        unsafe { pg_sys::replorigin_drop_by_name(name.as_ptr(), true, true) };
-    });
+    let name = sync_slot_name(subid, relid);
+    // Missing is fine, in use cannot be (no sync worker is left for the table).
+    super::xact(|| crate::catalog::drop_origin(&name, true));
 }
 
 /// At start, on the replication connection: drops the inactive sync slots of this subscription

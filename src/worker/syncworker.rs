@@ -39,7 +39,6 @@ use pgsub_core::state::catchup_end;
 use pgsub_core::tablesync::backoff;
 use pgsub_proto::client::{Client, Error as ProtoError, SlotOptions, SnapshotAction};
 use pgsub_proto::Lsn;
-use std::ffi::CString;
 
 type Code = PgSqlErrorCode;
 
@@ -378,7 +377,6 @@ fn clean_up(sub: &Subscription, slot: &str, client: Option<Client>) {
         client.close();
         shmem::with_sync_slot(sub.subid, relid, |s| s.slot_dropped = true);
     }
-    let name = CString::new(slot).unwrap_or_default();
     xact(|| {
         // SAFETY: this session's origin is let go before it is dropped; both in a transaction.
         unsafe {
@@ -386,8 +384,8 @@ fn clean_up(sub: &Subscription, slot: &str, client: Option<Client>) {
                 pg_sys::replorigin_session_reset();
                 pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as u16;
             }
-            pg_sys::replorigin_drop_by_name(name.as_ptr(), true, false);
         }
+        crate::catalog::drop_origin(&slot, false);
     });
 }
 
