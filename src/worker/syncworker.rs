@@ -385,7 +385,7 @@ fn clean_up(sub: &Subscription, slot: &str, client: Option<Client>) {
                 pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as u16;
             }
         }
-        crate::catalog::drop_origin(&slot, false);
+        crate::catalog::drop_origin(slot, false);
     });
 }
 
