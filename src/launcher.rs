@@ -53,9 +53,7 @@ pub extern "C-unwind" fn pgsub_launcher_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let dboid = arg.value() as u32;
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
-    // It writes the catalog (statuses, expired conflict records) in a database that may be
-    // read-only by default for its users.
-    crate::worker::pin_transaction_defaults();
+    crate::worker::pin_session_defaults();
     // SAFETY: MyProcPid is set for every backend.
     let my_pid = unsafe { pg_sys::MyProcPid };
     let claimed = {

@@ -1091,3 +1091,54 @@ async fn conflict_lookups_run_the_table_owners_code_as_the_table_owner() {
     assert_replicated_equal_except(&p, &s, None, &["pr"]).await;
     assert_rows_equal(&p, &s, "SELECT * FROM pr WHERE a NOT IN (1, 100)", WAIT).await;
 }
+
+/// The database's and the subscription owner's `search_path` never reach pgsub's processes:
+/// the launcher, the apply worker and the sync workers set an empty one before their first
+/// query, as native's workers do. Otherwise an operator of a schema first on that path would run
+/// inside their catalog queries — which run as superuser — with the superuser's rights (a
+/// database owner, or a pgsub_admin member owning a subscription, could make itself superuser).
+/// Probe operators `=` on int4, oid, text and name log who calls them.
+#[tokio::test(flavor = "current_thread")]
+async fn a_search_path_set_for_the_database_or_the_owner_never_reaches_pgsubs_queries() {
+    let (nodes, p, s) = nodes_with_published_t().await;
+    p.batch_execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g").await.unwrap();
+    let mut ddl = String::from("CREATE ROLE mal; CREATE SCHEMA evil AUTHORIZATION mal; SET ROLE mal;");
+    for (ty, eq) in [("int4", "int4eq"), ("oid", "oideq"), ("text", "texteq"), ("name", "nameeq")] {
+        ddl.push_str(&format!(
+            "CREATE FUNCTION evil.eq_{ty}({ty}, {ty}) RETURNS bool LANGUAGE plpgsql AS $$
+             BEGIN
+                 RAISE LOG 'pgsub-sp-probe user=%', current_user;
+                 RETURN pg_catalog.{eq}($1, $2);
+             END $$;
+             CREATE OPERATOR evil.= (LEFTARG = {ty}, RIGHTARG = {ty}, PROCEDURE = evil.eq_{ty});"
+        ));
+    }
+    ddl.push_str(
+        "RESET ROLE;
+         ALTER DATABASE postgres SET search_path = evil, pg_catalog, public;
+         ALTER ROLE postgres SET search_path = evil, pg_catalog, public;",
+    );
+    s.batch_execute(&ddl).await.unwrap();
+    // The probes work: a session that takes the path calls them.
+    let user = nodes.subscriber.client("postgres").await.unwrap();
+    user.batch_execute("SELECT 1::int4 = 1").await.unwrap();
+    nodes.subscriber.wait_for_log("pgsub-sp-probe user=postgres", WAIT).await.unwrap_or_else(|e| panic!("{e}"));
+
+    // The launcher starts (database setting), the workers run as the owner (role setting):
+    // initial copy, stream, a worker restart, a refresh.
+    s.execute("SELECT pgsub.create_subscription('sp', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "sp", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (100, 'streamed'); UPDATE t SET v = 'u' WHERE id = 1").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t WHERE v IN ('streamed', 'u')", "2", WAIT).await;
+    s.batch_execute("SELECT pgsub.disable_subscription('sp'); SELECT pgsub.enable_subscription('sp')").await.unwrap();
+    s.batch_execute("SELECT pgsub.refresh_subscription('sp')").await.unwrap();
+    p.batch_execute("DELETE FROM t WHERE id = 2").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t WHERE id = 2", "0", WAIT).await;
+    wait_for_subscription_sync(&s, "sp", WAIT).await;
+
+    let log = nodes.subscriber.log();
+    let from_pgsub: Vec<&str> =
+        log.lines().filter(|l| l.contains("pgsub-sp-probe") && l.contains("] pgsub ")).collect();
+    assert!(from_pgsub.is_empty(), "a pgsub process called an operator of the search_path: {from_pgsub:?}");
+    assert_replicated_equal(&p, &s).await;
+}

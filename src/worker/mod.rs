@@ -73,6 +73,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     let dboid = parts.next().unwrap_or(0);
     let owner = parts.next().unwrap_or(0);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), Some(pg_sys::Oid::from(owner)));
+    pin_session_defaults();
 
     // SAFETY: MyProcPid is set for every backend.
     let me = unsafe { pg_sys::MyProcPid };
@@ -405,19 +406,23 @@ pub(crate) fn setup_session(sub: &Subscription) {
     conflict::init(sub.subid, sub.conflict_resolution);
     owner::set_run_as_owner(sub.run_as_owner);
     set_guc("session_replication_role", "replica");
-    set_guc("search_path", "");
     set_guc("synchronous_commit", &sub.synchronous_commit);
-    pin_transaction_defaults();
 }
 
-/// The database's or role's transaction defaults do not reach pgsub's own transactions.
-/// Native apply writes through the executor's replication entry points, below the read-only
-/// check, so a database a DBA made `default_transaction_read_only` for its users still receives
-/// changes; pgsub writes through SQL and turns the default off for itself. And every statement
-/// must see the latest committed rows, as native's lookups do: under a database default of
-/// `repeatable read` or `serializable` an UPDATE would miss a row committed locally after the
-/// transaction's snapshot and call it missing. Takes effect from the next transaction.
-pub(crate) fn pin_transaction_defaults() {
+/// What every pgsub process that connects to a database sets at once, before its first query:
+/// the database's or role's settings must not reach what it runs.
+/// - An empty `search_path`, as native's workers: its catalog queries run as superuser, and an
+///   operator or function of a schema on a path the database owner or the subscription owner
+///   set (`ALTER DATABASE/ROLE … SET search_path`) would run with those rights.
+/// - Read-write, read committed transactions. Native apply writes through the executor's
+///   replication entry points, below the read-only check, so a database a DBA made
+///   `default_transaction_read_only` for its users still receives changes; pgsub writes through
+///   SQL and turns the default off for itself. And every statement must see the latest
+///   committed rows, as native's lookups do: under a default of `repeatable read` or
+///   `serializable` an UPDATE would miss a row committed locally after the transaction's
+///   snapshot and call it missing, or fail on a concurrent local update.
+pub(crate) fn pin_session_defaults() {
+    set_guc("search_path", "");
     set_guc("default_transaction_read_only", "off");
     set_guc("default_transaction_isolation", "read committed");
     set_guc("default_transaction_deferrable", "off");

@@ -55,6 +55,7 @@ pub extern "C-unwind" fn pgsub_sync_main(arg: pg_sys::Datum) {
     let mut parts = extra.split_whitespace().map(|p| p.parse::<u32>().unwrap_or(0));
     let (dboid, owner, relid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), Some(pg_sys::Oid::from(owner)));
+    crate::worker::pin_session_defaults();
     // SAFETY: MyProcPid is set for every backend.
     let me = unsafe { pg_sys::MyProcPid };
     let claimed = shmem::SHARED.exclusive().sync_slot_mut(subid, relid).is_some_and(|s| {

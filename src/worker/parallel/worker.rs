@@ -46,6 +46,7 @@ pub extern "C-unwind" fn pgsub_parallel_main(arg: pg_sys::Datum) {
     let mut parts = extra.split_whitespace().map(|p| p.parse::<u32>().unwrap_or(0));
     let (dboid, owner, subid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), Some(pg_sys::Oid::from(owner)));
+    crate::worker::pin_session_defaults();
     // SAFETY: maps the segment its leader made (None when the leader is already gone).
     let Some((seg, hdr)) = (unsafe { shared::attach(handle) }) else {
         log!("pgsub parallel apply worker for subscription {subid}: its leader is gone, exiting");
