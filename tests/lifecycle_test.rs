@@ -62,6 +62,28 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     // Enable: it resumes and catches up.
     s.batch_execute("SELECT pgsub.enable_subscription('life')").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 2", "while disabled", WAIT).await;
+    // A changed option restarts it: a routine stop, logged as such — a stop asked for is never
+    // a FATAL line (alerting on FATAL must not fire on administration), nor an exit code 1.
+    let before: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'life'").await;
+    s.batch_execute("SELECT pgsub.alter_subscription_options('life', streaming => 'on')").await.unwrap();
+    wait_value(
+        &s,
+        &format!("SELECT pid IS NOT NULL AND pid <> {before} FROM pgsub.stat_subscription WHERE subname = 'life'"),
+        "t",
+        WAIT,
+    )
+    .await;
+    nodes
+        .subscriber
+        .wait_for_log("pgsub apply worker for subscription \"life\" is stopping", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = nodes.subscriber.log();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("FATAL:") || (l.contains("\"pgsub apply worker\"") && l.contains("exit code 1")))
+        .collect();
+    assert!(noisy.is_empty(), "routine stops logged as failures: {noisy:?}");
     // The full comparison comes before the drop: afterwards there is no subscription to compare.
     assert_replicated_equal(&p, &s).await;
 

@@ -664,6 +664,10 @@ impl Stream {
         let pos = self.progress.positions(in_txn);
         let _ = self.client.send_status(pos.0, pos.1, pos.2, false);
         self.progress.publish(None, 0);
+        // A stop asked for (disable, a changed option, a refresh, server shutdown) is routine: the
+        // pending SIGTERM must not turn this LOG line into a FATAL one (errfinish checks for
+        // interrupts). SAFETY: HOLD_INTERRUPTS(), never resumed: the worker returns and exits.
+        unsafe { pg_sys::InterruptHoldoffCount += 1 };
         log!("pgsub apply worker for subscription \"{}\" is stopping", self.sub.name);
     }
 }
