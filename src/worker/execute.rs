@@ -2,7 +2,6 @@
 //! a replication step, execution of a prepared plan (one row, or a batch whose `RETURNING`
 //! ordinals tell which rows were found), which columns identify the row, and the message about a
 //! row that is not there.
-use super::errctx;
 use super::relation::ColMap;
 use crate::report;
 use pgrx::prelude::*;
@@ -194,24 +193,20 @@ pub(super) enum RowOutcome {
     Skipped,
 }
 
-/// The LOG line of an UPDATE or DELETE whose row is not there; `target` is what
-/// `LocalRel::row_target` gives: the relation (the leaf partition of a partitioned target, as
-/// natively) and the key looked for.
-pub(super) fn missing_row(op: &str, target: &(String, Option<String>)) {
-    let (rel, key) = target;
-    let ctx = errctx::describe();
-    super::conflict::missing(op, rel, key.as_deref());
-    let detail = match key {
-        Some(k) => format!("Key {k}. {ctx}"),
-        None => ctx,
-    };
+/// The LOG line of an UPDATE or DELETE whose row is not there, in PostgreSQL 18's words, and its
+/// `pgsub.conflict_log` row; `target` is what `LocalRel::row_target` gives.
+pub(super) fn missing_row(op: &str, target: &super::relation::RowTarget) {
+    let verb = if op == "UPDATE" { "updated" } else { "deleted" };
+    let ctype = super::conflict::missing(op, &target.relation, target.key_json.as_deref());
+    let mut detail = format!("Could not find the row to be {verb}.");
+    if let Some(k) = &target.key_text {
+        detail.push_str(&format!("\nReplica identity {k}."));
+    }
+    detail.push_str("\nResolution: skip.");
     report::log(
         PgLogLevel::LOG,
         Code::ERRCODE_NO_DATA_FOUND,
-        format!(
-            "pgsub: logical replication did not find row to be {}d in replication target relation {rel}",
-            op.to_lowercase()
-        ),
+        format!("pgsub: conflict detected on relation \"{}\": conflict={}", target.relation, ctype.as_str()),
         Some(detail),
         None,
     );
@@ -223,7 +218,7 @@ pub(super) fn tally(
     found: &[bool],
     op: &str,
     present: &[bool],
-    target: impl Fn(usize) -> (String, Option<String>),
+    target: impl Fn(usize) -> super::relation::RowTarget,
     hit: &mut i64,
 ) -> i64 {
     let mut missing = 0;

@@ -162,6 +162,15 @@ pub(super) fn replaced(remote: &Relation, recorded: u32) -> Option<u32> {
     Some(found.to_u32())
 }
 
+/// Where a remote UPDATE or DELETE found no row (`LocalRel::row_target`): the relation (the
+/// leaf partition of a partitioned target, as natively) and the key looked for, as PostgreSQL's
+/// messages show it and as a JSON object of the columns' text values.
+pub(super) struct RowTarget {
+    pub(super) relation: String,
+    pub(super) key_text: Option<String>,
+    pub(super) key_json: Option<String>,
+}
+
 /// Relations whose local mapping must be rebuilt (set by the relcache callback).
 pub(super) static INVALIDATED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
@@ -499,17 +508,48 @@ impl LocalRel {
         key: &[bool],
         binary: bool,
         cxt: pg_sys::MemoryContext,
-    ) -> (String, Option<String>) {
-        let key_text = self.key_text(t, key, binary, cxt);
-        if !self.only.is_empty() {
-            return (self.qualified.clone(), key_text);
-        }
-        let leaf = self.leaf_partition(t, key, binary, cxt);
-        let rel = match leaf {
-            Some(l) => format!("{}'s partition {l}", self.qualified),
-            None => self.qualified.clone(),
-        };
-        (rel, key_text)
+    ) -> RowTarget {
+        let pairs = self.key_pairs(t, key, binary, cxt);
+        let key_text = (!pairs.is_empty()).then(|| {
+            // Names quoted only when needed, as PostgreSQL's own key details show them.
+            let names: Vec<String> = pairs
+                .iter()
+                .map(|(n, _)| {
+                    let plain = n.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                    if plain {
+                        n.clone()
+                    } else {
+                        pgsub_proto::client::quote_ident(n)
+                    }
+                })
+                .collect();
+            let values: Vec<&str> = pairs.iter().map(|(_, v)| v.as_deref().unwrap_or("null")).collect();
+            format!("({})=({})", names.join(", "), values.join(", "))
+        });
+        let key_json = (!pairs.is_empty()).then(|| {
+            let fields: Vec<String> = pairs
+                .iter()
+                .map(|(n, v)| {
+                    let v = v.as_deref().map_or("null".to_string(), super::conflict::json_string);
+                    format!("{}: {v}", super::conflict::json_string(n))
+                })
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        });
+        let leaf = if self.only.is_empty() { self.leaf_partition(t, key, binary, cxt) } else { None };
+        // As the other conflict types name it: the relation's regclass text (the worker's
+        // search_path is empty, so always schema-qualified, each part quoted when needed).
+        let relation = leaf.unwrap_or_else(|| {
+            Spi::get_one_with_args::<String>(
+                "SELECT $1::pg_catalog.oid::pg_catalog.regclass::pg_catalog.text",
+                &[self.relid.into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| self.qualified.clone())
+        });
+        RowTarget { relation, key_text, key_json }
     }
 
     /// Whether the current user (the worker's: the subscription owner) may read local column `i`
@@ -531,9 +571,16 @@ impl LocalRel {
     }
 
     /// `(a, b)=(1, x)` for the `key` columns of `t` the current user may read.
-    fn key_text(&self, t: &TupleData, key: &[bool], binary: bool, cxt: pg_sys::MemoryContext) -> Option<String> {
-        let mut names = Vec::new();
-        let mut values = Vec::new();
+    /// (column name, value as text; None for NULL) of the key columns the subscription owner may
+    /// read.
+    fn key_pairs(
+        &self,
+        t: &TupleData,
+        key: &[bool],
+        binary: bool,
+        cxt: pg_sys::MemoryContext,
+    ) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
         for (i, col) in self.cols.iter().enumerate() {
             if !key.get(i).copied().unwrap_or(false) {
                 continue;
@@ -543,10 +590,10 @@ impl LocalRel {
                 continue;
             }
             let text = match v {
-                TupleValue::Null => "null".to_string(),
-                TupleValue::UnchangedToast => "(unchanged)".to_string(),
-                TupleValue::Text(b) => String::from_utf8_lossy(b).into_owned(),
-                TupleValue::Binary(_) => super::execute::in_context(cxt, || {
+                TupleValue::Null => None,
+                TupleValue::UnchangedToast => Some("(unchanged)".to_string()),
+                TupleValue::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                TupleValue::Binary(_) => Some(super::execute::in_context(cxt, || {
                     let (d, _) = col.datum(v, binary);
                     // SAFETY: the type's output function on a Datum of that type, in the
                     // per-message memory context.
@@ -557,15 +604,11 @@ impl LocalRel {
                         let c = pg_sys::OidOutputFunctionCall(out, d);
                         std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
                     }
-                }),
+                })),
             };
-            // Quoted only when needed, as PostgreSQL's own key details show names.
-            let plain = col.name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                && col.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            names.push(if plain { col.name.clone() } else { pgsub_proto::client::quote_ident(&col.name) });
-            values.push(text);
+            out.push((col.name.clone(), text));
         }
-        (!names.is_empty()).then(|| format!("({})=({})", names.join(", "), values.join(", ")))
+        out
     }
 
     pub(super) fn leaf_partition(

@@ -35,6 +35,7 @@ use lookup::{lookup, unique_conflicts, LocalRow, Params};
 use pgrx::prelude::*;
 use pgsub_proto::client::quote_ident;
 use pgsub_proto::Lsn;
+pub(crate) use record::json_string;
 pub(super) use record::missing;
 pub use record::write_pending_after_abort;
 use record::{raise, write};

@@ -34,15 +34,15 @@ pub(super) struct Record {
 }
 
 /// A missing row (logged by `execute::missing_row`): recorded, skipped under every policy.
-pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>) {
+/// `key` is the key looked for as a JSON object. Returns its type.
+pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>) -> ConflictType {
     let ctype = if op == "UPDATE" { ConflictType::UpdateMissing } else { ConflictType::DeleteMissing };
-    let key_json = key.map(|k| format!("{{\"key\": {}}}", json_string(k)));
     // The LOG line is missing_row's; only the log table's row is written here.
     super::super::execute::with_snapshot(|| {
         insert_log_row(&Record {
             ctype,
             relation: relation.to_string(),
-            key: key_json,
+            key: key.map(str::to_string),
             local_row: None,
             remote_row: None,
             resolution: "skip",
@@ -53,9 +53,10 @@ pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>) {
             remote_text: None,
         })
     });
+    ctype
 }
 
-pub(super) fn json_string(s: &str) -> String {
+pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::from("\"");
     for ch in s.chars() {
         match ch {
