@@ -69,11 +69,14 @@ CREATE TABLE pgsub.sub_rel (
 );
 
 -- Replication origins pgsub dropped (a finished table synchronization's, a dropped
--- subscription's) and when: a row a dropped origin stamped, before it was dropped, is never
--- blamed on a later origin that is given the same id (worker/conflict/). One row per id.
+-- subscription's) and in which local transaction: a row a dropped origin stamped, written by an
+-- earlier transaction, is never blamed on a later origin that is given the same id
+-- (worker/conflict/). By transaction id, not time: a replicated transaction's commit timestamp
+-- is its publisher's, which can be older. One row per id.
 CREATE TABLE pgsub.released_origin (
-    roident     integer     PRIMARY KEY,
-    released_at timestamptz NOT NULL
+    roident      integer     PRIMARY KEY,
+    released_xid xid8        NOT NULL,
+    released_at  timestamptz NOT NULL
 );
 REVOKE ALL ON pgsub.released_origin FROM PUBLIC;
 

@@ -346,16 +346,18 @@ pub fn set_sync_state(subid: i32, relid: u32, state: SyncState, lsn: Option<Lsn>
     })
 }
 
-/// Drops a replication origin pgsub made, noting when (`pgsub.released_origin`), in the calling
-/// transaction: the rows it stamped are never taken for a later origin's that gets the same id.
-/// `nowait`: fail at once instead of waiting while the origin is in use. A missing origin is fine.
+/// Drops a replication origin pgsub made, noting in which transaction (`pgsub.released_origin`),
+/// the calling one: the rows it stamped are never taken for a later origin's that gets the same
+/// id. `nowait`: fail at once instead of waiting while the origin is in use. A missing origin is
+/// fine.
 pub fn drop_origin(name: &str, nowait: bool) {
     let noted = as_superuser(|| {
         Spi::run_with_args(
-            "INSERT INTO pgsub.released_origin (roident, released_at) \
-             SELECT roident::integer, pg_catalog.clock_timestamp() FROM pg_catalog.pg_replication_origin \
-              WHERE roname = $1 \
-             ON CONFLICT (roident) DO UPDATE SET released_at = EXCLUDED.released_at",
+            "INSERT INTO pgsub.released_origin (roident, released_xid, released_at) \
+             SELECT roident::integer, pg_catalog.pg_current_xact_id(), pg_catalog.now() \
+               FROM pg_catalog.pg_replication_origin WHERE roname = $1 \
+             ON CONFLICT (roident) DO UPDATE \
+                SET released_xid = EXCLUDED.released_xid, released_at = EXCLUDED.released_at",
             &[name.into()],
         )
     });
@@ -372,20 +374,21 @@ pub fn drop_origin(name: &str, nowait: bool) {
     unsafe { pg_sys::replorigin_drop_by_name(c.as_ptr(), true, nowait) };
 }
 
-/// Whether origin `roident` stamped a row committed at `commit_time` before pgsub dropped it
-/// (the id may belong to another origin since).
-pub fn released_after(roident: i32, commit_time: i64) -> bool {
-    as_superuser(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pgsub.released_origin \
-                             WHERE roident = $1 AND released_at >= $2::bigint * interval '1 microsecond' \
-                                                                  + timestamptz '2000-01-01 00:00:00+00')",
-            &[roident.into(), commit_time.into()],
+/// Whether a row written by local transaction `xid` (32 bits, as `xmin` shows it) and stamped
+/// with origin `roident` was written before pgsub dropped an origin of that id: then it is the
+/// dropped origin's, whatever origin has the id since.
+pub fn written_before_release(roident: i32, xid: i64) -> bool {
+    let released = as_superuser(|| {
+        Spi::get_one_with_args::<i64>(
+            "SELECT (released_xid::text::int8 % 4294967296) FROM pgsub.released_origin WHERE roident = $1",
+            &[roident.into()],
         )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    });
+    match released {
+        // Modulo 2^32, as PostgreSQL compares transaction ids (TransactionIdPrecedes).
+        Ok(Some(r)) => ((xid as u32).wrapping_sub(r as u32) as i32) < 0,
+        _ => false,
+    }
 }
 
 /// The names of a subscription's table synchronization origins (`pgsub_<subid>_sync_<relid>`).

@@ -173,6 +173,16 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     assert_eq!(res, "apply_remote");
     assert!(local.contains("\"local\"") && remote.contains("\"remote\""), "{local} {remote}");
     assert_eq!(counter(&s, "confl_update_origin_differs").await, 1);
+    // In PostgreSQL 18's words.
+    nodes
+        .subscriber
+        .wait_for_log("conflict=update_origin_differs", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        nodes.subscriber.log().contains("DETAIL:  Updating the row that was modified locally in transaction"),
+        "the LOG line's detail"
+    );
     set_policy(&s, "keep_local").await;
     p.batch_execute("UPDATE t SET v = 'remote' WHERE id = 2; UPDATE t SET v = 'marker' WHERE id = 99").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 99", "marker", WAIT).await;

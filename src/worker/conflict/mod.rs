@@ -185,18 +185,19 @@ fn resolution_name(policy: Resolution, remote_wins: bool) -> &'static str {
 /// (`pgsub_<subid>_sync_<relid>`: the initial copy and its catch-up); an origin that no longer
 /// exists (a finished table synchronization's, a dropped subscription's) cannot be told apart, so
 /// it does not count — the first change to a copied row is not a conflict. Nor when its id was
-/// given to another origin since: pgsub notes when it drops an origin
-/// (`catalog::released_after`), and a row committed before that is the dropped origin's.
+/// given to another origin since: pgsub notes in which transaction it drops an origin, and a row
+/// written by an earlier one is the dropped origin's (`catalog::written_before_release`).
 fn origin_differs(row: &LocalRow) -> bool {
     // SAFETY: this session's replication origin.
     let mine = unsafe { pg_sys::replorigin_session_origin } as i32;
-    match (row.origin, row.commit_time) {
-        (_, None) | (None, _) => false,
-        (Some(0), _) => true,
-        (Some(o), _) if o == mine => false,
-        (Some(o), Some(at)) => {
+    match row.origin {
+        _ if row.commit_time.is_none() => false,
+        None => false,
+        Some(0) => true,
+        Some(o) if o == mine => false,
+        Some(o) => {
             origin_name(o).is_some_and(|n| !n.starts_with(&format!("{}_sync_", catalog::origin_name(my_subid()))))
-                && !catalog::released_after(o, at)
+                && !row.xid.is_some_and(|x| catalog::written_before_release(o, x))
         }
     }
 }

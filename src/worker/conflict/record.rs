@@ -126,13 +126,17 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
     let mut detail = rec.what.clone();
     if let Some(l) = &rec.local {
         let by = match l.origin {
-            None => ", modified".into(),
-            Some(0) => ", modified locally".into(),
+            None => String::new(),
+            Some(0) => " locally".into(),
             Some(o) => match origin_name(o) {
-                Some(n) => format!(", modified by origin \"{n}\""),
-                None => format!(", modified by origin {o}"),
+                Some(n) => format!(" by origin \"{n}\""),
+                None => format!(" by origin {o}"),
             },
         };
+        // "Updating the row that was modified locally …", "Key already exists …, modified by …".
+        if !rec.what.ends_with(" modified") {
+            detail.push_str(", modified");
+        }
         detail.push_str(&by);
         if let Some(x) = l.xid {
             detail.push_str(&format!(" in transaction {x}"));
