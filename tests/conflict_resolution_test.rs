@@ -174,11 +174,7 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     assert!(local.contains("\"local\"") && remote.contains("\"remote\""), "{local} {remote}");
     assert_eq!(counter(&s, "confl_update_origin_differs").await, 1);
     // In PostgreSQL 18's words.
-    nodes
-        .subscriber
-        .wait_for_log("conflict=update_origin_differs", WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    nodes.subscriber.wait_for_log("conflict=update_origin_differs", WAIT).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         nodes.subscriber.log().contains("DETAIL:  Updating the row that was modified locally in transaction"),
         "the LOG line's detail"
@@ -653,5 +649,49 @@ async fn a_copied_row_is_not_blamed_on_an_origin_that_reuses_the_copy_origins_id
     wait_value(&s, "SELECT v FROM t WHERE id = 2", "remote", WAIT).await;
     assert_eq!(counter(&s, "confl_update_origin_differs").await, 0);
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.conflict_log").await, 0);
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// With `track_commit_timestamp` under `error`, a run of UPDATEs is still applied as one batched
+/// statement when none of its rows was last written by another origin (their origins are asked
+/// for at once), and goes one by one — each row's origin looked at — when one was: the row
+/// changed here is reported as `update_origin_differs` and updated all the same, as natively;
+/// rows the initial copy wrote (its origin is gone since) are not a conflict, in a run too.
+#[tokio::test(flavor = "current_thread")]
+async fn runs_of_updates_check_their_rows_origins_at_once() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE c (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!(
+        "{ddl}; INSERT INTO c SELECT g, 'copied' FROM generate_series(1, 300) g; CREATE PUBLICATION pub FOR TABLE t, c"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub\\_%\\_sync\\_%'", "0", WAIT)
+        .await;
+    p.batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1, 300) g").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "300", WAIT).await;
+
+    // Runs of this subscription's own rows, and of the copied ones.
+    p.batch_execute("UPDATE t SET v = 'run 1' WHERE id <= 200; UPDATE c SET v = 'run 1'").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM c WHERE v = 'run 1'", "300", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE v = 'run 1'").await, 200);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.conflict_log").await, 0, "no conflict in those runs");
+
+    // A run with one row changed here.
+    s.batch_execute("UPDATE t SET v = 'local' WHERE id = 150").await.unwrap();
+    p.batch_execute("UPDATE t SET v = 'run 2' WHERE id > 100").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t WHERE v = 'run 2'", "200", WAIT).await;
+    assert_eq!(
+        one::<String>(&s, "SELECT string_agg(conflict_type || ' ' || (key ->> 'id'), ',') FROM pgsub.conflict_log")
+            .await,
+        "update_origin_differs 150"
+    );
+    assert_eq!(counter(&s, "confl_update_origin_differs").await, 1);
+    // Every update counted once, batched or one by one (200 + 200 applied, 1 local).
+    wait_value(&s, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 't'", "401", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }

@@ -72,6 +72,9 @@ const VIEW_HELPERS: &[&str] = &[
 ];
 /// Run by the extension's own script only: closed to everyone else.
 const INTERNAL: &[&str] = &["_extension_created"];
+/// Event trigger functions: SECURITY DEFINER (they change pgsub's closed catalog for whoever runs
+/// the DDL), closed to every role, run only by their event trigger.
+const EVENT_TRIGGER_FUNCTIONS: &[&str] = &["_forget_dropped_tables"];
 
 /// A publisher and a subscriber, table `t (id int PRIMARY KEY, v text)` on both, publication
 /// `pub` for it.
@@ -119,6 +122,8 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
             assert!(admin, "{sig}: pgsub_admin may execute");
         } else if INTERNAL.contains(&name.as_str()) {
             assert!(!plain && !public && !admin && !secdef, "{sig}: internal, closed to every role");
+        } else if EVENT_TRIGGER_FUNCTIONS.contains(&name.as_str()) {
+            assert!(!plain && !public && !admin, "{sig}: an event trigger's, closed to every role");
         } else {
             assert!(
                 VIEW_HELPERS.contains(&name.as_str()),
@@ -127,7 +132,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
             assert!(!secdef, "{sig}: a helper open to everyone must not be SECURITY DEFINER");
         }
     }
-    for f in MANAGEMENT.iter().chain(VIEW_HELPERS.iter()).chain(INTERNAL.iter()) {
+    for f in MANAGEMENT.iter().chain(VIEW_HELPERS.iter()).chain(INTERNAL.iter()).chain(EVENT_TRIGGER_FUNCTIONS.iter()) {
         assert!(seen.iter().any(|n| n == f), "pgsub.{f} exists");
     }
     // The catalog tables themselves are closed; the views are open.
@@ -135,6 +140,8 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         ("pgsub.sub", "plain", false),
         ("pgsub.sub", "admin1", false),
         ("pgsub.sub_rel", "plain", false),
+        ("pgsub.released_origin", "plain", false),
+        ("pgsub.released_origin", "admin1", false),
         ("pgsub.conflict_log", "plain", false),
         ("pgsub.conflict_log", "admin1", true),
         ("pgsub.subscription", "plain", true),

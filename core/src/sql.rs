@@ -19,6 +19,9 @@
 //! ones without it (their partitions hold the rows).
 use postgres_protocol::escape::escape_identifier as quote_ident;
 
+/// The type `oid[]`.
+const OID_ARRAY: u32 = 1028;
+
 /// A local column as the statement builder needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Column {
@@ -71,6 +74,13 @@ pub enum Statement {
         set: Vec<bool>,
         key: Vec<bool>,
     },
+    /// Of a run of rows for a batched UPDATE, the ordinals of those whose local row was last
+    /// written by an origin not among the given ones (under `track_commit_timestamp`): a run with
+    /// one goes one by one, where each row's origin is looked at. Parameters: one array per key
+    /// column, then the origins that are not a conflict (`oid[]`).
+    ForeignOrigins {
+        key: Vec<bool>,
+    },
     /// Whether a row an UPDATE or DELETE did not change is there all the same (a BEFORE ROW
     /// trigger returned NULL): the key condition of the one-row statements, and for `same` the
     /// column must hold the given value (an UPDATE's GENERATED ALWAYS identity columns).
@@ -108,10 +118,14 @@ pub fn build(target: &Target, stmt: &Statement) -> Prepared {
         Statement::Delete { key } => b.delete(key),
         Statement::DeleteBatch { key } => b.delete_batch(key),
         Statement::UpdateBatch { set, key } => b.update_batch(set, key),
+        Statement::ForeignOrigins { key } => b.foreign_origins(key),
         Statement::Find { key, same } => b.find(key, same),
         Statement::Uncomparable { key, odd } => b.uncomparable(key, odd),
     };
-    let generic_plan = matches!(stmt, Statement::DeleteBatch { .. } | Statement::UpdateBatch { .. });
+    let generic_plan = matches!(
+        stmt,
+        Statement::DeleteBatch { .. } | Statement::UpdateBatch { .. } | Statement::ForeignOrigins { .. }
+    );
     Prepared { sql, argtypes: b.argtypes, generic_plan }
 }
 
@@ -269,6 +283,29 @@ impl Builder<'_, '_> {
             args.join(", "),
             outs.join(", "),
             conds.join(" AND ")
+        )
+    }
+
+    fn foreign_origins(&mut self, key: &[bool]) -> String {
+        let (mut args, mut outs, mut conds) = (Vec::new(), Vec::new(), Vec::new());
+        for i in on(key) {
+            let n = self.array_param(i);
+            args.push(format!("pg_catalog.unnest(${n})"));
+            let k = format!("pgsub_k{n}");
+            conds.push(format!("pgsub_t.{} {} pgsub_u.{k}", self.col(i), self.eq(i)));
+            outs.push(k);
+        }
+        self.argtypes.push(OID_ARRAY);
+        format!(
+            "SELECT pgsub_u.pgsub_ord FROM {}{} AS pgsub_t, ROWS FROM ({}) WITH ORDINALITY AS pgsub_u({}, pgsub_ord) \
+             WHERE {} AND (pg_catalog.pg_xact_commit_timestamp_origin(pgsub_t.xmin)).roident \
+             OPERATOR(pg_catalog.<>) ALL (${})",
+            self.only(),
+            self.target.qualified,
+            args.join(", "),
+            outs.join(", "),
+            conds.join(" AND "),
+            self.argtypes.len()
         )
     }
 
@@ -508,6 +545,20 @@ mod tests {
              pgsub_u.pgsub_k1 AND pgsub_t.\"we\"\"ird\" OPERATOR(pg_catalog.=) pgsub_u.pgsub_k2 RETURNING pgsub_u.pgsub_ord"
         );
         assert_eq!(p.argtypes, vec![INT4ARRAY, TEXTARRAY]);
+        assert!(p.generic_plan);
+    }
+
+    #[test]
+    fn foreign_origins_of_a_run_by_its_keys_and_the_origins_given() {
+        let c = cols();
+        let p = build(&target(&c, false, true), &Statement::ForeignOrigins { key: vec![true, false, false] });
+        assert_eq!(
+            p.sql,
+            "SELECT pgsub_u.pgsub_ord FROM \"s\".\"t\" AS pgsub_t, ROWS FROM (pg_catalog.unnest($1)) WITH ORDINALITY \
+             AS pgsub_u(pgsub_k1, pgsub_ord) WHERE pgsub_t.\"id\" OPERATOR(pg_catalog.=) pgsub_u.pgsub_k1 AND \
+             (pg_catalog.pg_xact_commit_timestamp_origin(pgsub_t.xmin)).roident OPERATOR(pg_catalog.<>) ALL ($2)"
+        );
+        assert_eq!(p.argtypes, vec![INT4ARRAY, OID_ARRAY]);
         assert!(p.generic_plan);
     }
 

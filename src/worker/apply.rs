@@ -617,7 +617,7 @@ impl Applier {
             self.flush_updates();
         }
         self.drain_counts(progress);
-        let batching = self.row_by_row_lsn != Some(self.commit_end()) && !conflict::checks_rows();
+        let batching = self.row_by_row_lsn != Some(self.commit_end()) && conflict::batches_updates();
         // Before the relation is bound: an error binding it names this message.
         errctx::set_kind("UPDATE");
         let Some(entry) = self.target(m.rel_oid) else { return };

@@ -173,7 +173,9 @@ impl Applier {
     /// logged like a single UPDATE's). A short run goes one by one.
     pub fn flush_updates(&mut self) {
         let Some(batch) = self.updates.take() else { return };
-        if batch.rows.len() < UPDATE_BATCH_MIN_ROWS {
+        if batch.rows.len() < UPDATE_BATCH_MIN_ROWS
+            || (super::conflict::origins_tracked() && self.foreign_origin_in(&batch))
+        {
             for m in &batch.rows {
                 match with_snapshot(|| self.update_one(m)) {
                     Some((relid, RowOutcome::Applied)) => self.batched.updated(relid, 1),
@@ -225,6 +227,32 @@ impl Applier {
         self.batched.updated(relid, hit);
         self.batched.conflict(relid, ConflictType::UpdateMissing, missing);
         errctx::set_kind("");
+    }
+
+    /// Whether a row of the run was last written by another origin than this subscription's
+    /// (`conflict::batches_updates`): then the run goes one by one, each row's origin looked at.
+    fn foreign_origin_in(&mut self, batch: &UpdateBatch) -> bool {
+        let binary = self.binary;
+        let cxt = self.msg_cxt.value();
+        let Some(entry) = self.rels.get_mut(&batch.rel_oid) else { return false };
+        let RelEntry { remote, local, .. } = entry;
+        let Some(local) = local.as_mut() else { return false };
+        let n = batch.rows.len();
+        let key_cols: Vec<usize> = batch.key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
+        let foreign = with_snapshot(|| {
+            let plan = local.plan(PlanKey::ForeignOrigins { key: batch.key.clone() }, remote);
+            let own = super::conflict::own_origins();
+            in_context(cxt, || {
+                let mut values: Vec<pg_sys::Datum> = key_cols
+                    .iter()
+                    .map(|&c| local.cols[c].array_of(batch.rows.iter().map(|m| m.new.columns.get(c)), n, binary))
+                    .collect();
+                values.push(own.into_datum().unwrap_or(pg_sys::Datum::from(0)));
+                let relid = local.relid;
+                super::owner::as_table_owner(relid, || run_batch(plan, &mut values, pg_sys::SPI_OK_SELECT as i32, n))
+            })
+        });
+        foreign.iter().any(|f| *f)
     }
 
     /// Applies the collected deletes with one `DELETE … USING unnest(…) WITH ORDINALITY …

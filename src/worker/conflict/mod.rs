@@ -147,6 +147,40 @@ pub fn origins_tracked() -> bool {
     unsafe { pg_sys::track_commit_timestamp }
 }
 
+/// Whether runs of UPDATEs may still be batched: under `error`, where a row is read first only
+/// to tell its origin (an origin conflict is reported and the update applied all the same), a
+/// run asks for its rows' origins at once (`foreign_origins`) and goes one by one only when one
+/// of them was written by another origin. Other policies read every row before deciding.
+pub fn batches_updates() -> bool {
+    policy() == Resolution::Error
+}
+
+/// The origins whose rows are never an origin conflict: this session's (the subscription's apply
+/// origin) and the subscription's table synchronization origins that exist. (A row of a dropped
+/// one is told by the one-by-one path, `origin_differs`.)
+pub fn own_origins() -> Vec<pg_sys::Oid> {
+    // SAFETY: this session's replication origin.
+    let mine = unsafe { pg_sys::replorigin_session_origin };
+    let prefix = format!("{}_sync_", catalog::origin_name(my_subid()));
+    let mut out = vec![pg_sys::Oid::from(u32::from(mine))];
+    let sync = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT roident FROM pg_catalog.pg_replication_origin WHERE pg_catalog.starts_with(roname, $1)",
+            None,
+            &[prefix.as_str().into()],
+        )?;
+        let mut ids = Vec::new();
+        for r in rows {
+            if let Some(id) = r.get::<pg_sys::Oid>(1)? {
+                ids.push(id);
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(ids)
+    });
+    out.extend(sync.unwrap_or_default());
+    out
+}
+
 /// Whether UPDATEs and DELETEs read the local row before changing it (and so go one by one).
 pub fn checks_rows() -> bool {
     origins_tracked() || policy() != Resolution::Error
@@ -261,13 +295,18 @@ pub(super) fn before_update(
     if origin_differs(&row) {
         let wins = decide(&row);
         apply = wins;
-        let rec = record(
+        let rec = record::with_identity_key(
+            record(
+                local,
+                ConflictType::UpdateOriginDiffers,
+                std::slice::from_ref(&row),
+                new_values,
+                if policy == Resolution::Error { "apply_remote" } else { resolution_name(policy, wins) },
+                "Updating the row that was modified",
+            ),
             local,
-            ConflictType::UpdateOriginDiffers,
-            std::slice::from_ref(&row),
-            new_values,
-            if policy == Resolution::Error { "apply_remote" } else { resolution_name(policy, wins) },
-            "Updating the row that was modified",
+            key_cols,
+            key_values,
         );
         write(&rec);
         found.push(ConflictType::UpdateOriginDiffers);
@@ -315,13 +354,18 @@ pub(super) fn before_delete(
     }
     let policy = policy();
     let wins = decide(&row);
-    let rec = record(
+    let rec = record::with_identity_key(
+        record(
+            local,
+            ConflictType::DeleteOriginDiffers,
+            std::slice::from_ref(&row),
+            key_values,
+            if policy == Resolution::Error { "apply_remote" } else { resolution_name(policy, wins) },
+            "Deleting the row that was modified",
+        ),
         local,
-        ConflictType::DeleteOriginDiffers,
-        std::slice::from_ref(&row),
+        key_cols,
         key_values,
-        if policy == Resolution::Error { "apply_remote" } else { resolution_name(policy, wins) },
-        "Deleting the row that was modified",
     );
     write(&rec);
     (wins, Some(ConflictType::DeleteOriginDiffers))

@@ -119,6 +119,21 @@ pub(super) fn record(
     }
 }
 
+/// A record of a row found by the replica identity (an origin conflict) names that key, as the
+/// other types name the unique key they collide on.
+pub(super) fn with_identity_key(
+    mut rec: Record,
+    local: &LocalRel,
+    key_cols: &[usize],
+    values: &RemoteValues,
+) -> Record {
+    if rec.key.is_none() && !key_cols.is_empty() {
+        rec.key = remote_rows(local, values, Some(key_cols)).0;
+        rec.key_text = key_text(local, values, key_cols);
+    }
+    rec
+}
+
 /// The message and detail of a conflict, in PostgreSQL 18's words.
 pub(super) fn describe(rec: &Record) -> (String, String) {
     let txn = STATE.with_borrow(|s| s.txn.clone());
