@@ -266,7 +266,9 @@ impl Builder<'_, '_> {
         format!("DELETE FROM {}{} WHERE {w}", self.only(), self.target.qualified)
     }
 
-    fn delete_batch(&mut self, key: &[bool]) -> String {
+    /// A run's key columns as array parameters: the `unnest` calls, their output names and the
+    /// conditions matching the table's rows (`pgsub_t`) to them (`pgsub_u`).
+    fn unnested_keys(&mut self, key: &[bool]) -> (Vec<String>, Vec<String>, Vec<String>) {
         let (mut args, mut outs, mut conds) = (Vec::new(), Vec::new(), Vec::new());
         for i in on(key) {
             let n = self.array_param(i);
@@ -275,6 +277,11 @@ impl Builder<'_, '_> {
             conds.push(format!("pgsub_t.{} {} pgsub_u.{k}", self.col(i), self.eq(i)));
             outs.push(k);
         }
+        (args, outs, conds)
+    }
+
+    fn delete_batch(&mut self, key: &[bool]) -> String {
+        let (args, outs, conds) = self.unnested_keys(key);
         format!(
             "DELETE FROM {}{} AS pgsub_t USING ROWS FROM ({}) WITH ORDINALITY AS pgsub_u({}, pgsub_ord) \
              WHERE {} RETURNING pgsub_u.pgsub_ord",
@@ -287,14 +294,7 @@ impl Builder<'_, '_> {
     }
 
     fn foreign_origins(&mut self, key: &[bool]) -> String {
-        let (mut args, mut outs, mut conds) = (Vec::new(), Vec::new(), Vec::new());
-        for i in on(key) {
-            let n = self.array_param(i);
-            args.push(format!("pg_catalog.unnest(${n})"));
-            let k = format!("pgsub_k{n}");
-            conds.push(format!("pgsub_t.{} {} pgsub_u.{k}", self.col(i), self.eq(i)));
-            outs.push(k);
-        }
+        let (args, outs, conds) = self.unnested_keys(key);
         self.argtypes.push(OID_ARRAY);
         format!(
             "SELECT pgsub_u.pgsub_ord FROM {}{} AS pgsub_t, ROWS FROM ({}) WITH ORDINALITY AS pgsub_u({}, pgsub_ord) \
