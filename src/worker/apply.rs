@@ -140,8 +140,14 @@ impl Applier {
 
     pub fn on_relation(&mut self, rel: Relation) {
         self.flush_batches();
-        // A new definition replaces the old one and its plans.
+        // A new definition replaces the old one and its plans. A local table found to be not the
+        // subscription's stays so (until its invalidation): a root published via its root is
+        // described again for each of its partitions' first change.
+        let mut replaced_by = None;
         if let Some(old) = self.rels.remove(&rel.oid) {
+            if old.remote.namespace == rel.namespace && old.remote.name == rel.name {
+                replaced_by = old.replaced_by;
+            }
             if let Some(l) = old.local {
                 free_plans(l.plans);
             }
@@ -149,7 +155,7 @@ impl Applier {
         let display: std::rc::Rc<str> = format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name)).into();
         self.rels.insert(
             rel.oid,
-            RelEntry { remote: rel, local: None, display, last_used: 0, unlisted_seen: false, replaced_by: None },
+            RelEntry { remote: rel, local: None, display, last_used: 0, unlisted_seen: false, replaced_by },
         );
     }
 

@@ -113,11 +113,16 @@ pub(super) struct RelEntry {
     pub(super) replaced_by: Option<u32>,
 }
 
+thread_local! {
+    /// The relations [`unlisted`] warned about.
+    static WARNED_UNLISTED: std::cell::RefCell<HashSet<String>> = std::cell::RefCell::new(HashSet::new());
+}
+
 /// A change of a relation that is not among the subscription's tables, as native apply treats
 /// it: an ERROR when no local table has its name (the publisher renamed or moved it, or created
 /// it in a `FOR ALL TABLES` publication: native's `logical replication target relation … does
 /// not exist`, retried until it is created or renamed here); otherwise its changes are not
-/// applied, as natively, but said once per worker start and definition, where native is silent.
+/// applied, as natively, but said once per worker start, where native is silent.
 pub(super) fn unlisted(remote: &Relation) {
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
     if super::execute::with_snapshot(|| super::relcat::relation(&qualified)).is_none() {
@@ -127,6 +132,11 @@ pub(super) fn unlisted(remote: &Relation) {
             Some("The publisher sends changes of this table, which is not among the subscription's tables: renamed or moved there, or added to a publication.".into()),
             Some("Create (or rename) the table here and refresh the subscription (pgsub.refresh_subscription); the worker retries."),
         );
+    }
+    // Once per worker and name: a root published via its root is described again (and so looked
+    // at again) for each of its partitions' first change.
+    if !WARNED_UNLISTED.with(|w| w.borrow_mut().insert(qualified.clone())) {
+        return;
     }
     report::log(
         PgLogLevel::WARNING,

@@ -13,6 +13,41 @@ use std::ffi::CStr;
 
 type Code = PgSqlErrorCode;
 
+/// At most this many lookups stay prepared (`run_prepared`); past it the cache starts afresh.
+const MAX_PREPARED: usize = 256;
+
+thread_local! {
+    /// The lookups prepared so far, by their text. The one-by-one path (another policy than
+    /// `error`, `track_commit_timestamp`, the retry of a failed transaction) runs the same few
+    /// shapes for every row of a table; parsing and planning each anew cost several times the
+    /// apply itself. The plans are the plan cache's: a change of the table replans them.
+    static PREPARED: std::cell::RefCell<std::collections::HashMap<String, pgrx::spi::OwnedPreparedStatement>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Runs `sql` (parameters of `types`) through its prepared plan, preparing it the first time.
+fn run_prepared<'conn>(
+    c: &mut pgrx::spi::SpiClient<'conn>,
+    sql: &str,
+    types: &[PgOid],
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> pgrx::spi::SpiResult<pgrx::spi::SpiTupleTable<'conn>> {
+    let known = PREPARED.with_borrow(|m| m.contains_key(sql));
+    if !known {
+        let stmt = c.prepare_mut(sql, types)?.keep();
+        PREPARED.with_borrow_mut(|m| {
+            if m.len() >= MAX_PREPARED {
+                m.clear();
+            }
+            m.insert(sql.to_string(), stmt);
+        });
+    }
+    PREPARED.with_borrow(|m| match m.get(sql) {
+        Some(stmt) => c.update(stmt, None, args),
+        None => c.update(sql, None, args),
+    })
+}
+
 /// A local row found by a lookup.
 #[derive(Clone)]
 pub(super) struct LocalRow {
@@ -171,10 +206,10 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
          WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate \
          ORDER BY i.indisprimary DESC, c.relname";
     type Row = (String, Vec<String>, bool, Option<String>, bool, Vec<String>, Vec<String>);
-    let rows = Spi::connect(|c| {
+    let rows = Spi::connect_mut(|c| {
         let mut out: Vec<Row> = Vec::new();
         let strings = |v: Option<Vec<Option<String>>>| v.unwrap_or_default().into_iter().flatten().collect::<Vec<_>>();
-        for row in c.select(sql, None, &[local.relid.into()])? {
+        for row in run_prepared(c, sql, &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)], &[local.relid.into()])? {
             out.push((
                 row.get::<String>(1)?.unwrap_or_default(),
                 strings(row.get::<Vec<Option<String>>>(2)?),
@@ -319,7 +354,8 @@ fn select_locked(
         // Read-write: the rows are locked (FOR UPDATE).
         Spi::connect_mut(|c| {
             let mut out = Vec::new();
-            for row in c.update(&sql, None, &args)? {
+            let text = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID); args.len()];
+            for row in run_prepared(c, &sql, &text, &args)? {
                 out.push(LocalRow {
                     relation: row.get::<String>(1)?.unwrap_or_default(),
                     tableoid: row.get::<i64>(2)?.unwrap_or_default() as u32,
