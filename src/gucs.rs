@@ -104,7 +104,7 @@ pub fn define(preloading: bool) {
     GucRegistry::define_bool_guc(
         c"pgsub.flush_when_idle",
         c"Whether an apply worker flushes the WAL of its applied commits when it has nothing else to do.",
-        c"With synchronous_commit off, applied commits are confirmed to the publisher once durable. On, the worker flushes them itself as soon as its socket is empty (one WAL flush per idle moment); off, it waits for the WAL writer (up to wal_writer_delay), as PostgreSQL's own subscriber does.",
+        c"With synchronous_commit off, applied commits are confirmed to the publisher once durable. On, the worker flushes them itself as soon as its socket is empty (one WAL flush per idle moment, at most every 10 ms); off, it waits for the WAL writer (up to wal_writer_delay), as PostgreSQL's own subscriber does.",
         &FLUSH_WHEN_IDLE,
         GucContext::Sighup,
         GucFlags::default(),

@@ -60,3 +60,73 @@ async fn a_synchronous_publisher_does_not_wait_for_the_subscribers_wal_writer() 
     p.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
+
+/// `pgsub.flush_when_idle` under a steady stream of small transactions: the socket empties after
+/// nearly every one, and a WAL flush at each of those moments would fsync hundreds of times a
+/// second; the worker flushes at most every 10 ms (and still confirms every commit). Counted in
+/// the subscriber's `pg_stat_wal.wal_sync` (fsync on; the WAL writer's delay is 10 s).
+#[tokio::test(flavor = "current_thread")]
+async fn a_steady_stream_of_small_transactions_is_flushed_at_most_every_10_ms() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber()
+            .with_conf("fsync = on")
+            .with_conf("wal_writer_delay = 10s")
+            .with_conf("autovacuum = off"),
+    )
+    .expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('g', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "g", WAIT).await;
+    // The worker's WAL counters reach pg_stat_wal with its table statistics: once it is idle
+    // they are all there, and the count stands still.
+    let settled = || async {
+        let mut last: i64 = -1;
+        let mut same = 0;
+        loop {
+            let n: i64 = one(&s, "SELECT wal_sync FROM pg_stat_wal").await;
+            same = if n == last { same + 1 } else { 0 };
+            if same >= 3 {
+                return n;
+            }
+            last = n;
+            // Polling for the count to stand still, not a wait for a condition of its own.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    };
+    let before = settled().await;
+    let n = 400i32;
+    let t0 = Instant::now();
+    for i in 1..=n {
+        p.execute("INSERT INTO t VALUES ($1, 'x')", &[&i]).await.unwrap();
+    }
+    let elapsed = t0.elapsed();
+    wait_for("every row", WAIT, || async {
+        let c: i64 = one(&s, "SELECT count(*) FROM t").await;
+        Ok((c == i64::from(n)).then_some(()))
+    })
+    .await
+    .unwrap();
+    // Every commit is confirmed as flushed all the same.
+    wait_for("the publisher's slot confirmed to its WAL end", WAIT, || async {
+        let done: bool = one(
+            &p,
+            "SELECT confirmed_flush_lsn >= pg_current_wal_lsn() FROM pg_replication_slots WHERE slot_name = 'g'",
+        )
+        .await;
+        Ok(done.then_some(()))
+    })
+    .await
+    .unwrap();
+    let syncs = settled().await - before;
+    let bound = elapsed.as_millis() as i64 / 10 + 20;
+    eprintln!("{n} transactions in {elapsed:?}: {syncs} WAL syncs on the subscriber (bound {bound})");
+    assert!(syncs <= bound, "{syncs} WAL syncs for {n} transactions in {elapsed:?}: more than one per 10 ms");
+    assert_replicated_equal(&p, &s).await;
+}

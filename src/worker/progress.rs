@@ -29,6 +29,8 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The shortest time between two status updates that only report moved positions.
 pub const REPORT_MIN_GAP: Duration = Duration::from_millis(10);
+/// The least time between two idle WAL flushes of the apply worker (`flush_applied`).
+pub const FLUSH_MIN_GAP: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 pub struct Counters {
@@ -166,6 +168,9 @@ pub struct Progress {
     last_report_at: Option<Instant>,
     /// A move of the positions not reported yet (`report_due`).
     unreported: bool,
+    /// When `flush_applied` last flushed, and whether one was held back since (`FLUSH_MIN_GAP`).
+    flushed_at: Option<Instant>,
+    flush_held: bool,
     last_publish_at: Instant,
     /// Each table's entry in `monitor.rs`, found once.
     table_hints: HashMap<u32, usize>,
@@ -193,6 +198,8 @@ impl Progress {
             last_reported: (Lsn::INVALID, Lsn::INVALID),
             last_report_at: None,
             unreported: false,
+            flushed_at: None,
+            flush_held: false,
             last_publish_at: Instant::now(),
             table_hints: HashMap::new(),
             warned_full: false,
@@ -294,14 +301,30 @@ impl Progress {
     /// that they can be confirmed without waiting for the WAL writer. Called when the socket is
     /// empty: under a steady stream the flushes are one per idle moment, not one per commit.
     pub fn flush_applied(&mut self) {
+        self.flush_held = false;
         let Some(&(_, last)) = self.pending.back() else { return };
         // SAFETY: reads the shared WAL flush pointer; XLogFlush writes and fsyncs WAL up to a
         // position already inserted (a commit record's end), outside any transaction.
         unsafe {
-            if last.0 > pg_sys::GetFlushRecPtr(std::ptr::null_mut()) {
-                pg_sys::XLogFlush(last.0);
+            if last.0 <= pg_sys::GetFlushRecPtr(std::ptr::null_mut()) {
+                return;
             }
+            // At most every FLUSH_MIN_GAP: a steady stream of small transactions leaves the
+            // socket empty after nearly each one, and a flush for each would fsync the WAL
+            // hundreds of times a second (bench/NOTES.md, 26). A held-back flush shortens the
+            // next wait to do it.
+            if self.flushed_at.is_some_and(|t| t.elapsed() < FLUSH_MIN_GAP) {
+                self.flush_held = true;
+                return;
+            }
+            pg_sys::XLogFlush(last.0);
         }
+        self.flushed_at = Some(Instant::now());
+    }
+
+    /// A flush is held back until `FLUSH_MIN_GAP` has passed (`flush_applied`): how long is left.
+    pub fn flush_held_for(&self) -> Option<Duration> {
+        self.flush_held.then(|| FLUSH_MIN_GAP.saturating_sub(self.flushed_at.map_or(FLUSH_MIN_GAP, |t| t.elapsed())))
     }
 
     /// Whether local commits are waiting to become durable before they can be confirmed.

@@ -592,6 +592,8 @@ impl Stream {
         let holding = self.catchup_end.is_none() && self.hold.pending(self.sub.subid);
         let timeout_ms = if self.batching {
             1
+        } else if let Some(left) = self.progress.flush_held_for() {
+            (left.as_millis() as i64).max(1)
         } else if self.progress.unreported() {
             super::progress::REPORT_MIN_GAP.as_millis() as i64
         } else if self.progress.awaiting_flush() || syncing || holding {
