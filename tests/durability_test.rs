@@ -7,16 +7,16 @@
 //! subscriber's WAL writer at every commit.
 use pgsub_tests::{assert_replicated_equal, one, wait_for, wait_for_subscription_sync, ClusterOpts, TwoNodes};
 use std::time::{Duration, Instant};
+use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(300);
 
-/// The subscriber's WAL writer flushes every 10 s (its longest delay) and nothing else there
-/// commits synchronously: a commit confirmed within 5 s was flushed by the apply worker.
-#[tokio::test(flavor = "current_thread")]
-async fn a_synchronous_publisher_does_not_wait_for_the_subscribers_wal_writer() {
+/// A publisher and a subscriber (`sub_opts`, with the WAL writer's longest delay and no
+/// autovacuum: nothing else there flushes the WAL) with table t, and subscription `g` streaming.
+async fn streaming(sub_opts: ClusterOpts) -> (TwoNodes, Client, Client) {
     let nodes = TwoNodes::start_with(
         ClusterOpts::publisher(),
-        ClusterOpts::subscriber().with_conf("wal_writer_delay = 10s").with_conf("autovacuum = off"),
+        sub_opts.with_conf("wal_writer_delay = 10s").with_conf("autovacuum = off"),
     )
     .expect("start");
     let (p, s) = nodes.clients().await.expect("clients");
@@ -28,6 +28,14 @@ async fn a_synchronous_publisher_does_not_wait_for_the_subscribers_wal_writer() 
         .await
         .expect("create");
     wait_for_subscription_sync(&s, "g", WAIT).await;
+    (nodes, p, s)
+}
+
+/// The subscriber's WAL writer flushes every 10 s (its longest delay) and nothing else there
+/// commits synchronously: a commit confirmed within 5 s was flushed by the apply worker.
+#[tokio::test(flavor = "current_thread")]
+async fn a_synchronous_publisher_does_not_wait_for_the_subscribers_wal_writer() {
+    let (_nodes, p, s) = streaming(ClusterOpts::subscriber()).await;
 
     // The subscription becomes the publisher's synchronous standby: each commit there returns
     // only once the subscriber has confirmed it as flushed.
@@ -67,23 +75,7 @@ async fn a_synchronous_publisher_does_not_wait_for_the_subscribers_wal_writer() 
 /// the subscriber's `pg_stat_wal.wal_sync` (fsync on; the WAL writer's delay is 10 s).
 #[tokio::test(flavor = "current_thread")]
 async fn a_steady_stream_of_small_transactions_is_flushed_at_most_every_10_ms() {
-    let nodes = TwoNodes::start_with(
-        ClusterOpts::publisher(),
-        ClusterOpts::subscriber()
-            .with_conf("fsync = on")
-            .with_conf("wal_writer_delay = 10s")
-            .with_conf("autovacuum = off"),
-    )
-    .expect("start");
-    let (p, s) = nodes.clients().await.expect("clients");
-    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
-    p.batch_execute(ddl).await.unwrap();
-    s.batch_execute(ddl).await.unwrap();
-    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('g', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
-        .await
-        .expect("create");
-    wait_for_subscription_sync(&s, "g", WAIT).await;
+    let (_nodes, p, s) = streaming(ClusterOpts::subscriber().with_conf("fsync = on")).await;
     // The worker's WAL counters reach pg_stat_wal with its table statistics: once it is idle
     // they are all there, and the count stands still.
     let settled = || async {
