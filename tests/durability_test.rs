@@ -5,7 +5,9 @@
 //! the WAL writer; the publisher then learns at once that it may let the WAL go — and a
 //! publisher that names the subscription in `synchronous_standby_names` does not wait for the
 //! subscriber's WAL writer at every commit.
-use pgsub_tests::{assert_replicated_equal, one, wait_for, wait_for_subscription_sync, ClusterOpts, TwoNodes};
+use pgsub_tests::{
+    assert_replicated_equal, one, server_major, wait_for, wait_for_subscription_sync, ClusterOpts, TwoNodes,
+};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -76,13 +78,18 @@ async fn a_synchronous_publisher_does_not_wait_for_the_subscribers_wal_writer() 
 #[tokio::test(flavor = "current_thread")]
 async fn a_steady_stream_of_small_transactions_is_flushed_at_most_every_10_ms() {
     let (_nodes, p, s) = streaming(ClusterOpts::subscriber().with_conf("fsync = on")).await;
-    // The worker's WAL counters reach pg_stat_wal with its table statistics: once it is idle
-    // they are all there, and the count stands still.
+    // The worker's WAL counters reach pg_stat_wal (PostgreSQL 18: pg_stat_io's WAL rows) with its
+    // table statistics: once it is idle they are all there, and the count stands still.
+    let wal_syncs = if server_major() >= 18 {
+        "SELECT coalesce(sum(fsyncs), 0)::int8 FROM pg_stat_io WHERE object = 'wal'"
+    } else {
+        "SELECT wal_sync FROM pg_stat_wal"
+    };
     let settled = || async {
         let mut last: i64 = -1;
         let mut same = 0;
         loop {
-            let n: i64 = one(&s, "SELECT wal_sync FROM pg_stat_wal").await;
+            let n: i64 = one(&s, wal_syncs).await;
             same = if n == last { same + 1 } else { 0 };
             if same >= 3 {
                 return n;
