@@ -235,6 +235,11 @@ fn run(subid: i32, relid: u32) {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
         }
     });
+    // Durable before the slot is dropped below, whatever the subscription's synchronous_commit
+    // (native's finish_sync_worker flushes too): after a crash that lost the commit the table
+    // would be synchronized again from a slot that is gone.
+    // SAFETY: flushes the WAL up to this process's last commit, outside a transaction.
+    unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
     shmem::with_sync_slot(subid, relid, |s| {
         s.done_lsn = end.0;
         s.phase = SyncPhase::Done;
