@@ -695,3 +695,50 @@ async fn runs_of_updates_check_their_rows_origins_at_once() {
     wait_value(&s, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 't'", "401", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// With `track_commit_timestamp` under `error`, runs of DELETEs are batched as UPDATEs are: a run
+/// of this subscription's own rows or of copied rows is deleted with no conflict, and a run with
+/// one row changed here goes one by one — that row reported as `delete_origin_differs` and
+/// deleted all the same, as natively — while a row missing here is still `delete_missing`.
+#[tokio::test(flavor = "current_thread")]
+async fn runs_of_deletes_check_their_rows_origins_at_once() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE c (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!(
+        "{ddl}; INSERT INTO c SELECT g, 'copied' FROM generate_series(1, 300) g; CREATE PUBLICATION pub FOR TABLE t, c"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub\\_%\\_sync\\_%'", "0", WAIT)
+        .await;
+    p.batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1, 400) g").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "400", WAIT).await;
+
+    // Runs of this subscription's own rows, and of the copied ones.
+    p.batch_execute("DELETE FROM t WHERE id <= 100; DELETE FROM c WHERE id <= 200").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM c", "100", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 300);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.conflict_log").await, 0, "no conflict in those runs");
+
+    // A run with one row changed here and one row missing here.
+    s.batch_execute("UPDATE t SET v = 'local' WHERE id = 250; DELETE FROM t WHERE id = 260").await.unwrap();
+    p.batch_execute("DELETE FROM t WHERE id > 200").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "100", WAIT).await;
+    assert_eq!(
+        one::<String>(
+            &s,
+            "SELECT string_agg(conflict_type || ' ' || (key ->> 'id'), ',' ORDER BY conflict_type) FROM pgsub.conflict_log"
+        )
+        .await,
+        "delete_missing 260,delete_origin_differs 250"
+    );
+    assert_eq!(counter(&s, "confl_delete_origin_differs").await, 1);
+    assert_eq!(counter(&s, "confl_delete_missing").await, 1);
+    // 100 + 200 deleted in runs, 199 one by one, and the local one.
+    wait_value(&s, "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 't'", "300", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}

@@ -758,7 +758,8 @@ impl Applier {
 
     /// DELETE: consecutive deletes from one table by the same key columns are collected and
     /// applied with one statement (`flush_deletes`) when the run ends; deletes that cannot be
-    /// batched (REPLICA IDENTITY FULL, a key type without an array type) go one by one.
+    /// batched (REPLICA IDENTITY FULL, a key type without an array type, a conflict policy that
+    /// reads every row first) go one by one (`delete_one`).
     pub fn delete(&mut self, m: Delete, progress: &mut Progress) {
         self.require_txn("DELETE");
         self.flush_inserts();
@@ -767,9 +768,9 @@ impl Applier {
             self.flush_deletes();
         }
         self.drain_counts(progress);
-        let batching = self.row_by_row_lsn != Some(self.commit_end()) && !conflict::checks_rows();
-        let binary = self.binary;
-        let cxt = self.msg_cxt.value();
+        // Under `error` with `track_commit_timestamp` a run is still batched: its rows' origins
+        // are asked for at once (`flush_deletes`), as for UPDATEs.
+        let batching = self.row_by_row_lsn != Some(self.commit_end()) && conflict::batches_updates();
         // Before the relation is bound: an error binding it names this message.
         errctx::set_kind("DELETE");
         let Some(entry) = self.target(m.rel_oid) else { return };
@@ -780,18 +781,6 @@ impl Applier {
         };
         check_width(remote, old, "old tuple");
         let (full, key) = local.row_identity(remote, old);
-        if full {
-            let odd = uncomparable(old, &local.cols);
-            if let Some(first) = odd.iter().position(|o| *o) {
-                if with_snapshot(|| local.uncomparable_candidate(remote, old, &key, &odd, binary, cxt)) {
-                    no_equality(local.cols[first].typid);
-                }
-                progress.counters.conflict(local.relid, ConflictType::DeleteMissing, 1);
-                let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
-                missing_row("DELETE", &target);
-                return;
-            }
-        }
         let batchable = batching
             && !full
             && !local.picks_one_row(remote)
@@ -814,6 +803,41 @@ impl Applier {
             }
             return;
         }
+        // In order: a collected run of this table goes first.
+        self.flush_deletes();
+        match self.delete_one(&m) {
+            Some((relid, RowOutcome::Applied)) => progress.counters.deleted(relid, 1),
+            Some((relid, RowOutcome::Missing)) => progress.counters.conflict(relid, ConflictType::DeleteMissing, 1),
+            Some((_, RowOutcome::Skipped)) | None => {}
+        }
+        self.drain_counts(progress);
+    }
+
+    /// One DELETE through its prepared plan: Some((local table, outcome)), None when not applied
+    /// here. With `conflict::checks_rows` the local row is read first and an origin conflict
+    /// resolved (`conflict::before_delete`); a row kept by the policy is `Skipped`.
+    pub(super) fn delete_one(&mut self, m: &Delete) -> Option<(pg_sys::Oid, RowOutcome)> {
+        let binary = self.binary;
+        let cxt = self.msg_cxt.value();
+        errctx::set_kind("DELETE");
+        let entry = self.target(m.rel_oid)?;
+        let RelEntry { remote, local, .. } = entry;
+        let local = local.as_mut()?;
+        let old = match &m.old {
+            OldTuple::Key(t) | OldTuple::Full(t) => t,
+        };
+        let (full, key) = local.row_identity(remote, old);
+        if full {
+            let odd = uncomparable(old, &local.cols);
+            if let Some(first) = odd.iter().position(|o| *o) {
+                if with_snapshot(|| local.uncomparable_candidate(remote, old, &key, &odd, binary, cxt)) {
+                    no_equality(local.cols[first].typid);
+                }
+                let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
+                missing_row("DELETE", &target);
+                return Some((local.relid, RowOutcome::Missing));
+            }
+        }
         if conflict::checks_rows() {
             let key_cols: Vec<usize> = (0..key.len()).filter(|&i| key[i]).collect();
             let (apply, found) = with_snapshot(|| {
@@ -821,10 +845,10 @@ impl Applier {
                 conflict::before_delete(local, &key_cols, &key_values)
             });
             if let Some(t) = found {
-                progress.counters.conflict(local.relid, t, 1);
+                conflict::count(local.relid, t);
             }
             if !apply {
-                return;
+                return Some((local.relid, RowOutcome::Skipped));
             }
         }
         let processed = with_snapshot(|| {
@@ -843,12 +867,14 @@ impl Applier {
             })
         });
         if processed > 0 {
-            progress.counters.deleted(local.relid, 1);
-        } else if !with_snapshot(|| local.holds_row(remote, old, &key, None, binary, cxt)) {
-            progress.counters.conflict(local.relid, ConflictType::DeleteMissing, 1);
-            let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
-            missing_row("DELETE", &target);
+            return Some((local.relid, RowOutcome::Applied));
         }
+        if with_snapshot(|| local.holds_row(remote, old, &key, None, binary, cxt)) {
+            return Some((local.relid, RowOutcome::Skipped));
+        }
+        let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
+        missing_row("DELETE", &target);
+        Some((local.relid, RowOutcome::Missing))
     }
 
     pub fn truncate(&mut self, m: Truncate, progress: &mut Progress) {

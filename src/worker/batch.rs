@@ -11,7 +11,7 @@ use super::progress::Progress;
 use super::relation::{PlanKey, RelEntry};
 use crate::shmem::ConflictType;
 use pgrx::prelude::*;
-use pgsub_proto::pgoutput::{Delete, Insert, OldTuple, TupleValue, Update};
+use pgsub_proto::pgoutput::{Delete, Insert, OldTuple, TupleData, TupleValue, Update};
 use std::collections::HashSet;
 
 /// A run of INSERTs into one relation, waiting to be loaded together.
@@ -29,6 +29,12 @@ pub(super) struct InsertBatch {
 pub(super) const BATCH_MAX_ROWS: usize = 10_000;
 
 pub(super) const BATCH_MAX_BYTES: usize = 8 << 20;
+
+/// The key (or whole old row) a DELETE names its row by.
+fn old_of(m: &Delete) -> &TupleData {
+    let (OldTuple::Key(t) | OldTuple::Full(t)) = &m.old;
+    t
+}
 
 /// A run of DELETEs from one table by the same key columns, applied with one statement.
 pub(super) struct DeleteBatch {
@@ -174,7 +180,10 @@ impl Applier {
     pub fn flush_updates(&mut self) {
         let Some(batch) = self.updates.take() else { return };
         if batch.rows.len() < UPDATE_BATCH_MIN_ROWS
-            || (super::conflict::origins_tracked() && self.foreign_origin_in(&batch))
+            || (super::conflict::origins_tracked() && {
+                let news: Vec<&TupleData> = batch.rows.iter().map(|m| &m.new).collect();
+                self.foreign_origin_in(batch.rel_oid, &batch.key, &news)
+            })
         {
             for m in &batch.rows {
                 match with_snapshot(|| self.update_one(m)) {
@@ -229,23 +238,24 @@ impl Applier {
         errctx::set_kind("");
     }
 
-    /// Whether a row of the run was last written by another origin than this subscription's
-    /// (`conflict::batches_updates`): then the run goes one by one, each row's origin looked at.
-    fn foreign_origin_in(&mut self, batch: &UpdateBatch) -> bool {
+    /// Whether a row of a run (of `rel_oid`, found by the `key` columns of `tuples`) was last
+    /// written by another origin than this subscription's (`conflict::batches_updates`): then the
+    /// run goes one by one, each row's origin looked at.
+    fn foreign_origin_in(&mut self, rel_oid: u32, key: &[bool], tuples: &[&TupleData]) -> bool {
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
-        let Some(entry) = self.rels.get_mut(&batch.rel_oid) else { return false };
+        let Some(entry) = self.rels.get_mut(&rel_oid) else { return false };
         let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return false };
-        let n = batch.rows.len();
-        let key_cols: Vec<usize> = batch.key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
+        let n = tuples.len();
+        let key_cols: Vec<usize> = key.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
         let foreign = with_snapshot(|| {
-            let plan = local.plan(PlanKey::ForeignOrigins { key: batch.key.clone() }, remote);
+            let plan = local.plan(PlanKey::ForeignOrigins { key: key.to_vec() }, remote);
             let own = super::conflict::own_origins();
             in_context(cxt, || {
                 let mut values: Vec<pg_sys::Datum> = key_cols
                     .iter()
-                    .map(|&c| local.cols[c].array_of(batch.rows.iter().map(|m| m.new.columns.get(c)), n, binary))
+                    .map(|&c| local.cols[c].array_of(tuples.iter().map(|t| t.columns.get(c)), n, binary))
                     .collect();
                 values.push(own.into_datum().unwrap_or(pg_sys::Datum::from(0)));
                 let relid = local.relid;
@@ -262,6 +272,19 @@ impl Applier {
     /// DELETEs would.
     pub fn flush_deletes(&mut self) {
         let Some(batch) = self.deletes.take() else { return };
+        if super::conflict::origins_tracked() && {
+            let olds: Vec<&TupleData> = batch.rows.iter().map(old_of).collect();
+            self.foreign_origin_in(batch.rel_oid, &batch.key, &olds)
+        } {
+            for m in &batch.rows {
+                match self.delete_one(m) {
+                    Some((relid, RowOutcome::Applied)) => self.batched.deleted(relid, 1),
+                    Some((relid, RowOutcome::Missing)) => self.batched.conflict(relid, ConflictType::DeleteMissing, 1),
+                    Some((_, RowOutcome::Skipped)) | None => {}
+                }
+            }
+            return;
+        }
         let binary = self.binary;
         let cxt = self.msg_cxt.value();
         let Some(entry) = self.rels.get_mut(&batch.rel_oid) else { return };
@@ -278,10 +301,7 @@ impl Applier {
                 let mut values: Vec<pg_sys::Datum> = key_cols
                     .iter()
                     .map(|&c| {
-                        let olds = batch.rows.iter().map(|m| {
-                            let (OldTuple::Key(t) | OldTuple::Full(t)) = &m.old;
-                            t.columns.get(c)
-                        });
+                        let olds = batch.rows.iter().map(|m| old_of(m).columns.get(c));
                         local.cols[c].array_of(olds, n, binary)
                     })
                     .collect();
@@ -293,14 +313,11 @@ impl Applier {
         });
         let present: Vec<bool> = (0..n)
             .map(|i| {
-                let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
-                !found[i] && with_snapshot(|| local.holds_row(remote, t, &batch.key, None, binary, cxt))
+                !found[i]
+                    && with_snapshot(|| local.holds_row(remote, old_of(&batch.rows[i]), &batch.key, None, binary, cxt))
             })
             .collect();
-        let target = |i: usize| {
-            let (OldTuple::Key(t) | OldTuple::Full(t)) = &batch.rows[i].old;
-            with_snapshot(|| local.row_target(t, &batch.key, binary, cxt))
-        };
+        let target = |i: usize| with_snapshot(|| local.row_target(old_of(&batch.rows[i]), &batch.key, binary, cxt));
         let mut hit = 0;
         let missing = tally(&found, "DELETE", &present, target, &mut hit);
         self.batched.deleted(relid, hit);
