@@ -34,17 +34,29 @@ use std::ffi::CString;
 
 type Code = PgSqlErrorCode;
 
-/// The periodic sequence sync interval in ms (Some(0): off); a negative one is refused.
+/// The longest periodic sequence sync interval taken: a year, in ms.
+const SEQUENCE_SYNC_MAX_MS: i64 = 366 * 24 * 3600 * 1000;
+
+/// The periodic sequence sync interval in ms (Some(0): off); a negative one, one shorter than a
+/// millisecond but not zero (it would be stored as off), and one over a year are refused.
 fn interval_ms(i: Option<Interval>) -> Option<i64> {
     let i = i?;
-    let ms = i64::try_from(i.as_micros() / 1000).unwrap_or(i64::MAX);
-    if ms < 0 {
+    let micros = i.as_micros();
+    let hint = Some("Pass an interval such as '1 min'; '0' turns the periodic sync off.");
+    if micros < 0 {
+        error(Code::ERRCODE_INVALID_PARAMETER_VALUE, "sequence_sync_interval must not be negative", None, hint);
+    }
+    let ms = i64::try_from(micros / 1000).unwrap_or(i64::MAX);
+    if micros > 0 && ms == 0 {
         error(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            "sequence_sync_interval must not be negative",
+            "sequence_sync_interval must be at least 1 millisecond",
             None,
-            Some("Pass an interval such as '1 min'; '0' (in alter_subscription_options) turns the periodic sync off."),
+            hint,
         );
+    }
+    if ms > SEQUENCE_SYNC_MAX_MS {
+        error(Code::ERRCODE_INVALID_PARAMETER_VALUE, "sequence_sync_interval must be at most 1 year", None, hint);
     }
     Some(ms)
 }

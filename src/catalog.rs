@@ -4,6 +4,7 @@
 //! inside a transaction. The SQL functions (`api.rs`) run as SECURITY DEFINER and call the
 //! plain functions; the workers, which run as the subscription owner, get the same statements
 //! run as superuser (`as_superuser`) where noted.
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 pub use pgsub_core::state::{Resolution, StreamingMode, SyncState};
@@ -517,7 +518,32 @@ fn free_subid() -> SpiResult<i32> {
     }
 }
 
+/// Runs a write of `pgsub.sub`: a CHECK or NOT NULL violation's DETAIL ("Failing row contains
+/// …") would print the whole row, the connection string and its password with it, to the caller
+/// and the server log. Such an error is raised again without it.
+fn hiding_row<T>(write: impl FnOnce() -> T) -> T {
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(write))
+        .catch_others(|e| match e {
+            CaughtError::PostgresError(ref r) | CaughtError::ErrorReport(ref r)
+                if r.detail().is_some_and(|d| d.starts_with("Failing row contains")) =>
+            {
+                crate::report::error(
+                    r.sql_error_code(),
+                    r.message().to_string(),
+                    Some("The row is not shown: it holds the connection string.".into()),
+                    r.hint(),
+                )
+            }
+            other => other.rethrow(),
+        })
+        .execute()
+}
+
 pub fn insert(sub: &NewSubscription) -> SpiResult<Option<i32>> {
+    hiding_row(|| insert_row(sub))
+}
+
+fn insert_row(sub: &NewSubscription) -> SpiResult<Option<i32>> {
     let o = &sub.options;
     let subid = free_subid()?;
     Spi::get_one_with_args::<i32>(
@@ -590,6 +616,10 @@ pub enum Change<'a> {
 }
 
 pub fn update(subid: i32, change: Change) -> SpiResult<()> {
+    hiding_row(|| update_row(subid, change))
+}
+
+fn update_row(subid: i32, change: Change) -> SpiResult<()> {
     match change {
         Change::Conninfo(c) => {
             Spi::run_with_args("UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1", &[subid.into(), c.into()])

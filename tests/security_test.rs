@@ -409,6 +409,22 @@ async fn passwords_never_shown_nor_logged() {
         must_fail(&admin, "SELECT pgsub.alter_subscription_connection('sec', $1)", &[&wrong]).await.code_and_text();
     assert_eq!(code, "28P01");
     assert!(!text.contains(WRONG_PASSWORD), "{text}");
+    // Option values out of range are refused before they reach the catalog (a year of
+    // centuries used to wrap around and fail the table's CHECK constraint, whose DETAIL printed
+    // the row with its connection string), and any constraint violation of the catalog row is
+    // raised without that DETAIL: a probe constraint stands for one.
+    for (arg, says) in [("'1000000 years'", "at most 1 year"), ("'1 microsecond'", "at least 1 millisecond")] {
+        let sql = format!("SELECT pgsub.alter_subscription_options('sec', sequence_sync_interval => {arg})");
+        let (code, text) = must_fail(&admin, &sql, &[]).await.code_and_text();
+        assert_eq!(code, "22023", "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    s.batch_execute("ALTER TABLE pgsub.sub ADD CONSTRAINT probe CHECK (subname <> 'probe')").await.unwrap();
+    let (code, text) = must_fail(&admin, "SELECT pgsub.rename_subscription('sec', 'probe')", &[]).await.code_and_text();
+    assert_eq!(code, "23514", "{text}");
+    assert!(text.contains("violates check constraint \"probe\""), "{text}");
+    assert!(!text.contains(PASSWORD) && !text.contains("Failing row"), "the row in the error: {text}");
+    s.batch_execute("ALTER TABLE pgsub.sub DROP CONSTRAINT probe").await.unwrap();
 
     // Connection failures in the worker: the publisher changes the password; the worker fails to
     // log in again and again, its errors carry no password.
