@@ -3,6 +3,12 @@
 -- counters joined with the catalog), pgsub.stat_subscription_table and pgsub.lag_history (issue
 -- 21), pgsub.skip_transaction, and the privileges of it all.
 
+-- Row estimates of the functions the views read (set at the end of this file): a row per
+-- subscription or table, not the planner's default of 1000 per function. With that default the
+-- views' joins were estimated at millions of rows, over `jit_above_cost`, and with `jit = on`
+-- (PostgreSQL's default) every read of a view spent seconds compiling its query
+-- (`monitoring_test::views_are_cheap_enough_to_never_be_jit_compiled`).
+
 CREATE FUNCTION pgsub._ts(us bigint) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN us = 0 THEN NULL
@@ -317,8 +323,8 @@ REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;
 --   conflicts           warning   the conflicts counter above the count given for the subscription
 --                                 in conflicts_seen ({"subname": count}, default none: above 0)
 --   slot_retains_wal    warning   a slot of the subscription on its publisher retains more than
---                                 retained_wal_bytes of WAL (critical when wal_status is
---                                 unreserved or lost)
+--                                 retained_wal_bytes of WAL; critical, whatever it retains, when
+--                                 its wal_status is unreserved or lost
 --   slot_missing        critical  the subscription's slot does not exist on the publisher
 --   publisher_unreachable warning the publisher could not be read within publisher_timeout
 --   not_preloaded       critical  pgsub is not in shared_preload_libraries
@@ -386,11 +392,20 @@ problems AS (
     UNION ALL
     SELECT l.subname, 'slot_retains_wal',
            CASE WHEN l.wal_status IN ('unreserved', 'lost') THEN 'critical' ELSE 'warning' END,
-           format('slot %s on the publisher retains %s bytes of WAL (%s; threshold %s), active %s, wal_status %s',
-                  l.slot_name, l.retained_wal_bytes, pg_size_pretty(l.retained_wal_bytes),
-                  check_health.retained_wal_bytes, l.active, coalesce(l.wal_status, 'unknown')),
+           CASE WHEN l.wal_status = 'lost'
+                THEN format('slot %s on the publisher is lost (wal_status lost): the publisher removed WAL it '
+                            'still needed (max_slot_wal_keep_size); the subscription cannot go on and must be '
+                            'dropped and created again', l.slot_name)
+                ELSE format('slot %s on the publisher retains %s bytes of WAL (%s; threshold %s), active %s, wal_status %s',
+                            l.slot_name, l.retained_wal_bytes, pg_size_pretty(l.retained_wal_bytes),
+                            check_health.retained_wal_bytes, l.active, coalesce(l.wal_status, 'unknown'))
+                     || CASE WHEN l.wal_status = 'unreserved'
+                             THEN ': beyond max_slot_wal_keep_size, the next checkpoint on the publisher may remove it'
+                             ELSE '' END
+           END,
            NULL
-    FROM slots l WHERE l.retained_wal_bytes > check_health.retained_wal_bytes
+    FROM slots l
+    WHERE l.retained_wal_bytes > check_health.retained_wal_bytes OR l.wal_status IN ('unreserved', 'lost')
     UNION ALL
     SELECT l.subname, CASE WHEN l.publisher_reachable THEN 'slot_missing' ELSE 'publisher_unreachable' END,
            CASE WHEN l.publisher_reachable THEN 'critical' ELSE 'warning' END, l.error, NULL
@@ -415,3 +430,18 @@ GRANT EXECUTE ON FUNCTION
 TO pgsub_admin, pg_monitor;
 REVOKE ALL ON pgsub.health FROM PUBLIC;
 GRANT SELECT ON pgsub.health TO pgsub_admin, pg_monitor;
+
+-- The row estimates (see the top of this file).
+ALTER FUNCTION pgsub._health_state() ROWS 10;
+ALTER FUNCTION pgsub._stat_conflicts() ROWS 10;
+ALTER FUNCTION pgsub._stat_counters() ROWS 10;
+ALTER FUNCTION pgsub._stat_databases() ROWS 4;
+ALTER FUNCTION pgsub._stat_names() ROWS 10;
+ALTER FUNCTION pgsub._stat_progress() ROWS 10;
+ALTER FUNCTION pgsub._stat_rates() ROWS 10;
+ALTER FUNCTION pgsub._stat_tables() ROWS 100;
+ALTER FUNCTION pgsub._sync_progress() ROWS 10;
+ALTER FUNCTION pgsub._lag_history(integer) ROWS 60;
+ALTER FUNCTION pgsub.lag_history(text) ROWS 60;
+ALTER FUNCTION pgsub.publisher_slots(integer) ROWS 10;
+ALTER FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval) ROWS 10;

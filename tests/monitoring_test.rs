@@ -740,3 +740,106 @@ async fn lag_counts_a_backlog_of_unreceived_wal_from_the_start() {
     wait_value(&s, "SELECT lag_bytes FROM pgsub.stat_subscription WHERE subname = 's'", "0", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A slot past the publisher's `max_slot_wal_keep_size` (`unreserved`: its next checkpoint may
+/// remove WAL the subscription still needs) and a slot that checkpoint made `lost` are critical
+/// `slot_retains_wal` problems at the default thresholds, however little WAL they retain.
+#[tokio::test(flavor = "current_thread")]
+async fn health_reports_a_slot_the_publisher_may_lose_or_has_lost() {
+    let pub_opts = ClusterOpts::publisher().with_conf("max_slot_wal_keep_size = '1MB'");
+    let nodes = TwoNodes::start_with(pub_opts, ClusterOpts::subscriber()).expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO t VALUES (1, 'one'); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('lsub', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "lsub", WAIT).await;
+    assert_eq!(health(&s, "pgsub.health").await, vec![]);
+
+    // The worker is held back by a lock on its table while the publisher writes more WAL than
+    // max_slot_wal_keep_size.
+    let blocker = nodes.subscriber.client("postgres").await.unwrap();
+    blocker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'two')").await.unwrap();
+    for _ in 0..3 {
+        p.batch_execute("CREATE TEMP TABLE junk AS SELECT g FROM generate_series(1, 20000) g; DROP TABLE junk; SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
+    wait_value(&p, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'lsub'", "unreserved", WAIT).await;
+    let u = wait_problem(&s, "pgsub.health", "lsub", "slot_retains_wal").await;
+    assert_eq!(u.2, "critical", "{}", u.3);
+    assert!(u.3.contains("wal_status unreserved") && u.3.contains("max_slot_wal_keep_size"), "{}", u.3);
+
+    // The publisher's checkpoint removes that WAL: the slot is lost.
+    p.batch_execute("CHECKPOINT").await.unwrap();
+    wait_value(&p, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'lsub'", "lost", WAIT).await;
+    let l = wait_for("the lost slot in pgsub.health", WAIT, || async {
+        Ok(health(&s, "pgsub.health").await.into_iter().find(|r| r.1 == "slot_retains_wal" && r.3.contains("is lost")))
+    })
+    .await
+    .unwrap();
+    assert_eq!((l.0.as_str(), l.2.as_str()), ("lsub", "critical"), "{}", l.3);
+    assert!(l.3.contains("dropped and created again"), "{}", l.3);
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    // As the problem says: dropped and created again (the table emptied for its copy).
+    s.batch_execute("SELECT pgsub.drop_subscription('lsub')").await.unwrap();
+    s.batch_execute("TRUNCATE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('lsub', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create again");
+    wait_for_subscription_sync(&s, "lsub", WAIT).await;
+    assert_eq!(health(&s, "pgsub.health").await, vec![]);
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// The views and health functions are estimated as cheap as they are (a row per subscription or
+/// table), below `jit_above_cost`: with `jit = on`, PostgreSQL's default, a view estimated at
+/// millions of rows was JIT-compiled on every read and took seconds (an exporter's scrape timed
+/// out).
+#[tokio::test(flavor = "current_thread")]
+async fn views_are_cheap_enough_to_never_be_jit_compiled() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO a VALUES (1); CREATE PUBLICATION pa FOR TABLE a; CREATE PUBLICATION pb FOR TABLE b")
+        .await
+        .unwrap();
+    for (name, publication) in [("sa", "pa"), ("sb", "pb")] {
+        s.execute(
+            &format!("SELECT pgsub.create_subscription('{name}', $1, ARRAY['{publication}'])"),
+            &[&nodes.pub_conninfo()],
+        )
+        .await
+        .expect("create");
+        wait_for_subscription_sync(&s, name, WAIT).await;
+    }
+    let jit_above: f64 = one(&s, "SELECT current_setting('jit_above_cost')::float8").await;
+    for q in [
+        "SELECT * FROM pgsub.stat_subscription",
+        "SELECT * FROM pgsub.stat_subscription_all",
+        "SELECT * FROM pgsub.stat_subscription_table",
+        "SELECT * FROM pgsub.subscription_table",
+        "SELECT * FROM pgsub.stat_database",
+        "SELECT * FROM pgsub.health",
+        "SELECT * FROM pgsub.lag_history('sa')",
+        "SELECT * FROM pgsub.check_health(retained_wal_bytes => NULL)",
+    ] {
+        // The top node's line: "… (cost=START..TOTAL rows=… width=…)".
+        let top: String = s.query(&format!("EXPLAIN {q}"), &[]).await.unwrap()[0].get(0);
+        let cost: f64 = top
+            .split("..")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no cost in {top}"));
+        assert!(cost < jit_above / 10.0, "{q}: estimated cost {cost}, jit_above_cost {jit_above}: {top}");
+    }
+    assert_replicated_equal(&p, &s).await;
+}
