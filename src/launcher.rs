@@ -252,8 +252,14 @@ impl Launcher {
         let name = |subid: i32| names.get(&subid).cloned().unwrap_or_else(|| subid.to_string());
         match action {
             Action::Stop { subid, pid } => {
-                // The subscription's table synchronization workers go with its apply worker.
-                crate::process::terminate(pid);
+                // Asked to stop cleanly (SIGTERM once the grace time has passed, on a later
+                // pass); its table synchronization workers go with it.
+                let asked =
+                    SHARED.exclusive().find_mut(subid).filter(|s| s.pid == pid).map(crate::process::ask_to_stop);
+                match asked {
+                    Some(p) => crate::process::wake(p),
+                    None => crate::process::terminate(pid),
+                }
                 for p in shmem::sync_worker_pids(subid) {
                     crate::process::terminate(p);
                 }

@@ -9,13 +9,51 @@ pub fn now() -> i64 {
 }
 
 /// SIGTERM arrived (the launcher's handler sets ShutdownRequestPending; the workers', PostgreSQL's
-/// `die`, sets ProcDiePending).
+/// `die`, sets ProcDiePending), or, in an apply worker, a routine stop was asked for through its
+/// shared-memory slot (`ask_to_stop`).
 pub fn shutdown_requested() -> bool {
     // SAFETY: reading sig_atomic_t flags set by signal handlers.
-    unsafe {
+    let signalled = unsafe {
         std::ptr::addr_of!(pg_sys::ShutdownRequestPending).read_volatile() != 0
             || std::ptr::addr_of!(pg_sys::ProcDiePending).read_volatile() != 0
+    };
+    signalled || stop_asked()
+}
+
+/// This process's `SubSlot::stop_asked_at` (an apply worker's; null elsewhere).
+static STOP_REQUEST: std::sync::atomic::AtomicPtr<i64> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// An apply worker watches its slot's stop request from now on (the slot stays its own while
+/// it runs: slots live in shared memory for the server's life and are reused only once free).
+pub fn watch_stop_request(field: &i64) {
+    STOP_REQUEST.store(std::ptr::from_ref(field).cast_mut(), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn stop_asked() -> bool {
+    let p = STOP_REQUEST.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: a pointer into the shared-memory slot array, which is never unmapped; an aligned
+    // 8-byte read, written under the slot lock by another backend (a stale value only delays
+    // the stop to the next check).
+    !p.is_null() && unsafe { p.read_volatile() } != 0
+}
+
+/// How long a worker asked to stop may take before it gets SIGTERM (a statement waiting for a
+/// lock, say, only sees a signal).
+pub const STOP_GRACE_US: i64 = 5_000_000;
+
+/// Asks the worker of `slot` to stop cleanly and wakes it; returns its pid. A worker asked more
+/// than `STOP_GRACE_US` ago gets SIGTERM too. Call under the slot lock, then `wake` the pid.
+pub fn ask_to_stop(slot: &mut crate::shmem::SubSlot) -> i32 {
+    if slot.pid <= 0 {
+        return 0;
     }
+    let t = now();
+    if slot.stop_asked_at == 0 {
+        slot.stop_asked_at = t;
+    } else if t - slot.stop_asked_at > STOP_GRACE_US {
+        terminate(slot.pid);
+    }
+    slot.pid
 }
 
 /// A worker's SIGTERM is PostgreSQL's `die`, as native apply and tablesync workers have it: the

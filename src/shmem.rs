@@ -58,6 +58,11 @@ pub struct SubSlot {
     pub pid: i32,
     /// A backend dropping or refreshing this subscription: no worker starts while it lives.
     pub paused_by: i32,
+    /// When a routine stop of the running worker was asked for (disable, a changed option, a
+    /// refresh; 0 = none): the worker reads it between messages and in its waits and exits
+    /// cleanly, as native's worker does on seeing its subscription changed. Only a worker that
+    /// has not exited a few seconds later gets SIGTERM (`process::ask_to_stop`).
+    pub stop_asked_at: i64,
     /// Consecutive failed runs, for the restart backoff.
     pub failures: i32,
     /// The launcher will not start a worker before this time.
@@ -149,6 +154,7 @@ impl Default for SubSlot {
             failed: false,
             pid: 0,
             paused_by: 0,
+            stop_asked_at: 0,
             failures: 0,
             next_start_at: 0,
             config_hash: 0,

@@ -231,16 +231,27 @@ pub(super) fn stop_worker(subid: i32) {
                 s.failed = false;
                 s.failures = 0;
                 s.next_start_at = 0;
-                s.pid
+                crate::process::ask_to_stop(s)
             }
             None => 0,
         }
     };
     wake_launcher_at_commit();
     if pid > 0 {
-        crate::process::terminate(pid);
+        // Asked first, so that the worker stops cleanly between messages (a LOG line, exit 0);
+        // SIGTERM only if it has not within the grace time (FATAL, as a terminated backend).
         // The worker clears its pid from the slot when it exits.
-        wait_until_gone(|| shmem::SHARED.share().find(subid).is_some_and(|s| s.pid == pid));
+        let running = || shmem::SHARED.share().find(subid).is_some_and(|s| s.pid == pid);
+        crate::process::wake(pid);
+        crate::process::backend_wait_while(
+            std::time::Duration::from_micros(crate::process::STOP_GRACE_US as u64),
+            50,
+            running,
+        );
+        if running() {
+            crate::process::terminate(pid);
+            wait_until_gone(running);
+        }
     }
     // Then its table synchronization workers (no new one is registered now): a registered one
     // that has not claimed its slot finds none and leaves; running ones are stopped.

@@ -89,6 +89,8 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
             }
             Some(s) => {
                 s.pid = me;
+                s.stop_asked_at = 0;
+                crate::process::watch_stop_request(&s.stop_asked_at);
                 s.launch_pending = false;
                 s.worker_started_at = now();
                 s.status = Status::Starting;
