@@ -80,11 +80,12 @@ async fn enable_disable_drop_and_worker_lifecycle() {
         .unwrap_or_else(|e| panic!("{e}"));
     // Changes in quick succession reach a worker that is still starting (connecting, reading
     // the catalog): it is asked to stop, not signalled in the middle of a statement.
-    for (i, mode) in ["local", "off", "on", "remote_write", "off", "local"].iter().enumerate() {
+    for i in 0..30u64 {
+        let mode = ["local", "off", "on", "remote_write"][i as usize % 4];
         s.batch_execute(&format!("SELECT pgsub.alter_subscription_options('life', synchronous_commit => '{mode}')"))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(40 * i as u64)).await;
+        tokio::time::sleep(Duration::from_millis(7 * i)).await;
     }
     p.batch_execute("INSERT INTO t VALUES (3, 'after the changes')").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 3", "after the changes", WAIT).await;
