@@ -77,20 +77,43 @@ fn refused_column(relid: pg_sys::Oid, columns: &[(String, u32)]) -> Option<Strin
         let remote_type = *remote_type;
         let why = match local.get(name) {
             None => "has no binary input here (or is missing)".to_string(),
-            Some(&t) if t != remote_type => format!("has type {remote_type} there and {t} here"),
+            Some(&t) if t != remote_type => {
+                format!("has type {} on the publisher and {} here", remote_type_name(remote_type), type_name(t))
+            }
             Some(_) if remote_type == 0 || remote_type >= pg_sys::FirstGenbkiObjectId => {
-                format!("has type {remote_type}, not a built-in type")
+                format!("has type {}, not a built-in type", remote_type_name(remote_type))
             }
             Some(_) if NO_BINARY_INPUT.contains(&remote_type) => {
-                format!("has type {remote_type}, without binary input")
+                format!("has type {}, without binary input", type_name(remote_type))
             }
             Some(_) if OID_ALIASES.contains(&remote_type) => {
-                format!("has type {remote_type}, an OID alias whose binary form is an OID of the publisher")
+                format!(
+                    "has type {}, an OID alias whose binary form is an OID of the publisher",
+                    type_name(remote_type)
+                )
             }
             Some(_) => return None,
         };
         Some(format!("column \"{name}\" {why}"))
     })
+}
+
+/// A local type's name (its OID when it has none).
+fn type_name(oid: u32) -> String {
+    Spi::get_one_with_args::<String>("SELECT pg_catalog.format_type($1, NULL)", &[pg_sys::Oid::from(oid).into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| oid.to_string())
+}
+
+/// A publisher's type by name when it is built in (the same major version: the same OIDs), else
+/// by its OID there.
+fn remote_type_name(oid: u32) -> String {
+    if oid != 0 && oid < pg_sys::FirstGenbkiObjectId {
+        type_name(oid)
+    } else {
+        format!("of OID {oid} there")
+    }
 }
 
 /// Type OID of each column of the local table that has a binary input function.
@@ -122,10 +145,7 @@ pub(super) fn check_bound(remote: &Relation, relid: pg_sys::Oid) {
     if let Some(why) = refused_column(relid, &columns) {
         report::error(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!(
-                "binary transfer cannot carry relation \"{}.{}\" as the publisher now sends it: {why}",
-                remote.namespace, remote.name
-            ),
+            format!("binary transfer cannot carry relation \"{}.{}\": {why}", remote.namespace, remote.name),
             Some("The stream's binary format was chosen automatically when the worker started (binary unset).".into()),
             Some("The worker restarts and applies this transaction in text format."),
         );

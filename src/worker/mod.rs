@@ -223,6 +223,33 @@ fn on_error(subid: i32, e: CaughtError) {
         && finish != 0
         && shmem::with_slot(subid, |s| s.batch_failed_lsn != finish).unwrap_or(false);
     let counted = if recheck { None } else { conflict };
+    // An error in a stream whose binary format pgsub chose itself (`binary` unset) may be
+    // binary's own — a column whose type was changed here first, say, which a text stream
+    // carries: the transaction is applied again in text at once, and only an error there is
+    // one. Not counted, no backoff, no disable_on_error for what a text stream (native's default)
+    // would not have met; logged (LOG) with what it was.
+    if failed_in_auto_binary && conflict.is_none() && finish != 0 {
+        shmem::with_slot(subid, |s| {
+            s.text_until = s.text_until.max(finish);
+            s.ungrouped_until = s.ungrouped_until.max(finish);
+            s.failed = false;
+        });
+        // SAFETY: leave the interrupted transaction; HOLD_INTERRUPTS() (never resumed) so that
+        // a pending stop cannot turn the LOG line into a FATAL one; then exit like a clean stop.
+        unsafe {
+            pg_sys::AbortOutOfAnyTransaction();
+            pg_sys::InterruptHoldoffCount += 1;
+        }
+        report::log(
+            PgLogLevel::LOG,
+            code,
+            format!("pgsub apply worker: applying in binary format failed, the transaction is applied again in text format: {msg}"),
+            Some(text),
+            Some("The stream's binary format was chosen automatically (binary unset); an error in text format is reported as one."),
+        );
+        // SAFETY: the transaction was aborted above.
+        unsafe { pg_sys::proc_exit(0) };
+    }
     shmem::with_slot(subid, |s| {
         s.set_error(&text, now(), false);
         count_conflict(s, counted);
