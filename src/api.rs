@@ -552,6 +552,8 @@ fn alter_subscription_publications(
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }
     sync_table_list(sub.subid, &tables, copy_data);
+    // What a failing worker waits for may be what the publications changed: no backoff.
+    retry_now(sub.subid);
     wake_launcher_at_commit();
 }
 

@@ -524,3 +524,45 @@ async fn skip_transaction_does_not_wait_for_the_error_backoff() {
     s.batch_execute("UPDATE t SET v = 'remote' WHERE id = 1").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
+
+/// The same for a change of publications: a worker stopped by what its publications send (here a
+/// column the subscriber does not have) and waiting out a ten-minute backoff starts again at
+/// once when the publications are changed to ones it can apply.
+#[tokio::test(flavor = "current_thread")]
+async fn changing_publications_does_not_wait_for_the_error_backoff() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("pgsub.retry_interval = '10min'"),
+    )
+    .expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, extra text);
+         CREATE PUBLICATION wide FOR TABLE t; CREATE PUBLICATION narrow FOR TABLE t (id, v)",
+    )
+    .await
+    .unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('b', $1, ARRAY['wide'], copy_data => false)", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    wait_for_subscription_sync(&s, "b", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (1, 'one', 'not here')").await.unwrap();
+    wait_for_subscription_error(&s, "b", &["\"extra\""], WAIT).await;
+    wait_value(
+        &s,
+        "SELECT status || ' ' || (pid IS NULL) FROM pgsub.stat_subscription WHERE subname = 'b'",
+        "error true",
+        WAIT,
+    )
+    .await;
+    s.execute("SELECT pgsub.alter_subscription_publications('b', ARRAY['narrow'], copy_data => false)", &[])
+        .await
+        .expect("alter publications");
+    // Well within the ten minutes.
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "one", Duration::from_secs(60)).await;
+    p.batch_execute("INSERT INTO t VALUES (2, 'two', 'x')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "two", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
