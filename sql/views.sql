@@ -62,7 +62,8 @@ SELECT s.subname,
        r.state_lsn,
        CASE WHEN r.sync_state IN ('i', 'd') AND w.copy_started_at > 0 THEN w.rows_copied
             ELSE r.rows_copied END AS rows_copied,
-       coalesce(w.bytes_copied, 0) AS bytes_copied,
+       -- Kept in shared memory only while the table copies (rows_copied is kept in the catalog).
+       CASE WHEN r.sync_state IN ('i', 'd') AND w.copy_started_at > 0 THEN w.bytes_copied END AS bytes_copied,
        w.pid AS sync_worker_pid,
        pgsub._ts(w.copy_started_at) AS copy_started_at,
        coalesce(w.waiting AND w.pid IS NULL, false) AS waiting_for_worker,
