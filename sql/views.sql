@@ -77,6 +77,7 @@ SELECT s.subname,
        s.enabled,
        CASE WHEN NOT pgsub._preloaded() THEN 'not_preloaded'
             WHEN s.subdbid <> pgsub._current_database_oid() THEN 'copied'
+            WHEN s.enabled AND p.pid IS NULL AND NOT pgsub._database_served() THEN 'not_served'
             WHEN p.subid IS NULL THEN CASE WHEN s.enabled THEN 'starting' ELSE 'disabled' END
             WHEN NOT s.enabled AND p.pid IS NULL THEN 'disabled'
             ELSE p.status END AS status,
@@ -329,6 +330,7 @@ REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;
 --   slot_missing        critical  the subscription's slot does not exist on the publisher
 --   publisher_unreachable warning the publisher could not be read within publisher_timeout
 --   not_preloaded       critical  pgsub is not in shared_preload_libraries
+--   not_served          critical  pgsub.database does not name this database (or it is a template)
 -- The publisher is read only for enabled subscriptions, and not at all when retained_wal_bytes
 -- is NULL.
 CREATE FUNCTION pgsub.check_health(
@@ -358,6 +360,12 @@ problems AS (
            'pgsub is not loaded through shared_preload_libraries: nothing applies this subscription' AS detail,
            NULL::timestamptz AS since
     FROM s WHERE s.status = 'not_preloaded'
+    UNION ALL
+    SELECT s.subname::text, 'not_served', 'critical',
+           format('pgsub does not serve database %s (pgsub.database = %L, or a template): nothing applies this subscription',
+                  current_database(), current_setting('pgsub.database', true)),
+           NULL
+    FROM s WHERE s.status = 'not_served'
     UNION ALL
     SELECT s.subname::text, 'error', 'critical',
            format('%s consecutive failed runs, the last at %s: %s', s.failures, s.last_error_at,

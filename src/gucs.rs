@@ -237,6 +237,12 @@ pub fn databases() -> Vec<String> {
     database_setting().split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect()
 }
 
+/// Whether the supervisor serves a database: not a template, and named by `pgsub.database` when
+/// that is set.
+pub fn database_served(allowed: &[String], name: &str, template: bool) -> bool {
+    !template && (allowed.is_empty() || allowed.iter().any(|a| a == name))
+}
+
 /// The `pgsub.sync_hold_state` value ('' when unset).
 pub fn sync_hold_state() -> String {
     SYNC_HOLD_STATE.get().and_then(|c| c.into_string().ok()).unwrap_or_default()

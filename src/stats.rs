@@ -212,6 +212,20 @@ fn _preloaded() -> bool {
     shmem::available()
 }
 
+/// Whether pgsub serves this database (`gucs::database_served`): not a template, and named by
+/// `pgsub.database` when that is set. Its subscriptions show `not_served` otherwise.
+#[pg_extern(volatile, parallel_safe)]
+fn _database_served() -> bool {
+    let row = Spi::get_two::<String, bool>(
+        "SELECT datname::text, datistemplate FROM pg_catalog.pg_database \
+         WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+    );
+    match row {
+        Ok((Some(name), Some(template))) => crate::gucs::database_served(&crate::gucs::databases(), &name, template),
+        _ => true,
+    }
+}
+
 /// Every table being synchronized (or waiting to retry): its sync worker, phase, live copy
 /// progress and last error (`pgsub.subscription_table` joins it with the catalog).
 #[allow(clippy::type_complexity)]

@@ -217,7 +217,7 @@ fn list_databases() -> Vec<Database> {
         .map(|(oid, name, connectable, template)| Database {
             oid,
             connectable,
-            included: !template && (allowed.is_empty() || allowed.contains(&name)),
+            included: gucs::database_served(&allowed, &name, template),
         })
         .collect()
 }

@@ -422,7 +422,7 @@ async fn disable_on_error_and_drop_with_publisher_down() {
 /// functions refuse to create subscriptions in a database the workers do not run in.
 #[tokio::test(flavor = "current_thread")]
 async fn launcher_in_a_database_created_after_start() {
-    let nodes = TwoNodes::start_with(
+    let mut nodes = TwoNodes::start_with(
         ClusterOpts::publisher(),
         ClusterOpts::subscriber().with_conf("pgsub.database = 'App DB'"),
     )
@@ -447,6 +447,23 @@ async fn launcher_in_a_database_created_after_start() {
     wait_value(&s, "SELECT v FROM t WHERE id = 1", "in app", WAIT).await;
     let db: String = one(&s, "SELECT datname::text FROM pg_stat_activity WHERE backend_type = 'pgsub launcher'").await;
     assert_eq!(db, "App DB");
+
+    // pgsub.database changed to leave the database out: its subscription says it is not served
+    // (not `starting` forever), and health reports it; set back, it goes on.
+    s.batch_execute("ALTER SYSTEM SET pgsub.database = 'postgres'").await.unwrap();
+    drop(s);
+    drop(s0);
+    nodes.subscriber.restart().expect("restart");
+    let s = nodes.subscriber.client("App DB").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'while not served')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'app'", "not_served", WAIT).await;
+    let problem: String = one(&s, "SELECT problem || ' ' || severity || ' ' || detail FROM pgsub.health").await;
+    assert!(problem.starts_with("not_served critical pgsub does not serve database App DB"), "{problem}");
+    s.batch_execute("ALTER SYSTEM RESET pgsub.database").await.unwrap();
+    drop(s);
+    nodes.subscriber.restart().expect("restart");
+    let s = nodes.subscriber.client("App DB").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "while not served", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
 

@@ -414,11 +414,9 @@ async fn refresh_adding_a_big_table_does_not_stop_other_tables() {
         800000
     );
     // The byte count lives only while a copy runs: NULL once done, not a misleading 0.
-    assert!(
-        one::<Option<i64>>(&s, "SELECT bytes_copied FROM pgsub.subscription_table WHERE relid = 'b'::regclass")
-            .await
-            .is_none()
-    );
+    assert!(one::<Option<i64>>(&s, "SELECT bytes_copied FROM pgsub.subscription_table WHERE relid = 'b'::regclass")
+        .await
+        .is_none());
     p.batch_execute("INSERT INTO a VALUES (1000002, 'after', 2); UPDATE b SET n = -n WHERE id % 1000 = 0")
         .await
         .expect("writes after the copy");
