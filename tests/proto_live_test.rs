@@ -1522,3 +1522,36 @@ async fn encrypted_keys_revocation_lists_and_tls_versions_as_libpq() {
         assert!(text.contains("invalid SSL protocol version range"), "psql: {libpq}; pgsub: {e}");
     }
 }
+
+/// A receive low-water mark raised for the stream (as the apply worker does while a stream is in
+/// full flow, `pgsub.receive_batch`) does not hold back the end of the stream: `end_copy` and a
+/// query after it complete, over TCP, where the mark holds readiness back. (A table
+/// synchronization worker ending its catch-up this way waited for good.)
+#[test]
+fn a_raised_receive_low_water_mark_does_not_hold_up_the_end_of_a_stream() {
+    let cluster = Cluster::start(ClusterOpts::publisher()).expect("start publisher");
+    cluster.psql("postgres", "CREATE TABLE lw (id int); CREATE PUBLICATION lwp FOR TABLE lw").unwrap();
+    let connstr = cluster.connstr("postgres", "postgres");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The client is not Send: all of it on one thread, watched from here.
+    std::thread::spawn(move || {
+        let mut repl = must_connect(&connstr);
+        let v = repl.server_version_num();
+        let slot =
+            repl.create_logical_slot("lw_slot", false, SnapshotAction::NoExport, SlotOptions::default()).expect("slot");
+        repl.start_replication("lw_slot", slot.consistent_point, &PgOutputOptions::for_server(v, vec!["lwp".into()]))
+            .expect("START_REPLICATION");
+        repl.set_receive_low_water(1 << 20).expect("raise the mark");
+        let ended = repl.end_copy().map_err(|e| e.to_string());
+        let queried = ended.clone().and_then(|_| {
+            repl.simple_query("SELECT 1 AS one")
+                .map_err(|e| e.to_string())
+                .map(|rows| rows[0].get("one").map(str::to_string))
+        });
+        let _ = tx.send((ended, queried));
+    });
+    let (ended, queried) =
+        rx.recv_timeout(Duration::from_secs(30)).expect("end_copy waited 30 s for replies held back by the mark");
+    assert_eq!(ended, Ok(()));
+    assert_eq!(queried, Ok(Some("1".to_string())));
+}

@@ -104,6 +104,13 @@ impl Stream {
     }
 
     pub(super) fn run(&mut self) {
+        self.read_and_apply();
+        // The connection goes on after the stream (a sync worker ends its catch-up on it and
+        // queries): waiters wake at the first byte again (`set_batching`).
+        self.set_batching(0);
+    }
+
+    fn read_and_apply(&mut self) {
         loop {
             if shutdown_requested() {
                 self.stop();

@@ -238,6 +238,14 @@ impl Client {
             }
             State::Broken(why) => return Err(proto_err(format!("connection is no longer usable: {why}"))),
         }
+        // A receive low-water mark raised for the stream (`set_receive_low_water`) would hold the
+        // few bytes of the replies below back from a waiter for good: the rest of the session
+        // wakes at the first byte again.
+        if let Err(e) = self.io.set_recv_low_water(1) {
+            let e = super::error::io_ctx("could not reset the receive low-water mark", e);
+            self.state = State::Broken(e.to_string());
+            return Err(e);
+        }
         let was = std::mem::replace(&mut self.state, State::Busy);
         let r = self.finish_copy(was != State::AwaitReady);
         self.break_if_busy(&r);
