@@ -409,3 +409,111 @@ async fn periodic_sequence_sync_keeps_the_subscribers_sequences_ahead() {
     p.batch_execute("INSERT INTO ident (v) VALUES ('last')").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
+
+/// The README's takeover of a native subscription by pgsub, and back, under a write load: each
+/// side goes on from the other's slot and from the other's origin position (the slot's
+/// confirmed_flush_lsn may be behind it), so that no transaction is applied twice — a keyed
+/// table would stop on a duplicate key, a table without a key would get duplicate rows — and
+/// none is lost.
+#[tokio::test(flavor = "current_thread")]
+async fn a_native_subscription_is_taken_over_and_given_back_under_load() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE t (id bigserial PRIMARY KEY, v text); CREATE TABLE nk (v bigint)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE t, nk")).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    let conninfo = nodes.pub_conninfo();
+    let q = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    s.batch_execute(&format!("CREATE SUBSCRIPTION mysub CONNECTION {} PUBLICATION pub", q(&conninfo))).await.unwrap();
+
+    // The writer: a row in each table every few milliseconds, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let w = nodes.publisher.client("postgres").await.unwrap();
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                w.batch_execute(&format!("INSERT INTO t (v) VALUES ('w{n}'); INSERT INTO nk VALUES ({n})"))
+                    .await
+                    .expect("write");
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            n
+        })
+    };
+    wait_value(&s, "SELECT count(*) > 50 FROM nk", "t", WAIT).await;
+
+    let origin_lsn = |external: String| {
+        let s = &s;
+        async move {
+            one::<String>(
+                s,
+                &format!("SELECT remote_lsn::text FROM pg_replication_origin_status WHERE external_id = ({external})"),
+            )
+            .await
+        }
+    };
+    for round in 0..2 {
+        // Native to pgsub.
+        s.batch_execute("ALTER SUBSCRIPTION mysub DISABLE").await.unwrap();
+        wait_value(
+            &s,
+            "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'mysub' AND pid IS NOT NULL",
+            "0",
+            WAIT,
+        )
+        .await;
+        let lsn = origin_lsn("SELECT 'pg_' || oid FROM pg_subscription WHERE subname = 'mysub'".into()).await;
+        s.batch_execute("ALTER SUBSCRIPTION mysub SET (slot_name = NONE)").await.unwrap();
+        s.batch_execute("DROP SUBSCRIPTION mysub").await.unwrap();
+        s.execute(
+            "SELECT pgsub.create_subscription('mysub', $1, ARRAY['pub'], enabled => false, create_slot => false, \
+             slot_name => 'mysub', copy_data => false)",
+            &[&conninfo],
+        )
+        .await
+        .expect("create_subscription on the native slot");
+        s.execute(
+            "SELECT pg_replication_origin_advance('pgsub_' || subid, $1::text::pg_lsn) FROM pgsub.subscription \
+             WHERE subname = 'mysub'",
+            &[&lsn],
+        )
+        .await
+        .unwrap();
+        s.batch_execute("SELECT pgsub.enable_subscription('mysub')").await.unwrap();
+        let applied = one::<i64>(&s, "SELECT count(*) FROM nk").await;
+        wait_value(&s, &format!("SELECT count(*) > {} FROM nk", applied + 50), "t", WAIT).await;
+        if round == 1 {
+            break;
+        }
+        // pgsub to native.
+        s.batch_execute("SELECT pgsub.disable_subscription('mysub')").await.unwrap();
+        let lsn = origin_lsn("SELECT 'pgsub_' || subid FROM pgsub.subscription WHERE subname = 'mysub'".into()).await;
+        s.batch_execute("SELECT pgsub.drop_subscription('mysub', drop_slot => false)").await.unwrap();
+        s.batch_execute(&format!(
+            "CREATE SUBSCRIPTION mysub CONNECTION {} PUBLICATION pub \
+             WITH (create_slot = false, slot_name = 'mysub', enabled = false, copy_data = false)",
+            q(&conninfo)
+        ))
+        .await
+        .unwrap();
+        s.execute(
+            "SELECT pg_replication_origin_advance((SELECT 'pg_' || oid FROM pg_subscription WHERE subname = 'mysub'), \
+             $1::text::pg_lsn)",
+            &[&lsn],
+        )
+        .await
+        .unwrap();
+        s.batch_execute("ALTER SUBSCRIPTION mysub ENABLE").await.unwrap();
+        let applied = one::<i64>(&s, "SELECT count(*) FROM nk").await;
+        wait_value(&s, &format!("SELECT count(*) > {} FROM nk", applied + 50), "t", WAIT).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    s.execute("SELECT pgsub.wait_for_catchup('mysub')", &[]).await.expect("caught up");
+    assert_eq!(one::<i64>(&s, "SELECT count(DISTINCT v) FROM nk").await, written, "every row, once");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM nk").await, written, "no row twice");
+    assert_replicated_equal(&p, &s).await;
+}
