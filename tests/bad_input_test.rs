@@ -263,7 +263,14 @@ async fn a_missing_publication_is_a_warning_as_natively() {
     let version: i32 = one(&p, "SELECT current_setting('server_version_num')::int").await;
     if version < 180000 {
         // The publisher's pgoutput refuses the change; the worker says so and retries.
-        wait_for_repeated_error(&s, "miss", &["publication \"nopub\" does not exist"], WAIT).await;
+        // In native's words: the walsender's error, not a lost connection.
+        wait_for_repeated_error(
+            &s,
+            "miss",
+            &["could not receive data from WAL stream: publication \"nopub\" does not exist"],
+            WAIT,
+        )
+        .await;
         assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 5, "nothing applied past the error");
         s.execute("SELECT pgsub.alter_subscription_publications('miss', ARRAY['pub'])", &[]).await.expect("fix");
         let left: Vec<String> = notices

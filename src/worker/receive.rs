@@ -20,6 +20,9 @@ use pgsub_proto::pgoutput::{self, Begin, Commit, Decoder, LogicalMessage};
 use pgsub_proto::Lsn;
 use std::time::{Duration, Instant};
 
+/// What a failed read of the stream is, unless the walsender reported an error (`fail`).
+const LOST_CONNECTION: &str = "lost the replication connection to the publisher";
+
 type Code = PgSqlErrorCode;
 
 pub(super) struct Stream {
@@ -127,7 +130,7 @@ impl Stream {
             loop {
                 let frame = match self.client.recv_frame() {
                     Ok(f) => f,
-                    Err(e) => self.fail(&e, "lost the replication connection to the publisher"),
+                    Err(e) => self.fail(&e, LOST_CONNECTION),
                 };
                 let Some(frame) = frame else { break };
                 got_any = true;
@@ -645,6 +648,12 @@ impl Stream {
         }
         // A connection failure is no fault of the transaction being received: no apply context.
         errctx::clear();
+        // The walsender raised an error (and ended the stream): the connection was not lost;
+        // native's words.
+        let what = match e {
+            ProtoError::Server(_) if what == LOST_CONNECTION => "could not receive data from WAL stream",
+            _ => what,
+        };
         // Which walsender, and how the stream ended, for the DBA (and for us reading a log).
         let (msg, detail, hint) = publisher::describe(e);
         let how = format!(
