@@ -108,6 +108,15 @@ fn load_roots(
     }
 }
 
+/// Why a PEM file could not be read, without its contents: the parser's own messages quote the
+/// offending line or byte, and a connection string may name any file the server can read.
+fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        _ => "not a valid PEM file".to_string(),
+    }
+}
+
 /// Every certificate of a PEM file, as trusted roots and as pinned end-entity certificates.
 fn load_root_file(path: &Path) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), Error> {
     let unreadable = |e: &dyn std::fmt::Display| {
@@ -117,7 +126,7 @@ fn load_root_file(path: &Path) -> Result<(RootCertStore, Vec<CertificateDer<'sta
     let mut roots = RootCertStore::empty();
     let mut pinned = Vec::new();
     for cert in CertificateDer::pem_reader_iter(f) {
-        let cert = cert.map_err(|e| unreadable(&e))?;
+        let cert = cert.map_err(|e| unreadable(&pem_reason(&e)))?;
         roots.add(cert.clone()).map_err(|e| {
             tls_err(format!("invalid certificate in root certificate file \"{}\": {e}", path.display()))
         })?;
@@ -167,15 +176,16 @@ pub(crate) fn load_crls(
             tls_err(format!("could not read certificate revocation list \"{}\": {e}", path.display()))
         };
         let found: Vec<CertificateRevocationListDer<'static>> = CertificateRevocationListDer::pem_file_iter(path)
-            .map_err(|e| bad(&e))?
+            .map_err(|e| bad(&pem_reason(&e)))?
             .collect::<Result<_, _>>()
-            .map_err(|e| bad(&e))?;
+            .map_err(|e| bad(&pem_reason(&e)))?;
         // A named file must hold a list; files of the directory that hold none are not lists.
         if found.is_empty() && Some(path.as_path()) == crl {
             return Err(bad(&"no certificate revocation list in the file"));
         }
         for der in &found {
-            webpki::OwnedCertRevocationList::from_der(der.as_ref()).map_err(|e| bad(&format!("{e:?}")))?;
+            webpki::OwnedCertRevocationList::from_der(der.as_ref())
+                .map_err(|_| bad(&"not a valid certificate revocation list"))?;
         }
         crls.extend(found);
     }
@@ -260,7 +270,7 @@ pub(crate) fn client_config(p: &Policy<'_>, identity: Option<Identity>) -> Resul
                 .iter()
                 .map(|c| webpki::OwnedCertRevocationList::from_der(c.as_ref()))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| tls_err(format!("could not read certificate revocation list: {e:?}")))?;
+                .map_err(|_| tls_err("could not read certificate revocation list: not a valid list".to_string()))?;
             Arc::new(ChainVerifier { roots: Arc::new(roots), pinned, algs, check_name: level == Verify::Full, crls })
         }
     };
@@ -595,6 +605,29 @@ mod tests {
         assert!(matches!(server_name("::1", Verify::Full), Ok(ServerName::IpAddress(_))));
         assert!(server_name("bad name!", Verify::Full).is_err());
         assert!(server_name("bad name!", Verify::Chain).is_ok());
+    }
+
+    /// A connection string may name any file the server can read as a root certificate or a
+    /// revocation list: the error says the file is not PEM, never what it holds.
+    #[test]
+    fn an_unreadable_pem_file_is_not_quoted() {
+        let dir = std::env::temp_dir().join(format!("pgsub-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in [
+            ("start.pem", "-----BEGIN SECRET line-one-secret\nxx\n"),
+            ("b64.pem", "-----BEGIN CERTIFICATE-----\n!secret!\n-----END CERTIFICATE-----\n"),
+            ("noend.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n"),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            let e = config(SslMode::VerifyCa, Some(&path), None, None).unwrap_err().to_string();
+            assert!(e.contains("not a valid PEM file"), "{name}: {e}");
+            assert!(!e.contains("secret") && !e.contains("33") && !e.contains("AAAA"), "{name}: {e}");
+            let e = load_crls(Some(&path), None, None).unwrap_err().to_string();
+            assert!(e.contains("not a valid PEM file"), "{name} as a CRL: {e}");
+            assert!(!e.contains("secret") && !e.contains("AAAA"), "{name} as a CRL: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
