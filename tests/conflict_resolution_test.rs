@@ -652,13 +652,9 @@ async fn a_copied_row_is_not_blamed_on_an_origin_that_reuses_the_copy_origins_id
     assert_replicated_equal(&p, &s).await;
 }
 
-/// With `track_commit_timestamp` under `error`, a run of UPDATEs is still applied as one batched
-/// statement when none of its rows was last written by another origin (their origins are asked
-/// for at once), and goes one by one — each row's origin looked at — when one was: the row
-/// changed here is reported as `update_origin_differs` and updated all the same, as natively;
-/// rows the initial copy wrote (its origin is gone since) are not a conflict, in a run too.
-#[tokio::test(flavor = "current_thread")]
-async fn runs_of_updates_check_their_rows_origins_at_once() {
+/// Tables `c`, 300 rows written by the initial copy (whose origin is gone once it is done), and
+/// `t`, `streamed` rows applied by the stream; subscription `c` under `track_commit_timestamp`.
+async fn copied_and_streamed_rows(streamed: i64) -> (TwoNodes, tokio_postgres::Client, tokio_postgres::Client) {
     let nodes = nodes();
     let (p, s) = nodes.clients().await.unwrap();
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE c (id int PRIMARY KEY, v text)";
@@ -672,8 +668,21 @@ async fn runs_of_updates_check_their_rows_origins_at_once() {
     wait_for_subscription_sync(&s, "c", WAIT).await;
     wait_value(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub\\_%\\_sync\\_%'", "0", WAIT)
         .await;
-    p.batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1, 300) g").await.unwrap();
-    wait_value(&s, "SELECT count(*) FROM t", "300", WAIT).await;
+    p.batch_execute(&format!("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1, {streamed}) g"))
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", &streamed.to_string(), WAIT).await;
+    (nodes, p, s)
+}
+
+/// With `track_commit_timestamp` under `error`, a run of UPDATEs is still applied as one batched
+/// statement when none of its rows was last written by another origin (their origins are asked
+/// for at once), and goes one by one — each row's origin looked at — when one was: the row
+/// changed here is reported as `update_origin_differs` and updated all the same, as natively;
+/// rows the initial copy wrote (its origin is gone since) are not a conflict, in a run too.
+#[tokio::test(flavor = "current_thread")]
+async fn runs_of_updates_check_their_rows_origins_at_once() {
+    let (_nodes, p, s) = copied_and_streamed_rows(300).await;
 
     // Runs of this subscription's own rows, and of the copied ones.
     p.batch_execute("UPDATE t SET v = 'run 1' WHERE id <= 200; UPDATE c SET v = 'run 1'").await.unwrap();
@@ -702,21 +711,7 @@ async fn runs_of_updates_check_their_rows_origins_at_once() {
 /// deleted all the same, as natively — while a row missing here is still `delete_missing`.
 #[tokio::test(flavor = "current_thread")]
 async fn runs_of_deletes_check_their_rows_origins_at_once() {
-    let nodes = nodes();
-    let (p, s) = nodes.clients().await.unwrap();
-    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE c (id int PRIMARY KEY, v text)";
-    p.batch_execute(&format!(
-        "{ddl}; INSERT INTO c SELECT g, 'copied' FROM generate_series(1, 300) g; CREATE PUBLICATION pub FOR TABLE t, c"
-    ))
-    .await
-    .unwrap();
-    s.batch_execute(ddl).await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
-    wait_value(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub\\_%\\_sync\\_%'", "0", WAIT)
-        .await;
-    p.batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1, 400) g").await.unwrap();
-    wait_value(&s, "SELECT count(*) FROM t", "400", WAIT).await;
+    let (_nodes, p, s) = copied_and_streamed_rows(400).await;
 
     // Runs of this subscription's own rows, and of the copied ones.
     p.batch_execute("DELETE FROM t WHERE id <= 100; DELETE FROM c WHERE id <= 200").await.unwrap();
