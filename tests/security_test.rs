@@ -60,6 +60,7 @@ const VIEW_HELPERS: &[&str] = &[
     "_stat_counters",
     "_sync_progress",
     "_preloaded",
+    "_database_served",
     "_stat_names",
     "_stat_databases",
     "_stat_conflicts",
