@@ -635,13 +635,30 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
 fn reset_stats(name: default!(Option<&str>, "NULL")) {
     require_admin();
     let subs = match name {
-        Some(n) => vec![sub_by_name(n)],
-        None => catalog::load_all()
-            .unwrap_or_else(|e| error(Code::ERRCODE_INTERNAL_ERROR, format!("reading subscriptions: {e}"), None, None)),
+        Some(n) => {
+            let sub = sub_by_name(n);
+            require_owner_privileges(&sub, "reset its statistics");
+            vec![sub]
+        }
+        // Every subscription the caller may reset; the others are named in a NOTICE.
+        None => {
+            let all = catalog::load_all().unwrap_or_else(|e| {
+                error(Code::ERRCODE_INTERNAL_ERROR, format!("reading subscriptions: {e}"), None, None)
+            });
+            let (mine, others): (Vec<_>, Vec<_>) = all.into_iter().partition(may_act_as_owner);
+            if !others.is_empty() {
+                let names: Vec<String> = others.iter().map(|s| format!("\"{}\"", s.name)).collect();
+                log(
+                    PgLogLevel::NOTICE,
+                    Code::ERRCODE_WARNING,
+                    format!("statistics of subscription(s) {} not reset", names.join(", ")),
+                    Some("Resetting a subscription's statistics needs the privileges of its owner (and superuser for one with password_required = false).".into()),
+                    None,
+                );
+            }
+            mine
+        }
     };
-    for sub in &subs {
-        require_owner_privileges(sub, "reset its statistics");
-    }
     if !shmem::available() {
         return;
     }

@@ -40,7 +40,7 @@ fn apply_lag_ms(s: &SubSlot, at: i64) -> u32 {
     if s.pending_commit_time == 0 {
         0
     } else {
-        ((at - s.pending_commit_time).max(0) / 1000).min(u32::MAX as i64) as u32
+        (at.saturating_sub(s.pending_commit_time).max(0) / 1000).min(u32::MAX as i64) as u32
     }
 }
 

@@ -256,6 +256,15 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     ask_passwords(&nodes).await;
     p.batch_execute("INSERT INTO t VALUES (2, 'after the password is asked again')").await.unwrap();
     wait_value(&admin, "SELECT count(*)::text FROM t WHERE id = 2", "1", WAIT).await;
+    // reset_stats() without a name resets what the caller may (its own subscription), and
+    // leaves the superuser's alone (named in a NOTICE) instead of failing as a whole.
+    admin.batch_execute("SELECT pgsub.reset_stats()").await.expect("reset own statistics");
+    let reset: String = one(
+        &s,
+        "SELECT string_agg(subname || ' ' || (stats_reset IS NOT NULL), ',' ORDER BY subname) FROM pgsub.stat_subscription",
+    )
+    .await;
+    assert_eq!(reset, "admin_sub true,su_sub false");
     admin
         .batch_execute("SELECT pgsub.alter_subscription_publications('admin_sub', ARRAY['pub'])")
         .await

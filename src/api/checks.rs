@@ -58,6 +58,16 @@ pub(super) fn require_owner_privileges(sub: &Subscription, action: &str) {
     }
 }
 
+/// Whether the caller passes `require_owner_privileges` for `sub` (without raising).
+pub(super) fn may_act_as_owner(sub: &Subscription) -> bool {
+    let caller = caller();
+    // SAFETY: catalog lookups inside a transaction.
+    unsafe {
+        pg_sys::superuser_arg(caller)
+            || (sub.password_required && pg_sys::has_privs_of_role(caller, pg_sys::Oid::from(sub.owner)))
+    }
+}
+
 /// Native 16: `password_required => false` is for superusers to set.
 pub(super) fn require_superuser_for_password_required_false() {
     // SAFETY: catalog lookup inside a transaction.
