@@ -333,6 +333,42 @@ REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;
 --   not_served          critical  pgsub.database does not name this database (or it is a template)
 -- The publisher is read only for enabled subscriptions, and not at all when retained_wal_bytes
 -- is NULL.
+-- check_health's thresholds, refused when they cannot mean anything (a negative one, a
+-- conflicts_seen that is not an object of counts, a publisher_timeout of zero).
+CREATE FUNCTION pgsub._health_arguments(error_minutes integer, lag_bytes bigint, apply_lag interval,
+                                        retained_wal_bytes bigint, conflicts_seen jsonb,
+                                        publisher_timeout interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad text;
+BEGIN
+    IF error_minutes < 0 OR lag_bytes < 0 OR apply_lag < interval '0' OR retained_wal_bytes < 0 THEN
+        RAISE EXCEPTION 'check_health thresholds must not be negative'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('error_minutes %s, lag_bytes %s, apply_lag %s, retained_wal_bytes %s',
+                                  error_minutes, lag_bytes, apply_lag, retained_wal_bytes);
+    END IF;
+    IF publisher_timeout <= interval '0' THEN
+        RAISE EXCEPTION 'check_health publisher_timeout must be positive'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass an interval such as ''5 seconds'', or retained_wal_bytes => NULL not to read the publishers.';
+    END IF;
+    IF conflicts_seen IS NOT NULL AND jsonb_typeof(conflicts_seen) <> 'object' THEN
+        RAISE EXCEPTION 'check_health conflicts_seen must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the conflicts counted at the previous check by subscription: ''{"mysub": 12}''.';
+    END IF;
+    SELECT k INTO bad FROM jsonb_each(coalesce(conflicts_seen, '{}')) AS e(k, v)
+    WHERE jsonb_typeof(v) <> 'number' LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'check_health conflicts_seen: the value of "%" is not a number', bad
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
 CREATE FUNCTION pgsub.check_health(
     error_minutes integer DEFAULT 5,
     lag_bytes bigint DEFAULT 1073741824,
@@ -344,6 +380,9 @@ RETURNS TABLE (subname text, problem text, severity text, detail text, since tim
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+SELECT pgsub._health_arguments(check_health.error_minutes, check_health.lag_bytes, check_health.apply_lag,
+                               check_health.retained_wal_bytes, check_health.conflicts_seen,
+                               check_health.publisher_timeout);
 WITH s AS (
     SELECT s.*, h.failures, h.failing, pgsub._ts(h.failing_since) AS failing_since,
            pgsub._ts(h.waiting_since) AS waiting_since

@@ -5,8 +5,8 @@
 //! that refers only to metrics the page has. `pgsub.health` / `pgsub.check_health` raise each
 //! problem they document, each provoked here.
 use pgsub_tests::{
-    assert_replicated_equal, free_port, one, wait_for, wait_for_subscription_error, wait_for_subscription_sync,
-    wait_value, workspace_root, ClusterOpts, TwoNodes,
+    assert_replicated_equal, free_port, must_fail, one, wait_for, wait_for_subscription_error,
+    wait_for_subscription_sync, wait_value, workspace_root, ClusterOpts, TwoNodes,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -549,6 +549,19 @@ async fn health_raises_each_problem_it_documents() {
     // A healthy subscription: no problem, at the defaults or when any failure would count at once.
     assert_eq!(health(&s, "pgsub.health").await, vec![]);
     assert_eq!(health(&s, "pgsub.check_health(error_minutes => 0)").await, vec![]);
+    // Thresholds that cannot mean anything are refused, not taken silently.
+    for (args, says) in [
+        ("error_minutes => -1", "must not be negative"),
+        ("lag_bytes => -5", "must not be negative"),
+        ("conflicts_seen => '[1, 2]'", "must be a JSON object"),
+        ("conflicts_seen => '{\"hsub\": \"many\"}'", "the value of \"hsub\" is not a number"),
+        ("publisher_timeout => '0'", "publisher_timeout must be positive"),
+    ] {
+        let (code, text) =
+            must_fail(&s, &format!("SELECT * FROM pgsub.check_health({args})"), &[]).await.code_and_text();
+        assert_eq!(code, "22023", "{args}: {text}");
+        assert!(text.contains(says), "{args}: {text}");
+    }
     // A monitoring role may read it; a plain role may not.
     s.batch_execute("CREATE ROLE mon LOGIN IN ROLE pg_monitor; CREATE ROLE plain LOGIN").await.unwrap();
     let mon = nodes.subscriber.client_as("mon", "postgres").await.unwrap();

@@ -61,6 +61,7 @@ const VIEW_HELPERS: &[&str] = &[
     "_sync_progress",
     "_preloaded",
     "_database_served",
+    "_health_arguments",
     "_stat_names",
     "_stat_databases",
     "_stat_conflicts",
