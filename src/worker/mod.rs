@@ -223,12 +223,15 @@ fn on_error(subid: i32, e: CaughtError) {
         && finish != 0
         && shmem::with_slot(subid, |s| s.batch_failed_lsn != finish).unwrap_or(false);
     let counted = if recheck { None } else { conflict };
-    // An error in a stream whose binary format pgsub chose itself (`binary` unset) may be
-    // binary's own — a column whose type was changed here first, say, which a text stream
-    // carries: the transaction is applied again in text at once, and only an error there is
-    // one. Not counted, no backoff, no disable_on_error for what a text stream (native's default)
-    // would not have met; logged (LOG) with what it was.
-    if failed_in_auto_binary && conflict.is_none() && finish != 0 {
+    // An error in a stream whose binary format pgsub chose itself (`binary` unset) that may be
+    // binary's own — a relation binary cannot carry (a column whose type was changed here first,
+    // say, which a text stream carries), a value the local type's binary input refuses: the
+    // transaction is applied again in text at once, and only an error there is one. Not
+    // counted, no backoff, no disable_on_error for what a text stream (native's default) would
+    // not have met; logged (LOG) with what it was. Other errors (constraints, deadlocks,
+    // privileges) are the data's whatever the format: reported as they are, and the retry is
+    // in text all the same (`text_until`).
+    if failed_in_auto_binary && conflict.is_none() && finish != 0 && binary_may_cause(code, &msg) {
         shmem::with_slot(subid, |s| {
             s.text_until = s.text_until.max(finish);
             s.ungrouped_until = s.ungrouped_until.max(finish);
@@ -276,6 +279,17 @@ fn on_error(subid: i32, e: CaughtError) {
         shmem::with_slot(subid, |s| s.failed = false);
     }
     e.rethrow()
+}
+
+/// Whether an apply error may come from the binary format itself: pgsub's own refusal of a
+/// relation (`format::check_bound`), a data exception (class 22: a binary value a local input
+/// function refuses or reads out of range), a datatype mismatch, a malformed binary message.
+fn binary_may_cause(code: PgSqlErrorCode, msg: &str) -> bool {
+    let class = |c: PgSqlErrorCode| (c as i32) & 0xFFF;
+    msg.starts_with("binary transfer cannot carry")
+        || class(code) == class(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION)
+        || code == PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH
+        || code == PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION
 }
 
 /// After an error (its transaction aborted): disables the subscription if it has
