@@ -247,7 +247,7 @@ fn on_error(subid: i32, e: CaughtError) {
             PgLogLevel::LOG,
             code,
             format!("pgsub apply worker: applying in binary format failed, the transaction is applied again in text format: {msg}"),
-            Some(text),
+            Some(text.clone()),
             Some("The stream's binary format was chosen automatically (binary unset); an error in text format is reported as one."),
         );
         // SAFETY: the transaction was aborted above.
