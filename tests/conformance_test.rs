@@ -1790,7 +1790,10 @@ CREATE TABLE id_always (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)
 INSERT INTO id_always (v) VALUES ('a'), ('b');
 CREATE TABLE id_always_col (k int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, v text);
 INSERT INTO id_always_col (k, v) SELECT g, 'v' || g FROM generate_series(1, 6) g;
-CREATE PUBLICATION keys FOR TABLE kf_part, kf_pk, id_always, id_always_col;
+CREATE TABLE id_plain (k int PRIMARY KEY, n int, big text);
+ALTER TABLE id_plain ALTER COLUMN big SET STORAGE EXTERNAL;
+INSERT INTO id_plain SELECT g, g, repeat(g::text, 5000) FROM generate_series(1, 4) g;
+CREATE PUBLICATION keys FOR TABLE kf_part, kf_pk, id_always, id_always_col, id_plain;
 CREATE PUBLICATION keys_root FOR TABLE kf_root WITH (publish_via_partition_root = true);
 ";
 const KEYS_SUB: &str = "
@@ -1805,13 +1808,17 @@ CREATE TABLE kf_root_2 PARTITION OF kf_root FOR VALUES IN (2);
 CREATE TABLE kf_pk (a int PRIMARY KEY, t text, f float8, j json);
 CREATE TABLE id_always (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
 CREATE TABLE id_always_col (k int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, v text);
+CREATE TABLE id_plain (k int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, big text, here text DEFAULT 'here');
 ";
 
 /// What the subscriber's own keys change (as native apply, which finds rows through the local
 /// table): REPLICA IDENTITY FULL into a partitioned table (one row changes, not the row at the
 /// same ctid in every partition); FULL into a table with a primary key (the row is found by that
 /// key, even when another column differs here or has no equality operator, json); GENERATED
-/// ALWAYS identity columns, which SQL would not let an INSERT or UPDATE set.
+/// ALWAYS identity columns, which SQL would not let an INSERT or UPDATE set: an UPDATE that
+/// changes one (`SET id = DEFAULT` on the publisher, or a plain column there) writes the new
+/// value as native apply does, the row's TOAST value left unchanged and its subscriber-only
+/// column kept.
 #[tokio::test(flavor = "current_thread")]
 async fn subscriber_keys_partitions_and_identity_columns() {
     let mut c = Case::start(KEYS_PUB, KEYS_SUB).await;
@@ -1865,6 +1872,36 @@ async fn subscriber_keys_partitions_and_identity_columns() {
     c.expect_same("id_always ids", "SELECT string_agg(id::text, ',' ORDER BY id) FROM id_always").await;
     c.expect_same("id_always_col identities", "SELECT string_agg(k || ':' || n, ',' ORDER BY k) FROM id_always_col")
         .await;
+
+    // The identity value itself changed by the publisher.
+    c.on_sub("UPDATE id_plain SET here = 'mine' WHERE k IN (1, 3)").await;
+    c.on_pub(
+        "UPDATE id_always SET id = DEFAULT WHERE id = 1;
+         UPDATE id_always SET id = DEFAULT, v = 'moved' WHERE id = 2;
+         UPDATE id_always_col SET n = DEFAULT WHERE k = 3;
+         UPDATE id_plain SET n = n + 100 WHERE k <= 2;
+         UPDATE id_plain SET n = 30 WHERE k = 3;
+         UPDATE id_plain SET n = n, big = 'b' WHERE k = 4;",
+    )
+    .await;
+    c.wait_equal("after UPDATEs that change GENERATED ALWAYS identity values", None, &[]).await;
+    c.expect_same("id_always ids changed there", "SELECT string_agg(id || v, ',' ORDER BY id) FROM id_always").await;
+    c.expect_same(
+        "id_always_col identity changed there",
+        "SELECT string_agg(k || ':' || n, ',' ORDER BY k) FROM id_always_col",
+    )
+    .await;
+    c.expect_same(
+        "id_plain values and unchanged TOAST values",
+        "SELECT string_agg(k || ':' || n || ':' || md5(big), ',' ORDER BY k) FROM id_plain",
+    )
+    .await;
+    c.expect_sub(
+        "id_plain's subscriber-only column kept",
+        "SELECT string_agg(k || ':' || here, ',' ORDER BY k) FROM id_plain",
+        "1:mine,2:here,3:mine,4:here",
+    )
+    .await;
     c.finish().await;
 }
 

@@ -8,8 +8,11 @@
 //!   type's own equality operator; under REPLICA IDENTITY FULL NULLs match NULLs and one row of
 //!   possible duplicates is chosen by ctid (by tableoid and ctid in a partitioned table, whose
 //!   partitions each have their own ctids). An UPDATE never sets a GENERATED ALWAYS identity
-//!   column (SQL refuses it): the row must hold the new value already, so a changed one finds
-//!   no row and is reported as a missing row instead of being lost;
+//!   column (SQL refuses it): it requires the row to hold the new value already;
+//! - a replacing UPDATE, for a row whose GENERATED ALWAYS identity column the publisher changed:
+//!   the row is deleted and inserted again `OVERRIDING SYSTEM VALUE` in one statement, the
+//!   columns not sent (TOAST values left unchanged, columns only the subscriber has) taken from
+//!   the deleted row;
 //! - batched DELETE / UPDATE of a run of rows: each column's values come as one array parameter,
 //!   unnested `WITH ORDINALITY`, and `RETURNING` the ordinals of the rows found;
 //! - a lookup by the same key condition, asked when an UPDATE or DELETE changed no row: whether
@@ -49,6 +52,9 @@ pub struct Target<'a> {
     /// columns): an UPDATE or DELETE changes one of them, chosen by ctid.
     pub pick_one: bool,
     pub cols: &'a [Column],
+    /// The local table's other columns a row is inserted with (not generated, not among
+    /// `cols`): those only the subscriber has, which a replacing UPDATE carries over.
+    pub kept: &'a [String],
 }
 
 /// A statement shape: the operation and which columns take part (one flag per column).
@@ -59,6 +65,13 @@ pub enum Statement {
     /// conflict is then looked for and resolved by the worker.
     InsertIfAbsent(Vec<bool>),
     Update {
+        set: Vec<bool>,
+        key: Vec<bool>,
+    },
+    /// An UPDATE that must set a GENERATED ALWAYS identity column: the row found by `key` is
+    /// deleted and inserted again with the `set` columns' new values and its own other values.
+    /// Parameters as `Update`'s: the set columns, then the key columns.
+    Replace {
         set: Vec<bool>,
         key: Vec<bool>,
     },
@@ -115,6 +128,7 @@ pub fn build(target: &Target, stmt: &Statement) -> Prepared {
         Statement::Insert(present) => b.insert(present),
         Statement::InsertIfAbsent(present) => format!("{} ON CONFLICT DO NOTHING", b.insert(present)),
         Statement::Update { set, key } => b.update(set, key),
+        Statement::Replace { set, key } => b.replace(set, key),
         Statement::Delete { key } => b.delete(key),
         Statement::DeleteBatch { key } => b.delete_batch(key),
         Statement::UpdateBatch { set, key } => b.update_batch(set, key),
@@ -245,6 +259,30 @@ impl Builder<'_, '_> {
         format!("UPDATE {}{} SET {} WHERE {w}", self.only(), self.target.qualified, sets.join(", "))
     }
 
+    fn replace(&mut self, set: &[bool], key: &[bool]) -> String {
+        let mut names = Vec::new();
+        let mut values = Vec::new();
+        for i in 0..self.target.cols.len() {
+            let name = self.col(i);
+            values.push(if set.get(i).copied().unwrap_or(false) { self.param(i) } else { format!("pgsub_old.{name}") });
+            names.push(name);
+        }
+        for k in self.target.kept {
+            let name = quote_ident(k);
+            values.push(format!("pgsub_old.{name}"));
+            names.push(name);
+        }
+        let w = self.one_row_where(key, &[]);
+        let q = self.target.qualified;
+        format!(
+            "WITH pgsub_old AS (DELETE FROM {}{q} WHERE {w} RETURNING *) \
+             INSERT INTO {q} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM pgsub_old",
+            self.only(),
+            names.join(", "),
+            values.join(", ")
+        )
+    }
+
     fn find(&mut self, key: &[bool], same: &[bool]) -> String {
         let mut c = self.key_condition(key);
         for i in on(same) {
@@ -368,7 +406,7 @@ mod tests {
     }
 
     fn target(cols: &[Column], full: bool, partitioned: bool) -> Target<'_> {
-        Target { qualified: "\"s\".\"t\"", partitioned, full, pick_one: full, cols }
+        Target { qualified: "\"s\".\"t\"", partitioned, full, pick_one: full, cols, kept: &[] }
     }
 
     #[test]
@@ -523,6 +561,30 @@ mod tests {
             p.sql,
             "UPDATE ONLY \"s\".\"t\" SET \"we\"\"ird\" = \"we\"\"ird\" WHERE \"we\"\"ird\" OPERATOR(pg_catalog.=) $2 AND \"id\" IS NOT DISTINCT FROM $1"
         );
+    }
+
+    #[test]
+    fn a_replacing_update_deletes_and_inserts_the_row_keeping_what_was_not_sent() {
+        let c = with_identity();
+        let kept = ["local \"only\"".to_string()];
+        let t = Target { kept: &kept, ..target(&c, false, false) };
+        // The identity column and the key sent, the third column's TOAST value unchanged.
+        let p = build(&t, &Statement::Replace { set: vec![true, true, false], key: vec![false, true, false] });
+        assert_eq!(
+            p.sql,
+            "WITH pgsub_old AS (DELETE FROM ONLY \"s\".\"t\" WHERE \"we\"\"ird\" OPERATOR(pg_catalog.=) $3 RETURNING *) \
+             INSERT INTO \"s\".\"t\" (\"id\", \"we\"\"ird\", \"j\", \"local \"\"only\"\"\") OVERRIDING SYSTEM VALUE \
+             SELECT $1, $2, pgsub_old.\"j\", pgsub_old.\"local \"\"only\"\"\" FROM pgsub_old"
+        );
+        assert_eq!(p.argtypes, vec![INT4, TEXT, TEXT]);
+        // A partitioned table: deleted wherever it is, routed where it belongs; under FULL one
+        // row of possible duplicates.
+        let t = Target { kept: &[], ..target(&c, true, true) };
+        let p = build(&t, &Statement::Replace { set: vec![true, true, true], key: vec![false, true, false] });
+        assert!(p.sql.starts_with(
+            "WITH pgsub_old AS (DELETE FROM \"s\".\"t\" WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"s\".\"t\" WHERE"
+        ));
+        assert!(p.sql.ends_with("OVERRIDING SYSTEM VALUE SELECT $1, $2, $3 FROM pgsub_old"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::execute::{
 };
 use super::owner;
 use super::progress::Progress;
-use super::relation::{self, bind_local, cstring, free_plans, PlanKey, RelEntry};
+use super::relation::{self, bind_local, cstring, free_plans, LocalRel, PlanKey, RelEntry};
 pub use super::tables::TableStates;
 use crate::catalog::Resolution;
 use crate::report;
@@ -724,32 +724,46 @@ impl Applier {
                 return Some((local.relid, RowOutcome::Applied));
             }
         }
-        let plan = local.plan(PlanKey::Update { set: set.clone(), key: key.clone() }, remote);
-        let mut values = Vec::new();
-        let mut nulls = Vec::new();
-        let processed = in_context(cxt, || {
-            for (i, v) in m.new.columns.iter().enumerate() {
-                if set[i] {
-                    let (d, n) = local.cols[i].datum(v, binary);
-                    values.push(d);
-                    nulls.push(n);
+        // The new values of the set columns, then the key's: the parameters of an UPDATE and of
+        // a replacing one.
+        let run = |local: &mut LocalRel, stmt: PlanKey, ok: u32| {
+            let plan = local.plan(stmt, remote);
+            let mut values = Vec::new();
+            let mut nulls = Vec::new();
+            in_context(cxt, || {
+                for (i, v) in m.new.columns.iter().enumerate() {
+                    if set[i] {
+                        let (d, n) = local.cols[i].datum(v, binary);
+                        values.push(d);
+                        nulls.push(n);
+                    }
                 }
-            }
-            for (i, v) in key_src.columns.iter().enumerate() {
-                if key[i] {
-                    let (d, n) = local.cols[i].datum(v, binary);
-                    values.push(d);
-                    nulls.push(n);
+                for (i, v) in key_src.columns.iter().enumerate() {
+                    if key[i] {
+                        let (d, n) = local.cols[i].datum(v, binary);
+                        values.push(d);
+                        nulls.push(n);
+                    }
                 }
-            }
-            owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_UPDATE as i32))
-        });
-        if processed > 0 {
+                owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, ok as i32))
+            })
+        };
+        if run(local, PlanKey::Update { set: set.clone(), key: key.clone() }, pg_sys::SPI_OK_UPDATE) > 0 {
             return Some((local.relid, RowOutcome::Applied));
         }
+        // The UPDATE requires each GENERATED ALWAYS identity column sent to hold its new value
+        // already (SQL cannot set one): a row found with it was skipped by a trigger.
         let same: Vec<bool> = set.iter().zip(&local.cols).map(|(s, c)| *s && c.identity_always).collect();
         if with_snapshot(|| local.holds_row(remote, key_src, &key, Some((&m.new, &same)), binary, cxt)) {
             return Some((local.relid, RowOutcome::Skipped));
+        }
+        // Otherwise the publisher changed such a column (`SET id = DEFAULT` there, or a plain
+        // column there): native apply writes the new value, so the row is replaced by one with
+        // it — deleted and inserted again, its other values kept.
+        if same.iter().any(|s| *s)
+            && run(local, PlanKey::Replace { set: set.clone(), key: key.clone() }, pg_sys::SPI_OK_INSERT) > 0
+        {
+            return Some((local.relid, RowOutcome::Applied));
         }
         let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
         missing_row("UPDATE", &target);

@@ -73,6 +73,9 @@ pub(super) struct LocalRel {
     /// most. Otherwise (no such index: duplicates are legal here) an UPDATE or DELETE by the
     /// remote key changes one of the matching rows, as under FULL, not all of them.
     pub(super) remote_key_unique: bool,
+    /// The local columns not among the remote ones that a row is inserted with (not generated):
+    /// a replacing UPDATE (`sql::Statement::Replace`) carries their values over.
+    pub(super) kept: Vec<String>,
 }
 
 impl LocalRel {
@@ -733,6 +736,7 @@ impl LocalRel {
             full: remote.replica_identity == ReplicaIdentity::Full && self.identity_key.is_none(),
             pick_one: self.picks_one_row(remote),
             cols: &cols,
+            kept: &self.kept,
         };
         let built = sql::build(&target, &key);
         let sql = built.sql;
@@ -806,6 +810,11 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         col.exact_key &= rc.type_oid == typid.to_u32();
         cols.push(col);
     }
+    let kept = local_cols
+        .iter()
+        .filter(|(n, ..)| !remote.columns.iter().any(|rc| rc.name == *n))
+        .map(|(n, ..)| n.clone())
+        .collect();
     let stmt_insert_triggers = super::relcat::has_stmt_insert_triggers(relid);
     let keys = super::relcat::local_keys(relid);
     let identity_key = keys.iter().find(|k| k.identity).and_then(|k| {
@@ -824,6 +833,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         stmt_insert_triggers,
         identity_key,
         remote_key_unique,
+        kept,
     }
 }
 
