@@ -389,20 +389,26 @@ async fn drift_remote_column_missing_locally() {
     let (p, s) = drift_setup(&nodes, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     p.batch_execute(&inserts(1, 20)).await.unwrap();
     converge(&p, &s).await;
-    // The publisher gains a column the subscriber does not have.
-    p.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();
+    // The publisher gains columns the subscriber does not have: the error names all of them,
+    // as native's does, so that one fix is enough.
+    p.batch_execute("ALTER TABLE t ADD COLUMN extra text, ADD COLUMN more int").await.unwrap();
     p.batch_execute("BEGIN; UPDATE t SET extra = 'upd' WHERE id <= 5; INSERT INTO t VALUES (100, 'a', 'x1'); COMMIT")
         .await
         .unwrap();
     p.batch_execute(&format!("{}; UPDATE t SET extra = 'batch' WHERE id > 200", inserts(200, 30))).await.unwrap();
-    let err =
-        wait_for_repeated_error(&s, "drift", &["\"public\".\"t\"", "missing replicated column: \"extra\""], WAIT).await;
-    assert!(err.contains("HINT: Add the column"), "{err}");
+    let err = wait_for_repeated_error(
+        &s,
+        "drift",
+        &["\"public\".\"t\"", "missing replicated columns: \"extra\", \"more\""],
+        WAIT,
+    )
+    .await;
+    assert!(err.contains("HINT: Add the columns"), "{err}");
     assert!(err.contains("finished at"), "context: {err}");
     assert!(err.contains("during message type \"UPDATE\""), "the context names the change being applied: {err}");
     // Nothing of the failing transaction (nor later ones) was applied.
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 20);
-    s.batch_execute("ALTER TABLE t ADD COLUMN extra text").await.unwrap();
+    s.batch_execute("ALTER TABLE t ADD COLUMN extra text, ADD COLUMN more int").await.unwrap();
     converge(&p, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 51);
     wait_for_subscription_sync(&s, "drift", WAIT).await;

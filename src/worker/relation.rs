@@ -798,11 +798,20 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     BOUND.with(|b| b.borrow_mut().insert(qualified.clone(), relid));
     // Local columns by name.
     let local_cols = super::relcat::local_columns(relid);
+    let missing: Vec<&str> = remote
+        .columns
+        .iter()
+        .filter(|rc| !local_cols.iter().any(|(n, ..)| *n == rc.name))
+        .map(|rc| rc.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        missing_columns(relid, &qualified, &missing);
+    }
     let mut cols = Vec::with_capacity(remote.columns.len());
     for rc in &remote.columns {
         let Some((_, typid, typmod, collation, identity_always)) = local_cols.iter().find(|(n, ..)| *n == rc.name)
         else {
-            missing_column(relid, &qualified, &rc.name);
+            missing_columns(relid, &qualified, &[&rc.name]);
         };
         let mut col = col_map(&rc.name, *typid, *typmod, *collation, binary);
         col.identity_always = *identity_always;
@@ -918,39 +927,60 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
     }
 }
 
-/// A replicated column the local table does not have (or has as a generated column, which
-/// cannot take values): an error, as natively. A PostgreSQL 18 subscriber names a local
-/// generated column as such, as native 18 does (a publisher of 18 can publish generated
-/// columns); before 18 it counts as missing, as native does there.
-pub(super) fn missing_column(relid: pg_sys::Oid, qualified: &str, column: &str) -> ! {
-    let generated_here = Spi::get_one_with_args::<bool>(
-        "SELECT a.attgenerated <> '' FROM pg_catalog.pg_attribute a \
-         WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-        &[relid.into(), column.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if generated_here && pg_sys::PG_VERSION_NUM >= 180000 {
+/// Raises native's error for remote columns the local table lacks, naming every one of them
+/// (`"a", "b"`): those missing, or on PostgreSQL 18 when only generated columns here stand in
+/// their way, those (which cannot receive values), as native 18 tells them apart.
+pub(super) fn missing_columns(relid: pg_sys::Oid, qualified: &str, columns: &[&str]) -> ! {
+    let generated_here = |column: &str| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT a.attgenerated <> '' FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[relid.into(), column.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    };
+    let (generated, missing): (Vec<&str>, Vec<&str>) = if pg_sys::PG_VERSION_NUM >= 180000 {
+        columns.iter().partition(|c| generated_here(c))
+    } else {
+        (Vec::new(), columns.to_vec())
+    };
+    let list = |names: &[&str]| names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+    let plural = |names: &[&str]| if names.len() == 1 { "" } else { "s" };
+    if missing.is_empty() && !generated.is_empty() {
         report::error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("logical replication target relation {qualified} has incompatible generated column: \"{column}\""),
+            format!(
+                "logical replication target relation {qualified} has incompatible generated column{}: {}",
+                plural(&generated),
+                list(&generated)
+            ),
             None,
             Some("A generated column cannot receive published values: make it a plain column on the subscriber, or leave it out of the publication; the worker retries."),
         );
     }
     report::error(
         Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        format!("logical replication target relation {qualified} is missing replicated column: \"{column}\""),
+        format!(
+            "logical replication target relation {qualified} is missing replicated column{}: {}",
+            plural(&missing),
+            list(&missing)
+        ),
         None,
-        Some("Add the column on the subscriber (a generated column there cannot receive values); the worker retries."),
+        Some(&format!(
+            "Add the column{} on the subscriber (a generated column there cannot receive values); the worker retries.",
+            plural(&missing)
+        )),
     );
 }
 
 /// Checks that the local table can take every one of `columns` (before an initial copy).
 pub(super) fn require_columns(relid: pg_sys::Oid, qualified: &str, columns: &[String]) {
     let local = super::relcat::local_columns(relid);
-    if let Some(c) = columns.iter().find(|c| !local.iter().any(|(n, ..)| n == *c)) {
-        missing_column(relid, qualified, c);
+    let missing: Vec<&str> =
+        columns.iter().filter(|c| !local.iter().any(|(n, ..)| n == *c)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        missing_columns(relid, qualified, &missing);
     }
 }
