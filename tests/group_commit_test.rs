@@ -183,3 +183,53 @@ async fn a_run_of_inserts_carried_over_grouped_commits_fails_as_a_range_then_by_
     wait_value(&s, "SELECT count(*)::text FROM t", "1000", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A deferred constraint trigger of the subscriber that fails at COMMIT, in a long group, under
+/// `disable_on_error`: the group's error names the range and neither disables the subscription
+/// nor moves its origin; the retry applies the transactions one by one, the failing one's error
+/// names it and disables the subscription — and the origin stays before it, so that nothing is
+/// lost once the cause is fixed (an origin position set for a commit that failed used to be
+/// carried by the commit that disabled the subscription: the whole group was skipped).
+#[tokio::test(flavor = "current_thread")]
+async fn a_commit_that_fails_in_a_group_under_disable_on_error_loses_no_transaction() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes).await;
+    s.batch_execute("ALTER SYSTEM SET pgsub.group_commit_time = '10s'").await.unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    s.batch_execute(
+        "CREATE FUNCTION no_bad() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.v = 'bad' THEN RAISE EXCEPTION 'bad row %', NEW.n; END IF; RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER no_bad AFTER INSERT ON log DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION no_bad();
+         ALTER TABLE log ENABLE ALWAYS TRIGGER no_bad;
+         SELECT pgsub.alter_subscription_options('g', disable_on_error => true);",
+    )
+    .await
+    .unwrap();
+    p.batch_execute(
+        "DO $$ BEGIN FOR i IN 1..1000 LOOP
+             INSERT INTO t VALUES (i, 'v' || i);
+             INSERT INTO log VALUES (i, CASE WHEN i = 501 THEN 'bad' ELSE 'x' END);
+             COMMIT;
+         END LOOP; END $$",
+    )
+    .await
+    .unwrap();
+    let xid_501: String = one(&p, "SELECT xmin::text FROM t WHERE id = 501").await;
+    s.batch_execute("SELECT pgsub.enable_subscription('g')").await.unwrap();
+    nodes
+        .subscriber
+        .wait_for_log("applied together (the retry applies them one by one)", WAIT)
+        .await
+        .expect("the group's error");
+    // The retry pins it to the 501st transaction, whose error disables the subscription.
+    wait_value(&s, "SELECT enabled::text FROM pgsub.subscription WHERE subname = 'g'", "false", WAIT).await;
+    let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'g'").await;
+    assert!(err.contains("bad row 501") && err.contains(&format!("in transaction {xid_501}, finished at")), "{err}");
+    assert!(!err.contains("replication target relation"), "a COMMIT's error names no relation: {err}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM log").await, 500, "the 500 before it, each committed");
+    s.batch_execute("ALTER TABLE log DISABLE TRIGGER no_bad").await.unwrap();
+    set_enabled(&s, true).await;
+    wait_value(&s, "SELECT count(*)::text FROM log", "1000", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}

@@ -244,7 +244,7 @@ impl Applier {
             self.flush_batches();
         }
         self.drain_counts(progress);
-        errctx::set_message("COMMIT", None);
+        errctx::set_commit("COMMIT");
         if defer {
             let xid = self.begin.take().map_or(0, |b| b.xid);
             let (started, first_xid) =
@@ -255,7 +255,13 @@ impl Applier {
             errctx::clear();
             return;
         }
-        self.group = None;
+        if let Some(g) = self.group.take() {
+            // The group ends with this transaction (its time is up): the local transaction
+            // holds the group's earlier ones too, and an error at this commit (a deferred
+            // constraint or trigger) may be any one's.
+            let xid = self.begin.as_ref().map_or(0, |b| b.xid);
+            errctx::set_span(Some((g.first_xid, xid)));
+        }
         // SAFETY: closing SPI and committing the transaction opened in `begin`; the origin
         // position goes into the commit record.
         let local_end = unsafe {
@@ -322,7 +328,7 @@ impl Applier {
         // A run of inserts carried over the group's last commit is loaded now.
         self.flush_batches();
         self.drain_counts(progress);
-        errctx::set_message("COMMIT", None);
+        errctx::set_commit("COMMIT");
         if g.first_xid != g.xid {
             // Deferred constraints of every transaction of the group are checked here.
             errctx::set_span(Some((g.first_xid, g.xid)));
@@ -383,7 +389,7 @@ impl Applier {
         }
         self.flush_batches();
         self.drain_counts(progress);
-        errctx::set_message("PREPARE", None);
+        errctx::set_commit("PREPARE");
         let gid = cstring(&local_gid(self.subid, xid));
         // A skipped transaction is still prepared (empty), as natively: COMMIT/ROLLBACK PREPARED
         // will come for it and must find it.
@@ -924,6 +930,19 @@ impl Applier {
 extern "C-unwind" {
     // twophase.h (not in pgrx's bindings): finishes a prepared transaction by gid.
     fn FinishPreparedTransaction(gid: *const std::ffi::c_char, is_commit: bool);
+}
+
+/// Forgets the origin position a commit that failed had set for its commit record (a deferred
+/// trigger or constraint failing at COMMIT ends it with an ERROR before the position is reset):
+/// called first thing after an error, so that a transaction committed next — disabling the
+/// subscription, recording the error or a conflict — does not advance the origin past remote
+/// transactions that were never applied.
+pub(crate) fn forget_origin_position() {
+    // SAFETY: plain assignments to the session's origin globals.
+    unsafe {
+        pg_sys::replorigin_session_origin_lsn = 0;
+        pg_sys::replorigin_session_origin_timestamp = 0;
+    }
 }
 
 /// Closes SPI and commits the local transaction with `c`'s end LSN and commit time as the

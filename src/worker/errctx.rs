@@ -61,6 +61,24 @@ pub fn set_span(span: Option<(u32, u32)>) {
     STATE.with(|s| s.borrow_mut().span = span);
 }
 
+/// Whether several remote transactions are being applied together ([`set_span`]): an error
+/// now is not pinned to one of them.
+pub fn span() -> Option<(u32, u32)> {
+    STATE.with(|s| s.borrow().span)
+}
+
+/// A COMMIT (or PREPARE) is being applied: its errors (deferred constraints and triggers) belong
+/// to the transaction, not to the relation of its last change, which native's context leaves
+/// out too.
+pub fn set_commit(kind: &'static str) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.kind = kind;
+        s.relation = None;
+        s.column = None;
+    });
+}
+
 /// The message being applied; `relation` replaces the current one when given.
 pub fn set_message(kind: &'static str, relation: Option<std::rc::Rc<str>>) {
     STATE.with(|s| {

@@ -176,6 +176,7 @@ pub(crate) fn count_conflict(s: &mut shmem::SubSlot, c: Option<ConflictType>) {
 /// Records an error in shared memory, disables the subscription if asked to, and re-raises it so
 /// that it is logged (with the apply context) and ends the worker.
 fn on_error(subid: i32, e: CaughtError) {
+    apply::forget_origin_position();
     if shutdown_requested() {
         // Asked to stop (disable, drop, server shutdown) while working: not a failure.
         // SAFETY: leave the interrupted transaction, then exit like a clean stop.
@@ -223,6 +224,12 @@ fn on_error(subid: i32, e: CaughtError) {
         && finish != 0
         && shmem::with_slot(subid, |s| s.batch_failed_lsn != finish).unwrap_or(false);
     let counted = if recheck { None } else { conflict };
+    // An error while several remote transactions were applied together (a group's commit, a
+    // run of inserts carried over their commits) is not pinned to one of them: the retry, at
+    // once, applies them one by one (`ungrouped_until`), and only an error there — naming its
+    // own transaction, the one `skip_transaction` takes — backs off or disables the
+    // subscription (disable_on_error).
+    let grouped = errctx::span().is_some();
     // An error in a stream whose binary format pgsub chose itself (`binary` unset) that may be
     // binary's own — a relation binary cannot carry (a column whose type was changed here first,
     // say, which a text stream carries), a value the local type's binary input refuses: the
@@ -266,8 +273,8 @@ fn on_error(subid: i32, e: CaughtError) {
             s.text_until = s.text_until.max(lsn.0);
         }
         s.status = Status::Error;
-        // No backoff before the row-by-row retry.
-        s.failed = !recheck;
+        // No backoff before the row-by-row (or one-by-one) retry.
+        s.failed = !recheck && !grouped;
     });
     if let Some(relid) = errctx::relation().and_then(|r| relation::bound_relid(&r)) {
         crate::monitor::add_conflict(subid, relid.to_u32(), counted);
@@ -275,7 +282,7 @@ fn on_error(subid: i32, e: CaughtError) {
     // SAFETY: leave whatever transaction the error interrupted before starting a new one.
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
     conflict::write_pending_after_abort();
-    if !recheck && disable_on_error(subid) {
+    if !recheck && !grouped && disable_on_error(subid) {
         shmem::with_slot(subid, |s| s.failed = false);
     }
     e.rethrow()

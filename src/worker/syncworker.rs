@@ -101,6 +101,7 @@ unsafe extern "C-unwind" fn release_sync_slot(_code: i32, arg: pg_sys::Datum) {
 /// Records the table's error (and its backoff), disables the subscription if asked to, and
 /// re-raises the error so that it is logged and ends the worker.
 fn on_error(subid: i32, relid: u32, e: CaughtError) {
+    super::apply::forget_origin_position();
     if shutdown_requested() {
         // SAFETY: leave the interrupted transaction, then exit like a clean stop.
         unsafe {

@@ -378,6 +378,7 @@ pub(super) unsafe fn take_origin(id: pg_sys::RepOriginId) {
 /// Leaves the error for the leader (which raises it as its own, with this context) and counts a
 /// conflict it was, then re-raises it: it is logged here and ends the worker.
 fn on_error(subid: i32, hdr: &mut Header, e: CaughtError) {
+    crate::worker::apply::forget_origin_position();
     untag();
     if shutdown_requested() {
         // SAFETY: leave the interrupted transaction, then exit like a clean stop.
