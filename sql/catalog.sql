@@ -30,6 +30,11 @@ CREATE TABLE pgsub.sub (
     -- apply worker); create_subscription also takes a boolean.
     streaming          text    NOT NULL DEFAULT 'off' CHECK (streaming IN ('off', 'on', 'parallel')),
     two_phase          boolean NOT NULL DEFAULT false,
+    -- Native subtwophasestate: d = two_phase off, p = asked for and pending (the stream runs
+    -- without it until every table is ready: a transaction prepared before a table's copy point
+    -- and committed after it would otherwise be split between the two), e = enabled (the slot
+    -- decodes prepared transactions from the point where the apply worker first asked for them).
+    two_phase_state    "char"  NOT NULL DEFAULT 'd' CHECK (two_phase_state IN ('d', 'p', 'e')),
     origin             text    NOT NULL DEFAULT 'any' CHECK (origin IN ('any', 'none')),
     disable_on_error   boolean NOT NULL DEFAULT false,
     synchronous_commit text    NOT NULL DEFAULT 'off',

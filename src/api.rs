@@ -117,11 +117,12 @@ fn create_subscription(
         require_superuser_for_password_required_false();
     }
     let conflict_resolution = check_conflict_resolution(required(conflict_resolution, "conflict_resolution"));
-    let options = catalog::Options {
+    let mut options = catalog::Options {
         copy_data,
         binary,
         streaming,
         two_phase,
+        two_phase_at_once: false,
         failover,
         origin: origin.to_string(),
         disable_on_error,
@@ -157,6 +158,12 @@ fn create_subscription(
     if copy_data && options.origin == "none" {
         warn_copy_of_other_origins(&mut client, name, &pubs, &tables);
     }
+    // As natively, two_phase is in effect from the start only when no table is copied first:
+    // otherwise it stays pending until every table is ready (the slot is created without it,
+    // and the apply worker asks for it then), so that no prepared transaction is split between
+    // a table's copy and the stream.
+    options.two_phase_at_once = two_phase && !copy_data && !tables.is_empty();
+    let slot_two_phase = options.two_phase_at_once;
 
     let new =
         catalog::NewSubscription { name, owner, enabled, conninfo, publications: pubs, slot_name: &slot, options };
@@ -174,7 +181,11 @@ fn create_subscription(
 
     // Last, so that any earlier error leaves nothing behind on the publisher.
     if create_slot {
-        create_slot_on_publisher(&mut client, &slot, pgsub_proto::client::SlotOptions { two_phase, failover });
+        create_slot_on_publisher(
+            &mut client,
+            &slot,
+            pgsub_proto::client::SlotOptions { two_phase: slot_two_phase, failover },
+        );
     } else if failover {
         // An existing slot is used: it is made a failover slot, as natively.
         if let Err(e) = client.alter_slot_failover(&slot, true) {
@@ -370,6 +381,7 @@ fn alter_subscription_options(
     sequence_sync_margin: default!(Option<i64>, "NULL"),
     binary_auto: default!(Option<bool>, "NULL"),
     failover: default!(Option<bool>, "NULL"),
+    two_phase: default!(Option<bool>, "NULL"),
 ) {
     require_admin();
     let name = required(name, "name");
@@ -418,6 +430,95 @@ fn alter_subscription_options(
     );
     if let Some(f) = failover.filter(|f| *f != sub.failover) {
         set_failover(&sub, f);
+    }
+    if let Some(t) = two_phase.filter(|t| *t != sub.two_phase) {
+        set_two_phase(&sub, t);
+    }
+}
+
+/// PostgreSQL 18's `ALTER SUBSCRIPTION … SET (two_phase = …)`, only while the subscription is
+/// disabled, as natively. On: pending, enabled by the apply worker once every table is ready.
+/// Off: refused while a transaction it prepared here is still prepared; a slot that already
+/// decodes prepared transactions is altered on the publisher at once (PostgreSQL 18's
+/// `ALTER_REPLICATION_SLOT … (TWO_PHASE false)`; an older publisher cannot).
+fn set_two_phase(sub: &catalog::Subscription, on: bool) {
+    if sub.enabled {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot set option \"two_phase\" for enabled subscription \"{}\"", sub.name),
+            None,
+            Some("Disable the subscription first."),
+        );
+    }
+    if on {
+        checks::require_prepared_transactions();
+        update_sub(sub.subid, catalog::Change::TwoPhase(Some(false)));
+        return;
+    }
+    let prepared = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE pg_catalog.starts_with(gid, $1)",
+        &[format!("pgsub_{}_", sub.subid).into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    if prepared > 0 {
+        error(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "cannot disable two_phase when prepared transactions are present",
+            Some(format!(
+                "{prepared} transaction(s) of subscription \"{}\" are prepared here (pg_prepared_xacts, gid pgsub_{}_…).",
+                sub.name, sub.subid
+            )),
+            Some("Resolve these transactions and try again."),
+        );
+    }
+    if sub.two_phase_enabled {
+        prevent_in_transaction_block(
+            "pgsub.alter_subscription_options(…, two_phase => false)",
+            "Run it as a statement of its own: it alters the slot on the publisher at once.",
+        );
+        let mut client =
+            match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), sub.must_use_password()) {
+                Ok(c) => c,
+                Err(e) => publisher::raise(&e, "could not connect to the publisher", None),
+            };
+        let server = client.server_version_num();
+        if server < 180000 {
+            client.close();
+            error(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "two_phase cannot be turned off for a slot of a publisher before PostgreSQL 18; the publisher is {}",
+                    pgsub_proto::client::version_string(server)
+                ),
+                Some(format!("Slot \"{}\" decodes prepared transactions as such.", sub.slot_name)),
+                Some("Drop and create the subscription again without two_phase."),
+            );
+        }
+        if let Err(e) = client.alter_slot_two_phase(&sub.slot_name, false) {
+            publisher::raise(
+                &e,
+                &format!("could not alter replication slot \"{}\" on the publisher", sub.slot_name),
+                None,
+            );
+        }
+        client.close();
+    }
+    update_sub(sub.subid, catalog::Change::TwoPhase(None));
+}
+
+/// As natively, a refresh that would copy tables is refused once two_phase is in effect: a
+/// transaction prepared before a new table's copy point and committed after it would be split
+/// between the copy and the stream.
+fn refuse_copy_under_two_phase(sub: &catalog::Subscription, copy_data: bool, call: &str) {
+    if copy_data && sub.two_phase_enabled {
+        error(
+            Code::ERRCODE_SYNTAX_ERROR,
+            format!("pgsub.{call}(…, copy_data => true) is not allowed when two_phase is enabled"),
+            None,
+            Some("Use copy_data => false, or drop and create the subscription again."),
+        );
     }
 }
 
@@ -541,6 +642,7 @@ fn alter_subscription_publications(
     let pubs = publication_list(pubs_in);
     let sub = sub_by_name(name);
     require_owner_privileges(&sub, "change its publications");
+    refuse_copy_under_two_phase(&sub, copy_data, "alter_subscription_publications");
     let mut client = connect(name, &sub.conninfo, sub.must_use_password());
     check_publications(&mut client, &pubs);
     let tables = published_tables(&mut client, &pubs);
@@ -565,6 +667,7 @@ fn refresh_subscription(name: Option<&str>, copy_data: default!(Option<bool>, tr
     let copy_data = required(copy_data, "copy_data");
     let sub = sub_by_name(name);
     require_superuser_if_passwordless(&sub);
+    refuse_copy_under_two_phase(&sub, copy_data, "refresh_subscription");
     let mut client = connect(name, &sub.conninfo, sub.must_use_password());
     let tables = published_tables(&mut client, &sub.publications);
     if copy_data && sub.origin == "none" {

@@ -26,6 +26,10 @@ pub struct Subscription {
     pub binary: Option<bool>,
     pub streaming: StreamingMode,
     pub two_phase: bool,
+    /// `two_phase` is in effect (state `e`): the stream asks for prepared transactions. While
+    /// it is asked for and not in effect (`p`), the stream runs without it until every table
+    /// is ready.
+    pub two_phase_enabled: bool,
     pub origin: String,
     pub disable_on_error: bool,
     pub synchronous_commit: String,
@@ -134,7 +138,8 @@ const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, connin
      run_as_owner, password_required, conflict_resolution, \
      (pg_catalog.date_part('epoch', sequence_sync_interval) * 1000)::int8, sequence_sync_margin, \
      (pg_catalog.to_jsonb(sub.*) ->> 'subdbid')::int8, \
-     coalesce((pg_catalog.to_jsonb(sub.*) ->> 'failover')::boolean, false)";
+     coalesce((pg_catalog.to_jsonb(sub.*) ->> 'failover')::boolean, false), \
+     coalesce(pg_catalog.to_jsonb(sub.*) ->> 'two_phase_state', CASE WHEN two_phase THEN 'e' ELSE 'd' END) = 'e'";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -161,6 +166,7 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         sequence_sync_margin: row.get::<i64>(21)?.unwrap_or(0),
         dbid: row.get::<i64>(22)?.unwrap_or(0) as u32,
         failover: row.get::<bool>(23)?.unwrap_or(false),
+        two_phase_enabled: row.get::<bool>(24)?.unwrap_or(false),
     })
 }
 
@@ -479,6 +485,9 @@ pub struct Options {
     pub binary: Option<bool>,
     pub streaming: StreamingMode,
     pub two_phase: bool,
+    /// With `two_phase`: in effect from the start (no table to copy first), as native enables it
+    /// when `copy_data` is off and the subscription has tables; otherwise pending.
+    pub two_phase_at_once: bool,
     pub failover: bool,
     pub origin: String,
     pub disable_on_error: bool,
@@ -580,6 +589,13 @@ fn insert_row(sub: &NewSubscription) -> SpiResult<Option<i32>> {
         if o.failover {
             Spi::run_with_args("UPDATE pgsub.sub SET failover = true WHERE subid = $1", &[subid.into()])?;
         }
+        if o.two_phase {
+            let state = if o.two_phase_at_once { "e" } else { "p" };
+            Spi::run_with_args(
+                "UPDATE pgsub.sub SET two_phase_state = $2 WHERE subid = $1",
+                &[subid.into(), state.into()],
+            )?;
+        }
         Ok(id)
     })
 }
@@ -613,6 +629,8 @@ pub enum Change<'a> {
     /// None: no transaction to skip (native `SKIP (lsn = NONE)`).
     SkipLsn(Option<&'a str>),
     Failover(bool),
+    /// `two_phase` and its state: off, pending (Some(false)) or enabled (Some(true)).
+    TwoPhase(Option<bool>),
 }
 
 pub fn update(subid: i32, change: Change) -> SpiResult<()> {
@@ -679,6 +697,19 @@ fn update_row(subid: i32, change: Change) -> SpiResult<()> {
         Change::Failover(f) => {
             Spi::run_with_args("UPDATE pgsub.sub SET failover = $2 WHERE subid = $1", &[subid.into(), f.into()])
         }
+        Change::TwoPhase(state) => Spi::run_with_args(
+            "UPDATE pgsub.sub SET two_phase = $2, two_phase_state = $3 WHERE subid = $1",
+            &[
+                subid.into(),
+                state.is_some().into(),
+                match state {
+                    None => "d",
+                    Some(false) => "p",
+                    Some(true) => "e",
+                }
+                .into(),
+            ],
+        ),
         Change::SkipLsn(None) => {
             Spi::run_with_args("UPDATE pgsub.sub SET skip_lsn = NULL WHERE subid = $1", &[subid.into()])
         }

@@ -3,8 +3,8 @@
 //! (sub)transactions are handled, damaged
 //! spill files are detected, and two-phase transactions are followed.
 use pgsub_tests::{
-    assert_replicated_equal, one, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts,
-    TwoNodes,
+    assert_replicated_equal, one, server_major, wait_for_subscription_error, wait_for_subscription_sync, wait_value,
+    ClusterOpts, TwoNodes,
 };
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -249,6 +249,103 @@ async fn two_phase_prepare_commit_and_rollback_are_followed() {
     wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
     p.batch_execute("COMMIT PREPARED 'tx3'").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM big WHERE v = 'streamed prepare'", "30000", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// As native's: a two_phase subscription whose tables are copied first starts with two_phase
+/// pending (its slot created without it), and the apply worker enables it once every table is
+/// ready, restarting to ask the walsender for prepared transactions. Then a refresh that would
+/// copy is refused. PostgreSQL 18's ALTER SUBSCRIPTION … SET (two_phase): only while disabled,
+/// off refused while a transaction it prepared is still prepared here, and off altering the slot
+/// on the publisher (18), which a publisher before 18 cannot; on again is pending again.
+#[tokio::test(flavor = "current_thread")]
+async fn two_phase_waits_for_every_table_to_be_ready_and_can_be_altered() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE big (id int PRIMARY KEY, v text)";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute(
+        "CREATE PUBLICATION pub FOR TABLE big; INSERT INTO big SELECT g, 'copied' FROM generate_series(1, 1000) g",
+    )
+    .await
+    .unwrap();
+    s.execute(
+        "SELECT pgsub.create_subscription('st', $1, ARRAY['pub'], two_phase => true, enabled => false)",
+        &[&nodes.pub_conninfo()],
+    )
+    .await
+    .expect("create");
+    let state = "SELECT two_phase_state FROM pgsub.subscription WHERE subname = 'st'";
+    let slot_two_phase = "SELECT two_phase::text FROM pg_replication_slots WHERE slot_name = 'st'";
+    assert_eq!(one::<String>(&s, state).await, "pending", "tables to copy first");
+    assert_eq!(one::<String>(&p, slot_two_phase).await, "false", "the slot is created without two_phase");
+    s.batch_execute("SELECT pgsub.enable_subscription('st')").await.unwrap();
+    wait_for_subscription_sync(&s, "st", WAIT).await;
+    wait_value(&s, state, "enabled", WAIT).await;
+    nodes
+        .subscriber
+        .wait_for_log("will restart so that two_phase can be enabled", WAIT)
+        .await
+        .expect("the restart is logged");
+    wait_value(&p, slot_two_phase, "true", WAIT).await;
+    p.batch_execute("BEGIN; INSERT INTO big VALUES (1001, 'prepared'); PREPARE TRANSACTION 'tx1';").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
+
+    let refused = s.batch_execute("SELECT pgsub.refresh_subscription('st')").await.expect_err("copy under two_phase");
+    assert!(refused.as_db_error().unwrap().message().contains("not allowed when two_phase is enabled"), "{refused:?}");
+    s.batch_execute("SELECT pgsub.refresh_subscription('st', copy_data => false)").await.expect("refresh without copy");
+    let enabled_alter = s
+        .batch_execute("SELECT pgsub.alter_subscription_options('st', two_phase => false)")
+        .await
+        .expect_err("enabled");
+    assert!(enabled_alter.as_db_error().unwrap().message().contains("for enabled subscription"), "{enabled_alter:?}");
+
+    s.batch_execute("SELECT pgsub.disable_subscription('st')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'st'", "disabled", WAIT).await;
+    let prepared = s
+        .batch_execute("SELECT pgsub.alter_subscription_options('st', two_phase => false)")
+        .await
+        .expect_err("prepared");
+    assert!(prepared.as_db_error().unwrap().message().contains("prepared transactions are present"), "{prepared:?}");
+    s.batch_execute("SELECT pgsub.enable_subscription('st')").await.unwrap();
+    p.batch_execute("COMMIT PREPARED 'tx1'").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts", "0", WAIT).await;
+    s.batch_execute("SELECT pgsub.disable_subscription('st')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'st'", "disabled", WAIT).await;
+    let off = s.batch_execute("SELECT pgsub.alter_subscription_options('st', two_phase => false)").await;
+    if server_major() < 18 {
+        let e = off.expect_err("a publisher before 18 cannot alter the slot");
+        assert!(e.as_db_error().unwrap().message().contains("before PostgreSQL 18"), "{e:?}");
+        assert_eq!(one::<String>(&s, state).await, "enabled");
+        s.batch_execute("SELECT pgsub.enable_subscription('st')").await.unwrap();
+    } else {
+        off.expect("off on an 18 publisher");
+        assert_eq!(one::<String>(&s, state).await, "disabled");
+        assert_eq!(one::<String>(&p, slot_two_phase).await, "false", "the slot was altered");
+        // Without two_phase a prepared transaction arrives whole at COMMIT PREPARED.
+        s.batch_execute("SELECT pgsub.enable_subscription('st')").await.unwrap();
+        p.batch_execute("BEGIN; INSERT INTO big VALUES (1002, 'whole'); PREPARE TRANSACTION 'tx2';").await.unwrap();
+        p.batch_execute("INSERT INTO big VALUES (1003, 'after')").await.unwrap();
+        wait_value(&s, "SELECT v FROM big WHERE id = 1003", "after", WAIT).await;
+        assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pg_prepared_xacts").await, 0, "not prepared here");
+        p.batch_execute("COMMIT PREPARED 'tx2'").await.unwrap();
+        wait_value(&s, "SELECT v FROM big WHERE id = 1002", "whole", WAIT).await;
+        // On again: pending, enabled by the worker (every table is ready).
+        s.batch_execute("SELECT pgsub.disable_subscription('st')").await.unwrap();
+        wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'st'", "disabled", WAIT).await;
+        s.batch_execute("SELECT pgsub.alter_subscription_options('st', two_phase => true)").await.unwrap();
+        assert_eq!(one::<String>(&s, state).await, "pending");
+        s.batch_execute("SELECT pgsub.enable_subscription('st')").await.unwrap();
+        wait_value(&s, state, "enabled", WAIT).await;
+        p.batch_execute("BEGIN; INSERT INTO big VALUES (1004, 'prepared again'); PREPARE TRANSACTION 'tx3';")
+            .await
+            .unwrap();
+        wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
+        p.batch_execute("COMMIT PREPARED 'tx3'").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO big VALUES (2000, 'last')").await.unwrap();
+    wait_value(&s, "SELECT v FROM big WHERE id = 2000", "last", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
 

@@ -312,23 +312,30 @@ pub(super) fn publication_list(pubs_in: Vec<Option<String>>) -> Vec<String> {
     pubs
 }
 
-/// What create_subscription checks on the subscriber before it connects anywhere.
-pub(super) fn check_new_subscription(name: &str, conninfo: &str, options: &catalog::Options) {
-    check_name(name);
-    check_database();
-    check_origin(&options.origin);
-    check_synchronous_commit(&options.synchronous_commit);
+/// A two_phase subscription applies a remote PREPARE as a local prepared transaction.
+pub(super) fn require_prepared_transactions() {
     let max_prepared = Spi::get_one::<i32>("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
         .ok()
         .flatten()
         .unwrap_or(0);
-    if options.two_phase && max_prepared == 0 {
+    if max_prepared == 0 {
         error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "two_phase subscriptions need prepared transactions on the subscriber",
             Some("max_prepared_transactions is 0 here, so a remote PREPARE could not be applied.".into()),
             Some("Set max_prepared_transactions (a restart is needed) to at least the number of transactions the publisher may have prepared at once."),
         );
+    }
+}
+
+/// What create_subscription checks on the subscriber before it connects anywhere.
+pub(super) fn check_new_subscription(name: &str, conninfo: &str, options: &catalog::Options) {
+    check_name(name);
+    check_database();
+    check_origin(&options.origin);
+    check_synchronous_commit(&options.synchronous_commit);
+    if options.two_phase {
+        require_prepared_transactions();
     }
     check_conninfo(conninfo);
     if catalog::load_by_name(name).ok().flatten().is_some() {

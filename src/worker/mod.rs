@@ -606,7 +606,10 @@ pub(crate) fn start_replication(
     if opts.streaming == Streaming::On && sub.streaming == StreamingMode::Parallel {
         ask_to_stream_early(&mut client, sub)?;
     }
-    opts.two_phase = sub.two_phase && server >= 150000 && !sync;
+    // two_phase asked for and pending: the apply worker enables it once every table is ready
+    // (the walsender then decodes prepared transactions from this start on), as native's does.
+    let enable_two_phase = !sync && sub.two_phase && !sub.two_phase_enabled && all_ready(rels);
+    opts.two_phase = !sync && server >= 150000 && (sub.two_phase_enabled || enable_two_phase);
     // Publishers before 16 do not filter by origin: pgsub filters itself (Origin messages).
     if server >= 160000 {
         opts.origin = Some(sub.origin.clone());
@@ -621,7 +624,20 @@ pub(crate) fn start_replication(
         }
         publisher::raise(&e, &format!("could not start replication from slot \"{slot}\""), None);
     }
+    if enable_two_phase && opts.two_phase {
+        let r = xact(|| catalog::update(sub.subid, catalog::Change::TwoPhase(Some(true))));
+        if let Err(e) = r {
+            report::error(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub: {e}"), None, None);
+        }
+        log!("pgsub apply worker for subscription \"{}\": two_phase is enabled from {start}", sub.name);
+    }
     Some((client, opts))
+}
+
+/// The subscription has tables and every one is ready: a pending two_phase can be enabled (with
+/// no table it stays pending, as natively, so that a refresh may still copy).
+pub(crate) fn all_ready(rels: &[catalog::SubRel]) -> bool {
+    !rels.is_empty() && rels.iter().all(|r| r.sync_state == catalog::SyncState::Ready)
 }
 
 /// Attaches this process to the replication origin `name` (created if missing); returns its

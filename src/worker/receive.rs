@@ -185,6 +185,16 @@ impl Stream {
                     self.progress.publish(Some(st), receipt);
                 }
                 self.process_syncing_tables();
+                if self.sub.two_phase && !self.sub.two_phase_enabled && self.applier.tables.all_ready() {
+                    // Native's words: the stream starts again asking for prepared transactions.
+                    log!(
+                        "pgsub apply worker for subscription \"{}\" will restart so that two_phase can be enabled",
+                        self.sub.name
+                    );
+                    self.stop();
+                    crate::shmem::wake_launcher(crate::shmem::my_database());
+                    return;
+                }
                 self.hold_when_idle();
                 self.sync_sequences_if_due();
             }

@@ -90,6 +90,11 @@ impl TableStates {
         self.not_ready > 0
     }
 
+    /// The subscription has tables and every one is ready (`super::all_ready`).
+    pub fn all_ready(&self) -> bool {
+        !self.states.is_empty() && self.not_ready == 0
+    }
+
     /// (local table, state) of every table.
     pub fn by_relid(&self) -> Vec<(u32, SyncState)> {
         let mut v: Vec<(u32, SyncState)> =

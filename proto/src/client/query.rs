@@ -279,6 +279,18 @@ impl Client {
         self.execute(&format!("ALTER_REPLICATION_SLOT {} (FAILOVER {failover})", quote_ident(name)))
     }
 
+    /// `ALTER_REPLICATION_SLOT name (TWO_PHASE false|true)`: PostgreSQL 18 lets a slot stop (or
+    /// start) decoding prepared transactions as such.
+    pub fn alter_slot_two_phase(&mut self, name: &str, two_phase: bool) -> Result<(), Error> {
+        if self.server_version_num < 180000 {
+            return Err(proto_err(format!(
+                "altering two_phase of a replication slot needs PostgreSQL 18 or later (server is {})",
+                self.server_version_num
+            )));
+        }
+        self.execute(&format!("ALTER_REPLICATION_SLOT {} (TWO_PHASE {two_phase})", quote_ident(name)))
+    }
+
     /// DROP_REPLICATION_SLOT, optionally WAIT-ing for an active slot to be released.
     pub fn drop_slot(&mut self, name: &str, wait: bool) -> Result<(), Error> {
         let mut sql = format!("DROP_REPLICATION_SLOT {}", quote_ident(name));

@@ -457,6 +457,7 @@ fn fake_server_full_flow() {
     let failover = SlotOptions { two_phase: false, failover: true };
     assert!(c.create_logical_slot("s1", true, SnapshotAction::NoExport, failover).is_err());
     assert!(c.alter_slot_failover("s1", true).is_err());
+    assert!(c.alter_slot_two_phase("s1", false).is_err(), "TWO_PHASE of an existing slot needs 18");
     let two_phase = SlotOptions { two_phase: true, failover: false };
     let slot = c.create_logical_slot("s1", true, SnapshotAction::NoExport, two_phase).unwrap();
     assert_eq!(slot.slot_name, "s1");
@@ -856,6 +857,27 @@ fn fake_server_pg17_failover_slot_syntax() {
     let slot = c.create_logical_slot("s", false, SnapshotAction::NoExport, opts).unwrap();
     assert_eq!(slot.consistent_point, Lsn(1 << 32));
     c.alter_slot_failover("s", false).unwrap();
+    c.close();
+    h.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn fake_server_pg18_alters_a_slots_two_phase() {
+    let fake = Fake::new("pg18");
+    let cfg = fake.config("");
+    let (h, dir, _) = fake.serve(|mut s| {
+        read_startup(&mut s);
+        startup_ok_version(&mut s, "18.1");
+        let (t, body) = read_msg(&mut s);
+        assert_eq!(t, b'Q');
+        assert_eq!(body, cstr("ALTER_REPLICATION_SLOT \"my \"\"slot\"\"\" (TWO_PHASE false)"));
+        let mut out = command_complete("ALTER_REPLICATION_SLOT");
+        out.extend(rfq());
+        s.write_all(&out).unwrap();
+    });
+    let mut c = Client::connect(&cfg, true, Box::new(PollWait)).unwrap();
+    c.alter_slot_two_phase("my \"slot\"", false).unwrap();
     c.close();
     h.join().unwrap();
     let _ = std::fs::remove_dir_all(dir);
