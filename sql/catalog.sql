@@ -108,6 +108,31 @@ CREATE EVENT TRIGGER pgsub_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION pgsub._forget_dropped_tables();
 ALTER EVENT TRIGGER pgsub_forget_dropped_tables ENABLE ALWAYS;
 
+-- A publication FOR ALL TABLES (or FOR TABLES IN SCHEMA pgsub) publishes pgsub's catalog: the
+-- subscriptions of this server, connection strings and passwords included, go to whoever
+-- subscribes to it (native's pg_subscription is a system catalog, never published). PostgreSQL
+-- has no way to leave tables out of FOR ALL TABLES, so creating or altering a publication that
+-- includes them warns. A pgsub subscriber never subscribes them (src/api/remote.rs).
+CREATE FUNCTION pgsub._warn_published_catalog() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pubs text;
+BEGIN
+    SELECT string_agg(DISTINCT pg_catalog.quote_ident(pubname), ', ') INTO pubs
+      FROM pg_catalog.pg_publication_tables WHERE schemaname = 'pgsub';
+    IF pubs IS NOT NULL THEN
+        RAISE WARNING 'publication % publishes pgsub''s catalog', pubs
+            USING DETAIL = 'Its subscribers receive this server''s pgsub subscriptions, connection strings and passwords included.',
+                  HINT = 'List the tables (FOR TABLE …) or schemas (FOR TABLES IN SCHEMA …) to publish instead of FOR ALL TABLES.';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION pgsub._warn_published_catalog() FROM PUBLIC;
+CREATE EVENT TRIGGER pgsub_warn_published_catalog ON ddl_command_end
+    WHEN TAG IN ('CREATE PUBLICATION', 'ALTER PUBLICATION')
+    EXECUTE FUNCTION pgsub._warn_published_catalog();
+
 -- Every conflict the apply workers met (src/worker/conflict.rs), written in the same local
 -- transaction as the change it resolves; rows older than pgsub.conflict_log_retention are deleted
 -- by the database's launcher. Rows hold only columns the subscription owner may read.

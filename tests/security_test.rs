@@ -76,7 +76,7 @@ const VIEW_HELPERS: &[&str] = &[
 const INTERNAL: &[&str] = &["_extension_created"];
 /// Event trigger functions: SECURITY DEFINER (they change pgsub's closed catalog for whoever runs
 /// the DDL), closed to every role, run only by their event trigger.
-const EVENT_TRIGGER_FUNCTIONS: &[&str] = &["_forget_dropped_tables"];
+const EVENT_TRIGGER_FUNCTIONS: &[&str] = &["_forget_dropped_tables", "_warn_published_catalog"];
 
 /// A publisher and a subscriber, table `t (id int PRIMARY KEY, v text)` on both, publication
 /// `pub` for it.

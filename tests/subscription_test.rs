@@ -3,7 +3,7 @@
 //! tells what happened.
 use pgsub_tests::{
     assert_replicated_equal, assert_replicated_equal_except, assert_rows_equal, one, wait_for,
-    wait_for_subscription_error, wait_for_subscription_sync, wait_value, TwoNodes,
+    wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes,
 };
 use std::time::Duration;
 
@@ -416,4 +416,68 @@ async fn partitioned_root_inserts_updates_and_batched_deletes() {
         one(&s, "SELECT status || ', last_error ' || coalesce(last_error, 'none') FROM pgsub.stat_subscription WHERE subname = 'sub'")
             .await;
     assert_eq!(state, "streaming, last_error none");
+}
+
+/// A publisher that runs pgsub too, with a publication FOR ALL TABLES: pgsub's own catalog is
+/// among its tables (its subscriptions, connection strings included). It is never subscribed
+/// here (a WARNING names it) and its changes are not applied: the publisher's subscriptions do
+/// not become this server's, whose launcher would run them with the publisher's slots.
+#[tokio::test(flavor = "current_thread")]
+async fn a_publishers_own_pgsub_catalog_is_never_subscribed() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher().with_conf("shared_preload_libraries = 'pgsub'"),
+        ClusterOpts::subscriber(),
+    )
+    .expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute("CREATE EXTENSION pgsub; CREATE PUBLICATION pall FOR ALL TABLES; INSERT INTO t VALUES (1, 'a')")
+        .await
+        .unwrap();
+    nodes
+        .publisher
+        .wait_for_log("WARNING:  publication pall publishes pgsub's catalog", WAIT)
+        .await
+        .expect("CREATE PUBLICATION warns");
+    // A subscription of the publisher's own (of itself; never run there), with a password.
+    let upstream = format!("{} password=secret", nodes.pub_conninfo());
+    p.execute(
+        "SELECT pgsub.create_subscription('upstream', $1, ARRAY['pall'], enabled => false, create_slot => false, copy_data => false)",
+        &[&upstream],
+    )
+    .await
+    .expect("the publisher's own subscription");
+    let published: i64 =
+        one(&p, "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pall' AND schemaname = 'pgsub'").await;
+    assert!(published > 0, "FOR ALL TABLES publishes pgsub's catalog tables");
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pall'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    nodes
+        .subscriber
+        .wait_for_log("published tables that are pgsub's own catalog here are not subscribed: pgsub.", WAIT)
+        .await
+        .expect("the WARNING");
+    let listed: Vec<String> = s
+        .query("SELECT remote_schema || '.' || remote_name FROM pgsub.subscription_table WHERE subname = 'c'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(listed, vec!["public.t".to_string()], "only the user's table");
+    // Changes to the publisher's catalog are sent, and not applied here.
+    p.batch_execute("SELECT pgsub.alter_subscription_options('upstream', disable_on_error => true)").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "b", WAIT).await;
+    assert_eq!(
+        one::<String>(&s, "SELECT string_agg(subname, ',') FROM pgsub.subscription").await,
+        "c",
+        "the publisher's subscription did not arrive"
+    );
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.sub WHERE conninfo LIKE '%secret%'").await, 0);
+    assert_replicated_equal(&p, &s).await;
 }

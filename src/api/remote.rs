@@ -181,12 +181,49 @@ pub(super) fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(Str
             );
         }
     }
-    rows.into_iter()
+    let tables: Vec<(String, String)> = rows
+        .into_iter()
         .filter_map(|r| {
             let mut it = r.into_iter();
             Some((it.next().flatten()?, it.next().flatten()?))
         })
-        .collect()
+        .collect();
+    leave_out_own_catalog(tables)
+}
+
+/// A publication `FOR ALL TABLES` (or `FOR TABLES IN SCHEMA pgsub`) on a publisher that runs
+/// pgsub too publishes pgsub's own catalog there: its subscriptions (connection strings with
+/// them) and their tables. Applied here they would become subscriptions of this server, run by
+/// its launcher with the publisher's slots. Tables whose local counterpart belongs to this
+/// server's pgsub extension are therefore never subscribed (a WARNING names them); their
+/// changes, still sent, are not applied (unlisted relations).
+fn leave_out_own_catalog(tables: Vec<(String, String)>) -> Vec<(String, String)> {
+    let (own, rest): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(schema, name)| {
+        let qualified =
+            format!("{}.{}", pgsub_proto::client::quote_ident(schema), pgsub_proto::client::quote_ident(name));
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                   AND d.objid = pg_catalog.to_regclass($1) AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                   AND d.deptype = 'e' AND e.extname = 'pgsub')",
+            &[qualified.as_str().into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    });
+    if !own.is_empty() {
+        let names: Vec<String> = own.iter().map(|(s, n)| format!("{s}.{n}")).collect();
+        crate::report::log(
+            PgLogLevel::WARNING,
+            Code::ERRCODE_WARNING,
+            format!("published tables that are pgsub's own catalog here are not subscribed: {}", names.join(", ")),
+            Some("The publisher runs pgsub too, and a publication FOR ALL TABLES includes its catalog tables.".into()),
+            Some("Their rows (the publisher's subscriptions) stay on the publisher; list the tables in the publication instead of FOR ALL TABLES to leave them out there too."),
+        );
+    }
+    rest
 }
 
 /// Options the publisher's version cannot serve: two-phase decoding needs PostgreSQL 15 (its slot
