@@ -703,7 +703,9 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
             Some("Use the finish LSN of the failed remote transaction, shown in pgsub.stat_subscription.last_error and the server log."),
         );
     }
-    // As natively: a transaction at or before the origin's position was applied already.
+    // As natively: a transaction that finishes before the origin's position was applied already.
+    // One that finishes exactly there is the next one (the origin holds the end of the last
+    // applied commit, and the next commit record may start where that one ends).
     let origin_lsn = Spi::get_one_with_args::<String>(
         "SELECT pg_catalog.pg_replication_origin_progress(roname, false)::text \
          FROM pg_catalog.pg_replication_origin WHERE roname = $1",
@@ -713,7 +715,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
     .flatten()
     .and_then(|s| s.parse::<pgsub_proto::Lsn>().ok());
     if let (Some(skip), Some(origin)) = (parsed, origin_lsn) {
-        if origin.is_valid() && skip <= origin {
+        if origin.is_valid() && skip < origin {
             error(
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("skip WAL location (LSN {skip}) must be greater than origin LSN {origin}"),

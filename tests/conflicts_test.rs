@@ -264,7 +264,7 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
     assert_replicated_equal(&p, &s).await;
 }
 
-/// `skip_transaction` as natively: a position at or before the subscription's origin (already
+/// `skip_transaction` as natively: a position before the subscription's origin (already
 /// applied) is refused; a position that the next applied transaction does not finish at is
 /// cleared at it with a WARNING, and that transaction is applied, not skipped; a transaction
 /// that changes nothing here (only a table still being synchronized) leaves it.
@@ -319,6 +319,43 @@ async fn a_skip_lsn_that_matches_nothing_is_refused_or_cleared() {
     wait_log(&nodes, "skip_lsn of the subscription cleared").await;
     let skipped: i64 = one(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 's'").await;
     assert_eq!(skipped, 0, "the transaction was applied, not skipped");
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// The finish LSN `last_error` shows is taken by `skip_transaction` also when it is exactly the
+/// origin's position: the failing transaction's commit record starts where the last applied one
+/// ends whenever another transaction commits while it is open. Native refuses only positions
+/// before the origin; pgsub refused this one, so the shown LSN could not be skipped.
+#[tokio::test(flavor = "current_thread")]
+async fn the_finish_lsn_shown_is_skipped_also_at_the_origins_position() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let p2 = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text CHECK (v <> 'bad'))").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('s', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "s", WAIT).await;
+    // The failing transaction is open while another one commits, then commits right after it.
+    p2.batch_execute("BEGIN; INSERT INTO t VALUES (1, 'bad')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'other')").await.unwrap();
+    p2.batch_execute("COMMIT").await.unwrap();
+    let err = wait_for_subscription_error(&s, "s", &["t_v_check", "finished at"], WAIT).await;
+    let lsn = err.rsplit("finished at ").next().unwrap_or_default().split_whitespace().next().unwrap_or_default();
+    let lsn = lsn.trim_end_matches(|c: char| !c.is_ascii_hexdigit()).to_string();
+    let origin: String = one(
+        &s,
+        "SELECT remote_lsn::text FROM pg_replication_origin_status o JOIN pgsub.subscription s ON o.external_id = 'pgsub_' || s.subid",
+    )
+    .await;
+    eprintln!("finish LSN {lsn}, origin {origin}");
+    s.execute("SELECT pgsub.skip_transaction('s', $1::text::pg_lsn)", &[&lsn]).await.expect("the shown LSN is taken");
+    p.batch_execute("INSERT INTO t VALUES (3, 'after')").await.unwrap();
+    wait_value(&s, "SELECT string_agg(id::text, ',' ORDER BY id) FROM t", "2,3", WAIT).await;
+    let skipped: i64 = one(&s, "SELECT txns_skipped FROM pgsub.stat_subscription WHERE subname = 's'").await;
+    assert_eq!(skipped, 1);
+    // The skipped row goes on the publisher too: both converge.
+    p.batch_execute("DELETE FROM t WHERE id = 1").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
 

@@ -170,6 +170,42 @@ async fn an_error_in_the_parallel_worker_is_the_subscriptions_and_the_retry_spil
     assert_replicated_equal(&p, &s).await;
 }
 
+/// A parallel apply worker whose COMMIT fails (a deferred constraint trigger of the subscriber)
+/// under `disable_on_error`: the leader, which had handed the replication origin to the worker,
+/// disables the subscription without naming that origin in its own commit (which crashed the
+/// leader, and with it the whole server, in a loop); after the fix the transaction applies.
+#[tokio::test(flavor = "current_thread")]
+async fn a_parallel_worker_failing_at_commit_disables_the_subscription_cleanly() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes).await;
+    s.batch_execute(
+        "CREATE FUNCTION no_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.v = 'boom' THEN RAISE EXCEPTION 'boom at commit for %', NEW.id; END IF; RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER no_boom AFTER INSERT ON big DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION no_boom();
+         ALTER TABLE big ENABLE ALWAYS TRIGGER no_boom;
+         SELECT pgsub.alter_subscription_options('pa', disable_on_error => true);",
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(&s, "pa", WAIT).await;
+    p.batch_execute(
+        "BEGIN; INSERT INTO big SELECT g, g, 'x' FROM generate_series(1, 20000) g;
+         INSERT INTO big VALUES (0, 0, 'boom'); COMMIT",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT enabled::text FROM pgsub.subscription WHERE subname = 'pa'", "false", WAIT).await;
+    let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
+    assert!(err.contains("boom at commit for 0"), "{err}");
+    let log = nodes.subscriber.log();
+    assert!(!log.contains("terminated by signal"), "no process crashed:\n{log}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "nothing of the failed transaction");
+    s.batch_execute("ALTER TABLE big DISABLE TRIGGER no_boom; SELECT pgsub.enable_subscription('pa')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "20001", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// The leader waits for a row the parallel worker's open transaction inserted (a unique index
 /// only the subscriber has), while the worker waits for the leader's next block: the deadlock
 /// detector sees the cycle through the stream lock and ends it with an error; once the

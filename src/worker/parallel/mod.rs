@@ -215,7 +215,13 @@ impl Pool {
             self.workers[i].stream_locked = false;
         }
         // SAFETY: the leader is between transactions; the worker takes the origin for its commit.
-        unsafe { pg_sys::replorigin_session_reset() };
+        // Until it is taken back no commit here may name it: a transaction the leader commits
+        // meanwhile (disabling the subscription after the worker failed, say) would advance a
+        // session origin that is not attached, and crash (`worker::take_origin` sets it again).
+        unsafe {
+            pg_sys::replorigin_session_reset();
+            pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
+        }
         self.send(i, c.xid, false, raw, true);
         self.wait_started(i, c.xid, c.commit_lsn);
         // The worker holds the transaction lock until it has committed (or failed and exited).
