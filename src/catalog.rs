@@ -434,6 +434,21 @@ pub fn has_table(subid: i32, schema: &str, name: &str, relid: pg_sys::Oid) -> bo
     .unwrap_or(false)
 }
 
+/// Another subscription of this database replicates into local table `relid` (several
+/// publishers consolidated into one table): the rows there may be its, and a copy adds to them.
+/// Its name, if so.
+pub fn replicated_by_another(subid: i32, relid: pg_sys::Oid) -> Option<String> {
+    as_superuser(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT s.subname::text FROM pgsub.sub_rel r JOIN pgsub.sub s USING (subid) \
+             WHERE r.relid = $1 AND r.subid <> $2 ORDER BY s.subname LIMIT 1",
+            &[relid.into(), subid.into()],
+        )
+    })
+    .ok()
+    .flatten()
+}
+
 /// Makes the subscription's tables exactly `tables` (schema, name, local table): tables no longer
 /// published are removed; new ones start in `state`; known ones keep their state — unless their
 /// local table is another one now (dropped and created again: native drops its

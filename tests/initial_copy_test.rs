@@ -1,8 +1,9 @@
 //! End-to-end: the initial copy of published tables is consistent with the change stream (rows
 //! written during the copy are neither lost nor doubled), honours column lists and row filters,
-//! survives a crash mid-copy, picks up tables added by refresh, refuses non-empty tables, and
+//! survives a crash mid-copy, picks up tables added by refresh, refuses non-empty tables (unless
+//! another subscription replicates into them: publishers consolidated into one table), and
 //! travels in binary format only where both sides' types match.
-use pgsub_tests::{assert_replicated_equal_within, wait_for_subscription_sync, wait_value, TwoNodes};
+use pgsub_tests::{assert_replicated_equal_within, wait_for_subscription_sync, wait_value, Cluster, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -270,4 +271,72 @@ async fn tables_become_ready_while_the_publisher_is_idle() {
     )
     .await;
     assert_equal(&p, &s).await;
+}
+
+/// The rows of `d` on a node, ordered, as text.
+async fn rows_of_d(c: &Client) -> Vec<String> {
+    c.query("SELECT d::text FROM d ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+/// Two publishers consolidated into one table (disjoint keys), each subscription with its
+/// initial copy, as natively: the second copy goes in beside the rows the first subscription
+/// replicates there (a NOTICE says so) instead of being refused as a non-empty table; both
+/// streams then apply, and the table holds every row of both publishers.
+#[tokio::test(flavor = "current_thread")]
+async fn a_table_two_publishers_are_consolidated_into_takes_both_copies() {
+    let nodes = TwoNodes::start().expect("start");
+    let second = Cluster::publisher().expect("second publisher");
+    let p1 = nodes.publisher.client("postgres").await.unwrap();
+    let p2 = second.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE d (id int PRIMARY KEY, v text)";
+    for c in [&p1, &p2, &s] {
+        c.batch_execute(ddl).await.unwrap();
+    }
+    p1.batch_execute(
+        "INSERT INTO d SELECT g, 'one' FROM generate_series(1, 1000) g; CREATE PUBLICATION pub FOR TABLE d",
+    )
+    .await
+    .unwrap();
+    p2.batch_execute(
+        "INSERT INTO d SELECT g, 'two' FROM generate_series(1001, 2000) g; CREATE PUBLICATION pub FOR TABLE d",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('from_one', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("first");
+    wait_for_subscription_sync(&s, "from_one", WAIT).await;
+    s.execute(
+        "SELECT pgsub.create_subscription('from_two', $1, ARRAY['pub'])",
+        &[&second.connstr("postgres", "postgres")],
+    )
+    .await
+    .expect("the second copy goes in beside the first subscription's rows");
+    wait_for_subscription_sync(&s, "from_two", WAIT).await;
+    p1.batch_execute("INSERT INTO d VALUES (3000, 'one later'); UPDATE d SET v = 'one updated' WHERE id = 1")
+        .await
+        .unwrap();
+    p2.batch_execute("INSERT INTO d VALUES (4000, 'two later'); DELETE FROM d WHERE id = 2000").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM d WHERE id IN (3000, 4000)", "2", WAIT).await;
+    wait_value(&s, "SELECT count(*)::text FROM d", "2001", WAIT).await;
+    let mut want = rows_of_d(&p1).await;
+    want.extend(rows_of_d(&p2).await);
+    want.sort_by_key(|r| {
+        r.trim_matches(|c| c == '(' || c == ')').split(',').next().and_then(|n| n.parse::<i32>().ok())
+    });
+    assert_eq!(rows_of_d(&s).await, want, "the subscriber holds every row of both publishers");
+    // A table no other subscription replicates into is still refused when it has rows.
+    let third = Cluster::publisher().expect("third publisher");
+    let p3 = third.client("postgres").await.unwrap();
+    p3.batch_execute("CREATE TABLE e (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE e").await.unwrap();
+    s.batch_execute("CREATE TABLE e (id int PRIMARY KEY); INSERT INTO e VALUES (1)").await.unwrap();
+    let err = s
+        .execute(
+            "SELECT pgsub.create_subscription('from_three', $1, ARRAY['pub'])",
+            &[&third.connstr("postgres", "postgres")],
+        )
+        .await
+        .expect_err("a non-empty table of no other subscription");
+    assert!(err.as_db_error().is_some_and(|d| d.message().contains("is not empty")), "{err:?}");
 }

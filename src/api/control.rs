@@ -69,6 +69,22 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
             if catalog::has_table(subid, schema, name, *oid) {
                 continue;
             }
+            // Another subscription replicates into it too (several publishers consolidated into
+            // one table): its rows are added to, as natively.
+            if let Some(other) = catalog::replicated_by_another(subid, *oid) {
+                crate::report::log(
+                    PgLogLevel::NOTICE,
+                    Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                    format!(
+                        "table {}.{} also receives rows from subscription \"{other}\": the publisher's rows are copied in beside the rows it has",
+                        quote_ident(schema),
+                        quote_ident(name)
+                    ),
+                    None,
+                    Some("Rows with the same key on both publishers stop the copy with a unique violation; a table without a key takes both."),
+                );
+                continue;
+            }
             // Only the table's own rows: an inheritance parent's children are tables of their own.
             let only = if catalog::is_partitioned(*oid) { "" } else { "ONLY " };
             let q = format!("SELECT EXISTS (SELECT 1 FROM {only}{}.{})", quote_ident(schema), quote_ident(name));
@@ -81,7 +97,7 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
                         quote_ident(name)
                     ),
                     Some("copy_data => true copies every published row into the local table.".into()),
-                    Some("TRUNCATE the local table first, or pass copy_data => false to replicate only new changes."),
+                    Some("TRUNCATE the local table first, or pass copy_data => false to replicate only new changes. (A table another pgsub subscription replicates into takes the copy beside its rows.)"),
                 );
             }
         }

@@ -214,7 +214,7 @@ fn copy_one(
                 Some("Create the table on the subscriber; the worker retries."),
             )
         });
-        refuse_non_empty(relid, &remote, &sub.name);
+        refuse_non_empty(relid, &remote, sub);
         super::relation::require_columns(relid, &remote, &p.columns);
         let columns: Vec<(String, u32)> = p.columns.iter().cloned().zip(p.types.iter().copied()).collect();
         let binary = super::format::binary_copy_ok(publisher_version, relid, &columns);
@@ -253,9 +253,15 @@ fn copy_one(
 }
 
 /// A crash mid-copy leaves nothing (the copy is one transaction), so rows in the local table are
-/// the user's: refused (README: where pgsub differs). Only the table's own rows count: an
-/// inheritance parent's children are tables of their own.
-fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub_name: &str) {
+/// the user's: refused (README: where pgsub differs) — unless another subscription replicates
+/// into the table too (several publishers consolidated into one table), whose rows they may be:
+/// then the copy adds to them, as natively. Only the table's own rows count: an inheritance
+/// parent's children are tables of their own.
+fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub: &catalog::Subscription) {
+    if catalog::replicated_by_another(sub.subid, relid).is_some() {
+        return;
+    }
+    let sub_name = &sub.name;
     let local_only = if catalog::is_partitioned(relid) { "" } else { "ONLY " };
     let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {local_only}{remote})"))
         .ok()
