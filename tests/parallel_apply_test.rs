@@ -198,6 +198,7 @@ async fn a_parallel_worker_failing_at_commit_disables_the_subscription_cleanly()
     wait_value(&s, "SELECT enabled::text FROM pgsub.subscription WHERE subname = 'pa'", "false", WAIT).await;
     let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
     assert!(err.contains("boom at commit for 0"), "{err}");
+    assert!(err.contains("during message type \"STREAM COMMIT\""), "native's name of the message: {err}");
     let log = nodes.subscriber.log();
     assert!(!log.contains("terminated by signal"), "no process crashed:\n{log}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "nothing of the failed transaction");

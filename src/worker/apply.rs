@@ -84,6 +84,9 @@ pub struct Applier {
     /// synchronized, whose changes a sync worker applies): a skip_lsn it does not match is
     /// cleared at its commit, as native clears it only for a non-empty transaction.
     pub(super) changed_in_txn: bool,
+    /// The transaction being finished came streamed: its COMMIT or PREPARE is a Stream Commit or
+    /// Stream Prepare, as the error context names it (native's words). Cleared at the finish.
+    pub streamed: bool,
 }
 
 /// Remote transactions whose Commit was deferred: they are applied in the open local
@@ -122,6 +125,7 @@ impl Applier {
             use_tick: 0,
             group: None,
             changed_in_txn: false,
+            streamed: false,
         }
     }
 
@@ -244,7 +248,7 @@ impl Applier {
             self.flush_batches();
         }
         self.drain_counts(progress);
-        errctx::set_commit("COMMIT");
+        errctx::set_commit(if std::mem::take(&mut self.streamed) { "STREAM COMMIT" } else { "COMMIT" });
         if defer {
             let xid = self.begin.take().map_or(0, |b| b.xid);
             let (started, first_xid) =
@@ -389,7 +393,7 @@ impl Applier {
         }
         self.flush_batches();
         self.drain_counts(progress);
-        errctx::set_commit("PREPARE");
+        errctx::set_commit(if std::mem::take(&mut self.streamed) { "STREAM PREPARE" } else { "PREPARE" });
         let gid = cstring(&local_gid(self.subid, xid));
         // A skipped transaction is still prepared (empty), as natively: COMMIT/ROLLBACK PREPARED
         // will come for it and must find it.

@@ -446,11 +446,15 @@ impl Stream {
                     Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
                 self.hold_before(c.commit_lsn);
                 self.hold.saw(c.end_lsn);
-                self.apply_streamed(c.xid, begin, |applier, p| applier.commit(commit, p, false));
+                self.apply_streamed(c.xid, begin, |applier, p| {
+                    applier.streamed = true;
+                    applier.commit(commit, p, false)
+                });
             }
             LogicalMessage::StreamPrepare(pr) => {
                 let begin = Begin { final_lsn: pr.prepare_lsn, commit_time: pr.prepare_time, xid: pr.xid };
                 self.apply_streamed(pr.xid, begin, |applier, p| {
+                    applier.streamed = true;
                     applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p)
                 });
             }

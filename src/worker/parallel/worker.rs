@@ -306,6 +306,7 @@ impl ParallelApplier {
         // SAFETY: the leader released the origin before sending Stream Commit; it is ours until
         // the commit record carries its progress, then given back.
         unsafe { take_origin(self.hdr.origin_id as pg_sys::RepOriginId) };
+        self.applier.streamed = true;
         self.applier.commit(commit, &mut self.progress, false);
         // SAFETY: reads the end of the commit record just written; gives the origin back.
         let local_end = unsafe {
