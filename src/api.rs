@@ -16,6 +16,7 @@ mod control;
 mod cutover;
 pub(crate) use control::wake_launcher_at_commit;
 pub(crate) use cutover::advance_owned_sequences;
+pub(crate) use remote::PGSUB_SCHEMA;
 mod health;
 mod remote;
 mod verify;

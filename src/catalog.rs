@@ -266,6 +266,24 @@ pub fn load_rels(subid: i32) -> SpiResult<Vec<SubRel>> {
 }
 
 /// Sets `enabled` (used by disable_on_error from the worker).
+/// The apply worker asked the walsender for prepared transactions: `two_phase` is in effect (the
+/// worker's own write, as the catalog's superuser: its owner has no privilege on the table).
+pub fn set_two_phase_enabled(subid: i32) -> SpiResult<()> {
+    as_superuser(|| Spi::run_with_args("UPDATE pgsub.sub SET two_phase_state = 'e' WHERE subid = $1", &[subid.into()]))
+}
+
+/// Whether the catalog has the `two_phase_state` column (a catalog created by a build before it
+/// takes two_phase as in effect from the start, as that build did).
+fn has_two_phase_state() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgsub.sub'::pg_catalog.regclass \
+         AND attname = 'two_phase_state' AND NOT attisdropped)",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
     as_superuser(|| {
         Spi::connect_mut(|client| {
@@ -604,7 +622,7 @@ fn insert_row(sub: &NewSubscription) -> SpiResult<Option<i32>> {
         if o.failover {
             Spi::run_with_args("UPDATE pgsub.sub SET failover = true WHERE subid = $1", &[subid.into()])?;
         }
-        if o.two_phase {
+        if o.two_phase && has_two_phase_state() {
             let state = if o.two_phase_at_once { "e" } else { "p" };
             Spi::run_with_args(
                 "UPDATE pgsub.sub SET two_phase_state = $2 WHERE subid = $1",
@@ -712,6 +730,10 @@ fn update_row(subid: i32, change: Change) -> SpiResult<()> {
         Change::Failover(f) => {
             Spi::run_with_args("UPDATE pgsub.sub SET failover = $2 WHERE subid = $1", &[subid.into(), f.into()])
         }
+        Change::TwoPhase(state) if !has_two_phase_state() => Spi::run_with_args(
+            "UPDATE pgsub.sub SET two_phase = $2 WHERE subid = $1",
+            &[subid.into(), state.is_some().into()],
+        ),
         Change::TwoPhase(state) => Spi::run_with_args(
             "UPDATE pgsub.sub SET two_phase = $2, two_phase_state = $3 WHERE subid = $1",
             &[

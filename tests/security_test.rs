@@ -81,7 +81,12 @@ const EVENT_TRIGGER_FUNCTIONS: &[&str] = &["_forget_dropped_tables", "_warn_publ
 /// A publisher and a subscriber, table `t (id int PRIMARY KEY, v text)` on both, publication
 /// `pub` for it.
 async fn nodes_with_published_t() -> (TwoNodes, Client, Client) {
-    let nodes = TwoNodes::start().expect("start");
+    // Prepared transactions on the subscriber: a pgsub_admin member's two_phase subscription.
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("max_prepared_transactions = 10"),
+    )
+    .expect("start");
     let p = nodes.publisher.client("postgres").await.unwrap();
     let s = nodes.subscriber.client("postgres").await.unwrap();
     for c in [&p, &s] {
@@ -215,7 +220,10 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'nopw'").await, 0);
     // A superuser's subscription needs no password (su_sub above, created with `ci`).
     admin
-        .execute("SELECT pgsub.create_subscription('admin_sub', $1, ARRAY['pub'], run_as_owner => true)", &[&pw_ci])
+        .execute(
+            "SELECT pgsub.create_subscription('admin_sub', $1, ARRAY['pub'], run_as_owner => true, two_phase => true)",
+            &[&pw_ci],
+        )
         .await
         .expect("pgsub_admin member creates");
     assert_eq!(
@@ -223,6 +231,10 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
         "admin1"
     );
     wait_for_subscription_sync(&admin, "admin_sub", WAIT).await;
+    // Its worker (running as admin1, who has no privilege on pgsub's catalog) enables the
+    // pending two_phase once the table is ready.
+    wait_value(&admin, "SELECT two_phase_state FROM pgsub.subscription WHERE subname = 'admin_sub'", "enabled", WAIT)
+        .await;
     p.batch_execute("INSERT INTO t VALUES (1, 'via admin1'); UPDATE t SET v = 'updated' WHERE id = 1").await.unwrap();
     wait_value(&admin, "SELECT v FROM t WHERE id = 1", "updated", WAIT).await;
     // It may repoint its own subscription, but not one owned by somebody else (the worker would
@@ -267,7 +279,7 @@ async fn only_superusers_and_pgsub_admin_may_manage() {
     .await;
     assert_eq!(reset, "admin_sub true,su_sub false");
     admin
-        .batch_execute("SELECT pgsub.alter_subscription_publications('admin_sub', ARRAY['pub'])")
+        .batch_execute("SELECT pgsub.alter_subscription_publications('admin_sub', ARRAY['pub'], copy_data => false)")
         .await
         .expect("alter own publications");
     let other = format!("{ci} application_name=hijacked");

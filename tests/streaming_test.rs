@@ -291,6 +291,8 @@ async fn two_phase_waits_for_every_table_to_be_ready_and_can_be_altered() {
     wait_value(&p, slot_two_phase, "true", WAIT).await;
     p.batch_execute("BEGIN; INSERT INTO big VALUES (1001, 'prepared'); PREPARE TRANSACTION 'tx1';").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
+    let restarts = nodes.subscriber.log().matches("will restart so that two_phase can be enabled").count();
+    assert_eq!(restarts, 1, "one restart enables it; the restarted worker knows it is enabled");
 
     let refused = s.batch_execute("SELECT pgsub.refresh_subscription('st')").await.expect_err("copy under two_phase");
     assert!(refused.as_db_error().unwrap().message().contains("not allowed when two_phase is enabled"), "{refused:?}");

@@ -473,6 +473,11 @@ async fn a_publishers_own_pgsub_catalog_is_never_subscribed() {
     p.batch_execute("SELECT pgsub.alter_subscription_options('upstream', disable_on_error => true)").await.unwrap();
     p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 2", "b", WAIT).await;
+    nodes
+        .subscriber
+        .wait_for_log("are not applied: pgsub's catalog is never replicated", WAIT)
+        .await
+        .expect("the catalog change is said not to be applied");
     assert_eq!(
         one::<String>(&s, "SELECT string_agg(subname, ',') FROM pgsub.subscription").await,
         "c",

@@ -194,25 +194,11 @@ pub(super) fn published_tables(client: &mut Client, pubs: &[String]) -> Vec<(Str
 /// A publication `FOR ALL TABLES` (or `FOR TABLES IN SCHEMA pgsub`) on a publisher that runs
 /// pgsub too publishes pgsub's own catalog there: its subscriptions (connection strings with
 /// them) and their tables. Applied here they would become subscriptions of this server, run by
-/// its launcher with the publisher's slots. Tables whose local counterpart belongs to this
-/// server's pgsub extension are therefore never subscribed (a WARNING names them); their
-/// changes, still sent, are not applied (unlisted relations).
+/// its launcher with the publisher's slots. The tables of schema `pgsub` (this server's pgsub
+/// catalog: `pgsub.control` fixes the schema) are therefore never subscribed (a WARNING names
+/// them); their changes, still sent, are not applied (`worker/tables.rs`, unlisted relations).
 fn leave_out_own_catalog(tables: Vec<(String, String)>) -> Vec<(String, String)> {
-    let (own, rest): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(schema, name)| {
-        let qualified =
-            format!("{}.{}", pgsub_proto::client::quote_ident(schema), pgsub_proto::client::quote_ident(name));
-        Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-                 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
-                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                   AND d.objid = pg_catalog.to_regclass($1) AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
-                   AND d.deptype = 'e' AND e.extname = 'pgsub')",
-            &[qualified.as_str().into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-    });
+    let (own, rest): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(schema, _)| schema == PGSUB_SCHEMA);
     if !own.is_empty() {
         let names: Vec<String> = own.iter().map(|(s, n)| format!("{s}.{n}")).collect();
         crate::report::log(
@@ -225,6 +211,9 @@ fn leave_out_own_catalog(tables: Vec<(String, String)>) -> Vec<(String, String)>
     }
     rest
 }
+
+/// The schema of pgsub's catalog (`schema` in pgsub.control).
+pub(crate) const PGSUB_SCHEMA: &str = "pgsub";
 
 /// Options the publisher's version cannot serve: two-phase decoding needs PostgreSQL 15 (its slot
 /// option and the pgoutput messages), refused with a clear error as the slot creation would fail

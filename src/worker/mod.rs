@@ -384,7 +384,7 @@ fn set_status(subid: i32, st: Status) {
 /// The worker body. Returns when asked to stop; raises on errors.
 fn run(subid: i32) {
     let loaded = xact(|| catalog::load(subid).map(|s| s.map(|s| (s.clone(), catalog::load_rels(subid)))));
-    let (sub, rels) = match loaded {
+    let (mut sub, rels) = match loaded {
         Ok(Some((s, Ok(r)))) => (s, r),
         Ok(Some((_, Err(e)))) | Err(e) => {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading the pgsub catalog: {e}"), None, None)
@@ -425,6 +425,8 @@ fn run(subid: i32) {
     }) else {
         return;
     };
+    // A pending two_phase the start enabled (`start_replication`) is in effect for this run.
+    sub.two_phase_enabled |= sub.two_phase && opts.two_phase;
     shmem::with_slot(subid, |s| {
         s.publisher_version = client.server_version_num();
         s.proto_version = opts.proto_version;
@@ -625,7 +627,7 @@ pub(crate) fn start_replication(
         publisher::raise(&e, &format!("could not start replication from slot \"{slot}\""), None);
     }
     if enable_two_phase && opts.two_phase {
-        let r = xact(|| catalog::update(sub.subid, catalog::Change::TwoPhase(Some(true))));
+        let r = xact(|| catalog::set_two_phase_enabled(sub.subid));
         if let Err(e) = r {
             report::error(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub: {e}"), None, None);
         }

@@ -128,6 +128,18 @@ thread_local! {
 /// applied, as natively, but said once per worker start, where native is silent.
 pub(super) fn unlisted(remote: &Relation) {
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+    if remote.namespace == crate::api::PGSUB_SCHEMA {
+        if WARNED_UNLISTED.with(|w| w.borrow_mut().insert(qualified.clone())) {
+            report::log(
+                PgLogLevel::WARNING,
+                Code::ERRCODE_WARNING,
+                format!("pgsub: changes of relation {qualified} are not applied: pgsub's catalog is never replicated"),
+                Some("The publisher runs pgsub too and publishes its catalog (a publication FOR ALL TABLES).".into()),
+                None,
+            );
+        }
+        return;
+    }
     if super::execute::with_snapshot(|| super::relcat::relation(&qualified)).is_none() {
         report::error(
             Code::ERRCODE_UNDEFINED_TABLE,

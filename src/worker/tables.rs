@@ -57,7 +57,9 @@ impl TableStates {
     /// The publisher sends changes of a table that is not the subscription's: renamed or moved
     /// there, or added to a publication since the table list was last refreshed.
     pub(super) fn unlisted(&self, schema: &str, name: &str) -> bool {
-        self.whole && !self.states.contains_key(&(schema.to_string(), name.to_string()))
+        self.whole
+            && (schema == crate::api::PGSUB_SCHEMA
+                || !self.states.contains_key(&(schema.to_string(), name.to_string())))
     }
 
     /// Marks synchronized tables whose copy point the stream has passed as ready (in the current
@@ -120,8 +122,13 @@ impl TableStates {
 
     /// Whether changes of a transaction ending at `commit_end` apply to the table (`SyncState::applies`).
     pub(super) fn applies(&self, schema: &str, name: &str, commit_end: Lsn) -> bool {
-        self.states
-            .get(&(schema.to_string(), name.to_string()))
-            .is_some_and(|(st, lsn)| st.applies(lsn.map(|l| l.0), commit_end.0))
+        // pgsub's own catalog, published by a publisher that runs pgsub too, is never applied,
+        // also for a subscription whose table list took it before such tables were left out
+        // (`api/remote.rs`).
+        schema != crate::api::PGSUB_SCHEMA
+            && self
+                .states
+                .get(&(schema.to_string(), name.to_string()))
+                .is_some_and(|(st, lsn)| st.applies(lsn.map(|l| l.0), commit_end.0))
     }
 }
