@@ -143,6 +143,39 @@ async fn insert_exists_stops_apply_under_error_and_each_policy_decides_it() {
     pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id >= 100 ORDER BY id", WAIT).await;
 }
 
+/// One local row holding the remote row's key in two unique indexes (the same user, by id and by
+/// email): `multiple_unique_conflicts`, as native 18 names it, and under a policy that lets the
+/// remote row win that one row becomes it. It was listed once per index and then deleted as "the
+/// other" row: neither row was left.
+#[tokio::test(flavor = "current_thread")]
+async fn a_row_colliding_in_two_unique_indexes_is_replaced_not_lost() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, name text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE users")).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    set_policy(&s, "apply_remote").await;
+    s.batch_execute("INSERT INTO users VALUES (1, 'a@x', 'local'), (3, 'c@x', 'local')").await.unwrap();
+    p.batch_execute("INSERT INTO users VALUES (1, 'a@x', 'remote'), (2, 'b@x', 'remote2')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM users WHERE id = 2", "1", WAIT).await;
+    assert_eq!(
+        one::<String>(&s, "SELECT name FROM users WHERE id = 1").await,
+        "remote",
+        "the local row became the remote one"
+    );
+    wait_logged(&s, "multiple_unique_conflicts", 1).await;
+    assert_eq!(last_logged(&s, "multiple_unique_conflicts").await.0, "apply_remote");
+    // Two different local rows, one per index: the first becomes the remote row, the other goes.
+    s.batch_execute("INSERT INTO users VALUES (4, 'e@x', 'local4')").await.unwrap();
+    p.batch_execute("INSERT INTO users VALUES (4, 'c@x', 'remote4')").await.unwrap();
+    wait_value(&s, "SELECT name FROM users WHERE id = 4", "remote4", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM users WHERE email IN ('c@x', 'e@x')").await, 1);
+    // The local row 3 (c@x) was the other one; the publisher never had it.
+    assert_replicated_equal(&p, &s).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn update_and_delete_conflicts_by_type_and_policy() {
     let mut nodes = nodes();

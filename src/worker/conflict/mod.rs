@@ -375,7 +375,12 @@ pub(super) fn before_delete(
 /// the others are deleted.
 fn overwrite(local: &LocalRel, rows: &[LocalRow], values: &RemoteValues, present: &[bool]) {
     let Some((first, rest)) = rows.split_first() else { return };
-    remove(local, rest);
+    // One local row can hold the remote row's key in several unique indexes (a primary key and
+    // a unique email of the same user): it is listed once per index, and is the row kept, not
+    // one of the others to delete (which lost both rows).
+    let others: Vec<&LocalRow> =
+        rest.iter().filter(|r| (r.tableoid, &r.ctid) != (first.tableoid, &first.ctid)).collect();
+    remove(local, &others.into_iter().cloned().collect::<Vec<_>>());
     let mut p = Params::new();
     // A GENERATED ALWAYS identity column cannot be set by UPDATE: it keeps the local value.
     let sets: Vec<String> = (0..local.cols.len())
@@ -397,9 +402,13 @@ fn overwrite(local: &LocalRel, rows: &[LocalRow], values: &RemoteValues, present
     run(local, &sql, &p);
 }
 
-/// Deletes the given local rows.
+/// Deletes the given local rows (each once: a row listed for several unique indexes too).
 fn remove(local: &LocalRel, rows: &[LocalRow]) {
+    let mut seen = std::collections::HashSet::new();
     for r in rows {
+        if !seen.insert((r.tableoid, r.ctid.clone())) {
+            continue;
+        }
         let mut p = Params::new();
         let o = p.text(Some(r.tableoid.to_string()));
         let t = p.text(Some(r.ctid.clone()));
