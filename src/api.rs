@@ -475,28 +475,14 @@ fn set_two_phase(sub: &catalog::Subscription, on: bool) {
         );
     }
     if sub.two_phase_enabled {
-        prevent_in_transaction_block(
-            "pgsub.alter_subscription_options(…, two_phase => false)",
-            "Run it as a statement of its own: it alters the slot on the publisher at once.",
+        let mut client = slot_alteration(
+            sub,
+            "two_phase => false",
+            180000,
+            "two_phase cannot be turned off for a slot of a publisher before PostgreSQL 18",
+            Some(format!("Slot \"{}\" decodes prepared transactions as such.", sub.slot_name)),
+            Some("Drop and create the subscription again without two_phase."),
         );
-        let mut client =
-            match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), sub.must_use_password()) {
-                Ok(c) => c,
-                Err(e) => publisher::raise(&e, "could not connect to the publisher", None),
-            };
-        let server = client.server_version_num();
-        if server < 180000 {
-            client.close();
-            error(
-                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!(
-                    "two_phase cannot be turned off for a slot of a publisher before PostgreSQL 18; the publisher is {}",
-                    pgsub_proto::client::version_string(server)
-                ),
-                Some(format!("Slot \"{}\" decodes prepared transactions as such.", sub.slot_name)),
-                Some("Drop and create the subscription again without two_phase."),
-            );
-        }
         if let Err(e) = client.alter_slot_two_phase(&sub.slot_name, false) {
             publisher::raise(
                 &e,
@@ -507,6 +493,39 @@ fn set_two_phase(sub: &catalog::Subscription, on: bool) {
         client.close();
     }
     update_sub(sub.subid, catalog::Change::TwoPhase(None));
+}
+
+/// A connection to the publisher for altering the subscription's slot at once (`failover`,
+/// `two_phase`): not inside a transaction block (the slot's change cannot be rolled back), and
+/// refused (0A000, `refusal` and the version) when the publisher is older than `min_server`.
+fn slot_alteration(
+    sub: &catalog::Subscription,
+    option: &str,
+    min_server: u32,
+    refusal: &str,
+    detail: Option<String>,
+    hint: Option<&str>,
+) -> pgsub_proto::client::Client {
+    prevent_in_transaction_block(
+        &format!("pgsub.alter_subscription_options(…, {option})"),
+        "Run it as a statement of its own: it alters the slot on the publisher at once.",
+    );
+    let client = match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), sub.must_use_password())
+    {
+        Ok(c) => c,
+        Err(e) => publisher::raise(&e, "could not connect to the publisher", None),
+    };
+    let server = client.server_version_num();
+    if server < min_server {
+        client.close();
+        error(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{refusal}; the publisher is {}", pgsub_proto::client::version_string(server)),
+            detail,
+            hint,
+        );
+    }
+    client
 }
 
 /// As natively, a refresh that would copy tables is refused once two_phase is in effect: a
@@ -534,28 +553,14 @@ fn set_failover(sub: &catalog::Subscription, failover: bool) {
             Some("Disable the subscription first."),
         );
     }
-    prevent_in_transaction_block(
-        "pgsub.alter_subscription_options(…, failover => …)",
-        "Run it as a statement of its own: it alters the slot on the publisher at once.",
+    let mut client = slot_alteration(
+        sub,
+        "failover => …",
+        170000,
+        "failover needs a publisher of PostgreSQL 17 or later",
+        None,
+        None,
     );
-    let mut client =
-        match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), sub.must_use_password()) {
-            Ok(c) => c,
-            Err(e) => publisher::raise(&e, "could not connect to the publisher", None),
-        };
-    let server = client.server_version_num();
-    if server < 170000 {
-        client.close();
-        error(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!(
-                "failover needs a publisher of PostgreSQL 17 or later; the publisher is {}",
-                pgsub_proto::client::version_string(server)
-            ),
-            None,
-            None,
-        );
-    }
     if let Err(e) = client.alter_slot_failover(&sub.slot_name, failover) {
         publisher::raise(&e, &format!("could not alter replication slot \"{}\" on the publisher", sub.slot_name), None);
     }
