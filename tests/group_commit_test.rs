@@ -49,6 +49,23 @@ async fn single_row_txns(p: &Client, from: i32, n: i32) {
     .unwrap();
 }
 
+/// Long groups (`pgsub.group_commit_time = 10s`): a backlog waiting in the socket is applied in
+/// few local transactions.
+async fn long_groups(s: &Client) {
+    s.batch_execute("ALTER SYSTEM SET pgsub.group_commit_time = '10s'").await.unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+}
+
+/// Enables `g` and waits for an error that names a range of transactions applied together.
+async fn enable_until_the_range_error(nodes: &TwoNodes, s: &Client) {
+    s.batch_execute("SELECT pgsub.enable_subscription('g')").await.unwrap();
+    nodes
+        .subscriber
+        .wait_for_log("applied together (the retry applies them one by one)", WAIT)
+        .await
+        .expect("an error naming the range of transactions applied together");
+}
+
 /// The subscriber database's committed transactions (every process's, as the statistics
 /// system has them; the apply worker's are reported when it exits).
 async fn xact_commits(s: &Client) -> i64 {
@@ -160,22 +177,16 @@ async fn a_run_of_inserts_carried_over_grouped_commits_fails_as_a_range_then_by_
     let (p, s) = setup(&nodes).await;
     // Long groups: the whole backlog is in the socket, so the 501st transaction's commit is
     // deferred and its insert loaded in one COPY with those of the transactions around it.
-    s.batch_execute("ALTER SYSTEM SET pgsub.group_commit_time = '10s'").await.unwrap();
-    s.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    long_groups(&s).await;
     s.batch_execute("INSERT INTO t VALUES (501, 'local')").await.unwrap();
     // Single-row transactions into one table: one run of inserts across their commits.
     p.batch_execute("DO $$ BEGIN FOR i IN 1..1000 LOOP INSERT INTO t VALUES (i, 'v' || i); COMMIT; END LOOP; END $$")
         .await
         .unwrap();
     let xid_501: String = one(&p, "SELECT xmin::text FROM t WHERE id = 501").await;
-    s.batch_execute("SELECT pgsub.enable_subscription('g')").await.unwrap();
     // The COPY's error cannot tell which transaction's row failed: it names the range, and no
     // finish LSN that skip_transaction would take for one of them.
-    nodes
-        .subscriber
-        .wait_for_log("applied together (the retry applies them one by one)", WAIT)
-        .await
-        .expect("the carried run's error");
+    enable_until_the_range_error(&nodes, &s).await;
     // The retry applies them one by one: the error then names the 501st transaction itself.
     wait_for_repeated_error(&s, "g", &["t_pkey", &format!("in transaction {xid_501}, finished at")], WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 501, "the 500 before it and the local row");
@@ -194,8 +205,7 @@ async fn a_run_of_inserts_carried_over_grouped_commits_fails_as_a_range_then_by_
 async fn a_commit_that_fails_in_a_group_under_disable_on_error_loses_no_transaction() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = setup(&nodes).await;
-    s.batch_execute("ALTER SYSTEM SET pgsub.group_commit_time = '10s'").await.unwrap();
-    s.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    long_groups(&s).await;
     s.batch_execute(
         "CREATE FUNCTION no_bad() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.v = 'bad' THEN RAISE EXCEPTION 'bad row %', NEW.n; END IF; RETURN NULL; END $$;
@@ -216,12 +226,7 @@ async fn a_commit_that_fails_in_a_group_under_disable_on_error_loses_no_transact
     .await
     .unwrap();
     let xid_501: String = one(&p, "SELECT xmin::text FROM t WHERE id = 501").await;
-    s.batch_execute("SELECT pgsub.enable_subscription('g')").await.unwrap();
-    nodes
-        .subscriber
-        .wait_for_log("applied together (the retry applies them one by one)", WAIT)
-        .await
-        .expect("the group's error");
+    enable_until_the_range_error(&nodes, &s).await;
     // The retry pins it to the 501st transaction, whose error disables the subscription.
     wait_value(&s, "SELECT enabled::text FROM pgsub.subscription WHERE subname = 'g'", "false", WAIT).await;
     let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'g'").await;
