@@ -117,14 +117,29 @@ CREATE FUNCTION pgsub._warn_published_catalog() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    pubs text;
+    pubs text[];
 BEGIN
-    SELECT string_agg(DISTINCT pg_catalog.quote_ident(pubname), ', ') INTO pubs
-      FROM pg_catalog.pg_publication_tables WHERE schemaname = 'pgsub';
+    -- The publications this command created or changed (itself, a table or a schema of it).
+    SELECT array_agg(DISTINCT p.pubname::text ORDER BY p.pubname::text) INTO pubs
+      FROM pg_catalog.pg_publication p
+     WHERE p.oid IN (SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                      WHERE c.classid = 'pg_catalog.pg_publication'::pg_catalog.regclass
+                     UNION
+                     SELECT r.prpubid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                       JOIN pg_catalog.pg_publication_rel r ON r.oid = c.objid
+                      WHERE c.classid = 'pg_catalog.pg_publication_rel'::pg_catalog.regclass
+                     UNION
+                     SELECT n.pnpubid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                       JOIN pg_catalog.pg_publication_namespace n ON n.oid = c.objid
+                      WHERE c.classid = 'pg_catalog.pg_publication_namespace'::pg_catalog.regclass)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t
+                    WHERE t.pubname = p.pubname AND t.schemaname = 'pgsub');
     IF pubs IS NOT NULL THEN
-        RAISE WARNING 'publication % publishes pgsub''s catalog', pubs
+        RAISE WARNING '% pgsub''s catalog',
+            CASE WHEN pg_catalog.cardinality(pubs) = 1 THEN 'publication ' || pg_catalog.quote_ident(pubs[1]) || ' publishes'
+                 ELSE 'publications ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(x), ', ') FROM pg_catalog.unnest(pubs) x) || ' publish' END
             USING DETAIL = 'Its subscribers receive this server''s pgsub subscriptions, connection strings and passwords included.',
-                  HINT = 'List the tables (FOR TABLE …) or schemas (FOR TABLES IN SCHEMA …) to publish instead of FOR ALL TABLES.';
+                  HINT = 'Publish tables (FOR TABLE …) or schemas (FOR TABLES IN SCHEMA …) other than schema pgsub, instead of FOR ALL TABLES.';
     END IF;
 END
 $$;

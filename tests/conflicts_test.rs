@@ -370,12 +370,15 @@ async fn a_trigger_that_skips_a_change_is_not_a_missing_row() {
     p.batch_execute(
         "CREATE TABLE k (id int PRIMARY KEY, v text);
          INSERT INTO k SELECT g, 'v' FROM generate_series(1, 100) g;
-         CREATE PUBLICATION pub FOR TABLE k;",
+         CREATE TABLE ki (id int PRIMARY KEY, n int, v text);
+         INSERT INTO ki VALUES (1, 1, 'v'), (2, 2, 'v');
+         CREATE PUBLICATION pub FOR TABLE k, ki;",
     )
     .await
     .unwrap();
     s.batch_execute(
         "CREATE TABLE k (id int PRIMARY KEY, v text);
+         CREATE TABLE ki (id int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, v text);
          CREATE FUNCTION keep_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
              IF OLD.v = 'frozen' THEN RETURN NULL; END IF;
@@ -383,7 +386,9 @@ async fn a_trigger_that_skips_a_change_is_not_a_missing_row() {
              RETURN NEW;
          END $$;
          CREATE TRIGGER keep BEFORE UPDATE OR DELETE ON k FOR EACH ROW EXECUTE FUNCTION keep_frozen();
-         ALTER TABLE k ENABLE REPLICA TRIGGER keep;",
+         ALTER TABLE k ENABLE REPLICA TRIGGER keep;
+         CREATE TRIGGER keep BEFORE UPDATE OR DELETE ON ki FOR EACH ROW EXECUTE FUNCTION keep_frozen();
+         ALTER TABLE ki ENABLE REPLICA TRIGGER keep;",
     )
     .await
     .unwrap();
@@ -392,6 +397,10 @@ async fn a_trigger_that_skips_a_change_is_not_a_missing_row() {
     assert_replicated_equal(&p, &s).await;
     // Every tenth row is frozen here; row 55 is gone.
     s.batch_execute("UPDATE k SET v = 'frozen' WHERE id % 10 = 0; DELETE FROM k WHERE id = 55").await.unwrap();
+    // An UPDATE that changes a GENERATED ALWAYS identity value here replaces the row (DELETE and
+    // INSERT): the trigger keeps the frozen one from being deleted, which is not a missing row.
+    s.batch_execute("UPDATE ki SET v = 'frozen' WHERE id = 1").await.unwrap();
+    p.batch_execute("UPDATE ki SET n = n + 100").await.unwrap();
 
     // One UPDATE and one DELETE of a frozen row, each a transaction of its own (applied one by one).
     p.batch_execute("UPDATE k SET v = 'single' WHERE id = 10").await.unwrap();
@@ -408,6 +417,11 @@ async fn a_trigger_that_skips_a_change_is_not_a_missing_row() {
         "10:frozen,20:frozen,21:batch,30:frozen,40:frozen,50:frozen,60:frozen,70:frozen,80:frozen,90:frozen,\
          100:frozen,1000:marker",
         "the trigger kept the frozen rows; the others changed"
+    );
+    assert_eq!(
+        one::<String>(&s, "SELECT string_agg(id || ':' || n || ':' || v, ',' ORDER BY id) FROM ki").await,
+        "1:1:frozen,2:102:v",
+        "the frozen row kept, the other replaced"
     );
     let counters: String = one(
         &s,
@@ -427,8 +441,8 @@ async fn a_trigger_that_skips_a_change_is_not_a_missing_row() {
     assert_eq!(log.matches("conflict=delete_missing").count(), 1, "one DELETE was:\n{log}");
 
     // Without the trigger the tables converge again.
-    s.batch_execute("ALTER TABLE k DISABLE TRIGGER keep").await.unwrap();
-    p.batch_execute("TRUNCATE k; INSERT INTO k SELECT g, 'end' FROM generate_series(1, 20) g").await.unwrap();
+    s.batch_execute("ALTER TABLE k DISABLE TRIGGER keep; ALTER TABLE ki DISABLE TRIGGER keep").await.unwrap();
+    p.batch_execute("TRUNCATE k, ki; INSERT INTO k SELECT g, 'end' FROM generate_series(1, 20) g").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM k", "20", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }

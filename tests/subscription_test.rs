@@ -441,6 +441,17 @@ async fn a_publishers_own_pgsub_catalog_is_never_subscribed() {
         .wait_for_log("WARNING:  publication pall publishes pgsub's catalog", WAIT)
         .await
         .expect("CREATE PUBLICATION warns");
+    // Only the publications the command touched, and only those that publish the catalog.
+    p.batch_execute("CREATE PUBLICATION other FOR TABLE t; ALTER PUBLICATION other ADD TABLE pgsub.sub_rel")
+        .await
+        .unwrap();
+    nodes
+        .publisher
+        .wait_for_log("WARNING:  publication other publishes pgsub's catalog", WAIT)
+        .await
+        .expect("ALTER PUBLICATION ADD TABLE warns");
+    let warnings = nodes.publisher.log().matches("publishes pgsub's catalog").count();
+    assert_eq!(warnings, 2, "CREATE PUBLICATION other (without the catalog) did not warn:\n{}", nodes.publisher.log());
     // A subscription of the publisher's own (of itself; never run there), with a password.
     let upstream = format!("{} password=secret", nodes.pub_conninfo());
     p.execute(

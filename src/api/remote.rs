@@ -205,8 +205,8 @@ fn leave_out_own_catalog(tables: Vec<(String, String)>) -> Vec<(String, String)>
             PgLogLevel::WARNING,
             Code::ERRCODE_WARNING,
             format!("published tables that are pgsub's own catalog here are not subscribed: {}", names.join(", ")),
-            Some("The publisher runs pgsub too, and a publication FOR ALL TABLES includes its catalog tables.".into()),
-            Some("Their rows (the publisher's subscriptions) stay on the publisher; list the tables in the publication instead of FOR ALL TABLES to leave them out there too."),
+            Some("The publisher runs pgsub too, and the publication includes its catalog tables (FOR ALL TABLES, or schema pgsub).".into()),
+            Some("Their rows (the publisher's subscriptions) stay on the publisher; publish other tables or schemas there to leave them out of the publication too."),
         );
     }
     rest

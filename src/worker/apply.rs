@@ -770,10 +770,16 @@ impl Applier {
         // Otherwise the publisher changed such a column (`SET id = DEFAULT` there, or a plain
         // column there): native apply writes the new value, so the row is replaced by one with
         // it — deleted and inserted again, its other values kept.
-        if same.iter().any(|s| *s)
-            && run(local, PlanKey::Replace { set: set.clone(), key: key.clone() }, pg_sys::SPI_OK_INSERT) > 0
-        {
-            return Some((local.relid, RowOutcome::Applied));
+        if same.iter().any(|s| *s) {
+            if run(local, PlanKey::Replace { set: set.clone(), key: key.clone() }, pg_sys::SPI_OK_INSERT) > 0 {
+                return Some((local.relid, RowOutcome::Applied));
+            }
+            // Nothing replaced, and the row is still there: a replica-enabled BEFORE DELETE
+            // trigger kept it, as a BEFORE UPDATE one returning NULL keeps an UPDATE's row — not
+            // a missing row.
+            if with_snapshot(|| local.holds_row(remote, key_src, &key, None, binary, cxt)) {
+                return Some((local.relid, RowOutcome::Skipped));
+            }
         }
         let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
         missing_row("UPDATE", &target);
