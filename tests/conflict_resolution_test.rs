@@ -638,6 +638,48 @@ async fn an_exclusion_violation_stops_apply_under_every_policy() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// A table with a `DEFERRABLE` key: `INSERT … ON CONFLICT` refuses it ("does not support
+/// deferrable unique constraints"), so its conflicts are looked up before a plain INSERT. Under
+/// `error`, the retry of a transaction that failed on another table applies it once the cause is
+/// gone (it used to fail there for good); under `apply_remote` a collision in its immediate unique
+/// index is resolved and other rows apply (it used to stop apply). The deferrable key itself is
+/// no conflict key (native 18 skips such indexes too).
+#[tokio::test(flavor = "current_thread")]
+async fn a_table_with_a_deferrable_key_is_applied_under_every_policy() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE d (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, email text UNIQUE, v text); \
+               CREATE TABLE e (id int PRIMARY KEY)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE d, e")).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+
+    // error: the transaction fails on e; the retry (which looks for conflicts) applies d's row.
+    s.batch_execute("INSERT INTO e VALUES (1)").await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO d VALUES (1, 'a@x', 'remote'); INSERT INTO e VALUES (1); COMMIT")
+        .await
+        .unwrap();
+    let e = wait_for_subscription_error(&s, "c", &["e_pkey"], WAIT).await;
+    assert!(e.contains("duplicate key") || e.contains("insert_exists"), "{e}");
+    s.batch_execute("DELETE FROM e WHERE id = 1").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM d WHERE id = 1", "1", WAIT).await;
+    wait_value(&s, "SELECT count(*)::text FROM e WHERE id = 1", "1", WAIT).await;
+
+    // apply_remote: a collision in the immediate unique index is resolved, the next row applies.
+    set_policy(&s, "apply_remote").await;
+    s.batch_execute("INSERT INTO d VALUES (2, 'b@x', 'local')").await.unwrap();
+    p.batch_execute("INSERT INTO d VALUES (3, 'b@x', 'remote'); INSERT INTO d VALUES (4, 'c@x', 'remote')")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM d WHERE id = 4", "1", WAIT).await;
+    assert_eq!(one::<String>(&s, "SELECT v || ':' || id FROM d WHERE email = 'b@x'").await, "remote:3");
+    wait_logged(&s, "insert_exists", 1).await;
+    assert_eq!(last_logged(&s, "insert_exists").await.0, "apply_remote");
+
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// A copied row is never an origin conflict, also after the id of the table synchronization
 /// origin that copied it (dropped when the copy is done) is given to another subscription's
 /// origin: under `keep_local` the first remote update of a copied row is applied, not kept out

@@ -9,7 +9,7 @@
 //!   * catalog row changed since its worker started (conninfo, publications, options) → stop it,
 //!     a later pass starts a fresh one;
 //!   * enabled without a worker → start one, unless its last worker failed recently (restart
-//!     after `retry`, doubling per consecutive failure, at most 12×), a backend holds it (drop
+//!     after `retry`, doubling per consecutive failure, at most [`MAX_BACKOFF`]×), a backend holds it (drop
 //!     or refresh in progress), or the worker cap is reached: then `waiting_for_worker`, with a
 //!     warning once per wait.
 //!
@@ -165,12 +165,24 @@ fn disable(slot: &mut Slot, actions: &mut Vec<Action>) {
     }
 }
 
-/// The last run failed: the next start waits `retry` × 2^(failures-1), at most 12 × `retry`.
+/// The longest wait before a retry, in multiples of `retry`. Native retries every
+/// `wal_retrieve_retry_interval` (5 s); doubling up to 4× (20 s by default) spares the publisher
+/// and the log a tight loop while an operator's fix (a conflicting row removed) still takes at
+/// most that long to be picked up.
+pub const MAX_BACKOFF: i64 = 4;
+
+/// The wait after the `failures`-th consecutive failure: `retry` × 2^(failures-1), at most
+/// [`MAX_BACKOFF`] × `retry`.
+pub fn retry_delay(retry: i64, failures: i32) -> i64 {
+    let factor = 1i64 << (failures.saturating_sub(1)).clamp(0, 30);
+    retry.saturating_mul(factor.min(MAX_BACKOFF))
+}
+
+/// The last run failed: the next start waits [`retry_delay`].
 fn back_off(slot: &mut Slot, limits: Limits) {
     slot.failed = false;
     slot.failures = slot.failures.saturating_add(1);
-    let factor = 1i64 << (slot.failures - 1).clamp(0, 30);
-    slot.next_start_at = limits.now + limits.retry.saturating_mul(factor).min(limits.retry.saturating_mul(12));
+    slot.next_start_at = limits.now.saturating_add(retry_delay(limits.retry, slot.failures));
     slot.status = Status::Error;
 }
 
@@ -247,7 +259,7 @@ mod tests {
         assert_eq!(slots[0].status, Status::Error);
         assert_eq!(slots[0].next_start_at, 5 * SEC);
         assert_eq!(decide(&subs, &mut slots, limits(5 * SEC, 4), &Others::default()), vec![Action::Start { subid: 1 }]);
-        // Second and later failures: 10 s, 20 s, 40 s, then at most 60 s.
+        // Second and later failures: 10 s, then at most 20 s.
         let mut delays = Vec::new();
         for _ in 0..5 {
             slots[0].registered = false;
@@ -256,7 +268,7 @@ mod tests {
             decide(&subs, &mut slots, limits(now, 4), &Others::default());
             delays.push((slots[0].next_start_at - now) / SEC);
         }
-        assert_eq!(delays, vec![10, 20, 40, 60, 60]);
+        assert_eq!(delays, vec![10, 20, 20, 20, 20]);
     }
 
     #[test]

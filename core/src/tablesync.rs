@@ -69,10 +69,10 @@ pub fn plan(tables: &[Table], workers: &[Worker], caps: Caps) -> Plan {
 }
 
 /// Delay before a table whose sync worker failed `failures` times in a row is tried again:
-/// `retry` doubled per failure, at most 8×.
+/// the launcher's [`crate::launch::retry_delay`] (`retry` doubled per failure, at most
+/// [`crate::launch::MAX_BACKOFF`]×).
 pub fn backoff(retry: i64, failures: i32) -> i64 {
-    let factor = 1i64 << failures.clamp(1, 4).saturating_sub(1);
-    retry.saturating_mul(factor.min(12))
+    crate::launch::retry_delay(retry, failures.max(1))
 }
 
 #[cfg(test)]
@@ -140,7 +140,8 @@ mod tests {
         assert_eq!(backoff(1000, 1), 1000);
         assert_eq!(backoff(1000, 2), 2000);
         assert_eq!(backoff(1000, 3), 4000);
-        assert_eq!(backoff(1000, 4), 8000);
-        assert_eq!(backoff(1000, 50), 8000);
+        assert_eq!(backoff(1000, 4), 4000);
+        assert_eq!(backoff(1000, 50), 4000);
+        assert_eq!(backoff(1000, 0), 1000);
     }
 }

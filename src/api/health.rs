@@ -28,7 +28,7 @@ type Code = PgSqlErrorCode;
 /// since (status `error`, or a retry not yet started) — a worker that started after the last
 /// error and has not failed yet is not counted. `failing_since` estimates when the streak of
 /// consecutive failures began: the last error's time minus the retry delays the launcher waited
-/// between those failures (`pgsub.retry_interval`, doubled per failure, at most 12×). The runs
+/// between those failures (`pgsub.retry_interval`, doubled per failure, at most 4×). The runs
 /// themselves are not counted, so the estimate is never earlier than the true start.
 /// `waiting_since`: since when it has waited for a background worker slot (0 = not waiting).
 #[allow(clippy::type_complexity)]
@@ -62,12 +62,9 @@ fn _health_state() -> TableIterator<
     TableIterator::new(rows)
 }
 
-/// The launcher's delays after the first `n` failures of a streak (core `launch::back_off`:
-/// retry × 2^(k-1), at most 12 × retry).
+/// The launcher's delays after the first `n` failures of a streak (core `launch::retry_delay`).
 fn retry_delays(retry_us: i64, n: i32) -> i64 {
-    (1..=n.clamp(0, 10_000))
-        .map(|k| retry_us.saturating_mul(1i64 << (k - 1).clamp(0, 30)).min(retry_us.saturating_mul(12)))
-        .fold(0i64, i64::saturating_add)
+    (1..=n.clamp(0, 10_000)).map(|k| pgsub_core::launch::retry_delay(retry_us, k)).fold(0i64, i64::saturating_add)
 }
 
 /// Superusers, `pgsub_admin` and `pg_monitor` members: the function reads with every enabled

@@ -589,7 +589,13 @@ impl Applier {
         let RelEntry { remote, local, .. } = entry;
         let Some(local) = local.as_mut() else { return false };
         let present: Vec<bool> = m.new.columns.iter().map(|v| !matches!(v, TupleValue::UnchangedToast)).collect();
-        let key = if detect { PlanKey::InsertIfAbsent(present.clone()) } else { PlanKey::Insert(present.clone()) };
+        // `ON CONFLICT` refuses a table with a DEFERRABLE key: its conflicts are looked up first.
+        let look_first = detect && local.deferrable_keys;
+        let key = if detect && !look_first {
+            PlanKey::InsertIfAbsent(present.clone())
+        } else {
+            PlanKey::Insert(present.clone())
+        };
         let run = |local: &mut super::relation::LocalRel, key: PlanKey| {
             let plan = local.plan(key, remote);
             let mut values = Vec::new();
@@ -605,6 +611,15 @@ impl Applier {
                 owner::as_table_owner(local.relid, || execute(plan, &mut values, &nulls, pg_sys::SPI_OK_INSERT as i32))
             })
         };
+        if look_first {
+            let remote_values = conflict::RemoteValues::of(local, &m.new, binary, cxt);
+            if let Some((t, applied)) = conflict::insert_exists(local, &remote_values, &present) {
+                conflict::count(local.relid, t);
+                return applied;
+            }
+            run(local, key);
+            return true;
+        }
         let processed = run(local, key);
         if detect && processed == 0 {
             let remote_values = conflict::RemoteValues::of(local, &m.new, binary, cxt);

@@ -76,6 +76,9 @@ pub(super) struct LocalRel {
     /// The local columns not among the remote ones that a row is inserted with (not generated):
     /// a replacing UPDATE (`sql::Statement::Replace`) carries their values over.
     pub(super) kept: Vec<String>,
+    /// A `DEFERRABLE` unique or exclusion constraint (on the table or a partition): conflicts are
+    /// looked up before a plain INSERT, not found by `ON CONFLICT DO NOTHING`, which refuses it.
+    pub(super) deferrable_keys: bool,
 }
 
 impl LocalRel {
@@ -837,6 +840,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         .map(|(n, ..)| n.clone())
         .collect();
     let stmt_insert_triggers = super::relcat::has_stmt_insert_triggers(relid);
+    let deferrable_keys = super::relcat::has_deferrable_keys(relid);
     let keys = super::relcat::local_keys(relid);
     let identity_key = keys.iter().find(|k| k.identity).and_then(|k| {
         let all_mapped = k.columns.iter().all(|c| remote.columns.iter().any(|rc| rc.name == *c));
@@ -855,6 +859,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         identity_key,
         remote_key_unique,
         kept,
+        deferrable_keys,
     }
 }
 

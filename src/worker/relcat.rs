@@ -126,6 +126,29 @@ pub(super) fn local_keys(relid: pg_sys::Oid) -> Vec<LocalKey> {
     r.unwrap_or_else(|e| failed("reading indexes", e))
 }
 
+/// Whether the table, or one of its partitions, has a `DEFERRABLE` unique or exclusion
+/// constraint (an index that is not `indimmediate`): `INSERT … ON CONFLICT` refuses such a table
+/// ("does not support deferrable unique constraints"), so its conflicts are looked up before a
+/// plain INSERT instead. True when it cannot be told.
+pub(super) fn has_deferrable_keys(relid: pg_sys::Oid) -> bool {
+    select(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE NOT i.indimmediate \
+                          AND (i.indrelid = $1 OR i.indrelid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree($1) t)))",
+        &[pg_sys::OIDOID],
+        &[relid.into()],
+        |t| {
+            let mut out = None;
+            for row in t {
+                out = row.get::<bool>(1)?;
+            }
+            Ok(out)
+        },
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(true)
+}
+
 /// Whether the table has statement-level INSERT triggers that fire during apply (enabled
 /// REPLICA or ALWAYS); true when it cannot be told.
 pub(super) fn has_stmt_insert_triggers(relid: pg_sys::Oid) -> bool {
