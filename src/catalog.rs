@@ -53,6 +53,10 @@ pub struct Subscription {
     /// PostgreSQL 17's `failover`: the slot is created (or altered) to be synchronized to the
     /// publisher's standbys.
     pub failover: bool,
+    /// Whether the owner role may log in (None: it no longer exists). A worker connects as the
+    /// owner: the launcher does not start one that could not (`owner_problem`).
+    pub owner_can_login: Option<bool>,
+    pub owner_name: Option<String>,
 }
 
 impl Subscription {
@@ -67,6 +71,23 @@ impl Subscription {
     /// dropping it removes only the row.
     pub fn is_copy(&self) -> bool {
         self.dbid != 0 && self.dbid != crate::shmem::my_database()
+    }
+
+    /// Why no worker can connect as the owner: the role was dropped (`DROP ROLE` does not know
+    /// pgsub's catalog, where native refuses to drop a subscription's owner) or may not log in.
+    pub fn owner_problem(&self) -> Option<String> {
+        match self.owner_can_login {
+            Some(true) => None,
+            Some(false) => Some(format!(
+                "the owner of subscription \"{}\" (role {}) is not permitted to log in, so no worker can run as it",
+                self.name,
+                self.owner_name.as_deref().map(pgsub_proto::client::quote_ident).unwrap_or_else(|| self.owner.to_string())
+            )),
+            None => Some(format!(
+                "the owner of subscription \"{}\" (role oid {}) no longer exists, so no worker can run as it",
+                self.name, self.owner
+            )),
+        }
     }
 
     /// Replication origin that records how far this subscription has applied.
@@ -139,7 +160,9 @@ const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, connin
      (pg_catalog.date_part('epoch', sequence_sync_interval) * 1000)::int8, sequence_sync_margin, \
      (pg_catalog.to_jsonb(sub.*) ->> 'subdbid')::int8, \
      coalesce((pg_catalog.to_jsonb(sub.*) ->> 'failover')::boolean, false), \
-     coalesce(pg_catalog.to_jsonb(sub.*) ->> 'two_phase_state', CASE WHEN two_phase THEN 'e' ELSE 'd' END) = 'e'";
+     coalesce(pg_catalog.to_jsonb(sub.*) ->> 'two_phase_state', CASE WHEN two_phase THEN 'e' ELSE 'd' END) = 'e', \
+     (SELECT r.rolcanlogin FROM pg_catalog.pg_roles r WHERE r.oid = subowner), \
+     (SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE r.oid = subowner)";
 
 fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     Ok(Subscription {
@@ -167,6 +190,8 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
         dbid: row.get::<i64>(22)?.unwrap_or(0) as u32,
         failover: row.get::<bool>(23)?.unwrap_or(false),
         two_phase_enabled: row.get::<bool>(24)?.unwrap_or(false),
+        owner_can_login: row.get::<bool>(25)?,
+        owner_name: row.get::<String>(26)?,
     })
 }
 

@@ -30,6 +30,7 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use pgsub_core::launch::{self, Action, Limits, Others, WaitReason};
+use pgsub_core::state::Status;
 use shmem::{DbState, SHARED};
 use std::collections::{HashMap, HashSet};
 
@@ -273,6 +274,12 @@ impl Launcher {
             Action::WarnWaiting { subid, reason } => warn_waiting(&name(subid), reason),
             Action::Start { subid } => {
                 let Some(sub) = subs.iter().find(|s| s.subid == subid) else { return };
+                // A worker that cannot connect as the owner would die at once, over and over:
+                // a failed run instead, shown and retried after the backoff.
+                if let Some(problem) = sub.owner_problem() {
+                    owner_cannot_run(sub, &problem);
+                    return;
+                }
                 match self.register(sub) {
                     Some(handle) => {
                         self.workers.insert(subid, handle);
@@ -317,11 +324,20 @@ impl Launcher {
             Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted) => true,
             Err(_) => {
                 // The worker clears its own pid when it exits; one that died before it claimed
-                // its slot never wrote it.
+                // its slot never wrote it. One that died before it claimed it at all (a FATAL
+                // while connecting) is a failed run: retried after the backoff, not at once.
                 let mut shared = SHARED.exclusive();
                 if let Some(slot) = shared.find_mut(*subid) {
                     if slot.pid > 0 && !crate::process::pid_alive(slot.pid) {
                         slot.pid = 0;
+                    }
+                    if slot.launch_pending {
+                        slot.failed = true;
+                        slot.set_error(
+                            "pgsub apply worker exited while it started, before it reached the subscription (see the server log)",
+                            now(),
+                            false,
+                        );
                     }
                     slot.launch_pending = false;
                 }
@@ -371,6 +387,24 @@ fn write_back(slot: &mut shmem::SubSlot, v: &launch::Slot) {
     slot.warned_no_worker = v.warned;
     slot.waiting_since = v.waiting_since;
     slot.launch_pending = v.registered && v.pid == 0;
+}
+
+/// The owner of `sub` cannot log in (dropped, or NOLOGIN): a failed run, logged and shown in the
+/// subscription's `last_error`, retried after the error backoff.
+fn owner_cannot_run(sub: &catalog::Subscription, problem: &str) {
+    if let Some(slot) = SHARED.exclusive().find_mut(sub.subid) {
+        slot.set_error(problem, now(), false);
+        slot.failed = true;
+        slot.launch_pending = false;
+        slot.status = Status::Error;
+    }
+    crate::report::log(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        format!("pgsub: {problem}"),
+        None,
+        Some("Give the subscription a new owner with pgsub.alter_subscription_owner(), or let the role log in."),
+    );
 }
 
 fn warn_waiting(name: &str, reason: WaitReason) {

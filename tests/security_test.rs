@@ -928,6 +928,59 @@ async fn owner_change_follows_the_same_rules_as_creation() {
     assert_replicated_equal_for(&p, &s, Some(&["os"])).await;
 }
 
+/// A subscription whose owner can no longer log in (made NOLOGIN, or dropped: `DROP ROLE` does not
+/// see pgsub's catalog, where native refuses to drop a subscription's owner): its worker cannot
+/// connect as the owner. It used to die at once, restarted 60–80 times a second with `status =
+/// starting` and no error shown; now it is a failed run — `status = error`, the reason in
+/// `last_error`, a WARNING — retried after the error backoff; a new owner fixes it.
+#[tokio::test(flavor = "current_thread")]
+async fn an_owner_that_cannot_log_in_is_shown_and_retried_with_backoff() {
+    let (nodes, p, s) = nodes_with_published_t().await;
+    let pw_ci = password_conninfo(&nodes, &p).await;
+    s.batch_execute(
+        "CREATE ROLE owner3 LOGIN; GRANT pgsub_admin TO owner3; GRANT SELECT, INSERT, UPDATE, DELETE ON t TO owner3;
+         CREATE ROLE owner4 LOGIN; GRANT pgsub_admin TO owner4; GRANT SELECT, INSERT, UPDATE, DELETE ON t TO owner4;",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('ow', $1, ARRAY['pub'], run_as_owner => true)", &[&pw_ci])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "ow", WAIT).await;
+    for (owner, break_it, needle) in [
+        ("owner3", "ALTER ROLE owner3 NOLOGIN", "is not permitted to log in"),
+        ("owner4", "REVOKE ALL ON t FROM owner4; DROP ROLE owner4", "no longer exists"),
+    ] {
+        s.execute(&format!("SELECT pgsub.alter_subscription_owner('ow', '{owner}')"), &[]).await.expect("owner");
+        wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'ow'", "streaming", WAIT).await;
+        s.batch_execute("SELECT pgsub.disable_subscription('ow')").await.unwrap();
+        wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'ow'", "disabled", WAIT).await;
+        s.batch_execute(break_it).await.expect(break_it);
+        let fatal_before = nodes.subscriber.log().matches("FATAL").count();
+        s.batch_execute("SELECT pgsub.enable_subscription('ow')").await.unwrap();
+        let e = wait_for_subscription_error(&s, "ow", &[needle], WAIT).await;
+        assert!(e.contains("\"ow\""), "{e}");
+        wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'ow'", "error", WAIT).await;
+        // The retry interval here is 1 s, doubled per failure: a few runs in 4 s, not hundreds.
+        let count = "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'ow'";
+        let first: i64 = one(&s, count).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let errors = one::<i64>(&s, count).await - first;
+        assert!((1..=4).contains(&errors), "{owner}: {errors} more failed runs in 4 s");
+        let fatal = nodes.subscriber.log().matches("FATAL").count() - fatal_before;
+        assert!(fatal <= 1, "{owner}: {fatal} workers died while connecting");
+        assert!(nodes.subscriber.log_contains(&format!("WARNING:  pgsub: the owner of subscription \"ow\"")));
+        // A superuser gives it to a role that can log in: it streams again.
+        s.batch_execute("SELECT pgsub.alter_subscription_owner('ow', 'postgres')").await.expect("back to postgres");
+        wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'ow'", "streaming", WAIT).await;
+        p.execute("INSERT INTO t VALUES ($1, 'after the fix')", &[&(errors as i32 + 100 * owner.len() as i32)])
+            .await
+            .unwrap();
+    }
+    s.batch_execute("SELECT pgsub.wait_for_catchup('ow')").await.expect("catch up");
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// The apply worker (and the initial copy) over TLS with `sslmode=verify-full`, the publisher's
 /// certificate checked against a root file and its name, and certificate authentication with a
 /// client certificate signed by the publisher's CA (pg_hba `cert`, no password): streams, and

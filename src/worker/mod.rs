@@ -83,8 +83,14 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     let claimed = {
         let mut g = shmem::SHARED.exclusive();
         match g.claim(subid, dboid) {
-            Some(s) if s.pid > 0 && s.pid != me => Err("another worker is running"),
+            // Leaving without a failure: the launcher must not count it as a worker that died
+            // while it started (`launch_pending` still set).
+            Some(s) if s.pid > 0 && s.pid != me => {
+                s.launch_pending = false;
+                Err("another worker is running")
+            }
             Some(s) if s.paused_by > 0 && crate::process::pid_alive(s.paused_by) => {
+                s.launch_pending = false;
                 Err("the subscription is being dropped or changed")
             }
             Some(s) => {
