@@ -216,10 +216,18 @@ fn _preloaded() -> bool {
 /// `pgsub.database` when that is set. Its subscriptions show `not_served` otherwise.
 #[pg_extern(volatile, parallel_safe)]
 fn _database_served() -> bool {
-    let row = Spi::get_two::<String, bool>(
-        "SELECT datname::text, datistemplate FROM pg_catalog.pg_database \
-         WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
-    );
+    // Read-only SPI (`select`): pgrx's `Spi::get_*` take a transaction id, which a hot standby
+    // refuses — the views that call this must work there.
+    let row = Spi::connect(|c| {
+        c.select(
+            "SELECT datname::text, datistemplate FROM pg_catalog.pg_database \
+             WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_two::<String, bool>()
+    });
     match row {
         Ok((Some(name), Some(template))) => crate::gucs::database_served(&crate::gucs::databases(), &name, template),
         _ => true,

@@ -6,7 +6,7 @@
 //! problem they document, each provoked here.
 use pgsub_tests::{
     assert_replicated_equal, free_port, must_fail, one, wait_for, wait_for_subscription_error,
-    wait_for_subscription_sync, wait_value, workspace_root, ClusterOpts, TwoNodes,
+    wait_for_subscription_sync, wait_value, workspace_root, Cluster, ClusterOpts, TwoNodes,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -854,5 +854,41 @@ async fn views_are_cheap_enough_to_never_be_jit_compiled() {
             .unwrap_or_else(|| panic!("no cost in {top}"));
         assert!(cost < jit_above / 10.0, "{q}: estimated cost {cost}, jit_above_cost {jit_above}: {top}");
     }
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// The views and the health check read a hot standby of the subscriber (a DBA points monitoring
+/// at it): `pgsub.stat_subscription` and `pgsub.health` failed there with "cannot assign
+/// TransactionIds during recovery" (a read through pgrx's `Spi::get_*`, which takes one). The
+/// standby shows the subscription, and runs no worker of its own.
+#[tokio::test(flavor = "current_thread")]
+async fn the_views_read_a_hot_standby_of_the_subscriber() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1, 'a')")
+        .await
+        .unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('hs', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "hs", WAIT).await;
+    let standby = Cluster::standby_of(&nodes.subscriber, "standby").expect("standby");
+    let st = standby.client("postgres").await.expect("connect to the standby");
+    assert!(one::<bool>(&st, "SELECT pg_is_in_recovery()").await);
+    for q in [
+        "SELECT count(*) FROM pgsub.subscription WHERE subname = 'hs'",
+        "SELECT count(*) FROM pgsub.stat_subscription WHERE subname = 'hs'",
+        "SELECT count(*) FROM pgsub.subscription_table WHERE subname = 'hs'",
+        "SELECT count(*) FROM pgsub.stat_subscription_table WHERE subname = 'hs'",
+        "SELECT count(*) + 1 FROM pgsub.health",
+        "SELECT count(*) + 1 FROM pgsub.check_health(error_minutes => 0)",
+        "SELECT count(*) + 1 FROM pgsub.lag_history('hs')",
+    ] {
+        let n: i64 = st.query_one(q, &[]).await.unwrap_or_else(|e| panic!("{q} on the standby: {e:?}")).get(0);
+        assert!(n >= 1, "{q}: {n}");
+    }
+    let pid: Option<i32> = one(&st, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'hs'").await;
+    assert_eq!(pid, None, "no worker runs on the standby");
+    p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "2", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
