@@ -309,6 +309,12 @@ fn set_enabled(name: Option<&str>, enabled: bool) {
     if let Err(e) = catalog::set_enabled(sub.subid, enabled) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }
+    if !enabled {
+        // Returns once the worker has exited (none starts again before this transaction ends):
+        // the origin's position read next is final, which a handover to another subscriber
+        // relies on. Native ALTER SUBSCRIPTION … DISABLE returns at once.
+        stop_worker(sub.subid);
+    }
     wake_launcher_at_commit();
 }
 

@@ -517,3 +517,45 @@ async fn a_native_subscription_is_taken_over_and_given_back_under_load() {
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM nk").await, written, "no row twice");
     assert_replicated_equal(&p, &s).await;
 }
+
+/// `disable_subscription` returns once the worker has exited, so the origin's position read next
+/// is final (the pgsub-to-native handover reads it and advances the native origin to it). Here the
+/// worker is held inside a transaction by a lock when it is disabled: it used to apply that
+/// transaction after the function returned, moving the origin past the position read (the
+/// native side would then apply it again).
+#[tokio::test(flavor = "current_thread")]
+async fn disable_returns_after_the_worker_has_exited_and_the_origin_stays() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    subscribe(&nodes, &s).await;
+    p.batch_execute("INSERT INTO t VALUES (1, 'before')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "1", WAIT).await;
+    // Another session holds the table: the worker waits for it inside the remote transaction.
+    let locker = nodes.subscriber.client("postgres").await.unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2, 'held')").await.unwrap();
+    wait_value(
+        &s,
+        "SELECT count(*) > 0 FROM pg_locks l JOIN pgsub.stat_subscription st ON st.pid = l.pid \
+         WHERE st.subname = 'cut' AND NOT l.granted",
+        "t",
+        WAIT,
+    )
+    .await;
+    s.batch_execute("SELECT pgsub.disable_subscription('cut')").await.unwrap();
+    let pid: Option<i32> = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'cut'").await;
+    assert_eq!(pid, None, "the worker has exited when disable_subscription returns");
+    let origin = "SELECT remote_lsn::text FROM pg_replication_origin_status \
+                  WHERE external_id = (SELECT 'pgsub_' || subid FROM pgsub.subscription WHERE subname = 'cut')";
+    let read: String = one(&s, origin).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(one::<String>(&s, origin).await, read, "the origin moved after disable_subscription returned");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 1, "nothing applied after it returned");
+    assert_eq!(one::<String>(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'cut'").await, "disabled");
+    s.batch_execute("SELECT pgsub.enable_subscription('cut')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "2", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
