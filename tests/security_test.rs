@@ -55,6 +55,7 @@ const VIEW_HELPERS: &[&str] = &[
     "_ts",
     "_current_database_oid",
     "_lsn",
+    "_sees_errors",
     "_mask_conninfo",
     "_stat_progress",
     "_stat_counters",
@@ -460,7 +461,17 @@ async fn passwords_never_shown_nor_logged() {
     wait_for_repeated_error(&s, "sec", &["password authentication failed"], WAIT).await;
     for c in [&plain, &admin, &s] {
         let seen = everything_visible(c).await;
-        let last_error: String = one(c, "SELECT string_agg(last_error, E'\\n') FROM pgsub.stat_subscription").await;
+        let last_error: Option<String> =
+            one(c, "SELECT string_agg(last_error, E'\\n') FROM pgsub.stat_subscription").await;
+        // An error can quote row values: a role without the owner's privileges, pgsub_admin or
+        // pg_read_all_stats sees NULL (its count and time stay visible).
+        if std::ptr::eq(c, &plain) {
+            assert_eq!(last_error, None, "a plain role reads the error text");
+            let counted: i64 = one(c, "SELECT sum(error_count)::int8 FROM pgsub.stat_subscription").await;
+            assert!(counted > 0);
+            continue;
+        }
+        let last_error = last_error.expect("the error text");
         assert!(last_error.contains("password authentication failed for user \"repl\""), "{last_error}");
         assert!(!last_error.contains(PASSWORD), "password in last_error: {last_error}");
         if !std::ptr::eq(c, &s) {
@@ -947,9 +958,9 @@ async fn an_owner_that_cannot_log_in_is_shown_and_retried_with_backoff() {
         .await
         .expect("create");
     wait_for_subscription_sync(&s, "ow", WAIT).await;
-    for (owner, break_it, needle) in [
-        ("owner3", "ALTER ROLE owner3 NOLOGIN", "is not permitted to log in"),
-        ("owner4", "REVOKE ALL ON t FROM owner4; DROP ROLE owner4", "no longer exists"),
+    for (id, owner, break_it, needle) in [
+        (601, "owner3", "ALTER ROLE owner3 NOLOGIN", "is not permitted to log in"),
+        (602, "owner4", "REVOKE ALL ON t FROM owner4; DROP ROLE owner4", "no longer exists"),
     ] {
         s.execute(&format!("SELECT pgsub.alter_subscription_owner('ow', '{owner}')"), &[]).await.expect("owner");
         wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'ow'", "streaming", WAIT).await;
@@ -973,9 +984,7 @@ async fn an_owner_that_cannot_log_in_is_shown_and_retried_with_backoff() {
         // A superuser gives it to a role that can log in: it streams again.
         s.batch_execute("SELECT pgsub.alter_subscription_owner('ow', 'postgres')").await.expect("back to postgres");
         wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'ow'", "streaming", WAIT).await;
-        p.execute("INSERT INTO t VALUES ($1, 'after the fix')", &[&(errors as i32 + 100 * owner.len() as i32)])
-            .await
-            .unwrap();
+        p.execute("INSERT INTO t VALUES ($1, 'after the fix')", &[&(id as i32)]).await.unwrap();
     }
     s.batch_execute("SELECT pgsub.wait_for_catchup('ow')").await.expect("catch up");
     assert_replicated_equal(&p, &s).await;
