@@ -248,12 +248,18 @@ fn drop_subscription(
             "Run it as a statement of its own, or pass drop_slot => false and drop the slot on the publisher yourself.",
         );
     }
+    // Tables still being synchronized may have sync slots on the publisher (named as their
+    // origins): pgsub's own, dropped also when the subscription's slot is kept.
+    let sync_slots = if drop_slot { Vec::new() } else { catalog::sync_origin_names(sub.subid) };
     if let Err(e) = catalog::delete(sub.subid) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("deleting subscription: {e}"), None, None);
     }
     stop_worker(sub.subid);
     drop_origin(&sub.origin_name());
     drop_sync_origins(sub.subid);
+    if !sync_slots.is_empty() {
+        drop_kept_subscriptions_sync_slots(&sub, &sync_slots);
+    }
     if drop_slot {
         let mut client = match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), sub.must_use_password()) {
             Ok(c) => c,
@@ -316,6 +322,39 @@ fn set_enabled(name: Option<&str>, enabled: bool) {
         stop_worker(sub.subid);
     }
     wake_launcher_at_commit();
+}
+
+/// `drop_slot => false` keeps the subscription's slot, not the table synchronization slots of
+/// tables still being copied (native drops those too): dropped when the publisher can be
+/// reached outside a transaction block (a rollback could not bring them back); otherwise each is
+/// named in a WARNING, to be dropped by hand.
+fn drop_kept_subscriptions_sync_slots(sub: &catalog::Subscription, names: &[String]) {
+    let leave = |why: String| {
+        for n in names {
+            log(
+                PgLogLevel::WARNING,
+                Code::ERRCODE_WARNING,
+                format!("table synchronization slot \"{n}\" may be left on the publisher"),
+                Some(why.clone()),
+                Some(&format!(
+                    "Drop it on the publisher with SELECT pg_drop_replication_slot({}), if it exists.",
+                    pgsub_proto::client::quote_literal(n)
+                )),
+            );
+        }
+    };
+    // SAFETY: reads the current transaction's block state.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        leave("pgsub.drop_subscription ran inside a transaction block, whose rollback could not bring it back.".into());
+        return;
+    }
+    match publisher::connect(&sub.conninfo, true, Context::Backend, Some("pgsub"), sub.must_use_password()) {
+        Ok(mut client) => {
+            drop_sync_slots(&mut client, sub.subid);
+            client.close();
+        }
+        Err(e) => leave(format!("Could not connect to the publisher: {e}")),
+    }
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]

@@ -907,3 +907,36 @@ async fn a_table_created_again_is_copied_again_at_refresh() {
     wait_value(&s, "SELECT count(*) FROM t", "3", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// `drop_subscription(drop_slot => false)` keeps the subscription's slot but, as native does,
+/// not the table synchronization slots of tables still being copied: they are dropped too (they
+/// were left on the publisher, holding WAL, with nothing in pgsub naming them any more).
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_without_the_slot_drops_the_sync_slots() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, 'x' FROM generate_series(1, 1000) g;
+         CREATE PUBLICATION pub FOR TABLE big",
+    )
+    .await
+    .unwrap();
+    s.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)").await.unwrap();
+    set_sync_hold(&nodes.subscriber, &s, "copied").await;
+    s.execute("SELECT pgsub.create_subscription('ds', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    let sync_slots = "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE 'pgsub\\_%\\_sync\\_%'";
+    wait_value(&p, sync_slots, "1", WAIT).await;
+    wait_value(&s, "SELECT count(*)::text FROM big", "1000", WAIT).await;
+    s.batch_execute("SELECT pgsub.drop_subscription('ds', drop_slot => false)").await.expect("drop");
+    assert_eq!(one::<String>(&p, sync_slots).await, "0", "a sync slot was left on the publisher");
+    assert_eq!(
+        one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ds'").await,
+        1,
+        "the subscription's own slot is kept"
+    );
+    p.batch_execute("SELECT pg_drop_replication_slot('ds')").await.unwrap();
+    set_sync_hold(&nodes.subscriber, &s, "").await;
+    // No subscription is left to compare through: the copied table against the publisher's.
+    let rows = "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM big";
+    assert_eq!(one::<String>(&s, rows).await, one::<String>(&p, rows).await);
+}
