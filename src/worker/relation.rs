@@ -79,6 +79,9 @@ pub(super) struct LocalRel {
     /// A `DEFERRABLE` unique or exclusion constraint (on the table or a partition): conflicts are
     /// looked up before a plain INSERT, not found by `ON CONFLICT DO NOTHING`, which refuses it.
     pub(super) deferrable_keys: bool,
+    /// Per column (as `cols`): a unique or exclusion index covers it. A run of UPDATEs that sets
+    /// one is applied one by one, in the publisher's order, not as one statement.
+    pub(super) constrained: Vec<bool>,
 }
 
 impl LocalRel {
@@ -841,6 +844,10 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         .collect();
     let stmt_insert_triggers = super::relcat::has_stmt_insert_triggers(relid);
     let deferrable_keys = super::relcat::has_deferrable_keys(relid);
+    let constrained = match super::relcat::constrained_columns(relid) {
+        Some(names) => cols.iter().map(|c| names.contains(&c.name)).collect(),
+        None => vec![true; cols.len()],
+    };
     let keys = super::relcat::local_keys(relid);
     let identity_key = keys.iter().find(|k| k.identity).and_then(|k| {
         let all_mapped = k.columns.iter().all(|c| remote.columns.iter().any(|rc| rc.name == *c));
@@ -860,6 +867,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         remote_key_unique,
         kept,
         deferrable_keys,
+        constrained,
     }
 }
 

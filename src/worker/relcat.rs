@@ -126,6 +126,34 @@ pub(super) fn local_keys(relid: pg_sys::Oid) -> Vec<LocalKey> {
     r.unwrap_or_else(|e| failed("reading indexes", e))
 }
 
+/// The columns that a unique or exclusion index of the table (or of one of its partitions)
+/// covers, by name; None when one of them has expressions or a predicate (any column may
+/// count). Setting them in one statement for many rows can break such an index midway — a value
+/// taken before another row gives it up — where the publisher's order of the same changes did not.
+pub(super) fn constrained_columns(relid: pg_sys::Oid) -> Option<Vec<String>> {
+    let r = select(
+        "SELECT coalesce(bool_or(i.indexprs IS NOT NULL OR i.indpred IS NOT NULL), false), \
+                coalesce(array_agg(DISTINCT a.attname::text) FILTER (WHERE a.attname IS NOT NULL), '{}') \
+           FROM pg_catalog.pg_index i \
+           LEFT JOIN LATERAL pg_catalog.unnest((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) k(attnum) ON true \
+           LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum AND k.attnum > 0 \
+          WHERE (i.indisunique OR i.indisexclusion) \
+            AND (i.indrelid = $1 OR i.indrelid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree($1) t))",
+        &[pg_sys::OIDOID],
+        &[relid.into()],
+        |t| {
+            let mut out = None;
+            for row in t {
+                let any = row.get::<bool>(1)?.unwrap_or(true);
+                let names = row.get::<Vec<String>>(2)?.unwrap_or_default();
+                out = if any { None } else { Some(names) };
+            }
+            Ok(out)
+        },
+    );
+    r.unwrap_or_else(|e| failed("reading unique and exclusion indexes", e))
+}
+
 /// Whether the table, or one of its partitions, has a `DEFERRABLE` unique or exclusion
 /// constraint (an index that is not `indimmediate`): `INSERT … ON CONFLICT` refuses such a table
 /// ("does not support deferrable unique constraints"), so its conflicts are looked up before a
