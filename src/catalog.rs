@@ -81,7 +81,10 @@ impl Subscription {
             Some(false) => Some(format!(
                 "the owner of subscription \"{}\" (role {}) is not permitted to log in, so no worker can run as it",
                 self.name,
-                self.owner_name.as_deref().map(pgsub_proto::client::quote_ident).unwrap_or_else(|| self.owner.to_string())
+                self.owner_name
+                    .as_deref()
+                    .map(pgsub_proto::client::quote_ident)
+                    .unwrap_or_else(|| self.owner.to_string())
             )),
             None => Some(format!(
                 "the owner of subscription \"{}\" (role oid {}) no longer exists, so no worker can run as it",

@@ -980,11 +980,11 @@ async fn an_owner_that_cannot_log_in_is_shown_and_retried_with_backoff() {
         assert!((1..=4).contains(&errors), "{owner}: {errors} more failed runs in 4 s");
         let fatal = nodes.subscriber.log().matches("FATAL").count() - fatal_before;
         assert!(fatal <= 1, "{owner}: {fatal} workers died while connecting");
-        assert!(nodes.subscriber.log_contains(&format!("WARNING:  pgsub: the owner of subscription \"ow\"")));
+        assert!(nodes.subscriber.log_contains("WARNING:  pgsub: the owner of subscription \"ow\""));
         // A superuser gives it to a role that can log in: it streams again.
         s.batch_execute("SELECT pgsub.alter_subscription_owner('ow', 'postgres')").await.expect("back to postgres");
         wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'ow'", "streaming", WAIT).await;
-        p.execute("INSERT INTO t VALUES ($1, 'after the fix')", &[&(id as i32)]).await.unwrap();
+        p.execute("INSERT INTO t VALUES ($1, 'after the fix')", &[&id]).await.unwrap();
     }
     s.batch_execute("SELECT pgsub.wait_for_catchup('ow')").await.expect("catch up");
     assert_replicated_equal(&p, &s).await;
