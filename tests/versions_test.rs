@@ -523,3 +523,30 @@ async fn origin_none_with_copy_data_warns_when_the_publisher_subscribes_too() {
     assert_eq!(rows(&cc).await, "1:a,2:b");
     assert_replicated_equal(&cb, &cc).await;
 }
+
+/// A PostgreSQL 18 publisher whose publication is dropped goes on streaming and skips the
+/// table's changes with only a WARNING to its client ("skipped loading publication"): pgsub
+/// logs what the walsender says, as native's libpq does, where it used to discard it (changes
+/// skipped with nothing in the subscriber's log).
+#[tokio::test(flavor = "current_thread")]
+async fn publisher_18_notices_reach_the_subscribers_log() {
+    let mut p_opts = ClusterOpts::publisher().with_server_bindir(publisher_bindir(18));
+    p_opts.name = "publisher18".into();
+    let nodes = TwoNodes::start_with(p_opts, ClusterOpts::subscriber()).expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    p.batch_execute("CREATE TABLE n (id int PRIMARY KEY); CREATE PUBLICATION pn FOR TABLE n").await.unwrap();
+    s.batch_execute("CREATE TABLE n (id int PRIMARY KEY)").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('ns', $1, ARRAY['pn'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "ns", WAIT).await;
+    p.batch_execute("INSERT INTO n VALUES (1)").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM n", "1", WAIT).await;
+    // Compared while the publication exists; after the drop nothing of it is replicated.
+    assert_replicated_equal(&p, &s).await;
+    p.batch_execute("DROP PUBLICATION pn; INSERT INTO n VALUES (2)").await.unwrap();
+    nodes
+        .subscriber
+        .wait_for_log("the publisher of subscription \"ns\" says: skipped loading publication \"pn\"", WAIT)
+        .await
+        .expect("the publisher's warning in the subscriber's log");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM n").await, 1, "as natively, the change is not applied");
+}

@@ -164,6 +164,7 @@ impl Stream {
             // is in full flow (a flush per pause would cost more than it shows; the WAL writer's
             // flushes are confirmed meanwhile, and the round after the stream slows flushes).
             self.set_batching(round_bytes);
+            self.report_publisher_notices();
             self.finish_group();
             if gucs::FLUSH_WHEN_IDLE.get() && !self.batching {
                 self.progress.flush_applied();
@@ -558,6 +559,26 @@ impl Stream {
 
     /// During a long apply the socket is not read: tell the walsender we are alive (it would
     /// otherwise end the connection after wal_sender_timeout).
+    /// What the walsender said on the way (NoticeResponse), in the server log as native's
+    /// libpq prints it there: a PostgreSQL 18 publisher skips the changes of a publication that
+    /// no longer exists with only a WARNING ("skipped loading publication"), which must not be
+    /// lost.
+    fn report_publisher_notices(&mut self) {
+        for n in self.client.notices() {
+            let level = match n.severity.as_str() {
+                "WARNING" | "ERROR" | "FATAL" | "PANIC" => PgLogLevel::WARNING,
+                _ => PgLogLevel::LOG,
+            };
+            report::log(
+                level,
+                PgSqlErrorCode::ERRCODE_WARNING,
+                format!("pgsub: the publisher of subscription \"{}\" says: {}", self.sub.name, n.message),
+                n.detail,
+                n.hint.as_deref(),
+            );
+        }
+    }
+
     fn keep_publisher_alive(&mut self) {
         if self.progress.since_report() >= std::time::Duration::from_secs(5) {
             self.send_feedback(true, false);
