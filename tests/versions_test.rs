@@ -550,3 +550,37 @@ async fn publisher_18_notices_reach_the_subscribers_log() {
         .expect("the publisher's warning in the subscriber's log");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM n").await, 1, "as natively, the change is not applied");
 }
+
+/// `verify_subscription` against a PostgreSQL 11 publisher, which prints floating-point values
+/// with 17 digits under `extra_float_digits = 3` where 12+ print the shortest exact form: equal
+/// float8, real, float8[] and point columns are equal (they were all reported different), and a
+/// value really changed here is found, by its key.
+#[tokio::test(flavor = "current_thread")]
+async fn verify_compares_floats_of_a_publisher_before_12_exactly() {
+    let mut p_opts = ClusterOpts::publisher().with_server_bindir(publisher_bindir(11));
+    p_opts.name = "publisher11".into();
+    let nodes = TwoNodes::start_with(p_opts, ClusterOpts::subscriber()).expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE tf (id int PRIMARY KEY, f float8, r real, fa float8[], pt point)";
+    p.batch_execute(&format!(
+        "{ddl}; INSERT INTO tf SELECT g, 1.0 / g, (1.0 / g)::real, ARRAY[0.1 * g, 1.0 / 3], point(1.0 / g, 0.1)
+                 FROM generate_series(1, 200) g;
+         CREATE PUBLICATION pf FOR TABLE tf"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('vf', $1, ARRAY['pf'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "vf", WAIT).await;
+    p.batch_execute("UPDATE tf SET f = f * 3 WHERE id % 7 = 0").await.unwrap();
+    s.batch_execute("SELECT pgsub.wait_for_catchup('vf')").await.unwrap();
+    let check = "SELECT equal::text || ' ' || coalesce(different_keys::text, '') FROM pgsub.verify_subscription('vf')";
+    assert_eq!(one::<String>(&s, check).await, "true []", "equal floats reported different");
+    s.batch_execute("UPDATE tf SET f = f + 1e-15 WHERE id = 5").await.unwrap();
+    let got: String = one(&s, check).await;
+    assert!(got.starts_with("false") && got.contains("\"id\": 5") && !got.contains("\"id\": 6"), "{got}");
+    s.batch_execute("UPDATE tf SET f = f - 1e-15 WHERE id = 5").await.unwrap();
+    p.batch_execute("UPDATE tf SET f = 1.0 / 5 WHERE id = 5").await.unwrap();
+    s.batch_execute("SELECT pgsub.wait_for_catchup('vf')").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}

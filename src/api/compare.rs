@@ -49,6 +49,10 @@ pub(super) struct Column {
     /// The local built-in type the publisher's value is cast to before it is rendered (its type
     /// differs there).
     pub remote_cast: Option<String>,
+    /// The built-in send function its value is rendered through (as hex bytes) instead of its
+    /// text: floating-point values from a publisher before 12, whose text (17 digits under
+    /// `extra_float_digits = 3`) is not the shortest exact form this side prints.
+    pub send: Option<&'static str>,
 }
 
 /// One table as a side queries it.
@@ -111,9 +115,13 @@ impl Table {
     /// A column's value rendered as text the same way on both sides.
     fn render(&self, c: &Column, q: &Query) -> String {
         let ident = quote_ident(&c.name);
-        match (&c.remote_cast, q.remote) {
-            (Some(t), true) => format!("({ident})::text::{t}::text"),
-            _ => format!("({ident})::text"),
+        let value = match (&c.remote_cast, q.remote) {
+            (Some(t), true) => format!("({ident})::text::{t}"),
+            _ => format!("({ident})"),
+        };
+        match c.send {
+            Some(f) => format!("pg_catalog.{f}({value})::text"),
+            None => format!("{value}::text"),
         }
     }
 

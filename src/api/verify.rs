@@ -330,6 +330,25 @@ fn remote_table(
     (from, cols, Some(names), filter)
 }
 
+/// The send function of a built-in type whose text holds floating-point numbers (by
+/// `format_type`'s name): a publisher before 12 prints them with 17 digits, this side with the
+/// shortest exact form, so such values are compared by their binary form.
+fn float_send(typ: &str) -> Option<&'static str> {
+    Some(match typ {
+        "double precision" => "float8send",
+        "real" => "float4send",
+        "double precision[]" | "real[]" => "array_send",
+        "point" => "point_send",
+        "lseg" => "lseg_send",
+        "box" => "box_send",
+        "path" => "path_send",
+        "polygon" => "poly_send",
+        "line" => "line_send",
+        "circle" => "circle_send",
+        _ => return None,
+    })
+}
+
 /// What is compared of a table and each side's query.
 fn plan(client: &mut Client, t: &Target, pubs: &[String]) -> (Table, Query, Query) {
     let (lcols, lkey, lfrom) = local_table(t);
@@ -345,7 +364,8 @@ fn plan(client: &mut Client, t: &Target, pubs: &[String]) -> (Table, Query, Quer
             continue;
         }
         let remote_cast = (*rtype != l.typ && l.builtin).then(|| l.typ.clone());
-        cols.push(Column { name: l.name.clone(), collatable: l.collatable, remote_cast });
+        let send = if client.server_version_num() < 120000 { float_send(&l.typ) } else { None };
+        cols.push(Column { name: l.name.clone(), collatable: l.collatable, remote_cast, send });
     }
     let key: Vec<usize> = lkey.iter().filter_map(|k| cols.iter().position(|c| c.name == *k)).collect();
     let key = if key.len() == lkey.len() { key } else { Vec::new() };
