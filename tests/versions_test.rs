@@ -584,3 +584,31 @@ async fn verify_compares_floats_of_a_publisher_before_12_exactly() {
     s.batch_execute("SELECT pgsub.wait_for_catchup('vf')").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
+
+/// two_phase turned on for a subscription to a PostgreSQL 14 publisher (which cannot decode
+/// prepared transactions for it): the worker stops with a clear error whose hint says how to undo
+/// it — while the option is still pending, turning it off again (it used to say to recreate the
+/// subscription) — and once it is off the subscription streams again.
+#[tokio::test(flavor = "current_thread")]
+async fn two_phase_asked_of_a_14_publisher_is_undone_by_turning_it_off() {
+    let mut p_opts = ClusterOpts::publisher().with_server_bindir(publisher_bindir(14));
+    p_opts.name = "publisher14".into();
+    let nodes = TwoNodes::start_with(p_opts, ClusterOpts::subscriber().with_conf("max_prepared_transactions = 10"))
+        .expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    p.batch_execute("CREATE TABLE t2 (id int PRIMARY KEY); CREATE PUBLICATION p2 FOR TABLE t2").await.unwrap();
+    s.batch_execute("CREATE TABLE t2 (id int PRIMARY KEY)").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('tp', $1, ARRAY['p2'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "tp", WAIT).await;
+    s.batch_execute("SELECT pgsub.disable_subscription('tp')").await.unwrap();
+    s.batch_execute("SELECT pgsub.alter_subscription_options('tp', two_phase => true)").await.unwrap();
+    s.batch_execute("SELECT pgsub.enable_subscription('tp')").await.unwrap();
+    let e = wait_for_subscription_error(&s, "tp", &["two_phase", "PostgreSQL 15 or later"], WAIT).await;
+    assert!(e.contains("two_phase => false)") && !e.contains("recreate"), "{e}");
+    s.batch_execute("SELECT pgsub.disable_subscription('tp')").await.unwrap();
+    s.batch_execute("SELECT pgsub.alter_subscription_options('tp', two_phase => false)").await.unwrap();
+    s.batch_execute("SELECT pgsub.enable_subscription('tp')").await.unwrap();
+    p.batch_execute("INSERT INTO t2 VALUES (1)").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t2", "1", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}

@@ -587,7 +587,12 @@ pub(crate) fn start_replication(
                 pgsub_proto::client::version_string(server)
             ),
             None,
-            Some("Connect to a newer publisher, or recreate the subscription with two_phase => false."),
+            Some(if sub.two_phase_enabled {
+                "Connect to a newer publisher, or recreate the subscription with two_phase => false."
+            } else {
+                // Still pending: no slot was made for it, so it can simply be turned off.
+                "Connect to a newer publisher, or disable the subscription and turn it off with pgsub.alter_subscription_options(name, two_phase => false)."
+            }),
         );
     }
     let mut opts = PgOutputOptions::for_server(server, sub.publications.clone());
