@@ -235,7 +235,7 @@ JOIN pg_catalog.pg_database d ON d.oid = x.dboid;
 -- Management is for superusers and pgsub_admin; the views and their helpers are for everyone
 -- (the server-wide ones for pgsub_admin and pg_monitor: they show other databases).
 REVOKE EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint, boolean),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint, boolean, boolean),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),
@@ -250,7 +250,7 @@ REVOKE EXECUTE ON FUNCTION
     pgsub.reset_stats(text)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint, boolean),
+    pgsub.create_subscription(text, text, text[], boolean, boolean, boolean, text, boolean, anycompatible, text, boolean, text, boolean, boolean, boolean, text, interval, bigint, boolean, boolean),
     pgsub.drop_subscription(text, boolean, boolean),
     pgsub.enable_subscription(text),
     pgsub.disable_subscription(text),

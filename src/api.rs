@@ -97,14 +97,18 @@ fn create_subscription(
     sequence_sync_interval: default!(Option<Interval>, "NULL"),
     sequence_sync_margin: default!(Option<i64>, 1000),
     failover: default!(Option<bool>, false),
+    connect: default!(Option<bool>, true),
 ) {
     require_admin();
     let name = required(name, "name");
     let conninfo = required(conninfo, "conninfo");
     let pubs_in = required(publications, "publications");
-    let enabled = required(enabled, "enabled");
-    let copy_data = required(copy_data, "copy_data");
-    let create_slot = required(create_slot, "create_slot");
+    // Native `connect = false`: nothing is asked of the publisher, so no slot is created, no
+    // table listed or copied, and the subscription starts disabled.
+    let connect = required(connect, "connect");
+    let enabled = required(enabled, "enabled") && connect;
+    let copy_data = required(copy_data, "copy_data") && connect;
+    let create_slot = required(create_slot, "create_slot") && connect;
     // NULL: the worker chooses (worker/format.rs).
     let streaming = required(streaming_mode(streaming), "streaming");
     let origin = required(origin, "origin");
@@ -112,6 +116,14 @@ fn create_subscription(
     let synchronous_commit = required(synchronous_commit, "synchronous_commit");
     let two_phase = required(two_phase, "two_phase");
     let failover = required(failover, "failover");
+    if failover && !connect {
+        error(
+            Code::ERRCODE_SYNTAX_ERROR,
+            "connect => false and failover => true are mutually exclusive options",
+            Some("A failover slot is created or altered on the publisher.".into()),
+            Some("Create it with failover => false, then set failover with pgsub.alter_subscription_options() once the publisher can be reached."),
+        );
+    }
     let run_as_owner = required(run_as_owner, "run_as_owner");
     let password_required = required(password_required, "password_required");
     if !password_required {
@@ -152,13 +164,19 @@ fn create_subscription(
     // SAFETY: catalog lookup inside a transaction.
     let require_password = !unsafe { pg_sys::superuser_arg(owner) } && password_required;
     publisher::require_password_in(conninfo, require_password);
-    let mut client = connect(name, conninfo, require_password);
-    check_publisher_supports(&client, &options);
-    check_publications(&mut client, &pubs);
-    let tables = published_tables(&mut client, &pubs);
-    if copy_data && options.origin == "none" {
-        warn_copy_of_other_origins(&mut client, name, &pubs, &tables);
-    }
+    let mut client = connect.then(|| self::connect(name, conninfo, require_password));
+    let tables = match client.as_mut() {
+        Some(client) => {
+            check_publisher_supports(client, &options);
+            check_publications(client, &pubs);
+            let tables = published_tables(client, &pubs);
+            if copy_data && options.origin == "none" {
+                warn_copy_of_other_origins(client, name, &pubs, &tables);
+            }
+            tables
+        }
+        None => Vec::new(),
+    };
     // As natively, two_phase is in effect from the start only when no table is copied first:
     // otherwise it stays pending until every table is ready (the slot is created without it,
     // and the apply worker asks for it then), so that no prepared transaction is split between
@@ -180,6 +198,19 @@ fn create_subscription(
     sync_table_list(subid, &tables, copy_data);
     create_origin(&catalog::origin_name(subid));
 
+    let Some(mut client) = client else {
+        log(
+            PgLogLevel::WARNING,
+            Code::ERRCODE_WARNING,
+            format!("subscription \"{name}\" was created, but is not connected"),
+            None,
+            Some(&format!(
+                "To start replication, create the replication slot {} with the pgoutput plugin on the publisher, enable the subscription, and refresh it (pgsub.refresh_subscription).",
+                pgsub_proto::client::quote_literal(&slot)
+            )),
+        );
+        return;
+    };
     // Last, so that any earlier error leaves nothing behind on the publisher.
     if create_slot {
         create_slot_on_publisher(

@@ -558,3 +558,39 @@ async fn alter_options_and_rename() {
     // `other` was never enabled (and shares t): the renamed subscription is the one compared.
     assert_replicated_equal_for(&p, &s, Some(&["Opt \"Renamed\""])).await;
 }
+
+/// Native `connect = false`: a subscription made while the publisher cannot be reached (a
+/// restore, a publisher not up yet) — nothing asked of it, no slot, no tables, disabled, with
+/// native's WARNING; then the connection is fixed, the slot made by hand, the subscription
+/// enabled and refreshed, as native's documentation says, and it replicates. `failover => true`
+/// needs the publisher and is refused with it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_subscription_created_without_connecting_is_started_by_hand() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1, 'copied')").await.unwrap();
+    let unreachable = "host=127.0.0.1 port=1 dbname=postgres user=postgres connect_timeout=2";
+    let e = s
+        .execute(
+            "SELECT pgsub.create_subscription('cs', $1, ARRAY['pub'], connect => false, failover => true)",
+            &[&unreachable],
+        )
+        .await
+        .expect_err("failover without connecting");
+    assert_eq!(e.code().map(|c| c.code()), Some("42601"), "{e:?}");
+    s.execute("SELECT pgsub.create_subscription('cs', $1, ARRAY['pub'], connect => false)", &[&unreachable])
+        .await
+        .expect("created without connecting");
+    assert!(nodes.subscriber.log_contains("subscription \"cs\" was created, but is not connected"));
+    assert!(!one::<bool>(&s, "SELECT enabled FROM pgsub.subscription WHERE subname = 'cs'").await);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription_table WHERE subname = 'cs'").await, 0);
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots").await, 0, "no slot was made");
+    // The documented steps.
+    s.execute("SELECT pgsub.alter_subscription_connection('cs', $1)", &[&nodes.pub_conninfo()]).await.unwrap();
+    p.batch_execute("SELECT pg_create_logical_replication_slot('cs', 'pgoutput')").await.unwrap();
+    s.batch_execute("SELECT pgsub.enable_subscription('cs'); SELECT pgsub.refresh_subscription('cs')").await.unwrap();
+    wait_for_subscription_sync(&s, "cs", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (2, 'streamed')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "2", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
