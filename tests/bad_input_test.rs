@@ -139,6 +139,9 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     check(&f, "22023", &["without NULLs"]);
     let f = must_fail(&s, create, &[&ci, &vec![String::new()]]).await;
     check(&f, "22023", &["publications must be a non-empty array"]);
+    // Native: `publication name "pub" used more than once` (it was silently taken once).
+    let f = must_fail(&s, create, &[&ci, &vec!["pub".to_string(), "pub".to_string()]]).await;
+    check(&f, "42710", &["publication name \"pub\" used more than once"]);
     let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, enabled => NULL)", &[&ci, &pubs]).await;
     check(&f, "22004", &["enabled must not be NULL"]);
     let long = "n".repeat(64);

@@ -305,9 +305,16 @@ pub(super) fn publication_list(pubs_in: Vec<Option<String>>) -> Vec<String> {
     }
     let mut pubs: Vec<String> = Vec::new();
     for p in pubs_in.into_iter().flatten() {
-        if !pubs.contains(&p) {
-            pubs.push(p);
+        if pubs.contains(&p) {
+            // Native's error for `PUBLICATION p1, p1`.
+            error(
+                Code::ERRCODE_DUPLICATE_OBJECT,
+                format!("publication name \"{p}\" used more than once"),
+                None,
+                Some("Name each publication once."),
+            );
         }
+        pubs.push(p);
     }
     pubs
 }
