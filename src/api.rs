@@ -218,6 +218,7 @@ fn create_subscription(
             &slot,
             pgsub_proto::client::SlotOptions { two_phase: slot_two_phase, failover },
         );
+        drop_slot_if_aborted(conninfo, &slot, require_password);
     } else if failover {
         // An existing slot is used: it is made a failover slot, as natively.
         if let Err(e) = client.alter_slot_failover(&slot, true) {

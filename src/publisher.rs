@@ -103,6 +103,44 @@ pub fn connect(
         }
     }
     let client = Client::connect(&cfg, replication, Box::new(LatchWait { ctx }))?;
+    check_password_used(client, require_password)
+}
+
+/// Like [`connect`] from a backend, every wait of the connection (start-up and commands) bounded
+/// by `timeout` in all: for clean-up that must not hang, such as dropping a slot while the
+/// transaction that created it aborts.
+pub fn connect_bounded(
+    conninfo_str: &str,
+    replication: bool,
+    require_password: bool,
+    timeout: std::time::Duration,
+) -> Result<Client, Error> {
+    let mut cfg = conninfo::parse(conninfo_str).map_err(Error::Config)?;
+    cfg.pin_output_settings();
+    if cfg.application_name.is_none() {
+        cfg.application_name = Some("pgsub".into());
+    }
+    cfg.connect_timeout = Some(cfg.connect_timeout.map_or(timeout, |t| t.min(timeout)));
+    let waiter = BoundedWait { inner: LatchWait { ctx: Context::Backend }, until: Instant::now() + timeout };
+    let client = Client::connect(&cfg, replication, Box::new(waiter))?;
+    check_password_used(client, require_password)
+}
+
+/// A [`LatchWait`] with a deadline over the whole exchange.
+pub struct BoundedWait {
+    pub inner: LatchWait,
+    pub until: Instant,
+}
+
+impl Wait for BoundedWait {
+    fn wait(&mut self, fd: RawFd, interest: Interest, deadline: Option<Instant>) -> Result<(), Error> {
+        let d = deadline.map_or(self.until, |d| d.min(self.until));
+        self.inner.wait(fd, interest, Some(d))
+    }
+}
+
+/// The `password_required` rule (see [`connect`]) on an established connection.
+fn check_password_used(client: Client, require_password: bool) -> Result<Client, Error> {
     if require_password && !client.used_password() {
         client.close();
         // Reported like a server error so that it carries its SQLSTATE, detail and hint.

@@ -8,8 +8,8 @@
 //! (lifecycle_test.rs owns the basic validation codes; this file adds messages, more inputs and
 //! the leftovers check.)
 use pgsub_tests::{
-    assert_replicated_equal_for, assert_replicated_equal_within, must_fail, one, wait_for_repeated_error,
-    wait_for_subscription_sync, wait_value, SqlError, TwoNodes,
+    assert_replicated_equal, assert_replicated_equal_for, assert_replicated_equal_within, must_fail, one,
+    quote_literal, wait_for_repeated_error, wait_for_subscription_sync, wait_value, SqlError, TwoNodes,
 };
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -690,4 +690,40 @@ async fn drift_table_renamed_locally() {
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10);
     wait_for_subscription_sync(&s, "drift", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT txns_skipped FROM pgsub.stat_subscription").await, 0);
+}
+
+/// `create_subscription` called where a rollback follows it — a DO block that raises afterwards,
+/// or a statement that calls it twice and fails on the second — cannot take back the slot it made
+/// on the publisher (native refuses such calls; a function cannot tell them from a plain
+/// statement): the slot is dropped again as the transaction aborts, with a WARNING, so nothing
+/// is left holding WAL there. They used to be left behind, named nowhere.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slot_created_by_a_rolled_back_call_is_dropped_again() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    let ci = nodes.pub_conninfo();
+    let do_block = format!(
+        "DO $$ BEGIN PERFORM pgsub.create_subscription('do1', {}, ARRAY['pub'], copy_data => false); \
+         RAISE EXCEPTION 'provisioning failed'; END $$",
+        quote_literal(&ci)
+    );
+    let e = s.batch_execute(&do_block).await.expect_err("the DO block fails");
+    assert!(format!("{e:?}").contains("provisioning failed"), "{e:?}");
+    assert_nothing_left(&p, &s, &[], "a DO block that failed after the create").await;
+    assert!(nodes.subscriber.log_contains("dropped replication slot \"do1\" on the publisher"));
+    let twice = format!(
+        "SELECT pgsub.create_subscription('gs', {}, ARRAY['pub'], copy_data => false) FROM generate_series(1, 2)",
+        quote_literal(&ci)
+    );
+    let f = must_fail(&s, &twice, &[]).await;
+    check(&f, "42710", &["\"gs\""]);
+    assert_nothing_left(&p, &s, &[], "a statement whose second call failed").await;
+    // And a create that commits keeps its slot and replicates.
+    s.execute("SELECT pgsub.create_subscription('ok', $1, ARRAY['pub'])", &[&ci]).await.unwrap();
+    wait_for_subscription_sync(&s, "ok", Duration::from_secs(60)).await;
+    p.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "1", Duration::from_secs(60)).await;
+    assert_replicated_equal(&p, &s).await;
 }

@@ -115,8 +115,89 @@ pub(super) static WAKE_AT_COMMIT: AtomicBool = AtomicBool::new(false);
 
 pub(super) static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 
+/// A slot this transaction created on a publisher.
+struct CreatedSlot {
+    conninfo: String,
+    slot: String,
+    require_password: bool,
+}
+
+thread_local! {
+    /// Slots created by the current transaction: a rollback cannot undo them, so they are dropped
+    /// again when it aborts — `create_subscription` called from a function or DO block that
+    /// fails afterwards (native refuses such a call; pgsub's functions cannot tell).
+    static CREATED_SLOTS: std::cell::RefCell<Vec<CreatedSlot>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Has `slot`, just created on the publisher of `conninfo`, dropped again if this transaction
+/// aborts.
+pub(super) fn drop_slot_if_aborted(conninfo: &str, slot: &str, require_password: bool) {
+    CREATED_SLOTS.with_borrow_mut(|v| {
+        v.push(CreatedSlot { conninfo: conninfo.to_string(), slot: slot.to_string(), require_password })
+    });
+    register_callback();
+}
+
+/// Drops the slots the aborting transaction created (best effort, bounded: a slot that cannot be
+/// dropped is named in a WARNING). Runs inside AbortTransaction, where interrupts are held: it
+/// must not raise an ERROR.
+fn drop_created_slots() {
+    for c in CREATED_SLOTS.with_borrow_mut(std::mem::take) {
+        let dropped = crate::publisher::connect_bounded(
+            &c.conninfo,
+            true,
+            c.require_password,
+            std::time::Duration::from_secs(10),
+        )
+        .and_then(|mut client| {
+            let r = client.drop_slot(&c.slot, false);
+            client.close();
+            r
+        });
+        match dropped {
+            Ok(()) => crate::report::log(
+                PgLogLevel::WARNING,
+                Code::ERRCODE_WARNING,
+                format!("dropped replication slot \"{}\" on the publisher: the transaction that created it was rolled back", c.slot),
+                None,
+                None,
+            ),
+            Err(e) => crate::report::log(
+                PgLogLevel::WARNING,
+                Code::ERRCODE_WARNING,
+                format!(
+                    "replication slot \"{}\" is left on the publisher: the transaction that created it was rolled back, and dropping it failed: {e}",
+                    c.slot
+                ),
+                None,
+                Some(&format!(
+                    "Drop it on the publisher with SELECT pg_drop_replication_slot({}); it holds back WAL there.",
+                    pgsub_proto::client::quote_literal(&c.slot)
+                )),
+            ),
+        }
+    }
+}
+
+fn register_callback() {
+    if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
+        // SAFETY: registering a static callback once per backend.
+        unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
+            CREATED_SLOTS.with_borrow_mut(Vec::clear);
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            // No panic may leave here while the transaction aborts.
+            let _ = std::panic::catch_unwind(drop_created_slots);
+        }
+        _ => {}
+    }
     // At the end of the transaction either way: the launcher looks again, and the marks this
     // backend set while dropping or refreshing go.
     let ended = matches!(
@@ -176,10 +257,7 @@ pub(crate) fn wake_launcher_at_commit() {
     if !shmem::available() {
         return;
     }
-    if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
-        // SAFETY: registering a static callback once per backend.
-        unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
-    }
+    register_callback();
     WAKE_AT_COMMIT.store(true, Ordering::Relaxed);
 }
 

@@ -10,14 +10,13 @@
 //! one bad publisher must not hide the others' problems. Messages never contain the connection
 //! string's password (`publisher::describe`).
 use crate::catalog::{self, Subscription};
-use crate::publisher::{self, Context, LatchWait};
+use crate::publisher::{self, BoundedWait, Context, LatchWait};
 use crate::report::error;
 use crate::shmem;
 use pgrx::prelude::*;
 use pgsub_core::state::Status;
-use pgsub_proto::client::{quote_literal, Client, Error, Interest, ServerError, Wait};
+use pgsub_proto::client::{quote_literal, Client, Error, ServerError};
 use pgsub_proto::conninfo;
-use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 type Code = PgSqlErrorCode;
@@ -80,19 +79,6 @@ fn require_monitor() {
             None,
             Some("Only superusers and members of pgsub_admin or pg_monitor may call pgsub.publisher_slots."),
         );
-    }
-}
-
-/// A latch-aware wait with a deadline over the whole exchange with the publisher.
-struct BoundedWait {
-    inner: LatchWait,
-    until: Instant,
-}
-
-impl Wait for BoundedWait {
-    fn wait(&mut self, fd: RawFd, interest: Interest, deadline: Option<Instant>) -> Result<(), Error> {
-        let d = deadline.map_or(self.until, |d| d.min(self.until));
-        self.inner.wait(fd, interest, Some(d))
     }
 }
 
