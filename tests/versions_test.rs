@@ -170,6 +170,8 @@ async fn matrix_case(major: u32) {
         // No binary or streaming below 14: asked for, they are left out (NOTICE), never an error.
         let n: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'bin_sub'").await;
         assert_eq!(n, 0, "binary against PostgreSQL {major} works (as text)");
+        // The log says why the stream is text.
+        assert!(nodes.subscriber.log_contains("but a publisher before PostgreSQL 14 sends text"));
     }
     if major < 15 {
         let f = must_fail(

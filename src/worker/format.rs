@@ -177,12 +177,18 @@ pub(super) fn stream_format(
             let why = "the subscription's binary option is true, but this database's encoding is not UTF8: text".into();
             return Ok(StreamFormat { binary: false, why });
         }
+        if b && client.server_version_num() < 140000 {
+            // The option is not sent to a publisher before 14 (create_subscription's NOTICE).
+            let why =
+                "the subscription's binary option is true, but a publisher before PostgreSQL 14 sends text".into();
+            return Ok(StreamFormat { binary: false, why });
+        }
         let why = format!("the subscription's binary option is {b}");
         return Ok(StreamFormat { binary: b, why });
     }
     if start < text_until {
         let why = format!(
-            "automatic: applying in binary failed at the transaction ending at {text_until}, text until it is applied"
+            "automatic: the transaction ending at {text_until} failed, so it is applied in text in case the binary format was the cause, binary again after it"
         );
         return Ok(StreamFormat { binary: false, why });
     }
