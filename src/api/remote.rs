@@ -16,9 +16,17 @@ pub(super) fn connect(sub_name: &str, conninfo: &str, require_password: bool) ->
         Ok(c) => c,
         Err(e) => {
             // The password rule's own hint says what to change; other failures get the general one.
-            let hint = (e.sqlstate() != Some("2F003")).then_some(
-                "Check the connection string, that the publisher is running, and its pg_hba.conf (a replication connection to the database is needed).",
-            );
+            let hint = match e.sqlstate() {
+                Some("2F003") => None,
+                // Refused for lack of room, not access (e.g. "number of requested standby
+                // connections exceeds max_wal_senders").
+                Some("53300") => Some(
+                    "The publisher has no free WAL sender or connection: raise max_wal_senders (or max_connections) there, or end other replication connections.",
+                ),
+                _ => Some(
+                    "Check the connection string, that the publisher is running, and its pg_hba.conf (a replication connection to the database is needed).",
+                ),
+            };
             publisher::raise(&e, &format!("subscription \"{sub_name}\" could not connect to the publisher"), hint)
         }
     }
