@@ -9,7 +9,7 @@
 //! the leftovers check.)
 use pgsub_tests::{
     assert_replicated_equal, assert_replicated_equal_for, assert_replicated_equal_within, must_fail, one,
-    quote_literal, wait_for_repeated_error, wait_for_subscription_sync, wait_value, SqlError, TwoNodes,
+    quote_literal, wait_for_repeated_error, wait_for_subscription_sync, wait_value, ClusterOpts, SqlError, TwoNodes,
 };
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -726,4 +726,21 @@ async fn a_slot_created_by_a_rolled_back_call_is_dropped_again() {
     p.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM t", "1", Duration::from_secs(60)).await;
     assert_replicated_equal(&p, &s).await;
+}
+
+/// A publisher with no WAL sender to spare refuses the replication connection for lack of room
+/// (53300), not of access: the hint names max_wal_senders, not pg_hba.conf (it did). Nothing is
+/// left behind (no subscription is made, so there is nothing to compare).
+#[tokio::test(flavor = "current_thread")]
+async fn a_publisher_out_of_wal_senders_is_named_as_such() {
+    let nodes =
+        TwoNodes::start_with(ClusterOpts::publisher().with_conf("max_wal_senders = 0"), ClusterOpts::subscriber())
+            .expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    let f = must_fail(&s, "SELECT pgsub.create_subscription('ws', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await;
+    check(&f, "53300", &["max_wal_senders"]);
+    assert!(f.hint.contains("raise max_wal_senders") && !f.hint.contains("pg_hba"), "{}", f.text());
+    assert_nothing_left(&p, &s, &[], "a refused connection").await;
 }
