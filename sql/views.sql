@@ -70,10 +70,13 @@ SELECT s.subname,
                                    WHEN 's' THEN 'synchronized' WHEN 'r' THEN 'ready' END
        END AS sync_state,
        r.state_lsn,
-       CASE WHEN r.sync_state IN ('i', 'd') AND w.copy_started_at > 0 THEN w.rows_copied
+       -- A copy's live progress only while its sync worker runs: an interrupted copy's counts
+       -- stay in shared memory until it starts again, but its rows were rolled back.
+       CASE WHEN r.sync_state IN ('i', 'd') AND w.copy_started_at > 0 AND w.pid IS NOT NULL THEN w.rows_copied
             ELSE r.rows_copied END AS rows_copied,
        -- Kept in shared memory only while the table copies (rows_copied is kept in the catalog).
-       CASE WHEN r.sync_state IN ('i', 'd') AND w.copy_started_at > 0 THEN w.bytes_copied END AS bytes_copied,
+       CASE WHEN r.sync_state IN ('i', 'd') AND w.copy_started_at > 0 AND w.pid IS NOT NULL THEN w.bytes_copied END
+           AS bytes_copied,
        w.pid AS sync_worker_pid,
        pgsub._ts(w.copy_started_at) AS copy_started_at,
        coalesce(w.waiting AND w.pid IS NULL, false) AS waiting_for_worker,
