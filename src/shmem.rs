@@ -249,6 +249,7 @@ impl SubSlot {
         self.sync_error_count = 0;
         self.confl = [0; ConflictType::COUNT];
         self.recv_bytes = 0;
+        self.parallel_txns = 0;
         self.stats_reset = at;
     }
 }

@@ -14,9 +14,11 @@ use pgrx::prelude::*;
 use std::io::Write;
 
 const PATH: &str = "pg_stat/pgsub.stat";
-const HEADER: &str = "pgsub-stats 3";
+const HEADER: &str = "pgsub-stats 4";
+/// The header of the previous format, read too: without `parallel_txns`, the last counter.
+const HEADER_3: &str = "pgsub-stats 3";
 /// Counters per line.
-const N: usize = 20;
+const N: usize = 21;
 
 /// The counters saved, in file order.
 fn fields(s: &mut SubSlot) -> [&mut i64; N] {
@@ -42,6 +44,7 @@ fn fields(s: &mut SubSlot) -> [&mut i64; N] {
         c5,
         c6,
         &mut s.recv_bytes,
+        &mut s.parallel_txns,
     ]
 }
 
@@ -111,17 +114,21 @@ pub fn restore(databases: &[u32]) {
 
 fn restore_text(text: &str, databases: &[u32]) {
     let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        warning!("pgsub: \"{PATH}\" is not a pgsub statistics file; subscription counters start from zero");
-        return;
-    }
+    let count = match lines.next() {
+        Some(HEADER) => N,
+        Some(HEADER_3) => N - 1,
+        _ => {
+            warning!("pgsub: \"{PATH}\" is not a pgsub statistics file; subscription counters start from zero");
+            return;
+        }
+    };
     let mut g = shmem::SHARED.exclusive();
     for line in lines {
         if let Some(rest) = line.strip_prefix("t ") {
             restore_table(&mut g, rest);
             continue;
         }
-        let Some((subid, dboid, name, nums)) = parse(line) else {
+        let Some((subid, dboid, name, nums)) = parse(line, count) else {
             warning!("pgsub: skipping a damaged line of \"{PATH}\"");
             continue;
         };
@@ -135,7 +142,8 @@ fn restore_text(text: &str, databases: &[u32]) {
     }
 }
 
-fn parse(line: &str) -> Option<(i32, u32, String, [i64; N])> {
+/// A subscription's line with `count` counters (the rest stay zero).
+fn parse(line: &str, count: usize) -> Option<(i32, u32, String, [i64; N])> {
     let mut parts = line.split(' ');
     let subid = parts.next()?.parse::<i32>().ok().filter(|&id| id > 0)?;
     let dboid = parts.next()?.parse::<u32>().ok().filter(|&o| o > 0)?;
@@ -148,7 +156,7 @@ fn parse(line: &str) -> Option<(i32, u32, String, [i64; N])> {
         String::from_utf8(bytes?).ok()?
     };
     let mut nums = [0i64; N];
-    for n in nums.iter_mut() {
+    for n in nums.iter_mut().take(count) {
         *n = parts.next()?.parse().ok()?;
     }
     parts.next().is_none().then_some((subid, dboid, name, nums))

@@ -139,6 +139,9 @@ async fn streamed_transactions_are_applied_in_parallel_and_commit_in_order() {
     let s = nodes.subscriber.client("postgres").await.unwrap();
     p.batch_execute("INSERT INTO trail VALUES (5, 'after restart')").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM trail", "4", WAIT).await;
+    // parallel_txns is kept across a clean restart like the other counters (it started from 0).
+    let kept: i64 = one(&s, "SELECT parallel_txns FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
+    assert_eq!(kept, txns, "parallel_txns after a clean restart");
     assert_replicated_equal(&p, &s).await;
 }
 
