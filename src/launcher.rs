@@ -118,7 +118,8 @@ unsafe extern "C-unwind" fn release_db(_code: std::ffi::c_int, arg: pg_sys::Datu
 
 struct Launcher {
     /// Workers this launcher registered, by subscription, until they stop.
-    workers: HashMap<i32, DynamicBackgroundWorker>,
+    /// The workers this launcher registered, with when it registered each.
+    workers: HashMap<i32, (DynamicBackgroundWorker, i64)>,
     my_pid: i32,
     dboid: u32,
     /// It logged that it runs the database's subscriptions.
@@ -282,7 +283,7 @@ impl Launcher {
                 }
                 match self.register(sub) {
                     Some(handle) => {
-                        self.workers.insert(subid, handle);
+                        self.workers.insert(subid, (handle, now()));
                     }
                     None => {
                         let mut warn = Vec::new();
@@ -320,7 +321,7 @@ impl Launcher {
 
     /// Forgets workers that have stopped.
     fn reap(&mut self) {
-        self.workers.retain(|subid, h| match h.pid() {
+        self.workers.retain(|subid, (h, registered_at)| match h.pid() {
             Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted) => true,
             Err(_) => {
                 // The worker clears its own pid when it exits; one that died before it claimed
@@ -331,7 +332,8 @@ impl Launcher {
                     if slot.pid > 0 && !crate::process::pid_alive(slot.pid) {
                         slot.pid = 0;
                     }
-                    if slot.launch_pending {
+                    // It never reached the slot (`reached_at`).
+                    if slot.reached_at < *registered_at {
                         slot.failed = true;
                         slot.set_error(
                             "pgsub apply worker exited while it started, before it reached the subscription (see the server log)",

@@ -63,6 +63,9 @@ pub struct SubSlot {
     /// cleanly, as native's worker does on seeing its subscription changed. Only a worker that
     /// has not exited a few seconds later gets SIGTERM (`process::ask_to_stop`).
     pub stop_asked_at: i64,
+    /// When a worker last reached its slot (connected, and took it or left it on purpose): a
+    /// worker the launcher registered after this that is gone never got there — a failed run.
+    pub reached_at: i64,
     /// Consecutive failed runs, for the restart backoff.
     pub failures: i32,
     /// The launcher will not start a worker before this time.
@@ -155,6 +158,7 @@ impl Default for SubSlot {
             pid: 0,
             paused_by: 0,
             stop_asked_at: 0,
+            reached_at: 0,
             failures: 0,
             next_start_at: 0,
             config_hash: 0,

@@ -561,6 +561,9 @@ impl Applier {
             return;
         }
         check_width(&entry.remote, &m.new, "new tuple");
+        if m.new.columns.iter().any(|v| matches!(v, TupleValue::UnchangedToast)) {
+            relation::insert_without_values(&entry.display, &entry.remote, &m.new);
+        }
         let xid = self.begin.as_ref().map_or(0, |b| b.xid);
         let batch = self.batch.get_or_insert_with(|| InsertBatch {
             rel_oid: m.rel_oid,

@@ -83,17 +83,17 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     let claimed = {
         let mut g = shmem::SHARED.exclusive();
         match g.claim(subid, dboid) {
-            // Leaving without a failure: the launcher must not count it as a worker that died
-            // while it started (`launch_pending` still set).
+            // Leaving on purpose is not a failed start (`reached_at`, which the launcher reads).
             Some(s) if s.pid > 0 && s.pid != me => {
-                s.launch_pending = false;
+                s.reached_at = now();
                 Err("another worker is running")
             }
             Some(s) if s.paused_by > 0 && crate::process::pid_alive(s.paused_by) => {
-                s.launch_pending = false;
+                s.reached_at = now();
                 Err("the subscription is being dropped or changed")
             }
             Some(s) => {
+                s.reached_at = now();
                 s.pid = me;
                 s.stop_asked_at = 0;
                 crate::process::watch_stop_request(&s.stop_asked_at);

@@ -125,6 +125,33 @@ pub(super) struct RelEntry {
 thread_local! {
     /// The relations [`unlisted`] warned about.
     static WARNED_UNLISTED: std::cell::RefCell<HashSet<String>> = std::cell::RefCell::new(HashSet::new());
+    /// The relations [`insert_without_values`] warned about.
+    static WARNED_UNSENT: std::cell::RefCell<HashSet<String>> = std::cell::RefCell::new(HashSet::new());
+}
+
+/// An INSERT whose tuple marks columns "unchanged TOAST" (values the publisher did not send): a
+/// PostgreSQL 15+ publisher turns an UPDATE that moves a row into a publication's row filter into
+/// an INSERT and leaves its unchanged out-of-line values out. As natively, those columns take
+/// their local default (NULL); unlike native, a WARNING (once per table and worker) says so, since
+/// the subscriber's row then differs from the publisher's.
+pub(super) fn insert_without_values(display: &str, remote: &Relation, new: &TupleData) {
+    if !WARNED_UNSENT.with_borrow_mut(|w| w.insert(display.to_string())) {
+        return;
+    }
+    let cols: Vec<String> = new
+        .columns
+        .iter()
+        .zip(&remote.columns)
+        .filter(|(v, _)| matches!(v, TupleValue::UnchangedToast))
+        .map(|(_, c)| quote_ident(&c.name))
+        .collect();
+    report::log(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!("pgsub: an INSERT into {display} came without the value of column(s) {}", cols.join(", ")),
+        Some("The publisher sent them as unchanged TOAST values: an UPDATE that moved the row into the publication's row filter. They take their local default here, as in native logical replication, and differ from the publisher's.".into()),
+        Some("Update those columns on the publisher to send their values, or publish the table without a row filter."),
+    );
 }
 
 /// A change of a relation that is not among the subscription's tables, as native apply treats
