@@ -281,9 +281,12 @@ impl Launcher {
                     owner_cannot_run(sub, &problem);
                     return;
                 }
+                // Taken before registering: the worker may reach its slot before the
+                // registration returns.
+                let registered_at = now();
                 match self.register(sub) {
                     Some(handle) => {
-                        self.workers.insert(subid, (handle, now()));
+                        self.workers.insert(subid, (handle, registered_at));
                     }
                     None => {
                         let mut warn = Vec::new();

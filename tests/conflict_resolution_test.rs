@@ -167,6 +167,8 @@ async fn a_row_colliding_in_two_unique_indexes_is_replaced_not_lost() {
     );
     wait_logged(&s, "multiple_unique_conflicts", 1).await;
     assert_eq!(last_logged(&s, "multiple_unique_conflicts").await.0, "apply_remote");
+    // The message names the key in each index (as native 18's one line per index).
+    assert!(nodes.subscriber.log_contains("Key (id)=(1), key (email)=(a@x)"), "both keys in the LOG line");
     // Two different local rows, one per index: the first becomes the remote row, the other goes.
     s.batch_execute("INSERT INTO users VALUES (4, 'e@x', 'local4')").await.unwrap();
     p.batch_execute("INSERT INTO users VALUES (4, 'c@x', 'remote4')").await.unwrap();
@@ -810,5 +812,35 @@ async fn runs_of_deletes_check_their_rows_origins_at_once() {
     assert_eq!(counter(&s, "confl_delete_missing").await, 1);
     // 100 + 200 deleted in runs, 199 one by one, and the local one.
     wait_value(&s, "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 't'", "300", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// `last_update_wins` set while `track_commit_timestamp` was on, then the server restarted with
+/// it off: no local row has a commit time any more, so every remote change would win — the
+/// policy silently turned into `apply_remote`. The worker now stops with a clear error until the
+/// setting is back (or the policy changed), then goes on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_commit_time_policy_without_track_commit_timestamp_stops_instead_of_always_applying() {
+    let mut nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE TABLE lw (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE lw").await.unwrap();
+    s.batch_execute("CREATE TABLE lw (id int PRIMARY KEY, v text)").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    set_policy(&s, "last_update_wins").await;
+    s.batch_execute("ALTER SYSTEM SET track_commit_timestamp = off").await.unwrap();
+    drop(s);
+    nodes.subscriber.restart().expect("restart without track_commit_timestamp");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute("INSERT INTO lw VALUES (1, 'remote')").await.unwrap();
+    let e =
+        wait_for_subscription_error(&s, "c", &["last_update_wins", "track_commit_timestamp, which is off"], WAIT).await;
+    assert!(e.contains("\"c\""), "{e}");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM lw").await, 0, "nothing applied meanwhile");
+    s.batch_execute("ALTER SYSTEM RESET track_commit_timestamp").await.unwrap();
+    drop(s);
+    nodes.subscriber.restart().expect("restart with the setting back");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM lw", "1", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }

@@ -159,7 +159,7 @@ fn flush_applied(origin: &str) {
 }
 
 /// Sleeps on the latch for up to `ms`; a cancel or terminate request is served on waking.
-fn nap(ms: u64) {
+pub(super) fn nap(ms: u64) {
     crate::process::nap(i64::try_from(ms).unwrap_or(i64::MAX));
     pg_sys::check_for_interrupts!();
 }

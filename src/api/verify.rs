@@ -600,7 +600,17 @@ fn check_streaming(sub: &Subscription) {
             Some("Enable it with pgsub.enable_subscription() first."),
         );
     }
-    let (pid, status, _, _) = worker_state(sub.subid);
+    // A worker whose last tables have just finished their synchronization shows `streaming` at
+    // its next idle moment (wait_for_catchup may return before): waited for, up to 10 s.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (pid, status) = loop {
+        let (pid, status, _, _) = worker_state(sub.subid);
+        if pid != 0 && matches!(status, Status::InitialCopy) && std::time::Instant::now() < until {
+            super::cutover::nap(50);
+            continue;
+        }
+        break (pid, status);
+    };
     if pid == 0 || !matches!(status, Status::Streaming) {
         error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -506,6 +506,23 @@ fn connect_and_start(
     // The publisher's identity breaks ties between equal commit times (worker/conflict/), for the
     // policies that compare them.
     if sub.conflict_resolution.needs_commit_timestamps() {
+        // Checked when the policy was set, but the server may have been restarted without it
+        // since: then no local row has a commit time, and every remote change would win (the
+        // policy turned into apply_remote without a word).
+        // SAFETY: a GUC variable of the server, read in a backend.
+        if !unsafe { pg_sys::track_commit_timestamp } {
+            client.close();
+            report::error(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "conflict_resolution \"{}\" of subscription \"{}\" needs track_commit_timestamp, which is off",
+                    sub.conflict_resolution.as_str(),
+                    sub.name
+                ),
+                Some("It compares the commit time of the local row with the remote commit time.".into()),
+                Some("Set track_commit_timestamp = on and restart the server, or choose another conflict_resolution."),
+            );
+        }
         match client.identify_system() {
             Ok(info) => conflict::set_publisher_sysid(info.systemid.parse().unwrap_or(0)),
             Err(ProtoError::Interrupted) => return None,

@@ -76,6 +76,11 @@ impl Stream {
 fn failed(sub: &crate::catalog::Subscription, e: CaughtError) {
     // SAFETY: leaves the transaction the error interrupted (none when connecting failed).
     unsafe { pg_sys::AbortOutOfAnyTransaction() };
+    // A stop asked for meanwhile (disable, a changed option) interrupted it: not a failure; the
+    // worker leaves at its next look at the request.
+    if crate::process::shutdown_requested() {
+        return;
+    }
     let (msg, detail) = match &e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
             (r.message().to_string(), r.detail().map(str::to_string))

@@ -81,10 +81,19 @@ pub(super) fn record(
     what: &str,
 ) -> Record {
     let first = rows.first().cloned();
-    let key_cols: Vec<usize> = match rows.first() {
-        Some(r) => unique_indexes(local).into_iter().find(|i| i.name == r.index).map(|i| i.cols).unwrap_or_default(),
-        None => Vec::new(),
-    };
+    let indexes_here = if rows.is_empty() { Vec::new() } else { unique_indexes(local) };
+    let cols_of = |name: &str| indexes_here.iter().find(|i| i.name == name).map(|i| i.cols.clone());
+    let key_cols: Vec<usize> = rows.first().and_then(|r| cols_of(&r.index)).unwrap_or_default();
+    // The message names the key of every index a row collides in (native 18 gives each its
+    // line); the log table's `key` is the first index's.
+    let mut key_texts: Vec<String> = Vec::new();
+    for r in rows {
+        if let Some(t) = cols_of(&r.index).and_then(|cols| key_text(local, values, &cols)) {
+            if !key_texts.contains(&t) {
+                key_texts.push(t);
+            }
+        }
+    }
     let local_row = match rows.len() {
         0 => None,
         1 => rows[0].json.clone(),
@@ -113,7 +122,11 @@ pub(super) fn record(
         resolution,
         local: first,
         what,
-        key_text: key_text(local, values, &key_cols),
+        key_text: if key_texts.is_empty() {
+            key_text(local, values, &key_cols)
+        } else {
+            Some(key_texts.join(", key "))
+        },
         local_text,
         remote_text,
     }
