@@ -159,41 +159,34 @@ pub(super) fn constrained_columns(relid: pg_sys::Oid) -> Option<Vec<String>> {
 /// ("does not support deferrable unique constraints"), so its conflicts are looked up before a
 /// plain INSERT instead. True when it cannot be told.
 pub(super) fn has_deferrable_keys(relid: pg_sys::Oid) -> bool {
-    select(
+    relation_flag(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE NOT i.indimmediate \
                           AND (i.indrelid = $1 OR i.indrelid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree($1) t)))",
-        &[pg_sys::OIDOID],
-        &[relid.into()],
-        |t| {
-            let mut out = None;
-            for row in t {
-                out = row.get::<bool>(1)?;
-            }
-            Ok(out)
-        },
+        relid,
     )
-    .ok()
-    .flatten()
-    .unwrap_or(true)
 }
 
 /// Whether the table has statement-level INSERT triggers that fire during apply (enabled
 /// REPLICA or ALWAYS); true when it cannot be told.
 pub(super) fn has_stmt_insert_triggers(relid: pg_sys::Oid) -> bool {
     // pg_trigger.tgtype: bit 0 = row-level, bit 2 = INSERT.
-    select(
+    relation_flag(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal \
          AND tgenabled IN ('R', 'A') AND (tgtype & 1) = 0 AND (tgtype & 4) <> 0)",
-        &[pg_sys::OIDOID],
-        &[relid.into()],
-        |t| {
-            let mut out = None;
-            for row in t {
-                out = row.get::<bool>(1)?;
-            }
-            Ok(out)
-        },
+        relid,
     )
+}
+
+/// A yes/no question about relation `$1`; true when it cannot be answered (the cautious side of
+/// every flag asked so).
+fn relation_flag(sql: &'static str, relid: pg_sys::Oid) -> bool {
+    select(sql, &[pg_sys::OIDOID], &[relid.into()], |t| {
+        let mut out = None;
+        for row in t {
+            out = row.get::<bool>(1)?;
+        }
+        Ok(out)
+    })
     .ok()
     .flatten()
     .unwrap_or(true)
