@@ -352,6 +352,17 @@ pub fn set_table_state(subid: i32, schema: &str, name: &str, state: SyncState) -
     })
 }
 
+/// The publisher's table recorded for local table `relid` is now named `schema.name` (renamed
+/// on both sides). As superuser.
+pub fn rename_remote_table(subid: i32, relid: pg_sys::Oid, schema: &str, name: &str) -> SpiResult<()> {
+    as_superuser(|| {
+        Spi::run_with_args(
+            "UPDATE pgsub.sub_rel SET remote_schema = $3, remote_name = $4 WHERE subid = $1 AND relid = $2",
+            &[subid.into(), relid.into(), schema.into(), name.into()],
+        )
+    })
+}
+
 /// A table's copy committed: FINISHEDCOPY at the copy point `lsn`, with its row count and local
 /// table. As superuser.
 pub fn set_table_copied(

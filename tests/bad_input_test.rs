@@ -744,3 +744,58 @@ async fn a_publisher_out_of_wal_senders_is_named_as_such() {
     assert!(f.hint.contains("raise max_wal_senders") && !f.hint.contains("pg_hba"), "{}", f.text());
     assert_nothing_left(&p, &s, &[], "a refused connection").await;
 }
+
+/// A table renamed on the publisher and then here to the same name (or here first): native keeps
+/// tables by their local OID, so its changes go on being applied without a refresh. pgsub kept
+/// them by the publisher's old name and dropped the renamed table's changes with only a WARNING
+/// (`wait_for_catchup` saying caught up). It now follows the rename: recorded under the new name,
+/// applied, said in the log.
+#[tokio::test(flavor = "current_thread")]
+async fn a_table_renamed_on_both_sides_goes_on_without_a_refresh() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = drift_setup(
+        &nodes,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY, v text); CREATE TABLE nokey (v text)",
+    )
+    .await;
+    p.batch_execute(&format!("{}; INSERT INTO u VALUES (1, 'u1'); INSERT INTO nokey VALUES ('a')", inserts(1, 10)))
+        .await
+        .unwrap();
+    converge(&p, &s).await;
+    // The publisher first, while changes keep coming (the worker stops on the missing name).
+    p.batch_execute(
+        "ALTER TABLE t RENAME TO t2; INSERT INTO t2 VALUES (100, 'after'); UPDATE t2 SET v = 'x' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    wait_for_repeated_error(&s, "drift", &["\"public\".\"t2\"", "does not exist"], WAIT).await;
+    s.batch_execute("ALTER TABLE t RENAME TO t2").await.unwrap();
+    // Here first, then the publisher: the worker stops on the name it has, then goes on.
+    s.batch_execute("ALTER TABLE u RENAME TO u2; ALTER TABLE nokey RENAME TO nokey2").await.unwrap();
+    p.batch_execute(
+        "ALTER TABLE u RENAME TO u2; ALTER TABLE nokey RENAME TO nokey2;
+         INSERT INTO u2 VALUES (2, 'u2'); INSERT INTO nokey2 VALUES ('b'); INSERT INTO t2 VALUES (101, 'marker')",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t2 WHERE id = 101", "1", WAIT).await;
+    assert_eq!(one::<String>(&s, "SELECT v FROM t2 WHERE id = 1").await, "x");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM u2").await, 2);
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM nokey2").await, 2);
+    assert_eq!(
+        one::<String>(
+            &s,
+            "SELECT string_agg(remote_name::text, ',' ORDER BY remote_name) FROM pgsub.subscription_table"
+        )
+        .await,
+        "nokey2,t2,u2",
+        "the table list follows the renames"
+    );
+    assert!(nodes
+        .subscriber
+        .log_contains("renamed on the publisher and here: its changes are applied under the new name"));
+    s.batch_execute("SELECT pgsub.wait_for_catchup('drift')").await.unwrap();
+    let unequal: i64 = one(&s, "SELECT count(*) FROM pgsub.verify_subscription('drift') WHERE NOT equal").await;
+    assert_eq!(unequal, 0, "verify_subscription compares the renamed tables");
+    converge(&p, &s).await;
+}

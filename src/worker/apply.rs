@@ -511,11 +511,17 @@ impl Applier {
             return None;
         }
         if !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
-            if !entry.unlisted_seen && self.tables.unlisted(&entry.remote.namespace, &entry.remote.name) {
+            if entry.unlisted_seen || !self.tables.unlisted(&entry.remote.namespace, &entry.remote.name) {
+                return None;
+            }
+            if !follow_rename(&mut self.tables, self.subid, &entry.remote) {
                 entry.unlisted_seen = true;
                 relation::unlisted(&entry.remote);
+                return None;
             }
-            return None;
+            if !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
+                return None;
+            }
         }
         self.changed_in_txn = true;
         self.use_tick += 1;
@@ -998,4 +1004,38 @@ unsafe fn commit_local(c: &Commit) -> Lsn {
 /// Name of the local prepared transaction for remote transaction `xid`.
 pub fn local_gid(subid: i32, xid: u32) -> String {
     format!("pgsub_{subid}_{xid}")
+}
+
+/// The publisher sends changes of a table under a name the subscription does not record: when
+/// the local table of that name is one the subscription has (recorded under its old name — the
+/// table was renamed on the publisher and here alike), it follows the rename, as native apply
+/// does (it keeps tables by their local OID): recorded under the new name in this transaction
+/// and applied. False when it is not such a table.
+fn follow_rename(
+    tables: &mut super::tables::TableStates,
+    subid: i32,
+    remote: &pgsub_proto::pgoutput::Relation,
+) -> bool {
+    if remote.namespace == crate::api::PGSUB_SCHEMA {
+        return false;
+    }
+    let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+    let Some((oid, _)) = with_snapshot(|| super::relcat::relation(&qualified)) else { return false };
+    let Some((old_schema, old_name)) = tables.key_of(oid.to_u32()) else { return false };
+    if let Err(e) = with_snapshot(|| crate::catalog::rename_remote_table(subid, oid, &remote.namespace, &remote.name)) {
+        report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+    }
+    tables.rename(oid.to_u32(), &remote.namespace, &remote.name);
+    report::log(
+        PgLogLevel::LOG,
+        Code::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!(
+            "pgsub: table {qualified} is the subscription's table {}.{}, renamed on the publisher and here: its changes are applied under the new name",
+            quote_ident(&old_schema),
+            quote_ident(&old_name)
+        ),
+        None,
+        None,
+    );
+    true
 }

@@ -112,6 +112,22 @@ impl TableStates {
         }
     }
 
+    /// The remote (schema, name) the subscription records for local table `relid`.
+    pub(super) fn key_of(&self, relid: u32) -> Option<(String, String)> {
+        self.relids.get(&relid).filter(|_| relid != 0).cloned()
+    }
+
+    /// Local table `relid` is now known to the publisher as `schema.name` (renamed there, and
+    /// renamed here to match): its entry follows the name.
+    pub(super) fn rename(&mut self, relid: u32, schema: &str, name: &str) {
+        let new = (schema.to_string(), name.to_string());
+        if let Some(old) = self.relids.insert(relid, new.clone()) {
+            if let Some(v) = self.states.remove(&old) {
+                self.states.insert(new, v);
+            }
+        }
+    }
+
     /// The local table the subscription recorded for a remote table (None: none recorded).
     pub(super) fn relid_of(&self, schema: &str, name: &str) -> Option<u32> {
         self.relids
