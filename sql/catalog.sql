@@ -89,15 +89,36 @@ REVOKE ALL ON pgsub.released_origin FROM PUBLIC;
 -- goes with its table: its changes then stop the worker with "logical replication target
 -- relation … does not exist" until it is created again, and a table created again under the
 -- name is new to the subscription — not applied to until a refresh copies it (worker/relation.rs
--- `replaced`). Fires for every role and under session_replication_role = replica too.
+-- `replaced`). As natively, a table still being synchronized cannot be dropped (its sync worker
+-- and slot would be left behind). Fires for every role and under session_replication_role =
+-- replica too.
 CREATE FUNCTION pgsub._forget_dropped_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    busy record;
 BEGIN
     -- DROP EXTENSION pgsub drops this table first.
     IF pg_catalog.to_regclass('pgsub.sub_rel') IS NULL THEN
         RETURN;
     END IF;
+    FOR busy IN
+        SELECT s.subname::text AS subname, d.object_identity AS rel, r.sync_state::text AS state
+          FROM pgsub.sub_rel r
+          JOIN pgsub.sub s ON s.subid = r.subid
+          JOIN pg_catalog.pg_event_trigger_dropped_objects() d
+            ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 AND r.relid = d.objid
+         WHERE r.sync_state <> 'r'
+           AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+         LIMIT 1
+    LOOP
+        -- Native's words (RemoveSubscriptionRel).
+        RAISE EXCEPTION 'could not drop relation mapping for subscription "%"', busy.subname
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Table synchronization for relation "%s" is in progress and is in state "%s".',
+                                             busy.rel, busy.state),
+                  HINT = 'Let the synchronization finish (pgsub.enable_subscription() if the subscription is disabled), remove the table from the subscription (pgsub.alter_subscription_publications() or a refresh), or drop the subscription.';
+    END LOOP;
     DELETE FROM pgsub.sub_rel r
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 AND r.relid = d.objid;

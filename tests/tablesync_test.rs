@@ -940,3 +940,37 @@ async fn dropping_without_the_slot_drops_the_sync_slots() {
     let rows = "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM big";
     assert_eq!(one::<String>(&s, rows).await, one::<String>(&p, rows).await);
 }
+
+/// As natively, a table whose synchronization is in progress cannot be dropped on the subscriber
+/// (`could not drop relation mapping …`, 55000): pgsub let it go, leaving its sync slot on the
+/// publisher and the subscription in `initial_copy`, its changes skipped. Once the table is
+/// ready, the drop is allowed.
+#[tokio::test(flavor = "current_thread")]
+async fn a_table_being_synchronized_cannot_be_dropped() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, 'x' FROM generate_series(1, 1000) g;
+         CREATE TABLE other (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE big, other",
+    )
+    .await
+    .unwrap();
+    s.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    set_sync_hold(&nodes.subscriber, &s, "copied").await;
+    s.execute("SELECT pgsub.create_subscription('dt', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "1000", WAIT).await;
+    let e = s.batch_execute("DROP TABLE big").await.expect_err("a table being synchronized");
+    let db = e.as_db_error().expect("db error");
+    assert_eq!(db.code().code(), "55000", "{db:?}");
+    assert!(db.message().contains("could not drop relation mapping for subscription \"dt\""), "{db:?}");
+    assert!(db.detail().unwrap_or_default().contains("is in progress"), "{db:?}");
+    set_sync_hold(&nodes.subscriber, &s, "").await;
+    wait_for_subscription_sync(&s, "dt", WAIT).await;
+    p.batch_execute("INSERT INTO big VALUES (1001, 'y'); INSERT INTO other VALUES (1)").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM big", "1001", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+    // Ready now: it may go.
+    s.batch_execute("DROP TABLE other").await.expect("a ready table is dropped");
+}
