@@ -630,9 +630,9 @@ impl Stream {
     /// that it may let go. A status update held back (`Progress::report_due`) wakes it sooner.
     fn wait(&mut self) {
         let fd = self.client.raw_fd();
-        // While tables synchronize the apply worker looks at its sync workers every 100 ms too:
-        // the next table's worker starts as soon as one has finished (its exit sets the latch,
-        // but the step may have run moments before and waits out its 100 ms).
+        // While tables synchronize the apply worker looks at its sync workers every
+        // `syncing::STEP` too: the next table's worker starts as soon as one has finished (its
+        // exit sets the latch, but the step may have run moments before and waits out its STEP).
         let syncing = self.catchup_end.is_none() && self.applier.tables.any_syncing();
         let holding = self.catchup_end.is_none() && self.hold.pending(self.sub.subid);
         let timeout_ms = if self.batching {
@@ -641,7 +641,9 @@ impl Stream {
             (left.as_millis() as i64).max(1)
         } else if self.progress.unreported() {
             super::progress::REPORT_MIN_GAP.as_millis() as i64
-        } else if self.progress.awaiting_flush() || syncing || holding {
+        } else if syncing {
+            super::syncing::STEP.as_millis() as i64
+        } else if self.progress.awaiting_flush() || holding {
             100
         } else {
             1000
