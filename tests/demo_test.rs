@@ -807,7 +807,7 @@ fn linter(name: &str) -> Option<PathBuf> {
 }
 
 /// Every shell script of the repository: what shellcheck checks.
-const SHELL_SCRIPTS: [&str; 14] = [
+const SHELL_SCRIPTS: [&str; 15] = [
     "scripts/demo",
     "scripts/setup",
     "scripts/test",
@@ -819,6 +819,7 @@ const SHELL_SCRIPTS: [&str; 14] = [
     "docker/initdb/publisher.sh",
     "docker/initdb/subscriber.sh",
     "bench/run",
+    "bench/many_small_tables.sh",
     "bench/scale.sh",
     "bench/latency",
     "bench/verify",
