@@ -85,6 +85,14 @@ pub fn server_built_with(flag: &str) -> bool {
     pg_config_value("--configure").map(|c| c.contains(flag)).unwrap_or(false)
 }
 
+/// Whether the server under test ships the extension `name` (its control file is in
+/// `pg_config --sharedir`/extension): the PostgreSQL 16 and 17 used here come without contrib.
+pub fn server_has_extension(name: &str) -> bool {
+    pg_config_value("--sharedir")
+        .map(|d| Path::new(&d).join("extension").join(format!("{name}.control")).is_file())
+        .unwrap_or(false)
+}
+
 /// Directory of the server binaries (initdb, pg_ctl, psql, pgbench).
 pub fn bindir() -> Result<PathBuf> {
     static DIR: OnceLock<Result<PathBuf>> = OnceLock::new();

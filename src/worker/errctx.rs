@@ -26,6 +26,20 @@ struct State {
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
+    /// Set while a local type's binary input function reads a remote value (`receiving`): an
+    /// error raised there, whatever its SQLSTATE (tsquery's is an internal error), is the
+    /// binary format's own. Left set by the error, read by the worker's error handler.
+    static RECEIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A binary input function is (true) or is no longer (false) reading a remote value.
+pub fn receiving(on: bool) {
+    RECEIVING.with(|r| r.set(on));
+}
+
+/// Whether the error being handled was raised while a binary input function read a value.
+pub fn failed_in_receive() -> bool {
+    RECEIVING.with(|r| r.get())
 }
 
 extern "C" {
@@ -53,6 +67,7 @@ pub fn set_txn(xid: u32, finish_lsn: pgsub_proto::Lsn) {
         s.relation = None;
         s.column = None;
     });
+    receiving(false);
 }
 
 /// Several remote transactions of a group, the first and last xid given, are being applied

@@ -32,6 +32,12 @@ use std::collections::HashMap;
 /// pg_node_tree, pg_ndistinct, pg_dependencies, pg_mcv_list.
 const NO_BINARY_INPUT: [u32; 4] = [194, 3361, 3402, 5017];
 
+/// Built-in types whose binary input refuses values their text input takes, so that a binary
+/// copy or stream would stop on rows a text one (native's default) carries: int2vector and
+/// oidvector (an empty one: "invalid int2vector data") and tsquery (an empty one, what
+/// `to_tsquery` makes of stop words only: "malformed tsquery"), and their arrays.
+const BINARY_REFUSES: [u32; 6] = [22, 1006, 30, 1013, 3615, 3645];
+
 /// The OID alias types (regclass, regtype, regproc, … and their arrays): their binary form is
 /// the object's OID, which names another object or none on the subscriber; as text they travel
 /// by name (schema-qualified: publisher sessions run with an empty search_path).
@@ -85,6 +91,12 @@ fn refused_column(relid: pg_sys::Oid, columns: &[(String, u32)]) -> Option<Strin
             }
             Some(_) if NO_BINARY_INPUT.contains(&remote_type) => {
                 format!("has type {}, without binary input", type_name(remote_type))
+            }
+            Some(_) if BINARY_REFUSES.contains(&remote_type) => {
+                format!(
+                    "has type {}, whose binary input refuses values its text input takes (an empty one)",
+                    type_name(remote_type)
+                )
             }
             Some(_) if OID_ALIASES.contains(&remote_type) => {
                 format!(

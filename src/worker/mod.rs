@@ -244,7 +244,11 @@ fn on_error(subid: i32, e: CaughtError) {
     // not have met; logged (LOG) with what it was. Other errors (constraints, deadlocks,
     // privileges) are the data's whatever the format: reported as they are, and the retry is
     // in text all the same (`text_until`).
-    if failed_in_auto_binary && conflict.is_none() && finish != 0 && binary_may_cause(code, &msg) {
+    if failed_in_auto_binary
+        && conflict.is_none()
+        && finish != 0
+        && (errctx::failed_in_receive() || binary_may_cause(code, &msg))
+    {
         shmem::with_slot(subid, |s| {
             s.text_until = s.text_until.max(finish);
             s.ungrouped_until = s.ungrouped_until.max(finish);
@@ -297,6 +301,7 @@ fn on_error(subid: i32, e: CaughtError) {
 /// Whether an apply error may come from the binary format itself: pgsub's own refusal of a
 /// relation (`format::check_bound`), a data exception (class 22: a binary value a local input
 /// function refuses or reads out of range), a datatype mismatch, a malformed binary message.
+/// (Any error raised inside a binary input function is too: `errctx::failed_in_receive`.)
 fn binary_may_cause(code: PgSqlErrorCode, msg: &str) -> bool {
     let class = |c: PgSqlErrorCode| (c as i32) & 0xFFF;
     msg.starts_with("binary transfer cannot carry")

@@ -457,8 +457,10 @@ impl ColMap {
                     std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const std::ffi::c_char, data, len);
                     *data.add(len) = 0;
                     let mut si = pg_sys::StringInfoData { data, len: len as i32, maxlen: len as i32 + 1, cursor: 0 };
+                    errctx::receiving(true);
                     let d =
                         pg_sys::ReceiveFunctionCall(&**recv as *const _ as *mut _, &mut si, self.ioparam, self.typmod);
+                    errctx::receiving(false);
                     if si.cursor != si.len {
                         report::error(
                             Code::ERRCODE_INVALID_BINARY_REPRESENTATION,
