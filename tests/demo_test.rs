@@ -16,7 +16,9 @@
 //! - hadolint, shellcheck (every shell script of the repository) and docker-compose/docker compose
 //!   pass; scripts/setup installs them, and a missing one fails the test.
 
-use pgsub_tests::{bindir, connect, ensure_installed, free_port, pid_alive, workspace_root, Cluster, TempDir};
+use pgsub_tests::{
+    bindir, connect, ensure_installed, free_port, pid_alive, psql_bin, workspace_root, Cluster, TempDir,
+};
 use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -1086,7 +1088,7 @@ impl Demo {
 
     /// psql on a node as the superuser over its Unix socket; unaligned tuples-only output.
     fn psql(&self, name: &str, port: u16, sql: &str) -> String {
-        let mut cmd = Command::new(bindir().expect("bindir").join("psql"));
+        let mut cmd = Command::new(psql_bin().expect("psql"));
         cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"]).arg(self.node(name)).args([
             "-p",
             &port.to_string(),

