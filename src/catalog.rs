@@ -807,11 +807,13 @@ pub fn is_partitioned(relid: pg_sys::Oid) -> bool {
 /// What `pgsub.wait_for_catchup` looks at in the catalog on every poll: whether the subscription
 /// still exists and is enabled, and how many of its tables have not finished their initial copy
 /// (neither synchronized nor ready).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CatchupState {
     pub enabled: bool,
     pub tables: i64,
     pub tables_copying: i64,
+    /// The first few of those tables by name, each with its state (`"s"."t" (copying)`).
+    pub copying: Option<String>,
 }
 
 /// The subscription's [`CatchupState`] under the latest snapshot (not the calling statement's),
@@ -827,7 +829,13 @@ pub fn catchup_state(subid: i32) -> SpiResult<Option<CatchupState>> {
                 "SELECT s.enabled, \
                         (SELECT count(*) FROM pgsub.sub_rel r WHERE r.subid = s.subid), \
                         (SELECT count(*) FROM pgsub.sub_rel r WHERE r.subid = s.subid \
-                                                               AND r.sync_state NOT IN ('s', 'r')) \
+                                                               AND r.sync_state NOT IN ('s', 'r')), \
+                        (SELECT string_agg(pg_catalog.format('%I.%I (%s)', c.remote_schema, c.remote_name, \
+                                    CASE c.sync_state WHEN 'i' THEN 'waiting to be copied' \
+                                                      WHEN 'd' THEN 'copying' ELSE 'catching up' END), ', ') \
+                           FROM (SELECT r.remote_schema, r.remote_name, r.sync_state FROM pgsub.sub_rel r \
+                                  WHERE r.subid = s.subid AND r.sync_state NOT IN ('s', 'r') \
+                                  ORDER BY r.remote_schema, r.remote_name LIMIT 5) c) \
                  FROM pgsub.sub s WHERE s.subid = $1",
                 None,
                 &[subid.into()],
@@ -837,6 +845,7 @@ pub fn catchup_state(subid: i32) -> SpiResult<Option<CatchupState>> {
                     enabled: row.get::<bool>(1)?.unwrap_or(false),
                     tables: row.get::<i64>(2)?.unwrap_or(0),
                     tables_copying: row.get::<i64>(3)?.unwrap_or(0),
+                    copying: row.get::<String>(4)?,
                 })),
                 None => Ok(None),
             }

@@ -6,7 +6,7 @@
 //! handed out (serial, identity, cached, descending, never used, named explicitly) and refuses
 //! sequences missing on the publisher without changing anything.
 use pgsub_tests::{
-    assert_replicated_equal, compare_replicated, must_fail, one, wait_for_subscription_error,
+    assert_replicated_equal, compare_replicated, must_fail, one, set_sync_hold, wait_for_subscription_error,
     wait_for_subscription_sync, wait_value, TwoNodes,
 };
 use std::time::Duration;
@@ -331,6 +331,26 @@ async fn wait_for_catchup_fails_clearly_when_disabled_held_back_or_failing() {
     s.batch_execute("DELETE FROM t WHERE id = 4").await.unwrap();
     let _: String = one(&s, "SELECT pgsub.wait_for_catchup('cut')::text").await;
     assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 4").await, "remote");
+
+    // A table whose synchronization is held (testing GUC): the timeout's detail names it.
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE \"Late Table\" (id int PRIMARY KEY)").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO \"Late Table\" VALUES (1); ALTER PUBLICATION pub ADD TABLE \"Late Table\"")
+        .await
+        .unwrap();
+    set_sync_hold(&nodes.subscriber, &s, "copied").await;
+    s.batch_execute("SELECT pgsub.refresh_subscription('cut')").await.unwrap();
+    let e = must_fail(&s, "SELECT pgsub.wait_for_catchup('cut', timeout => '1 s')", &[]).await;
+    assert_eq!(e.code, "57014", "{}", e.text());
+    assert!(
+        e.detail.contains("1 of 2 tables have not finished their initial copy: public.\"Late Table\" ("),
+        "{}",
+        e.text()
+    );
+    set_sync_hold(&nodes.subscriber, &s, "").await;
+    let _: String = one(&s, "SELECT pgsub.wait_for_catchup('cut')::text").await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM \"Late Table\"").await, 1);
 
     assert_replicated_equal(&p, &s).await;
 }

@@ -720,6 +720,46 @@ async fn run_as_owner_and_password_required_as_postgresql_16() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// `run_as_owner => false` on PostgreSQL 16+: a subscription owner that may SET ROLE to the
+/// table's owner but does not inherit its privileges (`WITH INHERIT FALSE, SET TRUE`), and so
+/// cannot read the table itself, copies it all the same, as natively: every statement of the
+/// copy — its look for rows already there included — runs as the table's owner. (It failed
+/// with "permission denied for table w", retried for good.) PostgreSQL 15 has no such grant.
+#[tokio::test(flavor = "current_thread")]
+async fn an_owner_that_may_only_set_role_to_the_table_owner_copies_the_table() {
+    if pgsub_tests::server_major() < 16 {
+        eprintln!("PostgreSQL {}: GRANT … WITH INHERIT FALSE needs 16; nothing to test", pgsub_tests::server_major());
+        return;
+    }
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE w (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO w SELECT g, 'copied' FROM generate_series(1, 7) g; CREATE PUBLICATION pw FOR TABLE w")
+        .await
+        .unwrap();
+    let pw_ci = password_conninfo(&nodes, &p).await;
+    s.batch_execute(
+        "CREATE ROLE tab_owner NOLOGIN; ALTER TABLE w OWNER TO tab_owner;
+         CREATE ROLE set_only LOGIN; GRANT pgsub_admin TO set_only;
+         GRANT tab_owner TO set_only WITH INHERIT FALSE, SET TRUE;",
+    )
+    .await
+    .unwrap();
+    let owner = nodes.subscriber.client_as("set_only", "postgres").await.unwrap();
+    let e = must_fail(&owner, "SELECT count(*) FROM w", &[]).await;
+    assert_eq!(e.code, "42501", "set_only cannot read w itself: {}", e.text());
+    owner.execute("SELECT pgsub.create_subscription('so', $1, ARRAY['pw'])", &[&pw_ci]).await.expect("create");
+    wait_for_subscription_sync(&s, "so", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM w").await, 7);
+    p.batch_execute("INSERT INTO w VALUES (8, 'streamed'); UPDATE w SET v = 'changed' WHERE id = 1").await.unwrap();
+    wait_value(&s, "SELECT v FROM w WHERE id = 8", "streamed", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'so'").await, 0);
+    assert_replicated_equal(&p, &s).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn row_level_security_is_refused_not_bypassed() {
     let nodes = TwoNodes::start().expect("start");

@@ -137,7 +137,12 @@ impl Worker {
             self.status.as_str()
         );
         if let Some(c) = cat.filter(|c| c.tables_copying > 0) {
-            s.push_str(&format!(" {} of {} tables have not finished their initial copy.", c.tables_copying, c.tables));
+            s.push_str(&format!(" {} of {} tables have not finished their initial copy", c.tables_copying, c.tables));
+            if let Some(names) = &c.copying {
+                let more = if c.tables_copying > 5 { ", …" } else { "" };
+                s.push_str(&format!(": {names}{more}"));
+            }
+            s.push('.');
         }
         s
     }

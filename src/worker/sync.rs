@@ -263,10 +263,14 @@ fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub: &catalog::Subscriptio
     }
     let sub_name = &sub.name;
     let local_only = if catalog::is_partitioned(relid) { "" } else { "ONLY " };
-    let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {local_only}{remote})"))
-        .ok()
-        .flatten()
-        .unwrap_or(false);
+    // As the table's owner (the copy's role by default): the subscription owner need not be
+    // able to read the table, as natively, and row-level security hides no row from this look.
+    let has_rows = super::owner::as_table_owner_for_lookup(relid, || {
+        Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {local_only}{remote})"))
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false);
     if has_rows {
         report::error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
