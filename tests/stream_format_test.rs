@@ -328,7 +328,7 @@ fn publisher_bindir(major: u32) -> PathBuf {
 async fn auto_streams_text_from_a_publisher_of_another_major_version() {
     // Another major version that speaks protocol 4, binary and streaming too: 16 for a 15 or 17
     // subscriber, 17 for a 16 or 18 one.
-    let major = if server_major() % 2 == 0 { 17 } else { 16 };
+    let major = if server_major().is_multiple_of(2) { 17 } else { 16 };
     let mut p_opts = ClusterOpts::publisher().with_server_bindir(publisher_bindir(major));
     p_opts.name = format!("publisher{major}");
     let nodes = TwoNodes::start_with(p_opts, ClusterOpts::subscriber()).expect("start");
