@@ -331,6 +331,11 @@ REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;
 -- defaults. Problems (README, Monitoring):
 --   error               critical  failing (pgsub._health_state().failing) for error_minutes or more;
 --                                 since = estimated start of the streak of consecutive failures
+--   table_error         critical  a table's synchronization has failed every attempt for
+--                                 error_minutes or more (its sync worker retries; the
+--                                 subscription's status stays initial_copy); since = as for error
+--   disabled_by_error   critical  disable_on_error disabled the subscription (until it is enabled
+--                                 or disabled by hand; not kept across a server restart)
 --   lag                 warning   lag_bytes above lag_bytes or apply_lag above apply_lag;
 --                                 since = commit time of the oldest transaction not applied yet
 --   waiting_for_worker  warning   the subscription waits for an apply worker slot (since: from
@@ -398,7 +403,8 @@ SELECT pgsub._health_arguments(check_health.error_minutes, check_health.lag_byte
                                check_health.publisher_timeout);
 WITH s AS (
     SELECT s.*, h.failures, h.failing, pgsub._ts(h.failing_since) AS failing_since,
-           pgsub._ts(h.waiting_since) AS waiting_since
+           pgsub._ts(h.waiting_since) AS waiting_since,
+           pgsub._ts(h.disabled_by_error_at) AS disabled_by_error_at
     FROM pgsub.stat_subscription s
     LEFT JOIN pgsub._health_state() h ON h.subid = s.subid
 ),
@@ -426,6 +432,24 @@ problems AS (
     FROM s
     WHERE s.enabled AND s.failing
       AND now() - s.failing_since >= make_interval(mins => check_health.error_minutes)
+    UNION ALL
+    SELECT s.subname::text, 'table_error', 'critical',
+           format('table %s: %s consecutive failed synchronization attempts, the last at %s: %s',
+                  t.relid::regclass, t.failures, pgsub._ts(t.last_error_at),
+                  split_part(coalesce(t.last_error, ''), E'\n', 1)),
+           pgsub._ts(t.failing_since)
+    FROM pgsub._sync_progress() t
+    JOIN s ON s.subid = t.subid
+    JOIN pgsub.subscription_table st ON st.subname = s.subname AND st.relid::oid = t.relid
+    WHERE s.enabled AND t.failures > 0 AND t.last_error_at > 0
+      AND st.sync_state NOT IN ('synchronized', 'ready')
+      AND now() - pgsub._ts(t.failing_since) >= make_interval(mins => check_health.error_minutes)
+    UNION ALL
+    SELECT s.subname::text, 'disabled_by_error', 'critical',
+           format('disabled by disable_on_error at %s after an error: %s', s.disabled_by_error_at,
+                  split_part(coalesce(s.last_error, ''), E'\n', 1)),
+           s.disabled_by_error_at
+    FROM s WHERE NOT s.enabled AND s.disabled_by_error_at IS NOT NULL
     UNION ALL
     SELECT s.subname::text, 'lag', 'warning',
            format('lag_bytes %s (threshold %s), apply_lag %s (threshold %s)',

@@ -235,7 +235,9 @@ fn _database_served() -> bool {
 }
 
 /// Every table being synchronized (or waiting to retry): its sync worker, phase, live copy
-/// progress and last error (`pgsub.subscription_table` joins it with the catalog).
+/// progress and last error (`pgsub.subscription_table` joins it with the catalog); `failures`,
+/// its consecutive failed attempts, and `failing_since`, when that streak began as estimated
+/// from the last error's time and the backoff between the attempts (as `_health_state`'s).
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _sync_progress() -> TableIterator<
@@ -251,10 +253,13 @@ fn _sync_progress() -> TableIterator<
         name!(waiting, bool),
         name!(last_error, Option<String>),
         name!(last_error_at, i64),
+        name!(failures, i32),
+        name!(failing_since, i64),
     ),
 > {
     let mut rows = Vec::new();
     if shmem::available() {
+        let retry_us = i64::from(crate::gucs::RETRY_INTERVAL_MS.get().max(1)) * 1000;
         let g = shmem::SHARED.share();
         let subs: Vec<i32> = visible_slots(&g).map(|s| s.subid).collect();
         for s in g.sync.iter().filter(|s| s.subid != 0 && subs.contains(&s.subid)) {
@@ -269,6 +274,15 @@ fn _sync_progress() -> TableIterator<
                 s.waiting,
                 s.last_error(),
                 s.last_error_at,
+                s.failures,
+                if s.failures > 0 && s.last_error_at > 0 {
+                    let waited = (1..s.failures.clamp(1, 10_000))
+                        .map(|k| pgsub_core::tablesync::backoff(retry_us, k))
+                        .fold(0i64, i64::saturating_add);
+                    s.last_error_at.saturating_sub(waited)
+                } else {
+                    0
+                },
             ));
         }
     }

@@ -707,6 +707,52 @@ async fn health_raises_each_problem_it_documents() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// The two problems a subscription's own status does not show: a table whose synchronization
+/// fails at every attempt (its sync worker retries; the subscription stays `initial_copy`, its
+/// apply worker healthy), `table_error`; and a subscription `disable_on_error` stopped,
+/// `disabled_by_error`, until it is enabled — not one disabled by hand. (Both were silent.)
+#[tokio::test(flavor = "current_thread")]
+async fn health_names_a_failing_table_copy_and_a_subscription_stopped_by_disable_on_error() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    // The subscriber's table has a NOT NULL column the publisher does not fill: the copy fails.
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text, must int NOT NULL)").await.unwrap();
+    p.batch_execute("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g; CREATE PUBLICATION pub FOR TABLE t")
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('hs', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    let te = wait_problem(&s, "pgsub.check_health(error_minutes => 0)", "hs", "table_error").await;
+    assert_eq!(te.2, "critical");
+    assert!(te.3.starts_with("table public.t: ") && te.3.contains("\"must\""), "{}", te.3);
+    assert!(te.4, "since: the estimated start of the failures");
+    assert!(!has_problem(&s, "pgsub.health", "hs", "table_error").await, "not failing for 5 minutes yet");
+    assert!(!has_problem(&s, "pgsub.check_health(error_minutes => 0)", "hs", "error").await, "the apply worker runs");
+    s.batch_execute("ALTER TABLE t ALTER COLUMN must DROP NOT NULL").await.unwrap();
+    wait_for_subscription_sync(&s, "hs", WAIT).await;
+    assert!(!has_problem(&s, "pgsub.check_health(error_minutes => 0)", "hs", "table_error").await, "copied");
+
+    // disable_on_error: a row the subscriber has already stops apply and disables it.
+    s.batch_execute("SELECT pgsub.alter_subscription_options('hs', disable_on_error => true)").await.unwrap();
+    s.batch_execute("INSERT INTO t VALUES (-1, 'local')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (-1, 'remote')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'hs'", "disabled", WAIT).await;
+    let d = wait_problem(&s, "pgsub.health", "hs", "disabled_by_error").await;
+    assert_eq!(d.2, "critical");
+    assert!(d.3.starts_with("disabled by disable_on_error at ") && d.3.contains("insert_exists"), "{}", d.3);
+    assert!(d.4, "since: when it was disabled");
+    // Fixed and enabled: gone. Disabled by hand: not an error.
+    s.batch_execute("DELETE FROM t WHERE id = -1; SELECT pgsub.enable_subscription('hs')").await.unwrap();
+    assert!(!has_problem(&s, "pgsub.health", "hs", "disabled_by_error").await, "enabled");
+    wait_value(&s, "SELECT v FROM t WHERE id = -1", "remote", WAIT).await;
+    s.batch_execute("SELECT pgsub.disable_subscription('hs')").await.unwrap();
+    assert!(!has_problem(&s, "pgsub.health", "hs", "disabled_by_error").await, "disabled by hand");
+    s.batch_execute("ALTER TABLE t DROP COLUMN must").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// A worker that connects behind a backlog of WAL it receives nothing from (changes to tables it
 /// does not subscribe) shows that backlog as lag at once: the publisher's WAL end is taken from
 /// IDENTIFY_SYSTEM when it connects, not only from the changes and keepalives that come later

@@ -30,6 +30,8 @@ type Code = PgSqlErrorCode;
 /// between those failures (`pgsub.retry_interval`, doubled per failure, at most 4×). The runs
 /// themselves are not counted, so the estimate is never earlier than the true start.
 /// `waiting_since`: since when it has waited for a background worker slot (0 = not waiting).
+/// `disabled_by_error_at`: when `disable_on_error` disabled it (0 = it did not, or it has been
+/// enabled or disabled by hand since).
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _health_state() -> TableIterator<
@@ -40,6 +42,7 @@ fn _health_state() -> TableIterator<
         name!(failing, bool),
         name!(failing_since, i64),
         name!(waiting_since, i64),
+        name!(disabled_by_error_at, i64),
     ),
 > {
     let mut rows = Vec::new();
@@ -55,7 +58,7 @@ fn _health_state() -> TableIterator<
                 && (s.status == Status::Error || s.last_error_at >= s.worker_started_at);
             let failing_since = if failing { s.last_error_at - retry_delays(retry_us, runs - 1) } else { 0 };
             let waiting_since = if s.status == Status::WaitingForWorker { s.waiting_since } else { 0 };
-            rows.push((s.subid, runs, failing, failing_since, waiting_since));
+            rows.push((s.subid, runs, failing, failing_since, waiting_since, s.disabled_by_error_at));
         }
     }
     TableIterator::new(rows)

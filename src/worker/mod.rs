@@ -99,6 +99,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
                 crate::process::watch_stop_request(&s.stop_asked_at);
                 s.launch_pending = false;
                 s.worker_started_at = now();
+                s.disabled_by_error_at = 0;
                 s.status = Status::Starting;
                 s.failed = false;
                 s.binary_in_use = None;
@@ -328,6 +329,7 @@ pub(crate) fn disable_on_error(subid: i32) -> bool {
         xact(|| {
             let _ = catalog::set_enabled(subid, false);
         });
+        shmem::with_slot(subid, |s| s.disabled_by_error_at = now());
         shmem::wake_launcher(shmem::my_database());
         report::log(
             PgLogLevel::LOG,
