@@ -332,10 +332,11 @@ REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;
 --   error               critical  failing (pgsub._health_state().failing) for error_minutes or more;
 --                                 since = estimated start of the streak of consecutive failures
 --   table_error         critical  a table's synchronization has failed every attempt for
---                                 error_minutes or more (its sync worker retries; the
---                                 subscription's status stays initial_copy); since = as for error
+--                                 error_minutes or more and no attempt runs now (its sync worker
+--                                 retries; the subscription's status stays initial_copy);
+--                                 since = as for error
 --   disabled_by_error   critical  disable_on_error disabled the subscription (until it is enabled
---                                 or disabled by hand; not kept across a server restart)
+--                                 again; not kept across a server restart)
 --   lag                 warning   lag_bytes above lag_bytes or apply_lag above apply_lag;
 --                                 since = commit time of the oldest transaction not applied yet
 --   waiting_for_worker  warning   the subscription waits for an apply worker slot (since: from
@@ -441,7 +442,7 @@ problems AS (
     FROM pgsub._sync_progress() t
     JOIN s ON s.subid = t.subid
     JOIN pgsub.subscription_table st ON st.subname = s.subname AND st.relid::oid = t.relid
-    WHERE s.enabled AND t.failures > 0 AND t.last_error_at > 0
+    WHERE s.enabled AND t.failures > 0 AND t.last_error_at > 0 AND t.pid IS NULL
       AND st.sync_state NOT IN ('synchronized', 'ready')
       AND now() - pgsub._ts(t.failing_since) >= make_interval(mins => check_health.error_minutes)
     UNION ALL

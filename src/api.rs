@@ -347,8 +347,6 @@ fn set_enabled(name: Option<&str>, enabled: bool) {
     if let Err(e) = catalog::set_enabled(sub.subid, enabled) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }
-    // Enabled or disabled by hand: no longer "disabled by an error" (pgsub.health).
-    shmem::with_slot(sub.subid, |s| s.disabled_by_error_at = 0);
     if !enabled {
         // Returns once the worker has exited (none starts again before this transaction ends):
         // the origin's position read next is final, which a handover to another subscriber

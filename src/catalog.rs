@@ -812,7 +812,8 @@ pub struct CatchupState {
     pub enabled: bool,
     pub tables: i64,
     pub tables_copying: i64,
-    /// The first few of those tables by name, each with its state (`"s"."t" (copying)`).
+    /// The first few of those tables by name, each with its state as `pgsub.subscription_table`
+    /// names it (`"s"."t" (copying)`).
     pub copying: Option<String>,
 }
 
@@ -831,8 +832,8 @@ pub fn catchup_state(subid: i32) -> SpiResult<Option<CatchupState>> {
                         (SELECT count(*) FROM pgsub.sub_rel r WHERE r.subid = s.subid \
                                                                AND r.sync_state NOT IN ('s', 'r')), \
                         (SELECT string_agg(pg_catalog.format('%I.%I (%s)', c.remote_schema, c.remote_name, \
-                                    CASE c.sync_state WHEN 'i' THEN 'waiting to be copied' \
-                                                      WHEN 'd' THEN 'copying' ELSE 'catching up' END), ', ') \
+                                    CASE c.sync_state WHEN 'i' THEN 'init' \
+                                                      WHEN 'd' THEN 'copying' ELSE 'copied' END), ', ') \
                            FROM (SELECT r.remote_schema, r.remote_name, r.sync_state FROM pgsub.sub_rel r \
                                   WHERE r.subid = s.subid AND r.sync_state NOT IN ('s', 'r') \
                                   ORDER BY r.remote_schema, r.remote_name LIMIT 5) c) \

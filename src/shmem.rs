@@ -73,9 +73,9 @@ pub struct SubSlot {
     /// Fingerprint of the catalog row the running worker was started with.
     pub config_hash: u64,
     pub worker_started_at: i64,
-    /// When `disable_on_error` disabled the subscription (0 = it did not, or the subscription was
-    /// enabled or disabled by hand since): `pgsub.health`'s `disabled_by_error`. Not kept across
-    /// a server restart.
+    /// When `disable_on_error` disabled the subscription (0 = it did not, or a worker has run it
+    /// since it was enabled again): `pgsub.health`'s `disabled_by_error`. Not kept across a
+    /// server restart.
     pub disabled_by_error_at: i64,
     /// The publisher's `server_version_num` and the negotiated pgoutput protocol version, as
     /// of the running worker's connection (0 = not connected yet).

@@ -344,7 +344,7 @@ async fn wait_for_catchup_fails_clearly_when_disabled_held_back_or_failing() {
     let e = must_fail(&s, "SELECT pgsub.wait_for_catchup('cut', timeout => '1 s')", &[]).await;
     assert_eq!(e.code, "57014", "{}", e.text());
     assert!(
-        e.detail.contains("1 of 2 tables have not finished their initial copy: public.\"Late Table\" ("),
+        e.detail.contains("1 of 2 tables have not finished their initial copy: public.\"Late Table\" (copied)."),
         "{}",
         e.text()
     );

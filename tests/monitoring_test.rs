@@ -743,7 +743,10 @@ async fn health_names_a_failing_table_copy_and_a_subscription_stopped_by_disable
     assert_eq!(d.2, "critical");
     assert!(d.3.starts_with("disabled by disable_on_error at ") && d.3.contains("insert_exists"), "{}", d.3);
     assert!(d.4, "since: when it was disabled");
-    // Fixed and enabled: gone. Disabled by hand: not an error.
+    // Disabled again by hand: still stopped by that error. Fixed and enabled: gone. Then
+    // disabled by hand: no problem.
+    s.batch_execute("SELECT pgsub.disable_subscription('hs')").await.unwrap();
+    assert!(has_problem(&s, "pgsub.health", "hs", "disabled_by_error").await, "still stopped by the error");
     s.batch_execute("DELETE FROM t WHERE id = -1; SELECT pgsub.enable_subscription('hs')").await.unwrap();
     assert!(!has_problem(&s, "pgsub.health", "hs", "disabled_by_error").await, "enabled");
     wait_value(&s, "SELECT v FROM t WHERE id = -1", "remote", WAIT).await;

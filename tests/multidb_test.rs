@@ -770,7 +770,8 @@ fn warnings(notices: &Notices) -> Vec<String> {
 
 /// A server without pgsub in shared_preload_libraries: CREATE EXTENSION pgsub succeeds with a
 /// WARNING naming the setting (the session goes on); create_subscription and
-/// enable_subscription are refused with SQLSTATE 55000 and a hint to add it and restart; a
+/// enable_subscription are refused with SQLSTATE 55000 and a hint to add it and restart
+/// (disable_subscription is done); a
 /// subscription made while the server preloaded pgsub shows `not_preloaded`; no pgsub process
 /// runs.
 #[tokio::test(flavor = "current_thread")]
@@ -821,6 +822,9 @@ async fn without_preload_create_extension_warns_and_subscriptions_are_refused() 
     assert!(e.hint.contains("shared_preload_libraries") && e.hint.contains("restart"), "hint: {}", e.text());
     assert_eq!(one::<i32>(&s, "SELECT pg_backend_pid()").await, pid, "the session went on");
     assert!(!one::<bool>(&s, "SELECT enabled FROM pgsub.subscription WHERE subname = 'off'").await);
+    // Disabling needs no worker: it is done (no shared memory to reach).
+    s.batch_execute("SELECT pgsub.disable_subscription('on')").await.expect("disable without the preload");
+    assert!(!one::<bool>(&s, "SELECT enabled FROM pgsub.subscription WHERE subname = 'on'").await);
 
     // CREATE EXTENSION in a new database: a WARNING, and the same session goes on.
     let admin = sub.client("postgres").await.unwrap();

@@ -30,8 +30,8 @@ type Code = PgSqlErrorCode;
 /// between those failures (`pgsub.retry_interval`, doubled per failure, at most 4×). The runs
 /// themselves are not counted, so the estimate is never earlier than the true start.
 /// `waiting_since`: since when it has waited for a background worker slot (0 = not waiting).
-/// `disabled_by_error_at`: when `disable_on_error` disabled it (0 = it did not, or it has been
-/// enabled or disabled by hand since).
+/// `disabled_by_error_at`: when `disable_on_error` disabled it (0 = it did not, or a worker has
+/// run it since it was enabled again).
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _health_state() -> TableIterator<

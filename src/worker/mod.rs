@@ -99,7 +99,6 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
                 crate::process::watch_stop_request(&s.stop_asked_at);
                 s.launch_pending = false;
                 s.worker_started_at = now();
-                s.disabled_by_error_at = 0;
                 s.status = Status::Starting;
                 s.failed = false;
                 s.binary_in_use = None;
@@ -410,6 +409,8 @@ fn run(subid: i32) {
     if !sub.enabled {
         return;
     }
+    // Enabled again since disable_on_error stopped it: no longer a health problem.
+    shmem::with_slot(subid, |s| s.disabled_by_error_at = 0);
     // Tables a refresh removed leave pgsub.stat_subscription_table.
     crate::monitor::retain_tables(subid, &rels.iter().map(|r| r.relid).collect::<Vec<u32>>());
     setup_session(&sub);
