@@ -155,6 +155,32 @@ pub fn origin_name(subid: i32) -> String {
     format!("pgsub_{subid}")
 }
 
+/// This server's system identifier (`pg_control_system()`).
+fn system_identifier() -> u64 {
+    // SAFETY: reads the control file's identifier, set once at startup.
+    unsafe { pg_sys::GetSystemIdentifier() }
+}
+
+/// The name of a table's synchronization slot on the publisher, and of its local replication
+/// origin: `pgsub_<subid>_sync_<relid>_<system identifier>`. The system identifier keeps the
+/// subscriptions of another server that have the same id (every server counts from 1) away from
+/// this server's slots, as native's `pg_<subid>_sync_<relid>_<sysid>` does.
+pub fn sync_slot_name(subid: i32, relid: u32) -> String {
+    format!("pgsub_{subid}_sync_{relid}_{}", system_identifier())
+}
+
+/// A LIKE pattern of the subscription's table synchronization slots made by this server.
+pub fn sync_slot_pattern(subid: i32) -> String {
+    format!("pgsub\\_{subid}\\_sync\\_%\\_{}", system_identifier())
+}
+
+/// The table of a synchronization slot or origin name of the subscription made by this server.
+pub fn sync_slot_relid(subid: i32, name: &str) -> Option<u32> {
+    name.strip_prefix(&format!("pgsub_{subid}_sync_"))
+        .and_then(|r| r.strip_suffix(&format!("_{}", system_identifier())))
+        .and_then(|r| r.parse::<u32>().ok())
+}
+
 const SUB_COLUMNS: &str = "subid, subname::text, subowner::int8, enabled, conninfo, publications, \
      coalesce(slot_name::text, subname::text), copy_data, \"binary\", streaming, two_phase, origin, \
      disable_on_error, synchronous_commit, skip_lsn::text, \
@@ -455,7 +481,7 @@ pub fn written_before_release(roident: i32, xid: i64) -> bool {
     }
 }
 
-/// The names of a subscription's table synchronization origins (`pgsub_<subid>_sync_<relid>`).
+/// The names of a subscription's table synchronization origins (`pgsub_<subid>_sync_<relid>_<sysid>`).
 /// Read-write SPI, so a new snapshot: origins sync workers created after the calling statement
 /// began are seen too.
 pub fn sync_origin_names(subid: i32) -> Vec<String> {

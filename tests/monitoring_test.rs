@@ -937,6 +937,8 @@ async fn the_views_read_a_hot_standby_of_the_subscriber() {
     }
     let pid: Option<i32> = one(&st, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'hs'").await;
     assert_eq!(pid, None, "no worker runs on the standby");
+    // Said as such (it showed `starting`, which never changed).
+    assert_eq!(one::<String>(&st, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'hs'").await, "standby");
     p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM t", "2", WAIT).await;
     assert_replicated_equal(&p, &s).await;

@@ -23,7 +23,7 @@ use tokio_postgres::Client;
 /// tests share the cores).
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Sync slots on the publisher: `pgsub_<subid>_sync_<relid>`.
+/// Sync slots on the publisher: `pgsub_<subid>_sync_<relid>_<sysid>`.
 const SYNC_SLOTS: &str = r"SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgsub\_%\_sync\_%'";
 
 /// The application_name of the test's own sessions on the publisher, so that sampling the
@@ -657,7 +657,8 @@ async fn kill9_in_every_sync_state(victim: Victim) {
         let slot: String = one(
             &s,
             &format!(
-                "SELECT format('pgsub_%s_sync_%s', subid, '{table}'::regclass::oid) FROM pgsub.subscription \
+                "SELECT format('pgsub_%s_sync_%s_%s', subid, '{table}'::regclass::oid, \
+                        (SELECT system_identifier FROM pg_control_system())) FROM pgsub.subscription \
                  WHERE subname = 'k'"
             ),
         )
@@ -973,4 +974,53 @@ async fn a_table_being_synchronized_cannot_be_dropped() {
     assert_replicated_equal(&p, &s).await;
     // Ready now: it may go.
     s.batch_execute("DROP TABLE other").await.expect("a ready table is dropped");
+}
+
+/// Two subscriber servers on one publisher, each with its first subscription (the same id, 1): the
+/// second one's apply worker, starting while the first server's table is held between its copy
+/// and its catch-up (its sync slot inactive), leaves that slot alone — sync slots carry the
+/// server's system identifier, as native's do. (It used to drop it as a slot of its own left
+/// behind: the first server's table then failed its catch-up for good, `slot does not exist`.)
+#[tokio::test(flavor = "current_thread")]
+async fn another_servers_subscription_of_the_same_id_leaves_our_sync_slot_alone() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, a) = nodes.clients().await.expect("clients");
+    p.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY);
+         INSERT INTO t SELECT g, 'copied' FROM generate_series(1, 1000) g; INSERT INTO u VALUES (1);
+         CREATE PUBLICATION pt FOR TABLE t; CREATE PUBLICATION pu FOR TABLE u",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    set_sync_hold(&nodes.subscriber, &a, "copied").await;
+    let ci = nodes.pub_conninfo();
+    a.execute("SELECT pgsub.create_subscription('first', $1, ARRAY['pt'])", &[&ci]).await.unwrap();
+    wait_value(&a, "SELECT sync_state FROM pgsub.subscription_table WHERE subname = 'first'", "copied", WAIT).await;
+    assert_eq!(one::<i64>(&p, SYNC_SLOTS).await, 1, "the first server's table has its sync slot");
+
+    let other = Cluster::subscriber().expect("second subscriber");
+    let b = other.client("postgres").await.unwrap();
+    b.batch_execute("CREATE TABLE u (id int PRIMARY KEY); CREATE EXTENSION pgsub").await.unwrap();
+    b.execute("SELECT pgsub.create_subscription('second', $1, ARRAY['pu'])", &[&ci]).await.unwrap();
+    wait_for_subscription_sync(&b, "second", WAIT).await;
+    let ids: (i32, i32) = (
+        one(&a, "SELECT subid FROM pgsub.sub WHERE subname = 'first'").await,
+        one(&b, "SELECT subid FROM pgsub.sub WHERE subname = 'second'").await,
+    );
+    assert_eq!(ids.0, ids.1, "both servers' first subscriptions have the same id");
+    // The second server's worker has started (and cleaned up its own leftovers) by now.
+    p.batch_execute("INSERT INTO u VALUES (2)").await.unwrap();
+    wait_value(&b, "SELECT count(*)::text FROM u", "2", WAIT).await;
+    assert_eq!(one::<i64>(&p, SYNC_SLOTS).await, 1, "the first server's sync slot is still there");
+
+    set_sync_hold(&nodes.subscriber, &a, "").await;
+    wait_for_subscription_sync(&a, "first", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (1001, 'streamed')").await.unwrap();
+    wait_value(&a, "SELECT v FROM t WHERE id = 1001", "streamed", WAIT).await;
+    let errors: i64 = one(&a, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'first'").await;
+    assert_eq!(errors, 0, "the first server's table caught up without an error");
+    assert_no_sync_slot_left(&p).await;
+    assert_replicated_equal(&p, &a).await;
+    assert_replicated_equal(&p, &b).await;
 }

@@ -279,7 +279,7 @@ pub(super) fn drop_origin(name: &str) {
 /// Drops the table synchronization slots the subscription's sync workers left on the publisher
 /// (tables still being synchronized when it is dropped). Failures are warnings: the slot is named.
 pub(super) fn drop_sync_slots(client: &mut pgsub_proto::client::Client, subid: i32) {
-    let pattern = format!("pgsub\\_{subid}\\_sync\\_%");
+    let pattern = catalog::sync_slot_pattern(subid);
     let sql = format!(
         "SELECT slot_name::text FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE {}",
         pgsub_proto::client::quote_literal(&pattern)

@@ -89,7 +89,7 @@ fn require_monitor() {
 type SlotRow = (String, String, bool, Option<bool>, Option<String>, Option<i64>, Option<String>);
 
 /// The replication slots of every enabled subscription of this database on its publisher: its own
-/// slot and the table synchronization slots (`pgsub_<subid>_sync_<relid>`) — whether each is
+/// slot and the table synchronization slots (`pgsub_<subid>_sync_<relid>_<sysid>`) — whether each is
 /// active, `wal_status` (PostgreSQL 13+) and the WAL it retains (the publisher's current WAL
 /// position, or on a standby its last received one, minus the slot's `restart_lsn`). A missing
 /// subscription slot (`publisher_reachable` true), or a publisher that cannot be read within
@@ -178,7 +178,7 @@ fn read_slots(sub: &Subscription, timeout: Duration) -> Result<Vec<SlotRow>, Str
         return Err(fail("could not connect to the publisher", &e));
     }
     let wal_status = if client.server_version_num() >= 130000 { "s.wal_status::text" } else { "NULL::text" };
-    let sync_pattern = format!("pgsub\\_{}\\_sync\\_%", sub.subid);
+    let sync_pattern = crate::catalog::sync_slot_pattern(sub.subid);
     let sql = format!(
         "SELECT s.slot_name::text, s.active::text, {wal_status}, \
                 pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery() \

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 /// The name of a table's sync slot on the publisher (and of its local replication origin).
 pub fn sync_slot_name(subid: i32, relid: u32) -> String {
-    format!("pgsub_{subid}_sync_{relid}")
+    crate::catalog::sync_slot_name(subid, relid)
 }
 
 /// What the apply worker keeps about its sync workers.
@@ -333,14 +333,13 @@ fn drop_sync_origin(subid: i32, relid: u32) {
 /// At start, on the replication connection: drops the inactive sync slots of this subscription
 /// whose tables need no sync worker any more (synchronized, ready, or removed by refresh).
 pub fn drop_stale_sync_slots(client: &mut Client, sub: &Subscription, rels: &[SubRel]) {
-    let prefix = format!("pgsub_{}_sync_", sub.subid);
     let sql = format!(
         "SELECT slot_name::text FROM pg_catalog.pg_replication_slots WHERE NOT active AND slot_name LIKE {}",
-        quote_literal(&format!("{}%", prefix.replace('_', "\\_")))
+        quote_literal(&crate::catalog::sync_slot_pattern(sub.subid))
     );
     let Ok(rows) = client.simple_query(&sql) else { return };
     for name in rows.into_iter().filter_map(|r| r.values.into_iter().next().flatten()) {
-        let relid = name.strip_prefix(&prefix).and_then(|r| r.parse::<u32>().ok());
+        let relid = crate::catalog::sync_slot_relid(sub.subid, &name);
         let still_syncing = rels.iter().any(|r| Some(r.relid) == relid && r.sync_state.needs_sync_worker());
         if still_syncing {
             continue; // its sync worker resumes with it
@@ -360,10 +359,9 @@ pub fn drop_stale_sync_slots(client: &mut Client, sub: &Subscription, rels: &[Su
 
 /// At start: drops this subscription's sync origins whose tables need no sync worker any more.
 pub fn drop_stale_sync_origins(subid: i32, rels: &[SubRel]) {
-    let prefix = format!("pgsub_{subid}_sync_");
     let names = super::xact(|| crate::catalog::sync_origin_names(subid));
     for name in names {
-        let relid = name.strip_prefix(&prefix).and_then(|r| r.parse::<u32>().ok());
+        let relid = crate::catalog::sync_slot_relid(subid, &name);
         let still_syncing = rels.iter().any(|r| Some(r.relid) == relid && r.sync_state.needs_sync_worker());
         let running =
             relid.is_some_and(|relid| shmem::SHARED.share().sync_slot(subid, relid).is_some_and(|s| s.active()));
