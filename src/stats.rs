@@ -276,10 +276,8 @@ fn _sync_progress() -> TableIterator<
                 s.last_error_at,
                 s.failures,
                 if s.failures > 0 && s.last_error_at > 0 {
-                    let waited = (1..s.failures.clamp(1, 10_000))
-                        .map(|k| pgsub_core::tablesync::backoff(retry_us, k))
-                        .fold(0i64, i64::saturating_add);
-                    s.last_error_at.saturating_sub(waited)
+                    // The table's retries wait as the apply worker's do (tablesync::backoff).
+                    s.last_error_at.saturating_sub(pgsub_core::launch::total_delay(retry_us, s.failures - 1))
                 } else {
                     0
                 },

@@ -178,6 +178,12 @@ pub fn retry_delay(retry: i64, failures: i32) -> i64 {
     retry.saturating_mul(factor.min(MAX_BACKOFF))
 }
 
+/// The delays waited between the first `n + 1` failures of a streak (after each of the first
+/// `n`): how long before the last failure the streak began, at least (its runs not counted).
+pub fn total_delay(retry: i64, n: i32) -> i64 {
+    (1..=n.clamp(0, 10_000)).map(|k| retry_delay(retry, k)).fold(0i64, i64::saturating_add)
+}
+
 /// The last run failed: the next start waits [`retry_delay`].
 fn back_off(slot: &mut Slot, limits: Limits) {
     slot.failed = false;
@@ -223,6 +229,15 @@ mod tests {
 
     fn slot(subid: i32) -> Slot {
         Slot { subid, config_hash: 42, ..Slot::default() }
+    }
+
+    #[test]
+    fn total_delay_sums_the_waits_between_failures() {
+        // 5 s, 10 s, 20 s, then 20 s each (4× at most).
+        assert_eq!(total_delay(5 * SEC, 0), 0);
+        assert_eq!(total_delay(5 * SEC, 1), 5 * SEC);
+        assert_eq!(total_delay(5 * SEC, 4), 55 * SEC);
+        assert_eq!(total_delay(5 * SEC, -3), 0);
     }
 
     #[test]

@@ -56,17 +56,13 @@ fn _health_state() -> TableIterator<
             let failing = s.last_error_at > 0
                 && runs > 0
                 && (s.status == Status::Error || s.last_error_at >= s.worker_started_at);
-            let failing_since = if failing { s.last_error_at - retry_delays(retry_us, runs - 1) } else { 0 };
+            let failing_since =
+                if failing { s.last_error_at - pgsub_core::launch::total_delay(retry_us, runs - 1) } else { 0 };
             let waiting_since = if s.status == Status::WaitingForWorker { s.waiting_since } else { 0 };
             rows.push((s.subid, runs, failing, failing_since, waiting_since, s.disabled_by_error_at));
         }
     }
     TableIterator::new(rows)
-}
-
-/// The launcher's delays after the first `n` failures of a streak (core `launch::retry_delay`).
-fn retry_delays(retry_us: i64, n: i32) -> i64 {
-    (1..=n.clamp(0, 10_000)).map(|k| pgsub_core::launch::retry_delay(retry_us, k)).fold(0i64, i64::saturating_add)
 }
 
 /// Superusers, `pgsub_admin` and `pg_monitor` members: the function reads with every enabled
