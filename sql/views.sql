@@ -14,15 +14,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN us = 0 THEN NULL
                   ELSE timestamptz '2000-01-01 00:00:00+00' + us * interval '1 microsecond' END $$;
 
--- Whether the caller may read a subscription's error texts, which can quote row values: its
--- owner's privileges, pgsub_admin, or pg_read_all_stats (pg_monitor) — as pg_stat_activity
--- shows other roles' queries only to pg_read_all_stats. Others see NULL.
-CREATE FUNCTION pgsub._sees_errors(owner oid) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT pg_catalog.pg_has_role(owner, 'USAGE')
-             OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
-             OR pg_catalog.pg_has_role('pgsub_admin', 'USAGE') $$;
-
 CREATE FUNCTION pgsub._lsn(v bigint) RETURNS pg_lsn
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN v = 0 THEN NULL ELSE '0/0'::pg_lsn + v::numeric END $$;
@@ -80,7 +71,7 @@ SELECT s.subname,
        w.pid AS sync_worker_pid,
        pgsub._ts(w.copy_started_at) AS copy_started_at,
        coalesce(w.waiting AND w.pid IS NULL, false) AS waiting_for_worker,
-       CASE WHEN pgsub._sees_errors(s.subowner) THEN w.last_error END AS last_error,
+       w.last_error,
        pgsub._ts(w.last_error_at) AS last_error_at
 FROM pgsub.sub_rel r JOIN pgsub.sub s USING (subid)
 LEFT JOIN pgsub._sync_progress() w ON w.subid = r.subid AND w.relid = r.relid;
@@ -119,7 +110,7 @@ SELECT s.subname,
        coalesce(c.conflicts, 0) AS conflicts,
        coalesce(c.txns_skipped, 0) AS txns_skipped,
        coalesce(c.error_count, 0) AS error_count,
-       CASE WHEN pgsub._sees_errors(s.subowner) THEN c.last_error END AS last_error,
+       c.last_error,
        pgsub._ts(c.last_error_at) AS last_error_at,
        s.subid,
        p.publisher_version,

@@ -246,6 +246,23 @@ pub fn load_all() -> SpiResult<Vec<Subscription>> {
     })
 }
 
+/// The owner of every subscription of this database, by subid (read-only: the views call it
+/// through `stats::ErrorReader`, also on a hot standby).
+pub fn owners() -> SpiResult<Vec<(i32, u32)>> {
+    as_superuser(|| {
+        Spi::connect(|client| {
+            let table = client.select("SELECT subid, subowner::int8 FROM pgsub.sub", None, &[])?;
+            let mut out = Vec::new();
+            for row in table {
+                if let (Some(subid), Some(owner)) = (row.get::<i32>(1)?, row.get::<i64>(2)?) {
+                    out.push((subid, owner as u32));
+                }
+            }
+            Ok(out)
+        })
+    })
+}
+
 /// One subscription by id.
 pub fn load(subid: i32) -> SpiResult<Option<Subscription>> {
     as_superuser(|| {

@@ -5,6 +5,8 @@
 //! Shared memory holds the subscriptions of every database. A caller sees those of its own
 //! database, and all of them only if it is a superuser or has the privileges of `pg_monitor` or
 //! `pgsub_admin` (errors can quote row values; other databases' are not everyone's business).
+//! Error texts are masked here, per subscription (`ErrorReader`), for every caller of these
+//! functions; the views add no rule of their own.
 use crate::shmem;
 use pgrx::prelude::*;
 
@@ -13,6 +15,37 @@ fn sees_all_databases() -> bool {
     // SAFETY: the current user, set in every backend.
     let me = unsafe { pg_sys::GetUserId() };
     crate::process::has_privs_of_any(me, &[c"pg_monitor", c"pgsub_admin"])
+}
+
+/// Whether the caller may read a subscription's error texts, which can quote row values: with
+/// its owner's privileges, `pg_read_all_stats` (so `pg_monitor`) or `pgsub_admin` — as
+/// `pg_stat_activity` shows other roles' queries only to `pg_read_all_stats`. Others get NULL
+/// from every function that returns `last_error`, not only from the views over them.
+struct ErrorReader {
+    me: pg_sys::Oid,
+    all: bool,
+    /// This database's subscriptions and their owners (empty when `all`).
+    owners: Vec<(i32, u32)>,
+}
+
+impl ErrorReader {
+    fn new() -> Self {
+        // SAFETY: the current user, set in every backend.
+        let me = unsafe { pg_sys::GetUserId() };
+        let all = crate::process::has_privs_of_any(me, &[c"pg_read_all_stats", c"pgsub_admin"]);
+        // A catalog that cannot be read masks every error.
+        let owners = if all { Vec::new() } else { crate::catalog::owners().unwrap_or_default() };
+        ErrorReader { me, all, owners }
+    }
+
+    fn sees(&self, subid: i32, dboid: u32) -> bool {
+        self.all
+            || (dboid == shmem::my_database()
+                && self.owners.iter().any(|&(id, owner)| {
+                    // SAFETY: a catalog lookup of role memberships inside a transaction.
+                    id == subid && unsafe { pg_sys::has_privs_of_role(self.me, pg_sys::Oid::from(owner)) }
+                }))
+    }
 }
 
 /// The subscription slots the caller may see.
@@ -102,6 +135,7 @@ fn _stat_counters() -> TableIterator<
 > {
     let mut rows = Vec::new();
     if shmem::available() {
+        let reader = ErrorReader::new();
         let g = shmem::SHARED.share();
         for s in visible_slots(&g) {
             rows.push((
@@ -115,7 +149,7 @@ fn _stat_counters() -> TableIterator<
                 s.conflicts,
                 s.txns_skipped,
                 s.error_count,
-                s.last_error(),
+                s.last_error().filter(|_| reader.sees(s.subid, s.dboid)),
                 s.last_error_at,
             ));
         }
@@ -260,9 +294,11 @@ fn _sync_progress() -> TableIterator<
     let mut rows = Vec::new();
     if shmem::available() {
         let retry_us = i64::from(crate::gucs::RETRY_INTERVAL_MS.get().max(1)) * 1000;
+        let reader = ErrorReader::new();
         let g = shmem::SHARED.share();
-        let subs: Vec<i32> = visible_slots(&g).map(|s| s.subid).collect();
-        for s in g.sync.iter().filter(|s| s.subid != 0 && subs.contains(&s.subid)) {
+        let subs: Vec<(i32, u32)> = visible_slots(&g).map(|s| (s.subid, s.dboid)).collect();
+        for s in g.sync.iter().filter(|s| s.subid != 0) {
+            let Some(&(_, dboid)) = subs.iter().find(|&&(id, _)| id == s.subid) else { continue };
             rows.push((
                 s.subid,
                 pg_sys::Oid::from(s.relid),
@@ -272,7 +308,7 @@ fn _sync_progress() -> TableIterator<
                 s.bytes_copied,
                 s.copy_started_at,
                 s.waiting,
-                s.last_error(),
+                s.last_error().filter(|_| reader.sees(s.subid, dboid)),
                 s.last_error_at,
                 s.failures,
                 if s.failures > 0 && s.last_error_at > 0 {

@@ -730,6 +730,19 @@ async fn health_names_a_failing_table_copy_and_a_subscription_stopped_by_disable
     assert!(te.4, "since: the estimated start of the failures");
     assert!(!has_problem(&s, "pgsub.health", "hs", "table_error").await, "not failing for 5 minutes yet");
     assert!(!has_problem(&s, "pgsub.check_health(error_minutes => 0)", "hs", "error").await, "the apply worker runs");
+    // The table's error text (it can quote row values) is the owner's, pgsub_admin's and
+    // pg_read_all_stats's: a plain role gets NULL from the view and from the function behind it.
+    s.batch_execute("CREATE ROLE plain LOGIN").await.unwrap();
+    let plain = nodes.subscriber.client_as("plain", "postgres").await.unwrap();
+    let sql = "SELECT count(*) FILTER (WHERE last_error IS NOT NULL) FROM pgsub._sync_progress() WHERE failures > 0";
+    assert!(one::<i64>(&s, sql).await > 0, "the superuser reads the table's error");
+    assert_eq!(one::<i64>(&plain, sql).await, 0, "a plain role reads the table's error");
+    let rows: i64 = one(&plain, "SELECT count(*) FROM pgsub._sync_progress() WHERE failures > 0").await;
+    assert!(rows > 0, "a plain role sees the table's failures");
+    let sql = "SELECT count(*) FROM pgsub.subscription_table WHERE last_error IS NOT NULL";
+    assert_eq!(one::<i64>(&plain, sql).await, 0, "a plain role reads it in subscription_table");
+    s.batch_execute("GRANT pg_read_all_stats TO plain").await.unwrap();
+    assert!(one::<i64>(&plain, sql).await > 0, "pg_read_all_stats reads the table's error");
     s.batch_execute("ALTER TABLE t ALTER COLUMN must DROP NOT NULL").await.unwrap();
     wait_for_subscription_sync(&s, "hs", WAIT).await;
     assert!(!has_problem(&s, "pgsub.check_health(error_minutes => 0)", "hs", "table_error").await, "copied");
