@@ -1985,6 +1985,60 @@ async fn full_identity_with_a_type_without_equality() {
     c.finish().await;
 }
 
+const COMPOSITES: &str = "
+CREATE TYPE pair AS (a int, b text);
+CREATE TYPE ptag AS (n int, p point);
+CREATE TABLE cn (id int, v pair);
+CREATE TABLE cp (id int, v ptag);
+";
+
+/// REPLICA IDENTITY FULL with a composite column: a NULL and a composite whose fields are all
+/// NULL, `(,)`, are different rows (SQL's `IS NULL` is true for both): an UPDATE or DELETE of
+/// one changes that one, whichever comes first in the table. A composite type without equality
+/// (`ptag` holds a point) with some fields NULL, `(1,)`, is a value that cannot be compared:
+/// apply stops as natively, not a missing row skipped.
+#[tokio::test(flavor = "current_thread")]
+async fn full_identity_tells_a_null_composite_from_one_of_null_fields() {
+    let mut c = Case::start(
+        &format!(
+            "{COMPOSITES} ALTER TABLE cn REPLICA IDENTITY FULL; ALTER TABLE cp REPLICA IDENTITY FULL;
+             CREATE PUBLICATION comp FOR TABLE cn, cp;"
+        ),
+        COMPOSITES,
+    )
+    .await;
+    c.subscribe("comp", &["comp"], false).await;
+    c.wait_synced("comp").await;
+    // Both orders: the all-NULL-fields row first, then the NULL row first.
+    c.on_pub(
+        "INSERT INTO cn VALUES (1, '(,)'); INSERT INTO cn VALUES (1, NULL);
+         DELETE FROM cn WHERE id = 1 AND v::text IS NULL;
+         INSERT INTO cn VALUES (2, '(,)'); INSERT INTO cn VALUES (2, NULL);
+         UPDATE cn SET id = 3 WHERE id = 2 AND v::text IS NULL;
+         INSERT INTO cn VALUES (4, NULL); INSERT INTO cn VALUES (4, '(,)');
+         DELETE FROM cn WHERE id = 4 AND v::text = '(,)';
+         INSERT INTO cn VALUES (5, NULL); INSERT INTO cn VALUES (5, '(,)');
+         UPDATE cn SET id = 6 WHERE id = 5 AND v::text = '(,)';",
+    )
+    .await;
+    c.wait_equal("after changes of NULL and (,) rows", None, &[]).await;
+    c.expect_sub(
+        "each change found its own row",
+        "SELECT string_agg(id || ':' || coalesce(v::text, 'NULL'), ',' ORDER BY id, v::text) FROM cn",
+        "1:(,),2:(,),3:NULL,4:NULL,5:NULL,6:(,)",
+    )
+    .await;
+    // ptag has no equality: a NULL there is found; `(1,)` holds a value that cannot be compared.
+    c.on_pub("INSERT INTO cp VALUES (1, '(1,)'), (2, NULL); UPDATE cp SET id = 20 WHERE id = 2").await;
+    c.wait_equal("after the change of a row with NULL there", None, &[]).await;
+    c.on_pub("UPDATE cp SET id = 10 WHERE id = 1").await;
+    c.wait_error("comp", &["could not identify an equality operator for type", "ptag"]).await;
+    // A primary key here identifies the row instead.
+    c.on_sub("ALTER TABLE cp ADD PRIMARY KEY (id)").await;
+    c.wait_equal("after the local key", None, &[]).await;
+    c.finish().await;
+}
+
 /// pgsub's choice where native stops: a published key the subscriber's table has no unique index
 /// for. Native apply refuses the table ("has neither REPLICA IDENTITY index nor PRIMARY KEY");
 /// pgsub applies an UPDATE or DELETE to one of the rows with that key, as under REPLICA IDENTITY

@@ -38,6 +38,10 @@ pub struct Column {
     pub array_typid: Option<u32>,
     /// GENERATED ALWAYS AS IDENTITY here.
     pub identity_always: bool,
+    /// A composite type (or a domain over one). SQL's `IS NULL` is true for such a value when
+    /// all its fields are NULL, so that `(,)` and NULL would match each other: its null tests
+    /// count NULL values instead (`num_nulls`).
+    pub row_type: bool,
 }
 
 /// The local table a statement is for.
@@ -181,6 +185,25 @@ impl Builder<'_, '_> {
         self.argtypes.len()
     }
 
+    /// Column `i` and parameter `p` both NULL (not a composite of NULL fields).
+    fn both_null(&self, i: usize, col: &str, p: &str) -> String {
+        if self.target.cols[i].row_type {
+            format!("pg_catalog.num_nulls({col}, {p}) OPERATOR(pg_catalog.=) 2")
+        } else {
+            format!("({col} IS NULL AND {p} IS NULL)")
+        }
+    }
+
+    /// Column `i` holds a value (a composite of NULL fields too).
+    fn holds_value(&self, i: usize) -> String {
+        let col = self.col(i);
+        if self.target.cols[i].row_type {
+            format!("pg_catalog.num_nonnulls({col}) OPERATOR(pg_catalog.=) 1")
+        } else {
+            format!("{col} IS NOT NULL")
+        }
+    }
+
     /// The row identity condition over the key columns.
     fn key_condition(&mut self, key: &[bool]) -> String {
         let mut parts = Vec::new();
@@ -191,9 +214,9 @@ impl Builder<'_, '_> {
             parts.push(if self.target.full && !has_eq {
                 // Only reached with a NULL value: a type without equality cannot identify a row
                 // otherwise (the worker refuses such values, as native does).
-                format!("({col} IS NULL AND {p} IS NULL)")
+                self.both_null(i, &col, &p)
             } else if self.target.full {
-                format!("({col} {} {p} OR ({col} IS NULL AND {p} IS NULL))", self.eq(i))
+                format!("({col} {} {p} OR {})", self.eq(i), self.both_null(i, &col, &p))
             } else {
                 format!("{col} {} {p}", self.eq(i))
             });
@@ -294,7 +317,7 @@ impl Builder<'_, '_> {
 
     fn uncomparable(&mut self, key: &[bool], odd: &[bool]) -> String {
         let c = self.key_condition(key);
-        let held: Vec<String> = on(odd).map(|i| format!("{} IS NOT NULL", self.col(i))).collect();
+        let held: Vec<String> = on(odd).map(|i| self.holds_value(i)).collect();
         let held = if held.is_empty() { "false".to_string() } else { held.join(" OR ") };
         format!("SELECT 1 FROM {}{} WHERE {c} AND ({held}) LIMIT 1", self.only(), self.target.qualified)
     }
@@ -393,6 +416,7 @@ mod tests {
                 eq_op: Some("OPERATOR(pg_catalog.=)".into()),
                 array_typid: Some(INT4ARRAY),
                 identity_always: false,
+                row_type: false,
             },
             Column {
                 name: "we\"ird".into(),
@@ -400,8 +424,16 @@ mod tests {
                 eq_op: Some("OPERATOR(pg_catalog.=)".into()),
                 array_typid: Some(TEXTARRAY),
                 identity_always: false,
+                row_type: false,
             },
-            Column { name: "j".into(), typid: JSON, eq_op: None, array_typid: Some(199), identity_always: false },
+            Column {
+                name: "j".into(),
+                typid: JSON,
+                eq_op: None,
+                array_typid: Some(199),
+                identity_always: false,
+                row_type: false,
+            },
         ]
     }
 
@@ -480,6 +512,33 @@ mod tests {
              AND (\"j\" IS NOT NULL) LIMIT 1"
         );
         assert_eq!(p.argtypes, vec![INT4]);
+    }
+
+    #[test]
+    fn composite_columns_test_for_null_values_not_null_fields() {
+        let mut c = cols();
+        c[2].row_type = true;
+        let p = build(&target(&c, true, false), &Statement::Delete { key: vec![false, true, true] });
+        assert_eq!(
+            p.sql,
+            "DELETE FROM ONLY \"s\".\"t\" WHERE ctid = (SELECT ctid FROM ONLY \"s\".\"t\" WHERE \
+             (\"we\"\"ird\" OPERATOR(pg_catalog.=) $1 OR (\"we\"\"ird\" IS NULL AND $1 IS NULL)) AND \
+             pg_catalog.num_nulls(\"j\", $2) OPERATOR(pg_catalog.=) 2 LIMIT 1)"
+        );
+        let p = build(
+            &target(&c, true, false),
+            &Statement::Uncomparable { key: vec![true, false, false], odd: vec![false, false, true] },
+        );
+        assert!(p.sql.ends_with("AND (pg_catalog.num_nonnulls(\"j\") OPERATOR(pg_catalog.=) 1) LIMIT 1"), "{}", p.sql);
+        c[2].eq_op = Some("OPERATOR(pg_catalog.=)".into());
+        let p = build(&target(&c, true, false), &Statement::Delete { key: vec![false, false, true] });
+        assert!(
+            p.sql.contains(
+                "(\"j\" OPERATOR(pg_catalog.=) $1 OR pg_catalog.num_nulls(\"j\", $1) OPERATOR(pg_catalog.=) 2)"
+            ),
+            "{}",
+            p.sql
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(super) struct ColMap {
     /// The local column is GENERATED ALWAYS AS IDENTITY: inserted with OVERRIDING SYSTEM VALUE,
     /// and never set by an UPDATE (SQL refuses it; the value must stay what it is, `sql.rs`).
     pub(super) identity_always: bool,
+    /// A composite type or a domain over one (`sql::Column::row_type`).
+    pub(super) row_type: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -775,6 +777,7 @@ impl LocalRel {
                 eq_op: c.eq_op.clone(),
                 array_typid: c.array.map(|a| a.typid.to_u32()),
                 identity_always: c.identity_always,
+                row_type: c.row_type,
             })
             .collect();
         let target = sql::Target {
@@ -938,8 +941,8 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
         let eq_op = if eq_oid == pg_sys::InvalidOid { None } else { super::relcat::operator_name(eq_oid) };
         // `unnest` of an array of a composite type (or a domain over one) in FROM expands each
         // element into its fields instead of yielding one value: such columns are never batched.
-        let array_typid =
-            if pg_sys::type_is_rowtype(typid) { pg_sys::InvalidOid } else { pg_sys::get_array_type(typid) };
+        let row_type = pg_sys::type_is_rowtype(typid);
+        let array_typid = if row_type { pg_sys::InvalidOid } else { pg_sys::get_array_type(typid) };
         let array = (array_typid != pg_sys::InvalidOid).then(|| {
             let mut elem_len = 0i16;
             let mut elem_byval = false;
@@ -977,6 +980,7 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
             array,
             exact_key,
             identity_always: false,
+            row_type,
         }
     }
 }
