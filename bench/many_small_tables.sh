@@ -1,6 +1,8 @@
 #!/bin/bash
 # bench/many_small_tables.sh — by hand (NOTES 29): N small tables (100 rows each, default 100) in one
-# publication FOR ALL TABLES, one pgsub subscription; prints the seconds until every table is ready.
+# publication FOR ALL TABLES, one pgsub subscription, then in another database of the same
+# subscriber server a native subscription (CREATE SUBSCRIPTION); prints the seconds until every
+# table is ready for each, and their ratio.
 # PG_BIN: server binaries with pgsub installed (default target/pg/18/bin); run as root (servers run
 # as the postgres OS user); ports 56191-56192; SYNC_DIR: the clusters' directory.
 set -euo pipefail
@@ -34,4 +36,18 @@ while [ "$("$BIN/psql" -h "$D" -p 56192 -U postgres -Atc "$ready")" != "$N" ]; d
     sleep 0.1
 done
 end=$(date +%s.%N)
-echo "$N tables ready in $(echo "$end - $start" | bc) s"
+pgsub_s=$(echo "$end - $start" | bc)
+echo "pgsub: $N tables ready in $pgsub_s s"
+"$BIN/psql" -h "$D" -p 56192 -U postgres -qc "CREATE DATABASE native"
+"$BIN/psql" -h "$D" -p 56192 -U postgres -d native -qc "$sub_sql"
+start=$(date +%s.%N)
+"$BIN/psql" -h "$D" -p 56192 -U postgres -d native -qc \
+    "CREATE SUBSCRIPTION n CONNECTION 'host=$D port=56191 dbname=postgres user=postgres' PUBLICATION p" >/dev/null
+ready="SELECT count(*) FROM pg_catalog.pg_subscription_rel WHERE srsubstate = 'r'"
+while [ "$("$BIN/psql" -h "$D" -p 56192 -U postgres -d native -Atc "$ready")" != "$N" ]; do
+    sleep 0.1
+done
+end=$(date +%s.%N)
+native_s=$(echo "$end - $start" | bc)
+echo "native: $N tables ready in $native_s s"
+echo "ratio pgsub/native: $(echo "scale=2; $pgsub_s / $native_s" | bc)"

@@ -533,7 +533,7 @@ fn set_two_phase(sub: &catalog::Subscription, on: bool) {
         update_sub(sub.subid, catalog::Change::TwoPhase(Some(false)));
         return;
     }
-    let prepared = Spi::get_one_with_args::<i64>(
+    let prepared = catalog::read_one::<i64>(
         "SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE pg_catalog.starts_with(gid, $1)",
         &[format!("pgsub_{}_", sub.subid).into()],
     )
@@ -789,7 +789,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
     // As natively: a transaction that finishes before the origin's position was applied already.
     // One that finishes exactly there is the next one (the origin holds the end of the last
     // applied commit, and the next commit record may start where that one ends).
-    let origin_lsn = Spi::get_one_with_args::<String>(
+    let origin_lsn = catalog::read_one::<String>(
         "SELECT pg_catalog.pg_replication_origin_progress(roname, false)::text \
          FROM pg_catalog.pg_replication_origin WHERE roname = $1",
         &[sub.origin_name().into()],

@@ -4,6 +4,7 @@
 //! inside a transaction. The SQL functions (`api.rs`) run as SECURITY DEFINER and call the
 //! plain functions; the workers, which run as the subscription owner, get the same statements
 //! run as superuser (`as_superuser`) where noted.
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
@@ -224,9 +225,18 @@ fn row_to_sub(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Subscription> {
     })
 }
 
+/// One value of a read-only query. pgrx's `Spi::get_one*` run every statement as a write, which
+/// gives the calling transaction an xid: a long call (`wait_for_catchup`, `verify_subscription`)
+/// then held one for its whole length, and creating a logical slot on this server (a publisher
+/// database here, a downstream subscriber's table sync) waited for it. A hot standby refuses it
+/// too. After a write in the same transaction the query still sees it (pgrx runs it read-write).
+pub fn read_one<'mcx, T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'mcx>]) -> SpiResult<Option<T>> {
+    Spi::connect(|c| c.select(sql, Some(1), args)?.first().get_one::<T>())
+}
+
 /// True when `CREATE EXTENSION pgsub` has been run in the current database.
 pub fn extension_exists() -> bool {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgsub')")
+    read_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgsub')", &[])
         .ok()
         .flatten()
         .unwrap_or(false)
@@ -346,9 +356,10 @@ pub fn set_two_phase_enabled(subid: i32) -> SpiResult<()> {
 /// Whether the catalog has the `two_phase_state` column (a catalog created by a build before it
 /// takes two_phase as in effect from the start, as that build did).
 fn has_two_phase_state() -> bool {
-    Spi::get_one::<bool>(
+    read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgsub.sub'::pg_catalog.regclass \
          AND attname = 'two_phase_state' AND NOT attisdropped)",
+        &[],
     )
     .ok()
     .flatten()
@@ -486,7 +497,7 @@ pub fn drop_origin(name: &str, nowait: bool) {
 /// dropped origin's, whatever origin has the id since.
 pub fn written_before_release(roident: i32, xid: i64) -> bool {
     let released = as_superuser(|| {
-        Spi::get_one_with_args::<i64>(
+        read_one::<i64>(
             "SELECT (released_xid::text::int8 % 4294967296) FROM pgsub.released_origin WHERE roident = $1",
             &[roident.into()],
         )
@@ -524,7 +535,7 @@ pub fn sync_origin_names(subid: i32) -> Vec<String> {
 /// Whether the subscription has the table, bound to local table `relid` (one dropped and created
 /// again under the name is another table: new to the subscription, as natively).
 pub fn has_table(subid: i32, schema: &str, name: &str, relid: pg_sys::Oid) -> bool {
-    Spi::get_one_with_args::<bool>(
+    read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pgsub.sub_rel WHERE subid = $1 AND remote_schema = $2 AND remote_name = $3 \
                         AND (relid = $4 OR relid IS NULL))",
         &[subid.into(), schema.into(), name.into(), relid.into()],
@@ -539,7 +550,7 @@ pub fn has_table(subid: i32, schema: &str, name: &str, relid: pg_sys::Oid) -> bo
 /// Its name, if so.
 pub fn replicated_by_another(subid: i32, relid: pg_sys::Oid) -> Option<String> {
     as_superuser(|| {
-        Spi::get_one_with_args::<String>(
+        read_one::<String>(
             "SELECT s.subname::text FROM pgsub.sub_rel r JOIN pgsub.sub s USING (subid) \
              WHERE r.relid = $1 AND r.subid <> $2 ORDER BY s.subname LIMIT 1",
             &[relid.into(), subid.into()],
@@ -838,7 +849,7 @@ fn update_row(subid: i32, change: Change) -> SpiResult<()> {
 /// The local table a remote one maps to (same schema and name), if it exists.
 pub fn local_relid(schema: &str, name: &str) -> Option<pg_sys::Oid> {
     let q = format!("{}.{}", pgsub_proto::client::quote_ident(schema), pgsub_proto::client::quote_ident(name));
-    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()]).ok().flatten()
+    read_one::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()]).ok().flatten()
 }
 
 /// The local table is partitioned (its rows live in its partitions: no `ONLY`).

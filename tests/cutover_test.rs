@@ -287,6 +287,21 @@ async fn wait_for_catchup_fails_clearly_when_disabled_held_back_or_failing() {
     let wait =
         tokio::spawn(async move { waiter.execute("SELECT pgsub.wait_for_catchup('cut', timeout => NULL)", &[]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The wait holds no transaction id: creating a logical slot on this server (a publisher
+    // database here, a downstream subscriber's table sync) waits for every transaction that has
+    // one, and used to wait for the whole wait.
+    let (waiting, with_xid): (i64, i64) = {
+        let r = s
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE backend_xid IS NOT NULL) FROM pg_stat_activity \
+                 WHERE state = 'active' AND query = 'SELECT pgsub.wait_for_catchup(''cut'', timeout => NULL)'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((waiting, with_xid), (1, 0), "the waiting backend, and how many of them hold an xid");
     cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("the cancel is served within seconds");
     let err = r.unwrap().expect_err("cancelled");

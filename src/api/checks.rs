@@ -183,9 +183,13 @@ pub(super) fn check_database() {
             Some("Add pgsub to shared_preload_libraries (for example ALTER SYSTEM SET shared_preload_libraries = 'pgsub', keeping any libraries already listed) and restart the server."),
         );
     }
-    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default();
-    let template = Spi::get_one::<bool>(
+    let here = catalog::read_one::<String>("SELECT pg_catalog.current_database()::text", &[])
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let template = catalog::read_one::<bool>(
         "SELECT datistemplate FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()",
+        &[],
     )
     .ok()
     .flatten()
@@ -321,10 +325,11 @@ pub(super) fn publication_list(pubs_in: Vec<Option<String>>) -> Vec<String> {
 
 /// A two_phase subscription applies a remote PREPARE as a local prepared transaction.
 pub(super) fn require_prepared_transactions() {
-    let max_prepared = Spi::get_one::<i32>("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
-        .ok()
-        .flatten()
-        .unwrap_or(0);
+    let max_prepared =
+        catalog::read_one::<i32>("SELECT pg_catalog.current_setting('max_prepared_transactions')::int", &[])
+            .ok()
+            .flatten()
+            .unwrap_or(0);
     if max_prepared == 0 {
         error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

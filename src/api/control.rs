@@ -88,7 +88,7 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
             // Only the table's own rows: an inheritance parent's children are tables of their own.
             let only = if catalog::is_partitioned(*oid) { "" } else { "ONLY " };
             let q = format!("SELECT EXISTS (SELECT 1 FROM {only}{}.{})", quote_ident(schema), quote_ident(name));
-            if Spi::get_one::<bool>(&q).ok().flatten().unwrap_or(false) {
+            if catalog::read_one::<bool>(&q, &[]).ok().flatten().unwrap_or(false) {
                 error(
                     Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                     format!(

@@ -184,7 +184,7 @@ fn targets(sub: &Subscription, only: Option<Vec<Option<pg_sys::Oid>>>) -> Vec<Ta
 }
 
 fn regclass_text(oid: pg_sys::Oid) -> String {
-    Spi::get_one_with_args::<String>("SELECT $1::pg_catalog.oid::pg_catalog.regclass::text", &[oid.into()])
+    catalog::read_one::<String>("SELECT $1::pg_catalog.oid::pg_catalog.regclass::text", &[oid.into()])
         .ok()
         .flatten()
         .unwrap_or_else(|| oid.to_u32().to_string())
@@ -697,7 +697,9 @@ fn _verify_subscription(
     // SAFETY: a GUC nest level for this function's SET LOCALs, undone before returning.
     let guc_level = unsafe { pg_sys::NewGUCNestLevel() };
     for (k, v) in SETTINGS {
-        if let Err(e) = Spi::run_with_args("SELECT pg_catalog.set_config($1, $2, true)", &[(*k).into(), (*v).into()]) {
+        if let Err(e) =
+            catalog::read_one::<String>("SELECT pg_catalog.set_config($1, $2, true)", &[(*k).into(), (*v).into()])
+        {
             error(Code::ERRCODE_INTERNAL_ERROR, format!("setting {k}: {e}"), None, None);
         }
     }
