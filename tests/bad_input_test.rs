@@ -638,6 +638,58 @@ async fn drift_table_swapped_by_renames_locally() {
     );
 }
 
+/// A schema swapped here by renames (`ALTER SCHEMA … RENAME`, which invalidates none of its
+/// tables): the worker's statements went on naming the old schema, so a table created under the
+/// old name received the changes (and the subscription's table none, its UPDATEs and DELETEs
+/// counted as missing rows). Now the worker looks its tables up again: the new table is not the
+/// subscription's, as for a table swapped by renames; renamed back, everything applies again.
+#[tokio::test(flavor = "current_thread")]
+async fn drift_schema_swapped_by_renames_locally() {
+    let nodes = TwoNodes::start().expect("start");
+    let ddl = "CREATE SCHEMA sch1; CREATE TABLE sch1.t1 (id int PRIMARY KEY, v text);
+               CREATE TABLE marker (id int PRIMARY KEY)";
+    let (p, s) = drift_setup(&nodes, ddl).await;
+    p.batch_execute("INSERT INTO sch1.t1 VALUES (1, 'a'), (10, 'b')").await.unwrap();
+    converge(&p, &s).await;
+    s.batch_execute(
+        "BEGIN; ALTER SCHEMA sch1 RENAME TO schx; CREATE SCHEMA sch1;
+         CREATE TABLE sch1.t1 (id int PRIMARY KEY, v text); COMMIT",
+    )
+    .await
+    .unwrap();
+    p.batch_execute(
+        "INSERT INTO sch1.t1 VALUES (2, 'c'); UPDATE sch1.t1 SET v = 'b2' WHERE id = 10;
+         DELETE FROM sch1.t1 WHERE id = 1; INSERT INTO marker VALUES (1)",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT count(*) FROM marker", "1", WAIT).await;
+    nodes
+        .subscriber
+        .wait_for_log("the local table of that name is not the one the subscription copied", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM sch1.t1").await, 0, "the new table got no change");
+    let conflicts: i64 = one(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'drift'").await;
+    assert_eq!(conflicts, 0, "no missing rows counted on the subscription's table");
+    assert_eq!(
+        one::<String>(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM schx.t1").await,
+        "1:a,10:b",
+        "nor the subscription's table"
+    );
+    // Renamed back, the changes in between repaired by hand: what follows applies.
+    s.batch_execute(
+        "BEGIN; DROP TABLE sch1.t1; DROP SCHEMA sch1; ALTER SCHEMA schx RENAME TO sch1;
+         INSERT INTO sch1.t1 VALUES (2, 'c'); UPDATE sch1.t1 SET v = 'b2' WHERE id = 10;
+         DELETE FROM sch1.t1 WHERE id = 1; COMMIT",
+    )
+    .await
+    .unwrap();
+    p.batch_execute("INSERT INTO sch1.t1 VALUES (3, 'd'); UPDATE sch1.t1 SET v = 'b3' WHERE id = 10").await.unwrap();
+    wait_value(&s, "SELECT v FROM sch1.t1 WHERE id = 10", "b3", WAIT).await;
+    converge(&p, &s).await;
+}
+
 /// A partitioned table whose partitions the subscription holds, published via its root since:
 /// its changes come under the root's name, which is not among the subscription's tables. They
 /// are not applied (as natively, until a refresh), and the WARNING says so once — not again for

@@ -245,10 +245,25 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
     }
 }
 
-/// Has relcache invalidations reach this process's relation map (once per worker).
+/// A schema was created, renamed or dropped: every binding is looked up again. Statements name
+/// their table by schema and name, so after `ALTER SCHEMA … RENAME` (which invalidates no table)
+/// they would go on naming the old schema — another table, if one took that name.
+#[pg_guard]
+unsafe extern "C-unwind" fn namespace_callback(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
+    INVALIDATE_ALL.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Has relcache and schema invalidations reach this process's relation map (once per worker).
 pub(super) fn register_invalidation_callback() {
-    // SAFETY: registering a static callback once per worker process.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+    // SAFETY: registering static callbacks once per worker process; they only set flags.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+            Some(namespace_callback),
+            pg_sys::Datum::from(0),
+        );
+    }
 }
 
 /// Whether invalidations are waiting for `drop_stale`.

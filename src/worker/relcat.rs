@@ -206,7 +206,13 @@ pub(super) fn operator_name(oid: pg_sys::Oid) -> Option<String> {
                 pg_sys::SysCacheIdentifier::OPEROID as i32,
                 Some(operator_changed),
                 pg_sys::Datum::from(0),
-            )
+            );
+            // The names are schema-qualified: a renamed schema changes them too.
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+                Some(operator_changed),
+                pg_sys::Datum::from(0),
+            );
         };
     }
     if let Some(v) = OPERATORS.with(|m| m.borrow().get(&oid.to_u32()).cloned()) {
