@@ -173,6 +173,39 @@ async fn an_error_in_the_parallel_worker_is_the_subscriptions_and_the_retry_spil
     assert_replicated_equal(&p, &s).await;
 }
 
+/// A column type changed on the publisher after the leader chose binary by itself (`binary`
+/// unset): a streamed transaction applied by a parallel worker used to read the new type's binary
+/// values as the local type's (real's bytes as integers: 2 became 1073741824), with no error. The
+/// parallel worker checks each relation as the leader does: the transaction is applied again in
+/// text, not counted as an error.
+#[tokio::test(flavor = "current_thread")]
+async fn a_column_type_changed_on_the_publisher_is_not_read_in_binary_by_a_parallel_worker() {
+    let nodes = nodes();
+    let (p, s) = setup(&nodes).await;
+    let binary: bool = one(&s, "SELECT binary_in_use FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
+    assert!(binary, "the automatic choice is binary (same major version, built-in types)");
+    p.batch_execute(
+        "INSERT INTO big VALUES (1, 1, 'one');
+         ALTER TABLE big ALTER COLUMN u TYPE real;
+         INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(2, 20000) g;
+         INSERT INTO small VALUES (1, 'after')",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT v FROM small WHERE id = 1", "after", WAIT).await;
+    let wrong: i64 = one(&s, "SELECT count(*) FROM big WHERE u <> id").await;
+    assert_eq!(wrong, 0, "values read in the wrong type");
+    assert!(nodes.subscriber.log_contains(
+        "binary transfer cannot carry relation \"public.big\": column \"u\" has type real on the publisher and integer here"
+    ));
+    let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'pa'").await;
+    assert_eq!(errors, 0, "the binary attempt is not an error");
+    s.batch_execute("ALTER TABLE big ALTER COLUMN u TYPE real").await.unwrap();
+    p.batch_execute("UPDATE big SET u = u + 0.5 WHERE id <= 10").await.unwrap();
+    wait_value(&s, "SELECT u::text FROM big WHERE id = 10", "10.5", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// A parallel apply worker whose COMMIT fails (a deferred constraint trigger of the subscriber)
 /// under `disable_on_error`: the leader, which had handed the replication origin to the worker,
 /// disables the subscription without naming that origin in its own commit (which crashed the

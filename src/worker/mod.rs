@@ -244,10 +244,14 @@ fn on_error(subid: i32, e: CaughtError) {
     // not have met; logged (LOG) with what it was. Other errors (constraints, deadlocks,
     // privileges) are the data's whatever the format: reported as they are, and the retry is
     // in text all the same (`text_until`).
+    // A parallel worker's error (re-raised here, its transaction's finish not known yet while it
+    // streams) is judged the same: the retry applies that transaction by spilling, and an error
+    // of binary's there has its finish LSN and turns the stream to text.
+    let parallel_msg = msg.strip_prefix(parallel::ERROR_PREFIX);
     if failed_in_auto_binary
         && conflict.is_none()
-        && finish != 0
-        && (errctx::failed_in_receive() || binary_may_cause(code, &msg))
+        && (finish != 0 || parallel_msg.is_some())
+        && (errctx::failed_in_receive() || binary_may_cause(code, parallel_msg.unwrap_or(&msg)))
     {
         shmem::with_slot(subid, |s| {
             s.text_until = s.text_until.max(finish);

@@ -92,12 +92,18 @@ pub fn leader_failed(subid: i32, code: PgSqlErrorCode) {
     }
 }
 
+/// What the leader puts before the message of an error it re-raises for a parallel worker.
+pub const ERROR_PREFIX: &str = "parallel apply worker: ";
+
 pub struct Pool {
     subid: i32,
     name: String,
     owner: u32,
     proto_version: u32,
     binary: bool,
+    /// The stream is binary by the leader's own choice (`binary` unset): the workers check each
+    /// relation against it as the leader does (`Applier::check_binary_choice`).
+    auto_binary: bool,
     origin_id: u16,
     workers: Vec<Worker>,
     /// Remote xid → the worker applying it.
@@ -130,6 +136,7 @@ impl Pool {
             owner: sub.owner,
             proto_version,
             binary: opts.binary,
+            auto_binary: sub.binary.is_none() && opts.binary_in_use(),
             origin_id,
             workers: Vec::new(),
             shown: 0,
@@ -335,7 +342,8 @@ impl Pool {
 
     fn start_worker(&mut self) -> Option<Worker> {
         // SAFETY: a new segment and queue of this backend's, kept mapped for its life.
-        let (seg, hdr) = unsafe { shared::create(self.subid, self.proto_version, self.binary, self.origin_id) };
+        let (seg, hdr) =
+            unsafe { shared::create(self.subid, self.proto_version, self.binary, self.auto_binary, self.origin_id) };
         // SAFETY: the segment was just made; the leader sends.
         let mq = unsafe { shared::attach_queue(seg, false) };
         // SAFETY: reading this backend's database and pid.
@@ -457,7 +465,7 @@ impl Pool {
                 crate::worker::errctx::borrow(ctx.unwrap_or_default().to_string());
                 report::error(
                     PgSqlErrorCode::from(code),
-                    format!("parallel apply worker: {msg}"),
+                    format!("{ERROR_PREFIX}{msg}"),
                     nonempty(detail),
                     nonempty(hint).as_deref(),
                 )

@@ -47,6 +47,8 @@ pub struct Header {
     pub origin_id: u32,
     /// The stream carries binary tuples (the leader's choice at connect).
     pub binary: bool,
+    /// ... by the leader's own choice (`binary` unset): relations are checked against it.
+    pub auto_binary: bool,
     /// The leader's latch, set when the worker's state changes.
     pub leader_latch: *mut pg_sys::Latch,
     pub leader_pid: i32,
@@ -118,6 +120,7 @@ pub unsafe fn create(
     subid: i32,
     proto_version: u32,
     binary: bool,
+    auto_binary: bool,
     origin_id: u16,
 ) -> (*mut pg_sys::dsm_segment, *mut Header) {
     unsafe {
@@ -130,6 +133,7 @@ pub unsafe fn create(
         (*hdr).subid = subid;
         (*hdr).proto_version = proto_version;
         (*hdr).binary = binary;
+        (*hdr).auto_binary = auto_binary;
         (*hdr).origin_id = origin_id as u32;
         (*hdr).leader_latch = std::ptr::addr_of_mut!((*pg_sys::MyProc).procLatch);
         (*hdr).leader_pid = pg_sys::MyProcPid;

@@ -97,7 +97,12 @@ fn run(subid: i32, hdr: &'static mut Header, mq: *mut pg_sys::shm_mq_handle) {
     };
     crate::worker::setup_session(&sub);
     crate::worker::set_guc("application_name", &format!("pgsub parallel apply {}", sub.name));
-    let applier = Applier::new(subid, TableStates::new(&rels), hdr.binary, false, None);
+    let mut applier = Applier::new(subid, TableStates::new(&rels), hdr.binary, false, None);
+    if hdr.auto_binary {
+        // A relation binary cannot carry (a column type changed on the publisher since the
+        // leader chose binary) is an error the leader retries in text, as for its own.
+        applier.check_binary_choice();
+    }
     let mut w = ParallelApplier {
         subid,
         hdr,
