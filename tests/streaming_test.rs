@@ -249,6 +249,23 @@ async fn two_phase_prepare_commit_and_rollback_are_followed() {
     wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
     p.batch_execute("COMMIT PREPARED 'tx3'").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM big WHERE v = 'streamed prepare'", "30000", WAIT).await;
+
+    // A prepared transaction rolled back by hand here: its COMMIT PREPARED stops apply, naming
+    // the transaction and where it finishes (native's context), and skip_transaction with that
+    // LSN goes past it.
+    p.batch_execute("BEGIN; INSERT INTO big VALUES (4, 'lost here'); PREPARE TRANSACTION 'tx4';").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
+    let gid: String = one(&s, "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'").await;
+    s.batch_execute(&format!("ROLLBACK PREPARED '{gid}'")).await.unwrap();
+    p.batch_execute("COMMIT PREPARED 'tx4'").await.unwrap();
+    let err = wait_for_subscription_error(&s, "st", &["does not exist", "COMMIT PREPARED", "finished at"], WAIT).await;
+    let lsn = err.split("finished at ").nth(1).and_then(|t| t.split_whitespace().next()).expect("the finish LSN");
+    s.execute("SELECT pgsub.skip_transaction('st', $1::text::pg_lsn)", &[&lsn]).await.unwrap();
+    p.batch_execute("INSERT INTO big VALUES (5, 'after the skip')").await.unwrap();
+    wait_value(&s, "SELECT v FROM big WHERE id = 5", "after the skip", WAIT).await;
+    assert!(nodes.subscriber.log_contains("pgsub: skipping COMMIT PREPARED of remote transaction"));
+    // Put back by hand, as the skip leaves it.
+    s.batch_execute("INSERT INTO big VALUES (4, 'lost here')").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
 

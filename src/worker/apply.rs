@@ -433,8 +433,22 @@ impl Applier {
     }
 
     /// COMMIT PREPARED / ROLLBACK PREPARED of a transaction prepared earlier.
-    pub fn finish_prepared(&mut self, xid: u32, commit: bool, end_lsn: Lsn, time: i64, progress: &mut Progress) {
+    /// COMMIT PREPARED (`commit`) or ROLLBACK PREPARED of remote transaction `xid`, whose record
+    /// is at `finish_lsn` and ends at `end_lsn`. A COMMIT PREPARED whose prepared transaction is
+    /// gone here (rolled back by hand) stops apply, naming the transaction and `finish_lsn` as
+    /// native does; `skip_transaction` with that LSN goes past it.
+    pub fn finish_prepared(
+        &mut self,
+        xid: u32,
+        commit: bool,
+        finish_lsn: Lsn,
+        end_lsn: Lsn,
+        time: i64,
+        progress: &mut Progress,
+    ) {
+        errctx::set_txn(xid, finish_lsn);
         errctx::set_message(if commit { "COMMIT PREPARED" } else { "ROLLBACK PREPARED" }, None);
+        let skip = commit && self.skip_lsn == Some(finish_lsn);
         let gid_s = local_gid(self.subid, xid);
         let gid = cstring(&gid_s);
         // SAFETY: finishing our own prepared transaction inside a fresh local transaction whose
@@ -453,12 +467,23 @@ impl Applier {
             });
             if exists {
                 pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| FinishPreparedTransaction(gid.as_ptr(), commit));
+            } else if skip {
+                log!(
+                    "pgsub: skipping COMMIT PREPARED of remote transaction {xid} that finishes at {finish_lsn} (skip_lsn): prepared transaction \"{gid_s}\" does not exist"
+                );
+                let r = with_snapshot(|| crate::catalog::clear_skip_lsn(self.subid, finish_lsn));
+                if let Err(e) = r {
+                    report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
+                }
+                self.skip_lsn = None;
             } else if commit {
                 report::error(
                     Code::ERRCODE_UNDEFINED_OBJECT,
                     format!("prepared transaction \"{gid_s}\" does not exist"),
-                    None,
-                    None,
+                    Some(format!(
+                        "The remote transaction was prepared here as \"{gid_s}\", which was committed or rolled back by other means."
+                    )),
+                    Some("To go on without it, skip this COMMIT PREPARED with pgsub.skip_transaction() and the finish LSN in the context."),
                 );
             }
             pg_sys::replorigin_session_origin_lsn = end_lsn.0;

@@ -447,14 +447,14 @@ impl Stream {
                     Commit { flags: c.flags, commit_lsn: c.commit_lsn, end_lsn: c.end_lsn, commit_time: c.commit_time };
                 self.hold_before(c.commit_lsn);
                 self.hold.saw(c.end_lsn);
-                self.apply_streamed(c.xid, begin, |applier, p| {
+                self.apply_streamed(c.xid, begin, false, |applier, p| {
                     applier.streamed = true;
                     applier.commit(commit, p, false)
                 });
             }
             LogicalMessage::StreamPrepare(pr) => {
                 let begin = Begin { final_lsn: pr.prepare_lsn, commit_time: pr.prepare_time, xid: pr.xid };
-                self.apply_streamed(pr.xid, begin, |applier, p| {
+                self.apply_streamed(pr.xid, begin, true, |applier, p| {
                     applier.streamed = true;
                     applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p)
                 });
@@ -462,6 +462,7 @@ impl Stream {
             LogicalMessage::BeginPrepare(bp) => {
                 let begin = Begin { final_lsn: bp.prepare_lsn, commit_time: bp.prepare_time, xid: bp.xid };
                 self.applier.begin(begin, p);
+                super::conflict::txn_is_prepared();
             }
             LogicalMessage::Prepare(pr) => {
                 self.applier.prepare(pr.xid, pr.end_lsn, pr.prepare_time, p);
@@ -471,11 +472,11 @@ impl Stream {
                 self.hold_before(c.commit_lsn);
                 self.hold.saw(c.end_lsn);
                 let p = &mut self.progress;
-                self.applier.finish_prepared(c.xid, true, c.end_lsn, c.commit_time, p);
+                self.applier.finish_prepared(c.xid, true, c.commit_lsn, c.end_lsn, c.commit_time, p);
                 p.publish(None, now());
             }
             LogicalMessage::RollbackPrepared(r) => {
-                self.applier.finish_prepared(r.xid, false, r.rollback_end_lsn, r.rollback_time, p);
+                self.applier.finish_prepared(r.xid, false, r.rollback_end_lsn, r.rollback_end_lsn, r.rollback_time, p);
                 p.publish(None, now());
             }
             LogicalMessage::StreamStart(_) => report::error(
@@ -494,10 +495,19 @@ impl Stream {
 
     /// Applies a streamed transaction's buffered changes in one local transaction, finished by
     /// `finish` (commit or prepare).
-    fn apply_streamed(&mut self, xid: u32, begin: Begin, finish: impl FnOnce(&mut Applier, &mut Progress)) {
+    fn apply_streamed(
+        &mut self,
+        xid: u32,
+        begin: Begin,
+        prepared: bool,
+        finish: impl FnOnce(&mut Applier, &mut Progress),
+    ) {
         let foreign = self.streams.is_foreign(xid);
         let buffered = self.streams.take(xid);
         self.applier.begin(begin, &mut self.progress);
+        if prepared {
+            super::conflict::txn_is_prepared();
+        }
         if foreign {
             self.applier.origin("");
         }

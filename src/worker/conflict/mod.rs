@@ -48,7 +48,10 @@ type Code = PgSqlErrorCode;
 #[derive(Clone, Default)]
 struct RemoteTxn {
     xid: u32,
+    /// The commit time, or the prepare time of a transaction prepared (two_phase).
     commit_time: i64,
+    /// Applied at its PREPARE (two_phase): not committed yet.
+    prepared: bool,
     finish_lsn: Lsn,
     origin: Option<String>,
 }
@@ -88,11 +91,17 @@ pub fn set_publisher_sysid(sysid: u64) {
 /// A remote transaction begins (its identity goes into every record).
 pub fn begin_txn(xid: u32, commit_time: i64, finish_lsn: Lsn) {
     STATE.with_borrow_mut(|s| {
-        s.txn = RemoteTxn { xid, commit_time, finish_lsn, origin: None };
+        s.txn = RemoteTxn { xid, commit_time, finish_lsn, prepared: false, origin: None };
         s.counted.clear();
         s.pending = None;
         s.unfinished_records = false;
     });
+}
+
+/// The remote transaction begun is one applied at its PREPARE (two_phase): its time is the
+/// prepare time, and it is not committed yet.
+pub fn txn_is_prepared() {
+    STATE.with_borrow_mut(|s| s.txn.prepared = true);
 }
 
 /// Stream Commit of a transaction a parallel apply worker applied as it streamed: its conflict

@@ -191,7 +191,8 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
     // A transaction applied by a parallel apply worker as it streams has neither yet: its
     // pgsub.conflict_log rows get them at its Stream Commit (catalog::complete_conflict_log).
     let when = if txn.finish_lsn.is_valid() {
-        format!(", committed at {}, finishing at {}", timestamp_text(txn.commit_time), txn.finish_lsn)
+        let what = if txn.prepared { "prepared" } else { "committed" };
+        format!(", {what} at {}, finishing at {}", timestamp_text(txn.commit_time), txn.finish_lsn)
     } else {
         ", still in progress on the publisher (streamed)".to_string()
     };
