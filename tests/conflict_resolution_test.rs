@@ -225,7 +225,10 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     p.batch_execute("DELETE FROM t WHERE id = 3; UPDATE t SET v = 'marker2' WHERE id = 99").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = 99", "marker2", WAIT).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 3").await, 1);
-    assert_eq!(last_logged(&s, "delete_origin_differs").await.0, "keep_local");
+    let (res, _, _, remote, _) = last_logged(&s, "delete_origin_differs").await;
+    assert_eq!(res, "keep_local");
+    // A DELETE sends its key only: the remote row is the key, not the other columns as NULLs.
+    assert_eq!(remote, "{\"id\": 3}", "the remote row of a DELETE");
     set_policy(&s, "apply_remote").await;
     p.batch_execute("DELETE FROM t WHERE id = 4").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t WHERE id = 4", "0", WAIT).await;

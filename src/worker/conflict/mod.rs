@@ -31,7 +31,7 @@ use crate::catalog::{self, Resolution};
 use crate::report;
 use crate::shmem::ConflictType;
 pub(super) use lookup::RemoteValues;
-use lookup::{lookup, unique_conflicts, LocalRow, Params};
+use lookup::{lookup, remote_rows, unique_conflicts, LocalRow, Params};
 use pgrx::prelude::*;
 use pgsub_proto::client::quote_ident;
 use pgsub_proto::Lsn;
@@ -363,7 +363,7 @@ pub(super) fn before_delete(
     }
     let policy = policy();
     let wins = decide(&row);
-    let rec = record::with_identity_key(
+    let mut rec = record::with_identity_key(
         record(
             local,
             ConflictType::DeleteOriginDiffers,
@@ -376,6 +376,9 @@ pub(super) fn before_delete(
         key_cols,
         key_values,
     );
+    // A DELETE sends its replica identity only: the remote row is those columns (the others
+    // would read as NULLs it never had).
+    (rec.remote_row, rec.remote_text) = remote_rows(local, key_values, Some(key_cols));
     write(&rec);
     (wins, Some(ConflictType::DeleteOriginDiffers))
 }
