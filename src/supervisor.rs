@@ -34,6 +34,13 @@ const RECHECK_US: i64 = 3600 * 1_000_000;
 const MAX_PROBES: usize = 2;
 
 pub fn register() {
+    // SAFETY: set from the postmaster's command line before shared_preload_libraries load.
+    if unsafe { pg_sys::IsBinaryUpgrade } {
+        // pg_upgrade starts both clusters in binary-upgrade mode (`-b`), its `--check` too:
+        // nothing may be applied there (native's launcher is not registered either).
+        log!("pgsub: binary upgrade mode: no pgsub worker runs");
+        return;
+    }
     BackgroundWorkerBuilder::new("pgsub supervisor")
         .set_type("pgsub supervisor")
         .set_library("pgsub")

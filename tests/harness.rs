@@ -552,6 +552,23 @@ impl Cluster {
         self.start_again()
     }
 
+    /// Starts a stopped server again in binary-upgrade mode (`postgres -b`), as pg_upgrade
+    /// starts the old and the new cluster.
+    pub fn start_in_binary_upgrade_mode(&mut self) -> Result<()> {
+        self.write_conf()?;
+        run(
+            pg_command(&self.opts.server_bin()?.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(self.log_path())
+                .args(["-o", "-b", "-w", "-t", "60", "start"]),
+            "pg_ctl start -o -b",
+        )?;
+        self.pid = Some(self.read_pid()?);
+        Ok(())
+    }
+
     /// SIGKILL to the postmaster, then wait until every backend of this cluster has exited.
     pub fn kill9(&mut self) -> Result<()> {
         let pid = self.pid.ok_or("not running")?;

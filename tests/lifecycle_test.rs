@@ -312,6 +312,52 @@ async fn kill9_of_subscriber_loses_and_duplicates_nothing() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// What pg_upgrade does to a subscriber, in its two parts. It starts the clusters in
+/// binary-upgrade mode (`postgres -b`, its `--check` too): no pgsub worker runs there (they
+/// applied changes into clusters pg_upgrade treats as frozen; native's launcher is not
+/// registered either). And it carries no pgsub replication origin over: a subscription whose
+/// origin is gone says so (WARNING) and goes on from the publisher's slot, which a clean stop
+/// left at the origin's position — nothing lost, nothing applied twice.
+#[tokio::test(flavor = "current_thread")]
+async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_said() {
+    let mut nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g")
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('up', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "up", WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM t", "10", WAIT).await;
+    drop(s);
+    nodes.subscriber.stop("fast").expect("stop");
+    p.batch_execute("INSERT INTO t SELECT g, 'while stopped' FROM generate_series(11, 20) g").await.unwrap();
+    nodes.subscriber.start_in_binary_upgrade_mode().expect("start -b");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    assert!(nodes.subscriber.log_contains("pgsub: binary upgrade mode: no pgsub worker runs"));
+    let pgsub_backends: i64 = one(&s, "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'pgsub%'").await;
+    assert_eq!(pgsub_backends, 0, "no pgsub process in binary-upgrade mode");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10, "nothing applied");
+    drop(s);
+    nodes.subscriber.stop("fast").expect("stop");
+    nodes.subscriber.start_again().expect("start");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "20", WAIT).await;
+
+    // The origin lost (as pg_upgrade loses it) while the subscription is disabled.
+    s.batch_execute("SELECT pgsub.disable_subscription('up')").await.unwrap();
+    let origin: String = one(&s, "SELECT 'pgsub_' || subid FROM pgsub.subscription WHERE subname = 'up'").await;
+    s.execute("SELECT pg_replication_origin_drop($1)", &[&origin]).await.unwrap();
+    p.batch_execute("INSERT INTO t SELECT g, 'while disabled' FROM generate_series(21, 30) g").await.unwrap();
+    s.batch_execute("SELECT pgsub.enable_subscription('up')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "30", WAIT).await;
+    assert!(nodes.subscriber.log_contains(&format!(
+        "WARNING:  pgsub: replication origin \"{origin}\" of subscription \"up\" was missing and is created again"
+    )));
+    let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'up'").await;
+    assert_eq!(errors, 0, "nothing applied twice");
+    assert_replicated_equal(&p, &s).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn publisher_restart_reconnects_and_converges() {
     let mut nodes = TwoNodes::start().expect("start");

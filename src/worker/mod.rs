@@ -420,7 +420,23 @@ fn run(subid: i32) {
     setup_session(&sub);
     set_guc("application_name", &format!("pgsub {}", sub.name));
 
+    let had_origin = origin_exists(&sub.origin_name());
     let start = attach_origin(&sub.origin_name(), false);
+    if !had_origin {
+        // create_subscription made it: it was lost since — pg_upgrade carries no origin but
+        // native subscriptions' over.
+        report::log(
+            PgLogLevel::WARNING,
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "pgsub: replication origin \"{}\" of subscription \"{}\" was missing and is created again: apply starts where the publisher's slot stands",
+                sub.origin_name(),
+                sub.name
+            ),
+            Some("The origin records how far this server applied; pg_upgrade does not carry pgsub's origins over. Transactions applied here after the slot's confirmed position are applied again.".into()),
+            Some("After a pg_upgrade, set each origin to the position it had before (README, \"Upgrading the subscriber\") while the subscription is disabled."),
+        );
+    }
     log!(
         "pgsub apply worker for subscription \"{}\" has started (origin {} at {})",
         sub.name,
@@ -684,6 +700,13 @@ pub(crate) fn all_ready(rels: &[catalog::SubRel]) -> bool {
 
 /// Attaches this process to the replication origin `name` (created if missing); returns its
 /// progress (`flushed_only`: only what is durable).
+/// Whether replication origin `name` exists.
+fn origin_exists(name: &str) -> bool {
+    let name = CString::new(name).unwrap_or_default();
+    // SAFETY: a syscache lookup inside a transaction; missing_ok.
+    xact(|| unsafe { pg_sys::replorigin_by_name(name.as_ptr(), true) } != pg_sys::InvalidRepOriginId as u16)
+}
+
 pub(crate) fn attach_origin(name: &str, flushed_only: bool) -> Lsn {
     let name = CString::new(name).unwrap_or_default();
     xact(|| {
