@@ -28,26 +28,24 @@ for i in $(seq 1 "$N"); do
 done
 "$BIN/psql" -h "$D" -p 56191 -U postgres -qc "$pub_sql" -c "CREATE PUBLICATION p FOR ALL TABLES"
 "$BIN/psql" -h "$D" -p 56192 -U postgres -qc "$sub_sql" -c "CREATE EXTENSION pgsub"
-start=$(date +%s.%N)
-"$BIN/psql" -h "$D" -p 56192 -U postgres -qc \
-    "SELECT pgsub.create_subscription('s', 'host=$D port=56191 dbname=postgres user=postgres', ARRAY['p'])" >/dev/null
-ready="SELECT count(*) FROM pgsub.subscription_table WHERE sync_state = 'ready'"
-while [ "$("$BIN/psql" -h "$D" -p 56192 -U postgres -Atc "$ready")" != "$N" ]; do
-    sleep 0.1
-done
-end=$(date +%s.%N)
-pgsub_s=$(echo "$end - $start" | bc)
+# Seconds from running `create` in database $1 until `ready` there counts $N tables.
+time_until_ready() {
+    local db=$1 create=$2 ready=$3 start end
+    start=$(date +%s.%N)
+    "$BIN/psql" -h "$D" -p 56192 -U postgres -d "$db" -qc "$create" >/dev/null
+    while [ "$("$BIN/psql" -h "$D" -p 56192 -U postgres -d "$db" -Atc "$ready")" != "$N" ]; do
+        sleep 0.1
+    done
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc
+}
+conninfo="host=$D port=56191 dbname=postgres user=postgres"
+pgsub_s=$(time_until_ready postgres "SELECT pgsub.create_subscription('s', '$conninfo', ARRAY['p'])" \
+    "SELECT count(*) FROM pgsub.subscription_table WHERE sync_state = 'ready'")
 echo "pgsub: $N tables ready in $pgsub_s s"
 "$BIN/psql" -h "$D" -p 56192 -U postgres -qc "CREATE DATABASE native"
 "$BIN/psql" -h "$D" -p 56192 -U postgres -d native -qc "$sub_sql"
-start=$(date +%s.%N)
-"$BIN/psql" -h "$D" -p 56192 -U postgres -d native -qc \
-    "CREATE SUBSCRIPTION n CONNECTION 'host=$D port=56191 dbname=postgres user=postgres' PUBLICATION p" >/dev/null
-ready="SELECT count(*) FROM pg_catalog.pg_subscription_rel WHERE srsubstate = 'r'"
-while [ "$("$BIN/psql" -h "$D" -p 56192 -U postgres -d native -Atc "$ready")" != "$N" ]; do
-    sleep 0.1
-done
-end=$(date +%s.%N)
-native_s=$(echo "$end - $start" | bc)
+native_s=$(time_until_ready native "CREATE SUBSCRIPTION n CONNECTION '$conninfo' PUBLICATION p" \
+    "SELECT count(*) FROM pg_catalog.pg_subscription_rel WHERE srsubstate = 'r'")
 echo "native: $N tables ready in $native_s s"
 echo "ratio pgsub/native: $(echo "scale=2; $pgsub_s / $native_s" | bc)"

@@ -387,12 +387,18 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&mut self) -> Result<()> {
+        self.pg_ctl_start_with(&[])
+    }
+
+    /// `pg_ctl start`, with `options` before it (such as `-o -b`).
+    fn pg_ctl_start_with(&mut self, options: &[&str]) -> Result<()> {
         run(
             pg_command(&self.opts.server_bin()?.join("pg_ctl"))
                 .arg("-D")
                 .arg(self.data_dir())
                 .arg("-l")
                 .arg(self.log_path())
+                .args(options)
                 .args(["-w", "-t", "60", "start"]),
             "pg_ctl start",
         )?;
@@ -556,17 +562,7 @@ impl Cluster {
     /// starts the old and the new cluster.
     pub fn start_in_binary_upgrade_mode(&mut self) -> Result<()> {
         self.write_conf()?;
-        run(
-            pg_command(&self.opts.server_bin()?.join("pg_ctl"))
-                .arg("-D")
-                .arg(self.data_dir())
-                .arg("-l")
-                .arg(self.log_path())
-                .args(["-o", "-b", "-w", "-t", "60", "start"]),
-            "pg_ctl start -o -b",
-        )?;
-        self.pid = Some(self.read_pid()?);
-        Ok(())
+        self.pg_ctl_start_with(&["-o", "-b"])
     }
 
     /// SIGKILL to the postmaster, then wait until every backend of this cluster has exited.
