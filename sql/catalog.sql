@@ -55,7 +55,11 @@ CREATE TABLE pgsub.sub (
     -- subscription is a copy, never run, and dropping it touches nothing of the original's.
     subdbid            oid     NOT NULL DEFAULT pgsub._current_database_oid(),
     -- PostgreSQL 17's failover: the slot on the publisher is synchronized to its standbys.
-    failover           boolean NOT NULL DEFAULT false
+    failover           boolean NOT NULL DEFAULT false,
+    -- The replication origin's position when disable_subscription stopped the worker, until
+    -- the worker starts again. pg_upgrade carries this table over but no pgsub origin: a worker
+    -- that finds its origin gone sets it to this position (src/worker/mod.rs).
+    stop_lsn           pg_lsn
 );
 
 -- One row per published table a subscription applies. `relid` is the local table the remote one

@@ -352,6 +352,11 @@ fn set_enabled(name: Option<&str>, enabled: bool) {
         // the origin's position read next is final, which a handover to another subscriber
         // relies on. Native ALTER SUBSCRIPTION … DISABLE returns at once.
         stop_worker(sub.subid);
+        // Where it stopped, for a worker that finds its origin gone (pg_upgrade carries no pgsub
+        // origin over).
+        if let Err(e) = catalog::record_stop_lsn(sub.subid, &sub.origin_name()) {
+            error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
+        }
     }
     wake_launcher_at_commit();
 }

@@ -356,14 +356,65 @@ pub fn set_two_phase_enabled(subid: i32) -> SpiResult<()> {
 /// Whether the catalog has the `two_phase_state` column (a catalog created by a build before it
 /// takes two_phase as in effect from the start, as that build did).
 fn has_two_phase_state() -> bool {
+    sub_has_column("two_phase_state")
+}
+
+/// Whether `pgsub.sub` has column `name` (a catalog created by an earlier build may lack it).
+fn sub_has_column(name: &str) -> bool {
     read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgsub.sub'::pg_catalog.regclass \
-         AND attname = 'two_phase_state' AND NOT attisdropped)",
-        &[],
+         AND attname = $1 AND NOT attisdropped)",
+        &[name.into()],
     )
     .ok()
     .flatten()
     .unwrap_or(false)
+}
+
+/// Records the position of the subscription's replication origin as `stop_lsn` (after
+/// disable_subscription stopped its worker): what a worker that finds its origin gone (after a
+/// pg_upgrade) goes on from.
+pub fn record_stop_lsn(subid: i32, origin: &str) -> SpiResult<()> {
+    if !sub_has_column("stop_lsn") {
+        return Ok(());
+    }
+    as_superuser(|| {
+        Spi::run_with_args(
+            "UPDATE pgsub.sub SET stop_lsn = pg_catalog.pg_replication_origin_progress($2, false) WHERE subid = $1",
+            &[subid.into(), origin.into()],
+        )
+    })
+}
+
+/// `stop_lsn` of a subscription, if recorded.
+pub fn stop_lsn(subid: i32) -> Option<Lsn> {
+    if !sub_has_column("stop_lsn") {
+        return None;
+    }
+    as_superuser(|| read_one::<String>("SELECT stop_lsn::text FROM pgsub.sub WHERE subid = $1", &[subid.into()]))
+        .ok()
+        .flatten()
+        .and_then(|t| t.parse::<Lsn>().ok())
+        .filter(|l| l.is_valid())
+}
+
+/// Forgets `stop_lsn` once the worker runs again (it applies past it). Never waits for the row:
+/// a disable_subscription holding it (and waiting for this worker to stop) records a new one.
+pub fn forget_stop_lsn(subid: i32) {
+    if !sub_has_column("stop_lsn") {
+        return;
+    }
+    let r = as_superuser(|| {
+        Spi::run_with_args(
+            "WITH r AS (SELECT subid FROM pgsub.sub WHERE subid = $1 AND stop_lsn IS NOT NULL \
+                        FOR NO KEY UPDATE SKIP LOCKED) \
+             UPDATE pgsub.sub s SET stop_lsn = NULL FROM r WHERE s.subid = r.subid",
+            &[subid.into()],
+        )
+    });
+    if let Err(e) = r {
+        crate::report::error(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub: {e}"), None, None);
+    }
 }
 
 pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
@@ -766,7 +817,12 @@ pub fn update(subid: i32, change: Change) -> SpiResult<()> {
 fn update_row(subid: i32, change: Change) -> SpiResult<()> {
     match change {
         Change::Conninfo(c) => {
-            Spi::run_with_args("UPDATE pgsub.sub SET conninfo = $2 WHERE subid = $1", &[subid.into(), c.into()])
+            // Another publisher's positions are not this one's: a recorded stop_lsn goes.
+            let also = if sub_has_column("stop_lsn") { ", stop_lsn = NULL" } else { "" };
+            Spi::run_with_args(
+                &format!("UPDATE pgsub.sub SET conninfo = $2{also} WHERE subid = $1"),
+                &[subid.into(), c.into()],
+            )
         }
         Change::Publications(p) => {
             Spi::run_with_args("UPDATE pgsub.sub SET publications = $2 WHERE subid = $1", &[subid.into(), p.into()])

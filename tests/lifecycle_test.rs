@@ -312,14 +312,16 @@ async fn kill9_of_subscriber_loses_and_duplicates_nothing() {
     assert_replicated_equal(&p, &s).await;
 }
 
-/// What pg_upgrade does to a subscriber, in its two parts. It starts the clusters in
-/// binary-upgrade mode (`postgres -b`, its `--check` too): no pgsub worker runs there (they
-/// applied changes into clusters pg_upgrade treats as frozen; native's launcher is not
-/// registered either). And it carries no pgsub replication origin over: a subscription whose
-/// origin is gone says so (WARNING) and goes on from the publisher's slot, which a clean stop
-/// left at the origin's position — nothing lost, nothing applied twice.
+/// What pg_upgrade does to a subscriber. It starts the clusters in binary-upgrade mode
+/// (`postgres -b`, its `--check` too): no pgsub worker runs there (they applied changes into
+/// clusters pg_upgrade treats as frozen; native's launcher is not registered either). It carries
+/// pgsub's catalog over but no pgsub replication origin: a subscription that finds its origin
+/// gone is created again where `disable_subscription` last stopped it (exact, whatever the
+/// publisher's slot says: a PostgreSQL 15 or 16 publisher that restarts puts its slots back to
+/// their last saved position, and apply from there applied transactions twice — a unique
+/// violation forever here); without that record it says so (WARNING) and goes on from the slot.
 #[tokio::test(flavor = "current_thread")]
-async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_said() {
+async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_restored() {
     let mut nodes = TwoNodes::start().expect("start");
     let (p, s) = setup(&nodes, &["t"]).await;
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g")
@@ -328,7 +330,10 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_said() {
     s.execute("SELECT pgsub.create_subscription('up', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
     wait_for_subscription_sync(&s, "up", WAIT).await;
     wait_value(&s, "SELECT count(*) FROM t", "10", WAIT).await;
+    let origin: String = one(&s, "SELECT 'pgsub_' || subid FROM pgsub.subscription WHERE subname = 'up'").await;
     drop(s);
+    // Stopped with the subscription enabled; in binary-upgrade mode nothing runs, and the
+    // origin is lost there (as pg_upgrade loses it).
     nodes.subscriber.stop("fast").expect("stop");
     p.batch_execute("INSERT INTO t SELECT g, 'while stopped' FROM generate_series(11, 20) g").await.unwrap();
     nodes.subscriber.start_in_binary_upgrade_mode().expect("start -b");
@@ -337,24 +342,39 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_said() {
     let pgsub_backends: i64 = one(&s, "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'pgsub%'").await;
     assert_eq!(pgsub_backends, 0, "no pgsub process in binary-upgrade mode");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10, "nothing applied");
+    s.execute("SELECT pg_replication_origin_drop($1)", &[&origin]).await.unwrap();
     drop(s);
     nodes.subscriber.stop("fast").expect("stop");
     nodes.subscriber.start_again().expect("start");
     let s = nodes.subscriber.client("postgres").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t", "20", WAIT).await;
+    assert!(nodes.subscriber.log_contains(&format!(
+        "WARNING:  pgsub: replication origin \"{origin}\" of subscription \"up\" was missing and is created again"
+    )));
 
-    // The origin lost (as pg_upgrade loses it) while the subscription is disabled.
+    // Disabled first (the README's recipe), the origin lost, the publisher restarted: the
+    // origin comes back where the worker stopped.
     s.batch_execute("SELECT pgsub.disable_subscription('up')").await.unwrap();
-    let origin: String = one(&s, "SELECT 'pgsub_' || subid FROM pgsub.subscription WHERE subname = 'up'").await;
+    let stopped: String = one(&s, "SELECT stop_lsn::text FROM pgsub.sub WHERE subname = 'up'").await;
     s.execute("SELECT pg_replication_origin_drop($1)", &[&origin]).await.unwrap();
+    drop(p);
+    nodes.publisher.restart().expect("publisher restart");
+    let p = nodes.publisher.client("postgres").await.unwrap();
     p.batch_execute("INSERT INTO t SELECT g, 'while disabled' FROM generate_series(21, 30) g").await.unwrap();
     s.batch_execute("SELECT pgsub.enable_subscription('up')").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t", "30", WAIT).await;
     assert!(nodes.subscriber.log_contains(&format!(
-        "WARNING:  pgsub: replication origin \"{origin}\" of subscription \"up\" was missing and is created again"
+        "pgsub: replication origin \"{origin}\" of subscription \"up\" was missing: created again at {stopped}"
     )));
     let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'up'").await;
     assert_eq!(errors, 0, "nothing applied twice");
+    wait_value(
+        &s,
+        "SELECT coalesce(stop_lsn::text, 'forgotten') FROM pgsub.sub WHERE subname = 'up'",
+        "forgotten",
+        WAIT,
+    )
+    .await;
     assert_replicated_equal(&p, &s).await;
 }
 

@@ -421,8 +421,16 @@ fn run(subid: i32) {
     set_guc("application_name", &format!("pgsub {}", sub.name));
 
     let had_origin = origin_exists(&sub.origin_name());
+    let restored = if had_origin { None } else { restore_origin(&sub) };
     let start = attach_origin(&sub.origin_name(), false);
-    if !had_origin {
+    xact(|| catalog::forget_stop_lsn(subid));
+    if let Some(lsn) = restored {
+        log!(
+            "pgsub: replication origin \"{}\" of subscription \"{}\" was missing: created again at {lsn}, where disable_subscription last stopped the worker",
+            sub.origin_name(),
+            sub.name
+        );
+    } else if !had_origin {
         // create_subscription made it: it was lost since — pg_upgrade carries no origin but
         // native subscriptions' over.
         report::log(
@@ -700,6 +708,31 @@ pub(crate) fn all_ready(rels: &[catalog::SubRel]) -> bool {
 
 /// Attaches this process to the replication origin `name` (created if missing); returns its
 /// progress (`flushed_only`: only what is durable).
+/// The subscription's replication origin is gone (pg_upgrade carries none of pgsub's): when
+/// disable_subscription recorded where it stopped, it is created again at that position.
+fn restore_origin(sub: &Subscription) -> Option<Lsn> {
+    let origin = sub.origin_name();
+    xact(|| {
+        let lsn = catalog::stop_lsn(sub.subid)?;
+        let made = catalog::as_superuser(|| {
+            Spi::run_with_args("SELECT pg_catalog.pg_replication_origin_create($1)", &[origin.as_str().into()])?;
+            Spi::run_with_args(
+                "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_catalog.pg_lsn)",
+                &[origin.as_str().into(), lsn.to_string().into()],
+            )
+        });
+        match made {
+            Ok(()) => Some(lsn),
+            Err(e) => report::error(
+                Code::ERRCODE_INTERNAL_ERROR,
+                format!("creating replication origin \"{origin}\" again: {e}"),
+                None,
+                None,
+            ),
+        }
+    })
+}
+
 /// Whether replication origin `name` exists.
 fn origin_exists(name: &str) -> bool {
     let name = CString::new(name).unwrap_or_default();
