@@ -112,8 +112,9 @@ fn _stat_rates() -> TableIterator<
     let mut rows = Vec::new();
     if shmem::available() {
         let sec = second(now());
+        let all = crate::stats::sees_all_databases();
         let g = shmem::SHARED.share();
-        for s in crate::stats::visible_slots(&g) {
+        for s in crate::stats::visible_slots(&g, all) {
             let (a, b) = (s.rates.rates(sec, 10), s.rates.rates(sec, 60));
             rows.push((s.subid, a.txns, a.rows, a.bytes, b.txns, b.rows, b.bytes, s.recv_bytes));
         }

@@ -277,8 +277,9 @@ fn _stat_tables() -> TableIterator<
 > {
     let mut rows = Vec::new();
     if shmem::available() {
+        let all = crate::stats::sees_all_databases();
         let g = shmem::SHARED.share();
-        let subs: Vec<i32> = crate::stats::visible_slots(&g).map(|s| s.subid).collect();
+        let subs: Vec<i32> = crate::stats::visible_slots(&g, all).map(|s| s.subid).collect();
         if let Some(r) = region(&g) {
             for e in r.tables.iter().filter(|e| e.subid != 0 && subs.contains(&e.subid)) {
                 let c = &e.counts;

@@ -11,7 +11,7 @@ use crate::shmem;
 use pgrx::prelude::*;
 
 /// Whether the calling role may see the subscriptions of every database.
-fn sees_all_databases() -> bool {
+pub(crate) fn sees_all_databases() -> bool {
     // SAFETY: the current user, set in every backend.
     let me = unsafe { pg_sys::GetUserId() };
     crate::process::has_privs_of_any(me, &[c"pg_monitor", c"pgsub_admin"])
@@ -22,35 +22,36 @@ fn sees_all_databases() -> bool {
 /// `pg_stat_activity` shows other roles' queries only to `pg_read_all_stats`. Others get NULL
 /// from every function that returns `last_error`, not only from the views over them.
 struct ErrorReader {
-    me: pg_sys::Oid,
     all: bool,
-    /// This database's subscriptions and their owners (empty when `all`).
-    owners: Vec<(i32, u32)>,
+    /// This database's subscriptions whose owner's privileges the caller has (empty when `all`).
+    owned: Vec<i32>,
 }
 
 impl ErrorReader {
+    /// Before the shared-memory lock is taken: the catalog lookups are done here.
     fn new() -> Self {
         // SAFETY: the current user, set in every backend.
         let me = unsafe { pg_sys::GetUserId() };
         let all = crate::process::has_privs_of_any(me, &[c"pg_read_all_stats", c"pgsub_admin"]);
         // A catalog that cannot be read masks every error.
         let owners = if all { Vec::new() } else { crate::catalog::owners().unwrap_or_default() };
-        ErrorReader { me, all, owners }
+        let owned = owners
+            .into_iter()
+            // SAFETY: catalog lookups of role memberships inside a transaction.
+            .filter(|&(_, owner)| unsafe { pg_sys::has_privs_of_role(me, pg_sys::Oid::from(owner)) })
+            .map(|(subid, _)| subid)
+            .collect();
+        ErrorReader { all, owned }
     }
 
     fn sees(&self, subid: i32, dboid: u32) -> bool {
-        self.all
-            || (dboid == shmem::my_database()
-                && self.owners.iter().any(|&(id, owner)| {
-                    // SAFETY: a catalog lookup of role memberships inside a transaction.
-                    id == subid && unsafe { pg_sys::has_privs_of_role(self.me, pg_sys::Oid::from(owner)) }
-                }))
+        self.all || (dboid == shmem::my_database() && self.owned.contains(&subid))
     }
 }
 
-/// The subscription slots the caller may see.
-pub(crate) fn visible_slots(g: &shmem::Shared) -> impl Iterator<Item = &shmem::SubSlot> {
-    let all = sees_all_databases();
+/// The subscription slots the caller may see (`all`: [`sees_all_databases`], asked before the
+/// shared-memory lock is taken: it looks up role memberships in the catalog).
+pub(crate) fn visible_slots(g: &shmem::Shared, all: bool) -> impl Iterator<Item = &shmem::SubSlot> {
     let here = shmem::my_database();
     g.slots.iter().filter(move |s| s.subid != 0 && (all || s.dboid == here))
 }
@@ -84,8 +85,9 @@ fn _stat_progress() -> TableIterator<
 > {
     let mut rows = Vec::new();
     if shmem::available() {
+        let all = sees_all_databases();
         let g = shmem::SHARED.share();
-        for s in visible_slots(&g) {
+        for s in visible_slots(&g, all) {
             let alive = s.pid > 0;
             rows.push((
                 s.subid,
@@ -136,8 +138,9 @@ fn _stat_counters() -> TableIterator<
     let mut rows = Vec::new();
     if shmem::available() {
         let reader = ErrorReader::new();
+        let all = sees_all_databases();
         let g = shmem::SHARED.share();
-        for s in visible_slots(&g) {
+        for s in visible_slots(&g, all) {
             rows.push((
                 s.subid,
                 s.txns_applied,
@@ -162,8 +165,9 @@ fn _stat_counters() -> TableIterator<
 fn _stat_names() -> TableIterator<'static, (name!(subid, i32), name!(dboid, pg_sys::Oid), name!(subname, String))> {
     let mut rows = Vec::new();
     if shmem::available() {
+        let all = sees_all_databases();
         let g = shmem::SHARED.share();
-        for s in visible_slots(&g) {
+        for s in visible_slots(&g, all) {
             rows.push((s.subid, pg_sys::Oid::from(s.dboid), s.name()));
         }
     }
@@ -220,8 +224,9 @@ fn _stat_conflicts() -> TableIterator<
 > {
     let mut rows = Vec::new();
     if shmem::available() {
+        let all = sees_all_databases();
         let g = shmem::SHARED.share();
-        for s in visible_slots(&g) {
+        for s in visible_slots(&g, all) {
             rows.push((
                 s.subid,
                 s.apply_error_count,
@@ -295,8 +300,9 @@ fn _sync_progress() -> TableIterator<
     if shmem::available() {
         let retry_us = i64::from(crate::gucs::RETRY_INTERVAL_MS.get().max(1)) * 1000;
         let reader = ErrorReader::new();
+        let all = sees_all_databases();
         let g = shmem::SHARED.share();
-        let subs: Vec<(i32, u32)> = visible_slots(&g).map(|s| (s.subid, s.dboid)).collect();
+        let subs: Vec<(i32, u32)> = visible_slots(&g, all).map(|s| (s.subid, s.dboid)).collect();
         for s in g.sync.iter().filter(|s| s.subid != 0) {
             let Some(&(_, dboid)) = subs.iter().find(|&&(id, _)| id == s.subid) else { continue };
             rows.push((

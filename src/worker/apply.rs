@@ -432,7 +432,6 @@ impl Applier {
         errctx::clear();
     }
 
-    /// COMMIT PREPARED / ROLLBACK PREPARED of a transaction prepared earlier.
     /// COMMIT PREPARED (`commit`) or ROLLBACK PREPARED of remote transaction `xid`, whose record
     /// is at `finish_lsn` and ends at `end_lsn`. A COMMIT PREPARED whose prepared transaction is
     /// gone here (rolled back by hand) stops apply, naming the transaction and `finish_lsn` as
@@ -453,6 +452,7 @@ impl Applier {
         let gid = cstring(&gid_s);
         // SAFETY: finishing our own prepared transaction inside a fresh local transaction whose
         // commit carries the origin position.
+        let mut skipped = false;
         let local_end = unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
@@ -476,6 +476,7 @@ impl Applier {
                     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("clearing skip_lsn: {e}"), None, None);
                 }
                 self.skip_lsn = None;
+                skipped = true;
             } else if commit {
                 report::error(
                     Code::ERRCODE_UNDEFINED_OBJECT,
@@ -494,6 +495,9 @@ impl Applier {
             Lsn(pg_sys::XactLastCommitEnd)
         };
         super::report_stats(false);
+        if skipped {
+            progress.counters.skipped += 1;
+        }
         progress.on_commit(end_lsn, local_end, time);
         errctx::clear();
     }

@@ -254,7 +254,11 @@ fn on_error(subid: i32, e: CaughtError) {
         && (errctx::failed_in_receive() || binary_may_cause(code, parallel_msg.unwrap_or(&msg)))
     {
         shmem::with_slot(subid, |s| {
-            s.text_until = s.text_until.max(finish);
+            // A parallel worker's transaction has no finish LSN yet: text until past what was
+            // received, which it ends beyond (binary again, it could fail on and on, two
+            // transactions taking turns to spill).
+            let until = if finish != 0 { finish } else { s.received_lsn.max(s.applied_lsn) + 1 };
+            s.text_until = s.text_until.max(until);
             s.ungrouped_until = s.ungrouped_until.max(finish);
             s.failed = false;
         });
@@ -442,7 +446,7 @@ fn run(subid: i32) {
                 sub.name
             ),
             Some("The origin records how far this server applied; pg_upgrade does not carry pgsub's origins over. Transactions applied here after the slot's confirmed position are applied again.".into()),
-            Some("After a pg_upgrade, set each origin to the position it had before (README, \"Upgrading the subscriber\") while the subscription is disabled."),
+            Some("Before a pg_upgrade, disable the subscriptions: disable_subscription records where each stopped, and its origin is created again there (README, \"Upgrading the subscriber\")."),
         );
     }
     log!(
@@ -706,8 +710,6 @@ pub(crate) fn all_ready(rels: &[catalog::SubRel]) -> bool {
     !rels.is_empty() && rels.iter().all(|r| r.sync_state == catalog::SyncState::Ready)
 }
 
-/// Attaches this process to the replication origin `name` (created if missing); returns its
-/// progress (`flushed_only`: only what is durable).
 /// The subscription's replication origin is gone (pg_upgrade carries none of pgsub's): when
 /// disable_subscription recorded where it stopped, it is created again at that position.
 fn restore_origin(sub: &Subscription) -> Option<Lsn> {
@@ -740,6 +742,8 @@ fn origin_exists(name: &str) -> bool {
     xact(|| unsafe { pg_sys::replorigin_by_name(name.as_ptr(), true) } != pg_sys::InvalidRepOriginId as u16)
 }
 
+/// Attaches this process to the replication origin `name` (created if missing); returns its
+/// progress (`flushed_only`: only what is durable).
 pub(crate) fn attach_origin(name: &str, flushed_only: bool) -> Lsn {
     let name = CString::new(name).unwrap_or_default();
     xact(|| {
