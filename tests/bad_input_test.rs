@@ -599,6 +599,17 @@ async fn drift_table_renamed_on_the_publisher() {
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t3").await, 1);
 }
 
+/// Waits for the marker row (the changes before it are applied or passed over) and the WARNING
+/// that a table of the subscription's name is not the one it copied.
+async fn wait_marker_and_replaced_warning(nodes: &TwoNodes, s: &Client) {
+    wait_value(s, "SELECT count(*) FROM marker", "1", WAIT).await;
+    nodes
+        .subscriber
+        .wait_for_log("the local table of that name is not the one the subscription copied", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A table swapped here by renames (a new table takes the subscription's table's name, as a
 /// repack by hand does): the subscription's table is the old one, so the new one is not applied
 /// to, with a WARNING that says why, until a refresh takes it (natively: silently skipped).
@@ -618,12 +629,7 @@ async fn drift_table_swapped_by_renames_locally() {
     p.batch_execute(&format!("{}; UPDATE t SET v = 'u' WHERE id = 1; INSERT INTO marker VALUES (1)", inserts(11, 10)))
         .await
         .unwrap();
-    wait_value(&s, "SELECT count(*) FROM marker", "1", WAIT).await;
-    nodes
-        .subscriber
-        .wait_for_log("the local table of that name is not the one the subscription copied", WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    wait_marker_and_replaced_warning(&nodes, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10, "the new table got no change");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t_old").await, 10, "nor the old one");
     // Copying it again takes the new table into the subscription.
@@ -663,12 +669,7 @@ async fn drift_schema_swapped_by_renames_locally() {
     )
     .await
     .unwrap();
-    wait_value(&s, "SELECT count(*) FROM marker", "1", WAIT).await;
-    nodes
-        .subscriber
-        .wait_for_log("the local table of that name is not the one the subscription copied", WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    wait_marker_and_replaced_warning(&nodes, &s).await;
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM sch1.t1").await, 0, "the new table got no change");
     let conflicts: i64 = one(&s, "SELECT conflicts FROM pgsub.stat_subscription WHERE subname = 'drift'").await;
     assert_eq!(conflicts, 0, "no missing rows counted on the subscription's table");
