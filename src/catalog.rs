@@ -371,16 +371,22 @@ fn sub_has_column(name: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// Records the position of the subscription's replication origin as `stop_lsn` (after
-/// disable_subscription stopped its worker): what a worker that finds its origin gone (after a
-/// pg_upgrade) goes on from.
+/// Records the position of the subscription's replication origin as `stop_lsn`: what a worker
+/// that finds its origin gone (after a pg_upgrade) goes on from. Written by disable_subscription
+/// once it stopped the worker, and by the apply worker as it exits (a clean shutdown of the
+/// server too). Never waits for the row: a backend dropping or changing the subscription holds it
+/// while it waits for the worker to exit (and records or clears it itself); nothing is written
+/// when the origin is gone.
 pub fn record_stop_lsn(subid: i32, origin: &str) -> SpiResult<()> {
     if !sub_has_column("stop_lsn") {
         return Ok(());
     }
     as_superuser(|| {
         Spi::run_with_args(
-            "UPDATE pgsub.sub SET stop_lsn = pg_catalog.pg_replication_origin_progress($2, false) WHERE subid = $1",
+            "WITH r AS (SELECT subid FROM pgsub.sub WHERE subid = $1 FOR NO KEY UPDATE SKIP LOCKED), \
+                  o AS (SELECT pg_catalog.pg_replication_origin_progress(roname, false) AS lsn \
+                        FROM pg_catalog.pg_replication_origin WHERE roname = $2) \
+             UPDATE pgsub.sub s SET stop_lsn = o.lsn FROM r, o WHERE s.subid = r.subid",
             &[subid.into(), origin.into()],
         )
     })

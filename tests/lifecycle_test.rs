@@ -331,23 +331,70 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_restored() {
     wait_for_subscription_sync(&s, "up", WAIT).await;
     wait_value(&s, "SELECT count(*) FROM t", "10", WAIT).await;
     let origin: String = one(&s, "SELECT 'pgsub_' || subid FROM pgsub.subscription WHERE subname = 'up'").await;
+    p.batch_execute("INSERT INTO t SELECT g, 'applied' FROM generate_series(11, 20) g").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "20", WAIT).await;
     drop(s);
-    // Stopped with the subscription enabled; in binary-upgrade mode nothing runs, and the
-    // origin is lost there (as pg_upgrade loses it).
+    // Stopped cleanly with the subscription enabled (no disable first): the worker records where
+    // it stopped as it exits. The publisher restarts meanwhile: a PostgreSQL 15/16 slot goes back
+    // to its last saved position, before transactions this server applied.
     nodes.subscriber.stop("fast").expect("stop");
-    p.batch_execute("INSERT INTO t SELECT g, 'while stopped' FROM generate_series(11, 20) g").await.unwrap();
+    drop(p);
+    nodes.publisher.restart().expect("publisher restart");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    p.batch_execute("INSERT INTO t SELECT g, 'while stopped' FROM generate_series(21, 30) g").await.unwrap();
+    // In binary-upgrade mode nothing runs, and the origin is lost there (as pg_upgrade loses it).
     nodes.subscriber.start_in_binary_upgrade_mode().expect("start -b");
     let s = nodes.subscriber.client("postgres").await.unwrap();
     assert!(nodes.subscriber.log_contains("pgsub: binary upgrade mode: no pgsub worker runs"));
     let pgsub_backends: i64 = one(&s, "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'pgsub%'").await;
     assert_eq!(pgsub_backends, 0, "no pgsub process in binary-upgrade mode");
-    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10, "nothing applied");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 20, "nothing applied");
+    let stopped: String = one(
+        &s,
+        "SELECT coalesce(stop_lsn::text, 'none') || ' ' || pg_replication_origin_progress('pgsub_' || subid, true)::text \
+         FROM pgsub.sub WHERE subname = 'up'",
+    )
+    .await;
+    let (recorded, progress) = stopped.split_once(' ').unwrap();
+    assert_eq!(recorded, progress, "the worker recorded its origin's position as it stopped");
     s.execute("SELECT pg_replication_origin_drop($1)", &[&origin]).await.unwrap();
     drop(s);
     nodes.subscriber.stop("fast").expect("stop");
     nodes.subscriber.start_again().expect("start");
     let s = nodes.subscriber.client("postgres").await.unwrap();
-    wait_value(&s, "SELECT count(*) FROM t", "20", WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM t", "30", WAIT).await;
+    assert!(nodes.subscriber.log_contains(&format!(
+        "pgsub: replication origin \"{origin}\" of subscription \"up\" was missing: created again at {recorded}"
+    )));
+    let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'up'").await;
+    assert_eq!(errors, 0, "nothing applied twice");
+
+    // Stopped by a crash (immediate shutdown): no record (the start forgot the last one); a lost
+    // origin is created again where the slot stands, with a WARNING.
+    let forgotten = "SELECT coalesce(stop_lsn::text, 'forgotten') FROM pgsub.sub WHERE subname = 'up'";
+    wait_value(&s, forgotten, "forgotten", WAIT).await;
+    // The slot has what was applied confirmed (a crash must not leave a transaction to send again
+    // here: the origin created at the slot's position would apply it twice).
+    let end: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
+    wait_value(
+        &p,
+        &format!("SELECT bool_and(confirmed_flush_lsn >= '{end}')::text FROM pg_replication_slots WHERE slot_type = 'logical'"),
+        "true",
+        WAIT,
+    )
+    .await;
+    drop(s);
+    nodes.subscriber.stop("immediate").expect("stop");
+    nodes.subscriber.start_in_binary_upgrade_mode().expect("start -b");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    assert_eq!(one::<String>(&s, forgotten).await, "forgotten", "nothing recorded by a crash");
+    s.execute("SELECT pg_replication_origin_drop($1)", &[&origin]).await.unwrap();
+    drop(s);
+    nodes.subscriber.stop("fast").expect("stop");
+    nodes.subscriber.start_again().expect("start");
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute("INSERT INTO t SELECT g, 'after' FROM generate_series(31, 40) g").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "40", WAIT).await;
     assert!(nodes.subscriber.log_contains(&format!(
         "WARNING:  pgsub: replication origin \"{origin}\" of subscription \"up\" was missing and is created again"
     )));
@@ -360,9 +407,9 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_restored() {
     drop(p);
     nodes.publisher.restart().expect("publisher restart");
     let p = nodes.publisher.client("postgres").await.unwrap();
-    p.batch_execute("INSERT INTO t SELECT g, 'while disabled' FROM generate_series(21, 30) g").await.unwrap();
+    p.batch_execute("INSERT INTO t SELECT g, 'while disabled' FROM generate_series(41, 50) g").await.unwrap();
     s.batch_execute("SELECT pgsub.enable_subscription('up')").await.unwrap();
-    wait_value(&s, "SELECT count(*) FROM t", "30", WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM t", "50", WAIT).await;
     assert!(nodes.subscriber.log_contains(&format!(
         "pgsub: replication origin \"{origin}\" of subscription \"up\" was missing: created again at {stopped}"
     )));
@@ -375,6 +422,45 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_restored() {
         WAIT,
     )
     .await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// SIGTERM in the middle of a big remote transaction: the worker records where it stopped as it
+/// exits (a write of its own, after the remote transaction was abandoned), and that write neither
+/// fails nor moves the origin past the abandoned transaction: nothing is lost.
+#[tokio::test(flavor = "current_thread")]
+async fn a_worker_terminated_mid_transaction_records_its_stop_and_loses_nothing() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('term', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "term", WAIT).await;
+    p.batch_execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 200000) g").await.unwrap();
+    let mut terminated = 0;
+    for _ in 0..3 {
+        // A worker that is running (not yet the one that applied the whole transaction).
+        let pid: Option<i32> = s
+            .query_opt("SELECT pid FROM pgsub.stat_subscription WHERE subname = 'term' AND pid IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        let applied: i64 = one(&s, "SELECT count(*) FROM t").await;
+        if applied == 200000 {
+            break;
+        }
+        if let Some(pid) = pid {
+            let ok: bool = one(&s, &format!("SELECT pg_terminate_backend({pid})")).await;
+            terminated += usize::from(ok);
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    eprintln!("terminated {terminated} times");
+    wait_value(&s, "SELECT count(*) FROM t", "200000", WAIT).await;
+    let log = nodes.subscriber.log();
+    assert!(!log.contains("could not record where it stopped"), "the record at exit failed");
+    for line in log.lines().filter(|l| l.contains("FATAL:") || l.contains("PANIC:")) {
+        assert!(line.contains("terminating background worker"), "unexpected: {line}");
+    }
     assert_replicated_equal(&p, &s).await;
 }
 

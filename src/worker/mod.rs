@@ -428,6 +428,9 @@ fn run(subid: i32) {
     let restored = if had_origin { None } else { restore_origin(&sub) };
     let start = attach_origin(&sub.origin_name(), false);
     xact(|| catalog::forget_stop_lsn(subid));
+    // SAFETY: registers a callback that runs once when this process exits (after release_slot's
+    // registration, so before it).
+    unsafe { pg_sys::before_shmem_exit(Some(record_stop), pg_sys::Datum::from(subid)) };
     if let Some(lsn) = restored {
         log!(
             "pgsub: replication origin \"{}\" of subscription \"{}\" was missing: created again at {lsn}, where disable_subscription last stopped the worker",
@@ -733,6 +736,40 @@ fn restore_origin(sub: &Subscription) -> Option<Lsn> {
             ),
         }
     })
+}
+
+/// As the worker exits (SIGTERM, a clean shutdown of the server, an error or the subscription
+/// disabled), records where its origin stands (`catalog::record_stop_lsn`), so that a pg_upgrade
+/// without disabling the subscriptions first is exact too. A process left by a crash or an
+/// immediate shutdown records nothing (and the start forgot the last record): its origin, if
+/// lost, is created again at the slot's position, with a WARNING.
+#[pg_guard]
+unsafe extern "C-unwind" fn record_stop(_code: i32, arg: pg_sys::Datum) {
+    // SAFETY: the process is exiting; what it was doing is abandoned first, as PostgreSQL's own
+    // exit callbacks that write do (temporary-relation removal).
+    unsafe {
+        // After the postmaster died, nothing is written (the next start recovers).
+        if getppid_is_not(pg_sys::PostmasterPid) {
+            return;
+        }
+        pg_sys::AbortOutOfAnyTransaction();
+        // A remote transaction's end may be set for a commit that never came: this write is
+        // not a remote transaction and must not move the origin.
+        pg_sys::replorigin_session_origin_lsn = 0;
+        pg_sys::replorigin_session_origin_timestamp = 0;
+        pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as u16;
+    }
+    let subid = arg.value() as i32;
+    let r = xact(|| catalog::record_stop_lsn(subid, &catalog::origin_name(subid)));
+    if let Err(e) = r {
+        log!("pgsub apply worker for subscription {subid}: could not record where it stopped: {e}");
+    }
+}
+
+/// Whether this process's parent is no longer the postmaster (it died: the child was re-parented).
+fn getppid_is_not(postmaster: i32) -> bool {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() != postmaster }
 }
 
 /// Whether replication origin `name` exists.
