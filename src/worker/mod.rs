@@ -439,7 +439,7 @@ fn run(subid: i32) {
         );
     } else if !had_origin {
         // create_subscription made it: it was lost since — pg_upgrade carries no origin but
-        // native subscriptions' over.
+        // native subscriptions' over — and the last stop was not clean (nothing recorded).
         report::log(
             PgLogLevel::WARNING,
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -449,7 +449,7 @@ fn run(subid: i32) {
                 sub.name
             ),
             Some("The origin records how far this server applied; pg_upgrade does not carry pgsub's origins over. Transactions applied here after the slot's confirmed position are applied again.".into()),
-            Some("Before a pg_upgrade, disable the subscriptions: disable_subscription records where each stopped, and its origin is created again there (README, \"Upgrading the subscriber\")."),
+            Some("A worker records where it stopped as it exits, and a lost origin is created again there: stop the server cleanly before a pg_upgrade, not by a crash or -m immediate (README, \"Upgrading the subscriber\")."),
         );
     }
     log!(
@@ -713,8 +713,9 @@ pub(crate) fn all_ready(rels: &[catalog::SubRel]) -> bool {
     !rels.is_empty() && rels.iter().all(|r| r.sync_state == catalog::SyncState::Ready)
 }
 
-/// The subscription's replication origin is gone (pg_upgrade carries none of pgsub's): when
-/// disable_subscription recorded where it stopped, it is created again at that position.
+/// The subscription's replication origin is gone (pg_upgrade carries none of pgsub's): when the
+/// last worker (or disable_subscription) recorded where it stopped, it is created again at that
+/// position.
 fn restore_origin(sub: &Subscription) -> Option<Lsn> {
     let origin = sub.origin_name();
     xact(|| {
