@@ -84,6 +84,14 @@ pub extern "C-unwind" fn pgsub_supervisor_main(_arg: pg_sys::Datum) {
     wait_for_pgsub_processes(Duration::from_secs(5));
     crate::statsfile::save();
     log!("pgsub supervisor shutting down");
+    // Exit code 1, as native's launcher (which ends with FATAL): the postmaster starts a
+    // background worker that exited with 0 never again, so a supervisor ended by
+    // pg_terminate_backend (a "terminate every other session" sweep) would leave no process to
+    // start launchers, and apply would stop for good once a launcher exits. At server shutdown
+    // nothing is restarted whatever the code. (The counters file it saved is removed unread by
+    // the next supervisor, which finds them in shared memory.)
+    // SAFETY: ends this process as any backend's exit does (exit callbacks run).
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 struct Supervisor {

@@ -612,13 +612,13 @@ async fn counts(s: &Client, table: &str) -> (i64, i64) {
     (r.get(0), r.get(1))
 }
 
-/// kill -9 of the supervisor, then of one database's launcher, then of the postmaster (started
-/// again), while a paced writer commits one row at a time into the tables of two databases'
+/// kill -9 of the supervisor, then of one database's launcher, then SIGTERM to both
+/// (`pg_terminate_backend`), then kill -9 of the postmaster (started again), while a paced writer commits one row at a time into the tables of two databases'
 /// subscriptions, and with a batch written just before each kill: after each, everything comes
 /// back (supervisor, both launchers, streaming) and the batch arrives; at the end every row is
 /// there exactly once. The subscriber's tables have no unique key, so a duplicate would show.
 #[tokio::test(flavor = "current_thread")]
-async fn kill9_of_supervisor_launcher_and_postmaster_loses_and_duplicates_nothing() {
+async fn kills_of_supervisor_launcher_and_postmaster_lose_and_duplicate_nothing() {
     let mut nodes = TwoNodes::start().expect("start");
     let ci = nodes.pub_conninfo();
     let p = nodes.publisher.client("postgres").await.unwrap();
@@ -733,7 +733,21 @@ async fn kill9_of_supervisor_launcher_and_postmaster_loses_and_duplicates_nothin
     )
     .await;
 
-    // 3. The postmaster, then started again.
+    // 3. SIGTERM (pg_terminate_backend, as a "terminate every other session" sweep does) to the
+    // supervisor, then to the launcher of k1: a supervisor is started again (it exits with 1,
+    // as native's launcher: a worker that exits with 0 is never restarted), and it starts the
+    // launcher again.
+    let sup3 = supervisor_pid(s0).await;
+    let s0 = sub.client("postgres").await.unwrap();
+    p.batch_execute(&batch(5)).await.unwrap();
+    assert!(one::<bool>(&s0, &format!("SELECT pg_terminate_backend({sup3})")).await);
+    let launcher: i32 =
+        one(&s0, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgsub launcher' AND datname = 'k1'").await;
+    assert!(one::<bool>(&s0, &format!("SELECT pg_terminate_backend({launcher})")).await);
+    recovered(sub, 5, sup3).await;
+
+    // 4. The postmaster, then started again.
+    let s0 = sub.client("postgres").await.unwrap();
     let sup3 = supervisor_pid(s0).await;
     p.batch_execute(&batch(3)).await.unwrap();
     nodes.subscriber.kill9().expect("kill -9 of the postmaster");
