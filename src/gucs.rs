@@ -41,6 +41,9 @@ pub static FLUSH_WHEN_IDLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// While a stream is in full flow, how many bytes (KB) must wait on the replication socket
 /// before an apply worker wakes for them; 0 = wake at the first byte (`worker/receive.rs`).
 pub static RECEIVE_BATCH_KB: GucSetting<i32> = GucSetting::<i32>::new(32);
+/// While changes keep arriving, how often (ms) an apply worker reads the publisher's WAL position
+/// over a short ordinary connection, for `lag_bytes`; 0 = never (`worker/walend.rs`).
+pub static LAG_PROBE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Relations whose prepared statements an apply worker keeps; beyond it the least recently
 /// used relation's are freed (`worker/relation.rs`).
 pub static MAX_CACHED_RELATIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -118,6 +121,16 @@ pub fn define(preloading: bool) {
         1024,
         GucContext::Sighup,
         GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"pgsub.lag_probe_interval",
+        c"While changes keep arriving, how often an apply worker reads the publisher's WAL position for lag_bytes.",
+        c"A logical walsender reports only how far it has sent: when apply is slower than the publisher, the WAL it has not decoded yet is lag no stream message shows. The worker then connects to the publisher with the subscription's connection string (an ordinary connection, closed at once) and reads pg_current_wal_lsn(). 0 turns it off: lag_bytes then counts from what was received.",
+        &LAG_PROBE_INTERVAL_MS,
+        0,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"pgsub.max_cached_relations",

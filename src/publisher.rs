@@ -126,6 +126,33 @@ pub fn connect_bounded(
     check_password_used(client, require_password)
 }
 
+/// From an apply worker: the publisher's current WAL position (its replay position when it is a
+/// standby), over an ordinary connection opened and closed here, every wait bounded by `timeout`
+/// in all (`worker/walend.rs`).
+pub fn current_wal_end(
+    conninfo_str: &str,
+    require_password: bool,
+    timeout: std::time::Duration,
+) -> Result<pgsub_proto::Lsn, Error> {
+    let mut cfg = conninfo::parse(conninfo_str).map_err(Error::Config)?;
+    cfg.pin_output_settings();
+    if cfg.application_name.is_none() {
+        cfg.application_name = Some("pgsub lag probe".into());
+    }
+    cfg.connect_timeout = Some(cfg.connect_timeout.map_or(timeout, |t| t.min(timeout)));
+    let waiter = BoundedWait { inner: LatchWait { ctx: Context::Worker }, until: Instant::now() + timeout };
+    let mut client = check_password_used(Client::connect(&cfg, false, Box::new(waiter))?, require_password)?;
+    let rows = client.simple_query(
+        "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
+         ELSE pg_catalog.pg_current_wal_lsn() END",
+    );
+    client.close();
+    let text = rows?.first().and_then(|r| r.values.first().cloned().flatten());
+    text.as_deref()
+        .and_then(|t| t.parse::<pgsub_proto::Lsn>().ok())
+        .ok_or_else(|| Error::Protocol(format!("unexpected answer for the WAL position: {text:?}")))
+}
+
 /// A [`LatchWait`] with a deadline over the whole exchange.
 pub struct BoundedWait {
     pub inner: LatchWait,

@@ -816,6 +816,60 @@ async fn lag_counts_a_backlog_of_unreceived_wal_from_the_start() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// Apply slower than the publisher writes (a replica trigger that sleeps): the walsender waits on
+/// the socket and reports nothing past what it sent, so only the worker's probe of the
+/// publisher's WAL position (`pgsub.lag_probe_interval`) shows the backlog still in the
+/// publisher's WAL as `lag_bytes` (it stayed at a few kB without it, while the slot was megabytes
+/// behind); once caught up it is 0 again.
+#[tokio::test(flavor = "current_thread")]
+async fn lag_counts_the_publishers_wal_while_apply_is_slower_than_the_publisher() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, pad text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE t")).await.unwrap();
+    s.batch_execute(&format!(
+        "{ddl};
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.008); RETURN NEW; END$$;
+         CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER slow"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute("ALTER SYSTEM SET pgsub.lag_probe_interval = '1s'").await.unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('slow', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "slow", WAIT).await;
+    // 1500 transactions of one row each (about 1.5 kB of WAL apiece), written in about a second.
+    let txns: String = (1..=1500)
+        .map(|i| {
+            format!(
+                "BEGIN; INSERT INTO t SELECT {i}, string_agg(md5({i}::text || k::text), '') FROM generate_series(1, 45) k; COMMIT;"
+            )
+        })
+        .collect();
+    p.batch_execute(&txns).await.unwrap();
+    let lag: i64 = wait_for("lag_bytes above 500 kB while the worker is behind", WAIT, || async {
+        let r = s
+            .query_one(
+                "SELECT coalesce(lag_bytes, 0), (SELECT count(*) FROM t) FROM pgsub.stat_subscription WHERE subname = 'slow'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let (lag, rows): (i64, i64) = (r.get(0), r.get(1));
+        if rows == 1500 {
+            return Err(format!("caught up without ever showing the lag (last lag_bytes {lag})"));
+        }
+        Ok((lag > 500_000).then_some(lag))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("lag_bytes {lag} while behind");
+    wait_value(&s, "SELECT count(*) FROM t", "1500", WAIT).await;
+    wait_value(&s, "SELECT lag_bytes FROM pgsub.stat_subscription WHERE subname = 'slow'", "0", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// A slot past the publisher's `max_slot_wal_keep_size` (`unreserved`: its next checkpoint may
 /// remove WAL the subscription still needs) and a slot that checkpoint made `lost` are critical
 /// `slot_retains_wal` problems at the default thresholds, however little WAL they retain.

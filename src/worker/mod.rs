@@ -38,6 +38,7 @@ mod syncing;
 pub mod syncworker;
 mod tables;
 mod triggers;
+mod walend;
 
 use crate::catalog::{self, StreamingMode, Subscription};
 use crate::process::{now, shutdown_requested};

@@ -8,7 +8,7 @@
 //! (`syncing.rs`); in a sync worker it stops where its catch-up ends (`catchup_end`).
 use super::apply::Applier;
 use super::progress::Progress;
-use super::{errctx, execute, hold, parallel, report_stats, seqsync, stream, syncing};
+use super::{errctx, execute, hold, parallel, report_stats, seqsync, stream, syncing, walend};
 use crate::catalog::Subscription;
 use crate::process::{now, reload_config_if_requested, shutdown_requested, SocketWait};
 use crate::shmem::Status;
@@ -58,6 +58,8 @@ pub(super) struct Stream {
     waiter: Option<SocketWait>,
     /// The socket wakes this worker only once `pgsub.receive_batch` is queued (`set_batching`).
     batching: bool,
+    /// The publisher's WAL end read while changes keep arriving (`walend.rs`).
+    wal_end_probe: walend::WalEndProbe,
 }
 
 impl Stream {
@@ -92,6 +94,7 @@ impl Stream {
             ungrouped_until: crate::shmem::with_slot(subid, |s| s.ungrouped_until).unwrap_or(0),
             waiter: None,
             batching: false,
+            wal_end_probe: walend::WalEndProbe::default(),
         }
     }
 
@@ -145,6 +148,18 @@ impl Stream {
                 // on (workers started, handshakes answered), as native's does at every commit.
                 if self.catchup_end.is_none() && !self.applier.open() && self.sync_step_due() {
                     self.process_syncing_tables();
+                    // The last table synchronized while the stream never paused: no longer
+                    // initial_copy, but behind (streaming once the socket empties, below).
+                    if self.status == Status::InitialCopy && !self.applier.tables.any_syncing() {
+                        self.status = Status::Catchup;
+                        self.progress.publish(Some(Status::Catchup), now());
+                    }
+                }
+                if self.catchup_end.is_none() && !self.applier.open() {
+                    let at = self.progress.last_commit_time;
+                    if let Some(end) = self.wal_end_probe.poll(&self.sub, round_bytes > 0, at) {
+                        self.progress.on_frame(Lsn::INVALID, end, 0);
+                    }
                 }
                 if self.progress.publish_due() {
                     // A steady stream never empties the socket: counters (and so the rates) still
@@ -175,6 +190,12 @@ impl Stream {
             if got_any {
                 self.last_recv = Instant::now();
                 self.ping_sent = false;
+            }
+            if self.catchup_end.is_none() {
+                let at = self.progress.last_commit_time;
+                if let Some(end) = self.wal_end_probe.poll(&self.sub, round_bytes > 0, at) {
+                    self.progress.on_frame(Lsn::INVALID, end, 0);
+                }
             }
             let receipt = if got_any { now() } else { 0 };
             if !self.applier.open() && self.catchup_end.is_none() {
