@@ -71,6 +71,11 @@ pub(super) struct Table {
     pub cols: Vec<Column>,
     /// Indexes into `cols` of the key's columns (empty: compared as a multiset of rows).
     pub key: Vec<usize>,
+    /// The two servers' encodings differ: text keys are ordered by their UTF-8 bytes, and
+    /// bounds travel as hex of those bytes (the byte order of a single-byte encoding such as
+    /// WIN1252 is not the characters' order, and a bound from one side may hold a character the
+    /// other's encoding lacks).
+    pub bytewise: bool,
 }
 
 /// Both sides of a table: each side's runner and queries.
@@ -133,8 +138,15 @@ impl Table {
         format!("ROW({})::text", parts.join(", "))
     }
 
+    /// The row's md5, over its text's UTF-8 bytes: each side's text is in its own server
+    /// encoding (the same bytes on a UTF-8 server).
     fn hash(&self, q: &Query) -> String {
-        format!("pg_catalog.md5({})", self.row_text(q))
+        format!("pg_catalog.md5(pg_catalog.convert_to({}, 'UTF8'))", self.row_text(q))
+    }
+
+    /// A text key column as its UTF-8 bytes (`bytewise`).
+    fn utf8_bytes(ident: &str) -> String {
+        format!("pg_catalog.convert_to({ident}, 'UTF8')")
     }
 
     /// The key's ordering expressions.
@@ -147,7 +159,9 @@ impl Table {
             .map(|&i| {
                 let c = &self.cols[i];
                 let ident = quote_ident(&c.name);
-                if c.collatable {
+                if c.collatable && self.bytewise {
+                    Self::utf8_bytes(&ident)
+                } else if c.collatable {
                     format!("{ident} COLLATE \"C\"")
                 } else {
                     ident
@@ -161,7 +175,18 @@ impl Table {
         if self.key.is_empty() {
             return vec![self.hash(q)];
         }
-        self.key.iter().map(|&i| format!("({})::text", quote_ident(&self.cols[i].name))).collect()
+        self.key
+            .iter()
+            .map(|&i| {
+                let c = &self.cols[i];
+                let ident = quote_ident(&c.name);
+                if c.collatable && self.bytewise {
+                    format!("pg_catalog.encode({}, 'hex')", Self::utf8_bytes(&ident))
+                } else {
+                    format!("({ident})::text")
+                }
+            })
+            .collect()
     }
 
     /// A row's identity, rendered alike on both sides.
@@ -183,12 +208,27 @@ impl Table {
         format!("pg_catalog.json_build_object({})::text", parts.join(", "))
     }
 
+    /// A bound (from `bound_values` of either side) as a row value to compare the key with: a
+    /// text key's bound is hex of its UTF-8 bytes when `bytewise`.
+    fn bound_row(&self, vals: &[String]) -> String {
+        let v: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let hex = self.bytewise && self.key.get(i).is_some_and(|&k| self.cols[k].collatable);
+                if hex {
+                    format!("pg_catalog.decode({}, 'hex')", quote_literal(s))
+                } else {
+                    quote_literal(s)
+                }
+            })
+            .collect();
+        format!("ROW({})", v.join(", "))
+    }
+
     fn condition(&self, q: &Query, r: &Range) -> String {
         let keys = format!("ROW({})", self.order(q).join(", "));
-        let lit = |vals: &[String]| {
-            let v: Vec<String> = vals.iter().map(|s| quote_literal(s)).collect();
-            format!("ROW({})", v.join(", "))
-        };
+        let lit = |vals: &[String]| self.bound_row(vals);
         let mut c = format!("({})", q.filter);
         if let Some(lo) = &r.lo {
             c.push_str(&format!(" AND {keys} >= {}", lit(lo)));
@@ -209,10 +249,7 @@ impl Table {
             let arms: Vec<String> = bounds
                 .iter()
                 .enumerate()
-                .map(|(i, b)| {
-                    let v: Vec<String> = b.iter().map(|s| quote_literal(s)).collect();
-                    format!("WHEN {keys} < ROW({}) THEN {i}", v.join(", "))
-                })
+                .map(|(i, b)| format!("WHEN {keys} < {} THEN {i}", self.bound_row(b)))
                 .collect();
             format!("CASE {} ELSE {} END", arms.join(" "), bounds.len())
         };

@@ -369,7 +369,10 @@ fn plan(client: &mut Client, t: &Target, pubs: &[String]) -> (Table, Query, Quer
     }
     let key: Vec<usize> = lkey.iter().filter_map(|k| cols.iter().position(|c| c.name == *k)).collect();
     let key = if key.len() == lkey.len() { key } else { Vec::new() };
-    let table = Table { cols, key };
+    // SAFETY: the database's encoding, fixed for the session.
+    let local_utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    let bytewise = client.parameter("server_encoding") != Some("UTF8") || !local_utf8;
+    let table = Table { cols, key, bytewise };
     (table, Query { from: rfrom, filter, remote: true }, Query { from: lfrom, filter: "true".into(), remote: false })
 }
 
