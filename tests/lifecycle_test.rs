@@ -464,6 +464,49 @@ async fn a_worker_terminated_mid_transaction_records_its_stop_and_loses_nothing(
     assert_replicated_equal(&p, &s).await;
 }
 
+/// The subscription's slot still active on the publisher when the worker starts (here another
+/// client streams it; after a refresh it is the previous connection's walsender, busy decoding a
+/// large transaction): the worker waits for it, `connecting` with a LOG line, not an error to
+/// back off from, and streams once it is free.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1, 'a')").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('busy', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "busy", WAIT).await;
+    s.batch_execute("SELECT pgsub.disable_subscription('busy')").await.unwrap();
+    wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "false", WAIT).await;
+    // Another client holds the slot (nothing is written meanwhile: it confirms what it reads).
+    let mut holder = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_recvlogical")
+        .args(["-h", "127.0.0.1", "-p", &nodes.publisher.port().to_string(), "-U", "postgres", "-d", "postgres"])
+        .args(["--slot", "busy", "--start", "-o", "proto_version=1", "-o", "publication_names=pub", "-f", "/dev/null"])
+        .spawn()
+        .expect("pg_recvlogical");
+    wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "true", WAIT).await;
+    s.batch_execute("SELECT pgsub.enable_subscription('busy')").await.unwrap();
+    nodes
+        .subscriber
+        .wait_for_log("pgsub: replication slot \"busy\" is still active on the publisher", WAIT)
+        .await
+        .unwrap();
+    let (status, errors): (String, i64) = {
+        let r = s
+            .query_one("SELECT status, error_count FROM pgsub.stat_subscription WHERE subname = 'busy'", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((status.as_str(), errors), ("connecting", 0), "waiting for the slot is not an error");
+    holder.kill().expect("kill pg_recvlogical");
+    holder.wait().expect("pg_recvlogical gone");
+    p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "2", WAIT).await;
+    let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'busy'").await;
+    assert_eq!(errors, 0, "the wait never counted as an error");
+    assert_replicated_equal(&p, &s).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn publisher_restart_reconnects_and_converges() {
     let mut nodes = TwoNodes::start().expect("start");

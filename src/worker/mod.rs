@@ -692,9 +692,27 @@ pub(crate) fn start_replication(
     // receiver_timeout like silence in the stream.
     let timeout = gucs::ms(&gucs::RECEIVER_TIMEOUT_MS);
     let timeout = (!timeout.is_zero()).then_some(timeout);
-    if let Err(e) = client.start_replication_within(slot, start, &opts, timeout) {
+    // The slot still active (55006) is, right after this subscription's worker restarted (a
+    // refresh, a changed option), the previous connection's walsender that has not noticed its
+    // client is gone (busy decoding a large transaction, it reads no socket): waited for, up to
+    // SLOT_BUSY_WAIT, the status `connecting`, rather than counted as an error and retried
+    // after the backoff. Native waits by failing and retrying every 5 s.
+    let busy_since = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let Err(e) = client.start_replication_within(slot, start, &opts, timeout) else { break };
         if matches!(e, ProtoError::Interrupted) {
             return None;
+        }
+        if e.sqlstate() == Some("55006") && busy_since.elapsed() < SLOT_BUSY_WAIT {
+            if !std::mem::replace(&mut said, true) {
+                log!("pgsub: replication slot \"{slot}\" is still active on the publisher ({e}); waiting up to {} s for it", SLOT_BUSY_WAIT.as_secs());
+            }
+            crate::process::nap(250);
+            if shutdown_requested() {
+                return None;
+            }
+            continue;
         }
         publisher::raise(&e, &format!("could not start replication from slot \"{slot}\""), None);
     }
@@ -707,6 +725,9 @@ pub(crate) fn start_replication(
     }
     Some((client, opts))
 }
+
+/// How long START_REPLICATION is retried while the slot is active on the publisher.
+const SLOT_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The subscription has tables and every one is ready: a pending two_phase can be enabled (with
 /// no table it stays pending, as natively, so that a refresh may still copy).
