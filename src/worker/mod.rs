@@ -699,8 +699,7 @@ pub(crate) fn start_replication(
     // after the backoff. Native waits by failing and retrying every 5 s.
     let busy_since = std::time::Instant::now();
     let mut said = false;
-    loop {
-        let Err(e) = client.start_replication_within(slot, start, &opts, timeout) else { break };
+    while let Err(e) = client.start_replication_within(slot, start, &opts, timeout) {
         if matches!(e, ProtoError::Interrupted) {
             return None;
         }
