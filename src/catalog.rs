@@ -377,18 +377,26 @@ fn sub_has_column(name: &str) -> bool {
 /// server too). Never waits for the row: a backend dropping or changing the subscription holds it
 /// while it waits for the worker to exit (and records or clears it itself); nothing is written
 /// when the origin is gone.
-pub fn record_stop_lsn(subid: i32, origin: &str) -> SpiResult<()> {
+pub fn record_stop_lsn(subid: i32, origin: &str) -> SpiResult<bool> {
     if !sub_has_column("stop_lsn") {
-        return Ok(());
+        return Ok(true);
     }
+    // True when written, or when there is nothing to write (no such row or origin); false when
+    // another transaction holds the row.
     as_superuser(|| {
-        Spi::run_with_args(
-            "WITH r AS (SELECT subid FROM pgsub.sub WHERE subid = $1 FOR NO KEY UPDATE SKIP LOCKED), \
-                  o AS (SELECT pg_catalog.pg_replication_origin_progress(roname, false) AS lsn \
-                        FROM pg_catalog.pg_replication_origin WHERE roname = $2) \
-             UPDATE pgsub.sub s SET stop_lsn = o.lsn FROM r, o WHERE s.subid = r.subid",
-            &[subid.into(), origin.into()],
-        )
+        Spi::connect_mut(|c| {
+            let r = c.update(
+                "WITH r AS (SELECT subid FROM pgsub.sub WHERE subid = $1 FOR NO KEY UPDATE SKIP LOCKED), \
+                      o AS (SELECT coalesce(pg_catalog.pg_replication_origin_progress(roname, false), '0/0') AS lsn \
+                            FROM pg_catalog.pg_replication_origin WHERE roname = $2), \
+                      u AS (UPDATE pgsub.sub s SET stop_lsn = o.lsn FROM r, o WHERE s.subid = r.subid RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM u) OR NOT EXISTS (SELECT 1 FROM o) \
+                        OR NOT EXISTS (SELECT 1 FROM pgsub.sub WHERE subid = $1)",
+                None,
+                &[subid.into(), origin.into()],
+            )?;
+            Ok(r.first().get_one::<bool>()?.unwrap_or(true))
+        })
     })
 }
 
@@ -397,11 +405,11 @@ pub fn stop_lsn(subid: i32) -> Option<Lsn> {
     if !sub_has_column("stop_lsn") {
         return None;
     }
+    // 0/0 is a record too: the worker stopped before it applied anything.
     as_superuser(|| read_one::<String>("SELECT stop_lsn::text FROM pgsub.sub WHERE subid = $1", &[subid.into()]))
         .ok()
         .flatten()
         .and_then(|t| t.parse::<Lsn>().ok())
-        .filter(|l| l.is_valid())
 }
 
 /// Forgets `stop_lsn` once the worker runs again (it applies past it). Never waits for the row:

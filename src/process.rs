@@ -29,6 +29,12 @@ pub fn watch_stop_request(field: &i64) {
     STOP_REQUEST.store(std::ptr::from_ref(field).cast_mut(), std::sync::atomic::Ordering::Relaxed);
 }
 
+/// This apply worker was asked to stop by a pgsub function (disable, drop, a changed option, a
+/// refresh), not only signalled.
+pub fn stop_asked_by_pgsub() -> bool {
+    stop_asked()
+}
+
 fn stop_asked() -> bool {
     let p = STOP_REQUEST.load(std::sync::atomic::Ordering::Relaxed);
     // SAFETY: a pointer into the shared-memory slot array, which is never unmapped; an aligned

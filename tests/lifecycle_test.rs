@@ -330,6 +330,11 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_restored() {
     s.execute("SELECT pgsub.create_subscription('up', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
     wait_for_subscription_sync(&s, "up", WAIT).await;
     wait_value(&s, "SELECT count(*) FROM t", "10", WAIT).await;
+    // A subscription whose worker never applied anything (no table): its origin is at 0/0.
+    p.batch_execute("CREATE PUBLICATION empty").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('idle', $1, ARRAY['empty'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'idle'", "streaming", WAIT).await;
+    let idle_origin: String = one(&s, "SELECT 'pgsub_' || subid FROM pgsub.subscription WHERE subname = 'idle'").await;
     let origin: String = one(&s, "SELECT 'pgsub_' || subid FROM pgsub.subscription WHERE subname = 'up'").await;
     p.batch_execute("INSERT INTO t SELECT g, 'applied' FROM generate_series(11, 20) g").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t", "20", WAIT).await;
@@ -357,15 +362,30 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_restored() {
     .await;
     let (recorded, progress) = stopped.split_once(' ').unwrap();
     assert_eq!(recorded, progress, "the worker recorded its origin's position as it stopped");
+    let idle: String = one(&s, "SELECT coalesce(stop_lsn::text, 'none') FROM pgsub.sub WHERE subname = 'idle'").await;
+    assert_eq!(idle, "0/0", "a worker that applied nothing records 0/0");
     s.execute("SELECT pg_replication_origin_drop($1)", &[&origin]).await.unwrap();
+    s.execute("SELECT pg_replication_origin_drop($1)", &[&idle_origin]).await.unwrap();
     drop(s);
     nodes.subscriber.stop("fast").expect("stop");
     nodes.subscriber.start_again().expect("start");
     let s = nodes.subscriber.client("postgres").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t", "30", WAIT).await;
     assert!(nodes.subscriber.log_contains(&format!(
-        "pgsub: replication origin \"{origin}\" of subscription \"up\" was missing: created again at {recorded}"
+        "pgsub: replication origin \"{origin}\" of subscription \"up\" was missing: created again at {recorded}, where its worker last stopped"
     )));
+    nodes
+        .subscriber
+        .wait_for_log(
+            &format!("pgsub: replication origin \"{idle_origin}\" of subscription \"idle\" was missing: created again at 0/0"),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        !nodes.subscriber.log_contains("subscription \"idle\" was missing and is created again"),
+        "no WARNING for 0/0"
+    );
     let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'up'").await;
     assert_eq!(errors, 0, "nothing applied twice");
 
@@ -378,7 +398,7 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_restored() {
     let end: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
     wait_value(
         &p,
-        &format!("SELECT bool_and(confirmed_flush_lsn >= '{end}')::text FROM pg_replication_slots WHERE slot_type = 'logical'"),
+        &format!("SELECT bool_and(confirmed_flush_lsn >= '{end}')::text FROM pg_replication_slots WHERE slot_name = 'up'"),
         "true",
         WAIT,
     )
@@ -461,6 +481,27 @@ async fn a_worker_terminated_mid_transaction_records_its_stop_and_loses_nothing(
     for line in log.lines().filter(|l| l.contains("FATAL:") || l.contains("PANIC:")) {
         assert!(line.contains("terminating background worker"), "unexpected: {line}");
     }
+
+    // Another session holds the subscription's row: the record at exit waits for it (here it is
+    // released after a second, no WARNING), and says so when it is held past 3 s.
+    let pid_sql = "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'term' AND pid IS NOT NULL";
+    let held = "could not record where it stopped: another transaction holds its row";
+    let locker = nodes.subscriber.client("postgres").await.unwrap();
+    for hold_ms in [1000, 4500] {
+        let pid: i32 = pgsub_tests::wait_for("a running worker", WAIT, || async {
+            Ok(s.query_opt(pid_sql, &[]).await.map_err(|e| e.to_string())?.map(|r| r.get::<_, i32>(0)))
+        })
+        .await
+        .unwrap();
+        locker.batch_execute("BEGIN; SELECT 1 FROM pgsub.sub WHERE subname = 'term' FOR UPDATE").await.unwrap();
+        assert!(one::<bool>(&s, &format!("SELECT pg_terminate_backend({pid})")).await);
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        locker.batch_execute("ROLLBACK").await.unwrap();
+        let warned = nodes.subscriber.log().matches(held).count();
+        assert_eq!(warned, usize::from(hold_ms > 3000), "held {hold_ms} ms: {warned} WARNING(s)");
+    }
+    p.batch_execute("INSERT INTO t VALUES (200001, 'after')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "200001", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
 

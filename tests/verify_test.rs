@@ -475,3 +475,45 @@ async fn a_publisher_database_in_another_encoding_is_verified_exactly() {
         .unwrap();
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A table still copying (its sync worker held after the copy) does not stop the verification of
+/// the tables that are ready: the worker shows `initial_copy` and holds at the point all the
+/// same; the table being copied is refused by name (it was "the apply worker is not streaming"
+/// for every table, however long the other copy took).
+#[tokio::test(flavor = "current_thread")]
+async fn ready_tables_are_verified_while_another_table_is_copied() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+    }
+    p.batch_execute(
+        "INSERT INTO a SELECT g, 'a' FROM generate_series(1, 1000) g; INSERT INTO b SELECT g, 'b' FROM generate_series(1, 10) g;
+         CREATE PUBLICATION pub FOR TABLE a",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('v', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "v", WAIT).await;
+    pgsub_tests::set_sync_hold(&nodes.subscriber, &s, "copied").await;
+    p.batch_execute("ALTER PUBLICATION pub ADD TABLE b").await.unwrap();
+    s.batch_execute("SELECT pgsub.refresh_subscription('v')").await.unwrap();
+    let held = "SELECT sync_state FROM pgsub.subscription_table WHERE relid = 'b'::regclass";
+    pgsub_tests::wait_value(&s, held, "copied", WAIT).await;
+    p.batch_execute("UPDATE a SET v = 'changed' WHERE id <= 10").await.unwrap();
+    pgsub_tests::wait_value(&s, "SELECT count(*) FROM a WHERE v = 'changed'", "10", WAIT).await;
+    let status: String = one(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'v'").await;
+    assert_eq!(status, "initial_copy");
+    let got = verify(&s, &select("pgsub.verify_subscription('v', ARRAY['a'::regclass])")).await;
+    assert!(got["a"].equal && got["a"].subscriber_rows == 1000, "{got:?}");
+    let e = must_fail(&s, "SELECT * FROM pgsub.verify_subscription('v')", &[]).await;
+    assert_eq!(e.code, "55000", "{}", e.text());
+    assert!(e.text().contains("has not finished its initial copy"), "{}", e.text());
+    pgsub_tests::set_sync_hold(&nodes.subscriber, &s, "").await;
+    wait_for_subscription_sync(&s, "v", WAIT).await;
+    let got = verify(&s, &select(VERIFY)).await;
+    assert!(got["a"].equal && got["b"].equal, "{got:?}");
+    assert_replicated_equal(&p, &s).await;
+}

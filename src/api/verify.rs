@@ -451,7 +451,7 @@ fn wait_held(sub: &Subscription, c: Lsn, deadline: i64) {
         if hold.held_at == c.0 && hold.lsn == c.0 {
             return;
         }
-        if pid == 0 || pid != pid0 || errors > errors0 || !matches!(status, Status::Streaming) {
+        if pid == 0 || pid != pid0 || errors > errors0 || !applying(status) {
             error(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!(
@@ -603,18 +603,11 @@ fn check_streaming(sub: &Subscription) {
             Some("Enable it with pgsub.enable_subscription() first."),
         );
     }
-    // A worker whose last tables have just finished their synchronization shows `streaming` at
-    // its next idle moment (wait_for_catchup may return before): waited for, up to 10 s.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let (pid, status) = loop {
-        let (pid, status, _, _) = worker_state(sub.subid);
-        if pid != 0 && matches!(status, Status::InitialCopy) && std::time::Instant::now() < until {
-            super::cutover::nap(50);
-            continue;
-        }
-        break (pid, status);
-    };
-    if pid == 0 || !matches!(status, Status::Streaming) {
+    // Other tables may still be copying (`initial_copy`; only ready tables are compared, and
+    // only the apply worker writes those), or the worker may be behind (`catchup`: it applies up
+    // to the point before it holds, within the hold's deadline).
+    let (pid, status, _, _) = worker_state(sub.subid);
+    if pid == 0 || !applying(status) {
         error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("the apply worker of subscription \"{}\" is not streaming", sub.name),
@@ -622,6 +615,11 @@ fn check_streaming(sub: &Subscription) {
             Some("Wait until pgsub.stat_subscription shows it streaming (pgsub.wait_for_catchup)."),
         );
     }
+}
+
+/// A status in which the apply worker applies the stream (and so can hold at a point).
+fn applying(status: Status) -> bool {
+    matches!(status, Status::Streaming | Status::InitialCopy | Status::Catchup)
 }
 
 /// Compares table `n` (of `total`) at the point; reports progress on the way.

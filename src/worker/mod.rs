@@ -434,7 +434,7 @@ fn run(subid: i32) {
     unsafe { pg_sys::before_shmem_exit(Some(record_stop), pg_sys::Datum::from(subid)) };
     if let Some(lsn) = restored {
         log!(
-            "pgsub: replication origin \"{}\" of subscription \"{}\" was missing: created again at {lsn}, where disable_subscription last stopped the worker",
+            "pgsub: replication origin \"{}\" of subscription \"{}\" was missing: created again at {lsn}, where its worker last stopped",
             sub.origin_name(),
             sub.name
         );
@@ -713,7 +713,12 @@ pub(crate) fn start_replication(
             }
             continue;
         }
-        publisher::raise(&e, &format!("could not start replication from slot \"{slot}\""), None);
+        // A sync slot gone: after a pg_upgrade (the name carries the system identifier, which it
+        // changes), or dropped by hand on the publisher.
+        let hint = (sync && e.sqlstate() == Some("42704")).then_some(
+            "The table's synchronization slot is gone from the publisher (pg_upgrade gives the server a new system identifier, which the slot's name carries). Synchronize the table again: remove it from the subscription (pgsub.alter_subscription_publications or the publication, then pgsub.refresh_subscription), truncate it here, and add it back; drop a slot of the old name left on the publisher.",
+        );
+        publisher::raise(&e, &format!("could not start replication from slot \"{slot}\""), hint);
     }
     if enable_two_phase && opts.two_phase {
         let r = xact(|| catalog::set_two_phase_enabled(sub.subid));
@@ -743,6 +748,10 @@ fn restore_origin(sub: &Subscription) -> Option<Lsn> {
         let lsn = catalog::stop_lsn(sub.subid)?;
         let made = catalog::as_superuser(|| {
             Spi::run_with_args("SELECT pg_catalog.pg_replication_origin_create($1)", &[origin.as_str().into()])?;
+            // 0/0: it had applied nothing; a new origin is there already.
+            if !lsn.is_valid() {
+                return Ok(());
+            }
             Spi::run_with_args(
                 "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_catalog.pg_lsn)",
                 &[origin.as_str().into(), lsn.to_string().into()],
@@ -782,9 +791,31 @@ unsafe extern "C-unwind" fn record_stop(_code: i32, arg: pg_sys::Datum) {
         pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as u16;
     }
     let subid = arg.value() as i32;
-    let r = xact(|| catalog::record_stop_lsn(subid, &catalog::origin_name(subid)));
-    if let Err(e) = r {
-        log!("pgsub apply worker for subscription {subid}: could not record where it stopped: {e}");
+    // A pgsub function that stops the worker (disable, drop, a change) holds the subscription's
+    // row while it waits, and records or clears the position itself: one try. Otherwise (a
+    // server shutdown, pg_terminate_backend) a transaction holding the row is being ended too,
+    // or is another session's: tried for up to 3 s, then said.
+    let tries = if crate::process::stop_asked_by_pgsub() { 1 } else { 30 };
+    for n in 1..=tries {
+        match xact(|| catalog::record_stop_lsn(subid, &catalog::origin_name(subid))) {
+            Ok(true) => return,
+            Ok(false) if n < tries => {
+                // SAFETY: a plain sleep of an exiting process.
+                unsafe { pg_sys::pg_usleep(100_000) };
+            }
+            Ok(false) => {
+                if tries > 1 {
+                    warning!(
+                        "pgsub apply worker for subscription {subid}: could not record where it stopped: another transaction holds its row in pgsub.sub"
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                log!("pgsub apply worker for subscription {subid}: could not record where it stopped: {e}");
+                return;
+            }
+        }
     }
 }
 
