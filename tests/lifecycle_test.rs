@@ -75,7 +75,10 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     .await;
     nodes
         .subscriber
-        .wait_for_log("pgsub apply worker for subscription \"life\" is stopping", WAIT)
+        .wait_for_log(
+            "pgsub apply worker for subscription \"life\" is stopping (the subscription was disabled, changed or dropped)",
+            WAIT,
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     // Changes in quick succession reach a worker that is still starting (connecting, reading
@@ -398,7 +401,9 @@ async fn binary_upgrade_mode_runs_no_worker_and_a_lost_origin_is_restored() {
     let end: String = one(&p, "SELECT pg_current_wal_lsn()::text").await;
     wait_value(
         &p,
-        &format!("SELECT bool_and(confirmed_flush_lsn >= '{end}')::text FROM pg_replication_slots WHERE slot_name = 'up'"),
+        &format!(
+            "SELECT bool_and(confirmed_flush_lsn >= '{end}')::text FROM pg_replication_slots WHERE slot_name = 'up'"
+        ),
         "true",
         WAIT,
     )
@@ -500,6 +505,13 @@ async fn a_worker_terminated_mid_transaction_records_its_stop_and_loses_nothing(
         let warned = nodes.subscriber.log().matches(held).count();
         assert_eq!(warned, usize::from(hold_ms > 3000), "held {hold_ms} ms: {warned} WARNING(s)");
     }
+    // An idle worker's SIGTERM is said as such (the stop asked by a pgsub function says so).
+    assert!(
+        nodes.subscriber.log_contains(
+            "pgsub apply worker for subscription \"term\" is stopping (SIGTERM: a server shutdown or pg_terminate_backend)"
+        ),
+        "the reason of the stop is logged"
+    );
     p.batch_execute("INSERT INTO t VALUES (200001, 'after')").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t", "200001", WAIT).await;
     assert_replicated_equal(&p, &s).await;

@@ -754,7 +754,14 @@ impl Stream {
         // pending SIGTERM must not turn this LOG line into a FATAL one (errfinish checks for
         // interrupts). SAFETY: HOLD_INTERRUPTS(), never resumed: the worker returns and exits.
         unsafe { pg_sys::InterruptHoldoffCount += 1 };
-        log!("pgsub apply worker for subscription \"{}\" is stopping", self.sub.name);
+        // Why, for a DBA reading the log (native's worker says "terminating … due to
+        // administrator command" for a SIGTERM).
+        let why = if crate::process::stop_asked_by_pgsub() {
+            "the subscription was disabled, changed or dropped"
+        } else {
+            "SIGTERM: a server shutdown or pg_terminate_backend"
+        };
+        log!("pgsub apply worker for subscription \"{}\" is stopping ({why})", self.sub.name);
     }
 }
 
