@@ -115,13 +115,25 @@ pub fn connect_bounded(
     require_password: bool,
     timeout: std::time::Duration,
 ) -> Result<Client, Error> {
+    connect_bounded_as(Context::Backend, "pgsub", conninfo_str, replication, require_password, timeout)
+}
+
+/// [`connect_bounded`] from `ctx`, named `application_name` unless the connection string names it.
+fn connect_bounded_as(
+    ctx: Context,
+    application_name: &str,
+    conninfo_str: &str,
+    replication: bool,
+    require_password: bool,
+    timeout: std::time::Duration,
+) -> Result<Client, Error> {
     let mut cfg = conninfo::parse(conninfo_str).map_err(Error::Config)?;
     cfg.pin_output_settings();
     if cfg.application_name.is_none() {
-        cfg.application_name = Some("pgsub".into());
+        cfg.application_name = Some(application_name.into());
     }
     cfg.connect_timeout = Some(cfg.connect_timeout.map_or(timeout, |t| t.min(timeout)));
-    let waiter = BoundedWait { inner: LatchWait { ctx: Context::Backend }, until: Instant::now() + timeout };
+    let waiter = BoundedWait { inner: LatchWait { ctx }, until: Instant::now() + timeout };
     let client = Client::connect(&cfg, replication, Box::new(waiter))?;
     check_password_used(client, require_password)
 }
@@ -134,14 +146,8 @@ pub fn current_wal_end(
     require_password: bool,
     timeout: std::time::Duration,
 ) -> Result<pgsub_proto::Lsn, Error> {
-    let mut cfg = conninfo::parse(conninfo_str).map_err(Error::Config)?;
-    cfg.pin_output_settings();
-    if cfg.application_name.is_none() {
-        cfg.application_name = Some("pgsub lag probe".into());
-    }
-    cfg.connect_timeout = Some(cfg.connect_timeout.map_or(timeout, |t| t.min(timeout)));
-    let waiter = BoundedWait { inner: LatchWait { ctx: Context::Worker }, until: Instant::now() + timeout };
-    let mut client = check_password_used(Client::connect(&cfg, false, Box::new(waiter))?, require_password)?;
+    let mut client =
+        connect_bounded_as(Context::Worker, "pgsub lag probe", conninfo_str, false, require_password, timeout)?;
     let rows = client.simple_query(
         "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
          ELSE pg_catalog.pg_current_wal_lsn() END",

@@ -154,20 +154,11 @@ impl Table {
         if self.key.is_empty() {
             return vec![format!("{} COLLATE \"C\"", self.hash(q))];
         }
-        self.key
-            .iter()
-            .map(|&i| {
-                let c = &self.cols[i];
-                let ident = quote_ident(&c.name);
-                if c.collatable && self.bytewise {
-                    Self::utf8_bytes(&ident)
-                } else if c.collatable {
-                    format!("{ident} COLLATE \"C\"")
-                } else {
-                    ident
-                }
-            })
-            .collect()
+        self.key_exprs(|c, ident| match (c.collatable, self.bytewise) {
+            (true, true) => Self::utf8_bytes(&ident),
+            (true, false) => format!("{ident} COLLATE \"C\""),
+            (false, _) => ident,
+        })
     }
 
     /// The key's values as text, for bounds (as the side's own type renders them).
@@ -175,18 +166,18 @@ impl Table {
         if self.key.is_empty() {
             return vec![self.hash(q)];
         }
-        self.key
-            .iter()
-            .map(|&i| {
-                let c = &self.cols[i];
-                let ident = quote_ident(&c.name);
-                if c.collatable && self.bytewise {
-                    format!("pg_catalog.encode({}, 'hex')", Self::utf8_bytes(&ident))
-                } else {
-                    format!("({ident})::text")
-                }
-            })
-            .collect()
+        self.key_exprs(|c, ident| {
+            if c.collatable && self.bytewise {
+                format!("pg_catalog.encode({}, 'hex')", Self::utf8_bytes(&ident))
+            } else {
+                format!("({ident})::text")
+            }
+        })
+    }
+
+    /// `f(column, quoted name)` for each key column.
+    fn key_exprs(&self, f: impl Fn(&Column, String) -> String) -> Vec<String> {
+        self.key.iter().map(|&i| f(&self.cols[i], quote_ident(&self.cols[i].name))).collect()
     }
 
     /// A row's identity, rendered alike on both sides.
