@@ -149,6 +149,7 @@ pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
         );
     }
     let _restore = Restore(user, context);
+    crate::process::pin_search_path();
     f()
 }
 

@@ -29,6 +29,42 @@ pub fn watch_stop_request(field: &i64) {
     STOP_REQUEST.store(std::ptr::from_ref(field).cast_mut(), std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Puts pgsub's empty `search_path` back if anything changed it for the session (code of a
+/// table — a trigger, a default — run where no GUC nest level held it): pgsub's own statements,
+/// some run as a superuser, resolve names through it (defence in depth: apply statements run at
+/// a nest level of their own, `worker/owner.rs`). A backend running the SQL API keeps its own.
+pub fn pin_search_path() {
+    // SAFETY: reads this backend's GUC value (a static string owned by guc.c).
+    let current = unsafe {
+        let p = pg_sys::GetConfigOption(c"search_path".as_ptr(), true, false);
+        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_bytes().to_vec())
+    };
+    // SAFETY: MyBackendType is set for every process.
+    let worker = unsafe { pg_sys::MyBackendType } == pg_sys::BackendType::B_BG_WORKER;
+    if worker && current.as_ref().is_some_and(|v| !v.is_empty()) {
+        // SAFETY: a session-level setting, as SET does (a lower source than the SET being undone
+        // would be ignored).
+        unsafe {
+            pg_sys::SetConfigOption(
+                c"search_path".as_ptr(),
+                c"".as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            )
+        };
+        crate::report::log(
+            pgrx::PgLogLevel::WARNING,
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "pgsub: search_path was changed for this worker's session (to \"{}\"); set back to empty",
+                String::from_utf8_lossy(&current.unwrap_or_default())
+            ),
+            Some("Code of a replicated table (a trigger, a default, an index expression) changed a setting for the whole session.".into()),
+            None,
+        );
+    }
+}
+
 /// This apply worker was asked to stop by a pgsub function (disable, drop, a changed option, a
 /// refresh), not only signalled.
 pub fn stop_asked_by_pgsub() -> bool {

@@ -1292,3 +1292,111 @@ async fn a_search_path_set_for_the_database_or_the_owner_never_reaches_pgsubs_qu
     assert!(from_pgsub.is_empty(), "a pgsub process called an operator of the search_path: {from_pgsub:?}");
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A trigger on the subscription owner's own table changes `search_path` for the session
+/// (`set_config(…, false)`) to a schema with its own `=` for integers, which makes its role a
+/// superuser when a superuser calls it. pgsub's own statements run as a superuser after apply
+/// statements (recording where the worker stopped, clearing `skip_lsn`): the setting must not
+/// reach them — each apply statement runs at a GUC nest level rolled back after it. The owner
+/// stays what it was; the trigger did run (it logged its setting).
+#[tokio::test(flavor = "current_thread")]
+async fn a_setting_a_tables_trigger_changes_never_reaches_pgsubs_own_statements() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE SCHEMA c; CREATE TABLE c.t (id int PRIMARY KEY); CREATE PUBLICATION pc FOR TABLE c.t")
+        .await
+        .unwrap();
+    s.batch_execute(
+        "CREATE ROLE carol LOGIN; GRANT pgsub_admin TO carol; CREATE SCHEMA c AUTHORIZATION carol;
+         CREATE TABLE c.seen (path text, usr text); ALTER TABLE c.seen OWNER TO carol;",
+    )
+    .await
+    .unwrap();
+    let carol = nodes.subscriber.client_as("carol", "postgres").await.unwrap();
+    carol
+        .batch_execute(
+            "CREATE TABLE c.t (id int PRIMARY KEY);
+             CREATE FUNCTION c.evil_eq(int, int) RETURNS bool LANGUAGE plpgsql AS $f$
+             BEGIN
+               IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user) THEN
+                 BEGIN EXECUTE 'ALTER ROLE carol SUPERUSER'; EXCEPTION WHEN others THEN NULL; END;
+               END IF;
+               RETURN $1 OPERATOR(pg_catalog.=) $2;
+             END $f$;
+             CREATE OPERATOR c.= (FUNCTION = c.evil_eq, LEFTARG = int, RIGHTARG = int);
+             CREATE FUNCTION c.trg() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN
+               PERFORM pg_catalog.set_config('search_path', 'c, pg_catalog', false);
+               INSERT INTO c.seen VALUES (pg_catalog.current_setting('search_path'), current_user);
+               RETURN NEW;
+             END $f$;
+             CREATE TRIGGER trg BEFORE INSERT ON c.t FOR EACH ROW EXECUTE FUNCTION c.trg();
+             ALTER TABLE c.t ENABLE ALWAYS TRIGGER trg;",
+        )
+        .await
+        .unwrap();
+    let ci = password_conninfo(&nodes, &p).await;
+    p.batch_execute("GRANT USAGE ON SCHEMA c TO repl; GRANT SELECT ON c.t TO repl").await.unwrap();
+    carol.execute("SELECT pgsub.create_subscription('c1', $1, ARRAY['pc'])", &[&ci]).await.expect("create as carol");
+    wait_for_subscription_sync(&s, "c1", WAIT).await;
+    p.batch_execute("INSERT INTO c.t VALUES (1); INSERT INTO c.t VALUES (2)").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM c.t", "2", WAIT).await;
+    assert_eq!(
+        one::<String>(&s, "SELECT string_agg(DISTINCT path || ' ' || usr, ',') FROM c.seen").await,
+        "c, pg_catalog carol"
+    );
+    // The worker exits (it records where it stopped as a superuser), is started again, stops
+    // again: every step with pgsub's own statements.
+    carol.batch_execute("SELECT pgsub.disable_subscription('c1')").await.unwrap();
+    carol.batch_execute("SELECT pgsub.enable_subscription('c1')").await.unwrap();
+    p.batch_execute("INSERT INTO c.t VALUES (3)").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM c.t", "3", WAIT).await;
+    carol.batch_execute("SELECT pgsub.disable_subscription('c1')").await.unwrap();
+    assert!(
+        !one::<bool>(&s, "SELECT rolsuper FROM pg_roles WHERE rolname = 'carol'").await,
+        "carol became a superuser"
+    );
+    carol.batch_execute("SELECT pgsub.enable_subscription('c1')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'c1'", "streaming", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// One TRUNCATE of tables of two owners, the subscription owned by a superuser
+/// (`run_as_owner => false`): each owner's tables are truncated as that owner, so one owner's
+/// TRUNCATE trigger cannot use the subscription owner's rights (as native, which truncates each
+/// table as its owner). Before, the one statement ran as the subscription owner.
+#[tokio::test(flavor = "current_thread")]
+async fn a_truncate_of_tables_of_several_owners_runs_each_owners_triggers_as_that_owner() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE tm (id int PRIMARY KEY); CREATE TABLE tp (id int PRIMARY KEY)").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO tm VALUES (1); INSERT INTO tp VALUES (1); CREATE PUBLICATION ptr FOR TABLE tm, tp")
+        .await
+        .unwrap();
+    s.batch_execute(
+        "CREATE ROLE victor LOGIN; ALTER TABLE tm OWNER TO victor;
+         CREATE TABLE fired (usr text, super_after boolean); ALTER TABLE fired OWNER TO victor;
+         CREATE FUNCTION public.victor_trg() RETURNS trigger LANGUAGE plpgsql AS $f$
+         BEGIN
+           BEGIN EXECUTE 'ALTER ROLE victor SUPERUSER'; EXCEPTION WHEN others THEN NULL; END;
+           INSERT INTO public.fired SELECT current_user, rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'victor';
+           RETURN NULL;
+         END $f$;
+         ALTER FUNCTION public.victor_trg() OWNER TO victor;
+         CREATE TRIGGER x BEFORE TRUNCATE ON tm FOR EACH STATEMENT EXECUTE FUNCTION public.victor_trg();
+         ALTER TABLE tm ENABLE ALWAYS TRIGGER x;",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('str', $1, ARRAY['ptr'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "str", WAIT).await;
+    p.batch_execute("TRUNCATE tm, tp").await.unwrap();
+    wait_value(&s, "SELECT (SELECT count(*) FROM tm) + (SELECT count(*) FROM tp)", "0", WAIT).await;
+    assert_eq!(one::<String>(&s, "SELECT usr || ' ' || super_after FROM fired").await, "victor false");
+    assert!(!one::<bool>(&s, "SELECT rolsuper FROM pg_roles WHERE rolname = 'victor'").await);
+    p.batch_execute("INSERT INTO tm VALUES (2); INSERT INTO tp VALUES (2)").await.unwrap();
+    wait_value(&s, "SELECT (SELECT count(*) FROM tm) + (SELECT count(*) FROM tp)", "2", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}

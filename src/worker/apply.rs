@@ -966,12 +966,11 @@ impl Applier {
         self.flush_batches();
         self.drain_counts(progress);
         errctx::set_message("TRUNCATE", None);
-        let (mut targets, mut relids) = (Vec::new(), Vec::new());
+        let mut targets = Vec::new();
         for oid in &m.rel_oids {
             if let Some(entry) = self.target(*oid) {
                 if let Some(l) = &entry.local {
-                    targets.push(format!("{}{}", l.only, l.qualified));
-                    relids.push(l.relid);
+                    targets.push((l.relid, format!("{}{}", l.only, l.qualified)));
                 }
             }
         }
@@ -980,12 +979,12 @@ impl Applier {
             return;
         }
         // Like native: never cascade further on the subscriber.
-        let sql =
-            format!("TRUNCATE {}{}", targets.join(", "), if m.restart_identity { " RESTART IDENTITY" } else { "" });
-        if let Err(e) = owner::truncate_as_owners(&relids, || Spi::run(&sql)) {
+        let restart = if m.restart_identity { " RESTART IDENTITY" } else { "" };
+        let run = |names: &[&str]| Spi::run(&format!("TRUNCATE {}{restart}", names.join(", ")));
+        if let Err(e) = owner::truncate_as_owners(&targets, run) {
             report::error(Code::ERRCODE_INTERNAL_ERROR, format!("TRUNCATE failed: {e}"), None, None);
         }
-        for relid in relids {
+        for (relid, _) in targets {
             progress.counters.truncated(relid);
         }
     }

@@ -38,16 +38,32 @@ pub(crate) fn switches() -> bool {
 /// Row-level security is checked each time, for the user that writes (as native apply does at
 /// every change): a role that loses BYPASSRLS, or the membership that made it the table's
 /// owner, must stop apply rather than write through policies that hide the rows it looks for.
+///
+/// Whatever the user, `f` runs at a GUC nest level of its own, rolled back after it: a trigger,
+/// default or index expression that changes a setting for the session (`set_config(…, false)`,
+/// `SET`) changes it for its statement only. pgsub's own statements, some of them run as a
+/// superuser, must never run under a `search_path` (or anything else) the table's code chose.
 pub(crate) fn as_table_owner<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     // SAFETY: reads this backend's current user id.
     let me = unsafe { pg_sys::GetUserId() };
     // Switching to oneself changes nothing (native does it anyway): skipped.
     let ctx = switches().then(|| rel_owner(relid)).flatten().filter(|o| *o != me).map(switch_to_untrusted_user);
     super::copyin::refuse_row_level_security(relid);
-    let r = f();
+    let r = with_own_settings(f);
     if let Some(ctx) = ctx {
         ctx.restore();
     }
+    r
+}
+
+/// Runs `f` at a GUC nest level rolled back afterwards (an ERROR inside rolls it back with the
+/// transaction).
+pub(crate) fn with_own_settings<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: opens a GUC nest level inside the current transaction, closed below.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    let r = f();
+    // SAFETY: rolls back the settings changed at that level.
+    unsafe { pg_sys::AtEOXact_GUC(false, level) };
     r
 }
 
@@ -80,31 +96,79 @@ pub(crate) fn as_table_owner_for_lookup<R>(relid: pg_sys::Oid, f: impl FnOnce() 
     r
 }
 
-/// TRUNCATE of `relids` in one statement (native truncates each table as its owner): as their
-/// owner when they share one; when they have several, the subscription owner must still be able
-/// to `SET ROLE` to each of them (native's error), and the one statement runs as the subscription
-/// owner — one statement cannot run as several roles (README: where pgsub differs).
-pub(crate) fn truncate_as_owners<R>(relids: &[pg_sys::Oid], f: impl FnOnce() -> R) -> R {
-    if !switches() {
-        return f();
+/// TRUNCATE of `targets` (each table's oid and its name as the statement names it; `run`
+/// truncates a list of them in one statement). Native truncates every table as its owner in one
+/// call; in SQL one statement runs as one role: as their owner when they share one; when they
+/// have several, the subscription owner must still be able to `SET ROLE` to each of them
+/// (native's error), and each owner's tables are truncated in a statement of their own, as that
+/// owner — so that no table's TRUNCATE triggers run with the subscription owner's privileges.
+/// Tables of different owners linked by a foreign key cannot be truncated apart: refused, with
+/// a hint (README: where pgsub differs).
+pub(crate) fn truncate_as_owners<E>(
+    targets: &[(pg_sys::Oid, String)],
+    run: impl Fn(&[&str]) -> Result<(), E>,
+) -> Result<(), E> {
+    fn names<'a>(group: &[&'a (pg_sys::Oid, String)]) -> Vec<&'a str> {
+        group.iter().map(|(_, n)| n.as_str()).collect()
     }
-    let mut owners: Vec<pg_sys::Oid> = relids.iter().filter_map(|r| rel_owner(*r)).collect();
-    owners.sort_unstable_by_key(|o| u32::from(*o));
-    owners.dedup();
-    if let [one] = owners.as_slice() {
-        let ctx = switch_to_untrusted_user(*one);
-        let r = f();
-        ctx.restore();
+    let all: Vec<&(pg_sys::Oid, String)> = targets.iter().collect();
+    if !switches() {
+        return with_own_settings(|| run(&names(&all)));
+    }
+    let mut owners: Vec<pg_sys::Oid> = Vec::new();
+    for (relid, _) in targets {
+        if let Some(o) = rel_owner(*relid) {
+            if !owners.contains(&o) {
+                owners.push(o);
+            }
+        }
+    }
+    if owners.len() <= 1 {
+        let ctx = owners.first().map(|o| switch_to_untrusted_user(*o));
+        let r = with_own_settings(|| run(&names(&all)));
+        if let Some(ctx) = ctx {
+            ctx.restore();
+        }
         return r;
     }
     // SAFETY: reads this backend's current user id.
     let me = unsafe { pg_sys::GetUserId() };
-    for o in owners {
-        if !can_set_role(me, o) {
-            cannot_set_role(me, o);
+    for o in &owners {
+        if !can_set_role(me, *o) {
+            cannot_set_role(me, *o);
         }
     }
-    f()
+    let oids: Vec<u32> = targets.iter().map(|(r, _)| u32::from(*r)).collect();
+    if fk_between_owners(&oids) {
+        report::error(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "cannot truncate tables of different owners linked by a foreign key, each as its owner",
+            Some("A TRUNCATE runs as one role, and with run_as_owner = false each table's triggers must run as its own owner.".into()),
+            Some("Give the tables one owner, or set run_as_owner => true (their code then runs as the subscription owner)."),
+        );
+    }
+    for o in owners {
+        let group: Vec<&(pg_sys::Oid, String)> = targets.iter().filter(|(r, _)| rel_owner(*r) == Some(o)).collect();
+        let ctx = switch_to_untrusted_user(o);
+        let r = with_own_settings(|| run(&names(&group)));
+        ctx.restore();
+        r?;
+    }
+    Ok(())
+}
+
+/// Whether a foreign key links two of `oids` owned by different roles.
+fn fk_between_owners(oids: &[u32]) -> bool {
+    let list = oids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
+           JOIN pg_catalog.pg_class a ON a.oid OPERATOR(pg_catalog.=) c.conrelid \
+           JOIN pg_catalog.pg_class b ON b.oid OPERATOR(pg_catalog.=) c.confrelid \
+          WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.conrelid OPERATOR(pg_catalog.=) ANY ('{{{list}}}'::pg_catalog.oid[]) \
+            AND c.confrelid OPERATOR(pg_catalog.=) ANY ('{{{list}}}'::pg_catalog.oid[]) \
+            AND a.relowner OPERATOR(pg_catalog.<>) b.relowner)"
+    );
+    crate::catalog::as_superuser(|| pgrx::Spi::get_one::<bool>(&sql)).ok().flatten().unwrap_or(false)
 }
 
 /// The owner of `relid` (None when it is gone: the statement then fails on its own).
