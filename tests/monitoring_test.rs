@@ -593,6 +593,8 @@ async fn health_raises_each_problem_it_documents() {
     let retained: i64 =
         one(&s, "SELECT retained_wal_bytes FROM pgsub.publisher_slots() WHERE slot_name = 'hsub'").await;
     assert!(retained >= written, "the slot retains the unapplied transaction: {retained} < {written} bytes");
+    // Its worker streams it (held inside a transaction): the slot is active (it read false always).
+    assert!(one::<bool>(&s, "SELECT active FROM pgsub.publisher_slots() WHERE slot_name = 'hsub'").await);
     let slot = wait_problem(
         &s,
         &format!("pgsub.check_health(retained_wal_bytes => {})", written / 2),

@@ -803,6 +803,12 @@ async fn tables_wait_visibly_when_worker_processes_are_exhausted() {
     .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{x:?}");
     assert_eq!(x.pending, 3, "no table is synchronized while the only sync worker is held after its copy");
+    // Said once per table and wait, not at every try (about 90 lines a second before): a
+    // deliberate interval, as the absence of repeats only shows over time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let warned =
+        nodes.subscriber.log().matches("is waiting for a background worker for its initial synchronization").count();
+    assert!((1..=2).contains(&warned), "{warned} WARNINGs for 2 waiting tables");
     // Released: the tables go through the one worker slot one after the other.
     set_sync_hold(&nodes.subscriber, &s, "").await;
     wait_for("every table of few synchronized, with one sync worker at a time", WAIT, || {

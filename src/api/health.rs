@@ -195,7 +195,7 @@ fn read_slots(sub: &Subscription, timeout: Duration) -> Result<Vec<SlotRow>, Str
         .filter_map(|r| {
             let mut it = r.values.into_iter();
             let slot = it.next().flatten()?;
-            let active = it.next().flatten().map(|v| v == "t");
+            let active = it.next().flatten().map(|v| matches!(v.as_str(), "t" | "true"));
             let wal_status = it.next().flatten();
             let retained = it.next().flatten().and_then(|v| v.parse::<i64>().ok());
             Some((sub.name.clone(), slot, true, active, wal_status, retained, None))

@@ -198,10 +198,13 @@ impl Stream {
         // SAFETY: MyProcPid is set for every backend.
         let me = unsafe { pg_sys::MyProcPid };
         for relid in plan.start {
+            // Whether the table waited for a worker slot already (its WARNING is said once).
+            let mut waited = false;
             let claimed = shmem::SHARED
                 .exclusive()
                 .claim_sync(subid, relid)
                 .map(|s| {
+                    waited = s.waiting;
                     s.registered = true;
                     s.waiting = false;
                     s.apply_pid = me;
@@ -219,13 +222,11 @@ impl Stream {
                     self.syncing.handles.insert(relid, h);
                 }
                 None => {
-                    let first = shmem::with_sync_slot(subid, relid, |s| {
+                    shmem::with_sync_slot(subid, relid, |s| {
                         s.registered = false;
-                        let first = !s.waiting;
                         s.waiting = true;
-                        first
                     });
-                    if first == Some(true) {
+                    if !waited {
                         report::log(
                             PgLogLevel::WARNING,
                             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
