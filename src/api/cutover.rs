@@ -39,8 +39,14 @@ pub(super) fn connect_plain(sub: &Subscription) -> Client {
     match publisher::connect(&sub.conninfo, false, Context::Backend, Some("pgsub"), sub.must_use_password()) {
         Ok(c) => c,
         Err(e) => {
-            let hint = (e.sqlstate() != Some("2F003"))
-                .then_some("Check the connection string, that the publisher is running, and its pg_hba.conf.");
+            let hint = match e.sqlstate() {
+                Some("2F003") => None,
+                // Refused for lack of room ("sorry, too many clients already").
+                Some("53300") => {
+                    Some("The publisher has no free connection: raise max_connections there, or end other sessions.")
+                }
+                _ => Some("Check the connection string, that the publisher is running, and its pg_hba.conf."),
+            };
             publisher::raise(&e, &format!("subscription \"{}\" could not connect to the publisher", sub.name), hint)
         }
     }
@@ -272,13 +278,18 @@ fn _wait_for_catchup(name: Option<&str>, lsn: Option<&str>, timeout_ms: Option<f
             if let Some(e) = &w.last_error {
                 detail.push_str(&format!("\nLast error of the worker: {e}"));
             }
+            // A slot the publisher invalidated never comes back: retrying cannot help.
+            let lost = w.last_error.as_deref().is_some_and(|e| e.contains("has been invalidated"));
+            let hint = if lost {
+                "The subscription's slot on the publisher is lost: drop the subscription and create it again (README, pgsub.health's slot_retains_wal)."
+            } else {
+                "Fix the cause (pgsub.stat_subscription.last_error, the server log); the worker retries by itself. Then wait again."
+            };
             error(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("subscription \"{name}\" failed while waiting for it to catch up to {target}"),
                 Some(detail),
-                Some(
-                    "Fix the cause (pgsub.stat_subscription.last_error, the server log); the worker retries by itself. Then wait again.",
-                ),
+                Some(hint),
             );
         }
         if let Some(d) = deadline {
