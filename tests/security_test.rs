@@ -403,6 +403,9 @@ async fn passwords_never_shown_nor_logged() {
             format!("postgresql://repl:{WRONG_PASSWORD}%zz@127.0.0.1:{port}/postgres"),
             format!("postgresql://repl@127.0.0.1:{port}/postgres?password={WRONG_PASSWORD}%00"),
             format!("postgresql://repl:{WRONG_PASSWORD}@[::1/postgres"),
+            // A misspelt keyword, a URI prefix in capitals (libpq knows neither).
+            format!("host=127.0.0.1 pasword={WRONG_PASSWORD}"),
+            format!("POSTGRESQL://repl:{WRONG_PASSWORD}@127.0.0.1:{port}/postgres"),
         ] {
             let (code, text) =
                 must_fail(c, "SELECT pgsub.create_subscription('w', $1, ARRAY['pub'])", &[&bad]).await.code_and_text();
@@ -705,9 +708,12 @@ async fn run_as_owner_and_password_required_as_postgresql_16() {
     }
     s.batch_execute("SELECT pgsub.alter_subscription_options('nr', password_required => false)").await.unwrap();
     // Now only a superuser may change it.
-    for sql in
-        ["SELECT pgsub.alter_subscription_options('nr', binary => true)", "SELECT pgsub.disable_subscription('nr')"]
-    {
+    for sql in [
+        "SELECT pgsub.alter_subscription_options('nr', binary => true)",
+        "SELECT pgsub.disable_subscription('nr')",
+        // It reads the publisher with the connection that sends no password.
+        "SELECT * FROM pgsub.sync_sequences('nr')",
+    ] {
         let (code, text) = must_fail(&owner, sql, &[]).await.code_and_text();
         assert_eq!(code, "42501", "{sql}: {text}");
         assert!(text.contains("password_required=false is superuser-only"), "{sql}: {text}");

@@ -581,6 +581,9 @@ fn _sync_sequences(
     require_admin();
     let name = required(name, "name");
     let sub = sub_by_name(name);
+    // It reads the publisher with the subscription's connection: one that sends no password is
+    // a superuser's to use (as every other change of such a subscription).
+    super::checks::require_superuser_if_passwordless(&sub);
     // Like the apply worker's writes, with the owner's privileges: the caller needs them.
     let me = caller();
     // SAFETY: catalog lookups inside a transaction.

@@ -1,6 +1,7 @@
 //! Password masking of connection strings for logs, from the same tokens the parser reads: the
-//! values of secret keywords (per the keyword table) are replaced by [`MASK`]. Works on strings
-//! that do not parse too, erring on the side of masking too much.
+//! values of secret keywords (per the keyword table), and of keywords the table does not know, are
+//! replaced by [`MASK`]. Works on strings that do not parse too, erring on the side of masking
+//! too much.
 
 use super::kv::{self, Value};
 use super::uri::{self, prefix_len};
@@ -11,10 +12,16 @@ use super::{keywords, MASK};
 /// of masking too much (an unterminated quoted password masks the rest of the string).
 pub fn mask_password(conninfo: &str) -> String {
     if prefix_len(conninfo) > 0 {
-        mask_uri(conninfo)
-    } else {
-        mask_keyword_value(conninfo)
+        return mask_uri(conninfo);
     }
+    // A URI prefix in capitals is no URI to libpq (it fails as keyword/value), but a password in
+    // it is still one: masked as a URI.
+    let n = prefix_len(&conninfo.to_ascii_lowercase());
+    if n > 0 {
+        let masked = mask_uri(&format!("{}{}", conninfo[..n].to_ascii_lowercase(), &conninfo[n..]));
+        return format!("{}{}", &conninfo[..n], &masked[n..]);
+    }
+    mask_keyword_value(conninfo)
 }
 
 fn mask_keyword_value(s: &str) -> String {
@@ -25,7 +32,9 @@ fn mask_keyword_value(s: &str) -> String {
             Value::Given { span, .. } | Value::Unterminated { span } => span,
             Value::Missing => continue,
         };
-        if keywords::is_secret(&s[token.keyword]) {
+        // A keyword libpq does not know may be a misspelt password (`pasword=`): masked too.
+        let key = &s[token.keyword];
+        if keywords::is_secret(key) || keywords::lookup(key).is_none() {
             out.push_str(&s[copied..span.start]);
             out.push_str(MASK);
             copied = span.end;

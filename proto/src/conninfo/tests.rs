@@ -276,11 +276,16 @@ fn uri_errors() {
 fn masking_keyword_value() {
     assert_eq!(mask_password("host=a password=secret user=b"), "host=a password=******** user=b");
     assert_eq!(mask_password(r"password = 'it\'s secret'  dbname=x"), "password = ********  dbname=x");
-    assert_eq!(mask_password("password=a\\ b c=d"), "password=******** c=d");
+    assert_eq!(mask_password("password=a\\ b c=d"), "password=******** c=********");
     // Unterminated quote: everything after is masked.
     assert_eq!(mask_password("user=u password='abc def"), "user=u password=********");
     // Fails to parse (unknown keyword, missing '=') but still masked.
     assert_eq!(mask_password("bogus password=pw junk"), "bogus password=******** junk");
+    // A misspelt keyword may be the password: its value is masked (a known one's is not).
+    assert_eq!(mask_password("host=127.0.0.1 pasword=secretpw1"), "host=127.0.0.1 pasword=********");
+    // A URI prefix in capitals (no URI to libpq): the password is masked all the same.
+    assert_eq!(mask_password("POSTGRESQL://rep:secretpw@h:5432/db"), "POSTGRESQL://rep:********@h:5432/db");
+    assert_eq!(mask_password("Postgres://h/db?password=x"), "Postgres://h/db?password=********");
     assert_eq!(mask_password("sslpassword=k"), "sslpassword=********");
     assert_eq!(mask_password("host=a"), "host=a");
     assert_eq!(mask_password("password="), "password=********");
