@@ -34,35 +34,55 @@ pub fn watch_stop_request(field: &i64) {
 /// some run as a superuser, resolve names through it (defence in depth: apply statements run at
 /// a nest level of their own, `worker/owner.rs`). A backend running the SQL API keeps its own.
 pub fn pin_search_path() {
-    // SAFETY: reads this backend's GUC value (a static string owned by guc.c).
+    pin(c"search_path", c"");
+}
+
+/// After a local commit of applied changes: deferred triggers ran in it, outside any nest level,
+/// and may have changed settings for the session; the ones pgsub's workers rely on are put back.
+pub fn repin_session_settings() {
+    pin(c"search_path", c"");
+    pin(c"session_replication_role", c"replica");
+    pin(c"default_transaction_read_only", c"off");
+    pin(c"default_transaction_isolation", c"read committed");
+}
+
+/// Sets `name` back to `value` for this worker's session if it differs, with a WARNING.
+fn pin(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    // SAFETY: MyBackendType is set for every process.
+    if unsafe { pg_sys::MyBackendType } != pg_sys::BackendType::B_BG_WORKER {
+        return;
+    }
+    // SAFETY: reads this backend's GUC value (a string owned by guc.c, copied at once).
     let current = unsafe {
-        let p = pg_sys::GetConfigOption(c"search_path".as_ptr(), true, false);
+        let p = pg_sys::GetConfigOption(name.as_ptr(), true, false);
         (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_bytes().to_vec())
     };
-    // SAFETY: MyBackendType is set for every process.
-    let worker = unsafe { pg_sys::MyBackendType } == pg_sys::BackendType::B_BG_WORKER;
-    if worker && current.as_ref().is_some_and(|v| !v.is_empty()) {
-        // SAFETY: a session-level setting, as SET does (a lower source than the SET being undone
-        // would be ignored).
-        unsafe {
-            pg_sys::SetConfigOption(
-                c"search_path".as_ptr(),
-                c"".as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-            )
-        };
-        crate::report::log(
-            pgrx::PgLogLevel::WARNING,
-            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!(
-                "pgsub: search_path was changed for this worker's session (to \"{}\"); set back to empty",
-                String::from_utf8_lossy(&current.unwrap_or_default())
-            ),
-            Some("Code of a replicated table (a trigger, a default, an index expression) changed a setting for the whole session.".into()),
-            None,
-        );
+    let Some(current) = current else { return };
+    if current == value.to_bytes() {
+        return;
     }
+    // SAFETY: a session-level setting, as SET does (a lower source than the SET being undone
+    // would be ignored).
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        )
+    };
+    crate::report::log(
+        pgrx::PgLogLevel::WARNING,
+        pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "pgsub: {} was changed for this worker's session (to \"{}\"); set back to \"{}\"",
+            name.to_string_lossy(),
+            String::from_utf8_lossy(&current),
+            value.to_string_lossy()
+        ),
+        Some("Code of a replicated table (a trigger, a default, an index expression) changed a setting for the whole session.".into()),
+        None,
+    );
 }
 
 /// This apply worker was asked to stop by a pgsub function (disable, drop, a changed option, a

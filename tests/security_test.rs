@@ -1337,7 +1337,13 @@ async fn a_setting_a_tables_trigger_changes_never_reaches_pgsubs_own_statements(
                RETURN NEW;
              END $f$;
              CREATE TRIGGER trg BEFORE INSERT ON c.t FOR EACH ROW EXECUTE FUNCTION c.trg();
-             ALTER TABLE c.t ENABLE ALWAYS TRIGGER trg;",
+             ALTER TABLE c.t ENABLE ALWAYS TRIGGER trg;
+             -- Deferred: it runs at the local commit, outside any statement.
+             CREATE FUNCTION c.late() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN PERFORM pg_catalog.set_config('search_path', 'c, pg_catalog', false); RETURN NULL; END $f$;
+             CREATE CONSTRAINT TRIGGER late AFTER INSERT ON c.t DEFERRABLE INITIALLY DEFERRED
+               FOR EACH ROW EXECUTE FUNCTION c.late();
+             ALTER TABLE c.t ENABLE ALWAYS TRIGGER late;",
         )
         .await
         .unwrap();
@@ -1362,6 +1368,8 @@ async fn a_setting_a_tables_trigger_changes_never_reaches_pgsubs_own_statements(
         !one::<bool>(&s, "SELECT rolsuper FROM pg_roles WHERE rolname = 'carol'").await,
         "carol became a superuser"
     );
+    // The deferred trigger's setting was put back after the commit, and said.
+    assert!(nodes.subscriber.log_contains("search_path was changed for this worker's session (to \"c, pg_catalog\")"));
     carol.batch_execute("SELECT pgsub.enable_subscription('c1')").await.unwrap();
     wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'c1'", "streaming", WAIT).await;
     assert_replicated_equal(&p, &s).await;

@@ -138,15 +138,20 @@ impl Table {
         format!("ROW({})::text", parts.join(", "))
     }
 
-    /// The row's md5, over its text's UTF-8 bytes: each side's text is in its own server
-    /// encoding (the same bytes on a UTF-8 server).
+    /// The row's md5 — over its text's UTF-8 bytes when the two servers' encodings differ (each
+    /// side's text is in its own server encoding).
     fn hash(&self, q: &Query) -> String {
-        format!("pg_catalog.md5(pg_catalog.convert_to({}, 'UTF8'))", self.row_text(q))
+        if self.bytewise {
+            format!("pg_catalog.md5(pg_catalog.convert_to({}, 'UTF8'))", self.row_text(q))
+        } else {
+            format!("pg_catalog.md5({})", self.row_text(q))
+        }
     }
 
-    /// A text key column as its UTF-8 bytes (`bytewise`).
+    /// A collatable key column's text as its UTF-8 bytes (`bytewise`; its type may be an array
+    /// or a domain of text: its text is what is compared).
     fn utf8_bytes(ident: &str) -> String {
-        format!("pg_catalog.convert_to({ident}, 'UTF8')")
+        format!("pg_catalog.convert_to(({ident})::text, 'UTF8')")
     }
 
     /// The key's ordering expressions.

@@ -1025,6 +1025,7 @@ unsafe fn commit_local(c: &Commit) -> Lsn {
         pg_sys::replorigin_session_origin_timestamp = 0;
         Lsn(pg_sys::XactLastCommitEnd)
     };
+    crate::process::repin_session_settings();
     super::report_stats(false);
     local_end
 }

@@ -783,6 +783,12 @@ unsafe extern "C-unwind" fn record_stop(_code: i32, arg: pg_sys::Datum) {
         if getppid_is_not(pg_sys::PostmasterPid) {
             return;
         }
+        // A SIGTERM that ended the worker may still be pending (a stop between statements): it
+        // would end this write at its first interrupt check. The process is exiting anyway, and
+        // during the exit a new SIGTERM is not taken (die leaves proc_exit alone); the timeouts
+        // set below still fire.
+        std::ptr::addr_of_mut!(pg_sys::ProcDiePending).write_volatile(0);
+        std::ptr::addr_of_mut!(pg_sys::QueryCancelPending).write_volatile(0);
         pg_sys::AbortOutOfAnyTransaction();
         // A remote transaction's end may be set for a commit that never came: this write is
         // not a remote transaction and must not move the origin.
@@ -797,7 +803,15 @@ unsafe extern "C-unwind" fn record_stop(_code: i32, arg: pg_sys::Datum) {
     // or is another session's: tried for up to 3 s, then said.
     let tries = if crate::process::stop_asked_by_pgsub() { 1 } else { 30 };
     for n in 1..=tries {
-        match xact(|| catalog::record_stop_lsn(subid, &catalog::origin_name(subid))) {
+        // Never a wait that nothing could end: no synchronous standby awaited, and a lock on
+        // pgsub.sub (LOCK TABLE, VACUUM FULL) or a slow statement given up (a FATAL line then).
+        let bounded = || {
+            Spi::run("SET LOCAL synchronous_commit = local")?;
+            Spi::run("SET LOCAL lock_timeout = '1s'")?;
+            Spi::run("SET LOCAL statement_timeout = '5s'")?;
+            catalog::record_stop_lsn(subid, &catalog::origin_name(subid))
+        };
+        match xact(bounded) {
             Ok(true) => return,
             Ok(false) if n < tries => {
                 // SAFETY: a plain sleep of an exiting process.

@@ -149,10 +149,11 @@ impl Stream {
                 if self.catchup_end.is_none() && !self.applier.open() && self.sync_step_due() {
                     self.process_syncing_tables();
                     // The last table synchronized while the stream never paused: no longer
-                    // initial_copy, but behind (streaming once the socket empties, below).
+                    // initial_copy but streaming (behind, as lag_bytes and apply_lag show;
+                    // wait_for_catchup reads the positions of a streaming worker).
                     if self.status == Status::InitialCopy && !self.applier.tables.any_syncing() {
-                        self.status = Status::Catchup;
-                        self.progress.publish(Some(Status::Catchup), now());
+                        self.status = Status::Streaming;
+                        self.progress.publish(Some(Status::Streaming), now());
                     }
                 }
                 if self.catchup_end.is_none() && !self.applier.open() {
@@ -191,7 +192,7 @@ impl Stream {
                 self.last_recv = Instant::now();
                 self.ping_sent = false;
             }
-            if self.catchup_end.is_none() {
+            if self.catchup_end.is_none() && !self.applier.open() {
                 let at = self.progress.last_commit_time;
                 if let Some(end) = self.wal_end_probe.poll(&self.sub, round_bytes > 0, at) {
                     self.progress.on_frame(Lsn::INVALID, end, 0);
