@@ -92,10 +92,13 @@ SELECT s.subname,
        pgsub._lsn(p.applied_lsn) AS applied_lsn,
        pgsub._lsn(p.flushed_lsn) AS flushed_lsn,
        pgsub._lsn(p.publisher_wal_end) AS publisher_wal_end,
-       CASE WHEN p.subid IS NULL OR greatest(p.publisher_wal_end, p.received_lsn) = 0 THEN NULL
+       -- Neither lag is known of a disabled subscription (its publisher is not read) nor, for
+       -- apply_lag, before a worker has heard from the publisher (pending_commit_time is then
+       -- the smallest bigint, src/shmem.rs LAG_UNKNOWN).
+       CASE WHEN p.subid IS NULL OR NOT s.enabled OR greatest(p.publisher_wal_end, p.received_lsn) = 0 THEN NULL
             ELSE greatest(0, greatest(p.publisher_wal_end, p.received_lsn)
                              - greatest(p.applied_lsn, p.caught_up_lsn)) END AS lag_bytes,
-       CASE WHEN p.subid IS NULL THEN NULL
+       CASE WHEN p.subid IS NULL OR NOT s.enabled OR p.pending_commit_time = -9223372036854775808 THEN NULL
             WHEN p.pending_commit_time = 0 THEN interval '0'
             ELSE greatest(interval '0', now() - pgsub._ts(p.pending_commit_time)) END AS apply_lag,
        pgsub._ts(p.last_msg_send_time) AS last_msg_send_time,
@@ -197,7 +200,11 @@ CREATE VIEW pgsub.stat_subscription_all AS
 SELECT d.datname,
        p.subid,
        n.subname,
-       p.status,
+       -- As pgsub.stat_subscription says it, as far as shared memory tells (no catalog of
+       -- another database is read): a database no launcher serves, a standby.
+       CASE WHEN p.pid IS NULL AND pg_catalog.pg_is_in_recovery() THEN 'standby'
+            WHEN p.pid IS NULL AND x.state IN ('excluded', 'not_connectable') THEN 'not_served'
+            ELSE p.status END AS status,
        p.pid,
        pgsub._ts(p.worker_started_at) AS worker_started_at,
        pgsub._lsn(p.received_lsn) AS received_lsn,
@@ -215,6 +222,7 @@ SELECT d.datname,
 FROM pgsub._stat_progress() p
 JOIN pgsub._stat_names() n ON n.subid = p.subid
 LEFT JOIN pgsub._stat_counters() c ON c.subid = p.subid
+LEFT JOIN pgsub._stat_databases() x ON x.dboid = n.dboid
 LEFT JOIN pg_catalog.pg_database d ON d.oid = n.dboid;
 
 -- Every database the supervisor knows: whether a launcher runs there, and why not.

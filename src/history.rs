@@ -35,12 +35,17 @@ fn lag_bytes(s: &SubSlot) -> i64 {
     known.saturating_sub(done).min(i64::MAX as u64) as i64
 }
 
+/// `LagSample::apply_lag_ms` when the apply lag is not known (`shmem::LAG_UNKNOWN`).
+const UNKNOWN_MS: u32 = u32::MAX;
+
 /// Age of the oldest transaction received and not applied yet, in ms; the view's `apply_lag`.
 fn apply_lag_ms(s: &SubSlot, at: i64) -> u32 {
     if s.pending_commit_time == 0 {
         0
+    } else if s.pending_commit_time == shmem::LAG_UNKNOWN {
+        UNKNOWN_MS
     } else {
-        (at.saturating_sub(s.pending_commit_time).max(0) / 1000).min(u32::MAX as i64) as u32
+        (at.saturating_sub(s.pending_commit_time).max(0) / 1000).min(i64::from(UNKNOWN_MS - 1)) as u32
     }
 }
 
@@ -74,7 +79,8 @@ pub fn sample_all() {
 #[pg_extern(volatile, parallel_safe)]
 fn _lag_history(
     subid: i32,
-) -> TableIterator<'static, (name!(at, i64), name!(lag_bytes, i64), name!(apply_lag_ms, i64), name!(rows, i64))> {
+) -> TableIterator<'static, (name!(at, i64), name!(lag_bytes, i64), name!(apply_lag_ms, Option<i64>), name!(rows, i64))>
+{
     let mut rows = Vec::new();
     if shmem::available() {
         let g = shmem::SHARED.share();
@@ -84,7 +90,8 @@ fn _lag_history(
             let ring = &r.history[i];
             if ring.subid == subid {
                 for s in ring.oldest_first() {
-                    rows.push((s.at, s.lag_bytes, i64::from(s.apply_lag_ms), i64::from(s.rows)));
+                    let lag = (s.apply_lag_ms != UNKNOWN_MS).then_some(i64::from(s.apply_lag_ms));
+                    rows.push((s.at, s.lag_bytes, lag, i64::from(s.rows)));
                 }
             }
         }

@@ -29,6 +29,9 @@ pub const MAX_SYNC_SLOTS: usize = 64;
 /// Databases the supervisor keeps a state for (beyond it, extra databases are not served).
 pub const MAX_DATABASES: usize = 256;
 const NAME_LEN: usize = 64;
+/// `SubSlot::pending_commit_time` when how far behind apply is is not known (the view's
+/// `apply_lag` is NULL): a worker that has not heard from its publisher since it started.
+pub const LAG_UNKNOWN: i64 = i64::MIN;
 const ERR_LEN: usize = 1000;
 const SYNC_ERR_LEN: usize = 500;
 
@@ -104,7 +107,8 @@ pub struct SubSlot {
     pub last_msg_send_time: i64,
     pub last_msg_receipt_time: i64,
     pub last_commit_time: i64,
-    /// Commit time of the oldest received transaction not applied yet (0 = none).
+    /// Commit time of the oldest received transaction not applied yet (0 = none,
+    /// [`LAG_UNKNOWN`] = not known: no worker has heard from the publisher yet).
     pub pending_commit_time: i64,
     pub txns_applied: i64,
     pub inserts: i64,
@@ -228,13 +232,18 @@ impl SubSlot {
         Some(String::from_utf8_lossy(&self.last_error[..n]).into_owned())
     }
 
-    /// Stores an error message (cut at a character boundary if too long) and counts it, as an
-    /// apply worker's or a sync worker's (`sync`).
-    pub fn set_error(&mut self, msg: &str, at: i64, sync: bool) {
+    /// Puts back an error message saved at a clean shutdown (`statsfile.rs`), not counted again.
+    pub fn restore_error(&mut self, msg: &str, at: i64) {
         let n = cut(msg, ERR_LEN);
         self.last_error[..n].copy_from_slice(&msg.as_bytes()[..n]);
         self.last_error_len = n as u16;
         self.last_error_at = at;
+    }
+
+    /// Stores an error message (cut at a character boundary if too long) and counts it, as an
+    /// apply worker's or a sync worker's (`sync`).
+    pub fn set_error(&mut self, msg: &str, at: i64, sync: bool) {
+        self.restore_error(msg, at);
         self.error_count += 1;
         if sync {
             self.sync_error_count += 1;
@@ -430,7 +439,7 @@ impl Shared {
             Some(i) => i,
             None => {
                 let i = self.slots.iter().position(|s| s.subid == 0)?;
-                self.slots[i] = SubSlot { subid, dboid, ..SubSlot::default() };
+                self.slots[i] = SubSlot { subid, dboid, pending_commit_time: LAG_UNKNOWN, ..SubSlot::default() };
                 // A new subscription (or a dropped one's id reused): no table counters or lag
                 // history of an earlier holder.
                 crate::monitor::forget_subscription(self, subid, i);

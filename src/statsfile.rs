@@ -7,15 +7,19 @@
 //!
 //! The file is text: a header line, then one line per subscription with its id, database, name
 //! (hex) and counters, each followed by one line per table with counters (`monitor.rs`):
-//! `t`, subscription id, table oid, counters. A line that does not parse is skipped with a
-//! WARNING.
+//! `t`, subscription id, table oid, counters, and by one line with its last error if it has one
+//! (`e`, subscription id, the error's time, the message in hex): `last_error` is shown until a
+//! later error replaces it, as `error_count` is kept. A line that does not parse is skipped with
+//! a WARNING.
 use crate::shmem::{self, SubSlot};
 use pgrx::prelude::*;
 use std::io::Write;
 
 const PATH: &str = "pg_stat/pgsub.stat";
-const HEADER: &str = "pgsub-stats 4";
-/// The header of the previous format, read too: without `parallel_txns`, the last counter.
+const HEADER: &str = "pgsub-stats 5";
+/// The headers of the previous formats, read too: 4 had no `e` lines; 3 also had no
+/// `parallel_txns`, the last counter.
+const HEADER_4: &str = "pgsub-stats 4";
 const HEADER_3: &str = "pgsub-stats 3";
 /// Counters per line.
 const N: usize = 21;
@@ -65,7 +69,7 @@ pub fn save() {
     {
         let g = shmem::SHARED.share();
         for s in g.slots.iter().filter(|s| s.subid != 0 && s.dboid != 0) {
-            let name: String = s.name().bytes().map(|b| format!("{b:02x}")).collect();
+            let name = hex(s.name().as_bytes());
             let nums: Vec<String> = counters(s).iter().map(i64::to_string).collect();
             text.push_str(&format!(
                 "{} {} {} {}\n",
@@ -76,6 +80,10 @@ pub fn save() {
             ));
             for e in crate::monitor::entries_of(&g, s.subid) {
                 text.push_str(&table_line(&e));
+            }
+            if s.last_error_len > 0 {
+                let n = usize::from(s.last_error_len).min(s.last_error.len());
+                text.push_str(&format!("e {} {} {}\n", s.subid, s.last_error_at, hex(&s.last_error[..n])));
             }
         }
     }
@@ -115,7 +123,7 @@ pub fn restore(databases: &[u32]) {
 fn restore_text(text: &str, databases: &[u32]) {
     let mut lines = text.lines();
     let count = match lines.next() {
-        Some(HEADER) => N,
+        Some(HEADER | HEADER_4) => N,
         Some(HEADER_3) => N - 1,
         _ => {
             warning!("pgsub: \"{PATH}\" is not a pgsub statistics file; subscription counters start from zero");
@@ -126,6 +134,10 @@ fn restore_text(text: &str, databases: &[u32]) {
     for line in lines {
         if let Some(rest) = line.strip_prefix("t ") {
             restore_table(&mut g, rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("e ") {
+            restore_error(&mut g, rest);
             continue;
         }
         let Some((subid, dboid, name, nums)) = parse(line, count) else {
@@ -148,13 +160,7 @@ fn parse(line: &str, count: usize) -> Option<(i32, u32, String, [i64; N])> {
     let subid = parts.next()?.parse::<i32>().ok().filter(|&id| id > 0)?;
     let dboid = parts.next()?.parse::<u32>().ok().filter(|&o| o > 0)?;
     let hex = parts.next()?;
-    let name = if hex == "-" {
-        String::new()
-    } else {
-        let bytes: Option<Vec<u8>> =
-            (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
-        String::from_utf8(bytes?).ok()?
-    };
+    let name = if hex == "-" { String::new() } else { String::from_utf8(unhex(hex)?).ok()? };
     let mut nums = [0i64; N];
     for n in nums.iter_mut().take(count) {
         *n = parts.next()?.parse().ok()?;
@@ -194,5 +200,32 @@ fn restore_table(g: &mut shmem::Shared, rest: &str) {
     };
     if g.find(e.subid).is_some() && !crate::monitor::restore_entry(g, &e) {
         warning!("pgsub: all per-table statistics entries are taken; table {} is not restored", e.relid);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+/// Puts a subscription's last error back (not counted again: `error_count` was restored), if
+/// its subscription's line was restored and no error was recorded since.
+fn restore_error(g: &mut shmem::Shared, rest: &str) {
+    let parsed = (|| {
+        let mut parts = rest.split(' ');
+        let subid = parts.next()?.parse::<i32>().ok().filter(|&id| id > 0)?;
+        let at = parts.next()?.parse::<i64>().ok()?;
+        let msg = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        parts.next().is_none().then_some((subid, at, msg))
+    })();
+    let Some((subid, at, msg)) = parsed else {
+        warning!("pgsub: skipping a damaged line of \"{PATH}\"");
+        return;
+    };
+    if let Some(s) = g.find_mut(subid).filter(|s| s.last_error_len == 0) {
+        s.restore_error(&msg, at);
     }
 }

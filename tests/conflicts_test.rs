@@ -153,7 +153,7 @@ async fn conflict_counters(s: &tokio_postgres::Client) -> String {
 /// missing rows exactly, a unique violation applying an INSERT (`insert_exists`) or an UPDATE
 /// (`update_exists`) once per attempt that reports it (the row-by-row retry that follows the
 /// first, fast attempt at once) — and errors as apply errors; all of it survives a clean
-/// restart of the subscriber (as native statistics do), `reset_stats` zeroes it and stamps
+/// restart of the subscriber (as native statistics do; `last_error` too), `reset_stats` zeroes it and stamps
 /// `stats_reset`, and after a crash the counters start from zero (as native ones do).
 #[tokio::test(flavor = "current_thread")]
 async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
@@ -224,13 +224,17 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
     assert_eq!(errors, apply_errors, "every error here is the apply worker's");
     assert!(errors >= ins + upd, "each conflict that stopped apply is an error too");
 
-    // A clean restart keeps every counter.
+    // A clean restart keeps every counter, and the last error with its time.
     let before = conflict_counters(&s).await;
+    let last_error = "SELECT last_error || ' at ' || last_error_at FROM pgsub.stat_subscription WHERE subname = 'k'";
+    let error_before: String = one(&s, last_error).await;
+    assert!(error_before.contains("update_exists"), "the last error is the update_exists one: {error_before}");
     drop(s);
     nodes.subscriber.restart().expect("restart");
     let s = nodes.subscriber.client("postgres").await.unwrap();
     wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'k'", "streaming", WAIT).await;
     assert_eq!(conflict_counters(&s).await, before, "the counters survived a clean restart");
+    assert_eq!(one::<String>(&s, last_error).await, error_before, "the last error survived a clean restart");
 
     // reset_stats zeroes them and says when.
     s.batch_execute("SELECT pgsub.reset_stats('k')").await.unwrap();

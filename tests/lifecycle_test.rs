@@ -707,6 +707,8 @@ async fn launcher_in_a_database_created_after_start() {
     wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'app'", "not_served", WAIT).await;
     let problem: String = one(&s, "SELECT problem || ' ' || severity || ' ' || detail FROM pgsub.health").await;
     assert!(problem.starts_with("not_served critical pgsub does not serve database App DB"), "{problem}");
+    // The server-wide view says so too (it said `starting`).
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription_all WHERE subname = 'app'", "not_served", WAIT).await;
     s.batch_execute("ALTER SYSTEM RESET pgsub.database").await.unwrap();
     drop(s);
     nodes.subscriber.restart().expect("restart");

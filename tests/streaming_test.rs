@@ -269,6 +269,68 @@ async fn two_phase_prepare_commit_and_rollback_are_followed() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// The origin position of a COMMIT PREPARED goes into its own WAL record, which
+/// FinishPreparedTransaction writes and flushes, as native's does. A crash right after it, before
+/// anything else reached the disk (the WAL writer stopped, `pgsub.flush_when_idle` off), used to
+/// leave the origin one transaction behind: the worker met that COMMIT PREPARED again after the
+/// restart and stopped for good on "prepared transaction … does not exist".
+#[tokio::test(flavor = "current_thread")]
+async fn a_crash_right_after_commit_prepared_does_not_replay_it() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher().with_conf("max_prepared_transactions = 10"),
+        ClusterOpts::subscriber().with_conf("max_prepared_transactions = 10").with_conf("pgsub.flush_when_idle = off"),
+    )
+    .expect("start");
+    let (p, _) = setup(&nodes, ", two_phase => true").await;
+    for i in 1..=3 {
+        let s = nodes.subscriber.client("postgres").await.expect("subscriber");
+        wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'st'", "streaming", WAIT).await;
+        let walwriter: i32 = one(&s, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'").await;
+        // SAFETY: signals to a process of the subscriber this test started.
+        unsafe { libc::kill(walwriter, libc::SIGSTOP) };
+        p.batch_execute(&format!(
+            "BEGIN; INSERT INTO big VALUES ({id}, 'two-phase'); PREPARE TRANSACTION 'c{i}'",
+            id = 100_000 + i
+        ))
+        .await
+        .unwrap();
+        p.batch_execute(&format!("COMMIT PREPARED 'c{i}'")).await.unwrap();
+        wait_value(&s, &format!("SELECT count(*)::text FROM big WHERE id = {}", 100_000 + i), "1", WAIT).await;
+        wait_value(&s, "SELECT count(*)::text FROM pg_prepared_xacts", "0", WAIT).await;
+        drop(s);
+        // The crash: the postmaster takes every process down and recovers from the WAL on disk.
+        // SAFETY: as above.
+        unsafe { libc::kill(walwriter, libc::SIGKILL) };
+        nodes
+            .subscriber
+            .poll_query_until(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walwriter' AND pid <> {walwriter}"),
+                "1",
+                WAIT,
+            )
+            .await
+            .expect("the subscriber restarted after the crash");
+        // A plain transaction after it: applied only once the worker is past the COMMIT PREPARED.
+        p.batch_execute(&format!("INSERT INTO big VALUES ({}, 'after the crash')", 200_000 + i)).await.unwrap();
+        nodes
+            .subscriber
+            .poll_query_until(
+                "postgres",
+                &format!("SELECT count(*) FROM big WHERE id = {}", 200_000 + i),
+                "1",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {i}: not applied after the crash ({e}): {}", nodes.subscriber.log()));
+    }
+    let s = nodes.subscriber.client("postgres").await.expect("subscriber");
+    let errors: String = one(&s, "SELECT coalesce(last_error, '') FROM pgsub.stat_subscription WHERE subname = 'st'").await;
+    assert!(!errors.contains("does not exist"), "a COMMIT PREPARED met again: {errors}");
+    assert!(nodes.subscriber.log_contains("terminated by signal 9"), "the subscriber crashed");
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// As native's: a two_phase subscription whose tables are copied first starts with two_phase
 /// pending (its slot created without it), and the apply worker enables it once every table is
 /// ready, restarting to ask the walsender for prepared transactions. Then a refresh that would

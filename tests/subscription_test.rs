@@ -195,6 +195,36 @@ async fn stats_show_lag_while_behind_and_zero_when_caught_up() {
         "SELECT format('lag_bytes %s, apply_lag %s, %s rows', lag_bytes, apply_lag, (SELECT count(*) FROM lagt)) \
                      FROM pgsub.stat_subscription WHERE subname = 'lag'";
     wait_value(&s2, caught_up, "lag_bytes 0, apply_lag 00:00:00, 1000 rows", WAIT).await;
+
+    // A transaction that fails to apply: through the error, the wait before the retry and the
+    // next worker's start, apply_lag is that transaction's age or unknown (NULL), never 0.
+    s.batch_execute("ALTER TABLE lagt ADD CONSTRAINT not_bad CHECK (v <> 'bad')").await.unwrap();
+    p.batch_execute("INSERT INTO lagt VALUES (5000, 'bad')").await.unwrap();
+    wait_for_subscription_error(&s2, "lag", &["not_bad"], WAIT).await;
+    let sample =
+        "SELECT status, extract(epoch FROM apply_lag)::float8 FROM pgsub.stat_subscription WHERE subname = 'lag'";
+    let mut seen = Vec::new();
+    // Past the first retry (pgsub.retry_interval, 5 s) and into the second attempt.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let r = s2.query_one(sample, &[]).await.unwrap();
+        seen.push((r.get::<_, String>(0), r.get::<_, Option<f64>>(1)));
+        // Sampling pace (not a wait for a condition).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.iter().all(|(_, l)| l.is_none_or(|l| l > 0.0)), "apply_lag 0 while a transaction fails: {seen:?}");
+    assert!(seen.iter().any(|(_, l)| l.is_some_and(|l| l > 5.0)), "the failing transaction's age shown: {seen:?}");
+    s.batch_execute("ALTER TABLE lagt DROP CONSTRAINT not_bad").await.unwrap();
+    wait_value(&s2, caught_up, "lag_bytes 0, apply_lag 00:00:00, 1001 rows", WAIT).await;
+
+    // A disabled subscription's lag is not known (its publisher is not read): NULL, not 0.
+    s.batch_execute("SELECT pgsub.disable_subscription('lag')").await.unwrap();
+    p.batch_execute("INSERT INTO lagt VALUES (5001, 'while disabled')").await.unwrap();
+    let unknown = "SELECT format('%s %s %s', status, lag_bytes IS NULL, apply_lag IS NULL) \
+                   FROM pgsub.stat_subscription WHERE subname = 'lag'";
+    wait_value(&s2, unknown, "disabled t t", WAIT).await;
+    s.batch_execute("SELECT pgsub.enable_subscription('lag')").await.unwrap();
+    wait_value(&s2, caught_up, "lag_bytes 0, apply_lag 00:00:00, 1002 rows", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
 

@@ -523,7 +523,8 @@ async fn history(s: &Client) -> Vec<(f64, i64, f64, i64)> {
     .await
     .expect("lag_history")
     .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    // A NULL apply lag (not known: the worker has not heard from the publisher yet) is NaN.
+    .map(|r| (r.get(0), r.get(1), r.get::<_, Option<f64>>(2).unwrap_or(f64::NAN), r.get(3)))
     .collect()
 }
 

@@ -465,6 +465,15 @@ impl Applier {
                 .flatten()
                 .unwrap_or(false)
             });
+            // Before FinishPreparedTransaction, as native's apply_handle_commit_prepared: its
+            // COMMIT PREPARED (or ROLLBACK PREPARED) record, written and flushed there, is what
+            // carries the origin position. Set only after it, the position went into the outer
+            // transaction's own commit record, asynchronous with synchronous_commit = off: a
+            // crash between the two left the origin one transaction behind, and the worker then
+            // met the COMMIT PREPARED of a transaction it had already committed ("does not exist")
+            // for ever.
+            pg_sys::replorigin_session_origin_lsn = end_lsn.0;
+            pg_sys::replorigin_session_origin_timestamp = time;
             if exists {
                 pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| FinishPreparedTransaction(gid.as_ptr(), commit));
             } else if skip {
@@ -487,8 +496,6 @@ impl Applier {
                     Some("To go on without it, skip this COMMIT PREPARED with pgsub.skip_transaction() and the finish LSN in the context."),
                 );
             }
-            pg_sys::replorigin_session_origin_lsn = end_lsn.0;
-            pg_sys::replorigin_session_origin_timestamp = time;
             pg_sys::CommitTransactionCommand();
             pg_sys::replorigin_session_origin_lsn = 0;
             pg_sys::replorigin_session_origin_timestamp = 0;

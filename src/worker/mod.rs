@@ -292,6 +292,13 @@ fn on_error(subid: i32, e: CaughtError) {
             s.text_until = s.text_until.max(lsn.0);
         }
         s.status = Status::Error;
+        // The failed transaction is the oldest not applied: `apply_lag` goes on counting its age
+        // until a worker applies it (0 here would read "caught up").
+        s.pending_commit_time = match conflict::txn_commit_time() {
+            t if errctx::xid().is_some() && t != 0 => t,
+            _ if s.pending_commit_time == 0 => shmem::LAG_UNKNOWN,
+            t => t,
+        };
         // No backoff before the row-by-row (or one-by-one) retry.
         s.failed = !recheck && !grouped;
     });

@@ -160,6 +160,10 @@ pub struct Progress {
     pub last_commit_time: i64,
     pub pending_commit_time: i64,
     pub caught_up: Lsn,
+    /// A frame or keepalive came from the publisher: until then the positions and the pending
+    /// commit time the previous worker published stay in shared memory (this worker's are its
+    /// origin's, which would show a lag of 0 however far behind it is).
+    heard: bool,
     /// What the transaction being applied counted so far (and frames received).
     pub counters: Counters,
     /// What committed transactions counted, not published yet.
@@ -191,8 +195,10 @@ impl Progress {
             flushed: start,
             last_send_time: 0,
             last_commit_time: 0,
-            pending_commit_time: 0,
+            // Not known until a BEGIN (its commit time) or the stream is caught up (0).
+            pending_commit_time: shmem::LAG_UNKNOWN,
             caught_up: Lsn::INVALID,
+            heard: false,
             counters: Counters::default(),
             committed: Counters::default(),
             last_reported: (Lsn::INVALID, Lsn::INVALID),
@@ -218,6 +224,7 @@ impl Progress {
 
     /// A frame arrived: `start` is its WAL position (0 for keepalives), `end` the server's WAL end.
     pub fn on_frame(&mut self, start: Lsn, end: Lsn, send_time: i64) {
+        self.heard = true;
         if start > self.received {
             self.received = start;
         }
@@ -428,9 +435,12 @@ impl Progress {
         if let Some(st) = status {
             s.status = st;
         }
-        s.received_lsn = self.received.0;
         s.applied_lsn = self.applied.0;
         s.flushed_lsn = self.flushed.0;
+        if !self.heard {
+            return;
+        }
+        s.received_lsn = self.received.0;
         s.publisher_wal_end = self.wal_end.0;
         s.caught_up_lsn = self.caught_up.0;
         if self.last_send_time != 0 {

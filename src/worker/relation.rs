@@ -179,8 +179,8 @@ pub(super) fn unlisted(remote: &Relation) {
         report::error(
             Code::ERRCODE_UNDEFINED_TABLE,
             format!("logical replication target relation {qualified} does not exist"),
-            Some("The publisher sends changes of this table, which is not among the subscription's tables: renamed or moved there, or added to a publication.".into()),
-            Some("Create (or rename) the table here and refresh the subscription (pgsub.refresh_subscription); the worker retries."),
+            Some("The publisher sends changes of this table, which is not among the subscription's tables: dropped here, renamed or moved on the publisher, or added to a publication there.".into()),
+            Some("Create (or rename) the table here and refresh the subscription (pgsub.refresh_subscription), or remove the table from the publication; the worker retries."),
         );
     }
     // Once per worker and name: a root published via its root is described again (and so looked

@@ -98,6 +98,11 @@ pub fn begin_txn(xid: u32, commit_time: i64, finish_lsn: Lsn) {
     });
 }
 
+/// The commit time of the remote transaction begun last (0 while a streamed one's is not known).
+pub fn txn_commit_time() -> i64 {
+    STATE.with_borrow(|s| s.txn.commit_time)
+}
+
 /// The remote transaction begun is one applied at its PREPARE (two_phase): its time is the
 /// prepare time, and it is not committed yet.
 pub fn txn_is_prepared() {
