@@ -219,7 +219,10 @@ fn create_subscription(
             pgsub_proto::client::SlotOptions { two_phase: slot_two_phase, failover },
         );
         drop_slot_if_aborted(conninfo, &slot, require_password);
-    } else if failover {
+    } else {
+        check_existing_slot(&mut client, &slot);
+    }
+    if !create_slot && failover {
         // An existing slot is used: it is made a failover slot, as natively.
         if let Err(e) = client.alter_slot_failover(&slot, true) {
             publisher::raise(&e, &format!("could not alter replication slot \"{slot}\" on the publisher"), None);

@@ -852,3 +852,60 @@ async fn a_table_renamed_on_both_sides_goes_on_without_a_refresh() {
     assert_eq!(unequal, 0, "verify_subscription compares the renamed tables");
     converge(&p, &s).await;
 }
+
+/// `create_slot => false` with a slot the publisher does not have, or one pgsub cannot stream
+/// from (physical): a WARNING saying so at once (native says nothing; its worker fails at start),
+/// and none for a logical pgoutput slot of the database. Once the slot exists, replication runs.
+#[tokio::test(flavor = "current_thread")]
+async fn an_existing_slot_that_is_missing_or_unusable_is_warned_about() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let (s, notices) = nodes.subscriber.client_with_notices("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; SELECT pg_create_physical_replication_slot('phys')")
+        .await
+        .unwrap();
+    let warnings = || -> Vec<String> {
+        notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| n.severity() == "WARNING")
+            .map(|n| n.message().to_string())
+            .collect()
+    };
+    let create = |name: &'static str, slot: &'static str| {
+        let (s, conninfo) = (&s, nodes.pub_conninfo());
+        async move {
+            s.execute(
+                "SELECT pgsub.create_subscription($1, $2, ARRAY['pub'], enabled => false, create_slot => false, \
+                 slot_name => $3, copy_data => false)",
+                &[&name, &conninfo, &slot],
+            )
+            .await
+            .expect("created all the same");
+        }
+    };
+    create("nos", "nosuch").await;
+    assert_eq!(warnings(), vec!["replication slot \"nosuch\" does not exist on the publisher".to_string()]);
+    create("physical", "phys").await;
+    assert_eq!(
+        warnings().last().map(String::as_str),
+        Some("replication slot \"phys\" is not a logical replication slot")
+    );
+    s.batch_execute("SELECT pgsub.drop_subscription('physical', drop_slot => false)").await.unwrap();
+    p.batch_execute("SELECT pg_create_logical_replication_slot('ready', 'pgoutput')").await.unwrap();
+    create("ok", "ready").await;
+    assert_eq!(warnings().len(), 2, "no warning for a logical pgoutput slot: {:?}", warnings());
+    s.batch_execute("SELECT pgsub.drop_subscription('ok')").await.unwrap();
+
+    // Created as the hint says, the slot is used.
+    p.batch_execute("SELECT pg_create_logical_replication_slot('nosuch', 'pgoutput')").await.unwrap();
+    s.batch_execute("SELECT pgsub.enable_subscription('nos')").await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'nos'", "streaming", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (1, 'through the slot made by hand')").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "through the slot made by hand", WAIT).await;
+    assert_replicated_equal_for(&p, &s, Some(&["nos"])).await;
+}

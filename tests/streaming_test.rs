@@ -305,7 +305,9 @@ async fn a_crash_right_after_commit_prepared_does_not_replay_it() {
             .subscriber
             .poll_query_until(
                 "postgres",
-                &format!("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walwriter' AND pid <> {walwriter}"),
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walwriter' AND pid <> {walwriter}"
+                ),
                 "1",
                 WAIT,
             )
@@ -325,7 +327,8 @@ async fn a_crash_right_after_commit_prepared_does_not_replay_it() {
             .unwrap_or_else(|e| panic!("round {i}: not applied after the crash ({e}): {}", nodes.subscriber.log()));
     }
     let s = nodes.subscriber.client("postgres").await.expect("subscriber");
-    let errors: String = one(&s, "SELECT coalesce(last_error, '') FROM pgsub.stat_subscription WHERE subname = 'st'").await;
+    let errors: String =
+        one(&s, "SELECT coalesce(last_error, '') FROM pgsub.stat_subscription WHERE subname = 'st'").await;
     assert!(!errors.contains("does not exist"), "a COMMIT PREPARED met again: {errors}");
     assert!(nodes.subscriber.log_contains("terminated by signal 9"), "the subscriber crashed");
     assert_replicated_equal(&p, &s).await;

@@ -74,6 +74,40 @@ pub(super) fn check_publications(client: &mut Client, pubs: &[String]) {
     }
 }
 
+/// Warns when the slot a subscription created with `create_slot => false` is to use is not a
+/// logical pgoutput slot of this database on the publisher (native does not look; its worker
+/// then fails at its start, as pgsub's would, with the reason in the log only).
+pub(super) fn check_existing_slot(client: &mut Client, slot: &str) {
+    let rows = query(
+        client,
+        &format!(
+            "SELECT slot_type, coalesce(plugin, ''), coalesce(database, '') = pg_catalog.current_database() \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ),
+        "could not read replication slots on the publisher",
+    );
+    let problem = match rows.first().map(|r| r.iter().map(|v| v.as_deref().unwrap_or("")).collect::<Vec<_>>()) {
+        None => "does not exist on the publisher".to_string(),
+        Some(r) if r.first() != Some(&"logical") => "is not a logical replication slot".to_string(),
+        Some(r) if r.get(1) != Some(&"pgoutput") => {
+            format!("uses output plugin \"{}\", not pgoutput", r.get(1).copied().unwrap_or(""))
+        }
+        Some(r) if r.get(2) != Some(&"t") => "belongs to another database of the publisher".to_string(),
+        Some(_) => return,
+    };
+    log(
+        PgLogLevel::WARNING,
+        Code::ERRCODE_UNDEFINED_OBJECT,
+        format!("replication slot \"{slot}\" {problem}"),
+        Some("The subscription was created with create_slot => false: its worker fails at its start until the slot is right.".into()),
+        Some(&format!(
+            "Create it on the publisher (SELECT pg_create_logical_replication_slot({}, 'pgoutput') in the published database), or name another with pgsub.alter_subscription_options(slot_name => …) while the subscription is disabled.",
+            quote_literal(slot)
+        )),
+    );
+}
+
 /// Warns, as native does (PostgreSQL 16+, with its words), when `copy_data` with `origin =>
 /// 'none'` copies tables that the publisher itself receives from subscriptions (native ones, or
 /// pgsub's when it is installed there): their rows may have come from another origin, which the
