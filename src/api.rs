@@ -308,7 +308,7 @@ fn drop_subscription(
             ),
         };
         drop_sync_slots(&mut client, sub.subid);
-        match client.drop_slot(&sub.slot_name, true) {
+        match drop_slot_when_free(&mut client, &sub.slot_name) {
             Ok(()) => log(
                 PgLogLevel::NOTICE,
                 Code::ERRCODE_SUCCESSFUL_COMPLETION,
@@ -326,9 +326,11 @@ fn drop_subscription(
             Err(e) => publisher::raise(
                 &e,
                 &format!("could not drop replication slot \"{}\" on publisher", sub.slot_name),
-                Some(
-                    "Use pgsub.drop_subscription(name, drop_slot => false) to drop the subscription without the slot.",
-                ),
+                Some(if e.sqlstate() == Some("55006") {
+                    "Another process uses the slot (another subscriber, pg_recvlogical): stop it, or drop the subscription without the slot with pgsub.drop_subscription(name, drop_slot => false)."
+                } else {
+                    "Use pgsub.drop_subscription(name, drop_slot => false) to drop the subscription without the slot."
+                }),
             ),
         }
         client.close();

@@ -131,15 +131,18 @@ fn restore_text(text: &str, databases: &[u32]) {
         }
     };
     let mut g = shmem::SHARED.exclusive();
+    // The subscription whose line was restored last: an `e` line follows its own subscription's.
+    let mut restored: Option<i32> = None;
     for line in lines {
         if let Some(rest) = line.strip_prefix("t ") {
             restore_table(&mut g, rest);
             continue;
         }
         if let Some(rest) = line.strip_prefix("e ") {
-            restore_error(&mut g, rest);
+            restore_error(&mut g, rest, restored);
             continue;
         }
+        restored = None;
         let Some((subid, dboid, name, nums)) = parse(line, count) else {
             warning!("pgsub: skipping a damaged line of \"{PATH}\"");
             continue;
@@ -150,6 +153,7 @@ fn restore_text(text: &str, databases: &[u32]) {
         if let Some(s) = g.claim(subid, dboid) {
             s.set_name(&name);
             set_counters(s, &nums);
+            restored = Some(subid);
         }
     }
 }
@@ -212,8 +216,9 @@ fn unhex(hex: &str) -> Option<Vec<u8>> {
 }
 
 /// Puts a subscription's last error back (not counted again: `error_count` was restored), if
-/// its subscription's line was restored and no error was recorded since.
-fn restore_error(g: &mut shmem::Shared, rest: &str) {
+/// its subscription's line — the line before (`restored`) — was restored and no error was
+/// recorded since.
+fn restore_error(g: &mut shmem::Shared, rest: &str, restored: Option<i32>) {
     let parsed = (|| {
         let mut parts = rest.split(' ');
         let subid = parts.next()?.parse::<i32>().ok().filter(|&id| id > 0)?;
@@ -225,6 +230,9 @@ fn restore_error(g: &mut shmem::Shared, rest: &str) {
         warning!("pgsub: skipping a damaged line of \"{PATH}\"");
         return;
     };
+    if restored != Some(subid) {
+        return;
+    }
     if let Some(s) = g.find_mut(subid).filter(|s| s.last_error_len == 0) {
         s.restore_error(&msg, at);
     }

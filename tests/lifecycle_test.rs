@@ -2,8 +2,8 @@
 //! skip_transaction, privileges, crash recovery without loss or duplication, publisher restarts,
 //! altering options and renaming.
 use pgsub_tests::{
-    assert_replicated_equal, assert_replicated_equal_except, assert_replicated_equal_for, assert_rows_equal, one,
-    wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes,
+    assert_replicated_equal, assert_replicated_equal_except, assert_replicated_equal_for, assert_rows_equal, must_fail,
+    one, wait_for_subscription_error, wait_for_subscription_sync, wait_value, ClusterOpts, TwoNodes,
 };
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
@@ -558,6 +558,32 @@ async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
     let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'busy'").await;
     assert_eq!(errors, 0, "the wait never counted as an error");
     assert_replicated_equal(&p, &s).await;
+
+    // drop_subscription while another client holds the slot: not a wait for ever (native's
+    // DROP_REPLICATION_SLOT … WAIT), an error after 30 s naming the way out, nothing dropped.
+    s.batch_execute("SELECT pgsub.disable_subscription('busy')").await.unwrap();
+    wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "false", WAIT).await;
+    let mut holder = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_recvlogical")
+        .args(["-h", "127.0.0.1", "-p", &nodes.publisher.port().to_string(), "-U", "postgres", "-d", "postgres"])
+        .args(["--slot", "busy", "--start", "-o", "proto_version=1", "-o", "publication_names=pub", "-f", "/dev/null"])
+        .spawn()
+        .expect("pg_recvlogical");
+    wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "true", WAIT).await;
+    let e = must_fail(&s, "SELECT pgsub.drop_subscription('busy')", &[]).await;
+    assert_eq!(e.code, "55006", "{}", e.text());
+    assert!(e.text().contains("Another process uses the slot"), "{}", e.text());
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription WHERE subname = 'busy'").await, 1);
+    // Let go during the drop's wait: the drop goes through.
+    let release = tokio::spawn(async move {
+        // The holder keeps the slot for 2 s of the drop's wait (pacing, not a wait for a condition).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        holder.kill().expect("kill pg_recvlogical");
+        holder.wait().expect("pg_recvlogical gone");
+    });
+    s.batch_execute("SELECT pgsub.drop_subscription('busy')").await.expect("dropped once the slot is let go");
+    release.await.unwrap();
+    // (The tables were compared above, while the subscription existed.)
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'busy'").await, 0);
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -313,3 +313,24 @@ pub(super) fn create_slot_on_publisher(client: &mut Client, slot: &str, opts: Sl
         None,
     );
 }
+
+/// How long a drop waits for another process to let go of the slot.
+const SLOT_ACTIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Drops a slot on the publisher, waiting up to [`SLOT_ACTIVE_WAIT`] while another process holds
+/// it (a walsender that has not yet noticed its worker is gone, busy decoding a large
+/// transaction) — not for ever, as `DROP_REPLICATION_SLOT … WAIT` (native's) does when the holder
+/// is another subscriber or a `pg_recvlogical` that never lets go. A cancel ends the wait.
+pub(super) fn drop_slot_when_free(client: &mut Client, slot: &str) -> Result<(), pgsub_proto::client::Error> {
+    let until = std::time::Instant::now() + SLOT_ACTIVE_WAIT;
+    loop {
+        match client.drop_slot(slot, false) {
+            Err(e) if e.sqlstate() == Some("55006") && std::time::Instant::now() < until => {
+                check_for_interrupts!();
+                // The retry's pace (the query above is the real wait).
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
+}

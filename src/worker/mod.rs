@@ -294,10 +294,12 @@ fn on_error(subid: i32, e: CaughtError) {
         s.status = Status::Error;
         // The failed transaction is the oldest not applied: `apply_lag` goes on counting its age
         // until a worker applies it (0 here would read "caught up").
-        s.pending_commit_time = match conflict::txn_commit_time() {
-            t if errctx::xid().is_some() && t != 0 => t,
-            _ if s.pending_commit_time == 0 => shmem::LAG_UNKNOWN,
-            t => t,
+        s.pending_commit_time = match errctx::xid().and_then(conflict::txn_commit_time_of) {
+            Some(t) => t,
+            // Outside a transaction, or one whose commit time is not known here (a parallel
+            // worker's): "caught up" is not known any more; an age shown before goes on.
+            None if s.pending_commit_time == 0 => shmem::LAG_UNKNOWN,
+            None => s.pending_commit_time,
         };
         // No backoff before the row-by-row (or one-by-one) retry.
         s.failed = !recheck && !grouped;

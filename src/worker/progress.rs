@@ -160,10 +160,11 @@ pub struct Progress {
     pub last_commit_time: i64,
     pub pending_commit_time: i64,
     pub caught_up: Lsn,
-    /// A frame or keepalive came from the publisher: until then the positions and the pending
-    /// commit time the previous worker published stay in shared memory (this worker's are its
-    /// origin's, which would show a lag of 0 however far behind it is).
-    heard: bool,
+    /// A keepalive came outside a transaction and no data since: the walsender has sent all it
+    /// had decoded (it pings when it reaches the end of its WAL). Only then is an empty socket
+    /// taken as caught up for `pending_commit_time`: it is empty too while the walsender decodes
+    /// a large transaction, or starts decoding after a restart of the worker.
+    idle_seen: bool,
     /// What the transaction being applied counted so far (and frames received).
     pub counters: Counters,
     /// What committed transactions counted, not published yet.
@@ -198,7 +199,7 @@ impl Progress {
             // Not known until a BEGIN (its commit time) or the stream is caught up (0).
             pending_commit_time: shmem::LAG_UNKNOWN,
             caught_up: Lsn::INVALID,
-            heard: false,
+            idle_seen: false,
             counters: Counters::default(),
             committed: Counters::default(),
             last_reported: (Lsn::INVALID, Lsn::INVALID),
@@ -224,7 +225,9 @@ impl Progress {
 
     /// A frame arrived: `start` is its WAL position (0 for keepalives), `end` the server's WAL end.
     pub fn on_frame(&mut self, start: Lsn, end: Lsn, send_time: i64) {
-        self.heard = true;
+        if start.is_valid() {
+            self.idle_seen = false;
+        }
         if start > self.received {
             self.received = start;
         }
@@ -238,6 +241,7 @@ impl Progress {
 
     /// A keepalive told us the server's WAL end: nothing before it is pending for us.
     pub fn on_keepalive(&mut self, end: Lsn) {
+        self.idle_seen = true;
         if end > self.received {
             self.received = end;
         }
@@ -367,10 +371,15 @@ impl Progress {
         self.unreported = false;
     }
 
-    /// Everything received has been applied and nothing is in progress.
+    /// Everything received has been applied and nothing is in progress; the apply lag is 0 once
+    /// the walsender has said it has nothing more (`idle_seen`): until then the last transaction's
+    /// commit time stays pending (its age grows while the walsender decodes the next one), or
+    /// the lag stays unknown after a start.
     pub fn mark_caught_up(&mut self) {
         self.caught_up = self.received.max(self.applied);
-        self.pending_commit_time = 0;
+        if self.idle_seen {
+            self.pending_commit_time = 0;
+        }
     }
 
     /// Whether counters have not reached shared memory for a while (the receive loop publishes
@@ -435,12 +444,9 @@ impl Progress {
         if let Some(st) = status {
             s.status = st;
         }
+        s.received_lsn = self.received.0;
         s.applied_lsn = self.applied.0;
         s.flushed_lsn = self.flushed.0;
-        if !self.heard {
-            return;
-        }
-        s.received_lsn = self.received.0;
         s.publisher_wal_end = self.wal_end.0;
         s.caught_up_lsn = self.caught_up.0;
         if self.last_send_time != 0 {

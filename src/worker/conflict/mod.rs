@@ -98,9 +98,10 @@ pub fn begin_txn(xid: u32, commit_time: i64, finish_lsn: Lsn) {
     });
 }
 
-/// The commit time of the remote transaction begun last (0 while a streamed one's is not known).
-pub fn txn_commit_time() -> i64 {
-    STATE.with_borrow(|s| s.txn.commit_time)
+/// The commit time of remote transaction `xid` if it is the one begun last and its commit time
+/// is known (a transaction a parallel worker applies as it streams has none until its commit).
+pub fn txn_commit_time_of(xid: u32) -> Option<i64> {
+    STATE.with_borrow(|s| (s.txn.xid == xid && s.txn.commit_time != 0).then_some(s.txn.commit_time))
 }
 
 /// The remote transaction begun is one applied at its PREPARE (two_phase): its time is the
