@@ -201,9 +201,9 @@ SELECT d.datname,
        p.subid,
        n.subname,
        -- As pgsub.stat_subscription says it, as far as shared memory tells (no catalog of
-       -- another database is read): a database no launcher serves, a standby.
-       CASE WHEN p.pid IS NULL AND pg_catalog.pg_is_in_recovery() THEN 'standby'
-            WHEN p.pid IS NULL AND x.state IN ('excluded', 'not_connectable') THEN 'not_served'
+       -- another database is read): a database no launcher serves. (On a hot standby shared
+       -- memory holds no subscription: no supervisor runs there.)
+       CASE WHEN p.pid IS NULL AND x.state IN ('excluded', 'not_connectable') THEN 'not_served'
             ELSE p.status END AS status,
        p.pid,
        pgsub._ts(p.worker_started_at) AS worker_started_at,

@@ -831,7 +831,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn reset_stats(name: default!(Option<&str>, "NULL")) {
-    require_admin();
+    require_admin_role();
     let subs = match name {
         Some(n) => {
             let sub = sub_by_name(n);

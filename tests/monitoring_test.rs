@@ -1008,6 +1008,21 @@ async fn the_views_read_a_hot_standby_of_the_subscriber() {
     assert_eq!(pid, None, "no worker runs on the standby");
     // Said as such (it showed `starting`, which never changed).
     assert_eq!(one::<String>(&st, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'hs'").await, "standby");
+    // The functions that change a subscription or wait on its worker are refused as natively
+    // (they failed with "cannot assign TransactionIds during recovery"; wait_for_catchup waited
+    // out its timeout); nothing reaches the publisher.
+    for q in [
+        "SELECT pgsub.disable_subscription('hs')",
+        "SELECT pgsub.drop_subscription('hs')",
+        "SELECT pgsub.refresh_subscription('hs')",
+        "SELECT pgsub.wait_for_catchup('hs', timeout => '10 s')",
+        "SELECT pgsub.create_subscription('other', 'host=127.0.0.1', ARRAY['pub'])",
+    ] {
+        let e = must_fail(&st, q, &[]).await;
+        assert_eq!(e.code, "25006", "{q}: {}", e.text());
+        assert!(e.text().contains("during recovery"), "{q}: {}", e.text());
+    }
+    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'hs' AND active").await, 1);
     p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
     wait_value(&s, "SELECT count(*)::text FROM t", "2", WAIT).await;
     assert_replicated_equal(&p, &s).await;

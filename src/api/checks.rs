@@ -15,8 +15,25 @@ pub(super) fn caller() -> pg_sys::Oid {
     unsafe { pg_sys::GetOuterUserId() }
 }
 
-/// Raises unless the current user is a superuser or a member of `pgsub_admin`.
+/// Raises unless the current user is a superuser or a member of `pgsub_admin`, and on a hot
+/// standby: every function that calls this changes a subscription or waits on its worker,
+/// neither of which a standby can do (native: "cannot execute ALTER SUBSCRIPTION in a read-only
+/// transaction"; without this check the catalog write failed with an internal error).
 pub fn require_admin() {
+    require_admin_role();
+    // SAFETY: reads shared state; no preconditions.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        error(
+            Code::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "cannot manage or wait on pgsub subscriptions during recovery",
+            Some("This server is a standby: no pgsub worker runs here until it is promoted, and the catalog is read-only.".into()),
+            Some("Run it on the primary."),
+        );
+    }
+}
+
+/// [`require_admin`]'s role check alone (for what a standby can do too).
+pub(super) fn require_admin_role() {
     let ok = crate::process::has_privs_of_any(caller(), &[c"pgsub_admin"]);
     if !ok {
         error(
