@@ -9,7 +9,8 @@
 //! the leftovers check.)
 use pgsub_tests::{
     assert_replicated_equal, assert_replicated_equal_for, assert_replicated_equal_within, must_fail, one,
-    quote_literal, wait_for_repeated_error, wait_for_subscription_sync, wait_value, ClusterOpts, SqlError, TwoNodes,
+    quote_literal, wait_for_repeated_error, wait_for_subscription_sync, wait_value, warning_messages, ClusterOpts,
+    SqlError, TwoNodes,
 };
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -276,13 +277,7 @@ async fn a_missing_publication_is_a_warning_as_natively() {
         .await;
         assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 5, "nothing applied past the error");
         s.execute("SELECT pgsub.alter_subscription_publications('miss', ARRAY['pub'])", &[]).await.expect("fix");
-        let left: Vec<String> = notices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|n| n.severity() == "WARNING")
-            .map(|n| n.message().to_string())
-            .collect();
+        let left = warning_messages(&notices);
         assert_eq!(left.len(), 1, "no new warning once every publication exists: {left:?}");
     }
     wait_value(&s, "SELECT count(*) FROM t", "10", WAIT).await;
@@ -867,15 +862,7 @@ async fn an_existing_slot_that_is_missing_or_unusable_is_warned_about() {
     p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; SELECT pg_create_physical_replication_slot('phys')")
         .await
         .unwrap();
-    let warnings = || -> Vec<String> {
-        notices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|n| n.severity() == "WARNING")
-            .map(|n| n.message().to_string())
-            .collect()
-    };
+    let warnings = || warning_messages(&notices);
     let create = |name: &'static str, slot: &'static str| {
         let (s, conninfo) = (&s, nodes.pub_conninfo());
         async move {

@@ -1575,6 +1575,17 @@ impl Cluster {
 /// The notices (NOTICE, WARNING, …) the server sent on one connection, in the order received.
 pub type Notices = std::sync::Arc<std::sync::Mutex<Vec<tokio_postgres::error::DbError>>>;
 
+/// The messages of the WARNINGs among `notices`, in the order received.
+pub fn warning_messages(notices: &Notices) -> Vec<String> {
+    notices
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|n| n.severity() == "WARNING")
+        .map(|n| n.message().to_string())
+        .collect()
+}
+
 /// [`connect`] that keeps every notice the server sends on the connection (tokio-postgres's own
 /// connection future only logs them). A notice raised by a statement is stored before the
 /// statement's result reaches the client: the connection task reads the server's messages in

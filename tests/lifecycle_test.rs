@@ -517,6 +517,16 @@ async fn a_worker_terminated_mid_transaction_records_its_stop_and_loses_nothing(
     assert_replicated_equal(&p, &s).await;
 }
 
+/// Another client holding slot `slot` of publication `pub` on the publisher: pg_recvlogical
+/// (nothing is written meanwhile: it confirms what it reads).
+fn hold_slot(nodes: &TwoNodes, slot: &str) -> std::process::Child {
+    std::process::Command::new("/usr/lib/postgresql/15/bin/pg_recvlogical")
+        .args(["-h", "127.0.0.1", "-p", &nodes.publisher.port().to_string(), "-U", "postgres", "-d", "postgres"])
+        .args(["--slot", slot, "--start", "-o", "proto_version=1", "-o", "publication_names=pub", "-f", "/dev/null"])
+        .spawn()
+        .expect("pg_recvlogical")
+}
+
 /// The subscription's slot still active on the publisher when the worker starts (here another
 /// client streams it; after a refresh it is the previous connection's walsender, busy decoding a
 /// large transaction): the worker waits for it, `connecting` with a LOG line, not an error to
@@ -531,11 +541,7 @@ async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
     s.batch_execute("SELECT pgsub.disable_subscription('busy')").await.unwrap();
     wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "false", WAIT).await;
     // Another client holds the slot (nothing is written meanwhile: it confirms what it reads).
-    let mut holder = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_recvlogical")
-        .args(["-h", "127.0.0.1", "-p", &nodes.publisher.port().to_string(), "-U", "postgres", "-d", "postgres"])
-        .args(["--slot", "busy", "--start", "-o", "proto_version=1", "-o", "publication_names=pub", "-f", "/dev/null"])
-        .spawn()
-        .expect("pg_recvlogical");
+    let mut holder = hold_slot(&nodes, "busy");
     wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "true", WAIT).await;
     s.batch_execute("SELECT pgsub.enable_subscription('busy')").await.unwrap();
     nodes
@@ -563,11 +569,7 @@ async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
     // DROP_REPLICATION_SLOT … WAIT), an error after 30 s naming the way out, nothing dropped.
     s.batch_execute("SELECT pgsub.disable_subscription('busy')").await.unwrap();
     wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "false", WAIT).await;
-    let mut holder = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_recvlogical")
-        .args(["-h", "127.0.0.1", "-p", &nodes.publisher.port().to_string(), "-U", "postgres", "-d", "postgres"])
-        .args(["--slot", "busy", "--start", "-o", "proto_version=1", "-o", "publication_names=pub", "-f", "/dev/null"])
-        .spawn()
-        .expect("pg_recvlogical");
+    let mut holder = hold_slot(&nodes, "busy");
     wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "true", WAIT).await;
     let e = must_fail(&s, "SELECT pgsub.drop_subscription('busy')", &[]).await;
     assert_eq!(e.code, "55006", "{}", e.text());
