@@ -81,7 +81,7 @@ SELECT s.subname,
        s.enabled,
        CASE WHEN NOT pgsub._preloaded() THEN 'not_preloaded'
             WHEN s.subdbid <> pgsub._current_database_oid() THEN 'copied'
-            WHEN p.pid IS NULL AND pg_catalog.pg_is_in_recovery() THEN 'standby'
+            WHEN s.enabled AND p.pid IS NULL AND pg_catalog.pg_is_in_recovery() THEN 'standby'
             WHEN s.enabled AND p.pid IS NULL AND NOT pgsub._database_served() THEN 'not_served'
             WHEN p.subid IS NULL THEN CASE WHEN s.enabled THEN 'starting' ELSE 'disabled' END
             WHEN NOT s.enabled AND p.pid IS NULL THEN 'disabled'

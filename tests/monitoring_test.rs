@@ -988,6 +988,9 @@ async fn the_views_read_a_hot_standby_of_the_subscriber() {
         .unwrap();
     s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
     s.execute("SELECT pgsub.create_subscription('hs', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('off', $1, ARRAY['pub'], connect => false)", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
     wait_for_subscription_sync(&s, "hs", WAIT).await;
     let standby = Cluster::standby_of(&nodes.subscriber, "standby").expect("standby");
     let st = standby.client("postgres").await.expect("connect to the standby");
@@ -1008,6 +1011,8 @@ async fn the_views_read_a_hot_standby_of_the_subscriber() {
     assert_eq!(pid, None, "no worker runs on the standby");
     // Said as such (it showed `starting`, which never changed).
     assert_eq!(one::<String>(&st, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'hs'").await, "standby");
+    // A disabled one says so (it said `standby` too).
+    assert_eq!(one::<String>(&st, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'off'").await, "disabled");
     // The functions that change a subscription or wait on its worker are refused as natively
     // (they failed with "cannot assign TransactionIds during recovery"; wait_for_catchup waited
     // out its timeout); nothing reaches the publisher.
