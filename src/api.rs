@@ -308,7 +308,7 @@ fn drop_subscription(
             ),
         };
         drop_sync_slots(&mut client, sub.subid);
-        match drop_slot_when_free(&mut client, &sub.slot_name) {
+        match drop_slot_when_free(&mut client, &sub.slot_name, Some(&sub.name)) {
             Ok(()) => log(
                 PgLogLevel::NOTICE,
                 Code::ERRCODE_SUCCESSFUL_COMPLETION,

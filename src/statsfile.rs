@@ -135,7 +135,7 @@ fn restore_text(text: &str, databases: &[u32]) {
     let mut restored: Option<i32> = None;
     for line in lines {
         if let Some(rest) = line.strip_prefix("t ") {
-            restore_table(&mut g, rest);
+            restore_table(&mut g, rest, restored);
             continue;
         }
         if let Some(rest) = line.strip_prefix("e ") {
@@ -196,13 +196,14 @@ fn parse_table(rest: &str) -> Option<crate::monitor::TableEntry> {
     Some(TableEntry { subid, relid, counts, rows_copied: nums[6 + N_CONFLICTS], last_change_at: nums[7 + N_CONFLICTS] })
 }
 
-/// Puts a table's counters back, if its subscription's line was restored.
-fn restore_table(g: &mut shmem::Shared, rest: &str) {
+/// Puts a table's counters back, if its subscription's line — the one before (`restored`) —
+/// was restored (not one of the same id in another database, or one skipped).
+fn restore_table(g: &mut shmem::Shared, rest: &str, restored: Option<i32>) {
     let Some(e) = parse_table(rest) else {
         warning!("pgsub: skipping a damaged line of \"{PATH}\"");
         return;
     };
-    if g.find(e.subid).is_some() && !crate::monitor::restore_entry(g, &e) {
+    if restored == Some(e.subid) && g.find(e.subid).is_some() && !crate::monitor::restore_entry(g, &e) {
         warning!("pgsub: all per-table statistics entries are taken; table {} is not restored", e.relid);
     }
 }

@@ -1012,7 +1012,10 @@ async fn the_views_read_a_hot_standby_of_the_subscriber() {
     // Said as such (it showed `starting`, which never changed).
     assert_eq!(one::<String>(&st, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'hs'").await, "standby");
     // A disabled one says so (it said `standby` too).
-    assert_eq!(one::<String>(&st, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'off'").await, "disabled");
+    assert_eq!(
+        one::<String>(&st, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'off'").await,
+        "disabled"
+    );
     // The functions that change a subscription or wait on its worker are refused as natively
     // (they failed with "cannot assign TransactionIds during recovery"; wait_for_catchup waited
     // out its timeout); nothing reaches the publisher.

@@ -289,7 +289,7 @@ pub(super) fn drop_sync_slots(client: &mut pgsub_proto::client::Client, subid: i
         Err(_) => Vec::new(),
     };
     for name in names {
-        if let Err(e) = super::remote::drop_slot_when_free(client, &name) {
+        if let Err(e) = super::remote::drop_slot_when_free(client, &name, None) {
             crate::report::log(
                 PgLogLevel::WARNING,
                 crate::publisher::sqlstate(&e),

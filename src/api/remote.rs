@@ -318,19 +318,42 @@ pub(super) fn create_slot_on_publisher(client: &mut Client, slot: &str, opts: Sl
 const SLOT_ACTIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Drops a slot on the publisher, waiting up to [`SLOT_ACTIVE_WAIT`] while another process holds
-/// it (a walsender that has not yet noticed its worker is gone, busy decoding a large
-/// transaction) — not for ever, as `DROP_REPLICATION_SLOT … WAIT` (native's) does when the holder
-/// is another subscriber or a `pg_recvlogical` that never lets go. A cancel ends the wait.
-pub(super) fn drop_slot_when_free(client: &mut Client, slot: &str) -> Result<(), pgsub_proto::client::Error> {
+/// it — not for ever, as `DROP_REPLICATION_SLOT … WAIT` (native's) does when the holder is
+/// another subscriber or a `pg_recvlogical` that never lets go. Past that, a holder that is the
+/// walsender of this subscription's own stopped worker (`own_app`, its application_name: busy
+/// decoding a large transaction, it has not noticed the worker is gone) is waited for on. A
+/// cancel ends the wait.
+pub(super) fn drop_slot_when_free(
+    client: &mut Client,
+    slot: &str,
+    own_app: Option<&str>,
+) -> Result<(), pgsub_proto::client::Error> {
     let until = std::time::Instant::now() + SLOT_ACTIVE_WAIT;
     loop {
         match client.drop_slot(slot, false) {
-            Err(e) if e.sqlstate() == Some("55006") && std::time::Instant::now() < until => {
+            Err(e)
+                if e.sqlstate() == Some("55006")
+                    && (std::time::Instant::now() < until || held_by(client, slot, own_app)) =>
+            {
                 check_for_interrupts!();
                 // The retry's pace (the query above is the real wait).
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
             r => return r,
         }
+    }
+}
+
+/// Whether the process holding `slot` on the publisher runs as `app` (its application_name).
+fn held_by(client: &mut Client, slot: &str, app: Option<&str>) -> bool {
+    let Some(app) = app else { return false };
+    let sql = format!(
+        "SELECT a.application_name FROM pg_catalog.pg_replication_slots s \
+         JOIN pg_catalog.pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = {}",
+        quote_literal(slot)
+    );
+    match client.simple_query(&sql) {
+        Ok(rows) => rows.first().and_then(|r| r.values.first().cloned().flatten()).as_deref() == Some(app),
+        Err(_) => false,
     }
 }

@@ -294,13 +294,9 @@ fn on_error(subid: i32, e: CaughtError) {
         s.status = Status::Error;
         // The failed transaction is the oldest not applied: `apply_lag` goes on counting its age
         // until a worker applies it (0 here would read "caught up").
-        s.pending_commit_time = match errctx::xid().and_then(conflict::txn_commit_time_of) {
-            Some(t) => t,
-            // Outside a transaction, or one whose commit time is not known here (a parallel
-            // worker's): "caught up" is not known any more; an age shown before goes on.
-            None if s.pending_commit_time == 0 => shmem::LAG_UNKNOWN,
-            None => s.pending_commit_time,
-        };
+        // Outside a transaction, or in one whose commit time is not known here (a parallel
+        // worker's): not known (the age shown may be of a transaction applied since).
+        s.pending_commit_time = errctx::xid().and_then(conflict::txn_commit_time_of).unwrap_or(shmem::LAG_UNKNOWN);
         // No backoff before the row-by-row (or one-by-one) retry.
         s.failed = !recheck && !grouped;
     });
@@ -505,7 +501,7 @@ fn run(subid: i32) {
     let origin_id = unsafe { pg_sys::replorigin_session_origin };
     let parallel = parallel::Pool::new(&sub, &opts, origin_id);
     let mut progress = Progress::new(subid, start);
-    progress.on_frame(Lsn::INVALID, server_end, 0);
+    progress.on_publisher_end(server_end);
     let mut stream = Stream::new(sub, client, &opts, applier, progress, None);
     stream.parallel = parallel;
     stream.run();

@@ -160,11 +160,16 @@ pub struct Progress {
     pub last_commit_time: i64,
     pub pending_commit_time: i64,
     pub caught_up: Lsn,
-    /// A keepalive came outside a transaction and no data since: the walsender has sent all it
-    /// had decoded (it pings when it reaches the end of its WAL). Only then is an empty socket
-    /// taken as caught up for `pending_commit_time`: it is empty too while the walsender decodes
-    /// a large transaction, or starts decoding after a restart of the worker.
+    /// The walsender said it has read all the WAL there is, and no data came since (see
+    /// [`Progress::on_keepalive`]). Only then is an empty socket taken as caught up for
+    /// `pending_commit_time`: it is empty too while the walsender decodes a large transaction,
+    /// or starts decoding after a restart of the worker.
     idle_seen: bool,
+    /// When data last came, or the worker started (the idle question's clock).
+    pub data_at: Instant,
+    /// The publisher's WAL end as the publisher itself said it (IDENTIFY_SYSTEM at the start, the
+    /// lag probe): a walsender that has read that far has nothing older left to send.
+    publisher_end: Lsn,
     /// What the transaction being applied counted so far (and frames received).
     pub counters: Counters,
     /// What committed transactions counted, not published yet.
@@ -200,6 +205,8 @@ impl Progress {
             pending_commit_time: shmem::LAG_UNKNOWN,
             caught_up: Lsn::INVALID,
             idle_seen: false,
+            data_at: Instant::now(),
+            publisher_end: Lsn::INVALID,
             counters: Counters::default(),
             committed: Counters::default(),
             last_reported: (Lsn::INVALID, Lsn::INVALID),
@@ -227,6 +234,7 @@ impl Progress {
     pub fn on_frame(&mut self, start: Lsn, end: Lsn, send_time: i64) {
         if start.is_valid() {
             self.idle_seen = false;
+            self.data_at = Instant::now();
         }
         if start > self.received {
             self.received = start;
@@ -239,9 +247,26 @@ impl Progress {
         }
     }
 
-    /// A keepalive told us the server's WAL end: nothing before it is pending for us.
-    pub fn on_keepalive(&mut self, end: Lsn) {
-        self.idle_seen = true;
+    /// The publisher's own word on its WAL end (see `publisher_end`).
+    pub fn on_publisher_end(&mut self, end: Lsn) {
+        self.publisher_end = self.publisher_end.max(end);
+        self.on_frame(Lsn::INVALID, end, 0);
+    }
+
+    /// Whether the apply lag is known to be 0 once nothing is open (`idle_seen`).
+    pub fn idle_seen(&self) -> bool {
+        self.idle_seen
+    }
+
+    /// A keepalive outside a transaction told us the server's WAL end: nothing before it is
+    /// pending for us. `unasked`: the walsender sent it on its own, not asking for a reply — it
+    /// does so on reaching the end of its WAL (its timeout pings ask for a reply; its answers to
+    /// ours come while it may still be decoding). Either that, or a WAL end at least the
+    /// publisher's own, says the walsender has nothing older left: the apply lag is 0.
+    pub fn on_keepalive(&mut self, end: Lsn, unasked: bool) {
+        if unasked || (self.publisher_end.is_valid() && end >= self.publisher_end) {
+            self.idle_seen = true;
+        }
         if end > self.received {
             self.received = end;
         }

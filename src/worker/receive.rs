@@ -36,6 +36,11 @@ pub(super) struct Stream {
     pub(super) progress: Progress,
     pub(super) last_recv: Instant,
     pub(super) ping_sent: bool,
+    /// A status update asked the walsender for a reply and no keepalive came since: the next one
+    /// answers it (`Progress::on_keepalive`).
+    reply_asked: bool,
+    /// Asked the walsender whether it has anything more since data last came (`ask_if_idle`).
+    idle_asked: bool,
     pub(super) status: Status,
     /// When table statistics were last flushed by force (idle).
     pub(super) stats_forced_at: Instant,
@@ -83,6 +88,8 @@ impl Stream {
             progress,
             last_recv: Instant::now(),
             ping_sent: false,
+            reply_asked: false,
+            idle_asked: false,
             status: Status::Catchup,
             stats_forced_at: Instant::now(),
             catchup_end,
@@ -159,7 +166,7 @@ impl Stream {
                 if self.catchup_end.is_none() && !self.applier.open() {
                     let at = self.progress.last_commit_time;
                     if let Some(end) = self.wal_end_probe.poll(&self.sub, round_bytes > 0, at) {
-                        self.progress.on_frame(Lsn::INVALID, end, 0);
+                        self.progress.on_publisher_end(end);
                     }
                 }
                 if self.progress.publish_due() {
@@ -195,12 +202,13 @@ impl Stream {
             if self.catchup_end.is_none() && !self.applier.open() {
                 let at = self.progress.last_commit_time;
                 if let Some(end) = self.wal_end_probe.poll(&self.sub, round_bytes > 0, at) {
-                    self.progress.on_frame(Lsn::INVALID, end, 0);
+                    self.progress.on_publisher_end(end);
                 }
             }
             let receipt = if got_any { now() } else { 0 };
             if !self.applier.open() && self.catchup_end.is_none() {
                 self.progress.mark_caught_up();
+                self.ask_if_idle();
                 // While tables are being synchronized the subscription shows initial_copy.
                 let st = if self.applier.tables.any_syncing() { Status::InitialCopy } else { Status::Streaming };
                 if self.status != st {
@@ -243,6 +251,7 @@ impl Stream {
     fn handle_frame(&mut self, frame: ReplicationFrame) {
         match frame {
             ReplicationFrame::XLogData { wal_start, wal_end, send_time, data } => {
+                self.idle_asked = false;
                 // The CopyData payload: its kind byte, three 8-byte fields, the message.
                 self.progress.counters.bytes_received += 25 + data.len() as i64;
                 self.progress.on_frame(wal_start, wal_end, send_time);
@@ -274,7 +283,8 @@ impl Stream {
                 self.progress.counters.bytes_received += 18;
                 self.progress.on_frame(Lsn::INVALID, wal_end, send_time);
                 if !self.applier.in_txn {
-                    self.progress.on_keepalive(wal_end);
+                    let unasked = !reply_requested && !std::mem::take(&mut self.reply_asked);
+                    self.progress.on_keepalive(wal_end, unasked);
                     if self.reached_catchup_end(wal_end) {
                         return;
                     }
@@ -611,6 +621,19 @@ impl Stream {
         }
     }
 
+    /// The socket has been empty for a second since data last came (or since the start) and the
+    /// walsender has not said it has read all the WAL there is (it does when it reaches the end
+    /// with something unconfirmed, not when this worker confirmed everything first): asks it
+    /// once for a keepalive, whose WAL end tells (`Progress::on_keepalive`). Without it the
+    /// apply lag of an idle subscription could stay unknown until the publisher writes again.
+    fn ask_if_idle(&mut self) {
+        if self.progress.idle_seen() || self.idle_asked || self.progress.data_at.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.idle_asked = true;
+        self.send_feedback(true, true);
+    }
+
     fn keep_publisher_alive(&mut self) {
         if self.progress.since_report() >= std::time::Duration::from_secs(5) {
             self.send_feedback(true, false);
@@ -625,6 +648,7 @@ impl Stream {
         if let Err(e) = self.client.send_status(pos.0, pos.1, pos.2, reply_requested) {
             self.fail(&e, "could not send a status update to the publisher");
         }
+        self.reply_asked |= reply_requested;
         self.progress.reported(pos);
     }
 
