@@ -143,6 +143,43 @@ async fn insert_exists_stops_apply_under_error_and_each_policy_decides_it() {
     pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM t WHERE id >= 100 ORDER BY id", WAIT).await;
 }
 
+/// `apply_remote` on a table whose key here is `GENERATED ALWAYS AS IDENTITY` (a plain column on
+/// the publisher): the colliding local row (same `u`, another id) becomes the remote row, its id
+/// included — replaced, since UPDATE cannot set such a column — and the publisher's later changes
+/// of the row find it. It kept its local id, and they were all `update_missing` from then on.
+#[tokio::test(flavor = "current_thread")]
+async fn apply_remote_takes_the_remote_key_into_a_generated_always_identity_column() {
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE TABLE ar (id int PRIMARY KEY, u int UNIQUE, a text); CREATE PUBLICATION pub FOR TABLE ar")
+        .await
+        .unwrap();
+    s.batch_execute(
+        "CREATE TABLE ar (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, u int UNIQUE, a text, \
+                          here text DEFAULT 'kept')",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    set_policy(&s, "apply_remote").await;
+    s.batch_execute("INSERT INTO ar (id, u, a, here) OVERRIDING SYSTEM VALUE VALUES (2, 20, 'local', 'mine')")
+        .await
+        .unwrap();
+    p.batch_execute("INSERT INTO ar VALUES (9, 20, 'remote')").await.unwrap();
+    wait_logged(&s, "insert_exists", 1).await;
+    assert_eq!(last_logged(&s, "insert_exists").await.0, "apply_remote");
+    assert_eq!(
+        query_text(&s, "SELECT id, u, a, here FROM ar ORDER BY id").await.unwrap(),
+        "9|20|remote|mine",
+        "the local row became the remote one, id included, its own column kept"
+    );
+    p.batch_execute("UPDATE ar SET a = 'remote2' WHERE id = 9").await.unwrap();
+    wait_value(&s, "SELECT a FROM ar WHERE id = 9", "remote2", WAIT).await;
+    assert_eq!(counter(&s, "confl_update_missing").await, 0, "the later UPDATE found the row");
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// One local row holding the remote row's key in two unique indexes (the same user, by id and by
 /// email): `multiple_unique_conflicts`, as native 18 names it, and under a policy that lets the
 /// remote row win that one row becomes it. It was listed once per index and then deleted as "the

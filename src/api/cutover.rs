@@ -497,7 +497,7 @@ fn remote_sequences(client: &mut Client, seqs: &[LocalSeq]) -> Vec<RemoteSeq> {
                 if missing.len() > 1 { "do" } else { "does" }
             ),
             Some("pgsub maps a local sequence to the publisher's sequence of the same schema and name; nothing was changed.".into()),
-            Some("Create it on the publisher, or name the sequences to synchronize with sequences => ARRAY[…]."),
+            Some("A sequence only this server uses (owned by a column the publisher's table does not have) is no one's to copy: name the sequences to synchronize with sequences => ARRAY[…] (the default takes every one owned by the subscription's tables). Otherwise create it on the publisher."),
         );
     }
     if !denied.is_empty() {

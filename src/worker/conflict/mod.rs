@@ -399,8 +399,12 @@ fn overwrite(local: &LocalRel, rows: &[LocalRow], values: &RemoteValues, present
     let others: Vec<&LocalRow> =
         rest.iter().filter(|r| (r.tableoid, &r.ctid) != (first.tableoid, &first.ctid)).collect();
     remove(local, &others.into_iter().cloned().collect::<Vec<_>>());
+    let sent = |i: usize| present.get(i).copied().unwrap_or(false) && values.get(i).is_some();
+    if (0..local.cols.len()).any(|i| sent(i) && local.cols[i].identity_always) {
+        replace(local, first, values, &sent);
+        return;
+    }
     let mut p = Params::new();
-    // A GENERATED ALWAYS identity column cannot be set by UPDATE: it keeps the local value.
     let sets: Vec<String> = (0..local.cols.len())
         .filter(|&i| present.get(i).copied().unwrap_or(false) && !local.cols[i].identity_always)
         .filter_map(|i| values.get(i).cloned().map(|v| (i, v)))
@@ -416,6 +420,41 @@ fn overwrite(local: &LocalRel, rows: &[LocalRow], values: &RemoteValues, present
         local.only,
         local.qualified,
         sets.join(", ")
+    );
+    run(local, &sql, &p);
+}
+
+/// [`overwrite`] of a row whose GENERATED ALWAYS identity column the remote row sets (UPDATE
+/// cannot set one: the local key was kept, and the publisher's later changes of the row missed
+/// it): the row is deleted and inserted again with the remote values (`OVERRIDING SYSTEM
+/// VALUE`), its other values kept — as apply replaces a row whose such column an UPDATE changes.
+fn replace(local: &LocalRel, row: &LocalRow, values: &RemoteValues, sent: &dyn Fn(usize) -> bool) {
+    let mut p = Params::new();
+    let o = p.text(Some(row.tableoid.to_string()));
+    let t = p.text(Some(row.ctid.clone()));
+    let mut names = Vec::new();
+    let mut exprs = Vec::new();
+    for (i, c) in local.cols.iter().enumerate() {
+        let name = quote_ident(&c.name);
+        exprs.push(match values.get(i).cloned().filter(|_| sent(i)) {
+            Some(v) => p.typed(local, i, v),
+            None => format!("pgsub_old.{name}"),
+        });
+        names.push(name);
+    }
+    for k in &local.kept {
+        let name = quote_ident(k);
+        exprs.push(format!("pgsub_old.{name}"));
+        names.push(name);
+    }
+    let sql = format!(
+        "WITH pgsub_old AS (DELETE FROM {}{} t WHERE t.tableoid = {o}::pg_catalog.oid AND t.ctid = {t}::pg_catalog.tid RETURNING t.*) \
+         INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM pgsub_old",
+        local.only,
+        local.qualified,
+        local.qualified,
+        names.join(", "),
+        exprs.join(", ")
     );
     run(local, &sql, &p);
 }
