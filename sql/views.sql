@@ -350,13 +350,16 @@ REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;
 --   publisher_unreachable warning the publisher could not be read within publisher_timeout
 --   not_preloaded       critical  pgsub is not in shared_preload_libraries
 --   not_served          critical  pgsub.database does not name this database (or it is a template)
+--   lock_wait           warning   one of its workers (apply, parallel apply, table synchronization)
+--                                 has waited lock_wait or longer for a lock: the detail names the
+--                                 lock and who holds it (pgsub._lock_waits); since = the wait's start
 -- The publisher is read only for enabled subscriptions, and not at all when retained_wal_bytes
 -- is NULL.
 -- check_health's thresholds, refused when they cannot mean anything (a negative one, a
 -- conflicts_seen that is not an object of counts, a publisher_timeout of zero).
 CREATE FUNCTION pgsub._health_arguments(error_minutes integer, lag_bytes bigint, apply_lag interval,
                                         retained_wal_bytes bigint, conflicts_seen jsonb,
-                                        publisher_timeout interval)
+                                        publisher_timeout interval, lock_wait interval)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -364,11 +367,12 @@ AS $$
 DECLARE
     bad text;
 BEGIN
-    IF error_minutes < 0 OR lag_bytes < 0 OR apply_lag < interval '0' OR retained_wal_bytes < 0 THEN
+    IF error_minutes < 0 OR lag_bytes < 0 OR apply_lag < interval '0' OR retained_wal_bytes < 0
+       OR lock_wait < interval '0' THEN
         RAISE EXCEPTION 'check_health thresholds must not be negative'
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('error_minutes %s, lag_bytes %s, apply_lag %s, retained_wal_bytes %s',
-                                  error_minutes, lag_bytes, apply_lag, retained_wal_bytes);
+                  DETAIL = format('error_minutes %s, lag_bytes %s, apply_lag %s, retained_wal_bytes %s, lock_wait %s',
+                                  error_minutes, lag_bytes, apply_lag, retained_wal_bytes, lock_wait);
     END IF;
     IF publisher_timeout <= interval '0' THEN
         RAISE EXCEPTION 'check_health publisher_timeout must be positive'
@@ -388,20 +392,89 @@ BEGIN
     END IF;
 END $$;
 
+-- The lock waits of this database's pgsub workers: each worker waiting for a lock, since when,
+-- the lock, and who holds it — sessions by pid, user, application and state; prepared
+-- transactions (which pg_blocking_pids gives as pid 0) by their gid, found through the lock a
+-- prepared transaction keeps on its own transaction id. A remote change that waits
+-- for a row or table a local session or prepared transaction holds shows nothing else: the
+-- status stays streaming and nothing fails. (A parallel apply worker is found by its
+-- application_name, as its pid is not in shared memory.)
+CREATE FUNCTION pgsub._lock_waits()
+RETURNS TABLE (subname text, pid integer, worker text, waiting_since timestamptz, lock text, held_by text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH workers AS (
+    SELECT s.subname::text AS subname, s.pid, 'apply worker'::text AS worker
+    FROM pgsub.stat_subscription s
+    WHERE s.pid IS NOT NULL
+    UNION ALL
+    SELECT t.subname::text, t.sync_worker_pid, format('table synchronization worker of %s', t.relid)
+    FROM pgsub.subscription_table t
+    WHERE t.sync_worker_pid IS NOT NULL
+    UNION ALL
+    SELECT s.subname::text, a.pid, 'parallel apply worker'
+    FROM pgsub.subscription s JOIN pg_catalog.pg_stat_activity a
+      ON a.backend_type = 'pgsub parallel apply worker'
+     AND a.datid = pgsub._current_database_oid()
+     AND a.application_name = 'pgsub parallel apply ' || s.subname
+),
+waits AS (
+    SELECT w.subname, w.pid, w.worker, l.locktype, l.database, l.relation, l.page, l.tuple,
+           l.virtualxid, l.transactionid, l.classid, l.objid, l.objsubid, l.mode, l.waitstart
+    FROM workers w JOIN pg_catalog.pg_locks l ON l.pid = w.pid AND NOT l.granted
+)
+SELECT w.subname, w.pid, w.worker, w.waitstart,
+       CASE w.locktype
+           WHEN 'relation' THEN format('%s on table %s', w.mode, w.relation::regclass)
+           WHEN 'tuple' THEN format('%s on a row of %s', w.mode, w.relation::regclass)
+           WHEN 'transactionid' THEN format('%s on transaction %s (a row it changed or locked)',
+                                            w.mode, w.transactionid)
+           ELSE format('%s on a %s lock', w.mode, w.locktype) END,
+       (SELECT string_agg(h.holder, '; ' ORDER BY h.holder)
+        FROM (SELECT CASE WHEN b.pid = 0
+                          THEN coalesce((SELECT string_agg(format('prepared transaction %L (owner %s, prepared at %s)',
+                                                                  x.gid, x.owner, x.prepared), ', ' ORDER BY x.gid)
+                                         FROM pg_catalog.pg_locks g
+                                         JOIN pg_catalog.pg_locks own
+                                           ON own.virtualtransaction = g.virtualtransaction AND own.pid IS NULL
+                                          AND own.granted AND own.locktype = 'transactionid'
+                                          AND own.mode = 'ExclusiveLock'
+                                         JOIN pg_catalog.pg_prepared_xacts x ON x.transaction = own.transactionid
+                                         WHERE g.granted AND g.pid IS NULL AND g.locktype = w.locktype
+                                           AND g.database IS NOT DISTINCT FROM w.database
+                                           AND g.relation IS NOT DISTINCT FROM w.relation
+                                           AND g.page IS NOT DISTINCT FROM w.page
+                                           AND g.tuple IS NOT DISTINCT FROM w.tuple
+                                           AND g.virtualxid IS NOT DISTINCT FROM w.virtualxid
+                                           AND g.transactionid IS NOT DISTINCT FROM w.transactionid
+                                           AND g.classid IS NOT DISTINCT FROM w.classid
+                                           AND g.objid IS NOT DISTINCT FROM w.objid
+                                           AND g.objsubid IS NOT DISTINCT FROM w.objsubid),
+                                        'a prepared transaction')
+                          ELSE coalesce((SELECT format('pid %s (user %s, application %L, %s, transaction started at %s)',
+                                                      a.pid, a.usename, a.application_name, a.state, a.xact_start)
+                                         FROM pg_catalog.pg_stat_activity a WHERE a.pid = b.pid),
+                                        format('pid %s', b.pid)) END AS holder
+              FROM (SELECT DISTINCT u.pid FROM unnest(pg_catalog.pg_blocking_pids(w.pid)) u(pid)) b) h)
+FROM waits w
+$$;
+
 CREATE FUNCTION pgsub.check_health(
     error_minutes integer DEFAULT 5,
     lag_bytes bigint DEFAULT 1073741824,
     apply_lag interval DEFAULT '5 minutes',
     retained_wal_bytes bigint DEFAULT 10737418240,
     conflicts_seen jsonb DEFAULT '{}',
-    publisher_timeout interval DEFAULT '5 seconds')
+    publisher_timeout interval DEFAULT '5 seconds',
+    lock_wait interval DEFAULT '1 minute')
 RETURNS TABLE (subname text, problem text, severity text, detail text, since timestamptz)
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT pgsub._health_arguments(check_health.error_minutes, check_health.lag_bytes, check_health.apply_lag,
                                check_health.retained_wal_bytes, check_health.conflicts_seen,
-                               check_health.publisher_timeout);
+                               check_health.publisher_timeout, check_health.lock_wait);
 WITH s AS (
     SELECT s.*, h.failures, h.failing, pgsub._ts(h.failing_since) AS failing_since,
            pgsub._ts(h.waiting_since) AS waiting_since,
@@ -496,22 +569,32 @@ problems AS (
     SELECT l.subname, CASE WHEN l.publisher_reachable THEN 'slot_missing' ELSE 'publisher_unreachable' END,
            CASE WHEN l.publisher_reachable THEN 'critical' ELSE 'warning' END, l.error, NULL
     FROM slots l WHERE l.error IS NOT NULL
+    UNION ALL
+    SELECT w.subname, 'lock_wait', 'warning',
+           format('%s (pid %s) has waited since %s for %s, held by %s%s', w.worker, w.pid, w.waiting_since,
+                  w.lock, coalesce(w.held_by, 'a transaction that has just ended'),
+                  CASE WHEN w.held_by LIKE '%prepared transaction%'
+                       THEN ': COMMIT PREPARED or ROLLBACK PREPARED it here to let apply go on'
+                       ELSE '' END),
+           w.waiting_since
+    FROM pgsub._lock_waits() w
+    WHERE now() - w.waiting_since >= check_health.lock_wait
 )
 SELECT p.subname, p.problem, p.severity, p.detail, p.since FROM problems p
 ORDER BY p.severity = 'critical' DESC, p.subname, p.problem, p.detail
 $$;
-COMMENT ON FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval) IS
+COMMENT ON FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval) IS
     'One row per current problem of this database''s subscriptions (README, Monitoring)';
 
 CREATE VIEW pgsub.health AS SELECT * FROM pgsub.check_health();
 
 -- Health reads the publishers with the stored credentials: pgsub_admin and pg_monitor only.
 REVOKE EXECUTE ON FUNCTION
-    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval),
+    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval),
     pgsub.publisher_slots(integer)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval),
+    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval),
     pgsub.publisher_slots(integer)
 TO pgsub_admin, pg_monitor;
 REVOKE ALL ON pgsub.health FROM PUBLIC;
@@ -527,7 +610,8 @@ ALTER FUNCTION pgsub._stat_progress() ROWS 10;
 ALTER FUNCTION pgsub._stat_rates() ROWS 10;
 ALTER FUNCTION pgsub._stat_tables() ROWS 100;
 ALTER FUNCTION pgsub._sync_progress() ROWS 10;
+ALTER FUNCTION pgsub._lock_waits() ROWS 10;
 ALTER FUNCTION pgsub._lag_history(integer) ROWS 60;
 ALTER FUNCTION pgsub.lag_history(text) ROWS 60;
 ALTER FUNCTION pgsub.publisher_slots(integer) ROWS 10;
-ALTER FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval) ROWS 10;
+ALTER FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval) ROWS 10;

@@ -509,7 +509,7 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 async fn health(s: &Client, sql: &str) -> Vec<(String, String, String, String, bool)> {
     s.query(&format!("SELECT subname, problem, severity, detail, since IS NOT NULL FROM {sql}"), &[])
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {}", db_message(&e)))
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<_, Option<String>>(3).unwrap_or_default(), r.get(4)))
         .collect()
@@ -556,6 +556,7 @@ async fn health_raises_each_problem_it_documents() {
         ("conflicts_seen => '[1, 2]'", "must be a JSON object"),
         ("conflicts_seen => '{\"hsub\": \"many\"}'", "the value of \"hsub\" is not a number"),
         ("publisher_timeout => '0'", "publisher_timeout must be positive"),
+        ("lock_wait => '-1 second'", "must not be negative"),
     ] {
         let (code, text) =
             must_fail(&s, &format!("SELECT * FROM pgsub.check_health({args})"), &[]).await.code_and_text();
@@ -768,6 +769,76 @@ async fn health_names_a_failing_table_copy_and_a_subscription_stopped_by_disable
     s.batch_execute("SELECT pgsub.disable_subscription('hs')").await.unwrap();
     assert!(!has_problem(&s, "pgsub.health", "hs", "disabled_by_error").await, "disabled by hand");
     s.batch_execute("ALTER TABLE t DROP COLUMN must").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// A remote change that waits for a row a local session holds — and then a prepared transaction
+/// here, which `pg_blocking_pids` gives as pid 0 — shows nothing else: the status stays
+/// `streaming`, nothing fails. Health's `lock_wait` names the waiting worker, the lock, the
+/// session (pid, user, application) and then the prepared transaction by its gid, once the wait
+/// has lasted `lock_wait`; ending the holder lets apply go on and the problem goes.
+#[tokio::test(flavor = "current_thread")]
+async fn health_names_what_an_apply_worker_waits_for() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("max_prepared_transactions = 10"),
+    )
+    .expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g; CREATE PUBLICATION pub FOR TABLE t")
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('lw', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "lw", WAIT).await;
+    let any_wait = "pgsub.check_health(lock_wait => '0')";
+    assert!(!has_problem(&s, any_wait, "lw", "lock_wait").await, "nothing waits yet");
+
+    // A local session holds row 1; the publisher updates it.
+    let holder = nodes.subscriber.client("postgres").await.unwrap();
+    holder
+        .batch_execute("SET application_name = 'row holder'; BEGIN; UPDATE t SET v = 'local' WHERE id = 1")
+        .await
+        .unwrap();
+    let holder_pid: i32 = one(&holder, "SELECT pg_backend_pid()").await;
+    p.batch_execute("UPDATE t SET v = 'remote' WHERE id = 1").await.unwrap();
+    let w = wait_problem(&s, any_wait, "lw", "lock_wait").await;
+    assert_eq!(w.2, "warning");
+    assert!(w.4, "since: when the wait began");
+    let worker: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'lw'").await;
+    assert!(w.3.starts_with(&format!("apply worker (pid {worker}) has waited since ")), "{}", w.3);
+    assert!(
+        w.3.contains(&format!("held by pid {holder_pid} (user postgres, application 'row holder', idle in transaction")),
+        "{}",
+        w.3
+    );
+    assert!(!w.3.contains("PREPARED"), "{}", w.3);
+    assert!(!has_problem(&s, "pgsub.health", "lw", "lock_wait").await, "waited less than a minute");
+    let status: String = one(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'lw'").await;
+    assert_eq!(status, "streaming", "nothing else shows the wait");
+
+    // The session prepares its transaction and goes: the row stays held, by a prepared
+    // transaction now.
+    holder.batch_execute("PREPARE TRANSACTION 'held here'").await.unwrap();
+    drop(holder);
+    let w = wait_for("lock_wait naming the prepared transaction", WAIT, || async {
+        Ok(health(&s, any_wait)
+            .await
+            .into_iter()
+            .find(|r| r.0 == "lw" && r.1 == "lock_wait" && r.3.contains("prepared transaction 'held here'")))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(w.3.ends_with("COMMIT PREPARED or ROLLBACK PREPARED it here to let apply go on"), "{}", w.3);
+    assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 1").await, "v", "not applied while held");
+
+    s.batch_execute("ROLLBACK PREPARED 'held here'").await.unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 1", "remote", WAIT).await;
+    assert!(!has_problem(&s, any_wait, "lw", "lock_wait").await, "no longer waiting");
     assert_replicated_equal(&p, &s).await;
 }
 

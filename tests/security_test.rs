@@ -62,6 +62,7 @@ const VIEW_HELPERS: &[&str] = &[
     "_preloaded",
     "_database_served",
     "_health_arguments",
+    "_lock_waits",
     "_stat_names",
     "_stat_databases",
     "_stat_conflicts",
