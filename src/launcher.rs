@@ -287,6 +287,11 @@ impl Launcher {
                 match self.register(sub) {
                     Some(handle) => {
                         self.workers.insert(subid, (handle, registered_at));
+                        if let Some(slot) = SHARED.exclusive().find_mut(subid) {
+                            let mut v = self.view(slot);
+                            launch::registered(&mut v);
+                            write_back(slot, &v);
+                        }
                     }
                     None => {
                         let mut warn = Vec::new();

@@ -268,6 +268,17 @@ async fn out_of_worker_slots_waits_then_starts() {
     assert!(nodes.subscriber.log().contains("is waiting for a worker"), "WARNING logged");
     let waiting: String =
         one(&s, "SELECT subname::text FROM pgsub.stat_subscription WHERE status = 'waiting_for_worker'").await;
+    // The launcher learns that no slot is free only when it tries to register the worker, at
+    // every pass: the wait is warned about once and keeps its start (it was warned about once a
+    // second, and health's `since` was always now).
+    let since =
+        format!("SELECT since::text FROM pgsub.health WHERE subname = '{waiting}' AND problem = 'waiting_for_worker'");
+    let first: String = one(&s, &since).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(one::<String>(&s, &since).await, first, "the wait's start");
+    let warnings =
+        nodes.subscriber.log().matches(&format!("subscription \"{waiting}\" is waiting for a worker")).count();
+    assert_eq!(warnings, 1, "one WARNING per wait");
     let other = if waiting == "s1" { "s2" } else { "s1" };
     s.batch_execute(&format!("SELECT pgsub.drop_subscription('{other}')")).await.unwrap();
     wait_value(

@@ -812,7 +812,9 @@ async fn health_names_what_an_apply_worker_waits_for() {
     let worker: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'lw'").await;
     assert!(w.3.starts_with(&format!("apply worker (pid {worker}) has waited since ")), "{}", w.3);
     assert!(
-        w.3.contains(&format!("held by pid {holder_pid} (user postgres, application 'row holder', idle in transaction")),
+        w.3.contains(&format!(
+            "held by pid {holder_pid} (user postgres, application 'row holder', idle in transaction"
+        )),
         "{}",
         w.3
     );

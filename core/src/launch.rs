@@ -165,6 +165,12 @@ fn disable(slot: &mut Slot, actions: &mut Vec<Action>) {
     }
 }
 
+/// The worker of a [`Action::Start`] is registered: the subscription no longer waits.
+pub fn registered(slot: &mut Slot) {
+    slot.warned = false;
+    slot.waiting_since = 0;
+}
+
 /// The longest wait before a retry, in multiples of `retry`. Native retries every
 /// `wal_retrieve_retry_interval` (5 s); doubling up to 4× (20 s by default) spares the publisher
 /// and the log a tight loop while an operator's fix (a conflicting row removed) still takes at
@@ -204,9 +210,11 @@ pub fn waiting(slot: &mut Slot, reason: WaitReason, actions: &mut Vec<Action>, n
     }
 }
 
+/// A worker is to be registered. The wait, if any, goes on until the registration succeeds
+/// ([`registered`]): when no background worker slot is free, the launcher learns it only then,
+/// and the wait's start and its one warning must survive the attempt (they were cleared here,
+/// and a subscription waiting for a slot was warned about once a second, its `since` always now).
 fn started(slot: &mut Slot, config_hash: u64) {
-    slot.warned = false;
-    slot.waiting_since = 0;
     slot.status = Status::Starting;
     slot.config_hash = config_hash;
     slot.next_start_at = 0;
@@ -262,8 +270,41 @@ mod tests {
         slots[0].registered = false;
         let a = decide(&subs, &mut slots, limits(2, 2), &Others::default());
         assert_eq!(a, vec![Action::Start { subid: 3 }, Action::WarnWaiting { subid: 1, reason: WaitReason::Cap }]);
-        assert!(!slots[2].warned && slots[2].waiting_since == 0);
         assert_eq!(slots[0].waiting_since, 2);
+        // Its wait ends once the worker is registered.
+        assert!(slots[2].warned, "still the wait's warning until registered");
+        registered(&mut slots[2]);
+        assert!(!slots[2].warned && slots[2].waiting_since == 0);
+    }
+
+    #[test]
+    fn a_wait_for_a_background_worker_slot_is_warned_about_once_and_keeps_its_start() {
+        // The launcher learns that max_worker_processes is exhausted only when registering: each
+        // pass decides a start, the registration fails, and the slot waits again.
+        let subs = [sub(1, true)];
+        let mut slots = [slot(1)];
+        let mut warnings = 0;
+        for now in [10, 20, 30, 40] {
+            let mut a = decide(&subs, &mut slots, limits(now, 4), &Others::default());
+            assert_eq!(a, vec![Action::Start { subid: 1 }]);
+            // Registration failed.
+            slots[0].registered = false;
+            waiting(&mut slots[0], WaitReason::NoBackgroundWorkerSlot, &mut a, now);
+            warnings += a.iter().filter(|x| matches!(x, Action::WarnWaiting { .. })).count();
+            assert_eq!(slots[0].status, Status::WaitingForWorker);
+            assert_eq!(slots[0].waiting_since, 10, "the wait began at the first attempt");
+        }
+        assert_eq!(warnings, 1, "warned once per wait");
+        // A slot frees: registered, the wait is over; a later wait warns again.
+        decide(&subs, &mut slots, limits(50, 4), &Others::default());
+        registered(&mut slots[0]);
+        assert!(!slots[0].warned && slots[0].waiting_since == 0);
+        slots[0].registered = false;
+        let mut a = decide(&subs, &mut slots, limits(60, 4), &Others::default());
+        slots[0].registered = false;
+        waiting(&mut slots[0], WaitReason::NoBackgroundWorkerSlot, &mut a, 60);
+        assert!(a.contains(&Action::WarnWaiting { subid: 1, reason: WaitReason::NoBackgroundWorkerSlot }));
+        assert_eq!(slots[0].waiting_since, 60);
     }
 
     #[test]
@@ -374,6 +415,8 @@ mod tests {
         let others = Others { running: 1, waiting_since: vec![15] };
         let a = decide(&subs, &mut slots, limits(30, 3), &others);
         assert_eq!(a, vec![Action::Start { subid: 2 }]);
+        assert_eq!(slots[1].waiting_since, 10, "waiting until its worker is registered");
+        registered(&mut slots[1]);
         assert_eq!(slots[1].waiting_since, 0, "no longer waiting");
     }
 }
