@@ -541,6 +541,40 @@ async fn a_unique_expression_index_is_a_unique_key() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// A local row last written under a replication origin dropped since — a row the initial copy
+/// wrote, under its table synchronization's origin — is "modified by a non-existent origin" in a
+/// conflict's detail, as native 18 says; it was "by origin 2", a number another origin may take.
+#[tokio::test(flavor = "current_thread")]
+async fn a_row_of_a_dropped_origin_is_said_to_be_of_a_non_existent_one() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("track_commit_timestamp = on"),
+    )
+    .expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE d (a int PRIMARY KEY, b text); INSERT INTO d VALUES (1, 'x'); CREATE PUBLICATION pub FOR TABLE d",
+    )
+    .await
+    .unwrap();
+    // A unique key only the subscriber has: the publisher's next row collides with the copied one.
+    s.batch_execute("CREATE TABLE d (a int PRIMARY KEY, b text UNIQUE)").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('d', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "d", WAIT).await;
+    let origins: i64 = one(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE '%sync%'").await;
+    assert_eq!(origins, 0, "the copy's origin is dropped once the table is ready");
+    p.batch_execute("INSERT INTO d VALUES (2, 'x')").await.unwrap();
+    let err = wait_for_subscription_error(&s, "d", &["conflict=insert_exists"], WAIT).await;
+    assert!(err.contains("modified by a non-existent origin in transaction "), "{err}");
+    s.batch_execute("UPDATE d SET b = 'local' WHERE a = 1").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM d", "2", WAIT).await;
+    // The publisher takes the subscriber's fix: equal again.
+    p.batch_execute("UPDATE d SET b = 'local' WHERE a = 1").await.unwrap();
+    wait_value(&s, "SELECT txns_applied >= 2 FROM pgsub.stat_subscription WHERE subname = 'd'", "t", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// An operator's fix is not held back by the error backoff: with `pgsub.retry_interval` at ten
 /// minutes, a worker stopped by a conflict and waiting out its backoff takes `skip_transaction`
 /// at once (native takes `ALTER SUBSCRIPTION … SKIP` at its next attempt, 5 s later by default).

@@ -158,7 +158,9 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
             Some(0) => " locally".into(),
             Some(o) => match origin_name(o) {
                 Some(n) => format!(" by origin \"{n}\""),
-                None => format!(" by origin {o}"),
+                // Dropped since (a table synchronization's origin, a dropped subscription's):
+                // its id may be another origin's later. Native 18's words.
+                None => " by a non-existent origin".into(),
             },
         };
         // "Updating the row that was modified locally …", "Key already exists …, modified by …".
