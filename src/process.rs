@@ -173,26 +173,32 @@ pub fn pid_alive(pid: i32) -> bool {
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
-/// Absorbs a pending ProcSignalBarrier, as CHECK_FOR_INTERRUPTS would. DROP DATABASE, DROP
-/// TABLESPACE and ALTER DATABASE … SET TABLESPACE wait until every process of the server has
-/// absorbed theirs: a pgsub process that only waits on its latch and socket must do it itself
-/// after each wake, or those commands wait for it forever.
-pub fn absorb_barriers() {
-    // SAFETY: reading a sig_atomic_t flag set by the procsignal handler; ProcessProcSignalBarrier
-    // is what ProcessInterrupts calls for it, and these call sites are between statements.
+/// Answers the process signals CHECK_FOR_INTERRUPTS would, other than those that end or cancel:
+/// a pending ProcSignalBarrier — DROP DATABASE, DROP TABLESPACE and ALTER DATABASE … SET
+/// TABLESPACE wait until every process of the server has absorbed theirs — and a
+/// `pg_log_backend_memory_contexts()` request. A pgsub process that only waits on its latch and
+/// socket must do it itself after each wake, or those commands wait for it forever and the
+/// memory contexts of an idle worker are logged only once a change reaches it (minutes later).
+pub fn absorb_signals() {
+    // SAFETY: reading sig_atomic_t flags set by the procsignal handler; ProcessProcSignalBarrier
+    // and ProcessLogMemoryContextInterrupt are what ProcessInterrupts calls for them, and these
+    // call sites are between statements.
     unsafe {
         if std::ptr::addr_of!(pg_sys::ProcSignalBarrierPending).read_volatile() != 0 {
             pg_sys::ProcessProcSignalBarrier();
+        }
+        if std::ptr::addr_of!(pg_sys::LogMemoryContextPending).read_volatile() != 0 {
+            pg_sys::ProcessLogMemoryContextInterrupt();
         }
     }
 }
 
 /// A background worker's nap: waits on its latch for up to `ms` (a signal, a wake from another
-/// pgsub process or postmaster death ends it early), then absorbs a pending ProcSignalBarrier.
+/// pgsub process or postmaster death ends it early), then answers pending process signals (`absorb_signals`).
 /// Backends serving SQL wait with `check_for_interrupts!` instead.
 pub fn nap(ms: i64) {
     wait_latch(ms.max(0));
-    absorb_barriers();
+    absorb_signals();
 }
 
 /// Waits on this process's latch for up to `ms` (or postmaster death), then resets it.

@@ -65,7 +65,7 @@ impl Wait for LatchWait {
             if self.ctx == Context::Backend {
                 pg_sys::check_for_interrupts!();
             } else {
-                crate::process::absorb_barriers();
+                crate::process::absorb_signals();
             }
             if rc & sock_ev as i32 != 0 {
                 return Ok(());

@@ -50,8 +50,10 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     let t0 = Instant::now();
     wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'life'", "disabled", WAIT).await;
     assert!(t0.elapsed() < Duration::from_secs(5), "disable took {:?}", t0.elapsed());
-    // Nothing streams the slot any more: the worker's walsender is gone.
+    // Nothing streams the slot any more: the worker's walsender is gone — told to go, as
+    // native's worker tells it (Terminate): it logged "unexpected EOF on standby connection".
     wait_value(&p, "SELECT active FROM pg_replication_slots WHERE slot_name = 'life'", "f", WAIT).await;
+    assert!(!nodes.publisher.log().contains("unexpected EOF"), "the walsender saw the connection just close");
     p.batch_execute("INSERT INTO t VALUES (2, 'while disabled')").await.unwrap();
     // A deliberate interval, not a condition: that the row does not arrive is an absence, which
     // only time shows. 1.5 s is three passes of the launcher (pgsub.naptime 500 ms in the

@@ -844,6 +844,36 @@ async fn health_names_what_an_apply_worker_waits_for() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// `pg_log_backend_memory_contexts()` of an idle apply worker is answered at once, as native's
+/// worker answers it: a pgsub worker waits on its latch and socket, not in CHECK_FOR_INTERRUPTS,
+/// and logged its memory contexts only when a change next reached it (minutes later, or never
+/// on an idle publisher).
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_worker_logs_its_memory_contexts_when_asked() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('mc', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "mc", WAIT).await;
+    // Idle: its table ready and nothing more to do (the time only makes it idle; the assertion
+    // below waits for the log line).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'mc'").await;
+    assert!(one::<bool>(&s, &format!("SELECT pg_log_backend_memory_contexts({pid})")).await);
+    let line = format!("logging memory contexts of PID {pid}");
+    wait_for("the idle worker's memory contexts in the log", Duration::from_secs(10), || async {
+        Ok(nodes.subscriber.log().contains(&line).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// A worker that connects behind a backlog of WAL it receives nothing from (changes to tables it
 /// does not subscribe) shows that backlog as lag at once: the publisher's WAL end is taken from
 /// IDENTIFY_SYSTEM when it connects, not only from the changes and keepalives that come later

@@ -710,7 +710,7 @@ impl Stream {
         if let Some(w) = self.waiter.as_mut() {
             w.wait(timeout_ms);
         }
-        crate::process::absorb_barriers();
+        crate::process::absorb_signals();
     }
 
     /// Receive batching (`pgsub.receive_batch`). A round of reading that took at least the batch
@@ -774,6 +774,9 @@ impl Stream {
         }
         let pos = self.progress.positions(in_txn);
         let _ = self.client.send_status(pos.0, pos.1, pos.2, false);
+        // Ended as native's worker ends it (PQfinish): the walsender exits without an
+        // "unexpected EOF on standby connection" in the publisher's log at every stop.
+        self.client.terminate();
         self.progress.publish(None, 0);
         // A stop asked for (disable, a changed option, a refresh, server shutdown) is routine: the
         // pending SIGTERM must not turn this LOG line into a FATAL one (errfinish checks for

@@ -264,6 +264,19 @@ impl Client {
         std::mem::replace(&mut self.waiter, Box::new(super::PollWait))
     }
 
+    /// Sends Terminate after whatever is still queued (best effort: one non-blocking write) and
+    /// a TLS close_notify, for a process about to exit while the client is still borrowed (the
+    /// socket closes with the process). A server told so ends the session quietly; a walsender
+    /// whose socket just closes logs "unexpected EOF on standby connection". Nothing is to be
+    /// sent afterwards.
+    pub fn terminate(&mut self) {
+        frontend::terminate(&mut self.wbuf);
+        if let Ok(n) = self.io.write_some(&self.wbuf) {
+            self.wbuf.advance(n);
+        }
+        self.io.close_notify();
+    }
+
     pub fn close(mut self) {
         self.wbuf.clear();
         frontend::terminate(&mut self.wbuf);
