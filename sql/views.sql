@@ -423,6 +423,29 @@ waits AS (
     SELECT w.subname, w.pid, w.worker, l.locktype, l.database, l.relation, l.page, l.tuple,
            l.virtualxid, l.transactionid, l.classid, l.objid, l.objsubid, l.mode, l.waitstart
     FROM workers w JOIN pg_catalog.pg_locks l ON l.pid = w.pid AND NOT l.granted
+    -- Not the waits between an apply worker and its parallel apply worker (advisory locks on
+    -- the subscription's id, objsubid 11 and 12: src/worker/parallel/shared.rs): a parallel
+    -- worker waits so for the next piece of a long transaction, as designed.
+    WHERE NOT (l.locktype = 'advisory' AND l.objsubid IN (11, 12)
+               AND l.classid IN (SELECT x.subid::pg_catalog.oid FROM pgsub.subscription x))
+),
+-- PostgreSQL's table-level lock conflicts: a prepared transaction is named only when a lock it
+-- holds conflicts with the one waited for.
+conflicts(mode, blocks) AS (
+    VALUES ('AccessShareLock', ARRAY['AccessExclusiveLock']),
+           ('RowShareLock', ARRAY['ExclusiveLock', 'AccessExclusiveLock']),
+           ('RowExclusiveLock', ARRAY['ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock']),
+           ('ShareUpdateExclusiveLock', ARRAY['ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock',
+                                              'ExclusiveLock', 'AccessExclusiveLock']),
+           ('ShareLock', ARRAY['RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock',
+                               'ExclusiveLock', 'AccessExclusiveLock']),
+           ('ShareRowExclusiveLock', ARRAY['RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock',
+                                           'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock']),
+           ('ExclusiveLock', ARRAY['RowShareLock', 'RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock',
+                                   'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock']),
+           ('AccessExclusiveLock', ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock',
+                                         'ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock',
+                                         'ExclusiveLock', 'AccessExclusiveLock'])
 )
 SELECT w.subname, w.pid, w.worker, w.waitstart,
        CASE w.locktype
@@ -430,11 +453,12 @@ SELECT w.subname, w.pid, w.worker, w.waitstart,
            WHEN 'tuple' THEN format('%s on a row of %s', w.mode, w.relation::regclass)
            WHEN 'transactionid' THEN format('%s on transaction %s (a row it changed or locked)',
                                             w.mode, w.transactionid)
-           ELSE format('%s on a %s lock', w.mode, w.locktype) END,
+           ELSE format('%s (lock type %s)', w.mode, w.locktype) END,
        (SELECT string_agg(h.holder, '; ' ORDER BY h.holder)
         FROM (SELECT CASE WHEN b.pid = 0
-                          THEN coalesce((SELECT string_agg(format('prepared transaction %L (owner %s, prepared at %s)',
-                                                                  x.gid, x.owner, x.prepared), ', ' ORDER BY x.gid)
+                          THEN coalesce((SELECT string_agg(format('prepared transaction %L (database %s, owner %s, prepared at %s)',
+                                                                  x.gid, x.database, x.owner, x.prepared), ', ' ORDER BY x.gid)
+                                         FROM (SELECT DISTINCT x.gid, x.database, x.owner, x.prepared
                                          FROM pg_catalog.pg_locks g
                                          JOIN pg_catalog.pg_locks own
                                            ON own.virtualtransaction = g.virtualtransaction AND own.pid IS NULL
@@ -450,7 +474,10 @@ SELECT w.subname, w.pid, w.worker, w.waitstart,
                                            AND g.transactionid IS NOT DISTINCT FROM w.transactionid
                                            AND g.classid IS NOT DISTINCT FROM w.classid
                                            AND g.objid IS NOT DISTINCT FROM w.objid
-                                           AND g.objsubid IS NOT DISTINCT FROM w.objsubid),
+                                           AND g.objsubid IS NOT DISTINCT FROM w.objsubid
+                                           AND g.mode = ANY (coalesce((SELECT c.blocks FROM conflicts c
+                                                                       WHERE c.mode = w.mode),
+                                                                      ARRAY[g.mode]))) x),
                                         'a prepared transaction')
                           ELSE coalesce((SELECT format('pid %s (user %s, application %L, %s, transaction started at %s)',
                                                       a.pid, a.usename, a.application_name, a.state, a.xact_start)

@@ -407,6 +407,9 @@ fn owner_cannot_run(sub: &catalog::Subscription, problem: &str) {
         slot.failed = true;
         slot.launch_pending = false;
         slot.status = Status::Error;
+        // No longer waiting for a worker (the start was decided): a later wait starts afresh.
+        slot.warned_no_worker = false;
+        slot.waiting_since = 0;
     }
     crate::report::log(
         PgLogLevel::WARNING,

@@ -517,3 +517,28 @@ async fn ready_tables_are_verified_while_another_table_is_copied() {
     assert!(got["a"].equal && got["b"].equal, "{got:?}");
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A `statement_timeout` the publisher sets for the subscription's role (a guard against users'
+/// runaway queries) does not end a verification half-way: its session on the publisher turns the
+/// timeouts off (it failed with "canceling statement due to statement timeout").
+#[tokio::test(flavor = "current_thread")]
+async fn a_publisher_statement_timeout_does_not_end_a_verification() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute(
+        "INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 200000) g; CREATE PUBLICATION pub FOR TABLE a",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('v', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "v", WAIT).await;
+    // New sessions of the role on the publisher get it (the worker's is older).
+    p.batch_execute("ALTER ROLE postgres SET statement_timeout = '5ms'").await.unwrap();
+    let got = verify(&s, &select(VERIFY)).await;
+    assert!(got["a"].equal && got["a"].subscriber_rows == 200000, "{got:?}");
+    p.batch_execute("ALTER ROLE postgres RESET statement_timeout").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}

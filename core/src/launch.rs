@@ -159,6 +159,7 @@ fn disable(slot: &mut Slot, actions: &mut Vec<Action>) {
     if !slot.has_worker() {
         slot.status = Status::Disabled;
         slot.waiting_since = 0;
+        slot.warned = false;
         slot.failures = 0;
         slot.failed = false;
         slot.next_start_at = 0;

@@ -48,6 +48,10 @@ const SETTINGS: &[(&str, &str)] = &[
     ("lc_monetary", "C"),
 ];
 
+/// Settings of the publisher's session only: no timeout of the role's or database's ends it.
+const PUBLISHER_SETTINGS: &[(&str, &str)] =
+    &[("statement_timeout", "0"), ("lock_timeout", "0"), ("idle_in_transaction_session_timeout", "0")];
+
 /// The publisher's side: the plain connection inside the exported snapshot's transaction.
 struct Remote<'a>(&'a mut Client);
 
@@ -515,7 +519,10 @@ struct Point {
 fn consistent_point(sub: &Subscription) -> (Point, ActiveSnapshot) {
     let deadline = now() + SETUP_MS * 1000;
     let mut plain = connect_plain(sub);
-    let set: Vec<String> = SETTINGS.iter().map(|(k, v)| format!("SET {k} = {}", quote_literal(v))).collect();
+    let mut set: Vec<String> = SETTINGS.iter().map(|(k, v)| format!("SET {k} = {}", quote_literal(v))).collect();
+    // A timeout the publisher sets for the role or database (a guard against users' runaway
+    // queries) must not end the comparison of a large table half-way, which it did.
+    set.extend(PUBLISHER_SETTINGS.iter().map(|(k, v)| format!("SET {k} = {}", quote_literal(v))));
     query(&mut plain, &set.join("; "), "could not set up the comparison session on the publisher");
     let before = publisher_position(&mut plain);
     // Nothing committed at or after `before` is applied from here on (the slot's point lies
