@@ -400,7 +400,8 @@ END $$;
 -- status stays streaming and nothing fails. (A parallel apply worker is found by its
 -- application_name, as its pid is not in shared memory.)
 CREATE FUNCTION pgsub._lock_waits()
-RETURNS TABLE (subname text, pid integer, worker text, waiting_since timestamptz, lock text, held_by text)
+RETURNS TABLE (subname text, pid integer, worker text, waiting_since timestamptz, lock text, held_by text,
+               held_by_prepared boolean)
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -412,12 +413,17 @@ WITH workers AS (
     SELECT t.subname::text, t.sync_worker_pid, format('table synchronization worker of %s', t.relid)
     FROM pgsub.subscription_table t
     WHERE t.sync_worker_pid IS NOT NULL
-    UNION ALL
+    UNION
+    -- A parallel apply worker: by its application_name, or (a long or non-ASCII name is cut or
+    -- changed there) by the transaction lock it holds on the subscription's id while it applies.
     SELECT s.subname::text, a.pid, 'parallel apply worker'
     FROM pgsub.subscription s JOIN pg_catalog.pg_stat_activity a
       ON a.backend_type = 'pgsub parallel apply worker'
      AND a.datid = pgsub._current_database_oid()
-     AND a.application_name = 'pgsub parallel apply ' || s.subname
+     AND (a.application_name = 'pgsub parallel apply ' || s.subname
+          OR EXISTS (SELECT FROM pg_catalog.pg_locks k
+                     WHERE k.pid = a.pid AND k.granted AND k.locktype = 'advisory' AND k.objsubid = 12
+                       AND k.classid = s.subid::pg_catalog.oid))
 ),
 waits AS (
     SELECT w.subname, w.pid, w.worker, l.locktype, l.database, l.relation, l.page, l.tuple,
@@ -479,11 +485,16 @@ SELECT w.subname, w.pid, w.worker, w.waitstart,
                                                                        WHERE c.mode = w.mode),
                                                                       ARRAY[g.mode]))) x),
                                         'a prepared transaction')
-                          ELSE coalesce((SELECT format('pid %s (user %s, application %L, %s, transaction started at %s)',
-                                                      a.pid, a.usename, a.application_name, a.state, a.xact_start)
+                          -- (state and transaction start are NULL for a role that may not see
+                          -- them: left out)
+                          ELSE coalesce((SELECT format('pid %s (%s)', a.pid,
+                                                       concat_ws(', ', 'user ' || a.usename,
+                                                                 'application ' || quote_literal(a.application_name),
+                                                                 a.state, 'transaction started at ' || a.xact_start))
                                          FROM pg_catalog.pg_stat_activity a WHERE a.pid = b.pid),
                                         format('pid %s', b.pid)) END AS holder
-              FROM (SELECT DISTINCT u.pid FROM unnest(pg_catalog.pg_blocking_pids(w.pid)) u(pid)) b) h)
+              FROM (SELECT DISTINCT u.pid FROM unnest(pg_catalog.pg_blocking_pids(w.pid)) u(pid)) b) h),
+       0 = ANY (pg_catalog.pg_blocking_pids(w.pid))
 FROM waits w
 $$;
 
@@ -600,7 +611,7 @@ problems AS (
     SELECT w.subname, 'lock_wait', 'warning',
            format('%s (pid %s) has waited since %s for %s, held by %s%s', w.worker, w.pid, w.waiting_since,
                   w.lock, coalesce(w.held_by, 'a transaction that has just ended'),
-                  CASE WHEN w.held_by LIKE '%prepared transaction%'
+                  CASE WHEN w.held_by_prepared
                        THEN ': COMMIT PREPARED or ROLLBACK PREPARED it here to let apply go on'
                        ELSE '' END),
            w.waiting_since

@@ -105,6 +105,13 @@ async fn streamed_transactions_are_applied_in_parallel_and_commit_in_order() {
         one::<i32>(&s, "SELECT parallel_apply_workers FROM pgsub.stat_subscription WHERE subname = 'pa'").await,
         1
     );
+    // Between the pieces of A the parallel worker waits for the leader's stream lock, as
+    // designed: not a `lock_wait` of health (it was one, naming the leader as the holder).
+    let waiting =
+        format!("SELECT (count(*) > 0)::text FROM pg_locks WHERE pid = {pa} AND NOT granted AND locktype = 'advisory'");
+    wait_value(&s, &waiting, "true", WAIT).await;
+    let waits = "SELECT count(*) FROM pgsub.check_health(lock_wait => '0') WHERE problem = 'lock_wait'";
+    assert_eq!(one::<i64>(&s, waits).await, 0, "the parallel worker's wait for the leader is no problem");
 
     // Ordinary transactions committed meanwhile are applied by the leader and visible at once.
     p2.batch_execute("INSERT INTO small VALUES (1, 'between'); INSERT INTO trail VALUES (2, 'small')").await.unwrap();
