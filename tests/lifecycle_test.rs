@@ -570,6 +570,12 @@ async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
         (r.get(0), r.get(1))
     };
     assert_eq!((status.as_str(), errors), ("connecting", 0), "waiting for the slot is not an error");
+    // Each try is an ERROR line in the publisher's log: after the first quick ones they are 2 s
+    // apart (they were 250 ms: 120 lines in the 30 s). Held 8 s (pacing, not a wait for a
+    // condition).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let tries = nodes.publisher.log().matches("replication slot \"busy\" is active for PID").count();
+    assert!((2..=10).contains(&tries), "{tries} tries in about 8 s");
     holder.kill().expect("kill pg_recvlogical");
     holder.wait().expect("pg_recvlogical gone");
     p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();

@@ -704,6 +704,10 @@ pub(crate) fn start_replication(
     // after the backoff. Native waits by failing and retrying every 5 s.
     let busy_since = std::time::Instant::now();
     let mut said = false;
+    // Each try is an ERROR line in the publisher's log: 250 ms after the first (a walsender
+    // that is about to notice lets go soon), then doubling to 2 s (it polled every 250 ms: 120
+    // lines in a 30-s wait).
+    let mut pause = 250;
     while let Err(e) = client.start_replication_within(slot, start, &opts, timeout) {
         if matches!(e, ProtoError::Interrupted) {
             return None;
@@ -712,7 +716,8 @@ pub(crate) fn start_replication(
             if !std::mem::replace(&mut said, true) {
                 log!("pgsub: replication slot \"{slot}\" is still active on the publisher ({e}); waiting up to {} s for it", SLOT_BUSY_WAIT.as_secs());
             }
-            crate::process::nap(250);
+            crate::process::nap(pause);
+            pause = (pause * 2).min(2000);
             if shutdown_requested() {
                 return None;
             }
