@@ -397,8 +397,8 @@ END $$;
 -- transactions (which pg_blocking_pids gives as pid 0) by their gid, found through the lock a
 -- prepared transaction keeps on its own transaction id. A remote change that waits
 -- for a row or table a local session or prepared transaction holds shows nothing else: the
--- status stays streaming and nothing fails. (A parallel apply worker is found by its
--- application_name, as its pid is not in shared memory.)
+-- status stays streaming and nothing fails. (A parallel apply worker, whose pid is not in shared
+-- memory, is found by its application_name or by the transaction lock it holds while applying.)
 CREATE FUNCTION pgsub._lock_waits()
 RETURNS TABLE (subname text, pid integer, worker text, waiting_since timestamptz, lock text, held_by text,
                held_by_prepared boolean)
