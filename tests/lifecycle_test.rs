@@ -531,13 +531,38 @@ async fn a_worker_terminated_mid_transaction_records_its_stop_and_loses_nothing(
 }
 
 /// Another client holding slot `slot` of publication `pub` on the publisher: pg_recvlogical
-/// (nothing is written meanwhile: it confirms what it reads).
-fn hold_slot(nodes: &TwoNodes, slot: &str) -> std::process::Child {
-    std::process::Command::new("/usr/lib/postgresql/15/bin/pg_recvlogical")
+/// (nothing is written meanwhile: it confirms what it reads), killed when the holder is dropped
+/// — also when the test fails while it runs, which would otherwise leave it holding the test's
+/// output open.
+struct SlotHolder(std::process::Child);
+
+impl SlotHolder {
+    /// Lets go of the slot: the process is killed and waited for.
+    fn release(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        // Already gone is fine: only its end matters.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for SlotHolder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn hold_slot(nodes: &TwoNodes, slot: &str) -> SlotHolder {
+    let child = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_recvlogical")
         .args(["-h", "127.0.0.1", "-p", &nodes.publisher.port().to_string(), "-U", "postgres", "-d", "postgres"])
         .args(["--slot", slot, "--start", "-o", "proto_version=1", "-o", "publication_names=pub", "-f", "/dev/null"])
+        .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("pg_recvlogical")
+        .expect("pg_recvlogical");
+    SlotHolder(child)
 }
 
 /// The subscription's slot still active on the publisher when the worker starts (here another
@@ -554,7 +579,7 @@ async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
     s.batch_execute("SELECT pgsub.disable_subscription('busy')").await.unwrap();
     wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "false", WAIT).await;
     // Another client holds the slot (nothing is written meanwhile: it confirms what it reads).
-    let mut holder = hold_slot(&nodes, "busy");
+    let holder = hold_slot(&nodes, "busy");
     wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "true", WAIT).await;
     s.batch_execute("SELECT pgsub.enable_subscription('busy')").await.unwrap();
     nodes
@@ -576,8 +601,7 @@ async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let tries = nodes.publisher.log().matches("replication slot \"busy\" is active for PID").count();
     assert!((2..=10).contains(&tries), "{tries} tries in about 8 s");
-    holder.kill().expect("kill pg_recvlogical");
-    holder.wait().expect("pg_recvlogical gone");
+    holder.release();
     p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t", "2", WAIT).await;
     let errors: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'busy'").await;
@@ -588,7 +612,7 @@ async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
     // DROP_REPLICATION_SLOT … WAIT), an error after 30 s naming the way out, nothing dropped.
     s.batch_execute("SELECT pgsub.disable_subscription('busy')").await.unwrap();
     wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "false", WAIT).await;
-    let mut holder = hold_slot(&nodes, "busy");
+    let holder = hold_slot(&nodes, "busy");
     wait_value(&p, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'busy'", "true", WAIT).await;
     let e = must_fail(&s, "SELECT pgsub.drop_subscription('busy')", &[]).await;
     assert_eq!(e.code, "55006", "{}", e.text());
@@ -598,8 +622,7 @@ async fn a_slot_still_active_on_the_publisher_is_waited_for_not_an_error() {
     let release = tokio::spawn(async move {
         // The holder keeps the slot for 2 s of the drop's wait (pacing, not a wait for a condition).
         tokio::time::sleep(Duration::from_secs(2)).await;
-        holder.kill().expect("kill pg_recvlogical");
-        holder.wait().expect("pg_recvlogical gone");
+        holder.release();
     });
     s.batch_execute("SELECT pgsub.drop_subscription('busy')").await.expect("dropped once the slot is let go");
     release.await.unwrap();
