@@ -612,7 +612,7 @@ problems AS (
            format('%s (pid %s) has waited since %s for %s, held by %s%s', w.worker, w.pid, w.waiting_since,
                   w.lock, coalesce(w.held_by, 'a transaction that has just ended'),
                   CASE WHEN w.held_by_prepared
-                       THEN ': COMMIT PREPARED or ROLLBACK PREPARED it here to let apply go on'
+                       THEN ': COMMIT PREPARED or ROLLBACK PREPARED it, connected to its database, to let apply go on'
                        ELSE '' END),
            w.waiting_since
     FROM pgsub._lock_waits() w

@@ -835,7 +835,11 @@ async fn health_names_what_an_apply_worker_waits_for() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(w.3.ends_with("COMMIT PREPARED or ROLLBACK PREPARED it here to let apply go on"), "{}", w.3);
+    assert!(
+        w.3.ends_with("COMMIT PREPARED or ROLLBACK PREPARED it, connected to its database, to let apply go on"),
+        "{}",
+        w.3
+    );
     assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 1").await, "v", "not applied while held");
 
     s.batch_execute("ROLLBACK PREPARED 'held here'").await.unwrap();
