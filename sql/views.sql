@@ -289,13 +289,15 @@ COMMENT ON FUNCTION pgsub.sync_sequences(text, regclass[]) IS
 CREATE FUNCTION pgsub.verify_subscription(name text, tables regclass[] DEFAULT NULL,
                                           mode text DEFAULT 'checksum', max_keys int DEFAULT 100)
 RETURNS TABLE (relation regclass, publisher_rows bigint, subscriber_rows bigint, equal boolean,
-               missing_keys jsonb, extra_keys jsonb, different_keys jsonb, bytes_received bigint)
+               missing_keys jsonb, extra_keys jsonb, different_keys jsonb, bytes_received bigint,
+               error text)
 LANGUAGE sql VOLATILE
 AS $$ SELECT v.relation::regclass, v.publisher_rows, v.subscriber_rows, v.equal,
-             v.missing_keys::jsonb, v.extra_keys::jsonb, v.different_keys::jsonb, v.bytes_received
+             v.missing_keys::jsonb, v.extra_keys::jsonb, v.different_keys::jsonb, v.bytes_received,
+             v.error
       FROM pgsub._verify_subscription(name, tables::oid[], mode, max_keys) v $$;
 COMMENT ON FUNCTION pgsub.verify_subscription(text, regclass[], text, int) IS
-    'Compare the subscription''s tables with the publisher''s at one consistent point; per table the rows on each side and the keys missing, extra or different here';
+    'Compare the subscription''s tables with the publisher''s at one consistent point; per table the rows on each side and the keys missing, extra or different here, or why it could not be compared';
 REVOKE EXECUTE ON FUNCTION
     pgsub.verify_subscription(text, regclass[], text, int),
     pgsub._verify_subscription(text, oid[], text, integer),

@@ -188,6 +188,18 @@ impl Client {
         self.io.is_tls()
     }
 
+    /// Whether a query sent with [`Client::start_query`] still waits for
+    /// [`Client::finish_query`].
+    pub fn query_in_flight(&self) -> bool {
+        self.state == State::QuerySent
+    }
+
+    /// Whether the connection can no longer be used (an error left the protocol position
+    /// unknown, or the connection was lost).
+    pub fn is_broken(&self) -> bool {
+        matches!(self.state, State::Broken(_))
+    }
+
     /// NoticeResponses received so far (oldest first; at most the last 1000 are kept).
     pub fn notices(&mut self) -> Vec<ServerError> {
         self.notices.drain(..).collect()

@@ -25,6 +25,7 @@ use crate::process::{now, pid_alive, wake};
 use crate::report::error;
 use crate::shmem::{self, Status};
 use crate::worker::hold::Hold;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgsub_core::state::SyncState;
 use pgsub_proto::client::{quote_ident, quote_literal, Client, SlotOptions, SnapshotAction};
@@ -574,7 +575,10 @@ fn json_array(items: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-type Row = (pg_sys::Oid, i64, i64, bool, Option<String>, Option<String>, Option<String>, i64);
+/// relation, publisher_rows, subscriber_rows, equal, missing / extra / different keys, bytes
+/// received, and the error that kept the table from being compared (the counts NULL then).
+type Row =
+    (pg_sys::Oid, Option<i64>, Option<i64>, bool, Option<String>, Option<String>, Option<String>, i64, Option<String>);
 
 /// How to compare: `checksum` (else counts only) and the key limit per table.
 struct Mode {
@@ -658,14 +662,87 @@ fn verify_table(point: &mut Point, sub: &Subscription, t: &Target, n: usize, tot
     let keys = |v: &[String]| mode.checksum.then(|| json_array(v));
     (
         t.relid,
-        theirs.rows,
-        ours.rows,
+        Some(theirs.rows),
+        Some(ours.rows),
         equal,
         keys(&diff.missing),
         keys(&diff.extra),
         keys(&diff.different),
         i64::try_from(bytes).unwrap_or(i64::MAX),
+        None,
     )
+}
+
+/// Savepoint on the publisher around one table's comparison.
+const SAVEPOINT: &str = "pgsub_verify_table";
+
+/// [`verify_table`] in a subtransaction here and under a savepoint on the publisher, both inside
+/// the snapshots of the consistent point: an error of one table's comparison — the table gone
+/// from the publisher, a value the publisher cannot cast to this side's type, a permission —
+/// becomes that table's row (`equal` false, the counts NULL, `error` the message) and the
+/// other tables are still compared, where it ended the whole call. A cancel, a lost connection
+/// to the publisher or an error while undoing either side still ends the call.
+fn verify_table_guarded(point: &mut Point, sub: &Subscription, t: &Target, n: usize, total: usize, mode: &Mode) -> Row {
+    let start = point.plain.bytes_received() + point.replication.bytes_received();
+    let _ = query(&mut point.plain, &format!("SAVEPOINT {SAVEPOINT}"), "could not compare on the publisher");
+    // SAFETY: an internal subtransaction inside the function's transaction, as PL/pgSQL's
+    // exception blocks make them; the caller's memory context and resource owner are restored
+    // after it ends, either way.
+    let (cxt, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+    }
+    let restore = || unsafe {
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+    };
+    let mut target = std::panic::AssertUnwindSafe(&mut *point);
+    let outcome = PgTryBuilder::new(move || Ok(verify_table(&mut target, sub, t, n, total, mode)))
+        .catch_others(|e| Err(Box::new(e)))
+        .execute();
+    match outcome {
+        Ok(row) => {
+            // SAFETY: ends the subtransaction begun above.
+            unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+            restore();
+            let _ = query(
+                &mut point.plain,
+                &format!("RELEASE SAVEPOINT {SAVEPOINT}"),
+                "could not compare on the publisher",
+            );
+            row
+        }
+        Err(e) => {
+            // SAFETY: rolls back the subtransaction begun above (its SPI, snapshots and locks).
+            unsafe { pg_sys::RollbackAndReleaseCurrentSubTransaction() };
+            restore();
+            let (code, text) = match &*e {
+                CaughtError::PostgresError(r)
+                | CaughtError::ErrorReport(r)
+                | CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
+            };
+            if code == Code::ERRCODE_QUERY_CANCELED || point.plain.is_broken() {
+                e.rethrow();
+            }
+            // A query sent before the error: its answer is read and dropped.
+            if point.plain.query_in_flight() {
+                let _ = point.plain.finish_query();
+            }
+            if let Err(undo) = point.plain.simple_query(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")) {
+                crate::publisher::raise(&undo, &format!("could not go on after table {}: {text}", t.display), None);
+            }
+            let bytes = point.plain.bytes_received() + point.replication.bytes_received() - start;
+            crate::report::log(
+                PgLogLevel::WARNING,
+                Code::ERRCODE_WARNING,
+                format!("pgsub: could not compare table {} of subscription \"{}\": {text}", t.display, sub.name),
+                None,
+                None,
+            );
+            (t.relid, None, None, false, None, None, None, i64::try_from(bytes).unwrap_or(i64::MAX), Some(text))
+        }
+    }
 }
 
 /// Backs `pgsub.verify_subscription(name, tables regclass[] DEFAULT NULL, mode text DEFAULT
@@ -685,13 +762,14 @@ fn _verify_subscription(
     'static,
     (
         name!(relation, pg_sys::Oid),
-        name!(publisher_rows, i64),
-        name!(subscriber_rows, i64),
+        name!(publisher_rows, Option<i64>),
+        name!(subscriber_rows, Option<i64>),
         name!(equal, bool),
         name!(missing_keys, Option<String>),
         name!(extra_keys, Option<String>),
         name!(different_keys, Option<String>),
         name!(bytes_received, i64),
+        name!(error, Option<String>),
     ),
 > {
     require_admin();
@@ -713,8 +791,11 @@ fn _verify_subscription(
     }
     report_activity(&format!("pgsub.verify_subscription('{name}'): taking a consistent point"));
     let (mut point, snap) = consistent_point(&sub);
-    let rows: Vec<Row> =
-        targets.iter().enumerate().map(|(n, t)| verify_table(&mut point, &sub, t, n, targets.len(), &mode)).collect();
+    let rows: Vec<Row> = targets
+        .iter()
+        .enumerate()
+        .map(|(n, t)| verify_table_guarded(&mut point, &sub, t, n, targets.len(), &mode))
+        .collect();
     let _ = query(&mut point.plain, "COMMIT", "could not end the transaction on the publisher");
     let c = point.lsn;
     point.plain.close();
@@ -723,11 +804,13 @@ fn _verify_subscription(
     // SAFETY: undoes this function's SET LOCALs (as a function's SET clause does on exit).
     unsafe { pg_sys::AtEOXact_GUC(true, guc_level) };
     restore_activity();
-    let differ = rows.iter().filter(|r| !r.3).count();
+    let failed = rows.iter().filter(|r| r.8.is_some()).count();
+    let differ = rows.iter().filter(|r| !r.3).count() - failed;
+    let failed = if failed > 0 { format!(", {failed} could not be compared") } else { String::new() };
     crate::report::log(
         PgLogLevel::LOG,
         Code::ERRCODE_SUCCESSFUL_COMPLETION,
-        format!("pgsub: verified {} table(s) of subscription \"{name}\" at {c}: {differ} differ", rows.len()),
+        format!("pgsub: verified {} table(s) of subscription \"{name}\" at {c}: {differ} differ{failed}", rows.len()),
         None,
         None,
     );

@@ -440,11 +440,15 @@ fn fake_server_full_flow() {
 
     // Sent without waiting: another command is refused (nothing is sent) until the answer is
     // read, which is what simple_query would have returned; the connection stays usable.
+    assert!(!c.query_in_flight());
     c.start_query("SELECT * FROM nope").unwrap();
+    assert!(c.query_in_flight());
     let refused = c.simple_query("SELECT 3").unwrap_err();
     assert!(refused.to_string().contains("finish_query"), "{refused}");
     let e = c.finish_query().unwrap_err();
     assert_eq!(e.sqlstate(), Some("42P01"));
+    assert!(!c.query_in_flight());
+    assert!(!c.is_broken(), "a server's error leaves the connection usable");
     assert!(c.finish_query().is_err(), "nothing pending any more");
 
     let sys = c.identify_system().unwrap();
@@ -764,6 +768,7 @@ fn fake_server_fatal_mid_command_and_shutdown_stream() {
         .unwrap_err();
     assert_eq!(e.sqlstate(), Some("57P01"), "{e}");
     assert_eq!(chunks, 1);
+    assert!(c.is_broken(), "a FATAL ends the connection");
     let e = c.simple_query("SELECT 1").unwrap_err();
     assert!(e.to_string().contains("no longer usable"), "{e}");
     h.join().unwrap();
