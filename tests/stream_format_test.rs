@@ -460,3 +460,49 @@ async fn values_binary_input_refuses_travel_as_text_in_the_copy_and_the_stream()
     assert!(!nodes.subscriber.log_contains("malformed tsquery"));
     assert_replicated_equal(&p, &s).await;
 }
+
+/// `money` travels as text in the initial copy and the stream when the format is chosen
+/// automatically: its binary form counts the smallest unit of each side's `lc_monetary`, so that
+/// between locales of different decimal places a value arrived 100× off and a verification
+/// called it equal, where text (native's default) is refused until the settings agree. A table
+/// of built-in types beside it still streams binary.
+#[tokio::test(flavor = "current_thread")]
+async fn money_travels_as_text_when_the_format_is_chosen() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute(
+            "CREATE TABLE cash (id int PRIMARY KEY, m money, ms money[]);
+             CREATE TABLE plain (id int PRIMARY KEY, v numeric)",
+        )
+        .await
+        .unwrap();
+    }
+    p.batch_execute(
+        "INSERT INTO cash VALUES (1, 1234.56, ARRAY[0.01, -5]::money[]), (2, NULL, '{}');
+         INSERT INTO plain VALUES (1, 1234.56);
+         CREATE PUBLICATION cp FOR TABLE cash;
+         CREATE PUBLICATION pp FOR TABLE plain",
+    )
+    .await
+    .unwrap();
+    let ci = nodes.pub_conninfo();
+    for (sub, publication) in [("cash", "cp"), ("plain", "pp")] {
+        s.execute("SELECT pgsub.create_subscription($1, $2, ARRAY[$3])", &[&sub, &ci, &publication]).await.unwrap();
+    }
+    wait_for_subscription_sync(&s, "cash", WAIT).await;
+    wait_for_subscription_sync(&s, "plain", WAIT).await;
+    assert_format(&p, &s, "cash", false).await;
+    assert_format(&p, &s, "plain", true).await;
+    assert!(nodes.subscriber.log_contains("whose binary form counts the smallest unit of each side's lc_monetary"));
+    let log = nodes.subscriber.log();
+    let copies: Vec<&str> = log.lines().filter(|l| l.contains("initial copy of")).collect();
+    let copied = |what: &str| copies.iter().any(|l| l.contains(what));
+    assert!(copied("\"public\".\"cash\" for subscription \"cash\" finished: 2 rows in text format"), "{copies:?}");
+    assert!(copied("\"public\".\"plain\" for subscription \"plain\" finished: 1 rows in binary format"), "{copies:?}");
+    p.batch_execute("INSERT INTO cash VALUES (3, 99.99, ARRAY[1]::money[]); UPDATE cash SET m = 7 WHERE id = 2")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*) FROM cash WHERE m IS NOT NULL", "3", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}

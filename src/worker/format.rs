@@ -5,7 +5,8 @@
 //! `FirstGenbkiObjectId`, with a binary input function; arrays of built-in types are built-in
 //! types), and the local database is UTF8 (binary text arrives in the connection's UTF8). Enums,
 //! domains, composites and extension types travel as text, and so do the OID alias types
-//! (regclass, regtype, …), whose binary form is the publisher's OID rather than the name.
+//! (regclass, regtype, …), whose binary form is the publisher's OID rather than the name, and
+//! money, whose binary form is in the smallest unit of each side's `lc_monetary`.
 //!
 //! The stream follows the subscription's `binary` option when it is set; when it is not (NULL,
 //! the default) the apply worker decides here at each start, over the published columns of every
@@ -37,6 +38,13 @@ const NO_BINARY_INPUT: [u32; 4] = [194, 3361, 3402, 5017];
 /// oidvector (an empty one: "invalid int2vector data") and tsquery (an empty one, what
 /// `to_tsquery` makes of stop words only: "malformed tsquery"), and their arrays.
 const BINARY_REFUSES: [u32; 6] = [22, 1006, 30, 1013, 3615, 3645];
+
+/// money and its array: the binary form is an integer count of the smallest unit of the
+/// sender's `lc_monetary`, read back in the receiver's — where the two differ in decimal places
+/// (`en_US`: cents, `ja_JP`: whole yen) `$1,234.56` would arrive as `￥123,456`, silently 100×
+/// off, where text (native's default) is refused with an error ("invalid input syntax for type
+/// money") until the settings agree.
+const LOCALE_SCALED: [u32; 2] = [790, 791];
 
 /// The OID alias types (regclass, regtype, regproc, … and their arrays): their binary form is
 /// the object's OID, which names another object or none on the subscriber; as text they travel
@@ -95,6 +103,12 @@ fn refused_column(relid: pg_sys::Oid, columns: &[(String, u32)]) -> Option<Strin
             Some(_) if BINARY_REFUSES.contains(&remote_type) => {
                 format!(
                     "has type {}, whose binary input refuses values its text input takes (an empty one)",
+                    type_name(remote_type)
+                )
+            }
+            Some(_) if LOCALE_SCALED.contains(&remote_type) => {
+                format!(
+                    "has type {}, whose binary form counts the smallest unit of each side's lc_monetary",
                     type_name(remote_type)
                 )
             }
