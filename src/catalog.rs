@@ -1024,10 +1024,11 @@ pub fn insert_conflict_log(r: &ConflictLogRow) -> SpiResult<()> {
         &[
             r.subid.into(),
             r.conflict_type.into(),
-            r.relation.into(),
-            r.key.into(),
-            r.local_row.into(),
-            r.remote_row.into(),
+            // Rust's UTF-8 in the database's encoding (`dbtext`).
+            crate::dbtext::DbText(r.relation.to_string()).into(),
+            r.key.map(|v| crate::dbtext::DbText(v.to_string())).into(),
+            r.local_row.map(|v| crate::dbtext::DbText(v.to_string())).into(),
+            r.remote_row.map(|v| crate::dbtext::DbText(v.to_string())).into(),
             r.resolution.into(),
             r.local_xid.into(),
             r.local_commit_time.into(),

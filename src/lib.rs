@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 
 pub mod api;
 pub mod catalog;
+pub mod dbtext;
 pub mod dropdb;
 pub mod gucs;
 pub mod history;

@@ -7,6 +7,7 @@
 //! `pgsub_admin` (errors can quote row values; other databases' are not everyone's business).
 //! Error texts are masked here, per subscription (`ErrorReader`), for every caller of these
 //! functions; the views add no rule of their own.
+use crate::dbtext::DbText;
 use crate::shmem;
 use pgrx::prelude::*;
 
@@ -131,7 +132,7 @@ fn _stat_counters() -> TableIterator<
         name!(conflicts, i64),
         name!(txns_skipped, i64),
         name!(error_count, i64),
-        name!(last_error, Option<String>),
+        name!(last_error, Option<DbText>),
         name!(last_error_at, i64),
     ),
 > {
@@ -152,7 +153,7 @@ fn _stat_counters() -> TableIterator<
                 s.conflicts,
                 s.txns_skipped,
                 s.error_count,
-                s.last_error().filter(|_| reader.sees(s.subid, s.dboid)),
+                s.last_error().filter(|_| reader.sees(s.subid, s.dboid)).map(DbText),
                 s.last_error_at,
             ));
         }
@@ -290,7 +291,7 @@ fn _sync_progress() -> TableIterator<
         name!(bytes_copied, i64),
         name!(copy_started_at, i64),
         name!(waiting, bool),
-        name!(last_error, Option<String>),
+        name!(last_error, Option<DbText>),
         name!(last_error_at, i64),
         name!(failures, i32),
         name!(failing_since, i64),
@@ -314,7 +315,7 @@ fn _sync_progress() -> TableIterator<
                 s.bytes_copied,
                 s.copy_started_at,
                 s.waiting,
-                s.last_error().filter(|_| reader.sees(s.subid, dboid)),
+                s.last_error().filter(|_| reader.sees(s.subid, dboid)).map(DbText),
                 s.last_error_at,
                 s.failures,
                 if s.failures > 0 && s.last_error_at > 0 {

@@ -884,3 +884,60 @@ async fn a_commit_time_policy_without_track_commit_timestamp_stops_instead_of_al
     wait_value(&s, "SELECT count(*)::text FROM lw", "1", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A subscriber database in LATIN1 (TAP 005_encoding's) under `track_commit_timestamp`: UPDATEs
+/// and DELETEs of rows holding non-ASCII text are applied (every one is looked up with who last
+/// changed it, and reading the local row failed on its first non-ASCII character: "datums
+/// converted to &str should be valid UTF-8", apply stopped for good), and conflicts on such rows
+/// are found — a non-ASCII key looked up in LATIN1, not as its UTF-8 bytes — resolved by the
+/// policy and recorded with the local and remote rows as they read (`insert_exists` under
+/// `error` was not even counted).
+#[tokio::test(flavor = "current_thread")]
+async fn a_latin1_subscriber_database_applies_and_resolves_conflicts_on_non_ascii_rows() {
+    let nodes = nodes();
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let admin = nodes.subscriber.client("postgres").await.unwrap();
+    admin.batch_execute("CREATE DATABASE lat TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'").await.unwrap();
+    let s = nodes.subscriber.client("lat").await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE tk (k text PRIMARY KEY, v text);";
+    s.batch_execute(&format!("CREATE EXTENSION pgsub; {ddl}")).await.unwrap();
+    p.batch_execute(&format!(
+        "{ddl} INSERT INTO t VALUES (1, 'café'), (2, 'Motörhead'), (3, 'plain');
+         INSERT INTO tk VALUES ('clé', 'été');
+         CREATE PUBLICATION pub FOR TABLE t, tk;"
+    ))
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+
+    p.batch_execute(
+        "UPDATE t SET v = 'crème' WHERE id = 1; DELETE FROM t WHERE id = 2; UPDATE tk SET v = 'hiver' WHERE k = 'clé'",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM t", "1=crème,3=plain", WAIT).await;
+    wait_value(&s, "SELECT v FROM tk WHERE k = 'clé'", "hiver", WAIT).await;
+    assert_eq!(counter(&s, "error_count").await, 0, "no error on the way");
+
+    // insert_exists on a non-ASCII row under error: counted and logged, apply stops.
+    s.batch_execute("INSERT INTO t VALUES (5, 'é ici'); INSERT INTO tk VALUES ('ñu', 'local ü')").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (5, 'ü là-bas')").await.unwrap();
+    let err = wait_for_subscription_error(&s, "c", &["conflict=insert_exists"], WAIT).await;
+    assert!(err.contains("existing local row (5,\"é ici\"); remote row (5,\"ü là-bas\")"), "{err}");
+    assert!(counter(&s, "confl_insert_exists").await >= 1);
+    // The policy decides it: the remote row replaces the local one, both as they read.
+    set_policy(&s, "apply_remote").await;
+    wait_value(&s, "SELECT v FROM t WHERE id = 5", "ü là-bas", WAIT).await;
+    let (resolution, key, local, remote, _) = last_logged(&s, "insert_exists").await;
+    assert_eq!(resolution, "apply_remote");
+    assert_eq!(key, r#"{"id": 5}"#);
+    assert_eq!(local, r#"{"v": "é ici", "id": 5}"#);
+    assert_eq!(remote, r#"{"v": "ü là-bas", "id": 5}"#);
+    // A non-ASCII key: found in LATIN1 and replaced.
+    p.batch_execute("INSERT INTO tk VALUES ('ñu', 'remote ö')").await.unwrap();
+    wait_value(&s, "SELECT v FROM tk WHERE k = 'ñu'", "remote ö", WAIT).await;
+    let (_, key, local, _, _) = last_logged(&s, "insert_exists").await;
+    assert_eq!((key.as_str(), local.as_str()), (r#"{"k": "ñu"}"#, r#"{"k": "ñu", "v": "local ü"}"#));
+    assert_replicated_equal(&p, &s).await;
+}

@@ -5,6 +5,7 @@
 use super::super::execute::in_context;
 use super::super::relation::LocalRel;
 use super::origins_tracked;
+use crate::dbtext::DbText;
 use crate::report;
 use pgrx::prelude::*;
 use pgsub_proto::client::{quote_ident, quote_literal};
@@ -120,8 +121,9 @@ impl Params {
         format!("{t}::{}", type_name(local.cols[i].typid))
     }
 
+    /// The values as text parameters, in the database's encoding (`dbtext`).
     pub(super) fn args(&self) -> Vec<pgrx::datum::DatumWithOid<'static>> {
-        self.values.iter().map(|v| v.clone().into()).collect()
+        self.values.iter().map(|v| v.clone().map(DbText).into()).collect()
     }
 }
 
@@ -211,10 +213,10 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
         let strings = |v: Option<Vec<Option<String>>>| v.unwrap_or_default().into_iter().flatten().collect::<Vec<_>>();
         for row in run_prepared(c, sql, &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)], &[local.relid.into()])? {
             out.push((
-                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<DbText>(1)?.unwrap_or_default().into_string(),
                 strings(row.get::<Vec<Option<String>>>(2)?),
                 row.get::<bool>(3)?.unwrap_or(false),
-                row.get::<String>(4)?,
+                row.get::<DbText>(4)?.map(DbText::into_string),
                 row.get::<bool>(5)?.unwrap_or(false),
                 strings(row.get::<Vec<Option<String>>>(6)?),
                 strings(row.get::<Vec<Option<String>>>(7)?),
@@ -356,15 +358,17 @@ fn select_locked(
             let mut out = Vec::new();
             let text = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID); args.len()];
             for row in run_prepared(c, &sql, &text, &args)? {
+                // Text in the database's encoding, read as UTF-8 (`dbtext`).
+                let text = |i: usize| row.get::<DbText>(i).map(|v| v.map(DbText::into_string));
                 out.push(LocalRow {
-                    relation: row.get::<String>(1)?.unwrap_or_default(),
+                    relation: text(1)?.unwrap_or_default(),
                     tableoid: row.get::<i64>(2)?.unwrap_or_default() as u32,
-                    ctid: row.get::<String>(3)?.unwrap_or_default(),
+                    ctid: text(3)?.unwrap_or_default(),
                     xid: row.get::<i64>(4)?,
                     commit_time: row.get::<i64>(5)?,
                     origin: row.get::<i32>(6)?,
-                    json: row.get::<String>(7)?,
-                    text: row.get::<String>(8)?,
+                    json: text(7)?,
+                    text: text(8)?,
                     index: String::new(),
                 });
             }
@@ -415,7 +419,8 @@ pub(super) fn remote_rows(
     let args = p.args();
     let r = Spi::connect(|c| {
         let row = c.select(&format!("SELECT ({json})::text, {record}"), Some(1), &args)?.first();
-        Ok::<_, pgrx::spi::SpiError>((row.get::<String>(1)?, row.get::<String>(2)?))
+        let text = |i: usize| row.get::<DbText>(i).map(|v| v.map(DbText::into_string));
+        Ok::<_, pgrx::spi::SpiError>((text(1)?, text(2)?))
     });
     match r {
         Ok(v) => v,
