@@ -46,6 +46,11 @@ pub(super) struct Column {
     pub name: String,
     /// Its local type is collatable (ordered with COLLATE "C" as a key).
     pub collatable: bool,
+    /// Its local type is not built in (an enum, a domain, a composite, an extension's type): as
+    /// a key it is ordered by its text (COLLATE "C"), because its own order may differ between the
+    /// sides — an enum whose labels are declared in another order there — and ranges split by
+    /// one side's order would hold other rows on the other.
+    pub text_order: bool,
     /// The local built-in type the publisher's value is cast to before it is rendered (its type
     /// differs there).
     pub remote_cast: Option<String>,
@@ -159,9 +164,10 @@ impl Table {
         if self.key.is_empty() {
             return vec![format!("{} COLLATE \"C\"", self.hash(q))];
         }
-        self.key_exprs(|c, ident| match (c.collatable, self.bytewise) {
+        self.key_exprs(|c, ident| match (c.collatable || c.text_order, self.bytewise) {
             (true, true) => Self::utf8_bytes(&ident),
-            (true, false) => format!("{ident} COLLATE \"C\""),
+            (true, false) if c.collatable => format!("{ident} COLLATE \"C\""),
+            (true, false) => format!("({ident})::text COLLATE \"C\""),
             (false, _) => ident,
         })
     }
@@ -172,7 +178,7 @@ impl Table {
             return vec![self.hash(q)];
         }
         self.key_exprs(|c, ident| {
-            if c.collatable && self.bytewise {
+            if (c.collatable || c.text_order) && self.bytewise {
                 format!("pg_catalog.encode({}, 'hex')", Self::utf8_bytes(&ident))
             } else {
                 format!("({ident})::text")
@@ -211,7 +217,8 @@ impl Table {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let hex = self.bytewise && self.key.get(i).is_some_and(|&k| self.cols[k].collatable);
+                let hex = self.bytewise
+                    && self.key.get(i).is_some_and(|&k| self.cols[k].collatable || self.cols[k].text_order);
                 if hex {
                     format!("pg_catalog.decode({}, 'hex')", quote_literal(s))
                 } else {

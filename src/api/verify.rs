@@ -21,6 +21,7 @@ use super::compare::{Column, Diff, Pair, Query, RemoteSide, Rows, Side, Table};
 use super::cutover::{connect_plain, publisher_position};
 use super::remote::{connect, query, sql_text_array};
 use crate::catalog::{self, Subscription};
+use crate::dbtext::DbText;
 use crate::process::{now, pid_alive, wake};
 use crate::report::error;
 use crate::shmem::{self, Status};
@@ -110,8 +111,10 @@ impl Side for Local {
                     let tup = *(*tt).vals.add(i);
                     let mut row = Vec::with_capacity(natts as usize);
                     for j in 1..=natts {
+                        // In the database's encoding: read as UTF-8 (`dbtext`), as the
+                        // publisher's connection delivers its side.
                         let v = pg_sys::SPI_getvalue(tup, desc, j);
-                        row.push((!v.is_null()).then(|| CStr::from_ptr(v).to_string_lossy().into_owned()));
+                        row.push((!v.is_null()).then(|| crate::dbtext::from_db_bytes(CStr::from_ptr(v).to_bytes())));
                     }
                     out.push(row);
                 }
@@ -370,7 +373,7 @@ fn plan(client: &mut Client, t: &Target, pubs: &[String]) -> (Table, Query, Quer
         }
         let remote_cast = (*rtype != l.typ && l.builtin).then(|| l.typ.clone());
         let send = if client.server_version_num() < 120000 { float_send(&l.typ) } else { None };
-        cols.push(Column { name: l.name.clone(), collatable: l.collatable, remote_cast, send });
+        cols.push(Column { name: l.name.clone(), collatable: l.collatable, text_order: !l.builtin, remote_cast, send });
     }
     let key: Vec<usize> = lkey.iter().filter_map(|k| cols.iter().position(|c| c.name == *k)).collect();
     let key = if key.len() == lkey.len() { key } else { Vec::new() };
@@ -765,11 +768,11 @@ fn _verify_subscription(
         name!(publisher_rows, Option<i64>),
         name!(subscriber_rows, Option<i64>),
         name!(equal, bool),
-        name!(missing_keys, Option<String>),
-        name!(extra_keys, Option<String>),
-        name!(different_keys, Option<String>),
+        name!(missing_keys, Option<DbText>),
+        name!(extra_keys, Option<DbText>),
+        name!(different_keys, Option<DbText>),
         name!(bytes_received, i64),
-        name!(error, Option<String>),
+        name!(error, Option<DbText>),
     ),
 > {
     require_admin();
@@ -814,5 +817,9 @@ fn _verify_subscription(
         None,
         None,
     );
-    TableIterator::new(rows)
+    // Keys and errors are UTF-8 here: returned in the database's encoding (`dbtext`).
+    let text = |v: Option<String>| v.map(DbText);
+    TableIterator::new(
+        rows.into_iter().map(move |r| (r.0, r.1, r.2, r.3, text(r.4), text(r.5), text(r.6), r.7, text(r.8))),
+    )
 }
