@@ -1618,6 +1618,54 @@ CREATE TRIGGER d_stmt AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON trg FOR EA
 ALTER TABLE trg ENABLE ALWAYS TRIGGER d_stmt;
 "#;
 
+/// A row-level AFTER trigger enabled for replication on the subscriber fires right after its own
+/// row, as native apply runs each row as a statement of its own: one that reads the table sees it
+/// as the rows before left it (row count and sum of `v` per INSERT, UPDATE and DELETE of runs of
+/// 100, 6 and 5 rows). pgsub applied such runs as one COPY, UPDATE or DELETE statement, and every
+/// row's trigger saw the whole run applied (`sumv` 109, 109, 109, 109 where native logged 106, 107,
+/// 108, 109).
+#[tokio::test(flavor = "current_thread")]
+async fn after_row_triggers_see_the_table_as_each_row_left_it() {
+    let table = "CREATE TABLE ar (id int PRIMARY KEY, v int);";
+    let mut c = Case::start(
+        &format!("{table} CREATE PUBLICATION arp FOR TABLE ar;"),
+        &format!(
+            "{table}
+             CREATE TABLE ar_log (n serial PRIMARY KEY, op text, id int, cnt bigint, sumv bigint);
+             CREATE FUNCTION ar_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.ar_log (op, id, cnt, sumv)
+                 SELECT TG_OP, CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END, count(*), sum(v)
+                 FROM public.ar;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER ar_after AFTER INSERT OR UPDATE OR DELETE ON ar FOR EACH ROW EXECUTE FUNCTION ar_audit();
+             ALTER TABLE ar ENABLE REPLICA TRIGGER ar_after;"
+        ),
+    )
+    .await;
+    c.subscribe_default("ar", &["arp"]).await;
+    c.wait_synced("ar").await;
+    c.on_pub("INSERT INTO ar SELECT g, g FROM generate_series(1, 100) g").await;
+    c.on_pub("UPDATE ar SET v = v + 1 WHERE id <= 6").await;
+    c.on_pub("DELETE FROM ar WHERE id IN (3, 4, 5, 6, 7)").await;
+    c.wait_equal("after the runs", None, &[]).await;
+    c.expect_sub(
+        "each INSERT's trigger saw the rows up to its own",
+        "SELECT count(*) FILTER (WHERE cnt = id AND sumv = id * (id + 1) / 2) || '/' || count(*) FROM ar_log WHERE op = 'INSERT'",
+        "100/100",
+    )
+    .await;
+    c.expect_sub(
+        "each UPDATE's and DELETE's trigger saw the rows before it applied",
+        "SELECT string_agg(op || ' ' || id || ' ' || cnt || ' ' || sumv, ', ' ORDER BY n) FROM ar_log WHERE op <> 'INSERT'",
+        "UPDATE 1 100 5051, UPDATE 2 100 5052, UPDATE 3 100 5053, UPDATE 4 100 5054, UPDATE 5 100 5055, \
+         UPDATE 6 100 5056, DELETE 3 99 5052, DELETE 4 98 5047, DELETE 5 97 5041, DELETE 6 96 5034, DELETE 7 95 5027",
+    )
+    .await;
+    c.finish().await;
+}
+
 /// Triggers on the subscriber: an ordinary trigger never fires for replicated changes; ENABLE
 /// REPLICA and ENABLE ALWAYS row triggers fire for the initial copy and for every applied
 /// change (a BEFORE trigger's change to NEW is kept); statement triggers fire for the initial

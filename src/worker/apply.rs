@@ -704,24 +704,25 @@ impl Applier {
             check_width(remote, t, "old tuple");
         }
         let full = remote.replica_identity == ReplicaIdentity::Full;
-        let batch_shape = if batching && !full && m.old.is_none() && local.remote_key_unique {
-            let key = key_mask(remote, &m.new, false, &local.cols);
-            // The key is unchanged and its values are exact (`ColMap::exact_key`): only the
-            // other columns are set — none that a unique or exclusion index covers, whose checks
-            // would see the run's rows changed in another order than the publisher's.
-            let set: Vec<bool> = set_mask(&m.new).iter().zip(&key).map(|(s, k)| *s && !*k).collect();
-            let fits = set.iter().any(|s| *s)
-                && local.cols.iter().enumerate().all(|(i, c)| {
-                    (!key[i] || (c.exact_key && c.array.is_some()))
-                        && (!set[i] || (c.array.is_some() && !c.identity_always && !local.constrained[i]))
-                });
-            fits.then(|| {
-                let id = key_bytes(&m.new, &key);
-                (set, key, id)
-            })
-        } else {
-            None
-        };
+        let batch_shape =
+            if batching && !full && m.old.is_none() && local.remote_key_unique && !local.after_row_triggers {
+                let key = key_mask(remote, &m.new, false, &local.cols);
+                // The key is unchanged and its values are exact (`ColMap::exact_key`): only the
+                // other columns are set — none that a unique or exclusion index covers, whose checks
+                // would see the run's rows changed in another order than the publisher's.
+                let set: Vec<bool> = set_mask(&m.new).iter().zip(&key).map(|(s, k)| *s && !*k).collect();
+                let fits = set.iter().any(|s| *s)
+                    && local.cols.iter().enumerate().all(|(i, c)| {
+                        (!key[i] || (c.exact_key && c.array.is_some()))
+                            && (!set[i] || (c.array.is_some() && !c.identity_always && !local.constrained[i]))
+                    });
+                fits.then(|| {
+                    let id = key_bytes(&m.new, &key);
+                    (set, key, id)
+                })
+            } else {
+                None
+            };
         let Some((set, key, id)) = batch_shape else {
             self.flush_updates();
             self.drain_counts(progress);
@@ -874,6 +875,7 @@ impl Applier {
         let (full, key) = local.row_identity(remote, old);
         let batchable = batching
             && !full
+            && !local.after_row_triggers
             && !local.picks_one_row(remote)
             && key.iter().any(|k| *k)
             && key.iter().zip(&local.cols).all(|(k, c)| !*k || c.array.is_some());

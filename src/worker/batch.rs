@@ -114,8 +114,12 @@ impl Applier {
         self.batched.inserted(relid, batch.rows.len() as i64);
         // A COPY error names neither the remote row nor the column: the transaction whose batch
         // failed last time is applied row by row, so that its error names them.
-        let stmt_triggers =
-            self.rels.get(&batch.rel_oid).and_then(|e| e.local.as_ref()).is_some_and(|l| l.stmt_insert_triggers);
+        // Statement triggers would fire for the COPY, row-level AFTER triggers all at its end.
+        let stmt_triggers = self
+            .rels
+            .get(&batch.rel_oid)
+            .and_then(|e| e.local.as_ref())
+            .is_some_and(|l| l.stmt_insert_triggers || l.after_row_triggers);
         // COPY cannot leave a conflicting row alone: under a conflict policy inserts go one by one.
         if batch.rows.len() < BATCH_MIN_COPY_ROWS
             || self.row_by_row_lsn == Some(self.commit_end())

@@ -67,6 +67,9 @@ pub(super) struct LocalRel {
     /// The table has statement-level INSERT triggers that fire during apply (enabled REPLICA or
     /// ALWAYS): its inserts are not loaded with COPY, which would fire them (`triggers.rs`).
     pub(super) stmt_insert_triggers: bool,
+    /// The table or a partition has row-level AFTER triggers that fire during apply: its changes
+    /// are applied row by row, never in batched runs (`relcat::has_after_row_triggers`).
+    pub(super) after_row_triggers: bool,
     /// The columns (a mask over `cols`) of the local replica identity index or primary key, when
     /// every one of them is replicated: under a remote REPLICA IDENTITY FULL rows are found by
     /// them, as native apply finds them through that index.
@@ -890,6 +893,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         .map(|(n, ..)| n.clone())
         .collect();
     let stmt_insert_triggers = super::relcat::has_stmt_insert_triggers(relid);
+    let after_row_triggers = super::relcat::has_after_row_triggers(relid);
     let deferrable_keys = super::relcat::has_deferrable_keys(relid);
     let constrained = match super::relcat::constrained_columns(relid) {
         Some(names) => cols.iter().map(|c| names.contains(&c.name)).collect(),
@@ -910,6 +914,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         cols,
         plans: HashMap::new(),
         stmt_insert_triggers,
+        after_row_triggers,
         identity_key,
         remote_key_unique,
         kept,

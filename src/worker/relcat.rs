@@ -177,6 +177,23 @@ pub(super) fn has_stmt_insert_triggers(relid: pg_sys::Oid) -> bool {
     )
 }
 
+/// The table, or one of its partitions, has row-level AFTER triggers on INSERT, UPDATE or DELETE
+/// that fire during apply (enabled REPLICA or ALWAYS). Native apply runs each row as its own
+/// statement, so such a trigger fires right after its row, seeing the table as the rows before
+/// it left it; a batched run (one COPY, UPDATE or DELETE statement) would fire them all at its
+/// end, each seeing the whole run applied. Such tables are applied row by row.
+pub(super) fn has_after_row_triggers(relid: pg_sys::Oid) -> bool {
+    // pg_trigger.tgtype: 1 row-level, 2 BEFORE, 64 INSTEAD OF, 4 INSERT, 8 DELETE, 16 UPDATE.
+    // pg_partition_tree lists a partitioned table and its partitions, nothing for a plain table.
+    relation_flag(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger \
+         WHERE (tgrelid = $1 OR tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree($1) p)) \
+         AND NOT tgisinternal AND tgenabled IN ('R', 'A') \
+         AND (tgtype & 1) <> 0 AND (tgtype & 66) = 0 AND (tgtype & 28) <> 0)",
+        relid,
+    )
+}
+
 /// A yes/no question about relation `$1`; true when it cannot be answered (the cautious side of
 /// every flag asked so).
 fn relation_flag(sql: &'static str, relid: pg_sys::Oid) -> bool {
