@@ -74,6 +74,13 @@ pub(crate) fn with_own_settings<R>(f: impl FnOnce() -> R) -> R {
 /// it runs with the owner's privileges, as when the owner writes (native's lookups run as the
 /// applying role without SQL privilege checks; a plain SELECT … FOR UPDATE needs the owner's).
 pub(crate) fn as_table_owner_for_lookup<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    // Row-level security is checked for the role that writes the change: the subscription owner
+    // under `run_as_owner` (checked before the switch: a table whose FORCE ROW LEVEL SECURITY
+    // binds its owner is written by a subscription owner that bypasses it, as natively), else
+    // the table's owner.
+    if !switches() {
+        super::copyin::refuse_row_level_security(relid);
+    }
     let ctx = rel_owner(relid).map(|owner| {
         let mut user = pg_sys::InvalidOid;
         let mut sec_context = 0;
@@ -88,7 +95,9 @@ pub(crate) fn as_table_owner_for_lookup<R>(relid: pg_sys::Oid, f: impl FnOnce() 
             UserContext { user, sec_context, nest_level: pg_sys::NewGUCNestLevel(), restored: false }
         }
     });
-    super::copyin::refuse_row_level_security(relid);
+    if switches() {
+        super::copyin::refuse_row_level_security(relid);
+    }
     let r = f();
     if let Some(ctx) = ctx {
         ctx.restore();
