@@ -941,3 +941,48 @@ async fn a_latin1_subscriber_database_applies_and_resolves_conflicts_on_non_asci
     assert_eq!((key.as_str(), local.as_str()), (r#"{"k": "ñu"}"#, r#"{"k": "ñu", "v": "local ü"}"#));
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A partitioned target with a foreign-table partition (postgres_fdw, here into another database
+/// of the subscriber) under `track_commit_timestamp`: rows that route to it are written through
+/// the foreign table, and their UPDATE and DELETE find them there. The look-up of who last
+/// changed such a row asked for the commit timestamp of its transaction 0 and stopped apply for
+/// good ("cannot retrieve commit timestamp for transaction 0"). (Native stops at the first change
+/// that routes to a foreign partition: README, where pgsub differs.)
+#[tokio::test(flavor = "current_thread")]
+async fn rows_of_a_foreign_table_partition_are_updated_and_deleted_under_commit_timestamps() {
+    if !pgsub_tests::server_has_extension("postgres_fdw") {
+        eprintln!("skipped: no postgres_fdw in this installation");
+        return;
+    }
+    let nodes = nodes();
+    let (p, s) = nodes.clients().await.unwrap();
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, k int, v text); CREATE PUBLICATION pub FOR TABLE t")
+        .await
+        .unwrap();
+    s.batch_execute("CREATE DATABASE remote").await.unwrap();
+    let r = nodes.subscriber.client("remote").await.unwrap();
+    r.batch_execute("CREATE TABLE ft (id int, k int, v text)").await.unwrap();
+    s.batch_execute(&format!(
+        "CREATE EXTENSION postgres_fdw;
+         CREATE SERVER rs FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port '{}', dbname 'remote');
+         CREATE USER MAPPING FOR CURRENT_USER SERVER rs OPTIONS (user 'postgres');
+         CREATE TABLE t (id int, k int, v text) PARTITION BY LIST (k);
+         CREATE TABLE t0 PARTITION OF t FOR VALUES IN (0);
+         CREATE FOREIGN TABLE t1 PARTITION OF t FOR VALUES IN (1) SERVER rs OPTIONS (schema_name 'public', table_name 'ft');",
+        nodes.subscriber.port()
+    ))
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    p.batch_execute(
+        "INSERT INTO t VALUES (1, 1, 'far'), (2, 0, 'near'), (3, 1, 'far too');
+         UPDATE t SET v = 'far, changed' WHERE id = 1; DELETE FROM t WHERE id = 3; UPDATE t SET v = 'near, changed' WHERE id = 2",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT v FROM t WHERE id = 2", "near, changed", WAIT).await;
+    assert_eq!(one::<String>(&r, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM ft").await, "1:far, changed");
+    assert_eq!(counter(&s, "error_count").await, 0, "no error on the way");
+    assert_replicated_equal(&p, &s).await;
+}

@@ -359,7 +359,8 @@ impl Builder<'_, '_> {
         self.argtypes.push(OID_ARRAY);
         format!(
             "SELECT pgsub_u.pgsub_ord FROM {}{} AS pgsub_t, ROWS FROM ({}) WITH ORDINALITY AS pgsub_u({}, pgsub_ord) \
-             WHERE {} AND (pg_catalog.pg_xact_commit_timestamp_origin(pgsub_t.xmin)).roident \
+             WHERE {} AND (CASE WHEN pgsub_t.xmin OPERATOR(pg_catalog.<>) '0'::pg_catalog.xid \
+             THEN (pg_catalog.pg_xact_commit_timestamp_origin(pgsub_t.xmin)).roident END) \
              OPERATOR(pg_catalog.<>) ALL (${})",
             self.only(),
             self.target.qualified,
@@ -677,7 +678,8 @@ mod tests {
             p.sql,
             "SELECT pgsub_u.pgsub_ord FROM \"s\".\"t\" AS pgsub_t, ROWS FROM (pg_catalog.unnest($1)) WITH ORDINALITY \
              AS pgsub_u(pgsub_k1, pgsub_ord) WHERE pgsub_t.\"id\" OPERATOR(pg_catalog.=) pgsub_u.pgsub_k1 AND \
-             (pg_catalog.pg_xact_commit_timestamp_origin(pgsub_t.xmin)).roident OPERATOR(pg_catalog.<>) ALL ($2)"
+             (CASE WHEN pgsub_t.xmin OPERATOR(pg_catalog.<>) '0'::pg_catalog.xid \
+             THEN (pg_catalog.pg_xact_commit_timestamp_origin(pgsub_t.xmin)).roident END) OPERATOR(pg_catalog.<>) ALL ($2)"
         );
         assert_eq!(p.argtypes, vec![INT4ARRAY, OID_ARRAY]);
         assert!(p.generic_plan);

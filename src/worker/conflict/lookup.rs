@@ -248,11 +248,14 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
 /// The commit time is taken to the microsecond with `EXTRACT` (numeric); `date_part` is a float8,
 /// whose cast to numeric keeps 15 digits — 10 µs — and last_update_wins would misorder versions
 /// committed within them on the two nodes.
+///
+/// A row of a foreign-table partition has no transaction (`xmin` 0), whose commit timestamp
+/// cannot be asked for: its commit time and origin are NULL.
 pub(super) fn row_select(local: &LocalRel) -> String {
     let origin = if origins_tracked() {
         "(SELECT ((EXTRACT(epoch FROM x.\"timestamp\") - 946684800) * 1000000)::int8 \
-         FROM pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) x), \
-         (SELECT x.roident::int4 FROM pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) x)"
+         FROM pg_catalog.pg_xact_commit_timestamp_origin(NULLIF(t.xmin, '0'::pg_catalog.xid)) x), \
+         (SELECT x.roident::int4 FROM pg_catalog.pg_xact_commit_timestamp_origin(NULLIF(t.xmin, '0'::pg_catalog.xid)) x)"
     } else {
         "NULL::int8, NULL::int4"
     };
