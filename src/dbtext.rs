@@ -6,8 +6,10 @@
 //! fails on any non-ASCII character (pgrx refuses it), and a Rust string handed to SPI as a text
 //! parameter is taken byte for byte, so `é` would become `Ã©`. [`DbText`] converts both ways,
 //! as PostgreSQL converts between a client's encoding and the server's: UTF-8 → the database's
-//! encoding on the way in (an error for a character it cannot hold, as natively), the database's
-//! encoding → UTF-8 on the way out. In a UTF8 or SQL_ASCII database it is a plain copy.
+//! encoding on the way in (a character it cannot hold becomes `?`: such text is shown or looked
+//! up, never stored as a replicated value, whose conversion is the apply's own and strict), the
+//! database's encoding → UTF-8 on the way out. In a UTF8 or SQL_ASCII database it is a plain
+//! copy.
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 
@@ -35,26 +37,44 @@ pub fn converts() -> bool {
     enc != pg_sys::pg_enc::PG_UTF8 as i32 && enc != pg_sys::pg_enc::PG_SQL_ASCII as i32
 }
 
-/// `s` in the database's encoding (an ERROR for a character it cannot hold).
+/// `s` in the database's encoding. A character the encoding cannot hold becomes `?`: the text
+/// goes where a value read from this database or received from a publisher is shown or looked
+/// up (a message in `last_error`, a key of a conflict or a comparison), never where it is stored
+/// as data — values are converted by the apply itself, strictly, as natively.
 pub fn to_db_bytes(s: &str) -> Vec<u8> {
     if !converts() || s.is_ascii() {
         return s.as_bytes().to_vec();
     }
-    // A NUL cannot be in a text value: PostgreSQL's own input refuses it too.
-    let Ok(c) = CString::new(s) else {
-        crate::report::error(
-            PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
-            "invalid byte sequence: a text value contains a NUL character",
-            None,
-            None,
-        )
-    };
-    // SAFETY: a NUL-terminated string of `s.len()` bytes in UTF8; the conversion returns it or a
-    // palloc'd NUL-terminated copy in the database's encoding.
-    unsafe {
-        let out = pg_sys::pg_any_to_server(c.as_ptr(), s.len() as i32, pg_sys::pg_enc::PG_UTF8 as i32);
-        CStr::from_ptr(out).to_bytes().to_vec()
-    }
+    convert_strict(s).unwrap_or_else(|| {
+        // Character by character, only on this rare path: each one that does not convert is `?`.
+        let mut out = Vec::with_capacity(s.len());
+        let mut buf = [0u8; 4];
+        for ch in s.chars() {
+            match ch {
+                c if c.is_ascii() => out.push(c as u8),
+                c => out.extend(convert_strict(c.encode_utf8(&mut buf)).unwrap_or_else(|| b"?".to_vec())),
+            }
+        }
+        out
+    })
+}
+
+/// `s` converted from UTF8 to the database's encoding; None when a character does not convert
+/// (PostgreSQL's conversion raises an ERROR, caught here: it only allocates in the current
+/// memory context, so nothing needs undoing) or `s` holds a NUL.
+fn convert_strict(s: &str) -> Option<Vec<u8>> {
+    let c = CString::new(s).ok()?;
+    let len = s.len() as i32;
+    PgTryBuilder::new(move || {
+        // SAFETY: a NUL-terminated string of `len` bytes in UTF8; the conversion returns it or a
+        // palloc'd NUL-terminated copy in the database's encoding.
+        unsafe {
+            let out = pg_sys::pg_any_to_server(c.as_ptr(), len, pg_sys::pg_enc::PG_UTF8 as i32);
+            Some(CStr::from_ptr(out).to_bytes().to_vec())
+        }
+    })
+    .catch_others(|_| None)
+    .execute()
 }
 
 /// Bytes in the database's encoding as a UTF-8 string.

@@ -952,3 +952,35 @@ async fn fifty_databases_without_the_extension_are_probed_once() {
     wait_value(&s, "SELECT v FROM t WHERE id = 101", "after", WAIT).await;
     assert_replicated_equal_for(&p, &s, None).await;
 }
+
+/// The whole server's view read from a LATIN1 database while a UTF8 database's subscription
+/// fails with an error that quotes characters LATIN1 cannot hold (a CHECK violation's failing
+/// row, `日本`): the view shows the error with those characters as `?` (converting it failed the
+/// whole view with "has no equivalent in encoding \"LATIN1\""); the LATIN1 database's own
+/// characters (`é`) come through. Once the row is allowed, the subscription replicates.
+#[tokio::test(flavor = "current_thread")]
+async fn the_servers_view_reads_in_a_latin1_database_whatever_the_errors_quote() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE t")).await.unwrap();
+    s.batch_execute(&format!("{ddl}; ALTER TABLE t ADD CONSTRAINT no_far CHECK (v <> '日本 é')")).await.unwrap();
+    create_sub(&s, "u", &nodes.pub_conninfo(), "pub", "").await;
+    wait_for_subscription_sync(&s, "u", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (1, '日本 é')").await.unwrap();
+    wait_value(&s, "SELECT last_error LIKE '%no_far%' FROM pgsub.stat_subscription WHERE subname = 'u'", "t", WAIT)
+        .await;
+    let admin = nodes.subscriber.client("postgres").await.unwrap();
+    admin.batch_execute("CREATE DATABASE lat TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'").await.unwrap();
+    let lat = nodes.subscriber.client("lat").await.unwrap();
+    lat.batch_execute("CREATE EXTENSION pgsub").await.unwrap();
+    let err: String = lat
+        .query_one("SELECT last_error FROM pgsub.stat_subscription_all WHERE subname = 'u'", &[])
+        .await
+        .unwrap_or_else(|e| panic!("the view from LATIN1: {e:?}"))
+        .get(0);
+    assert!(err.contains("(1, ?? é)"), "{err}");
+    s.batch_execute("ALTER TABLE t DROP CONSTRAINT no_far").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
+    assert_replicated_equal_for(&p, &s, Some(&["u"])).await;
+}

@@ -877,6 +877,34 @@ async fn forced_row_level_security_of_a_table_owner_binds_only_when_the_owner_wr
     assert_eq!(errors, 0);
     assert_replicated_equal(&p, &s).await;
 
+    // Conflict detection looks as the writer too: a local row the policy hides from the table's
+    // owner is found, and keep_local keeps it (looked up as the owner it was not seen, and the
+    // INSERT stopped apply with a plain duplicate key).
+    let old: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'forced'").await;
+    s.batch_execute(
+        "INSERT INTO f VALUES (9, 90);
+         SELECT pgsub.alter_subscription_options('forced', conflict_resolution => 'keep_local')",
+    )
+    .await
+    .unwrap();
+    wait_value(
+        &s,
+        &format!("SELECT pid IS DISTINCT FROM {old} AND status = 'streaming' FROM pgsub.stat_subscription WHERE subname = 'forced'"),
+        "t",
+        WAIT,
+    )
+    .await;
+    p.batch_execute("INSERT INTO f VALUES (9, 9); INSERT INTO f VALUES (10, 10)").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM f WHERE id = 10", "1", WAIT).await;
+    assert_eq!(one::<i32>(&s, "SELECT v FROM f WHERE id = 9").await, 90, "the local row kept");
+    assert_eq!(
+        one::<i64>(&s, "SELECT confl_insert_exists FROM pgsub.stat_subscription WHERE subname = 'forced'").await,
+        1
+    );
+    assert_eq!(one::<i64>(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'forced'").await, 0);
+    s.batch_execute("UPDATE f SET v = 9 WHERE id = 9").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+
     // The table's owner writes: its forced policy applies to it, and the change is refused. (The
     // option restarts the worker: the change is written once the new one streams.)
     let old: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'forced'").await;

@@ -78,10 +78,17 @@ pub(crate) fn as_table_owner_for_lookup<R>(relid: pg_sys::Oid, f: impl FnOnce() 
     // under `run_as_owner` (checked before the switch: a table whose FORCE ROW LEVEL SECURITY
     // binds its owner is written by a subscription owner that bypasses it, as natively), else
     // the table's owner.
+    let owner = rel_owner(relid);
     if !switches() {
         super::copyin::refuse_row_level_security(relid);
+        // The table's owner bound by its own policies (FORCE ROW LEVEL SECURITY) would not see
+        // every row: the look-up runs as the subscription owner, who writes, bypasses them
+        // (checked just above) and under `run_as_owner` runs the table's code anyway.
+        if owner.is_some_and(|o| rls_binds(relid, o)) {
+            return with_own_settings(f);
+        }
     }
-    let ctx = rel_owner(relid).map(|owner| {
+    let ctx = owner.map(|owner| {
         let mut user = pg_sys::InvalidOid;
         let mut sec_context = 0;
         // SAFETY: reads, then switches, this backend's user id inside the current transaction
@@ -181,6 +188,13 @@ fn fk_between_owners(oids: &[u32]) -> bool {
 }
 
 /// The owner of `relid` (None when it is gone: the statement then fails on its own).
+/// Whether row-level security applies to `role` on the table `relid` (its policies would filter
+/// what the role reads).
+fn rls_binds(relid: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog and relcache lookup inside a transaction.
+    unsafe { pg_sys::check_enable_rls(relid, role, false) == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 }
+}
+
 fn rel_owner(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
     // SAFETY: a relcache lookup inside a transaction; the reference is closed again.
     unsafe {

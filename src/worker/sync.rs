@@ -264,7 +264,9 @@ fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub: &catalog::Subscriptio
     let sub_name = &sub.name;
     let local_only = if catalog::is_partitioned(relid) { "" } else { "ONLY " };
     // As the table's owner (the copy's role by default): the subscription owner need not be
-    // able to read the table, as natively, and row-level security hides no row from this look.
+    // able to read the table, as natively; row-level security hides no row from this look (a
+    // table whose policies bind its owner is written, and so looked at, by a subscription owner
+    // that bypasses them under `run_as_owner`, and refused otherwise: `owner.rs`).
     let has_rows = super::owner::as_table_owner_for_lookup(relid, || {
         Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {local_only}{remote})"))
     })

@@ -191,27 +191,38 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
     // Key columns in order; for an index with expressions, each key's text as
     // pg_get_indexdef prints it (a column name or an expression over the table's columns), and
     // the columns they read (the index's dependencies on them).
-    let sql = "SELECT c.relname::text, \
+    // In a database that is not UTF8, an index whose predicate, key expressions or column names
+    // hold non-ASCII text is left out (`non_ascii`): they are pasted into pgsub's SQL, which is
+    // UTF-8 here and read in the database's encoding (a known limit, README).
+    let sql = "SELECT q.name, q.keys, q.nnd, q.pred, q.has_exprs, q.defs, q.reads, \
+                (coalesce(q.pred, '') || ' ' || pg_catalog.array_to_string(q.keys, ' ') || ' ' \
+                 || pg_catalog.array_to_string(q.defs, ' ') || ' ' || pg_catalog.array_to_string(q.reads, ' ') \
+                 || ' ' || q.name) OPERATOR(pg_catalog.~) '[^\x01-\x7f]' \
+         FROM (SELECT c.relname::text AS name, i.indisprimary AS prim, \
                 ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                      WHERE k.n <= i.indnkeyatts ORDER BY k.n), \
-                i.indnullsnotdistinct, pg_catalog.pg_get_expr(i.indpred, i.indrelid), \
-                i.indexprs IS NOT NULL, \
+                      WHERE k.n <= i.indnkeyatts ORDER BY k.n) AS keys, \
+                i.indnullsnotdistinct AS nnd, pg_catalog.pg_get_expr(i.indpred, i.indrelid) AS pred, \
+                i.indexprs IS NOT NULL AS has_exprs, \
                 ARRAY(SELECT pg_catalog.pg_get_indexdef(i.indexrelid, k.n::int, true) \
-                      FROM pg_catalog.generate_series(1, i.indnkeyatts) k(n) ORDER BY k.n), \
+                      FROM pg_catalog.generate_series(1, i.indnkeyatts) k(n) ORDER BY k.n) AS defs, \
                 ARRAY(SELECT DISTINCT a.attname::text FROM pg_catalog.pg_depend d \
                       JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
                       WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid \
                         AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = i.indrelid \
-                        AND d.refobjsubid > 0 ORDER BY 1) \
+                        AND d.refobjsubid > 0 ORDER BY 1) AS reads \
          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
-         WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate \
-         ORDER BY i.indisprimary DESC, c.relname";
+         WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate) q \
+         ORDER BY q.prim DESC, q.name";
     type Row = (String, Vec<String>, bool, Option<String>, bool, Vec<String>, Vec<String>);
+    let converts = crate::dbtext::converts();
     let rows = Spi::connect_mut(|c| {
         let mut out: Vec<Row> = Vec::new();
         let strings = |v: Option<Vec<Option<String>>>| v.unwrap_or_default().into_iter().flatten().collect::<Vec<_>>();
         for row in run_prepared(c, sql, &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)], &[local.relid.into()])? {
+            if converts && row.get::<bool>(8)?.unwrap_or(true) {
+                continue;
+            }
             out.push((
                 row.get::<DbText>(1)?.unwrap_or_default().into_string(),
                 strings(row.get::<Vec<Option<String>>>(2)?),
@@ -254,8 +265,10 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
 pub(super) fn row_select(local: &LocalRel) -> String {
     let origin = if origins_tracked() {
         "(SELECT ((EXTRACT(epoch FROM x.\"timestamp\") - 946684800) * 1000000)::int8 \
-         FROM pg_catalog.pg_xact_commit_timestamp_origin(NULLIF(t.xmin, '0'::pg_catalog.xid)) x), \
-         (SELECT x.roident::int4 FROM pg_catalog.pg_xact_commit_timestamp_origin(NULLIF(t.xmin, '0'::pg_catalog.xid)) x)"
+         FROM pg_catalog.pg_xact_commit_timestamp_origin(CASE WHEN t.xmin OPERATOR(pg_catalog.<>) '0'::pg_catalog.xid \
+              THEN t.xmin END) x), \
+         (SELECT x.roident::int4 FROM pg_catalog.pg_xact_commit_timestamp_origin(\
+              CASE WHEN t.xmin OPERATOR(pg_catalog.<>) '0'::pg_catalog.xid THEN t.xmin END) x)"
     } else {
         "NULL::int8, NULL::int4"
     };
