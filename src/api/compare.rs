@@ -159,12 +159,22 @@ impl Table {
         format!("pg_catalog.convert_to(({ident})::text, 'UTF8')")
     }
 
+    /// A key column as this side compares it: the publisher's value cast to the local type when
+    /// its type differs there (`remote_cast`), so that both sides order it alike — a publisher's
+    /// `text` key ordered as text there and as `int` here would split ranges that hold other rows.
+    fn key_value(c: &Column, ident: String, q: &Query) -> String {
+        match (&c.remote_cast, q.remote) {
+            (Some(t), true) => format!("(({ident})::text::{t})"),
+            _ => ident,
+        }
+    }
+
     /// The key's ordering expressions.
     fn order(&self, q: &Query) -> Vec<String> {
         if self.key.is_empty() {
             return vec![format!("{} COLLATE \"C\"", self.hash(q))];
         }
-        self.key_exprs(|c, ident| match (c.collatable || c.text_order, self.bytewise) {
+        self.key_exprs(q, |c, ident| match (c.collatable || c.text_order, self.bytewise) {
             (true, true) => Self::utf8_bytes(&ident),
             (true, false) if c.collatable => format!("{ident} COLLATE \"C\""),
             (true, false) => format!("({ident})::text COLLATE \"C\""),
@@ -177,7 +187,7 @@ impl Table {
         if self.key.is_empty() {
             return vec![self.hash(q)];
         }
-        self.key_exprs(|c, ident| {
+        self.key_exprs(q, |c, ident| {
             if (c.collatable || c.text_order) && self.bytewise {
                 format!("pg_catalog.encode({}, 'hex')", Self::utf8_bytes(&ident))
             } else {
@@ -186,9 +196,15 @@ impl Table {
         })
     }
 
-    /// `f(column, quoted name)` for each key column.
-    fn key_exprs(&self, f: impl Fn(&Column, String) -> String) -> Vec<String> {
-        self.key.iter().map(|&i| f(&self.cols[i], quote_ident(&self.cols[i].name))).collect()
+    /// `f(column, its value as this side compares it)` for each key column (`key_value`).
+    fn key_exprs(&self, q: &Query, f: impl Fn(&Column, String) -> String) -> Vec<String> {
+        self.key
+            .iter()
+            .map(|&i| {
+                let c = &self.cols[i];
+                f(c, Self::key_value(c, quote_ident(&c.name), q))
+            })
+            .collect()
     }
 
     /// A row's identity, rendered alike on both sides.
