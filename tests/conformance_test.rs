@@ -1666,6 +1666,46 @@ async fn after_row_triggers_see_the_table_as_each_row_left_it() {
     c.finish().await;
 }
 
+/// The same for a trigger created on one partition of a partitioned target while changes are
+/// applied: the next run sees it (the binding of the partitioned table read its partitions'
+/// triggers, but only a change of the table itself dropped it; runs went on batched).
+#[tokio::test(flavor = "current_thread")]
+async fn a_row_trigger_added_to_a_partition_while_applying_fires_after_each_row() {
+    let mut c = Case::start(
+        "CREATE TABLE pr (id int PRIMARY KEY, v int); CREATE PUBLICATION prp FOR TABLE pr;",
+        "CREATE TABLE pr (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+         CREATE TABLE pr_1 PARTITION OF pr FOR VALUES FROM (0) TO (1000);
+         CREATE TABLE pr_2 PARTITION OF pr FOR VALUES FROM (1000) TO (2000);
+         CREATE TABLE pr_log (n serial PRIMARY KEY, id int, sumv bigint);
+         CREATE FUNCTION pr_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.pr_log (id, sumv) SELECT NEW.id, sum(v) FROM public.pr;
+             RETURN NULL;
+         END $$;",
+    )
+    .await;
+    c.subscribe_default("pr", &["prp"]).await;
+    c.wait_synced("pr").await;
+    c.on_pub("INSERT INTO pr SELECT g, g FROM generate_series(1, 20) g").await;
+    c.on_pub("UPDATE pr SET v = v + 1 WHERE id <= 6").await;
+    c.wait_equal("a first run, no trigger yet", None, &[]).await;
+    c.on_sub(
+        "CREATE TRIGGER pr_after AFTER UPDATE ON pr_1 FOR EACH ROW EXECUTE FUNCTION pr_audit();
+         ALTER TABLE pr_1 ENABLE REPLICA TRIGGER pr_after;",
+    )
+    .await;
+    c.on_pub("UPDATE pr SET v = v + 1 WHERE id <= 6").await;
+    c.wait_equal("after the second run", None, &[]).await;
+    // The sum was 210 + 6 after the first run; each update adds 1.
+    c.expect_sub(
+        "each UPDATE's trigger saw the rows before it applied",
+        "SELECT string_agg(id || ' ' || sumv, ', ' ORDER BY n) FROM pr_log",
+        "1 217, 2 218, 3 219, 4 220, 5 221, 6 222",
+    )
+    .await;
+    c.finish().await;
+}
+
 /// Triggers on the subscriber: an ordinary trigger never fires for replicated changes; ENABLE
 /// REPLICA and ENABLE ALWAYS row triggers fire for the initial copy and for every applied
 /// change (a BEFORE trigger's change to NEW is kept); statement triggers fire for the initial

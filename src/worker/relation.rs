@@ -70,6 +70,9 @@ pub(super) struct LocalRel {
     /// The table or a partition has row-level AFTER triggers that fire during apply: its changes
     /// are applied row by row, never in batched runs (`relcat::has_after_row_triggers`).
     pub(super) after_row_triggers: bool,
+    /// Its partitions, when it is partitioned: the binding reads their triggers and keys too, and
+    /// is dropped when one of them changes (`drop_stale`).
+    pub(super) partitions: Vec<u32>,
     /// The columns (a mask over `cols`) of the local replica identity index or primary key, when
     /// every one of them is replicated: under a remote REPLICA IDENTITY FULL rows are found by
     /// them, as native apply finds them through that index.
@@ -287,7 +290,7 @@ pub(super) fn drop_stale(rels: &mut HashMap<u32, RelEntry>) {
             e.replaced_by = None;
         }
         let stale = match &e.local {
-            Some(l) => all || set.contains(&l.relid.to_u32()),
+            Some(l) => all || set.contains(&l.relid.to_u32()) || l.partitions.iter().any(|p| set.contains(p)),
             None => false,
         };
         if stale {
@@ -894,6 +897,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         .collect();
     let stmt_insert_triggers = super::relcat::has_stmt_insert_triggers(relid);
     let after_row_triggers = super::relcat::has_after_row_triggers(relid);
+    let partitions = if relkind == "p" { super::relcat::partitions(relid) } else { Vec::new() };
     let deferrable_keys = super::relcat::has_deferrable_keys(relid);
     let constrained = match super::relcat::constrained_columns(relid) {
         Some(names) => cols.iter().map(|c| names.contains(&c.name)).collect(),
@@ -915,6 +919,7 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         plans: HashMap::new(),
         stmt_insert_triggers,
         after_row_triggers,
+        partitions,
         identity_key,
         remote_key_unique,
         kept,

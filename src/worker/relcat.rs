@@ -99,6 +99,26 @@ pub(super) struct LocalKey {
     pub(super) columns: Vec<String>,
 }
 
+/// The partitions (at every level) of the partitioned table `relid`: what a binding of it reads
+/// from their catalogs too (triggers, keys), so that a change of one of them drops the binding.
+pub(super) fn partitions(relid: pg_sys::Oid) -> Vec<u32> {
+    let r = select(
+        "SELECT p.relid FROM pg_catalog.pg_partition_tree($1) p WHERE p.relid OPERATOR(pg_catalog.<>) $1",
+        &[pg_sys::OIDOID],
+        &[relid.into()],
+        |t| {
+            let mut out = Vec::new();
+            for row in t {
+                if let Some(oid) = row.get::<pg_sys::Oid>(1)? {
+                    out.push(oid.to_u32());
+                }
+            }
+            Ok(out)
+        },
+    );
+    r.unwrap_or_else(|e| failed("reading the table's partitions", e))
+}
+
 /// The table's indexes that identify rows, the replica identity index first, then the primary
 /// key (the order native apply looks for them in).
 pub(super) fn local_keys(relid: pg_sys::Oid) -> Vec<LocalKey> {
