@@ -914,3 +914,57 @@ async fn a_subscription_created_without_connecting_is_started_by_hand() {
     wait_value(&s, "SELECT count(*)::text FROM t", "2", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// `pg_cancel_backend` of an idle apply worker is answered at once, as native's: an error in
+/// `last_error` ("canceling statement due to user request"), the retry, and changes flow again.
+/// It stayed pending until the next remote transaction, which it then failed (an error dated
+/// long after the request, on a transaction that had nothing to do with it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancel_of_an_idle_worker_is_answered_at_once() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1, 'a')").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "c", WAIT).await;
+    wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
+    s.batch_execute("SELECT pg_cancel_backend(pid) FROM pgsub.stat_subscription WHERE subname = 'c'").await.unwrap();
+    // Nothing is written on the publisher meanwhile.
+    let err =
+        wait_for_subscription_error(&s, "c", &["canceling statement due to user request"], Duration::from_secs(20))
+            .await;
+    eprintln!("{err}");
+    p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "2", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// PostgreSQL 17's `transaction_timeout` set for the subscriber's database (meant for its users)
+/// does not end the workers' transactions: a remote transaction whose apply takes longer (a
+/// replica trigger sleeps 1.5 s) is applied, with no error (a FATAL ended the worker every time
+/// and it started again into the same transaction for ever, recording nothing; native's loop so).
+/// Needs a PostgreSQL 17+ subscriber (CI runs it on 18).
+#[tokio::test(flavor = "current_thread")]
+async fn a_databases_transaction_timeout_does_not_end_the_workers_transactions() {
+    if pgsub_tests::server_major() < 17 {
+        eprintln!("skipped: transaction_timeout is PostgreSQL 17's");
+        return;
+    }
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.batch_execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow();
+         ALTER TABLE t ENABLE REPLICA TRIGGER slow;
+         ALTER DATABASE postgres SET transaction_timeout = '1s'",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('tt', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "tt", WAIT).await;
+    p.batch_execute("INSERT INTO t VALUES (1, 'slow')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'tt'").await, 0);
+    assert!(!nodes.subscriber.log_contains("terminating connection due to transaction timeout"));
+    assert_replicated_equal(&p, &s).await;
+}

@@ -521,6 +521,7 @@ pub(crate) fn setup_session(sub: &Subscription) {
 /// - An empty `search_path`, as native's workers: its catalog queries run as superuser, and an
 ///   operator or function of a schema on a path the database owner or the subscription owner
 ///   set (`ALTER DATABASE/ROLE … SET search_path`) would run with those rights.
+/// - No `transaction_timeout` (17+).
 /// - Read-write, read committed transactions. Native apply writes through the executor's
 ///   replication entry points, below the read-only check, so a database a DBA made
 ///   `default_transaction_read_only` for its users still receives changes; pgsub writes through
@@ -533,6 +534,13 @@ pub(crate) fn pin_session_defaults() {
     set_guc("default_transaction_read_only", "off");
     set_guc("default_transaction_isolation", "read committed");
     set_guc("default_transaction_deferrable", "off");
+    // PostgreSQL 17's transaction_timeout, set for a database's users, ends any transaction that
+    // runs longer, a worker's too — with a FATAL that records nothing and restarts it at once into
+    // the same transaction for ever (native's workers loop so). pgsub's transactions last as long
+    // as the publisher's changes take to apply.
+    if pg_sys::PG_VERSION_NUM >= 170000 {
+        set_guc("transaction_timeout", "0");
+    }
 }
 
 /// Connects to the publisher's walsender, runs `before` on the connection, and starts streaming

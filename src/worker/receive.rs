@@ -711,6 +711,13 @@ impl Stream {
             w.wait(timeout_ms);
         }
         crate::process::absorb_signals();
+        // A cancel (`pg_cancel_backend`) is answered at once, as native's worker does — an error,
+        // then the retry — not left pending until some later transaction's first statement, which
+        // it would fail hours after the request.
+        // SAFETY: reads a sig_atomic_t flag set by the signal handler.
+        if unsafe { std::ptr::addr_of!(pg_sys::QueryCancelPending).read_volatile() } != 0 {
+            pg_sys::check_for_interrupts!();
+        }
     }
 
     /// Receive batching (`pgsub.receive_batch`). A round of reading that took at least the batch
