@@ -181,7 +181,11 @@ pub(super) fn unlisted(remote: &Relation) {
         }
         return;
     }
-    if super::execute::with_snapshot(|| super::relcat::relation(&qualified)).is_none() {
+    let found = super::execute::with_snapshot(|| super::relcat::relation(&qualified));
+    if let Some((_, relkind)) = &found {
+        refuse_non_table(remote, relkind);
+    }
+    if found.is_none() {
         report::error(
             Code::ERRCODE_UNDEFINED_TABLE,
             format!("logical replication target relation {qualified} does not exist"),
@@ -203,19 +207,43 @@ pub(super) fn unlisted(remote: &Relation) {
     );
 }
 
+/// Something else than a table has the remote relation's name here (a view put in the table's
+/// place): native's error — it opens the local relation by name first — retried until a table is
+/// back, rather than its changes skipped.
+fn refuse_non_table(remote: &Relation, relkind: &str) {
+    if relkind == "r" || relkind == "p" {
+        return;
+    }
+    let what = match relkind {
+        "v" => "views",
+        "m" => "materialized views",
+        "f" => "foreign tables",
+        "S" => "sequences",
+        _ => "this kind of relation",
+    };
+    report::error(
+        Code::ERRCODE_WRONG_OBJECT_TYPE,
+        format!("cannot use relation \"{}.{}\" as logical replication target", remote.namespace, remote.name),
+        Some(format!("This operation is not supported for {what}.")),
+        Some("Put a table of that name back (and refresh the subscription to copy it); the worker retries."),
+    );
+}
+
 /// The local table of the remote relation's name, when it is not `recorded`, the table the
 /// subscription holds for it: the oid of the other table. As natively (the subscription's table
 /// state is kept by local table there), a table dropped and created again here, or one renamed
 /// into the place of the subscription's (a swap), is not the subscription's until it is
 /// refreshed, which copies the new one: its changes are not applied meanwhile — pgsub says so
-/// once with a WARNING, where native is silent. A table of that name missing altogether is left
-/// to the binding, whose error names it.
+/// once with a WARNING, where native is silent. A relation of that name that is no table (a view)
+/// is native's error. A table of that name missing altogether is left to the binding, whose error
+/// names it.
 pub(super) fn replaced(remote: &Relation, recorded: u32) -> Option<u32> {
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
-    let (found, _) = super::execute::with_snapshot(|| super::relcat::relation(&qualified))?;
+    let (found, relkind) = super::execute::with_snapshot(|| super::relcat::relation(&qualified))?;
     if found.to_u32() == recorded {
         return None;
     }
+    refuse_non_table(remote, &relkind);
     report::log(
         PgLogLevel::WARNING,
         Code::ERRCODE_WARNING,
