@@ -793,6 +793,39 @@ async fn a_publisher_out_of_wal_senders_is_named_as_such() {
     assert_nothing_left(&p, &s, &[], "a refused connection").await;
 }
 
+/// A table (and a schema) renamed on the publisher and here alike, then a refresh before any
+/// change of it arrived: the refresh follows the rename — the table keeps its state, nothing is
+/// copied again — as native's REFRESH PUBLICATION is a no-op there (it took the table for a new
+/// one: "is not empty; pgsub will not copy into a table that already has rows", failing the whole
+/// refresh). Changes go on under the new names.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refresh_after_a_rename_on_both_sides_keeps_the_table() {
+    let nodes = TwoNodes::start().expect("start");
+    let ddl = "CREATE SCHEMA sc; CREATE TABLE sc.m (id int PRIMARY KEY, v text); CREATE TABLE rn (id int PRIMARY KEY, v text)";
+    let (p, s) = drift_setup(&nodes, ddl).await;
+    p.batch_execute("INSERT INTO rn VALUES (1, 'a'); INSERT INTO sc.m VALUES (1, 'm')").await.unwrap();
+    converge(&p, &s).await;
+    for c in [&p, &s] {
+        c.batch_execute("ALTER TABLE rn RENAME TO rn2; ALTER SCHEMA sc RENAME TO sc2").await.unwrap();
+    }
+    s.batch_execute("SELECT pgsub.refresh_subscription('drift')").await.expect("the refresh follows the renames");
+    assert_eq!(
+        one::<String>(
+            &s,
+            "SELECT string_agg(remote_schema || '.' || remote_name || ' ' || sync_state, ',' ORDER BY remote_name) \
+             FROM pgsub.subscription_table"
+        )
+        .await,
+        "sc2.m ready,public.rn2 ready",
+        "renamed, still ready"
+    );
+    assert!(nodes.subscriber.log_contains("renamed on the publisher and here: it keeps its state"));
+    p.batch_execute("INSERT INTO rn2 VALUES (2, 'b'); UPDATE sc2.m SET v = 'm2'").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM rn2", "2", WAIT).await;
+    wait_value(&s, "SELECT v FROM sc2.m", "m2", WAIT).await;
+    converge(&p, &s).await;
+}
+
 /// A table renamed on the publisher and then here to the same name (or here first): native keeps
 /// tables by their local OID, so its changes go on being applied without a refresh. pgsub kept
 /// them by the publisher's old name and dropped the renamed table's changes with only a WARNING

@@ -62,6 +62,7 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
             );
         }
     }
+    follow_renames(subid, tables, &resolved);
     if copy_data {
         // Tables new to the subscription get the publisher's rows: refuse to mix them with rows
         // that are already there (the worker checks again before copying).
@@ -107,6 +108,44 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
         resolved.into_iter().map(|(s, n, o)| (s.clone(), n.clone(), o)).collect();
     if let Err(e) = catalog::set_tables(subid, &resolved, state) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+    }
+}
+
+/// Tables renamed on the publisher and here alike (native keeps a subscription's tables by local
+/// OID): a published name the subscription does not record, whose local table it records under a
+/// name no longer published, is that table — its row takes the new name and keeps its state, as
+/// the worker's `follow_rename` does when a change of it comes first. (A refresh took it for a
+/// new table and refused to copy into it, or copied it again.)
+fn follow_renames(subid: i32, tables: &[(String, String)], resolved: &[(&String, &String, pg_sys::Oid)]) {
+    let recorded = match catalog::load_rels(subid) {
+        Ok(r) => r,
+        Err(e) => error(Code::ERRCODE_INTERNAL_ERROR, format!("reading pgsub.sub_rel: {e}"), None, None),
+    };
+    let published = |s: &str, n: &str| tables.iter().any(|(ts, tn)| ts == s && tn == n);
+    for (schema, name, oid) in resolved {
+        if recorded.iter().any(|r| &r.remote_schema == *schema && &r.remote_name == *name) {
+            continue;
+        }
+        let Some(old) = recorded.iter().find(|r| r.relid == oid.to_u32()) else { continue };
+        if published(&old.remote_schema, &old.remote_name) {
+            continue;
+        }
+        if let Err(e) = catalog::rename_remote_table(subid, *oid, schema, name) {
+            error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+        }
+        crate::report::log(
+            PgLogLevel::LOG,
+            Code::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!(
+                "pgsub: table {}.{} is the subscription's table {}.{}, renamed on the publisher and here: it keeps its state",
+                quote_ident(schema),
+                quote_ident(name),
+                quote_ident(&old.remote_schema),
+                quote_ident(&old.remote_name)
+            ),
+            None,
+            None,
+        );
     }
 }
 
