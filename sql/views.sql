@@ -355,13 +355,20 @@ REVOKE EXECUTE ON FUNCTION pgsub._extension_created() FROM PUBLIC;
 --   lock_wait           warning   one of its workers (apply, parallel apply, table synchronization)
 --                                 has waited lock_wait or longer for a lock: the detail names the
 --                                 lock and who holds it (pgsub._lock_waits); since = the wait's start
+--   stalled             warning   a running worker (apply or table synchronization) has shown no sign
+--                                 of life for stalled or longer — a running worker wakes at least
+--                                 once a second and stamps its slot then and as it applies or
+--                                 copies (src/process.rs heartbeat): it is stopped (SIGSTOP), hung,
+--                                 or busy in one statement; its last wait event is named. A worker
+--                                 waiting for a lock is lock_wait's, not this; since = its last sign
 -- The publisher is read only for enabled subscriptions, and not at all when retained_wal_bytes
 -- is NULL.
 -- check_health's thresholds, refused when they cannot mean anything (a negative one, a
 -- conflicts_seen that is not an object of counts, a publisher_timeout of zero).
 CREATE FUNCTION pgsub._health_arguments(error_minutes integer, lag_bytes bigint, apply_lag interval,
                                         retained_wal_bytes bigint, conflicts_seen jsonb,
-                                        publisher_timeout interval, lock_wait interval)
+                                        publisher_timeout interval, lock_wait interval,
+                                        stalled interval)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -370,11 +377,11 @@ DECLARE
     bad text;
 BEGIN
     IF error_minutes < 0 OR lag_bytes < 0 OR apply_lag < interval '0' OR retained_wal_bytes < 0
-       OR lock_wait < interval '0' THEN
+       OR lock_wait < interval '0' OR stalled < interval '0' THEN
         RAISE EXCEPTION 'check_health thresholds must not be negative'
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('error_minutes %s, lag_bytes %s, apply_lag %s, retained_wal_bytes %s, lock_wait %s',
-                                  error_minutes, lag_bytes, apply_lag, retained_wal_bytes, lock_wait);
+                  DETAIL = format('error_minutes %s, lag_bytes %s, apply_lag %s, retained_wal_bytes %s, lock_wait %s, stalled %s',
+                                  error_minutes, lag_bytes, apply_lag, retained_wal_bytes, lock_wait, stalled);
     END IF;
     IF publisher_timeout <= interval '0' THEN
         RAISE EXCEPTION 'check_health publisher_timeout must be positive'
@@ -507,18 +514,21 @@ CREATE FUNCTION pgsub.check_health(
     retained_wal_bytes bigint DEFAULT 10737418240,
     conflicts_seen jsonb DEFAULT '{}',
     publisher_timeout interval DEFAULT '5 seconds',
-    lock_wait interval DEFAULT '1 minute')
+    lock_wait interval DEFAULT '1 minute',
+    stalled interval DEFAULT '1 minute')
 RETURNS TABLE (subname text, problem text, severity text, detail text, since timestamptz)
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT pgsub._health_arguments(check_health.error_minutes, check_health.lag_bytes, check_health.apply_lag,
                                check_health.retained_wal_bytes, check_health.conflicts_seen,
-                               check_health.publisher_timeout, check_health.lock_wait);
+                               check_health.publisher_timeout, check_health.lock_wait,
+                               check_health.stalled);
 WITH s AS (
     SELECT s.*, h.failures, h.failing, pgsub._ts(h.failing_since) AS failing_since,
            pgsub._ts(h.waiting_since) AS waiting_since,
-           pgsub._ts(h.disabled_by_error_at) AS disabled_by_error_at
+           pgsub._ts(h.disabled_by_error_at) AS disabled_by_error_at,
+           pgsub._ts(h.alive_at) AS alive_at
     FROM pgsub.stat_subscription s
     LEFT JOIN pgsub._health_state() h ON h.subid = s.subid
 ),
@@ -619,22 +629,40 @@ problems AS (
            w.waiting_since
     FROM pgsub._lock_waits() w
     WHERE now() - w.waiting_since >= check_health.lock_wait
+    UNION ALL
+    SELECT b.subname, 'stalled', 'warning',
+           format('%s (pid %s) has shown no sign of life since %s (%s): it is stopped, hung or busy in one '
+                  'statement; its last wait event: %s', b.worker, b.pid, b.alive_at,
+                  date_trunc('second', now() - b.alive_at),
+                  coalesce((SELECT a.wait_event_type || ' ' || a.wait_event FROM pg_catalog.pg_stat_activity a
+                            WHERE a.pid = b.pid), 'none')),
+           b.alive_at
+    FROM (SELECT s.subname::text AS subname, s.pid, 'apply worker'::text AS worker, s.alive_at
+          FROM s WHERE s.pid IS NOT NULL AND s.alive_at IS NOT NULL
+          UNION ALL
+          SELECT s.subname::text, t.pid, format('table synchronization worker of %s', t.relid::regclass),
+                 pgsub._ts(t.alive_at)
+          FROM pgsub._sync_progress() t JOIN s ON s.subid = t.subid
+          WHERE t.pid IS NOT NULL AND t.alive_at > 0) b
+    WHERE now() - b.alive_at >= check_health.stalled
+      -- Waiting for a lock: lock_wait names what it waits for.
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.pid = b.pid AND NOT l.granted)
 )
 SELECT p.subname, p.problem, p.severity, p.detail, p.since FROM problems p
 ORDER BY p.severity = 'critical' DESC, p.subname, p.problem, p.detail
 $$;
-COMMENT ON FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval) IS
+COMMENT ON FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval, interval) IS
     'One row per current problem of this database''s subscriptions (README, Monitoring)';
 
 CREATE VIEW pgsub.health AS SELECT * FROM pgsub.check_health();
 
 -- Health reads the publishers with the stored credentials: pgsub_admin and pg_monitor only.
 REVOKE EXECUTE ON FUNCTION
-    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval),
+    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval, interval),
     pgsub.publisher_slots(integer)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval),
+    pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval, interval),
     pgsub.publisher_slots(integer)
 TO pgsub_admin, pg_monitor;
 REVOKE ALL ON pgsub.health FROM PUBLIC;
@@ -654,4 +682,4 @@ ALTER FUNCTION pgsub._lock_waits() ROWS 10;
 ALTER FUNCTION pgsub._lag_history(integer) ROWS 60;
 ALTER FUNCTION pgsub.lag_history(text) ROWS 60;
 ALTER FUNCTION pgsub.publisher_slots(integer) ROWS 10;
-ALTER FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval) ROWS 10;
+ALTER FUNCTION pgsub.check_health(integer, bigint, interval, bigint, jsonb, interval, interval, interval) ROWS 10;

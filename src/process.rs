@@ -180,6 +180,7 @@ pub fn pid_alive(pid: i32) -> bool {
 /// socket must do it itself after each wake, or those commands wait for it forever and the
 /// memory contexts of an idle worker are logged only once a change reaches it (minutes later).
 pub fn absorb_signals() {
+    heartbeat();
     // SAFETY: reading sig_atomic_t flags set by the procsignal handler; ProcessProcSignalBarrier
     // and ProcessLogMemoryContextInterrupt are what ProcessInterrupts calls for them, and these
     // call sites are between statements.
@@ -190,6 +191,55 @@ pub fn absorb_signals() {
         if std::ptr::addr_of!(pg_sys::LogMemoryContextPending).read_volatile() != 0 {
             pg_sys::ProcessLogMemoryContextInterrupt();
         }
+    }
+}
+
+/// The shared-memory slot a worker's heartbeat stamps (`heartbeat`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Not a worker with a slot (launcher, supervisor, parallel apply worker, a backend).
+    None,
+    /// An apply worker: its subscription's `SubSlot`.
+    Apply(i32),
+    /// A table synchronization worker: its table's `SyncSlot`.
+    Sync(i32, u32),
+}
+
+thread_local! {
+    /// This process's heartbeat slot, and when it was last stamped.
+    static BEAT: std::cell::Cell<(Beat, Option<std::time::Instant>)> = const { std::cell::Cell::new((Beat::None, None)) };
+}
+
+/// From now on this process's heartbeat stamps `beat`'s slot (stamped at once).
+pub fn beat_for(beat: Beat) {
+    BEAT.with(|b| b.set((beat, None)));
+    heartbeat();
+}
+
+/// A sign of life: stamps the process's slot's `alive_at` (at most every 250 ms), so that
+/// `pgsub.health` can tell a worker that no longer wakes (stopped, hung, or stuck in one long
+/// statement) from an idle one, which wakes at least once a second. Called after each wait
+/// (`absorb_signals`) and for each change applied or row copied; never under the shared lock.
+pub fn heartbeat() {
+    let (beat, at) = BEAT.with(|b| b.get());
+    if beat == Beat::None || at.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(250)) {
+        return;
+    }
+    BEAT.with(|b| b.set((beat, Some(std::time::Instant::now()))));
+    let stamp = now();
+    let mut g = crate::shmem::SHARED.exclusive();
+    match beat {
+        Beat::Apply(subid) => {
+            if let Some(s) = g.find_mut(subid) {
+                s.alive_at = stamp;
+            }
+        }
+        Beat::Sync(subid, relid) => {
+            if let Some(s) = g.sync_slot_mut(subid, relid) {
+                s.alive_at = stamp;
+            }
+        }
+        Beat::None => {}
     }
 }
 

@@ -76,6 +76,9 @@ pub struct SubSlot {
     /// Fingerprint of the catalog row the running worker was started with.
     pub config_hash: u64,
     pub worker_started_at: i64,
+    /// The running worker's last sign of life (`process::heartbeat`: each wake from a wait and
+    /// each change applied, at most every 250 ms; 0 = none yet): `pgsub.health`'s `stalled`.
+    pub alive_at: i64,
     /// When `disable_on_error` disabled the subscription (0 = it did not, or a worker has run it
     /// since it was enabled again): `pgsub.health`'s `disabled_by_error`. Not kept across a
     /// server restart.
@@ -171,6 +174,7 @@ impl Default for SubSlot {
             next_start_at: 0,
             config_hash: 0,
             worker_started_at: 0,
+            alive_at: 0,
             disabled_by_error_at: 0,
             publisher_version: 0,
             proto_version: 0,
@@ -300,6 +304,8 @@ pub struct SyncSlot {
     pub bytes_copied: i64,
     pub copy_started_at: i64,
     pub registered_at: i64,
+    /// The running sync worker's last sign of life, as `SubSlot::alive_at`.
+    pub alive_at: i64,
     /// Consecutive failed attempts, and when the next may start.
     pub failures: i32,
     pub next_start_at: i64,
@@ -325,6 +331,7 @@ impl Default for SyncSlot {
             bytes_copied: 0,
             copy_started_at: 0,
             registered_at: 0,
+            alive_at: 0,
             failures: 0,
             next_start_at: 0,
             last_error_at: 0,

@@ -277,7 +277,8 @@ fn _database_served() -> bool {
 /// Every table being synchronized (or waiting to retry): its sync worker, phase, live copy
 /// progress and last error (`pgsub.subscription_table` joins it with the catalog); `failures`,
 /// its consecutive failed attempts, and `failing_since`, when that streak began as estimated
-/// from the last error's time and the backoff between the attempts (as `_health_state`'s).
+/// from the last error's time and the backoff between the attempts (as `_health_state`'s);
+/// `alive_at`, the running sync worker's last sign of life (`process::heartbeat`; 0 = none).
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _sync_progress() -> TableIterator<
@@ -295,6 +296,7 @@ fn _sync_progress() -> TableIterator<
         name!(last_error_at, i64),
         name!(failures, i32),
         name!(failing_since, i64),
+        name!(alive_at, i64),
     ),
 > {
     let mut rows = Vec::new();
@@ -324,6 +326,7 @@ fn _sync_progress() -> TableIterator<
                 } else {
                     0
                 },
+                if s.pid > 0 { s.alive_at } else { 0 },
             ));
         }
     }

@@ -848,6 +848,66 @@ async fn health_names_what_an_apply_worker_waits_for() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// Sends SIGCONT to a stopped process when dropped (a failed assertion must not leave a worker
+/// stopped: the cluster could not shut down).
+struct Continue(i32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        // SAFETY: a signal to a pid of the test's cluster.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A worker that no longer wakes — stopped with SIGSTOP here, as a hang would leave it — showed
+/// `streaming`, `lag_bytes` 0 and `apply_lag` 0 on an idle publisher, and health nothing, while
+/// nothing was applied. Health's `stalled` names it once it has shown no sign of life for
+/// `stalled` (an idle worker wakes each second and is never named), and the problem goes when
+/// it runs again.
+#[tokio::test(flavor = "current_thread")]
+async fn health_names_a_worker_that_no_longer_wakes() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    }
+    p.batch_execute("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g; CREATE PUBLICATION pub FOR TABLE t")
+        .await
+        .unwrap();
+    s.execute("SELECT pgsub.create_subscription('st', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "st", WAIT).await;
+    let quick = "pgsub.check_health(stalled => '3 seconds')";
+    // Idle for longer than the threshold: an idle worker still shows signs of life.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!has_problem(&s, quick, "st", "stalled").await, "an idle worker is not stalled");
+
+    let pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'st'").await;
+    // SAFETY: a signal to the cluster's apply worker.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP {pid}");
+    let stopped = Continue(pid);
+    let w = wait_problem(&s, quick, "st", "stalled").await;
+    assert_eq!(w.2, "warning");
+    assert!(w.4, "since: its last sign of life");
+    assert!(w.3.starts_with(&format!("apply worker (pid {pid}) has shown no sign of life since ")), "{}", w.3);
+    assert!(w.3.contains("its last wait event: "), "{}", w.3);
+    let status: String = one(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'st'").await;
+    assert_eq!(status, "streaming", "the view alone does not show it");
+    assert!(!has_problem(&s, "pgsub.health", "st", "stalled").await, "stopped for less than the default minute");
+    let bad = s.query("SELECT * FROM pgsub.check_health(stalled => '-1 second')", &[]).await;
+    assert!(bad.is_err(), "a negative threshold is refused");
+
+    // Running again: the problem goes and changes are applied.
+    drop(stopped);
+    p.batch_execute("INSERT INTO t VALUES (11, 'after')").await.unwrap();
+    wait_value(&s, "SELECT count(*)::text FROM t", "11", WAIT).await;
+    wait_for("stalled to go", WAIT, || async { Ok((!has_problem(&s, quick, "st", "stalled").await).then_some(())) })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// `pg_log_backend_memory_contexts()` of an idle apply worker is answered at once, as native's
 /// worker answers it: a pgsub worker waits on its latch and socket, not in CHECK_FOR_INTERRUPTS,
 /// and logged its memory contexts only when a change next reached it (minutes later, or never

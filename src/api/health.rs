@@ -31,7 +31,8 @@ type Code = PgSqlErrorCode;
 /// themselves are not counted, so the estimate is never earlier than the true start.
 /// `waiting_since`: since when it has waited for a background worker slot (0 = not waiting).
 /// `disabled_by_error_at`: when `disable_on_error` disabled it (0 = it did not, or a worker has
-/// run it since it was enabled again).
+/// run it since it was enabled again). `alive_at`: the running worker's last sign of life
+/// (`process::heartbeat`; NULL without a running worker).
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _health_state() -> TableIterator<
@@ -43,6 +44,7 @@ fn _health_state() -> TableIterator<
         name!(failing_since, i64),
         name!(waiting_since, i64),
         name!(disabled_by_error_at, i64),
+        name!(alive_at, Option<i64>),
     ),
 > {
     let mut rows = Vec::new();
@@ -59,7 +61,9 @@ fn _health_state() -> TableIterator<
             let failing_since =
                 if failing { s.last_error_at - pgsub_core::launch::total_delay(retry_us, runs - 1) } else { 0 };
             let waiting_since = if s.status == Status::WaitingForWorker { s.waiting_since } else { 0 };
-            rows.push((s.subid, runs, failing, failing_since, waiting_since, s.disabled_by_error_at));
+            // The running worker's last sign of life (none without a worker).
+            let alive_at = (s.pid > 0).then(|| s.alive_at.max(s.worker_started_at));
+            rows.push((s.subid, runs, failing, failing_since, waiting_since, s.disabled_by_error_at, alive_at));
         }
     }
     TableIterator::new(rows)

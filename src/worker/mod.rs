@@ -100,6 +100,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
                 crate::process::watch_stop_request(&s.stop_asked_at);
                 s.launch_pending = false;
                 s.worker_started_at = now();
+                s.alive_at = s.worker_started_at;
                 s.status = Status::Starting;
                 s.failed = false;
                 s.binary_in_use = None;
@@ -114,6 +115,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
     }
     // SAFETY: registers a callback that runs once when this process exits, however it exits.
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(subid)) };
+    crate::process::beat_for(crate::process::Beat::Apply(subid));
     errctx::install();
     triggers::install();
     PgTryBuilder::new(|| run(subid)).catch_others(|e| on_error(subid, e)).execute();

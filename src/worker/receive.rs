@@ -803,6 +803,9 @@ impl Stream {
 /// Applies one change message: INSERT, UPDATE, DELETE, TRUNCATE or a logical decoding message
 /// (counted); anything else here is a protocol violation.
 pub(super) fn apply_change(applier: &mut Applier, p: &mut Progress, msg: LogicalMessage) {
+    // A transaction of millions of changes (from the socket, or replayed from its spill file at
+    // its commit) is a long time without a wait: a sign of life per change.
+    crate::process::heartbeat();
     match msg {
         LogicalMessage::Insert(m) => applier.insert(m, p),
         LogicalMessage::Update(m) => applier.update(m, p),

@@ -316,6 +316,7 @@ fn stream_into(
                         // The clock only every 1024 rows: a clock read per row costs the copy.
                         if rows % 1024 == 0 && shown_at.elapsed() >= std::time::Duration::from_millis(250) {
                             shown_at = std::time::Instant::now();
+                            crate::process::heartbeat();
                             shmem::with_sync_slot(subid, sync_relid, |s| {
                                 s.rows_copied = rows;
                                 s.bytes_copied = bytes;

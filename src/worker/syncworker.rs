@@ -63,6 +63,7 @@ pub extern "C-unwind" fn pgsub_sync_main(arg: pg_sys::Datum) {
             return false;
         }
         s.pid = me;
+        s.alive_at = crate::process::now();
         s.registered = false;
         s.waiting = false;
         true
@@ -74,6 +75,7 @@ pub extern "C-unwind" fn pgsub_sync_main(arg: pg_sys::Datum) {
     let key = ((subid as u32 as u64) << 32) | u64::from(relid);
     // SAFETY: registers a callback that runs once when this process exits, however it exits.
     unsafe { pg_sys::before_shmem_exit(Some(release_sync_slot), pg_sys::Datum::from(key as usize)) };
+    crate::process::beat_for(crate::process::Beat::Sync(subid, relid));
     errctx::install();
     triggers::install();
     PgTryBuilder::new(|| run(subid, relid)).catch_others(|e| on_error(subid, relid, e)).execute();
