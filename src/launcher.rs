@@ -247,6 +247,7 @@ impl Launcher {
             held: crate::process::pid_alive(s.paused_by),
             warned: s.warned_no_worker,
             waiting_since: s.waiting_since,
+            launched_at: s.launched_at,
         }
     }
 
@@ -396,6 +397,7 @@ fn write_back(slot: &mut shmem::SubSlot, v: &launch::Slot) {
     slot.config_hash = v.config_hash;
     slot.warned_no_worker = v.warned;
     slot.waiting_since = v.waiting_since;
+    slot.launched_at = v.launched_at;
     slot.launch_pending = v.registered && v.pid == 0;
 }
 

@@ -73,6 +73,9 @@ pub struct SubSlot {
     pub failures: i32,
     /// The launcher will not start a worker before this time.
     pub next_start_at: i64,
+    /// When the launcher last registered a worker (0 = never): a failed run's backoff counts
+    /// from there.
+    pub launched_at: i64,
     /// Fingerprint of the catalog row the running worker was started with.
     pub config_hash: u64,
     pub worker_started_at: i64,
@@ -175,6 +178,7 @@ impl Default for SubSlot {
             config_hash: 0,
             worker_started_at: 0,
             alive_at: 0,
+            launched_at: 0,
             disabled_by_error_at: 0,
             publisher_version: 0,
             proto_version: 0,

@@ -938,6 +938,64 @@ async fn a_cancel_of_an_idle_worker_is_answered_at_once() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// The error backoff counts from the failed worker's start, as native's launcher counts
+/// `wal_retrieve_retry_interval` from the last start: a worker that had streamed for longer than
+/// its delay when the publisher ended its connection (here its walsender terminated; a
+/// `wal_sender_timeout` while the worker waited on a local lock ends it the same way) reconnects
+/// at once — it waited the whole `pgsub.retry_interval` (30 s here) before — while one that fails
+/// again moments after its start still waits (10 s had passed between the two; 60 s then).
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_lost_after_a_long_run_is_taken_up_again_at_once() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher(),
+        ClusterOpts::subscriber().with_conf("pgsub.retry_interval = '30s'"),
+    )
+    .expect("start");
+    let (p, s) = setup(&nodes, &["t"]).await;
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1, 'a')").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('lr', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "lr", WAIT).await;
+    let first: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'lr'").await;
+    // Streaming for longer than the retry interval.
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication WHERE application_name = 'lr'";
+    assert_eq!(one::<i64>(&p, kill).await, 1);
+    let lost = Instant::now();
+    // A new worker streams again, well before the 30 s the backoff used to wait.
+    let second: i32 = pgsub_tests::wait_for("a new worker", Duration::from_secs(20), || async {
+        let r = s
+            .query_opt("SELECT pid FROM pgsub.stat_subscription WHERE subname = 'lr' AND status = 'streaming'", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.and_then(|r| r.get::<_, Option<i32>>(0)).filter(|&pid| pid != first))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(lost.elapsed() < Duration::from_secs(20));
+    assert!(one::<i64>(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'lr'").await >= 1);
+    p.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "2", WAIT).await;
+
+    // The new worker's connection ends moments after its start: that one waits its backoff.
+    wait_value(&p, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'lr'", "1", WAIT).await;
+    assert_eq!(one::<i64>(&p, kill).await, 1);
+    wait_value(
+        &s,
+        "SELECT status || ' ' || (pid IS NULL) FROM pgsub.stat_subscription WHERE subname = 'lr'",
+        "error true",
+        WAIT,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let waiting: String =
+        one(&s, "SELECT status || ' ' || (pid IS NULL) FROM pgsub.stat_subscription WHERE subname = 'lr'").await;
+    assert_eq!(waiting, "error true", "a worker that failed soon after its start waits before the next");
+    assert_ne!(second, 0);
+    p.batch_execute("INSERT INTO t VALUES (3, 'c')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "3", Duration::from_secs(120)).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// PostgreSQL 17's `transaction_timeout` set for the subscriber's database (meant for its users)
 /// does not end the workers' transactions: a remote transaction whose apply takes longer (a
 /// replica trigger sleeps 1.5 s) is applied, with no error (a FATAL ended the worker every time

@@ -9,7 +9,10 @@
 //!   * catalog row changed since its worker started (conninfo, publications, options) → stop it,
 //!     a later pass starts a fresh one;
 //!   * enabled without a worker → start one, unless its last worker failed recently (restart
-//!     after `retry`, doubling per consecutive failure, at most [`MAX_BACKOFF`]×), a backend holds it (drop
+//!     `retry` after that worker was started, doubling per consecutive failure, at most
+//!     [`MAX_BACKOFF`]×: a worker that ran longer than that — a connection the publisher ended
+//!     after hours of streaming — restarts at once, as native's launcher counts
+//!     `wal_retrieve_retry_interval` from the last start), a backend holds it (drop
 //!     or refresh in progress), or the worker cap is reached: then `waiting_for_worker`, with a
 //!     warning once per wait.
 //!
@@ -49,6 +52,9 @@ pub struct Slot {
     pub warned: bool,
     /// When the current wait for a worker began (0 = not waiting).
     pub waiting_since: i64,
+    /// When the launcher last registered a worker for it (0 = never): the backoff after a
+    /// failure counts from there.
+    pub launched_at: i64,
 }
 
 impl Slot {
@@ -146,7 +152,7 @@ pub fn decide(subs: &[Sub], slots: &mut [Slot], limits: Limits, others: &Others)
             continue;
         }
         actions.push(Action::Start { subid: sub.subid });
-        started(slot, sub.config_hash);
+        started(slot, sub.config_hash, limits.now);
         running += 1;
     }
     actions
@@ -191,11 +197,14 @@ pub fn total_delay(retry: i64, n: i32) -> i64 {
     (1..=n.clamp(0, 10_000)).map(|k| retry_delay(retry, k)).fold(0i64, i64::saturating_add)
 }
 
-/// The last run failed: the next start waits [`retry_delay`].
+/// The last run failed: the next start comes [`retry_delay`] after the failed worker's (at once
+/// when it ran that long). Between two failures there is so always at least the delay, which
+/// `total_delay`'s estimate of a streak's start relies on.
 fn back_off(slot: &mut Slot, limits: Limits) {
     slot.failed = false;
     slot.failures = slot.failures.saturating_add(1);
-    slot.next_start_at = limits.now.saturating_add(retry_delay(limits.retry, slot.failures));
+    let from = if slot.launched_at > 0 { slot.launched_at.min(limits.now) } else { limits.now };
+    slot.next_start_at = from.saturating_add(retry_delay(limits.retry, slot.failures));
     slot.status = Status::Error;
 }
 
@@ -215,7 +224,8 @@ pub fn waiting(slot: &mut Slot, reason: WaitReason, actions: &mut Vec<Action>, n
 /// ([`registered`]): when no background worker slot is free, the launcher learns it only then,
 /// and the wait's start and its one warning must survive the attempt (they were cleared here,
 /// and a subscription waiting for a slot was warned about once a second, its `since` always now).
-fn started(slot: &mut Slot, config_hash: u64) {
+fn started(slot: &mut Slot, config_hash: u64, now: i64) {
+    slot.launched_at = now;
     slot.status = Status::Starting;
     slot.config_hash = config_hash;
     slot.next_start_at = 0;
@@ -319,13 +329,42 @@ mod tests {
         // Second and later failures: 10 s, then at most 20 s.
         let mut delays = Vec::new();
         for _ in 0..5 {
+            // Each worker fails as soon as it starts.
+            let now = 1000 * SEC;
+            slots[0].launched_at = now;
             slots[0].registered = false;
             slots[0].failed = true;
-            let now = 1000 * SEC;
             decide(&subs, &mut slots, limits(now, 4), &Others::default());
             delays.push((slots[0].next_start_at - now) / SEC);
         }
         assert_eq!(delays, vec![10, 20, 20, 20, 20]);
+    }
+
+    #[test]
+    fn the_delay_counts_from_the_failed_workers_start() {
+        let subs = [sub(1, true)];
+        let mut slots = [slot(1)];
+        assert_eq!(
+            decide(&subs, &mut slots, limits(100 * SEC, 4), &Others::default()),
+            vec![Action::Start { subid: 1 }]
+        );
+        assert_eq!(slots[0].launched_at, 100 * SEC);
+        // It streamed for an hour, then the publisher ended the connection: restarted at once.
+        slots[0].registered = false;
+        slots[0].failed = true;
+        let later = 3700 * SEC;
+        assert_eq!(decide(&subs, &mut slots, limits(later, 4), &Others::default()), vec![Action::Start { subid: 1 }]);
+        assert_eq!(slots[0].failures, 1);
+        // The new one fails 2 s after its start: the next waits 10 s from that start.
+        slots[0].registered = false;
+        slots[0].failed = true;
+        assert!(decide(&subs, &mut slots, limits(later + 2 * SEC, 4), &Others::default()).is_empty());
+        assert_eq!(slots[0].status, Status::Error);
+        assert_eq!(slots[0].next_start_at, later + 10 * SEC);
+        // A worker that failed 3 s into a 5-s delay waits out the rest only.
+        let mut slots = [Slot { failed: true, launched_at: 50 * SEC, ..slot(1) }];
+        assert!(decide(&subs, &mut slots, limits(53 * SEC, 4), &Others::default()).is_empty());
+        assert_eq!(slots[0].next_start_at, 55 * SEC);
     }
 
     #[test]
