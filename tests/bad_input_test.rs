@@ -397,7 +397,7 @@ async fn drift_remote_column_missing_locally() {
     let err = wait_for_repeated_error(
         &s,
         "drift",
-        &["\"public\".\"t\"", "missing replicated columns: \"extra\", \"more\""],
+        &["\"public.t\"", "missing replicated columns: \"extra\", \"more\""],
         WAIT,
     )
     .await;
@@ -427,7 +427,7 @@ async fn drift_local_not_null_column_without_default() {
     .unwrap();
     p.batch_execute("INSERT INTO t VALUES (10, 'single')").await.unwrap();
     let err = wait_for_repeated_error(&s, "drift", &["\"must\"", "not-null", "\"t\""], WAIT).await;
-    assert!(err.contains("\"public\".\"t\""), "context names the table: {err}");
+    assert!(err.contains("\"public.t\""), "context names the table: {err}");
     p.batch_execute(&inserts(20, 40)).await.unwrap();
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 3);
     // The fix: a default for the local column.
@@ -456,7 +456,7 @@ async fn drift_incompatible_types() {
     let err = wait_for_repeated_error(
         &s,
         "drift",
-        &["invalid input syntax for type integer", "\"abc\"", "\"public\".\"t\" column \"n\""],
+        &["invalid input syntax for type integer", "\"abc\"", "\"public.t\" column \"n\""],
         WAIT,
     )
     .await;
@@ -479,7 +479,7 @@ async fn drift_incompatible_types() {
     let err = wait_for_repeated_error(
         &s,
         "drift",
-        &["invalid input syntax for type integer", "\"x57\"", "\"public\".\"t\"", "\"n\""],
+        &["invalid input syntax for type integer", "\"x57\"", "\"public.t\"", "\"n\""],
         WAIT,
     )
     .await;
@@ -522,7 +522,7 @@ async fn drift_table_dropped_then_recreated() {
     ))
     .await
     .unwrap();
-    let err = wait_for_repeated_error(&s, "drift", &["\"public\".\"t2\"", "does not exist"], WAIT).await;
+    let err = wait_for_repeated_error(&s, "drift", &["\"public.t2\"", "does not exist"], WAIT).await;
     assert!(err.contains("HINT: Create"), "{err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 5, "the failing transaction is not half-applied");
 
@@ -554,7 +554,7 @@ async fn drift_table_renamed_on_the_publisher() {
     converge(&p, &s).await;
     p.batch_execute("ALTER TABLE t RENAME TO t2").await.unwrap();
     p.batch_execute("INSERT INTO t2 VALUES (100, 'after rename'); UPDATE t2 SET v = 'u' WHERE id = 1").await.unwrap();
-    let err = wait_for_repeated_error(&s, "drift", &["\"public\".\"t2\"", "does not exist"], WAIT).await;
+    let err = wait_for_repeated_error(&s, "drift", &["\"public.t2\"", "does not exist"], WAIT).await;
     assert!(err.contains("refresh the subscription"), "the hint says what to do: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 10, "nothing applied past the error");
     assert_eq!(one::<String>(&s, "SELECT v FROM t WHERE id = 1").await, "v1");
@@ -729,7 +729,7 @@ async fn drift_table_renamed_locally() {
     )
     .await
     .unwrap();
-    let err = wait_for_repeated_error(&s, "drift", &["\"public\".\"t\"", "does not exist"], WAIT).await;
+    let err = wait_for_repeated_error(&s, "drift", &["\"public.t\"", "does not exist"], WAIT).await;
     eprintln!("rename error: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t_renamed").await, 10, "nothing written to the renamed table");
     assert_eq!(one::<String>(&s, "SELECT v FROM t_renamed WHERE id = 1").await, "v1");
@@ -849,7 +849,7 @@ async fn a_table_renamed_on_both_sides_goes_on_without_a_refresh() {
     )
     .await
     .unwrap();
-    wait_for_repeated_error(&s, "drift", &["\"public\".\"t2\"", "does not exist"], WAIT).await;
+    wait_for_repeated_error(&s, "drift", &["\"public.t2\"", "does not exist"], WAIT).await;
     s.batch_execute("ALTER TABLE t RENAME TO t2").await.unwrap();
     // Here first, then the publisher: the worker stops on the name it has, then goes on.
     s.batch_execute("ALTER TABLE u RENAME TO u2; ALTER TABLE nokey RENAME TO nokey2").await.unwrap();

@@ -571,8 +571,7 @@ async fn apply_runs_with_the_subscription_owners_privileges() {
         .await
         .unwrap();
     let err =
-        wait_for_repeated_error(&s, "own", &["permission denied for table denied", "\"public\".\"denied\""], WAIT)
-            .await;
+        wait_for_repeated_error(&s, "own", &["permission denied for table denied", "\"public.denied\""], WAIT).await;
     eprintln!("apply error: {err}");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM denied").await, 5, "no row written");
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM allowed").await, 1, "the failing transaction is not half-applied");

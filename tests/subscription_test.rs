@@ -388,7 +388,7 @@ async fn batched_updates_match_rows_and_count_exactly() {
         .await
         .unwrap();
     // The error of the row-by-row retry: the single UPDATE's.
-    let single = "message type \"UPDATE\" for replication target relation \"public\".\"u1\"";
+    let single = "message type \"UPDATE\" for replication target relation \"public.u1\"";
     let err = wait_for_subscription_error(&s, "sub", &["no_777", single], WAIT).await;
     assert!(err.contains("Failing row contains (3777"), "the error shows the row: {err}");
     let applied: i64 = s.query_one("SELECT count(*) FROM u1 WHERE n < 0", &[]).await.unwrap().get(0);
@@ -553,7 +553,7 @@ async fn an_insert_without_unchanged_toast_values_is_warned_about() {
     assert_eq!(one::<Option<String>>(&s, "SELECT big FROM rf WHERE id = 101").await, None, "as natively: NULL");
     nodes
         .subscriber
-        .wait_for_log("pgsub: an INSERT into \"public\".\"rf\" came without the value of column(s) \"big\"", WAIT)
+        .wait_for_log("pgsub: an INSERT into \"public.rf\" came without the value of column(s) \"big\"", WAIT)
         .await
         .expect("the WARNING");
     // rf's row 101 differs on purpose (the publisher did not send big); the rest is equal.

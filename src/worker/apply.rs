@@ -156,7 +156,7 @@ impl Applier {
                 free_plans(l.plans);
             }
         }
-        let display: std::rc::Rc<str> = format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name)).into();
+        let display: std::rc::Rc<str> = relation::native_name(&rel.namespace, &rel.name).into();
         self.rels.insert(
             rel.oid,
             RelEntry { remote: rel, local: None, display, last_used: 0, unlisted_seen: false, replaced_by },

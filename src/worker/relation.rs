@@ -188,7 +188,10 @@ pub(super) fn unlisted(remote: &Relation) {
     if found.is_none() {
         report::error(
             Code::ERRCODE_UNDEFINED_TABLE,
-            format!("logical replication target relation {qualified} does not exist"),
+            format!(
+                "logical replication target relation {} does not exist",
+                native_name(&remote.namespace, &remote.name)
+            ),
             Some("The publisher sends changes of this table, which is not among the subscription's tables: dropped here, renamed or moved on the publisher, or added to a publication there.".into()),
             Some("Create (or rename) the table here and refresh the subscription (pgsub.refresh_subscription), or remove the table from the publication; the worker retries."),
         );
@@ -210,6 +213,12 @@ pub(super) fn unlisted(remote: &Relation) {
 /// Something else than a table has the remote relation's name here (a view put in the table's
 /// place): native's error — it opens the local relation by name first — retried until a table is
 /// back, rather than its changes skipped.
+/// A relation as native's messages name it: `"schema.name"`, the parts unquoted (also the key
+/// of the local tables bound, by which an apply error's context finds its table).
+pub(crate) fn native_name(namespace: &str, name: &str) -> String {
+    format!("\"{namespace}.{name}\"")
+}
+
 fn refuse_non_table(remote: &Relation, relkind: &str) {
     if relkind == "r" || relkind == "p" {
         return;
@@ -223,7 +232,7 @@ fn refuse_non_table(remote: &Relation, relkind: &str) {
     };
     report::error(
         Code::ERRCODE_WRONG_OBJECT_TYPE,
-        format!("cannot use relation \"{}.{}\" as logical replication target", remote.namespace, remote.name),
+        format!("cannot use relation {} as logical replication target", native_name(&remote.namespace, &remote.name)),
         Some(format!("This operation is not supported for {what}.")),
         Some("Put a table of that name back (and refresh the subscription to copy it); the worker retries."),
     );
@@ -875,12 +884,13 @@ fn convert_text() -> bool {
 /// Binds a remote relation to the local table of the same schema-qualified name.
 pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+    let shown = native_name(&remote.namespace, &remote.name);
     let relinfo = super::relcat::relation(&qualified);
     let (relid, relkind) = match relinfo {
         Some((oid, kind)) => (oid, kind),
         None => report::error(
             Code::ERRCODE_UNDEFINED_TABLE,
-            format!("logical replication target relation {qualified} does not exist"),
+            format!("logical replication target relation {shown} does not exist"),
             None,
             Some("Create the table on the subscriber (or rename it back); the worker retries."),
         ),
@@ -888,13 +898,13 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
     if relkind != "r" && relkind != "p" {
         report::error(
             Code::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("logical replication target relation {qualified} is not a table"),
+            format!("logical replication target relation {shown} is not a table"),
             None,
             None,
         );
     }
     // Row-level security is checked at each write, for the role that writes (owner.rs).
-    BOUND.with(|b| b.borrow_mut().insert(qualified.clone(), relid));
+    BOUND.with(|b| b.borrow_mut().insert(shown.clone(), relid));
     // Local columns by name.
     let local_cols = super::relcat::local_columns(relid);
     let missing: Vec<&str> = remote
@@ -904,13 +914,13 @@ pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
         .map(|rc| rc.name.as_str())
         .collect();
     if !missing.is_empty() {
-        missing_columns(relid, &qualified, &missing);
+        missing_columns(relid, &shown, &missing);
     }
     let mut cols = Vec::with_capacity(remote.columns.len());
     for rc in &remote.columns {
         let Some((_, typid, typmod, collation, identity_always)) = local_cols.iter().find(|(n, ..)| *n == rc.name)
         else {
-            missing_columns(relid, &qualified, &[&rc.name]);
+            missing_columns(relid, &shown, &[&rc.name]);
         };
         let mut col = col_map(&rc.name, *typid, *typmod, *collation, binary);
         col.identity_always = *identity_always;
@@ -1041,7 +1051,7 @@ pub(super) fn col_map(name: &str, typid: pg_sys::Oid, typmod: i32, collation: pg
 /// Raises native's error for remote columns the local table lacks, naming every one of them
 /// (`"a", "b"`): those missing, or on PostgreSQL 18 when only generated columns here stand in
 /// their way, those (which cannot receive values), as native 18 tells them apart.
-pub(super) fn missing_columns(relid: pg_sys::Oid, qualified: &str, columns: &[&str]) -> ! {
+pub(super) fn missing_columns(relid: pg_sys::Oid, shown: &str, columns: &[&str]) -> ! {
     let generated_here = |column: &str| {
         Spi::get_one_with_args::<bool>(
             "SELECT a.attgenerated <> '' FROM pg_catalog.pg_attribute a \
@@ -1063,7 +1073,7 @@ pub(super) fn missing_columns(relid: pg_sys::Oid, qualified: &str, columns: &[&s
         report::error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
-                "logical replication target relation {qualified} has incompatible generated column{}: {}",
+                "logical replication target relation {shown} has incompatible generated column{}: {}",
                 plural(&generated),
                 list(&generated)
             ),
@@ -1074,7 +1084,7 @@ pub(super) fn missing_columns(relid: pg_sys::Oid, qualified: &str, columns: &[&s
     report::error(
         Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         format!(
-            "logical replication target relation {qualified} is missing replicated column{}: {}",
+            "logical replication target relation {shown} is missing replicated column{}: {}",
             plural(&missing),
             list(&missing)
         ),
@@ -1087,11 +1097,11 @@ pub(super) fn missing_columns(relid: pg_sys::Oid, qualified: &str, columns: &[&s
 }
 
 /// Checks that the local table can take every one of `columns` (before an initial copy).
-pub(super) fn require_columns(relid: pg_sys::Oid, qualified: &str, columns: &[String]) {
+pub(super) fn require_columns(relid: pg_sys::Oid, shown: &str, columns: &[String]) {
     let local = super::relcat::local_columns(relid);
     let missing: Vec<&str> =
         columns.iter().filter(|c| !local.iter().any(|(n, ..)| n == *c)).map(String::as_str).collect();
     if !missing.is_empty() {
-        missing_columns(relid, qualified, &missing);
+        missing_columns(relid, shown, &missing);
     }
 }

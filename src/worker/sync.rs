@@ -193,6 +193,7 @@ fn copy_one(
     at: Lsn,
 ) -> Result<(u64, bool), ProtoError> {
     let remote = format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name));
+    let shown = super::relation::native_name(&rel.remote_schema, &rel.remote_name);
     let cols: Vec<String> = p.columns.iter().map(|c| quote_ident(c)).collect();
     // A plain table's own rows (COPY leaves out inheritance children, and ONLY does the same for
     // a filtered copy); a partitioned root's rows are those of its partitions.
@@ -209,13 +210,13 @@ fn copy_one(
         let relid = catalog::local_relid(&rel.remote_schema, &rel.remote_name).unwrap_or_else(|| {
             report::error(
                 Code::ERRCODE_UNDEFINED_TABLE,
-                format!("logical replication target relation {remote} does not exist"),
+                format!("logical replication target relation {shown} does not exist"),
                 None,
                 Some("Create the table on the subscriber; the worker retries."),
             )
         });
         refuse_non_empty(relid, &remote, sub);
-        super::relation::require_columns(relid, &remote, &p.columns);
+        super::relation::require_columns(relid, &shown, &p.columns);
         let columns: Vec<(String, u32)> = p.columns.iter().cloned().zip(p.types.iter().copied()).collect();
         let binary = super::format::binary_copy_ok(publisher_version, relid, &columns);
         let copy_sql = if binary {
