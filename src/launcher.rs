@@ -392,6 +392,10 @@ fn expire_conflicts() {
 fn write_back(slot: &mut shmem::SubSlot, v: &launch::Slot) {
     slot.status = v.status;
     slot.failed = v.failed;
+    if slot.failures == 0 && v.failures > 0 {
+        // A streak of failed runs begins with this one.
+        slot.streak_since = if slot.last_error_at > 0 { slot.last_error_at } else { now() };
+    }
     slot.failures = v.failures;
     slot.next_start_at = v.next_start_at;
     slot.config_hash = v.config_hash;

@@ -71,6 +71,9 @@ pub struct SubSlot {
     pub reached_at: i64,
     /// Consecutive failed runs, for the restart backoff.
     pub failures: i32,
+    /// When the first failed run of the current streak ended (its error's time), set as the
+    /// launcher counts it: `pgsub.health`'s `error` since.
+    pub streak_since: i64,
     /// The launcher will not start a worker before this time.
     pub next_start_at: i64,
     /// When the launcher last registered a worker (0 = never): a failed run's backoff counts
@@ -179,6 +182,7 @@ impl Default for SubSlot {
             worker_started_at: 0,
             alive_at: 0,
             launched_at: 0,
+            streak_since: 0,
             disabled_by_error_at: 0,
             publisher_version: 0,
             proto_version: 0,

@@ -623,8 +623,18 @@ async fn health_raises_each_problem_it_documents() {
     // error: a unique violation stops apply; with error_minutes => 0 it is a problem at once,
     // at the default 5 minutes not yet. It goes away once a transaction applies again.
     s.batch_execute("INSERT INTO t VALUES (-1, 'local')").await.unwrap();
+    let errors0: i64 = one(&s, "SELECT error_count FROM pgsub.stat_subscription WHERE subname = 'hsub'").await;
+    let t0: String = one(&s, "SELECT now()::text").await;
     p.batch_execute("INSERT INTO t VALUES (-1, 'remote')").await.unwrap();
     wait_for_subscription_error(&s, "hsub", &["(id)=(-1)"], WAIT).await;
+    // A few failed runs (the first restart comes at once: the worker had run for long).
+    wait_value(
+        &s,
+        &format!("SELECT (error_count >= {errors0} + 3)::text FROM pgsub.stat_subscription WHERE subname = 'hsub'"),
+        "true",
+        WAIT,
+    )
+    .await;
     let e = wait_problem(&s, "pgsub.check_health(error_minutes => 0)", "hsub", "error").await;
     assert_eq!(e.2, "critical");
     // The first attempt's unique violation, or a retry's conflict report (worker/conflict/).
@@ -637,6 +647,16 @@ async fn health_raises_each_problem_it_documents() {
     )
     .await;
     assert!(since_ok, "the streak began no later than the last error");
+    // Nor before the change that fails was sent (the streak's first failure is its start).
+    let not_early: bool = one(
+        &s,
+        &format!(
+            "SELECT bool_and(h.since >= '{t0}'::timestamptz) FROM pgsub.check_health(error_minutes => 0) h \
+             WHERE h.subname = 'hsub' AND h.problem = 'error'"
+        ),
+    )
+    .await;
+    assert!(not_early, "the streak's start is its first failure, not earlier");
     assert!(!has_problem(&s, "pgsub.health", "hsub", "error").await, "not failing for 5 minutes yet");
     s.batch_execute("DELETE FROM t WHERE id = -1").await.unwrap();
     wait_value(&s, "SELECT v FROM t WHERE id = -1", "remote", WAIT).await;

@@ -25,10 +25,9 @@ type Code = PgSqlErrorCode;
 ///
 /// `failing`: the subscription's last worker run ended in an error and no worker has started
 /// since (status `error`, or a retry not yet started) — a worker that started after the last
-/// error and has not failed yet is not counted. `failing_since` estimates when the streak of
-/// consecutive failures began: the last error's time minus the retry delays the launcher waited
-/// between those failures (`pgsub.retry_interval`, doubled per failure, at most 4×). The runs
-/// themselves are not counted, so the estimate is never earlier than the true start.
+/// error and has not failed yet is not counted. `failing_since`: when the streak of consecutive
+/// failures began — the first failed run's error time, as the launcher recorded it when it
+/// counted that run (`SubSlot::streak_since`).
 /// `waiting_since`: since when it has waited for a background worker slot (0 = not waiting).
 /// `disabled_by_error_at`: when `disable_on_error` disabled it (0 = it did not, or a worker has
 /// run it since it was enabled again). `alive_at`: the running worker's last sign of life
@@ -58,8 +57,16 @@ fn _health_state() -> TableIterator<
             let failing = s.last_error_at > 0
                 && runs > 0
                 && (s.status == Status::Error || s.last_error_at >= s.worker_started_at);
-            let failing_since =
-                if failing { s.last_error_at - pgsub_core::launch::total_delay(retry_us, runs - 1) } else { 0 };
+            let failing_since = if !failing {
+                0
+            } else if s.failures == 0 {
+                // The streak's only failure, not counted by the launcher yet.
+                s.last_error_at
+            } else if s.streak_since > 0 {
+                s.streak_since
+            } else {
+                s.last_error_at - pgsub_core::launch::total_delay(retry_us, runs - 1)
+            };
             let waiting_since = if s.status == Status::WaitingForWorker { s.waiting_since } else { 0 };
             // The running worker's last sign of life (none without a worker).
             let alive_at = (s.pid > 0).then(|| s.alive_at.max(s.worker_started_at));
