@@ -295,7 +295,8 @@ pub struct SyncSlot {
     pub relid: u32,
     /// The running sync worker (cleared by it when it exits).
     pub pid: i32,
-    /// The apply worker that registered it; the sync worker leaves when that one is gone.
+    /// The apply worker that registered it, then the one that answered its SYNCWAIT: a catch-up
+    /// is given up when that one is gone (`syncworker::answering_apply_worker_gone`).
     pub apply_pid: i32,
     pub phase: SyncPhase,
     /// Registered, not claimed by the worker yet.

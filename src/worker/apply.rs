@@ -547,16 +547,28 @@ impl Applier {
             return None;
         }
         if !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
-            if entry.unlisted_seen || !self.tables.unlisted(&entry.remote.namespace, &entry.remote.name) {
-                return None;
-            }
-            if !follow_rename(&mut self.tables, self.subid, &entry.remote) {
+            if !entry.unlisted_seen && self.tables.maybe_renamed_own(&entry.remote.namespace, &entry.remote.name) {
+                // A sync worker's catch-up: its table renamed on the publisher and here comes
+                // under the new name (the apply worker follows it too); any other table's
+                // changes are not this worker's.
                 entry.unlisted_seen = true;
-                relation::unlisted(&entry.remote);
-                return None;
-            }
-            if !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
-                return None;
+                if !follow_rename(&mut self.tables, self.subid, &entry.remote)
+                    || !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end)
+                {
+                    return None;
+                }
+            } else {
+                if entry.unlisted_seen || !self.tables.unlisted(&entry.remote.namespace, &entry.remote.name) {
+                    return None;
+                }
+                if !follow_rename(&mut self.tables, self.subid, &entry.remote) {
+                    entry.unlisted_seen = true;
+                    relation::unlisted(&entry.remote);
+                    return None;
+                }
+                if !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
+                    return None;
+                }
             }
         }
         self.changed_in_txn = true;

@@ -49,6 +49,9 @@ pub(super) struct Stream {
     pub(super) catchup_end: Option<Lsn>,
     /// The sync worker's catch-up reached `catchup_end`.
     pub(super) caught_up: bool,
+    /// In a sync worker: its table (the catch-up is given up when the apply worker that set
+    /// `catchup_end` is gone, `syncworker::answering_apply_worker_gone`).
+    pub(super) sync_relid: Option<u32>,
     /// The apply worker's side of table synchronization.
     pub(super) syncing: syncing::Syncing,
     /// The apply worker's side of a hold for `pgsub.verify_subscription` (`hold.rs`).
@@ -94,6 +97,7 @@ impl Stream {
             stats_forced_at: Instant::now(),
             catchup_end,
             caught_up: false,
+            sync_relid: None,
             syncing: syncing::Syncing::default(),
             hold: hold::Holder::default(),
             seqsync: seqsync::SeqSync::default(),
@@ -103,6 +107,16 @@ impl Stream {
             batching: false,
             wal_end_probe: walend::WalEndProbe::default(),
         }
+    }
+
+    /// In a sync worker, whether its catch-up is to be given up: the apply worker whose position
+    /// is its end has exited (`syncworker::answering_apply_worker_gone`). `caught_up` stays
+    /// false: the worker ends without SYNCDONE and is started again.
+    fn catchup_abandoned(&self) -> bool {
+        !self.applier.open()
+            && self
+                .sync_relid
+                .is_some_and(|relid| super::syncworker::answering_apply_worker_gone(self.sub.subid, relid))
     }
 
     /// In a sync worker, whether the catch-up is over at `position` (the next transaction's
@@ -129,7 +143,7 @@ impl Stream {
                 self.stop();
                 return;
             }
-            if self.caught_up {
+            if self.caught_up || self.catchup_abandoned() {
                 return;
             }
             reload_config_if_requested();
@@ -177,7 +191,7 @@ impl Stream {
                 n += 1;
                 if n.is_multiple_of(1000) {
                     self.keep_publisher_alive();
-                    if shutdown_requested() {
+                    if shutdown_requested() || self.catchup_abandoned() {
                         break;
                     }
                 }

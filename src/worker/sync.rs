@@ -41,6 +41,14 @@ struct Published {
 fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Published, ProtoError> {
     let pubs: Vec<String> = sub.publications.iter().map(|p| quote_literal(p)).collect();
     let v15 = client.server_version_num() >= 150000;
+    // Every column (generated ones, 12+, are not published before 18), no filter.
+    let all_columns = format!(
+        "SELECT pg_catalog.string_agg(a.attname::text, chr(1) ORDER BY a.attnum), NULL \
+         FROM pg_catalog.pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 \
+         AND NOT a.attisdropped{}",
+        quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name))),
+        if client.server_version_num() >= 120000 { " AND a.attgenerated = ''" } else { "" }
+    );
     let sql = if v15 {
         format!(
             "SELECT pg_catalog.array_to_string(attnames, chr(1)), rowfilter FROM pg_catalog.pg_publication_tables \
@@ -50,16 +58,17 @@ fn published(client: &mut Client, sub: &Subscription, rel: &SubRel) -> Result<Pu
             quote_literal(&rel.remote_name)
         )
     } else {
-        // Generated columns (12+) are not published before 18.
-        format!(
-            "SELECT pg_catalog.string_agg(a.attname::text, chr(1) ORDER BY a.attnum), NULL \
-             FROM pg_catalog.pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 \
-             AND NOT a.attisdropped{}",
-            quote_literal(&format!("{}.{}", quote_ident(&rel.remote_schema), quote_ident(&rel.remote_name))),
-            if client.server_version_num() >= 120000 { " AND a.attgenerated = ''" } else { "" }
-        )
+        all_columns.clone()
     };
-    let rows = client.simple_query(&sql)?;
+    let mut rows = client.simple_query(&sql)?;
+    if rows.is_empty() {
+        // No publication of the subscription publishes the table any more (it was dropped from
+        // one, or a publication was dropped, after the refresh that added it): as native
+        // tablesync, which then finds no column list and no filter, the whole table is copied
+        // (a later refresh removes it). Zero columns here copied a row of local defaults for
+        // each remote row.
+        rows = client.simple_query(&all_columns)?;
+    }
     let mut columns: Vec<String> = Vec::new();
     let mut filters: Vec<String> = Vec::new();
     let mut unfiltered = rows.is_empty();

@@ -101,6 +101,8 @@ impl Stream {
             }
         }
         let x = self.apply_position();
+        // SAFETY: MyProcPid is set for every backend.
+        let me = unsafe { pg_sys::MyProcPid };
         let asking: Vec<(u32, i32)> = {
             let mut g = shmem::SHARED.exclusive();
             g.sync
@@ -108,6 +110,9 @@ impl Stream {
                 .filter(|s| s.subid == subid && s.phase == SyncPhase::SyncWait && s.pid > 0)
                 .map(|s| {
                     s.catchup_lsn = x.0;
+                    // The catch-up end is this worker's position: the sync worker gives it up
+                    // if this worker goes (`syncworker::answering_apply_worker_gone`).
+                    s.apply_pid = me;
                     s.phase = SyncPhase::Catchup;
                     (s.relid, s.pid)
                 })
@@ -152,6 +157,24 @@ impl Stream {
     /// slot leaves it registered, which is undone here.
     fn reap_sync_workers(&mut self) {
         let subid = self.sub.subid;
+        // SAFETY: MyProcPid is set for every backend.
+        let me = unsafe { pg_sys::MyProcPid };
+        {
+            // Registered by an apply worker that has exited (only it held the handle) and never
+            // claimed: a worker that died before its start would keep the table from ever
+            // being started again. Were it still to start, it finds the slot taken and leaves.
+            let mut g = shmem::SHARED.exclusive();
+            for s in g.sync.iter_mut().filter(|s| {
+                s.subid == subid
+                    && s.registered
+                    && s.pid == 0
+                    && s.apply_pid != me
+                    && !self.syncing.handles.contains_key(&s.relid)
+                    && !crate::process::pid_alive(s.apply_pid)
+            }) {
+                s.registered = false;
+            }
+        }
         self.syncing.handles.retain(|relid, h| {
             let stopped = matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped));
             if stopped {

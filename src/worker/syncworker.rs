@@ -129,7 +129,11 @@ fn on_error(subid: i32, relid: u32, e: CaughtError) {
         s.set_error(&text, now());
         s.failures += 1;
         s.next_start_at = now() + backoff(retry_us, s.failures);
-        s.phase = SyncPhase::Idle;
+        // SYNCDONE is committed once Done shows: an error after it (dropping the slot) must not
+        // hide that from the apply worker, which would go on skipping the table's changes.
+        if s.phase != SyncPhase::Done {
+            s.phase = SyncPhase::Idle;
+        }
     });
     // The subscription's view shows it too (counted in error_count, as native counts sync errors
     // in pg_stat_subscription_stats); its status stays the apply worker's.
@@ -172,6 +176,19 @@ fn hold(phase: SyncPhase) {
         }
         wait_ms(100);
     }
+}
+
+/// In CATCHUP: whether the apply worker that answered with the catch-up end (X, its position)
+/// is no longer the subscription's apply worker. Its successor starts from the subscription's
+/// origin and skips this table's changes until the table is synchronized, so it may pass X
+/// before this worker commits SYNCDONE at X: the changes between would be lost (native's
+/// tablesync has the same window). The catch-up is then given up, to be done again with the
+/// running apply worker's position (the sync origin keeps what was applied).
+pub(super) fn answering_apply_worker_gone(subid: i32, relid: u32) -> bool {
+    let g = shmem::SHARED.share();
+    let Some(answered_by) = g.sync_slot(subid, relid).map(|s| s.apply_pid) else { return false };
+    let current = g.find(subid).map_or(0, |s| s.pid);
+    answered_by > 0 && (current != answered_by || !crate::process::pid_alive(answered_by))
 }
 
 fn exit_if_asked() {
@@ -227,11 +244,31 @@ fn run(subid: i32, relid: u32) {
     let Some(apply_at) = ask_apply_worker(subid, relid) else { return };
     let end = Lsn(catchup_end(start.0, apply_at.0));
     hold(SyncPhase::Catchup);
+    let given_up = || {
+        let gone = answering_apply_worker_gone(subid, relid);
+        if gone {
+            log!(
+                "pgsub: table synchronization worker for subscription \"{}\", table {}.{}: the apply worker that set the catch-up end has exited; the table's catch-up starts again with the next one",
+                sub.name,
+                pgsub_proto::client::quote_ident(&rel.remote_schema),
+                pgsub_proto::client::quote_ident(&rel.remote_name)
+            );
+        }
+        gone
+    };
     if end > start {
         match catch_up(&sub, &rel, &slot, client.take(), start, end) {
             Some(c) => client = Some(c),
-            None => return,
+            None => {
+                given_up();
+                return;
+            }
         }
+    }
+    // X was that apply worker's position: the next one may be past it already, skipping this
+    // table's changes — SYNCDONE at X would lose those between. Start over with it.
+    if given_up() {
+        return;
     }
     xact(|| {
         if let Err(e) = catalog::set_sync_state(subid, relid, SyncState::SyncDone, Some(end), None) {
@@ -354,6 +391,7 @@ fn catch_up(
     let applier = Applier::new(sub.subid, TableStates::only(only), opts.binary, sub.origin == "none", None);
     let progress = Progress::for_sync_worker(sub.subid, start);
     let mut stream = Stream::new(sub.clone(), client, &opts, applier, progress, Some(end));
+    stream.sync_relid = Some(rel.relid);
     stream.run();
     if !stream.caught_up {
         stream.client.close();

@@ -54,6 +54,14 @@ impl TableStates {
         TableStates { whole: false, ..Self::new(&[rel]) }
     }
 
+    /// In a sync worker: a table other than its own by name, which may be its own renamed on
+    /// both sides (`apply::follow_rename` tells).
+    pub(super) fn maybe_renamed_own(&self, schema: &str, name: &str) -> bool {
+        !self.whole
+            && schema != crate::api::PGSUB_SCHEMA
+            && !self.states.contains_key(&(schema.to_string(), name.to_string()))
+    }
+
     /// The publisher sends changes of a table that is not the subscription's: renamed or moved
     /// there, or added to a publication since the table list was last refreshed.
     pub(super) fn unlisted(&self, schema: &str, name: &str) -> bool {
