@@ -186,7 +186,7 @@ async fn unique_conflict_is_an_error_until_skipped() {
     wait_for_subscription_error(&s, "c", &["(id)=(5)"], WAIT).await;
     let err: String = one(&s, "SELECT last_error FROM pgsub.stat_subscription WHERE subname = 'c'").await;
     assert!(err.contains("finished at"), "context with finish LSN: {err}");
-    assert!(err.contains("\"t\""), "relation named: {err}");
+    assert!(err.contains("\"public.t\""), "relation named: {err}");
     // Nothing of that transaction was applied (row 4 is not there) and nothing skipped.
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t WHERE id = 4").await, 0);
     // Skip it by its finish LSN, as the error says.
