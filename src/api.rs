@@ -289,6 +289,14 @@ fn drop_subscription(
     if let Err(e) = catalog::delete(sub.subid) {
         error(Code::ERRCODE_INTERNAL_ERROR, format!("deleting subscription: {e}"), None, None);
     }
+    // Whether this subscription had a worker here: only then can a walsender still holding its
+    // slot be that worker's (one of a same-named subscription of another database or server —
+    // a restored copy — is not, and must not be waited for beyond the usual 30 s).
+    let had_worker = shmem::available()
+        && shmem::SHARED
+            .share()
+            .find(sub.subid)
+            .is_some_and(|s| s.dboid == shmem::my_database() && (s.pid > 0 || s.worker_started_at > 0));
     stop_worker(sub.subid);
     drop_origin(&sub.origin_name());
     drop_sync_origins(sub.subid);
@@ -308,7 +316,8 @@ fn drop_subscription(
             ),
         };
         drop_sync_slots(&mut client, sub.subid);
-        match drop_slot_when_free(&mut client, &sub.slot_name, Some(&sub.name)) {
+        let own_app = had_worker.then_some(sub.name.as_str());
+        match drop_slot_when_free(&mut client, &sub.slot_name, own_app) {
             Ok(()) => log(
                 PgLogLevel::NOTICE,
                 Code::ERRCODE_SUCCESSFUL_COMPLETION,

@@ -289,8 +289,8 @@ fn remote_table(
         &format!(
             "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), {generated}, c.relkind \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
-             WHERE n.nspname = {nsp} AND c.relname = {rel} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+             LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE n.nspname = {nsp} AND c.relname = {rel} ORDER BY a.attnum"
         ),
         "could not read the table's columns on the publisher",
     );
@@ -304,7 +304,12 @@ fn remote_table(
     }
     let f = |r: &Vec<Option<String>>, i: usize| r.get(i).cloned().flatten().unwrap_or_default();
     let relkind = f(&rows[0], 3);
-    let cols: Vec<(String, String, bool)> = rows.iter().map(|r| (f(r, 0), f(r, 1), f(r, 2) == "t")).collect();
+    // A table with no columns (all dropped, or none made) is one row with no attribute.
+    let cols: Vec<(String, String, bool)> = rows
+        .iter()
+        .filter(|r| r.first().is_some_and(|a| a.is_some()))
+        .map(|r| (f(r, 0), f(r, 1), f(r, 2) == "t"))
+        .collect();
     let qualified = format!("{}.{}", quote_ident(&t.remote_schema), quote_ident(&t.remote_name));
     let from = if relkind == "p" { qualified } else { format!("ONLY {qualified}") };
     if client.server_version_num() < 150000 {
