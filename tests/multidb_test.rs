@@ -984,3 +984,37 @@ async fn the_servers_view_reads_in_a_latin1_database_whatever_the_errors_quote()
     wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
     assert_replicated_equal_for(&p, &s, Some(&["u"])).await;
 }
+
+/// A restored copy of a database: the same subscription name and slot, the copy disabled and
+/// never run here, the original streaming. Dropping the copy with its slot fails after the
+/// 30-s wait with 55006 (the slot in use), leaving the original's slot and stream alone: it
+/// waited for ever, taking the original's walsender (same application_name) for a worker of its
+/// own still letting go.
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_a_restored_copy_does_not_wait_for_ever_on_the_originals_slot() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    create_sub(&s, "same", &nodes.pub_conninfo(), "pub", "").await;
+    wait_for_subscription_sync(&s, "same", WAIT).await;
+    let copy = create_database(&nodes.subscriber, "restored", "CREATE TABLE t (id int PRIMARY KEY)", true).await;
+    create_sub(
+        &copy,
+        "same",
+        &nodes.pub_conninfo(),
+        "pub",
+        ", create_slot => false, slot_name => 'same', copy_data => false, enabled => false",
+    )
+    .await;
+    let t0 = Instant::now();
+    let e = must_fail(&copy, "SELECT pgsub.drop_subscription('same')", &[]).await;
+    assert_eq!(e.code, "55006", "{}", e.text());
+    assert!(t0.elapsed() < Duration::from_secs(50), "{:?}", t0.elapsed());
+    // The original goes on.
+    p.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
+    assert_replicated_equal_for(&p, &s, Some(&["same"])).await;
+}
