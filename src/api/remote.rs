@@ -124,17 +124,27 @@ pub(super) fn warn_copy_of_other_origins(
     }
     let names = sql_text_array(pubs);
     let pgsub_here = client
-        .simple_query("SELECT pg_catalog.to_regclass('pgsub.sub_rel') IS NOT NULL")
+        // pgsub runs there too and its table list is readable by this role (pgsub_admin): like
+        // native's pg_subscription_rel, its subscriptions' tables count.
+        .simple_query(
+            "SELECT CASE WHEN pg_catalog.to_regclass('pgsub.sub_rel') IS NULL THEN false \
+                         ELSE pg_catalog.has_table_privilege('pgsub.sub_rel', 'SELECT') END",
+        )
         .ok()
         .and_then(|rows| rows.into_iter().next())
         .and_then(|r| r.values.into_iter().next().flatten())
         .is_some_and(|v| v == "t");
-    let pgsub_rel = if pgsub_here { " OR EXISTS (SELECT 1 FROM pgsub.sub_rel s WHERE s.relid = r.rel)" } else { "" };
+    let pgsub_rel = if pgsub_here { " OR EXISTS (SELECT 1 FROM pgsub.sub_rel s WHERE s.relid = c.oid)" } else { "" };
+    // The tables by a join, not a `format(…)::regclass` of each name: the planner may evaluate
+    // such a cast for every row of pg_class, and for a role that may not use pg_toast it then
+    // failed ("permission denied for schema pg_toast") — the warning silently lost.
     let sql = format!(
-        "WITH r AS (SELECT t.pubname::text AS p, t.schemaname::text AS s, t.tablename::text AS n, \
-                           pg_catalog.format('%I.%I', t.schemaname, t.tablename)::pg_catalog.regclass::pg_catalog.oid AS rel \
-                    FROM pg_catalog.pg_publication_tables t WHERE t.pubname = ANY({names})) \
-         SELECT p, s, n FROM r WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel x WHERE x.srrelid = r.rel){pgsub_rel} \
+        "SELECT t.pubname::text, t.schemaname::text, t.tablename::text \
+         FROM pg_catalog.pg_publication_tables t \
+         JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname \
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+         WHERE t.pubname = ANY({names}) \
+           AND (EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel x WHERE x.srrelid = c.oid){pgsub_rel}) \
          ORDER BY 1"
     );
     let Ok(rows) = client.simple_query(&sql) else { return };
