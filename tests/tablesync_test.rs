@@ -711,6 +711,46 @@ async fn kill9_in_every_sync_state(victim: Victim) {
     }
 }
 
+/// Nodes with table `base` (`base_rows` rows) subscribed as `sub` and synchronized, then table
+/// `t` (`t_rows` rows; `t_ddl` here) added to the publication and the sync worker held in `hold`
+/// by a refresh; returns the clients once `t`'s sync worker is held there.
+async fn held_in(
+    nodes: &TwoNodes,
+    sub: &str,
+    base_rows: i64,
+    t_rows: i64,
+    t_ddl: &str,
+    hold: &str,
+) -> (Client, Client) {
+    let p = nodes.publisher.client("postgres").await.expect("publisher");
+    let s = nodes.subscriber.client("postgres").await.expect("subscriber");
+    p.batch_execute(&format!("{} CREATE PUBLICATION pub FOR TABLE base;", table_with_rows("base", base_rows)))
+        .await
+        .expect("publisher base");
+    s.batch_execute("CREATE TABLE base (id int PRIMARY KEY, v text, n int)").await.expect("subscriber base");
+    s.execute("SELECT pgsub.create_subscription($1, $2, ARRAY['pub'])", &[&sub, &nodes.pub_conninfo()])
+        .await
+        .expect("create_subscription");
+    wait_for_subscription_sync(&s, sub, WAIT).await;
+    p.batch_execute(&format!("{} ALTER PUBLICATION pub ADD TABLE t;", table_with_rows("t", t_rows)))
+        .await
+        .expect("publisher t");
+    s.batch_execute(t_ddl).await.expect("subscriber t");
+    set_sync_hold(&nodes.subscriber, &s, hold).await;
+    s.execute("SELECT pgsub.refresh_subscription($1)", &[&sub]).await.expect("refresh_subscription");
+    let slot: String = one(
+        &s,
+        &format!(
+            "SELECT format('pgsub_%s_sync_%s_%s', subid, 't'::regclass::oid, \
+                    (SELECT system_identifier FROM pg_control_system())) FROM pgsub.subscription \
+             WHERE subname = '{sub}'"
+        ),
+    )
+    .await;
+    wait_held(&p, &s, "t", hold, &slot).await;
+    (p, s)
+}
+
 /// A table removed from the publication while it waited for its sync worker (no worker may
 /// start: `pgsub.max_sync_workers_per_subscription = 0`) is copied whole when its worker comes,
 /// as native's tablesync copies a table the publications no longer list (no column list, no
@@ -763,29 +803,7 @@ async fn a_table_removed_from_the_publication_before_its_copy_is_copied_whole() 
 #[tokio::test(flavor = "current_thread")]
 async fn a_table_renamed_on_both_sides_during_its_catch_up_loses_nothing() {
     let nodes = TwoNodes::start().expect("start");
-    let p = nodes.publisher.client("postgres").await.expect("publisher");
-    let s = nodes.subscriber.client("postgres").await.expect("subscriber");
-    p.batch_execute(&format!("{} CREATE PUBLICATION pub FOR TABLE base;", table_with_rows("base", 10)))
-        .await
-        .expect("publisher base");
-    s.batch_execute("CREATE TABLE base (id int PRIMARY KEY, v text, n int)").await.expect("subscriber base");
-    s.execute("SELECT pgsub.create_subscription('r', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
-        .await
-        .expect("create_subscription");
-    wait_for_subscription_sync(&s, "r", WAIT).await;
-    p.batch_execute(&format!("{} ALTER PUBLICATION pub ADD TABLE t;", table_with_rows("t", 100)))
-        .await
-        .expect("publisher t");
-    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text, n int)").await.expect("subscriber t");
-    set_sync_hold(&nodes.subscriber, &s, "copied").await;
-    s.batch_execute("SELECT pgsub.refresh_subscription('r')").await.expect("refresh_subscription");
-    let slot: String = one(
-        &s,
-        "SELECT format('pgsub_%s_sync_%s_%s', subid, 't'::regclass::oid, \
-                (SELECT system_identifier FROM pg_control_system())) FROM pgsub.subscription WHERE subname = 'r'",
-    )
-    .await;
-    wait_held(&p, &s, "t", "copied", &slot).await;
+    let (p, s) = held_in(&nodes, "r", 10, 100, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)", "copied").await;
     // After the copy: rows under the old name, the rename on both sides, rows under the new one,
     // and a change the apply worker applies (it is past them all when the catch-up starts).
     p.batch_execute("INSERT INTO t SELECT g, 'before', g FROM generate_series(101, 150) g").await.unwrap();
@@ -816,32 +834,16 @@ async fn a_table_renamed_on_both_sides_during_its_catch_up_loses_nothing() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_apply_worker_exiting_during_a_catch_up_loses_none_of_the_tables_changes() {
     let nodes = TwoNodes::start().expect("start");
-    let p = nodes.publisher.client("postgres").await.expect("publisher");
-    let s = nodes.subscriber.client("postgres").await.expect("subscriber");
-    p.batch_execute(&format!("{} CREATE PUBLICATION pub FOR TABLE base;", table_with_rows("base", 100)))
-        .await
-        .expect("publisher base");
-    s.batch_execute("CREATE TABLE base (id int PRIMARY KEY, v text, n int)").await.expect("subscriber base");
-    s.execute("SELECT pgsub.create_subscription('k', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
-        .await
-        .expect("create_subscription");
-    wait_for_subscription_sync(&s, "k", WAIT).await;
-    p.batch_execute(&format!("{} ALTER PUBLICATION pub ADD TABLE t;", table_with_rows("t", 1000)))
-        .await
-        .expect("publisher t");
     // No unique key here: a row applied twice shows as a second row.
-    s.batch_execute("CREATE TABLE t (id int NOT NULL, v text, n int); CREATE INDEX ON t (id)")
-        .await
-        .expect("subscriber t");
-    set_sync_hold(&nodes.subscriber, &s, "catchup").await;
-    s.batch_execute("SELECT pgsub.refresh_subscription('k')").await.expect("refresh_subscription");
-    let slot: String = one(
-        &s,
-        "SELECT format('pgsub_%s_sync_%s_%s', subid, 't'::regclass::oid, \
-                (SELECT system_identifier FROM pg_control_system())) FROM pgsub.subscription WHERE subname = 'k'",
+    let (p, s) = held_in(
+        &nodes,
+        "k",
+        100,
+        1000,
+        "CREATE TABLE t (id int NOT NULL, v text, n int); CREATE INDEX ON t (id)",
+        "catchup",
     )
     .await;
-    wait_held(&p, &s, "t", "catchup", &slot).await;
     let first: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'k'").await;
     assert!(one::<bool>(&s, &format!("SELECT pg_terminate_backend({first})")).await);
     wait_for("another apply worker", WAIT, || async {
