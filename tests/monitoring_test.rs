@@ -1222,3 +1222,48 @@ async fn the_views_read_a_hot_standby_of_the_subscriber() {
     wait_value(&s, "SELECT count(*)::text FROM t", "2", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
+
+/// A failure, then a long healthy run on a quiet publication (no transaction applied, so the
+/// failure count is not reset), then failures again: health's `error` since is about the second
+/// streak's start, not the first failure's (the recorded streak start is bounded by the last
+/// error less the retry delays), so the problem is not raised at once as minutes old.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failure_long_after_a_healthy_quiet_run_starts_a_new_streak() {
+    let mut nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('q', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    wait_for_subscription_sync(&s, "q", WAIT).await;
+    // A first failure: its walsender terminated; taken up again at once, then quiet.
+    let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication WHERE application_name = 'q'";
+    assert_eq!(one::<i64>(&p, kill).await, 1);
+    wait_value(&s, "SELECT (error_count >= 1)::text FROM pgsub.stat_subscription WHERE subname = 'q'", "true", WAIT)
+        .await;
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'q'", "streaming", WAIT).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // The publisher goes away: failures again, and the subscription stays failing.
+    let t1: String = one(&s, "SELECT now()::text").await;
+    drop(p);
+    nodes.publisher.stop("fast").expect("stop the publisher");
+    let e = wait_problem(&s, "pgsub.check_health(error_minutes => 0, retained_wal_bytes => NULL)", "q", "error").await;
+    assert!(e.4, "since");
+    let recent: bool = one(
+        &s,
+        &format!(
+            "SELECT bool_and(since >= '{t1}'::timestamptz - interval '15 seconds') \
+             FROM pgsub.check_health(error_minutes => 0, retained_wal_bytes => NULL) WHERE subname = 'q' AND problem = 'error'"
+        ),
+    )
+    .await;
+    assert!(recent, "the streak is dated from the second failures, not the first: {}", e.3);
+    nodes.publisher.start_again().expect("start the publisher again");
+    let p = nodes.publisher.client("postgres").await.expect("publisher");
+    p.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}

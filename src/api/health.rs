@@ -27,7 +27,8 @@ type Code = PgSqlErrorCode;
 /// since (status `error`, or a retry not yet started) — a worker that started after the last
 /// error and has not failed yet is not counted. `failing_since`: when the streak of consecutive
 /// failures began — the first failed run's error time, as the launcher recorded it when it
-/// counted that run (`SubSlot::streak_since`).
+/// counted that run (`SubSlot::streak_since`), but not before the last error less the retry
+/// delays between the failures counted.
 /// `waiting_since`: since when it has waited for a background worker slot (0 = not waiting).
 /// `disabled_by_error_at`: when `disable_on_error` disabled it (0 = it did not, or a worker has
 /// run it since it was enabled again). `alive_at`: the running worker's last sign of life
@@ -62,10 +63,14 @@ fn _health_state() -> TableIterator<
             } else if s.failures == 0 {
                 // The streak's only failure, not counted by the launcher yet.
                 s.last_error_at
-            } else if s.streak_since > 0 {
-                s.streak_since
             } else {
-                s.last_error_at - pgsub_core::launch::total_delay(retry_us, runs - 1)
+                // The streak's first failure, as the launcher recorded it — but not before the
+                // last error less the retry delays between the failures counted: the count
+                // (and so the record) is only reset by an applied transaction, and a worker of
+                // a quiet publication that streamed for days between two failures must not
+                // date the streak from the first.
+                let bound = s.last_error_at - pgsub_core::launch::total_delay(retry_us, runs - 1);
+                s.streak_since.max(bound)
             };
             let waiting_since = if s.status == Status::WaitingForWorker { s.waiting_since } else { 0 };
             // The running worker's last sign of life (none without a worker).
