@@ -796,34 +796,6 @@ async fn a_table_removed_from_the_publication_before_its_copy_is_copied_whole() 
     assert_equal(&p, &s).await;
 }
 
-/// A table renamed on the publisher and here between its copy and the end of its catch-up: the
-/// sync worker's catch-up follows the rename, as the apply worker does (it took the changes under
-/// the new name for another table's and skipped them, while the apply worker skipped them as the
-/// table's sync worker's: lost).
-#[tokio::test(flavor = "current_thread")]
-async fn a_table_renamed_on_both_sides_during_its_catch_up_loses_nothing() {
-    let nodes = TwoNodes::start().expect("start");
-    let (p, s) = held_in(&nodes, "r", 10, 100, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)", "copied").await;
-    // After the copy: rows under the old name, the rename on both sides, rows under the new one,
-    // and a change the apply worker applies (it is past them all when the catch-up starts).
-    p.batch_execute("INSERT INTO t SELECT g, 'before', g FROM generate_series(101, 150) g").await.unwrap();
-    p.batch_execute("ALTER TABLE t RENAME TO t2").await.unwrap();
-    s.batch_execute("ALTER TABLE t RENAME TO t2").await.unwrap();
-    p.batch_execute(
-        "INSERT INTO t2 SELECT g, 'after', g FROM generate_series(151, 200) g;
-         UPDATE t2 SET v = 'updated' WHERE id <= 10;
-         INSERT INTO base VALUES (11, 'after', 11)",
-    )
-    .await
-    .unwrap();
-    wait_value(&s, "SELECT count(*) FROM base WHERE id = 11", "1", WAIT).await;
-    set_sync_hold(&nodes.subscriber, &s, "").await;
-    wait_value(&s, &state_sql("t2"), "ready", WAIT).await;
-    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t2").await, 200);
-    assert_equal(&p, &s).await;
-    assert_no_sync_slot_left(&p).await;
-}
-
 /// The apply worker whose position is a table's catch-up end (X) exits while the table's sync
 /// worker catches up (here held in CATCHUP; a `pg_terminate_backend`, not a crash restart of the
 /// whole server). Its successor starts from the subscription's origin and skips the table's
