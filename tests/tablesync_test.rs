@@ -796,6 +796,72 @@ async fn a_table_removed_from_the_publication_before_its_copy_is_copied_whole() 
     assert_equal(&p, &s).await;
 }
 
+/// After the copy of a held table: rows under its old name, the rename on the publisher and here,
+/// rows and an UPDATE under the new name, and a change the apply worker applies (it is past them
+/// all when the catch-up starts, and has recorded the new name).
+async fn rename_on_both_sides_after_the_copy(nodes: &TwoNodes, sub: &str) -> (Client, Client) {
+    let (p, s) = held_in(nodes, sub, 10, 100, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)", "copied").await;
+    p.batch_execute("INSERT INTO t SELECT g, 'before', g FROM generate_series(101, 150) g").await.unwrap();
+    p.batch_execute("ALTER TABLE t RENAME TO t2").await.unwrap();
+    s.batch_execute("ALTER TABLE t RENAME TO t2").await.unwrap();
+    p.batch_execute(
+        "INSERT INTO t2 SELECT g, 'after', g FROM generate_series(151, 200) g;
+         UPDATE t2 SET v = 'updated' WHERE id <= 10;
+         INSERT INTO base VALUES (11, 'after', 11)",
+    )
+    .await
+    .unwrap();
+    wait_value(&s, "SELECT count(*) FROM base WHERE id = 11", "1", WAIT).await;
+    (p, s)
+}
+
+/// A table renamed on the publisher and here between its copy and the end of its catch-up: the
+/// sync worker applies the changes under the old name (which no local table has any more) and
+/// those under the new one to its table. It failed on the old name's (`does not exist`), and
+/// its next attempt, started under the new name the apply worker had recorded meanwhile, took
+/// them for another table's and skipped them, while the apply worker skipped them as the table's
+/// sync worker's: lost.
+#[tokio::test(flavor = "current_thread")]
+async fn a_table_renamed_on_both_sides_during_its_catch_up_loses_nothing() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = rename_on_both_sides_after_the_copy(&nodes, "r").await;
+    set_sync_hold(&nodes.subscriber, &s, "").await;
+    wait_value(&s, &state_sql("t2"), "ready", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t2").await, 200);
+    assert_equal(&p, &s).await;
+    assert_no_sync_slot_left(&p).await;
+}
+
+/// The same, with the sync worker started again after the apply worker recorded the new name:
+/// it knows its table by the publisher's OID (looked up under the recorded name), so the changes
+/// still coming under the old name are its table's.
+#[tokio::test(flavor = "current_thread")]
+async fn a_sync_worker_started_after_a_rename_on_both_sides_applies_the_old_names_changes() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = rename_on_both_sides_after_the_copy(&nodes, "rr").await;
+    wait_value(
+        &s,
+        "SELECT remote_name::text FROM pgsub.subscription_table WHERE subname = 'rr' AND relid = 't2'::regclass",
+        "t2",
+        WAIT,
+    )
+    .await;
+    let first: i32 = one(&s, "SELECT sync_worker_pid FROM pgsub.subscription_table WHERE relid = 't2'::regclass").await;
+    assert!(one::<bool>(&s, &format!("SELECT pg_terminate_backend({first})")).await);
+    wait_for("another sync worker held after the copy", WAIT, || async {
+        let pid: Option<i32> =
+            one(&s, "SELECT sync_worker_pid FROM pgsub.subscription_table WHERE relid = 't2'::regclass").await;
+        Ok(pid.filter(|&p| p != first).map(|_| ()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    set_sync_hold(&nodes.subscriber, &s, "").await;
+    wait_value(&s, &state_sql("t2"), "ready", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t2").await, 200);
+    assert_equal(&p, &s).await;
+    assert_no_sync_slot_left(&p).await;
+}
+
 /// The apply worker whose position is a table's catch-up end (X) exits while the table's sync
 /// worker catches up (here held in CATCHUP; a `pg_terminate_backend`, not a crash restart of the
 /// whole server). Its successor starts from the subscription's origin and skips the table's

@@ -87,6 +87,16 @@ pub struct Applier {
     /// The transaction being finished came streamed: its COMMIT or PREPARE is a Stream Commit or
     /// Stream Prepare, as the error context names it (native's words). Cleared at the finish.
     pub streamed: bool,
+    /// In a sync worker: its one table, known by its local table and (once learnt) the
+    /// publisher's OID of it, so that its changes are applied to it under whatever name either
+    /// side gives it by then (`own_table`).
+    pub(super) own: Option<OwnTable>,
+}
+
+/// A sync worker's table (`Applier::own`).
+pub(super) struct OwnTable {
+    pub(super) relid: u32,
+    pub(super) remote_oid: Option<u32>,
 }
 
 /// Remote transactions whose Commit was deferred: they are applied in the open local
@@ -126,7 +136,17 @@ impl Applier {
             group: None,
             changed_in_txn: false,
             streamed: false,
+            own: None,
         }
+    }
+
+    /// A sync worker's catch-up: changes of the publisher's relation `remote_oid` (when known:
+    /// looked up under the name the catalog records) or of the recorded name are its table's,
+    /// applied to local table `relid` whatever it is called by then. A table renamed on both
+    /// sides while it caught up is followed both ways: the changes written before the rename
+    /// come under the old name, which no local table has any more, those after under the new.
+    pub fn own_table(&mut self, relid: u32, remote_oid: Option<u32>) {
+        self.own = Some(OwnTable { relid, remote_oid });
     }
 
     /// The stream is binary by the worker's own choice: a relation whose columns binary cannot
@@ -546,7 +566,21 @@ impl Applier {
         if skipping {
             return None;
         }
-        if !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end) {
+        let by_name = self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end);
+        let own = self.own.as_mut().and_then(|o| {
+            if o.remote_oid.is_none() && by_name {
+                o.remote_oid = Some(rel_oid);
+            }
+            (by_name || o.remote_oid == Some(rel_oid)).then_some(o.relid)
+        });
+        if own.is_some() {
+            if !by_name && !entry.unlisted_seen {
+                // Its table under a name the catalog does not record: renamed on the publisher.
+                // The catalog follows when the local table took the new name too.
+                entry.unlisted_seen = true;
+                follow_rename(&mut self.tables, self.subid, &entry.remote);
+            }
+        } else if !by_name {
             if !entry.unlisted_seen && self.tables.maybe_renamed_own(&entry.remote.namespace, &entry.remote.name) {
                 // A sync worker's catch-up: its table renamed on the publisher and here comes
                 // under the new name (the apply worker follows it too); any other table's
@@ -575,18 +609,20 @@ impl Applier {
         self.use_tick += 1;
         entry.last_used = self.use_tick;
         if entry.local.is_none() {
-            if entry.replaced_by.is_some() {
-                return None;
-            }
-            if let Some(recorded) = self.tables.relid_of(&entry.remote.namespace, &entry.remote.name) {
-                entry.replaced_by = relation::replaced(&entry.remote, recorded);
+            if own.is_none() {
                 if entry.replaced_by.is_some() {
                     return None;
+                }
+                if let Some(recorded) = self.tables.relid_of(&entry.remote.namespace, &entry.remote.name) {
+                    entry.replaced_by = relation::replaced(&entry.remote, recorded);
+                    if entry.replaced_by.is_some() {
+                        return None;
+                    }
                 }
             }
             let (binary, check) = (self.binary, self.auto_binary);
             entry.local = Some(with_snapshot(|| {
-                let local = bind_local(&entry.remote, binary);
+                let local = bind_local(&entry.remote, binary, own.map(pg_sys::Oid::from));
                 if check {
                     super::format::check_bound(&entry.remote, local.relid);
                 }

@@ -881,13 +881,19 @@ fn convert_text() -> bool {
     CONVERT.with(|c| *c)
 }
 
-/// Binds a remote relation to the local table of the same schema-qualified name.
-pub(super) fn bind_local(remote: &Relation, binary: bool) -> LocalRel {
-    let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+/// Binds a remote relation to the local table of the same schema-qualified name, or to local
+/// table `own` (a sync worker's table, whatever either side now calls it).
+pub(super) fn bind_local(remote: &Relation, binary: bool, own: Option<pg_sys::Oid>) -> LocalRel {
     let shown = native_name(&remote.namespace, &remote.name);
-    let relinfo = super::relcat::relation(&qualified);
-    let (relid, relkind) = match relinfo {
-        Some((oid, kind)) => (oid, kind),
+    let relinfo = match own {
+        Some(relid) => super::relcat::relation_by_oid(relid).map(|(q, kind)| (relid, q, kind)),
+        None => {
+            let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+            super::relcat::relation(&qualified).map(|(oid, kind)| (oid, qualified, kind))
+        }
+    };
+    let (relid, qualified, relkind) = match relinfo {
+        Some(found) => found,
         None => report::error(
             Code::ERRCODE_UNDEFINED_TABLE,
             format!("logical replication target relation {shown} does not exist"),

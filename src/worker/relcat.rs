@@ -7,6 +7,7 @@
 use crate::report;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiResult, SpiTupleTable};
+use pgsub_proto::client::quote_ident;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -44,6 +45,28 @@ fn select<R>(
 
 fn failed(what: &str, e: pgrx::spi::SpiError) -> ! {
     report::error(Code::ERRCODE_INTERNAL_ERROR, format!("{what}: {e}"), None, None)
+}
+
+/// The quoted `"schema"."name"` and relkind of local table `relid`, if it exists.
+pub(super) fn relation_by_oid(relid: pg_sys::Oid) -> Option<(String, String)> {
+    let r = select(
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[pg_sys::OIDOID],
+        &[relid.into()],
+        |t| {
+            let mut out = None;
+            for row in t {
+                let (Some(schema), Some(name)) = (row.get::<String>(1)?, row.get::<String>(2)?) else { continue };
+                out = Some((
+                    format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
+                    row.get::<String>(3)?.unwrap_or_default(),
+                ));
+            }
+            Ok(out)
+        },
+    );
+    r.unwrap_or_else(|e| failed("looking up the target table", e))
 }
 
 /// The OID and relkind of the table `qualified` (a quoted `"schema"."name"`), if it exists.

@@ -10,8 +10,9 @@
 //!   FINISHEDCOPY   asks the apply worker how far to catch up (SYNCWAIT in shared memory); the
 //!                  apply worker answers with its position X (CATCHUP) and waits.
 //!   CATCHUP        streams its own slot from the origin's position (C, or later after a
-//!                  restart) and applies the changes of this table only, through the same receive
-//!                  loop and applier as the apply worker, until the stream reaches
+//!                  restart) and applies the changes of this table only (known by the
+//!                  publisher's OID, so under any name a rename gives it), through the same
+//!                  receive loop and applier as the apply worker, until the stream reaches
 //!                  `catchup_end(start, X)`; each applied transaction advances the sync origin.
 //!   SYNCDONE       commits SYNCDONE at that position (the apply worker applies the table's
 //!                  transactions from there on), then drops its slot and origin and exits.
@@ -385,10 +386,12 @@ fn catch_up(
     start: Lsn,
     end: Lsn,
 ) -> Option<Client> {
-    let client = client.or_else(|| connect(sub))?;
+    let mut client = client.or_else(|| connect(sub))?;
+    let remote_oid = remote_oid(sub, &mut client, rel);
     let (client, opts) = super::start_replication(client, sub, slot, std::slice::from_ref(rel), start, true)?;
     let only = SubRel { sync_state: SyncState::Ready, state_lsn: None, ..rel.clone() };
-    let applier = Applier::new(sub.subid, TableStates::only(only), opts.binary, sub.origin == "none", None);
+    let mut applier = Applier::new(sub.subid, TableStates::only(only), opts.binary, sub.origin == "none", None);
+    applier.own_table(rel.relid, remote_oid);
     let progress = Progress::for_sync_worker(sub.subid, start);
     let mut stream = Stream::new(sub.clone(), client, &opts, applier, progress, Some(end));
     stream.sync_relid = Some(rel.relid);
@@ -406,6 +409,23 @@ fn catch_up(
             client.close();
             connect(sub)
         }
+    }
+}
+
+/// The publisher's OID of the table under the name the catalog records (None when it has no
+/// table of that name now: renamed there since, and not followed here yet).
+fn remote_oid(sub: &Subscription, client: &mut Client, rel: &SubRel) -> Option<u32> {
+    let sql = format!(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = {} AND c.relname = {}",
+        pgsub_proto::client::quote_literal(&rel.remote_schema),
+        pgsub_proto::client::quote_literal(&rel.remote_name)
+    );
+    match client.simple_query(&sql) {
+        Ok(rows) => {
+            rows.into_iter().next().and_then(|r| r.values.into_iter().next().flatten()).and_then(|v| v.parse().ok())
+        }
+        Err(e) => fail(sub, &e, "could not look up the table on the publisher"),
     }
 }
 
