@@ -186,8 +186,24 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
     for (op, id) in [("update", 1), ("update", 2), ("update", 20), ("delete", 21), ("delete", 30)] {
         let line = format!("conflict detected on relation \"public.t\": conflict={op}_missing");
         assert!(log.contains(&line), "logged: {line}");
-        assert!(log.contains(&format!("Replica identity (id)=({id}).")), "the key of row {id} is logged:\n{log}");
+        // An UPDATE's new row too, as native 18 shows it.
+        let detail = match (op, id) {
+            ("update", 1) => "Remote row (1,one); replica identity (id)=(1).".to_string(),
+            ("update", _) => format!("Remote row ({id},run); replica identity (id)=({id})."),
+            _ => format!("Replica identity (id)=({id})."),
+        };
+        assert!(log.contains(&detail), "row {id} is logged with {detail}:\n{log}");
     }
+    assert_eq!(
+        one::<String>(
+            &s,
+            "SELECT string_agg(conflict_type || ' ' || coalesce(remote_row->>'v', '-'), ',' ORDER BY conflict_type) \
+             FROM pgsub.conflict_log WHERE key->>'id' IN ('1', '21')"
+        )
+        .await,
+        "delete_missing -,update_missing one",
+        "pgsub.conflict_log has an update_missing's remote row"
+    );
     assert_eq!(
         conflict_counters(&s).await,
         "conflicts=30 insert_exists=0 update_exists=0 update_missing=20 delete_missing=10 errors=0 apply_errors=0 sync_errors=0"
@@ -267,6 +283,38 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
 
     // The rows the subscriber lost on purpose go on the publisher too: both converge.
     p.batch_execute("DELETE FROM t WHERE id <= 30").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// A missing row of a REPLICA IDENTITY FULL table without a key here is logged as native 18 logs
+/// it: the UPDATE's new row, then `replica identity full` and the values looked for (a NULL as
+/// `null`); a DELETE's values alone.
+#[tokio::test(flavor = "current_thread")]
+async fn a_missing_row_under_replica_identity_full_is_logged_with_its_values() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE f (a int, b text)";
+    p.batch_execute(&format!(
+        "{ddl}; ALTER TABLE f REPLICA IDENTITY FULL; CREATE PUBLICATION pub FOR TABLE f;
+         INSERT INTO f VALUES (25, 'old'), (26, NULL), (27, 'x')"
+    ))
+    .await
+    .unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('f', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "f", WAIT).await;
+    s.batch_execute("DELETE FROM f WHERE a IN (25, 26)").await.unwrap();
+    p.batch_execute("UPDATE f SET a = 125 WHERE a = 25; DELETE FROM f WHERE a = 26; UPDATE f SET b = 'y' WHERE a = 27")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT b FROM f WHERE a = 27", "y", WAIT).await;
+    let log = nodes.subscriber.log();
+    for detail in ["Remote row (125,old); replica identity full (25, old).", "Replica identity full (26, null)."] {
+        assert!(log.contains(detail), "logged: {detail}\n{log}");
+    }
+    // The row the UPDATE missed, put back by hand: equal again.
+    s.batch_execute("INSERT INTO f VALUES (125, 'old')").await.unwrap();
     assert_replicated_equal(&p, &s).await;
 }
 

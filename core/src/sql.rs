@@ -56,6 +56,12 @@ pub struct Target<'a> {
     /// columns): an UPDATE or DELETE changes one of them, chosen by ctid.
     pub pick_one: bool,
     pub cols: &'a [Column],
+    /// Under FULL, when the row looked for is known: which key columns are NULL in it. Those
+    /// are matched with `IS NULL` and the others with the equality alone, so that the statement
+    /// has no `OR` per column: its generic plan can use an index on a key column, and each row
+    /// scanned costs one comparison per column (their parameters are still taken, unused).
+    /// None: any row, NULLs matching NULLs through an `OR`.
+    pub nulls: Option<&'a [bool]>,
     /// The local table's other columns a row is inserted with (not generated, not among
     /// `cols`): those only the subscriber has, which a replacing UPDATE carries over.
     pub kept: &'a [String],
@@ -194,6 +200,15 @@ impl Builder<'_, '_> {
         }
     }
 
+    /// Column `i` is NULL (not a composite of NULL fields).
+    fn is_null(&self, i: usize, col: &str) -> String {
+        if self.target.cols[i].row_type {
+            format!("pg_catalog.num_nulls({col}) OPERATOR(pg_catalog.=) 1")
+        } else {
+            format!("{col} IS NULL")
+        }
+    }
+
     /// Column `i` holds a value (a composite of NULL fields too).
     fn holds_value(&self, i: usize) -> String {
         let col = self.col(i);
@@ -211,7 +226,12 @@ impl Builder<'_, '_> {
             let col = self.col(i);
             let p = self.param(i);
             let has_eq = self.target.cols[i].eq_op.is_some();
-            parts.push(if self.target.full && !has_eq {
+            let null = self.target.nulls.map(|n| n.get(i).copied().unwrap_or(false));
+            parts.push(if self.target.full && null == Some(true) {
+                self.is_null(i, &col)
+            } else if self.target.full && has_eq && null == Some(false) {
+                format!("{col} {} {p}", self.eq(i))
+            } else if self.target.full && !has_eq {
                 // Only reached with a NULL value: a type without equality cannot identify a row
                 // otherwise (the worker refuses such values, as native does).
                 self.both_null(i, &col, &p)
@@ -439,7 +459,7 @@ mod tests {
     }
 
     fn target(cols: &[Column], full: bool, partitioned: bool) -> Target<'_> {
-        Target { qualified: "\"s\".\"t\"", partitioned, full, pick_one: full, cols, kept: &[] }
+        Target { qualified: "\"s\".\"t\"", partitioned, full, pick_one: full, cols, nulls: None, kept: &[] }
     }
 
     #[test]
@@ -561,6 +581,26 @@ mod tests {
              (\"j\" IS NULL AND $3 IS NULL) LIMIT 1)"
         );
         assert_eq!(p.argtypes, vec![INT4, TEXT, JSON]);
+    }
+
+    #[test]
+    fn full_identity_of_a_known_row_matches_without_an_or_per_column() {
+        let c = cols();
+        let nulls = [false, true, true];
+        let t = Target { nulls: Some(&nulls), ..target(&c, true, false) };
+        let p = build(&t, &Statement::Delete { key: vec![true, true, true] });
+        // `$2` and `$3` are taken (the caller passes every key column) and unused.
+        assert_eq!(
+            p.sql,
+            "DELETE FROM ONLY \"s\".\"t\" WHERE ctid = (SELECT ctid FROM ONLY \"s\".\"t\" WHERE \
+             \"id\" OPERATOR(pg_catalog.=) $1 AND \"we\"\"ird\" IS NULL AND \"j\" IS NULL LIMIT 1)"
+        );
+        assert_eq!(p.argtypes, vec![INT4, TEXT, JSON]);
+        let p = build(&t, &Statement::Find { key: vec![true, true, false], same: vec![false, false, false] });
+        assert_eq!(
+            p.sql,
+            "SELECT 1 FROM ONLY \"s\".\"t\" WHERE \"id\" OPERATOR(pg_catalog.=) $1 AND \"we\"\"ird\" IS NULL LIMIT 1"
+        );
     }
 
     #[test]

@@ -827,7 +827,7 @@ impl Applier {
                 if with_snapshot(|| local.uncomparable_candidate(remote, key_src, &key, &odd, binary, cxt)) {
                     no_equality(local.cols[first].typid);
                 }
-                let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
+                let target = with_snapshot(|| local.update_target(key_src, &key, full, &m.new, binary, cxt));
                 missing_row("UPDATE", &target);
                 return Some((local.relid, RowOutcome::Missing));
             }
@@ -847,7 +847,8 @@ impl Applier {
         // The new values of the set columns, then the key's: the parameters of an UPDATE and of
         // a replacing one.
         let run = |local: &mut LocalRel, stmt: PlanKey, ok: u32| {
-            let plan = local.plan(stmt, remote);
+            let nulls = local.null_keys(remote, key_src, &key);
+            let plan = local.plan_for_nulls(stmt, remote, nulls);
             let mut values = Vec::new();
             let mut nulls = Vec::new();
             in_context(cxt, || {
@@ -891,7 +892,7 @@ impl Applier {
                 return Some((local.relid, RowOutcome::Skipped));
             }
         }
-        let target = with_snapshot(|| local.row_target(key_src, &key, binary, cxt));
+        let target = with_snapshot(|| local.update_target(key_src, &key, full, &m.new, binary, cxt));
         missing_row("UPDATE", &target);
         Some((local.relid, RowOutcome::Missing))
     }
@@ -974,7 +975,7 @@ impl Applier {
                 if with_snapshot(|| local.uncomparable_candidate(remote, old, &key, &odd, binary, cxt)) {
                     no_equality(local.cols[first].typid);
                 }
-                let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
+                let target = with_snapshot(|| local.row_target(old, &key, full, binary, cxt));
                 missing_row("DELETE", &target);
                 return Some((local.relid, RowOutcome::Missing));
             }
@@ -993,7 +994,8 @@ impl Applier {
             }
         }
         let processed = with_snapshot(|| {
-            let plan = local.plan(PlanKey::Delete { key: key.clone() }, remote);
+            let nulls = local.null_keys(remote, old, &key);
+            let plan = local.plan_for_nulls(PlanKey::Delete { key: key.clone() }, remote, nulls);
             let mut values = Vec::new();
             let mut nulls = Vec::new();
             in_context(cxt, || {
@@ -1013,7 +1015,7 @@ impl Applier {
         if with_snapshot(|| local.holds_row(remote, old, &key, None, binary, cxt)) {
             return Some((local.relid, RowOutcome::Skipped));
         }
-        let target = with_snapshot(|| local.row_target(old, &key, binary, cxt));
+        let target = with_snapshot(|| local.row_target(old, &key, full, binary, cxt));
         missing_row("DELETE", &target);
         Some((local.relid, RowOutcome::Missing))
     }

@@ -234,7 +234,10 @@ impl Applier {
                     && with_snapshot(|| local.holds_row(remote, &batch.rows[i].new, &batch.key, None, binary, cxt))
             })
             .collect();
-        let target = |i: usize| with_snapshot(|| local.row_target(&batch.rows[i].new, &batch.key, binary, cxt));
+        let target = |i: usize| {
+            let new = &batch.rows[i].new;
+            with_snapshot(|| local.update_target(new, &batch.key, false, new, binary, cxt))
+        };
         let mut hit = 0;
         let missing = tally(&found, "UPDATE", &present, target, &mut hit);
         self.batched.updated(relid, hit);
@@ -321,7 +324,8 @@ impl Applier {
                     && with_snapshot(|| local.holds_row(remote, old_of(&batch.rows[i]), &batch.key, None, binary, cxt))
             })
             .collect();
-        let target = |i: usize| with_snapshot(|| local.row_target(old_of(&batch.rows[i]), &batch.key, binary, cxt));
+        let target =
+            |i: usize| with_snapshot(|| local.row_target(old_of(&batch.rows[i]), &batch.key, false, binary, cxt));
         let mut hit = 0;
         let missing = tally(&found, "DELETE", &present, target, &mut hit);
         self.batched.deleted(relid, hit);

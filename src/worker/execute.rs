@@ -197,10 +197,14 @@ pub(super) enum RowOutcome {
 /// `pgsub.conflict_log` row; `target` is what `LocalRel::row_target` gives.
 pub(super) fn missing_row(op: &str, target: &super::relation::RowTarget) {
     let verb = if op == "UPDATE" { "updated" } else { "deleted" };
-    let ctype = super::conflict::missing(op, &target.relation, target.key_json.as_deref());
+    let ctype =
+        super::conflict::missing(op, &target.relation, target.key_json.as_deref(), target.remote_json.as_deref());
     let mut detail = format!("Could not find the row to be {verb}.");
-    if let Some(k) = &target.key_text {
-        detail.push_str(&format!("\nReplica identity {k}."));
+    match (&target.remote_text, &target.key_text) {
+        (Some(r), Some(k)) => detail.push_str(&format!("\nRemote row {r}; replica identity {k}.")),
+        (Some(r), None) => detail.push_str(&format!("\nRemote row {r}.")),
+        (None, Some(k)) => detail.push_str(&format!("\nReplica identity {k}.")),
+        (None, None) => {}
     }
     detail.push_str("\nResolution: skip.");
     report::log(

@@ -63,7 +63,7 @@ pub(super) struct LocalRel {
     /// `ONLY ` for plain tables (partitioned tables route to their partitions).
     pub(super) only: &'static str,
     pub(super) cols: Vec<ColMap>,
-    pub(super) plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>,
+    pub(super) plans: HashMap<(PlanKey, Option<Vec<bool>>), pg_sys::SPIPlanPtr>,
     /// The table has statement-level INSERT triggers that fire during apply (enabled REPLICA or
     /// ALWAYS): its inserts are not loaded with COPY, which would fire them (`triggers.rs`).
     pub(super) stmt_insert_triggers: bool,
@@ -272,6 +272,9 @@ pub(super) struct RowTarget {
     pub(super) relation: String,
     pub(super) key_text: Option<String>,
     pub(super) key_json: Option<String>,
+    /// An UPDATE's new row (`LocalRel::update_target`), as native 18 shows it.
+    pub(super) remote_json: Option<String>,
+    pub(super) remote_text: Option<String>,
 }
 
 /// Relations whose local mapping must be rebuilt (set by the relcache callback).
@@ -415,7 +418,7 @@ pub(super) fn evict_plans(rels: &mut HashMap<u32, RelEntry>, max: usize, keep: u
     evicted
 }
 
-pub(super) fn free_plans(plans: HashMap<PlanKey, pg_sys::SPIPlanPtr>) {
+pub(super) fn free_plans(plans: HashMap<(PlanKey, Option<Vec<bool>>), pg_sys::SPIPlanPtr>) {
     if !plans.is_empty() {
         PLANNED.with(|c| c.set(c.get().saturating_sub(1)));
     }
@@ -563,7 +566,8 @@ impl LocalRel {
         cxt: pg_sys::MemoryContext,
     ) -> bool {
         let same_mask = same.map_or_else(|| vec![false; key.len()], |(_, m)| m.to_vec());
-        let plan = self.plan(PlanKey::Find { key: key.to_vec(), same: same_mask.clone() }, remote);
+        let nulls = self.null_keys(remote, t, key);
+        let plan = self.plan_for_nulls(PlanKey::Find { key: key.to_vec(), same: same_mask.clone() }, remote, nulls);
         let sources = [(t, key), (same.map_or(t, |(n, _)| n), same_mask.as_slice())];
         self.any_row(plan, &sources, binary, cxt)
     }
@@ -581,7 +585,8 @@ impl LocalRel {
         binary: bool,
         cxt: pg_sys::MemoryContext,
     ) -> bool {
-        let plan = self.plan(PlanKey::Uncomparable { key: key.to_vec(), odd: odd.to_vec() }, remote);
+        let nulls = self.null_keys(remote, t, key);
+        let plan = self.plan_for_nulls(PlanKey::Uncomparable { key: key.to_vec(), odd: odd.to_vec() }, remote, nulls);
         self.any_row(plan, &[(t, key)], binary, cxt)
     }
 
@@ -626,11 +631,17 @@ impl LocalRel {
         &self,
         t: &TupleData,
         key: &[bool],
+        full: bool,
         binary: bool,
         cxt: pg_sys::MemoryContext,
     ) -> RowTarget {
         let pairs = self.key_pairs(t, key, binary, cxt);
         let key_text = (!pairs.is_empty()).then(|| {
+            if full {
+                // Native 18's `replica identity full (…)`: the values alone.
+                let values: Vec<&str> = pairs.iter().map(|(_, v)| v.as_deref().unwrap_or("null")).collect();
+                return format!("full ({})", values.join(", "));
+            }
             // Names quoted only when needed, as PostgreSQL's own key details show them.
             let names: Vec<String> = pairs
                 .iter()
@@ -669,7 +680,22 @@ impl LocalRel {
             .flatten()
             .unwrap_or_else(|| self.qualified.clone())
         });
-        RowTarget { relation, key_text, key_json }
+        RowTarget { relation, key_text, key_json, remote_json: None, remote_text: None }
+    }
+
+    /// `row_target` of an UPDATE, with its new row `new`.
+    pub(super) fn update_target(
+        &self,
+        t: &TupleData,
+        key: &[bool],
+        full: bool,
+        new: &TupleData,
+        binary: bool,
+        cxt: pg_sys::MemoryContext,
+    ) -> RowTarget {
+        let mut target = self.row_target(t, key, full, binary, cxt);
+        (target.remote_json, target.remote_text) = super::conflict::remote_row(self, new, binary, cxt);
+        target
     }
 
     /// Whether the current user (the worker's: the subscription owner) may read local column `i`
@@ -823,6 +849,32 @@ impl LocalRel {
     /// The prepared plan for `key`, prepared and kept on first use (text from
     /// `pgsub_core::sql::build`).
     pub(super) fn plan(&mut self, key: PlanKey, remote: &Relation) -> pg_sys::SPIPlanPtr {
+        self.plan_for_nulls(key, remote, None)
+    }
+
+    /// Under REPLICA IDENTITY FULL: which `key` columns are NULL in `t`, the shape of the one-row
+    /// statements for that row (`sql::Target::nulls`); None when not FULL.
+    pub(super) fn null_keys(&self, remote: &Relation, t: &TupleData, key: &[bool]) -> Option<Vec<bool>> {
+        if remote.replica_identity != ReplicaIdentity::Full || self.identity_key.is_some() {
+            return None;
+        }
+        Some(
+            t.columns
+                .iter()
+                .enumerate()
+                .map(|(i, v)| key.get(i).copied().unwrap_or(false) && matches!(v, TupleValue::Null))
+                .collect(),
+        )
+    }
+
+    /// The prepared statement `key`, for a row whose FULL key columns `nulls` are NULL.
+    pub(super) fn plan_for_nulls(
+        &mut self,
+        key: PlanKey,
+        remote: &Relation,
+        nulls: Option<Vec<bool>>,
+    ) -> pg_sys::SPIPlanPtr {
+        let key = (key, nulls);
         if let Some(p) = self.plans.get(&key) {
             return *p;
         }
@@ -844,9 +896,10 @@ impl LocalRel {
             full: remote.replica_identity == ReplicaIdentity::Full && self.identity_key.is_none(),
             pick_one: self.picks_one_row(remote),
             cols: &cols,
+            nulls: key.1.as_deref(),
             kept: &self.kept,
         };
-        let built = sql::build(&target, &key);
+        let built = sql::build(&target, &key.0);
         let sql = built.sql;
         let mut argtypes: Vec<pg_sys::Oid> = built.argtypes.into_iter().map(pg_sys::Oid::from).collect();
         let options = if built.generic_plan { pg_sys::CURSOR_OPT_GENERIC_PLAN as i32 } else { 0 };

@@ -35,7 +35,7 @@ pub(super) struct Record {
 
 /// A missing row (logged by `execute::missing_row`): recorded, skipped under every policy.
 /// `key` is the key looked for as a JSON object. Returns its type.
-pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>) -> ConflictType {
+pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>, remote_row: Option<&str>) -> ConflictType {
     let ctype = if op == "UPDATE" { ConflictType::UpdateMissing } else { ConflictType::DeleteMissing };
     // The LOG line is missing_row's; only the log table's row is written here.
     super::super::execute::with_snapshot(|| {
@@ -44,7 +44,7 @@ pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>) -> ConflictTy
             relation: relation.to_string(),
             key: key.map(str::to_string),
             local_row: None,
-            remote_row: None,
+            remote_row: remote_row.map(str::to_string),
             resolution: "skip",
             local: None,
             what: String::new(),
