@@ -12,17 +12,9 @@ set -euo pipefail
 BIN=${PG_BIN:-$(dirname "$0")/../target/pg/18/bin}
 D=${FULL_DIR:-/tmp/pgsub-full-identity}
 REPS=${REPS:-3}
-rm -rf "$D"
-mkdir -p "$D"
-chown postgres "$D"
-as_postgres() { runuser -u postgres -- "$@"; }
-as_postgres "$BIN/initdb" -D "$D/pub" -A trust -U postgres >/dev/null
-as_postgres "$BIN/initdb" -D "$D/sub" -A trust -U postgres >/dev/null
-printf '%s\n' "wal_level=logical" "max_wal_senders=10" "max_replication_slots=10" >>"$D/pub/postgresql.conf"
-printf '%s\n' "shared_preload_libraries='pgsub'" "max_worker_processes=16" >>"$D/sub/postgresql.conf"
-as_postgres "$BIN/pg_ctl" -D "$D/pub" -o "-p 56193 -k $D -c listen_addresses=''" -l "$D/pub.log" start >/dev/null
-as_postgres "$BIN/pg_ctl" -D "$D/sub" -o "-p 56194 -k $D -c listen_addresses=''" -l "$D/sub.log" start >/dev/null
-trap 'as_postgres "$BIN/pg_ctl" -D "$D/sub" stop -m fast >/dev/null; as_postgres "$BIN/pg_ctl" -D "$D/pub" stop -m fast >/dev/null' EXIT
+# shellcheck source-path=SCRIPTDIR source=lib/pair.sh
+. "$(dirname "$0")/lib/pair.sh"
+pair_start "$BIN" "$D" 56193 56194
 pub() { "$BIN/psql" -X -q -h "$D" -p 56193 -U postgres "$@"; }
 sub() { "$BIN/psql" -X -q -h "$D" -p 56194 -U postgres "$@"; }
 ddl="CREATE TABLE w (id int, t text, n numeric, ts timestamptz, f float8, j jsonb, z text)"

@@ -9,17 +9,9 @@ set -euo pipefail
 BIN=${PG_BIN:-$(dirname "$0")/../target/pg/18/bin}
 D=${SYNC_DIR:-/tmp/pgsub-many-tables}
 N=${N:-100}
-rm -rf "$D"
-mkdir -p "$D"
-chown postgres "$D"
-as_postgres() { runuser -u postgres -- "$@"; }
-as_postgres "$BIN/initdb" -D "$D/pub" -A trust -U postgres >/dev/null
-as_postgres "$BIN/initdb" -D "$D/sub" -A trust -U postgres >/dev/null
-printf '%s\n' "wal_level=logical" "max_wal_senders=20" "max_replication_slots=20" >>"$D/pub/postgresql.conf"
-printf '%s\n' "shared_preload_libraries='pgsub'" "max_worker_processes=16" >>"$D/sub/postgresql.conf"
-as_postgres "$BIN/pg_ctl" -D "$D/pub" -o "-p 56191 -k $D -c listen_addresses=''" -l "$D/pub.log" start >/dev/null
-as_postgres "$BIN/pg_ctl" -D "$D/sub" -o "-p 56192 -k $D -c listen_addresses=''" -l "$D/sub.log" start >/dev/null
-trap 'as_postgres "$BIN/pg_ctl" -D "$D/sub" stop -m fast >/dev/null; as_postgres "$BIN/pg_ctl" -D "$D/pub" stop -m fast >/dev/null' EXIT
+# shellcheck source-path=SCRIPTDIR source=lib/pair.sh
+. "$(dirname "$0")/lib/pair.sh"
+pair_start "$BIN" "$D" 56191 56192
 pub_sql=""
 sub_sql=""
 for i in $(seq 1 "$N"); do

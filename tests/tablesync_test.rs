@@ -815,6 +815,16 @@ async fn rename_on_both_sides_after_the_copy(nodes: &TwoNodes, sub: &str) -> (Cl
     (p, s)
 }
 
+/// Lifts the hold of `rename_on_both_sides_after_the_copy`'s table: it becomes ready with all
+/// 200 rows, equal, and its sync slot is gone.
+async fn release_renamed_table(nodes: &TwoNodes, p: &Client, s: &Client) {
+    set_sync_hold(&nodes.subscriber, s, "").await;
+    wait_value(s, &state_sql("t2"), "ready", WAIT).await;
+    assert_eq!(one::<i64>(s, "SELECT count(*) FROM t2").await, 200);
+    assert_equal(p, s).await;
+    assert_no_sync_slot_left(p).await;
+}
+
 /// A table renamed on the publisher and here between its copy and the end of its catch-up: the
 /// sync worker applies the changes under the old name (which no local table has any more) and
 /// those under the new one to its table. It failed on the old name's (`does not exist`), and
@@ -825,11 +835,7 @@ async fn rename_on_both_sides_after_the_copy(nodes: &TwoNodes, sub: &str) -> (Cl
 async fn a_table_renamed_on_both_sides_during_its_catch_up_loses_nothing() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = rename_on_both_sides_after_the_copy(&nodes, "r").await;
-    set_sync_hold(&nodes.subscriber, &s, "").await;
-    wait_value(&s, &state_sql("t2"), "ready", WAIT).await;
-    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t2").await, 200);
-    assert_equal(&p, &s).await;
-    assert_no_sync_slot_left(&p).await;
+    release_renamed_table(&nodes, &p, &s).await;
 }
 
 /// The same, with the sync worker started again after the apply worker recorded the new name:
@@ -855,11 +861,7 @@ async fn a_sync_worker_started_after_a_rename_on_both_sides_applies_the_old_name
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    set_sync_hold(&nodes.subscriber, &s, "").await;
-    wait_value(&s, &state_sql("t2"), "ready", WAIT).await;
-    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t2").await, 200);
-    assert_equal(&p, &s).await;
-    assert_no_sync_slot_left(&p).await;
+    release_renamed_table(&nodes, &p, &s).await;
 }
 
 /// The apply worker whose position is a table's catch-up end (X) exits while the table's sync
