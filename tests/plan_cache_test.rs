@@ -114,3 +114,44 @@ async fn eviction_of_prepared_statements_keeps_applying_every_change() {
         assert!(nums[0] <= nums[1] && nums[1] <= 2, "at most the bound keep plans: {l:?}");
     }
 }
+
+/// A REPLICA IDENTITY FULL table (no key here) whose rows have NULLs in many columns: each
+/// row's UPDATE and DELETE are prepared for its pattern of NULLs, up to a bound per relation
+/// (`relation.rs`, 64 statements), and by the statement that matches any row beyond it. 256
+/// patterns (8 nullable columns), each row updated then deleted: every change applied, equal.
+#[tokio::test(flavor = "current_thread")]
+async fn full_identity_rows_of_many_null_patterns_are_all_found() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let cols: Vec<String> = (0..8).map(|b| format!("c{b} int")).collect();
+    let ddl = format!("CREATE TABLE f (id int, {}, v text)", cols.join(", "));
+    p.batch_execute(&format!("{ddl}; ALTER TABLE f REPLICA IDENTITY FULL; CREATE PUBLICATION fp FOR TABLE f"))
+        .await
+        .expect("publisher");
+    s.batch_execute(&ddl).await.expect("subscriber");
+    s.execute("SELECT pgsub.create_subscription('f', $1, ARRAY['fp'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create_subscription");
+    wait_for_subscription_sync(&s, "f", WAIT).await;
+    // Row g has column cb NULL where bit b of g is set.
+    let values: Vec<String> = (0..8).map(|b| format!("CASE WHEN g & {} = 0 THEN g END", 1 << b)).collect();
+    p.batch_execute(&format!("INSERT INTO f SELECT g, {}, 'new' FROM generate_series(0, 255) g", values.join(", ")))
+        .await
+        .expect("rows");
+    p.batch_execute(
+        "UPDATE f SET v = 'updated'; DELETE FROM f WHERE id % 3 = 0; INSERT INTO f (id, v) VALUES (1000, 'last')",
+    )
+    .await
+    .expect("changes");
+    wait_value(&s, "SELECT count(*) FROM f WHERE id = 1000", "1", WAIT).await;
+    let counts: String =
+        pgsub_tests::one(&s, "SELECT format('%s %s', count(*), count(*) FILTER (WHERE v = 'updated')) FROM f").await;
+    assert_eq!(counts, "171 170", "170 rows updated and kept, 86 deleted, one inserted");
+    let missing: i64 = pgsub_tests::one(
+        &s,
+        "SELECT coalesce(sum(confl_update_missing + confl_delete_missing), 0)::int8 FROM pgsub.stat_subscription",
+    )
+    .await;
+    assert_eq!(missing, 0, "no row was missed");
+    assert_replicated_equal(&p, &s).await;
+}

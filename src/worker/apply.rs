@@ -567,12 +567,19 @@ impl Applier {
             return None;
         }
         let by_name = self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end);
-        let own = self.own.as_mut().and_then(|o| {
+        let mut own = None;
+        if let Some(o) = self.own.as_mut() {
             if o.remote_oid.is_none() && by_name {
                 o.remote_oid = Some(rel_oid);
             }
-            (by_name || o.remote_oid == Some(rel_oid)).then_some(o.relid)
-        });
+            match o.remote_oid {
+                // Its table, under whatever name; once known, the OID alone decides: another
+                // publisher table may carry the recorded name by now (swapped, created again).
+                Some(r) if r == rel_oid => own = Some(o.relid),
+                Some(_) => return None,
+                None => {}
+            }
+        }
         if own.is_some() {
             if !by_name && !entry.unlisted_seen {
                 // Its table under a name the catalog does not record: renamed on the publisher.

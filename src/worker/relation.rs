@@ -874,9 +874,17 @@ impl LocalRel {
         remote: &Relation,
         nulls: Option<Vec<bool>>,
     ) -> pg_sys::SPIPlanPtr {
-        let key = (key, nulls);
+        let mut key = (key, nulls);
         if let Some(p) = self.plans.get(&key) {
             return *p;
+        }
+        // Patterns of NULLs are many on a wide table with NULLs all over: past a bound the
+        // statement that matches any row serves the rest.
+        if key.1.is_some() && self.plans.len() >= MAX_PLANS_PER_RELATION {
+            key.1 = None;
+            if let Some(p) = self.plans.get(&key) {
+                return *p;
+            }
         }
         let cols: Vec<sql::Column> = self
             .cols
@@ -920,6 +928,10 @@ impl LocalRel {
         plan
     }
 }
+
+/// Prepared statements a relation keeps before its REPLICA IDENTITY FULL statements stop being
+/// prepared per pattern of NULL columns (`LocalRel::plan_for_nulls`).
+const MAX_PLANS_PER_RELATION: usize = 64;
 
 /// Whether text values need converting from UTF8 to this database's encoding (not UTF8, nor
 /// SQL_ASCII, which takes bytes as they are).
