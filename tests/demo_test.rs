@@ -809,7 +809,7 @@ fn linter(name: &str) -> Option<PathBuf> {
 }
 
 /// Every shell script of the repository: what shellcheck checks.
-const SHELL_SCRIPTS: [&str; 15] = [
+const SHELL_SCRIPTS: [&str; 17] = [
     "scripts/demo",
     "scripts/setup",
     "scripts/test",
@@ -822,6 +822,8 @@ const SHELL_SCRIPTS: [&str; 15] = [
     "docker/initdb/subscriber.sh",
     "bench/run",
     "bench/many_small_tables.sh",
+    "bench/full_identity.sh",
+    "bench/lib/pair.sh",
     "bench/scale.sh",
     "bench/latency",
     "bench/verify",
