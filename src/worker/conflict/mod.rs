@@ -136,7 +136,6 @@ pub fn complete_streamed(commit_time: i64, finish_lsn: Lsn) {
     }
 }
 
-/// Counts a conflict on local table `relid` (added to the counters with the transaction's).
 /// The remote row of an `update_missing` conflict (its new tuple's values; columns it did not
 /// send left out): as JSON for `pgsub.conflict_log` and as text for the log line, as the other
 /// conflict types show theirs.
@@ -149,6 +148,7 @@ pub(super) fn remote_row(
     remote_rows(local, &RemoteValues::of(local, t, binary, cxt), None)
 }
 
+/// Counts a conflict on local table `relid` (added to the counters with the transaction's).
 pub(super) fn count(relid: pg_sys::Oid, t: ConflictType) {
     STATE.with_borrow_mut(|s| s.counted.push((relid, t, 1)));
 }
