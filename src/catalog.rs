@@ -483,6 +483,22 @@ pub fn rename_remote_table(subid: i32, relid: pg_sys::Oid, schema: &str, name: &
     })
 }
 
+/// Local tables `a` and `b` swap their remote names, `a` taking `b_key` and `b` taking `a_key`
+/// (renamed so on the publisher and here). The names are unique per subscription, checked row by
+/// row: `a` goes through a name no table has (an empty schema name). As superuser.
+pub fn swap_remote_tables(
+    subid: i32,
+    a: pg_sys::Oid,
+    a_key: (&str, &str),
+    b: pg_sys::Oid,
+    b_key: (&str, &str),
+) -> SpiResult<()> {
+    let temp = format!("pgsub swap {}", a.to_u32());
+    rename_remote_table(subid, a, "", &temp)?;
+    rename_remote_table(subid, b, a_key.0, a_key.1)?;
+    rename_remote_table(subid, a, b_key.0, b_key.1)
+}
+
 /// A table's copy committed: FINISHEDCOPY at the copy point `lsn`, with its row count and local
 /// table. As superuser.
 pub fn set_table_copied(

@@ -621,9 +621,12 @@ impl Applier {
                     return None;
                 }
                 if let Some(recorded) = self.tables.relid_of(&entry.remote.namespace, &entry.remote.name) {
-                    entry.replaced_by = relation::replaced(&entry.remote, recorded);
-                    if entry.replaced_by.is_some() {
-                        return None;
+                    if let Some(found) = relation::other_local(&entry.remote, recorded) {
+                        if !swap_names(&mut self.tables, self.subid, &entry.remote, recorded, found) {
+                            relation::warn_replaced(&entry.remote, recorded, found);
+                            entry.replaced_by = Some(found);
+                            return None;
+                        }
                     }
                 }
             }
@@ -1106,6 +1109,50 @@ pub fn local_gid(subid: i32, xid: u32) -> String {
 /// table was renamed on the publisher and here alike), it follows the rename, as native apply
 /// does (it keeps tables by their local OID): recorded under the new name in this transaction
 /// and applied. False when it is not such a table.
+/// Two of the subscription's tables whose names were swapped on the publisher and here (a
+/// change of `remote` finds local table `found`, recorded under another name, where the
+/// subscription recorded `recorded`): as native, which binds each remote table to the local table
+/// of its name, the records swap names and the changes go to `found`. Only between ready tables:
+/// a table still being synchronized is known by name to its sync worker's records, so a swap with
+/// it is left to the WARNING (`relation::warn_replaced`). False when it is no such swap.
+fn swap_names(
+    tables: &mut super::tables::TableStates,
+    subid: i32,
+    remote: &pgsub_proto::pgoutput::Relation,
+    recorded: u32,
+    found: u32,
+) -> bool {
+    let Some((found_schema, found_name)) = tables.key_of(found) else { return false };
+    if !tables.is_ready(found) || !tables.is_ready(recorded) {
+        return false;
+    }
+    let r = with_snapshot(|| {
+        crate::catalog::swap_remote_tables(
+            subid,
+            pg_sys::Oid::from(recorded),
+            (&remote.namespace, &remote.name),
+            pg_sys::Oid::from(found),
+            (&found_schema, &found_name),
+        )
+    });
+    if let Err(e) = r {
+        report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+    }
+    tables.swap(recorded, found);
+    let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
+    let other = format!("{}.{}", quote_ident(&found_schema), quote_ident(&found_name));
+    report::log(
+        PgLogLevel::LOG,
+        Code::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!(
+            "pgsub: tables {qualified} and {other} of the subscription swapped names on the publisher and here: each one's changes are applied under its new name"
+        ),
+        Some(format!("The subscription now records table oid {found} as {qualified} and table oid {recorded} as {other}.")),
+        None,
+    );
+    true
+}
+
 fn follow_rename(
     tables: &mut super::tables::TableStates,
     subid: i32,

@@ -241,18 +241,26 @@ fn refuse_non_table(remote: &Relation, relkind: &str) {
 /// The local table of the remote relation's name, when it is not `recorded`, the table the
 /// subscription holds for it: the oid of the other table. As natively (the subscription's table
 /// state is kept by local table there), a table dropped and created again here, or one renamed
-/// into the place of the subscription's (a swap), is not the subscription's until it is
-/// refreshed, which copies the new one: its changes are not applied meanwhile — pgsub says so
-/// once with a WARNING, where native is silent. A relation of that name that is no table (a view)
-/// is native's error. A table of that name missing altogether is left to the binding, whose error
-/// names it.
-pub(super) fn replaced(remote: &Relation, recorded: u32) -> Option<u32> {
+/// into the place of the subscription's, is not the subscription's until it is refreshed, which
+/// copies the new one: its changes are not applied meanwhile (`warn_replaced`). Another of the
+/// subscription's tables that took the name (two tables' names swapped on both sides) is the
+/// apply worker's to follow (`apply::swap_names`). A relation of that name that is no table (a
+/// view) is native's error. A table of that name missing altogether is left to the binding, whose
+/// error names it.
+pub(super) fn other_local(remote: &Relation, recorded: u32) -> Option<u32> {
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
     let (found, relkind) = super::execute::with_snapshot(|| super::relcat::relation(&qualified))?;
     if found.to_u32() == recorded {
         return None;
     }
     refuse_non_table(remote, &relkind);
+    Some(found.to_u32())
+}
+
+/// Says once that the changes of `remote` are not applied: local table `found`, which is not the
+/// subscription's, has the name of its table `recorded` (`other_local`). Native is silent.
+pub(super) fn warn_replaced(remote: &Relation, recorded: u32, found: u32) {
+    let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
     report::log(
         PgLogLevel::WARNING,
         Code::ERRCODE_WARNING,
@@ -262,7 +270,6 @@ pub(super) fn replaced(remote: &Relation, recorded: u32) -> Option<u32> {
         )),
         Some("Refresh the subscription (pgsub.refresh_subscription) to copy the new table, or rename the old one back; the changes meanwhile are not applied."),
     );
-    Some(found.to_u32())
 }
 
 /// Where a remote UPDATE or DELETE found no row (`LocalRel::row_target`): the relation (the

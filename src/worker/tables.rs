@@ -136,6 +136,26 @@ impl TableStates {
         }
     }
 
+    /// Whether local table `relid` is one of the subscription's and ready.
+    pub(super) fn is_ready(&self, relid: u32) -> bool {
+        self.relids.get(&relid).and_then(|key| self.states.get(key)).is_some_and(|(st, _)| *st == SyncState::Ready)
+    }
+
+    /// Local tables `a` and `b` swapped their remote names (`apply::swap_names`): each takes the
+    /// other's, with its own state.
+    pub(super) fn swap(&mut self, a: u32, b: u32) {
+        let (Some(ka), Some(kb)) = (self.relids.get(&a).cloned(), self.relids.get(&b).cloned()) else { return };
+        let (va, vb) = (self.states.remove(&ka), self.states.remove(&kb));
+        if let Some(v) = va {
+            self.states.insert(kb.clone(), v);
+        }
+        if let Some(v) = vb {
+            self.states.insert(ka.clone(), v);
+        }
+        self.relids.insert(a, kb);
+        self.relids.insert(b, ka);
+    }
+
     /// The local table the subscription recorded for a remote table (None: none recorded).
     pub(super) fn relid_of(&self, schema: &str, name: &str) -> Option<u32> {
         self.relids
