@@ -892,9 +892,7 @@ async fn two_tables_swapped_on_both_sides_go_on_without_a_refresh() {
     let ddl = "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, w int);
                CREATE TABLE marker (id int PRIMARY KEY)";
     let (p, s) = drift_setup(&nodes, ddl).await;
-    p.batch_execute("INSERT INTO a VALUES (1, 'a1'), (2, 'a2'); INSERT INTO b VALUES (1, 10), (2, 20)")
-        .await
-        .unwrap();
+    p.batch_execute("INSERT INTO a VALUES (1, 'a1'), (2, 'a2'); INSERT INTO b VALUES (1, 10), (2, 20)").await.unwrap();
     converge(&p, &s).await;
     let swap = "BEGIN; ALTER TABLE a RENAME TO tmp; ALTER TABLE b RENAME TO a; ALTER TABLE tmp RENAME TO b; COMMIT";
     s.batch_execute(swap).await.unwrap();

@@ -188,8 +188,8 @@ async fn conflicts_by_type_survive_a_clean_restart_and_reset() {
         assert!(log.contains(&line), "logged: {line}");
         // An UPDATE's new row too, as native 18 shows it.
         let detail = match (op, id) {
-            ("update", 1) => "Remote row (1,one); replica identity (id)=(1).".to_string(),
-            ("update", _) => format!("Remote row ({id},run); replica identity (id)=({id})."),
+            ("update", 1) => "Remote row (1, one); replica identity (id)=(1).".to_string(),
+            ("update", _) => format!("Remote row ({id}, run); replica identity (id)=({id})."),
             _ => format!("Replica identity (id)=({id})."),
         };
         assert!(log.contains(&detail), "row {id} is logged with {detail}:\n{log}");
@@ -310,11 +310,47 @@ async fn a_missing_row_under_replica_identity_full_is_logged_with_its_values() {
         .unwrap();
     wait_value(&s, "SELECT b FROM f WHERE a = 27", "y", WAIT).await;
     let log = nodes.subscriber.log();
-    for detail in ["Remote row (125,old); replica identity full (25, old).", "Replica identity full (26, null)."] {
+    for detail in ["Remote row (125, old); replica identity full (25, old).", "Replica identity full (26, null)."] {
         assert!(log.contains(detail), "logged: {detail}\n{log}");
     }
     // The row the UPDATE missed, put back by hand: equal again.
     s.batch_execute("INSERT INTO f VALUES (125, 'old')").await.unwrap();
+    assert_replicated_equal(&p, &s).await;
+}
+
+/// A conflict's rows are shown as PostgreSQL shows a row in its messages
+/// (`ExecBuildSlotValueDescription`): values separated by `, `, unquoted, NULL as `null`, each cut
+/// to 64 bytes on a whole character and ended with `...`. pgsub showed `ROW(…)::text`
+/// (`(1,"a b, c",,…)`), every value whole.
+#[tokio::test(flavor = "current_thread")]
+async fn a_conflicts_rows_are_shown_as_postgresql_shows_a_row() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE r (id int PRIMARY KEY, v text, n int, w text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE r")).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('r', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "r", WAIT).await;
+    // 40 two-byte characters (80 bytes) here; 70 one-byte ones there.
+    s.batch_execute("INSERT INTO r VALUES (1, 'a b, c', NULL, repeat('é', 40))").await.unwrap();
+    p.batch_execute("INSERT INTO r VALUES (1, '(x)', 5, repeat('x', 70))").await.unwrap();
+    let err = wait_for_subscription_error(&s, "r", &["conflict=insert_exists"], WAIT).await;
+    let local = format!("existing local row (1, a b, c, null, {}...)", "é".repeat(32));
+    let remote = format!("remote row (1, (x), 5, {}...)", "x".repeat(64));
+    assert!(err.contains(&format!("Key (id)=(1); {local}; {remote}.")), "{err}");
+    // The logged rows keep every value whole.
+    let logged = "SELECT count(*) > 0 FROM pgsub.conflict_log WHERE conflict_type = 'insert_exists'";
+    wait_value(&s, logged, "t", WAIT).await;
+    let logged: String = one(
+        &s,
+        "SELECT (local_row->>'w') || '|' || (remote_row->>'w') FROM pgsub.conflict_log
+          WHERE conflict_type = 'insert_exists' LIMIT 1",
+    )
+    .await;
+    assert_eq!(logged, format!("{}|{}", "é".repeat(40), "x".repeat(70)));
+    s.batch_execute("DELETE FROM r").await.unwrap();
+    wait_value(&s, "SELECT n::text FROM r WHERE id = 1", "5", WAIT).await;
     assert_replicated_equal(&p, &s).await;
 }
 
@@ -572,7 +608,7 @@ async fn a_unique_expression_index_is_a_unique_key() {
     p.batch_execute("INSERT INTO ex VALUES (1, 'abc'); INSERT INTO ex VALUES (2, 'other')").await.unwrap();
     let err = wait_for_subscription_error(&s, "x", &["conflict=insert_exists"], WAIT).await;
     assert!(err.contains("\"ex_lower_b\""), "the index is named: {err}");
-    assert!(err.contains("(100,ABC)"), "the local row is shown: {err}");
+    assert!(err.contains("(100, ABC)"), "the local row is shown: {err}");
     let logged: String =
         one(&s, "SELECT string_agg(DISTINCT conflict_type || ' ' || (local_row ->> 'a'), ',') FROM pgsub.conflict_log")
             .await;

@@ -645,8 +645,11 @@ impl LocalRel {
         let pairs = self.key_pairs(t, key, binary, cxt);
         let key_text = (!pairs.is_empty()).then(|| {
             if full {
-                // Native 18's `replica identity full (…)`: the values alone.
-                let values: Vec<&str> = pairs.iter().map(|(_, v)| v.as_deref().unwrap_or("null")).collect();
+                // Native 18's `replica identity full (…)`: the values alone, cut as a row's.
+                let values: Vec<std::borrow::Cow<str>> = pairs
+                    .iter()
+                    .map(|(_, v)| v.as_deref().map_or("null".into(), super::conflict::clip_value))
+                    .collect();
                 return format!("full ({})", values.join(", "));
             }
             // Names quoted only when needed, as PostgreSQL's own key details show them.

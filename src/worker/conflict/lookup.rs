@@ -148,13 +148,29 @@ pub(super) fn json_of(pairs: Vec<(String, String)>) -> Option<String> {
     Some(parts.join(" OPERATOR(pg_catalog.||) "))
 }
 
-/// `ROW(…)::text` of the given expressions (NULL when there are none): a row as PostgreSQL's
-/// messages show one.
+/// The text of a row as PostgreSQL's messages show one (`ExecBuildSlotValueDescription`):
+/// `(1, quux, null)`, each value its type's output, cut to at most 64 bytes (a whole character)
+/// and `...` when longer. NULL when there are no expressions.
 pub(super) fn row_of(exprs: Vec<String>) -> String {
     if exprs.is_empty() {
         return "NULL::text".into();
     }
-    format!("ROW({})::text", exprs.join(", "))
+    let values: Vec<String> = exprs.iter().map(|e| clipped(&format!("({e})::pg_catalog.text"))).collect();
+    format!(
+        "('(' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(ARRAY[{}]::pg_catalog.text[], ', ', 'null') OPERATOR(pg_catalog.||) ')')",
+        values.join(", ")
+    )
+}
+
+/// `v` (a text expression) cut as `row_of` says; the cut only for a value over 64 bytes.
+fn clipped(v: &str) -> String {
+    format!(
+        "CASE WHEN pg_catalog.octet_length({v}) OPERATOR(pg_catalog.<=) {MAX} THEN {v} \
+         ELSE (SELECT pg_catalog.left(s.v, n) OPERATOR(pg_catalog.||) '...' FROM (SELECT {v}) s(v), \
+               pg_catalog.generate_series({MAX}, 1, -1) n \
+               WHERE pg_catalog.octet_length(pg_catalog.left(s.v, n)) OPERATOR(pg_catalog.<=) {MAX} LIMIT 1) END",
+        MAX = super::MAX_FIELD_BYTES
+    )
 }
 
 /// `(a, b)=(1, x)` of the readable columns among `cols`, from the remote values.

@@ -36,6 +36,22 @@ use pgrx::prelude::*;
 use pgsub_proto::client::quote_ident;
 use pgsub_proto::Lsn;
 pub(crate) use record::json_string;
+
+/// How much of a value PostgreSQL's messages show of a row (`ExecBuildSlotValueDescription`'s
+/// `maxfieldlen`): longer values are cut there, on a character, and end with `...`.
+pub(crate) const MAX_FIELD_BYTES: usize = 64;
+
+/// `value` cut as PostgreSQL's messages cut a row's values (`MAX_FIELD_BYTES`).
+pub(crate) fn clip_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_FIELD_BYTES {
+        return value.into();
+    }
+    let mut end = MAX_FIELD_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &value[..end]).into()
+}
 pub(super) use record::missing;
 pub use record::write_pending_after_abort;
 use record::{raise, write};

@@ -30,6 +30,8 @@ pub(super) struct Record {
     /// The key and rows as PostgreSQL's messages show them, for the log line.
     pub(super) key_text: Option<String>,
     pub(super) local_text: Option<String>,
+    /// `local_text` lists more than one row.
+    pub(super) several_local: bool,
     pub(super) remote_text: Option<String>,
 }
 
@@ -50,6 +52,7 @@ pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>, remote_row: O
             what: String::new(),
             key_text: None,
             local_text: None,
+            several_local: false,
             remote_text: None,
         })
     });
@@ -128,6 +131,7 @@ pub(super) fn record(
             Some(key_texts.join(", key "))
         },
         local_text,
+        several_local: rows.len() > 1,
         remote_text,
     }
 }
@@ -181,8 +185,7 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
         parts.push(format!("Key {k}"));
     }
     if let Some(l) = &rec.local_text {
-        let several = rec.local_text.as_deref().is_some_and(|t| t.contains("), ("));
-        parts.push(format!("existing local row{} {l}", if several { "s" } else { "" }));
+        parts.push(format!("existing local row{} {l}", if rec.several_local { "s" } else { "" }));
     }
     if let Some(r) = &rec.remote_text {
         parts.push(format!("remote row {r}"));
