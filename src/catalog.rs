@@ -945,6 +945,26 @@ pub fn is_partitioned(relid: pg_sys::Oid) -> bool {
     unsafe { pg_sys::get_rel_relkind(relid) }.cast_unsigned() == b'p'
 }
 
+/// Whether the table has a key that a second copy of a row cannot pass: a valid, non-partial
+/// unique index on columns (no expressions) that are NOT NULL or compared `NULLS NOT DISTINCT`.
+/// The initial copy into a table that already has rows appends the publisher's rows (as
+/// natively) only to such a table: a row that is there already stops the copy with a unique
+/// violation instead of being doubled silently.
+pub fn has_unique_key(relid: pg_sys::Oid) -> bool {
+    read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+           WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
+             AND (i.indisprimary OR i.indnullsnotdistinct OR NOT EXISTS ( \
+                  SELECT 1 FROM pg_catalog.pg_attribute a \
+                   WHERE a.attrelid = i.indrelid AND NOT a.attnotnull \
+                     AND a.attnum OPERATOR(pg_catalog.=) ANY ((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]))))",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// What `pgsub.wait_for_catchup` looks at in the catalog on every poll: whether the subscription
 /// still exists and is enabled, and how many of its tables have not finished their initial copy
 /// (neither synchronized nor ready).

@@ -3,7 +3,7 @@
 //! survives a crash mid-copy, picks up tables added by refresh, refuses non-empty tables (unless
 //! another subscription replicates into them: publishers consolidated into one table), and
 //! travels in binary format only where both sides' types match.
-use pgsub_tests::{assert_replicated_equal_within, wait_for_subscription_sync, wait_value, Cluster, TwoNodes};
+use pgsub_tests::{assert_replicated_equal_within, one, wait_for_subscription_sync, wait_value, Cluster, TwoNodes};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -193,34 +193,51 @@ async fn crash_during_copy_redoes_it_cleanly() {
     assert_eq!(slots, 1);
 }
 
+/// `copy_data => true` into tables that already have rows: one with a key takes the publisher's
+/// rows beside its own, as natively (with a NOTICE); one without a key is refused, its rows would
+/// be doubled silently (native appends anyway). Then a refresh copies a table added to the
+/// publication and stops applying one removed from it.
 #[tokio::test(flavor = "current_thread")]
-async fn refresh_copies_added_tables_and_non_empty_tables_are_refused() {
+async fn refresh_copies_added_tables_and_non_empty_keyless_tables_are_refused() {
     let nodes = TwoNodes::start().expect("start");
     let p = nodes.publisher.client("postgres").await.unwrap();
-    let s = nodes.subscriber.client("postgres").await.unwrap();
-    let ddl = "CREATE TABLE t1 (id int PRIMARY KEY, v text); CREATE TABLE t2 (id int PRIMARY KEY, v text);";
+    let (s, notices) = nodes.subscriber.client_with_notices("postgres").await.unwrap();
+    let ddl = "CREATE TABLE t1 (id int PRIMARY KEY, v text); CREATE TABLE t2 (id int PRIMARY KEY, v text);
+               CREATE TABLE k (id int, v text)";
     p.batch_execute(ddl).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
     p.batch_execute(
         "INSERT INTO t1 SELECT g, 'a' FROM generate_series(1, 50) g;
          INSERT INTO t2 SELECT g, 'b' FROM generate_series(1, 70) g;
-         CREATE PUBLICATION pub FOR TABLE t1;",
+         INSERT INTO k VALUES (1, 'k');
+         CREATE PUBLICATION pub FOR TABLE t1, k;",
     )
     .await
     .unwrap();
-    // A local table that already has rows is refused, with the documented hint.
-    s.batch_execute("INSERT INTO t1 VALUES (999, 'local')").await.unwrap();
+    // A local table without a key that already has rows is refused, with the documented hint.
+    s.batch_execute("INSERT INTO t1 VALUES (999, 'local'); INSERT INTO k VALUES (1, 'k')").await.unwrap();
     let err = s
         .execute("SELECT pgsub.create_subscription('r', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
         .await
         .expect_err("non-empty table");
     let db = err.as_db_error().expect("db error");
-    assert!(db.message().contains("is not empty"), "{}", db.message());
+    assert!(db.message().contains("table \"public\".\"k\" is not empty"), "{}", db.message());
     assert!(db.hint().unwrap_or_default().contains("copy_data => false"), "{:?}", db.hint());
-    s.batch_execute("TRUNCATE t1").await.unwrap();
+    // Emptied, the subscription is made; t1 (a key) takes the copy beside its local row.
+    s.batch_execute("TRUNCATE k").await.unwrap();
     s.execute("SELECT pgsub.create_subscription('r', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
         .await
         .expect("create");
+    let said: Vec<String> = notices.lock().unwrap().iter().map(|n| n.message().to_string()).collect();
+    let said = said.join("\n");
+    assert!(
+        said.contains("table \"public\".\"t1\" already has rows: the publisher's rows are copied in beside them"),
+        "{said}"
+    );
+    wait_for_subscription_sync(&s, "r", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t1").await, 51, "the publisher's 50 rows and the local one");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM k").await, 1);
+    s.batch_execute("DELETE FROM t1 WHERE id = 999").await.unwrap();
     assert_equal(&p, &s).await;
     p.batch_execute(
         "ALTER PUBLICATION pub ADD TABLE t2; INSERT INTO t2 VALUES (71, 'added'); INSERT INTO t1 VALUES (51, 'still')",
@@ -237,8 +254,8 @@ async fn refresh_copies_added_tables_and_non_empty_tables_are_refused() {
     s.batch_execute("SELECT pgsub.refresh_subscription('r')").await.expect("refresh 2");
     let n: i64 =
         s.query_one("SELECT count(*) FROM pgsub.subscription_table WHERE subname = 'r'", &[]).await.unwrap().get(0);
-    assert_eq!(n, 1);
-    // t2 is compared; t1 left the subscription (it is no longer applied).
+    assert_eq!(n, 2, "k and t2");
+    // t2 and k are compared; t1 left the subscription (it is no longer applied).
     assert_equal(&p, &s).await;
 }
 
@@ -326,11 +343,12 @@ async fn a_table_two_publishers_are_consolidated_into_takes_both_copies() {
         r.trim_matches(|c| c == '(' || c == ')').split(',').next().and_then(|n| n.parse::<i32>().ok())
     });
     assert_eq!(rows_of_d(&s).await, want, "the subscriber holds every row of both publishers");
-    // A table no other subscription replicates into is still refused when it has rows.
+    // A table without a key that no other subscription replicates into is still refused when it
+    // has rows.
     let third = Cluster::publisher().expect("third publisher");
     let p3 = third.client("postgres").await.unwrap();
-    p3.batch_execute("CREATE TABLE e (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE e").await.unwrap();
-    s.batch_execute("CREATE TABLE e (id int PRIMARY KEY); INSERT INTO e VALUES (1)").await.unwrap();
+    p3.batch_execute("CREATE TABLE e (id int); CREATE PUBLICATION pub FOR TABLE e").await.unwrap();
+    s.batch_execute("CREATE TABLE e (id int); INSERT INTO e VALUES (1)").await.unwrap();
     let err = s
         .execute(
             "SELECT pgsub.create_subscription('from_three', $1, ARRAY['pub'])",

@@ -89,18 +89,35 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
             // Only the table's own rows: an inheritance parent's children are tables of their own.
             let only = if catalog::is_partitioned(*oid) { "" } else { "ONLY " };
             let q = format!("SELECT EXISTS (SELECT 1 FROM {only}{}.{})", quote_ident(schema), quote_ident(name));
-            if catalog::read_one::<bool>(&q, &[]).ok().flatten().unwrap_or(false) {
-                error(
-                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            if !catalog::read_one::<bool>(&q, &[]).ok().flatten().unwrap_or(false) {
+                continue;
+            }
+            // With a key, as natively: the publisher's rows are added to the local ones, and a
+            // row that is there already stops the copy with a unique violation.
+            if catalog::has_unique_key(*oid) {
+                crate::report::log(
+                    PgLogLevel::NOTICE,
+                    Code::ERRCODE_SUCCESSFUL_COMPLETION,
                     format!(
-                        "table {}.{} is not empty; pgsub will not copy into a table that already has rows",
+                        "table {}.{} already has rows: the publisher's rows are copied in beside them",
                         quote_ident(schema),
                         quote_ident(name)
                     ),
-                    Some("copy_data => true copies every published row into the local table.".into()),
-                    Some("TRUNCATE the local table first, or pass copy_data => false to replicate only new changes. (A table another pgsub subscription replicates into takes the copy beside its rows.)"),
+                    None,
+                    Some("A publisher row whose key a local row holds stops the copy with a unique violation until the local row is removed; pass copy_data => false when the rows are there already."),
                 );
+                continue;
             }
+            error(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "table {}.{} is not empty; pgsub will not copy into a table that already has rows and no unique key",
+                    quote_ident(schema),
+                    quote_ident(name)
+                ),
+                Some("copy_data => true copies every published row into the local table: without a primary key or a unique index on NOT NULL columns, rows that are there already would be doubled silently.".into()),
+                Some("TRUNCATE the local table first, or pass copy_data => false to replicate only new changes. (A table another pgsub subscription replicates into takes the copy beside its rows.)"),
+            );
         }
     }
     let state = if copy_data { catalog::SyncState::Init } else { catalog::SyncState::Ready };

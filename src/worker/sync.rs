@@ -263,12 +263,14 @@ fn copy_one(
 }
 
 /// A crash mid-copy leaves nothing (the copy is one transaction), so rows in the local table are
-/// the user's: refused (README: where pgsub differs) — unless another subscription replicates
-/// into the table too (several publishers consolidated into one table), whose rows they may be:
-/// then the copy adds to them, as natively. Only the table's own rows count: an inheritance
-/// parent's children are tables of their own.
+/// the user's. The copy adds to them, as natively, when the table has a unique key (a row that is
+/// there already then stops the copy with a unique violation: `catalog::has_unique_key`) or when
+/// another subscription replicates into the table too (several publishers consolidated into one
+/// table), whose rows they may be; otherwise it is refused, as rows would be doubled silently
+/// (README: where pgsub differs). Only the table's own rows count: an inheritance parent's
+/// children are tables of their own.
 fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub: &catalog::Subscription) {
-    if catalog::replicated_by_another(sub.subid, relid).is_some() {
+    if catalog::replicated_by_another(sub.subid, relid).is_some() || catalog::has_unique_key(relid) {
         return;
     }
     let sub_name = &sub.name;
@@ -286,7 +288,9 @@ fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub: &catalog::Subscriptio
     if has_rows {
         report::error(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("table {remote} is not empty; pgsub will not copy into a table that already has rows"),
+            format!(
+                "table {remote} is not empty; pgsub will not copy into a table that already has rows and no unique key"
+            ),
             Some(format!(
                 "Subscription \"{sub_name}\" copies the publisher's rows into this table (copy_data => true)."
             )),
