@@ -483,20 +483,17 @@ pub fn rename_remote_table(subid: i32, relid: pg_sys::Oid, schema: &str, name: &
     })
 }
 
-/// Local tables `a` and `b` swap their remote names, `a` taking `b_key` and `b` taking `a_key`
-/// (renamed so on the publisher and here). The names are unique per subscription, checked row by
-/// row: `a` goes through a name no table has (an empty schema name). As superuser.
-pub fn swap_remote_tables(
-    subid: i32,
-    a: pg_sys::Oid,
-    a_key: (&str, &str),
-    b: pg_sys::Oid,
-    b_key: (&str, &str),
-) -> SpiResult<()> {
-    let temp = format!("pgsub swap {}", a.to_u32());
-    rename_remote_table(subid, a, "", &temp)?;
-    rename_remote_table(subid, b, a_key.0, a_key.1)?;
-    rename_remote_table(subid, a, b_key.0, b_key.1)
+/// The publisher's tables recorded for local tables `names` (relid, schema, name) are now so
+/// named (renamed, or swapped, on both sides). Names are unique per subscription, checked row by
+/// row: every one first goes through a name no table has (an empty schema name). As superuser.
+pub fn set_remote_names(subid: i32, names: &[(u32, String, String)]) -> SpiResult<()> {
+    for (relid, _, _) in names {
+        rename_remote_table(subid, pg_sys::Oid::from(*relid), "", &format!("pgsub rename {relid}"))?;
+    }
+    for (relid, schema, name) in names {
+        rename_remote_table(subid, pg_sys::Oid::from(*relid), schema, name)?;
+    }
+    Ok(())
 }
 
 /// A table's copy committed: FINISHEDCOPY at the copy point `lsn`, with its row count and local
@@ -946,19 +943,25 @@ pub fn is_partitioned(relid: pg_sys::Oid) -> bool {
 }
 
 /// Whether the table has a key that a second copy of a row cannot pass: a valid, non-partial
-/// unique index on columns (no expressions) that are NOT NULL or compared `NULLS NOT DISTINCT`.
-/// The initial copy into a table that already has rows appends the publisher's rows (as
-/// natively) only to such a table: a row that is there already stops the copy with a unique
-/// violation instead of being doubled silently.
-pub fn has_unique_key(relid: pg_sys::Oid) -> bool {
+/// unique index on columns (no expressions) that are NOT NULL or compared `NULLS NOT DISTINCT` —
+/// and, with `copied`, all among the columns the copy fills (a key the publisher does not send,
+/// a local identity or serial, would give every copied row a new value). The initial copy into a
+/// table that already has rows appends the publisher's rows (as natively) only to such a table:
+/// a row that is there already stops the copy with a unique violation instead of being doubled
+/// silently.
+pub fn has_unique_key(relid: pg_sys::Oid, copied: Option<&[String]>) -> bool {
+    let copied: Option<Vec<String>> = copied.map(<[String]>::to_vec);
     read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
            WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
-             AND (i.indisprimary OR i.indnullsnotdistinct OR NOT EXISTS ( \
+             AND NOT EXISTS ( \
                   SELECT 1 FROM pg_catalog.pg_attribute a \
-                   WHERE a.attrelid = i.indrelid AND NOT a.attnotnull \
-                     AND a.attnum OPERATOR(pg_catalog.=) ANY ((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]))))",
-        &[relid.into()],
+                   WHERE a.attrelid = i.indrelid \
+                     AND a.attnum OPERATOR(pg_catalog.=) ANY ((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) \
+                     AND ((NOT a.attnotnull AND NOT i.indisprimary AND NOT i.indnullsnotdistinct) \
+                          OR ($2::pg_catalog.text[] IS NOT NULL \
+                              AND NOT a.attname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[])))))",
+        &[relid.into(), copied.into()],
     )
     .ok()
     .flatten()

@@ -931,6 +931,56 @@ async fn two_tables_swapped_on_both_sides_go_on_without_a_refresh() {
     converge(&p, &s).await;
 }
 
+/// A swap of two tables found while applying a prepared transaction (`two_phase`): the records
+/// swap between transactions, not inside the prepared one, which would hold `pgsub.sub_rel`'s
+/// rows until COMMIT PREPARED (a refresh or drop waiting on it) and undo the swap at a ROLLBACK
+/// PREPARED while the worker went on with the new names.
+#[tokio::test(flavor = "current_thread")]
+async fn a_swap_found_in_a_prepared_transaction_leaves_the_catalog_free() {
+    let nodes = TwoNodes::start_with(
+        ClusterOpts::publisher().with_conf("max_prepared_transactions = 10"),
+        ClusterOpts::subscriber().with_conf("max_prepared_transactions = 10"),
+    )
+    .expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let ddl = "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, w int)";
+    p.batch_execute(ddl).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    p.batch_execute(
+        "CREATE PUBLICATION pub FOR ALL TABLES; INSERT INTO a VALUES (1, 'a1'); INSERT INTO b VALUES (1, 10)",
+    )
+    .await
+    .unwrap();
+    s.execute("SELECT pgsub.create_subscription('tp', $1, ARRAY['pub'], two_phase => true)", &[&nodes.pub_conninfo()])
+        .await
+        .unwrap();
+    wait_for_subscription_sync(&s, "tp", WAIT).await;
+    wait_value(&s, "SELECT two_phase_state FROM pgsub.subscription WHERE subname = 'tp'", "enabled", WAIT).await;
+    let swap = "BEGIN; ALTER TABLE a RENAME TO tmp; ALTER TABLE b RENAME TO a; ALTER TABLE tmp RENAME TO b; COMMIT";
+    s.batch_execute(swap).await.unwrap();
+    p.batch_execute(swap).await.unwrap();
+    p.batch_execute("BEGIN; INSERT INTO a VALUES (2, 20); INSERT INTO b VALUES (2, 'a2'); PREPARE TRANSACTION 'g1'")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'pgsub_%'", "1", WAIT).await;
+    wait_value(
+        &s,
+        "SELECT string_agg(remote_name || '=' || relid::regclass::text, ',' ORDER BY remote_name) FROM pgsub.subscription_table",
+        "a=a,b=b",
+        WAIT,
+    )
+    .await;
+    // No prepared transaction holds the catalog's rows.
+    s.batch_execute("BEGIN; SET LOCAL lock_timeout = '5s'; SELECT * FROM pgsub.sub_rel FOR UPDATE; COMMIT")
+        .await
+        .expect("pgsub.sub_rel's rows are not locked by the prepared transaction");
+    p.batch_execute("COMMIT PREPARED 'g1'").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM pg_prepared_xacts", "0", WAIT).await;
+    assert_eq!(one::<String>(&s, "SELECT string_agg(id || ':' || w, ',' ORDER BY id) FROM a").await, "1:10,2:20");
+    assert_eq!(one::<String>(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM b").await, "1:a1,2:a2");
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// `create_slot => false` with a slot the publisher does not have, or one pgsub cannot stream
 /// from (physical): a WARNING saying so at once (native says nothing; its worker fails at start),
 /// and none for a logical pgoutput slot of the database. Once the slot exists, replication runs.

@@ -297,20 +297,27 @@ async fn a_missing_row_under_replica_identity_full_is_logged_with_its_values() {
     let ddl = "CREATE TABLE f (a int, b text)";
     p.batch_execute(&format!(
         "{ddl}; ALTER TABLE f REPLICA IDENTITY FULL; CREATE PUBLICATION pub FOR TABLE f;
-         INSERT INTO f VALUES (25, 'old'), (26, NULL), (27, 'x')"
+         INSERT INTO f VALUES (25, 'old'), (26, NULL), (27, 'x'), (28, repeat('z', 70))"
     ))
     .await
     .unwrap();
     s.batch_execute(ddl).await.unwrap();
     s.execute("SELECT pgsub.create_subscription('f', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
     wait_for_subscription_sync(&s, "f", WAIT).await;
-    s.batch_execute("DELETE FROM f WHERE a IN (25, 26)").await.unwrap();
-    p.batch_execute("UPDATE f SET a = 125 WHERE a = 25; DELETE FROM f WHERE a = 26; UPDATE f SET b = 'y' WHERE a = 27")
-        .await
-        .unwrap();
+    s.batch_execute("DELETE FROM f WHERE a IN (25, 26, 28)").await.unwrap();
+    p.batch_execute(
+        "UPDATE f SET a = 125 WHERE a = 25; DELETE FROM f WHERE a = 26; DELETE FROM f WHERE a = 28;
+         UPDATE f SET b = 'y' WHERE a = 27",
+    )
+    .await
+    .unwrap();
     wait_value(&s, "SELECT b FROM f WHERE a = 27", "y", WAIT).await;
     let log = nodes.subscriber.log();
-    for detail in ["Remote row (125, old); replica identity full (25, old).", "Replica identity full (26, null)."] {
+    // A long value cut as PostgreSQL cuts it (64 bytes and `...`).
+    let long = format!("Replica identity full (28, {}...).", "z".repeat(64));
+    for detail in
+        ["Remote row (125, old); replica identity full (25, old).", "Replica identity full (26, null).", &long]
+    {
         assert!(log.contains(detail), "logged: {detail}\n{log}");
     }
     // The row the UPDATE missed, put back by hand: equal again.
@@ -327,17 +334,19 @@ async fn a_conflicts_rows_are_shown_as_postgresql_shows_a_row() {
     let nodes = TwoNodes::start().expect("start");
     let p = nodes.publisher.client("postgres").await.unwrap();
     let s = nodes.subscriber.client("postgres").await.unwrap();
-    let ddl = "CREATE TABLE r (id int PRIMARY KEY, v text, n int, w text)";
+    let ddl = "CREATE TABLE r (id int PRIMARY KEY, v text, n int, w text, b bool, ip inet, c char(3))";
     p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE r")).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
     s.execute("SELECT pgsub.create_subscription('r', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
     wait_for_subscription_sync(&s, "r", WAIT).await;
     // 40 two-byte characters (80 bytes) here; 70 one-byte ones there.
-    s.batch_execute("INSERT INTO r VALUES (1, 'a b, c', NULL, repeat('é', 40))").await.unwrap();
-    p.batch_execute("INSERT INTO r VALUES (1, '(x)', 5, repeat('x', 70))").await.unwrap();
+    s.batch_execute("INSERT INTO r VALUES (1, 'a b, c', NULL, repeat('é', 40), true, '10.0.0.1', 'x')").await.unwrap();
+    p.batch_execute("INSERT INTO r VALUES (1, '(x)', 5, repeat('x', 70), false, '10.0.0.0/8', 'yz')").await.unwrap();
     let err = wait_for_subscription_error(&s, "r", &["conflict=insert_exists"], WAIT).await;
-    let local = format!("existing local row (1, a b, c, null, {}...)", "é".repeat(32));
-    let remote = format!("remote row (1, (x), 5, {}...)", "x".repeat(64));
+    // Each value by its type's output: `t`, not `true`; `10.0.0.1`, not `10.0.0.1/32`; char(3)
+    // padded.
+    let local = format!("existing local row (1, a b, c, null, {}..., t, 10.0.0.1, x  )", "é".repeat(32));
+    let remote = format!("remote row (1, (x), 5, {}..., f, 10.0.0.0/8, yz )", "x".repeat(64));
     assert!(err.contains(&format!("Key (id)=(1); {local}; {remote}.")), "{err}");
     // The logged rows keep every value whole.
     let logged = "SELECT count(*) > 0 FROM pgsub.conflict_log WHERE conflict_type = 'insert_exists'";

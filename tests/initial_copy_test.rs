@@ -259,6 +259,56 @@ async fn refresh_copies_added_tables_and_non_empty_keyless_tables_are_refused() 
     assert_equal(&p, &s).await;
 }
 
+/// A copy goes in beside a table's rows only when its key stops a row that is there already: a
+/// unique index on a nullable column does not (two NULL keys are not equal), nor a key on a
+/// column the copy does not fill (a column list without it: each copied row would take a new
+/// value from the local default). Both are refused — the first at create, the second by the sync
+/// worker, which sees the published columns — until the table is emptied.
+#[tokio::test(flavor = "current_thread")]
+async fn a_copy_beside_local_rows_needs_a_key_the_copy_fills() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    p.batch_execute(
+        "CREATE TABLE nu (id int UNIQUE, v text); CREATE TABLE cl (id int, k int PRIMARY KEY, v text);
+         INSERT INTO nu VALUES (1, 'a'); INSERT INTO cl VALUES (1, 100, 'a');
+         CREATE PUBLICATION pnu FOR TABLE nu; CREATE PUBLICATION pcl FOR TABLE cl (id, v) WITH (publish = 'insert')",
+    )
+    .await
+    .unwrap();
+    s.batch_execute(
+        "CREATE TABLE nu (id int UNIQUE, v text); CREATE TABLE cl (id int, k serial PRIMARY KEY, v text);
+         INSERT INTO nu VALUES (NULL, 'local'); INSERT INTO cl (id, v) VALUES (1, 'a')",
+    )
+    .await
+    .unwrap();
+    let err = s
+        .execute("SELECT pgsub.create_subscription('snu', $1, ARRAY['pnu'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect_err("a nullable unique key does not stop a doubled row");
+    assert!(err.as_db_error().is_some_and(|d| d.message().contains("is not empty")), "{err:?}");
+    s.execute("SELECT pgsub.create_subscription('scl', $1, ARRAY['pcl'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("cl has a key here (the NOTICE says the copy goes beside)");
+    wait_value(
+        &s,
+        "SELECT coalesce(bool_or(last_error LIKE '%is not empty%'), false)::text FROM pgsub.subscription_table WHERE subname = 'scl'",
+        "true",
+        WAIT,
+    )
+    .await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM cl").await, 1, "nothing copied beside the local row");
+    s.batch_execute("TRUNCATE cl; TRUNCATE nu").await.unwrap();
+    wait_for_subscription_sync(&s, "scl", WAIT).await;
+    s.execute("SELECT pgsub.create_subscription('snu', $1, ARRAY['pnu'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("emptied");
+    wait_for_subscription_sync(&s, "snu", WAIT).await;
+    p.batch_execute("INSERT INTO cl VALUES (2, 200, 'b'); INSERT INTO nu VALUES (2, 'b')").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM cl", "2", WAIT).await;
+    assert_equal(&p, &s).await;
+}
+
 /// After the initial copy, with no write on the publisher at all, every table becomes `ready`:
 /// the walsender's keepalives tell the worker the stream has passed the copy point (before,
 /// tables waited in `synchronized` for the next commit of any transaction).

@@ -94,7 +94,7 @@ pub(super) fn sync_table_list(subid: i32, tables: &[(String, String)], copy_data
             }
             // With a key, as natively: the publisher's rows are added to the local ones, and a
             // row that is there already stops the copy with a unique violation.
-            if catalog::has_unique_key(*oid) {
+            if catalog::has_unique_key(*oid, None) {
                 crate::report::log(
                     PgLogLevel::NOTICE,
                     Code::ERRCODE_SUCCESSFUL_COMPLETION,

@@ -375,6 +375,21 @@ impl Applier {
         super::xact(|| self.tables.mark_ready(subid, end));
     }
 
+    /// Writes the renames and swaps of the subscription's tables found while applying
+    /// (`follow_rename`, `swap_names`) to `pgsub.sub_rel`, in a transaction of their own: between
+    /// remote transactions only, so that none of them, rolled back or prepared, undoes them or
+    /// holds the catalog rows. A worker that exits first finds them again from the next change.
+    pub fn write_names(&mut self) {
+        if self.open() || !self.tables.has_renamed() {
+            return;
+        }
+        let names = self.tables.take_renamed();
+        let subid = self.subid;
+        if let Err(e) = super::xact(|| crate::catalog::set_remote_names(subid, &names)) {
+            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+        }
+    }
+
     /// Aborts the local transaction (used when the worker stops mid-transaction).
     pub fn abort(&mut self) {
         self.batch = None;
@@ -585,7 +600,7 @@ impl Applier {
                 // Its table under a name the catalog does not record: renamed on the publisher.
                 // The catalog follows when the local table took the new name too.
                 entry.unlisted_seen = true;
-                follow_rename(&mut self.tables, self.subid, &entry.remote);
+                follow_rename(&mut self.tables, &entry.remote);
             }
         } else if !by_name {
             if !entry.unlisted_seen && self.tables.maybe_renamed_own(&entry.remote.namespace, &entry.remote.name) {
@@ -593,7 +608,7 @@ impl Applier {
                 // under the new name (the apply worker follows it too); any other table's
                 // changes are not this worker's.
                 entry.unlisted_seen = true;
-                if !follow_rename(&mut self.tables, self.subid, &entry.remote)
+                if !follow_rename(&mut self.tables, &entry.remote)
                     || !self.tables.applies(&entry.remote.namespace, &entry.remote.name, commit_end)
                 {
                     return None;
@@ -602,7 +617,7 @@ impl Applier {
                 if entry.unlisted_seen || !self.tables.unlisted(&entry.remote.namespace, &entry.remote.name) {
                     return None;
                 }
-                if !follow_rename(&mut self.tables, self.subid, &entry.remote) {
+                if !follow_rename(&mut self.tables, &entry.remote) {
                     entry.unlisted_seen = true;
                     relation::unlisted(&entry.remote);
                     return None;
@@ -622,7 +637,7 @@ impl Applier {
                 }
                 if let Some(recorded) = self.tables.relid_of(&entry.remote.namespace, &entry.remote.name) {
                     if let Some(found) = relation::other_local(&entry.remote, recorded) {
-                        if !swap_names(&mut self.tables, self.subid, &entry.remote, recorded, found) {
+                        if !swap_names(&mut self.tables, &entry.remote, recorded, found) {
                             relation::warn_replaced(&entry.remote, recorded, found);
                             entry.replaced_by = Some(found);
                             return None;
@@ -1104,20 +1119,16 @@ pub fn local_gid(subid: i32, xid: u32) -> String {
     format!("pgsub_{subid}_{xid}")
 }
 
-/// The publisher sends changes of a table under a name the subscription does not record: when
-/// the local table of that name is one the subscription has (recorded under its old name — the
-/// table was renamed on the publisher and here alike), it follows the rename, as native apply
-/// does (it keeps tables by their local OID): recorded under the new name in this transaction
-/// and applied. False when it is not such a table.
 /// Two of the subscription's tables whose names were swapped on the publisher and here (a
 /// change of `remote` finds local table `found`, recorded under another name, where the
-/// subscription recorded `recorded`): as native, which binds each remote table to the local table
-/// of its name, the records swap names and the changes go to `found`. Only between ready tables:
-/// a table still being synchronized is known by name to its sync worker's records, so a swap with
-/// it is left to the WARNING (`relation::warn_replaced`). False when it is no such swap.
+/// subscription recorded `recorded`, and the local table of `found`'s recorded name is
+/// `recorded`): as native, which binds each remote table to the local table of its name, the
+/// records swap names (written between transactions: `Applier::write_names`) and the changes go
+/// to `found`. Only between ready tables: a table still being synchronized is known by name to
+/// its sync worker, so a swap with it is left to the WARNING (`relation::warn_replaced`). False
+/// when it is no such swap.
 fn swap_names(
     tables: &mut super::tables::TableStates,
-    subid: i32,
     remote: &pgsub_proto::pgoutput::Relation,
     recorded: u32,
     found: u32,
@@ -1126,21 +1137,13 @@ fn swap_names(
     if !tables.is_ready(found) || !tables.is_ready(recorded) {
         return false;
     }
-    let r = with_snapshot(|| {
-        crate::catalog::swap_remote_tables(
-            subid,
-            pg_sys::Oid::from(recorded),
-            (&remote.namespace, &remote.name),
-            pg_sys::Oid::from(found),
-            (&found_schema, &found_name),
-        )
-    });
-    if let Err(e) = r {
-        report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+    let other = format!("{}.{}", quote_ident(&found_schema), quote_ident(&found_name));
+    let other_now = with_snapshot(|| super::relcat::relation(&other)).map(|(oid, _)| oid.to_u32());
+    if other_now != Some(recorded) {
+        return false;
     }
     tables.swap(recorded, found);
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
-    let other = format!("{}.{}", quote_ident(&found_schema), quote_ident(&found_name));
     report::log(
         PgLogLevel::LOG,
         Code::ERRCODE_SUCCESSFUL_COMPLETION,
@@ -1153,20 +1156,18 @@ fn swap_names(
     true
 }
 
-fn follow_rename(
-    tables: &mut super::tables::TableStates,
-    subid: i32,
-    remote: &pgsub_proto::pgoutput::Relation,
-) -> bool {
+/// The publisher sends changes of a table under a name the subscription does not record: when
+/// the local table of that name is one the subscription has (recorded under its old name — the
+/// table was renamed on the publisher and here alike), it follows the rename, as native apply
+/// does (it keeps tables by their local OID): recorded under the new name (written between
+/// transactions: `Applier::write_names`) and applied. False when it is not such a table.
+fn follow_rename(tables: &mut super::tables::TableStates, remote: &pgsub_proto::pgoutput::Relation) -> bool {
     if remote.namespace == crate::api::PGSUB_SCHEMA {
         return false;
     }
     let qualified = format!("{}.{}", quote_ident(&remote.namespace), quote_ident(&remote.name));
     let Some((oid, _)) = with_snapshot(|| super::relcat::relation(&qualified)) else { return false };
     let Some((old_schema, old_name)) = tables.key_of(oid.to_u32()) else { return false };
-    if let Err(e) = with_snapshot(|| crate::catalog::rename_remote_table(subid, oid, &remote.namespace, &remote.name)) {
-        report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
-    }
     tables.rename(oid.to_u32(), &remote.namespace, &remote.name);
     report::log(
         PgLogLevel::LOG,

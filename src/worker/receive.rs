@@ -162,6 +162,8 @@ impl Stream {
                     round_bytes += data.len();
                 }
                 self.handle_frame(frame);
+                // Renames of the subscription's tables found in a transaction, once it is over.
+                self.applier.write_names();
                 if self.caught_up {
                     return;
                 }

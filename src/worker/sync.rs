@@ -224,7 +224,21 @@ fn copy_one(
                 Some("Create the table on the subscriber; the worker retries."),
             )
         });
-        refuse_non_empty(relid, &remote, sub);
+        if rel.relid != 0 && relid.to_u32() != rel.relid {
+            // The table the subscription recorded has another name here now, and another table
+            // took this one (swapped, or moved into its place): copying into it would put this
+            // table's rows into that one.
+            report::error(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "logical replication target relation {shown} is not the subscription's table: the local table of that name is another one (oid {relid}, the subscription's is {})",
+                    rel.relid
+                ),
+                Some("The subscription's table was renamed here, and another table has its name now.".to_string()),
+                Some("Rename the tables back, or refresh the subscription (pgsub.refresh_subscription) after the publisher's names match; the worker retries."),
+            );
+        }
+        refuse_non_empty(relid, &remote, sub, &p.columns);
         super::relation::require_columns(relid, &shown, &p.columns);
         let columns: Vec<(String, u32)> = p.columns.iter().cloned().zip(p.types.iter().copied()).collect();
         let binary = super::format::binary_copy_ok(publisher_version, relid, &columns);
@@ -269,8 +283,8 @@ fn copy_one(
 /// table), whose rows they may be; otherwise it is refused, as rows would be doubled silently
 /// (README: where pgsub differs). Only the table's own rows count: an inheritance parent's
 /// children are tables of their own.
-fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub: &catalog::Subscription) {
-    if catalog::replicated_by_another(sub.subid, relid).is_some() || catalog::has_unique_key(relid) {
+fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub: &catalog::Subscription, copied: &[String]) {
+    if catalog::replicated_by_another(sub.subid, relid).is_some() || catalog::has_unique_key(relid, Some(copied)) {
         return;
     }
     let sub_name = &sub.name;
@@ -292,7 +306,7 @@ fn refuse_non_empty(relid: pg_sys::Oid, remote: &str, sub: &catalog::Subscriptio
                 "table {remote} is not empty; pgsub will not copy into a table that already has rows and no unique key"
             ),
             Some(format!(
-                "Subscription \"{sub_name}\" copies the publisher's rows into this table (copy_data => true)."
+                "Subscription \"{sub_name}\" copies the publisher's rows into this table (copy_data => true): without a primary key or a unique index on NOT NULL columns that the copy fills, rows that are there already would be doubled silently."
             )),
             Some("TRUNCATE the local table, or recreate the subscription with copy_data => false."),
         );

@@ -20,6 +20,10 @@ pub struct TableStates {
     not_ready: usize,
     /// Every table of the subscription is here (not a sync worker's one table).
     whole: bool,
+    /// Local tables whose remote name changed here (`rename`, `swap`) and is not yet in
+    /// `pgsub.sub_rel`: written between transactions (`take_renamed`), never inside a remote
+    /// transaction, which may be rolled back or prepared (and would hold the catalog rows).
+    renamed: Vec<u32>,
 }
 
 impl TableStates {
@@ -34,6 +38,7 @@ impl TableStates {
             states,
             relids: rels.iter().map(|r| (r.relid, (r.remote_schema.clone(), r.remote_name.clone()))).collect(),
             whole: true,
+            renamed: Vec::new(),
         }
     }
 
@@ -80,7 +85,13 @@ impl TableStates {
             .map(|(k, _)| k.clone())
             .collect();
         for (schema, name) in due {
-            if let Err(e) = crate::catalog::set_table_state(subid, &schema, &name, SyncState::Ready) {
+            // By local table when known: a rename not yet written (`renamed`) leaves the
+            // catalog's name behind the one here.
+            let r = match self.relid_of(&schema, &name) {
+                Some(relid) => crate::catalog::set_sync_state(subid, relid, SyncState::Ready, None, None),
+                None => crate::catalog::set_table_state(subid, &schema, &name, SyncState::Ready),
+            };
+            if let Err(e) = r {
                 report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
             }
             self.put((schema, name), (SyncState::Ready, None));
@@ -134,6 +145,20 @@ impl TableStates {
                 self.states.insert(new, v);
             }
         }
+        self.renamed.push(relid);
+    }
+
+    /// The local tables renamed here since the last call, each with its remote (schema, name)
+    /// now, for `pgsub.sub_rel` (`Applier::write_names`).
+    pub(super) fn take_renamed(&mut self) -> Vec<(u32, String, String)> {
+        let mut relids = std::mem::take(&mut self.renamed);
+        relids.sort_unstable();
+        relids.dedup();
+        relids.into_iter().filter_map(|r| self.relids.get(&r).map(|(s, n)| (r, s.clone(), n.clone()))).collect()
+    }
+
+    pub(super) fn has_renamed(&self) -> bool {
+        !self.renamed.is_empty()
     }
 
     /// Whether local table `relid` is one of the subscription's and ready.
@@ -154,6 +179,7 @@ impl TableStates {
         }
         self.relids.insert(a, kb);
         self.relids.insert(b, ka);
+        self.renamed.extend([a, b]);
     }
 
     /// The local table the subscription recorded for a remote table (None: none recorded).

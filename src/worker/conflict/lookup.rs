@@ -118,7 +118,7 @@ impl Params {
 
     pub(super) fn typed(&mut self, local: &LocalRel, i: usize, v: Option<String>) -> String {
         let t = self.text(v);
-        format!("{t}::{}", type_name(local.cols[i].typid))
+        format!("{t}::{}", type_name(local.cols[i].typid, local.cols[i].typmod))
     }
 
     /// The values as text parameters, in the database's encoding (`dbtext`).
@@ -127,9 +127,13 @@ impl Params {
     }
 }
 
-pub(super) fn type_name(typid: pg_sys::Oid) -> String {
+/// The column's type as a cast names it, with its modifier: `character(3)`, `bit(5)`,
+/// `numeric(10,2)`; without one `pg_catalog.bpchar` (`format_type_be` says `character`, which a
+/// cast reads as `character(1)`: a remote `yz ` became `y`, and a key of that type was not found).
+pub(super) fn type_name(typid: pg_sys::Oid, typmod: i32) -> String {
+    let flags = (pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN | pg_sys::FORMAT_TYPE_FORCE_QUALIFY) as pg_sys::bits16;
     // SAFETY: returns a palloc'd name for any type OID.
-    unsafe { CStr::from_ptr(pg_sys::format_type_be_qualified(typid)) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(pg_sys::format_type_extended(typid, typmod, flags)) }.to_string_lossy().into_owned()
 }
 
 /// `jsonb_build_object(…)` of the given columns' expressions (in chunks: the function takes at
@@ -155,7 +159,17 @@ pub(super) fn row_of(exprs: Vec<String>) -> String {
     if exprs.is_empty() {
         return "NULL::text".into();
     }
-    let values: Vec<String> = exprs.iter().map(|e| clipped(&format!("({e})::pg_catalog.text"))).collect();
+    // `format('%s')` is the type's output function (a cast to text is not: `true`, `1.2.3.4/32`,
+    // char(n) without its padding); `num_nulls` tells a NULL from a composite of NULLs.
+    let values: Vec<String> = exprs
+        .iter()
+        .map(|e| {
+            format!(
+                "CASE WHEN pg_catalog.num_nulls({e}) OPERATOR(pg_catalog.=) 0 THEN {} END",
+                clipped(&format!("pg_catalog.format('%s', {e})"))
+            )
+        })
+        .collect();
     format!(
         "('(' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(ARRAY[{}]::pg_catalog.text[], ', ', 'null') OPERATOR(pg_catalog.||) ')')",
         values.join(", ")
@@ -278,7 +292,7 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
 ///
 /// A row of a foreign-table partition has no transaction (`xmin` 0), whose commit timestamp
 /// cannot be asked for: its commit time and origin are NULL.
-pub(super) fn row_select(local: &LocalRel) -> String {
+pub(super) fn row_select(local: &LocalRel, values: bool) -> String {
     let origin = if origins_tracked() {
         "(SELECT ((EXTRACT(epoch FROM x.\"timestamp\") - 946684800) * 1000000)::int8 \
          FROM pg_catalog.pg_xact_commit_timestamp_origin(CASE WHEN t.xmin OPERATOR(pg_catalog.<>) '0'::pg_catalog.xid \
@@ -288,20 +302,53 @@ pub(super) fn row_select(local: &LocalRel) -> String {
     } else {
         "NULL::int8, NULL::int4"
     };
-    let pairs: Vec<(String, String)> = (0..local.cols.len())
-        .filter(|&i| local.readable(i))
-        .map(|i| (local.cols[i].name.clone(), format!("t.{}", quote_ident(&local.cols[i].name))))
-        .collect();
-    let record = row_of(pairs.iter().map(|(_, e)| e.clone()).collect());
-    let json = json_of(pairs).map_or("NULL::pg_catalog.jsonb".to_string(), |j| j);
+    let (json, record) =
+        if values { values_select(local) } else { ("NULL::pg_catalog.jsonb".into(), "NULL::text".into()) };
     format!(
         "t.tableoid::pg_catalog.regclass::text, t.tableoid::int8, t.ctid::text, \
          t.xmin::text::int8, {origin}, ({json})::text, {record}"
     )
 }
 
+/// The JSON and text of a local row `t`'s readable columns (`LocalRow::json`, `text`).
+fn values_select(local: &LocalRel) -> (String, String) {
+    let pairs: Vec<(String, String)> = (0..local.cols.len())
+        .filter(|&i| local.readable(i))
+        .map(|i| (local.cols[i].name.clone(), format!("t.{}", quote_ident(&local.cols[i].name))))
+        .collect();
+    let record = row_of(pairs.iter().map(|(_, e)| e.clone()).collect());
+    (json_of(pairs).map_or("NULL::pg_catalog.jsonb".to_string(), |j| j), record)
+}
+
+/// Reads a row found without its values (`lookup(.., false)`) for a conflict's record: its JSON
+/// and text. The row is locked (FOR UPDATE), so it is the one found.
+pub(super) fn read_values(local: &LocalRel, row: &mut LocalRow) {
+    let (json, record) = values_select(local);
+    let mut p = Params::new();
+    let o = p.text(Some(row.tableoid.to_string()));
+    let t = p.text(Some(row.ctid.clone()));
+    let sql = format!(
+        "SELECT ({json})::text, {record} FROM {}{} t \
+          WHERE t.tableoid OPERATOR(pg_catalog.=) {o}::pg_catalog.oid AND t.ctid OPERATOR(pg_catalog.=) {t}::pg_catalog.tid",
+        local.only, local.qualified
+    );
+    let args = p.args();
+    let r = super::super::owner::as_table_owner_for_lookup(local.relid, || {
+        Spi::connect(|c| {
+            let first = c.select(&sql, Some(1), &args)?.first();
+            let text = |i: usize| first.get::<DbText>(i).map(|v| v.map(DbText::into_string));
+            Ok::<_, pgrx::spi::SpiError>((text(1)?, text(2)?))
+        })
+    });
+    match r {
+        Ok((json, text)) => (row.json, row.text) = (json, text),
+        Err(e) => report::error(Code::ERRCODE_INTERNAL_ERROR, format!("reading the local row: {e}"), None, None),
+    }
+}
+
 /// Local rows where the given columns hold the given values (NULL never matches unless
-/// `nulls_equal`), locked FOR UPDATE; rows at `except` (tableoid, ctid) left out.
+/// `nulls_equal`), locked FOR UPDATE; rows at `except` (tableoid, ctid) left out. Without
+/// `with_values` their columns are not read (`read_values` reads them for a record).
 pub(super) fn lookup(
     local: &LocalRel,
     cols: &[usize],
@@ -309,6 +356,7 @@ pub(super) fn lookup(
     nulls_equal: bool,
     predicate: Option<&str>,
     except: Option<(u32, &str)>,
+    with_values: bool,
 ) -> Vec<LocalRow> {
     let mut p = Params::new();
     let mut conds = Vec::new();
@@ -326,7 +374,7 @@ pub(super) fn lookup(
             format!("{col} {op} {param}")
         });
     }
-    select_locked(local, p, conds, predicate, except)
+    select_locked(local, p, conds, predicate, except, with_values)
 }
 
 /// Local rows whose keys in unique index `idx` equal those the remote values give, for an index
@@ -351,7 +399,7 @@ fn lookup_expressions(
     // Unqualified column names in an expression read the local row outside the sub-select and
     // the remote values inside it (the innermost relation that has the name).
     let conds = exprs.iter().map(|e| format!("({e}) {op} (SELECT ({e}) FROM {remote})")).collect();
-    select_locked(local, p, conds, idx.predicate.as_deref(), except)
+    select_locked(local, p, conds, idx.predicate.as_deref(), except, true)
 }
 
 /// `SELECT … FROM the table t WHERE conds [AND predicate] [AND not except] FOR UPDATE OF t`, run
@@ -364,6 +412,7 @@ fn select_locked(
     mut conds: Vec<String>,
     predicate: Option<&str>,
     except: Option<(u32, &str)>,
+    with_values: bool,
 ) -> Vec<LocalRow> {
     if let Some(pred) = predicate {
         conds.push(format!("({pred})"));
@@ -378,7 +427,7 @@ fn select_locked(
     }
     let sql = format!(
         "SELECT {} FROM {}{} t WHERE {} FOR UPDATE OF t",
-        row_select(local),
+        row_select(local, with_values),
         local.only,
         local.qualified,
         conds.join(" AND ")
@@ -420,7 +469,7 @@ pub(super) fn unique_conflicts(local: &LocalRel, values: &RemoteValues, except: 
     for idx in unique_indexes(local) {
         let rows = match &idx.exprs {
             Some(exprs) => lookup_expressions(local, &idx, exprs, values, except),
-            None => lookup(local, &idx.cols, values, idx.nulls_not_distinct, idx.predicate.as_deref(), except),
+            None => lookup(local, &idx.cols, values, idx.nulls_not_distinct, idx.predicate.as_deref(), except, true),
         };
         for mut row in rows {
             row.index = idx.name.clone();

@@ -329,13 +329,14 @@ pub(super) fn before_update(
     new_values: &RemoteValues,
     retry: bool,
 ) -> (bool, Vec<ConflictType>) {
-    let Some(row) = lookup(local, key_cols, key_values, false, None, None).into_iter().next() else {
+    let Some(mut row) = lookup(local, key_cols, key_values, false, None, None, false).into_iter().next() else {
         return (true, Vec::new());
     };
     let policy = policy();
     let mut found = Vec::new();
     let mut apply = true;
     if origin_differs(&row) {
+        lookup::read_values(local, &mut row);
         let wins = decide(&row);
         apply = wins;
         let rec = record::with_identity_key(
@@ -389,12 +390,13 @@ pub(super) fn before_delete(
     key_cols: &[usize],
     key_values: &RemoteValues,
 ) -> (bool, Option<ConflictType>) {
-    let Some(row) = lookup(local, key_cols, key_values, false, None, None).into_iter().next() else {
+    let Some(mut row) = lookup(local, key_cols, key_values, false, None, None, false).into_iter().next() else {
         return (true, None);
     };
     if !origin_differs(&row) {
         return (true, None);
     }
+    lookup::read_values(local, &mut row);
     let policy = policy();
     let wins = decide(&row);
     let mut rec = record::with_identity_key(

@@ -333,6 +333,8 @@ impl ParallelApplier {
         shared::unlock(self.subid, xid, Lock::Transaction, true);
         errctx::clear();
         crate::worker::report_stats(false);
+        // Renames of the subscription's tables found in it, committed or rolled back.
+        self.applier.write_names();
     }
 }
 
