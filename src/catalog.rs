@@ -930,10 +930,18 @@ fn update_row(subid: i32, change: Change) -> SpiResult<()> {
     }
 }
 
-/// The local table a remote one maps to (same schema and name), if it exists.
+/// The local table a remote one maps to (same schema and name), if it exists. Read from the
+/// catalog, not through `to_regclass`: a name lookup needs USAGE on the schema, which a
+/// subscription owner that copies and writes as the table's owner (native's default) need not
+/// have — native's table synchronization opens the table by OID and copies it.
 pub fn local_relid(schema: &str, name: &str) -> Option<pg_sys::Oid> {
-    let q = format!("{}.{}", pgsub_proto::client::quote_ident(schema), pgsub_proto::client::quote_ident(name));
-    read_one::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[q.as_str().into()]).ok().flatten()
+    read_one::<pg_sys::Oid>(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          WHERE n.nspname = $1 AND c.relname = $2",
+        &[schema.into(), name.into()],
+    )
+    .ok()
+    .flatten()
 }
 
 /// The local table is partitioned (its rows live in its partitions: no `ONLY`).

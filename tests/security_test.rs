@@ -768,6 +768,50 @@ async fn an_owner_that_may_only_set_role_to_the_table_owner_copies_the_table() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// TAP 033's last step: a subscription owner that may SET ROLE to the table's owner but has none
+/// of its privileges — not even USAGE on the table's schema (a role without INHERIT) — copies
+/// the table as its owner, as natively (native's table synchronization opens it by OID). The
+/// worker looked the table up by name as the subscription owner: "permission denied for schema
+/// s" at start (the automatic format's check), every table left in `init`.
+#[tokio::test(flavor = "current_thread")]
+async fn an_owner_without_usage_on_the_tables_schema_copies_it_as_its_owner() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    let ddl = "CREATE SCHEMA s; CREATE TABLE s.t (id int PRIMARY KEY, v text); CREATE TABLE ok (id int PRIMARY KEY)";
+    for c in [&p, &s] {
+        c.batch_execute(ddl).await.unwrap();
+    }
+    p.batch_execute("INSERT INTO s.t VALUES (1, 'one'), (2, 'two'); INSERT INTO ok VALUES (1); CREATE PUBLICATION ps FOR TABLE s.t, ok")
+        .await
+        .unwrap();
+    let pw_ci = password_conninfo(&nodes, &p).await;
+    p.batch_execute("GRANT USAGE ON SCHEMA s TO repl; GRANT SELECT ON s.t TO repl").await.unwrap();
+    s.batch_execute(
+        "CREATE ROLE tab_owner NOLOGIN; ALTER SCHEMA s OWNER TO tab_owner;
+         ALTER TABLE s.t OWNER TO tab_owner; ALTER TABLE ok OWNER TO tab_owner;
+         CREATE ROLE sx_owner LOGIN SUPERUSER NOINHERIT;",
+    )
+    .await
+    .unwrap();
+    let owner = nodes.subscriber.client_as("sx_owner", "postgres").await.unwrap();
+    owner
+        .execute("SELECT pgsub.create_subscription('sx', $1, ARRAY['ps'], enabled => false)", &[&pw_ci])
+        .await
+        .expect("create while a superuser");
+    s.batch_execute("ALTER ROLE sx_owner NOSUPERUSER; GRANT pgsub_admin TO sx_owner; GRANT tab_owner TO sx_owner")
+        .await
+        .unwrap();
+    let e = must_fail(&owner, "SELECT count(*) FROM s.t", &[]).await;
+    assert_eq!(e.code, "42501", "sx_owner may not look into schema s itself: {}", e.text());
+    s.batch_execute("SELECT pgsub.enable_subscription('sx')").await.unwrap();
+    wait_for_subscription_sync(&s, "sx", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM s.t").await, 2);
+    p.batch_execute("INSERT INTO ok VALUES (2)").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM ok", "2", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn row_level_security_is_refused_not_bypassed() {
     let nodes = TwoNodes::start().expect("start");
