@@ -247,9 +247,15 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     assert_eq!(counter(&s, "confl_update_origin_differs").await, 1);
     // In PostgreSQL 18's words.
     nodes.subscriber.wait_for_log("conflict=update_origin_differs", WAIT).await.unwrap_or_else(|e| panic!("{e}"));
+    let log = nodes.subscriber.log();
     assert!(
-        nodes.subscriber.log().contains("DETAIL:  Updating the row that was modified locally in transaction"),
+        log.contains("DETAIL:  Updating the row that was modified locally in transaction"),
         "the LOG line's detail"
+    );
+    // Its second line as native 18's: the local row, the remote row, the replica identity.
+    assert!(
+        log.contains("Existing local row (1, 1, 1, local); remote row (1, 1, 1, remote); replica identity (id)=(1)."),
+        "{log}"
     );
     set_policy(&s, "keep_local").await;
     p.batch_execute("UPDATE t SET v = 'remote' WHERE id = 2; UPDATE t SET v = 'marker' WHERE id = 99").await.unwrap();
@@ -270,6 +276,11 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     p.batch_execute("DELETE FROM t WHERE id = 4").await.unwrap();
     wait_value(&s, "SELECT count(*) FROM t WHERE id = 4", "0", WAIT).await;
     assert_eq!(counter(&s, "confl_delete_origin_differs").await, 2);
+    // A DELETE has no remote row to show: the local row and the replica identity.
+    assert!(
+        nodes.subscriber.log().contains("Existing local row (4, 4, 4, local); replica identity (id)=(4)."),
+        "the delete_origin_differs line"
+    );
 
     // update_exists: the new value of u is held here by a row the publisher does not have.
     s.batch_execute("INSERT INTO t VALUES (500, 555, 500, 'local only')").await.unwrap();
@@ -281,6 +292,16 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     assert_eq!(key, "{\"u\": 555}");
     assert!(local.contains("local only"), "{local}");
     assert_eq!(counter(&s, "confl_update_exists").await, 1);
+    // Native 18's words: the key that exists, the rows, and the replica identity of the row
+    // being updated.
+    let log = nodes.subscriber.log();
+    assert!(log.contains("Key already exists in unique index \"t_u_key\", modified locally in transaction"), "{log}");
+    assert!(
+        log.contains(
+            "Key (u)=(555); existing local row (500, 555, 500, local only); remote row (10, 555, 10, v10); replica identity (id)=(10)."
+        ),
+        "{log}"
+    );
 
     // multiple_unique_conflicts: the remote INSERT collides with two local rows in two indexes.
     set_policy(&s, "keep_local").await;

@@ -341,6 +341,11 @@ impl ConflictType {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// A remote UPDATE or DELETE of a row another origin (or a local session) changed last.
+    pub fn origin_differs(self) -> bool {
+        matches!(self, ConflictType::UpdateOriginDiffers | ConflictType::DeleteOriginDiffers)
+    }
 }
 
 /// What a subscription does with a conflict (`conflict_resolution`), pglogical's names:

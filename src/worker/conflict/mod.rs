@@ -361,14 +361,9 @@ pub(super) fn before_update(
             let ctype =
                 if others.len() > 1 { ConflictType::MultipleUniqueConflicts } else { ConflictType::UpdateExists };
             let wins = policy != Resolution::Error && others.iter().all(decide);
-            let rec = record(
-                local,
-                ctype,
-                &others,
-                new_values,
-                resolution_name(policy, wins),
-                "Updating would make a key that already exists",
-            );
+            let mut rec =
+                record(local, ctype, &others, new_values, resolution_name(policy, wins), "Key already exists");
+            rec.identity_text = lookup::key_text(local, key_values, key_cols);
             if policy == Resolution::Error {
                 raise(rec);
             }
@@ -413,8 +408,10 @@ pub(super) fn before_delete(
         key_values,
     );
     // A DELETE sends its replica identity only: the remote row is those columns (the others
-    // would read as NULLs it never had).
-    (rec.remote_row, rec.remote_text) = remote_rows(local, key_values, Some(key_cols));
+    // would read as NULLs it never had), and the log line shows none (native 18 shows the
+    // replica identity only).
+    rec.remote_row = remote_rows(local, key_values, Some(key_cols)).0;
+    rec.remote_text = None;
     write(&rec);
     (wins, Some(ConflictType::DeleteOriginDiffers))
 }

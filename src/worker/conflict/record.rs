@@ -33,6 +33,9 @@ pub(super) struct Record {
     /// `local_text` lists more than one row.
     pub(super) several_local: bool,
     pub(super) remote_text: Option<String>,
+    /// The replica identity of the row the remote UPDATE or DELETE changes (`(a)=(1)`), shown
+    /// last as native 18 shows it.
+    pub(super) identity_text: Option<String>,
 }
 
 /// A missing row (logged by `execute::missing_row`): recorded, skipped under every policy.
@@ -54,6 +57,7 @@ pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>, remote_row: O
             local_text: None,
             several_local: false,
             remote_text: None,
+            identity_text: None,
         })
     });
     ctype
@@ -133,6 +137,7 @@ pub(super) fn record(
         local_text,
         several_local: rows.len() > 1,
         remote_text,
+        identity_text: None,
     }
 }
 
@@ -144,9 +149,11 @@ pub(super) fn with_identity_key(
     key_cols: &[usize],
     values: &RemoteValues,
 ) -> Record {
-    if rec.key.is_none() && !key_cols.is_empty() {
-        rec.key = remote_rows(local, values, Some(key_cols)).0;
-        rec.key_text = key_text(local, values, key_cols);
+    if !key_cols.is_empty() {
+        if rec.key.is_none() {
+            rec.key = remote_rows(local, values, Some(key_cols)).0;
+        }
+        rec.identity_text = key_text(local, values, key_cols);
     }
     rec
 }
@@ -160,7 +167,10 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
         let by = match l.origin {
             None => String::new(),
             Some(0) => " locally".into(),
+            // "modified by origin" for a key that exists, "by a different origin" for a row
+            // being updated or deleted, as native 18 words them.
             Some(o) => match origin_name(o) {
+                Some(n) if rec.ctype.origin_differs() => format!(" by a different origin \"{n}\""),
                 Some(n) => format!(" by origin \"{n}\""),
                 // Dropped since (a table synchronization's origin, a dropped subscription's):
                 // its id may be another origin's later. Native 18's words.
@@ -180,9 +190,11 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
         }
     }
     detail.push('.');
+    // Native 18's second line: key, local row, remote row, replica identity, the first one
+    // capitalized.
     let mut parts = Vec::new();
     if let Some(k) = &rec.key_text {
-        parts.push(format!("Key {k}"));
+        parts.push(format!("key {k}"));
     }
     if let Some(l) = &rec.local_text {
         parts.push(format!("existing local row{} {l}", if rec.several_local { "s" } else { "" }));
@@ -190,8 +202,14 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
     if let Some(r) = &rec.remote_text {
         parts.push(format!("remote row {r}"));
     }
+    if let Some(i) = &rec.identity_text {
+        parts.push(format!("replica identity {i}"));
+    }
     if !parts.is_empty() {
-        detail.push_str(&format!("\n{}.", parts.join("; ")));
+        let line = parts.join("; ");
+        let mut chars = line.chars();
+        let first = chars.next().map(|c| c.to_uppercase().collect::<String>()).unwrap_or_default();
+        detail.push_str(&format!("\n{first}{}.", chars.as_str()));
     }
     // A transaction applied by a parallel apply worker as it streams has neither yet: its
     // pgsub.conflict_log rows get them at its Stream Commit (catalog::complete_conflict_log).
