@@ -578,6 +578,9 @@ async fn a_unique_violation_is_reported_by_its_type_at_the_first_attempt() {
     )
     .await;
     assert_eq!(counters, "conflicts=1 insert_exists=0 multiple=1", "one conflict, by its type");
+    // One error, as natively: the batch's plain unique violation, retried at once row by row,
+    // is not an error of its own.
+    assert_eq!(one::<i64>(&s, "SELECT apply_error_count FROM pgsub.stat_subscription WHERE subname = 'u'").await, 1);
     assert_eq!(
         one::<String>(&s, "SELECT string_agg(conflict_type, ',') FROM pgsub.conflict_log").await,
         "multiple_unique_conflicts"

@@ -161,7 +161,7 @@ async fn a_failing_transaction_in_a_group_is_retried_with_the_ones_before_it_com
     s.batch_execute("INSERT INTO t VALUES (501, 'local')").await.unwrap();
     single_row_txns(&p, 1, 1000).await;
     s.batch_execute("SELECT pgsub.enable_subscription('g')").await.unwrap();
-    wait_for_repeated_error(&s, "g", &["insert_exists", "t_pkey", "(501,local)"], WAIT).await;
+    wait_for_repeated_error(&s, "g", &["insert_exists", "t_pkey", "(501, local)"], WAIT).await;
     // The 500 transactions before the failing one are committed (as with one local commit per
     // remote transaction) by the first retry, not rolled back with it in a group at every retry.
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM log").await, 500, "applied before the failing transaction");

@@ -282,7 +282,13 @@ fn on_error(subid: i32, e: CaughtError) {
         unsafe { pg_sys::proc_exit(0) };
     }
     shmem::with_slot(subid, |s| {
-        s.set_error(&text, now(), false);
+        if recheck || grouped {
+            // Found the fast way (a batch, a group): the retry that follows at once names the
+            // transaction and row, and is what native's one attempt is — counted there.
+            s.restore_error(&text, now());
+        } else {
+            s.set_error(&text, now(), false);
+        }
         count_conflict(s, counted);
         s.batch_failed_lsn = batch_failed_lsn;
         if let Some(lsn) = errctx::finish_lsn() {
