@@ -297,7 +297,7 @@ fn drop_subscription(
             .share()
             .find(sub.subid)
             .is_some_and(|s| s.dboid == shmem::my_database() && (s.pid > 0 || s.worker_started_at > 0));
-    stop_worker(sub.subid);
+    stop_worker(sub.subid, crate::process::StopReason::Dropped);
     drop_origin(&sub.origin_name());
     drop_sync_origins(sub.subid);
     if !sync_slots.is_empty() {
@@ -365,7 +365,7 @@ fn set_enabled(name: Option<&str>, enabled: bool) {
         // Returns once the worker has exited (none starts again before this transaction ends):
         // the origin's position read next is final, which a handover to another subscriber
         // relies on. Native ALTER SUBSCRIPTION … DISABLE returns at once.
-        stop_worker(sub.subid);
+        stop_worker(sub.subid, crate::process::StopReason::Disabled);
         // Where it stopped, for a worker that finds its origin gone (pg_upgrade carries no pgsub
         // origin over).
         if let Err(e) = catalog::record_stop_lsn(sub.subid, &sub.origin_name()) {
@@ -778,7 +778,7 @@ fn refresh_subscription(name: Option<&str>, copy_data: default!(Option<bool>, tr
     client.close();
     sync_table_list(sub.subid, &tables, copy_data);
     // The worker re-reads its table list on restart.
-    stop_worker(sub.subid);
+    stop_worker(sub.subid, crate::process::StopReason::Refresh);
 }
 
 /// Backs `pgsub.skip_transaction(name, lsn pg_lsn)`.
@@ -793,7 +793,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
         // NULL: nothing to skip any more (native `SKIP (lsn = NONE)`); a running worker
         // restarts to forget it.
         update_sub(sub.subid, catalog::Change::SkipLsn(None));
-        stop_worker(sub.subid);
+        stop_worker(sub.subid, crate::process::StopReason::Skip);
         return;
     };
     let parsed: Option<pgsub_proto::Lsn> = lsn.parse().ok().filter(|l: &pgsub_proto::Lsn| l.is_valid());
@@ -830,7 +830,7 @@ fn _skip_transaction(name: Option<&str>, lsn: Option<&str>) {
     // A running worker reads skip_lsn when it starts: it restarts once this commits (a failing
     // one would at its next retry anyway), so the next remote transaction is skipped or, if it
     // does not finish there, clears skip_lsn, as natively.
-    stop_worker(sub.subid);
+    stop_worker(sub.subid, crate::process::StopReason::Skip);
 }
 
 /// Like native `pg_stat_reset_subscription_stats`: zeroes the subscription's counters (errors,

@@ -99,6 +99,36 @@ fn stop_asked() -> bool {
     !p.is_null() && unsafe { p.read_volatile() } != 0
 }
 
+/// Why a pgsub function stops a subscription's worker (`SubSlot::stop_reason`): it does so
+/// inside its own transaction, before the change is committed, so the worker cannot read it
+/// from the catalog. The worker's LOG line says it, in native's words where native has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StopReason {
+    Dropped = 1,
+    Disabled = 2,
+    Refresh = 3,
+    Skip = 4,
+}
+
+impl StopReason {
+    pub fn from_u8(v: u8) -> Option<StopReason> {
+        [StopReason::Dropped, StopReason::Disabled, StopReason::Refresh, StopReason::Skip]
+            .into_iter()
+            .find(|r| *r as u8 == v)
+    }
+
+    /// What the worker's LOG line says after "… for subscription "name"".
+    pub fn says(self) -> &'static str {
+        match self {
+            StopReason::Dropped => "will stop because the subscription was removed",
+            StopReason::Disabled => "will stop because the subscription was disabled",
+            StopReason::Refresh => "will restart because the subscription's tables are being refreshed",
+            StopReason::Skip => "will restart because its skip_lsn was changed",
+        }
+    }
+}
+
 /// How long a worker asked to stop may take before it gets SIGTERM (a statement waiting for a
 /// lock, say, only sees a signal).
 pub const STOP_GRACE_US: i64 = 5_000_000;

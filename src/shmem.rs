@@ -66,6 +66,9 @@ pub struct SubSlot {
     /// cleanly, as native's worker does on seeing its subscription changed. Only a worker that
     /// has not exited a few seconds later gets SIGTERM (`process::ask_to_stop`).
     pub stop_asked_at: i64,
+    /// Why a pgsub function asked the running worker to stop (`StopReason`, 0 = not said: the
+    /// launcher's stop after a committed change, which the worker reads from the catalog).
+    pub stop_reason: u8,
     /// When a worker last reached its slot (connected, and took it or left it on purpose): a
     /// worker the launcher registered after this that is gone never got there — a failed run.
     pub reached_at: i64,
@@ -175,6 +178,7 @@ impl Default for SubSlot {
             pid: 0,
             paused_by: 0,
             stop_asked_at: 0,
+            stop_reason: 0,
             reached_at: 0,
             failures: 0,
             next_start_at: 0,

@@ -54,6 +54,14 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     // native's worker tells it (Terminate): it logged "unexpected EOF on standby connection".
     wait_value(&p, "SELECT active FROM pg_replication_slots WHERE slot_name = 'life'", "f", WAIT).await;
     assert!(!nodes.publisher.log().contains("unexpected EOF"), "the walsender saw the connection just close");
+    nodes
+        .subscriber
+        .wait_for_log(
+            "pgsub apply worker for subscription \"life\" will stop because the subscription was disabled",
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     p.batch_execute("INSERT INTO t VALUES (2, 'while disabled')").await.unwrap();
     // A deliberate interval, not a condition: that the row does not arrive is an absence, which
     // only time shows. 1.5 s is three passes of the launcher (pgsub.naptime 500 ms in the
@@ -77,10 +85,7 @@ async fn enable_disable_drop_and_worker_lifecycle() {
     .await;
     nodes
         .subscriber
-        .wait_for_log(
-            "pgsub apply worker for subscription \"life\" is stopping (the subscription was disabled, changed or dropped)",
-            WAIT,
-        )
+        .wait_for_log("pgsub apply worker for subscription \"life\" will restart because of a parameter change", WAIT)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     // Changes in quick succession reach a worker that is still starting (connecting, reading

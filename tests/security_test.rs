@@ -812,6 +812,38 @@ async fn an_owner_without_usage_on_the_tables_schema_copies_it_as_its_owner() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// TAP 027: the subscription owner loses SUPERUSER while its worker runs: the worker restarts,
+/// saying why in native's words, and as a non-superuser without a password of its own it is
+/// refused the connection (native's "password is required"); SUPERUSER given back, it goes on.
+#[tokio::test(flavor = "current_thread")]
+async fn an_owner_losing_superuser_restarts_the_worker_saying_why() {
+    let nodes = TwoNodes::start().expect("start");
+    let p = nodes.publisher.client("postgres").await.unwrap();
+    let s = nodes.subscriber.client("postgres").await.unwrap();
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1)").await.unwrap();
+    s.batch_execute("CREATE ROLE su_owner LOGIN SUPERUSER").await.unwrap();
+    let owner = nodes.subscriber.client_as("su_owner", "postgres").await.unwrap();
+    owner.execute("SELECT pgsub.create_subscription('su', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "su", WAIT).await;
+    s.batch_execute("ALTER ROLE su_owner NOSUPERUSER; GRANT pgsub_admin TO su_owner").await.unwrap();
+    nodes
+        .subscriber
+        .wait_for_log(
+            "pgsub apply worker for subscription \"su\" will restart because the subscription owner's superuser privileges have been revoked",
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_subscription_error(&s, "su", &["password is required"], WAIT).await;
+    s.batch_execute("ALTER ROLE su_owner SUPERUSER").await.unwrap();
+    p.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "2", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn row_level_security_is_refused_not_bypassed() {
     let nodes = TwoNodes::start().expect("start");

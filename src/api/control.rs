@@ -366,7 +366,7 @@ pub(super) fn drop_sync_origins(subid: i32) {
 
 /// Stops the subscription's workers (apply and table synchronization) and keeps the launcher from starting another until
 /// this transaction ends; waits up to 30 s for it to exit.
-pub(super) fn stop_worker(subid: i32) {
+pub(super) fn stop_worker(subid: i32, why: crate::process::StopReason) {
     if !shmem::available() {
         return;
     }
@@ -381,6 +381,7 @@ pub(super) fn stop_worker(subid: i32) {
                 s.failed = false;
                 s.failures = 0;
                 s.next_start_at = 0;
+                s.stop_reason = why as u8;
                 crate::process::ask_to_stop(s)
             }
             None => 0,

@@ -97,6 +97,7 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
                 s.reached_at = now();
                 s.pid = me;
                 s.stop_asked_at = 0;
+                s.stop_reason = 0;
                 crate::process::watch_stop_request(&s.stop_asked_at);
                 s.launch_pending = false;
                 s.worker_started_at = now();

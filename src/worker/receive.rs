@@ -807,12 +807,43 @@ impl Stream {
         unsafe { pg_sys::InterruptHoldoffCount += 1 };
         // Why, for a DBA reading the log (native's worker says "terminating … due to
         // administrator command" for a SIGTERM).
-        let why = if crate::process::stop_asked_by_pgsub() {
-            "the subscription was disabled, changed or dropped"
+        let what = if crate::process::stop_asked_by_pgsub() {
+            self.stop_reason()
         } else {
-            "SIGTERM: a server shutdown or pg_terminate_backend"
+            "is stopping (SIGTERM: a server shutdown or pg_terminate_backend)".to_string()
         };
-        log!("pgsub apply worker for subscription \"{}\" is stopping ({why})", self.sub.name);
+        log!("pgsub apply worker for subscription \"{}\" {what}", self.sub.name);
+    }
+
+    /// Why pgsub asked this worker to stop: what the pgsub function that stopped it said
+    /// (`process::StopReason`), or else what the catalog shows changed (the launcher stops a
+    /// worker once a change is committed), in native's words where it has them.
+    fn stop_reason(&self) -> String {
+        let subid = self.sub.subid;
+        let said = crate::shmem::with_slot(subid, |s| s.stop_reason).and_then(crate::process::StopReason::from_u8);
+        if let Some(r) = said {
+            return r.says().into();
+        }
+        let now = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            Some(super::xact(|| crate::catalog::load(subid).ok().flatten()))
+        }))
+        .catch_others(|_| {
+            // SAFETY: leaves the transaction the failed read began.
+            unsafe { pg_sys::AbortOutOfAnyTransaction() };
+            None
+        })
+        .execute();
+        match now {
+            Some(None) => "will stop because the subscription was removed".into(),
+            Some(Some(s)) if !s.enabled => "will stop because the subscription was disabled".into(),
+            Some(Some(s)) if self.sub.owner_superuser && !s.owner_superuser => {
+                "will restart because the subscription owner's superuser privileges have been revoked".into()
+            }
+            Some(Some(s)) if s.config_hash() != self.sub.config_hash() => {
+                "will restart because of a parameter change".into()
+            }
+            _ => "is stopping (the subscription was disabled, changed or dropped)".into(),
+        }
     }
 }
 
