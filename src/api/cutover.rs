@@ -132,12 +132,14 @@ impl Worker {
         self.pid > 0 && matches!(self.status, Status::Streaming | Status::InitialCopy)
     }
 
-    fn describe(&self, target: Lsn, cat: Option<&catalog::CatchupState>) -> String {
+    fn describe(&self, target: Lsn, cat: Option<&catalog::CatchupState>, origin: &str) -> String {
         let lsn = |l: Lsn| if l.is_valid() { l.to_string() } else { "none".into() };
         let worker = if self.pid > 0 { format!("worker pid {}", self.pid) } else { "no worker running".to_string() };
+        // A worker that is (re)starting has published no position yet: the origin's is durable.
+        let durable = if self.flushed.is_valid() { self.flushed } else { origin_progress(origin) };
         let mut s = format!(
             "Target {target}; durably applied up to {} (applied {}, caught up {}); status {}, {worker}.",
-            lsn(self.flushed),
+            lsn(durable),
             lsn(self.applied),
             lsn(self.caught_up),
             self.status.as_str()
@@ -157,6 +159,19 @@ impl Worker {
 /// Makes the apply worker's applied transactions durable here: flushes the local WAL up to the
 /// commit of the last transaction recorded in the subscription's replication origin (the worker
 /// commits with the subscription's `synchronous_commit`, `off` by default).
+/// The replication origin's durable position (invalid when it has none).
+fn origin_progress(origin: &str) -> Lsn {
+    let name = CString::new(origin).unwrap_or_default();
+    // SAFETY: origin lookup and progress read inside a transaction; no flush.
+    unsafe {
+        let id = pg_sys::replorigin_by_name(name.as_ptr(), true);
+        if id == pg_sys::InvalidRepOriginId as u16 {
+            return Lsn::INVALID;
+        }
+        Lsn(pg_sys::replorigin_get_progress(id, false))
+    }
+}
+
 fn flush_applied(origin: &str) {
     let name = CString::new(origin).unwrap_or_default();
     // SAFETY: origin lookup and progress read inside a transaction; with flush = true the WAL is
@@ -260,7 +275,7 @@ fn _wait_for_catchup(name: Option<&str>, lsn: Option<&str>, timeout_ms: Option<f
             error(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("subscription \"{name}\" was disabled while waiting for it to catch up"),
-                Some(w.describe(target, Some(&cat))),
+                Some(w.describe(target, Some(&cat), &origin)),
                 Some("Enable it with pgsub.enable_subscription(), then wait again."),
             );
         }
@@ -274,7 +289,7 @@ fn _wait_for_catchup(name: Option<&str>, lsn: Option<&str>, timeout_ms: Option<f
             }
         }
         if w.error_count > errors_before {
-            let mut detail = w.describe(target, Some(&cat));
+            let mut detail = w.describe(target, Some(&cat), &origin);
             if let Some(e) = &w.last_error {
                 detail.push_str(&format!("\nLast error of the worker: {e}"));
             }
@@ -301,7 +316,7 @@ fn _wait_for_catchup(name: Option<&str>, lsn: Option<&str>, timeout_ms: Option<f
                         "timed out after {} waiting for subscription \"{name}\" to catch up to {target}",
                         human(now - started)
                     ),
-                    Some(w.describe(target, Some(&cat))),
+                    Some(w.describe(target, Some(&cat), &origin)),
                     Some(
                         "pgsub.stat_subscription shows what the worker is doing (status, lag_bytes, last_error); wait again, with a longer timeout if needed.",
                     ),

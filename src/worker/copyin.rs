@@ -183,12 +183,14 @@ fn check_insert_allowed(relid: pg_sys::Oid, columns: &[String]) {
 pub fn refuse_row_level_security(relid: pg_sys::Oid) {
     // SAFETY: catalog lookups inside a transaction; the returned names are palloc'd C strings
     // (or NULL) read at once.
-    let (user, rel) = unsafe {
+    let (user, rel, owns) = unsafe {
         if pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, false)
             != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
         {
             return;
         }
+        // Has the owner's privileges, as check_enable_rls counts an owner.
+        let owns = super::owner::rel_owner(relid).is_some_and(|o| pg_sys::has_privs_of_role(pg_sys::GetUserId(), o));
         let text = |p: *mut std::ffi::c_char| {
             if p.is_null() {
                 String::from("?")
@@ -196,13 +198,19 @@ pub fn refuse_row_level_security(relid: pg_sys::Oid) {
                 std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
             }
         };
-        (text(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true)), text(pg_sys::get_rel_name(relid)))
+        (text(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true)), text(pg_sys::get_rel_name(relid)), owns)
+    };
+    // The table's owner itself is bound only by FORCE ROW LEVEL SECURITY: owning it is no way out.
+    let hint = if owns {
+        "The table forces row-level security on its owner (FORCE ROW LEVEL SECURITY): give that role BYPASSRLS, subscribe as a role with BYPASSRLS and run_as_owner => true, or ALTER TABLE … NO FORCE ROW LEVEL SECURITY; the worker retries."
+    } else {
+        "Make the subscription owner the table's owner or give it BYPASSRLS, or disable row-level security on the table; the worker retries."
     };
     crate::report::error(
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
         format!("user \"{user}\" cannot replicate into relation with row-level security enabled: \"{rel}\""),
         None,
-        Some("Make the subscription owner the table's owner or give it BYPASSRLS, or disable row-level security on the table; the worker retries."),
+        Some(hint),
     );
 }
 

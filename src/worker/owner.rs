@@ -195,7 +195,7 @@ fn rls_binds(relid: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     unsafe { pg_sys::check_enable_rls(relid, role, false) == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 }
 }
 
-fn rel_owner(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+pub(super) fn rel_owner(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
     // SAFETY: a relcache lookup inside a transaction; the reference is closed again.
     unsafe {
         let rel = pg_sys::RelationIdGetRelation(relid);
