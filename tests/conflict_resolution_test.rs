@@ -1017,8 +1017,9 @@ async fn rows_of_a_foreign_table_partition_are_updated_and_deleted_under_commit_
 async fn keys_of_char_and_bit_columns_are_found() {
     let nodes = nodes();
     let (p, s) = nodes.clients().await.unwrap();
-    let ddl = "CREATE TABLE ch (code char(3) PRIMARY KEY, v text); CREATE TABLE bi (b bit(4) PRIMARY KEY, v text)";
-    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE ch, bi")).await.unwrap();
+    let ddl = "CREATE TABLE ch (code char(3) PRIMARY KEY, v text); CREATE TABLE bi (b bit(4) PRIMARY KEY, v text);
+               CREATE TABLE vc (k varchar(3) PRIMARY KEY, v text)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE ch, bi, vc")).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
     s.execute(
         "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'apply_remote')",
@@ -1027,17 +1028,26 @@ async fn keys_of_char_and_bit_columns_are_found() {
     .await
     .unwrap();
     wait_for_subscription_sync(&s, "c", WAIT).await;
-    s.batch_execute("INSERT INTO ch VALUES ('ab', 'local'); INSERT INTO bi VALUES (B'1010', 'local')").await.unwrap();
-    p.batch_execute("INSERT INTO ch VALUES ('ab', 'remote'); INSERT INTO bi VALUES (B'1010', 'remote')").await.unwrap();
+    s.batch_execute(
+        "INSERT INTO ch VALUES ('ab', 'local'); INSERT INTO bi VALUES (B'1010', 'local'); INSERT INTO vc VALUES ('xy', 'local')",
+    )
+    .await
+    .unwrap();
+    p.batch_execute(
+        "INSERT INTO ch VALUES ('ab', 'remote'); INSERT INTO bi VALUES (B'1010', 'remote'); INSERT INTO vc VALUES ('xy', 'remote')",
+    )
+    .await
+    .unwrap();
     wait_value(&s, "SELECT v FROM ch WHERE code = 'ab'", "remote", WAIT).await;
     wait_value(&s, "SELECT v FROM bi WHERE b = B'1010'", "remote", WAIT).await;
-    wait_logged(&s, "insert_exists", 2).await;
+    wait_value(&s, "SELECT v FROM vc WHERE k = 'xy'", "remote", WAIT).await;
+    wait_logged(&s, "insert_exists", 3).await;
     let keys: String = one(
         &s,
         "SELECT string_agg(key::text, ' ' ORDER BY key::text) FROM pgsub.conflict_log WHERE conflict_type = 'insert_exists'",
     )
     .await;
-    assert_eq!(keys, r#"{"b": "1010"} {"code": "ab "}"#, "the keys as the columns hold them");
+    assert_eq!(keys, r#"{"b": "1010"} {"code": "ab "} {"k": "xy"}"#, "the keys as the columns hold them");
     assert_eq!(counter(&s, "error_count").await, 0, "no error on the way");
     assert_replicated_equal(&p, &s).await;
 }

@@ -385,9 +385,20 @@ impl Applier {
         }
         let names = self.tables.take_renamed();
         let subid = self.subid;
-        if let Err(e) = super::xact(|| crate::catalog::set_remote_names(subid, &names)) {
-            report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
-        }
+        super::xact(|| {
+            // Only names the local tables still have: another worker of the subscription (the
+            // leader, a parallel worker) may have seen a later rename since.
+            let current: Vec<(u32, String, String)> = names
+                .into_iter()
+                .filter(|(relid, schema, name)| {
+                    crate::catalog::local_relid(schema, name).map(|o| o.to_u32()) == Some(*relid)
+                })
+                .collect();
+            // An error aborts the whole change (the worker restarts and finds the renames again).
+            if let Err(e) = crate::catalog::set_remote_names(subid, &current) {
+                report::error(Code::ERRCODE_INTERNAL_ERROR, format!("updating pgsub.sub_rel: {e}"), None, None);
+            }
+        });
     }
 
     /// Aborts the local transaction (used when the worker stops mid-transaction).

@@ -283,9 +283,10 @@ fn on_error(subid: i32, e: CaughtError) {
         unsafe { pg_sys::proc_exit(0) };
     }
     shmem::with_slot(subid, |s| {
-        if recheck || grouped {
-            // Found the fast way (a batch, a group): the retry that follows at once names the
-            // transaction and row, and is what native's one attempt is — counted there.
+        if recheck || (grouped && conflict.is_some()) {
+            // A unique violation found the fast way (a batch, a group): the retry that follows
+            // at once names the transaction and row and reports the conflict, which is what
+            // native's one attempt is — counted there. Any other error counts now.
             s.restore_error(&text, now());
         } else {
             s.set_error(&text, now(), false);

@@ -824,12 +824,19 @@ impl Stream {
         if let Some(r) = said {
             return r.says().into();
         }
+        // SAFETY: reads this backend's interrupt hold-off count (stop() holds interrupts).
+        let held = unsafe { pg_sys::InterruptHoldoffCount };
         let now = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
             Some(super::xact(|| crate::catalog::load(subid).ok().flatten()))
         }))
         .catch_others(|_| {
-            // SAFETY: leaves the transaction the failed read began.
-            unsafe { pg_sys::AbortOutOfAnyTransaction() };
+            // SAFETY: leaves the transaction the failed read began; the ERROR's cleanup reset
+            // the hold-off, which must stay until the worker exits (a pending SIGTERM would
+            // turn the LOG line into a FATAL one).
+            unsafe {
+                pg_sys::AbortOutOfAnyTransaction();
+                pg_sys::InterruptHoldoffCount = held;
+            }
             None
         })
         .execute();

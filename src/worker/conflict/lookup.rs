@@ -127,10 +127,25 @@ impl Params {
     }
 }
 
-/// The column's type as a cast names it, with its modifier: `character(3)`, `bit(5)`,
-/// `numeric(10,2)`; without one `pg_catalog.bpchar` (`format_type_be` says `character`, which a
-/// cast reads as `character(1)`: a remote `yz ` became `y`, and a key of that type was not found).
+/// The column's type as a cast names it. Length types (`character`, `varchar`, `bit`,
+/// `varbit` and their arrays) without their modifier — an explicit cast to `varchar(3)` cuts a
+/// longer value, where applying it is native's "value too long" error — and as the bare type:
+/// `format_type_be` says `character`, which a cast reads as `character(1)` (a remote `yz `
+/// became `y`, and a key of that type was not found). Others with theirs (`numeric(10,2)`,
+/// `timestamp(3)`), whose cast rounds as storing the value does.
 pub(super) fn type_name(typid: pg_sys::Oid, typmod: i32) -> String {
+    let length_type = [
+        pg_sys::BPCHAROID,
+        pg_sys::VARCHAROID,
+        pg_sys::BITOID,
+        pg_sys::VARBITOID,
+        pg_sys::BPCHARARRAYOID,
+        pg_sys::VARCHARARRAYOID,
+        pg_sys::BITARRAYOID,
+        pg_sys::VARBITARRAYOID,
+    ]
+    .contains(&typid);
+    let typmod = if length_type { -1 } else { typmod };
     let flags = (pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN | pg_sys::FORMAT_TYPE_FORCE_QUALIFY) as pg_sys::bits16;
     // SAFETY: returns a palloc'd name for any type OID.
     unsafe { CStr::from_ptr(pg_sys::format_type_extended(typid, typmod, flags)) }.to_string_lossy().into_owned()
