@@ -19,6 +19,17 @@ fn nodes() -> TwoNodes {
         .expect("start")
 }
 
+/// Subscription `c` of publication `pub` under conflict policy `policy`, its tables synchronized.
+async fn subscribe(nodes: &TwoNodes, s: &tokio_postgres::Client, policy: &str) {
+    s.execute(
+        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => $2)",
+        &[&nodes.pub_conninfo(), &policy],
+    )
+    .await
+    .unwrap();
+    wait_for_subscription_sync(s, "c", WAIT).await;
+}
+
 /// Changes the policy and waits until a worker started with it runs (the change restarts the
 /// worker; until then the old one may still apply under the old policy).
 async fn set_policy(s: &tokio_postgres::Client, policy: &str) {
@@ -71,8 +82,7 @@ async fn insert_exists_stops_apply_under_error_and_each_policy_decides_it() {
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
     p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE t")).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
 
     // error (the default): apply stops with the conflict, nothing of the transaction applied.
     s.batch_execute("INSERT INTO t VALUES (1, 'local')").await.unwrap();
@@ -160,8 +170,7 @@ async fn apply_remote_takes_the_remote_key_into_a_generated_always_identity_colu
     )
     .await
     .unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
     set_policy(&s, "apply_remote").await;
     s.batch_execute("INSERT INTO ar (id, u, a, here) OVERRIDING SYSTEM VALUE VALUES (2, 20, 'local', 'mine')")
         .await
@@ -191,8 +200,7 @@ async fn a_row_colliding_in_two_unique_indexes_is_replaced_not_lost() {
     let ddl = "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, name text)";
     p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE users")).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
     set_policy(&s, "apply_remote").await;
     s.batch_execute("INSERT INTO users VALUES (1, 'a@x', 'local'), (3, 'c@x', 'local')").await.unwrap();
     p.batch_execute("INSERT INTO users VALUES (1, 'a@x', 'remote'), (2, 'b@x', 'remote2')").await.unwrap();
@@ -227,13 +235,7 @@ async fn update_and_delete_conflicts_by_type_and_policy() {
     .await
     .unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute(
-        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'apply_remote')",
-        &[&nodes.pub_conninfo()],
-    )
-    .await
-    .unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "apply_remote").await;
     assert_replicated_equal(&p, &s).await;
 
     // update_origin_differs: the row was last changed here. apply_remote (and error, natively)
@@ -373,13 +375,7 @@ async fn last_update_wins_tells_commit_times_one_microsecond_apart() {
     .await
     .unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute(
-        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'last_update_wins')",
-        &[&nodes.pub_conninfo()],
-    )
-    .await
-    .unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "last_update_wins").await;
 
     // Row 1: local .123458, remote .123459 (a float epoch rounds the local one up to .12346).
     // Row 2: local .223461, remote .223460 (a float epoch rounds the local one down to a tie).
@@ -526,8 +522,7 @@ async fn every_policy_on_every_type() {
     .await
     .unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
     let mut marker = 0;
     // Applies a publisher change and waits until the subscriber has applied everything before it.
     async fn publish(p: &tokio_postgres::Client, s: &tokio_postgres::Client, sql: &str, marker: &mut i32) {
@@ -630,13 +625,7 @@ async fn conflicts_on_a_partitioned_target_name_the_leaf() {
     )
     .await
     .unwrap();
-    s.execute(
-        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'keep_local')",
-        &[&nodes.pub_conninfo()],
-    )
-    .await
-    .unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "keep_local").await;
     s.batch_execute("INSERT INTO m VALUES (200, 'local'); UPDATE m SET v = 'local' WHERE id IN (10, 60)")
         .await
         .unwrap();
@@ -679,8 +668,7 @@ async fn an_exclusion_violation_stops_apply_under_every_policy() {
     s.batch_execute("CREATE TABLE ex (id int PRIMARY KEY, during int4range, EXCLUDE USING gist (during WITH &&))")
         .await
         .unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
     for (i, policy) in ["apply_remote", "keep_local"].into_iter().enumerate() {
         set_policy(&s, policy).await;
         let local = 1000 + i as i32;
@@ -715,8 +703,7 @@ async fn a_table_with_a_deferrable_key_is_applied_under_every_policy() {
                CREATE TABLE e (id int PRIMARY KEY)";
     p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE d, e")).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
 
     // error: the transaction fails on e; the retry (which looks for conflicts) applies d's row.
     s.batch_execute("INSERT INTO e VALUES (1)").await.unwrap();
@@ -759,13 +746,7 @@ async fn a_copied_row_is_not_blamed_on_an_origin_that_reuses_the_copy_origins_id
     .await
     .unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute(
-        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'keep_local')",
-        &[&nodes.pub_conninfo()],
-    )
-    .await
-    .unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "keep_local").await;
     // The copy's origin is gone once the table is ready; its id is the lowest free one.
     wait_value(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub\\_%\\_sync\\_%'", "0", WAIT)
         .await;
@@ -802,8 +783,7 @@ async fn copied_and_streamed_rows(streamed: i64) -> (TwoNodes, tokio_postgres::C
     .await
     .unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
     wait_value(&s, "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgsub\\_%\\_sync\\_%'", "0", WAIT)
         .await;
     p.batch_execute(&format!("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1, {streamed}) g"))
@@ -886,8 +866,7 @@ async fn a_commit_time_policy_without_track_commit_timestamp_stops_instead_of_al
     let (p, s) = nodes.clients().await.unwrap();
     p.batch_execute("CREATE TABLE lw (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE lw").await.unwrap();
     s.batch_execute("CREATE TABLE lw (id int PRIMARY KEY, v text)").await.unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
     set_policy(&s, "last_update_wins").await;
     s.batch_execute("ALTER SYSTEM SET track_commit_timestamp = off").await.unwrap();
     drop(s);
@@ -929,8 +908,7 @@ async fn a_latin1_subscriber_database_applies_and_resolves_conflicts_on_non_asci
     ))
     .await
     .unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
 
     p.batch_execute(
         "UPDATE t SET v = 'crème' WHERE id = 1; DELETE FROM t WHERE id = 2; UPDATE tk SET v = 'hiver' WHERE k = 'clé'",
@@ -994,8 +972,7 @@ async fn rows_of_a_foreign_table_partition_are_updated_and_deleted_under_commit_
     ))
     .await
     .unwrap();
-    s.execute("SELECT pgsub.create_subscription('c', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()]).await.unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "error").await;
     p.batch_execute(
         "INSERT INTO t VALUES (1, 1, 'far'), (2, 0, 'near'), (3, 1, 'far too');
          UPDATE t SET v = 'far, changed' WHERE id = 1; DELETE FROM t WHERE id = 3; UPDATE t SET v = 'near, changed' WHERE id = 2",
@@ -1021,13 +998,7 @@ async fn keys_of_char_and_bit_columns_are_found() {
                CREATE TABLE vc (k varchar(3) PRIMARY KEY, v text)";
     p.batch_execute(&format!("{ddl}; CREATE PUBLICATION pub FOR TABLE ch, bi, vc")).await.unwrap();
     s.batch_execute(ddl).await.unwrap();
-    s.execute(
-        "SELECT pgsub.create_subscription('c', $1, ARRAY['pub'], conflict_resolution => 'apply_remote')",
-        &[&nodes.pub_conninfo()],
-    )
-    .await
-    .unwrap();
-    wait_for_subscription_sync(&s, "c", WAIT).await;
+    subscribe(&nodes, &s, "apply_remote").await;
     s.batch_execute(
         "INSERT INTO ch VALUES ('ab', 'local'); INSERT INTO bi VALUES (B'1010', 'local'); INSERT INTO vc VALUES ('xy', 'local')",
     )
