@@ -111,7 +111,9 @@ fn create_subscription(
     let create_slot = required(create_slot, "create_slot") && connect;
     // NULL: the worker chooses (worker/format.rs).
     let streaming = required(streaming_mode(streaming), "streaming");
-    let origin = required(origin, "origin");
+    // Case-insensitive, as natively ('ANY' is 'any').
+    let origin = required(origin, "origin").to_ascii_lowercase();
+    let origin = origin.as_str();
     let disable_on_error = required(disable_on_error, "disable_on_error");
     let synchronous_commit = required(synchronous_commit, "synchronous_commit");
     let two_phase = required(two_phase, "two_phase");
@@ -492,6 +494,9 @@ fn alter_subscription_options(
         require_superuser_for_password_required_false();
     }
     let conflict_resolution = conflict_resolution.map(check_conflict_resolution);
+    // Case-insensitive, as natively ('ANY' is 'any').
+    let origin_lower = origin.map(str::to_ascii_lowercase);
+    let origin = origin_lower.as_deref();
     if let Some(o) = origin {
         check_origin(o);
     }

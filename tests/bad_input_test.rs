@@ -156,6 +156,14 @@ async fn create_subscription_refuses_bad_input_and_leaves_nothing() {
     assert!(f.hint.contains("'any'") && f.hint.contains("'none'"), "hint lists the values: {}", f.text());
     let f = must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, origin => NULL)", &[&ci, &pubs]).await;
     check(&f, "22004", &["origin must not be NULL"]);
+    // Case-insensitive, as natively.
+    s.execute("SELECT pgsub.create_subscription('cased', $1, $2, origin => 'NONE', connect => false)", &[&ci, &pubs])
+        .await
+        .expect("origin 'NONE'");
+    assert_eq!(one::<String>(&s, "SELECT origin FROM pgsub.subscription WHERE subname = 'cased'").await, "none");
+    s.batch_execute("SELECT pgsub.alter_subscription_options('cased', origin => 'Any')").await.expect("origin 'Any'");
+    assert_eq!(one::<String>(&s, "SELECT origin FROM pgsub.subscription WHERE subname = 'cased'").await, "any");
+    s.batch_execute("SELECT pgsub.drop_subscription('cased')").await.unwrap();
     let f =
         must_fail(&s, "SELECT pgsub.create_subscription('bad', $1, $2, synchronous_commit => 'maybe')", &[&ci, &pubs])
             .await;

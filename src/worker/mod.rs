@@ -229,10 +229,19 @@ fn on_error(subid: i32, e: CaughtError) {
     // the local row (counted, logged, in pgsub.conflict_log, and what disable_on_error acts on),
     // as native does at the first attempt. A retry that meets it again counts it as it is.
     let finish = errctx::finish_lsn().map_or(0, |l| l.0);
-    let recheck = conflict.is_some()
-        && conflict::raised_type().is_none()
-        && finish != 0
-        && shmem::with_slot(subid, |s| s.batch_failed_lsn != finish).unwrap_or(false);
+    // A parallel apply worker's (its transaction's finish not known yet while it streams) is the
+    // same: the retry applies that transaction by spilling, which meets it with its finish LSN
+    // and so goes row by row (a parallel worker's COPY batch met it the fast way).
+    // (Its type is not told here: the leader's message is the one it was at, Stream Commit.)
+    // A conflict the parallel worker reported by its type (a policy's) is counted as it is.
+    let from_parallel = msg.starts_with(parallel::ERROR_PREFIX)
+        && code == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
+        && !msg.contains("conflict detected on relation");
+    let recheck = conflict::raised_type().is_none()
+        && ((conflict.is_some()
+            && finish != 0
+            && shmem::with_slot(subid, |s| s.batch_failed_lsn != finish).unwrap_or(false))
+            || from_parallel);
     let counted = if recheck { None } else { conflict };
     // An error while several remote transactions were applied together (a group's commit, a
     // run of inserts carried over their commits) is not pinned to one of them: the retry, at

@@ -406,7 +406,10 @@ fn on_error(subid: i32, hdr: &mut Header, e: CaughtError) {
         errctx::describe(),
     ]
     .join(&SEP.to_string());
-    let conflict = crate::worker::conflict_of(&e);
+    // A conflict this worker reported by its type is counted here; a plain unique violation (a
+    // COPY batch's) is not yet: the leader's retry applies the transaction by spilling, row by
+    // row, and reports and counts it there (`worker::on_error`'s recheck).
+    let conflict = crate::worker::conflict::raised_type();
     shmem::with_slot(subid, |s| crate::worker::count_conflict(s, conflict));
     if let Some(relid) = errctx::relation().and_then(|r| crate::worker::relation::bound_relid(&r)) {
         crate::monitor::add_conflict(subid, relid.to_u32(), conflict);
