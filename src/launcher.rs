@@ -255,18 +255,14 @@ impl Launcher {
         let name = |subid: i32| names.get(&subid).cloned().unwrap_or_else(|| subid.to_string());
         match action {
             Action::Stop { subid, pid } => {
-                // Asked to stop cleanly (SIGTERM once the grace time has passed, on a later
-                // pass); its table synchronization workers go with it.
-                let asked =
-                    SHARED.exclusive().find_mut(subid).filter(|s| s.pid == pid).map(crate::process::ask_to_stop);
-                match asked {
-                    Some(p) => crate::process::wake(p),
-                    None => crate::process::terminate(pid),
-                }
+                // Disabled or dropped: its table synchronization workers go with it.
+                stop_apply_worker(subid, pid);
                 for p in shmem::sync_worker_pids(subid) {
                     crate::process::terminate(p);
                 }
             }
+            // A changed option: the sync workers go on; the next apply worker answers them.
+            Action::Restart { subid, pid } => stop_apply_worker(subid, pid),
             Action::Forget { subid } => {
                 if let Some(slot) = SHARED.exclusive().find_mut(subid) {
                     *slot = shmem::SubSlot::default();
@@ -385,6 +381,16 @@ fn expire_conflicts() {
         Ok(0) => {}
         Ok(n) => log!("pgsub launcher: deleted {n} conflict records older than pgsub.conflict_log_retention"),
         Err(e) => warning!("pgsub launcher: cannot expire pgsub.conflict_log: {e}"),
+    }
+}
+
+/// Asks the apply worker `pid` to stop cleanly (SIGTERM once the grace time has passed, on a
+/// later pass).
+fn stop_apply_worker(subid: i32, pid: i32) {
+    let asked = SHARED.exclusive().find_mut(subid).filter(|s| s.pid == pid).map(crate::process::ask_to_stop);
+    match asked {
+        Some(p) => crate::process::wake(p),
+        None => crate::process::terminate(pid),
     }
 }
 

@@ -913,6 +913,66 @@ async fn an_apply_worker_exiting_during_a_catch_up_loses_none_of_the_tables_chan
     );
 }
 
+/// A change of the subscription's options, its name or a refresh while a table is being copied
+/// restarts the apply worker only: the sync worker goes on with its copy, as native's tablesync
+/// does, and the next apply worker answers it. pgsub stopped the sync workers with the apply
+/// worker (a FATAL line) and the copy started over from its first row.
+#[tokio::test(flavor = "current_thread")]
+async fn an_option_change_a_rename_or_a_refresh_during_a_copy_lets_the_copy_go_on() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) =
+        held_in(&nodes, "k", 100, 20_000, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)", "copying").await;
+    let sync_pid: i32 =
+        one(&s, "SELECT sync_worker_pid FROM pgsub.subscription_table WHERE relid = 't'::regclass").await;
+    let apply_pid = || async { one::<Option<i32>>(&s, "SELECT pid FROM pgsub.stat_subscription").await };
+    let changes = [
+        (
+            "SELECT pgsub.alter_subscription_options('k', synchronous_commit => 'on')",
+            "will restart because of a parameter change",
+        ),
+        ("SELECT pgsub.rename_subscription('k', 'k2')", "will restart because of a parameter change"),
+        (
+            "SELECT pgsub.refresh_subscription('k2')",
+            "will restart because the subscription's tables are being refreshed",
+        ),
+    ];
+    for (sql, says) in changes {
+        let before = apply_pid().await.expect("an apply worker runs");
+        let logged = nodes.subscriber.log().matches(says).count();
+        s.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        wait_for(&format!("a new apply worker after {sql}"), WAIT, || async {
+            let now = apply_pid().await;
+            Ok(now.filter(|&p| p != before).map(|_| ()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        // The old worker's line may reach the log file after the new worker shows.
+        wait_for(&format!("{sql}: the apply worker says \"{says}\""), WAIT, || async {
+            Ok((nodes.subscriber.log().matches(says).count() > logged).then_some(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let now: Option<i32> =
+            one(&s, "SELECT sync_worker_pid FROM pgsub.subscription_table WHERE relid = 't'::regclass").await;
+        assert_eq!(now, Some(sync_pid), "{sql}: the table's sync worker goes on");
+        let alive: bool =
+            one(&s, &format!("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = {sync_pid})")).await;
+        assert!(alive, "{sql}: sync worker {sync_pid} still runs");
+    }
+    p.batch_execute("INSERT INTO t SELECT g, 'during the copy', g FROM generate_series(30001, 30100) g")
+        .await
+        .expect("rows during the copy");
+    set_sync_hold(&nodes.subscriber, &s, "").await;
+    wait_value(&s, &state_sql("t"), "ready", WAIT).await;
+    p.batch_execute("INSERT INTO base VALUES (1001, 'after', 1001)").await.expect("a row after");
+    wait_value(&s, "SELECT count(*) FROM base WHERE id = 1001", "1", WAIT).await;
+    assert_equal(&p, &s).await;
+    assert_no_sync_slot_left(&p).await;
+    let log = nodes.subscriber.log();
+    assert!(!log.contains("of an interrupted copy"), "the copy was not started over");
+    assert!(!log.contains("terminating background worker \"pgsub sync worker"), "no sync worker was terminated");
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn kill_9_of_the_sync_worker_in_every_sync_state_loses_and_duplicates_nothing() {
     kill9_in_every_sync_state(Victim::SyncWorker).await;

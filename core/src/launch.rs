@@ -95,8 +95,13 @@ pub enum WaitReason {
 /// What the launcher does, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// SIGTERM to the worker with this pid.
+    /// Stop the worker with this pid and the subscription's table synchronization workers (the
+    /// subscription was disabled or dropped).
     Stop { subid: i32, pid: i32 },
+    /// Stop the worker with this pid to start it again with the changed catalog row; the table
+    /// synchronization workers go on (a copy is not started over), as natively, and the next
+    /// apply worker takes them over.
+    Restart { subid: i32, pid: i32 },
     /// The subscription was dropped and has no worker left: free its slot.
     Forget { subid: i32 },
     /// Register a worker for the subscription.
@@ -131,7 +136,7 @@ pub fn decide(subs: &[Sub], slots: &mut [Slot], limits: Limits, others: &Others)
         }
         if slot.has_worker() {
             if slot.pid > 0 && slot.config_hash != sub.config_hash {
-                actions.push(Action::Stop { subid: sub.subid, pid: slot.pid });
+                actions.push(Action::Restart { subid: sub.subid, pid: slot.pid });
             }
             continue;
         }
@@ -393,7 +398,7 @@ mod tests {
         let mut slots = [Slot { pid: 100, config_hash: 1, ..slot(1) }];
         let a =
             decide(&[Sub { subid: 1, enabled: true, config_hash: 2 }], &mut slots, limits(0, 4), &Others::default());
-        assert_eq!(a, vec![Action::Stop { subid: 1, pid: 100 }]);
+        assert_eq!(a, vec![Action::Restart { subid: 1, pid: 100 }]);
         // A registered worker that has not started yet is left alone.
         let mut slots = [Slot { registered: true, config_hash: 1, ..slot(1) }];
         assert!(decide(

@@ -364,8 +364,9 @@ pub(super) fn drop_sync_origins(subid: i32) {
     }
 }
 
-/// Stops the subscription's workers (apply and table synchronization) and keeps the launcher from starting another until
-/// this transaction ends; waits up to 30 s for it to exit.
+/// Stops the subscription's workers (apply and table synchronization; after a refresh or
+/// skip_lsn only those of tables no longer synchronized) and keeps the launcher from starting
+/// another until this transaction ends; waits up to 30 s for it to exit.
 pub(super) fn stop_worker(subid: i32, why: crate::process::StopReason) {
     if !shmem::available() {
         return;
@@ -405,11 +406,22 @@ pub(super) fn stop_worker(subid: i32, why: crate::process::StopReason) {
         }
     }
     // Then its table synchronization workers (no new one is registered now): a registered one
-    // that has not claimed its slot finds none and leaves; running ones are stopped.
+    // that has not claimed its slot finds none and leaves; running ones are stopped. After a
+    // refresh or skip_lsn, as natively, those of tables the subscription still synchronizes go
+    // on (their copy is not started over; the next apply worker answers them).
+    let keep: Vec<u32> = match why {
+        crate::process::StopReason::Refresh | crate::process::StopReason::Skip => catalog::load_rels(subid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.sync_state.needs_sync_worker())
+            .map(|r| r.relid)
+            .collect(),
+        crate::process::StopReason::Dropped | crate::process::StopReason::Disabled => Vec::new(),
+    };
     let syncs: Vec<i32> = {
         let mut g = shmem::SHARED.exclusive();
         let mut pids = Vec::new();
-        for s in g.sync.iter_mut().filter(|s| s.subid == subid) {
+        for s in g.sync.iter_mut().filter(|s| s.subid == subid && !keep.contains(&s.relid)) {
             if s.pid > 0 {
                 pids.push(s.pid);
             } else {
