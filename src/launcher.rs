@@ -84,7 +84,7 @@ pub extern "C-unwind" fn pgsub_launcher_main(arg: pg_sys::Datum) {
         if let Some(state) = launcher.tick() {
             break Some(state);
         }
-        crate::process::nap(i64::from(gucs::NAPTIME_MS.get()));
+        crate::process::nap(i64::from(gucs::NAPTIME_MS.get()), crate::process::Wait::LauncherMain);
     };
     // Workers of ours keep running when we are stopped: they are independent and stop on their
     // own when their subscription goes away; the next launcher adopts them through shared memory.

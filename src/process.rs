@@ -273,23 +273,79 @@ pub fn heartbeat() {
     }
 }
 
+/// What a pgsub process waits for, shown in `pg_stat_activity` (`wait_event_type`,
+/// `wait_event`) as native's logical replication processes show the same wait, so that what a
+/// DBA watches for a native subscriber reads the same here. Waits native has no name for (and
+/// those PostgreSQL 15 has none for) are `Extension`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// An apply or sync worker's stream waiting for the publisher: `Activity` /
+    /// `LogicalApplyMain`.
+    ApplyMain,
+    /// The launcher (and the supervisor) between passes: `Activity` / `LogicalLauncherMain`.
+    LauncherMain,
+    /// A sync worker waiting for the apply worker's answer, or the apply worker for a sync
+    /// worker's catch-up: `IPC` / `LogicalSyncStateChange`.
+    SyncStateChange,
+    /// A parallel apply worker waiting for its leader's next change: `Activity` /
+    /// `LogicalParallelApplyMain` (16+).
+    ParallelApplyMain,
+    /// The leader waiting for room in a parallel worker's queue: `IPC` / `LogicalApplySendData`
+    /// (16+).
+    ApplySendData,
+    /// The leader waiting for a parallel worker's transaction to start or end: `IPC` /
+    /// `LogicalParallelApplyStateChange` (16+).
+    ParallelApplyStateChange,
+    /// A connection to or a query on the publisher: `Client` / `LibPQWalReceiverReceive`.
+    PublisherReceive,
+    /// Anything else: `Extension` / `Extension`.
+    Extension,
+}
+
+impl Wait {
+    /// PostgreSQL's `wait_event_info` for the wait.
+    pub fn info(self) -> u32 {
+        use pg_sys::{WaitEventActivity as A, WaitEventClient as C, WaitEventIPC as I};
+        #[cfg(feature = "pg15")]
+        let (parallel_main, send_data, parallel_state) =
+            (pg_sys::PG_WAIT_EXTENSION, pg_sys::PG_WAIT_EXTENSION, pg_sys::PG_WAIT_EXTENSION);
+        #[cfg(not(feature = "pg15"))]
+        let (parallel_main, send_data, parallel_state) = (
+            A::WAIT_EVENT_LOGICAL_PARALLEL_APPLY_MAIN,
+            I::WAIT_EVENT_LOGICAL_APPLY_SEND_DATA,
+            I::WAIT_EVENT_LOGICAL_PARALLEL_APPLY_STATE_CHANGE,
+        );
+        match self {
+            Wait::ApplyMain => A::WAIT_EVENT_LOGICAL_APPLY_MAIN,
+            Wait::LauncherMain => A::WAIT_EVENT_LOGICAL_LAUNCHER_MAIN,
+            Wait::SyncStateChange => I::WAIT_EVENT_LOGICAL_SYNC_STATE_CHANGE,
+            Wait::ParallelApplyMain => parallel_main,
+            Wait::ApplySendData => send_data,
+            Wait::ParallelApplyStateChange => parallel_state,
+            Wait::PublisherReceive => C::WAIT_EVENT_LIBPQWALRECEIVER_RECEIVE,
+            Wait::Extension => pg_sys::PG_WAIT_EXTENSION,
+        }
+    }
+}
+
 /// A background worker's nap: waits on its latch for up to `ms` (a signal, a wake from another
-/// pgsub process or postmaster death ends it early), then answers pending process signals (`absorb_signals`).
-/// Backends serving SQL wait with `check_for_interrupts!` instead.
-pub fn nap(ms: i64) {
-    wait_latch(ms.max(0));
+/// pgsub process or postmaster death ends it early), shown as waiting for `what`, then answers
+/// pending process signals (`absorb_signals`). Backends serving SQL wait with
+/// `check_for_interrupts!` instead.
+pub fn nap(ms: i64, what: Wait) {
+    wait_latch(ms.max(0), what);
     absorb_signals();
 }
 
 /// Waits on this process's latch for up to `ms` (or postmaster death), then resets it.
-fn wait_latch(ms: i64) {
+fn wait_latch(ms: i64, what: Wait) {
     // SAFETY: latch wait of a process attached to shared memory.
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
             ms as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
+            what.info(),
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
@@ -300,7 +356,7 @@ fn wait_latch(ms: i64) {
 pub fn backend_wait_while(timeout: std::time::Duration, step_ms: i64, running: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while running() && std::time::Instant::now() < deadline {
-        wait_latch(step_ms.max(1));
+        wait_latch(step_ms.max(1), Wait::Extension);
         pg_sys::check_for_interrupts!();
     }
 }
@@ -336,7 +392,8 @@ impl SocketWait {
     }
 
     /// Sleeps until the latch is set, the socket is readable or `ms` have passed (postmaster
-    /// death ends the process); a set latch is reset.
+    /// death ends the process), shown as `LogicalApplyMain` (its one use is the stream's wait);
+    /// a set latch is reset.
     pub fn wait(&mut self, ms: i64) {
         // SAFETY: the set built in `new`; one event out.
         unsafe {
@@ -346,7 +403,7 @@ impl SocketWait {
                 ms.max(0) as std::ffi::c_long,
                 &mut event,
                 1,
-                pg_sys::PG_WAIT_EXTENSION,
+                Wait::ApplyMain.info(),
             );
             if n > 0 && event.events & pg_sys::WL_LATCH_SET != 0 {
                 pg_sys::ResetLatch(pg_sys::MyLatch);

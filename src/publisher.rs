@@ -55,7 +55,7 @@ impl Wait for LatchWait {
                     (pg_sys::WL_LATCH_SET | sock_ev | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
                     fd,
                     timeout_ms as std::ffi::c_long,
-                    pg_sys::PG_WAIT_EXTENSION,
+                    crate::process::Wait::PublisherReceive.info(),
                 );
                 if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
                     pg_sys::ResetLatch(pg_sys::MyLatch);

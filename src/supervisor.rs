@@ -75,7 +75,7 @@ pub extern "C-unwind" fn pgsub_supervisor_main(_arg: pg_sys::Datum) {
             crate::history::sample_all();
         }
         let to_next_second = 1000 - (t.rem_euclid(1_000_000) / 1000) + 5;
-        crate::process::nap(i64::from(gucs::NAPTIME_MS.get()).min(to_next_second));
+        crate::process::nap(i64::from(gucs::NAPTIME_MS.get()).min(to_next_second), crate::process::Wait::LauncherMain);
     }
     // Launchers keep running; the next supervisor finds them through their slots. At server
     // shutdown every pgsub process is stopping too: their last counts are in shared memory once

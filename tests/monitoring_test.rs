@@ -958,6 +958,67 @@ async fn an_idle_worker_logs_its_memory_contexts_when_asked() {
     assert_replicated_equal(&p, &s).await;
 }
 
+/// Idle workers show in `pg_stat_activity` the wait events native's show for the same waits —
+/// the apply worker `Activity` / `LogicalApplyMain`, the launcher and supervisor `Activity` /
+/// `LogicalLauncherMain` — side by side with a native subscription of the same publisher on the
+/// same server, so that what a DBA watches reads the same (they all showed `Extension`).
+#[tokio::test(flavor = "current_thread")]
+async fn idle_workers_show_the_wait_events_natives_show() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    for c in [&p, &s] {
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE n (id int PRIMARY KEY)").await.unwrap();
+    }
+    p.batch_execute("CREATE PUBLICATION pub FOR TABLE t; CREATE PUBLICATION npub FOR TABLE n").await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('we', $1, ARRAY['pub'])", &[&nodes.pub_conninfo()])
+        .await
+        .expect("create");
+    s.batch_execute(&format!(
+        "CREATE SUBSCRIPTION nat CONNECTION '{}' PUBLICATION npub",
+        nodes.pub_conninfo().replace('\'', "''")
+    ))
+    .await
+    .expect("native subscription");
+    wait_for_subscription_sync(&s, "we", WAIT).await;
+    wait_value(&s, "SELECT bool_and(srsubstate = 'r')::text FROM pg_subscription_rel", "true", WAIT).await;
+    p.batch_execute("INSERT INTO t SELECT generate_series(1, 100); INSERT INTO n SELECT generate_series(1, 100)")
+        .await
+        .unwrap();
+    wait_value(&s, "SELECT (SELECT count(*) FROM t) + (SELECT count(*) FROM n)", "200", WAIT).await;
+    let waits = |types: &str| {
+        format!(
+            "SELECT string_agg(DISTINCT backend_type || ': ' || coalesce(wait_event_type || ' / ' || wait_event, 'none'), \
+                               ', ' ORDER BY backend_type || ': ' || coalesce(wait_event_type || ' / ' || wait_event, 'none')) \
+             FROM pg_stat_activity WHERE backend_type IN ({types})"
+        )
+    };
+    // Native 15/16 call the apply worker `logical replication worker`, 17+ `logical replication
+    // apply worker`.
+    let apply = one::<String>(
+        &s,
+        "SELECT CASE WHEN current_setting('server_version_num')::int >= 170000 \
+                                   THEN 'logical replication apply worker' ELSE 'logical replication worker' END",
+    )
+    .await;
+    wait_value(
+        &s,
+        &waits(&format!("'pgsub apply worker', '{apply}'")),
+        &format!("{apply}: Activity / LogicalApplyMain, pgsub apply worker: Activity / LogicalApplyMain"),
+        WAIT,
+    )
+    .await;
+    wait_value(
+        &s,
+        &waits("'pgsub launcher', 'pgsub supervisor', 'logical replication launcher'"),
+        "logical replication launcher: Activity / LogicalLauncherMain, pgsub launcher: Activity / LogicalLauncherMain, \
+         pgsub supervisor: Activity / LogicalLauncherMain",
+        WAIT,
+    )
+    .await;
+    s.batch_execute("DROP SUBSCRIPTION nat").await.expect("drop the native subscription");
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// A worker that connects behind a backlog of WAL it receives nothing from (changes to tables it
 /// does not subscribe) shows that backlog as lag at once: the publisher's WAL end is taken from
 /// IDENTIFY_SYSTEM when it connects, not only from the changes and keepalives that come later

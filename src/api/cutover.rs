@@ -186,7 +186,7 @@ fn flush_applied(origin: &str) {
 
 /// Sleeps on the latch for up to `ms`; a cancel or terminate request is served on waking.
 pub(super) fn nap(ms: u64) {
-    crate::process::nap(i64::try_from(ms).unwrap_or(i64::MAX));
+    crate::process::nap(i64::try_from(ms).unwrap_or(i64::MAX), crate::process::Wait::Extension);
     pg_sys::check_for_interrupts!();
 }
 

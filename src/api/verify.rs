@@ -487,7 +487,7 @@ fn wait_held(sub: &Subscription, c: Lsn, deadline: i64) {
                 Some("pgsub.stat_subscription shows its lag; verify again when it has caught up."),
             );
         }
-        crate::process::nap(10);
+        crate::process::nap(10, crate::process::Wait::Extension);
         pg_sys::check_for_interrupts!();
     }
 }

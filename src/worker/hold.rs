@@ -146,7 +146,7 @@ impl Stream {
             if shutdown_requested() {
                 break;
             }
-            crate::process::nap(100);
+            crate::process::nap(100, crate::process::Wait::Extension);
             // The walsender must not time us out while we hold.
             self.send_feedback(false, false);
         }

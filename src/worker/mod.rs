@@ -743,7 +743,7 @@ pub(crate) fn start_replication(
             if !std::mem::replace(&mut said, true) {
                 log!("pgsub: replication slot \"{slot}\" is still active on the publisher ({e}); waiting up to {} s for it", SLOT_BUSY_WAIT.as_secs());
             }
-            crate::process::nap(pause);
+            crate::process::nap(pause, crate::process::Wait::Extension);
             pause = (pause * 2).min(2000);
             if shutdown_requested() {
                 return None;

@@ -149,7 +149,7 @@ impl Stream {
                 self.send_feedback(true, false);
             }
             // The sync worker sets this worker's latch when its phase changes.
-            crate::process::nap(10);
+            crate::process::nap(10, crate::process::Wait::SyncStateChange);
         }
     }
 
@@ -397,6 +397,6 @@ pub fn drop_stale_sync_origins(subid: i32, rels: &[SubRel]) {
     }
 }
 
-pub(super) fn wait_ms(ms: i64) {
-    crate::process::nap(ms);
+pub(super) fn wait_ms(ms: i64, what: crate::process::Wait) {
+    crate::process::nap(ms, what);
 }

@@ -175,7 +175,7 @@ fn hold(phase: SyncPhase) {
             // SAFETY: the main thread of a background worker, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        wait_ms(100);
+        wait_ms(100, crate::process::Wait::Extension);
     }
 }
 
@@ -374,7 +374,7 @@ fn ask_apply_worker(subid: i32, relid: u32) -> Option<Lsn> {
         if without_apply > 50 {
             return None;
         }
-        wait_ms(100);
+        wait_ms(100, crate::process::Wait::SyncStateChange);
     }
 }
 

@@ -410,7 +410,7 @@ impl Pool {
                     if since.elapsed() >= QUEUE_DEADLOCK_TIMEOUT && self.assigned.len() > 1 {
                         self.queue_deadlock(xid);
                     }
-                    self.wait();
+                    self.wait(crate::process::Wait::ApplySendData);
                 }
                 _ => self.fail(i, xid, Lsn::INVALID),
             }
@@ -434,12 +434,12 @@ impl Pool {
             if self.workers[i].gone() {
                 self.fail(i, xid, finish);
             }
-            self.wait();
+            self.wait(crate::process::Wait::ParallelApplyStateChange);
         }
     }
 
-    fn wait(&self) {
-        crate::process::nap(1000);
+    fn wait(&self, what: crate::process::Wait) {
+        crate::process::nap(1000, what);
         if shutdown_requested() {
             // SAFETY: the worker's clean stop path: nothing half-applied is kept.
             unsafe {

@@ -142,7 +142,7 @@ impl ParallelApplier {
                     if self.progress.publish_due() {
                         self.progress.publish(None, 0);
                     }
-                    crate::process::nap(1000);
+                    crate::process::nap(1000, crate::process::Wait::ParallelApplyMain);
                 }
                 _ => return None,
             }
