@@ -150,6 +150,24 @@ LEFT JOIN pgsub._stat_counters() c ON c.subid = s.subid
 LEFT JOIN pgsub._stat_conflicts() k ON k.subid = s.subid
 LEFT JOIN pgsub._stat_rates() x ON x.subid = s.subid;
 
+-- One row per running worker, as native's pg_stat_subscription (same columns, same worker_type
+-- values): the apply worker, its table synchronization workers (relid) and its parallel apply
+-- workers (leader_pid). Positions and times are the apply worker's; NULL for the others.
+CREATE VIEW pgsub.stat_subscription_workers AS
+SELECT w.subid,
+       s.subname,
+       w.worker_type,
+       w.pid,
+       w.leader_pid,
+       w.relid,
+       pgsub._lsn(w.received_lsn) AS received_lsn,
+       pgsub._ts(w.last_msg_send_time) AS last_msg_send_time,
+       pgsub._ts(w.last_msg_receipt_time) AS last_msg_receipt_time,
+       pgsub._lsn(w.latest_end_lsn) AS latest_end_lsn,
+       pgsub._ts(w.latest_end_time) AS latest_end_time
+FROM pgsub._stat_workers() w
+JOIN pgsub.sub s ON s.subid = w.subid;
+
 -- One row per subscribed table: what was applied to it (src/monitor.rs; the counters survive
 -- clean restarts and are zeroed by pgsub.reset_stats), conflicts by PostgreSQL 18's type names
 -- as in stat_subscription, and its sync state as pgsub.subscription_table shows it.
@@ -317,7 +335,7 @@ TO pgsub_admin;
 
 GRANT USAGE ON SCHEMA pgsub TO PUBLIC;
 GRANT SELECT ON pgsub.subscription, pgsub.subscription_table, pgsub.stat_subscription,
-    pgsub.stat_subscription_table TO PUBLIC;
+    pgsub.stat_subscription_table, pgsub.stat_subscription_workers TO PUBLIC;
 REVOKE ALL ON pgsub.stat_subscription_all, pgsub.stat_database FROM PUBLIC;
 GRANT SELECT ON pgsub.stat_subscription_all, pgsub.stat_database TO pgsub_admin, pg_monitor;
 REVOKE EXECUTE ON FUNCTION pgsub._stat_databases() FROM PUBLIC;

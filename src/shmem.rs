@@ -28,6 +28,9 @@ pub const MAX_SUBSCRIPTIONS: usize = 128;
 pub const MAX_SYNC_SLOTS: usize = 64;
 /// Databases the supervisor keeps a state for (beyond it, extra databases are not served).
 pub const MAX_DATABASES: usize = 256;
+/// Parallel apply workers listed at once, server-wide (`pgsub.stat_subscription_workers`); one
+/// started while all are taken runs unlisted.
+pub const MAX_PARALLEL_SLOTS: usize = 64;
 const NAME_LEN: usize = 64;
 /// `SubSlot::pending_commit_time` when how far behind apply is is not known (the view's
 /// `apply_lag` is NULL): a worker that has not heard from its publisher since it started.
@@ -114,6 +117,10 @@ pub struct SubSlot {
     pub applied_lsn: u64,
     pub flushed_lsn: u64,
     pub publisher_wal_end: u64,
+    /// The WAL end and send time of the publisher's last keepalive (native
+    /// `pg_stat_subscription.latest_end_lsn` / `latest_end_time`; 0 = none yet).
+    pub latest_end_lsn: u64,
+    pub latest_end_time: i64,
     /// Everything the publisher sent up to here has been applied (idle and caught up).
     pub caught_up_lsn: u64,
     pub last_msg_send_time: i64,
@@ -200,6 +207,8 @@ impl Default for SubSlot {
             applied_lsn: 0,
             flushed_lsn: 0,
             publisher_wal_end: 0,
+            latest_end_lsn: 0,
+            latest_end_time: 0,
             caught_up_lsn: 0,
             last_msg_send_time: 0,
             last_msg_receipt_time: 0,
@@ -409,6 +418,38 @@ pub struct Shared {
     pub dbs: [DbSlot; MAX_DATABASES],
     pub slots: [SubSlot; MAX_SUBSCRIPTIONS],
     pub sync: [SyncSlot; MAX_SYNC_SLOTS],
+    pub parallel: [ParallelSlot; MAX_PARALLEL_SLOTS],
+}
+
+/// A running parallel apply worker of a subscription and its leader: taken by the worker when
+/// it starts, freed when it exits (a crash resets shared memory).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub struct ParallelSlot {
+    pub subid: i32,
+    pub pid: i32,
+    pub leader_pid: i32,
+}
+
+/// Lists this parallel apply worker (`pid`, of subscription `subid`, led by `leader_pid`);
+/// false when every slot is taken.
+pub fn list_parallel_worker(subid: i32, pid: i32, leader_pid: i32) -> bool {
+    let mut g = SHARED.exclusive();
+    match g.parallel.iter_mut().find(|p| p.pid == 0) {
+        Some(p) => {
+            *p = ParallelSlot { subid, pid, leader_pid };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Frees the slot of the parallel apply worker `pid` (at its exit).
+pub fn unlist_parallel_worker(pid: i32) {
+    let mut g = SHARED.exclusive();
+    for p in g.parallel.iter_mut().filter(|p| p.pid == pid) {
+        *p = ParallelSlot::default();
+    }
 }
 
 impl Default for Shared {
@@ -419,6 +460,7 @@ impl Default for Shared {
             dbs: [DbSlot::default(); MAX_DATABASES],
             slots: [SubSlot::default(); MAX_SUBSCRIPTIONS],
             sync: [SyncSlot::default(); MAX_SYNC_SLOTS],
+            parallel: [ParallelSlot::default(); MAX_PARALLEL_SLOTS],
         }
     }
 }

@@ -57,6 +57,58 @@ pub(crate) fn visible_slots(g: &shmem::Shared, all: bool) -> impl Iterator<Item 
     g.slots.iter().filter(move |s| s.subid != 0 && (all || s.dboid == here))
 }
 
+/// One row per running worker of the subscriptions pgsub's launcher knows about — apply, table
+/// synchronization, parallel apply — as native `pg_stat_subscription` has them
+/// (`pgsub.stat_subscription_workers`). Positions and times are the apply worker's (a sync
+/// worker's catch-up and a parallel worker show none).
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn _stat_workers() -> TableIterator<
+    'static,
+    (
+        name!(subid, i32),
+        name!(worker_type, String),
+        name!(pid, i32),
+        name!(leader_pid, Option<i32>),
+        name!(relid, Option<pg_sys::Oid>),
+        name!(received_lsn, i64),
+        name!(last_msg_send_time, i64),
+        name!(last_msg_receipt_time, i64),
+        name!(latest_end_lsn, i64),
+        name!(latest_end_time, i64),
+    ),
+> {
+    let mut rows = Vec::new();
+    if shmem::available() {
+        let all = sees_all_databases();
+        let g = shmem::SHARED.share();
+        let subs: Vec<i32> = visible_slots(&g, all).map(|s| s.subid).collect();
+        for s in visible_slots(&g, all).filter(|s| s.pid > 0) {
+            rows.push((
+                s.subid,
+                "apply".to_string(),
+                s.pid,
+                None,
+                None,
+                s.received_lsn as i64,
+                s.last_msg_send_time,
+                s.last_msg_receipt_time,
+                s.latest_end_lsn as i64,
+                s.latest_end_time,
+            ));
+        }
+        for s in g.sync.iter().filter(|s| s.subid != 0 && s.pid > 0 && subs.contains(&s.subid)) {
+            let relid = Some(pg_sys::Oid::from(s.relid));
+            rows.push((s.subid, "table synchronization".to_string(), s.pid, None, relid, 0, 0, 0, 0, 0));
+        }
+        for p in g.parallel.iter().filter(|p| p.pid > 0 && subs.contains(&p.subid)) {
+            let leader = (p.leader_pid > 0).then_some(p.leader_pid);
+            rows.push((p.subid, "parallel apply".to_string(), p.pid, leader, None, 0, 0, 0, 0, 0));
+        }
+    }
+    TableIterator::new(rows)
+}
+
 /// Progress of every subscription pgsub's launcher knows about.
 // The column list is the SQL signature: pgrx needs it spelled out inline.
 #[allow(clippy::type_complexity)]

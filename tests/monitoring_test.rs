@@ -961,9 +961,11 @@ async fn an_idle_worker_logs_its_memory_contexts_when_asked() {
 /// Idle workers show in `pg_stat_activity` the wait events native's show for the same waits —
 /// the apply worker `Activity` / `LogicalApplyMain`, the launcher and supervisor `Activity` /
 /// `LogicalLauncherMain` — side by side with a native subscription of the same publisher on the
-/// same server, so that what a DBA watches reads the same (they all showed `Extension`).
+/// same server, so that what a DBA watches reads the same (they all showed `Extension`); and
+/// `pgsub.stat_subscription_workers` has a row per worker with native `pg_stat_subscription`'s
+/// columns (17+'s), the apply worker's positions filled as native fills them.
 #[tokio::test(flavor = "current_thread")]
-async fn idle_workers_show_the_wait_events_natives_show() {
+async fn idle_workers_show_natives_wait_events_and_a_row_each_as_pg_stat_subscription() {
     let nodes = TwoNodes::start().expect("start");
     let (p, s) = nodes.clients().await.expect("clients");
     for c in [&p, &s] {
@@ -1015,6 +1017,44 @@ async fn idle_workers_show_the_wait_events_natives_show() {
         WAIT,
     )
     .await;
+    // The per-worker view: native 17+'s columns, in its order.
+    let columns = |rel: &str| {
+        format!(
+            "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute \
+             WHERE attrelid = '{rel}'::regclass AND attnum > 0 AND NOT attisdropped"
+        )
+    };
+    let ours: String = one(&s, &columns("pgsub.stat_subscription_workers")).await;
+    assert_eq!(
+        ours,
+        "subid,subname,worker_type,pid,leader_pid,relid,received_lsn,last_msg_send_time,last_msg_receipt_time,\
+         latest_end_lsn,latest_end_time"
+    );
+    if one::<i32>(&s, "SELECT current_setting('server_version_num')::int").await >= 170000 {
+        assert_eq!(ours, one::<String>(&s, &columns("pg_stat_subscription")).await, "native's columns");
+    }
+    let apply_pid: i32 = one(&s, "SELECT pid FROM pgsub.stat_subscription WHERE subname = 'we'").await;
+    // The positions native shows for an idle apply worker: its last keepalive's WAL end and
+    // time, and what it received.
+    wait_value(
+        &s,
+        &format!(
+            "SELECT format('%s %s %s %s', worker_type, pid = {apply_pid}, leader_pid IS NULL AND relid IS NULL, \
+                    received_lsn IS NOT NULL AND latest_end_lsn IS NOT NULL AND latest_end_time IS NOT NULL \
+                    AND last_msg_send_time IS NOT NULL AND last_msg_receipt_time IS NOT NULL) \
+             FROM pgsub.stat_subscription_workers WHERE subname = 'we'"
+        ),
+        "apply t t t",
+        WAIT,
+    )
+    .await;
+    let native_filled: bool = one(
+        &s,
+        "SELECT received_lsn IS NOT NULL AND latest_end_lsn IS NOT NULL AND latest_end_time IS NOT NULL \
+         FROM pg_stat_subscription WHERE subname = 'nat'",
+    )
+    .await;
+    assert!(native_filled, "native fills the same columns");
     s.batch_execute("DROP SUBSCRIPTION nat").await.expect("drop the native subscription");
     assert_replicated_equal(&p, &s).await;
 }

@@ -95,6 +95,14 @@ async fn streamed_transactions_are_applied_in_parallel_and_commit_in_order() {
     // A's changes are applied before it commits: a parallel worker writes big.
     let pa = wait_parallel_writing(&s, "big").await;
     assert_ne!(pa, leader);
+    // Each worker a row of pgsub.stat_subscription_workers, as native's pg_stat_subscription.
+    let workers: String = one(
+        &s,
+        "SELECT string_agg(format('%s %s %s', worker_type, pid, coalesce(leader_pid::text, '-')), ', ' \
+                           ORDER BY worker_type) FROM pgsub.stat_subscription_workers WHERE subname = 'pa'",
+    )
+    .await;
+    assert_eq!(workers, format!("apply {leader} -, parallel apply {pa} {leader}"));
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM big").await, 0, "not visible before the commit");
     let tmp = nodes.subscriber.data_dir().join("base/pgsql_tmp");
     let spilled: Vec<_> = std::fs::read_dir(&tmp)

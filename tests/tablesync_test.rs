@@ -924,6 +924,13 @@ async fn an_option_change_a_rename_or_a_refresh_during_a_copy_lets_the_copy_go_o
         held_in(&nodes, "k", 100, 20_000, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)", "copying").await;
     let sync_pid: i32 =
         one(&s, "SELECT sync_worker_pid FROM pgsub.subscription_table WHERE relid = 't'::regclass").await;
+    let listed: String = one(
+        &s,
+        "SELECT string_agg(format('%s %s', pid, relid::regclass), ', ') FROM pgsub.stat_subscription_workers \
+         WHERE worker_type = 'table synchronization'",
+    )
+    .await;
+    assert_eq!(listed, format!("{sync_pid} t"), "the sync worker's row of pgsub.stat_subscription_workers");
     let apply_pid = || async { one::<Option<i32>>(&s, "SELECT pid FROM pgsub.stat_subscription").await };
     let changes = [
         (

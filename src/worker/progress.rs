@@ -157,6 +157,9 @@ pub struct Progress {
     pub applied: Lsn,
     pub flushed: Lsn,
     pub last_send_time: i64,
+    /// The last keepalive's WAL end and send time (`SubSlot::latest_end_lsn`).
+    latest_end: Lsn,
+    latest_end_time: i64,
     pub last_commit_time: i64,
     pub pending_commit_time: i64,
     pub caught_up: Lsn,
@@ -200,6 +203,8 @@ impl Progress {
             applied: start,
             flushed: start,
             last_send_time: 0,
+            latest_end: Lsn::INVALID,
+            latest_end_time: 0,
             last_commit_time: 0,
             // Not known until a BEGIN (its commit time) or the stream is caught up (0).
             pending_commit_time: shmem::LAG_UNKNOWN,
@@ -244,6 +249,11 @@ impl Progress {
         }
         if send_time != 0 {
             self.last_send_time = send_time;
+            if !start.is_valid() {
+                // A keepalive (the publisher's word through on_publisher_end has no time).
+                self.latest_end = end;
+                self.latest_end_time = send_time;
+            }
         }
     }
 
@@ -479,6 +489,10 @@ impl Progress {
         }
         if receipt_time != 0 {
             s.last_msg_receipt_time = receipt_time;
+        }
+        if self.latest_end_time != 0 {
+            s.latest_end_lsn = self.latest_end.0;
+            s.latest_end_time = self.latest_end_time;
         }
         if self.last_commit_time != 0 {
             s.last_commit_time = self.last_commit_time;

@@ -54,8 +54,15 @@ pub extern "C-unwind" fn pgsub_parallel_main(arg: pg_sys::Datum) {
     };
     // SAFETY: the header lives in the mapped segment for the process's life.
     let hdr: &'static mut Header = unsafe { &mut *hdr };
-    // SAFETY: MyProcPid is set for every backend.
-    hdr.worker_pid.store(unsafe { pg_sys::MyProcPid }, std::sync::atomic::Ordering::Release);
+    // SAFETY: MyProcPid is set for every backend; MyBgworkerEntry in a background worker (its
+    // notify pid is the leader that registered it).
+    let (me, leader) = unsafe { (pg_sys::MyProcPid, (*pg_sys::MyBgworkerEntry).bgw_notify_pid) };
+    hdr.worker_pid.store(me, std::sync::atomic::Ordering::Release);
+    // Listed for `pgsub.stat_subscription_workers` while it runs.
+    if crate::shmem::list_parallel_worker(subid as i32, me, leader) {
+        // SAFETY: an exit callback of this process, registered once.
+        unsafe { pg_sys::before_shmem_exit(Some(unlist_at_exit), pg_sys::Datum::from(0usize)) };
+    }
     // SAFETY: the segment was made by `shared::create`; this process receives.
     let mq = unsafe { shared::attach_queue(seg, true) };
     errctx::install();
@@ -355,6 +362,12 @@ fn untag() {
 #[pg_guard]
 unsafe extern "C-unwind" fn untag_at_exit(_code: i32, _arg: pg_sys::Datum) {
     untag();
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn unlist_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    // SAFETY: MyProcPid is set for every backend.
+    crate::shmem::unlist_parallel_worker(unsafe { pg_sys::MyProcPid });
 }
 
 /// The (sub)transaction a streamed change belongs to.
