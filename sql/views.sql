@@ -693,6 +693,7 @@ ALTER FUNCTION pgsub._stat_counters() ROWS 10;
 ALTER FUNCTION pgsub._stat_databases() ROWS 4;
 ALTER FUNCTION pgsub._stat_names() ROWS 10;
 ALTER FUNCTION pgsub._stat_progress() ROWS 10;
+ALTER FUNCTION pgsub._stat_workers() ROWS 10;
 ALTER FUNCTION pgsub._stat_rates() ROWS 10;
 ALTER FUNCTION pgsub._stat_tables() ROWS 100;
 ALTER FUNCTION pgsub._sync_progress() ROWS 10;

@@ -59,6 +59,7 @@ const VIEW_HELPERS: &[&str] = &[
     "_stat_progress",
     "_stat_counters",
     "_sync_progress",
+    "_stat_workers",
     "_preloaded",
     "_database_served",
     "_health_arguments",
