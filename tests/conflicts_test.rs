@@ -17,7 +17,7 @@ async fn wait_log(nodes: &TwoNodes, what: &str) {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn missing_rows_in_a_partitioned_target_name_the_leaf() {
+async fn conflicts_in_a_partitioned_target_name_the_leaf_and_its_index() {
     let nodes = TwoNodes::start().expect("start");
     let p = nodes.publisher.client("postgres").await.unwrap();
     let s = nodes.subscriber.client("postgres").await.unwrap();
@@ -79,6 +79,16 @@ async fn missing_rows_in_a_partitioned_target_name_the_leaf() {
     )
     .await;
     assert_eq!(in_leaf, 20, "the batched run's rows, in their leaves");
+    // A remote INSERT whose key a local row of a leaf holds: named by that leaf's own index,
+    // as natively (it named the partitioned table's index, m_pkey).
+    s.batch_execute("INSERT INTO m VALUES (5000, 'local')").await.unwrap();
+    let leaf_5000: String = one(&s, &format!("{leaf_of}5000")).await;
+    p.batch_execute("INSERT INTO m VALUES (5000, 'remote')").await.unwrap();
+    wait_log(&nodes, &format!("conflict detected on relation \"public.{leaf_5000}\": conflict=insert_exists")).await;
+    wait_log(&nodes, &format!("Key already exists in unique index \"{leaf_5000}_pkey\"")).await;
+    assert!(!nodes.subscriber.log_contains("unique index \"m_pkey\""), "the partitioned index is not named");
+    s.batch_execute("DELETE FROM m WHERE id = 5000").await.unwrap();
+    wait_value(&s, "SELECT v FROM m WHERE id = 5000", "remote", WAIT).await;
     // The publisher now deletes the row whose update found nothing: both nodes converge.
     p.batch_execute("DELETE FROM m WHERE id = 2500").await.unwrap();
     assert_replicated_equal(&p, &s).await;

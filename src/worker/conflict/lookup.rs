@@ -225,6 +225,7 @@ pub(super) fn key_text(local: &LocalRel, values: &RemoteValues, cols: &[usize]) 
 /// (`exprs`: one per key, None for a plain column — then `cols` lists the key columns in order),
 /// whether NULLs are equal in it, and its predicate.
 pub(super) struct UniqueIndex {
+    pub(super) oid: u32,
     pub(super) name: String,
     pub(super) cols: Vec<usize>,
     pub(super) exprs: Option<Vec<String>>,
@@ -242,8 +243,8 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
     let sql = "SELECT q.name, q.keys, q.nnd, q.pred, q.has_exprs, q.defs, q.reads, \
                 (coalesce(q.pred, '') || ' ' || pg_catalog.array_to_string(q.keys, ' ') || ' ' \
                  || pg_catalog.array_to_string(q.defs, ' ') || ' ' || pg_catalog.array_to_string(q.reads, ' ') \
-                 || ' ' || q.name) OPERATOR(pg_catalog.~) '[^\x01-\x7f]' \
-         FROM (SELECT c.relname::text AS name, i.indisprimary AS prim, \
+                 || ' ' || q.name) OPERATOR(pg_catalog.~) '[^\x01-\x7f]', q.oid \
+         FROM (SELECT c.relname::text AS name, i.indisprimary AS prim, i.indexrelid::int8 AS oid, \
                 ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                       WHERE k.n <= i.indnkeyatts ORDER BY k.n) AS keys, \
@@ -259,7 +260,7 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
          WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate) q \
          ORDER BY q.prim DESC, q.name";
-    type Row = (String, Vec<String>, bool, Option<String>, bool, Vec<String>, Vec<String>);
+    type Row = (u32, String, Vec<String>, bool, Option<String>, bool, Vec<String>, Vec<String>);
     let converts = crate::dbtext::converts();
     let rows = Spi::connect_mut(|c| {
         let mut out: Vec<Row> = Vec::new();
@@ -269,6 +270,7 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
                 continue;
             }
             out.push((
+                row.get::<i64>(9)?.unwrap_or_default() as u32,
                 row.get::<DbText>(1)?.unwrap_or_default().into_string(),
                 strings(row.get::<Vec<Option<String>>>(2)?),
                 row.get::<bool>(3)?.unwrap_or(false),
@@ -286,15 +288,15 @@ pub(super) fn unique_indexes(local: &LocalRel) -> Vec<UniqueIndex> {
     };
     let position = |n: &String| local.cols.iter().position(|c| &c.name == n);
     rows.into_iter()
-        .filter_map(|(name, keys, nulls_not_distinct, predicate, has_exprs, defs, reads)| {
+        .filter_map(|(oid, name, keys, nulls_not_distinct, predicate, has_exprs, defs, reads)| {
             // Only indexes over columns the publisher sends can be checked.
             if has_exprs {
                 let cols: Option<Vec<usize>> = reads.iter().map(position).collect();
                 let cols = cols.filter(|c| !c.is_empty())?;
-                Some(UniqueIndex { name, cols, exprs: Some(defs), nulls_not_distinct, predicate })
+                Some(UniqueIndex { oid, name, cols, exprs: Some(defs), nulls_not_distinct, predicate })
             } else {
                 let cols: Option<Vec<usize>> = keys.iter().map(position).collect();
-                cols.map(|cols| UniqueIndex { name, cols, exprs: None, nulls_not_distinct, predicate })
+                cols.map(|cols| UniqueIndex { oid, name, cols, exprs: None, nulls_not_distinct, predicate })
             }
         })
         .collect()
@@ -487,11 +489,33 @@ pub(super) fn unique_conflicts(local: &LocalRel, values: &RemoteValues, except: 
             None => lookup(local, &idx.cols, values, idx.nulls_not_distinct, idx.predicate.as_deref(), except, true),
         };
         for mut row in rows {
-            row.index = idx.name.clone();
+            // A row of a partition: named by the partition's own index, as natively (the leaf's
+            // index is the one that holds the key).
+            row.index = if row.tableoid != local.relid.to_u32() {
+                partition_index(idx.oid, row.tableoid).unwrap_or_else(|| idx.name.clone())
+            } else {
+                idx.name.clone()
+            };
             found.push(row);
         }
     }
     found
+}
+
+/// The name of the index of partition `leaf` attached (at any depth) to the partitioned index
+/// `parent` (None if there is none).
+fn partition_index(parent: u32, leaf: u32) -> Option<String> {
+    let sql = "SELECT c.relname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+               WHERE i.indrelid = $2 AND EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(i.indexrelid) a \
+                                                 WHERE a.relid = $1) \
+               LIMIT 1";
+    let args = [pg_sys::Oid::from(parent).into(), pg_sys::Oid::from(leaf).into()];
+    Spi::connect(|c| {
+        let rows = c.select(sql, Some(1), &args)?;
+        rows.first().get::<DbText>(1).map(|v| v.map(DbText::into_string))
+    })
+    .ok()
+    .flatten()
 }
 
 /// JSON and record text of the remote values of the readable columns (text converted by the
