@@ -606,7 +606,9 @@ async fn every_policy_on_every_type() {
 }
 
 /// On a partitioned target the conflicts name the leaf partition that holds the local row, and
-/// the policy applies there as on a plain table.
+/// the policy applies there as on a plain table. An UPDATE that moves a row to another partition
+/// onto a key a local row holds there is `insert_exists`, as natively (native applies the move as
+/// a DELETE and an INSERT; it was `update_exists`).
 #[tokio::test(flavor = "current_thread")]
 async fn conflicts_on_a_partitioned_target_name_the_leaf() {
     let nodes = nodes();
@@ -626,12 +628,14 @@ async fn conflicts_on_a_partitioned_target_name_the_leaf() {
     .await
     .unwrap();
     subscribe(&nodes, &s, "keep_local").await;
-    s.batch_execute("INSERT INTO m VALUES (200, 'local'); UPDATE m SET v = 'local' WHERE id IN (10, 60)")
-        .await
-        .unwrap();
+    s.batch_execute(
+        "INSERT INTO m VALUES (200, 'local'), (201, 'local'); UPDATE m SET v = 'local' WHERE id IN (10, 60)",
+    )
+    .await
+    .unwrap();
     p.batch_execute(
         "INSERT INTO m VALUES (200, 'remote'); UPDATE m SET v = 'remote' WHERE id = 10; DELETE FROM m WHERE id = 60;
-         UPDATE m SET v = 'marker' WHERE id = 99",
+         UPDATE m SET id = 201 WHERE id = 20; UPDATE m SET v = 'marker' WHERE id = 99",
     )
     .await
     .unwrap();
@@ -644,14 +648,19 @@ async fn conflicts_on_a_partitioned_target_name_the_leaf() {
     .unwrap();
     assert_eq!(
         logged,
-        "insert_exists@public.m_high=keep_local,update_origin_differs@public.m_low=keep_local,delete_origin_differs@public.m_high=keep_local"
+        "insert_exists@public.m_high=keep_local,update_origin_differs@public.m_low=keep_local,delete_origin_differs@public.m_high=keep_local,\
+         insert_exists@public.m_high=keep_local"
     );
-    let kept = query_text(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM m WHERE id IN (10, 60, 200)")
-        .await
-        .unwrap();
-    assert_eq!(kept, "10:local,60:local,200:local");
+    let kept =
+        query_text(&s, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM m WHERE id IN (10, 20, 60, 200, 201)")
+            .await
+            .unwrap();
+    assert_eq!(kept, "10:local,20:v20,60:local,200:local,201:local");
+    let moved: i64 = one(&s, "SELECT confl_insert_exists FROM pgsub.stat_subscription WHERE subname = 'c'").await;
+    assert_eq!(moved, 2, "the INSERT and the moving UPDATE");
     assert_replicated_equal_except(&p, &s, None, &["m"]).await;
-    pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM m WHERE id NOT IN (10, 60, 200) ORDER BY id", WAIT).await;
+    pgsub_tests::assert_rows_equal(&p, &s, "SELECT * FROM m WHERE id NOT IN (10, 20, 60, 200, 201) ORDER BY id", WAIT)
+        .await;
 }
 
 /// An exclusion constraint is not a key: no policy resolves a row it refuses (native apply has

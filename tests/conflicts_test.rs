@@ -89,6 +89,19 @@ async fn conflicts_in_a_partitioned_target_name_the_leaf_and_its_index() {
     assert!(!nodes.subscriber.log_contains("unique index \"m_pkey\""), "the partitioned index is not named");
     s.batch_execute("DELETE FROM m WHERE id = 5000").await.unwrap();
     wait_value(&s, "SELECT v FROM m WHERE id = 5000", "remote", WAIT).await;
+    // An UPDATE that moves a row to another leaf onto a key a local row holds there:
+    // `insert_exists` on that leaf's index, as natively (native moves it by a DELETE and an
+    // INSERT; it was `update_exists`).
+    s.batch_execute("INSERT INTO m VALUES (6000, 'local')").await.unwrap();
+    let leaf_6000: String = one(&s, &format!("{leaf_of}6000")).await;
+    let inserts_exist = nodes.subscriber.log().matches("conflict=insert_exists").count();
+    p.batch_execute("UPDATE m SET id = 6000 WHERE id = 8").await.unwrap();
+    wait_log(&nodes, &format!("Key already exists in unique index \"{leaf_6000}_pkey\"")).await;
+    let log = nodes.subscriber.log();
+    assert!(log.matches("conflict=insert_exists").count() > inserts_exist, "insert_exists for the move");
+    assert!(!log.contains("conflict=update_exists"), "not update_exists");
+    s.batch_execute("DELETE FROM m WHERE id = 6000").await.unwrap();
+    wait_value(&s, "SELECT v FROM m WHERE id = 6000", "v8", WAIT).await;
     // The publisher now deletes the row whose update found nothing: both nodes converge.
     p.batch_execute("DELETE FROM m WHERE id = 2500").await.unwrap();
     assert_replicated_equal(&p, &s).await;

@@ -358,8 +358,16 @@ pub(super) fn before_update(
     if apply && (policy != Resolution::Error || retry) {
         let others = unique_conflicts(local, new_values, Some((row.tableoid, &row.ctid)));
         if !others.is_empty() {
-            let ctype =
-                if others.len() > 1 { ConflictType::MultipleUniqueConflicts } else { ConflictType::UpdateExists };
+            // A row held in another partition than the updated row's: the UPDATE moves the row
+            // there (every unique key of a partitioned table holds its partition key), which
+            // native applies as a DELETE and an INSERT — `insert_exists`.
+            let ctype = if others.len() > 1 {
+                ConflictType::MultipleUniqueConflicts
+            } else if others[0].tableoid != row.tableoid {
+                ConflictType::InsertExists
+            } else {
+                ConflictType::UpdateExists
+            };
             let wins = policy != Resolution::Error && others.iter().all(decide);
             let mut rec =
                 record(local, ctype, &others, new_values, resolution_name(policy, wins), "Key already exists");
