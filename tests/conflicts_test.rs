@@ -613,6 +613,22 @@ async fn a_unique_violation_is_reported_by_its_type_at_the_first_attempt() {
     wait_log(&nodes, "subscription \"u\" has been disabled because of an error").await;
     // The ERROR line itself comes after that line.
     wait_log(&nodes, "conflict=multiple_unique_conflicts").await;
+    // Each colliding row its pair of lines, as native 18 logs them (PostgreSQL's TAP test
+    // 035_conflicts expects this shape; pgsub joined the indexes, keys and rows on two lines).
+    let log = nodes.subscriber.log();
+    let mut at = log.find("conflict=multiple_unique_conflicts").expect("the conflict's line");
+    for (index, key, row) in
+        [("u_pkey", "(a)=(2)", "(2, 2, 2)"), ("u_b_key", "(b)=(3)", "(3, 3, 3)"), ("u_c_key", "(c)=(4)", "(4, 4, 4)")]
+    {
+        for want in [
+            format!("Key already exists in unique index \"{index}\", modified in transaction "),
+            format!("Key {key}; existing local row {row}; remote row (2, 3, 4)."),
+        ] {
+            let found =
+                log[at..].find(&want).unwrap_or_else(|| panic!("{want:?} after the conflict's line:\n{}", &log[at..]));
+            at += found + want.len();
+        }
+    }
     assert_eq!(one::<i64>(&s, "SELECT count(*) FROM u WHERE a >= 10").await, 0, "nothing of it applied");
 
     s.batch_execute("DELETE FROM u; SELECT pgsub.enable_subscription('u')").await.unwrap();

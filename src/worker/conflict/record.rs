@@ -36,6 +36,18 @@ pub(super) struct Record {
     /// The replica identity of the row the remote UPDATE or DELETE changes (`(a)=(1)`), shown
     /// last as native 18 shows it.
     pub(super) identity_text: Option<String>,
+    /// Each colliding row of a `multiple_unique_conflicts` with its index and key (shown as
+    /// native 18 shows them: a pair of lines each); empty otherwise.
+    pub(super) collisions: Vec<Collision>,
+}
+
+/// One row a remote row collides with in one unique index.
+#[derive(Clone)]
+pub(super) struct Collision {
+    /// "Key already exists in unique index "i"".
+    pub(super) what: String,
+    pub(super) row: LocalRow,
+    pub(super) key_text: Option<String>,
 }
 
 /// A missing row (logged by `execute::missing_row`): recorded, skipped under every policy.
@@ -58,6 +70,7 @@ pub(crate) fn missing(op: &str, relation: &str, key: Option<&str>, remote_row: O
             several_local: false,
             remote_text: None,
             identity_text: None,
+            collisions: Vec::new(),
         })
     });
     ctype
@@ -88,6 +101,8 @@ pub(super) fn record(
     what: &str,
 ) -> Record {
     let first = rows.first().cloned();
+    // "Key already exists", before the indexes are named.
+    let base_what = what;
     let indexes_here = if rows.is_empty() { Vec::new() } else { unique_indexes(local) };
     let cols_of = |name: &str| indexes_here.iter().find(|i| i.name == name).map(|i| i.cols.clone());
     let key_cols: Vec<usize> = rows.first().and_then(|r| cols_of(&r.index)).unwrap_or_default();
@@ -120,6 +135,17 @@ pub(super) fn record(
         _ => Some(rows.iter().map(|r| r.text.clone().unwrap_or("()".into())).collect::<Vec<_>>().join(", ")),
     };
     let (remote_row, remote_text) = remote_rows(local, values, None);
+    let collisions = if rows.len() > 1 {
+        rows.iter()
+            .map(|r| Collision {
+                what: format!("{base_what} in unique index \"{}\"", r.index),
+                row: r.clone(),
+                key_text: cols_of(&r.index).and_then(|cols| key_text(local, values, &cols)),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Record {
         ctype,
         relation: first.as_ref().map(|r| r.relation.clone()).unwrap_or_else(|| local.qualified.clone()),
@@ -138,6 +164,7 @@ pub(super) fn record(
         several_local: rows.len() > 1,
         remote_text,
         identity_text: None,
+        collisions,
     }
 }
 
@@ -162,55 +189,21 @@ pub(super) fn with_identity_key(
 pub(super) fn describe(rec: &Record) -> (String, String) {
     let txn = STATE.with_borrow(|s| s.txn.clone());
     let msg = format!("pgsub: conflict detected on relation \"{}\": conflict={}", rec.relation, rec.ctype.as_str());
-    let mut detail = rec.what.clone();
-    if let Some(l) = &rec.local {
-        let by = match l.origin {
-            None => String::new(),
-            Some(0) => " locally".into(),
-            // "modified by origin" for a key that exists, "by a different origin" for a row
-            // being updated or deleted, as native 18 words them.
-            Some(o) => match origin_name(o) {
-                Some(n) if rec.ctype.origin_differs() => format!(" by a different origin \"{n}\""),
-                Some(n) => format!(" by origin \"{n}\""),
-                // Dropped since (a table synchronization's origin, a dropped subscription's):
-                // its id may be another origin's later. Native 18's words.
-                None => " by a non-existent origin".into(),
-            },
-        };
-        // "Updating the row that was modified locally …", "Key already exists …, modified by …".
-        if !rec.what.ends_with(" modified") {
-            detail.push_str(", modified");
-        }
-        detail.push_str(&by);
-        if let Some(x) = l.xid {
-            detail.push_str(&format!(" in transaction {x}"));
-        }
-        if let Some(t) = l.commit_time {
-            detail.push_str(&format!(" at {}", timestamp_text(t)));
-        }
-    }
-    detail.push('.');
-    // Native 18's second line: key, local row, remote row, replica identity, the first one
-    // capitalized.
-    let mut parts = Vec::new();
-    if let Some(k) = &rec.key_text {
-        parts.push(format!("key {k}"));
-    }
-    if let Some(l) = &rec.local_text {
-        parts.push(format!("existing local row{} {l}", if rec.several_local { "s" } else { "" }));
-    }
-    if let Some(r) = &rec.remote_text {
-        parts.push(format!("remote row {r}"));
-    }
-    if let Some(i) = &rec.identity_text {
-        parts.push(format!("replica identity {i}"));
-    }
-    if !parts.is_empty() {
-        let line = parts.join("; ");
-        let mut chars = line.chars();
-        let first = chars.next().map(|c| c.to_uppercase().collect::<String>()).unwrap_or_default();
-        detail.push_str(&format!("\n{first}{}.", chars.as_str()));
-    }
+    let mut detail = if rec.collisions.is_empty() {
+        about(rec.ctype, &rec.what, rec.local.as_ref())
+            + &rows_line(rec.key_text.as_deref(), rec.local_text.as_deref(), rec.several_local, rec)
+    } else {
+        // Native 18: each colliding row's pair of lines (its index and who modified the row;
+        // its key and row).
+        rec.collisions
+            .iter()
+            .map(|c| {
+                about(rec.ctype, &c.what, Some(&c.row))
+                    + &rows_line(c.key_text.as_deref(), c.row.text.as_deref(), false, rec)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     // A transaction applied by a parallel apply worker as it streams has neither yet: its
     // pgsub.conflict_log rows get them at its Stream Commit (catalog::complete_conflict_log).
     let when = if txn.finish_lsn.is_valid() {
@@ -226,6 +219,66 @@ pub(super) fn describe(rec: &Record) -> (String, String) {
         txn.origin.as_deref().map(|o| format!(" from origin \"{o}\"")).unwrap_or_default(),
     ));
     (msg, detail)
+}
+
+/// The first line of a conflict's detail: what it is about and, for a local row, who modified
+/// it and when ("Key already exists in unique index "i", modified locally in transaction 7 at
+/// …").
+fn about(ctype: ConflictType, what: &str, local: Option<&LocalRow>) -> String {
+    let mut detail = what.to_string();
+    if let Some(l) = local {
+        let by = match l.origin {
+            None => String::new(),
+            Some(0) => " locally".into(),
+            // "modified by origin" for a key that exists, "by a different origin" for a row
+            // being updated or deleted, as native 18 words them.
+            Some(o) => match origin_name(o) {
+                Some(n) if ctype.origin_differs() => format!(" by a different origin \"{n}\""),
+                Some(n) => format!(" by origin \"{n}\""),
+                // Dropped since (a table synchronization's origin, a dropped subscription's):
+                // its id may be another origin's later. Native 18's words.
+                None => " by a non-existent origin".into(),
+            },
+        };
+        // "Updating the row that was modified locally …", "Key already exists …, modified by …".
+        if !what.ends_with(" modified") {
+            detail.push_str(", modified");
+        }
+        detail.push_str(&by);
+        if let Some(x) = l.xid {
+            detail.push_str(&format!(" in transaction {x}"));
+        }
+        if let Some(t) = l.commit_time {
+            detail.push_str(&format!(" at {}", timestamp_text(t)));
+        }
+    }
+    detail.push('.');
+    detail
+}
+
+/// Native 18's second line: key, local row(s), remote row, replica identity, the first one
+/// capitalized ("" when there is none of them).
+fn rows_line(key: Option<&str>, local_text: Option<&str>, several: bool, rec: &Record) -> String {
+    let mut parts = Vec::new();
+    if let Some(k) = key {
+        parts.push(format!("key {k}"));
+    }
+    if let Some(l) = local_text {
+        parts.push(format!("existing local row{} {l}", if several { "s" } else { "" }));
+    }
+    if let Some(r) = &rec.remote_text {
+        parts.push(format!("remote row {r}"));
+    }
+    if let Some(i) = &rec.identity_text {
+        parts.push(format!("replica identity {i}"));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    let line = parts.join("; ");
+    let mut chars = line.chars();
+    let first = chars.next().map(|c| c.to_uppercase().collect::<String>()).unwrap_or_default();
+    format!("\n{first}{}.", chars.as_str())
 }
 
 pub(super) fn timestamp_text(t: i64) -> String {
