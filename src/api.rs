@@ -761,6 +761,10 @@ fn alter_subscription_publications(
         error(Code::ERRCODE_INTERNAL_ERROR, format!("updating subscription: {e}"), None, None);
     }
     sync_table_list(sub.subid, &tables, copy_data);
+    // The apply worker restarts with the new list once this commits (first, so that it cannot
+    // start another sync worker for a removed table); a removed table's sync worker is stopped
+    // now, as natively, the others go on.
+    stop_worker(sub.subid, crate::process::StopReason::Publications);
     // What a failing worker waits for may be what the publications changed: no backoff.
     retry_now(sub.subid);
     wake_launcher_at_commit();

@@ -109,11 +109,13 @@ pub enum StopReason {
     Disabled = 2,
     Refresh = 3,
     Skip = 4,
+    /// Its publications changed (`alter_subscription_publications`).
+    Publications = 5,
 }
 
 impl StopReason {
     pub fn from_u8(v: u8) -> Option<StopReason> {
-        [StopReason::Dropped, StopReason::Disabled, StopReason::Refresh, StopReason::Skip]
+        [StopReason::Dropped, StopReason::Disabled, StopReason::Refresh, StopReason::Skip, StopReason::Publications]
             .into_iter()
             .find(|r| *r as u8 == v)
     }
@@ -125,6 +127,7 @@ impl StopReason {
             StopReason::Disabled => "will stop because the subscription was disabled",
             StopReason::Refresh => "will restart because the subscription's tables are being refreshed",
             StopReason::Skip => "will restart because its skip_lsn was changed",
+            StopReason::Publications => "will restart because of a parameter change",
         }
     }
 }
@@ -296,8 +299,14 @@ pub enum Wait {
     /// The leader waiting for a parallel worker's transaction to start or end: `IPC` /
     /// `LogicalParallelApplyStateChange` (16+).
     ParallelApplyStateChange,
-    /// A connection to or a query on the publisher: `Client` / `LibPQWalReceiverReceive`.
+    /// A query on the publisher: `Client` / `LibPQWalReceiverReceive`.
     PublisherReceive,
+    /// Connecting to the publisher: `Client` / `LibPQWalReceiverConnect`.
+    PublisherConnect,
+    /// A sync worker reading its table's rows from the publisher: `IPC` / `LogicalSyncData`.
+    SyncData,
+    /// A SQL function waiting for a worker to exit: `IPC` / `BgWorkerShutdown`.
+    WorkerShutdown,
     /// Anything else: `Extension` / `Extension`.
     Extension,
 }
@@ -323,6 +332,9 @@ impl Wait {
             Wait::ApplySendData => send_data,
             Wait::ParallelApplyStateChange => parallel_state,
             Wait::PublisherReceive => C::WAIT_EVENT_LIBPQWALRECEIVER_RECEIVE,
+            Wait::PublisherConnect => C::WAIT_EVENT_LIBPQWALRECEIVER_CONNECT,
+            Wait::SyncData => I::WAIT_EVENT_LOGICAL_SYNC_DATA,
+            Wait::WorkerShutdown => I::WAIT_EVENT_BGWORKER_SHUTDOWN,
             Wait::Extension => pg_sys::PG_WAIT_EXTENSION,
         }
     }
@@ -356,7 +368,7 @@ fn wait_latch(ms: i64, what: Wait) {
 pub fn backend_wait_while(timeout: std::time::Duration, step_ms: i64, running: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while running() && std::time::Instant::now() < deadline {
-        wait_latch(step_ms.max(1), Wait::Extension);
+        wait_latch(step_ms.max(1), Wait::WorkerShutdown);
         pg_sys::check_for_interrupts!();
     }
 }

@@ -24,6 +24,25 @@ pub struct LatchWait {
     pub ctx: Context,
 }
 
+thread_local! {
+    /// What a wait on the publisher's socket is shown as (`pg_stat_activity`) while
+    /// [`waiting_as`] runs; a query otherwise.
+    static WAITING_AS: std::cell::Cell<Option<crate::process::Wait>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the publisher's waits shown as `what` (native's connect and table copy waits);
+/// the previous one is restored however `f` ends.
+pub fn waiting_as<T>(what: crate::process::Wait, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<crate::process::Wait>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WAITING_AS.set(self.0);
+        }
+    }
+    let _restore = Restore(WAITING_AS.replace(Some(what)));
+    f()
+}
+
 impl Wait for LatchWait {
     fn wait(&mut self, fd: RawFd, interest: Interest, deadline: Option<Instant>) -> Result<(), Error> {
         loop {
@@ -55,7 +74,7 @@ impl Wait for LatchWait {
                     (pg_sys::WL_LATCH_SET | sock_ev | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
                     fd,
                     timeout_ms as std::ffi::c_long,
-                    crate::process::Wait::PublisherReceive.info(),
+                    WAITING_AS.get().unwrap_or(crate::process::Wait::PublisherReceive).info(),
                 );
                 if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
                     pg_sys::ResetLatch(pg_sys::MyLatch);
@@ -102,7 +121,9 @@ pub fn connect(
             cfg.connect_timeout = Some(t);
         }
     }
-    let client = Client::connect(&cfg, replication, Box::new(LatchWait { ctx }))?;
+    let client = waiting_as(crate::process::Wait::PublisherConnect, || {
+        Client::connect(&cfg, replication, Box::new(LatchWait { ctx }))
+    })?;
     check_password_used(client, require_password)
 }
 
@@ -134,7 +155,8 @@ fn connect_bounded_as(
     }
     cfg.connect_timeout = Some(cfg.connect_timeout.map_or(timeout, |t| t.min(timeout)));
     let waiter = BoundedWait { inner: LatchWait { ctx }, until: Instant::now() + timeout };
-    let client = Client::connect(&cfg, replication, Box::new(waiter))?;
+    let client =
+        waiting_as(crate::process::Wait::PublisherConnect, || Client::connect(&cfg, replication, Box::new(waiter)))?;
     check_password_used(client, require_password)
 }
 

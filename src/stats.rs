@@ -80,19 +80,24 @@ fn _stat_workers() -> TableIterator<
 > {
     let mut rows = Vec::new();
     if shmem::available() {
-        let all = sees_all_databases();
         let g = shmem::SHARED.share();
-        let subs: Vec<i32> = visible_slots(&g, all).map(|s| s.subid).collect();
-        for s in visible_slots(&g, all).filter(|s| s.pid > 0) {
+        // This database's only: the view joins them to its catalog by subscription id, which
+        // another database (one made from this one as a template) may share.
+        let subs: Vec<i32> = visible_slots(&g, false).map(|s| s.subid).collect();
+        for s in visible_slots(&g, false).filter(|s| s.pid > 0) {
+            // The slot keeps the previous worker's positions: shown once this worker has heard
+            // from the publisher, as native's new worker shows none until then.
+            let own = s.last_msg_receipt_time >= s.worker_started_at;
+            let mine = |v: i64| if own { v } else { 0 };
             rows.push((
                 s.subid,
                 "apply".to_string(),
                 s.pid,
                 None,
                 None,
-                s.received_lsn as i64,
-                s.last_msg_send_time,
-                s.last_msg_receipt_time,
+                mine(s.received_lsn as i64),
+                mine(s.last_msg_send_time),
+                mine(s.last_msg_receipt_time),
                 s.latest_end_lsn as i64,
                 s.latest_end_time,
             ));

@@ -980,6 +980,65 @@ async fn an_option_change_a_rename_or_a_refresh_during_a_copy_lets_the_copy_go_o
     assert!(!log.contains("terminating background worker \"pgsub sync worker"), "no sync worker was terminated");
 }
 
+/// A sync worker whose copy is done when the subscription's options change catches up with the
+/// new ones, as native's tablesync restarts on seeing the change: it exits before its catch-up,
+/// saying why, and the next one catches up from the copy (not copied again).
+#[tokio::test(flavor = "current_thread")]
+async fn a_sync_worker_past_its_copy_catches_up_with_the_changed_options() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) =
+        held_in(&nodes, "k", 100, 20_000, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)", "copied").await;
+    let sync_pid: i32 =
+        one(&s, "SELECT sync_worker_pid FROM pgsub.subscription_table WHERE relid = 't'::regclass").await;
+    s.batch_execute("SELECT pgsub.alter_subscription_options('k', synchronous_commit => 'on')")
+        .await
+        .expect("alter_subscription_options");
+    p.batch_execute("INSERT INTO t SELECT g, 'after the copy', g FROM generate_series(30001, 30100) g")
+        .await
+        .expect("rows after the copy");
+    set_sync_hold(&nodes.subscriber, &s, "").await;
+    wait_value(&s, &state_sql("t"), "ready", WAIT).await;
+    let said = "table synchronization worker for subscription \"k\", table \"public\".\"t\" will restart because of a parameter change";
+    nodes.subscriber.wait_for_log(said, WAIT).await.unwrap_or_else(|e| panic!("{e}"));
+    let alive: bool = one(&s, &format!("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = {sync_pid})")).await;
+    assert!(!alive, "the first sync worker exited");
+    assert_eq!(nodes.subscriber.log().matches("initial copy of \"public\".\"t\" ").count(), 1, "copied once");
+    p.batch_execute("INSERT INTO base VALUES (1001, 'after', 1001)").await.expect("a row after");
+    wait_value(&s, "SELECT count(*) FROM base WHERE id = 1001", "1", WAIT).await;
+    assert_equal(&p, &s).await;
+    assert_no_sync_slot_left(&p).await;
+}
+
+/// A table removed from the subscription by a change of its publications while it is being
+/// copied has its sync worker stopped and its sync slot dropped, as native's ALTER SUBSCRIPTION
+/// … SET PUBLICATION does; the other tables go on. (With the apply worker restarted alone on a
+/// changed option, that sync worker went on copying a table no longer subscribed and then
+/// waited for an answer for ever, its slot holding the publisher's WAL.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_table_removed_by_a_change_of_publications_during_its_copy_stops_its_sync_worker() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) =
+        held_in(&nodes, "k", 100, 20_000, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)", "copying").await;
+    let sync_pid: i32 =
+        one(&s, "SELECT sync_worker_pid FROM pgsub.subscription_table WHERE relid = 't'::regclass").await;
+    p.batch_execute("CREATE PUBLICATION pub_base FOR TABLE base").await.expect("publication of base only");
+    s.batch_execute("SELECT pgsub.alter_subscription_publications('k', ARRAY['pub_base'])")
+        .await
+        .expect("alter_subscription_publications");
+    wait_value(&s, &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {sync_pid}"), "0", WAIT).await;
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM pgsub.subscription_table WHERE relid = 't'::regclass").await, 0);
+    set_sync_hold(&nodes.subscriber, &s, "").await;
+    assert_no_sync_slot_left(&p).await;
+    p.batch_execute("INSERT INTO base VALUES (1001, 'after', 1001)").await.expect("a row after");
+    wait_value(&s, "SELECT count(*) FROM base WHERE id = 1001", "1", WAIT).await;
+    let workers: i64 =
+        one(&s, "SELECT count(*) FROM pgsub.stat_subscription_workers WHERE worker_type = 'table synchronization'")
+            .await;
+    assert_eq!(workers, 0, "no sync worker left");
+    assert_eq!(one::<i64>(&s, "SELECT count(*) FROM t").await, 0, "t, no longer subscribed, got nothing");
+    assert_replicated_equal(&p, &s).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn kill_9_of_the_sync_worker_in_every_sync_state_loses_and_duplicates_nothing() {
     kill9_in_every_sync_state(Victim::SyncWorker).await;

@@ -6,8 +6,8 @@
 //! For each subscription:
 //!   * dropped → stop its worker; forget its slot once no worker is left;
 //!   * disabled → stop its worker; once it is gone the status is `disabled`;
-//!   * catalog row changed since its worker started (conninfo, publications, options) → stop it,
-//!     a later pass starts a fresh one;
+//!   * catalog row changed since its worker started (conninfo, publications, options) → restart
+//!     it (stop it, its table synchronization workers going on; a later pass starts a fresh one);
 //!   * enabled without a worker → start one, unless its last worker failed recently (restart
 //!     `retry` after that worker was started, doubling per consecutive failure, at most
 //!     [`MAX_BACKOFF`]×: a worker that ran longer than that — a connection the publisher ended

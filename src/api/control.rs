@@ -405,19 +405,36 @@ pub(super) fn stop_worker(subid: i32, why: crate::process::StopReason) {
             wait_until_gone(running);
         }
     }
-    // Then its table synchronization workers (no new one is registered now): a registered one
-    // that has not claimed its slot finds none and leaves; running ones are stopped. After a
-    // refresh or skip_lsn, as natively, those of tables the subscription still synchronizes go
-    // on (their copy is not started over; the next apply worker answers them).
-    let keep: Vec<u32> = match why {
-        crate::process::StopReason::Refresh | crate::process::StopReason::Skip => catalog::load_rels(subid)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.sync_state.needs_sync_worker())
-            .map(|r| r.relid)
-            .collect(),
-        crate::process::StopReason::Dropped | crate::process::StopReason::Disabled => Vec::new(),
-    };
+    // Then its table synchronization workers (no new one is registered now). After a refresh or
+    // skip_lsn, as natively, those of tables the subscription still synchronizes go on (their
+    // copy is not started over; the next apply worker answers them).
+    match why {
+        crate::process::StopReason::Refresh
+        | crate::process::StopReason::Skip
+        | crate::process::StopReason::Publications => stop_removed_sync_workers(subid),
+        crate::process::StopReason::Dropped | crate::process::StopReason::Disabled => stop_sync_workers(subid, &[]),
+    }
+}
+
+/// Stops the sync workers of tables this transaction removed from the subscription (a refresh,
+/// a change of its publications), as native's refresh does; the others go on.
+fn stop_removed_sync_workers(subid: i32) {
+    let keep: Vec<u32> = catalog::load_rels(subid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.sync_state.needs_sync_worker())
+        .map(|r| r.relid)
+        .collect();
+    stop_sync_workers(subid, &keep);
+}
+
+/// Stops the subscription's sync workers but those of the tables `keep`: a registered one that
+/// has not claimed its slot finds none and leaves; running ones are stopped (waited for up to
+/// 30 s).
+fn stop_sync_workers(subid: i32, keep: &[u32]) {
+    if !shmem::available() {
+        return;
+    }
     let syncs: Vec<i32> = {
         let mut g = shmem::SHARED.exclusive();
         let mut pids = Vec::new();

@@ -105,6 +105,9 @@ pub extern "C-unwind" fn pgsub_apply_main(arg: pg_sys::Datum) {
                 s.status = Status::Starting;
                 s.failed = false;
                 s.binary_in_use = None;
+                // This worker's own, as natively (a new worker shows none until its first).
+                s.latest_end_lsn = 0;
+                s.latest_end_time = 0;
                 Ok(())
             }
             None => Err("no shared-memory slot"),

@@ -250,8 +250,9 @@ impl Progress {
         if send_time != 0 {
             self.last_send_time = send_time;
             if !start.is_valid() {
-                // A keepalive (the publisher's word through on_publisher_end has no time).
-                self.latest_end = end;
+                // A keepalive (the publisher's word through on_publisher_end has no time): its
+                // WAL end, or what was received if that is further, as native's worker shows.
+                self.latest_end = end.max(self.received);
                 self.latest_end_time = send_time;
             }
         }

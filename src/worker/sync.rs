@@ -181,7 +181,8 @@ fn column_list_clash(rel: &SubRel) -> ProtoError {
 /// `at` as where the catch-up starts. Returns the rows copied and whether binary was used.
 pub fn copy_table(client: &mut Client, sub: &Subscription, rel: &SubRel, at: Lsn) -> Result<(u64, bool), ProtoError> {
     let p = published(client, sub, rel)?;
-    let (rows, binary) = copy_one(client, sub, rel, &p, at)?;
+    let (rows, binary) =
+        crate::publisher::waiting_as(crate::process::Wait::SyncData, || copy_one(client, sub, rel, &p, at))?;
     log!(
         "pgsub: initial copy of {}.{} for subscription \"{}\" finished: {rows} rows in {} format (consistent at {at})",
         quote_ident(&rel.remote_schema),

@@ -107,7 +107,14 @@ impl Stream {
             let mut g = shmem::SHARED.exclusive();
             g.sync
                 .iter_mut()
-                .filter(|s| s.subid == subid && s.phase == SyncPhase::SyncWait && s.pid > 0)
+                // Only tables this worker synchronizes: one removed from the subscription since
+                // its sync worker started is not taken over.
+                .filter(|s| {
+                    s.subid == subid
+                        && s.phase == SyncPhase::SyncWait
+                        && s.pid > 0
+                        && states.get(&s.relid).is_some_and(|st| st.needs_sync_worker())
+                })
                 .map(|s| {
                     s.catchup_lsn = x.0;
                     // The catch-up end is this worker's position: the sync worker gives it up

@@ -244,6 +244,15 @@ fn run(subid: i32, relid: u32) {
     set_phase(subid, relid, SyncPhase::Copied);
     hold(SyncPhase::Copied);
     let Some(apply_at) = ask_apply_worker(subid, relid) else { return };
+    if subscription_changed(&sub) {
+        log!(
+            "pgsub: table synchronization worker for subscription \"{}\", table {}.{} will restart because of a parameter change",
+            sub.name,
+            pgsub_proto::client::quote_ident(&rel.remote_schema),
+            pgsub_proto::client::quote_ident(&rel.remote_name)
+        );
+        return;
+    }
     let end = Lsn(catchup_end(start.0, apply_at.0));
     hold(SyncPhase::Catchup);
     let given_up = || {
@@ -359,9 +368,17 @@ fn ask_apply_worker(subid: i32, relid: u32) -> Option<Lsn> {
     set_phase(subid, relid, SyncPhase::SyncWait);
     wake_apply_worker(subid);
     let mut without_apply = 0u32;
+    let mut polls = 0u32;
     loop {
         exit_if_asked();
         reload_config_if_requested();
+        // About once a second: a table removed from the subscription meanwhile is no longer
+        // synchronized (no apply worker answers for it).
+        polls += 1;
+        if polls.is_multiple_of(10) && !still_synchronized(subid, relid) {
+            log!("pgsub: table synchronization worker for table {relid}: the table is no longer synchronized by the subscription; exiting");
+            return None;
+        }
         let answer = shmem::SHARED
             .share()
             .sync_slot(subid, relid)
@@ -375,6 +392,22 @@ fn ask_apply_worker(subid: i32, relid: u32) -> Option<Lsn> {
             return None;
         }
         wait_ms(100, crate::process::Wait::SyncStateChange);
+    }
+}
+
+/// Whether the subscription still synchronizes the table (its row is there and not ready).
+fn still_synchronized(subid: i32, relid: u32) -> bool {
+    xact(|| catalog::load_rel(subid, relid)).ok().flatten().is_some_and(|r| r.sync_state.needs_sync_worker())
+}
+
+/// Whether the subscription's options changed since `sub` was read (or it was disabled or
+/// dropped): a catch-up runs with the current ones, as native's tablesync restarts on seeing
+/// such a change (the copy is kept; the next worker catches up).
+fn subscription_changed(sub: &Subscription) -> bool {
+    match xact(|| catalog::load(sub.subid)) {
+        Ok(Some(now)) => !now.enabled || now.config_hash() != sub.config_hash(),
+        Ok(None) => true,
+        Err(_) => false,
     }
 }
 

@@ -366,6 +366,9 @@ unsafe extern "C-unwind" fn untag_at_exit(_code: i32, _arg: pg_sys::Datum) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn unlist_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    // SAFETY: at exit nothing is to be kept: an LWLock held when a FATAL struck (pgsub's own,
+    // say) would be waited for by this very process below.
+    unsafe { pg_sys::LWLockReleaseAll() };
     // SAFETY: MyProcPid is set for every backend.
     crate::shmem::unlist_parallel_worker(unsafe { pg_sys::MyProcPid });
 }
