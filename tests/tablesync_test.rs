@@ -944,6 +944,9 @@ async fn an_option_change_a_rename_or_a_refresh_during_a_copy_lets_the_copy_go_o
         ),
     ];
     for (sql, says) in changes {
+        // A worker still starting when the change comes leaves without a word (the change's
+        // transaction holds it off): the change is made to a running one.
+        wait_value(&s, "SELECT status IN ('initial_copy', 'streaming') FROM pgsub.stat_subscription", "t", WAIT).await;
         let before = apply_pid().await.expect("an apply worker runs");
         let logged = nodes.subscriber.log().matches(says).count();
         s.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
