@@ -314,6 +314,57 @@ async fn a_column_the_publishers_catalog_no_longer_shows_is_applied_in_text_once
     assert_replicated_equal(&p, &s).await;
 }
 
+/// A transaction that fails in an automatic binary stream and whose commit record directly
+/// follows the last applied transaction's (another session committed in between its changes and
+/// its commit) is applied in text at the next start: the origin's position is then exactly that
+/// transaction's finish LSN, which was taken for "past it" — every start chose binary again,
+/// failed on it and restarted, 25–45 times a second, for ever (found by a helper; native applies
+/// it at once).
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_transaction_committed_right_after_the_last_applied_one_is_applied_in_text() {
+    let nodes = TwoNodes::start().expect("start");
+    let (p, s) = nodes.clients().await.expect("clients");
+    let p2 = nodes.publisher.client("postgres").await.unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, a int); CREATE TABLE o (id int PRIMARY KEY)";
+    p.batch_execute(&format!("{ddl}; CREATE PUBLICATION tp FOR TABLE t, o")).await.unwrap();
+    s.batch_execute(ddl).await.unwrap();
+    s.execute("SELECT pgsub.create_subscription('adj', $1, ARRAY['tp'])", &[&nodes.pub_conninfo()]).await.unwrap();
+    wait_for_subscription_sync(&s, "adj", WAIT).await;
+    assert_format(&p, &s, "adj", true).await;
+    s.execute("SELECT pgsub.disable_subscription('adj')", &[]).await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'adj'", "disabled", WAIT).await;
+    // A's change, then B commits and is applied here (the origin at B's end), then A commits:
+    // A's commit record follows B's.
+    p.batch_execute("BEGIN; INSERT INTO t VALUES (1, 1)").await.unwrap();
+    p2.batch_execute("INSERT INTO o VALUES (1)").await.unwrap();
+    let b_end: String = one(&p2, "SELECT pg_current_wal_insert_lsn()::text").await;
+    s.execute("SELECT pgsub.enable_subscription('adj')", &[]).await.unwrap();
+    wait_value(
+        &s,
+        &format!(
+            "SELECT pg_replication_origin_progress('pgsub_' || (SELECT subid FROM pgsub.subscription WHERE subname = 'adj'), \
+                    true) >= '{b_end}'::pg_lsn"
+        ),
+        "t",
+        WAIT,
+    )
+    .await;
+    s.execute("SELECT pgsub.disable_subscription('adj')", &[]).await.unwrap();
+    wait_value(&s, "SELECT status FROM pgsub.stat_subscription WHERE subname = 'adj'", "disabled", WAIT).await;
+    p.batch_execute("COMMIT").await.unwrap();
+    // Widened on both sides before the worker comes back: the catalog says binary, A's RELATION
+    // message carries the old type, which binary transfer cannot read as the new one.
+    p.batch_execute("ALTER TABLE t ALTER COLUMN a TYPE bigint").await.unwrap();
+    s.batch_execute("ALTER TABLE t ALTER COLUMN a TYPE bigint").await.unwrap();
+    s.execute("SELECT pgsub.enable_subscription('adj')", &[]).await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "1", WAIT).await;
+    let restarts = nodes.subscriber.log().matches("applying in binary format failed").count();
+    assert_eq!(restarts, 1, "one binary attempt of the transaction, then text");
+    p.batch_execute("INSERT INTO t VALUES (2, 2)").await.unwrap();
+    wait_value(&s, "SELECT count(*) FROM t", "2", WAIT).await;
+    assert_replicated_equal(&p, &s).await;
+}
+
 /// Server binaries of a publisher of PostgreSQL `major` (as `versions_test.rs`).
 fn publisher_bindir(major: u32) -> PathBuf {
     let base = std::env::var_os("PGSUB_PG_DIR")

@@ -184,7 +184,7 @@ pub(super) fn binary_copy_ok(publisher_version: u32, relid: pg_sys::Oid, columns
     other_server_kind(publisher_version).is_none() && !columns.is_empty() && refused_column(relid, columns).is_none()
 }
 
-/// The stream's format: the `binary` option when set, else text while `start` is before
+/// The stream's format: the `binary` option when set, else text while `start` is not past
 /// `text_until` (an automatically binary stream failed at the transaction ending there), else the
 /// module's rule over the published columns of `rels` (read from the publisher over `client`, a
 /// walsender connection of a publisher of the same major version, hence 15 or later). Outside a
@@ -212,7 +212,10 @@ pub(super) fn stream_format(
         let why = format!("the subscription's binary option is {b}");
         return Ok(StreamFormat { binary: b, why });
     }
-    if start < text_until {
+    // `<=`: the origin's position is the end of the last applied commit, where the failed
+    // transaction's commit record may start (its finish LSN) when it was committed right after
+    // that one; once it is applied the origin is past it.
+    if start <= text_until && text_until.is_valid() {
         let why = format!(
             "automatic: the transaction ending at {text_until} failed, so it is applied in text in case the binary format was the cause, binary again after it"
         );
