@@ -712,9 +712,10 @@ async fn silent_publisher_times_out_retries_and_sigterm_is_prompt() {
         // receiver_timeout (2 s) still ahead: the last connection was accepted less than a second
         // ago (the previous worker's is at least 2 s old by the time the next one runs), and the
         // worker sits in its latch and socket wait on the publisher's connection start-up (native's
-        // LibPQWalReceiverConnect).
+        // LibPQWalReceiverConnect, spelled LibpqwalreceiverConnect from 17 on).
         let waiting = "SELECT pid::text FROM pg_stat_activity \
-                       WHERE backend_type = 'pgsub apply worker' AND wait_event = 'LibPQWalReceiverConnect'";
+                       WHERE backend_type = 'pgsub apply worker' \
+                       AND lower(wait_event) = 'libpqwalreceiverconnect'";
         let (pid, accepted_before) =
             wait_for("the worker waiting on a fresh connection to the silent server", WAIT, || {
                 let (s, silent) = (&s, &silent);
